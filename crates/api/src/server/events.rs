@@ -1,0 +1,109 @@
+//! `/v1/events`: every change in the store, as a list or a live stream.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+
+use super::AppState;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::ApiQuery;
+use crate::types::{ChangeEvent, EventKind, EventList, EventsQuery};
+
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 10_000;
+
+/// Lists recent changes, or with `follow=true` streams them as server-sent
+/// events: `id` is the revision, `event` is `put` or `delete`, `data` is a
+/// [`ChangeEvent`]. A client that reconnects with `Last-Event-ID: R` resumes
+/// at revision R + 1.
+#[utoipa::path(get, path = "/v1/events", tag = "events", params(EventsQuery),
+    responses(
+        (status = 200, description = "A list, or with follow=true an SSE stream of ChangeEvent", body = EventList),
+        (status = 400, body = ErrorBody),
+        (status = 410, description = "`since` is older than the retained history", body = ErrorBody)))]
+pub(crate) async fn events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiQuery(query): ApiQuery<EventsQuery>,
+) -> Result<Response, ApiError> {
+    let prefix = query.prefix.clone().unwrap_or_default();
+    let current = state.store().revision().await?;
+    if query.follow.unwrap_or(false) {
+        let resume = last_event_id(&headers)?.map(|rev| rev + 1);
+        let since = resume.or(query.since).unwrap_or(current + 1);
+        return follow(state, &prefix, since).await;
+    }
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit {limit} is out of range"),
+            format!("use a limit from 1 to {MAX_LIMIT}"),
+        ));
+    }
+    let oldest = state.store().compacted_revision().await?;
+    let since = query.since.unwrap_or_else(|| current.saturating_sub(limit as u64 - 1).max(oldest).max(1));
+    let mut events = Vec::new();
+    if since <= current {
+        let mut stream = state.store().watch(&prefix, since).await?;
+        while events.len() < limit {
+            match stream.next().await {
+                Some(Ok(event)) if event.revision() <= current => events.push(ChangeEvent::from(event)),
+                Some(Ok(_)) | None => break,
+                Some(Err(error)) => return Err(error.into()),
+            }
+            if events.last().is_some_and(|e| e.revision == current) {
+                break;
+            }
+        }
+    }
+    Ok(axum::Json(EventList { revision: current, events }).into_response())
+}
+
+fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get("last-event-id") else { return Ok(None) };
+    value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()).map(Some).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_header",
+            "Last-Event-ID is not a revision number",
+            "send the `id` of the last event received, or omit the header",
+        )
+    })
+}
+
+async fn follow(state: AppState, prefix: &str, since: u64) -> Result<Response, ApiError> {
+    // Opening the watch before answering means a bad `since` is a proper 4xx,
+    // not an error buried in a 200 stream.
+    let watch = state.store().watch(prefix, since).await?;
+    let stream = watch
+        .map(|item| -> Result<SseEvent, Infallible> {
+            Ok(match item {
+                Ok(event) => {
+                    let change = ChangeEvent::from(event);
+                    let kind = match change.kind {
+                        EventKind::Put => "put",
+                        EventKind::Delete => "delete",
+                    };
+                    SseEvent::default()
+                        .id(change.revision.to_string())
+                        .event(kind)
+                        .json_data(&change)
+                        .unwrap_or_else(|_| SseEvent::default().event("error"))
+                }
+                Err(error) => {
+                    let body = ErrorBody { error: ApiError::from(error).detail };
+                    SseEvent::default()
+                        .event("error")
+                        .json_data(&body)
+                        .unwrap_or_else(|_| SseEvent::default().event("error"))
+                }
+            })
+        })
+        .take_until(state.shutting_down());
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+}

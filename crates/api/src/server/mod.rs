@@ -1,0 +1,160 @@
+//! The API server: one router, served on the Unix socket as is and on TCP
+//! behind bearer-token authentication.
+//!
+//! A request flows: connection → (TCP only) [`auth`] → panic guard → metrics →
+//! router → a handler in [`kv`], [`events`], [`leases`] or [`system`] → the
+//! store handle → a wire type from [`crate::types`], or an [`ApiError`].
+
+mod auth;
+pub(crate) mod events;
+pub(crate) mod kv;
+pub(crate) mod leases;
+pub(crate) mod system;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hearth_store::Store;
+use tokio::sync::watch;
+
+pub use auth::Token;
+
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::types::HostInfo;
+
+/// Facts about the running daemon that `GET /v1/status` reports.
+#[derive(Debug, Clone)]
+pub struct DaemonInfo {
+    pub data_dir: PathBuf,
+    pub socket: PathBuf,
+    pub tcp: Option<std::net::SocketAddr>,
+    /// `redb` or `etcd`.
+    pub store_backend: String,
+    /// The store file, or the etcd endpoints.
+    pub store_location: String,
+    pub host: HostInfo,
+}
+
+/// Everything a handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    info: DaemonInfo,
+    started: Instant,
+    metrics: Metrics,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("info", &self.inner.info).finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// `shutdown` turns true when the daemon begins to stop; long-lived
+    /// responses (event streams) end then, so graceful shutdown can finish.
+    pub fn new(store: Arc<dyn Store>, info: DaemonInfo, shutdown: watch::Receiver<bool>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                info,
+                started: Instant::now(),
+                metrics: Metrics::new(),
+                shutdown,
+            }),
+        }
+    }
+
+    pub(crate) fn store(&self) -> &dyn Store {
+        self.inner.store.as_ref()
+    }
+
+    /// Resolves when the daemon begins to shut down.
+    pub(crate) fn shutting_down(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.inner.shutdown.clone();
+        async move {
+            // An error means the sender is gone: the daemon is stopping too.
+            let _ = rx.wait_for(|stopping| *stopping).await;
+        }
+    }
+}
+
+/// The API router, with no authentication: for the Unix socket, which the
+/// file system protects (mode 0600 in a 0700 directory).
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/status", get(system::status))
+        .route("/v1/openapi.json", get(system::openapi))
+        .route("/metrics", get(system::metrics))
+        .route("/v1/kv", get(kv::list))
+        .route("/v1/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
+        .route("/v1/leases", get(leases::list).post(leases::grant))
+        .route("/v1/leases/{id}", axum::routing::delete(leases::revoke))
+        .route("/v1/leases/{id}/keepalive", post(leases::keep_alive))
+        .route("/v1/events", get(events::events))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        .with_state(state)
+}
+
+/// The API router behind bearer-token authentication: for TCP.
+pub fn router_with_token(state: AppState, token: Token) -> Router {
+    router(state).layer(middleware::from_fn_with_state(token, auth::require_token))
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::not_found(
+        format!("there is no endpoint {} {}", request.method(), request.uri().path()),
+        "the API lives under /v1; /v1/openapi.json lists every endpoint",
+    )
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed on {}", request.method(), request.uri().path()),
+        "/v1/openapi.json lists the methods each endpoint takes",
+    )
+}
+
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let what = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    tracing::error!(error = what, "Request handler panicked.");
+    ApiError::internal("the request failed inside the daemon").into_response()
+}
+
+/// Counts and times every request, labelled by route template (not by raw
+/// path, so that keys in paths do not explode the label set).
+async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    state.inner.metrics.observe(method.as_str(), &route, status, started.elapsed());
+    tracing::debug!(%method, route, status, elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "Request served.");
+    response
+}

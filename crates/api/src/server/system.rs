@@ -1,0 +1,54 @@
+//! Daemon-wide endpoints: status, the OpenAPI document, metrics.
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use crate::error::{ApiError, ErrorBody};
+use crate::types::{Status, StoreStatus};
+
+/// The daemon's version, data dir, store revision and host capabilities.
+#[utoipa::path(get, path = "/v1/status", tag = "system",
+    responses((status = 200, body = Status), (status = 500, body = ErrorBody)))]
+pub(crate) async fn status(State(state): State<AppState>) -> Result<axum::Json<Status>, ApiError> {
+    let store = state.store();
+    let revision = store.revision().await?;
+    let compacted_revision = store.compacted_revision().await?;
+    let info = &state.inner.info;
+    Ok(axum::Json(Status {
+        version: crate::VERSION.to_owned(),
+        data_dir: info.data_dir.display().to_string(),
+        socket: info.socket.display().to_string(),
+        tcp: info.tcp.map(|a| a.to_string()),
+        uptime_secs: state.inner.started.elapsed().as_secs(),
+        store: StoreStatus {
+            backend: info.store_backend.clone(),
+            location: info.store_location.clone(),
+            revision,
+            compacted_revision,
+        },
+        host: info.host.clone(),
+    }))
+}
+
+/// This API's OpenAPI 3.1 document.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "system",
+    responses((status = 200, description = "The OpenAPI document", content_type = "application/json")))]
+pub(crate) async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], crate::openapi::document_json()).into_response()
+}
+
+/// Prometheus metrics, in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "system",
+    responses((status = 200, description = "Metrics", content_type = "text/plain")))]
+pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let revision = state.store().revision().await?;
+    let text = state
+        .inner
+        .metrics
+        .render(revision, state.inner.started.elapsed())
+        .map_err(|_| ApiError::internal("metrics could not be encoded"))?;
+    Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+        .into_response())
+}

@@ -1,0 +1,60 @@
+//! `hearth bench`: measurements against peers.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use hearth_store::bench::{BenchOptions, run as run_store_bench};
+use hearth_store::redb::{Options as StoreOptions, RedbStore};
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum Command {
+    /// State store throughput: put, get, CAS transactions and watch delivery.
+    ///
+    /// Runs against a fresh embedded store in a temporary directory (never the
+    /// daemon's). The workload is written against the store trait, so the same
+    /// load runs against an etcd backend once it lands.
+    Store {
+        /// Operations per phase.
+        #[arg(long, default_value_t = 5000)]
+        ops: usize,
+        /// Concurrent clients for the concurrent phases.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Value size in bytes.
+        #[arg(long, default_value_t = 256)]
+        value_size: usize,
+        /// Where to put the temporary store (default: the system temp dir).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Store { ops, concurrency, value_size, dir, json } => {
+            let tmp = match dir {
+                Some(dir) => tempfile::tempdir_in(&dir),
+                None => tempfile::tempdir(),
+            }
+            .context("cannot create a temporary directory for the benchmark store")?;
+            let store = RedbStore::open(&tmp.path().join("bench.redb"), StoreOptions::default())?;
+            eprintln!(
+                "Benchmarking the embedded store (redb, fsync per commit) in {} ...",
+                tmp.path().display()
+            );
+            let report =
+                run_store_bench(Arc::new(store.clone()), BenchOptions { ops, concurrency, value_size })
+                    .await?;
+            store.shutdown().await;
+            if json {
+                crate::output::print_json(&report)?;
+            } else {
+                print!("{report}");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,7 @@
+//! One module per client subcommand.
+
+pub(crate) mod bench;
+pub(crate) mod events;
+pub(crate) mod kv;
+pub(crate) mod status;
+pub(crate) mod token;

@@ -1,0 +1,56 @@
+//! `hearth status`.
+
+use hearth_api::client::Client;
+use hearth_api::types::{Status, ToolInfo};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) async fn run(client: &Client, args: Args) -> anyhow::Result<()> {
+    let status = client.status().await?;
+    if args.json {
+        return crate::output::print_json(&status);
+    }
+    print!("{}", render(&status));
+    Ok(())
+}
+
+fn render(s: &Status) -> String {
+    let tool = |t: &Option<ToolInfo>| match t {
+        Some(t) => format!("{} ({})", t.path, t.version.as_deref().unwrap_or("version unknown")),
+        None => "not found".to_owned(),
+    };
+    let kvm = match (s.host.kvm.present, s.host.kvm.accessible, s.host.kvm.usable) {
+        (_, _, Some(true)) => "usable",
+        (true, true, None) => "present (not yet boot-probed)",
+        (true, false, _) => "present but not accessible",
+        (true, true, Some(false)) => "present but not usable",
+        (false, _, _) => "absent",
+    };
+    format!(
+        "daemon      hearth {version}, up {uptime}\n\
+         data dir    {data_dir}\n\
+         api         {socket}{tcp}\n\
+         store       {backend} at {location}\n\
+         revision    {revision} (history from {compacted})\n\
+         kvm         {kvm}: {kvm_detail}\n\
+         qemu        {qemu}\n\
+         firecracker {firecracker}\n",
+        version = s.version,
+        uptime = humantime::format_duration(std::time::Duration::from_secs(s.uptime_secs)),
+        data_dir = s.data_dir,
+        socket = s.socket,
+        tcp = s.tcp.as_deref().map(|t| format!(" and http://{t} (token)")).unwrap_or_default(),
+        backend = s.store.backend,
+        location = s.store.location,
+        revision = s.store.revision,
+        compacted = s.store.compacted_revision.max(1),
+        kvm_detail = s.host.kvm.detail,
+        qemu = tool(&s.host.qemu),
+        firecracker = tool(&s.host.firecracker),
+    )
+}

@@ -1,0 +1,207 @@
+//! `hearth serve`: open the store, bind the API, run until a signal.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use hearth_api::server::{self, AppState, DaemonInfo, Token};
+use hearth_store::redb::{Options as StoreOptions, RedbStore};
+use tokio::sync::watch;
+
+use crate::paths;
+
+/// How long in-flight requests get to finish after a stop signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServeArgs {
+    /// Also serve the API on this TCP address (bearer token required), e.g. 127.0.0.1:7070.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Pretty, env = "HEARTH_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("HEARTH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A second init (only possible in tests) is harmless, so its error is ignored.
+    let _ = match format {
+        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    prepare_data_dir(data_dir)?;
+
+    let store_path = data_dir.join(paths::STORE_FILE);
+    let store = RedbStore::open(&store_path, StoreOptions::default())
+        .with_context(|| format!("cannot open the state store in {}", data_dir.display()))?;
+    let token = ensure_token(data_dir)?;
+
+    let socket_path = paths::socket(data_dir);
+    let unix = bind_socket(&socket_path)?;
+    let tcp = match args.listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen on {addr}: is another program using that port? pick another --listen")
+        })?),
+        None => None,
+    };
+    let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
+
+    let host = tokio::task::spawn_blocking(hearth_machines::probe::probe_host)
+        .await
+        .context("the host probe failed")?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let state = AppState::new(
+        Arc::new(store.clone()),
+        DaemonInfo {
+            data_dir: data_dir.to_owned(),
+            socket: socket_path.clone(),
+            tcp: tcp_addr,
+            store_backend: "redb".to_owned(),
+            store_location: store_path.display().to_string(),
+            host: host.into(),
+        },
+        stop_rx,
+    );
+
+    let stopped = || {
+        let mut rx = stop_tx.subscribe();
+        async move {
+            let _ = rx.wait_for(|stopping| *stopping).await;
+        }
+    };
+    let mut servers = tokio::task::JoinSet::new();
+    servers.spawn(
+        axum::serve(unix, server::router(state.clone())).with_graceful_shutdown(stopped()).into_future(),
+    );
+    if let Some(listener) = tcp {
+        servers.spawn(
+            axum::serve(listener, server::router_with_token(state.clone(), Token::new(token)))
+                .with_graceful_shutdown(stopped())
+                .into_future(),
+        );
+    }
+    tracing::info!(
+        version = hearth_api::VERSION,
+        data_dir = %data_dir.display(),
+        socket = %socket_path.display(),
+        tcp = tcp_addr.map(|a| a.to_string()),
+        "Daemon ready."
+    );
+
+    let signal = wait_for_signal().await?;
+    tracing::info!(signal, "Shutting down.");
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while let Some(result) = servers.join_next().await {
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "API listener failed while stopping."),
+                Err(error) => tracing::warn!(%error, "API listener task failed."),
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            timeout_secs = DRAIN_TIMEOUT.as_secs(),
+            "Requests still running at the drain deadline were cut off."
+        );
+        servers.abort_all();
+    }
+    store.shutdown().await;
+    let _ = std::fs::remove_file(&socket_path);
+    tracing::info!("Stopped.");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+/// Creates the data dir, private to the user: the socket in it is the API
+/// without a token.
+fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| {
+        format!("cannot create the data directory {}: choose another with --data-dir", dir.display())
+    })?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot make {} private (mode 0700)", dir.display()))?;
+    Ok(())
+}
+
+/// Returns the API token, creating it (mode 0600) on first start.
+fn ensure_token(data_dir: &Path) -> anyhow::Result<String> {
+    let path = paths::token(data_dir);
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
+        Ok(mut file) => {
+            let token = random_token().context("cannot generate an API token")?;
+            file.write_all(token.as_bytes())
+                .and_then(|()| file.sync_all())
+                .with_context(|| format!("cannot write the API token to {}", path.display()))?;
+            tracing::info!(path = %path.display(), "Created an API token.");
+            Ok(token)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let token = paths::read_token(data_dir)?;
+            if token.len() < 32 {
+                bail!(
+                    "the API token in {} is too short to be safe: delete the file and restart to get a new one",
+                    path.display()
+                );
+            }
+            Ok(token)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot create the API token file {}", path.display())),
+    }
+}
+
+fn random_token() -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Binds the API socket, replacing a stale one. A live one means another
+/// daemon is running: the store lock has normally said so already.
+fn bind_socket(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!(
+                "another hearth daemon is already serving {}: stop it first, or use another --data-dir",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot create the API socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot make the API socket {} private", path.display()))?;
+    Ok(listener)
+}

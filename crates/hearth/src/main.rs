@@ -1,0 +1,93 @@
+//! `hearth`: the daemon (`hearth serve`) and its command-line client.
+//!
+//! Every subcommand but `serve`, `completions` and `bench` is a client of the
+//! daemon's API: the CLI never does work behind the daemon's back.
+
+mod cmd;
+mod daemon;
+mod output;
+mod paths;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// A cloud on your own machine.
+#[derive(Debug, Parser)]
+#[command(name = "hearth", version, about, propagate_version = true)]
+struct Cli {
+    /// The daemon's data directory [default: $XDG_DATA_HOME/hearth or ~/.local/share/hearth].
+    #[arg(long, global = true, env = "HEARTH_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// Talk to a daemon on TCP instead of the local socket, e.g. http://127.0.0.1:7070.
+    #[arg(long, global = true, env = "HEARTH_HOST", value_name = "URL")]
+    host: Option<String>,
+
+    /// The bearer token for --host (`hearth token` on the daemon's host prints it).
+    #[arg(long, global = true, env = "HEARTH_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    token: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Serve(daemon::ServeArgs),
+    /// Show the daemon's version, data dir, store revision and host capabilities.
+    Status(cmd::status::Args),
+    /// List changes in the store, or follow them live with -f.
+    Events(cmd::events::Args),
+    /// Read and write the user key space of the store.
+    #[command(subcommand)]
+    Kv(cmd::kv::Command),
+    /// Print the API token that remote clients need (--host).
+    Token,
+    /// Print a shell completion script, e.g. `hearth completions bash > /etc/bash_completion.d/hearth`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Measure hearth against its peers.
+    #[command(subcommand)]
+    Bench(cmd::bench::Command),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            output::print_error(&error);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let data_dir = paths::data_dir(cli.data_dir.as_deref())?;
+    let client = || paths::client(&data_dir, cli.host.as_deref(), cli.token.clone());
+    match cli.command {
+        Command::Serve(args) => daemon::serve(&data_dir, args).await?,
+        Command::Status(args) => cmd::status::run(&client()?, args).await?,
+        Command::Events(args) => cmd::events::run(&client()?, args).await?,
+        Command::Kv(command) => cmd::kv::run(&client()?, command).await?,
+        Command::Token => cmd::token::run(&data_dir)?,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "hearth", &mut std::io::stdout());
+        }
+        Command::Bench(command) => cmd::bench::run(command).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,77 @@
+//! Starting, stopping and restarting the daemon.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use hearth_api::types::{Encoding, PutKv};
+use hearth_testkit::Daemon;
+
+const BIN: &str = env!("CARGO_BIN_EXE_hearth");
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_cleanly_even_with_a_follower_attached() {
+    let mut daemon = Daemon::start(BIN).await;
+    let client = daemon.client();
+    let mut follower = Box::pin(client.follow_events(None, None).await.expect("follow"));
+    let status = daemon.terminate(Duration::from_secs(15)).expect("exits within 15 s of SIGTERM");
+    assert!(status.success(), "exit status {status}; log:\n{}", daemon.log());
+    // The follower sees its stream end rather than hang.
+    let end = tokio::time::timeout(Duration::from_secs(5), follower.next()).await.expect("stream ends");
+    assert!(end.is_none() || end.is_some_and(|e| e.is_err()));
+    assert!(!daemon.data_dir().join("hearth.sock").exists(), "socket removed on exit");
+    assert!(daemon.log().contains("Stopped."), "{}", daemon.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_daemon_on_the_same_data_dir_is_refused() {
+    let daemon = Daemon::start(BIN).await;
+    let output = std::process::Command::new(BIN)
+        .args(["serve", "--data-dir"])
+        .arg(daemon.data_dir())
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("in use by another process"), "{stderr}");
+    // The first daemon is unharmed.
+    daemon.client().status().await.expect("first daemon still serving");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn state_and_token_survive_a_restart() {
+    let mut daemon = Daemon::start(BIN).await;
+    let token = daemon.token();
+    let put = PutKv { value: "v".into(), encoding: Encoding::Utf8, lease: None, if_mod_revision: None };
+    daemon.client().kv_put("k", &put).await.expect("put");
+    daemon.terminate(Duration::from_secs(15)).expect("clean stop");
+    daemon.restart().await;
+    assert_eq!(daemon.client().kv_get("k").await.expect("get").value, "v");
+    assert_eq!(daemon.client().status().await.expect("status").store.revision, 1);
+    assert_eq!(daemon.token(), token);
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let child = std::process::Command::new(BIN)
+        .args(["serve", "--log-format", "json", "--data-dir"])
+        .arg(dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let socket = dir.path().join("hearth.sock");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !socket.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let output = child.wait_with_output().expect("wait");
+    let text = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.iter().any(|l| l.contains("Daemon ready.")), "{text}");
+    for line in lines {
+        let value: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(value["level"].is_string() && value["message"].is_string(), "{line}");
+    }
+}

@@ -1,0 +1,134 @@
+//! What this host can run guests with.
+//!
+//! The probe looks for the pieces a backend needs: `/dev/kvm` and whether this
+//! process may open it, and the VMM binaries on `PATH`. Whether KVM actually
+//! *works* (nested KVM is often present but broken) can only be learnt by
+//! booting a tiny guest with a deadline; until that probe runs, `usable` stays
+//! `None` and nothing claims more than was checked.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Serialize;
+
+/// The result of probing the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostReport {
+    pub kvm: KvmReport,
+    /// `qemu-system-x86_64`, if found.
+    pub qemu: Option<Tool>,
+    /// `firecracker`, if found.
+    pub firecracker: Option<Tool>,
+}
+
+/// What is known about KVM on this host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KvmReport {
+    /// `/dev/kvm` exists.
+    pub present: bool,
+    /// This process can open `/dev/kvm` read-write.
+    pub accessible: bool,
+    /// A test guest ran to completion under KVM within its deadline.
+    /// `None` until such a boot probe has run.
+    pub usable: Option<bool>,
+    /// A sentence a person can act on.
+    pub detail: String,
+}
+
+/// An executable found on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Tool {
+    pub path: PathBuf,
+    /// The first line the tool printed for `--version`, if any.
+    pub version: Option<String>,
+}
+
+/// Probes the host. Cheap: no guest is booted.
+pub fn probe_host() -> HostReport {
+    HostReport {
+        kvm: probe_kvm(Path::new("/dev/kvm")),
+        qemu: find_tool("qemu-system-x86_64"),
+        firecracker: find_tool("firecracker"),
+    }
+}
+
+fn probe_kvm(dev: &Path) -> KvmReport {
+    if !dev.exists() {
+        return KvmReport {
+            present: false,
+            accessible: false,
+            usable: Some(false),
+            detail: format!(
+                "{} does not exist: enable virtualization in the firmware or load the kvm module; guests will use software emulation",
+                dev.display()
+            ),
+        };
+    }
+    match std::fs::OpenOptions::new().read(true).write(true).open(dev) {
+        Ok(_) => KvmReport {
+            present: true,
+            accessible: true,
+            usable: None,
+            detail: format!(
+                "{} is present and accessible; a boot probe decides whether it really works",
+                dev.display()
+            ),
+        },
+        Err(error) => KvmReport {
+            present: true,
+            accessible: false,
+            usable: Some(false),
+            detail: format!(
+                "{} exists but cannot be opened ({error}): add your user to the `kvm` group; guests will use software emulation",
+                dev.display()
+            ),
+        },
+    }
+}
+
+/// Finds `name` on `PATH` and asks it for its version.
+pub fn find_tool(name: &str) -> Option<Tool> {
+    let path = which(name, std::env::var_os("PATH")?.as_os_str())?;
+    let version = Command::new(&path)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|out| {
+            String::from_utf8_lossy(&out.stdout).lines().next().map(|line| line.trim().to_owned())
+        })
+        .filter(|line| !line.is_empty());
+    Some(Tool { path, version })
+}
+
+fn which(name: &str, path_var: &std::ffi::OsStr) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::split_paths(path_var).map(|dir| dir.join(name)).find(|candidate| {
+        candidate.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_kvm_device_is_reported_unusable_with_a_hint() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let report = probe_kvm(&dir.path().join("kvm"));
+        assert!(!report.present);
+        assert_eq!(report.usable, Some(false));
+        assert!(report.detail.contains("software emulation"));
+    }
+
+    #[test]
+    fn which_finds_only_executable_files() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let exe = dir.path().join("vmm");
+        std::fs::write(&exe, "#!/bin/sh\n").expect("write");
+        assert_eq!(which("vmm", dir.path().as_os_str()), None);
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        assert_eq!(which("vmm", dir.path().as_os_str()), Some(exe));
+        assert_eq!(which("absent", dir.path().as_os_str()), None);
+    }
+}

@@ -1,0 +1,193 @@
+//! A real `hearth serve` on a temporary data dir, for integration tests.
+//!
+//! The daemon is the binary under test (pass `env!("CARGO_BIN_EXE_hearth")`),
+//! started as a child process; it is killed and its data dir removed when the
+//! [`Daemon`] drops, so a failing test leaves nothing behind. Its log goes to
+//! `daemon.log` in the data dir and is printed if it fails to come up.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use hearth_api::client::{Client, Endpoint};
+
+/// How long a daemon gets to open its socket.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running daemon and its data dir.
+#[derive(Debug)]
+pub struct Daemon {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    tcp: Option<SocketAddr>,
+}
+
+impl Daemon {
+    /// Starts a daemon on a fresh data dir, serving only the Unix socket.
+    pub async fn start(bin: &str) -> Daemon {
+        Self::start_with(bin, false).await
+    }
+
+    /// Starts a daemon that also listens on a free loopback TCP port.
+    pub async fn start_with_tcp(bin: &str) -> Daemon {
+        Self::start_with(bin, true).await
+    }
+
+    async fn start_with(bin: &str, tcp: bool) -> Daemon {
+        let dir = tempfile::Builder::new().prefix("hearth-test-").tempdir().expect("create a temp data dir");
+        let tcp = tcp.then(free_port);
+        let mut daemon = Daemon { bin: PathBuf::from(bin), dir, child: None, tcp };
+        daemon.spawn().await;
+        daemon
+    }
+
+    /// The data dir.
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The TCP address, if started with one.
+    pub fn tcp(&self) -> Option<SocketAddr> {
+        self.tcp
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("daemon is running")
+    }
+
+    /// A client over the Unix socket.
+    pub fn client(&self) -> Client {
+        Client::new(Endpoint::Unix(self.data_dir().join("hearth.sock")))
+    }
+
+    /// A client over TCP with the given token (None: no token at all).
+    pub fn tcp_client(&self, token: Option<String>) -> Client {
+        let addr = self.tcp.expect("daemon was started with TCP");
+        Client::new(Endpoint::Tcp { authority: addr.to_string(), token })
+    }
+
+    /// The daemon's API token.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data_dir().join("token")).expect("read token").trim().to_owned()
+    }
+
+    /// Runs the CLI against this daemon and returns its output.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(&self.bin)
+            .args(args)
+            .env("HEARTH_DATA_DIR", self.data_dir())
+            .env_remove("HEARTH_HOST")
+            .env_remove("HEARTH_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the hearth CLI")
+    }
+
+    /// Kills the daemon with SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for a clean exit; returns the
+    /// exit status, or None if it did not exit in time (it is then killed).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    /// Starts the daemon again on the same data dir (after kill9 or terminate).
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.spawn().await;
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir().join("daemon.log")).unwrap_or_default()
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir().join("daemon.log"))
+            .expect("open daemon.log");
+        let mut command = Command::new(&self.bin);
+        command.arg("serve").arg("--data-dir").arg(self.data_dir());
+        if let Some(addr) = self.tcp {
+            command.arg("--listen").arg(addr.to_string());
+        }
+        let child = command
+            .env("HEARTH_LOG", "info,hearth=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn hearth serve");
+        self.child = Some(child);
+        let client = self.client();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if client.status().await.is_ok() {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("hearth serve exited with {status} before it was ready; log:\n{}", self.log());
+            }
+            if Instant::now() > deadline {
+                panic!("hearth serve was not ready within {READY_TIMEOUT:?}; log:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local addr")
+}
+
+/// Asserts a CLI run succeeded, showing its output if not, and returns stdout.
+pub fn success(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "command failed with {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Asserts a CLI run failed, and returns stderr.
+pub fn failure(output: &Output) -> String {
+    assert!(
+        !output.status.success(),
+        "command unexpectedly succeeded\nstdout:\n{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}

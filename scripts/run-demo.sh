@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# `make run`: start the daemon on the embedded store (unless one is already
+# running on the same data dir) and show that it works.
+set -euo pipefail
+
+hearth="${HEARTH_BIN:-$(command -v hearth)}"
+data_dir="${HEARTH_DATA_DIR:-${XDG_DATA_HOME:-$HOME/.local/share}/hearth}"
+export HEARTH_DATA_DIR="$data_dir"
+
+step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
+
+if "$hearth" status >/dev/null 2>&1; then
+  echo "A hearth daemon is already running on $data_dir; using it."
+else
+  mkdir -p "$data_dir"
+  echo "Starting the hearth daemon on $data_dir (log: $data_dir/daemon.log) ..."
+  nohup "$hearth" serve >>"$data_dir/daemon.log" 2>&1 &
+  echo $! >"$data_dir/daemon.pid"
+  for _ in $(seq 1 100); do
+    "$hearth" status >/dev/null 2>&1 && break
+    if ! kill -0 "$(cat "$data_dir/daemon.pid")" 2>/dev/null; then
+      echo "The daemon exited; the end of its log:" >&2
+      tail -n 20 "$data_dir/daemon.log" >&2
+      exit 1
+    fi
+    sleep 0.1
+  done
+fi
+
+step hearth status
+step hearth kv put demo/greeting "hello from hearth"
+step hearth kv put demo/session "vanishes in 5 s" --ttl 5s
+step hearth kv ls demo/
+step hearth events --prefix kv/demo/ --limit 5
+
+cat <<MSG
+
+hearth is running (data dir $data_dir).
+  hearth events -f          follow every change live
+  hearth kv ls              the user key space
+  hearth --help             everything else
+  make stop                 stop the daemon
+MSG

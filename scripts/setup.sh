@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs what building and testing hearth needs, idempotently: Debian
+# packages (only those missing, so a second run does not touch apt) and rustup
+# targets. Safe to run again and again; `make run` and `make test` call it.
+set -euo pipefail
+
+# Debian packages hearth needs today. Each later capability adds its own here.
+#   gcc, libc6-dev: the linker and C runtime rustc links with.
+#   procps:         `kill`, used by scripts and tests to stop the daemon.
+packages=(gcc libc6-dev procps)
+
+# Rust targets: the guest agent is a static musl binary; apps and workflows
+# are WebAssembly components.
+targets=(x86_64-unknown-linux-musl wasm32-wasip2)
+
+say() { printf '\033[1msetup:\033[0m %s\n' "$*"; }
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  say "installing Debian packages: ${missing[*]}"
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "setup: need root (or sudo) to install: ${missing[*]}" >&2; exit 1; }
+    sudo="sudo"
+  fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  say "Debian packages present"
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "setup: cargo is not on PATH: install the Rust toolchain with rustup first (https://rustup.rs)" >&2
+  exit 1
+fi
+if command -v rustup >/dev/null; then
+  installed=$(rustup target list --installed)
+  for t in "${targets[@]}"; do
+    if ! grep -qx "$t" <<<"$installed"; then
+      say "adding Rust target $t"
+      rustup target add "$t"
+    fi
+  done
+  say "Rust targets present: ${targets[*]}"
+else
+  say "rustup not found: skipping targets ${targets[*]} (needed later for guests and apps)"
+fi
