@@ -7,7 +7,16 @@ hearth="${HEARTH_BIN:-$(command -v hearth)}"
 data_dir="${HEARTH_DATA_DIR:-${XDG_DATA_HOME:-$HOME/.local/share}/hearth}"
 export HEARTH_DATA_DIR="$data_dir"
 
-step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
+# Shows a command the way a person would type it, then runs it.
+step() {
+  local shown="" a
+  for a in "$@"; do
+    [[ "$a" == *" "* ]] && a="\"$a\""
+    shown+=" $a"
+  done
+  printf '\n\033[1m$%s\033[0m\n' "$shown"
+  "$@"
+}
 
 if "$hearth" status >/dev/null 2>&1; then
   echo "A hearth daemon is already running on $data_dir; using it."
