@@ -4,19 +4,26 @@ CARGO ?= cargo
 BIN_DIR ?= $(HOME)/.cargo/bin
 DATA_DIR ?= $(or $(HEARTH_DATA_DIR),$(or $(XDG_DATA_HOME),$(HOME)/.local/share)/hearth)
 
-.PHONY: setup build install run stop test lint openapi bench clean
+.PHONY: setup build agent install run stop test lint openapi bench clean
+
+# The guest agent runs as PID 1 in every machine: a static musl binary.
+AGENT := target/x86_64-unknown-linux-musl/release/hearth-agent
 
 setup:
 	@./scripts/setup.sh
 
-build: setup
+build: setup agent
 	$(CARGO) build --release --locked -p hearth
+
+agent: setup
+	$(CARGO) build --release --locked -p hearth-agent --target x86_64-unknown-linux-musl --config profile.release.strip=true
 
 # Puts `hearth` on PATH, as `cargo install` would.
 install: build
 	@mkdir -p $(BIN_DIR)
 	@install -m 0755 target/release/hearth $(BIN_DIR)/hearth
-	@echo "installed $(BIN_DIR)/hearth"
+	@install -m 0755 $(AGENT) $(BIN_DIR)/hearth-agent
+	@echo "installed $(BIN_DIR)/hearth and $(BIN_DIR)/hearth-agent"
 
 run: install
 	@HEARTH_BIN=$(BIN_DIR)/hearth HEARTH_DATA_DIR=$(DATA_DIR) ./scripts/run-demo.sh
@@ -30,7 +37,7 @@ lint: setup
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
-test: lint
+test: lint agent
 	$(CARGO) test --workspace --locked
 
 # Regenerates the checked-in OpenAPI document after an API change.

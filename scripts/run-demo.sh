@@ -42,11 +42,26 @@ step hearth kv put demo/session "vanishes in 5 s" --ttl 5s
 step hearth kv ls demo/
 step hearth events --prefix kv/demo/ --limit 5
 
+# A machine: the first run builds a Debian image (about a minute), later runs reuse it.
+if ! hearth image ls | grep -q '^debian:bookworm '; then
+  step hearth image build debian --suite bookworm
+fi
+if hearth machine inspect demo >/dev/null 2>&1; then
+  step hearth machine start demo || true
+else
+  step hearth machine run --name demo debian:bookworm
+fi
+step hearth machine exec demo -- uname -a
+step hearth machine ls
+
 cat <<MSG
 
 hearth is running (data dir $data_dir).
   hearth events -f          follow every change live
   hearth kv ls              the user key space
+  hearth machine exec -it demo -- bash
+                            a shell in the demo machine
+  hearth machine rm -f demo remove it
   hearth --help             everything else
   make stop                 stop the daemon
 MSG

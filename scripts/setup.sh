@@ -4,10 +4,18 @@
 # targets. Safe to run again and again; `make run` and `make test` call it.
 set -euo pipefail
 
-# Debian packages hearth needs today. Each later capability adds its own here.
-#   gcc, libc6-dev: the linker and C runtime rustc links with.
-#   procps:         `kill`, used by scripts and tests to stop the daemon.
-packages=(gcc libc6-dev procps)
+# Debian packages hearth needs. Each capability adds its own here.
+#   gcc, libc6-dev:          the linker and C runtime rustc links with.
+#   procps:                  `kill`, used by scripts and tests to stop the daemon.
+#   qemu-system-x86:         the VMM for machines (KVM or software emulation).
+#   qemu-utils:              qemu-img, for copy-on-write machine disks.
+#   e2fsprogs:               mkfs.ext4 -d, to turn images into root disks.
+#   debootstrap:             `hearth image build debian`.
+#   skopeo, umoci,
+#   docker-registry,
+#   busybox-static, cpio:    the image tests build and serve an OCI image on loopback.
+packages=(gcc libc6-dev procps qemu-system-x86 qemu-utils e2fsprogs debootstrap
+          skopeo umoci docker-registry busybox-static cpio)
 
 # Rust targets: the guest agent is a static musl binary; apps and workflows
 # are WebAssembly components.

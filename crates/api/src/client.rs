@@ -16,8 +16,9 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::types::{
-    ChangeEvent, DeleteResult, EventList, EventsQuery, GrantLease, KvEntry, KvList, LeaseInfo, LeaseList,
-    PutKv, Status, WriteResult,
+    BuildImage, ChangeEvent, CreateMachine, DeleteResult, EventList, EventsQuery, GrantLease, ImageInfo,
+    ImageList, KvEntry, KvList, LeaseInfo, LeaseList, Machine, MachineList, Progress, PullImage, PutKv,
+    Status, WriteResult,
 };
 
 /// Where the daemon is.
@@ -114,7 +115,7 @@ pub struct Client {
     endpoint: Endpoint,
 }
 
-trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
 
 impl Client {
@@ -254,6 +255,189 @@ impl Client {
                 Ok(m) if m.data.is_empty() => None,
                 Ok(m) => Some(serde_json::from_str(&m.data).map_err(|e| Error::Protocol(e.to_string()))),
             }
+        }))
+    }
+}
+
+/// What a long operation (image pull or build) reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LongEvent<T> {
+    Progress(Progress),
+    Done(T),
+}
+
+/// A WebSocket to the daemon (exec sessions).
+pub type WebSocket = tokio_tungstenite::WebSocketStream<Box<dyn Io>>;
+
+impl Client {
+    pub async fn machines(&self) -> Result<MachineList, Error> {
+        self.call(Method::GET, "/v1/machines", None).await
+    }
+
+    pub async fn machine(&self, name: &str) -> Result<Machine, Error> {
+        self.call(Method::GET, &format!("/v1/machines/{}", encode_path(name)), None).await
+    }
+
+    pub async fn create_machine(&self, body: &CreateMachine) -> Result<Machine, Error> {
+        self.call(Method::POST, "/v1/machines", Self::json(body)?).await
+    }
+
+    pub async fn start_machine(&self, name: &str) -> Result<Machine, Error> {
+        self.call(Method::POST, &format!("/v1/machines/{}/start", encode_path(name)), None).await
+    }
+
+    pub async fn stop_machine(&self, name: &str) -> Result<Machine, Error> {
+        self.call(Method::POST, &format!("/v1/machines/{}/stop", encode_path(name)), None).await
+    }
+
+    pub async fn remove_machine(&self, name: &str, force: bool) -> Result<(), Error> {
+        let path = format!("/v1/machines/{}?force={force}", encode_path(name));
+        self.send(Method::DELETE, &path, None).await.map(drop)
+    }
+
+    /// The console log; with `follow`, a stream that grows with it.
+    pub async fn machine_logs(
+        &self,
+        name: &str,
+        follow: bool,
+        tail: Option<usize>,
+    ) -> Result<impl Stream<Item = Result<Bytes, Error>> + Send + 'static, Error> {
+        let mut path = format!("/v1/machines/{}/logs?follow={follow}", encode_path(name));
+        if let Some(tail) = tail {
+            path.push_str(&format!("&tail={tail}"));
+        }
+        let response = self.send(Method::GET, &path, None).await?;
+        Ok(response.into_body().into_data_stream().map(|r| r.map_err(|e| Error::Protocol(e.to_string()))))
+    }
+
+    /// Opens an exec WebSocket; the caller sends the `ExecStart` first.
+    pub async fn exec_socket(&self, name: &str) -> Result<WebSocket, Error> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        // A plain GET first turns "not running" into a proper API error
+        // instead of a failed WebSocket handshake.
+        self.machine(name).await?;
+        let io = self.connect().await?;
+        let mut request = format!("ws://localhost/v1/machines/{}/exec", encode_path(name))
+            .into_client_request()
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        if let Endpoint::Tcp { token: Some(token), authority } = &self.endpoint {
+            let headers = request.headers_mut();
+            if let Ok(value) = format!("Bearer {token}").parse() {
+                headers.insert(header::AUTHORIZATION, value);
+            }
+            if let Ok(value) = authority.parse() {
+                headers.insert(header::HOST, value);
+            }
+        }
+        match tokio_tungstenite::client_async(request, io).await {
+            Ok((socket, _)) => Ok(socket),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                let status = response.status();
+                let body = response.body().clone().unwrap_or_default();
+                Err(serde_json::from_slice::<ErrorBody>(&body)
+                    .map(|b| Error::Api { status, detail: b.error })
+                    .unwrap_or_else(|_| {
+                        Error::Protocol(format!("the daemon refused the exec session: {status}"))
+                    }))
+            }
+            Err(e) => Err(Error::Protocol(e.to_string())),
+        }
+    }
+
+    /// Uploads `body` to `path` in the machine.
+    pub async fn put_file(&self, name: &str, path: &str, mode: u32, body: Vec<u8>) -> Result<(), Error> {
+        let q = query(&[("path", path), ("mode", &format!("{mode:o}"))]);
+        let target = format!("/v1/machines/{}/files?{q}", encode_path(name));
+        let io = self.connect().await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut builder = Request::builder()
+            .method(Method::PUT)
+            .uri(target)
+            .header(header::HOST, "localhost")
+            .header(header::CONTENT_TYPE, "application/octet-stream");
+        if let Endpoint::Tcp { token: Some(token), .. } = &self.endpoint {
+            builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request =
+            builder.body(Full::new(Bytes::from(body))).map_err(|e| Error::Protocol(e.to_string()))?;
+        let response = sender.send_request(request).await.map_err(|e| Error::Protocol(e.to_string()))?;
+        if response.status().is_success() {
+            return Ok(());
+        }
+        let status = response.status();
+        let bytes = collect(response).await?;
+        Err(serde_json::from_slice::<ErrorBody>(&bytes)
+            .map(|b| Error::Api { status, detail: b.error })
+            .unwrap_or_else(|_| Error::Protocol(format!("the daemon answered {status}"))))
+    }
+
+    /// Downloads a file from the machine: its bytes and its mode.
+    pub async fn get_file(&self, name: &str, path: &str) -> Result<(Bytes, u32), Error> {
+        let q = query(&[("path", path)]);
+        let response =
+            self.send(Method::GET, &format!("/v1/machines/{}/files?{q}", encode_path(name)), None).await?;
+        let mode = response
+            .headers()
+            .get(crate::server::MODE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| u32::from_str_radix(v, 8).ok())
+            .unwrap_or(0o644);
+        Ok((collect(response).await?, mode))
+    }
+
+    pub async fn images(&self) -> Result<ImageList, Error> {
+        self.call(Method::GET, "/v1/images", None).await
+    }
+
+    pub async fn image(&self, name: &str) -> Result<ImageInfo, Error> {
+        self.call(Method::GET, &format!("/v1/images/{}", encode_path(name)), None).await
+    }
+
+    pub async fn remove_image(&self, name: &str) -> Result<(), Error> {
+        self.send(Method::DELETE, &format!("/v1/images/{}", encode_path(name)), None).await.map(drop)
+    }
+
+    pub async fn pull_image(
+        &self,
+        body: &PullImage,
+    ) -> Result<impl Stream<Item = Result<LongEvent<ImageInfo>, Error>> + Send + 'static, Error> {
+        self.long_operation("/v1/images/pull", Self::json(body)?).await
+    }
+
+    pub async fn build_image(
+        &self,
+        body: &BuildImage,
+    ) -> Result<impl Stream<Item = Result<LongEvent<ImageInfo>, Error>> + Send + 'static, Error> {
+        self.long_operation("/v1/images/build", Self::json(body)?).await
+    }
+
+    async fn long_operation<T: DeserializeOwned + Send + 'static>(
+        &self,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<impl Stream<Item = Result<LongEvent<T>, Error>> + Send + 'static, Error> {
+        let response = self.send(Method::POST, path, body).await?;
+        Ok(sse_messages(response.into_body().into_data_stream()).filter_map(|message| async move {
+            let m = match message {
+                Ok(m) => m,
+                Err(e) => return Some(Err(e)),
+            };
+            let parsed = match m.event.as_str() {
+                "progress" => serde_json::from_str(&m.data).map(LongEvent::Progress),
+                "done" => serde_json::from_str(&m.data).map(LongEvent::Done),
+                "error" => {
+                    return Some(Err(serde_json::from_str::<ErrorBody>(&m.data)
+                        .map(|b| Error::Api { status: StatusCode::OK, detail: b.error })
+                        .unwrap_or_else(|_| Error::Protocol(m.data))));
+                }
+                _ => return None,
+            };
+            Some(parsed.map_err(|e| Error::Protocol(e.to_string())))
         }))
     }
 }

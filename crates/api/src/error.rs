@@ -153,3 +153,99 @@ pub fn display_chain(error: &(dyn std::error::Error + 'static)) -> String {
     }
     out
 }
+
+/// Machine errors mapped onto HTTP, with the hint a person needs.
+impl From<hearth_machines::Error> for ApiError {
+    fn from(error: hearth_machines::Error) -> Self {
+        use hearth_machines::Error as E;
+        let message = hearth_machines::chain(&error);
+        match error {
+            E::NotFound(_) => Self::not_found(message, "list machines with `hearth machine ls`"),
+            E::AlreadyExists(name) => Self::conflict(
+                message,
+                format!("pick another --name, or remove the old one with `hearth machine rm -f {name}`"),
+            ),
+            E::Invalid(_) => Self::bad_request("invalid_field", message, "see `hearth machine run --help`"),
+            E::ImageNotFound(_) => Self::not_found(
+                message,
+                "pull it with `hearth image pull REF`, build one with `hearth image build debian`, or list them with `hearth image ls`",
+            ),
+            E::NotRunning { ref name, .. } => {
+                let hint = format!("start it with `hearth machine start {name}`");
+                Self::conflict(message, hint)
+            }
+            E::StillRunning { ref name, .. } => {
+                let hint = format!(
+                    "stop it first (`hearth machine stop {name}`) or use `hearth machine rm -f {name}`"
+                );
+                Self::conflict(message, hint)
+            }
+            E::BackendUnavailable { .. } => Self::bad_request(
+                "backend_unavailable",
+                message,
+                "omit --backend to use the best backend this host can run; `hearth status` shows what it found",
+            ),
+            E::AgentMissing => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "agent_missing",
+                message,
+                "build it with `make agent`, or point HEARTH_AGENT at a static hearth-agent binary",
+            ),
+            E::BootFailed(_) => Self::new(
+                StatusCode::BAD_GATEWAY,
+                "boot_failed",
+                message,
+                "`hearth machine logs NAME` shows the console",
+            ),
+            E::Contended(_) => Self::conflict(message, "try again"),
+            E::Image(ref image_error) => image_error_response(image_error, message),
+            E::Store(store) => Self::from(store),
+            E::Agent(_) => Self::new(
+                StatusCode::BAD_GATEWAY,
+                "agent_unreachable",
+                message,
+                "the machine's agent did not answer; `hearth machine logs NAME` shows the console",
+            ),
+            E::Vmm(_) | E::Guest(_) | E::Kernel(_) | E::Corrupt(..) | E::Io { .. } | E::Internal(_) => {
+                tracing::error!(error = %message, "Machine operation failed.");
+                Self::internal(message)
+            }
+        }
+    }
+}
+
+fn image_error_response(error: &hearth_machines::image::Error, message: String) -> ApiError {
+    let code = error.code();
+    let (status, hint) = match code {
+        "invalid_field" => {
+            (StatusCode::BAD_REQUEST, "check the spelling; e.g. debian:bookworm or ghcr.io/org/app:1.0")
+        }
+        "not_found" => (
+            StatusCode::NOT_FOUND,
+            "`hearth image ls` lists local images; check the tag exists in the registry",
+        ),
+        "ambiguous" => (StatusCode::BAD_REQUEST, "give more digits of the digest, or the image's name"),
+        "registry_unavailable" => {
+            (StatusCode::BAD_GATEWAY, "check the registry address and your network, then try again")
+        }
+        "registry_unauthorized" => (
+            StatusCode::UNAUTHORIZED,
+            "pass --username and --password-stdin for a private image, or check the repository name",
+        ),
+        "digest_mismatch" | "bad_image" => (
+            StatusCode::BAD_GATEWAY,
+            "the registry served damaged or unusable data; try again or pick another tag",
+        ),
+        "command_failed" => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "the daemon log has the command's full output")
+        }
+        _ => {
+            tracing::error!(error = %message, "Image operation failed.");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "this is a bug in hearth or a failing disk; the daemon log has details",
+            )
+        }
+    };
+    ApiError::new(status, code, message, hint)
+}

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use crate::server::{events, kv, leases, system};
+use crate::server::{events, files, images, kv, leases, machines, system};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -22,6 +22,9 @@ use crate::server::{events, kv, leases, system};
         kv::list, kv::get, kv::put, kv::delete,
         leases::grant, leases::list, leases::keep_alive, leases::revoke,
         events::events,
+        machines::list, machines::create, machines::get, machines::remove, machines::start, machines::stop,
+        machines::logs, machines::exec, files::put, files::get,
+        images::list, images::get, images::remove, images::pull, images::build,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -30,6 +33,8 @@ use crate::server::{events, kv, leases, system};
         (name = "kv", description = "The user key space of the state store"),
         (name = "leases", description = "TTLs that keys can be attached to"),
         (name = "events", description = "Every change in the store"),
+        (name = "machines", description = "Linux microVMs"),
+        (name = "images", description = "Root file systems for machines"),
     )
 )]
 struct ApiDoc;

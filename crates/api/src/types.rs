@@ -45,6 +45,8 @@ pub struct HostInfo {
     pub qemu: Option<ToolInfo>,
     /// `firecracker`, if installed.
     pub firecracker: Option<ToolInfo>,
+    /// The backend new machines get unless one is forced.
+    pub default_backend: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -65,8 +67,8 @@ pub struct ToolInfo {
     pub version: Option<String>,
 }
 
-impl From<hearth_machines::probe::HostReport> for HostInfo {
-    fn from(report: hearth_machines::probe::HostReport) -> Self {
+impl HostInfo {
+    pub fn new(report: hearth_machines::probe::HostReport, default_backend: String) -> Self {
         let tool = |t: hearth_machines::probe::Tool| ToolInfo {
             path: t.path.display().to_string(),
             version: t.version,
@@ -80,6 +82,7 @@ impl From<hearth_machines::probe::HostReport> for HostInfo {
             },
             qemu: report.qemu.map(tool),
             firecracker: report.firecracker.map(tool),
+            default_backend,
         }
     }
 }
@@ -268,4 +271,223 @@ pub struct EventsQuery {
     pub prefix: Option<String>,
     /// At most this many events in a list (default 100, at most 10000).
     pub limit: Option<usize>,
+}
+
+/// A machine: what was asked for and what is observed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Machine {
+    pub name: String,
+    /// The image as named at creation.
+    pub image: String,
+    pub image_digest: String,
+    /// `qemu-tcg`, `qemu-kvm` or `firecracker`.
+    pub backend: String,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    /// The program started at boot, if any.
+    pub entrypoint: Vec<String>,
+    /// `running` or `stopped`: what the user asked for.
+    pub desired: String,
+    /// `created`, `starting`, `running`, `stopping`, `stopped` or `failed`.
+    pub state: String,
+    /// What is happening now, while starting or stopping.
+    pub phase: Option<String>,
+    /// Why it is stopped or failed.
+    pub reason: Option<String>,
+    /// The VM process id.
+    pub pid: Option<u32>,
+    /// Milliseconds from launch to the agent's first answer, last boot.
+    pub boot_ms: Option<u64>,
+    /// The guest kernel release.
+    pub kernel: Option<String>,
+    pub auto_remove: bool,
+    /// Unix seconds.
+    pub created_at: u64,
+    pub started_at: Option<u64>,
+}
+
+impl From<hearth_machines::record::MachineRecord> for Machine {
+    fn from(r: hearth_machines::record::MachineRecord) -> Self {
+        Machine {
+            name: r.name,
+            image: r.spec.image,
+            image_digest: r.spec.image_digest,
+            backend: r.spec.backend.to_string(),
+            cpus: r.spec.cpus,
+            memory_mib: r.spec.memory_mib,
+            entrypoint: r.spec.entrypoint,
+            desired: match r.desired {
+                hearth_machines::record::Desired::Running => "running".into(),
+                hearth_machines::record::Desired::Stopped => "stopped".into(),
+            },
+            state: r.status.state.as_str().to_owned(),
+            phase: r.status.phase,
+            reason: r.status.reason,
+            pid: r.status.pid,
+            boot_ms: r.status.boot_ms,
+            kernel: r.status.kernel,
+            auto_remove: r.spec.auto_remove,
+            created_at: r.created_at,
+            started_at: r.status.started_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MachineList {
+    pub machines: Vec<Machine>,
+}
+
+/// `POST /v1/machines`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateMachine {
+    /// Lowercase letters, digits and dashes; generated if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// An image name or digest, as `hearth image ls` shows.
+    pub image: String,
+    /// Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
+    /// Default 512.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u32>,
+    /// Run this at boot instead of the image's entrypoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// `qemu-tcg`, `qemu-kvm` or `firecracker`; default: the best this host can run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// A bzImage on the daemon's host to boot instead of Debian's cloud kernel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    /// Remove the machine when it stops.
+    #[serde(default)]
+    pub auto_remove: bool,
+    /// Create without starting.
+    #[serde(default)]
+    pub no_start: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct RemoveMachineQuery {
+    /// Remove even if it is running (the VM is killed).
+    pub force: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct LogsQuery {
+    /// Keep streaming as the console grows.
+    pub follow: Option<bool>,
+    /// Only the last N lines first.
+    pub tail: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct FileQuery {
+    /// Absolute path in the guest.
+    pub path: String,
+    /// Permission bits for an upload, octal (default 644).
+    pub mode: Option<String>,
+}
+
+/// The first message on an exec WebSocket (text, JSON).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecStart {
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Allocate a terminal of this size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<TermSize>,
+    /// Whether the client will send stdin.
+    #[serde(default)]
+    pub stdin: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TermSize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// Control messages on an exec WebSocket (text, JSON), client to daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ExecControl {
+    Resize(TermSize),
+    Signal(i32),
+    CloseStdin,
+}
+
+/// The last message on an exec WebSocket (text, JSON), daemon to client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecEnd {
+    Exit { code: Option<i32>, signal: Option<i32> },
+    Error(crate::error::ErrorDetail),
+}
+
+/// An image on this host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ImageInfo {
+    pub name: String,
+    pub digest: String,
+    pub size_bytes: u64,
+    /// `registry` or `debootstrap`.
+    pub source: String,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub created_at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ImageList {
+    pub images: Vec<ImageInfo>,
+}
+
+/// `POST /v1/images/pull`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PullImage {
+    /// e.g. `debian:bookworm`, `ghcr.io/org/app:1.2`, `127.0.0.1:5000/test`.
+    pub reference: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+/// `POST /v1/images/build`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BuildImage {
+    /// Only `debian` for now.
+    pub distro: String,
+    /// Default `bookworm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suite: Option<String>,
+    #[serde(default)]
+    pub packages: Vec<String>,
+}
+
+/// One progress report of a long operation (streamed as SSE `progress`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Progress {
+    /// What is happening, e.g. `downloading sha256:ab12…`.
+    pub message: String,
+    /// Bytes or steps done, when known.
+    pub done: Option<u64>,
+    /// Bytes or steps in all, when known.
+    pub total: Option<u64>,
 }

@@ -23,6 +23,14 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
 
+    /// Where kernels, initramfs and images are cached [default: DATA_DIR/cache]. Several daemons may share one.
+    #[arg(long, value_name = "DIR", env = "HEARTH_CACHE_DIR")]
+    cache_dir: Option<std::path::PathBuf>,
+
+    /// The static guest agent binary [default: hearth-agent next to this binary, or $HEARTH_AGENT].
+    #[arg(long, value_name = "PATH")]
+    agent: Option<std::path::PathBuf>,
+
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Pretty, env = "HEARTH_LOG_FORMAT")]
     log_format: LogFormat,
@@ -50,7 +58,7 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
     prepare_data_dir(data_dir)?;
 
     let store_path = data_dir.join(paths::STORE_FILE);
-    let store = RedbStore::open(&store_path, StoreOptions::default())
+    let redb = RedbStore::open(&store_path, StoreOptions::default())
         .with_context(|| format!("cannot open the state store in {}", data_dir.display()))?;
     let token = ensure_token(data_dir)?;
 
@@ -68,15 +76,29 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
         .await
         .context("the host probe failed")?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let store: Arc<dyn hearth_store::Store> = Arc::new(redb.clone());
+    let cache_dir = args.cache_dir.unwrap_or_else(|| data_dir.join("cache"));
+    let machines = hearth_machines::Machines::new(
+        store.clone(),
+        hearth_machines::Options { data_dir: data_dir.to_owned(), cache_dir, agent: args.agent },
+        host,
+    )
+    .context("cannot start the machines service")?;
+    let machines_loop = tokio::spawn(machines.clone().run(stop_rx.clone()));
+    // KVM present is not KVM working: find out in the background.
+    tokio::spawn({
+        let machines = machines.clone();
+        async move { machines.probe_kvm().await }
+    });
     let state = AppState::new(
-        Arc::new(store.clone()),
+        store,
+        machines,
         DaemonInfo {
             data_dir: data_dir.to_owned(),
             socket: socket_path.clone(),
             tcp: tcp_addr,
             store_backend: "redb".to_owned(),
             store_location: store_path.display().to_string(),
-            host: host.into(),
         },
         stop_rx,
     );
@@ -126,7 +148,9 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
         );
         servers.abort_all();
     }
-    store.shutdown().await;
+    let _ = machines_loop.await;
+    drop(state);
+    redb.shutdown().await;
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!("Stopped.");
     Ok(())

@@ -41,6 +41,12 @@ enum Command {
     Status(cmd::status::Args),
     /// List changes in the store, or follow them live with -f.
     Events(cmd::events::Args),
+    /// Linux microVMs: run, exec, copy, logs, stop, remove.
+    #[command(subcommand)]
+    Machine(cmd::machine::Command),
+    /// Machine images: pull from registries, build from packages.
+    #[command(subcommand)]
+    Image(cmd::image::Command),
     /// Read and write the user key space of the store.
     #[command(subcommand)]
     Kv(cmd::kv::Command),
@@ -74,6 +80,11 @@ fn main() -> ExitCode {
     }
 }
 
+/// A command's exit code as the process's (`exec` passes the guest's through).
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1))
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let data_dir = paths::data_dir(cli.data_dir.as_deref())?;
     let client = || paths::client(&data_dir, cli.host.as_deref(), cli.token.clone());
@@ -82,6 +93,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => cmd::status::run(&client()?, args).await?,
         Command::Events(args) => cmd::events::run(&client()?, args).await?,
         Command::Kv(command) => cmd::kv::run(&client()?, command).await?,
+        Command::Machine(command) => return Ok(exit_code(cmd::machine::run(&client()?, command).await?)),
+        Command::Image(command) => return Ok(exit_code(cmd::image::run(&client()?, command).await?)),
         Command::Token => cmd::token::run(&data_dir)?,
         Command::Completions { shell } => {
             use clap::CommandFactory;

@@ -103,6 +103,13 @@ pub fn debian_cloud_kernel(cache: &Path) -> Result<Kernel, Error> {
         return Ok(kernel);
     }
     std::fs::create_dir_all(cache).map_err(io(cache))?;
+    // Daemons may share a cache: one downloads, the others wait and reuse.
+    let lock_path = cache.join(".lock");
+    let lock = std::fs::File::create(&lock_path).map_err(io(&lock_path))?;
+    lock.lock().map_err(io(&lock_path))?;
+    if let Ok(kernel) = Kernel::from_unpacked(&root) {
+        return Ok(kernel);
+    }
     let work = cache.join(format!(".{package}.partial"));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(io(&work))?;

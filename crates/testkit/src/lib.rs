@@ -129,7 +129,7 @@ impl Daemon {
             .open(self.data_dir().join("daemon.log"))
             .expect("open daemon.log");
         let mut command = Command::new(&self.bin);
-        command.arg("serve").arg("--data-dir").arg(self.data_dir());
+        command.arg("serve").arg("--data-dir").arg(self.data_dir()).arg("--cache-dir").arg(self.cache_dir());
         if let Some(addr) = self.tcp {
             command.arg("--listen").arg(addr.to_string());
         }
@@ -161,7 +161,92 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+        self.kill_vms();
     }
+}
+
+impl Daemon {
+    /// The cache of kernels and images, shared by every test daemon of this
+    /// build (`target/hearth-test-cache`), so a Debian image is built once.
+    pub fn cache_dir(&self) -> PathBuf {
+        shared_cache_dir(&self.bin)
+    }
+
+    /// Makes sure `debian:bookworm` is in the shared cache, building it once
+    /// (under a lock, so parallel tests do not build it twice).
+    pub async fn ensure_debian_image(&self) -> String {
+        const IMAGE: &str = "debian:bookworm";
+        let cache = self.cache_dir();
+        std::fs::create_dir_all(&cache).expect("create the test cache");
+        let lock = std::fs::File::create(cache.join(".debian-image.lock")).expect("create lock file");
+        let locked = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock)).await.expect("join");
+        let _lock = locked.expect("lock the test image");
+        if self.client().image(IMAGE).await.is_err() {
+            let out = self.cli(&["image", "build", "debian", "--suite", "bookworm"]);
+            success(&out);
+        }
+        IMAGE.to_owned()
+    }
+
+    /// Polls a machine until its state is one of `states`, for up to `limit`.
+    pub async fn wait_for_machine(
+        &self,
+        name: &str,
+        states: &[&str],
+        limit: Duration,
+    ) -> hearth_api::types::Machine {
+        let started = Instant::now();
+        loop {
+            let m = self.client().machine(name).await.expect("machine exists");
+            if states.contains(&m.state.as_str()) {
+                return m;
+            }
+            if started.elapsed() > limit {
+                panic!(
+                    "machine {name} is {} after {limit:?}, not one of {states:?}: {m:?}\nlog:\n{}",
+                    m.state,
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// VM processes started from this data dir (by their command lines).
+    pub fn vm_pids(&self) -> Vec<u32> {
+        let needle = self.data_dir().display().to_string();
+        let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .map(|c| {
+                        let text = String::from_utf8_lossy(&c);
+                        text.contains("qemu-system") && text.contains(&needle)
+                    })
+                    .unwrap_or(false)
+            })
+            .collect()
+    }
+
+    /// Kills every VM this daemon left behind, so a failed test leaks none.
+    fn kill_vms(&self) {
+        for pid in self.vm_pids() {
+            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+        }
+    }
+}
+
+fn shared_cache_dir(bin: &Path) -> PathBuf {
+    if let Some(dir) = std::env::var_os("HEARTH_TEST_CACHE") {
+        return PathBuf::from(dir);
+    }
+    // BIN is target/<profile>/hearth.
+    bin.parent()
+        .and_then(Path::parent)
+        .map(|t| t.join("hearth-test-cache"))
+        .unwrap_or_else(|| "hearth-test-cache".into())
 }
 
 /// A loopback port that was free a moment ago.

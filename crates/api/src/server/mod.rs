@@ -7,9 +7,16 @@
 
 mod auth;
 pub(crate) mod events;
+mod exec;
+pub(crate) mod files;
+pub(crate) mod images;
 pub(crate) mod kv;
 pub(crate) mod leases;
+pub(crate) mod machines;
 pub(crate) mod system;
+
+pub use exec::{STDERR, STDOUT};
+pub use files::MODE_HEADER;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,7 +34,6 @@ pub use auth::Token;
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::types::HostInfo;
 
 /// Facts about the running daemon that `GET /v1/status` reports.
 #[derive(Debug, Clone)]
@@ -39,7 +45,6 @@ pub struct DaemonInfo {
     pub store_backend: String,
     /// The store file, or the etcd endpoints.
     pub store_location: String,
-    pub host: HostInfo,
 }
 
 /// Everything a handler can reach. Cheap to clone.
@@ -50,6 +55,7 @@ pub struct AppState {
 
 struct Inner {
     store: Arc<dyn Store>,
+    machines: hearth_machines::Machines,
     info: DaemonInfo,
     started: Instant,
     metrics: Metrics,
@@ -65,10 +71,16 @@ impl std::fmt::Debug for AppState {
 impl AppState {
     /// `shutdown` turns true when the daemon begins to stop; long-lived
     /// responses (event streams) end then, so graceful shutdown can finish.
-    pub fn new(store: Arc<dyn Store>, info: DaemonInfo, shutdown: watch::Receiver<bool>) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        machines: hearth_machines::Machines,
+        info: DaemonInfo,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store,
+                machines,
                 info,
                 started: Instant::now(),
                 metrics: Metrics::new(),
@@ -79,6 +91,10 @@ impl AppState {
 
     pub(crate) fn store(&self) -> &dyn Store {
         self.inner.store.as_ref()
+    }
+
+    pub(crate) fn machines(&self) -> &hearth_machines::Machines {
+        &self.inner.machines
     }
 
     /// Resolves when the daemon begins to shut down.
@@ -104,6 +120,17 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/leases/{id}", axum::routing::delete(leases::revoke))
         .route("/v1/leases/{id}/keepalive", post(leases::keep_alive))
         .route("/v1/events", get(events::events))
+        .route("/v1/machines", get(machines::list).post(machines::create))
+        .route("/v1/machines/{name}", get(machines::get).delete(machines::remove))
+        .route("/v1/machines/{name}/start", post(machines::start))
+        .route("/v1/machines/{name}/stop", post(machines::stop))
+        .route("/v1/machines/{name}/logs", get(machines::logs))
+        .route("/v1/machines/{name}/exec", get(machines::exec))
+        .route("/v1/machines/{name}/files", get(files::get).put(files::put))
+        .route("/v1/images", get(images::list))
+        .route("/v1/images/pull", post(images::pull))
+        .route("/v1/images/build", post(images::build))
+        .route("/v1/images/{*name}", get(images::get).delete(images::remove))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), track))

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use crate::error::{ApiError, ErrorBody};
-use crate::types::{Status, StoreStatus};
+use crate::types::{HostInfo, Status, StoreStatus};
 
 /// The daemon's version, data dir, store revision and host capabilities.
 #[utoipa::path(get, path = "/v1/status", tag = "system",
@@ -28,7 +28,7 @@ pub(crate) async fn status(State(state): State<AppState>) -> Result<axum::Json<S
             revision,
             compacted_revision,
         },
-        host: info.host.clone(),
+        host: HostInfo::new(state.machines().host(), state.machines().default_backend().to_string()),
     }))
 }
 

@@ -2,6 +2,8 @@
 
 pub(crate) mod bench;
 pub(crate) mod events;
+pub(crate) mod image;
 pub(crate) mod kv;
+pub(crate) mod machine;
 pub(crate) mod status;
 pub(crate) mod token;

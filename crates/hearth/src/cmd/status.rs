@@ -39,7 +39,8 @@ fn render(s: &Status) -> String {
          revision    {revision} (history from {compacted})\n\
          kvm         {kvm}: {kvm_detail}\n\
          qemu        {qemu}\n\
-         firecracker {firecracker}\n",
+         firecracker {firecracker}\n\
+         machines    run on {default_backend} by default\n",
         version = s.version,
         uptime = humantime::format_duration(std::time::Duration::from_secs(s.uptime_secs)),
         data_dir = s.data_dir,
@@ -52,5 +53,6 @@ fn render(s: &Status) -> String {
         kvm_detail = s.host.kvm.detail,
         qemu = tool(&s.host.qemu),
         firecracker = tool(&s.host.firecracker),
+        default_backend = s.host.default_backend,
     )
 }

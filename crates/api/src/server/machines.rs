@@ -1,0 +1,218 @@
+//! `/v1/machines`: Linux microVMs.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hearth_machines::CreateRequest;
+use hearth_machines::vmm::Backend;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use super::AppState;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{ApiJson, ApiQuery};
+use crate::types::{CreateMachine, LogsQuery, Machine, MachineList, RemoveMachineQuery};
+
+const DEFAULT_MEMORY_MIB: u32 = 512;
+
+/// Lists machines.
+#[utoipa::path(get, path = "/v1/machines", tag = "machines", responses((status = 200, body = MachineList)))]
+pub(crate) async fn list(State(state): State<AppState>) -> Result<axum::Json<MachineList>, ApiError> {
+    let machines = state.machines().list().await?;
+    Ok(axum::Json(MachineList { machines: machines.into_iter().map(Machine::from).collect() }))
+}
+
+/// Creates a machine and starts it. The answer comes at once, with state
+/// `created`; follow `/v1/events?prefix=machines/NAME` to watch it boot.
+#[utoipa::path(post, path = "/v1/machines", tag = "machines", request_body = CreateMachine,
+    responses((status = 201, body = Machine), (status = 400, body = ErrorBody),
+        (status = 404, description = "The image is not here", body = ErrorBody),
+        (status = 409, description = "The name is taken", body = ErrorBody)))]
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<CreateMachine>,
+) -> Result<(StatusCode, axum::Json<Machine>), ApiError> {
+    let backend = body.backend.as_deref().map(|b| b.parse::<Backend>()).transpose().map_err(|e| {
+        ApiError::bad_request(
+            "invalid_field",
+            format!("field `backend`: {e}"),
+            "omit it to let hearth choose",
+        )
+    })?;
+    if body.image.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            "field `image`: empty",
+            "name an image from `hearth image ls`",
+        ));
+    }
+    if body.command.as_ref().is_some_and(Vec::is_empty) {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            "field `command`: empty",
+            "give a program and its arguments, or omit it",
+        ));
+    }
+    let name = body.name.unwrap_or_else(generate_name);
+    let rec = state
+        .machines()
+        .create(CreateRequest {
+            name,
+            image: body.image,
+            backend,
+            cpus: body.cpus.unwrap_or(1),
+            memory_mib: body.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB),
+            command: body.command,
+            kernel: body.kernel.map(Into::into),
+            auto_remove: body.auto_remove,
+            start: !body.no_start,
+        })
+        .await?;
+    Ok((StatusCode::CREATED, axum::Json(rec.into())))
+}
+
+fn generate_name() -> String {
+    const WORDS: &[&str] =
+        &["ash", "birch", "cedar", "elm", "fir", "hazel", "larch", "maple", "oak", "pine", "rowan", "yew"];
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{}-{:04x}", WORDS[nanos as usize % WORDS.len()], (nanos >> 8) & 0xffff)
+}
+
+/// Shows one machine.
+#[utoipa::path(get, path = "/v1/machines/{name}", tag = "machines",
+    params(("name" = String, Path)), responses((status = 200, body = Machine), (status = 404, body = ErrorBody)))]
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<axum::Json<Machine>, ApiError> {
+    Ok(axum::Json(state.machines().get(&name).await?.into()))
+}
+
+/// Asks a machine to start.
+#[utoipa::path(post, path = "/v1/machines/{name}/start", tag = "machines",
+    params(("name" = String, Path)), responses((status = 200, body = Machine), (status = 404, body = ErrorBody)))]
+pub(crate) async fn start(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<axum::Json<Machine>, ApiError> {
+    Ok(axum::Json(state.machines().start(&name).await?.into()))
+}
+
+/// Asks a machine to power off.
+#[utoipa::path(post, path = "/v1/machines/{name}/stop", tag = "machines",
+    params(("name" = String, Path)), responses((status = 200, body = Machine), (status = 404, body = ErrorBody)))]
+pub(crate) async fn stop(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<axum::Json<Machine>, ApiError> {
+    Ok(axum::Json(state.machines().stop(&name).await?.into()))
+}
+
+/// Removes a machine, its VM and its disk.
+#[utoipa::path(delete, path = "/v1/machines/{name}", tag = "machines",
+    params(("name" = String, Path), RemoveMachineQuery),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, description = "Running; use force", body = ErrorBody)))]
+pub(crate) async fn remove(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ApiQuery(query): ApiQuery<RemoveMachineQuery>,
+) -> Result<StatusCode, ApiError> {
+    state.machines().remove(&name, query.force.unwrap_or(false)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The machine's serial console: everything the kernel and the agent printed.
+#[utoipa::path(get, path = "/v1/machines/{name}/logs", tag = "machines",
+    params(("name" = String, Path), LogsQuery),
+    responses((status = 200, description = "The console log", content_type = "text/plain"), (status = 404, body = ErrorBody)))]
+pub(crate) async fn logs(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ApiQuery(query): ApiQuery<LogsQuery>,
+) -> Result<Response, ApiError> {
+    state.machines().get(&name).await?;
+    let path = state.machines().console_log(&name);
+    let text = tokio::fs::read(&path).await.unwrap_or_default();
+    let start = match query.tail {
+        Some(n) => tail_offset(&text, n),
+        None => 0,
+    };
+    let head = text[start..].to_vec();
+    if !query.follow.unwrap_or(false) {
+        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], head).into_response());
+    }
+    let machines = state.machines().clone();
+    let stop = state.shutting_down();
+    let offset = text.len() as u64;
+    let stream = futures::stream::unfold(
+        (Some(head), offset, path, machines, name, Box::pin(stop)),
+        |(first, mut offset, path, machines, name, mut stop)| async move {
+            if let Some(first) = first.filter(|f| !f.is_empty()) {
+                return Some((Ok::<_, std::io::Error>(first), (None, offset, path, machines, name, stop)));
+            }
+            loop {
+                if let Some(buf) = read_from(&path, offset).await {
+                    offset += buf.len() as u64;
+                    return Some((Ok(buf), (None, offset, path, machines, name, stop)));
+                }
+                // The stream ends when the machine is removed or the daemon stops.
+                if machines.get(&name).await.is_err() {
+                    return None;
+                }
+                tokio::select! {
+                    _ = &mut stop => return None,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+        },
+    );
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], Body::from_stream(stream)).into_response())
+}
+
+/// What the file holds past `offset`, if anything.
+async fn read_from(path: &std::path::Path, offset: u64) -> Option<Vec<u8>> {
+    let mut file = tokio::fs::File::open(path).await.ok()?;
+    file.seek(std::io::SeekFrom::Start(offset)).await.ok()?;
+    let mut buf = Vec::new();
+    file.read_to_end(&mut buf).await.ok()?;
+    (!buf.is_empty()).then_some(buf)
+}
+
+fn tail_offset(text: &[u8], lines: usize) -> usize {
+    let mut seen = 0;
+    let end = if text.ends_with(b"\n") { text.len() - 1 } else { text.len() };
+    for (i, b) in text[..end].iter().enumerate().rev() {
+        if *b == b'\n' {
+            seen += 1;
+            if seen == lines {
+                return i + 1;
+            }
+        }
+    }
+    0
+}
+
+/// Runs a command in a machine over a WebSocket. The client's first message
+/// is an [`ExecStart`] (text); then binary messages are stdin, and text
+/// messages are [`ExecControl`]. The daemon sends binary messages whose first
+/// byte is 1 (stdout) or 2 (stderr), and ends with an [`ExecEnd`] (text).
+#[utoipa::path(get, path = "/v1/machines/{name}/exec", tag = "machines",
+    params(("name" = String, Path)),
+    responses((status = 101, description = "Switching to the WebSocket exec protocol"),
+        (status = 404, body = ErrorBody), (status = 409, description = "Not running", body = ErrorBody)))]
+pub(crate) async fn exec(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    // Fail before upgrading, so that the client gets a proper HTTP error.
+    let agent = state.machines().agent(&name).await?;
+    let env_defaults = state.machines().get(&name).await?.spec.env;
+    Ok(upgrade.on_upgrade(move |socket| super::exec::session(socket, agent, env_defaults, name)))
+}

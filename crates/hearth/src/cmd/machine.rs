@@ -1,0 +1,502 @@
+//! `hearth machine`: Linux microVMs.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures::{SinkExt, StreamExt};
+use hearth_api::client::{Client, Error as ClientError};
+use hearth_api::types::{CreateMachine, ExecControl, ExecEnd, ExecStart, Machine, PullImage, TermSize};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::output::{Table, print_json};
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum Command {
+    /// Create and start a machine from an image; with `-- CMD`, run CMD in it.
+    Run(RunArgs),
+    /// List machines.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show everything about one machine.
+    Inspect {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a stopped machine.
+    Start { name: String },
+    /// Power a machine off (its disk is kept).
+    Stop { name: String },
+    /// Stop, then start a machine.
+    Restart { name: String },
+    /// Remove machines, their VMs and their disks.
+    Rm {
+        /// Remove even if running (the VM is killed).
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Run a command in a running machine; its exit code becomes yours.
+    Exec(ExecArgs),
+    /// Copy a file into or out of a machine: `cp ./f n1:/root/f` or `cp n1:/etc/hostname .`.
+    Cp { source: String, destination: String },
+    /// Show the machine's serial console.
+    Logs {
+        name: String,
+        /// Keep printing as it grows.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<usize>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct RunArgs {
+    /// The machine's name (default: generated).
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    cpus: u32,
+    /// Memory, e.g. 512M or 1G.
+    #[arg(long, default_value = "512M", value_parser = parse_mib)]
+    memory: u32,
+    /// qemu-tcg, qemu-kvm or firecracker (default: the best this host can run).
+    #[arg(long)]
+    backend: Option<String>,
+    /// Boot this bzImage instead of Debian's cloud kernel.
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Remove the machine when it stops (or when CMD ends).
+    #[arg(long)]
+    rm: bool,
+    /// Return as soon as the machine is created; do not wait for it to boot.
+    #[arg(short, long)]
+    detach: bool,
+    /// Print the machine as JSON when it is up.
+    #[arg(long)]
+    json: bool,
+    /// An image from `hearth image ls`; pulled from its registry if missing.
+    image: String,
+    /// A command to run once the machine is up (after `--`).
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ExecArgs {
+    /// Keep stdin open and send it to the command.
+    #[arg(short, long)]
+    interactive: bool,
+    /// Give the command a terminal.
+    #[arg(short, long)]
+    tty: bool,
+    /// Set an environment variable, KEY=VALUE.
+    #[arg(short, long, value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// The working directory in the machine.
+    #[arg(short = 'w', long)]
+    workdir: Option<String>,
+    name: String,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+fn parse_mib(text: &str) -> Result<u32, String> {
+    let t = text.trim();
+    let (num, mult) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => (&t[..i], t[i..].to_ascii_lowercase()),
+        None => (t, "m".to_owned()),
+    };
+    let n: f64 = num.trim().parse().map_err(|_| format!("{text:?} is not a size like 512M or 2G"))?;
+    let mib = match mult.as_str() {
+        "m" | "mb" | "mib" => n,
+        "g" | "gb" | "gib" => n * 1024.0,
+        _ => return Err(format!("{text:?} is not a size like 512M or 2G")),
+    };
+    if !(1.0..=1_048_576.0).contains(&mib) {
+        return Err(format!("{text:?} is out of range"));
+    }
+    Ok(mib as u32)
+}
+
+pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<i32> {
+    match command {
+        Command::Run(args) => run_machine(client, args).await,
+        Command::Ls { json } => {
+            let list = client.machines().await?;
+            if json {
+                print_json(&list)?;
+            } else {
+                let mut table =
+                    Table::new(vec!["NAME", "STATE", "IMAGE", "BACKEND", "CPUS", "MEMORY", "BOOT", "INFO"]);
+                for m in list.machines {
+                    table.row(vec![
+                        m.name.clone(),
+                        m.state.clone(),
+                        m.image.clone(),
+                        m.backend.clone(),
+                        m.cpus.to_string(),
+                        format!("{}M", m.memory_mib),
+                        m.boot_ms
+                            .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
+                            .unwrap_or_else(|| "-".into()),
+                        m.phase.clone().or(m.reason.clone()).unwrap_or_default(),
+                    ]);
+                }
+                print!("{}", table.render());
+            }
+            Ok(0)
+        }
+        Command::Inspect { name, json } => {
+            let m = client.machine(&name).await?;
+            if json {
+                print_json(&m)?;
+            } else {
+                print!("{}", describe(&m));
+            }
+            Ok(0)
+        }
+        Command::Start { name } => {
+            client.start_machine(&name).await?;
+            let m = wait_until_settled(client, &name, Duration::from_secs(180)).await?;
+            report_up(&m)
+        }
+        Command::Stop { name } => {
+            client.stop_machine(&name).await?;
+            wait_for_state(client, &name, &["stopped", "failed"], "stopping", Duration::from_secs(60))
+                .await?;
+            println!("{name} is stopped");
+            Ok(0)
+        }
+        Command::Restart { name } => {
+            client.stop_machine(&name).await?;
+            wait_for_state(client, &name, &["stopped", "failed"], "stopping", Duration::from_secs(60))
+                .await?;
+            client.start_machine(&name).await?;
+            let m = wait_until_settled(client, &name, Duration::from_secs(180)).await?;
+            report_up(&m)
+        }
+        Command::Rm { force, names } => {
+            let mut failed = false;
+            for name in names {
+                match client.remove_machine(&name, force).await {
+                    Ok(()) => println!("removed {name}"),
+                    Err(e) => {
+                        crate::output::print_error(&anyhow::Error::new(e));
+                        failed = true;
+                    }
+                }
+            }
+            Ok(i32::from(failed))
+        }
+        Command::Exec(args) => exec(client, args).await,
+        Command::Cp { source, destination } => copy(client, &source, &destination).await.map(|()| 0),
+        Command::Logs { name, follow, tail } => {
+            let mut stream = Box::pin(client.machine_logs(&name, follow, tail).await?);
+            let mut out = std::io::stdout();
+            loop {
+                let next = tokio::select! {
+                    next = stream.next() => next,
+                    _ = tokio::signal::ctrl_c() => break,
+                };
+                match next {
+                    Some(chunk) => {
+                        out.write_all(&chunk?)?;
+                        out.flush()?;
+                    }
+                    None => break,
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+async fn run_machine(client: &Client, args: RunArgs) -> anyhow::Result<i32> {
+    ensure_image(client, &args.image).await?;
+    let created = client
+        .create_machine(&CreateMachine {
+            name: args.name.clone(),
+            image: args.image.clone(),
+            cpus: Some(args.cpus),
+            memory_mib: Some(args.memory),
+            command: None,
+            backend: args.backend.clone(),
+            kernel: args.kernel.as_ref().map(|k| k.display().to_string()),
+            auto_remove: args.rm && args.command.is_empty(),
+            no_start: false,
+        })
+        .await?;
+    let name = created.name.clone();
+    if args.detach {
+        println!("{name}");
+        return Ok(0);
+    }
+    let m = wait_until_settled(client, &name, Duration::from_secs(180)).await?;
+    if args.command.is_empty() {
+        if args.json {
+            print_json(&m)?;
+            return Ok(0);
+        }
+        return report_up(&m);
+    }
+    let code = exec(
+        client,
+        ExecArgs {
+            interactive: false,
+            tty: false,
+            env: vec![],
+            workdir: None,
+            name: name.clone(),
+            command: args.command,
+        },
+    )
+    .await;
+    if args.rm {
+        client
+            .remove_machine(&name, true)
+            .await
+            .with_context(|| format!("cannot remove {name} after the command"))?;
+    }
+    code
+}
+
+/// Pulls the image through the daemon if it is not there yet.
+async fn ensure_image(client: &Client, image: &str) -> anyhow::Result<()> {
+    match client.image(image).await {
+        Ok(_) => return Ok(()),
+        Err(ClientError::Api { status, .. }) if status == hyper::StatusCode::NOT_FOUND => {}
+        Err(e) => return Err(e.into()),
+    }
+    eprintln!("Image {image} is not here; pulling it.");
+    let stream =
+        client.pull_image(&PullImage { reference: image.to_owned(), username: None, password: None }).await?;
+    super::image::follow_long_operation(stream).await.map(drop)
+}
+
+/// Waits for a machine to be running (or to fail), showing its boot phases.
+async fn wait_until_settled(client: &Client, name: &str, limit: Duration) -> anyhow::Result<Machine> {
+    let m = wait_for_state(client, name, &["running", "failed", "stopped"], "starting", limit).await?;
+    if m.state != "running" {
+        bail!("machine {name} did not start: {}", m.reason.unwrap_or_else(|| format!("it is {}", m.state)));
+    }
+    Ok(m)
+}
+
+async fn wait_for_state(
+    client: &Client,
+    name: &str,
+    done: &[&str],
+    verb: &str,
+    limit: Duration,
+) -> anyhow::Result<Machine> {
+    let progress = crate::output::Spinner::new(format!("{name}: {verb}"));
+    let started = Instant::now();
+    loop {
+        let m = client.machine(name).await?;
+        if done.contains(&m.state.as_str()) {
+            progress.finish();
+            return Ok(m);
+        }
+        if started.elapsed() > limit {
+            progress.finish();
+            bail!(
+                "machine {name} is still {} after {}s; `hearth machine logs {name}` shows its console",
+                m.state,
+                limit.as_secs()
+            );
+        }
+        let phase = m.phase.clone().unwrap_or_else(|| m.state.clone());
+        progress.set(format!("{name}: {phase} ({:.1}s)", started.elapsed().as_secs_f64()));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+fn report_up(m: &Machine) -> anyhow::Result<i32> {
+    let boot = m.boot_ms.map(|ms| format!(", booted in {:.1}s", ms as f64 / 1000.0)).unwrap_or_default();
+    println!("{} is running ({}{boot})", m.name, m.backend);
+    println!("  hearth machine exec {} -- uname -a", m.name);
+    println!("  hearth machine exec -it {} -- bash", m.name);
+    Ok(0)
+}
+
+fn describe(m: &Machine) -> String {
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| out.push_str(&format!("{k:<12}{v}\n"));
+    line("name", m.name.clone());
+    line("state", format!("{} (wanted: {})", m.state, m.desired));
+    if let Some(phase) = &m.phase {
+        line("phase", phase.clone());
+    }
+    if let Some(reason) = &m.reason {
+        line("reason", reason.clone());
+    }
+    line("image", format!("{} ({})", m.image, m.image_digest));
+    line("backend", m.backend.clone());
+    line("resources", format!("{} CPU, {} MiB", m.cpus, m.memory_mib));
+    if !m.entrypoint.is_empty() {
+        line("entrypoint", m.entrypoint.join(" "));
+    }
+    if let Some(pid) = m.pid {
+        line("vm pid", pid.to_string());
+    }
+    if let Some(kernel) = &m.kernel {
+        line("kernel", kernel.clone());
+    }
+    if let Some(ms) = m.boot_ms {
+        line("boot", format!("{ms} ms to agent-ready"));
+    }
+    line("remove", if m.auto_remove { "when stopped".into() } else { "by hand".into() });
+    out
+}
+
+async fn exec(client: &Client, args: ExecArgs) -> anyhow::Result<i32> {
+    let mut socket = client.exec_socket(&args.name).await?;
+    let tty = if args.tty {
+        let (cols, rows) = terminal_size::terminal_size().map(|(w, h)| (w.0, h.0)).unwrap_or((80, 24));
+        Some(TermSize { rows, cols })
+    } else {
+        None
+    };
+    let start =
+        ExecStart { argv: args.command, env: args.env, cwd: args.workdir, tty, stdin: args.interactive };
+    socket.send(Message::Text(serde_json::to_string(&start)?.into())).await?;
+    let _raw = if args.tty && args.interactive { crate::output::RawMode::enable() } else { None };
+    let (mut sink, mut stream) = socket.split();
+    let (stdin_tx, mut stdin_rx) = tokio::sync::mpsc::channel::<Option<Vec<u8>>>(16);
+    if args.interactive {
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut stdin = std::io::stdin();
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => {
+                        let _ = stdin_tx.blocking_send(None);
+                        break;
+                    }
+                    Ok(n) => {
+                        if stdin_tx.blocking_send(Some(buf[..n].to_vec())).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    } else {
+        drop(stdin_tx);
+    }
+    let mut stdin_open = args.interactive;
+    let mut winch = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()).ok();
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    loop {
+        tokio::select! {
+            message = stream.next() => match message {
+                Some(Ok(Message::Binary(data))) if !data.is_empty() => {
+                    let target: &mut dyn std::io::Write = if data[0] == hearth_api::server::STDERR { &mut err } else { &mut out };
+                    target.write_all(&data[1..])?;
+                    target.flush()?;
+                }
+                Some(Ok(Message::Text(text))) => {
+                    return match serde_json::from_str::<ExecEnd>(&text)? {
+                        ExecEnd::Exit { code: Some(code), .. } => Ok(code),
+                        ExecEnd::Exit { signal, .. } => Ok(128 + signal.unwrap_or(0)),
+                        ExecEnd::Error(detail) => Err(ClientError::Api { status: hyper::StatusCode::OK, detail }.into()),
+                    };
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => bail!("the exec session broke off: {e}"),
+                None => bail!("the daemon ended the exec session without an exit code"),
+            },
+            chunk = stdin_rx.recv(), if stdin_open => match chunk {
+                Some(Some(data)) => sink.send(Message::Binary(data.into())).await?,
+                Some(None) | None => {
+                    stdin_open = false;
+                    sink.send(Message::Text(serde_json::to_string(&ExecControl::CloseStdin)?.into())).await?;
+                }
+            },
+            Some(()) = async { match winch.as_mut() { Some(w) => w.recv().await, None => std::future::pending().await } }, if args.tty => {
+                if let Some((w, h)) = terminal_size::terminal_size() {
+                    let resize = ExecControl::Resize(TermSize { rows: h.0, cols: w.0 });
+                    sink.send(Message::Text(serde_json::to_string(&resize)?.into())).await?;
+                }
+            }
+        }
+    }
+}
+
+/// `NAME:/path` names a file in a machine; anything else is local.
+fn remote(spec: &str) -> Option<(&str, &str)> {
+    let (name, path) = spec.split_once(':')?;
+    (!name.is_empty() && !name.contains('/') && path.starts_with('/')).then_some((name, path))
+}
+
+async fn copy(client: &Client, source: &str, destination: &str) -> anyhow::Result<()> {
+    match (remote(source), remote(destination)) {
+        (None, Some((name, path))) => {
+            let local = Path::new(source);
+            if local.is_dir() {
+                bail!("{source} is a directory; cp copies single files (pack it with tar first)");
+            }
+            let data = std::fs::read(local).with_context(|| format!("cannot read {source}"))?;
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(local)?.permissions().mode() & 0o7777;
+            let path = if path.ends_with('/') {
+                format!("{path}{}", local.file_name().map(|n| n.to_string_lossy()).unwrap_or_default())
+            } else {
+                path.to_owned()
+            };
+            let size = data.len();
+            client.put_file(name, &path, mode, data).await?;
+            eprintln!("copied {size} bytes to {name}:{path}");
+        }
+        (Some((name, path)), None) => {
+            let (data, mode) = client.get_file(name, path).await?;
+            let mut target = PathBuf::from(destination);
+            if target.is_dir() {
+                target.push(Path::new(path).file_name().unwrap_or_default());
+            }
+            std::fs::write(&target, &data).with_context(|| format!("cannot write {}", target.display()))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))?;
+            eprintln!("copied {} bytes to {}", data.len(), target.display());
+        }
+        (Some(_), Some(_)) => {
+            bail!("copy between two machines through your host: cp a:/f ./f, then cp ./f b:/f")
+        }
+        (None, None) => bail!("one side must be in a machine, written NAME:/absolute/path"),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_to_mib() {
+        assert_eq!(parse_mib("512M"), Ok(512));
+        assert_eq!(parse_mib("1G"), Ok(1024));
+        assert_eq!(parse_mib("256"), Ok(256));
+        assert_eq!(parse_mib("1.5g"), Ok(1536));
+        assert!(parse_mib("lots").is_err());
+        assert!(parse_mib("5T").is_err());
+    }
+
+    #[test]
+    fn remote_paths_need_a_name_and_an_absolute_path() {
+        assert_eq!(remote("n1:/etc/hostname"), Some(("n1", "/etc/hostname")));
+        assert_eq!(remote("./n1:/x"), None);
+        assert_eq!(remote("n1:rel"), None);
+        assert_eq!(remote("/tmp/file"), None);
+    }
+}
