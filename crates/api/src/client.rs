@@ -18,7 +18,7 @@ use crate::error::{ErrorBody, ErrorDetail};
 use crate::types::{
     BuildImage, ChangeEvent, CreateMachine, DeleteResult, EventList, EventsQuery, GrantLease, ImageInfo,
     ImageList, KvEntry, KvList, LeaseInfo, LeaseList, Machine, MachineList, Progress, PullImage, PutKv,
-    Status, WriteResult,
+    RestoreSnapshot, Snapshot, SnapshotList, Status, TakeSnapshot, WriteResult,
 };
 
 /// Where the daemon is.
@@ -388,6 +388,24 @@ impl Client {
             .and_then(|v| u32::from_str_radix(v, 8).ok())
             .unwrap_or(0o644);
         Ok((collect(response).await?, mode))
+    }
+
+    pub async fn snapshot_machine(&self, machine: &str, snapshot: &str) -> Result<Snapshot, Error> {
+        let body = Self::json(&TakeSnapshot { name: snapshot.to_owned() })?;
+        self.call(Method::POST, &format!("/v1/machines/{}/snapshot", encode_path(machine)), body).await
+    }
+
+    pub async fn snapshots(&self) -> Result<SnapshotList, Error> {
+        self.call(Method::GET, "/v1/snapshots", None).await
+    }
+
+    pub async fn restore_snapshot(&self, snapshot: &str, name: Option<String>) -> Result<Machine, Error> {
+        let body = Self::json(&RestoreSnapshot { name })?;
+        self.call(Method::POST, &format!("/v1/snapshots/{}/restore", encode_path(snapshot)), body).await
+    }
+
+    pub async fn remove_snapshot(&self, snapshot: &str) -> Result<(), Error> {
+        self.send(Method::DELETE, &format!("/v1/snapshots/{}", encode_path(snapshot)), None).await.map(drop)
     }
 
     pub async fn images(&self) -> Result<ImageList, Error> {

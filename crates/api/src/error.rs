@@ -166,6 +166,10 @@ impl From<hearth_machines::Error> for ApiError {
                 format!("pick another --name, or remove the old one with `hearth machine rm -f {name}`"),
             ),
             E::Invalid(_) => Self::bad_request("invalid_field", message, "see `hearth machine run --help`"),
+            E::SnapshotNotFound(_) => Self::not_found(message, "list snapshots with `hearth snapshot ls`"),
+            E::SnapshotExists(_) => {
+                Self::conflict(message, "pick another name, or remove it with `hearth snapshot rm`")
+            }
             E::ImageNotFound(_) => Self::not_found(
                 message,
                 "pull it with `hearth image pull REF`, build one with `hearth image build debian`, or list them with `hearth image ls`",

@@ -24,6 +24,7 @@ use crate::server::{events, files, images, kv, leases, machines, system};
         events::events,
         machines::list, machines::create, machines::get, machines::remove, machines::start, machines::stop,
         machines::logs, machines::exec, files::put, files::get,
+        machines::snapshot, machines::snapshots, machines::restore, machines::remove_snapshot,
         images::list, images::get, images::remove, images::pull, images::build,
     ),
     modifiers(&BearerAuth),

@@ -491,3 +491,55 @@ pub struct Progress {
     /// Bytes or steps in all, when known.
     pub total: Option<u64>,
 }
+
+/// A machine saved to disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Snapshot {
+    pub name: String,
+    /// The machine it was taken from.
+    pub machine: String,
+    pub image: String,
+    pub backend: String,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub size_bytes: u64,
+    /// Unix seconds.
+    pub created_at: u64,
+}
+
+impl From<hearth_machines::record::SnapshotRecord> for Snapshot {
+    fn from(s: hearth_machines::record::SnapshotRecord) -> Self {
+        Snapshot {
+            name: s.name,
+            machine: s.machine,
+            image: s.spec.image,
+            backend: s.spec.backend.to_string(),
+            cpus: s.spec.cpus,
+            memory_mib: s.spec.memory_mib,
+            size_bytes: s.size_bytes,
+            created_at: s.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SnapshotList {
+    pub snapshots: Vec<Snapshot>,
+}
+
+/// `POST /v1/machines/{name}/snapshot`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TakeSnapshot {
+    /// The snapshot's name.
+    pub name: String,
+}
+
+/// `POST /v1/snapshots/{name}/restore`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreSnapshot {
+    /// The new machine's name; default: the machine the snapshot was taken from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}

@@ -1,7 +1,7 @@
 //! `hearth`: the daemon (`hearth serve`) and its command-line client.
 //!
-//! Every subcommand but `serve`, `completions` and `bench` is a client of the
-//! daemon's API: the CLI never does work behind the daemon's back.
+//! Every subcommand but `serve`, `completions` and `bench store` is a client
+//! of the daemon's API: the CLI never does work behind the daemon's back.
 
 mod cmd;
 mod daemon;
@@ -47,6 +47,9 @@ enum Command {
     /// Machine images: pull from registries, build from packages.
     #[command(subcommand)]
     Image(cmd::image::Command),
+    /// Machine snapshots: list and remove (take them with `machine snapshot`).
+    #[command(subcommand)]
+    Snapshot(cmd::snapshot::Command),
     /// Read and write the user key space of the store.
     #[command(subcommand)]
     Kv(cmd::kv::Command),
@@ -94,13 +97,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Events(args) => cmd::events::run(&client()?, args).await?,
         Command::Kv(command) => cmd::kv::run(&client()?, command).await?,
         Command::Machine(command) => return Ok(exit_code(cmd::machine::run(&client()?, command).await?)),
+        Command::Snapshot(command) => cmd::snapshot::run(&client()?, command).await?,
         Command::Image(command) => return Ok(exit_code(cmd::image::run(&client()?, command).await?)),
         Command::Token => cmd::token::run(&data_dir)?,
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "hearth", &mut std::io::stdout());
         }
-        Command::Bench(command) => cmd::bench::run(command).await?,
+        Command::Bench(command) => cmd::bench::run(command, &data_dir, client).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

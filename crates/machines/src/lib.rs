@@ -34,6 +34,12 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
 
+    #[error("snapshot {0:?} does not exist")]
+    SnapshotNotFound(String),
+
+    #[error("a snapshot named {0:?} already exists")]
+    SnapshotExists(String),
+
     #[error("image {0:?} is not here")]
     ImageNotFound(String),
 

@@ -105,6 +105,28 @@ impl State {
     }
 }
 
+/// The store prefix of snapshot records.
+pub const SNAPSHOT_PREFIX: &str = "snapshots/";
+
+/// The store key of a snapshot's record.
+pub fn snapshot_key(name: &str) -> String {
+    format!("{SNAPSHOT_PREFIX}{name}")
+}
+
+/// A machine saved to disk: its memory and device state, and its disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    pub name: String,
+    /// The machine it was taken from.
+    pub machine: String,
+    /// The machine's spec: a restore must recreate the same virtual hardware.
+    pub spec: Spec,
+    /// Bytes on disk (state and disk overlay).
+    pub size_bytes: u64,
+    /// Unix seconds.
+    pub created_at: u64,
+}
+
 /// Checks a machine name: it becomes a host name and a directory name.
 pub fn validate_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()

@@ -14,7 +14,10 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use super::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery};
-use crate::types::{CreateMachine, LogsQuery, Machine, MachineList, RemoveMachineQuery};
+use crate::types::{
+    CreateMachine, LogsQuery, Machine, MachineList, RemoveMachineQuery, RestoreSnapshot, Snapshot,
+    SnapshotList, TakeSnapshot,
+};
 
 const DEFAULT_MEMORY_MIB: u32 = 512;
 
@@ -215,4 +218,51 @@ pub(crate) async fn exec(
     let agent = state.machines().agent(&name).await?;
     let env_defaults = state.machines().get(&name).await?.spec.env;
     Ok(upgrade.on_upgrade(move |socket| super::exec::session(socket, agent, env_defaults, name)))
+}
+
+/// Pauses a running machine to disk (memory, devices and disk); the machine
+/// is stopped afterwards.
+#[utoipa::path(post, path = "/v1/machines/{name}/snapshot", tag = "machines",
+    params(("name" = String, Path)), request_body = TakeSnapshot,
+    responses((status = 201, body = Snapshot), (status = 404, body = ErrorBody),
+        (status = 409, description = "Not running, or the snapshot name is taken", body = ErrorBody)))]
+pub(crate) async fn snapshot(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<TakeSnapshot>,
+) -> Result<(StatusCode, axum::Json<Snapshot>), ApiError> {
+    let snap = state.machines().snapshot(&name, &body.name).await?;
+    Ok((StatusCode::CREATED, axum::Json(snap.into())))
+}
+
+/// Lists snapshots.
+#[utoipa::path(get, path = "/v1/snapshots", tag = "machines", responses((status = 200, body = SnapshotList)))]
+pub(crate) async fn snapshots(State(state): State<AppState>) -> Result<axum::Json<SnapshotList>, ApiError> {
+    let list = state.machines().snapshots().await?;
+    Ok(axum::Json(SnapshotList { snapshots: list.into_iter().map(Snapshot::from).collect() }))
+}
+
+/// Creates a machine from a snapshot and resumes it where it was.
+#[utoipa::path(post, path = "/v1/snapshots/{name}/restore", tag = "machines",
+    params(("name" = String, Path)), request_body = RestoreSnapshot,
+    responses((status = 201, body = Machine), (status = 404, body = ErrorBody),
+        (status = 409, description = "The machine name is taken", body = ErrorBody)))]
+pub(crate) async fn restore(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<RestoreSnapshot>,
+) -> Result<(StatusCode, axum::Json<Machine>), ApiError> {
+    let machine = state.machines().restore(&name, body.name).await?;
+    Ok((StatusCode::CREATED, axum::Json(machine.into())))
+}
+
+/// Deletes a snapshot.
+#[utoipa::path(delete, path = "/v1/snapshots/{name}", tag = "machines",
+    params(("name" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody)))]
+pub(crate) async fn remove_snapshot(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.machines().remove_snapshot(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -1,8 +1,15 @@
 //! `hearth bench`: measurements against peers.
+//!
+//! `bench store` runs on its own, against a fresh store; `bench machines`
+//! is a client of the running daemon, because it measures the daemon.
 
+mod machines;
+
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
+use hearth_api::client::Client;
 use hearth_store::bench::{BenchOptions, run as run_store_bench};
 use hearth_store::redb::{Options as StoreOptions, RedbStore};
 
@@ -30,10 +37,22 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Machines: boot to agent-ready through hearth against a bare QEMU boot
+    /// of the same kernel and initramfs, exec round trips, idle memory.
+    ///
+    /// Talks to the running daemon (as `hearth machine` does), creates
+    /// machines named bench-PID-N and removes them again.
+    Machines(machines::Args),
 }
 
-pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
+/// Runs a benchmark; `client` connects to the daemon for those that need one.
+pub(crate) async fn run(
+    command: Command,
+    data_dir: &Path,
+    client: impl FnOnce() -> anyhow::Result<Client>,
+) -> anyhow::Result<()> {
     match command {
+        Command::Machines(args) => machines::run(&client()?, data_dir, args).await?,
         Command::Store { ops, concurrency, value_size, dir, json } => {
             let tmp = match dir {
                 Some(dir) => tempfile::tempdir_in(&dir),

@@ -46,6 +46,15 @@ pub(crate) enum Command {
     Exec(ExecArgs),
     /// Copy a file into or out of a machine: `cp ./f n1:/root/f` or `cp n1:/etc/hostname .`.
     Cp { source: String, destination: String },
+    /// Pause a running machine to disk (memory, devices, disk); it is stopped afterwards.
+    Snapshot { name: String, snapshot: String },
+    /// Create a machine from a snapshot, resumed where it was.
+    Restore {
+        snapshot: String,
+        /// The new machine's name (default: the machine the snapshot came from).
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Show the machine's serial console.
     Logs {
         name: String,
@@ -199,6 +208,25 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<i32
             Ok(i32::from(failed))
         }
         Command::Exec(args) => exec(client, args).await,
+        Command::Snapshot { name, snapshot } => {
+            let progress = crate::output::Spinner::new(format!("{name}: saving to {snapshot}"));
+            let snap = client.snapshot_machine(&name, &snapshot).await;
+            progress.finish();
+            let snap = snap?;
+            println!(
+                "saved {name} to snapshot {} ({:.0} MiB); resume it with `hearth machine restore {}`",
+                snap.name,
+                snap.size_bytes as f64 / 1048576.0,
+                snap.name
+            );
+            Ok(0)
+        }
+        Command::Restore { snapshot, name } => {
+            let progress = crate::output::Spinner::new(format!("restoring {snapshot}"));
+            let m = client.restore_snapshot(&snapshot, name).await;
+            progress.finish();
+            report_up(&m?)
+        }
         Command::Cp { source, destination } => copy(client, &source, &destination).await.map(|()| 0),
         Command::Logs { name, follow, tail } => {
             let mut stream = Box::pin(client.machine_logs(&name, follow, tail).await?);
@@ -406,13 +434,7 @@ async fn exec(client: &Client, args: ExecArgs) -> anyhow::Result<i32> {
                     target.write_all(&data[1..])?;
                     target.flush()?;
                 }
-                Some(Ok(Message::Text(text))) => {
-                    return match serde_json::from_str::<ExecEnd>(&text)? {
-                        ExecEnd::Exit { code: Some(code), .. } => Ok(code),
-                        ExecEnd::Exit { signal, .. } => Ok(128 + signal.unwrap_or(0)),
-                        ExecEnd::Error(detail) => Err(ClientError::Api { status: hyper::StatusCode::OK, detail }.into()),
-                    };
-                }
+                Some(Ok(Message::Text(text))) => return exit_code(&text),
                 Some(Ok(_)) => {}
                 Some(Err(e)) => bail!("the exec session broke off: {e}"),
                 None => bail!("the daemon ended the exec session without an exit code"),
@@ -431,6 +453,31 @@ async fn exec(client: &Client, args: ExecArgs) -> anyhow::Result<i32> {
                 }
             }
         }
+    }
+}
+
+/// Runs `argv` in a running machine with no stdin and no terminal, throws
+/// its output away and returns its exit code (`hearth bench` times this).
+pub(crate) async fn exec_quiet(client: &Client, name: &str, argv: Vec<String>) -> anyhow::Result<i32> {
+    let mut socket = client.exec_socket(name).await?;
+    let start = ExecStart { argv, env: vec![], cwd: None, tty: None, stdin: false };
+    socket.send(Message::Text(serde_json::to_string(&start)?.into())).await?;
+    while let Some(message) = socket.next().await {
+        match message {
+            Ok(Message::Text(text)) => return exit_code(&text),
+            Ok(_) => {}
+            Err(e) => bail!("the exec session broke off: {e}"),
+        }
+    }
+    bail!("the daemon ended the exec session without an exit code")
+}
+
+/// The exit code in the session's closing message (128 + N for signal N).
+fn exit_code(end: &str) -> anyhow::Result<i32> {
+    match serde_json::from_str::<ExecEnd>(end)? {
+        ExecEnd::Exit { code: Some(code), .. } => Ok(code),
+        ExecEnd::Exit { signal, .. } => Ok(128 + signal.unwrap_or(0)),
+        ExecEnd::Error(detail) => Err(ClientError::Api { status: hyper::StatusCode::OK, detail }.into()),
     }
 }
 

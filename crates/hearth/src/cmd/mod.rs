@@ -5,5 +5,6 @@ pub(crate) mod events;
 pub(crate) mod image;
 pub(crate) mod kv;
 pub(crate) mod machine;
+pub(crate) mod snapshot;
 pub(crate) mod status;
 pub(crate) mod token;

@@ -160,7 +160,7 @@ pub enum Error {
     Registry { registry: String, url: String, status: u16, detail: String },
 
     /// The HTTP exchange with the registry failed part-way.
-    #[error("the exchange with the registry at {url} failed; try again")]
+    #[error("the HTTP exchange with {url} failed")]
     Transport {
         url: String,
         #[source]

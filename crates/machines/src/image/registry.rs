@@ -140,19 +140,21 @@ impl<'a> Client<'a> {
     pub(super) fn resolve(&mut self) -> Result<Resolved, Error> {
         let (bytes, media_type, digest) = self.manifest(self.reference.manifest_ref())?;
         let raw = self.parse_manifest(&bytes)?;
-        let media_type = media_type.or_else(|| raw.media_type.clone());
-        let is_index = match media_type.as_deref() {
-            Some(t) if INDEX_TYPES.contains(&t) => true,
-            Some(t) if MANIFEST_TYPES.contains(&t) => false,
-            Some(t) if t.contains("prettyjws") || raw.schema_version == 1 => {
-                return Err(
-                    self.bad("it has an old Docker schema 1 manifest; push it again with a current tool")
-                );
-            }
-            Some(t) if !t.is_empty() && t != "application/json" => {
-                return Err(self.bad(&format!("its manifest has the media type `{t}`, not an image's")));
-            }
-            _ => raw.manifests.is_some(),
+        // The manifest's own `mediaType` is part of what the digest covers;
+        // the Content-Type header is only the server's opinion.
+        let media_type = raw.media_type.clone().or(media_type).unwrap_or_default();
+        let is_index = if INDEX_TYPES.contains(&media_type.as_str()) {
+            true
+        } else if MANIFEST_TYPES.contains(&media_type.as_str()) {
+            false
+        } else if raw.schema_version == 1 || media_type.contains("prettyjws") {
+            return Err(self.bad("it has an old Docker schema 1 manifest; push it again with a current tool"));
+        } else if raw.manifests.is_some() {
+            true
+        } else if raw.layers.is_some() {
+            false
+        } else {
+            return Err(self.bad(&format!("its manifest has the media type `{media_type}`, not an image's")));
         };
         if !is_index {
             return self.image_manifest(raw, digest, None);

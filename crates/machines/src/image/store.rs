@@ -30,7 +30,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::debian::{check_name, debian_mirror, debootstrap, ensure_mount_points, prepare_debian_tree};
-use super::registry::{Client, Descriptor, RawConfig};
+use super::registry::{Client, Descriptor, RawConfig, Resolved};
 use super::{
     Credentials, Error, Image, ImageConfig, ImageSource, Progress, digest_hex, ext4, io, parse_reference,
     unpack,
@@ -120,25 +120,7 @@ impl ImageStore {
         }
         // Blobs must outlive this pull's use of them; see `collect_blobs`.
         let _blobs = self.lock_shared("blobs")?;
-        let config_path = self.blob(&mut client, &resolved.config, progress)?;
-        let raw_config = fs::read(&config_path).map_err(io(&config_path))?;
-        let raw_config: RawConfig = serde_json::from_slice(&raw_config).map_err(|e| Error::BadImage {
-            reference: name.clone(),
-            reason: format!("its config is not valid JSON ({e})"),
-        })?;
-        if !raw_config.architecture.is_empty()
-            && (raw_config.os != "linux" || raw_config.architecture != "amd64")
-        {
-            return Err(Error::NoPlatform {
-                reference: name,
-                available: format!("{}/{}", raw_config.os, raw_config.architecture),
-            });
-        }
-        let mut layers = Vec::with_capacity(resolved.layers.len());
-        for layer in &resolved.layers {
-            layers.push(self.blob(&mut client, layer, progress)?);
-        }
-
+        let (config, layers) = self.download(&mut client, &resolved, &name, progress)?;
         let staging = Staging::new(&self.tmp_dir(), "pull")?;
         let tree = staging.tree()?;
         for (i, (path, layer)) in layers.iter().zip(&resolved.layers).enumerate() {
@@ -148,20 +130,12 @@ impl ImageStore {
                 .map_err(|e| Error::Layer { digest: layer.digest.clone(), source: Box::new(e) })?;
         }
         ensure_mount_points(&tree)?;
-
-        let c = raw_config.config.unwrap_or_default();
         let record = Record {
             name: name.clone(),
             digest: resolved.digest.clone(),
-            index_digest: resolved.index_digest,
+            index_digest: resolved.index_digest.clone(),
             size_bytes: 0,
-            config: ImageConfig {
-                entrypoint: c.entrypoint.unwrap_or_default(),
-                cmd: c.cmd.unwrap_or_default(),
-                env: c.env.unwrap_or_default(),
-                working_dir: c.working_dir.filter(|w| !w.is_empty()),
-                user: c.user.filter(|u| !u.is_empty()),
-            },
+            config,
             created_unix: now(),
             source: ImageSource::Registry { reference: reference.canonical() },
             blobs: std::iter::once(&resolved.config)
@@ -174,6 +148,42 @@ impl ImageStore {
         self.set_name(&name, &record.digest)?;
         progress(Progress::Done);
         Ok(self.image(record, name))
+    }
+
+    /// Gets the image's config and layers into the blob cache: the config
+    /// as hearth keeps it, and the layers' paths in order.
+    fn download(
+        &self,
+        client: &mut Client<'_>,
+        resolved: &Resolved,
+        name: &str,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(ImageConfig, Vec<PathBuf>), Error> {
+        let path = self.blob(client, &resolved.config, progress)?;
+        let bytes = fs::read(&path).map_err(io(&path))?;
+        let raw: RawConfig = serde_json::from_slice(&bytes).map_err(|e| Error::BadImage {
+            reference: name.to_owned(),
+            reason: format!("its config is not valid JSON ({e})"),
+        })?;
+        if !raw.architecture.is_empty() && (raw.os != "linux" || raw.architecture != "amd64") {
+            return Err(Error::NoPlatform {
+                reference: name.to_owned(),
+                available: format!("{}/{}", raw.os, raw.architecture),
+            });
+        }
+        let mut layers = Vec::with_capacity(resolved.layers.len());
+        for layer in &resolved.layers {
+            layers.push(self.blob(client, layer, progress)?);
+        }
+        let c = raw.config.unwrap_or_default();
+        let config = ImageConfig {
+            entrypoint: c.entrypoint.unwrap_or_default(),
+            cmd: c.cmd.unwrap_or_default(),
+            env: c.env.unwrap_or_default(),
+            working_dir: c.working_dir.filter(|w| !w.is_empty()),
+            user: c.user.filter(|u| !u.is_empty()),
+        };
+        Ok((config, layers))
     }
 
     /// Builds `debian:SUITE` with `debootstrap --variant=minbase`, plus

@@ -2,7 +2,11 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
+use serde_json::json;
+
+use super::qmp::Qmp;
 use super::{Backend, Error, VmConfig, VmFiles, process_name};
 
 /// The QEMU binary.
@@ -85,7 +89,17 @@ pub fn args(backend: Backend, config: &VmConfig) -> Result<Vec<String>, Error> {
 /// Starts the VM and returns once QEMU has daemonized (devices set up, pid
 /// file written) or failed with its own message.
 pub fn launch(backend: Backend, config: &VmConfig) -> Result<(), Error> {
-    let args = args(backend, config)?;
+    launch_with(backend, config, &[])
+}
+
+/// Starts the VM paused, waiting for its state from [`load_state`].
+pub fn launch_incoming(backend: Backend, config: &VmConfig) -> Result<(), Error> {
+    launch_with(backend, config, &["-incoming".into(), "defer".into(), "-S".into()])
+}
+
+fn launch_with(backend: Backend, config: &VmConfig, extra: &[String]) -> Result<(), Error> {
+    let mut args = args(backend, config)?;
+    args.extend_from_slice(extra);
     let files = VmFiles::in_dir(&config.dir);
     for stale in [&files.pid, &files.agent, &files.control] {
         let _ = std::fs::remove_file(stale);
@@ -105,6 +119,66 @@ pub fn launch(backend: Backend, config: &VmConfig) -> Result<(), Error> {
         });
     }
     Ok(())
+}
+
+/// How long saving or loading a VM's state may take.
+const MIGRATION_LIMIT: Duration = Duration::from_secs(120);
+
+/// Pauses the VM and writes its device and memory state to `state`. The VM
+/// stays paused; the caller decides whether to quit or continue it.
+pub fn save_state(control: &Path, state: &Path) -> Result<(), Error> {
+    let mut qmp = Qmp::connect(control, Duration::from_secs(10))?;
+    qmp.execute("stop", None)?;
+    // The default bandwidth cap (32 MiB/s) is for live migration over a
+    // network; a paused VM to a local file can go as fast as the disk.
+    qmp.execute("migrate-set-parameters", Some(json!({ "max-bandwidth": 8u64 << 30 })))?;
+    let uri = format!("exec:cat > {}", shell_quote(&state.display().to_string()));
+    qmp.execute("migrate", Some(json!({ "uri": uri })))?;
+    wait_for_migration(&mut qmp)
+}
+
+/// Feeds `state` to a VM started with [`launch_incoming`] and resumes it.
+pub fn load_state(control: &Path, state: &Path) -> Result<(), Error> {
+    let mut qmp = Qmp::connect(control, Duration::from_secs(10))?;
+    let uri = format!("exec:cat {}", shell_quote(&state.display().to_string()));
+    qmp.execute("migrate-incoming", Some(json!({ "uri": uri })))?;
+    wait_for_migration(&mut qmp)?;
+    qmp.execute("cont", None)?;
+    Ok(())
+}
+
+/// Asks QEMU to exit now.
+pub fn quit(control: &Path) -> Result<(), Error> {
+    let mut qmp = Qmp::connect(control, Duration::from_secs(5))?;
+    // QEMU may close the socket before it answers.
+    let _ = qmp.execute("quit", None);
+    Ok(())
+}
+
+fn wait_for_migration(qmp: &mut Qmp) -> Result<(), Error> {
+    let started = Instant::now();
+    loop {
+        let info = qmp.execute("query-migrate", None)?;
+        match info.get("status").and_then(|s| s.as_str()) {
+            Some("completed") => return Ok(()),
+            Some("failed") | Some("cancelled") => {
+                let why = info.get("error-desc").and_then(|d| d.as_str()).unwrap_or("no reason given");
+                return Err(Error::Control(format!("saving or loading the VM state failed: {why}")));
+            }
+            _ if started.elapsed() > MIGRATION_LIMIT => {
+                return Err(Error::Control(format!(
+                    "saving or loading the VM state took over {}s",
+                    MIGRATION_LIMIT.as_secs()
+                )));
+            }
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// Quotes a path for the `sh -c` QEMU runs an `exec:` migration URI with.
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
 }
 
 #[cfg(test)]
@@ -135,6 +209,12 @@ mod tests {
         assert!(a.contains("virtio-blk-pci,drive=root"), "{a}");
         assert!(a.contains("virtio-serial-pci"), "{a}");
         assert!(!a.contains("microvm"), "{a}");
+    }
+
+    #[test]
+    fn migration_paths_are_quoted_for_the_shell() {
+        assert_eq!(shell_quote("/a b/state"), "'/a b/state'");
+        assert_eq!(shell_quote("/it's"), r"'/it'\''s'");
     }
 
     #[test]

@@ -27,6 +27,8 @@ use crate::record::{self, Desired, MachineRecord, Spec, State, Status, now_unix}
 use crate::vmm::{self, Backend, VmConfig, VmFiles};
 use crate::{Error, guest};
 
+mod snapshot;
+
 /// Time a guest gets from launch to its agent's first answer.
 fn boot_deadline(backend: Backend) -> Duration {
     match backend {
@@ -87,8 +89,9 @@ struct Inner {
     /// Machines with a boot or stop task in flight.
     busy: StdMutex<HashSet<String>>,
     agents: StdMutex<HashMap<String, Arc<AgentClient>>>,
-    /// Kernel download and initramfs assembly happen once at a time.
-    payload: Mutex<()>,
+    /// The boot payload, prepared once (kernel download and initramfs
+    /// assembly happen one at a time, under this lock).
+    payload: Mutex<Option<Payload>>,
 }
 
 impl std::fmt::Debug for Machines {
@@ -113,7 +116,7 @@ impl Machines {
                 locks: StdMutex::default(),
                 busy: StdMutex::default(),
                 agents: StdMutex::default(),
-                payload: Mutex::new(()),
+                payload: Mutex::new(None),
             }),
         })
     }
@@ -353,9 +356,23 @@ impl Machines {
         Ok(())
     }
 
-    /// Whether any machine's disk is backed by the image with this digest.
+    /// The machines and snapshots whose disks are backed by this image.
     pub async fn image_in_use(&self, digest: &str) -> Result<Vec<String>, Error> {
-        Ok(self.list().await?.into_iter().filter(|m| m.spec.image_digest == digest).map(|m| m.name).collect())
+        let mut users: Vec<String> = self
+            .list()
+            .await?
+            .into_iter()
+            .filter(|m| m.spec.image_digest == digest)
+            .map(|m| m.name)
+            .collect();
+        users.extend(
+            self.snapshots()
+                .await?
+                .into_iter()
+                .filter(|s| s.spec.image_digest == digest)
+                .map(|s| format!("snapshot {}", s.name)),
+        );
+        Ok(users)
     }
 
     /// A connected agent client for a running machine.
@@ -835,20 +852,31 @@ impl Machines {
 
     /// The kernel and initramfs for a spec, preparing them on first use.
     async fn payload(&self, spec: &Spec) -> Result<(PathBuf, PathBuf), Error> {
-        let _one_at_a_time = self.inner.payload.lock().await;
-        let cache = self.inner.cache_dir.clone();
+        let mut cached = self.inner.payload.lock().await;
         let agent = self.agent_path()?;
-        let user_kernel = spec.kernel.clone().map(PathBuf::from);
-        blocking(move || {
-            let debian = kernel::debian_cloud_kernel(&cache.join("kernels"))?;
-            let initrd = guest::initramfs(&cache.join("initramfs"), &debian, &agent)?;
-            let kernel: Kernel = match user_kernel {
-                Some(path) => Kernel { vmlinuz: path, ..debian },
-                None => debian,
-            };
-            Ok((kernel.vmlinuz, initrd))
-        })
-        .await
+        let agent_mtime = std::fs::metadata(&agent).and_then(|m| m.modified()).ok();
+        // Resolving the kernel asks apt (hundreds of milliseconds): do it
+        // once per daemon, and again only if the agent binary changes.
+        let fresh = cached
+            .as_ref()
+            .is_some_and(|p| p.agent == agent && p.agent_mtime == agent_mtime && p.initrd.is_file());
+        if !fresh {
+            let cache = self.inner.cache_dir.clone();
+            let agent_file = agent.clone();
+            let (debian, initrd) = blocking(move || {
+                let debian = kernel::debian_cloud_kernel(&cache.join("kernels"))?;
+                let initrd = guest::initramfs(&cache.join("initramfs"), &debian, &agent_file)?;
+                Ok((debian, initrd))
+            })
+            .await?;
+            *cached = Some(Payload { debian, initrd, agent, agent_mtime });
+        }
+        let payload = cached.as_ref().ok_or_else(|| Error::Internal("payload vanished".into()))?;
+        let vmlinuz = match &spec.kernel {
+            Some(path) => PathBuf::from(path),
+            None => payload.debian.vmlinuz.clone(),
+        };
+        Ok((vmlinuz, payload.initrd.clone()))
     }
 
     fn agent_path(&self) -> Result<PathBuf, Error> {
@@ -857,6 +885,15 @@ impl Machines {
         }
         guest::find_agent().ok_or(Error::AgentMissing)
     }
+}
+
+/// Debian's kernel and the initramfs built for it with the current agent.
+#[derive(Debug)]
+struct Payload {
+    debian: Kernel,
+    initrd: PathBuf,
+    agent: PathBuf,
+    agent_mtime: Option<std::time::SystemTime>,
 }
 
 #[derive(Debug, Clone, Copy)]

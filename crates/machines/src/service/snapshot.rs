@@ -1,0 +1,246 @@
+//! Snapshots: a running machine paused to disk (QEMU's device and memory
+//! state, written with a `migrate` to a file, plus a copy of its disk
+//! overlay), and machines resumed from one, as often as wanted.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use hearth_store::{Compare, Op, Txn};
+
+use super::{Machines, blocking, kill_now, lock};
+use crate::Error;
+use crate::record::{self, Desired, MachineRecord, SnapshotRecord, Spec, State, Status, now_unix};
+use crate::vmm::{self, VmConfig, VmFiles};
+
+impl Machines {
+    fn snapshot_dir(&self, name: &str) -> PathBuf {
+        self.inner.machines_dir.with_file_name("snapshots").join(name)
+    }
+
+    pub async fn snapshots(&self) -> Result<Vec<SnapshotRecord>, Error> {
+        let range = self.inner.store.range(record::SNAPSHOT_PREFIX).await?;
+        range
+            .kvs
+            .iter()
+            .map(|kv| {
+                serde_json::from_slice(&kv.value).map_err(|e| {
+                    Error::Corrupt(kv.key.trim_start_matches(record::SNAPSHOT_PREFIX).to_owned(), e)
+                })
+            })
+            .collect()
+    }
+
+    pub async fn snapshot_record(&self, name: &str) -> Result<SnapshotRecord, Error> {
+        let kv = self
+            .inner
+            .store
+            .get(&record::snapshot_key(name))
+            .await?
+            .ok_or_else(|| Error::SnapshotNotFound(name.to_owned()))?;
+        serde_json::from_slice(&kv.value).map_err(|e| Error::Corrupt(name.to_owned(), e))
+    }
+
+    /// Pauses a running machine to disk: its memory and devices, and a copy
+    /// of its disk. The machine is stopped afterwards; `restore` resumes the
+    /// snapshot where it was, as often as wanted.
+    pub async fn snapshot(&self, machine: &str, snapshot: &str) -> Result<SnapshotRecord, Error> {
+        record::validate_name(snapshot)
+            .map_err(|e| Error::Invalid(e.replace("machine name", "snapshot name")))?;
+        let guard = self.machine_lock(machine);
+        let _held = guard.lock().await;
+        let rec = self.get(machine).await?;
+        if rec.status.state != State::Running || self.is_busy(machine) {
+            return Err(Error::NotRunning { name: machine.to_owned(), state: rec.status.state.as_str() });
+        }
+        if self.inner.store.get(&record::snapshot_key(snapshot)).await?.is_some() {
+            return Err(Error::SnapshotExists(snapshot.to_owned()));
+        }
+        let files = VmFiles::in_dir(&self.dir(machine));
+        let pid = vmm::running_pid(&files, machine)
+            .ok_or_else(|| Error::NotRunning { name: machine.to_owned(), state: "gone" })?;
+        lock(&self.inner.busy).insert(machine.to_owned());
+        let result = self.save_snapshot(&rec, snapshot, &files, pid).await;
+        lock(&self.inner.busy).remove(machine);
+        let snap = result?;
+        self.forget_agent(machine);
+        let reason =
+            format!("saved to snapshot {snapshot}; resume it with `hearth machine restore {snapshot}`");
+        self.update(machine, |r| {
+            r.desired = Desired::Stopped;
+            r.status.state = State::Stopped;
+            r.status.pid = None;
+            r.status.phase = None;
+            r.status.reason = Some(reason.clone());
+            true
+        })
+        .await?;
+        tracing::info!(machine, snapshot, bytes = snap.size_bytes, "Snapshot taken.");
+        Ok(snap)
+    }
+
+    async fn save_snapshot(
+        &self,
+        rec: &MachineRecord,
+        snapshot: &str,
+        files: &VmFiles,
+        pid: u32,
+    ) -> Result<SnapshotRecord, Error> {
+        let dir = self.snapshot_dir(snapshot);
+        let partial = dir.with_extension("partial");
+        let _ = std::fs::remove_dir_all(&partial);
+        std::fs::create_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
+        let control = files.control.clone();
+        let disk = self.dir(&rec.name).join("disk.qcow2");
+        let (state_path, disk_copy) = (partial.join("state"), partial.join("disk.qcow2"));
+        let name = rec.name.clone();
+        let saved = blocking(move || {
+            vmm::qemu::save_state(&control, &state_path)?;
+            // The VM is paused: its disk is quiescent and can be copied.
+            std::fs::copy(&disk, &disk_copy).map_err(|e| Error::io(&disk_copy, e))?;
+            vmm::qemu::quit(&control)?;
+            let started = Instant::now();
+            while vmm::is_vm_process(pid, &name) && started.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(())
+        })
+        .await;
+        if let Err(error) = saved {
+            let _ = std::fs::remove_dir_all(&partial);
+            // A failed save leaves the VM paused: let it run again.
+            let control = files.control.clone();
+            let _ = blocking(move || {
+                let mut qmp = vmm::qmp::Qmp::connect(&control, Duration::from_secs(5))?;
+                qmp.execute("cont", None).map(drop).map_err(Error::from)
+            })
+            .await;
+            return Err(error);
+        }
+        if vmm::is_vm_process(pid, &rec.name) {
+            kill_now(pid, &rec.name).await;
+        }
+        std::fs::rename(&partial, &dir).map_err(|e| Error::io(&dir, e))?;
+        let size_bytes = dir_size(&dir);
+        let snap = SnapshotRecord {
+            name: snapshot.to_owned(),
+            machine: rec.name.clone(),
+            spec: rec.spec.clone(),
+            size_bytes,
+            created_at: now_unix(),
+        };
+        let value = serde_json::to_vec(&snap).map_err(|e| Error::Corrupt(snapshot.to_owned(), e))?;
+        self.inner.store.put(&record::snapshot_key(snapshot), value, None).await?;
+        Ok(snap)
+    }
+
+    /// Creates a machine from a snapshot and resumes it where it was.
+    pub async fn restore(&self, snapshot: &str, name: Option<String>) -> Result<MachineRecord, Error> {
+        let snap = self.snapshot_record(snapshot).await?;
+        let name = name.unwrap_or_else(|| snap.machine.clone());
+        record::validate_name(&name).map_err(Error::Invalid)?;
+        if let Some(reason) = self.backend_problem(snap.spec.backend) {
+            return Err(Error::BackendUnavailable { backend: snap.spec.backend, reason });
+        }
+        let guard = self.machine_lock(&name);
+        let _held = guard.lock().await;
+        let rec = MachineRecord {
+            name: name.clone(),
+            spec: Spec { auto_remove: false, ..snap.spec.clone() },
+            desired: Desired::Running,
+            status: Status {
+                state: State::Starting,
+                phase: Some(format!("restoring snapshot {snapshot}")),
+                ..Status::default()
+            },
+            created_at: now_unix(),
+        };
+        let key = record::key(&name);
+        let value = serde_json::to_vec(&rec).map_err(|e| Error::Corrupt(name.clone(), e))?;
+        let txn = Txn::new().when(Compare::missing(&key)).and_then(Op::Put { key, value, lease: None });
+        if !self.inner.store.txn(txn).await?.succeeded {
+            return Err(Error::AlreadyExists(name));
+        }
+        lock(&self.inner.busy).insert(name.clone());
+        let result = self.resume_snapshot(&rec, snapshot).await;
+        lock(&self.inner.busy).remove(&name);
+        if let Err(error) = result {
+            let reason = crate::chain(&error);
+            let _ = self
+                .update(&name, |r| {
+                    r.desired = Desired::Stopped;
+                    r.status.state = State::Failed;
+                    r.status.phase = None;
+                    r.status.reason = Some(reason.clone());
+                    true
+                })
+                .await;
+            return Err(error);
+        }
+        self.get(&name).await
+    }
+
+    async fn resume_snapshot(&self, rec: &MachineRecord, snapshot: &str) -> Result<(), Error> {
+        let name = rec.name.clone();
+        let dir = self.dir(&name);
+        let snap_dir = self.snapshot_dir(snapshot);
+        let (kernel, initrd) = self.payload(&rec.spec).await?;
+        let disk = dir.join("disk.qcow2");
+        {
+            let (dir, disk, from) = (dir.clone(), disk.clone(), snap_dir.join("disk.qcow2"));
+            blocking(move || {
+                std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+                std::fs::copy(&from, &disk).map_err(|e| Error::io(&disk, e))?;
+                Ok(())
+            })
+            .await?;
+        }
+        let config = VmConfig {
+            name: name.clone(),
+            dir: dir.clone(),
+            kernel,
+            initrd,
+            // Only read at boot; a restored guest keeps the one it booted with.
+            cmdline: format!(
+                "console=ttyS0 quiet panic=-1 hearth.root=/dev/vda hearth.hostname={}",
+                rec.name
+            ),
+            disk: Some(disk),
+            cpus: rec.spec.cpus,
+            memory_mib: rec.spec.memory_mib,
+        };
+        let backend = rec.spec.backend;
+        let files = VmFiles::in_dir(&dir);
+        let launched = Instant::now();
+        let control = files.control.clone();
+        let state = snap_dir.join("state");
+        blocking(move || {
+            vmm::qemu::launch_incoming(backend, &config)?;
+            vmm::qemu::load_state(&control, &state)?;
+            Ok(())
+        })
+        .await?;
+        let pid = vmm::running_pid(&files, &name).ok_or_else(|| {
+            Error::BootFailed("the VM process exited while its state was loaded".to_owned())
+        })?;
+        self.await_agent(&name, rec, pid, launched).await
+    }
+
+    /// Deletes a snapshot's files and record.
+    pub async fn remove_snapshot(&self, name: &str) -> Result<(), Error> {
+        self.snapshot_record(name).await?;
+        let dir = self.snapshot_dir(name);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
+        self.inner.store.delete(&record::snapshot_key(name)).await?;
+        Ok(())
+    }
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries.filter_map(Result::ok).filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum()
+        })
+        .unwrap_or(0)
+}
