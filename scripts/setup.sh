@@ -14,8 +14,10 @@ set -euo pipefail
 #   skopeo, umoci,
 #   docker-registry,
 #   busybox-static, cpio:    the image tests build and serve an OCI image on loopback.
+#   iproute2, nftables:      bridges, taps and the firewall of private networks.
+#   iputils-ping:            the network tests ping between namespaces.
 packages=(gcc libc6-dev procps qemu-system-x86 qemu-utils e2fsprogs debootstrap
-          skopeo umoci docker-registry busybox-static cpio)
+          skopeo umoci docker-registry busybox-static cpio iproute2 nftables iputils-ping)
 
 # Rust targets: the guest agent is a static musl binary; apps and workflows
 # are WebAssembly components.

@@ -7,11 +7,28 @@
 //! | `hearth.port=NAME` | the virtio-serial port to serve on (default `hearth.agent`) |
 //! | `hearth.vsock=PORT` | serve on this vsock port instead (Firecracker) |
 //! | `hearth.cmd=BASE64` | base64 of a JSON array: the entrypoint to start after boot |
+//! | `hearth.net=IFACE,ADDR/PREFIX[,GATEWAY]` | give an interface an IPv4 address; repeatable, one per interface |
+//! | `hearth.dns=IP[,IP]` | nameservers for `/etc/resolv.conf`; repeats add to the list |
+//! | `hearth.search=DOMAIN[,DOMAIN]` | search domains for `/etc/resolv.conf`; repeats add to the list |
+//! | `hearth.hosts=BASE64` | base64 of extra `/etc/hosts` lines (see [`encode_hosts`]); repeats add to them |
+//!
+//! In `hearth.net`, IFACE is an interface name (`eth0`) or, better, a MAC
+//! address (`52:54:00:12:34:56`): virtio-net interfaces are numbered in PCI
+//! order, which the host does not control, while their MAC it does. Only the
+//! first gateway that can be added becomes the default route. The host can
+//! write the value with [`NetConfig`]'s `Display`.
+//!
+//! The whole command line is limited to 2 KiB on x86: keep `hearth.hosts`
+//! for a few peers, not a directory.
 //!
 //! Parameters with a dot are not passed to init by the kernel, so the agent
 //! reads `/proc/cmdline` itself. A malformed parameter is reported (as a
 //! [`BootConfig::problems`] line on the console) and otherwise ignored: a
 //! machine with a typo still boots and can be reached.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::str::FromStr;
 
 use base64::Engine;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
@@ -28,6 +45,14 @@ pub struct BootConfig {
     pub port: String,
     pub vsock: Option<u32>,
     pub cmd: Option<Vec<String>>,
+    /// `hearth.net`, in order; at most one per interface.
+    pub nets: Vec<NetConfig>,
+    /// `hearth.dns`: nameservers, in order.
+    pub dns: Vec<IpAddr>,
+    /// `hearth.search`: search domains, in order.
+    pub search: Vec<String>,
+    /// `hearth.hosts`, decoded: extra `/etc/hosts` lines.
+    pub hosts: String,
     /// Parameters that were ignored, and why; one sentence each.
     pub problems: Vec<String>,
 }
@@ -40,6 +65,10 @@ impl Default for BootConfig {
             port: DEFAULT_PORT.into(),
             vsock: None,
             cmd: None,
+            nets: Vec::new(),
+            dns: Vec::new(),
+            search: Vec::new(),
+            hosts: String::new(),
             problems: Vec::new(),
         }
     }
@@ -81,6 +110,39 @@ pub fn parse(cmdline: &str) -> BootConfig {
                 Ok(argv) => config.cmd = Some(argv),
                 Err(why) => config.problems.push(format!("hearth.cmd {why}; it was ignored")),
             },
+            "net" => match parse_net(value) {
+                Ok(net) if config.nets.iter().any(|other| other.interface == net.interface) => {
+                    config.problems.push(format!(
+                        "hearth.net={value} names {} a second time; it was ignored",
+                        net.interface
+                    ))
+                }
+                Ok(net) => config.nets.push(net),
+                Err(NetError::Gateway(net, why)) => {
+                    config.problems.push(format!("hearth.net={value} {why}; the gateway was ignored"));
+                    config.nets.push(net);
+                }
+                Err(NetError::Malformed(why)) => {
+                    config.problems.push(format!("hearth.net={value} {why}; it was ignored"))
+                }
+            },
+            "dns" => match parse_list(value, |ip| ip.parse::<IpAddr>().ok(), "an IP address") {
+                Ok(ips) => config.dns.extend(ips),
+                Err(why) => config.problems.push(format!("hearth.dns={value} {why}; it was ignored")),
+            },
+            "search" => match parse_list(value, |d| is_domain(d).then(|| d.to_string()), "a domain name") {
+                Ok(domains) => config.search.extend(domains),
+                Err(why) => config.problems.push(format!("hearth.search={value} {why}; it was ignored")),
+            },
+            "hosts" => match decode_hosts(value) {
+                Ok(text) => {
+                    config.hosts.push_str(&text);
+                    if !config.hosts.is_empty() && !config.hosts.ends_with('\n') {
+                        config.hosts.push('\n');
+                    }
+                }
+                Err(why) => config.problems.push(format!("hearth.hosts {why}; it was ignored")),
+            },
             _ => config.problems.push(format!("hearth.{key} is not a known parameter; it was ignored")),
         }
     }
@@ -96,22 +158,211 @@ pub fn encode_cmd<S: AsRef<str>>(argv: &[S]) -> String {
 /// Decodes an entrypoint encoded by [`encode_cmd`]; the error completes a
 /// sentence whose subject is the parameter ("is not base64").
 pub fn decode_cmd(value: &str) -> Result<Vec<String>, String> {
-    const LENIENT: GeneralPurposeConfig =
-        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
-    const ENGINES: [GeneralPurpose; 2] = [
-        GeneralPurpose::new(&base64::alphabet::STANDARD, LENIENT),
-        GeneralPurpose::new(&base64::alphabet::URL_SAFE, LENIENT),
-    ];
-    let json = ENGINES
-        .iter()
-        .find_map(|engine| engine.decode(value).ok())
-        .ok_or_else(|| "is not base64".to_string())?;
+    let json = decode_base64(value).ok_or_else(|| "is not base64".to_string())?;
     let argv: Vec<String> =
         serde_json::from_slice(&json).map_err(|e| format!("is not a JSON array of strings ({e})"))?;
     if argv.is_empty() {
         return Err("is an empty command".into());
     }
     Ok(argv)
+}
+
+/// Encodes extra `/etc/hosts` lines for `hearth.hosts=` (e.g.
+/// `"10.200.0.6 db-1\n"`): base64, which keeps spaces and newlines off the
+/// command line.
+pub fn encode_hosts(text: &str) -> String {
+    general_purpose::STANDARD.encode(text)
+}
+
+/// Decodes `hearth.hosts`; the error completes a sentence like
+/// [`decode_cmd`]'s.
+pub fn decode_hosts(value: &str) -> Result<String, String> {
+    let bytes = decode_base64(value).ok_or_else(|| "is not base64".to_string())?;
+    let text = String::from_utf8(bytes).map_err(|_| "is not UTF-8 text".to_string())?;
+    if text.contains('\0') {
+        return Err("contains a NUL byte".into());
+    }
+    Ok(text)
+}
+
+/// Padded or not, in the standard or the URL-safe alphabet: whatever a
+/// person or a script is likely to have written.
+fn decode_base64(value: &str) -> Option<Vec<u8>> {
+    const LENIENT: GeneralPurposeConfig =
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    const ENGINES: [GeneralPurpose; 2] = [
+        GeneralPurpose::new(&base64::alphabet::STANDARD, LENIENT),
+        GeneralPurpose::new(&base64::alphabet::URL_SAFE, LENIENT),
+    ];
+    ENGINES.iter().find_map(|engine| engine.decode(value).ok())
+}
+
+/// One `hearth.net`: an interface and the IPv4 configuration it gets.
+///
+/// `Display` writes the parameter's value, so the host can build the
+/// command line with `format!("hearth.net={net}")`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    pub interface: Interface,
+    pub address: Ipv4Addr,
+    /// The prefix length, 0 to 32.
+    pub prefix: u8,
+    /// On-link (inside `address/prefix`); the default route goes through it.
+    pub gateway: Option<Ipv4Addr>,
+}
+
+impl NetConfig {
+    /// The netmask for [`prefix`](Self::prefix): `/24` is `255.255.255.0`.
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0))
+    }
+
+    /// Whether `ip` is inside this interface's subnet.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::from(self.netmask());
+        u32::from(ip) & mask == u32::from(self.address) & mask
+    }
+}
+
+impl fmt::Display for NetConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{},{}/{}", self.interface, self.address, self.prefix)?;
+        match self.gateway {
+            Some(gateway) => write!(f, ",{gateway}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// How `hearth.net` names its interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Interface {
+    /// By its kernel name, such as `eth0`.
+    Name(String),
+    /// By its hardware address, whatever the kernel named it.
+    Mac(MacAddr),
+}
+
+impl fmt::Display for Interface {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Name(name) => f.write_str(name),
+            Self::Mac(mac) => mac.fmt(f),
+        }
+    }
+}
+
+/// An Ethernet address; written and parsed as `52:54:00:12:34:56`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = String;
+
+    /// Six pairs of hex digits separated by colons, in either case.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let not_a_mac = || format!("{s} is not a MAC address");
+        let mut bytes = [0; 6];
+        let mut parts = s.split(':');
+        for byte in &mut bytes {
+            let part = parts.next().filter(|p| p.len() == 2).ok_or_else(not_a_mac)?;
+            *byte = u8::from_str_radix(part, 16).map_err(|_| not_a_mac())?;
+        }
+        match parts.next() {
+            Some(_) => Err(not_a_mac()),
+            None => Ok(Self(bytes)),
+        }
+    }
+}
+
+/// Why a `hearth.net` value was not taken as it is; each message completes
+/// a sentence whose subject is the parameter.
+enum NetError {
+    /// Unusable: nothing is configured.
+    Malformed(String),
+    /// Usable without its gateway.
+    Gateway(NetConfig, String),
+}
+
+fn parse_net(value: &str) -> Result<NetConfig, NetError> {
+    let malformed = |why: String| NetError::Malformed(why);
+    let fields: Vec<&str> = value.split(',').collect();
+    let (iface, cidr, gateway) = match fields[..] {
+        [iface, cidr] => (iface, cidr, None),
+        [iface, cidr, gateway] => (iface, cidr, Some(gateway)),
+        _ => return Err(malformed("is not IFACE,ADDR/PREFIX[,GATEWAY]".into())),
+    };
+    // Interface names cannot contain a colon, so a colon means a MAC.
+    let interface = if iface.contains(':') {
+        Interface::Mac(
+            iface.parse().map_err(|_| malformed(format!("has {iface}, which is not a MAC address")))?,
+        )
+    } else if is_interface_name(iface) {
+        Interface::Name(iface.into())
+    } else {
+        return Err(malformed(format!("has {iface:?}, which is not an interface name")));
+    };
+    let (address, prefix) =
+        cidr.split_once('/').ok_or_else(|| malformed(format!("has {cidr}, which lacks a /PREFIX")))?;
+    let address: Ipv4Addr =
+        address.parse().map_err(|_| malformed(format!("has {address}, which is not an IPv4 address")))?;
+    let prefix = prefix
+        .parse()
+        .ok()
+        .filter(|p| *p <= 32)
+        .ok_or_else(|| malformed(format!("has /{prefix}, which is not a prefix length (0 to 32)")))?;
+    let mut net = NetConfig { interface, address, prefix, gateway: None };
+    let Some(gateway) = gateway else { return Ok(net) };
+    let gateway: Ipv4Addr = gateway
+        .parse()
+        .map_err(|_| malformed(format!("has the gateway {gateway}, which is not an IPv4 address")))?;
+    // The kernel only routes through a gateway it can reach on the link.
+    if !net.contains(gateway) || gateway == address {
+        let subnet = Ipv4Addr::from(u32::from(address) & u32::from(net.netmask()));
+        let why = if gateway == address {
+            "has its own address as the gateway".to_string()
+        } else {
+            format!("has the gateway {gateway}, which is outside {subnet}/{prefix}")
+        };
+        return Err(NetError::Gateway(net, why));
+    }
+    net.gateway = Some(gateway);
+    Ok(net)
+}
+
+/// What Linux accepts as a name (`dev_valid_name`), which `eth0` is and
+/// `../x` is not.
+fn is_interface_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() < 16
+        && name != "."
+        && name != ".."
+        && !name.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b.is_ascii_control())
+}
+
+/// Letters, digits, `-` and `_` in dot-separated labels of 1 to 63 bytes.
+fn is_domain(domain: &str) -> bool {
+    domain.len() <= 253
+        && domain.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// Parses a comma-separated list, all or nothing; the error names the first
+/// bad item (`what` is "an IP address").
+fn parse_list<T>(value: &str, parse: impl Fn(&str) -> Option<T>, what: &str) -> Result<Vec<T>, String> {
+    value
+        .split(',')
+        .map(|item| parse(item).ok_or_else(|| format!("has {item:?}, which is not {what}")))
+        .collect()
 }
 
 /// Splits like the kernel does: on whitespace outside double quotes, which
@@ -167,6 +418,22 @@ mod tests {
         if let Some(cmd) = &config.cmd {
             parts.push(format!("cmd={cmd:?}"));
         }
+        for net in &config.nets {
+            let by = match net.interface {
+                Interface::Name(_) => "name",
+                Interface::Mac(_) => "mac",
+            };
+            parts.push(format!("net=({by}) {net}"));
+        }
+        if !config.dns.is_empty() {
+            parts.push(format!("dns={:?}", config.dns));
+        }
+        if !config.search.is_empty() {
+            parts.push(format!("search={:?}", config.search));
+        }
+        if !config.hosts.is_empty() {
+            parts.push(format!("hosts={:?}", config.hosts));
+        }
         parts.extend(config.problems.iter().map(|p| format!("problem: {p}")));
         parts.join(" | ")
     }
@@ -218,5 +485,111 @@ mod tests {
             &format!("hearth.hostname={}", "h".repeat(65)),
             "problem: hearth.hostname is longer than 64 bytes; it was ignored",
         );
+    }
+
+    #[test]
+    fn parses_the_network() {
+        check("hearth.net=eth0,10.200.0.5/24,10.200.0.1", "net=(name) eth0,10.200.0.5/24,10.200.0.1");
+        check("hearth.net=eth1,192.168.7.2/30", "net=(name) eth1,192.168.7.2/30");
+        check(
+            "hearth.net=52:54:00:AB:cd:0F,10.200.0.5/24,10.200.0.1",
+            "net=(mac) 52:54:00:ab:cd:0f,10.200.0.5/24,10.200.0.1",
+        );
+        check(
+            "hearth.net=52:54:00:00:00:01,10.200.0.5/24,10.200.0.1 hearth.net=eth1,10.9.0.2/16,10.9.255.254",
+            "net=(mac) 52:54:00:00:00:01,10.200.0.5/24,10.200.0.1 | net=(name) eth1,10.9.0.2/16,10.9.255.254",
+        );
+        check(
+            "hearth.net=eth0,10.0.0.1/32 hearth.net=eth1,0.0.0.0/0",
+            "net=(name) eth0,10.0.0.1/32 | net=(name) eth1,0.0.0.0/0",
+        );
+        check("hearth.dns=10.200.0.1", "dns=[10.200.0.1]");
+        check("hearth.dns=10.200.0.1,fd00::1 hearth.dns=1.1.1.1", "dns=[10.200.0.1, fd00::1, 1.1.1.1]");
+        check("hearth.search=lab.hearth,hearth", r#"search=["lab.hearth", "hearth"]"#);
+        check(
+            &format!(
+                "hearth.hosts={} hearth.hosts={}",
+                encode_hosts("10.200.0.6 db-1"),
+                encode_hosts("10.200.0.7 cache\n")
+            ),
+            r#"hosts="10.200.0.6 db-1\n10.200.0.7 cache\n""#,
+        );
+    }
+
+    #[test]
+    fn writes_what_it_parses() {
+        let nets = [
+            NetConfig {
+                interface: Interface::Mac(MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56])),
+                address: Ipv4Addr::new(10, 200, 0, 5),
+                prefix: 24,
+                gateway: Some(Ipv4Addr::new(10, 200, 0, 1)),
+            },
+            NetConfig {
+                interface: Interface::Name("eth1".into()),
+                address: Ipv4Addr::new(172, 16, 3, 4),
+                prefix: 12,
+                gateway: None,
+            },
+        ];
+        let line: Vec<String> = nets.iter().map(|net| format!("hearth.net={net}")).collect();
+        assert_eq!(
+            line.join(" "),
+            "hearth.net=52:54:00:12:34:56,10.200.0.5/24,10.200.0.1 hearth.net=eth1,172.16.3.4/12"
+        );
+        assert_eq!(parse(&line.join(" ")).nets, nets);
+        assert_eq!(nets[0].netmask(), Ipv4Addr::new(255, 255, 255, 0));
+        assert_eq!(nets[1].netmask(), Ipv4Addr::new(255, 240, 0, 0));
+    }
+
+    #[test]
+    fn reports_bad_network_parameters_and_keeps_going() {
+        let ignored = |value: &str, why: &str| {
+            check(
+                &format!("hearth.net={value}"),
+                &format!("problem: hearth.net={value} {why}; it was ignored"),
+            )
+        };
+        ignored("eth0", "is not IFACE,ADDR/PREFIX[,GATEWAY]");
+        ignored("eth0,10.0.0.1/24,10.0.0.254,x", "is not IFACE,ADDR/PREFIX[,GATEWAY]");
+        ignored("52:54:00:12:34,10.0.0.1/24", "has 52:54:00:12:34, which is not a MAC address");
+        ignored("52:54:00:12:34:5g,10.0.0.1/24", "has 52:54:00:12:34:5g, which is not a MAC address");
+        ignored("52:54:00:12:34:56:78,10.0.0.1/24", "has 52:54:00:12:34:56:78, which is not a MAC address");
+        ignored("../x,10.0.0.1/24", "has \"../x\", which is not an interface name");
+        ignored(
+            "averyveryverylongname,10.0.0.1/24",
+            "has \"averyveryverylongname\", which is not an interface name",
+        );
+        ignored("eth0,10.0.0.1", "has 10.0.0.1, which lacks a /PREFIX");
+        ignored("eth0,10.0.0/24", "has 10.0.0, which is not an IPv4 address");
+        ignored("eth0,fd00::1/64", "has fd00::1, which is not an IPv4 address");
+        ignored("eth0,10.0.0.1/33", "has /33, which is not a prefix length (0 to 32)");
+        ignored("eth0,10.0.0.1/24,gw", "has the gateway gw, which is not an IPv4 address");
+        check(
+            "hearth.net=eth0,10.0.0.5/24,10.0.1.1",
+            "net=(name) eth0,10.0.0.5/24 | problem: hearth.net=eth0,10.0.0.5/24,10.0.1.1 has the gateway 10.0.1.1, which is outside 10.0.0.0/24; the gateway was ignored",
+        );
+        check(
+            "hearth.net=eth0,10.0.0.5/24,10.0.0.5",
+            "net=(name) eth0,10.0.0.5/24 | problem: hearth.net=eth0,10.0.0.5/24,10.0.0.5 has its own address as the gateway; the gateway was ignored",
+        );
+        check(
+            "hearth.net=eth0,10.0.0.5/24 hearth.net=eth0,10.0.0.6/24",
+            "net=(name) eth0,10.0.0.5/24 | problem: hearth.net=eth0,10.0.0.6/24 names eth0 a second time; it was ignored",
+        );
+        check(
+            "hearth.dns=10.0.0.1,10.0.0 hearth.dns=10.0.0.2",
+            "dns=[10.0.0.2] | problem: hearth.dns=10.0.0.1,10.0.0 has \"10.0.0\", which is not an IP address; it was ignored",
+        );
+        check(
+            "hearth.search=lab.hearth,bad..name",
+            "problem: hearth.search=lab.hearth,bad..name has \"bad..name\", which is not a domain name; it was ignored",
+        );
+        check("hearth.hosts=!!!", "problem: hearth.hosts is not base64; it was ignored");
+        check(
+            &format!("hearth.hosts={}", general_purpose::STANDARD.encode([0xff, 0xfe])),
+            "problem: hearth.hosts is not UTF-8 text; it was ignored",
+        );
+        check("hearth.net", "problem: hearth.net has no value; it was ignored");
     }
 }

@@ -24,7 +24,7 @@ use nix::unistd::{Pid, chdir, chroot, sethostname, sync};
 use crate::cmdline::{self, BootConfig};
 use crate::server::{Connection, Ending, Server};
 use crate::transport::{VsockListener, open_virtio_port};
-use crate::{describe, reaper, say};
+use crate::{describe, net, reaper, say};
 
 /// Kernel modules to load, one absolute path per line, in dependency order.
 pub const MODULES_LIST: &str = "/etc/hearth/modules";
@@ -73,6 +73,8 @@ fn boot_and_serve() -> ! {
     {
         say(&format!("cannot set the hostname to {hostname:?}: {}", e.desc()));
     }
+    // After the modules (virtio-net) and the switch (the root disk's /etc).
+    net::configure(&config);
 
     let server = Server::new();
     if let Some(cmd) = config.cmd.clone() {

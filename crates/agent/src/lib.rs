@@ -14,6 +14,8 @@
 //! - [`transport`]: finding the virtio-serial port, listening on a vsock.
 //! - [`cmdline`]: the `hearth.*` kernel command line parameters.
 //! - [`init`]: the PID 1 duties.
+//! - `net`: the guest's side of networking: interfaces, `/etc/resolv.conf`
+//!   and `/etc/hosts`, from the command line (at boot, by [`init`]).
 //!
 //! **The server owns every child of its process**: it reaps any child
 //! (`waitpid(-1)`), as PID 1 must. Run it in a process of its own, never
@@ -27,6 +29,7 @@ pub mod server;
 pub mod transport;
 
 mod files;
+mod net;
 mod reaper;
 mod session;
 mod tty;

@@ -16,9 +16,10 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::types::{
-    BuildImage, ChangeEvent, CreateMachine, DeleteResult, EventList, EventsQuery, GrantLease, ImageInfo,
-    ImageList, KvEntry, KvList, LeaseInfo, LeaseList, Machine, MachineList, Progress, PullImage, PutKv,
-    RestoreSnapshot, Snapshot, SnapshotList, Status, TakeSnapshot, WriteResult,
+    BuildImage, ChangeEvent, CreateFault, CreateMachine, CreateNetwork, DeleteResult, EventList, EventsQuery,
+    Fault, FaultList, GrantLease, Healed, ImageInfo, ImageList, KvEntry, KvList, LeaseInfo, LeaseList,
+    Machine, MachineList, Network, NetworkList, Progress, PullImage, PutKv, RestoreSnapshot, Snapshot,
+    SnapshotList, Status, TakeSnapshot, WriteResult,
 };
 
 /// Where the daemon is.
@@ -406,6 +407,38 @@ impl Client {
 
     pub async fn remove_snapshot(&self, snapshot: &str) -> Result<(), Error> {
         self.send(Method::DELETE, &format!("/v1/snapshots/{}", encode_path(snapshot)), None).await.map(drop)
+    }
+
+    pub async fn networks(&self) -> Result<NetworkList, Error> {
+        self.call(Method::GET, "/v1/networks", None).await
+    }
+
+    pub async fn network(&self, name: &str) -> Result<Network, Error> {
+        self.call(Method::GET, &format!("/v1/networks/{}", encode_path(name)), None).await
+    }
+
+    pub async fn create_network(&self, body: &CreateNetwork) -> Result<Network, Error> {
+        self.call(Method::POST, "/v1/networks", Self::json(body)?).await
+    }
+
+    pub async fn remove_network(&self, name: &str) -> Result<(), Error> {
+        self.send(Method::DELETE, &format!("/v1/networks/{}", encode_path(name)), None).await.map(drop)
+    }
+
+    pub async fn faults(&self) -> Result<FaultList, Error> {
+        self.call(Method::GET, "/v1/faults", None).await
+    }
+
+    pub async fn create_fault(&self, body: &CreateFault) -> Result<Fault, Error> {
+        self.call(Method::POST, "/v1/faults", Self::json(body)?).await
+    }
+
+    /// Heals one fault, or all of them.
+    pub async fn heal_faults(&self, id: Option<&str>) -> Result<Healed, Error> {
+        match id {
+            Some(id) => self.call(Method::DELETE, &format!("/v1/faults/{}", encode_path(id)), None).await,
+            None => self.call(Method::DELETE, "/v1/faults", None).await,
+        }
     }
 
     pub async fn images(&self) -> Result<ImageList, Error> {

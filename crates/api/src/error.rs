@@ -204,6 +204,7 @@ impl From<hearth_machines::Error> for ApiError {
             E::Contended(_) => Self::conflict(message, "try again"),
             E::Image(ref image_error) => image_error_response(image_error, message),
             E::Store(store) => Self::from(store),
+            E::Network(network) => Self::from(network),
             E::Agent(_) => Self::new(
                 StatusCode::BAD_GATEWAY,
                 "agent_unreachable",
@@ -252,4 +253,50 @@ fn image_error_response(error: &hearth_machines::image::Error, message: String) 
         }
     };
     ApiError::new(status, code, message, hint)
+}
+
+/// Network errors mapped onto HTTP, with the hint a person needs.
+impl From<hearth_net::service::Error> for ApiError {
+    fn from(error: hearth_net::service::Error) -> Self {
+        use hearth_net::service::Error as E;
+        let message = error.to_string();
+        match error {
+            E::NotFound(_) => Self::not_found(message, "list networks with `hearth network ls`"),
+            E::AlreadyExists(_) => Self::conflict(message, "pick another name, or use the existing one"),
+            E::Invalid(_) => Self::bad_request(
+                "invalid_field",
+                message,
+                "see `hearth network --help` and `hearth fault --help`",
+            ),
+            E::Overlap { .. } => {
+                Self::conflict(message, "pick a subnet that overlaps no other network, or omit --subnet")
+            }
+            E::OutOfSubnet { .. } => {
+                Self::bad_request("invalid_field", message, "`hearth network inspect NAME` shows its subnet")
+            }
+            E::Taken { .. } => {
+                Self::conflict(message, "pick another --ip, or omit it to get the next free address")
+            }
+            E::Full(_) => {
+                Self::conflict(message, "remove machines from it, or create a larger network with --subnet")
+            }
+            E::InUse { .. } => {
+                Self::conflict(message, "remove those machines first (`hearth machine rm -f NAME`)")
+            }
+            E::NoSuchMachine(_) => Self::not_found(
+                message,
+                "faults name machines with network interfaces; `hearth machine ls` lists them",
+            ),
+            E::FaultNotFound(_) => Self::not_found(message, "`hearth fault ls` lists active faults"),
+            E::Store(e) => Self::from(e),
+            E::Link(ref link) if link.code() == "unsupported" => {
+                let hint = link.hint().unwrap_or("this host's kernel cannot do that").to_owned();
+                Self::new(StatusCode::NOT_IMPLEMENTED, "unsupported", message, hint)
+            }
+            E::Corrupt(..) | E::Link(_) => {
+                tracing::error!(error = %message, "Network operation failed.");
+                Self::internal(message)
+            }
+        }
+    }
 }

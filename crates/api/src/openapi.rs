@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use crate::server::{events, files, images, kv, leases, machines, system};
+use crate::server::{events, files, images, kv, leases, machines, networks, system};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -26,6 +26,8 @@ use crate::server::{events, files, images, kv, leases, machines, system};
         machines::logs, machines::exec, files::put, files::get,
         machines::snapshot, machines::snapshots, machines::restore, machines::remove_snapshot,
         images::list, images::get, images::remove, images::pull, images::build,
+        networks::list, networks::get, networks::create, networks::remove,
+        networks::faults, networks::create_fault, networks::heal, networks::heal_all,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -36,6 +38,8 @@ use crate::server::{events, files, images, kv, leases, machines, system};
         (name = "events", description = "Every change in the store"),
         (name = "machines", description = "Linux microVMs"),
         (name = "images", description = "Root file systems for machines"),
+        (name = "networks", description = "Private networks with addresses, DNS and NAT"),
+        (name = "faults", description = "Partitions, delay and loss, on purpose"),
     )
 )]
 struct ApiDoc;

@@ -301,13 +301,29 @@ pub struct Machine {
     /// The guest kernel release.
     pub kernel: Option<String>,
     pub auto_remove: bool,
+    /// Network interfaces.
+    pub nics: Vec<MachineNic>,
+    /// Forwarded ports, `HOSTPORT:GUESTPORT[/udp]` on 127.0.0.1.
+    pub ports: Vec<String>,
     /// Unix seconds.
     pub created_at: u64,
     pub started_at: Option<u64>,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MachineNic {
+    pub network: String,
+    pub ip: String,
+    pub mac: String,
+    /// The host tap.
+    pub tap: String,
+    /// `MACHINE.NETWORK.hearth`.
+    pub dns_name: String,
+}
+
 impl From<hearth_machines::record::MachineRecord> for Machine {
     fn from(r: hearth_machines::record::MachineRecord) -> Self {
+        let name = r.name.clone();
         Machine {
             name: r.name,
             image: r.spec.image,
@@ -327,6 +343,19 @@ impl From<hearth_machines::record::MachineRecord> for Machine {
             boot_ms: r.status.boot_ms,
             kernel: r.status.kernel,
             auto_remove: r.spec.auto_remove,
+            nics: r
+                .spec
+                .nics
+                .iter()
+                .map(|n| MachineNic {
+                    network: n.network.clone(),
+                    ip: n.ip.to_string(),
+                    mac: n.mac.clone(),
+                    tap: n.tap.clone(),
+                    dns_name: format!("{}.{}.hearth", name, n.network),
+                })
+                .collect(),
+            ports: r.spec.ports.iter().map(ToString::to_string).collect(),
             created_at: r.created_at,
             started_at: r.status.started_at,
         }
@@ -368,6 +397,24 @@ pub struct CreateMachine {
     /// Create without starting.
     #[serde(default)]
     pub no_start: bool,
+    /// Networks to join (default: the `default` network).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkAttachment>,
+    /// Join no network at all.
+    #[serde(default)]
+    pub no_network: bool,
+    /// Ports forwarded from the host's loopback: `HOSTPORT:GUESTPORT[/udp]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
+}
+
+/// A network to join, optionally at a chosen address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkAttachment {
+    pub network: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
@@ -479,6 +526,9 @@ pub struct BuildImage {
     pub suite: Option<String>,
     #[serde(default)]
     pub packages: Vec<String>,
+    /// The image's name; default `debian:SUITE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// One progress report of a long operation (streamed as SSE `progress`).
@@ -542,4 +592,129 @@ pub struct RestoreSnapshot {
     /// The new machine's name; default: the machine the snapshot was taken from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+}
+
+/// A private network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Network {
+    pub name: String,
+    pub subnet: String,
+    pub gateway: String,
+    /// The host bridge.
+    pub bridge: String,
+    pub nat: bool,
+    /// Machines on it, with their addresses.
+    pub machines: Vec<NetworkMember>,
+    pub created_at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NetworkMember {
+    pub machine: String,
+    pub ip: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NetworkList {
+    pub networks: Vec<Network>,
+}
+
+/// `POST /v1/networks`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateNetwork {
+    pub name: String,
+    /// e.g. `10.250.0.0/24`; default: the next free /24 from 10.200.0.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
+    /// Reach the outside through NAT (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat: Option<bool>,
+}
+
+/// A fault, as injected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Fault {
+    pub id: String,
+    /// `partition`, `delay` or `loss`.
+    pub kind: String,
+    /// A readable summary, e.g. `delay n1 100ms ±10ms`.
+    pub description: String,
+    /// Unix seconds at which it heals itself, if it does.
+    pub expires_at: Option<u64>,
+    pub created_at: u64,
+}
+
+impl From<hearth_net::record::FaultRecord> for Fault {
+    fn from(f: hearth_net::record::FaultRecord) -> Self {
+        use hearth_net::record::FaultKind;
+        let kind = match f.kind {
+            FaultKind::Partition { .. } => "partition",
+            FaultKind::Delay { .. } => "delay",
+            FaultKind::Loss { .. } => "loss",
+        };
+        Fault {
+            id: f.id,
+            kind: kind.into(),
+            description: f.kind.describe(),
+            expires_at: f.expires_at,
+            created_at: f.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FaultList {
+    pub faults: Vec<Fault>,
+}
+
+/// `POST /v1/faults`: exactly one of `partition`, `delay`, `loss`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateFault {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<PartitionFault>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<DelayFault>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<LossFault>,
+    /// Heal automatically after this many seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_secs: Option<u64>,
+}
+
+/// Traffic from `from` to `machines` is dropped; with `both_ways`, back too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionFault {
+    pub machines: Vec<String>,
+    pub from: Vec<String>,
+    #[serde(default = "yes")]
+    pub both_ways: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DelayFault {
+    pub machine: String,
+    pub delay_ms: u64,
+    #[serde(default)]
+    pub jitter_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LossFault {
+    pub machine: String,
+    pub percent: f32,
+}
+
+/// How many faults were healed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Healed {
+    pub healed: usize,
 }

@@ -31,6 +31,18 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "PATH")]
     agent: Option<std::path::PathBuf>,
 
+    /// Prefix of the host interfaces and firewall tables this daemon makes (at most 4 characters), so that several daemons can share a host.
+    #[arg(long, value_name = "PREFIX", default_value = "h", value_parser = parse_prefix)]
+    net_prefix: String,
+
+    /// Whether to create the `default` network that machines join unless told otherwise.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    default_network: bool,
+
+    /// Whether the default network reaches the outside through NAT.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    default_network_nat: bool,
+
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Pretty, env = "HEARTH_LOG_FORMAT")]
     log_format: LogFormat,
@@ -78,8 +90,19 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
     let (stop_tx, stop_rx) = watch::channel(false);
     let store: Arc<dyn hearth_store::Store> = Arc::new(redb.clone());
     let cache_dir = args.cache_dir.unwrap_or_else(|| data_dir.join("cache"));
+    let networks = hearth_net::Networks::new(
+        store.clone(),
+        hearth_net::Options {
+            prefix: args.net_prefix,
+            default_nat: args.default_network_nat,
+            enabled: nix::unistd::geteuid().is_root(),
+            default_network: args.default_network,
+        },
+    );
+    let networks_loop = tokio::spawn(networks.clone().run(stop_rx.clone()));
     let machines = hearth_machines::Machines::new(
         store.clone(),
+        networks.clone(),
         hearth_machines::Options { data_dir: data_dir.to_owned(), cache_dir, agent: args.agent },
         host,
     )
@@ -93,6 +116,7 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
     let state = AppState::new(
         store,
         machines,
+        networks,
         DaemonInfo {
             data_dir: data_dir.to_owned(),
             socket: socket_path.clone(),
@@ -149,6 +173,7 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
         servers.abort_all();
     }
     let _ = machines_loop.await;
+    let _ = networks_loop.await;
     drop(state);
     redb.shutdown().await;
     let _ = std::fs::remove_file(&socket_path);
@@ -200,6 +225,14 @@ fn ensure_token(data_dir: &Path) -> anyhow::Result<String> {
             Ok(token)
         }
         Err(e) => Err(e).with_context(|| format!("cannot create the API token file {}", path.display())),
+    }
+}
+
+fn parse_prefix(text: &str) -> Result<String, String> {
+    if (1..=4).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+        Ok(text.to_owned())
+    } else {
+        Err(format!("{text:?}: use 1 to 4 lowercase letters or digits"))
     }
 }
 

@@ -47,6 +47,12 @@ enum Command {
     /// Machine images: pull from registries, build from packages.
     #[command(subcommand)]
     Image(cmd::image::Command),
+    /// Private networks: create, list, inspect, remove.
+    #[command(subcommand)]
+    Network(cmd::network::Command),
+    /// Break the network on purpose: partitions, delay, loss; then heal.
+    #[command(subcommand)]
+    Fault(cmd::fault::Command),
     /// Machine snapshots: list and remove (take them with `machine snapshot`).
     #[command(subcommand)]
     Snapshot(cmd::snapshot::Command),
@@ -66,6 +72,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    quiet_broken_pipe();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -83,6 +90,27 @@ fn main() -> ExitCode {
     }
 }
 
+/// `hearth machine ls | head -1` closes the pipe early: that is not a crash.
+/// Any other panic is a bug, reported as one, without a raw backtrace.
+fn quiet_broken_pipe() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.contains("Broken pipe") {
+            return;
+        }
+        eprintln!("error: hearth hit a bug: {message}");
+        if let Some(location) = info.location() {
+            eprintln!("  at {location}");
+        }
+        eprintln!("hint: please report this with the command you ran; HEARTH_LOG=debug shows more");
+    }));
+}
+
 /// A command's exit code as the process's (`exec` passes the guest's through).
 fn exit_code(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1))
@@ -97,6 +125,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Events(args) => cmd::events::run(&client()?, args).await?,
         Command::Kv(command) => cmd::kv::run(&client()?, command).await?,
         Command::Machine(command) => return Ok(exit_code(cmd::machine::run(&client()?, command).await?)),
+        Command::Network(command) => cmd::network::run(&client()?, command).await?,
+        Command::Fault(command) => cmd::fault::run(&client()?, command).await?,
         Command::Snapshot(command) => cmd::snapshot::run(&client()?, command).await?,
         Command::Image(command) => return Ok(exit_code(cmd::image::run(&client()?, command).await?)),
         Command::Token => cmd::token::run(&data_dir)?,

@@ -82,6 +82,9 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] hearth_store::Error),
 
+    #[error(transparent)]
+    Network(#[from] hearth_net::service::Error),
+
     #[error("cannot read or write {path}")]
     Io {
         path: PathBuf,

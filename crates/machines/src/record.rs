@@ -46,6 +46,12 @@ pub struct Spec {
     pub kernel: Option<String>,
     /// Remove the machine when it stops.
     pub auto_remove: bool,
+    /// Network interfaces, one per network, with their addresses.
+    #[serde(default)]
+    pub nics: Vec<hearth_net::record::Nic>,
+    /// Ports forwarded from the host's loopback.
+    #[serde(default)]
+    pub ports: Vec<hearth_net::service::PortSpec>,
 }
 
 /// The state the user wants.

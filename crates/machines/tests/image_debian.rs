@@ -141,7 +141,7 @@ fn bad_suite_or_package_names_are_refused_before_anything_runs() {
         ("bookworm", vec!["curl".to_owned(), "--foreign".to_owned()], "--foreign"),
         ("bookworm", vec!["a,b".to_owned()], "a,b"),
     ] {
-        let error = store.build_debian(suite, &packages, &mut |_| {}).unwrap_err();
+        let error = store.build_debian(suite, &packages, None, &mut |_| {}).unwrap_err();
         assert!(matches!(error, Error::BadDebianName(..)), "{error:?}");
         assert!(error.to_string().starts_with(&format!("`{bad}` is not a valid Debian")), "{error}");
     }
@@ -159,7 +159,7 @@ fn debootstrap_builds_bookworm() {
     let started = std::time::Instant::now();
     let mut steps = Vec::new();
     let image = store
-        .build_debian("bookworm", &["iproute2".to_owned()], &mut |p| {
+        .build_debian("bookworm", &["iproute2".to_owned()], None, &mut |p| {
             if let Progress::Building { step } = &p {
                 steps.push(step.clone());
             }

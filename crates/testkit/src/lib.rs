@@ -22,6 +22,8 @@ pub struct Daemon {
     dir: tempfile::TempDir,
     child: Option<Child>,
     tcp: Option<SocketAddr>,
+    /// This daemon's prefix for host interfaces and firewall tables.
+    net_prefix: String,
 }
 
 impl Daemon {
@@ -38,7 +40,19 @@ impl Daemon {
     async fn start_with(bin: &str, tcp: bool) -> Daemon {
         let dir = tempfile::Builder::new().prefix("hearth-test-").tempdir().expect("create a temp data dir");
         let tcp = tcp.then(free_port);
-        let mut daemon = Daemon { bin: PathBuf::from(bin), dir, child: None, tcp };
+        let net_prefix = format!(
+            "t{}",
+            &dir.path()
+                .file_name()
+                .map(|n| n.to_string_lossy().to_lowercase())
+                .unwrap_or_default()
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .rev()
+                .take(3)
+                .collect::<String>()
+        );
+        let mut daemon = Daemon { bin: PathBuf::from(bin), dir, child: None, tcp, net_prefix };
         daemon.spawn().await;
         daemon
     }
@@ -129,7 +143,16 @@ impl Daemon {
             .open(self.data_dir().join("daemon.log"))
             .expect("open daemon.log");
         let mut command = Command::new(&self.bin);
-        command.arg("serve").arg("--data-dir").arg(self.data_dir()).arg("--cache-dir").arg(self.cache_dir());
+        command
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--cache-dir")
+            .arg(self.cache_dir())
+            .arg("--net-prefix")
+            .arg(&self.net_prefix)
+            // Tests make the networks they need, with subnets of their own.
+            .args(["--default-network", "false", "--default-network-nat", "false"]);
         if let Some(addr) = self.tcp {
             command.arg("--listen").arg(addr.to_string());
         }
@@ -162,6 +185,7 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
         self.kill_vms();
+        self.remove_host_networking();
     }
 }
 
@@ -172,17 +196,28 @@ impl Daemon {
         shared_cache_dir(&self.bin)
     }
 
-    /// Makes sure `debian:bookworm` is in the shared cache, building it once
-    /// (under a lock, so parallel tests do not build it twice).
+    /// Makes sure the test image (Debian bookworm with ping, netcat and
+    /// iproute2) is in the shared cache, building it once (under a lock, so
+    /// parallel tests do not build it twice).
     pub async fn ensure_debian_image(&self) -> String {
-        const IMAGE: &str = "debian:bookworm";
+        const IMAGE: &str = "hearth-test-debian:bookworm";
         let cache = self.cache_dir();
         std::fs::create_dir_all(&cache).expect("create the test cache");
         let lock = std::fs::File::create(cache.join(".debian-image.lock")).expect("create lock file");
         let locked = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock)).await.expect("join");
         let _lock = locked.expect("lock the test image");
         if self.client().image(IMAGE).await.is_err() {
-            let out = self.cli(&["image", "build", "debian", "--suite", "bookworm"]);
+            let out = self.cli(&[
+                "image",
+                "build",
+                "debian",
+                "--suite",
+                "bookworm",
+                "--packages",
+                "iputils-ping,netcat-openbsd,iproute2",
+                "--name",
+                IMAGE,
+            ]);
             success(&out);
         }
         IMAGE.to_owned()
@@ -228,6 +263,38 @@ impl Daemon {
                     .unwrap_or(false)
             })
             .collect()
+    }
+
+    /// The prefix of this daemon's host interfaces (`PREFIXb-…` bridges, `PREFIXt-…` taps).
+    pub fn net_prefix(&self) -> &str {
+        &self.net_prefix
+    }
+
+    /// This daemon's host interfaces that exist now.
+    pub fn host_links(&self) -> Vec<String> {
+        let out =
+            Command::new("ip").args(["-o", "link", "show"]).output().map(|o| o.stdout).unwrap_or_default();
+        String::from_utf8_lossy(&out)
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|name| name.split('@').next().unwrap_or(name).to_owned())
+            .filter(|name| {
+                name.starts_with(&format!("{}b-", self.net_prefix))
+                    || name.starts_with(&format!("{}t-", self.net_prefix))
+            })
+            .collect()
+    }
+
+    /// Deletes this daemon's interfaces and firewall tables from the host.
+    fn remove_host_networking(&self) {
+        for link in self.host_links() {
+            let _ = Command::new("ip").args(["link", "del", &link]).output();
+        }
+        for family in ["inet", "bridge"] {
+            let _ = Command::new("nft")
+                .args(["delete", "table", family, &format!("hearth-{}", self.net_prefix)])
+                .output();
+        }
     }
 
     /// Kills every VM this daemon left behind, so a failed test leaks none.

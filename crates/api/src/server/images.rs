@@ -186,8 +186,9 @@ pub(crate) async fn build(
         ));
     }
     let packages = body.packages;
+    let name = body.name;
     Ok(long_operation(state.machines().images(), move |images, report| {
-        images.build_debian(&suite, &packages, report)
+        images.build_debian(&suite, &packages, name.as_deref(), report)
     }))
 }
 

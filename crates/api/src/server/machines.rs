@@ -59,6 +59,48 @@ pub(crate) async fn create(
             "give a program and its arguments, or omit it",
         ));
     }
+    let ports = body
+        .ports
+        .iter()
+        .map(|p| p.parse::<hearth_net::service::PortSpec>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            ApiError::bad_request(
+                "invalid_field",
+                format!("field `ports`: {e}"),
+                "e.g. 8080:80 or 5353:53/udp",
+            )
+        })?;
+    let mut networks = Vec::new();
+    for attachment in &body.networks {
+        let ip = attachment.ip.as_deref().map(|ip| ip.parse::<std::net::Ipv4Addr>()).transpose().map_err(
+            |_| {
+                ApiError::bad_request(
+                    "invalid_field",
+                    format!(
+                        "field `networks.ip`: {:?} is not an IPv4 address",
+                        attachment.ip.as_deref().unwrap_or("")
+                    ),
+                    "e.g. 10.200.0.10",
+                )
+            },
+        )?;
+        networks.push((attachment.network.clone(), ip));
+    }
+    if body.no_network && !networks.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            "`no_network` and `networks` contradict each other",
+            "give one or the other",
+        ));
+    }
+    if !ports.is_empty() && body.no_network {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            "ports can only be forwarded to a machine on a network",
+            "drop `no_network`, or the ports",
+        ));
+    }
     let name = body.name.unwrap_or_else(generate_name);
     let rec = state
         .machines()
@@ -72,6 +114,9 @@ pub(crate) async fn create(
             kernel: body.kernel.map(Into::into),
             auto_remove: body.auto_remove,
             start: !body.no_start,
+            networks,
+            no_network: body.no_network,
+            ports,
         })
         .await?;
     Ok((StatusCode::CREATED, axum::Json(rec.into())))

@@ -13,6 +13,7 @@ pub(crate) mod images;
 pub(crate) mod kv;
 pub(crate) mod leases;
 pub(crate) mod machines;
+pub(crate) mod networks;
 pub(crate) mod system;
 
 pub use exec::{STDERR, STDOUT};
@@ -56,6 +57,7 @@ pub struct AppState {
 struct Inner {
     store: Arc<dyn Store>,
     machines: hearth_machines::Machines,
+    networks: hearth_net::Networks,
     info: DaemonInfo,
     started: Instant,
     metrics: Metrics,
@@ -74,6 +76,7 @@ impl AppState {
     pub fn new(
         store: Arc<dyn Store>,
         machines: hearth_machines::Machines,
+        networks: hearth_net::Networks,
         info: DaemonInfo,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
@@ -81,6 +84,7 @@ impl AppState {
             inner: Arc::new(Inner {
                 store,
                 machines,
+                networks,
                 info,
                 started: Instant::now(),
                 metrics: Metrics::new(),
@@ -95,6 +99,10 @@ impl AppState {
 
     pub(crate) fn machines(&self) -> &hearth_machines::Machines {
         &self.inner.machines
+    }
+
+    pub(crate) fn networks(&self) -> &hearth_net::Networks {
+        &self.inner.networks
     }
 
     /// Resolves when the daemon begins to shut down.
@@ -131,6 +139,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/snapshots", get(machines::snapshots))
         .route("/v1/snapshots/{name}", axum::routing::delete(machines::remove_snapshot))
         .route("/v1/snapshots/{name}/restore", post(machines::restore))
+        .route("/v1/networks", get(networks::list).post(networks::create))
+        .route("/v1/networks/{name}", get(networks::get).delete(networks::remove))
+        .route("/v1/faults", get(networks::faults).post(networks::create_fault).delete(networks::heal_all))
+        .route("/v1/faults/{id}", axum::routing::delete(networks::heal))
         .route("/v1/images", get(images::list))
         .route("/v1/images/pull", post(images::pull))
         .route("/v1/images/build", post(images::build))

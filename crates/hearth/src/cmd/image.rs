@@ -38,6 +38,9 @@ pub(crate) enum Command {
         /// Extra packages, comma-separated.
         #[arg(long, value_delimiter = ',')]
         packages: Vec<String>,
+        /// Name the image (default: debian:SUITE), e.g. `--name etcd:bookworm`.
+        #[arg(long)]
+        name: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -79,8 +82,9 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<i32
             let stream = client.pull_image(&PullImage { reference, username, password }).await?;
             finish(follow_long_operation(stream).await?, json)?;
         }
-        Command::Build { distro, suite, packages, json } => {
-            let stream = client.build_image(&BuildImage { distro, suite: Some(suite), packages }).await?;
+        Command::Build { distro, suite, packages, name, json } => {
+            let stream =
+                client.build_image(&BuildImage { distro, suite: Some(suite), packages, name }).await?;
             finish(follow_long_operation(stream).await?, json)?;
         }
         Command::Rm { names } => {

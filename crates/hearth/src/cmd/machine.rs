@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use futures::{SinkExt, StreamExt};
 use hearth_api::client::{Client, Error as ClientError};
-use hearth_api::types::{CreateMachine, ExecControl, ExecEnd, ExecStart, Machine, PullImage, TermSize};
+use hearth_api::types::{
+    CreateMachine, ExecControl, ExecEnd, ExecStart, Machine, NetworkAttachment, PullImage, TermSize,
+};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::output::{Table, print_json};
@@ -86,6 +88,15 @@ pub(crate) struct RunArgs {
     /// Remove the machine when it stops (or when CMD ends).
     #[arg(long)]
     rm: bool,
+    /// Join this network (repeatable; NAME or NAME:IP); `none` for no network [default: default].
+    #[arg(long = "network", value_name = "NAME[:IP]")]
+    networks: Vec<String>,
+    /// The machine's address on its (first) network.
+    #[arg(long, value_name = "ADDR")]
+    ip: Option<String>,
+    /// Forward a port from the host's loopback: HOSTPORT:GUESTPORT[/udp] (repeatable).
+    #[arg(short = 'p', long = "publish", value_name = "HOST:GUEST")]
+    ports: Vec<String>,
     /// Return as soon as the machine is created; do not wait for it to boot.
     #[arg(short, long)]
     detach: bool,
@@ -145,13 +156,15 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<i32
             if json {
                 print_json(&list)?;
             } else {
-                let mut table =
-                    Table::new(vec!["NAME", "STATE", "IMAGE", "BACKEND", "CPUS", "MEMORY", "BOOT", "INFO"]);
+                let mut table = Table::new(vec![
+                    "NAME", "STATE", "IMAGE", "ADDRESS", "BACKEND", "CPUS", "MEMORY", "BOOT", "INFO",
+                ]);
                 for m in list.machines {
                     table.row(vec![
                         m.name.clone(),
                         m.state.clone(),
                         m.image.clone(),
+                        m.nics.first().map(|n| n.ip.clone()).unwrap_or_else(|| "-".into()),
                         m.backend.clone(),
                         m.cpus.to_string(),
                         format!("{}M", m.memory_mib),
@@ -251,6 +264,22 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<i32
 
 async fn run_machine(client: &Client, args: RunArgs) -> anyhow::Result<i32> {
     ensure_image(client, &args.image).await?;
+    let no_network = args.networks.iter().any(|n| n == "none");
+    let mut networks: Vec<NetworkAttachment> = args
+        .networks
+        .iter()
+        .filter(|n| n.as_str() != "none")
+        .map(|n| match n.split_once(':') {
+            Some((network, ip)) => NetworkAttachment { network: network.into(), ip: Some(ip.into()) },
+            None => NetworkAttachment { network: n.clone(), ip: None },
+        })
+        .collect();
+    if let Some(ip) = &args.ip {
+        if networks.is_empty() {
+            networks.push(NetworkAttachment { network: "default".into(), ip: None });
+        }
+        networks[0].ip = Some(ip.clone());
+    }
     let created = client
         .create_machine(&CreateMachine {
             name: args.name.clone(),
@@ -262,6 +291,9 @@ async fn run_machine(client: &Client, args: RunArgs) -> anyhow::Result<i32> {
             kernel: args.kernel.as_ref().map(|k| k.display().to_string()),
             auto_remove: args.rm && args.command.is_empty(),
             no_start: false,
+            networks,
+            no_network,
+            ports: args.ports.clone(),
         })
         .await?;
     let name = created.name.clone();
@@ -382,6 +414,12 @@ fn describe(m: &Machine) -> String {
     }
     if let Some(ms) = m.boot_ms {
         line("boot", format!("{ms} ms to agent-ready"));
+    }
+    for nic in &m.nics {
+        line("network", format!("{} {} ({}, {})", nic.network, nic.ip, nic.dns_name, nic.mac));
+    }
+    if !m.ports.is_empty() {
+        line("ports", m.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(", "));
     }
     line("remove", if m.auto_remove { "when stopped".into() } else { "by hand".into() });
     out

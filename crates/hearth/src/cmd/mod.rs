@@ -2,9 +2,11 @@
 
 pub(crate) mod bench;
 pub(crate) mod events;
+pub(crate) mod fault;
 pub(crate) mod image;
 pub(crate) mod kv;
 pub(crate) mod machine;
+pub(crate) mod network;
 pub(crate) mod snapshot;
 pub(crate) mod status;
 pub(crate) mod token;

@@ -199,6 +199,7 @@ impl ImageStore {
         &self,
         suite: &str,
         packages: &[String],
+        name: Option<&str>,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Image, Error> {
         check_name(suite, "suite")?;
@@ -208,7 +209,9 @@ impl ImageStore {
         let mut packages = packages.to_vec();
         packages.sort();
         packages.dedup();
-        let name = parse_reference(&format!("debian:{suite}"))?.to_string();
+        // Named `debian:SUITE` unless the caller names it (e.g. a build with
+        // extra packages that should not replace the plain one).
+        let name = parse_reference(name.unwrap_or(&format!("debian:{suite}")))?.to_string();
         let mirror = debian_mirror(Path::new("/etc/apt"));
         progress(Progress::Building { step: format!("Running debootstrap for {suite} from {mirror}") });
         let staging = Staging::new(&self.tmp_dir(), "build")?;

@@ -69,6 +69,13 @@ pub struct CreateRequest {
     pub auto_remove: bool,
     /// Leave it created, not started.
     pub start: bool,
+    /// Networks to join, each with an address or none for the next free one.
+    /// Empty: the default network.
+    pub networks: Vec<(String, Option<std::net::Ipv4Addr>)>,
+    /// No network at all.
+    pub no_network: bool,
+    /// Ports forwarded from the host's loopback.
+    pub ports: Vec<hearth_net::service::PortSpec>,
 }
 
 /// A cheap-to-clone handle to the machines service.
@@ -79,6 +86,7 @@ pub struct Machines {
 
 struct Inner {
     store: Arc<dyn Store>,
+    networks: hearth_net::Networks,
     machines_dir: PathBuf,
     cache_dir: PathBuf,
     images: Arc<ImageStore>,
@@ -101,13 +109,19 @@ impl std::fmt::Debug for Machines {
 }
 
 impl Machines {
-    pub fn new(store: Arc<dyn Store>, options: Options, host: HostReport) -> Result<Self, Error> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        networks: hearth_net::Networks,
+        options: Options,
+        host: HostReport,
+    ) -> Result<Self, Error> {
         let machines_dir = options.data_dir.join("machines");
         std::fs::create_dir_all(&machines_dir).map_err(|e| Error::io(&machines_dir, e))?;
         let images = Arc::new(ImageStore::open(&options.cache_dir.join("images"))?);
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
+                networks,
                 machines_dir,
                 cache_dir: options.cache_dir,
                 images,
@@ -278,19 +292,76 @@ impl Machines {
                 env: image.config.env.clone(),
                 kernel: req.kernel.map(|k| k.display().to_string()),
                 auto_remove: req.auto_remove,
+                nics: Vec::new(),
+                ports: req.ports.clone(),
             },
             desired: if req.start { Desired::Running } else { Desired::Stopped },
             status: Status::default(),
             created_at: now_unix(),
         };
+        if self.find(&req.name).await?.is_some() {
+            return Err(Error::AlreadyExists(req.name));
+        }
+        let others = self.list().await?;
+        for port in &req.ports {
+            if let Some(other) =
+                others.iter().find(|m| m.spec.ports.iter().any(|p| p.host == port.host && p.udp == port.udp))
+            {
+                return Err(Error::Invalid(format!(
+                    "host port {} is already forwarded to machine {:?}; pick another host port",
+                    port.host, other.name
+                )));
+            }
+        }
+        let mut rec = rec;
+        rec.spec.nics = self.allocate_nics(&req.name, &req.networks, req.no_network).await?;
         let key = record::key(&req.name);
         let value = serde_json::to_vec(&rec).map_err(|e| Error::Corrupt(req.name.clone(), e))?;
         let txn = Txn::new().when(Compare::missing(&key)).and_then(Op::Put { key, value, lease: None });
         if !self.inner.store.txn(txn).await?.succeeded {
+            for nic in &rec.spec.nics {
+                let _ = self.inner.networks.release(nic).await;
+            }
             return Err(Error::AlreadyExists(req.name));
         }
         self.kick(&rec.name);
         Ok(rec)
+    }
+
+    /// Addresses on each network asked for (the default one if none),
+    /// all or nothing.
+    async fn allocate_nics(
+        &self,
+        machine: &str,
+        networks: &[(String, Option<std::net::Ipv4Addr>)],
+        none: bool,
+    ) -> Result<Vec<hearth_net::record::Nic>, Error> {
+        if none || (networks.is_empty() && !self.inner.networks.enabled()) {
+            return Ok(Vec::new());
+        }
+        // No network asked for and no default network: the machine runs unplugged.
+        if networks.is_empty() && self.inner.networks.get(hearth_net::service::DEFAULT_NETWORK).await.is_err()
+        {
+            return Ok(Vec::new());
+        }
+        let default = [(hearth_net::service::DEFAULT_NETWORK.to_owned(), None)];
+        let wanted = if networks.is_empty() { &default[..] } else { networks };
+        let mut nics = Vec::new();
+        for (network, ip) in wanted {
+            if nics.iter().any(|n: &hearth_net::record::Nic| &n.network == network) {
+                continue;
+            }
+            match self.inner.networks.allocate(network, machine, *ip).await {
+                Ok(nic) => nics.push(nic),
+                Err(error) => {
+                    for nic in &nics {
+                        let _ = self.inner.networks.release(nic).await;
+                    }
+                    return Err(error.into());
+                }
+            }
+        }
+        Ok(nics)
     }
 
     /// Asks for the machine to run.
@@ -349,6 +420,8 @@ impl Machines {
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         }
+        let nics = found.as_ref().map(|(r, _)| r.spec.nics.clone()).unwrap_or_default();
+        self.inner.networks.forget(name, &nics).await?;
         if found.is_some() {
             self.inner.store.delete(&record::key(name)).await?;
         }
@@ -439,6 +512,8 @@ impl Machines {
             env: vec![],
             kernel: None,
             auto_remove: true,
+            nics: vec![],
+            ports: vec![],
         };
         let (kernel, initrd) = self
             .payload(&spec_kernel)
@@ -468,6 +543,7 @@ impl Machines {
             disk: None,
             cpus: 1,
             memory_mib: 256,
+            nics: vec![],
         };
         let name = config.name.clone();
         let deadline = Duration::from_secs(20);
@@ -719,7 +795,18 @@ impl Machines {
             overlay(&image.rootfs, &disk2)
         })
         .await?;
+        if !rec.spec.nics.is_empty() {
+            self.phase(name, "connecting its network interfaces").await?;
+            for nic in &rec.spec.nics {
+                self.inner.networks.prepare(nic).await?;
+            }
+        }
         let mut cmdline = format!("console=ttyS0 quiet panic=-1 hearth.root=/dev/vda hearth.hostname={name}");
+        cmdline.push_str(&self.inner.networks.guest_cmdline(
+            name,
+            &rec.spec.nics,
+            &self.inner.networks.subnets().await?,
+        ));
         if !rec.spec.entrypoint.is_empty() {
             cmdline.push_str(" hearth.cmd=");
             cmdline.push_str(&hearth_agent::cmdline::encode_cmd(&rec.spec.entrypoint));
@@ -733,6 +820,7 @@ impl Machines {
             disk: Some(disk),
             cpus: rec.spec.cpus,
             memory_mib: rec.spec.memory_mib,
+            nics: rec.spec.nics.iter().map(|n| (n.tap.clone(), n.mac.clone())).collect(),
         };
         self.phase(name, &format!("starting the VM ({})", rec.spec.backend)).await?;
         let backend = rec.spec.backend;

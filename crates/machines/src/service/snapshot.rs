@@ -143,9 +143,26 @@ impl Machines {
         }
         let guard = self.machine_lock(&name);
         let _held = guard.lock().await;
+        if self.find(&name).await?.is_some() {
+            return Err(Error::AlreadyExists(name));
+        }
+        // The guest's memory holds its addresses and MACs: it gets the same
+        // ones back, which are free only once the original is gone.
+        let mut nics = Vec::new();
+        for old in &snap.spec.nics {
+            match self.inner.networks.allocate(&old.network, &name, Some(old.ip)).await {
+                Ok(nic) => nics.push(hearth_net::record::Nic { mac: old.mac.clone(), ..nic }),
+                Err(error) => {
+                    for nic in &nics {
+                        let _ = self.inner.networks.release(nic).await;
+                    }
+                    return Err(error.into());
+                }
+            }
+        }
         let rec = MachineRecord {
             name: name.clone(),
-            spec: Spec { auto_remove: false, ..snap.spec.clone() },
+            spec: Spec { auto_remove: false, nics: nics.clone(), ..snap.spec.clone() },
             desired: Desired::Running,
             status: Status {
                 state: State::Starting,
@@ -158,6 +175,9 @@ impl Machines {
         let value = serde_json::to_vec(&rec).map_err(|e| Error::Corrupt(name.clone(), e))?;
         let txn = Txn::new().when(Compare::missing(&key)).and_then(Op::Put { key, value, lease: None });
         if !self.inner.store.txn(txn).await?.succeeded {
+            for nic in &nics {
+                let _ = self.inner.networks.release(nic).await;
+            }
             return Err(Error::AlreadyExists(name));
         }
         lock(&self.inner.busy).insert(name.clone());
@@ -194,6 +214,9 @@ impl Machines {
             })
             .await?;
         }
+        for nic in &rec.spec.nics {
+            self.inner.networks.prepare(nic).await?;
+        }
         let config = VmConfig {
             name: name.clone(),
             dir: dir.clone(),
@@ -207,6 +230,7 @@ impl Machines {
             disk: Some(disk),
             cpus: rec.spec.cpus,
             memory_mib: rec.spec.memory_mib,
+            nics: rec.spec.nics.iter().map(|n| (n.tap.clone(), n.mac.clone())).collect(),
         };
         let backend = rec.spec.backend;
         let files = VmFiles::in_dir(&dir);

@@ -70,6 +70,8 @@ pub struct VmConfig {
     pub disk: Option<PathBuf>,
     pub cpus: u32,
     pub memory_mib: u32,
+    /// Network interfaces: (host tap, guest MAC).
+    pub nics: Vec<(String, String)>,
 }
 
 /// The files a running VM keeps in its machine directory.

@@ -78,6 +78,14 @@ pub fn args(backend: Backend, config: &VmConfig) -> Result<Vec<String>, Error> {
             format!("virtio-blk-{bus},drive=root"),
         ]);
     }
+    for (i, (tap, mac)) in config.nics.iter().enumerate() {
+        args.extend([
+            "-netdev".into(),
+            format!("tap,id=net{i},ifname={tap},script=no,downscript=no"),
+            "-device".into(),
+            format!("virtio-net-{bus},netdev=net{i},mac={mac}"),
+        ]);
+    }
     if backend == Backend::QemuTcg {
         // Translated code cache: the default is a quarter of guest RAM, far
         // more than a small guest needs; smaller keeps idle machines light.
@@ -195,6 +203,7 @@ mod tests {
             disk: Some("/m/n1/disk.qcow2".into()),
             cpus: 2,
             memory_mib: 512,
+            nics: vec![("ht-n1".into(), "52:54:00:00:00:01".into())],
         }
     }
 
@@ -208,6 +217,8 @@ mod tests {
         assert!(a.contains("-M pc -accel tcg,tb-size=64 -cpu max"), "{a}");
         assert!(a.contains("virtio-blk-pci,drive=root"), "{a}");
         assert!(a.contains("virtio-serial-pci"), "{a}");
+        assert!(a.contains("-netdev tap,id=net0,ifname=ht-n1,script=no,downscript=no"), "{a}");
+        assert!(a.contains("virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01"), "{a}");
         assert!(!a.contains("microvm"), "{a}");
     }
 

@@ -337,6 +337,10 @@ async fn boot_through_hearth(
             kernel: None,
             auto_remove: false,
             no_start: false,
+            // The bare peer boots without a NIC: so does this machine.
+            networks: vec![],
+            no_network: true,
+            ports: vec![],
         })
         .await?;
     loop {
@@ -483,6 +487,7 @@ async fn bare_boots(
             disk: None,
             cpus: machine.cpus,
             memory_mib: machine.memory_mib,
+            nics: vec![],
         };
         let took = bare_boot(backend, config).await?;
         eprintln!("      {name}: /init after {:.2} s", took.as_secs_f64());
@@ -668,6 +673,7 @@ mod tests {
             disk: None,
             cpus: 1,
             memory_mib: 512,
+            nics: vec![],
         };
         let hearths = qemu::args(Backend::QemuTcg, &config).expect("args");
         let bare = in_foreground(hearths.clone());

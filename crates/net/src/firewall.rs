@@ -1,0 +1,284 @@
+//! hearth's one nftables ruleset: isolation between networks, NAT, and
+//! partitions.
+//!
+//! The ruleset is a pure function of the desired state ([`render`]) and is
+//! applied as one nft transaction that deletes and recreates hearth's two
+//! tables, so applying is idempotent, a crash half-way cannot leave half a
+//! ruleset, and removing a network or healing a partition is just applying
+//! the desired state without it. Nothing outside `table inet TABLE` and
+//! `table bridge TABLE` is ever touched (`TABLE` is [`TABLE`] unless a daemon
+//! picks its own, so that several can share a host).
+//!
+//! - `table inet TABLE` sees routed traffic: it drops what is routed from one
+//!   hearth bridge to another (isolation), and masquerades what leaves a NAT
+//!   network for anywhere else.
+//! - `table bridge TABLE` sees frames switched between the ports (taps) of a
+//!   bridge: it drops the frames of a partition.
+
+use std::fmt::Write;
+use std::net::Ipv4Addr;
+
+use crate::cmd::{Cmd, check_ifname};
+pub use crate::cmd::{Error, Netns};
+
+/// The name of hearth's tables unless told otherwise.
+pub const TABLE: &str = "hearth";
+
+/// Everything hearth wants from nftables, in one place.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    /// The name of both tables (`inet` and `bridge`); [`TABLE`] by default.
+    pub table: String,
+    pub networks: Vec<NetworkRules>,
+    pub partitions: Vec<Partition>,
+    /// Random loss of frames towards taps.
+    pub losses: Vec<Loss>,
+}
+
+impl Default for Desired {
+    fn default() -> Self {
+        Desired { table: TABLE.to_owned(), networks: Vec::new(), partitions: Vec::new(), losses: Vec::new() }
+    }
+}
+
+/// A share of the frames sent towards `tap` (by other machines or by the
+/// host) is dropped at random. Done in nftables rather than netem, so it
+/// works on kernels without `sch_netem`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loss {
+    pub tap: String,
+    /// 0 to 100.
+    pub percent: f32,
+}
+
+/// One hearth network: its bridge, its subnet, and whether it reaches the
+/// outside through NAT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkRules {
+    pub bridge: String,
+    /// `ADDRESS/PREFIX`, e.g. `10.200.0.0/24`; host bits are ignored.
+    pub subnet: String,
+    pub nat: bool,
+}
+
+/// Frames from any tap in `from` to any tap in `to` are dropped; with
+/// `both_ways`, frames from `to` to `from` as well.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partition {
+    /// Shown in the rules' comments, so `nft list ruleset` says which fault
+    /// a rule belongs to.
+    pub id: String,
+    pub from: Vec<String>,
+    pub to: Vec<String>,
+    pub both_ways: bool,
+}
+
+/// The longest partition id, and table name, we accept: ids go into rule
+/// comments, which nftables limits to 128 bytes.
+const ID_MAX: usize = 64;
+
+/// Replaces hearth's tables in `ns` with the ones `desired` renders to, in
+/// one transaction. Everything the script quotes is validated first.
+pub fn apply(ns: &Netns, desired: &Desired) -> Result<(), Error> {
+    validate(desired)?;
+    nft(ns, &render(desired))
+}
+
+/// Removes the two tables named `table` from `ns` (absent is fine); other
+/// tables stay.
+pub fn clear(ns: &Netns, table: &str) -> Result<(), Error> {
+    check_table(table)?;
+    let mut script = String::new();
+    for family in ["inet", "bridge"] {
+        let _ = writeln!(script, "{}", replace_table(family, table));
+    }
+    nft(ns, &script)
+}
+
+/// The start of a table's replacement. Declaring the table before deleting
+/// it makes the delete succeed when the table is absent; both happen in the
+/// same transaction as the new table's contents.
+fn replace_table(family: &str, table: &str) -> String {
+    format!("table {family} {table}\ndelete table {family} {table}")
+}
+
+/// The nft script [`apply`] runs for `desired`; for tests and debugging.
+///
+/// Names are not checked here: [`apply`] validates them first, since the
+/// script quotes them verbatim.
+pub fn render(desired: &Desired) -> String {
+    let mut s = String::new();
+    let table = &desired.table;
+    let bridges: Vec<&str> = desired.networks.iter().map(|n| n.bridge.as_str()).collect();
+
+    let _ = writeln!(s, "{}\ntable inet {table} {{", replace_table("inet", table));
+    s.push_str("\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n");
+    // Isolation comes first: the NAT rules below accept anything leaving a
+    // NAT network, which would otherwise include other hearth networks.
+    for network in &desired.networks {
+        let others: Vec<&str> = bridges.iter().copied().filter(|b| *b != network.bridge).collect();
+        if !others.is_empty() {
+            let _ = writeln!(
+                s,
+                "\t\tiifname \"{b}\" oifname {} counter drop comment \"isolate {b}\"",
+                set(&others),
+                b = network.bridge
+            );
+        }
+    }
+    for network in desired.networks.iter().filter(|n| n.nat) {
+        let b = &network.bridge;
+        let _ = writeln!(s, "\t\tiifname \"{b}\" oifname != \"{b}\" accept comment \"nat {b}: out\"");
+        let _ = writeln!(
+            s,
+            "\t\toifname \"{b}\" ct state established,related accept comment \"nat {b}: replies\""
+        );
+    }
+    s.push_str("\t}\n");
+    s.push_str("\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n");
+    for network in desired.networks.iter().filter(|n| n.nat) {
+        let _ = writeln!(
+            s,
+            "\t\tip saddr {} oifname != \"{b}\" masquerade comment \"nat {b}\"",
+            parse_subnet(&network.subnet).map_or_else(|| network.subnet.clone(), |(a, p)| format!("{a}/{p}")),
+            b = network.bridge
+        );
+    }
+    s.push_str("\t}\n}\n");
+
+    let _ = writeln!(s, "{}\ntable bridge {table} {{", replace_table("bridge", table));
+    s.push_str("\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n");
+    // Address resolution crosses partitions. Otherwise a one-way partition
+    // A -> C would also drop A's ARP replies to C, C could never resolve A,
+    // and the partition would cut C -> A too.
+    s.push_str("\t\tether type arp accept comment \"address resolution crosses partitions\"\n");
+    s.push_str(
+        "\t\ticmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept comment \"address resolution crosses partitions\"\n",
+    );
+    for p in &desired.partitions {
+        if p.from.is_empty() || p.to.is_empty() {
+            continue;
+        }
+        let (from, to) = (set(&p.from), set(&p.to));
+        let _ = writeln!(s, "\t\tiifname {from} oifname {to} counter drop comment \"partition {}\"", p.id);
+        if p.both_ways {
+            let _ = writeln!(
+                s,
+                "\t\tiifname {to} oifname {from} counter drop comment \"partition {} (reverse)\"",
+                p.id
+            );
+        }
+    }
+    let losses: Vec<String> = desired
+        .losses
+        .iter()
+        .filter(|l| l.percent > 0.0)
+        .map(|l| {
+            // numgen draws 0..9999, so the share has a resolution of 0.01 %.
+            let threshold = (l.percent.clamp(0.0, 100.0) * 100.0).round() as u32;
+            format!("\t\toifname \"{}\" numgen random mod 10000 < {threshold} counter drop comment \"loss {}%\"\n", l.tap, l.percent)
+        })
+        .collect();
+    for rule in &losses {
+        s.push_str(rule);
+    }
+    s.push_str("\t}\n");
+    if !losses.is_empty() {
+        // What the host itself sends towards a machine (e.g. the gateway's
+        // DNS answers) leaves through the bridge's output hook.
+        s.push_str("\tchain output {\n\t\ttype filter hook output priority filter; policy accept;\n");
+        s.push_str("\t\tether type arp accept comment \"address resolution is never lost\"\n");
+        for rule in &losses {
+            s.push_str(rule);
+        }
+        s.push_str("\t}\n");
+    }
+    s.push_str("}\n");
+    s
+}
+
+/// `"a"` for one name, `{ "a", "b" }` for several.
+fn set<S: AsRef<str>>(names: &[S]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("\"{}\"", n.as_ref())).collect();
+    match quoted.as_slice() {
+        [one] => one.clone(),
+        _ => format!("{{ {} }}", quoted.join(", ")),
+    }
+}
+
+/// The network address and prefix length of `ADDRESS/PREFIX`, host bits
+/// cleared; `None` if it is not one.
+fn parse_subnet(subnet: &str) -> Option<(Ipv4Addr, u8)> {
+    let (addr, prefix) = subnet.split_once('/')?;
+    let addr: Ipv4Addr = addr.parse().ok()?;
+    let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 32)?;
+    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+    Some((Ipv4Addr::from(u32::from(addr) & mask), prefix))
+}
+
+/// Checks a table name, which goes into the script unquoted and must start
+/// with a letter for nft to read it as a name.
+fn check_table(table: &str) -> Result<(), Error> {
+    check_word("table name", table, (u8::is_ascii_alphabetic, "a letter"))
+}
+
+/// Checks a partition id, which goes inside a quoted comment.
+fn check_id(id: &str) -> Result<(), Error> {
+    check_word("partition id", id, (u8::is_ascii_alphanumeric, "a letter or digit"))
+}
+
+/// `first` says which bytes may start the word, and in words.
+fn check_word(what: &'static str, word: &str, first: (fn(&u8) -> bool, &str)) -> Result<(), Error> {
+    let ok = word.len() <= ID_MAX
+        && word.bytes().next().is_some_and(|b| first.0(&b))
+        && word.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        return Ok(());
+    }
+    Err(Error::Invalid {
+        what,
+        reason: format!(
+            "`{word}` must be 1 to {ID_MAX} ASCII letters, digits, `-`, `_` or `.`, starting with {}",
+            first.1
+        ),
+    })
+}
+
+/// Checks everything [`render`] puts in the script verbatim.
+fn validate(desired: &Desired) -> Result<(), Error> {
+    check_table(&desired.table)?;
+    for (i, network) in desired.networks.iter().enumerate() {
+        check_ifname(&network.bridge)?;
+        if parse_subnet(&network.subnet).is_none() {
+            return Err(Error::Invalid {
+                what: "subnet",
+                reason: format!("`{}` is not an IPv4 subnet like 10.200.0.0/24", network.subnet),
+            });
+        }
+        if desired.networks[..i].iter().any(|n| n.bridge == network.bridge) {
+            return Err(Error::Invalid {
+                what: "networks",
+                reason: format!("the bridge `{}` is listed twice", network.bridge),
+            });
+        }
+    }
+    for p in &desired.partitions {
+        check_id(&p.id)?;
+        p.from.iter().chain(&p.to).try_for_each(|tap| check_ifname(tap))?;
+    }
+    for l in &desired.losses {
+        check_ifname(&l.tap)?;
+        if !(0.0..=100.0).contains(&l.percent) {
+            return Err(Error::Invalid {
+                what: "loss",
+                reason: format!("{}% is not between 0 and 100", l.percent),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn nft(ns: &Netns, script: &str) -> Result<(), Error> {
+    Cmd::new(ns, "nft").args(["-f", "-"]).run_with_stdin(Some(script))?;
+    Ok(())
+}

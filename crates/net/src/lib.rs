@@ -1,0 +1,20 @@
+//! hearth's host networking: the pieces a private network is made of.
+//!
+//! - [`link`]: bridges and taps (through iproute2), in the host's network
+//!   namespace or a named one (tests use their own namespaces).
+//! - [`firewall`]: one nftables ruleset, rendered from the desired state and
+//!   applied atomically: isolation between networks, NAT, partitions.
+//! - [`shaping`]: tc netem on taps: delay, jitter, loss.
+//! - [`dns`]: a small authoritative DNS server for `MACHINE.NETWORK.hearth`.
+//! - [`forward`]: TCP and UDP port forwarding from the host into machines.
+
+mod cmd;
+pub mod dns;
+pub mod firewall;
+pub mod forward;
+pub mod link;
+pub mod record;
+pub mod service;
+pub mod shaping;
+
+pub use service::{Networks, Options};
