@@ -4,7 +4,7 @@ CARGO ?= cargo
 BIN_DIR ?= $(HOME)/.cargo/bin
 DATA_DIR ?= $(or $(HEARTH_DATA_DIR),$(or $(XDG_DATA_HOME),$(HOME)/.local/share)/hearth)
 
-.PHONY: setup build agent install run stop test lint openapi bench clean
+.PHONY: setup build agent examples install run stop test lint openapi bench clean
 
 # The guest agent runs as PID 1 in every machine: a static musl binary.
 AGENT := target/x86_64-unknown-linux-musl/release/hearth-agent
@@ -14,6 +14,10 @@ setup:
 
 build: setup agent
 	$(CARGO) build --release --locked -p hearth
+
+examples: setup
+	$(CARGO) build --release --manifest-path examples/apps/hello/Cargo.toml --target wasm32-wasip2
+	$(CARGO) build --release --manifest-path examples/apps/counter/Cargo.toml --target wasm32-wasip2
 
 agent: setup
 	$(CARGO) build --release --locked -p hearth-agent --target x86_64-unknown-linux-musl --config profile.release.strip=true
@@ -25,7 +29,7 @@ install: build
 	@install -m 0755 $(AGENT) $(BIN_DIR)/hearth-agent
 	@echo "installed $(BIN_DIR)/hearth and $(BIN_DIR)/hearth-agent"
 
-run: install
+run: install examples
 	@HEARTH_BIN=$(BIN_DIR)/hearth HEARTH_DATA_DIR=$(DATA_DIR) ./scripts/run-demo.sh
 
 stop:
@@ -37,7 +41,7 @@ lint: setup
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
-test: lint agent
+test: lint agent examples
 	$(CARGO) test --workspace --locked
 
 # Regenerates the checked-in OpenAPI document after an API change.

@@ -42,6 +42,13 @@ step hearth kv put demo/session "vanishes in 5 s" --ttl 5s
 step hearth kv ls demo/
 step hearth events --prefix kv/demo/ --limit 5
 
+# An app: a WebAssembly component, live in well under a second.
+step hearth app deploy hello examples/apps/hello/target/wasm32-wasip2/release/hello.wasm
+port=$(hearth status --json | sed -n 's/.*"ingress": *"[^"]*:\([0-9]*\)".*/\1/p')
+if command -v curl >/dev/null; then
+  step curl -s "http://hello.localhost:${port:-8080}/"
+fi
+
 # A machine: the first run builds a Debian image (about a minute), later runs reuse it.
 if ! hearth image ls | grep -q '^debian:bookworm '; then
   step hearth image build debian --suite bookworm
@@ -59,6 +66,8 @@ cat <<MSG
 hearth is running (data dir $data_dir).
   hearth events -f          follow every change live
   hearth kv ls              the user key space
+  curl http://hello.localhost:${port:-8080}/
+                            the hello app (hearth app ls lists apps)
   hearth machine exec -it demo -- bash
                             a shell in the demo machine
   hearth machine rm -f demo remove it

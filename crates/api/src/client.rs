@@ -441,6 +441,67 @@ impl Client {
         }
     }
 
+    pub async fn apps(&self) -> Result<crate::types::AppList, Error> {
+        self.call(Method::GET, "/v1/apps", None).await
+    }
+
+    pub async fn app(&self, name: &str) -> Result<crate::types::AppDetail, Error> {
+        self.call(Method::GET, &format!("/v1/apps/{}", encode_path(name)), None).await
+    }
+
+    pub async fn deploy_app(
+        &self,
+        name: &str,
+        body: &crate::types::DeployApp,
+    ) -> Result<crate::types::DeployResult, Error> {
+        self.call(Method::PUT, &format!("/v1/apps/{}", encode_path(name)), Self::json(body)?).await
+    }
+
+    pub async fn rollback_app(&self, name: &str, to: Option<u32>) -> Result<crate::types::AppVersion, Error> {
+        let body = Self::json(&crate::types::Rollback { to })?;
+        self.call(Method::POST, &format!("/v1/apps/{}/rollback", encode_path(name)), body).await
+    }
+
+    pub async fn remove_app(&self, name: &str) -> Result<(), Error> {
+        self.send(Method::DELETE, &format!("/v1/apps/{}", encode_path(name)), None).await.map(drop)
+    }
+
+    pub async fn set_app_secret(&self, name: &str, secret: &str, value: String) -> Result<(), Error> {
+        let body = Self::json(&crate::types::SetSecret { value })?;
+        let path = format!("/v1/apps/{}/secrets/{}", encode_path(name), encode_path(secret));
+        self.send(Method::PUT, &path, body).await.map(drop)
+    }
+
+    pub async fn app_logs(&self, name: &str, tail: Option<usize>) -> Result<crate::types::AppLogs, Error> {
+        let mut path = format!("/v1/apps/{}/logs", encode_path(name));
+        if let Some(tail) = tail {
+            path.push_str(&format!("?tail={tail}"));
+        }
+        self.call(Method::GET, &path, None).await
+    }
+
+    /// Follows an app's log as it is written.
+    pub async fn follow_app_logs(
+        &self,
+        name: &str,
+        tail: Option<usize>,
+    ) -> Result<impl Stream<Item = Result<crate::types::AppLogLine, Error>> + Send + 'static, Error> {
+        let mut path = format!("/v1/apps/{}/logs?follow=true", encode_path(name));
+        if let Some(tail) = tail {
+            path.push_str(&format!("&tail={tail}"));
+        }
+        let response = self.send(Method::GET, &path, None).await?;
+        Ok(sse_messages(response.into_body().into_data_stream()).filter_map(|m| async move {
+            match m {
+                Ok(m) if m.event == "log" => {
+                    Some(serde_json::from_str(&m.data).map_err(|e| Error::Protocol(e.to_string())))
+                }
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            }
+        }))
+    }
+
     pub async fn images(&self) -> Result<ImageList, Error> {
         self.call(Method::GET, "/v1/images", None).await
     }

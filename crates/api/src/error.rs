@@ -300,3 +300,33 @@ impl From<hearth_net::service::Error> for ApiError {
         }
     }
 }
+
+/// App errors mapped onto HTTP, with the hint a person needs.
+impl From<hearth_apps::Error> for ApiError {
+    fn from(error: hearth_apps::Error) -> Self {
+        use hearth_apps::ErrorKind as K;
+        let code = error.code();
+        let message = display_chain(&error);
+        let (status, hint) = match error.kind() {
+            K::NotFound => (
+                StatusCode::NOT_FOUND,
+                "`hearth app ls` lists apps; `hearth app versions NAME` lists versions",
+            ),
+            K::Invalid => (
+                StatusCode::BAD_REQUEST,
+                "build a WASI HTTP component (cargo build --target wasm32-wasip2) and declare what it uses in hearth.toml",
+            ),
+            K::Conflict => (StatusCode::CONFLICT, "see `hearth app inspect NAME`"),
+            K::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "build in release mode and strip debug info"),
+            K::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "try again"),
+            K::Internal => {
+                tracing::error!(error = %message, "App operation failed.");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "this is a bug in hearth or a failing disk; the daemon log has details",
+                )
+            }
+        };
+        ApiError::new(status, code, message, hint)
+    }
+}

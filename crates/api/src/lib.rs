@@ -14,6 +14,7 @@
 pub mod client;
 pub mod error;
 mod extract;
+pub mod labs;
 mod metrics;
 pub mod openapi;
 pub mod server;

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use crate::server::{events, files, images, kv, leases, machines, networks, system};
+use crate::server::{apps, events, files, images, kv, leases, machines, networks, system};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -27,7 +27,9 @@ use crate::server::{events, files, images, kv, leases, machines, networks, syste
         machines::snapshot, machines::snapshots, machines::restore, machines::remove_snapshot,
         images::list, images::get, images::remove, images::pull, images::build,
         networks::list, networks::get, networks::create, networks::remove,
+        apps::list, apps::get, apps::deploy, apps::rollback, apps::remove, apps::set_secret, apps::logs,
         networks::faults, networks::create_fault, networks::heal, networks::heal_all,
+        crate::labs::list, crate::labs::get, crate::labs::put, crate::labs::remove,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -39,7 +41,9 @@ use crate::server::{events, files, images, kv, leases, machines, networks, syste
         (name = "machines", description = "Linux microVMs"),
         (name = "images", description = "Root file systems for machines"),
         (name = "networks", description = "Private networks with addresses, DNS and NAT"),
+        (name = "apps", description = "WebAssembly HTTP components"),
         (name = "faults", description = "Partitions, delay and loss, on purpose"),
+        (name = "labs", description = "Machines and networks brought up together from a lab file"),
     )
 )]
 struct ApiDoc;

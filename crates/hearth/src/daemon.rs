@@ -23,6 +23,10 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
 
+    /// Where apps answer HTTP (`NAME.localhost:PORT`); port 0 picks a free one.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080", env = "HEARTH_INGRESS")]
+    ingress: SocketAddr,
+
     /// Where kernels, initramfs and images are cached [default: DATA_DIR/cache]. Several daemons may share one.
     #[arg(long, value_name = "DIR", env = "HEARTH_CACHE_DIR")]
     cache_dir: Option<std::path::PathBuf>,
@@ -103,11 +107,33 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
     let machines = hearth_machines::Machines::new(
         store.clone(),
         networks.clone(),
-        hearth_machines::Options { data_dir: data_dir.to_owned(), cache_dir, agent: args.agent },
+        hearth_machines::Options {
+            data_dir: data_dir.to_owned(),
+            cache_dir: cache_dir.clone(),
+            agent: args.agent,
+        },
         host,
     )
     .context("cannot start the machines service")?;
     let machines_loop = tokio::spawn(machines.clone().run(stop_rx.clone()));
+    let ingress = tokio::net::TcpListener::bind(args.ingress).await.with_context(|| {
+        format!(
+            "cannot listen for apps on {}: is another program using that port? pick another with --ingress",
+            args.ingress
+        )
+    })?;
+    let ingress_addr = ingress.local_addr().ok();
+    let apps = hearth_apps::Apps::new(store.clone(), hearth_apps::Options::new(data_dir, &cache_dir))
+        .context("cannot start the apps service")?;
+    let apps_loop = tokio::spawn(apps.clone().run(stop_rx.clone()));
+    let ingress_loop = tokio::spawn({
+        let (apps, stop) = (apps.clone(), stop_rx.clone());
+        async move {
+            if let Err(error) = apps.serve_ingress(ingress, stop).await {
+                tracing::error!(error = %error, "The apps ingress stopped.");
+            }
+        }
+    });
     // KVM present is not KVM working: find out in the background.
     tokio::spawn({
         let machines = machines.clone();
@@ -117,12 +143,14 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
         store,
         machines,
         networks,
+        apps,
         DaemonInfo {
             data_dir: data_dir.to_owned(),
             socket: socket_path.clone(),
             tcp: tcp_addr,
             store_backend: "redb".to_owned(),
             store_location: store_path.display().to_string(),
+            ingress: ingress_addr,
         },
         stop_rx,
     );
@@ -149,6 +177,7 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
         data_dir = %data_dir.display(),
         socket = %socket_path.display(),
         tcp = tcp_addr.map(|a| a.to_string()),
+        ingress = ingress_addr.map(|a| a.to_string()),
         "Daemon ready."
     );
 
@@ -173,6 +202,8 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
         servers.abort_all();
     }
     let _ = machines_loop.await;
+    let _ = apps_loop.await;
+    let _ = ingress_loop.await;
     let _ = networks_loop.await;
     drop(state);
     redb.shutdown().await;

@@ -47,12 +47,18 @@ enum Command {
     /// Machine images: pull from registries, build from packages.
     #[command(subcommand)]
     Image(cmd::image::Command),
+    /// WebAssembly HTTP apps: deploy, list, roll back, logs.
+    #[command(subcommand)]
+    App(cmd::app::Command),
     /// Private networks: create, list, inspect, remove.
     #[command(subcommand)]
     Network(cmd::network::Command),
     /// Break the network on purpose: partitions, delay, loss; then heal.
     #[command(subcommand)]
     Fault(cmd::fault::Command),
+    /// Labs: machines and networks from a lab file, up and ready with one command.
+    #[command(subcommand)]
+    Lab(cmd::lab::Command),
     /// Machine snapshots: list and remove (take them with `machine snapshot`).
     #[command(subcommand)]
     Snapshot(cmd::snapshot::Command),
@@ -125,8 +131,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Events(args) => cmd::events::run(&client()?, args).await?,
         Command::Kv(command) => cmd::kv::run(&client()?, command).await?,
         Command::Machine(command) => return Ok(exit_code(cmd::machine::run(&client()?, command).await?)),
+        Command::App(command) => cmd::app::run(&client()?, command).await?,
         Command::Network(command) => cmd::network::run(&client()?, command).await?,
         Command::Fault(command) => cmd::fault::run(&client()?, command).await?,
+        Command::Lab(command) => return Ok(exit_code(cmd::lab::run(&client()?, command).await?)),
         Command::Snapshot(command) => cmd::snapshot::run(&client()?, command).await?,
         Command::Image(command) => return Ok(exit_code(cmd::image::run(&client()?, command).await?)),
         Command::Token => cmd::token::run(&data_dir)?,

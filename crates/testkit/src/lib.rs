@@ -152,7 +152,9 @@ impl Daemon {
             .arg("--net-prefix")
             .arg(&self.net_prefix)
             // Tests make the networks they need, with subnets of their own.
-            .args(["--default-network", "false", "--default-network-nat", "false"]);
+            .args(["--default-network", "false", "--default-network-nat", "false"])
+            // Each test daemon's apps answer on a port of their own.
+            .args(["--ingress", "127.0.0.1:0"]);
         if let Some(addr) = self.tcp {
             command.arg("--listen").arg(addr.to_string());
         }

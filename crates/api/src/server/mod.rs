@@ -5,6 +5,7 @@
 //! router → a handler in [`kv`], [`events`], [`leases`] or [`system`] → the
 //! store handle → a wire type from [`crate::types`], or an [`ApiError`].
 
+pub(crate) mod apps;
 mod auth;
 pub(crate) mod events;
 mod exec;
@@ -46,6 +47,8 @@ pub struct DaemonInfo {
     pub store_backend: String,
     /// The store file, or the etcd endpoints.
     pub store_location: String,
+    /// Where apps answer HTTP.
+    pub ingress: Option<std::net::SocketAddr>,
 }
 
 /// Everything a handler can reach. Cheap to clone.
@@ -58,6 +61,7 @@ struct Inner {
     store: Arc<dyn Store>,
     machines: hearth_machines::Machines,
     networks: hearth_net::Networks,
+    apps: hearth_apps::Apps,
     info: DaemonInfo,
     started: Instant,
     metrics: Metrics,
@@ -77,6 +81,7 @@ impl AppState {
         store: Arc<dyn Store>,
         machines: hearth_machines::Machines,
         networks: hearth_net::Networks,
+        apps: hearth_apps::Apps,
         info: DaemonInfo,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
@@ -85,6 +90,7 @@ impl AppState {
                 store,
                 machines,
                 networks,
+                apps,
                 info,
                 started: Instant::now(),
                 metrics: Metrics::new(),
@@ -103,6 +109,10 @@ impl AppState {
 
     pub(crate) fn networks(&self) -> &hearth_net::Networks {
         &self.inner.networks
+    }
+
+    pub(crate) fn apps(&self) -> &hearth_apps::Apps {
+        &self.inner.apps
     }
 
     /// Resolves when the daemon begins to shut down.
@@ -141,8 +151,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/snapshots/{name}/restore", post(machines::restore))
         .route("/v1/networks", get(networks::list).post(networks::create))
         .route("/v1/networks/{name}", get(networks::get).delete(networks::remove))
+        .route("/v1/labs", get(crate::labs::list))
+        .route("/v1/labs/{name}", get(crate::labs::get).put(crate::labs::put).delete(crate::labs::remove))
         .route("/v1/faults", get(networks::faults).post(networks::create_fault).delete(networks::heal_all))
         .route("/v1/faults/{id}", axum::routing::delete(networks::heal))
+        .route("/v1/apps", get(apps::list))
+        .route("/v1/apps/{name}", get(apps::get).put(apps::deploy).delete(apps::remove))
+        .route("/v1/apps/{name}/rollback", post(apps::rollback))
+        .route("/v1/apps/{name}/secrets/{secret}", axum::routing::put(apps::set_secret))
+        .route("/v1/apps/{name}/logs", get(apps::logs))
         .route("/v1/images", get(images::list))
         .route("/v1/images/pull", post(images::pull))
         .route("/v1/images/build", post(images::build))

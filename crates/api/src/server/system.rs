@@ -21,6 +21,7 @@ pub(crate) async fn status(State(state): State<AppState>) -> Result<axum::Json<S
         data_dir: info.data_dir.display().to_string(),
         socket: info.socket.display().to_string(),
         tcp: info.tcp.map(|a| a.to_string()),
+        ingress: info.ingress.map(|a| a.to_string()),
         uptime_secs: state.inner.started.elapsed().as_secs(),
         store: StoreStatus {
             backend: info.store_backend.clone(),

@@ -1,10 +1,12 @@
 //! One module per client subcommand.
 
+pub(crate) mod app;
 pub(crate) mod bench;
 pub(crate) mod events;
 pub(crate) mod fault;
 pub(crate) mod image;
 pub(crate) mod kv;
+pub(crate) mod lab;
 pub(crate) mod machine;
 pub(crate) mod network;
 pub(crate) mod snapshot;

@@ -40,7 +40,8 @@ fn render(s: &Status) -> String {
          kvm         {kvm}: {kvm_detail}\n\
          qemu        {qemu}\n\
          firecracker {firecracker}\n\
-         machines    run on {default_backend} by default\n",
+         machines    run on {default_backend} by default\n\
+         apps        {ingress}\n",
         version = s.version,
         uptime = humantime::format_duration(std::time::Duration::from_secs(s.uptime_secs)),
         data_dir = s.data_dir,
@@ -54,5 +55,10 @@ fn render(s: &Status) -> String {
         qemu = tool(&s.host.qemu),
         firecracker = tool(&s.host.firecracker),
         default_backend = s.host.default_backend,
+        ingress = s
+            .ingress
+            .as_deref()
+            .map(|a| format!("http://NAME.localhost:{}", a.rsplit(':').next().unwrap_or("8080")))
+            .unwrap_or_else(|| "no ingress".into()),
     )
 }

@@ -1,0 +1,454 @@
+//! `/v1/labs`: the record of what `hearth lab up` brought up.
+//!
+//! A lab is brought up by the CLI through the ordinary image, network and
+//! machine endpoints; the daemon records which machines and networks belong
+//! to it (`labs/NAME`, JSON), so that `hearth lab ls` can show it and
+//! `hearth lab down` removes exactly those. The wire types, the handlers and
+//! the client's methods for labs all live in this module.
+
+use std::collections::{BTreeSet, HashMap};
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use http_body_util::BodyExt;
+use hyper::Method;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::client::{Client, Error as ClientError};
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{ApiJson, ApiQuery};
+use crate::server::AppState;
+
+/// Where lab records live in the store.
+pub const PREFIX: &str = "labs/";
+
+/// The longest lab file the daemon keeps.
+pub const MAX_SOURCE_LEN: usize = 256 * 1024;
+
+/// The most machines one lab may own.
+pub const MAX_MACHINES: usize = 256;
+
+/// `PUT /v1/labs/{name}`: records a lab, or replaces its record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutLab {
+    /// The lab's name; the same as in the path.
+    pub name: String,
+    /// The lab file it came from, as the CLI's user named it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// The lab file's text (TOML).
+    pub source: String,
+    /// The machines the lab owns: `down` removes them.
+    #[serde(default)]
+    pub machines: Vec<String>,
+    /// The networks the lab created: `down` removes them. Networks it only
+    /// joins (made by someone else) are not listed.
+    #[serde(default)]
+    pub networks: Vec<String>,
+}
+
+/// A lab, with the state of its machines now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Lab {
+    pub name: String,
+    pub file: Option<String>,
+    /// The lab file's text, as last brought up.
+    pub source: String,
+    pub machines: Vec<LabMachine>,
+    /// The networks the lab created.
+    pub networks: Vec<String>,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Unix seconds of the last `lab up`.
+    pub updated_at: u64,
+}
+
+/// One of a lab's machines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LabMachine {
+    pub name: String,
+    /// The machine's state (`running`, `stopped`, …), or `missing` if it
+    /// was removed behind the lab's back.
+    pub state: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LabList {
+    pub labs: Vec<Lab>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteLabQuery {
+    /// Also remove the lab's machines (killed if running) and the networks
+    /// it created; without it only the record goes.
+    pub down: Option<bool>,
+}
+
+/// What `DELETE /v1/labs/{name}` removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LabDown {
+    pub name: String,
+    pub removed_machines: Vec<String>,
+    pub removed_networks: Vec<String>,
+    /// What was left alone, and why.
+    pub notes: Vec<String>,
+}
+
+/// The stored record, `labs/NAME`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LabRecord {
+    name: String,
+    file: Option<String>,
+    source: String,
+    machines: Vec<String>,
+    networks: Vec<String>,
+    created_at: u64,
+    updated_at: u64,
+}
+
+fn key(name: &str) -> String {
+    format!("{PREFIX}{name}")
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn decode(kv: &hearth_store::KeyValue) -> Result<LabRecord, ApiError> {
+    serde_json::from_slice(&kv.value).map_err(|e| {
+        tracing::error!(key = kv.key, error = %e, "Lab record is unreadable.");
+        ApiError::internal(format!("the record {} is unreadable: {e}", kv.key))
+    })
+}
+
+async fn read(state: &AppState, name: &str) -> Result<Option<(LabRecord, u64)>, ApiError> {
+    match state.store().get(&key(name)).await? {
+        Some(kv) => Ok(Some((decode(&kv)?, kv.mod_revision))),
+        None => Ok(None),
+    }
+}
+
+fn not_found(name: &str) -> ApiError {
+    ApiError::not_found(
+        format!("lab {name:?} does not exist"),
+        "`hearth lab ls` lists labs; `hearth lab up FILE` brings one up",
+    )
+}
+
+/// Machine states by name, for describing labs.
+async fn machine_states(state: &AppState) -> Result<HashMap<String, String>, ApiError> {
+    let machines = state.machines().list().await?;
+    Ok(machines.into_iter().map(|m| (m.name, m.status.state.as_str().to_owned())).collect())
+}
+
+fn describe(r: LabRecord, states: &HashMap<String, String>) -> Lab {
+    Lab {
+        machines: r
+            .machines
+            .iter()
+            .map(|m| LabMachine {
+                name: m.clone(),
+                state: states.get(m).cloned().unwrap_or_else(|| "missing".to_owned()),
+            })
+            .collect(),
+        name: r.name,
+        file: r.file,
+        source: r.source,
+        networks: r.networks,
+        created_at: r.created_at,
+        updated_at: r.updated_at,
+    }
+}
+
+/// Lab names follow machine names: 1 to 63 lowercase letters, digits and
+/// dashes.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "lab name {name:?} is not valid: use 1 to 63 lowercase letters, digits and dashes, not starting or ending with a dash"
+        ))
+    }
+}
+
+fn invalid(message: String, hint: &str) -> ApiError {
+    ApiError::bad_request("invalid_field", message, hint)
+}
+
+fn validate(path_name: &str, body: &PutLab) -> Result<(), ApiError> {
+    validate_name(path_name).map_err(|e| invalid(e, "e.g. etcd or raft-lab"))?;
+    if body.name != path_name {
+        return Err(invalid(
+            format!("field `name`: {:?} is not the lab in the path, {path_name:?}", body.name),
+            "send the same name in the path and the body",
+        ));
+    }
+    if body.source.len() > MAX_SOURCE_LEN {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "field `source`: the lab file is {} bytes; the limit is {MAX_SOURCE_LEN}",
+                body.source.len()
+            ),
+            "a lab file describes machines; keep scripts in files the setup copies or fetches",
+        ));
+    }
+    if body.machines.len() > MAX_MACHINES {
+        return Err(invalid(
+            format!("field `machines`: {} machines; a lab owns at most {MAX_MACHINES}", body.machines.len()),
+            "split it into several labs",
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for m in &body.machines {
+        hearth_machines::record::validate_name(m).map_err(|e| {
+            invalid(format!("field `machines`: {e}"), "name machines as `hearth machine run` does")
+        })?;
+        if !seen.insert(m) {
+            return Err(invalid(
+                format!("field `machines`: {m:?} is listed twice"),
+                "list each machine once",
+            ));
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for n in &body.networks {
+        hearth_net::record::validate_name(n).map_err(|e| {
+            invalid(format!("field `networks`: {e}"), "name networks as `hearth network create` does")
+        })?;
+        if !seen.insert(n) {
+            return Err(invalid(
+                format!("field `networks`: {n:?} is listed twice"),
+                "list each network once",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Lists labs, with the state of their machines.
+#[utoipa::path(get, path = "/v1/labs", tag = "labs", responses((status = 200, body = LabList)))]
+pub(crate) async fn list(State(state): State<AppState>) -> Result<axum::Json<LabList>, ApiError> {
+    let range = state.store().range(PREFIX).await?;
+    let states = machine_states(&state).await?;
+    let labs =
+        range.kvs.iter().map(|kv| decode(kv).map(|r| describe(r, &states))).collect::<Result<_, _>>()?;
+    Ok(axum::Json(LabList { labs }))
+}
+
+/// Shows one lab.
+#[utoipa::path(get, path = "/v1/labs/{name}", tag = "labs",
+    params(("name" = String, Path)), responses((status = 200, body = Lab), (status = 404, body = ErrorBody)))]
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<axum::Json<Lab>, ApiError> {
+    let (record, _) = read(&state, &name).await?.ok_or_else(|| not_found(&name))?;
+    Ok(axum::Json(describe(record, &machine_states(&state).await?)))
+}
+
+/// Records a lab: its file and the machines and networks it owns. The CLI
+/// records a lab before it creates anything, so that a lab that failed
+/// half-way up can still be taken down.
+#[utoipa::path(put, path = "/v1/labs/{name}", tag = "labs", request_body = PutLab,
+    params(("name" = String, Path)),
+    responses((status = 200, description = "Replaced", body = Lab), (status = 201, description = "Created", body = Lab),
+        (status = 400, body = ErrorBody), (status = 409, description = "Changed at the same time", body = ErrorBody)))]
+pub(crate) async fn put(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<PutLab>,
+) -> Result<(StatusCode, axum::Json<Lab>), ApiError> {
+    validate(&name, &body)?;
+    let previous = read(&state, &name).await?;
+    let now = now_unix();
+    let record = LabRecord {
+        name: name.clone(),
+        file: body.file,
+        source: body.source,
+        machines: body.machines,
+        networks: body.networks,
+        created_at: previous.as_ref().map_or(now, |(r, _)| r.created_at),
+        updated_at: now,
+    };
+    let value = serde_json::to_vec(&record).map_err(|e| ApiError::internal(e.to_string()))?;
+    let key = key(&name);
+    let revision = previous.as_ref().map_or(0, |(_, rev)| *rev);
+    let txn = hearth_store::Txn::new()
+        .when(hearth_store::Compare::mod_revision(&key, revision))
+        .and_then(hearth_store::Op::Put { key: key.clone(), value, lease: None });
+    if !state.store().txn(txn).await?.succeeded {
+        return Err(ApiError::conflict(
+            format!("lab {name:?} changed while it was being recorded"),
+            "another `hearth lab up` or `lab down` ran at the same time; try again",
+        ));
+    }
+    let status = if previous.is_some() { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, axum::Json(describe(record, &machine_states(&state).await?))))
+}
+
+/// Forgets a lab; with `down=true` first removes its machines (killed if
+/// running) and the networks it created. A network that machines outside
+/// the lab still use is kept, and the answer says so.
+#[utoipa::path(delete, path = "/v1/labs/{name}", tag = "labs",
+    params(("name" = String, Path), DeleteLabQuery),
+    responses((status = 200, body = LabDown), (status = 404, body = ErrorBody)))]
+pub(crate) async fn remove(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ApiQuery(query): ApiQuery<DeleteLabQuery>,
+) -> Result<axum::Json<LabDown>, ApiError> {
+    let (record, _) = read(&state, &name).await?.ok_or_else(|| not_found(&name))?;
+    let mut down =
+        LabDown { name: name.clone(), removed_machines: vec![], removed_networks: vec![], notes: vec![] };
+    if query.down.unwrap_or(false) {
+        // Machines first: a network cannot go while machines are on it. An
+        // error stops here with the record kept, so `down` can run again.
+        for machine in &record.machines {
+            match state.machines().remove(machine, true).await {
+                Ok(()) => down.removed_machines.push(machine.clone()),
+                Err(hearth_machines::Error::NotFound(_)) => {
+                    down.notes.push(format!("machine {machine} was already gone"));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        for network in &record.networks {
+            match state.networks().remove(network).await {
+                Ok(()) => down.removed_networks.push(network.clone()),
+                Err(hearth_net::service::Error::NotFound(_)) => {
+                    down.notes.push(format!("network {network} was already gone"));
+                }
+                Err(hearth_net::service::Error::InUse { machines, .. }) => {
+                    down.notes.push(format!(
+                        "network {network} is kept: machines outside the lab use it ({machines})"
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if !down.removed_networks.is_empty() {
+            // Take the bridges down before answering: the network service
+            // would soon, but until then their routes make a new network
+            // with the same subnet (`lab up` right after `lab down`) look
+            // like it overlaps the host's routes.
+            state.networks().apply().await;
+        }
+    } else {
+        down.notes.push("only the record was removed; the machines and networks are still there".to_owned());
+    }
+    state.store().delete(&key(&name)).await?;
+    tracing::info!(lab = name, machines = down.removed_machines.len(), "Lab removed.");
+    Ok(axum::Json(down))
+}
+
+/// The labs endpoints, for the CLI and the tests.
+impl Client {
+    pub async fn labs(&self) -> Result<LabList, ClientError> {
+        call(self, Method::GET, "/v1/labs", None).await
+    }
+
+    pub async fn lab(&self, name: &str) -> Result<Lab, ClientError> {
+        call(self, Method::GET, &format!("/v1/labs/{}", encode(name)), None).await
+    }
+
+    pub async fn put_lab(&self, body: &PutLab) -> Result<Lab, ClientError> {
+        let json = serde_json::to_vec(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        call(self, Method::PUT, &format!("/v1/labs/{}", encode(&body.name)), Some(json)).await
+    }
+
+    /// Forgets a lab; with `down`, removes its machines and networks first.
+    pub async fn remove_lab(&self, name: &str, down: bool) -> Result<LabDown, ClientError> {
+        call(self, Method::DELETE, &format!("/v1/labs/{}?down={down}", encode(name)), None).await
+    }
+}
+
+async fn call<T: DeserializeOwned>(
+    client: &Client,
+    method: Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<T, ClientError> {
+    let response = client.send(method, path, body).await?;
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ClientError::Protocol(format!("unexpected response body: {e}")))
+}
+
+/// Percent-encodes a name for a path segment.
+fn encode(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(name: &str) -> PutLab {
+        PutLab {
+            name: name.into(),
+            file: None,
+            source: String::new(),
+            machines: vec!["a-1".into(), "a-2".into()],
+            networks: vec!["lab".into()],
+        }
+    }
+
+    fn check(path: &str, body: PutLab, expect: &str) {
+        let error = validate(path, &body).expect_err(expect);
+        assert!(error.detail.message.contains(expect), "{:?} lacks {expect:?}", error.detail.message);
+    }
+
+    #[test]
+    fn bad_lab_records_are_refused_with_the_field() {
+        assert!(validate("lab", &body("lab")).is_ok());
+        check("Lab", body("Lab"), "lab name \"Lab\" is not valid");
+        check("lab", body("other"), "field `name`");
+        let mut twice = body("lab");
+        twice.machines.push("a-1".into());
+        check("lab", twice, "field `machines`: \"a-1\" is listed twice");
+        let mut bad = body("lab");
+        bad.networks.push("Bad_Net".into());
+        check("lab", bad, "field `networks`");
+        let mut big = body("lab");
+        big.source = "x".repeat(MAX_SOURCE_LEN + 1);
+        check("lab", big, "field `source`");
+    }
+
+    #[test]
+    fn put_bodies_are_strict() {
+        let error = crate::extract::parse_json::<PutLab>(br#"{"name": "a", "source": "", "machnes": []}"#)
+            .expect_err("unknown field");
+        assert_eq!(error.code(), "unknown_field");
+    }
+
+    #[test]
+    fn names_are_encoded_for_paths() {
+        assert_eq!(encode("etcd"), "etcd");
+        assert_eq!(encode("a/b c"), "a%2Fb%20c");
+    }
+}

@@ -1,0 +1,185 @@
+//! `/v1/apps`: WebAssembly HTTP components, deployed and swapped live.
+
+use std::convert::Infallible;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use futures::StreamExt;
+
+use super::AppState;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{ApiJson, ApiQuery, parse_json};
+use crate::types::{
+    AppDetail, AppList, AppLogLine, AppLogs, AppSummary, AppVersion, DeployApp, DeployResult, LogsQuery,
+    Rollback, SetSecret,
+};
+
+/// The largest deploy request: a component of up to 64 MiB, base64-encoded.
+const MAX_DEPLOY_BODY: usize = 90 << 20;
+
+fn version(v: &hearth_apps::Version) -> AppVersion {
+    AppVersion {
+        number: v.number,
+        sha256: v.sha256.clone(),
+        size: v.size,
+        created_at: v.created_at,
+        manifest: v.manifest_text.clone(),
+    }
+}
+
+fn summary(info: &hearth_apps::AppInfo) -> AppSummary {
+    AppSummary {
+        name: info.app.name.clone(),
+        active: info.app.active,
+        version_count: info.app.versions.len(),
+        routes: info.app.routes.iter().map(|r| format!("{}{}", r.host, r.path)).collect(),
+        urls: info.urls.clone(),
+        serving: info.serving,
+        error: info.error.clone(),
+        updated_at: info.app.updated_at,
+    }
+}
+
+/// Lists apps.
+#[utoipa::path(get, path = "/v1/apps", tag = "apps", responses((status = 200, body = AppList)))]
+pub(crate) async fn list(State(state): State<AppState>) -> Result<axum::Json<AppList>, ApiError> {
+    let apps = state.apps().list().await?;
+    Ok(axum::Json(AppList { apps: apps.iter().map(summary).collect() }))
+}
+
+/// Shows one app and its versions.
+#[utoipa::path(get, path = "/v1/apps/{name}", tag = "apps",
+    params(("name" = String, Path)), responses((status = 200, body = AppDetail), (status = 404, body = ErrorBody)))]
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<axum::Json<AppDetail>, ApiError> {
+    let info = state.apps().get(&name).await?;
+    Ok(axum::Json(AppDetail {
+        summary: summary(&info),
+        versions: info.app.versions.iter().map(version).collect(),
+    }))
+}
+
+/// Deploys a component as the app's next version and swaps it in: requests
+/// in flight finish on the old version, new ones go to the new.
+#[utoipa::path(put, path = "/v1/apps/{name}", tag = "apps",
+    params(("name" = String, Path)), request_body = DeployApp,
+    responses((status = 200, body = DeployResult), (status = 400, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
+pub(crate) async fn deploy(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<axum::Json<DeployResult>, ApiError> {
+    let bytes = axum::body::to_bytes(body, MAX_DEPLOY_BODY).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the deploy request is larger than {} MiB", MAX_DEPLOY_BODY >> 20),
+            "components are limited to 64 MiB; build in release mode and strip debug info",
+        )
+    })?;
+    let request: DeployApp = parse_json(&bytes)?;
+    let component = base64::engine::general_purpose::STANDARD
+        .decode(request.component_base64.as_bytes())
+        .map_err(|e| {
+            ApiError::bad_request(
+                "invalid_field",
+                format!("field `component_base64`: not valid base64 ({e})"),
+                "send the component's bytes base64-encoded (standard alphabet)",
+            )
+        })?;
+    let routes =
+        request.routes.iter().map(|r| hearth_apps::Route::parse(r)).collect::<Result<Vec<_>, _>>()?;
+    let deployed = state.apps().deploy(&name, component, request.manifest, routes).await?;
+    Ok(axum::Json(DeployResult {
+        app: deployed.app,
+        version: version(&deployed.version),
+        compiled: deployed.compiled,
+        duration_ms: deployed.duration_ms,
+        urls: deployed.urls,
+    }))
+}
+
+/// Makes an earlier version serve again (the previous one by default).
+#[utoipa::path(post, path = "/v1/apps/{name}/rollback", tag = "apps",
+    params(("name" = String, Path)), request_body = Rollback,
+    responses((status = 200, body = AppVersion), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(crate) async fn rollback(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<Rollback>,
+) -> Result<axum::Json<AppVersion>, ApiError> {
+    let v = state.apps().rollback(&name, body.to).await?;
+    Ok(axum::Json(version(&v)))
+}
+
+/// Removes an app, its versions and its routes (its key-value data too).
+#[utoipa::path(delete, path = "/v1/apps/{name}", tag = "apps",
+    params(("name" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody)))]
+pub(crate) async fn remove(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.apps().remove(&name).await?;
+    state.apps().delete_data(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Sets a secret an app's manifest declares.
+#[utoipa::path(put, path = "/v1/apps/{name}/secrets/{secret}", tag = "apps",
+    params(("name" = String, Path), ("secret" = String, Path)), request_body = SetSecret,
+    responses((status = 204), (status = 400, body = ErrorBody)))]
+pub(crate) async fn set_secret(
+    State(state): State<AppState>,
+    Path((name, secret)): Path<(String, String)>,
+    ApiJson(body): ApiJson<SetSecret>,
+) -> Result<StatusCode, ApiError> {
+    state.apps().set_secret(&name, &secret, body.value).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The app's log: its stdout and stderr, its requests, and what hearth did
+/// with it. With `follow=true`, a server-sent event stream of `log` events.
+#[utoipa::path(get, path = "/v1/apps/{name}/logs", tag = "apps",
+    params(("name" = String, Path), LogsQuery),
+    responses((status = 200, body = AppLogs), (status = 404, body = ErrorBody)))]
+pub(crate) async fn logs(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ApiQuery(query): ApiQuery<LogsQuery>,
+) -> Result<Response, ApiError> {
+    let (backlog, follow) = state.apps().logs(&name).await?;
+    let lines: Vec<AppLogLine> = backlog.iter().map(log_line).collect();
+    let lines = match query.tail {
+        Some(n) => lines[lines.len().saturating_sub(n)..].to_vec(),
+        None => lines,
+    };
+    if !query.follow.unwrap_or(false) {
+        return Ok(axum::Json(AppLogs { lines }).into_response());
+    }
+    let backlog = futures::stream::iter(lines);
+    let live = tokio_stream::wrappers::BroadcastStream::new(follow)
+        .filter_map(|item| async move { item.ok().map(|l| log_line(&l)) });
+    let events = backlog
+        .chain(live)
+        .map(|line| {
+            Ok::<_, Infallible>(SseEvent::default().event("log").json_data(&line).unwrap_or_default())
+        })
+        .take_until(state.shutting_down());
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+}
+
+fn log_line(l: &hearth_apps::LogLine) -> AppLogLine {
+    AppLogLine {
+        time: l.time,
+        version: l.version,
+        stream: format!("{:?}", l.stream).to_lowercase(),
+        text: l.text.clone(),
+    }
+}

@@ -1,0 +1,345 @@
+//! The HTTP ingress: one server for every app, routing by host name and
+//! the longest path prefix, running each request in a fresh instance under
+//! the app's limits.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HOST, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use wasmtime::Store;
+use wasmtime::component::Resource;
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
+
+use crate::Error;
+use crate::host::{self, AppCtx, HostState};
+use crate::logs::LogStream;
+use crate::manifest::split_host_port;
+use crate::service::{Apps, Loaded, Table, stopped};
+
+/// Time a client gets to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time requests in flight get to finish once shutdown starts.
+const DRAIN: Duration = Duration::from_secs(10);
+/// Lines of a trap's message and backtrace kept in the app's log.
+const TRAP_LINES: usize = 24;
+
+type Body = HyperOutgoingBody;
+
+pub(crate) async fn serve(
+    apps: Apps,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), Error> {
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Internal(format!("the ingress socket has no address: {e}")))?;
+    *apps.inner.ingress_port.lock().unwrap_or_else(|e| e.into_inner()) = Some(addr.port());
+    tracing::info!(%addr, "Apps ingress listening.");
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT).keep_alive(true);
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let apps = apps.clone();
+                    let service = hyper::service::service_fn(move |req| {
+                        let apps = apps.clone();
+                        async move { Ok::<_, Infallible>(dispatch(&apps, req).await) }
+                    });
+                    let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, "An ingress connection ended with an error.");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors, most likely: back off, keep serving.
+                    tracing::warn!(error = %e, "The ingress cannot accept a connection.");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            () = stopped(&mut shutdown) => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+        tracing::warn!("Some ingress requests were still running after {DRAIN:?}; dropping them.");
+    }
+    Ok(())
+}
+
+async fn dispatch(apps: &Apps, req: Request<Incoming>) -> Response<Body> {
+    if !apps.is_ready() {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "hearth is loading its apps; try again in a moment.\n".into(),
+        );
+    }
+    let host = request_host(&req);
+    let target = {
+        let table = apps.inner.table.load();
+        match table.route(&host, req.uri().path()) {
+            Some(target) => target.clone(),
+            None => return not_found(apps, &table, &host, req.uri().path()),
+        }
+    };
+    match &target.serving {
+        Ok(loaded) => run(apps, loaded.clone(), req).await,
+        Err(reason) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "The app {:?} cannot serve: {reason}\nSee `hearth app logs {}`.\n",
+                target.name, target.name
+            ),
+        ),
+    }
+}
+
+/// Runs one request in a fresh instance and answers with what it sets.
+async fn run(apps: &Apps, loaded: Arc<Loaded>, req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    apps.inner.requests.fetch_add(1, Ordering::Relaxed);
+    let ctx = loaded.ctx.clone();
+    let what = format!("{} {}", req.method(), req.uri().path_and_query().map_or("/", |p| p.as_str()));
+    let mut store = host::new_store(&apps.inner.runtime.engine, &ctx);
+    let (tx, rx) = oneshot::channel();
+    let resources = (|| {
+        let incoming = store.data_mut().http().new_incoming_request(Scheme::Http, req)?;
+        let out = store.data_mut().http().new_response_outparam(tx)?;
+        Ok::<_, wasmtime::Error>((incoming, out))
+    })();
+    let (incoming, out) = match resources {
+        Ok(r) => r,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("The request cannot be passed to the app: {e:#}\n"),
+            );
+        }
+    };
+    // Its own task: the app may keep writing the body after it has sent
+    // the response head, and must not stop if the client goes away.
+    let task = tokio::spawn(execute(store, loaded.pre.clone(), incoming, out, ctx.clone(), what.clone()));
+    let response = match rx.await {
+        Ok(Ok(mut response)) => {
+            response.headers_mut().insert("x-hearth-version", HeaderValue::from(ctx.version));
+            response
+        }
+        Ok(Err(code)) => {
+            apps.inner.failures.fetch_add(1, Ordering::Relaxed);
+            ctx.log.push(
+                ctx.version,
+                LogStream::Hearth,
+                format!("{what}: the app answered with the error {code:?}."),
+            );
+            text(StatusCode::INTERNAL_SERVER_ERROR, format!("The app answered with an error: {code:?}.\n"))
+        }
+        Err(_) => {
+            apps.inner.failures.fetch_add(1, Ordering::Relaxed);
+            let outcome =
+                task.await.unwrap_or_else(|e| Outcome::Trap(format!("the request's task failed: {e}")));
+            outcome.response(&ctx)
+        }
+    };
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    ctx.log.push(ctx.version, LogStream::Request, format!("{what} {} {ms:.1}ms", response.status().as_u16()));
+    response
+}
+
+/// How a request's instance ended.
+#[derive(Debug)]
+enum Outcome {
+    /// The handler returned (with or without setting a response).
+    Returned,
+    Trap(String),
+    Cpu,
+    Memory(usize),
+    Timeout,
+    Instantiate(String),
+}
+
+async fn execute(
+    mut store: Store<HostState>,
+    pre: ProxyPre<HostState>,
+    incoming: Resource<HostIncomingRequest>,
+    out: Resource<HostResponseOutparam>,
+    ctx: Arc<AppCtx>,
+    what: String,
+) -> Outcome {
+    let timeout = Duration::from_millis(ctx.limits.timeout_ms);
+    let result = {
+        let call = async {
+            let proxy = pre.instantiate_async(&mut store).await.map_err(|e| (true, e))?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, incoming, out)
+                .await
+                .map_err(|e| (false, e))
+        };
+        tokio::time::timeout(timeout, call).await
+    };
+    let overrun = store.data().overrun();
+    // Dropping the store ends the response body if the app was still
+    // writing it, and flushes the app's last partial line of output.
+    drop(store);
+    let outcome = match result {
+        Ok(Ok(())) => return Outcome::Returned,
+        Err(_) => Outcome::Timeout,
+        Ok(Err(_)) if overrun.cpu => Outcome::Cpu,
+        Ok(Err(_)) if overrun.memory.is_some() => Outcome::Memory(overrun.memory.unwrap_or(0)),
+        Ok(Err((true, e))) => Outcome::Instantiate(format!("{e:#}")),
+        Ok(Err((false, e))) => Outcome::Trap(trap_report(&e)),
+    };
+    let limits = ctx.limits;
+    let note = match &outcome {
+        Outcome::Returned => unreachable!(),
+        Outcome::Timeout => format!("{what}: stopped after the request timeout of {} ms.", limits.timeout_ms),
+        Outcome::Cpu => format!("{what}: stopped after using its CPU time budget of {} ms.", limits.cpu_ms),
+        Outcome::Memory(asked) => format!(
+            "{what}: failed after asking for {} MiB of memory, over its limit of {} MiB.",
+            asked >> 20,
+            limits.memory_bytes >> 20
+        ),
+        Outcome::Instantiate(e) => format!("{what}: could not start an instance: {e}"),
+        Outcome::Trap(e) => {
+            let mut lines = e.lines().filter(|l| !l.trim().is_empty());
+            let mut text = format!("{what}: the app trapped: {}", lines.next().unwrap_or("(no message)"));
+            for line in lines.take(TRAP_LINES) {
+                text.push('\n');
+                text.push_str(line);
+            }
+            text
+        }
+    };
+    tracing::warn!(app = ctx.name, version = ctx.version, outcome = ?outcome_kind(&outcome), "{}", note.lines().next().unwrap_or(""));
+    for line in note.lines() {
+        ctx.log.push(ctx.version, LogStream::Hearth, line);
+    }
+    outcome
+}
+
+/// What trapped, then the guest's backtrace (hearth's own stack is no help
+/// to the app's author).
+fn trap_report(e: &wasmtime::Error) -> String {
+    let mut text = e.root_cause().to_string();
+    if let Some(backtrace) = e.downcast_ref::<wasmtime::WasmBacktrace>() {
+        // Its text starts "error while executing at wasm backtrace:".
+        text.push('\n');
+        text.push_str(&backtrace.to_string());
+    }
+    text
+}
+
+fn outcome_kind(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Returned => "returned",
+        Outcome::Trap(_) => "trap",
+        Outcome::Cpu => "cpu",
+        Outcome::Memory(_) => "memory",
+        Outcome::Timeout => "timeout",
+        Outcome::Instantiate(_) => "instantiate",
+    }
+}
+
+impl Outcome {
+    fn response(&self, ctx: &AppCtx) -> Response<Body> {
+        let logs = format!("See `hearth app logs {}`.", ctx.name);
+        let (status, text) = match self {
+            Outcome::Returned => {
+                ctx.log.push(ctx.version, LogStream::Hearth, "The app returned without sending a response.");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("The app returned without sending a response. {logs}"),
+                )
+            }
+            Outcome::Trap(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("The app failed while handling this request. {logs}"),
+            ),
+            Outcome::Cpu => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("The app used up its CPU time budget of {} ms. {logs}", ctx.limits.cpu_ms),
+            ),
+            Outcome::Memory(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "The app ran out of memory (its limit is {} MiB). {logs}",
+                    ctx.limits.memory_bytes >> 20
+                ),
+            ),
+            Outcome::Timeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("The app did not answer within {} ms. {logs}", ctx.limits.timeout_ms),
+            ),
+            Outcome::Instantiate(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("hearth cannot start an instance of the app right now; try again. {logs}"),
+            ),
+        };
+        self::text(status, format!("{text}\n"))
+    }
+}
+
+/// The request's host, lowercase, without port or trailing dot.
+fn request_host<B>(req: &Request<B>) -> String {
+    let host = match req.uri().host() {
+        Some(host) => host,
+        None => req.headers().get(HOST).and_then(|h| h.to_str().ok()).map_or("", |h| split_host_port(h).0),
+    };
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// A 404 that says how to get an app here.
+fn not_found(apps: &Apps, table: &Table, host: &str, path: &str) -> Response<Body> {
+    let port = apps.inner.ingress_port.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or(80);
+    let port = if port == 80 { String::new() } else { format!(":{port}") };
+    let domain = &apps.inner.options.domain;
+    let mut text = if table.has_host(host) {
+        format!("No app on {host} answers under {path}.\n")
+    } else if host.is_empty() {
+        "The request has no Host header, so hearth cannot tell which app it is for.\n".to_owned()
+    } else {
+        format!("No app is deployed at {host}.\n")
+    };
+    text.push_str(&format!(
+        "\nDeploy one with:\n    hearth app deploy NAME app.wasm\nand it answers at http://NAME.{domain}{port}/ \
+         (add --route HOST/PATH for other hosts and paths).\n"
+    ));
+    if table.apps.is_empty() {
+        text.push_str("\nNo apps are deployed yet.\n");
+    } else {
+        text.push_str("\nApps here:\n");
+        for (name, routes) in &table.apps {
+            let urls: Vec<String> =
+                routes.iter().map(|r| format!("http://{}{port}{}", r.host, r.path)).collect();
+            text.push_str(&format!("    {name:<20} {}\n", urls.join("  ")));
+        }
+    }
+    self::text(StatusCode::NOT_FOUND, text)
+}
+
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    let mut response =
+        Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed_unsync());
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}

@@ -1,0 +1,247 @@
+//! hearth's apps subsystem: WebAssembly HTTP components, live in well under
+//! a second, swapped with no dropped request.
+//!
+//! An app is a component that exports `wasi:http/incoming-handler` (the
+//! `wasi:http/proxy` world). hearth keeps the heavy machinery: one wasmtime
+//! engine with the pooling allocator, one HTTP ingress, the stores. Each
+//! request gets a fresh instance from a pre-instantiated component, with a
+//! CPU budget (epoch interruption), a memory limit and a wall-clock timeout,
+//! so a misbehaving request cannot hurt other requests, apps or the daemon.
+//!
+//! - [`manifest`]: `hearth.toml`, what an app declares it needs (key-value
+//!   stores, config, secrets, outbound hosts, limits).
+//! - [`record`]: apps and their versions as records in the store; [`Route`]s.
+//! - `runtime`: the engine, the epoch ticker, compilation and the on-disk
+//!   cache of compiled components, deploy-time checks of imports and exports.
+//! - `host`: what a request's instance sees (WASI, `wasi:http` with an
+//!   outbound allow-list, `wasi:keyvalue` over the store, `wasi:config`).
+//! - [`logs`]: each app's stdout/stderr and request log, in a ring.
+//! - `ingress`: the HTTP server that routes by host and path prefix.
+//! - [`Apps`]: the service handle: deploy, versions, rollback, remove, logs,
+//!   `run` (load from the store, follow it) and `serve_ingress`.
+//!
+//! State: an app's record lives at `apps/records/NAME`, its key-value data at
+//! `apps/data/NAME/STORE/KEY`, its secrets at `apps/secrets/NAME/SECRET`. The
+//! uploaded bytes are kept by content hash in `DATA_DIR/apps/blobs`, the
+//! compiled artifacts in `CACHE_DIR/apps/compiled/ENGINE` (disposable: a
+//! missing artifact is recompiled from the blob).
+
+mod host;
+mod ingress;
+pub mod logs;
+pub mod manifest;
+pub mod record;
+mod runtime;
+mod service;
+
+pub use logs::{LogLine, LogStream};
+pub use manifest::{Limits, Manifest};
+pub use record::{App, Route, Version};
+pub use runtime::append_custom_section;
+pub use service::{AppInfo, Apps, Deployed, Options, Stats};
+
+/// What can go wrong with an app. Messages are sentences that say what was
+/// wrong and what to do; [`Error::kind`] and [`Error::code`] let the API map
+/// each onto a status and a stable code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("app {0:?} does not exist; list apps with `hearth app ls`")]
+    NotFound(String),
+
+    #[error("app {name:?} has no version {version}; its versions are {available}")]
+    VersionNotFound { name: String, version: u32, available: String },
+
+    #[error("app {0:?} has no version before the active one to roll back to")]
+    NoEarlierVersion(String),
+
+    #[error("{0}")]
+    Invalid(String),
+
+    #[error(
+        "the upload is not WebAssembly (it does not start with the `\\0asm` magic bytes): \
+         deploy the .wasm file that `cargo build --target wasm32-wasip2` produces"
+    )]
+    NotWasm,
+
+    #[error(
+        "the upload is a core WebAssembly module, not a component: build for the wasm32-wasip2 \
+         target (or wrap the module with `wasm-tools component new`)"
+    )]
+    CoreModule,
+
+    #[error(
+        "the upload is WebAssembly of an unknown kind (header version {0:#x}); deploy a WASI 0.2 component"
+    )]
+    UnknownBinary(u32),
+
+    #[error(
+        "the upload is {size} bytes, over the limit of {limit} bytes: build in release mode \
+         (and strip debug info) to make it smaller"
+    )]
+    TooLarge { size: usize, limit: usize },
+
+    #[error("the component is not valid: {0}")]
+    InvalidComponent(String),
+
+    #[error(
+        "the component does not export wasi:http/incoming-handler, so it cannot serve HTTP \
+         (it exports {exports}): build it for the wasi:http/proxy world, e.g. with \
+         `wasip2::http::proxy::export!`"
+    )]
+    NoHandler { exports: String },
+
+    #[error("the component imports {import}, but hearth.toml does not declare {missing}: {fix}")]
+    Undeclared { import: String, missing: &'static str, fix: &'static str },
+
+    #[error(
+        "the component imports {import}, which hearth does not provide; hearth provides \
+         WASI 0.2 (wasi:cli, io, clocks, random, filesystem, sockets, http), \
+         wasi:keyvalue@0.2.0-draft and wasi:config@0.2.0-rc.1"
+    )]
+    UnsupportedImport { import: String },
+
+    #[error("hearth.toml is not valid: {0}")]
+    Manifest(String),
+
+    #[error("invalid route {route:?}: {reason}")]
+    InvalidRoute { route: String, reason: String },
+
+    #[error("route {route} already belongs to app {owner:?}: remove it from that app first, or pick another")]
+    RouteTaken { route: String, owner: String },
+
+    #[error(
+        "hearth.toml declares the secret {secret:?} but it has no value: set it with \
+         `hearth app secret set {app} {secret}`, then deploy again"
+    )]
+    MissingSecret { app: String, secret: String },
+
+    #[error("the record of app {0:?} kept changing underneath; try again")]
+    Contended(String),
+
+    #[error("the record of app {0:?} is unreadable")]
+    Corrupt(String, #[source] serde_json::Error),
+
+    #[error("the uploaded component {sha256} of app {app:?} is missing from {dir}: deploy the app again")]
+    BlobMissing { app: String, sha256: String, dir: std::path::PathBuf },
+
+    #[error(transparent)]
+    Store(#[from] hearth_store::Error),
+
+    #[error("cannot read or write {path}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("the WebAssembly runtime cannot start: {0}")]
+    Runtime(String),
+
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// How an [`Error`] maps onto a response, for the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// 404: the app or version does not exist.
+    NotFound,
+    /// 400: the request (upload, manifest, route, name) is wrong.
+    Invalid,
+    /// 409: the request conflicts with the current state.
+    Conflict,
+    /// 413: the upload is too large.
+    TooLarge,
+    /// 503: try again.
+    Unavailable,
+    /// 500: hearth's fault.
+    Internal,
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::NotFound(_) | Error::VersionNotFound { .. } => ErrorKind::NotFound,
+            Error::NoEarlierVersion(_) | Error::RouteTaken { .. } | Error::MissingSecret { .. } => {
+                ErrorKind::Conflict
+            }
+            Error::Invalid(_)
+            | Error::NotWasm
+            | Error::CoreModule
+            | Error::UnknownBinary(_)
+            | Error::InvalidComponent(_)
+            | Error::NoHandler { .. }
+            | Error::Undeclared { .. }
+            | Error::UnsupportedImport { .. }
+            | Error::Manifest(_)
+            | Error::InvalidRoute { .. } => ErrorKind::Invalid,
+            Error::TooLarge { .. } => ErrorKind::TooLarge,
+            Error::Contended(_) => ErrorKind::Unavailable,
+            Error::Store(e) => match e {
+                hearth_store::Error::Closed => ErrorKind::Unavailable,
+                _ => ErrorKind::Internal,
+            },
+            Error::Corrupt(..)
+            | Error::BlobMissing { .. }
+            | Error::Io { .. }
+            | Error::Runtime(_)
+            | Error::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// A stable, machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::NotFound(_) => "app_not_found",
+            Error::VersionNotFound { .. } => "version_not_found",
+            Error::NoEarlierVersion(_) => "no_earlier_version",
+            Error::Invalid(_) => "invalid",
+            Error::NotWasm => "not_wasm",
+            Error::CoreModule => "core_module",
+            Error::UnknownBinary(_) => "unknown_binary",
+            Error::TooLarge { .. } => "too_large",
+            Error::InvalidComponent(_) => "invalid_component",
+            Error::NoHandler { .. } => "no_http_handler",
+            Error::Undeclared { .. } => "undeclared_import",
+            Error::UnsupportedImport { .. } => "unsupported_import",
+            Error::Manifest(_) => "invalid_manifest",
+            Error::InvalidRoute { .. } => "invalid_route",
+            Error::RouteTaken { .. } => "route_taken",
+            Error::MissingSecret { .. } => "missing_secret",
+            Error::Contended(_) => "contended",
+            Error::Corrupt(..) => "corrupt",
+            Error::BlobMissing { .. } => "blob_missing",
+            Error::Store(_) => "store",
+            Error::Io { .. } => "io",
+            Error::Runtime(_) => "runtime",
+            Error::Internal(_) => "internal",
+        }
+    }
+
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        Error::Io { path: path.to_owned(), source }
+    }
+}
+
+/// `error: cause: cause`, for logs.
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,432 @@
+//! The WebAssembly runtime: one wasmtime engine for every app, the epoch
+//! ticker that enforces CPU budgets, compilation with an on-disk cache of
+//! compiled components, and the deploy-time checks of what a component
+//! imports and exports.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::Error;
+use crate::host::{self, HostState};
+use crate::manifest::{Limits, Manifest};
+
+/// How often the epoch advances: the granularity of CPU budgets.
+pub(crate) const TICK: Duration = Duration::from_millis(10);
+
+/// The engine, the linker every app is instantiated against, and the cache.
+pub(crate) struct Runtime {
+    pub(crate) engine: Engine,
+    linker: Linker<HostState>,
+    compiled_dir: PathBuf,
+    pub(crate) compiles: AtomicU64,
+    pub(crate) cache_loads: AtomicU64,
+    pub(crate) pooling: bool,
+    /// Cache writes in flight, and the components they are writing.
+    pending_writes: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    writing: Arc<Mutex<HashMap<String, Component>>>,
+    _ticker: Ticker,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.flush_writes();
+    }
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("compiled_dir", &self.compiled_dir).finish_non_exhaustive()
+    }
+}
+
+fn config() -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    config
+}
+
+impl Runtime {
+    /// Builds the engine with the pooling allocator sized for
+    /// `max_instances` concurrent instances of at most `ceiling` memory each.
+    /// Where the pooling allocator cannot reserve its address space (a low
+    /// `ulimit -v`), falls back to allocating on demand, with a warning.
+    pub(crate) fn new(cache_dir: &Path, max_instances: u32, ceiling: Limits) -> Result<Runtime, Error> {
+        let mut pooling = PoolingAllocationConfig::new();
+        pooling
+            .total_component_instances(max_instances)
+            .total_core_instances(max_instances.saturating_mul(4))
+            .total_memories(max_instances)
+            .total_tables(max_instances.saturating_mul(2))
+            .total_stacks(max_instances)
+            .max_memory_size(ceiling.memory_bytes as usize)
+            // Resetting a finished instance's memory is an madvise per
+            // region; batching them raised hello's requests per second by
+            // about a fifth in `apps_throughput`. Keeping memory resident
+            // (memset instead of madvise) measured slower.
+            .decommit_batch_size(32);
+        let mut pooled = config();
+        pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+        let (engine, pooling) = match Engine::new(&pooled) {
+            Ok(engine) => (engine, true),
+            Err(e) => {
+                tracing::warn!(error = %e, "The pooling allocator is unavailable; instances are allocated on demand.");
+                (Engine::new(&config()).map_err(|e| Error::Runtime(format!("{e:#}")))?, false)
+            }
+        };
+
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let compiled_dir =
+            cache_dir.join("apps").join("compiled").join(format!("engine-{:016x}", hasher.finish()));
+        create_private_dir(&compiled_dir)?;
+
+        let mut linker = Linker::new(&engine);
+        host::add_to_linker(&mut linker).map_err(|e| Error::Runtime(format!("{e:#}")))?;
+
+        let ticker = Ticker::start(engine.clone())?;
+        Ok(Runtime {
+            engine,
+            linker,
+            compiled_dir,
+            compiles: AtomicU64::new(0),
+            cache_loads: AtomicU64::new(0),
+            pooling,
+            pending_writes: Mutex::default(),
+            writing: Arc::default(),
+            _ticker: ticker,
+        })
+    }
+
+    fn artifact(&self, sha256: &str) -> PathBuf {
+        self.compiled_dir.join(format!("{sha256}.cwasm"))
+    }
+
+    /// The compiled component for `sha256`: from the cache if it is there,
+    /// else compiled from `bytes()` and cached. Blocking (compilation uses
+    /// every core). Returns whether it had to compile.
+    pub(crate) fn component(
+        &self,
+        sha256: &str,
+        bytes: impl FnOnce() -> Result<Arc<Vec<u8>>, Error>,
+    ) -> Result<(Component, bool), Error> {
+        let path = self.artifact(sha256);
+        if let Some(component) = lock(&self.writing).get(sha256) {
+            self.cache_loads.fetch_add(1, Ordering::Relaxed);
+            return Ok((component.clone(), false));
+        }
+        if path.is_file() {
+            match load_artifact(&self.engine, &path) {
+                Ok(component) => {
+                    self.cache_loads.fetch_add(1, Ordering::Relaxed);
+                    return Ok((component, false));
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %format!("{e:#}"), "A cached compiled component is unusable; recompiling.");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        let bytes = bytes()?;
+        self.compiles.fetch_add(1, Ordering::Relaxed);
+        let component = Component::new(&self.engine, &bytes[..])
+            .map_err(|e| Error::InvalidComponent(compile_error(&e)))?;
+        // The cache is written off the deploy's critical path (its fsync
+        // took 3 to 13 ms here, a tenth of a cold deploy); `flush_writes`
+        // waits for it.
+        match component.serialize() {
+            Ok(artifact) => self.write_in_background(sha256, &component, path, artifact),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "Cannot serialise a compiled component; it will not be cached.")
+            }
+        }
+        Ok((component, true))
+    }
+
+    /// Caches `artifact` at `path` on a thread of its own. Until it is
+    /// there, `component()` finds the component in `writing`.
+    fn write_in_background(&self, sha256: &str, component: &Component, path: PathBuf, artifact: Vec<u8>) {
+        lock(&self.writing).insert(sha256.to_owned(), component.clone());
+        let (writing, sha) = (self.writing.clone(), sha256.to_owned());
+        let spawned = std::thread::Builder::new().name("hearth-apps-cache".into()).spawn(move || {
+            if let Err(e) = write_atomically(&path, &artifact) {
+                tracing::warn!(error = %crate::chain(&e), "Cannot cache a compiled component.");
+            }
+            lock(&writing).remove(&sha);
+        });
+        let mut pending = lock(&self.pending_writes);
+        pending.retain(|handle| !handle.is_finished());
+        match spawned {
+            Ok(handle) => pending.push(handle),
+            Err(e) => {
+                lock(&self.writing).remove(sha256);
+                tracing::warn!(error = %e, "Cannot start a thread to cache a compiled component.");
+            }
+        }
+    }
+
+    /// Waits until every compiled component is in the cache on disk.
+    pub(crate) fn flush_writes(&self) {
+        let pending = std::mem::take(&mut *lock(&self.pending_writes));
+        for handle in pending {
+            let _ = handle.join();
+        }
+    }
+
+    /// Checks that `component` serves HTTP and that its manifest declares
+    /// what it imports, then pre-instantiates it.
+    pub(crate) fn prepare(
+        &self,
+        component: &Component,
+        manifest: &Manifest,
+    ) -> Result<ProxyPre<HostState>, Error> {
+        check_exports(&self.engine, component)?;
+        check_imports(&self.engine, component, manifest)?;
+        let pre = self.linker.instantiate_pre(component).map_err(|e| {
+            let text = format!("{e:#}");
+            match backticked(&text) {
+                Some(import) if text.contains("import") => Error::UnsupportedImport { import },
+                _ => Error::InvalidComponent(text),
+            }
+        })?;
+        ProxyPre::new(pre).map_err(|e| Error::InvalidComponent(format!("{e:#}")))
+    }
+
+    /// Deletes compiled artifacts that no kept version uses.
+    pub(crate) fn prune(&self, keep: &std::collections::HashSet<String>) {
+        let Ok(entries) = std::fs::read_dir(&self.compiled_dir) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(sha) = name.to_str().and_then(|n| n.strip_suffix(".cwasm")) else { continue };
+            if !keep.contains(sha) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+/// Maps an artifact we wrote into memory.
+#[allow(unsafe_code)]
+fn load_artifact(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
+    // SAFETY: `deserialize_file` runs the file's contents as native code, so
+    // the file must be a compiled artifact that wasmtime produced
+    // (`Component::serialize`). It is: artifacts live in a directory hearth
+    // creates with mode 0700, named by the hash of the engine's compilation
+    // settings (so another engine configuration never reads them) and by the
+    // SHA-256 of the component they were compiled from; each is written to a
+    // temporary file of its own, fsynced, and renamed into place, so a crash
+    // never leaves a partial artifact under a final name. wasmtime also checks the header (its
+    // version and settings) and refuses a mismatch with an error. The file is
+    // never modified in place, so the mapping stays valid while in use.
+    unsafe { Component::deserialize_file(engine, path) }
+}
+
+fn check_exports(engine: &Engine, component: &Component) -> Result<(), Error> {
+    let ty = component.component_type();
+    let exports: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
+    if exports.iter().any(|name| name.starts_with("wasi:http/incoming-handler@0.2.")) {
+        return Ok(());
+    }
+    let exports = if exports.is_empty() { "nothing".to_owned() } else { exports.join(", ") };
+    Err(Error::NoHandler { exports })
+}
+
+fn check_imports(engine: &Engine, component: &Component, manifest: &Manifest) -> Result<(), Error> {
+    let ty = component.component_type();
+    for (name, _) in ty.imports(engine) {
+        let interface = name.split('@').next().unwrap_or(name);
+        let undeclared = |missing, fix| Err(Error::Undeclared { import: name.to_owned(), missing, fix });
+        match interface {
+            "wasi:keyvalue/store" | "wasi:keyvalue/atomics" | "wasi:keyvalue/batch"
+                if manifest.key_value.is_empty() =>
+            {
+                return undeclared(
+                    "any key-value store",
+                    "add `key_value = [\"default\"]` to hearth.toml, with the names the app passes to `open`",
+                );
+            }
+            "wasi:config/store" if manifest.config.is_empty() && manifest.secrets.is_empty() => {
+                return undeclared(
+                    "any config variable or secret",
+                    "add a [config] table or a `secrets = [...]` list to hearth.toml",
+                );
+            }
+            "wasi:http/outgoing-handler" if manifest.outbound.is_empty() => {
+                return undeclared(
+                    "any outbound host",
+                    "add `outbound = [\"https://api.example.com\"]` to hearth.toml, with the hosts the app calls",
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The first `name` in a message, as wasmtime quotes import names.
+fn backticked(text: &str) -> Option<String> {
+    let start = text.find('`')? + 1;
+    let len = text[start..].find('`')?;
+    Some(text[start..start + len].to_owned())
+}
+
+/// wasmtime's compile errors, without the backtrace-like detail that does
+/// not help someone whose upload is broken.
+fn compile_error(e: &wasmtime::Error) -> String {
+    let text = format!("{e:#}");
+    text.lines().next().unwrap_or(&text).to_owned()
+}
+
+pub(crate) fn create_private_dir(dir: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| Error::io(dir, e))
+}
+
+/// Writes `path` so that it either has all of `bytes` or does not exist,
+/// even across a crash.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    // Unique per process and call: two writers of the same file (two
+    // deploys of the same bytes, two daemons sharing a cache) never share a
+    // temporary file, and the last rename wins with a whole file.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let tmp = dir.join(format!(
+        ".{}.{}-{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
+}
+
+/// Advances the engine's epoch every [`TICK`] until dropped.
+struct Ticker {
+    stop: Arc<AtomicBool>,
+}
+
+impl Ticker {
+    fn start(engine: Engine) -> Result<Ticker, Error> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::Builder::new()
+            .name("hearth-apps-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .map_err(|e| Error::Runtime(format!("cannot start the epoch thread: {e}")))?;
+        Ok(Ticker { stop })
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The kind of WebAssembly binary, from its 8-byte header.
+pub(crate) fn check_header(bytes: &[u8]) -> Result<(), Error> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(Error::NotWasm);
+    }
+    match u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) {
+        1 => Err(Error::CoreModule),
+        // Version 0xd, layer 1: the component binary format.
+        0x0001_000d => Ok(()),
+        other => Err(Error::UnknownBinary(other)),
+    }
+}
+
+/// Returns `component` with a custom section appended: the same program
+/// with different bytes, hence a different hash. Benchmarks use it to deploy
+/// "new" code that must be compiled (a cold deploy) without rebuilding.
+pub fn append_custom_section(component: &[u8], name: &str, payload: &[u8]) -> Vec<u8> {
+    fn leb128(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let mut body = Vec::new();
+    leb128(name.len(), &mut body);
+    body.extend_from_slice(name.as_bytes());
+    body.extend_from_slice(payload);
+    let mut out = component.to_vec();
+    out.push(0); // custom section id
+    leb128(body.len(), &mut out);
+    out.extend(body);
+    out
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// SHA-256 of `bytes`, lowercase hex.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    use std::fmt::Write as _;
+    let digest = sha2::Sha256::digest(bytes);
+    let mut out = String::with_capacity(64);
+    for b in digest.iter() {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_are_told_apart() {
+        assert!(matches!(check_header(b"hello world"), Err(Error::NotWasm)));
+        assert!(matches!(check_header(b"\0asm"), Err(Error::NotWasm)));
+        assert!(matches!(check_header(b"\0asm\x01\0\0\0"), Err(Error::CoreModule)));
+        assert!(check_header(b"\0asm\x0d\0\x01\0").is_ok());
+        assert!(matches!(check_header(b"\0asm\x0e\0\x01\0"), Err(Error::UnknownBinary(_))));
+    }
+
+    #[test]
+    fn custom_sections_change_the_hash_only() {
+        let base = b"\0asm\x0d\0\x01\0".to_vec();
+        let tagged = append_custom_section(&base, "hearth", &[7; 200]);
+        assert_eq!(&tagged[..8], &base[..]);
+        // id 0, size 207 as LEB128 (two bytes), name length 6, "hearth", payload.
+        assert_eq!(&tagged[8..12], &[0, 0xcf, 0x01, 6]);
+        assert_ne!(sha256_hex(&base), sha256_hex(&tagged));
+    }
+
+    #[test]
+    fn backticked_names_are_found() {
+        assert_eq!(backticked("component imports instance `a:b/c@1`, but").as_deref(), Some("a:b/c@1"));
+        assert_eq!(backticked("nothing quoted"), None);
+    }
+}

@@ -1,0 +1,917 @@
+//! The apps service: deploys, versions and rollbacks, and the set of loaded
+//! apps the ingress routes to.
+//!
+//! Desired state is in the store (`apps/records/NAME`); [`Apps::run`] loads
+//! every app's active version on start (compiled artifacts come from the
+//! cache, so a restart compiles nothing) and then follows the store, so a
+//! change written by another daemon is served here too. Deploys, rollbacks
+//! and removals done through this handle write the store and swap the
+//! in-memory routing table at once, without waiting for the loop.
+//!
+//! **Swaps are atomic.** The ingress reads an immutable routing table from an
+//! `ArcSwap`; a request holds the version it was routed to (an `Arc`) until it
+//! ends. A deploy publishes a new table: requests already in flight finish on
+//! the old version, new ones go to the new one, and none fails.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use futures::StreamExt;
+use hearth_store::{Compare, Op, Store, Txn};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, watch};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::host::{AppCtx, HostState};
+use crate::logs::{AppLog, LogLine, LogStream};
+use crate::manifest::{Limits, Manifest};
+use crate::record::{self, App, Route, Version, validate_name};
+use crate::runtime::{self, Runtime};
+use crate::{Error, chain, now_ms};
+
+/// How the service is set up.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Uploaded components are kept in `DATA_DIR/apps/blobs`, by hash.
+    pub data_dir: PathBuf,
+    /// Compiled components are cached in `CACHE_DIR/apps/compiled`.
+    pub cache_dir: PathBuf,
+    /// Every app answers at `NAME.DOMAIN`.
+    pub domain: String,
+    /// Limits an app gets unless its manifest asks otherwise.
+    pub default_limits: Limits,
+    /// The most a manifest may ask for.
+    pub ceiling: Limits,
+    /// Largest accepted upload, in bytes.
+    pub max_upload: usize,
+    /// Versions kept per app (the active one is always kept).
+    pub max_versions: usize,
+    /// Instances that can run at once, across apps (the pooling allocator's
+    /// size). Each reserves address space, not memory.
+    pub max_instances: u32,
+}
+
+impl Options {
+    pub fn new(data_dir: impl Into<PathBuf>, cache_dir: impl Into<PathBuf>) -> Options {
+        Options {
+            data_dir: data_dir.into(),
+            cache_dir: cache_dir.into(),
+            domain: "localhost".into(),
+            default_limits: Limits::DEFAULT,
+            ceiling: Limits::CEILING,
+            max_upload: 64 << 20,
+            max_versions: 10,
+            max_instances: 1000,
+        }
+    }
+}
+
+/// What a deploy did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Deployed {
+    pub app: String,
+    pub version: Version,
+    /// False when the compiled component came from the cache.
+    pub compiled: bool,
+    /// From the call to the new version serving, in milliseconds.
+    pub duration_ms: f64,
+    /// Where it answers.
+    pub urls: Vec<String>,
+}
+
+/// An app as this daemon sees it: its record, and what is serving.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppInfo {
+    #[serde(flatten)]
+    pub app: App,
+    /// Where it answers.
+    pub urls: Vec<String>,
+    /// The version this daemon serves, if it has loaded one.
+    pub serving: Option<u32>,
+    /// Why it is not serving, if it is not.
+    pub error: Option<String>,
+}
+
+/// Counters, for tests, metrics and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Components compiled (cache misses).
+    pub compiles: u64,
+    /// Components loaded from the compiled cache.
+    pub cache_loads: u64,
+    /// Requests routed to an app.
+    pub requests: u64,
+    /// Requests that failed in the app (trap, limit, timeout, no response).
+    pub failures: u64,
+    /// Whether the pooling instance allocator is in use.
+    pub pooling: bool,
+}
+
+/// A cheap-to-clone handle to the apps service.
+#[derive(Clone)]
+pub struct Apps {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    store: Arc<dyn Store>,
+    pub(crate) options: Options,
+    blobs_dir: PathBuf,
+    pub(crate) runtime: Runtime,
+    /// What is loaded; the table below is published from it.
+    loaded: Mutex<BTreeMap<String, Entry>>,
+    /// The routing table the ingress reads, swapped whole on every change.
+    pub(crate) table: ArcSwap<Table>,
+    logs: Mutex<HashMap<String, Arc<AppLog>>>,
+    /// Serialises the operations on one app.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Deploys hold it shared from writing a blob to writing the record;
+    /// garbage collection holds it exclusively, so it never deletes a blob
+    /// that a record is about to name.
+    gc: tokio::sync::RwLock<()>,
+    ready: watch::Sender<bool>,
+    pub(crate) requests: AtomicU64,
+    pub(crate) failures: AtomicU64,
+    pub(crate) ingress_port: Mutex<Option<u16>>,
+}
+
+/// One app in this daemon.
+struct Entry {
+    routes: Vec<Route>,
+    serving: Result<Arc<Loaded>, String>,
+}
+
+/// A version ready to serve: pre-instantiated, with its context.
+pub(crate) struct Loaded {
+    pub(crate) ctx: Arc<AppCtx>,
+    pub(crate) pre: ProxyPre<HostState>,
+    pub(crate) sha256: String,
+}
+
+/// Where requests go: an immutable snapshot.
+#[derive(Default)]
+pub(crate) struct Table {
+    /// Host → (path prefix, target), longest prefix first.
+    hosts: HashMap<String, Vec<(String, Arc<Target>)>>,
+    /// Every app and its routes, for the 404 page.
+    pub(crate) apps: Vec<(String, Vec<Route>)>,
+}
+
+pub(crate) struct Target {
+    pub(crate) name: String,
+    pub(crate) serving: Result<Arc<Loaded>, String>,
+}
+
+impl Table {
+    /// The app for a request, by host and then the longest path prefix.
+    pub(crate) fn route(&self, host: &str, path: &str) -> Option<&Arc<Target>> {
+        self.hosts.get(host)?.iter().find(|(prefix, _)| prefix_matches(prefix, path)).map(|(_, t)| t)
+    }
+
+    pub(crate) fn has_host(&self, host: &str) -> bool {
+        self.hosts.contains_key(host)
+    }
+}
+
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    Route { host: String::new(), path: prefix.to_owned() }.matches_path(path)
+}
+
+impl std::fmt::Debug for Apps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Apps").field("options", &self.inner.options).finish_non_exhaustive()
+    }
+}
+
+impl Apps {
+    /// Sets up the runtime and the directories. Nothing is loaded until
+    /// [`Apps::run`] starts.
+    pub fn new(store: Arc<dyn Store>, options: Options) -> Result<Apps, Error> {
+        let blobs_dir = options.data_dir.join("apps").join("blobs");
+        runtime::create_private_dir(&blobs_dir)?;
+        let runtime = Runtime::new(&options.cache_dir, options.max_instances, options.ceiling)?;
+        Ok(Apps {
+            inner: Arc::new(Inner {
+                store,
+                options,
+                blobs_dir,
+                runtime,
+                loaded: Mutex::default(),
+                table: ArcSwap::from_pointee(Table::default()),
+                logs: Mutex::default(),
+                locks: Mutex::default(),
+                gc: tokio::sync::RwLock::new(()),
+                ready: watch::channel(false).0,
+                requests: AtomicU64::new(0),
+                failures: AtomicU64::new(0),
+                ingress_port: Mutex::new(None),
+            }),
+        })
+    }
+
+    pub fn stats(&self) -> Stats {
+        let inner = &self.inner;
+        Stats {
+            compiles: inner.runtime.compiles.load(Ordering::Relaxed),
+            cache_loads: inner.runtime.cache_loads.load(Ordering::Relaxed),
+            requests: inner.requests.load(Ordering::Relaxed),
+            failures: inner.failures.load(Ordering::Relaxed),
+            pooling: inner.runtime.pooling,
+        }
+    }
+
+    /// Resolves once [`Apps::run`] has loaded every app from the store.
+    pub async fn ready(&self) {
+        let mut rx = self.inner.ready.subscribe();
+        let _ = rx.wait_for(|r| *r).await;
+    }
+
+    pub(crate) fn is_ready(&self) -> bool {
+        *self.inner.ready.borrow()
+    }
+
+    /// Serves the ingress on `listener` until `shutdown`, then lets requests
+    /// in flight finish (for up to 10 s). Requests get 503 until
+    /// [`Apps::run`] has loaded the apps from the store, so run both.
+    pub async fn serve_ingress(
+        &self,
+        listener: TcpListener,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<(), Error> {
+        crate::ingress::serve(self.clone(), listener, shutdown).await
+    }
+
+    /// Loads every app from the store, then follows the store until
+    /// `shutdown`, so that changes made by another daemon on the same store
+    /// are served here too.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        self.follow(&mut shutdown).await;
+        // Compiled components are cached in the background; finish writing
+        // them so that the next start finds them.
+        let inner = self.inner.clone();
+        let _ = tokio::task::spawn_blocking(move || inner.runtime.flush_writes()).await;
+    }
+
+    async fn follow(&self, shutdown: &mut watch::Receiver<bool>) {
+        let mut from = loop {
+            match self.load_all().await {
+                Ok(revision) => break revision + 1,
+                Err(e) => {
+                    tracing::warn!(error = %chain(&e), "Cannot load apps from the store; retrying.");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        () = stopped(shutdown) => return,
+                    }
+                }
+            }
+        };
+        self.inner.ready.send_replace(true);
+        loop {
+            match self.inner.store.watch(record::RECORDS, from).await {
+                Ok(mut events) => loop {
+                    tokio::select! {
+                        () = stopped(shutdown) => return,
+                        event = events.next() => match event {
+                            Some(Ok(event)) => {
+                                from = event.revision() + 1;
+                                let name = event.kv.key[record::RECORDS.len()..].to_owned();
+                                if let Err(e) = self.reconcile(&name).await {
+                                    tracing::warn!(app = name, error = %chain(&e), "Cannot reconcile an app.");
+                                }
+                            }
+                            Some(Err(e)) => {
+                                tracing::warn!(error = %chain(&e), "The apps watch failed; reloading.");
+                                break;
+                            }
+                            None => break,
+                        },
+                    }
+                },
+                Err(hearth_store::Error::Compacted { .. }) => {}
+                Err(e) => tracing::warn!(error = %chain(&e), "Cannot watch apps in the store; retrying."),
+            }
+            // The watch ended: reload everything and follow on from there.
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                () = stopped(shutdown) => return,
+            }
+            if let Ok(revision) = self.load_all().await {
+                from = revision + 1;
+            }
+        }
+    }
+
+    /// Makes the loaded set match the store; returns the revision read at.
+    async fn load_all(&self) -> Result<u64, Error> {
+        let range = self.inner.store.range(record::RECORDS).await?;
+        let mut names = HashSet::new();
+        for kv in &range.kvs {
+            let name = kv.key[record::RECORDS.len()..].to_owned();
+            if let Err(e) = self.reconcile(&name).await {
+                tracing::warn!(app = name, error = %chain(&e), "Cannot load an app.");
+            }
+            names.insert(name);
+        }
+        let gone: Vec<String> =
+            lock(&self.inner.loaded).keys().filter(|n| !names.contains(*n)).cloned().collect();
+        for name in gone {
+            let guard = self.app_lock(&name);
+            let _held = guard.lock().await;
+            self.uninstall(&name);
+        }
+        Ok(range.revision)
+    }
+
+    /// Brings one app in line with its record.
+    async fn reconcile(&self, name: &str) -> Result<(), Error> {
+        let guard = self.app_lock(name);
+        let _held = guard.lock().await;
+        let Some((app, _)) = self.find(name).await? else {
+            self.uninstall(name);
+            return Ok(());
+        };
+        let routes = self.routes_of(&app);
+        let current = lock(&self.inner.loaded).get(name).map(|e| (e.routes.clone(), e.serving.clone()));
+        let Some(version) = app.active_version() else {
+            self.install(
+                name,
+                routes,
+                Err(format!("its active version {} is not among its versions", app.active)),
+            );
+            return Ok(());
+        };
+        match current {
+            Some((r, Ok(loaded)))
+                if loaded.ctx.version == version.number && loaded.sha256 == version.sha256 =>
+            {
+                if r != routes {
+                    self.install(name, routes, Ok(loaded));
+                }
+            }
+            _ => {
+                let started = Instant::now();
+                let serving = self.load(&app, version).await.map(|(loaded, _)| loaded);
+                if let Err(e) = &serving {
+                    self.log(name).push(
+                        version.number,
+                        LogStream::Hearth,
+                        format!("Cannot load version {}: {e}", version.number),
+                    );
+                } else {
+                    tracing::info!(
+                        app = name,
+                        version = version.number,
+                        ms = started.elapsed().as_millis() as u64,
+                        "Loaded app."
+                    );
+                }
+                self.install(name, routes, serving.map_err(|e| e.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Compiles (or loads from the cache) and prepares one version.
+    async fn load(&self, app: &App, version: &Version) -> Result<(Arc<Loaded>, bool), Error> {
+        let config = self.resolve_config(&app.name, &version.manifest).await?;
+        let limits =
+            version.manifest.limits(self.inner.options.default_limits, self.inner.options.ceiling)?;
+        let blob = self.blob_path(&version.sha256);
+        let (name, sha) = (app.name.clone(), version.sha256.clone());
+        let inner = self.inner.clone();
+        let manifest = version.manifest.clone();
+        let (pre, compiled) = tokio::task::spawn_blocking(move || {
+            let (component, compiled) = inner.runtime.component(&sha, || match std::fs::read(&blob) {
+                Ok(bytes) => Ok(Arc::new(bytes)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Err(Error::BlobMissing { app: name, sha256: sha.clone(), dir: inner.blobs_dir.clone() })
+                }
+                Err(e) => Err(Error::io(&blob, e)),
+            })?;
+            Ok::<_, Error>((inner.runtime.prepare(&component, &manifest)?, compiled))
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+        Ok((self.loaded(app, version, config, limits, pre), compiled))
+    }
+
+    fn loaded(
+        &self,
+        app: &App,
+        version: &Version,
+        config: BTreeMap<String, String>,
+        limits: Limits,
+        pre: ProxyPre<HostState>,
+    ) -> Arc<Loaded> {
+        let ctx = AppCtx {
+            name: app.name.clone(),
+            version: version.number,
+            state: self.inner.store.clone(),
+            kv_stores: version.manifest.key_value.clone(),
+            config,
+            outbound: version.manifest.outbound_rules(),
+            limits,
+            log: self.log(&app.name),
+        };
+        Arc::new(Loaded { ctx: Arc::new(ctx), pre, sha256: version.sha256.clone() })
+    }
+
+    /// Deploys `bytes` (a component) as the next version of `name`, with the
+    /// manifest's text if there is one, and makes it the one serving.
+    ///
+    /// `routes` replaces the app's custom routes; empty keeps them (every
+    /// app also answers at `NAME.DOMAIN`). Nothing changes unless the whole
+    /// deploy succeeds.
+    pub async fn deploy(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        manifest_text: Option<String>,
+        routes: Vec<Route>,
+    ) -> Result<Deployed, Error> {
+        let started = Instant::now();
+        validate_name(name)?;
+        let limit = self.inner.options.max_upload;
+        if bytes.len() > limit {
+            return Err(Error::TooLarge { size: bytes.len(), limit });
+        }
+        runtime::check_header(&bytes)?;
+        let manifest = match &manifest_text {
+            Some(text) => Manifest::parse(text)?,
+            None => Manifest::default(),
+        };
+        let limits = manifest.limits(self.inner.options.default_limits, self.inner.options.ceiling)?;
+
+        let guard = self.app_lock(name);
+        let _held = guard.lock().await;
+        let existing = self.find(name).await?;
+        let mut routes = normalise_routes(routes);
+        if routes.is_empty()
+            && let Some((app, _)) = &existing
+        {
+            routes = app.routes.clone();
+        }
+        let default = Route::default_for(name, &self.inner.options.domain);
+        routes.retain(|r| *r != default);
+        self.check_routes(name, &routes).await?;
+        let config = self.resolve_config(name, &manifest).await?;
+
+        let sha256 = runtime::sha256_hex(&bytes);
+        let size = bytes.len() as u64;
+        let bytes = Arc::new(bytes);
+        let _gc = self.inner.gc.read().await;
+        let (compiled, saved) = {
+            let (inner, sha, code, manifest) =
+                (self.inner.clone(), sha256.clone(), bytes.clone(), manifest.clone());
+            let compile = tokio::task::spawn_blocking(move || {
+                let (component, compiled) = inner.runtime.component(&sha, || Ok(code))?;
+                Ok::<_, Error>((inner.runtime.prepare(&component, &manifest)?, compiled))
+            });
+            let blob = self.blob_path(&sha256);
+            let save = tokio::task::spawn_blocking(move || {
+                if blob.is_file() { Ok(()) } else { runtime::write_atomically(&blob, &bytes) }
+            });
+            tokio::join!(compile, save)
+        };
+        let (pre, compiled) = compiled.map_err(|e| Error::Internal(e.to_string()))??;
+        saved.map_err(|e| Error::Internal(e.to_string()))??;
+
+        let now = now_ms();
+        let (mut app, revision) = match existing {
+            Some((app, revision)) => (app, revision),
+            None => (
+                App {
+                    name: name.to_owned(),
+                    active: 0,
+                    routes: vec![],
+                    versions: vec![],
+                    created_at: now,
+                    updated_at: now,
+                },
+                0,
+            ),
+        };
+        let version = Version {
+            number: app.next_version(),
+            sha256: sha256.clone(),
+            size,
+            created_at: now,
+            manifest,
+            manifest_text,
+        };
+        app.versions.push(version.clone());
+        app.active = version.number;
+        app.routes = routes;
+        app.updated_at = now;
+        let pruned = prune_versions(&mut app, self.inner.options.max_versions);
+        self.write(&app, revision).await?;
+        drop(_gc);
+
+        let loaded = self.loaded(&app, &version, config, limits, pre);
+        self.install(name, self.routes_of(&app), Ok(loaded));
+        let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        self.log(name).push(
+            version.number,
+            LogStream::Hearth,
+            format!(
+                "Deployed version {} ({} bytes, sha256 {}…, {}) in {:.1} ms.",
+                version.number,
+                size,
+                &sha256[..12],
+                if compiled { "compiled" } else { "compiled code from the cache" },
+                duration_ms
+            ),
+        );
+        tracing::info!(
+            app = name,
+            version = version.number,
+            compiled,
+            ms = duration_ms as u64,
+            "Deployed app."
+        );
+        if pruned {
+            self.collect_garbage().await;
+        }
+        Ok(Deployed { app: name.to_owned(), urls: self.urls(&app), version, compiled, duration_ms })
+    }
+
+    /// Makes an earlier version (or `to`) the one serving. No new version is
+    /// created; a later deploy continues the numbering.
+    pub async fn rollback(&self, name: &str, to: Option<u32>) -> Result<Version, Error> {
+        validate_name(name)?;
+        let guard = self.app_lock(name);
+        let _held = guard.lock().await;
+        let (mut app, revision) = self.find(name).await?.ok_or_else(|| Error::NotFound(name.to_owned()))?;
+        let target = match to {
+            Some(number) => app.version(number).cloned().ok_or_else(|| Error::VersionNotFound {
+                name: name.to_owned(),
+                version: number,
+                available: app.numbers(),
+            })?,
+            None => app
+                .versions
+                .iter()
+                .filter(|v| v.number < app.active)
+                .max_by_key(|v| v.number)
+                .cloned()
+                .ok_or_else(|| Error::NoEarlierVersion(name.to_owned()))?,
+        };
+        let (loaded, _) = self.load(&app, &target).await?;
+        let from = app.active;
+        app.active = target.number;
+        app.updated_at = now_ms();
+        self.write(&app, revision).await?;
+        self.install(name, self.routes_of(&app), Ok(loaded));
+        self.log(name).push(
+            target.number,
+            LogStream::Hearth,
+            format!("Rolled back from version {from} to version {}.", target.number),
+        );
+        tracing::info!(app = name, from, to = target.number, "Rolled back app.");
+        Ok(target)
+    }
+
+    /// Replaces an app's custom routes.
+    pub async fn set_routes(&self, name: &str, routes: Vec<Route>) -> Result<AppInfo, Error> {
+        validate_name(name)?;
+        let guard = self.app_lock(name);
+        let _held = guard.lock().await;
+        let (mut app, revision) = self.find(name).await?.ok_or_else(|| Error::NotFound(name.to_owned()))?;
+        let default = Route::default_for(name, &self.inner.options.domain);
+        let mut routes = normalise_routes(routes);
+        routes.retain(|r| *r != default);
+        self.check_routes(name, &routes).await?;
+        app.routes = routes;
+        app.updated_at = now_ms();
+        self.write(&app, revision).await?;
+        let serving = lock(&self.inner.loaded).get(name).map(|e| e.serving.clone());
+        if let Some(serving) = serving {
+            self.install(name, self.routes_of(&app), serving);
+        }
+        Ok(self.info(app))
+    }
+
+    /// Removes an app: its record, its versions' code and its log. Its
+    /// key-value data and secrets are kept, so deploying the same name again
+    /// finds them; [`Apps::delete_data`] deletes the data.
+    pub async fn remove(&self, name: &str) -> Result<(), Error> {
+        validate_name(name)?;
+        let guard = self.app_lock(name);
+        let _held = guard.lock().await;
+        if self.find(name).await?.is_none() {
+            return Err(Error::NotFound(name.to_owned()));
+        }
+        self.inner.store.delete(&record::key(name)).await?;
+        self.uninstall(name);
+        lock(&self.inner.logs).remove(name);
+        tracing::info!(app = name, "Removed app.");
+        self.collect_garbage().await;
+        Ok(())
+    }
+
+    /// Deletes an app's key-value data, every store of it.
+    pub async fn delete_data(&self, name: &str) -> Result<(), Error> {
+        validate_name(name)?;
+        let txn = Txn::new().and_then(Op::DeletePrefix { prefix: format!("{}{name}/", record::DATA) });
+        self.inner.store.txn(txn).await?;
+        Ok(())
+    }
+
+    /// Sets a secret of an app (which need not be deployed yet). A running
+    /// app that declares it sees the new value from its next request.
+    pub async fn set_secret(&self, name: &str, secret: &str, value: String) -> Result<(), Error> {
+        validate_name(name)?;
+        validate_secret_name(secret)?;
+        let key = format!("{}{secret}", record::secrets_prefix(name));
+        self.inner.store.put(&key, value.into_bytes(), None).await?;
+        self.refresh_config(name).await
+    }
+
+    /// Deletes a secret. An app that declares it keeps the value it has
+    /// loaded until it is redeployed (which then fails until it is set).
+    pub async fn delete_secret(&self, name: &str, secret: &str) -> Result<bool, Error> {
+        validate_name(name)?;
+        validate_secret_name(secret)?;
+        let key = format!("{}{secret}", record::secrets_prefix(name));
+        Ok(self.inner.store.delete(&key).await?.1)
+    }
+
+    /// The names of an app's secrets (never their values).
+    pub async fn secrets(&self, name: &str) -> Result<Vec<String>, Error> {
+        validate_name(name)?;
+        let prefix = record::secrets_prefix(name);
+        let range = self.inner.store.range(&prefix).await?;
+        Ok(range.kvs.into_iter().map(|kv| kv.key[prefix.len()..].to_owned()).collect())
+    }
+
+    async fn refresh_config(&self, name: &str) -> Result<(), Error> {
+        let guard = self.app_lock(name);
+        let _held = guard.lock().await;
+        let Some((app, _)) = self.find(name).await? else { return Ok(()) };
+        let current = lock(&self.inner.loaded).get(name).and_then(|e| e.serving.clone().ok());
+        let (Some(loaded), Some(version)) = (current, app.active_version()) else { return Ok(()) };
+        if version.manifest.secrets.is_empty() || loaded.ctx.version != version.number {
+            return Ok(());
+        }
+        let config = self.resolve_config(name, &version.manifest).await?;
+        let refreshed = self.loaded(&app, version, config, loaded.ctx.limits, loaded.pre.clone());
+        self.install(name, self.routes_of(&app), Ok(refreshed));
+        Ok(())
+    }
+
+    pub async fn list(&self) -> Result<Vec<AppInfo>, Error> {
+        let range = self.inner.store.range(record::RECORDS).await?;
+        range
+            .kvs
+            .iter()
+            .map(|kv| {
+                let name = &kv.key[record::RECORDS.len()..];
+                serde_json::from_slice(&kv.value)
+                    .map(|app| self.info(app))
+                    .map_err(|e| Error::Corrupt(name.to_owned(), e))
+            })
+            .collect()
+    }
+
+    pub async fn get(&self, name: &str) -> Result<AppInfo, Error> {
+        validate_name(name)?;
+        let (app, _) = self.find(name).await?.ok_or_else(|| Error::NotFound(name.to_owned()))?;
+        Ok(self.info(app))
+    }
+
+    /// The kept versions, oldest first, and the active one's number.
+    pub async fn versions(&self, name: &str) -> Result<(Vec<Version>, u32), Error> {
+        let info = self.get(name).await?;
+        Ok((info.app.versions, info.app.active))
+    }
+
+    /// The app's kept log lines, and a receiver for the lines that follow
+    /// (closed when the app is removed).
+    pub async fn logs(&self, name: &str) -> Result<(Vec<LogLine>, broadcast::Receiver<LogLine>), Error> {
+        validate_name(name)?;
+        if !lock(&self.inner.loaded).contains_key(name) && self.find(name).await?.is_none() {
+            return Err(Error::NotFound(name.to_owned()));
+        }
+        Ok(self.log(name).snapshot())
+    }
+
+    fn info(&self, app: App) -> AppInfo {
+        let (serving, error) = match lock(&self.inner.loaded).get(&app.name).map(|e| &e.serving) {
+            Some(Ok(loaded)) => (Some(loaded.ctx.version), None),
+            Some(Err(e)) => (None, Some(e.clone())),
+            None => (None, Some("not loaded yet".to_owned())),
+        };
+        AppInfo { urls: self.urls(&app), app, serving, error }
+    }
+
+    fn urls(&self, app: &App) -> Vec<String> {
+        let port = lock(&self.inner.ingress_port).unwrap_or(8080);
+        let port = if port == 80 { String::new() } else { format!(":{port}") };
+        self.routes_of(app)
+            .iter()
+            .map(|r| format!("http://{}{port}{}", r.host, if r.path == "/" { "/" } else { r.path.as_str() }))
+            .collect()
+    }
+
+    /// The default route and the custom ones.
+    fn routes_of(&self, app: &App) -> Vec<Route> {
+        let mut routes = vec![Route::default_for(&app.name, &self.inner.options.domain)];
+        routes.extend(app.routes.iter().cloned());
+        routes
+    }
+
+    async fn check_routes(&self, name: &str, routes: &[Route]) -> Result<(), Error> {
+        let mine: Vec<Route> = std::iter::once(Route::default_for(name, &self.inner.options.domain))
+            .chain(routes.iter().cloned())
+            .collect();
+        for other in self.list().await? {
+            if other.app.name == name {
+                continue;
+            }
+            for route in self.routes_of(&other.app) {
+                if mine.contains(&route) {
+                    return Err(Error::RouteTaken { route: route.to_string(), owner: other.app.name });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The manifest's config with the app's secrets added.
+    async fn resolve_config(
+        &self,
+        name: &str,
+        manifest: &Manifest,
+    ) -> Result<BTreeMap<String, String>, Error> {
+        let mut config = manifest.config.clone();
+        if manifest.secrets.is_empty() {
+            return Ok(config);
+        }
+        let prefix = record::secrets_prefix(name);
+        let range = self.inner.store.range(&prefix).await?;
+        for secret in &manifest.secrets {
+            let value = range
+                .kvs
+                .iter()
+                .find(|kv| kv.key[prefix.len()..] == *secret)
+                .ok_or_else(|| Error::MissingSecret { app: name.to_owned(), secret: secret.clone() })?;
+            config.insert(secret.clone(), String::from_utf8_lossy(&value.value).into_owned());
+        }
+        Ok(config)
+    }
+
+    async fn find(&self, name: &str) -> Result<Option<(App, u64)>, Error> {
+        let Some(kv) = self.inner.store.get(&record::key(name)).await? else { return Ok(None) };
+        let app = serde_json::from_slice(&kv.value).map_err(|e| Error::Corrupt(name.to_owned(), e))?;
+        Ok(Some((app, kv.mod_revision)))
+    }
+
+    /// Writes the record if it is still at `revision` (0: absent).
+    async fn write(&self, app: &App, revision: u64) -> Result<(), Error> {
+        let key = record::key(&app.name);
+        let value = serde_json::to_vec(app).map_err(|e| Error::Corrupt(app.name.clone(), e))?;
+        let compare =
+            if revision == 0 { Compare::missing(&key) } else { Compare::mod_revision(&key, revision) };
+        let txn = Txn::new().when(compare).and_then(Op::Put { key, value, lease: None });
+        if self.inner.store.txn(txn).await?.succeeded {
+            Ok(())
+        } else {
+            Err(Error::Contended(app.name.clone()))
+        }
+    }
+
+    fn install(&self, name: &str, routes: Vec<Route>, serving: Result<Arc<Loaded>, String>) {
+        let mut loaded = lock(&self.inner.loaded);
+        loaded.insert(name.to_owned(), Entry { routes, serving });
+        self.publish(&loaded);
+    }
+
+    fn uninstall(&self, name: &str) {
+        let mut loaded = lock(&self.inner.loaded);
+        if loaded.remove(name).is_some() {
+            self.publish(&loaded);
+        }
+    }
+
+    /// Builds and swaps in a new routing table. Called with `loaded` locked,
+    /// so tables are published in the order of the changes.
+    fn publish(&self, loaded: &BTreeMap<String, Entry>) {
+        let mut table = Table::default();
+        for (name, entry) in loaded {
+            let target = Arc::new(Target { name: name.clone(), serving: entry.serving.clone() });
+            for route in &entry.routes {
+                table.hosts.entry(route.host.clone()).or_default().push((route.path.clone(), target.clone()));
+            }
+            table.apps.push((name.clone(), entry.routes.clone()));
+        }
+        for prefixes in table.hosts.values_mut() {
+            prefixes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        }
+        self.inner.table.store(Arc::new(table));
+    }
+
+    fn app_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.inner.locks).entry(name.to_owned()).or_default().clone()
+    }
+
+    pub(crate) fn log(&self, name: &str) -> Arc<AppLog> {
+        lock(&self.inner.logs).entry(name.to_owned()).or_insert_with(AppLog::new).clone()
+    }
+
+    fn blob_path(&self, sha256: &str) -> PathBuf {
+        self.inner.blobs_dir.join(format!("{sha256}.wasm"))
+    }
+
+    /// Deletes blobs and compiled artifacts no kept version uses.
+    async fn collect_garbage(&self) {
+        let _exclusive = self.inner.gc.write().await;
+        let Ok(apps) = self.list().await else { return };
+        let keep: HashSet<String> =
+            apps.iter().flat_map(|a| a.app.versions.iter().map(|v| v.sha256.clone())).collect();
+        let (blobs, inner) = (self.inner.blobs_dir.clone(), self.inner.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Ok(entries) = std::fs::read_dir(&blobs) {
+                for entry in entries.flatten() {
+                    let name = entry.file_name();
+                    let Some(sha) = name.to_str().and_then(|n| n.strip_suffix(".wasm")) else { continue };
+                    if !keep.contains(sha) {
+                        let _ = std::fs::remove_file(entry.path());
+                    }
+                }
+            }
+            inner.runtime.prune(&keep);
+        })
+        .await;
+    }
+}
+
+/// Drops the oldest versions beyond `max`, never the active one. Returns
+/// whether any went.
+fn prune_versions(app: &mut App, max: usize) -> bool {
+    let before = app.versions.len();
+    while app.versions.len() > max.max(1) {
+        let Some(i) = app.versions.iter().position(|v| v.number != app.active) else { break };
+        app.versions.remove(i);
+    }
+    app.versions.len() != before
+}
+
+/// A secret's name follows the manifest's rules.
+fn validate_secret_name(secret: &str) -> Result<(), Error> {
+    Manifest::parse(&format!("secrets = [{secret:?}]")).map(drop).map_err(|e| match e {
+        Error::Manifest(m) => Error::Invalid(m),
+        other => other,
+    })
+}
+
+fn normalise_routes(mut routes: Vec<Route>) -> Vec<Route> {
+    routes.sort();
+    routes.dedup();
+    routes
+}
+
+/// Resolves when `shutdown` turns true (or its sender is gone).
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(number: u32) -> Version {
+        Version {
+            number,
+            sha256: format!("{number:064}"),
+            size: 1,
+            created_at: 0,
+            manifest: Manifest::default(),
+            manifest_text: None,
+        }
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_and_the_active() {
+        let mut app = App {
+            name: "a".into(),
+            active: 2,
+            routes: vec![],
+            versions: (1..=6).map(version).collect(),
+            created_at: 0,
+            updated_at: 0,
+        };
+        assert!(prune_versions(&mut app, 3));
+        let numbers: Vec<u32> = app.versions.iter().map(|v| v.number).collect();
+        assert_eq!(numbers, [2, 5, 6]);
+        assert!(!prune_versions(&mut app, 3));
+    }
+}
