@@ -194,4 +194,8 @@ async fn bad_network_requests_are_refused_clearly() {
 
     success(&daemon.cli(&["machine", "rm", "-f", "m1"]));
     success(&daemon.cli(&["network", "rm", "n1"]));
+    // Regression: a network can be made again at once with the same subnet,
+    // although its old bridge's route may not be gone yet.
+    success(&daemon.cli(&["network", "create", "n1", "--subnet", "10.242.0.0/24", "--no-nat"]));
+    success(&daemon.cli(&["network", "rm", "n1"]));
 }

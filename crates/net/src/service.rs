@@ -248,7 +248,9 @@ impl Networks {
         if existing.iter().any(|n| n.name == name) {
             return Err(Error::AlreadyExists(name.into()));
         }
-        let host_routes = host_route_subnets();
+        // Routes through this daemon's own bridges are not conflicts: a
+        // network being removed may still have its bridge for a moment.
+        let host_routes = host_route_subnets(&format!("{}b-", self.inner.options.prefix));
         let subnet = match subnet {
             Some(subnet) => {
                 if let Some(other) = existing.iter().find(|n| n.subnet.overlaps(&subnet)) {
@@ -811,13 +813,18 @@ fn decode<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, 
     serde_json::from_slice(value).map_err(|e| Error::Corrupt(key.to_owned(), e))
 }
 
-/// The host's IPv4 routes, so that new networks avoid them.
-fn host_route_subnets() -> Vec<Subnet> {
+/// The host's IPv4 routes, except those through this daemon's own bridges
+/// (`own_bridges` is their name prefix), so that new networks avoid them.
+fn host_route_subnets(own_bridges: &str) -> Vec<Subnet> {
     let Ok(out) = std::process::Command::new("ip").args(["-4", "route", "show"]).output() else {
         return vec![];
     };
     String::from_utf8_lossy(&out.stdout)
         .lines()
+        .filter(|line| {
+            let mut words = line.split_whitespace().skip_while(|w| *w != "dev");
+            !words.nth(1).is_some_and(|dev| dev.starts_with(own_bridges))
+        })
         .filter_map(|line| line.split_whitespace().next())
         .filter(|dest| *dest != "default")
         .filter_map(|dest| {

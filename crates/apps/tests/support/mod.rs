@@ -62,7 +62,15 @@ pub fn guests() -> &'static Guests {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         for manifest in ["examples/apps/hello", "examples/apps/counter", "crates/apps/tests/guests"] {
             let status = Command::new(&cargo)
-                .args(["build", "--release", "--locked", "--quiet", "--target", "wasm32-wasip2", "--manifest-path"])
+                .args([
+                    "build",
+                    "--release",
+                    "--locked",
+                    "--quiet",
+                    "--target",
+                    "wasm32-wasip2",
+                    "--manifest-path",
+                ])
                 .arg(root.join(manifest).join("Cargo.toml"))
                 .arg("--target-dir")
                 .arg(&target_dir)
