@@ -94,7 +94,16 @@ async fn deploy_serve_swap_under_load_roll_back_and_survive_a_crash() {
     daemon.kill9();
     daemon.restart().await;
     let port = ingress_port(&daemon).await;
-    assert_eq!(get(port, "hello.localhost", "/").expect("request").0, 200);
+    // The ingress answers 503 while the apps load (from the compiled cache).
+    let mut status = 0;
+    for _ in 0..100 {
+        status = get(port, "hello.localhost", "/").expect("request").0;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200, "the app did not serve again within 10 s of the restart");
     let json: serde_json::Value =
         serde_json::from_str(&success(&daemon.cli(&["app", "deploy", "hello", &hello, "--json"])))
             .expect("json");
