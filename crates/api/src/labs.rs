@@ -168,18 +168,7 @@ fn describe(r: LabRecord, states: &HashMap<String, String>) -> Lab {
 /// Lab names follow machine names: 1 to 63 lowercase letters, digits and
 /// dashes.
 pub fn validate_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "lab name {name:?} is not valid: use 1 to 63 lowercase letters, digits and dashes, not starting or ending with a dash"
-        ))
-    }
+    hearth_store::names::check_label("lab", name, 63)
 }
 
 fn invalid(message: String, hint: &str) -> ApiError {

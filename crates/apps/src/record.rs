@@ -85,19 +85,8 @@ pub struct Version {
 
 /// Checks an app name: it becomes a DNS label (`NAME.localhost`).
 pub fn validate_name(name: &str) -> Result<(), Error> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Invalid(format!(
-            "app name {name:?} is not valid: use 1 to 63 lowercase letters, digits and `-`, \
-             not starting or ending with `-` (it becomes a host name, NAME.localhost)"
-        )))
-    }
+    hearth_store::names::check_label("app", name, 63)
+        .map_err(|message| Error::Invalid(format!("{message} (it becomes a host name, NAME.localhost)")))
 }
 
 /// Where requests for an app come in: a host name and a path prefix.

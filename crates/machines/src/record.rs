@@ -135,18 +135,7 @@ pub struct SnapshotRecord {
 
 /// Checks a machine name: it becomes a host name and a directory name.
 pub fn validate_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "machine name {name:?} is not valid: use 1 to 63 lowercase letters, digits and dashes, not starting or ending with a dash"
-        ))
-    }
+    hearth_store::names::check_label("machine", name, 63)
 }
 
 pub(crate) fn now_unix() -> u64 {

@@ -197,18 +197,7 @@ pub struct Nic {
 
 /// Checks a network name: it becomes part of interface and DNS names.
 pub fn validate_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 32
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "network name {name:?} is not valid: use 1 to 32 lowercase letters, digits and dashes, not starting or ending with a dash"
-        ))
-    }
+    hearth_store::names::check_label("network", name, 32)
 }
 
 /// A stable locally-administered MAC for a machine's NIC on a network.

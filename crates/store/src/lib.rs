@@ -14,6 +14,8 @@
 //! acknowledged to a caller, is durable (fsynced) and is never reused.
 
 mod types;
+
+pub mod names;
 mod validate;
 
 pub mod bench;
