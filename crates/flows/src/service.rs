@@ -1,0 +1,805 @@
+//! The workflows service: deploys, runs, signals and cancels, and the
+//! executor that brings waiting runs back.
+//!
+//! A run is executed by at most one task at a time in this daemon: `wake`
+//! starts one, or, if one is executing, asks it to go again when it ends (a
+//! signal that arrives while the run is executing is never lost). Every
+//! journal write also compares the run record's revision, so a run that was
+//! cancelled, or written by anyone else, stops at its next step.
+//!
+//! Timers live in memory and are rebuilt from the run records on start;
+//! what is due while the daemon is down fires when it comes back.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use hearth_store::{Compare, KeyValue, Op, OpResponse, Revision, Store, Txn};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, Semaphore, watch};
+use wasmtime::UpdateDeadline;
+
+use crate::host::{Exec, OutputPipe, Stop, bindings::WorkflowPre};
+use crate::journal::{Call, Entry, Recorded};
+use crate::record::{
+    self, Definition, Run, RunDetail, Signal, Status, Version, Wait, WaitKind, decode, encode,
+};
+use crate::runtime::{self, Runtime};
+use crate::triggers::Triggers;
+use crate::{Error, now_ms};
+
+/// How the service is set up.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Uploaded components are kept in `DATA_DIR/workflows/blobs`, by hash.
+    pub data_dir: PathBuf,
+    /// Compiled components are cached in `CACHE_DIR/workflows/compiled`.
+    pub cache_dir: PathBuf,
+    /// Largest accepted upload, in bytes.
+    pub max_upload: usize,
+    /// Executions at once; more wait their turn.
+    pub concurrency: usize,
+    /// CPU one execution may use between its start and its end or wait.
+    pub cpu_budget: Duration,
+}
+
+impl Options {
+    pub fn new(data_dir: impl Into<PathBuf>, cache_dir: impl Into<PathBuf>) -> Options {
+        Options {
+            data_dir: data_dir.into(),
+            cache_dir: cache_dir.into(),
+            max_upload: 32 << 20,
+            concurrency: 32,
+            cpu_budget: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a deploy did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Deployed {
+    pub workflow: String,
+    pub version: Version,
+    /// False when the compiled component came from the cache.
+    pub compiled: bool,
+    pub duration_ms: f64,
+}
+
+/// What starts a run.
+#[derive(Debug, Clone, Default)]
+pub struct StartRequest {
+    pub workflow: String,
+    pub input: String,
+    /// Starting twice with one id starts one run.
+    pub id: Option<String>,
+    /// `cli`, `webhook`, `cron`, `event`, `child`...
+    pub started_by: String,
+    pub parent: Option<String>,
+}
+
+/// A run, and whether this call created it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Started {
+    pub run: Run,
+    pub created: bool,
+}
+
+/// One line of `workflow logs`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogLine {
+    pub time: u64,
+    /// `log` (the durable log call) or `output` (stdout and stderr).
+    pub source: String,
+    pub text: String,
+}
+
+/// A cheap-to-clone handle to the workflows service.
+#[derive(Clone)]
+pub struct Flows {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    options: Options,
+    blobs_dir: PathBuf,
+    runtime: Runtime,
+    http: ureq::Agent,
+    /// Runs being executed; `true` asks the execution to go again.
+    active: Mutex<HashMap<String, bool>>,
+    /// (when, run) of every timer and wait deadline.
+    timers: Mutex<BTreeSet<(u64, String)>>,
+    timers_changed: Notify,
+    permits: Semaphore,
+    /// Deploys serialise on this, so versions are numbered without races.
+    deploys: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Flows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flows").field("options", &self.inner.options).finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Flows {
+    /// Sets up the runtime and the directories. No run executes until
+    /// [`Flows::run`] starts.
+    pub fn new(store: Arc<dyn Store>, options: Options) -> Result<Flows, Error> {
+        let blobs_dir = options.data_dir.join("workflows").join("blobs");
+        runtime::create_private_dir(&blobs_dir)?;
+        let runtime = Runtime::new(&options.cache_dir)?;
+        let permits = Semaphore::new(options.concurrency.max(1));
+        Ok(Flows {
+            inner: Arc::new(Inner {
+                store,
+                options,
+                blobs_dir,
+                runtime,
+                http: crate::host::http_agent(),
+                active: Mutex::default(),
+                timers: Mutex::default(),
+                timers_changed: Notify::new(),
+                permits,
+                deploys: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    pub(crate) fn http_agent(&self) -> ureq::Agent {
+        self.inner.http.clone()
+    }
+
+    /// Picks up every run where it was, then fires timers, cron and event
+    /// triggers until `shutdown` turns true.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), Error> {
+        self.recover().await?;
+        let triggers = tokio::spawn(crate::triggers::run(self.clone(), shutdown.clone()));
+        loop {
+            let next = lock(&self.inner.timers).first().map(|(at, _)| *at);
+            let wait = next
+                .map_or(Duration::from_secs(3600), |at| Duration::from_millis(at.saturating_sub(now_ms())));
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.inner.timers_changed.notified() => continue,
+                _ = shutdown.changed() => {}
+            }
+            if *shutdown.borrow() {
+                break;
+            }
+            let now = now_ms();
+            let due: Vec<String> = {
+                let mut timers = lock(&self.inner.timers);
+                let later = timers.split_off(&(now + 1, String::new()));
+                let due = std::mem::replace(&mut *timers, later);
+                due.into_iter().map(|(_, id)| id).collect()
+            };
+            for id in due {
+                self.wake(&id);
+            }
+        }
+        triggers.abort();
+        Ok(())
+    }
+
+    /// Wakes what was running, schedules what waits on time, and wakes what
+    /// waits on a signal or a child that came while the daemon was down.
+    async fn recover(&self) -> Result<(), Error> {
+        let runs = self.inner.store.range(record::RUNS).await?;
+        let (mut woken, mut waiting) = (0, 0);
+        for kv in &runs.kvs {
+            let run: Run = match decode(&kv.key, &kv.value) {
+                Ok(run) => run,
+                Err(e) => {
+                    tracing::warn!(key = %kv.key, error = %e, "Skipping an unreadable workflow run.");
+                    continue;
+                }
+            };
+            match (run.status, &run.wait) {
+                (Status::Running, _) => {
+                    self.wake(&run.id);
+                    woken += 1;
+                }
+                (Status::Waiting, Some(wait)) => {
+                    waiting += 1;
+                    if let Some(deadline) = wait.deadline {
+                        self.schedule(deadline, &run.id);
+                    }
+                    let ready = match &wait.kind {
+                        WaitKind::Timer => false,
+                        WaitKind::Signal { name } => self.has_pending_signal(&run.id, name).await?,
+                        WaitKind::Child { id } => {
+                            self.get_run(id).await.map(|c| c.status.is_terminal()).unwrap_or(true)
+                        }
+                    };
+                    if ready {
+                        self.wake(&run.id);
+                        woken += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        if woken + waiting > 0 {
+            tracing::info!(resumed = woken, waiting, "Workflow runs picked up.");
+        }
+        Ok(())
+    }
+
+    fn schedule(&self, at: u64, id: &str) {
+        lock(&self.inner.timers).insert((at, id.to_owned()));
+        self.inner.timers_changed.notify_one();
+    }
+
+    /// Executes the run now, or again right after the execution under way.
+    pub(crate) fn wake(&self, id: &str) {
+        {
+            let mut active = lock(&self.inner.active);
+            if let Some(again) = active.get_mut(id) {
+                *again = true;
+                return;
+            }
+            active.insert(id.to_owned(), false);
+        }
+        let (this, id) = (self.clone(), id.to_owned());
+        tokio::spawn(async move {
+            loop {
+                this.execute(&id).await;
+                let mut active = lock(&this.inner.active);
+                match active.get_mut(&id) {
+                    Some(again) if *again => *again = false,
+                    _ => {
+                        active.remove(&id);
+                        break;
+                    }
+                }
+            }
+        });
+    }
+
+    async fn execute(&self, id: &str) {
+        let Ok(_permit) = self.inner.permits.acquire().await else { return };
+        if let Err(e) = self.try_execute(id).await {
+            tracing::warn!(run = id, error = %crate_chain(&e), "A workflow run could not execute; trying again in 5 s.");
+            self.schedule(now_ms() + 5000, id);
+        }
+    }
+
+    async fn try_execute(&self, id: &str) -> Result<(), Error> {
+        let Some(kv) = self.inner.store.get(&record::run_key(id)).await? else { return Ok(()) };
+        let run: Run = decode(&kv.key, &kv.value)?;
+        if run.status.is_terminal() {
+            return Ok(());
+        }
+        let journal = self.journal(id).await?;
+        let pre = match self.prepare(&run.workflow, &run.sha256).await {
+            Ok((pre, _)) => pre,
+            Err(
+                e @ (Error::BlobMissing { .. }
+                | Error::InvalidComponent(_)
+                | Error::NoRun
+                | Error::UnsupportedImport(_)),
+            ) => {
+                return self.finish(&run, kv.mod_revision, Err(e.to_string())).await;
+            }
+            Err(e) => return Err(e),
+        };
+        let output = OutputPipe::default();
+        let exec = Exec::new(self.clone(), run.clone(), kv.mod_revision, journal, output.clone());
+        let mut store = wasmtime::Store::new(&self.inner.runtime.engine, exec);
+        store.limiter(|e| &mut e.limits);
+        let budget = self.inner.options.cpu_budget.as_millis().div_ceil(runtime::TICK.as_millis()) as u64;
+        let mut used = 0u64;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            used += 1;
+            if used >= budget.max(1) {
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            Ok(UpdateDeadline::Yield(1))
+        });
+        let started = Instant::now();
+        let result = async {
+            let workflow = pre.instantiate_async(&mut store).await?;
+            workflow.call_run(&mut store, &run.input).await
+        }
+        .await;
+        self.save_output(&run, output.take()).await;
+        let cx = &store.data().cx;
+        tracing::debug!(
+            run = id,
+            replayed = cx.cursor.entries().len() as u32 - cx.live_steps,
+            live = cx.live_steps,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "Workflow execution ended."
+        );
+        let end = match result {
+            Ok(returned) => match cx.cursor.finish() {
+                Ok(()) => returned,
+                Err(divergence) => Err(divergence.to_string()),
+            },
+            Err(error) => match error.downcast_ref::<Stop>() {
+                Some(Stop::Suspend(wait)) => return self.suspend(&run, kv.mod_revision, wait.clone()).await,
+                Some(Stop::Interrupted(why)) => {
+                    tracing::debug!(run = id, why = %why, "A workflow execution was interrupted.");
+                    return Ok(());
+                }
+                Some(Stop::Store(message)) => {
+                    return Err(Error::Store(hearth_store::Error::Backend(message.clone().into())));
+                }
+                Some(stop @ (Stop::Diverged(_) | Stop::Corrupt { .. })) => Err(stop.to_string()),
+                None if error.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) => {
+                    Err(format!(
+                        "the workflow computed for more than {} without waiting or returning, and was stopped; a workflow should wait with sleep or wait-signal, not spin",
+                        crate::human_duration(self.inner.options.cpu_budget.as_millis() as u64)
+                    ))
+                }
+                None => Err(format!("the workflow trapped: {error:#}")),
+            },
+        };
+        self.finish(&run, kv.mod_revision, end).await
+    }
+
+    /// Writes the end of a run, unless it changed since `rev`.
+    async fn finish(&self, run: &Run, rev: Revision, end: Result<String, String>) -> Result<(), Error> {
+        let mut ended = run.clone();
+        let now = now_ms();
+        match end {
+            Ok(output) => {
+                ended.status = Status::Completed;
+                ended.output = Some(output);
+            }
+            Err(error) => {
+                tracing::info!(run = %run.id, error = %error, "A workflow run failed.");
+                ended.status = Status::Failed;
+                ended.error = Some(error);
+            }
+        }
+        ended.wait = None;
+        ended.executions += 1;
+        ended.updated_at = now;
+        ended.finished_at = Some(now);
+        if self.write_run(&ended, rev).await?
+            && let Some(parent) = &run.parent
+        {
+            self.wake(parent);
+        }
+        Ok(())
+    }
+
+    async fn suspend(&self, run: &Run, rev: Revision, wait: Wait) -> Result<(), Error> {
+        let mut waiting = run.clone();
+        waiting.status = Status::Waiting;
+        waiting.executions += 1;
+        waiting.updated_at = now_ms();
+        let deadline = wait.deadline;
+        waiting.wait = Some(wait);
+        if self.write_run(&waiting, rev).await?
+            && let Some(deadline) = deadline
+        {
+            self.schedule(deadline, &run.id);
+        }
+        Ok(())
+    }
+
+    /// Replaces the run record if it is still at `rev`.
+    async fn write_run(&self, run: &Run, rev: Revision) -> Result<bool, Error> {
+        let key = record::run_key(&run.id);
+        let txn = Txn::new().when(Compare::mod_revision(&key, rev)).and_then(Op::Put {
+            key,
+            value: encode(run),
+            lease: None,
+        });
+        Ok(self.inner.store.txn(txn).await?.succeeded)
+    }
+
+    async fn save_output(&self, run: &Run, bytes: Vec<u8>) {
+        if bytes.is_empty() {
+            return;
+        }
+        let key = format!("{}{:06}", record::output_prefix(&run.id), run.executions);
+        let line = LogLine {
+            time: now_ms(),
+            source: "output".into(),
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+        };
+        if let Err(e) = self.inner.store.put(&key, encode(&line), None).await {
+            tracing::warn!(run = %run.id, error = %e, "Cannot keep a workflow's output.");
+        }
+    }
+
+    async fn journal(&self, id: &str) -> Result<Vec<Entry>, Error> {
+        let range = self.inner.store.range(&record::journal_prefix(id)).await?;
+        range.kvs.iter().map(|kv| decode(&kv.key, &kv.value)).collect()
+    }
+
+    /// The pre-instantiated component of `sha256`, compiling it if needed.
+    async fn prepare(&self, workflow: &str, sha256: &str) -> Result<(WorkflowPre<Exec>, bool), Error> {
+        let this = self.clone();
+        let (workflow, sha256) = (workflow.to_owned(), sha256.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let path = this.inner.blobs_dir.join(format!("{sha256}.wasm"));
+            this.inner.runtime.prepare(&sha256, || {
+                std::fs::read(&path).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => Error::BlobMissing {
+                        workflow: workflow.clone(),
+                        sha256: sha256.clone(),
+                        dir: this.inner.blobs_dir.clone(),
+                    },
+                    _ => Error::io(&path, e),
+                })
+            })
+        })
+        .await
+        .map_err(|e| Error::Runtime(format!("the compile task failed: {e}")))?
+    }
+
+    // ----------------------------------------------------------------------
+    // Definitions
+
+    /// Uploads, checks and compiles a workflow component, and makes it the
+    /// version new runs start on. Runs already started stay on theirs.
+    pub async fn deploy(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        manifest: Option<String>,
+    ) -> Result<Deployed, Error> {
+        let started = Instant::now();
+        record::validate_name(name)?;
+        if bytes.len() > self.inner.options.max_upload {
+            return Err(Error::TooLarge { size: bytes.len(), limit: self.inner.options.max_upload });
+        }
+        runtime::check_header(&bytes)?;
+        let triggers = Triggers::parse(manifest.as_deref().unwrap_or(""))?;
+        let sha256 = runtime::sha256_hex(&bytes);
+        let size = bytes.len() as u64;
+        let blob = self.inner.blobs_dir.join(format!("{sha256}.wasm"));
+        let bytes = Arc::new(bytes);
+        let (_, compiled) = {
+            let (this, sha, bytes) = (self.clone(), sha256.clone(), bytes.clone());
+            tokio::task::spawn_blocking(move || this.inner.runtime.prepare(&sha, || Ok(bytes.to_vec())))
+                .await
+                .map_err(|e| Error::Runtime(format!("the compile task failed: {e}")))??
+        };
+        if !blob.is_file() {
+            runtime::write_atomically(&blob, &bytes)?;
+        }
+        let _guard = self.inner.deploys.lock().await;
+        let key = record::def_key(name);
+        for _ in 0..16 {
+            let existing = self.inner.store.get(&key).await?;
+            let now = now_ms();
+            let (mut def, rev) = match &existing {
+                Some(kv) => (decode::<Definition>(&kv.key, &kv.value)?, kv.mod_revision),
+                None => (
+                    Definition {
+                        name: name.to_owned(),
+                        versions: Vec::new(),
+                        active: 0,
+                        triggers: Triggers::default(),
+                        created_at: now,
+                        updated_at: now,
+                    },
+                    0,
+                ),
+            };
+            let number = def.versions.iter().map(|v| v.number).max().unwrap_or(0) + 1;
+            let version =
+                Version { number, sha256: sha256.clone(), size, created_at: now, manifest: manifest.clone() };
+            def.versions.push(version.clone());
+            def.active = number;
+            def.triggers = triggers.clone();
+            def.updated_at = now;
+            let txn = Txn::new().when(Compare::mod_revision(&key, rev)).and_then(Op::Put {
+                key: key.clone(),
+                value: encode(&def),
+                lease: None,
+            });
+            if self.inner.store.txn(txn).await?.succeeded {
+                return Ok(Deployed {
+                    workflow: name.to_owned(),
+                    version,
+                    compiled,
+                    duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+                });
+            }
+        }
+        Err(Error::Contended(name.to_owned()))
+    }
+
+    pub async fn definitions(&self) -> Result<Vec<Definition>, Error> {
+        let range = self.inner.store.range(record::DEFS).await?;
+        range.kvs.iter().map(|kv| decode(&kv.key, &kv.value)).collect()
+    }
+
+    pub async fn definition(&self, name: &str) -> Result<Definition, Error> {
+        let key = record::def_key(name);
+        match self.inner.store.get(&key).await? {
+            Some(kv) => decode(&key, &kv.value),
+            None => Err(Error::NotFound(name.to_owned())),
+        }
+    }
+
+    /// Removes a workflow: no new runs start. Runs under way go on, on the
+    /// version they started on.
+    pub async fn remove(&self, name: &str) -> Result<(), Error> {
+        let (_, existed) = self.inner.store.delete(&record::def_key(name)).await?;
+        if existed { Ok(()) } else { Err(Error::NotFound(name.to_owned())) }
+    }
+
+    // ----------------------------------------------------------------------
+    // Runs
+
+    /// Starts a run of the workflow's active version; with an id that
+    /// exists, returns that run instead (starting is idempotent).
+    pub async fn start(&self, request: StartRequest) -> Result<Started, Error> {
+        record::validate_name(&request.workflow)?;
+        let id = match &request.id {
+            Some(id) => id.clone(),
+            None => format!("{}-{:012x}", request.workflow, rand::random::<u64>() >> 16),
+        };
+        record::validate_run_id(&id)?;
+        let key = record::run_key(&id);
+        if let Some(kv) = self.inner.store.get(&key).await? {
+            return self.existing(&request.workflow, &kv);
+        }
+        let def = self.definition(&request.workflow).await?;
+        let version = def
+            .version(def.active)
+            .ok_or_else(|| Error::Invalid(format!("workflow {:?} has no active version", def.name)))?;
+        let now = now_ms();
+        let run = Run {
+            id: id.clone(),
+            workflow: def.name.clone(),
+            version: version.number,
+            sha256: version.sha256.clone(),
+            status: Status::Running,
+            input: request.input,
+            output: None,
+            error: None,
+            wait: None,
+            parent: request.parent,
+            started_by: if request.started_by.is_empty() { "api".into() } else { request.started_by },
+            executions: 0,
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+        };
+        let txn = Txn::new()
+            .when(Compare::missing(&key))
+            .and_then(Op::Put { key: key.clone(), value: encode(&run), lease: None })
+            .or_else(Op::Get { key: key.clone() });
+        let done = self.inner.store.txn(txn).await?;
+        if !done.succeeded {
+            return match done.responses.first() {
+                Some(OpResponse::Get { kv: Some(kv) }) => self.existing(&request.workflow, kv),
+                _ => Err(Error::Contended(id)),
+            };
+        }
+        self.wake(&id);
+        Ok(Started { run, created: true })
+    }
+
+    fn existing(&self, workflow: &str, kv: &KeyValue) -> Result<Started, Error> {
+        let run: Run = decode(&kv.key, &kv.value)?;
+        if run.workflow != workflow {
+            return Err(Error::IdTaken { id: run.id, existing: run.workflow, asked: workflow.to_owned() });
+        }
+        Ok(Started { run, created: false })
+    }
+
+    pub async fn get_run(&self, id: &str) -> Result<Run, Error> {
+        let key = record::run_key(id);
+        match self.inner.store.get(&key).await? {
+            Some(kv) => decode(&key, &kv.value),
+            None => Err(Error::RunNotFound(id.to_owned())),
+        }
+    }
+
+    /// Runs, newest first, optionally only those with `status` or of `workflow`.
+    pub async fn runs(&self, status: Option<Status>, workflow: Option<&str>) -> Result<Vec<Run>, Error> {
+        let range = self.inner.store.range(record::RUNS).await?;
+        let mut runs: Vec<Run> = range
+            .kvs
+            .iter()
+            .map(|kv| decode::<Run>(&kv.key, &kv.value))
+            .filter(|r| match r {
+                Ok(run) => {
+                    status.is_none_or(|s| run.status == s) && workflow.is_none_or(|w| run.workflow == w)
+                }
+                Err(_) => true,
+            })
+            .collect::<Result<_, _>>()?;
+        runs.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| a.id.cmp(&b.id)));
+        Ok(runs)
+    }
+
+    /// A run with its journal and the signals no step has consumed yet.
+    pub async fn show(&self, id: &str) -> Result<RunDetail, Error> {
+        let run = self.get_run(id).await?;
+        let journal = self.journal(id).await?;
+        let consumed: HashSet<&str> = journal
+            .iter()
+            .filter_map(|e| match &e.outcome {
+                Recorded::Signal { key, .. } => Some(key.as_str()),
+                _ => None,
+            })
+            .collect();
+        let signals = self.inner.store.range(&record::signals_prefix(id)).await?;
+        let mut pending_signals = Vec::new();
+        for kv in &signals.kvs {
+            if !consumed.contains(kv.key.as_str()) {
+                pending_signals.push(decode::<Signal>(&kv.key, &kv.value)?);
+            }
+        }
+        Ok(RunDetail { run, journal, pending_signals })
+    }
+
+    /// Sends a signal; the run takes it at its next `wait-signal` for `name`.
+    pub async fn signal(&self, id: &str, name: &str, data: String) -> Result<(), Error> {
+        if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+            return Err(Error::Invalid(format!(
+                "signal name {name:?} is not valid: use 1 to 128 printable characters"
+            )));
+        }
+        let run = self.get_run(id).await?;
+        if run.status.is_terminal() {
+            return Err(Error::Ended { id: id.to_owned(), status: run.status.as_str() });
+        }
+        let signal = Signal { name: name.to_owned(), data, sent_at: now_ms() };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let key = format!("{}{nanos:024}-{:08x}", record::signals_prefix(id), rand::random::<u32>());
+        self.inner.store.put(&key, encode(&signal), None).await?;
+        let waits_for_it =
+            matches!(&run.wait, Some(Wait { kind: WaitKind::Signal { name: n }, .. }) if n == name);
+        if run.status == Status::Running || waits_for_it {
+            self.wake(id);
+        }
+        Ok(())
+    }
+
+    /// The first signal called `name` that no step has consumed.
+    pub(crate) async fn pending_signal(
+        &self,
+        id: &str,
+        name: &str,
+        consumed: &HashSet<String>,
+    ) -> Result<Option<(String, Signal)>, Error> {
+        let range = self.inner.store.range(&record::signals_prefix(id)).await?;
+        for kv in range.kvs {
+            if consumed.contains(&kv.key) {
+                continue;
+            }
+            let signal: Signal = decode(&kv.key, &kv.value)?;
+            if signal.name == name {
+                return Ok(Some((kv.key, signal)));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn has_pending_signal(&self, id: &str, name: &str) -> Result<bool, Error> {
+        let consumed: HashSet<String> = self
+            .journal(id)
+            .await?
+            .into_iter()
+            .filter_map(|e| match e.outcome {
+                Recorded::Signal { key, .. } => Some(key),
+                _ => None,
+            })
+            .collect();
+        Ok(self.pending_signal(id, name, &consumed).await?.is_some())
+    }
+
+    /// Cancels a run that has not ended. Its execution, if one is under way,
+    /// stops at its next step; a parent waiting on it is woken.
+    pub async fn cancel(&self, id: &str) -> Result<Run, Error> {
+        let key = record::run_key(id);
+        for _ in 0..16 {
+            let Some(kv) = self.inner.store.get(&key).await? else {
+                return Err(Error::RunNotFound(id.to_owned()));
+            };
+            let mut run: Run = decode(&key, &kv.value)?;
+            if run.status.is_terminal() {
+                return Err(Error::Ended { id: id.to_owned(), status: run.status.as_str() });
+            }
+            let now = now_ms();
+            run.status = Status::Cancelled;
+            run.wait = None;
+            run.error = Some("cancelled".into());
+            run.updated_at = now;
+            run.finished_at = Some(now);
+            if self.write_run(&run, kv.mod_revision).await? {
+                if let Some(parent) = &run.parent {
+                    self.wake(parent);
+                }
+                return Ok(run);
+            }
+        }
+        Err(Error::Contended(id.to_owned()))
+    }
+
+    /// Moves a run that has not ended to another version of its workflow,
+    /// to ship a fix to a run that waits. Its next execution replays the
+    /// journal on the new code; if the new code does not make the same
+    /// calls as the old one did, the run fails with the step that differs.
+    pub async fn migrate(&self, id: &str, to: u32) -> Result<Run, Error> {
+        let key = record::run_key(id);
+        for _ in 0..16 {
+            let Some(kv) = self.inner.store.get(&key).await? else {
+                return Err(Error::RunNotFound(id.to_owned()));
+            };
+            let mut run: Run = decode(&key, &kv.value)?;
+            if run.status.is_terminal() {
+                return Err(Error::Ended { id: id.to_owned(), status: run.status.as_str() });
+            }
+            let def = self.definition(&run.workflow).await?;
+            let version = def.version(to).ok_or_else(|| {
+                let have: Vec<String> = def.versions.iter().map(|v| v.number.to_string()).collect();
+                Error::Invalid(format!(
+                    "workflow {:?} has no version {to}; it has {}",
+                    def.name,
+                    have.join(", ")
+                ))
+            })?;
+            run.version = version.number;
+            run.sha256 = version.sha256.clone();
+            run.updated_at = now_ms();
+            if self.write_run(&run, kv.mod_revision).await? {
+                if run.status == Status::Running {
+                    self.wake(id);
+                }
+                return Ok(run);
+            }
+        }
+        Err(Error::Contended(id.to_owned()))
+    }
+
+    /// What the run logged (the durable `log` call, once each) and printed.
+    pub async fn logs(&self, id: &str) -> Result<Vec<LogLine>, Error> {
+        self.get_run(id).await?;
+        let mut lines: Vec<LogLine> = self
+            .journal(id)
+            .await?
+            .into_iter()
+            .filter_map(|e| match e.call {
+                Call::Log { message } => Some(LogLine { time: e.at, source: "log".into(), text: message }),
+                _ => None,
+            })
+            .collect();
+        let output = self.inner.store.range(&record::output_prefix(id)).await?;
+        for kv in &output.kvs {
+            lines.push(decode(&kv.key, &kv.value)?);
+        }
+        lines.sort_by_key(|l| l.time);
+        Ok(lines)
+    }
+
+    /// Runs being executed right now (for tests and `status`).
+    pub fn executing(&self) -> usize {
+        lock(&self.inner.active).len()
+    }
+}
+
+fn crate_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}

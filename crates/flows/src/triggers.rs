@@ -1,0 +1,530 @@
+//! What starts runs besides a direct call: webhooks on the ingress, cron
+//! schedules, and events from hearth's own store. Declared in the
+//! workflow's `hearth.toml`:
+//!
+//! ```toml
+//! [[webhook]]
+//! path = "start"                 # POST http://hooks.localhost:8080/WORKFLOW/start
+//! secret = "a shared secret"     # optional: X-Hearth-Signature: sha256=HMAC(body)
+//!
+//! [[webhook]]
+//! path = "approve"
+//! signal = "approve"             # signals the run ?run=ID with the body
+//!
+//! [[cron]]
+//! schedule = "0 9 * * mon-fri"
+//! timezone = "Europe/Paris"      # default UTC
+//! input = '{"report": "daily"}'
+//!
+//! [[event]]
+//! prefix = "machines/"           # a run per change under the prefix
+//! kinds = ["put"]                # default: put and delete
+//! ```
+//!
+//! **Cron** never fires twice for one time: each firing's run id is
+//! `WORKFLOW-cron-N-TIME` (starting is idempotent by id), and the last time
+//! fired is kept in the store. **Missed runs** (the daemon was down over a
+//! firing): the most recent missed one fires once when the daemon comes
+//! back, the others are skipped and logged — catch up once, as systemd's
+//! `Persistent=true` does.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use hearth_store::{EventKind, Store};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::cron::Schedule;
+use crate::record::{self, Definition, decode, encode};
+use crate::service::{Flows, StartRequest};
+use crate::{Error, now_ms};
+
+/// Every trigger a workflow declares.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Triggers {
+    #[serde(default, rename = "webhook", skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<Webhook>,
+    #[serde(default, rename = "cron", skip_serializing_if = "Vec::is_empty")]
+    pub crons: Vec<Cron>,
+    #[serde(default, rename = "event", skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<EventTrigger>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// The last part of `http://hooks.DOMAIN:PORT/WORKFLOW/PATH`.
+    pub path: String,
+    /// Signal this name to the run `?run=ID` instead of starting a run.
+    #[serde(default)]
+    pub signal: Option<String>,
+    /// Requests must carry `X-Hearth-Signature: sha256=HEX`, the HMAC-SHA256
+    /// of the body with this key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cron {
+    pub schedule: String,
+    #[serde(default = "utc")]
+    pub timezone: String,
+    #[serde(default)]
+    pub input: String,
+}
+
+fn utc() -> String {
+    "UTC".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventTrigger {
+    pub prefix: String,
+    #[serde(default)]
+    pub kinds: Vec<String>,
+}
+
+impl Triggers {
+    /// Parses the triggers out of a workflow's `hearth.toml` (empty: none).
+    pub fn parse(manifest: &str) -> Result<Triggers, Error> {
+        let t: Triggers =
+            toml::from_str(manifest).map_err(|e| Error::Manifest(e.to_string().trim_end().to_owned()))?;
+        let mut paths = std::collections::HashSet::new();
+        for w in &t.webhooks {
+            let ok = !w.path.is_empty()
+                && w.path.len() <= 64
+                && w.path.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !ok {
+                return Err(Error::Manifest(format!(
+                    "webhook path {:?} is not valid: use 1 to 64 letters, digits, dashes and underscores",
+                    w.path
+                )));
+            }
+            if !paths.insert(&w.path) {
+                return Err(Error::Manifest(format!("two webhooks have the path {:?}", w.path)));
+            }
+            if w.secret.as_deref() == Some("") {
+                return Err(Error::Manifest(format!(
+                    "webhook {:?} has an empty secret; remove it or set one",
+                    w.path
+                )));
+            }
+        }
+        for c in &t.crons {
+            Schedule::parse(&c.schedule, &c.timezone).map_err(Error::Manifest)?;
+        }
+        for e in &t.events {
+            if e.prefix.starts_with("workflows/") || e.prefix.is_empty() {
+                return Err(Error::Manifest(format!(
+                    "event prefix {:?} is not allowed: workflows cannot trigger on workflow records (runs would start runs); name a prefix such as \"machines/\"",
+                    e.prefix
+                )));
+            }
+            if let Some(k) = e.kinds.iter().find(|k| *k != "put" && *k != "delete") {
+                return Err(Error::Manifest(format!("event kind {k:?} is not one of \"put\", \"delete\"")));
+            }
+        }
+        Ok(t)
+    }
+}
+
+/// The answer to a webhook request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookReply {
+    pub status: u16,
+    /// JSON.
+    pub body: String,
+}
+
+impl WebhookReply {
+    fn error(status: u16, message: String) -> WebhookReply {
+        WebhookReply { status, body: serde_json::json!({ "error": message }).to_string() + "\n" }
+    }
+}
+
+impl Flows {
+    /// Handles `POST /WORKFLOW/PATH[?run=ID]` on the webhook host.
+    pub async fn webhook(
+        &self,
+        method: &str,
+        path: &str,
+        query: Option<&str>,
+        signature: Option<&str>,
+        idempotency_key: Option<&str>,
+        body: &[u8],
+    ) -> WebhookReply {
+        let mut parts = path.trim_start_matches('/').splitn(2, '/');
+        let (workflow, hook) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let def = match self.definition(workflow).await {
+            Ok(def) => def,
+            Err(Error::NotFound(_)) | Err(Error::Invalid(_)) => {
+                return WebhookReply::error(
+                    404,
+                    format!(
+                        "no workflow {workflow:?} here; webhooks are http://hooks.HOST/WORKFLOW/PATH as the workflow's hearth.toml declares"
+                    ),
+                );
+            }
+            Err(e) => return WebhookReply::error(503, e.to_string()),
+        };
+        let Some(webhook) = def.triggers.webhooks.iter().find(|w| w.path == hook) else {
+            let known: Vec<&str> = def.triggers.webhooks.iter().map(|w| w.path.as_str()).collect();
+            return WebhookReply::error(
+                404,
+                format!("workflow {workflow:?} has no webhook {hook:?}; it declares {known:?}"),
+            );
+        };
+        if method != "POST" {
+            return WebhookReply::error(405, format!("webhooks take POST, not {method}"));
+        }
+        if let Some(secret) = &webhook.secret {
+            let expected = format!("sha256={}", hex(&hmac_sha256(secret.as_bytes(), body)));
+            let ok = signature.is_some_and(|s| constant_time_eq(s.trim().as_bytes(), expected.as_bytes()));
+            if !ok {
+                return WebhookReply::error(
+                    401,
+                    "the X-Hearth-Signature header is missing or wrong: send sha256=HEX, the HMAC-SHA256 of the body keyed with the webhook's secret".into(),
+                );
+            }
+        }
+        let data = String::from_utf8_lossy(body).into_owned();
+        if let Some(signal) = &webhook.signal {
+            let run = query
+                .unwrap_or("")
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("run="))
+                .map(percent_decode)
+                .unwrap_or_default();
+            if run.is_empty() {
+                return WebhookReply::error(400, "say which run to signal: ?run=ID".into());
+            }
+            return match self.signal(&run, signal, data).await {
+                Ok(()) => reply(202, serde_json::json!({ "run": run, "signal": signal })),
+                Err(e) => error_reply(&e),
+            };
+        }
+        // A retried delivery with the same key starts one run.
+        let id = idempotency_key
+            .map(|k| format!("{workflow}-hook-{}", &crate::runtime::sha256_hex(k.as_bytes())[..16]));
+        let request = StartRequest {
+            workflow: workflow.to_owned(),
+            input: data,
+            id,
+            started_by: "webhook".into(),
+            parent: None,
+        };
+        match self.start(request).await {
+            Ok(started) => reply(
+                202,
+                serde_json::json!({ "run": started.run.id, "created": started.created, "status": started.run.status }),
+            ),
+            Err(e) => error_reply(&e),
+        }
+    }
+}
+
+fn reply(status: u16, body: serde_json::Value) -> WebhookReply {
+    WebhookReply { status, body: body.to_string() + "\n" }
+}
+
+fn error_reply(e: &Error) -> WebhookReply {
+    let status = match e.kind() {
+        crate::ErrorKind::NotFound => 404,
+        crate::ErrorKind::Invalid => 400,
+        crate::ErrorKind::Conflict => 409,
+        crate::ErrorKind::TooLarge => 413,
+        crate::ErrorKind::Unavailable => 503,
+        crate::ErrorKind::Internal => 500,
+    };
+    WebhookReply::error(status, e.to_string())
+}
+
+fn percent_decode(s: &str) -> String {
+    let hex_digit = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = match bytes.get(i..i + 3) {
+            Some([b'%', hi, lo]) => hex_digit(*hi).zip(hex_digit(*lo)).map(|(h, l)| h << 4 | l),
+            _ => None,
+        };
+        match (escaped, bytes[i]) {
+            (Some(byte), _) => {
+                out.push(byte);
+                i += 3;
+                continue;
+            }
+            (None, b'+') => out.push(b' '),
+            (None, b) => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// HMAC-SHA256 (RFC 2104).
+pub(crate) fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    const BLOCK: usize = 64;
+    let mut block = [0u8; BLOCK];
+    if key.len() > BLOCK {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let pad = |byte: u8| block.map(|b| b ^ byte);
+    let inner = Sha256::new().chain_update(pad(0x36)).chain_update(message).finalize();
+    let outer = Sha256::new().chain_update(pad(0x5c)).chain_update(inner).finalize();
+    outer.into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// When a cron trigger last fired.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CronState {
+    schedule: String,
+    timezone: String,
+    last: u64,
+}
+
+/// Fires cron triggers and event triggers until `shutdown`.
+pub(crate) async fn run(flows: Flows, shutdown: watch::Receiver<bool>) {
+    let events = tokio::spawn(events(flows.clone(), shutdown.clone()));
+    let mut shutdown = shutdown;
+    loop {
+        if let Err(e) = cron_tick(&flows).await {
+            tracing::warn!(error = %e, "Cron triggers could not be checked.");
+        }
+        // Each second, on the second: six-field schedules have seconds.
+        let into_second = now_ms() % 1000;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(1000 - into_second + 5)) => {}
+            _ = shutdown.changed() => break,
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+    }
+    events.abort();
+}
+
+async fn cron_tick(flows: &Flows) -> Result<(), Error> {
+    let now = now_ms();
+    for def in flows.definitions().await? {
+        for (index, cron) in def.triggers.crons.iter().enumerate() {
+            if let Err(e) = fire_cron(flows, &def, index, cron, now).await {
+                tracing::warn!(workflow = %def.name, schedule = %cron.schedule, error = %e, "A cron trigger could not fire.");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn fire_cron(
+    flows: &Flows,
+    def: &Definition,
+    index: usize,
+    cron: &Cron,
+    now: u64,
+) -> Result<(), Error> {
+    let schedule = Schedule::parse(&cron.schedule, &cron.timezone).map_err(Error::Manifest)?;
+    let key = record::cron_key(&def.name, index);
+    let store = flows.store();
+    let state = match store.get(&key).await? {
+        Some(kv) => Some(decode::<CronState>(&key, &kv.value)?),
+        None => None,
+    };
+    let last = match state {
+        Some(s) if s.schedule == cron.schedule && s.timezone == cron.timezone => s.last,
+        // A new or changed schedule starts from now: no firings for the past.
+        _ => {
+            let fresh =
+                CronState { schedule: cron.schedule.clone(), timezone: cron.timezone.clone(), last: now };
+            store.put(&key, encode(&fresh), None).await?;
+            return Ok(());
+        }
+    };
+    let Some(mut due) = schedule.next_after(last) else { return Ok(()) };
+    if due > now {
+        return Ok(());
+    }
+    // Catch up once: the latest missed firing, not every one.
+    let mut skipped = 0u64;
+    while let Some(next) = schedule.next_after(due) {
+        if next > now || skipped >= 100_000 {
+            break;
+        }
+        due = next;
+        skipped += 1;
+    }
+    if skipped > 0 {
+        tracing::info!(workflow = %def.name, schedule = %cron.schedule, skipped, "Cron firings were missed while hearth was down; firing the latest once.");
+    }
+    let request = StartRequest {
+        workflow: def.name.clone(),
+        input: cron.input.clone(),
+        id: Some(format!("{}-cron-{index}-{due}", def.name)),
+        started_by: "cron".into(),
+        parent: None,
+    };
+    flows.start(request).await?;
+    let fired = CronState { schedule: cron.schedule.clone(), timezone: cron.timezone.clone(), last: due };
+    store.put(&key, encode(&fired), None).await?;
+    Ok(())
+}
+
+/// Starts a run per store change that an event trigger matches. The store
+/// is this daemon's, so nothing changes while it is down: following from
+/// the current revision misses nothing.
+async fn events(flows: Flows, _shutdown: watch::Receiver<bool>) {
+    let store: &dyn Store = flows.store().as_ref();
+    let from = match store.revision().await {
+        Ok(rev) => rev + 1,
+        Err(e) => {
+            tracing::warn!(error = %e, "Event triggers cannot start.");
+            return;
+        }
+    };
+    let mut triggers: HashMap<String, Vec<EventTrigger>> = match flows.definitions().await {
+        Ok(defs) => defs.into_iter().map(|d| (d.name, d.triggers.events)).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "Event triggers cannot start.");
+            return;
+        }
+    };
+    let mut stream = match store.watch("", from).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "Event triggers cannot watch the store.");
+            return;
+        }
+    };
+    while let Some(event) = stream.next().await {
+        let event = match event {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "The event trigger watch ended.");
+                return;
+            }
+        };
+        let key = &event.kv.key;
+        if let Some(name) = key.strip_prefix(record::DEFS) {
+            match event.kind {
+                EventKind::Put => match decode::<Definition>(key, &event.kv.value) {
+                    Ok(def) => {
+                        triggers.insert(name.to_owned(), def.triggers.events);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "An unreadable workflow definition."),
+                },
+                EventKind::Delete => {
+                    triggers.remove(name);
+                }
+            }
+            continue;
+        }
+        let kind = match event.kind {
+            EventKind::Put => "put",
+            EventKind::Delete => "delete",
+        };
+        for (workflow, list) in &triggers {
+            for (index, t) in list.iter().enumerate() {
+                let kind_ok = t.kinds.is_empty() || t.kinds.iter().any(|k| k == kind);
+                if !kind_ok || !key.starts_with(&t.prefix) {
+                    continue;
+                }
+                let input = serde_json::json!({
+                    "kind": kind,
+                    "key": key,
+                    "value": String::from_utf8_lossy(&event.kv.value),
+                    "revision": event.revision(),
+                });
+                let request = StartRequest {
+                    workflow: workflow.clone(),
+                    input: input.to_string(),
+                    id: Some(format!("{workflow}-event-{index}-{}", event.revision())),
+                    started_by: "event".into(),
+                    parent: None,
+                };
+                if let Err(e) = flows.start(request).await {
+                    tracing::warn!(workflow = %workflow, key = %key, error = %e, "An event trigger could not start a run.");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hmac_matches_the_rfc_4231_vectors() {
+        // Test case 2.
+        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+        assert_eq!(hex(&mac), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+        // Test case 6: a key longer than the block.
+        let mac = hmac_sha256(&[0xaa; 131], b"Test Using Larger Than Block-Size Key - Hash Key First");
+        assert_eq!(hex(&mac), "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
+    }
+
+    #[test]
+    fn manifests_declare_triggers() {
+        let t = Triggers::parse(
+            r#"
+            [[webhook]]
+            path = "start"
+            secret = "s"
+            [[webhook]]
+            path = "approve"
+            signal = "approve"
+            [[cron]]
+            schedule = "*/5 * * * * *"
+            [[event]]
+            prefix = "machines/"
+            kinds = ["put"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(t.webhooks.len(), 2);
+        assert_eq!(t.crons[0].timezone, "UTC");
+        assert_eq!(t.events[0].prefix, "machines/");
+        assert_eq!(Triggers::parse("").unwrap(), Triggers::default());
+    }
+
+    #[test]
+    fn bad_triggers_are_refused_at_deploy() {
+        for (text, needle) in [
+            ("[[cron]]\nschedule = \"* * *\"", "has 3 fields"),
+            ("[[cron]]\nschedule = \"* * * * *\"\ntimezone = \"Nowhere\"", "unknown time zone"),
+            ("[[webhook]]\npath = \"a/b\"", "not valid"),
+            ("[[webhook]]\npath = \"a\"\n[[webhook]]\npath = \"a\"", "two webhooks"),
+            ("[[event]]\nprefix = \"workflows/runs/\"", "not allowed"),
+            ("[[event]]\nprefix = \"machines/\"\nkinds = [\"poke\"]", "not one of"),
+            ("[[webhook]]\npath = \"a\"\nsecrt = \"x\"", "unknown field"),
+            ("[[bell]]\nring = 1", "unknown field"),
+        ] {
+            let error = Triggers::parse(text).unwrap_err().to_string();
+            assert!(error.contains(needle), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn run_ids_in_queries_are_decoded() {
+        assert_eq!(percent_decode("approval%3A1"), "approval:1");
+        assert_eq!(percent_decode("a+b"), "a b");
+        assert_eq!(percent_decode("50%"), "50%");
+    }
+}

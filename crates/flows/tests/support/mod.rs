@@ -1,0 +1,171 @@
+//! Test support: builds the guest workflows once, runs a `Flows` service
+//! over a store in a temporary directory, and serves activities from a
+//! loopback HTTP server that applies each idempotency key once.
+//!
+//! The guests are built with:
+//!
+//! ```text
+//! cargo build --release --locked --target wasm32-wasip2 --manifest-path crates/flows/tests/guests/Cargo.toml --target-dir target/flows-guests
+//! ```
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// The guest components, as bytes.
+pub struct Guests {
+    pub steps: Vec<u8>,
+    pub drifted: Vec<u8>,
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("the workspace exists")
+}
+
+/// Builds the guests (once per test binary) and returns them.
+pub fn guests() -> &'static Guests {
+    static GUESTS: OnceLock<Guests> = OnceLock::new();
+    GUESTS.get_or_init(|| {
+        let root = workspace();
+        let target_dir = root.join("target/flows-guests");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(&cargo)
+            .args([
+                "build",
+                "--release",
+                "--locked",
+                "--quiet",
+                "--target",
+                "wasm32-wasip2",
+                "--manifest-path",
+            ])
+            .arg(root.join("crates/flows/tests/guests/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target_dir)
+            .status()
+            .expect("cargo runs");
+        assert!(
+            status.success(),
+            "building the workflow test guests failed (is the wasm32-wasip2 target installed? `make setup`)"
+        );
+        let read = |name: &str| {
+            std::fs::read(target_dir.join(format!("wasm32-wasip2/release/{name}.wasm")))
+                .expect("the guest was built")
+        };
+        Guests { steps: read("steps"), drifted: read("drifted") }
+    })
+}
+
+/// A loopback HTTP server for activities. It applies each
+/// `Idempotency-Key` once (a repeat gets the first answer again) and counts
+/// both the effects applied and the requests seen.
+#[derive(Clone, Default)]
+pub struct Effects {
+    inner: Arc<Mutex<EffectsInner>>,
+}
+
+#[derive(Default)]
+struct EffectsInner {
+    /// key -> (path, body) of the first request with that key.
+    applied: HashMap<String, (String, String)>,
+    requests: usize,
+    without_key: usize,
+}
+
+impl Effects {
+    /// Starts the server on a free loopback port; returns its base URL.
+    pub fn start() -> (Effects, String) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let effects = Effects::default();
+        let shared = effects.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let shared = shared.clone();
+                std::thread::spawn(move || shared.serve(stream));
+            }
+        });
+        (effects, url)
+    }
+
+    fn serve(&self, mut stream: std::net::TcpStream) {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+            let (mut length, mut key) = (0usize, None);
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                    return;
+                }
+                let header = header.trim_end();
+                if header.is_empty() {
+                    break;
+                }
+                let (name, value) = header.split_once(':').unwrap_or((header, ""));
+                match name.to_ascii_lowercase().as_str() {
+                    "content-length" => length = value.trim().parse().unwrap_or(0),
+                    "idempotency-key" => key = Some(value.trim().to_owned()),
+                    _ => {}
+                }
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_err() {
+                return;
+            }
+            let body = String::from_utf8_lossy(&body).into_owned();
+            let answer = {
+                let mut inner = self.inner.lock().unwrap();
+                inner.requests += 1;
+                match key {
+                    Some(key) => {
+                        let entry = inner.applied.entry(key).or_insert((path.clone(), body.clone()));
+                        format!("{}={}", entry.0.trim_start_matches('/'), entry.1)
+                    }
+                    None => {
+                        inner.without_key += 1;
+                        "no key".into()
+                    }
+                }
+            };
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{answer}",
+                answer.len()
+            );
+            if stream.write_all(response.as_bytes()).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Effects applied: one per distinct idempotency key.
+    pub fn applied(&self) -> usize {
+        self.inner.lock().unwrap().applied.len()
+    }
+
+    /// Every request, repeats included.
+    pub fn requests(&self) -> usize {
+        self.inner.lock().unwrap().requests
+    }
+
+    pub fn without_key(&self) -> usize {
+        self.inner.lock().unwrap().without_key
+    }
+
+    /// The idempotency keys applied.
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.inner.lock().unwrap().applied.keys().cloned().collect();
+        keys.sort();
+        keys
+    }
+}
