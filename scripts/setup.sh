@@ -16,8 +16,9 @@ set -euo pipefail
 #   busybox-static, cpio:    the image tests build and serve an OCI image on loopback.
 #   iproute2, nftables:      bridges, taps and the firewall of private networks.
 #   iputils-ping:            the network tests ping between namespaces.
+#   wrk:                     the load generator of `hearth bench apps`.
 packages=(gcc libc6-dev procps qemu-system-x86 qemu-utils e2fsprogs debootstrap
-          skopeo umoci docker-registry busybox-static cpio iproute2 nftables iputils-ping)
+          skopeo umoci docker-registry busybox-static cpio iproute2 nftables iputils-ping wrk)
 
 # Rust targets: the guest agent is a static musl binary; apps and workflows
 # are WebAssembly components.

@@ -1,8 +1,10 @@
 //! `hearth bench`: measurements against peers.
 //!
 //! `bench store` runs on its own, against a fresh store; `bench machines`
-//! is a client of the running daemon, because it measures the daemon.
+//! and `bench apps` are clients of the running daemon, because they measure
+//! the daemon.
 
+mod apps;
 mod machines;
 
 use std::path::Path;
@@ -43,6 +45,13 @@ pub(crate) enum Command {
     /// Talks to the running daemon (as `hearth machine` does), creates
     /// machines named bench-PID-N and removes them again.
     Machines(machines::Args),
+    /// Apps: deploy latency (cold and warm, to the first 200) and hello-world
+    /// requests per second through hearth's ingress against a native hyper
+    /// server and `wasmtime serve`, with one load generator (wrk).
+    ///
+    /// Talks to the running daemon (as `hearth app` does), deploys an app
+    /// named bench-apps-PID and removes it again.
+    Apps(apps::Args),
 }
 
 /// Runs a benchmark; `client` connects to the daemon for those that need one.
@@ -53,6 +62,7 @@ pub(crate) async fn run(
 ) -> anyhow::Result<()> {
     match command {
         Command::Machines(args) => machines::run(&client()?, data_dir, args).await?,
+        Command::Apps(args) => apps::run(&client()?, args).await?,
         Command::Store { ops, concurrency, value_size, dir, json } => {
             let tmp = match dir {
                 Some(dir) => tempfile::tempdir_in(&dir),

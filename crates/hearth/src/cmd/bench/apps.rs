@@ -1,0 +1,900 @@
+//! `hearth bench apps`: hearth's WebAssembly apps against a native hyper
+//! server and `wasmtime serve`.
+//!
+//! A client of a running daemon, because what it measures is hearth itself:
+//! deploys go through the API exactly as `hearth app deploy` does, and are
+//! timed until the ingress answers 200 from the new version. Throughput is
+//! measured with one load generator (`wrk`) against three servers in turn,
+//! each answering "Hello from hearth!": the daemon's ingress serving the
+//! component, a native Rust hyper server that this process starts on a
+//! runtime of its own, and `wasmtime serve` serving the very same component.
+//! The app it deploys is removed again, also when it fails or is interrupted.
+
+use std::collections::hash_map::RandomState;
+use std::convert::Infallible;
+use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use base64::Engine as _;
+use bytes::Bytes;
+use hearth_api::client::Client;
+use hearth_api::types::DeployApp;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::StatusCode;
+use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::io::AsyncReadExt;
+
+use crate::output::{Table, print_json};
+
+/// What the apps issue asks of a cold deploy, at the median.
+const TARGET_COLD_MS: f64 = 150.0;
+/// hearth's throughput over native hyper's, at least.
+const TARGET_OVER_NATIVE: f64 = 0.5;
+/// hearth's throughput over `wasmtime serve`'s, at least.
+const TARGET_OVER_WASMTIME: f64 = 1.0;
+/// The wasmtime the workspace builds on; `wasmtime serve` should match it.
+const WASMTIME_MAJOR: &str = "48";
+/// What every server answers, as examples/apps/hello does.
+const HELLO: &[u8] = b"Hello from hearth!\n";
+/// The component `make examples` builds.
+const DEFAULT_COMPONENT: &str = "examples/apps/hello/target/wasm32-wasip2/release/hello.wasm";
+/// Load before each measured run, so that every server starts warm.
+const WARM_UP: Duration = Duration::from_secs(2);
+/// Longest wait for a new version's first 200, or for a server to listen.
+const READY_LIMIT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The component to deploy and serve [default: examples/apps/hello as `make examples` builds it].
+    #[arg(long, value_name = "PATH")]
+    component: Option<PathBuf>,
+    /// Deploys per measurement (cold and warm each).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
+    /// Seconds of load per server (after a 2 s warm-up).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    duration: u64,
+    /// Connections the load generator keeps open.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    connections: u32,
+    /// The load generator's threads.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    threads: u32,
+    /// The `wasmtime` binary [default: `wasmtime` on PATH, else ~/.cargo/bin/wasmtime].
+    #[arg(long, value_name = "PATH")]
+    wasmtime: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Everything one run measured.
+#[derive(Debug, Serialize)]
+struct Report {
+    component: PathBuf,
+    component_bytes: usize,
+    cores: usize,
+    deploy: DeployLatency,
+    throughput: Throughput,
+}
+
+/// A figure, or why this run could not take it.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum Figure<T> {
+    Measured(T),
+    Unavailable { unavailable: String },
+}
+
+impl<T> Figure<T> {
+    fn measured(&self) -> Option<&T> {
+        match self {
+            Figure::Measured(t) => Some(t),
+            Figure::Unavailable { .. } => None,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct DeployLatency {
+    runs: usize,
+    /// New bytes each time (the component with a random custom section):
+    /// validate, compile, cache, swap, until the first 200 from the new version.
+    cold: Latency,
+    /// The daemon's own `duration_ms` of the cold deploys (request to swap).
+    cold_in_daemon: Latency,
+    /// The same bytes again: the compiled code comes from the cache.
+    warm: Latency,
+    warm_in_daemon: Latency,
+    /// Deploys that did not go the expected way (a cold one served from the
+    /// cache, a warm one compiled), if any.
+    surprises: Vec<String>,
+    target_cold_median_ms: f64,
+}
+
+/// Milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+struct Latency {
+    median_ms: f64,
+    p90_ms: f64,
+    min_ms: f64,
+    max_ms: f64,
+    samples_ms: Vec<f64>,
+}
+
+impl Latency {
+    fn of(samples: Vec<f64>) -> Latency {
+        let mut sorted = samples.clone();
+        sorted.sort_by(f64::total_cmp);
+        Latency {
+            median_ms: percentile(&sorted, 50.0),
+            p90_ms: percentile(&sorted, 90.0),
+            min_ms: sorted.first().copied().unwrap_or(f64::NAN),
+            max_ms: sorted.last().copied().unwrap_or(f64::NAN),
+            samples_ms: samples,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Throughput {
+    load_generator: String,
+    threads: u32,
+    connections: u32,
+    duration_secs: u64,
+    hearth: Figure<Load>,
+    native_hyper: Figure<Load>,
+    wasmtime_serve: Figure<Load>,
+    /// hearth's requests per second over native hyper's.
+    hearth_over_native: Option<f64>,
+    /// hearth's requests per second over `wasmtime serve`'s.
+    hearth_over_wasmtime_serve: Option<f64>,
+    target_over_native: f64,
+    target_over_wasmtime_serve: f64,
+}
+
+/// One server under load, as wrk saw it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+struct Load {
+    server: String,
+    requests_per_sec: f64,
+    requests: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    /// Non-2xx answers plus socket errors: a run with any is suspect.
+    errors: u64,
+}
+
+/// Nearest-rank percentile of sorted samples (for an even count the median
+/// is the lower middle one, a sample that really happened).
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Milliseconds to the microsecond: finer is noise.
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+pub(crate) async fn run(client: &Client, args: Args) -> anyhow::Result<()> {
+    let name = format!("bench-apps-{}", std::process::id());
+    let outcome = tokio::select! {
+        report = measure(client, &args, &name) => report,
+        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+    };
+    match client.remove_app(&name).await {
+        Ok(()) => {}
+        Err(hearth_api::client::Error::Api { status, .. }) if status == StatusCode::NOT_FOUND => {}
+        Err(e) => eprintln!("warning: cannot remove the app {name} ({e}); run `hearth app rm {name}`"),
+    }
+    let report = outcome?;
+    if args.json {
+        print_json(&report)?;
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(())
+}
+
+async fn measure(client: &Client, args: &Args, name: &str) -> anyhow::Result<Report> {
+    let path = args.component.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_COMPONENT));
+    let component = std::fs::read(&path).with_context(|| {
+        format!(
+            "cannot read the component {}: build the examples with `make examples`, or pass --component",
+            path.display()
+        )
+    })?;
+    let status = client.status().await?;
+    let ingress: SocketAddr = status
+        .ingress
+        .as_deref()
+        .context("the daemon reports no apps ingress")?
+        .parse()
+        .context("the daemon reports an ingress address that is not HOST:PORT")?;
+    let host = format!("{name}.localhost");
+    let runs = args.runs as usize;
+
+    eprintln!(
+        "[1/5] Deploy latency: {runs} cold deploys (new bytes each) of {} as {name} ...",
+        path.display()
+    );
+    let mut deploys = Deploys::new(client, ingress, &host, name);
+    let mut last = Vec::new();
+    for i in 0..runs {
+        last = append_random_section(&component);
+        let (total, daemon, compiled) = deploys.timed(&last).await?;
+        eprintln!("      cold {i}: {total:.1} ms to the first 200 (daemon {daemon:.1} ms)");
+        deploys.record(Phase::Cold, total, daemon, compiled);
+    }
+    eprintln!(
+        "[2/5] Deploy latency: {runs} warm deploys (the last bytes again, from the compiled cache) ..."
+    );
+    for i in 0..runs {
+        let (total, daemon, compiled) = deploys.timed(&last).await?;
+        eprintln!("      warm {i}: {total:.1} ms to the first 200 (daemon {daemon:.1} ms)");
+        deploys.record(Phase::Warm, total, daemon, compiled);
+    }
+    let deploy = deploys.finish();
+
+    // The component exactly as built, for the throughput runs.
+    deploys_plain(client, ingress, &host, name, &component).await?;
+    let wrk = Wrk::find(args).await;
+    let duration = Duration::from_secs(args.duration);
+    let load = |server: String, addr: SocketAddr| under_load(&wrk, server, addr, &host, duration);
+
+    eprintln!("[3/5] Throughput: hearth's ingress at {ingress} serving {} ...", path.display());
+    let hearth = load(format!("hearth ingress ({})", file_name(&path)), ingress).await;
+
+    eprintln!("[4/5] Throughput: native hyper, in this process on a runtime of its own ...");
+    let native = match NativeServer::start() {
+        Ok(server) => {
+            let figure = load("native hyper (in-process, own runtime)".into(), server.addr).await;
+            server.stop().await;
+            figure
+        }
+        Err(e) => unavailable(e),
+    };
+
+    eprintln!("[5/5] Throughput: `wasmtime serve` serving the same component ...");
+    let wasmtime = match WasmtimeServe::start(args.wasmtime.as_deref(), &path).await {
+        Ok(mut server) => {
+            let figure = load(format!("wasmtime serve {}", server.version), server.addr).await;
+            server.stop().await;
+            figure
+        }
+        Err(e) => {
+            eprintln!("      unavailable: {e:#}");
+            unavailable(e)
+        }
+    };
+
+    let ratio = |peer: &Figure<Load>| match (hearth.measured(), peer.measured()) {
+        (Some(h), Some(p)) if p.requests_per_sec > 0.0 => Some(h.requests_per_sec / p.requests_per_sec),
+        _ => None,
+    };
+    let throughput = Throughput {
+        load_generator: wrk.as_ref().map_or_else(|_| "wrk (missing)".to_owned(), |w| w.version.clone()),
+        threads: args.threads,
+        connections: args.connections,
+        duration_secs: args.duration,
+        hearth_over_native: ratio(&native),
+        hearth_over_wasmtime_serve: ratio(&wasmtime),
+        hearth,
+        native_hyper: native,
+        wasmtime_serve: wasmtime,
+        target_over_native: TARGET_OVER_NATIVE,
+        target_over_wasmtime_serve: TARGET_OVER_WASMTIME,
+    };
+    Ok(Report {
+        component: path,
+        component_bytes: component.len(),
+        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        deploy,
+        throughput,
+    })
+}
+
+/// Runs `wrk` against `addr`, saying on stderr what it saw.
+async fn under_load(
+    wrk: &Result<Wrk, String>,
+    server: String,
+    addr: SocketAddr,
+    host: &str,
+    duration: Duration,
+) -> Figure<Load> {
+    let wrk = match wrk {
+        Ok(wrk) => wrk,
+        Err(why) => return Figure::Unavailable { unavailable: why.clone() },
+    };
+    match wrk.measure(&server, &format!("http://{addr}/"), host, duration).await {
+        Ok(load) => {
+            eprintln!(
+                "      {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms{}",
+                load.requests_per_sec,
+                load.p50_ms,
+                load.p99_ms,
+                if load.errors > 0 { format!(", {} errors", load.errors) } else { String::new() }
+            );
+            Figure::Measured(load)
+        }
+        Err(e) => {
+            eprintln!("      failed: {e:#}");
+            unavailable(e)
+        }
+    }
+}
+
+fn unavailable<T>(e: anyhow::Error) -> Figure<T> {
+    Figure::Unavailable { unavailable: format!("{e:#}") }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+/// The component with a custom section of 16 random bytes appended: the
+/// same program, a different hash, so the daemon must compile it.
+fn append_random_section(component: &[u8]) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(16);
+    for i in 0..2 {
+        // Each `RandomState` has keys of its own, random per process.
+        let mut hasher = RandomState::new().build_hasher();
+        hasher.write_usize(i);
+        payload.extend_from_slice(&hasher.finish().to_le_bytes());
+    }
+    hearth_apps::append_custom_section(component, "hearth-bench", &payload)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Cold,
+    Warm,
+}
+
+/// Deploys through the API and times them to the first 200.
+struct Deploys<'a> {
+    client: &'a Client,
+    ingress: SocketAddr,
+    host: &'a str,
+    name: &'a str,
+    cold: (Vec<f64>, Vec<f64>),
+    warm: (Vec<f64>, Vec<f64>),
+    surprises: Vec<String>,
+}
+
+impl<'a> Deploys<'a> {
+    fn new(client: &'a Client, ingress: SocketAddr, host: &'a str, name: &'a str) -> Self {
+        Deploys {
+            client,
+            ingress,
+            host,
+            name,
+            cold: Default::default(),
+            warm: Default::default(),
+            surprises: vec![],
+        }
+    }
+
+    /// Deploys `bytes`; returns the milliseconds from the API call to the
+    /// first 200 from the new version, the daemon's own milliseconds, and
+    /// whether it compiled.
+    async fn timed(&self, bytes: &[u8]) -> anyhow::Result<(f64, f64, bool)> {
+        let started = Instant::now();
+        let body = DeployApp {
+            component_base64: base64::engine::general_purpose::STANDARD.encode(bytes),
+            manifest: None,
+            routes: vec![],
+        };
+        let deployed = self.client.deploy_app(self.name, &body).await?;
+        first_ok(self.ingress, self.host, deployed.version.number).await?;
+        Ok((millis(started.elapsed()), deployed.duration_ms, deployed.compiled))
+    }
+
+    fn record(&mut self, phase: Phase, total: f64, daemon: f64, compiled: bool) {
+        let (samples, expected) = match phase {
+            Phase::Cold => (&mut self.cold, true),
+            Phase::Warm => (&mut self.warm, false),
+        };
+        samples.0.push(total);
+        samples.1.push(daemon);
+        if compiled != expected {
+            self.surprises.push(format!(
+                "a {} deploy {}",
+                if phase == Phase::Cold { "cold" } else { "warm" },
+                if compiled { "compiled" } else { "was served from the compiled cache" }
+            ));
+        }
+    }
+
+    fn finish(self) -> DeployLatency {
+        DeployLatency {
+            runs: self.cold.0.len(),
+            cold: Latency::of(self.cold.0),
+            cold_in_daemon: Latency::of(self.cold.1),
+            warm: Latency::of(self.warm.0),
+            warm_in_daemon: Latency::of(self.warm.1),
+            surprises: self.surprises,
+            target_cold_median_ms: TARGET_COLD_MS,
+        }
+    }
+}
+
+async fn deploys_plain(
+    client: &Client,
+    ingress: SocketAddr,
+    host: &str,
+    name: &str,
+    component: &[u8],
+) -> anyhow::Result<()> {
+    let body = DeployApp {
+        component_base64: base64::engine::general_purpose::STANDARD.encode(component),
+        manifest: None,
+        routes: vec![],
+    };
+    let deployed = client.deploy_app(name, &body).await?;
+    first_ok(ingress, host, deployed.version.number).await
+}
+
+/// Waits until the ingress answers 200 for `host` from `version`. Each try
+/// is a new connection, as a new client's first request would be.
+async fn first_ok(ingress: SocketAddr, host: &str, version: u32) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut last = String::new();
+    while started.elapsed() < READY_LIMIT {
+        match get(ingress, host).await {
+            Ok((StatusCode::OK, Some(v))) if v == version => return Ok(()),
+            Ok((status, v)) => last = format!("{status} from version {v:?}"),
+            Err(e) => last = format!("{e:#}"),
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    bail!("version {version} of {host} did not answer 200 within {} s (last: {last})", READY_LIMIT.as_secs())
+}
+
+/// One GET / on a new connection: the status and `x-hearth-version`.
+async fn get(addr: SocketAddr, host: &str) -> anyhow::Result<(StatusCode, Option<u32>)> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    let conn = tokio::spawn(conn);
+    let request = hyper::Request::get("/").header(HOST, host).body(Empty::<Bytes>::new())?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let version =
+        response.headers().get("x-hearth-version").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    response.into_body().collect().await?;
+    drop(sender);
+    conn.abort();
+    Ok((status, version))
+}
+
+/// Waits until `addr` answers 200, or `child` exits.
+async fn wait_listening(addr: SocketAddr, child: &mut tokio::process::Child) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        if let Ok((StatusCode::OK, _)) = get(addr, "localhost").await {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                let _ = pipe.read_to_string(&mut stderr).await;
+            }
+            bail!("it exited ({status}) before answering: {}", stderr.trim());
+        }
+        if started.elapsed() > READY_LIMIT {
+            bail!("it did not answer 200 on {addr} within {} s", READY_LIMIT.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A free loopback port, for a server that is told its address.
+fn free_port() -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?)
+}
+
+// ---------------------------------------------------------------------------
+// The load generator.
+
+struct Wrk {
+    version: String,
+    threads: u32,
+    connections: u32,
+}
+
+impl Wrk {
+    /// `wrk`, or what to do to get it.
+    async fn find(args: &Args) -> Result<Wrk, String> {
+        // `wrk -v` prints its version and exits 1.
+        let output = tokio::process::Command::new("wrk").arg("-v").stdin(Stdio::null()).output().await;
+        match output {
+            Ok(out) => {
+                let text =
+                    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+                let version =
+                    text.lines().next().unwrap_or("wrk").split(" Copyright").next().unwrap_or("wrk");
+                Ok(Wrk {
+                    version: version.trim().to_owned(),
+                    threads: args.threads,
+                    connections: args.connections,
+                })
+            }
+            Err(e) => {
+                let why = format!(
+                    "the load generator wrk cannot run ({e}): install it with `apt-get install wrk` (or `make setup`)"
+                );
+                eprintln!("      {why}");
+                Err(why)
+            }
+        }
+    }
+
+    /// A warm-up, then `duration` of load on `url`.
+    async fn measure(&self, server: &str, url: &str, host: &str, duration: Duration) -> anyhow::Result<Load> {
+        self.run(url, host, WARM_UP).await.context("the warm-up failed")?;
+        let text = self.run(url, host, duration).await?;
+        let mut load = parse_wrk(&text).with_context(|| format!("cannot read wrk's output:\n{text}"))?;
+        load.server = server.to_owned();
+        Ok(load)
+    }
+
+    async fn run(&self, url: &str, host: &str, duration: Duration) -> anyhow::Result<String> {
+        let connections = self.connections.max(self.threads);
+        let output = tokio::process::Command::new("wrk")
+            .args(["-t", &self.threads.to_string(), "-c", &connections.to_string()])
+            .args(["-d", &format!("{}s", duration.as_secs().max(1)), "--latency"])
+            .args(["-H", &format!("Host: {host}"), url])
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .context("cannot start wrk")?;
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        if !output.status.success() {
+            bail!("wrk failed ({}): {}{}", output.status, text, String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(text)
+    }
+}
+
+/// Reads wrk's `--latency` report.
+fn parse_wrk(text: &str) -> Option<Load> {
+    let mut load = Load {
+        server: String::new(),
+        requests_per_sec: f64::NAN,
+        requests: 0,
+        p50_ms: f64::NAN,
+        p99_ms: f64::NAN,
+        errors: 0,
+    };
+    for line in text.lines().map(str::trim) {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some("50%"), Some(v)) => load.p50_ms = wrk_millis(v)?,
+            (Some("99%"), Some(v)) => load.p99_ms = wrk_millis(v)?,
+            (Some("Requests/sec:"), Some(v)) => load.requests_per_sec = v.parse().ok()?,
+            (Some(n), Some("requests")) => load.requests = n.parse().ok()?,
+            _ if line.starts_with("Non-2xx or 3xx responses:") => {
+                load.errors += line.rsplit(' ').next()?.parse::<u64>().ok()?;
+            }
+            _ if line.starts_with("Socket errors:") => {
+                // "Socket errors: connect 0, read 0, write 0, timeout 0"
+                for count in line.split(',').filter_map(|part| part.split_whitespace().last()) {
+                    load.errors += count.parse::<u64>().ok()?;
+                }
+            }
+            _ => {}
+        }
+    }
+    let parsed = !load.requests_per_sec.is_nan() && !load.p50_ms.is_nan() && !load.p99_ms.is_nan();
+    parsed.then_some(load)
+}
+
+/// wrk's durations: `786.00us`, `1.12ms`, `1.02s`, `1.50m`.
+fn wrk_millis(text: &str) -> Option<f64> {
+    let (number, scale) = if let Some(n) = text.strip_suffix("us") {
+        (n, 1e-3)
+    } else if let Some(n) = text.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1e3)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60e3)
+    } else {
+        return None;
+    };
+    number.parse::<f64>().ok().map(|n| n * scale)
+}
+
+// ---------------------------------------------------------------------------
+// The peers.
+
+/// A native hyper hello server, configured as hearth's ingress is (HTTP/1.1,
+/// keep-alive, no Nagle), on a multi-threaded tokio runtime of its own with
+/// one worker per core, as the daemon's. It runs in this process, which is
+/// otherwise idle while wrk runs.
+struct NativeServer {
+    addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl NativeServer {
+    fn start() -> anyhow::Result<NativeServer> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("bench-native")
+            .build()
+            .context("cannot start a runtime for the native server")?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new().name("bench-native".into()).spawn(move || {
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => listener,
+                    Err(e) => return eprintln!("      the native server cannot listen: {e}"),
+                };
+                loop {
+                    tokio::select! {
+                        accepted = listener.accept() => {
+                            let Ok((stream, _)) = accepted else { continue };
+                            let _ = stream.set_nodelay(true);
+                            tokio::spawn(async move {
+                                let service = hyper::service::service_fn(|_req| async {
+                                    let mut response = hyper::Response::new(Full::new(Bytes::from_static(HELLO)));
+                                    response.headers_mut().insert(
+                                        CONTENT_TYPE,
+                                        HeaderValue::from_static("text/plain; charset=utf-8"),
+                                    );
+                                    Ok::<_, Infallible>(response)
+                                });
+                                let _ = hyper::server::conn::http1::Builder::new()
+                                    .keep_alive(true)
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
+                            });
+                        }
+                        _ = &mut stopped => break,
+                    }
+                }
+            });
+            // Connections still open end with the runtime, here, off the caller's runtime.
+            runtime.shutdown_background();
+        })?;
+        Ok(NativeServer { addr, stop, thread })
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::task::spawn_blocking(move || self.thread.join()).await;
+    }
+}
+
+/// `wasmtime serve` (crates.io's wasmtime-cli) on a free loopback port.
+struct WasmtimeServe {
+    addr: SocketAddr,
+    version: String,
+    child: tokio::process::Child,
+}
+
+impl WasmtimeServe {
+    async fn start(binary: Option<&Path>, component: &Path) -> anyhow::Result<WasmtimeServe> {
+        let binary = match binary {
+            Some(path) => path.to_owned(),
+            None => find_wasmtime().with_context(|| {
+                format!(
+                    "`wasmtime` is not on PATH nor in ~/.cargo/bin: install it with \
+                     `cargo install wasmtime-cli --version '^{WASMTIME_MAJOR}' --locked` \
+                     (or run `make bench-apps`, which does), or pass --wasmtime PATH"
+                )
+            })?,
+        };
+        let out = tokio::process::Command::new(&binary)
+            .arg("--version")
+            .output()
+            .await
+            .with_context(|| format!("cannot run {}", binary.display()))?;
+        let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let number = version.split_whitespace().nth(1).unwrap_or("");
+        if number.split('.').next() != Some(WASMTIME_MAJOR) {
+            eprintln!(
+                "      warning: {} is {version:?}, not {WASMTIME_MAJOR}.x as hearth's runtime",
+                binary.display()
+            );
+        }
+        let addr = free_port()?;
+        // `-Scli`: all of WASI 0.2 beside wasi:http, as hearth's linker
+        // has. Instances are not reused across requests (the default for
+        // WASIp2 components), as in hearth.
+        let mut child = tokio::process::Command::new(&binary)
+            .args(["serve", "--addr", &addr.to_string(), "-Scli"])
+            .arg(component)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        wait_listening(addr, &mut child).await.context("`wasmtime serve` did not start")?;
+        Ok(WasmtimeServe { addr, version: number.to_owned(), child })
+    }
+
+    async fn stop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
+
+fn find_wasmtime() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).map(|dir| dir.join("wasmtime")).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")));
+    on_path.into_iter().chain(cargo_home.map(|dir| dir.join("bin/wasmtime"))).find(|path| path.is_file())
+}
+
+// ---------------------------------------------------------------------------
+// The report.
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "NOT met" }
+}
+
+fn render(r: &Report) -> String {
+    let t = &r.throughput;
+    let mut out = format!(
+        "hearth bench apps: {} ({:.1} KiB), {} deploys each; {}, {} thread(s), {} connections, {} s per server; {} cores\n\n",
+        r.component.display(),
+        r.component_bytes as f64 / 1024.0,
+        r.deploy.runs,
+        t.load_generator,
+        t.threads,
+        t.connections,
+        t.duration_secs,
+        r.cores
+    );
+    let d = &r.deploy;
+    let mut table = Table::new(vec![
+        "DEPLOY (API call → first 200 from the new version)",
+        "MEDIAN",
+        "P90",
+        "IN THE DAEMON",
+    ]);
+    table.row(vec![
+        "cold: new bytes (compile, cache, swap)".into(),
+        format!("{:.1} ms", d.cold.median_ms),
+        format!("{:.1} ms", d.cold.p90_ms),
+        format!("median {:.1} ms", d.cold_in_daemon.median_ms),
+    ]);
+    table.row(vec![
+        "warm: same bytes (compiled cache)".into(),
+        format!("{:.1} ms", d.warm.median_ms),
+        format!("{:.1} ms", d.warm.p90_ms),
+        format!("median {:.1} ms", d.warm_in_daemon.median_ms),
+    ]);
+    out.push_str(&table.render());
+    out.push_str(&format!(
+        "cold median < {} ms: {}\n",
+        d.target_cold_median_ms,
+        verdict(d.cold.median_ms < d.target_cold_median_ms)
+    ));
+    for surprise in &d.surprises {
+        out.push_str(&format!("note: {surprise}\n"));
+    }
+
+    out.push('\n');
+    let mut table = Table::new(vec!["HELLO WORLD UNDER LOAD", "REQ/S", "P50", "P99", "ERRORS"]);
+    for (label, figure) in [
+        ("hearth ingress", &t.hearth),
+        ("native hyper", &t.native_hyper),
+        ("wasmtime serve", &t.wasmtime_serve),
+    ] {
+        match figure {
+            Figure::Measured(l) => table.row(vec![
+                l.server.clone(),
+                format!("{:.0}", l.requests_per_sec),
+                format!("{:.2} ms", l.p50_ms),
+                format!("{:.2} ms", l.p99_ms),
+                l.errors.to_string(),
+            ]),
+            Figure::Unavailable { unavailable } => table.row(vec![
+                label.into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                format!("unavailable: {}", crate::output::cell(unavailable, 160)),
+            ]),
+        }
+    }
+    out.push_str(&table.render());
+    for (label, ratio, target) in [
+        ("hearth / native hyper", t.hearth_over_native, t.target_over_native),
+        ("hearth / wasmtime serve", t.hearth_over_wasmtime_serve, t.target_over_wasmtime_serve),
+    ] {
+        match ratio {
+            Some(ratio) => out.push_str(&format!(
+                "{label}: {ratio:.2} (target ≥ {target}: {})\n",
+                verdict(ratio >= target)
+            )),
+            None => out.push_str(&format!("{label}: not measured\n")),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WRK: &str = "\
+Running 5s test @ http://127.0.0.1:18080/
+  1 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.17ms  674.37us  12.04ms   79.17%
+    Req/Sec    13.98k     1.77k   15.42k    86.00%
+  Latency Distribution
+     50%  786.00us
+     75%    1.48ms
+     90%    1.81ms
+     99%    1.02s
+  69574 requests in 5.00s, 11.68MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 4
+Requests/sec:  13904.49
+Transfer/sec:      2.33MB
+";
+
+    #[test]
+    fn wrk_reports_are_read() {
+        let load = parse_wrk(WRK).expect("parsed");
+        assert_eq!(load.requests, 69574);
+        assert_eq!(load.requests_per_sec, 13904.49);
+        assert!((load.p50_ms - 0.786).abs() < 1e-9, "{}", load.p50_ms);
+        assert_eq!(load.p99_ms, 1020.0);
+        assert_eq!(load.errors, 7);
+        assert!(parse_wrk("wrk: command failed").is_none());
+    }
+
+    #[test]
+    fn wrk_durations_have_units() {
+        assert_eq!(wrk_millis("1.50ms"), Some(1.5));
+        assert_eq!(wrk_millis("2.00s"), Some(2000.0));
+        assert_eq!(wrk_millis("1.00m"), Some(60000.0));
+        assert_eq!(wrk_millis("12"), None);
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let sorted: Vec<f64> = (1..=10).map(f64::from).collect();
+        assert_eq!(percentile(&sorted, 50.0), 5.0);
+        assert_eq!(percentile(&sorted, 90.0), 9.0);
+        assert!(percentile(&[], 50.0).is_nan());
+        let latency = Latency::of(vec![3.0, 1.0, 2.0]);
+        assert_eq!((latency.min_ms, latency.median_ms, latency.max_ms), (1.0, 2.0, 3.0));
+        assert_eq!(latency.samples_ms, vec![3.0, 1.0, 2.0]);
+    }
+
+    #[test]
+    fn random_sections_change_the_bytes_each_time() {
+        let base = b"\0asm\x0d\0\x01\0".to_vec();
+        let (a, b) = (append_random_section(&base), append_random_section(&base));
+        assert_eq!(&a[..8], &base[..]);
+        assert_ne!(a, b);
+    }
+}
