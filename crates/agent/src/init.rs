@@ -24,7 +24,7 @@ use nix::unistd::{Pid, chdir, chroot, sethostname, sync};
 use crate::cmdline::{self, BootConfig};
 use crate::server::{Connection, Ending, Server};
 use crate::transport::{VsockListener, open_virtio_port};
-use crate::{describe, net, reaper, say};
+use crate::{describe, grow, net, reaper, say};
 
 /// Kernel modules to load, one absolute path per line, in dependency order.
 pub const MODULES_LIST: &str = "/etc/hearth/modules";
@@ -60,7 +60,10 @@ fn boot_and_serve() -> ! {
     say(&format!("modules loaded ({loaded})"));
     if let Some(device) = &config.root {
         match switch_root(device) {
-            Ok(()) => say(&format!("switched root to {device}")),
+            Ok(()) => {
+                say(&format!("switched root to {device}"));
+                grow_root(device);
+            }
             Err(why) => say(&format!("cannot switch root to {device}: {why}; staying in the initramfs")),
         }
     }
@@ -234,6 +237,18 @@ fn switch_root(device: &str) -> Result<(), String> {
     chroot(".").map_err(|e| format!("cannot chroot into it: {}", e.desc()))?;
     chdir("/").map_err(|e| format!("cannot enter it: {}", e.desc()))?;
     Ok(())
+}
+
+/// Makes the root file system fill its disk, which may be larger than the
+/// image (`machine run --disk-size`). A failure leaves the old size.
+fn grow_root(device: &str) {
+    match grow::grow(device, Path::new("/")) {
+        Ok(None) => {}
+        Ok(Some((before, after))) => {
+            say(&format!("grew the root file system from {} to {} MiB", before >> 20, after >> 20))
+        }
+        Err(why) => say(&format!("cannot grow the root file system on {device}: {why}")),
+    }
 }
 
 /// `ip link set lo up`, with one ioctl.

@@ -14,6 +14,7 @@
 //! - [`transport`]: finding the virtio-serial port, listening on a vsock.
 //! - [`cmdline`]: the `hearth.*` kernel command line parameters.
 //! - [`init`]: the PID 1 duties.
+//! - `grow`: growing the root file system to fill a larger disk, online.
 //! - `net`: the guest's side of networking: interfaces, `/etc/resolv.conf`
 //!   and `/etc/hosts`, from the command line (at boot, by [`init`]).
 //!
@@ -29,6 +30,7 @@ pub mod server;
 pub mod transport;
 
 mod files;
+mod grow;
 mod net;
 mod reaper;
 mod session;
