@@ -166,6 +166,11 @@ impl From<hearth_machines::Error> for ApiError {
                 format!("pick another --name, or remove the old one with `hearth machine rm -f {name}`"),
             ),
             E::Invalid(_) => Self::bad_request("invalid_field", message, "see `hearth machine run --help`"),
+            E::DiskTooSmall { image_mib, .. } => Self::bad_request(
+                "invalid_field",
+                message,
+                format!("give --disk-size {image_mib}M or more, or leave it out for the image's size"),
+            ),
             E::SnapshotNotFound(_) => Self::not_found(message, "list snapshots with `hearth snapshot ls`"),
             E::SnapshotExists(_) => {
                 Self::conflict(message, "pick another name, or remove it with `hearth snapshot rm`")

@@ -307,6 +307,10 @@ pub struct Machine {
     pub nics: Vec<MachineNic>,
     /// Forwarded ports, `HOSTPORT:GUESTPORT[/udp]` on 127.0.0.1.
     pub ports: Vec<String>,
+    /// The root disk's size in MiB; absent for machines made before disks
+    /// could be sized, whose disks are their image's size.
+    #[serde(default)]
+    pub disk_mib: Option<u64>,
     /// Unix seconds.
     pub created_at: u64,
     pub started_at: Option<u64>,
@@ -358,6 +362,7 @@ impl From<hearth_machines::record::MachineRecord> for Machine {
                 })
                 .collect(),
             ports: r.spec.ports.iter().map(ToString::to_string).collect(),
+            disk_mib: r.spec.disk_mib,
             created_at: r.created_at,
             started_at: r.status.started_at,
         }
@@ -408,6 +413,10 @@ pub struct CreateMachine {
     /// Ports forwarded from the host's loopback: `HOSTPORT:GUESTPORT[/udp]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<String>,
+    /// The root disk's size in MiB, at least the image's; the root file
+    /// system grows to fill it. Default: the image's size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mib: Option<u64>,
 }
 
 /// A network to join, optionally at a chosen address.

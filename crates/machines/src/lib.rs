@@ -34,6 +34,9 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
 
+    #[error("a {disk_mib} MiB disk is smaller than image {image:?}, which needs {image_mib} MiB")]
+    DiskTooSmall { disk_mib: u64, image: String, image_mib: u64 },
+
     #[error("snapshot {0:?} does not exist")]
     SnapshotNotFound(String),
 

@@ -52,6 +52,11 @@ pub struct Spec {
     /// Ports forwarded from the host's loopback.
     #[serde(default)]
     pub ports: Vec<hearth_net::service::PortSpec>,
+    /// The root disk's size in MiB; the guest grows its root file system to
+    /// fill it. `None`: the image's own size (and records from before
+    /// `--disk-size`, whose disks are that size).
+    #[serde(default)]
+    pub disk_mib: Option<u64>,
 }
 
 /// The state the user wants.

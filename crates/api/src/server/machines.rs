@@ -117,6 +117,7 @@ pub(crate) async fn create(
             networks,
             no_network: body.no_network,
             ports,
+            disk_mib: body.disk_mib,
         })
         .await?;
     Ok((StatusCode::CREATED, axum::Json(rec.into())))

@@ -438,6 +438,7 @@ fn create_request(m: &file::Machine) -> CreateMachine {
         networks: m.networks.clone(),
         no_network: false,
         ports: m.ports.clone(),
+        disk_mib: None,
     }
 }
 

@@ -79,6 +79,10 @@ pub(crate) struct RunArgs {
     /// Memory, e.g. 512M or 1G.
     #[arg(long, default_value = "512M", value_parser = parse_mib)]
     memory: u32,
+    /// The root disk's size, e.g. 4G or 512M, at least the image's; the root
+    /// file system grows to fill it [default: the image's size].
+    #[arg(long, value_name = "SIZE", value_parser = parse_disk_mib)]
+    disk_size: Option<u64>,
     /// qemu-tcg, qemu-kvm or firecracker (default: the best this host can run).
     #[arg(long)]
     backend: Option<String>,
@@ -130,22 +134,42 @@ pub(crate) struct ExecArgs {
     command: Vec<String>,
 }
 
+/// Memory in MiB: `512M`, `1G`, `256` (MiB).
 fn parse_mib(text: &str) -> Result<u32, String> {
-    let t = text.trim();
-    let (num, mult) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
-        Some((i, _)) => (&t[..i], t[i..].to_ascii_lowercase()),
-        None => (t, "m".to_owned()),
-    };
-    let n: f64 = num.trim().parse().map_err(|_| format!("{text:?} is not a size like 512M or 2G"))?;
-    let mib = match mult.as_str() {
-        "m" | "mb" | "mib" => n,
-        "g" | "gb" | "gib" => n * 1024.0,
-        _ => return Err(format!("{text:?} is not a size like 512M or 2G")),
-    };
+    let mib = parse_size_mib(text, "512M or 2G")?;
     if !(1.0..=1_048_576.0).contains(&mib) {
         return Err(format!("{text:?} is out of range"));
     }
     Ok(mib as u32)
+}
+
+/// A disk size in MiB: `4G`, `512M`, `1T`, `2048` (MiB).
+fn parse_disk_mib(text: &str) -> Result<u64, String> {
+    let mib = parse_size_mib(text, "4G or 512M")?;
+    if !(1.0..=f64::from(u32::MAX)).contains(&mib) {
+        return Err(format!("{text:?} is out of range"));
+    }
+    Ok(mib.ceil() as u64)
+}
+
+/// A size with an optional unit (M, G or T, binary; MiB without one).
+fn parse_size_mib(text: &str, example: &str) -> Result<f64, String> {
+    let t = text.trim();
+    let (num, unit) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => (&t[..i], t[i..].to_ascii_lowercase()),
+        None => (t, "m".to_owned()),
+    };
+    let bad = || format!("{text:?} is not a size like {example}");
+    let n: f64 = num.trim().parse().map_err(|_| bad())?;
+    if !n.is_finite() {
+        return Err(bad());
+    }
+    match unit.as_str() {
+        "m" | "mb" | "mib" => Ok(n),
+        "g" | "gb" | "gib" => Ok(n * 1024.0),
+        "t" | "tb" | "tib" => Ok(n * 1024.0 * 1024.0),
+        _ => Err(bad()),
+    }
 }
 
 pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<i32> {
@@ -294,6 +318,7 @@ async fn run_machine(client: &Client, args: RunArgs) -> anyhow::Result<i32> {
             networks,
             no_network,
             ports: args.ports.clone(),
+            disk_mib: args.disk_size,
         })
         .await?;
     let name = created.name.clone();
@@ -403,6 +428,7 @@ fn describe(m: &Machine) -> String {
     line("image", format!("{} ({})", m.image, m.image_digest));
     line("backend", m.backend.clone());
     line("resources", format!("{} CPU, {} MiB", m.cpus, m.memory_mib));
+    line("disk", m.disk_mib.map(|mib| format!("{mib} MiB")).unwrap_or_else(|| "the image's size".into()));
     if !m.entrypoint.is_empty() {
         line("entrypoint", m.entrypoint.join(" "));
     }
@@ -575,6 +601,18 @@ mod tests {
         assert_eq!(parse_mib("1.5g"), Ok(1536));
         assert!(parse_mib("lots").is_err());
         assert!(parse_mib("5T").is_err());
+    }
+
+    #[test]
+    fn disk_sizes_parse_to_mib() {
+        assert_eq!(parse_disk_mib("4G"), Ok(4096));
+        assert_eq!(parse_disk_mib("512M"), Ok(512));
+        assert_eq!(parse_disk_mib("1T"), Ok(1 << 20));
+        assert_eq!(parse_disk_mib("1.5G"), Ok(1536));
+        assert_eq!(parse_disk_mib("2048"), Ok(2048));
+        for bad in ["", "big", "4X", "-1G", "0", "inf", "NaN"] {
+            assert!(parse_disk_mib(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

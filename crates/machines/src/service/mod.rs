@@ -43,6 +43,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 const LIVENESS_INTERVAL: Duration = Duration::from_secs(1);
 /// Smallest memory a Debian guest boots in.
 pub const MIN_MEMORY_MIB: u32 = 128;
+/// Largest root disk: 16 TiB, what ext4 with 4 KiB blocks and no 64-bit
+/// block numbers can address. Disks are sparse, so only what the guest
+/// writes takes room on the host.
+pub const MAX_DISK_MIB: u64 = 16 << 20;
+const MIB: u64 = 1 << 20;
 
 /// Where the service keeps things.
 #[derive(Debug, Clone)]
@@ -76,6 +81,8 @@ pub struct CreateRequest {
     pub no_network: bool,
     /// Ports forwarded from the host's loopback.
     pub ports: Vec<hearth_net::service::PortSpec>,
+    /// The root disk's size in MiB, at least the image's; `None`: the image's.
+    pub disk_mib: Option<u64>,
 }
 
 /// A cheap-to-clone handle to the machines service.
@@ -276,6 +283,19 @@ impl Machines {
             .await
             .map_err(|e| Error::Internal(e.to_string()))??
             .ok_or_else(|| Error::ImageNotFound(req.image.clone()))?;
+        let image_mib = image.size_bytes.div_ceil(MIB);
+        let disk_mib = match req.disk_mib {
+            None => image_mib,
+            Some(mib) if mib < image_mib => {
+                return Err(Error::DiskTooSmall { disk_mib: mib, image: req.image, image_mib });
+            }
+            Some(mib) if mib > MAX_DISK_MIB => {
+                return Err(Error::Invalid(format!(
+                    "a {mib} MiB disk is larger than the {MAX_DISK_MIB} MiB (16 TiB) hearth supports: give a smaller --disk-size"
+                )));
+            }
+            Some(mib) => mib,
+        };
         let entrypoint = match req.command {
             Some(cmd) => cmd,
             None => image.config.entrypoint.iter().chain(&image.config.cmd).cloned().collect(),
@@ -294,6 +314,7 @@ impl Machines {
                 auto_remove: req.auto_remove,
                 nics: Vec::new(),
                 ports: req.ports.clone(),
+                disk_mib: Some(disk_mib),
             },
             desired: if req.start { Desired::Running } else { Desired::Stopped },
             status: Status::default(),
@@ -514,6 +535,7 @@ impl Machines {
             auto_remove: true,
             nics: vec![],
             ports: vec![],
+            disk_mib: None,
         };
         let (kernel, initrd) = self
             .payload(&spec_kernel)
@@ -786,13 +808,19 @@ impl Machines {
         let disk = dir.join("disk.qcow2");
         let disk2 = disk.clone();
         let dir2 = dir.clone();
+        let disk_bytes = rec.spec.disk_mib.map(|mib| mib * MIB);
         blocking(move || -> Result<(), Error> {
             std::fs::create_dir_all(&dir2).map_err(|e| Error::io(&dir2, e))?;
+            // An existing disk is the machine's own (stop and start keep
+            // it), already at its size.
             if disk2.exists() {
                 return Ok(());
             }
             let image = images.get(&digest)?.ok_or_else(|| Error::ImageNotFound(digest.clone()))?;
-            overlay(&image.rootfs, &disk2)
+            // Only larger: the image's ext4 must fit, and at its own size
+            // the overlay takes the base's size by itself.
+            let size = disk_bytes.filter(|&bytes| bytes > image.size_bytes);
+            overlay(&image.rootfs, &disk2, size)
         })
         .await?;
         if !rec.spec.nics.is_empty() {
@@ -1007,17 +1035,19 @@ fn connect_agent(socket: &Path, deadline: Duration) -> Result<(AgentClient, Hell
     }
 }
 
-/// Makes a copy-on-write disk on top of an image's root file system.
-fn overlay(base: &Path, disk: &Path) -> Result<(), Error> {
-    let out = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-        .arg(base)
-        .arg(disk)
-        .output()
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::Vmm(vmm::Error::Missing("qemu-img")),
-            _ => Error::io(disk, e),
-        })?;
+/// Makes a copy-on-write disk on top of an image's root file system, of
+/// `bytes` if given (the guest grows its file system to fill it), else of
+/// the image's size.
+fn overlay(base: &Path, disk: &Path, bytes: Option<u64>) -> Result<(), Error> {
+    let mut command = std::process::Command::new("qemu-img");
+    command.args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"]).arg(base).arg(disk);
+    if let Some(bytes) = bytes {
+        command.arg(bytes.to_string());
+    }
+    let out = command.output().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::Vmm(vmm::Error::Missing("qemu-img")),
+        _ => Error::io(disk, e),
+    })?;
     if !out.status.success() {
         return Err(Error::Vmm(vmm::Error::Start {
             vmm: "qemu-img",

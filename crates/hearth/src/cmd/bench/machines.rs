@@ -341,6 +341,7 @@ async fn boot_through_hearth(
             networks: vec![],
             no_network: true,
             ports: vec![],
+            disk_mib: None,
         })
         .await?;
     loop {
