@@ -17,8 +17,10 @@ set -euo pipefail
 #   iproute2, nftables:      bridges, taps and the firewall of private networks.
 #   iputils-ping:            the network tests ping between namespaces.
 #   wrk:                     the load generator of `hearth bench apps`.
+#   openssh-client:          ssh and ssh-keygen, for `hearth machine ssh`.
 packages=(gcc libc6-dev procps qemu-system-x86 qemu-utils e2fsprogs debootstrap
-          skopeo umoci docker-registry busybox-static cpio iproute2 nftables iputils-ping wrk)
+          skopeo umoci docker-registry busybox-static cpio iproute2 nftables iputils-ping wrk
+          openssh-client)
 
 # Rust targets: the guest agent is a static musl binary; apps and workflows
 # are WebAssembly components.

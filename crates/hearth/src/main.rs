@@ -130,7 +130,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => cmd::status::run(&client()?, args).await?,
         Command::Events(args) => cmd::events::run(&client()?, args).await?,
         Command::Kv(command) => cmd::kv::run(&client()?, command).await?,
-        Command::Machine(command) => return Ok(exit_code(cmd::machine::run(&client()?, command).await?)),
+        Command::Machine(command) => {
+            return Ok(exit_code(cmd::machine::run(&client()?, &data_dir, command).await?));
+        }
         Command::App(command) => cmd::app::run(&client()?, command).await?,
         Command::Network(command) => cmd::network::run(&client()?, command).await?,
         Command::Fault(command) => cmd::fault::run(&client()?, command).await?,

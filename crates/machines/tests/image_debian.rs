@@ -106,6 +106,11 @@ fn a_built_tree_gets_fresh_machine_defaults() {
     fs::write(root.join("var/cache/apt/archives/bash_5.2_amd64.deb"), "deb").unwrap();
     fs::write(root.join("var/cache/apt/pkgcache.bin"), "cache").unwrap();
     fs::write(root.join("var/cache/apt/archives/lock"), "").unwrap();
+    // openssh-server's host keys, made when it was installed.
+    fs::create_dir_all(root.join("etc/ssh")).unwrap();
+    for file in ["ssh_host_ed25519_key", "ssh_host_ed25519_key.pub", "sshd_config"] {
+        fs::write(root.join("etc/ssh").join(file), "x").unwrap();
+    }
 
     prepare_debian_tree(root).unwrap();
 
@@ -123,6 +128,9 @@ fn a_built_tree_gets_fresh_machine_defaults() {
     assert!(!root.join("var/cache/apt/archives/bash_5.2_amd64.deb").exists());
     assert!(!root.join("var/cache/apt/pkgcache.bin").exists());
     assert!(root.join("var/cache/apt/archives/lock").exists(), "only packages and caches go");
+    assert!(!root.join("etc/ssh/ssh_host_ed25519_key").exists(), "each machine makes its own");
+    assert!(!root.join("etc/ssh/ssh_host_ed25519_key.pub").exists());
+    assert!(root.join("etc/ssh/sshd_config").exists());
     for (dir, mode) in [("dev", 0o755), ("sys", 0o555), ("run", 0o755), ("tmp", 0o1777)] {
         assert_eq!(fs::metadata(root.join(dir)).unwrap().permissions().mode() & 0o7777, mode, "{dir}");
     }

@@ -202,13 +202,20 @@ impl Daemon {
     /// iproute2) is in the shared cache, building it once (under a lock, so
     /// parallel tests do not build it twice).
     pub async fn ensure_debian_image(&self) -> String {
-        const IMAGE: &str = "hearth-test-debian:bookworm";
+        self.ensure_debian_image_with("hearth-test-debian:bookworm", "iputils-ping,netcat-openbsd,iproute2")
+            .await
+    }
+
+    /// Makes sure a Debian bookworm image named `image`, with `packages`
+    /// (comma-separated) on top of the base system, is in the shared
+    /// cache, building it once. Each package list needs a name of its own.
+    pub async fn ensure_debian_image_with(&self, image: &str, packages: &str) -> String {
         let cache = self.cache_dir();
         std::fs::create_dir_all(&cache).expect("create the test cache");
         let lock = std::fs::File::create(cache.join(".debian-image.lock")).expect("create lock file");
         let locked = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock)).await.expect("join");
         let _lock = locked.expect("lock the test image");
-        if self.client().image(IMAGE).await.is_err() {
+        if self.client().image(image).await.is_err() {
             let out = self.cli(&[
                 "image",
                 "build",
@@ -216,13 +223,13 @@ impl Daemon {
                 "--suite",
                 "bookworm",
                 "--packages",
-                "iputils-ping,netcat-openbsd,iproute2",
+                packages,
                 "--name",
-                IMAGE,
+                image,
             ]);
             success(&out);
         }
-        IMAGE.to_owned()
+        image.to_owned()
     }
 
     /// Polls a machine until its state is one of `states`, for up to `limit`.

@@ -14,6 +14,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::output::{Table, print_json};
 
+mod ssh;
+
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum Command {
     /// Create and start a machine from an image; with `-- CMD`, run CMD in it.
@@ -46,6 +48,14 @@ pub(crate) enum Command {
     },
     /// Run a command in a running machine; its exit code becomes yours.
     Exec(ExecArgs),
+    /// SSH into a machine whose image has an SSH server (openssh-server), as
+    /// root, with hearth's own key; with `-- CMD`, run CMD there as ssh does.
+    Ssh {
+        name: String,
+        /// A command for the machine's shell (after `--`); its exit code becomes yours.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
     /// Copy a file into or out of a machine: `cp ./f n1:/root/f` or `cp n1:/etc/hostname .`.
     Cp { source: String, destination: String },
     /// Pause a running machine to disk (memory, devices, disk); it is stopped afterwards.
@@ -172,7 +182,7 @@ fn parse_size_mib(text: &str, example: &str) -> Result<f64, String> {
     }
 }
 
-pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<i32> {
+pub(crate) async fn run(client: &Client, data_dir: &Path, command: Command) -> anyhow::Result<i32> {
     match command {
         Command::Run(args) => run_machine(client, args).await,
         Command::Ls { json } => {
@@ -245,6 +255,7 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<i32
             Ok(i32::from(failed))
         }
         Command::Exec(args) => exec(client, args).await,
+        Command::Ssh { name, command } => ssh::ssh(client, data_dir, &name, command).await,
         Command::Snapshot { name, snapshot } => {
             let progress = crate::output::Spinner::new(format!("{name}: saving to {snapshot}"));
             let snap = client.snapshot_machine(&name, &snapshot).await;

@@ -187,7 +187,8 @@ pub(super) fn debootstrap(
 /// Gives a debootstrapped tree the defaults of a fresh machine: nothing of
 /// the build host (its hostname, its resolver) and nothing that must be
 /// unique per machine (the machine id, left empty so systemd makes one at
-/// first boot), and no package downloads.
+/// first boot; SSH host keys, which `machine ssh` makes on first use), and
+/// no package downloads.
 pub fn prepare_debian_tree(root: &Path) -> Result<(), Error> {
     let etc = root.join("etc");
     fs::create_dir_all(&etc).map_err(io(&etc))?;
@@ -206,6 +207,7 @@ pub fn prepare_debian_tree(root: &Path) -> Result<(), Error> {
     if fs::symlink_metadata(&dbus_id).is_ok_and(|m| m.is_file()) {
         fs::remove_file(&dbus_id).map_err(io(&dbus_id))?;
     }
+    remove_ssh_host_keys(&etc.join("ssh"))?;
     for dir in ["var/cache/apt/archives", "var/cache/apt"] {
         let dir = root.join(dir);
         let Ok(entries) = fs::read_dir(&dir) else { continue };
@@ -217,6 +219,21 @@ pub fn prepare_debian_tree(root: &Path) -> Result<(), Error> {
         }
     }
     ensure_mount_points(root)
+}
+
+/// Removes `ssh_host_*_key` and their `.pub` halves: openssh-server makes
+/// them when it is installed, and every machine of the image would share them.
+fn remove_ssh_host_keys(ssh: &Path) -> Result<(), Error> {
+    let Ok(entries) = fs::read_dir(ssh) else { return Ok(()) };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("ssh_host_") && (name.ends_with("_key") || name.ends_with("_key.pub")) {
+            let path = entry.path();
+            fs::remove_file(&path).map_err(io(&path))?;
+        }
+    }
+    Ok(())
 }
 
 /// The directories the guest mounts file systems on, which some images
