@@ -502,6 +502,62 @@ impl Client {
         }))
     }
 
+    pub async fn workflows(&self) -> Result<crate::types::WorkflowList, Error> {
+        self.call(Method::GET, "/v1/workflows", None).await
+    }
+
+    pub async fn workflow(&self, name: &str) -> Result<crate::types::WorkflowSummary, Error> {
+        self.call(Method::GET, &format!("/v1/workflows/{}", encode_path(name)), None).await
+    }
+
+    pub async fn deploy_workflow(
+        &self,
+        name: &str,
+        body: &crate::types::DeployWorkflow,
+    ) -> Result<crate::types::WorkflowDeployed, Error> {
+        self.call(Method::PUT, &format!("/v1/workflows/{}", encode_path(name)), Self::json(body)?).await
+    }
+
+    pub async fn remove_workflow(&self, name: &str) -> Result<(), Error> {
+        self.send(Method::DELETE, &format!("/v1/workflows/{}", encode_path(name)), None).await.map(drop)
+    }
+
+    pub async fn start_run(
+        &self,
+        workflow: &str,
+        body: &crate::types::StartRun,
+    ) -> Result<crate::types::RunStarted, Error> {
+        let path = format!("/v1/workflows/{}/runs", encode_path(workflow));
+        self.call(Method::POST, &path, Self::json(body)?).await
+    }
+
+    pub async fn runs(&self, q: &crate::types::RunsQuery) -> Result<crate::types::RunList, Error> {
+        let qs = serde_urlencoded::to_string(q).map_err(|e| Error::Protocol(e.to_string()))?;
+        self.call(Method::GET, &format!("/v1/runs?{qs}"), None).await
+    }
+
+    pub async fn run_detail(&self, id: &str) -> Result<crate::types::RunDetail, Error> {
+        self.call(Method::GET, &format!("/v1/runs/{}", encode_path(id)), None).await
+    }
+
+    pub async fn signal_run(&self, id: &str, body: &crate::types::SendSignal) -> Result<(), Error> {
+        let path = format!("/v1/runs/{}/signals", encode_path(id));
+        self.send(Method::POST, &path, Self::json(body)?).await.map(drop)
+    }
+
+    pub async fn cancel_run(&self, id: &str) -> Result<crate::types::RunSummary, Error> {
+        self.call(Method::POST, &format!("/v1/runs/{}/cancel", encode_path(id)), None).await
+    }
+
+    pub async fn migrate_run(&self, id: &str, version: u32) -> Result<crate::types::RunSummary, Error> {
+        let body = Self::json(&crate::types::MigrateRun { version })?;
+        self.call(Method::POST, &format!("/v1/runs/{}/migrate", encode_path(id)), body).await
+    }
+
+    pub async fn run_logs(&self, id: &str) -> Result<crate::types::RunLogs, Error> {
+        self.call(Method::GET, &format!("/v1/runs/{}/logs", encode_path(id)), None).await
+    }
+
     pub async fn images(&self) -> Result<ImageList, Error> {
         self.call(Method::GET, "/v1/images", None).await
     }

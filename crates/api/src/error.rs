@@ -335,3 +335,33 @@ impl From<hearth_apps::Error> for ApiError {
         ApiError::new(status, code, message, hint)
     }
 }
+
+/// Workflow errors mapped onto HTTP, with the hint a person needs.
+impl From<hearth_flows::Error> for ApiError {
+    fn from(error: hearth_flows::Error) -> Self {
+        use hearth_flows::ErrorKind as K;
+        let code = error.code();
+        let message = display_chain(&error);
+        let (status, hint) = match error.kind() {
+            K::NotFound => (
+                StatusCode::NOT_FOUND,
+                "`hearth workflow ls --defs` lists workflows; `hearth workflow ls` lists runs",
+            ),
+            K::Invalid => (
+                StatusCode::BAD_REQUEST,
+                "build the workflow for wasm32-wasip2 against wit/hearth-workflow, and check its hearth.toml",
+            ),
+            K::Conflict => (StatusCode::CONFLICT, "see `hearth workflow show ID`"),
+            K::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "build in release mode and strip debug info"),
+            K::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "try again"),
+            K::Internal => {
+                tracing::error!(error = %message, "Workflow operation failed.");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "this is a bug in hearth or a failing disk; the daemon log has details",
+                )
+            }
+        };
+        ApiError::new(status, code, message, hint)
+    }
+}

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use crate::server::{apps, events, files, images, kv, leases, machines, networks, system};
+use crate::server::{apps, events, files, images, kv, leases, machines, networks, system, workflows};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -28,6 +28,8 @@ use crate::server::{apps, events, files, images, kv, leases, machines, networks,
         images::list, images::get, images::remove, images::pull, images::build,
         networks::list, networks::get, networks::create, networks::remove,
         apps::list, apps::get, apps::deploy, apps::rollback, apps::remove, apps::set_secret, apps::logs,
+        workflows::list, workflows::get, workflows::deploy, workflows::remove, workflows::start,
+        workflows::runs, workflows::show, workflows::signal, workflows::cancel, workflows::migrate, workflows::logs,
         networks::faults, networks::create_fault, networks::heal, networks::heal_all,
         crate::labs::list, crate::labs::get, crate::labs::put, crate::labs::remove,
     ),
@@ -42,6 +44,7 @@ use crate::server::{apps, events, files, images, kv, leases, machines, networks,
         (name = "images", description = "Root file systems for machines"),
         (name = "networks", description = "Private networks with addresses, DNS and NAT"),
         (name = "apps", description = "WebAssembly HTTP components"),
+        (name = "workflows", description = "Durable workflows and their runs"),
         (name = "faults", description = "Partitions, delay and loss, on purpose"),
         (name = "labs", description = "Machines and networks brought up together from a lab file"),
     )

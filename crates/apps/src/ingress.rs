@@ -98,7 +98,13 @@ async fn dispatch(apps: &Apps, req: Request<Incoming>) -> Response<Body> {
         let table = apps.inner.table.load();
         match table.route(&host, req.uri().path()) {
             Some(target) => target.clone(),
-            None => return not_found(apps, &table, &host, req.uri().path()),
+            None => {
+                let hook = apps.inner.hooks.load().get(&host).cloned();
+                return match hook {
+                    Some(hook) => run_hook(hook, req).await,
+                    None => not_found(apps, &table, &host, req.uri().path()),
+                };
+            }
         }
     };
     match &target.serving {
@@ -305,6 +311,33 @@ fn request_host<B>(req: &Request<B>) -> String {
         None => req.headers().get(HOST).and_then(|h| h.to_str().ok()).map_or("", |h| split_host_port(h).0),
     };
     host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Hands a request for a hook host (webhooks) to its handler.
+async fn run_hook(hook: crate::hooks::HookHandler, req: Request<Incoming>) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let limited = http_body_util::Limited::new(body, crate::hooks::MAX_HOOK_BODY);
+    let body = match limited.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is over {} KiB, the webhook limit\n", crate::hooks::MAX_HOOK_BODY >> 10),
+            );
+        }
+    };
+    let request = crate::hooks::HookRequest {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
+        headers: parts.headers,
+        body,
+    };
+    let answer = hook(request).await;
+    let mut response =
+        text(StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), answer.body);
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(answer.content_type));
+    response
 }
 
 /// A 404 that says how to get an app here.

@@ -26,6 +26,7 @@
 //! compiled artifacts in `CACHE_DIR/apps/compiled/ENGINE` (disposable: a
 //! missing artifact is recompiled from the blob).
 
+pub mod hooks;
 mod host;
 mod ingress;
 pub mod logs;

@@ -138,6 +138,8 @@ pub(crate) struct Inner {
     pub(crate) requests: AtomicU64,
     pub(crate) failures: AtomicU64,
     pub(crate) ingress_port: Mutex<Option<u16>>,
+    /// Host names served by another subsystem (webhooks), not by an app.
+    pub(crate) hooks: arc_swap::ArcSwap<HashMap<String, crate::hooks::HookHandler>>,
 }
 
 /// One app in this daemon.
@@ -189,6 +191,14 @@ impl std::fmt::Debug for Apps {
 }
 
 impl Apps {
+    /// Serves `host` on the ingress with `handler`, for requests that no
+    /// app route matches (an app routed to that host wins).
+    pub fn set_hook(&self, host: &str, handler: crate::hooks::HookHandler) {
+        let mut hooks = HashMap::clone(&self.inner.hooks.load());
+        hooks.insert(host.to_ascii_lowercase(), handler);
+        self.inner.hooks.store(Arc::new(hooks));
+    }
+
     /// Sets up the runtime and the directories. Nothing is loaded until
     /// [`Apps::run`] starts.
     pub fn new(store: Arc<dyn Store>, options: Options) -> Result<Apps, Error> {
@@ -210,6 +220,7 @@ impl Apps {
                 requests: AtomicU64::new(0),
                 failures: AtomicU64::new(0),
                 ingress_port: Mutex::new(None),
+                hooks: arc_swap::ArcSwap::from_pointee(HashMap::new()),
             }),
         })
     }

@@ -213,13 +213,18 @@ impl Flows {
                     if let Some(deadline) = wait.deadline {
                         self.schedule(deadline, &run.id);
                     }
-                    let ready = match &wait.kind {
-                        WaitKind::Timer => false,
-                        WaitKind::Signal { name } => self.has_pending_signal(&run.id, name).await?,
-                        WaitKind::Child { id } => {
-                            self.get_run(id).await.map(|c| c.status.is_terminal()).unwrap_or(true)
-                        }
-                    };
+                    // An execution may have got past the wait (recorded its
+                    // step) and been cut off before it wrote the run again.
+                    let moved_on =
+                        self.inner.store.get(&record::journal_key(&run.id, wait.seq)).await?.is_some();
+                    let ready = moved_on
+                        || match &wait.kind {
+                            WaitKind::Timer => false,
+                            WaitKind::Signal { name } => self.has_pending_signal(&run.id, name).await?,
+                            WaitKind::Child { id } => {
+                                self.get_run(id).await.map(|c| c.status.is_terminal()).unwrap_or(true)
+                            }
+                        };
                     if ready {
                         self.wake(&run.id);
                         woken += 1;

@@ -126,6 +126,17 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
     let apps = hearth_apps::Apps::new(store.clone(), hearth_apps::Options::new(data_dir, &cache_dir))
         .context("cannot start the apps service")?;
     let apps_loop = tokio::spawn(apps.clone().run(stop_rx.clone()));
+    let flows = hearth_flows::Flows::new(store.clone(), hearth_flows::Options::new(data_dir, &cache_dir))
+        .context("cannot start the workflows service")?;
+    apps.set_hook("hooks.localhost", webhooks(flows.clone()));
+    let flows_loop = tokio::spawn({
+        let (flows, stop) = (flows.clone(), stop_rx.clone());
+        async move {
+            if let Err(error) = flows.run(stop).await {
+                tracing::error!(error = %error, "The workflows service stopped.");
+            }
+        }
+    });
     let ingress_loop = tokio::spawn({
         let (apps, stop) = (apps.clone(), stop_rx.clone());
         async move {
@@ -144,6 +155,7 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
         machines,
         networks,
         apps,
+        flows,
         DaemonInfo {
             data_dir: data_dir.to_owned(),
             socket: socket_path.clone(),
@@ -203,6 +215,7 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
     }
     let _ = machines_loop.await;
     let _ = apps_loop.await;
+    let _ = flows_loop.await;
     let _ = ingress_loop.await;
     let _ = networks_loop.await;
     drop(state);
@@ -292,4 +305,29 @@ fn bind_socket(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("cannot make the API socket {} private", path.display()))?;
     Ok(listener)
+}
+
+/// The workflows' webhooks, served on the ingress at `hooks.localhost`.
+fn webhooks(flows: hearth_flows::Flows) -> hearth_apps::hooks::HookHandler {
+    std::sync::Arc::new(move |request: hearth_apps::hooks::HookRequest| {
+        let flows = flows.clone();
+        Box::pin(async move {
+            let header = |name: &str| request.headers.get(name).and_then(|v| v.to_str().ok());
+            let reply = flows
+                .webhook(
+                    &request.method,
+                    &request.path,
+                    request.query.as_deref(),
+                    header("x-hearth-signature"),
+                    header("idempotency-key"),
+                    &request.body,
+                )
+                .await;
+            hearth_apps::hooks::HookResponse {
+                status: reply.status,
+                content_type: "application/json",
+                body: reply.body,
+            }
+        })
+    })
 }

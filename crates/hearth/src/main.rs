@@ -50,6 +50,9 @@ enum Command {
     /// WebAssembly HTTP apps: deploy, list, roll back, logs.
     #[command(subcommand)]
     App(cmd::app::Command),
+    /// Durable workflows: deploy, start, signal, show their history.
+    #[command(subcommand)]
+    Workflow(cmd::workflow::Command),
     /// Private networks: create, list, inspect, remove.
     #[command(subcommand)]
     Network(cmd::network::Command),
@@ -134,6 +137,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(exit_code(cmd::machine::run(&client()?, &data_dir, command).await?));
         }
         Command::App(command) => cmd::app::run(&client()?, command).await?,
+        Command::Workflow(command) => return Ok(exit_code(cmd::workflow::run(&client()?, command).await?)),
         Command::Network(command) => cmd::network::run(&client()?, command).await?,
         Command::Fault(command) => cmd::fault::run(&client()?, command).await?,
         Command::Lab(command) => return Ok(exit_code(cmd::lab::run(&client()?, command).await?)),

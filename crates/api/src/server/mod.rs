@@ -16,6 +16,7 @@ pub(crate) mod leases;
 pub(crate) mod machines;
 pub(crate) mod networks;
 pub(crate) mod system;
+pub(crate) mod workflows;
 
 pub use exec::{STDERR, STDOUT};
 pub use files::MODE_HEADER;
@@ -62,6 +63,7 @@ struct Inner {
     machines: hearth_machines::Machines,
     networks: hearth_net::Networks,
     apps: hearth_apps::Apps,
+    flows: hearth_flows::Flows,
     info: DaemonInfo,
     started: Instant,
     metrics: Metrics,
@@ -82,6 +84,7 @@ impl AppState {
         machines: hearth_machines::Machines,
         networks: hearth_net::Networks,
         apps: hearth_apps::Apps,
+        flows: hearth_flows::Flows,
         info: DaemonInfo,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
@@ -91,6 +94,7 @@ impl AppState {
                 machines,
                 networks,
                 apps,
+                flows,
                 info,
                 started: Instant::now(),
                 metrics: Metrics::new(),
@@ -113,6 +117,15 @@ impl AppState {
 
     pub(crate) fn apps(&self) -> &hearth_apps::Apps {
         &self.inner.apps
+    }
+
+    pub(crate) fn flows(&self) -> &hearth_flows::Flows {
+        &self.inner.flows
+    }
+
+    /// Where the ingress (apps and webhooks) listens.
+    pub(crate) fn ingress(&self) -> Option<std::net::SocketAddr> {
+        self.inner.info.ingress
     }
 
     /// Resolves when the daemon begins to shut down.
@@ -160,6 +173,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/apps/{name}/rollback", post(apps::rollback))
         .route("/v1/apps/{name}/secrets/{secret}", axum::routing::put(apps::set_secret))
         .route("/v1/apps/{name}/logs", get(apps::logs))
+        .route("/v1/workflows", get(workflows::list))
+        .route("/v1/workflows/{name}", get(workflows::get).put(workflows::deploy).delete(workflows::remove))
+        .route("/v1/workflows/{name}/runs", post(workflows::start))
+        .route("/v1/runs", get(workflows::runs))
+        .route("/v1/runs/{id}", get(workflows::show))
+        .route("/v1/runs/{id}/signals", post(workflows::signal))
+        .route("/v1/runs/{id}/cancel", post(workflows::cancel))
+        .route("/v1/runs/{id}/migrate", post(workflows::migrate))
+        .route("/v1/runs/{id}/logs", get(workflows::logs))
         .route("/v1/images", get(images::list))
         .route("/v1/images/pull", post(images::pull))
         .route("/v1/images/build", post(images::build))

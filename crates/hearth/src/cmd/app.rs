@@ -210,7 +210,7 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<()>
 /// The nearest `hearth.toml` at or above the component, not beyond the
 /// cargo project it was built in (`target/wasm32-wasip2/release/x.wasm` finds
 /// the project's `hearth.toml`).
-fn find_manifest(component: &Path) -> Option<PathBuf> {
+pub(crate) fn find_manifest(component: &Path) -> Option<PathBuf> {
     let start = std::path::absolute(component).ok()?;
     for dir in start.ancestors().skip(1) {
         let candidate = dir.join("hearth.toml");

@@ -12,3 +12,4 @@ pub(crate) mod network;
 pub(crate) mod snapshot;
 pub(crate) mod status;
 pub(crate) mod token;
+pub(crate) mod workflow;

@@ -1,0 +1,246 @@
+//! `/v1/workflows` and `/v1/runs`: durable workflows, their runs, signals.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use base64::Engine as _;
+
+use super::AppState;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{ApiJson, ApiQuery, parse_json};
+use crate::types::{
+    DeployWorkflow, JournalStep, MigrateRun, PendingSignal, RunDetail, RunList, RunLogLine, RunLogs,
+    RunStarted, RunSummary, RunsQuery, SendSignal, StartRun, WorkflowDeployed, WorkflowList, WorkflowSummary,
+    WorkflowVersion,
+};
+
+/// The largest deploy request: a component of up to 32 MiB, base64-encoded.
+const MAX_DEPLOY_BODY: usize = 45 << 20;
+
+fn version(v: &hearth_flows::Version) -> WorkflowVersion {
+    WorkflowVersion {
+        number: v.number,
+        sha256: v.sha256.clone(),
+        size: v.size,
+        created_at: v.created_at,
+        manifest: v.manifest.clone(),
+    }
+}
+
+fn summary(state: &AppState, def: &hearth_flows::Definition) -> WorkflowSummary {
+    let base = match state.ingress() {
+        Some(addr) => format!("http://hooks.localhost:{}", addr.port()),
+        None => "http://hooks.localhost".into(),
+    };
+    let t = &def.triggers;
+    WorkflowSummary {
+        name: def.name.clone(),
+        active: def.active,
+        versions: def.versions.iter().map(version).collect(),
+        webhooks: t.webhooks.iter().map(|w| format!("{base}/{}/{}", def.name, w.path)).collect(),
+        crons: t.crons.iter().map(|c| format!("{} ({})", c.schedule, c.timezone)).collect(),
+        events: t.events.iter().map(|e| e.prefix.clone()).collect(),
+        updated_at: def.updated_at,
+    }
+}
+
+pub(crate) fn run_summary(run: &hearth_flows::Run) -> RunSummary {
+    RunSummary {
+        id: run.id.clone(),
+        workflow: run.workflow.clone(),
+        version: run.version,
+        status: run.status.as_str().into(),
+        input: run.input.clone(),
+        output: run.output.clone(),
+        error: run.error.clone(),
+        waiting_for: run.wait.as_ref().map(|w| w.to_string()),
+        deadline: run.wait.as_ref().and_then(|w| w.deadline),
+        started_by: run.started_by.clone(),
+        parent: run.parent.clone(),
+        executions: run.executions,
+        created_at: run.created_at,
+        updated_at: run.updated_at,
+        finished_at: run.finished_at,
+    }
+}
+
+/// Lists deployed workflows.
+#[utoipa::path(get, path = "/v1/workflows", tag = "workflows", responses((status = 200, body = WorkflowList)))]
+pub(crate) async fn list(State(state): State<AppState>) -> Result<axum::Json<WorkflowList>, ApiError> {
+    let defs = state.flows().definitions().await?;
+    Ok(axum::Json(WorkflowList { workflows: defs.iter().map(|d| summary(&state, d)).collect() }))
+}
+
+/// Shows one workflow, its versions and triggers.
+#[utoipa::path(get, path = "/v1/workflows/{name}", tag = "workflows",
+    params(("name" = String, Path)), responses((status = 200, body = WorkflowSummary), (status = 404, body = ErrorBody)))]
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<axum::Json<WorkflowSummary>, ApiError> {
+    let def = state.flows().definition(&name).await?;
+    Ok(axum::Json(summary(&state, &def)))
+}
+
+/// Deploys a workflow component as the version new runs start on. Runs
+/// already started stay on the version they started on.
+#[utoipa::path(put, path = "/v1/workflows/{name}", tag = "workflows",
+    params(("name" = String, Path)), request_body = DeployWorkflow,
+    responses((status = 200, body = WorkflowDeployed), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)))]
+pub(crate) async fn deploy(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<axum::Json<WorkflowDeployed>, ApiError> {
+    let bytes = axum::body::to_bytes(body, MAX_DEPLOY_BODY).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the deploy request is larger than {} MiB", MAX_DEPLOY_BODY >> 20),
+            "workflow components are limited to 32 MiB; build in release mode and strip debug info",
+        )
+    })?;
+    let request: DeployWorkflow = parse_json(&bytes)?;
+    let component = base64::engine::general_purpose::STANDARD
+        .decode(request.component_base64.as_bytes())
+        .map_err(|e| {
+            ApiError::bad_request(
+                "invalid_field",
+                format!("field `component_base64`: not valid base64 ({e})"),
+                "send the component's bytes base64-encoded (standard alphabet)",
+            )
+        })?;
+    let deployed = state.flows().deploy(&name, component, request.manifest).await?;
+    Ok(axum::Json(WorkflowDeployed {
+        workflow: deployed.workflow,
+        version: version(&deployed.version),
+        compiled: deployed.compiled,
+        duration_ms: deployed.duration_ms,
+    }))
+}
+
+/// Removes a workflow: no new runs start; runs under way go on.
+#[utoipa::path(delete, path = "/v1/workflows/{name}", tag = "workflows",
+    params(("name" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody)))]
+pub(crate) async fn remove(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.flows().remove(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Starts a run (idempotent by id).
+#[utoipa::path(post, path = "/v1/workflows/{name}/runs", tag = "workflows",
+    params(("name" = String, Path)), request_body = StartRun,
+    responses((status = 200, body = RunStarted), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(crate) async fn start(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<StartRun>,
+) -> Result<axum::Json<RunStarted>, ApiError> {
+    let request = hearth_flows::StartRequest {
+        workflow: name,
+        input: body.input,
+        id: body.id,
+        started_by: "api".into(),
+        parent: None,
+    };
+    let started = state.flows().start(request).await?;
+    Ok(axum::Json(RunStarted { run: run_summary(&started.run), created: started.created }))
+}
+
+/// Lists runs, newest first.
+#[utoipa::path(get, path = "/v1/runs", tag = "workflows", params(RunsQuery),
+    responses((status = 200, body = RunList), (status = 400, body = ErrorBody)))]
+pub(crate) async fn runs(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<RunsQuery>,
+) -> Result<axum::Json<RunList>, ApiError> {
+    let status = query.status.as_deref().map(hearth_flows::Status::parse).transpose()?;
+    let runs = state.flows().runs(status, query.workflow.as_deref()).await?;
+    Ok(axum::Json(RunList { runs: runs.iter().map(run_summary).collect() }))
+}
+
+/// Shows a run with its journal: its history, step by step.
+#[utoipa::path(get, path = "/v1/runs/{id}", tag = "workflows",
+    params(("id" = String, Path)), responses((status = 200, body = RunDetail), (status = 404, body = ErrorBody)))]
+pub(crate) async fn show(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<RunDetail>, ApiError> {
+    let detail = state.flows().show(&id).await?;
+    Ok(axum::Json(RunDetail {
+        run: run_summary(&detail.run),
+        journal: detail
+            .journal
+            .iter()
+            .map(|e| JournalStep {
+                seq: e.seq,
+                at: e.at,
+                call: e.call.to_string(),
+                outcome: e.outcome.to_string(),
+                entry: serde_json::to_value(e).unwrap_or_default(),
+            })
+            .collect(),
+        pending_signals: detail
+            .pending_signals
+            .into_iter()
+            .map(|s| PendingSignal { name: s.name, data: s.data, sent_at: s.sent_at })
+            .collect(),
+    }))
+}
+
+/// Sends a signal; the run takes it at its next wait for that name.
+#[utoipa::path(post, path = "/v1/runs/{id}/signals", tag = "workflows",
+    params(("id" = String, Path)), request_body = SendSignal,
+    responses((status = 202), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(crate) async fn signal(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<SendSignal>,
+) -> Result<StatusCode, ApiError> {
+    state.flows().signal(&id, &body.name, body.data).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// Cancels a run that has not ended.
+#[utoipa::path(post, path = "/v1/runs/{id}/cancel", tag = "workflows",
+    params(("id" = String, Path)), responses((status = 200, body = RunSummary), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(crate) async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<RunSummary>, ApiError> {
+    let run = state.flows().cancel(&id).await?;
+    Ok(axum::Json(run_summary(&run)))
+}
+
+/// Moves a run to another version of its workflow; its next replay checks
+/// the new code against the journal.
+#[utoipa::path(post, path = "/v1/runs/{id}/migrate", tag = "workflows",
+    params(("id" = String, Path)), request_body = MigrateRun,
+    responses((status = 200, body = RunSummary), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn migrate(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<MigrateRun>,
+) -> Result<axum::Json<RunSummary>, ApiError> {
+    let run = state.flows().migrate(&id, body.version).await?;
+    Ok(axum::Json(run_summary(&run)))
+}
+
+/// What a run logged and printed.
+#[utoipa::path(get, path = "/v1/runs/{id}/logs", tag = "workflows",
+    params(("id" = String, Path)), responses((status = 200, body = RunLogs), (status = 404, body = ErrorBody)))]
+pub(crate) async fn logs(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<RunLogs>, ApiError> {
+    let lines = state.flows().logs(&id).await?;
+    Ok(axum::Json(RunLogs {
+        lines: lines
+            .into_iter()
+            .map(|l| RunLogLine { time: l.time, source: l.source, text: l.text })
+            .collect(),
+    }))
+}
