@@ -18,6 +18,7 @@ build: setup agent
 examples: setup
 	$(CARGO) build --release --manifest-path examples/apps/hello/Cargo.toml --target wasm32-wasip2
 	$(CARGO) build --release --manifest-path examples/apps/counter/Cargo.toml --target wasm32-wasip2
+	$(CARGO) build --release --manifest-path examples/workflows/approval/Cargo.toml --target wasm32-wasip2
 
 agent: setup
 	$(CARGO) build --release --locked -p hearth-agent --target x86_64-unknown-linux-musl --config profile.release.strip=true

@@ -340,3 +340,68 @@ async fn webhooks_start_and_signal_runs_and_events_start_runs() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The example from `examples/workflows/approval`, built by `make examples`.
+fn approval_example() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/workflows/approval/target/wasm32-wasip2/release/approval.wasm");
+    assert!(path.is_file(), "{} is missing: run `make examples`", path.display());
+    path.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_approval_example_decides_on_two_of_three_or_times_out() {
+    let daemon = Daemon::start(BIN).await;
+    let (notified, url) = support::Effects::start();
+    let out = success(&daemon.cli(&["workflow", "deploy", "approval", &approval_example()]));
+    assert!(out.contains("/approval/vote"), "its hearth.toml declares the vote webhook: {out}");
+    let input = format!(
+        r#"{{"request": "a new laptop", "approvers": ["ann", "bob", "cid"], "timeout": "7d", "notify": "{url}/decided"}}"#
+    );
+    success(&daemon.cli(&["workflow", "start", "approval", "--id", "laptop", "--input", &input]));
+    success(&daemon.cli(&[
+        "workflow",
+        "signal",
+        "laptop",
+        "vote",
+        "--data",
+        r#"{"who": "ann", "approve": true}"#,
+    ]));
+    success(&daemon.cli(&[
+        "workflow",
+        "signal",
+        "laptop",
+        "vote",
+        "--data",
+        r#"{"who": "ann", "approve": true}"#,
+    ]));
+    success(&daemon.cli(&[
+        "workflow",
+        "signal",
+        "laptop",
+        "vote",
+        "--data",
+        r#"{"who": "eve", "approve": true}"#,
+    ]));
+    let port = ingress_port(&daemon).await;
+    let (status, answer) =
+        post(port, "hooks.localhost", "/approval/vote?run=laptop", &[], r#"{"who": "bob", "approve": true}"#);
+    assert_eq!(status, 202, "{answer}");
+    until_all(&daemon, &["laptop".into()], "completed", Duration::from_secs(30), |r| {
+        r["status"] == "completed"
+    });
+    let output: Value = serde_json::from_str(run(&daemon, "laptop")["output"].as_str().unwrap()).unwrap();
+    assert_eq!(output["decision"], "approved");
+    assert_eq!(output["approved_by"], serde_json::json!(["ann", "bob"]));
+    let keys = notified.keys();
+    assert!(
+        keys.len() == 1 && keys[0].starts_with("laptop/"),
+        "one notification, keyed by its step: {keys:?}"
+    );
+    let logs = success(&daemon.cli(&["workflow", "logs", "laptop"]));
+    assert!(logs.contains("ignoring a vote from ann") && logs.contains("ignoring a vote from eve"), "{logs}");
+
+    let quick = r#"{"request": "lunch", "approvers": ["ann", "bob", "cid"], "timeout": "1s"}"#;
+    let out = success(&daemon.cli(&["workflow", "start", "approval", "--input", quick, "--wait"]));
+    assert!(out.contains("\"decision\":\"timed out\""), "{out}");
+}
