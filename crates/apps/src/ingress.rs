@@ -3,8 +3,10 @@
 //! the app's limits.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,7 +23,7 @@ use wasmtime::Store;
 use wasmtime::component::Resource;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
-use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
 
@@ -141,33 +143,124 @@ async fn run(apps: &Apps, loaded: Arc<Loaded>, req: Request<Incoming>) -> Respon
             );
         }
     };
-    // Its own task: the app may keep writing the body after it has sent
-    // the response head, and must not stop if the client goes away.
-    let task = tokio::spawn(execute(store, loaded.pre.clone(), incoming, out, ctx.clone(), what.clone()));
-    let response = match rx.await {
-        Ok(Ok(mut response)) => {
+    // The instance runs right here, on the connection's task, while it
+    // works towards an answer: most handlers set the response and write the
+    // whole body without waiting on anything, so the answer goes out in one
+    // write with no hop to another task. One that answers and then keeps
+    // going (streaming a body, waiting on I/O) finishes on a task of its
+    // own, as does one whose client goes away: an instance never stops half
+    // way because of the connection.
+    let mut instance =
+        Detachable::new(execute(store, loaded.pre.clone(), incoming, out, ctx.clone(), what.clone()));
+    let mut head = Some(rx);
+    let answer = loop {
+        let event = match head.as_mut() {
+            Some(rx) => tokio::select! {
+                biased;
+                outcome = &mut instance => Event::Ended(outcome),
+                answer = rx => Event::Head(answer.ok()),
+            },
+            None => Event::Ended((&mut instance).await),
+        };
+        match event {
+            Event::Ended(Outcome::Returned) => {
+                break match head.as_mut().map(|rx| rx.try_recv()) {
+                    Some(Ok(Ok(response))) => Ok(response),
+                    Some(Ok(Err(code))) => Err(Failure::Code(code)),
+                    _ => Err(Failure::Ended(Outcome::Returned)),
+                };
+            }
+            Event::Ended(failed) => break Err(Failure::Ended(failed)),
+            Event::Head(Some(answer)) => {
+                instance.detach();
+                break answer.map_err(Failure::Code);
+            }
+            // The app dropped the response outparam unset: its outcome says why.
+            Event::Head(None) => head = None,
+        }
+    };
+    let response = match answer {
+        Ok(mut response) => {
             response.headers_mut().insert("x-hearth-version", HeaderValue::from(ctx.version));
             response
         }
-        Ok(Err(code)) => {
+        Err(failure) => {
             apps.inner.failures.fetch_add(1, Ordering::Relaxed);
-            ctx.log.push(
-                ctx.version,
-                LogStream::Hearth,
-                format!("{what}: the app answered with the error {code:?}."),
-            );
-            text(StatusCode::INTERNAL_SERVER_ERROR, format!("The app answered with an error: {code:?}.\n"))
-        }
-        Err(_) => {
-            apps.inner.failures.fetch_add(1, Ordering::Relaxed);
-            let outcome =
-                task.await.unwrap_or_else(|e| Outcome::Trap(format!("the request's task failed: {e}")));
-            outcome.response(&ctx)
+            match failure {
+                Failure::Code(code) => {
+                    ctx.log.push(
+                        ctx.version,
+                        LogStream::Hearth,
+                        format!("{what}: the app answered with the error {code:?}."),
+                    );
+                    text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("The app answered with an error: {code:?}.\n"),
+                    )
+                }
+                Failure::Ended(outcome) => outcome.response(&ctx),
+            }
         }
     };
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     ctx.log.push(ctx.version, LogStream::Request, format!("{what} {} {ms:.1}ms", response.status().as_u16()));
     response
+}
+
+/// What `run` waits for first.
+enum Event {
+    /// The instance ended.
+    Ended(Outcome),
+    /// The app set its response (or dropped the outparam unset: `None`).
+    Head(Option<Result<Response<Body>, ErrorCode>>),
+}
+
+/// Why a request got no response from its app.
+enum Failure {
+    /// The app answered with an error code instead of a response.
+    Code(ErrorCode),
+    /// The instance ended without a response: it failed, or returned unset.
+    Ended(Outcome),
+}
+
+/// A future polled in place until [`Detachable::detach`], or until it is
+/// dropped unfinished: then it runs to its end on a task of its own.
+struct Detachable<F: Future<Output = Outcome> + Send + 'static> {
+    future: Option<Pin<Box<F>>>,
+}
+
+impl<F: Future<Output = Outcome> + Send + 'static> Detachable<F> {
+    fn new(future: F) -> Self {
+        Detachable { future: Some(Box::pin(future)) }
+    }
+
+    fn detach(&mut self) {
+        if let Some(future) = self.future.take() {
+            // Without a runtime the process is ending, and the instance with it.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(future);
+            }
+        }
+    }
+}
+
+impl<F: Future<Output = Outcome> + Send + 'static> Future for Detachable<F> {
+    type Output = Outcome;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let Some(future) = self.future.as_mut() else {
+            return Poll::Ready(Outcome::Instantiate("the instance was polled after it ended".into()));
+        };
+        let outcome = std::task::ready!(future.as_mut().poll(cx));
+        self.future = None;
+        Poll::Ready(outcome)
+    }
+}
+
+impl<F: Future<Output = Outcome> + Send + 'static> Drop for Detachable<F> {
+    fn drop(&mut self) {
+        self.detach();
+    }
 }
 
 /// How a request's instance ended.

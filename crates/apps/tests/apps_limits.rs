@@ -111,3 +111,22 @@ async fn stdout_stderr_and_requests_go_to_the_log_and_its_followers() {
     assert!(kept.iter().any(|l| l.text.starts_with("Deployed version 1")), "{kept:?}");
     assert!(kept.iter().all(|l| l.version == 1 && l.time > 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_runs_to_its_end_when_its_client_goes_away() {
+    use tokio::io::AsyncWriteExt;
+    let h = harness().await;
+    let mut stream = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    stream
+        .write_all(b"GET /sleep?ms=300&print=woke HTTP/1.1\r\nHost: kitchen.localhost\r\n\r\n")
+        .await
+        .unwrap();
+    // Long enough for the instance to start, well before it answers.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(stream);
+    let woke = support::eventually(Duration::from_secs(5), async || {
+        has(&log_lines(&h.apps, "kitchen").await, "Stdout: woke")
+    })
+    .await;
+    assert!(woke, "{:#?}", log_lines(&h.apps, "kitchen").await);
+}

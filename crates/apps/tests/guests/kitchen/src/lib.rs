@@ -3,7 +3,8 @@
 //!
 //! - `/` answers `kitchen ok`; `/echo` echoes the method, path and body.
 //! - `/trap` panics (a trap); `/loop` spins forever; `/alloc` allocates
-//!   without bound; `/sleep?ms=N` sleeps without using CPU.
+//!   without bound; `/sleep?ms=N[&print=T]` sleeps without using CPU (then
+//!   writes T to stdout).
 //! - `/print?text=T` writes T to stdout and `err: T` to stderr.
 //! - `/fetch?url=U` makes an outgoing GET and answers with what came back.
 //! - `/config?key=K` and `/config-all` read `wasi:config`.
@@ -57,6 +58,9 @@ impl wasip2::exports::http::incoming_handler::Guest for Kitchen {
             "/sleep" => {
                 let ms: u64 = param("ms").and_then(|v| v.parse().ok()).unwrap_or(1000);
                 wasip2::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();
+                if let Some(text) = param("print") {
+                    println!("{text}");
+                }
                 (200, format!("slept {ms} ms\n"))
             }
             "/print" => {
