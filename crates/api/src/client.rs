@@ -554,6 +554,12 @@ impl Client {
         self.call(Method::POST, &format!("/v1/runs/{}/migrate", encode_path(id)), body).await
     }
 
+    /// The run once it has ended, or as it is after `timeout_ms`.
+    pub async fn run_result(&self, id: &str, timeout_ms: u64) -> Result<crate::types::RunSummary, Error> {
+        self.call(Method::GET, &format!("/v1/runs/{}/result?timeout_ms={timeout_ms}", encode_path(id)), None)
+            .await
+    }
+
     pub async fn run_logs(&self, id: &str) -> Result<crate::types::RunLogs, Error> {
         self.call(Method::GET, &format!("/v1/runs/{}/logs", encode_path(id)), None).await
     }

@@ -1003,3 +1003,12 @@ pub struct RunLogLine {
 pub struct RunLogs {
     pub lines: Vec<RunLogLine>,
 }
+
+/// `GET /v1/runs/{id}/result`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ResultQuery {
+    /// How long to wait for the run to end, in milliseconds (at most 60000;
+    /// default 30000). The answer is the run as it is then.
+    pub timeout_ms: Option<u64>,
+}

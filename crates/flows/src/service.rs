@@ -610,6 +610,31 @@ impl Flows {
         }
     }
 
+    /// The run once it has ended, or as it is when `timeout` passes first.
+    /// Follows the run's record in the store: no polling.
+    pub async fn wait(&self, id: &str, timeout: Duration) -> Result<Run, Error> {
+        use futures::StreamExt;
+        let key = record::run_key(id);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let Some(kv) = self.inner.store.get(&key).await? else {
+                return Err(Error::RunNotFound(id.to_owned()));
+            };
+            let run: Run = decode(&key, &kv.value)?;
+            if run.status.is_terminal() {
+                return Ok(run);
+            }
+            // The prefix also matches longer ids; a change to one of them
+            // just means reading this run again.
+            let mut changes = self.inner.store.watch(&key, kv.mod_revision + 1).await?;
+            match tokio::time::timeout_at(deadline, changes.next()).await {
+                Err(_) => return Ok(run),
+                Ok(Some(Err(e))) => return Err(e.into()),
+                Ok(_) => {}
+            }
+        }
+    }
+
     /// Runs, newest first, optionally only those with `status` or of `workflow`.
     pub async fn runs(&self, status: Option<Status>, workflow: Option<&str>) -> Result<Vec<Run>, Error> {
         let range = self.inner.store.range(record::RUNS).await?;

@@ -182,6 +182,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/runs/{id}/cancel", post(workflows::cancel))
         .route("/v1/runs/{id}/migrate", post(workflows::migrate))
         .route("/v1/runs/{id}/logs", get(workflows::logs))
+        .route("/v1/runs/{id}/result", get(workflows::result))
         .route("/v1/images", get(images::list))
         .route("/v1/images/pull", post(images::pull))
         .route("/v1/images/build", post(images::build))

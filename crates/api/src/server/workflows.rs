@@ -9,9 +9,9 @@ use super::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery, parse_json};
 use crate::types::{
-    DeployWorkflow, JournalStep, MigrateRun, PendingSignal, RunDetail, RunList, RunLogLine, RunLogs,
-    RunStarted, RunSummary, RunsQuery, SendSignal, StartRun, WorkflowDeployed, WorkflowList, WorkflowSummary,
-    WorkflowVersion,
+    DeployWorkflow, JournalStep, MigrateRun, PendingSignal, ResultQuery, RunDetail, RunList, RunLogLine,
+    RunLogs, RunStarted, RunSummary, RunsQuery, SendSignal, StartRun, WorkflowDeployed, WorkflowList,
+    WorkflowSummary, WorkflowVersion,
 };
 
 /// The largest deploy request: a component of up to 32 MiB, base64-encoded.
@@ -243,4 +243,18 @@ pub(crate) async fn logs(
             .map(|l| RunLogLine { time: l.time, source: l.source, text: l.text })
             .collect(),
     }))
+}
+
+/// Waits for a run to end (up to `timeout_ms`) and returns it: its output
+/// or error, or its current state if it has not ended by then.
+#[utoipa::path(get, path = "/v1/runs/{id}/result", tag = "workflows",
+    params(("id" = String, Path), ResultQuery), responses((status = 200, body = RunSummary), (status = 404, body = ErrorBody)))]
+pub(crate) async fn result(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<ResultQuery>,
+) -> Result<axum::Json<RunSummary>, ApiError> {
+    let timeout = std::time::Duration::from_millis(query.timeout_ms.unwrap_or(30_000).min(60_000));
+    let run = state.flows().wait(&id, timeout).await?;
+    Ok(axum::Json(run_summary(&run)))
 }

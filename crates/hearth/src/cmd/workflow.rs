@@ -2,7 +2,6 @@
 //! restarts.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context;
 use base64::Engine as _;
@@ -302,19 +301,17 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<i32
     Ok(0)
 }
 
-/// Polls a run until it ends, with a spinner that says what it waits for.
+/// Waits for a run to end, with a spinner that says what it waits for.
 async fn wait_for_end(client: &Client, id: &str) -> anyhow::Result<RunSummary> {
     let spinner = Spinner::new(format!("run {id} started"));
     loop {
-        let detail = client.run_detail(id).await?;
-        let run = detail.run;
+        let run = client.run_result(id, 1000).await?;
         if matches!(run.status.as_str(), "completed" | "failed" | "cancelled") {
             spinner.finish();
             return Ok(run);
         }
         let what = run.waiting_for.clone().map_or_else(|| run.status.clone(), |w| format!("waiting for {w}"));
-        spinner.set(format!("run {id}: {what}, {} steps", detail.journal.len()));
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        spinner.set(format!("run {id}: {what}"));
     }
 }
 
