@@ -49,6 +49,19 @@ if command -v curl >/dev/null; then
   step curl -s "http://hello.localhost:${port:-8080}/"
 fi
 
+# A workflow: waits for two of three approvals, at no cost while it waits.
+step hearth workflow deploy approval examples/workflows/approval/target/wasm32-wasip2/release/approval.wasm
+run_id="demo-$(date +%s)"
+step hearth workflow start approval --id "$run_id" --input '{"request": "a demo", "approvers": ["ann", "bob", "cid"], "timeout": "7d"}'
+step hearth workflow signal "$run_id" vote --data '{"who": "ann", "approve": true}'
+if command -v curl >/dev/null; then
+  step curl -s -X POST "http://hooks.localhost:${port:-8080}/approval/vote?run=$run_id" -d '{"who": "bob", "approve": true}'
+else
+  step hearth workflow signal "$run_id" vote --data '{"who": "bob", "approve": true}'
+fi
+for _ in $(seq 50); do hearth workflow show "$run_id" --json | grep -q '"status": *"completed"' && break; sleep 0.1; done
+step hearth workflow show "$run_id"
+
 # A machine: the first run builds a Debian image (about a minute), later runs reuse it.
 if ! hearth image ls | grep -q '^debian:bookworm '; then
   step hearth image build debian --suite bookworm
@@ -68,6 +81,7 @@ hearth is running (data dir $data_dir).
   hearth kv ls              the user key space
   curl http://hello.localhost:${port:-8080}/
                             the hello app (hearth app ls lists apps)
+  hearth workflow ls        workflow runs (hearth workflow show ID for a history)
   hearth machine exec -it demo -- bash
                             a shell in the demo machine
   hearth machine rm -f demo remove it
