@@ -115,6 +115,36 @@ where
     }
 }
 
+/// Reads a deploy request: a JSON body of at most `max` bytes (else an
+/// error whose hint starts with `what`).
+pub(crate) async fn deploy_body<T: DeserializeOwned>(
+    body: axum::body::Body,
+    max: usize,
+    what: &str,
+) -> Result<T, ApiError> {
+    let bytes = axum::body::to_bytes(body, max).await.map_err(|_| {
+        ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the deploy request is larger than {} MiB", max >> 20),
+            format!("{what}; build in release mode and strip debug info"),
+        )
+    })?;
+    parse_json(&bytes)
+}
+
+/// The bytes of a deploy request's `component_base64` field.
+pub(crate) fn component_bytes(base64_text: &str) -> Result<Vec<u8>, ApiError> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(base64_text.as_bytes()).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_field",
+            format!("field `component_base64`: not valid base64 ({e})"),
+            "send the component's bytes base64-encoded (standard alphabet)",
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,12 +7,11 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
 use futures::StreamExt;
 
 use super::AppState;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, ApiQuery, parse_json};
+use crate::extract::{ApiJson, ApiQuery, component_bytes, deploy_body};
 use crate::types::{
     AppDetail, AppList, AppLogLine, AppLogs, AppSummary, AppVersion, DeployApp, DeployResult, LogsQuery,
     Rollback, SetSecret,
@@ -76,24 +75,8 @@ pub(crate) async fn deploy(
     Path(name): Path<String>,
     body: Body,
 ) -> Result<axum::Json<DeployResult>, ApiError> {
-    let bytes = axum::body::to_bytes(body, MAX_DEPLOY_BODY).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the deploy request is larger than {} MiB", MAX_DEPLOY_BODY >> 20),
-            "components are limited to 64 MiB; build in release mode and strip debug info",
-        )
-    })?;
-    let request: DeployApp = parse_json(&bytes)?;
-    let component = base64::engine::general_purpose::STANDARD
-        .decode(request.component_base64.as_bytes())
-        .map_err(|e| {
-            ApiError::bad_request(
-                "invalid_field",
-                format!("field `component_base64`: not valid base64 ({e})"),
-                "send the component's bytes base64-encoded (standard alphabet)",
-            )
-        })?;
+    let request: DeployApp = deploy_body(body, MAX_DEPLOY_BODY, "components are limited to 64 MiB").await?;
+    let component = component_bytes(&request.component_base64)?;
     let routes =
         request.routes.iter().map(|r| hearth_apps::Route::parse(r)).collect::<Result<Vec<_>, _>>()?;
     let deployed = state.apps().deploy(&name, component, request.manifest, routes).await?;

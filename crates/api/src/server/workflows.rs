@@ -3,11 +3,10 @@
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use base64::Engine as _;
 
 use super::AppState;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, ApiQuery, parse_json};
+use crate::extract::{ApiJson, ApiQuery, component_bytes, deploy_body};
 use crate::types::{
     DeployWorkflow, JournalStep, MigrateRun, PendingSignal, ResultQuery, RunDetail, RunList, RunLogLine,
     RunLogs, RunStarted, RunSummary, RunsQuery, SendSignal, StartRun, WorkflowDeployed, WorkflowList,
@@ -92,24 +91,9 @@ pub(crate) async fn deploy(
     Path(name): Path<String>,
     body: Body,
 ) -> Result<axum::Json<WorkflowDeployed>, ApiError> {
-    let bytes = axum::body::to_bytes(body, MAX_DEPLOY_BODY).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the deploy request is larger than {} MiB", MAX_DEPLOY_BODY >> 20),
-            "workflow components are limited to 32 MiB; build in release mode and strip debug info",
-        )
-    })?;
-    let request: DeployWorkflow = parse_json(&bytes)?;
-    let component = base64::engine::general_purpose::STANDARD
-        .decode(request.component_base64.as_bytes())
-        .map_err(|e| {
-            ApiError::bad_request(
-                "invalid_field",
-                format!("field `component_base64`: not valid base64 ({e})"),
-                "send the component's bytes base64-encoded (standard alphabet)",
-            )
-        })?;
+    let request: DeployWorkflow =
+        deploy_body(body, MAX_DEPLOY_BODY, "workflow components are limited to 32 MiB").await?;
+    let component = component_bytes(&request.component_base64)?;
     let deployed = state.flows().deploy(&name, component, request.manifest).await?;
     Ok(axum::Json(WorkflowDeployed {
         workflow: deployed.workflow,
