@@ -54,6 +54,13 @@ async fn malformed_requests_get_clear_errors_and_the_daemon_keeps_serving() {
         (Method::GET, "/v1/events?limit=0", None, 400, "invalid_query", "limit"),
         (Method::GET, "/v1/events?bogus=1", None, 400, "invalid_query", "bogus"),
         (Method::GET, "/v1/events?since=notanumber", None, 400, "invalid_query", "since"),
+        (Method::PUT, "/v1/apps/a", Some(b"{\"component_base64\": \"!\"}"), 400, "invalid_field", "base64"),
+        (Method::PUT, "/v1/workflows/w", Some(b"{\"component_base64\": \"!\"}"), 400, "invalid_field", "base64"),
+        (Method::PUT, "/v1/workflows/w", Some(b"{\"component\": \"\"}"), 400, "unknown_field", "component"),
+        (Method::POST, "/v1/workflows/w/runs", Some(b"{}"), 404, "workflow_not_found", "hearth workflow ls"),
+        (Method::GET, "/v1/runs?status=sleepy", None, 400, "invalid", "unknown status"),
+        (Method::GET, "/v1/runs/nobody", None, 404, "run_not_found", "nobody"),
+        (Method::POST, "/v1/runs/nobody/signals", Some(b"{\"name\": \"go\"}"), 404, "run_not_found", "nobody"),
         (Method::GET, "/v1/nope", None, 404, "not_found", "/v1/nope"),
         (Method::POST, "/v1/status", None, 405, "method_not_allowed", "POST"),
     ];
