@@ -88,6 +88,8 @@ pub(crate) struct RunCx {
     consumed: HashSet<String>,
     /// Steps recorded live in this execution.
     pub(crate) live_steps: u32,
+    /// Epoch ticks the guest has computed since its last durable call.
+    pub(crate) ticks: u64,
 }
 
 impl Exec {
@@ -119,7 +121,15 @@ impl Exec {
             wasi,
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new().memory_size(MEMORY_LIMIT).instances(16).build(),
-            cx: RunCx { flows, run, run_rev, cursor: Cursor::new(journal), consumed, live_steps: 0 },
+            cx: RunCx {
+                flows,
+                run,
+                run_rev,
+                cursor: Cursor::new(journal),
+                consumed,
+                live_steps: 0,
+                ticks: 0,
+            },
         }
     }
 }
@@ -142,6 +152,8 @@ fn stop(s: Stop) -> wasmtime::Error {
 impl RunCx {
     /// The recorded result of `call`, or `None` if it is live.
     fn replay(&mut self, call: &Call) -> wasmtime::Result<Option<Recorded>> {
+        // The CPU budget is per stretch of computation between calls.
+        self.ticks = 0;
         self.cursor.replay(call).map_err(|d| stop(Stop::Diverged(d)))
     }
 

@@ -40,7 +40,7 @@ pub struct Options {
     pub max_upload: usize,
     /// Executions at once; more wait their turn.
     pub concurrency: usize,
-    /// CPU one execution may use between its start and its end or wait.
+    /// CPU a workflow may use between two durable calls.
     pub cpu_budget: Duration,
 }
 
@@ -302,11 +302,11 @@ impl Flows {
         let mut store = wasmtime::Store::new(&self.inner.runtime.engine, exec);
         store.limiter(|e| &mut e.limits);
         let budget = self.inner.options.cpu_budget.as_millis().div_ceil(runtime::TICK.as_millis()) as u64;
-        let mut used = 0u64;
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            used += 1;
-            if used >= budget.max(1) {
+        store.epoch_deadline_callback(move |mut ctx| {
+            let cx = &mut ctx.data_mut().cx;
+            cx.ticks += 1;
+            if cx.ticks >= budget.max(1) {
                 return Ok(UpdateDeadline::Interrupt);
             }
             Ok(UpdateDeadline::Yield(1))
@@ -343,7 +343,7 @@ impl Flows {
                 Some(stop @ (Stop::Diverged(_) | Stop::Corrupt { .. })) => Err(stop.to_string()),
                 None if error.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) => {
                     Err(format!(
-                        "the workflow computed for more than {} without waiting or returning, and was stopped; a workflow should wait with sleep or wait-signal, not spin",
+                        "the workflow computed for more than {} without a durable call, and was stopped; a workflow should wait with sleep or wait-signal, not spin",
                         crate::human_duration(self.inner.options.cpu_budget.as_millis() as u64)
                     ))
                 }

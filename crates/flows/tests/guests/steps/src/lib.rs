@@ -11,6 +11,7 @@
 //!   the data.
 //! - `child:INPUT` starts a child run of `steps` with INPUT, waits for it,
 //!   returns `child said RESULT`.
+//! - `logs:N` makes N durable log calls (long in all, short between calls).
 //! - `spin` loops forever; `trap` panics; `fail` returns an error;
 //!   `print` writes to stdout and returns.
 //! - anything else echoes itself back.
@@ -71,6 +72,13 @@ impl Guest for Steps {
                         return Ok(n.to_string());
                     }
                 }
+            }
+            "logs" => {
+                let n: u32 = arg.parse().map_err(|_| "logs:N")?;
+                for i in 0..n {
+                    durable::log(&format!("line {i}"));
+                }
+                Ok(format!("logged {n}"))
             }
             "trap" => panic!("the test asked for a trap"),
             "fail" => Err("the test asked for a failure".into()),
