@@ -143,6 +143,17 @@ async fn a_run_sleeps_waits_for_a_signal_calls_an_activity_and_completes() {
     let out = failure(&daemon.cli(&["workflow", "start", "steps", "--input", "fail", "--wait"]));
     assert!(out.contains("the test asked for a failure") && out.contains("workflow show"), "{out}");
 
+    // A cancelled run stops waiting and takes no more signals.
+    success(&daemon.cli(&["workflow", "start", "steps", "--input", "timeout:600000", "--id", "doomed"]));
+    until_all(&daemon, &["doomed".into()], "waiting for go", Duration::from_secs(30), waiting_for_go);
+    assert!(success(&daemon.cli(&["workflow", "cancel", "doomed"])).contains("cancelled doomed"));
+    let shown = run(&daemon, "doomed");
+    assert_eq!((shown["status"].as_str(), shown["waiting_for"].as_str()), (Some("cancelled"), None));
+    let out = failure(&daemon.cli(&["workflow", "signal", "doomed", "go"]));
+    assert!(out.contains("already ended (cancelled)"), "{out}");
+    let listed = json(&daemon.cli(&["workflow", "ls", "--status", "cancelled", "--json"]));
+    assert_eq!(listed["runs"].as_array().map(Vec::len), Some(1));
+
     // Bad input, each with a clear error.
     let out = failure(&daemon.cli(&["workflow", "signal", "first", "go"]));
     assert!(out.contains("already ended"), "{out}");
