@@ -4,7 +4,7 @@ CARGO ?= cargo
 BIN_DIR ?= $(HOME)/.cargo/bin
 DATA_DIR ?= $(or $(HEARTH_DATA_DIR),$(or $(XDG_DATA_HOME),$(HOME)/.local/share)/hearth)
 
-.PHONY: setup build agent examples install run stop test lint openapi bench clean
+.PHONY: setup build agent examples install run stop test lint openapi bench bench-apps clean
 
 # The guest agent runs as PID 1 in every machine: a static musl binary.
 AGENT := target/x86_64-unknown-linux-musl/release/hearth-agent
@@ -52,6 +52,24 @@ openapi:
 
 bench: build
 	target/release/hearth bench store
+
+# `hearth bench apps` against a throwaway daemon on a temporary directory,
+# with `wasmtime serve` from crates.io's wasmtime-cli of the workspace's
+# wasmtime major version (installed once; a long compile the first time).
+# Not part of `make test`. Pass options with BENCH_APPS_ARGS="--runs 20 --json".
+WASMTIME_MAJOR := 48
+bench-apps: build examples
+	@set -e; want='^wasmtime $(WASMTIME_MAJOR)\.'; w=$$(command -v wasmtime || true); \
+	if [ -z "$$w" ] || ! "$$w" --version | grep -q "$$want"; then w=$${CARGO_HOME:-$$HOME/.cargo}/bin/wasmtime; fi; \
+	if ! "$$w" --version 2>/dev/null | grep -q "$$want"; then \
+		echo "installing wasmtime-cli $(WASMTIME_MAJOR).x for the wasmtime serve peer"; \
+		$(CARGO) install wasmtime-cli --version '^$(WASMTIME_MAJOR)' --locked; \
+	fi; \
+	dir=$$(mktemp -d); \
+	target/release/hearth serve --data-dir $$dir --ingress 127.0.0.1:0 --default-network false >$$dir/daemon.log 2>&1 & pid=$$!; \
+	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null; rm -rf $$dir' EXIT; \
+	for _ in $$(seq 100); do target/release/hearth --data-dir $$dir status >/dev/null 2>&1 && break; sleep 0.1; done; \
+	target/release/hearth --data-dir $$dir bench apps --wasmtime "$$w" $(BENCH_APPS_ARGS)
 
 clean:
 	$(CARGO) clean

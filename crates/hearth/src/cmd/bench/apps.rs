@@ -57,8 +57,13 @@ pub(crate) struct Args {
     /// Deploys per measurement (cold and warm each).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     runs: u32,
-    /// Seconds of load per server (after a 2 s warm-up).
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Rounds of load: each round loads every server in turn, and each
+    /// server's figure is its median round, so that other work on the
+    /// machine weighs on every server alike.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+    /// Seconds of load per server and round (after a 2 s warm-up).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     duration: u64,
     /// Connections the load generator keeps open.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
@@ -147,6 +152,8 @@ struct Throughput {
     load_generator: String,
     threads: u32,
     connections: u32,
+    rounds: usize,
+    /// Per server and round.
     duration_secs: u64,
     hearth: Figure<Load>,
     native_hyper: Figure<Load>,
@@ -159,11 +166,14 @@ struct Throughput {
     target_over_wasmtime_serve: f64,
 }
 
-/// One server under load, as wrk saw it.
+/// One server under load, as wrk saw it: the round with the median
+/// requests per second.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 struct Load {
     server: String,
     requests_per_sec: f64,
+    /// Every round's requests per second, in the order they ran.
+    rounds_requests_per_sec: Vec<f64>,
     requests: u64,
     p50_ms: f64,
     p99_ms: f64,
@@ -225,7 +235,7 @@ async fn measure(client: &Client, args: &Args, name: &str) -> anyhow::Result<Rep
     let runs = args.runs as usize;
 
     eprintln!(
-        "[1/5] Deploy latency: {runs} cold deploys (new bytes each) of {} as {name} ...",
+        "[1/4] Deploy latency: {runs} cold deploys (new bytes each) of {} as {name} ...",
         path.display()
     );
     let mut deploys = Deploys::new(client, ingress, &host, name);
@@ -237,7 +247,7 @@ async fn measure(client: &Client, args: &Args, name: &str) -> anyhow::Result<Rep
         deploys.record(Phase::Cold, total, daemon, compiled);
     }
     eprintln!(
-        "[2/5] Deploy latency: {runs} warm deploys (the last bytes again, from the compiled cache) ..."
+        "[2/4] Deploy latency: {runs} warm deploys (the last bytes again, from the compiled cache) ..."
     );
     for i in 0..runs {
         let (total, daemon, compiled) = deploys.timed(&last).await?;
@@ -248,36 +258,60 @@ async fn measure(client: &Client, args: &Args, name: &str) -> anyhow::Result<Rep
 
     // The component exactly as built, for the throughput runs.
     deploys_plain(client, ingress, &host, name, &component).await?;
+    eprintln!(
+        "[3/4] Starting the peers: native hyper in this process, `wasmtime serve` of the same component ..."
+    );
+    let native = NativeServer::start();
+    let wasmtime = WasmtimeServe::start(args.wasmtime.as_deref(), &path).await;
+    if let Err(e) = &wasmtime {
+        eprintln!("      wasmtime serve is unavailable: {e:#}");
+    }
+    let mut peers = [
+        Peer::new(format!("hearth ingress ({})", file_name(&path)), Ok(ingress)),
+        Peer::new(
+            "native hyper (in-process, own runtime)".into(),
+            native.as_ref().map(|n| n.addr).map_err(|e| format!("{e:#}")),
+        ),
+        Peer::new(
+            wasmtime
+                .as_ref()
+                .map_or_else(|_| "wasmtime serve".into(), |w| format!("wasmtime serve {}", w.version)),
+            wasmtime.as_ref().map(|w| w.addr).map_err(|e| format!("{e:#}")),
+        ),
+    ];
     let wrk = Wrk::find(args).await;
+    let rounds = args.rounds as usize;
     let duration = Duration::from_secs(args.duration);
-    let load = |server: String, addr: SocketAddr| under_load(&wrk, server, addr, &host, duration);
-
-    eprintln!("[3/5] Throughput: hearth's ingress at {ingress} serving {} ...", path.display());
-    let hearth = load(format!("hearth ingress ({})", file_name(&path)), ingress).await;
-
-    eprintln!("[4/5] Throughput: native hyper, in this process on a runtime of its own ...");
-    let native = match NativeServer::start() {
-        Ok(server) => {
-            let figure = load("native hyper (in-process, own runtime)".into(), server.addr).await;
-            server.stop().await;
-            figure
+    eprintln!(
+        "[4/4] Throughput: {rounds} round(s) of {} s per server, the servers in turn, after a {} s warm-up each ...",
+        duration.as_secs(),
+        WARM_UP.as_secs()
+    );
+    match &wrk {
+        Ok(wrk) => {
+            for peer in &mut peers {
+                peer.warm_up(wrk, &host).await;
+            }
+            for round in 1..=rounds {
+                for peer in &mut peers {
+                    peer.round(wrk, &host, duration, round).await;
+                }
+            }
         }
-        Err(e) => unavailable(e),
-    };
-
-    eprintln!("[5/5] Throughput: `wasmtime serve` serving the same component ...");
-    let wasmtime = match WasmtimeServe::start(args.wasmtime.as_deref(), &path).await {
-        Ok(mut server) => {
-            let figure = load(format!("wasmtime serve {}", server.version), server.addr).await;
-            server.stop().await;
-            figure
+        Err(why) => {
+            for peer in &mut peers {
+                peer.addr = Err(why.clone());
+            }
         }
-        Err(e) => {
-            eprintln!("      unavailable: {e:#}");
-            unavailable(e)
-        }
-    };
+    }
+    if let Ok(native) = native {
+        native.stop().await;
+    }
+    if let Ok(mut wasmtime) = wasmtime {
+        wasmtime.stop().await;
+    }
 
+    let [hearth, native, wasmtime] = peers.map(Peer::figure);
     let ratio = |peer: &Figure<Load>| match (hearth.measured(), peer.measured()) {
         (Some(h), Some(p)) if p.requests_per_sec > 0.0 => Some(h.requests_per_sec / p.requests_per_sec),
         _ => None,
@@ -286,6 +320,7 @@ async fn measure(client: &Client, args: &Args, name: &str) -> anyhow::Result<Rep
         load_generator: wrk.as_ref().map_or_else(|_| "wrk (missing)".to_owned(), |w| w.version.clone()),
         threads: args.threads,
         connections: args.connections,
+        rounds,
         duration_secs: args.duration,
         hearth_over_native: ratio(&native),
         hearth_over_wasmtime_serve: ratio(&wasmtime),
@@ -304,38 +339,68 @@ async fn measure(client: &Client, args: &Args, name: &str) -> anyhow::Result<Rep
     })
 }
 
-/// Runs `wrk` against `addr`, saying on stderr what it saw.
-async fn under_load(
-    wrk: &Result<Wrk, String>,
-    server: String,
-    addr: SocketAddr,
-    host: &str,
-    duration: Duration,
-) -> Figure<Load> {
-    let wrk = match wrk {
-        Ok(wrk) => wrk,
-        Err(why) => return Figure::Unavailable { unavailable: why.clone() },
-    };
-    match wrk.measure(&server, &format!("http://{addr}/"), host, duration).await {
-        Ok(load) => {
-            eprintln!(
-                "      {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms{}",
-                load.requests_per_sec,
-                load.p50_ms,
-                load.p99_ms,
-                if load.errors > 0 { format!(", {} errors", load.errors) } else { String::new() }
-            );
-            Figure::Measured(load)
-        }
-        Err(e) => {
-            eprintln!("      failed: {e:#}");
-            unavailable(e)
-        }
-    }
+/// One server under load, round after round.
+struct Peer {
+    label: String,
+    /// Where it listens, or why it is not measured (any more).
+    addr: Result<SocketAddr, String>,
+    rounds: Vec<Load>,
 }
 
-fn unavailable<T>(e: anyhow::Error) -> Figure<T> {
-    Figure::Unavailable { unavailable: format!("{e:#}") }
+impl Peer {
+    fn new(label: String, addr: Result<SocketAddr, String>) -> Peer {
+        Peer { label, addr, rounds: vec![] }
+    }
+
+    async fn warm_up(&mut self, wrk: &Wrk, host: &str) {
+        let Ok(addr) = self.addr else { return };
+        if let Err(e) = wrk.run(addr, host, WARM_UP).await {
+            eprintln!("      {}: the warm-up failed: {e:#}", self.label);
+            self.addr = Err(format!("the warm-up failed: {e:#}"));
+        }
+    }
+
+    async fn round(&mut self, wrk: &Wrk, host: &str, duration: Duration, round: usize) {
+        let Ok(addr) = self.addr else { return };
+        let measured = wrk
+            .run(addr, host, duration)
+            .await
+            .and_then(|text| parse_wrk(&text).with_context(|| format!("cannot read wrk's output:\n{text}")));
+        match measured {
+            Ok(mut load) => {
+                eprintln!(
+                    "      round {round}: {}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms{}",
+                    self.label,
+                    load.requests_per_sec,
+                    load.p50_ms,
+                    load.p99_ms,
+                    if load.errors > 0 { format!(", {} errors", load.errors) } else { String::new() }
+                );
+                load.server = self.label.clone();
+                self.rounds.push(load);
+            }
+            Err(e) => {
+                eprintln!("      round {round}: {}: failed: {e:#}", self.label);
+                self.addr = Err(format!("round {round} failed: {e:#}"));
+            }
+        }
+    }
+
+    /// The round with the median requests per second, with every round's
+    /// figure beside it.
+    fn figure(self) -> Figure<Load> {
+        if let Err(why) = self.addr {
+            return Figure::Unavailable { unavailable: why };
+        }
+        let per_round: Vec<f64> = self.rounds.iter().map(|l| l.requests_per_sec).collect();
+        let mut sorted = self.rounds;
+        sorted.sort_by(|a, b| a.requests_per_sec.total_cmp(&b.requests_per_sec));
+        let Some(mut median) = sorted.get(sorted.len().saturating_sub(1) / 2).cloned() else {
+            return Figure::Unavailable { unavailable: "no round was measured".into() };
+        };
+        median.rounds_requests_per_sec = per_round;
+        Figure::Measured(median)
+    }
 }
 
 fn file_name(path: &Path) -> String {
@@ -541,21 +606,13 @@ impl Wrk {
         }
     }
 
-    /// A warm-up, then `duration` of load on `url`.
-    async fn measure(&self, server: &str, url: &str, host: &str, duration: Duration) -> anyhow::Result<Load> {
-        self.run(url, host, WARM_UP).await.context("the warm-up failed")?;
-        let text = self.run(url, host, duration).await?;
-        let mut load = parse_wrk(&text).with_context(|| format!("cannot read wrk's output:\n{text}"))?;
-        load.server = server.to_owned();
-        Ok(load)
-    }
-
-    async fn run(&self, url: &str, host: &str, duration: Duration) -> anyhow::Result<String> {
+    /// `duration` of load on `addr`: wrk's report.
+    async fn run(&self, addr: SocketAddr, host: &str, duration: Duration) -> anyhow::Result<String> {
         let connections = self.connections.max(self.threads);
         let output = tokio::process::Command::new("wrk")
             .args(["-t", &self.threads.to_string(), "-c", &connections.to_string()])
             .args(["-d", &format!("{}s", duration.as_secs().max(1)), "--latency"])
-            .args(["-H", &format!("Host: {host}"), url])
+            .args(["-H", &format!("Host: {host}"), &format!("http://{addr}/")])
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .output()
@@ -574,6 +631,7 @@ fn parse_wrk(text: &str) -> Option<Load> {
     let mut load = Load {
         server: String::new(),
         requests_per_sec: f64::NAN,
+        rounds_requests_per_sec: vec![],
         requests: 0,
         p50_ms: f64::NAN,
         p99_ms: f64::NAN,
@@ -759,13 +817,15 @@ fn verdict(met: bool) -> &'static str {
 fn render(r: &Report) -> String {
     let t = &r.throughput;
     let mut out = format!(
-        "hearth bench apps: {} ({:.1} KiB), {} deploys each; {}, {} thread(s), {} connections, {} s per server; {} cores\n\n",
+        "hearth bench apps: {} ({:.1} KiB), {} deploys each; {}, {} thread(s), {} connections, \
+         {} round(s) of {} s per server; {} cores\n\n",
         r.component.display(),
         r.component_bytes as f64 / 1024.0,
         r.deploy.runs,
         t.load_generator,
         t.threads,
         t.connections,
+        t.rounds,
         t.duration_secs,
         r.cores
     );
@@ -799,7 +859,14 @@ fn render(r: &Report) -> String {
     }
 
     out.push('\n');
-    let mut table = Table::new(vec!["HELLO WORLD UNDER LOAD", "REQ/S", "P50", "P99", "ERRORS"]);
+    let mut table = Table::new(vec![
+        "HELLO WORLD UNDER LOAD (MEDIAN ROUND)",
+        "REQ/S",
+        "P50",
+        "P99",
+        "ERRORS",
+        "EACH ROUND",
+    ]);
     for (label, figure) in [
         ("hearth ingress", &t.hearth),
         ("native hyper", &t.native_hyper),
@@ -812,9 +879,11 @@ fn render(r: &Report) -> String {
                 format!("{:.2} ms", l.p50_ms),
                 format!("{:.2} ms", l.p99_ms),
                 l.errors.to_string(),
+                l.rounds_requests_per_sec.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(" "),
             ]),
             Figure::Unavailable { unavailable } => table.row(vec![
                 label.into(),
+                "-".into(),
                 "-".into(),
                 "-".into(),
                 "-".into(),
