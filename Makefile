@@ -71,5 +71,18 @@ bench-apps: build examples
 	for _ in $$(seq 100); do target/release/hearth --data-dir $$dir status >/dev/null 2>&1 && break; sleep 0.1; done; \
 	target/release/hearth --data-dir $$dir bench apps --wasmtime "$$w" $(BENCH_APPS_ARGS)
 
+# The Restate peer of `hearth bench workflows`: restate-server from npm into
+# target/restate (once per version) and bench/restate-peer, a Restate Rust SDK
+# endpoint (its own workspace and target dir). Not part of `make test`.
+RESTATE_VERSION := 1.7.12
+RESTATE_SERVER := target/restate/node_modules/@restatedev/restate-server-linux-$(if $(filter aarch64,$(shell uname -m)),arm64,x64)/bin/restate-server
+.PHONY: bench-workflows-peer
+bench-workflows-peer:
+	@if ! "$(RESTATE_SERVER)" --version 2>/dev/null | grep -qx 'restate-server $(RESTATE_VERSION)'; then \
+		echo "installing @restatedev/restate-server $(RESTATE_VERSION) into target/restate"; \
+		mkdir -p target/restate && npm install --prefix target/restate --no-audit --no-fund @restatedev/restate-server@$(RESTATE_VERSION); \
+	fi
+	$(CARGO) build --release --locked --manifest-path bench/restate-peer/Cargo.toml
+
 clean:
 	$(CARGO) clean

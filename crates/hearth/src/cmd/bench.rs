@@ -6,6 +6,7 @@
 
 mod apps;
 mod machines;
+mod restate;
 
 use std::path::Path;
 use std::sync::Arc;
