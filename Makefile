@@ -84,5 +84,17 @@ bench-workflows-peer:
 	fi
 	$(CARGO) build --release --locked --manifest-path bench/restate-peer/Cargo.toml
 
+# `hearth bench workflows` against a throwaway daemon: hearth, and Restate
+# (`bench-workflows-peer` installs restate-server from npm and builds the
+# peer). Not part of `make test`. Options: BENCH_WORKFLOWS_ARGS="--runs 500".
+.PHONY: bench-workflows
+bench-workflows: build bench-workflows-peer
+	$(CARGO) build --release --manifest-path bench/workflows/three-steps/Cargo.toml --target wasm32-wasip2
+	@set -e; dir=$$(mktemp -d); \
+	target/release/hearth serve --data-dir $$dir --ingress 127.0.0.1:0 --default-network false >$$dir/daemon.log 2>&1 & pid=$$!; \
+	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null; rm -rf $$dir' EXIT; \
+	for _ in $$(seq 100); do target/release/hearth --data-dir $$dir status >/dev/null 2>&1 && break; sleep 0.1; done; \
+	target/release/hearth --data-dir $$dir bench workflows $(BENCH_WORKFLOWS_ARGS)
+
 clean:
 	$(CARGO) clean

@@ -7,6 +7,7 @@
 mod apps;
 mod machines;
 mod restate;
+mod workflows;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -46,6 +47,10 @@ pub(crate) enum Command {
     /// Talks to the running daemon (as `hearth machine` does), creates
     /// machines named bench-PID-N and removes them again.
     Machines(machines::Args),
+    /// Workflows: three-step workflows per second and signal-to-resume
+    /// latency through the running daemon, and on Restate when installed
+    /// (`make bench-workflows-peer`).
+    Workflows(workflows::Args),
     /// Apps: deploy latency (cold and warm, to the first 200) and hello-world
     /// requests per second through hearth's ingress against a native hyper
     /// server and `wasmtime serve`, with one load generator (wrk).
@@ -63,6 +68,7 @@ pub(crate) async fn run(
 ) -> anyhow::Result<()> {
     match command {
         Command::Machines(args) => machines::run(&client()?, data_dir, args).await?,
+        Command::Workflows(args) => workflows::run(&client()?, args).await?,
         Command::Apps(args) => apps::run(&client()?, args).await?,
         Command::Store { ops, concurrency, value_size, dir, json } => {
             let tmp = match dir {

@@ -168,13 +168,13 @@ impl Stats {
 }
 
 /// Milliseconds to the microsecond: finer is noise.
-fn millis(d: Duration) -> f64 {
+pub(super) fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
 /// Nearest-rank percentile of sorted samples (for an even count the median
 /// is the lower middle one, a sample that really happened).
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(super) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
