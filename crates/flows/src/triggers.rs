@@ -26,7 +26,8 @@
 //! fired is kept in the store. **Missed runs** (the daemon was down over a
 //! firing): the most recent missed one fires once when the daemon comes
 //! back, the others are skipped and logged — catch up once, as systemd's
-//! `Persistent=true` does.
+//! `Persistent=true` does. A slot that passed while the daemon was up (a
+//! slow tick) fires late, on its own.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -304,8 +305,9 @@ struct CronState {
 pub(crate) async fn run(flows: Flows, shutdown: watch::Receiver<bool>) {
     let events = tokio::spawn(events(flows.clone(), shutdown.clone()));
     let mut shutdown = shutdown;
+    let started = now_ms();
     loop {
-        if let Err(e) = cron_tick(&flows).await {
+        if let Err(e) = cron_tick(&flows, started).await {
             tracing::warn!(error = %e, "Cron triggers could not be checked.");
         }
         // Each second, on the second: six-field schedules have seconds.
@@ -321,11 +323,13 @@ pub(crate) async fn run(flows: Flows, shutdown: watch::Receiver<bool>) {
     events.abort();
 }
 
-async fn cron_tick(flows: &Flows) -> Result<(), Error> {
+/// `started`: when this daemon began firing; slots before it were missed
+/// while hearth was down.
+async fn cron_tick(flows: &Flows, started: u64) -> Result<(), Error> {
     let now = now_ms();
     for def in flows.definitions().await? {
         for (index, cron) in def.triggers.crons.iter().enumerate() {
-            if let Err(e) = fire_cron(flows, &def, index, cron, now).await {
+            if let Err(e) = fire_cron(flows, &def, index, cron, now, started).await {
                 tracing::warn!(workflow = %def.name, schedule = %cron.schedule, error = %e, "A cron trigger could not fire.");
             }
         }
@@ -339,6 +343,7 @@ async fn fire_cron(
     index: usize,
     cron: &Cron,
     now: u64,
+    started: u64,
 ) -> Result<(), Error> {
     let schedule = Schedule::parse(&cron.schedule, &cron.timezone).map_err(Error::Manifest)?;
     let key = record::cron_key(&def.name, index);
@@ -361,14 +366,18 @@ async fn fire_cron(
     if due > now {
         return Ok(());
     }
-    // Catch up once: the latest missed firing, not every one.
+    // Catch up once: of the slots that passed while hearth was down, only
+    // the latest fires. A slot that passed while it was up (a slow tick)
+    // still fires, late, on its own.
     let mut skipped = 0u64;
-    while let Some(next) = schedule.next_after(due) {
-        if next > now || skipped >= 100_000 {
-            break;
+    while due < started {
+        match schedule.next_after(due) {
+            Some(next) if next < started && next <= now && skipped < 100_000 => {
+                due = next;
+                skipped += 1;
+            }
+            _ => break,
         }
-        due = next;
-        skipped += 1;
     }
     if skipped > 0 {
         tracing::info!(workflow = %def.name, schedule = %cron.schedule, skipped, "Cron firings were missed while hearth was down; firing the latest once.");
