@@ -56,6 +56,9 @@ fn json_logs_are_one_object_per_line() {
     let child = std::process::Command::new(BIN)
         .args(["serve", "--log-format", "json", "--data-dir"])
         .arg(dir.path())
+        // Nothing on the host beyond its own data dir: no default network
+        // (a bridge, NAT and forwarding), no fixed ingress port.
+        .args(["--default-network", "false", "--ingress", "127.0.0.1:0", "--net-prefix", "tjl"])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");
@@ -67,6 +70,11 @@ fn json_logs_are_one_object_per_line() {
     std::thread::sleep(Duration::from_millis(200));
     let _ = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
     let output = child.wait_with_output().expect("wait");
+    // The firewall tables outlive a daemon (its machines keep running);
+    // this one ran none, so its tables go, as the testkit's do.
+    for family in ["inet", "bridge"] {
+        let _ = std::process::Command::new("nft").args(["delete", "table", family, "hearth-tjl"]).output();
+    }
     let text = String::from_utf8_lossy(&output.stderr);
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines.iter().any(|l| l.contains("Daemon ready.")), "{text}");
