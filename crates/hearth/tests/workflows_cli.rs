@@ -376,30 +376,11 @@ async fn the_approval_example_decides_on_two_of_three_or_times_out() {
         r#"{{"request": "a new laptop", "approvers": ["ann", "bob", "cid"], "timeout": "7d", "notify": "{url}/decided"}}"#
     );
     success(&daemon.cli(&["workflow", "start", "approval", "--id", "laptop", "--input", &input]));
-    success(&daemon.cli(&[
-        "workflow",
-        "signal",
-        "laptop",
-        "vote",
-        "--data",
-        r#"{"who": "ann", "approve": true}"#,
-    ]));
-    success(&daemon.cli(&[
-        "workflow",
-        "signal",
-        "laptop",
-        "vote",
-        "--data",
-        r#"{"who": "ann", "approve": true}"#,
-    ]));
-    success(&daemon.cli(&[
-        "workflow",
-        "signal",
-        "laptop",
-        "vote",
-        "--data",
-        r#"{"who": "eve", "approve": true}"#,
-    ]));
+    // Ann approves, then again (ignored), and Eve, who is no approver (ignored).
+    for who in ["ann", "ann", "eve"] {
+        let vote = format!(r#"{{"who": "{who}", "approve": true}}"#);
+        success(&daemon.cli(&["workflow", "signal", "laptop", "vote", "--data", &vote]));
+    }
     let port = ingress_port(&daemon).await;
     let (status, answer) =
         post(port, "hooks.localhost", "/approval/vote?run=laptop", &[], r#"{"who": "bob", "approve": true}"#);

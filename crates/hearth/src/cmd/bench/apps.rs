@@ -30,6 +30,7 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::io::AsyncReadExt;
 
+use super::{millis, percentile};
 use crate::output::{Table, print_json};
 
 /// What the apps issue asks of a cold deploy, at the median.
@@ -179,21 +180,6 @@ struct Load {
     p99_ms: f64,
     /// Non-2xx answers plus socket errors: a run with any is suspect.
     errors: u64,
-}
-
-/// Nearest-rank percentile of sorted samples (for an even count the median
-/// is the lower middle one, a sample that really happened).
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-/// Milliseconds to the microsecond: finer is noise.
-fn millis(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
 pub(crate) async fn run(client: &Client, args: Args) -> anyhow::Result<()> {

@@ -19,6 +19,7 @@ use hearth_machines::{guest, kernel};
 use serde::Serialize;
 use tokio::io::AsyncReadExt;
 
+use super::{millis, percentile};
 use crate::cmd::machine::exec_quiet;
 use crate::output::{Table, print_json};
 
@@ -165,21 +166,6 @@ impl Stats {
             self.max_ms / 1000.0
         )
     }
-}
-
-/// Milliseconds to the microsecond: finer is noise.
-pub(super) fn millis(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1e6).round() / 1e3
-}
-
-/// Nearest-rank percentile of sorted samples (for an even count the median
-/// is the lower middle one, a sample that really happened).
-pub(super) fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// Machines this run created and has not removed yet.
@@ -631,18 +617,6 @@ fn render(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn percentiles_are_nearest_rank() {
-        let sorted: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&sorted, 50.0), 50.0);
-        assert_eq!(percentile(&sorted, 99.0), 99.0);
-        assert_eq!(percentile(&sorted, 100.0), 100.0);
-        assert_eq!(percentile(&[3.0, 5.0, 9.0], 50.0), 5.0);
-        assert_eq!(percentile(&[3.0, 5.0], 50.0), 3.0);
-        assert_eq!(percentile(&[7.0], 99.0), 7.0);
-        assert!(percentile(&[], 50.0).is_nan());
-    }
 
     #[test]
     fn stats_keep_samples_in_run_order() {

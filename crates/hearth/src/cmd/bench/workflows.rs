@@ -24,7 +24,7 @@ use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 
-use super::machines::{millis, percentile};
+use super::{millis, percentile};
 use crate::output::{Table, print_json};
 
 const POLL: Duration = Duration::from_millis(2);
