@@ -51,6 +51,11 @@ impl Runtime {
         Ok(Runtime { engine, linker, compiled_dir, loaded: Mutex::default(), _ticker: ticker })
     }
 
+    /// The pre-instantiated component for `sha256`, if it is in memory.
+    pub(crate) fn loaded(&self, sha256: &str) -> Option<WorkflowPre<Exec>> {
+        self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get(sha256).cloned()
+    }
+
     /// The checked, pre-instantiated component for `sha256`: from memory,
     /// from the compiled cache, or compiled from `bytes()` (and cached).
     /// Blocking: call it off the async threads. Returns whether it compiled.
@@ -59,8 +64,8 @@ impl Runtime {
         sha256: &str,
         bytes: impl FnOnce() -> Result<Vec<u8>, Error>,
     ) -> Result<(WorkflowPre<Exec>, bool), Error> {
-        if let Some(pre) = self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get(sha256) {
-            return Ok((pre.clone(), false));
+        if let Some(pre) = self.loaded(sha256) {
+            return Ok((pre, false));
         }
         let path = self.compiled_dir.join(format!("{sha256}.cwasm"));
         let cached = if path.is_file() {

@@ -428,6 +428,10 @@ impl Flows {
 
     /// The pre-instantiated component of `sha256`, compiling it if needed.
     async fn prepare(&self, workflow: &str, sha256: &str) -> Result<(WorkflowPre<Exec>, bool), Error> {
+        // The usual case, every wake-up: no blocking thread needed.
+        if let Some(pre) = self.inner.runtime.loaded(sha256) {
+            return Ok((pre, false));
+        }
         let this = self.clone();
         let (workflow, sha256) = (workflow.to_owned(), sha256.to_owned());
         tokio::task::spawn_blocking(move || {
