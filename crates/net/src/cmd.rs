@@ -1,4 +1,4 @@
-//! Running `ip`, `nft`, `tc` and `sysctl`, on the host or inside a named
+//! Running `ip`, `nft`, `tc`, `iptables` and `sysctl`, on the host or inside a named
 //! network namespace, and the one error type [`link`](crate::link),
 //! [`firewall`](crate::firewall) and [`shaping`](crate::shaping) share.
 //!
@@ -40,6 +40,15 @@ pub enum Error {
     #[error("`{command}` failed: {stderr}; {hint}")]
     NetemUnsupported { command: String, stderr: String, hint: String },
 
+    /// The delay line (NFQUEUE, for kernels without netem) could not do
+    /// something.
+    #[error("cannot {what}: {reason}; {hint}")]
+    Delay { what: String, reason: String, hint: String },
+
+    /// This kernel can delay packets neither with netem nor with NFQUEUE.
+    #[error("cannot {what}: {reason}; {hint}")]
+    DelayUnsupported { what: String, reason: String, hint: String },
+
     /// An interface name the kernel would refuse, or that could not be put
     /// safely in an nftables script.
     #[error("`{name}` is not a usable interface name: {reason}")]
@@ -62,8 +71,10 @@ impl Error {
     /// A stable identifier for the API's error body.
     pub fn code(&self) -> &'static str {
         match self {
-            Error::Spawn { .. } | Error::Failed { .. } | Error::Output { .. } => "command_failed",
-            Error::NetemUnsupported { .. } => "unsupported",
+            Error::Spawn { .. } | Error::Failed { .. } | Error::Output { .. } | Error::Delay { .. } => {
+                "command_failed"
+            }
+            Error::NetemUnsupported { .. } | Error::DelayUnsupported { .. } => "unsupported",
             Error::InvalidName { .. } | Error::Invalid { .. } => "invalid_field",
             Error::WrongKind { .. } => "conflict",
         }
@@ -72,9 +83,11 @@ impl Error {
     /// What to do about the error, when there is more to say than the message.
     pub fn hint(&self) -> Option<&str> {
         match self {
-            Error::Spawn { hint, .. } | Error::Failed { hint, .. } | Error::NetemUnsupported { hint, .. } => {
-                Some(hint)
-            }
+            Error::Spawn { hint, .. }
+            | Error::Failed { hint, .. }
+            | Error::NetemUnsupported { hint, .. }
+            | Error::Delay { hint, .. }
+            | Error::DelayUnsupported { hint, .. } => Some(hint),
             _ => None,
         }
     }
@@ -175,6 +188,7 @@ fn spawn_hint(program: &str, error: &std::io::Error) -> String {
         "nft" => "nftables",
         "tc" | "ip" => "iproute2",
         "sysctl" => "procps",
+        "iptables" | "iptables-restore" | "iptables-save" => "iptables",
         _ => return format!("install `{program}`"),
     };
     format!("install it with `apt-get install {package}`")

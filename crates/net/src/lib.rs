@@ -4,15 +4,18 @@
 //!   namespace or a named one (tests use their own namespaces).
 //! - [`firewall`]: one nftables ruleset, rendered from the desired state and
 //!   applied atomically: isolation between networks, NAT, partitions.
-//! - [`shaping`]: tc netem on taps: delay, jitter, loss.
+//! - [`shaping`]: delay and jitter on taps: tc netem where the kernel has
+//!   it, else [`delay`], a userspace delay line on an NFQUEUE.
 //! - [`dns`]: a small authoritative DNS server for `MACHINE.NETWORK.hearth`.
 //! - [`forward`]: TCP and UDP port forwarding from the host into machines.
 
 mod cmd;
+pub mod delay;
 pub mod dns;
 pub mod firewall;
 pub mod forward;
 pub mod link;
+mod nfqueue;
 pub mod record;
 pub mod service;
 pub mod shaping;

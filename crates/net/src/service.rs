@@ -1,7 +1,7 @@
 //! The networks service: network records, address management, faults, and
 //! the reconcile loop that makes the host match them.
 //!
-//! Everything on the host (bridges, taps' qdiscs, the nftables ruleset, DNS
+//! Everything on the host (bridges, taps' delays, the nftables ruleset, DNS
 //! servers, port forwards) is *derived*: each pass computes the whole desired
 //! host state from the store and applies it idempotently, so a restarted
 //! daemon converges by running one pass.
@@ -22,6 +22,10 @@ use tokio::sync::{Mutex, Notify, watch};
 
 use crate::record::{self, FaultKind, FaultRecord, NetworkRecord, Nic, Subnet, now_unix};
 use crate::{dns, firewall, forward, link, shaping};
+
+/// Set to `netem` or `queue` to choose how delays are made instead of
+/// probing the kernel at the first delay.
+pub const DELAY_BACKEND_ENV: &str = "HEARTH_DELAY_BACKEND";
 
 /// The network every machine joins unless told otherwise.
 pub const DEFAULT_NETWORK: &str = "default";
@@ -151,6 +155,8 @@ struct Inner {
     dirty: Notify,
     /// One host-apply at a time.
     applying: Mutex<()>,
+    /// Delays on taps (netem, or the NFQUEUE delay line).
+    shaper: Arc<StdMutex<shaping::Shaper>>,
     running: StdMutex<Running>,
 }
 
@@ -171,6 +177,19 @@ impl std::fmt::Debug for Networks {
 
 impl Networks {
     pub fn new(store: Arc<dyn Store>, options: Options) -> Self {
+        let shaper = shaping::Shaper::new(link::Netns::Host, &table_name(&options.prefix));
+        // Which way to delay is probed at the first delay, unless forced
+        // (to test the delay line on a kernel that has netem, say).
+        let shaper = match std::env::var(DELAY_BACKEND_ENV).ok().filter(|v| !v.is_empty()) {
+            None => shaper,
+            Some(value) => match value.parse() {
+                Ok(backend) => shaper.with_backend(backend),
+                Err(error) => {
+                    tracing::warn!(error, "Ignoring {DELAY_BACKEND_ENV}; delays probe the kernel instead.");
+                    shaper
+                }
+            },
+        };
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -178,6 +197,7 @@ impl Networks {
                 zone: dns::Zone::new("hearth"),
                 dirty: Notify::new(),
                 applying: Mutex::new(()),
+                shaper: Arc::new(StdMutex::new(shaper)),
                 running: StdMutex::default(),
             }),
         }
@@ -208,7 +228,7 @@ impl Networks {
 
     /// The firewall tables' name.
     fn table(&self) -> String {
-        format!("hearth-{}", self.inner.options.prefix)
+        table_name(&self.inner.options.prefix)
     }
 
     pub async fn list(&self) -> Result<Vec<NetworkRecord>, Error> {
@@ -494,8 +514,9 @@ impl Networks {
         };
         let value = serde_json::to_vec(&rec).map_err(|e| Error::Corrupt(id.clone(), e))?;
         self.inner.store.put(&record::fault_key(&id), value, None).await?;
-        // Applied now, so that a fault this host cannot make (a delay without
-        // netem in the kernel) is refused rather than silently absent.
+        // Applied now, so that a fault this host cannot make (a delay on a
+        // kernel with neither netem nor NFQUEUE) is refused rather than
+        // silently absent.
         let applied = {
             let _one = self.inner.applying.lock().await;
             self.apply_inner().await
@@ -646,20 +667,23 @@ impl Networks {
                 .collect(),
             losses: Vec::new(),
         };
-        // Delay and jitter are netem on the tap; several delays on one machine add up.
-        let mut netem: HashMap<String, shaping::Netem> = HashMap::new();
+        // Several delays on one machine add up.
+        let mut delays: BTreeMap<String, shaping::TapDelay> = BTreeMap::new();
         let mut losses: HashMap<String, f32> = HashMap::new();
         for f in &faults {
             match &f.kind {
                 FaultKind::Delay { machine, delay, jitter } => {
-                    for tap in taps.get(machine).cloned().unwrap_or_default() {
-                        let n = netem.entry(tap).or_insert(shaping::Netem {
-                            delay: Duration::ZERO,
-                            jitter: Duration::ZERO,
-                            loss_percent: 0.0,
+                    let nics = machines.iter().filter(|m| m.name == *machine).flat_map(|m| &m.spec.nics);
+                    for nic in nics {
+                        let Some(net) = networks.iter().find(|n| n.name == nic.network) else { continue };
+                        let d = delays.entry(nic.tap.clone()).or_insert_with(|| shaping::TapDelay {
+                            tap: nic.tap.clone(),
+                            bridge: net.bridge.clone(),
+                            ip: nic.ip,
+                            shape: Default::default(),
                         });
-                        n.delay += *delay;
-                        n.jitter += *jitter;
+                        d.shape.delay += *delay;
+                        d.shape.jitter += *jitter;
                     }
                 }
                 FaultKind::Loss { machine, percent } => {
@@ -671,6 +695,8 @@ impl Networks {
                 FaultKind::Partition { .. } => {}
             }
         }
+        let delays: Vec<shaping::TapDelay> = delays.into_values().collect();
+        let shaper = self.inner.shaper.clone();
         desired.losses = losses.into_iter().map(|(tap, percent)| firewall::Loss { tap, percent }).collect();
         let all_taps: Vec<String> = taps.values().flatten().cloned().collect();
         let nets = networks.clone();
@@ -691,15 +717,10 @@ impl Networks {
             }
             firewall::apply(&host, &desired)?;
             let existing = link::links_with_prefix(&host, &format!("{prefix}t-"))?;
-            for tap in all_taps.iter().filter(|t| existing.contains(t)) {
-                // A host kernel without netem cannot delay: say so once per
-                // pass, but keep the rest of the network working.
-                if let Err(error) = shaping::apply(&host, tap, netem.get(tap))
-                    && netem.contains_key(tap)
-                {
-                    return Err(error.into());
-                }
-            }
+            let taps: Vec<String> = all_taps.into_iter().filter(|t| existing.contains(t)).collect();
+            // A host that cannot delay says so, but only after the rest
+            // of the network is in place.
+            lock(&shaper).apply(&taps, &delays)?;
             Ok(())
         })
         .await?;
@@ -794,9 +815,13 @@ impl Networks {
     pub async fn teardown(&self) {
         let prefix = self.inner.options.prefix.clone();
         let table = self.table();
+        let shaper = self.inner.shaper.clone();
         let _ = blocking(move || {
             let host = link::Netns::Host;
             let _ = firewall::clear(&host, &table);
+            if let Err(error) = lock(&shaper).clear() {
+                tracing::warn!(error = %error, "Cannot remove the delay rules.");
+            }
             for name in link::links_with_prefix(&host, &format!("{prefix}t-")).unwrap_or_default() {
                 let _ = link::delete_link(&host, &name);
             }
@@ -807,6 +832,11 @@ impl Networks {
         })
         .await;
     }
+}
+
+/// The name of a daemon's firewall tables, and of its delay rules' chain.
+fn table_name(prefix: &str) -> String {
+    format!("hearth-{prefix}")
 }
 
 fn decode<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, Error> {

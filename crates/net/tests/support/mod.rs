@@ -135,6 +135,8 @@ pub(crate) struct Ping {
     pub(crate) received: u32,
     /// The average round trip, if any reply came back.
     pub(crate) avg_rtt_ms: Option<f64>,
+    /// The round trips' mean deviation, if any reply came back.
+    pub(crate) mdev_ms: Option<f64>,
 }
 
 impl Ping {
@@ -165,12 +167,20 @@ pub(crate) fn ping(from: &Netns, to: Ipv4Addr, count: u32, interval: &str) -> Pi
         words[at - 1].parse().expect("a count")
     };
     // "rtt min/avg/max/mdev = 0.040/0.051/0.063/0.009 ms"
-    let avg_rtt_ms = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("rtt min/avg/max/mdev = "))
-        .and_then(|v| v.split('/').nth(1))
-        .map(|avg| avg.parse().expect("an average"));
-    Ping { sent: number_before("packets"), received: number_before("received"), avg_rtt_ms }
+    let rtt = |at: usize| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("rtt min/avg/max/mdev = "))
+            // "… ms", or "… ms, pipe 2" when several requests were in flight at once
+            .and_then(|v| v.split_whitespace().next()?.split('/').nth(at))
+            .map(|ms| ms.parse().expect("a round trip in ms"))
+    };
+    Ping {
+        sent: number_before("packets"),
+        received: number_before("received"),
+        avg_rtt_ms: rtt(1),
+        mdev_ms: rtt(3),
+    }
 }
 
 /// How many ICMP echo requests `ns` has received: proof that a packet
