@@ -502,6 +502,26 @@ impl Client {
         }))
     }
 
+    /// The triggers of an app (`target` = `apps`) or a workflow (`workflows`).
+    pub async fn triggers(&self, target: &str, name: &str) -> Result<crate::types::TriggerList, Error> {
+        self.call(Method::GET, &format!("/v1/{target}/{}/triggers", encode_path(name)), None).await
+    }
+
+    pub async fn add_trigger(
+        &self,
+        target: &str,
+        name: &str,
+        body: &crate::types::TriggerBody,
+    ) -> Result<crate::types::TriggerInfo, Error> {
+        let path = format!("/v1/{target}/{}/triggers", encode_path(name));
+        self.call(Method::POST, &path, Self::json(body)?).await
+    }
+
+    pub async fn remove_trigger(&self, target: &str, name: &str, id: &str) -> Result<(), Error> {
+        let path = format!("/v1/{target}/{}/triggers/{}", encode_path(name), encode_path(id));
+        self.send(Method::DELETE, &path, None).await.map(drop)
+    }
+
     pub async fn workflows(&self) -> Result<crate::types::WorkflowList, Error> {
         self.call(Method::GET, "/v1/workflows", None).await
     }

@@ -8,7 +8,9 @@ use std::sync::OnceLock;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use crate::server::{apps, events, files, images, kv, leases, machines, networks, system, workflows};
+use crate::server::{
+    apps, events, files, images, kv, leases, machines, networks, system, triggers, workflows,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -31,6 +33,8 @@ use crate::server::{apps, events, files, images, kv, leases, machines, networks,
         workflows::list, workflows::get, workflows::deploy, workflows::remove, workflows::start,
         workflows::runs, workflows::show, workflows::signal, workflows::cancel, workflows::migrate, workflows::logs,
         workflows::result,
+        triggers::app_list, triggers::app_add, triggers::app_remove,
+        triggers::workflow_list, triggers::workflow_add, triggers::workflow_remove,
         networks::faults, networks::create_fault, networks::heal, networks::heal_all,
         crate::labs::list, crate::labs::get, crate::labs::put, crate::labs::remove,
     ),

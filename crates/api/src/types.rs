@@ -1012,3 +1012,63 @@ pub struct ResultQuery {
     /// default 30000). The answer is the run as it is then.
     pub timeout_ms: Option<u64>,
 }
+
+/// A trigger to add to an app or a workflow (`POST
+/// /v1/apps/{name}/triggers`, `POST /v1/workflows/{name}/triggers`). The
+/// fields that apply depend on `kind`:
+///
+/// - `cron`: `schedule` (five fields, or six with seconds first), `timezone`
+///   (default UTC); for an app `path` (the route POSTed to, default `/`) and
+///   `body`; for a workflow `input`.
+/// - `event`: `prefix` (of keys in hearth's store), `kinds` (`put`,
+///   `delete`; default both); for an app `path`.
+/// - `webhook`: for an app, `path` (requests under it must be signed) and
+///   `secret`; for a workflow, `path` (the last part of
+///   `http://hooks.DOMAIN/WORKFLOW/PATH`), optional `secret` and `signal`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerBody {
+    /// `cron`, `event` or `webhook`.
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kinds: Option<Vec<String>>,
+    /// Write-only: never listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+}
+
+/// A trigger of an app or workflow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TriggerInfo {
+    /// `cron-0`, `event-0`, `webhook-0`… for the manifest's, by kind and
+    /// position; `t-HEX` for those added through the API.
+    pub id: String,
+    /// `manifest` (its `hearth.toml`) or `api` (added, removable).
+    pub source: String,
+    /// What it does; `secret` is left out.
+    #[serde(flatten)]
+    pub spec: TriggerBody,
+    /// Whether requests must be signed (a webhook with a secret).
+    pub signed: bool,
+    /// Unix milliseconds.
+    pub created_at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TriggerList {
+    pub triggers: Vec<TriggerInfo>,
+}

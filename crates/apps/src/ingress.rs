@@ -110,7 +110,18 @@ async fn dispatch(apps: &Apps, req: Request<Incoming>) -> Response<Body> {
         }
     };
     match &target.serving {
-        Ok(loaded) => run(apps, loaded.clone(), req).await,
+        Ok(loaded) => {
+            // An app's webhooks: requests under their paths must be signed.
+            let guards = apps.inner.guards.load();
+            match guards.get(&target.name).and_then(|g| g.iter().find(|g| g.covers(req.uri().path()))) {
+                None => run(apps, loaded.clone(), req).await,
+                Some(guard) => {
+                    let secret = guard.secret.clone();
+                    drop(guards);
+                    run_signed(apps, loaded.clone(), &secret, req).await
+                }
+            }
+        }
         Err(reason) => text(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
@@ -121,8 +132,53 @@ async fn dispatch(apps: &Apps, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
+/// A request body held whole in memory.
+pub(crate) fn full_body(bytes: Bytes) -> Full<Bytes> {
+    Full::new(bytes)
+}
+
+/// Reads the body of a request to a webhook, checks its signature, and
+/// runs it if it is signed by `secret`; a 401 (logged) if it is not.
+async fn run_signed(
+    apps: &Apps,
+    loaded: Arc<Loaded>,
+    secret: &str,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let limited = http_body_util::Limited::new(body, crate::hooks::MAX_HOOK_BODY);
+    let body = match limited.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is over {} KiB, the webhook limit\n", crate::hooks::MAX_HOOK_BODY >> 10),
+            );
+        }
+    };
+    let header = parts.headers.get(hearth_triggers::signature::HEADER).and_then(|v| v.to_str().ok());
+    if !hearth_triggers::signature::verify(secret, &body, header) {
+        let ctx = &loaded.ctx;
+        ctx.log.push(
+            ctx.version,
+            LogStream::Hearth,
+            format!(
+                "{} {}: refused, the webhook signature is missing or wrong.",
+                parts.method,
+                parts.uri.path()
+            ),
+        );
+        return text(StatusCode::UNAUTHORIZED, format!("{}\n", hearth_triggers::signature::REFUSED));
+    }
+    run(apps, loaded, Request::from_parts(parts, full_body(body))).await
+}
+
 /// Runs one request in a fresh instance and answers with what it sets.
-async fn run(apps: &Apps, loaded: Arc<Loaded>, req: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn run<B>(apps: &Apps, loaded: Arc<Loaded>, req: Request<B>) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
     let started = Instant::now();
     apps.inner.requests.fetch_add(1, Ordering::Relaxed);
     let ctx = loaded.ctx.clone();

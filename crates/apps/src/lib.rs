@@ -17,6 +17,8 @@
 //!   outbound allow-list, `wasi:keyvalue` over the store, `wasi:config`).
 //! - [`logs`]: each app's stdout/stderr and request log, in a ring.
 //! - `ingress`: the HTTP server that routes by host and path prefix.
+//! - [`triggers`]: cron and store events that call an app's route, and
+//!   webhooks that check a signature in front of one.
 //! - [`Apps`]: the service handle: deploy, versions, rollback, remove, logs,
 //!   `run` (load from the store, follow it) and `serve_ingress`.
 //!
@@ -34,12 +36,14 @@ pub mod manifest;
 pub mod record;
 mod runtime;
 mod service;
+pub mod triggers;
 
 pub use logs::{LogLine, LogStream};
 pub use manifest::{Limits, Manifest};
 pub use record::{App, Route, Version};
 pub use runtime::append_custom_section;
 pub use service::{AppInfo, Apps, Deployed, Options, Stats};
+pub use triggers::{Spec as TriggerSpec, Trigger};
 
 /// What can go wrong with an app. Messages are sentences that say what was
 /// wrong and what to do; [`Error::kind`] and [`Error::code`] let the API map
@@ -48,6 +52,11 @@ pub use service::{AppInfo, Apps, Deployed, Options, Stats};
 pub enum Error {
     #[error("app {0:?} does not exist; list apps with `hearth app ls`")]
     NotFound(String),
+
+    #[error(
+        "app {app:?} has no trigger {id:?}; its triggers are [{ids}] (see `hearth app trigger ls {app}`)"
+    )]
+    TriggerNotFound { app: String, id: String, ids: String },
 
     #[error("app {name:?} has no version {version}; its versions are {available}")]
     VersionNotFound { name: String, version: u32, available: String },
@@ -162,7 +171,9 @@ pub enum ErrorKind {
 impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::NotFound(_) | Error::VersionNotFound { .. } => ErrorKind::NotFound,
+            Error::NotFound(_) | Error::VersionNotFound { .. } | Error::TriggerNotFound { .. } => {
+                ErrorKind::NotFound
+            }
             Error::NoEarlierVersion(_) | Error::RouteTaken { .. } | Error::MissingSecret { .. } => {
                 ErrorKind::Conflict
             }
@@ -195,6 +206,7 @@ impl Error {
         match self {
             Error::NotFound(_) => "app_not_found",
             Error::VersionNotFound { .. } => "version_not_found",
+            Error::TriggerNotFound { .. } => "trigger_not_found",
             Error::NoEarlierVersion(_) => "no_earlier_version",
             Error::Invalid(_) => "invalid",
             Error::NotWasm => "not_wasm",

@@ -18,6 +18,11 @@
 //! memory_mib = 64
 //! cpu_ms = 500
 //! timeout_ms = 10000
+//!
+//! # Triggers (see `triggers`): [[cron]], [[event]] and [[webhook]].
+//! [[cron]]
+//! schedule = "*/5 * * * *"
+//! path = "/tasks/cleanup"
 //! ```
 //!
 //! An app that imports an interface its manifest does not declare (say
@@ -27,7 +32,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
+use crate::{Error, triggers};
 
 /// A parsed, validated `hearth.toml`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +48,15 @@ pub struct Manifest {
     pub outbound: Vec<String>,
     /// Limits the app asks for; unset ones take the daemon's defaults.
     pub limits: LimitsRequest,
+    /// `[[cron]]`: schedules that call a route.
+    #[serde(rename = "cron", skip_serializing_if = "Vec::is_empty")]
+    pub crons: Vec<triggers::Cron>,
+    /// `[[event]]`: changes in hearth's store that call a route.
+    #[serde(rename = "event", skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<triggers::Event>,
+    /// `[[webhook]]`: routes whose requests must be signed.
+    #[serde(rename = "webhook", skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<triggers::Webhook>,
 }
 
 /// The `[limits]` table.
@@ -82,6 +96,9 @@ struct Raw {
     secrets: Vec<String>,
     outbound: Vec<String>,
     limits: LimitsRequest,
+    cron: Vec<triggers::Cron>,
+    event: Vec<triggers::Event>,
+    webhook: Vec<triggers::Webhook>,
 }
 
 impl Manifest {
@@ -112,6 +129,9 @@ impl Manifest {
             secrets: raw.secrets,
             outbound: raw.outbound,
             limits: raw.limits,
+            crons: raw.cron,
+            events: raw.event,
+            webhooks: raw.webhook,
         };
         manifest.validate()?;
         Ok(manifest)
@@ -139,7 +159,14 @@ impl Manifest {
         for entry in &self.outbound {
             OutboundRule::parse(entry)?;
         }
-        Ok(())
+        triggers::validate_all(&self.triggers())
+    }
+
+    /// The triggers declared, crons first, then events, then webhooks.
+    pub fn triggers(&self) -> Vec<triggers::Spec> {
+        let crons = self.crons.iter().cloned().map(triggers::Spec::Cron);
+        let events = self.events.iter().cloned().map(triggers::Spec::Event);
+        crons.chain(events).chain(self.webhooks.iter().cloned().map(triggers::Spec::Webhook)).collect()
     }
 
     /// The allow-list, parsed.

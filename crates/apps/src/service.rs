@@ -140,6 +140,8 @@ pub(crate) struct Inner {
     pub(crate) ingress_port: Mutex<Option<u16>>,
     /// Host names served by another subsystem (webhooks), not by an app.
     pub(crate) hooks: arc_swap::ArcSwap<HashMap<String, crate::hooks::HookHandler>>,
+    /// Each app's webhooks: paths whose requests must be signed.
+    pub(crate) guards: ArcSwap<HashMap<String, Vec<crate::triggers::Guard>>>,
 }
 
 /// One app in this daemon.
@@ -221,6 +223,7 @@ impl Apps {
                 failures: AtomicU64::new(0),
                 ingress_port: Mutex::new(None),
                 hooks: arc_swap::ArcSwap::from_pointee(HashMap::new()),
+                guards: ArcSwap::from_pointee(HashMap::new()),
             }),
         })
     }
@@ -261,7 +264,9 @@ impl Apps {
     /// `shutdown`, so that changes made by another daemon on the same store
     /// are served here too.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let triggers = tokio::spawn(crate::triggers::run(self.clone(), shutdown.clone()));
         self.follow(&mut shutdown).await;
+        let _ = triggers.await;
         // Compiled components are cached in the background; finish writing
         // them so that the next start finds them.
         let inner = self.inner.clone();
@@ -525,6 +530,7 @@ impl Apps {
 
         let loaded = self.loaded(&app, &version, config, limits, pre);
         self.install(name, self.routes_of(&app), Ok(loaded));
+        self.refresh_guards().await;
         let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
         self.log(name).push(
             version.number,
@@ -578,6 +584,7 @@ impl Apps {
         app.updated_at = now_ms();
         self.write(&app, revision).await?;
         self.install(name, self.routes_of(&app), Ok(loaded));
+        self.refresh_guards().await;
         self.log(name).push(
             target.number,
             LogStream::Hearth,
@@ -618,7 +625,9 @@ impl Apps {
             return Err(Error::NotFound(name.to_owned()));
         }
         self.inner.store.delete(&record::key(name)).await?;
+        self.delete_triggers(name).await?;
         self.uninstall(name);
+        self.refresh_guards().await;
         lock(&self.inner.logs).remove(name);
         tracing::info!(app = name, "Removed app.");
         self.collect_garbage().await;
@@ -776,7 +785,16 @@ impl Apps {
         Ok(config)
     }
 
-    async fn find(&self, name: &str) -> Result<Option<(App, u64)>, Error> {
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The version `name` serves here, if it serves one.
+    pub(crate) fn serving(&self, name: &str) -> Option<Arc<Loaded>> {
+        lock(&self.inner.loaded).get(name).and_then(|e| e.serving.clone().ok())
+    }
+
+    pub(crate) async fn find(&self, name: &str) -> Result<Option<(App, u64)>, Error> {
         let Some(kv) = self.inner.store.get(&record::key(name)).await? else { return Ok(None) };
         let app = serde_json::from_slice(&kv.value).map_err(|e| Error::Corrupt(name.to_owned(), e))?;
         Ok(Some((app, kv.mod_revision)))

@@ -21,9 +21,9 @@
 //! - `host`: what one execution's instance sees.
 //! - `service`: [`Flows`], the handle: deploy, start, signal, cancel, and
 //!   the executor that wakes runs (timers, signals, children, restarts).
-//! - [`triggers`]: webhooks, cron and store events that start runs.
+//! - [`triggers`]: webhooks, cron and store events that start runs
+//!   (schedules and signatures come from `hearth-triggers`).
 
-mod cron;
 mod host;
 pub mod journal;
 pub mod record;
@@ -34,6 +34,7 @@ pub mod triggers;
 pub use journal::{Call, Entry, Recorded};
 pub use record::{Definition, Run, RunDetail, Signal, Status, Version, Wait, WaitKind};
 pub use service::{Deployed, Flows, Options, StartRequest, Started};
+pub use triggers::{Spec as TriggerSpec, Trigger};
 pub use triggers::{Triggers, WebhookReply};
 
 /// What can go wrong with a workflow. Messages say what was wrong and what
@@ -43,6 +44,11 @@ pub use triggers::{Triggers, WebhookReply};
 pub enum Error {
     #[error("workflow {0:?} does not exist; list workflows with `hearth workflow ls --defs`")]
     NotFound(String),
+
+    #[error(
+        "workflow {workflow:?} has no trigger {id:?}; its triggers are [{ids}] (see `hearth workflow trigger ls {workflow}`)"
+    )]
+    TriggerNotFound { workflow: String, id: String, ids: String },
 
     #[error("run {0:?} does not exist; list runs with `hearth workflow ls`")]
     RunNotFound(String),
@@ -121,7 +127,7 @@ pub enum ErrorKind {
 impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::NotFound(_) | Error::RunNotFound(_) => ErrorKind::NotFound,
+            Error::NotFound(_) | Error::RunNotFound(_) | Error::TriggerNotFound { .. } => ErrorKind::NotFound,
             Error::IdTaken { .. } | Error::Ended { .. } => ErrorKind::Conflict,
             Error::Invalid(_)
             | Error::NotComponent
@@ -144,6 +150,7 @@ impl Error {
     pub fn code(&self) -> &'static str {
         match self {
             Error::NotFound(_) => "workflow_not_found",
+            Error::TriggerNotFound { .. } => "trigger_not_found",
             Error::RunNotFound(_) => "run_not_found",
             Error::Invalid(_) => "invalid",
             Error::IdTaken { .. } => "run_id_taken",

@@ -6,7 +6,8 @@
 //! workflows/journal/ID/SEQ          Entry: one completed host call and its result
 //! workflows/signals/ID/KEY          Signal: sent to a run, consumed by a journal entry
 //! workflows/output/ID/SEQ           the guest's stdout/stderr, per execution
-//! workflows/cron/NAME/INDEX         the last minute a cron trigger fired
+//! workflows/cron/NAME/INDEX|ID      the last time a cron trigger fired
+//! workflows/triggers/NAME/ID        a trigger added through the API
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,7 @@ pub(crate) const JOURNAL: &str = "workflows/journal/";
 pub(crate) const SIGNALS: &str = "workflows/signals/";
 pub(crate) const OUTPUT: &str = "workflows/output/";
 pub(crate) const CRON: &str = "workflows/cron/";
+pub(crate) const TRIGGERS: &str = "workflows/triggers/";
 
 pub(crate) fn def_key(name: &str) -> String {
     format!("{DEFS}{name}")
@@ -39,8 +41,11 @@ pub(crate) fn signals_prefix(id: &str) -> String {
 pub(crate) fn output_prefix(id: &str) -> String {
     format!("{OUTPUT}{id}/")
 }
-pub(crate) fn cron_key(name: &str, index: usize) -> String {
-    format!("{CRON}{name}/{index}")
+pub(crate) fn triggers_prefix(name: &str) -> String {
+    format!("{TRIGGERS}{name}/")
+}
+pub(crate) fn trigger_key(name: &str, id: &str) -> String {
+    format!("{TRIGGERS}{name}/{id}")
 }
 
 /// A deployed workflow and its versions.

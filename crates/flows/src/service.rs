@@ -542,7 +542,15 @@ impl Flows {
     /// version they started on.
     pub async fn remove(&self, name: &str) -> Result<(), Error> {
         let (_, existed) = self.inner.store.delete(&record::def_key(name)).await?;
-        if existed { Ok(()) } else { Err(Error::NotFound(name.to_owned())) }
+        if !existed {
+            return Err(Error::NotFound(name.to_owned()));
+        }
+        // Its triggers go with it; its runs and their journals stay.
+        let txn = hearth_store::Txn::new()
+            .and_then(hearth_store::Op::DeletePrefix { prefix: record::triggers_prefix(name) })
+            .and_then(hearth_store::Op::DeletePrefix { prefix: format!("{}{name}/", record::CRON) });
+        self.inner.store.txn(txn).await?;
+        Ok(())
     }
 
     // ----------------------------------------------------------------------

@@ -37,10 +37,10 @@ use hearth_store::{EventKind, Store};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::cron::Schedule;
 use crate::record::{self, Definition, decode, encode};
 use crate::service::{Flows, StartRequest};
 use crate::{Error, now_ms};
+use hearth_triggers::{Schedule, signature as webhook_signature};
 
 /// Every trigger a workflow declares.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +95,13 @@ impl Triggers {
     pub fn parse(manifest: &str) -> Result<Triggers, Error> {
         let t: Triggers =
             toml::from_str(manifest).map_err(|e| Error::Manifest(e.to_string().trim_end().to_owned()))?;
+        t.validate()?;
+        Ok(t)
+    }
+
+    /// Checks every trigger, and that no two webhooks share a path.
+    pub fn validate(&self) -> Result<(), Error> {
+        let t = self;
         let mut paths = std::collections::HashSet::new();
         for w in &t.webhooks {
             let ok = !w.path.is_empty()
@@ -130,7 +137,145 @@ impl Triggers {
                 return Err(Error::Manifest(format!("event kind {k:?} is not one of \"put\", \"delete\"")));
             }
         }
+        Ok(())
+    }
+
+    /// With `spec` added.
+    fn with(&self, spec: &Spec) -> Triggers {
+        let mut t = self.clone();
+        match spec {
+            Spec::Cron(c) => t.crons.push(c.clone()),
+            Spec::Event(e) => t.events.push(e.clone()),
+            Spec::Webhook(w) => t.webhooks.push(w.clone()),
+        }
+        t
+    }
+}
+
+/// One trigger of any kind, as added through the API
+/// (`hearth workflow trigger add`) and listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Spec {
+    Cron(Cron),
+    Event(EventTrigger),
+    Webhook(Webhook),
+}
+
+impl Spec {
+    fn kind(&self) -> &'static str {
+        match self {
+            Spec::Cron(_) => "cron",
+            Spec::Event(_) => "event",
+            Spec::Webhook(_) => "webhook",
+        }
+    }
+}
+
+/// A workflow's trigger: where it came from and what it does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trigger {
+    /// `cron-0`, `event-1`, `webhook-0` for the manifest's (by kind and
+    /// position); `t-HEX` for those added through the API.
+    pub id: String,
+    /// `manifest` or `api`.
+    pub source: String,
+    #[serde(flatten)]
+    pub spec: Spec,
+    pub created_at: u64,
+}
+
+/// An added trigger as stored at `workflows/triggers/NAME/ID`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Stored {
+    id: String,
+    spec: Spec,
+    created_at: u64,
+}
+
+fn manifest_triggers(def: &Definition) -> Vec<Trigger> {
+    let t = &def.triggers;
+    let crons = t.crons.iter().cloned().map(Spec::Cron);
+    let events = t.events.iter().cloned().map(Spec::Event);
+    let webhooks = t.webhooks.iter().cloned().map(Spec::Webhook);
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    crons
+        .chain(events)
+        .chain(webhooks)
+        .map(|spec| {
+            let n = counts.entry(spec.kind()).or_default();
+            let id = format!("{}-{n}", spec.kind());
+            *n += 1;
+            Trigger { id, source: "manifest".into(), spec, created_at: def.updated_at }
+        })
+        .collect()
+}
+
+impl Flows {
+    /// Every trigger of a workflow: its manifest's, then those added.
+    pub async fn triggers(&self, name: &str) -> Result<Vec<Trigger>, Error> {
+        let def = self.definition(name).await?;
+        let mut all = manifest_triggers(&def);
+        all.extend(self.added_triggers(name).await?);
+        Ok(all)
+    }
+
+    async fn added_triggers(&self, name: &str) -> Result<Vec<Trigger>, Error> {
+        let range = self.store().range(&record::triggers_prefix(name)).await?;
+        range
+            .kvs
+            .iter()
+            .map(|kv| {
+                let s: Stored = decode(&kv.key, &kv.value)?;
+                Ok(Trigger { id: s.id, source: "api".into(), spec: s.spec, created_at: s.created_at })
+            })
+            .collect()
+    }
+
+    /// The manifest's triggers with the added ones, as one set.
+    async fn effective(&self, def: &Definition) -> Result<Triggers, Error> {
+        let mut t = def.triggers.clone();
+        for added in self.added_triggers(&def.name).await? {
+            t = t.with(&added.spec);
+        }
         Ok(t)
+    }
+
+    /// Adds a trigger to a deployed workflow. It stays across redeploys
+    /// until removed.
+    pub async fn add_trigger(&self, name: &str, spec: Spec) -> Result<Trigger, Error> {
+        let def = self.definition(name).await?;
+        self.effective(&def).await?.with(&spec).validate()?;
+        let created_at = now_ms();
+        let id = format!("t-{:08x}", rand::random::<u32>());
+        let stored = Stored { id: id.clone(), spec: spec.clone(), created_at };
+        self.store().put(&record::trigger_key(name, &id), encode(&stored), None).await?;
+        Ok(Trigger { id, source: "api".into(), spec, created_at })
+    }
+
+    /// Removes a trigger added through the API (a manifest's go with a
+    /// redeploy that no longer declares them).
+    pub async fn remove_trigger(&self, name: &str, id: &str) -> Result<(), Error> {
+        let all = self.triggers(name).await?;
+        match all.iter().find(|t| t.id == id) {
+            None => {
+                let ids: Vec<&str> = all.iter().map(|t| t.id.as_str()).collect();
+                return Err(Error::TriggerNotFound {
+                    workflow: name.to_owned(),
+                    id: id.to_owned(),
+                    ids: ids.join(", "),
+                });
+            }
+            Some(t) if t.source == "manifest" => {
+                return Err(Error::Invalid(format!(
+                    "trigger {id} of workflow {name:?} comes from its hearth.toml: remove it there and deploy again"
+                )));
+            }
+            Some(_) => {}
+        }
+        self.store().delete(&record::trigger_key(name, id)).await?;
+        self.store().delete(&format!("{}{name}/{id}", record::CRON)).await?;
+        Ok(())
     }
 }
 
@@ -173,8 +318,12 @@ impl Flows {
             }
             Err(e) => return WebhookReply::error(503, e.to_string()),
         };
-        let Some(webhook) = def.triggers.webhooks.iter().find(|w| w.path == hook) else {
-            let known: Vec<&str> = def.triggers.webhooks.iter().map(|w| w.path.as_str()).collect();
+        let triggers = match self.effective(&def).await {
+            Ok(t) => t,
+            Err(e) => return WebhookReply::error(503, e.to_string()),
+        };
+        let Some(webhook) = triggers.webhooks.iter().find(|w| w.path == hook) else {
+            let known: Vec<&str> = triggers.webhooks.iter().map(|w| w.path.as_str()).collect();
             return WebhookReply::error(
                 404,
                 format!("workflow {workflow:?} has no webhook {hook:?}; it declares {known:?}"),
@@ -183,15 +332,10 @@ impl Flows {
         if method != "POST" {
             return WebhookReply::error(405, format!("webhooks take POST, not {method}"));
         }
-        if let Some(secret) = &webhook.secret {
-            let expected = format!("sha256={}", hex(&hmac_sha256(secret.as_bytes(), body)));
-            let ok = signature.is_some_and(|s| constant_time_eq(s.trim().as_bytes(), expected.as_bytes()));
-            if !ok {
-                return WebhookReply::error(
-                    401,
-                    "the X-Hearth-Signature header is missing or wrong: send sha256=HEX, the HMAC-SHA256 of the body keyed with the webhook's secret".into(),
-                );
-            }
+        if let Some(secret) = &webhook.secret
+            && !webhook_signature::verify(secret, body, signature)
+        {
+            return WebhookReply::error(401, webhook_signature::REFUSED.into());
         }
         let data = String::from_utf8_lossy(body).into_owned();
         if let Some(signal) = &webhook.signal {
@@ -269,30 +413,6 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// HMAC-SHA256 (RFC 2104).
-pub(crate) fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
-    use sha2::{Digest, Sha256};
-    const BLOCK: usize = 64;
-    let mut block = [0u8; BLOCK];
-    if key.len() > BLOCK {
-        block[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block[..key.len()].copy_from_slice(key);
-    }
-    let pad = |byte: u8| block.map(|b| b ^ byte);
-    let inner = Sha256::new().chain_update(pad(0x36)).chain_update(message).finalize();
-    let outer = Sha256::new().chain_update(pad(0x5c)).chain_update(inner).finalize();
-    outer.into()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// When a cron trigger last fired.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct CronState {
@@ -328,8 +448,15 @@ pub(crate) async fn run(flows: Flows, shutdown: watch::Receiver<bool>) {
 async fn cron_tick(flows: &Flows, started: u64) -> Result<(), Error> {
     let now = now_ms();
     for def in flows.definitions().await? {
-        for (index, cron) in def.triggers.crons.iter().enumerate() {
-            if let Err(e) = fire_cron(flows, &def, index, cron, now, started).await {
+        // The manifest's crons keep their state under their position, as
+        // they always have; added ones under their id.
+        let manifest = def.triggers.crons.iter().enumerate().map(|(i, c)| (i.to_string(), c.clone()));
+        let added = flows.added_triggers(&def.name).await?.into_iter().filter_map(|t| match t.spec {
+            Spec::Cron(c) => Some((t.id, c)),
+            _ => None,
+        });
+        for (slot, cron) in manifest.collect::<Vec<_>>().into_iter().chain(added) {
+            if let Err(e) = fire_cron(flows, &def, &slot, &cron, now, started).await {
                 tracing::warn!(workflow = %def.name, schedule = %cron.schedule, error = %e, "A cron trigger could not fire.");
             }
         }
@@ -340,13 +467,13 @@ async fn cron_tick(flows: &Flows, started: u64) -> Result<(), Error> {
 async fn fire_cron(
     flows: &Flows,
     def: &Definition,
-    index: usize,
+    index: &str,
     cron: &Cron,
     now: u64,
     started: u64,
 ) -> Result<(), Error> {
     let schedule = Schedule::parse(&cron.schedule, &cron.timezone).map_err(Error::Manifest)?;
-    let key = record::cron_key(&def.name, index);
+    let key = format!("{}{}/{index}", record::CRON, def.name);
     let store = flows.store();
     let state = match store.get(&key).await? {
         Some(kv) => Some(decode::<CronState>(&key, &kv.value)?),
@@ -362,23 +489,11 @@ async fn fire_cron(
             return Ok(());
         }
     };
-    let Some(mut due) = schedule.next_after(last) else { return Ok(()) };
-    if due > now {
+    let Some(hearth_triggers::Due { slot: due, skipped }) =
+        hearth_triggers::due(&schedule, last, now, started)
+    else {
         return Ok(());
-    }
-    // Catch up once: of the slots that passed while hearth was down, only
-    // the latest fires. A slot that passed while it was up (a slow tick)
-    // still fires, late, on its own.
-    let mut skipped = 0u64;
-    while due < started {
-        match schedule.next_after(due) {
-            Some(next) if next < started && next <= now && skipped < 100_000 => {
-                due = next;
-                skipped += 1;
-            }
-            _ => break,
-        }
-    }
+    };
     if skipped > 0 {
         tracing::info!(workflow = %def.name, schedule = %cron.schedule, skipped, "Cron firings were missed while hearth was down; firing the latest once.");
     }
@@ -395,6 +510,29 @@ async fn fire_cron(
     Ok(())
 }
 
+/// Every workflow's event triggers, manifest and added, by workflow.
+async fn event_triggers(flows: &Flows) -> HashMap<String, Vec<EventTrigger>> {
+    let defs = match flows.definitions().await {
+        Ok(defs) => defs,
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot read the workflows' event triggers.");
+            return HashMap::new();
+        }
+    };
+    let mut out = HashMap::new();
+    for def in defs {
+        match flows.effective(&def).await {
+            Ok(t) => {
+                out.insert(def.name, t.events);
+            }
+            Err(e) => {
+                tracing::warn!(workflow = %def.name, error = %e, "Cannot read a workflow's event triggers.")
+            }
+        }
+    }
+    out
+}
+
 /// Starts a run per store change that an event trigger matches. The store
 /// is this daemon's, so nothing changes while it is down: following from
 /// the current revision misses nothing.
@@ -407,13 +545,7 @@ async fn events(flows: Flows, _shutdown: watch::Receiver<bool>) {
             return;
         }
     };
-    let mut triggers: HashMap<String, Vec<EventTrigger>> = match flows.definitions().await {
-        Ok(defs) => defs.into_iter().map(|d| (d.name, d.triggers.events)).collect(),
-        Err(e) => {
-            tracing::warn!(error = %e, "Event triggers cannot start.");
-            return;
-        }
-    };
+    let mut triggers = event_triggers(&flows).await;
     let mut stream = match store.watch("", from).await {
         Ok(s) => s,
         Err(e) => {
@@ -430,18 +562,8 @@ async fn events(flows: Flows, _shutdown: watch::Receiver<bool>) {
             }
         };
         let key = &event.kv.key;
-        if let Some(name) = key.strip_prefix(record::DEFS) {
-            match event.kind {
-                EventKind::Put => match decode::<Definition>(key, &event.kv.value) {
-                    Ok(def) => {
-                        triggers.insert(name.to_owned(), def.triggers.events);
-                    }
-                    Err(e) => tracing::warn!(error = %e, "An unreadable workflow definition."),
-                },
-                EventKind::Delete => {
-                    triggers.remove(name);
-                }
-            }
+        if key.starts_with(record::DEFS) || key.starts_with(record::TRIGGERS) {
+            triggers = event_triggers(&flows).await;
             continue;
         }
         let kind = match event.kind {
@@ -478,16 +600,6 @@ async fn events(flows: Flows, _shutdown: watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hmac_matches_the_rfc_4231_vectors() {
-        // Test case 2.
-        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
-        assert_eq!(hex(&mac), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
-        // Test case 6: a key longer than the block.
-        let mac = hmac_sha256(&[0xaa; 131], b"Test Using Larger Than Block-Size Key - Hash Key First");
-        assert_eq!(hex(&mac), "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
-    }
 
     #[test]
     fn manifests_declare_triggers() {

@@ -16,6 +16,7 @@ pub(crate) mod leases;
 pub(crate) mod machines;
 pub(crate) mod networks;
 pub(crate) mod system;
+pub(crate) mod triggers;
 pub(crate) mod workflows;
 
 pub use exec::{STDERR, STDOUT};
@@ -173,9 +174,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/apps/{name}/rollback", post(apps::rollback))
         .route("/v1/apps/{name}/secrets/{secret}", axum::routing::put(apps::set_secret))
         .route("/v1/apps/{name}/logs", get(apps::logs))
+        .route("/v1/apps/{name}/triggers", get(triggers::app_list).post(triggers::app_add))
+        .route("/v1/apps/{name}/triggers/{id}", axum::routing::delete(triggers::app_remove))
         .route("/v1/workflows", get(workflows::list))
         .route("/v1/workflows/{name}", get(workflows::get).put(workflows::deploy).delete(workflows::remove))
         .route("/v1/workflows/{name}/runs", post(workflows::start))
+        .route("/v1/workflows/{name}/triggers", get(triggers::workflow_list).post(triggers::workflow_add))
+        .route("/v1/workflows/{name}/triggers/{id}", axum::routing::delete(triggers::workflow_remove))
         .route("/v1/runs", get(workflows::runs))
         .route("/v1/runs/{id}", get(workflows::show))
         .route("/v1/runs/{id}/signals", post(workflows::signal))

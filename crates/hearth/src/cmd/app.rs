@@ -58,6 +58,10 @@ pub(crate) enum Command {
     },
     /// Set a secret the app's manifest declares (the value is read from stdin).
     Secret { name: String, secret: String },
+    /// Cron schedules and store events that call the app's routes, and
+    /// webhooks (signed routes).
+    #[command(subcommand)]
+    Trigger(crate::cmd::trigger::Command),
     /// Show the app's output and request log.
     Logs {
         name: String,
@@ -183,6 +187,7 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<()>
             client.set_app_secret(&name, &secret, value.trim_end_matches(['\n', '\r']).to_owned()).await?;
             println!("set secret {secret} of {name}");
         }
+        Command::Trigger(command) => crate::cmd::trigger::run(client, "apps", command).await?,
         Command::Logs { name, follow, tail } => {
             let mut out = std::io::stdout();
             if !follow {

@@ -12,4 +12,5 @@ pub(crate) mod network;
 pub(crate) mod snapshot;
 pub(crate) mod status;
 pub(crate) mod token;
+pub(crate) mod trigger;
 pub(crate) mod workflow;

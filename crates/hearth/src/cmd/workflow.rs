@@ -69,6 +69,9 @@ pub(crate) enum Command {
     },
     /// Cancel a run that has not ended.
     Cancel { id: String },
+    /// Cron schedules, store events and webhooks that start or signal runs.
+    #[command(subcommand)]
+    Trigger(crate::cmd::trigger::Command),
     /// What a run logged and printed.
     Logs {
         id: String,
@@ -267,6 +270,9 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<i32
         Command::Signal { id, name, data } => {
             client.signal_run(&id, &SendSignal { name: name.clone(), data }).await?;
             println!("sent {name:?} to {id}");
+        }
+        Command::Trigger(command) => {
+            crate::cmd::trigger::run(client, "workflows", command).await?;
         }
         Command::Cancel { id } => {
             let run = client.cancel_run(&id).await?;

@@ -17,7 +17,7 @@ use chrono_tz::Tz;
 
 /// A parsed schedule in its time zone.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Schedule {
+pub struct Schedule {
     seconds: u64,
     minutes: u64,
     hours: u64,
@@ -37,7 +37,7 @@ const DAYS: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
 impl Schedule {
     /// Parses `expr` for the time zone `tz` (an IANA name such as
     /// `Europe/Paris`, or `UTC`).
-    pub(crate) fn parse(expr: &str, tz: &str) -> Result<Schedule, String> {
+    pub fn parse(expr: &str, tz: &str) -> Result<Schedule, String> {
         let tz: Tz = tz.parse().map_err(|_| {
             format!("unknown time zone {tz:?}: use an IANA name such as \"Europe/Paris\" or \"UTC\"")
         })?;
@@ -99,7 +99,7 @@ impl Schedule {
 
     /// The first firing strictly after `after_ms` (ms since the epoch), if
     /// there is one in the next five years.
-    pub(crate) fn next_after(&self, after_ms: u64) -> Option<u64> {
+    pub fn next_after(&self, after_ms: u64) -> Option<u64> {
         let after = Utc.timestamp_millis_opt(after_ms as i64).single()?;
         let local = after.with_timezone(&self.tz).naive_local();
         let step = if self.has_seconds { Duration::seconds(1) } else { Duration::minutes(1) };

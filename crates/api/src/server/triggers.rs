@@ -1,0 +1,131 @@
+//! `/v1/apps/{name}/triggers` and `/v1/workflows/{name}/triggers`: cron
+//! schedules, store events and webhooks added by API, beside those a
+//! `hearth.toml` declares.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::AppState;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::ApiJson;
+use crate::types::{TriggerBody, TriggerInfo, TriggerList};
+
+/// The subsystem's trigger from the wire's: the same fields, checked
+/// against what the subsystem's kind takes.
+fn spec<T: DeserializeOwned>(body: &TriggerBody, target: &str) -> Result<T, ApiError> {
+    if !matches!(body.kind.as_str(), "cron" | "event" | "webhook") {
+        return Err(ApiError::bad_request(
+            "invalid_trigger",
+            format!("trigger kind {:?} is not one of cron, event, webhook", body.kind),
+            "set kind to cron, event or webhook",
+        ));
+    }
+    let value = serde_json::to_value(body).map_err(|e| ApiError::internal(e.to_string()))?;
+    serde_json::from_value(value).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_trigger",
+            format!("this {} trigger of {target} is not valid: {e}", body.kind),
+            format!("see `hearth {target} trigger add --help` for the fields each kind takes"),
+        )
+    })
+}
+
+/// The wire's trigger from the subsystem's, without the secret.
+fn info<S: Serialize>(
+    id: String,
+    source: String,
+    created_at: u64,
+    spec: &S,
+) -> Result<TriggerInfo, ApiError> {
+    let value = serde_json::to_value(spec).map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut body: TriggerBody =
+        serde_json::from_value(value).map_err(|e| ApiError::internal(e.to_string()))?;
+    let signed = body.secret.take().is_some();
+    Ok(TriggerInfo { id, source, spec: body, signed, created_at })
+}
+
+/// Lists an app's triggers: its active version's, then those added.
+#[utoipa::path(get, path = "/v1/apps/{name}/triggers", tag = "apps",
+    params(("name" = String, Path)), responses((status = 200, body = TriggerList), (status = 404, body = ErrorBody)))]
+pub(crate) async fn app_list(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<axum::Json<TriggerList>, ApiError> {
+    let triggers = state.apps().triggers(&name).await?;
+    let triggers = triggers
+        .iter()
+        .map(|t| info(t.id.clone(), t.source.clone(), t.created_at, &t.spec))
+        .collect::<Result<_, _>>()?;
+    Ok(axum::Json(TriggerList { triggers }))
+}
+
+/// Adds a trigger to an app: a cron schedule or store event that calls one
+/// of its routes, or a webhook (a signature check in front of a route).
+#[utoipa::path(post, path = "/v1/apps/{name}/triggers", tag = "apps",
+    params(("name" = String, Path)), request_body = TriggerBody,
+    responses((status = 201, body = TriggerInfo), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn app_add(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<TriggerBody>,
+) -> Result<(StatusCode, axum::Json<TriggerInfo>), ApiError> {
+    let spec: hearth_apps::TriggerSpec = spec(&body, "app")?;
+    let t = state.apps().add_trigger(&name, spec).await?;
+    Ok((StatusCode::CREATED, axum::Json(info(t.id, t.source, t.created_at, &t.spec)?)))
+}
+
+/// Removes a trigger that was added through the API.
+#[utoipa::path(delete, path = "/v1/apps/{name}/triggers/{id}", tag = "apps",
+    params(("name" = String, Path), ("id" = String, Path)),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn app_remove(
+    State(state): State<AppState>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    state.apps().remove_trigger(&name, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Lists a workflow's triggers: its manifest's, then those added.
+#[utoipa::path(get, path = "/v1/workflows/{name}/triggers", tag = "workflows",
+    params(("name" = String, Path)), responses((status = 200, body = TriggerList), (status = 404, body = ErrorBody)))]
+pub(crate) async fn workflow_list(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<axum::Json<TriggerList>, ApiError> {
+    let triggers = state.flows().triggers(&name).await?;
+    let triggers = triggers
+        .iter()
+        .map(|t| info(t.id.clone(), t.source.clone(), t.created_at, &t.spec))
+        .collect::<Result<_, _>>()?;
+    Ok(axum::Json(TriggerList { triggers }))
+}
+
+/// Adds a trigger to a workflow: a cron schedule or store event that starts
+/// runs, or a webhook that starts or signals them.
+#[utoipa::path(post, path = "/v1/workflows/{name}/triggers", tag = "workflows",
+    params(("name" = String, Path)), request_body = TriggerBody,
+    responses((status = 201, body = TriggerInfo), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn workflow_add(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<TriggerBody>,
+) -> Result<(StatusCode, axum::Json<TriggerInfo>), ApiError> {
+    let spec: hearth_flows::TriggerSpec = spec(&body, "workflow")?;
+    let t = state.flows().add_trigger(&name, spec).await?;
+    Ok((StatusCode::CREATED, axum::Json(info(t.id, t.source, t.created_at, &t.spec)?)))
+}
+
+/// Removes a trigger that was added through the API.
+#[utoipa::path(delete, path = "/v1/workflows/{name}/triggers/{id}", tag = "workflows",
+    params(("name" = String, Path), ("id" = String, Path)),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn workflow_remove(
+    State(state): State<AppState>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    state.flows().remove_trigger(&name, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,166 @@
+//! `hearth app trigger` and `hearth workflow trigger`: cron schedules, store
+//! events and webhooks added from the command line, beside those a
+//! `hearth.toml` declares (which change only with a redeploy).
+
+use hearth_api::client::Client;
+use hearth_api::types::TriggerBody;
+
+use crate::output::{Table, print_json};
+
+// Parsed once per process: the size of `Add` does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum Command {
+    /// Add a trigger: exactly one of --cron, --event, --webhook.
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["cron", "event", "webhook"])))]
+    Add {
+        name: String,
+        /// A schedule: five fields (minute hour day month weekday), six with
+        /// seconds first, or @hourly, @daily, @weekly, @monthly, @yearly.
+        #[arg(long, value_name = "SCHEDULE")]
+        cron: Option<String>,
+        /// The cron schedule's time zone, an IANA name (default UTC).
+        #[arg(long, value_name = "TZ", requires = "cron")]
+        timezone: Option<String>,
+        /// Changes in hearth's store under this key prefix, e.g. machines/.
+        #[arg(long, value_name = "PREFIX")]
+        event: Option<String>,
+        /// Only these kinds of change: put, delete (default both).
+        #[arg(long, value_name = "KINDS", value_delimiter = ',', requires = "event")]
+        kinds: Vec<String>,
+        /// A webhook. For an app, the route path whose requests must be
+        /// signed (e.g. /github); for a workflow, the last part of
+        /// http://hooks.localhost:8080/WORKFLOW/PATH.
+        #[arg(long, value_name = "PATH")]
+        webhook: Option<String>,
+        /// The webhook's shared secret: requests must carry
+        /// X-Hearth-Signature: sha256=HMAC-SHA256(body). Required for apps.
+        #[arg(long, requires = "webhook", env = "HEARTH_WEBHOOK_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+        /// Apps: the route a cron or event trigger POSTs to (default /).
+        #[arg(long, value_name = "PATH", conflicts_with = "webhook")]
+        path: Option<String>,
+        /// Apps: the body a cron trigger POSTs.
+        #[arg(long, requires = "cron")]
+        body: Option<String>,
+        /// Workflows: the input (JSON) of the runs a cron trigger starts.
+        #[arg(long, value_name = "JSON", requires = "cron")]
+        input: Option<String>,
+        /// Workflows: the webhook signals this name to the run ?run=ID
+        /// instead of starting a run.
+        #[arg(long, requires = "webhook")]
+        signal: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the triggers: the manifest's and those added.
+    #[command(alias = "list")]
+    Ls {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove triggers added with `trigger add`.
+    Rm {
+        name: String,
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
+/// `target` is `apps` or `workflows`, as in the API's paths.
+pub(crate) async fn run(client: &Client, target: &str, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Add {
+            name,
+            cron,
+            timezone,
+            event,
+            kinds,
+            webhook,
+            secret,
+            path,
+            body,
+            input,
+            signal,
+            json,
+        } => {
+            let mut spec = TriggerBody { timezone, secret, body, input, signal, ..TriggerBody::default() };
+            if let Some(schedule) = cron {
+                spec.kind = "cron".into();
+                spec.schedule = Some(schedule);
+                spec.path = path;
+            } else if let Some(prefix) = event {
+                spec.kind = "event".into();
+                spec.prefix = Some(prefix);
+                spec.kinds = (!kinds.is_empty()).then_some(kinds);
+                spec.path = path;
+            } else {
+                spec.kind = "webhook".into();
+                spec.path = webhook;
+            }
+            let added = client.add_trigger(target, &name, &spec).await?;
+            if json {
+                return print_json(&added);
+            }
+            println!(
+                "added the {} trigger {} to {name}: {}",
+                added.spec.kind,
+                added.id,
+                describe(&added.spec, added.signed)
+            );
+        }
+        Command::Ls { name, json } => {
+            let list = client.triggers(target, &name).await?;
+            if json {
+                return print_json(&list);
+            }
+            let mut table = Table::new(vec!["ID", "KIND", "SOURCE", "WHAT"]);
+            for t in list.triggers {
+                table.row(vec![t.id, t.spec.kind.clone(), t.source, describe(&t.spec, t.signed)]);
+            }
+            print!("{}", table.render());
+        }
+        Command::Rm { name, ids } => {
+            for id in ids {
+                client.remove_trigger(target, &name, &id).await?;
+                println!("removed trigger {id} of {name}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One line saying what a trigger does.
+fn describe(t: &TriggerBody, signed: bool) -> String {
+    let path = t.path.as_deref().unwrap_or("/");
+    let mut text = match t.kind.as_str() {
+        "cron" => {
+            let mut s = format!(
+                "{} ({})",
+                t.schedule.as_deref().unwrap_or(""),
+                t.timezone.as_deref().unwrap_or("UTC")
+            );
+            if t.input.is_none() {
+                s.push_str(&format!(" → POST {path}"));
+            }
+            s
+        }
+        "event" => {
+            let kinds = t.kinds.as_ref().map_or("put, delete".to_owned(), |k| k.join(", "));
+            let mut s = format!("{}* ({kinds})", t.prefix.as_deref().unwrap_or(""));
+            if t.path.is_some() {
+                s.push_str(&format!(" → POST {path}"));
+            }
+            s
+        }
+        _ => match &t.signal {
+            Some(signal) => format!("{path} → signal {signal}"),
+            None => path.to_owned(),
+        },
+    };
+    if signed {
+        text.push_str(", signed");
+    }
+    text
+}
