@@ -103,6 +103,12 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<()>
             for url in deployed.urls {
                 println!("  {url}");
             }
+            // What the manifest's triggers will do, as `workflow deploy` shows.
+            if let Ok(list) = client.triggers("apps", &name).await {
+                for t in list.triggers.iter().filter(|t| t.source == "manifest") {
+                    println!("  {:<8} {}", t.spec.kind, crate::cmd::trigger::describe(&t.spec, t.signed));
+                }
+            }
         }
         Command::Ls { json } => {
             let list = client.apps().await?;

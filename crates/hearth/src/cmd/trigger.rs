@@ -132,7 +132,7 @@ pub(crate) async fn run(client: &Client, target: &str, command: Command) -> anyh
 }
 
 /// One line saying what a trigger does.
-fn describe(t: &TriggerBody, signed: bool) -> String {
+pub(crate) fn describe(t: &TriggerBody, signed: bool) -> String {
     let path = t.path.as_deref().unwrap_or("/");
     let mut text = match t.kind.as_str() {
         "cron" => {
