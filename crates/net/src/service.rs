@@ -701,7 +701,7 @@ impl Networks {
         let all_taps: Vec<String> = taps.values().flatten().cloned().collect();
         let nets = networks.clone();
         let any_nat = networks.iter().any(|n| n.nat);
-        blocking(move || {
+        let shaped = blocking(move || {
             let host = link::Netns::Host;
             for n in &nets {
                 link::ensure_bridge(&host, &n.bridge, n.subnet.gateway(), n.subnet.prefix)?;
@@ -718,10 +718,9 @@ impl Networks {
             firewall::apply(&host, &desired)?;
             let existing = link::links_with_prefix(&host, &format!("{prefix}t-"))?;
             let taps: Vec<String> = all_taps.into_iter().filter(|t| existing.contains(t)).collect();
-            // A host that cannot delay says so, but only after the rest
-            // of the network is in place.
-            lock(&shaper).apply(&taps, &delays)?;
-            Ok(())
+            // A host that cannot delay says so, but only once the rest of
+            // the network (names and forwards too, below) is in place.
+            Ok(lock(&shaper).apply(&taps, &delays))
         })
         .await?;
 
@@ -734,7 +733,7 @@ impl Networks {
         );
         self.sync_dns(&networks);
         self.sync_forwards(&machines).await;
-        Ok(())
+        shaped.map_err(Error::from)
     }
 
     /// One DNS server per network, on its gateway address, port 53.

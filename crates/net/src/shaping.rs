@@ -198,7 +198,10 @@ impl Shaper {
                 // No delay yet, or none on a tap that exists: nothing to
                 // decide, and nothing to shape; rules left by an earlier
                 // daemon go.
-                None => return self.clear_queue(),
+                None => {
+                    self.clear_stale();
+                    return Ok(());
+                }
             },
         };
         match backend {
@@ -218,7 +221,8 @@ impl Shaper {
                     }
                 }
                 // Rules a queue-backed daemon left under this name.
-                self.clear_queue()
+                self.clear_stale();
+                Ok(())
             }
             Backend::Queue => self.apply_queue(delays),
         }
@@ -308,6 +312,17 @@ impl Shaper {
             self.queues.remove(&tap);
         }
         Ok(())
+    }
+
+    /// Removes what an earlier daemon of this name may have left, once. A
+    /// host where that cannot even be checked (no iptables that works) has
+    /// nothing of ours to remove, and its networks without delays must not
+    /// fail for it: the failure is logged, not returned.
+    fn clear_stale(&mut self) {
+        if let Err(error) = self.clear_queue() {
+            tracing::warn!(error = %error, "Cannot check for delay rules left by an earlier daemon.");
+            self.clean = true;
+        }
     }
 
     fn clear_queue(&mut self) -> Result<(), Error> {

@@ -14,6 +14,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use hearth_net::delay::{self, DelayLine, Shape};
+use hearth_net::firewall;
 use hearth_net::link::{self, Netns};
 use hearth_net::shaping::{self, Backend, Error, Shaper, TapDelay};
 use support::{Lab, Machine, ping, sh};
@@ -260,5 +261,57 @@ fn the_probe_picks_what_the_kernel_can_do() {
         shaper.apply(std::slice::from_ref(&b.tap), &[]).expect("heal");
         assert_nothing_left(&host, "hearth-tp-delay");
         assert!(rtt(&a.ns, b.ip, "after") < 20.0);
+    });
+}
+
+#[test]
+fn a_delay_works_alongside_the_firewall_and_neither_disturbs_the_other() {
+    support::run(|lab| {
+        let (host, a, b) = two_machines(lab);
+        let c = lab.machine("c", &host, "hb-q", "ht-qc", Ipv4Addr::new(10, 96, 0, 12), None);
+        // hearth's whole ruleset for this network: isolation and NAT (in
+        // the inet table, which bridged frames now pass through too), a
+        // partition between a and c, and some loss towards c.
+        let desired = firewall::Desired {
+            table: "hearth-tf".to_owned(),
+            networks: vec![firewall::NetworkRules {
+                bridge: "hb-q".to_owned(),
+                subnet: "10.96.0.0/24".to_owned(),
+                nat: true,
+            }],
+            partitions: vec![firewall::Partition {
+                id: "f1".to_owned(),
+                from: vec![a.tap.clone()],
+                to: vec![c.tap.clone()],
+                both_ways: true,
+            }],
+            losses: vec![firewall::Loss { tap: c.tap.clone(), percent: 0.01 }],
+        };
+        firewall::apply(&host, &desired).expect("firewall");
+        let mut shaper = queue_shaper(&host, "hearth-tf");
+        let taps = [a.tap.clone(), b.tap.clone(), c.tap.clone()];
+        shaper.apply(&taps, &[delay_b(&b, 100, 0)]).expect("delay b");
+
+        let to_b = rtt(&a.ns, b.ip, "a to b");
+        assert!((90.0..200.0).contains(&to_b), "a -> b {to_b} ms with 100 ms towards b");
+        assert!(ping(&a.ns, c.ip, 2, "0.1").none_answered(), "the partition let a reach c");
+        let c_to_b = rtt(&c.ns, b.ip, "c to b");
+        assert!((90.0..200.0).contains(&c_to_b), "c -> b {c_to_b} ms with 100 ms towards b");
+
+        // Healing the partition leaves the delay; healing the delay leaves
+        // the rest of the ruleset.
+        firewall::apply(&host, &firewall::Desired { partitions: vec![], ..desired.clone() }).expect("heal");
+        assert!(ping(&a.ns, c.ip, 3, "0.1").all_answered(), "a -> c after healing the partition");
+        let to_b = rtt(&a.ns, b.ip, "a to b, partition healed");
+        assert!((90.0..200.0).contains(&to_b), "a -> b {to_b} ms after healing the partition");
+        shaper.apply(&taps, &[]).expect("heal the delay");
+        assert!(rtt(&a.ns, b.ip, "a to b, all healed") < 20.0);
+        let tables = sh(&host, &["nft", "list", "tables"]);
+        assert!(
+            tables.contains("table inet hearth-tf") && tables.contains("table bridge hearth-tf"),
+            "{tables}"
+        );
+        firewall::clear(&host, "hearth-tf").expect("clear the firewall");
+        assert_nothing_left(&host, "hearth-tf-delay");
     });
 }
