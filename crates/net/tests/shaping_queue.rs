@@ -315,3 +315,27 @@ fn a_delay_works_alongside_the_firewall_and_neither_disturbs_the_other() {
         assert_nothing_left(&host, "hearth-tf-delay");
     });
 }
+
+#[test]
+fn a_burst_far_larger_than_the_kernels_default_queue_is_delayed_without_loss() {
+    support::run(|lab| {
+        let (host, a, b) = two_machines(lab);
+        let mut shaper = queue_shaper(&host, "hearth-tl");
+        shaper.apply(std::slice::from_ref(&b.tap), &[delay_b(&b, 100, 0)]).expect("delay b");
+        // 3000 echo requests sent at once are all in the queue together:
+        // three times the kernel's default queue length (1024).
+        let count = "3000";
+        let out = sh(&a.ns, &["ping", "-n", "-q", "-c", count, "-l", count, "-W", "5", &b.ip.to_string()]);
+        assert!(out.contains("3000 packets transmitted, 3000 received"), "{out}");
+        // None slipped through undelayed (which is what a full queue does).
+        let min: f64 = out
+            .lines()
+            .find_map(|l| l.strip_prefix("rtt min/avg/max/mdev = "))
+            .and_then(|v| v.split('/').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no round trips: {out}"));
+        assert!(min >= 95.0, "the quickest of the burst took {min} ms, under the 100 ms delay: {out}");
+        shaper.clear().expect("clear");
+        assert_nothing_left(&host, "hearth-tl-delay");
+    });
+}
