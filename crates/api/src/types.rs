@@ -1022,8 +1022,9 @@ pub struct ResultQuery {
 ///   `body`; for a workflow `input`.
 /// - `event`: `prefix` (of keys in hearth's store), `kinds` (`put`,
 ///   `delete`; default both); for an app `path`.
-/// - `webhook`: for an app, `path` (requests under it must be signed) and
-///   `secret`; for a workflow, `path` (the last part of
+/// - `webhook`: for an app, `path` (deliveries under it are handled once
+///   per `Idempotency-Key`) and an optional `secret` (then they must be
+///   signed); for a workflow, `path` (the last part of
 ///   `http://hooks.DOMAIN/WORKFLOW/PATH`), optional `secret` and `signal`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

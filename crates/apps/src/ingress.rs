@@ -118,7 +118,7 @@ async fn dispatch(apps: &Apps, req: Request<Incoming>) -> Response<Body> {
                 Some(guard) => {
                     let secret = guard.secret.clone();
                     drop(guards);
-                    run_signed(apps, loaded.clone(), &secret, req).await
+                    run_webhook(apps, &target.name, loaded.clone(), secret.as_deref(), req).await
                 }
             }
         }
@@ -137,12 +137,16 @@ pub(crate) fn full_body(bytes: Bytes) -> Full<Bytes> {
     Full::new(bytes)
 }
 
-/// Reads the body of a request to a webhook, checks its signature, and
-/// runs it if it is signed by `secret`; a 401 (logged) if it is not.
-async fn run_signed(
+/// A delivery to one of the app's webhooks: its body read whole, its
+/// signature checked if the webhook has a secret (a 401, logged, if it is
+/// wrong), and, when it carries an `Idempotency-Key`, handled once: a
+/// redelivery of a handled key is answered with the first answer's status
+/// and does not reach the app.
+async fn run_webhook(
     apps: &Apps,
+    name: &str,
     loaded: Arc<Loaded>,
-    secret: &str,
+    secret: Option<&str>,
     req: Request<Incoming>,
 ) -> Response<Body> {
     let (parts, body) = req.into_parts();
@@ -156,21 +160,60 @@ async fn run_signed(
             );
         }
     };
-    let header = parts.headers.get(hearth_triggers::signature::HEADER).and_then(|v| v.to_str().ok());
-    if !hearth_triggers::signature::verify(secret, &body, header) {
-        let ctx = &loaded.ctx;
-        ctx.log.push(
-            ctx.version,
-            LogStream::Hearth,
-            format!(
-                "{} {}: refused, the webhook signature is missing or wrong.",
-                parts.method,
-                parts.uri.path()
-            ),
-        );
-        return text(StatusCode::UNAUTHORIZED, format!("{}\n", hearth_triggers::signature::REFUSED));
+    let ctx = loaded.ctx.clone();
+    let what = format!("{} {}", parts.method, parts.uri.path());
+    if let Some(secret) = secret {
+        let header = parts.headers.get(hearth_triggers::signature::HEADER).and_then(|v| v.to_str().ok());
+        if !hearth_triggers::signature::verify(secret, &body, header) {
+            ctx.log.push(
+                ctx.version,
+                LogStream::Hearth,
+                format!("{what}: refused, the webhook signature is missing or wrong."),
+            );
+            return text(StatusCode::UNAUTHORIZED, format!("{}\n", hearth_triggers::signature::REFUSED));
+        }
     }
-    run(apps, loaded, Request::from_parts(parts, full_body(body))).await
+    let key = parts.headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let claimed = match &key {
+        None => None,
+        Some(key) => match apps.claim_delivery(name, parts.uri.path(), key).await {
+            Ok(crate::triggers::Claim::New(store_key)) => Some(store_key),
+            Ok(crate::triggers::Claim::Done(status)) => {
+                ctx.log.push(
+                    ctx.version,
+                    LogStream::Hearth,
+                    format!("{what}: a redelivery of Idempotency-Key {key:?}, already answered {status}; not passed on."),
+                );
+                let mut response = text(
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+                    format!(
+                        "This delivery (Idempotency-Key {key:?}) was handled before: the app answered {status}.\n"
+                    ),
+                );
+                response.headers_mut().insert("x-hearth-duplicate", HeaderValue::from_static("true"));
+                return response;
+            }
+            Ok(crate::triggers::Claim::InFlight) => {
+                return text(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "A delivery with Idempotency-Key {key:?} is being handled right now; retry later.\n"
+                    ),
+                );
+            }
+            Err(e) => {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("hearth cannot record this delivery ({e}); retry later.\n"),
+                );
+            }
+        },
+    };
+    let response = run(apps, loaded, Request::from_parts(parts, full_body(body))).await;
+    if let Some(store_key) = claimed {
+        apps.settle_delivery(&store_key, response.status().as_u16()).await;
+    }
+    response
 }
 
 /// Runs one request in a fresh instance and answers with what it sets.

@@ -142,6 +142,8 @@ pub(crate) struct Inner {
     pub(crate) hooks: arc_swap::ArcSwap<HashMap<String, crate::hooks::HookHandler>>,
     /// Each app's webhooks: paths whose requests must be signed.
     pub(crate) guards: ArcSwap<HashMap<String, Vec<crate::triggers::Guard>>>,
+    /// The lease webhook deliveries are remembered under, and when it was granted.
+    pub(crate) delivery_lease: tokio::sync::Mutex<Option<(hearth_store::LeaseId, Instant)>>,
 }
 
 /// One app in this daemon.
@@ -224,6 +226,7 @@ impl Apps {
                 ingress_port: Mutex::new(None),
                 hooks: arc_swap::ArcSwap::from_pointee(HashMap::new()),
                 guards: ArcSwap::from_pointee(HashMap::new()),
+                delivery_lease: tokio::sync::Mutex::new(None),
             }),
         })
     }

@@ -17,9 +17,15 @@
 //! path = "/on-machine"         # POSTed {"kind", "key", "value", "revision"}
 //!
 //! [[webhook]]
-//! path = "/github"             # requests under this path must be signed:
-//! secret = "…"                 # X-Hearth-Signature: sha256=HMAC-SHA256(body)
+//! path = "/github"             # deliveries under this path: once per Idempotency-Key,
+//! secret = "…"                 # and, with a secret, signed: X-Hearth-Signature: sha256=HMAC(body)
 //! ```
+//!
+//! A webhook delivery with an `Idempotency-Key` header reaches the app once:
+//! the key is claimed in the store (`apps/deliveries/NAME/HASH`, kept a day)
+//! before the app runs, and a redelivery is answered with the first
+//! answer's status, marked `X-Hearth-Duplicate: true`. An answer of 500 or
+//! more forgets the key, so the sender's retry is handled again.
 //!
 //! Calls made by a trigger carry `X-Hearth-Trigger: cron|event`, the
 //! trigger's id in `X-Hearth-Trigger-Id` and, from cron, the firing's time
@@ -81,12 +87,15 @@ pub struct Event {
     pub path: String,
 }
 
-/// A route whose requests must carry a valid `X-Hearth-Signature`.
+/// A route that takes deliveries: signed, if it has a secret, and handled
+/// once per `Idempotency-Key`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Webhook {
     pub path: String,
-    pub secret: String,
+    /// Requests must carry `X-Hearth-Signature: sha256=HMAC-SHA256(body)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
 }
 
 fn utc() -> String {
@@ -139,10 +148,9 @@ impl Spec {
             }
             Spec::Webhook(w) => {
                 check_path("webhook", &w.path)?;
-                if w.secret.is_empty() {
+                if w.secret.as_deref() == Some("") {
                     return Err(Error::Manifest(format!(
-                        "webhook {:?} has an empty secret: an app's webhook is a signature check in front \
-                         of its route, so give it a secret",
+                        "webhook {:?} has an empty secret; remove it or set one",
                         w.path
                     )));
                 }
@@ -326,7 +334,8 @@ impl Apps {
     pub(crate) async fn delete_triggers(&self, name: &str) -> Result<(), Error> {
         let txn = hearth_store::Txn::new()
             .and_then(hearth_store::Op::DeletePrefix { prefix: trigger_prefix(name) })
-            .and_then(hearth_store::Op::DeletePrefix { prefix: format!("{CRON_STATE}{name}/") });
+            .and_then(hearth_store::Op::DeletePrefix { prefix: format!("{CRON_STATE}{name}/") })
+            .and_then(hearth_store::Op::DeletePrefix { prefix: format!("{DELIVERIES}{name}/") });
         self.store().txn(txn).await?;
         Ok(())
     }
@@ -425,11 +434,98 @@ impl Apps {
     }
 }
 
+/// Deliveries to webhooks, by `Idempotency-Key`: `apps/deliveries/NAME/HASH`,
+/// kept about a day.
+pub const DELIVERIES: &str = "apps/deliveries/";
+/// How long a delivery is remembered: a lease of 25 hours, shared by the
+/// deliveries of an hour, so each is kept 24 to 25 hours.
+const DELIVERY_TTL: Duration = Duration::from_secs(25 * 3600);
+const DELIVERY_LEASE_REUSE: Duration = Duration::from_secs(3600);
+
+/// What became of a delivery's `Idempotency-Key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// First time: handle it, then [`Apps::settle_delivery`] the key.
+    New(String),
+    /// Handled before; the app answered with this status.
+    Done(u16),
+    /// Being handled right now.
+    InFlight,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Delivery {
+    /// 0 while the app handles it.
+    status: u16,
+    at: u64,
+}
+
+impl Apps {
+    /// Claims a delivery's key before the app sees it, so two deliveries
+    /// with one key never both reach the app.
+    pub(crate) async fn claim_delivery(&self, app: &str, path: &str, key: &str) -> Result<Claim, Error> {
+        use sha2::Digest;
+        let digest = sha2::Sha256::new().chain_update(path).chain_update([0]).chain_update(key).finalize();
+        let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+        let store_key = format!("{DELIVERIES}{app}/{hex}");
+        let lease = self.delivery_lease().await?;
+        let pending = encode(&Delivery { status: 0, at: now_ms() })?;
+        let txn = hearth_store::Txn::new()
+            .when(hearth_store::Compare::missing(&store_key))
+            .and_then(hearth_store::Op::Put { key: store_key.clone(), value: pending, lease: Some(lease) })
+            .or_else(hearth_store::Op::Get { key: store_key.clone() });
+        let response = self.store().txn(txn).await?;
+        if response.succeeded {
+            return Ok(Claim::New(store_key));
+        }
+        let existing = match response.responses.first() {
+            Some(hearth_store::OpResponse::Get { kv: Some(kv) }) => {
+                serde_json::from_slice::<Delivery>(&kv.value)
+                    .map_err(|e| Error::Corrupt(store_key.clone(), e))?
+            }
+            // Expired between the two: take it as new next time.
+            _ => return Ok(Claim::InFlight),
+        };
+        Ok(if existing.status == 0 { Claim::InFlight } else { Claim::Done(existing.status) })
+    }
+
+    /// Records how the app answered a claimed delivery. A failure (5xx)
+    /// forgets the key, so that the sender's retry is handled again.
+    pub(crate) async fn settle_delivery(&self, store_key: &str, status: u16) {
+        let result = if status >= 500 {
+            self.store().delete(store_key).await.map(drop)
+        } else {
+            match (self.delivery_lease().await, encode(&Delivery { status, at: now_ms() })) {
+                (Ok(lease), Ok(value)) => self.store().put(store_key, value, Some(lease)).await.map(drop),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(error = %chain(&e), "Cannot record a webhook delivery.");
+                    return;
+                }
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "Cannot record a webhook delivery.");
+        }
+    }
+
+    async fn delivery_lease(&self) -> Result<hearth_store::LeaseId, Error> {
+        let mut current = self.inner.delivery_lease.lock().await;
+        if let Some((id, granted)) = *current
+            && granted.elapsed() < DELIVERY_LEASE_REUSE
+        {
+            return Ok(id);
+        }
+        let lease = self.store().lease_grant(DELIVERY_TTL).await?;
+        *current = Some((lease.id, std::time::Instant::now()));
+        Ok(lease.id)
+    }
+}
+
 /// A webhook's check, as the ingress applies it.
 #[derive(Debug, Clone)]
 pub(crate) struct Guard {
     pub(crate) path: String,
-    pub(crate) secret: String,
+    pub(crate) secret: Option<String>,
 }
 
 impl Guard {
@@ -654,14 +750,15 @@ mod tests {
                 }),
                 "not one of",
             ),
-            (Spec::Webhook(Webhook { path: "/gh".into(), secret: String::new() }), "empty secret"),
+            (Spec::Webhook(Webhook { path: "/gh".into(), secret: Some(String::new()) }), "empty secret"),
+            (Spec::Webhook(Webhook { path: "gh".into(), secret: None }), "not valid"),
         ] {
             let error = spec.validate().unwrap_err().to_string();
             assert!(error.contains(needle), "{spec:?}: {error}");
         }
         let two = [
-            Spec::Webhook(Webhook { path: "/gh".into(), secret: "a".into() }),
-            Spec::Webhook(Webhook { path: "/gh/".into(), secret: "b".into() }),
+            Spec::Webhook(Webhook { path: "/gh".into(), secret: Some("a".into()) }),
+            Spec::Webhook(Webhook { path: "/gh/".into(), secret: None }),
         ];
         assert!(validate_all(&two).unwrap_err().to_string().contains("two webhooks"));
     }
@@ -673,7 +770,7 @@ mod tests {
         let back: Spec =
             serde_json::from_value(serde_json::json!({"kind": "webhook", "path": "/gh", "secret": "s"}))
                 .unwrap();
-        assert_eq!(back, Spec::Webhook(Webhook { path: "/gh".into(), secret: "s".into() }));
+        assert_eq!(back, Spec::Webhook(Webhook { path: "/gh".into(), secret: Some("s".into()) }));
         let unknown = serde_json::from_value::<Spec>(
             serde_json::json!({"kind": "cron", "schedule": "@daily", "paht": "/"}),
         );
@@ -682,11 +779,11 @@ mod tests {
 
     #[test]
     fn guards_cover_their_path_and_below() {
-        let g = Guard { path: "/hooks/github".into(), secret: "s".into() };
+        let g = Guard { path: "/hooks/github".into(), secret: None };
         assert!(g.covers("/hooks/github"));
         assert!(g.covers("/hooks/github/push"));
         assert!(!g.covers("/hooks/githubx"));
         assert!(!g.covers("/"));
-        assert!(Guard { path: "/".into(), secret: "s".into() }.covers("/anything"));
+        assert!(Guard { path: "/".into(), secret: None }.covers("/anything"));
     }
 }

@@ -28,13 +28,14 @@ pub(crate) enum Command {
         /// Only these kinds of change: put, delete (default both).
         #[arg(long, value_name = "KINDS", value_delimiter = ',', requires = "event")]
         kinds: Vec<String>,
-        /// A webhook. For an app, the route path whose requests must be
-        /// signed (e.g. /github); for a workflow, the last part of
+        /// A webhook. For an app, a route path (e.g. /github) whose
+        /// deliveries are handled once per Idempotency-Key (and must be
+        /// signed, with --secret); for a workflow, the last part of
         /// http://hooks.localhost:8080/WORKFLOW/PATH.
         #[arg(long, value_name = "PATH")]
         webhook: Option<String>,
         /// The webhook's shared secret: requests must carry
-        /// X-Hearth-Signature: sha256=HMAC-SHA256(body). Required for apps.
+        /// X-Hearth-Signature: sha256=HMAC-SHA256(body).
         #[arg(long, requires = "webhook", env = "HEARTH_WEBHOOK_SECRET", hide_env_values = true)]
         secret: Option<String>,
         /// Apps: the route a cron or event trigger POSTs to (default /).
