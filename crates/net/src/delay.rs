@@ -571,7 +571,8 @@ pub fn render_rules(chain: &str, targets: &[Target], jump: bool) -> String {
 
 /// Makes `chain` in `ns` hold the rules for `targets`, jumped to from
 /// `mangle POSTROUTING`, in one transaction; with no targets, removes the
-/// chain and its jump. Absent is fine either way.
+/// chain and its jump (but not the table: [`remove_mangle_if_empty`]).
+/// Absent is fine either way.
 pub fn apply_rules(ns: &Netns, chain: &str, targets: &[Target]) -> Result<(), Error> {
     check_chain(chain)?;
     for t in targets {
@@ -593,18 +594,16 @@ pub fn apply_rules(ns: &Netns, chain: &str, targets: &[Target]) -> Result<(), Er
         render_rules(chain, targets, !jumped)
     };
     Cmd::new(ns, "iptables-restore").args(["-w", "--noflush"]).run_with_stdin(Some(&script))?;
-    if targets.is_empty() {
-        // Ours was the last chain: iptables leaves the table it made for
-        // it, with an empty POSTROUTING. That goes too, unless someone
-        // else has put anything at all there since.
-        remove_mangle_if_empty(ns)?;
-    }
     Ok(())
 }
 
 /// Deletes `ns`'s `table ip mangle` if nothing is left in it but an empty
-/// `POSTROUTING` chain, atomically (see [`nfqueue::delete_table_if_empty`]).
-/// Returns whether it did.
+/// `POSTROUTING` chain, atomically (see [`nfqueue::delete_table_if_empty`]):
+/// iptables makes that table for hearth's chain and leaves it when the
+/// chain goes. Returns whether it did.
+///
+/// Call it only once no packet is queued: the kernel drops every packet
+/// held in the namespace's queues when a hook goes away.
 pub fn remove_mangle_if_empty(ns: &Netns) -> Result<bool, Error> {
     // Entering a namespace changes the calling thread's, so do it on a
     // thread of its own.

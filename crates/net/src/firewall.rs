@@ -2,10 +2,14 @@
 //! partitions.
 //!
 //! The ruleset is a pure function of the desired state ([`render`]) and is
-//! applied as one nft transaction that deletes and recreates hearth's two
-//! tables, so applying is idempotent, a crash half-way cannot leave half a
-//! ruleset, and removing a network or healing a partition is just applying
-//! the desired state without it. Nothing outside `table inet TABLE` and
+//! applied as one nft transaction that empties hearth's two tables and
+//! fills them again, so applying is idempotent, a crash half-way cannot
+//! leave half a ruleset, and removing a network or healing a partition is
+//! just applying the desired state without it. The tables' chains are the
+//! same whatever the state, and are flushed rather than deleted: a hook
+//! that goes away makes the kernel drop every packet held in the
+//! namespace's NFQUEUEs, which would cut the delay line's packets at every
+//! pass. Nothing outside `table inet TABLE` and
 //! `table bridge TABLE` is ever touched (`TABLE` is [`TABLE`] unless a daemon
 //! picks its own, so that several can share a host).
 //!
@@ -90,16 +94,17 @@ pub fn clear(ns: &Netns, table: &str) -> Result<(), Error> {
     check_table(table)?;
     let mut script = String::new();
     for family in ["inet", "bridge"] {
-        let _ = writeln!(script, "{}", replace_table(family, table));
+        // Declaring the table first makes the delete succeed when it is absent.
+        let _ = writeln!(script, "table {family} {table}\ndelete table {family} {table}");
     }
     nft(ns, &script)
 }
 
-/// The start of a table's replacement. Declaring the table before deleting
-/// it makes the delete succeed when the table is absent; both happen in the
-/// same transaction as the new table's contents.
-fn replace_table(family: &str, table: &str) -> String {
-    format!("table {family} {table}\ndelete table {family} {table}")
+/// The start of a table's refill. Declaring the table makes the flush
+/// succeed when it is absent; both happen in the same transaction as the
+/// table's new contents.
+fn refill_table(family: &str, table: &str) -> String {
+    format!("table {family} {table}\nflush table {family} {table}")
 }
 
 /// The nft script [`apply`] runs for `desired`; for tests and debugging.
@@ -111,8 +116,12 @@ pub fn render(desired: &Desired) -> String {
     let table = &desired.table;
     let bridges: Vec<&str> = desired.networks.iter().map(|n| n.bridge.as_str()).collect();
 
-    let _ = writeln!(s, "{}\ntable inet {table} {{", replace_table("inet", table));
+    let _ = writeln!(s, "{}\ntable inet {table} {{", refill_table("inet", table));
     s.push_str("\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n");
+    // Connection tracking's hooks are registered while any rule uses it and
+    // go away with the last one (NAT's), which would drop every packet the
+    // delay line holds. This rule, which only counts, keeps them.
+    s.push_str("\t\tct state invalid counter comment \"keeps connection tracking's hooks\"\n");
     // Isolation comes first: the NAT rules below accept anything leaving a
     // NAT network, which would otherwise include other hearth networks.
     for network in &desired.networks {
@@ -146,7 +155,7 @@ pub fn render(desired: &Desired) -> String {
     }
     s.push_str("\t}\n}\n");
 
-    let _ = writeln!(s, "{}\ntable bridge {table} {{", replace_table("bridge", table));
+    let _ = writeln!(s, "{}\ntable bridge {table} {{", refill_table("bridge", table));
     s.push_str("\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n");
     // Address resolution crosses partitions. Otherwise a one-way partition
     // A -> C would also drop A's ARP replies to C, C could never resolve A,
@@ -183,16 +192,17 @@ pub fn render(desired: &Desired) -> String {
         s.push_str(rule);
     }
     s.push_str("\t}\n");
+    // What the host itself sends towards a machine (e.g. the gateway's DNS
+    // answers) leaves through the bridge's output hook. The chain is there
+    // with no losses too, so that its hook never goes away.
+    s.push_str("\tchain output {\n\t\ttype filter hook output priority filter; policy accept;\n");
     if !losses.is_empty() {
-        // What the host itself sends towards a machine (e.g. the gateway's
-        // DNS answers) leaves through the bridge's output hook.
-        s.push_str("\tchain output {\n\t\ttype filter hook output priority filter; policy accept;\n");
         s.push_str("\t\tether type arp accept comment \"address resolution is never lost\"\n");
-        for rule in &losses {
-            s.push_str(rule);
-        }
-        s.push_str("\t}\n");
     }
+    for rule in &losses {
+        s.push_str(rule);
+    }
+    s.push_str("\t}\n");
     s.push_str("}\n");
     s
 }

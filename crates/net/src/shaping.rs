@@ -334,12 +334,19 @@ impl Shaper {
             Ok(()) | Err(Error::Spawn { .. }) => {}
             Err(error) => return Err(error),
         }
+        // Dropping the line lets its packets go and unbinds its queues;
+        // only then may the hooks they were queued from go.
+        self.line = None;
+        self.queues.clear();
         for bridge in std::mem::take(&mut self.flagged) {
             delay::set_bridge_netfilter(&self.ns, &bridge, false)?;
         }
-        // Dropping the line lets its packets go and unbinds its queues.
-        self.line = None;
-        self.queues.clear();
+        match delay::remove_mangle_if_empty(&self.ns) {
+            Ok(_) => {}
+            // Without nfnetlink there is no table to remove.
+            Err(Error::DelayUnsupported { .. }) => {}
+            Err(error) => return Err(error),
+        }
         self.clean = true;
         Ok(())
     }

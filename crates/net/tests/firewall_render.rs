@@ -36,10 +36,11 @@ fn example() -> Desired {
 #[test]
 fn the_script_for_networks_and_partitions() {
     let expect = r#"table inet hearth
-delete table inet hearth
+flush table inet hearth
 table inet hearth {
 	chain forward {
 		type filter hook forward priority filter; policy accept;
+		ct state invalid counter comment "keeps connection tracking's hooks"
 		iifname "hb-default" oifname { "hb-lab", "hb-other" } counter drop comment "isolate hb-default"
 		iifname "hb-lab" oifname { "hb-default", "hb-other" } counter drop comment "isolate hb-lab"
 		iifname "hb-other" oifname { "hb-default", "hb-lab" } counter drop comment "isolate hb-other"
@@ -55,7 +56,7 @@ table inet hearth {
 	}
 }
 table bridge hearth
-delete table bridge hearth
+flush table bridge hearth
 table bridge hearth {
 	chain forward {
 		type filter hook forward priority filter; policy accept;
@@ -65,6 +66,9 @@ table bridge hearth {
 		iifname "ht-b" oifname "ht-e" counter drop comment "partition f4c5d6"
 		iifname "ht-e" oifname "ht-b" counter drop comment "partition f4c5d6 (reverse)"
 	}
+	chain output {
+		type filter hook output priority filter; policy accept;
+	}
 }
 "#;
     let got = firewall::render(&example());
@@ -72,21 +76,26 @@ table bridge hearth {
 }
 
 #[test]
-fn the_script_for_nothing_still_replaces_both_tables() {
+fn the_script_for_nothing_still_refills_both_tables() {
     let got = firewall::render(&Desired::default());
-    assert!(got.starts_with("table inet hearth\ndelete table inet hearth\ntable inet hearth {\n"), "{got}");
-    assert!(
-        got.contains("table bridge hearth\ndelete table bridge hearth\ntable bridge hearth {\n"),
-        "{got}"
-    );
+    assert!(got.starts_with("table inet hearth\nflush table inet hearth\ntable inet hearth {\n"), "{got}");
+    assert!(got.contains("table bridge hearth\nflush table bridge hearth\ntable bridge hearth {\n"), "{got}");
+    // The same chains as with rules: a chain that went away would take its
+    // hook, and with it every packet the delay line holds.
+    for chain in ["chain forward {", "chain postrouting {", "chain output {"] {
+        assert!(got.contains(chain), "{chain} missing: {got}");
+    }
     assert!(!got.contains("drop") && !got.contains("masquerade"), "{got}");
+    // Connection tracking stays on with no NAT network left: its hooks
+    // going away would drop what the delay line holds.
+    assert!(got.contains("ct state invalid counter"), "{got}");
 }
 
 #[test]
 fn a_daemon_can_name_its_tables() {
     let desired = Desired { table: "hearth-t1".to_owned(), ..example() };
     let got = firewall::render(&desired);
-    assert!(got.starts_with("table inet hearth-t1\ndelete table inet hearth-t1\n"), "{got}");
+    assert!(got.starts_with("table inet hearth-t1\nflush table inet hearth-t1\n"), "{got}");
     assert!(got.contains("\ntable bridge hearth-t1 {\n"), "{got}");
     assert!(!got.contains("hearth {"), "{got}");
 }

@@ -339,3 +339,60 @@ fn a_burst_far_larger_than_the_kernels_default_queue_is_delayed_without_loss() {
         assert_nothing_left(&host, "hearth-tl-delay");
     });
 }
+
+#[test]
+fn healing_lets_the_packets_held_go_at_once_rather_than_dropping_them() {
+    support::run(|lab| {
+        let (host, a, b) = two_machines(lab);
+        let mut shaper = queue_shaper(&host, "hearth-th");
+        shaper.apply(std::slice::from_ref(&b.tap), &[delay_b(&b, 2000, 0)]).expect("delay b");
+        let queue = shaper.queue_of(&b.tap).expect("b's queue");
+        let pinger = std::thread::spawn({
+            let (ns, ip) = (a.ns.clone(), b.ip);
+            move || ping(&ns, ip, 1, "1")
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(shaper.held().expect("held").get(&queue), Some(&1), "the echo request is held");
+        shaper.apply(std::slice::from_ref(&b.tap), &[]).expect("heal");
+        let p = pinger.join().expect("ping");
+        // ping waits at most a second for its reply (-W 1): an answer at all
+        // means the request went on when healed, well before its 2 s.
+        assert!(p.all_answered(), "the held request was lost when the delay healed: {p:?}");
+        let ms = p.avg_rtt_ms.expect("a round trip");
+        assert!((400.0..1000.0).contains(&ms), "released after {ms} ms");
+        assert_nothing_left(&host, "hearth-th-delay");
+    });
+}
+
+/// The kernel drops every packet held in a namespace's queues whenever a
+/// netfilter hook there goes away; hearth's firewall passes must not remove
+/// any (neither a chain's nor connection tracking's, which goes with the
+/// last NAT rule), or each pass would cut the delayed traffic.
+#[test]
+fn firewall_passes_do_not_drop_the_packets_held() {
+    support::run(|lab| {
+        let (host, a, b) = two_machines(lab);
+        let mut desired = firewall::Desired { table: "hearth-tk".to_owned(), ..Default::default() };
+        firewall::apply(&host, &desired).expect("firewall");
+        let mut shaper = queue_shaper(&host, "hearth-tk");
+        shaper.apply(std::slice::from_ref(&b.tap), &[delay_b(&b, 600, 0)]).expect("delay b");
+        let pinger = std::thread::spawn({
+            let (ns, ip) = (a.ns.clone(), b.ip);
+            move || ping(&ns, ip, 1, "1")
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        // Passes that add and remove networks, partitions and losses.
+        desired.networks =
+            vec![firewall::NetworkRules { bridge: "hb-q".into(), subnet: "10.96.0.0/24".into(), nat: true }];
+        desired.losses = vec![firewall::Loss { tap: a.tap.clone(), percent: 0.01 }];
+        firewall::apply(&host, &desired).expect("a pass with more");
+        firewall::apply(&host, &firewall::Desired { table: "hearth-tk".to_owned(), ..Default::default() })
+            .expect("a pass with less");
+        let p = pinger.join().expect("ping");
+        assert!(p.all_answered(), "a firewall pass dropped the held echo request: {p:?}");
+        assert!(p.avg_rtt_ms.is_some_and(|ms| ms >= 590.0), "{p:?}");
+        shaper.clear().expect("clear");
+        firewall::clear(&host, "hearth-tk").expect("clear the firewall");
+        assert_nothing_left(&host, "hearth-tk-delay");
+    });
+}
