@@ -33,11 +33,21 @@ fn received(summary: &str) -> u32 {
 
 /// The average round trip in ms, from ping's `rtt min/avg/max/mdev` line.
 fn average_rtt(summary: &str) -> f64 {
+    rtt_field(summary, 1)
+}
+
+/// The round trips' mean deviation in ms, from the same line.
+fn rtt_deviation(summary: &str) -> f64 {
+    rtt_field(summary, 3)
+}
+
+fn rtt_field(summary: &str, at: usize) -> f64 {
     summary
         .lines()
         .find(|l| l.starts_with("rtt"))
         .and_then(|l| l.split(" = ").nth(1))
-        .and_then(|v| v.split('/').nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.split('/').nth(at))
         .and_then(|v| v.parse().ok())
         .unwrap_or(f64::NAN)
 }
@@ -126,6 +136,14 @@ async fn machines_talk_by_name_are_isolated_by_network_and_break_on_purpose() {
     let rtt = average_rtt(&ping(&daemon, "a", "b", 5));
     assert!((90.0..200.0).contains(&rtt), "a 100 ms delay gave an average round trip of {rtt} ms");
     eprintln!("a 100 ms delay towards b: a's pings average {rtt} ms");
+    success(&daemon.cli(&["fault", "heal"]));
+    // Jitter spreads the round trips: uniform on ±40 ms deviates by 20 ms on average.
+    success(&daemon.cli(&["fault", "delay", "b", "100ms", "--jitter", "40ms"]));
+    let summary = ping(&daemon, "a", "b", 20);
+    let (rtt, spread) = (average_rtt(&summary), rtt_deviation(&summary));
+    assert!((80.0..200.0).contains(&rtt), "100 ms ± 40 ms gave an average round trip of {rtt} ms");
+    assert!(spread > 8.0, "100 ms ± 40 ms gave round trips deviating by only {spread} ms: {summary}");
+    eprintln!("100 ms ± 40 ms towards b: a's pings average {rtt} ms, deviating by {spread} ms");
     success(&daemon.cli(&["fault", "heal"]));
     let rtt = average_rtt(&ping(&daemon, "a", "b", 5));
     assert!(rtt < 50.0, "the round trip was {rtt} ms after healing the delay");
