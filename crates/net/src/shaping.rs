@@ -143,7 +143,9 @@ pub struct Shaper {
 }
 
 impl Shaper {
-    /// A shaper for `ns`; `name` must be a valid nftables table name.
+    /// A shaper for `ns`. `name` is this daemon's own (its firewall
+    /// tables'): with `-delay` after it, it names the iptables chain, so it
+    /// must be a letter and then at most 21 letters, digits, `-` or `_`.
     pub fn new(ns: Netns, name: &str) -> Self {
         Shaper {
             ns,
