@@ -740,6 +740,16 @@ mod tests {
     }
 
     #[test]
+    fn a_kernel_without_queues_is_told_what_it_lacks() {
+        let error = bind_error(33000, Errno::EINVAL);
+        assert_eq!(error.code(), "unsupported");
+        let hint = error.hint().unwrap_or_default();
+        assert!(hint.contains("sch_netem") && hint.contains("CONFIG_NETFILTER_NETLINK_QUEUE"), "{hint}");
+        assert!(error.to_string().starts_with("cannot bind queue 33000: EINVAL"), "{error}");
+        assert_eq!(bind_error(33000, Errno::EACCES).code(), "command_failed");
+    }
+
+    #[test]
     fn chain_names_are_checked() {
         assert!(check_chain("hearth-h-delay").is_ok());
         for bad in ["", "1abc", "a b", "a;b", &"x".repeat(29)] {
