@@ -164,6 +164,12 @@ impl DelayLine {
         })
     }
 
+    /// Whether the thread still runs: it stops only if it cannot wait for
+    /// its socket any more, which it logs.
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|thread| !thread.is_finished())
+    }
+
     /// Changes the delay of packets arriving from now on in `queue`.
     pub fn set(&self, queue: u16, shape: Shape) -> Result<(), Error> {
         self.send(Command::Set { queue, shape })

@@ -266,6 +266,12 @@ impl Shaper {
             return self.clear_queue();
         }
         let chain = self.chain();
+        if self.line.as_ref().is_some_and(|line| !line.is_running()) {
+            // Its thread stopped (the log says why); the kernel took its
+            // queues back. Start again with new ones.
+            self.line = None;
+            self.queues.clear();
+        }
         if self.line.is_none() {
             self.line = Some(DelayLine::start(&self.ns)?);
         }

@@ -3,9 +3,10 @@
 //! netem shapes the tap's egress, the traffic towards the machine, so
 //! shaping b's tap delays (or drops) a's echo requests on their way to b.
 //!
-//! Kernels without `sch_netem` (some minimal VM kernels) cannot shape at
-//! all: there the tests check that hearth says so clearly and skip the
+//! Kernels without `sch_netem` (some minimal VM kernels) cannot shape with
+//! netem: there the tests check that hearth says so clearly and skip the
 //! measurements, unless `HEARTH_REQUIRE_NETEM=1` makes that a failure.
+//! (hearth then delays with its NFQUEUE delay line: `shaping_queue.rs`.)
 
 mod support;
 
