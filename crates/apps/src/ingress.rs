@@ -111,13 +111,12 @@ async fn dispatch(apps: &Apps, req: Request<Incoming>) -> Response<Body> {
     };
     match &target.serving {
         Ok(loaded) => {
-            // An app's webhooks: requests under their paths must be signed.
-            let guards = apps.inner.guards.load();
-            match guards.get(&target.name).and_then(|g| g.iter().find(|g| g.covers(req.uri().path()))) {
+            // An app's webhooks: requests under their paths are checked
+            // (signed, once per Idempotency-Key).
+            match crate::triggers::guard_for(&target.guards, req.uri().path()) {
                 None => run(apps, loaded.clone(), req).await,
                 Some(guard) => {
                     let secret = guard.secret.clone();
-                    drop(guards);
                     run_webhook(apps, &target.name, loaded.clone(), secret.as_deref(), req).await
                 }
             }
@@ -176,8 +175,11 @@ async fn run_webhook(
     let key = parts.headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let claimed = match &key {
         None => None,
-        Some(key) => match apps.claim_delivery(name, parts.uri.path(), key).await {
-            Ok(crate::triggers::Claim::New(store_key)) => Some(store_key),
+        Some(key) => match apps
+            .claim_delivery(name, parts.uri.path(), key, Duration::from_millis(ctx.limits.timeout_ms))
+            .await
+        {
+            Ok(crate::triggers::Claim::New(pending)) => Some(pending),
             Ok(crate::triggers::Claim::Done(status)) => {
                 ctx.log.push(
                     ctx.version,
@@ -210,8 +212,8 @@ async fn run_webhook(
         },
     };
     let response = run(apps, loaded, Request::from_parts(parts, full_body(body))).await;
-    if let Some(store_key) = claimed {
-        apps.settle_delivery(&store_key, response.status().as_u16()).await;
+    if let Some(pending) = claimed {
+        pending.settle(response.status().as_u16()).await;
     }
     response
 }

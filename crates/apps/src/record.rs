@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 use crate::Error;
 use crate::manifest::Manifest;
 
+/// Everything the apps service keeps in the store is under this prefix.
+pub const APPS: &str = "apps/";
 /// Where app records live.
 pub const RECORDS: &str = "apps/records/";
 /// Where apps' key-value data lives: `apps/data/NAME/STORE/KEY`.

@@ -140,8 +140,6 @@ pub(crate) struct Inner {
     pub(crate) ingress_port: Mutex<Option<u16>>,
     /// Host names served by another subsystem (webhooks), not by an app.
     pub(crate) hooks: arc_swap::ArcSwap<HashMap<String, crate::hooks::HookHandler>>,
-    /// Each app's webhooks: paths whose requests must be signed.
-    pub(crate) guards: ArcSwap<HashMap<String, Vec<crate::triggers::Guard>>>,
     /// The lease webhook deliveries are remembered under, and when it was granted.
     pub(crate) delivery_lease: tokio::sync::Mutex<Option<(hearth_store::LeaseId, Instant)>>,
 }
@@ -150,7 +148,13 @@ pub(crate) struct Inner {
 struct Entry {
     routes: Vec<Route>,
     serving: Result<Arc<Loaded>, String>,
+    /// Its webhooks, longest path first: installed with the version they
+    /// belong to, so a request never meets a version without its checks.
+    guards: Guards,
 }
+
+/// An app's webhook checks, as the ingress applies them.
+pub(crate) type Guards = Arc<[crate::triggers::Guard]>;
 
 /// A version ready to serve: pre-instantiated, with its context.
 pub(crate) struct Loaded {
@@ -171,6 +175,7 @@ pub(crate) struct Table {
 pub(crate) struct Target {
     pub(crate) name: String,
     pub(crate) serving: Result<Arc<Loaded>, String>,
+    pub(crate) guards: Guards,
 }
 
 impl Table {
@@ -225,7 +230,6 @@ impl Apps {
                 failures: AtomicU64::new(0),
                 ingress_port: Mutex::new(None),
                 hooks: arc_swap::ArcSwap::from_pointee(HashMap::new()),
-                guards: ArcSwap::from_pointee(HashMap::new()),
                 delivery_lease: tokio::sync::Mutex::new(None),
             }),
         })
@@ -291,14 +295,24 @@ impl Apps {
         };
         self.inner.ready.send_replace(true);
         loop {
-            match self.inner.store.watch(record::RECORDS, from).await {
+            // Records and added triggers (whose webhooks guard the app);
+            // one watch, so that the two are seen in the store's order.
+            match self.inner.store.watch(record::APPS, from).await {
                 Ok(mut events) => loop {
                     tokio::select! {
                         () = stopped(shutdown) => return,
                         event = events.next() => match event {
                             Some(Ok(event)) => {
                                 from = event.revision() + 1;
-                                let name = event.kv.key[record::RECORDS.len()..].to_owned();
+                                let key = &event.kv.key;
+                                let name = if let Some(name) = key.strip_prefix(record::RECORDS) {
+                                    name
+                                } else if let Some(rest) = key.strip_prefix(crate::triggers::TRIGGERS) {
+                                    rest.split_once('/').map_or(rest, |(name, _)| name)
+                                } else {
+                                    continue;
+                                };
+                                let name = name.to_owned();
                                 if let Err(e) = self.reconcile(&name).await {
                                     tracing::warn!(app = name, error = %chain(&e), "Cannot reconcile an app.");
                                 }
@@ -346,30 +360,52 @@ impl Apps {
         Ok(range.revision)
     }
 
-    /// Brings one app in line with its record.
+    /// Brings one app in line with its record and its added triggers.
     async fn reconcile(&self, name: &str) -> Result<(), Error> {
         let guard = self.app_lock(name);
         let _held = guard.lock().await;
+        self.reconcile_held(name).await
+    }
+
+    /// [`Apps::reconcile`], with the app's lock held.
+    pub(crate) async fn reconcile_held(&self, name: &str) -> Result<(), Error> {
         let Some((app, _)) = self.find(name).await? else {
             self.uninstall(name);
             return Ok(());
         };
         let routes = self.routes_of(&app);
-        let current = lock(&self.inner.loaded).get(name).map(|e| (e.routes.clone(), e.serving.clone()));
+        // Without its webhooks' checks the app is not served at all: a
+        // signed route must never answer unsigned requests.
+        let added = match self.added_triggers(name).await {
+            Ok(added) => added,
+            Err(e) => {
+                let reason = format!(
+                    "its webhooks cannot be read from the store ({}); see the daemon's log",
+                    chain(&e)
+                );
+                self.install(name, routes, Err(reason), Guards::from([]));
+                return Err(e);
+            }
+        };
+        let guards = crate::triggers::guards(&app, &added);
+        let current = lock(&self.inner.loaded)
+            .get(name)
+            .map(|e| (e.routes.clone(), e.serving.clone(), e.guards.clone()));
         let Some(version) = app.active_version() else {
             self.install(
                 name,
                 routes,
                 Err(format!("its active version {} is not among its versions", app.active)),
+                guards,
             );
             return Ok(());
         };
         match current {
-            Some((r, Ok(loaded)))
+            Some((r, Ok(loaded), g))
                 if loaded.ctx.version == version.number && loaded.sha256 == version.sha256 =>
             {
-                if r != routes {
-                    self.install(name, routes, Ok(loaded));
+                if r != routes || g != guards {
+                    self.install(name, routes, Ok(loaded), guards);
                 }
             }
             _ => {
@@ -389,7 +425,7 @@ impl Apps {
                         "Loaded app."
                     );
                 }
-                self.install(name, routes, serving.map_err(|e| e.to_string()));
+                self.install(name, routes, serving.map_err(|e| e.to_string()), guards);
             }
         }
         Ok(())
@@ -479,6 +515,8 @@ impl Apps {
         routes.retain(|r| *r != default);
         self.check_routes(name, &routes).await?;
         let config = self.resolve_config(name, &manifest).await?;
+        let added = self.added_triggers(name).await?;
+        crate::triggers::check_clash(name, &manifest.triggers(), &added)?;
 
         let sha256 = runtime::sha256_hex(&bytes);
         let size = bytes.len() as u64;
@@ -532,8 +570,7 @@ impl Apps {
         drop(_gc);
 
         let loaded = self.loaded(&app, &version, config, limits, pre);
-        self.install(name, self.routes_of(&app), Ok(loaded));
-        self.refresh_guards().await;
+        self.install(name, self.routes_of(&app), Ok(loaded), crate::triggers::guards(&app, &added));
         let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
         self.log(name).push(
             version.number,
@@ -581,13 +618,14 @@ impl Apps {
                 .cloned()
                 .ok_or_else(|| Error::NoEarlierVersion(name.to_owned()))?,
         };
+        let added = self.added_triggers(name).await?;
+        crate::triggers::check_clash(name, &target.manifest.triggers(), &added)?;
         let (loaded, _) = self.load(&app, &target).await?;
         let from = app.active;
         app.active = target.number;
         app.updated_at = now_ms();
         self.write(&app, revision).await?;
-        self.install(name, self.routes_of(&app), Ok(loaded));
-        self.refresh_guards().await;
+        self.install(name, self.routes_of(&app), Ok(loaded), crate::triggers::guards(&app, &added));
         self.log(name).push(
             target.number,
             LogStream::Hearth,
@@ -610,9 +648,9 @@ impl Apps {
         app.routes = routes;
         app.updated_at = now_ms();
         self.write(&app, revision).await?;
-        let serving = lock(&self.inner.loaded).get(name).map(|e| e.serving.clone());
-        if let Some(serving) = serving {
-            self.install(name, self.routes_of(&app), serving);
+        let current = lock(&self.inner.loaded).get(name).map(|e| (e.serving.clone(), e.guards.clone()));
+        if let Some((serving, guards)) = current {
+            self.install(name, self.routes_of(&app), serving, guards);
         }
         Ok(self.info(app))
     }
@@ -627,10 +665,13 @@ impl Apps {
         if self.find(name).await?.is_none() {
             return Err(Error::NotFound(name.to_owned()));
         }
-        self.inner.store.delete(&record::key(name)).await?;
-        self.delete_triggers(name).await?;
+        // The record and what its triggers keep go together: a crash
+        // leaves either the whole app or none of it.
+        let txn = crate::triggers::delete_ops(name)
+            .into_iter()
+            .fold(Txn::new().and_then(Op::Delete { key: record::key(name) }), Txn::and_then);
+        self.inner.store.txn(txn).await?;
         self.uninstall(name);
-        self.refresh_guards().await;
         lock(&self.inner.logs).remove(name);
         tracing::info!(app = name, "Removed app.");
         self.collect_garbage().await;
@@ -676,14 +717,16 @@ impl Apps {
         let guard = self.app_lock(name);
         let _held = guard.lock().await;
         let Some((app, _)) = self.find(name).await? else { return Ok(()) };
-        let current = lock(&self.inner.loaded).get(name).and_then(|e| e.serving.clone().ok());
-        let (Some(loaded), Some(version)) = (current, app.active_version()) else { return Ok(()) };
+        let current = lock(&self.inner.loaded)
+            .get(name)
+            .and_then(|e| Some((e.serving.clone().ok()?, e.guards.clone())));
+        let (Some((loaded, guards)), Some(version)) = (current, app.active_version()) else { return Ok(()) };
         if version.manifest.secrets.is_empty() || loaded.ctx.version != version.number {
             return Ok(());
         }
         let config = self.resolve_config(name, &version.manifest).await?;
         let refreshed = self.loaded(&app, version, config, loaded.ctx.limits, loaded.pre.clone());
-        self.install(name, self.routes_of(&app), Ok(refreshed));
+        self.install(name, self.routes_of(&app), Ok(refreshed), guards);
         Ok(())
     }
 
@@ -817,9 +860,9 @@ impl Apps {
         }
     }
 
-    fn install(&self, name: &str, routes: Vec<Route>, serving: Result<Arc<Loaded>, String>) {
+    fn install(&self, name: &str, routes: Vec<Route>, serving: Result<Arc<Loaded>, String>, guards: Guards) {
         let mut loaded = lock(&self.inner.loaded);
-        loaded.insert(name.to_owned(), Entry { routes, serving });
+        loaded.insert(name.to_owned(), Entry { routes, serving, guards });
         self.publish(&loaded);
     }
 
@@ -835,7 +878,11 @@ impl Apps {
     fn publish(&self, loaded: &BTreeMap<String, Entry>) {
         let mut table = Table::default();
         for (name, entry) in loaded {
-            let target = Arc::new(Target { name: name.clone(), serving: entry.serving.clone() });
+            let target = Arc::new(Target {
+                name: name.clone(),
+                serving: entry.serving.clone(),
+                guards: entry.guards.clone(),
+            });
             for route in &entry.routes {
                 table.hosts.entry(route.host.clone()).or_default().push((route.path.clone(), target.clone()));
             }
@@ -847,7 +894,7 @@ impl Apps {
         self.inner.table.store(Arc::new(table));
     }
 
-    fn app_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn app_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
         lock(&self.inner.locks).entry(name.to_owned()).or_default().clone()
     }
 

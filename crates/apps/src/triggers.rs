@@ -25,7 +25,14 @@
 //! the key is claimed in the store (`apps/deliveries/NAME/HASH`, kept a day)
 //! before the app runs, and a redelivery is answered with the first
 //! answer's status, marked `X-Hearth-Duplicate: true`. An answer of 500 or
-//! more forgets the key, so the sender's retry is handled again.
+//! more forgets the key, so the sender's retry is handled again; so does a
+//! delivery dropped unanswered, and a claim left pending by a daemon that
+//! died is taken over once it is well past the app's timeout.
+//!
+//! Where webhooks nest, the longest path's check applies (`guard_for`),
+//! to every spelling of the path an app's router might read as it. The
+//! checks are installed with the version that serves, so no request meets
+//! a version without them.
 //!
 //! Calls made by a trigger carry `X-Hearth-Trigger: cron|event`, the
 //! trigger's id in `X-Hearth-Trigger-Id` and, from cron, the firing's time
@@ -33,8 +40,11 @@
 //! request, and show in `hearth app logs`.
 //!
 //! **Cron fires at most once per firing.** The firing is recorded in the
-//! store (`apps/cron/NAME/ID`) before the app is called, so a restart never
-//! repeats one; a crash between the two loses that one call. Firings missed
+//! store (`apps/cron/NAME/ID`, by compare-and-swap: one daemon of several
+//! on a store wins) before the app is called, so a restart never repeats
+//! one; a crash between the two loses that one call. A firing that comes
+//! while the last one's call still runs, or while the app cannot serve, is
+//! skipped and logged. Firings missed
 //! while hearth was down collapse into one when it comes back (see
 //! [`hearth_triggers::due`]). Workflows, which are durable, get exactly once.
 
@@ -139,6 +149,12 @@ impl Spec {
                         e.prefix
                     )));
                 }
+                if hearth_triggers::private::is_secret_key(&e.prefix) {
+                    return Err(Error::Manifest(format!(
+                        "event prefix {:?} is not allowed: the values there hold secrets",
+                        e.prefix
+                    )));
+                }
                 if let Some(k) = e.kinds.iter().find(|k| *k != "put" && *k != "delete") {
                     return Err(Error::Manifest(format!(
                         "event kind {k:?} is not one of \"put\", \"delete\""
@@ -168,19 +184,33 @@ impl Spec {
     }
 }
 
+/// A route path a trigger calls (it may carry a query), or, for a webhook,
+/// the path it guards: plain segments only, so that the path the guard
+/// matches is the path the app reads.
 fn check_path(what: &str, path: &str) -> Result<(), Error> {
-    let ok = path.starts_with('/')
+    let uri_ok = path.starts_with('/')
         && path.len() <= 1024
         && !path.contains('#')
-        && path.bytes().all(|b| b.is_ascii_graphic());
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Manifest(format!(
+        && path.bytes().all(|b| b.is_ascii_graphic())
+        && path.parse::<http::uri::PathAndQuery>().is_ok();
+    if !uri_ok {
+        return Err(Error::Manifest(format!(
             "{what} path {path:?} is not valid: write a route path such as \"/tasks/cleanup\" (starting with /, \
              no spaces or fragment)"
-        )))
+        )));
     }
+    if what == "webhook" {
+        let plain = path.bytes().all(|b| b.is_ascii_alphanumeric() || b"/-._~!$&'()*+,;=:@".contains(&b))
+            && !path.contains("//")
+            && path.split('/').all(|segment| segment != "." && segment != "..");
+        if !plain {
+            return Err(Error::Manifest(format!(
+                "webhook path {path:?} is not valid: a webhook guards a plain path such as \"/hooks/github\" \
+                 (no query, percent-escapes, empty or dot segments)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Checks a manifest's triggers together: each one, and no two webhooks on
@@ -196,6 +226,57 @@ pub(crate) fn validate_all(specs: &[Spec]) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+fn same_webhook(spec: &Spec, path: &str) -> bool {
+    matches!(spec, Spec::Webhook(w) if w.path.trim_end_matches('/') == path.trim_end_matches('/'))
+}
+
+/// Refuses a version whose manifest declares a webhook on a path that a
+/// webhook added by API already guards: which secret applies would be a
+/// guess.
+pub(crate) fn check_clash(app: &str, manifest: &[Spec], added: &[Trigger]) -> Result<(), Error> {
+    for spec in manifest {
+        let Spec::Webhook(w) = spec else { continue };
+        if let Some(other) = added.iter().find(|t| same_webhook(&t.spec, &w.path)) {
+            return Err(Error::Invalid(format!(
+                "the hearth.toml declares a webhook on {:?}, and app {app:?} already has one there (trigger {}, \
+                 added by `hearth app trigger add`): remove one of them (`hearth app trigger rm {app} {}`)",
+                w.path, other.id, other.id
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The webhook checks of `app`'s active version with the triggers added to
+/// it, longest path first: a request meets the most specific one.
+pub(crate) fn guards(app: &App, added: &[Trigger]) -> crate::service::Guards {
+    let mut guards: Vec<Guard> = manifest_triggers(app)
+        .iter()
+        .chain(added)
+        .filter_map(|t| match &t.spec {
+            Spec::Webhook(w) => {
+                Some(Guard { path: w.path.trim_end_matches('/').to_owned(), secret: w.secret.clone() })
+            }
+            _ => None,
+        })
+        .collect();
+    guards.sort_by(|a, b| b.path.len().cmp(&a.path.len()).then_with(|| a.path.cmp(&b.path)));
+    guards.into()
+}
+
+/// The store operations that delete what `app`'s triggers keep (on `app rm`).
+pub(crate) fn delete_ops(app: &str) -> Vec<hearth_store::Op> {
+    [trigger_prefix(app), format!("{CRON_STATE}{app}/"), format!("{DELIVERIES}{app}/")]
+        .into_iter()
+        .map(|prefix| hearth_store::Op::DeletePrefix { prefix })
+        .collect()
+}
+
+/// A comparison that holds while `key` exists.
+fn exists(key: &str) -> hearth_store::Compare {
+    hearth_store::Compare::new(key, hearth_store::CompareOp::Greater, hearth_store::CompareTarget::Version(0))
 }
 
 /// A trigger as listed: where it came from, and what it does.
@@ -259,7 +340,7 @@ impl Apps {
         Ok(all)
     }
 
-    async fn added_triggers(&self, name: &str) -> Result<Vec<Trigger>, Error> {
+    pub(crate) async fn added_triggers(&self, name: &str) -> Result<Vec<Trigger>, Error> {
         let prefix = trigger_prefix(name);
         let range = self.store().range(&prefix).await?;
         let mut out = Vec::with_capacity(range.kvs.len());
@@ -281,11 +362,11 @@ impl Apps {
     pub async fn add_trigger(&self, name: &str, spec: Spec) -> Result<Trigger, Error> {
         record::validate_name(name)?;
         spec.validate()?;
+        let lock = self.app_lock(name);
+        let _held = lock.lock().await;
         let existing = self.triggers(name).await?;
         if let Spec::Webhook(w) = &spec
-            && let Some(other) = existing.iter().find(|t| {
-                matches!(&t.spec, Spec::Webhook(o) if o.path.trim_end_matches('/') == w.path.trim_end_matches('/'))
-            })
+            && let Some(other) = existing.iter().find(|t| same_webhook(&t.spec, &w.path))
         {
             return Err(Error::Invalid(format!(
                 "app {name:?} already has a webhook on {:?} ({}); remove it first",
@@ -295,9 +376,16 @@ impl Apps {
         let created_at = now_ms();
         let id = format!("t-{:08x}", rand::random::<u32>());
         let stored = Stored { id: id.clone(), spec: spec.clone(), created_at };
-        let value = serde_json::to_vec(&stored).map_err(|e| Error::Internal(e.to_string()))?;
-        self.store().put(&format!("{}{id}", trigger_prefix(name)), value, None).await?;
-        self.refresh_guards().await;
+        // Only while the app exists: an `app rm` racing this leaves nothing.
+        let txn = hearth_store::Txn::new().when(exists(&record::key(name))).and_then(hearth_store::Op::Put {
+            key: format!("{}{id}", trigger_prefix(name)),
+            value: encode(&stored)?,
+            lease: None,
+        });
+        if !self.store().txn(txn).await?.succeeded {
+            return Err(Error::NotFound(name.to_owned()));
+        }
+        self.reconcile_held(name).await?;
         self.note(name, format!("Added the {} trigger {id}.", spec.kind()));
         Ok(Trigger { id, source: "api".into(), spec, created_at })
     }
@@ -306,6 +394,8 @@ impl Apps {
     /// with a redeploy that no longer declares them.
     pub async fn remove_trigger(&self, name: &str, id: &str) -> Result<(), Error> {
         record::validate_name(name)?;
+        let lock = self.app_lock(name);
+        let _held = lock.lock().await;
         let all = self.triggers(name).await?;
         match all.iter().find(|t| t.id == id) {
             None => {
@@ -323,20 +413,11 @@ impl Apps {
             }
             Some(_) => {}
         }
-        let store = self.store();
-        store.delete(&format!("{}{id}", trigger_prefix(name))).await?;
-        store.delete(&format!("{CRON_STATE}{name}/{id}")).await?;
-        self.refresh_guards().await;
-        Ok(())
-    }
-
-    /// Deletes what an app's triggers keep in the store (on `app rm`).
-    pub(crate) async fn delete_triggers(&self, name: &str) -> Result<(), Error> {
         let txn = hearth_store::Txn::new()
-            .and_then(hearth_store::Op::DeletePrefix { prefix: trigger_prefix(name) })
-            .and_then(hearth_store::Op::DeletePrefix { prefix: format!("{CRON_STATE}{name}/") })
-            .and_then(hearth_store::Op::DeletePrefix { prefix: format!("{DELIVERIES}{name}/") });
+            .and_then(hearth_store::Op::Delete { key: format!("{}{id}", trigger_prefix(name)) })
+            .and_then(hearth_store::Op::Delete { key: format!("{CRON_STATE}{name}/{id}") });
         self.store().txn(txn).await?;
+        self.reconcile_held(name).await?;
         Ok(())
     }
 
@@ -375,29 +456,6 @@ impl Apps {
         Ok(out)
     }
 
-    /// Rebuilds the signature checks the ingress applies (webhooks).
-    pub(crate) async fn refresh_guards(&self) {
-        let all = match self.all_triggers().await {
-            Ok(all) => all,
-            Err(e) => {
-                tracing::warn!(error = %chain(&e), "Cannot read the apps' webhooks; keeping the old ones.");
-                return;
-            }
-        };
-        let mut guards: HashMap<String, Vec<Guard>> = HashMap::new();
-        for (app, triggers) in all {
-            for t in triggers {
-                if let Spec::Webhook(w) = t.spec {
-                    guards
-                        .entry(app.name.clone())
-                        .or_default()
-                        .push(Guard { path: w.path, secret: w.secret });
-                }
-            }
-        }
-        self.inner.guards.store(Arc::new(guards));
-    }
-
     /// A line from hearth in the app's log, under the version it serves.
     fn note(&self, name: &str, text: String) {
         let version = self.serving(name).map_or(0, |l| l.ctx.version);
@@ -405,7 +463,7 @@ impl Apps {
     }
 
     /// Calls `path` of `name`'s serving version, as a trigger, and returns
-    /// the response's status (`None` when the app is not serving).
+    /// the response's status, or why it could not be called.
     async fn call(
         &self,
         name: &str,
@@ -414,8 +472,8 @@ impl Apps {
         body: Bytes,
         content_type: &str,
         firing: Option<u64>,
-    ) -> Option<u16> {
-        let loaded = self.serving(name)?;
+    ) -> Result<u16, String> {
+        let loaded = self.serving(name).ok_or("the app is not serving")?;
         let host = Route::default_for(name, &self.inner.options.domain).host;
         let request = http::Request::builder()
             .method(http::Method::POST)
@@ -428,9 +486,11 @@ impl Apps {
             Some(ms) => request.header("x-hearth-trigger-time", ms),
             None => request,
         };
-        let request = request.body(crate::ingress::full_body(body)).ok()?;
+        let request = request
+            .body(crate::ingress::full_body(body))
+            .map_err(|e| format!("the request cannot be made ({e}); fix the trigger's path"))?;
         let response = crate::ingress::run(self, loaded, request).await;
-        Some(response.status().as_u16())
+        Ok(response.status().as_u16())
     }
 }
 
@@ -441,12 +501,14 @@ pub const DELIVERIES: &str = "apps/deliveries/";
 /// deliveries of an hour, so each is kept 24 to 25 hours.
 const DELIVERY_TTL: Duration = Duration::from_secs(25 * 3600);
 const DELIVERY_LEASE_REUSE: Duration = Duration::from_secs(3600);
+/// How long past the app's request timeout a pending delivery is taken for
+/// one that its daemon dropped.
+const STALE_MARGIN: Duration = Duration::from_secs(5);
 
 /// What became of a delivery's `Idempotency-Key`.
-#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Claim {
-    /// First time: handle it, then [`Apps::settle_delivery`] the key.
-    New(String),
+    /// First time: handle it, then [`Pending::settle`] the claim.
+    New(Pending),
     /// Handled before; the app answered with this status.
     Done(u16),
     /// Being handled right now.
@@ -460,43 +522,34 @@ struct Delivery {
     at: u64,
 }
 
-impl Apps {
-    /// Claims a delivery's key before the app sees it, so two deliveries
-    /// with one key never both reach the app.
-    pub(crate) async fn claim_delivery(&self, app: &str, path: &str, key: &str) -> Result<Claim, Error> {
-        use sha2::Digest;
-        let digest = sha2::Sha256::new().chain_update(path).chain_update([0]).chain_update(key).finalize();
-        let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-        let store_key = format!("{DELIVERIES}{app}/{hex}");
-        let lease = self.delivery_lease().await?;
-        let pending = encode(&Delivery { status: 0, at: now_ms() })?;
-        let txn = hearth_store::Txn::new()
-            .when(hearth_store::Compare::missing(&store_key))
-            .and_then(hearth_store::Op::Put { key: store_key.clone(), value: pending, lease: Some(lease) })
-            .or_else(hearth_store::Op::Get { key: store_key.clone() });
-        let response = self.store().txn(txn).await?;
-        if response.succeeded {
-            return Ok(Claim::New(store_key));
-        }
-        let existing = match response.responses.first() {
-            Some(hearth_store::OpResponse::Get { kv: Some(kv) }) => {
-                serde_json::from_slice::<Delivery>(&kv.value)
-                    .map_err(|e| Error::Corrupt(store_key.clone(), e))?
-            }
-            // Expired between the two: take it as new next time.
-            _ => return Ok(Claim::InFlight),
-        };
-        Ok(if existing.status == 0 { Claim::InFlight } else { Claim::Done(existing.status) })
-    }
+/// Where a delivery to `app`'s webhook at `path` with `Idempotency-Key`
+/// `key` is remembered: `apps/deliveries/APP/HASH`.
+pub fn delivery_key(app: &str, path: &str, key: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new().chain_update(path).chain_update([0]).chain_update(key).finalize();
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("{DELIVERIES}{app}/{hex}")
+}
 
-    /// Records how the app answered a claimed delivery. A failure (5xx)
-    /// forgets the key, so that the sender's retry is handled again.
-    pub(crate) async fn settle_delivery(&self, store_key: &str, status: u16) {
+/// A claimed delivery that the app is handling. Settled with the app's
+/// answer; dropped unsettled (the client went away, the daemon is
+/// draining), it is forgotten, so the sender's retry is handled.
+pub(crate) struct Pending {
+    apps: Apps,
+    key: Option<String>,
+}
+
+impl Pending {
+    /// Records how the app answered. A failure (5xx) forgets the key, so
+    /// that the sender's retry is handled again.
+    pub(crate) async fn settle(mut self, status: u16) {
+        let Some(key) = self.key.take() else { return };
+        let apps = &self.apps;
         let result = if status >= 500 {
-            self.store().delete(store_key).await.map(drop)
+            apps.store().delete(&key).await.map(drop)
         } else {
-            match (self.delivery_lease().await, encode(&Delivery { status, at: now_ms() })) {
-                (Ok(lease), Ok(value)) => self.store().put(store_key, value, Some(lease)).await.map(drop),
+            match (apps.delivery_lease().await, encode(&Delivery { status, at: now_ms() })) {
+                (Ok(lease), Ok(value)) => apps.store().put(&key, value, Some(lease)).await.map(drop),
                 (Err(e), _) | (_, Err(e)) => {
                     tracing::warn!(error = %chain(&e), "Cannot record a webhook delivery.");
                     return;
@@ -505,6 +558,71 @@ impl Apps {
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "Cannot record a webhook delivery.");
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let Some(key) = self.key.take() else { return };
+        let store = self.apps.store().clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = store.delete(&key).await {
+                    tracing::warn!(error = %e, "Cannot forget an unfinished webhook delivery.");
+                }
+            });
+        }
+    }
+}
+
+impl Apps {
+    /// Claims a delivery's key before the app sees it, so two deliveries
+    /// with one key never both reach the app. A claim still pending well
+    /// past the app's request timeout (`timeout`) was left by a daemon that
+    /// died handling it, and is taken over.
+    pub(crate) async fn claim_delivery(
+        &self,
+        app: &str,
+        path: &str,
+        key: &str,
+        timeout: Duration,
+    ) -> Result<Claim, Error> {
+        let store_key = delivery_key(app, path, key);
+        let lease = self.delivery_lease().await?;
+        let now = now_ms();
+        let pending = encode(&Delivery { status: 0, at: now })?;
+        let put = hearth_store::Op::Put { key: store_key.clone(), value: pending, lease: Some(lease) };
+        let txn = hearth_store::Txn::new()
+            .when(hearth_store::Compare::missing(&store_key))
+            .and_then(put.clone())
+            .or_else(hearth_store::Op::Get { key: store_key.clone() });
+        let response = self.store().txn(txn).await?;
+        let claimed = Claim::New(Pending { apps: self.clone(), key: Some(store_key.clone()) });
+        if response.succeeded {
+            return Ok(claimed);
+        }
+        let Some(hearth_store::OpResponse::Get { kv: Some(kv) }) = response.responses.first() else {
+            // Expired between the two: taken as new on the next delivery.
+            return Ok(Claim::InFlight);
+        };
+        let existing: Delivery =
+            serde_json::from_slice(&kv.value).map_err(|e| Error::Corrupt(store_key.clone(), e))?;
+        if existing.status != 0 {
+            return Ok(Claim::Done(existing.status));
+        }
+        let stale_after = timeout.as_millis() as u64 + STALE_MARGIN.as_millis() as u64;
+        if now.saturating_sub(existing.at) < stale_after {
+            return Ok(Claim::InFlight);
+        }
+        let takeover = hearth_store::Txn::new()
+            .when(hearth_store::Compare::mod_revision(&store_key, kv.mod_revision))
+            .and_then(put);
+        if self.store().txn(takeover).await?.succeeded {
+            tracing::info!(app, path, "Took over a webhook delivery left unfinished by an earlier daemon.");
+            Ok(claimed)
+        } else {
+            Ok(Claim::InFlight)
         }
     }
 
@@ -522,28 +640,104 @@ impl Apps {
 }
 
 /// A webhook's check, as the ingress applies it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Guard {
+    /// Without a trailing slash ("" for the root).
     pub(crate) path: String,
     pub(crate) secret: Option<String>,
 }
 
 impl Guard {
-    /// Whether a request for `path` must be signed under this guard.
+    /// Whether a request for `path` falls under this guard.
     pub(crate) fn covers(&self, path: &str) -> bool {
-        Route { host: String::new(), path: self.path.trim_end_matches('/').to_owned() }.matches_path(path)
-            || self.path == "/"
+        under(&self.path, path)
     }
 }
 
-/// Fires cron and event triggers until `shutdown`.
+/// Whether `path` is `prefix` or below it ("" is the root, above all).
+fn under(prefix: &str, path: &str) -> bool {
+    prefix.is_empty()
+        || (path.starts_with(prefix) && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/')))
+}
+
+/// The guard a request for `path` meets: the longest that covers the path
+/// as sent or as the app's router may read it (percent-escapes decoded, dot
+/// segments and repeated slashes resolved, in any case), so that no
+/// spelling of a guarded path slips past its check. `guards` is longest
+/// first.
+pub(crate) fn guard_for<'g>(guards: &'g [Guard], path: &str) -> Option<&'g Guard> {
+    if guards.is_empty() {
+        return None;
+    }
+    let forms = path_forms(path);
+    let lowered: Vec<String> = forms.iter().map(|f| f.to_ascii_lowercase()).collect();
+    guards.iter().find(|g| {
+        let lower = g.path.to_ascii_lowercase();
+        forms.iter().any(|f| g.covers(f)) || lowered.iter().any(|f| under(&lower, f))
+    })
+}
+
+/// `path` as sent and normalised: percent-decoded (repeatedly, for
+/// double escapes), `.` and `..` resolved, empty segments dropped.
+fn path_forms(path: &str) -> Vec<String> {
+    let mut forms = vec![path.to_owned()];
+    let mut decoded = path.to_owned();
+    for _ in 0..3 {
+        let next = percent_decode(&decoded);
+        if next == decoded {
+            break;
+        }
+        decoded = next;
+    }
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split(['/', '\\']) {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let normal = format!("/{}", segments.join("/"));
+    if normal != path {
+        forms.push(normal);
+    }
+    forms
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(h), Some(l)) =
+                (bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Fires cron and event triggers until `shutdown`, once the apps are loaded.
 pub(crate) async fn run(apps: Apps, shutdown: watch::Receiver<bool>) {
-    apps.refresh_guards().await;
-    let events = tokio::spawn(follow_events(apps.clone()));
     let mut shutdown = shutdown;
+    tokio::select! {
+        () = apps.ready() => {}
+        _ = shutdown.changed() => return,
+    }
+    let events = tokio::spawn(follow_events(apps.clone()));
     let started = now_ms();
+    let running = Running::default();
     loop {
-        if let Err(e) = cron_tick(&apps, started).await {
+        if let Err(e) = cron_tick(&apps, started, &running).await {
             tracing::warn!(error = %chain(&e), "App cron triggers could not be checked.");
         }
         let into_second = now_ms() % 1000;
@@ -558,12 +752,17 @@ pub(crate) async fn run(apps: Apps, shutdown: watch::Receiver<bool>) {
     events.abort();
 }
 
-async fn cron_tick(apps: &Apps, started: u64) -> Result<(), Error> {
+/// The cron triggers whose call is still running, by `APP/ID`: a firing
+/// that comes while the last one runs is skipped, so a slow app never
+/// piles up calls.
+type Running = Arc<std::sync::Mutex<std::collections::HashSet<String>>>;
+
+async fn cron_tick(apps: &Apps, started: u64, running: &Running) -> Result<(), Error> {
     let now = now_ms();
     for (app, triggers) in apps.all_triggers().await? {
         for trigger in triggers {
             let Spec::Cron(cron) = &trigger.spec else { continue };
-            if let Err(e) = fire_cron(apps, &app.name, &trigger, cron, now, started).await {
+            if let Err(e) = fire_cron(apps, &app.name, &trigger, cron, now, started, running).await {
                 tracing::warn!(app = app.name, trigger = trigger.id, error = %chain(&e), "An app cron trigger could not fire.");
             }
         }
@@ -571,6 +770,10 @@ async fn cron_tick(apps: &Apps, started: u64) -> Result<(), Error> {
     Ok(())
 }
 
+/// Fires `trigger` if a firing is owed. Its state is written by
+/// compare-and-swap, and only while the trigger exists, so two daemons on
+/// one store fire each slot once between them and an `app rm` racing a
+/// firing leaves nothing behind.
 async fn fire_cron(
     apps: &Apps,
     name: &str,
@@ -578,35 +781,54 @@ async fn fire_cron(
     cron: &Cron,
     now: u64,
     started: u64,
+    running: &Running,
 ) -> Result<(), Error> {
     let schedule = Schedule::parse(&cron.schedule, &cron.timezone).map_err(Error::Manifest)?;
     let key = format!("{CRON_STATE}{name}/{}", trigger.id);
     let store = apps.store();
-    let state = match store.get(&key).await? {
-        Some(kv) => {
-            Some(serde_json::from_slice::<CronState>(&kv.value).map_err(|e| Error::Corrupt(key.clone(), e))?)
-        }
-        None => None,
+    let (state, revision) = match store.get(&key).await? {
+        Some(kv) => (
+            Some(serde_json::from_slice::<CronState>(&kv.value).map_err(|e| Error::Corrupt(key.clone(), e))?),
+            kv.mod_revision,
+        ),
+        None => (None, 0),
+    };
+    let source = if trigger.source == "api" {
+        format!("{}{}", trigger_prefix(name), trigger.id)
+    } else {
+        record::key(name)
+    };
+    let record = |last: u64| -> Result<hearth_store::Txn, Error> {
+        let state = CronState { schedule: cron.schedule.clone(), timezone: cron.timezone.clone(), last };
+        Ok(hearth_store::Txn::new()
+            .when(hearth_store::Compare::mod_revision(&key, revision))
+            .when(exists(&source))
+            .and_then(hearth_store::Op::Put { key: key.clone(), value: encode(&state)?, lease: None }))
     };
     let last = match state {
         Some(s) if s.schedule == cron.schedule && s.timezone == cron.timezone => s.last,
         // A new or changed schedule starts from now.
         _ => {
-            let fresh =
-                CronState { schedule: cron.schedule.clone(), timezone: cron.timezone.clone(), last: now };
-            store.put(&key, encode(&fresh)?, None).await?;
+            store.txn(record(now)?).await?;
             return Ok(());
         }
     };
     let Some(due) = hearth_triggers::due(&schedule, last, now, started) else { return Ok(()) };
-    if apps.serving(name).is_none() {
-        // Not loaded (yet): the firing stays owed and fires once it is.
+    let what = format!("Cron {} (the firing at {} ms)", trigger.id, due.slot);
+    let busy = format!("{name}/{}", trigger.id);
+    // Recorded first: at most once per firing, even across a crash, and
+    // by one daemon only.
+    if !store.txn(record(due.slot)?).await?.succeeded {
         return Ok(());
     }
-    // Recorded first: at most once per firing, even across a crash.
-    let fired =
-        CronState { schedule: cron.schedule.clone(), timezone: cron.timezone.clone(), last: due.slot };
-    store.put(&key, encode(&fired)?, None).await?;
+    if apps.serving(name).is_none() {
+        apps.note(name, format!("{what} was skipped: the app is not serving."));
+        return Ok(());
+    }
+    if !running.lock().unwrap_or_else(|e| e.into_inner()).insert(busy.clone()) {
+        apps.note(name, format!("{what} was skipped: the previous firing's call is still running."));
+        return Ok(());
+    }
     if due.skipped > 0 {
         apps.note(
             name,
@@ -616,18 +838,23 @@ async fn fire_cron(
             ),
         );
     }
+    // Each call runs on its own, so one slow app holds up no other.
+    let (apps, name, trigger, path, running) =
+        (apps.clone(), name.to_owned(), trigger.clone(), cron.path.clone(), running.clone());
     let body = Bytes::from(cron.body.clone());
-    let status =
-        apps.call(name, trigger, &cron.path, body, "text/plain; charset=utf-8", Some(due.slot)).await;
-    let what = format!("Cron {} (the firing at {} ms)", trigger.id, due.slot);
-    apps.note(name, fired_line(&what, &cron.path, status));
+    tokio::spawn(async move {
+        let status =
+            apps.call(&name, &trigger, &path, body, "text/plain; charset=utf-8", Some(due.slot)).await;
+        running.lock().unwrap_or_else(|e| e.into_inner()).remove(&busy);
+        apps.note(&name, fired_line(&what, &path, status));
+    });
     Ok(())
 }
 
-fn fired_line(what: &str, path: &str, status: Option<u16>) -> String {
+fn fired_line(what: &str, path: &str, status: Result<u16, String>) -> String {
     match status {
-        Some(status) => format!("{what} called POST {path}: {status}."),
-        None => format!("{what} could not call POST {path}: the app is not serving."),
+        Ok(status) => format!("{what} called POST {path}: {status}."),
+        Err(why) => format!("{what} could not call POST {path}: {why}."),
     }
 }
 
@@ -635,69 +862,118 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
     serde_json::to_vec(value).map_err(|e| Error::Internal(e.to_string()))
 }
 
-/// Calls the routes that event triggers name, a call per matching change.
-/// Follows the store from the current revision: the store is this daemon's,
-/// so nothing changes while it is down.
+/// How many event calls wait for one app before more are dropped.
+const EVENT_QUEUE: usize = 256;
+
+/// One call an event trigger makes.
+struct EventCall {
+    trigger: Trigger,
+    path: String,
+    body: Bytes,
+}
+
+/// Calls the routes that event triggers name, a call per matching change,
+/// each app's calls in the store's order. Follows the store from the
+/// current revision (the store is this daemon's, so nothing changes while
+/// it is down), and from where it was when the watch breaks. Changes to
+/// the apps' own keys and to keys that hold secrets reach no trigger.
 async fn follow_events(apps: Apps) {
     let store: Arc<dyn Store> = apps.store().clone();
-    let from = match store.revision().await {
-        Ok(rev) => rev + 1,
-        Err(e) => {
-            tracing::warn!(error = %e, "App event triggers cannot start.");
-            return;
-        }
-    };
-    let mut triggers = event_triggers(&apps).await;
-    let mut stream = match store.watch("", from).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "App event triggers cannot watch the store.");
-            return;
-        }
-    };
-    while let Some(event) = stream.next().await {
-        let event = match event {
-            Ok(e) => e,
+    let mut from = loop {
+        match store.revision().await {
+            Ok(rev) => break rev + 1,
             Err(e) => {
-                tracing::warn!(error = %e, "The app event trigger watch ended.");
-                return;
+                tracing::warn!(error = %e, "App event triggers cannot start; retrying.");
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
-        };
-        let key = &event.kv.key;
-        if key.starts_with("apps/") {
-            if key.starts_with(record::RECORDS) || key.starts_with(TRIGGERS) {
-                triggers = event_triggers(&apps).await;
-                apps.refresh_guards().await;
-            }
-            continue;
         }
-        let kind = match event.kind {
-            EventKind::Put => "put",
-            EventKind::Delete => "delete",
-        };
-        for (name, trigger) in &triggers {
-            let Spec::Event(spec) = &trigger.spec else { continue };
-            let kind_ok = spec.kinds.is_empty() || spec.kinds.iter().any(|k| k == kind);
-            if !kind_ok || !key.starts_with(&spec.prefix) {
+    };
+    let mut queues: HashMap<String, tokio::sync::mpsc::Sender<EventCall>> = HashMap::new();
+    let mut triggers = event_triggers(&apps).await;
+    loop {
+        let mut stream = match store.watch("", from).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "App event triggers cannot watch the store; retrying.");
+                tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
-            let body = serde_json::json!({
-                "kind": kind,
-                "key": key,
-                "value": String::from_utf8_lossy(&event.kv.value),
-                "revision": event.revision(),
-            });
-            let (apps, name, trigger, path) =
-                (apps.clone(), name.clone(), trigger.clone(), spec.path.clone());
-            // One slow app holds up neither the others nor the watch.
-            tokio::spawn(async move {
-                let status = apps
-                    .call(&name, &trigger, &path, Bytes::from(body.to_string()), "application/json", None)
-                    .await;
-                apps.note(&name, fired_line(&format!("Event {}", trigger.id), &path, status));
-            });
+        };
+        while let Some(event) = stream.next().await {
+            let event = match event {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(error = %e, "The app event trigger watch broke; following on.");
+                    break;
+                }
+            };
+            from = event.revision() + 1;
+            let key = &event.kv.key;
+            if key.starts_with(record::APPS) {
+                if key.starts_with(record::RECORDS) || key.starts_with(TRIGGERS) {
+                    triggers = event_triggers(&apps).await;
+                }
+                continue;
+            }
+            if hearth_triggers::private::is_secret_key(key) {
+                continue;
+            }
+            let kind = match event.kind {
+                EventKind::Put => "put",
+                EventKind::Delete => "delete",
+            };
+            for (name, trigger) in &triggers {
+                let Spec::Event(spec) = &trigger.spec else { continue };
+                let kind_ok = spec.kinds.is_empty() || spec.kinds.iter().any(|k| k == kind);
+                if !kind_ok || !key.starts_with(&spec.prefix) {
+                    continue;
+                }
+                let body = serde_json::json!({
+                    "kind": kind,
+                    "key": key,
+                    "value": String::from_utf8_lossy(&event.kv.value),
+                    "revision": event.revision(),
+                });
+                let call = EventCall {
+                    trigger: trigger.clone(),
+                    path: spec.path.clone(),
+                    body: Bytes::from(body.to_string()),
+                };
+                let queue = queues.entry(name.clone()).or_insert_with(|| event_worker(&apps, name));
+                if let Err(e) = queue.try_send(call) {
+                    match e {
+                        tokio::sync::mpsc::error::TrySendError::Full(call) => apps.note(
+                            name,
+                            format!(
+                                "Event {}: the change to {key} was dropped: {EVENT_QUEUE} calls are already waiting.",
+                                call.trigger.id
+                            ),
+                        ),
+                        tokio::sync::mpsc::error::TrySendError::Closed(call) => {
+                            let queue = event_worker(&apps, name);
+                            let _ = queue.try_send(call);
+                            queues.insert(name.clone(), queue);
+                        }
+                    }
+                }
+            }
         }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A task that makes one app's event calls, one at a time, in order.
+fn event_worker(apps: &Apps, name: &str) -> tokio::sync::mpsc::Sender<EventCall> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<EventCall>(EVENT_QUEUE);
+    let (apps, name) = (apps.clone(), name.to_owned());
+    tokio::spawn(async move {
+        while let Some(call) = rx.recv().await {
+            let status =
+                apps.call(&name, &call.trigger, &call.path, call.body, "application/json", None).await;
+            apps.note(&name, fired_line(&format!("Event {}", call.trigger.id), &call.path, status));
+        }
+    });
+    tx
 }
 
 async fn event_triggers(apps: &Apps) -> Vec<(String, Trigger)> {
@@ -784,6 +1060,40 @@ mod tests {
         assert!(g.covers("/hooks/github/push"));
         assert!(!g.covers("/hooks/githubx"));
         assert!(!g.covers("/"));
-        assert!(Guard { path: "/".into(), secret: None }.covers("/anything"));
+        assert!(Guard { path: String::new(), secret: None }.covers("/anything"));
+    }
+
+    #[test]
+    fn the_longest_guard_wins_under_any_spelling() {
+        let guard =
+            |path: &str, secret: Option<&str>| Guard { path: path.into(), secret: secret.map(Into::into) };
+        let mut list = vec![guard("/hooks", None), guard("/hooks/github", Some("s")), guard("", None)];
+        list.sort_by_key(|g| std::cmp::Reverse(g.path.len()));
+        let pick = |path: &str| guard_for(&list, path).map(|g| g.path.as_str());
+        assert_eq!(pick("/hooks/github/push"), Some("/hooks/github"));
+        assert_eq!(pick("/hooks/gitlab"), Some("/hooks"));
+        assert_eq!(pick("/other"), Some(""));
+        for spelling in
+            ["/hooks//github", "/a/../hooks/github", "/hooks/%67ithub", "/Hooks/GITHUB", "/hooks\\github"]
+        {
+            assert_eq!(pick(spelling), Some("/hooks/github"), "{spelling}");
+        }
+        assert_eq!(path_forms("/a/./b/../c%2Fd"), ["/a/./b/../c%2Fd", "/a/c/d"]);
+        assert_eq!(path_forms("/plain"), ["/plain"]);
+        assert!(guard_for(&[], "/x").is_none());
+    }
+
+    #[test]
+    fn webhook_paths_are_plain() {
+        let hook = |path: &str| Spec::Webhook(Webhook { path: path.into(), secret: None }).validate();
+        assert!(hook("/hooks/git-hub_1.v2~x").is_ok());
+        for bad in ["/h?x=1", "/h%41", "/a//b", "/a/../b", "/a/./b", "/a b", "/\u{e9}"] {
+            let error = hook(bad).unwrap_err().to_string();
+            assert!(error.contains("not valid"), "{bad}: {error}");
+        }
+        // A route a cron calls may carry a query.
+        assert!(cron("@daily", "/tasks?full=1").validate().is_ok());
+        assert!(cron("@daily", "/t\u{e4}").validate().is_err());
+        assert!(cron("@daily", "/t\tx").validate().is_err());
     }
 }

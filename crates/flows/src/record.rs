@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::Error;
 use crate::journal::Entry;
 
+/// Everything the workflows service keeps in the store is under this prefix.
+pub(crate) const WORKFLOWS: &str = "workflows/";
 pub(crate) const DEFS: &str = "workflows/defs/";
 pub(crate) const RUNS: &str = "workflows/runs/";
 pub(crate) const JOURNAL: &str = "workflows/journal/";

@@ -127,7 +127,13 @@ impl Triggers {
             Schedule::parse(&c.schedule, &c.timezone).map_err(Error::Manifest)?;
         }
         for e in &t.events {
-            if e.prefix.starts_with("workflows/") || e.prefix.is_empty() {
+            if hearth_triggers::private::is_secret_key(&e.prefix) {
+                return Err(Error::Manifest(format!(
+                    "event prefix {:?} is not allowed: the values there hold secrets",
+                    e.prefix
+                )));
+            }
+            if e.prefix.starts_with(record::WORKFLOWS) || e.prefix.is_empty() {
                 return Err(Error::Manifest(format!(
                     "event prefix {:?} is not allowed: workflows cannot trigger on workflow records (runs would start runs); name a prefix such as \"machines/\"",
                     e.prefix
@@ -451,7 +457,15 @@ async fn cron_tick(flows: &Flows, started: u64) -> Result<(), Error> {
         // The manifest's crons keep their state under their position, as
         // they always have; added ones under their id.
         let manifest = def.triggers.crons.iter().enumerate().map(|(i, c)| (i.to_string(), c.clone()));
-        let added = flows.added_triggers(&def.name).await?.into_iter().filter_map(|t| match t.spec {
+        // One unreadable added trigger stops no other workflow's crons.
+        let added = match flows.added_triggers(&def.name).await {
+            Ok(added) => added,
+            Err(e) => {
+                tracing::warn!(workflow = %def.name, error = %e, "Cannot read a workflow's added triggers; its added crons wait.");
+                Vec::new()
+            }
+        };
+        let added = added.into_iter().filter_map(|t| match t.spec {
             Spec::Cron(c) => Some((t.id, c)),
             _ => None,
         });
@@ -538,60 +552,81 @@ async fn event_triggers(flows: &Flows) -> HashMap<String, Vec<EventTrigger>> {
 /// the current revision misses nothing.
 async fn events(flows: Flows, _shutdown: watch::Receiver<bool>) {
     let store: &dyn Store = flows.store().as_ref();
-    let from = match store.revision().await {
-        Ok(rev) => rev + 1,
-        Err(e) => {
-            tracing::warn!(error = %e, "Event triggers cannot start.");
-            return;
+    let mut from = loop {
+        match store.revision().await {
+            Ok(rev) => break rev + 1,
+            Err(e) => {
+                tracing::warn!(error = %e, "Event triggers cannot start; retrying.");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
         }
     };
     let mut triggers = event_triggers(&flows).await;
-    let mut stream = match store.watch("", from).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "Event triggers cannot watch the store.");
-            return;
-        }
-    };
-    while let Some(event) = stream.next().await {
-        let event = match event {
-            Ok(e) => e,
+    loop {
+        let mut stream = match store.watch("", from).await {
+            Ok(s) => s,
             Err(e) => {
-                tracing::warn!(error = %e, "The event trigger watch ended.");
-                return;
+                tracing::warn!(error = %e, "Event triggers cannot watch the store; retrying.");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
             }
         };
-        let key = &event.kv.key;
-        if key.starts_with(record::DEFS) || key.starts_with(record::TRIGGERS) {
-            triggers = event_triggers(&flows).await;
-            continue;
+        while let Some(event) = stream.next().await {
+            let event = match event {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(error = %e, "The event trigger watch broke; following on.");
+                    break;
+                }
+            };
+            from = event.revision() + 1;
+            on_event(&flows, &mut triggers, &event).await;
         }
-        let kind = match event.kind {
-            EventKind::Put => "put",
-            EventKind::Delete => "delete",
-        };
-        for (workflow, list) in &triggers {
-            for (index, t) in list.iter().enumerate() {
-                let kind_ok = t.kinds.is_empty() || t.kinds.iter().any(|k| k == kind);
-                if !kind_ok || !key.starts_with(&t.prefix) {
-                    continue;
-                }
-                let input = serde_json::json!({
-                    "kind": kind,
-                    "key": key,
-                    "value": String::from_utf8_lossy(&event.kv.value),
-                    "revision": event.revision(),
-                });
-                let request = StartRequest {
-                    workflow: workflow.clone(),
-                    input: input.to_string(),
-                    id: Some(format!("{workflow}-event-{index}-{}", event.revision())),
-                    started_by: "event".into(),
-                    parent: None,
-                };
-                if let Err(e) = flows.start(request).await {
-                    tracing::warn!(workflow = %workflow, key = %key, error = %e, "An event trigger could not start a run.");
-                }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Starts the runs one store change calls for. Changes to the workflows'
+/// own keys (runs would start runs) and to keys that hold secrets start
+/// none, whatever a trigger's prefix.
+async fn on_event(
+    flows: &Flows,
+    triggers: &mut HashMap<String, Vec<EventTrigger>>,
+    event: &hearth_store::Event,
+) {
+    let key = &event.kv.key;
+    if key.starts_with(record::DEFS) || key.starts_with(record::TRIGGERS) {
+        *triggers = event_triggers(flows).await;
+        return;
+    }
+    if key.starts_with(record::WORKFLOWS) || hearth_triggers::private::is_secret_key(key) {
+        return;
+    }
+    let kind = match event.kind {
+        EventKind::Put => "put",
+        EventKind::Delete => "delete",
+    };
+    for (workflow, list) in triggers.iter() {
+        for (index, t) in list.iter().enumerate() {
+            let kind_ok = t.kinds.is_empty() || t.kinds.iter().any(|k| k == kind);
+            if !kind_ok || !key.starts_with(&t.prefix) {
+                continue;
+            }
+            let input = serde_json::json!({
+                "kind": kind,
+                "key": key,
+                "value": String::from_utf8_lossy(&event.kv.value),
+                "revision": event.revision(),
+            });
+            let request = StartRequest {
+                workflow: workflow.clone(),
+                input: input.to_string(),
+                id: Some(format!("{workflow}-event-{index}-{}", event.revision())),
+                started_by: "event".into(),
+                parent: None,
+            };
+            if let Err(e) = flows.start(request).await {
+                tracing::warn!(workflow = %workflow, key = %key, error = %e, "An event trigger could not start a run.");
             }
         }
     }

@@ -5,11 +5,14 @@
 //!   firings missed while hearth was down (catch up once).
 //! - [`signature`]: the `X-Hearth-Signature` of webhooks, an HMAC-SHA256 of
 //!   the body keyed with a shared secret.
+//! - [`private`]: the store keys no event trigger sees, and manifests shown
+//!   with their webhook secrets masked.
 //!
 //! The subsystems own what a trigger *does*: `hearth-flows` starts or
 //! signals runs, `hearth-apps` calls an app's route.
 
 pub mod cron;
+pub mod private;
 pub mod signature;
 
 pub use cron::Schedule;

@@ -26,7 +26,8 @@ fn version(v: &hearth_apps::Version) -> AppVersion {
         sha256: v.sha256.clone(),
         size: v.size,
         created_at: v.created_at,
-        manifest: v.manifest_text.clone(),
+        // Shown without its webhooks' secrets.
+        manifest: v.manifest_text.as_deref().map(hearth_triggers::private::redact_secrets),
     }
 }
 

@@ -22,7 +22,8 @@ fn version(v: &hearth_flows::Version) -> WorkflowVersion {
         sha256: v.sha256.clone(),
         size: v.size,
         created_at: v.created_at,
-        manifest: v.manifest.clone(),
+        // Shown without its webhooks' secrets.
+        manifest: v.manifest.as_deref().map(hearth_triggers::private::redact_secrets),
     }
 }
 

@@ -35,8 +35,10 @@ pub(crate) enum Command {
         #[arg(long, value_name = "PATH")]
         webhook: Option<String>,
         /// The webhook's shared secret: requests must carry
-        /// X-Hearth-Signature: sha256=HMAC-SHA256(body).
-        #[arg(long, requires = "webhook", env = "HEARTH_WEBHOOK_SECRET", hide_env_values = true)]
+        /// X-Hearth-Signature: sha256=HMAC-SHA256(body). Used with --webhook
+        /// only (so an exported HEARTH_WEBHOOK_SECRET does not get in the
+        /// way of --cron or --event).
+        #[arg(long, env = "HEARTH_WEBHOOK_SECRET", hide_env_values = true)]
         secret: Option<String>,
         /// Apps: the route a cron or event trigger POSTs to (default /).
         #[arg(long, value_name = "PATH", conflicts_with = "webhook")]
@@ -86,6 +88,7 @@ pub(crate) async fn run(client: &Client, target: &str, command: Command) -> anyh
             signal,
             json,
         } => {
+            let secret = secret.filter(|_| webhook.is_some());
             let mut spec = TriggerBody { timezone, secret, body, input, signal, ..TriggerBody::default() };
             if let Some(schedule) = cron {
                 spec.kind = "cron".into();
