@@ -33,15 +33,20 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 }
 
 /// Returns the initramfs for `kernel` with `agent` as init, building it into
-/// `cache` unless an identical one is there (keyed by kernel release and the
-/// agent's content, so a rebuilt agent gets a new initramfs).
+/// `cache` unless an identical one is there (keyed by kernel release, the
+/// agent's content and the module list, so a rebuilt agent or a module
+/// added to [`GUEST_MODULES`] gets a new initramfs).
 pub fn initramfs(cache: &Path, kernel: &Kernel, agent: &Path) -> Result<PathBuf, Error> {
     let agent_bytes = std::fs::read(agent).map_err(|e| Error::Agent {
         path: agent.to_owned(),
         reason: format!("{e}; build it with `make agent`"),
     })?;
     check_static(agent, &agent_bytes)?;
-    let key = format!("{}-{:016x}", kernel.release, fnv1a(&agent_bytes));
+    let key = format!(
+        "{}-{:016x}",
+        kernel.release,
+        fnv1a(&[&agent_bytes, GUEST_MODULES.join(",").as_bytes()].concat())
+    );
     let path = cache.join(format!("initrd-{key}.cpio"));
     if path.is_file() {
         return Ok(path);
