@@ -54,7 +54,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use hearth_store::{EventKind, Store};
+use hearth_store::EventKind;
 use hearth_triggers::Schedule;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -878,87 +878,59 @@ struct EventCall {
 /// it is down), and from where it was when the watch breaks. Changes to
 /// the apps' own keys and to keys that hold secrets reach no trigger.
 async fn follow_events(apps: Apps) {
-    let store: Arc<dyn Store> = apps.store().clone();
-    let mut from = loop {
-        match store.revision().await {
-            Ok(rev) => break rev + 1,
-            Err(e) => {
-                tracing::warn!(error = %e, "App event triggers cannot start; retrying.");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    };
     let mut queues: HashMap<String, tokio::sync::mpsc::Sender<EventCall>> = HashMap::new();
+    let changes = hearth_triggers::events::follow(apps.store().clone(), "App event triggers");
+    futures::pin_mut!(changes);
     let mut triggers = event_triggers(&apps).await;
-    loop {
-        let mut stream = match store.watch("", from).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "App event triggers cannot watch the store; retrying.");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
+    while let Some(event) = changes.next().await {
+        let key = &event.kv.key;
+        if key.starts_with(record::APPS) {
+            if key.starts_with(record::RECORDS) || key.starts_with(TRIGGERS) {
+                triggers = event_triggers(&apps).await;
             }
+            continue;
+        }
+        if hearth_triggers::private::is_secret_key(key) {
+            continue;
+        }
+        let kind = match event.kind {
+            EventKind::Put => "put",
+            EventKind::Delete => "delete",
         };
-        while let Some(event) = stream.next().await {
-            let event = match event {
-                Ok(e) => e,
-                Err(e) => {
-                    tracing::warn!(error = %e, "The app event trigger watch broke; following on.");
-                    break;
-                }
-            };
-            from = event.revision() + 1;
-            let key = &event.kv.key;
-            if key.starts_with(record::APPS) {
-                if key.starts_with(record::RECORDS) || key.starts_with(TRIGGERS) {
-                    triggers = event_triggers(&apps).await;
-                }
+        for (name, trigger) in &triggers {
+            let Spec::Event(spec) = &trigger.spec else { continue };
+            let kind_ok = spec.kinds.is_empty() || spec.kinds.iter().any(|k| k == kind);
+            if !kind_ok || !key.starts_with(&spec.prefix) {
                 continue;
             }
-            if hearth_triggers::private::is_secret_key(key) {
-                continue;
-            }
-            let kind = match event.kind {
-                EventKind::Put => "put",
-                EventKind::Delete => "delete",
+            let body = serde_json::json!({
+                "kind": kind,
+                "key": key,
+                "value": String::from_utf8_lossy(&event.kv.value),
+                "revision": event.revision(),
+            });
+            let call = EventCall {
+                trigger: trigger.clone(),
+                path: spec.path.clone(),
+                body: Bytes::from(body.to_string()),
             };
-            for (name, trigger) in &triggers {
-                let Spec::Event(spec) = &trigger.spec else { continue };
-                let kind_ok = spec.kinds.is_empty() || spec.kinds.iter().any(|k| k == kind);
-                if !kind_ok || !key.starts_with(&spec.prefix) {
-                    continue;
-                }
-                let body = serde_json::json!({
-                    "kind": kind,
-                    "key": key,
-                    "value": String::from_utf8_lossy(&event.kv.value),
-                    "revision": event.revision(),
-                });
-                let call = EventCall {
-                    trigger: trigger.clone(),
-                    path: spec.path.clone(),
-                    body: Bytes::from(body.to_string()),
-                };
-                let queue = queues.entry(name.clone()).or_insert_with(|| event_worker(&apps, name));
-                if let Err(e) = queue.try_send(call) {
-                    match e {
-                        tokio::sync::mpsc::error::TrySendError::Full(call) => apps.note(
-                            name,
-                            format!(
-                                "Event {}: the change to {key} was dropped: {EVENT_QUEUE} calls are already waiting.",
-                                call.trigger.id
-                            ),
-                        ),
-                        tokio::sync::mpsc::error::TrySendError::Closed(call) => {
-                            let queue = event_worker(&apps, name);
-                            let _ = queue.try_send(call);
-                            queues.insert(name.clone(), queue);
-                        }
-                    }
+            let queue = queues.entry(name.clone()).or_insert_with(|| event_worker(&apps, name));
+            match queue.try_send(call) {
+                Ok(()) => {}
+                Err(tokio::sync::mpsc::error::TrySendError::Full(call)) => apps.note(
+                    name,
+                    format!(
+                        "Event {}: the change to {key} was dropped: {EVENT_QUEUE} calls are already waiting.",
+                        call.trigger.id
+                    ),
+                ),
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(call)) => {
+                    let queue = event_worker(&apps, name);
+                    let _ = queue.try_send(call);
+                    queues.insert(name.clone(), queue);
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -33,7 +33,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::StreamExt;
-use hearth_store::{EventKind, Store};
+use hearth_store::EventKind;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -551,38 +551,11 @@ async fn event_triggers(flows: &Flows) -> HashMap<String, Vec<EventTrigger>> {
 /// is this daemon's, so nothing changes while it is down: following from
 /// the current revision misses nothing.
 async fn events(flows: Flows, _shutdown: watch::Receiver<bool>) {
-    let store: &dyn Store = flows.store().as_ref();
-    let mut from = loop {
-        match store.revision().await {
-            Ok(rev) => break rev + 1,
-            Err(e) => {
-                tracing::warn!(error = %e, "Event triggers cannot start; retrying.");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
-        }
-    };
+    let changes = hearth_triggers::events::follow(flows.store().clone(), "Event triggers");
+    futures::pin_mut!(changes);
     let mut triggers = event_triggers(&flows).await;
-    loop {
-        let mut stream = match store.watch("", from).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "Event triggers cannot watch the store; retrying.");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        while let Some(event) = stream.next().await {
-            let event = match event {
-                Ok(e) => e,
-                Err(e) => {
-                    tracing::warn!(error = %e, "The event trigger watch broke; following on.");
-                    break;
-                }
-            };
-            from = event.revision() + 1;
-            on_event(&flows, &mut triggers, &event).await;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    while let Some(event) = changes.next().await {
+        on_event(&flows, &mut triggers, &event).await;
     }
 }
 

@@ -5,6 +5,8 @@
 //!   firings missed while hearth was down (catch up once).
 //! - [`signature`]: the `X-Hearth-Signature` of webhooks, an HMAC-SHA256 of
 //!   the body keyed with a shared secret.
+//! - [`events`]: following the store's changes for event triggers, across
+//!   broken watches.
 //! - [`private`]: the store keys no event trigger sees, and manifests shown
 //!   with their webhook secrets masked.
 //!
@@ -12,6 +14,7 @@
 //! signals runs, `hearth-apps` calls an app's route.
 
 pub mod cron;
+pub mod events;
 pub mod private;
 pub mod signature;
 

@@ -1,0 +1,104 @@
+//! Following hearth's store for event triggers: every change, in order,
+//! from the current revision on, for as long as the daemon runs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use hearth_store::{Event, Revision, Store, WatchStream};
+
+/// Every change in `store` from now on, in revision order, without end. A
+/// watch that cannot start or that breaks is started again from the change
+/// after the last one seen, so none is missed or seen twice (if the store
+/// has compacted past it, from the oldest it still has, said in the log).
+/// `what` names the follower in the log.
+pub fn follow(store: Arc<dyn Store>, what: &'static str) -> impl Stream<Item = Event> + Send {
+    struct State {
+        store: Arc<dyn Store>,
+        what: &'static str,
+        from: Option<Revision>,
+        watch: Option<WatchStream>,
+    }
+    let state = State { store, what, from: None, watch: None };
+    futures::stream::unfold(state, |mut s| async move {
+        loop {
+            let from = match s.from {
+                Some(from) => from,
+                None => match s.store.revision().await {
+                    Ok(revision) => *s.from.insert(revision + 1),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "{} cannot read the store's revision; retrying.", s.what);
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                },
+            };
+            let watch = match &mut s.watch {
+                Some(watch) => watch,
+                None => match s.store.watch("", from).await {
+                    Ok(watch) => s.watch.insert(watch),
+                    Err(hearth_store::Error::Compacted { oldest, .. }) => {
+                        tracing::warn!(
+                            from,
+                            oldest,
+                            "{}: changes were compacted away before they were seen.",
+                            s.what
+                        );
+                        s.from = Some(oldest);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "{} cannot watch the store; retrying.", s.what);
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                },
+            };
+            match watch.next().await {
+                Some(Ok(event)) => {
+                    s.from = Some(event.revision() + 1);
+                    return Some((event, s));
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "{}: the store watch broke; following on.", s.what)
+                }
+                None => tracing::warn!("{}: the store watch ended; following on.", s.what),
+            }
+            s.watch = None;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn changes_come_in_order_from_now_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            hearth_store::redb::RedbStore::open(&dir.path().join("s.redb"), Default::default()).unwrap(),
+        );
+        store.put("before", b"0".to_vec(), None).await.unwrap();
+        let changes = follow(store.clone(), "test");
+        futures::pin_mut!(changes);
+        // The follower starts at the first poll; give it a change to see.
+        let first = tokio::spawn({
+            let store = store.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                for i in 1..=3 {
+                    store.put(&format!("k{i}"), vec![], None).await.unwrap();
+                }
+            }
+        });
+        let mut keys = Vec::new();
+        for _ in 0..3 {
+            let event = tokio::time::timeout(Duration::from_secs(5), changes.next()).await.unwrap().unwrap();
+            keys.push(event.kv.key);
+        }
+        first.await.unwrap();
+        assert_eq!(keys, ["k1", "k2", "k3"]);
+    }
+}
