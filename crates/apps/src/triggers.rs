@@ -55,6 +55,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use hearth_store::EventKind;
+use hearth_triggers::CronState;
 use hearth_triggers::Schedule;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -279,35 +280,9 @@ fn exists(key: &str) -> hearth_store::Compare {
     hearth_store::Compare::new(key, hearth_store::CompareOp::Greater, hearth_store::CompareTarget::Version(0))
 }
 
-/// A trigger as listed: where it came from, and what it does.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Trigger {
-    /// `cron-0`, `event-1`, `webhook-0` for those of the active version's
-    /// manifest (by kind and position); `t-HEX` for those added by API.
-    pub id: String,
-    /// `manifest` or `api`.
-    pub source: String,
-    #[serde(flatten)]
-    pub spec: Spec,
-    /// Milliseconds since the Unix epoch; the version's for a manifest's.
-    pub created_at: u64,
-}
-
-/// An added trigger, as stored.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Stored {
-    id: String,
-    spec: Spec,
-    created_at: u64,
-}
-
-/// When a cron trigger last fired, as stored.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct CronState {
-    schedule: String,
-    timezone: String,
-    last: u64,
-}
+/// A trigger of an app as listed: where it came from, and what it does.
+pub type Trigger = hearth_triggers::Trigger<Spec>;
+type Stored = hearth_triggers::Stored<Spec>;
 
 fn trigger_prefix(app: &str) -> String {
     format!("{TRIGGERS}{app}/")
@@ -347,12 +322,7 @@ impl Apps {
         for kv in range.kvs {
             let stored: Stored =
                 serde_json::from_slice(&kv.value).map_err(|e| Error::Corrupt(name.to_owned(), e))?;
-            out.push(Trigger {
-                id: stored.id,
-                source: "api".into(),
-                spec: stored.spec,
-                created_at: stored.created_at,
-            });
+            out.push(Trigger::added(stored));
         }
         Ok(out)
     }
@@ -374,7 +344,7 @@ impl Apps {
             )));
         }
         let created_at = now_ms();
-        let id = format!("t-{:08x}", rand::random::<u32>());
+        let id = hearth_triggers::stored::new_id();
         let stored = Stored { id: id.clone(), spec: spec.clone(), created_at };
         // Only while the app exists: an `app rm` racing this leaves nothing.
         let txn = hearth_store::Txn::new().when(exists(&record::key(name))).and_then(hearth_store::Op::Put {
@@ -431,12 +401,7 @@ impl Apps {
             let Some(rest) = kv.key.strip_prefix(TRIGGERS) else { continue };
             let Some((app, _)) = rest.split_once('/') else { continue };
             match serde_json::from_slice::<Stored>(&kv.value) {
-                Ok(s) => by_app.entry(app.to_owned()).or_default().push(Trigger {
-                    id: s.id,
-                    source: "api".into(),
-                    spec: s.spec,
-                    created_at: s.created_at,
-                }),
+                Ok(s) => by_app.entry(app.to_owned()).or_default().push(Trigger::added(s)),
                 Err(e) => tracing::warn!(key = kv.key, error = %e, "An unreadable app trigger; skipped."),
             }
         }
@@ -805,8 +770,8 @@ async fn fire_cron(
             .when(exists(&source))
             .and_then(hearth_store::Op::Put { key: key.clone(), value: encode(&state)?, lease: None }))
     };
-    let last = match state {
-        Some(s) if s.schedule == cron.schedule && s.timezone == cron.timezone => s.last,
+    let last = match state.and_then(|s| s.last_for(&cron.schedule, &cron.timezone)) {
+        Some(last) => last,
         // A new or changed schedule starts from now.
         _ => {
             store.txn(record(now)?).await?;

@@ -34,6 +34,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use hearth_store::EventKind;
+use hearth_triggers::CronState;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -179,25 +180,9 @@ impl Spec {
 }
 
 /// A workflow's trigger: where it came from and what it does.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Trigger {
-    /// `cron-0`, `event-1`, `webhook-0` for the manifest's (by kind and
-    /// position); `t-HEX` for those added through the API.
-    pub id: String,
-    /// `manifest` or `api`.
-    pub source: String,
-    #[serde(flatten)]
-    pub spec: Spec,
-    pub created_at: u64,
-}
-
+pub type Trigger = hearth_triggers::Trigger<Spec>;
 /// An added trigger as stored at `workflows/triggers/NAME/ID`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Stored {
-    id: String,
-    spec: Spec,
-    created_at: u64,
-}
+type Stored = hearth_triggers::Stored<Spec>;
 
 fn manifest_triggers(def: &Definition) -> Vec<Trigger> {
     let t = &def.triggers;
@@ -233,7 +218,7 @@ impl Flows {
             .iter()
             .map(|kv| {
                 let s: Stored = decode(&kv.key, &kv.value)?;
-                Ok(Trigger { id: s.id, source: "api".into(), spec: s.spec, created_at: s.created_at })
+                Ok(Trigger::added(s))
             })
             .collect()
     }
@@ -253,7 +238,7 @@ impl Flows {
         let def = self.definition(name).await?;
         self.effective(&def).await?.with(&spec).validate()?;
         let created_at = now_ms();
-        let id = format!("t-{:08x}", rand::random::<u32>());
+        let id = hearth_triggers::stored::new_id();
         let stored = Stored { id: id.clone(), spec: spec.clone(), created_at };
         self.store().put(&record::trigger_key(name, &id), encode(&stored), None).await?;
         Ok(Trigger { id, source: "api".into(), spec, created_at })
@@ -419,14 +404,6 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// When a cron trigger last fired.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct CronState {
-    schedule: String,
-    timezone: String,
-    last: u64,
-}
-
 /// Fires cron triggers and event triggers until `shutdown`.
 pub(crate) async fn run(flows: Flows, shutdown: watch::Receiver<bool>) {
     let events = tokio::spawn(events(flows.clone(), shutdown.clone()));
@@ -493,8 +470,8 @@ async fn fire_cron(
         Some(kv) => Some(decode::<CronState>(&key, &kv.value)?),
         None => None,
     };
-    let last = match state {
-        Some(s) if s.schedule == cron.schedule && s.timezone == cron.timezone => s.last,
+    let last = match state.and_then(|s| s.last_for(&cron.schedule, &cron.timezone)) {
+        Some(last) => last,
         // A new or changed schedule starts from now: no firings for the past.
         _ => {
             let fresh =

@@ -7,6 +7,8 @@
 //!   the body keyed with a shared secret.
 //! - [`events`]: following the store's changes for event triggers, across
 //!   broken watches.
+//! - [`stored`]: the shapes of triggers as listed and stored, and of a
+//!   cron trigger's last firing.
 //! - [`private`]: the store keys no event trigger sees, and manifests shown
 //!   with their webhook secrets masked.
 //!
@@ -17,8 +19,10 @@ pub mod cron;
 pub mod events;
 pub mod private;
 pub mod signature;
+pub mod stored;
 
 pub use cron::Schedule;
+pub use stored::{CronState, Stored, Trigger};
 
 /// A firing that is owed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
