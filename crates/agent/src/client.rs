@@ -245,6 +245,15 @@ impl AgentClient {
         Self::from_unix(UnixStream::connect(path)?)
     }
 
+    /// Connects to an agent serving on vsock `port` in a Firecracker guest,
+    /// through `uds`, the Unix socket Firecracker proxies the guest's vsock
+    /// with (see [`vsock_handshake`]).
+    pub fn connect_firecracker(uds: impl AsRef<Path>, port: u32, timeout: Duration) -> io::Result<Self> {
+        let mut stream = UnixStream::connect(uds)?;
+        vsock_handshake(&mut stream, port, timeout)?;
+        Self::from_unix(stream)
+    }
+
     /// Sets how long calls wait for an answer (not how long sessions may run).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -651,4 +660,140 @@ fn unexpected(response: &Response) -> Error {
     let name = format!("{response:?}");
     let name = name.split([' ', '{', '(']).next().unwrap_or_default().to_owned();
     Error::Unexpected(name)
+}
+
+/// Firecracker's host-initiated vsock connection: on its Unix socket, the
+/// host writes `CONNECT PORT\n` and Firecracker answers `OK HOSTPORT\n` once
+/// the guest accepted; from then on the stream is the guest connection. A
+/// guest not listening on `port` makes Firecracker close the socket instead.
+/// Reads no byte past the answer's newline, which belongs to the guest.
+pub fn vsock_handshake(stream: &mut UnixStream, port: u32, timeout: Duration) -> io::Result<()> {
+    let previous = stream.read_timeout()?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.write_all(format!("CONNECT {port}\n").as_bytes())?;
+    let mut line = Vec::new();
+    let mut byte = [0u8];
+    let outcome = loop {
+        match stream.read(&mut byte) {
+            Ok(0) => {
+                break Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    format!(
+                        "Firecracker closed the vsock connection: nothing in the guest listens on vsock port {port} (yet)"
+                    ),
+                ));
+            }
+            Ok(_) if byte[0] == b'\n' => break Ok(()),
+            Ok(_) if line.len() >= 64 => {
+                break Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the vsock socket answered CONNECT with a line too long to be Firecracker's",
+                ));
+            }
+            Ok(_) => line.push(byte[0]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                break Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("Firecracker did not answer CONNECT {port} within {timeout:?}"),
+                ));
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    outcome?;
+    let answer = String::from_utf8_lossy(&line);
+    match answer.strip_prefix("OK ").map(|p| p.trim().parse::<u32>()) {
+        Some(Ok(_)) => {}
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                format!("the vsock socket answered CONNECT {port} with {answer:?}, not OK"),
+            ));
+        }
+    }
+    stream.set_read_timeout(previous)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::BufRead;
+    use std::os::unix::net::UnixListener;
+
+    use super::*;
+
+    /// A fake Firecracker vsock socket: answers the first connection's
+    /// CONNECT line with `answer` (or closes it if `None`), then echoes
+    /// what follows. Returns the CONNECT line it got.
+    fn fake_vsock(
+        answer: Option<&'static str>,
+    ) -> (tempfile::TempDir, std::path::PathBuf, std::thread::JoinHandle<String>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.vsock");
+        let listener = UnixListener::bind(&path).expect("bind");
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().expect("accept");
+            let mut reader = io::BufReader::new(stream.try_clone().expect("clone"));
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("read CONNECT");
+            let Some(answer) = answer else { return line };
+            let mut writer = stream;
+            // The answer and the guest's first bytes in one write: the
+            // handshake must not swallow what follows the newline.
+            writer.write_all(format!("{answer}guest says hi").as_bytes()).expect("answer");
+            let mut rest = [0u8; 5];
+            if reader.read_exact(&mut rest).is_ok() {
+                let _ = writer.write_all(&rest);
+            }
+            line
+        });
+        (dir, path, server)
+    }
+
+    #[test]
+    fn the_handshake_connects_to_the_guest_port() {
+        let (_dir, path, server) = fake_vsock(Some("OK 1073741824\n"));
+        let mut stream = UnixStream::connect(&path).expect("connect");
+        vsock_handshake(&mut stream, 1024, Duration::from_secs(5)).expect("handshake");
+        let mut greeting = [0u8; 13];
+        stream.read_exact(&mut greeting).expect("read");
+        assert_eq!(&greeting, b"guest says hi");
+        stream.write_all(b"hello").expect("write");
+        let mut echo = [0u8; 5];
+        stream.read_exact(&mut echo).expect("echo");
+        assert_eq!(&echo, b"hello");
+        assert_eq!(server.join().expect("server"), "CONNECT 1024\n");
+        // The handshake's timeout is not left on the stream.
+        assert_eq!(stream.read_timeout().expect("timeout"), None);
+    }
+
+    #[test]
+    fn a_port_nobody_listens_on_is_a_clear_error() {
+        let (_dir, path, server) = fake_vsock(None);
+        let mut stream = UnixStream::connect(&path).expect("connect");
+        let error = vsock_handshake(&mut stream, 1025, Duration::from_secs(5)).expect_err("refused");
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionRefused);
+        assert!(error.to_string().contains("nothing in the guest listens on vsock port 1025"), "{error}");
+        server.join().expect("server");
+    }
+
+    #[test]
+    fn an_answer_other_than_ok_is_refused() {
+        let (_dir, path, server) = fake_vsock(Some("NO\n"));
+        let error =
+            AgentClient::connect_firecracker(&path, 1024, Duration::from_secs(5)).expect_err("refused");
+        assert!(error.to_string().contains(r#"with "NO", not OK"#), "{error}");
+        server.join().expect("server");
+    }
+
+    #[test]
+    fn a_silent_socket_times_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.vsock");
+        let _listener = UnixListener::bind(&path).expect("bind");
+        let mut stream = UnixStream::connect(&path).expect("connect");
+        let error = vsock_handshake(&mut stream, 1024, Duration::from_millis(100)).expect_err("silent");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
+    }
 }

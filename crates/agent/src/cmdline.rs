@@ -36,6 +36,9 @@ use base64::engine::{DecodePaddingMode, general_purpose};
 
 /// The virtio-serial port name when `hearth.port` is absent.
 pub const DEFAULT_PORT: &str = "hearth.agent";
+/// The vsock port the host gives in `hearth.vsock` (Firecracker, which has
+/// no virtio-serial): the first port above the privileged range.
+pub const DEFAULT_VSOCK_PORT: u32 = 1024;
 
 /// What the command line asks of the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]

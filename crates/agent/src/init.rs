@@ -16,8 +16,8 @@ use nix::errno::Errno;
 use nix::kmod::{ModuleInitFlags, finit_module};
 use nix::libc;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
-use nix::sys::reboot::{RebootMode, reboot};
-use nix::sys::signal::{Signal, kill};
+use nix::sys::reboot::{RebootMode, reboot, set_cad_enabled};
+use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
 use nix::unistd::{Pid, chdir, chroot, sethostname, sync};
 
@@ -46,6 +46,8 @@ fn boot_and_serve() -> ! {
     mount_kernel_filesystems();
     attach_console();
     say("starting");
+    // Before any thread exists, so that every thread inherits the mask.
+    shut_down_on_ctrl_alt_del();
     let config = match fs::read_to_string("/proc/cmdline") {
         Ok(line) => cmdline::parse(&line),
         Err(e) => {
@@ -266,6 +268,35 @@ fn bring_up_loopback() -> io::Result<()> {
     let res = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &request) };
     Errno::result(res)?;
     Ok(())
+}
+
+/// Makes Ctrl-Alt-Del (Firecracker's `SendCtrlAltDel`, the host's way to
+/// stop a guest whose agent does not answer) a clean restart: the kernel's
+/// default is an immediate reboot without syncing the disks; told not to,
+/// it sends SIGINT to PID 1 instead, which a thread waits for. A restart,
+/// not a power-off: on x86 Firecracker exits when its guest reboots and
+/// ignores a power-off, and QEMU runs with `-no-reboot`.
+fn shut_down_on_ctrl_alt_del() {
+    let mut sigint = SigSet::empty();
+    sigint.add(Signal::SIGINT);
+    if let Err(e) = sigint.thread_block() {
+        say(&format!("cannot block SIGINT, Ctrl-Alt-Del restarts at once: {}", e.desc()));
+        return;
+    }
+    if let Err(e) = set_cad_enabled(false) {
+        say(&format!("cannot route Ctrl-Alt-Del to init, it restarts at once: {}", e.desc()));
+    }
+    let waiter = std::thread::Builder::new().name("ctrl-alt-del".into()).spawn(move || {
+        loop {
+            if let Ok(Signal::SIGINT) = sigint.wait() {
+                say("Ctrl-Alt-Del pressed");
+                shut_down(true);
+            }
+        }
+    });
+    if let Err(e) = waiter {
+        say(&format!("cannot wait for Ctrl-Alt-Del: {}", describe(&e)));
+    }
 }
 
 /// Ends every process, makes the disks clean, and powers off or restarts.
