@@ -4,7 +4,7 @@
 //! - [`kernel`], [`initramfs`], [`guest`]: the boot payload (Debian's cloud
 //!   kernel, and an initramfs with the guest agent as `/init`).
 //! - [`image`]: root file systems from OCI registries or debootstrap.
-//! - [`vmm`]: VM processes (QEMU with KVM or TCG; Firecracker to come).
+//! - [`vmm`]: VM processes (QEMU with KVM or TCG; Firecracker with KVM).
 //! - [`record`] and [`service`]: machine records in the store, and the
 //!   reconcile loop that makes VMs match them.
 

@@ -52,6 +52,36 @@ pub fn probe_host() -> HostReport {
     }
 }
 
+/// Why Firecracker cannot run here, if it cannot: it needs its binary, 1.8
+/// or later (older ones hand their devices to the kernel on its command
+/// line, which Debian's kernel does not read), and KVM proven to work by
+/// the boot probe.
+pub fn firecracker_problem(host: &HostReport) -> Option<String> {
+    use crate::vmm::firecracker::{MIN_VERSION, parse_version};
+    let Some(tool) = &host.firecracker else {
+        return Some(
+            "firecracker is not installed: put a firecracker binary (1.8 or later) on PATH, or use qemu-kvm"
+                .into(),
+        );
+    };
+    if let Some(line) = &tool.version
+        && let Some(version) = parse_version(line)
+        && version < MIN_VERSION
+    {
+        return Some(format!(
+            "{} is {line:?}, older than 1.8, which is the first to describe its devices to Debian's kernel: install a newer one, or use qemu-kvm",
+            tool.path.display()
+        ));
+    }
+    match host.kvm.usable {
+        Some(true) => None,
+        Some(false) => Some(format!("Firecracker needs KVM, which is not usable here: {}", host.kvm.detail)),
+        None => {
+            Some(format!("Firecracker needs KVM, which has not been proven to work yet: {}", host.kvm.detail))
+        }
+    }
+}
+
 fn probe_kvm(dev: &Path) -> KvmReport {
     if !dev.exists() {
         return KvmReport {
@@ -118,6 +148,29 @@ mod tests {
         assert!(!report.present);
         assert_eq!(report.usable, Some(false));
         assert!(report.detail.contains("software emulation"));
+    }
+
+    #[test]
+    fn firecracker_needs_its_binary_a_new_enough_version_and_working_kvm() {
+        let tool =
+            |version: &str| Tool { path: "/usr/bin/firecracker".into(), version: Some(version.into()) };
+        let kvm = |usable| KvmReport {
+            present: true,
+            accessible: true,
+            usable,
+            detail: "the probe said so".into(),
+        };
+        let host = |firecracker, usable| HostReport { kvm: kvm(usable), qemu: None, firecracker };
+        let problem = |h: &HostReport| firecracker_problem(h).unwrap_or_default();
+
+        assert_eq!(firecracker_problem(&host(Some(tool("Firecracker v1.10.1")), Some(true))), None);
+        assert!(problem(&host(None, Some(true))).contains("not installed"));
+        assert!(problem(&host(Some(tool("Firecracker v1.7.0")), Some(true))).contains("older than 1.8"));
+        let unusable = problem(&host(Some(tool("Firecracker v1.10.1")), Some(false)));
+        assert!(unusable.contains("KVM, which is not usable here: the probe said so"), "{unusable}");
+        assert!(problem(&host(Some(tool("Firecracker v1.10.1")), None)).contains("not been proven"));
+        // A version line it cannot read does not stop it.
+        assert_eq!(firecracker_problem(&host(Some(tool("custom build")), Some(true))), None);
     }
 
     #[test]

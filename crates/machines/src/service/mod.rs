@@ -22,7 +22,7 @@ use tokio::sync::{Mutex, watch};
 
 use crate::image::ImageStore;
 use crate::kernel::{self, Kernel};
-use crate::probe::HostReport;
+use crate::probe::{self, HostReport};
 use crate::record::{self, Desired, MachineRecord, Spec, State, Status, now_unix};
 use crate::vmm::{self, Backend, VmConfig, VmFiles};
 use crate::{Error, guest};
@@ -151,10 +151,18 @@ impl Machines {
         lock(&self.inner.host).clone()
     }
 
-    /// The backend a machine gets unless one is forced.
+    /// The backend a machine gets unless one is forced: Firecracker where it
+    /// can run (KVM proven, the binary on PATH), else QEMU with KVM, else
+    /// QEMU in software emulation.
     pub fn default_backend(&self) -> Backend {
         let host = self.host();
-        if host.kvm.usable == Some(true) && host.qemu.is_some() { Backend::QemuKvm } else { Backend::QemuTcg }
+        if probe::firecracker_problem(&host).is_none() {
+            Backend::Firecracker
+        } else if host.kvm.usable == Some(true) && host.qemu.is_some() {
+            Backend::QemuKvm
+        } else {
+            Backend::QemuTcg
+        }
     }
 
     /// Why `backend` cannot run here, if it cannot.
@@ -170,10 +178,7 @@ impl Machines {
                 Some(false) => Some(format!("KVM is not usable: {}", host.kvm.detail)),
                 None => Some(format!("KVM has not been proven to work yet: {}", host.kvm.detail)),
             },
-            Backend::Firecracker => Some(match host.firecracker {
-                None => "firecracker is not installed (put it on PATH)".into(),
-                Some(_) => "this build of hearth does not drive Firecracker yet; use qemu-kvm".into(),
-            }),
+            Backend::Firecracker => probe::firecracker_problem(&host),
         }
     }
 
@@ -478,9 +483,10 @@ impl Machines {
         if let Some(client) = lock(&self.inner.agents).get(name).filter(|c| !c.is_closed()) {
             return Ok(client.clone());
         }
-        let socket = VmFiles::in_dir(&self.dir(name)).agent;
+        let files = VmFiles::in_dir(&self.dir(name));
         let deadline = Duration::from_secs(10);
-        let (client, _) = tokio::task::spawn_blocking(move || connect_agent(&socket, deadline))
+        let backend = rec.spec.backend;
+        let (client, _) = tokio::task::spawn_blocking(move || connect_agent(&files, backend, deadline))
             .await
             .map_err(|e| Error::Internal(e.to_string()))??;
         let client = Arc::new(client.with_timeout(hearth_agent::client::DEFAULT_TIMEOUT));
@@ -576,7 +582,7 @@ impl Machines {
             }
             let files = VmFiles::in_dir(&config.dir);
             let pid = vmm::running_pid(&files, &name);
-            let answer = connect_agent(&files.agent, deadline);
+            let answer = connect_agent(&files, Backend::QemuKvm, deadline);
             if let Some(pid) = pid {
                 vmm::signal(pid, Signal::SIGKILL);
             }
@@ -802,10 +808,12 @@ impl Machines {
         }
         self.phase(name, "preparing the kernel and initramfs").await?;
         let (kernel, initrd) = self.payload(&rec.spec).await?;
+        let backend = rec.spec.backend;
+        let kernel = self.kernel_for(backend, kernel).await?;
         self.phase(name, "preparing the disk").await?;
         let images = self.inner.images.clone();
         let digest = rec.spec.image_digest.clone();
-        let disk = dir.join("disk.qcow2");
+        let disk = dir.join(disk_file(backend));
         let disk2 = disk.clone();
         let dir2 = dir.clone();
         let disk_bytes = rec.spec.disk_mib.map(|mib| mib * MIB);
@@ -820,7 +828,12 @@ impl Machines {
             // Only larger: the image's ext4 must fit, and at its own size
             // the overlay takes the base's size by itself.
             let size = disk_bytes.filter(|&bytes| bytes > image.size_bytes);
-            overlay(&image.rootfs, &disk2, size)
+            match backend {
+                Backend::Firecracker => {
+                    vmm::firecracker::raw_disk(&image.rootfs, &disk2, size).map_err(Error::from)
+                }
+                Backend::QemuKvm | Backend::QemuTcg => overlay(&image.rootfs, &disk2, size),
+            }
         })
         .await?;
         if !rec.spec.nics.is_empty() {
@@ -830,6 +843,10 @@ impl Machines {
             }
         }
         let mut cmdline = format!("console=ttyS0 quiet panic=-1 hearth.root=/dev/vda hearth.hostname={name}");
+        if backend == Backend::Firecracker {
+            cmdline.push(' ');
+            cmdline.push_str(&vmm::firecracker::kernel_args());
+        }
         cmdline.push_str(&self.inner.networks.guest_cmdline(
             name,
             &rec.spec.nics,
@@ -851,12 +868,16 @@ impl Machines {
             nics: rec.spec.nics.iter().map(|n| (n.tap.clone(), n.mac.clone())).collect(),
         };
         self.phase(name, &format!("starting the VM ({})", rec.spec.backend)).await?;
-        let backend = rec.spec.backend;
         let launched = Instant::now();
-        blocking(move || vmm::qemu::launch(backend, &config).map_err(Error::from)).await?;
+        let firecracker = self.firecracker_binary();
+        blocking(move || match backend {
+            Backend::Firecracker => vmm::firecracker::launch(&firecracker, &config).map_err(Error::from),
+            Backend::QemuKvm | Backend::QemuTcg => vmm::qemu::launch(backend, &config).map_err(Error::from),
+        })
+        .await?;
         let pid = vmm::running_pid(&files, name).ok_or_else(|| {
             Error::Vmm(vmm::Error::Start {
-                vmm: "qemu",
+                vmm: vmm_name(backend),
                 message: "it exited right after starting; see `hearth machine logs`".into(),
             })
         })?;
@@ -873,15 +894,15 @@ impl Machines {
         launched: Instant,
     ) -> Result<(), Error> {
         let files = VmFiles::in_dir(&self.dir(name));
-        let deadline = boot_deadline(rec.spec.backend);
-        let socket = files.agent.clone();
+        let backend = rec.spec.backend;
+        let deadline = boot_deadline(backend);
         let vm_name = name.to_owned();
         let connected = blocking(move || {
             // Give up early if the VM process dies while we wait.
             let started = Instant::now();
             loop {
                 let left = deadline.saturating_sub(started.elapsed());
-                match connect_agent(&socket, left.min(Duration::from_secs(5))) {
+                match connect_agent(&files, backend, left.min(Duration::from_secs(5))) {
                     Ok(found) => return Ok(found),
                     Err(_) if !vmm::is_vm_process(pid, &vm_name) => {
                         return Err(Error::BootFailed(format!(
@@ -927,6 +948,9 @@ impl Machines {
 
     async fn shut_down(&self, name: &str) -> Result<(), Error> {
         let files = VmFiles::in_dir(&self.dir(name));
+        // A record gone meanwhile: its VM is stopped the QEMU way, which
+        // ends a Firecracker too, by SIGKILL after the grace period.
+        let backend = self.find(name).await?.map_or(Backend::QemuTcg, |(rec, _)| rec.spec.backend);
         if let Some(pid) = vmm::running_pid(&files, name) {
             self.set_status(name, |s| {
                 s.state = State::Stopping;
@@ -936,11 +960,22 @@ impl Machines {
             let agent = lock(&self.inner.agents).get(name).cloned();
             let vm = name.to_owned();
             blocking(move || {
+                // Firecracker ends when its guest restarts, and ignores a
+                // power-off; QEMU runs with -no-reboot, so either ends it.
+                let restart = backend == Backend::Firecracker;
                 let asked = match agent {
-                    Some(agent) => agent.shutdown(false).is_ok(),
-                    None => connect_agent(&files.agent, Duration::from_secs(3))
-                        .is_ok_and(|(agent, _)| agent.shutdown(false).is_ok()),
+                    Some(agent) => agent.shutdown(restart).is_ok(),
+                    None => connect_agent(&files, backend, Duration::from_secs(3))
+                        .is_ok_and(|(agent, _)| agent.shutdown(restart).is_ok()),
                 };
+                // An agent that does not answer still restarts the guest
+                // cleanly on Ctrl-Alt-Del, which Firecracker can press.
+                let asked = asked
+                    || (backend == Backend::Firecracker
+                        && vmm::firecracker::ctrl_alt_del(
+                            &vmm::firecracker::Api::new(&files.control).with_timeout(Duration::from_secs(5)),
+                        )
+                        .is_ok());
                 let grace = if asked { SHUTDOWN_GRACE } else { Duration::ZERO };
                 let started = Instant::now();
                 while vmm::is_vm_process(pid, &vm) && started.elapsed() < grace {
@@ -995,6 +1030,21 @@ impl Machines {
         Ok((vmlinuz, payload.initrd.clone()))
     }
 
+    /// The kernel as `backend` boots it: Firecracker needs an uncompressed
+    /// ELF, taken out of a bzImage once and cached next to the kernels.
+    async fn kernel_for(&self, backend: Backend, kernel: PathBuf) -> Result<PathBuf, Error> {
+        if backend != Backend::Firecracker {
+            return Ok(kernel);
+        }
+        let cache = self.inner.cache_dir.join("kernels");
+        blocking(move || kernel::vmlinux(&cache, &kernel).map_err(Error::from)).await
+    }
+
+    /// The firecracker binary the host probe found (else `firecracker` on PATH).
+    fn firecracker_binary(&self) -> PathBuf {
+        self.host().firecracker.map_or_else(|| PathBuf::from(vmm::firecracker::BINARY), |tool| tool.path)
+    }
+
     fn agent_path(&self) -> Result<PathBuf, Error> {
         if let Some(path) = &self.inner.agent {
             return Ok(path.clone());
@@ -1018,11 +1068,44 @@ enum Task {
     Stop,
 }
 
-/// Connects to the agent socket and exchanges hellos within `deadline`.
-fn connect_agent(socket: &Path, deadline: Duration) -> Result<(AgentClient, HelloInfo), Error> {
+/// The root disk's file in the machine directory: a qcow2 overlay for
+/// QEMU, a raw copy for Firecracker.
+fn disk_file(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Firecracker => vmm::firecracker::DISK,
+        Backend::QemuKvm | Backend::QemuTcg => "disk.qcow2",
+    }
+}
+
+fn vmm_name(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Firecracker => "firecracker",
+        Backend::QemuKvm | Backend::QemuTcg => "qemu",
+    }
+}
+
+/// Connects to the agent (QEMU's virtio-serial socket, or Firecracker's
+/// vsock socket with its handshake) and exchanges hellos within `deadline`.
+fn connect_agent(
+    files: &VmFiles,
+    backend: Backend,
+    deadline: Duration,
+) -> Result<(AgentClient, HelloInfo), Error> {
     let started = Instant::now();
+    let socket = match backend {
+        Backend::Firecracker => &files.vsock,
+        Backend::QemuKvm | Backend::QemuTcg => &files.agent,
+    };
+    let connect = || match backend {
+        Backend::Firecracker => AgentClient::connect_firecracker(
+            socket,
+            vmm::firecracker::DEFAULT_VSOCK_PORT,
+            Duration::from_secs(1),
+        ),
+        Backend::QemuKvm | Backend::QemuTcg => AgentClient::connect_unix(socket),
+    };
     loop {
-        let attempt = AgentClient::connect_unix(socket).map_err(|e| Error::io(socket, e)).and_then(|c| {
+        let attempt = connect().map_err(|e| Error::io(socket, e)).and_then(|c| {
             let c = c.with_timeout(Duration::from_millis(1000));
             let hello = c.hello().map_err(Error::Agent)?;
             Ok((c, hello))

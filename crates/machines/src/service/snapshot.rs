@@ -1,16 +1,18 @@
 //! Snapshots: a running machine paused to disk (QEMU's device and memory
-//! state, written with a `migrate` to a file, plus a copy of its disk
-//! overlay), and machines resumed from one, as often as wanted.
+//! state, written with a `migrate` to a file, or Firecracker's snapshot
+//! files, plus a copy of its disk), and machines resumed from one, as often
+//! as wanted.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use hearth_store::{Compare, Op, Txn};
 
-use super::{Machines, blocking, kill_now, lock};
+use super::{Machines, blocking, disk_file, kill_now, lock};
 use crate::Error;
 use crate::record::{self, Desired, MachineRecord, SnapshotRecord, Spec, State, Status, now_unix};
-use crate::vmm::{self, VmConfig, VmFiles};
+use crate::vmm::firecracker::{self, Api};
+use crate::vmm::{self, Backend, VmConfig, VmFiles};
 
 impl Machines {
     fn snapshot_dir(&self, name: &str) -> PathBuf {
@@ -90,10 +92,20 @@ impl Machines {
         let _ = std::fs::remove_dir_all(&partial);
         std::fs::create_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
         let control = files.control.clone();
-        let disk = self.dir(&rec.name).join("disk.qcow2");
-        let (state_path, disk_copy) = (partial.join("state"), partial.join("disk.qcow2"));
+        let backend = rec.spec.backend;
+        let disk = self.dir(&rec.name).join(disk_file(backend));
+        let (state_path, disk_copy) = (partial.join("state"), partial.join(disk_file(backend)));
+        let memory = partial.join("memory");
         let name = rec.name.clone();
         let saved = blocking(move || {
+            if backend == Backend::Firecracker {
+                let api = Api::new(&control);
+                firecracker::save_state(&api, &state_path, &memory)?;
+                // Paused: the disk is quiescent. Firecracker has no quit;
+                // the paused process is killed below.
+                firecracker::copy_sparse(&disk, &disk_copy)?;
+                return Ok(());
+            }
             vmm::qemu::save_state(&control, &state_path)?;
             // The VM is paused: its disk is quiescent and can be copied.
             std::fs::copy(&disk, &disk_copy).map_err(|e| Error::io(&disk_copy, e))?;
@@ -110,6 +122,10 @@ impl Machines {
             // A failed save leaves the VM paused: let it run again.
             let control = files.control.clone();
             let _ = blocking(move || {
+                if backend == Backend::Firecracker {
+                    return firecracker::resume(&Api::new(&control).with_timeout(Duration::from_secs(5)))
+                        .map_err(Error::from);
+                }
                 let mut qmp = vmm::qmp::Qmp::connect(&control, Duration::from_secs(5))?;
                 qmp.execute("cont", None).map(drop).map_err(Error::from)
             })
@@ -181,7 +197,8 @@ impl Machines {
             return Err(Error::AlreadyExists(name));
         }
         lock(&self.inner.busy).insert(name.clone());
-        let result = self.resume_snapshot(&rec, snapshot).await;
+        let recorded_taps = snap.spec.nics.iter().map(|n| n.tap.clone()).collect();
+        let result = self.resume_snapshot(&rec, snapshot, recorded_taps).await;
         lock(&self.inner.busy).remove(&name);
         if let Err(error) = result {
             let reason = crate::chain(&error);
@@ -199,16 +216,29 @@ impl Machines {
         self.get(&name).await
     }
 
-    async fn resume_snapshot(&self, rec: &MachineRecord, snapshot: &str) -> Result<(), Error> {
+    /// `recorded_taps`: the taps the snapshot was taken with, which
+    /// Firecracker is told to swap for the restored machine's.
+    async fn resume_snapshot(
+        &self,
+        rec: &MachineRecord,
+        snapshot: &str,
+        recorded_taps: Vec<String>,
+    ) -> Result<(), Error> {
         let name = rec.name.clone();
         let dir = self.dir(&name);
         let snap_dir = self.snapshot_dir(snapshot);
         let (kernel, initrd) = self.payload(&rec.spec).await?;
-        let disk = dir.join("disk.qcow2");
+        let backend = rec.spec.backend;
+        // The same file name as when the snapshot was taken: Firecracker's
+        // snapshot names its drive relative to the machine directory.
+        let disk = dir.join(disk_file(backend));
         {
-            let (dir, disk, from) = (dir.clone(), disk.clone(), snap_dir.join("disk.qcow2"));
+            let (dir, disk, from) = (dir.clone(), disk.clone(), snap_dir.join(disk_file(backend)));
             blocking(move || {
                 std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+                if backend == Backend::Firecracker {
+                    return firecracker::copy_sparse(&from, &disk).map_err(Error::from);
+                }
                 std::fs::copy(&from, &disk).map_err(|e| Error::io(&disk, e))?;
                 Ok(())
             })
@@ -232,12 +262,18 @@ impl Machines {
             memory_mib: rec.spec.memory_mib,
             nics: rec.spec.nics.iter().map(|n| (n.tap.clone(), n.mac.clone())).collect(),
         };
-        let backend = rec.spec.backend;
         let files = VmFiles::in_dir(&dir);
         let launched = Instant::now();
         let control = files.control.clone();
         let state = snap_dir.join("state");
+        let memory = snap_dir.join("memory");
+        let firecracker = self.firecracker_binary();
         blocking(move || {
+            if backend == Backend::Firecracker {
+                let taps: Vec<String> = config.nics.iter().map(|(tap, _)| tap.clone()).collect();
+                let load = firecracker::load_call(&state, &memory, &recorded_taps, &taps);
+                return firecracker::launch_restored(&firecracker, &config, &load).map_err(Error::from);
+            }
             vmm::qemu::launch_incoming(backend, &config)?;
             vmm::qemu::load_state(&control, &state)?;
             Ok(())

@@ -2,11 +2,12 @@
 //! again after a daemon restart, and stopped.
 //!
 //! Every backend runs the VM as a detached process that outlives the daemon
-//! (QEMU's `-daemonize`), writes its pid to `vm.pid` in the machine's
+//! (QEMU's `-daemonize`; Firecracker in a session of its own), writes its pid to `vm.pid` in the machine's
 //! directory, and exposes the guest agent and its control channel as Unix
 //! sockets there. The daemon holds no state that the directory and the store
 //! do not also hold, so a restarted daemon can adopt running machines.
 
+pub mod firecracker;
 pub mod qemu;
 pub mod qmp;
 
@@ -78,9 +79,11 @@ pub struct VmConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmFiles {
     pub pid: PathBuf,
-    /// The guest agent's socket (virtio-serial on QEMU).
+    /// The guest agent's socket (QEMU's virtio-serial port).
     pub agent: PathBuf,
-    /// QEMU's QMP control socket.
+    /// Firecracker's vsock socket: the agent, after a `CONNECT` handshake.
+    pub vsock: PathBuf,
+    /// QEMU's QMP control socket, or Firecracker's API socket.
     pub control: PathBuf,
     /// Everything the guest printed on its serial console.
     pub console: PathBuf,
@@ -91,6 +94,7 @@ impl VmFiles {
         Self {
             pid: dir.join("vm.pid"),
             agent: dir.join("agent.sock"),
+            vsock: dir.join(firecracker::VSOCK),
             control: dir.join("control.sock"),
             console: dir.join("console.log"),
         }
