@@ -32,6 +32,7 @@ use crate::host::{self, AppCtx, HostState};
 use crate::logs::LogStream;
 use crate::manifest::split_host_port;
 use crate::service::{Apps, Loaded, Table, stopped};
+use crate::triggers::Verdict;
 
 /// Time a client gets to send a request's headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -114,11 +115,17 @@ async fn dispatch(apps: &Apps, req: Request<Incoming>) -> Response<Body> {
             // An app's webhooks: requests under their paths are checked
             // (signed, once per Idempotency-Key).
             match crate::triggers::guard_for(&target.guards, req.uri().path()) {
-                None => run(apps, loaded.clone(), req).await,
-                Some(guard) => {
-                    let secret = guard.secret.clone();
-                    run_webhook(apps, &target.name, loaded.clone(), secret.as_deref(), req).await
+                Verdict::Open => run(apps, loaded.clone(), req).await,
+                Verdict::Guarded(guard) => {
+                    let guard = guard.clone();
+                    run_webhook(apps, &target.name, loaded.clone(), &guard, req).await
                 }
+                Verdict::Ambiguous => text(
+                    StatusCode::BAD_REQUEST,
+                    "This path is written so that it falls under two of the app's webhooks; send it in its plain \
+                     form (no dot segments or escapes).\n"
+                        .into(),
+                ),
             }
         }
         Err(reason) => text(
@@ -145,7 +152,7 @@ async fn run_webhook(
     apps: &Apps,
     name: &str,
     loaded: Arc<Loaded>,
-    secret: Option<&str>,
+    guard: &crate::triggers::Guard,
     req: Request<Incoming>,
 ) -> Response<Body> {
     let (parts, body) = req.into_parts();
@@ -161,7 +168,7 @@ async fn run_webhook(
     };
     let ctx = loaded.ctx.clone();
     let what = format!("{} {}", parts.method, parts.uri.path());
-    if let Some(secret) = secret {
+    if let Some(secret) = guard.secret.as_deref() {
         let header = parts.headers.get(hearth_triggers::signature::HEADER).and_then(|v| v.to_str().ok());
         if !hearth_triggers::signature::verify(secret, &body, header) {
             ctx.log.push(
@@ -176,7 +183,7 @@ async fn run_webhook(
     let claimed = match &key {
         None => None,
         Some(key) => match apps
-            .claim_delivery(name, parts.uri.path(), key, Duration::from_millis(ctx.limits.timeout_ms))
+            .claim_delivery(name, &guard.path, key, Duration::from_millis(ctx.limits.timeout_ms))
             .await
         {
             Ok(crate::triggers::Claim::New(pending)) => Some(pending),
@@ -211,11 +218,26 @@ async fn run_webhook(
             }
         },
     };
-    let response = run(apps, loaded, Request::from_parts(parts, full_body(body))).await;
-    if let Some(pending) = claimed {
+    let request = Request::from_parts(parts, full_body(body));
+    let Some(pending) = claimed else { return run(apps, loaded, request).await };
+    // Claimed: the app's answer is recorded even if the sender goes away
+    // before it, so that its retry finds it rather than running again.
+    let apps = apps.clone();
+    let settled = tokio::spawn(async move {
+        let response = run(&apps, loaded, request).await;
         pending.settle(response.status().as_u16()).await;
+        response
+    });
+    match settled.await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::error!(app = name, error = %e, "A webhook delivery's task failed.");
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "hearth failed handling this delivery; retry it.\n".into(),
+            )
+        }
     }
-    response
 }
 
 /// Runs one request in a fresh instance and answers with what it sets.

@@ -131,6 +131,16 @@ pub enum Error {
     #[error("the record of app {0:?} is unreadable")]
     Corrupt(String, #[source] serde_json::Error),
 
+    #[error(
+        "the trigger {id} of app {app:?} is unreadable in the store; remove it with `hearth app trigger rm {app} {id}`"
+    )]
+    CorruptTrigger {
+        app: String,
+        id: String,
+        #[source]
+        source: serde_json::Error,
+    },
+
     #[error("the uploaded component {sha256} of app {app:?} is missing from {dir}: deploy the app again")]
     BlobMissing { app: String, sha256: String, dir: std::path::PathBuf },
 
@@ -194,6 +204,7 @@ impl Error {
                 _ => ErrorKind::Internal,
             },
             Error::Corrupt(..)
+            | Error::CorruptTrigger { .. }
             | Error::BlobMissing { .. }
             | Error::Io { .. }
             | Error::Runtime(_)
@@ -222,7 +233,7 @@ impl Error {
             Error::RouteTaken { .. } => "route_taken",
             Error::MissingSecret { .. } => "missing_secret",
             Error::Contended(_) => "contended",
-            Error::Corrupt(..) => "corrupt",
+            Error::Corrupt(..) | Error::CorruptTrigger { .. } => "corrupt",
             Error::BlobMissing { .. } => "blob_missing",
             Error::Store(_) => "store",
             Error::Io { .. } => "io",

@@ -150,7 +150,7 @@ impl Spec {
                         e.prefix
                     )));
                 }
-                if hearth_triggers::private::is_secret_key(&e.prefix) {
+                if hearth_triggers::private::only_secrets(&e.prefix) {
                     return Err(Error::Manifest(format!(
                         "event prefix {:?} is not allowed: the values there hold secrets",
                         e.prefix
@@ -221,7 +221,7 @@ pub(crate) fn validate_all(specs: &[Spec]) -> Result<(), Error> {
     for spec in specs {
         spec.validate()?;
         if let Spec::Webhook(w) = spec
-            && !paths.insert(w.path.trim_end_matches('/'))
+            && !paths.insert(w.path.trim_end_matches('/').to_ascii_lowercase())
         {
             return Err(Error::Manifest(format!("two webhooks have the path {:?}", w.path)));
         }
@@ -229,8 +229,10 @@ pub(crate) fn validate_all(specs: &[Spec]) -> Result<(), Error> {
     Ok(())
 }
 
+/// Whether `spec` is a webhook on `path`, compared as the ingress matches
+/// paths: without a trailing slash, in any case.
 fn same_webhook(spec: &Spec, path: &str) -> bool {
-    matches!(spec, Spec::Webhook(w) if w.path.trim_end_matches('/') == path.trim_end_matches('/'))
+    matches!(spec, Spec::Webhook(w) if w.path.trim_end_matches('/').eq_ignore_ascii_case(path.trim_end_matches('/')))
 }
 
 /// Refuses a version whose manifest declares a webhook on a path that a
@@ -263,8 +265,13 @@ pub(crate) fn guards(app: &App, added: &[Trigger]) -> crate::service::Guards {
             _ => None,
         })
         .collect();
-    guards.sort_by(|a, b| b.path.len().cmp(&a.path.len()).then_with(|| a.path.cmp(&b.path)));
+    sort_guards(&mut guards);
     guards.into()
+}
+
+/// Longest path first; of two on one path (two daemons racing), the signed.
+fn sort_guards(guards: &mut [Guard]) {
+    guards.sort_by_key(|g| (std::cmp::Reverse(g.path.len()), g.secret.is_none()));
 }
 
 /// The store operations that delete what `app`'s triggers keep (on `app rm`).
@@ -320,8 +327,9 @@ impl Apps {
         let range = self.store().range(&prefix).await?;
         let mut out = Vec::with_capacity(range.kvs.len());
         for kv in range.kvs {
-            let stored: Stored =
-                serde_json::from_slice(&kv.value).map_err(|e| Error::Corrupt(name.to_owned(), e))?;
+            let stored: Stored = serde_json::from_slice(&kv.value).map_err(|source| {
+                Error::CorruptTrigger { app: name.to_owned(), id: kv.key[prefix.len()..].to_owned(), source }
+            })?;
             out.push(Trigger::added(stored));
         }
         Ok(out)
@@ -355,7 +363,7 @@ impl Apps {
         if !self.store().txn(txn).await?.succeeded {
             return Err(Error::NotFound(name.to_owned()));
         }
-        self.reconcile_held(name).await?;
+        self.rearm(name).await;
         self.note(name, format!("Added the {} trigger {id}.", spec.kind()));
         Ok(Trigger { id, source: "api".into(), spec, created_at })
     }
@@ -366,6 +374,13 @@ impl Apps {
         record::validate_name(name)?;
         let lock = self.app_lock(name);
         let _held = lock.lock().await;
+        let key = format!("{}{id}", trigger_prefix(name));
+        // An added trigger goes by its key, read or not (an unreadable one
+        // must be removable).
+        if !id.contains('/') && self.store().get(&key).await?.is_some() {
+            self.delete_added(name, id).await?;
+            return Ok(());
+        }
         let all = self.triggers(name).await?;
         match all.iter().find(|t| t.id == id) {
             None => {
@@ -383,12 +398,25 @@ impl Apps {
             }
             Some(_) => {}
         }
+        self.delete_added(name, id).await
+    }
+
+    async fn delete_added(&self, name: &str, id: &str) -> Result<(), Error> {
         let txn = hearth_store::Txn::new()
             .and_then(hearth_store::Op::Delete { key: format!("{}{id}", trigger_prefix(name)) })
             .and_then(hearth_store::Op::Delete { key: format!("{CRON_STATE}{name}/{id}") });
         self.store().txn(txn).await?;
-        self.reconcile_held(name).await?;
+        self.rearm(name).await;
         Ok(())
+    }
+
+    /// Installs the app's checks again after its triggers changed. The
+    /// change is made; if this fails, the app answers 503 (never
+    /// unchecked) and the watch of the store tries again.
+    async fn rearm(&self, name: &str) {
+        if let Err(e) = self.reconcile_held(name).await {
+            tracing::warn!(app = name, error = %chain(&e), "Cannot install the app's webhooks after a trigger change.");
+        }
     }
 
     /// Every app's triggers, by app, read in one pass.
@@ -497,18 +525,21 @@ pub fn delivery_key(app: &str, path: &str, key: &str) -> String {
 }
 
 /// A claimed delivery that the app is handling. Settled with the app's
-/// answer; dropped unsettled (the client went away, the daemon is
-/// draining), it is forgotten, so the sender's retry is handled.
+/// answer (the ingress settles it from a task of its own, so a client that
+/// goes away does not stop it); dropped unsettled, which only a panic or a
+/// runtime shutting down does, it is forgotten if it is still this claim,
+/// so the sender's retry is handled.
 pub(crate) struct Pending {
     apps: Apps,
-    key: Option<String>,
+    /// The store key, and the revision the claim was written at.
+    key: Option<(String, u64)>,
 }
 
 impl Pending {
     /// Records how the app answered. A failure (5xx) forgets the key, so
     /// that the sender's retry is handled again.
     pub(crate) async fn settle(mut self, status: u16) {
-        let Some(key) = self.key.take() else { return };
+        let Some((key, _)) = self.key.take() else { return };
         let apps = &self.apps;
         let result = if status >= 500 {
             apps.store().delete(&key).await.map(drop)
@@ -529,11 +560,14 @@ impl Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        let Some(key) = self.key.take() else { return };
+        let Some((key, revision)) = self.key.take() else { return };
         let store = self.apps.store().clone();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                if let Err(e) = store.delete(&key).await {
+                let forget = hearth_store::Txn::new()
+                    .when(hearth_store::Compare::mod_revision(&key, revision))
+                    .and_then(hearth_store::Op::Delete { key: key.clone() });
+                if let Err(e) = store.txn(forget).await {
                     tracing::warn!(error = %e, "Cannot forget an unfinished webhook delivery.");
                 }
             });
@@ -563,9 +597,10 @@ impl Apps {
             .and_then(put.clone())
             .or_else(hearth_store::Op::Get { key: store_key.clone() });
         let response = self.store().txn(txn).await?;
-        let claimed = Claim::New(Pending { apps: self.clone(), key: Some(store_key.clone()) });
+        let claimed =
+            |revision| Claim::New(Pending { apps: self.clone(), key: Some((store_key.clone(), revision)) });
         if response.succeeded {
-            return Ok(claimed);
+            return Ok(claimed(response.revision));
         }
         let Some(hearth_store::OpResponse::Get { kv: Some(kv) }) = response.responses.first() else {
             // Expired between the two: taken as new on the next delivery.
@@ -583,9 +618,10 @@ impl Apps {
         let takeover = hearth_store::Txn::new()
             .when(hearth_store::Compare::mod_revision(&store_key, kv.mod_revision))
             .and_then(put);
-        if self.store().txn(takeover).await?.succeeded {
+        let taken = self.store().txn(takeover).await?;
+        if taken.succeeded {
             tracing::info!(app, path, "Took over a webhook delivery left unfinished by an earlier daemon.");
-            Ok(claimed)
+            Ok(claimed(taken.revision))
         } else {
             Ok(Claim::InFlight)
         }
@@ -630,16 +666,41 @@ fn under(prefix: &str, path: &str) -> bool {
 /// segments and repeated slashes resolved, in any case), so that no
 /// spelling of a guarded path slips past its check. `guards` is longest
 /// first.
-pub(crate) fn guard_for<'g>(guards: &'g [Guard], path: &str) -> Option<&'g Guard> {
+pub(crate) fn guard_for<'g>(guards: &'g [Guard], path: &str) -> Verdict<'g> {
     if guards.is_empty() {
-        return None;
+        return Verdict::Open;
     }
-    let forms = path_forms(path);
-    let lowered: Vec<String> = forms.iter().map(|f| f.to_ascii_lowercase()).collect();
-    guards.iter().find(|g| {
-        let lower = g.path.to_ascii_lowercase();
-        forms.iter().any(|f| g.covers(f)) || lowered.iter().any(|f| under(&lower, f))
-    })
+    // Each spelling meets its own longest guard (in any case). Two
+    // spellings under two different guards are refused: the request could
+    // pass one check and be routed as the other.
+    let mut met: Option<&Guard> = None;
+    for form in path_forms(path) {
+        let lower = form.to_ascii_lowercase();
+        let Some(guard) =
+            guards.iter().find(|g| g.covers(&form) || under(&g.path.to_ascii_lowercase(), &lower))
+        else {
+            continue;
+        };
+        match met {
+            Some(seen) if !std::ptr::eq(seen, guard) => return Verdict::Ambiguous,
+            _ => met = Some(guard),
+        }
+    }
+    match met {
+        Some(guard) => Verdict::Guarded(guard),
+        None => Verdict::Open,
+    }
+}
+
+/// What the ingress does with a request, by its app's webhooks.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Verdict<'g> {
+    /// No webhook covers it.
+    Open,
+    /// This webhook's checks apply.
+    Guarded(&'g Guard),
+    /// Spellings of its path fall under different webhooks: refused.
+    Ambiguous,
 }
 
 /// `path` as sent and normalised: percent-decoded (repeatedly, for
@@ -1005,19 +1066,31 @@ mod tests {
         let guard =
             |path: &str, secret: Option<&str>| Guard { path: path.into(), secret: secret.map(Into::into) };
         let mut list = vec![guard("/hooks", None), guard("/hooks/github", Some("s")), guard("", None)];
-        list.sort_by_key(|g| std::cmp::Reverse(g.path.len()));
-        let pick = |path: &str| guard_for(&list, path).map(|g| g.path.as_str());
+        sort_guards(&mut list);
+        let pick = |path: &str| match guard_for(&list, path) {
+            Verdict::Guarded(g) => Some(g.path.as_str()),
+            Verdict::Open => None,
+            Verdict::Ambiguous => Some("ambiguous"),
+        };
         assert_eq!(pick("/hooks/github/push"), Some("/hooks/github"));
         assert_eq!(pick("/hooks/gitlab"), Some("/hooks"));
         assert_eq!(pick("/other"), Some(""));
         for spelling in
             ["/hooks//github", "/a/../hooks/github", "/hooks/%67ithub", "/Hooks/GITHUB", "/hooks\\github"]
         {
-            assert_eq!(pick(spelling), Some("/hooks/github"), "{spelling}");
+            // Checked as the signed one, or refused for being two at once.
+            let met = pick(spelling);
+            assert!(matches!(met, Some("/hooks/github" | "ambiguous")), "{spelling}: {met:?}");
         }
         assert_eq!(path_forms("/a/./b/../c%2Fd"), ["/a/./b/../c%2Fd", "/a/c/d"]);
         assert_eq!(path_forms("/plain"), ["/plain"]);
-        assert!(guard_for(&[], "/x").is_none());
+        assert_eq!(guard_for(&[], "/x"), Verdict::Open);
+        // A spelling that one check would pass and another route refuses.
+        assert_eq!(pick("/hooks/github/../gitlab"), Some("ambiguous"));
+        // Of two on one path, the signed one.
+        let mut tie = vec![guard("/a", None), guard("/a", Some("s"))];
+        sort_guards(&mut tie);
+        assert_eq!(guard_for(&tie, "/a"), Verdict::Guarded(&tie[0]));
     }
 
     #[test]

@@ -66,7 +66,7 @@ async fn the_most_specific_webhook_checks_every_spelling_of_its_path() {
         raw(h.addr, "/hooks/github", &[(hearth_triggers::signature::HEADER, &signature)], "{}").await;
     assert_ne!(status, 401, "{answer}");
 
-    // However the path is spelled, the signed webhook checks it.
+    // However the path is spelled, it does not get past the signed webhook.
     for path in [
         "/hooks/github/push",
         "/hooks//github",
@@ -78,9 +78,16 @@ async fn the_most_specific_webhook_checks_every_spelling_of_its_path() {
         "/HOOKS/GitHub",
         "//hooks/github",
     ] {
+        // Refused: as unsigned (401), or, where the spelling also falls
+        // under the unsigned /hooks as written, as ambiguous (400).
         let (status, answer) = raw(h.addr, path, &[], "{}").await;
-        assert_eq!(status, 401, "{path} was not checked: {answer}");
+        assert!(status == 401 || status == 400, "{path} was not checked: {answer}");
     }
+    // A spelling under two webhooks at once (the signed one as written,
+    // the unsigned one as resolved) is refused outright.
+    let (status, answer) = raw(h.addr, "/hooks/github/../gitlab", &[], "{}").await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("plain"), "{answer}");
     h.stop().await;
 }
 
@@ -102,6 +109,17 @@ async fn added_webhooks_guard_at_once_and_a_manifest_cannot_shadow_them() {
     let err = h.apps.deploy("hooks-app", kitchen.clone(), Some(clash), vec![]).await.unwrap_err().to_string();
     assert!(err.contains("already has one there") && err.contains(&added.id), "{err}");
     assert_eq!(raw(h.addr, "/echo", &[], "x").await.0, 401);
+    // Paths are matched in any case, so two in different cases clash too.
+    let cased = format!("{MANIFEST}\n[[webhook]]\npath = \"/Hooks\"\n");
+    let err = h.apps.deploy("hooks-app", kitchen.clone(), Some(cased), vec![]).await.unwrap_err().to_string();
+    assert!(err.contains("two webhooks"), "{err}");
+    let err = h
+        .apps
+        .add_trigger("hooks-app", Spec::Webhook(Webhook { path: "/ECHO".into(), secret: None }))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("already has a webhook"), "{err}");
 
     // A redeploy keeps the added webhook; removed, it guards no more.
     h.apps.deploy("hooks-app", kitchen.clone(), Some(MANIFEST.into()), vec![]).await.unwrap();
@@ -109,6 +127,17 @@ async fn added_webhooks_guard_at_once_and_a_manifest_cannot_shadow_them() {
     h.apps.remove_trigger("hooks-app", &added.id).await.unwrap();
     let (status, answer) = raw(h.addr, "/echo", &[], "x").await;
     assert_eq!(status, 200, "{answer}");
+
+    // An added trigger that cannot be read leaves the app unserved, not
+    // unchecked, and can be removed.
+    h.store.put("apps/triggers/hooks-app/t-bad", b"{not json".to_vec(), None).await.unwrap();
+    let refused =
+        support::eventually(Duration::from_secs(10), async || raw(h.addr, "/", &[], "").await.0 == 503).await;
+    assert!(refused, "the app still serves without its checks");
+    let (_, answer) = raw(h.addr, "/echo", &[], "x").await;
+    assert!(answer.contains("hearth app trigger rm hooks-app t-bad"), "{answer}");
+    h.apps.remove_trigger("hooks-app", "t-bad").await.unwrap();
+    assert_eq!(raw(h.addr, "/", &[], "").await.0, 200);
 
     // After a restart, an added webhook guards from the first request: the
     // checks are loaded with the app, before the ingress serves it.
@@ -131,7 +160,9 @@ async fn added_webhooks_guard_at_once_and_a_manifest_cannot_shadow_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_delivery_is_handled_again_and_a_dead_daemons_claim_is_taken_over() {
     let h = Harness::start().await;
-    let manifest = format!("{MANIFEST}\n[[webhook]]\npath = \"/trap\"\n\n[[webhook]]\npath = \"/echo\"\n");
+    let manifest = format!(
+        "{MANIFEST}\n[[webhook]]\npath = \"/trap\"\n\n[[webhook]]\npath = \"/echo\"\n\n[[webhook]]\npath = \"/sleep\"\n"
+    );
     h.apps.deploy("hooks-app", guests().kitchen.clone(), Some(manifest), vec![]).await.unwrap();
 
     // The app fails (a trap is a 500): the key is forgotten, and the
@@ -152,7 +183,25 @@ async fn a_failed_delivery_is_handled_again_and_a_dead_daemons_claim_is_taken_ov
     let (status, again) = raw(h.addr, "/echo", &key, "one").await;
     assert_eq!(status, 200);
     assert!(again.to_ascii_lowercase().contains("x-hearth-duplicate: true"), "{again}");
-    assert_eq!(h.apps.stats().requests, requests, "the redelivery did not run the app");
+    // And stays remembered: a third is a duplicate as well.
+    let (_, third) = raw(h.addr, "/echo", &key, "one").await;
+    assert!(third.to_ascii_lowercase().contains("x-hearth-duplicate: true"), "{third}");
+    assert_eq!(h.apps.stats().requests, requests, "the redeliveries did not run the app");
+
+    // A sender that goes away before the answer: the app's answer is
+    // still recorded, so the retry does not run it again.
+    let mut gone = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    gone.write_all(
+        b"POST /sleep?ms=600 HTTP/1.1\r\nHost: hooks-app.localhost\r\nIdempotency-Key: d-4\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    drop(gone);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (status, retry) = raw(h.addr, "/sleep?ms=600", &[("Idempotency-Key", "d-4")], "").await;
+    assert_eq!(status, 200, "{retry}");
+    assert!(retry.to_ascii_lowercase().contains("x-hearth-duplicate: true"), "the retry ran again: {retry}");
 
     // A claim still pending (its daemon died handling it) holds off
     // redeliveries while it could be running, then is taken over.
@@ -163,6 +212,9 @@ async fn a_failed_delivery_is_handled_again_and_a_dead_daemons_claim_is_taken_ov
     let key = [("Idempotency-Key", "d-3")];
     let (status, answer) = raw(h.addr, "/echo", &key, "three").await;
     assert_eq!(status, 409, "a fresh pending claim is in flight: {answer}");
+    let (status, answer) = raw(h.addr, "/echo", &key, "three").await;
+    assert_eq!(status, 409, "a refused delivery left the claim alone: {answer}");
+    assert!(h.store.get(&stale).await.unwrap().is_some(), "a refused delivery deleted the claim");
     h.store.put(&stale, pending(now - 60_000), None).await.unwrap();
     let (status, answer) = raw(h.addr, "/echo", &key, "three").await;
     assert_eq!(status, 200, "a stale claim is taken over: {answer}");

@@ -128,7 +128,7 @@ impl Triggers {
             Schedule::parse(&c.schedule, &c.timezone).map_err(Error::Manifest)?;
         }
         for e in &t.events {
-            if hearth_triggers::private::is_secret_key(&e.prefix) {
+            if hearth_triggers::private::only_secrets(&e.prefix) {
                 return Err(Error::Manifest(format!(
                     "event prefix {:?} is not allowed: the values there hold secrets",
                     e.prefix

@@ -289,8 +289,13 @@ async fn app_webhooks_refuse_unsigned_requests_and_triggers_come_and_go_by_cli()
         .env_remove("HEARTH_TOKEN")
         .output()
         .unwrap();
-    let yearly = json(&out)["id"].as_str().unwrap().to_owned();
-    success(&daemon.cli(&["app", "trigger", "rm", "counter", &yearly]));
+    let yearly = json(&out);
+    assert_eq!(yearly["signed"], false, "{yearly}");
+    success(&daemon.cli(&["app", "trigger", "rm", "counter", yearly["id"].as_str().unwrap()]));
+    // Given as a flag to a cron, it is a mistake, and said.
+    let err =
+        failure(&daemon.cli(&["app", "trigger", "add", "counter", "--cron", "@yearly", "--secret", "s"]));
+    assert!(err.contains("--secret is for --webhook only"), "{err}");
 
     // An added trigger survives a redeploy, and a store event calls the app.
     let added = json(&daemon.cli(&[

@@ -21,6 +21,17 @@ pub fn is_secret_key(key: &str) -> bool {
     SECRET_PREFIXES.iter().any(|p| key.starts_with(p))
 }
 
+/// Whether an event trigger on `prefix` would only ever match keys that
+/// hold secrets (which it never sees): the prefix is inside one of
+/// [`SECRET_PREFIXES`], or reaches into its last segment (`apps/secr`).
+pub fn only_secrets(prefix: &str) -> bool {
+    is_secret_key(prefix)
+        || SECRET_PREFIXES.iter().any(|p| {
+            let last_segment = p[..p.len() - 1].rfind('/').map_or(0, |i| i + 1);
+            p.starts_with(prefix) && prefix.len() > last_segment
+        })
+}
+
 /// What a secret is shown as.
 pub const MASK: &str = "(hidden)";
 
@@ -99,5 +110,9 @@ mod tests {
         assert!(is_secret_key("workflows/triggers/approval/t-1"));
         assert!(!is_secret_key("machines/records/n1"));
         assert!(!is_secret_key("apps/data/web/default/k"));
+        assert!(
+            only_secrets("apps/secrets") && only_secrets("apps/s") && only_secrets("workflows/triggers/x")
+        );
+        assert!(!only_secrets("apps/") && !only_secrets("machines/") && !only_secrets("a"));
     }
 }

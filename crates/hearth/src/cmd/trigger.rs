@@ -88,6 +88,12 @@ pub(crate) async fn run(client: &Client, target: &str, command: Command) -> anyh
             signal,
             json,
         } => {
+            // The variable may be exported for webhooks; a flag given
+            // with another kind of trigger is a mistake worth saying.
+            let from_env = std::env::var("HEARTH_WEBHOOK_SECRET").ok();
+            if webhook.is_none() && secret.is_some() && secret != from_env {
+                anyhow::bail!("--secret is for --webhook only: a cron or event trigger is not signed");
+            }
             let secret = secret.filter(|_| webhook.is_some());
             let mut spec = TriggerBody { timezone, secret, body, input, signal, ..TriggerBody::default() };
             if let Some(schedule) = cron {
