@@ -267,7 +267,11 @@ impl Api {
         })?;
         stream.set_read_timeout(Some(self.timeout)).map_err(|e| control(e.to_string()))?;
         stream.set_write_timeout(Some(self.timeout)).map_err(|e| control(e.to_string()))?;
-        let body = serde_json::to_vec(&call.body).map_err(|e| control(e.to_string()))?;
+        // GETs (and anything else without a body) send none.
+        let body = match &call.body {
+            Value::Null => Vec::new(),
+            body => serde_json::to_vec(body).map_err(|e| control(e.to_string()))?,
+        };
         let head = format!(
             "{} {} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             call.method,
@@ -533,14 +537,13 @@ pub fn copy_sparse(from: &Path, to: &Path) -> Result<(), Error> {
         .map_err(|e| Error::Io { path: to.to_owned(), source: e })?;
     if !out.status.success() {
         let _ = std::fs::remove_file(to);
-        return Err(Error::Start {
-            vmm: "cp",
-            message: format!(
-                "cannot copy {} to {}: {}",
+        return Err(Error::Io {
+            path: to.to_owned(),
+            source: std::io::Error::other(format!(
+                "cannot copy {} there: {}",
                 from.display(),
-                to.display(),
                 String::from_utf8_lossy(&out.stderr).trim()
-            ),
+            )),
         });
     }
     Ok(())
@@ -739,7 +742,12 @@ mod tests {
                 }
                 let mut request = vec![0u8; length];
                 reader.read_exact(&mut request).expect("body");
-                seen.push(Seen { method, path, body: serde_json::from_slice(&request).expect("json body") });
+                let sent = if request.is_empty() {
+                    Value::Null
+                } else {
+                    serde_json::from_slice(&request).expect("json body")
+                };
+                seen.push(Seen { method, path, body: sent });
                 let reason = if status < 300 { "No Content" } else { "Bad Request" };
                 let mut out = stream;
                 // Headers and body in separate writes, as a real server may.
@@ -790,6 +798,7 @@ mod tests {
                 body: json!({ "action_type": "InstanceStart" })
             }
         );
+        assert_eq!(seen[1], Seen { method: "GET".into(), path: "/version".into(), body: Value::Null });
         assert_eq!(seen.len(), 3);
 
         let gone = Api::new(dir.path().join("absent.sock")).call(&start).expect_err("no socket");
@@ -925,6 +934,7 @@ mod tests {
         raw_disk(&base, &small, Some(1 << 20)).expect("raw disk");
         assert_eq!(std::fs::metadata(&small).expect("stat").len(), 64 << 20);
         let error = raw_disk(&dir.path().join("absent"), &small, None).expect_err("absent");
-        assert!(error.to_string().contains("cannot copy"), "{error}");
+        let text = crate::chain(&error);
+        assert!(text.contains("cannot copy") && text.contains("absent"), "{text}");
     }
 }
