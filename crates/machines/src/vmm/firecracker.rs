@@ -370,7 +370,16 @@ pub fn launch(binary: &Path, config: &VmConfig) -> Result<(), Error> {
 pub fn launch_restored(binary: &Path, config: &VmConfig, load: &Call) -> Result<(), Error> {
     let child = spawn(binary, config)?;
     let api = Api::new(VmFiles::in_dir(&config.dir).control);
-    run_calls(child, &api, std::slice::from_ref(load))
+    run_calls(child, &api, std::slice::from_ref(load)).map_err(|error| match error {
+        Error::Start { vmm, message } if load.body.get("network_overrides").is_some() => Error::Start {
+            vmm,
+            message: format!(
+                "{message}; the machine's taps differ from the snapshot's, which needs a Firecracker that takes \
+                 network_overrides: upgrade it, or remove the original machine and restore under its name"
+            ),
+        },
+        other => other,
+    })
 }
 
 /// Makes the calls; on the first failure Firecracker is killed, so a
@@ -895,6 +904,37 @@ mod tests {
             std::fs::read_to_string(dir.join("started")).expect("pid").trim().parse().expect("pid");
         // Killed and reaped: no such process any more.
         assert!(!Path::new(&format!("/proc/{pid}")).exists(), "the process was left running");
+    }
+
+    #[test]
+    fn a_refused_restore_under_another_name_says_what_to_do() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("n2");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let socket = VmFiles::in_dir(&dir).control;
+        let binary = fake_binary(root.path(), "touch started; exec sleep 30");
+        let server = {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                let marker = socket.with_file_name("started");
+                while !marker.exists() {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                let refusal = r#"{"fault_message":"unknown field `network_overrides`"}"#;
+                fake_api(&socket, vec![(400, refusal)]).join()
+            })
+        };
+        let load =
+            load_call(Path::new("/s/state"), Path::new("/s/memory"), &["ht-n1".into()], &["ht-n2".into()]);
+        let error = launch_restored(&binary, &config(&dir), &load).expect_err("refused");
+        let text = error.to_string();
+        assert!(
+            text.contains("unknown field `network_overrides`") && text.contains("restore under its name"),
+            "{text}"
+        );
+        let seen = server.join().expect("server").expect("fake api");
+        assert_eq!(seen[0].path, "/snapshot/load");
+        assert_eq!(seen[0].body, load.body);
     }
 
     #[test]
