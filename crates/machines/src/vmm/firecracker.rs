@@ -394,12 +394,14 @@ fn run_calls(mut child: Child, api: &Api, calls: &[Call]) -> Result<(), Error> {
             return Err(error);
         }
     }
-    std::thread::Builder::new()
-        .name("firecracker-reaper".into())
-        .spawn(move || {
-            let _ = child.wait();
-        })
-        .map_err(|e| Error::Control(format!("cannot start a thread to wait for Firecracker: {e}")))?;
+    let reaper = std::thread::Builder::new().name("firecracker-reaper".into()).spawn(move || {
+        let _ = child.wait();
+    });
+    if let Err(error) = reaper {
+        // The VM runs; unreaped, it stays a zombie once it ends, which
+        // `is_vm_process` already counts as gone.
+        tracing::warn!(error = %error, "Cannot start a thread to reap Firecracker.");
+    }
     Ok(())
 }
 
@@ -434,7 +436,11 @@ pub fn spawn(binary: &Path, config: &VmConfig) -> Result<Child, Error> {
         std::io::ErrorKind::NotFound => Error::Missing(BINARY),
         _ => Error::Io { path: binary.to_owned(), source: e },
     })?;
-    std::fs::write(&files.pid, format!("{}\n", child.id())).map_err(io(&files.pid))?;
+    if let Err(source) = std::fs::write(&files.pid, format!("{}\n", child.id())) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(Error::Io { path: files.pid, source });
+    }
     let started = Instant::now();
     loop {
         // The socket file is there once Firecracker bound it; the first
