@@ -20,8 +20,12 @@ pub fn args(backend: Backend, config: &VmConfig) -> Result<Vec<String>, Error> {
     // virtio devices hang off PCI on `pc`, off MMIO on `microvm`.
     let (machine, accel, cpu, bus) = match backend {
         Backend::QemuTcg => ("pc", "tcg", "max", "pci"),
+        // ACPI describes the virtio-mmio devices to the guest: Debian's
+        // kernel is built without VIRTIO_MMIO_CMDLINE_DEVICES, so with
+        // acpi=off (QEMU then lists them on the command line) it finds none
+        // and the agent never sees its port.
         Backend::QemuKvm => {
-            ("microvm,acpi=off,x-option-roms=off,isa-serial=on,rtc=on", "kvm", "host", "device")
+            ("microvm,acpi=on,x-option-roms=off,isa-serial=on,rtc=on", "kvm", "host", "device")
         }
         Backend::Firecracker => {
             return Err(Error::Unsupported { backend, reason: "not a QEMU backend".to_owned() });
@@ -231,7 +235,7 @@ mod tests {
     #[test]
     fn kvm_uses_microvm_and_mmio_devices() {
         let a = joined(Backend::QemuKvm);
-        assert!(a.contains("-M microvm"), "{a}");
+        assert!(a.contains("-M microvm,acpi=on"), "{a}");
         assert!(a.contains("-accel kvm -cpu host"), "{a}");
         assert!(a.contains("virtio-blk-device,drive=root"), "{a}");
     }
