@@ -18,23 +18,6 @@ fn code(output: &std::process::Output) -> i32 {
     output.status.code().unwrap_or(-1)
 }
 
-/// Firecracker processes started from this daemon's data dir (their API
-/// socket is in it; testkit's `vm_pids` looks for QEMU only).
-fn firecracker_pids(daemon: &Daemon) -> Vec<u32> {
-    let needle = daemon.data_dir().display().to_string();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                let text = String::from_utf8_lossy(&c);
-                text.contains("--api-sock") && text.contains(&needle)
-            })
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn firecracker_is_refused_with_the_reason_where_it_cannot_run() {
     let daemon = Daemon::start(BIN).await;
@@ -75,7 +58,7 @@ async fn a_firecracker_machine_runs_execs_stops_starts_and_leaves_nothing() {
     let m = daemon.client().machine("fc1").await.expect("machine");
     assert_eq!(m.backend, "firecracker");
     assert!(m.boot_ms.is_some_and(|ms| ms < 10_000), "{m:?}");
-    assert_eq!(firecracker_pids(&daemon).len(), 1);
+    assert_eq!(daemon.vm_pids().len(), 1);
 
     let run = daemon.cli(&["machine", "exec", "fc1", "--", "sh", "-c", "echo out; echo err >&2; exit 7"]);
     assert_eq!(code(&run), 7);
@@ -90,12 +73,12 @@ async fn a_firecracker_machine_runs_execs_stops_starts_and_leaves_nothing() {
     // Stop: the agent restarts the guest, which ends Firecracker.
     success(&daemon.cli(&["machine", "stop", "fc1"]));
     assert_eq!(daemon.client().machine("fc1").await.expect("m").state, "stopped");
-    assert!(firecracker_pids(&daemon).is_empty(), "a stopped machine has no VM process");
+    assert!(daemon.vm_pids().is_empty(), "a stopped machine has no VM process");
     success(&daemon.cli(&["machine", "start", "fc1"]));
     assert_eq!(success(&daemon.cli(&["machine", "exec", "fc1", "--", "echo", "again"])), "again\n");
 
     success(&daemon.cli(&["machine", "rm", "-f", "fc1"]));
-    assert!(firecracker_pids(&daemon).is_empty(), "VM process left behind");
+    assert!(daemon.vm_pids().is_empty(), "VM process left behind");
     assert!(!daemon.data_dir().join("machines/fc1").exists(), "machine directory left behind");
 }
 
@@ -121,7 +104,7 @@ async fn a_firecracker_snapshot_restores_under_another_name_and_keeps_counting()
     };
     let before = count("fc2");
     success(&daemon.cli(&["machine", "snapshot", "fc2", "fcsnap"]));
-    assert!(firecracker_pids(&daemon).is_empty(), "the snapshotted VM is gone");
+    assert!(daemon.vm_pids().is_empty(), "the snapshotted VM is gone");
     // Another name: other taps (network_overrides), the same relative disk and vsock paths.
     let out = success(&daemon.cli(&["machine", "restore", "fcsnap", "--name", "fc3"]));
     assert!(out.contains("fc3 is running"), "{out}");
@@ -136,5 +119,5 @@ async fn a_firecracker_snapshot_restores_under_another_name_and_keeps_counting()
         success(&daemon.cli(&["machine", "rm", "-f", name]));
     }
     success(&daemon.cli(&["snapshot", "rm", "fcsnap"]));
-    assert!(firecracker_pids(&daemon).is_empty());
+    assert!(daemon.vm_pids().is_empty());
 }

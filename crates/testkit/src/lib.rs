@@ -256,7 +256,8 @@ impl Daemon {
         }
     }
 
-    /// VM processes started from this data dir (by their command lines).
+    /// VM processes started from this data dir (by their command lines):
+    /// QEMU's, and Firecracker's (whose API socket is in the data dir).
     pub fn vm_pids(&self) -> Vec<u32> {
         let needle = self.data_dir().display().to_string();
         let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
@@ -267,7 +268,8 @@ impl Daemon {
                 std::fs::read(format!("/proc/{pid}/cmdline"))
                     .map(|c| {
                         let text = String::from_utf8_lossy(&c);
-                        text.contains("qemu-system") && text.contains(&needle)
+                        (text.contains("qemu-system") || text.contains("--api-sock"))
+                            && text.contains(&needle)
                     })
                     .unwrap_or(false)
             })
