@@ -731,6 +731,23 @@ mod tests {
     /// A fake Firecracker API on `socket`: answers each request with the
     /// next of `answers` (status, body), one connection per request, and
     /// returns what it was sent.
+    /// [`fake_api`] on `socket`, once the fake binary has written the
+    /// `started` file beside it (it binds the socket only then, as
+    /// Firecracker would).
+    fn fake_api_once_started(
+        socket: &Path,
+        answers: Vec<(u16, &'static str)>,
+    ) -> std::thread::JoinHandle<std::thread::Result<Vec<Seen>>> {
+        let socket = socket.to_owned();
+        std::thread::spawn(move || {
+            let marker = socket.with_file_name("started");
+            while !marker.exists() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            fake_api(&socket, answers).join()
+        })
+    }
+
     fn fake_api(socket: &Path, answers: Vec<(u16, &'static str)>) -> std::thread::JoinHandle<Vec<Seen>> {
         let listener = UnixListener::bind(socket).expect("bind");
         std::thread::spawn(move || {
@@ -890,16 +907,8 @@ mod tests {
         let config = config(&dir);
         let socket = VmFiles::in_dir(&dir).control;
         let binary = fake_binary(root.path(), "echo $$ > started; exec sleep 30");
-        let server = {
-            let socket = socket.clone();
-            std::thread::spawn(move || {
-                let marker = socket.with_file_name("started");
-                while !marker.exists() {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                fake_api(&socket, vec![(204, ""), (400, r#"{"fault_message":"Out of memory"}"#)]).join()
-            })
-        };
+        let server =
+            fake_api_once_started(&socket, vec![(204, ""), (400, r#"{"fault_message":"Out of memory"}"#)]);
         let error = launch(&binary, &config).expect_err("refused");
         assert!(
             error.to_string().contains("PUT /machine-config was refused (400): Out of memory"),
@@ -919,17 +928,8 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("mkdir");
         let socket = VmFiles::in_dir(&dir).control;
         let binary = fake_binary(root.path(), "touch started; exec sleep 30");
-        let server = {
-            let socket = socket.clone();
-            std::thread::spawn(move || {
-                let marker = socket.with_file_name("started");
-                while !marker.exists() {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                let refusal = r#"{"fault_message":"unknown field `network_overrides`"}"#;
-                fake_api(&socket, vec![(400, refusal)]).join()
-            })
-        };
+        let refusal = r#"{"fault_message":"unknown field `network_overrides`"}"#;
+        let server = fake_api_once_started(&socket, vec![(400, refusal)]);
         let load =
             load_call(Path::new("/s/state"), Path::new("/s/memory"), &["ht-n1".into()], &["ht-n2".into()]);
         let error = launch_restored(&binary, &config(&dir), &load).expect_err("refused");
