@@ -54,7 +54,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use hearth_store::EventKind;
 use hearth_triggers::CronState;
 use hearth_triggers::Schedule;
 use serde::{Deserialize, Serialize};
@@ -919,26 +918,15 @@ async fn follow_events(apps: Apps) {
         if hearth_triggers::private::is_secret_key(key) {
             continue;
         }
-        let kind = match event.kind {
-            EventKind::Put => "put",
-            EventKind::Delete => "delete",
-        };
         for (name, trigger) in &triggers {
             let Spec::Event(spec) = &trigger.spec else { continue };
-            let kind_ok = spec.kinds.is_empty() || spec.kinds.iter().any(|k| k == kind);
-            if !kind_ok || !key.starts_with(&spec.prefix) {
+            if !hearth_triggers::events::takes(&spec.prefix, &spec.kinds, &event) {
                 continue;
             }
-            let body = serde_json::json!({
-                "kind": kind,
-                "key": key,
-                "value": String::from_utf8_lossy(&event.kv.value),
-                "revision": event.revision(),
-            });
             let call = EventCall {
                 trigger: trigger.clone(),
                 path: spec.path.clone(),
-                body: Bytes::from(body.to_string()),
+                body: Bytes::from(hearth_triggers::events::payload(&event)),
             };
             let queue = queues.entry(name.clone()).or_insert_with(|| event_worker(&apps, name));
             match queue.try_send(call) {

@@ -33,7 +33,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::StreamExt;
-use hearth_store::EventKind;
 use hearth_triggers::CronState;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -552,25 +551,15 @@ async fn on_event(
     if key.starts_with(record::WORKFLOWS) || hearth_triggers::private::is_secret_key(key) {
         return;
     }
-    let kind = match event.kind {
-        EventKind::Put => "put",
-        EventKind::Delete => "delete",
-    };
     for (workflow, list) in triggers.iter() {
         for (index, t) in list.iter().enumerate() {
-            let kind_ok = t.kinds.is_empty() || t.kinds.iter().any(|k| k == kind);
-            if !kind_ok || !key.starts_with(&t.prefix) {
+            if !hearth_triggers::events::takes(&t.prefix, &t.kinds, event) {
                 continue;
             }
-            let input = serde_json::json!({
-                "kind": kind,
-                "key": key,
-                "value": String::from_utf8_lossy(&event.kv.value),
-                "revision": event.revision(),
-            });
+            let input = hearth_triggers::events::payload(event);
             let request = StartRequest {
                 workflow: workflow.clone(),
-                input: input.to_string(),
+                input,
                 id: Some(format!("{workflow}-event-{index}-{}", event.revision())),
                 started_by: "event".into(),
                 parent: None,

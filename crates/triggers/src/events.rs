@@ -5,7 +5,33 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use hearth_store::{Event, Revision, Store, WatchStream};
+use hearth_store::{Event, EventKind, Revision, Store, WatchStream};
+
+/// Whether an event trigger on `prefix`, for `kinds` (`put`, `delete`;
+/// empty: both), takes this change.
+pub fn takes(prefix: &str, kinds: &[String], event: &Event) -> bool {
+    let kind = kind_name(event.kind);
+    event.kv.key.starts_with(prefix) && (kinds.is_empty() || kinds.iter().any(|k| k == kind))
+}
+
+/// What an event trigger hands on for a change, as JSON text:
+/// `{"kind", "key", "value", "revision"}`.
+pub fn payload(event: &Event) -> String {
+    serde_json::json!({
+        "kind": kind_name(event.kind),
+        "key": event.kv.key,
+        "value": String::from_utf8_lossy(&event.kv.value),
+        "revision": event.revision(),
+    })
+    .to_string()
+}
+
+fn kind_name(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::Put => "put",
+        EventKind::Delete => "delete",
+    }
+}
 
 /// Every change in `store` from now on, in revision order, without end. A
 /// watch that cannot start or that breaks is started again from the change
@@ -73,6 +99,31 @@ pub fn follow(store: Arc<dyn Store>, what: &'static str) -> impl Stream<Item = E
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn triggers_take_changes_by_prefix_and_kind() {
+        let event = |kind, key: &str| Event {
+            kind,
+            kv: hearth_store::KeyValue {
+                key: key.into(),
+                value: b"v".to_vec(),
+                create_revision: 3,
+                mod_revision: 3,
+                version: 1,
+                lease: None,
+            },
+        };
+        let put = event(EventKind::Put, "machines/n1");
+        assert!(takes("machines/", &[], &put));
+        assert!(takes("machines/", &["put".into()], &put));
+        assert!(!takes("machines/", &["delete".into()], &put));
+        assert!(!takes("networks/", &[], &put));
+        let json: serde_json::Value = serde_json::from_str(&payload(&put)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"kind": "put", "key": "machines/n1", "value": "v", "revision": 3})
+        );
+    }
 
     #[tokio::test]
     async fn changes_come_in_order_from_now_on() {
