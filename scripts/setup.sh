@@ -28,19 +28,39 @@ targets=(x86_64-unknown-linux-musl wasm32-wasip2)
 
 say() { printf '\033[1msetup:\033[0m %s\n' "$*"; }
 
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
+missing_packages() {
+  missing=()
+  for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+}
+
+sudo=""
+install_missing() {
   say "installing Debian packages: ${missing[*]}"
-  sudo=""
-  if [ "$(id -u)" -ne 0 ]; then
+  if [ "$(id -u)" -ne 0 ] && [ -z "$sudo" ]; then
     command -v sudo >/dev/null || { echo "setup: need root (or sudo) to install: ${missing[*]}" >&2; exit 1; }
     sudo="sudo"
   fi
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+missing_packages
+if ((${#missing[@]})); then
+  install_missing
+  # Installing one package can remove another that was there: a machine
+  # with a backported qemu-utils loses it when Debian's qemu-system-x86 is
+  # installed beside it. So look again, and install what went.
+  missing_packages
+  if ((${#missing[@]})); then
+    install_missing
+    missing_packages
+    if ((${#missing[@]})); then
+      echo "setup: these Debian packages would not stay installed: ${missing[*]}; see \`apt-cache policy ${missing[*]}\` for why" >&2
+      exit 1
+    fi
+  fi
 else
   say "Debian packages present"
 fi
