@@ -57,6 +57,37 @@ pub fn probe_host() -> HostReport {
 /// line, which Debian's kernel does not read), and KVM proven to work by
 /// the boot probe.
 pub fn firecracker_problem(host: &HostReport) -> Option<String> {
+    if let Some(problem) = firecracker_binary_problem(host) {
+        return Some(problem);
+    }
+    match host.kvm.usable {
+        Some(true) => None,
+        Some(false) => Some(format!("Firecracker needs KVM, which is not usable here: {}", host.kvm.detail)),
+        None => {
+            Some(format!("Firecracker needs KVM, which has not been proven to work yet: {}", host.kvm.detail))
+        }
+    }
+}
+
+/// The VMM that can run the KVM boot probe: QEMU where it is installed,
+/// else a Firecracker new enough to boot hearth's guest, so that a host
+/// with only Firecracker still learns that KVM works. `None` where KVM
+/// cannot be opened or neither VMM is there.
+pub fn kvm_probe_backend(host: &HostReport) -> Option<crate::vmm::Backend> {
+    use crate::vmm::Backend;
+    if !host.kvm.accessible {
+        None
+    } else if host.qemu.is_some() {
+        Some(Backend::QemuKvm)
+    } else if firecracker_binary_problem(host).is_none() {
+        Some(Backend::Firecracker)
+    } else {
+        None
+    }
+}
+
+/// Why the Firecracker binary will not do, KVM aside.
+fn firecracker_binary_problem(host: &HostReport) -> Option<String> {
     use crate::vmm::firecracker::{MIN_VERSION, parse_version};
     let Some(tool) = &host.firecracker else {
         return Some(
@@ -73,13 +104,7 @@ pub fn firecracker_problem(host: &HostReport) -> Option<String> {
             tool.path.display()
         ));
     }
-    match host.kvm.usable {
-        Some(true) => None,
-        Some(false) => Some(format!("Firecracker needs KVM, which is not usable here: {}", host.kvm.detail)),
-        None => {
-            Some(format!("Firecracker needs KVM, which has not been proven to work yet: {}", host.kvm.detail))
-        }
-    }
+    None
 }
 
 fn probe_kvm(dev: &Path) -> KvmReport {
@@ -171,6 +196,31 @@ mod tests {
         assert!(problem(&host(Some(tool("Firecracker v1.10.1")), None)).contains("not been proven"));
         // A version line it cannot read does not stop it.
         assert_eq!(firecracker_problem(&host(Some(tool("custom build")), Some(true))), None);
+    }
+
+    #[test]
+    fn the_kvm_probe_runs_on_qemu_else_on_a_new_enough_firecracker() {
+        use crate::vmm::Backend;
+        let tool = |version: &str| Tool { path: "/usr/bin/vmm".into(), version: Some(version.into()) };
+        let host = |accessible, qemu: Option<Tool>, firecracker: Option<Tool>| HostReport {
+            kvm: KvmReport { present: true, accessible, usable: None, detail: String::new() },
+            qemu,
+            firecracker,
+        };
+        let qemu = || Some(tool("QEMU emulator version 7.2.19"));
+        let firecracker = |v: &str| Some(tool(v));
+
+        assert_eq!(
+            kvm_probe_backend(&host(true, qemu(), firecracker("Firecracker v1.10.1"))),
+            Some(Backend::QemuKvm)
+        );
+        assert_eq!(
+            kvm_probe_backend(&host(true, None, firecracker("Firecracker v1.10.1"))),
+            Some(Backend::Firecracker)
+        );
+        assert_eq!(kvm_probe_backend(&host(true, None, firecracker("Firecracker v1.7.0"))), None);
+        assert_eq!(kvm_probe_backend(&host(true, None, None)), None);
+        assert_eq!(kvm_probe_backend(&host(false, qemu(), firecracker("Firecracker v1.10.1"))), None);
     }
 
     #[test]

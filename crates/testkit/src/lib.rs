@@ -24,6 +24,8 @@ pub struct Daemon {
     tcp: Option<SocketAddr>,
     /// This daemon's prefix for host interfaces and firewall tables.
     net_prefix: String,
+    /// Environment the daemon gets on top of the test's, at every start.
+    env: Vec<(String, std::ffi::OsString)>,
 }
 
 impl Daemon {
@@ -37,7 +39,18 @@ impl Daemon {
         Self::start_with(bin, true).await
     }
 
+    /// Starts a daemon with `env` set on top of the test's environment (and
+    /// again on every restart): a `PATH` without some tool, say.
+    pub async fn start_with_env(bin: &str, env: &[(&str, &std::ffi::OsStr)]) -> Daemon {
+        let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        Self::start_with_options(bin, false, env).await
+    }
+
     async fn start_with(bin: &str, tcp: bool) -> Daemon {
+        Self::start_with_options(bin, tcp, Vec::new()).await
+    }
+
+    async fn start_with_options(bin: &str, tcp: bool, env: Vec<(String, std::ffi::OsString)>) -> Daemon {
         let dir = tempfile::Builder::new().prefix("hearth-test-").tempdir().expect("create a temp data dir");
         let tcp = tcp.then(free_port);
         let net_prefix = format!(
@@ -52,7 +65,7 @@ impl Daemon {
                 .take(3)
                 .collect::<String>()
         );
-        let mut daemon = Daemon { bin: PathBuf::from(bin), dir, child: None, tcp, net_prefix };
+        let mut daemon = Daemon { bin: PathBuf::from(bin), dir, child: None, tcp, net_prefix, env };
         daemon.spawn().await;
         daemon
     }
@@ -160,6 +173,7 @@ impl Daemon {
         }
         let child = command
             .env("HEARTH_LOG", "info,hearth=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log)

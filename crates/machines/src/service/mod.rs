@@ -506,14 +506,16 @@ impl Machines {
     }
 
     /// Learns whether KVM really works by booting the guest payload under it
-    /// with a deadline (nested KVM is often present but broken). The answer
-    /// is cached per host boot, kernel and QEMU, so it is paid once.
+    /// with a deadline (nested KVM is often present but broken), on QEMU, or
+    /// on Firecracker where QEMU is not installed. The answer is cached per
+    /// host boot, kernel and VMM, so it is paid once.
     pub async fn probe_kvm(&self) {
         let host = self.host();
-        if !(host.kvm.accessible && host.qemu.is_some()) || host.kvm.usable.is_some() {
+        if host.kvm.usable.is_some() {
             return;
         }
-        let result = self.kvm_boot_probe().await;
+        let Some(backend) = probe::kvm_probe_backend(&host) else { return };
+        let result = self.kvm_boot_probe(backend).await;
         let mut host = lock(&self.inner.host);
         match result {
             Ok(detail) => {
@@ -528,11 +530,12 @@ impl Machines {
         tracing::info!(usable = ?host.kvm.usable, detail = host.kvm.detail, "KVM probe finished.");
     }
 
-    async fn kvm_boot_probe(&self) -> Result<String, String> {
+    /// Boots the test guest on `backend` (qemu-kvm or Firecracker, both KVM).
+    async fn kvm_boot_probe(&self, backend: Backend) -> Result<String, String> {
         let spec_kernel = Spec {
             image: String::new(),
             image_digest: String::new(),
-            backend: Backend::QemuKvm,
+            backend,
             cpus: 1,
             memory_mib: 256,
             entrypoint: vec![],
@@ -547,12 +550,35 @@ impl Machines {
             .payload(&spec_kernel)
             .await
             .map_err(|e| format!("could not prepare a test guest: {}", crate::chain(&e)))?;
-        let qemu = self.host().qemu.and_then(|q| q.version).unwrap_or_default();
+        let host = self.host();
+        let vmm = match backend {
+            Backend::Firecracker => host.firecracker.as_ref(),
+            Backend::QemuKvm | Backend::QemuTcg => host.qemu.as_ref(),
+        }
+        .map(|tool| format!("{}|{}", tool.path.display(), tool.version.as_deref().unwrap_or_default()))
+        .unwrap_or_default();
         let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
         let key = format!(
             "{:016x}",
-            fnv(&format!("{}|{}|{qemu}|{}", kernel.display(), initrd.display(), boot_id.trim()))
+            fnv(&format!("{}|{}|{backend}|{vmm}|{}", kernel.display(), initrd.display(), boot_id.trim()))
         );
+        let kernel = self
+            .kernel_for(backend, kernel)
+            .await
+            .map_err(|e| format!("could not prepare the test guest's kernel: {}", crate::chain(&e)))?;
+        let mut cmdline = "console=ttyS0 quiet panic=-1 hearth.hostname=kvm-probe".to_owned();
+        if backend == Backend::Firecracker {
+            cmdline.push(' ');
+            cmdline.push_str(&vmm::firecracker::kernel_args());
+        }
+        // Where the probe fails, what guests do instead.
+        let fallback = if host.qemu.is_some() {
+            "guests use software emulation"
+        } else {
+            "and without QEMU there is no software emulation to fall back on: install the qemu-system-x86 \
+             package to run machines without KVM"
+        };
+        let firecracker = self.firecracker_binary();
         let cached = self.inner.cache_dir.join(format!("kvm-probe-{key}.json"));
         if let Ok(text) = std::fs::read_to_string(&cached)
             && let Ok((ok, detail)) = serde_json::from_str::<(bool, String)>(&text)
@@ -567,7 +593,7 @@ impl Machines {
             dir: dir.clone(),
             kernel,
             initrd,
-            cmdline: "console=ttyS0 quiet panic=-1 hearth.hostname=kvm-probe".into(),
+            cmdline,
             disk: None,
             cpus: 1,
             memory_mib: 256,
@@ -577,19 +603,26 @@ impl Machines {
         let deadline = Duration::from_secs(20);
         let outcome = blocking(move || {
             let started = Instant::now();
-            if let Err(e) = vmm::qemu::launch(Backend::QemuKvm, &config) {
-                return Ok(Err(format!("QEMU could not start a KVM guest: {}", crate::chain(&e))));
+            let launched = match backend {
+                Backend::Firecracker => vmm::firecracker::launch(&firecracker, &config),
+                Backend::QemuKvm | Backend::QemuTcg => vmm::qemu::launch(Backend::QemuKvm, &config),
+            };
+            if let Err(e) = launched {
+                return Ok(Err(format!("{backend} could not start a KVM guest ({}); {fallback}", crate::chain(&e))));
             }
             let files = VmFiles::in_dir(&config.dir);
             let pid = vmm::running_pid(&files, &name);
-            let answer = connect_agent(&files, Backend::QemuKvm, deadline);
+            let answer = connect_agent(&files, backend, deadline);
             if let Some(pid) = pid {
                 vmm::signal(pid, Signal::SIGKILL);
             }
             Ok(match answer {
-                Ok(_) => Ok(format!("a test guest booted under KVM in {:.1}s", started.elapsed().as_secs_f64())),
+                Ok(_) => Ok(format!(
+                    "a test guest booted under KVM on {backend} in {:.1}s",
+                    started.elapsed().as_secs_f64()
+                )),
                 Err(_) => Err(format!(
-                    "/dev/kvm is present, but a test guest did not boot under KVM within {}s (nested KVM is often broken); guests use software emulation. The test guest's console said: {}",
+                    "/dev/kvm is present, but a test guest did not boot under KVM on {backend} within {}s (nested KVM is often broken); {fallback}. The test guest's console said: {}",
                     deadline.as_secs(),
                     console_tail(&files.console, 2)
                 )),
