@@ -35,10 +35,10 @@ missing_packages() {
   done
 }
 
-sudo=""
 install_missing() {
   say "installing Debian packages: ${missing[*]}"
-  if [ "$(id -u)" -ne 0 ] && [ -z "$sudo" ]; then
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
     command -v sudo >/dev/null || { echo "setup: need root (or sudo) to install: ${missing[*]}" >&2; exit 1; }
     sudo="sudo"
   fi
@@ -56,10 +56,10 @@ if ((${#missing[@]})); then
   if ((${#missing[@]})); then
     install_missing
     missing_packages
-    if ((${#missing[@]})); then
-      echo "setup: these Debian packages would not stay installed: ${missing[*]}; see \`apt-cache policy ${missing[*]}\` for why" >&2
-      exit 1
-    fi
+  fi
+  if ((${#missing[@]})); then
+    echo "setup: these Debian packages would not stay installed: ${missing[*]}; see \`apt-cache policy ${missing[*]}\` for why" >&2
+    exit 1
   fi
 else
   say "Debian packages present"

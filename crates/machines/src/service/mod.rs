@@ -562,15 +562,16 @@ impl Machines {
             "{:016x}",
             fnv(&format!("{}|{}|{backend}|{vmm}|{}", kernel.display(), initrd.display(), boot_id.trim()))
         );
+        let cached = self.inner.cache_dir.join(format!("kvm-probe-{key}.json"));
+        if let Ok(text) = std::fs::read_to_string(&cached)
+            && let Ok((ok, detail)) = serde_json::from_str::<(bool, String)>(&text)
+        {
+            return if ok { Ok(detail) } else { Err(detail) };
+        }
         let kernel = self
             .kernel_for(backend, kernel)
             .await
             .map_err(|e| format!("could not prepare the test guest's kernel: {}", crate::chain(&e)))?;
-        let mut cmdline = "console=ttyS0 quiet panic=-1 hearth.hostname=kvm-probe".to_owned();
-        if backend == Backend::Firecracker {
-            cmdline.push(' ');
-            cmdline.push_str(&vmm::firecracker::kernel_args());
-        }
         // Where the probe fails, what guests do instead.
         let fallback = if host.qemu.is_some() {
             "guests use software emulation"
@@ -579,12 +580,6 @@ impl Machines {
              package to run machines without KVM"
         };
         let firecracker = self.firecracker_binary();
-        let cached = self.inner.cache_dir.join(format!("kvm-probe-{key}.json"));
-        if let Ok(text) = std::fs::read_to_string(&cached)
-            && let Ok((ok, detail)) = serde_json::from_str::<(bool, String)>(&text)
-        {
-            return if ok { Ok(detail) } else { Err(detail) };
-        }
         let dir = self.inner.cache_dir.join(format!("kvm-probe-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| format!("could not make a probe directory: {e}"))?;
@@ -593,7 +588,7 @@ impl Machines {
             dir: dir.clone(),
             kernel,
             initrd,
-            cmdline,
+            cmdline: kernel_cmdline(backend, "hearth.hostname=kvm-probe"),
             disk: None,
             cpus: 1,
             memory_mib: 256,
@@ -603,11 +598,7 @@ impl Machines {
         let deadline = Duration::from_secs(20);
         let outcome = blocking(move || {
             let started = Instant::now();
-            let launched = match backend {
-                Backend::Firecracker => vmm::firecracker::launch(&firecracker, &config),
-                Backend::QemuKvm | Backend::QemuTcg => vmm::qemu::launch(Backend::QemuKvm, &config),
-            };
-            if let Err(e) = launched {
+            if let Err(e) = vmm::launch(backend, &firecracker, &config) {
                 return Ok(Err(format!("{backend} could not start a KVM guest ({}); {fallback}", crate::chain(&e))));
             }
             let files = VmFiles::in_dir(&config.dir);
@@ -875,11 +866,7 @@ impl Machines {
                 self.inner.networks.prepare(nic).await?;
             }
         }
-        let mut cmdline = format!("console=ttyS0 quiet panic=-1 hearth.root=/dev/vda hearth.hostname={name}");
-        if backend == Backend::Firecracker {
-            cmdline.push(' ');
-            cmdline.push_str(&vmm::firecracker::kernel_args());
-        }
+        let mut cmdline = kernel_cmdline(backend, &format!("hearth.root=/dev/vda hearth.hostname={name}"));
         cmdline.push_str(&self.inner.networks.guest_cmdline(
             name,
             &rec.spec.nics,
@@ -903,11 +890,7 @@ impl Machines {
         self.phase(name, &format!("starting the VM ({})", rec.spec.backend)).await?;
         let launched = Instant::now();
         let firecracker = self.firecracker_binary();
-        blocking(move || match backend {
-            Backend::Firecracker => vmm::firecracker::launch(&firecracker, &config).map_err(Error::from),
-            Backend::QemuKvm | Backend::QemuTcg => vmm::qemu::launch(backend, &config).map_err(Error::from),
-        })
-        .await?;
+        blocking(move || vmm::launch(backend, &firecracker, &config).map_err(Error::from)).await?;
         let pid = vmm::running_pid(&files, name).ok_or_else(|| {
             Error::Vmm(vmm::Error::Start {
                 vmm: vmm_name(backend),
@@ -1099,6 +1082,16 @@ struct Payload {
 enum Task {
     Boot,
     Stop,
+}
+
+/// The kernel command line every guest boots with on `backend`, then `args`.
+fn kernel_cmdline(backend: Backend, args: &str) -> String {
+    let mut cmdline = format!("console=ttyS0 quiet panic=-1 {args}");
+    if backend == Backend::Firecracker {
+        cmdline.push(' ');
+        cmdline.push_str(&vmm::firecracker::kernel_args());
+    }
+    cmdline
 }
 
 /// The root disk's file in the machine directory: a qcow2 overlay for

@@ -728,26 +728,36 @@ mod tests {
         body: Value,
     }
 
-    /// A fake Firecracker API on `socket`: answers each request with the
-    /// next of `answers` (status, body), one connection per request, and
-    /// returns what it was sent.
-    /// [`fake_api`] on `socket`, once the fake binary has written the
-    /// `started` file beside it (it binds the socket only then, as
-    /// Firecracker would).
+    /// [`fake_api`] on `socket`, once the fake binary has written the file
+    /// `marker` beside it (the launch first clears stale sockets, so it is
+    /// bound only then, as Firecracker would), or after 10 s at most.
     fn fake_api_once_started(
         socket: &Path,
+        marker: &str,
         answers: Vec<(u16, &'static str)>,
     ) -> std::thread::JoinHandle<std::thread::Result<Vec<Seen>>> {
         let socket = socket.to_owned();
+        let marker = socket.with_file_name(marker);
         std::thread::spawn(move || {
-            let marker = socket.with_file_name("started");
-            while !marker.exists() {
+            let started = Instant::now();
+            while !marker.exists() && started.elapsed() < Duration::from_secs(10) {
                 std::thread::sleep(Duration::from_millis(5));
             }
             fake_api(&socket, answers).join()
         })
     }
 
+    /// A temporary root and a machine directory `NAME` in it.
+    fn machine_dir(name: &str) -> (tempfile::TempDir, PathBuf) {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join(name);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        (root, dir)
+    }
+
+    /// A fake Firecracker API on `socket`: answers each request with the
+    /// next of `answers` (status, body), one connection per request, and
+    /// returns what it was sent.
     fn fake_api(socket: &Path, answers: Vec<(u16, &'static str)>) -> std::thread::JoinHandle<Vec<Seen>> {
         let listener = UnixListener::bind(socket).expect("bind");
         std::thread::spawn(move || {
@@ -850,9 +860,7 @@ mod tests {
 
     #[test]
     fn a_full_start_runs_detached_and_sends_the_calls_in_order() {
-        let root = tempfile::tempdir().expect("tempdir");
-        let dir = root.path().join("n1");
-        std::fs::create_dir_all(&dir).expect("mkdir");
+        let (root, dir) = machine_dir("n1");
         let config = config(&dir);
         let files = VmFiles::in_dir(&dir);
         // The fake binary waits for the test's API socket to exist (the
@@ -861,22 +869,10 @@ mod tests {
             root.path(),
             r#"echo "$* cwd=$(pwd) sid=$(cut -d' ' -f6 /proc/$$/stat) pid=$$" > args; echo "guest console"; exec sleep 30"#,
         );
-        let socket = files.control.clone();
         let answers = vec![(204, ""); boot_calls(&config).len()];
-        let server = {
-            let socket = socket.clone();
-            std::thread::spawn(move || {
-                // Bind only after launch cleared stale sockets: wait for the script to run.
-                let args = socket.with_file_name("args");
-                let started = Instant::now();
-                while !args.exists() && started.elapsed() < Duration::from_secs(10) {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                fake_api(&socket, answers).join().expect("fake api")
-            })
-        };
+        let server = fake_api_once_started(&files.control, "args", answers);
         launch(&binary, &config).expect("launch");
-        let seen = server.join().expect("server");
+        let seen = server.join().expect("server").expect("fake api");
         let want: Vec<(String, String, Value)> =
             boot_calls(&config).into_iter().map(|c| (c.method.to_owned(), c.path, c.body)).collect();
         let got: Vec<(String, String, Value)> =
@@ -901,14 +897,15 @@ mod tests {
 
     #[test]
     fn a_refused_call_kills_firecracker_and_says_why() {
-        let root = tempfile::tempdir().expect("tempdir");
-        let dir = root.path().join("n1");
-        std::fs::create_dir_all(&dir).expect("mkdir");
+        let (root, dir) = machine_dir("n1");
         let config = config(&dir);
         let socket = VmFiles::in_dir(&dir).control;
         let binary = fake_binary(root.path(), "echo $$ > started; exec sleep 30");
-        let server =
-            fake_api_once_started(&socket, vec![(204, ""), (400, r#"{"fault_message":"Out of memory"}"#)]);
+        let server = fake_api_once_started(
+            &socket,
+            "started",
+            vec![(204, ""), (400, r#"{"fault_message":"Out of memory"}"#)],
+        );
         let error = launch(&binary, &config).expect_err("refused");
         assert!(
             error.to_string().contains("PUT /machine-config was refused (400): Out of memory"),
@@ -923,13 +920,11 @@ mod tests {
 
     #[test]
     fn a_refused_restore_under_another_name_says_what_to_do() {
-        let root = tempfile::tempdir().expect("tempdir");
-        let dir = root.path().join("n2");
-        std::fs::create_dir_all(&dir).expect("mkdir");
+        let (root, dir) = machine_dir("n2");
         let socket = VmFiles::in_dir(&dir).control;
         let binary = fake_binary(root.path(), "touch started; exec sleep 30");
         let refusal = r#"{"fault_message":"unknown field `network_overrides`"}"#;
-        let server = fake_api_once_started(&socket, vec![(400, refusal)]);
+        let server = fake_api_once_started(&socket, "started", vec![(400, refusal)]);
         let load =
             load_call(Path::new("/s/state"), Path::new("/s/memory"), &["ht-n1".into()], &["ht-n2".into()]);
         let error = launch_restored(&binary, &config(&dir), &load).expect_err("refused");
@@ -945,9 +940,7 @@ mod tests {
 
     #[test]
     fn a_firecracker_that_exits_at_once_is_reported_with_its_log() {
-        let root = tempfile::tempdir().expect("tempdir");
-        let dir = root.path().join("n1");
-        std::fs::create_dir_all(&dir).expect("mkdir");
+        let (root, dir) = machine_dir("n1");
         let binary =
             fake_binary(root.path(), "echo 'Error: Kvm(OpenKvm(No such file or directory))' >&2; exit 1");
         let error = launch(&binary, &config(&dir)).expect_err("exits");

@@ -128,6 +128,15 @@ pub enum Error {
     Control(String),
 }
 
+/// Starts the VM for `config` on `backend`, detached; `firecracker` is the
+/// binary to run where the backend is Firecracker.
+pub fn launch(backend: Backend, firecracker: &Path, config: &VmConfig) -> Result<(), Error> {
+    match backend {
+        Backend::Firecracker => firecracker::launch(firecracker, config),
+        Backend::QemuKvm | Backend::QemuTcg => qemu::launch(backend, config),
+    }
+}
+
 /// The pid in `vm.pid`, if that process is alive and is this machine's VMM.
 pub fn running_pid(files: &VmFiles, name: &str) -> Option<u32> {
     let pid: u32 = std::fs::read_to_string(&files.pid).ok()?.trim().parse().ok()?;
