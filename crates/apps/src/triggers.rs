@@ -350,9 +350,8 @@ impl Apps {
                 w.path, other.id
             )));
         }
-        let created_at = now_ms();
-        let id = hearth_triggers::stored::new_id();
-        let stored = Stored { id: id.clone(), spec: spec.clone(), created_at };
+        let stored = Stored::new(spec, now_ms());
+        let id = &stored.id;
         // Only while the app exists: an `app rm` racing this leaves nothing.
         let txn = hearth_store::Txn::new().when(exists(&record::key(name))).and_then(hearth_store::Op::Put {
             key: format!("{}{id}", trigger_prefix(name)),
@@ -363,8 +362,8 @@ impl Apps {
             return Err(Error::NotFound(name.to_owned()));
         }
         self.rearm(name).await;
-        self.note(name, format!("Added the {} trigger {id}.", spec.kind()));
-        Ok(Trigger { id, source: "api".into(), spec, created_at })
+        self.note(name, format!("Added the {} trigger {id}.", stored.spec.kind()));
+        Ok(Trigger::added(stored))
     }
 
     /// Removes a trigger added through the API. A manifest's triggers go

@@ -236,11 +236,9 @@ impl Flows {
     pub async fn add_trigger(&self, name: &str, spec: Spec) -> Result<Trigger, Error> {
         let def = self.definition(name).await?;
         self.effective(&def).await?.with(&spec).validate()?;
-        let created_at = now_ms();
-        let id = hearth_triggers::stored::new_id();
-        let stored = Stored { id: id.clone(), spec: spec.clone(), created_at };
-        self.store().put(&record::trigger_key(name, &id), encode(&stored), None).await?;
-        Ok(Trigger { id, source: "api".into(), spec, created_at })
+        let stored = Stored::new(spec, now_ms());
+        self.store().put(&record::trigger_key(name, &stored.id), encode(&stored), None).await?;
+        Ok(Trigger::added(stored))
     }
 
     /// Removes a trigger added through the API (a manifest's go with a

@@ -34,6 +34,13 @@ pub struct Stored<S> {
     pub created_at: u64,
 }
 
+impl<S> Stored<S> {
+    /// A trigger being added now, at `created_at`, under a [`new_id`].
+    pub fn new(spec: S, created_at: u64) -> Self {
+        Stored { id: new_id(), spec, created_at }
+    }
+}
+
 /// A new id for a trigger added by API: `t-` and 8 hex digits.
 pub fn new_id() -> String {
     format!("t-{:08x}", rand::random::<u32>())
@@ -69,7 +76,9 @@ mod tests {
         });
         let json = serde_json::to_value(&t).unwrap();
         assert_eq!(json, serde_json::json!({"id": "t-1", "source": "api", "kind": "cron", "created_at": 5}));
-        let (a, b) = (new_id(), new_id());
+        let (a, b) = (Stored::new((), 9), Stored::new((), 9));
+        assert_eq!(a.created_at, 9);
+        let (a, b) = (a.id, b.id);
         assert!(a.starts_with("t-") && a.len() == 10 && a != b, "{a} {b}");
         let state = CronState { schedule: "@daily".into(), timezone: "UTC".into(), last: 7 };
         assert_eq!(state.last_for("@daily", "UTC"), Some(7));
