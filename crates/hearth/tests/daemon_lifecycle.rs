@@ -53,7 +53,7 @@ async fn state_and_token_survive_a_restart() {
 #[test]
 fn json_logs_are_one_object_per_line() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let child = std::process::Command::new(BIN)
+    let mut child = std::process::Command::new(BIN)
         .args(["serve", "--log-format", "json", "--data-dir"])
         .arg(dir.path())
         // Nothing on the host beyond its own data dir: no default network
@@ -62,20 +62,30 @@ fn json_logs_are_one_object_per_line() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");
-    let socket = dir.path().join("hearth.sock");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !socket.exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(200));
+    // Stopped only once it said it is ready (its socket appears earlier,
+    // and on a busy machine the rest of the start can take a while), so
+    // that its log holds a whole start and a stop.
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            if line.contains("Daemon ready.") {
+                let _ = tx.send(());
+            }
+            lines.push(line);
+        }
+        lines
+    });
+    let _ = rx.recv_timeout(Duration::from_secs(30));
     let _ = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-    let output = child.wait_with_output().expect("wait");
+    child.wait().expect("wait");
+    let text = reader.join().expect("stderr reader").join("\n");
     // The firewall tables outlive a daemon (its machines keep running);
     // this one ran none, so its tables go, as the testkit's do.
     for family in ["inet", "bridge"] {
         let _ = std::process::Command::new("nft").args(["delete", "table", family, "hearth-tjl"]).output();
     }
-    let text = String::from_utf8_lossy(&output.stderr);
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines.iter().any(|l| l.contains("Daemon ready.")), "{text}");
     for line in lines {
