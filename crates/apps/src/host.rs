@@ -16,7 +16,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpVi
 use crate::logs::{AppLog, LogPipe, LogStream};
 use crate::manifest::{Limits, OutboundRule, default_port};
 use crate::record;
-use crate::runtime::TICK;
+use hearth_wasm::TICK;
 
 mod bindings {
     wasmtime::component::bindgen!({

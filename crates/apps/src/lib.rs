@@ -11,8 +11,9 @@
 //! - [`manifest`]: `hearth.toml`, what an app declares it needs (key-value
 //!   stores, config, secrets, outbound hosts, limits).
 //! - [`record`]: apps and their versions as records in the store; [`Route`]s.
-//! - `runtime`: the engine, the epoch ticker, compilation and the on-disk
-//!   cache of compiled components, deploy-time checks of imports and exports.
+//! - `runtime`: the engine (with the pooling allocator), compilation through
+//!   `hearth-wasm`'s cache of compiled components, deploy-time checks of
+//!   imports and exports.
 //! - `host`: what a request's instance sees (WASI, `wasi:http` with an
 //!   outbound allow-list, `wasi:keyvalue` over the store, `wasi:config`).
 //! - [`logs`]: each app's stdout/stderr and request log, in a ring.
@@ -244,6 +245,15 @@ impl Error {
 
     pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
         Error::Io { path: path.to_owned(), source }
+    }
+}
+
+impl From<hearth_wasm::Error> for Error {
+    fn from(e: hearth_wasm::Error) -> Self {
+        match e {
+            hearth_wasm::Error::Io { path, source } => Error::Io { path, source },
+            other => Error::Runtime(chain(&other)),
+        }
     }
 }
 

@@ -1,26 +1,24 @@
-//! The WebAssembly runtime: one wasmtime engine for every app, the epoch
-//! ticker that enforces CPU budgets, compilation with an on-disk cache of
-//! compiled components, and the deploy-time checks of what a component
-//! imports and exports.
+//! The apps' WebAssembly runtime: one wasmtime engine for every app (with
+//! the pooling allocator), compilation through `hearth-wasm`'s on-disk cache
+//! with the cache write off the deploy's critical path, and the deploy-time
+//! checks of what a component imports and exports. The engine settings both
+//! subsystems share, the cache itself and the epoch ticker are in
+//! `hearth-wasm`.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
+use hearth_wasm::{Cache, Ticker};
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::Error;
 use crate::host::{self, HostState};
 use crate::manifest::{Limits, Manifest};
 
-/// How often the epoch advances: the granularity of CPU budgets.
-pub(crate) const TICK: Duration = Duration::from_millis(10);
 /// Bytes of a finished instance's linear memory reset in place for the
 /// next instance rather than given back to the kernel, where the kernel can
 /// say which pages were written. Only written pages stay resident, and
@@ -34,7 +32,7 @@ const TABLE_KEEP_RESIDENT: usize = 64 << 10;
 pub(crate) struct Runtime {
     pub(crate) engine: Engine,
     linker: Linker<HostState>,
-    compiled_dir: PathBuf,
+    cache: Cache,
     pub(crate) compiles: AtomicU64,
     pub(crate) cache_loads: AtomicU64,
     pub(crate) pooling: bool,
@@ -52,15 +50,8 @@ impl Drop for Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("compiled_dir", &self.compiled_dir).finish_non_exhaustive()
+        f.debug_struct("Runtime").field("cache", &self.cache).finish_non_exhaustive()
     }
-}
-
-fn config() -> Config {
-    let mut config = Config::new();
-    config.wasm_component_model(true);
-    config.epoch_interruption(true);
-    config
 }
 
 impl Runtime {
@@ -94,30 +85,26 @@ impl Runtime {
             // Where resetting is an madvise, batching them helps (about a
             // fifth in `apps_throughput`).
             .decommit_batch_size(32);
-        let mut pooled = config();
+        let mut pooled = hearth_wasm::config();
         pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
         let (engine, pooling) = match Engine::new(&pooled) {
             Ok(engine) => (engine, true),
             Err(e) => {
                 tracing::warn!(error = %e, "The pooling allocator is unavailable; instances are allocated on demand.");
-                (Engine::new(&config()).map_err(|e| Error::Runtime(format!("{e:#}")))?, false)
+                (Engine::new(&hearth_wasm::config()).map_err(|e| Error::Runtime(format!("{e:#}")))?, false)
             }
         };
 
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut hasher);
-        let compiled_dir =
-            cache_dir.join("apps").join("compiled").join(format!("engine-{:016x}", hasher.finish()));
-        create_private_dir(&compiled_dir)?;
+        let cache = Cache::open(&engine, &cache_dir.join("apps").join("compiled"))?;
 
         let mut linker = Linker::new(&engine);
         host::add_to_linker(&mut linker).map_err(|e| Error::Runtime(format!("{e:#}")))?;
 
-        let ticker = Ticker::start(engine.clone())?;
+        let ticker = Ticker::start(engine.clone(), "hearth-apps-epoch")?;
         Ok(Runtime {
             engine,
             linker,
-            compiled_dir,
+            cache,
             compiles: AtomicU64::new(0),
             cache_loads: AtomicU64::new(0),
             pooling,
@@ -125,10 +112,6 @@ impl Runtime {
             writing: Arc::default(),
             _ticker: ticker,
         })
-    }
-
-    fn artifact(&self, sha256: &str) -> PathBuf {
-        self.compiled_dir.join(format!("{sha256}.cwasm"))
     }
 
     /// The compiled component for `sha256`: from the cache if it is there,
@@ -139,22 +122,10 @@ impl Runtime {
         sha256: &str,
         bytes: impl FnOnce() -> Result<Arc<Vec<u8>>, Error>,
     ) -> Result<(Component, bool), Error> {
-        let path = self.artifact(sha256);
-        if let Some(component) = lock(&self.writing).get(sha256) {
+        let in_flight = lock(&self.writing).get(sha256).cloned();
+        if let Some(component) = in_flight.or_else(|| self.cache.load(sha256)) {
             self.cache_loads.fetch_add(1, Ordering::Relaxed);
-            return Ok((component.clone(), false));
-        }
-        if path.is_file() {
-            match load_artifact(&self.engine, &path) {
-                Ok(component) => {
-                    self.cache_loads.fetch_add(1, Ordering::Relaxed);
-                    return Ok((component, false));
-                }
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %format!("{e:#}"), "A cached compiled component is unusable; recompiling.");
-                    let _ = std::fs::remove_file(&path);
-                }
-            }
+            return Ok((component, false));
         }
         let bytes = bytes()?;
         self.compiles.fetch_add(1, Ordering::Relaxed);
@@ -163,10 +134,10 @@ impl Runtime {
         // The cache is written off the deploy's critical path (its fsync
         // took 3 to 13 ms here, a tenth of a cold deploy); `flush_writes`
         // waits for it.
-        match component.serialize() {
-            Ok(artifact) => self.write_in_background(sha256, &component, path, artifact),
+        match Cache::serialize(&component) {
+            Ok(artifact) => self.write_in_background(sha256, &component, artifact),
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "Cannot serialise a compiled component; it will not be cached.")
+                tracing::warn!(error = %crate::chain(&e), "Cannot serialise a compiled component; it will not be cached.")
             }
         }
         Ok((component, true))
@@ -174,11 +145,11 @@ impl Runtime {
 
     /// Caches `artifact` at `path` on a thread of its own. Until it is
     /// there, `component()` finds the component in `writing`.
-    fn write_in_background(&self, sha256: &str, component: &Component, path: PathBuf, artifact: Vec<u8>) {
+    fn write_in_background(&self, sha256: &str, component: &Component, artifact: hearth_wasm::Artifact) {
         lock(&self.writing).insert(sha256.to_owned(), component.clone());
-        let (writing, sha) = (self.writing.clone(), sha256.to_owned());
+        let (writing, sha, cache) = (self.writing.clone(), sha256.to_owned(), self.cache.clone());
         let spawned = std::thread::Builder::new().name("hearth-apps-cache".into()).spawn(move || {
-            if let Err(e) = write_atomically(&path, &artifact) {
+            if let Err(e) = cache.write(&sha, &artifact) {
                 tracing::warn!(error = %crate::chain(&e), "Cannot cache a compiled component.");
             }
             lock(&writing).remove(&sha);
@@ -223,31 +194,8 @@ impl Runtime {
 
     /// Deletes compiled artifacts that no kept version uses.
     pub(crate) fn prune(&self, keep: &std::collections::HashSet<String>) {
-        let Ok(entries) = std::fs::read_dir(&self.compiled_dir) else { return };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(sha) = name.to_str().and_then(|n| n.strip_suffix(".cwasm")) else { continue };
-            if !keep.contains(sha) {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
+        self.cache.prune(keep);
     }
-}
-
-/// Maps an artifact we wrote into memory.
-#[allow(unsafe_code)]
-fn load_artifact(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
-    // SAFETY: `deserialize_file` runs the file's contents as native code, so
-    // the file must be a compiled artifact that wasmtime produced
-    // (`Component::serialize`). It is: artifacts live in a directory hearth
-    // creates with mode 0700, named by the hash of the engine's compilation
-    // settings (so another engine configuration never reads them) and by the
-    // SHA-256 of the component they were compiled from; each is written to a
-    // temporary file of its own, fsynced, and renamed into place, so a crash
-    // never leaves a partial artifact under a final name. wasmtime also checks the header (its
-    // version and settings) and refuses a mismatch with an error. The file is
-    // never modified in place, so the mapping stays valid while in use.
-    unsafe { Component::deserialize_file(engine, path) }
 }
 
 fn check_exports(engine: &Engine, component: &Component) -> Result<(), Error> {
@@ -306,76 +254,13 @@ fn compile_error(e: &wasmtime::Error) -> String {
     text.lines().next().unwrap_or(&text).to_owned()
 }
 
-pub(crate) fn create_private_dir(dir: &Path) -> Result<(), Error> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| Error::io(dir, e))
-}
-
-/// Writes `path` so that it either has all of `bytes` or does not exist,
-/// even across a crash.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    // Unique per process and call: two writers of the same file (two
-    // deploys of the same bytes, two daemons sharing a cache) never share a
-    // temporary file, and the last rename wins with a whole file.
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let tmp = dir.join(format!(
-        ".{}.{}-{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let write = || -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
-}
-
-/// Advances the engine's epoch every [`TICK`] until dropped.
-struct Ticker {
-    stop: Arc<AtomicBool>,
-}
-
-impl Ticker {
-    fn start(engine: Engine) -> Result<Ticker, Error> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        std::thread::Builder::new()
-            .name("hearth-apps-epoch".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(TICK);
-                    engine.increment_epoch();
-                }
-            })
-            .map_err(|e| Error::Runtime(format!("cannot start the epoch thread: {e}")))?;
-        Ok(Ticker { stop })
-    }
-}
-
-impl Drop for Ticker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// The kind of WebAssembly binary, from its 8-byte header.
+/// Refuses what is not a component, saying what it is instead.
 pub(crate) fn check_header(bytes: &[u8]) -> Result<(), Error> {
-    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
-        return Err(Error::NotWasm);
-    }
-    match u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) {
-        1 => Err(Error::CoreModule),
-        // Version 0xd, layer 1: the component binary format.
-        0x0001_000d => Ok(()),
-        other => Err(Error::UnknownBinary(other)),
+    match hearth_wasm::binary_kind(bytes) {
+        hearth_wasm::Binary::Component => Ok(()),
+        hearth_wasm::Binary::CoreModule => Err(Error::CoreModule),
+        hearth_wasm::Binary::Unknown(version) => Err(Error::UnknownBinary(version)),
+        hearth_wasm::Binary::NotWasm => Err(Error::NotWasm),
     }
 }
 
@@ -409,18 +294,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// SHA-256 of `bytes`, lowercase hex.
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    use std::fmt::Write as _;
-    let digest = sha2::Sha256::digest(bytes);
-    let mut out = String::with_capacity(64);
-    for b in digest.iter() {
-        let _ = write!(out, "{b:02x}");
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,7 +314,7 @@ mod tests {
         assert_eq!(&tagged[..8], &base[..]);
         // id 0, size 207 as LEB128 (two bytes), name length 6, "hearth", payload.
         assert_eq!(&tagged[8..12], &[0, 0xcf, 0x01, 6]);
-        assert_ne!(sha256_hex(&base), sha256_hex(&tagged));
+        assert_ne!(hearth_wasm::sha256_hex(&base), hearth_wasm::sha256_hex(&tagged));
     }
 
     #[test]

@@ -212,7 +212,7 @@ impl Apps {
     /// [`Apps::run`] starts.
     pub fn new(store: Arc<dyn Store>, options: Options) -> Result<Apps, Error> {
         let blobs_dir = options.data_dir.join("apps").join("blobs");
-        runtime::create_private_dir(&blobs_dir)?;
+        hearth_wasm::create_private_dir(&blobs_dir)?;
         let runtime = Runtime::new(&options.cache_dir, options.max_instances, options.ceiling)?;
         Ok(Apps {
             inner: Arc::new(Inner {
@@ -518,7 +518,7 @@ impl Apps {
         let added = self.added_triggers(name).await?;
         crate::triggers::check_clash(name, &manifest.triggers(), &added)?;
 
-        let sha256 = runtime::sha256_hex(&bytes);
+        let sha256 = hearth_wasm::sha256_hex(&bytes);
         let size = bytes.len() as u64;
         let bytes = Arc::new(bytes);
         let _gc = self.inner.gc.read().await;
@@ -531,7 +531,11 @@ impl Apps {
             });
             let blob = self.blob_path(&sha256);
             let save = tokio::task::spawn_blocking(move || {
-                if blob.is_file() { Ok(()) } else { runtime::write_atomically(&blob, &bytes) }
+                if blob.is_file() {
+                    Ok::<_, Error>(())
+                } else {
+                    Ok(hearth_wasm::write_atomically(&blob, &bytes)?)
+                }
             });
             tokio::join!(compile, save)
         };

@@ -262,7 +262,7 @@ impl durable::Host for RunCx {
         let call = Call::Http {
             method: request.method.clone(),
             url: request.url.clone(),
-            body_sha256: crate::runtime::sha256_hex(&request.body),
+            body_sha256: hearth_wasm::sha256_hex(&request.body),
         };
         let outcome = match self.replay(&call)? {
             Some(outcome) => outcome,

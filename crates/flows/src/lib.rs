@@ -17,7 +17,8 @@
 //!
 //! - `journal`: calls, results, the replay cursor and divergence.
 //! - [`record`]: definitions, runs, waits, signals as store records.
-//! - `runtime`: the engine, compilation with an on-disk cache, deploy checks.
+//! - `runtime`: the engine, compilation through `hearth-wasm`'s on-disk
+//!   cache, deploy checks.
 //! - `host`: what one execution's instance sees.
 //! - `service`: [`Flows`], the handle: deploy, start, signal, cancel, and
 //!   the executor that wakes runs (timers, signals, children, restarts).
@@ -173,6 +174,30 @@ impl Error {
     pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
         Error::Io { path: path.to_owned(), source }
     }
+}
+
+impl From<hearth_wasm::Error> for Error {
+    fn from(e: hearth_wasm::Error) -> Self {
+        match e {
+            hearth_wasm::Error::Io { path, source } => Error::Io { path, source },
+            other => Error::Runtime(chain(&other)),
+        }
+    }
+}
+
+/// `error: cause: cause`, for logs.
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
 }
 
 /// Milliseconds since the Unix epoch.

@@ -131,7 +131,7 @@ impl Flows {
     /// [`Flows::run`] starts.
     pub fn new(store: Arc<dyn Store>, options: Options) -> Result<Flows, Error> {
         let blobs_dir = options.data_dir.join("workflows").join("blobs");
-        runtime::create_private_dir(&blobs_dir)?;
+        hearth_wasm::create_private_dir(&blobs_dir)?;
         let runtime = Runtime::new(&options.cache_dir)?;
         let permits = Semaphore::new(options.concurrency.max(1));
         Ok(Flows {
@@ -301,7 +301,7 @@ impl Flows {
         let exec = Exec::new(self.clone(), run.clone(), kv.mod_revision, journal, output.clone());
         let mut store = wasmtime::Store::new(&self.inner.runtime.engine, exec);
         store.limiter(|e| &mut e.limits);
-        let budget = self.inner.options.cpu_budget.as_millis().div_ceil(runtime::TICK.as_millis()) as u64;
+        let budget = self.inner.options.cpu_budget.as_millis().div_ceil(hearth_wasm::TICK.as_millis()) as u64;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |mut ctx| {
             let cx = &mut ctx.data_mut().cx;
@@ -469,7 +469,7 @@ impl Flows {
         }
         runtime::check_header(&bytes)?;
         let triggers = Triggers::parse(manifest.as_deref().unwrap_or(""))?;
-        let sha256 = runtime::sha256_hex(&bytes);
+        let sha256 = hearth_wasm::sha256_hex(&bytes);
         let size = bytes.len() as u64;
         let blob = self.inner.blobs_dir.join(format!("{sha256}.wasm"));
         let bytes = Arc::new(bytes);
@@ -480,7 +480,7 @@ impl Flows {
                 .map_err(|e| Error::Runtime(format!("the compile task failed: {e}")))??
         };
         if !blob.is_file() {
-            runtime::write_atomically(&blob, &bytes)?;
+            hearth_wasm::write_atomically(&blob, &bytes)?;
         }
         let _guard = self.inner.deploys.lock().await;
         let key = record::def_key(name);

@@ -343,7 +343,7 @@ impl Flows {
         }
         // A retried delivery with the same key starts one run.
         let id = idempotency_key
-            .map(|k| format!("{workflow}-hook-{}", &crate::runtime::sha256_hex(k.as_bytes())[..16]));
+            .map(|k| format!("{workflow}-hook-{}", &hearth_wasm::sha256_hex(k.as_bytes())[..16]));
         let request = StartRequest {
             workflow: workflow.to_owned(),
             input: data,
