@@ -281,11 +281,6 @@ pub(crate) fn delete_ops(app: &str) -> Vec<hearth_store::Op> {
         .collect()
 }
 
-/// A comparison that holds while `key` exists.
-fn exists(key: &str) -> hearth_store::Compare {
-    hearth_store::Compare::new(key, hearth_store::CompareOp::Greater, hearth_store::CompareTarget::Version(0))
-}
-
 /// A trigger of an app as listed: where it came from, and what it does.
 pub type Trigger = hearth_triggers::Trigger<Spec>;
 type Stored = hearth_triggers::Stored<Spec>;
@@ -353,7 +348,7 @@ impl Apps {
         let stored = Stored::new(spec, now_ms());
         let id = &stored.id;
         // Only while the app exists: an `app rm` racing this leaves nothing.
-        let txn = hearth_store::Txn::new().when(exists(&record::key(name))).and_then(hearth_store::Op::Put {
+        let txn = hearth_store::Txn::new().when(hearth_store::Compare::exists(record::key(name))).and_then(hearth_store::Op::Put {
             key: format!("{}{id}", trigger_prefix(name)),
             value: encode(&stored)?,
             lease: None,
@@ -826,7 +821,7 @@ async fn fire_cron(
         let state = CronState { schedule: cron.schedule.clone(), timezone: cron.timezone.clone(), last };
         Ok(hearth_store::Txn::new()
             .when(hearth_store::Compare::mod_revision(&key, revision))
-            .when(exists(&source))
+            .when(hearth_store::Compare::exists(&source))
             .and_then(hearth_store::Op::Put { key: key.clone(), value: encode(&state)?, lease: None }))
     };
     let last = match state.and_then(|s| s.last_for(&cron.schedule, &cron.timezone)) {

@@ -541,15 +541,18 @@ impl Flows {
     /// Removes a workflow: no new runs start. Runs under way go on, on the
     /// version they started on.
     pub async fn remove(&self, name: &str) -> Result<(), Error> {
-        let (_, existed) = self.inner.store.delete(&record::def_key(name)).await?;
-        if !existed {
-            return Err(Error::NotFound(name.to_owned()));
-        }
-        // Its triggers go with it; its runs and their journals stay.
+        // Its triggers go with it, in the same transaction (no trigger
+        // outlives its workflow, whatever happens between); its runs and
+        // their journals stay.
+        let key = record::def_key(name);
         let txn = hearth_store::Txn::new()
+            .when(hearth_store::Compare::exists(key.as_str()))
+            .and_then(hearth_store::Op::Delete { key })
             .and_then(hearth_store::Op::DeletePrefix { prefix: record::triggers_prefix(name) })
             .and_then(hearth_store::Op::DeletePrefix { prefix: format!("{}{name}/", record::CRON) });
-        self.inner.store.txn(txn).await?;
+        if !self.inner.store.txn(txn).await?.succeeded {
+            return Err(Error::NotFound(name.to_owned()));
+        }
         Ok(())
     }
 

@@ -237,7 +237,18 @@ impl Flows {
         let def = self.definition(name).await?;
         self.effective(&def).await?.with(&spec).validate()?;
         let stored = Stored::new(spec, now_ms());
-        self.store().put(&record::trigger_key(name, &stored.id), encode(&stored), None).await?;
+        // Only while the workflow exists: a `workflow rm` racing this
+        // leaves no trigger behind.
+        let txn = hearth_store::Txn::new()
+            .when(hearth_store::Compare::exists(record::def_key(name)))
+            .and_then(hearth_store::Op::Put {
+                key: record::trigger_key(name, &stored.id),
+                value: encode(&stored),
+                lease: None,
+            });
+        if !self.store().txn(txn).await?.succeeded {
+            return Err(Error::NotFound(name.to_owned()));
+        }
         Ok(Trigger::added(stored))
     }
 
@@ -261,8 +272,12 @@ impl Flows {
             }
             Some(_) => {}
         }
-        self.store().delete(&record::trigger_key(name, id)).await?;
-        self.store().delete(&format!("{}{name}/{id}", record::CRON)).await?;
+        // The trigger and its cron state go together: no state is left
+        // without its trigger, whatever happens between.
+        let txn = hearth_store::Txn::new()
+            .and_then(hearth_store::Op::Delete { key: record::trigger_key(name, id) })
+            .and_then(hearth_store::Op::Delete { key: format!("{}{name}/{id}", record::CRON) });
+        self.store().txn(txn).await?;
         Ok(())
     }
 }
@@ -572,6 +587,8 @@ async fn on_event(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hearth_triggers::CronState;
+    use std::time::Duration;
 
     #[test]
     fn manifests_declare_triggers() {
@@ -612,6 +629,88 @@ mod tests {
             let error = Triggers::parse(text).unwrap_err().to_string();
             assert!(error.contains(needle), "{text}: {error}");
         }
+    }
+
+    /// A flows service over a fresh store with a workflow `w` recorded
+    /// (no component needed: triggers and removal only touch records).
+    async fn with_workflow() -> (tempfile::TempDir, hearth_store::redb::RedbStore, Flows) {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            hearth_store::redb::RedbStore::open(&dir.path().join("state.redb"), Default::default()).unwrap();
+        let options = crate::Options::new(dir.path().join("data"), dir.path().join("cache"));
+        let flows = Flows::new(std::sync::Arc::new(store.clone()), options).unwrap();
+        let def = Definition {
+            name: "w".into(),
+            versions: Vec::new(),
+            active: 1,
+            triggers: Triggers::default(),
+            created_at: 1,
+            updated_at: 1,
+        };
+        use hearth_store::Store as _;
+        store.put(&record::def_key("w"), encode(&def), None).await.unwrap();
+        (dir, store, flows)
+    }
+
+    /// What `act` changed under `workflows/`, as (revision, key) in order.
+    /// A marker written after it says where its changes end.
+    async fn changes<F: std::future::Future<Output = ()>>(
+        store: &hearth_store::redb::RedbStore,
+        act: F,
+    ) -> Vec<(u64, String)> {
+        use hearth_store::Store as _;
+        const END: &str = "workflows/test-end";
+        let from = store.revision().await.unwrap() + 1;
+        let mut watch = store.watch(record::WORKFLOWS, from).await.unwrap();
+        act.await;
+        store.put(END, Vec::new(), None).await.unwrap();
+        let mut out = Vec::new();
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(10), watch.next());
+            let event = next.await.unwrap().unwrap().unwrap();
+            if event.kv.key == END {
+                return out;
+            }
+            out.push((event.revision(), event.kv.key));
+        }
+    }
+
+    fn cron_spec() -> Spec {
+        Spec::Cron(Cron { schedule: "@daily".into(), timezone: "UTC".into(), input: String::new() })
+    }
+
+    #[tokio::test]
+    async fn removing_a_trigger_and_its_cron_state_is_one_transaction() {
+        let (_dir, store, flows) = with_workflow().await;
+        let id = flows.add_trigger("w", cron_spec()).await.unwrap().id;
+        let state = CronState { schedule: "@daily".into(), timezone: "UTC".into(), last: 5 };
+        let cron_key = format!("{}w/{id}", record::CRON);
+        hearth_store::Store::put(&store, &cron_key, encode(&state), None).await.unwrap();
+        let seen = changes(&store, async { flows.remove_trigger("w", &id).await.unwrap() }).await;
+        let keys: Vec<&str> = seen.iter().map(|(_, k)| k.as_str()).collect();
+        assert_eq!(keys, [record::trigger_key("w", &id).as_str(), cron_key.as_str()]);
+        assert_eq!(seen[0].0, seen[1].0, "two revisions: {seen:?}");
+        store.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn removing_a_workflow_takes_its_triggers_in_the_same_transaction() {
+        let (_dir, store, flows) = with_workflow().await;
+        let id = flows.add_trigger("w", cron_spec()).await.unwrap().id;
+        let state = CronState { schedule: "@daily".into(), timezone: "UTC".into(), last: 5 };
+        hearth_store::Store::put(&store, &format!("{}w/{id}", record::CRON), encode(&state), None)
+            .await
+            .unwrap();
+        let seen = changes(&store, async { flows.remove("w").await.unwrap() }).await;
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert!(seen.iter().all(|(rev, _)| *rev == seen[0].0), "more than one revision: {seen:?}");
+        // Gone, and a second removal says so; a trigger added to a removed
+        // workflow is refused and writes nothing.
+        assert!(matches!(flows.remove("w").await, Err(Error::NotFound(_))));
+        let before = hearth_store::Store::revision(&store).await.unwrap();
+        assert!(matches!(flows.add_trigger("w", cron_spec()).await, Err(Error::NotFound(_))));
+        assert_eq!(hearth_store::Store::revision(&store).await.unwrap(), before);
+        store.shutdown().await;
     }
 
     #[test]

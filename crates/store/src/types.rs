@@ -120,6 +120,12 @@ impl Compare {
         Self::new(key, CompareOp::Equal, CompareTarget::Version(0))
     }
 
+    /// The key exists: a write conditioned on it is made only while the
+    /// record it belongs to is there (so a racing delete leaves nothing).
+    pub fn exists(key: impl Into<String>) -> Self {
+        Self::new(key, CompareOp::Greater, CompareTarget::Version(0))
+    }
+
     /// The key was last written at exactly `rev` (0: does not exist).
     pub fn mod_revision(key: impl Into<String>, rev: Revision) -> Self {
         Self::new(key, CompareOp::Equal, CompareTarget::ModRevision(rev))
