@@ -54,8 +54,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use hearth_triggers::CronState;
-use hearth_triggers::Schedule;
+use hearth_triggers::driver::{self, CronJob, CronTarget, Guarantee};
+use hearth_triggers::spec::{self, Kind, OwnKeys};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -131,7 +131,7 @@ impl Spec {
     pub fn validate(&self) -> Result<(), Error> {
         match self {
             Spec::Cron(c) => {
-                Schedule::parse(&c.schedule, &c.timezone).map_err(Error::Manifest)?;
+                spec::check_schedule(&c.schedule, &c.timezone).map_err(Error::Manifest)?;
                 check_path("cron", &c.path)?;
                 if c.body.len() > MAX_BODY {
                     return Err(Error::Manifest(format!(
@@ -142,47 +142,33 @@ impl Spec {
                 }
             }
             Spec::Event(e) => {
-                if e.prefix.is_empty() || e.prefix.starts_with("apps/") {
-                    return Err(Error::Manifest(format!(
-                        "event prefix {:?} is not allowed: apps cannot trigger on apps' own records and data \
-                         (a key-value write would call the app again); name a prefix such as \"machines/\"",
-                        e.prefix
-                    )));
-                }
-                if hearth_triggers::private::only_secrets(&e.prefix) {
-                    return Err(Error::Manifest(format!(
-                        "event prefix {:?} is not allowed: the values there hold secrets",
-                        e.prefix
-                    )));
-                }
-                if let Some(k) = e.kinds.iter().find(|k| *k != "put" && *k != "delete") {
-                    return Err(Error::Manifest(format!(
-                        "event kind {k:?} is not one of \"put\", \"delete\""
-                    )));
-                }
+                spec::check_event(&e.prefix, &e.kinds, OWN_KEYS).map_err(Error::Manifest)?;
                 check_path("event", &e.path)?;
             }
             Spec::Webhook(w) => {
                 check_path("webhook", &w.path)?;
-                if w.secret.as_deref() == Some("") {
-                    return Err(Error::Manifest(format!(
-                        "webhook {:?} has an empty secret; remove it or set one",
-                        w.path
-                    )));
-                }
+                spec::check_secret(&w.path, w.secret.as_deref()).map_err(Error::Manifest)?;
             }
         }
         Ok(())
     }
+}
 
-    fn kind(&self) -> &'static str {
+impl hearth_triggers::Spec for Spec {
+    fn kind(&self) -> Kind {
         match self {
-            Spec::Cron(_) => "cron",
-            Spec::Event(_) => "event",
-            Spec::Webhook(_) => "webhook",
+            Spec::Cron(_) => Kind::Cron,
+            Spec::Event(_) => Kind::Event,
+            Spec::Webhook(_) => Kind::Webhook,
         }
     }
 }
+
+/// What apps' event triggers may not follow.
+const OWN_KEYS: OwnKeys = OwnKeys {
+    prefix: record::APPS,
+    why: "apps cannot trigger on apps' own records and data (a key-value write would call the app again)",
+};
 
 /// A route path a trigger calls (it may carry a query), or, for a webhook,
 /// the path it guards: plain segments only, so that the path the guard
@@ -292,18 +278,7 @@ fn trigger_prefix(app: &str) -> String {
 /// The manifest's triggers of `app`'s active version, with their ids.
 fn manifest_triggers(app: &App) -> Vec<Trigger> {
     let Some(version) = app.active_version() else { return Vec::new() };
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    version
-        .manifest
-        .triggers()
-        .into_iter()
-        .map(|spec| {
-            let n = counts.entry(spec.kind()).or_default();
-            let id = format!("{}-{n}", spec.kind());
-            *n += 1;
-            Trigger { id, source: "manifest".into(), spec, created_at: version.created_at }
-        })
-        .collect()
+    spec::from_manifest(version.manifest.triggers(), version.created_at)
 }
 
 impl Apps {
@@ -348,16 +323,21 @@ impl Apps {
         let stored = Stored::new(spec, now_ms());
         let id = &stored.id;
         // Only while the app exists: an `app rm` racing this leaves nothing.
-        let txn = hearth_store::Txn::new().when(hearth_store::Compare::exists(record::key(name))).and_then(hearth_store::Op::Put {
-            key: format!("{}{id}", trigger_prefix(name)),
-            value: encode(&stored)?,
-            lease: None,
-        });
+        let txn = hearth_store::Txn::new().when(hearth_store::Compare::exists(record::key(name))).and_then(
+            hearth_store::Op::Put {
+                key: format!("{}{id}", trigger_prefix(name)),
+                value: encode(&stored)?,
+                lease: None,
+            },
+        );
         if !self.store().txn(txn).await?.succeeded {
             return Err(Error::NotFound(name.to_owned()));
         }
         self.rearm(name).await;
-        self.note(name, format!("Added the {} trigger {id}.", stored.spec.kind()));
+        self.note(
+            name,
+            format!("Added the {} trigger {id}.", hearth_triggers::Spec::kind(&stored.spec).as_str()),
+        );
         Ok(Trigger::added(stored))
     }
 
@@ -466,7 +446,7 @@ impl Apps {
             .uri(format!("http://{host}{path}"))
             .header(http::header::HOST, host)
             .header(http::header::CONTENT_TYPE, content_type)
-            .header("x-hearth-trigger", trigger.spec.kind())
+            .header("x-hearth-trigger", hearth_triggers::Spec::kind(&trigger.spec).as_str())
             .header("x-hearth-trigger-id", trigger.id.as_str());
         let request = match firing {
             Some(ms) => request.header("x-hearth-trigger-time", ms),
@@ -702,7 +682,7 @@ fn path_forms(path: &str) -> Vec<String> {
     let mut forms = vec![path.to_owned()];
     let mut decoded = path.to_owned();
     for _ in 0..3 {
-        let next = percent_decode(&decoded);
+        let next = hearth_triggers::percent::decode_path(&decoded);
         if next == decoded {
             break;
         }
@@ -725,26 +705,6 @@ fn path_forms(path: &str) -> Vec<String> {
     forms
 }
 
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%'
-            && let (Some(h), Some(l)) =
-                (bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex))
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Fires cron and event triggers until `shutdown`, once the apps are loaded.
 pub(crate) async fn run(apps: Apps, shutdown: watch::Receiver<bool>) {
     let mut shutdown = shutdown;
@@ -753,21 +713,8 @@ pub(crate) async fn run(apps: Apps, shutdown: watch::Receiver<bool>) {
         _ = shutdown.changed() => return,
     }
     let events = tokio::spawn(follow_events(apps.clone()));
-    let started = now_ms();
-    let running = Running::default();
-    loop {
-        if let Err(e) = cron_tick(&apps, started, &running).await {
-            tracing::warn!(error = %chain(&e), "App cron triggers could not be checked.");
-        }
-        let into_second = now_ms() % 1000;
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(1000 - into_second + 5)) => {}
-            _ = shutdown.changed() => break,
-        }
-        if *shutdown.borrow() {
-            break;
-        }
-    }
+    let store = apps.store().clone();
+    driver::run(Crons { apps, running: Running::default() }, store, shutdown).await;
     events.abort();
 }
 
@@ -776,98 +723,76 @@ pub(crate) async fn run(apps: Apps, shutdown: watch::Receiver<bool>) {
 /// piles up calls.
 type Running = Arc<std::sync::Mutex<std::collections::HashSet<String>>>;
 
-async fn cron_tick(apps: &Apps, started: u64, running: &Running) -> Result<(), Error> {
-    let now = now_ms();
-    for (app, triggers) in apps.all_triggers().await? {
-        for trigger in triggers {
-            let Spec::Cron(cron) = &trigger.spec else { continue };
-            if let Err(e) = fire_cron(apps, &app.name, &trigger, cron, now, started, running).await {
-                tracing::warn!(app = app.name, trigger = trigger.id, error = %chain(&e), "An app cron trigger could not fire.");
-            }
-        }
-    }
-    Ok(())
+/// What an app's cron firing does: call the trigger's route. Recorded
+/// before the call (at most once per firing, even across a crash, and by
+/// one daemon only); the state is kept only while the trigger exists, so
+/// an `app rm` racing a firing leaves nothing behind.
+struct Crons {
+    apps: Apps,
+    running: Running,
 }
 
-/// Fires `trigger` if a firing is owed. Its state is written by
-/// compare-and-swap, and only while the trigger exists, so two daemons on
-/// one store fire each slot once between them and an `app rm` racing a
-/// firing leaves nothing behind.
-async fn fire_cron(
-    apps: &Apps,
-    name: &str,
-    trigger: &Trigger,
-    cron: &Cron,
-    now: u64,
-    started: u64,
-    running: &Running,
-) -> Result<(), Error> {
-    let schedule = Schedule::parse(&cron.schedule, &cron.timezone).map_err(Error::Manifest)?;
-    let key = format!("{CRON_STATE}{name}/{}", trigger.id);
-    let store = apps.store();
-    let (state, revision) = match store.get(&key).await? {
-        Some(kv) => (
-            Some(serde_json::from_slice::<CronState>(&kv.value).map_err(|e| Error::Corrupt(key.clone(), e))?),
-            kv.mod_revision,
-        ),
-        None => (None, 0),
-    };
-    let source = if trigger.source == "api" {
-        format!("{}{}", trigger_prefix(name), trigger.id)
-    } else {
-        record::key(name)
-    };
-    let record = |last: u64| -> Result<hearth_store::Txn, Error> {
-        let state = CronState { schedule: cron.schedule.clone(), timezone: cron.timezone.clone(), last };
-        Ok(hearth_store::Txn::new()
-            .when(hearth_store::Compare::mod_revision(&key, revision))
-            .when(hearth_store::Compare::exists(&source))
-            .and_then(hearth_store::Op::Put { key: key.clone(), value: encode(&state)?, lease: None }))
-    };
-    let last = match state.and_then(|s| s.last_for(&cron.schedule, &cron.timezone)) {
-        Some(last) => last,
-        // A new or changed schedule starts from now.
-        _ => {
-            store.txn(record(now)?).await?;
+impl CronTarget for Crons {
+    type Job = (Trigger, Cron);
+    type Error = Error;
+    const GUARANTEE: Guarantee = Guarantee::AtMostOnce;
+
+    async fn jobs(&self) -> Result<Vec<CronJob<(Trigger, Cron)>>, Error> {
+        let mut jobs = Vec::new();
+        for (app, triggers) in self.apps.all_triggers().await? {
+            for trigger in triggers {
+                let Spec::Cron(cron) = &trigger.spec else { continue };
+                let source_key = if trigger.source == spec::FROM_API {
+                    format!("{}{}", trigger_prefix(&app.name), trigger.id)
+                } else {
+                    record::key(&app.name)
+                };
+                jobs.push(CronJob {
+                    owner: app.name.clone(),
+                    state_key: format!("{CRON_STATE}{}/{}", app.name, trigger.id),
+                    source_key,
+                    schedule: cron.schedule.clone(),
+                    timezone: cron.timezone.clone(),
+                    job: (trigger.clone(), cron.clone()),
+                });
+            }
+        }
+        Ok(jobs)
+    }
+
+    async fn fire(&self, job: &CronJob<(Trigger, Cron)>, due: hearth_triggers::Due) -> Result<(), Error> {
+        let (apps, name, (trigger, cron)) = (&self.apps, &job.owner, &job.job);
+        let what = format!("Cron {} (the firing at {} ms)", trigger.id, due.slot);
+        let busy = format!("{name}/{}", trigger.id);
+        if apps.serving(name).is_none() {
+            apps.note(name, format!("{what} was skipped: the app is not serving."));
             return Ok(());
         }
-    };
-    let Some(due) = hearth_triggers::due(&schedule, last, now, started) else { return Ok(()) };
-    let what = format!("Cron {} (the firing at {} ms)", trigger.id, due.slot);
-    let busy = format!("{name}/{}", trigger.id);
-    // Recorded first: at most once per firing, even across a crash, and
-    // by one daemon only.
-    if !store.txn(record(due.slot)?).await?.succeeded {
-        return Ok(());
+        if !self.running.lock().unwrap_or_else(|e| e.into_inner()).insert(busy.clone()) {
+            apps.note(name, format!("{what} was skipped: the previous firing's call is still running."));
+            return Ok(());
+        }
+        if due.skipped > 0 {
+            apps.note(
+                name,
+                format!(
+                    "Cron {}: {} firings were missed while hearth was down; firing the latest once.",
+                    trigger.id, due.skipped
+                ),
+            );
+        }
+        // Each call runs on its own, so one slow app holds up no other.
+        let (apps, name, trigger, path, running) =
+            (apps.clone(), name.clone(), trigger.clone(), cron.path.clone(), self.running.clone());
+        let body = Bytes::from(cron.body.clone());
+        tokio::spawn(async move {
+            let status =
+                apps.call(&name, &trigger, &path, body, "text/plain; charset=utf-8", Some(due.slot)).await;
+            running.lock().unwrap_or_else(|e| e.into_inner()).remove(&busy);
+            apps.note(&name, fired_line(&what, &path, status));
+        });
+        Ok(())
     }
-    if apps.serving(name).is_none() {
-        apps.note(name, format!("{what} was skipped: the app is not serving."));
-        return Ok(());
-    }
-    if !running.lock().unwrap_or_else(|e| e.into_inner()).insert(busy.clone()) {
-        apps.note(name, format!("{what} was skipped: the previous firing's call is still running."));
-        return Ok(());
-    }
-    if due.skipped > 0 {
-        apps.note(
-            name,
-            format!(
-                "Cron {}: {} firings were missed while hearth was down; firing the latest once.",
-                trigger.id, due.skipped
-            ),
-        );
-    }
-    // Each call runs on its own, so one slow app holds up no other.
-    let (apps, name, trigger, path, running) =
-        (apps.clone(), name.to_owned(), trigger.clone(), cron.path.clone(), running.clone());
-    let body = Bytes::from(cron.body.clone());
-    tokio::spawn(async move {
-        let status =
-            apps.call(&name, &trigger, &path, body, "text/plain; charset=utf-8", Some(due.slot)).await;
-        running.lock().unwrap_or_else(|e| e.into_inner()).remove(&busy);
-        apps.note(&name, fired_line(&what, &path, status));
-    });
-    Ok(())
 }
 
 fn fired_line(what: &str, path: &str, status: Result<u16, String>) -> String {

@@ -30,17 +30,17 @@
 //! slow tick) fires late, on its own.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use futures::StreamExt;
-use hearth_triggers::CronState;
+use hearth_triggers::driver::{self, CronJob, CronTarget, Guarantee};
+use hearth_triggers::spec::{self, Kind, OwnKeys};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::record::{self, Definition, decode, encode};
 use crate::service::{Flows, StartRequest};
 use crate::{Error, now_ms};
-use hearth_triggers::{Schedule, signature as webhook_signature};
+use hearth_triggers::signature as webhook_signature;
 
 /// Every trigger a workflow declares.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,32 +116,13 @@ impl Triggers {
             if !paths.insert(&w.path) {
                 return Err(Error::Manifest(format!("two webhooks have the path {:?}", w.path)));
             }
-            if w.secret.as_deref() == Some("") {
-                return Err(Error::Manifest(format!(
-                    "webhook {:?} has an empty secret; remove it or set one",
-                    w.path
-                )));
-            }
+            spec::check_secret(&w.path, w.secret.as_deref()).map_err(Error::Manifest)?;
         }
         for c in &t.crons {
-            Schedule::parse(&c.schedule, &c.timezone).map_err(Error::Manifest)?;
+            spec::check_schedule(&c.schedule, &c.timezone).map_err(Error::Manifest)?;
         }
         for e in &t.events {
-            if hearth_triggers::private::only_secrets(&e.prefix) {
-                return Err(Error::Manifest(format!(
-                    "event prefix {:?} is not allowed: the values there hold secrets",
-                    e.prefix
-                )));
-            }
-            if e.prefix.starts_with(record::WORKFLOWS) || e.prefix.is_empty() {
-                return Err(Error::Manifest(format!(
-                    "event prefix {:?} is not allowed: workflows cannot trigger on workflow records (runs would start runs); name a prefix such as \"machines/\"",
-                    e.prefix
-                )));
-            }
-            if let Some(k) = e.kinds.iter().find(|k| *k != "put" && *k != "delete") {
-                return Err(Error::Manifest(format!("event kind {k:?} is not one of \"put\", \"delete\"")));
-            }
+            spec::check_event(&e.prefix, &e.kinds, OWN_KEYS).map_err(Error::Manifest)?;
         }
         Ok(())
     }
@@ -168,15 +149,21 @@ pub enum Spec {
     Webhook(Webhook),
 }
 
-impl Spec {
-    fn kind(&self) -> &'static str {
+impl hearth_triggers::Spec for Spec {
+    fn kind(&self) -> Kind {
         match self {
-            Spec::Cron(_) => "cron",
-            Spec::Event(_) => "event",
-            Spec::Webhook(_) => "webhook",
+            Spec::Cron(_) => Kind::Cron,
+            Spec::Event(_) => Kind::Event,
+            Spec::Webhook(_) => Kind::Webhook,
         }
     }
 }
+
+/// What workflows' event triggers may not follow.
+const OWN_KEYS: OwnKeys = OwnKeys {
+    prefix: record::WORKFLOWS,
+    why: "workflows cannot trigger on workflow records (runs would start runs)",
+};
 
 /// A workflow's trigger: where it came from and what it does.
 pub type Trigger = hearth_triggers::Trigger<Spec>;
@@ -188,17 +175,7 @@ fn manifest_triggers(def: &Definition) -> Vec<Trigger> {
     let crons = t.crons.iter().cloned().map(Spec::Cron);
     let events = t.events.iter().cloned().map(Spec::Event);
     let webhooks = t.webhooks.iter().cloned().map(Spec::Webhook);
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    crons
-        .chain(events)
-        .chain(webhooks)
-        .map(|spec| {
-            let n = counts.entry(spec.kind()).or_default();
-            let id = format!("{}-{n}", spec.kind());
-            *n += 1;
-            Trigger { id, source: "manifest".into(), spec, created_at: def.updated_at }
-        })
-        .collect()
+    spec::from_manifest(crons.chain(events).chain(webhooks), def.updated_at)
 }
 
 impl Flows {
@@ -265,7 +242,7 @@ impl Flows {
                     ids: ids.join(", "),
                 });
             }
-            Some(t) if t.source == "manifest" => {
+            Some(t) if t.source == spec::FROM_MANIFEST => {
                 return Err(Error::Invalid(format!(
                     "trigger {id} of workflow {name:?} comes from its hearth.toml: remove it there and deploy again"
                 )));
@@ -342,12 +319,7 @@ impl Flows {
         }
         let data = String::from_utf8_lossy(body).into_owned();
         if let Some(signal) = &webhook.signal {
-            let run = query
-                .unwrap_or("")
-                .split('&')
-                .find_map(|kv| kv.strip_prefix("run="))
-                .map(percent_decode)
-                .unwrap_or_default();
+            let run = hearth_triggers::percent::query_value(query.unwrap_or(""), "run").unwrap_or_default();
             if run.is_empty() {
                 return WebhookReply::error(400, "say which run to signal: ?run=ID".into());
             }
@@ -392,125 +364,74 @@ fn error_reply(e: &Error) -> WebhookReply {
     WebhookReply::error(status, e.to_string())
 }
 
-fn percent_decode(s: &str) -> String {
-    let hex_digit = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = match bytes.get(i..i + 3) {
-            Some([b'%', hi, lo]) => hex_digit(*hi).zip(hex_digit(*lo)).map(|(h, l)| h << 4 | l),
-            _ => None,
-        };
-        match (escaped, bytes[i]) {
-            (Some(byte), _) => {
-                out.push(byte);
-                i += 3;
-                continue;
-            }
-            (None, b'+') => out.push(b' '),
-            (None, b) => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Fires cron triggers and event triggers until `shutdown`.
 pub(crate) async fn run(flows: Flows, shutdown: watch::Receiver<bool>) {
     let events = tokio::spawn(events(flows.clone(), shutdown.clone()));
-    let mut shutdown = shutdown;
-    let started = now_ms();
-    loop {
-        if let Err(e) = cron_tick(&flows, started).await {
-            tracing::warn!(error = %e, "Cron triggers could not be checked.");
-        }
-        // Each second, on the second: six-field schedules have seconds.
-        let into_second = now_ms() % 1000;
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(1000 - into_second + 5)) => {}
-            _ = shutdown.changed() => break,
-        }
-        if *shutdown.borrow() {
-            break;
-        }
-    }
+    let store = flows.store().clone();
+    driver::run(Crons { flows }, store, shutdown).await;
     events.abort();
 }
 
-/// `started`: when this daemon began firing; slots before it were missed
-/// while hearth was down.
-async fn cron_tick(flows: &Flows, started: u64) -> Result<(), Error> {
-    let now = now_ms();
-    for def in flows.definitions().await? {
-        // The manifest's crons keep their state under their position, as
-        // they always have; added ones under their id.
-        let manifest = def.triggers.crons.iter().enumerate().map(|(i, c)| (i.to_string(), c.clone()));
-        // One unreadable added trigger stops no other workflow's crons.
-        let added = match flows.added_triggers(&def.name).await {
-            Ok(added) => added,
-            Err(e) => {
-                tracing::warn!(workflow = %def.name, error = %e, "Cannot read a workflow's added triggers; its added crons wait.");
-                Vec::new()
-            }
-        };
-        let added = added.into_iter().filter_map(|t| match t.spec {
-            Spec::Cron(c) => Some((t.id, c)),
-            _ => None,
-        });
-        for (slot, cron) in manifest.collect::<Vec<_>>().into_iter().chain(added) {
-            if let Err(e) = fire_cron(flows, &def, &slot, &cron, now, started).await {
-                tracing::warn!(workflow = %def.name, schedule = %cron.schedule, error = %e, "A cron trigger could not fire.");
-            }
-        }
-    }
-    Ok(())
+/// What a workflow's cron firing does: start a run whose id is made of the
+/// trigger and the slot, so firing a slot again (after a crash before it
+/// was recorded, or from a second daemon) starts nothing new: exactly once.
+struct Crons {
+    flows: Flows,
 }
 
-async fn fire_cron(
-    flows: &Flows,
-    def: &Definition,
-    index: &str,
-    cron: &Cron,
-    now: u64,
-    started: u64,
-) -> Result<(), Error> {
-    let schedule = Schedule::parse(&cron.schedule, &cron.timezone).map_err(Error::Manifest)?;
-    let key = format!("{}{}/{index}", record::CRON, def.name);
-    let store = flows.store();
-    let state = match store.get(&key).await? {
-        Some(kv) => Some(decode::<CronState>(&key, &kv.value)?),
-        None => None,
-    };
-    let last = match state.and_then(|s| s.last_for(&cron.schedule, &cron.timezone)) {
-        Some(last) => last,
-        // A new or changed schedule starts from now: no firings for the past.
-        _ => {
-            let fresh =
-                CronState { schedule: cron.schedule.clone(), timezone: cron.timezone.clone(), last: now };
-            store.put(&key, encode(&fresh), None).await?;
-            return Ok(());
+impl CronTarget for Crons {
+    /// The trigger's slot in the run id (a manifest's by position, as they
+    /// always have been; an added one by id), and the trigger.
+    type Job = (String, Cron);
+    type Error = Error;
+    const GUARANTEE: Guarantee = Guarantee::Idempotent;
+
+    async fn jobs(&self) -> Result<Vec<CronJob<(String, Cron)>>, Error> {
+        let mut jobs = Vec::new();
+        for def in self.flows.definitions().await? {
+            let manifest = def.triggers.crons.iter().enumerate().map(|(i, c)| (i.to_string(), c.clone()));
+            let manifest: Vec<_> = manifest.map(|job| (record::def_key(&def.name), job)).collect();
+            // One unreadable added trigger stops no other workflow's crons.
+            let added = match self.flows.added_triggers(&def.name).await {
+                Ok(added) => added,
+                Err(e) => {
+                    tracing::warn!(workflow = %def.name, error = %e, "Cannot read a workflow's added triggers; its added crons wait.");
+                    Vec::new()
+                }
+            };
+            let added = added.into_iter().filter_map(|t| match t.spec {
+                Spec::Cron(c) => Some((record::trigger_key(&def.name, &t.id), (t.id, c))),
+                _ => None,
+            });
+            for (source_key, (slot, cron)) in manifest.into_iter().chain(added) {
+                jobs.push(CronJob {
+                    owner: def.name.clone(),
+                    state_key: format!("{}{}/{slot}", record::CRON, def.name),
+                    source_key,
+                    schedule: cron.schedule.clone(),
+                    timezone: cron.timezone.clone(),
+                    job: (slot, cron),
+                });
+            }
         }
-    };
-    let Some(hearth_triggers::Due { slot: due, skipped }) =
-        hearth_triggers::due(&schedule, last, now, started)
-    else {
-        return Ok(());
-    };
-    if skipped > 0 {
-        tracing::info!(workflow = %def.name, schedule = %cron.schedule, skipped, "Cron firings were missed while hearth was down; firing the latest once.");
+        Ok(jobs)
     }
-    let request = StartRequest {
-        workflow: def.name.clone(),
-        input: cron.input.clone(),
-        id: Some(format!("{}-cron-{index}-{due}", def.name)),
-        started_by: "cron".into(),
-        parent: None,
-    };
-    flows.start(request).await?;
-    let fired = CronState { schedule: cron.schedule.clone(), timezone: cron.timezone.clone(), last: due };
-    store.put(&key, encode(&fired), None).await?;
-    Ok(())
+
+    async fn fire(&self, job: &CronJob<(String, Cron)>, due: hearth_triggers::Due) -> Result<(), Error> {
+        let (workflow, (slot, cron)) = (&job.owner, &job.job);
+        if due.skipped > 0 {
+            tracing::info!(workflow = %workflow, schedule = %cron.schedule, skipped = due.skipped, "Cron firings were missed while hearth was down; firing the latest once.");
+        }
+        let request = StartRequest {
+            workflow: workflow.clone(),
+            input: cron.input.clone(),
+            id: Some(format!("{workflow}-cron-{slot}-{}", due.slot)),
+            started_by: "cron".into(),
+            parent: None,
+        };
+        self.flows.start(request).await?;
+        Ok(())
+    }
 }
 
 /// Every workflow's event triggers, manifest and added, by workflow.
@@ -711,12 +632,5 @@ mod tests {
         assert!(matches!(flows.add_trigger("w", cron_spec()).await, Err(Error::NotFound(_))));
         assert_eq!(hearth_store::Store::revision(&store).await.unwrap(), before);
         store.shutdown().await;
-    }
-
-    #[test]
-    fn run_ids_in_queries_are_decoded() {
-        assert_eq!(percent_decode("approval%3A1"), "approval:1");
-        assert_eq!(percent_decode("a+b"), "a b");
-        assert_eq!(percent_decode("50%"), "50%");
     }
 }

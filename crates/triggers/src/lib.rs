@@ -1,14 +1,20 @@
 //! What apps and workflows share about their triggers.
 //!
 //! - [`cron`]: five- or six-field schedules on a time zone's wall clock.
+//! - [`driver`]: the once-a-second cron loop with its catch-up, for any
+//!   subsystem that says what a firing does ([`driver::CronTarget`]).
 //! - [`due`]: which firing of a schedule is owed now, with the policy for
 //!   firings missed while hearth was down (catch up once).
 //! - [`signature`]: the `X-Hearth-Signature` of webhooks, an HMAC-SHA256 of
 //!   the body keyed with a shared secret.
 //! - [`events`]: following the store's changes for event triggers, across
 //!   broken watches.
+//! - [`spec`]: trigger kinds, manifest ids, and the checks every trigger
+//!   passes when declared.
 //! - [`stored`]: the shapes of triggers as listed and stored, and of a
 //!   cron trigger's last firing.
+//! - [`percent`]: percent-decoding by the rule of the URL part (a path
+//!   keeps `+`, a query makes it a space).
 //! - [`private`]: the store keys no event trigger sees, and manifests shown
 //!   with their webhook secrets masked.
 //!
@@ -16,12 +22,16 @@
 //! signals runs, `hearth-apps` calls an app's route.
 
 pub mod cron;
+pub mod driver;
 pub mod events;
+pub mod percent;
 pub mod private;
 pub mod signature;
+pub mod spec;
 pub mod stored;
 
 pub use cron::Schedule;
+pub use spec::{Kind, Spec};
 pub use stored::{CronState, Stored, Trigger};
 
 /// A firing that is owed.
