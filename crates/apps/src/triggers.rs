@@ -364,7 +364,7 @@ impl Apps {
                     ids: ids.join(", "),
                 });
             }
-            Some(t) if t.source == "manifest" => {
+            Some(t) if t.source == spec::FROM_MANIFEST => {
                 return Err(Error::Invalid(format!(
                     "trigger {id} of app {name:?} comes from its hearth.toml: remove it there and deploy again"
                 )));

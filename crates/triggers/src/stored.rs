@@ -21,7 +21,12 @@ pub struct Trigger<S> {
 impl<S> Trigger<S> {
     /// A trigger added by API, from its stored form.
     pub fn added(stored: Stored<S>) -> Self {
-        Trigger { id: stored.id, source: "api".into(), spec: stored.spec, created_at: stored.created_at }
+        Trigger {
+            id: stored.id,
+            source: crate::spec::FROM_API.into(),
+            spec: stored.spec,
+            created_at: stored.created_at,
+        }
     }
 }
 
