@@ -1,6 +1,6 @@
 //! Bad input gets the documented error shape, and the daemon keeps serving.
 
-use hearth_api::client::{Client, Error};
+use hearth_client::{Client, Error};
 use hearth_testkit::Daemon;
 use hyper::{Method, StatusCode};
 

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use hearth_api::types::{Encoding, EventKind, PutKv};
+use hearth_client::types::{Encoding, EventKind, PutKv};
 use hearth_testkit::Daemon;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hearth");

@@ -9,8 +9,8 @@
 
 use std::time::Duration;
 
-use hearth_api::client::Error;
-use hearth_api::types::CreateMachine;
+use hearth_client::Error;
+use hearth_client::types::CreateMachine;
 use hearth_testkit::{Daemon, failure, success};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hearth");

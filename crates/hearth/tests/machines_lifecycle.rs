@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use hearth_api::client::Error;
-use hearth_api::types::CreateMachine;
+use hearth_client::Error;
+use hearth_client::types::CreateMachine;
 use hearth_testkit::{Daemon, failure, success};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hearth");
@@ -148,7 +148,7 @@ async fn bad_machine_requests_are_refused_clearly_and_leave_nothing() {
         no_start: true,
         ..Default::default()
     };
-    let refused = |result: Result<hearth_api::types::Machine, Error>| match result {
+    let refused = |result: Result<hearth_client::types::Machine, Error>| match result {
         Err(Error::Api { status, detail }) => (status.as_u16(), detail.code, detail.message, detail.hint),
         other => panic!("expected an API error, got {other:?}"),
     };

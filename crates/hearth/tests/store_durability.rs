@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hearth_api::types::{Encoding, EventsQuery, PutKv};
+use hearth_client::types::{Encoding, EventsQuery, PutKv};
 use hearth_testkit::Daemon;
 use rand::Rng;
 

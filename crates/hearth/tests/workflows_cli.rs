@@ -209,7 +209,7 @@ async fn fifty_runs_complete_exactly_once_through_kill_9_at_random_points() {
     let ids: Vec<String> = (0..50).map(|i| format!("crash-{i}")).collect();
     let client = daemon.client();
     for id in &ids {
-        let body = hearth_api::types::StartRun { input: format!("full:{url}"), id: Some(id.clone()) };
+        let body = hearth_client::types::StartRun { input: format!("full:{url}"), id: Some(id.clone()) };
         client.start_run("steps", &body).await.expect("start");
     }
     let mut rng = rand::rng();
@@ -223,7 +223,7 @@ async fn fifty_runs_complete_exactly_once_through_kill_9_at_random_points() {
     for chunk in ids.chunks(10) {
         let client = daemon.client();
         for id in chunk {
-            let body = hearth_api::types::SendSignal { name: "go".into(), data: id.clone() };
+            let body = hearth_client::types::SendSignal { name: "go".into(), data: id.clone() };
             client.signal_run(id, &body).await.expect("signal");
         }
         std::thread::sleep(Duration::from_millis(rng.random_range(0..80)));

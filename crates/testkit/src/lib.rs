@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use hearth_api::client::{Client, Endpoint};
+use hearth_client::{Client, Endpoint};
 
 /// How long a daemon gets to open its socket.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -252,7 +252,7 @@ impl Daemon {
         name: &str,
         states: &[&str],
         limit: Duration,
-    ) -> hearth_api::types::Machine {
+    ) -> hearth_client::types::Machine {
         let started = Instant::now();
         loop {
             let m = self.client().machine(name).await.expect("machine exists");

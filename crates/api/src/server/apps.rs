@@ -8,14 +8,14 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
+use hearth_client::types::{
+    AppDetail, AppList, AppLogLine, AppLogs, AppSummary, AppVersion, DeployApp, DeployResult, ErrorBody,
+    LogsQuery, Rollback, SetSecret,
+};
 
 use super::AppState;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery, component_bytes, deploy_body};
-use crate::types::{
-    AppDetail, AppList, AppLogLine, AppLogs, AppSummary, AppVersion, DeployApp, DeployResult, LogsQuery,
-    Rollback, SetSecret,
-};
 
 /// The largest deploy request: a component of up to 64 MiB, base64-encoded.
 const MAX_DEPLOY_BODY: usize = 90 << 20;

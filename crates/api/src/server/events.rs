@@ -8,14 +8,31 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
+use hearth_client::types::{ChangeEvent, Encoding, ErrorBody, EventKind, EventList, EventsQuery};
 
 use super::AppState;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::ApiError;
 use crate::extract::ApiQuery;
-use crate::types::{ChangeEvent, EventKind, EventList, EventsQuery};
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 10_000;
+
+/// A store event as the wire shows it.
+fn change_event(event: hearth_store::Event) -> ChangeEvent {
+    let revision = event.revision();
+    let kind = match event.kind {
+        hearth_store::EventKind::Put => EventKind::Put,
+        hearth_store::EventKind::Delete => EventKind::Delete,
+    };
+    let (value, encoding) = match kind {
+        EventKind::Put => {
+            let (value, encoding) = Encoding::encode(event.kv.value);
+            (Some(value), encoding)
+        }
+        EventKind::Delete => (None, Encoding::Utf8),
+    };
+    ChangeEvent { revision, kind, key: event.kv.key, value, encoding, version: event.kv.version }
+}
 
 /// Lists recent changes, or with `follow=true` streams them as server-sent
 /// events: `id` is the revision, `event` is `put` or `delete`, `data` is a
@@ -53,7 +70,7 @@ pub(crate) async fn events(
         let mut stream = state.store().watch(&prefix, since).await?;
         while events.len() < limit {
             match stream.next().await {
-                Some(Ok(event)) if event.revision() <= current => events.push(ChangeEvent::from(event)),
+                Some(Ok(event)) if event.revision() <= current => events.push(change_event(event)),
                 Some(Ok(_)) | None => break,
                 Some(Err(error)) => return Err(error.into()),
             }
@@ -84,7 +101,7 @@ async fn follow(state: AppState, prefix: &str, since: u64) -> Result<Response, A
         .map(|item| -> Result<SseEvent, Infallible> {
             Ok(match item {
                 Ok(event) => {
-                    let change = ChangeEvent::from(event);
+                    let change = change_event(event);
                     let kind = match change.kind {
                         EventKind::Put => "put",
                         EventKind::Delete => "delete",

@@ -3,7 +3,7 @@
 //!
 //! A request flows: connection → (TCP only) [`auth`] → panic guard → metrics →
 //! router → a handler in [`kv`], [`events`], [`leases`] or [`system`] → the
-//! store handle → a wire type from [`crate::types`], or an [`ApiError`].
+//! store handle → a wire type from `hearth_client::types`, or an [`ApiError`].
 
 pub(crate) mod apps;
 mod auth;
@@ -18,9 +18,6 @@ pub(crate) mod networks;
 pub(crate) mod system;
 pub(crate) mod triggers;
 pub(crate) mod workflows;
-
-pub use exec::{STDERR, STDOUT};
-pub use files::MODE_HEADER;
 
 use std::path::PathBuf;
 use std::sync::Arc;

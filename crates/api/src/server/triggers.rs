@@ -4,13 +4,13 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use hearth_client::types::{ErrorBody, TriggerBody, TriggerInfo, TriggerList};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::AppState;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::ApiError;
 use crate::extract::ApiJson;
-use crate::types::{TriggerBody, TriggerInfo, TriggerList};
 
 /// The subsystem's trigger from the wire's: the same fields, checked
 /// against what the subsystem's kind takes.

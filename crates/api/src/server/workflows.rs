@@ -3,15 +3,15 @@
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use hearth_client::types::{
+    DeployWorkflow, ErrorBody, JournalStep, MigrateRun, PendingSignal, ResultQuery, RunDetail, RunList,
+    RunLogLine, RunLogs, RunStarted, RunSummary, RunsQuery, SendSignal, StartRun, WorkflowDeployed,
+    WorkflowList, WorkflowSummary, WorkflowVersion,
+};
 
 use super::AppState;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery, component_bytes, deploy_body};
-use crate::types::{
-    DeployWorkflow, JournalStep, MigrateRun, PendingSignal, ResultQuery, RunDetail, RunList, RunLogLine,
-    RunLogs, RunStarted, RunSummary, RunsQuery, SendSignal, StartRun, WorkflowDeployed, WorkflowList,
-    WorkflowSummary, WorkflowVersion,
-};
 
 /// The largest deploy request: a component of up to 32 MiB, base64-encoded.
 const MAX_DEPLOY_BODY: usize = 45 << 20;

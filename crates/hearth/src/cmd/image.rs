@@ -3,8 +3,8 @@
 use std::io::BufRead;
 
 use futures::{Stream, StreamExt};
-use hearth_api::client::{Client, Error as ClientError, LongEvent};
-use hearth_api::types::{BuildImage, ImageInfo, PullImage};
+use hearth_client::types::{BuildImage, ImageInfo, PullImage};
+use hearth_client::{Client, Error as ClientError, LongEvent};
 
 use crate::output::{Bar, Table, print_json};
 

@@ -19,9 +19,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use futures::{SinkExt, StreamExt};
-use hearth_api::client::{Client, Error as ClientError};
-use hearth_api::labs::PutLab;
-use hearth_api::types::{BuildImage, CreateMachine, CreateNetwork, ExecEnd, ExecStart, Machine, PullImage};
+use hearth_client::types::PutLab;
+use hearth_client::types::{
+    BuildImage, CreateMachine, CreateNetwork, ExecEnd, ExecStart, Machine, PullImage,
+};
+use hearth_client::{Client, Error as ClientError};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::output::{Table, print_json};
@@ -118,7 +120,7 @@ struct Before {
     owned_machines: Vec<String>,
     owned_networks: Vec<String>,
     machines: HashMap<String, Machine>,
-    networks: HashMap<String, hearth_api::types::Network>,
+    networks: HashMap<String, hearth_client::types::Network>,
 }
 
 async fn up(client: &Client, args: UpArgs) -> anyhow::Result<i32> {
@@ -202,7 +204,7 @@ async fn preflight(client: &Client, lab: &file::Lab) -> anyhow::Result<Before> {
     let owned_networks = record.as_ref().map(|r| r.networks.clone()).unwrap_or_default();
     let machines: HashMap<String, Machine> =
         client.machines().await?.machines.into_iter().map(|m| (m.name.clone(), m)).collect();
-    let networks: HashMap<String, hearth_api::types::Network> =
+    let networks: HashMap<String, hearth_client::types::Network> =
         client.networks().await?.networks.into_iter().map(|n| (n.name.clone(), n)).collect();
     let declared: HashMap<&str, &file::Network> = lab.networks.iter().map(|n| (n.name.as_str(), n)).collect();
     let mine: HashSet<&str> = lab.machines.iter().map(|m| m.name.as_str()).collect();

@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures::{SinkExt, StreamExt};
-use hearth_api::client::{Client, Error as ClientError};
-use hearth_api::types::{
+use hearth_client::types::{
     CreateMachine, ExecControl, ExecEnd, ExecStart, Machine, NetworkAttachment, PullImage, TermSize,
 };
+use hearth_client::{Client, Error as ClientError};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::output::{Table, print_json};
@@ -505,7 +505,7 @@ async fn exec(client: &Client, args: ExecArgs) -> anyhow::Result<i32> {
         tokio::select! {
             message = stream.next() => match message {
                 Some(Ok(Message::Binary(data))) if !data.is_empty() => {
-                    let target: &mut dyn std::io::Write = if data[0] == hearth_api::server::STDERR { &mut err } else { &mut out };
+                    let target: &mut dyn std::io::Write = if data[0] == hearth_client::types::EXEC_STDERR { &mut err } else { &mut out };
                     target.write_all(&data[1..])?;
                     target.flush()?;
                 }

@@ -1,6 +1,6 @@
 //! `hearth snapshot`: machines saved to disk.
 
-use hearth_api::client::Client;
+use hearth_client::Client;
 
 use crate::output::{Table, print_json};
 

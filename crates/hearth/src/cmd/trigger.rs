@@ -2,8 +2,8 @@
 //! events and webhooks added from the command line, beside those a
 //! `hearth.toml` declares (which change only with a redeploy).
 
-use hearth_api::client::Client;
-use hearth_api::types::TriggerBody;
+use hearth_client::Client;
+use hearth_client::types::TriggerBody;
 
 use crate::output::{Table, print_json};
 

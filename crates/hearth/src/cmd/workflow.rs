@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use base64::Engine as _;
-use hearth_api::client::Client;
-use hearth_api::types::{DeployWorkflow, RunSummary, RunsQuery, SendSignal, StartRun};
+use hearth_client::Client;
+use hearth_client::types::{DeployWorkflow, RunSummary, RunsQuery, SendSignal, StartRun};
 
 use crate::output::{Spinner, Table, cell, print_json};
 

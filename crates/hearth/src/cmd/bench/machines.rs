@@ -12,8 +12,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use hearth_api::client::{Client, Endpoint};
-use hearth_api::types::{CreateMachine, Machine};
+use hearth_client::types::{CreateMachine, Machine};
+use hearth_client::{Client, Endpoint};
 use hearth_machines::vmm::{self, Backend, VmConfig, VmFiles, qemu};
 use hearth_machines::{guest, kernel};
 use serde::Serialize;
@@ -193,8 +193,7 @@ impl Created {
         for name in left {
             match client.remove_machine(&name, true).await {
                 Ok(()) => eprintln!("Removed {name}."),
-                Err(hearth_api::client::Error::Api { status, .. })
-                    if status == hyper::StatusCode::NOT_FOUND => {}
+                Err(hearth_client::Error::Api { status, .. }) if status == hyper::StatusCode::NOT_FOUND => {}
                 Err(e) => eprintln!("warning: cannot remove {name} ({e}); run `hearth machine rm -f {name}`"),
             }
         }

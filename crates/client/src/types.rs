@@ -7,6 +7,26 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+/// The body of every error response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong, in a stable machine-readable `code`, a sentence for
+/// people, and a hint that says what to do next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorDetail {
+    /// Stable identifier, e.g. `invalid_field` or `not_found`.
+    pub code: String,
+    /// What was wrong.
+    pub message: String,
+    /// What to do about it.
+    pub hint: String,
+}
+
 /// `GET /v1/status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Status {
@@ -67,26 +87,6 @@ pub struct KvmInfo {
 pub struct ToolInfo {
     pub path: String,
     pub version: Option<String>,
-}
-
-impl HostInfo {
-    pub fn new(report: hearth_machines::probe::HostReport, default_backend: String) -> Self {
-        let tool = |t: hearth_machines::probe::Tool| ToolInfo {
-            path: t.path.display().to_string(),
-            version: t.version,
-        };
-        HostInfo {
-            kvm: KvmInfo {
-                present: report.kvm.present,
-                accessible: report.kvm.accessible,
-                usable: report.kvm.usable,
-                detail: report.kvm.detail,
-            },
-            qemu: report.qemu.map(tool),
-            firecracker: report.firecracker.map(tool),
-            default_backend,
-        }
-    }
 }
 
 /// How a value is written on the wire.
@@ -234,24 +234,6 @@ pub struct ChangeEvent {
     pub version: u64,
 }
 
-impl From<hearth_store::Event> for ChangeEvent {
-    fn from(event: hearth_store::Event) -> Self {
-        let revision = event.revision();
-        let kind = match event.kind {
-            hearth_store::EventKind::Put => EventKind::Put,
-            hearth_store::EventKind::Delete => EventKind::Delete,
-        };
-        let (value, encoding) = match kind {
-            EventKind::Put => {
-                let (value, encoding) = Encoding::encode(event.kv.value);
-                (Some(value), encoding)
-            }
-            EventKind::Delete => (None, Encoding::Utf8),
-        };
-        ChangeEvent { revision, kind, key: event.kv.key, value, encoding, version: event.kv.version }
-    }
-}
-
 /// `GET /v1/events` without `follow`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct EventList {
@@ -325,48 +307,6 @@ pub struct MachineNic {
     pub tap: String,
     /// `MACHINE.NETWORK.hearth`.
     pub dns_name: String,
-}
-
-impl From<hearth_machines::record::MachineRecord> for Machine {
-    fn from(r: hearth_machines::record::MachineRecord) -> Self {
-        let name = r.name.clone();
-        Machine {
-            name: r.name,
-            image: r.spec.image,
-            image_digest: r.spec.image_digest,
-            backend: r.spec.backend.to_string(),
-            cpus: r.spec.cpus,
-            memory_mib: r.spec.memory_mib,
-            entrypoint: r.spec.entrypoint,
-            desired: match r.desired {
-                hearth_machines::record::Desired::Running => "running".into(),
-                hearth_machines::record::Desired::Stopped => "stopped".into(),
-            },
-            state: r.status.state.as_str().to_owned(),
-            phase: r.status.phase,
-            reason: r.status.reason,
-            pid: r.status.pid,
-            boot_ms: r.status.boot_ms,
-            kernel: r.status.kernel,
-            auto_remove: r.spec.auto_remove,
-            nics: r
-                .spec
-                .nics
-                .iter()
-                .map(|n| MachineNic {
-                    network: n.network.clone(),
-                    ip: n.ip.to_string(),
-                    mac: n.mac.clone(),
-                    tap: n.tap.clone(),
-                    dns_name: format!("{}.{}.hearth", name, n.network),
-                })
-                .collect(),
-            ports: r.spec.ports.iter().map(ToString::to_string).collect(),
-            disk_mib: r.spec.disk_mib,
-            created_at: r.created_at,
-            started_at: r.status.started_at,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -456,6 +396,18 @@ pub struct FileQuery {
     pub mode: Option<String>,
 }
 
+/// The first byte of a binary exec message from the daemon whose rest is
+/// the command's standard output.
+pub const EXEC_STDOUT: u8 = 1;
+
+/// The first byte of a binary exec message from the daemon whose rest is
+/// the command's standard error.
+pub const EXEC_STDERR: u8 = 2;
+
+/// The response header of `GET /v1/machines/{name}/files` that carries
+/// the file's permission bits, in octal.
+pub const MODE_HEADER: &str = "x-hearth-mode";
+
 /// The first message on an exec WebSocket (text, JSON).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -493,7 +445,7 @@ pub enum ExecControl {
 #[serde(rename_all = "snake_case")]
 pub enum ExecEnd {
     Exit { code: Option<i32>, signal: Option<i32> },
-    Error(crate::error::ErrorDetail),
+    Error(ErrorDetail),
 }
 
 /// An image on this host.
@@ -568,21 +520,6 @@ pub struct Snapshot {
     pub created_at: u64,
 }
 
-impl From<hearth_machines::record::SnapshotRecord> for Snapshot {
-    fn from(s: hearth_machines::record::SnapshotRecord) -> Self {
-        Snapshot {
-            name: s.name,
-            machine: s.machine,
-            image: s.spec.image,
-            backend: s.spec.backend.to_string(),
-            cpus: s.spec.cpus,
-            memory_mib: s.spec.memory_mib,
-            size_bytes: s.size_bytes,
-            created_at: s.created_at,
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SnapshotList {
     pub snapshots: Vec<Snapshot>,
@@ -654,24 +591,6 @@ pub struct Fault {
     /// Unix seconds at which it heals itself, if it does.
     pub expires_at: Option<u64>,
     pub created_at: u64,
-}
-
-impl From<hearth_net::record::FaultRecord> for Fault {
-    fn from(f: hearth_net::record::FaultRecord) -> Self {
-        use hearth_net::record::FaultKind;
-        let kind = match f.kind {
-            FaultKind::Partition { .. } => "partition",
-            FaultKind::Delay { .. } => "delay",
-            FaultKind::Loss { .. } => "loss",
-        };
-        Fault {
-            id: f.id,
-            kind: kind.into(),
-            description: f.kind.describe(),
-            expires_at: f.expires_at,
-            created_at: f.created_at,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -1072,4 +991,76 @@ pub struct TriggerInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TriggerList {
     pub triggers: Vec<TriggerInfo>,
+}
+
+// ---------------------------------------------------------------------------
+// Labs
+
+/// `PUT /v1/labs/{name}`: records a lab, or replaces its record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutLab {
+    /// The lab's name; the same as in the path.
+    pub name: String,
+    /// The lab file it came from, as the CLI's user named it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// The lab file's text (TOML).
+    pub source: String,
+    /// The machines the lab owns: `down` removes them.
+    #[serde(default)]
+    pub machines: Vec<String>,
+    /// The networks the lab created: `down` removes them. Networks it only
+    /// joins (made by someone else) are not listed.
+    #[serde(default)]
+    pub networks: Vec<String>,
+}
+
+/// A lab, with the state of its machines now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Lab {
+    pub name: String,
+    pub file: Option<String>,
+    /// The lab file's text, as last brought up.
+    pub source: String,
+    pub machines: Vec<LabMachine>,
+    /// The networks the lab created.
+    pub networks: Vec<String>,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Unix seconds of the last `lab up`.
+    pub updated_at: u64,
+}
+
+/// One of a lab's machines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LabMachine {
+    pub name: String,
+    /// The machine's state (`running`, `stopped`, …), or `missing` if it
+    /// was removed behind the lab's back.
+    pub state: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LabList {
+    pub labs: Vec<Lab>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteLabQuery {
+    /// Also remove the lab's machines (killed if running) and the networks
+    /// it created; without it only the record goes.
+    pub down: Option<bool>,
+}
+
+/// What `DELETE /v1/labs/{name}` removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LabDown {
+    pub name: String,
+    pub removed_machines: Vec<String>,
+    pub removed_networks: Vec<String>,
+    /// What was left alone, and why.
+    pub notes: Vec<String>,
 }

@@ -14,12 +14,12 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::{ErrorBody, ErrorDetail};
 use crate::types::{
-    BuildImage, ChangeEvent, CreateFault, CreateMachine, CreateNetwork, DeleteResult, EventList, EventsQuery,
-    Fault, FaultList, GrantLease, Healed, ImageInfo, ImageList, KvEntry, KvList, LeaseInfo, LeaseList,
-    Machine, MachineList, Network, NetworkList, Progress, PullImage, PutKv, RestoreSnapshot, Snapshot,
-    SnapshotList, Status, TakeSnapshot, WriteResult,
+    BuildImage, ChangeEvent, CreateFault, CreateMachine, CreateNetwork, DeleteResult, ErrorBody, ErrorDetail,
+    EventList, EventsQuery, Fault, FaultList, GrantLease, Healed, ImageInfo, ImageList, KvEntry, KvList, Lab,
+    LabDown, LabList, LeaseInfo, LeaseList, MODE_HEADER, Machine, MachineList, Network, NetworkList,
+    Progress, PullImage, PutKv, PutLab, RestoreSnapshot, Snapshot, SnapshotList, Status, TakeSnapshot,
+    WriteResult,
 };
 
 /// Where the daemon is.
@@ -384,7 +384,7 @@ impl Client {
             self.send(Method::GET, &format!("/v1/machines/{}/files?{q}", encode_path(name)), None).await?;
         let mode = response
             .headers()
-            .get(crate::server::MODE_HEADER)
+            .get(MODE_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| u32::from_str_radix(v, 8).ok())
             .unwrap_or(0o644);
@@ -636,6 +636,26 @@ impl Client {
     }
 }
 
+/// The labs endpoints.
+impl Client {
+    pub async fn labs(&self) -> Result<LabList, Error> {
+        self.call(Method::GET, "/v1/labs", None).await
+    }
+
+    pub async fn lab(&self, name: &str) -> Result<Lab, Error> {
+        self.call(Method::GET, &format!("/v1/labs/{}", encode_segment(name)), None).await
+    }
+
+    pub async fn put_lab(&self, body: &PutLab) -> Result<Lab, Error> {
+        self.call(Method::PUT, &format!("/v1/labs/{}", encode_segment(&body.name)), Self::json(body)?).await
+    }
+
+    /// Forgets a lab; with `down`, removes its machines and networks first.
+    pub async fn remove_lab(&self, name: &str, down: bool) -> Result<LabDown, Error> {
+        self.call(Method::DELETE, &format!("/v1/labs/{}?down={down}", encode_segment(name)), None).await
+    }
+}
+
 async fn collect(response: Response<Incoming>) -> Result<Bytes, Error> {
     response.into_body().collect().await.map(|c| c.to_bytes()).map_err(|e| Error::Protocol(e.to_string()))
 }
@@ -721,6 +741,18 @@ fn encode_path(key: &str) -> String {
     out
 }
 
+/// Percent-encodes a name for one path segment (`/` too).
+fn encode_segment(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -728,6 +760,12 @@ mod tests {
     #[test]
     fn keys_are_percent_encoded_but_keep_slashes() {
         assert_eq!(encode_path("a/b c?d#é"), "a/b%20c%3Fd%23%C3%A9");
+    }
+
+    #[test]
+    fn names_are_encoded_for_paths() {
+        assert_eq!(encode_segment("etcd"), "etcd");
+        assert_eq!(encode_segment("a/b c"), "a%2Fb%20c");
     }
 
     #[test]
