@@ -10,7 +10,9 @@ use std::collections::{BTreeSet, HashMap};
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use hearth_client::types::{DeleteLabQuery, ErrorBody, Lab, LabDown, LabList, LabMachine, PutLab};
+use hearth_client::types::{
+    DeleteLabQuery, ErrorBody, Lab, LabDown, LabList, LabMachine, LabMachineState, MachineState, PutLab,
+};
 
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery};
@@ -68,19 +70,22 @@ fn not_found(name: &str) -> ApiError {
 }
 
 /// Machine states by name, for describing labs.
-async fn machine_states(state: &AppState) -> Result<HashMap<String, String>, ApiError> {
+async fn machine_states(state: &AppState) -> Result<HashMap<String, MachineState>, ApiError> {
     let machines = state.machines().list().await?;
-    Ok(machines.into_iter().map(|m| (m.name, m.status.state.as_str().to_owned())).collect())
+    Ok(machines
+        .into_iter()
+        .map(|m| (m.name, crate::server::machines::machine_state(m.status.state)))
+        .collect())
 }
 
-fn describe(r: LabRecord, states: &HashMap<String, String>) -> Lab {
+fn describe(r: LabRecord, states: &HashMap<String, MachineState>) -> Lab {
     Lab {
         machines: r
             .machines
             .iter()
             .map(|m| LabMachine {
                 name: m.clone(),
-                state: states.get(m).cloned().unwrap_or_else(|| "missing".to_owned()),
+                state: states.get(m).map_or(LabMachineState::Missing, |s| LabMachineState::from(*s)),
             })
             .collect(),
         name: r.name,

@@ -3,9 +3,243 @@
 //! Request types refuse unknown fields, so a typo is an error rather than a
 //! silently ignored option.
 
+use std::fmt;
+
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+
+/// Declares a wire enum: a closed set of words, each written on the wire
+/// as the string given, with `as_str`, `Display`, `FromStr` and comparison
+/// with a `&str` (so `machine.state == "running"` reads as it did when the
+/// field was a string).
+macro_rules! wire_enum {
+    // `$text` is a `tt`, not a `literal`: a `literal` reaches derive macros
+    // wrapped in an invisible group, which utoipa does not look into, and
+    // the document would name the variants instead of their words.
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:tt,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant,)+
+        }
+
+        impl $name {
+            /// Every value, in the order the API documents them.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The value as it is written on the wire.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                // `pad`, so that `{:<8}` lines up columns as a string would.
+                f.pad(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = UnknownValue;
+
+            fn from_str(text: &str) -> Result<Self, UnknownValue> {
+                $name::ALL.iter().copied().find(|v| v.as_str() == text).ok_or_else(|| UnknownValue {
+                    what: stringify!($name),
+                    value: text.to_owned(),
+                    expected: $name::ALL.iter().map(|v| v.as_str()).collect(),
+                })
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.as_str() == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+    };
+}
+
+/// A word that is none of a wire enum's values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{value:?} is not a {what}: use one of {}", expected.join(", "))]
+pub struct UnknownValue {
+    /// The enum's name, e.g. `MachineState`.
+    pub what: &'static str,
+    /// The word that matched no value.
+    pub value: String,
+    /// The values there are.
+    pub expected: Vec<&'static str>,
+}
+
+wire_enum! {
+    /// The state store's backend.
+    StoreBackend {
+        /// The embedded store, one file in the data dir.
+        Redb = "redb",
+        /// An etcd cluster.
+        Etcd = "etcd",
+    }
+}
+
+wire_enum! {
+    /// What runs a machine's VM.
+    Backend {
+        /// QEMU with software emulation (TCG): slow, runs anywhere.
+        QemuTcg = "qemu-tcg",
+        /// QEMU with KVM.
+        QemuKvm = "qemu-kvm",
+        /// Firecracker (needs KVM).
+        Firecracker = "firecracker",
+    }
+}
+
+wire_enum! {
+    /// What the user asked of a machine.
+    Desired {
+        Running = "running",
+        Stopped = "stopped",
+    }
+}
+
+wire_enum! {
+    /// Where a machine is in its life.
+    MachineState {
+        /// Recorded, not yet started.
+        Created = "created",
+        Starting = "starting",
+        Running = "running",
+        Stopping = "stopping",
+        Stopped = "stopped",
+        Failed = "failed",
+    }
+}
+
+wire_enum! {
+    /// A lab's machine's state, or `missing` if it was removed behind the
+    /// lab's back.
+    LabMachineState {
+        Created = "created",
+        Starting = "starting",
+        Running = "running",
+        Stopping = "stopping",
+        Stopped = "stopped",
+        Failed = "failed",
+        /// The lab owns it, but it is gone.
+        Missing = "missing",
+    }
+}
+
+impl From<MachineState> for LabMachineState {
+    fn from(state: MachineState) -> Self {
+        match state {
+            MachineState::Created => LabMachineState::Created,
+            MachineState::Starting => LabMachineState::Starting,
+            MachineState::Running => LabMachineState::Running,
+            MachineState::Stopping => LabMachineState::Stopping,
+            MachineState::Stopped => LabMachineState::Stopped,
+            MachineState::Failed => LabMachineState::Failed,
+        }
+    }
+}
+
+wire_enum! {
+    /// What a fault does.
+    FaultKind {
+        Partition = "partition",
+        Delay = "delay",
+        Loss = "loss",
+    }
+}
+
+wire_enum! {
+    /// Where an image came from.
+    ImageSource {
+        /// Pulled from a registry.
+        Registry = "registry",
+        /// Built with debootstrap.
+        Debootstrap = "debootstrap",
+    }
+}
+
+wire_enum! {
+    /// Where a line of an app's log came from.
+    LogStream {
+        /// The app's standard output.
+        Stdout = "stdout",
+        /// The app's standard error.
+        Stderr = "stderr",
+        /// A request the app answered.
+        Request = "request",
+        /// hearth, about the app: deploys, traps, limits, denied calls.
+        Hearth = "hearth",
+    }
+}
+
+wire_enum! {
+    /// Where a workflow run is in its life.
+    RunStatus {
+        Running = "running",
+        Waiting = "waiting",
+        Completed = "completed",
+        Failed = "failed",
+        Cancelled = "cancelled",
+    }
+}
+
+wire_enum! {
+    /// What started a workflow run.
+    StartedBy {
+        Cli = "cli",
+        Api = "api",
+        Webhook = "webhook",
+        Cron = "cron",
+        Event = "event",
+        /// Another run, as its child.
+        Child = "child",
+    }
+}
+
+wire_enum! {
+    /// Where a line of a run's log came from.
+    RunLogSource {
+        /// The durable `log` call.
+        Log = "log",
+        /// Standard output and standard error.
+        Output = "output",
+    }
+}
+
+wire_enum! {
+    /// What fires a trigger.
+    TriggerKind {
+        /// A schedule.
+        Cron = "cron",
+        /// A change in hearth's store.
+        Event = "event",
+        /// An HTTP request.
+        Webhook = "webhook",
+    }
+}
+
+wire_enum! {
+    /// Where a trigger comes from.
+    TriggerSource {
+        /// The active version's `hearth.toml`.
+        Manifest = "manifest",
+        /// Added through the API; removable.
+        Api = "api",
+    }
+}
 
 /// The body of every error response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -49,8 +283,7 @@ pub struct Status {
 /// The state store, as seen by `hearth status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct StoreStatus {
-    /// `redb` for the embedded store, `etcd` for a cluster.
-    pub backend: String,
+    pub backend: StoreBackend,
     /// Where the store lives: a file path or etcd endpoints.
     pub location: String,
     /// The current revision.
@@ -68,7 +301,7 @@ pub struct HostInfo {
     /// `firecracker`, if installed.
     pub firecracker: Option<ToolInfo>,
     /// The backend new machines get unless one is forced.
-    pub default_backend: String,
+    pub default_backend: Backend,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -264,16 +497,14 @@ pub struct Machine {
     /// The image as named at creation.
     pub image: String,
     pub image_digest: String,
-    /// `qemu-tcg`, `qemu-kvm` or `firecracker`.
-    pub backend: String,
+    pub backend: Backend,
     pub cpus: u32,
     pub memory_mib: u32,
     /// The program started at boot, if any.
     pub entrypoint: Vec<String>,
-    /// `running` or `stopped`: what the user asked for.
-    pub desired: String,
-    /// `created`, `starting`, `running`, `stopping`, `stopped` or `failed`.
-    pub state: String,
+    /// What the user asked for.
+    pub desired: Desired,
+    pub state: MachineState,
     /// What is happening now, while starting or stopping.
     pub phase: Option<String>,
     /// Why it is stopped or failed.
@@ -333,7 +564,10 @@ pub struct CreateMachine {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
     /// `qemu-tcg`, `qemu-kvm` or `firecracker`; default: the best this host can run.
+    // A `Backend` on the wire, but a string here, so that the daemon rather
+    // than the JSON parser answers a wrong one, with its hint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Backend>)]
     pub backend: Option<String>,
     /// A bzImage on the daemon's host to boot instead of Debian's cloud kernel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -454,8 +688,7 @@ pub struct ImageInfo {
     pub name: String,
     pub digest: String,
     pub size_bytes: u64,
-    /// `registry` or `debootstrap`.
-    pub source: String,
+    pub source: ImageSource,
     pub entrypoint: Vec<String>,
     pub cmd: Vec<String>,
     pub created_at: u64,
@@ -512,7 +745,7 @@ pub struct Snapshot {
     /// The machine it was taken from.
     pub machine: String,
     pub image: String,
-    pub backend: String,
+    pub backend: Backend,
     pub cpus: u32,
     pub memory_mib: u32,
     pub size_bytes: u64,
@@ -584,8 +817,7 @@ pub struct CreateNetwork {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Fault {
     pub id: String,
-    /// `partition`, `delay` or `loss`.
-    pub kind: String,
+    pub kind: FaultKind,
     /// A readable summary, e.g. `delay n1 100ms ±10ms`.
     pub description: String,
     /// Unix seconds at which it heals itself, if it does.
@@ -735,8 +967,7 @@ pub struct AppLogLine {
     /// Unix milliseconds.
     pub time: u64,
     pub version: u32,
-    /// `stdout`, `stderr`, `request` or `hearth`.
-    pub stream: String,
+    pub stream: LogStream,
     pub text: String,
 }
 
@@ -817,8 +1048,7 @@ pub struct RunSummary {
     pub workflow: String,
     /// The version it runs on.
     pub version: u32,
-    /// `running`, `waiting`, `completed`, `failed` or `cancelled`.
-    pub status: String,
+    pub status: RunStatus,
     pub input: String,
     pub output: Option<String>,
     pub error: Option<String>,
@@ -826,8 +1056,7 @@ pub struct RunSummary {
     pub waiting_for: Option<String>,
     /// When the wait ends (a timer, or a timeout), Unix milliseconds.
     pub deadline: Option<u64>,
-    /// `cli`, `api`, `webhook`, `cron`, `event` or `child`.
-    pub started_by: String,
+    pub started_by: StartedBy,
     pub parent: Option<String>,
     /// Times an instance ran it.
     pub executions: u32,
@@ -913,8 +1142,7 @@ pub struct MigrateRun {
 pub struct RunLogLine {
     /// Unix milliseconds.
     pub time: u64,
-    /// `log` (the durable log call) or `output` (stdout and stderr).
-    pub source: String,
+    pub source: RunLogSource,
     pub text: String,
 }
 
@@ -945,11 +1173,10 @@ pub struct ResultQuery {
 ///   per `Idempotency-Key`) and an optional `secret` (then they must be
 ///   signed); for a workflow, `path` (the last part of
 ///   `http://hooks.DOMAIN/WORKFLOW/PATH`), optional `secret` and `signal`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TriggerBody {
-    /// `cron`, `event` or `webhook`.
-    pub kind: String,
+    pub kind: TriggerKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -971,14 +1198,31 @@ pub struct TriggerBody {
     pub signal: Option<String>,
 }
 
+impl TriggerBody {
+    /// A trigger of this kind with every other field unset.
+    pub fn new(kind: TriggerKind) -> Self {
+        TriggerBody {
+            kind,
+            schedule: None,
+            timezone: None,
+            path: None,
+            body: None,
+            input: None,
+            prefix: None,
+            kinds: None,
+            secret: None,
+            signal: None,
+        }
+    }
+}
+
 /// A trigger of an app or workflow.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TriggerInfo {
     /// `cron-0`, `event-0`, `webhook-0`… for the manifest's, by kind and
     /// position; `t-HEX` for those added through the API.
     pub id: String,
-    /// `manifest` (its `hearth.toml`) or `api` (added, removable).
-    pub source: String,
+    pub source: TriggerSource,
     /// What it does; `secret` is left out.
     #[serde(flatten)]
     pub spec: TriggerBody,
@@ -1036,9 +1280,7 @@ pub struct Lab {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LabMachine {
     pub name: String,
-    /// The machine's state (`running`, `stopped`, …), or `missing` if it
-    /// was removed behind the lab's back.
-    pub state: String,
+    pub state: LabMachineState,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -1063,4 +1305,81 @@ pub struct LabDown {
     pub removed_networks: Vec<String>,
     /// What was left alone, and why.
     pub notes: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use serde::de::DeserializeOwned;
+
+    use super::*;
+
+    /// Each value is written as its word, read back from it, and parsed
+    /// from it; the words are the strings these fields held before they
+    /// were enums.
+    fn check<T>(all: &[T], words: &[&str])
+    where
+        T: Serialize
+            + DeserializeOwned
+            + FromStr<Err = UnknownValue>
+            + fmt::Display
+            + fmt::Debug
+            + Copy
+            + PartialEq,
+    {
+        let written: Vec<String> = all.iter().map(ToString::to_string).collect();
+        assert_eq!(written, words);
+        for value in all {
+            let json = serde_json::to_string(value).expect("serialize");
+            assert_eq!(json, format!("\"{value}\""));
+            assert_eq!(serde_json::from_str::<T>(&json).expect("deserialize"), *value);
+            assert_eq!(value.to_string().parse::<T>().expect("parse"), *value);
+        }
+    }
+
+    #[test]
+    fn wire_enums_are_written_as_the_words_they_replaced() {
+        check(StoreBackend::ALL, &["redb", "etcd"]);
+        check(Backend::ALL, &["qemu-tcg", "qemu-kvm", "firecracker"]);
+        check(Desired::ALL, &["running", "stopped"]);
+        check(MachineState::ALL, &["created", "starting", "running", "stopping", "stopped", "failed"]);
+        check(
+            LabMachineState::ALL,
+            &["created", "starting", "running", "stopping", "stopped", "failed", "missing"],
+        );
+        check(FaultKind::ALL, &["partition", "delay", "loss"]);
+        check(ImageSource::ALL, &["registry", "debootstrap"]);
+        check(LogStream::ALL, &["stdout", "stderr", "request", "hearth"]);
+        check(RunStatus::ALL, &["running", "waiting", "completed", "failed", "cancelled"]);
+        check(StartedBy::ALL, &["cli", "api", "webhook", "cron", "event", "child"]);
+        check(RunLogSource::ALL, &["log", "output"]);
+        check(TriggerKind::ALL, &["cron", "event", "webhook"]);
+        check(TriggerSource::ALL, &["manifest", "api"]);
+    }
+
+    #[test]
+    fn lab_machines_have_every_machine_state() {
+        for state in MachineState::ALL {
+            assert_eq!(LabMachineState::from(*state).as_str(), state.as_str());
+        }
+    }
+
+    #[test]
+    fn enums_compare_with_words_and_pad_like_strings() {
+        assert!(MachineState::Running == "running");
+        assert!(MachineState::Running != "stopped");
+        assert_eq!(format!("[{:<8}]", LogStream::Stdout), "[stdout  ]");
+        let error = "vmware".parse::<Backend>().expect_err("not a backend");
+        assert_eq!(
+            error.to_string(),
+            "\"vmware\" is not a Backend: use one of qemu-tcg, qemu-kvm, firecracker"
+        );
+    }
+
+    #[test]
+    fn an_unknown_word_is_refused_when_read() {
+        let error = serde_json::from_str::<MachineState>("\"paused\"").expect_err("not a state");
+        assert!(error.to_string().contains("unknown variant `paused`"), "{error}");
+    }
 }

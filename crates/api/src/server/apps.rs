@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use hearth_client::types::{
     AppDetail, AppList, AppLogLine, AppLogs, AppSummary, AppVersion, DeployApp, DeployResult, ErrorBody,
-    LogsQuery, Rollback, SetSecret,
+    LogStream, LogsQuery, Rollback, SetSecret,
 };
 
 use super::AppState;
@@ -163,7 +163,12 @@ fn log_line(l: &hearth_apps::LogLine) -> AppLogLine {
     AppLogLine {
         time: l.time,
         version: l.version,
-        stream: format!("{:?}", l.stream).to_lowercase(),
+        stream: match l.stream {
+            hearth_apps::LogStream::Stdout => LogStream::Stdout,
+            hearth_apps::LogStream::Stderr => LogStream::Stderr,
+            hearth_apps::LogStream::Request => LogStream::Request,
+            hearth_apps::LogStream::Hearth => LogStream::Hearth,
+        },
         text: l.text.clone(),
     }
 }

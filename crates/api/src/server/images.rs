@@ -11,7 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use hearth_client::types::{BuildImage, ErrorBody, ImageInfo, ImageList, Progress, PullImage};
+use hearth_client::types::{self as wire, BuildImage, ErrorBody, ImageInfo, ImageList, Progress, PullImage};
 use hearth_machines::image::{self, Credentials, ImageStore};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -27,8 +27,8 @@ fn image_info(i: image::Image) -> ImageInfo {
         digest: i.digest,
         size_bytes: i.size_bytes,
         source: match i.source {
-            image::ImageSource::Registry { .. } => "registry".into(),
-            image::ImageSource::Debootstrap { .. } => "debootstrap".into(),
+            image::ImageSource::Registry { .. } => wire::ImageSource::Registry,
+            image::ImageSource::Debootstrap { .. } => wire::ImageSource::Debootstrap,
         },
         entrypoint: i.config.entrypoint,
         cmd: i.config.cmd,

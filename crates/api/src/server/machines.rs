@@ -8,11 +8,11 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hearth_client::types::{
-    CreateMachine, ErrorBody, LogsQuery, Machine, MachineList, MachineNic, RemoveMachineQuery,
-    RestoreSnapshot, Snapshot, SnapshotList, TakeSnapshot,
+    self as wire, CreateMachine, ErrorBody, LogsQuery, Machine, MachineList, MachineNic, MachineState,
+    RemoveMachineQuery, RestoreSnapshot, Snapshot, SnapshotList, TakeSnapshot,
 };
 use hearth_machines::CreateRequest;
-use hearth_machines::record::{Desired, MachineRecord, SnapshotRecord};
+use hearth_machines::record::{self, Desired, MachineRecord, SnapshotRecord};
 use hearth_machines::vmm::Backend;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
@@ -29,15 +29,15 @@ pub(crate) fn machine(r: MachineRecord) -> Machine {
         name: r.name,
         image: r.spec.image,
         image_digest: r.spec.image_digest,
-        backend: r.spec.backend.to_string(),
+        backend: backend(r.spec.backend),
         cpus: r.spec.cpus,
         memory_mib: r.spec.memory_mib,
         entrypoint: r.spec.entrypoint,
         desired: match r.desired {
-            Desired::Running => "running".into(),
-            Desired::Stopped => "stopped".into(),
+            Desired::Running => wire::Desired::Running,
+            Desired::Stopped => wire::Desired::Stopped,
         },
-        state: r.status.state.as_str().to_owned(),
+        state: machine_state(r.status.state),
         phase: r.status.phase,
         reason: r.status.reason,
         pid: r.status.pid,
@@ -63,13 +63,34 @@ pub(crate) fn machine(r: MachineRecord) -> Machine {
     }
 }
 
+/// A VMM backend as the wire names it.
+pub(crate) fn backend(b: Backend) -> wire::Backend {
+    match b {
+        Backend::QemuTcg => wire::Backend::QemuTcg,
+        Backend::QemuKvm => wire::Backend::QemuKvm,
+        Backend::Firecracker => wire::Backend::Firecracker,
+    }
+}
+
+/// A machine's state as the wire names it.
+pub(crate) fn machine_state(state: record::State) -> MachineState {
+    match state {
+        record::State::Created => MachineState::Created,
+        record::State::Starting => MachineState::Starting,
+        record::State::Running => MachineState::Running,
+        record::State::Stopping => MachineState::Stopping,
+        record::State::Stopped => MachineState::Stopped,
+        record::State::Failed => MachineState::Failed,
+    }
+}
+
 /// A snapshot's record as the wire shows it.
 fn snapshot_info(s: SnapshotRecord) -> Snapshot {
     Snapshot {
         name: s.name,
         machine: s.machine,
         image: s.spec.image,
-        backend: s.spec.backend.to_string(),
+        backend: backend(s.spec.backend),
         cpus: s.spec.cpus,
         memory_mib: s.spec.memory_mib,
         size_bytes: s.size_bytes,

@@ -42,12 +42,24 @@ pub struct DaemonInfo {
     pub data_dir: PathBuf,
     pub socket: PathBuf,
     pub tcp: Option<std::net::SocketAddr>,
-    /// `redb` or `etcd`.
-    pub store_backend: String,
+    pub store_backend: hearth_client::types::StoreBackend,
     /// The store file, or the etcd endpoints.
     pub store_location: String,
     /// Where apps answer HTTP.
     pub ingress: Option<std::net::SocketAddr>,
+}
+
+/// A word from a subsystem's record as the wire enum it stands for. The
+/// records hold only words the wire knows; another one is a bug, and is
+/// answered as one rather than passed on.
+pub(crate) fn wire_word<T>(word: &str, what: &str) -> Result<T, ApiError>
+where
+    T: std::str::FromStr<Err = hearth_client::types::UnknownValue>,
+{
+    word.parse().map_err(|e| {
+        tracing::error!(field = what, error = %e, "A record holds a word the API does not know.");
+        ApiError::internal(format!("{what}: {e}"))
+    })
 }
 
 /// Everything a handler can reach. Cheap to clone.

@@ -5,7 +5,8 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use hearth_client::types::{
-    CreateFault, CreateNetwork, ErrorBody, Fault, FaultList, Healed, Network, NetworkList, NetworkMember,
+    self as wire, CreateFault, CreateNetwork, ErrorBody, Fault, FaultList, Healed, Network, NetworkList,
+    NetworkMember,
 };
 use hearth_net::record::{FaultKind, FaultRecord, NetworkRecord};
 
@@ -79,13 +80,13 @@ pub(crate) async fn remove(
 /// A fault's record as the wire shows it.
 fn fault(f: FaultRecord) -> Fault {
     let kind = match f.kind {
-        FaultKind::Partition { .. } => "partition",
-        FaultKind::Delay { .. } => "delay",
-        FaultKind::Loss { .. } => "loss",
+        FaultKind::Partition { .. } => wire::FaultKind::Partition,
+        FaultKind::Delay { .. } => wire::FaultKind::Delay,
+        FaultKind::Loss { .. } => wire::FaultKind::Loss,
     };
     Fault {
         id: f.id,
-        kind: kind.into(),
+        kind,
         description: f.kind.describe(),
         expires_at: f.expires_at,
         created_at: f.created_at,

@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use hearth_client::types::{ErrorBody, HostInfo, KvmInfo, Status, StoreStatus, ToolInfo};
+use hearth_client::types::{Backend, ErrorBody, HostInfo, KvmInfo, Status, StoreStatus, ToolInfo};
 
 use super::AppState;
 use crate::error::ApiError;
@@ -24,17 +24,20 @@ pub(crate) async fn status(State(state): State<AppState>) -> Result<axum::Json<S
         ingress: info.ingress.map(|a| a.to_string()),
         uptime_secs: state.inner.started.elapsed().as_secs(),
         store: StoreStatus {
-            backend: info.store_backend.clone(),
+            backend: info.store_backend,
             location: info.store_location.clone(),
             revision,
             compacted_revision,
         },
-        host: host_info(state.machines().host(), state.machines().default_backend().to_string()),
+        host: host_info(
+            state.machines().host(),
+            super::machines::backend(state.machines().default_backend()),
+        ),
     }))
 }
 
 /// What the machines subsystem found on this host, as the wire shows it.
-fn host_info(report: hearth_machines::probe::HostReport, default_backend: String) -> HostInfo {
+fn host_info(report: hearth_machines::probe::HostReport, default_backend: Backend) -> HostInfo {
     let tool =
         |t: hearth_machines::probe::Tool| ToolInfo { path: t.path.display().to_string(), version: t.version };
     HostInfo {

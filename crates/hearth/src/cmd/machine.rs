@@ -196,10 +196,10 @@ pub(crate) async fn run(client: &Client, data_dir: &Path, command: Command) -> a
                 for m in list.machines {
                     table.row(vec![
                         m.name.clone(),
-                        m.state.clone(),
+                        m.state.to_string(),
                         m.image.clone(),
                         m.nics.first().map(|n| n.ip.clone()).unwrap_or_else(|| "-".into()),
-                        m.backend.clone(),
+                        m.backend.to_string(),
                         m.cpus.to_string(),
                         format!("{}M", m.memory_mib),
                         m.boot_ms
@@ -411,7 +411,7 @@ async fn wait_for_state(
                 limit.as_secs()
             );
         }
-        let phase = m.phase.clone().unwrap_or_else(|| m.state.clone());
+        let phase = m.phase.clone().unwrap_or_else(|| m.state.to_string());
         progress.set(format!("{name}: {phase} ({:.1}s)", started.elapsed().as_secs_f64()));
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
@@ -437,7 +437,7 @@ fn describe(m: &Machine) -> String {
         line("reason", reason.clone());
     }
     line("image", format!("{} ({})", m.image, m.image_digest));
-    line("backend", m.backend.clone());
+    line("backend", m.backend.to_string());
     line("resources", format!("{} CPU, {} MiB", m.cpus, m.memory_mib));
     line("disk", m.disk_mib.map(|mib| format!("{mib} MiB")).unwrap_or_else(|| "the image's size".into()));
     if !m.entrypoint.is_empty() {
