@@ -116,14 +116,17 @@ pub struct Client {
     endpoint: Endpoint,
 }
 
+/// A connection to the daemon: a Unix socket or a TCP stream.
 pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
 
 impl Client {
+    /// A client of the daemon at `endpoint`; nothing is connected until a call.
     pub fn new(endpoint: Endpoint) -> Self {
         Self { endpoint }
     }
 
+    /// Where the daemon is.
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
     }
@@ -263,7 +266,9 @@ impl Client {
 /// What a long operation (image pull or build) reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LongEvent<T> {
+    /// How far it is.
     Progress(Progress),
+    /// It finished with this result.
     Done(T),
 }
 
@@ -663,8 +668,11 @@ async fn collect(response: Response<Incoming>) -> Result<Bytes, Error> {
 /// One server-sent event.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SseMessage {
+    /// The `event` field; `message` when there was none.
     pub event: String,
+    /// The `id` field, if any.
     pub id: Option<String>,
+    /// The `data` lines, joined by newlines.
     pub data: String,
 }
 
