@@ -4,12 +4,15 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hearth_apps::{Apps, Error, append_custom_section};
 use hearth_store::Store;
+use hearth_store::testing::Breaking;
 use support::{Harness, KITCHEN_MANIFEST, eventually, guests, options};
+use tokio::sync::watch;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_serves_active_versions_without_recompiling() {
@@ -126,16 +129,14 @@ async fn concurrent_increments_are_not_lost() {
     assert_eq!(h.get("counter.localhost", "/").await.body, "This page has been visited 41 times.\n");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_service_on_the_same_store_follows_changes() {
-    let guests = guests();
-    let a = Harness::start().await;
-    // B shares the store and the kept bytes, but has a cache of its own, as
-    // a second daemon on another host would.
+/// A second `Apps` on `store` (A's, maybe wrapped), with an ingress of its
+/// own: B shares the store and the kept bytes, but has a cache of its own,
+/// as a second daemon on another host would. Stops when the sender drops.
+async fn second_service(a: &Harness, store: Arc<dyn Store>) -> (Apps, SocketAddr, watch::Sender<bool>) {
     let mut opts = options(a.dir.path());
     opts.cache_dir = a.dir.path().join("cache-b");
-    let b = Apps::new(a.store.clone() as Arc<dyn Store>, opts).unwrap();
-    let (stop, rx) = tokio::sync::watch::channel(false);
+    let b = Apps::new(store, opts).unwrap();
+    let (stop, rx) = watch::channel(false);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let b_addr = listener.local_addr().unwrap();
     tokio::spawn(b.clone().run(rx.clone()));
@@ -144,21 +145,50 @@ async fn a_second_service_on_the_same_store_follows_changes() {
         async move { b.serve_ingress(listener, rx).await }
     });
     b.ready().await;
+    (b, b_addr, stop)
+}
 
-    let at_b = async |version: Option<u32>| {
-        eventually(Duration::from_secs(30), async || {
-            support::request(b_addr, "GET", "hello.localhost", "/", "").await.version == version
-        })
-        .await
-    };
+/// Whether the service at `addr` comes to serve `version` of hello.
+async fn serves(addr: SocketAddr, version: Option<u32>) -> bool {
+    eventually(Duration::from_secs(30), async || {
+        support::request(addr, "GET", "hello.localhost", "/", "").await.version == version
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_service_on_the_same_store_follows_changes() {
+    let guests = guests();
+    let a = Harness::start().await;
+    let (b, b_addr, _stop) = second_service(&a, a.store.clone() as Arc<dyn Store>).await;
     a.apps.deploy("hello", guests.hello.clone(), None, vec![]).await.unwrap();
-    assert!(at_b(Some(1)).await, "B serves what A deployed");
+    assert!(serves(b_addr, Some(1)).await, "B serves what A deployed");
     a.apps.deploy("hello", append_custom_section(&guests.hello, "2", b""), None, vec![]).await.unwrap();
-    assert!(at_b(Some(2)).await, "B follows a redeploy");
+    assert!(serves(b_addr, Some(2)).await, "B follows a redeploy");
     a.apps.rollback("hello", None).await.unwrap();
-    assert!(at_b(Some(1)).await, "B follows a rollback");
+    assert!(serves(b_addr, Some(1)).await, "B follows a rollback");
     a.apps.remove("hello").await.unwrap();
-    assert!(at_b(None).await, "B follows a removal");
+    assert!(serves(b_addr, None).await, "B follows a removal");
     assert!(matches!(b.get("hello").await, Err(Error::NotFound(_))));
-    stop.send_replace(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_service_misses_no_change_made_while_its_watches_were_broken() {
+    let guests = guests();
+    let a = Harness::start().await;
+    let store = Breaking::new(a.store.clone() as Arc<dyn Store>);
+    let (_b, b_addr, _stop) = second_service(&a, store.clone() as Arc<dyn Store>).await;
+    // B's store is unreachable while A deploys twice.
+    store.go_down();
+    a.apps.deploy("hello", guests.hello.clone(), None, vec![]).await.unwrap();
+    a.apps.deploy("hello", append_custom_section(&guests.hello, "2", b""), None, vec![]).await.unwrap();
+    assert!(store.until(Duration::from_secs(10), |s| s.watches_refused() > 0).await);
+    store.heal();
+    assert!(serves(b_addr, Some(2)).await, "B caught up with both deploys");
+    // Then its watches break every few changes.
+    store.break_every(2);
+    a.apps.rollback("hello", None).await.unwrap();
+    assert!(serves(b_addr, Some(1)).await, "B follows a rollback through broken watches");
+    a.apps.remove("hello").await.unwrap();
+    assert!(serves(b_addr, None).await, "B follows a removal through broken watches");
 }

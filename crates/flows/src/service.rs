@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use hearth_store::{Compare, KeyValue, Op, OpResponse, Revision, Store, Txn};
+use hearth_store::{Compare, Follower, KeyValue, Op, OpResponse, Revision, Store, Txn};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore, watch};
 use wasmtime::UpdateDeadline;
@@ -625,25 +625,27 @@ impl Flows {
     /// The run once it has ended, or as it is when `timeout` passes first.
     /// Follows the run's record in the store: no polling.
     pub async fn wait(&self, id: &str, timeout: Duration) -> Result<Run, Error> {
-        use futures::StreamExt;
         let key = record::run_key(id);
         let deadline = tokio::time::Instant::now() + timeout;
+        let Some(kv) = self.inner.store.get(&key).await? else {
+            return Err(Error::RunNotFound(id.to_owned()));
+        };
+        // The prefix also matches longer ids; a change to one of them just
+        // means reading this run again.
+        let mut changes =
+            Follower::new(self.inner.store.clone(), key.clone(), kv.mod_revision + 1, "Run wait");
+        let mut run: Run = decode(&key, &kv.value)?;
         loop {
-            let Some(kv) = self.inner.store.get(&key).await? else {
-                return Err(Error::RunNotFound(id.to_owned()));
-            };
-            let run: Run = decode(&key, &kv.value)?;
             if run.status.is_terminal() {
                 return Ok(run);
             }
-            // The prefix also matches longer ids; a change to one of them
-            // just means reading this run again.
-            let mut changes = self.inner.store.watch(&key, kv.mod_revision + 1).await?;
-            match tokio::time::timeout_at(deadline, changes.next()).await {
-                Err(_) => return Ok(run),
-                Ok(Some(Err(e))) => return Err(e.into()),
-                Ok(_) => {}
+            if tokio::time::timeout_at(deadline, changes.next()).await.is_err() {
+                return Ok(run);
             }
+            let Some(kv) = self.inner.store.get(&key).await? else {
+                return Err(Error::RunNotFound(id.to_owned()));
+            };
+            run = decode(&key, &kv.value)?;
         }
     }
 
