@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use hearth_api::client::{Client, Endpoint};
 
+mod skip;
+pub use skip::{NO_SKIP_ENV, SKIP_LOG_ENV, skip};
+
 /// How long a daemon gets to open its socket.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -339,6 +342,22 @@ fn shared_cache_dir(bin: &Path) -> PathBuf {
         .and_then(Path::parent)
         .map(|t| t.join("hearth-test-cache"))
         .unwrap_or_else(|| "hearth-test-cache".into())
+}
+
+/// Polls `condition` every 50 ms until it holds or `within` has passed, and
+/// says whether it held. Tests wait for what they need with this rather
+/// than sleeping for a time that is usually long enough.
+pub async fn wait_until(within: Duration, mut condition: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A loopback port that was free a moment ago.
