@@ -19,6 +19,14 @@ use std::process::Command;
 
 use hearth_net::link::{self, Netns};
 
+// `skip` from testkit, which these tests cannot depend on (testkit links
+// the API, which links this crate): the file uses nothing but std.
+#[path = "../../../testkit/src/skip.rs"]
+#[allow(unreachable_pub)]
+mod skip_log;
+#[allow(unused_imports)] // Only the tests that can be skipped use it.
+pub(crate) use skip_log::skip;
+
 /// Runs `test` in a fresh lab, then checks that the lab left no namespace
 /// behind.
 pub(crate) fn run(test: impl FnOnce(&mut Lab)) {
