@@ -280,6 +280,9 @@ fn a_host_that_vanishes_with_output_pending_does_not_wedge_the_agent() {
     for nonce in 0..500 {
         raw.send(&Request::Ping { nonce });
     }
+    // Time for the outbox to fill, which nothing outside the agent shows.
+    // Were it not full yet, the host would vanish with less pending, and
+    // the checks below would still have to hold.
     std::thread::sleep(Duration::from_millis(300));
     drop(raw);
 

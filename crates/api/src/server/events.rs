@@ -9,6 +9,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use hearth_client::types::{ChangeEvent, Encoding, ErrorBody, EventKind, EventList, EventsQuery};
+use hearth_store::{Change, Follower};
 
 use super::AppState;
 use crate::error::ApiError;
@@ -94,33 +95,42 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 }
 
 async fn follow(state: AppState, prefix: &str, since: u64) -> Result<Response, ApiError> {
-    // Opening the watch before answering means a bad `since` is a proper 4xx,
-    // not an error buried in a 200 stream.
-    let watch = state.store().watch(prefix, since).await?;
-    let stream = watch
-        .map(|item| -> Result<SseEvent, Infallible> {
-            Ok(match item {
-                Ok(event) => {
-                    let change = change_event(event);
-                    let kind = match change.kind {
-                        EventKind::Put => "put",
-                        EventKind::Delete => "delete",
-                    };
-                    SseEvent::default()
-                        .id(change.revision.to_string())
-                        .event(kind)
-                        .json_data(&change)
-                        .unwrap_or_else(|_| SseEvent::default().event("error"))
-                }
-                Err(error) => {
-                    let body = ErrorBody { error: ApiError::from(error).detail };
-                    SseEvent::default()
-                        .event("error")
-                        .json_data(&body)
-                        .unwrap_or_else(|_| SseEvent::default().event("error"))
-                }
-            })
+    // Opening a watch before answering means a bad `since` is a proper 4xx,
+    // not an error buried in a 200 stream; the stream itself comes from a
+    // follower, which opens its watch again if it breaks.
+    drop(state.store().watch(prefix, since).await?);
+    let follower = Follower::new(state.shared_store(), prefix, since, "The events stream");
+    // A follower that found its history compacted away cannot hand out the
+    // changes in between: the client is told, and the stream ends.
+    let stream = futures::stream::unfold(Some(follower), move |follower| async move {
+        let mut follower = follower?;
+        Some(match follower.next().await {
+            Change::Event(event) => (sse_event(event), Some(follower)),
+            Change::Reset(range) => {
+                let error = hearth_store::Error::Compacted { requested: since, oldest: range.revision + 1 };
+                (error_event(ApiError::from(error)), None)
+            }
         })
-        .take_until(state.shutting_down());
+    })
+    .map(Ok::<_, Infallible>)
+    .take_until(state.shutting_down());
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+}
+
+fn sse_event(event: hearth_store::Event) -> SseEvent {
+    let change = change_event(event);
+    let kind = match change.kind {
+        EventKind::Put => "put",
+        EventKind::Delete => "delete",
+    };
+    SseEvent::default()
+        .id(change.revision.to_string())
+        .event(kind)
+        .json_data(&change)
+        .unwrap_or_else(|_| SseEvent::default().event("error"))
+}
+
+fn error_event(error: ApiError) -> SseEvent {
+    let body = ErrorBody { error: error.detail };
+    SseEvent::default().event("error").json_data(&body).unwrap_or_else(|_| SseEvent::default().event("error"))
 }

@@ -117,6 +117,11 @@ impl AppState {
         self.inner.store.as_ref()
     }
 
+    /// The store, for what outlives a request: a follower of an SSE stream.
+    pub(crate) fn shared_store(&self) -> Arc<dyn Store> {
+        self.inner.store.clone()
+    }
+
     pub(crate) fn machines(&self) -> &hearth_machines::Machines {
         &self.inner.machines
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::support::{Client, Harness, KITCHEN_MANIFEST, guests, request};
+use crate::support::{Client, Harness, KITCHEN_MANIFEST, eventually, guests, request};
 use hearth_apps::{Error, append_custom_section};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,12 +47,15 @@ async fn ten_swaps_under_load_drop_no_request() {
     }
 
     for swap in 1..=10u32 {
+        // Not a wait for anything: the load runs on the version for a while
+        // before each swap, so that swaps land among requests in flight.
         tokio::time::sleep(Duration::from_millis(50)).await;
         let deployed = h.apps.deploy("swap", builds[swap as usize % 3].clone(), None, vec![]).await.unwrap();
         assert_eq!(deployed.version.number, swap + 1);
         // The next request, on any connection, gets the new version.
         assert_eq!(h.get("swap.localhost", "/").await.version, Some(swap + 1));
     }
+    // Likewise, some load on the last version before the clients stop.
     tokio::time::sleep(Duration::from_millis(50)).await;
     stop.store(true, Ordering::Relaxed);
 
@@ -76,7 +79,11 @@ async fn in_flight_requests_finish_on_their_version() {
     let addr = h.addr;
     let in_flight =
         tokio::spawn(async move { request(addr, "GET", "slow.localhost", "/sleep?ms=800", "").await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The request counts once the ingress has handed it to the version it
+    // runs on; the deploy must come after that, while it sleeps.
+    let routed = eventually(Duration::from_secs(5), async || h.apps.stats().requests == 1).await;
+    assert!(routed, "the slow request never reached the app");
+    assert!(!in_flight.is_finished(), "the slow request ended before the deploy");
     h.apps.deploy("slow", guests.hello.clone(), None, vec![]).await.unwrap();
     assert_eq!(h.get("slow.localhost", "/").await.body, "Hello from hearth!\n");
     let reply = in_flight.await.unwrap();

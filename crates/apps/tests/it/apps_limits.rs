@@ -44,11 +44,15 @@ async fn an_infinite_loop_is_cut_off_without_stalling_other_apps() {
     let h = harness().await;
     let addr = h.addr;
     let started = Instant::now();
+    let before = h.apps.stats().requests;
     // More spinning requests than there are worker threads.
     let loops: Vec<_> = (0..4)
         .map(|_| tokio::spawn(async move { request(addr, "GET", "kitchen.localhost", "/loop", "").await }))
         .collect();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Measured while all four spin.
+    let spinning =
+        support::eventually(Duration::from_secs(5), async || h.apps.stats().requests >= before + 4).await;
+    assert!(spinning, "the spinning requests never reached the app");
     let mut worst = Duration::ZERO;
     for _ in 0..5 {
         let t = Instant::now();
@@ -116,13 +120,16 @@ async fn stdout_stderr_and_requests_go_to_the_log_and_its_followers() {
 async fn an_instance_runs_to_its_end_when_its_client_goes_away() {
     use tokio::io::AsyncWriteExt;
     let h = harness().await;
+    let before = h.apps.stats().requests;
     let mut stream = tokio::net::TcpStream::connect(h.addr).await.unwrap();
     stream
         .write_all(b"GET /sleep?ms=300&print=woke HTTP/1.1\r\nHost: kitchen.localhost\r\n\r\n")
         .await
         .unwrap();
-    // Long enough for the instance to start, well before it answers.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The client goes away once the instance runs, before it answers.
+    let running =
+        support::eventually(Duration::from_secs(5), async || h.apps.stats().requests > before).await;
+    assert!(running, "the request never reached the app");
     drop(stream);
     let woke = support::eventually(Duration::from_secs(5), async || {
         has(&log_lines(&h.apps, "kitchen").await, "Stdout: woke")

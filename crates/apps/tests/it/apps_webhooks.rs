@@ -9,7 +9,7 @@ use crate::support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::support::{Harness, guests};
+use crate::support::{Harness, eventually, guests};
 use hearth_apps::triggers::{Spec, Webhook, delivery_key};
 use hearth_store::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -190,15 +190,27 @@ async fn a_failed_delivery_is_handled_again_and_a_dead_daemons_claim_is_taken_ov
 
     // A sender that goes away before the answer: the app's answer is
     // still recorded, so the retry does not run it again.
+    let running = h.apps.stats().requests;
     let mut gone = tokio::net::TcpStream::connect(h.addr).await.unwrap();
     gone.write_all(
         b"POST /sleep?ms=600 HTTP/1.1\r\nHost: hooks-app.localhost\r\nIdempotency-Key: d-4\r\nContent-Length: 0\r\n\r\n",
     )
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // The sender goes away once the app is running the delivery.
+    let reached = eventually(Duration::from_secs(5), async || h.apps.stats().requests > running).await;
+    assert!(reached, "the delivery never reached the app");
     drop(gone);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Then the app answers, and its answer is recorded.
+    let d4 = delivery_key("hooks-app", "/sleep", "d-4");
+    let recorded = eventually(Duration::from_secs(10), async || {
+        let stored = h.store.get(&d4).await.unwrap();
+        stored.is_some_and(|kv| {
+            serde_json::from_slice::<serde_json::Value>(&kv.value).unwrap()["status"] == 200
+        })
+    })
+    .await;
+    assert!(recorded, "the answer to the delivery whose sender went away was not recorded");
     let (status, retry) = raw(h.addr, "/sleep?ms=600", &[("Idempotency-Key", "d-4")], "").await;
     assert_eq!(status, 200, "{retry}");
     assert!(retry.to_ascii_lowercase().contains("x-hearth-duplicate: true"), "the retry ran again: {retry}");

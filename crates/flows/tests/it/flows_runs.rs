@@ -233,3 +233,90 @@ async fn starts_are_idempotent_by_id_and_bad_input_is_refused() {
     assert!(error.to_string().contains("does not exist"), "{error}");
     s.shutdown().await;
 }
+
+/// An executor named `name` on `store`, with the kept bytes of `dir` and a
+/// compiled cache of its own, as a second daemon on another host would
+/// have. Its loop stops when the sender says so; the handle stays usable.
+fn executor(
+    dir: &std::path::Path,
+    store: Arc<dyn hearth_store::Store>,
+    name: &str,
+) -> (Flows, watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+    let mut options = Options::new(dir.join("data"), dir.join(format!("cache-{name}")));
+    options.executor = name.into();
+    let flows = Flows::new(store, options).unwrap();
+    let (stop, rx) = watch::channel(false);
+    let task = tokio::spawn({
+        let flows = flows.clone();
+        async move { flows.run(rx).await.unwrap() }
+    });
+    (flows, stop, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_written_through_one_executor_completes_the_run_on_the_other_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(&dir.path().join("state.redb"), StoreOptions::default()).unwrap();
+    let (effects, url) = support::Effects::start();
+    let (a, stop_a, task_a) = executor(dir.path(), Arc::new(store.clone()), "a");
+    // B's watches break every few changes, as over a flaky network.
+    let flaky = hearth_store::testing::Breaking::new(Arc::new(store.clone()));
+    flaky.break_every(3);
+    let (b, stop_b, task_b) = executor(dir.path(), flaky.clone(), "b");
+    a.deploy("steps", support::guests().steps.clone(), None).await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(a.start(start("steps", &format!("full:{url}"))).await.unwrap().run.id);
+    }
+    for id in &ids {
+        waiting_for_signal(&a, id).await;
+    }
+    // Only B executes from now on; the signals are written through A.
+    stop_a.send_replace(true);
+    task_a.await.unwrap();
+    for id in &ids {
+        a.signal(id, "go", "yes".into()).await.unwrap();
+    }
+    for id in &ids {
+        let run = ended(&b, id).await;
+        assert_eq!(
+            (run.status, run.output.as_deref()),
+            (Status::Completed, Some("done:yes:200")),
+            "{run:#?}"
+        );
+        let calls = b.show(id).await.unwrap().journal.len();
+        assert_eq!(calls, 5, "every step recorded once");
+    }
+    assert_eq!(effects.applied(), 4, "each run's activity took effect once");
+    assert_eq!(effects.requests(), 4, "and was called once: no two executors ran one step");
+    assert!(flaky.watches_opened() > 3, "B's watches really broke");
+    stop_b.send_replace(true);
+    task_b.await.unwrap();
+    store.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_claimed_by_an_executor_that_died_is_taken_over_when_its_lease_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(&dir.path().join("state.redb"), StoreOptions::default()).unwrap();
+    let shared: Arc<dyn hearth_store::Store> = Arc::new(store.clone());
+    // A dead executor's claim on a run that is running: what a daemon
+    // killed mid-execution leaves.
+    let (b, stop_b, task_b) = executor(dir.path(), shared.clone(), "b");
+    b.deploy("steps", support::guests().steps.clone(), None).await.unwrap();
+    let dead = shared.lease_grant(Duration::from_secs(3)).await.unwrap().id;
+    stop_b.send_replace(true);
+    task_b.await.unwrap();
+    let id = b.start(start("steps", "sleep:10")).await.unwrap().run.id;
+    shared.put(&format!("workflows/claims/{id}"), dead.to_string().into_bytes(), Some(dead)).await.unwrap();
+    let (b, stop_b, task_b) = executor(dir.path(), shared.clone(), "b");
+    // B does not run it while the claim holds...
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(b.get_run(&id).await.unwrap().status, Status::Running, "B waited for the claim");
+    // ...and does when the dead executor's lease expires.
+    let run = ended(&b, &id).await;
+    assert_eq!((run.status, run.output.as_deref()), (Status::Completed, Some("slept")), "{run:#?}");
+    stop_b.send_replace(true);
+    task_b.await.unwrap();
+    store.shutdown().await;
+}

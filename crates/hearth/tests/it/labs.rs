@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use hearth_testkit::{Daemon, failure, success};
+use hearth_testkit::{Daemon, failure, success, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hearth");
 
@@ -106,7 +106,11 @@ ready_timeout = 60
     assert!(client.labs().await.expect("labs").labs.is_empty());
     let err = failure(&daemon.cli(&["lab", "down", "tiny"]));
     assert!(err.contains("lab \"tiny\" does not exist") && err.contains("hint:"), "{err}");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The networks service removes the bridge on its next pass, after `down` answered.
+    wait_until(Duration::from_secs(10), async || {
+        daemon.host_links().is_empty() && daemon.vm_pids().is_empty()
+    })
+    .await;
     assert!(daemon.host_links().is_empty(), "left on the host: {:?}", daemon.host_links());
     assert!(daemon.vm_pids().is_empty(), "VMs left: {:?}", daemon.vm_pids());
 }
@@ -209,7 +213,7 @@ async fn a_failing_setup_names_the_machine_and_the_lab_stays_for_inspection() {
     success(&daemon.cli(&["lab", "down", "broken"]));
     assert!(daemon.client().machines().await.expect("machines").machines.is_empty());
     assert!(daemon.client().networks().await.expect("networks").networks.is_empty());
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_until(Duration::from_secs(10), async || daemon.host_links().is_empty()).await;
     assert!(daemon.host_links().is_empty(), "left on the host: {:?}", daemon.host_links());
 }
 

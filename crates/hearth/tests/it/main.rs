@@ -11,6 +11,7 @@ mod machines_support;
 
 mod api_errors;
 mod apps_cli;
+mod apps_triggers;
 mod cli;
 mod daemon_lifecycle;
 mod events_stream;
@@ -21,6 +22,7 @@ mod machines_image_pull;
 mod machines_lifecycle;
 mod machines_snapshot;
 mod machines_ssh;
+mod networks_daemon;
 mod networks_faults;
 mod store_durability;
 mod triggers_cli;

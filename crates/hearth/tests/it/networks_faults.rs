@@ -9,7 +9,7 @@
 use std::io::Read;
 use std::time::Duration;
 
-use hearth_testkit::{Daemon, failure, free_port, success};
+use hearth_testkit::{Daemon, failure, free_port, success, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hearth");
 
@@ -149,17 +149,25 @@ async fn machines_talk_by_name_are_isolated_by_network_and_break_on_purpose() {
     assert!(rtt < 50.0, "the round trip was {rtt} ms after healing the delay");
     // Healing leaves no queue rules behind (the chain is this daemon's own).
     let chain = format!("hearth-{}-delay", daemon.net_prefix());
-    let saved = std::process::Command::new("iptables-save").args(["-t", "mangle"]).output();
-    if let Ok(saved) = saved {
-        let saved = String::from_utf8_lossy(&saved.stdout);
-        assert!(!saved.contains(&chain), "the delay rules outlived their fault: {saved}");
-    }
+    let saved = std::process::Command::new("iptables-save")
+        .args(["-t", "mangle"])
+        .output()
+        .expect("run iptables-save: install iptables (`make setup` does)");
+    let saved = String::from_utf8_lossy(&saved.stdout);
+    assert!(!saved.contains(&chain), "the delay rules outlived their fault: {saved}");
     assert!(success(&daemon.cli(&["fault", "ls"])).lines().count() == 1, "faults left over");
 
-    // A fault that heals itself.
+    // A fault that heals itself: it holds while it lasts, and then is gone
+    // from the store and from the host's rules.
     success(&daemon.cli(&["fault", "partition", "a", "--from", "b", "--for", "2s"]));
     assert_eq!(received(&ping(&daemon, "a", "b", 2)), 0);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let healed = wait_until(Duration::from_secs(10), async || {
+        success(&daemon.cli(&["fault", "ls"])).lines().count() == 1
+    })
+    .await;
+    assert!(healed, "the partition for 2s was still listed after 10 s");
+    // Its rules go in the pass right after the record.
+    wait_until(Duration::from_secs(5), async || received(&ping(&daemon, "a", "b", 1)) == 1).await;
     assert_eq!(received(&ping(&daemon, "a", "b", 3)), 3, "the partition did not heal itself");
 
     // Removing a machine removes its faults; removing everything leaves nothing.
@@ -170,7 +178,11 @@ async fn machines_talk_by_name_are_isolated_by_network_and_break_on_purpose() {
     assert!(err.contains("still has machines: a"), "{err}");
     success(&daemon.cli(&["machine", "rm", "-f", "a", "c"]));
     success(&daemon.cli(&["network", "rm", "lab", "other"]));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The networks service removes the bridges on its next pass.
+    wait_until(Duration::from_secs(10), async || {
+        daemon.host_links().is_empty() && daemon.vm_pids().is_empty()
+    })
+    .await;
     assert!(daemon.host_links().is_empty(), "left on the host: {:?}", daemon.host_links());
     assert!(daemon.vm_pids().is_empty());
 }

@@ -320,6 +320,8 @@ async fn app_webhooks_refuse_unsigned_requests_and_triggers_come_and_go_by_cli()
     wait_until("the event trigger's call", Duration::from_secs(20), || {
         log_lines(&daemon, "counter").contains(&line)
     });
+    // Deliberately quiet for half a second: a second call, if one were
+    // made, would show by then.
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(log_lines(&daemon, "counter").iter().filter(|l| **l == line).count(), 1, "one put, one call");
     assert_eq!(visits(port), before + 2, "the event call, then this GET");
@@ -399,6 +401,8 @@ async fn workflow_triggers_added_by_cli_start_and_refuse_runs() {
     let ids: Vec<String> = runs("cron").iter().map(|r| r["id"].as_str().unwrap().to_owned()).collect();
     assert!(ids.iter().all(|id| id.starts_with(&format!("steps-cron-{cron_id}-"))), "{ids:?}");
     success(&daemon.cli(&["workflow", "trigger", "rm", "steps", &cron_id]));
+    // A firing already under way when the trigger went may still start
+    // its run; then three seconds, three slots, in which none may.
     std::thread::sleep(Duration::from_millis(1500));
     let stopped = runs("cron").len();
     std::thread::sleep(Duration::from_secs(3));

@@ -160,6 +160,7 @@ async fn forward_shutdown_stops_accepting_and_closes_connections() {
     // An open connection: the echo server waits for its end.
     let mut open = TcpStream::connect(addr).await.unwrap();
     open.write_all(b"pending").await.unwrap();
+    // Most likely relayed by now; if not, the connection must close all the same.
     tokio::time::sleep(Duration::from_millis(50)).await;
 
     forward.stop().await;
@@ -238,6 +239,7 @@ async fn forward_udp_sessions_expire_when_idle() {
     let socket = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
 
     let first = udp_round_trip(&socket, forward.addr, b"x").await;
+    // Deliberate durations: well inside the 300 ms idle time, then well past it.
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(udp_round_trip(&socket, forward.addr, b"x").await, first, "a busy session lives on");
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -260,6 +262,7 @@ async fn forward_udp_sessions_are_bounded() {
     ];
 
     let a_first = udp_round_trip(&a, forward.addr, b"x").await;
+    // Apart in time, so that "least recently used" is a, then b.
     tokio::time::sleep(Duration::from_millis(5)).await;
     let b_first = udp_round_trip(&b, forward.addr, b"x").await;
     tokio::time::sleep(Duration::from_millis(5)).await;

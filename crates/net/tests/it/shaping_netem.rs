@@ -4,9 +4,11 @@
 //! shaping b's tap delays (or drops) a's echo requests on their way to b.
 //!
 //! Kernels without `sch_netem` (some minimal VM kernels) cannot shape with
-//! netem: there the tests check that hearth says so clearly and skip the
-//! measurements, unless `HEARTH_REQUIRE_NETEM=1` makes that a failure.
-//! (hearth then delays with its NFQUEUE delay line: `shaping_queue.rs`.)
+//! netem: there the tests check that hearth says so clearly, and are counted
+//! as skipped (`make test` prints them at the end), unless
+//! `HEARTH_REQUIRE_NETEM=1` or `HEARTH_NO_SKIP=1` makes that a failure. Any
+//! other error fails. (hearth then delays with its NFQUEUE delay line:
+//! `shaping_queue.rs`.)
 
 use crate::support;
 
@@ -29,8 +31,9 @@ fn netem(delay_ms: u64, jitter_ms: u64, loss_percent: f32) -> Netem {
     Netem { delay: Duration::from_millis(delay_ms), jitter: Duration::from_millis(jitter_ms), loss_percent }
 }
 
-/// Applies `netem`; `false` if this kernel has no netem, after checking
-/// that the error says what to do.
+/// Applies `netem`; `false` if this kernel has no netem (after checking
+/// that the error says what to do, and recording the skip), and then the
+/// test returns.
 #[must_use]
 fn apply_or_skip(host: &Netns, tap: &str, netem: &Netem) -> bool {
     match shaping::apply(host, tap, Some(netem)) {
@@ -42,7 +45,8 @@ fn apply_or_skip(host: &Netns, tap: &str, netem: &Netem) -> bool {
                 std::env::var_os("HEARTH_REQUIRE_NETEM").is_none(),
                 "HEARTH_REQUIRE_NETEM is set and this kernel has no netem: {error}"
             );
-            eprintln!("SKIPPED: this kernel has no tc netem, so nothing can be measured: {error}");
+            eprintln!("{error}");
+            support::skip("the kernel has no sch_netem, so tc netem cannot shape");
             false
         }
         Err(error) => panic!("netem on {tap}: {error}"),

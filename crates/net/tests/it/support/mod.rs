@@ -19,6 +19,9 @@ use std::process::Command;
 
 use hearth_net::link::{self, Netns};
 
+#[allow(unused_imports)] // Only the tests that can be skipped use it.
+pub(crate) use hearth_testkit::skip;
+
 /// Runs `test` in a fresh lab, then checks that the lab left no namespace
 /// behind.
 pub(crate) fn run(test: impl FnOnce(&mut Lab)) {
