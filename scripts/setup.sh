@@ -4,23 +4,33 @@
 # targets. Safe to run again and again; `make run` and `make test` call it.
 set -euo pipefail
 
-# Debian packages hearth needs. Each capability adds its own here.
+# Debian packages hearth needs. Each capability adds its own here; a test
+# that needs a tool listed here fails when it is missing, so keep this list
+# complete (grep the tests and src for `Command::new(`).
 #   gcc, libc6-dev:          the linker and C runtime rustc links with.
-#   procps:                  `kill`, used by scripts and tests to stop the daemon.
+#   procps:                  `kill`, used by scripts and tests to stop the daemon;
+#                            `sysctl`, to turn on IP forwarding for NAT.
 #   qemu-system-x86:         the VMM for machines (KVM or software emulation).
 #   qemu-utils:              qemu-img, for copy-on-write machine disks.
-#   e2fsprogs:               mkfs.ext4 -d, to turn images into root disks.
+#   e2fsprogs:               mkfs.ext4 -d, to turn images into root disks;
+#                            debugfs, with which the image tests read them.
 #   debootstrap:             `hearth image build debian`.
+#   xz-utils:                unpacking Debian's kernel (xz payloads).
+#   lz4:                     the kernel tests check hearth's LZ4 decoder against `lz4 -l`.
 #   skopeo, umoci,
 #   docker-registry,
 #   busybox-static, cpio:    the image tests build and serve an OCI image on loopback.
+#   openssl:                 the image tests sign the registry's bearer tokens.
 #   iproute2, nftables:      bridges, taps and the firewall of private networks.
+#   iptables:                the delay line's rules on kernels without sch_netem
+#                            (iptables-restore, iptables-save).
 #   iputils-ping:            the network tests ping between namespaces.
+#   python3:                 the Firecracker tests' stand-in firecracker.
 #   wrk:                     the load generator of `hearth bench apps`.
 #   openssh-client:          ssh and ssh-keygen, for `hearth machine ssh`.
-packages=(gcc libc6-dev procps qemu-system-x86 qemu-utils e2fsprogs debootstrap
-          skopeo umoci docker-registry busybox-static cpio iproute2 nftables iputils-ping wrk
-          openssh-client)
+packages=(gcc libc6-dev procps qemu-system-x86 qemu-utils e2fsprogs debootstrap xz-utils lz4
+          skopeo umoci docker-registry busybox-static cpio openssl iproute2 nftables iptables
+          iputils-ping python3 wrk openssh-client)
 
 # Rust targets: the guest agent is a static musl binary; apps and workflows
 # are WebAssembly components.

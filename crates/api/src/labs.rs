@@ -3,23 +3,21 @@
 //! A lab is brought up by the CLI through the ordinary image, network and
 //! machine endpoints; the daemon records which machines and networks belong
 //! to it (`labs/NAME`, JSON), so that `hearth lab ls` can show it and
-//! `hearth lab down` removes exactly those. The wire types, the handlers and
-//! the client's methods for labs all live in this module.
+//! `hearth lab down` removes exactly those. The handlers live here; the wire
+//! types and the client's methods are in `hearth-client`.
 
 use std::collections::{BTreeSet, HashMap};
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use http_body_util::BodyExt;
-use hyper::Method;
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use hearth_client::types::{
+    DeleteLabQuery, ErrorBody, Lab, LabDown, LabList, LabMachine, LabMachineState, MachineState, PutLab,
+};
 
-use crate::client::{Client, Error as ClientError};
-use crate::error::{ApiError, ErrorBody};
+use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery};
 use crate::server::AppState;
+use serde::{Deserialize, Serialize};
 
 /// Where lab records live in the store.
 pub const PREFIX: &str = "labs/";
@@ -29,75 +27,6 @@ pub const MAX_SOURCE_LEN: usize = 256 * 1024;
 
 /// The most machines one lab may own.
 pub const MAX_MACHINES: usize = 256;
-
-/// `PUT /v1/labs/{name}`: records a lab, or replaces its record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PutLab {
-    /// The lab's name; the same as in the path.
-    pub name: String,
-    /// The lab file it came from, as the CLI's user named it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub file: Option<String>,
-    /// The lab file's text (TOML).
-    pub source: String,
-    /// The machines the lab owns: `down` removes them.
-    #[serde(default)]
-    pub machines: Vec<String>,
-    /// The networks the lab created: `down` removes them. Networks it only
-    /// joins (made by someone else) are not listed.
-    #[serde(default)]
-    pub networks: Vec<String>,
-}
-
-/// A lab, with the state of its machines now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct Lab {
-    pub name: String,
-    pub file: Option<String>,
-    /// The lab file's text, as last brought up.
-    pub source: String,
-    pub machines: Vec<LabMachine>,
-    /// The networks the lab created.
-    pub networks: Vec<String>,
-    /// Unix seconds.
-    pub created_at: u64,
-    /// Unix seconds of the last `lab up`.
-    pub updated_at: u64,
-}
-
-/// One of a lab's machines.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct LabMachine {
-    pub name: String,
-    /// The machine's state (`running`, `stopped`, …), or `missing` if it
-    /// was removed behind the lab's back.
-    pub state: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct LabList {
-    pub labs: Vec<Lab>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct DeleteLabQuery {
-    /// Also remove the lab's machines (killed if running) and the networks
-    /// it created; without it only the record goes.
-    pub down: Option<bool>,
-}
-
-/// What `DELETE /v1/labs/{name}` removed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct LabDown {
-    pub name: String,
-    pub removed_machines: Vec<String>,
-    pub removed_networks: Vec<String>,
-    /// What was left alone, and why.
-    pub notes: Vec<String>,
-}
 
 /// The stored record, `labs/NAME`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -141,19 +70,22 @@ fn not_found(name: &str) -> ApiError {
 }
 
 /// Machine states by name, for describing labs.
-async fn machine_states(state: &AppState) -> Result<HashMap<String, String>, ApiError> {
+async fn machine_states(state: &AppState) -> Result<HashMap<String, MachineState>, ApiError> {
     let machines = state.machines().list().await?;
-    Ok(machines.into_iter().map(|m| (m.name, m.status.state.as_str().to_owned())).collect())
+    Ok(machines
+        .into_iter()
+        .map(|m| (m.name, crate::server::machines::machine_state(m.status.state)))
+        .collect())
 }
 
-fn describe(r: LabRecord, states: &HashMap<String, String>) -> Lab {
+fn describe(r: LabRecord, states: &HashMap<String, MachineState>) -> Lab {
     Lab {
         machines: r
             .machines
             .iter()
             .map(|m| LabMachine {
                 name: m.clone(),
-                state: states.get(m).cloned().unwrap_or_else(|| "missing".to_owned()),
+                state: states.get(m).map_or(LabMachineState::Missing, |s| LabMachineState::from(*s)),
             })
             .collect(),
         name: r.name,
@@ -343,56 +275,6 @@ pub(crate) async fn remove(
     Ok(axum::Json(down))
 }
 
-/// The labs endpoints, for the CLI and the tests.
-impl Client {
-    pub async fn labs(&self) -> Result<LabList, ClientError> {
-        call(self, Method::GET, "/v1/labs", None).await
-    }
-
-    pub async fn lab(&self, name: &str) -> Result<Lab, ClientError> {
-        call(self, Method::GET, &format!("/v1/labs/{}", encode(name)), None).await
-    }
-
-    pub async fn put_lab(&self, body: &PutLab) -> Result<Lab, ClientError> {
-        let json = serde_json::to_vec(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        call(self, Method::PUT, &format!("/v1/labs/{}", encode(&body.name)), Some(json)).await
-    }
-
-    /// Forgets a lab; with `down`, removes its machines and networks first.
-    pub async fn remove_lab(&self, name: &str, down: bool) -> Result<LabDown, ClientError> {
-        call(self, Method::DELETE, &format!("/v1/labs/{}?down={down}", encode(name)), None).await
-    }
-}
-
-async fn call<T: DeserializeOwned>(
-    client: &Client,
-    method: Method,
-    path: &str,
-    body: Option<Vec<u8>>,
-) -> Result<T, ClientError> {
-    let response = client.send(method, path, body).await?;
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .map_err(|e| ClientError::Protocol(e.to_string()))?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ClientError::Protocol(format!("unexpected response body: {e}")))
-}
-
-/// Percent-encodes a name for a path segment.
-fn encode(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for b in name.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => out.push(b as char),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -433,11 +315,5 @@ mod tests {
         let error = crate::extract::parse_json::<PutLab>(br#"{"name": "a", "source": "", "machnes": []}"#)
             .expect_err("unknown field");
         assert_eq!(error.code(), "unknown_field");
-    }
-
-    #[test]
-    fn names_are_encoded_for_paths() {
-        assert_eq!(encode("etcd"), "etcd");
-        assert_eq!(encode("a/b c"), "a%2Fb%20c");
     }
 }

@@ -20,8 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use futures::StreamExt;
-use hearth_store::{Compare, Op, Store, Txn};
+use hearth_store::{Change, Compare, Follower, Op, Store, Txn};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
@@ -281,7 +280,7 @@ impl Apps {
     }
 
     async fn follow(&self, shutdown: &mut watch::Receiver<bool>) {
-        let mut from = loop {
+        let from = loop {
             match self.load_all().await {
                 Ok(revision) => break revision + 1,
                 Err(e) => {
@@ -294,47 +293,34 @@ impl Apps {
             }
         };
         self.inner.ready.send_replace(true);
+        // Records and added triggers (whose webhooks guard the app); one
+        // follower, so that the two are seen in the store's order.
+        let mut changes = Follower::new(self.inner.store.clone(), record::APPS, from, "Apps");
         loop {
-            // Records and added triggers (whose webhooks guard the app);
-            // one watch, so that the two are seen in the store's order.
-            match self.inner.store.watch(record::APPS, from).await {
-                Ok(mut events) => loop {
-                    tokio::select! {
-                        () = stopped(shutdown) => return,
-                        event = events.next() => match event {
-                            Some(Ok(event)) => {
-                                from = event.revision() + 1;
-                                let key = &event.kv.key;
-                                let name = if let Some(name) = key.strip_prefix(record::RECORDS) {
-                                    name
-                                } else if let Some(rest) = key.strip_prefix(crate::triggers::TRIGGERS) {
-                                    rest.split_once('/').map_or(rest, |(name, _)| name)
-                                } else {
-                                    continue;
-                                };
-                                let name = name.to_owned();
-                                if let Err(e) = self.reconcile(&name).await {
-                                    tracing::warn!(app = name, error = %chain(&e), "Cannot reconcile an app.");
-                                }
-                            }
-                            Some(Err(e)) => {
-                                tracing::warn!(error = %chain(&e), "The apps watch failed; reloading.");
-                                break;
-                            }
-                            None => break,
-                        },
-                    }
-                },
-                Err(hearth_store::Error::Compacted { .. }) => {}
-                Err(e) => tracing::warn!(error = %chain(&e), "Cannot watch apps in the store; retrying."),
-            }
-            // The watch ended: reload everything and follow on from there.
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            let change = tokio::select! {
                 () = stopped(shutdown) => return,
-            }
-            if let Ok(revision) = self.load_all().await {
-                from = revision + 1;
+                change = changes.next() => change,
+            };
+            let event = match change {
+                Change::Event(event) => event,
+                Change::Reset(_) => {
+                    if let Err(e) = self.load_all().await {
+                        tracing::warn!(error = %chain(&e), "Cannot reload apps from the store.");
+                    }
+                    continue;
+                }
+            };
+            let key = &event.kv.key;
+            let name = if let Some(name) = key.strip_prefix(record::RECORDS) {
+                name
+            } else if let Some(rest) = key.strip_prefix(crate::triggers::TRIGGERS) {
+                rest.split_once('/').map_or(rest, |(name, _)| name)
+            } else {
+                continue;
+            };
+            let name = name.to_owned();
+            if let Err(e) = self.reconcile(&name).await {
+                tracing::warn!(app = name, error = %chain(&e), "Cannot reconcile an app.");
             }
         }
     }

@@ -823,7 +823,7 @@ struct EventCall {
 /// the apps' own keys and to keys that hold secrets reach no trigger.
 async fn follow_events(apps: Apps) {
     let mut queues: HashMap<String, tokio::sync::mpsc::Sender<EventCall>> = HashMap::new();
-    let changes = hearth_triggers::events::follow(apps.store().clone(), "App event triggers");
+    let changes = hearth_triggers::events::follow(apps.store().clone(), "App event triggers").await;
     futures::pin_mut!(changes);
     let mut triggers = event_triggers(&apps).await;
     while let Some(event) = changes.next().await {

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use hearth_store::{Compare, Op, Revision, Txn};
+use hearth_store::{Compare, CompareOp, CompareTarget, Op, Revision, Txn};
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -83,6 +83,9 @@ pub(crate) struct RunCx {
     /// The run record's revision when the execution began: every journal
     /// write checks it, so a cancel stops the execution at its next step.
     run_rev: Revision,
+    /// This execution's claim on the run: every journal write checks it
+    /// too, so only one executor records the run's steps.
+    claim: Vec<u8>,
     pub(crate) cursor: Cursor,
     /// Signals already consumed by a recorded `wait-signal`.
     consumed: HashSet<String>,
@@ -97,6 +100,7 @@ impl Exec {
         flows: Flows,
         run: Run,
         run_rev: Revision,
+        claim: Vec<u8>,
         journal: Vec<Entry>,
         output: OutputPipe,
     ) -> Exec {
@@ -125,6 +129,7 @@ impl Exec {
                 flows,
                 run,
                 run_rev,
+                claim,
                 cursor: Cursor::new(journal),
                 consumed,
                 live_steps: 0,
@@ -173,12 +178,17 @@ impl RunCx {
         let key = record::journal_key(&self.run.id, seq);
         let txn = Txn::new()
             .when(Compare::mod_revision(record::run_key(&self.run.id), self.run_rev))
+            .when(Compare::new(
+                record::claim_key(&self.run.id),
+                CompareOp::Equal,
+                CompareTarget::Value(self.claim.clone()),
+            ))
             .when(Compare::missing(&key))
             .and_then(Op::Put { key, value: record::encode(&entry), lease: None });
         let done = self.flows.store().txn(txn).await.map_err(|e| stop(Stop::Store(e.to_string())))?;
         if !done.succeeded {
             return Err(stop(Stop::Interrupted(
-                "it was cancelled, or another execution recorded this step".into(),
+                "it was cancelled, lost its claim, or another execution recorded this step".into(),
             )));
         }
         self.cursor.push(entry);

@@ -1,11 +1,24 @@
 //! The workflows service: deploys, runs, signals and cancels, and the
 //! executor that brings waiting runs back.
 //!
-//! A run is executed by at most one task at a time in this daemon: `wake`
-//! starts one, or, if one is executing, asks it to go again when it ends (a
-//! signal that arrives while the run is executing is never lost). Every
-//! journal write also compares the run record's revision, so a run that was
-//! cancelled, or written by anyone else, stops at its next step.
+//! The executor is driven by records, not calls: it follows the store's
+//! run records, signals and claims, so whoever writes them (this daemon's
+//! API, a trigger, another executor on the same store) wakes a run:
+//!
+//! - a run record that says `running` (a start, a migrate) is executed;
+//! - one that says `waiting` with a deadline sets a timer;
+//! - one that ended wakes its parent;
+//! - a signal wakes the run if it runs or waits for that signal;
+//! - a claim that goes away (an execution ended, or its executor's lease
+//!   expired) wakes the run if what it waits for is there.
+//!
+//! A run is executed by at most one executor at a time: each execution
+//! first claims the run (`workflows/claims/RUN`, attached to the executor's
+//! lease) and every journal write compares that claim, as well as the run
+//! record's revision, so a run that was cancelled, or claimed by anyone
+//! else, stops at its next step. Within one executor `wake` starts one
+//! execution, or, if one is under way, asks it to go again when it ends (a
+//! signal that arrives while the run is executing is never lost).
 //!
 //! Timers live in memory and are rebuilt from the run records on start;
 //! what is due while the daemon is down fires when it comes back.
@@ -15,7 +28,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use hearth_store::{Compare, KeyValue, Op, OpResponse, Revision, Store, Txn};
+use hearth_store::{Change, Compare, Follower, KeyValue, LeaseId, Op, OpResponse, Revision, Store, Txn};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore, watch};
 use wasmtime::UpdateDeadline;
@@ -42,6 +55,9 @@ pub struct Options {
     pub concurrency: usize,
     /// CPU a workflow may use between two durable calls.
     pub cpu_budget: Duration,
+    /// This executor's name among those sharing the store: its lease is
+    /// kept under it, so that a restart gives up the last life's claims.
+    pub executor: String,
 }
 
 impl Options {
@@ -52,6 +68,7 @@ impl Options {
             max_upload: 32 << 20,
             concurrency: 32,
             cpu_budget: Duration::from_secs(10),
+            executor: "local".into(),
         }
     }
 }
@@ -94,6 +111,10 @@ pub struct LogLine {
     pub text: String,
 }
 
+/// How long an executor's claims outlive it: a lease renewed every third of
+/// this while it runs.
+const LEASE_TTL: Duration = Duration::from_secs(10);
+
 /// A cheap-to-clone handle to the workflows service.
 #[derive(Clone)]
 pub struct Flows {
@@ -114,6 +135,8 @@ struct Inner {
     permits: Semaphore,
     /// Deploys serialise on this, so versions are numbered without races.
     deploys: tokio::sync::Mutex<()>,
+    /// The executor's lease while [`Flows::run`] runs: claims hang on it.
+    lease: Mutex<Option<LeaseId>>,
 }
 
 impl std::fmt::Debug for Flows {
@@ -146,6 +169,7 @@ impl Flows {
                 timers_changed: Notify::new(),
                 permits,
                 deploys: tokio::sync::Mutex::new(()),
+                lease: Mutex::default(),
             }),
         })
     }
@@ -158,22 +182,38 @@ impl Flows {
         self.inner.http.clone()
     }
 
-    /// Picks up every run where it was, then fires timers, cron and event
-    /// triggers until `shutdown` turns true.
+    /// Picks up every run where it was, then follows runs, signals and
+    /// claims, and fires timers, cron and event triggers, until `shutdown`
+    /// turns true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), Error> {
-        self.recover().await?;
+        let lease = self.take_lease().await?;
+        let keep_alive = tokio::spawn(self.clone().keep_lease_alive(lease));
+        let from = self.recover().await? + 1;
+        let store = &self.inner.store;
+        let mut runs = Follower::new(store.clone(), record::RUNS, from, "Workflow runs");
+        let mut signals = Follower::new(store.clone(), record::SIGNALS, from, "Workflow signals");
+        let mut claims = Follower::new(store.clone(), record::CLAIMS, from, "Workflow claims");
         let triggers = tokio::spawn(crate::triggers::run(self.clone(), shutdown.clone()));
         loop {
             let next = lock(&self.inner.timers).first().map(|(at, _)| *at);
             let wait = next
                 .map_or(Duration::from_secs(3600), |at| Duration::from_millis(at.saturating_sub(now_ms())));
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
+            let change = tokio::select! {
+                () = tokio::time::sleep(wait) => None,
                 () = self.inner.timers_changed.notified() => continue,
-                _ = shutdown.changed() => {}
-            }
+                _ = shutdown.changed() => None,
+                change = runs.next() => Some(change),
+                change = signals.next() => Some(change),
+                change = claims.next() => Some(change),
+            };
             if *shutdown.borrow() {
                 break;
+            }
+            if let Some(change) = change {
+                if let Err(e) = self.on_change(change).await {
+                    tracing::warn!(error = %crate_chain(&e), "A workflow change could not be followed.");
+                }
+                continue;
             }
             let now = now_ms();
             let due: Vec<String> = {
@@ -187,12 +227,110 @@ impl Flows {
             }
         }
         triggers.abort();
+        keep_alive.abort();
+        // Executions under way stop at their next step; their claims go now,
+        // not when the lease would have expired.
+        let lease = lock(&self.inner.lease).take();
+        if let Some(lease) = lease {
+            let _ = self.inner.store.lease_revoke(lease).await;
+        }
+        Ok(())
+    }
+
+    /// Grants this executor's lease, after revoking the one its previous
+    /// life held (a daemon killed mid-execution), so that its claims go at
+    /// once instead of when the lease expires.
+    async fn take_lease(&self) -> Result<LeaseId, Error> {
+        let key = record::executor_key(&self.inner.options.executor);
+        if let Some(old) = self.inner.store.get(&key).await?
+            && let Some(old) = std::str::from_utf8(&old.value).ok().and_then(|v| v.parse().ok())
+        {
+            match self.inner.store.lease_revoke(old).await {
+                Ok(_) => tracing::info!(lease = old, "Gave up the claims of this executor's last life."),
+                Err(hearth_store::Error::LeaseNotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let lease = self.inner.store.lease_grant(LEASE_TTL).await?.id;
+        self.inner.store.put(&key, lease.to_string().into_bytes(), Some(lease)).await?;
+        *lock(&self.inner.lease) = Some(lease);
+        Ok(lease)
+    }
+
+    /// Renews the executor's lease; one that expired anyway (the daemon
+    /// stalled) is replaced, and the runs it had claimed are woken by their
+    /// claims going away.
+    async fn keep_lease_alive(self, mut lease: LeaseId) {
+        loop {
+            tokio::time::sleep(LEASE_TTL / 3).await;
+            match self.inner.store.lease_keep_alive(lease).await {
+                Ok(_) => {}
+                Err(hearth_store::Error::LeaseNotFound(_)) => {
+                    tracing::warn!(lease, "The workflow executor's lease expired; taking a new one.");
+                    match self.take_lease().await {
+                        Ok(new) => lease = new,
+                        Err(e) => tracing::warn!(error = %e, "Cannot take a new executor lease; retrying."),
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "Cannot renew the workflow executor's lease; retrying."),
+            }
+        }
+    }
+
+    /// What a change to a run, a signal or a claim calls for.
+    async fn on_change(&self, change: Change) -> Result<(), Error> {
+        let event = match change {
+            Change::Event(event) => event,
+            Change::Reset(_) => {
+                self.recover().await?;
+                return Ok(());
+            }
+        };
+        let key = &event.kv.key;
+        let deleted = event.kind == hearth_store::EventKind::Delete;
+        if let Some(id) = record::run_of(key, record::RUNS) {
+            if deleted {
+                return Ok(());
+            }
+            let run: Run = decode(key, &event.kv.value)?;
+            debug_assert_eq!(run.id, id);
+            match (run.status, &run.wait) {
+                (Status::Running, _) => self.wake(&run.id),
+                (Status::Waiting, Some(Wait { deadline: Some(at), .. })) => self.schedule(*at, &run.id),
+                (status, _) if status.is_terminal() => {
+                    if let Some(parent) = &run.parent {
+                        self.wake(parent);
+                    }
+                }
+                _ => {}
+            }
+        } else if let Some(id) = record::run_of(key, record::SIGNALS) {
+            if deleted {
+                return Ok(());
+            }
+            let signal: Signal = decode(key, &event.kv.value)?;
+            let Ok(run) = self.get_run(id).await else { return Ok(()) };
+            let waits_for_it = matches!(&run.wait, Some(Wait { kind: WaitKind::Signal { name }, .. }) if *name == signal.name);
+            if run.status == Status::Running || waits_for_it {
+                self.wake(id);
+            }
+        } else if let Some(id) = record::run_of(key, record::CLAIMS) {
+            // An execution ended, or its executor went: whatever came for
+            // the run meanwhile was left to whoever claims it next.
+            if deleted
+                && let Ok(run) = self.get_run(id).await
+                && (run.status == Status::Running || self.ready(&run).await?)
+            {
+                self.wake(id);
+            }
+        }
         Ok(())
     }
 
     /// Wakes what was running, schedules what waits on time, and wakes what
     /// waits on a signal or a child that came while the daemon was down.
-    async fn recover(&self) -> Result<(), Error> {
+    /// Returns the revision the runs were read at.
+    async fn recover(&self) -> Result<Revision, Error> {
         let runs = self.inner.store.range(record::RUNS).await?;
         let (mut woken, mut waiting) = (0, 0);
         for kv in &runs.kvs {
@@ -213,19 +351,7 @@ impl Flows {
                     if let Some(deadline) = wait.deadline {
                         self.schedule(deadline, &run.id);
                     }
-                    // An execution may have got past the wait (recorded its
-                    // step) and been cut off before it wrote the run again.
-                    let moved_on =
-                        self.inner.store.get(&record::journal_key(&run.id, wait.seq)).await?.is_some();
-                    let ready = moved_on
-                        || match &wait.kind {
-                            WaitKind::Timer => false,
-                            WaitKind::Signal { name } => self.has_pending_signal(&run.id, name).await?,
-                            WaitKind::Child { id } => {
-                                self.get_run(id).await.map(|c| c.status.is_terminal()).unwrap_or(true)
-                            }
-                        };
-                    if ready {
+                    if self.ready(&run).await? {
                         self.wake(&run.id);
                         woken += 1;
                     }
@@ -236,7 +362,24 @@ impl Flows {
         if woken + waiting > 0 {
             tracing::info!(resumed = woken, waiting, "Workflow runs picked up.");
         }
-        Ok(())
+        Ok(runs.revision)
+    }
+
+    /// Whether a waiting run has what it waits for (a timer is left to its
+    /// timer), or an execution got past the wait (recorded its step) and was
+    /// cut off before it wrote the run again.
+    async fn ready(&self, run: &Run) -> Result<bool, Error> {
+        let Some(wait) = run.wait.as_ref().filter(|_| run.status == Status::Waiting) else {
+            return Ok(false);
+        };
+        if self.inner.store.get(&record::journal_key(&run.id, wait.seq)).await?.is_some() {
+            return Ok(true);
+        }
+        Ok(match &wait.kind {
+            WaitKind::Timer => false,
+            WaitKind::Signal { name } => self.has_pending_signal(&run.id, name).await?,
+            WaitKind::Child { id } => self.get_run(id).await.map(|c| c.status.is_terminal()).unwrap_or(true),
+        })
     }
 
     fn schedule(&self, at: u64, id: &str) {
@@ -278,12 +421,56 @@ impl Flows {
         }
     }
 
+    /// Executes the run under a claim, unless another execution has it.
     async fn try_execute(&self, id: &str) -> Result<(), Error> {
         let Some(kv) = self.inner.store.get(&record::run_key(id)).await? else { return Ok(()) };
         let run: Run = decode(&kv.key, &kv.value)?;
         if run.status.is_terminal() {
             return Ok(());
         }
+        let Some(claim) = self.claim(id).await? else {
+            tracing::debug!(run = id, "Another execution has claimed this run.");
+            return Ok(());
+        };
+        let result = self.execute_claimed(run, kv.mod_revision, claim.clone()).await;
+        self.release(id, claim).await;
+        result
+    }
+
+    /// Claims a run for this executor: the claim's value, or `None` if
+    /// another execution holds it.
+    async fn claim(&self, id: &str) -> Result<Option<Vec<u8>>, Error> {
+        let lease = *lock(&self.inner.lease);
+        let Some(lease) = lease else {
+            return Err(Error::Runtime("the workflow executor is not running".into()));
+        };
+        let key = record::claim_key(id);
+        let value = lease.to_string().into_bytes();
+        let txn = Txn::new().when(Compare::missing(&key)).and_then(Op::Put {
+            key,
+            value: value.clone(),
+            lease: Some(lease),
+        });
+        Ok(self.inner.store.txn(txn).await?.succeeded.then_some(value))
+    }
+
+    /// Gives a claim up, if it is still this one.
+    async fn release(&self, id: &str, claim: Vec<u8>) {
+        let key = record::claim_key(id);
+        let txn = Txn::new()
+            .when(Compare::new(
+                &key,
+                hearth_store::CompareOp::Equal,
+                hearth_store::CompareTarget::Value(claim),
+            ))
+            .and_then(Op::Delete { key });
+        if let Err(e) = self.inner.store.txn(txn).await {
+            tracing::warn!(run = id, error = %e, "Cannot release a workflow run's claim; it goes with the lease.");
+        }
+    }
+
+    async fn execute_claimed(&self, run: Run, run_rev: Revision, claim: Vec<u8>) -> Result<(), Error> {
+        let id = run.id.as_str();
         let journal = self.journal(id).await?;
         let pre = match self.prepare(&run.workflow, &run.sha256).await {
             Ok((pre, _)) => pre,
@@ -293,12 +480,12 @@ impl Flows {
                 | Error::NoRun
                 | Error::UnsupportedImport(_)),
             ) => {
-                return self.finish(&run, kv.mod_revision, Err(e.to_string())).await;
+                return self.finish(&run, run_rev, Err(e.to_string())).await;
             }
             Err(e) => return Err(e),
         };
         let output = OutputPipe::default();
-        let exec = Exec::new(self.clone(), run.clone(), kv.mod_revision, journal, output.clone());
+        let exec = Exec::new(self.clone(), run.clone(), run_rev, claim, journal, output.clone());
         let mut store = wasmtime::Store::new(&self.inner.runtime.engine, exec);
         store.limiter(|e| &mut e.limits);
         let budget = self.inner.options.cpu_budget.as_millis().div_ceil(hearth_wasm::TICK.as_millis()) as u64;
@@ -332,7 +519,7 @@ impl Flows {
                 Err(divergence) => Err(divergence.to_string()),
             },
             Err(error) => match error.downcast_ref::<Stop>() {
-                Some(Stop::Suspend(wait)) => return self.suspend(&run, kv.mod_revision, wait.clone()).await,
+                Some(Stop::Suspend(wait)) => return self.suspend(&run, run_rev, wait.clone()).await,
                 Some(Stop::Interrupted(why)) => {
                     tracing::debug!(run = id, why = %why, "A workflow execution was interrupted.");
                     return Ok(());
@@ -350,7 +537,7 @@ impl Flows {
                 None => Err(format!("the workflow trapped: {error:#}")),
             },
         };
-        self.finish(&run, kv.mod_revision, end).await
+        self.finish(&run, run_rev, end).await
     }
 
     /// Writes the end of a run, unless it changed since `rev`.
@@ -372,11 +559,8 @@ impl Flows {
         ended.executions += 1;
         ended.updated_at = now;
         ended.finished_at = Some(now);
-        if self.write_run(&ended, rev).await?
-            && let Some(parent) = &run.parent
-        {
-            self.wake(parent);
-        }
+        // The parent, if any, is woken by the record this writes.
+        self.write_run(&ended, rev).await?;
         Ok(())
     }
 
@@ -385,13 +569,9 @@ impl Flows {
         waiting.status = Status::Waiting;
         waiting.executions += 1;
         waiting.updated_at = now_ms();
-        let deadline = wait.deadline;
         waiting.wait = Some(wait);
-        if self.write_run(&waiting, rev).await?
-            && let Some(deadline) = deadline
-        {
-            self.schedule(deadline, &run.id);
-        }
+        // Its timer, if any, is set by the record this writes.
+        self.write_run(&waiting, rev).await?;
         Ok(())
     }
 
@@ -605,7 +785,7 @@ impl Flows {
                 _ => Err(Error::Contended(id)),
             };
         }
-        self.wake(&id);
+        // The executor follows run records: this one wakes it.
         Ok(Started { run, created: true })
     }
 
@@ -628,25 +808,27 @@ impl Flows {
     /// The run once it has ended, or as it is when `timeout` passes first.
     /// Follows the run's record in the store: no polling.
     pub async fn wait(&self, id: &str, timeout: Duration) -> Result<Run, Error> {
-        use futures::StreamExt;
         let key = record::run_key(id);
         let deadline = tokio::time::Instant::now() + timeout;
+        let Some(kv) = self.inner.store.get(&key).await? else {
+            return Err(Error::RunNotFound(id.to_owned()));
+        };
+        // The prefix also matches longer ids; a change to one of them just
+        // means reading this run again.
+        let mut changes =
+            Follower::new(self.inner.store.clone(), key.clone(), kv.mod_revision + 1, "Run wait");
+        let mut run: Run = decode(&key, &kv.value)?;
         loop {
-            let Some(kv) = self.inner.store.get(&key).await? else {
-                return Err(Error::RunNotFound(id.to_owned()));
-            };
-            let run: Run = decode(&key, &kv.value)?;
             if run.status.is_terminal() {
                 return Ok(run);
             }
-            // The prefix also matches longer ids; a change to one of them
-            // just means reading this run again.
-            let mut changes = self.inner.store.watch(&key, kv.mod_revision + 1).await?;
-            match tokio::time::timeout_at(deadline, changes.next()).await {
-                Err(_) => return Ok(run),
-                Ok(Some(Err(e))) => return Err(e.into()),
-                Ok(_) => {}
+            if tokio::time::timeout_at(deadline, changes.next()).await.is_err() {
+                return Ok(run);
             }
+            let Some(kv) = self.inner.store.get(&key).await? else {
+                return Err(Error::RunNotFound(id.to_owned()));
+            };
+            run = decode(&key, &kv.value)?;
         }
     }
 
@@ -706,12 +888,9 @@ impl Flows {
             .map(|d| d.as_nanos())
             .unwrap_or(0);
         let key = format!("{}{nanos:024}-{:08x}", record::signals_prefix(id), rand::random::<u32>());
+        // The executor follows signals: this one wakes the run if it waits
+        // for it.
         self.inner.store.put(&key, encode(&signal), None).await?;
-        let waits_for_it =
-            matches!(&run.wait, Some(Wait { kind: WaitKind::Signal { name: n }, .. }) if n == name);
-        if run.status == Status::Running || waits_for_it {
-            self.wake(id);
-        }
         Ok(())
     }
 
@@ -766,10 +945,8 @@ impl Flows {
             run.error = Some("cancelled".into());
             run.updated_at = now;
             run.finished_at = Some(now);
+            // A parent waiting on this run is woken by the record.
             if self.write_run(&run, kv.mod_revision).await? {
-                if let Some(parent) = &run.parent {
-                    self.wake(parent);
-                }
                 return Ok(run);
             }
         }
@@ -803,9 +980,6 @@ impl Flows {
             run.sha256 = version.sha256.clone();
             run.updated_at = now_ms();
             if self.write_run(&run, kv.mod_revision).await? {
-                if run.status == Status::Running {
-                    self.wake(id);
-                }
                 return Ok(run);
             }
         }

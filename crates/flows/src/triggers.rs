@@ -461,7 +461,7 @@ async fn event_triggers(flows: &Flows) -> HashMap<String, Vec<EventTrigger>> {
 /// is this daemon's, so nothing changes while it is down: following from
 /// the current revision misses nothing.
 async fn events(flows: Flows, _shutdown: watch::Receiver<bool>) {
-    let changes = hearth_triggers::events::follow(flows.store().clone(), "Event triggers");
+    let changes = hearth_triggers::events::follow(flows.store().clone(), "Event triggers").await;
     futures::pin_mut!(changes);
     let mut triggers = event_triggers(&flows).await;
     while let Some(event) = changes.next().await {

@@ -160,7 +160,7 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
             data_dir: data_dir.to_owned(),
             socket: socket_path.clone(),
             tcp: tcp_addr,
-            store_backend: "redb".to_owned(),
+            store_backend: hearth_client::types::StoreBackend::Redb,
             store_location: store_path.display().to_string(),
             ingress: ingress_addr,
         },

@@ -77,8 +77,7 @@ pub(crate) fn print_error(error: &anyhow::Error) {
         }
     }
     eprintln!("error: {message}");
-    let hint =
-        error.chain().find_map(|e| e.downcast_ref::<hearth_api::client::Error>()).and_then(|e| e.hint());
+    let hint = error.chain().find_map(|e| e.downcast_ref::<hearth_client::Error>()).and_then(|e| e.hint());
     if let Some(hint) = hint {
         eprintln!("hint: {hint}");
     }

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use hearth_api::client::{Client, Endpoint};
+use hearth_client::{Client, Endpoint};
 
 /// The store file inside the data dir.
 pub(crate) const STORE_FILE: &str = "store.redb";

@@ -15,13 +15,16 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
-use futures::StreamExt as _;
-use hearth_store::{Compare, Op, Store, Txn};
+use hearth_store::{Compare, Follower, Op, Store, Txn};
 use serde::Deserialize;
 use tokio::sync::{Mutex, Notify, watch};
 
 use crate::record::{self, FaultKind, FaultRecord, NetworkRecord, Nic, Subnet, now_unix};
 use crate::{dns, firewall, forward, link, shaping};
+
+/// Where machine records live: the machines crate's prefix, read here
+/// through [`MachineView`] so that this crate does not depend on it.
+const MACHINES: &str = "machines/";
 
 /// Set to `netem` or `queue` to choose how delays are made instead of
 /// probing the kernel at the first delay.
@@ -550,7 +553,7 @@ impl Networks {
     }
 
     async fn machines(&self) -> Result<Vec<MachineView>, Error> {
-        let range = self.inner.store.range("machines/").await?;
+        let range = self.inner.store.range(MACHINES).await?;
         Ok(range.kvs.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect())
     }
 
@@ -572,28 +575,33 @@ impl Networks {
         {
             tracing::warn!(error = %error, "Cannot create the default network.");
         }
-        let mut changes = match self.inner.store.watch("", 0).await {
-            Ok(s) => Some(s),
-            Err(error) => {
-                tracing::warn!(error = %error, "Cannot watch the store; networks apply on a timer only.");
-                None
+        // Networks, faults and machines, each followed from the revision the
+        // first pass reads at, so that no change after it goes unapplied.
+        let from = loop {
+            match self.inner.store.revision().await {
+                Ok(revision) => break revision + 1,
+                Err(error) => {
+                    tracing::warn!(error = %error, "Cannot read the store's revision; retrying.");
+                    tokio::select! {
+                        () = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
             }
         };
+        let store = &self.inner.store;
+        let mut networks = Follower::new(store.clone(), record::NETWORKS, from, "Networks");
+        let mut faults = Follower::new(store.clone(), record::FAULTS, from, "Network faults");
+        let mut machines = Follower::new(store.clone(), MACHINES, from, "Networks' machines");
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         self.apply().await;
         loop {
             tokio::select! {
                 () = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
                 () = self.inner.dirty.notified() => self.apply().await,
-                event = async { match changes.as_mut() { Some(s) => s.next().await, None => std::future::pending().await } } => {
-                    match event {
-                        Some(Ok(e)) if [record::NETWORKS, record::FAULTS, "machines/"].iter().any(|p| e.kv.key.starts_with(p)) => {
-                            self.apply().await;
-                        }
-                        Some(Ok(_)) => {}
-                        Some(Err(_)) | None => changes = self.inner.store.watch("", 0).await.ok(),
-                    }
-                }
+                _ = networks.next() => self.apply().await,
+                _ = faults.next() => self.apply().await,
+                _ = machines.next() => self.apply().await,
                 _ = tick.tick() => self.expire_faults().await,
             }
         }

@@ -19,13 +19,16 @@ pub mod names;
 mod validate;
 
 pub mod bench;
+pub mod follow;
 pub mod redb;
+pub mod testing;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
+pub use follow::{Change, Follower};
 pub use types::{
     Compare, CompareOp, CompareTarget, Event, EventKind, KeyValue, Lease, LeaseId, Op, OpResponse, Range,
     Revision, Txn, TxnResponse,

@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use hearth_api::client::{Client, Endpoint};
+use hearth_client::{Client, Endpoint};
+
+mod skip;
+pub use skip::{NO_SKIP_ENV, SKIP_LOG_ENV, skip};
 
 /// How long a daemon gets to open its socket.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -26,6 +29,8 @@ pub struct Daemon {
     net_prefix: String,
     /// Environment the daemon gets on top of the test's, at every start.
     env: Vec<(String, std::ffi::OsString)>,
+    /// Whether the daemon makes the `default` network, with NAT.
+    default_network: bool,
 }
 
 impl Daemon {
@@ -46,11 +51,29 @@ impl Daemon {
         Self::start_with_options(bin, false, env).await
     }
 
+    /// Starts a daemon that makes the `default` network with NAT, as a
+    /// daemon does unless told not to. Other test daemons leave it out, so
+    /// that they never hold a subnet the host's daemon might want; this
+    /// one's bridge and firewall tables carry its own prefix, and go when
+    /// it drops.
+    pub async fn start_with_default_network(bin: &str) -> Daemon {
+        let mut daemon = Self::unstarted(bin, false, Vec::new());
+        daemon.default_network = true;
+        daemon.spawn().await;
+        daemon
+    }
+
     async fn start_with(bin: &str, tcp: bool) -> Daemon {
         Self::start_with_options(bin, tcp, Vec::new()).await
     }
 
     async fn start_with_options(bin: &str, tcp: bool, env: Vec<(String, std::ffi::OsString)>) -> Daemon {
+        let mut daemon = Self::unstarted(bin, tcp, env);
+        daemon.spawn().await;
+        daemon
+    }
+
+    fn unstarted(bin: &str, tcp: bool, env: Vec<(String, std::ffi::OsString)>) -> Daemon {
         let dir = tempfile::Builder::new().prefix("hearth-test-").tempdir().expect("create a temp data dir");
         let tcp = tcp.then(free_port);
         let net_prefix = format!(
@@ -65,9 +88,7 @@ impl Daemon {
                 .take(3)
                 .collect::<String>()
         );
-        let mut daemon = Daemon { bin: PathBuf::from(bin), dir, child: None, tcp, net_prefix, env };
-        daemon.spawn().await;
-        daemon
+        Daemon { bin: PathBuf::from(bin), dir, child: None, tcp, net_prefix, env, default_network: false }
     }
 
     /// The data dir.
@@ -164,8 +185,13 @@ impl Daemon {
             .arg(self.cache_dir())
             .arg("--net-prefix")
             .arg(&self.net_prefix)
-            // Tests make the networks they need, with subnets of their own.
-            .args(["--default-network", "false", "--default-network-nat", "false"])
+            // Tests make the networks they need, with subnets of their own,
+            // unless they test the default network.
+            .args(if self.default_network {
+                ["--default-network", "true", "--default-network-nat", "true"]
+            } else {
+                ["--default-network", "false", "--default-network-nat", "false"]
+            })
             // Each test daemon's apps answer on a port of their own.
             .args(["--ingress", "127.0.0.1:0"]);
         if let Some(addr) = self.tcp {
@@ -252,7 +278,7 @@ impl Daemon {
         name: &str,
         states: &[&str],
         limit: Duration,
-    ) -> hearth_api::types::Machine {
+    ) -> hearth_client::types::Machine {
         let started = Instant::now();
         loop {
             let m = self.client().machine(name).await.expect("machine exists");
@@ -339,6 +365,22 @@ fn shared_cache_dir(bin: &Path) -> PathBuf {
         .and_then(Path::parent)
         .map(|t| t.join("hearth-test-cache"))
         .unwrap_or_else(|| "hearth-test-cache".into())
+}
+
+/// Polls `condition` every 50 ms until it holds or `within` has passed, and
+/// says whether it held. Tests wait for what they need with this rather
+/// than sleeping for a time that is usually long enough.
+pub async fn wait_until(within: Duration, mut condition: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A loopback port that was free a moment ago.

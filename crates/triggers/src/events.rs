@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use hearth_store::{Event, EventKind, Revision, Store, WatchStream};
+use hearth_store::{Change, Event, EventKind, Follower, Store};
 
 /// Whether an event trigger on `prefix`, for `kinds` (`put`, `delete`;
 /// empty: both), takes this change.
@@ -33,65 +33,26 @@ fn kind_name(kind: EventKind) -> &'static str {
     }
 }
 
-/// Every change in `store` from now on, in revision order, without end. A
-/// watch that cannot start or that breaks is started again from the change
-/// after the last one seen, so none is missed or seen twice (if the store
-/// has compacted past it, from the oldest it still has, said in the log).
-/// `what` names the follower in the log.
-pub fn follow(store: Arc<dyn Store>, what: &'static str) -> impl Stream<Item = Event> + Send {
-    struct State {
-        store: Arc<dyn Store>,
-        what: &'static str,
-        from: Option<Revision>,
-        watch: Option<WatchStream>,
-    }
-    let state = State { store, what, from: None, watch: None };
-    futures::stream::unfold(state, |mut s| async move {
-        loop {
-            let from = match s.from {
-                Some(from) => from,
-                None => match s.store.revision().await {
-                    Ok(revision) => *s.from.insert(revision + 1),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "{} cannot read the store's revision; retrying.", s.what);
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
-                    }
-                },
-            };
-            let watch = match &mut s.watch {
-                Some(watch) => watch,
-                None => match s.store.watch("", from).await {
-                    Ok(watch) => s.watch.insert(watch),
-                    Err(hearth_store::Error::Compacted { oldest, .. }) => {
-                        tracing::warn!(
-                            from,
-                            oldest,
-                            "{}: changes were compacted away before they were seen.",
-                            s.what
-                        );
-                        s.from = Some(oldest);
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "{} cannot watch the store; retrying.", s.what);
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
-                    }
-                },
-            };
-            match watch.next().await {
-                Some(Ok(event)) => {
-                    s.from = Some(event.revision() + 1);
-                    return Some((event, s));
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "{}: the store watch broke; following on.", s.what)
-                }
-                None => tracing::warn!("{}: the store watch ended; following on.", s.what),
+/// Every change in `store` from the time of the call on, in revision order, without end,
+/// through the store's one [`Follower`]: a watch that breaks is opened
+/// again from the change after the last one seen, so none is missed or seen
+/// twice. Changes compacted away before they were seen cannot be taken by a
+/// trigger; the follower says so in the log. `what` names the follower in
+/// the log.
+pub async fn follow(store: Arc<dyn Store>, what: &'static str) -> impl Stream<Item = Event> + Send {
+    let follower = loop {
+        match Follower::from_now(store.clone(), "", what).await {
+            Ok(follower) => break follower,
+            Err(e) => {
+                tracing::warn!(error = %e, "{what} cannot read the store's revision; retrying.");
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            s.watch = None;
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    follower.into_stream().filter_map(|change| async move {
+        match change {
+            Change::Event(event) => Some(event),
+            Change::Reset(_) => None,
         }
     })
 }
@@ -132,13 +93,11 @@ mod tests {
             hearth_store::redb::RedbStore::open(&dir.path().join("s.redb"), Default::default()).unwrap(),
         );
         store.put("before", b"0".to_vec(), None).await.unwrap();
-        let changes = follow(store.clone(), "test");
+        let changes = follow(store.clone(), "test").await;
         futures::pin_mut!(changes);
-        // The follower starts at the first poll; give it a change to see.
         let first = tokio::spawn({
             let store = store.clone();
             async move {
-                tokio::time::sleep(Duration::from_millis(100)).await;
                 for i in 1..=3 {
                     store.put(&format!("k{i}"), vec![], None).await.unwrap();
                 }

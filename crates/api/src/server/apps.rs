@@ -8,14 +8,14 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
+use hearth_client::types::{
+    AppDetail, AppList, AppLogLine, AppLogs, AppSummary, AppVersion, DeployApp, DeployResult, ErrorBody,
+    LogStream, LogsQuery, Rollback, SetSecret,
+};
 
 use super::AppState;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery, component_bytes, deploy_body};
-use crate::types::{
-    AppDetail, AppList, AppLogLine, AppLogs, AppSummary, AppVersion, DeployApp, DeployResult, LogsQuery,
-    Rollback, SetSecret,
-};
 
 /// The largest deploy request: a component of up to 64 MiB, base64-encoded.
 const MAX_DEPLOY_BODY: usize = 90 << 20;
@@ -163,7 +163,12 @@ fn log_line(l: &hearth_apps::LogLine) -> AppLogLine {
     AppLogLine {
         time: l.time,
         version: l.version,
-        stream: format!("{:?}", l.stream).to_lowercase(),
+        stream: match l.stream {
+            hearth_apps::LogStream::Stdout => LogStream::Stdout,
+            hearth_apps::LogStream::Stderr => LogStream::Stderr,
+            hearth_apps::LogStream::Request => LogStream::Request,
+            hearth_apps::LogStream::Hearth => LogStream::Hearth,
+        },
         text: l.text.clone(),
     }
 }

@@ -8,14 +8,32 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
+use hearth_client::types::{ChangeEvent, Encoding, ErrorBody, EventKind, EventList, EventsQuery};
+use hearth_store::{Change, Follower};
 
 use super::AppState;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::ApiError;
 use crate::extract::ApiQuery;
-use crate::types::{ChangeEvent, EventKind, EventList, EventsQuery};
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 10_000;
+
+/// A store event as the wire shows it.
+fn change_event(event: hearth_store::Event) -> ChangeEvent {
+    let revision = event.revision();
+    let kind = match event.kind {
+        hearth_store::EventKind::Put => EventKind::Put,
+        hearth_store::EventKind::Delete => EventKind::Delete,
+    };
+    let (value, encoding) = match kind {
+        EventKind::Put => {
+            let (value, encoding) = Encoding::encode(event.kv.value);
+            (Some(value), encoding)
+        }
+        EventKind::Delete => (None, Encoding::Utf8),
+    };
+    ChangeEvent { revision, kind, key: event.kv.key, value, encoding, version: event.kv.version }
+}
 
 /// Lists recent changes, or with `follow=true` streams them as server-sent
 /// events: `id` is the revision, `event` is `put` or `delete`, `data` is a
@@ -53,7 +71,7 @@ pub(crate) async fn events(
         let mut stream = state.store().watch(&prefix, since).await?;
         while events.len() < limit {
             match stream.next().await {
-                Some(Ok(event)) if event.revision() <= current => events.push(ChangeEvent::from(event)),
+                Some(Ok(event)) if event.revision() <= current => events.push(change_event(event)),
                 Some(Ok(_)) | None => break,
                 Some(Err(error)) => return Err(error.into()),
             }
@@ -77,33 +95,42 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 }
 
 async fn follow(state: AppState, prefix: &str, since: u64) -> Result<Response, ApiError> {
-    // Opening the watch before answering means a bad `since` is a proper 4xx,
-    // not an error buried in a 200 stream.
-    let watch = state.store().watch(prefix, since).await?;
-    let stream = watch
-        .map(|item| -> Result<SseEvent, Infallible> {
-            Ok(match item {
-                Ok(event) => {
-                    let change = ChangeEvent::from(event);
-                    let kind = match change.kind {
-                        EventKind::Put => "put",
-                        EventKind::Delete => "delete",
-                    };
-                    SseEvent::default()
-                        .id(change.revision.to_string())
-                        .event(kind)
-                        .json_data(&change)
-                        .unwrap_or_else(|_| SseEvent::default().event("error"))
-                }
-                Err(error) => {
-                    let body = ErrorBody { error: ApiError::from(error).detail };
-                    SseEvent::default()
-                        .event("error")
-                        .json_data(&body)
-                        .unwrap_or_else(|_| SseEvent::default().event("error"))
-                }
-            })
+    // Opening a watch before answering means a bad `since` is a proper 4xx,
+    // not an error buried in a 200 stream; the stream itself comes from a
+    // follower, which opens its watch again if it breaks.
+    drop(state.store().watch(prefix, since).await?);
+    let follower = Follower::new(state.shared_store(), prefix, since, "The events stream");
+    // A follower that found its history compacted away cannot hand out the
+    // changes in between: the client is told, and the stream ends.
+    let stream = futures::stream::unfold(Some(follower), move |follower| async move {
+        let mut follower = follower?;
+        Some(match follower.next().await {
+            Change::Event(event) => (sse_event(event), Some(follower)),
+            Change::Reset(range) => {
+                let error = hearth_store::Error::Compacted { requested: since, oldest: range.revision + 1 };
+                (error_event(ApiError::from(error)), None)
+            }
         })
-        .take_until(state.shutting_down());
+    })
+    .map(Ok::<_, Infallible>)
+    .take_until(state.shutting_down());
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+}
+
+fn sse_event(event: hearth_store::Event) -> SseEvent {
+    let change = change_event(event);
+    let kind = match change.kind {
+        EventKind::Put => "put",
+        EventKind::Delete => "delete",
+    };
+    SseEvent::default()
+        .id(change.revision.to_string())
+        .event(kind)
+        .json_data(&change)
+        .unwrap_or_else(|_| SseEvent::default().event("error"))
+}
+
+fn error_event(error: ApiError) -> SseEvent {
+    let body = ErrorBody { error: error.detail };
+    SseEvent::default().event("error").json_data(&body).unwrap_or_else(|_| SseEvent::default().event("error"))
 }

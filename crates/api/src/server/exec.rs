@@ -5,14 +5,10 @@ use std::sync::Arc;
 
 use axum::extract::ws::{Message, WebSocket};
 use hearth_agent::client::{AgentClient, ExecRequest, Output};
+use hearth_client::types::{EXEC_STDERR, EXEC_STDOUT, ErrorDetail, ExecControl, ExecEnd, ExecStart};
 use tokio::sync::mpsc;
 
-use crate::error::{ApiError, ErrorDetail};
-use crate::types::{ExecControl, ExecEnd, ExecStart};
-
-/// Stdout and stderr frames start with this byte.
-pub const STDOUT: u8 = 1;
-pub const STDERR: u8 = 2;
+use crate::error::ApiError;
 
 pub(crate) async fn session(
     mut socket: WebSocket,
@@ -77,10 +73,10 @@ pub(crate) async fn session(
         tokio::select! {
             output = out_rx.recv() => match output {
                 Some(Output::Stdout(data)) => {
-                    if send_data(&mut socket, STDOUT, data).await.is_err() { break; }
+                    if send_data(&mut socket, EXEC_STDOUT, data).await.is_err() { break; }
                 }
                 Some(Output::Stderr(data)) => {
-                    if send_data(&mut socket, STDERR, data).await.is_err() { break; }
+                    if send_data(&mut socket, EXEC_STDERR, data).await.is_err() { break; }
                 }
                 Some(Output::Exited(status)) => {
                     return end(socket, ExecEnd::Exit { code: status.code, signal: status.signal }).await;

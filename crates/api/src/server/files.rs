@@ -7,14 +7,11 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
+use hearth_client::types::{ErrorBody, FileQuery, MODE_HEADER};
 
 use super::AppState;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::ApiError;
 use crate::extract::ApiQuery;
-use crate::types::FileQuery;
-
-/// The header that carries a file's permission bits (octal).
-pub const MODE_HEADER: &str = "x-hearth-mode";
 
 fn check_path(path: &str) -> Result<(), ApiError> {
     if !path.starts_with('/') || path.contains('\0') {

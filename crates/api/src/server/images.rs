@@ -11,29 +11,28 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use hearth_client::types::{self as wire, BuildImage, ErrorBody, ImageInfo, ImageList, Progress, PullImage};
 use hearth_machines::image::{self, Credentials, ImageStore};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::AppState;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::ApiError;
 use crate::extract::ApiJson;
-use crate::types::{BuildImage, ImageInfo, ImageList, Progress, PullImage};
 
-impl From<image::Image> for ImageInfo {
-    fn from(i: image::Image) -> Self {
-        ImageInfo {
-            name: i.name,
-            digest: i.digest,
-            size_bytes: i.size_bytes,
-            source: match i.source {
-                image::ImageSource::Registry { .. } => "registry".into(),
-                image::ImageSource::Debootstrap { .. } => "debootstrap".into(),
-            },
-            entrypoint: i.config.entrypoint,
-            cmd: i.config.cmd,
-            created_at: i.created_unix,
-        }
+/// An image as the wire shows it.
+fn image_info(i: image::Image) -> ImageInfo {
+    ImageInfo {
+        name: i.name,
+        digest: i.digest,
+        size_bytes: i.size_bytes,
+        source: match i.source {
+            image::ImageSource::Registry { .. } => wire::ImageSource::Registry,
+            image::ImageSource::Debootstrap { .. } => wire::ImageSource::Debootstrap,
+        },
+        entrypoint: i.config.entrypoint,
+        cmd: i.config.cmd,
+        created_at: i.created_unix,
     }
 }
 
@@ -67,7 +66,7 @@ pub(crate) async fn list(State(state): State<AppState>) -> Result<axum::Json<Ima
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(|e| ApiError::from(hearth_machines::Error::from(e)))?;
-    Ok(axum::Json(ImageList { images: list.into_iter().map(ImageInfo::from).collect() }))
+    Ok(axum::Json(ImageList { images: list.into_iter().map(image_info).collect() }))
 }
 
 /// Shows one image, by name or digest.
@@ -85,7 +84,7 @@ pub(crate) async fn get(
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(|e| ApiError::from(hearth_machines::Error::from(e)))?;
     found
-        .map(|i| axum::Json(i.into()))
+        .map(|i| axum::Json(image_info(i)))
         .ok_or_else(|| ApiError::from(hearth_machines::Error::ImageNotFound(name)))
 }
 
@@ -209,7 +208,7 @@ where
             }
         };
         let event = match work(&images, &mut report) {
-            Ok(image) => SseEvent::default().event("done").json_data(ImageInfo::from(image)),
+            Ok(image) => SseEvent::default().event("done").json_data(image_info(image)),
             Err(error) => {
                 let api = ApiError::from(hearth_machines::Error::from(error));
                 SseEvent::default().event("error").json_data(ErrorBody { error: api.detail })

@@ -4,12 +4,14 @@
 //! reach, so a stray `hearth kv rm` cannot corrupt a machine's record.
 
 use axum::extract::{Path, State};
+use hearth_client::types::{
+    DeleteKvQuery, DeleteResult, Encoding, ErrorBody, KvEntry, KvList, KvListQuery, PutKv, WriteResult,
+};
 use hearth_store::{Compare, KeyValue, Op, OpResponse, Txn};
 
 use super::AppState;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery};
-use crate::types::{DeleteKvQuery, DeleteResult, Encoding, KvEntry, KvList, KvListQuery, PutKv, WriteResult};
 
 /// The store namespace that `/v1/kv` maps onto.
 pub(crate) const NAMESPACE: &str = "kv/";

@@ -3,11 +3,11 @@
 use std::time::Duration;
 
 use axum::extract::{Path, State};
+use hearth_client::types::{ErrorBody, GrantLease, LeaseInfo, LeaseList, WriteResult};
 
 use super::AppState;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::ApiError;
 use crate::extract::ApiJson;
-use crate::types::{GrantLease, LeaseInfo, LeaseList, WriteResult};
 
 fn info(lease: hearth_store::Lease) -> LeaseInfo {
     LeaseInfo { id: lease.id, ttl_secs: lease.ttl.as_secs(), remaining_secs: lease.remaining.as_secs() }

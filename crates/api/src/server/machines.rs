@@ -7,25 +7,102 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use hearth_client::types::{
+    self as wire, CreateMachine, ErrorBody, LogsQuery, Machine, MachineList, MachineNic, MachineState,
+    RemoveMachineQuery, RestoreSnapshot, Snapshot, SnapshotList, TakeSnapshot,
+};
 use hearth_machines::CreateRequest;
+use hearth_machines::record::{self, Desired, MachineRecord, SnapshotRecord};
 use hearth_machines::vmm::Backend;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::AppState;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery};
-use crate::types::{
-    CreateMachine, LogsQuery, Machine, MachineList, RemoveMachineQuery, RestoreSnapshot, Snapshot,
-    SnapshotList, TakeSnapshot,
-};
 
 const DEFAULT_MEMORY_MIB: u32 = 512;
+
+/// A machine's record as the wire shows it.
+pub(crate) fn machine(r: MachineRecord) -> Machine {
+    let name = r.name.clone();
+    Machine {
+        name: r.name,
+        image: r.spec.image,
+        image_digest: r.spec.image_digest,
+        backend: backend(r.spec.backend),
+        cpus: r.spec.cpus,
+        memory_mib: r.spec.memory_mib,
+        entrypoint: r.spec.entrypoint,
+        desired: match r.desired {
+            Desired::Running => wire::Desired::Running,
+            Desired::Stopped => wire::Desired::Stopped,
+        },
+        state: machine_state(r.status.state),
+        phase: r.status.phase,
+        reason: r.status.reason,
+        pid: r.status.pid,
+        boot_ms: r.status.boot_ms,
+        kernel: r.status.kernel,
+        auto_remove: r.spec.auto_remove,
+        nics: r
+            .spec
+            .nics
+            .iter()
+            .map(|n| MachineNic {
+                network: n.network.clone(),
+                ip: n.ip.to_string(),
+                mac: n.mac.clone(),
+                tap: n.tap.clone(),
+                dns_name: format!("{}.{}.hearth", name, n.network),
+            })
+            .collect(),
+        ports: r.spec.ports.iter().map(ToString::to_string).collect(),
+        disk_mib: r.spec.disk_mib,
+        created_at: r.created_at,
+        started_at: r.status.started_at,
+    }
+}
+
+/// A VMM backend as the wire names it.
+pub(crate) fn backend(b: Backend) -> wire::Backend {
+    match b {
+        Backend::QemuTcg => wire::Backend::QemuTcg,
+        Backend::QemuKvm => wire::Backend::QemuKvm,
+        Backend::Firecracker => wire::Backend::Firecracker,
+    }
+}
+
+/// A machine's state as the wire names it.
+pub(crate) fn machine_state(state: record::State) -> MachineState {
+    match state {
+        record::State::Created => MachineState::Created,
+        record::State::Starting => MachineState::Starting,
+        record::State::Running => MachineState::Running,
+        record::State::Stopping => MachineState::Stopping,
+        record::State::Stopped => MachineState::Stopped,
+        record::State::Failed => MachineState::Failed,
+    }
+}
+
+/// A snapshot's record as the wire shows it.
+fn snapshot_info(s: SnapshotRecord) -> Snapshot {
+    Snapshot {
+        name: s.name,
+        machine: s.machine,
+        image: s.spec.image,
+        backend: backend(s.spec.backend),
+        cpus: s.spec.cpus,
+        memory_mib: s.spec.memory_mib,
+        size_bytes: s.size_bytes,
+        created_at: s.created_at,
+    }
+}
 
 /// Lists machines.
 #[utoipa::path(get, path = "/v1/machines", tag = "machines", responses((status = 200, body = MachineList)))]
 pub(crate) async fn list(State(state): State<AppState>) -> Result<axum::Json<MachineList>, ApiError> {
     let machines = state.machines().list().await?;
-    Ok(axum::Json(MachineList { machines: machines.into_iter().map(Machine::from).collect() }))
+    Ok(axum::Json(MachineList { machines: machines.into_iter().map(machine).collect() }))
 }
 
 /// Creates a machine and starts it. The answer comes at once, with state
@@ -120,7 +197,7 @@ pub(crate) async fn create(
             disk_mib: body.disk_mib,
         })
         .await?;
-    Ok((StatusCode::CREATED, axum::Json(rec.into())))
+    Ok((StatusCode::CREATED, axum::Json(machine(rec))))
 }
 
 fn generate_name() -> String {
@@ -140,7 +217,7 @@ pub(crate) async fn get(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<axum::Json<Machine>, ApiError> {
-    Ok(axum::Json(state.machines().get(&name).await?.into()))
+    Ok(axum::Json(machine(state.machines().get(&name).await?)))
 }
 
 /// Asks a machine to start.
@@ -150,7 +227,7 @@ pub(crate) async fn start(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<axum::Json<Machine>, ApiError> {
-    Ok(axum::Json(state.machines().start(&name).await?.into()))
+    Ok(axum::Json(machine(state.machines().start(&name).await?)))
 }
 
 /// Asks a machine to power off.
@@ -160,7 +237,7 @@ pub(crate) async fn stop(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<axum::Json<Machine>, ApiError> {
-    Ok(axum::Json(state.machines().stop(&name).await?.into()))
+    Ok(axum::Json(machine(state.machines().stop(&name).await?)))
 }
 
 /// Removes a machine, its VM and its disk.
@@ -278,14 +355,14 @@ pub(crate) async fn snapshot(
     ApiJson(body): ApiJson<TakeSnapshot>,
 ) -> Result<(StatusCode, axum::Json<Snapshot>), ApiError> {
     let snap = state.machines().snapshot(&name, &body.name).await?;
-    Ok((StatusCode::CREATED, axum::Json(snap.into())))
+    Ok((StatusCode::CREATED, axum::Json(snapshot_info(snap))))
 }
 
 /// Lists snapshots.
 #[utoipa::path(get, path = "/v1/snapshots", tag = "machines", responses((status = 200, body = SnapshotList)))]
 pub(crate) async fn snapshots(State(state): State<AppState>) -> Result<axum::Json<SnapshotList>, ApiError> {
     let list = state.machines().snapshots().await?;
-    Ok(axum::Json(SnapshotList { snapshots: list.into_iter().map(Snapshot::from).collect() }))
+    Ok(axum::Json(SnapshotList { snapshots: list.into_iter().map(snapshot_info).collect() }))
 }
 
 /// Creates a machine from a snapshot and resumes it where it was.
@@ -298,8 +375,8 @@ pub(crate) async fn restore(
     Path(name): Path<String>,
     ApiJson(body): ApiJson<RestoreSnapshot>,
 ) -> Result<(StatusCode, axum::Json<Machine>), ApiError> {
-    let machine = state.machines().restore(&name, body.name).await?;
-    Ok((StatusCode::CREATED, axum::Json(machine.into())))
+    let restored = state.machines().restore(&name, body.name).await?;
+    Ok((StatusCode::CREATED, axum::Json(machine(restored))))
 }
 
 /// Deletes a snapshot.

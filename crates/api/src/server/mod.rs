@@ -3,7 +3,7 @@
 //!
 //! A request flows: connection → (TCP only) [`auth`] → panic guard → metrics →
 //! router → a handler in [`kv`], [`events`], [`leases`] or [`system`] → the
-//! store handle → a wire type from [`crate::types`], or an [`ApiError`].
+//! store handle → a wire type from `hearth_client::types`, or an [`ApiError`].
 
 pub(crate) mod apps;
 mod auth;
@@ -18,9 +18,6 @@ pub(crate) mod networks;
 pub(crate) mod system;
 pub(crate) mod triggers;
 pub(crate) mod workflows;
-
-pub use exec::{STDERR, STDOUT};
-pub use files::MODE_HEADER;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -45,12 +42,24 @@ pub struct DaemonInfo {
     pub data_dir: PathBuf,
     pub socket: PathBuf,
     pub tcp: Option<std::net::SocketAddr>,
-    /// `redb` or `etcd`.
-    pub store_backend: String,
+    pub store_backend: hearth_client::types::StoreBackend,
     /// The store file, or the etcd endpoints.
     pub store_location: String,
     /// Where apps answer HTTP.
     pub ingress: Option<std::net::SocketAddr>,
+}
+
+/// A word from a subsystem's record as the wire enum it stands for. The
+/// records hold only words the wire knows; another one is a bug, and is
+/// answered as one rather than passed on.
+pub(crate) fn wire_word<T>(word: &str, what: &str) -> Result<T, ApiError>
+where
+    T: std::str::FromStr<Err = hearth_client::types::UnknownValue>,
+{
+    word.parse().map_err(|e| {
+        tracing::error!(field = what, error = %e, "A record holds a word the API does not know.");
+        ApiError::internal(format!("{what}: {e}"))
+    })
 }
 
 /// Everything a handler can reach. Cheap to clone.
@@ -106,6 +115,11 @@ impl AppState {
 
     pub(crate) fn store(&self) -> &dyn Store {
         self.inner.store.as_ref()
+    }
+
+    /// The store, for what outlives a request: a follower of an SSE stream.
+    pub(crate) fn shared_store(&self) -> Arc<dyn Store> {
+        self.inner.store.clone()
     }
 
     pub(crate) fn machines(&self) -> &hearth_machines::Machines {

@@ -4,14 +4,15 @@ use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use hearth_net::record::{FaultKind, NetworkRecord};
+use hearth_client::types::{
+    self as wire, CreateFault, CreateNetwork, ErrorBody, Fault, FaultList, Healed, Network, NetworkList,
+    NetworkMember,
+};
+use hearth_net::record::{FaultKind, FaultRecord, NetworkRecord};
 
 use super::AppState;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::ApiError;
 use crate::extract::ApiJson;
-use crate::types::{
-    CreateFault, CreateNetwork, Fault, FaultList, Healed, Network, NetworkList, NetworkMember,
-};
 
 async fn describe(state: &AppState, n: NetworkRecord) -> Result<Network, ApiError> {
     let machines = state.networks().members(&n.name).await?;
@@ -76,11 +77,27 @@ pub(crate) async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A fault's record as the wire shows it.
+fn fault(f: FaultRecord) -> Fault {
+    let kind = match f.kind {
+        FaultKind::Partition { .. } => wire::FaultKind::Partition,
+        FaultKind::Delay { .. } => wire::FaultKind::Delay,
+        FaultKind::Loss { .. } => wire::FaultKind::Loss,
+    };
+    Fault {
+        id: f.id,
+        kind,
+        description: f.kind.describe(),
+        expires_at: f.expires_at,
+        created_at: f.created_at,
+    }
+}
+
 /// Lists active faults.
 #[utoipa::path(get, path = "/v1/faults", tag = "faults", responses((status = 200, body = FaultList)))]
 pub(crate) async fn faults(State(state): State<AppState>) -> Result<axum::Json<FaultList>, ApiError> {
     let faults = state.networks().faults().await?;
-    Ok(axum::Json(FaultList { faults: faults.into_iter().map(Fault::from).collect() }))
+    Ok(axum::Json(FaultList { faults: faults.into_iter().map(fault).collect() }))
 }
 
 /// Injects a fault: a partition, a delay or packet loss.
@@ -108,8 +125,8 @@ pub(crate) async fn create_fault(
             ));
         }
     };
-    let fault = state.networks().add_fault(kind, body.for_secs.map(Duration::from_secs)).await?;
-    Ok((StatusCode::CREATED, axum::Json(fault.into())))
+    let created = state.networks().add_fault(kind, body.for_secs.map(Duration::from_secs)).await?;
+    Ok((StatusCode::CREATED, axum::Json(fault(created))))
 }
 
 /// Heals one fault.

@@ -3,10 +3,10 @@
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use hearth_client::types::{Backend, ErrorBody, HostInfo, KvmInfo, Status, StoreStatus, ToolInfo};
 
 use super::AppState;
-use crate::error::{ApiError, ErrorBody};
-use crate::types::{HostInfo, Status, StoreStatus};
+use crate::error::ApiError;
 
 /// The daemon's version, data dir, store revision and host capabilities.
 #[utoipa::path(get, path = "/v1/status", tag = "system",
@@ -24,13 +24,33 @@ pub(crate) async fn status(State(state): State<AppState>) -> Result<axum::Json<S
         ingress: info.ingress.map(|a| a.to_string()),
         uptime_secs: state.inner.started.elapsed().as_secs(),
         store: StoreStatus {
-            backend: info.store_backend.clone(),
+            backend: info.store_backend,
             location: info.store_location.clone(),
             revision,
             compacted_revision,
         },
-        host: HostInfo::new(state.machines().host(), state.machines().default_backend().to_string()),
+        host: host_info(
+            state.machines().host(),
+            super::machines::backend(state.machines().default_backend()),
+        ),
     }))
+}
+
+/// What the machines subsystem found on this host, as the wire shows it.
+fn host_info(report: hearth_machines::probe::HostReport, default_backend: Backend) -> HostInfo {
+    let tool =
+        |t: hearth_machines::probe::Tool| ToolInfo { path: t.path.display().to_string(), version: t.version };
+    HostInfo {
+        kvm: KvmInfo {
+            present: report.kvm.present,
+            accessible: report.kvm.accessible,
+            usable: report.kvm.usable,
+            detail: report.kvm.detail,
+        },
+        qemu: report.qemu.map(tool),
+        firecracker: report.firecracker.map(tool),
+        default_backend,
+    }
 }
 
 /// This API's OpenAPI 3.1 document.

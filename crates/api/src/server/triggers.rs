@@ -4,24 +4,17 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use hearth_client::types::{ErrorBody, TriggerBody, TriggerInfo, TriggerList};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::AppState;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::ApiError;
 use crate::extract::ApiJson;
-use crate::types::{TriggerBody, TriggerInfo, TriggerList};
 
 /// The subsystem's trigger from the wire's: the same fields, checked
 /// against what the subsystem's kind takes.
 fn spec<T: DeserializeOwned>(body: &TriggerBody, target: &str) -> Result<T, ApiError> {
-    if !matches!(body.kind.as_str(), "cron" | "event" | "webhook") {
-        return Err(ApiError::bad_request(
-            "invalid_trigger",
-            format!("trigger kind {:?} is not one of cron, event, webhook", body.kind),
-            "set kind to cron, event or webhook",
-        ));
-    }
     let value = serde_json::to_value(body).map_err(|e| ApiError::internal(e.to_string()))?;
     serde_json::from_value(value).map_err(|e| {
         ApiError::bad_request(
@@ -33,12 +26,8 @@ fn spec<T: DeserializeOwned>(body: &TriggerBody, target: &str) -> Result<T, ApiE
 }
 
 /// The wire's trigger from the subsystem's, without the secret.
-fn info<S: Serialize>(
-    id: String,
-    source: String,
-    created_at: u64,
-    spec: &S,
-) -> Result<TriggerInfo, ApiError> {
+fn info<S: Serialize>(id: String, source: &str, created_at: u64, spec: &S) -> Result<TriggerInfo, ApiError> {
+    let source = super::wire_word(source, "a trigger's `source`")?;
     let value = serde_json::to_value(spec).map_err(|e| ApiError::internal(e.to_string()))?;
     let mut body: TriggerBody =
         serde_json::from_value(value).map_err(|e| ApiError::internal(e.to_string()))?;
@@ -56,7 +45,7 @@ pub(crate) async fn app_list(
     let triggers = state.apps().triggers(&name).await?;
     let triggers = triggers
         .iter()
-        .map(|t| info(t.id.clone(), t.source.clone(), t.created_at, &t.spec))
+        .map(|t| info(t.id.clone(), &t.source, t.created_at, &t.spec))
         .collect::<Result<_, _>>()?;
     Ok(axum::Json(TriggerList { triggers }))
 }
@@ -73,7 +62,7 @@ pub(crate) async fn app_add(
 ) -> Result<(StatusCode, axum::Json<TriggerInfo>), ApiError> {
     let spec: hearth_apps::TriggerSpec = spec(&body, "app")?;
     let t = state.apps().add_trigger(&name, spec).await?;
-    Ok((StatusCode::CREATED, axum::Json(info(t.id, t.source, t.created_at, &t.spec)?)))
+    Ok((StatusCode::CREATED, axum::Json(info(t.id, &t.source, t.created_at, &t.spec)?)))
 }
 
 /// Removes a trigger that was added through the API.
@@ -98,7 +87,7 @@ pub(crate) async fn workflow_list(
     let triggers = state.flows().triggers(&name).await?;
     let triggers = triggers
         .iter()
-        .map(|t| info(t.id.clone(), t.source.clone(), t.created_at, &t.spec))
+        .map(|t| info(t.id.clone(), &t.source, t.created_at, &t.spec))
         .collect::<Result<_, _>>()?;
     Ok(axum::Json(TriggerList { triggers }))
 }
@@ -115,7 +104,7 @@ pub(crate) async fn workflow_add(
 ) -> Result<(StatusCode, axum::Json<TriggerInfo>), ApiError> {
     let spec: hearth_flows::TriggerSpec = spec(&body, "workflow")?;
     let t = state.flows().add_trigger(&name, spec).await?;
-    Ok((StatusCode::CREATED, axum::Json(info(t.id, t.source, t.created_at, &t.spec)?)))
+    Ok((StatusCode::CREATED, axum::Json(info(t.id, &t.source, t.created_at, &t.spec)?)))
 }
 
 /// Removes a trigger that was added through the API.

@@ -3,15 +3,15 @@
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use hearth_client::types::{
+    DeployWorkflow, ErrorBody, JournalStep, MigrateRun, PendingSignal, ResultQuery, RunDetail, RunList,
+    RunLogLine, RunLogs, RunStarted, RunStatus, RunSummary, RunsQuery, SendSignal, StartRun,
+    WorkflowDeployed, WorkflowList, WorkflowSummary, WorkflowVersion,
+};
 
 use super::AppState;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery, component_bytes, deploy_body};
-use crate::types::{
-    DeployWorkflow, JournalStep, MigrateRun, PendingSignal, ResultQuery, RunDetail, RunList, RunLogLine,
-    RunLogs, RunStarted, RunSummary, RunsQuery, SendSignal, StartRun, WorkflowDeployed, WorkflowList,
-    WorkflowSummary, WorkflowVersion,
-};
 
 /// The largest deploy request: a component of up to 32 MiB, base64-encoded.
 const MAX_DEPLOY_BODY: usize = 45 << 20;
@@ -44,24 +44,30 @@ fn summary(state: &AppState, def: &hearth_flows::Definition) -> WorkflowSummary 
     }
 }
 
-pub(crate) fn run_summary(run: &hearth_flows::Run) -> RunSummary {
-    RunSummary {
+pub(crate) fn run_summary(run: &hearth_flows::Run) -> Result<RunSummary, ApiError> {
+    Ok(RunSummary {
         id: run.id.clone(),
         workflow: run.workflow.clone(),
         version: run.version,
-        status: run.status.as_str().into(),
+        status: match run.status {
+            hearth_flows::Status::Running => RunStatus::Running,
+            hearth_flows::Status::Waiting => RunStatus::Waiting,
+            hearth_flows::Status::Completed => RunStatus::Completed,
+            hearth_flows::Status::Failed => RunStatus::Failed,
+            hearth_flows::Status::Cancelled => RunStatus::Cancelled,
+        },
         input: run.input.clone(),
         output: run.output.clone(),
         error: run.error.clone(),
         waiting_for: run.wait.as_ref().map(|w| w.to_string()),
         deadline: run.wait.as_ref().and_then(|w| w.deadline),
-        started_by: run.started_by.clone(),
+        started_by: super::wire_word(&run.started_by, "a run's `started_by`")?,
         parent: run.parent.clone(),
         executions: run.executions,
         created_at: run.created_at,
         updated_at: run.updated_at,
         finished_at: run.finished_at,
-    }
+    })
 }
 
 /// Lists deployed workflows.
@@ -132,7 +138,7 @@ pub(crate) async fn start(
         parent: None,
     };
     let started = state.flows().start(request).await?;
-    Ok(axum::Json(RunStarted { run: run_summary(&started.run), created: started.created }))
+    Ok(axum::Json(RunStarted { run: run_summary(&started.run)?, created: started.created }))
 }
 
 /// Lists runs, newest first.
@@ -144,7 +150,7 @@ pub(crate) async fn runs(
 ) -> Result<axum::Json<RunList>, ApiError> {
     let status = query.status.as_deref().map(hearth_flows::Status::parse).transpose()?;
     let runs = state.flows().runs(status, query.workflow.as_deref()).await?;
-    Ok(axum::Json(RunList { runs: runs.iter().map(run_summary).collect() }))
+    Ok(axum::Json(RunList { runs: runs.iter().map(run_summary).collect::<Result<_, _>>()? }))
 }
 
 /// Shows a run with its journal: its history, step by step.
@@ -156,7 +162,7 @@ pub(crate) async fn show(
 ) -> Result<axum::Json<RunDetail>, ApiError> {
     let detail = state.flows().show(&id).await?;
     Ok(axum::Json(RunDetail {
-        run: run_summary(&detail.run),
+        run: run_summary(&detail.run)?,
         journal: detail
             .journal
             .iter()
@@ -197,7 +203,7 @@ pub(crate) async fn cancel(
     Path(id): Path<String>,
 ) -> Result<axum::Json<RunSummary>, ApiError> {
     let run = state.flows().cancel(&id).await?;
-    Ok(axum::Json(run_summary(&run)))
+    Ok(axum::Json(run_summary(&run)?))
 }
 
 /// Moves a run to another version of its workflow; its next replay checks
@@ -211,7 +217,7 @@ pub(crate) async fn migrate(
     ApiJson(body): ApiJson<MigrateRun>,
 ) -> Result<axum::Json<RunSummary>, ApiError> {
     let run = state.flows().migrate(&id, body.version).await?;
-    Ok(axum::Json(run_summary(&run)))
+    Ok(axum::Json(run_summary(&run)?))
 }
 
 /// What a run logged and printed.
@@ -225,8 +231,11 @@ pub(crate) async fn logs(
     Ok(axum::Json(RunLogs {
         lines: lines
             .into_iter()
-            .map(|l| RunLogLine { time: l.time, source: l.source, text: l.text })
-            .collect(),
+            .map(|l| {
+                let source = super::wire_word(&l.source, "a run log line's `source`")?;
+                Ok(RunLogLine { time: l.time, source, text: l.text })
+            })
+            .collect::<Result<_, ApiError>>()?,
     }))
 }
 
@@ -241,5 +250,5 @@ pub(crate) async fn result(
 ) -> Result<axum::Json<RunSummary>, ApiError> {
     let timeout = std::time::Duration::from_millis(query.timeout_ms.unwrap_or(30_000).min(60_000));
     let run = state.flows().wait(&id, timeout).await?;
-    Ok(axum::Json(run_summary(&run)))
+    Ok(axum::Json(run_summary(&run)?))
 }

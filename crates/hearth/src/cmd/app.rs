@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use base64::Engine as _;
 use futures::StreamExt;
-use hearth_api::client::Client;
-use hearth_api::types::{AppLogLine, DeployApp};
+use hearth_client::Client;
+use hearth_client::types::{AppLogLine, DeployApp};
 
 use crate::output::{Table, print_json};
 

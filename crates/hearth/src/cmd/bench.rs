@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use hearth_api::client::Client;
+use hearth_client::Client;
 use hearth_store::bench::{BenchOptions, run as run_store_bench};
 use hearth_store::redb::{Options as StoreOptions, RedbStore};
 

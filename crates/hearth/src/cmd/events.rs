@@ -3,8 +3,8 @@
 use std::io::Write as _;
 
 use futures::StreamExt;
-use hearth_api::client::Client;
-use hearth_api::types::{ChangeEvent, EventKind, EventsQuery};
+use hearth_client::Client;
+use hearth_client::types::{ChangeEvent, EventKind, EventsQuery};
 
 use crate::output::{Table, cell};
 

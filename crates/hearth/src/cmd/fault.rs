@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use hearth_api::client::Client;
-use hearth_api::types::{CreateFault, DelayFault, LossFault, PartitionFault};
+use hearth_client::Client;
+use hearth_client::types::{CreateFault, DelayFault, LossFault, PartitionFault};
 
 use crate::output::{Table, print_json};
 

@@ -3,8 +3,8 @@
 use std::io::BufRead;
 
 use futures::{Stream, StreamExt};
-use hearth_api::client::{Client, Error as ClientError, LongEvent};
-use hearth_api::types::{BuildImage, ImageInfo, PullImage};
+use hearth_client::types::{BuildImage, ImageInfo, PullImage};
+use hearth_client::{Client, Error as ClientError, LongEvent};
 
 use crate::output::{Bar, Table, print_json};
 
@@ -62,7 +62,7 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<i32
                         i.name,
                         hex.chars().take(12).collect(),
                         format!("{:.0} MiB", i.size_bytes as f64 / 1048576.0),
-                        i.source,
+                        i.source.to_string(),
                     ]);
                 }
                 print!("{}", table.render());

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use hearth_api::client::Client;
-use hearth_api::types::{Encoding, PutKv};
+use hearth_client::Client;
+use hearth_client::types::{Encoding, PutKv};
 
 use crate::output::{Table, cell};
 

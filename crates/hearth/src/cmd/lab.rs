@@ -19,9 +19,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use futures::{SinkExt, StreamExt};
-use hearth_api::client::{Client, Error as ClientError};
-use hearth_api::labs::PutLab;
-use hearth_api::types::{BuildImage, CreateMachine, CreateNetwork, ExecEnd, ExecStart, Machine, PullImage};
+use hearth_client::types::{
+    BuildImage, CreateMachine, CreateNetwork, ExecEnd, ExecStart, Machine, MachineState, PullImage, PutLab,
+};
+use hearth_client::{Client, Error as ClientError};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::output::{Table, print_json};
@@ -118,7 +119,7 @@ struct Before {
     owned_machines: Vec<String>,
     owned_networks: Vec<String>,
     machines: HashMap<String, Machine>,
-    networks: HashMap<String, hearth_api::types::Network>,
+    networks: HashMap<String, hearth_client::types::Network>,
 }
 
 async fn up(client: &Client, args: UpArgs) -> anyhow::Result<i32> {
@@ -202,7 +203,7 @@ async fn preflight(client: &Client, lab: &file::Lab) -> anyhow::Result<Before> {
     let owned_networks = record.as_ref().map(|r| r.networks.clone()).unwrap_or_default();
     let machines: HashMap<String, Machine> =
         client.machines().await?.machines.into_iter().map(|m| (m.name.clone(), m)).collect();
-    let networks: HashMap<String, hearth_api::types::Network> =
+    let networks: HashMap<String, hearth_client::types::Network> =
         client.networks().await?.networks.into_iter().map(|n| (n.name.clone(), n)).collect();
     let declared: HashMap<&str, &file::Network> = lab.networks.iter().map(|n| (n.name.as_str(), n)).collect();
     let mine: HashSet<&str> = lab.machines.iter().map(|m| m.name.as_str()).collect();
@@ -403,7 +404,7 @@ async fn create_or_start(
             board.phase(&m.name, "creating");
             client.create_machine(&create_request(m)).await.map(drop)
         }
-        Some(existing) if matches!(existing.state.as_str(), "stopped" | "failed") => {
+        Some(existing) if matches!(existing.state, MachineState::Stopped | MachineState::Failed) => {
             board.phase(&m.name, "starting again");
             client.start_machine(&m.name).await.map(drop)
         }
@@ -457,8 +458,8 @@ async fn wait_running(client: &Client, lab: &file::Lab, board: &Board) -> anyhow
                     let boot = found.boot_ms.map(|ms| format!(", booted in {:.1}s", ms as f64 / 1000.0));
                     board.phase(&m.name, &format!("running{}", boot.unwrap_or_default()));
                 }
-                Some(found) if matches!(found.state.as_str(), "failed" | "stopped") => {
-                    board.fail(&m.name, &found.state);
+                Some(found) if matches!(found.state, MachineState::Failed | MachineState::Stopped) => {
+                    board.fail(&m.name, found.state.as_str());
                     let why = found.reason.clone().unwrap_or_else(|| format!("it is {}", found.state));
                     failures.push(anyhow!(
                         "machine {} did not start: {why}; `hearth machine logs {}` shows its console",
@@ -468,7 +469,7 @@ async fn wait_running(client: &Client, lab: &file::Lab, board: &Board) -> anyhow
                 }
                 Some(found) => {
                     pending += 1;
-                    board.phase(&m.name, found.phase.as_deref().unwrap_or(&found.state));
+                    board.phase(&m.name, found.phase.as_deref().unwrap_or(found.state.as_str()));
                 }
             }
         }
@@ -620,7 +621,7 @@ fn summary(machines: &[Machine]) -> String {
         let dash = |v: String| if v.is_empty() { "-".to_owned() } else { v };
         table.row(vec![
             m.name.clone(),
-            m.state.clone(),
+            m.state.to_string(),
             dash(addresses.join(", ")),
             dash(dns.join(", ")),
             dash(ports.join(", ")),

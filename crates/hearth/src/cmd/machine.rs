@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures::{SinkExt, StreamExt};
-use hearth_api::client::{Client, Error as ClientError};
-use hearth_api::types::{
+use hearth_client::types::{
     CreateMachine, ExecControl, ExecEnd, ExecStart, Machine, NetworkAttachment, PullImage, TermSize,
 };
+use hearth_client::{Client, Error as ClientError};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::output::{Table, print_json};
@@ -196,10 +196,10 @@ pub(crate) async fn run(client: &Client, data_dir: &Path, command: Command) -> a
                 for m in list.machines {
                     table.row(vec![
                         m.name.clone(),
-                        m.state.clone(),
+                        m.state.to_string(),
                         m.image.clone(),
                         m.nics.first().map(|n| n.ip.clone()).unwrap_or_else(|| "-".into()),
-                        m.backend.clone(),
+                        m.backend.to_string(),
                         m.cpus.to_string(),
                         format!("{}M", m.memory_mib),
                         m.boot_ms
@@ -411,7 +411,7 @@ async fn wait_for_state(
                 limit.as_secs()
             );
         }
-        let phase = m.phase.clone().unwrap_or_else(|| m.state.clone());
+        let phase = m.phase.clone().unwrap_or_else(|| m.state.to_string());
         progress.set(format!("{name}: {phase} ({:.1}s)", started.elapsed().as_secs_f64()));
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
@@ -437,7 +437,7 @@ fn describe(m: &Machine) -> String {
         line("reason", reason.clone());
     }
     line("image", format!("{} ({})", m.image, m.image_digest));
-    line("backend", m.backend.clone());
+    line("backend", m.backend.to_string());
     line("resources", format!("{} CPU, {} MiB", m.cpus, m.memory_mib));
     line("disk", m.disk_mib.map(|mib| format!("{mib} MiB")).unwrap_or_else(|| "the image's size".into()));
     if !m.entrypoint.is_empty() {
@@ -505,7 +505,7 @@ async fn exec(client: &Client, args: ExecArgs) -> anyhow::Result<i32> {
         tokio::select! {
             message = stream.next() => match message {
                 Some(Ok(Message::Binary(data))) if !data.is_empty() => {
-                    let target: &mut dyn std::io::Write = if data[0] == hearth_api::server::STDERR { &mut err } else { &mut out };
+                    let target: &mut dyn std::io::Write = if data[0] == hearth_client::types::EXEC_STDERR { &mut err } else { &mut out };
                     target.write_all(&data[1..])?;
                     target.flush()?;
                 }

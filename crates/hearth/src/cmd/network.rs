@@ -1,7 +1,7 @@
 //! `hearth network`: private networks.
 
-use hearth_api::client::Client;
-use hearth_api::types::CreateNetwork;
+use hearth_client::Client;
+use hearth_client::types::CreateNetwork;
 
 use crate::output::{Table, print_json};
 

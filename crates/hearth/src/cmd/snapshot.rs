@@ -1,6 +1,6 @@
 //! `hearth snapshot`: machines saved to disk.
 
-use hearth_api::client::Client;
+use hearth_client::Client;
 
 use crate::output::{Table, print_json};
 
@@ -32,7 +32,7 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<()>
                     s.name,
                     s.machine,
                     s.image,
-                    s.backend,
+                    s.backend.to_string(),
                     format!("{}M", s.memory_mib),
                     format!("{:.0} MiB", s.size_bytes as f64 / 1048576.0),
                 ]);

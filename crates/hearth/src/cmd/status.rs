@@ -1,7 +1,7 @@
 //! `hearth status`.
 
-use hearth_api::client::Client;
-use hearth_api::types::{Status, ToolInfo};
+use hearth_client::Client;
+use hearth_client::types::{Status, ToolInfo};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {

@@ -2,8 +2,8 @@
 //! events and webhooks added from the command line, beside those a
 //! `hearth.toml` declares (which change only with a redeploy).
 
-use hearth_api::client::Client;
-use hearth_api::types::TriggerBody;
+use hearth_client::Client;
+use hearth_client::types::{TriggerBody, TriggerKind};
 
 use crate::output::{Table, print_json};
 
@@ -95,18 +95,24 @@ pub(crate) async fn run(client: &Client, target: &str, command: Command) -> anyh
                 anyhow::bail!("--secret is for --webhook only: a cron or event trigger is not signed");
             }
             let secret = secret.filter(|_| webhook.is_some());
-            let mut spec = TriggerBody { timezone, secret, body, input, signal, ..TriggerBody::default() };
+            let mut spec = TriggerBody {
+                timezone,
+                secret,
+                body,
+                input,
+                signal,
+                ..TriggerBody::new(TriggerKind::Webhook)
+            };
             if let Some(schedule) = cron {
-                spec.kind = "cron".into();
+                spec.kind = TriggerKind::Cron;
                 spec.schedule = Some(schedule);
                 spec.path = path;
             } else if let Some(prefix) = event {
-                spec.kind = "event".into();
+                spec.kind = TriggerKind::Event;
                 spec.prefix = Some(prefix);
                 spec.kinds = (!kinds.is_empty()).then_some(kinds);
                 spec.path = path;
             } else {
-                spec.kind = "webhook".into();
                 spec.path = webhook;
             }
             let added = client.add_trigger(target, &name, &spec).await?;
@@ -127,7 +133,12 @@ pub(crate) async fn run(client: &Client, target: &str, command: Command) -> anyh
             }
             let mut table = Table::new(vec!["ID", "KIND", "SOURCE", "WHAT"]);
             for t in list.triggers {
-                table.row(vec![t.id, t.spec.kind.clone(), t.source, describe(&t.spec, t.signed)]);
+                table.row(vec![
+                    t.id,
+                    t.spec.kind.to_string(),
+                    t.source.to_string(),
+                    describe(&t.spec, t.signed),
+                ]);
             }
             print!("{}", table.render());
         }
@@ -144,8 +155,8 @@ pub(crate) async fn run(client: &Client, target: &str, command: Command) -> anyh
 /// One line saying what a trigger does.
 pub(crate) fn describe(t: &TriggerBody, signed: bool) -> String {
     let path = t.path.as_deref().unwrap_or("/");
-    let mut text = match t.kind.as_str() {
-        "cron" => {
+    let mut text = match t.kind {
+        TriggerKind::Cron => {
             let mut s = format!(
                 "{} ({})",
                 t.schedule.as_deref().unwrap_or(""),
@@ -156,7 +167,7 @@ pub(crate) fn describe(t: &TriggerBody, signed: bool) -> String {
             }
             s
         }
-        "event" => {
+        TriggerKind::Event => {
             let kinds = t.kinds.as_ref().map_or("put, delete".to_owned(), |k| k.join(", "));
             let mut s = format!("{}* ({kinds})", t.prefix.as_deref().unwrap_or(""));
             if t.path.is_some() {
@@ -164,7 +175,7 @@ pub(crate) fn describe(t: &TriggerBody, signed: bool) -> String {
             }
             s
         }
-        _ => match &t.signal {
+        TriggerKind::Webhook => match &t.signal {
             Some(signal) => format!("{path} → signal {signal}"),
             None => path.to_owned(),
         },

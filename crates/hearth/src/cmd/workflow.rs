@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use base64::Engine as _;
-use hearth_api::client::Client;
-use hearth_api::types::{DeployWorkflow, RunSummary, RunsQuery, SendSignal, StartRun};
+use hearth_client::Client;
+use hearth_client::types::{DeployWorkflow, RunStatus, RunSummary, RunsQuery, SendSignal, StartRun};
 
 use crate::output::{Spinner, Table, cell, print_json};
 
@@ -206,20 +206,20 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<i32
                 "BY",
             ]);
             for r in list.runs {
-                let detail = match r.status.as_str() {
-                    "waiting" => r.waiting_for.clone().unwrap_or_default(),
-                    "completed" => r.output.clone().unwrap_or_default(),
-                    "failed" | "cancelled" => r.error.clone().unwrap_or_default(),
-                    _ => String::new(),
+                let detail = match r.status {
+                    RunStatus::Waiting => r.waiting_for.clone().unwrap_or_default(),
+                    RunStatus::Completed => r.output.clone().unwrap_or_default(),
+                    RunStatus::Failed | RunStatus::Cancelled => r.error.clone().unwrap_or_default(),
+                    RunStatus::Running => String::new(),
                 };
                 table.row(vec![
                     r.id,
                     r.workflow,
                     r.version.to_string(),
-                    r.status,
+                    r.status.to_string(),
                     cell(&detail, 48),
                     ago(r.created_at),
-                    r.started_by,
+                    r.started_by.to_string(),
                 ]);
             }
             print!("{}", table.render());
@@ -312,11 +312,12 @@ async fn wait_for_end(client: &Client, id: &str) -> anyhow::Result<RunSummary> {
     let spinner = Spinner::new(format!("run {id} started"));
     loop {
         let run = client.run_result(id, 1000).await?;
-        if matches!(run.status.as_str(), "completed" | "failed" | "cancelled") {
+        if matches!(run.status, RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled) {
             spinner.finish();
             return Ok(run);
         }
-        let what = run.waiting_for.clone().map_or_else(|| run.status.clone(), |w| format!("waiting for {w}"));
+        let what =
+            run.waiting_for.clone().map_or_else(|| run.status.to_string(), |w| format!("waiting for {w}"));
         spinner.set(format!("run {id}: {what}"));
     }
 }

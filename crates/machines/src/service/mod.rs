@@ -14,9 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use hearth_agent::client::{AgentClient, HelloInfo};
-use hearth_store::{Compare, Op, Store, Txn};
+use hearth_store::{Compare, Follower, Op, Store, Txn};
 use nix::sys::signal::Signal;
 use tokio::sync::{Mutex, watch};
 
@@ -642,28 +641,15 @@ impl Machines {
                 0
             }
         };
-        let mut changes = match self.inner.store.watch(record::PREFIX, start_revision + 1).await {
-            Ok(stream) => Some(stream),
-            Err(error) => {
-                tracing::error!(error = %error, "Could not watch machine records; changes apply on the next tick.");
-                None
-            }
-        };
+        let mut changes =
+            Follower::new(self.inner.store.clone(), record::PREFIX, start_revision + 1, "Machines");
         let mut tick = tokio::time::interval(LIVENESS_INTERVAL);
         loop {
             tokio::select! {
                 () = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
-                event = async { match changes.as_mut() { Some(s) => s.next().await, None => std::future::pending().await } } => {
-                    match event {
-                        Some(Ok(event)) => {
-                            let name = event.kv.key.trim_start_matches(record::PREFIX).to_owned();
-                            self.kick(&name);
-                        }
-                        Some(Err(error)) => {
-                            tracing::warn!(error = %error, "Machine watch failed; resubscribing.");
-                            changes = self.inner.store.watch(record::PREFIX, 0).await.ok();
-                        }
-                        None => changes = None,
+                change = changes.next() => {
+                    for key in change.keys() {
+                        self.kick(key.trim_start_matches(record::PREFIX));
                     }
                 }
                 _ = tick.tick() => self.check_liveness().await,

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use base64::Engine as _;
 use bytes::Bytes;
-use hearth_api::client::Client;
-use hearth_api::types::DeployApp;
+use hearth_client::Client;
+use hearth_client::types::DeployApp;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::StatusCode;
 use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
@@ -190,7 +190,7 @@ pub(crate) async fn run(client: &Client, args: Args) -> anyhow::Result<()> {
     };
     match client.remove_app(&name).await {
         Ok(()) => {}
-        Err(hearth_api::client::Error::Api { status, .. }) if status == StatusCode::NOT_FOUND => {}
+        Err(hearth_client::Error::Api { status, .. }) if status == StatusCode::NOT_FOUND => {}
         Err(e) => eprintln!("warning: cannot remove the app {name} ({e}); run `hearth app rm {name}`"),
     }
     let report = outcome?;

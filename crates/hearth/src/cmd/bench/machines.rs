@@ -12,8 +12,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use hearth_api::client::{Client, Endpoint};
-use hearth_api::types::{CreateMachine, Machine};
+use hearth_client::types::{CreateMachine, Machine};
+use hearth_client::{Client, Endpoint};
 use hearth_machines::vmm::{self, Backend, VmConfig, VmFiles, qemu};
 use hearth_machines::{guest, kernel};
 use serde::Serialize;
@@ -193,8 +193,7 @@ impl Created {
         for name in left {
             match client.remove_machine(&name, true).await {
                 Ok(()) => eprintln!("Removed {name}."),
-                Err(hearth_api::client::Error::Api { status, .. })
-                    if status == hyper::StatusCode::NOT_FOUND => {}
+                Err(hearth_client::Error::Api { status, .. }) if status == hyper::StatusCode::NOT_FOUND => {}
                 Err(e) => eprintln!("warning: cannot remove {name} ({e}); run `hearth machine rm -f {name}`"),
             }
         }
@@ -254,7 +253,7 @@ async fn measure(client: &Client, data_dir: &Path, args: &Args, created: &Create
     }
     let machine = kept.context("no run kept a machine")?;
     let hearth_boot = HearthBoot {
-        backend: machine.backend.clone(),
+        backend: machine.backend.to_string(),
         wall: Stats::of(walls),
         daemon_boot: Stats::of(daemon_boots),
     };
@@ -291,7 +290,7 @@ async fn measure(client: &Client, data_dir: &Path, args: &Args, created: &Create
     Ok(Report {
         image: args.image.clone(),
         runs,
-        default_backend: status.host.default_backend,
+        default_backend: status.host.default_backend.to_string(),
         kvm: status.host.kvm.detail,
         hearth_boot,
         bare_boot,
@@ -361,7 +360,7 @@ async fn exec_latency(client: &Client, machine: &Machine, count: usize) -> anyho
     }
     samples.sort_by(f64::total_cmp);
     Ok(ExecLatency {
-        backend: machine.backend.clone(),
+        backend: machine.backend.to_string(),
         command: "true",
         count,
         p50_ms: percentile(&samples, 50.0),
@@ -385,7 +384,7 @@ fn idle_memory(machine: &Machine, remote: bool) -> Figure<IdleMemory> {
         return unavailable("neither /proc/PID/smaps_rollup nor /proc/PID/status could be read");
     };
     Figure::Measured(IdleMemory {
-        backend: machine.backend.clone(),
+        backend: machine.backend.to_string(),
         pid,
         measure,
         mib: kib as f64 / 1024.0,
@@ -456,7 +455,7 @@ async fn bare_boots(
     daemon_payload: Option<(PathBuf, PathBuf)>,
     runs: usize,
 ) -> anyhow::Result<BareBoot> {
-    let backend: Backend = machine.backend.parse().map_err(|e: String| anyhow!(e))?;
+    let backend: Backend = machine.backend.as_str().parse().map_err(|e: String| anyhow!(e))?;
     if backend == Backend::Firecracker {
         bail!("the machines ran on Firecracker; the bare peer is QEMU only");
     }

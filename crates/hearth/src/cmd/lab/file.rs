@@ -41,7 +41,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::bail;
-use hearth_api::types::NetworkAttachment;
+use hearth_client::types::NetworkAttachment;
 use hearth_net::record::Subnet;
 use hearth_net::service::PortSpec;
 use serde::Deserialize;

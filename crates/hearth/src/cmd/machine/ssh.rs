@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures::{SinkExt, StreamExt};
-use hearth_api::client::Client;
-use hearth_api::types::{ExecStart, Machine};
+use hearth_client::Client;
+use hearth_client::types::{ExecStart, Machine};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Where the image must have its SSH server.
@@ -236,7 +236,7 @@ async fn exec_captured(client: &Client, name: &str, argv: Vec<String>) -> anyhow
     let mut stderr = Vec::new();
     while let Some(message) = socket.next().await {
         match message {
-            Ok(Message::Binary(data)) if data.first() == Some(&hearth_api::server::STDERR) => {
+            Ok(Message::Binary(data)) if data.first() == Some(&hearth_client::types::EXEC_STDERR) => {
                 stderr.extend_from_slice(&data[1..]);
             }
             Ok(Message::Text(text)) => {

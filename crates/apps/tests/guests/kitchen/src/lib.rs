@@ -6,6 +6,9 @@
 //!   without bound; `/sleep?ms=N[&print=T]` sleeps without using CPU (then
 //!   writes T to stdout).
 //! - `/print?text=T` writes T to stdout and `err: T` to stderr.
+//! - `/trace[?gate=K]` writes `begin BODY` to stdout, waits (if asked)
+//!   until key K is set in the default key-value store, then writes
+//!   `end BODY`: how a test sees the order and overlap of trigger calls.
 //! - `/fetch?url=U` makes an outgoing GET and answers with what came back.
 //! - `/config?key=K` and `/config-all` read `wasi:config`.
 //! - `/kv/get|set|incr?key=K[&value=V][&store=S]` use `wasi:keyvalue`.
@@ -62,6 +65,19 @@ impl wasip2::exports::http::incoming_handler::Guest for Kitchen {
                     println!("{text}");
                 }
                 (200, format!("slept {ms} ms\n"))
+            }
+            "/trace" => {
+                let body = read_all(request.consume().expect("body").stream().expect("stream"));
+                let body = String::from_utf8_lossy(&body).into_owned();
+                println!("begin {body}");
+                if let Some(gate) = param("gate") {
+                    let bucket = kv::open("default").expect("the default store is declared");
+                    while bucket.get(&gate).expect("read the gate").is_none() {
+                        wasip2::clocks::monotonic_clock::subscribe_duration(10_000_000).block();
+                    }
+                }
+                println!("end {body}");
+                (200, "traced\n".to_owned())
             }
             "/print" => {
                 let text = param("text").unwrap_or_default();

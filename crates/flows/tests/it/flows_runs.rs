@@ -1,0 +1,322 @@
+//! Runs of real workflow components over a real store: sleep, signal,
+//! activity, children, limits, divergence, and a service restarted while
+//! runs wait.
+
+use crate::support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hearth_flows::{Flows, Options, Run, StartRequest, Status};
+use hearth_store::redb::{Options as StoreOptions, RedbStore};
+use tokio::sync::watch;
+
+struct Service {
+    flows: Flows,
+    store: RedbStore,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn service(dir: &std::path::Path, cpu_budget: Duration) -> Service {
+    let store = RedbStore::open(&dir.join("state.redb"), StoreOptions::default()).unwrap();
+    let mut options = Options::new(dir.join("data"), dir.join("cache"));
+    options.cpu_budget = cpu_budget;
+    let flows = Flows::new(Arc::new(store.clone()), options).unwrap();
+    let (stop, rx) = watch::channel(false);
+    let task = tokio::spawn({
+        let flows = flows.clone();
+        async move { flows.run(rx).await.unwrap() }
+    });
+    Service { flows, store, stop, task }
+}
+
+impl Service {
+    async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        drop(self.flows);
+        self.store.shutdown().await;
+    }
+}
+
+fn start(workflow: &str, input: &str) -> StartRequest {
+    StartRequest {
+        workflow: workflow.into(),
+        input: input.into(),
+        started_by: "test".into(),
+        ..Default::default()
+    }
+}
+
+async fn until(flows: &Flows, id: &str, what: &str, check: impl Fn(&Run) -> bool) -> Run {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let run = flows.get_run(id).await.unwrap();
+        if check(&run) {
+            return run;
+        }
+        assert!(Instant::now() < deadline, "run {id} never became {what}: {run:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn ended(flows: &Flows, id: &str) -> Run {
+    until(flows, id, "ended", |r| r.status.is_terminal()).await
+}
+
+async fn waiting_for_signal(flows: &Flows, id: &str) -> Run {
+    until(flows, id, "waiting for a signal", |r| {
+        r.status == Status::Waiting
+            && matches!(&r.wait, Some(w) if matches!(w.kind, hearth_flows::WaitKind::Signal { .. }))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_sleeps_waits_for_a_signal_calls_an_activity_and_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = service(dir.path(), Duration::from_secs(10)).await;
+    let (effects, url) = support::Effects::start();
+    s.flows.deploy("steps", support::guests().steps.clone(), None).await.unwrap();
+    let started = s.flows.start(start("steps", &format!("full:{url}"))).await.unwrap();
+    let id = started.run.id.clone();
+    waiting_for_signal(&s.flows, &id).await;
+    // Waiting costs nothing: once the execution that wrote the wait has
+    // let go of its instance (just after the record says so), none is
+    // under way.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while s.flows.executing() != 0 {
+        assert!(std::time::Instant::now() < deadline, "an execution is still under way while the run waits");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    s.flows.signal(&id, "go", "yes".into()).await.unwrap();
+    let run = ended(&s.flows, &id).await;
+    assert_eq!(run.status, Status::Completed, "{run:#?}");
+    assert_eq!(run.output.as_deref(), Some("done:yes:200"));
+    assert_eq!(effects.applied(), 1);
+    assert_eq!(effects.keys(), vec![format!("{id}/3")]);
+    // Three executions (start, timer, signal), yet every step is recorded
+    // once and the log line was written once.
+    assert!(run.executions >= 3, "{run:#?}");
+    let detail = s.flows.show(&id).await.unwrap();
+    let calls: Vec<String> = detail.journal.iter().map(|e| e.call.to_string()).collect();
+    assert_eq!(calls.len(), 5, "{calls:?}");
+    assert!(calls[1].starts_with("sleep(300ms)") && calls[2].starts_with("wait-signal(\"go\""), "{calls:?}");
+    let logs = s.flows.logs(&id).await.unwrap();
+    assert_eq!(logs.iter().filter(|l| l.text.starts_with("starting")).count(), 1, "{logs:?}");
+    // A signal to an ended run is refused.
+    let error = s.flows.signal(&id, "go", "again".into()).await.unwrap_err();
+    assert!(error.to_string().contains("already ended"), "{error}");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_run_survives_a_restart_and_signals_sent_early_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (effects, url) = support::Effects::start();
+    let s = service(dir.path(), Duration::from_secs(10)).await;
+    s.flows.deploy("steps", support::guests().steps.clone(), None).await.unwrap();
+    let a = s.flows.start(start("steps", &format!("full:{url}"))).await.unwrap().run.id;
+    let b = s.flows.start(start("steps", "sleep:1500")).await.unwrap().run.id;
+    waiting_for_signal(&s.flows, &a).await;
+    s.shutdown().await;
+
+    let s = service(dir.path(), Duration::from_secs(10)).await;
+    // The timer of `b` fires after the restart.
+    let run = ended(&s.flows, &b).await;
+    assert_eq!((run.status, run.output.as_deref()), (Status::Completed, Some("slept")));
+    s.flows.signal(&a, "go", "later".into()).await.unwrap();
+    let run = ended(&s.flows, &a).await;
+    assert_eq!(run.output.as_deref(), Some("done:later:200"), "{run:#?}");
+    assert_eq!(effects.applied(), 1);
+    s.shutdown().await;
+
+    // A signal sent before the run asks for it is delivered when it does.
+    let s = service(dir.path(), Duration::from_secs(10)).await;
+    let c = s.flows.start(start("steps", &format!("full:{url}"))).await.unwrap().run.id;
+    s.flows.signal(&c, "go", "early".into()).await.unwrap();
+    let run = ended(&s.flows, &c).await;
+    assert_eq!(run.output.as_deref(), Some("done:early:200"), "{run:#?}");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_children_and_failures_end_as_they_should() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = service(dir.path(), Duration::from_millis(500)).await;
+    s.flows.deploy("steps", support::guests().steps.clone(), None).await.unwrap();
+    let cases = [
+        ("timeout:300", Status::Completed, "timed out"),
+        ("child:sleep:200", Status::Completed, "child said slept"),
+        ("child:fail", Status::Failed, "child failed: the test asked for a failure"),
+        ("fail", Status::Failed, "the test asked for a failure"),
+        ("trap", Status::Failed, "trapped"),
+        ("spin", Status::Failed, "computed for more than 500ms"),
+        // The budget is per stretch between durable calls, not per execution:
+        // hundreds of journal writes take longer than 500 ms in all.
+        ("logs:400", Status::Completed, "logged 400"),
+        ("print", Status::Completed, "printed"),
+    ];
+    let mut ids = Vec::new();
+    for (input, _, _) in &cases {
+        ids.push(s.flows.start(start("steps", input)).await.unwrap().run.id);
+    }
+    for ((input, status, text), id) in cases.iter().zip(&ids) {
+        let run = ended(&s.flows, id).await;
+        let said = run.output.clone().or(run.error.clone()).unwrap_or_default();
+        assert_eq!(run.status, *status, "{input}: {run:#?}");
+        assert!(said.contains(text), "{input}: {said}");
+    }
+    let print = ids.last().unwrap();
+    let logs = s.flows.logs(print).await.unwrap();
+    let texts: Vec<&str> = logs.iter().map(|l| l.text.as_str()).collect();
+    assert!(
+        texts.contains(&"hello from log") && texts.iter().any(|t| t.contains("hello from stdout")),
+        "{texts:?}"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_moved_to_code_that_calls_something_else_fails_with_the_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = service(dir.path(), Duration::from_secs(10)).await;
+    let guests = support::guests();
+    s.flows.deploy("steps", guests.steps.clone(), None).await.unwrap();
+    let id = s.flows.start(start("steps", "full:http://127.0.0.1:9")).await.unwrap().run.id;
+    waiting_for_signal(&s.flows, &id).await;
+    // A redeploy does not touch the run: it stays on version 1.
+    let v2 = s.flows.deploy("steps", guests.drifted.clone(), None).await.unwrap();
+    assert_eq!(v2.version.number, 2);
+    assert_eq!(s.flows.get_run(&id).await.unwrap().version, 1);
+    s.flows.migrate(&id, 2).await.unwrap();
+    s.flows.signal(&id, "go", "x".into()).await.unwrap();
+    let run = ended(&s.flows, &id).await;
+    let error = run.error.unwrap_or_default();
+    assert_eq!(run.status, Status::Failed);
+    assert!(
+        error.contains("not deterministic") && error.contains("step 0") && error.contains("now()"),
+        "{error}"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_are_idempotent_by_id_and_bad_input_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = service(dir.path(), Duration::from_secs(10)).await;
+    let guests = support::guests();
+    s.flows.deploy("steps", guests.steps.clone(), None).await.unwrap();
+    let mut request = start("steps", "echo");
+    request.id = Some("order-1".into());
+    let first = s.flows.start(request.clone()).await.unwrap();
+    let second = s.flows.start(request.clone()).await.unwrap();
+    assert!(first.created && !second.created);
+    assert_eq!(ended(&s.flows, "order-1").await.output.as_deref(), Some("echo"));
+    assert_eq!(s.flows.runs(None, Some("steps")).await.unwrap().len(), 1);
+
+    for (bytes, needle) in [
+        (b"not wasm at all".to_vec(), "not a WebAssembly component"),
+        (b"\0asm\x01\0\0\0".to_vec(), "not a WebAssembly component"),
+        (guests.steps[..guests.steps.len() / 2].to_vec(), "not valid"),
+    ] {
+        let error = s.flows.deploy("bad", bytes, None).await.unwrap_err().to_string();
+        assert!(error.contains(needle), "{error}");
+    }
+    let error =
+        s.flows.deploy("bad", guests.steps.clone(), Some("[[cron]]\nschedule = \"nope\"".into())).await;
+    assert!(error.unwrap_err().to_string().contains("has 1 fields"));
+    let error = s.flows.start(start("missing", "")).await.unwrap_err();
+    assert!(error.to_string().contains("does not exist"), "{error}");
+    let error = s.flows.signal("nobody", "go", String::new()).await.unwrap_err();
+    assert!(error.to_string().contains("does not exist"), "{error}");
+    s.shutdown().await;
+}
+
+/// An executor named `name` on `store`, with the kept bytes of `dir` and a
+/// compiled cache of its own, as a second daemon on another host would
+/// have. Its loop stops when the sender says so; the handle stays usable.
+fn executor(
+    dir: &std::path::Path,
+    store: Arc<dyn hearth_store::Store>,
+    name: &str,
+) -> (Flows, watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+    let mut options = Options::new(dir.join("data"), dir.join(format!("cache-{name}")));
+    options.executor = name.into();
+    let flows = Flows::new(store, options).unwrap();
+    let (stop, rx) = watch::channel(false);
+    let task = tokio::spawn({
+        let flows = flows.clone();
+        async move { flows.run(rx).await.unwrap() }
+    });
+    (flows, stop, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_written_through_one_executor_completes_the_run_on_the_other_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(&dir.path().join("state.redb"), StoreOptions::default()).unwrap();
+    let (effects, url) = support::Effects::start();
+    let (a, stop_a, task_a) = executor(dir.path(), Arc::new(store.clone()), "a");
+    // B's watches break every few changes, as over a flaky network.
+    let flaky = hearth_store::testing::Breaking::new(Arc::new(store.clone()));
+    flaky.break_every(3);
+    let (b, stop_b, task_b) = executor(dir.path(), flaky.clone(), "b");
+    a.deploy("steps", support::guests().steps.clone(), None).await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(a.start(start("steps", &format!("full:{url}"))).await.unwrap().run.id);
+    }
+    for id in &ids {
+        waiting_for_signal(&a, id).await;
+    }
+    // Only B executes from now on; the signals are written through A.
+    stop_a.send_replace(true);
+    task_a.await.unwrap();
+    for id in &ids {
+        a.signal(id, "go", "yes".into()).await.unwrap();
+    }
+    for id in &ids {
+        let run = ended(&b, id).await;
+        assert_eq!(
+            (run.status, run.output.as_deref()),
+            (Status::Completed, Some("done:yes:200")),
+            "{run:#?}"
+        );
+        let calls = b.show(id).await.unwrap().journal.len();
+        assert_eq!(calls, 5, "every step recorded once");
+    }
+    assert_eq!(effects.applied(), 4, "each run's activity took effect once");
+    assert_eq!(effects.requests(), 4, "and was called once: no two executors ran one step");
+    assert!(flaky.watches_opened() > 3, "B's watches really broke");
+    stop_b.send_replace(true);
+    task_b.await.unwrap();
+    store.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_claimed_by_an_executor_that_died_is_taken_over_when_its_lease_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(&dir.path().join("state.redb"), StoreOptions::default()).unwrap();
+    let shared: Arc<dyn hearth_store::Store> = Arc::new(store.clone());
+    // A dead executor's claim on a run that is running: what a daemon
+    // killed mid-execution leaves.
+    let (b, stop_b, task_b) = executor(dir.path(), shared.clone(), "b");
+    b.deploy("steps", support::guests().steps.clone(), None).await.unwrap();
+    let dead = shared.lease_grant(Duration::from_secs(3)).await.unwrap().id;
+    stop_b.send_replace(true);
+    task_b.await.unwrap();
+    let id = b.start(start("steps", "sleep:10")).await.unwrap().run.id;
+    shared.put(&format!("workflows/claims/{id}"), dead.to_string().into_bytes(), Some(dead)).await.unwrap();
+    let (b, stop_b, task_b) = executor(dir.path(), shared.clone(), "b");
+    // B does not run it while the claim holds...
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(b.get_run(&id).await.unwrap().status, Status::Running, "B waited for the claim");
+    // ...and does when the dead executor's lease expires.
+    let run = ended(&b, &id).await;
+    assert_eq!((run.status, run.output.as_deref()), (Status::Completed, Some("slept")), "{run:#?}");
+    stop_b.send_replace(true);
+    task_b.await.unwrap();
+    store.shutdown().await;
+}

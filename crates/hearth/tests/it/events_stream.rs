@@ -1,0 +1,75 @@
+//! `/v1/events?follow=true`: a live stream of every change.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use hearth_client::types::{Encoding, EventKind, PutKv};
+use hearth_testkit::Daemon;
+
+const BIN: &str = env!("CARGO_BIN_EXE_hearth");
+
+fn put(value: &str) -> PutKv {
+    PutKv { value: value.into(), encoding: Encoding::Utf8, lease: None, if_mod_revision: None }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn follow_streams_changes_live_and_resumes_from_a_revision() {
+    let daemon = Daemon::start(BIN).await;
+    let client = daemon.client();
+    client.kv_put("before", &put("0")).await.expect("put");
+
+    // Only what happens next.
+    let mut live = Box::pin(client.follow_events(None, Some("kv/")).await.expect("follow"));
+    for i in 1..=20 {
+        client.kv_put(&format!("k{i}"), &put(&i.to_string())).await.expect("put");
+    }
+    client.kv_delete("k3").await.expect("delete");
+    let mut seen = Vec::new();
+    while seen.len() < 21 {
+        let event = tokio::time::timeout(Duration::from_secs(10), live.next())
+            .await
+            .expect("event within 10 s")
+            .expect("stream open")
+            .expect("event");
+        seen.push(event);
+    }
+    let revisions: Vec<u64> = seen.iter().map(|e| e.revision).collect();
+    assert_eq!(revisions, (2..=22).collect::<Vec<_>>());
+    assert_eq!(seen[0].key, "kv/k1");
+    assert_eq!(seen[20].kind, EventKind::Delete);
+    assert_eq!(seen[20].value, None);
+
+    // Resume from an old revision: replayed from history, then live.
+    let mut replay = Box::pin(client.follow_events(Some(1), None).await.expect("follow"));
+    let first = replay.next().await.expect("open").expect("event");
+    assert_eq!((first.revision, first.key.as_str()), (1, "kv/before"));
+
+    // Prefix filter on the server.
+    let mut filtered = Box::pin(client.follow_events(Some(1), Some("kv/k2")).await.expect("follow"));
+    let mut keys = Vec::new();
+    for _ in 0..2 {
+        keys.push(filtered.next().await.expect("open").expect("event").key);
+    }
+    assert_eq!(keys, vec!["kv/k2", "kv/k20"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lease_expiry_shows_up_as_a_delete_event() {
+    let daemon = Daemon::start(BIN).await;
+    let client = daemon.client();
+    let lease = client.lease_grant(1).await.expect("grant");
+    let mut body = put("short-lived");
+    body.lease = Some(lease.id);
+    client.kv_put("session", &body).await.expect("put");
+    let mut events = Box::pin(client.follow_events(Some(1), None).await.expect("follow"));
+    let put_event = events.next().await.expect("open").expect("event");
+    assert_eq!(put_event.kind, EventKind::Put);
+    let delete = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("the lease expires within 10 s")
+        .expect("open")
+        .expect("event");
+    assert_eq!((delete.kind, delete.key.as_str()), (EventKind::Delete, "kv/session"));
+    assert!(client.kv_get("session").await.is_err());
+    assert!(client.leases().await.expect("leases").leases.is_empty());
+}

@@ -1,0 +1,29 @@
+//! The integration tests of `hearth`, gathered as modules of one test
+//! binary, so that the suite links once per crate rather than once per
+//! file (as rust-analyzer's `slow-tests` are). Run one file's tests with
+//! `cargo test -p hearth --test it -- MODULE::`.
+
+// The flows' and the machines' test support, shared with their crates' tests.
+#[path = "../../../flows/tests/it/support/mod.rs"]
+mod flows_support;
+#[path = "../../../machines/tests/it/support/mod.rs"]
+mod machines_support;
+
+mod api_errors;
+mod apps_cli;
+mod apps_triggers;
+mod cli;
+mod daemon_lifecycle;
+mod events_stream;
+mod labs;
+mod machines_disk;
+mod machines_firecracker;
+mod machines_image_pull;
+mod machines_lifecycle;
+mod machines_snapshot;
+mod machines_ssh;
+mod networks_daemon;
+mod networks_faults;
+mod store_durability;
+mod triggers_cli;
+mod workflows_cli;

@@ -1,0 +1,147 @@
+//! `firewall::render`: the script is a readable function of the desired
+//! state, and `apply` refuses what it could not quote safely.
+
+use crate::support;
+
+use hearth_net::firewall::{self, Desired, Error, NetworkRules, Partition};
+
+fn network(bridge: &str, subnet: &str, nat: bool) -> NetworkRules {
+    NetworkRules { bridge: bridge.to_owned(), subnet: subnet.to_owned(), nat }
+}
+
+fn partition(id: &str, from: &[&str], to: &[&str], both_ways: bool) -> Partition {
+    let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect();
+    Partition { id: id.to_owned(), from: names(from), to: names(to), both_ways }
+}
+
+fn example() -> Desired {
+    Desired {
+        table: "hearth".to_owned(),
+        networks: vec![
+            network("hb-default", "10.200.0.0/24", true),
+            // Host bits are cleared in the rule.
+            network("hb-lab", "10.201.0.9/16", false),
+            network("hb-other", "10.202.0.0/24", true),
+        ],
+        partitions: vec![
+            partition("f1a2b3", &["ht-a"], &["ht-c", "ht-d"], false),
+            partition("f4c5d6", &["ht-b"], &["ht-e"], true),
+            // A partition with nobody on one side has nothing to drop.
+            partition("f7e8f9", &[], &["ht-a"], true),
+        ],
+        losses: vec![],
+    }
+}
+
+#[test]
+fn the_script_for_networks_and_partitions() {
+    let expect = r#"table inet hearth
+flush table inet hearth
+table inet hearth {
+	chain forward {
+		type filter hook forward priority filter; policy accept;
+		ct state invalid counter comment "keeps connection tracking's hooks"
+		iifname "hb-default" oifname { "hb-lab", "hb-other" } counter drop comment "isolate hb-default"
+		iifname "hb-lab" oifname { "hb-default", "hb-other" } counter drop comment "isolate hb-lab"
+		iifname "hb-other" oifname { "hb-default", "hb-lab" } counter drop comment "isolate hb-other"
+		iifname "hb-default" oifname != "hb-default" accept comment "nat hb-default: out"
+		oifname "hb-default" ct state established,related accept comment "nat hb-default: replies"
+		iifname "hb-other" oifname != "hb-other" accept comment "nat hb-other: out"
+		oifname "hb-other" ct state established,related accept comment "nat hb-other: replies"
+	}
+	chain postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		ip saddr 10.200.0.0/24 oifname != "hb-default" masquerade comment "nat hb-default"
+		ip saddr 10.202.0.0/24 oifname != "hb-other" masquerade comment "nat hb-other"
+	}
+}
+table bridge hearth
+flush table bridge hearth
+table bridge hearth {
+	chain forward {
+		type filter hook forward priority filter; policy accept;
+		ether type arp accept comment "address resolution crosses partitions"
+		icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept comment "address resolution crosses partitions"
+		iifname "ht-a" oifname { "ht-c", "ht-d" } counter drop comment "partition f1a2b3"
+		iifname "ht-b" oifname "ht-e" counter drop comment "partition f4c5d6"
+		iifname "ht-e" oifname "ht-b" counter drop comment "partition f4c5d6 (reverse)"
+	}
+	chain output {
+		type filter hook output priority filter; policy accept;
+	}
+}
+"#;
+    let got = firewall::render(&example());
+    assert_eq!(got, expect, "got:\n{got}");
+}
+
+#[test]
+fn the_script_for_nothing_still_refills_both_tables() {
+    let got = firewall::render(&Desired::default());
+    assert!(got.starts_with("table inet hearth\nflush table inet hearth\ntable inet hearth {\n"), "{got}");
+    assert!(got.contains("table bridge hearth\nflush table bridge hearth\ntable bridge hearth {\n"), "{got}");
+    // The same chains as with rules: a chain that went away would take its
+    // hook, and with it every packet the delay line holds.
+    for chain in ["chain forward {", "chain postrouting {", "chain output {"] {
+        assert!(got.contains(chain), "{chain} missing: {got}");
+    }
+    assert!(!got.contains("drop") && !got.contains("masquerade"), "{got}");
+    // Connection tracking stays on with no NAT network left: its hooks
+    // going away would drop what the delay line holds.
+    assert!(got.contains("ct state invalid counter"), "{got}");
+}
+
+#[test]
+fn a_daemon_can_name_its_tables() {
+    let desired = Desired { table: "hearth-t1".to_owned(), ..example() };
+    let got = firewall::render(&desired);
+    assert!(got.starts_with("table inet hearth-t1\nflush table inet hearth-t1\n"), "{got}");
+    assert!(got.contains("\ntable bridge hearth-t1 {\n"), "{got}");
+    assert!(!got.contains("hearth {"), "{got}");
+}
+
+#[test]
+fn nft_accepts_the_script_and_lists_the_comments() {
+    support::run(|lab| {
+        let host = lab.netns("host");
+        firewall::apply(&host, &example()).expect("apply");
+        let listed = support::sh(&host, &["nft", "list", "ruleset"]);
+        for comment in ["isolate hb-lab", "nat hb-other", "partition f1a2b3", "partition f4c5d6 (reverse)"] {
+            assert!(listed.contains(&format!("comment \"{comment}\"")), "{comment} missing:\n{listed}");
+        }
+    });
+}
+
+#[test]
+fn apply_refuses_what_it_cannot_quote() {
+    support::run(|lab| {
+        // A namespace of its own, in case validation let something through.
+        let host = lab.netns("host");
+        let refused = |desired: Desired, what: &str| {
+            let error = firewall::apply(&host, &desired).expect_err(what);
+            assert!(matches!(error, Error::Invalid { .. } | Error::InvalidName { .. }), "{what}: {error:?}");
+            assert_eq!(error.code(), "invalid_field");
+            error.to_string()
+        };
+        let with_network = |n| Desired { networks: vec![n], ..Desired::default() };
+        let with_partition = |p| Desired { partitions: vec![p], ..Desired::default() };
+
+        refused(with_network(network("hb\"; flush ruleset", "10.0.0.0/24", true)), "quote in a bridge");
+        refused(with_network(network("a-bridge-name-too-long", "10.0.0.0/24", true)), "long bridge");
+        let message = refused(with_network(network("hb-x", "10.0.0.0", true)), "no prefix");
+        assert!(message.contains("not an IPv4 subnet"), "{message}");
+        refused(with_network(network("hb-x", "10.0.0.0/33", true)), "prefix too long");
+        refused(with_network(network("hb-x", "fd00::/64", true)), "IPv6");
+        refused(
+            Desired { networks: vec![network("hb-x", "10.0.0.0/24", true); 2], ..Desired::default() },
+            "the same bridge twice",
+        );
+        refused(with_partition(partition("p\" drop", &["ht-a"], &["ht-b"], false)), "quote in an id");
+        refused(with_partition(partition("", &["ht-a"], &["ht-b"], false)), "empty id");
+        refused(with_partition(partition("p1", &["ht a"], &["ht-b"], false)), "space in a tap");
+        refused(Desired { table: "1table".to_owned(), ..Desired::default() }, "table starting with a digit");
+        refused(Desired { table: "hearth; flush ruleset".to_owned(), ..Desired::default() }, "table");
+
+        assert_eq!(support::sh(&host, &["nft", "list", "ruleset"]), "", "something was applied");
+    });
+}
