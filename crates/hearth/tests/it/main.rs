@@ -4,7 +4,7 @@
 //! `cargo test -p hearth --test it -- MODULE::`.
 
 // The flows' and the machines' test support, shared with their crates' tests.
-#[path = "../../../flows/tests/it/support/mod.rs"]
+#[path = "../../../workflows/tests/it/support/mod.rs"]
 mod flows_support;
 #[path = "../../../machines/tests/it/support/mod.rs"]
 mod machines_support;
