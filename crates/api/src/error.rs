@@ -316,9 +316,9 @@ impl From<hearth_apps::Error> for ApiError {
 }
 
 /// Workflow errors mapped onto HTTP, with the hint a person needs.
-impl From<hearth_flows::Error> for ApiError {
-    fn from(error: hearth_flows::Error) -> Self {
-        use hearth_flows::ErrorKind as K;
+impl From<hearth_workflows::Error> for ApiError {
+    fn from(error: hearth_workflows::Error) -> Self {
+        use hearth_workflows::ErrorKind as K;
         let code = error.code();
         let message = display_chain(&error);
         let (status, hint) = match error.kind() {

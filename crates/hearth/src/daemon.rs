@@ -126,13 +126,14 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
     let apps = hearth_apps::Apps::new(store.clone(), hearth_apps::Options::new(data_dir, &cache_dir))
         .context("cannot start the apps service")?;
     let apps_loop = tokio::spawn(apps.clone().run(stop_rx.clone()));
-    let flows = hearth_flows::Flows::new(store.clone(), hearth_flows::Options::new(data_dir, &cache_dir))
-        .context("cannot start the workflows service")?;
-    apps.set_hook("hooks.localhost", webhooks(flows.clone()));
-    let flows_loop = tokio::spawn({
-        let (flows, stop) = (flows.clone(), stop_rx.clone());
+    let workflows =
+        hearth_workflows::Workflows::new(store.clone(), hearth_workflows::Options::new(data_dir, &cache_dir))
+            .context("cannot start the workflows service")?;
+    apps.set_hook("hooks.localhost", webhooks(workflows.clone()));
+    let workflows_loop = tokio::spawn({
+        let (workflows, stop) = (workflows.clone(), stop_rx.clone());
         async move {
-            if let Err(error) = flows.run(stop).await {
+            if let Err(error) = workflows.run(stop).await {
                 tracing::error!(error = %error, "The workflows service stopped.");
             }
         }
@@ -155,7 +156,7 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
         machines,
         networks,
         apps,
-        flows,
+        workflows,
         DaemonInfo {
             data_dir: data_dir.to_owned(),
             socket: socket_path.clone(),
@@ -215,7 +216,7 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
     }
     let _ = machines_loop.await;
     let _ = apps_loop.await;
-    let _ = flows_loop.await;
+    let _ = workflows_loop.await;
     let _ = ingress_loop.await;
     let _ = networks_loop.await;
     drop(state);
@@ -308,12 +309,12 @@ fn bind_socket(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
 }
 
 /// The workflows' webhooks, served on the ingress at `hooks.localhost`.
-fn webhooks(flows: hearth_flows::Flows) -> hearth_apps::hooks::HookHandler {
+fn webhooks(workflows: hearth_workflows::Workflows) -> hearth_apps::hooks::HookHandler {
     std::sync::Arc::new(move |request: hearth_apps::hooks::HookRequest| {
-        let flows = flows.clone();
+        let workflows = workflows.clone();
         Box::pin(async move {
             let header = |name: &str| request.headers.get(name).and_then(|v| v.to_str().ok());
-            let reply = flows
+            let reply = workflows
                 .webhook(
                     &request.method,
                     &request.path,

@@ -18,7 +18,7 @@
 //! - [`private`]: the store keys no event trigger sees, and manifests shown
 //!   with their webhook secrets masked.
 //!
-//! The subsystems own what a trigger *does*: `hearth-flows` starts or
+//! The subsystems own what a trigger *does*: `hearth-workflows` starts or
 //! signals runs, `hearth-apps` calls an app's route.
 
 pub mod cron;

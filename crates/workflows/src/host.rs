@@ -26,7 +26,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use crate::journal::{Call, Cursor, Divergence, Entry, Recorded};
 use crate::now_ms;
 use crate::record::{self, Run, Wait, WaitKind};
-use crate::service::{Flows, StartRequest};
+use crate::service::{StartRequest, Workflows};
 
 pub(crate) mod bindings {
     wasmtime::component::bindgen!({
@@ -78,7 +78,7 @@ pub(crate) struct Exec {
 
 /// The run an execution belongs to, and where its replay is.
 pub(crate) struct RunCx {
-    flows: Flows,
+    workflows: Workflows,
     pub(crate) run: Run,
     /// The run record's revision when the execution began: every journal
     /// write checks it, so a cancel stops the execution at its next step.
@@ -97,7 +97,7 @@ pub(crate) struct RunCx {
 
 impl Exec {
     pub(crate) fn new(
-        flows: Flows,
+        workflows: Workflows,
         run: Run,
         run_rev: Revision,
         claim: Vec<u8>,
@@ -126,7 +126,7 @@ impl Exec {
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new().memory_size(MEMORY_LIMIT).instances(16).build(),
             cx: RunCx {
-                flows,
+                workflows,
                 run,
                 run_rev,
                 claim,
@@ -185,7 +185,7 @@ impl RunCx {
             ))
             .when(Compare::missing(&key))
             .and_then(Op::Put { key, value: record::encode(&entry), lease: None });
-        let done = self.flows.store().txn(txn).await.map_err(|e| stop(Stop::Store(e.to_string())))?;
+        let done = self.workflows.store().txn(txn).await.map_err(|e| stop(Stop::Store(e.to_string())))?;
         if !done.succeeded {
             return Err(stop(Stop::Interrupted(
                 "it was cancelled, lost its claim, or another execution recorded this step".into(),
@@ -246,7 +246,7 @@ impl durable::Host for RunCx {
             };
         }
         let pending = self
-            .flows
+            .workflows
             .pending_signal(&self.run.id, &name, &self.consumed)
             .await
             .map_err(|e| stop(Stop::Store(e.to_string())))?;
@@ -278,7 +278,7 @@ impl durable::Host for RunCx {
             Some(outcome) => outcome,
             None => {
                 let key = format!("{}/{}", self.run.id, self.cursor.seq());
-                let agent = self.flows.http_agent();
+                let agent = self.workflows.http_agent();
                 let outcome = tokio::task::spawn_blocking(move || activity(&agent, request, &key))
                     .await
                     .unwrap_or_else(|e| Recorded::Error { message: format!("the activity panicked: {e}") });
@@ -332,7 +332,7 @@ impl durable::Host for RunCx {
                     started_by: "child".into(),
                     parent: Some(self.run.id.clone()),
                 };
-                let outcome = match self.flows.start(request).await {
+                let outcome = match self.workflows.start(request).await {
                     Ok(started) => Recorded::Child { id: started.run.id },
                     Err(e @ (crate::Error::Store(_) | crate::Error::Contended(_))) => {
                         return Err(stop(Stop::Store(e.to_string())));
@@ -359,7 +359,7 @@ impl durable::Host for RunCx {
         let outcome = match self.replay(&call)? {
             Some(outcome) => outcome,
             None => {
-                let child = self.flows.get_run(&id).await;
+                let child = self.workflows.get_run(&id).await;
                 let outcome = match child {
                     Ok(child) if child.parent.as_deref() != Some(&self.run.id) => Recorded::ChildEnded {
                         output: None,

@@ -20,7 +20,7 @@
 //! - `runtime`: the engine, compilation through `hearth-wasm`'s on-disk
 //!   cache, deploy checks.
 //! - `host`: what one execution's instance sees.
-//! - `service`: [`Flows`], the handle: deploy, start, signal, cancel, and
+//! - `service`: [`Workflows`], the handle: deploy, start, signal, cancel, and
 //!   the executor that wakes runs (timers, signals, children, restarts).
 //! - [`triggers`]: webhooks, cron and store events that start runs
 //!   (schedules and signatures come from `hearth-triggers`).
@@ -34,7 +34,7 @@ pub mod triggers;
 
 pub use journal::{Call, Entry, Recorded};
 pub use record::{Definition, Run, RunDetail, Signal, Status, Version, Wait, WaitKind};
-pub use service::{Deployed, Flows, Options, StartRequest, Started};
+pub use service::{Deployed, Options, StartRequest, Started, Workflows};
 pub use triggers::{Spec as TriggerSpec, Trigger};
 pub use triggers::{Triggers, WebhookReply};
 

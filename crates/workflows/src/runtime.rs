@@ -35,7 +35,7 @@ impl Runtime {
         let cache = Cache::open(&engine, &cache_dir.join("workflows").join("compiled"))?;
         let mut linker = Linker::new(&engine);
         host::add_to_linker(&mut linker).map_err(|e| Error::Runtime(format!("{e:#}")))?;
-        let ticker = Ticker::start(engine.clone(), "hearth-flows-epoch")?;
+        let ticker = Ticker::start(engine.clone(), "hearth-workflows-epoch")?;
         Ok(Runtime { engine, linker, cache, loaded: Mutex::default(), _ticker: ticker })
     }
 

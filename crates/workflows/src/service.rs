@@ -117,7 +117,7 @@ const LEASE_TTL: Duration = Duration::from_secs(10);
 
 /// A cheap-to-clone handle to the workflows service.
 #[derive(Clone)]
-pub struct Flows {
+pub struct Workflows {
     inner: Arc<Inner>,
 }
 
@@ -135,13 +135,13 @@ struct Inner {
     permits: Semaphore,
     /// Deploys serialise on this, so versions are numbered without races.
     deploys: tokio::sync::Mutex<()>,
-    /// The executor's lease while [`Flows::run`] runs: claims hang on it.
+    /// The executor's lease while [`Workflows::run`] runs: claims hang on it.
     lease: Mutex<Option<LeaseId>>,
 }
 
-impl std::fmt::Debug for Flows {
+impl std::fmt::Debug for Workflows {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Flows").field("options", &self.inner.options).finish_non_exhaustive()
+        f.debug_struct("Workflows").field("options", &self.inner.options).finish_non_exhaustive()
     }
 }
 
@@ -149,15 +149,15 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl Flows {
+impl Workflows {
     /// Sets up the runtime and the directories. No run executes until
-    /// [`Flows::run`] starts.
-    pub fn new(store: Arc<dyn Store>, options: Options) -> Result<Flows, Error> {
+    /// [`Workflows::run`] starts.
+    pub fn new(store: Arc<dyn Store>, options: Options) -> Result<Workflows, Error> {
         let blobs_dir = options.data_dir.join("workflows").join("blobs");
         hearth_wasm::create_private_dir(&blobs_dir)?;
         let runtime = Runtime::new(&options.cache_dir)?;
         let permits = Semaphore::new(options.concurrency.max(1));
-        Ok(Flows {
+        Ok(Workflows {
             inner: Arc::new(Inner {
                 store,
                 options,

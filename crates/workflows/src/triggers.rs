@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::record::{self, Definition, decode, encode};
-use crate::service::{Flows, StartRequest};
+use crate::service::{StartRequest, Workflows};
 use crate::{Error, now_ms};
 use hearth_triggers::signature as webhook_signature;
 
@@ -178,7 +178,7 @@ fn manifest_triggers(def: &Definition) -> Vec<Trigger> {
     spec::from_manifest(crons.chain(events).chain(webhooks), def.updated_at)
 }
 
-impl Flows {
+impl Workflows {
     /// Every trigger of a workflow: its manifest's, then those added.
     pub async fn triggers(&self, name: &str) -> Result<Vec<Trigger>, Error> {
         let def = self.definition(name).await?;
@@ -273,7 +273,7 @@ impl WebhookReply {
     }
 }
 
-impl Flows {
+impl Workflows {
     /// Handles `POST /WORKFLOW/PATH[?run=ID]` on the webhook host.
     pub async fn webhook(
         &self,
@@ -365,10 +365,10 @@ fn error_reply(e: &Error) -> WebhookReply {
 }
 
 /// Fires cron triggers and event triggers until `shutdown`.
-pub(crate) async fn run(flows: Flows, shutdown: watch::Receiver<bool>) {
-    let events = tokio::spawn(events(flows.clone(), shutdown.clone()));
-    let store = flows.store().clone();
-    driver::run(Crons { flows }, store, shutdown).await;
+pub(crate) async fn run(workflows: Workflows, shutdown: watch::Receiver<bool>) {
+    let events = tokio::spawn(events(workflows.clone(), shutdown.clone()));
+    let store = workflows.store().clone();
+    driver::run(Crons { workflows }, store, shutdown).await;
     events.abort();
 }
 
@@ -376,7 +376,7 @@ pub(crate) async fn run(flows: Flows, shutdown: watch::Receiver<bool>) {
 /// trigger and the slot, so firing a slot again (after a crash before it
 /// was recorded, or from a second daemon) starts nothing new: exactly once.
 struct Crons {
-    flows: Flows,
+    workflows: Workflows,
 }
 
 impl CronTarget for Crons {
@@ -388,11 +388,11 @@ impl CronTarget for Crons {
 
     async fn jobs(&self) -> Result<Vec<CronJob<(String, Cron)>>, Error> {
         let mut jobs = Vec::new();
-        for def in self.flows.definitions().await? {
+        for def in self.workflows.definitions().await? {
             let manifest = def.triggers.crons.iter().enumerate().map(|(i, c)| (i.to_string(), c.clone()));
             let manifest: Vec<_> = manifest.map(|job| (record::def_key(&def.name), job)).collect();
             // One unreadable added trigger stops no other workflow's crons.
-            let added = match self.flows.added_triggers(&def.name).await {
+            let added = match self.workflows.added_triggers(&def.name).await {
                 Ok(added) => added,
                 Err(e) => {
                     tracing::warn!(workflow = %def.name, error = %e, "Cannot read a workflow's added triggers; its added crons wait.");
@@ -429,14 +429,14 @@ impl CronTarget for Crons {
             started_by: "cron".into(),
             parent: None,
         };
-        self.flows.start(request).await?;
+        self.workflows.start(request).await?;
         Ok(())
     }
 }
 
 /// Every workflow's event triggers, manifest and added, by workflow.
-async fn event_triggers(flows: &Flows) -> HashMap<String, Vec<EventTrigger>> {
-    let defs = match flows.definitions().await {
+async fn event_triggers(workflows: &Workflows) -> HashMap<String, Vec<EventTrigger>> {
+    let defs = match workflows.definitions().await {
         Ok(defs) => defs,
         Err(e) => {
             tracing::warn!(error = %e, "Cannot read the workflows' event triggers.");
@@ -445,7 +445,7 @@ async fn event_triggers(flows: &Flows) -> HashMap<String, Vec<EventTrigger>> {
     };
     let mut out = HashMap::new();
     for def in defs {
-        match flows.effective(&def).await {
+        match workflows.effective(&def).await {
             Ok(t) => {
                 out.insert(def.name, t.events);
             }
@@ -460,12 +460,12 @@ async fn event_triggers(flows: &Flows) -> HashMap<String, Vec<EventTrigger>> {
 /// Starts a run per store change that an event trigger matches. The store
 /// is this daemon's, so nothing changes while it is down: following from
 /// the current revision misses nothing.
-async fn events(flows: Flows, _shutdown: watch::Receiver<bool>) {
-    let changes = hearth_triggers::events::follow(flows.store().clone(), "Event triggers").await;
+async fn events(workflows: Workflows, _shutdown: watch::Receiver<bool>) {
+    let changes = hearth_triggers::events::follow(workflows.store().clone(), "Event triggers").await;
     futures::pin_mut!(changes);
-    let mut triggers = event_triggers(&flows).await;
+    let mut triggers = event_triggers(&workflows).await;
     while let Some(event) = changes.next().await {
-        on_event(&flows, &mut triggers, &event).await;
+        on_event(&workflows, &mut triggers, &event).await;
     }
 }
 
@@ -473,13 +473,13 @@ async fn events(flows: Flows, _shutdown: watch::Receiver<bool>) {
 /// own keys (runs would start runs) and to keys that hold secrets start
 /// none, whatever a trigger's prefix.
 async fn on_event(
-    flows: &Flows,
+    workflows: &Workflows,
     triggers: &mut HashMap<String, Vec<EventTrigger>>,
     event: &hearth_store::Event,
 ) {
     let key = &event.kv.key;
     if key.starts_with(record::DEFS) || key.starts_with(record::TRIGGERS) {
-        *triggers = event_triggers(flows).await;
+        *triggers = event_triggers(workflows).await;
         return;
     }
     if key.starts_with(record::WORKFLOWS) || hearth_triggers::private::is_secret_key(key) {
@@ -498,7 +498,7 @@ async fn on_event(
                 started_by: "event".into(),
                 parent: None,
             };
-            if let Err(e) = flows.start(request).await {
+            if let Err(e) = workflows.start(request).await {
                 tracing::warn!(workflow = %workflow, key = %key, error = %e, "An event trigger could not start a run.");
             }
         }
@@ -552,14 +552,14 @@ mod tests {
         }
     }
 
-    /// A flows service over a fresh store with a workflow `w` recorded
+    /// A workflows service over a fresh store with a workflow `w` recorded
     /// (no component needed: triggers and removal only touch records).
-    async fn with_workflow() -> (tempfile::TempDir, hearth_store::redb::RedbStore, Flows) {
+    async fn with_workflow() -> (tempfile::TempDir, hearth_store::redb::RedbStore, Workflows) {
         let dir = tempfile::tempdir().unwrap();
         let store =
             hearth_store::redb::RedbStore::open(&dir.path().join("state.redb"), Default::default()).unwrap();
         let options = crate::Options::new(dir.path().join("data"), dir.path().join("cache"));
-        let flows = Flows::new(std::sync::Arc::new(store.clone()), options).unwrap();
+        let workflows = Workflows::new(std::sync::Arc::new(store.clone()), options).unwrap();
         let def = Definition {
             name: "w".into(),
             versions: Vec::new(),
@@ -570,7 +570,7 @@ mod tests {
         };
         use hearth_store::Store as _;
         store.put(&record::def_key("w"), encode(&def), None).await.unwrap();
-        (dir, store, flows)
+        (dir, store, workflows)
     }
 
     /// What `act` changed under `workflows/`, as (revision, key) in order.
@@ -602,12 +602,12 @@ mod tests {
 
     #[tokio::test]
     async fn removing_a_trigger_and_its_cron_state_is_one_transaction() {
-        let (_dir, store, flows) = with_workflow().await;
-        let id = flows.add_trigger("w", cron_spec()).await.unwrap().id;
+        let (_dir, store, workflows) = with_workflow().await;
+        let id = workflows.add_trigger("w", cron_spec()).await.unwrap().id;
         let state = CronState { schedule: "@daily".into(), timezone: "UTC".into(), last: 5 };
         let cron_key = format!("{}w/{id}", record::CRON);
         hearth_store::Store::put(&store, &cron_key, encode(&state), None).await.unwrap();
-        let seen = changes(&store, async { flows.remove_trigger("w", &id).await.unwrap() }).await;
+        let seen = changes(&store, async { workflows.remove_trigger("w", &id).await.unwrap() }).await;
         let keys: Vec<&str> = seen.iter().map(|(_, k)| k.as_str()).collect();
         assert_eq!(keys, [record::trigger_key("w", &id).as_str(), cron_key.as_str()]);
         assert_eq!(seen[0].0, seen[1].0, "two revisions: {seen:?}");
@@ -616,20 +616,20 @@ mod tests {
 
     #[tokio::test]
     async fn removing_a_workflow_takes_its_triggers_in_the_same_transaction() {
-        let (_dir, store, flows) = with_workflow().await;
-        let id = flows.add_trigger("w", cron_spec()).await.unwrap().id;
+        let (_dir, store, workflows) = with_workflow().await;
+        let id = workflows.add_trigger("w", cron_spec()).await.unwrap().id;
         let state = CronState { schedule: "@daily".into(), timezone: "UTC".into(), last: 5 };
         hearth_store::Store::put(&store, &format!("{}w/{id}", record::CRON), encode(&state), None)
             .await
             .unwrap();
-        let seen = changes(&store, async { flows.remove("w").await.unwrap() }).await;
+        let seen = changes(&store, async { workflows.remove("w").await.unwrap() }).await;
         assert_eq!(seen.len(), 3, "{seen:?}");
         assert!(seen.iter().all(|(rev, _)| *rev == seen[0].0), "more than one revision: {seen:?}");
         // Gone, and a second removal says so; a trigger added to a removed
         // workflow is refused and writes nothing.
-        assert!(matches!(flows.remove("w").await, Err(Error::NotFound(_))));
+        assert!(matches!(workflows.remove("w").await, Err(Error::NotFound(_))));
         let before = hearth_store::Store::revision(&store).await.unwrap();
-        assert!(matches!(flows.add_trigger("w", cron_spec()).await, Err(Error::NotFound(_))));
+        assert!(matches!(workflows.add_trigger("w", cron_spec()).await, Err(Error::NotFound(_))));
         assert_eq!(hearth_store::Store::revision(&store).await.unwrap(), before);
         store.shutdown().await;
     }

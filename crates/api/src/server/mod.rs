@@ -73,7 +73,7 @@ struct Inner {
     machines: hearth_machines::Machines,
     networks: hearth_net::Networks,
     apps: hearth_apps::Apps,
-    flows: hearth_flows::Flows,
+    workflows: hearth_workflows::Workflows,
     info: DaemonInfo,
     started: Instant,
     metrics: Metrics,
@@ -94,7 +94,7 @@ impl AppState {
         machines: hearth_machines::Machines,
         networks: hearth_net::Networks,
         apps: hearth_apps::Apps,
-        flows: hearth_flows::Flows,
+        workflows: hearth_workflows::Workflows,
         info: DaemonInfo,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
@@ -104,7 +104,7 @@ impl AppState {
                 machines,
                 networks,
                 apps,
-                flows,
+                workflows,
                 info,
                 started: Instant::now(),
                 metrics: Metrics::new(),
@@ -134,8 +134,8 @@ impl AppState {
         &self.inner.apps
     }
 
-    pub(crate) fn flows(&self) -> &hearth_flows::Flows {
-        &self.inner.flows
+    pub(crate) fn workflows(&self) -> &hearth_workflows::Workflows {
+        &self.inner.workflows
     }
 
     /// Where the ingress (apps and webhooks) listens.

@@ -84,7 +84,7 @@ pub(crate) async fn workflow_list(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<axum::Json<TriggerList>, ApiError> {
-    let triggers = state.flows().triggers(&name).await?;
+    let triggers = state.workflows().triggers(&name).await?;
     let triggers = triggers
         .iter()
         .map(|t| info(t.id.clone(), &t.source, t.created_at, &t.spec))
@@ -102,8 +102,8 @@ pub(crate) async fn workflow_add(
     Path(name): Path<String>,
     ApiJson(body): ApiJson<TriggerBody>,
 ) -> Result<(StatusCode, axum::Json<TriggerInfo>), ApiError> {
-    let spec: hearth_flows::TriggerSpec = spec(&body, "workflow")?;
-    let t = state.flows().add_trigger(&name, spec).await?;
+    let spec: hearth_workflows::TriggerSpec = spec(&body, "workflow")?;
+    let t = state.workflows().add_trigger(&name, spec).await?;
     Ok((StatusCode::CREATED, axum::Json(info(t.id, &t.source, t.created_at, &t.spec)?)))
 }
 
@@ -115,6 +115,6 @@ pub(crate) async fn workflow_remove(
     State(state): State<AppState>,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    state.flows().remove_trigger(&name, &id).await?;
+    state.workflows().remove_trigger(&name, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

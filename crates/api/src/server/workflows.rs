@@ -16,7 +16,7 @@ use crate::extract::{ApiJson, ApiQuery, component_bytes, deploy_body};
 /// The largest deploy request: a component of up to 32 MiB, base64-encoded.
 const MAX_DEPLOY_BODY: usize = 45 << 20;
 
-fn version(v: &hearth_flows::Version) -> WorkflowVersion {
+fn version(v: &hearth_workflows::Version) -> WorkflowVersion {
     WorkflowVersion {
         number: v.number,
         sha256: v.sha256.clone(),
@@ -27,7 +27,7 @@ fn version(v: &hearth_flows::Version) -> WorkflowVersion {
     }
 }
 
-fn summary(state: &AppState, def: &hearth_flows::Definition) -> WorkflowSummary {
+fn summary(state: &AppState, def: &hearth_workflows::Definition) -> WorkflowSummary {
     let base = match state.ingress() {
         Some(addr) => format!("http://hooks.localhost:{}", addr.port()),
         None => "http://hooks.localhost".into(),
@@ -44,17 +44,17 @@ fn summary(state: &AppState, def: &hearth_flows::Definition) -> WorkflowSummary 
     }
 }
 
-pub(crate) fn run_summary(run: &hearth_flows::Run) -> Result<RunSummary, ApiError> {
+pub(crate) fn run_summary(run: &hearth_workflows::Run) -> Result<RunSummary, ApiError> {
     Ok(RunSummary {
         id: run.id.clone(),
         workflow: run.workflow.clone(),
         version: run.version,
         status: match run.status {
-            hearth_flows::Status::Running => RunStatus::Running,
-            hearth_flows::Status::Waiting => RunStatus::Waiting,
-            hearth_flows::Status::Completed => RunStatus::Completed,
-            hearth_flows::Status::Failed => RunStatus::Failed,
-            hearth_flows::Status::Cancelled => RunStatus::Cancelled,
+            hearth_workflows::Status::Running => RunStatus::Running,
+            hearth_workflows::Status::Waiting => RunStatus::Waiting,
+            hearth_workflows::Status::Completed => RunStatus::Completed,
+            hearth_workflows::Status::Failed => RunStatus::Failed,
+            hearth_workflows::Status::Cancelled => RunStatus::Cancelled,
         },
         input: run.input.clone(),
         output: run.output.clone(),
@@ -73,7 +73,7 @@ pub(crate) fn run_summary(run: &hearth_flows::Run) -> Result<RunSummary, ApiErro
 /// Lists deployed workflows.
 #[utoipa::path(get, path = "/v1/workflows", tag = "workflows", responses((status = 200, body = WorkflowList)))]
 pub(crate) async fn list(State(state): State<AppState>) -> Result<axum::Json<WorkflowList>, ApiError> {
-    let defs = state.flows().definitions().await?;
+    let defs = state.workflows().definitions().await?;
     Ok(axum::Json(WorkflowList { workflows: defs.iter().map(|d| summary(&state, d)).collect() }))
 }
 
@@ -84,7 +84,7 @@ pub(crate) async fn get(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<axum::Json<WorkflowSummary>, ApiError> {
-    let def = state.flows().definition(&name).await?;
+    let def = state.workflows().definition(&name).await?;
     Ok(axum::Json(summary(&state, &def)))
 }
 
@@ -101,7 +101,7 @@ pub(crate) async fn deploy(
     let request: DeployWorkflow =
         deploy_body(body, MAX_DEPLOY_BODY, "workflow components are limited to 32 MiB").await?;
     let component = component_bytes(&request.component_base64)?;
-    let deployed = state.flows().deploy(&name, component, request.manifest).await?;
+    let deployed = state.workflows().deploy(&name, component, request.manifest).await?;
     Ok(axum::Json(WorkflowDeployed {
         workflow: deployed.workflow,
         version: version(&deployed.version),
@@ -117,7 +117,7 @@ pub(crate) async fn remove(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.flows().remove(&name).await?;
+    state.workflows().remove(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -130,14 +130,14 @@ pub(crate) async fn start(
     Path(name): Path<String>,
     ApiJson(body): ApiJson<StartRun>,
 ) -> Result<axum::Json<RunStarted>, ApiError> {
-    let request = hearth_flows::StartRequest {
+    let request = hearth_workflows::StartRequest {
         workflow: name,
         input: body.input,
         id: body.id,
         started_by: "api".into(),
         parent: None,
     };
-    let started = state.flows().start(request).await?;
+    let started = state.workflows().start(request).await?;
     Ok(axum::Json(RunStarted { run: run_summary(&started.run)?, created: started.created }))
 }
 
@@ -148,8 +148,8 @@ pub(crate) async fn runs(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<RunsQuery>,
 ) -> Result<axum::Json<RunList>, ApiError> {
-    let status = query.status.as_deref().map(hearth_flows::Status::parse).transpose()?;
-    let runs = state.flows().runs(status, query.workflow.as_deref()).await?;
+    let status = query.status.as_deref().map(hearth_workflows::Status::parse).transpose()?;
+    let runs = state.workflows().runs(status, query.workflow.as_deref()).await?;
     Ok(axum::Json(RunList { runs: runs.iter().map(run_summary).collect::<Result<_, _>>()? }))
 }
 
@@ -160,7 +160,7 @@ pub(crate) async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<RunDetail>, ApiError> {
-    let detail = state.flows().show(&id).await?;
+    let detail = state.workflows().show(&id).await?;
     Ok(axum::Json(RunDetail {
         run: run_summary(&detail.run)?,
         journal: detail
@@ -191,7 +191,7 @@ pub(crate) async fn signal(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<SendSignal>,
 ) -> Result<StatusCode, ApiError> {
-    state.flows().signal(&id, &body.name, body.data).await?;
+    state.workflows().signal(&id, &body.name, body.data).await?;
     Ok(StatusCode::ACCEPTED)
 }
 
@@ -202,7 +202,7 @@ pub(crate) async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<RunSummary>, ApiError> {
-    let run = state.flows().cancel(&id).await?;
+    let run = state.workflows().cancel(&id).await?;
     Ok(axum::Json(run_summary(&run)?))
 }
 
@@ -216,7 +216,7 @@ pub(crate) async fn migrate(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<MigrateRun>,
 ) -> Result<axum::Json<RunSummary>, ApiError> {
-    let run = state.flows().migrate(&id, body.version).await?;
+    let run = state.workflows().migrate(&id, body.version).await?;
     Ok(axum::Json(run_summary(&run)?))
 }
 
@@ -227,7 +227,7 @@ pub(crate) async fn logs(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<RunLogs>, ApiError> {
-    let lines = state.flows().logs(&id).await?;
+    let lines = state.workflows().logs(&id).await?;
     Ok(axum::Json(RunLogs {
         lines: lines
             .into_iter()
@@ -249,6 +249,6 @@ pub(crate) async fn result(
     ApiQuery(query): ApiQuery<ResultQuery>,
 ) -> Result<axum::Json<RunSummary>, ApiError> {
     let timeout = std::time::Duration::from_millis(query.timeout_ms.unwrap_or(30_000).min(60_000));
-    let run = state.flows().wait(&id, timeout).await?;
+    let run = state.workflows().wait(&id, timeout).await?;
     Ok(axum::Json(run_summary(&run)?))
 }

@@ -258,7 +258,7 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<i32
                 println!(
                     "  {:>3}  +{:<8} {:<44} -> {}",
                     step.seq,
-                    hearth_flows::human_duration(step.at.saturating_sub(start)),
+                    hearth_workflows::human_duration(step.at.saturating_sub(start)),
                     cell(&step.call, 44),
                     step.outcome
                 );
@@ -328,5 +328,5 @@ fn ago(ms: u64) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    format!("{} ago", hearth_flows::human_duration(now.saturating_sub(ms) / 1000 * 1000))
+    format!("{} ago", hearth_workflows::human_duration(now.saturating_sub(ms) / 1000 * 1000))
 }

@@ -3,11 +3,11 @@
 //! file (as rust-analyzer's `slow-tests` are). Run one file's tests with
 //! `cargo test -p hearth --test it -- MODULE::`.
 
-// The flows' and the machines' test support, shared with their crates' tests.
-#[path = "../../../workflows/tests/it/support/mod.rs"]
-mod flows_support;
+// The workflows' and the machines' test support, shared with their crates' tests.
 #[path = "../../../machines/tests/it/support/mod.rs"]
 mod machines_support;
+#[path = "../../../workflows/tests/it/support/mod.rs"]
+mod workflows_support;
 
 mod api_errors;
 mod apps_cli;

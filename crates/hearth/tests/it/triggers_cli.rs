@@ -7,7 +7,7 @@
 //! The app is `examples/apps/counter` (built by `make examples`): every
 //! request it serves counts a visit in its key-value store.
 
-use crate::flows_support as support;
+use crate::workflows_support as support;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};

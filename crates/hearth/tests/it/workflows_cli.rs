@@ -4,9 +4,9 @@
 //! with and without a good signature; event triggers; a run moved to code
 //! that does not match its history.
 //!
-//! The guests are `crates/flows/tests/guests`, built by the support module.
+//! The guests are `crates/workflows/tests/guests`, built by the support module.
 
-use crate::flows_support as support;
+use crate::workflows_support as support;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};

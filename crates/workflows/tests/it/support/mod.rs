@@ -1,11 +1,11 @@
-//! Test support: builds the guest workflows once, runs a `Flows` service
+//! Test support: builds the guest workflows once, runs a `Workflows` service
 //! over a store in a temporary directory, and serves activities from a
 //! loopback HTTP server that applies each idempotency key once.
 //!
 //! The guests are built with:
 //!
 //! ```text
-//! cargo build --release --locked --target wasm32-wasip2 --manifest-path crates/flows/tests/guests/Cargo.toml --target-dir target/flows-guests
+//! cargo build --release --locked --target wasm32-wasip2 --manifest-path crates/workflows/tests/guests/Cargo.toml --target-dir target/workflows-guests
 //! ```
 
 #![allow(dead_code, unreachable_pub)]
@@ -32,7 +32,7 @@ pub fn guests() -> &'static Guests {
     static GUESTS: OnceLock<Guests> = OnceLock::new();
     GUESTS.get_or_init(|| {
         let root = workspace();
-        let target_dir = root.join("target/flows-guests");
+        let target_dir = root.join("target/workflows-guests");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(&cargo)
             .args([
@@ -44,7 +44,7 @@ pub fn guests() -> &'static Guests {
                 "wasm32-wasip2",
                 "--manifest-path",
             ])
-            .arg(root.join("crates/flows/tests/guests/Cargo.toml"))
+            .arg(root.join("crates/workflows/tests/guests/Cargo.toml"))
             .arg("--target-dir")
             .arg(&target_dir)
             .status()

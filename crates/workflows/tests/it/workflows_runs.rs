@@ -7,12 +7,12 @@ use crate::support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hearth_flows::{Flows, Options, Run, StartRequest, Status};
 use hearth_store::redb::{Options as StoreOptions, RedbStore};
+use hearth_workflows::{Options, Run, StartRequest, Status, Workflows};
 use tokio::sync::watch;
 
 struct Service {
-    flows: Flows,
+    workflows: Workflows,
     store: RedbStore,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -22,20 +22,20 @@ async fn service(dir: &std::path::Path, cpu_budget: Duration) -> Service {
     let store = RedbStore::open(&dir.join("state.redb"), StoreOptions::default()).unwrap();
     let mut options = Options::new(dir.join("data"), dir.join("cache"));
     options.cpu_budget = cpu_budget;
-    let flows = Flows::new(Arc::new(store.clone()), options).unwrap();
+    let workflows = Workflows::new(Arc::new(store.clone()), options).unwrap();
     let (stop, rx) = watch::channel(false);
     let task = tokio::spawn({
-        let flows = flows.clone();
-        async move { flows.run(rx).await.unwrap() }
+        let workflows = workflows.clone();
+        async move { workflows.run(rx).await.unwrap() }
     });
-    Service { flows, store, stop, task }
+    Service { workflows, store, stop, task }
 }
 
 impl Service {
     async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
-        drop(self.flows);
+        drop(self.workflows);
         self.store.shutdown().await;
     }
 }
@@ -49,10 +49,10 @@ fn start(workflow: &str, input: &str) -> StartRequest {
     }
 }
 
-async fn until(flows: &Flows, id: &str, what: &str, check: impl Fn(&Run) -> bool) -> Run {
+async fn until(workflows: &Workflows, id: &str, what: &str, check: impl Fn(&Run) -> bool) -> Run {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let run = flows.get_run(id).await.unwrap();
+        let run = workflows.get_run(id).await.unwrap();
         if check(&run) {
             return run;
         }
@@ -61,14 +61,14 @@ async fn until(flows: &Flows, id: &str, what: &str, check: impl Fn(&Run) -> bool
     }
 }
 
-async fn ended(flows: &Flows, id: &str) -> Run {
-    until(flows, id, "ended", |r| r.status.is_terminal()).await
+async fn ended(workflows: &Workflows, id: &str) -> Run {
+    until(workflows, id, "ended", |r| r.status.is_terminal()).await
 }
 
-async fn waiting_for_signal(flows: &Flows, id: &str) -> Run {
-    until(flows, id, "waiting for a signal", |r| {
+async fn waiting_for_signal(workflows: &Workflows, id: &str) -> Run {
+    until(workflows, id, "waiting for a signal", |r| {
         r.status == Status::Waiting
-            && matches!(&r.wait, Some(w) if matches!(w.kind, hearth_flows::WaitKind::Signal { .. }))
+            && matches!(&r.wait, Some(w) if matches!(w.kind, hearth_workflows::WaitKind::Signal { .. }))
     })
     .await
 }
@@ -78,20 +78,20 @@ async fn a_run_sleeps_waits_for_a_signal_calls_an_activity_and_completes() {
     let dir = tempfile::tempdir().unwrap();
     let s = service(dir.path(), Duration::from_secs(10)).await;
     let (effects, url) = support::Effects::start();
-    s.flows.deploy("steps", support::guests().steps.clone(), None).await.unwrap();
-    let started = s.flows.start(start("steps", &format!("full:{url}"))).await.unwrap();
+    s.workflows.deploy("steps", support::guests().steps.clone(), None).await.unwrap();
+    let started = s.workflows.start(start("steps", &format!("full:{url}"))).await.unwrap();
     let id = started.run.id.clone();
-    waiting_for_signal(&s.flows, &id).await;
+    waiting_for_signal(&s.workflows, &id).await;
     // Waiting costs nothing: once the execution that wrote the wait has
     // let go of its instance (just after the record says so), none is
     // under way.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while s.flows.executing() != 0 {
+    while s.workflows.executing() != 0 {
         assert!(std::time::Instant::now() < deadline, "an execution is still under way while the run waits");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    s.flows.signal(&id, "go", "yes".into()).await.unwrap();
-    let run = ended(&s.flows, &id).await;
+    s.workflows.signal(&id, "go", "yes".into()).await.unwrap();
+    let run = ended(&s.workflows, &id).await;
     assert_eq!(run.status, Status::Completed, "{run:#?}");
     assert_eq!(run.output.as_deref(), Some("done:yes:200"));
     assert_eq!(effects.applied(), 1);
@@ -99,14 +99,14 @@ async fn a_run_sleeps_waits_for_a_signal_calls_an_activity_and_completes() {
     // Three executions (start, timer, signal), yet every step is recorded
     // once and the log line was written once.
     assert!(run.executions >= 3, "{run:#?}");
-    let detail = s.flows.show(&id).await.unwrap();
+    let detail = s.workflows.show(&id).await.unwrap();
     let calls: Vec<String> = detail.journal.iter().map(|e| e.call.to_string()).collect();
     assert_eq!(calls.len(), 5, "{calls:?}");
     assert!(calls[1].starts_with("sleep(300ms)") && calls[2].starts_with("wait-signal(\"go\""), "{calls:?}");
-    let logs = s.flows.logs(&id).await.unwrap();
+    let logs = s.workflows.logs(&id).await.unwrap();
     assert_eq!(logs.iter().filter(|l| l.text.starts_with("starting")).count(), 1, "{logs:?}");
     // A signal to an ended run is refused.
-    let error = s.flows.signal(&id, "go", "again".into()).await.unwrap_err();
+    let error = s.workflows.signal(&id, "go", "again".into()).await.unwrap_err();
     assert!(error.to_string().contains("already ended"), "{error}");
     s.shutdown().await;
 }
@@ -116,27 +116,27 @@ async fn a_waiting_run_survives_a_restart_and_signals_sent_early_are_kept() {
     let dir = tempfile::tempdir().unwrap();
     let (effects, url) = support::Effects::start();
     let s = service(dir.path(), Duration::from_secs(10)).await;
-    s.flows.deploy("steps", support::guests().steps.clone(), None).await.unwrap();
-    let a = s.flows.start(start("steps", &format!("full:{url}"))).await.unwrap().run.id;
-    let b = s.flows.start(start("steps", "sleep:1500")).await.unwrap().run.id;
-    waiting_for_signal(&s.flows, &a).await;
+    s.workflows.deploy("steps", support::guests().steps.clone(), None).await.unwrap();
+    let a = s.workflows.start(start("steps", &format!("full:{url}"))).await.unwrap().run.id;
+    let b = s.workflows.start(start("steps", "sleep:1500")).await.unwrap().run.id;
+    waiting_for_signal(&s.workflows, &a).await;
     s.shutdown().await;
 
     let s = service(dir.path(), Duration::from_secs(10)).await;
     // The timer of `b` fires after the restart.
-    let run = ended(&s.flows, &b).await;
+    let run = ended(&s.workflows, &b).await;
     assert_eq!((run.status, run.output.as_deref()), (Status::Completed, Some("slept")));
-    s.flows.signal(&a, "go", "later".into()).await.unwrap();
-    let run = ended(&s.flows, &a).await;
+    s.workflows.signal(&a, "go", "later".into()).await.unwrap();
+    let run = ended(&s.workflows, &a).await;
     assert_eq!(run.output.as_deref(), Some("done:later:200"), "{run:#?}");
     assert_eq!(effects.applied(), 1);
     s.shutdown().await;
 
     // A signal sent before the run asks for it is delivered when it does.
     let s = service(dir.path(), Duration::from_secs(10)).await;
-    let c = s.flows.start(start("steps", &format!("full:{url}"))).await.unwrap().run.id;
-    s.flows.signal(&c, "go", "early".into()).await.unwrap();
-    let run = ended(&s.flows, &c).await;
+    let c = s.workflows.start(start("steps", &format!("full:{url}"))).await.unwrap().run.id;
+    s.workflows.signal(&c, "go", "early".into()).await.unwrap();
+    let run = ended(&s.workflows, &c).await;
     assert_eq!(run.output.as_deref(), Some("done:early:200"), "{run:#?}");
     s.shutdown().await;
 }
@@ -145,7 +145,7 @@ async fn a_waiting_run_survives_a_restart_and_signals_sent_early_are_kept() {
 async fn timeouts_children_and_failures_end_as_they_should() {
     let dir = tempfile::tempdir().unwrap();
     let s = service(dir.path(), Duration::from_millis(500)).await;
-    s.flows.deploy("steps", support::guests().steps.clone(), None).await.unwrap();
+    s.workflows.deploy("steps", support::guests().steps.clone(), None).await.unwrap();
     let cases = [
         ("timeout:300", Status::Completed, "timed out"),
         ("child:sleep:200", Status::Completed, "child said slept"),
@@ -160,16 +160,16 @@ async fn timeouts_children_and_failures_end_as_they_should() {
     ];
     let mut ids = Vec::new();
     for (input, _, _) in &cases {
-        ids.push(s.flows.start(start("steps", input)).await.unwrap().run.id);
+        ids.push(s.workflows.start(start("steps", input)).await.unwrap().run.id);
     }
     for ((input, status, text), id) in cases.iter().zip(&ids) {
-        let run = ended(&s.flows, id).await;
+        let run = ended(&s.workflows, id).await;
         let said = run.output.clone().or(run.error.clone()).unwrap_or_default();
         assert_eq!(run.status, *status, "{input}: {run:#?}");
         assert!(said.contains(text), "{input}: {said}");
     }
     let print = ids.last().unwrap();
-    let logs = s.flows.logs(print).await.unwrap();
+    let logs = s.workflows.logs(print).await.unwrap();
     let texts: Vec<&str> = logs.iter().map(|l| l.text.as_str()).collect();
     assert!(
         texts.contains(&"hello from log") && texts.iter().any(|t| t.contains("hello from stdout")),
@@ -183,16 +183,16 @@ async fn a_run_moved_to_code_that_calls_something_else_fails_with_the_step() {
     let dir = tempfile::tempdir().unwrap();
     let s = service(dir.path(), Duration::from_secs(10)).await;
     let guests = support::guests();
-    s.flows.deploy("steps", guests.steps.clone(), None).await.unwrap();
-    let id = s.flows.start(start("steps", "full:http://127.0.0.1:9")).await.unwrap().run.id;
-    waiting_for_signal(&s.flows, &id).await;
+    s.workflows.deploy("steps", guests.steps.clone(), None).await.unwrap();
+    let id = s.workflows.start(start("steps", "full:http://127.0.0.1:9")).await.unwrap().run.id;
+    waiting_for_signal(&s.workflows, &id).await;
     // A redeploy does not touch the run: it stays on version 1.
-    let v2 = s.flows.deploy("steps", guests.drifted.clone(), None).await.unwrap();
+    let v2 = s.workflows.deploy("steps", guests.drifted.clone(), None).await.unwrap();
     assert_eq!(v2.version.number, 2);
-    assert_eq!(s.flows.get_run(&id).await.unwrap().version, 1);
-    s.flows.migrate(&id, 2).await.unwrap();
-    s.flows.signal(&id, "go", "x".into()).await.unwrap();
-    let run = ended(&s.flows, &id).await;
+    assert_eq!(s.workflows.get_run(&id).await.unwrap().version, 1);
+    s.workflows.migrate(&id, 2).await.unwrap();
+    s.workflows.signal(&id, "go", "x".into()).await.unwrap();
+    let run = ended(&s.workflows, &id).await;
     let error = run.error.unwrap_or_default();
     assert_eq!(run.status, Status::Failed);
     assert!(
@@ -207,29 +207,29 @@ async fn starts_are_idempotent_by_id_and_bad_input_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let s = service(dir.path(), Duration::from_secs(10)).await;
     let guests = support::guests();
-    s.flows.deploy("steps", guests.steps.clone(), None).await.unwrap();
+    s.workflows.deploy("steps", guests.steps.clone(), None).await.unwrap();
     let mut request = start("steps", "echo");
     request.id = Some("order-1".into());
-    let first = s.flows.start(request.clone()).await.unwrap();
-    let second = s.flows.start(request.clone()).await.unwrap();
+    let first = s.workflows.start(request.clone()).await.unwrap();
+    let second = s.workflows.start(request.clone()).await.unwrap();
     assert!(first.created && !second.created);
-    assert_eq!(ended(&s.flows, "order-1").await.output.as_deref(), Some("echo"));
-    assert_eq!(s.flows.runs(None, Some("steps")).await.unwrap().len(), 1);
+    assert_eq!(ended(&s.workflows, "order-1").await.output.as_deref(), Some("echo"));
+    assert_eq!(s.workflows.runs(None, Some("steps")).await.unwrap().len(), 1);
 
     for (bytes, needle) in [
         (b"not wasm at all".to_vec(), "not a WebAssembly component"),
         (b"\0asm\x01\0\0\0".to_vec(), "not a WebAssembly component"),
         (guests.steps[..guests.steps.len() / 2].to_vec(), "not valid"),
     ] {
-        let error = s.flows.deploy("bad", bytes, None).await.unwrap_err().to_string();
+        let error = s.workflows.deploy("bad", bytes, None).await.unwrap_err().to_string();
         assert!(error.contains(needle), "{error}");
     }
     let error =
-        s.flows.deploy("bad", guests.steps.clone(), Some("[[cron]]\nschedule = \"nope\"".into())).await;
+        s.workflows.deploy("bad", guests.steps.clone(), Some("[[cron]]\nschedule = \"nope\"".into())).await;
     assert!(error.unwrap_err().to_string().contains("has 1 fields"));
-    let error = s.flows.start(start("missing", "")).await.unwrap_err();
+    let error = s.workflows.start(start("missing", "")).await.unwrap_err();
     assert!(error.to_string().contains("does not exist"), "{error}");
-    let error = s.flows.signal("nobody", "go", String::new()).await.unwrap_err();
+    let error = s.workflows.signal("nobody", "go", String::new()).await.unwrap_err();
     assert!(error.to_string().contains("does not exist"), "{error}");
     s.shutdown().await;
 }
@@ -241,16 +241,16 @@ fn executor(
     dir: &std::path::Path,
     store: Arc<dyn hearth_store::Store>,
     name: &str,
-) -> (Flows, watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+) -> (Workflows, watch::Sender<bool>, tokio::task::JoinHandle<()>) {
     let mut options = Options::new(dir.join("data"), dir.join(format!("cache-{name}")));
     options.executor = name.into();
-    let flows = Flows::new(store, options).unwrap();
+    let workflows = Workflows::new(store, options).unwrap();
     let (stop, rx) = watch::channel(false);
     let task = tokio::spawn({
-        let flows = flows.clone();
-        async move { flows.run(rx).await.unwrap() }
+        let workflows = workflows.clone();
+        async move { workflows.run(rx).await.unwrap() }
     });
-    (flows, stop, task)
+    (workflows, stop, task)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
