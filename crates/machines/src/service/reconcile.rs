@@ -1,0 +1,214 @@
+//! The reconcile loop: at start-up adopts the VMs left running by a previous
+//! daemon (and fails the records whose VM is gone), then follows `machines/`
+//! in the store and kicks each changed machine towards its desired state,
+//! and checks once a second that running machines' processes still live.
+
+use std::path::Path;
+use std::time::Duration;
+
+use hearth_store::Follower;
+use tokio::sync::watch;
+
+use super::boot::console_tail;
+use super::{Machines, lock};
+use crate::Error;
+use crate::record::{self, Desired, State};
+use crate::vmm::{self, VmFiles};
+
+/// How often running machines' processes are checked.
+const LIVENESS_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Machines {
+    /// Reconciles one machine soon, without waiting for the loop.
+    pub(super) fn kick(&self, name: &str) {
+        let this = self.clone();
+        let name = name.to_owned();
+        tokio::spawn(async move { this.reconcile(&name).await });
+    }
+
+    /// The reconcile loop: adopts or fails machines left from a previous
+    /// daemon, then follows the store and the VM processes until `shutdown`.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let start_revision = match self.adopt_all().await {
+            Ok(rev) => rev,
+            Err(error) => {
+                tracing::error!(error = %crate::chain(&error), "Could not read machines at start-up.");
+                0
+            }
+        };
+        let mut changes =
+            Follower::new(self.inner.store.clone(), record::PREFIX, start_revision + 1, "Machines");
+        let mut tick = tokio::time::interval(LIVENESS_INTERVAL);
+        loop {
+            tokio::select! {
+                () = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
+                change = changes.next() => {
+                    for key in change.keys() {
+                        self.kick(key.trim_start_matches(record::PREFIX));
+                    }
+                }
+                _ = tick.tick() => self.check_liveness().await,
+            }
+        }
+    }
+
+    /// At start-up: running VMs whose records say so are adopted; records
+    /// that say running with no VM behind them are marked failed.
+    async fn adopt_all(&self) -> Result<u64, Error> {
+        let revision = self.inner.store.revision().await?;
+        for rec in self.list().await? {
+            let files = VmFiles::in_dir(&self.dir(&rec.name));
+            let alive = vmm::running_pid(&files, &rec.name);
+            match (rec.status.state, alive) {
+                (State::Running, Some(pid)) => {
+                    tracing::info!(machine = rec.name, pid, "Adopted a running machine.");
+                }
+                (State::Starting | State::Stopping, Some(pid)) => {
+                    tracing::info!(machine = rec.name, pid, "Adopting a machine caught mid-transition.");
+                    self.set_status(&rec.name, |s| {
+                        s.state = State::Running;
+                        s.phase = None;
+                        s.pid = Some(pid);
+                    })
+                    .await?;
+                }
+                (State::Running | State::Starting | State::Stopping, None) => {
+                    tracing::warn!(machine = rec.name, "A machine's VM process is gone.");
+                    let reason = format!(
+                        "its VM process was gone when the daemon restarted; see `hearth machine logs {}`, then `hearth machine start {}`",
+                        rec.name, rec.name
+                    );
+                    self.set_status(&rec.name, |s| {
+                        s.state = State::Failed;
+                        s.phase = None;
+                        s.pid = None;
+                        s.reason = Some(reason.clone());
+                    })
+                    .await?;
+                }
+                _ => {}
+            }
+        }
+        // Whatever needs doing now is picked up by reconciling everything.
+        for rec in self.list().await? {
+            self.kick(&rec.name);
+        }
+        Ok(revision)
+    }
+
+    async fn check_liveness(&self) {
+        let Ok(records) = self.list().await else { return };
+        for rec in records {
+            if !matches!(rec.status.state, State::Running) || self.is_busy(&rec.name) {
+                continue;
+            }
+            let files = VmFiles::in_dir(&self.dir(&rec.name));
+            if vmm::running_pid(&files, &rec.name).is_some() {
+                continue;
+            }
+            self.forget_agent(&rec.name);
+            let (state, reason) = exit_reason(&rec.name, &files.console);
+            tracing::info!(machine = rec.name, state = state.as_str(), "Machine's VM process ended.");
+            let _ = self
+                .update(&rec.name, |r| {
+                    r.status.state = state;
+                    r.status.pid = None;
+                    r.status.phase = None;
+                    r.status.reason = reason.clone();
+                    // It went down by itself: do not boot it again behind the user's back.
+                    r.desired = Desired::Stopped;
+                    true
+                })
+                .await;
+            self.kick(&rec.name);
+        }
+    }
+
+    pub(super) fn is_busy(&self, name: &str) -> bool {
+        lock(&self.inner.busy).contains(name)
+    }
+
+    /// Brings one machine towards its desired state.
+    async fn reconcile(&self, name: &str) {
+        let guard = self.machine_lock(name);
+        let _held = guard.lock().await;
+        let rec = match self.find(name).await {
+            Ok(Some((rec, _))) => rec,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(machine = name, error = %crate::chain(&error), "Cannot read machine record.");
+                return;
+            }
+        };
+        if self.is_busy(name) {
+            return;
+        }
+        match (rec.desired, rec.status.state) {
+            (Desired::Running, State::Created | State::Starting) => self.spawn_task(name, Task::Boot),
+            (Desired::Stopped, State::Running | State::Starting | State::Stopping) => {
+                self.spawn_task(name, Task::Stop)
+            }
+            (Desired::Stopped, State::Created) => {
+                let _ = self.set_status(name, |s| s.state = State::Stopped).await;
+            }
+            (_, State::Stopped | State::Failed) if rec.spec.auto_remove => {
+                drop(_held);
+                if let Err(error) = self.remove(name, true).await {
+                    tracing::warn!(machine = name, error = %crate::chain(&error), "Cannot auto-remove machine.");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn spawn_task(&self, name: &str, task: Task) {
+        if !lock(&self.inner.busy).insert(name.to_owned()) {
+            return;
+        }
+        let this = self.clone();
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            let result = match task {
+                Task::Boot => this.boot(&name).await,
+                Task::Stop => this.shut_down(&name).await,
+            };
+            lock(&this.inner.busy).remove(&name);
+            if let Err(error) = result {
+                let reason = crate::chain(&error);
+                tracing::warn!(machine = name, error = %reason, "Machine task failed.");
+                let _ = this
+                    .update(&name, |r| {
+                        r.status.state = State::Failed;
+                        r.status.phase = None;
+                        r.status.reason = Some(reason.clone());
+                        r.desired = Desired::Stopped;
+                        true
+                    })
+                    .await;
+            }
+            // The world may have changed while the task ran.
+            this.kick(&name);
+        });
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Task {
+    Boot,
+    Stop,
+}
+
+/// Why a VM process that is gone ended: a clean power-off, or a crash.
+fn exit_reason(name: &str, console: &Path) -> (State, Option<String>) {
+    let tail = console_tail(console, 3);
+    if tail.contains("reboot: Power down") || tail.contains("reboot: Restarting system") {
+        (State::Stopped, Some("the guest powered itself off".into()))
+    } else {
+        (
+            State::Failed,
+            Some(format!(
+                "its VM process ended unexpectedly; the console says: {tail}; see `hearth machine logs {name}`"
+            )),
+        )
+    }
+}
