@@ -1,18 +1,15 @@
-//! `hearth bench`: measurements against peers.
+//! `hearth bench`: measurements against peers; the drivers are in
+//! `hearth-bench`, this is the command line.
 //!
 //! `bench store` runs on its own, against a fresh store; `bench machines`
 //! and `bench apps` are clients of the running daemon, because they measure
 //! the daemon.
 
-mod apps;
-mod machines;
-mod restate;
-mod workflows;
-
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
+use hearth_bench::{apps, machines, workflows};
 use hearth_client::Client;
 use hearth_store::bench::{BenchOptions, run as run_store_bench};
 use hearth_store::redb::{Options as StoreOptions, RedbStore};
@@ -93,36 +90,4 @@ pub(crate) async fn run(
         }
     }
     Ok(())
-}
-
-/// Nearest-rank percentile of sorted samples (for an even count the median
-/// is the lower middle one, a sample that really happened).
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-/// Milliseconds to the microsecond: finer is noise.
-fn millis(d: std::time::Duration) -> f64 {
-    (d.as_secs_f64() * 1e6).round() / 1e3
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percentiles_are_nearest_rank() {
-        let sorted: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&sorted, 50.0), 50.0);
-        assert_eq!(percentile(&sorted, 99.0), 99.0);
-        assert_eq!(percentile(&sorted, 100.0), 100.0);
-        assert_eq!(percentile(&[3.0, 5.0, 9.0], 50.0), 5.0);
-        assert_eq!(percentile(&[3.0, 5.0], 50.0), 3.0);
-        assert_eq!(percentile(&[7.0], 99.0), 7.0);
-        assert!(percentile(&[], 50.0).is_nan());
-    }
 }

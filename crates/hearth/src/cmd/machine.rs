@@ -531,22 +531,6 @@ async fn exec(client: &Client, args: ExecArgs) -> anyhow::Result<i32> {
     }
 }
 
-/// Runs `argv` in a running machine with no stdin and no terminal, throws
-/// its output away and returns its exit code (`hearth bench` times this).
-pub(crate) async fn exec_quiet(client: &Client, name: &str, argv: Vec<String>) -> anyhow::Result<i32> {
-    let mut socket = client.exec_socket(name).await?;
-    let start = ExecStart { argv, env: vec![], cwd: None, tty: None, stdin: false };
-    socket.send(Message::Text(serde_json::to_string(&start)?.into())).await?;
-    while let Some(message) = socket.next().await {
-        match message {
-            Ok(Message::Text(text)) => return exit_code(&text),
-            Ok(_) => {}
-            Err(e) => bail!("the exec session broke off: {e}"),
-        }
-    }
-    bail!("the daemon ended the exec session without an exit code")
-}
-
 /// The exit code in the session's closing message (128 + N for signal N).
 fn exit_code(end: &str) -> anyhow::Result<i32> {
     match serde_json::from_str::<ExecEnd>(end)? {

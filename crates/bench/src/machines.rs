@@ -12,16 +12,17 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use hearth_client::types::{CreateMachine, Machine};
-use hearth_client::{Client, Endpoint};
+use futures::{SinkExt, StreamExt};
+use hearth_client::types::{CreateMachine, ExecEnd, ExecStart, Machine};
+use hearth_client::{Client, Endpoint, Error as ClientError};
 use hearth_machines::vmm::{self, Backend, VmConfig, VmFiles, qemu};
 use hearth_machines::{guest, kernel};
 use serde::Serialize;
 use tokio::io::AsyncReadExt;
+use tokio_tungstenite::tungstenite::Message;
 
-use super::{millis, percentile};
-use crate::cmd::machine::exec_quiet;
 use crate::output::{Table, print_json};
+use crate::{millis, percentile};
 
 /// The overhead ratio the machines issue asks for.
 const TARGET_RATIO: f64 = 1.3;
@@ -40,7 +41,7 @@ const BOOT_LIMIT: Duration = Duration::from_secs(180);
 const AGENT_STARTED: &str = "hearth-agent: starting";
 
 #[derive(Debug, clap::Args)]
-pub(crate) struct Args {
+pub struct Args {
     /// Boots per measurement; the exec round trips are 20 per run.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     runs: u32,
@@ -200,7 +201,7 @@ impl Created {
     }
 }
 
-pub(crate) async fn run(client: &Client, data_dir: &Path, args: Args) -> anyhow::Result<()> {
+pub async fn run(client: &Client, data_dir: &Path, args: Args) -> anyhow::Result<()> {
     let created = Created::default();
     let outcome = tokio::select! {
         report = measure(client, data_dir, &args, &created) => report,
@@ -367,6 +368,32 @@ async fn exec_latency(client: &Client, machine: &Machine, count: usize) -> anyho
         p99_ms: percentile(&samples, 99.0),
         max_ms: samples.last().copied().unwrap_or(f64::NAN),
     })
+}
+
+/// Runs `argv` in a running machine with no stdin and no terminal, throws
+/// its output away and returns its exit code (`hearth bench` times this).
+async fn exec_quiet(client: &Client, name: &str, argv: Vec<String>) -> anyhow::Result<i32> {
+    let mut socket = client.exec_socket(name).await?;
+    let start = ExecStart { argv, env: vec![], cwd: None, tty: None, stdin: false };
+    socket.send(Message::Text(serde_json::to_string(&start)?.into())).await?;
+    while let Some(message) = socket.next().await {
+        match message {
+            Ok(Message::Text(text)) => return exit_code(&text),
+            Ok(_) => {}
+            Err(e) => bail!("the exec session broke off: {e}"),
+        }
+    }
+    bail!("the daemon ended the exec session without an exit code")
+}
+
+/// The exit code in the session's closing message (128 + N for signal N), as
+/// `hearth machine exec` reads it.
+fn exit_code(end: &str) -> anyhow::Result<i32> {
+    match serde_json::from_str::<ExecEnd>(end)? {
+        ExecEnd::Exit { code: Some(code), .. } => Ok(code),
+        ExecEnd::Exit { signal, .. } => Ok(128 + signal.unwrap_or(0)),
+        ExecEnd::Error(detail) => Err(ClientError::Api { status: hyper::StatusCode::OK, detail }.into()),
+    }
 }
 
 fn idle_memory(machine: &Machine, remote: bool) -> Figure<IdleMemory> {

@@ -30,8 +30,8 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::io::AsyncReadExt;
 
-use super::{millis, percentile};
 use crate::output::{Table, print_json};
+use crate::{millis, percentile};
 
 /// What the apps issue asks of a cold deploy, at the median.
 const TARGET_COLD_MS: f64 = 150.0;
@@ -51,7 +51,7 @@ const WARM_UP: Duration = Duration::from_secs(2);
 const READY_LIMIT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, clap::Args)]
-pub(crate) struct Args {
+pub struct Args {
     /// The component to deploy and serve [default: examples/apps/hello as `make examples` builds it].
     #[arg(long, value_name = "PATH")]
     component: Option<PathBuf>,
@@ -182,7 +182,7 @@ struct Load {
     errors: u64,
 }
 
-pub(crate) async fn run(client: &Client, args: Args) -> anyhow::Result<()> {
+pub async fn run(client: &Client, args: Args) -> anyhow::Result<()> {
     let name = format!("bench-apps-{}", std::process::id());
     let outcome = tokio::select! {
         report = measure(client, &args, &name) => report,

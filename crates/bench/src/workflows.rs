@@ -24,14 +24,14 @@ use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 
-use super::{millis, percentile};
 use crate::output::{Table, print_json};
+use crate::{millis, percentile};
 
 const POLL: Duration = Duration::from_millis(2);
 const COMPONENT: &str = "bench/workflows/three-steps/target/wasm32-wasip2/release/three_steps.wasm";
 
 #[derive(Debug, clap::Args)]
-pub(crate) struct Args {
+pub struct Args {
     /// Three-step workflows to run.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
     runs: u32,
@@ -75,7 +75,7 @@ struct Report {
     resume_ratio: Option<f64>,
 }
 
-pub(crate) async fn run(client: &Client, args: Args) -> anyhow::Result<()> {
+pub async fn run(client: &Client, args: Args) -> anyhow::Result<()> {
     let bytes = std::fs::read(&args.component).with_context(|| {
         format!(
             "cannot read the benchmark workflow {}: build it with `make bench-workflows`",
@@ -203,7 +203,7 @@ async fn measure_hearth(client: &Client, name: &str, step_url: &str, args: &Args
         p99_ms: percentile(&latencies, 99.0),
         resume_p50_ms: percentile(&resumes, 50.0),
         resume_p99_ms: percentile(&resumes, 99.0),
-        detail: format!("hearth {}, redb store, fsync per journal step", hearth_api::VERSION),
+        detail: format!("hearth {}, redb store, fsync per journal step", env!("CARGO_PKG_VERSION")),
     })
 }
 
@@ -259,7 +259,7 @@ impl StepServer {
 
 /// The same work on Restate, if it is installed.
 async fn restate(step_url: &str, args: &Args) -> Option<Figures> {
-    let measured = super::restate::measure(
+    let measured = crate::restate::measure(
         step_url,
         args.runs as usize,
         args.concurrency as usize,

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{millis, percentile};
+use crate::{millis, percentile};
 
 use anyhow::{Context, anyhow, bail};
 use bytes::Bytes;
