@@ -515,19 +515,20 @@ mod tests {
     }
 
     impl TestNamespace {
-        /// `None` (the test is skipped) when not root or without iproute2.
+        /// `None` (the test is skipped, and says so) when not root; panics
+        /// without iproute2, which `make setup` installs.
         fn create() -> Option<Self> {
             use std::os::unix::fs::MetadataExt;
             // /proc/self belongs to the effective user (nix's `user` feature,
             // with `geteuid`, is off).
             if fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX) != 0 {
-                eprintln!("not root; skipping the network namespace test");
+                hearth_testkit::skip("not root, so no network namespace can be made");
                 return None;
             }
-            if std::process::Command::new("ip").arg("-V").output().is_err() {
-                eprintln!("ip (iproute2) not installed; skipping the network namespace test");
-                return None;
-            }
+            assert!(
+                std::process::Command::new("ip").arg("-V").output().is_ok(),
+                "ip (iproute2) is not installed; `make setup` installs it"
+            );
             let nanos = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.subsec_nanos())
