@@ -77,3 +77,37 @@ async fn lease_expiry_shows_up_as_a_delete_event() {
     let leases = client.leases().await.expect("leases").leases;
     assert!(leases.iter().all(|l| l.id != lease.id), "the lease is gone: {leases:?}");
 }
+
+/// Issue 13, item 4: a list never waits for a write, whatever its `since`
+/// and prefix, and `since=0` is the oldest revision still retained.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_list_never_waits_for_a_write_and_since_zero_is_the_oldest_revision() {
+    let daemon = Daemon::start(BIN).await;
+    let client = daemon.client();
+    let first = client.kv_put("a", &put("1")).await.expect("put").revision;
+    client.kv_put("b", &put("2")).await.expect("put");
+    let list = |since: Option<u64>, prefix: Option<&str>| hearth_client::types::EventsQuery {
+        follow: None,
+        since,
+        prefix: prefix.map(str::to_owned),
+        limit: None,
+    };
+    let within = Duration::from_secs(5);
+    let nothing = tokio::time::timeout(within, client.events(&list(Some(0), Some("nothing/"))))
+        .await
+        .expect("a list under a prefix nothing was written to answers at once")
+        .expect("list");
+    assert!(nothing.events.is_empty());
+    let all = tokio::time::timeout(within, client.events(&list(Some(0), Some("kv/"))))
+        .await
+        .expect("since=0 answers at once")
+        .expect("list");
+    let keys: Vec<&str> = all.events.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["kv/a", "kv/b"]);
+    assert_eq!(all.events[0].revision, first);
+    // Following from 0 replays from the oldest revision too.
+    let mut replay = Box::pin(client.follow_events(Some(0), Some("kv/")).await.expect("follow"));
+    let event =
+        tokio::time::timeout(within, replay.next()).await.expect("an event").expect("open").expect("event");
+    assert_eq!(event.key, "kv/a");
+}
