@@ -44,7 +44,9 @@ async fn an_infinite_loop_is_cut_off_without_stalling_other_apps() {
     let h = harness().await;
     // A budget wide enough that "while they spin" is seconds long, whatever
     // else the host is doing: four requests of 3 s each on two workers.
-    let manifest = KITCHEN_MANIFEST.replace("cpu_ms = 300", "cpu_ms = 3000");
+    let manifest = KITCHEN_MANIFEST
+        .replace("cpu_ms = 300", "cpu_ms = 3000")
+        .replace("timeout_ms = 2000", "timeout_ms = 20000");
     h.apps.deploy("kitchen", guests().kitchen.clone(), Some(manifest), vec![]).await.unwrap();
     let addr = h.addr;
     let started = Instant::now();
