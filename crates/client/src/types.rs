@@ -481,8 +481,9 @@ pub struct EventList {
 pub struct EventsQuery {
     /// Stream changes as server-sent events instead of returning a list.
     pub follow: Option<bool>,
-    /// First revision to include. Default: the last `limit` revisions for a
-    /// list, only new changes when following.
+    /// First revision to include; 0 is the oldest still retained. Default:
+    /// the last `limit` revisions for a list, only new changes when
+    /// following.
     pub since: Option<u64>,
     /// Only changes to keys starting with this prefix.
     pub prefix: Option<String>,

@@ -69,6 +69,27 @@ fn init_logging(format: LogFormat) {
     };
 }
 
+/// What the daemon breaks on purpose when `HEARTH_TEST_BREAK_WATCHES=N`:
+/// every store watch ends after 1 to N events. A watch that breaks (a lost
+/// etcd connection, a leader change) cannot be produced on purpose with the
+/// embedded store, so this fault lets the daemon's tests prove that every
+/// subsystem, following the store through `hearth_store::Follower`, misses
+/// nothing. Said in the log at start; never set outside tests.
+const BREAK_WATCHES: &str = "HEARTH_TEST_BREAK_WATCHES";
+
+fn store_for_subsystems(redb: &RedbStore) -> Arc<dyn hearth_store::Store> {
+    let store: Arc<dyn hearth_store::Store> = Arc::new(redb.clone());
+    match std::env::var(BREAK_WATCHES).ok().and_then(|v| v.parse::<usize>().ok()) {
+        Some(every) if every > 0 => {
+            tracing::warn!(every, "{BREAK_WATCHES} is set: every store watch breaks after a few events.");
+            let breaking = hearth_store::testing::Breaking::new(store);
+            breaking.break_every(every);
+            breaking
+        }
+        _ => store,
+    }
+}
+
 pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
     prepare_data_dir(data_dir)?;
@@ -92,7 +113,7 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
         .await
         .context("the host probe failed")?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let store: Arc<dyn hearth_store::Store> = Arc::new(redb.clone());
+    let store = store_for_subsystems(&redb);
     let cache_dir = args.cache_dir.unwrap_or_else(|| data_dir.join("cache"));
     let networks = hearth_net::Networks::new(
         store.clone(),

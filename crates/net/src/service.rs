@@ -599,9 +599,9 @@ impl Networks {
             tokio::select! {
                 () = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
                 () = self.inner.dirty.notified() => self.apply().await,
-                _ = networks.next() => self.apply().await,
-                _ = faults.next() => self.apply().await,
-                _ = machines.next() => self.apply().await,
+                _ = networks.next() => self.apply_after(&mut [&mut networks, &mut faults, &mut machines]).await,
+                _ = faults.next() => self.apply_after(&mut [&mut networks, &mut faults, &mut machines]).await,
+                _ = machines.next() => self.apply_after(&mut [&mut networks, &mut faults, &mut machines]).await,
                 _ = tick.tick() => self.expire_faults().await,
             }
         }
@@ -612,6 +612,17 @@ impl Networks {
         for (_, (_, stop)) in running.forwards.drain() {
             let _ = stop.send(true);
         }
+    }
+
+    /// One pass for a change and every other change already waiting: a
+    /// burst of writes (a lab coming up) costs one pass, not one each.
+    async fn apply_after(&self, followers: &mut [&mut Follower]) {
+        use futures::FutureExt as _;
+        for follower in followers.iter_mut() {
+            // `next` is cancel-safe: a change not ready now is not lost.
+            while follower.next().now_or_never().is_some() {}
+        }
+        self.apply().await;
     }
 
     async fn expire_faults(&self) {

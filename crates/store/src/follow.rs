@@ -137,6 +137,12 @@ impl Follower {
             let Some(watch) = self.watch.as_mut() else {
                 match self.store.watch(&self.prefix, self.resume).await {
                     Ok(watch) => {
+                        tracing::debug!(
+                            prefix = self.prefix,
+                            from = self.resume,
+                            "{}: watching the store.",
+                            self.what
+                        );
                         self.watch = Some(watch);
                         self.skip = self.handed;
                     }
@@ -201,7 +207,7 @@ impl Follower {
         tracing::warn!(
             prefix = self.prefix,
             from = self.resume,
-            error = %error,
+            error = %chain(error),
             "{}: {why}; following on in {} ms.",
             self.what,
             delay.as_millis()
@@ -216,4 +222,16 @@ impl Follower {
             Some((change, follower))
         })
     }
+}
+
+/// An error with its sources, for the log.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

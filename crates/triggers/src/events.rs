@@ -111,4 +111,31 @@ mod tests {
         first.await.unwrap();
         assert_eq!(keys, ["k1", "k2", "k3"]);
     }
+
+    #[tokio::test]
+    async fn a_change_made_while_the_store_refused_watches_still_reaches_the_triggers() {
+        let dir = tempfile::tempdir().unwrap();
+        let redb: Arc<dyn Store> = Arc::new(
+            hearth_store::redb::RedbStore::open(&dir.path().join("s.redb"), Default::default()).unwrap(),
+        );
+        let store = hearth_store::testing::Breaking::new(redb);
+        let mut changes = Box::pin(follow(store.clone(), "test").await);
+        store.put("k0", vec![], None).await.unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(5), changes.next()).await.unwrap().unwrap();
+        assert_eq!(first.kv.key, "k0");
+        store.go_down();
+        store.put("k1", vec![], None).await.unwrap();
+        store.put("k2", vec![], None).await.unwrap();
+        let taking = tokio::spawn(async move {
+            let mut keys = Vec::new();
+            for _ in 0..2 {
+                keys.push(changes.next().await.unwrap().kv.key);
+            }
+            keys
+        });
+        assert!(store.until(Duration::from_secs(5), |s| s.watches_refused() > 0).await);
+        store.heal();
+        let keys = tokio::time::timeout(Duration::from_secs(5), taking).await.unwrap().unwrap();
+        assert_eq!(keys, ["k1", "k2"]);
+    }
 }

@@ -24,18 +24,12 @@ pub(crate) const SIGNALS: &str = "workflows/signals/";
 pub(crate) const OUTPUT: &str = "workflows/output/";
 pub(crate) const CRON: &str = "workflows/cron/";
 pub(crate) const TRIGGERS: &str = "workflows/triggers/";
-/// `claims/RUN`: the executor executing a run now, attached to its lease.
+/// `claims/RUN`: `EXECUTOR/LEASE` of the execution under way, attached to
+/// that lease.
 pub(crate) const CLAIMS: &str = "workflows/claims/";
-/// `executors/NAME`: an executor's lease, so that a restarted executor can
-/// give up the claims of its previous life at once.
-pub(crate) const EXECUTORS: &str = "workflows/executors/";
 
 pub(crate) fn claim_key(id: &str) -> String {
     format!("{CLAIMS}{id}")
-}
-
-pub(crate) fn executor_key(name: &str) -> String {
-    format!("{EXECUTORS}{name}")
 }
 
 /// The run a key under `prefix` (`runs/`, `signals/`, `claims/`) is about.

@@ -35,8 +35,8 @@ pub struct Options {
     pub concurrency: usize,
     /// CPU a workflow may use between two durable calls.
     pub cpu_budget: Duration,
-    /// This executor's name among those sharing the store: its lease is
-    /// kept under it, so that a restart gives up the last life's claims.
+    /// This executor's name among those sharing the store: its claims say
+    /// it, so that a restart gives up the claims of its last life.
     pub executor: String,
 }
 
@@ -111,8 +111,9 @@ struct Inner {
     permits: Semaphore,
     /// Deploys serialise on this, so versions are numbered without races.
     deploys: tokio::sync::Mutex<()>,
-    /// The executor's lease while [`Workflows::run`] runs: claims hang on it.
-    lease: Mutex<Option<LeaseId>>,
+    /// The executor's lease, once it has claimed a run, and the task that
+    /// keeps it alive.
+    lease: Mutex<Option<(LeaseId, tokio::task::JoinHandle<()>)>>,
 }
 
 impl std::fmt::Debug for Workflows {

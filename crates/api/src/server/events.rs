@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use hearth_client::types::{ChangeEvent, Encoding, ErrorBody, EventKind, EventList, EventsQuery};
 use hearth_store::{Change, Follower};
 
@@ -53,7 +53,13 @@ pub(crate) async fn events(
     let current = state.store().revision().await?;
     if query.follow.unwrap_or(false) {
         let resume = last_event_id(&headers)?.map(|rev| rev + 1);
-        let since = resume.or(query.since).unwrap_or(current + 1);
+        let since = match resume.or(query.since) {
+            // The oldest revision still retained, not "from now", which is
+            // what the store's watch takes 0 to mean.
+            Some(0) => state.store().compacted_revision().await?.max(1),
+            Some(since) => since,
+            None => current + 1,
+        };
         return follow(state, &prefix, since).await;
     }
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
@@ -64,18 +70,42 @@ pub(crate) async fn events(
             format!("use a limit from 1 to {MAX_LIMIT}"),
         ));
     }
-    let oldest = state.store().compacted_revision().await?;
-    let since = query.since.unwrap_or_else(|| current.saturating_sub(limit as u64 - 1).max(oldest).max(1));
+    let oldest = state.store().compacted_revision().await?.max(1);
+    let since = match query.since {
+        // The oldest revision still retained, not "from now", which is what
+        // the store's watch takes 0 to mean.
+        Some(0) => oldest,
+        Some(since) => since,
+        None => current.saturating_sub(limit as u64 - 1).max(oldest),
+    };
     let mut events = Vec::new();
     if since <= current {
-        let mut stream = state.store().watch(&prefix, since).await?;
+        // Every key, filtered here: every revision up to `current` has an
+        // event, so the read ends at `current` and never waits for a write
+        // (a prefix nothing was written under would wait forever).
+        let mut stream = state.store().watch("", since).await?;
         while events.len() < limit {
-            match stream.next().await {
-                Some(Ok(event)) if event.revision() <= current => events.push(change_event(event)),
+            let event = match stream.next().await {
+                Some(Ok(event)) if event.revision() <= current => event,
                 Some(Ok(_)) | None => break,
                 Some(Err(error)) => return Err(error.into()),
+            };
+            let last = event.revision() == current;
+            if event.kv.key.starts_with(&prefix) {
+                events.push(change_event(event));
             }
-            if events.last().is_some_and(|e| e.revision == current) {
+            if last {
+                // The rest of the last transaction is already there.
+                while events.len() < limit {
+                    match stream.next().now_or_never() {
+                        Some(Some(Ok(event))) if event.revision() == current => {
+                            if event.kv.key.starts_with(&prefix) {
+                                events.push(change_event(event));
+                            }
+                        }
+                        _ => break,
+                    }
+                }
                 break;
             }
         }

@@ -16,14 +16,17 @@ fn put(value: &str) -> PutKv {
 async fn follow_streams_changes_live_and_resumes_from_a_revision() {
     let daemon = Daemon::start(BIN).await;
     let client = daemon.client();
-    client.kv_put("before", &put("0")).await.expect("put");
+    // The daemon writes keys of its own (the workflow executor's lease):
+    // revisions are compared with those the writes returned.
+    let before = client.kv_put("before", &put("0")).await.expect("put").revision;
 
     // Only what happens next.
     let mut live = Box::pin(client.follow_events(None, Some("kv/")).await.expect("follow"));
+    let mut written = Vec::new();
     for i in 1..=20 {
-        client.kv_put(&format!("k{i}"), &put(&i.to_string())).await.expect("put");
+        written.push(client.kv_put(&format!("k{i}"), &put(&i.to_string())).await.expect("put").revision);
     }
-    client.kv_delete("k3").await.expect("delete");
+    written.push(client.kv_delete("k3").await.expect("delete").revision);
     let mut seen = Vec::new();
     while seen.len() < 21 {
         let event = tokio::time::timeout(Duration::from_secs(10), live.next())
@@ -34,15 +37,15 @@ async fn follow_streams_changes_live_and_resumes_from_a_revision() {
         seen.push(event);
     }
     let revisions: Vec<u64> = seen.iter().map(|e| e.revision).collect();
-    assert_eq!(revisions, (2..=22).collect::<Vec<_>>());
+    assert_eq!(revisions, written);
     assert_eq!(seen[0].key, "kv/k1");
     assert_eq!(seen[20].kind, EventKind::Delete);
     assert_eq!(seen[20].value, None);
 
     // Resume from an old revision: replayed from history, then live.
-    let mut replay = Box::pin(client.follow_events(Some(1), None).await.expect("follow"));
+    let mut replay = Box::pin(client.follow_events(Some(1), Some("kv/")).await.expect("follow"));
     let first = replay.next().await.expect("open").expect("event");
-    assert_eq!((first.revision, first.key.as_str()), (1, "kv/before"));
+    assert_eq!((first.revision, first.key.as_str()), (before, "kv/before"));
 
     // Prefix filter on the server.
     let mut filtered = Box::pin(client.follow_events(Some(1), Some("kv/k2")).await.expect("follow"));
@@ -61,7 +64,7 @@ async fn lease_expiry_shows_up_as_a_delete_event() {
     let mut body = put("short-lived");
     body.lease = Some(lease.id);
     client.kv_put("session", &body).await.expect("put");
-    let mut events = Box::pin(client.follow_events(Some(1), None).await.expect("follow"));
+    let mut events = Box::pin(client.follow_events(Some(1), Some("kv/")).await.expect("follow"));
     let put_event = events.next().await.expect("open").expect("event");
     assert_eq!(put_event.kind, EventKind::Put);
     let delete = tokio::time::timeout(Duration::from_secs(10), events.next())
@@ -71,5 +74,40 @@ async fn lease_expiry_shows_up_as_a_delete_event() {
         .expect("event");
     assert_eq!((delete.kind, delete.key.as_str()), (EventKind::Delete, "kv/session"));
     assert!(client.kv_get("session").await.is_err());
-    assert!(client.leases().await.expect("leases").leases.is_empty());
+    let leases = client.leases().await.expect("leases").leases;
+    assert!(leases.iter().all(|l| l.id != lease.id), "the lease is gone: {leases:?}");
+}
+
+/// Issue 13, item 4: a list never waits for a write, whatever its `since`
+/// and prefix, and `since=0` is the oldest revision still retained.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_list_never_waits_for_a_write_and_since_zero_is_the_oldest_revision() {
+    let daemon = Daemon::start(BIN).await;
+    let client = daemon.client();
+    let first = client.kv_put("a", &put("1")).await.expect("put").revision;
+    client.kv_put("b", &put("2")).await.expect("put");
+    let list = |since: Option<u64>, prefix: Option<&str>| hearth_client::types::EventsQuery {
+        follow: None,
+        since,
+        prefix: prefix.map(str::to_owned),
+        limit: None,
+    };
+    let within = Duration::from_secs(5);
+    let nothing = tokio::time::timeout(within, client.events(&list(Some(0), Some("nothing/"))))
+        .await
+        .expect("a list under a prefix nothing was written to answers at once")
+        .expect("list");
+    assert!(nothing.events.is_empty());
+    let all = tokio::time::timeout(within, client.events(&list(Some(0), Some("kv/"))))
+        .await
+        .expect("since=0 answers at once")
+        .expect("list");
+    let keys: Vec<&str> = all.events.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["kv/a", "kv/b"]);
+    assert_eq!(all.events[0].revision, first);
+    // Following from 0 replays from the oldest revision too.
+    let mut replay = Box::pin(client.follow_events(Some(0), Some("kv/")).await.expect("follow"));
+    let event =
+        tokio::time::timeout(within, replay.next()).await.expect("an event").expect("open").expect("event");
+    assert_eq!(event.key, "kv/a");
 }

@@ -25,5 +25,6 @@ mod machines_ssh;
 mod networks_daemon;
 mod networks_faults;
 mod store_durability;
+mod store_follow;
 mod triggers_cli;
 mod workflows_cli;

@@ -358,7 +358,7 @@ async fn webhooks_start_and_signal_runs_and_events_start_runs() {
 }
 
 /// The example from `examples/workflows/approval`, built by `make examples`.
-fn approval_example() -> String {
+pub(crate) fn approval_example() -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../examples/workflows/approval/target/wasm32-wasip2/release/approval.wasm");
     assert!(path.is_file(), "{} is missing: run `make examples`", path.display());

@@ -41,8 +41,7 @@ impl Workflows {
     /// claims, and fires timers, cron and event triggers, until `shutdown`
     /// turns true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), Error> {
-        let lease = self.take_lease().await?;
-        let keep_alive = tokio::spawn(self.clone().keep_lease_alive(lease));
+        self.give_up_last_life().await?;
         let from = self.recover().await? + 1;
         let store = &self.inner.store;
         let mut runs = Follower::new(store.clone(), record::RUNS, from, "Workflow runs");
@@ -82,50 +81,74 @@ impl Workflows {
             }
         }
         triggers.abort();
-        keep_alive.abort();
         // Executions under way stop at their next step; their claims go now,
         // not when the lease would have expired.
         let lease = lock(&self.inner.lease).take();
-        if let Some(lease) = lease {
+        if let Some((lease, keep_alive)) = lease {
+            keep_alive.abort();
             let _ = self.inner.store.lease_revoke(lease).await;
         }
         Ok(())
     }
 
-    /// Grants this executor's lease, after revoking the one its previous
-    /// life held (a daemon killed mid-execution), so that its claims go at
-    /// once instead of when the lease expires.
-    async fn take_lease(&self) -> Result<LeaseId, Error> {
-        let key = record::executor_key(&self.inner.options.executor);
-        if let Some(old) = self.inner.store.get(&key).await?
-            && let Some(old) = std::str::from_utf8(&old.value).ok().and_then(|v| v.parse().ok())
-        {
-            match self.inner.store.lease_revoke(old).await {
-                Ok(_) => tracing::info!(lease = old, "Gave up the claims of this executor's last life."),
+    /// Revokes the leases of claims this executor left in its last life (a
+    /// daemon killed mid-execution), so that they go at once instead of
+    /// when the lease expires. Writes nothing when there are none.
+    async fn give_up_last_life(&self) -> Result<(), Error> {
+        let mine = format!("{}/", self.inner.options.executor);
+        let claims = self.inner.store.range(record::CLAIMS).await?;
+        let leases: std::collections::BTreeSet<LeaseId> = claims
+            .kvs
+            .iter()
+            .filter_map(|kv| std::str::from_utf8(&kv.value).ok()?.strip_prefix(&mine)?.parse().ok())
+            .collect();
+        for lease in leases {
+            match self.inner.store.lease_revoke(lease).await {
+                Ok(_) => tracing::info!(lease, "Gave up the claims of this executor's last life."),
                 Err(hearth_store::Error::LeaseNotFound(_)) => {}
                 Err(e) => return Err(e.into()),
             }
         }
-        let lease = self.inner.store.lease_grant(LEASE_TTL).await?.id;
-        self.inner.store.put(&key, lease.to_string().into_bytes(), Some(lease)).await?;
-        *lock(&self.inner.lease) = Some(lease);
-        Ok(lease)
+        Ok(())
     }
 
-    /// Renews the executor's lease; one that expired anyway (the daemon
-    /// stalled) is replaced, and the runs it had claimed are woken by their
-    /// claims going away.
-    async fn keep_lease_alive(self, mut lease: LeaseId) {
+    /// The executor's lease, granted at its first claim and renewed while
+    /// it lives; the claims hang on it.
+    async fn lease(&self) -> Result<LeaseId, Error> {
+        if let Some((lease, _)) = &*lock(&self.inner.lease) {
+            return Ok(*lease);
+        }
+        let granted = self.inner.store.lease_grant(LEASE_TTL).await?.id;
+        let mut slot = lock(&self.inner.lease);
+        if let Some((lease, _)) = &*slot {
+            // Another execution got there first; this one is not needed.
+            let (store, lease) = (self.inner.store.clone(), *lease);
+            tokio::spawn(async move { store.lease_revoke(granted).await });
+            return Ok(lease);
+        }
+        let keep_alive = tokio::spawn(self.clone().keep_lease_alive(granted));
+        *slot = Some((granted, keep_alive));
+        Ok(granted)
+    }
+
+    /// Renews the executor's lease. One that expired anyway (the daemon
+    /// stalled) is forgotten: the next claim takes a new one, and the runs
+    /// it had claimed are woken by their claims going away.
+    async fn keep_lease_alive(self, lease: LeaseId) {
         loop {
             tokio::time::sleep(LEASE_TTL / 3).await;
             match self.inner.store.lease_keep_alive(lease).await {
                 Ok(_) => {}
                 Err(hearth_store::Error::LeaseNotFound(_)) => {
-                    tracing::warn!(lease, "The workflow executor's lease expired; taking a new one.");
-                    match self.take_lease().await {
-                        Ok(new) => lease = new,
-                        Err(e) => tracing::warn!(error = %e, "Cannot take a new executor lease; retrying."),
+                    tracing::warn!(
+                        lease,
+                        "The workflow executor's lease expired; the next claim takes a new one."
+                    );
+                    let mut slot = lock(&self.inner.lease);
+                    if slot.as_ref().is_some_and(|(l, _)| *l == lease) {
+                        *slot = None;
                     }
+                    return;
                 }
                 Err(e) => tracing::warn!(error = %e, "Cannot renew the workflow executor's lease; retrying."),
             }
@@ -295,12 +318,9 @@ impl Workflows {
     /// Claims a run for this executor: the claim's value, or `None` if
     /// another execution holds it.
     async fn claim(&self, id: &str) -> Result<Option<Vec<u8>>, Error> {
-        let lease = *lock(&self.inner.lease);
-        let Some(lease) = lease else {
-            return Err(Error::Runtime("the workflow executor is not running".into()));
-        };
+        let lease = self.lease().await?;
         let key = record::claim_key(id);
-        let value = lease.to_string().into_bytes();
+        let value = format!("{}/{lease}", self.inner.options.executor).into_bytes();
         let txn = Txn::new().when(Compare::missing(&key)).and_then(Op::Put {
             key,
             value: value.clone(),
