@@ -20,6 +20,7 @@
 //! - `ingress`: the HTTP server that routes by host and path prefix.
 //! - [`triggers`]: cron and store events that call an app's route, and
 //!   webhooks that check a signature in front of one.
+//! - `secrets`: an app's secrets, and the config they resolve into.
 //! - [`Apps`]: the service handle: deploy, versions, rollback, remove, logs,
 //!   `run` (load from the store, follow it) and `serve_ingress`.
 //!
@@ -36,6 +37,7 @@ pub mod logs;
 pub mod manifest;
 pub mod record;
 mod runtime;
+mod secrets;
 mod service;
 pub mod triggers;
 
