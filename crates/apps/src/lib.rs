@@ -17,9 +17,12 @@
 //! - `host`: what a request's instance sees (WASI, `wasi:http` with an
 //!   outbound allow-list, `wasi:keyvalue` over the store, `wasi:config`).
 //! - [`logs`]: each app's stdout/stderr and request log, in a ring.
-//! - `ingress`: the HTTP server that routes by host and path prefix.
+//! - `ingress`: the HTTP server that routes by host and path prefix, and
+//!   the routing table it reads.
 //! - [`triggers`]: cron and store events that call an app's route, and
-//!   webhooks that check a signature in front of one.
+//!   webhooks that check a signature in front of one: specs, storage,
+//!   guards and drivers, each a module of its own.
+//! - `secrets`: an app's secrets, and the config they resolve into.
 //! - [`Apps`]: the service handle: deploy, versions, rollback, remove, logs,
 //!   `run` (load from the store, follow it) and `serve_ingress`.
 //!
@@ -36,6 +39,7 @@ pub mod logs;
 pub mod manifest;
 pub mod record;
 mod runtime;
+mod secrets;
 mod service;
 pub mod triggers;
 

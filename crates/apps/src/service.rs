@@ -27,10 +27,12 @@ use tokio::sync::{broadcast, watch};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::host::{AppCtx, HostState};
+use crate::ingress::{Entry, Table};
 use crate::logs::{AppLog, LogLine, LogStream};
 use crate::manifest::{Limits, Manifest};
 use crate::record::{self, App, Route, Version, validate_name};
 use crate::runtime::{self, Runtime};
+use crate::triggers::Guards;
 use crate::{Error, chain, now_ms};
 
 /// How the service is set up.
@@ -123,7 +125,7 @@ pub(crate) struct Inner {
     blobs_dir: PathBuf,
     pub(crate) runtime: Runtime,
     /// What is loaded; the table below is published from it.
-    loaded: Mutex<BTreeMap<String, Entry>>,
+    pub(crate) loaded: Mutex<BTreeMap<String, Entry>>,
     /// The routing table the ingress reads, swapped whole on every change.
     pub(crate) table: ArcSwap<Table>,
     logs: Mutex<HashMap<String, Arc<AppLog>>>,
@@ -139,57 +141,15 @@ pub(crate) struct Inner {
     pub(crate) ingress_port: Mutex<Option<u16>>,
     /// Host names served by another subsystem (webhooks), not by an app.
     pub(crate) hooks: arc_swap::ArcSwap<HashMap<String, crate::hooks::HookHandler>>,
-    /// The lease webhook deliveries are remembered under, and when it was granted.
-    pub(crate) delivery_lease: tokio::sync::Mutex<Option<(hearth_store::LeaseId, Instant)>>,
+    /// Webhook deliveries, claimed once per `Idempotency-Key`.
+    pub(crate) deliveries: hearth_triggers::delivery::Deliveries,
 }
-
-/// One app in this daemon.
-struct Entry {
-    routes: Vec<Route>,
-    serving: Result<Arc<Loaded>, String>,
-    /// Its webhooks, longest path first: installed with the version they
-    /// belong to, so a request never meets a version without its checks.
-    guards: Guards,
-}
-
-/// An app's webhook checks, as the ingress applies them.
-pub(crate) type Guards = Arc<[crate::triggers::Guard]>;
 
 /// A version ready to serve: pre-instantiated, with its context.
 pub(crate) struct Loaded {
     pub(crate) ctx: Arc<AppCtx>,
     pub(crate) pre: ProxyPre<HostState>,
     pub(crate) sha256: String,
-}
-
-/// Where requests go: an immutable snapshot.
-#[derive(Default)]
-pub(crate) struct Table {
-    /// Host → (path prefix, target), longest prefix first.
-    hosts: HashMap<String, Vec<(String, Arc<Target>)>>,
-    /// Every app and its routes, for the 404 page.
-    pub(crate) apps: Vec<(String, Vec<Route>)>,
-}
-
-pub(crate) struct Target {
-    pub(crate) name: String,
-    pub(crate) serving: Result<Arc<Loaded>, String>,
-    pub(crate) guards: Guards,
-}
-
-impl Table {
-    /// The app for a request, by host and then the longest path prefix.
-    pub(crate) fn route(&self, host: &str, path: &str) -> Option<&Arc<Target>> {
-        self.hosts.get(host)?.iter().find(|(prefix, _)| prefix_matches(prefix, path)).map(|(_, t)| t)
-    }
-
-    pub(crate) fn has_host(&self, host: &str) -> bool {
-        self.hosts.contains_key(host)
-    }
-}
-
-fn prefix_matches(prefix: &str, path: &str) -> bool {
-    Route { host: String::new(), path: prefix.to_owned() }.matches_path(path)
 }
 
 impl std::fmt::Debug for Apps {
@@ -213,6 +173,7 @@ impl Apps {
         let blobs_dir = options.data_dir.join("apps").join("blobs");
         hearth_wasm::create_private_dir(&blobs_dir)?;
         let runtime = Runtime::new(&options.cache_dir, options.max_instances, options.ceiling)?;
+        let deliveries = hearth_triggers::delivery::Deliveries::new(store.clone());
         Ok(Apps {
             inner: Arc::new(Inner {
                 store,
@@ -229,7 +190,7 @@ impl Apps {
                 failures: AtomicU64::new(0),
                 ingress_port: Mutex::new(None),
                 hooks: arc_swap::ArcSwap::from_pointee(HashMap::new()),
-                delivery_lease: tokio::sync::Mutex::new(None),
+                deliveries,
             }),
         })
     }
@@ -441,7 +402,7 @@ impl Apps {
         Ok((self.loaded(app, version, config, limits, pre), compiled))
     }
 
-    fn loaded(
+    pub(crate) fn loaded(
         &self,
         app: &App,
         version: &Version,
@@ -676,50 +637,6 @@ impl Apps {
         Ok(())
     }
 
-    /// Sets a secret of an app (which need not be deployed yet). A running
-    /// app that declares it sees the new value from its next request.
-    pub async fn set_secret(&self, name: &str, secret: &str, value: String) -> Result<(), Error> {
-        validate_name(name)?;
-        validate_secret_name(secret)?;
-        let key = format!("{}{secret}", record::secrets_prefix(name));
-        self.inner.store.put(&key, value.into_bytes(), None).await?;
-        self.refresh_config(name).await
-    }
-
-    /// Deletes a secret. An app that declares it keeps the value it has
-    /// loaded until it is redeployed (which then fails until it is set).
-    pub async fn delete_secret(&self, name: &str, secret: &str) -> Result<bool, Error> {
-        validate_name(name)?;
-        validate_secret_name(secret)?;
-        let key = format!("{}{secret}", record::secrets_prefix(name));
-        Ok(self.inner.store.delete(&key).await?.1)
-    }
-
-    /// The names of an app's secrets (never their values).
-    pub async fn secrets(&self, name: &str) -> Result<Vec<String>, Error> {
-        validate_name(name)?;
-        let prefix = record::secrets_prefix(name);
-        let range = self.inner.store.range(&prefix).await?;
-        Ok(range.kvs.into_iter().map(|kv| kv.key[prefix.len()..].to_owned()).collect())
-    }
-
-    async fn refresh_config(&self, name: &str) -> Result<(), Error> {
-        let guard = self.app_lock(name);
-        let _held = guard.lock().await;
-        let Some((app, _)) = self.find(name).await? else { return Ok(()) };
-        let current = lock(&self.inner.loaded)
-            .get(name)
-            .and_then(|e| Some((e.serving.clone().ok()?, e.guards.clone())));
-        let (Some((loaded, guards)), Some(version)) = (current, app.active_version()) else { return Ok(()) };
-        if version.manifest.secrets.is_empty() || loaded.ctx.version != version.number {
-            return Ok(());
-        }
-        let config = self.resolve_config(name, &version.manifest).await?;
-        let refreshed = self.loaded(&app, version, config, loaded.ctx.limits, loaded.pre.clone());
-        self.install(name, self.routes_of(&app), Ok(refreshed), guards);
-        Ok(())
-    }
-
     pub async fn list(&self) -> Result<Vec<AppInfo>, Error> {
         let range = self.inner.store.range(record::RECORDS).await?;
         range
@@ -775,7 +692,7 @@ impl Apps {
     }
 
     /// The default route and the custom ones.
-    fn routes_of(&self, app: &App) -> Vec<Route> {
+    pub(crate) fn routes_of(&self, app: &App) -> Vec<Route> {
         let mut routes = vec![Route::default_for(&app.name, &self.inner.options.domain)];
         routes.extend(app.routes.iter().cloned());
         routes
@@ -796,29 +713,6 @@ impl Apps {
             }
         }
         Ok(())
-    }
-
-    /// The manifest's config with the app's secrets added.
-    async fn resolve_config(
-        &self,
-        name: &str,
-        manifest: &Manifest,
-    ) -> Result<BTreeMap<String, String>, Error> {
-        let mut config = manifest.config.clone();
-        if manifest.secrets.is_empty() {
-            return Ok(config);
-        }
-        let prefix = record::secrets_prefix(name);
-        let range = self.inner.store.range(&prefix).await?;
-        for secret in &manifest.secrets {
-            let value = range
-                .kvs
-                .iter()
-                .find(|kv| kv.key[prefix.len()..] == *secret)
-                .ok_or_else(|| Error::MissingSecret { app: name.to_owned(), secret: secret.clone() })?;
-            config.insert(secret.clone(), String::from_utf8_lossy(&value.value).into_owned());
-        }
-        Ok(config)
     }
 
     pub(crate) fn store(&self) -> &Arc<dyn Store> {
@@ -850,7 +744,13 @@ impl Apps {
         }
     }
 
-    fn install(&self, name: &str, routes: Vec<Route>, serving: Result<Arc<Loaded>, String>, guards: Guards) {
+    pub(crate) fn install(
+        &self,
+        name: &str,
+        routes: Vec<Route>,
+        serving: Result<Arc<Loaded>, String>,
+        guards: Guards,
+    ) {
         let mut loaded = lock(&self.inner.loaded);
         loaded.insert(name.to_owned(), Entry { routes, serving, guards });
         self.publish(&loaded);
@@ -866,22 +766,7 @@ impl Apps {
     /// Builds and swaps in a new routing table. Called with `loaded` locked,
     /// so tables are published in the order of the changes.
     fn publish(&self, loaded: &BTreeMap<String, Entry>) {
-        let mut table = Table::default();
-        for (name, entry) in loaded {
-            let target = Arc::new(Target {
-                name: name.clone(),
-                serving: entry.serving.clone(),
-                guards: entry.guards.clone(),
-            });
-            for route in &entry.routes {
-                table.hosts.entry(route.host.clone()).or_default().push((route.path.clone(), target.clone()));
-            }
-            table.apps.push((name.clone(), entry.routes.clone()));
-        }
-        for prefixes in table.hosts.values_mut() {
-            prefixes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
-        }
-        self.inner.table.store(Arc::new(table));
+        self.inner.table.store(Arc::new(Table::build(loaded)));
     }
 
     pub(crate) fn app_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -930,14 +815,6 @@ fn prune_versions(app: &mut App, max: usize) -> bool {
     app.versions.len() != before
 }
 
-/// A secret's name follows the manifest's rules.
-fn validate_secret_name(secret: &str) -> Result<(), Error> {
-    Manifest::parse(&format!("secrets = [{secret:?}]")).map(drop).map_err(|e| match e {
-        Error::Manifest(m) => Error::Invalid(m),
-        other => other,
-    })
-}
-
 fn normalise_routes(mut routes: Vec<Route>) -> Vec<Route> {
     routes.sort();
     routes.dedup();
@@ -949,7 +826,7 @@ pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 use hearth_store::{Compare, Op, Store, Txn};
 use tokio::sync::watch;
 
-use crate::{CronState, Due, Schedule};
+use crate::{CronState, Due, Schedule, chain, now_ms};
 
 /// One cron trigger, as the driver sees it.
 #[derive(Debug, Clone)]
@@ -167,28 +167,6 @@ async fn step<T: CronTarget>(
         }
     }
     Ok(())
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// `error: cause: cause`, for logs.
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = cause.source();
-    }
-    out
 }
 
 #[cfg(test)]

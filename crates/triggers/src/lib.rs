@@ -5,8 +5,11 @@
 //!   subsystem that says what a firing does ([`driver::CronTarget`]).
 //! - [`due`]: which firing of a schedule is owed now, with the policy for
 //!   firings missed while hearth was down (catch up once).
-//! - [`signature`]: the `X-Hearth-Signature` of webhooks, an HMAC-SHA256 of
-//!   the body keyed with a shared secret.
+//! - The webhook guard: [`signature`] (the `X-Hearth-Signature` of
+//!   webhooks, an HMAC-SHA256 of the body keyed with a shared secret),
+//!   [`guard`] (which webhook's checks a request path meets, under any
+//!   spelling) and [`delivery`] (the `Idempotency-Key` claim that lets a
+//!   delivery through once, and the record of its answer).
 //! - [`events`]: following the store's changes for event triggers, across
 //!   broken watches.
 //! - [`spec`]: trigger kinds, manifest ids, and the checks every trigger
@@ -22,8 +25,10 @@
 //! signals runs, `hearth-apps` calls an app's route.
 
 pub mod cron;
+pub mod delivery;
 pub mod driver;
 pub mod events;
+pub mod guard;
 pub mod percent;
 pub mod private;
 pub mod signature;
@@ -68,6 +73,29 @@ pub fn due(schedule: &Schedule, last: u64, now: u64, started: u64) -> Option<Due
         }
     }
     Some(Due { slot, skipped })
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// `error: cause: cause`, for logs.
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
 }
 
 #[cfg(test)]

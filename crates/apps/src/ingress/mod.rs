@@ -2,6 +2,10 @@
 //! the longest path prefix, running each request in a fresh instance under
 //! the app's limits.
 
+mod table;
+
+pub(crate) use table::{Entry, Table};
+
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,6 +14,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use hearth_triggers::delivery::Claim;
+use hearth_triggers::guard::{Guard, Verdict};
 use http::header::{CONTENT_TYPE, HOST, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -31,8 +37,7 @@ use crate::Error;
 use crate::host::{self, AppCtx, HostState};
 use crate::logs::LogStream;
 use crate::manifest::split_host_port;
-use crate::service::{Apps, Loaded, Table, stopped};
-use crate::triggers::Verdict;
+use crate::service::{Apps, Loaded, stopped};
 
 /// Time a client gets to send a request's headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -114,7 +119,7 @@ async fn dispatch(apps: &Apps, req: Request<Incoming>) -> Response<Body> {
         Ok(loaded) => {
             // An app's webhooks: requests under their paths are checked
             // (signed, once per Idempotency-Key).
-            match crate::triggers::guard_for(&target.guards, req.uri().path()) {
+            match hearth_triggers::guard::guard_for(&target.guards, req.uri().path()) {
                 Verdict::Open => run(apps, loaded.clone(), req).await,
                 Verdict::Guarded(guard) => {
                     let guard = guard.clone();
@@ -152,7 +157,7 @@ async fn run_webhook(
     apps: &Apps,
     name: &str,
     loaded: Arc<Loaded>,
-    guard: &crate::triggers::Guard,
+    guard: &Guard,
     req: Request<Incoming>,
 ) -> Response<Body> {
     let (parts, body) = req.into_parts();
@@ -186,8 +191,8 @@ async fn run_webhook(
             .claim_delivery(name, &guard.path, key, Duration::from_millis(ctx.limits.timeout_ms))
             .await
         {
-            Ok(crate::triggers::Claim::New(pending)) => Some(pending),
-            Ok(crate::triggers::Claim::Done(status)) => {
+            Ok(Claim::New(pending)) => Some(pending),
+            Ok(Claim::Done(status)) => {
                 ctx.log.push(
                     ctx.version,
                     LogStream::Hearth,
@@ -202,7 +207,7 @@ async fn run_webhook(
                 response.headers_mut().insert("x-hearth-duplicate", HeaderValue::from_static("true"));
                 return response;
             }
-            Ok(crate::triggers::Claim::InFlight) => {
+            Ok(Claim::InFlight) => {
                 return text(
                     StatusCode::CONFLICT,
                     format!(

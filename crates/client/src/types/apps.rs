@@ -1,0 +1,113 @@
+//! WebAssembly HTTP apps: deploys, versions, secrets and logs.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+wire_enum! {
+    /// Where a line of an app's log came from.
+    LogStream {
+        /// The app's standard output.
+        Stdout = "stdout",
+        /// The app's standard error.
+        Stderr = "stderr",
+        /// A request the app answered.
+        Request = "request",
+        /// hearth, about the app: deploys, traps, limits, denied calls.
+        Hearth = "hearth",
+    }
+}
+
+/// `PUT /v1/apps/{name}`: a deploy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeployApp {
+    /// The component (`wasm32-wasip2`, exporting `wasi:http/incoming-handler`), base64.
+    pub component_base64: String,
+    /// The `hearth.toml` beside it, if any: key-value stores, config, secrets, outbound hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
+    /// `HOST[/PATH]` routes besides `NAME.localhost`; empty keeps the current ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AppVersion {
+    pub number: u32,
+    pub sha256: String,
+    pub size: u64,
+    /// Unix milliseconds.
+    pub created_at: u64,
+    /// The manifest text it was deployed with.
+    pub manifest: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DeployResult {
+    pub app: String,
+    pub version: AppVersion,
+    /// False when the compiled code came from the cache.
+    pub compiled: bool,
+    /// From the request to the new version serving.
+    pub duration_ms: f64,
+    pub urls: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AppSummary {
+    pub name: String,
+    /// The version that serves.
+    pub active: u32,
+    /// How many versions are kept.
+    pub version_count: usize,
+    pub routes: Vec<String>,
+    pub urls: Vec<String>,
+    /// The version this daemon serves, if loaded.
+    pub serving: Option<u32>,
+    /// Why it is not serving, if it is not.
+    pub error: Option<String>,
+    /// Unix milliseconds.
+    pub updated_at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AppList {
+    pub apps: Vec<AppSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AppDetail {
+    #[serde(flatten)]
+    pub summary: AppSummary,
+    pub versions: Vec<AppVersion>,
+}
+
+/// `POST /v1/apps/{name}/rollback`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Rollback {
+    /// The version to serve; default: the one before the active one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<u32>,
+}
+
+/// `PUT /v1/apps/{name}/secrets/{secret}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetSecret {
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AppLogLine {
+    /// Unix milliseconds.
+    pub time: u64,
+    pub version: u32,
+    pub stream: LogStream,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AppLogs {
+    pub lines: Vec<AppLogLine>,
+}

@@ -1,0 +1,268 @@
+//! Machines: records, creation, exec, files and snapshots.
+
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::ErrorDetail;
+
+wire_enum! {
+    /// What runs a machine's VM.
+    Backend {
+        /// QEMU with software emulation (TCG): slow, runs anywhere.
+        QemuTcg = "qemu-tcg",
+        /// QEMU with KVM.
+        QemuKvm = "qemu-kvm",
+        /// Firecracker (needs KVM).
+        Firecracker = "firecracker",
+    }
+}
+
+wire_enum! {
+    /// What the user asked of a machine.
+    Desired {
+        Running = "running",
+        Stopped = "stopped",
+    }
+}
+
+wire_enum! {
+    /// Where a machine is in its life.
+    MachineState {
+        /// Recorded, not yet started.
+        Created = "created",
+        Starting = "starting",
+        Running = "running",
+        Stopping = "stopping",
+        Stopped = "stopped",
+        Failed = "failed",
+    }
+}
+
+/// A machine: what was asked for and what is observed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Machine {
+    pub name: String,
+    /// The image as named at creation.
+    pub image: String,
+    pub image_digest: String,
+    pub backend: Backend,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    /// The program started at boot, if any.
+    pub entrypoint: Vec<String>,
+    /// What the user asked for.
+    pub desired: Desired,
+    pub state: MachineState,
+    /// What is happening now, while starting or stopping.
+    pub phase: Option<String>,
+    /// Why it is stopped or failed.
+    pub reason: Option<String>,
+    /// The VM process id.
+    pub pid: Option<u32>,
+    /// Milliseconds from launch to the agent's first answer, last boot.
+    pub boot_ms: Option<u64>,
+    /// The guest kernel release.
+    pub kernel: Option<String>,
+    pub auto_remove: bool,
+    /// Network interfaces.
+    pub nics: Vec<MachineNic>,
+    /// Forwarded ports, `HOSTPORT:GUESTPORT[/udp]` on 127.0.0.1.
+    pub ports: Vec<String>,
+    /// The root disk's size in MiB; absent for machines made before disks
+    /// could be sized, whose disks are their image's size.
+    #[serde(default)]
+    pub disk_mib: Option<u64>,
+    /// Unix seconds.
+    pub created_at: u64,
+    pub started_at: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MachineNic {
+    pub network: String,
+    pub ip: String,
+    pub mac: String,
+    /// The host tap.
+    pub tap: String,
+    /// `MACHINE.NETWORK.hearth`.
+    pub dns_name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MachineList {
+    pub machines: Vec<Machine>,
+}
+
+/// `POST /v1/machines`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateMachine {
+    /// Lowercase letters, digits and dashes; generated if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// An image name or digest, as `hearth image ls` shows.
+    pub image: String,
+    /// Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
+    /// Default 512.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u32>,
+    /// Run this at boot instead of the image's entrypoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// `qemu-tcg`, `qemu-kvm` or `firecracker`; default: the best this host can run.
+    // A `Backend` on the wire, but a string here, so that the daemon rather
+    // than the JSON parser answers a wrong one, with its hint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Backend>)]
+    pub backend: Option<String>,
+    /// A bzImage on the daemon's host to boot instead of Debian's cloud kernel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    /// Remove the machine when it stops.
+    #[serde(default)]
+    pub auto_remove: bool,
+    /// Create without starting.
+    #[serde(default)]
+    pub no_start: bool,
+    /// Networks to join (default: the `default` network).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkAttachment>,
+    /// Join no network at all.
+    #[serde(default)]
+    pub no_network: bool,
+    /// Ports forwarded from the host's loopback: `HOSTPORT:GUESTPORT[/udp]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
+    /// The root disk's size in MiB, at least the image's; the root file
+    /// system grows to fill it. Default: the image's size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mib: Option<u64>,
+}
+
+/// A network to join, optionally at a chosen address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkAttachment {
+    pub network: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct RemoveMachineQuery {
+    /// Remove even if it is running (the VM is killed).
+    pub force: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct LogsQuery {
+    /// Keep streaming as the console grows.
+    pub follow: Option<bool>,
+    /// Only the last N lines first.
+    pub tail: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct FileQuery {
+    /// Absolute path in the guest.
+    pub path: String,
+    /// Permission bits for an upload, octal (default 644).
+    pub mode: Option<String>,
+}
+
+/// The first byte of a binary exec message from the daemon whose rest is
+/// the command's standard output.
+pub const EXEC_STDOUT: u8 = 1;
+
+/// The first byte of a binary exec message from the daemon whose rest is
+/// the command's standard error.
+pub const EXEC_STDERR: u8 = 2;
+
+/// The response header of `GET /v1/machines/{name}/files` that carries
+/// the file's permission bits, in octal.
+pub const MODE_HEADER: &str = "x-hearth-mode";
+
+/// The first message on an exec WebSocket (text, JSON).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecStart {
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Allocate a terminal of this size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<TermSize>,
+    /// Whether the client will send stdin.
+    #[serde(default)]
+    pub stdin: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TermSize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// Control messages on an exec WebSocket (text, JSON), client to daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ExecControl {
+    Resize(TermSize),
+    Signal(i32),
+    CloseStdin,
+}
+
+/// The last message on an exec WebSocket (text, JSON), daemon to client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecEnd {
+    Exit { code: Option<i32>, signal: Option<i32> },
+    Error(ErrorDetail),
+}
+
+/// A machine saved to disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Snapshot {
+    pub name: String,
+    /// The machine it was taken from.
+    pub machine: String,
+    pub image: String,
+    pub backend: Backend,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub size_bytes: u64,
+    /// Unix seconds.
+    pub created_at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SnapshotList {
+    pub snapshots: Vec<Snapshot>,
+}
+
+/// `POST /v1/machines/{name}/snapshot`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TakeSnapshot {
+    /// The snapshot's name.
+    pub name: String,
+}
+
+/// `POST /v1/snapshots/{name}/restore`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreSnapshot {
+    /// The new machine's name; default: the machine the snapshot was taken from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}

@@ -1,0 +1,77 @@
+//! `GET /v1/status`: the daemon, its store and its host.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::Backend;
+
+wire_enum! {
+    /// The state store's backend.
+    StoreBackend {
+        /// The embedded store, one file in the data dir.
+        Redb = "redb",
+        /// An etcd cluster.
+        Etcd = "etcd",
+    }
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Status {
+    /// The daemon's version.
+    pub version: String,
+    /// The daemon's data directory.
+    pub data_dir: String,
+    /// The Unix socket the API is served on.
+    pub socket: String,
+    /// The TCP address the API is also served on, if any.
+    pub tcp: Option<String>,
+    /// Where apps answer HTTP, e.g. `127.0.0.1:8080`.
+    pub ingress: Option<String>,
+    /// Seconds since the daemon started.
+    pub uptime_secs: u64,
+    pub store: StoreStatus,
+    pub host: HostInfo,
+}
+
+/// The state store, as seen by `hearth status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StoreStatus {
+    pub backend: StoreBackend,
+    /// Where the store lives: a file path or etcd endpoints.
+    pub location: String,
+    /// The current revision.
+    pub revision: u64,
+    /// The oldest revision a watch can start from.
+    pub compacted_revision: u64,
+}
+
+/// What this host can run guests with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HostInfo {
+    pub kvm: KvmInfo,
+    /// `qemu-system-x86_64`, if installed.
+    pub qemu: Option<ToolInfo>,
+    /// `firecracker`, if installed.
+    pub firecracker: Option<ToolInfo>,
+    /// The backend new machines get unless one is forced.
+    pub default_backend: Backend,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct KvmInfo {
+    /// `/dev/kvm` exists.
+    pub present: bool,
+    /// The daemon can open `/dev/kvm`.
+    pub accessible: bool,
+    /// A test guest booted under KVM within its deadline; null if not probed.
+    pub usable: Option<bool>,
+    /// What this means for you.
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ToolInfo {
+    pub path: String,
+    pub version: Option<String>,
+}

@@ -1,0 +1,407 @@
+//! The networks service: network records, address management, faults, and
+//! the reconcile loop that makes the host match them. This module holds the
+//! handle, its options and network records; `ipam` hands out addresses,
+//! `faults` records faults and `reconcile` is the loop.
+//!
+//! Everything on the host (bridges, taps' delays, the nftables ruleset, DNS
+//! servers, port forwards) is *derived*: each pass computes the whole desired
+//! host state from the store and applies it idempotently, so a restarted
+//! daemon converges by running one pass.
+//!
+//! Machines are read from their records in the store (`machines/NAME`),
+//! through the minimal [`MachineView`], so this crate does not depend on the
+//! machines crate: subsystems meet in the store.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex as StdMutex};
+
+use hearth_store::{Compare, Op, Store, Txn};
+use serde::Deserialize;
+use tokio::sync::{Mutex, Notify, watch};
+
+use crate::record::{self, NetworkRecord, Nic, Subnet, now_unix};
+use crate::{dns, link, shaping};
+
+mod faults;
+mod ipam;
+mod reconcile;
+
+/// Where machine records live: the machines crate's prefix, read here
+/// through [`MachineView`] so that this crate does not depend on it.
+const MACHINES: &str = "machines/";
+
+/// Set to `netem` or `queue` to choose how delays are made instead of
+/// probing the kernel at the first delay.
+pub const DELAY_BACKEND_ENV: &str = "HEARTH_DELAY_BACKEND";
+
+/// The network every machine joins unless told otherwise.
+pub const DEFAULT_NETWORK: &str = "default";
+
+/// Where default subnets are carved from: 10.200.0.0/24, 10.201.0.0/24, …
+const AUTO_SUBNET_BASE: [u8; 2] = [10, 200];
+
+/// What can go wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("network {0:?} does not exist")]
+    NotFound(String),
+    #[error("a network named {0:?} already exists")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("subnet {subnet} overlaps network {other:?} ({other_subnet})")]
+    Overlap { subnet: Subnet, other: String, other_subnet: Subnet },
+    #[error("address {ip} is not in network {network:?} ({subnet})")]
+    OutOfSubnet { ip: Ipv4Addr, network: String, subnet: Subnet },
+    #[error("address {ip} on network {network:?} is taken by machine {holder:?}")]
+    Taken { ip: Ipv4Addr, network: String, holder: String },
+    #[error("network {0:?} has no free address left")]
+    Full(String),
+    #[error("network {network:?} still has machines: {machines}")]
+    InUse { network: String, machines: String },
+    #[error("machine {0:?} does not exist or has no network interface")]
+    NoSuchMachine(String),
+    #[error("fault {0:?} does not exist")]
+    FaultNotFound(String),
+    #[error("the record {0:?} is unreadable")]
+    Corrupt(String, #[source] serde_json::Error),
+    #[error(transparent)]
+    Store(#[from] hearth_store::Error),
+    #[error(transparent)]
+    Link(#[from] link::Error),
+}
+
+/// How the service names and shapes things on the host.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Prefix of every host interface and of the firewall tables, so that
+    /// several daemons (tests) can share one host. At most 4 characters.
+    pub prefix: String,
+    /// Whether the default network masquerades to the outside.
+    pub default_nat: bool,
+    /// Networks need root (CAP_NET_ADMIN); without it machines run unplugged.
+    pub enabled: bool,
+    /// Create the `default` network at start.
+    pub default_network: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { prefix: "h".into(), default_nat: true, enabled: true, default_network: true }
+    }
+}
+
+/// What the service needs to know of a machine, read from its record.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MachineView {
+    pub name: String,
+    pub spec: MachineSpecView,
+    #[serde(default)]
+    pub status: MachineStatusView,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct MachineSpecView {
+    #[serde(default)]
+    pub nics: Vec<Nic>,
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct MachineStatusView {
+    #[serde(default)]
+    pub state: String,
+}
+
+/// `-p HOSTPORT:GUESTPORT[/udp]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
+pub struct PortSpec {
+    pub host: u16,
+    pub guest: u16,
+    pub udp: bool,
+}
+
+impl std::str::FromStr for PortSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a port mapping like 8080:80 or 5353:53/udp");
+        let (ports, udp) = match s.split_once('/') {
+            Some((p, "udp")) => (p, true),
+            Some((p, "tcp")) => (p, false),
+            Some(_) => return Err(bad()),
+            None => (s, false),
+        };
+        let (host, guest) = ports.split_once(':').ok_or_else(bad)?;
+        let host: u16 = host.parse().map_err(|_| bad())?;
+        let guest: u16 = guest.parse().map_err(|_| bad())?;
+        if host == 0 || guest == 0 {
+            return Err(bad());
+        }
+        Ok(PortSpec { host, guest, udp })
+    }
+}
+
+impl std::fmt::Display for PortSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}{}", self.host, self.guest, if self.udp { "/udp" } else { "" })
+    }
+}
+
+/// A cheap-to-clone handle to the networks service.
+#[derive(Clone)]
+pub struct Networks {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    options: Options,
+    zone: dns::Zone,
+    /// Wakes the reconcile loop.
+    dirty: Notify,
+    /// One host-apply at a time.
+    applying: Mutex<()>,
+    /// Delays on taps (netem, or the NFQUEUE delay line).
+    shaper: Arc<StdMutex<shaping::Shaper>>,
+    running: StdMutex<Running>,
+}
+
+/// Tasks serving the current desired state, with their stop switches.
+#[derive(Default)]
+struct Running {
+    dns: HashMap<Ipv4Addr, watch::Sender<bool>>,
+    forwards: HashMap<(String, PortSpec), (SocketAddr, watch::Sender<bool>)>,
+    /// Why forwards could not start, by machine, for status.
+    problems: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Networks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Networks").field("prefix", &self.inner.options.prefix).finish_non_exhaustive()
+    }
+}
+
+impl Networks {
+    pub fn new(store: Arc<dyn Store>, options: Options) -> Self {
+        let shaper = shaping::Shaper::new(link::Netns::Host, &table_name(&options.prefix));
+        // Which way to delay is probed at the first delay, unless forced
+        // (to test the delay line on a kernel that has netem, say).
+        let shaper = match std::env::var(DELAY_BACKEND_ENV).ok().filter(|v| !v.is_empty()) {
+            None => shaper,
+            Some(value) => match value.parse() {
+                Ok(backend) => shaper.with_backend(backend),
+                Err(error) => {
+                    tracing::warn!(error, "Ignoring {DELAY_BACKEND_ENV}; delays probe the kernel instead.");
+                    shaper
+                }
+            },
+        };
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                options,
+                zone: dns::Zone::new("hearth"),
+                dirty: Notify::new(),
+                applying: Mutex::new(()),
+                shaper: Arc::new(StdMutex::new(shaper)),
+                running: StdMutex::default(),
+            }),
+        }
+    }
+
+    /// Whether this daemon can make networks (it runs as root).
+    pub fn enabled(&self) -> bool {
+        self.inner.options.enabled
+    }
+
+    fn check_enabled(&self) -> Result<(), Error> {
+        if self.inner.options.enabled {
+            Ok(())
+        } else {
+            Err(Error::Invalid(
+                "networks need root (CAP_NET_ADMIN): run `hearth serve` as root, or run machines with --network none".into(),
+            ))
+        }
+    }
+
+    fn bridge_name(&self, network: &str) -> String {
+        link::iface_name(&format!("{}b-", self.inner.options.prefix), network)
+    }
+
+    fn tap_name(&self, machine: &str, network: &str) -> String {
+        link::iface_name(&format!("{}t-", self.inner.options.prefix), &format!("{machine}-{network}"))
+    }
+
+    /// The firewall tables' name.
+    fn table(&self) -> String {
+        table_name(&self.inner.options.prefix)
+    }
+
+    pub async fn list(&self) -> Result<Vec<NetworkRecord>, Error> {
+        let range = self.inner.store.range(record::NETWORKS).await?;
+        range.kvs.iter().map(|kv| decode(&kv.key, &kv.value)).collect()
+    }
+
+    pub async fn get(&self, name: &str) -> Result<NetworkRecord, Error> {
+        let kv = self
+            .inner
+            .store
+            .get(&record::network_key(name))
+            .await?
+            .ok_or_else(|| Error::NotFound(name.into()))?;
+        decode(&kv.key, &kv.value)
+    }
+
+    /// Creates the default network if it does not exist.
+    pub async fn ensure_default(&self) -> Result<(), Error> {
+        match self.create(DEFAULT_NETWORK, None, self.inner.options.default_nat).await {
+            Ok(_) | Err(Error::AlreadyExists(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates a network. Without a subnet, the first free /24 from
+    /// 10.200.0.0 on is used, avoiding other networks and the host's routes.
+    pub async fn create(
+        &self,
+        name: &str,
+        subnet: Option<Subnet>,
+        nat: bool,
+    ) -> Result<NetworkRecord, Error> {
+        self.check_enabled()?;
+        record::validate_name(name).map_err(Error::Invalid)?;
+        let existing = self.list().await?;
+        if existing.iter().any(|n| n.name == name) {
+            return Err(Error::AlreadyExists(name.into()));
+        }
+        // Routes through this daemon's own bridges are not conflicts: a
+        // network being removed may still have its bridge for a moment.
+        let host_routes = host_route_subnets(&format!("{}b-", self.inner.options.prefix));
+        let subnet = match subnet {
+            Some(subnet) => {
+                if let Some(other) = existing.iter().find(|n| n.subnet.overlaps(&subnet)) {
+                    return Err(Error::Overlap {
+                        subnet,
+                        other: other.name.clone(),
+                        other_subnet: other.subnet,
+                    });
+                }
+                if let Some(route) = host_routes.iter().find(|r| r.overlaps(&subnet) && r.prefix > 0) {
+                    return Err(Error::Invalid(format!(
+                        "subnet {subnet} overlaps the host's route to {route}; pick another, e.g. 10.250.0.0/24"
+                    )));
+                }
+                subnet
+            }
+            None => (0..=55u8)
+                .map(|i| Subnet {
+                    network: Ipv4Addr::new(AUTO_SUBNET_BASE[0], AUTO_SUBNET_BASE[1] + i, 0, 0),
+                    prefix: 24,
+                })
+                .find(|s| {
+                    !existing.iter().any(|n| n.subnet.overlaps(s))
+                        && !host_routes.iter().any(|r| r.prefix > 0 && r.overlaps(s))
+                })
+                .ok_or_else(|| {
+                    Error::Invalid("no free 10.200-255.0.0/24 subnet is left; give --subnet".into())
+                })?,
+        };
+        let rec = NetworkRecord {
+            name: name.into(),
+            subnet,
+            bridge: self.bridge_name(name),
+            nat,
+            created_at: now_unix(),
+        };
+        let key = record::network_key(name);
+        let value = serde_json::to_vec(&rec).map_err(|e| Error::Corrupt(key.clone(), e))?;
+        let txn = Txn::new().when(Compare::missing(&key)).and_then(Op::Put { key, value, lease: None });
+        if !self.inner.store.txn(txn).await?.succeeded {
+            return Err(Error::AlreadyExists(name.into()));
+        }
+        self.inner.dirty.notify_one();
+        Ok(rec)
+    }
+
+    /// Removes a network that no machine uses.
+    pub async fn remove(&self, name: &str) -> Result<(), Error> {
+        self.get(name).await?;
+        let used = self.inner.store.range(&format!("{}{name}/", record::IPAM)).await?;
+        if !used.kvs.is_empty() {
+            let machines: Vec<String> =
+                used.kvs.iter().map(|kv| String::from_utf8_lossy(&kv.value).into_owned()).collect();
+            return Err(Error::InUse { network: name.into(), machines: machines.join(", ") });
+        }
+        self.inner.store.delete(&record::network_key(name)).await?;
+        self.inner.dirty.notify_one();
+        Ok(())
+    }
+
+    /// Subnets by network name, for [`Self::guest_cmdline`].
+    pub async fn subnets(&self) -> Result<HashMap<String, Subnet>, Error> {
+        Ok(self.list().await?.into_iter().map(|n| (n.name, n.subnet)).collect())
+    }
+
+    async fn machines(&self) -> Result<Vec<MachineView>, Error> {
+        let range = self.inner.store.range(MACHINES).await?;
+        Ok(range.kvs.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect())
+    }
+}
+
+/// The name of a daemon's firewall tables, and of its delay rules' chain.
+fn table_name(prefix: &str) -> String {
+    format!("hearth-{prefix}")
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(value).map_err(|e| Error::Corrupt(key.to_owned(), e))
+}
+
+/// The host's IPv4 routes, except those through this daemon's own bridges
+/// (`own_bridges` is their name prefix), so that new networks avoid them.
+fn host_route_subnets(own_bridges: &str) -> Vec<Subnet> {
+    let Ok(out) = std::process::Command::new("ip").args(["-4", "route", "show"]).output() else {
+        return vec![];
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|line| {
+            let mut words = line.split_whitespace().skip_while(|w| *w != "dev");
+            !words.nth(1).is_some_and(|dev| dev.starts_with(own_bridges))
+        })
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|dest| *dest != "default")
+        .filter_map(|dest| {
+            if dest.contains('/') { dest.parse().ok() } else { format!("{dest}/32").parse::<Subnet>().ok() }
+        })
+        .collect()
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(Error::Invalid(format!("internal error: {e}"))))
+}
+
+fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_specs_parse_or_explain() {
+        assert_eq!("8080:80".parse(), Ok(PortSpec { host: 8080, guest: 80, udp: false }));
+        assert_eq!("5353:53/udp".parse(), Ok(PortSpec { host: 5353, guest: 53, udp: true }));
+        assert_eq!("1:2/tcp".parse::<PortSpec>().map(|p| p.to_string()), Ok("1:2".to_owned()));
+        for bad in ["80", "a:b", "0:80", "80:80/sctp", "99999:1"] {
+            assert!(bad.parse::<PortSpec>().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! The reconcile loop: follows networks, machines and faults, computes the
+//! whole desired host state (bridges, the nftables ruleset, delays, DNS
+//! servers, port forwards) and applies it, on every change.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use hearth_store::Follower;
+use tokio::sync::watch;
+
+use super::{Error, MACHINES, MachineView, Networks, PortSpec, blocking, lock};
+use crate::record::{self, FaultKind, NetworkRecord};
+use crate::{dns, firewall, forward, link, shaping};
+
+impl Networks {
+    /// Why a machine's port forwards are not working, if they are not.
+    pub fn forward_problem(&self, machine: &str) -> Option<String> {
+        lock(&self.inner.running).problems.get(machine).cloned()
+    }
+
+    /// The reconcile loop: applies the desired host state now, again on every
+    /// change to networks, machines or faults, and when a fault expires.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        if !self.inner.options.enabled {
+            tracing::warn!("Not running as root: networks are off, machines run without network interfaces.");
+            let _ = shutdown.wait_for(|s| *s).await;
+            return;
+        }
+        if self.inner.options.default_network
+            && let Err(error) = self.ensure_default().await
+        {
+            tracing::warn!(error = %error, "Cannot create the default network.");
+        }
+        // Networks, faults and machines, each followed from the revision the
+        // first pass reads at, so that no change after it goes unapplied.
+        let from = loop {
+            match self.inner.store.revision().await {
+                Ok(revision) => break revision + 1,
+                Err(error) => {
+                    tracing::warn!(error = %error, "Cannot read the store's revision; retrying.");
+                    tokio::select! {
+                        () = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
+        let store = &self.inner.store;
+        let mut networks = Follower::new(store.clone(), record::NETWORKS, from, "Networks");
+        let mut faults = Follower::new(store.clone(), record::FAULTS, from, "Network faults");
+        let mut machines = Follower::new(store.clone(), MACHINES, from, "Networks' machines");
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        self.apply().await;
+        loop {
+            tokio::select! {
+                () = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
+                () = self.inner.dirty.notified() => self.apply().await,
+                _ = networks.next() => self.apply_after(&mut [&mut networks, &mut faults, &mut machines]).await,
+                _ = faults.next() => self.apply_after(&mut [&mut networks, &mut faults, &mut machines]).await,
+                _ = machines.next() => self.apply_after(&mut [&mut networks, &mut faults, &mut machines]).await,
+                _ = tick.tick() => self.expire_faults().await,
+            }
+        }
+        let mut running = lock(&self.inner.running);
+        for (_, stop) in running.dns.drain() {
+            let _ = stop.send(true);
+        }
+        for (_, (_, stop)) in running.forwards.drain() {
+            let _ = stop.send(true);
+        }
+    }
+
+    /// One pass for a change and every other change already waiting: a
+    /// burst of writes (a lab coming up) costs one pass, not one each.
+    async fn apply_after(&self, followers: &mut [&mut Follower]) {
+        use futures::FutureExt as _;
+        for follower in followers.iter_mut() {
+            // `next` is cancel-safe: a change not ready now is not lost.
+            while follower.next().now_or_never().is_some() {}
+        }
+        self.apply().await;
+    }
+
+    /// One reconcile pass: the whole host state, from the store.
+    pub async fn apply(&self) {
+        let _one = self.inner.applying.lock().await;
+        if let Err(error) = self.apply_inner().await {
+            tracing::warn!(error = %error, "Could not apply the network state; retrying on the next change.");
+        }
+    }
+
+    pub(super) async fn apply_inner(&self) -> Result<(), Error> {
+        let networks = self.list().await?;
+        let machines = self.machines().await?;
+        let faults = self.faults().await?;
+        let prefix = self.inner.options.prefix.clone();
+        let table = self.table();
+
+        // Taps by machine name, for faults.
+        let taps: HashMap<String, Vec<String>> = machines
+            .iter()
+            .map(|m| (m.name.clone(), m.spec.nics.iter().map(|n| n.tap.clone()).collect()))
+            .collect();
+        let taps_of = |names: &[String]| -> Vec<String> {
+            names.iter().flat_map(|n| taps.get(n).cloned().unwrap_or_default()).collect()
+        };
+        let mut desired = firewall::Desired {
+            table: table.clone(),
+            networks: networks
+                .iter()
+                .map(|n| firewall::NetworkRules {
+                    bridge: n.bridge.clone(),
+                    subnet: n.subnet.to_string(),
+                    nat: n.nat,
+                })
+                .collect(),
+            partitions: faults
+                .iter()
+                .filter_map(|f| match &f.kind {
+                    FaultKind::Partition { machines, from, both_ways } => Some(firewall::Partition {
+                        id: f.id.clone(),
+                        from: taps_of(from),
+                        to: taps_of(machines),
+                        both_ways: *both_ways,
+                    }),
+                    _ => None,
+                })
+                .collect(),
+            losses: Vec::new(),
+        };
+        // Several delays on one machine add up.
+        let mut delays: BTreeMap<String, shaping::TapDelay> = BTreeMap::new();
+        let mut losses: HashMap<String, f32> = HashMap::new();
+        for f in &faults {
+            match &f.kind {
+                FaultKind::Delay { machine, delay, jitter } => {
+                    let nics = machines.iter().filter(|m| m.name == *machine).flat_map(|m| &m.spec.nics);
+                    for nic in nics {
+                        let Some(net) = networks.iter().find(|n| n.name == nic.network) else { continue };
+                        let d = delays.entry(nic.tap.clone()).or_insert_with(|| shaping::TapDelay {
+                            tap: nic.tap.clone(),
+                            bridge: net.bridge.clone(),
+                            ip: nic.ip,
+                            shape: Default::default(),
+                        });
+                        d.shape.delay += *delay;
+                        d.shape.jitter += *jitter;
+                    }
+                }
+                FaultKind::Loss { machine, percent } => {
+                    for tap in taps.get(machine).cloned().unwrap_or_default() {
+                        let total = losses.entry(tap).or_insert(0.0);
+                        *total = (*total + percent).min(100.0);
+                    }
+                }
+                FaultKind::Partition { .. } => {}
+            }
+        }
+        let delays: Vec<shaping::TapDelay> = delays.into_values().collect();
+        let shaper = self.inner.shaper.clone();
+        desired.losses = losses.into_iter().map(|(tap, percent)| firewall::Loss { tap, percent }).collect();
+        let all_taps: Vec<String> = taps.values().flatten().cloned().collect();
+        let nets = networks.clone();
+        let any_nat = networks.iter().any(|n| n.nat);
+        let shaped = blocking(move || {
+            let host = link::Netns::Host;
+            for n in &nets {
+                link::ensure_bridge(&host, &n.bridge, n.subnet.gateway(), n.subnet.prefix)?;
+            }
+            // Bridges of networks that are gone.
+            for stale in link::links_with_prefix(&host, &format!("{prefix}b-"))? {
+                if !nets.iter().any(|n| n.bridge == stale) {
+                    link::delete_link(&host, &stale)?;
+                }
+            }
+            if any_nat {
+                link::enable_ip_forwarding(&host)?;
+            }
+            firewall::apply(&host, &desired)?;
+            let existing = link::links_with_prefix(&host, &format!("{prefix}t-"))?;
+            let taps: Vec<String> = all_taps.into_iter().filter(|t| existing.contains(t)).collect();
+            // A host that cannot delay says so, but only once the rest of
+            // the network (names and forwards too, below) is in place.
+            Ok(lock(&shaper).apply(&taps, &delays))
+        })
+        .await?;
+
+        // Names.
+        self.inner.zone.set(
+            machines
+                .iter()
+                .flat_map(|m| m.spec.nics.iter().map(move |n| (m.name.clone(), n.network.clone(), n.ip)))
+                .collect(),
+        );
+        self.sync_dns(&networks);
+        self.sync_forwards(&machines).await;
+        shaped.map_err(Error::from)
+    }
+
+    /// One DNS server per network, on its gateway address, port 53.
+    fn sync_dns(&self, networks: &[NetworkRecord]) {
+        let mut running = lock(&self.inner.running);
+        let wanted: Vec<Ipv4Addr> = networks.iter().map(|n| n.subnet.gateway()).collect();
+        running.dns.retain(|ip, stop| {
+            let keep = wanted.contains(ip);
+            if !keep {
+                let _ = stop.send(true);
+            }
+            keep
+        });
+        for ip in wanted {
+            if running.dns.contains_key(&ip) {
+                continue;
+            }
+            let (stop_tx, mut stop_rx) = watch::channel(false);
+            let zone = self.inner.zone.clone();
+            let addr = SocketAddr::from((ip, 53));
+            tokio::spawn(async move {
+                let stop = async move {
+                    let _ = stop_rx.wait_for(|s| *s).await;
+                };
+                if let Err(error) = dns::serve(addr, zone, upstream_resolvers(), stop).await {
+                    tracing::warn!(%addr, error = %error, "DNS server stopped.");
+                }
+            });
+            running.dns.insert(ip, stop_tx);
+        }
+    }
+
+    /// Port forwards for running machines.
+    async fn sync_forwards(&self, machines: &[MachineView]) {
+        let mut wanted: HashMap<(String, PortSpec), SocketAddr> = HashMap::new();
+        for m in machines.iter().filter(|m| m.status.state == "running") {
+            let Some(nic) = m.spec.nics.first() else { continue };
+            for port in &m.spec.ports {
+                wanted.insert((m.name.clone(), *port), SocketAddr::from((nic.ip, port.guest)));
+            }
+        }
+        let to_start: Vec<((String, PortSpec), SocketAddr)> = {
+            let mut running = lock(&self.inner.running);
+            running.forwards.retain(|key, (target, stop)| {
+                let keep = wanted.get(key) == Some(target);
+                if !keep {
+                    let _ = stop.send(true);
+                }
+                keep
+            });
+            running.problems.clear();
+            wanted.into_iter().filter(|(k, _)| !running.forwards.contains_key(k)).collect()
+        };
+        for ((machine, port), target) in to_start {
+            let spec = forward::Forward {
+                protocol: if port.udp { forward::Protocol::Udp } else { forward::Protocol::Tcp },
+                listen: SocketAddr::from((Ipv4Addr::LOCALHOST, port.host)),
+                target,
+            };
+            match forward::bind(&spec).await {
+                Ok(bound) => {
+                    let (stop_tx, mut stop_rx) = watch::channel(false);
+                    tokio::spawn(bound.run(async move {
+                        let _ = stop_rx.wait_for(|s| *s).await;
+                    }));
+                    lock(&self.inner.running).forwards.insert((machine, port), (target, stop_tx));
+                }
+                Err(error) => {
+                    tracing::warn!(machine, %port, error = %error, "Cannot forward a port.");
+                    lock(&self.inner.running).problems.insert(machine, format!("port {port}: {error}"));
+                }
+            }
+        }
+    }
+
+    /// Removes everything on the host with this daemon's prefix (tests, and
+    /// `hearth serve` when networking is switched off).
+    pub async fn teardown(&self) {
+        let prefix = self.inner.options.prefix.clone();
+        let table = self.table();
+        let shaper = self.inner.shaper.clone();
+        let _ = blocking(move || {
+            let host = link::Netns::Host;
+            let _ = firewall::clear(&host, &table);
+            if let Err(error) = lock(&shaper).clear() {
+                tracing::warn!(error = %error, "Cannot remove the delay rules.");
+            }
+            for name in link::links_with_prefix(&host, &format!("{prefix}t-")).unwrap_or_default() {
+                let _ = link::delete_link(&host, &name);
+            }
+            for name in link::links_with_prefix(&host, &format!("{prefix}b-")).unwrap_or_default() {
+                let _ = link::delete_link(&host, &name);
+            }
+            Ok(())
+        })
+        .await;
+    }
+}
+
+/// The host's own resolvers, for names outside `.hearth`.
+fn upstream_resolvers() -> Option<Vec<SocketAddr>> {
+    let text = std::fs::read_to_string("/etc/resolv.conf").ok()?;
+    let servers: Vec<SocketAddr> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|ip| ip.trim().parse::<Ipv4Addr>().ok())
+        .filter(|ip| !ip.is_loopback())
+        .map(|ip| SocketAddr::from((ip, 53)))
+        .collect();
+    (!servers.is_empty()).then_some(servers)
+}
