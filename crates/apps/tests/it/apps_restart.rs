@@ -203,18 +203,7 @@ async fn a_second_service_misses_no_change_made_while_its_watches_were_broken() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_services_on_one_store_fire_each_cron_slot_once_between_them() {
     let a = Harness::start().await;
-    let mut opts = options(a.dir.path());
-    opts.cache_dir = a.dir.path().join("cache-b");
-    let b = Apps::new(a.store.clone() as Arc<dyn Store>, opts).unwrap();
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let b_addr = listener.local_addr().unwrap();
-    tokio::spawn(b.clone().run(rx.clone()));
-    tokio::spawn({
-        let b = b.clone();
-        async move { b.serve_ingress(listener, rx).await }
-    });
-    b.ready().await;
+    let (b, b_addr, stop) = second_service(&a, a.store.clone() as Arc<dyn Store>).await;
 
     let manifest =
         format!("{KITCHEN_MANIFEST}\n[[cron]]\nschedule = \"* * * * * *\"\npath = \"/kv/incr?key=fired\"\n");
