@@ -49,7 +49,7 @@ SKIP_LOG := $(abspath $(or $(CARGO_TARGET_DIR),target))/hearth-skips.txt
 
 test: lint agent examples
 	@mkdir -p $(dir $(SKIP_LOG)) && rm -f $(SKIP_LOG)
-	@status=0; HEARTH_SKIP_LOG=$(SKIP_LOG) $(CARGO) test --workspace --locked || status=$$?; \
+	@status=0; HEARTH_SKIP_LOG=$(SKIP_LOG) $(CARGO) test --workspace --locked --no-fail-fast || status=$$?; \
 	if [ -s $(SKIP_LOG) ]; then \
 		sort $(SKIP_LOG) | awk -F'\t' '{ n[$$1]++; t[$$1] = t[$$1] (n[$$1] > 1 ? ", " : "") $$2 } \
 			END { for (r in n) printf "skipped: %d, because %s (%s)\n", n[r], r, t[r] }'; \
