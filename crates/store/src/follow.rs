@@ -44,14 +44,6 @@ pub enum Change {
 }
 
 impl Change {
-    /// The revision this change brings the follower to.
-    pub fn revision(&self) -> Revision {
-        match self {
-            Change::Event(event) => event.revision(),
-            Change::Reset(range) => range.revision,
-        }
-    }
-
     /// The keys this change touches: one for an event, every key read for a
     /// reset.
     pub fn keys(&self) -> Vec<&str> {
@@ -123,11 +115,6 @@ impl Follower {
     ) -> Result<Follower, Error> {
         let revision = store.revision().await?;
         Ok(Follower::new(store, prefix, revision + 1, what))
-    }
-
-    /// The prefix followed.
-    pub fn prefix(&self) -> &str {
-        &self.prefix
     }
 
     /// The next change. Never fails and never ends: trouble with the store
