@@ -15,7 +15,9 @@
 //!
 //! - `table inet TABLE` sees routed traffic: it drops what is routed from one
 //!   hearth bridge to another (isolation), and masquerades what leaves a NAT
-//!   network for anywhere else.
+//!   network for anywhere else. It also sees what comes in from a bridge for
+//!   the host itself, and lets machines reach only the gateway's DNS (see
+//!   `render_input`).
 //! - `table bridge TABLE` sees frames switched between the ports (taps) of a
 //!   bridge: it drops the frames of a partition.
 
@@ -144,6 +146,7 @@ pub fn render(desired: &Desired) -> String {
         );
     }
     s.push_str("\t}\n");
+    render_input(&mut s, &desired.networks);
     s.push_str("\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n");
     for network in desired.networks.iter().filter(|n| n.nat) {
         let _ = writeln!(
@@ -205,6 +208,47 @@ pub fn render(desired: &Desired) -> String {
     s.push_str("\t}\n");
     s.push_str("}\n");
     s
+}
+
+/// What a machine may reach on the host itself, that is, traffic coming in
+/// from a hearth bridge for one of the host's own addresses (the gateway's,
+/// the uplink's, or any other, since the host routes): the gateway's DNS
+/// server on port 53, a ping of the gateway, IPv6 neighbour discovery, and
+/// replies to connections the host opened (forwarded ports, `exec` over the
+/// network). Everything else is dropped and counted, so that a guest
+/// cannot reach a host service that listens on `0.0.0.0` or on its bridge's
+/// address. Other traffic to the host (from its uplink, its loopback) is
+/// not hearth's to filter and passes.
+fn render_input(s: &mut String, networks: &[NetworkRules]) {
+    s.push_str("\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n");
+    if !networks.is_empty() {
+        let bridges: Vec<&str> = networks.iter().map(|n| n.bridge.as_str()).collect();
+        let from = set(&bridges);
+        let _ = writeln!(
+            s,
+            "\t\tiifname {from} ct state established,related accept comment \"guests: replies to the host\""
+        );
+        let _ = writeln!(
+            s,
+            "\t\tiifname {from} icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} accept comment \"guests: address resolution\""
+        );
+        for network in networks {
+            let Some((address, _)) = parse_subnet(&network.subnet) else { continue };
+            let gateway = Ipv4Addr::from(u32::from(address) + 1);
+            let b = &network.bridge;
+            let _ = writeln!(
+                s,
+                "\t\tiifname \"{b}\" ip daddr {gateway} meta l4proto {{ tcp, udp }} th dport 53 accept comment \"guests on {b}: DNS\""
+            );
+            let _ = writeln!(
+                s,
+                "\t\tiifname \"{b}\" ip daddr {gateway} icmp type echo-request accept comment \"guests on {b}: ping the gateway\""
+            );
+        }
+        let _ =
+            writeln!(s, "\t\tiifname {from} counter drop comment \"guests reach nothing else on the host\"");
+    }
+    s.push_str("\t}\n");
 }
 
 /// `"a"` for one name, `{ "a", "b" }` for several.

@@ -140,6 +140,19 @@ async fn the_default_network_is_made_at_start_and_its_nat_reaches_the_outside() 
     let said = String::from_utf8_lossy(&ping.stdout);
     assert!(said.contains("3 received"), "the machine did not reach the outside through NAT:\n{said}\n{nat}");
 
+    // A host service listening on every address is out of the machine's
+    // reach, through its gateway's address as through any other.
+    let service = std::net::TcpListener::bind("0.0.0.0:0").expect("bind a host service");
+    let port = service.local_addr().expect("its address").port();
+    let connect = |to: &str| {
+        let script = format!("exec 3<>/dev/tcp/{to}/{port}");
+        let argv = ["netns", "exec", &machine, "timeout", "2", "bash", "-c", &script];
+        Command::new("ip").args(argv).status().expect("run bash in the machine's namespace").success()
+    };
+    assert!(!connect(&default.gateway), "the machine reached a host service on its gateway's address");
+    assert!(!connect(&host_side), "the machine reached a host service on another host address");
+    drop(service);
+
     // The daemon gone, nothing of it is left on the host.
     drop(daemon);
     drop(by_hand);

@@ -3,7 +3,8 @@
 
 use crate::support;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::time::Duration;
 
 use crate::support::{Lab, Machine, ping, sh};
 use hearth_net::firewall::{self, Desired, NetworkRules};
@@ -100,5 +101,78 @@ fn applying_twice_is_a_no_op_and_clear_removes_only_hearths_tables() {
         firewall::clear(&host, firewall::TABLE).expect("clear again");
         let tables = sh(&host, &["nft", "list", "tables"]);
         assert_eq!(tables.trim(), "table inet someone-else");
+    });
+}
+
+/// Runs `f` on a thread of its own inside `ns`; sockets made there stay in
+/// `ns` after it returns.
+fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                if let Netns::Named(name) = ns {
+                    let file = std::fs::File::open(format!("/run/netns/{name}")).expect("open the namespace");
+                    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .expect("enter the namespace");
+                }
+                f()
+            })
+            .join()
+            .expect("the thread in the namespace")
+    })
+}
+
+/// Whether a TCP connection from `ns` to `to` is set up within a second.
+fn connects(ns: &Netns, to: SocketAddr) -> bool {
+    in_netns(ns, || TcpStream::connect_timeout(&to, Duration::from_secs(1)).is_ok())
+}
+
+#[test]
+fn a_machine_reaches_the_gateways_dns_and_nothing_else_on_the_host() {
+    support::run(|lab| {
+        let gateway = Ipv4Addr::new(10, 86, 0, 1);
+        let host = lab.host_with_bridge("hb-i", gateway);
+        let machine = lab.machine("m", &host, "hb-i", "ht-m", Ipv4Addr::new(10, 86, 0, 10), Some(gateway));
+        // One more address of the host's own, as an uplink's would be.
+        let other = Ipv4Addr::new(10, 87, 0, 1);
+        sh(&host, &["ip", "addr", "add", &format!("{other}/32"), "dev", "lo"]);
+        // A host service on every address, and the gateway's DNS server.
+        let (service, dns_tcp, dns_udp) = in_netns(&host, || {
+            let service = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind a service");
+            let dns_tcp = TcpListener::bind((gateway, 53)).expect("bind DNS on TCP");
+            let dns_udp = UdpSocket::bind((gateway, 53)).expect("bind DNS on UDP");
+            (service, dns_tcp, dns_udp)
+        });
+        let port = service.local_addr().expect("the service's address").port();
+        assert!(
+            connects(&machine.ns, (gateway, port).into()),
+            "the service is reachable without the ruleset"
+        );
+
+        firewall::apply(&host, &desired(vec![network("hb-i", "10.86.0.0/24", true)])).expect("apply");
+        assert!(
+            !connects(&machine.ns, (gateway, port).into()),
+            "a host service through the gateway's address"
+        );
+        assert!(!connects(&machine.ns, (other, port).into()), "a host service through another host address");
+        assert!(connects(&machine.ns, (gateway, 53).into()), "DNS over TCP");
+        let asked = in_netns(&machine.ns, || {
+            let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind");
+            socket.send_to(b"query", (gateway, 53)).expect("send")
+        });
+        dns_udp.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+        let mut buf = [0u8; 16];
+        let (got, from) = dns_udp.recv_from(&mut buf).expect("the DNS server hears the machine");
+        assert_eq!((got, from.ip()), (asked, machine.ip.into()));
+        assert!(ping(&machine.ns, gateway, 2, "0.1").all_answered(), "the machine pings its gateway");
+        // The host still opens connections to the machine (forwarded ports,
+        // exec): the replies come back in.
+        let in_machine =
+            in_netns(&machine.ns, || TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind"));
+        let machine_port = in_machine.local_addr().expect("address").port();
+        assert!(connects(&host, (machine.ip, machine_port).into()), "the host reaches the machine");
+        let input = sh(&host, &["nft", "list", "chain", "inet", "hearth", "input"]);
+        assert!(!input.contains("counter packets 0 bytes 0 drop"), "the drops are counted: {input}");
+        drop((service, dns_tcp));
     });
 }

@@ -49,6 +49,18 @@ table inet hearth {
 		iifname "hb-other" oifname != "hb-other" accept comment "nat hb-other: out"
 		oifname "hb-other" ct state established,related accept comment "nat hb-other: replies"
 	}
+	chain input {
+		type filter hook input priority filter; policy accept;
+		iifname { "hb-default", "hb-lab", "hb-other" } ct state established,related accept comment "guests: replies to the host"
+		iifname { "hb-default", "hb-lab", "hb-other" } icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept comment "guests: address resolution"
+		iifname "hb-default" ip daddr 10.200.0.1 meta l4proto { tcp, udp } th dport 53 accept comment "guests on hb-default: DNS"
+		iifname "hb-default" ip daddr 10.200.0.1 icmp type echo-request accept comment "guests on hb-default: ping the gateway"
+		iifname "hb-lab" ip daddr 10.201.0.1 meta l4proto { tcp, udp } th dport 53 accept comment "guests on hb-lab: DNS"
+		iifname "hb-lab" ip daddr 10.201.0.1 icmp type echo-request accept comment "guests on hb-lab: ping the gateway"
+		iifname "hb-other" ip daddr 10.202.0.1 meta l4proto { tcp, udp } th dport 53 accept comment "guests on hb-other: DNS"
+		iifname "hb-other" ip daddr 10.202.0.1 icmp type echo-request accept comment "guests on hb-other: ping the gateway"
+		iifname { "hb-default", "hb-lab", "hb-other" } counter drop comment "guests reach nothing else on the host"
+	}
 	chain postrouting {
 		type nat hook postrouting priority srcnat; policy accept;
 		ip saddr 10.200.0.0/24 oifname != "hb-default" masquerade comment "nat hb-default"
@@ -82,7 +94,7 @@ fn the_script_for_nothing_still_refills_both_tables() {
     assert!(got.contains("table bridge hearth\nflush table bridge hearth\ntable bridge hearth {\n"), "{got}");
     // The same chains as with rules: a chain that went away would take its
     // hook, and with it every packet the delay line holds.
-    for chain in ["chain forward {", "chain postrouting {", "chain output {"] {
+    for chain in ["chain forward {", "chain input {", "chain postrouting {", "chain output {"] {
         assert!(got.contains(chain), "{chain} missing: {got}");
     }
     assert!(!got.contains("drop") && !got.contains("masquerade"), "{got}");
