@@ -522,7 +522,8 @@ async fn bare_boot(backend: Backend, mut config: VmConfig) -> anyhow::Result<Dur
     let dir = tempfile::Builder::new().prefix("hearth-bench-").tempdir()?;
     config.dir = dir.path().to_owned();
     let console = VmFiles::in_dir(dir.path()).console;
-    let argv = in_foreground(qemu::args(backend, &config)?);
+    // hearth's own arguments, but no user to drop to: bare QEMU as it is run by hand.
+    let argv = qemu::args(backend, &config, &qemu::Confinement::default())?;
     let started = Instant::now();
     let mut child = tokio::process::Command::new(qemu::BINARY)
         .args(&argv)
@@ -553,22 +554,6 @@ async fn bare_boot(backend: Backend, mut config: VmConfig) -> anyhow::Result<Dur
     let _ = child.start_kill();
     let _ = child.wait().await;
     outcome
-}
-
-/// hearth's QEMU arguments for a child we wait on: no detaching, no pid file.
-fn in_foreground(args: Vec<String>) -> Vec<String> {
-    let mut kept = Vec::with_capacity(args.len());
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "-daemonize" => {}
-            "-pidfile" => {
-                args.next();
-            }
-            _ => kept.push(arg),
-        }
-    }
-    kept
 }
 
 fn render(r: &Report) -> String {
@@ -629,7 +614,7 @@ fn render(r: &Report) -> String {
     out.push_str(&table.render());
     if let Figure::Measured(b) = &r.bare_boot {
         out.push_str(&format!(
-            "\nbare QEMU: hearth's {} arguments without -daemonize/-pidfile and without a disk, timed from spawn to {:?} on the console;\n  kernel {}\n  initrd {}\n  from {}\n",
+            "\nbare QEMU: hearth's {} arguments without -runas and without a disk, timed from spawn to {:?} on the console;\n  kernel {}\n  initrd {}\n  from {}\n",
             b.backend,
             b.until,
             b.kernel.display(),
@@ -676,10 +661,8 @@ mod tests {
             memory_mib: 512,
             nics: vec![],
         };
-        let hearths = qemu::args(Backend::QemuTcg, &config).expect("args");
-        let bare = in_foreground(hearths.clone());
-        assert!(!bare.iter().any(|a| a == "-daemonize" || a == "-pidfile" || a == "/t/vm.pid"), "{bare:?}");
-        assert_eq!(bare.len(), hearths.len() - 3);
+        let bare = qemu::args(Backend::QemuTcg, &config, &qemu::Confinement::default()).expect("args");
+        assert!(!bare.iter().any(|a| a == "-daemonize" || a == "-runas"), "{bare:?}");
         assert_eq!(payload_in_argv(&bare), Some(("/k/vmlinuz".into(), "/k/initrd".into())));
         assert_eq!(payload_in_argv(&["qemu".to_owned(), "-kernel".to_owned()]), None);
     }

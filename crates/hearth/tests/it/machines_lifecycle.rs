@@ -24,6 +24,19 @@ async fn a_machine_runs_execs_copies_stops_starts_and_leaves_nothing_when_remove
     let m = daemon.client().machine("n1").await.expect("machine");
     assert_eq!(m.state, "running");
     assert!(m.boot_ms.is_some() && m.pid.is_some(), "{m:?}");
+    // Its VMM runs confined: as the unprivileged VMM user, under a seccomp
+    // filter, with no capability left.
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", m.pid.expect("pid"))).expect("the VMM's status");
+    let field = |name: &str| {
+        let line =
+            status.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} in {status}"));
+        line[name.len()..].split_whitespace().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let vmm_uid = hearth_machines_uid();
+    assert_eq!(field("Uid:"), vec![vmm_uid.clone(); 4], "real, effective, saved and fs uids: {status}");
+    assert_eq!(field("Seccomp:"), vec!["2".to_owned()], "a seccomp filter: {status}");
+    assert_eq!(field("CapEff:"), vec!["0000000000000000".to_owned()], "no capability: {status}");
 
     // Exit codes, stdout and stderr apart.
     let run = daemon.cli(&["machine", "exec", "n1", "--", "sh", "-c", "echo out; echo err >&2; exit 7"]);
@@ -213,4 +226,11 @@ async fn bad_machine_requests_are_refused_clearly_and_leave_nothing() {
     assert!(dirs.is_empty(), "{dirs:?}");
     let err = failure(&daemon.cli(&["machine", "rm", "taken"]));
     assert!(err.contains("does not exist"), "{err}");
+}
+
+/// The uid of `hearth-vmm`, the user VMMs drop to.
+fn hearth_machines_uid() -> String {
+    let out = std::process::Command::new("id").args(["-u", "hearth-vmm"]).output().expect("run id");
+    assert!(out.status.success(), "the daemon made no user hearth-vmm for its VMMs");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }

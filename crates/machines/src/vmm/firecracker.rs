@@ -2,7 +2,7 @@
 //!
 //! A machine's Firecracker runs as a detached process (its own session, the
 //! guest's serial console on its stdout, into `console.log`), with its pid
-//! in `vm.pid`, so it outlives the daemon as QEMU's `-daemonize` does. It is
+//! in `vm.pid`, so it outlives the daemon, as QEMU does. It is
 //! configured over its HTTP API on `control.sock` ([`Api`]): boot source,
 //! machine size, the root drive, network interfaces and a vsock, then
 //! `InstanceStart`. The guest agent listens on vsock port
@@ -28,7 +28,7 @@ pub use hearth_agent::cmdline::DEFAULT_VSOCK_PORT;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{Error, VmConfig, VmFiles, process_name};
+use super::{Error, VmConfig, VmFiles, detach, log_tail, process_name};
 
 /// The Firecracker binary, looked up on `PATH`.
 pub const BINARY: &str = "firecracker";
@@ -431,7 +431,7 @@ pub fn spawn(binary: &Path, config: &VmConfig) -> Result<Child, Error> {
         .stdin(Stdio::null())
         .stdout(console)
         .stderr(errors);
-    detach(&mut command);
+    detach(&mut command, Vec::new());
     let mut child = command.spawn().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Error::Missing(BINARY),
         _ => Error::Io { path: binary.to_owned(), source: e },
@@ -467,28 +467,6 @@ pub fn spawn(binary: &Path, config: &VmConfig) -> Result<Child, Error> {
             });
         }
         std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Puts the child in a session of its own, so that it outlives the
-/// daemon and no terminal signal for the daemon reaches it.
-#[allow(unsafe_code)]
-fn detach(command: &mut Command) {
-    // SAFETY: the closure runs in the forked child before exec and calls
-    // only setsid(2), which is async-signal-safe and touches no memory of
-    // the parent.
-    unsafe {
-        command.pre_exec(|| nix::unistd::setsid().map(drop).map_err(std::io::Error::from));
-    }
-}
-
-/// The last lines Firecracker logged, for error messages.
-fn log_tail(log: &Path) -> String {
-    let text = std::fs::read(log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-    match &lines[lines.len().saturating_sub(3)..] {
-        [] => "it logged nothing".to_owned(),
-        tail => tail.join(" | "),
     }
 }
 

@@ -2,8 +2,8 @@
 //! again after a daemon restart, and stopped.
 //!
 //! Every backend runs the VM as a detached process that outlives the daemon
-//! (QEMU's `-daemonize`; Firecracker in a session of its own), writes its pid to `vm.pid` in the machine's
-//! directory, and exposes the guest agent and its control channel as Unix
+//! (in a session of its own, reaped by the daemon while it lives), writes
+//! its pid to `vm.pid` in the machine's directory, and exposes the guest agent and its control channel as Unix
 //! sockets there. The daemon holds no state that the directory and the store
 //! do not also hold, so a restarted daemon can adopt running machines.
 
@@ -11,7 +11,10 @@ pub mod firecracker;
 pub mod qemu;
 pub mod qmp;
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -163,4 +166,87 @@ pub fn process_name(name: &str) -> String {
 pub fn signal(pid: u32, signal: nix::sys::signal::Signal) -> bool {
     let Ok(raw) = i32::try_from(pid) else { return false };
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), signal).is_ok()
+}
+
+/// Puts the child in a session of its own, so that it outlives the
+/// daemon and no terminal signal for the daemon reaches it. Each
+/// descriptor in `inherit` stays open across exec in the child, under the
+/// same number (in the parent, as everywhere else, it stays close-on-exec,
+/// so no other child gets it).
+#[allow(unsafe_code)]
+pub(crate) fn detach(command: &mut Command, inherit: Vec<std::os::fd::RawFd>) {
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+    use std::os::fd::BorrowedFd;
+    // SAFETY: the closure runs in the forked child before exec and calls
+    // only setsid(2) and fcntl(2), which are async-signal-safe; it reads the
+    // captured list and allocates nothing. The caller keeps each inherited
+    // descriptor open until `spawn` returns, so each is valid in the child.
+    unsafe {
+        command.pre_exec(move || {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            for &fd in &inherit {
+                fcntl(BorrowedFd::borrow_raw(fd), FcntlArg::F_SETFD(FdFlag::empty()))
+                    .map_err(std::io::Error::from)?;
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The last lines a VMM logged, for error messages.
+pub(crate) fn log_tail(log: &Path) -> String {
+    let text = std::fs::read(log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    match &lines[lines.len().saturating_sub(3)..] {
+        [] => "it logged nothing".to_owned(),
+        tail => tail.join(" | "),
+    }
+}
+
+/// The user a VMM runs as once it has opened what it needs, when the
+/// daemon runs as root: a system user of hearth's own, with no home, no
+/// shell and no other rights, so that a guest that breaks out of its VMM
+/// holds none of the daemon's privileges. Made at first need (as Docker
+/// makes `dockremap`).
+pub const VMM_USER: &str = "hearth-vmm";
+
+/// [`VMM_USER`] when this process is root, made if missing; `None` when the
+/// daemon itself is unprivileged, so that its VMMs already are.
+pub fn vmm_user() -> Result<Option<&'static str>, Error> {
+    static MADE: Mutex<bool> = Mutex::new(false);
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+    if *made || user_exists(VMM_USER) {
+        *made = true;
+        return Ok(Some(VMM_USER));
+    }
+    let output = Command::new("useradd")
+        .args(["--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent"])
+        .args(["--shell", "/usr/sbin/nologin", "--comment", "hearth VMMs", VMM_USER])
+        .output();
+    let problem = match output {
+        Ok(out) if out.status.success() || user_exists(VMM_USER) => None,
+        Ok(out) => Some(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
+        Err(e) => Some(e.to_string()),
+    };
+    match problem {
+        None => {
+            tracing::info!(user = VMM_USER, "Made the system user that VMMs run as.");
+            *made = true;
+            Ok(Some(VMM_USER))
+        }
+        Some(why) => Err(Error::Start {
+            vmm: "qemu",
+            message: format!(
+                "cannot make the system user {VMM_USER} that VMMs run as ({why}); make it with \
+                 `useradd --system --user-group --no-create-home --shell /usr/sbin/nologin {VMM_USER}`"
+            ),
+        }),
+    }
+}
+
+fn user_exists(name: &str) -> bool {
+    nix::unistd::User::from_name(name).is_ok_and(|u| u.is_some())
 }

@@ -1,6 +1,7 @@
 //! A minimal QMP client: QEMU's JSON control protocol on a Unix socket.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, IoSlice, Write};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -34,13 +35,39 @@ impl Qmp {
     /// Runs a command and returns its `return` value; asynchronous events
     /// that arrive meanwhile are skipped.
     pub fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value, Error> {
-        let mut request = json!({ "execute": command });
-        if let Some(arguments) = arguments {
-            request["arguments"] = arguments;
-        }
-        let mut line = request.to_string();
-        line.push('\n');
+        let line = request(command, arguments);
         self.writer.write_all(line.as_bytes()).map_err(|e| Error::Control(format!("{command}: {e}")))?;
+        self.reply(command)
+    }
+
+    /// Hands QEMU an open file under `name` (QMP `getfd`, the descriptor
+    /// passed alongside the command), for URIs such as `fd:NAME`. QEMU
+    /// itself may then open nothing: it runs as an unprivileged user that
+    /// cannot reach the machine's directory, under a seccomp filter that
+    /// forbids spawning a helper.
+    pub fn pass_fd(&mut self, name: &str, fd: BorrowedFd<'_>) -> Result<(), Error> {
+        use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+        let line = request("getfd", Some(json!({ "fdname": name })));
+        let fds = [fd.as_raw_fd()];
+        let sent = sendmsg::<()>(
+            self.writer.as_raw_fd(),
+            &[IoSlice::new(line.as_bytes())],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        )
+        .map_err(|e| Error::Control(format!("getfd: {e}")))?;
+        if sent != line.len() {
+            // The descriptor went with the first byte; the rest follows.
+            self.writer
+                .write_all(&line.as_bytes()[sent..])
+                .map_err(|e| Error::Control(format!("getfd: {e}")))?;
+        }
+        self.reply("getfd").map(drop)
+    }
+
+    /// Reads until the reply to `command`.
+    fn reply(&mut self, command: &str) -> Result<Value, Error> {
         loop {
             let reply = self.read()?;
             if let Some(value) = reply.get("return") {
@@ -61,4 +88,15 @@ impl Qmp {
         }
         serde_json::from_str(&line).map_err(|e| Error::Control(format!("bad reply {line:?}: {e}")))
     }
+}
+
+/// One command as QMP reads it: a JSON object on a line.
+fn request(command: &str, arguments: Option<Value>) -> String {
+    let mut request = json!({ "execute": command });
+    if let Some(arguments) = arguments {
+        request["arguments"] = arguments;
+    }
+    let mut line = request.to_string();
+    line.push('\n');
+    line
 }

@@ -44,31 +44,32 @@ fn the_kvm_machine_model_gives_the_agent_its_port() {
         memory_mib: 256,
         nics: vec![],
     };
-    let mut args = qemu::args(Backend::QemuKvm, &config).unwrap();
+    let mut args = qemu::args(Backend::QemuKvm, &config, &qemu::Confinement::default()).unwrap();
     let at = |flag: &str| args.iter().position(|a| a == flag).unwrap() + 1;
     let (accel, cpu) = (at("-accel"), at("-cpu"));
     assert_eq!((args[accel].as_str(), args[cpu].as_str()), ("kvm", "host"));
     args[accel] = "tcg".into();
     args[cpu] = "max".into();
-    let status = std::process::Command::new("qemu-system-x86_64")
+    // hearth's arguments keep QEMU in the foreground: a child to kill after.
+    let mut qemu = std::process::Command::new("qemu-system-x86_64")
         .args(&args)
         .current_dir(dir.path())
-        .status()
+        .stdin(std::process::Stdio::null())
+        .spawn()
         .expect("run qemu-system-x86_64");
-    assert!(status.success(), "QEMU did not start: {args:?}");
 
     let files = VmFiles::in_dir(dir.path());
     let deadline = Instant::now() + Duration::from_secs(120);
     let console = loop {
         let console = std::fs::read_to_string(&files.console).unwrap_or_default();
-        if console.contains("hearth-agent: ready") || Instant::now() > deadline {
+        let exited = qemu.try_wait().expect("wait for QEMU");
+        if console.contains("hearth-agent: ready") || exited.is_some() || Instant::now() > deadline {
             break console;
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    if let Ok(pid) = std::fs::read_to_string(&files.pid) {
-        let _ = std::process::Command::new("kill").args(["-KILL", pid.trim()]).status();
-    }
+    let _ = qemu.kill();
+    let _ = qemu.wait();
     assert!(
         console.contains("hearth-agent: ready"),
         "the agent did not get its port on microvm: {}",
