@@ -26,11 +26,12 @@ set -euo pipefail
 #                            (iptables-restore, iptables-save).
 #   iputils-ping:            the network tests ping between namespaces.
 #   python3:                 the Firecracker tests' stand-in firecracker.
+#   python3-venv:            a virtual environment for schemathesis (below).
 #   wrk:                     the load generator of `hearth bench apps`.
 #   openssh-client:          ssh and ssh-keygen, for `hearth machine ssh`.
 packages=(gcc libc6-dev procps qemu-system-x86 qemu-utils e2fsprogs debootstrap xz-utils lz4
           skopeo umoci docker-registry busybox-static cpio openssl iproute2 nftables iptables
-          iputils-ping python3 wrk openssh-client)
+          iputils-ping python3 python3-venv wrk openssh-client)
 
 # Rust targets: the guest agent is a static musl binary; apps and workflows
 # are WebAssembly components.
@@ -91,3 +92,15 @@ if command -v rustup >/dev/null; then
 else
   say "rustup not found: skipping targets ${targets[*]} (needed later for guests and apps)"
 fi
+
+# schemathesis, from PyPI, in a virtual environment of its own: `make test`
+# runs it against the daemon's OpenAPI document (scripts/schemathesis.sh).
+SCHEMATHESIS_VERSION=4.32.5
+st_env=${XDG_CACHE_HOME:-$HOME/.cache}/hearth/schemathesis
+if ! "$st_env/bin/st" --version 2>/dev/null | grep -q "version $SCHEMATHESIS_VERSION\$"; then
+  say "installing schemathesis $SCHEMATHESIS_VERSION into $st_env"
+  rm -rf "$st_env"
+  python3 -m venv "$st_env"
+  "$st_env/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+say "schemathesis present: $st_env"
