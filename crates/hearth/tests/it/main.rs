@@ -14,6 +14,7 @@ mod apps_cli;
 mod apps_triggers;
 mod cli;
 mod daemon_lifecycle;
+mod events_secrets;
 mod events_stream;
 mod labs;
 mod machines_disk;
