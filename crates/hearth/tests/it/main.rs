@@ -10,6 +10,7 @@ mod machines_support;
 mod workflows_support;
 
 mod api_errors;
+mod api_limits;
 mod apps_cli;
 mod apps_triggers;
 mod cli;
