@@ -74,9 +74,14 @@ impl std::error::Error for ApiError {}
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let unauthorized = self.status == StatusCode::UNAUTHORIZED;
+        // `busy` is a limit on work in flight: it passes in a moment.
+        let busy = self.status == StatusCode::SERVICE_UNAVAILABLE && self.detail.code == "busy";
         let mut response = (self.status, axum::Json(ErrorBody { error: self.detail })).into_response();
         if unauthorized {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if busy {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }

@@ -38,7 +38,7 @@ use crate::server::{
         networks::faults, networks::create_fault, networks::heal, networks::heal_all,
         crate::labs::list, crate::labs::get, crate::labs::put, crate::labs::remove,
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &Limits),
     security(("bearer" = [])),
     tags(
         (name = "system", description = "The daemon itself"),
@@ -65,6 +65,85 @@ impl utoipa::Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// What every operation may answer beyond its own responses, and the
+/// limits the daemon checks on path parameters: written once here, so the
+/// document cannot forget an operation.
+struct Limits;
+
+impl utoipa::Modify for Limits {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            for operation in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+                &mut item.head,
+                &mut item.options,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                limit_operation(path, operation);
+            }
+        }
+    }
+}
+
+fn error_response(description: &str) -> utoipa::openapi::RefOr<utoipa::openapi::Response> {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let content = ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build();
+    ResponseBuilder::new().description(description).content("application/json", content).build().into()
+}
+
+fn limit_operation(path: &str, operation: &mut utoipa::openapi::path::Operation) {
+    use utoipa::openapi::path::ParameterIn;
+    use utoipa::openapi::{RefOr, Schema};
+
+    let responses = &mut operation.responses.responses;
+    let mut add = |status: &str, description: &str| {
+        responses.entry(status.to_owned()).or_insert_with(|| error_response(description));
+    };
+    add("401", "No valid bearer token: on TCP every request needs `Authorization: Bearer TOKEN`");
+    if operation.request_body.is_some() {
+        add(
+            "413",
+            "The body is over the endpoint's limit (1 MiB of JSON; deploys: 90 MiB for apps, 45 MiB for workflows)",
+        );
+        add("415", "The body is not `application/json`");
+    }
+    if path.contains('{') {
+        add("400", "A path parameter is too long, not UTF-8, or not a valid name");
+    }
+    for parameter in operation.parameters.iter_mut().flatten() {
+        if parameter.parameter_in != ParameterIn::Path {
+            continue;
+        }
+        let Some(RefOr::T(Schema::Object(schema))) = parameter.schema.as_mut() else { continue };
+        let (max, pattern) = path_limit(path, &parameter.name);
+        schema.max_length = max;
+        schema.pattern = pattern.map(str::to_owned);
+    }
+}
+
+/// The longest value and the pattern of a path parameter, as the daemon
+/// checks them (`extract::ApiPath`, the store's key limit, the name rules).
+fn path_limit(path: &str, parameter: &str) -> (Option<usize>, Option<&'static str>) {
+    const LABEL: &str = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
+    const RUN_ID: &str = "^[A-Za-z0-9_:-][A-Za-z0-9._:-]{0,127}$";
+    let checked = ["/v1/apps/", "/v1/workflows/", "/v1/runs/"].iter().any(|p| path.starts_with(p));
+    match parameter {
+        "key" if path.starts_with("/v1/kv/") => {
+            (Some(hearth_store::limits::MAX_KEY_LEN - crate::server::kv::NAMESPACE.len()), None)
+        }
+        "name" if checked => (Some(63), Some(LABEL)),
+        "id" if path.starts_with("/v1/runs/") => (Some(128), Some(RUN_ID)),
+        _ if checked => (Some(crate::extract::MAX_PATH_PARAM), None),
+        _ => (None, None),
     }
 }
 

@@ -281,6 +281,7 @@ fn ensure_token(data_dir: &Path) -> anyhow::Result<String> {
             Ok(token)
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            check_token_mode(&path)?;
             let token = paths::read_token(data_dir)?;
             if token.len() < 32 {
                 bail!(
@@ -292,6 +293,30 @@ fn ensure_token(data_dir: &Path) -> anyhow::Result<String> {
         }
         Err(e) => Err(e).with_context(|| format!("cannot create the API token file {}", path.display())),
     }
+}
+
+/// Refuses a token file that another user owns or that group or others
+/// may read or write, as sshd refuses such a key file: the token may
+/// already have leaked, which quietly tightening the mode would hide.
+fn check_token_mode(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mode = meta.mode() & 0o777;
+    let uid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != uid {
+        bail!(
+            "the API token file {} belongs to uid {}, not to this daemon's user (uid {uid}): delete it to get a new token on restart",
+            path.display(),
+            meta.uid()
+        );
+    }
+    if mode & 0o077 != 0 {
+        bail!(
+            "the API token file {} has mode {mode:04o}, so other users may have read it: delete it to get a new token on restart (clients then need the new one), or `chmod 600` it if you are sure it has not leaked",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 fn parse_prefix(text: &str) -> Result<String, String> {

@@ -1,12 +1,18 @@
-//! What triggers must never hand on: store keys that hold secrets, and the
-//! secrets written in a manifest.
+//! What must never be handed on: store keys that hold secrets, the secrets
+//! written in a manifest, and the secrets inside any record.
 //!
-//! An event trigger passes each change's value to an app or a workflow, and
-//! a manifest is shown back to whoever reads the app or workflow. Webhook
-//! secrets and app secrets live in a few places in the store; changes there
-//! reach no event trigger, whatever its prefix, and a manifest is shown
-//! with its webhooks' secrets masked.
+//! An event trigger passes each change's value to an app or a workflow, the
+//! events API shows every change to its client, and a manifest is shown
+//! back to whoever reads the app or workflow. Webhook secrets and app
+//! secrets live in a few places in the store; changes there reach no event
+//! trigger, whatever its prefix; [`redact`] is what any reader of a stored
+//! value is shown; and a manifest is shown with its secrets masked.
+//!
+//! A new kind of secret is covered without being listed here if it follows
+//! the conventions [`redact`] states: a namespace with a `secrets` segment,
+//! or a field named `secret` (or `…_secret`, `password`, `…_password`).
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use toml::de::{DeTable, DeValue};
@@ -35,10 +41,26 @@ pub fn only_secrets(prefix: &str) -> bool {
 /// What a secret is shown as.
 pub const MASK: &str = "(hidden)";
 
-/// `manifest` with the `secret` of every `[[webhook]]` replaced by
-/// [`MASK`], everything else (comments, layout) as written. A manifest that
-/// does not parse is shown as nothing but a note, since where its secrets
-/// are cannot be told.
+/// Whether a field of that name holds a secret, in a record (JSON) or a
+/// manifest (TOML): `secret`, `password`, or a name ending in `_secret` or
+/// `_password`. A field that holds secret *names* (`secrets = ["TOKEN"]`)
+/// is not one.
+pub fn is_secret_field(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name == "secret" || name == "password" || name.ends_with("_secret") || name.ends_with("_password")
+}
+
+/// Whether a field of that name holds a manifest's text, which may hold
+/// secrets of its own.
+fn is_manifest_field(name: &str) -> bool {
+    name == "manifest" || name == "manifest_text"
+}
+
+/// `manifest` with the value of every secret field ([`is_secret_field`]:
+/// a `[[webhook]]`'s `secret`, at any depth) replaced by [`MASK`],
+/// everything else (comments, layout) as written. A manifest that does not
+/// parse is shown as nothing but a note, since where its secrets are
+/// cannot be told.
 pub fn redact_secrets(manifest: &str) -> String {
     let table = match DeTable::parse(manifest) {
         Ok(t) => t,
@@ -47,20 +69,7 @@ pub fn redact_secrets(manifest: &str) -> String {
         }
     };
     let mut spans: Vec<Range<usize>> = Vec::new();
-    if let Some(webhooks) = table.get_ref().get("webhook") {
-        let hooks: Vec<&DeValue<'_>> = match webhooks.get_ref() {
-            DeValue::Array(items) => items.iter().map(|v| v.get_ref()).collect(),
-            table @ DeValue::Table(_) => vec![table],
-            _ => Vec::new(),
-        };
-        for hook in hooks {
-            if let DeValue::Table(t) = hook
-                && let Some(secret) = t.get("secret")
-            {
-                spans.push(secret.span());
-            }
-        }
-    }
+    secret_spans(table.get_ref(), &mut spans);
     if spans.is_empty() {
         return manifest.to_owned();
     }
@@ -77,6 +86,107 @@ pub fn redact_secrets(manifest: &str) -> String {
     }
     out.push_str(&manifest[at..]);
     out
+}
+
+/// The spans of the values of every secret field in `table`, at any depth.
+fn secret_spans(table: &DeTable<'_>, spans: &mut Vec<Range<usize>>) {
+    fn walk(value: &DeValue<'_>, spans: &mut Vec<Range<usize>>) {
+        match value {
+            DeValue::Table(t) => secret_spans(t, spans),
+            DeValue::Array(items) => items.iter().for_each(|v| walk(v.get_ref(), spans)),
+            _ => {}
+        }
+    }
+    for (key, value) in table.iter() {
+        if is_secret_field(key.get_ref()) {
+            spans.push(value.span());
+        } else {
+            walk(value.get_ref(), spans);
+        }
+    }
+}
+
+/// A stored value as anyone outside the store is shown it (the events API,
+/// as a list and as a stream). The policy, in order:
+///
+/// 1. A value in the user's key space (`kv/`) is shown as written: it is
+///    the user's own data, which `/v1/kv` shows the same client.
+/// 2. A value under a key with a `secrets` segment (`apps/secrets/web/TOKEN`)
+///    is shown as [`MASK`] whole.
+/// 3. A JSON value has every secret field ([`is_secret_field`]) masked, at
+///    any depth, and every manifest's text (a string field named
+///    `manifest` or `manifest_text`) shown as [`redact_secrets`] shows it.
+/// 4. A value under a key known to hold secrets ([`SECRET_PREFIXES`]) that
+///    is not JSON is shown as [`MASK`] whole, since where its secrets are
+///    cannot be told.
+/// 5. Any other value is shown as written.
+///
+/// A value with nothing to hide is returned as is, byte for byte.
+pub fn redact<'v>(key: &str, value: &'v [u8]) -> Cow<'v, [u8]> {
+    if key.starts_with("kv/") {
+        return Cow::Borrowed(value);
+    }
+    let mut segments = key.split('/');
+    // The last segment is the value's own name, not a namespace.
+    segments.next_back();
+    if segments.any(|s| s == "secrets") {
+        return Cow::Owned(MASK.as_bytes().to_vec());
+    }
+    match redact_json(value) {
+        Some(Ok(shown)) => shown,
+        // Not JSON.
+        _ if is_secret_key(key) => Cow::Owned(MASK.as_bytes().to_vec()),
+        _ => Cow::Borrowed(value),
+    }
+}
+
+/// `value` with its secrets masked if it is JSON (`Some(Ok)`), `Some(Err)`
+/// if it looks like JSON but does not parse, `None` if it is not JSON.
+fn redact_json(value: &[u8]) -> Option<Result<Cow<'_, [u8]>, ()>> {
+    let first = value.iter().find(|b| !b.is_ascii_whitespace())?;
+    if *first != b'{' && *first != b'[' {
+        return None;
+    }
+    // Most records hold nothing to hide: skip parsing those. An escape
+    // could spell a field name, so a value with one is always parsed.
+    let mentions = |word: &[u8]| value.windows(word.len()).any(|w| w.eq_ignore_ascii_case(word));
+    if !["secret", "password", "manifest", "\\u"].iter().any(|w| mentions(w.as_bytes())) {
+        return Some(Ok(Cow::Borrowed(value)));
+    }
+    let Ok(mut json) = serde_json::from_slice::<serde_json::Value>(value) else { return Some(Err(())) };
+    if !mask_json(&mut json) {
+        return Some(Ok(Cow::Borrowed(value)));
+    }
+    Some(serde_json::to_vec(&json).map(Cow::Owned).map_err(|_| ()))
+}
+
+/// Masks the secrets in `value`; whether it changed anything.
+fn mask_json(value: &mut serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::Object(fields) => {
+            let mut changed = false;
+            for (name, field) in fields.iter_mut() {
+                if is_secret_field(name) {
+                    if !field.is_null() {
+                        *field = Value::String(MASK.into());
+                        changed = true;
+                    }
+                } else if let (true, Value::String(text)) = (is_manifest_field(name), &*field) {
+                    let shown = redact_secrets(text);
+                    if shown != *text {
+                        *field = Value::String(shown);
+                        changed = true;
+                    }
+                } else {
+                    changed |= mask_json(field);
+                }
+            }
+            changed
+        }
+        Value::Array(items) => items.iter_mut().fold(false, |changed, item| mask_json(item) | changed),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -114,5 +224,97 @@ mod tests {
             only_secrets("apps/secrets") && only_secrets("apps/s") && only_secrets("workflows/triggers/x")
         );
         assert!(!only_secrets("apps/") && !only_secrets("machines/") && !only_secrets("a"));
+    }
+
+    // `redact`'s policy, one test per sentence.
+
+    fn shown(key: &str, value: &str) -> String {
+        String::from_utf8(redact(key, value.as_bytes()).into_owned()).unwrap()
+    }
+
+    #[test]
+    fn a_value_in_the_user_key_space_is_shown_as_written() {
+        let value = r#"{"secret": "mine", "password": "also mine"}"#;
+        assert_eq!(shown("kv/app/config", value), value);
+        assert_eq!(shown("kv/secrets/a", "hunter2"), "hunter2");
+    }
+
+    #[test]
+    fn a_value_under_a_key_with_a_secrets_segment_is_masked_whole() {
+        assert_eq!(shown("apps/secrets/web/TOKEN", "hunter2"), MASK);
+        assert_eq!(shown("apps/secrets/web/TOKEN", r#"{"a": 1}"#), MASK);
+        // A later namespace of secrets is covered without being listed.
+        assert_eq!(shown("config/secrets/prod/db", "hunter2"), MASK);
+        // The segment must be a namespace, not the value's own name.
+        assert_eq!(shown("workflows/output/secrets", "42"), "42");
+    }
+
+    #[test]
+    fn a_json_value_has_every_secret_field_masked_at_any_depth() {
+        let trigger =
+            r#"{"id":"t-1","spec":{"kind":"webhook","path":"/gh","secret":"hunter2"},"created_at":1}"#;
+        let out = shown("workflows/triggers/flow/t-1", trigger);
+        assert!(!out.contains("hunter2") && out.contains(MASK), "{out}");
+        let back: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(back["spec"]["path"], "/gh");
+        // Anywhere in the store, under any later field of that kind.
+        let later = r#"[{"db": {"admin_password": "pw1", "Client_Secret": "cs2", "user": "u"}}]"#;
+        let out = shown("registry/services/db", later);
+        assert!(!out.contains("pw1") && !out.contains("cs2") && out.contains("\"u\""), "{out}");
+        // Escapes do not hide a field name.
+        let escaped = r#"{"secr\u0065t": "hunter2"}"#;
+        assert!(!shown("apps/triggers/web/t-2", escaped).contains("hunter2"));
+        // An absent secret stays absent: `signed` can still be told.
+        let unsigned = r#"{"spec":{"path":"/open","secret":null}}"#;
+        assert_eq!(shown("apps/triggers/web/t-3", unsigned), unsigned);
+    }
+
+    #[test]
+    fn a_json_value_has_its_manifest_text_shown_with_secrets_masked() {
+        let record = serde_json::json!({
+            "name": "web",
+            "versions": [{
+                "manifest": {"webhooks": [{"path": "/gh", "secret": "hunter2"}], "secrets": ["TOKEN"]},
+                "manifest_text": "[[webhook]]\npath = \"/gh\"\nsecret = \"hunter2\"\n",
+            }],
+        })
+        .to_string();
+        let out = shown("apps/records/web", &record);
+        assert!(!out.contains("hunter2"), "{out}");
+        let back: serde_json::Value = serde_json::from_str(&out).unwrap();
+        // Secret names are not secrets.
+        assert_eq!(back["versions"][0]["manifest"]["secrets"][0], "TOKEN");
+        assert!(back["versions"][0]["manifest_text"].as_str().unwrap().contains("path = \"/gh\""));
+        let def = r#"{"versions":[{"manifest":"[[webhook]]\nsecret = 'hunter2'\n"}]}"#;
+        assert!(!shown("workflows/defs/flow", def).contains("hunter2"));
+    }
+
+    #[test]
+    fn a_value_under_a_key_known_to_hold_secrets_that_is_not_json_is_masked_whole() {
+        assert_eq!(shown("apps/records/web", "secret = \"hunter2\""), MASK);
+        assert_eq!(shown("workflows/defs/flow", "{ not json secret"), MASK);
+    }
+
+    #[test]
+    fn any_other_value_is_shown_as_written() {
+        assert_eq!(shown("machines/n1", "not json"), "not json");
+        let record = r#"{"name":"n1","state":"running"}"#;
+        assert_eq!(shown("machines/n1", record), record);
+    }
+
+    #[test]
+    fn a_value_with_nothing_to_hide_is_returned_as_is() {
+        let record = br#"{ "name" : "web",  "secret" : null }"#;
+        assert!(matches!(redact("apps/records/web", record), Cow::Borrowed(_)));
+        let run = br#"{"id":"r1","input":{"n":1}}"#;
+        assert!(matches!(redact("workflows/runs/r1", run), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn manifest_secrets_are_masked_at_any_depth() {
+        let text = "[db]\nadmin_password = \"pw\"\n[[webhook]]\npath = \"/a\"\nsecret = \"s\"\n";
+        let out = redact_secrets(text);
+        assert!(!out.contains("\"pw\"") && !out.contains("\"s\""), "{out}");
+        assert!(out.contains("[db]") && out.contains("path = \"/a\""), "{out}");
     }
 }

@@ -3,8 +3,8 @@
 use std::convert::Infallible;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
@@ -15,7 +15,7 @@ use hearth_client::types::{
 
 use super::AppState;
 use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiQuery, component_bytes, deploy_body};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, component_bytes, deploy_body};
 
 /// The largest deploy request: a component of up to 64 MiB, base64-encoded.
 const MAX_DEPLOY_BODY: usize = 90 << 20;
@@ -56,7 +56,7 @@ pub(crate) async fn list(State(state): State<AppState>) -> Result<axum::Json<App
     params(("name" = String, Path)), responses((status = 200, body = AppDetail), (status = 404, body = ErrorBody)))]
 pub(crate) async fn get(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<axum::Json<AppDetail>, ApiError> {
     let info = state.apps().get(&name).await?;
     Ok(axum::Json(AppDetail {
@@ -73,10 +73,13 @@ pub(crate) async fn get(
         (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub(crate) async fn deploy(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<axum::Json<DeployResult>, ApiError> {
-    let request: DeployApp = deploy_body(body, MAX_DEPLOY_BODY, "components are limited to 64 MiB").await?;
+    let (request, _held): (DeployApp, _) =
+        deploy_body(&headers, body, MAX_DEPLOY_BODY, "components are limited to 64 MiB", state.deploys())
+            .await?;
     let component = component_bytes(&request.component_base64)?;
     let routes =
         request.routes.iter().map(|r| hearth_apps::Route::parse(r)).collect::<Result<Vec<_>, _>>()?;
@@ -96,7 +99,7 @@ pub(crate) async fn deploy(
     responses((status = 200, body = AppVersion), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(crate) async fn rollback(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<Rollback>,
 ) -> Result<axum::Json<AppVersion>, ApiError> {
     let v = state.apps().rollback(&name, body.to).await?;
@@ -108,7 +111,7 @@ pub(crate) async fn rollback(
     params(("name" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody)))]
 pub(crate) async fn remove(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     state.apps().remove(&name).await?;
     state.apps().delete_data(&name).await?;
@@ -121,7 +124,7 @@ pub(crate) async fn remove(
     responses((status = 204), (status = 400, body = ErrorBody)))]
 pub(crate) async fn set_secret(
     State(state): State<AppState>,
-    Path((name, secret)): Path<(String, String)>,
+    ApiPath((name, secret)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<SetSecret>,
 ) -> Result<StatusCode, ApiError> {
     state.apps().set_secret(&name, &secret, body.value).await?;
@@ -135,7 +138,7 @@ pub(crate) async fn set_secret(
     responses((status = 200, body = AppLogs), (status = 404, body = ErrorBody)))]
 pub(crate) async fn logs(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiQuery(query): ApiQuery<LogsQuery>,
 ) -> Result<Response, ApiError> {
     let (backlog, follow) = state.apps().logs(&name).await?;

@@ -1,5 +1,6 @@
 //! `/v1/events`: every change in the store, as a list or a live stream.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -18,7 +19,10 @@ use crate::extract::ApiQuery;
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 10_000;
 
-/// A store event as the wire shows it.
+/// A store event as the wire shows it: its value as
+/// [`hearth_triggers::private::redact`] shows it, so no secret leaves here.
+/// Every event the API answers (the list and the stream) passes through
+/// this function.
 fn change_event(event: hearth_store::Event) -> ChangeEvent {
     let revision = event.revision();
     let kind = match event.kind {
@@ -27,7 +31,11 @@ fn change_event(event: hearth_store::Event) -> ChangeEvent {
     };
     let (value, encoding) = match kind {
         EventKind::Put => {
-            let (value, encoding) = Encoding::encode(event.kv.value);
+            let shown = match hearth_triggers::private::redact(&event.kv.key, &event.kv.value) {
+                Cow::Borrowed(_) => event.kv.value,
+                Cow::Owned(shown) => shown,
+            };
+            let (value, encoding) = Encoding::encode(shown);
             (Some(value), encoding)
         }
         EventKind::Delete => (None, Encoding::Utf8),

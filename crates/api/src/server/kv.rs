@@ -3,7 +3,7 @@
 //! Subsystems keep their state in other namespaces, which this endpoint cannot
 //! reach, so a stray `hearth kv rm` cannot corrupt a machine's record.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use hearth_client::types::{
     DeleteKvQuery, DeleteResult, Encoding, ErrorBody, KvEntry, KvList, KvListQuery, PutKv, WriteResult,
 };
@@ -11,10 +11,13 @@ use hearth_store::{Compare, KeyValue, Op, OpResponse, Txn};
 
 use super::AppState;
 use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiQuery};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
 
 /// The store namespace that `/v1/kv` maps onto.
 pub(crate) const NAMESPACE: &str = "kv/";
+
+/// The longest key a path can name: the store's limit, less the namespace.
+const MAX_KEY: usize = hearth_store::limits::MAX_KEY_LEN - NAMESPACE.len();
 
 fn store_key(key: &str) -> Result<String, ApiError> {
     if key.is_empty() {
@@ -58,7 +61,7 @@ pub(crate) async fn list(
     responses((status = 200, body = KvEntry), (status = 404, body = ErrorBody)))]
 pub(crate) async fn get(
     State(state): State<AppState>,
-    Path(key): Path<String>,
+    ApiPath(key): ApiPath<String, MAX_KEY>,
 ) -> Result<axum::Json<KvEntry>, ApiError> {
     let kv = state.store().get(&store_key(&key)?).await?;
     kv.map(|kv| axum::Json(entry(kv))).ok_or_else(|| {
@@ -76,7 +79,7 @@ pub(crate) async fn get(
         (status = 413, body = ErrorBody)))]
 pub(crate) async fn put(
     State(state): State<AppState>,
-    Path(key): Path<String>,
+    ApiPath(key): ApiPath<String, MAX_KEY>,
     ApiJson(body): ApiJson<PutKv>,
 ) -> Result<axum::Json<WriteResult>, ApiError> {
     let skey = store_key(&key)?;
@@ -109,7 +112,7 @@ pub(crate) async fn put(
     responses((status = 200, body = DeleteResult), (status = 409, body = ErrorBody)))]
 pub(crate) async fn delete(
     State(state): State<AppState>,
-    Path(key): Path<String>,
+    ApiPath(key): ApiPath<String, MAX_KEY>,
     ApiQuery(query): ApiQuery<DeleteKvQuery>,
 ) -> Result<axum::Json<DeleteResult>, ApiError> {
     let skey = store_key(&key)?;

@@ -77,6 +77,7 @@ struct Inner {
     info: DaemonInfo,
     started: Instant,
     metrics: Metrics,
+    deploys: crate::extract::DeployBudget,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -108,6 +109,7 @@ impl AppState {
                 info,
                 started: Instant::now(),
                 metrics: Metrics::new(),
+                deploys: crate::extract::DeployBudget::new(crate::extract::DEPLOY_BYTES_IN_FLIGHT),
                 shutdown,
             }),
         }
@@ -136,6 +138,11 @@ impl AppState {
 
     pub(crate) fn workflows(&self) -> &hearth_workflows::Workflows {
         &self.inner.workflows
+    }
+
+    /// The bytes of deploy bodies the daemon may hold at once.
+    pub(crate) fn deploys(&self) -> &crate::extract::DeployBudget {
+        &self.inner.deploys
     }
 
     /// Where the ingress (apps and webhooks) listens.
@@ -208,6 +215,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/images/{*name}", get(images::get).delete(images::remove))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(utf8_path))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
         .with_state(state)
@@ -216,6 +224,20 @@ pub fn router(state: AppState) -> Router {
 /// The API router behind bearer-token authentication: for TCP.
 pub fn router_with_token(state: AppState, token: Token) -> Router {
     router(state).layer(middleware::from_fn_with_state(token, auth::require_token))
+}
+
+/// Refuses a path that is not UTF-8 once percent-decoded, in the error
+/// shape, before any handler (or axum's plain-text rejection) sees it.
+async fn utf8_path(request: Request, next: Next) -> Response {
+    if !crate::extract::decodes_to_utf8(request.uri().path()) {
+        return ApiError::bad_request(
+            "invalid_path",
+            "the path is not valid UTF-8 once percent-decoded",
+            "percent-encode each name as UTF-8; /v1/openapi.json gives each parameter's pattern",
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 async fn not_found(request: Request) -> ApiError {

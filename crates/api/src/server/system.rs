@@ -62,7 +62,8 @@ pub(crate) async fn openapi() -> Response {
 
 /// Prometheus metrics, in the text exposition format.
 #[utoipa::path(get, path = "/metrics", tag = "system",
-    responses((status = 200, description = "Metrics", content_type = "text/plain")))]
+    responses((status = 200, description = "Metrics, in the OpenMetrics text format",
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")))]
 pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let revision = state.store().revision().await?;
     let text = state

@@ -2,7 +2,7 @@
 //! schedules, store events and webhooks added by API, beside those a
 //! `hearth.toml` declares.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use hearth_client::types::{ErrorBody, TriggerBody, TriggerInfo, TriggerList};
 use serde::Serialize;
@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 use super::AppState;
 use crate::error::ApiError;
-use crate::extract::ApiJson;
+use crate::extract::{ApiJson, ApiPath};
 
 /// The subsystem's trigger from the wire's: the same fields, checked
 /// against what the subsystem's kind takes.
@@ -40,7 +40,7 @@ fn info<S: Serialize>(id: String, source: &str, created_at: u64, spec: &S) -> Re
     params(("name" = String, Path)), responses((status = 200, body = TriggerList), (status = 404, body = ErrorBody)))]
 pub(crate) async fn app_list(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<axum::Json<TriggerList>, ApiError> {
     let triggers = state.apps().triggers(&name).await?;
     let triggers = triggers
@@ -57,7 +57,7 @@ pub(crate) async fn app_list(
     responses((status = 201, body = TriggerInfo), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn app_add(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<TriggerBody>,
 ) -> Result<(StatusCode, axum::Json<TriggerInfo>), ApiError> {
     let spec: hearth_apps::TriggerSpec = spec(&body, "app")?;
@@ -71,7 +71,7 @@ pub(crate) async fn app_add(
     responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn app_remove(
     State(state): State<AppState>,
-    Path((name, id)): Path<(String, String)>,
+    ApiPath((name, id)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     state.apps().remove_trigger(&name, &id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -82,7 +82,7 @@ pub(crate) async fn app_remove(
     params(("name" = String, Path)), responses((status = 200, body = TriggerList), (status = 404, body = ErrorBody)))]
 pub(crate) async fn workflow_list(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<axum::Json<TriggerList>, ApiError> {
     let triggers = state.workflows().triggers(&name).await?;
     let triggers = triggers
@@ -99,7 +99,7 @@ pub(crate) async fn workflow_list(
     responses((status = 201, body = TriggerInfo), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn workflow_add(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<TriggerBody>,
 ) -> Result<(StatusCode, axum::Json<TriggerInfo>), ApiError> {
     let spec: hearth_workflows::TriggerSpec = spec(&body, "workflow")?;
@@ -113,7 +113,7 @@ pub(crate) async fn workflow_add(
     responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn workflow_remove(
     State(state): State<AppState>,
-    Path((name, id)): Path<(String, String)>,
+    ApiPath((name, id)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     state.workflows().remove_trigger(&name, &id).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -1,8 +1,8 @@
 //! `/v1/workflows` and `/v1/runs`: durable workflows, their runs, signals.
 
 use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
 use hearth_client::types::{
     DeployWorkflow, ErrorBody, JournalStep, MigrateRun, PendingSignal, ResultQuery, RunDetail, RunList,
     RunLogLine, RunLogs, RunStarted, RunStatus, RunSummary, RunsQuery, SendSignal, StartRun,
@@ -11,7 +11,7 @@ use hearth_client::types::{
 
 use super::AppState;
 use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiQuery, component_bytes, deploy_body};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, component_bytes, deploy_body};
 
 /// The largest deploy request: a component of up to 32 MiB, base64-encoded.
 const MAX_DEPLOY_BODY: usize = 45 << 20;
@@ -82,7 +82,7 @@ pub(crate) async fn list(State(state): State<AppState>) -> Result<axum::Json<Wor
     params(("name" = String, Path)), responses((status = 200, body = WorkflowSummary), (status = 404, body = ErrorBody)))]
 pub(crate) async fn get(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<axum::Json<WorkflowSummary>, ApiError> {
     let def = state.workflows().definition(&name).await?;
     Ok(axum::Json(summary(&state, &def)))
@@ -95,11 +95,13 @@ pub(crate) async fn get(
     responses((status = 200, body = WorkflowDeployed), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub(crate) async fn deploy(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<axum::Json<WorkflowDeployed>, ApiError> {
-    let request: DeployWorkflow =
-        deploy_body(body, MAX_DEPLOY_BODY, "workflow components are limited to 32 MiB").await?;
+    let what = "workflow components are limited to 32 MiB";
+    let (request, _held): (DeployWorkflow, _) =
+        deploy_body(&headers, body, MAX_DEPLOY_BODY, what, state.deploys()).await?;
     let component = component_bytes(&request.component_base64)?;
     let deployed = state.workflows().deploy(&name, component, request.manifest).await?;
     Ok(axum::Json(WorkflowDeployed {
@@ -115,7 +117,7 @@ pub(crate) async fn deploy(
     params(("name" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody)))]
 pub(crate) async fn remove(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     state.workflows().remove(&name).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -127,7 +129,7 @@ pub(crate) async fn remove(
     responses((status = 200, body = RunStarted), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(crate) async fn start(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<StartRun>,
 ) -> Result<axum::Json<RunStarted>, ApiError> {
     let request = hearth_workflows::StartRequest {
@@ -158,7 +160,7 @@ pub(crate) async fn runs(
     params(("id" = String, Path)), responses((status = 200, body = RunDetail), (status = 404, body = ErrorBody)))]
 pub(crate) async fn show(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<axum::Json<RunDetail>, ApiError> {
     let detail = state.workflows().show(&id).await?;
     Ok(axum::Json(RunDetail {
@@ -188,7 +190,7 @@ pub(crate) async fn show(
     responses((status = 202), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(crate) async fn signal(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<SendSignal>,
 ) -> Result<StatusCode, ApiError> {
     state.workflows().signal(&id, &body.name, body.data).await?;
@@ -200,7 +202,7 @@ pub(crate) async fn signal(
     params(("id" = String, Path)), responses((status = 200, body = RunSummary), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(crate) async fn cancel(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<axum::Json<RunSummary>, ApiError> {
     let run = state.workflows().cancel(&id).await?;
     Ok(axum::Json(run_summary(&run)?))
@@ -213,7 +215,7 @@ pub(crate) async fn cancel(
     responses((status = 200, body = RunSummary), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn migrate(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<MigrateRun>,
 ) -> Result<axum::Json<RunSummary>, ApiError> {
     let run = state.workflows().migrate(&id, body.version).await?;
@@ -225,7 +227,7 @@ pub(crate) async fn migrate(
     params(("id" = String, Path)), responses((status = 200, body = RunLogs), (status = 404, body = ErrorBody)))]
 pub(crate) async fn logs(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<axum::Json<RunLogs>, ApiError> {
     let lines = state.workflows().logs(&id).await?;
     Ok(axum::Json(RunLogs {
@@ -245,7 +247,7 @@ pub(crate) async fn logs(
     params(("id" = String, Path), ResultQuery), responses((status = 200, body = RunSummary), (status = 404, body = ErrorBody)))]
 pub(crate) async fn result(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(query): ApiQuery<ResultQuery>,
 ) -> Result<axum::Json<RunSummary>, ApiError> {
     let timeout = std::time::Duration::from_millis(query.timeout_ms.unwrap_or(30_000).min(60_000));

@@ -17,6 +17,12 @@ wire_enum! {
     }
 }
 
+/// The largest app component a deploy takes, in bytes (before base64).
+pub const MAX_APP_COMPONENT: usize = 64 << 20;
+
+/// The largest manifest (`hearth.toml`) a client sends with a deploy.
+pub const MAX_MANIFEST: usize = 256 << 10;
+
 /// `PUT /v1/apps/{name}`: a deploy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -49,5 +49,6 @@ pub struct EventsQuery {
     /// Only changes to keys starting with this prefix.
     pub prefix: Option<String>,
     /// At most this many events in a list (default 100, at most 10000).
+    #[param(minimum = 1, maximum = 10000)]
     pub limit: Option<usize>,
 }

@@ -110,6 +110,7 @@ pub struct DeleteResult {
 #[serde(deny_unknown_fields)]
 pub struct GrantLease {
     /// Seconds until the lease expires unless kept alive (1 to 2592000).
+    #[schema(minimum = 1, maximum = 2592000)]
     pub ttl_secs: u64,
 }
 

@@ -37,6 +37,9 @@ wire_enum! {
     }
 }
 
+/// The largest workflow component a deploy takes, in bytes (before base64).
+pub const MAX_WORKFLOW_COMPONENT: usize = 32 << 20;
+
 /// `PUT /v1/workflows/{name}`: a deploy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

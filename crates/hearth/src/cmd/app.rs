@@ -2,7 +2,6 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use base64::Engine as _;
 use futures::StreamExt;
 use hearth_client::Client;
@@ -75,15 +74,9 @@ pub(crate) enum Command {
 pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Deploy { name, file, routes, manifest, json } => {
-            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let manifest_path = manifest.or_else(|| find_manifest(&file));
-            let manifest = match &manifest_path {
-                Some(path) => Some(
-                    std::fs::read_to_string(path)
-                        .with_context(|| format!("cannot read {}", path.display()))?,
-                ),
-                None => None,
-            };
+            let (bytes, manifest) =
+                super::read_deploy(&file, hearth_client::types::MAX_APP_COMPONENT, manifest_path.as_deref())?;
             let body = DeployApp {
                 component_base64: base64::engine::general_purpose::STANDARD.encode(&bytes),
                 manifest,

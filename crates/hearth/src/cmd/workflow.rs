@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use base64::Engine as _;
 use hearth_client::Client;
 use hearth_client::types::{DeployWorkflow, RunStatus, RunSummary, RunsQuery, SendSignal, StartRun};
@@ -95,15 +94,12 @@ pub(crate) enum Command {
 pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<i32> {
     match command {
         Command::Deploy { name, file, manifest, json } => {
-            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let manifest_path = manifest.or_else(|| super::app::find_manifest(&file));
-            let manifest = match &manifest_path {
-                Some(path) => Some(
-                    std::fs::read_to_string(path)
-                        .with_context(|| format!("cannot read {}", path.display()))?,
-                ),
-                None => None,
-            };
+            let (bytes, manifest) = super::read_deploy(
+                &file,
+                hearth_client::types::MAX_WORKFLOW_COMPONENT,
+                manifest_path.as_deref(),
+            )?;
             let body = DeployWorkflow {
                 component_base64: base64::engine::general_purpose::STANDARD.encode(&bytes),
                 manifest,

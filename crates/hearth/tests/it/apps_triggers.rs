@@ -21,7 +21,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_hearth");
 
 /// The kitchen guest, built once per test binary, with the same command
 /// (and into the same target dir) as the apps crate's tests.
-fn kitchen() -> &'static Path {
+pub(crate) fn kitchen() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("the workspace");

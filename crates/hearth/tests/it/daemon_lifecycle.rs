@@ -93,3 +93,26 @@ fn json_logs_are_one_object_per_line() {
         assert!(value["level"].is_string() && value["message"].is_string(), "{line}");
     }
 }
+
+/// Issue 13, item 8: an existing token file that others may read is
+/// refused at start, as sshd refuses such a key, rather than used.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_file_others_can_read_is_refused_at_start() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut daemon = Daemon::start(BIN).await;
+    daemon.kill9();
+    let token = daemon.data_dir().join("token");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let output = std::process::Command::new(BIN)
+        .args(["serve", "--data-dir"])
+        .arg(daemon.data_dir())
+        .output()
+        .expect("run");
+    assert!(!output.status.success(), "the daemon started with a 0644 token");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("mode 0644") && stderr.contains("chmod 600"), "{stderr}");
+    // Made private again, it is the same token and the daemon starts.
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    daemon.restart().await;
+    daemon.client().status().await.expect("serving");
+}

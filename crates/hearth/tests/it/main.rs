@@ -10,10 +10,12 @@ mod machines_support;
 mod workflows_support;
 
 mod api_errors;
+mod api_limits;
 mod apps_cli;
 mod apps_triggers;
 mod cli;
 mod daemon_lifecycle;
+mod events_secrets;
 mod events_stream;
 mod labs;
 mod machines_disk;
