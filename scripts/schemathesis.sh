@@ -41,6 +41,8 @@ done
 token=$(cat "$dir/data/token")
 echo "schemathesis: $budget s against $bin (in network namespace $ns)"
 status=0
+# schemathesis keeps its reports in the working directory.
+cd "$dir"
 ip netns exec "$ns" "$st" run "http://127.0.0.1:$port/v1/openapi.json" \
 	--header "Authorization: Bearer $token" \
 	--checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
