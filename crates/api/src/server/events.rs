@@ -49,7 +49,8 @@ fn change_event(event: hearth_store::Event) -> ChangeEvent {
 /// at revision R + 1.
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(EventsQuery),
     responses(
-        (status = 200, description = "A list, or with follow=true an SSE stream of ChangeEvent", body = EventList),
+        (status = 200, description = "A list, or with follow=true an SSE stream of ChangeEvent",
+            content((EventList = "application/json"), (String = "text/event-stream"))),
         (status = 400, body = ErrorBody),
         (status = 410, description = "`since` is older than the retained history", body = ErrorBody)))]
 pub(crate) async fn events(

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -331,12 +332,20 @@ fn tail_offset(text: &[u8], lines: usize) -> usize {
 #[utoipa::path(get, path = "/v1/machines/{name}/exec", tag = "machines",
     params(("name" = String, Path)),
     responses((status = 101, description = "Switching to the WebSocket exec protocol"),
+        (status = 400, description = "Not a WebSocket upgrade", body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, description = "Not running", body = ErrorBody)))]
 pub(crate) async fn exec(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    let upgrade = upgrade.map_err(|rejection| {
+        ApiError::bad_request(
+            "not_a_websocket",
+            format!("exec is a WebSocket session: {}", rejection.body_text()),
+            "connect with a WebSocket client (GET with `Connection: upgrade` and `Upgrade: websocket`); `hearth machine exec` does",
+        )
+    })?;
     // Fail before upgrading, so that the client gets a proper HTTP error.
     let agent = state.machines().agent(&name).await?;
     let env_defaults = state.machines().get(&name).await?.spec.env;
