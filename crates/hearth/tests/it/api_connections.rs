@@ -230,3 +230,25 @@ async fn a_daemon_flooded_past_its_descriptor_limit_keeps_its_socket_and_recover
     );
     assert!(socket_answers(&daemon).await, "the Unix-socket API did not answer after the flood");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn event_streams_past_their_cap_are_refused_and_their_places_come_back() {
+    // The cap, as crates/api/src/server/events.rs sets it.
+    const MAX_EVENT_STREAMS: usize = 128;
+    let daemon = start(LONG_MS, LONG_MS, None).await;
+    let client = daemon.client();
+    let mut streams = Vec::new();
+    for i in 0..MAX_EVENT_STREAMS {
+        let stream = client.follow_events(None, None).await.unwrap_or_else(|e| panic!("stream {i}: {e}"));
+        streams.push(Box::pin(stream));
+    }
+    let refused = client.follow_events(None, None).await.err().expect("one stream past the cap is refused");
+    assert_eq!(refused.code(), Some("too_many_streams"), "{refused}");
+    assert!(refused.hint().is_some(), "the refusal says what to do");
+
+    streams.pop();
+    assert!(
+        wait_until(Duration::from_secs(10), async || client.follow_events(None, None).await.is_ok()).await,
+        "a closed stream's place never came back"
+    );
+}
