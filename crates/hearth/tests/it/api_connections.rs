@@ -217,9 +217,12 @@ async fn a_daemon_flooded_past_its_descriptor_limit_keeps_its_socket_and_recover
 
     assert!(socket_answers(&daemon).await, "the Unix-socket API stopped answering during the flood");
     assert!(ingress_answers(ingress).await, "the ingress stopped answering during the flood");
+    // Its listeners stayed within their shares: no `accept` ran out of
+    // descriptors. (A VMM the daemon starts under this low limit may: the
+    // KVM probe's QEMU does, which is why the daemon raises the limit.)
     assert!(
-        !daemon.log().contains("Too many open files"),
-        "the daemon ran out of file descriptors:\n{}",
+        !daemon.log().contains("Cannot accept connections"),
+        "a listener ran out of file descriptors:\n{}",
         daemon.log()
     );
 
