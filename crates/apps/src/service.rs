@@ -218,15 +218,17 @@ impl Apps {
         *self.inner.ready.borrow()
     }
 
-    /// Serves the ingress on `listener` until `shutdown`, then lets requests
-    /// in flight finish (for up to 10 s). Requests get 503 until
-    /// [`Apps::run`] has loaded the apps from the store, so run both.
+    /// Serves the ingress on `listener` under `limits` (timeouts and
+    /// connection caps) until `shutdown`, then lets requests in flight
+    /// finish (for up to 10 s). Requests get 503 until [`Apps::run`] has
+    /// loaded the apps from the store, so run both.
     pub async fn serve_ingress(
         &self,
         listener: TcpListener,
+        limits: hearth_listen::Limits,
         shutdown: watch::Receiver<bool>,
     ) -> Result<(), Error> {
-        crate::ingress::serve(self.clone(), listener, shutdown).await
+        crate::ingress::serve(self.clone(), listener, limits, shutdown).await
     }
 
     /// Loads every app from the store, then follows the store until

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use hearth_api::server::{self, AppState, DaemonInfo, Token};
+use hearth_listen::TowerToHyperService;
 use hearth_store::redb::{Options as StoreOptions, RedbStore};
 use tokio::sync::watch;
 
@@ -93,6 +94,7 @@ fn store_for_subsystems(redb: &RedbStore) -> Arc<dyn hearth_store::Store> {
 pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
     prepare_data_dir(data_dir)?;
+    let budget = connection_budget()?;
 
     let store_path = data_dir.join(paths::STORE_FILE);
     let redb = RedbStore::open(&store_path, StoreOptions::default())
@@ -162,7 +164,7 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
     let ingress_loop = tokio::spawn({
         let (apps, stop) = (apps.clone(), stop_rx.clone());
         async move {
-            if let Err(error) = apps.serve_ingress(ingress, stop).await {
+            if let Err(error) = apps.serve_ingress(ingress, budget.ingress(), stop).await {
                 tracing::error!(error = %error, "The apps ingress stopped.");
             }
         }
@@ -189,22 +191,20 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
         stop_rx,
     );
 
-    let stopped = || {
-        let mut rx = stop_tx.subscribe();
-        async move {
-            let _ = rx.wait_for(|stopping| *stopping).await;
-        }
-    };
     let mut servers = tokio::task::JoinSet::new();
-    servers.spawn(
-        axum::serve(unix, server::router(state.clone())).with_graceful_shutdown(stopped()).into_future(),
-    );
+    servers.spawn(hearth_listen::serve(
+        unix,
+        budget.api_unix(),
+        TowerToHyperService::new(server::router(state.clone())),
+        stop_tx.subscribe(),
+    ));
     if let Some(listener) = tcp {
-        servers.spawn(
-            axum::serve(listener, server::router_with_token(state.clone(), Token::new(token)))
-                .with_graceful_shutdown(stopped())
-                .into_future(),
-        );
+        servers.spawn(hearth_listen::serve(
+            listener,
+            budget.api_tcp(),
+            TowerToHyperService::new(server::router_with_token(state.clone(), Token::new(token))),
+            stop_tx.subscribe(),
+        ));
     }
     tracing::info!(
         version = hearth_api::VERSION,
@@ -212,6 +212,7 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
         socket = %socket_path.display(),
         tcp = tcp_addr.map(|a| a.to_string()),
         ingress = ingress_addr.map(|a| a.to_string()),
+        nofile = budget.nofile(),
         "Daemon ready."
     );
 
@@ -220,10 +221,8 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
         while let Some(result) = servers.join_next().await {
-            match result {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::warn!(%error, "API listener failed while stopping."),
-                Err(error) => tracing::warn!(%error, "API listener task failed."),
+            if let Err(error) = result {
+                tracing::warn!(%error, "API listener task failed.");
             }
         }
     })
@@ -245,6 +244,29 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!("Stopped.");
     Ok(())
+}
+
+/// Test overrides of the listeners' timeouts, in milliseconds, so that
+/// tests of the timeouts take a moment; never set outside tests.
+const HEADER_TIMEOUT_ENV: &str = "HEARTH_TEST_HEADER_TIMEOUT_MS";
+const IDLE_TIMEOUT_ENV: &str = "HEARTH_TEST_IDLE_TIMEOUT_MS";
+
+/// Raises the descriptor limit to its hard limit and shares it out between
+/// the listeners (see `hearth_listen::Budget`).
+fn connection_budget() -> anyhow::Result<hearth_listen::Budget> {
+    let budget = hearth_listen::Budget::raise_nofile()
+        .context("cannot read the file-descriptor limit (RLIMIT_NOFILE)")?;
+    let millis =
+        |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok()).map(Duration::from_millis);
+    let (header, idle) = (millis(HEADER_TIMEOUT_ENV), millis(IDLE_TIMEOUT_ENV));
+    if header.is_none() && idle.is_none() {
+        return Ok(budget);
+    }
+    tracing::warn!(?header, ?idle, "Test timeouts are set for the listeners.");
+    Ok(budget.with_timeouts(
+        header.unwrap_or(hearth_listen::HEADER_READ_TIMEOUT),
+        idle.unwrap_or(hearth_listen::IDLE_TIMEOUT),
+    ))
 }
 
 async fn wait_for_signal() -> anyhow::Result<&'static str> {

@@ -31,6 +31,8 @@ pub struct Daemon {
     env: Vec<(String, std::ffi::OsString)>,
     /// Whether the daemon makes the `default` network, with NAT.
     default_network: bool,
+    /// RLIMIT_NOFILE (soft and hard) the daemon starts under, if not the test's.
+    nofile: Option<u64>,
 }
 
 impl Daemon {
@@ -63,6 +65,21 @@ impl Daemon {
         daemon
     }
 
+    /// Starts a daemon that also listens on TCP, with `env` set, under a
+    /// file-descriptor limit (soft and hard) of `nofile` if given, through
+    /// util-linux's `prlimit`.
+    pub async fn start_with_tcp_limits(
+        bin: &str,
+        env: &[(&str, &std::ffi::OsStr)],
+        nofile: Option<u64>,
+    ) -> Daemon {
+        let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let mut daemon = Self::unstarted(bin, true, env);
+        daemon.nofile = nofile;
+        daemon.spawn().await;
+        daemon
+    }
+
     async fn start_with(bin: &str, tcp: bool) -> Daemon {
         Self::start_with_options(bin, tcp, Vec::new()).await
     }
@@ -88,7 +105,16 @@ impl Daemon {
                 .take(3)
                 .collect::<String>()
         );
-        Daemon { bin: PathBuf::from(bin), dir, child: None, tcp, net_prefix, env, default_network: false }
+        Daemon {
+            bin: PathBuf::from(bin),
+            dir,
+            child: None,
+            tcp,
+            net_prefix,
+            env,
+            default_network: false,
+            nofile: None,
+        }
     }
 
     /// The data dir.
@@ -176,7 +202,15 @@ impl Daemon {
             .append(true)
             .open(self.data_dir().join("daemon.log"))
             .expect("open daemon.log");
-        let mut command = Command::new(&self.bin);
+        let mut command = match self.nofile {
+            // prlimit sets the limit, then executes the daemon in its place.
+            Some(n) => {
+                let mut command = Command::new("prlimit");
+                command.arg(format!("--nofile={n}:{n}")).arg("--").arg(&self.bin);
+                command
+            }
+            None => Command::new(&self.bin),
+        };
         command
             .arg("serve")
             .arg("--data-dir")

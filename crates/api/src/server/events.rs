@@ -19,6 +19,15 @@ use crate::extract::ApiQuery;
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 10_000;
 
+/// Event streams open at once in the daemon. Each holds a connection, a
+/// store watch and a task for as long as its client stays; the connection
+/// caps bound the connections, this bounds the watches. hearth's own
+/// subsystems follow the store directly, so these are people's and tools'
+/// `events --follow`: 128 is far more than they open, and a client that
+/// opens more is told to close some (503 `too_many_streams`).
+pub(crate) const MAX_EVENT_STREAMS: usize = 128;
+static EVENT_STREAMS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_EVENT_STREAMS);
+
 /// A store event as the wire shows it: its value as
 /// [`hearth_triggers::private::redact`] shows it, so no secret leaves here.
 /// Every event the API answers (the list and the stream) passes through
@@ -52,7 +61,8 @@ fn change_event(event: hearth_store::Event) -> ChangeEvent {
         (status = 200, description = "A list, or with follow=true an SSE stream of ChangeEvent",
             content((EventList = "application/json"), (String = "text/event-stream"))),
         (status = 400, body = ErrorBody),
-        (status = 410, description = "`since` is older than the retained history", body = ErrorBody)))]
+        (status = 410, description = "`since` is older than the retained history", body = ErrorBody),
+        (status = 503, description = "`follow=true` and too many event streams are open (`too_many_streams`)", body = ErrorBody)))]
 pub(crate) async fn events(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -134,6 +144,14 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 }
 
 async fn follow(state: AppState, prefix: &str, since: u64) -> Result<Response, ApiError> {
+    let permit = EVENT_STREAMS.try_acquire().map_err(|_| {
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_streams",
+            format!("{MAX_EVENT_STREAMS} event streams are open already"),
+            "close an `events --follow` you no longer need, or retry later",
+        )
+    })?;
     // Opening a watch before answering means a bad `since` is a proper 4xx,
     // not an error buried in a 200 stream; the stream itself comes from a
     // follower, which opens its watch again if it breaks.
@@ -151,7 +169,11 @@ async fn follow(state: AppState, prefix: &str, since: u64) -> Result<Response, A
             }
         })
     })
-    .map(Ok::<_, Infallible>)
+    .map(move |event| {
+        // The stream's place among MAX_EVENT_STREAMS, given back when it ends.
+        let _held = &permit;
+        Ok::<_, Infallible>(event)
+    })
     .take_until(state.shutting_down());
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
 }

@@ -20,9 +20,6 @@ use http::header::{CONTENT_TYPE, HOST, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use wasmtime::Store;
@@ -37,10 +34,8 @@ use crate::Error;
 use crate::host::{self, AppCtx, HostState};
 use crate::logs::LogStream;
 use crate::manifest::split_host_port;
-use crate::service::{Apps, Loaded, stopped};
+use crate::service::{Apps, Loaded};
 
-/// Time a client gets to send a request's headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time requests in flight get to finish once shutdown starts.
 const DRAIN: Duration = Duration::from_secs(10);
 /// Lines of a trap's message and backtrace kept in the app's log.
@@ -51,44 +46,26 @@ type Body = HyperOutgoingBody;
 pub(crate) async fn serve(
     apps: Apps,
     listener: TcpListener,
-    mut shutdown: watch::Receiver<bool>,
+    limits: hearth_listen::Limits,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<(), Error> {
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Internal(format!("the ingress socket has no address: {e}")))?;
     *apps.inner.ingress_port.lock().unwrap_or_else(|e| e.into_inner()) = Some(addr.port());
-    tracing::info!(%addr, "Apps ingress listening.");
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT).keep_alive(true);
-    let graceful = GracefulShutdown::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let apps = apps.clone();
-                    let service = hyper::service::service_fn(move |req| {
-                        let apps = apps.clone();
-                        async move { Ok::<_, Infallible>(dispatch(&apps, req).await) }
-                    });
-                    let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(error = %e, "An ingress connection ended with an error.");
-                        }
-                    });
-                }
-                Err(e) => {
-                    // Out of file descriptors, most likely: back off, keep serving.
-                    tracing::warn!(error = %e, "The ingress cannot accept a connection.");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            () = stopped(&mut shutdown) => break,
-        }
+    tracing::info!(%addr, max_connections = limits.max_connections, "Apps ingress listening.");
+    let service = hyper::service::service_fn(move |req| {
+        let apps = apps.clone();
+        async move { Ok::<_, Infallible>(dispatch(&apps, req).await) }
+    });
+    let mut stopping = shutdown.clone();
+    let served = hearth_listen::serve(listener, limits, service, shutdown);
+    tokio::pin!(served);
+    tokio::select! {
+        () = &mut served => return Ok(()),
+        _ = stopping.wait_for(|stop| *stop) => {}
     }
-    drop(listener);
-    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(DRAIN, served).await.is_err() {
         tracing::warn!("Some ingress requests were still running after {DRAIN:?}; dropping them.");
     }
     Ok(())

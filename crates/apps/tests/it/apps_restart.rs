@@ -143,7 +143,7 @@ async fn second_service(a: &Harness, store: Arc<dyn Store>) -> (Apps, SocketAddr
     tokio::spawn(b.clone().run(rx.clone()));
     tokio::spawn({
         let b = b.clone();
-        async move { b.serve_ingress(listener, rx).await }
+        async move { b.serve_ingress(listener, hearth_listen::Budget::new(1024).ingress(), rx).await }
     });
     b.ready().await;
     (b, b_addr, stop)

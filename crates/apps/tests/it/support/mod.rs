@@ -140,7 +140,11 @@ impl Harness {
             tokio::spawn(apps.clone().run(rx.clone())),
             tokio::spawn({
                 let apps = apps.clone();
-                async move { apps.serve_ingress(listener, rx).await.unwrap() }
+                async move {
+                    apps.serve_ingress(listener, hearth_listen::Budget::new(1024).ingress(), rx)
+                        .await
+                        .unwrap()
+                }
             }),
         ];
         tokio::time::timeout(Duration::from_secs(60), apps.ready()).await.expect("apps load in time");
