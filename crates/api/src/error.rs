@@ -226,6 +226,10 @@ fn image_error_response(error: &hearth_machines::image::Error, message: String) 
             StatusCode::UNAUTHORIZED,
             "pass --username and --password-stdin for a private image, or check the repository name",
         ),
+        "image_too_large" => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "pick a smaller image or tag; the limits are in the image store's options",
+        ),
         "digest_mismatch" | "bad_image" => (
             StatusCode::BAD_GATEWAY,
             "the registry served damaged or unusable data; try again or pick another tag",

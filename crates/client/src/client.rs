@@ -17,9 +17,9 @@ use serde::de::DeserializeOwned;
 use crate::types::{
     BuildImage, ChangeEvent, CreateFault, CreateMachine, CreateNetwork, DeleteResult, ErrorBody, ErrorDetail,
     EventList, EventsQuery, Fault, FaultList, GrantLease, Healed, ImageInfo, ImageList, KvEntry, KvList, Lab,
-    LabDown, LabList, LeaseInfo, LeaseList, MODE_HEADER, Machine, MachineList, Network, NetworkList,
-    Progress, PullImage, PutKv, PutLab, RestoreSnapshot, Snapshot, SnapshotList, Status, TakeSnapshot,
-    WriteResult,
+    LabDown, LabList, LeaseInfo, LeaseList, MAX_FILE_BYTES, MODE_HEADER, Machine, MachineList, Network,
+    NetworkList, Progress, PullImage, PutKv, PutLab, RestoreSnapshot, Snapshot, SnapshotList, Status,
+    TakeSnapshot, WriteResult,
 };
 
 /// Where the daemon is.
@@ -81,6 +81,10 @@ pub enum Error {
     /// The exchange broke off or the answer made no sense.
     #[error("the daemon's answer could not be read: {0}")]
     Protocol(String),
+
+    /// What the daemon sent could not be written on this host.
+    #[error("cannot write the downloaded file on this host")]
+    Local(#[source] std::io::Error),
 }
 
 impl Error {
@@ -98,6 +102,7 @@ impl Error {
             Error::BadUrl(_) => Some("for example: --host http://127.0.0.1:7070 --token TOKEN".to_owned()),
             Error::Api { detail, .. } => Some(detail.hint.clone()).filter(|h| !h.is_empty()),
             Error::Protocol(_) => Some("check that client and daemon are the same version (`hearth status`)".to_owned()),
+            Error::Local(_) => Some("check the destination's free space and permissions".to_owned()),
         }
     }
 
@@ -350,8 +355,17 @@ impl Client {
         }
     }
 
-    /// Uploads `body` to `path` in the machine.
-    pub async fn put_file(&self, name: &str, path: &str, mode: u32, body: Vec<u8>) -> Result<(), Error> {
+    /// Uploads `size` bytes from `source` to `path` in the machine,
+    /// streaming; the daemon refuses more than [`MAX_FILE_BYTES`].
+    pub async fn put_file(
+        &self,
+        name: &str,
+        path: &str,
+        mode: u32,
+        source: impl tokio::io::AsyncRead + Send + Unpin + 'static,
+        size: u64,
+    ) -> Result<(), Error> {
+        use tokio::io::AsyncReadExt;
         let q = query(&[("path", path), ("mode", &format!("{mode:o}"))]);
         let target = format!("/v1/machines/{}/files?{q}", encode_path(name));
         let io = self.connect().await?;
@@ -365,12 +379,25 @@ impl Client {
             .method(Method::PUT)
             .uri(target)
             .header(header::HOST, "localhost")
-            .header(header::CONTENT_TYPE, "application/octet-stream");
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(header::CONTENT_LENGTH, size);
         if let Endpoint::Tcp { token: Some(token), .. } = &self.endpoint {
             builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        let request =
-            builder.body(Full::new(Bytes::from(body))).map_err(|e| Error::Protocol(e.to_string()))?;
+        // Streamed in 256 KiB chunks: the file is never all in memory.
+        let chunks = futures::stream::unfold(source, |mut source| async move {
+            let mut buf = vec![0u8; 256 << 10];
+            match source.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok(hyper::body::Frame::data(Bytes::from(buf))), source))
+                }
+                Err(e) => Some((Err(e), source)),
+            }
+        });
+        let body = http_body_util::StreamBody::new(chunks);
+        let request = builder.body(body).map_err(|e| Error::Protocol(e.to_string()))?;
         let response = sender.send_request(request).await.map_err(|e| Error::Protocol(e.to_string()))?;
         if response.status().is_success() {
             return Ok(());
@@ -382,8 +409,16 @@ impl Client {
             .unwrap_or_else(|_| Error::Protocol(format!("the daemon answered {status}"))))
     }
 
-    /// Downloads a file from the machine: its bytes and its mode.
-    pub async fn get_file(&self, name: &str, path: &str) -> Result<(Bytes, u32), Error> {
+    /// Downloads a file from the machine into `destination`, streaming:
+    /// answers its size and its mode (permission bits, never set-ID or
+    /// sticky ones). Refuses more than [`MAX_FILE_BYTES`].
+    pub async fn get_file(
+        &self,
+        name: &str,
+        path: &str,
+        destination: &mut (impl tokio::io::AsyncWrite + Unpin),
+    ) -> Result<(u64, u32), Error> {
+        use tokio::io::AsyncWriteExt;
         let q = query(&[("path", path)]);
         let response =
             self.send(Method::GET, &format!("/v1/machines/{}/files?{q}", encode_path(name)), None).await?;
@@ -392,8 +427,24 @@ impl Client {
             .get(MODE_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| u32::from_str_radix(v, 8).ok())
-            .unwrap_or(0o644);
-        Ok((collect(response).await?, mode))
+            .unwrap_or(0o644)
+            & 0o777;
+        let mut body = response.into_body();
+        let mut size = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| Error::Protocol(e.to_string()))?;
+            let Ok(data) = frame.into_data() else { continue };
+            size += data.len() as u64;
+            if size > MAX_FILE_BYTES {
+                return Err(Error::Protocol(format!(
+                    "the daemon sent more than {} MiB for {path}, the limit for one copy",
+                    MAX_FILE_BYTES >> 20
+                )));
+            }
+            destination.write_all(&data).await.map_err(Error::Local)?;
+        }
+        destination.flush().await.map_err(Error::Local)?;
+        Ok((size, mode))
     }
 
     pub async fn snapshot_machine(&self, machine: &str, snapshot: &str) -> Result<Snapshot, Error> {

@@ -14,8 +14,7 @@ use hearth_client::types::{
 };
 use hearth_machines::CreateRequest;
 use hearth_machines::record::{self, Desired, MachineRecord, SnapshotRecord};
-use hearth_machines::vmm::Backend;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use hearth_machines::vmm::{Backend, console};
 
 use super::AppState;
 use crate::error::ApiError;
@@ -254,7 +253,10 @@ pub(crate) async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The machine's serial console: everything the kernel and the agent printed.
+/// The machine's serial console: what the kernel and the agent printed,
+/// kept to the last 4 MiB or so on the host (`console.log` and one rotated
+/// file); `tail` lines are read from the end, and `follow` goes on across
+/// rotations.
 #[utoipa::path(get, path = "/v1/machines/{name}/logs", tag = "machines",
     params(("name" = String, Path), LogsQuery),
     responses((status = 200, description = "The console log", content_type = "text/plain"), (status = 404, body = ErrorBody)))]
@@ -265,28 +267,36 @@ pub(crate) async fn logs(
 ) -> Result<Response, ApiError> {
     state.machines().get(&name).await?;
     let path = state.machines().console_log(&name);
-    let text = tokio::fs::read(&path).await.unwrap_or_default();
-    let start = match query.tail {
-        Some(n) => tail_offset(&text, n),
-        None => 0,
-    };
-    let head = text[start..].to_vec();
+    let tail = query.tail;
+    let (head, follower) = tokio::task::spawn_blocking(move || console::read_end(&path, tail))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(format!("cannot read the console log: {e}")))?;
     if !query.follow.unwrap_or(false) {
         return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], head).into_response());
     }
     let machines = state.machines().clone();
     let stop = state.shutting_down();
-    let offset = text.len() as u64;
     let stream = futures::stream::unfold(
-        (Some(head), offset, path, machines, name, Box::pin(stop)),
-        |(first, mut offset, path, machines, name, mut stop)| async move {
+        (Some(head), follower, machines, name, Box::pin(stop)),
+        |(first, mut follower, machines, name, mut stop)| async move {
             if let Some(first) = first.filter(|f| !f.is_empty()) {
-                return Some((Ok::<_, std::io::Error>(first), (None, offset, path, machines, name, stop)));
+                return Some((Ok::<_, std::io::Error>(first), (None, follower, machines, name, stop)));
             }
             loop {
-                if let Some(buf) = read_from(&path, offset).await {
-                    offset += buf.len() as u64;
-                    return Some((Ok(buf), (None, offset, path, machines, name, stop)));
+                let (read, back) = tokio::task::spawn_blocking(move || {
+                    let read = follower.read_new();
+                    (read, follower)
+                })
+                .await
+                .ok()?;
+                follower = back;
+                match read {
+                    Ok(buf) if !buf.is_empty() => {
+                        return Some((Ok(buf), (None, follower, machines, name, stop)));
+                    }
+                    Ok(_) => {}
+                    Err(error) => return Some((Err(error), (None, follower, machines, name, stop))),
                 }
                 // The stream ends when the machine is removed or the daemon stops.
                 if machines.get(&name).await.is_err() {
@@ -300,29 +310,6 @@ pub(crate) async fn logs(
         },
     );
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], Body::from_stream(stream)).into_response())
-}
-
-/// What the file holds past `offset`, if anything.
-async fn read_from(path: &std::path::Path, offset: u64) -> Option<Vec<u8>> {
-    let mut file = tokio::fs::File::open(path).await.ok()?;
-    file.seek(std::io::SeekFrom::Start(offset)).await.ok()?;
-    let mut buf = Vec::new();
-    file.read_to_end(&mut buf).await.ok()?;
-    (!buf.is_empty()).then_some(buf)
-}
-
-fn tail_offset(text: &[u8], lines: usize) -> usize {
-    let mut seen = 0;
-    let end = if text.ends_with(b"\n") { text.len() - 1 } else { text.len() };
-    for (i, b) in text[..end].iter().enumerate().rev() {
-        if *b == b'\n' {
-            seen += 1;
-            if seen == lines {
-                return i + 1;
-            }
-        }
-    }
-    0
 }
 
 /// Runs a command in a machine over a WebSocket. The client's first message

@@ -190,6 +190,10 @@ pub const EXEC_STDERR: u8 = 2;
 /// the file's permission bits, in octal.
 pub const MODE_HEADER: &str = "x-hearth-mode";
 
+/// The largest file `/v1/machines/{name}/files` moves either way (1 GiB):
+/// the daemon answers 413 past it, and the CLI checks before it sends.
+pub const MAX_FILE_BYTES: u64 = 1 << 30;
+
 /// The first message on an exec WebSocket (text, JSON).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use futures::{SinkExt, StreamExt};
 use hearth_client::types::{
-    CreateMachine, ExecControl, ExecEnd, ExecStart, Machine, NetworkAttachment, PullImage, TermSize,
+    CreateMachine, ExecControl, ExecEnd, ExecStart, MAX_FILE_BYTES, Machine, NetworkAttachment, PullImage,
+    TermSize,
 };
 use hearth_client::{Client, Error as ClientError};
 use tokio_tungstenite::tungstenite::Message;
@@ -547,34 +548,39 @@ fn remote(spec: &str) -> Option<(&str, &str)> {
 }
 
 async fn copy(client: &Client, source: &str, destination: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     match (remote(source), remote(destination)) {
         (None, Some((name, path))) => {
             let local = Path::new(source);
             if local.is_dir() {
                 bail!("{source} is a directory; cp copies single files (pack it with tar first)");
             }
-            let data = std::fs::read(local).with_context(|| format!("cannot read {source}"))?;
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(local)?.permissions().mode() & 0o7777;
+            let file = tokio::fs::File::open(local).await.with_context(|| format!("cannot read {source}"))?;
+            let meta = file.metadata().await.with_context(|| format!("cannot read {source}"))?;
+            let size = meta.len();
+            if size > MAX_FILE_BYTES {
+                bail!(
+                    "{source} is {} MiB, over the {} MiB limit for one copy; compress it or split it (`split -b 512M {source} {source}.part`) and copy the parts",
+                    size >> 20,
+                    MAX_FILE_BYTES >> 20
+                );
+            }
+            let mode = meta.permissions().mode() & 0o7777;
             let path = if path.ends_with('/') {
                 format!("{path}{}", local.file_name().map(|n| n.to_string_lossy()).unwrap_or_default())
             } else {
                 path.to_owned()
             };
-            let size = data.len();
-            client.put_file(name, &path, mode, data).await?;
+            client.put_file(name, &path, mode, file, size).await?;
             eprintln!("copied {size} bytes to {name}:{path}");
         }
         (Some((name, path)), None) => {
-            let (data, mode) = client.get_file(name, path).await?;
             let mut target = PathBuf::from(destination);
             if target.is_dir() {
                 target.push(Path::new(path).file_name().unwrap_or_default());
             }
-            std::fs::write(&target, &data).with_context(|| format!("cannot write {}", target.display()))?;
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))?;
-            eprintln!("copied {} bytes to {}", data.len(), target.display());
+            let size = download(client, name, path, &target).await?;
+            eprintln!("copied {size} bytes to {}", target.display());
         }
         (Some(_), Some(_)) => {
             bail!("copy between two machines through your host: cp a:/f ./f, then cp ./f b:/f")
@@ -582,6 +588,31 @@ async fn copy(client: &Client, source: &str, destination: &str) -> anyhow::Resul
         (None, None) => bail!("one side must be in a machine, written NAME:/absolute/path"),
     }
     Ok(())
+}
+
+/// Streams a guest's file into a temporary file beside `target`, then
+/// renames it into place: an interrupted copy never leaves a partial file
+/// under the destination's name. What the guest says its mode is never
+/// brings set-ID or sticky bits to this host.
+async fn download(client: &Client, name: &str, path: &str, target: &Path) -> anyhow::Result<u64> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let base = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let temp = tempfile::Builder::new()
+        .prefix(&format!(".{base}."))
+        .suffix(".part")
+        .tempfile_in(&dir)
+        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    let mut file = tokio::fs::File::from_std(temp.as_file().try_clone()?);
+    let (size, mode) = client.get_file(name, path, &mut file).await?;
+    file.sync_all().await.with_context(|| format!("cannot write {}", temp.path().display()))?;
+    std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(mode & 0o777))
+        .with_context(|| format!("cannot set the mode of {}", temp.path().display()))?;
+    temp.persist(target).with_context(|| format!("cannot write {}", target.display()))?;
+    Ok(size)
 }
 
 #[cfg(test)]

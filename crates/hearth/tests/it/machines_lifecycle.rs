@@ -101,9 +101,42 @@ async fn a_machine_runs_execs_copies_stops_starts_and_leaves_nothing_when_remove
     let err = failure(&daemon.cli(&["machine", "cp", "n1:/no/such/file", back.to_str().expect("utf8")]));
     assert!(err.contains("hint:"), "{err}");
 
+    // Issue 13, item 2: a guest's set-ID file arrives without its set-ID
+    // and sticky bits (the CLI runs as root here, so it could make them).
+    success(&daemon.cli(&[
+        "machine",
+        "exec",
+        "n1",
+        "--",
+        "sh",
+        "-c",
+        "cp /bin/true /root/suid && chmod 7755 /root/suid",
+    ]));
+    let suid = daemon.data_dir().join("suid");
+    success(&daemon.cli(&["machine", "cp", "n1:/root/suid", suid.to_str().expect("utf8")]));
+    let mode = std::fs::metadata(&suid).expect("stat").permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o755, "set-ID bits from the guest landed on the host: {mode:o}");
+    // Several MiB stream both ways intact, through a temporary name only.
+    let big = daemon.data_dir().join("big");
+    let content: Vec<u8> = (0..4u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(&big, &content).expect("write");
+    success(&daemon.cli(&["machine", "cp", big.to_str().expect("utf8"), "n1:/root/big"]));
+    let again = daemon.data_dir().join("big-again");
+    success(&daemon.cli(&["machine", "cp", "n1:/root/big", again.to_str().expect("utf8")]));
+    assert!(std::fs::read(&again).expect("read") == content, "the file changed on the way");
+    let parts: Vec<_> = std::fs::read_dir(daemon.data_dir())
+        .expect("ls")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
+        .collect();
+    assert!(parts.is_empty(), "temporary files left behind: {parts:?}");
+
     // The console.
     let logs = success(&daemon.cli(&["machine", "logs", "n1"]));
     assert!(logs.contains("hearth-agent: ready"), "{logs}");
+    let tail = success(&daemon.cli(&["machine", "logs", "--tail", "2", "n1"]));
+    let last: Vec<&str> = logs.lines().rev().take(2).collect::<Vec<_>>().into_iter().rev().collect();
+    assert_eq!(tail.lines().collect::<Vec<_>>(), last, "--tail 2 is the last two lines");
 
     // Stop keeps the disk; exec into a stopped machine says what to do.
     success(&daemon.cli(&["machine", "stop", "n1"]));

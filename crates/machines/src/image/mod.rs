@@ -193,6 +193,14 @@ pub enum Error {
     #[error("the layer entry `{entry}` {reason}; the image is malformed or malicious")]
     UnsafeEntry { entry: String, reason: String },
 
+    /// A layer unpacks to more than the limit allows (a compressed bomb, or
+    /// an image larger than this host accepts).
+    #[error(
+        "{what} unpacks to more than {}, the limit; the image is malformed or malicious, or too large for this host (pick a smaller image)",
+        size(*limit)
+    )]
+    TooLarge { what: &'static str, limit: u64 },
+
     /// A layer is not a readable (optionally compressed) tar archive.
     #[error("the layer is not a valid tar archive (plain, gzip or zstd)")]
     BadArchive(#[source] std::io::Error),
@@ -240,11 +248,22 @@ impl Error {
             }
             Error::Unauthorized { .. } => "registry_unauthorized",
             Error::DigestMismatch { .. } => "digest_mismatch",
+            Error::Layer { source, .. } if matches!(**source, Error::TooLarge { .. }) => "image_too_large",
             Error::BadImage { .. } | Error::NoPlatform { .. } | Error::Layer { .. } => "bad_image",
             Error::UnsafeEntry { .. } | Error::BadArchive(_) => "bad_image",
+            Error::TooLarge { .. } => "image_too_large",
             Error::Command { .. } | Error::Spawn { .. } => "command_failed",
             Error::Corrupt { .. } | Error::Io { .. } => "internal",
         }
+    }
+}
+
+/// `16 GiB`, `4 MiB`, `64 KiB`: a limit as a person reads it.
+fn size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{} GiB", b >> 30),
+        b if b >= 1 << 20 => format!("{} MiB", b >> 20),
+        b => format!("{} KiB", b.div_ceil(1 << 10)),
     }
 }
 

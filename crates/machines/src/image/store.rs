@@ -9,8 +9,13 @@
 //!   locks/HEX.lock          held while an image is made or removed
 //!   locks/names.lock        held while names.json is rewritten
 //!   locks/blobs.lock        shared by pulls, taken alone to delete blobs
-//!   tmp/                    staging trees and downloads
+//!   tmp/                    staging trees and downloads (0700)
 //! ```
+//!
+//! Pulled layers are unpacked as root into `tmp/pull-*/rootfs`, so `tmp/`
+//! and each staging directory are 0700 whatever the cache directory's mode
+//! (it may be shared): nobody else reaches the tree while it exists, and
+//! what only the image may hold never lands there at all (see [`unpack`]).
 //!
 //! **An image directory exists only when complete**: it is assembled in
 //! `tmp/` and renamed into `images/` in one step, and removed by renaming it
@@ -22,7 +27,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -64,6 +69,7 @@ struct Names {
 #[derive(Debug, Clone)]
 pub struct ImageStore {
     root: PathBuf,
+    limits: unpack::Limits,
 }
 
 /// How old an unlocked staging entry must be before `open` deletes it, so
@@ -74,12 +80,20 @@ impl ImageStore {
     /// Opens (creating if needed) the store at `root`, e.g. `DATA_DIR/images`,
     /// and clears what a crash left in its `tmp/`.
     pub fn open(root: &Path) -> Result<ImageStore, Error> {
-        let store = ImageStore { root: root.to_owned() };
+        let store = ImageStore { root: root.to_owned(), limits: unpack::Limits::default() };
         for dir in [store.blobs_dir(), store.images_dir(), store.locks_dir(), store.tmp_dir()] {
             fs::create_dir_all(&dir).map_err(io(&dir))?;
         }
+        let tmp = store.tmp_dir();
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o700)).map_err(io(&tmp))?;
         store.clear_stale_staging()?;
         Ok(store)
+    }
+
+    /// The same store with other bounds on what a pull may unpack.
+    pub fn with_limits(mut self, limits: unpack::Limits) -> ImageStore {
+        self.limits = limits;
+        self
     }
 
     /// The directory the store lives in.
@@ -123,12 +137,15 @@ impl ImageStore {
         let (config, layers) = self.download(&mut client, &resolved, &name, progress)?;
         let staging = Staging::new(&self.tmp_dir(), "pull")?;
         let tree = staging.tree()?;
+        let mut unpack = unpack::Unpack::new(&tree, self.limits);
         for (i, (path, layer)) in layers.iter().zip(&resolved.layers).enumerate() {
             progress(Progress::Unpacking { layer: i + 1, layers: layers.len() });
             let file = File::open(path).map_err(io(path))?;
-            unpack::unpack_layer(&tree, file)
+            unpack
+                .layer(file)
                 .map_err(|e| Error::Layer { digest: layer.digest.clone(), source: Box::new(e) })?;
         }
+        let fixups = unpack.finish();
         ensure_mount_points(&tree)?;
         let record = Record {
             name: name.clone(),
@@ -144,7 +161,7 @@ impl ImageStore {
                 .collect(),
         };
         let tree_info = ext4::scan(&tree, false)?;
-        let record = self.commit(&staging, &tree, &tree_info, record, progress)?;
+        let record = self.commit(&staging, &tree, &tree_info, &fixups, record, progress)?;
         self.set_name(&name, &record.digest)?;
         progress(Progress::Done);
         Ok(self.image(record, name))
@@ -235,7 +252,7 @@ impl ImageStore {
                     source: ImageSource::Debootstrap { suite: suite.to_owned(), packages, mirror },
                     blobs: Vec::new(),
                 };
-                self.commit(&staging, &tree, &tree_info, record, progress)?
+                self.commit(&staging, &tree, &tree_info, &unpack::Fixups::default(), record, progress)?
             }
         };
         self.set_name(&name, &record.digest)?;
@@ -361,6 +378,7 @@ impl ImageStore {
         staging: &Staging,
         tree: &Path,
         tree_info: &ext4::Tree,
+        fixups: &unpack::Fixups,
         mut record: Record,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Record, Error> {
@@ -369,7 +387,7 @@ impl ImageStore {
         let dir = staging.dir.join("image");
         fs::create_dir(&dir).map_err(io(&dir))?;
         let rootfs = dir.join("rootfs.ext4");
-        ext4::make(tree, &rootfs, bytes, inodes)?;
+        ext4::make(tree, &rootfs, bytes, inodes, fixups)?;
         File::open(&rootfs).and_then(|f| f.sync_all()).map_err(io(&rootfs))?;
         record.size_bytes = fs::metadata(&rootfs).map_err(io(&rootfs))?.len();
         let json = dir.join("image.json");
@@ -563,7 +581,7 @@ impl Staging {
         let lock = File::create_new(&lock_path).map_err(io(&lock_path))?;
         lock.lock().map_err(io(&lock_path))?;
         let dir = tmp.join(name);
-        fs::create_dir(&dir).map_err(io(&dir))?;
+        fs::DirBuilder::new().mode(0o700).create(&dir).map_err(io(&dir))?;
         Ok(Staging { dir, lock_path, _lock: lock })
     }
 

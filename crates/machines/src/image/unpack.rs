@@ -10,16 +10,27 @@
 //! to an entry are resolved *inside* the root, as if chrooted, so an image's
 //! absolute `/var/run -> /run` works and a hostile `x -> /etc` leads to the
 //! image's own `/etc`. The last component of an entry is never followed.
+//!
+//! **What could hurt the host stays out of the host's file system**: the
+//! tree is unpacked as root, so device nodes, set-user-ID and set-group-ID
+//! bits and `security.*`/`trusted.*` extended attributes are not made on the
+//! host. They are recorded as [`Fixups`] (a device node leaves an empty
+//! placeholder file) and written into the ext4 image after `mkfs.ext4 -d`
+//! (see `ext4::apply_fixups`), so the guest still sees them. What one layer
+//! unpacks to is bounded ([`Limits`]), so a gzip or zstd bomb cannot fill the
+//! disk.
 
-use std::collections::{HashSet, VecDeque};
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 
-use nix::sys::stat::{Mode, SFlag, UtimensatFlags, makedev, mknod, utimensat};
+use nix::sys::stat::{UtimensatFlags, utimensat};
 use nix::sys::time::TimeSpec;
 use tar::EntryType;
 
@@ -30,34 +41,203 @@ const OPAQUE_MARKER: &str = ".wh..wh..opq";
 /// Symbolic links followed while resolving one path, as Linux's limit.
 const MAX_LINK_HOPS: usize = 40;
 
-/// What [`unpack_layer`] did.
+/// Set-user-ID and set-group-ID: kept out of the host's file system.
+const SET_ID_BITS: u32 = 0o6000;
+const GIB: u64 = 1 << 30;
+
+/// What [`Unpack::layer`] did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Stats {
     /// Files, directories, links and nodes created.
     pub entries: u64,
     /// Paths removed by whiteouts.
     pub whiteouts: u64,
-    /// Device nodes that could not be made (not running as root).
-    pub skipped_devices: u64,
+    /// Entries with something only the ext4 image may hold: a device node,
+    /// a set-ID bit or a `security.*`/`trusted.*` attribute.
+    pub fixups: u64,
 }
 
-/// Applies one layer (a tar archive, plain or gzip- or zstd-compressed, told
-/// apart by its first bytes) on top of `root`.
+/// How much unpacking may write, so a compressed bomb cannot fill the disk.
+/// Both the decompressed archive and the file contents it expands to (sparse
+/// entries) count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Per layer; 16 GiB by default.
+    pub layer_bytes: u64,
+    /// For all of an image's layers together; 32 GiB by default.
+    pub image_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { layer_bytes: 16 * GIB, image_bytes: 32 * GIB }
+    }
+}
+
+/// What the ext4 image must get that the host tree does not have, by host
+/// path under the root.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Fixups {
+    by_path: BTreeMap<PathBuf, Fixup>,
+}
+
+/// One path's metadata for the image only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fixup {
+    /// The host inode it belongs to: a path whose inode changed since was
+    /// replaced, and the fixup no longer applies.
+    ino: u64,
+    /// The mode to set in the image, file type included, when the host
+    /// file lacks its set-ID bits.
+    pub mode: Option<u32>,
+    /// The device node or FIFO the host has an empty placeholder file for.
+    pub node: Option<Node>,
+    pub uid: u32,
+    pub gid: u32,
+    /// `security.*` and `trusted.*` attributes.
+    pub xattrs: Vec<(OsString, Vec<u8>)>,
+}
+
+/// A device node or FIFO, with its permission bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Node {
+    Char { major: u32, minor: u32, mode: u32 },
+    Block { major: u32, minor: u32, mode: u32 },
+    Fifo { mode: u32 },
+}
+
+impl Fixups {
+    /// The fixups and the host paths they belong to, relative to the root.
+    pub fn iter(&self) -> impl Iterator<Item = (&Path, &Fixup)> {
+        self.by_path.iter().map(|(p, f)| (p.as_path(), f))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_path.is_empty()
+    }
+
+    /// Drops `path` and everything under it.
+    fn forget(&mut self, path: &Path) {
+        let doomed: Vec<PathBuf> = self
+            .by_path
+            .range(path.to_owned()..)
+            .map(|(p, _)| p)
+            .take_while(|p| p.starts_with(path))
+            .cloned()
+            .collect();
+        for p in doomed {
+            self.by_path.remove(&p);
+        }
+    }
+}
+
+/// Applies an image's layers in order on one root directory.
+#[derive(Debug)]
+pub struct Unpack {
+    root: PathBuf,
+    limits: Limits,
+    /// Bytes the layers so far counted against [`Limits::image_bytes`].
+    used: u64,
+    fixups: Fixups,
+}
+
+impl Unpack {
+    pub fn new(root: &Path, limits: Limits) -> Unpack {
+        Unpack { root: root.to_owned(), limits, used: 0, fixups: Fixups::default() }
+    }
+
+    /// Applies one layer (a tar archive, plain or gzip- or zstd-compressed,
+    /// told apart by its first bytes) on top of what is there.
+    pub fn layer<'a>(&mut self, layer: impl Read + 'a) -> Result<Stats, Error> {
+        let mut layer = BufReader::with_capacity(256 << 10, layer);
+        let magic = layer.fill_buf().map_err(Error::BadArchive)?;
+        let reader: Box<dyn Read + 'a> = if magic.starts_with(&[0x1f, 0x8b]) {
+            Box::new(flate2::bufread::MultiGzDecoder::new(layer))
+        } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Box::new(Zstd { source: Some(layer), frame: None })
+        } else {
+            Box::new(layer)
+        };
+        let image_left = self.limits.image_bytes.saturating_sub(self.used);
+        let budget = if image_left < self.limits.layer_bytes {
+            Budget { limit: image_left, scope: LimitScope::Image(self.limits.image_bytes) }
+        } else {
+            Budget { limit: self.limits.layer_bytes, scope: LimitScope::Layer }
+        };
+        let archive_bytes = Rc::new(Cell::new(0));
+        let reader = Counted { inner: reader, count: archive_bytes.clone(), limit: budget.limit };
+        let mut unpacker = Unpacker {
+            root: self.root.clone(),
+            unpacked: HashSet::new(),
+            dirs: Vec::new(),
+            stats: Stats::default(),
+            fixups: &mut self.fixups,
+            budget,
+            archive_bytes,
+            content_bytes: 0,
+        };
+        let result = unpacker.run(reader);
+        self.used += unpacker.archive_bytes.get().max(unpacker.content_bytes);
+        result
+    }
+
+    /// The fixups that still apply: those whose path was not replaced.
+    pub fn finish(self) -> Fixups {
+        let mut fixups = self.fixups;
+        fixups.by_path.retain(|path, fixup| {
+            fs::symlink_metadata(self.root.join(path)).is_ok_and(|m| m.ino() == fixup.ino)
+        });
+        fixups
+    }
+}
+
+/// Applies one layer on top of `root` with the default [`Limits`]. What only
+/// the ext4 image may hold is left out; [`Unpack`] keeps it.
 pub fn unpack_layer<'a>(root: &Path, layer: impl Read + 'a) -> Result<Stats, Error> {
-    let mut layer = BufReader::with_capacity(256 << 10, layer);
-    let magic = layer.fill_buf().map_err(Error::BadArchive)?;
-    let reader: Box<dyn Read + 'a> = if magic.starts_with(&[0x1f, 0x8b]) {
-        Box::new(flate2::bufread::MultiGzDecoder::new(layer))
-    } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Box::new(Zstd { source: Some(layer), frame: None })
-    } else {
-        Box::new(layer)
-    };
-    Unpacker { root: root.to_owned(), unpacked: HashSet::new(), dirs: Vec::new(), stats: Stats::default() }
-        .run(reader)
+    Unpack::new(root, Limits::default()).layer(layer)
 }
 
-struct Unpacker {
+#[derive(Debug, Clone, Copy)]
+enum LimitScope {
+    Layer,
+    /// The image limit, with what the earlier layers left of it.
+    Image(u64),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    limit: u64,
+    scope: LimitScope,
+}
+
+impl Budget {
+    fn exceeded(&self) -> Error {
+        match self.scope {
+            LimitScope::Layer => Error::TooLarge { what: "the layer", limit: self.limit },
+            LimitScope::Image(limit) => Error::TooLarge { what: "the image's layers together", limit },
+        }
+    }
+}
+
+/// A reader that fails once more than `limit` bytes came through it.
+struct Counted<R> {
+    inner: R,
+    count: Rc<Cell<u64>>,
+    limit: u64,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.set(self.count.get() + n as u64);
+        if self.count.get() > self.limit {
+            return Err(io::Error::other("over the unpacking limit"));
+        }
+        Ok(n)
+    }
+}
+
+struct Unpacker<'f> {
     root: PathBuf,
     /// Host paths this layer created, and their ancestors: what an opaque
     /// marker must keep.
@@ -66,19 +246,35 @@ struct Unpacker {
     /// directory changes its mtime.
     dirs: Vec<(PathBuf, u64)>,
     stats: Stats,
+    fixups: &'f mut Fixups,
+    budget: Budget,
+    /// Decompressed bytes read, shared with the [`Counted`] reader.
+    archive_bytes: Rc<Cell<u64>>,
+    /// File content written, which sparse entries make more than the archive.
+    content_bytes: u64,
 }
 
-impl Unpacker {
-    fn run(mut self, reader: impl Read) -> Result<Stats, Error> {
+impl Unpacker<'_> {
+    fn run(&mut self, reader: impl Read) -> Result<Stats, Error> {
         let mut archive = tar::Archive::new(reader);
-        for entry in archive.entries().map_err(Error::BadArchive)? {
-            let mut entry = entry.map_err(Error::BadArchive)?;
-            self.entry(&mut entry)?;
+        let result = archive.entries().map_err(Error::BadArchive).and_then(|entries| {
+            for entry in entries {
+                let mut entry = entry.map_err(Error::BadArchive)?;
+                self.entry(&mut entry)?;
+            }
+            Ok(())
+        });
+        if let Err(error) = result {
+            // The counting reader's failure surfaces as a bad archive.
+            if self.archive_bytes.get() > self.budget.limit || self.content_bytes > self.budget.limit {
+                return Err(self.budget.exceeded());
+            }
+            return Err(error);
         }
         for (dir, mtime) in std::mem::take(&mut self.dirs) {
             set_mtime(&dir, mtime);
         }
-        Ok(self.stats)
+        Ok(self.stats.clone())
     }
 
     fn entry(&mut self, entry: &mut tar::Entry<'_, impl Read>) -> Result<(), Error> {
@@ -113,7 +309,7 @@ impl Unpacker {
                 // Other `.wh..wh.` names are aufs bookkeeping, not whiteouts.
                 let target = dir.join(hidden);
                 if fs::symlink_metadata(&target).is_ok() {
-                    remove_any(&target)?;
+                    self.remove(&target)?;
                     self.stats.whiteouts += 1;
                 }
             }
@@ -132,8 +328,11 @@ impl Unpacker {
         let existing = fs::symlink_metadata(&target).ok();
         let merge_dir = kind == EntryType::Directory && existing.as_ref().is_some_and(|m| m.is_dir());
         if existing.is_some() && !merge_dir {
-            remove_any(&target)?;
+            self.remove(&target)?;
         }
+        // A merged directory keeps the fixups below it, not its own.
+        self.fixups.by_path.remove(self.relative(&target));
+        let mut node = None;
         match kind {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 let mut file = fs::OpenOptions::new()
@@ -142,7 +341,7 @@ impl Unpacker {
                     .mode(0o600)
                     .open(&target)
                     .map_err(io(&target))?;
-                copy(entry, &mut file, &target)?;
+                self.copy(entry, &mut file, &target)?;
             }
             EntryType::Directory => {
                 if !merge_dir {
@@ -165,29 +364,30 @@ impl Unpacker {
                     })?;
                 let source = self.link_source(&link, &shown)?;
                 fs::hard_link(&source, &target).map_err(io(&target))?;
+                if let Some(fixup) = self.fixups.by_path.get(self.relative(&source)).cloned() {
+                    self.fixups.by_path.insert(self.relative(&target).to_owned(), fixup);
+                }
                 self.record(&target);
                 self.stats.entries += 1;
                 return Ok(()); // The inode's metadata is the source's.
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                let (sflag, dev) = match kind {
-                    EntryType::Char | EntryType::Block => {
-                        let major = header.device_major().ok().flatten().unwrap_or(0);
-                        let minor = header.device_minor().ok().flatten().unwrap_or(0);
-                        let flag = if kind == EntryType::Char { SFlag::S_IFCHR } else { SFlag::S_IFBLK };
-                        (flag, makedev(major.into(), minor.into()))
-                    }
-                    _ => (SFlag::S_IFIFO, 0),
-                };
-                match mknod(&target, sflag, Mode::from_bits_truncate(mode), dev) {
-                    Ok(()) => {}
-                    Err(nix::errno::Errno::EPERM) => {
-                        tracing::debug!(entry = %shown, "Skipped a device node: not running as root.");
-                        self.stats.skipped_devices += 1;
-                        return Ok(());
-                    }
-                    Err(e) => return Err(io(&target)(e.into())),
-                }
+                // Never a real node on the host: an empty placeholder that
+                // the ext4 image's node replaces.
+                let major = header.device_major().ok().flatten().unwrap_or(0);
+                let minor = header.device_minor().ok().flatten().unwrap_or(0);
+                node = Some(match kind {
+                    EntryType::Char => Node::Char { major, minor, mode },
+                    EntryType::Block => Node::Block { major, minor, mode },
+                    _ => Node::Fifo { mode },
+                });
+                fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&target)
+                    .map_err(io(&target))?;
+                tracing::debug!(entry = %shown, ?node, "Recorded a device node for the image only.");
             }
             other => {
                 tracing::debug!(entry = %shown, kind = ?other, "Skipped a layer entry of an unknown kind.");
@@ -207,7 +407,24 @@ impl Unpacker {
                 .collect(),
             _ => Vec::new(),
         };
-        set_metadata(&target, kind, mode, uid, gid, &xattrs)?;
+        let (image_only, host_xattrs): (Vec<_>, Vec<_>) =
+            xattrs.into_iter().partition(|(name, _)| image_only_xattr(name));
+        let host_mode = if node.is_some() { 0o600 } else { mode & !SET_ID_BITS };
+        set_metadata(&target, kind, host_mode, uid, gid, &host_xattrs)?;
+        let set_id = node.is_none() && kind != EntryType::Symlink && mode & SET_ID_BITS != 0;
+        if node.is_some() || set_id || !image_only.is_empty() {
+            let ino = fs::symlink_metadata(&target).map_err(io(&target))?.ino();
+            let fixup = Fixup {
+                ino,
+                mode: set_id.then_some(mode | if kind == EntryType::Directory { 0o040000 } else { 0o100000 }),
+                node,
+                uid: u32::try_from(uid).unwrap_or(0),
+                gid: u32::try_from(gid).unwrap_or(0),
+                xattrs: image_only,
+            };
+            self.fixups.by_path.insert(self.relative(&target).to_owned(), fixup);
+            self.stats.fixups += 1;
+        }
         if kind == EntryType::Directory {
             self.dirs.push((target, mtime));
         } else {
@@ -306,8 +523,40 @@ impl Unpacker {
         }
     }
 
+    /// Removes what is at `path`, and the fixups that went with it.
+    fn remove(&mut self, path: &Path) -> Result<(), Error> {
+        remove_any(path)?;
+        self.fixups.forget(self.relative(path));
+        Ok(())
+    }
+
+    /// `path` under the root, as fixups are keyed.
+    fn relative<'p>(&self, path: &'p Path) -> &'p Path {
+        path.strip_prefix(&self.root).unwrap_or(path)
+    }
+
+    /// Copies an entry's content, telling a bad archive from a full disk,
+    /// within the budget (a sparse entry expands past its archive bytes).
+    fn copy(&mut self, entry: &mut impl Read, file: &mut fs::File, path: &Path) -> Result<(), Error> {
+        use std::io::Write;
+        let mut buf = [0u8; 64 << 10];
+        loop {
+            let n = match entry.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::BadArchive(e)),
+            };
+            self.content_bytes += n as u64;
+            if self.content_bytes > self.budget.limit {
+                return Err(self.budget.exceeded());
+            }
+            file.write_all(&buf[..n]).map_err(io(path))?;
+        }
+    }
+
     /// Removes everything under `dir` that this layer did not make.
-    fn make_opaque(&self, dir: &Path) -> Result<u64, Error> {
+    fn make_opaque(&mut self, dir: &Path) -> Result<u64, Error> {
         let mut removed = 0;
         let mut todo = vec![dir.to_owned()];
         while let Some(dir) = todo.pop() {
@@ -315,6 +564,7 @@ impl Unpacker {
                 let child = child.map_err(io(&dir))?.path();
                 if !self.unpacked.contains(&child) {
                     remove_any(&child)?;
+                    self.fixups.forget(self.relative(&child));
                     removed += 1;
                 } else if fs::symlink_metadata(&child).is_ok_and(|m| m.is_dir()) {
                     todo.push(child);
@@ -339,21 +589,6 @@ fn normalize(name: &Path) -> Option<Vec<OsString>> {
         }
     }
     Some(out)
-}
-
-/// Copies an entry's content, telling a bad archive from a full disk.
-fn copy(entry: &mut impl Read, file: &mut fs::File, path: &Path) -> Result<(), Error> {
-    use std::io::Write;
-    let mut buf = [0u8; 64 << 10];
-    loop {
-        let n = match entry.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::BadArchive(e)),
-        };
-        file.write_all(&buf[..n]).map_err(io(path))?;
-    }
 }
 
 fn remove_any(path: &Path) -> Result<(), Error> {
@@ -391,6 +626,13 @@ fn set_metadata(
         }
     }
     Ok(())
+}
+
+/// Attributes the kernel gives power to (file capabilities, SELinux
+/// labels, overlayfs' own): set in the image, never on the host.
+fn image_only_xattr(name: &OsStr) -> bool {
+    let name = name.as_bytes();
+    name.starts_with(b"security.") || name.starts_with(b"trusted.")
 }
 
 fn set_mtime(path: &Path, mtime: u64) {

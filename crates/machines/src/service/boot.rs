@@ -294,7 +294,10 @@ pub(super) async fn kill_now(pid: u32, name: &str) {
 
 /// The last `lines` non-empty lines of the console log, joined.
 pub(super) fn console_tail(console: &Path, lines: usize) -> String {
-    let text = std::fs::read(console).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    // Read from the end: the guest decides how large the log is.
+    let text = vmm::console::read_end(console, Some(lines + 32))
+        .map(|(b, _)| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     let tail: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     let tail = &tail[tail.len().saturating_sub(lines)..];
     if tail.is_empty() { "(nothing)".to_owned() } else { tail.join(" | ") }

@@ -104,6 +104,7 @@ impl Machines {
             }
             let files = VmFiles::in_dir(&self.dir(&rec.name));
             if vmm::running_pid(&files, &rec.name).is_some() {
+                rotate_console(&rec.name, files.console).await;
                 continue;
             }
             self.forget_agent(&rec.name);
@@ -199,6 +200,20 @@ enum Task {
 }
 
 /// Why a VM process that is gone ended: a clean power-off, or a crash.
+/// Keeps a running machine's console log under its bound (see
+/// [`vmm::console`]): the guest writes it as fast as it likes.
+async fn rotate_console(name: &str, console: std::path::PathBuf) {
+    let rotated =
+        tokio::task::spawn_blocking(move || vmm::console::rotate_if_full(&console, vmm::console::MAX_BYTES))
+            .await;
+    match rotated {
+        Ok(Ok(true)) => tracing::debug!(machine = name, "Rotated the console log."),
+        Ok(Ok(false)) => {}
+        Ok(Err(error)) => tracing::warn!(machine = name, %error, "Could not rotate the console log."),
+        Err(error) => tracing::warn!(machine = name, %error, "Could not rotate the console log."),
+    }
+}
+
 fn exit_reason(name: &str, console: &Path) -> (State, Option<String>) {
     let tail = console_tail(console, 3);
     if tail.contains("reboot: Power down") || tail.contains("reboot: Restarting system") {

@@ -7,6 +7,7 @@
 //! sockets there. The daemon holds no state that the directory and the store
 //! do not also hold, so a restarted daemon can adopt running machines.
 
+pub mod console;
 pub mod firecracker;
 pub mod qemu;
 pub mod qmp;

@@ -126,6 +126,27 @@ fn pull_reads_zstd_layers_and_docker_v2_manifests() {
     assert_eq!(ext4_stat(&v2.rootfs, "/etc/removed.txt"), None);
 }
 
+/// Issue 13, item 7: a layer that unpacks past the limit fails the pull
+/// with an error naming the layer and the limit.
+#[test]
+fn a_layer_over_the_unpacking_limit_fails_the_pull() {
+    let registry = Registry::start(Auth::Anonymous);
+    let image = TestImage::build();
+    image.push(&registry, "hearth-test:big", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let limits = hearth_machines::image::unpack::Limits { layer_bytes: 64 << 10, image_bytes: 1 << 30 };
+    let store = ImageStore::open(dir.path()).unwrap().with_limits(limits);
+    let reference = format!("{}/hearth-test:big", registry.host());
+    let error = store.pull(&reference, None, &mut |_| {}).unwrap_err();
+    assert_eq!(error.code(), "image_too_large");
+    let message = hearth_machines::chain(&error);
+    assert!(
+        message.contains("cannot unpack layer sha256:") && message.contains("more than 64 KiB"),
+        "{message}"
+    );
+    assert_eq!(std::fs::read_dir(dir.path().join("images")).unwrap().count(), 0);
+}
+
 #[test]
 fn unknown_tag_or_repository_is_not_found() {
     let registry = Registry::start(Auth::Anonymous);

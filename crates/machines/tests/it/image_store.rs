@@ -151,3 +151,17 @@ fn open_clears_what_an_interrupted_operation_left() {
     left.sort();
     assert_eq!(left, ["blob-2", "pull-2", "pull-2.lock"]);
 }
+
+/// Issue 13, item 7: layers are unpacked as root under `tmp/`, so it is
+/// private even when the cache directory is shared.
+#[test]
+fn the_staging_directory_is_private_in_a_shared_cache() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    ImageStore::open(dir.path()).unwrap();
+    assert_eq!(std::fs::metadata(&tmp).unwrap().permissions().mode() & 0o7777, 0o700);
+}

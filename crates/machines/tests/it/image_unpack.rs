@@ -3,11 +3,12 @@
 //! layer is a tar archive built here.
 
 use std::fs;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use hearth_machines::image::Error;
-use hearth_machines::image::unpack::unpack_layer;
+use hearth_machines::image::unpack::{Limits, Node, Unpack, unpack_layer};
 
 /// One entry of a test layer.
 enum E<'a> {
@@ -207,24 +208,167 @@ fn hard_links_share_the_inode_within_and_across_layers() {
 }
 
 #[test]
-fn ownership_modes_and_device_nodes_are_kept() {
+fn ownership_and_modes_are_kept() {
     let root = tempfile::tempdir().unwrap();
     let root = root.path();
-    apply(root, &[E::Owned("suid", 0o4755, 1000, 1001), E::Dir("dev"), E::CharDevice("dev/null", 1, 3)])
-        .unwrap();
-    let meta = fs::metadata(root.join("suid")).unwrap();
-    assert_eq!(meta.permissions().mode() & 0o7777, 0o4755, "the set-uid bit survives the chown");
+    apply(root, &[E::Owned("tool", 0o1750, 1000, 1001), E::Dir("dev")]).unwrap();
+    let meta = fs::metadata(root.join("tool")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o1750);
     if fs::metadata("/proc/self").unwrap().uid() == 0 {
         assert_eq!((meta.uid(), meta.gid()), (1000, 1001));
-        let null = fs::metadata(root.join("dev/null")).unwrap();
-        assert!(null.file_type().is_char_device());
-        assert_eq!(null.rdev(), nix::sys::stat::makedev(1, 3));
     }
     assert_eq!(
         fs::metadata(root.join("dev")).unwrap().mtime(),
         1_700_000_000,
         "directory times are set last"
     );
+}
+
+/// Issue 13, item 7: unpacking runs as root, so a layer must not make
+/// set-ID files, device nodes or `security.*` attributes on the host; the
+/// image gets them through the fixups instead.
+#[test]
+fn set_id_bits_device_nodes_and_security_xattrs_stay_off_the_host() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let mut bytes = layer(&[
+        E::Owned("suid", 0o4755, 0, 0),
+        E::Dir("dev"),
+        E::CharDevice("dev/mem", 1, 1),
+        E::Dir("mail"),
+    ]);
+    // `mail/` again as set-group-ID, and a file with a file capability.
+    bytes.truncate(bytes.len() - 1024); // Drop the end-of-archive blocks.
+    let mut builder = tar::Builder::new(bytes);
+    let mut header = header(tar::EntryType::Directory, 0o2775, 0);
+    builder.append_data(&mut header, "mail", &b""[..]).unwrap();
+    append_with_xattrs(
+        &mut builder,
+        "ping",
+        &[("security.capability", b"\x01\x00\x00\x02 cap"), ("trusted.overlay.opaque", b"y")],
+    );
+    let bytes = builder.into_inner().unwrap();
+
+    let mut unpack = Unpack::new(root, Limits::default());
+    let stats = unpack.layer(&bytes[..]).unwrap();
+    assert_eq!(stats.fixups, 4, "{stats:?}");
+    let fixups = unpack.finish();
+
+    let suid = fs::symlink_metadata(root.join("suid")).unwrap();
+    assert_eq!(suid.permissions().mode() & 0o7777, 0o755, "no set-user-ID file on the host");
+    let mail = fs::symlink_metadata(root.join("mail")).unwrap();
+    assert_eq!(mail.permissions().mode() & 0o7777, 0o775, "no set-group-ID directory on the host");
+    let mem = fs::symlink_metadata(root.join("dev/mem")).unwrap();
+    assert!(mem.file_type().is_file() && mem.len() == 0, "a placeholder, not a device node: {mem:?}");
+    assert_eq!(mem.permissions().mode() & 0o7777, 0o600);
+    assert_eq!(xattr::get(root.join("ping"), "security.capability").ok().flatten(), None);
+    assert_eq!(xattr::get(root.join("ping"), "trusted.overlay.opaque").ok().flatten(), None);
+
+    // What the image will get instead.
+    let by_path: std::collections::BTreeMap<String, _> =
+        fixups.iter().map(|(p, f)| (p.display().to_string(), f.clone())).collect();
+    assert_eq!(by_path.keys().collect::<Vec<_>>(), ["dev/mem", "mail", "ping", "suid"]);
+    assert_eq!(by_path["suid"].mode, Some(0o104755));
+    assert_eq!(by_path["mail"].mode, Some(0o042775));
+    assert_eq!(by_path["dev/mem"].node, Some(Node::Char { major: 1, minor: 1, mode: 0o666 }));
+    assert_eq!(
+        by_path["ping"].xattrs,
+        [
+            ("security.capability".into(), b"\x01\x00\x00\x02 cap".to_vec()),
+            ("trusted.overlay.opaque".into(), b"y".to_vec())
+        ]
+    );
+}
+
+#[test]
+fn fixups_of_replaced_or_removed_entries_are_dropped() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let mut unpack = Unpack::new(root, Limits::default());
+    let first = layer(&[
+        E::Owned("gone", 0o4755, 0, 0),
+        E::Owned("replaced", 0o4755, 0, 0),
+        E::Dir("dev"),
+        E::CharDevice("dev/a", 1, 3),
+        E::Owned("kept", 0o2755, 0, 0),
+        E::Hardlink("kept-link", "kept"),
+    ]);
+    unpack.layer(&first[..]).unwrap();
+    let second = layer(&[E::File(".wh.gone", ""), E::File("replaced", "plain"), E::File(".wh.dev", "")]);
+    unpack.layer(&second[..]).unwrap();
+    let fixups = unpack.finish();
+    let paths: Vec<String> = fixups.iter().map(|(p, _)| p.display().to_string()).collect();
+    assert_eq!(paths, ["kept", "kept-link"]);
+}
+
+#[test]
+fn a_gzip_bomb_stops_at_the_layer_limit() {
+    let root = tempfile::tempdir().unwrap();
+    let limits = Limits { layer_bytes: 4 << 20, image_bytes: 64 << 20 };
+    let bomb = gzip(&zeros_layer("zeros", 64 << 20));
+    assert!(bomb.len() < 1 << 20, "the bomb is small: {} bytes", bomb.len());
+    let error = Unpack::new(root.path(), limits).layer(&bomb[..]).unwrap_err();
+    assert!(matches!(error, Error::TooLarge { what: "the layer", limit } if limit == 4 << 20), "{error:?}");
+    assert!(error.to_string().contains("4 MiB"), "{error}");
+    let written = fs::metadata(root.path().join("zeros")).map(|m| m.len()).unwrap_or(0);
+    assert!(written <= 4 << 20, "{written} bytes written");
+}
+
+#[test]
+fn layers_together_stop_at_the_image_limit() {
+    let root = tempfile::tempdir().unwrap();
+    let limits = Limits { layer_bytes: 4 << 20, image_bytes: 6 << 20 };
+    let mut unpack = Unpack::new(root.path(), limits);
+    unpack.layer(&gzip(&zeros_layer("one", 3 << 20))[..]).unwrap();
+    let error = unpack.layer(&gzip(&zeros_layer("two", 3 << 20))[..]).unwrap_err();
+    assert!(matches!(error, Error::TooLarge { limit, .. } if limit == 6 << 20), "{error:?}");
+    assert!(error.to_string().starts_with("the image's layers together"), "{error}");
+}
+
+fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut header = tar::Header::new_ustar();
+    header.set_entry_type(kind);
+    header.set_mode(mode);
+    header.set_size(size);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(1_700_000_000);
+    header
+}
+
+/// A layer of one file of `size` zero bytes.
+fn zeros_layer(name: &str, size: u64) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = header(tar::EntryType::Regular, 0o644, size);
+    builder.append_data(&mut header, name, std::io::repeat(0).take(size)).unwrap();
+    builder.into_inner().unwrap()
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
+}
+
+/// Appends a regular file preceded by a PAX header with `SCHILY.xattr.`
+/// records, which the tar crate cannot write itself.
+fn append_with_xattrs(builder: &mut tar::Builder<Vec<u8>>, path: &str, xattrs: &[(&str, &[u8])]) {
+    let mut pax = Vec::new();
+    for (name, value) in xattrs {
+        let body_len = " SCHILY.xattr.".len() + name.len() + 1 + value.len() + 1;
+        let mut len = body_len + 1;
+        while len != body_len + len.to_string().len() {
+            len = body_len + len.to_string().len();
+        }
+        pax.extend_from_slice(format!("{len} SCHILY.xattr.{name}=").as_bytes());
+        pax.extend_from_slice(value);
+        pax.push(b'\n');
+    }
+    let mut pax_header = header(tar::EntryType::XHeader, 0o644, pax.len() as u64);
+    builder.append_data(&mut pax_header, "PaxHeaders/x", &pax[..]).unwrap();
+    let mut header = header(tar::EntryType::Regular, 0o755, 4);
+    builder.append_data(&mut header, path, &b"ping"[..]).unwrap();
 }
 
 #[test]

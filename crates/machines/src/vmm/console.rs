@@ -1,0 +1,280 @@
+//! The console log: what a guest prints on its serial console, kept to a
+//! bounded size on the host.
+//!
+//! The VMM writes `console.log` itself, opened with `O_APPEND` (QEMU's
+//! `-chardev file,append=on`, Firecracker's stdout), so the log survives a
+//! daemon restart like the VM does. The daemon bounds it by copy and
+//! truncate, as logrotate's `copytruncate` does: once the file is over
+//! [`MAX_BYTES`], it is copied to `console.log.1` (written beside it
+//! and renamed, so a new inode marks each rotation) and the file is
+//! truncated; the VMM's next append lands at the start. What the guest
+//! prints between the copy and the truncation is lost, and while no daemon
+//! runs the file is not rotated.
+//!
+//! Readers never take the whole file: [`read_end`] reads back from the end
+//! in blocks, and [`Follower`] picks up a rotation by the new inode of
+//! `console.log.1`.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// The size `console.log` is rotated past: 4 MiB, so a machine's console
+/// takes at most about twice that on the host.
+pub const MAX_BYTES: u64 = 4 << 20;
+/// The most [`read_end`] answers: both files at their largest.
+pub const READ_LIMIT: u64 = 2 * MAX_BYTES;
+const BLOCK: u64 = 64 << 10;
+
+/// `console.log.1`, beside `console`.
+pub fn rotated(console: &Path) -> PathBuf {
+    let mut name = console.file_name().unwrap_or_default().to_owned();
+    name.push(".1");
+    console.with_file_name(name)
+}
+
+/// Rotates `console` if it is over `max` bytes: it goes to `console.log.1`
+/// (only its last `max` bytes if it grew past twice that, as it can while
+/// no daemon runs) and is truncated. Answers whether it rotated.
+pub fn rotate_if_full(console: &Path, max: u64) -> io::Result<bool> {
+    let mut file = match File::open(console) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    if len <= max {
+        return Ok(false);
+    }
+    let old = rotated(console);
+    let mut temp_name = old.file_name().unwrap_or_default().to_owned();
+    temp_name.push(".tmp");
+    let temp = old.with_file_name(temp_name);
+    let keep = if len <= 2 * max { len } else { max };
+    file.seek(SeekFrom::Start(len - keep))?;
+    let mut out = File::create(&temp)?;
+    io::copy(&mut file.take(keep), &mut out)?;
+    out.flush()?;
+    fs::rename(&temp, &old)?;
+    fs::OpenOptions::new().write(true).open(console)?.set_len(0)?;
+    Ok(true)
+}
+
+/// The end of the log: the last `lines` lines (all of it for `None`), from
+/// `console.log.1` too when `console.log` has too few, and never more than
+/// [`READ_LIMIT`] bytes. Also where a [`Follower`] should go on from.
+pub fn read_end(console: &Path, lines: Option<usize>) -> io::Result<(Vec<u8>, Follower)> {
+    let follower = Follower { console: console.to_owned(), offset: 0, generation: generation(console) };
+    let (mut text, len, complete) = read_back(console, lines, READ_LIMIT)?;
+    let mut follower = follower;
+    follower.offset = len;
+    if !complete && (text.len() as u64) < READ_LIMIT {
+        let (mut older, _, _) = read_back(&rotated(console), None, READ_LIMIT - text.len() as u64)?;
+        older.extend_from_slice(&text);
+        text = older;
+    }
+    if let Some(n) = lines {
+        let start = tail_offset(&text, n);
+        text.drain(..start);
+    }
+    Ok((text, follower))
+}
+
+/// Up to `limit` bytes from the end of `path`, stopping early once they
+/// hold `lines` whole lines: the bytes, the file's length, and whether they
+/// were enough (the lines were found, or the limit reached).
+fn read_back(path: &Path, lines: Option<usize>, limit: u64) -> io::Result<(Vec<u8>, u64, bool)> {
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), 0, false)),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    let mut start = len;
+    let mut text: Vec<u8> = Vec::new();
+    while start > 0 && (text.len() as u64) < limit {
+        let size = BLOCK.min(start).min(limit - text.len() as u64);
+        start -= size;
+        let mut block = vec![0u8; size as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut block)?;
+        block.extend_from_slice(&text);
+        text = block;
+        if lines.is_some_and(|n| newlines_before_last(&text) >= n) {
+            return Ok((text, len, true));
+        }
+    }
+    Ok((text, len, start > 0))
+}
+
+/// Newlines in `text`, not counting one that ends it.
+fn newlines_before_last(text: &[u8]) -> usize {
+    let end = if text.ends_with(b"\n") { text.len() - 1 } else { text.len() };
+    text[..end].iter().filter(|b| **b == b'\n').count()
+}
+
+/// Where the last `lines` lines of `text` start.
+fn tail_offset(text: &[u8], lines: usize) -> usize {
+    let mut seen = 0;
+    let end = if text.ends_with(b"\n") { text.len() - 1 } else { text.len() };
+    for (i, b) in text[..end].iter().enumerate().rev() {
+        if *b == b'\n' {
+            seen += 1;
+            if seen == lines {
+                return i + 1;
+            }
+        }
+    }
+    0
+}
+
+/// The inode of `console.log.1`, which changes with each rotation.
+fn generation(console: &Path) -> Option<u64> {
+    fs::metadata(rotated(console)).ok().map(|m| m.ino())
+}
+
+/// Reads what is appended to a console log, across rotations.
+#[derive(Debug, Clone)]
+pub struct Follower {
+    console: PathBuf,
+    /// How far into `console.log` has been read.
+    offset: u64,
+    generation: Option<u64>,
+}
+
+impl Follower {
+    /// What was written since the last call, at most [`READ_LIMIT`] bytes;
+    /// empty when nothing was.
+    pub fn read_new(&mut self) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let generation = generation(&self.console);
+        if generation != self.generation {
+            // Rotated: the rest of the old file is in `console.log.1`, at
+            // the same offsets unless the copy had to drop its start.
+            self.generation = generation;
+            if let Ok(mut old) = File::open(rotated(&self.console)) {
+                let len = old.metadata()?.len();
+                if len > self.offset {
+                    old.seek(SeekFrom::Start(self.offset))?;
+                    old.take(READ_LIMIT).read_to_end(&mut out)?;
+                }
+            }
+            self.offset = 0;
+        }
+        let mut file = match File::open(&self.console) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e),
+        };
+        let len = file.metadata()?.len();
+        if len < self.offset {
+            // Truncated, and `console.log.1` not renamed yet: next time.
+            return Ok(out);
+        }
+        file.seek(SeekFrom::Start(self.offset))?;
+        let limit = READ_LIMIT.saturating_sub(out.len() as u64);
+        let before = out.len();
+        file.take(limit).read_to_end(&mut out)?;
+        self.offset += (out.len() - before) as u64;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(from: usize, to: usize) -> String {
+        (from..to).map(|i| format!("line {i}\n")).collect()
+    }
+
+    #[test]
+    fn the_log_is_rotated_past_its_limit_keeping_one_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let console = dir.path().join("console.log");
+        fs::write(&console, lines(0, 10)).unwrap();
+        assert!(!rotate_if_full(&console, 1000).unwrap(), "under the limit");
+        fs::write(&console, lines(0, 200)).unwrap(); // ~1.7 KB
+        assert!(rotate_if_full(&console, 1000).unwrap());
+        assert_eq!(fs::metadata(&console).unwrap().len(), 0);
+        assert_eq!(fs::read_to_string(rotated(&console)).unwrap(), lines(0, 200));
+        // Far over (no daemon was rotating it): only the end is kept.
+        fs::write(&console, lines(0, 400)).unwrap(); // ~3.5 KB
+        assert!(rotate_if_full(&console, 1000).unwrap());
+        let old = fs::read_to_string(rotated(&console)).unwrap();
+        assert_eq!(old.len(), 1000, "only the end is kept");
+        assert!(old.ends_with("line 399\n"));
+
+        // An appending writer goes on at the start, as the VMM does.
+        let mut writer = fs::OpenOptions::new().append(true).open(&console).unwrap();
+        writer.write_all(lines(400, 600).as_bytes()).unwrap();
+        assert!(rotate_if_full(&console, 1000).unwrap());
+        let old = fs::read_to_string(rotated(&console)).unwrap();
+        assert_eq!(old, lines(400, 600), "one old file is kept, written from the start");
+        assert!(fs::metadata(&console).unwrap().len() == 0);
+    }
+
+    #[test]
+    fn tail_reads_only_the_end_of_a_large_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let console = dir.path().join("console.log");
+        // Larger than READ_LIMIT: reading it whole would be refused below.
+        let mut file = File::create(&console).unwrap();
+        let junk = vec![b'x'; 1 << 20];
+        for _ in 0..(READ_LIMIT >> 20) + 2 {
+            file.write_all(&junk).unwrap();
+        }
+        file.write_all(b"\nlast but one\nlast\n").unwrap();
+        let (text, _) = read_end(&console, Some(2)).unwrap();
+        assert_eq!(text, b"last but one\nlast\n");
+        let (all, _) = read_end(&console, None).unwrap();
+        assert_eq!(all.len() as u64, READ_LIMIT, "everything is bounded too");
+        assert!(all.ends_with(b"last\n"));
+    }
+
+    #[test]
+    fn tail_takes_older_lines_from_the_rotated_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let console = dir.path().join("console.log");
+        fs::write(rotated(&console), lines(0, 5)).unwrap();
+        fs::write(&console, lines(5, 7)).unwrap();
+        let (text, _) = read_end(&console, Some(4)).unwrap();
+        assert_eq!(String::from_utf8(text).unwrap(), lines(3, 7));
+        let (text, _) = read_end(&console, Some(1)).unwrap();
+        assert_eq!(String::from_utf8(text).unwrap(), lines(6, 7));
+        let (text, _) = read_end(&console, None).unwrap();
+        assert_eq!(String::from_utf8(text).unwrap(), lines(0, 7));
+    }
+
+    #[test]
+    fn a_follower_keeps_going_across_a_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let console = dir.path().join("console.log");
+        let mut writer = fs::OpenOptions::new().create(true).append(true).open(&console).unwrap();
+        writer.write_all(lines(0, 3).as_bytes()).unwrap();
+        let (head, mut follower) = read_end(&console, None).unwrap();
+        assert_eq!(String::from_utf8(head).unwrap(), lines(0, 3));
+        writer.write_all(lines(3, 5).as_bytes()).unwrap();
+        // Not read yet when the log rotates; then more is written.
+        assert!(rotate_if_full(&console, 10).unwrap());
+        writer.write_all(lines(5, 6).as_bytes()).unwrap();
+        let mut seen = follower.read_new().unwrap();
+        seen.extend(follower.read_new().unwrap());
+        // The copy kept only its last 10 bytes, at other offsets: skipped.
+        assert_eq!(String::from_utf8(seen).unwrap(), lines(5, 6));
+
+        // The usual case: the rotated file holds everything.
+        let console = dir.path().join("other.log");
+        let mut writer = fs::OpenOptions::new().create(true).append(true).open(&console).unwrap();
+        writer.write_all(lines(0, 3).as_bytes()).unwrap();
+        let (_, mut follower) = read_end(&console, None).unwrap();
+        writer.write_all(lines(3, 5).as_bytes()).unwrap();
+        assert!(rotate_if_full(&console, 30).unwrap());
+        writer.write_all(lines(5, 6).as_bytes()).unwrap();
+        let seen = follower.read_new().unwrap();
+        assert_eq!(String::from_utf8(seen).unwrap(), lines(3, 6));
+        writer.write_all(lines(6, 7).as_bytes()).unwrap();
+        assert_eq!(String::from_utf8(follower.read_new().unwrap()).unwrap(), lines(6, 7));
+    }
+}
