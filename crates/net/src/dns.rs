@@ -576,3 +576,25 @@ fn frame(message: &[u8]) -> Option<Vec<u8>> {
     framed.extend_from_slice(message);
     Some(framed)
 }
+
+/// Entry points for the fuzz targets in `fuzz/` (the `fuzzing` feature).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// The bytes the server would send back for `packet` from `client`, or
+    /// `None` if it would drop it. With `relay`, names outside the zone are
+    /// for upstreams; none is ever asked: they are answered as when no
+    /// upstream answers (SERVFAIL), so nothing leaves the process.
+    pub fn answer(zone: &Zone, packet: &[u8], client: SocketAddr, relay: bool) -> Option<Vec<u8>> {
+        // Never contacted: `decide` only looks at whether there are upstreams.
+        let upstreams = if relay { vec![SocketAddr::from((Ipv4Addr::LOCALHOST, 53))] } else { Vec::new() };
+        let context = Context { zone: zone.clone(), upstreams };
+        match decide(&context, packet, client) {
+            Outcome::Ignore => None,
+            Outcome::Answer(answer) => Some(answer),
+            Outcome::Relay(request) => encode(response_to(&request, true), ResponseCode::ServFail),
+        }
+    }
+}
