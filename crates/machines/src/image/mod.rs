@@ -26,6 +26,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use registry::fuzzing;
+
 pub use debian::{DEFAULT_MIRROR, debian_mirror, prepare_debian_tree};
 pub use reference::{Reference, parse_reference};
 pub use store::ImageStore;

@@ -98,6 +98,9 @@ pub(super) struct RawContainerConfig {
     pub(super) user: Option<String>,
 }
 
+/// A manifest's bytes, its media type from the response and its digest.
+type Fetched = Result<(Vec<u8>, Option<String>, String), Error>;
+
 /// A session with one repository of one registry. It keeps the token it
 /// gets, so each request after the first goes straight through.
 pub(super) struct Client<'a> {
@@ -138,7 +141,13 @@ impl<'a> Client<'a> {
     /// Fetches the manifest the reference names and, for an index, the
     /// linux/amd64 manifest in it.
     pub(super) fn resolve(&mut self) -> Result<Resolved, Error> {
-        let (bytes, media_type, digest) = self.manifest(self.reference.manifest_ref())?;
+        self.resolve_with(Self::manifest)
+    }
+
+    /// [`resolve`](Self::resolve), getting manifests with `fetch` (as
+    /// [`manifest`](Self::manifest) does), so the fuzz targets can run it offline.
+    fn resolve_with(&mut self, mut fetch: impl FnMut(&mut Self, &str) -> Fetched) -> Result<Resolved, Error> {
+        let (bytes, media_type, digest) = fetch(self, self.reference.manifest_ref())?;
         let raw = self.parse_manifest(&bytes)?;
         // The manifest's own `mediaType` is part of what the digest covers;
         // the Content-Type header is only the server's opinion.
@@ -177,7 +186,7 @@ impl<'a> Client<'a> {
             return Err(Error::NoPlatform { reference: self.reference.to_string(), available });
         };
         check_digest(&chosen.digest, self.reference)?;
-        let (bytes, _, manifest_digest) = self.manifest(&chosen.digest)?;
+        let (bytes, _, manifest_digest) = fetch(self, &chosen.digest)?;
         let raw = self.parse_manifest(&bytes)?;
         if raw.manifests.is_some() {
             return Err(self.bad("its index points to another index"));
@@ -224,7 +233,7 @@ impl<'a> Client<'a> {
 
     /// GETs a manifest by tag or digest: its bytes, its media type, and its
     /// digest (checked against the one asked for).
-    fn manifest(&mut self, tag_or_digest: &str) -> Result<(Vec<u8>, Option<String>, String), Error> {
+    fn manifest(&mut self, tag_or_digest: &str) -> Fetched {
         let accept = [INDEX_TYPES, MANIFEST_TYPES].concat().join(", ");
         let mut response = self.get(&format!("manifests/{tag_or_digest}"), Some(&accept), true)?;
         let media_type = response
@@ -568,6 +577,48 @@ fn percent_encode(s: &str) -> String {
         }
     }
     out
+}
+
+/// Entry points for the fuzz targets in `fuzz/` (the `fuzzing` feature).
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    use super::*;
+
+    /// Resolves `reference` offline: `first` is what the registry answers
+    /// for its tag (with `content_type`), `second` what it answers for the
+    /// manifest an index points to (taken to have the digest asked for).
+    /// Returns the digests of the config and the layers, in that order.
+    pub fn resolve(
+        reference: &Reference,
+        first: &[u8],
+        content_type: Option<&str>,
+        second: &[u8],
+    ) -> Result<Vec<String>, Error> {
+        let mut client = Client::new(reference, None);
+        let mut calls = 0;
+        let resolved = client.resolve_with(|_, tag_or_digest| {
+            calls += 1;
+            Ok(match calls {
+                1 => (first.to_vec(), content_type.map(str::to_owned), sha256_digest(&Sha256::digest(first))),
+                _ => (second.to_vec(), None, tag_or_digest.to_owned()),
+            })
+        })?;
+        let config = std::iter::once(resolved.config.digest);
+        Ok(config.chain(resolved.layers.into_iter().map(|l| l.digest)).collect())
+    }
+
+    /// An image config as the store reads it: architecture, os, entrypoint.
+    pub fn config(bytes: &[u8]) -> Option<(String, String, Vec<String>)> {
+        let raw: RawConfig = serde_json::from_slice(bytes).ok()?;
+        Some((raw.architecture, raw.os, raw.config.and_then(|c| c.entrypoint).unwrap_or_default()))
+    }
+
+    /// A `WWW-Authenticate` header's Bearer parameters, and the token URL's
+    /// encoding of each value.
+    pub fn challenge(header: &str) -> Option<Vec<(String, String, String)>> {
+        let params = parse_params(strip_scheme(header, "bearer")?);
+        Some(params.into_iter().map(|(k, v)| (k, percent_encode(&v), v)).collect())
+    }
 }
 
 #[cfg(test)]
