@@ -4,7 +4,7 @@ CARGO ?= cargo
 BIN_DIR ?= $(HOME)/.cargo/bin
 DATA_DIR ?= $(or $(HEARTH_DATA_DIR),$(or $(XDG_DATA_HOME),$(HOME)/.local/share)/hearth)
 
-.PHONY: setup build agent examples install run stop test lint openapi bench bench-apps clean
+.PHONY: setup build agent examples install run stop test lint openapi fuzz bench bench-apps clean
 
 # The guest agent runs as PID 1 in every machine: a static musl binary.
 AGENT := target/x86_64-unknown-linux-musl/release/hearth-agent
@@ -60,6 +60,28 @@ test: lint agent examples
 openapi:
 	HEARTH_UPDATE_OPENAPI=1 $(CARGO) test -p hearth-api --lib -- openapi
 	@echo "wrote crates/api/openapi.json"
+
+# The fuzz targets in fuzz/ (cargo-fuzz, nightly): built once, then each
+# run for FUZZ_SECONDS. The first crash or hang fails the run; its input is
+# kept in fuzz/artifacts/TARGET/ and the line to reproduce it is printed.
+# Inputs found along the way are kept in fuzz/corpus/TARGET/ for next time.
+# FUZZ_APPS=0 leaves out the two targets that link wasmtime (app_manifest,
+# lab_file), which about double a cold build.
+FUZZ_SECONDS ?= 10
+FUZZ_APPS ?= 1
+FUZZ_TARGETS := agent_frames cron dns oci_layer oci_manifest $(if $(filter 1,$(FUZZ_APPS)),app_manifest lab_file)
+# No sanitizer: the code is safe Rust; panics, overflow checks and debug
+# assertions (on in cargo-fuzz's default build) are what finds bugs here.
+FUZZ_FLAGS := -s none --target-dir fuzz/target $(if $(filter 1,$(FUZZ_APPS)),,--no-default-features)
+fuzz:
+	@./scripts/setup.sh --fuzz
+	$(CARGO) +nightly fuzz build $(FUZZ_FLAGS)
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		case $$t in oci_layer) max_len=65536;; *) max_len=8192;; esac; \
+		echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+		$(CARGO) +nightly fuzz run $(FUZZ_FLAGS) $$t -- -max_total_time=$(FUZZ_SECONDS) -max_len=$$max_len -timeout=10 -print_final_stats=1 \
+			|| { echo "fuzz: $$t failed: the input is in fuzz/artifacts/$$t/ (see 'Reproduce with' above)"; exit 1; }; \
+	done
 
 bench: build
 	target/release/hearth bench store

@@ -4,6 +4,11 @@
 # targets. Safe to run again and again; `make run` and `make test` call it.
 set -euo pipefail
 
+# `setup.sh --fuzz` (what `make fuzz` runs) adds what the fuzz targets need:
+# a C++ compiler (libFuzzer is C++), the nightly toolchain and cargo-fuzz.
+fuzz=0
+if [ "${1:-}" = --fuzz ]; then fuzz=1; fi
+
 # Debian packages hearth needs. Each capability adds its own here; a test
 # that needs a tool listed here fails when it is missing, so keep this list
 # complete (grep the tests and src for `Command::new(`).
@@ -36,6 +41,8 @@ packages=(gcc libc6-dev procps qemu-system-x86 qemu-utils e2fsprogs debootstrap 
 # Rust targets: the guest agent is a static musl binary; apps and workflows
 # are WebAssembly components.
 targets=(x86_64-unknown-linux-musl wasm32-wasip2)
+
+if ((fuzz)); then packages+=(g++); fi
 
 say() { printf '\033[1msetup:\033[0m %s\n' "$*"; }
 
@@ -104,3 +111,15 @@ if ! "$st_env/bin/st" --version 2>/dev/null | grep -q "version $SCHEMATHESIS_VER
   "$st_env/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 say "schemathesis present: $st_env"
+
+if ((fuzz)); then
+  if ! rustup run nightly cargo --version >/dev/null 2>&1; then
+    say "installing the nightly Rust toolchain (cargo-fuzz needs it)"
+    rustup toolchain install nightly --profile minimal
+  fi
+  if ! cargo fuzz --version >/dev/null 2>&1; then
+    say "installing cargo-fuzz"
+    cargo install cargo-fuzz --locked
+  fi
+  say "fuzzing tools present: $(rustup run nightly rustc --version), $(cargo fuzz --version)"
+fi
