@@ -66,7 +66,7 @@ openapi:
 # kept in fuzz/artifacts/TARGET/ and the line to reproduce it is printed.
 # Inputs found along the way are kept in fuzz/corpus/TARGET/ for next time.
 # FUZZ_APPS=0 leaves out the two targets that link wasmtime (app_manifest,
-# lab_file), which about double a cold build.
+# lab_file), which make a cold build about three times as long.
 FUZZ_SECONDS ?= 10
 FUZZ_APPS ?= 1
 FUZZ_TARGETS := agent_frames cron dns oci_layer oci_manifest $(if $(filter 1,$(FUZZ_APPS)),app_manifest lab_file)
