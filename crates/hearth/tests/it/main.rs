@@ -12,6 +12,7 @@ mod workflows_support;
 mod api_errors;
 mod api_limits;
 mod apps_cli;
+mod apps_outbound;
 mod apps_triggers;
 mod cli;
 mod daemon_lifecycle;
