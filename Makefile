@@ -45,11 +45,16 @@ lint: setup
 # Tests that this host cannot run, because it is known to lack what they
 # need (hearth_testkit::skip), are recorded here and summed up at the end,
 # whether the tests passed or not. HEARTH_NO_SKIP=1 makes each a failure.
-SKIP_LOG := $(abspath $(or $(CARGO_TARGET_DIR),target))/hearth-skips.txt
+TARGET_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target))
+SKIP_LOG := $(TARGET_DIR)/hearth-skips.txt
+# The schemathesis run against the daemon's OpenAPI document, after the
+# tests (scripts/schemathesis.sh): its time budget.
+SCHEMATHESIS_SECONDS ?= 60
 
 test: lint agent examples
 	@mkdir -p $(dir $(SKIP_LOG)) && rm -f $(SKIP_LOG)
 	@status=0; HEARTH_SKIP_LOG=$(SKIP_LOG) $(CARGO) test --workspace --locked --no-fail-fast || status=$$?; \
+	./scripts/schemathesis.sh $(TARGET_DIR)/debug/hearth $(SCHEMATHESIS_SECONDS) || status=$$?; \
 	if [ -s $(SKIP_LOG) ]; then \
 		sort $(SKIP_LOG) | awk -F'\t' '{ n[$$1]++; t[$$1] = t[$$1] (n[$$1] > 1 ? ", " : "") $$2 } \
 			END { for (r in n) printf "skipped: %d, because %s (%s)\n", n[r], r, t[r] }'; \

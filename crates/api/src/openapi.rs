@@ -19,6 +19,8 @@ use crate::server::{
         description = "The hearth daemon's API. On the Unix socket no authentication is needed; on TCP every request needs `Authorization: Bearer TOKEN` (`hearth token` prints it). Every error has the body `{\"error\": {\"code\", \"message\", \"hint\"}}`.",
         license(name = "Apache-2.0")
     ),
+    // What the events stream's `data` holds (see `EventFrame`).
+    components(schemas(hearth_client::types::StreamedEvent)),
     paths(
         system::status, system::openapi, system::metrics,
         kv::list, kv::get, kv::put, kv::delete,

@@ -1,5 +1,6 @@
 //! What one request's instance sees: WASI 0.2 with stdout and stderr going
-//! to the app's log, `wasi:http` whose outgoing requests pass an allow-list,
+//! to the app's log, `wasi:http` whose outgoing requests pass an allow-list
+//! and a check of the address they go to,
 //! `wasi:keyvalue` over hearth's store, and `wasi:config` from the manifest
 //! and the app's secrets. Also the per-request CPU and memory limits.
 
@@ -15,6 +16,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpVi
 
 use crate::logs::{AppLog, LogPipe, LogStream};
 use crate::manifest::{Limits, OutboundRule, default_port};
+use crate::outbound::{self, Resolve};
 use crate::record;
 use hearth_wasm::TICK;
 
@@ -48,6 +50,8 @@ pub(crate) struct AppCtx {
     /// Config variables and secret values, as `wasi:config` serves them.
     pub(crate) config: BTreeMap<String, String>,
     pub(crate) outbound: Vec<OutboundRule>,
+    /// Resolves the host names of outgoing requests.
+    pub(crate) resolver: Arc<dyn Resolve>,
     pub(crate) limits: Limits,
     pub(crate) log: Arc<AppLog>,
 }
@@ -197,7 +201,8 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
 }
 
 // ---------------------------------------------------------------------------
-// Outgoing HTTP: deny by default, allow what the manifest lists.
+// Outgoing HTTP: deny by default, allow what the manifest lists, and check
+// the address a name resolves to (see `outbound`).
 
 struct Outbound {
     app: Arc<AppCtx>,
@@ -216,23 +221,39 @@ impl WasiHttpHooks for Outbound {
         fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
         drop(fut);
-        let uri = request.uri();
-        let scheme = uri.scheme_str().unwrap_or("http").to_ascii_lowercase();
-        let host =
-            uri.host().unwrap_or("").trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
-        let port = uri.port_u16().unwrap_or_else(|| default_port(&scheme));
-        if !self.app.outbound.iter().any(|rule| rule.allows(&scheme, &host, port)) {
-            self.app.note(format!(
-                "Denied an outgoing request to {scheme}://{host}:{port}: hearth.toml does not list it; \
-                 add it to `outbound` (e.g. \"{scheme}://{host}:{port}\") and deploy again."
-            ));
-            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
-        }
-        Box::new(async move {
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((response.map(BodyExt::boxed_unsync), Box::new(io) as Box<dyn Future<Output = _> + Send>))
-        })
+        Box::new(send_request(self.app.clone(), request, options))
     }
+}
+
+/// Sends one outgoing request of `app`: the allow-list by name, then one
+/// lookup whose every address is checked, then a connection to those
+/// addresses.
+async fn send_request(
+    app: Arc<AppCtx>,
+    request: http::Request<wasmtime_wasi_http::WasiBody>,
+    options: Option<wasmtime_wasi_http::RequestOptions>,
+) -> SendResult {
+    let uri = request.uri();
+    let scheme = uri.scheme_str().unwrap_or("http").to_ascii_lowercase();
+    let host = uri.host().unwrap_or("").trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+    let port = uri.port_u16().unwrap_or_else(|| default_port(&scheme));
+    if !app.outbound.iter().any(|rule| rule.allows(&scheme, &host, port)) {
+        app.note(format!(
+            "Denied an outgoing request to {scheme}://{host}:{port}: hearth.toml does not list it; \
+             add it to `outbound` (e.g. \"{scheme}://{host}:{port}\") and deploy again."
+        ));
+        return Err(wasmtime_wasi_http::Error::HttpRequestDenied);
+    }
+    let timeouts = outbound::Timeouts::new(options);
+    let addresses =
+        outbound::resolve_checked(&*app.resolver, &app.outbound, &scheme, &host, port, timeouts.connect)
+            .await
+            .map_err(|refused| {
+                app.note(refused.note(&scheme, &host, port));
+                refused.error()
+            })?;
+    let (response, io) = outbound::send(request, timeouts, &host, scheme == "https", &addresses).await?;
+    Ok((response.map(BodyExt::boxed_unsync), Box::new(io) as Box<dyn Future<Output = _> + Send>))
 }
 
 // ---------------------------------------------------------------------------

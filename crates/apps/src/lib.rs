@@ -16,6 +16,9 @@
 //!   imports and exports.
 //! - `host`: what a request's instance sees (WASI, `wasi:http` with an
 //!   outbound allow-list, `wasi:keyvalue` over the store, `wasi:config`).
+//! - [`outbound`]: outgoing requests checked against the address their host
+//!   resolves to (loopback, link-local and the host's own addresses only
+//!   where the manifest names them), and sent to that checked address.
 //! - [`logs`]: each app's stdout/stderr and request log, in a ring.
 //! - `ingress`: the HTTP server that routes by host and path prefix, and
 //!   the routing table it reads.
@@ -37,6 +40,7 @@ mod host;
 mod ingress;
 pub mod logs;
 pub mod manifest;
+pub mod outbound;
 pub mod record;
 mod runtime;
 mod secrets;

@@ -29,6 +29,7 @@
 //! `wasi:keyvalue` with no `key_value`) is refused at deploy time.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
@@ -300,14 +301,6 @@ impl OutboundRule {
     /// Whether a request to `scheme://host:port` is allowed. `host` is
     /// lowercase, without brackets for IPv6.
     pub(crate) fn allows(&self, scheme: &str, host: &str, port: u16) -> bool {
-        if self.scheme.as_deref().is_some_and(|s| s != scheme) {
-            return false;
-        }
-        let port_ok = match self.port {
-            PortPattern::Any => true,
-            PortPattern::Exact(p) => p == port,
-            PortPattern::Default => port == default_port(scheme),
-        };
         let host_ok = match &self.host {
             HostPattern::Any => true,
             HostPattern::Exact(h) => h == host,
@@ -317,7 +310,33 @@ impl OutboundRule {
                 }
             }
         };
-        port_ok && host_ok
+        host_ok && self.allows_scheme_and_port(scheme, port)
+    }
+
+    /// Whether this rule names `ip` itself, so that a request on `scheme`
+    /// and `port` may reach it although it is an address apps are kept from
+    /// (loopback, link-local, the host's own: see `outbound`). A rule names
+    /// an address when its host is that address as an IP literal
+    /// (`http://127.0.0.1:8080`), or when its host is `localhost` and the
+    /// address is a loopback one. Wildcards name nothing.
+    pub(crate) fn names_address(&self, scheme: &str, ip: IpAddr, port: u16) -> bool {
+        let HostPattern::Exact(host) = &self.host else { return false };
+        let named = match host.parse::<IpAddr>() {
+            Ok(literal) => literal.to_canonical() == ip.to_canonical(),
+            Err(_) => host == "localhost" && ip.to_canonical().is_loopback(),
+        };
+        named && self.allows_scheme_and_port(scheme, port)
+    }
+
+    fn allows_scheme_and_port(&self, scheme: &str, port: u16) -> bool {
+        if self.scheme.as_deref().is_some_and(|s| s != scheme) {
+            return false;
+        }
+        match self.port {
+            PortPattern::Any => true,
+            PortPattern::Exact(p) => p == port,
+            PortPattern::Default => port == default_port(scheme),
+        }
     }
 }
 
@@ -345,7 +364,7 @@ fn check_host(host: &str) -> Result<(), &'static str> {
     if host.is_empty() || host.len() > 253 {
         return Err("the host is empty or too long");
     }
-    if host.parse::<std::net::IpAddr>().is_ok() {
+    if host.parse::<IpAddr>().is_ok() {
         return Ok(());
     }
     let label_ok =
@@ -435,5 +454,24 @@ mod tests {
         assert!(check("*", "https", "anything.org", 443));
         assert!(check("http://[::1]:8080", "http", "::1", 8080));
         assert!(check("HTTPS://API.Example.com/", "https", "api.example.com", 443));
+    }
+
+    #[test]
+    fn a_rule_names_an_address_by_its_literal_or_localhost_for_loopback() {
+        let names = |rule: &str, scheme: &str, ip: &str, port: u16| {
+            OutboundRule::parse(rule).unwrap().names_address(scheme, ip.parse().unwrap(), port)
+        };
+        assert!(names("http://127.0.0.1:8080", "http", "127.0.0.1", 8080));
+        assert!(!names("http://127.0.0.1:8080", "http", "127.0.0.1", 8081), "the port counts");
+        assert!(!names("http://127.0.0.1:8080", "https", "127.0.0.1", 8080), "the scheme counts");
+        assert!(!names("http://127.0.0.1:*", "http", "127.0.0.2", 80), "one address, not its network");
+        assert!(names("http://127.0.0.1:*", "http", "::ffff:127.0.0.1", 80), "v4-mapped is the same address");
+        assert!(names("http://[::1]:*", "http", "::1", 80));
+        assert!(names("localhost:*", "http", "127.0.0.1", 9000));
+        assert!(names("localhost:*", "http", "::1", 9000));
+        assert!(!names("localhost:*", "http", "192.168.1.5", 9000), "localhost names loopback only");
+        assert!(!names("*", "http", "127.0.0.1", 80), "a wildcard names nothing");
+        assert!(!names("*.example.com", "https", "127.0.0.1", 443));
+        assert!(!names("api.example.com", "https", "127.0.0.1", 443));
     }
 }

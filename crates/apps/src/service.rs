@@ -30,6 +30,7 @@ use crate::host::{AppCtx, HostState};
 use crate::ingress::{Entry, Table};
 use crate::logs::{AppLog, LogLine, LogStream};
 use crate::manifest::{Limits, Manifest};
+use crate::outbound::{Resolve, SystemResolver};
 use crate::record::{self, App, Route, Version, validate_name};
 use crate::runtime::{self, Runtime};
 use crate::triggers::Guards;
@@ -57,6 +58,9 @@ pub struct Options {
     /// Instances that can run at once, across apps (the pooling allocator's
     /// size). Each reserves address space, not memory.
     pub max_instances: u32,
+    /// Resolves the host names apps send requests to: the system's
+    /// resolver; tests put a map here.
+    pub resolver: Arc<dyn Resolve>,
 }
 
 impl Options {
@@ -70,6 +74,7 @@ impl Options {
             max_upload: 64 << 20,
             max_versions: 10,
             max_instances: 1000,
+            resolver: Arc::new(SystemResolver),
         }
     }
 }

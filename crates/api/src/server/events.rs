@@ -9,7 +9,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{FutureExt, StreamExt};
-use hearth_client::types::{ChangeEvent, Encoding, ErrorBody, EventKind, EventList, EventsQuery};
+use hearth_client::types::{ChangeEvent, Encoding, ErrorBody, EventFrame, EventKind, EventList, EventsQuery};
 use hearth_store::{Change, Follower};
 
 use super::AppState;
@@ -58,8 +58,8 @@ fn change_event(event: hearth_store::Event) -> ChangeEvent {
 /// at revision R + 1.
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(EventsQuery),
     responses(
-        (status = 200, description = "A list, or with follow=true an SSE stream of ChangeEvent",
-            content((EventList = "application/json"), (String = "text/event-stream"))),
+        (status = 200, description = "A list, or with follow=true an SSE stream whose data are StreamedEvent",
+            content((EventList = "application/json"), (EventFrame = "text/event-stream"))),
         (status = 400, body = ErrorBody),
         (status = 410, description = "`since` is older than the retained history", body = ErrorBody),
         (status = 503, description = "`follow=true` and too many event streams are open (`too_many_streams`)", body = ErrorBody)))]

@@ -59,7 +59,9 @@ fn agent_failure(error: hearth_agent::client::Error) -> ApiError {
 #[utoipa::path(put, path = "/v1/machines/{name}/files", tag = "machines",
     params(("name" = String, Path), FileQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses((status = 204), (status = 400, body = ErrorBody), (status = 409, description = "Not running", body = ErrorBody),
+    responses((status = 204), (status = 400, body = ErrorBody),
+        (status = 404, description = "No such machine", body = ErrorBody),
+        (status = 409, description = "Not running", body = ErrorBody),
         (status = 413, description = "Larger than 1 GiB", body = ErrorBody)))]
 pub(crate) async fn put(
     State(state): State<AppState>,
@@ -142,7 +144,8 @@ impl Read for ChannelReader {
 #[utoipa::path(get, path = "/v1/machines/{name}/files", tag = "machines",
     params(("name" = String, Path), FileQuery),
     responses((status = 200, description = "The file's bytes", content_type = "application/octet-stream"),
-        (status = 400, body = ErrorBody), (status = 409, description = "Not running", body = ErrorBody),
+        (status = 400, body = ErrorBody), (status = 404, description = "No such machine or file", body = ErrorBody),
+        (status = 409, description = "Not running", body = ErrorBody),
         (status = 413, description = "Larger than 1 GiB", body = ErrorBody)))]
 pub(crate) async fn get(
     State(state): State<AppState>,

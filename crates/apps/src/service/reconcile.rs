@@ -182,6 +182,7 @@ impl Apps {
             kv_stores: version.manifest.key_value.clone(),
             config,
             outbound: version.manifest.outbound_rules(),
+            resolver: self.inner.options.resolver.clone(),
             limits,
             log: self.log(&app.name),
         };

@@ -6,6 +6,7 @@
 mod apps_deploy;
 mod apps_hot_swap;
 mod apps_limits;
+mod apps_outbound;
 mod apps_resources;
 mod apps_restart;
 mod apps_throughput;

@@ -52,3 +52,28 @@ pub struct EventsQuery {
     #[param(minimum = 1, maximum = 10000)]
     pub limit: Option<usize>,
 }
+
+/// The data of one server-sent event of `/v1/events?follow=true`: a
+/// change (events `put` and `delete`, whose `id` is its revision), or, as
+/// the stream's last event, why it ended (event `error`, e.g. `compacted`
+/// when the history the stream needed is gone).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum StreamedEvent {
+    Change(ChangeEvent),
+    Error(super::ErrorBody),
+}
+
+/// One server-sent event of `/v1/events?follow=true` as it is framed on the
+/// wire (the `text/event-stream` item schema of OpenAPI 3.2). Documentation
+/// only: clients read [`StreamedEvent`] out of `data`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EventFrame {
+    /// The change's revision, on `put` and `delete`: a client that
+    /// reconnects sends the last one as `Last-Event-ID` to resume after it.
+    pub id: Option<String>,
+    /// `put`, `delete`, or `error`.
+    pub event: String,
+    /// A [`StreamedEvent`], as JSON.
+    pub data: String,
+}

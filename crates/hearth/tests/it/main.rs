@@ -13,6 +13,7 @@ mod api_connections;
 mod api_errors;
 mod api_limits;
 mod apps_cli;
+mod apps_outbound;
 mod apps_triggers;
 mod cli;
 mod daemon_lifecycle;

@@ -257,3 +257,39 @@ pub async fn log_lines(apps: &Apps, name: &str) -> Vec<String> {
     let (lines, _) = apps.logs(name).await.unwrap();
     lines.into_iter().map(|l| format!("{:?}: {}", l.stream, l.text)).collect()
 }
+
+/// A resolver from a fixed map, counting its lookups: it lets a test make
+/// a name resolve where it needs (say `api.example.test` to 127.0.0.1)
+/// without touching /etc/hosts or DNS.
+#[derive(Debug, Default)]
+pub struct MapResolver {
+    pub names: std::collections::HashMap<String, Vec<std::net::IpAddr>>,
+    pub lookups: std::sync::atomic::AtomicU32,
+}
+
+impl MapResolver {
+    pub fn new(names: &[(&str, &[&str])]) -> Arc<MapResolver> {
+        let names = names
+            .iter()
+            .map(|(name, ips)| (name.to_string(), ips.iter().map(|ip| ip.parse().unwrap()).collect()))
+            .collect();
+        Arc::new(MapResolver { names, lookups: Default::default() })
+    }
+}
+
+impl hearth_apps::outbound::Resolve for MapResolver {
+    fn resolve(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> futures::future::BoxFuture<'static, std::io::Result<Vec<SocketAddr>>> {
+        self.lookups.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let found = self.names.get(host).map(|ips| ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect());
+        let host = host.to_owned();
+        Box::pin(async move {
+            found.ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::NotFound, format!("{host} is not in the test's map"))
+            })
+        })
+    }
+}
