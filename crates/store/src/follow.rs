@@ -19,6 +19,7 @@
 //! nothing, because the follower's position only moves once a change is
 //! handed out.
 
+use crate::chain;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -209,16 +210,4 @@ impl Follower {
             Some((change, follower))
         })
     }
-}
-
-/// An error with its sources, for the log.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

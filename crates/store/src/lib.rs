@@ -163,3 +163,20 @@ pub mod limits {
     /// Longest lease TTL.
     pub const MAX_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 }
+
+/// An error and its sources on one line, `error: cause: cause`, for logs
+/// and for reasons stored as text; a source whose words the message
+/// already holds is not repeated. Every hearth crate logs errors this way.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}

@@ -7,6 +7,7 @@
 //! publishes the events and answers the callers. Under load that is many
 //! writes per fsync; a lone writer pays one fsync per write, as it must.
 
+use crate::chain;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -257,19 +258,6 @@ impl Writer {
         drop(db);
         progress.send_modify(|progress| progress.closed = true);
     }
-}
-
-/// An error and its sources on one line: the store's messages do not repeat
-/// their source, and a batch failure is handed to many callers as text.
-fn chain(error: &Error) -> String {
-    let mut message = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }
 
 fn answer_work(work: Work, answer: Answer) {
