@@ -8,7 +8,10 @@ use hearth_testkit::{Daemon, failure, success, wait_until};
 const BIN: &str = env!("CARGO_BIN_EXE_hearth");
 
 fn count(daemon: &Daemon, machine: &str) -> u64 {
-    try_count(daemon, machine).unwrap_or_else(|| panic!("{machine} has no count in /tmp/count"))
+    try_count(daemon, machine).unwrap_or_else(|| {
+        let out = daemon.cli(&["machine", "exec", machine, "--", "cat", "/tmp/count"]);
+        panic!("{machine} has no count in /tmp/count: {out:?}")
+    })
 }
 
 /// The count, if the counter has written one yet.
@@ -23,6 +26,8 @@ async fn a_restored_snapshot_keeps_counting_where_it_left_off() {
     let image = daemon.ensure_debian_image().await;
     success(&daemon.cli(&["machine", "run", "--name", "counter", &image]));
     // A counter in its own session, so it outlives the exec that started it.
+    // Each count is renamed into place, so a reader never sees the file
+    // between the shell's truncate and its write.
     success(&daemon.cli(&[
         "machine",
         "exec",
@@ -30,7 +35,7 @@ async fn a_restored_snapshot_keeps_counting_where_it_left_off() {
         "--",
         "sh",
         "-c",
-        "setsid sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done' </dev/null >/dev/null 2>&1 &",
+        "setsid sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.1; done' </dev/null >/dev/null 2>&1 &",
     ]));
     let started =
         wait_until(Duration::from_secs(10), async || try_count(&daemon, "counter").is_some_and(|n| n > 0))
