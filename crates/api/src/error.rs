@@ -294,6 +294,40 @@ impl From<hearth_net::service::Error> for ApiError {
     }
 }
 
+/// Registry errors mapped onto HTTP, with the hint a person needs.
+impl From<hearth_services::Error> for ApiError {
+    fn from(error: hearth_services::Error) -> Self {
+        use hearth_services::Error as E;
+        let message = error.to_string();
+        match error {
+            E::NotFound(_) => Self::not_found(message, "`hearth service ls` lists the services"),
+            E::InstanceNotFound { service, .. } => Self::not_found(
+                message,
+                format!(
+                    "`hearth service inspect {service}` lists its instances; register again if yours expired"
+                ),
+            ),
+            E::AlreadyExists(name) => Self::conflict(
+                message,
+                format!("pick another name, or remove it first with `hearth service rm {name}`"),
+            ),
+            E::Invalid(_) => Self::bad_request("invalid_field", message, "see `hearth service --help`"),
+            E::NotRegistered(_) => Self::conflict(
+                message,
+                "register instances under another name; `hearth service scale` changes a service of machines",
+            ),
+            E::NotMachines(_) => Self::conflict(message, "its instances come and go by registration"),
+            E::Conflict(_) => Self::conflict(message, "try again"),
+            E::Store(e) => Self::from(e),
+            E::Machines(e) => Self::from(e),
+            E::Corrupt(..) => {
+                tracing::error!(error = %message, "A service record is unreadable.");
+                Self::internal(message)
+            }
+        }
+    }
+}
+
 /// App errors mapped onto HTTP, with the hint a person needs.
 impl From<hearth_apps::Error> for ApiError {
     fn from(error: hearth_apps::Error) -> Self {

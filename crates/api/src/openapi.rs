@@ -9,7 +9,7 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use crate::server::{
-    apps, events, files, images, kv, leases, machines, networks, system, triggers, workflows,
+    apps, events, files, images, kv, leases, machines, networks, services, system, triggers, workflows,
 };
 
 #[derive(OpenApi)]
@@ -39,6 +39,8 @@ use crate::server::{
         triggers::workflow_list, triggers::workflow_add, triggers::workflow_remove,
         networks::faults, networks::create_fault, networks::heal, networks::heal_all,
         crate::labs::list, crate::labs::get, crate::labs::put, crate::labs::remove,
+        services::list, services::get, services::create, services::scale, services::remove, services::endpoints,
+        services::register, services::heartbeat, services::deregister, services::history,
     ),
     modifiers(&BearerAuth, &Limits),
     security(("bearer" = [])),
@@ -54,6 +56,7 @@ use crate::server::{
         (name = "workflows", description = "Durable workflows and their runs"),
         (name = "faults", description = "Partitions, delay and loss, on purpose"),
         (name = "labs", description = "Machines and networks brought up together from a lab file"),
+        (name = "services", description = "The registry: services of machines, registered instances and apps, with health checks"),
     )
 )]
 struct ApiDoc;

@@ -481,6 +481,73 @@ impl Client {
         self.send(Method::DELETE, &format!("/v1/networks/{}", encode_path(name)), None).await.map(drop)
     }
 
+    pub async fn services(&self) -> Result<crate::types::ServiceList, Error> {
+        self.call(Method::GET, "/v1/services", None).await
+    }
+
+    /// A service with every instance, passing or not.
+    pub async fn service(&self, name: &str) -> Result<crate::types::ServiceDetail, Error> {
+        self.call(Method::GET, &format!("/v1/services/{}", encode_path(name)), None).await
+    }
+
+    pub async fn create_service(
+        &self,
+        body: &crate::types::CreateService,
+    ) -> Result<crate::types::Service, Error> {
+        self.call(Method::POST, "/v1/services", Self::json(body)?).await
+    }
+
+    pub async fn scale_service(&self, name: &str, count: u32) -> Result<crate::types::Service, Error> {
+        let body = crate::types::ScaleService { count };
+        self.call(Method::PUT, &format!("/v1/services/{}/count", encode_path(name)), Self::json(&body)?).await
+    }
+
+    pub async fn remove_service(&self, name: &str) -> Result<(), Error> {
+        self.send(Method::DELETE, &format!("/v1/services/{}", encode_path(name)), None).await.map(drop)
+    }
+
+    /// The passing instances; with `index`, waits up to `wait` for a change after it.
+    pub async fn service_endpoints(
+        &self,
+        name: &str,
+        q: &crate::types::EndpointsQuery,
+    ) -> Result<crate::types::Endpoints, Error> {
+        let qs = serde_urlencoded::to_string(q).map_err(|e| Error::Protocol(e.to_string()))?;
+        self.call(Method::GET, &format!("/v1/services/{}/endpoints?{qs}", encode_path(name)), None).await
+    }
+
+    pub async fn register_instance(
+        &self,
+        service: &str,
+        body: &crate::types::RegisterInstance,
+    ) -> Result<crate::types::ServiceInstance, Error> {
+        self.call(
+            Method::POST,
+            &format!("/v1/services/{}/instances", encode_path(service)),
+            Self::json(body)?,
+        )
+        .await
+    }
+
+    pub async fn heartbeat(
+        &self,
+        service: &str,
+        id: &str,
+        body: &crate::types::Heartbeat,
+    ) -> Result<(), Error> {
+        let path = format!("/v1/services/{}/instances/{}/heartbeat", encode_path(service), encode_path(id));
+        self.send(Method::PUT, &path, Self::json(body)?).await.map(drop)
+    }
+
+    pub async fn deregister_instance(&self, service: &str, id: &str) -> Result<(), Error> {
+        let path = format!("/v1/services/{}/instances/{}", encode_path(service), encode_path(id));
+        self.send(Method::DELETE, &path, None).await.map(drop)
+    }
+
+    pub async fn service_history(&self, name: &str) -> Result<crate::types::ServiceHistory, Error> {
+        self.call(Method::GET, &format!("/v1/services/{}/history", encode_path(name)), None).await
+    }
+
     pub async fn faults(&self) -> Result<FaultList, Error> {
         self.call(Method::GET, "/v1/faults", None).await
     }

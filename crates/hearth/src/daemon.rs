@@ -174,12 +174,11 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
         let machines = machines.clone();
         async move { machines.probe_kvm().await }
     });
+    let services = hearth_services::Services::new(store.clone(), machines.clone());
+    let services_loop = tokio::spawn(services.clone().run(stop_rx.clone()));
     let state = AppState::new(
         store,
-        machines,
-        networks,
-        apps,
-        workflows,
+        hearth_api::server::Subsystems { machines, networks, apps, workflows, services },
         DaemonInfo {
             data_dir: data_dir.to_owned(),
             socket: socket_path.clone(),
@@ -234,6 +233,7 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
         );
         servers.abort_all();
     }
+    let _ = services_loop.await;
     let _ = machines_loop.await;
     let _ = apps_loop.await;
     let _ = workflows_loop.await;

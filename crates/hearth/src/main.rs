@@ -56,6 +56,9 @@ enum Command {
     /// Private networks: create, list, inspect, remove.
     #[command(subcommand)]
     Network(cmd::network::Command),
+    /// Services: machines kept at count, registered instances, health checks, discovery.
+    #[command(subcommand)]
+    Service(cmd::service::Command),
     /// Break the network on purpose: partitions, delay, loss; then heal.
     #[command(subcommand)]
     Fault(cmd::fault::Command),
@@ -139,6 +142,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::App(command) => cmd::app::run(&client()?, command).await?,
         Command::Workflow(command) => return Ok(exit_code(cmd::workflow::run(&client()?, command).await?)),
         Command::Network(command) => cmd::network::run(&client()?, command).await?,
+        Command::Service(command) => cmd::service::run(&client()?, command).await?,
         Command::Fault(command) => cmd::fault::run(&client()?, command).await?,
         Command::Lab(command) => return Ok(exit_code(cmd::lab::run(&client()?, command).await?)),
         Command::Snapshot(command) => cmd::snapshot::run(&client()?, command).await?,

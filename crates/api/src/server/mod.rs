@@ -15,6 +15,7 @@ pub(crate) mod kv;
 pub(crate) mod leases;
 pub(crate) mod machines;
 pub(crate) mod networks;
+pub(crate) mod services;
 pub(crate) mod system;
 pub(crate) mod triggers;
 pub(crate) mod workflows;
@@ -62,6 +63,16 @@ where
     })
 }
 
+/// The subsystems' handles the API drives.
+#[derive(Debug, Clone)]
+pub struct Subsystems {
+    pub machines: hearth_machines::Machines,
+    pub networks: hearth_net::Networks,
+    pub apps: hearth_apps::Apps,
+    pub workflows: hearth_workflows::Workflows,
+    pub services: hearth_services::Services,
+}
+
 /// Everything a handler can reach. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
@@ -74,6 +85,7 @@ struct Inner {
     networks: hearth_net::Networks,
     apps: hearth_apps::Apps,
     workflows: hearth_workflows::Workflows,
+    services: hearth_services::Services,
     info: DaemonInfo,
     started: Instant,
     metrics: Metrics,
@@ -92,13 +104,11 @@ impl AppState {
     /// responses (event streams) end then, so graceful shutdown can finish.
     pub fn new(
         store: Arc<dyn Store>,
-        machines: hearth_machines::Machines,
-        networks: hearth_net::Networks,
-        apps: hearth_apps::Apps,
-        workflows: hearth_workflows::Workflows,
+        subsystems: Subsystems,
         info: DaemonInfo,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
+        let Subsystems { machines, networks, apps, workflows, services } = subsystems;
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -106,6 +116,7 @@ impl AppState {
                 networks,
                 apps,
                 workflows,
+                services,
                 info,
                 started: Instant::now(),
                 metrics: Metrics::new(),
@@ -138,6 +149,10 @@ impl AppState {
 
     pub(crate) fn workflows(&self) -> &hearth_workflows::Workflows {
         &self.inner.workflows
+    }
+
+    pub(crate) fn services(&self) -> &hearth_services::Services {
+        &self.inner.services
     }
 
     /// The bytes of deploy bodies the daemon may hold at once.
@@ -190,6 +205,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/labs/{name}", get(crate::labs::get).put(crate::labs::put).delete(crate::labs::remove))
         .route("/v1/faults", get(networks::faults).post(networks::create_fault).delete(networks::heal_all))
         .route("/v1/faults/{id}", axum::routing::delete(networks::heal))
+        .route("/v1/services", get(services::list).post(services::create))
+        .route("/v1/services/{name}", get(services::get).delete(services::remove))
+        .route("/v1/services/{name}/count", axum::routing::put(services::scale))
+        .route("/v1/services/{name}/endpoints", get(services::endpoints))
+        .route("/v1/services/{name}/history", get(services::history))
+        .route("/v1/services/{name}/instances", post(services::register))
+        .route("/v1/services/{name}/instances/{id}", axum::routing::delete(services::deregister))
+        .route("/v1/services/{name}/instances/{id}/heartbeat", axum::routing::put(services::heartbeat))
         .route("/v1/apps", get(apps::list))
         .route("/v1/apps/{name}", get(apps::get).put(apps::deploy).delete(apps::remove))
         .route("/v1/apps/{name}/rollback", post(apps::rollback))

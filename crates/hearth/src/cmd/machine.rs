@@ -368,7 +368,7 @@ async fn run_machine(client: &Client, args: RunArgs) -> anyhow::Result<i32> {
 }
 
 /// Pulls the image through the daemon if it is not there yet.
-async fn ensure_image(client: &Client, image: &str) -> anyhow::Result<()> {
+pub(crate) async fn ensure_image(client: &Client, image: &str) -> anyhow::Result<()> {
     match client.image(image).await {
         Ok(_) => return Ok(()),
         Err(ClientError::Api { status, .. }) if status == hyper::StatusCode::NOT_FOUND => {}

@@ -319,7 +319,7 @@ async fn wait_for_end(client: &Client, id: &str) -> anyhow::Result<RunSummary> {
 }
 
 /// `5s ago`, `3m ago`, from Unix milliseconds.
-fn ago(ms: u64) -> String {
+pub(crate) fn ago(ms: u64) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

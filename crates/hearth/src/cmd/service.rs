@@ -1,0 +1,347 @@
+//! `hearth service`: the registry of everything that serves.
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use hearth_client::Client;
+use hearth_client::types::{
+    CreateService, EndpointsQuery, Health, Heartbeat, RegisterInstance, ServiceDetail,
+};
+
+use super::workflow::ago;
+use crate::output::{Spinner, Table, print_json};
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum Command {
+    /// Keep COUNT machines of an image running, checked and registered as NAME.
+    ///
+    /// Instances are machines NAME-1 ... NAME-COUNT; one that stops, fails
+    /// or stays critical is replaced, with backoff. They answer as
+    /// NAME.service.hearth in DNS.
+    Create {
+        name: String,
+        #[arg(long)]
+        image: String,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// The port the instances answer on.
+        #[arg(long)]
+        port: u16,
+        /// A health check: http[:PATH], tcp or exec:COMMAND, with options like
+        /// ,interval=2s,timeout=1s,passes=1,failures=1 (http: ,status=204). Repeatable.
+        #[arg(long = "check")]
+        checks: Vec<String>,
+        /// The network the instances join (default: the default network).
+        #[arg(long)]
+        network: Option<String>,
+        /// KEY=VALUE for the instances' main process. Repeatable.
+        #[arg(long = "env", short = 'e')]
+        env: Vec<String>,
+        #[arg(long)]
+        cpus: Option<u32>,
+        /// Memory per instance, in MiB.
+        #[arg(long)]
+        memory: Option<u32>,
+        /// A tag for the application dictionary. Repeatable.
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// NAME=URL: a runbook, a repository, a dashboard. Repeatable.
+        #[arg(long = "link")]
+        links: Vec<String>,
+        /// Return at once instead of waiting for the instances to pass.
+        #[arg(long, short = 'd')]
+        detach: bool,
+        /// The command instead of the image's.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// List services: of machines, registered, and apps.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a service, its instances and their health.
+    Inspect {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set how many machines a service keeps.
+    Scale { name: String, count: u32 },
+    /// Remove services, their machines and records.
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Print the passing instances each time they change (a blocking query).
+    Watch {
+        name: String,
+        /// Print once and return.
+        #[arg(long)]
+        once: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Register an instance that runs elsewhere; it is gone when heartbeats
+    /// stop for its TTL.
+    Register {
+        name: String,
+        #[arg(long)]
+        address: String,
+        #[arg(long)]
+        port: u16,
+        /// e.g. 30s.
+        #[arg(long, default_value = "30s")]
+        ttl: String,
+        /// Default: made up from NAME.
+        #[arg(long)]
+        id: Option<String>,
+        /// http[:PATH] or tcp, run by the daemon. Repeatable.
+        #[arg(long = "check")]
+        checks: Vec<String>,
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+    },
+    /// Renew a registration's TTL, and set its health.
+    Heartbeat {
+        name: String,
+        id: String,
+        #[arg(long, value_parser = ["passing", "warning", "critical"])]
+        health: Option<String>,
+        #[arg(long)]
+        output: Option<String>,
+    },
+    /// Remove a registered instance at once.
+    Deregister { name: String, id: String },
+    /// What the platform did by itself: replacements, restarts, failures.
+    History {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Create {
+            name,
+            image,
+            count,
+            port,
+            checks,
+            network,
+            env,
+            cpus,
+            memory,
+            tags,
+            description,
+            links,
+            detach,
+            command,
+        } => {
+            let links = links
+                .iter()
+                .map(|l| match l.split_once('=') {
+                    Some((k, v)) => Ok((k.to_string(), v.to_string())),
+                    None => bail!("--link {l:?} is not NAME=URL, e.g. --link runbook=https://wiki/web"),
+                })
+                .collect::<anyhow::Result<_>>()?;
+            super::machine::ensure_image(client, &image).await?;
+            let body = CreateService {
+                name: name.clone(),
+                image,
+                count: Some(count),
+                port,
+                checks,
+                network,
+                env,
+                command: (!command.is_empty()).then_some(command),
+                cpus,
+                memory_mib: memory,
+                tags,
+                description,
+                links,
+            };
+            let service = client.create_service(&body).await?;
+            println!("created service {} ({} × {}, port {})", service.name, count, body.image, port);
+            if !detach && count > 0 {
+                wait_passing(client, &name, count, Duration::from_secs(600)).await?;
+            }
+        }
+        Command::Ls { json } => {
+            let list = client.services().await?;
+            if json {
+                return print_json(&list);
+            }
+            let mut table = Table::new(vec!["NAME", "KIND", "PASSING", "WHAT", "PORT", "CHECKS"]);
+            for s in list.services {
+                let what = match (&s.image, s.routes.is_empty()) {
+                    (Some(image), _) => image.clone(),
+                    (None, false) => s.routes.join(" "),
+                    _ => String::new(),
+                };
+                table.row(vec![
+                    s.name,
+                    s.kind.to_string(),
+                    format!("{}/{}", s.passing, s.count.unwrap_or(s.instances)),
+                    what,
+                    s.port.map(|p| p.to_string()).unwrap_or_default(),
+                    s.checks.join(" "),
+                ]);
+            }
+            print!("{}", table.render());
+        }
+        Command::Inspect { name, json } => {
+            let detail = client.service(&name).await?;
+            if json {
+                return print_json(&detail);
+            }
+            print_detail(&detail);
+        }
+        Command::Scale { name, count } => {
+            let s = client.scale_service(&name, count).await?;
+            println!("service {} keeps {count} instances ({} passing now)", s.name, s.passing);
+        }
+        Command::Rm { names } => {
+            for name in names {
+                client.remove_service(&name).await?;
+                println!("removed service {name}");
+            }
+        }
+        Command::Watch { name, once, json } => {
+            let mut index = 0;
+            loop {
+                let q = EndpointsQuery { index: (index > 0).then_some(index), wait: Some("300s".into()) };
+                let e = client.service_endpoints(&name, &q).await?;
+                if e.index != index || index == 0 {
+                    if json {
+                        println!("{}", serde_json::to_string(&e)?);
+                    } else {
+                        let list: Vec<String> = e
+                            .instances
+                            .iter()
+                            .map(|i| format!("{}={}:{}", i.id, i.address, i.port))
+                            .collect();
+                        let shown = if list.is_empty() { "none".to_string() } else { list.join(" ") };
+                        println!("{name} passing ({} at revision {}): {shown}", e.instances.len(), e.index);
+                    }
+                }
+                if once {
+                    return Ok(());
+                }
+                index = e.index.max(1);
+            }
+        }
+        Command::Register { name, address, port, ttl, id, checks, tags } => {
+            let ttl = humantime::parse_duration(&ttl)
+                .map_err(|_| anyhow::anyhow!("--ttl {ttl:?} is not a duration like 30s"))?;
+            let body = RegisterInstance { id, address, port, ttl_s: ttl.as_secs().max(1), checks, tags };
+            let i = client.register_instance(&name, &body).await?;
+            println!(
+                "registered {} in {name} ({}:{}); send `hearth service heartbeat {name} {}` at least every {}s",
+                i.id,
+                i.address.unwrap_or_default(),
+                i.port,
+                i.id,
+                body.ttl_s
+            );
+        }
+        Command::Heartbeat { name, id, health, output } => {
+            let health =
+                health.map(|h| h.parse::<Health>()).transpose().map_err(|e| anyhow::anyhow!("{e}"))?;
+            client.heartbeat(&name, &id, &Heartbeat { health, output }).await?;
+        }
+        Command::Deregister { name, id } => {
+            client.deregister_instance(&name, &id).await?;
+            println!("deregistered {id} from {name}");
+        }
+        Command::History { name, json } => {
+            let history = client.service_history(&name).await?;
+            if json {
+                return print_json(&history);
+            }
+            let mut table = Table::new(vec!["WHEN", "INSTANCE", "ACTION", "WHY"]);
+            for e in history.entries {
+                table.row(vec![ago(e.at_ms), e.instance.unwrap_or_default(), e.action, e.reason]);
+            }
+            print!("{}", table.render());
+        }
+    }
+    Ok(())
+}
+
+fn print_detail(detail: &ServiceDetail) {
+    let s = &detail.service;
+    println!("name:        {}", s.name);
+    println!("kind:        {}", s.kind);
+    if let Some(image) = &s.image {
+        println!("image:       {image}");
+    }
+    if let Some(count) = s.count {
+        println!("count:       {count} ({} passing)", s.passing);
+    }
+    if let Some(port) = s.port {
+        println!("port:        {port}");
+    }
+    if !s.checks.is_empty() {
+        println!("checks:      {}", s.checks.join(" "));
+    }
+    if !s.routes.is_empty() {
+        println!("routes:      {}", s.routes.join(" "));
+    }
+    if !s.tags.is_empty() {
+        println!("tags:        {}", s.tags.join(", "));
+    }
+    if let Some(d) = &s.description {
+        println!("description: {d}");
+    }
+    for (name, url) in &s.links {
+        println!("link:        {name} {url}");
+    }
+    println!("dns:         {}.service.hearth", s.name);
+    if detail.instances.is_empty() {
+        return;
+    }
+    println!();
+    let mut table = Table::new(vec!["INSTANCE", "ADDRESS", "HEALTH", "SINCE", "OUTPUT"]);
+    for i in &detail.instances {
+        table.row(vec![
+            i.id.clone(),
+            i.address.as_ref().map(|a| format!("{a}:{}", i.port)).unwrap_or_else(|| "-".into()),
+            i.health.to_string(),
+            i.since_ms.map(ago).unwrap_or_default(),
+            i.output.clone(),
+        ]);
+    }
+    print!("{}", table.render());
+}
+
+/// Waits until `count` instances pass, showing how many do.
+async fn wait_passing(client: &Client, name: &str, count: u32, limit: Duration) -> anyhow::Result<()> {
+    let spinner = Spinner::new(format!("{name}: 0/{count} passing"));
+    let started = Instant::now();
+    let mut index = 0;
+    loop {
+        let left = limit.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            spinner.finish();
+            bail!(
+                "service {name} has fewer than {count} passing instances after {}s; `hearth service inspect {name}` shows why, and `hearth service history {name}` what was done",
+                limit.as_secs()
+            );
+        }
+        let wait = left.min(Duration::from_secs(30));
+        let q = EndpointsQuery { index: Some(index), wait: Some(format!("{}ms", wait.as_millis().max(1))) };
+        let e = client.service_endpoints(name, &q).await?;
+        index = e.index;
+        spinner.set(format!("{name}: {}/{count} passing", e.instances.len()));
+        if e.instances.len() as u32 >= count {
+            spinner.finish();
+            println!("{name}: {count}/{count} passing, in {:.1}s", started.elapsed().as_secs_f64());
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,583 @@
+//! The `Services` handle: what the API asks of the registry.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex as StdMutex, PoisonError};
+use std::time::Duration;
+
+use futures::StreamExt;
+use hearth_machines::Machines;
+use hearth_store::{Compare, KeyValue, Op, Store, Txn};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+
+use crate::check::{CheckKind, CheckSpec};
+use crate::record::{
+    self, Endpoints, HealthRecord, HistoryEntry, InstanceRecord, Kind, Meta, ServiceRecord, Status, Template,
+};
+use crate::{Error, Versioned};
+
+/// The most machines one service keeps.
+pub const MAX_COUNT: u32 = 64;
+/// The longest a blocking query waits.
+pub const MAX_WAIT: Duration = Duration::from_secs(300);
+
+/// What `create` needs for a service of machines.
+#[derive(Debug, Clone)]
+pub struct CreateService {
+    pub name: String,
+    pub template: Template,
+    pub count: u32,
+    pub port: u16,
+    pub checks: Vec<CheckSpec>,
+    pub meta: Meta,
+}
+
+/// What `register` needs.
+#[derive(Debug, Clone)]
+pub struct Register {
+    /// `None`: one is made up from the service's name.
+    pub id: Option<String>,
+    pub address: IpAddr,
+    pub port: u16,
+    /// Seconds without a heartbeat before the instance is gone.
+    pub ttl_s: u64,
+    /// Checks the daemon runs against it, if any; without, it is passing
+    /// while registered (or as its heartbeats say).
+    pub checks: Vec<CheckSpec>,
+    pub tags: Vec<String>,
+}
+
+/// A service with its instances and their health.
+#[derive(Debug, Clone)]
+pub struct ServiceView {
+    pub record: ServiceRecord,
+    pub instances: Vec<(InstanceRecord, Option<HealthRecord>)>,
+}
+
+/// A cheap-to-clone handle to the registry.
+#[derive(Clone)]
+pub struct Services {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) machines: Machines,
+    /// Wakes the supervisor for a pass.
+    pub(crate) kick: Notify,
+    /// Makes history keys unique within a millisecond.
+    pub(crate) history_seq: StdMutex<u64>,
+}
+
+impl std::fmt::Debug for Services {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Services").finish_non_exhaustive()
+    }
+}
+
+impl Services {
+    pub fn new(store: Arc<dyn Store>, machines: Machines) -> Self {
+        Self {
+            inner: Arc::new(Inner { store, machines, kick: Notify::new(), history_seq: StdMutex::new(0) }),
+        }
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// Records a service of machines; the supervisor brings up its instances.
+    pub async fn create(&self, req: CreateService) -> Result<ServiceRecord, Error> {
+        record::validate_name(&req.name).map_err(Error::Invalid)?;
+        if req.count > MAX_COUNT {
+            return Err(Error::Invalid(format!(
+                "a count of {} is too many: give at most {MAX_COUNT}",
+                req.count
+            )));
+        }
+        if req.port == 0 {
+            return Err(Error::Invalid("give the port the instances answer on, with --port".into()));
+        }
+        check_checks(&req.checks, Kind::Machines)?;
+        check_meta(&req.meta)?;
+        let images = self.inner.machines.images();
+        let image = req.template.image.clone();
+        let found = tokio::task::spawn_blocking(move || images.get(&image))
+            .await
+            .map_err(|e| Error::Invalid(e.to_string()))?
+            .map_err(hearth_machines::Error::from)?;
+        if found.is_none() {
+            return Err(Error::Machines(hearth_machines::Error::ImageNotFound(req.template.image.clone())));
+        }
+        if let Some(network) = &req.template.network
+            && self.store().get(&format!("networks/{network}")).await?.is_none()
+        {
+            return Err(Error::Invalid(format!(
+                "network {network:?} does not exist: create it with `hearth network create {network}`, or leave out --network"
+            )));
+        }
+        for i in 1..=req.count.max(1) {
+            let machine = instance_name(&req.name, i);
+            if self.store().get(&hearth_machines::record::key(&machine)).await?.is_some() {
+                return Err(Error::Invalid(format!(
+                    "a machine named {machine:?} already exists and is not this service's: remove it or pick another service name"
+                )));
+            }
+        }
+        let record = ServiceRecord {
+            name: req.name.clone(),
+            kind: Kind::Machines,
+            template: Some(req.template),
+            count: req.count,
+            port: req.port,
+            checks: req.checks,
+            meta: req.meta,
+            created_at: record::now_ms() / 1000,
+        };
+        let key = record::def_key(&req.name);
+        let txn = Txn::new().when(Compare::missing(&key)).and_then(Op::Put {
+            key,
+            value: to_json(&record),
+            lease: None,
+        });
+        if !self.store().txn(txn).await?.succeeded {
+            return Err(Error::AlreadyExists(req.name));
+        }
+        self.inner.kick.notify_one();
+        Ok(record)
+    }
+
+    pub async fn get(&self, name: &str) -> Result<ServiceRecord, Error> {
+        let key = record::def_key(name);
+        let kv = self.store().get(&key).await?.ok_or_else(|| Error::NotFound(name.to_string()))?;
+        parse(&kv)
+    }
+
+    pub async fn list(&self) -> Result<Vec<ServiceRecord>, Error> {
+        let range = self.store().range(record::DEFS).await?;
+        range.kvs.iter().map(parse).collect()
+    }
+
+    /// A service with all its instances (passing or not) and their health.
+    pub async fn view(&self, name: &str) -> Result<ServiceView, Error> {
+        let record = self.get(name).await?;
+        let instances = self.store().range(&record::instances_prefix(name)).await?;
+        let health = self.store().range(&record::health_prefix(name)).await?;
+        let mut by_id: HashMap<String, HealthRecord> = HashMap::new();
+        for kv in &health.kvs {
+            if let Some((_, id)) = record::split_instance_key(record::HEALTH, &kv.key) {
+                by_id.insert(id.to_string(), parse(kv)?);
+            }
+        }
+        let mut out = Vec::new();
+        for kv in &instances.kvs {
+            let instance: InstanceRecord = parse(kv)?;
+            let health = by_id.remove(&instance.id);
+            out.push((instance, health));
+        }
+        out.sort_by_key(|a| natural(&a.0.id));
+        Ok(ServiceView { record, instances: out })
+    }
+
+    /// The passing instances, with the revision of their last change.
+    pub async fn endpoints(&self, name: &str) -> Result<Versioned<Endpoints>, Error> {
+        self.get(name).await?;
+        let key = record::endpoints_key(name);
+        Ok(match self.store().get(&key).await? {
+            Some(kv) => Versioned { value: parse(&kv)?, index: kv.mod_revision },
+            None => Versioned { value: Endpoints { name: name.to_string(), instances: vec![] }, index: 0 },
+        })
+    }
+
+    /// Like [`endpoints`](Self::endpoints), but waits up to `wait` for a
+    /// change after revision `index`: it returns early only when the set of
+    /// passing instances really changed (or the service went away).
+    pub async fn wait_endpoints(
+        &self,
+        name: &str,
+        index: u64,
+        wait: Duration,
+    ) -> Result<Versioned<Endpoints>, Error> {
+        // Anything after `seen` is either in `current` or in the watches.
+        let seen = self.store().revision().await?;
+        let current = self.endpoints(name).await?;
+        if current.index > index {
+            return Ok(current);
+        }
+        let watch = self.store().watch(&record::endpoints_key(name), seen + 1).await?;
+        let defs = self.store().watch(&record::def_key(name), seen + 1).await?;
+        let mut changes = futures::stream::select(watch, defs);
+        let deadline = tokio::time::sleep(wait.min(MAX_WAIT));
+        tokio::pin!(deadline);
+        tokio::select! {
+            _ = changes.next() => {}
+            () = &mut deadline => {}
+        }
+        self.endpoints(name).await
+    }
+
+    /// Changes how many machines a service keeps.
+    pub async fn scale(&self, name: &str, count: u32) -> Result<ServiceRecord, Error> {
+        if count > MAX_COUNT {
+            return Err(Error::Invalid(format!("a count of {count} is too many: give at most {MAX_COUNT}")));
+        }
+        let key = record::def_key(name);
+        for _ in 0..5 {
+            let kv = self.store().get(&key).await?.ok_or_else(|| Error::NotFound(name.to_string()))?;
+            let mut record: ServiceRecord = parse(&kv)?;
+            if record.kind != Kind::Machines {
+                return Err(Error::NotMachines(name.to_string()));
+            }
+            record.count = count;
+            let txn = Txn::new().when(Compare::mod_revision(&key, kv.mod_revision)).and_then(Op::Put {
+                key: key.clone(),
+                value: to_json(&record),
+                lease: None,
+            });
+            if self.store().txn(txn).await?.succeeded {
+                self.inner.kick.notify_one();
+                return Ok(record);
+            }
+        }
+        Err(Error::Conflict(name.to_string()))
+    }
+
+    /// Removes a service: its machines, instances, health, endpoints and history.
+    pub async fn remove(&self, name: &str) -> Result<(), Error> {
+        let key = record::def_key(name);
+        let kv = self.store().get(&key).await?.ok_or_else(|| Error::NotFound(name.to_string()))?;
+        let _: ServiceRecord = parse(&kv)?;
+        // The definition goes first: from then on the supervisor creates
+        // nothing for it, and cleans up whatever this call does not finish.
+        self.store().delete(&key).await?;
+        self.purge(name).await;
+        Ok(())
+    }
+
+    /// Removes what a service without a definition left: machines,
+    /// instances (and their leases), health, endpoints, history.
+    pub(crate) async fn purge(&self, name: &str) {
+        let instances =
+            self.store().range(&record::instances_prefix(name)).await.map(|r| r.kvs).unwrap_or_default();
+        for kv in &instances {
+            let Ok(instance) = parse::<InstanceRecord>(kv) else { continue };
+            if let Some(machine) = &instance.machine {
+                match self.inner.machines.remove(machine, true).await {
+                    Ok(()) | Err(hearth_machines::Error::NotFound(_)) => {}
+                    Err(error) => {
+                        tracing::warn!(service = name, machine, error = %error, "Cannot remove a machine of a removed service.");
+                        continue;
+                    }
+                }
+            }
+            if let Some(lease) = kv.lease {
+                let _ = self.store().lease_revoke(lease).await;
+            }
+        }
+        let txn = Txn::new()
+            .and_then(Op::DeletePrefix { prefix: record::instances_prefix(name) })
+            .and_then(Op::DeletePrefix { prefix: record::health_prefix(name) })
+            .and_then(Op::DeletePrefix { prefix: record::history_prefix(name) })
+            .and_then(Op::Delete { key: record::endpoints_key(name) });
+        if let Err(error) = self.store().txn(txn).await {
+            tracing::warn!(service = name, error = %error, "Cannot delete a removed service's records; the supervisor retries.");
+        }
+    }
+
+    /// Registers an instance under a lease of `ttl_s`, creating the
+    /// service (registered) if it does not exist. Registering an id again
+    /// replaces it.
+    pub async fn register(&self, name: &str, req: Register) -> Result<InstanceRecord, Error> {
+        record::validate_name(name).map_err(Error::Invalid)?;
+        let id = match req.id {
+            Some(id) => {
+                record::validate_instance_id(&id).map_err(Error::Invalid)?;
+                id
+            }
+            None => format!("{name}-{:08x}", rand_u32()),
+        };
+        if req.port == 0 {
+            return Err(Error::Invalid("give the port the instance answers on".into()));
+        }
+        if !(1..=86_400).contains(&req.ttl_s) {
+            return Err(Error::Invalid(format!(
+                "a TTL of {} s is out of range: give from 1 s to 1 day",
+                req.ttl_s
+            )));
+        }
+        check_checks(&req.checks, Kind::Registered)?;
+        check_tags(&req.tags)?;
+        let def_key = record::def_key(name);
+        let def = match self.store().get(&def_key).await? {
+            Some(kv) => parse::<ServiceRecord>(&kv)?,
+            None => {
+                let record = ServiceRecord {
+                    name: name.to_string(),
+                    kind: Kind::Registered,
+                    template: None,
+                    count: 0,
+                    port: 0,
+                    checks: vec![],
+                    meta: Meta::default(),
+                    created_at: record::now_ms() / 1000,
+                };
+                let txn = Txn::new().when(Compare::missing(&def_key)).and_then(Op::Put {
+                    key: def_key.clone(),
+                    value: to_json(&record),
+                    lease: None,
+                });
+                self.store().txn(txn).await?;
+                match self.store().get(&def_key).await? {
+                    Some(kv) => parse(&kv)?,
+                    None => return Err(Error::Conflict(name.to_string())),
+                }
+            }
+        };
+        if def.kind != Kind::Registered {
+            return Err(Error::NotRegistered(name.to_string()));
+        }
+        let key = record::instance_key(name, &id);
+        let previous = self.store().get(&key).await?.and_then(|kv| kv.lease);
+        let lease = self.store().lease_grant(Duration::from_secs(req.ttl_s)).await?;
+        let instance = InstanceRecord {
+            id: id.clone(),
+            service: name.to_string(),
+            address: Some(req.address),
+            port: req.port,
+            machine: None,
+            ttl_s: Some(req.ttl_s),
+            checks: req.checks,
+            tags: req.tags,
+            created_at: record::now_ms() / 1000,
+        };
+        let mut txn = Txn::new().when(Compare::exists(&def_key)).and_then(Op::Put {
+            key: key.clone(),
+            value: to_json(&instance),
+            lease: Some(lease.id),
+        });
+        // Without checks of its own, an instance is passing while registered.
+        if instance.checks.is_empty() {
+            let health = HealthRecord::changed(None, Status::Passing, "registered", record::now_ms())
+                .expect("a first record is a change");
+            txn = txn.and_then(Op::Put {
+                key: record::health_key(name, &id),
+                value: to_json(&health),
+                lease: Some(lease.id),
+            });
+        } else {
+            let health = HealthRecord::changed(None, Status::Critical, "not checked yet", record::now_ms())
+                .expect("a first record is a change");
+            txn = txn.and_then(Op::Put {
+                key: record::health_key(name, &id),
+                value: to_json(&health),
+                lease: Some(lease.id),
+            });
+        }
+        if !self.store().txn(txn).await?.succeeded {
+            let _ = self.store().lease_revoke(lease.id).await;
+            return Err(Error::NotFound(name.to_string()));
+        }
+        if let Some(old) = previous.filter(|old| *old != lease.id) {
+            let _ = self.store().lease_revoke(old).await;
+        }
+        self.publish(name).await?;
+        Ok(instance)
+    }
+
+    /// Renews a registration's lease and, if a status is given, records it
+    /// as the instance's health.
+    pub async fn heartbeat(
+        &self,
+        name: &str,
+        id: &str,
+        status: Option<Status>,
+        output: Option<String>,
+    ) -> Result<(), Error> {
+        let key = record::instance_key(name, id);
+        let gone = || Error::InstanceNotFound { service: name.to_string(), id: id.to_string() };
+        let kv = self.store().get(&key).await?.ok_or_else(gone)?;
+        let Some(lease) = kv.lease else {
+            return Err(Error::NotRegistered(name.to_string()));
+        };
+        match self.store().lease_keep_alive(lease).await {
+            Ok(_) => {}
+            Err(hearth_store::Error::LeaseNotFound(_)) => return Err(gone()),
+            Err(e) => return Err(e.into()),
+        }
+        if let Some(status) = status {
+            let output = crate::check::truncate(output.as_deref().unwrap_or("set by a heartbeat"));
+            let health_key = record::health_key(name, id);
+            let previous = match self.store().get(&health_key).await? {
+                Some(kv) => Some(parse::<HealthRecord>(&kv)?),
+                None => None,
+            };
+            if let Some(next) = HealthRecord::changed(previous.as_ref(), status, &output, record::now_ms()) {
+                let txn = Txn::new().when(Compare::exists(&key)).and_then(Op::Put {
+                    key: health_key,
+                    value: to_json(&next),
+                    lease: Some(lease),
+                });
+                self.store().txn(txn).await?;
+                self.publish(name).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a registered instance at once.
+    pub async fn deregister(&self, name: &str, id: &str) -> Result<(), Error> {
+        let key = record::instance_key(name, id);
+        let kv = self
+            .store()
+            .get(&key)
+            .await?
+            .ok_or_else(|| Error::InstanceNotFound { service: name.to_string(), id: id.to_string() })?;
+        let instance: InstanceRecord = parse(&kv)?;
+        if instance.machine.is_some() {
+            return Err(Error::Invalid(format!(
+                "instance {id:?} is a machine hearth keeps for service {name:?}: scale the service instead (`hearth service scale {name} N`)"
+            )));
+        }
+        let txn = Txn::new()
+            .and_then(Op::Delete { key })
+            .and_then(Op::Delete { key: record::health_key(name, id) });
+        self.store().txn(txn).await?;
+        if let Some(lease) = kv.lease {
+            let _ = self.store().lease_revoke(lease).await;
+        }
+        self.publish(name).await?;
+        Ok(())
+    }
+
+    /// What the platform did by itself for a service, oldest first.
+    pub async fn history(&self, name: &str) -> Result<Vec<HistoryEntry>, Error> {
+        let range = self.store().range(&record::history_prefix(name)).await?;
+        if range.kvs.is_empty() {
+            self.get(name).await?;
+        }
+        range.kvs.iter().map(parse).collect()
+    }
+
+    /// Appends to a service's history, keeping the last [`record::HISTORY_KEEP`].
+    pub(crate) async fn record_history(
+        &self,
+        name: &str,
+        instance: Option<&str>,
+        action: &str,
+        reason: String,
+    ) {
+        let at_ms = record::now_ms();
+        let seq = {
+            let mut seq = self.inner.history_seq.lock().unwrap_or_else(PoisonError::into_inner);
+            *seq += 1;
+            *seq % 10_000
+        };
+        tracing::info!(service = name, instance, action, reason, "Service history.");
+        let entry = HistoryEntry {
+            at_ms,
+            instance: instance.map(str::to_string),
+            action: action.to_string(),
+            reason,
+        };
+        let key = format!("{}{at_ms:015}-{seq:04}", record::history_prefix(name));
+        let def = record::def_key(name);
+        let txn = Txn::new().when(Compare::exists(&def)).and_then(Op::Put {
+            key,
+            value: to_json(&entry),
+            lease: None,
+        });
+        if let Err(error) = self.store().txn(txn).await {
+            tracing::warn!(service = name, error = %error, "Cannot record the service's history.");
+            return;
+        }
+        if let Ok(range) = self.store().range(&record::history_prefix(name)).await
+            && range.kvs.len() > record::HISTORY_KEEP
+        {
+            for kv in &range.kvs[..range.kvs.len() - record::HISTORY_KEEP] {
+                let _ = self.store().delete(&kv.key).await;
+            }
+        }
+    }
+}
+
+/// The machine name of a service's `i`th instance.
+pub(crate) fn instance_name(service: &str, i: u32) -> String {
+    format!("{service}-{i}")
+}
+
+/// Sorts `web-2` before `web-10`.
+fn natural(id: &str) -> (String, u64) {
+    match id.rsplit_once('-') {
+        Some((head, n)) if n.parse::<u64>().is_ok() => (head.to_string(), n.parse().unwrap_or(0)),
+        _ => (id.to_string(), 0),
+    }
+}
+
+fn check_checks(checks: &[CheckSpec], kind: Kind) -> Result<(), Error> {
+    if checks.len() > 8 {
+        return Err(Error::Invalid("give at most 8 checks".into()));
+    }
+    for check in checks {
+        check.validate().map_err(Error::Invalid)?;
+        match (&check.kind, kind) {
+            (CheckKind::Ttl { .. }, _) => {
+                return Err(Error::Invalid(
+                    "a ttl check is a registration's TTL: register the instance with a TTL and send heartbeats (`hearth service register --ttl`)"
+                        .into(),
+                ));
+            }
+            (CheckKind::Exec { .. }, Kind::Registered) => {
+                return Err(Error::Invalid(
+                    "an exec check runs in a machine: registered instances take http and tcp checks".into(),
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn check_tags(tags: &[String]) -> Result<(), Error> {
+    if tags.len() > 32 || tags.iter().any(|t| t.is_empty() || t.len() > 64 || t.chars().any(char::is_control))
+    {
+        return Err(Error::Invalid("give at most 32 tags, each 1 to 64 printable characters".into()));
+    }
+    Ok(())
+}
+
+fn check_meta(meta: &Meta) -> Result<(), Error> {
+    check_tags(&meta.tags)?;
+    if meta.description.as_ref().is_some_and(|d| d.len() > 1024) {
+        return Err(Error::Invalid("a description is at most 1024 bytes".into()));
+    }
+    if meta.links.len() > 16
+        || meta
+            .links
+            .iter()
+            .any(|(k, v)| k.is_empty() || k.len() > 64 || v.len() > 2048 || !v.contains("://"))
+    {
+        return Err(Error::Invalid(
+            "give at most 16 links, each NAME=URL with a scheme, like runbook=https://…".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0),
+    );
+    h.finish() as u32
+}
+
+pub(crate) fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("records always serialize")
+}
+
+pub(crate) fn parse<T: DeserializeOwned>(kv: &KeyValue) -> Result<T, Error> {
+    serde_json::from_slice(&kv.value).map_err(|e| Error::Corrupt(kv.key.clone(), e))
+}

@@ -1,0 +1,789 @@
+//! The supervisor: a reconciler that keeps every service true without a
+//! person.
+//!
+//! It follows service definitions, instances, health and machines, and on
+//! every change (and once a second, for its timers) makes one idempotent
+//! pass over all of them:
+//!
+//! 1. A service of machines has exactly the instances `NAME-1` to
+//!    `NAME-COUNT`: a missing instance record is written first, then its
+//!    machine made; instances past the count are removed with their machines.
+//! 2. An instance whose machine is missing is given one; a machine that
+//!    failed is replaced; a stopped one is started; a running one whose
+//!    checks stayed critical for [`grace`] is replaced. Replacements back off
+//!    per instance, from [`FIRST_BACKOFF`] doubling to [`MAX_BACKOFF`], so a
+//!    crash loop does not spin; an instance passing for [`MAX_BACKOFF`] is
+//!    forgiven. Each such act is written to the service's history.
+//! 3. An instance whose machine is not running is critical at once (no
+//!    check needed to know it); a running one is judged by its checks, each
+//!    instance by a checker task of its own (see [`checker`]).
+//! 4. `services/endpoints/NAME` is rewritten when the set of passing
+//!    instances changes, and only then.
+//! 5. What a removed service left (instances, machines, health) is removed.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use hearth_machines::record::{MachineRecord, State};
+use hearth_machines::{CreateRequest, Machines};
+use hearth_store::{Compare, Follower, Op, Txn};
+use tokio::sync::{mpsc, watch};
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::check::{self, CheckKind, CheckSpec, Tracker};
+use crate::record::{self, Endpoint, Endpoints, HealthRecord, InstanceRecord, Kind, ServiceRecord, Status};
+use crate::service::{Services, instance_name, parse, to_json};
+
+/// The first wait before a replacement, after a replacement.
+pub(crate) const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest wait between replacements of one instance.
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// How long a running machine's checks may stay critical before it is
+/// replaced: 30 s, or five intervals of its slowest check if longer.
+pub(crate) fn grace(checks: &[CheckSpec]) -> Duration {
+    let slowest = checks.iter().map(CheckSpec::interval).max().unwrap_or_default();
+    (slowest * 5).max(Duration::from_secs(30))
+}
+
+#[derive(Default)]
+struct Supervisor {
+    checkers: HashMap<String, Checker>,
+    backoff: HashMap<String, Backoff>,
+    /// The last failure said per instance, so a retry that fails the same
+    /// way is not written to the history again.
+    failures: HashMap<String, String>,
+}
+
+struct Checker {
+    fingerprint: String,
+    task: JoinHandle<()>,
+}
+
+struct Backoff {
+    next_at: Instant,
+    delay: Duration,
+}
+
+impl Supervisor {
+    fn may_act(&self, key: &str) -> bool {
+        self.backoff.get(key).is_none_or(|b| Instant::now() >= b.next_at)
+    }
+
+    fn bump(&mut self, key: &str) {
+        let delay = self.backoff.get(key).map_or(FIRST_BACKOFF, |b| (b.delay * 2).min(MAX_BACKOFF));
+        self.backoff.insert(key.to_string(), Backoff { next_at: Instant::now() + delay, delay });
+    }
+
+    async fn stop_checker(&mut self, key: &str) {
+        if let Some(checker) = self.checkers.remove(key) {
+            checker.task.abort();
+            let _ = checker.task.await;
+        }
+    }
+}
+
+/// Everything a pass reads, at one revision.
+struct Snapshot {
+    defs: BTreeMap<String, ServiceRecord>,
+    instances: Vec<(String, InstanceRecord)>,
+    health: HashMap<String, HealthRecord>,
+    endpoints: HashMap<String, Endpoints>,
+    machines: HashMap<String, MachineRecord>,
+}
+
+impl Services {
+    /// The supervisor loop; returns when `shutdown` turns true.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let from = loop {
+            match self.store().revision().await {
+                Ok(revision) => break revision + 1,
+                Err(error) => {
+                    tracing::warn!(error = %error, "Cannot read the store's revision; retrying.");
+                    tokio::select! {
+                        () = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
+        let store = self.store().clone();
+        let mut defs = Follower::new(store.clone(), record::DEFS, from, "Services");
+        let mut instances = Follower::new(store.clone(), record::INSTANCES, from, "Service instances");
+        let mut health = Follower::new(store.clone(), record::HEALTH, from, "Service health");
+        let mut machines =
+            Follower::new(store.clone(), hearth_machines::record::PREFIX, from, "Services' machines");
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut state = Supervisor::default();
+        loop {
+            tokio::select! {
+                () = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
+                () = self.inner.kick.notified() => {}
+                _ = defs.next() => {}
+                _ = instances.next() => {}
+                _ = health.next() => {}
+                _ = machines.next() => {}
+                _ = tick.tick() => {}
+            }
+            // A burst of changes costs one pass.
+            for follower in [&mut defs, &mut instances, &mut health, &mut machines] {
+                while futures::FutureExt::now_or_never(follower.next()).is_some() {}
+            }
+            if let Err(error) = self.pass(&mut state).await {
+                tracing::warn!(error = %hearth_store::chain(&error), "A services pass failed; the next one retries.");
+            }
+        }
+        for (_, checker) in state.checkers.drain() {
+            checker.task.abort();
+        }
+    }
+
+    async fn read(&self) -> Result<Snapshot, crate::Error> {
+        let store = self.store();
+        let mut defs = BTreeMap::new();
+        for kv in store.range(record::DEFS).await?.kvs {
+            let def: ServiceRecord = parse(&kv)?;
+            defs.insert(def.name.clone(), def);
+        }
+        let mut instances = Vec::new();
+        for kv in store.range(record::INSTANCES).await?.kvs {
+            instances.push((kv.key.clone(), parse(&kv)?));
+        }
+        let mut health = HashMap::new();
+        for kv in store.range(record::HEALTH).await?.kvs {
+            match parse::<HealthRecord>(&kv) {
+                Ok(h) => {
+                    health.insert(kv.key.replacen(record::HEALTH, record::INSTANCES, 1), h);
+                }
+                Err(error) => {
+                    tracing::warn!(key = kv.key, error = %error, "An unreadable health record is ignored.")
+                }
+            }
+        }
+        let mut endpoints = HashMap::new();
+        for kv in store.range(record::ENDPOINTS).await?.kvs {
+            if let Ok(e) = parse::<Endpoints>(&kv) {
+                endpoints.insert(e.name.clone(), e);
+            }
+        }
+        let mut machines = HashMap::new();
+        for kv in store.range(hearth_machines::record::PREFIX).await?.kvs {
+            if let Ok(m) = serde_json::from_slice::<MachineRecord>(&kv.value) {
+                machines.insert(m.name.clone(), m);
+            }
+        }
+        Ok(Snapshot { defs, instances, health, endpoints, machines })
+    }
+
+    /// One pass; see the module's documentation for what it does.
+    async fn pass(&self, state: &mut Supervisor) -> Result<(), crate::Error> {
+        let now = self.read().await?;
+
+        // 5. Leftovers of removed services.
+        let orphaned: HashSet<&str> = now
+            .instances
+            .iter()
+            .filter(|(_, i)| !now.defs.contains_key(&i.service))
+            .map(|(_, i)| i.service.as_str())
+            .collect();
+        for service in orphaned {
+            tracing::info!(service, "Removing what a removed service left.");
+            self.purge(service).await;
+        }
+        for name in now.endpoints.keys().filter(|n| !now.defs.contains_key(*n)) {
+            let _ = self.store().delete(&record::endpoints_key(name)).await;
+        }
+
+        // 1. Services of machines have their count of instances.
+        let mut present: HashSet<String> = HashSet::new();
+        for (key, instance) in &now.instances {
+            present.insert(key.clone());
+            let Some(def) = now.defs.get(&instance.service) else { continue };
+            if def.kind == Kind::Machines && !wanted(def, &instance.id) {
+                self.scale_down(state, def, key, instance).await;
+            }
+        }
+        for def in now.defs.values().filter(|d| d.kind == Kind::Machines) {
+            for i in 1..=def.count {
+                let id = instance_name(&def.name, i);
+                let key = record::instance_key(&def.name, &id);
+                if !present.contains(&key) {
+                    self.add_instance(def, &id).await?;
+                }
+            }
+        }
+
+        // 2 and 3. Machines and health.
+        let mut wanted_checkers: HashMap<String, (String, InstanceRecord, Vec<CheckSpec>)> = HashMap::new();
+        for (key, instance) in &now.instances {
+            let Some(def) = now.defs.get(&instance.service) else { continue };
+            if def.kind == Kind::Machines && !wanted(def, &instance.id) {
+                continue;
+            }
+            let health = now.health.get(key);
+            match &instance.machine {
+                None => {
+                    if !instance.checks.is_empty() && instance.address.is_some() {
+                        let fingerprint =
+                            format!("{:?}{}{:?}", instance.address, instance.port, instance.checks);
+                        wanted_checkers
+                            .insert(key.clone(), (fingerprint, instance.clone(), instance.checks.clone()));
+                    }
+                }
+                Some(machine) => {
+                    let running = self
+                        .supervise_machine(state, def, key, instance, now.machines.get(machine), health)
+                        .await;
+                    if let Some(started_at) = running {
+                        let fingerprint =
+                            format!("{:?}{}{:?}{started_at}", instance.address, instance.port, def.checks);
+                        wanted_checkers
+                            .insert(key.clone(), (fingerprint, instance.clone(), def.checks.clone()));
+                    }
+                }
+            }
+        }
+        let stale: Vec<String> = state
+            .checkers
+            .iter()
+            .filter(|(key, c)| wanted_checkers.get(*key).is_none_or(|(f, _, _)| *f != c.fingerprint))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in stale {
+            state.stop_checker(&key).await;
+        }
+        for (key, (fingerprint, instance, checks)) in wanted_checkers {
+            if let std::collections::hash_map::Entry::Vacant(entry) = state.checkers.entry(key) {
+                let task = tokio::spawn(checker(self.clone(), instance, checks));
+                entry.insert(Checker { fingerprint, task });
+            }
+        }
+        state.backoff.retain(|key, _| present.contains(key));
+        state.failures.retain(|key, _| present.contains(key));
+
+        // Health of instances that are gone.
+        for key in now.health.keys().filter(|k| !present.contains(*k)) {
+            let _ = self.store().delete(&key.replacen(record::INSTANCES, record::HEALTH, 1)).await;
+        }
+
+        // 4. Endpoints.
+        for name in now.defs.keys() {
+            self.publish(name).await?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites a service's endpoints if the set of passing instances
+    /// changed. Called by every pass and by the calls that change a
+    /// registration, so a client reads its own registration at once. Two
+    /// callers may race: each writes only over the record it read, so a
+    /// stale set never overwrites a newer one.
+    pub(crate) async fn publish(&self, name: &str) -> Result<(), crate::Error> {
+        let store = self.store();
+        let key = record::endpoints_key(name);
+        let stored = store.get(&key).await?;
+        let Some(def) = store.get(&record::def_key(name)).await? else { return Ok(()) };
+        let def: ServiceRecord = parse(&def)?;
+        let health = store.range(&record::health_prefix(name)).await?;
+        let passing: HashSet<&str> = health
+            .kvs
+            .iter()
+            .filter(|kv| parse::<HealthRecord>(kv).is_ok_and(|h| h.status == Status::Passing))
+            .filter_map(|kv| record::split_instance_key(record::HEALTH, &kv.key).map(|(_, id)| id))
+            .collect();
+        let mut instances = Vec::new();
+        for kv in store.range(&record::instances_prefix(name)).await?.kvs {
+            let i: InstanceRecord = parse(&kv)?;
+            if (def.kind == Kind::Machines && !wanted(&def, &i.id)) || !passing.contains(i.id.as_str()) {
+                continue;
+            }
+            if let Some(address) = i.address {
+                instances.push(Endpoint { id: i.id, address, port: i.port });
+            }
+        }
+        instances.sort_by(|a, b| a.id.cmp(&b.id));
+        let next = Endpoints { name: name.to_string(), instances };
+        let unchanged = match &stored {
+            Some(kv) => parse::<Endpoints>(kv).is_ok_and(|e| e == next),
+            None => false,
+        };
+        if unchanged {
+            return Ok(());
+        }
+        let same = match &stored {
+            Some(kv) => Compare::mod_revision(&key, kv.mod_revision),
+            None => Compare::missing(&key),
+        };
+        let txn = Txn::new().when(Compare::exists(record::def_key(name))).when(same).and_then(Op::Put {
+            key,
+            value: to_json(&next),
+            lease: None,
+        });
+        store.txn(txn).await?;
+        Ok(())
+    }
+
+    /// Writes a missing instance's record; its machine comes in the same pass.
+    async fn add_instance(&self, def: &ServiceRecord, id: &str) -> Result<(), crate::Error> {
+        let instance = InstanceRecord {
+            id: id.to_string(),
+            service: def.name.clone(),
+            address: None,
+            port: def.port,
+            machine: Some(id.to_string()),
+            ttl_s: None,
+            checks: vec![],
+            tags: vec![],
+            created_at: record::now_ms() / 1000,
+        };
+        let key = record::instance_key(&def.name, id);
+        let txn = Txn::new()
+            .when(Compare::exists(record::def_key(&def.name)))
+            .when(Compare::missing(&key))
+            .and_then(Op::Put { key, value: to_json(&instance), lease: None });
+        self.store().txn(txn).await?;
+        Ok(())
+    }
+
+    async fn scale_down(
+        &self,
+        state: &mut Supervisor,
+        def: &ServiceRecord,
+        key: &str,
+        instance: &InstanceRecord,
+    ) {
+        state.stop_checker(key).await;
+        if let Some(machine) = &instance.machine {
+            match self.inner.machines.remove(machine, true).await {
+                Ok(()) | Err(hearth_machines::Error::NotFound(_)) => {}
+                Err(error) => {
+                    tracing::warn!(machine, error = %error, "Cannot remove a machine past the service's count; retrying.");
+                    return;
+                }
+            }
+        }
+        let txn = Txn::new()
+            .and_then(Op::Delete { key: key.to_string() })
+            .and_then(Op::Delete { key: record::health_key(&def.name, &instance.id) });
+        if self.store().txn(txn).await.is_ok() {
+            self.record_history(
+                &def.name,
+                Some(&instance.id),
+                "removed",
+                format!("the service is scaled to {}", def.count),
+            )
+            .await;
+        }
+    }
+
+    /// Brings an instance's machine towards running. Returns the machine's
+    /// start time when it runs, so its checker starts afresh with each boot.
+    async fn supervise_machine(
+        &self,
+        state: &mut Supervisor,
+        def: &ServiceRecord,
+        key: &str,
+        instance: &InstanceRecord,
+        machine: Option<&MachineRecord>,
+        health: Option<&HealthRecord>,
+    ) -> Option<u64> {
+        let name = instance.machine.as_deref().unwrap_or(&instance.id);
+        let Some(machine) = machine else {
+            self.set_health(
+                state,
+                key,
+                instance,
+                health,
+                Status::Critical,
+                format!("machine {name} is being made"),
+            )
+            .await;
+            if state.may_act(key) {
+                self.make_machine(state, def, key, instance).await;
+            }
+            return None;
+        };
+        let address = machine.spec.nics.first().map(|nic| std::net::IpAddr::V4(nic.ip));
+        if address != instance.address {
+            let mut updated = instance.clone();
+            updated.address = address;
+            let txn = Txn::new().when(Compare::exists(key)).and_then(Op::Put {
+                key: key.to_string(),
+                value: to_json(&updated),
+                lease: None,
+            });
+            let _ = self.store().txn(txn).await;
+        }
+        match machine.status.state {
+            State::Running => {
+                let started_at = machine.status.started_at.unwrap_or(0);
+                let grace = grace(&def.checks);
+                if let Some(h) = health {
+                    let critical_for = Duration::from_millis(record::now_ms().saturating_sub(h.since_ms));
+                    let up_for = Duration::from_secs((record::now_ms() / 1000).saturating_sub(started_at));
+                    if h.status == Status::Critical
+                        && critical_for >= grace
+                        && up_for >= grace
+                        && state.may_act(key)
+                    {
+                        let reason = format!(
+                            "its checks stayed critical for {}s: {}",
+                            critical_for.as_secs(),
+                            h.output
+                        );
+                        self.replace(state, def, key, instance, reason).await;
+                        return None;
+                    }
+                    if h.status == Status::Passing && critical_for >= MAX_BACKOFF {
+                        state.backoff.remove(key);
+                        state.failures.remove(key);
+                    }
+                }
+                Some(started_at)
+            }
+            State::Failed => {
+                let why = machine.status.reason.clone().unwrap_or_else(|| "no reason given".into());
+                let said = format!("machine {name} failed: {why}");
+                self.set_health(state, key, instance, health, Status::Critical, said.clone()).await;
+                if state.may_act(key) {
+                    self.replace(state, def, key, instance, said).await;
+                }
+                None
+            }
+            State::Stopped => {
+                self.set_health(
+                    state,
+                    key,
+                    instance,
+                    health,
+                    Status::Critical,
+                    format!("machine {name} is stopped"),
+                )
+                .await;
+                if state.may_act(key) {
+                    state.bump(key);
+                    match self.inner.machines.start(name).await {
+                        Ok(_) => {
+                            let reason = format!("machine {name} was stopped");
+                            self.record_history(&def.name, Some(&instance.id), "restarted", reason).await;
+                        }
+                        Err(error) => {
+                            let reason = format!("cannot start machine {name}: {error}");
+                            self.failed(state, def, key, instance, reason).await;
+                        }
+                    }
+                }
+                None
+            }
+            other => {
+                let word = other.as_str();
+                self.set_health(
+                    state,
+                    key,
+                    instance,
+                    health,
+                    Status::Critical,
+                    format!("machine {name} is {word}"),
+                )
+                .await;
+                None
+            }
+        }
+    }
+
+    async fn make_machine(
+        &self,
+        state: &mut Supervisor,
+        def: &ServiceRecord,
+        key: &str,
+        instance: &InstanceRecord,
+    ) {
+        let Some(template) = &def.template else { return };
+        let name = instance.machine.clone().unwrap_or_else(|| instance.id.clone());
+        let request = CreateRequest {
+            name: name.clone(),
+            image: template.image.clone(),
+            backend: None,
+            cpus: template.cpus,
+            memory_mib: template.memory_mib,
+            command: template.command.clone(),
+            kernel: None,
+            auto_remove: false,
+            start: true,
+            networks: template.network.iter().map(|n| (n.clone(), None)).collect(),
+            no_network: false,
+            ports: vec![],
+            disk_mib: None,
+        };
+        match self.inner.machines.create(request).await {
+            Ok(_) => {
+                state.failures.remove(key);
+                let again = state.backoff.contains_key(key);
+                let reason = if again {
+                    "its last machine was removed".to_string()
+                } else {
+                    format!("the service keeps {} running", def.count)
+                };
+                self.record_history(
+                    &def.name,
+                    Some(&instance.id),
+                    "created",
+                    format!("machine {name}: {reason}"),
+                )
+                .await;
+            }
+            Err(error) => {
+                let reason = format!("cannot make machine {name}: {}", hearth_store::chain(&error));
+                self.failed(state, def, key, instance, reason).await;
+            }
+        }
+    }
+
+    /// Removes a machine that is failing; the next pass makes a new one
+    /// once the instance's backoff allows.
+    async fn replace(
+        &self,
+        state: &mut Supervisor,
+        def: &ServiceRecord,
+        key: &str,
+        instance: &InstanceRecord,
+        reason: String,
+    ) {
+        state.stop_checker(key).await;
+        let name = instance.machine.as_deref().unwrap_or(&instance.id);
+        match self.inner.machines.remove(name, true).await {
+            Ok(()) | Err(hearth_machines::Error::NotFound(_)) => {
+                state.bump(key);
+                let wait = state.backoff.get(key).map(|b| b.delay).unwrap_or_default();
+                self.record_history(
+                    &def.name,
+                    Some(&instance.id),
+                    "replaced",
+                    format!("{reason}; a new machine follows in {}s", wait.as_secs().max(1)),
+                )
+                .await;
+            }
+            Err(error) => {
+                self.failed(
+                    state,
+                    def,
+                    key,
+                    instance,
+                    format!("cannot remove machine {name} to replace it: {error}"),
+                )
+                .await;
+            }
+        }
+    }
+
+    async fn failed(
+        &self,
+        state: &mut Supervisor,
+        def: &ServiceRecord,
+        key: &str,
+        instance: &InstanceRecord,
+        reason: String,
+    ) {
+        state.bump(key);
+        if state.failures.get(key) != Some(&reason) {
+            state.failures.insert(key.to_string(), reason.clone());
+            self.record_history(&def.name, Some(&instance.id), "failed", reason).await;
+        }
+    }
+
+    /// Writes an instance's health when the supervisor knows it without a
+    /// check (its machine is not running), stopping its checker first so
+    /// the two never race.
+    async fn set_health(
+        &self,
+        state: &mut Supervisor,
+        key: &str,
+        instance: &InstanceRecord,
+        previous: Option<&HealthRecord>,
+        status: Status,
+        output: String,
+    ) {
+        state.stop_checker(key).await;
+        write_health(self, instance, previous, status, &output).await;
+    }
+}
+
+fn wanted(def: &ServiceRecord, id: &str) -> bool {
+    (1..=def.count).any(|i| instance_name(&def.name, i) == id)
+}
+
+/// Writes an instance's health if its status changed; returns the record
+/// now stored.
+async fn write_health(
+    services: &Services,
+    instance: &InstanceRecord,
+    previous: Option<&HealthRecord>,
+    status: Status,
+    output: &str,
+) -> Option<HealthRecord> {
+    let next = HealthRecord::changed(previous, status, output, record::now_ms())?;
+    let instance_key = record::instance_key(&instance.service, &instance.id);
+    let lease = match services.store().get(&instance_key).await {
+        Ok(Some(kv)) => kv.lease,
+        _ => return None,
+    };
+    let txn = Txn::new().when(Compare::exists(&instance_key)).and_then(Op::Put {
+        key: record::health_key(&instance.service, &instance.id),
+        value: to_json(&next),
+        lease,
+    });
+    match services.store().txn(txn).await {
+        Ok(r) if r.succeeded => Some(next),
+        Ok(_) => None,
+        Err(error) => {
+            tracing::warn!(instance = instance.id, error = %error, "Cannot write an instance's health.");
+            None
+        }
+    }
+}
+
+/// Runs an instance's checks for as long as the task lives, and writes its
+/// health when it changes. With no checks, a running machine is passing.
+async fn checker(services: Services, instance: InstanceRecord, checks: Vec<CheckSpec>) {
+    let health_key = record::health_key(&instance.service, &instance.id);
+    let mut current = match services.store().get(&health_key).await {
+        Ok(Some(kv)) => parse::<HealthRecord>(&kv).ok(),
+        _ => None,
+    };
+    let Some(address) = instance.address else { return };
+    if checks.is_empty() {
+        let output = match &instance.machine {
+            Some(machine) => format!("machine {machine} is running (the service has no checks)"),
+            None => "registered".to_string(),
+        };
+        write_health(&services, &instance, current.as_ref(), Status::Passing, &output).await;
+        return;
+    }
+    let (tx, mut rx) = mpsc::channel::<(usize, Status, String)>(checks.len() * 2);
+    let mut probes = JoinSet::new();
+    for (i, check) in checks.iter().enumerate() {
+        let (tx, check, services) = (tx.clone(), check.clone(), services.clone());
+        let (port, machine) = (instance.port, instance.machine.clone());
+        probes.spawn(async move {
+            let mut every = tokio::time::interval(check.interval());
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let (status, output) = match &check.kind {
+                    CheckKind::Http { path, status } => {
+                        check::http(address, port, path, *status, check.timeout()).await
+                    }
+                    CheckKind::Tcp => check::tcp(address, port, check.timeout()).await,
+                    CheckKind::Exec { command } => match &machine {
+                        Some(machine) => {
+                            exec(&services.inner.machines, machine, command, check.timeout()).await
+                        }
+                        None => (Status::Critical, "an exec check needs a machine".into()),
+                    },
+                    CheckKind::Ttl { .. } => (Status::Critical, "ttl checks are passed by heartbeats".into()),
+                };
+                if tx.send((i, status, output)).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let mut trackers = vec![Tracker::default(); checks.len()];
+    let mut outputs = vec![String::new(); checks.len()];
+    while let Some((i, result, output)) = rx.recv().await {
+        trackers[i].observe(result, checks[i].passes, checks[i].failures);
+        outputs[i] = format!("{}: {output}", checks[i].kind.name());
+        // The instance is as healthy as its least healthy check; a check
+        // that has not answered yet counts as critical.
+        let worst =
+            (0..checks.len()).max_by_key(|&j| (trackers[j].status(), std::cmp::Reverse(j))).unwrap_or(0);
+        let status = trackers[worst].status();
+        let said =
+            if outputs[worst].is_empty() { "not checked yet".to_string() } else { outputs[worst].clone() };
+        if let Some(next) = write_health(&services, &instance, current.as_ref(), status, &said).await {
+            current = Some(next);
+        }
+    }
+}
+
+/// An exec check: `sh -c COMMAND` in the machine, killed past `timeout`.
+async fn exec(machines: &Machines, machine: &str, command: &str, timeout: Duration) -> (Status, String) {
+    let agent = match machines.agent(machine).await {
+        Ok(agent) => agent,
+        Err(error) => return (Status::Critical, format!("cannot reach machine {machine}'s agent: {error}")),
+    };
+    let command = command.to_string();
+    let outcome = tokio::task::spawn_blocking(move || {
+        use hearth_agent::client::{ExecRequest, Output};
+        let mut handle = agent.exec(ExecRequest::new(["sh", "-c", &command]))?;
+        let deadline = Instant::now() + timeout;
+        let mut said = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match handle.recv_timeout(left) {
+                Ok(Some(Output::Stdout(b) | Output::Stderr(b))) => {
+                    said.extend_from_slice(&b[..b.len().min(4096)])
+                }
+                Ok(Some(Output::Exited(status))) => return Ok(check::exec_verdict(status.code, &said)),
+                Ok(Some(Output::Error(_))) => {}
+                Ok(None) => return Ok((Status::Critical, "the agent went away".to_string())),
+                Err(hearth_agent::client::Error::Timeout(_)) => {
+                    let _ = handle.signal(9);
+                    return Ok((Status::Critical, format!("did not finish within {timeout:?}")));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await;
+    match outcome {
+        Ok(Ok(verdict)) => verdict,
+        Ok(Err(error)) => (Status::Critical, format!("cannot run the check: {error}")),
+        Err(error) => (Status::Critical, format!("the check panicked: {error}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grace_is_thirty_seconds_or_five_of_the_slowest_intervals() {
+        assert_eq!(grace(&[]), Duration::from_secs(30));
+        let slow: CheckSpec = "tcp,interval=10s".parse().expect("check");
+        let fast: CheckSpec = "tcp".parse().expect("check");
+        assert_eq!(grace(std::slice::from_ref(&fast)), Duration::from_secs(30));
+        assert_eq!(grace(&[fast, slow]), Duration::from_secs(50));
+    }
+
+    #[test]
+    fn replacements_back_off_doubling_up_to_a_minute() {
+        let mut s = Supervisor::default();
+        assert!(s.may_act("k"));
+        let mut delays = vec![];
+        for _ in 0..9 {
+            s.bump("k");
+            delays.push(s.backoff["k"].delay.as_secs());
+        }
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert!(!s.may_act("k"));
+    }
+
+    #[test]
+    fn only_the_first_count_instances_are_wanted() {
+        let def = ServiceRecord {
+            name: "web".into(),
+            kind: Kind::Machines,
+            template: None,
+            count: 2,
+            port: 80,
+            checks: vec![],
+            meta: Default::default(),
+            created_at: 0,
+        };
+        assert!(wanted(&def, "web-1") && wanted(&def, "web-2"));
+        assert!(!wanted(&def, "web-3") && !wanted(&def, "web-0") && !wanted(&def, "other-1"));
+    }
+}
