@@ -1,0 +1,94 @@
+//! Services of machines: kept at their count, checked, taken out of the
+//! passing set when their VM dies, replaced without a person, scaled and
+//! removed, with every automatic act in the service's history.
+
+use std::time::{Duration, Instant};
+
+use hearth_client::types::EndpointsQuery;
+use hearth_testkit::{Daemon, success, wait_until};
+
+const BIN: &str = env!("CARGO_BIN_EXE_hearth");
+
+/// An HTTP server in a few lines of shell: netcat answers each connection
+/// with a 200 and closes it.
+const SERVER: &str = "while true; do printf 'HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\nConnection: close\\r\\n\\r\\nok' | nc -l -p 8080 -q 1 >/dev/null 2>&1; done";
+
+async fn passing(daemon: &Daemon, service: &str) -> Vec<String> {
+    match daemon.client().service_endpoints(service, &EndpointsQuery::default()).await {
+        Ok(e) => e.instances.into_iter().map(|i| i.id).collect(),
+        Err(_) => vec![],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_of_machines_is_kept_at_count_and_a_dead_vm_is_replaced() {
+    let daemon = Daemon::start_with_default_network(BIN).await;
+    let image = daemon.ensure_debian_image().await;
+    let client = daemon.client();
+
+    // `create` waits until both instances pass their check.
+    let out = success(&daemon.cli(&[
+        "service",
+        "create",
+        "web",
+        "--image",
+        &image,
+        "--count",
+        "2",
+        "--port",
+        "8080",
+        "--check",
+        "http:/,interval=500ms,timeout=400ms,failures=3",
+        "--tag",
+        "frontend",
+        "--",
+        "sh",
+        "-c",
+        SERVER,
+    ]));
+    assert!(out.contains("2/2 passing"), "{out}");
+    assert_eq!(passing(&daemon, "web").await, ["web-1", "web-2"]);
+    let detail = client.service("web").await.expect("web");
+    assert!(
+        detail.instances.iter().all(|i| i.address.is_some() && i.output.contains("answered 200")),
+        "{detail:?}"
+    );
+    let ls = success(&daemon.cli(&["service", "ls"]));
+    assert!(ls.lines().any(|l| l.starts_with("web ") && l.contains("machines") && l.contains("2/2")), "{ls}");
+
+    // The VM of web-1 dies: it leaves the passing set, and a new machine
+    // takes its place without anyone asking.
+    let before = client.service_endpoints("web", &EndpointsQuery::default()).await.expect("endpoints");
+    let pid = client.machine("web-1").await.expect("web-1").pid.expect("a running VM has a pid");
+    let killed = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL)
+        .expect("kill");
+    let q = EndpointsQuery { index: Some(before.index), wait: Some("30s".into()) };
+    let after = client.service_endpoints("web", &q).await.expect("blocking query");
+    let ids: Vec<&str> = after.instances.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(ids, ["web-2"], "the dead instance left the passing set: {:#?}", client.service("web").await);
+    eprintln!("web-1 left the passing set {} ms after its VM was killed", killed.elapsed().as_millis());
+    let back =
+        wait_until(Duration::from_secs(120), async || passing(&daemon, "web").await == ["web-1", "web-2"])
+            .await;
+    assert!(back, "web-1 was not replaced: {:?}", client.service("web").await);
+    eprintln!("web-1 was replaced and passing {} ms after its VM was killed", killed.elapsed().as_millis());
+    let history = success(&daemon.cli(&["service", "history", "web"]));
+    assert!(
+        history.lines().any(|l| l.contains("web-1") && l.contains("replaced") && l.contains("failed")),
+        "{history}"
+    );
+
+    // Scaled down: web-2 and its machine go.
+    success(&daemon.cli(&["service", "scale", "web", "1"]));
+    let gone = wait_until(Duration::from_secs(30), async || client.machine("web-2").await.is_err()).await;
+    assert!(gone, "web-2's machine is still there");
+    assert!(wait_until(Duration::from_secs(10), async || passing(&daemon, "web").await == ["web-1"]).await);
+    assert!(success(&daemon.cli(&["service", "history", "web"])).contains("scaled to 1"));
+
+    // Removed: its machines and records go with it.
+    success(&daemon.cli(&["service", "rm", "web"]));
+    assert!(client.machine("web-1").await.is_err());
+    assert!(wait_until(Duration::from_secs(10), async || daemon.vm_pids().is_empty()).await);
+    assert!(client.services().await.expect("ls").services.is_empty());
+}
