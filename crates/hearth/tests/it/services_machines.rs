@@ -22,7 +22,7 @@ async fn passing(daemon: &Daemon, service: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_service_of_machines_is_kept_at_count_and_a_dead_vm_is_replaced() {
-    let daemon = Daemon::start_with_default_network(BIN).await;
+    let mut daemon = Daemon::start_with_default_network(BIN).await;
     let image = daemon.ensure_debian_image().await;
     let client = daemon.client();
 
@@ -85,6 +85,12 @@ async fn a_service_of_machines_is_kept_at_count_and_a_dead_vm_is_replaced() {
     assert!(gone, "web-2's machine is still there");
     assert!(wait_until(Duration::from_secs(10), async || passing(&daemon, "web").await == ["web-1"]).await);
     assert!(success(&daemon.cli(&["service", "history", "web"])).contains("scaled to 1"));
+
+    // A restarted daemon adopts the running machine and keeps it passing.
+    daemon.restart().await;
+    let client = daemon.client();
+    assert!(wait_until(Duration::from_secs(20), async || passing(&daemon, "web").await == ["web-1"]).await);
+    assert_eq!(client.service("web").await.expect("web").instances.len(), 1);
 
     // Removed: its machines and records go with it.
     success(&daemon.cli(&["service", "rm", "web"]));
