@@ -77,6 +77,12 @@ pub(crate) async fn deploy(
     headers: HeaderMap,
     body: Body,
 ) -> Result<axum::Json<DeployResult>, ApiError> {
+    if state.services().get(&name).await.is_ok() {
+        return Err(ApiError::conflict(
+            format!("the name {name:?} is taken by a service"),
+            "pick another name for the app; `hearth service ls` lists the names in use",
+        ));
+    }
     let (request, _held): (DeployApp, _) =
         deploy_body(&headers, body, MAX_DEPLOY_BODY, "components are limited to 64 MiB", state.deploys())
             .await?;

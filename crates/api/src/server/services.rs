@@ -60,7 +60,7 @@ fn app(info: &hearth_apps::AppInfo) -> Service {
         checks: vec![],
         instances: 1,
         passing: u32::from(info.serving.is_some()),
-        routes: info.app.routes.iter().map(|r| format!("{}{}", r.host, r.path)).collect(),
+        routes: info.urls.clone(),
         tags: vec![],
         description: None,
         links: Default::default(),

@@ -43,7 +43,7 @@ pub struct Service {
     pub instances: u32,
     /// Instances whose checks pass.
     pub passing: u32,
-    /// Where an app answers, e.g. `hello.localhost`.
+    /// Where an app answers, e.g. `http://hello.localhost:8088/`.
     pub routes: Vec<String>,
     pub tags: Vec<String>,
     pub description: Option<String>,

@@ -223,6 +223,23 @@ async fn bad_service_requests_are_refused_clearly_and_change_nothing() {
         client.register_instance("reg", &register("r4", 1, 30, &["exec:true"])).await.expect_err("exec");
     assert!(err.to_string().contains("runs in a machine"), "{err}");
 
+    // Apps are services under their own names, which no other takes.
+    let hello = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/apps/hello/target/wasm32-wasip2/release/hello.wasm");
+    assert!(hello.is_file(), "{} is missing: run `make examples`", hello.display());
+    success(&daemon.cli(&["app", "deploy", "hello", &hello.display().to_string()]));
+    let listed = client.services().await.expect("ls").services;
+    let app = listed.iter().find(|s| s.name == "hello").expect("the app is listed");
+    assert_eq!(app.kind, hearth_client::types::ServiceKind::App);
+    assert!(app.routes.iter().any(|r| r.contains("hello.localhost")), "{app:?}");
+    let err = client.create_service(&create("hello", 1, &[])).await.expect_err("taken by an app");
+    assert!(err.to_string().contains("taken by an app"), "{err}");
+    let err = client.register_instance("hello", &register("h1", 1, 30, &[])).await.expect_err("taken");
+    assert!(err.to_string().contains("taken by an app"), "{err}");
+    let err = failure(&daemon.cli(&["app", "deploy", "db", &hello.display().to_string()]));
+    assert!(err.contains("taken by a service"), "{err}");
+
     success(&daemon.cli(&["service", "rm", "db", "reg"]));
+    success(&daemon.cli(&["app", "rm", "hello"]));
     assert!(client.services().await.expect("ls").services.is_empty());
 }
