@@ -39,7 +39,7 @@ use crate::server::{
         triggers::workflow_list, triggers::workflow_add, triggers::workflow_remove,
         networks::faults, networks::create_fault, networks::heal, networks::heal_all,
         crate::labs::list, crate::labs::get, crate::labs::put, crate::labs::remove,
-        services::list, services::get, services::create, services::scale, services::remove, services::endpoints,
+        services::list, services::get, services::create, services::scale, services::deploy, services::remove, services::endpoints,
         services::register, services::heartbeat, services::deregister, services::history,
     ),
     modifiers(&BearerAuth, &Limits),

@@ -502,6 +502,16 @@ impl Client {
         self.call(Method::PUT, &format!("/v1/services/{}/count", encode_path(name)), Self::json(&body)?).await
     }
 
+    /// Starts a rolling update.
+    pub async fn deploy_service(
+        &self,
+        name: &str,
+        body: &crate::types::DeployService,
+    ) -> Result<crate::types::Service, Error> {
+        self.call(Method::POST, &format!("/v1/services/{}/deploy", encode_path(name)), Self::json(body)?)
+            .await
+    }
+
     pub async fn remove_service(&self, name: &str) -> Result<(), Error> {
         self.send(Method::DELETE, &format!("/v1/services/{}", encode_path(name)), None).await.map(drop)
     }

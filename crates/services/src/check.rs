@@ -259,6 +259,13 @@ pub struct Tracker {
 }
 
 impl Tracker {
+    /// A tracker that goes on from a state already known (a checker that
+    /// starts again after a daemon restart or a change of its instance), so
+    /// that one failing result does not undo what `failures` protects.
+    pub fn resume(status: Status) -> Self {
+        Self { status, passed: 0, failed: 0 }
+    }
+
     pub fn status(&self) -> Status {
         self.status
     }
@@ -479,6 +486,13 @@ mod tests {
         t.observe(Status::Critical, 1, 3);
         t.observe(Status::Critical, 1, 3);
         assert_eq!(t.observe(Status::Critical, 1, 3), Status::Critical);
+    }
+
+    #[test]
+    fn a_resumed_tracker_keeps_its_state_until_the_thresholds_say_otherwise() {
+        let mut t = Tracker::resume(Status::Passing);
+        assert_eq!(t.observe(Status::Critical, 1, 2), Status::Passing);
+        assert_eq!(t.observe(Status::Critical, 1, 2), Status::Critical);
     }
 
     #[test]

@@ -14,11 +14,12 @@
 //! the loop that keeps it all true is in `supervise.rs`.
 
 pub mod check;
+pub mod plan;
 pub mod record;
 mod service;
 mod supervise;
 
-pub use service::{CreateService, MAX_COUNT, MAX_WAIT, Register, ServiceView, Services};
+pub use service::{CreateService, Deploy, MAX_COUNT, MAX_WAIT, Register, ServiceView, Services};
 
 use hearth_store::Revision;
 

@@ -93,6 +93,57 @@ pub struct ServiceRecord {
     pub meta: Meta,
     /// Unix seconds.
     pub created_at: u64,
+    /// The version of `template`; each deploy makes the next.
+    #[serde(default = "first_version")]
+    pub version: u32,
+    /// The version before this one, which a failed rollout goes back to.
+    #[serde(default)]
+    pub previous: Option<Versioned>,
+    /// The last rollout, under way or ended.
+    #[serde(default)]
+    pub rollout: Option<Rollout>,
+}
+
+fn first_version() -> u32 {
+    1
+}
+
+/// A template with its version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Versioned {
+    pub version: u32,
+    pub template: Template,
+}
+
+/// A rolling update from one version to another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub from: u32,
+    pub to: u32,
+    pub state: RolloutState,
+    /// Why it was rolled back.
+    pub reason: Option<String>,
+    /// Unix milliseconds.
+    pub started_ms: u64,
+    pub ended_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RolloutState {
+    Rolling,
+    Done,
+    RolledBack,
+}
+
+impl RolloutState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutState::Rolling => "rolling",
+            RolloutState::Done => "done",
+            RolloutState::RolledBack => "rolled-back",
+        }
+    }
 }
 
 /// What a service's machines are made from.
@@ -144,6 +195,13 @@ pub struct InstanceRecord {
     pub tags: Vec<String>,
     /// Unix seconds.
     pub created_at: u64,
+    /// The service's version its machine is made from.
+    #[serde(default = "first_version")]
+    pub version: u32,
+    /// Unix milliseconds since it was taken out of the endpoints, to be
+    /// removed once requests in flight are done.
+    #[serde(default)]
+    pub draining_since_ms: Option<u64>,
 }
 
 /// An instance's health, as the checker last judged it.

@@ -34,6 +34,16 @@ pub struct CreateService {
     pub meta: Meta,
 }
 
+/// What a deploy changes in a service's template; `None` keeps what it is.
+#[derive(Debug, Clone, Default)]
+pub struct Deploy {
+    pub image: Option<String>,
+    pub env: Option<Vec<String>>,
+    pub command: Option<Vec<String>>,
+    pub cpus: Option<u32>,
+    pub memory_mib: Option<u32>,
+}
+
 /// What `register` needs.
 #[derive(Debug, Clone)]
 pub struct Register {
@@ -102,15 +112,7 @@ impl Services {
         }
         check_checks(&req.checks, Kind::Machines)?;
         check_meta(&req.meta)?;
-        let images = self.inner.machines.images();
-        let image = req.template.image.clone();
-        let found = tokio::task::spawn_blocking(move || images.get(&image))
-            .await
-            .map_err(|e| Error::Invalid(e.to_string()))?
-            .map_err(hearth_machines::Error::from)?;
-        if found.is_none() {
-            return Err(Error::Machines(hearth_machines::Error::ImageNotFound(req.template.image.clone())));
-        }
+        self.check_image(&req.template.image).await?;
         if let Some(network) = &req.template.network
             && self.store().get(&format!("networks/{network}")).await?.is_none()
         {
@@ -135,6 +137,9 @@ impl Services {
             checks: req.checks,
             meta: req.meta,
             created_at: record::now_ms() / 1000,
+            version: 1,
+            previous: None,
+            rollout: None,
         };
         let key = record::def_key(&req.name);
         let txn = Txn::new().when(Compare::missing(&key)).and_then(Op::Put {
@@ -211,11 +216,19 @@ impl Services {
         let mut changes = futures::stream::select(watch, defs);
         let deadline = tokio::time::sleep(wait.min(MAX_WAIT));
         tokio::pin!(deadline);
-        tokio::select! {
-            _ = changes.next() => {}
-            () = &mut deadline => {}
+        loop {
+            tokio::select! {
+                change = changes.next() => {
+                    // A change of the definition (a deploy, a scale) is not
+                    // one of the passing set: only its removal ends the wait.
+                    let now = self.endpoints(name).await?;
+                    if now.index > index || change.is_none() {
+                        return Ok(now);
+                    }
+                }
+                () = &mut deadline => return self.endpoints(name).await,
+            }
         }
-        self.endpoints(name).await
     }
 
     /// Changes how many machines a service keeps.
@@ -242,6 +255,80 @@ impl Services {
             }
         }
         Err(Error::Conflict(name.to_string()))
+    }
+
+    /// Starts a rolling update to a new version of the template: one new
+    /// instance at a time, each old one drained only once the new ones
+    /// pass; a new instance that never passes rolls the service back.
+    pub async fn deploy(&self, name: &str, change: Deploy) -> Result<ServiceRecord, Error> {
+        if let Some(image) = &change.image {
+            self.check_image(image).await?;
+        }
+        let key = record::def_key(name);
+        for _ in 0..5 {
+            let kv = self.store().get(&key).await?.ok_or_else(|| Error::NotFound(name.to_string()))?;
+            let mut record: ServiceRecord = parse(&kv)?;
+            let Some(current) = record.template.clone().filter(|_| record.kind == Kind::Machines) else {
+                return Err(Error::NotMachines(name.to_string()));
+            };
+            let mut next = current.clone();
+            if let Some(image) = &change.image {
+                next.image.clone_from(image);
+            }
+            if let Some(env) = &change.env {
+                next.env.clone_from(env);
+            }
+            if let Some(command) = &change.command {
+                next.command = Some(command.clone());
+            }
+            if let Some(cpus) = change.cpus {
+                next.cpus = cpus;
+            }
+            if let Some(memory_mib) = change.memory_mib {
+                next.memory_mib = memory_mib;
+            }
+            if next == current {
+                return Err(Error::Invalid(format!(
+                    "service {name:?} already runs this (version {}): give a new --image, --env or command",
+                    record.version
+                )));
+            }
+            let to = record.version.max(record.rollout.as_ref().map_or(0, |r| r.to)) + 1;
+            record.previous = Some(crate::record::Versioned { version: record.version, template: current });
+            record.rollout = Some(crate::record::Rollout {
+                from: record.version,
+                to,
+                state: crate::record::RolloutState::Rolling,
+                reason: None,
+                started_ms: record::now_ms(),
+                ended_ms: None,
+            });
+            record.version = to;
+            record.template = Some(next);
+            let txn = Txn::new().when(Compare::mod_revision(&key, kv.mod_revision)).and_then(Op::Put {
+                key: key.clone(),
+                value: to_json(&record),
+                lease: None,
+            });
+            if self.store().txn(txn).await?.succeeded {
+                self.inner.kick.notify_one();
+                return Ok(record);
+            }
+        }
+        Err(Error::Conflict(name.to_string()))
+    }
+
+    async fn check_image(&self, image: &str) -> Result<(), Error> {
+        let images = self.inner.machines.images();
+        let wanted = image.to_string();
+        let found = tokio::task::spawn_blocking(move || images.get(&wanted))
+            .await
+            .map_err(|e| Error::Invalid(e.to_string()))?
+            .map_err(hearth_machines::Error::from)?;
+        if found.is_none() {
+            return Err(Error::Machines(hearth_machines::Error::ImageNotFound(image.to_string())));
+        }
+        Ok(())
     }
 
     /// Removes a service: its machines, instances, health, endpoints and history.
@@ -322,6 +409,9 @@ impl Services {
                     checks: vec![],
                     meta: Meta::default(),
                     created_at: record::now_ms() / 1000,
+                    version: 1,
+                    previous: None,
+                    rollout: None,
                 };
                 let txn = Txn::new().when(Compare::missing(&def_key)).and_then(Op::Put {
                     key: def_key.clone(),
@@ -351,6 +441,8 @@ impl Services {
             checks: req.checks,
             tags: req.tags,
             created_at: record::now_ms() / 1000,
+            version: 1,
+            draining_since_ms: None,
         };
         let mut txn = Txn::new().when(Compare::exists(&def_key)).and_then(Op::Put {
             key: key.clone(),

@@ -31,8 +31,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::check::{self, CheckKind, CheckSpec, Tracker};
-use crate::record::{self, Endpoint, Endpoints, HealthRecord, InstanceRecord, Kind, ServiceRecord, Status};
-use crate::service::{Services, instance_name, parse, to_json};
+use crate::plan::{self, Action, Member};
+use crate::record::{
+    self, Endpoint, Endpoints, HealthRecord, InstanceRecord, Kind, RolloutState, ServiceRecord, Status,
+};
+use crate::service::{Services, parse, to_json};
 
 /// The first wait before a replacement, after a replacement.
 pub(crate) const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -195,22 +198,26 @@ impl Services {
             let _ = self.store().delete(&record::endpoints_key(name)).await;
         }
 
-        // 1. Services of machines have their count of instances.
-        let mut present: HashSet<String> = HashSet::new();
-        for (key, instance) in &now.instances {
-            present.insert(key.clone());
-            let Some(def) = now.defs.get(&instance.service) else { continue };
-            if def.kind == Kind::Machines && !wanted(def, &instance.id) {
-                self.scale_down(state, def, key, instance).await;
-            }
-        }
+        // 1. Services of machines have their count of instances, and roll
+        // from one version to the next (see `plan`).
+        let present: HashSet<String> = now.instances.iter().map(|(key, _)| key.clone()).collect();
         for def in now.defs.values().filter(|d| d.kind == Kind::Machines) {
-            for i in 1..=def.count {
-                let id = instance_name(&def.name, i);
-                let key = record::instance_key(&def.name, &id);
-                if !present.contains(&key) {
-                    self.add_instance(def, &id).await?;
-                }
+            let members: Vec<Member> = now
+                .instances
+                .iter()
+                .filter(|(_, i)| i.service == def.name)
+                .map(|(key, instance)| {
+                    let health = now.health.get(key);
+                    Member {
+                        instance,
+                        passing: health.is_some_and(|h| h.status == Status::Passing),
+                        passed: health.is_some_and(|h| h.changes.iter().any(|c| c.status == Status::Passing)),
+                    }
+                })
+                .collect();
+            let actions = plan::plan(def, &members, record::now_ms(), grace(&def.checks));
+            for action in actions {
+                self.act(state, def, &now, action).await?;
             }
         }
 
@@ -218,7 +225,7 @@ impl Services {
         let mut wanted_checkers: HashMap<String, (String, InstanceRecord, Vec<CheckSpec>)> = HashMap::new();
         for (key, instance) in &now.instances {
             let Some(def) = now.defs.get(&instance.service) else { continue };
-            if def.kind == Kind::Machines && !wanted(def, &instance.id) {
+            if instance.draining_since_ms.is_some() {
                 continue;
             }
             let health = now.health.get(key);
@@ -283,8 +290,9 @@ impl Services {
         let store = self.store();
         let key = record::endpoints_key(name);
         let stored = store.get(&key).await?;
-        let Some(def) = store.get(&record::def_key(name)).await? else { return Ok(()) };
-        let def: ServiceRecord = parse(&def)?;
+        if store.get(&record::def_key(name)).await?.is_none() {
+            return Ok(());
+        }
         let health = store.range(&record::health_prefix(name)).await?;
         let passing: HashSet<&str> = health
             .kvs
@@ -295,7 +303,7 @@ impl Services {
         let mut instances = Vec::new();
         for kv in store.range(&record::instances_prefix(name)).await?.kvs {
             let i: InstanceRecord = parse(&kv)?;
-            if (def.kind == Kind::Machines && !wanted(&def, &i.id)) || !passing.contains(i.id.as_str()) {
+            if i.draining_since_ms.is_some() || !passing.contains(i.id.as_str()) {
                 continue;
             }
             if let Some(address) = i.address {
@@ -324,6 +332,95 @@ impl Services {
         Ok(())
     }
 
+    /// Carries out one of the planner's actions.
+    async fn act(
+        &self,
+        state: &mut Supervisor,
+        def: &ServiceRecord,
+        now: &Snapshot,
+        action: Action,
+    ) -> Result<(), crate::Error> {
+        let find = |id: &str| {
+            let key = record::instance_key(&def.name, id);
+            now.instances.iter().find(|(k, _)| *k == key).map(|(k, i)| (k.clone(), i.clone()))
+        };
+        match action {
+            Action::Create { id } => self.add_instance(def, &id).await?,
+            Action::Drain { id, reason } => {
+                let Some((key, mut instance)) = find(&id) else { return Ok(()) };
+                instance.draining_since_ms = Some(record::now_ms());
+                let txn = Txn::new().when(Compare::exists(&key)).and_then(Op::Put {
+                    key: key.clone(),
+                    value: to_json(&instance),
+                    lease: None,
+                });
+                self.store().txn(txn).await?;
+                self.publish(&def.name).await?;
+                self.record_history(&def.name, Some(&id), "draining", reason).await;
+            }
+            Action::Remove { id, reason } => {
+                let Some((key, instance)) = find(&id) else { return Ok(()) };
+                self.remove_instance(state, def, &key, &instance, reason).await;
+            }
+            Action::RollBack { reason } => {
+                self.change_rollout(def, |record| {
+                    let Some(previous) = record.previous.take() else { return };
+                    record.version = previous.version;
+                    record.template = Some(previous.template);
+                    if let Some(rollout) = record.rollout.as_mut() {
+                        rollout.state = RolloutState::RolledBack;
+                        rollout.reason = Some(reason.clone());
+                        rollout.ended_ms = Some(record::now_ms());
+                    }
+                })
+                .await?;
+                let back = def.previous.as_ref().map_or(0, |p| p.version);
+                self.record_history(
+                    &def.name,
+                    None,
+                    "rolled-back",
+                    format!("back to version {back}: {reason}"),
+                )
+                .await;
+            }
+            Action::Finish => {
+                self.change_rollout(def, |record| {
+                    if let Some(rollout) = record.rollout.as_mut() {
+                        rollout.state = RolloutState::Done;
+                        rollout.ended_ms = Some(record::now_ms());
+                    }
+                })
+                .await?;
+                let reason = format!("every instance runs version {} and passes", def.version);
+                self.record_history(&def.name, None, "deployed", reason).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Changes a service's definition by compare-and-swap, if it is still
+    /// the version the pass read.
+    async fn change_rollout(
+        &self,
+        def: &ServiceRecord,
+        change: impl Fn(&mut ServiceRecord),
+    ) -> Result<(), crate::Error> {
+        let key = record::def_key(&def.name);
+        let Some(kv) = self.store().get(&key).await? else { return Ok(()) };
+        let mut record: ServiceRecord = parse(&kv)?;
+        if record.version != def.version {
+            return Ok(());
+        }
+        change(&mut record);
+        let txn = Txn::new().when(Compare::mod_revision(&key, kv.mod_revision)).and_then(Op::Put {
+            key,
+            value: to_json(&record),
+            lease: None,
+        });
+        self.store().txn(txn).await?;
+        Ok(())
+    }
+
     /// Writes a missing instance's record; its machine comes in the same pass.
     async fn add_instance(&self, def: &ServiceRecord, id: &str) -> Result<(), crate::Error> {
         let instance = InstanceRecord {
@@ -336,6 +433,8 @@ impl Services {
             checks: vec![],
             tags: vec![],
             created_at: record::now_ms() / 1000,
+            version: def.version,
+            draining_since_ms: None,
         };
         let key = record::instance_key(&def.name, id);
         let txn = Txn::new()
@@ -346,19 +445,21 @@ impl Services {
         Ok(())
     }
 
-    async fn scale_down(
+    /// Removes an instance: its checker, its machine, its records.
+    async fn remove_instance(
         &self,
         state: &mut Supervisor,
         def: &ServiceRecord,
         key: &str,
         instance: &InstanceRecord,
+        reason: String,
     ) {
         state.stop_checker(key).await;
         if let Some(machine) = &instance.machine {
             match self.inner.machines.remove(machine, true).await {
                 Ok(()) | Err(hearth_machines::Error::NotFound(_)) => {}
                 Err(error) => {
-                    tracing::warn!(machine, error = %error, "Cannot remove a machine past the service's count; retrying.");
+                    tracing::warn!(machine, error = %error, "Cannot remove a service's machine; retrying.");
                     return;
                 }
             }
@@ -366,14 +467,8 @@ impl Services {
         let txn = Txn::new()
             .and_then(Op::Delete { key: key.to_string() })
             .and_then(Op::Delete { key: record::health_key(&def.name, &instance.id) });
-        if self.store().txn(txn).await.is_ok() {
-            self.record_history(
-                &def.name,
-                Some(&instance.id),
-                "removed",
-                format!("the service is scaled to {}", def.count),
-            )
-            .await;
+        if self.store().txn(txn).await.is_ok() && !reason.is_empty() {
+            self.record_history(&def.name, Some(&instance.id), "removed", reason).await;
         }
     }
 
@@ -389,6 +484,9 @@ impl Services {
         health: Option<&HealthRecord>,
     ) -> Option<u64> {
         let name = instance.machine.as_deref().unwrap_or(&instance.id);
+        // An instance of an older version is never remade: the planner
+        // removes it once it stops passing.
+        let current = instance.version == def.version;
         let Some(machine) = machine else {
             self.set_health(
                 state,
@@ -399,7 +497,7 @@ impl Services {
                 format!("machine {name} is being made"),
             )
             .await;
-            if state.may_act(key) {
+            if current && state.may_act(key) {
                 self.make_machine(state, def, key, instance).await;
             }
             return None;
@@ -422,7 +520,8 @@ impl Services {
                 if let Some(h) = health {
                     let critical_for = Duration::from_millis(record::now_ms().saturating_sub(h.since_ms));
                     let up_for = Duration::from_secs((record::now_ms() / 1000).saturating_sub(started_at));
-                    if h.status == Status::Critical
+                    if current
+                        && h.status == Status::Critical
                         && critical_for >= grace
                         && up_for >= grace
                         && state.may_act(key)
@@ -446,7 +545,7 @@ impl Services {
                 let why = machine.status.reason.clone().unwrap_or_else(|| "no reason given".into());
                 let said = format!("machine {name} failed: {why}");
                 self.set_health(state, key, instance, health, Status::Critical, said.clone()).await;
-                if state.may_act(key) {
+                if current && state.may_act(key) {
                     self.replace(state, def, key, instance, said).await;
                 }
                 None
@@ -461,7 +560,7 @@ impl Services {
                     format!("machine {name} is stopped"),
                 )
                 .await;
-                if state.may_act(key) {
+                if current && state.may_act(key) {
                     state.bump(key);
                     match self.inner.machines.start(name).await {
                         Ok(_) => {
@@ -609,10 +708,6 @@ impl Services {
     }
 }
 
-fn wanted(def: &ServiceRecord, id: &str) -> bool {
-    (1..=def.count).any(|i| instance_name(&def.name, i) == id)
-}
-
 /// Writes an instance's health if its status changed; returns the record
 /// now stored.
 async fn write_health(
@@ -690,7 +785,8 @@ async fn checker(services: Services, instance: InstanceRecord, checks: Vec<Check
         });
     }
     drop(tx);
-    let mut trackers = vec![Tracker::default(); checks.len()];
+    let known = current.as_ref().map_or(Status::Critical, |h| h.status);
+    let mut trackers = vec![Tracker::resume(known); checks.len()];
     let mut outputs = vec![String::new(); checks.len()];
     while let Some((i, result, output)) = rx.recv().await {
         trackers[i].observe(result, checks[i].passes, checks[i].failures);
@@ -769,21 +865,5 @@ mod tests {
         }
         assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
         assert!(!s.may_act("k"));
-    }
-
-    #[test]
-    fn only_the_first_count_instances_are_wanted() {
-        let def = ServiceRecord {
-            name: "web".into(),
-            kind: Kind::Machines,
-            template: None,
-            count: 2,
-            port: 80,
-            checks: vec![],
-            meta: Default::default(),
-            created_at: 0,
-        };
-        assert!(wanted(&def, "web-1") && wanted(&def, "web-2"));
-        assert!(!wanted(&def, "web-3") && !wanted(&def, "web-0") && !wanted(&def, "other-1"));
     }
 }

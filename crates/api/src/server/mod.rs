@@ -208,6 +208,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/services", get(services::list).post(services::create))
         .route("/v1/services/{name}", get(services::get).delete(services::remove))
         .route("/v1/services/{name}/count", axum::routing::put(services::scale))
+        .route("/v1/services/{name}/deploy", post(services::deploy))
         .route("/v1/services/{name}/endpoints", get(services::endpoints))
         .route("/v1/services/{name}/history", get(services::history))
         .route("/v1/services/{name}/instances", post(services::register))

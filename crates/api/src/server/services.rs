@@ -6,9 +6,9 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::StatusCode;
 use hearth_client::types::{
-    CreateService, Endpoint, Endpoints, EndpointsQuery, ErrorBody, Health, HealthChange, Heartbeat,
-    RegisterInstance, ScaleService, Service, ServiceDetail, ServiceEvent, ServiceHistory, ServiceInstance,
-    ServiceKind, ServiceList,
+    CreateService, DeployService, Endpoint, Endpoints, EndpointsQuery, ErrorBody, Health, HealthChange,
+    Heartbeat, RegisterInstance, Rollout, RolloutState, ScaleService, Service, ServiceDetail, ServiceEvent,
+    ServiceHistory, ServiceInstance, ServiceKind, ServiceList,
 };
 use hearth_services::check::CheckSpec;
 use hearth_services::record::{self, HealthRecord, InstanceRecord, ServiceRecord, Status};
@@ -47,6 +47,17 @@ fn service(record: &ServiceRecord, instances: &[(InstanceRecord, Option<HealthRe
         description: record.meta.description.clone(),
         links: record.meta.links.clone(),
         created_at: record.created_at,
+        version: machines.then_some(record.version),
+        rollout: record.rollout.as_ref().map(|r| Rollout {
+            from: r.from,
+            to: r.to,
+            state: match r.state {
+                record::RolloutState::Rolling => RolloutState::Rolling,
+                record::RolloutState::Done => RolloutState::Done,
+                record::RolloutState::RolledBack => RolloutState::RolledBack,
+            },
+            reason: r.reason.clone(),
+        }),
     }
 }
 
@@ -65,6 +76,8 @@ fn app(info: &hearth_apps::AppInfo) -> Service {
         description: None,
         links: Default::default(),
         created_at: info.app.updated_at,
+        version: Some(info.app.active),
+        rollout: None,
     }
 }
 
@@ -93,6 +106,8 @@ fn instance(i: &InstanceRecord, h: Option<&HealthRecord>, service_checks: &[Chec
                     .collect()
             })
             .unwrap_or_default(),
+        version: i.machine.as_ref().map(|_| i.version),
+        draining: i.draining_since_ms.is_some(),
     }
 }
 
@@ -206,6 +221,35 @@ pub(crate) async fn scale(
     ApiJson(body): ApiJson<ScaleService>,
 ) -> Result<axum::Json<Service>, ApiError> {
     state.services().scale(&name, body.count).await?;
+    let view = state.services().view(&name).await?;
+    Ok(axum::Json(service(&view.record, &view.instances)))
+}
+
+/// Starts a rolling update to a new image, environment or command: one
+/// new instance at a time, each old one drained once the new ones pass; a
+/// new instance that never passes puts the old version back.
+#[utoipa::path(post, path = "/v1/services/{name}/deploy", tag = "services", request_body = DeployService,
+    params(("name" = String, Path)),
+    responses((status = 200, body = Service), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
+pub(crate) async fn deploy(
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<DeployService>,
+) -> Result<axum::Json<Service>, ApiError> {
+    for kv in body.env.iter().flatten() {
+        if !kv.contains('=') || kv.starts_with('=') {
+            return Err(bad("env", format!("{kv:?} is not KEY=VALUE"), "e.g. --env PORT=8080"));
+        }
+    }
+    let change = hearth_services::Deploy {
+        image: body.image,
+        env: body.env,
+        command: body.command,
+        cpus: body.cpus,
+        memory_mib: body.memory_mib,
+    };
+    state.services().deploy(&name, change).await?;
     let view = state.services().view(&name).await?;
     Ok(axum::Json(service(&view.record, &view.instances)))
 }

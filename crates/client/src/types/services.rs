@@ -19,6 +19,15 @@ wire_enum! {
 }
 
 wire_enum! {
+    /// Where a rolling update is.
+    RolloutState {
+        Rolling = "rolling",
+        Done = "done",
+        RolledBack = "rolled-back",
+    }
+}
+
+wire_enum! {
     /// An instance's health.
     Health {
         Passing = "passing",
@@ -50,6 +59,37 @@ pub struct Service {
     pub links: BTreeMap<String, String>,
     /// Unix seconds.
     pub created_at: u64,
+    /// The version of the template (services of machines); each deploy makes the next.
+    pub version: Option<u32>,
+    /// The last rolling update, under way or ended.
+    pub rollout: Option<Rollout>,
+}
+
+/// A rolling update from one version to another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Rollout {
+    pub from: u32,
+    pub to: u32,
+    pub state: RolloutState,
+    /// Why it was rolled back.
+    pub reason: Option<String>,
+}
+
+/// `POST /v1/services/{name}/deploy`: what changes; what is left out stays.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeployService {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// `KEY=VALUE`, replacing the whole environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -84,6 +124,10 @@ pub struct ServiceInstance {
     pub tags: Vec<String>,
     /// The last changes of health, oldest first.
     pub changes: Vec<HealthChange>,
+    /// The service's version its machine is made from.
+    pub version: Option<u32>,
+    /// Out of the endpoints, finishing requests in flight before removal.
+    pub draining: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -208,7 +252,8 @@ pub struct ServiceEvent {
     /// Unix milliseconds.
     pub at_ms: u64,
     pub instance: Option<String>,
-    /// `created`, `replaced`, `restarted`, `removed`, `failed`.
+    /// `created`, `replaced`, `restarted`, `draining`, `removed`, `failed`,
+    /// `deployed`, `rolled-back`.
     pub action: String,
     pub reason: String,
 }

@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use hearth_client::Client;
 use hearth_client::types::{
-    CreateService, EndpointsQuery, Health, Heartbeat, RegisterInstance, ServiceDetail,
+    CreateService, DeployService, EndpointsQuery, Health, Heartbeat, RegisterInstance, RolloutState,
+    ServiceDetail,
 };
 
 use super::workflow::ago;
@@ -68,6 +69,27 @@ pub(crate) enum Command {
         name: String,
         #[arg(long)]
         json: bool,
+    },
+    /// Roll a service to a new image, environment or command, one instance
+    /// at a time; a new instance that never passes puts the old version back.
+    Deploy {
+        name: String,
+        #[arg(long)]
+        image: Option<String>,
+        /// KEY=VALUE, replacing the whole environment. Repeatable.
+        #[arg(long = "env", short = 'e')]
+        env: Vec<String>,
+        #[arg(long)]
+        cpus: Option<u32>,
+        /// Memory per instance, in MiB.
+        #[arg(long)]
+        memory: Option<u32>,
+        /// Return at once instead of following the rollout.
+        #[arg(long, short = 'd')]
+        detach: bool,
+        /// The command instead of the image's.
+        #[arg(last = true)]
+        command: Vec<String>,
     },
     /// Set how many machines a service keeps.
     Scale { name: String, count: u32 },
@@ -201,6 +223,24 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<()>
             }
             print_detail(&detail);
         }
+        Command::Deploy { name, image, env, cpus, memory, detach, command } => {
+            if let Some(image) = &image {
+                super::machine::ensure_image(client, image).await?;
+            }
+            let body = DeployService {
+                image,
+                env: (!env.is_empty()).then_some(env),
+                command: (!command.is_empty()).then_some(command),
+                cpus,
+                memory_mib: memory,
+            };
+            let s = client.deploy_service(&name, &body).await?;
+            let version = s.version.unwrap_or_default();
+            println!("service {name}: rolling to version {version}");
+            if !detach {
+                follow_rollout(client, &name, version, Duration::from_secs(1800)).await?;
+            }
+        }
         Command::Scale { name, count } => {
             let s = client.scale_service(&name, count).await?;
             println!("service {} keeps {count} instances ({} passing now)", s.name, s.passing);
@@ -286,6 +326,13 @@ fn print_detail(detail: &ServiceDetail) {
     if let Some(port) = s.port {
         println!("port:        {port}");
     }
+    if let Some(version) = s.version.filter(|_| s.image.is_some()) {
+        println!("version:     {version}");
+    }
+    if let Some(r) = &s.rollout {
+        let why = r.reason.as_deref().map(|w| format!(": {w}")).unwrap_or_default();
+        println!("rollout:     {} → {} {}{why}", r.from, r.to, r.state);
+    }
     if !s.checks.is_empty() {
         println!("checks:      {}", s.checks.join(" "));
     }
@@ -306,12 +353,14 @@ fn print_detail(detail: &ServiceDetail) {
         return;
     }
     println!();
-    let mut table = Table::new(vec!["INSTANCE", "ADDRESS", "HEALTH", "SINCE", "OUTPUT"]);
+    let mut table = Table::new(vec!["INSTANCE", "ADDRESS", "VERSION", "HEALTH", "SINCE", "OUTPUT"]);
     for i in &detail.instances {
+        let health = if i.draining { format!("{} (draining)", i.health) } else { i.health.to_string() };
         table.row(vec![
             i.id.clone(),
             i.address.as_ref().map(|a| format!("{a}:{}", i.port)).unwrap_or_else(|| "-".into()),
-            i.health.to_string(),
+            i.version.map(|v| v.to_string()).unwrap_or_default(),
+            health,
             i.since_ms.map(ago).unwrap_or_default(),
             i.output.clone(),
         ]);
@@ -342,6 +391,58 @@ async fn wait_passing(client: &Client, name: &str, count: u32, limit: Duration) 
             spinner.finish();
             println!("{name}: {count}/{count} passing, in {:.1}s", started.elapsed().as_secs_f64());
             return Ok(());
+        }
+    }
+}
+
+/// Follows a rollout to its end, showing how many instances run the new
+/// version and pass; an error if it was rolled back.
+async fn follow_rollout(client: &Client, name: &str, version: u32, limit: Duration) -> anyhow::Result<()> {
+    let spinner = Spinner::new(format!("{name}: rolling to version {version}"));
+    let started = Instant::now();
+    let mut every = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        every.tick().await;
+        let detail = client.service(name).await?;
+        let Some(rollout) = detail.service.rollout.clone().filter(|r| r.to == version) else {
+            spinner.finish();
+            bail!(
+                "another deploy of {name} replaced this one; `hearth service inspect {name}` shows where it is"
+            );
+        };
+        let count = detail.service.count.unwrap_or(0);
+        let updated = detail
+            .instances
+            .iter()
+            .filter(|i| i.version == Some(version) && i.health == Health::Passing && !i.draining)
+            .count();
+        match rollout.state {
+            RolloutState::Done => {
+                spinner.finish();
+                println!(
+                    "{name}: version {version} on {count}/{count}, in {:.1}s",
+                    started.elapsed().as_secs_f64()
+                );
+                return Ok(());
+            }
+            RolloutState::RolledBack => {
+                spinner.finish();
+                bail!(
+                    "{name} was rolled back to version {}: {}; `hearth service history {name}` shows each step",
+                    rollout.from,
+                    rollout.reason.unwrap_or_default()
+                );
+            }
+            RolloutState::Rolling => {
+                spinner.set(format!("{name}: version {version} on {updated}/{count} passing"));
+            }
+        }
+        if started.elapsed() > limit {
+            spinner.finish();
+            bail!(
+                "the rollout of {name} is still going after {}s; `hearth service inspect {name}` shows where it is",
+                limit.as_secs()
+            );
         }
     }
 }

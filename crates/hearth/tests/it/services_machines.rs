@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use hearth_client::types::EndpointsQuery;
-use hearth_testkit::{Daemon, success, wait_until};
+use hearth_client::types::{EndpointsQuery, Health};
+use hearth_testkit::{Daemon, failure, success, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hearth");
 
@@ -97,4 +97,78 @@ async fn a_service_of_machines_is_kept_at_count_and_a_dead_vm_is_replaced() {
     assert!(client.machine("web-1").await.is_err());
     assert!(wait_until(Duration::from_secs(10), async || daemon.vm_pids().is_empty()).await);
     assert!(client.services().await.expect("ls").services.is_empty());
+}
+
+fn server(body: &str) -> String {
+    format!(
+        "while true; do printf 'HTTP/1.1 200 OK\\r\\nContent-Length: {}\\r\\nConnection: close\\r\\n\\r\\n{body}' | nc -l -p 8080 -q 1 >/dev/null 2>&1; done",
+        body.len()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rolling_deploy_keeps_the_count_passing_and_a_broken_version_rolls_back() {
+    let daemon = Daemon::start_with_default_network(BIN).await;
+    let image = daemon.ensure_debian_image().await;
+    let client = daemon.client();
+    // Generous: a guest under software emulation answers slowly while
+    // another boots beside it.
+    let check = "http:/,interval=1s,timeout=900ms,failures=3";
+    let v1 = server("v1");
+    success(&daemon.cli(&[
+        "service", "create", "api", "--image", &image, "--count", "2", "--port", "8080", "--check", check,
+        "--", "sh", "-c", &v1,
+    ]));
+
+    // Watch the passing set through the whole rollout: it never shrinks below the count.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(u64, Vec<String>)>::new()));
+    let watcher = {
+        let (client, seen) = (daemon.client(), seen.clone());
+        tokio::spawn(async move {
+            let mut index = 0;
+            loop {
+                let q = EndpointsQuery { index: Some(index), wait: Some("60s".into()) };
+                let Ok(e) = client.service_endpoints("api", &q).await else { return };
+                let ids = e.instances.iter().map(|i| i.id.clone()).collect();
+                seen.lock().expect("lock").push((e.index, ids));
+                index = e.index;
+            }
+        })
+    };
+
+    let v2 = server("v2");
+    let out = success(&daemon.cli(&["service", "deploy", "api", "--", "sh", "-c", &v2]));
+    assert!(out.contains("version 2 on 2/2"), "{out}");
+    let detail = client.service("api").await.expect("api");
+    assert_eq!(detail.instances.len(), 2, "{detail:?}");
+    assert!(
+        detail.instances.iter().all(|i| i.version == Some(2) && i.health == Health::Passing),
+        "{detail:?}"
+    );
+    let seen = seen.lock().expect("lock").clone();
+    assert!(
+        seen.iter().all(|(_, ids)| ids.len() >= 2),
+        "the passing set shrank during the rollout: {seen:?}\n{}",
+        success(&daemon.cli(&["service", "history", "api"]))
+    );
+    watcher.abort();
+    let history = success(&daemon.cli(&["service", "history", "api"]));
+    assert!(history.contains("deployed") && history.contains("version 2 replaces version 1"), "{history}");
+
+    // A version that never answers: its first instance never passes, and
+    // the service goes back to version 2 by itself.
+    let err = failure(&daemon.cli(&["service", "deploy", "api", "--", "sh", "-c", "sleep 100000"]));
+    assert!(err.contains("rolled back to version 2") && err.contains("did not pass"), "{err}");
+    let back = wait_until(Duration::from_secs(60), async || {
+        client.service("api").await.is_ok_and(|d| {
+            d.instances.len() == 2
+                && d.instances.iter().all(|i| i.version == Some(2) && i.health == Health::Passing)
+        })
+    })
+    .await;
+    assert!(back, "{:?}", client.service("api").await);
+    let inspect = success(&daemon.cli(&["service", "inspect", "api"]));
+    assert!(inspect.contains("rolled-back"), "{inspect}");
+    success(&daemon.cli(&["service", "rm", "api"]));
+    assert!(wait_until(Duration::from_secs(10), async || daemon.vm_pids().is_empty()).await);
 }
