@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use hearth_testkit::{Daemon, success, wait_until};
+use hearth_testkit::{Daemon, failure, success, wait_until};
 use hickory_proto::op::{Message, Query};
 use hickory_proto::rr::{Name, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -145,4 +145,15 @@ async fn services_dns_explicit_address_that_cannot_be_used_is_an_error_at_start(
 
     let stderr = serve_fails(&["--dns", "0.0.0.0:8600"]).await;
     assert!(stderr.contains("not a loopback address"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn services_dns_a_network_cannot_be_named_service() {
+    let daemon = Daemon::start(BIN).await;
+    let stderr =
+        failure(&daemon.cli(&["network", "create", "service", "--subnet", "10.246.0.0/24", "--no-nat"]));
+    assert!(stderr.contains("network name \"service\" is reserved"), "{stderr}");
+    assert!(stderr.contains("NAME.service.hearth") && stderr.contains("hint:"), "{stderr}");
+    let networks = success(&daemon.cli(&["network", "ls"]));
+    assert!(!networks.contains("service"), "nothing was made: {networks}");
 }
