@@ -1,6 +1,6 @@
 //! The DNS server's answer to a packet from a machine
-//! (`hearth_net::dns`), from a zone with a few records, with and without
-//! upstreams (never asked: relayed names are answered SERVFAIL).
+//! (`hearth_net::dns`), from a zone with a few machines and services, with
+//! and without upstreams (never asked: relayed names are answered SERVFAIL).
 //!
 //! Input: one byte choosing the client and whether there are upstreams,
 //! then the packet.
@@ -11,7 +11,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::LazyLock;
 
-use hearth_net::dns::{Zone, fuzzing};
+use hearth_net::dns::{ServiceInstance, Zone, fuzzing};
 use hickory_proto::op::{Message, MessageType};
 use libfuzzer_sys::fuzz_target;
 
@@ -21,6 +21,15 @@ static ZONE: LazyLock<Zone> = LazyLock::new(|| {
         ("web".into(), "default".into(), Ipv4Addr::new(10, 0, 0, 2)),
         ("db".into(), "default".into(), Ipv4Addr::new(10, 0, 0, 3)),
         ("Node-1".into(), "Lab".into(), Ipv4Addr::new(10, 1, 0, 2)),
+    ]);
+    let instance = |id: &str, address: &str, port| ServiceInstance {
+        id: id.into(),
+        address: address.parse().expect("an address"),
+        port,
+    };
+    zone.set_services(vec![
+        ("api".into(), vec![instance("api-1", "10.0.0.2", 80), instance("API-2", "fd00::2", 8080)]),
+        ("idle".into(), Vec::new()),
     ]);
     zone
 });

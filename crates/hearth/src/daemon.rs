@@ -28,6 +28,10 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080", env = "HEARTH_INGRESS")]
     ingress: SocketAddr,
 
+    /// Where the host's DNS listener answers `.hearth` names (NAME.service.hearth, MACHINE.NETWORK.hearth) over UDP and TCP, on a loopback address; `off` disables it. Without this option, 127.0.0.1:8600 is used if it is free.
+    #[arg(long, value_name = "ADDR|off", env = "HEARTH_DNS", value_parser = parse_dns)]
+    dns: Option<DnsListen>,
+
     /// Where kernels, initramfs and images are cached [default: DATA_DIR/cache]. Several daemons may share one.
     #[arg(long, value_name = "DIR", env = "HEARTH_CACHE_DIR")]
     cache_dir: Option<std::path::PathBuf>,
@@ -51,6 +55,58 @@ pub(crate) struct ServeArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Pretty, env = "HEARTH_LOG_FORMAT")]
     log_format: LogFormat,
+}
+
+/// `--dns`: an address, or `off`.
+#[derive(Debug, Clone, Copy)]
+enum DnsListen {
+    At(SocketAddr),
+    Off,
+}
+
+/// Where the host's DNS listener answers unless told otherwise (Consul's DNS port).
+const DEFAULT_DNS: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8600);
+
+fn parse_dns(text: &str) -> Result<DnsListen, String> {
+    if text == "off" {
+        return Ok(DnsListen::Off);
+    }
+    let addr: SocketAddr =
+        text.parse().map_err(|_| format!("{text:?} is not an address like 127.0.0.1:8600, or off"))?;
+    // It answers anyone who can reach it, without a token: keep it on the host.
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "{addr} is not a loopback address: the host's DNS listener answers without a token, so it listens only on loopback, e.g. 127.0.0.1:8600"
+        ));
+    }
+    Ok(DnsListen::At(addr))
+}
+
+/// Binds the host's DNS listener: an address given with `--dns` must bind,
+/// or the daemon does not start; the default may be taken (by another
+/// daemon, or a Consul agent), and then the daemon starts without it and
+/// says why, in its log and in `hearth status`.
+async fn bind_host_dns(choice: Option<DnsListen>) -> anyhow::Result<Result<hearth_net::dns::Server, String>> {
+    match choice {
+        Some(DnsListen::Off) => Ok(Err("switched off with --dns off".to_owned())),
+        Some(DnsListen::At(addr)) => {
+            let server = hearth_net::dns::bind(addr).await.with_context(|| {
+                format!("cannot serve DNS on {addr}: is another program using that port? pick another --dns, or --dns off")
+            })?;
+            Ok(Ok(server))
+        }
+        None => match hearth_net::dns::bind(DEFAULT_DNS).await {
+            Ok(server) => Ok(Ok(server)),
+            Err(error) => {
+                let error = anyhow::Error::from(error);
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "The host's DNS listener is off: its default address is taken; pick a free one with --dns."
+                );
+                Ok(Err(format!("{error:#}; pick a free address with --dns")))
+            }
+        },
+    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -110,6 +166,8 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
         None => None,
     };
     let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
+    let host_dns = bind_host_dns(args.dns).await?;
+    let dns_addr = host_dns.as_ref().map(hearth_net::dns::Server::local_addr).map_err(Clone::clone);
 
     let host = tokio::task::spawn_blocking(hearth_machines::probe::probe_host)
         .await
@@ -127,6 +185,14 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
         },
     );
     let networks_loop = tokio::spawn(networks.clone().run(stop_rx.clone()));
+    // The same zone as every network's DNS server, for the host; names
+    // outside it are refused (the host has its own resolvers).
+    let host_dns_loop = host_dns.ok().map(|server| {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(server.run(networks.zone(), None, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }))
+    });
     let machines = hearth_machines::Machines::new(
         store.clone(),
         networks.clone(),
@@ -186,6 +252,7 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
             store_backend: hearth_client::types::StoreBackend::Redb,
             store_location: store_path.display().to_string(),
             ingress: ingress_addr,
+            dns: dns_addr.clone(),
         },
         stop_rx,
     );
@@ -211,6 +278,7 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
         socket = %socket_path.display(),
         tcp = tcp_addr.map(|a| a.to_string()),
         ingress = ingress_addr.map(|a| a.to_string()),
+        dns = dns_addr.as_ref().map_or_else(|problem| format!("off ({problem})"), ToString::to_string),
         nofile = budget.nofile(),
         "Daemon ready."
     );
@@ -239,6 +307,9 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
     let _ = workflows_loop.await;
     let _ = ingress_loop.await;
     let _ = networks_loop.await;
+    if let Some(host_dns_loop) = host_dns_loop {
+        let _ = host_dns_loop.await;
+    }
     drop(state);
     redb.shutdown().await;
     let _ = std::fs::remove_file(&socket_path);

@@ -6,7 +6,8 @@
 //!   applied atomically: isolation between networks, NAT, partitions.
 //! - [`shaping`]: delay and jitter on taps: tc netem where the kernel has
 //!   it, else [`delay`], a userspace delay line on an NFQUEUE.
-//! - [`dns`]: a small authoritative DNS server for `MACHINE.NETWORK.hearth`.
+//! - [`dns`]: a small authoritative DNS server for `MACHINE.NETWORK.hearth`
+//!   and services' passing instances (`NAME.service.hearth`, SRV).
 //! - [`forward`]: TCP and UDP port forwarding from the host into machines.
 
 mod cmd;

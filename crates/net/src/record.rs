@@ -195,9 +195,16 @@ pub struct Nic {
     pub tap: String,
 }
 
-/// Checks a network name: it becomes part of interface and DNS names.
+/// Checks a network name: it becomes part of interface and DNS names, so it
+/// cannot be `service`, the DNS label under which services are named.
 pub fn validate_name(name: &str) -> Result<(), String> {
-    hearth_store::names::check_label("network", name, 32)
+    hearth_store::names::check_label("network", name, 32)?;
+    if name == crate::dns::SERVICE_LABEL {
+        return Err(format!(
+            "network name {name:?} is reserved: NAME.{name}.hearth names services in DNS, so it cannot name a network's machines; pick another name, e.g. {name}s or svc"
+        ));
+    }
+    Ok(())
 }
 
 /// A stable locally-administered MAC for a machine's NIC on a network.
@@ -216,6 +223,15 @@ pub(crate) fn now_unix() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_network_cannot_be_named_service_for_dns_names_services_there() {
+        let error = validate_name("service").unwrap_err();
+        assert!(error.contains("reserved") && error.contains("NAME.service.hearth"), "{error}");
+        for good in ["services", "svc", "service-net"] {
+            assert!(validate_name(good).is_ok(), "{good}");
+        }
+    }
 
     fn check(input: &str, expect: Result<&str, &str>) {
         match (input.parse::<Subnet>(), expect) {

@@ -33,6 +33,8 @@ pub struct Daemon {
     default_network: bool,
     /// RLIMIT_NOFILE (soft and hard) the daemon starts under, if not the test's.
     nofile: Option<u64>,
+    /// `--dns` (`None`: the daemon's default, 127.0.0.1:8600 if free).
+    dns: Option<String>,
 }
 
 impl Daemon {
@@ -80,6 +82,16 @@ impl Daemon {
         daemon
     }
 
+    /// Starts a daemon with `--dns DNS`, or without `--dns` at all (the
+    /// daemon's default address, which parallel daemons would share) for
+    /// `None`. Other test daemons listen on a free loopback port.
+    pub async fn start_with_dns(bin: &str, dns: Option<&str>) -> Daemon {
+        let mut daemon = Self::unstarted(bin, false, Vec::new());
+        daemon.dns = dns.map(str::to_owned);
+        daemon.spawn().await;
+        daemon
+    }
+
     async fn start_with(bin: &str, tcp: bool) -> Daemon {
         Self::start_with_options(bin, tcp, Vec::new()).await
     }
@@ -114,6 +126,7 @@ impl Daemon {
             env,
             default_network: false,
             nofile: None,
+            dns: Some("127.0.0.1:0".to_owned()),
         }
     }
 
@@ -226,8 +239,12 @@ impl Daemon {
             } else {
                 ["--default-network", "false", "--default-network-nat", "false"]
             })
-            // Each test daemon's apps answer on a port of their own.
+            // Each test daemon's apps answer on a port of their own, and
+            // so does its DNS listener (status says which).
             .args(["--ingress", "127.0.0.1:0"]);
+        if let Some(dns) = &self.dns {
+            command.arg("--dns").arg(dns);
+        }
         if let Some(addr) = self.tcp {
             command.arg("--listen").arg(addr.to_string());
         }

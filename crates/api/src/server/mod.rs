@@ -48,6 +48,8 @@ pub struct DaemonInfo {
     pub store_location: String,
     /// Where apps answer HTTP.
     pub ingress: Option<std::net::SocketAddr>,
+    /// Where the host's DNS listener answers, or why it does not.
+    pub dns: Result<std::net::SocketAddr, String>,
 }
 
 /// A word from a subsystem's record as the wire enum it stands for. The

@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use hearth_client::types::{Backend, ErrorBody, HostInfo, KvmInfo, Status, StoreStatus, ToolInfo};
+use hearth_client::types::{Backend, DnsStatus, ErrorBody, HostInfo, KvmInfo, Status, StoreStatus, ToolInfo};
 
 use super::AppState;
 use crate::error::ApiError;
@@ -22,6 +22,10 @@ pub(crate) async fn status(State(state): State<AppState>) -> Result<axum::Json<S
         socket: info.socket.display().to_string(),
         tcp: info.tcp.map(|a| a.to_string()),
         ingress: info.ingress.map(|a| a.to_string()),
+        dns: DnsStatus {
+            listen: info.dns.as_ref().ok().map(ToString::to_string),
+            problem: info.dns.as_ref().err().cloned(),
+        },
         uptime_secs: state.inner.started.elapsed().as_secs(),
         store: StoreStatus {
             backend: info.store_backend,

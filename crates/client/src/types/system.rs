@@ -28,10 +28,24 @@ pub struct Status {
     pub tcp: Option<String>,
     /// Where apps answer HTTP, e.g. `127.0.0.1:8080`.
     pub ingress: Option<String>,
+    pub dns: DnsStatus,
     /// Seconds since the daemon started.
     pub uptime_secs: u64,
     pub store: StoreStatus,
     pub host: HostInfo,
+}
+
+/// The host's DNS listener (`hearth serve --dns`): `.hearth` names, such as
+/// `NAME.service.hearth` and `_NAME._tcp.service.hearth`, for programs on
+/// the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DnsStatus {
+    /// The address it answers on, over UDP and TCP, e.g. `127.0.0.1:8600`;
+    /// null if it does not listen.
+    pub listen: Option<String>,
+    /// Why it does not listen (switched off, or its port was taken); null
+    /// if it listens.
+    pub problem: Option<String>,
 }
 
 /// The state store, as seen by `hearth status`.

@@ -41,7 +41,8 @@ fn render(s: &Status) -> String {
          qemu        {qemu}\n\
          firecracker {firecracker}\n\
          machines    run on {default_backend} by default\n\
-         apps        {ingress}\n",
+         apps        {ingress}\n\
+         dns         {dns}\n",
         version = s.version,
         uptime = humantime::format_duration(std::time::Duration::from_secs(s.uptime_secs)),
         data_dir = s.data_dir,
@@ -60,5 +61,10 @@ fn render(s: &Status) -> String {
             .as_deref()
             .map(|a| format!("http://NAME.localhost:{}", a.rsplit(':').next().unwrap_or("8080")))
             .unwrap_or_else(|| "no ingress".into()),
+        dns = match (&s.dns.listen, &s.dns.problem) {
+            (Some(addr), _) => format!("{addr} (udp and tcp): NAME.service.hearth, MACHINE.NETWORK.hearth"),
+            (None, Some(problem)) => format!("off: {problem}"),
+            (None, None) => "off".to_owned(),
+        },
     )
 }

@@ -28,6 +28,7 @@ mod machines_snapshot;
 mod machines_ssh;
 mod networks_daemon;
 mod networks_faults;
+mod services_dns;
 mod services_machines;
 mod services_registry;
 mod store_durability;

@@ -9,8 +9,10 @@
 //! daemon converges by running one pass.
 //!
 //! Machines are read from their records in the store (`machines/NAME`),
-//! through the minimal [`MachineView`], so this crate does not depend on the
-//! machines crate: subsystems meet in the store.
+//! through the minimal [`MachineView`], and services' passing instances from
+//! theirs (`services/endpoints/NAME`, in `endpoints`), so this crate depends
+//! on neither the machines nor the services crate: subsystems meet in the
+//! store.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -23,9 +25,12 @@ use tokio::sync::{Mutex, Notify, watch};
 use crate::record::{self, NetworkRecord, Nic, Subnet, now_unix};
 use crate::{dns, link, shaping};
 
+mod endpoints;
 mod faults;
 mod ipam;
 mod reconcile;
+
+pub use endpoints::ENDPOINTS;
 
 /// Where machine records live: the machines crate's prefix, read here
 /// through [`MachineView`] so that this crate does not depend on it.
@@ -209,6 +214,12 @@ impl Networks {
                 running: StdMutex::default(),
             }),
         }
+    }
+
+    /// The DNS zone every network's server answers from, kept up to date by
+    /// [`Self::run`]: for the host's own DNS listener.
+    pub fn zone(&self) -> dns::Zone {
+        self.inner.zone.clone()
     }
 
     /// Whether this daemon can make networks (it runs as root).

@@ -1,6 +1,7 @@
 //! The reconcile loop: follows networks, machines and faults, computes the
 //! whole desired host state (bridges, the nftables ruleset, delays, DNS
-//! servers, port forwards) and applies it, on every change.
+//! servers, port forwards) and applies it, on every change. It also follows
+//! services' endpoints, which change only the DNS zone.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -9,7 +10,7 @@ use std::time::Duration;
 use hearth_store::Follower;
 use tokio::sync::watch;
 
-use super::{Error, MACHINES, MachineView, Networks, PortSpec, blocking, lock};
+use super::{ENDPOINTS, Error, MACHINES, MachineView, Networks, PortSpec, blocking, lock};
 use crate::record::{self, FaultKind, NetworkRecord};
 use crate::{dns, firewall, forward, link, shaping};
 
@@ -20,20 +21,20 @@ impl Networks {
     }
 
     /// The reconcile loop: applies the desired host state now, again on every
-    /// change to networks, machines or faults, and when a fault expires.
+    /// change to networks, machines or faults, and when a fault expires; and
+    /// keeps the DNS zone's services up to date, even without root (the
+    /// host's DNS listener answers them).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        if !self.inner.options.enabled {
+        let enabled = self.inner.options.enabled;
+        if !enabled {
             tracing::warn!("Not running as root: networks are off, machines run without network interfaces.");
-            let _ = shutdown.wait_for(|s| *s).await;
-            return;
-        }
-        if self.inner.options.default_network
+        } else if self.inner.options.default_network
             && let Err(error) = self.ensure_default().await
         {
             tracing::warn!(error = %error, "Cannot create the default network.");
         }
-        // Networks, faults and machines, each followed from the revision the
-        // first pass reads at, so that no change after it goes unapplied.
+        // Every prefix is followed from the revision the first pass reads
+        // at, so that no change after it goes unapplied.
         let from = loop {
             match self.inner.store.revision().await {
                 Ok(revision) => break revision + 1,
@@ -50,16 +51,33 @@ impl Networks {
         let mut networks = Follower::new(store.clone(), record::NETWORKS, from, "Networks");
         let mut faults = Follower::new(store.clone(), record::FAULTS, from, "Network faults");
         let mut machines = Follower::new(store.clone(), MACHINES, from, "Networks' machines");
+        let mut endpoints = Follower::new(store.clone(), ENDPOINTS, from, "Services' endpoints for DNS");
         let mut tick = tokio::time::interval(Duration::from_secs(1));
-        self.apply().await;
+        // Whether the last read of the endpoints failed: retried every tick.
+        let mut services_stale = !self.refresh_services_logged().await;
+        if enabled {
+            self.apply().await;
+        }
         loop {
             tokio::select! {
                 () = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
-                () = self.inner.dirty.notified() => self.apply().await,
-                _ = networks.next() => self.apply_after(&mut [&mut networks, &mut faults, &mut machines]).await,
-                _ = faults.next() => self.apply_after(&mut [&mut networks, &mut faults, &mut machines]).await,
-                _ = machines.next() => self.apply_after(&mut [&mut networks, &mut faults, &mut machines]).await,
-                _ = tick.tick() => self.expire_faults().await,
+                () = self.inner.dirty.notified(), if enabled => self.apply().await,
+                _ = networks.next(), if enabled => self.apply_after(&mut [&mut networks, &mut faults, &mut machines]).await,
+                _ = faults.next(), if enabled => self.apply_after(&mut [&mut networks, &mut faults, &mut machines]).await,
+                _ = machines.next(), if enabled => self.apply_after(&mut [&mut networks, &mut faults, &mut machines]).await,
+                // Only the zone: a service's instances touch no bridge, rule or forward.
+                _ = endpoints.next() => {
+                    drain(&mut [&mut endpoints]);
+                    services_stale = !self.refresh_services_logged().await;
+                }
+                _ = tick.tick() => {
+                    if services_stale {
+                        services_stale = !self.refresh_services_logged().await;
+                    }
+                    if enabled {
+                        self.expire_faults().await;
+                    }
+                }
             }
         }
         let mut running = lock(&self.inner.running);
@@ -74,12 +92,20 @@ impl Networks {
     /// One pass for a change and every other change already waiting: a
     /// burst of writes (a lab coming up) costs one pass, not one each.
     async fn apply_after(&self, followers: &mut [&mut Follower]) {
-        use futures::FutureExt as _;
-        for follower in followers.iter_mut() {
-            // `next` is cancel-safe: a change not ready now is not lost.
-            while follower.next().now_or_never().is_some() {}
-        }
+        drain(followers);
         self.apply().await;
+    }
+
+    /// Puts the services' endpoints in the zone; false (logged) if the
+    /// store could not be read.
+    async fn refresh_services_logged(&self) -> bool {
+        match self.refresh_services().await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(error = %error, "Could not read the services' endpoints for DNS; retrying.");
+                false
+            }
+        }
     }
 
     /// One reconcile pass: the whole host state, from the store.
@@ -292,6 +318,15 @@ impl Networks {
             Ok(())
         })
         .await;
+    }
+}
+
+/// Takes every change already waiting, so that one pass covers them all.
+fn drain(followers: &mut [&mut Follower]) {
+    use futures::FutureExt as _;
+    for follower in followers.iter_mut() {
+        // `next` is cancel-safe: a change not ready now is not lost.
+        while follower.next().now_or_never().is_some() {}
     }
 }
 

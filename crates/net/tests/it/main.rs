@@ -4,6 +4,7 @@
 //! `cargo test -p hearth-net --test it -- MODULE::`.
 
 mod dns_server;
+mod dns_services;
 mod firewall_isolation;
 mod firewall_partitions;
 mod firewall_render;

@@ -1,0 +1,100 @@
+//! Services' passing instances, read from the records the services crate
+//! writes (`services/endpoints/NAME`) through a minimal view, so that this
+//! crate does not depend on it, and turned into the DNS zone's services.
+
+use std::net::IpAddr;
+
+use serde::Deserialize;
+
+use super::{Error, Networks};
+use crate::dns;
+
+/// Where the services crate publishes each service's passing instances, one
+/// record per service; the key is deleted with the service.
+pub const ENDPOINTS: &str = "services/endpoints/";
+
+/// What DNS needs of an endpoints record; other fields are ignored.
+#[derive(Debug, Deserialize)]
+struct EndpointsView {
+    #[serde(default)]
+    instances: Vec<InstanceView>,
+}
+
+#[derive(Debug, Deserialize)]
+struct InstanceView {
+    id: String,
+    address: String,
+    port: u16,
+}
+
+impl Networks {
+    /// Reads every endpoints record and puts the services in the zone.
+    pub(super) async fn refresh_services(&self) -> Result<(), Error> {
+        let range = self.inner.store.range(ENDPOINTS).await?;
+        let services = range.kvs.iter().filter_map(|kv| service_from_record(&kv.key, &kv.value)).collect();
+        self.inner.zone.set_services(services);
+        Ok(())
+    }
+}
+
+/// A service's name and instances from its record, or `None` (logged) if
+/// the record cannot be read. An instance whose address does not parse is
+/// left out: it could not be reached anyway.
+fn service_from_record(key: &str, value: &[u8]) -> Option<(String, Vec<dns::ServiceInstance>)> {
+    let name = key.strip_prefix(ENDPOINTS)?;
+    if let Err(error) = hearth_store::names::check_label("service", name, 63) {
+        tracing::warn!(key, error, "Ignoring a service whose name cannot be a DNS name.");
+        return None;
+    }
+    let view: EndpointsView = match serde_json::from_slice(value) {
+        Ok(view) => view,
+        Err(error) => {
+            tracing::warn!(key, error = %error, "Ignoring an unreadable endpoints record.");
+            return None;
+        }
+    };
+    let instances = view
+        .instances
+        .into_iter()
+        .filter_map(|instance| match instance.address.parse::<IpAddr>() {
+            Ok(address) => Some(dns::ServiceInstance { id: instance.id, address, port: instance.port }),
+            Err(_) => {
+                tracing::warn!(
+                    key,
+                    id = instance.id,
+                    address = instance.address,
+                    "Ignoring an instance whose address is not an IP address."
+                );
+                None
+            }
+        })
+        .collect();
+    Some((name.to_owned(), instances))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endpoints_record_gives_its_instances_and_ignores_unknown_fields() {
+        let value = br#"{"name":"web","kind":"machines","instances":[
+            {"id":"web-1","address":"10.88.0.5","port":80,"health":"passing"},
+            {"id":"web-2","address":"fd00::2","port":8080},
+            {"id":"web-3","address":"not-an-ip","port":80}]}"#;
+        let (name, instances) = service_from_record("services/endpoints/web", value).expect("a service");
+        assert_eq!(name, "web");
+        let ids: Vec<(&str, String, u16)> =
+            instances.iter().map(|i| (i.id.as_str(), i.address.to_string(), i.port)).collect();
+        assert_eq!(ids, [("web-1", "10.88.0.5".to_owned(), 80), ("web-2", "fd00::2".to_owned(), 8080)]);
+    }
+
+    #[test]
+    fn unreadable_records_and_names_are_left_out() {
+        assert!(service_from_record("services/endpoints/web", b"{").is_none());
+        assert!(service_from_record("services/endpoints/Web_1", br#"{"instances":[]}"#).is_none());
+        assert!(service_from_record("services/endpoints/web", br#"{"instances":[{"id":"a"}]}"#).is_none());
+        let (_, instances) = service_from_record("services/endpoints/web", br#"{"name":"web"}"#).unwrap();
+        assert!(instances.is_empty(), "no instances field is no passing instance");
+    }
+}
