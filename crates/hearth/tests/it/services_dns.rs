@@ -157,3 +157,67 @@ async fn services_dns_a_network_cannot_be_named_service() {
     let networks = success(&daemon.cli(&["network", "ls"]));
     assert!(!networks.contains("service"), "nothing was made: {networks}");
 }
+
+/// The answers to `name` of type `kind`, each as its data in text, sorted.
+async fn records(server: SocketAddr, name: &str, kind: RecordType) -> Vec<String> {
+    let mut request = Message::query();
+    request.add_query(Query::query(Name::from_ascii(name).unwrap(), kind));
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket.send_to(&request.to_vec().unwrap(), server).await.unwrap();
+    let mut buf = vec![0u8; 65535];
+    let (len, _) =
+        tokio::time::timeout(WAIT, socket.recv_from(&mut buf)).await.expect("an answer in time").unwrap();
+    let response = Message::from_vec(&buf[..len]).expect("a well-formed answer");
+    let mut out: Vec<String> = response.answers.iter().map(|r| r.data.to_string()).collect();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn services_dns_answers_the_passing_instances_of_a_service_as_they_change() {
+    use hearth_client::types::{Health, Heartbeat, RegisterInstance};
+
+    let daemon = Daemon::start(BIN).await;
+    let server: SocketAddr =
+        status_json(&daemon)["dns"]["listen"].as_str().expect("dns").parse().expect("addr");
+    let client = daemon.client();
+    for (id, address, port) in [("db-a", "127.0.0.10", 5432), ("db-b", "127.0.0.11", 5433)] {
+        let body = RegisterInstance {
+            id: Some(id.into()),
+            address: address.into(),
+            port,
+            ttl_s: 60,
+            ..Default::default()
+        };
+        client.register_instance("db", &body).await.expect("register");
+    }
+    assert_eq!(records(server, "db.service.hearth.", RecordType::A).await, ["127.0.0.10", "127.0.0.11"]);
+    let srv = records(server, "_db._tcp.service.hearth.", RecordType::SRV).await;
+    assert_eq!(srv, ["1 1 5432 db-a.db.service.hearth.", "1 1 5433 db-b.db.service.hearth."]);
+    assert_eq!(records(server, "db-b.db.service.hearth.", RecordType::A).await, ["127.0.0.11"]);
+
+    // Critical instances leave DNS; deregistered ones too.
+    let critical = Heartbeat { health: Some(Health::Critical), output: None };
+    client.heartbeat("db", "db-a", &critical).await.expect("heartbeat");
+    let one = wait_until(WAIT, async || {
+        records(server, "db.service.hearth.", RecordType::A).await == ["127.0.0.11"]
+    })
+    .await;
+    assert!(one, "a critical instance is still in DNS");
+    client.deregister_instance("db", "db-b").await.expect("deregister");
+    let none =
+        wait_until(WAIT, async || records(server, "db.service.hearth.", RecordType::A).await.is_empty())
+            .await;
+    assert!(none, "a deregistered instance is still in DNS");
+    assert_eq!(
+        ask(server, Transport::Udp, "db.service.hearth.").await,
+        "NoError 0 +SOA",
+        "known, with none passing"
+    );
+    success(&daemon.cli(&["service", "rm", "db"]));
+    let gone = wait_until(WAIT, async || {
+        ask(server, Transport::Udp, "db.service.hearth.").await == "NXDomain 0 +SOA"
+    })
+    .await;
+    assert!(gone, "a removed service still answers");
+}
