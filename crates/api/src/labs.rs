@@ -36,6 +36,8 @@ struct LabRecord {
     source: String,
     machines: Vec<String>,
     networks: Vec<String>,
+    #[serde(default)]
+    services: Vec<String>,
     created_at: u64,
     updated_at: u64,
 }
@@ -92,6 +94,7 @@ fn describe(r: LabRecord, states: &HashMap<String, MachineState>) -> Lab {
         file: r.file,
         source: r.source,
         networks: r.networks,
+        services: r.services,
         created_at: r.created_at,
         updated_at: r.updated_at,
     }
@@ -156,6 +159,24 @@ fn validate(path_name: &str, body: &PutLab) -> Result<(), ApiError> {
             ));
         }
     }
+    let mut seen = BTreeSet::new();
+    if body.services.len() > MAX_MACHINES {
+        return Err(invalid(
+            format!("field `services`: {} services; a lab owns at most {MAX_MACHINES}", body.services.len()),
+            "split the lab",
+        ));
+    }
+    for s in &body.services {
+        hearth_services::record::validate_name(s).map_err(|e| {
+            invalid(format!("field `services`: {e}"), "name services as `hearth service create` does")
+        })?;
+        if !seen.insert(s) {
+            return Err(invalid(
+                format!("field `services`: {s:?} is listed twice"),
+                "list each service once",
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -201,6 +222,7 @@ pub(crate) async fn put(
         source: body.source,
         machines: body.machines,
         networks: body.networks,
+        services: body.services,
         created_at: previous.as_ref().map_or(now, |(r, _)| r.created_at),
         updated_at: now,
     };
@@ -232,9 +254,24 @@ pub(crate) async fn remove(
     ApiQuery(query): ApiQuery<DeleteLabQuery>,
 ) -> Result<axum::Json<LabDown>, ApiError> {
     let (record, _) = read(&state, &name).await?.ok_or_else(|| not_found(&name))?;
-    let mut down =
-        LabDown { name: name.clone(), removed_machines: vec![], removed_networks: vec![], notes: vec![] };
+    let mut down = LabDown {
+        name: name.clone(),
+        removed_machines: vec![],
+        removed_networks: vec![],
+        removed_services: vec![],
+        notes: vec![],
+    };
     if query.down.unwrap_or(false) {
+        // Services first: they would replace the machines they keep.
+        for service in &record.services {
+            match state.services().remove(service).await {
+                Ok(()) => down.removed_services.push(service.clone()),
+                Err(hearth_services::Error::NotFound(_)) => {
+                    down.notes.push(format!("service {service} was already gone"));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         // Machines first: a network cannot go while machines are on it. An
         // error stops here with the record kept, so `down` can run again.
         for machine in &record.machines {
@@ -286,6 +323,7 @@ mod tests {
             source: String::new(),
             machines: vec!["a-1".into(), "a-2".into()],
             networks: vec!["lab".into()],
+            services: vec![],
         }
     }
 

@@ -51,6 +51,9 @@ pub struct PutLab {
     /// joins (made by someone else) are not listed.
     #[serde(default)]
     pub networks: Vec<String>,
+    /// The services the lab owns: `down` removes them and their machines.
+    #[serde(default)]
+    pub services: Vec<String>,
 }
 
 /// A lab, with the state of its machines now.
@@ -63,6 +66,9 @@ pub struct Lab {
     pub machines: Vec<LabMachine>,
     /// The networks the lab created.
     pub networks: Vec<String>,
+    /// The services the lab owns.
+    #[serde(default)]
+    pub services: Vec<String>,
     /// Unix seconds.
     pub created_at: u64,
     /// Unix seconds of the last `lab up`.
@@ -96,6 +102,8 @@ pub struct LabDown {
     pub name: String,
     pub removed_machines: Vec<String>,
     pub removed_networks: Vec<String>,
+    #[serde(default)]
+    pub removed_services: Vec<String>,
     /// What was left alone, and why.
     pub notes: Vec<String>,
 }

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use futures::{SinkExt, StreamExt};
 use hearth_client::types::{
-    BuildImage, CreateMachine, CreateNetwork, ExecEnd, ExecStart, Machine, MachineState, PullImage, PutLab,
+    BuildImage, CreateMachine, CreateNetwork, CreateService, EndpointsQuery, ExecEnd, ExecStart, Machine,
+    MachineState, PullImage, PutLab, ServiceKind,
 };
 use hearth_client::{Client, Error as ClientError};
 use tokio_tungstenite::tungstenite::Message;
@@ -103,7 +104,8 @@ async fn down(client: &Client, lab: &str) -> anyhow::Result<()> {
     let down = result?;
     let list = |items: &[String]| if items.is_empty() { "none".to_owned() } else { items.join(", ") };
     println!(
-        "lab {name} is down: removed machines {}; removed networks {}",
+        "lab {name} is down: removed services {}; removed machines {}; removed networks {}",
+        list(&down.removed_services),
         list(&down.removed_machines),
         list(&down.removed_networks)
     );
@@ -118,6 +120,8 @@ struct Before {
     /// The machines the lab's record owns (from an earlier `up`).
     owned_machines: Vec<String>,
     owned_networks: Vec<String>,
+    owned_services: Vec<String>,
+    services: HashMap<String, hearth_client::types::Service>,
     machines: HashMap<String, Machine>,
     networks: HashMap<String, hearth_client::types::Network>,
 }
@@ -138,6 +142,8 @@ async fn up(client: &Client, args: UpArgs) -> anyhow::Result<i32> {
         lab.networks.iter().filter(|n| !before.networks.contains_key(&n.name)).collect();
     let mut owned_networks: BTreeSet<String> = before.owned_networks.iter().cloned().collect();
     owned_networks.extend(new_networks.iter().map(|n| n.name.clone()));
+    let mut owned_services: BTreeSet<String> = before.owned_services.iter().cloned().collect();
+    owned_services.extend(lab.services.iter().map(|s| s.name.clone()));
     let path = std::fs::canonicalize(&args.file).unwrap_or_else(|_| args.file.clone());
     client
         .put_lab(&PutLab {
@@ -146,6 +152,7 @@ async fn up(client: &Client, args: UpArgs) -> anyhow::Result<i32> {
             source,
             machines: owned_machines.into_iter().collect(),
             networks: owned_networks.into_iter().collect(),
+            services: owned_services.into_iter().collect(),
         })
         .await?;
 
@@ -161,14 +168,24 @@ async fn up(client: &Client, args: UpArgs) -> anyhow::Result<i32> {
                 .with_context(|| format!("cannot create network {}", n.name))?;
             eprintln!("created network {} ({})", created.name, created.subnet);
         }
-        machines_up(client, &lab, &before, started).await
+        // Services boot their machines beside the lab's own.
+        services_up(client, &lab, &before).await?;
+        let machines = machines_up(client, &lab, &before, started).await?;
+        wait_services(client, &lab, started).await?;
+        Ok::<_, anyhow::Error>(machines)
     }
     .await;
     match result {
         Ok(machines) => {
             print!("{}", summary(&machines));
+            let services = if lab.services.is_empty() {
+                String::new()
+            } else {
+                let n = lab.services.len();
+                format!(" and {n} service{}", if n == 1 { "" } else { "s" })
+            };
             println!(
-                "lab {} is up: {} machine{} in {:.1}s. Tear it down with `hearth lab down {}`.",
+                "lab {} is up: {} machine{}{services} in {:.1}s. Tear it down with `hearth lab down {}`.",
                 lab.name,
                 machines.len(),
                 if machines.len() == 1 { "" } else { "s" },
@@ -201,6 +218,9 @@ async fn preflight(client: &Client, lab: &file::Lab) -> anyhow::Result<Before> {
     let owned_machines: Vec<String> =
         record.as_ref().map(|r| r.machines.iter().map(|m| m.name.clone()).collect()).unwrap_or_default();
     let owned_networks = record.as_ref().map(|r| r.networks.clone()).unwrap_or_default();
+    let owned_services = record.as_ref().map(|r| r.services.clone()).unwrap_or_default();
+    let services: HashMap<String, hearth_client::types::Service> =
+        client.services().await?.services.into_iter().map(|s| (s.name.clone(), s)).collect();
     let machines: HashMap<String, Machine> =
         client.machines().await?.machines.into_iter().map(|m| (m.name.clone(), m)).collect();
     let networks: HashMap<String, hearth_client::types::Network> =
@@ -242,6 +262,35 @@ async fn preflight(client: &Client, lab: &file::Lab) -> anyhow::Result<Before> {
             }
         }
     }
+    for s in &lab.services {
+        match services.get(&s.name) {
+            Some(found) if found.kind == ServiceKind::App => problems.push(format!(
+                "service {} has the name of an app; rename the lab's service",
+                s.name
+            )),
+            Some(_) if !owned_services.contains(&s.name) => problems.push(format!(
+                "service {} already exists and is not part of lab {}; remove it (`hearth service rm {}`) or rename the lab's service",
+                s.name, lab.name, s.name
+            )),
+            _ => {}
+        }
+        for i in 1..=s.count {
+            let machine = format!("{}-{i}", s.name);
+            if machines.contains_key(&machine) && !services.contains_key(&s.name) {
+                problems.push(format!(
+                    "service {}: a machine named {machine} already exists; remove it or rename the lab's service",
+                    s.name
+                ));
+            }
+        }
+        let network = s.network.as_deref().unwrap_or("default");
+        if !networks.contains_key(network) && !declared.contains_key(network) {
+            problems.push(format!(
+                "service {} joins network {network:?}, which the lab file does not declare ([[network]]) and which does not exist (`hearth network ls`)",
+                s.name
+            ));
+        }
+    }
     for n in &lab.networks {
         let Some(subnet) = n.subnet else { continue };
         match networks.get(&n.name) {
@@ -268,7 +317,7 @@ async fn preflight(client: &Client, lab: &file::Lab) -> anyhow::Result<Before> {
         1 => bail!("{}", problems[0]),
         n => bail!("lab {} cannot come up ({n} problems):\n  {}", lab.name, problems.join("\n  ")),
     }
-    Ok(Before { owned_machines, owned_networks, machines, networks })
+    Ok(Before { owned_machines, owned_networks, owned_services, services, machines, networks })
 }
 
 fn is_not_found(error: &ClientError) -> bool {
@@ -279,9 +328,9 @@ fn is_not_found(error: &ClientError) -> bool {
 /// machines name, as `machine run` would.
 async fn ensure_images(client: &Client, lab: &file::Lab) -> anyhow::Result<()> {
     let mut wanted: Vec<&str> = lab.images.iter().map(|i| i.name.as_str()).collect();
-    for m in &lab.machines {
-        if !wanted.contains(&m.image.as_str()) {
-            wanted.push(&m.image);
+    for image in lab.machines.iter().map(|m| &m.image).chain(lab.services.iter().map(|s| &s.image)) {
+        if !wanted.contains(&image.as_str()) {
+            wanted.push(image);
         }
     }
     for name in wanted {
@@ -326,6 +375,77 @@ async fn ensure_images(client: &Client, lab: &file::Lab) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Creates the lab's services that do not exist yet, and sets the count of
+/// those that do.
+async fn services_up(client: &Client, lab: &file::Lab, before: &Before) -> anyhow::Result<()> {
+    for s in &lab.services {
+        match before.services.get(&s.name) {
+            Some(found) => {
+                if found.count != Some(s.count) {
+                    client.scale_service(&s.name, s.count).await?;
+                    eprintln!("service {} now keeps {} instances", s.name, s.count);
+                }
+            }
+            None => {
+                let body = CreateService {
+                    name: s.name.clone(),
+                    image: s.image.clone(),
+                    count: Some(s.count),
+                    port: s.port,
+                    checks: s.checks.clone(),
+                    network: s.network.clone(),
+                    env: s.env.clone(),
+                    command: s.command.clone(),
+                    cpus: Some(s.cpus),
+                    memory_mib: Some(s.memory_mib),
+                    ..Default::default()
+                };
+                client
+                    .create_service(&body)
+                    .await
+                    .with_context(|| format!("cannot create service {}", s.name))?;
+                eprintln!("created service {} ({} × {}, port {})", s.name, s.count, s.image, s.port);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Waits until every service of the lab has its count of passing instances.
+async fn wait_services(client: &Client, lab: &file::Lab, started: Instant) -> anyhow::Result<()> {
+    let waits = lab.services.iter().map(|s| async move {
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        let mut index = 0;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!(
+                    "service {} has fewer than {} passing instances after {}s; `hearth service inspect {}` shows why",
+                    s.name,
+                    s.count,
+                    BOOT_TIMEOUT.as_secs(),
+                    s.name
+                );
+            }
+            let wait = format!("{}ms", left.min(Duration::from_secs(30)).as_millis().max(1));
+            let q = EndpointsQuery { index: Some(index), wait: Some(wait) };
+            let e = client.service_endpoints(&s.name, &q).await?;
+            index = e.index;
+            if e.instances.len() as u32 >= s.count {
+                eprintln!(
+                    "service {}: {}/{} passing ({:.1}s)",
+                    s.name,
+                    s.count,
+                    s.count,
+                    started.elapsed().as_secs_f64()
+                );
+                return Ok(());
+            }
+        }
+    });
+    combine(futures::future::join_all(waits).await)
 }
 
 /// Creates and starts the machines, waits for them, runs setup and the

@@ -261,3 +261,33 @@ async fn the_etcd_example_elects_a_new_leader_when_the_old_one_is_cut_off() {
     success(&daemon.cli(&["lab", "down", "etcd"]));
     assert!(daemon.client().machines().await.expect("machines").machines.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lab_service_comes_up_passing_again_without_change_and_goes_down_with_its_machines() {
+    let daemon = Daemon::start_with_default_network(BIN).await;
+    let image = daemon.ensure_debian_image().await;
+    let server = "while true; do printf 'HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok' | nc -l -p 8080 -q 1 >/dev/null 2>&1; done";
+    let text = format!(
+        "[[service]]\nname = \"svc\"\nimage = \"{image}\"\ncount = 2\nport = 8080\nchecks = [\"http:/,interval=1s,failures=3\"]\ncommand = [\"sh\", \"-c\", \"{}\"]\n",
+        server.replace('\\', "\\\\")
+    );
+    let file = lab_file(&daemon, "withsvc", &text);
+    let out = success(&daemon.cli(&["lab", "up", path_arg(&file)]));
+    assert!(out.contains("lab withsvc is up") && out.contains("1 service"), "{out}");
+    let detail = daemon.client().service("svc").await.expect("the lab's service");
+    assert_eq!(detail.service.passing, 2, "{detail:?}");
+    let lab = daemon.client().lab("withsvc").await.expect("lab");
+    assert_eq!(lab.services, ["svc"]);
+
+    // Again: nothing is made twice.
+    success(&daemon.cli(&["lab", "up", path_arg(&file)]));
+    assert_eq!(daemon.client().service("svc").await.expect("svc").instances.len(), 2);
+
+    let out = success(&daemon.cli(&["lab", "down", "withsvc"]));
+    assert!(out.contains("removed services svc"), "{out}");
+    assert!(daemon.client().service("svc").await.is_err());
+    assert!(
+        wait_until(Duration::from_secs(20), async || daemon.vm_pids().is_empty()).await,
+        "its machines are gone"
+    );
+}

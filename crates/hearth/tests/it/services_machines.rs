@@ -57,7 +57,8 @@ async fn a_service_of_machines_is_kept_at_count_and_a_dead_vm_is_replaced() {
     assert!(ls.lines().any(|l| l.starts_with("web ") && l.contains("machines") && l.contains("2/2")), "{ls}");
     // Found by name from inside a machine, through its network's DNS server.
     let addresses: Vec<String> = detail.instances.iter().filter_map(|i| i.address.clone()).collect();
-    let found = success(&daemon.cli(&["machine", "exec", "web-2", "--", "getent", "ahostsv4", "web.service.hearth"]));
+    let found =
+        success(&daemon.cli(&["machine", "exec", "web-2", "--", "getent", "ahostsv4", "web.service.hearth"]));
     assert!(addresses.iter().all(|a| found.contains(a.as_str())), "{found} lacks one of {addresses:?}");
 
     // The VM of web-1 dies: it leaves the passing set, and a new machine

@@ -79,6 +79,25 @@ struct RawLab {
     network: Vec<RawNetwork>,
     #[serde(default)]
     machine: Vec<RawMachine>,
+    #[serde(default)]
+    service: Vec<RawService>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: Spanned<String>,
+    image: Spanned<String>,
+    count: Option<Spanned<i64>>,
+    port: Spanned<i64>,
+    #[serde(default)]
+    checks: Vec<Spanned<String>>,
+    network: Option<Spanned<String>>,
+    command: Option<Vec<String>>,
+    #[serde(default)]
+    env: Vec<Spanned<String>>,
+    cpus: Option<Spanned<i64>>,
+    memory: Option<Spanned<Memory>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,6 +151,23 @@ pub(crate) struct Lab {
     pub(crate) images: Vec<Image>,
     pub(crate) networks: Vec<Network>,
     pub(crate) machines: Vec<Machine>,
+    pub(crate) services: Vec<Service>,
+}
+
+/// A `[[service]]`: hearth keeps `count` machines of it (`NAME-1`...),
+/// checked and replaced; see `hearth service create`.
+#[derive(Debug, Clone)]
+pub(crate) struct Service {
+    pub(crate) name: String,
+    pub(crate) image: String,
+    pub(crate) count: u32,
+    pub(crate) port: u16,
+    pub(crate) checks: Vec<String>,
+    pub(crate) network: Option<String>,
+    pub(crate) command: Option<Vec<String>>,
+    pub(crate) env: Vec<String>,
+    pub(crate) cpus: u32,
+    pub(crate) memory_mib: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -440,12 +476,117 @@ pub(crate) fn parse(
             });
         }
     }
-    if machines.is_empty() && problems.is_empty() {
-        problems
-            .push(format!("{label}: the lab has no machines; add a [[machine]] with a name and an image"));
+    let services = check_services(&loc, raw.service, &names, &mut problems);
+    if machines.is_empty() && services.is_empty() && problems.is_empty() {
+        problems.push(format!(
+            "{label}: the lab has no machines; add a [[machine]] or a [[service]] with a name and an image"
+        ));
     }
     problems.finish()?;
-    Ok(Lab { name: lab_name, images, networks, machines })
+    Ok(Lab { name: lab_name, images, networks, machines, services })
+}
+
+fn check_services(
+    loc: &Locator<'_>,
+    raw: Vec<RawService>,
+    machine_names: &HashMap<String, usize>,
+    problems: &mut Problems,
+) -> Vec<Service> {
+    let mut services: Vec<Service> = Vec::new();
+    for raw in raw {
+        let name = raw.name.get_ref().trim().to_owned();
+        let what = format!("{}: service {name:?}", loc.at(raw.name.span()));
+        if let Err(e) = hearth_services::record::validate_name(&name) {
+            problems.push(format!("{what}: field `name`: {e}"));
+            continue;
+        }
+        if services.iter().any(|s| s.name == name) {
+            problems.push(format!("{what}: declared twice"));
+            continue;
+        }
+        if raw.image.get_ref().trim().is_empty() {
+            problems.push(format!("{}: service {name:?}: field `image` is empty", loc.at(raw.image.span())));
+        }
+        let count = match &raw.count {
+            None => 1,
+            Some(c) if (0..=i64::from(hearth_services::MAX_COUNT)).contains(c.get_ref()) => {
+                *c.get_ref() as u32
+            }
+            Some(c) => {
+                problems.push(format!(
+                    "{}: service {name:?}: field `count` is {}; give 0 to {}",
+                    loc.at(c.span()),
+                    c.get_ref(),
+                    hearth_services::MAX_COUNT
+                ));
+                1
+            }
+        };
+        for i in 1..=count {
+            let machine = format!("{name}-{i}");
+            if let Some(line) = machine_names.get(&machine) {
+                problems.push(format!(
+                    "{what}: its instance {machine:?} has the name of the machine on line {line}"
+                ));
+            }
+        }
+        let port = match u16::try_from(*raw.port.get_ref()) {
+            Ok(port) if port > 0 => port,
+            _ => {
+                problems.push(format!(
+                    "{}: service {name:?}: field `port` must be 1 to 65535",
+                    loc.at(raw.port.span())
+                ));
+                1
+            }
+        };
+        for check in &raw.checks {
+            if let Err(e) = check.get_ref().parse::<hearth_services::check::CheckSpec>() {
+                problems.push(format!("{}: service {name:?}: field `checks`: {e}", loc.at(check.span())));
+            }
+        }
+        for kv in &raw.env {
+            if !kv.get_ref().contains('=') || kv.get_ref().starts_with('=') {
+                problems.push(format!(
+                    "{}: service {name:?}: field `env`: {:?} is not KEY=VALUE",
+                    loc.at(kv.span()),
+                    kv.get_ref()
+                ));
+            }
+        }
+        if raw.command.as_ref().is_some_and(Vec::is_empty) {
+            problems.push(format!("{what}: field `command` is empty; leave it out to run the image's own"));
+        }
+        let cpus = match &raw.cpus {
+            None => 1,
+            Some(c) if (1..=64).contains(c.get_ref()) => *c.get_ref() as u32,
+            Some(c) => {
+                problems
+                    .push(format!("{}: service {name:?}: field `cpus` must be 1 to 64", loc.at(c.span())));
+                1
+            }
+        };
+        let memory_mib = match &raw.memory {
+            None => 512,
+            Some(m) => memory_mib(m.get_ref()).unwrap_or_else(|e| {
+                problems.push(format!("{}: service {name:?}: field `memory`: {e}", loc.at(m.span())));
+                512
+            }),
+        };
+        services.push(Service {
+            name,
+            image: raw.image.get_ref().trim().to_owned(),
+            count,
+            port,
+            checks: raw.checks.iter().map(|c| c.get_ref().clone()).collect(),
+            network: raw.network.map(|n| n.into_inner()),
+            command: raw.command,
+            env: raw.env.into_iter().map(|e| e.into_inner()).collect(),
+            cpus,
+            memory_mib,
+        });
+    }
+    services
 }
 
 fn check_images(loc: &Locator<'_>, raw: Vec<RawImage>, problems: &mut Problems) -> Vec<Image> {
@@ -688,6 +829,33 @@ image = "debian:bookworm"
         assert_eq!((solo.index, solo.networks.len(), solo.memory_mib), (1, 0, 512));
         assert_eq!(lab.vars(solo, &ips)["network"], "default");
         assert_eq!(parse("x.toml", GOOD, Some("other"), "x").expect("parses").name, "other");
+    }
+
+    #[test]
+    fn a_service_is_read_with_its_defaults_and_checked() {
+        let source = "[[service]]\nname = \"web\"\nimage = \"i\"\nport = 80\nchecks = [\"http:/\"]\ncommand = [\"sh\", \"-c\", \"x\"]\n";
+        let lab = parse("lab.toml", source, None, "x").expect("a lab of one service");
+        let web = &lab.services[0];
+        assert_eq!(
+            (web.name.as_str(), web.count, web.port, web.cpus, web.memory_mib),
+            ("web", 1, 80, 1, 512)
+        );
+        assert_eq!(web.command.as_deref(), Some(&["sh".to_string(), "-c".into(), "x".into()][..]));
+        assert!(lab.machines.is_empty());
+
+        let svc = |extra: &str| format!("[[service]]\nname = \"web\"\nimage = \"i\"\nport = 80\n{extra}");
+        check(&svc("checks = [\"ping\"]\n"), &["lab.toml:5", "field `checks`", "is not a check"]);
+        check(&svc("count = 65\n"), &["lab.toml:5", "field `count` is 65"]);
+        check(&svc("env = [\"NOEQUALS\"]\n"), &["lab.toml:5", "not KEY=VALUE"]);
+        check("[[service]]\nname = \"web\"\nimage = \"i\"\nport = 0\n", &["lab.toml:4", "field `port`"]);
+        check(
+            &format!("{}[[service]]\nname = \"web\"\nimage = \"i\"\nport = 1\n", svc("")),
+            &["declared twice"],
+        );
+        check(
+            &format!("{}[[machine]]\nname = \"web-1\"\nimage = \"i\"\n", svc("")),
+            &["service \"web\"", "has the name of the machine"],
+        );
     }
 
     #[test]
