@@ -30,6 +30,7 @@ mod networks_daemon;
 mod networks_faults;
 mod services_machines;
 mod services_registry;
+mod services_routing;
 mod store_durability;
 mod store_follow;
 mod triggers_cli;
