@@ -1,6 +1,8 @@
 //! The HTTP ingress: one server for every app, routing by host name and
 //! the longest path prefix, running each request in a fresh instance under
-//! the app's limits.
+//! the app's limits. A host no app route matches may be a hook's
+//! ([`crate::hooks`]) or a service's, `NAME.DOMAIN`, proxied to its
+//! passing instances ([`upstream`], [`balance`], [`proxy`]).
 
 mod balance;
 mod proxy;
