@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -27,6 +29,37 @@ struct BuildLabels {
     version: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    service: String,
+    outcome: String,
+}
+
+/// The requests the apps ingress proxied to services, read from the apps
+/// subsystem's counters at each scrape.
+#[derive(Debug)]
+struct ServiceRequests(hearth_apps::Apps);
+
+impl Collector for ServiceRequests {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counts = self.0.service_requests();
+        if counts.is_empty() {
+            return Ok(());
+        }
+        let mut family = encoder.encode_descriptor(
+            "ingress_service_requests",
+            "Requests the apps ingress proxied to services, by service and outcome",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (service, outcome, n) in counts {
+            let labels = ServiceLabels { service, outcome: outcome.to_owned() };
+            ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
 /// The daemon's metrics. Cheap to clone.
 #[derive(Debug, Clone)]
 pub(crate) struct Metrics {
@@ -38,8 +71,9 @@ pub(crate) struct Metrics {
 }
 
 impl Metrics {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(apps: hearth_apps::Apps) -> Self {
         let mut registry = Registry::with_prefix("hearth");
+        registry.register_collector(Box::new(ServiceRequests(apps)));
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("http_requests", "API requests served, by route and status", requests.clone());
         let durations = Family::<RouteLabels, Histogram>::new_with_constructor(|| {

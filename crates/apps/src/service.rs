@@ -150,6 +150,8 @@ pub(crate) struct Inner {
     pub(crate) hooks: arc_swap::ArcSwap<HashMap<String, crate::hooks::HookHandler>>,
     /// Webhook deliveries, claimed once per `Idempotency-Key`.
     pub(crate) deliveries: hearth_triggers::delivery::Deliveries,
+    /// The services the ingress routes to, following the registry.
+    pub(crate) upstreams: crate::ingress::Upstreams,
 }
 
 /// A version ready to serve: pre-instantiated, with its context.
@@ -198,6 +200,7 @@ impl Apps {
                 ingress_port: Mutex::new(None),
                 hooks: arc_swap::ArcSwap::from_pointee(HashMap::new()),
                 deliveries,
+                upstreams: crate::ingress::Upstreams::default(),
             }),
         })
     }
@@ -211,6 +214,12 @@ impl Apps {
             failures: inner.failures.load(Ordering::Relaxed),
             pooling: inner.runtime.pooling,
         }
+    }
+
+    /// Requests the ingress proxied to services, by service and outcome
+    /// (`answered`, `server_error`, `failed`, `no_instance`, `upgrade`).
+    pub fn service_requests(&self) -> Vec<(String, &'static str, u64)> {
+        self.inner.upstreams.counts()
     }
 
     /// Resolves once [`Apps::run`] has loaded every app from the store.
@@ -241,8 +250,10 @@ impl Apps {
     /// are served here too.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let triggers = tokio::spawn(crate::triggers::run(self.clone(), shutdown.clone()));
+        let services = tokio::spawn(crate::ingress::follow_services(self.clone(), shutdown.clone()));
         self.follow(&mut shutdown).await;
         let _ = triggers.await;
+        let _ = services.await;
         // Compiled components are cached in the background; finish writing
         // them so that the next start finds them.
         let inner = self.inner.clone();

@@ -1,6 +1,7 @@
 //! Whether a connection is idle: when a byte last moved on it, and how many
 //! of its requests are in flight.
 
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -123,11 +124,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
 pub(crate) struct Counted<S> {
     inner: S,
     activity: Arc<Activity>,
+    /// Put in each request's extensions as [`crate::Peer`].
+    peer: Option<IpAddr>,
 }
 
 impl<S> Counted<S> {
-    pub(crate) fn new(inner: S, activity: Arc<Activity>) -> Counted<S> {
-        Counted { inner, activity }
+    pub(crate) fn new(inner: S, activity: Arc<Activity>, peer: Option<IpAddr>) -> Counted<S> {
+        Counted { inner, activity, peer }
     }
 }
 
@@ -159,7 +162,10 @@ where
     type Error = S::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
 
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        if let Some(peer) = self.peer {
+            request.extensions_mut().insert(crate::Peer(peer));
+        }
         let in_flight = InFlight::start(&self.activity);
         let handler = self.inner.call(request);
         Box::pin(async move {

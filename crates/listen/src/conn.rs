@@ -1,5 +1,6 @@
 //! One accepted connection, served by hyper under the listener's limits.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::{Request, Response};
@@ -33,8 +34,13 @@ impl Conn for tokio::net::UnixStream {
 
 /// Serves one connection until the client closes it, a timeout closes it,
 /// or, after `shutdown`, its last request is answered.
-pub(crate) async fn serve<C, S, B>(conn: C, service: S, limits: &Limits, mut shutdown: watch::Receiver<bool>)
-where
+pub(crate) async fn serve<C, S, B>(
+    conn: C,
+    peer: Option<IpAddr>,
+    service: S,
+    limits: &Limits,
+    mut shutdown: watch::Receiver<bool>,
+) where
     C: Conn,
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
@@ -45,7 +51,7 @@ where
 {
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Watched::new(conn, activity.clone()));
-    let service = Counted::new(service, activity.clone());
+    let service = Counted::new(service, activity.clone(), peer);
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
     let conn = http.serve_connection(io, service).with_upgrades();

@@ -91,7 +91,7 @@ where
                         Some(slot) => {
                             let (service, limits, shutdown) = (service.clone(), limits.clone(), shutdown.clone());
                             connections.spawn(async move {
-                                conn::serve(conn, service, &limits, shutdown).await;
+                                conn::serve(conn, peer, service, &limits, shutdown).await;
                                 drop(slot);
                             });
                         }
@@ -119,6 +119,11 @@ where
     // Each connection saw the same signal and is finishing its request.
     while connections.join_next().await.is_some() {}
 }
+
+/// The address a request came from, in its extensions on TCP listeners
+/// (a proxy names it in `X-Forwarded-For`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer(pub IpAddr);
 
 /// A listener whose connections [`serve`] takes: TCP or Unix.
 pub trait Accept: Send + 'static {

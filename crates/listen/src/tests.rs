@@ -49,6 +49,10 @@ async fn handler(request: Request<Incoming>) -> Result<Response<TestBody>, Infal
             });
             StreamBody::new(chunks).boxed()
         }
+        "/peer" => {
+            let peer = request.extensions().get::<Peer>().map(|p| p.0.to_string());
+            Full::new(Bytes::from(format!("peer {} ok", peer.as_deref().unwrap_or("unknown")))).boxed()
+        }
         _ => Full::new(Bytes::from_static(b"ok")).boxed(),
     };
     Ok(Response::new(body))
@@ -107,6 +111,14 @@ async fn get(stream: &mut TcpStream, path: &str) -> String {
         seen.extend_from_slice(&buf[..n]);
     }
     String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[tokio::test]
+async fn a_request_carries_its_peer_address() {
+    let server = server(limits(SHORT, SHORT * 10, 8, 8)).await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let answer = get(&mut stream, "/peer").await;
+    assert!(answer.ends_with("peer 127.0.0.1 ok"), "{answer}");
 }
 
 #[tokio::test]

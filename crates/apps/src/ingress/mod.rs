@@ -1,10 +1,16 @@
 //! The HTTP ingress: one server for every app, routing by host name and
 //! the longest path prefix, running each request in a fresh instance under
-//! the app's limits.
+//! the app's limits. A host no app route matches may be a hook's
+//! ([`crate::hooks`]) or a service's, `NAME.DOMAIN`, proxied to its
+//! passing instances ([`upstream`], [`balance`], [`proxy`]).
 
+mod balance;
+mod proxy;
 mod table;
+mod upstream;
 
 pub(crate) use table::{Entry, Table};
+pub(crate) use upstream::{Upstreams, follow as follow_services};
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -85,8 +91,15 @@ async fn dispatch(apps: &Apps, req: Request<Incoming>) -> Response<Body> {
             Some(target) => target.clone(),
             None => {
                 let hook = apps.inner.hooks.load().get(&host).cloned();
-                return match hook {
-                    Some(hook) => run_hook(hook, req).await,
+                if let Some(hook) = hook {
+                    return run_hook(hook, req).await;
+                }
+                let service = apps.inner.upstreams.for_host(&host, &apps.inner.options.domain);
+                return match service {
+                    Some(upstream) => {
+                        drop(table);
+                        proxy::proxy(apps, upstream, req).await
+                    }
                     None => not_found(apps, &table, &host, req.uri().path()),
                 };
             }

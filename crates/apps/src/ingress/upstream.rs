@@ -1,0 +1,230 @@
+//! The services the ingress routes to: `NAME.DOMAIN` for every service
+//! with an endpoints record (`services/endpoints/NAME`, the passing
+//! instances the registry publishes), each with its own [`Balancer`].
+//!
+//! The set follows the store: one `range` at start, then a [`Follower`]
+//! from the revision after it, so a change in the registry is routed
+//! within milliseconds. The records are read through a view of their own
+//! (unknown fields ignored), so this crate does not depend on the
+//! registry's.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use hearth_store::{Change, EventKind, Follower, KeyValue};
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use super::balance::{Balancer, Endpoint};
+use crate::chain;
+use crate::service::{Apps, lock, stopped};
+
+/// Where the registry publishes each service's passing instances.
+pub(crate) const ENDPOINTS: &str = "services/endpoints/";
+
+/// The part of an endpoints record routing needs.
+#[derive(Debug, Deserialize)]
+struct EndpointsView {
+    #[serde(default)]
+    instances: Vec<EndpointView>,
+}
+
+#[derive(Debug, Deserialize)]
+struct EndpointView {
+    id: String,
+    address: IpAddr,
+    port: u16,
+}
+
+/// One service the ingress routes to.
+#[derive(Debug)]
+pub(crate) struct Upstream {
+    pub(crate) name: String,
+    pub(crate) balancer: Mutex<Balancer>,
+}
+
+/// How a proxied request ended, as counted in the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Counted {
+    /// An instance answered (any status but 5xx).
+    Answered,
+    /// An instance answered with a 5xx.
+    ServerError,
+    /// No instance could be reached, or the one reached failed before
+    /// answering (a 502).
+    Failed,
+    /// The service had no passing instance (a 503).
+    NoInstance,
+    /// A WebSocket or other upgrade, which is not proxied (a 501).
+    Upgrade,
+}
+
+impl Counted {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Counted::Answered => "answered",
+            Counted::ServerError => "server_error",
+            Counted::Failed => "failed",
+            Counted::NoInstance => "no_instance",
+            Counted::Upgrade => "upgrade",
+        }
+    }
+}
+
+/// Every service with an endpoints record, by name.
+#[derive(Debug, Default)]
+pub(crate) struct Upstreams {
+    services: RwLock<HashMap<String, Arc<Upstream>>>,
+    counts: Mutex<BTreeMap<(String, Counted), u64>>,
+}
+
+impl Upstreams {
+    /// The service a request's host names, if it is `NAME.DOMAIN` and NAME
+    /// has an endpoints record.
+    pub(crate) fn for_host(&self, host: &str, domain: &str) -> Option<Arc<Upstream>> {
+        let name = host.strip_suffix(domain)?.strip_suffix('.')?;
+        if name.is_empty() || name.contains('.') {
+            return None;
+        }
+        self.services.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+    }
+
+    pub(crate) fn count(&self, service: &str, outcome: Counted) {
+        *lock(&self.counts).entry((service.to_owned(), outcome)).or_default() += 1;
+    }
+
+    /// Proxied requests so far: service, outcome, count.
+    pub(crate) fn counts(&self) -> Vec<(String, &'static str, u64)> {
+        lock(&self.counts).iter().map(|((s, o), n)| (s.clone(), o.as_str(), *n)).collect()
+    }
+
+    /// Applies one record (`None`: deleted).
+    fn apply(&self, name: &str, value: Option<&[u8]>) {
+        let mut services = self.services.write().unwrap_or_else(|e| e.into_inner());
+        let Some(value) = value else {
+            services.remove(name);
+            return;
+        };
+        let endpoints = match serde_json::from_slice::<EndpointsView>(value) {
+            Ok(view) => view
+                .instances
+                .into_iter()
+                .map(|i| Endpoint { id: i.id, addr: SocketAddr::new(i.address, i.port) })
+                .collect(),
+            Err(e) => {
+                // Routing to instances that may be gone would be worse than
+                // routing to none: the 503 names the command to look.
+                tracing::warn!(service = name, error = %e, "A service's endpoints record is unreadable; routing to none of its instances.");
+                Vec::new()
+            }
+        };
+        let upstream = services
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::new(Upstream { name: name.to_owned(), balancer: Mutex::default() }));
+        lock(&upstream.balancer).set(endpoints);
+    }
+
+    /// Takes `kvs` as every record there is.
+    fn reset(&self, kvs: &[KeyValue]) {
+        let names: Vec<&str> = kvs.iter().filter_map(|kv| kv.key.strip_prefix(ENDPOINTS)).collect();
+        self.services
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|name, _| names.contains(&name.as_str()));
+        for kv in kvs {
+            if let Some(name) = kv.key.strip_prefix(ENDPOINTS) {
+                self.apply(name, Some(&kv.value));
+            }
+        }
+    }
+}
+
+/// Keeps `apps`' upstreams in step with the registry's endpoints until
+/// `shutdown`.
+pub(crate) async fn follow(apps: Apps, mut shutdown: watch::Receiver<bool>) {
+    let upstreams = &apps.inner.upstreams;
+    let store = apps.store().clone();
+    let from = loop {
+        match store.range(ENDPOINTS).await {
+            Ok(range) => {
+                upstreams.reset(&range.kvs);
+                break range.revision + 1;
+            }
+            Err(e) => {
+                tracing::warn!(error = %chain(&e), "Cannot read the services' endpoints; retrying.");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = stopped(&mut shutdown) => return,
+                }
+            }
+        }
+    };
+    let mut changes = Follower::new(store, ENDPOINTS, from, "Service routes");
+    loop {
+        let change = tokio::select! {
+            () = stopped(&mut shutdown) => return,
+            change = changes.next() => change,
+        };
+        match change {
+            Change::Reset(range) => upstreams.reset(&range.kvs),
+            Change::Event(event) => {
+                let Some(name) = event.kv.key.strip_prefix(ENDPOINTS) else { continue };
+                let value = (event.kind == EventKind::Put).then_some(event.kv.value.as_slice());
+                upstreams.apply(name, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(name: &str, value: &str) -> KeyValue {
+        KeyValue {
+            key: format!("{ENDPOINTS}{name}"),
+            value: value.as_bytes().to_vec(),
+            create_revision: 1,
+            mod_revision: 1,
+            version: 1,
+            lease: None,
+        }
+    }
+
+    #[test]
+    fn a_service_is_found_by_its_host_under_the_domain_only() {
+        let upstreams = Upstreams::default();
+        let record =
+            r#"{"name":"api","instances":[{"id":"api-1","address":"::1","port":80,"tags":["x"]}],"more":1}"#;
+        upstreams.reset(&[kv("api", record)]);
+        let api = upstreams.for_host("api.localhost", "localhost").expect("api");
+        let picked = lock(&api.balancer).pick(std::time::Instant::now(), &[]).expect("an instance");
+        assert_eq!((picked.id.as_str(), picked.addr), ("api-1", "[::1]:80".parse().expect("addr")));
+        for host in [
+            "api.localhost.evil",
+            "x.api.localhost",
+            "localhost",
+            ".localhost",
+            "apilocalhost",
+            "web.localhost",
+        ] {
+            assert!(upstreams.for_host(host, "localhost").is_none(), "{host}");
+        }
+        upstreams.apply("api", None);
+        assert!(upstreams.for_host("api.localhost", "localhost").is_none());
+    }
+
+    #[test]
+    fn an_unreadable_record_routes_to_no_instance() {
+        let upstreams = Upstreams::default();
+        upstreams
+            .reset(&[kv("api", r#"{"name":"api","instances":[{"id":"api-1","address":"::1","port":80}]}"#)]);
+        upstreams.apply("api", Some(b"not json"));
+        let api = upstreams.for_host("api.localhost", "localhost").expect("still a service");
+        assert!(lock(&api.balancer).is_empty());
+        upstreams.reset(&[]);
+        assert!(upstreams.for_host("api.localhost", "localhost").is_none(), "a reset forgets what it lacks");
+    }
+}

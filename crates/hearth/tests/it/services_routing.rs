@@ -1,0 +1,270 @@
+//! The ingress in front of services: `NAME.localhost` balanced over the
+//! passing instances, a refused connection retried on another instance,
+//! failing instances ejected and admitted again, deregistered ones no
+//! longer sent anything, and a clear 503 when no instance passes.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use hearth_client::types::RegisterInstance;
+use hearth_testkit::{Daemon, wait_until};
+use http_body_util::BodyExt;
+use hyper::Method;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+const BIN: &str = env!("CARGO_BIN_EXE_hearth");
+
+/// A tiny HTTP server on loopback that answers every request with its
+/// name and what it was sent (or a 500 while `failing`), and counts them.
+struct Backend {
+    name: &'static str,
+    port: u16,
+    hits: Arc<AtomicUsize>,
+    failing: Arc<AtomicBool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Backend {
+    async fn start(name: &'static str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let port = listener.local_addr().expect("addr").port();
+        let mut backend = Backend { name, port, hits: Arc::default(), failing: Arc::default(), task: None };
+        backend.serve(listener);
+        backend
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let (name, hits, failing) = (self.name, self.hits.clone(), self.failing.clone());
+        self.task = Some(tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let (hits, failing) = (hits.clone(), failing.clone());
+                tokio::spawn(answer(stream, name, hits, failing));
+            }
+        }));
+    }
+
+    /// Stops listening: connections to its port are refused.
+    async fn stop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Listens again on the same port.
+    async fn restart(&mut self) {
+        let listener = TcpListener::bind(("127.0.0.1", self.port)).await.expect("bind the same port again");
+        self.serve(listener);
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    fn register(&self, id: &str) -> RegisterInstance {
+        RegisterInstance {
+            id: Some(id.into()),
+            address: "127.0.0.1".into(),
+            port: self.port,
+            ttl_s: 300,
+            checks: vec![],
+            tags: vec![],
+        }
+    }
+}
+
+async fn answer(mut stream: TcpStream, name: &str, hits: Arc<AtomicUsize>, failing: Arc<AtomicBool>) {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    hits.fetch_add(1, Ordering::SeqCst);
+    let head = String::from_utf8_lossy(&seen).into_owned();
+    let mut lines = head.lines();
+    let request_line = lines.next().unwrap_or_default().to_owned();
+    let header = |wanted: &str| {
+        head.lines()
+            .skip(1)
+            .find_map(|l| {
+                l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(wanted)).map(|(_, v)| v.trim())
+            })
+            .unwrap_or("-")
+            .to_owned()
+    };
+    let body = format!(
+        "{name} {request_line} host={} xff={} xfh={} xfp={} x-hop={}\n",
+        header("host"),
+        header("x-forwarded-for"),
+        header("x-forwarded-host"),
+        header("x-forwarded-proto"),
+        header("x-hop"),
+    );
+    let status = if failing.load(Ordering::SeqCst) { "500 Internal Server Error" } else { "200 OK" };
+    let response =
+        format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    let _ = stream.write_all(response.as_bytes()).await;
+}
+
+/// One request through the ingress: (status, body).
+async fn get(port: u16, host: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.expect("connect to the ingress");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close, x-hop\r\nX-Hop: dropped\r\nX-Forwarded-For: 10.1.2.3\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+        .await
+        .expect("an answer within 10 s")
+        .expect("read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// `n` requests to `api.localhost`: who answered each, and any failure.
+async fn spread(port: u16, n: usize) -> (Vec<String>, Vec<(u16, String)>) {
+    let mut answered = Vec::new();
+    let mut failed = Vec::new();
+    for _ in 0..n {
+        let (status, body) = get(port, "api.localhost", "/").await;
+        if status == 200 {
+            answered.push(body.split(' ').next().unwrap_or_default().to_owned());
+        } else {
+            failed.push((status, body));
+        }
+    }
+    (answered, failed)
+}
+
+async fn ingress_port(daemon: &Daemon) -> u16 {
+    let status = daemon.client().status().await.expect("status");
+    status.ingress.and_then(|a| a.rsplit(':').next().and_then(|p| p.parse().ok())).expect("an ingress port")
+}
+
+async fn metrics(daemon: &Daemon) -> String {
+    let response = daemon.client().send(Method::GET, "/metrics", None).await.expect("metrics");
+    String::from_utf8(response.into_body().collect().await.expect("body").to_bytes().to_vec()).expect("utf8")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ingress_balances_retries_ejects_and_follows_a_service() {
+    let daemon = Daemon::start(BIN).await;
+    let client = daemon.client();
+    let port = ingress_port(&daemon).await;
+    let mut a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let c = Backend::start("c").await;
+    for (backend, id) in [(&a, "api-a"), (&b, "api-b"), (&c, "api-c")] {
+        client.register_instance("api", &backend.register(id)).await.expect("register");
+    }
+
+    // All three answer, over many requests, with the request as it was sent.
+    let all = BTreeSet::from(["a".to_string(), "b".to_string(), "c".to_string()]);
+    let balanced = wait_until(Duration::from_secs(10), async || {
+        let (answered, failed) = spread(port, 9).await;
+        failed.is_empty() && answered.into_iter().collect::<BTreeSet<_>>() == all
+    })
+    .await;
+    assert!(balanced, "not all three instances answer: {:?}", spread(port, 3).await);
+    let (status, echo) = get(port, "API.Localhost", "/echo/x?q=1&r=two").await;
+    assert_eq!(status, 200, "{echo}");
+    for part in [
+        "GET /echo/x?q=1&r=two HTTP/1.1",
+        "host=API.Localhost ",
+        "xff=10.1.2.3, 127.0.0.1 ",
+        "xfh=API.Localhost ",
+        "xfp=http ",
+        "x-hop=-",
+    ] {
+        assert!(echo.contains(part), "{part:?} missing from {echo}");
+    }
+
+    // One stops: its refusals are retried on the others, unseen, and it is
+    // ejected: back on its port at once, it gets nothing for a while, then
+    // is admitted again.
+    a.stop().await;
+    let (answered, failed) = spread(port, 30).await;
+    assert!(failed.is_empty(), "a refused connection reached a client: {failed:?}");
+    assert!(answered.iter().all(|n| n != "a"), "{answered:?}");
+    a.restart().await;
+    let before = a.hits();
+    let (answered, failed) = spread(port, 12).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(a.hits(), before, "an ejected instance got requests: {answered:?}");
+    let admitted = wait_until(Duration::from_secs(20), async || {
+        let _ = spread(port, 3).await;
+        a.hits() > before
+    })
+    .await;
+    assert!(admitted, "the instance was never admitted again");
+
+    // One answers 500: it is ejected after three in a row. A 500 reached
+    // the instance, so it is passed on, not retried.
+    b.failing.store(true, Ordering::SeqCst);
+    let before = b.hits();
+    let (_, failed) = spread(port, 24).await;
+    assert_eq!(b.hits() - before, 3, "an instance answering 500 got more than three requests");
+    assert_eq!(failed.iter().filter(|(s, _)| *s == 500).count(), 3, "{failed:?}");
+    b.failing.store(false, Ordering::SeqCst);
+
+    // A deregistered instance gets no more requests.
+    client.deregister_instance("api", "api-c").await.expect("deregister");
+    let left = wait_until(Duration::from_secs(10), async || {
+        let before = c.hits();
+        let _ = spread(port, 4).await;
+        c.hits() == before
+    })
+    .await;
+    assert!(left, "the deregistered instance still gets requests");
+    let before = c.hits();
+    let (_, failed) = spread(port, 12).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(c.hits(), before, "the deregistered instance got a request");
+
+    // A service whose only instance never passes: a 503 that says where to look.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let never = RegisterInstance {
+        id: Some("db-1".into()),
+        address: "127.0.0.1".into(),
+        port: dead,
+        ttl_s: 300,
+        checks: vec!["tcp,interval=300ms,timeout=200ms".into()],
+        tags: vec![],
+    };
+    client.register_instance("db", &never).await.expect("register db");
+    let unavailable =
+        wait_until(Duration::from_secs(10), async || get(port, "db.localhost", "/").await.0 == 503).await;
+    let (status, body) = get(port, "db.localhost", "/").await;
+    assert!(unavailable, "{status} {body}");
+    assert!(body.contains("no passing instance") && body.contains("hearth service inspect db"), "{body}");
+    // A host that is neither an app nor a service is still a 404.
+    assert_eq!(get(port, "nobody.localhost", "/").await.0, 404);
+
+    // Removed with its service, the host is unknown again.
+    hearth_testkit::success(&daemon.cli(&["service", "rm", "api"]));
+    let unknown =
+        wait_until(Duration::from_secs(10), async || get(port, "api.localhost", "/").await.0 == 404).await;
+    assert!(unknown, "a removed service is still routed");
+
+    let text = metrics(&daemon).await;
+    for series in [
+        r#"hearth_ingress_service_requests_total{service="api",outcome="answered"}"#,
+        r#"hearth_ingress_service_requests_total{service="api",outcome="server_error"} 3"#,
+        r#"hearth_ingress_service_requests_total{service="db",outcome="no_instance"}"#,
+    ] {
+        assert!(text.contains(series), "{series} missing from\n{text}");
+    }
+}
