@@ -105,6 +105,7 @@ impl Machines {
             let files = VmFiles::in_dir(&self.dir(&rec.name));
             if vmm::running_pid(&files, &rec.name).is_some() {
                 rotate_console(&rec.name, files.console).await;
+                rotate_console(&rec.name, files.main_log).await;
                 continue;
             }
             self.forget_agent(&rec.name);
