@@ -610,6 +610,10 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await.map_err(|e| Error::Internal(e.to_string()))?
 }
 
+fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -620,8 +624,4 @@ mod tests {
         let merged = merge_env(&image, &["MODE=dev".to_owned(), "FOO=a=b".to_owned()]);
         assert_eq!(merged, ["PATH=/usr/bin", "MODE=dev", "FOO=a=b"]);
     }
-}
-
-fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
