@@ -149,6 +149,8 @@ struct Inner {
     /// Machines with a boot or stop task in flight.
     busy: StdMutex<HashSet<String>>,
     agents: StdMutex<HashMap<String, Arc<AgentClient>>>,
+    /// Machines whose agent a background task is connecting to.
+    connecting: StdMutex<HashSet<String>>,
     /// The boot payload, prepared once (kernel download and initramfs
     /// assembly happen one at a time, under this lock).
     payload: Mutex<Option<Payload>>,
@@ -182,6 +184,7 @@ impl Machines {
                 locks: StdMutex::default(),
                 busy: StdMutex::default(),
                 agents: StdMutex::default(),
+                connecting: StdMutex::default(),
                 payload: Mutex::new(None),
             }),
         })
