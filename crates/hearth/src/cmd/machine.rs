@@ -21,7 +21,7 @@ mod ssh;
 pub(crate) enum Command {
     /// Create and start a machine from an image; its main process is the
     /// image's entrypoint and command, or `-- CMD`.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List machines.
     #[command(alias = "list")]
     Ls {
@@ -208,7 +208,7 @@ fn parse_size_mib(text: &str, example: &str) -> Result<f64, String> {
 
 pub(crate) async fn run(client: &Client, data_dir: &Path, command: Command) -> anyhow::Result<i32> {
     match command {
-        Command::Run(args) => run_machine(client, args).await,
+        Command::Run(args) => run_machine(client, *args).await,
         Command::Ls { json } => {
             let list = client.machines().await?;
             if json {
