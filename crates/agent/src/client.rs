@@ -3,7 +3,7 @@
 //! [`AgentClient`] writes requests from the calling thread and reads
 //! responses on a thread of its own, which routes each to whoever waits for
 //! it: an [`ExecHandle`] per session, or the call waiting for an answer.
-//! Responses nobody waits for (the boot entrypoint's end, errors about no
+//! Responses nobody waits for (the main process's starts and exits, errors about no
 //! request in particular) are [`Event`]s.
 //!
 //! ```no_run
@@ -35,6 +35,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::lock;
 use crate::protocol::{self, FrameReader, MAX_CHUNK, Request, Response, VERSION};
+
+pub use crate::protocol::{MainState, MainStatus};
 
 /// How long calls wait for an answer unless told otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -120,8 +122,8 @@ pub struct FileInfo {
 /// Responses that answer no call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// The boot entrypoint (`hearth.cmd`) ended.
-    EntrypointExited(ExitStatus),
+    /// The main process started, ended, or could not start.
+    Main(MainStatus),
     /// An error about no request in particular, or a frame this client could not read.
     Error(String),
 }
@@ -613,8 +615,8 @@ impl Shared {
                 let _ = routes.events.send(Event::Error(message.clone()));
                 return;
             }
-            &Response::EntrypointExited { code, signal } => {
-                let _ = routes.events.send(Event::EntrypointExited(ExitStatus { code, signal }));
+            Response::Main(status) => {
+                let _ = routes.events.send(Event::Main(status.clone()));
                 return;
             }
             Response::Exited { id, .. } | Response::FileEnd { id, .. } | Response::Done { id } => (*id, true),

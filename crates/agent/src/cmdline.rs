@@ -6,7 +6,8 @@
 //! | `hearth.hostname=NAME` | the machine's hostname |
 //! | `hearth.port=NAME` | the virtio-serial port to serve on (default `hearth.agent`) |
 //! | `hearth.vsock=PORT` | serve on this vsock port instead (Firecracker) |
-//! | `hearth.cmd=BASE64` | base64 of a JSON array: the entrypoint to start after boot |
+//! | `hearth.cmd=BASE64` | base64 of a JSON array: a main process to start after boot, run once as root |
+//! | `hearth.main=BASE64` | base64 of a JSON [`MainSpec`]: the main process, with its environment, directory, user and restart policy (see [`encode_main`]) |
 //! | `hearth.net=IFACE,ADDR/PREFIX[,GATEWAY]` | give an interface an IPv4 address; repeatable, one per interface |
 //! | `hearth.dns=IP[,IP]` | nameservers for `/etc/resolv.conf`; repeats add to the list |
 //! | `hearth.search=DOMAIN[,DOMAIN]` | search domains for `/etc/resolv.conf`; repeats add to the list |
@@ -19,7 +20,10 @@
 //! write the value with [`NetConfig`]'s `Display`.
 //!
 //! The whole command line is limited to 2 KiB on x86: keep `hearth.hosts`
-//! for a few peers, not a directory.
+//! for a few peers, not a directory. `hearth.main` is bounded by the host
+//! to [`MAX_MAIN`] bytes (a machine whose command and environment take more
+//! is refused at creation); past the kernel's limit the line would be cut
+//! and the value would not decode, which the agent reports on the console.
 //!
 //! Parameters with a dot are not passed to init by the kernel, so the agent
 //! reads `/proc/cmdline` itself. A malformed parameter is reported (as a
@@ -34,6 +38,8 @@ use base64::Engine;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::{DecodePaddingMode, general_purpose};
 
+use crate::main_process::MainSpec;
+
 /// The virtio-serial port name when `hearth.port` is absent.
 pub const DEFAULT_PORT: &str = "hearth.agent";
 /// The vsock port the host gives in `hearth.vsock` (Firecracker, which has
@@ -47,7 +53,8 @@ pub struct BootConfig {
     pub hostname: Option<String>,
     pub port: String,
     pub vsock: Option<u32>,
-    pub cmd: Option<Vec<String>>,
+    /// `hearth.main`, or `hearth.cmd` as a command run once.
+    pub main: Option<MainSpec>,
     /// `hearth.net`, in order; at most one per interface.
     pub nets: Vec<NetConfig>,
     /// `hearth.dns`: nameservers, in order.
@@ -67,7 +74,7 @@ impl Default for BootConfig {
             hostname: None,
             port: DEFAULT_PORT.into(),
             vsock: None,
-            cmd: None,
+            main: None,
             nets: Vec::new(),
             dns: Vec::new(),
             search: Vec::new(),
@@ -110,8 +117,12 @@ pub fn parse(cmdline: &str) -> BootConfig {
                 }
             },
             "cmd" => match decode_cmd(value) {
-                Ok(argv) => config.cmd = Some(argv),
+                Ok(argv) => config.main = Some(MainSpec::command(argv)),
                 Err(why) => config.problems.push(format!("hearth.cmd {why}; it was ignored")),
+            },
+            "main" => match decode_main(value) {
+                Ok(spec) => config.main = Some(spec),
+                Err(why) => config.problems.push(format!("hearth.main {why}; it was ignored")),
             },
             "net" => match parse_net(value) {
                 Ok(net) if config.nets.iter().any(|other| other.interface == net.interface) => {
@@ -168,6 +179,27 @@ pub fn decode_cmd(value: &str) -> Result<Vec<String>, String> {
         return Err("is an empty command".into());
     }
     Ok(argv)
+}
+
+/// The most bytes `hearth.main`'s value may take: about half of x86's
+/// 2 KiB command line, leaving room for the root, the network and hosts.
+pub const MAX_MAIN: usize = 1024;
+
+/// Encodes a main process for `hearth.main=`: base64 of its JSON.
+pub fn encode_main(spec: &MainSpec) -> String {
+    general_purpose::STANDARD.encode(serde_json::to_string(spec).unwrap_or_default())
+}
+
+/// Decodes a main process encoded by [`encode_main`]; the error completes a
+/// sentence like [`decode_cmd`]'s.
+pub fn decode_main(value: &str) -> Result<MainSpec, String> {
+    let json = decode_base64(value).ok_or_else(|| "is not base64".to_string())?;
+    let spec: MainSpec =
+        serde_json::from_slice(&json).map_err(|e| format!("is not a main process's JSON ({e})"))?;
+    if spec.argv.is_empty() {
+        return Err("is an empty command".into());
+    }
+    Ok(spec)
 }
 
 /// Encodes extra `/etc/hosts` lines for `hearth.hosts=` (e.g.
@@ -418,8 +450,14 @@ mod tests {
         if let Some(vsock) = config.vsock {
             parts.push(format!("vsock={vsock}"));
         }
-        if let Some(cmd) = &config.cmd {
-            parts.push(format!("cmd={cmd:?}"));
+        if let Some(main) = &config.main {
+            parts.push(format!("cmd={:?}", main.argv));
+            if main != &MainSpec::command(main.argv.clone()) {
+                parts.push(format!(
+                    "main(env={:?} workdir={:?} user={:?} restart={})",
+                    main.env, main.workdir, main.user, main.restart
+                ));
+            }
         }
         for net in &config.nets {
             let by = match net.interface {
@@ -483,6 +521,17 @@ mod tests {
             "problem: hearth.cmd is not a JSON array of strings (invalid type: map, expected a sequence at line 1 column 0); it was ignored",
         );
         check("hearth.cmd=W10=", "problem: hearth.cmd is an empty command; it was ignored");
+        check(
+            &format!("hearth.main={}", general_purpose::STANDARD.encode("{\"argv\":[]}")),
+            "problem: hearth.main is an empty command; it was ignored",
+        );
+        check(
+            &format!(
+                "hearth.main={}",
+                general_purpose::STANDARD.encode("{\"argv\":[\"x\"],\"restart\":\"sometimes\"}")
+            ),
+            "problem: hearth.main is not a main process's JSON (unknown variant `sometimes`, expected one of `no`, `on-failure`, `always` at line 1 column 35); it was ignored",
+        );
         check("hearth.colour=blue", "problem: hearth.colour is not a known parameter; it was ignored");
         check(
             &format!("hearth.hostname={}", "h".repeat(65)),
@@ -543,6 +592,21 @@ mod tests {
         assert_eq!(parse(&line.join(" ")).nets, nets);
         assert_eq!(nets[0].netmask(), Ipv4Addr::new(255, 255, 255, 0));
         assert_eq!(nets[1].netmask(), Ipv4Addr::new(255, 240, 0, 0));
+    }
+
+    #[test]
+    fn a_main_process_round_trips_with_its_environment_user_and_policy() {
+        use crate::main_process::RestartPolicy;
+        let spec = MainSpec {
+            argv: vec!["sh".into(), "-c".into(), "echo \"$FOO\"".into()],
+            env: vec!["FOO=a b".into()],
+            workdir: Some("/srv".into()),
+            user: Some("nobody:nogroup".into()),
+            restart: RestartPolicy::OnFailure,
+        };
+        let value = encode_main(&spec);
+        assert!(!value.contains(' '), "one word on the command line: {value}");
+        assert_eq!(parse(&format!("quiet hearth.main={value} ro")).main, Some(spec));
     }
 
     #[test]

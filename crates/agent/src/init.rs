@@ -22,6 +22,7 @@ use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
 use nix::unistd::{Pid, chdir, chroot, sethostname, sync};
 
 use crate::cmdline::{self, BootConfig};
+use crate::main_process::LogTarget;
 use crate::server::{Connection, Ending, Server};
 use crate::transport::{VsockListener, open_virtio_port};
 use crate::{describe, grow, net, reaper, say};
@@ -82,8 +83,10 @@ fn boot_and_serve() -> ! {
     net::configure(&config);
 
     let server = Server::new();
-    if let Some(cmd) = config.cmd.clone() {
-        server.spawn_entrypoint(cmd);
+    if let Some(spec) = config.main.clone() {
+        // Firecracker has no virtio-serial: its output goes to the console.
+        let console = config.vsock.is_some();
+        server.spawn_main(spec, move || if console { LogTarget::Console } else { LogTarget::open() });
     }
     match config.vsock {
         Some(port) => serve_vsock(&server, port),

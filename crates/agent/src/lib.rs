@@ -14,6 +14,8 @@
 //! - [`transport`]: finding the virtio-serial port, listening on a vsock.
 //! - [`cmdline`]: the `hearth.*` kernel command line parameters.
 //! - [`init`]: the PID 1 duties.
+//! - [`main_process`]: the machine's main process, supervised under its
+//!   restart policy, its output kept apart from the console.
 //! - `grow`: growing the root file system to fill a larger disk, online.
 //! - `net`: the guest's side of networking: interfaces, `/etc/resolv.conf`
 //!   and `/etc/hosts`, from the command line (at boot, by [`init`]).
@@ -25,6 +27,7 @@
 pub mod client;
 pub mod cmdline;
 pub mod init;
+pub mod main_process;
 pub mod protocol;
 pub mod server;
 pub mod transport;

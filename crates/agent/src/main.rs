@@ -7,6 +7,7 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use hearth_agent::main_process::{LogTarget, MainSpec};
 use hearth_agent::server::{Connection, Ending, Server};
 use hearth_agent::transport::{VsockListener, open_virtio_port};
 use hearth_agent::{cmdline, init};
@@ -18,13 +19,14 @@ usage: hearth-agent                      as /init (PID 1) in a hearth microVM
        hearth-agent serve --vsock PORT   serve on a vsock port
        hearth-agent serve --port NAME    serve on a virtio-serial port
 options of serve:
-       --entrypoint BASE64               also run this command (as hearth.cmd=)";
+       --entrypoint BASE64               also run this command (as hearth.cmd=)
+       --main BASE64                     also run this main process (as hearth.main=)";
 
 /// What `serve` was asked to do.
 struct ServeArgs {
     listen: Listen,
-    /// `--entrypoint`, decoded.
-    entrypoint: Option<Vec<String>>,
+    /// `--entrypoint` or `--main`, decoded.
+    main: Option<MainSpec>,
 }
 
 enum Listen {
@@ -39,7 +41,7 @@ fn main() -> ExitCode {
         init::run();
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let ServeArgs { listen, entrypoint } = match parse_args(&args) {
+    let ServeArgs { listen, main } = match parse_args(&args) {
         Ok(Some(parsed)) => parsed,
         Ok(None) => {
             println!("hearth-agent {}\n{USAGE}", env!("CARGO_PKG_VERSION"));
@@ -51,8 +53,9 @@ fn main() -> ExitCode {
         }
     };
     let server = Server::new();
-    if let Some(argv) = entrypoint {
-        server.spawn_entrypoint(argv);
+    if let Some(spec) = main {
+        // Outside a VM there is no port: its output goes to our stderr.
+        server.spawn_main(spec, || LogTarget::Console);
     }
     let result = match listen {
         Listen::Unix(path) => serve_unix(&server, &path),
@@ -79,7 +82,7 @@ fn parse_args(args: &[String]) -> Result<Option<ServeArgs>, String> {
         Some(other) => return Err(format!("unknown command {other:?}")),
     }
     let mut listen = None;
-    let mut entrypoint = None;
+    let mut main = None;
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
         let chosen = match flag {
@@ -91,8 +94,12 @@ fn parse_args(args: &[String]) -> Result<Option<ServeArgs>, String> {
             }
             "--port" => Listen::Port(value()?.to_owned()),
             "--entrypoint" => {
-                entrypoint =
-                    Some(cmdline::decode_cmd(value()?).map_err(|why| format!("--entrypoint {why}"))?);
+                let argv = cmdline::decode_cmd(value()?).map_err(|why| format!("--entrypoint {why}"))?;
+                main = Some(MainSpec::command(argv));
+                continue;
+            }
+            "--main" => {
+                main = Some(cmdline::decode_main(value()?).map_err(|why| format!("--main {why}"))?);
                 continue;
             }
             other => return Err(format!("unknown option {other:?}")),
@@ -102,7 +109,7 @@ fn parse_args(args: &[String]) -> Result<Option<ServeArgs>, String> {
         }
     }
     let listen = listen.ok_or("serve needs one of --unix, --stdio, --vsock and --port")?;
-    Ok(Some(ServeArgs { listen, entrypoint }))
+    Ok(Some(ServeArgs { listen, main }))
 }
 
 fn serve_unix(server: &Server, path: &Path) -> io::Result<()> {

@@ -97,9 +97,39 @@ pub enum Response {
     Error { id: Option<u32>, message: String },
     /// The answer to `Ping`.
     Pong { nonce: u64 },
-    /// The boot entrypoint (`hearth.cmd`) ended. The machine keeps running.
-    /// Repeated after every `HelloAck` from then on.
-    EntrypointExited { code: Option<i32>, signal: Option<i32> },
+    /// The main process (`hearth.main`) started, ended, is about to be
+    /// restarted, or could not start. The latest is repeated after every
+    /// `HelloAck`. The machine keeps running whatever it says.
+    Main(MainStatus),
+}
+
+/// Where the main process is in its life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MainState {
+    #[default]
+    Running,
+    /// Ended, and not to be restarted.
+    Exited,
+    /// Ended, and to be started again after a delay.
+    Restarting,
+    /// Could not be started (no such program or user); not retried.
+    FailedToStart,
+}
+
+/// The main process's state, as the agent reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MainStatus {
+    pub state: MainState,
+    /// The process id in the guest, while running and after it ended.
+    pub pid: Option<u32>,
+    /// The exit code of the last run, if it exited.
+    pub code: Option<i32>,
+    /// The signal that ended the last run, if one did.
+    pub signal: Option<i32>,
+    /// How many times it was started again.
+    pub restarts: u32,
+    /// Why it could not start.
+    pub error: Option<String>,
 }
 
 /// Why a frame could not be read or written.

@@ -15,18 +15,16 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
-use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::files::{self, Uploads};
+use crate::main_process::{self, LogTarget, MainSpec};
 use crate::protocol::{self, FrameReader, Request, Response, VERSION};
-use crate::session::{self, DEFAULT_PATH, Session};
+use crate::session::{self, Session};
 use crate::{describe, lock, reaper, say};
 
 /// Responses queued for the host before producers wait (at most 64 KiB each).
@@ -107,9 +105,9 @@ pub(crate) struct State {
     outbox: SyncSender<Outgoing>,
     outbox_rx: Mutex<Receiver<Outgoing>>,
     serials: AtomicU64,
-    /// How the entrypoint ended, repeated after every `HelloAck`: a host
-    /// that connects later learns it too.
-    entrypoint_exit: Mutex<Option<Response>>,
+    /// The main process's latest state, repeated after every `HelloAck`:
+    /// a host that connects later learns it too.
+    pub(crate) main_status: Mutex<Option<Response>>,
 }
 
 #[derive(Debug)]
@@ -155,7 +153,7 @@ impl Server {
                 outbox,
                 outbox_rx: Mutex::new(outbox_rx),
                 serials: AtomicU64::new(0),
-                entrypoint_exit: Mutex::new(None),
+                main_status: Mutex::new(None),
             }),
         }
     }
@@ -227,45 +225,14 @@ impl Server {
         session::kill_all(&self.state);
     }
 
-    /// Starts the boot entrypoint, its output going to our stderr (the
-    /// console as PID 1; never stdout, which may be the protocol stream).
-    /// Its end is reported to whichever host is connected then (or next),
-    /// and again after every `HelloAck`.
-    pub fn spawn_entrypoint(&self, argv: Vec<String>) {
-        let Some(program) = argv.first().cloned() else { return };
-        let mut cmd = Command::new(&program);
-        cmd.args(&argv[1..])
-            .env_clear()
-            .env("PATH", DEFAULT_PATH)
-            .env("HOME", "/root")
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .stdout(
-                io::stderr().as_fd().try_clone_to_owned().map(Stdio::from).unwrap_or_else(|_| Stdio::null()),
-            )
-            .process_group(0);
-        let (_child, exits) = match reaper::global().spawn(&mut cmd) {
-            Ok(spawned) => spawned,
-            Err(e) => {
-                let message = format!("cannot run the entrypoint {program:?}: {}", describe(&e));
-                say(&message);
-                self.state.send(None, Response::Error { id: None, message });
-                return;
-            }
-        };
-        say(&format!("entrypoint {program:?} started"));
-        let state = self.state.clone();
-        let _ = std::thread::Builder::new().name("entrypoint".into()).spawn(move || {
-            let Ok(exit) = exits.recv() else { return };
-            match (exit.code, exit.signal) {
-                (Some(code), _) => say(&format!("entrypoint exited with code {code}")),
-                (_, Some(signal)) => say(&format!("entrypoint was killed by signal {signal}")),
-                _ => say("entrypoint ended"),
-            }
-            let event = Response::EntrypointExited { code: exit.code, signal: exit.signal };
-            *lock(&state.entrypoint_exit) = Some(event.clone());
-            state.send(None, event);
-        });
+    /// Starts the main process and supervises it (see [`main_process`]):
+    /// each start and exit is reported to whichever host is connected then
+    /// (or next), and the latest again after every `HelloAck`.
+    pub fn spawn_main(&self, spec: MainSpec, log: impl FnOnce() -> LogTarget + Send + 'static) {
+        if spec.argv.is_empty() {
+            return;
+        }
+        main_process::supervise(self.state.clone(), spec, log);
     }
 
     /// Handles one request; `Some` ends the loop.
@@ -282,7 +249,7 @@ impl Server {
                     .map(|u| u.release().to_string_lossy().into_owned())
                     .unwrap_or_default();
                 state.send(None, Response::HelloAck { version: VERSION, nonce, hostname, kernel });
-                if let Some(event) = lock(&state.entrypoint_exit).clone() {
+                if let Some(event) = lock(&state.main_status).clone() {
                     state.send(None, event);
                 }
                 return None;

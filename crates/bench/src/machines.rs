@@ -328,6 +328,7 @@ async fn boot_through_hearth(
             no_network: true,
             ports: vec![],
             disk_mib: None,
+            ..CreateMachine::default()
         })
         .await?;
     loop {

@@ -312,8 +312,9 @@ impl Client {
         name: &str,
         follow: bool,
         tail: Option<usize>,
+        source: crate::types::LogSource,
     ) -> Result<impl Stream<Item = Result<Bytes, Error>> + Send + 'static, Error> {
-        let mut path = format!("/v1/machines/{}/logs?follow={follow}", encode_path(name));
+        let mut path = format!("/v1/machines/{}/logs?follow={follow}&source={source}", encode_path(name));
         if let Some(tail) = tail {
             path.push_str(&format!("&tail={tail}"));
         }

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::vmm::Backend;
 
+pub use hearth_agent::main_process::RestartPolicy;
+
 /// The store prefix of machine records.
 pub const PREFIX: &str = "machines/";
 
@@ -38,10 +40,23 @@ pub struct Spec {
     pub backend: Backend,
     pub cpus: u32,
     pub memory_mib: u32,
-    /// The program started at boot (from the image or `-- CMD`), if any.
+    /// The main process, started at boot (from the image's `Entrypoint`
+    /// and `Cmd`, or `-- CMD`), if any.
     pub entrypoint: Vec<String>,
-    /// Environment for the entrypoint and for `exec`, `KEY=VALUE`.
+    /// Environment for the main process and for `exec`, `KEY=VALUE`: the
+    /// image's, overridden by `--env`.
     pub env: Vec<String>,
+    /// The main process's working directory (the image's `WorkingDir` or
+    /// `--workdir`); `/` when absent.
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// Who the main process runs as (the image's `User` or `--user`): a
+    /// name or `uid[:gid]` of the guest; root when absent.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// When the agent starts the main process again after it ended.
+    #[serde(default)]
+    pub restart: RestartPolicy,
     /// A user-supplied kernel instead of the default.
     pub kernel: Option<String>,
     /// Remove the machine when it stops.
@@ -83,6 +98,82 @@ pub struct Status {
     pub kernel: Option<String>,
     /// Unix seconds of the last start.
     pub started_at: Option<u64>,
+    /// The main process, as the agent last reported it; absent until it
+    /// did, and for machines without one.
+    #[serde(default)]
+    pub main: Option<MainProcess>,
+}
+
+/// The main process's state in the record, from the agent's reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MainProcess {
+    pub state: MainState,
+    /// Its pid in the guest (the last one, once it ended).
+    pub pid: Option<u32>,
+    /// How its last run ended: an exit code, or a signal.
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// How many times the agent started it again.
+    pub restarts: u32,
+    /// Unix seconds (the host's clock) of its last start.
+    pub started_at: Option<u64>,
+    /// Why it could not start.
+    pub error: Option<String>,
+}
+
+/// Where the main process is in its life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MainState {
+    #[default]
+    Running,
+    /// Ended, not to be restarted (under its policy); the machine runs on.
+    Exited,
+    /// Ended, and about to be started again.
+    Restarting,
+    /// Could not start (no such program or user); not retried.
+    FailedToStart,
+}
+
+impl MainState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MainState::Running => "running",
+            MainState::Exited => "exited",
+            MainState::Restarting => "restarting",
+            MainState::FailedToStart => "failed-to-start",
+        }
+    }
+}
+
+impl MainProcess {
+    /// The record's view of an agent report. `previous` keeps the start
+    /// time of the same run: the agent repeats its last report after every
+    /// reconnection, which is not a new start.
+    pub fn from_report(report: &hearth_agent::protocol::MainStatus, previous: Option<&MainProcess>) -> Self {
+        use hearth_agent::protocol::MainState as Agent;
+        let state = match report.state {
+            Agent::Running => MainState::Running,
+            Agent::Exited => MainState::Exited,
+            Agent::Restarting => MainState::Restarting,
+            Agent::FailedToStart => MainState::FailedToStart,
+        };
+        let same_run = previous.is_some_and(|p| p.pid == report.pid && p.restarts == report.restarts);
+        let started_at = match previous {
+            Some(p) if same_run => p.started_at,
+            _ if state == MainState::Running => Some(now_unix()),
+            _ => previous.and_then(|p| p.started_at),
+        };
+        Self {
+            state,
+            pid: report.pid,
+            exit_code: report.code,
+            signal: report.signal,
+            restarts: report.restarts,
+            started_at,
+            error: report.error.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,6 +241,34 @@ pub(crate) fn now_unix() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_from_before_main_processes_still_parses() {
+        let old = r#"{"name":"n1","spec":{"image":"debian:bookworm","image_digest":"sha256:0","backend":"qemu-tcg",
+            "cpus":1,"memory_mib":512,"entrypoint":[],"env":[],"kernel":null,"auto_remove":false},
+            "desired":"running","status":{"state":"running","phase":null,"reason":null,"pid":7,
+            "boot_ms":null,"kernel":null,"started_at":null},"created_at":0}"#;
+        let rec: MachineRecord = serde_json::from_str(old).expect("an old record parses");
+        assert_eq!((rec.spec.restart, rec.spec.user, rec.status.main), (RestartPolicy::No, None, None));
+    }
+
+    #[test]
+    fn a_repeated_report_keeps_its_start_time_and_a_new_run_gets_one() {
+        use hearth_agent::protocol::{MainState as Agent, MainStatus};
+        let running = MainStatus { state: Agent::Running, pid: Some(40), ..Default::default() };
+        let first = MainProcess { started_at: Some(1), ..MainProcess::from_report(&running, None) };
+        let again = MainProcess::from_report(&running, Some(&first));
+        assert_eq!(again.started_at, Some(1), "a reconnection's repeat is not a new start");
+        let exited = MainStatus { state: Agent::Restarting, code: Some(3), ..running.clone() };
+        let ended = MainProcess::from_report(&exited, Some(&again));
+        assert_eq!(
+            (ended.state, ended.exit_code, ended.started_at),
+            (MainState::Restarting, Some(3), Some(1))
+        );
+        let next = MainStatus { pid: Some(41), restarts: 1, ..running };
+        let restarted = MainProcess::from_report(&next, Some(&ended));
+        assert!(restarted.started_at > Some(1), "{restarted:?}");
+    }
 
     #[test]
     fn names_are_host_names() {

@@ -6,8 +6,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{Agent, WAIT};
-use hearth_agent::client::{AgentClient, Event, ExecRequest, ExitStatus};
-use hearth_agent::cmdline::encode_cmd;
+use hearth_agent::client::{AgentClient, Event, ExecRequest, MainState};
+use hearth_agent::cmdline::{encode_cmd, encode_main};
+use hearth_agent::main_process::{MainSpec, RestartPolicy};
 use hearth_agent::protocol::{self, FrameReader, MAX_PAYLOAD, Request, Response, encode, write_frame};
 
 fn frame(request: &Request) -> Vec<u8> {
@@ -101,7 +102,7 @@ fn every_message_round_trips() {
         Response::Done { id: 3 },
         Response::Error { id: None, message: "no".into() },
         Response::Pong { nonce: 5 },
-        Response::EntrypointExited { code: Some(0), signal: None },
+        Response::Main(hearth_agent::protocol::MainStatus::default()),
     ];
     let mut bytes = Vec::new();
     requests.iter().for_each(|r| write_frame(&mut bytes, r).unwrap());
@@ -231,12 +232,61 @@ fn the_entrypoints_end_is_reported() {
     let agent = Agent::start_with(&["--entrypoint", &cmd]);
     let client = AgentClient::from_unix(agent.connect()).unwrap().with_timeout(WAIT);
     let events = client.take_events().unwrap();
-    // Reported when it happens (possibly before this connection) and again after hello.
+    // Reported when it happens (possibly before this connection) and again
+    // after hello: the latest state, whatever came before.
     client.hello().unwrap();
-    assert_eq!(
-        events.recv_timeout(WAIT).unwrap(),
-        Event::EntrypointExited(ExitStatus { code: Some(7), signal: None })
-    );
+    let status = loop {
+        match events.recv_timeout(WAIT).unwrap() {
+            Event::Main(status) if status.state == MainState::Running => continue,
+            Event::Main(status) => break status,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!((status.state, status.code, status.restarts), (MainState::Exited, Some(7), 0), "{status:?}");
+}
+
+#[test]
+fn a_failing_main_process_is_restarted_with_its_environment_and_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let workdir = dir.path().join("made");
+    let spec = MainSpec {
+        argv: vec!["sh".into(), "-c".into(), "echo \"$FOO $(pwd)\" >> ../seen; exit 3".into()],
+        env: vec!["FOO=bar".into()],
+        workdir: Some(workdir.display().to_string()),
+        user: None,
+        restart: RestartPolicy::OnFailure,
+    };
+    let agent = Agent::start_with(&["--main", &encode_main(&spec)]);
+    let client = AgentClient::from_unix(agent.connect()).unwrap().with_timeout(WAIT);
+    let events = client.take_events().unwrap();
+    client.hello().unwrap();
+    // 100 + 200 ms of backoff: the third run starts within a second.
+    let deadline = Instant::now() + WAIT;
+    let mut last = None;
+    while Instant::now() < deadline {
+        match events.recv_timeout(WAIT) {
+            Ok(Event::Main(status)) if status.restarts >= 2 => {
+                last = Some(status);
+                break;
+            }
+            Ok(Event::Main(status)) => last = Some(status),
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) => break,
+        }
+    }
+    let last = last.expect("no status came");
+    assert!(last.restarts >= 2, "{last:?}");
+    let seen = std::fs::read_to_string(dir.path().join("seen")).unwrap();
+    let first = seen.lines().next().unwrap_or_default();
+    assert_eq!(first, format!("bar {}", workdir.display()), "{seen}");
+    // A later status reports the last exit's code.
+    let exited = loop {
+        match events.recv_timeout(WAIT).unwrap() {
+            Event::Main(status) if status.state == MainState::Restarting => break status,
+            _ => continue,
+        }
+    };
+    assert_eq!(exited.code, Some(3), "{exited:?}");
 }
 
 #[test]

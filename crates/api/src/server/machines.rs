@@ -13,7 +13,7 @@ use hearth_client::types::{
     RemoveMachineQuery, RestoreSnapshot, Snapshot, SnapshotList, TakeSnapshot,
 };
 use hearth_machines::CreateRequest;
-use hearth_machines::record::{self, Desired, MachineRecord, SnapshotRecord};
+use hearth_machines::record::{self, Desired, MachineRecord, RestartPolicy, SnapshotRecord};
 use hearth_machines::vmm::{Backend, console};
 
 use super::AppState;
@@ -33,6 +33,28 @@ pub(crate) fn machine(r: MachineRecord) -> Machine {
         cpus: r.spec.cpus,
         memory_mib: r.spec.memory_mib,
         entrypoint: r.spec.entrypoint,
+        env: r.spec.env,
+        workdir: r.spec.workdir,
+        user: r.spec.user,
+        restart: match r.spec.restart {
+            RestartPolicy::No => wire::RestartPolicy::No,
+            RestartPolicy::OnFailure => wire::RestartPolicy::OnFailure,
+            RestartPolicy::Always => wire::RestartPolicy::Always,
+        },
+        main: r.status.main.map(|m| wire::MainProcess {
+            state: match m.state {
+                record::MainState::Running => wire::MainState::Running,
+                record::MainState::Exited => wire::MainState::Exited,
+                record::MainState::Restarting => wire::MainState::Restarting,
+                record::MainState::FailedToStart => wire::MainState::FailedToStart,
+            },
+            pid: m.pid,
+            exit_code: m.exit_code,
+            signal: m.signal,
+            restarts: m.restarts,
+            started_at: m.started_at,
+            error: m.error,
+        }),
         desired: match r.desired {
             Desired::Running => wire::Desired::Running,
             Desired::Stopped => wire::Desired::Stopped,
@@ -178,6 +200,9 @@ pub(crate) async fn create(
             "drop `no_network`, or the ports",
         ));
     }
+    let restart = body.restart.as_deref().map(str::parse::<RestartPolicy>).transpose().map_err(|e| {
+        ApiError::bad_request("invalid_field", format!("field `restart`: {e}"), "omit it for `no`")
+    })?;
     let name = body.name.unwrap_or_else(generate_name);
     let rec = state
         .machines()
@@ -195,6 +220,10 @@ pub(crate) async fn create(
             no_network: body.no_network,
             ports,
             disk_mib: body.disk_mib,
+            env: body.env,
+            workdir: body.workdir,
+            user: body.user,
+            restart: restart.unwrap_or_default(),
         })
         .await?;
     Ok((StatusCode::CREATED, axum::Json(machine(rec))))
@@ -253,50 +282,81 @@ pub(crate) async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The machine's serial console: what the kernel and the agent printed,
-/// kept to the last 4 MiB or so on the host (`console.log` and one rotated
-/// file); `tail` lines are read from the end, and `follow` goes on across
-/// rotations.
+/// The machine's logs: its serial console (what the kernel and the agent
+/// printed) and its main process's output, each kept to the last 4 MiB or
+/// so on the host (the log and one rotated file). `source` picks one or
+/// both (labelled per line); `tail` lines are read from the end of each,
+/// and `follow` goes on across rotations.
 #[utoipa::path(get, path = "/v1/machines/{name}/logs", tag = "machines",
     params(("name" = String, Path), LogsQuery),
-    responses((status = 200, description = "The console log", content_type = "text/plain"), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "The logs", content_type = "text/plain"),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn logs(
     State(state): State<AppState>,
     Path(name): Path<String>,
     ApiQuery(query): ApiQuery<LogsQuery>,
 ) -> Result<Response, ApiError> {
+    let source = match query.source.as_deref() {
+        None | Some("all") => console::Source::All,
+        Some("console") => console::Source::Console,
+        Some("main") => console::Source::Main,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_field",
+                format!("`source`: {other:?} is not a log"),
+                "give console, main or all",
+            ));
+        }
+    };
     state.machines().get(&name).await?;
-    let path = state.machines().console_log(&name);
+    // The console holds the main process's lines too where it has no log
+    // of its own (Firecracker): both are read whatever the source.
+    let paths = [(true, state.machines().console_log(&name)), (false, state.machines().main_log(&name))];
     let tail = query.tail;
-    let (head, follower) = tokio::task::spawn_blocking(move || console::read_end(&path, tail))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::internal(format!("cannot read the console log: {e}")))?;
+    let (head, followers) = tokio::task::spawn_blocking(move || {
+        let mut head = Vec::new();
+        let mut followers = Vec::new();
+        for (from_console, path) in paths {
+            let (text, follower) = console::read_end(&path, tail)?;
+            head.extend(console::render(source, from_console, &text));
+            followers.push((from_console, follower, console::Lines::default()));
+        }
+        Ok::<_, std::io::Error>((head, followers))
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(|e| ApiError::internal(format!("cannot read the machine's logs: {e}")))?;
     if !query.follow.unwrap_or(false) {
         return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], head).into_response());
     }
     let machines = state.machines().clone();
     let stop = state.shutting_down();
     let stream = futures::stream::unfold(
-        (Some(head), follower, machines, name, Box::pin(stop)),
-        |(first, mut follower, machines, name, mut stop)| async move {
+        (Some(head), followers, machines, name, Box::pin(stop)),
+        move |(first, mut followers, machines, name, mut stop)| async move {
             if let Some(first) = first.filter(|f| !f.is_empty()) {
-                return Some((Ok::<_, std::io::Error>(first), (None, follower, machines, name, stop)));
+                return Some((Ok::<_, std::io::Error>(first), (None, followers, machines, name, stop)));
             }
             loop {
                 let (read, back) = tokio::task::spawn_blocking(move || {
-                    let read = follower.read_new();
-                    (read, follower)
+                    let mut out = Vec::new();
+                    for (from_console, follower, lines) in &mut followers {
+                        match follower.read_new() {
+                            Ok(buf) => out.extend(console::render(source, *from_console, &lines.push(&buf))),
+                            Err(error) => return (Err(error), followers),
+                        }
+                    }
+                    (Ok(out), followers)
                 })
                 .await
                 .ok()?;
-                follower = back;
+                followers = back;
                 match read {
                     Ok(buf) if !buf.is_empty() => {
-                        return Some((Ok(buf), (None, follower, machines, name, stop)));
+                        return Some((Ok(buf), (None, followers, machines, name, stop)));
                     }
                     Ok(_) => {}
-                    Err(error) => return Some((Err(error), (None, follower, machines, name, stop))),
+                    Err(error) => return Some((Err(error), (None, followers, machines, name, stop))),
                 }
                 // The stream ends when the machine is removed or the daemon stops.
                 if machines.get(&name).await.is_err() {

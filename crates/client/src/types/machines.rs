@@ -38,6 +38,51 @@ wire_enum! {
     }
 }
 
+wire_enum! {
+    /// When the agent starts a machine's main process again after it ended.
+    RestartPolicy {
+        /// Never: it runs once.
+        No = "no",
+        /// After a non-zero exit or a signal.
+        OnFailure = "on-failure",
+        /// Whenever it ends.
+        Always = "always",
+    }
+}
+
+wire_enum! {
+    /// Where a machine's main process is in its life. Whatever it says,
+    /// the machine keeps running: exec into it to see why.
+    MainState {
+        Running = "running",
+        /// Ended, and not to be restarted under its policy.
+        Exited = "exited",
+        /// Ended, and about to be started again (after a backoff of 100 ms
+        /// doubling to 10 s).
+        Restarting = "restarting",
+        /// Could not start: no such program, user or directory. Not retried.
+        FailedToStart = "failed-to-start",
+    }
+}
+
+/// A machine's main process, as its agent last reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MainProcess {
+    pub state: MainState,
+    /// Its process id in the guest (the last run's, once it ended).
+    pub pid: Option<u32>,
+    /// The exit code of its last run, if it exited.
+    pub exit_code: Option<i32>,
+    /// The signal that ended its last run, if one did.
+    pub signal: Option<i32>,
+    /// How many times the agent started it again.
+    pub restarts: u32,
+    /// Unix seconds of its last start.
+    pub started_at: Option<u64>,
+    /// Why it could not start.
+    pub error: Option<String>,
+}
+
 /// A machine: what was asked for and what is observed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Machine {
@@ -48,8 +93,23 @@ pub struct Machine {
     pub backend: Backend,
     pub cpus: u32,
     pub memory_mib: u32,
-    /// The program started at boot, if any.
+    /// The main process's command, started at boot, if any.
     pub entrypoint: Vec<String>,
+    /// The main process's (and exec's) environment, `KEY=VALUE`.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// The main process's working directory; `/` when absent.
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// Who the main process runs as; root when absent.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// When the main process is started again.
+    #[serde(default = "default_restart")]
+    pub restart: RestartPolicy,
+    /// The main process's state, once the agent reported it.
+    #[serde(default)]
+    pub main: Option<MainProcess>,
     /// What the user asked for.
     pub desired: Desired,
     pub state: MachineState,
@@ -75,6 +135,10 @@ pub struct Machine {
     /// Unix seconds.
     pub created_at: u64,
     pub started_at: Option<u64>,
+}
+
+fn default_restart() -> RestartPolicy {
+    RestartPolicy::No
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -108,9 +172,25 @@ pub struct CreateMachine {
     /// Default 512.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mib: Option<u32>,
-    /// Run this at boot instead of the image's entrypoint.
+    /// The main process: run this at boot instead of the image's
+    /// entrypoint and command.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
+    /// `KEY=VALUE` for the main process and exec, over the image's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    /// The main process's working directory (absolute), instead of the image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// Who the main process runs as, instead of the image's user: a name or
+    /// `uid[:gid]` of the guest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// `no` (default), `on-failure` or `always`.
+    // A string here, as `backend` is, so that the daemon answers a wrong one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<RestartPolicy>)]
+    pub restart: Option<String>,
     /// `qemu-tcg`, `qemu-kvm` or `firecracker`; default: the best this host can run.
     // A `Backend` on the wire, but a string here, so that the daemon rather
     // than the JSON parser answers a wrong one, with its hint.
@@ -162,10 +242,24 @@ pub struct RemoveMachineQuery {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct LogsQuery {
-    /// Keep streaming as the console grows.
+    /// Keep streaming as the logs grow.
     pub follow: Option<bool>,
-    /// Only the last N lines first.
+    /// Only the last N lines (of each log) first.
     pub tail: Option<usize>,
+    /// `console` (the serial console, as it is), `main` (the main
+    /// process's output, each line `out| ` or `err| `) or `all` (default:
+    /// both, each line labelled `console| ` or `main `).
+    #[param(value_type = Option<LogSource>)]
+    pub source: Option<String>,
+}
+
+wire_enum! {
+    /// Which of a machine's logs.
+    LogSource {
+        Console = "console",
+        Main = "main",
+        All = "all",
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]

@@ -560,6 +560,7 @@ fn create_request(m: &file::Machine) -> CreateMachine {
         no_network: false,
         ports: m.ports.clone(),
         disk_mib: None,
+        ..CreateMachine::default()
     }
 }
 

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use futures::{SinkExt, StreamExt};
 use hearth_client::types::{
-    CreateMachine, ExecControl, ExecEnd, ExecStart, MAX_FILE_BYTES, Machine, NetworkAttachment, PullImage,
-    TermSize,
+    CreateMachine, ExecControl, ExecEnd, ExecStart, LogSource, MAX_FILE_BYTES, Machine, NetworkAttachment,
+    PullImage, TermSize,
 };
 use hearth_client::{Client, Error as ClientError};
 use tokio_tungstenite::tungstenite::Message;
@@ -19,8 +19,9 @@ mod ssh;
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum Command {
-    /// Create and start a machine from an image; with `-- CMD`, run CMD in it.
-    Run(RunArgs),
+    /// Create and start a machine from an image; its main process is the
+    /// image's entrypoint and command, or `-- CMD`.
+    Run(Box<RunArgs>),
     /// List machines.
     #[command(alias = "list")]
     Ls {
@@ -68,15 +69,22 @@ pub(crate) enum Command {
         #[arg(long)]
         name: Option<String>,
     },
-    /// Show the machine's serial console.
+    /// Show the machine's serial console and its main process's output,
+    /// each line labelled `console| ` or `main out| ` / `main err| `.
     Logs {
         name: String,
-        /// Keep printing as it grows.
+        /// Keep printing as they grow.
         #[arg(short, long)]
         follow: bool,
-        /// Only the last N lines.
+        /// Only the last N lines (of each).
         #[arg(long)]
         tail: Option<usize>,
+        /// Only the main process's output (`out| ` and `err| ` lines).
+        #[arg(long, conflicts_with = "console")]
+        main: bool,
+        /// Only the serial console, as it is.
+        #[arg(long)]
+        console: bool,
     },
 }
 
@@ -100,9 +108,24 @@ pub(crate) struct RunArgs {
     /// Boot this bzImage instead of Debian's cloud kernel.
     #[arg(long, value_name = "PATH")]
     kernel: Option<PathBuf>,
-    /// Remove the machine when it stops (or when CMD ends).
+    /// Remove the machine when it stops.
     #[arg(long)]
     rm: bool,
+    /// Restart the main process when it ends: no, on-failure or always.
+    /// The machine keeps running either way.
+    #[arg(long, value_name = "POLICY", default_value = "no")]
+    restart: String,
+    /// Set an environment variable for the main process (and exec), over
+    /// the image's: KEY=VALUE (repeatable).
+    #[arg(short, long, value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// The main process's working directory, instead of the image's.
+    #[arg(short = 'w', long, value_name = "DIR")]
+    workdir: Option<String>,
+    /// Run the main process as this user of the guest (name or uid[:gid]),
+    /// instead of the image's.
+    #[arg(short, long, value_name = "USER")]
+    user: Option<String>,
     /// Join this network (repeatable; NAME or NAME:IP); `none` for no network [default: default].
     #[arg(long = "network", value_name = "NAME[:IP]")]
     networks: Vec<String>,
@@ -120,7 +143,7 @@ pub(crate) struct RunArgs {
     json: bool,
     /// An image from `hearth image ls`; pulled from its registry if missing.
     image: String,
-    /// A command to run once the machine is up (after `--`).
+    /// The main process, instead of the image's entrypoint and command (after `--`).
     #[arg(last = true)]
     command: Vec<String>,
 }
@@ -185,7 +208,7 @@ fn parse_size_mib(text: &str, example: &str) -> Result<f64, String> {
 
 pub(crate) async fn run(client: &Client, data_dir: &Path, command: Command) -> anyhow::Result<i32> {
     match command {
-        Command::Run(args) => run_machine(client, args).await,
+        Command::Run(args) => run_machine(client, *args).await,
         Command::Ls { json } => {
             let list = client.machines().await?;
             if json {
@@ -277,8 +300,13 @@ pub(crate) async fn run(client: &Client, data_dir: &Path, command: Command) -> a
             report_up(&m?)
         }
         Command::Cp { source, destination } => copy(client, &source, &destination).await.map(|()| 0),
-        Command::Logs { name, follow, tail } => {
-            let mut stream = Box::pin(client.machine_logs(&name, follow, tail).await?);
+        Command::Logs { name, follow, tail, main, console } => {
+            let source = match (main, console) {
+                (true, _) => LogSource::Main,
+                (_, true) => LogSource::Console,
+                _ => LogSource::All,
+            };
+            let mut stream = Box::pin(client.machine_logs(&name, follow, tail, source).await?);
             let mut out = std::io::stdout();
             loop {
                 let next = tokio::select! {
@@ -322,15 +350,19 @@ async fn run_machine(client: &Client, args: RunArgs) -> anyhow::Result<i32> {
             image: args.image.clone(),
             cpus: Some(args.cpus),
             memory_mib: Some(args.memory),
-            command: None,
+            command: (!args.command.is_empty()).then(|| args.command.clone()),
             backend: args.backend.clone(),
             kernel: args.kernel.as_ref().map(|k| k.display().to_string()),
-            auto_remove: args.rm && args.command.is_empty(),
+            auto_remove: args.rm,
             no_start: false,
             networks,
             no_network,
             ports: args.ports.clone(),
             disk_mib: args.disk_size,
+            env: args.env.clone(),
+            workdir: args.workdir.clone(),
+            user: args.user.clone(),
+            restart: Some(args.restart.clone()),
         })
         .await?;
     let name = created.name.clone();
@@ -339,32 +371,11 @@ async fn run_machine(client: &Client, args: RunArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let m = wait_until_settled(client, &name, Duration::from_secs(180)).await?;
-    if args.command.is_empty() {
-        if args.json {
-            print_json(&m)?;
-            return Ok(0);
-        }
-        return report_up(&m);
+    if args.json {
+        print_json(&m)?;
+        return Ok(0);
     }
-    let code = exec(
-        client,
-        ExecArgs {
-            interactive: false,
-            tty: false,
-            env: vec![],
-            workdir: None,
-            name: name.clone(),
-            command: args.command,
-        },
-    )
-    .await;
-    if args.rm {
-        client
-            .remove_machine(&name, true)
-            .await
-            .with_context(|| format!("cannot remove {name} after the command"))?;
-    }
-    code
+    report_up(&m)
 }
 
 /// Pulls the image through the daemon if it is not there yet.
@@ -442,7 +453,41 @@ fn describe(m: &Machine) -> String {
     line("resources", format!("{} CPU, {} MiB", m.cpus, m.memory_mib));
     line("disk", m.disk_mib.map(|mib| format!("{mib} MiB")).unwrap_or_else(|| "the image's size".into()));
     if !m.entrypoint.is_empty() {
-        line("entrypoint", m.entrypoint.join(" "));
+        line("main", m.entrypoint.join(" "));
+        line("restart", m.restart.to_string());
+        if let Some(user) = &m.user {
+            line("user", user.clone());
+        }
+        if let Some(workdir) = &m.workdir {
+            line("workdir", workdir.clone());
+        }
+        match &m.main {
+            Some(p) => {
+                let mut state = p.state.to_string();
+                if let Some(pid) = p.pid {
+                    state.push_str(&format!(", pid {pid} in the guest"));
+                }
+                match (p.exit_code, p.signal) {
+                    (Some(code), _) if p.state != "running" => state.push_str(&format!(", exit code {code}")),
+                    (_, Some(signal)) if p.state != "running" => {
+                        state.push_str(&format!(", signal {signal}"))
+                    }
+                    _ => {}
+                }
+                state.push_str(&format!(", {} restarts", p.restarts));
+                line("main state", state);
+                if let Some(error) = &p.error {
+                    line("main error", error.clone());
+                }
+                if let Some(at) = p.started_at {
+                    line("main start", format!("{at} (unix seconds)"));
+                }
+            }
+            None => line("main state", "not reported yet".into()),
+        }
+    }
+    for pair in &m.env {
+        line("env", pair.clone());
     }
     if let Some(pid) = m.pid {
         line("vm pid", pid.to_string());

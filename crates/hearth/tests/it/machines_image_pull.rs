@@ -41,18 +41,40 @@ async fn a_pulled_image_boots_with_its_layers_and_config() {
     );
     let gone = daemon.cli(&["machine", "exec", "bb", "--", "/bin/busybox", "cat", "/etc/removed.txt"]);
     assert_ne!(gone.status.code(), Some(0), "the whiteout was not honoured");
-    // The image's environment reaches exec; its entrypoint ran at boot.
+    // The image's environment reaches exec; its entrypoint ran at boot, as
+    // the main process.
     assert_eq!(
         success(&daemon.cli(&["machine", "exec", "bb", "--", "/bin/sh", "-c", "echo $HEARTH"])),
         "1\n"
     );
     let m = daemon.client().machine("bb").await.expect("machine");
     assert_eq!(m.entrypoint, vec!["/bin/sh", "-c", "echo hello"]);
-    let logs = success(&daemon.cli(&["machine", "logs", "bb"]));
-    assert!(
-        logs.lines().any(|l| l.trim() == "hello"),
-        "the entrypoint's output is not on the console:\n{logs}"
-    );
+    let logs = success(&daemon.cli(&["machine", "logs", "--main", "bb"]));
+    assert!(logs.lines().any(|l| l.trim() == "out| hello"), "the entrypoint's output is not logged:\n{logs}");
+
+    // A command given at run replaces the image's, which keeps its working
+    // directory and environment; a uid need not be in /etc/passwd.
+    success(&daemon.cli(&[
+        "machine",
+        "run",
+        "--name",
+        "bb2",
+        "--user",
+        "1234:5",
+        &reference,
+        "--",
+        "/bin/sh",
+        "-c",
+        "pwd; echo $HEARTH; /bin/busybox id -u",
+    ]));
+    let exited = hearth_testkit::wait_until(std::time::Duration::from_secs(60), async || {
+        daemon.client().machine("bb2").await.ok().and_then(|m| m.main).is_some_and(|m| m.state == "exited")
+    })
+    .await;
+    let out = success(&daemon.cli(&["machine", "logs", "--main", "bb2"]));
+    assert!(exited, "{out}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["out| /etc", "out| 1", "out| 1234"], "{out}");
+    success(&daemon.cli(&["machine", "rm", "-f", "bb2"]));
 
     // An image in use cannot be removed; once unused it can.
     let err = failure(&daemon.cli(&["image", "rm", &reference]));

@@ -24,6 +24,7 @@ mod machines_disk;
 mod machines_firecracker;
 mod machines_image_pull;
 mod machines_lifecycle;
+mod machines_main;
 mod machines_snapshot;
 mod machines_ssh;
 mod networks_daemon;

@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hearth_agent::client::{AgentClient, HelloInfo};
+use hearth_agent::client::{AgentClient, Event, HelloInfo, MainStatus};
 use nix::sys::signal::Signal;
 
 use super::payload::{disk_file, kernel_cmdline, overlay};
 use super::{MIB, Machines, blocking, lock};
 use crate::Error;
-use crate::record::{MachineRecord, State, now_unix};
+use crate::record::{MachineRecord, MainProcess, State, now_unix};
 use crate::vmm::{self, Backend, VmConfig, VmFiles};
 
 /// Time a guest gets from launch to its agent's first answer.
@@ -89,9 +89,16 @@ impl Machines {
             &rec.spec.nics,
             &self.inner.networks.subnets().await?,
         ));
-        if !rec.spec.entrypoint.is_empty() {
-            cmdline.push_str(" hearth.cmd=");
-            cmdline.push_str(&hearth_agent::cmdline::encode_cmd(&rec.spec.entrypoint));
+        let spec = &rec.spec;
+        if let Some(main) = super::main_spec(
+            &spec.entrypoint,
+            &spec.env,
+            spec.workdir.as_deref(),
+            spec.user.as_deref(),
+            spec.restart,
+        ) {
+            cmdline.push_str(" hearth.main=");
+            cmdline.push_str(&hearth_agent::cmdline::encode_main(&main));
         }
         let config = VmConfig {
             name: name.to_owned(),
@@ -105,6 +112,8 @@ impl Machines {
             nics: rec.spec.nics.iter().map(|n| (n.tap.clone(), n.mac.clone())).collect(),
         };
         self.phase(name, &format!("starting the VM ({})", rec.spec.backend)).await?;
+        // A new boot: the last one's main process is history.
+        self.set_status(name, |s| s.main = None).await?;
         let launched = Instant::now();
         let firecracker = self.firecracker_binary();
         blocking(move || vmm::launch(backend, &firecracker, &config).map_err(Error::from)).await?;
@@ -163,6 +172,7 @@ impl Machines {
             }
         };
         let boot_ms = launched.elapsed().as_millis() as u64;
+        self.follow_agent_events(name, &client);
         lock(&self.inner.agents)
             .insert(name.to_owned(), Arc::new(client.with_timeout(hearth_agent::client::DEFAULT_TIMEOUT)));
         tracing::info!(machine = name, pid, boot_ms, backend = %rec.spec.backend, "Machine is running.");
@@ -231,6 +241,55 @@ impl Machines {
         })
         .await?;
         tracing::info!(machine = name, "Machine stopped.");
+        Ok(())
+    }
+
+    /// Writes what the agent reports about the main process into the
+    /// record, for as long as `client` is connected. The agent repeats its
+    /// latest report after every hello, so a reconnecting daemon catches up.
+    pub(super) fn follow_agent_events(&self, name: &str, client: &AgentClient) {
+        let Some(events) = client.take_events() else { return };
+        let (this, machine) = (self.clone(), name.to_owned());
+        let handle = tokio::runtime::Handle::current();
+        let spawned = std::thread::Builder::new().name("agent-events".into()).spawn(move || {
+            while let Ok(event) = events.recv() {
+                match event {
+                    Event::Main(report) => {
+                        if let Err(error) = handle.block_on(this.record_main(&machine, &report)) {
+                            tracing::warn!(machine, %error, "Could not record the main process's state.");
+                        }
+                    }
+                    Event::Error(message) => {
+                        tracing::debug!(machine, message, "The agent reported an error.")
+                    }
+                }
+            }
+        });
+        if let Err(error) = spawned {
+            tracing::warn!(machine = name, %error, "Cannot follow the agent's reports.");
+        }
+    }
+
+    async fn record_main(&self, name: &str, report: &MainStatus) -> Result<(), Error> {
+        let updated = self
+            .update(name, |rec| {
+                let main = MainProcess::from_report(report, rec.status.main.as_ref());
+                let changed = rec.status.main.as_ref() != Some(&main);
+                rec.status.main = Some(main);
+                changed
+            })
+            .await?;
+        if let Some(main) = updated.and_then(|rec| rec.status.main) {
+            tracing::info!(
+                machine = name,
+                state = main.state.as_str(),
+                pid = main.pid,
+                exit_code = main.exit_code,
+                signal = main.signal,
+                restarts = main.restarts,
+                "Main process reported."
+            );
+        }
         Ok(())
     }
 

@@ -27,7 +27,7 @@ use tokio::sync::Mutex;
 use crate::Error;
 use crate::image::ImageStore;
 use crate::probe::{self, HostReport};
-use crate::record::{self, Desired, MachineRecord, Spec, State, Status, now_unix};
+use crate::record::{self, Desired, MachineRecord, RestartPolicy, Spec, State, Status, now_unix};
 use crate::vmm::{self, Backend, VmFiles};
 
 mod boot;
@@ -58,7 +58,8 @@ pub struct Options {
     pub agent: Option<PathBuf>,
 }
 
-/// What `create` needs.
+/// What `create` needs. `Default` gives 1 CPU, 512 MiB, started, restart
+/// `no`, and the image's command, environment, directory and user.
 #[derive(Debug, Clone)]
 pub struct CreateRequest {
     pub name: String,
@@ -81,6 +82,52 @@ pub struct CreateRequest {
     pub ports: Vec<hearth_net::service::PortSpec>,
     /// The root disk's size in MiB, at least the image's; `None`: the image's.
     pub disk_mib: Option<u64>,
+    /// `KEY=VALUE`, over the image's environment.
+    pub env: Vec<String>,
+    /// Overrides the image's working directory.
+    pub workdir: Option<String>,
+    /// Overrides the image's user (a name or `uid[:gid]` of the guest).
+    pub user: Option<String>,
+    /// When the agent starts the main process again.
+    pub restart: RestartPolicy,
+}
+
+impl Default for CreateRequest {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            image: String::new(),
+            backend: None,
+            cpus: 1,
+            memory_mib: 512,
+            command: None,
+            kernel: None,
+            auto_remove: false,
+            start: true,
+            networks: Vec::new(),
+            no_network: false,
+            ports: Vec::new(),
+            disk_mib: None,
+            env: Vec::new(),
+            workdir: None,
+            user: None,
+            restart: RestartPolicy::No,
+        }
+    }
+}
+
+/// `env` with each of `overrides` replacing the variable of the same name
+/// (or added), in order: `KEY=VALUE` pairs, as images and `--env` give them.
+fn merge_env(env: &[String], overrides: &[String]) -> Vec<String> {
+    let key = |pair: &str| pair.split_once('=').map_or(pair, |(k, _)| k).to_owned();
+    let mut merged: Vec<String> = env.to_vec();
+    for pair in overrides {
+        match merged.iter_mut().find(|old| key(old) == key(pair)) {
+            Some(old) => old.clone_from(pair),
+            None => merged.push(pair.clone()),
+        }
+    }
+    merged
 }
 
 /// A cheap-to-clone handle to the machines service.
@@ -102,6 +149,8 @@ struct Inner {
     /// Machines with a boot or stop task in flight.
     busy: StdMutex<HashSet<String>>,
     agents: StdMutex<HashMap<String, Arc<AgentClient>>>,
+    /// Machines whose agent a background task is connecting to.
+    connecting: StdMutex<HashSet<String>>,
     /// The boot payload, prepared once (kernel download and initramfs
     /// assembly happen one at a time, under this lock).
     payload: Mutex<Option<Payload>>,
@@ -135,6 +184,7 @@ impl Machines {
                 locks: StdMutex::default(),
                 busy: StdMutex::default(),
                 agents: StdMutex::default(),
+                connecting: StdMutex::default(),
                 payload: Mutex::new(None),
             }),
         })
@@ -187,6 +237,11 @@ impl Machines {
     /// The machine's serial console log.
     pub fn console_log(&self, name: &str) -> PathBuf {
         VmFiles::in_dir(&self.dir(name)).console
+    }
+
+    /// The machine's main process's output (QEMU), each line `out| ` or `err| `.
+    pub fn main_log(&self, name: &str) -> PathBuf {
+        VmFiles::in_dir(&self.dir(name)).main_log
     }
 
     fn machine_lock(&self, name: &str) -> Arc<Mutex<()>> {
@@ -303,6 +358,39 @@ impl Machines {
             Some(cmd) => cmd,
             None => image.config.entrypoint.iter().chain(&image.config.cmd).cloned().collect(),
         };
+        for pair in &req.env {
+            if pair.split_once('=').is_none_or(|(key, _)| key.is_empty()) {
+                return Err(Error::Invalid(format!(
+                    "the environment variable {pair:?} is not KEY=VALUE: give it as --env KEY=VALUE"
+                )));
+            }
+        }
+        if req.user.as_deref().is_some_and(|u| u.is_empty() || u.contains(char::is_whitespace)) {
+            return Err(Error::Invalid(
+                "the user is empty or has spaces: give a user name or uid[:gid] of the guest".into(),
+            ));
+        }
+        if req.workdir.as_deref().is_some_and(|w| !w.starts_with('/')) {
+            return Err(Error::Invalid(format!(
+                "the working directory {:?} is not an absolute path: give one such as /srv",
+                req.workdir.as_deref().unwrap_or_default()
+            )));
+        }
+        let env = merge_env(&image.config.env, &req.env);
+        let workdir = req.workdir.or_else(|| image.config.working_dir.clone());
+        let user = req.user.or_else(|| image.config.user.clone());
+        let main = main_spec(&entrypoint, &env, workdir.as_deref(), user.as_deref(), req.restart);
+        if let Some(main) = &main {
+            let encoded = hearth_agent::cmdline::encode_main(main).len();
+            if encoded > hearth_agent::cmdline::MAX_MAIN {
+                return Err(Error::Invalid(format!(
+                    "the command, environment, working directory and user take {encoded} bytes on the guest's \
+                     kernel command line, over the {} hearth allows: shorten them, or put the environment in a \
+                     file in the image and source it from the command",
+                    hearth_agent::cmdline::MAX_MAIN
+                )));
+            }
+        }
         let rec = MachineRecord {
             name: req.name.clone(),
             spec: Spec {
@@ -312,7 +400,10 @@ impl Machines {
                 cpus: req.cpus,
                 memory_mib: req.memory_mib,
                 entrypoint,
-                env: image.config.env.clone(),
+                env,
+                workdir,
+                user,
+                restart: req.restart,
                 kernel: req.kernel.map(|k| k.display().to_string()),
                 auto_remove: req.auto_remove,
                 nics: Vec::new(),
@@ -487,6 +578,7 @@ impl Machines {
         let (client, _) = tokio::task::spawn_blocking(move || connect_agent(&files, backend, deadline))
             .await
             .map_err(|e| Error::Internal(e.to_string()))??;
+        self.follow_agent_events(name, &client);
         let client = Arc::new(client.with_timeout(hearth_agent::client::DEFAULT_TIMEOUT));
         lock(&self.inner.agents).insert(name.to_owned(), client.clone());
         Ok(client)
@@ -497,6 +589,24 @@ impl Machines {
     }
 }
 
+/// What the agent is told to run, or `None` for a machine without a main
+/// process.
+pub(crate) fn main_spec(
+    argv: &[String],
+    env: &[String],
+    workdir: Option<&str>,
+    user: Option<&str>,
+    restart: RestartPolicy,
+) -> Option<hearth_agent::main_process::MainSpec> {
+    (!argv.is_empty()).then(|| hearth_agent::main_process::MainSpec {
+        argv: argv.to_vec(),
+        env: env.to_vec(),
+        workdir: workdir.map(str::to_owned),
+        user: user.map(str::to_owned),
+        restart,
+    })
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Error> {
@@ -505,4 +615,16 @@ async fn blocking<T: Send + 'static>(
 
 fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_replace_the_images_variables_and_add_new_ones() {
+        let image = ["PATH=/usr/bin".to_owned(), "MODE=prod".to_owned()];
+        let merged = merge_env(&image, &["MODE=dev".to_owned(), "FOO=a=b".to_owned()]);
+        assert_eq!(merged, ["PATH=/usr/bin", "MODE=dev", "FOO=a=b"]);
+    }
 }

@@ -105,6 +105,8 @@ impl Machines {
             let files = VmFiles::in_dir(&self.dir(&rec.name));
             if vmm::running_pid(&files, &rec.name).is_some() {
                 rotate_console(&rec.name, files.console).await;
+                rotate_console(&rec.name, files.main_log).await;
+                self.keep_agent_connected(&rec.name);
                 continue;
             }
             self.forget_agent(&rec.name);
@@ -123,6 +125,25 @@ impl Machines {
                 .await;
             self.kick(&rec.name);
         }
+    }
+
+    /// Connects to a running machine's agent if no connection is open (a
+    /// machine adopted after a daemon restart, a connection that broke), so
+    /// that its reports about the main process keep reaching the record.
+    fn keep_agent_connected(&self, name: &str) {
+        if lock(&self.inner.agents).get(name).is_some_and(|c| !c.is_closed()) {
+            return;
+        }
+        if !lock(&self.inner.connecting).insert(name.to_owned()) {
+            return;
+        }
+        let (this, name) = (self.clone(), name.to_owned());
+        tokio::spawn(async move {
+            if let Err(error) = this.agent(&name).await {
+                tracing::debug!(machine = name, %error, "Could not reach the agent; trying again.");
+            }
+            lock(&this.inner.connecting).remove(&name);
+        });
     }
 
     pub(super) fn is_busy(&self, name: &str) -> bool {

@@ -181,9 +181,90 @@ impl Follower {
     }
 }
 
+/// Which of a machine's logs to show.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Source {
+    /// The serial console: the kernel and the agent.
+    Console,
+    /// The main process's output, each line `out| ` or `err| `.
+    Main,
+    /// Both, each line labelled `console| ` or `main `.
+    #[default]
+    All,
+}
+
+/// Renders lines read from a log for `source`: `from_console` says whether
+/// they came from `console.log`, where the main process's lines are the
+/// ones prefixed [`hearth_agent::main_process::CONSOLE_PREFIX`] (machines
+/// without a `main.log`: Firecracker), or from `main.log`. The last line
+/// counts as a line even without its newline.
+pub fn render(source: Source, from_console: bool, text: &[u8]) -> Vec<u8> {
+    let prefix = hearth_agent::main_process::CONSOLE_PREFIX.as_bytes();
+    let mut out = Vec::with_capacity(text.len() + text.len() / 8);
+    for line in text.split_inclusive(|b| *b == b'\n') {
+        let main = if from_console { line.strip_prefix(prefix) } else { Some(line) };
+        let (label, line): (&[u8], &[u8]) = match (source, main) {
+            (Source::Console, None) | (Source::Main, Some(_)) => (b"", main.unwrap_or(line)),
+            (Source::All, None) => (b"console| ", line),
+            (Source::All, Some(main)) => (b"main ", main),
+            (Source::Console, Some(_)) | (Source::Main, None) => continue,
+        };
+        out.extend_from_slice(label);
+        out.extend_from_slice(line);
+        if !line.ends_with(b"\n") {
+            out.push(b'\n');
+        }
+    }
+    out
+}
+
+/// Holds back an unfinished last line until its end arrives, so that
+/// [`render`] labels whole lines.
+#[derive(Debug, Default)]
+pub struct Lines {
+    partial: Vec<u8>,
+}
+
+impl Lines {
+    /// The complete lines so far, with `chunk` appended.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
+        self.partial.extend_from_slice(chunk);
+        match self.partial.iter().rposition(|b| *b == b'\n') {
+            Some(end) => {
+                let rest = self.partial.split_off(end + 1);
+                std::mem::replace(&mut self.partial, rest)
+            }
+            None => Vec::new(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn main_lines_are_told_apart_from_the_console_and_labelled() {
+        let console = b"[ 0.1] booting\nhearth-main out| from firecracker\nhearth-agent: ready";
+        let main = b"out| hello\nerr| oops\n";
+        let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+        assert_eq!(text(render(Source::Console, true, console)), "[ 0.1] booting\nhearth-agent: ready\n");
+        assert_eq!(text(render(Source::Main, true, console)), "out| from firecracker\n");
+        assert_eq!(text(render(Source::Main, false, main)), "out| hello\nerr| oops\n");
+        assert_eq!(
+            text(render(Source::All, true, console)),
+            "console| [ 0.1] booting\nmain out| from firecracker\nconsole| hearth-agent: ready\n"
+        );
+        assert_eq!(text(render(Source::All, false, main)), "main out| hello\nmain err| oops\n");
+    }
+
+    #[test]
+    fn a_followed_line_is_labelled_once_it_is_whole() {
+        let mut lines = Lines::default();
+        assert_eq!(lines.push(b"out| hel"), b"");
+        assert_eq!(lines.push(b"lo\nerr| oo"), b"out| hello\n");
+        assert_eq!(lines.push(b"ps\n"), b"err| oops\n");
+    }
 
     fn lines(from: usize, to: usize) -> String {
         (from..to).map(|i| format!("line {i}\n")).collect()

@@ -91,6 +91,9 @@ pub struct VmFiles {
     pub control: PathBuf,
     /// Everything the guest printed on its serial console.
     pub console: PathBuf,
+    /// The main process's output, line by line, marked `out| ` or `err| `
+    /// (QEMU's `hearth.main` port; on Firecracker it is on the console).
+    pub main_log: PathBuf,
 }
 
 impl VmFiles {
@@ -101,6 +104,7 @@ impl VmFiles {
             vsock: dir.join(firecracker::VSOCK),
             control: dir.join("control.sock"),
             console: dir.join("console.log"),
+            main_log: dir.join("main.log"),
         }
     }
 }

@@ -113,6 +113,13 @@ pub fn args(backend: Backend, config: &VmConfig, confined: &Confinement<'_>) -> 
         format!("socket,id=agent,path={},server=on,wait=off", p(&files.agent)),
         "-device".into(),
         "virtserialport,chardev=agent,name=hearth.agent".into(),
+        // The main process's output: a file QEMU opens before it drops its
+        // privileges, as it does the console, so it lands on the host even
+        // while no daemon runs.
+        "-chardev".into(),
+        format!("file,id=main,path={},append=on", p(&files.main_log)),
+        "-device".into(),
+        format!("virtserialport,chardev=main,name={}", hearth_agent::main_process::LOG_PORT),
         "-qmp".into(),
         format!("unix:{},server=on,wait=off", p(&files.control)),
         "-sandbox".into(),
@@ -357,6 +364,10 @@ mod tests {
             assert!(a.contains("-name hearth-n1,process=hearth-n1"), "{a}");
             assert!(!a.contains("-daemonize"), "QEMU may not fork under its filter: {a}");
             assert!(a.contains("path=/m/n1/agent.sock,server=on,wait=off"), "{a}");
+            assert!(
+                a.contains("-chardev file,id=main,path=/m/n1/main.log,append=on -device virtserialport,chardev=main,name=hearth.main"),
+                "{a}"
+            );
             assert!(a.contains("-m 512M -nodefaults"), "{a}");
             assert!(a.contains("file=/m/n1/disk.qcow2,if=none,id=root,format=qcow2"), "{a}");
         }

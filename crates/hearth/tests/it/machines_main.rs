@@ -1,0 +1,137 @@
+//! A machine's main process (issue 14, item 1): run by the agent with its
+//! environment, directory and user, restarted under its policy, its state in
+//! `machine inspect` (surviving a daemon restart), its output in `machine
+//! logs` apart from the console.
+
+use std::time::Duration;
+
+use hearth_client::types::Machine;
+use hearth_testkit::{Daemon, success, wait_until};
+
+const BIN: &str = env!("CARGO_BIN_EXE_hearth");
+/// Boot under software emulation, plus the main process's first runs.
+const LIMIT: Duration = Duration::from_secs(180);
+
+async fn main_state(daemon: &Daemon, name: &str) -> Option<hearth_client::types::MainProcess> {
+    daemon.client().machine(name).await.ok().and_then(|m: Machine| m.main)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_main_process_is_restarted_and_its_output_is_logged_apart_from_the_console() {
+    let mut daemon = Daemon::start(BIN).await;
+    let image = daemon.ensure_debian_image().await;
+    let script = "echo hello-from-main; echo oops-from-main >&2; exit 3";
+    success(&daemon.cli(&[
+        "machine",
+        "run",
+        "--name",
+        "crashy",
+        "--memory",
+        "256M",
+        "--restart",
+        "on-failure",
+        &image,
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]));
+    let counted =
+        wait_until(LIMIT, async || main_state(&daemon, "crashy").await.is_some_and(|m| m.restarts >= 2))
+            .await;
+    let main = main_state(&daemon, "crashy").await;
+    assert!(counted, "the restarts do not count up: {main:?}\n{}", daemon.log());
+    let main = main.expect("main");
+    assert!(main.state == "running" || main.state == "restarting", "{main:?}");
+    assert!(main.pid.is_some() && main.started_at.is_some(), "{main:?}");
+
+    let inspect = success(&daemon.cli(&["machine", "inspect", "crashy"]));
+    assert!(inspect.contains("restart     on-failure") && inspect.contains("restarts"), "{inspect}");
+    let json: serde_json::Value =
+        serde_json::from_str(&success(&daemon.cli(&["machine", "inspect", "--json", "crashy"])))
+            .expect("json");
+    assert!(json["main"]["restarts"].as_u64() >= Some(2), "{json}");
+
+    // Its output, marked per stream, in its own log and not the console's.
+    let main_log = success(&daemon.cli(&["machine", "logs", "--main", "crashy"]));
+    let lines: Vec<&str> = main_log.lines().collect();
+    assert!(lines.contains(&"out| hello-from-main"), "{main_log}");
+    assert!(lines.contains(&"err| oops-from-main"), "{main_log}");
+    let console = success(&daemon.cli(&["machine", "logs", "--console", "crashy"]));
+    assert!(console.contains("hearth-agent: ready"), "{console}");
+    assert!(!console.contains("hello-from-main") && !console.contains("oops-from-main"), "{console}");
+    let both = success(&daemon.cli(&["machine", "logs", "crashy"]));
+    assert!(both.lines().any(|l| l == "main out| hello-from-main"), "{both}");
+    assert!(both.lines().any(|l| l == "console| hearth-agent: ready"), "{both}");
+
+    // The record is the truth across a daemon restart, and the agent tells
+    // the new daemon about the restarts it made meanwhile.
+    let before = main.restarts;
+    daemon.restart().await;
+    let caught_up =
+        wait_until(LIMIT, async || main_state(&daemon, "crashy").await.is_some_and(|m| m.restarts > before))
+            .await;
+    assert!(caught_up, "{:?}\n{}", main_state(&daemon, "crashy").await, daemon.log());
+    // The machine itself runs on whatever its main process does.
+    assert_eq!(daemon.client().machine("crashy").await.expect("machine").state, "running");
+    success(&daemon.cli(&["machine", "rm", "-f", "crashy"]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_main_process_runs_with_its_env_workdir_and_user_and_a_missing_user_is_reported() {
+    let daemon = Daemon::start(BIN).await;
+    let image = daemon.ensure_debian_image().await;
+    success(&daemon.cli(&[
+        "machine",
+        "run",
+        "-d",
+        "--name",
+        "who",
+        "--memory",
+        "256M",
+        "--env",
+        "FOO=bar",
+        "--workdir",
+        "/srv/app",
+        "--user",
+        "nobody",
+        &image,
+        "--",
+        "sh",
+        "-c",
+        "id -u; pwd; echo \"$FOO\"; exit 3",
+    ]));
+    success(&daemon.cli(&[
+        "machine", "run", "-d", "--name", "ghost", "--memory", "256M", "--user", "ghost", &image, "--",
+        "true",
+    ]));
+
+    let ended =
+        wait_until(LIMIT, async || main_state(&daemon, "who").await.is_some_and(|m| m.state == "exited"))
+            .await;
+    let main = main_state(&daemon, "who").await;
+    assert!(ended, "{main:?}\n{}", daemon.log());
+    let main = main.expect("main");
+    assert_eq!((main.exit_code, main.restarts), (Some(3), 0), "--restart no is the default: {main:?}");
+    let out = success(&daemon.cli(&["machine", "logs", "--main", "who"]));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines, ["out| 65534", "out| /srv/app", "out| bar"], "{out}");
+    let m = daemon.client().machine("who").await.expect("machine");
+    assert_eq!((m.user.as_deref(), m.workdir.as_deref()), (Some("nobody"), Some("/srv/app")), "{m:?}");
+    assert!(m.env.contains(&"FOO=bar".to_owned()), "{m:?}");
+    assert_eq!(m.state, "running", "a machine outlives its main process");
+
+    let failed = wait_until(LIMIT, async || {
+        main_state(&daemon, "ghost").await.is_some_and(|m| m.state == "failed-to-start")
+    })
+    .await;
+    let main = main_state(&daemon, "ghost").await;
+    assert!(failed, "{main:?}\n{}", daemon.log());
+    let error = main.and_then(|m| m.error).unwrap_or_default();
+    assert!(error.contains("\"ghost\" is not in the machine's /etc/passwd"), "{error}");
+    let inspect = success(&daemon.cli(&["machine", "inspect", "ghost"]));
+    assert!(inspect.contains("failed-to-start") && inspect.contains("main error"), "{inspect}");
+    for name in ["who", "ghost"] {
+        success(&daemon.cli(&["machine", "rm", "-f", name]));
+    }
+}
