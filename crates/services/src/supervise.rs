@@ -600,20 +600,19 @@ impl Services {
     ) {
         let Some(template) = &def.template else { return };
         let name = instance.machine.clone().unwrap_or_else(|| instance.id.clone());
+        // The agent restarts the main process whenever it ends (with its
+        // own backoff); the supervisor replaces the machine when that is
+        // not enough (it fails, or its checks stay critical).
         let request = CreateRequest {
             name: name.clone(),
             image: template.image.clone(),
-            backend: None,
             cpus: template.cpus,
             memory_mib: template.memory_mib,
             command: template.command.clone(),
-            kernel: None,
-            auto_remove: false,
-            start: true,
             networks: template.network.iter().map(|n| (n.clone(), None)).collect(),
-            no_network: false,
-            ports: vec![],
-            disk_mib: None,
+            env: template.env.clone(),
+            restart: hearth_machines::record::RestartPolicy::Always,
+            ..CreateRequest::default()
         };
         match self.inner.machines.create(request).await {
             Ok(_) => {
