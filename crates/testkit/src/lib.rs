@@ -289,12 +289,15 @@ impl Daemon {
         shared_cache_dir(&self.bin)
     }
 
-    /// Makes sure the test image (Debian bookworm with ping, netcat and
-    /// iproute2) is in the shared cache, building it once (under a lock, so
+    /// Makes sure the test image (Debian bookworm with ping, netcat,
+    /// iproute2, and busybox for its httpd) is in the shared cache, building it once (under a lock, so
     /// parallel tests do not build it twice).
     pub async fn ensure_debian_image(&self) -> String {
-        self.ensure_debian_image_with("hearth-test-debian:bookworm", "iputils-ping,netcat-openbsd,iproute2")
-            .await
+        self.ensure_debian_image_with(
+            "hearth-test-debian:bookworm-2",
+            "iputils-ping,netcat-openbsd,iproute2,busybox",
+        )
+        .await
     }
 
     /// Makes sure a Debian bookworm image named `image`, with `packages`

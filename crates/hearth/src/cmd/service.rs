@@ -2,10 +2,13 @@
 
 use std::time::{Duration, Instant};
 
+use std::io::Write as _;
+
 use anyhow::bail;
+use futures::StreamExt as _;
 use hearth_client::Client;
 use hearth_client::types::{
-    CreateService, DeployService, EndpointsQuery, Health, Heartbeat, RegisterInstance, RolloutState,
+    CreateService, DeployService, EndpointsQuery, Health, Heartbeat, LogSource, RegisterInstance, RolloutState,
     ServiceDetail,
 };
 
@@ -97,6 +100,20 @@ pub(crate) enum Command {
     Rm {
         #[arg(required = true)]
         names: Vec<String>,
+    },
+    /// The output of every instance's main process, each line prefixed with
+    /// its instance.
+    Logs {
+        name: String,
+        /// Keep printing as they grow (instances made later are not followed).
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines of each instance.
+        #[arg(long)]
+        tail: Option<usize>,
+        /// The consoles too, not only the main processes.
+        #[arg(long)]
+        all: bool,
     },
     /// Print the passing instances each time they change (a blocking query).
     Watch {
@@ -249,6 +266,47 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<()>
             for name in names {
                 client.remove_service(&name).await?;
                 println!("removed service {name}");
+            }
+        }
+        Command::Logs { name, follow, tail, all } => {
+            let detail = client.service(&name).await?;
+            let machines: Vec<String> = detail.instances.iter().filter_map(|i| i.machine.clone()).collect();
+            if machines.is_empty() {
+                bail!("service {name} has no machines to show logs of; `hearth service inspect {name}` lists its instances");
+            }
+            let source = if all { LogSource::All } else { LogSource::Main };
+            let width = machines.iter().map(String::len).max().unwrap_or(0);
+            let mut streams = Vec::new();
+            for machine in machines {
+                let stream = client.machine_logs(&machine, follow, tail, source).await?;
+                let prefix = format!("{machine:<width$} | ");
+                streams.push(Box::pin(stream.map(move |chunk| (prefix.clone(), chunk))));
+            }
+            let mut merged = futures::stream::select_all(streams);
+            // Each instance's partial last line, until its newline comes.
+            let mut partial: std::collections::HashMap<String, Vec<u8>> = std::collections::HashMap::new();
+            let mut out = std::io::stdout();
+            loop {
+                let next = tokio::select! {
+                    next = merged.next() => next,
+                    _ = tokio::signal::ctrl_c() => break,
+                };
+                let Some((prefix, chunk)) = next else { break };
+                let buffer = partial.entry(prefix.clone()).or_default();
+                buffer.extend_from_slice(&chunk?);
+                while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buffer.drain(..=end).collect();
+                    out.write_all(prefix.as_bytes())?;
+                    out.write_all(&line)?;
+                }
+                out.flush()?;
+            }
+            for (prefix, rest) in partial {
+                if !rest.is_empty() {
+                    out.write_all(prefix.as_bytes())?;
+                    out.write_all(&rest)?;
+                    out.write_all(b"\n")?;
+                }
             }
         }
         Command::Watch { name, once, json } => {

@@ -266,10 +266,10 @@ async fn the_etcd_example_elects_a_new_leader_when_the_old_one_is_cut_off() {
 async fn a_lab_service_comes_up_passing_again_without_change_and_goes_down_with_its_machines() {
     let daemon = Daemon::start_with_default_network(BIN).await;
     let image = daemon.ensure_debian_image().await;
-    let server = "while true; do printf 'HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok' | nc -l -p 8080 -q 1 >/dev/null 2>&1; done";
+    let server = "mkdir -p /www && echo ok > /www/index.html && exec busybox httpd -f -p 8080 -h /www";
     let text = format!(
         "[[service]]\nname = \"svc\"\nimage = \"{image}\"\ncount = 2\nport = 8080\nchecks = [\"http:/,interval=1s,failures=3\"]\ncommand = [\"sh\", \"-c\", \"{}\"]\n",
-        server.replace('\\', "\\\\")
+        server
     );
     let file = lab_file(&daemon, "withsvc", &text);
     let out = success(&daemon.cli(&["lab", "up", path_arg(&file)]));

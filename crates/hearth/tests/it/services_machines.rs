@@ -9,9 +9,23 @@ use hearth_testkit::{Daemon, failure, success, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hearth");
 
-/// An HTTP server in a few lines of shell: netcat answers each connection
-/// with a 200 and closes it.
-const SERVER: &str = "while true; do printf 'HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\nConnection: close\\r\\n\\r\\nok' | nc -l -p 8080 -q 1 >/dev/null 2>&1; done";
+/// An HTTP server: busybox's httpd, answering `GET /` with `body`.
+fn server(body: &str) -> String {
+    format!("mkdir -p /www && echo {body} > /www/index.html && exec busybox httpd -f -p 8080 -h /www")
+}
+
+/// One `GET /` through the ingress for `host`: the status and the body.
+async fn get(ingress: &str, host: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(ingress).await?;
+    let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await?;
+    let status = answer.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.trim().to_string()).unwrap_or_default();
+    Ok((status, body))
+}
 
 async fn passing(daemon: &Daemon, service: &str) -> Vec<String> {
     match daemon.client().service_endpoints(service, &EndpointsQuery::default()).await {
@@ -38,13 +52,13 @@ async fn a_service_of_machines_is_kept_at_count_and_a_dead_vm_is_replaced() {
         "--port",
         "8080",
         "--check",
-        "http:/,interval=500ms,timeout=400ms,failures=3",
+        "http:/,interval=500ms,timeout=400ms,failures=2",
         "--tag",
         "frontend",
         "--",
         "sh",
         "-c",
-        SERVER,
+        &server("v1"),
     ]));
     assert!(out.contains("2/2 passing"), "{out}");
     assert_eq!(passing(&daemon, "web").await, ["web-1", "web-2"]);
@@ -104,13 +118,6 @@ async fn a_service_of_machines_is_kept_at_count_and_a_dead_vm_is_replaced() {
     assert!(client.services().await.expect("ls").services.is_empty());
 }
 
-fn server(body: &str) -> String {
-    format!(
-        "while true; do printf 'HTTP/1.1 200 OK\\r\\nContent-Length: {}\\r\\nConnection: close\\r\\n\\r\\n{body}' | nc -l -p 8080 -q 1 >/dev/null 2>&1; done",
-        body.len()
-    )
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rolling_deploy_keeps_the_count_passing_and_a_broken_version_rolls_back() {
     let daemon = Daemon::start_with_default_network(BIN).await;
@@ -141,8 +148,33 @@ async fn a_rolling_deploy_keeps_the_count_passing_and_a_broken_version_rolls_bac
         })
     };
 
+    // Steady load through the ingress for the whole rollout: no request fails.
+    let ingress = client.status().await.expect("status").ingress.expect("an ingress");
+    assert_eq!(get(&ingress, "api.localhost").await.expect("a request"), (200, "v1".to_string()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let (ingress, stop) = (ingress.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    match get(&ingress, "api.localhost").await {
+                        Ok((200, _)) => ok += 1,
+                        other => failed.push(format!("{other:?}")),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
     let v2 = server("v2");
     let out = success(&daemon.cli(&["service", "deploy", "api", "--", "sh", "-c", &v2]));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for task in load {
+        let (ok, failed) = task.await.expect("join");
+        assert!(ok > 0 && failed.is_empty(), "{ok} answered, failed: {failed:?}");
+    }
+    assert_eq!(get(&ingress, "api.localhost").await.expect("a request"), (200, "v2".to_string()));
     assert!(out.contains("version 2 on 2/2"), "{out}");
     let detail = client.service("api").await.expect("api");
     assert_eq!(detail.instances.len(), 2, "{detail:?}");
