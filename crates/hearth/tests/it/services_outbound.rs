@@ -2,19 +2,21 @@
 //! `http://NAME.service.hearth/` and reaches the service's passing
 //! instances, balanced, with `Host` as it wrote it; an app that does not
 //! declare it is refused with the entry to add; a service that is gone
-//! fails the call clearly. Through the real binary.
+//! fails the call clearly. A workflow's `http-call` does the same. Through
+//! the real binary.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use hearth_testkit::{Daemon, success, wait_until};
+use hearth_testkit::{Daemon, failure, success, wait_until};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::apps_triggers::kitchen;
 use crate::services_routing::{Backend, ingress_port};
+use crate::workflows_support as support;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hearth");
 
@@ -118,4 +120,63 @@ async fn an_app_calls_a_declared_service_by_name_and_is_balanced_over_its_instan
         lines.iter().any(|l| l.contains("services are reached over http only")),
         "the https refusal is not logged: {lines:#?}"
     );
+}
+
+/// Deploys the `steps` test workflow as `name`, with `manifest` if any.
+fn deploy_steps(daemon: &Daemon, dir: &Path, name: &str, manifest: Option<&str>) {
+    let wasm = dir.join("steps.wasm");
+    std::fs::write(&wasm, &support::guests().steps).expect("write the guest");
+    if let Some(manifest) = manifest {
+        std::fs::write(dir.join("hearth.toml"), manifest).expect("write hearth.toml");
+    }
+    success(&daemon.cli(&["workflow", "deploy", name, wasm.to_str().expect("a UTF-8 path")]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workflow_calls_a_declared_service_by_name_in_turn() {
+    let daemon = Daemon::start(BIN).await;
+    let client = daemon.client();
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    for (backend, id) in [(&a, "backend-a"), (&b, "backend-b")] {
+        client.register_instance("backend", &backend.register(id)).await.expect("register");
+    }
+    let declared = tempfile::tempdir().expect("tempdir");
+    deploy_steps(&daemon, declared.path(), "caller", Some("outbound = [\"service:backend\"]\n"));
+    let undeclared = tempfile::tempdir().expect("tempdir");
+    deploy_steps(&daemon, undeclared.path(), "stranger", None);
+    let input = "three:http://backend.service.hearth";
+
+    // Three activities, taken in turn by the two instances, each with the
+    // URL's host.
+    let out = success(&daemon.cli(&["workflow", "start", "caller", "--input", input, "--wait"]));
+    let answers: Vec<&str> = out.trim().split('+').collect();
+    assert_eq!(answers.len(), 3, "{out}");
+    for (step, answer) in answers.iter().enumerate() {
+        let request = format!("POST /step/{} HTTP/1.1 host=backend.service.hearth ", step + 1);
+        assert!(answer.contains(&request), "{answer}");
+    }
+    let by: BTreeSet<&str> = answers.iter().filter_map(|a| a.split(' ').next()).collect();
+    assert_eq!(by, BTreeSet::from(["a", "b"]), "{out}");
+
+    // Not declared: the call fails with the entry to add.
+    let out = failure(&daemon.cli(&["workflow", "start", "stranger", "--input", input, "--wait"]));
+    assert!(out.contains("add \"service:backend\" to `outbound`"), "{out}");
+
+    // A bad declaration is refused at deploy, saying what to write.
+    let bad = tempfile::tempdir().expect("tempdir");
+    std::fs::write(bad.path().join("steps.wasm"), &support::guests().steps).expect("write the guest");
+    std::fs::write(bad.path().join("hearth.toml"), "outbound = [\"service:Back_end\"]\n").expect("write");
+    let wasm = bad.path().join("steps.wasm");
+    let out = failure(&daemon.cli(&["workflow", "deploy", "bad", wasm.to_str().expect("a UTF-8 path")]));
+    assert!(out.contains("service name \"Back_end\" is not valid"), "{out}");
+
+    // The service removed: the call fails, saying so.
+    success(&daemon.cli(&["service", "rm", "backend"]));
+    let gone = wait_until(Duration::from_secs(10), async || {
+        let out = daemon.cli(&["workflow", "start", "caller", "--input", input, "--wait"]);
+        String::from_utf8_lossy(&out.stderr).contains("the service \"backend\" has no passing instance")
+    })
+    .await;
+    assert!(gone, "a removed service is still called");
 }
