@@ -52,6 +52,8 @@ pub(crate) struct AppCtx {
     pub(crate) outbound: Vec<OutboundRule>,
     /// Resolves the host names of outgoing requests.
     pub(crate) resolver: Arc<dyn Resolve>,
+    /// The services' passing instances, for `NAME.service.hearth`.
+    pub(crate) services: Arc<crate::ingress::Upstreams>,
     pub(crate) limits: Limits,
     pub(crate) log: Arc<AppLog>,
 }
@@ -227,7 +229,8 @@ impl WasiHttpHooks for Outbound {
 
 /// Sends one outgoing request of `app`: the allow-list by name, then one
 /// lookup whose every address is checked, then a connection to those
-/// addresses.
+/// addresses. A host under `service.hearth` is not looked up: it goes to
+/// one of the service's passing instances, if the manifest declares it.
 async fn send_request(
     app: Arc<AppCtx>,
     request: http::Request<wasmtime_wasi_http::WasiBody>,
@@ -237,6 +240,21 @@ async fn send_request(
     let scheme = uri.scheme_str().unwrap_or("http").to_ascii_lowercase();
     let host = uri.host().unwrap_or("").trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
     let port = uri.port_u16().unwrap_or_else(|| default_port(&scheme));
+    if let Some(name) = outbound::service::named(&host) {
+        let name = name.to_owned();
+        let sent = match outbound::service::admit(&app.outbound, &name, &scheme, port) {
+            Ok(()) => {
+                let timeouts = outbound::Timeouts::new(options);
+                outbound::service::send(&app.services, &name, request, timeouts).await
+            }
+            Err(refused) => Err(refused),
+        };
+        let (response, io) = sent.map_err(|refused| {
+            app.note(refused.note(&name));
+            refused.into_error()
+        })?;
+        return Ok((response.map(BodyExt::boxed_unsync), Box::new(io) as Box<dyn Future<Output = _> + Send>));
+    }
     if !app.outbound.iter().any(|rule| rule.allows(&scheme, &host, port)) {
         app.note(format!(
             "Denied an outgoing request to {scheme}://{host}:{port}: hearth.toml does not list it; \

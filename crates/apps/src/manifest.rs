@@ -233,6 +233,11 @@ fn check_name(what: &str, name: &str, max: usize) -> Result<(), Error> {
 /// HOST may be `*` (any host) or `*.DOMAIN` (any subdomain), and PORT may be
 /// `*`. Without a scheme both http and https are allowed; without a port,
 /// only the scheme's default port (80, 443).
+///
+/// Or `service:NAME`: the app may call `http://NAME.service.hearth/...`,
+/// which hearth resolves to one of the service's passing instances (see
+/// `outbound::service`). Only this entry lets a request reach a service:
+/// `*` and `*.service.hearth` do not.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct OutboundRule {
     scheme: Option<String>,
@@ -246,6 +251,8 @@ enum HostPattern {
     Exact(String),
     /// `*.example.com` matches `a.example.com`, not `example.com`.
     Suffix(String),
+    /// `service:NAME`: matches no host; [`OutboundRule::service`] names it.
+    Service(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,6 +264,9 @@ enum PortPattern {
 
 impl OutboundRule {
     pub(crate) fn parse(entry: &str) -> Result<OutboundRule, Error> {
+        if let Some(name) = entry.strip_prefix("service:") {
+            return Self::parse_service(entry, name);
+        }
         let bad = |reason: &str| {
             Error::Manifest(format!(
                 "outbound entry {entry:?} is not valid: {reason} (write [SCHEME://]HOST[:PORT], \
@@ -298,10 +308,36 @@ impl OutboundRule {
         Ok(OutboundRule { scheme, host, port })
     }
 
+    /// `service:NAME`, with the name checked as the registry checks it: the
+    /// name is a DNS label of `NAME.service.hearth`.
+    fn parse_service(entry: &str, name: &str) -> Result<OutboundRule, Error> {
+        hearth_store::names::check_label("service", name, SERVICE_NAME_MAX).map_err(|reason| {
+            Error::Manifest(format!(
+                "outbound entry {entry:?} is not valid: {reason} (write service:NAME with the name of a \
+                 service, e.g. \"service:backend\", to call http://backend.service.hearth/)"
+            ))
+        })?;
+        Ok(OutboundRule {
+            scheme: Some("http".into()),
+            host: HostPattern::Service(name.to_owned()),
+            port: PortPattern::Default,
+        })
+    }
+
+    /// The service this rule lets the app call, for `service:NAME`.
+    pub(crate) fn service(&self) -> Option<&str> {
+        match &self.host {
+            HostPattern::Service(name) => Some(name),
+            _ => None,
+        }
+    }
+
     /// Whether a request to `scheme://host:port` is allowed. `host` is
-    /// lowercase, without brackets for IPv6.
+    /// lowercase, without brackets for IPv6. A `service:NAME` rule allows no
+    /// host: services are reached through [`OutboundRule::service`].
     pub(crate) fn allows(&self, scheme: &str, host: &str, port: u16) -> bool {
         let host_ok = match &self.host {
+            HostPattern::Service(_) => false,
             HostPattern::Any => true,
             HostPattern::Exact(h) => h == host,
             HostPattern::Suffix(d) => {
@@ -339,6 +375,9 @@ impl OutboundRule {
         }
     }
 }
+
+/// The longest service name, as the registry has it.
+const SERVICE_NAME_MAX: usize = 50;
 
 pub(crate) fn default_port(scheme: &str) -> u16 {
     if scheme == "https" { 443 } else { 80 }
@@ -417,6 +456,10 @@ mod tests {
             ("outbound = [\"ftp://x\"]", "scheme must be http or https"),
             ("outbound = [\"https://x.com/api\"]", "names a path"),
             ("outbound = [\"x.com:99999\"]", "port"),
+            ("outbound = [\"service:Back_end\"]", "service name \"Back_end\" is not valid"),
+            ("outbound = [\"service:\"]", "write service:NAME"),
+            ("outbound = [\"service:a.b\"]", "lowercase letters, digits and dashes"),
+            ("outbound = [\"service:-a\"]", "not starting or ending with a dash"),
             ("[config]\nx = [1]", "is a array"),
             ("[limits]\nmemory_mib = 0", ""),
             ("key_value = [", "TOML parse error"),
@@ -454,6 +497,21 @@ mod tests {
         assert!(check("*", "https", "anything.org", 443));
         assert!(check("http://[::1]:8080", "http", "::1", 8080));
         assert!(check("HTTPS://API.Example.com/", "https", "api.example.com", 443));
+    }
+
+    #[test]
+    fn a_service_rule_names_a_service_and_allows_no_host() {
+        let rule = OutboundRule::parse("service:backend").unwrap();
+        assert_eq!(rule.service(), Some("backend"));
+        assert!(!rule.allows("http", "backend.service.hearth", 80));
+        assert!(!rule.allows("http", "backend", 80));
+        assert!(!rule.names_address("http", "127.0.0.1".parse().unwrap(), 80));
+        assert_eq!(OutboundRule::parse("http://backend:8080").unwrap().service(), None);
+        assert_eq!(OutboundRule::parse("*").unwrap().service(), None);
+        let m = Manifest::parse("outbound = [\"service:backend\", \"service:db-2\"]").unwrap();
+        let services: Vec<_> =
+            m.outbound_rules().iter().filter_map(|r| r.service().map(str::to_owned)).collect();
+        assert_eq!(services, ["backend", "db-2"]);
     }
 
     #[test]

@@ -7,6 +7,9 @@
 //! to resolve elsewhere between the check and the connect (DNS rebinding).
 //! With TLS the certificate is still verified against the host name.
 //!
+//! A host under `service.hearth` is never looked up: [`service`] sends
+//! the request to one of the named service's passing instances.
+//!
 //! [`send`] is hearth's version of `wasmtime_wasi_http::default_send_request`
 //! with the same timeouts, TLS stack (rustls with the webpki roots) and
 //! HTTP/1 handshake; only where it connects differs.
@@ -30,6 +33,8 @@ use tokio::net::TcpStream;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
 
 use crate::manifest::OutboundRule;
+
+pub(crate) mod service;
 
 /// Resolves a host name to the addresses an outgoing request may go to.
 /// The daemon uses the system's resolver ([`SystemResolver`]); tests put a
@@ -282,7 +287,7 @@ pub(crate) type Sent = (http::Response<TimedBody>, BoxFuture<'static, Result<(),
 /// Sends `request` over a new connection to `addresses` (checked, tried in
 /// order), speaking TLS when `tls`, with `host` as the TLS server name.
 pub(crate) async fn send(
-    mut request: http::Request<WasiBody>,
+    request: http::Request<WasiBody>,
     timeouts: Timeouts,
     host: &str,
     tls: bool,
@@ -292,6 +297,18 @@ pub(crate) async fn send(
         .await
         .map_err(|_| Error::ConnectionTimeout)?
         .map_err(Error::Connect)?;
+    send_over(stream, request, timeouts, host, tls).await
+}
+
+/// Sends `request` over `stream`, a connection just made, speaking TLS when
+/// `tls`, with `host` as the TLS server name.
+pub(crate) async fn send_over(
+    stream: TcpStream,
+    mut request: http::Request<WasiBody>,
+    timeouts: Timeouts,
+    host: &str,
+    tls: bool,
+) -> Result<Sent, Error> {
     let stream: Box<dyn Stream> = if tls {
         let connector = TLS.as_ref().map_err(|e| Error::InternalError(Some(format!("TLS setup: {e}"))))?;
         let name = server_name(host)?;

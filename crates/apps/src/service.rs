@@ -150,8 +150,9 @@ pub(crate) struct Inner {
     pub(crate) hooks: arc_swap::ArcSwap<HashMap<String, crate::hooks::HookHandler>>,
     /// Webhook deliveries, claimed once per `Idempotency-Key`.
     pub(crate) deliveries: hearth_triggers::delivery::Deliveries,
-    /// The services the ingress routes to, following the registry.
-    pub(crate) upstreams: crate::ingress::Upstreams,
+    /// The services the ingress routes to, following the registry; apps'
+    /// outgoing requests to `NAME.service.hearth` share them.
+    pub(crate) upstreams: Arc<crate::ingress::Upstreams>,
 }
 
 /// A version ready to serve: pre-instantiated, with its context.
@@ -200,7 +201,7 @@ impl Apps {
                 ingress_port: Mutex::new(None),
                 hooks: arc_swap::ArcSwap::from_pointee(HashMap::new()),
                 deliveries,
-                upstreams: crate::ingress::Upstreams::default(),
+                upstreams: Arc::default(),
             }),
         })
     }

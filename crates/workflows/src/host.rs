@@ -25,6 +25,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::journal::{Call, Cursor, Divergence, Entry, Recorded};
 use crate::now_ms;
+use crate::outbound;
 use crate::record::{self, Run, Wait, WaitKind};
 use crate::service::{StartRequest, Workflows};
 
@@ -279,9 +280,14 @@ impl durable::Host for RunCx {
             None => {
                 let key = format!("{}/{}", self.run.id, self.cursor.seq());
                 let agent = self.workflows.http_agent();
-                let outcome = tokio::task::spawn_blocking(move || activity(&agent, request, &key))
-                    .await
-                    .unwrap_or_else(|e| Recorded::Error { message: format!("the activity panicked: {e}") });
+                let outcome = match self.to_service(request).await? {
+                    Ok(request) => tokio::task::spawn_blocking(move || activity(&agent, request, &key))
+                        .await
+                        .unwrap_or_else(|e| Recorded::Error {
+                            message: format!("the activity panicked: {e}"),
+                        }),
+                    Err(message) => Recorded::Error { message },
+                };
                 self.record(call.clone(), outcome.clone()).await?;
                 outcome
             }
@@ -404,6 +410,41 @@ impl durable::Host for RunCx {
 }
 
 impl RunCx {
+    /// A call to `http://NAME.service.hearth/...` made to go to one of the
+    /// service's passing instances, with `Host` as the URL's; any other
+    /// call as it is. `Err`: why the call is not made, for the workflow.
+    async fn to_service(&self, mut request: HttpRequest) -> wasmtime::Result<Result<HttpRequest, String>> {
+        let Ok(uri) = request.url.parse::<ureq::http::Uri>() else { return Ok(Ok(request)) };
+        let host = uri.host().unwrap_or_default().to_ascii_lowercase();
+        let Some(name) = outbound::named(&host) else { return Ok(Ok(request)) };
+        let declared = match self.workflows.definition(&self.run.workflow).await {
+            Ok(definition) => definition
+                .version(self.run.version)
+                .and_then(|v| v.manifest.as_deref())
+                .and_then(|m| outbound::from_manifest(m).ok())
+                .unwrap_or_default(),
+            Err(crate::Error::NotFound(_)) => Vec::new(),
+            Err(e) => return Err(stop(Stop::Store(e.to_string()))),
+        };
+        let scheme = uri.scheme_str().unwrap_or("http").to_ascii_lowercase();
+        if let Err(message) = outbound::check(&declared, name, &scheme, uri.port_u16()) {
+            return Ok(Err(message));
+        }
+        let key = format!("{}{name}", outbound::ENDPOINTS);
+        let record = self.workflows.store().get(&key).await.map_err(|e| stop(Stop::Store(e.to_string())))?;
+        let value = record.as_ref().map(|kv| kv.value.as_slice());
+        let address = match outbound::pick(name, value, self.workflows.service_turn()) {
+            Ok(address) => address,
+            Err(message) => return Ok(Err(message)),
+        };
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        if !request.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+            request.headers.push(("host".into(), format!("{name}.{}", outbound::DOMAIN)));
+        }
+        request.url = format!("http://{address}{path}");
+        Ok(Ok(request))
+    }
+
     async fn number(&mut self, call: Call, live: fn() -> u64) -> wasmtime::Result<u64> {
         match self.replay(&call)? {
             Some(Recorded::Number { value }) => Ok(value),

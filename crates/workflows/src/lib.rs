@@ -27,6 +27,7 @@
 
 mod host;
 pub mod journal;
+mod outbound;
 pub mod record;
 mod runtime;
 mod service;

@@ -103,6 +103,9 @@ struct Inner {
     blobs_dir: PathBuf,
     runtime: Runtime,
     http: ureq::Agent,
+    /// Whose turn is next among a service's instances, for calls to
+    /// `NAME.service.hearth`.
+    service_turn: std::sync::atomic::AtomicUsize,
     /// Runs being executed; `true` asks the execution to go again.
     active: Mutex<HashMap<String, bool>>,
     /// (when, run) of every timer and wait deadline.
@@ -141,6 +144,7 @@ impl Workflows {
                 blobs_dir,
                 runtime,
                 http: crate::host::http_agent(),
+                service_turn: std::sync::atomic::AtomicUsize::new(0),
                 active: Mutex::default(),
                 timers: Mutex::default(),
                 timers_changed: Notify::new(),
@@ -157,6 +161,10 @@ impl Workflows {
 
     pub(crate) fn http_agent(&self) -> ureq::Agent {
         self.inner.http.clone()
+    }
+
+    pub(crate) fn service_turn(&self) -> &std::sync::atomic::AtomicUsize {
+        &self.inner.service_turn
     }
 
     /// Runs being executed right now (for tests and `status`).
@@ -182,6 +190,7 @@ impl Workflows {
         }
         runtime::check_header(&bytes)?;
         let triggers = Triggers::parse(manifest.as_deref().unwrap_or(""))?;
+        crate::outbound::from_manifest(manifest.as_deref().unwrap_or(""))?;
         let sha256 = hearth_wasm::sha256_hex(&bytes);
         let size = bytes.len() as u64;
         let blob = self.inner.blobs_dir.join(format!("{sha256}.wasm"));

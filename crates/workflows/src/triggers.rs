@@ -92,9 +92,13 @@ pub struct EventTrigger {
 
 impl Triggers {
     /// Parses the triggers out of a workflow's `hearth.toml` (empty: none).
+    /// Its `outbound` list is not a trigger: `crate::outbound` reads it.
     pub fn parse(manifest: &str) -> Result<Triggers, Error> {
-        let t: Triggers =
+        let mut table: toml::Table =
             toml::from_str(manifest).map_err(|e| Error::Manifest(e.to_string().trim_end().to_owned()))?;
+        table.remove("outbound");
+        let t =
+            Triggers::deserialize(table).map_err(|e| Error::Manifest(e.to_string().trim_end().to_owned()))?;
         t.validate()?;
         Ok(t)
     }

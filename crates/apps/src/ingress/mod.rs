@@ -4,13 +4,14 @@
 //! ([`crate::hooks`]) or a service's, `NAME.DOMAIN`, proxied to its
 //! passing instances ([`upstream`], [`balance`], [`proxy`]).
 
-mod balance;
+pub(crate) mod balance;
 mod proxy;
 mod table;
 mod upstream;
 
+pub(crate) use proxy::{ATTEMPTS, CONNECT_TIMEOUT};
 pub(crate) use table::{Entry, Table};
-pub(crate) use upstream::{Upstreams, follow as follow_services};
+pub(crate) use upstream::{Upstream, Upstreams, follow as follow_services};
 
 use std::convert::Infallible;
 use std::pin::Pin;

@@ -101,7 +101,7 @@ impl Upstreams {
     }
 
     /// Applies one record (`None`: deleted).
-    fn apply(&self, name: &str, value: Option<&[u8]>) {
+    pub(crate) fn apply(&self, name: &str, value: Option<&[u8]>) {
         let mut services = self.services.write().unwrap_or_else(|e| e.into_inner());
         let Some(value) = value else {
             services.remove(name);

@@ -183,6 +183,7 @@ impl Apps {
             config,
             outbound: version.manifest.outbound_rules(),
             resolver: self.inner.options.resolver.clone(),
+            services: self.inner.upstreams.clone(),
             limits,
             log: self.log(&app.name),
         };

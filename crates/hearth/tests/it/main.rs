@@ -31,6 +31,7 @@ mod networks_daemon;
 mod networks_faults;
 mod services_dns;
 mod services_machines;
+mod services_outbound;
 mod services_registry;
 mod services_routing;
 mod store_durability;

@@ -20,16 +20,16 @@ const BIN: &str = env!("CARGO_BIN_EXE_hearth");
 
 /// A tiny HTTP server on loopback that answers every request with its
 /// name and what it was sent (or a 500 while `failing`), and counts them.
-struct Backend {
+pub(crate) struct Backend {
     name: &'static str,
-    port: u16,
+    pub(crate) port: u16,
     hits: Arc<AtomicUsize>,
     failing: Arc<AtomicBool>,
     task: Option<JoinHandle<()>>,
 }
 
 impl Backend {
-    async fn start(name: &'static str) -> Backend {
+    pub(crate) async fn start(name: &'static str) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let port = listener.local_addr().expect("addr").port();
         let mut backend = Backend { name, port, hits: Arc::default(), failing: Arc::default(), task: None };
@@ -62,11 +62,11 @@ impl Backend {
         self.serve(listener);
     }
 
-    fn hits(&self) -> usize {
+    pub(crate) fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
     }
 
-    fn register(&self, id: &str) -> RegisterInstance {
+    pub(crate) fn register(&self, id: &str) -> RegisterInstance {
         RegisterInstance {
             id: Some(id.into()),
             address: "127.0.0.1".into(),
@@ -147,7 +147,7 @@ async fn spread(port: u16, n: usize) -> (Vec<String>, Vec<(u16, String)>) {
     (answered, failed)
 }
 
-async fn ingress_port(daemon: &Daemon) -> u16 {
+pub(crate) async fn ingress_port(daemon: &Daemon) -> u16 {
     let status = daemon.client().status().await.expect("status");
     status.ingress.and_then(|a| a.rsplit(':').next().and_then(|p| p.parse().ok())).expect("an ingress port")
 }
