@@ -8,8 +8,8 @@ use anyhow::bail;
 use futures::StreamExt as _;
 use hearth_client::Client;
 use hearth_client::types::{
-    CreateService, DeployService, EndpointsQuery, Health, Heartbeat, LogSource, RegisterInstance, RolloutState,
-    ServiceDetail,
+    CreateService, DeployService, EndpointsQuery, Health, Heartbeat, LogSource, RegisterInstance,
+    RolloutState, ServiceDetail,
 };
 
 use super::workflow::ago;
@@ -272,7 +272,9 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<()>
             let detail = client.service(&name).await?;
             let machines: Vec<String> = detail.instances.iter().filter_map(|i| i.machine.clone()).collect();
             if machines.is_empty() {
-                bail!("service {name} has no machines to show logs of; `hearth service inspect {name}` lists its instances");
+                bail!(
+                    "service {name} has no machines to show logs of; `hearth service inspect {name}` lists its instances"
+                );
             }
             let source = if all { LogSource::All } else { LogSource::Main };
             let width = machines.iter().map(String::len).max().unwrap_or(0);

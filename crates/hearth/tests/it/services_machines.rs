@@ -11,7 +11,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_hearth");
 
 /// An HTTP server: busybox's httpd, answering `GET /` with `body`.
 fn server(body: &str) -> String {
-    format!("mkdir -p /www && echo {body} > /www/index.html && exec busybox httpd -f -p 8080 -h /www")
+    format!(
+        "mkdir -p /www && echo {body} > /www/index.html && echo serving {body} && exec busybox httpd -f -p 8080 -h /www"
+    )
 }
 
 /// One `GET /` through the ingress for `host`: the status and the body.
@@ -69,6 +71,11 @@ async fn a_service_of_machines_is_kept_at_count_and_a_dead_vm_is_replaced() {
     );
     let ls = success(&daemon.cli(&["service", "ls"]));
     assert!(ls.lines().any(|l| l.starts_with("web ") && l.contains("machines") && l.contains("2/2")), "{ls}");
+    // Every instance's main process, in one stream, each line with its instance.
+    let logs = success(&daemon.cli(&["service", "logs", "web"]));
+    for instance in ["web-1", "web-2"] {
+        assert!(logs.lines().any(|l| l.starts_with(instance) && l.contains("serving v1")), "{logs}");
+    }
     // Found by name from inside a machine, through its network's DNS server.
     let addresses: Vec<String> = detail.instances.iter().filter_map(|i| i.address.clone()).collect();
     let found =
