@@ -307,8 +307,17 @@ pub const HISTORY_KEEP: usize = 200;
 /// Checks a service name: it becomes a DNS label and a machine-name prefix
 /// (`NAME-12`), so it is shorter than a machine name.
 pub fn validate_name(name: &str) -> Result<(), String> {
-    hearth_store::names::check_label("service", name, 50)
+    hearth_store::names::check_label("service", name, 50)?;
+    if RESERVED.contains(&name) {
+        return Err(format!(
+            "the service name {name:?} is taken by hearth itself ({name}.localhost is the workflows' webhooks); pick another"
+        ));
+    }
+    Ok(())
 }
+
+/// Names hearth uses on the ingress for its own hosts.
+const RESERVED: &[&str] = &["hooks"];
 
 /// Checks an instance id given to a registration.
 pub fn validate_instance_id(id: &str) -> Result<(), String> {
@@ -347,6 +356,12 @@ mod tests {
         let record = record.expect("a record");
         assert_eq!(record.changes.len(), HISTORY_LEN);
         assert_eq!(record.changes.last().map(|t| t.at_ms), Some(HISTORY_LEN as u64 * 2 - 1));
+    }
+
+    #[test]
+    fn names_hearth_uses_itself_are_refused() {
+        assert!(validate_name("web").is_ok());
+        assert!(validate_name("hooks").is_err_and(|e| e.contains("workflows' webhooks")));
     }
 
     #[test]
