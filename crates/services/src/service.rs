@@ -396,38 +396,11 @@ impl Services {
         }
         check_checks(&req.checks, Kind::Registered)?;
         check_tags(&req.tags)?;
-        let def_key = record::def_key(name);
-        let def = match self.store().get(&def_key).await? {
-            Some(kv) => parse::<ServiceRecord>(&kv)?,
-            None => {
-                let record = ServiceRecord {
-                    name: name.to_string(),
-                    kind: Kind::Registered,
-                    template: None,
-                    count: 0,
-                    port: 0,
-                    checks: vec![],
-                    meta: Meta::default(),
-                    created_at: record::now_ms() / 1000,
-                    version: 1,
-                    previous: None,
-                    rollout: None,
-                };
-                let txn = Txn::new().when(Compare::missing(&def_key)).and_then(Op::Put {
-                    key: def_key.clone(),
-                    value: to_json(&record),
-                    lease: None,
-                });
-                self.store().txn(txn).await?;
-                match self.store().get(&def_key).await? {
-                    Some(kv) => parse(&kv)?,
-                    None => return Err(Error::Conflict(name.to_string())),
-                }
-            }
-        };
+        let def = self.ensure_registered(name).await?;
         if def.kind != Kind::Registered {
             return Err(Error::NotRegistered(name.to_string()));
         }
+        let def_key = record::def_key(name);
         let key = record::instance_key(name, &id);
         let previous = self.store().get(&key).await?.and_then(|kv| kv.lease);
         let lease = self.store().lease_grant(Duration::from_secs(req.ttl_s)).await?;
@@ -475,6 +448,77 @@ impl Services {
             let _ = self.store().lease_revoke(old).await;
         }
         self.publish(name).await?;
+        Ok(instance)
+    }
+
+    /// The definition of a registered service, made if it is missing.
+    async fn ensure_registered(&self, name: &str) -> Result<ServiceRecord, Error> {
+        let def_key = record::def_key(name);
+        if let Some(kv) = self.store().get(&def_key).await? {
+            return parse(&kv);
+        }
+        let record = ServiceRecord {
+            name: name.to_string(),
+            kind: Kind::Registered,
+            template: None,
+            count: 0,
+            port: 0,
+            checks: vec![],
+            meta: Meta::default(),
+            created_at: record::now_ms() / 1000,
+            version: 1,
+            previous: None,
+            rollout: None,
+        };
+        let txn = Txn::new().when(Compare::missing(&def_key)).and_then(Op::Put {
+            key: def_key.clone(),
+            value: to_json(&record),
+            lease: None,
+        });
+        self.store().txn(txn).await?;
+        match self.store().get(&def_key).await? {
+            Some(kv) => parse(&kv),
+            None => Err(Error::Conflict(name.to_string())),
+        }
+    }
+
+    /// Makes a machine an instance of a registered service (made if
+    /// missing), answering on `port`, for as long as the machine exists:
+    /// `machine run --service NAME:PORT`. It is passing while the machine
+    /// runs; hearth never replaces or restarts it (it is the user's).
+    pub async fn join(&self, name: &str, port: u16, machine: &str) -> Result<InstanceRecord, Error> {
+        record::validate_name(name).map_err(Error::Invalid)?;
+        if port == 0 {
+            return Err(Error::Invalid("give the port the machine answers on, as NAME:PORT".into()));
+        }
+        let def = self.ensure_registered(name).await?;
+        if def.kind != Kind::Registered {
+            return Err(Error::NotRegistered(name.to_string()));
+        }
+        let instance = InstanceRecord {
+            id: machine.to_string(),
+            service: name.to_string(),
+            address: None,
+            port,
+            machine: Some(machine.to_string()),
+            ttl_s: None,
+            checks: vec![],
+            tags: vec![],
+            created_at: record::now_ms() / 1000,
+            version: 1,
+            draining_since_ms: None,
+        };
+        let key = record::instance_key(name, machine);
+        let txn = Txn::new()
+            .when(Compare::exists(record::def_key(name)))
+            .when(Compare::missing(&key))
+            .and_then(Op::Put { key, value: to_json(&instance), lease: None });
+        if !self.store().txn(txn).await?.succeeded {
+            return Err(Error::Invalid(format!(
+                "service {name:?} already has an instance named {machine:?}"
+            )));
+        }
+        self.inner.kick.notify_one();
         Ok(instance)
     }
 
@@ -527,6 +571,13 @@ impl Services {
             .await?
             .ok_or_else(|| Error::InstanceNotFound { service: name.to_string(), id: id.to_string() })?;
         let instance: InstanceRecord = parse(&kv)?;
+        if let (Some(machine), None) = (&instance.machine, kv.lease)
+            && self.get(name).await.is_ok_and(|d| d.kind == Kind::Registered)
+        {
+            return Err(Error::Invalid(format!(
+                "instance {id:?} is machine {machine:?}, which joined by hand: `hearth machine rm {machine}` takes it out"
+            )));
+        }
         if instance.machine.is_some() {
             return Err(Error::Invalid(format!(
                 "instance {id:?} is a machine hearth keeps for service {name:?}: scale the service instead (`hearth service scale {name} N`)"

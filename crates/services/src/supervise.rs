@@ -238,6 +238,10 @@ impl Services {
                             .insert(key.clone(), (fingerprint, instance.clone(), instance.checks.clone()));
                     }
                 }
+                Some(machine) if def.kind == Kind::Registered && !now.machines.contains_key(machine) => {
+                    let reason = format!("machine {machine} is gone");
+                    self.remove_instance(state, def, key, instance, reason).await;
+                }
                 Some(machine) => {
                     let running = self
                         .supervise_machine(state, def, key, instance, now.machines.get(machine), health)
@@ -485,8 +489,9 @@ impl Services {
     ) -> Option<u64> {
         let name = instance.machine.as_deref().unwrap_or(&instance.id);
         // An instance of an older version is never remade: the planner
-        // removes it once it stops passing.
-        let current = instance.version == def.version;
+        // removes it once it stops passing. A machine that joined a
+        // registered service by hand is its owner's: never remade either.
+        let current = def.kind == Kind::Machines && instance.version == def.version;
         let Some(machine) = machine else {
             self.set_health(
                 state,

@@ -203,6 +203,10 @@ pub(crate) async fn create(
     let restart = body.restart.as_deref().map(str::parse::<RestartPolicy>).transpose().map_err(|e| {
         ApiError::bad_request("invalid_field", format!("field `restart`: {e}"), "omit it for `no`")
     })?;
+    let service = match body.service.as_deref() {
+        None => None,
+        Some(text) => Some(service_spec(&state, text).await?),
+    };
     let name = body.name.unwrap_or_else(generate_name);
     let rec = state
         .machines()
@@ -226,7 +230,39 @@ pub(crate) async fn create(
             restart: restart.unwrap_or_default(),
         })
         .await?;
+    if let Some((service, port)) = service
+        && let Err(error) = state.services().join(&service, port, &rec.name).await
+    {
+        // Nothing is left half-made: the machine goes again.
+        let _ = state.machines().remove(&rec.name, true).await;
+        return Err(error.into());
+    }
     Ok((StatusCode::CREATED, axum::Json(machine(rec))))
+}
+
+/// Reads `NAME:PORT` for a machine that joins a service, and checks that
+/// it may: an app's name or a service of machines may not be joined.
+async fn service_spec(state: &AppState, text: &str) -> Result<(String, u16), ApiError> {
+    let bad = |why: String| {
+        ApiError::bad_request("invalid_field", format!("field `service`: {why}"), "e.g. web:8080")
+    };
+    let (name, port) = text.split_once(':').ok_or_else(|| bad(format!("{text:?} is not NAME:PORT")))?;
+    let port =
+        port.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| bad(format!("{port:?} is not a port")))?;
+    hearth_services::record::validate_name(name).map_err(bad)?;
+    if state.apps().get(name).await.is_ok() {
+        return Err(ApiError::conflict(
+            format!("the name {name:?} is taken by an app"),
+            "join a service with another name; an app is a service of its own",
+        ));
+    }
+    match state.services().get(name).await {
+        Ok(def) if def.kind == hearth_services::record::Kind::Machines => {
+            Err(hearth_services::Error::NotRegistered(name.to_string()).into())
+        }
+        Ok(_) | Err(hearth_services::Error::NotFound(_)) => Ok((name.to_string(), port)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn generate_name() -> String {

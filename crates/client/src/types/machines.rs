@@ -219,6 +219,10 @@ pub struct CreateMachine {
     /// system grows to fill it. Default: the image's size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_mib: Option<u64>,
+    /// `NAME:PORT`: the machine joins service NAME (made if missing) as an
+    /// instance answering on PORT, for as long as the machine exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 /// A network to join, optionally at a chosen address.

@@ -102,6 +102,10 @@ pub(crate) struct RunArgs {
     /// file system grows to fill it [default: the image's size].
     #[arg(long, value_name = "SIZE", value_parser = parse_disk_mib)]
     disk_size: Option<u64>,
+    /// NAME:PORT: join service NAME (made if missing) as an instance on
+    /// PORT, found as NAME.service.hearth, for as long as the machine exists.
+    #[arg(long, value_name = "NAME:PORT")]
+    service: Option<String>,
     /// qemu-tcg, qemu-kvm or firecracker (default: the best this host can run).
     #[arg(long)]
     backend: Option<String>,
@@ -359,6 +363,7 @@ async fn run_machine(client: &Client, args: RunArgs) -> anyhow::Result<i32> {
             no_network,
             ports: args.ports.clone(),
             disk_mib: args.disk_size,
+            service: args.service.clone(),
             env: args.env.clone(),
             workdir: args.workdir.clone(),
             user: args.user.clone(),

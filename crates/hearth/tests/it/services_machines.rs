@@ -216,3 +216,56 @@ async fn a_rolling_deploy_keeps_the_count_passing_and_a_broken_version_rolls_bac
     success(&daemon.cli(&["service", "rm", "api"]));
     assert!(wait_until(Duration::from_secs(10), async || daemon.vm_pids().is_empty()).await);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_machine_joins_a_service_by_hand_for_as_long_as_it_exists() {
+    let daemon = Daemon::start_with_default_network(BIN).await;
+    let image = daemon.ensure_debian_image().await;
+    let client = daemon.client();
+
+    // Refused, and nothing made: a service hearth keeps, and a bad spec.
+    let kept = hearth_client::types::CreateService {
+        name: "kept".into(),
+        image: image.clone(),
+        count: Some(0),
+        port: 80,
+        ..Default::default()
+    };
+    client.create_service(&kept).await.expect("create");
+    let err = failure(&daemon.cli(&["machine", "run", "-d", "--name", "x", "--service", "kept:80", &image]));
+    assert!(err.contains("service of machines"), "{err}");
+    let err = failure(&daemon.cli(&["machine", "run", "-d", "--name", "x", "--service", "nocolon", &image]));
+    assert!(err.contains("NAME:PORT"), "{err}");
+    assert!(client.machine("x").await.is_err(), "a refused machine was made");
+
+    let solo = server("solo");
+    success(&daemon.cli(&[
+        "machine",
+        "run",
+        "--name",
+        "solo",
+        "--service",
+        "adhoc:8080",
+        &image,
+        "--",
+        "sh",
+        "-c",
+        &solo,
+    ]));
+    assert!(wait_until(Duration::from_secs(60), async || passing(&daemon, "adhoc").await == ["solo"]).await);
+    let detail = client.service("adhoc").await.expect("adhoc");
+    assert_eq!(detail.service.kind, hearth_client::types::ServiceKind::Registered);
+    assert_eq!(detail.instances[0].machine.as_deref(), Some("solo"));
+    let err = failure(&daemon.cli(&["service", "deregister", "adhoc", "solo"]));
+    assert!(err.contains("hearth machine rm solo"), "{err}");
+
+    // The machine goes: so does the instance, and nothing is remade.
+    success(&daemon.cli(&["machine", "rm", "-f", "solo"]));
+    let left = wait_until(Duration::from_secs(10), async || {
+        client.service("adhoc").await.is_ok_and(|d| d.instances.is_empty())
+    })
+    .await;
+    assert!(left, "{:?}", client.service("adhoc").await);
+    assert!(success(&daemon.cli(&["service", "history", "adhoc"])).contains("machine solo is gone"));
+    assert!(client.machine("solo").await.is_err(), "hearth remade a machine it does not own");
+}
