@@ -317,6 +317,7 @@ impl From<hearth_services::Error> for ApiError {
                 "register instances under another name; `hearth service scale` changes a service of machines",
             ),
             E::NotMachines(_) => Self::conflict(message, "its instances come and go by registration"),
+            E::PortTaken { .. } => Self::conflict(message, "pick another host port (-p HOST:PORT)"),
             E::Conflict(_) => Self::conflict(message, "try again"),
             E::Store(e) => Self::from(e),
             E::Machines(e) => Self::from(e),

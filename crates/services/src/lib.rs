@@ -44,6 +44,9 @@ pub enum Error {
     #[error("service {0:?} has registered instances, not machines: it has no count to scale")]
     NotMachines(String),
 
+    #[error("host port {port} is already forwarded to {by}")]
+    PortTaken { port: u16, by: String },
+
     #[error("the record at {0:?} is unreadable")]
     Corrupt(String, #[source] serde_json::Error),
 

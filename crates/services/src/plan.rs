@@ -163,6 +163,7 @@ mod tests {
             count,
             port: 80,
             checks: vec![],
+            ports: vec![],
             meta: Default::default(),
             created_at: 0,
             version,

@@ -16,6 +16,8 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+pub use hearth_net::service::PortSpec;
+
 use crate::check::CheckSpec;
 
 pub const DEFS: &str = "services/defs/";
@@ -89,6 +91,9 @@ pub struct ServiceRecord {
     /// The port instances answer on (machines only; registrations carry theirs).
     pub port: u16,
     pub checks: Vec<CheckSpec>,
+    /// Host ports on loopback balanced over the passing instances (TCP).
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
     #[serde(default)]
     pub meta: Meta,
     /// Unix seconds.
@@ -274,11 +279,15 @@ impl HealthRecord {
     }
 }
 
-/// At `services/endpoints/NAME`: the passing instances, sorted by id.
+/// At `services/endpoints/NAME`: the passing instances, sorted by id, and
+/// the host ports the service publishes (each `host` port on loopback is
+/// balanced over the instances' `guest` port).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoints {
     pub name: String,
     pub instances: Vec<Endpoint>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

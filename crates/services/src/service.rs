@@ -31,6 +31,8 @@ pub struct CreateService {
     pub count: u32,
     pub port: u16,
     pub checks: Vec<CheckSpec>,
+    /// Host ports balanced over the instances (TCP).
+    pub ports: Vec<crate::record::PortSpec>,
     pub meta: Meta,
 }
 
@@ -112,6 +114,7 @@ impl Services {
         }
         check_checks(&req.checks, Kind::Machines)?;
         check_meta(&req.meta)?;
+        self.check_ports(&req.ports).await?;
         self.check_image(&req.template.image).await?;
         if let Some(network) = &req.template.network
             && self.store().get(&format!("networks/{network}")).await?.is_none()
@@ -135,6 +138,7 @@ impl Services {
             count: req.count,
             port: req.port,
             checks: req.checks,
+            ports: req.ports,
             meta: req.meta,
             created_at: record::now_ms() / 1000,
             version: 1,
@@ -192,7 +196,7 @@ impl Services {
         let key = record::endpoints_key(name);
         Ok(match self.store().get(&key).await? {
             Some(kv) => Versioned { value: parse(&kv)?, index: kv.mod_revision },
-            None => Versioned { value: Endpoints { name: name.to_string(), instances: vec![] }, index: 0 },
+            None => Versioned { value: Endpoints { name: name.to_string(), ..Endpoints::default() }, index: 0 },
         })
     }
 
@@ -316,6 +320,35 @@ impl Services {
             }
         }
         Err(Error::Conflict(name.to_string()))
+    }
+
+    /// Host ports a service may publish: TCP, each once, and not forwarded
+    /// already by another service or a machine.
+    async fn check_ports(&self, ports: &[crate::record::PortSpec]) -> Result<(), Error> {
+        let mut seen = std::collections::HashSet::new();
+        for port in ports {
+            if port.udp {
+                return Err(Error::Invalid(format!("{port}: a service balances TCP only; drop /udp")));
+            }
+            if !seen.insert(port.host) {
+                return Err(Error::Invalid(format!("host port {} is given twice", port.host)));
+            }
+        }
+        for kv in self.store().range(record::DEFS).await?.kvs {
+            let other: ServiceRecord = parse(&kv)?;
+            if let Some(port) = other.ports.iter().find(|p| seen.contains(&p.host)) {
+                return Err(Error::PortTaken { port: port.host, by: format!("service {}", other.name) });
+            }
+        }
+        for kv in self.store().range(hearth_machines::record::PREFIX).await?.kvs {
+            let Ok(machine) = serde_json::from_slice::<hearth_machines::record::MachineRecord>(&kv.value) else {
+                continue;
+            };
+            if let Some(port) = machine.spec.ports.iter().find(|p| !p.udp && seen.contains(&p.host)) {
+                return Err(Error::PortTaken { port: port.host, by: format!("machine {}", machine.name) });
+            }
+        }
+        Ok(())
     }
 
     async fn check_image(&self, image: &str) -> Result<(), Error> {
@@ -464,6 +497,7 @@ impl Services {
             count: 0,
             port: 0,
             checks: vec![],
+            ports: vec![],
             meta: Meta::default(),
             created_at: record::now_ms() / 1000,
             version: 1,

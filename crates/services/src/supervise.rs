@@ -294,9 +294,8 @@ impl Services {
         let store = self.store();
         let key = record::endpoints_key(name);
         let stored = store.get(&key).await?;
-        if store.get(&record::def_key(name)).await?.is_none() {
-            return Ok(());
-        }
+        let Some(def) = store.get(&record::def_key(name)).await? else { return Ok(()) };
+        let def: ServiceRecord = parse(&def)?;
         let health = store.range(&record::health_prefix(name)).await?;
         let passing: HashSet<&str> = health
             .kvs
@@ -315,7 +314,7 @@ impl Services {
             }
         }
         instances.sort_by(|a, b| a.id.cmp(&b.id));
-        let next = Endpoints { name: name.to_string(), instances };
+        let next = Endpoints { name: name.to_string(), instances, ports: def.ports };
         let unchanged = match &stored {
             Some(kv) => parse::<Endpoints>(kv).is_ok_and(|e| e == next),
             None => false,

@@ -36,6 +36,7 @@ fn service(record: &ServiceRecord, instances: &[(InstanceRecord, Option<HealthRe
         image: record.template.as_ref().map(|t| t.image.clone()),
         count: machines.then_some(record.count),
         port: machines.then_some(record.port),
+        ports: record.ports.iter().map(|p| format!("{}:{}", p.host, p.guest)).collect(),
         checks: record.checks.iter().map(ToString::to_string).collect(),
         instances: instances.len() as u32,
         passing: instances
@@ -68,6 +69,7 @@ fn app(info: &hearth_apps::AppInfo) -> Service {
         image: None,
         count: None,
         port: None,
+        ports: vec![],
         checks: vec![],
         instances: 1,
         passing: u32::from(info.serving.is_some()),
@@ -204,6 +206,14 @@ pub(crate) async fn create(
         count: body.count.unwrap_or(1),
         port: body.port,
         checks: checks(&body.checks)?,
+        ports: body
+            .ports
+            .iter()
+            .map(|p| {
+                let text = if p.contains(':') { p.clone() } else { format!("{p}:{}", body.port) };
+                text.parse().map_err(|e| bad("ports", e, "e.g. 8080:80, or 8080 for the service's port"))
+            })
+            .collect::<Result<_, _>>()?,
         meta: record::Meta { tags: body.tags, description: body.description, links: body.links },
     };
     let created = state.services().create(request).await?;

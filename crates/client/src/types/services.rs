@@ -47,6 +47,9 @@ pub struct Service {
     pub count: Option<u32>,
     /// The port instances answer on (services of machines).
     pub port: Option<u16>,
+    /// Host ports on loopback balanced over the passing instances, `HOST:PORT`.
+    #[serde(default)]
+    pub ports: Vec<String>,
     /// Checks in their one-line form, e.g. `http:/healthz,interval=2s`.
     pub checks: Vec<String>,
     pub instances: u32,
@@ -182,6 +185,10 @@ pub struct CreateService {
     /// with options like `,interval=2s,timeout=1s,passes=1,failures=1`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<String>,
+    /// `HOST:PORT` (or `HOST`, for the service's port): a loopback port on
+    /// the host, each connection to it passed to a passing instance.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
     /// The network the instances join (default: the default network).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,

@@ -35,6 +35,10 @@ pub(crate) enum Command {
         /// ,interval=2s,timeout=1s,passes=1,failures=1 (http: ,status=204). Repeatable.
         #[arg(long = "check")]
         checks: Vec<String>,
+        /// HOST:PORT (or HOST for --port): a loopback port on this host
+        /// balanced over the passing instances. Repeatable.
+        #[arg(long = "publish", short = 'p', value_name = "HOST:PORT")]
+        ports: Vec<String>,
         /// The network the instances join (default: the default network).
         #[arg(long)]
         network: Option<String>,
@@ -171,6 +175,7 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<()>
             count,
             port,
             checks,
+            ports,
             network,
             env,
             cpus,
@@ -195,6 +200,7 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<()>
                 count: Some(count),
                 port,
                 checks,
+                ports,
                 network,
                 env,
                 command: (!command.is_empty()).then_some(command),
@@ -385,6 +391,9 @@ fn print_detail(detail: &ServiceDetail) {
     }
     if let Some(port) = s.port {
         println!("port:        {port}");
+    }
+    if !s.ports.is_empty() {
+        println!("published:   {} (127.0.0.1)", s.ports.join(" "));
     }
     if let Some(version) = s.version.filter(|_| s.image.is_some()) {
         println!("version:     {version}");
