@@ -196,7 +196,9 @@ impl Services {
         let key = record::endpoints_key(name);
         Ok(match self.store().get(&key).await? {
             Some(kv) => Versioned { value: parse(&kv)?, index: kv.mod_revision },
-            None => Versioned { value: Endpoints { name: name.to_string(), ..Endpoints::default() }, index: 0 },
+            None => {
+                Versioned { value: Endpoints { name: name.to_string(), ..Endpoints::default() }, index: 0 }
+            }
         })
     }
 
@@ -341,7 +343,8 @@ impl Services {
             }
         }
         for kv in self.store().range(hearth_machines::record::PREFIX).await?.kvs {
-            let Ok(machine) = serde_json::from_slice::<hearth_machines::record::MachineRecord>(&kv.value) else {
+            let Ok(machine) = serde_json::from_slice::<hearth_machines::record::MachineRecord>(&kv.value)
+            else {
                 continue;
             };
             if let Some(port) = machine.spec.ports.iter().find(|p| !p.udp && seen.contains(&p.host)) {

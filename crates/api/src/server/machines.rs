@@ -204,9 +204,15 @@ pub(crate) async fn create(
         ApiError::bad_request("invalid_field", format!("field `restart`: {e}"), "omit it for `no`")
     })?;
     for kv in state.store().range(hearth_services::record::DEFS).await?.kvs {
-        let Ok(def) = serde_json::from_slice::<hearth_services::record::ServiceRecord>(&kv.value) else { continue };
+        let Ok(def) = serde_json::from_slice::<hearth_services::record::ServiceRecord>(&kv.value) else {
+            continue;
+        };
         if let Some(p) = ports.iter().find(|p| !p.udp && def.ports.iter().any(|s| s.host == p.host)) {
-            return Err(hearth_services::Error::PortTaken { port: p.host, by: format!("service {}", def.name) }.into());
+            return Err(hearth_services::Error::PortTaken {
+                port: p.host,
+                by: format!("service {}", def.name),
+            }
+            .into());
         }
     }
     let service = match body.service.as_deref() {

@@ -395,6 +395,7 @@ async fn services_up(client: &Client, lab: &file::Lab, before: &Before) -> anyho
                     count: Some(s.count),
                     port: s.port,
                     checks: s.checks.clone(),
+                    ports: s.ports.clone(),
                     network: s.network.clone(),
                     env: s.env.clone(),
                     command: s.command.clone(),

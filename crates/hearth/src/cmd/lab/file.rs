@@ -92,6 +92,8 @@ struct RawService {
     port: Spanned<i64>,
     #[serde(default)]
     checks: Vec<Spanned<String>>,
+    #[serde(default)]
+    ports: Vec<Spanned<String>>,
     network: Option<Spanned<String>>,
     command: Option<Vec<String>>,
     #[serde(default)]
@@ -163,6 +165,8 @@ pub(crate) struct Service {
     pub(crate) count: u32,
     pub(crate) port: u16,
     pub(crate) checks: Vec<String>,
+    /// `HOST:PORT` host ports balanced over the instances.
+    pub(crate) ports: Vec<String>,
     pub(crate) network: Option<String>,
     pub(crate) command: Option<Vec<String>>,
     pub(crate) env: Vec<String>,
@@ -545,6 +549,16 @@ fn check_services(
                 problems.push(format!("{}: service {name:?}: field `checks`: {e}", loc.at(check.span())));
             }
         }
+        for p in &raw.ports {
+            let text = if p.get_ref().contains(':') {
+                p.get_ref().clone()
+            } else {
+                format!("{}:{port}", p.get_ref())
+            };
+            if let Err(e) = text.parse::<PortSpec>() {
+                problems.push(format!("{}: service {name:?}: field `ports`: {e}", loc.at(p.span())));
+            }
+        }
         for kv in &raw.env {
             if !kv.get_ref().contains('=') || kv.get_ref().starts_with('=') {
                 problems.push(format!(
@@ -579,6 +593,7 @@ fn check_services(
             count,
             port,
             checks: raw.checks.iter().map(|c| c.get_ref().clone()).collect(),
+            ports: raw.ports.iter().map(|p| p.get_ref().clone()).collect(),
             network: raw.network.map(|n| n.into_inner()),
             command: raw.command,
             env: raw.env.into_iter().map(|e| e.into_inner()).collect(),
