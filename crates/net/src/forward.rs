@@ -105,15 +105,23 @@ enum Socket {
 /// reported to the caller rather than found out later.
 pub async fn bind(forward: &Forward) -> Result<Bound, Error> {
     let Forward { protocol, listen: addr, target } = *forward;
-    let error = |source: io::Error| match source.kind() {
-        io::ErrorKind::AddrInUse => Error::InUse { protocol, addr },
-        _ => Error::Bind { protocol, addr, source },
-    };
     let socket = match protocol {
-        Protocol::Tcp => Socket::Tcp(TcpListener::bind(addr).await.map_err(error)?),
-        Protocol::Udp => Socket::Udp(UdpSocket::bind(addr).await.map_err(error)?),
+        Protocol::Tcp => Socket::Tcp(bind_tcp(addr).await?),
+        Protocol::Udp => Socket::Udp(UdpSocket::bind(addr).await.map_err(|e| bind_error(protocol, addr, e))?),
     };
     Ok(Bound { socket, target, udp_idle_timeout: UDP_IDLE_TIMEOUT, udp_max_sessions: UDP_MAX_SESSIONS })
+}
+
+/// A TCP listener on `addr`, or why not (also for [`balance`](crate::balance)).
+pub(crate) async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr).await.map_err(|e| bind_error(Protocol::Tcp, addr, e))
+}
+
+fn bind_error(protocol: Protocol, addr: SocketAddr, source: io::Error) -> Error {
+    match source.kind() {
+        io::ErrorKind::AddrInUse => Error::InUse { protocol, addr },
+        _ => Error::Bind { protocol, addr, source },
+    }
 }
 
 impl Bound {
@@ -189,8 +197,8 @@ async fn run_tcp(listener: TcpListener, target: SocketAddr, shutdown: impl Futur
 }
 
 /// Connects to the target and copies both ways until both sides are done.
-async fn relay_tcp(mut client: TcpStream, peer: SocketAddr, target: SocketAddr) {
-    let mut upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
+async fn relay_tcp(client: TcpStream, peer: SocketAddr, target: SocketAddr) {
+    let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
         Ok(Ok(upstream)) => upstream,
         Ok(Err(error)) => {
             tracing::debug!(
@@ -207,6 +215,17 @@ async fn relay_tcp(mut client: TcpStream, peer: SocketAddr, target: SocketAddr) 
             return;
         }
     };
+    copy_both_ways(client, upstream, peer, target).await;
+}
+
+/// Copies bytes both ways until both sides are done (also for
+/// [`balance`](crate::balance)).
+pub(crate) async fn copy_both_ways(
+    mut client: TcpStream,
+    mut upstream: TcpStream,
+    peer: SocketAddr,
+    target: SocketAddr,
+) {
     // Forwarded ports are often interactive (shells, databases): no Nagle delay.
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);

@@ -9,7 +9,9 @@
 //! - [`dns`]: a small authoritative DNS server for `MACHINE.NETWORK.hearth`
 //!   and services' passing instances (`NAME.service.hearth`, SRV).
 //! - [`forward`]: TCP and UDP port forwarding from the host into machines.
+//! - [`balance`]: a host port balanced over a service's instances (TCP).
 
+pub mod balance;
 mod cmd;
 pub mod delay;
 pub mod dns;

@@ -1,23 +1,37 @@
 //! Services' passing instances, read from the records the services crate
 //! writes (`services/endpoints/NAME`) through a minimal view, so that this
-//! crate does not depend on it, and turned into the DNS zone's services.
+//! crate does not depend on it, and turned into the DNS zone's services
+//! and the ports services publish on the host (`publish`).
 
 use std::net::IpAddr;
 
 use serde::Deserialize;
 
-use super::{Error, Networks};
+use super::{Error, Networks, PortSpec};
 use crate::dns;
 
 /// Where the services crate publishes each service's passing instances, one
 /// record per service; the key is deleted with the service.
 pub const ENDPOINTS: &str = "services/endpoints/";
 
-/// What DNS needs of an endpoints record; other fields are ignored.
+/// What DNS and published ports need of an endpoints record; other fields
+/// are ignored.
 #[derive(Debug, Deserialize)]
 struct EndpointsView {
     #[serde(default)]
     instances: Vec<InstanceView>,
+    #[serde(default)]
+    ports: Vec<PortSpec>,
+}
+
+/// One service as read from its endpoints record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ServiceEndpoints {
+    pub(super) name: String,
+    /// The passing instances with an IP address.
+    pub(super) instances: Vec<dns::ServiceInstance>,
+    /// Host ports balanced over the instances.
+    pub(super) ports: Vec<PortSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -28,19 +42,24 @@ struct InstanceView {
 }
 
 impl Networks {
-    /// Reads every endpoints record and puts the services in the zone.
+    /// Reads every endpoints record, puts the services in the zone and
+    /// serves the ports they publish.
     pub(super) async fn refresh_services(&self) -> Result<(), Error> {
         let range = self.inner.store.range(ENDPOINTS).await?;
-        let services = range.kvs.iter().filter_map(|kv| service_from_record(&kv.key, &kv.value)).collect();
-        self.inner.zone.set_services(services);
+        let services: Vec<ServiceEndpoints> =
+            range.kvs.iter().filter_map(|kv| service_from_record(&kv.key, &kv.value)).collect();
+        self.inner
+            .zone
+            .set_services(services.iter().map(|s| (s.name.clone(), s.instances.clone())).collect());
+        self.sync_published(&services).await;
         Ok(())
     }
 }
 
-/// A service's name and instances from its record, or `None` (logged) if
-/// the record cannot be read. An instance whose address does not parse is
-/// left out: it could not be reached anyway.
-fn service_from_record(key: &str, value: &[u8]) -> Option<(String, Vec<dns::ServiceInstance>)> {
+/// A service from its record, or `None` (logged) if the record cannot be
+/// read. An instance whose address does not parse is left out: it could
+/// not be reached anyway.
+fn service_from_record(key: &str, value: &[u8]) -> Option<ServiceEndpoints> {
     let name = key.strip_prefix(ENDPOINTS)?;
     if let Err(error) = hearth_store::names::check_label("service", name, 63) {
         tracing::warn!(key, error, "Ignoring a service whose name cannot be a DNS name.");
@@ -69,7 +88,7 @@ fn service_from_record(key: &str, value: &[u8]) -> Option<(String, Vec<dns::Serv
             }
         })
         .collect();
-    Some((name.to_owned(), instances))
+    Some(ServiceEndpoints { name: name.to_owned(), instances, ports: view.ports })
 }
 
 #[cfg(test)]
@@ -82,10 +101,11 @@ mod tests {
             {"id":"web-1","address":"10.88.0.5","port":80,"health":"passing"},
             {"id":"web-2","address":"fd00::2","port":8080},
             {"id":"web-3","address":"not-an-ip","port":80}]}"#;
-        let (name, instances) = service_from_record("services/endpoints/web", value).expect("a service");
-        assert_eq!(name, "web");
+        let service = service_from_record("services/endpoints/web", value).expect("a service");
+        assert_eq!(service.name, "web");
+        assert!(service.ports.is_empty(), "no ports field is no published port");
         let ids: Vec<(&str, String, u16)> =
-            instances.iter().map(|i| (i.id.as_str(), i.address.to_string(), i.port)).collect();
+            service.instances.iter().map(|i| (i.id.as_str(), i.address.to_string(), i.port)).collect();
         assert_eq!(ids, [("web-1", "10.88.0.5".to_owned(), 80), ("web-2", "fd00::2".to_owned(), 8080)]);
     }
 
@@ -94,7 +114,14 @@ mod tests {
         assert!(service_from_record("services/endpoints/web", b"{").is_none());
         assert!(service_from_record("services/endpoints/Web_1", br#"{"instances":[]}"#).is_none());
         assert!(service_from_record("services/endpoints/web", br#"{"instances":[{"id":"a"}]}"#).is_none());
-        let (_, instances) = service_from_record("services/endpoints/web", br#"{"name":"web"}"#).unwrap();
-        assert!(instances.is_empty(), "no instances field is no passing instance");
+        let service = service_from_record("services/endpoints/web", br#"{"name":"web"}"#).unwrap();
+        assert!(service.instances.is_empty(), "no instances field is no passing instance");
+    }
+
+    #[test]
+    fn an_endpoints_record_gives_its_published_ports() {
+        let value = br#"{"name":"web","instances":[],"ports":[{"host":8080,"guest":80,"udp":false}]}"#;
+        let service = service_from_record("services/endpoints/web", value).expect("a service");
+        assert_eq!(service.ports, [PortSpec { host: 8080, guest: 80, udp: false }]);
     }
 }

@@ -9,8 +9,9 @@
 //! daemon converges by running one pass.
 //!
 //! Machines are read from their records in the store (`machines/NAME`),
-//! through the minimal [`MachineView`], and services' passing instances from
-//! theirs (`services/endpoints/NAME`, in `endpoints`), so this crate depends
+//! through the minimal [`MachineView`], and services' passing instances and
+//! published ports from theirs (`services/endpoints/NAME`, in `endpoints`;
+//! the ports are served by `publish`), so this crate depends
 //! on neither the machines nor the services crate: subsystems meet in the
 //! store.
 
@@ -28,6 +29,7 @@ use crate::{dns, link, shaping};
 mod endpoints;
 mod faults;
 mod ipam;
+mod publish;
 mod reconcile;
 
 pub use endpoints::ENDPOINTS;
@@ -180,6 +182,10 @@ struct Running {
     forwards: HashMap<(String, PortSpec), (SocketAddr, watch::Sender<bool>)>,
     /// Why forwards could not start, by machine, for status.
     problems: BTreeMap<String, String>,
+    /// Services' published ports, by service and host port.
+    published: HashMap<(String, u16), publish::Published>,
+    /// Why published ports could not be bound, by service.
+    published_problems: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for Networks {

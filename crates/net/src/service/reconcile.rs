@@ -22,8 +22,9 @@ impl Networks {
 
     /// The reconcile loop: applies the desired host state now, again on every
     /// change to networks, machines or faults, and when a fault expires; and
-    /// keeps the DNS zone's services up to date, even without root (the
-    /// host's DNS listener answers them).
+    /// keeps the DNS zone's services and the services' published ports up
+    /// to date, even without root (the host's DNS listener answers the
+    /// names; published ports need only loopback).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let enabled = self.inner.options.enabled;
         if !enabled {
@@ -51,7 +52,7 @@ impl Networks {
         let mut networks = Follower::new(store.clone(), record::NETWORKS, from, "Networks");
         let mut faults = Follower::new(store.clone(), record::FAULTS, from, "Network faults");
         let mut machines = Follower::new(store.clone(), MACHINES, from, "Networks' machines");
-        let mut endpoints = Follower::new(store.clone(), ENDPOINTS, from, "Services' endpoints for DNS");
+        let mut endpoints = Follower::new(store.clone(), ENDPOINTS, from, "Services' endpoints");
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         // Whether the last read of the endpoints failed: retried every tick.
         let mut services_stale = !self.refresh_services_logged().await;
@@ -65,13 +66,15 @@ impl Networks {
                 _ = networks.next(), if enabled => self.apply_after(&mut [&mut networks, &mut faults, &mut machines]).await,
                 _ = faults.next(), if enabled => self.apply_after(&mut [&mut networks, &mut faults, &mut machines]).await,
                 _ = machines.next(), if enabled => self.apply_after(&mut [&mut networks, &mut faults, &mut machines]).await,
-                // Only the zone: a service's instances touch no bridge, rule or forward.
+                // Only the zone and published ports: a service's instances
+                // touch no bridge, rule or machine's forward.
                 _ = endpoints.next() => {
                     drain(&mut [&mut endpoints]);
                     services_stale = !self.refresh_services_logged().await;
                 }
                 _ = tick.tick() => {
-                    if services_stale {
+                    // A published port that was taken may be free now.
+                    if services_stale || self.published_problems() {
                         services_stale = !self.refresh_services_logged().await;
                     }
                     if enabled {
@@ -87,6 +90,9 @@ impl Networks {
         for (_, (_, stop)) in running.forwards.drain() {
             let _ = stop.send(true);
         }
+        for (_, published) in running.published.drain() {
+            published.abort();
+        }
     }
 
     /// One pass for a change and every other change already waiting: a
@@ -96,13 +102,13 @@ impl Networks {
         self.apply().await;
     }
 
-    /// Puts the services' endpoints in the zone; false (logged) if the
-    /// store could not be read.
+    /// Puts the services' endpoints in the zone and serves their published
+    /// ports; false (logged) if the store could not be read.
     async fn refresh_services_logged(&self) -> bool {
         match self.refresh_services().await {
             Ok(()) => true,
             Err(error) => {
-                tracing::warn!(error = %error, "Could not read the services' endpoints for DNS; retrying.");
+                tracing::warn!(error = %error, "Could not read the services' endpoints; retrying.");
                 false
             }
         }

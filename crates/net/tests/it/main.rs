@@ -11,6 +11,7 @@ mod firewall_render;
 mod forward_ports;
 mod link_bridges;
 mod link_names;
+mod publish_services;
 mod shaping_netem;
 mod shaping_queue;
 mod support;
