@@ -48,6 +48,7 @@ fn service(record: &ServiceRecord, instances: &[(InstanceRecord, Option<HealthRe
         description: record.meta.description.clone(),
         links: record.meta.links.clone(),
         created_at: record.created_at,
+        problem: None,
         version: machines.then_some(record.version),
         rollout: record.rollout.as_ref().map(|r| Rollout {
             from: r.from,
@@ -78,6 +79,7 @@ fn app(info: &hearth_apps::AppInfo) -> Service {
         description: None,
         links: Default::default(),
         created_at: info.app.updated_at,
+        problem: info.error.clone(),
         version: Some(info.app.active),
         rollout: None,
     }
@@ -148,7 +150,9 @@ pub(crate) async fn list(State(state): State<AppState>) -> Result<axum::Json<Ser
             Err(hearth_services::Error::NotFound(_)) => continue,
             Err(e) => return Err(e.into()),
         };
-        services.push(service(&view.record, &view.instances));
+        let mut described = service(&view.record, &view.instances);
+        described.problem = state.networks().service_port_problem(&record.name);
+        services.push(described);
     }
     for info in state.apps().list().await? {
         services.push(app(&info));
@@ -168,7 +172,9 @@ pub(crate) async fn get(
         Ok(view) => {
             let instances =
                 view.instances.iter().map(|(i, h)| instance(i, h.as_ref(), &view.record.checks)).collect();
-            Ok(axum::Json(ServiceDetail { service: service(&view.record, &view.instances), instances }))
+            let mut described = service(&view.record, &view.instances);
+            described.problem = state.networks().service_port_problem(&name);
+            Ok(axum::Json(ServiceDetail { service: described, instances }))
         }
         Err(hearth_services::Error::NotFound(_)) if state.apps().get(&name).await.is_ok() => {
             let info = state.apps().get(&name).await?;

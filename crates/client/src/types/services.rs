@@ -62,6 +62,10 @@ pub struct Service {
     pub links: BTreeMap<String, String>,
     /// Unix seconds.
     pub created_at: u64,
+    /// What does not work and what to do: a published port that cannot be
+    /// bound, an app that does not load.
+    #[serde(default)]
+    pub problem: Option<String>,
     /// The version of the template (services of machines); each deploy makes the next.
     pub version: Option<u32>,
     /// The last rolling update, under way or ended.

@@ -395,6 +395,9 @@ fn print_detail(detail: &ServiceDetail) {
     if !s.ports.is_empty() {
         println!("published:   {} (127.0.0.1)", s.ports.join(" "));
     }
+    if let Some(problem) = &s.problem {
+        println!("problem:     {problem}");
+    }
     if let Some(version) = s.version.filter(|_| s.image.is_some()) {
         println!("version:     {version}");
     }

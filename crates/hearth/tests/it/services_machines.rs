@@ -43,6 +43,8 @@ async fn a_service_of_machines_is_kept_at_count_and_a_dead_vm_is_replaced() {
     let client = daemon.client();
 
     // `create` waits until both instances pass their check.
+    let published = hearth_testkit::free_port().port();
+    let publish = format!("{published}:8080");
     let out = success(&daemon.cli(&[
         "service",
         "create",
@@ -57,6 +59,8 @@ async fn a_service_of_machines_is_kept_at_count_and_a_dead_vm_is_replaced() {
         "http:/,interval=500ms,timeout=400ms,failures=2",
         "--tag",
         "frontend",
+        "-p",
+        &publish,
         "--",
         "sh",
         "-c",
@@ -71,6 +75,10 @@ async fn a_service_of_machines_is_kept_at_count_and_a_dead_vm_is_replaced() {
     );
     let ls = success(&daemon.cli(&["service", "ls"]));
     assert!(ls.lines().any(|l| l.starts_with("web ") && l.contains("machines") && l.contains("2/2")), "{ls}");
+    // The published port on the host's loopback answers from an instance.
+    let (status, body) = get(&format!("127.0.0.1:{published}"), "web").await.expect("the published port");
+    assert_eq!((status, body.as_str()), (200, "v1"));
+
     // Every instance's main process, in one stream, each line with its instance.
     let logs = success(&daemon.cli(&["service", "logs", "web"]));
     for instance in ["web-1", "web-2"] {
