@@ -95,9 +95,39 @@ struct Tally {
     wrong: u64,
 }
 
+/// How an answer's header reads, for the load: the load checks only the
+/// header (id, response flag, response code, answer count), as dnsperf
+/// does, so that the load generator spends its time asking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reply {
+    /// NOERROR with the expected number of answers.
+    Expected,
+    /// An answer to this query, but not the expected one.
+    Other,
+    /// Not an answer to this query (an earlier one's, late, or garbage).
+    Stray,
+}
+
+/// Reads the header of `packet` as an answer to query `id`.
+pub(super) fn classify(packet: &[u8], id: u16, expected: usize) -> Reply {
+    // A header is 12 bytes; the answer count is its fourth 16-bit field.
+    let [id_hi, id_lo, flags, codes, _, _, an_hi, an_lo, _, _, _, _, ..] = *packet else {
+        return Reply::Stray;
+    };
+    if u16::from_be_bytes([id_hi, id_lo]) != id || flags & 0x80 == 0 {
+        return Reply::Stray;
+    }
+    let no_error = codes & 0x0f == 0;
+    if no_error && usize::from(u16::from_be_bytes([an_hi, an_lo])) == expected {
+        Reply::Expected
+    } else {
+        Reply::Other
+    }
+}
+
 /// `clients` concurrent clients, each asking `name` (A) and waiting for the
 /// answer before asking again, for `duration`. An answer counts if it is
-/// NOERROR with `expected` A records.
+/// NOERROR with `expected` answer records.
 pub(super) async fn load(
     server: SocketAddr,
     label: &str,
@@ -108,9 +138,10 @@ pub(super) async fn load(
 ) -> anyhow::Result<Lookups> {
     let started = Instant::now();
     let deadline = started + duration;
+    let template = query(name, 0)?;
     let mut tasks = tokio::task::JoinSet::new();
     for client in 0..clients {
-        let name = name.clone();
+        let mut packet = template.clone();
         tasks.spawn(async move {
             let socket = client_socket(server).await?;
             let mut buf = vec![0u8; 4096];
@@ -119,15 +150,20 @@ pub(super) async fn load(
             let mut id = (client as u16).wrapping_mul(7919);
             while Instant::now() < deadline {
                 id = id.wrapping_add(1);
-                match ask(&socket, &name, id, LOOKUP_TIMEOUT, &mut buf).await? {
-                    None => tally.timeouts += 1,
-                    Some(answer)
-                        if answer.metadata.response_code == ResponseCode::NoError
-                            && addresses(&answer).len() == expected =>
-                    {
-                        tally.answers += 1
+                packet[..2].copy_from_slice(&id.to_be_bytes());
+                socket.send(&packet).await?;
+                let limit = tokio::time::Instant::now() + LOOKUP_TIMEOUT;
+                loop {
+                    let Ok(received) = tokio::time::timeout_at(limit, socket.recv(&mut buf)).await else {
+                        tally.timeouts += 1;
+                        break;
+                    };
+                    match classify(&buf[..received?], id, expected) {
+                        Reply::Stray => continue,
+                        Reply::Expected => tally.answers += 1,
+                        Reply::Other => tally.wrong += 1,
                     }
-                    Some(_) => tally.wrong += 1,
+                    break;
                 }
             }
             anyhow::Ok(tally)
@@ -297,6 +333,22 @@ mod tests {
         let load = super::load(peer.addr, "peer", &name, 4, 1, Duration::from_millis(100)).await.unwrap();
         assert!(load.answers == 0 && load.wrong > 0, "{load:?}");
         peer.stop().await;
+    }
+
+    #[test]
+    fn the_load_reads_an_answers_header() {
+        let name = fqdn("web.service.hearth").unwrap();
+        let records = vec![a(&name, [127, 0, 0, 11]), a(&name, [127, 0, 0, 12])];
+        let zone = PeerZone { name: name.clone(), records };
+        let answer = zone.answer(&query(&name, 42).unwrap()).unwrap();
+        assert_eq!(classify(&answer, 42, 2), Reply::Expected);
+        assert_eq!(classify(&answer, 42, 3), Reply::Other);
+        assert_eq!(classify(&answer, 41, 2), Reply::Stray, "another query's answer");
+        assert_eq!(classify(&query(&name, 42).unwrap(), 42, 0), Reply::Stray, "a query is no answer");
+        assert_eq!(classify(&answer[..11], 42, 2), Reply::Stray, "shorter than a header");
+        let other = fqdn("other.service.hearth").unwrap();
+        let nxdomain = zone.answer(&query(&other, 42).unwrap()).unwrap();
+        assert_eq!(classify(&nxdomain, 42, 0), Reply::Other, "NXDOMAIN is not NOERROR");
     }
 
     #[tokio::test]

@@ -977,6 +977,41 @@ version 1 → 2: done in 45.000 s; 900 requests (500 from the old version, 400 f
         assert_eq!(tally.first_failures.len(), FAILURES_KEPT);
     }
 
+    /// A server like the instances' netcat loop: one answer per connection,
+    /// then close; 200 with `v2` for `Host: web.localhost`, 404 otherwise.
+    async fn netcat_like() -> SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 4096];
+                let len = stream.read(&mut buf).await.unwrap_or(0);
+                let request = String::from_utf8_lossy(&buf[..len]).to_lowercase();
+                let response = if request.contains("host: web.localhost\r\n") {
+                    "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nv2"
+                } else {
+                    "HTTP/1.1 404 Not Found\r\nContent-Length: 6\r\nConnection: close\r\n\r\nno app"
+                };
+                let _ = stream.write_all(response.as_bytes()).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_request_through_the_ingress_is_an_answer_or_a_failure_with_why() {
+        let server = netcat_like().await;
+        assert_eq!(get(server, "web.localhost").await, Answer::Ok("v2".into()));
+        assert_eq!(get(server, "other.localhost").await, Answer::Failed("404 Not Found: no app".into()));
+        // A port nobody listens on: refused, said as such.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        match get(closed, "web.localhost").await {
+            Answer::Failed(why) => assert!(why.to_lowercase().contains("refused"), "{why}"),
+            answer => panic!("{answer:?}"),
+        }
+    }
+
     #[test]
     fn the_server_answers_its_body_with_its_length() {
         let argv = server("v2");
