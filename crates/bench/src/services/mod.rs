@@ -15,10 +15,12 @@
 //!    kill, its leaving the passing endpoints (a blocking query), its
 //!    address leaving the host DNS answer (asked every 10 ms), and a
 //!    replacement passing.
-//! 3. **A rolling deploy under load**: steady HTTP requests through the
-//!    ingress (`NAME.localhost`) while the service rolls to a new command,
-//!    counting failed requests. Not measured, and said so, on a daemon whose
-//!    ingress does not route services.
+//! 3. **A rolling deploy under load**: a steady rate of HTTP requests through
+//!    the ingress (`NAME.localhost`), each on a new connection, for a few
+//!    seconds and then while the service rolls to a new command, counting
+//!    failed requests in each phase (the steady phase says what the service
+//!    fails when nothing changes). Not measured, and said so, on a daemon
+//!    whose ingress does not route services.
 //!
 //! Everything it creates (two services, and with them their machines) is
 //! removed again, also when it fails or is interrupted.
@@ -64,8 +66,11 @@ const LEAVE_LIMIT: Duration = Duration::from_secs(60);
 const PASSING_LIMIT: Duration = Duration::from_secs(900);
 /// Longest a rolling deploy may take.
 const ROLLOUT_LIMIT: Duration = Duration::from_secs(1800);
-/// Steady load before the deploy starts.
-const LEAD_IN: Duration = Duration::from_secs(1);
+/// Steady load before the deploy starts, counted apart: what the service
+/// fails when nothing changes.
+const STEADY: Duration = Duration::from_secs(5);
+/// How long the ingress gets to answer a 2xx for the service before the deploy.
+const PROBE_LIMIT: Duration = Duration::from_secs(10);
 /// One request through the ingress, at most.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The registered instances' TTL; a heartbeat renews it every third of it.
@@ -100,6 +105,14 @@ pub struct Args {
     /// Concurrent HTTP clients through the ingress during the rolling deploy.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
     http_clients: u32,
+    /// Requests per second of those clients together: a steady load, each
+    /// client starting a request at most every CLIENTS/RATE seconds (a
+    /// failure does not make it ask sooner). The netcat server answers one
+    /// connection at a time and refuses others meanwhile, and so does its
+    /// health check's; under software emulation an instance sustains a few
+    /// requests a second, hence the low default.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    http_rate: u32,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -189,20 +202,19 @@ struct RollingDeploy {
     url: String,
     host: String,
     clients: u32,
+    /// Requests per second asked for, all clients together.
+    rate: u32,
     from_version: u32,
     to_version: u32,
-    /// `done`, or `rolled-back` with why.
+    /// `done`, or `rolled back: why`.
     outcome: String,
     /// From the deploy call to the end of the rollout.
     duration_ms: f64,
-    /// All requests, from a second before the deploy to its end.
-    requests: u64,
-    /// Non-2xx answers and connection errors.
-    failures: u64,
-    answered_old: u64,
-    answered_new: u64,
-    /// The first few failures, as they were.
-    first_failures: Vec<String>,
+    /// The requests started in the seconds before the deploy.
+    steady: Tally,
+    steady_secs: u64,
+    /// The requests started from the deploy call to the end of the rollout.
+    rollout: Tally,
 }
 
 /// The services this run created and has not removed yet.
@@ -301,7 +313,7 @@ async fn measure(client: &Client, args: &Args, created: &Created) -> anyhow::Res
             let ingress: SocketAddr =
                 ingress.parse().context("the daemon reports an ingress address that is not HOST:PORT")?;
             eprintln!("[3/3] Rolling deploy of {name} under load through the ingress {ingress} ...");
-            rolling_deploy(client, ingress, &name, args.http_clients).await?
+            rolling_deploy(client, ingress, &name, args.http_clients, args.http_rate).await?
         }
     };
     if let Figure::Unavailable { unavailable } = &deploy {
@@ -431,10 +443,15 @@ async fn dns_until(
 // Failure detection.
 
 /// The netcat HTTP server the instances run, answering `body` to every
-/// request and closing the connection.
+/// request and closing the connection. One connection at a time: while
+/// `nc` serves one, and until the loop has started the next, connections
+/// are refused. `-N` closes the connection once the answer is written; with
+/// `-q 1` (as the tests' server has it) `nc` would hold each one a second
+/// longer, so that an instance served about one request a second and reset
+/// the connections that queued meanwhile.
 fn server(body: &str) -> Vec<String> {
     let script = format!(
-        "while true; do printf 'HTTP/1.1 200 OK\\r\\nContent-Length: {}\\r\\nConnection: close\\r\\n\\r\\n{body}' | nc -l -p {PORT} -q 1 >/dev/null 2>&1; done",
+        "while true; do printf 'HTTP/1.1 200 OK\\r\\nContent-Length: {}\\r\\nConnection: close\\r\\n\\r\\n{body}' | nc -l -p {PORT} -N >/dev/null 2>&1; done",
         body.len()
     );
     vec!["sh".into(), "-c".into(), script]
@@ -615,8 +632,23 @@ async fn kill_one(
 /// What one request through the ingress got.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Answer {
+    /// A 2xx, with its body.
     Ok(String),
+    /// Another status, with the start of its body.
+    Status(StatusCode, String),
+    /// No answer: the connection failed, or the time ran out.
     Failed(String),
+}
+
+impl Answer {
+    /// Why a request failed, in a line; `None` for a 2xx.
+    fn failure(&self) -> Option<String> {
+        match self {
+            Answer::Ok(_) => None,
+            Answer::Status(status, body) => Some(format!("{status}: {body}")),
+            Answer::Failed(why) => Some(why.clone()),
+        }
+    }
 }
 
 /// One GET / with `Host: host` on a new connection, as a new client's would be.
@@ -641,18 +673,20 @@ async fn get(ingress: SocketAddr, host: &str) -> Answer {
             Answer::Ok(String::from_utf8_lossy(&body).trim().to_owned())
         }
         Ok(Ok((status, body))) => {
-            Answer::Failed(format!("{status}: {}", crate::output::cell(&String::from_utf8_lossy(&body), 80)))
+            Answer::Status(status, crate::output::cell(String::from_utf8_lossy(&body).trim(), 200))
         }
     }
 }
 
-/// Requests, failures and answers by version, of all load clients.
-#[derive(Debug, Default)]
+/// Requests, failures (non-2xx answers and connection errors) and answers
+/// by version.
+#[derive(Debug, Default, Serialize)]
 struct Tally {
     requests: u64,
     failures: u64,
-    old: u64,
-    new: u64,
+    answered_old: u64,
+    answered_new: u64,
+    /// The first few failures, as they were.
     first_failures: Vec<String>,
 }
 
@@ -660,12 +694,12 @@ impl Tally {
     fn count(&mut self, answer: Answer) {
         self.requests += 1;
         match answer {
-            Answer::Ok(body) if body == "v2" => self.new += 1,
-            Answer::Ok(_) => self.old += 1,
-            Answer::Failed(why) => {
+            Answer::Ok(body) if body == "v2" => self.answered_new += 1,
+            Answer::Ok(_) => self.answered_old += 1,
+            failed => {
                 self.failures += 1;
                 if self.first_failures.len() < FAILURES_KEPT {
-                    self.first_failures.push(why);
+                    self.first_failures.extend(failed.failure());
                 }
             }
         }
@@ -674,12 +708,37 @@ impl Tally {
     fn add(&mut self, other: Tally) {
         self.requests += other.requests;
         self.failures += other.failures;
-        self.old += other.old;
-        self.new += other.new;
+        self.answered_old += other.answered_old;
+        self.answered_new += other.answered_new;
         for why in other.first_failures {
             if self.first_failures.len() < FAILURES_KEPT {
                 self.first_failures.push(why);
             }
+        }
+    }
+}
+
+/// Whether the ingress routes `host` to the service: a 2xx within
+/// [`PROBE_LIMIT`] (the netcat server refuses connections while it serves
+/// another, so one failure proves nothing), or why not. A 404 is the
+/// ingress saying it has no route.
+async fn probe(ingress: SocketAddr, host: &str) -> Result<(), String> {
+    let started = Instant::now();
+    loop {
+        let answer = get(ingress, host).await;
+        match answer {
+            Answer::Ok(_) => return Ok(()),
+            Answer::Status(StatusCode::NOT_FOUND, body) => {
+                return Err(format!("the ingress does not route services on this daemon: 404: {body}"));
+            }
+            _ if started.elapsed() > PROBE_LIMIT => {
+                return Err(format!(
+                    "the ingress answered no 2xx for {host} within {} s: {}",
+                    PROBE_LIMIT.as_secs(),
+                    answer.failure().unwrap_or_default()
+                ));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     }
 }
@@ -689,30 +748,36 @@ async fn rolling_deploy(
     ingress: SocketAddr,
     name: &str,
     clients: u32,
+    rate: u32,
 ) -> anyhow::Result<Figure<RollingDeploy>> {
     let host = format!("{name}.localhost");
     let url = format!("http://{ingress}/");
-    if let Answer::Failed(why) = get(ingress, &host).await {
-        return Ok(Figure::Unavailable {
-            unavailable: format!(
-                "the ingress does not route services on this daemon (GET {url} with Host: {host}: {why})"
-            ),
-        });
+    if let Err(why) = probe(ingress, &host).await {
+        return Ok(Figure::Unavailable { unavailable: format!("{why} (GET {url} with Host: {host})") });
     }
     let stop = Arc::new(AtomicBool::new(false));
+    let rolling = Arc::new(AtomicBool::new(false));
     let mut load = tokio::task::JoinSet::new();
-    for _ in 0..clients {
-        let (stop, host) = (stop.clone(), host.clone());
+    let every = Duration::from_secs_f64(f64::from(clients) / f64::from(rate));
+    for i in 0..clients {
+        let (stop, rolling, host) = (stop.clone(), rolling.clone(), host.clone());
         load.spawn(async move {
-            let mut tally = Tally::default();
+            // Spread over the interval, so that the clients do not ask in step.
+            tokio::time::sleep(every * i / clients).await;
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let (mut steady, mut during) = (Tally::default(), Tally::default());
             while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let tally = if rolling.load(Ordering::Relaxed) { &mut during } else { &mut steady };
                 tally.count(get(ingress, &host).await);
             }
-            tally
+            (steady, during)
         });
     }
     let rolled = async {
-        tokio::time::sleep(LEAD_IN).await;
+        tokio::time::sleep(STEADY).await;
+        rolling.store(true, Ordering::Relaxed);
         let started = Instant::now();
         let deploy = DeployService { command: Some(server("v2")), ..Default::default() };
         let service = client.deploy_service(name, &deploy).await?;
@@ -741,30 +806,34 @@ async fn rolling_deploy(
     }
     .await;
     stop.store(true, Ordering::Relaxed);
-    let mut tally = Tally::default();
+    let (mut steady, mut during) = (Tally::default(), Tally::default());
     while let Some(joined) = load.join_next().await {
-        tally.add(joined.context("a load client panicked")?);
+        let (s, d) = joined.context("a load client panicked")?;
+        steady.add(s);
+        during.add(d);
     }
     let (from_version, to_version, outcome, took) = rolled?;
     eprintln!(
-        "      {outcome} in {:.1} s: {} requests, {} failed",
+        "      steady for {} s: {} requests, {} failed; {outcome} in {:.1} s: {} requests, {} failed",
+        STEADY.as_secs(),
+        steady.requests,
+        steady.failures,
         took.as_secs_f64(),
-        tally.requests,
-        tally.failures
+        during.requests,
+        during.failures
     );
     Ok(Figure::Measured(RollingDeploy {
         url,
         host,
         clients,
+        rate,
         from_version,
         to_version,
         outcome,
         duration_ms: millis(took),
-        requests: tally.requests,
-        failures: tally.failures,
-        answered_old: tally.old,
-        answered_new: tally.new,
-        first_failures: tally.first_failures,
+        steady,
+        steady_secs: STEADY.as_secs(),
+        rollout: during,
     }))
 }
 
@@ -831,23 +900,37 @@ fn render(r: &Report) -> String {
     match &r.deploy {
         Figure::Measured(deploy) => {
             out.push_str(&format!(
-                "ROLLING DEPLOY UNDER LOAD ({} clients, a new connection per request, {} as {})\n",
-                deploy.clients, deploy.url, deploy.host
+                "ROLLING DEPLOY UNDER LOAD ({} clients, {} requests/s, a new connection each, {} as {})\n",
+                deploy.clients, deploy.rate, deploy.url, deploy.host
             ));
+            let mut table = Table::new(vec!["PHASE", "REQUESTS", "FAILED", "OLD VERSION", "NEW VERSION"]);
+            let row = |table: &mut Table, phase: String, t: &Tally| {
+                table.row(vec![
+                    phase,
+                    t.requests.to_string(),
+                    t.failures.to_string(),
+                    t.answered_old.to_string(),
+                    t.answered_new.to_string(),
+                ])
+            };
+            row(&mut table, format!("steady, {} s before the deploy", deploy.steady_secs), &deploy.steady);
+            row(
+                &mut table,
+                format!("rollout, version {} → {}", deploy.from_version, deploy.to_version),
+                &deploy.rollout,
+            );
+            out.push_str(&table.render());
+            let failed = deploy.rollout.failures;
             out.push_str(&format!(
-                "version {} → {}: {} in {}; {} requests ({} from the old version, {} from the new), {} failed (goal 0: {})\n",
-                deploy.from_version,
-                deploy.to_version,
+                "the rollout: {} in {}; failed requests during it: {failed} (goal 0: {})\n",
                 deploy.outcome,
                 seconds(deploy.duration_ms),
-                deploy.requests,
-                deploy.answered_old,
-                deploy.answered_new,
-                deploy.failures,
-                if deploy.failures == 0 { "met" } else { "NOT met" }
+                if failed == 0 { "met" } else { "NOT met" }
             ));
-            for why in &deploy.first_failures {
-                out.push_str(&format!("  failed: {why}\n"));
+            for (phase, t) in [("steady", &deploy.steady), ("rollout", &deploy.rollout)] {
+                for why in &t.first_failures {
+                    out.push_str(&format!("  {phase}: {why}\n"));
+                }
             }
         }
         Figure::Unavailable { unavailable } => {
@@ -919,19 +1002,25 @@ mod tests {
 
     #[test]
     fn the_report_shows_each_figure_and_verdict() {
+        let tally = |requests, old, new| Tally {
+            requests,
+            failures: requests - old - new,
+            answered_old: old,
+            answered_new: new,
+            first_failures: vec![],
+        };
         let deploy = Figure::Measured(RollingDeploy {
             url: "http://127.0.0.1:8080/".into(),
             host: "bench-svc-1.localhost".into(),
             clients: 4,
+            rate: 20,
             from_version: 1,
             to_version: 2,
             outcome: "done".into(),
             duration_ms: 45_000.0,
-            requests: 900,
-            failures: 0,
-            answered_old: 500,
-            answered_new: 400,
-            first_failures: vec![],
+            steady: Tally { first_failures: vec!["502 Bad Gateway: refused".into()], ..tally(100, 99, 0) },
+            steady_secs: 5,
+            rollout: tally(900, 500, 400),
         });
         let text = render(&report(deploy, vec![1100.0, 1300.0, 1200.0]));
         let expected = "\
@@ -948,8 +1037,12 @@ hearth host listener            20000       100000    0          0
 plain hickory-proto responder   40000       200000    0          0
 bench-dns-1.service.hearth. with 3 A records, 8 UDP clients for 5 s each; hearth / peer: 0.50
 
-ROLLING DEPLOY UNDER LOAD (4 clients, a new connection per request, http://127.0.0.1:8080/ as bench-svc-1.localhost)
-version 1 → 2: done in 45.000 s; 900 requests (500 from the old version, 400 from the new), 0 failed (goal 0: met)
+ROLLING DEPLOY UNDER LOAD (4 clients, 20 requests/s, a new connection each, http://127.0.0.1:8080/ as bench-svc-1.localhost)
+PHASE                           REQUESTS   FAILED   OLD VERSION   NEW VERSION
+steady, 5 s before the deploy   100        1        99            0
+rollout, version 1 → 2          900        0        500           400
+the rollout: done in 45.000 s; failed requests during it: 0 (goal 0: met)
+  steady: 502 Bad Gateway: refused
 ";
         assert_eq!(text, expected);
     }
@@ -970,11 +1063,13 @@ version 1 → 2: done in 45.000 s; 900 requests (500 from the old version, 400 f
         let mut tally = Tally::default();
         tally.count(Answer::Ok("v1".into()));
         tally.count(Answer::Ok("v2".into()));
+        tally.count(Answer::Status(StatusCode::BAD_GATEWAY, "no instance".into()));
         for i in 0..7 {
             tally.count(Answer::Failed(format!("refused {i}")));
         }
-        assert_eq!((tally.requests, tally.old, tally.new, tally.failures), (9, 1, 1, 7));
+        assert_eq!((tally.requests, tally.answered_old, tally.answered_new, tally.failures), (10, 1, 1, 8));
         assert_eq!(tally.first_failures.len(), FAILURES_KEPT);
+        assert_eq!(tally.first_failures[..2], ["502 Bad Gateway: no instance", "refused 0"]);
     }
 
     /// A server like the instances' netcat loop: one answer per connection,
@@ -1003,7 +1098,15 @@ version 1 → 2: done in 45.000 s; 900 requests (500 from the old version, 400 f
     async fn a_request_through_the_ingress_is_an_answer_or_a_failure_with_why() {
         let server = netcat_like().await;
         assert_eq!(get(server, "web.localhost").await, Answer::Ok("v2".into()));
-        assert_eq!(get(server, "other.localhost").await, Answer::Failed("404 Not Found: no app".into()));
+        let not_found = get(server, "other.localhost").await;
+        assert_eq!(not_found, Answer::Status(StatusCode::NOT_FOUND, "no app".into()));
+        assert_eq!(not_found.failure().as_deref(), Some("404 Not Found: no app"));
+        assert_eq!(probe(server, "web.localhost").await, Ok(()));
+        let no_route = probe(server, "other.localhost").await.unwrap_err();
+        assert!(
+            no_route.starts_with("the ingress does not route services on this daemon: 404"),
+            "{no_route}"
+        );
         // A port nobody listens on: refused, said as such.
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         match get(closed, "web.localhost").await {
@@ -1020,6 +1123,6 @@ version 1 → 2: done in 45.000 s; 900 requests (500 from the old version, 400 f
             argv[2].contains("Content-Length: 2\\r\\n") && argv[2].contains("\\r\\n\\r\\nv2'"),
             "{argv:?}"
         );
-        assert!(argv[2].contains("nc -l -p 8080"), "{argv:?}");
+        assert!(argv[2].contains("nc -l -p 8080 -N"), "{argv:?}");
     }
 }
