@@ -86,6 +86,19 @@ pub(super) struct Lookups {
     pub(super) timeouts: u64,
     /// Answers without the expected records.
     pub(super) wrong: u64,
+    /// Every round's lookups per second, in the order they ran.
+    pub(super) rounds_per_sec: Vec<f64>,
+}
+
+/// The round with the median lookups per second (the lower middle one of
+/// an even count), with every round's figure beside it.
+pub(super) fn median_round(rounds: Vec<Lookups>) -> Option<Lookups> {
+    let per_round: Vec<f64> = rounds.iter().map(|l| l.per_sec).collect();
+    let mut sorted = rounds;
+    sorted.sort_by(|a, b| a.per_sec.total_cmp(&b.per_sec));
+    let mut median = sorted.get(sorted.len().checked_sub(1)? / 2).cloned()?;
+    median.rounds_per_sec = per_round;
+    Some(median)
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -184,6 +197,7 @@ pub(super) async fn load(
         answers: total.answers,
         timeouts: total.timeouts,
         wrong: total.wrong,
+        rounds_per_sec: vec![],
     })
 }
 
@@ -333,6 +347,24 @@ mod tests {
         let load = super::load(peer.addr, "peer", &name, 4, 1, Duration::from_millis(100)).await.unwrap();
         assert!(load.answers == 0 && load.wrong > 0, "{load:?}");
         peer.stop().await;
+    }
+
+    #[test]
+    fn a_servers_figure_is_its_median_round() {
+        let round = |per_sec: f64| Lookups {
+            server: "s".into(),
+            addr: "127.0.0.1:53".parse().unwrap(),
+            per_sec,
+            answers: per_sec as u64,
+            timeouts: 0,
+            wrong: 0,
+            rounds_per_sec: vec![],
+        };
+        let median = median_round(vec![round(300.0), round(100.0), round(200.0)]).unwrap();
+        assert_eq!((median.per_sec, median.answers), (200.0, 200));
+        assert_eq!(median.rounds_per_sec, [300.0, 100.0, 200.0], "in the order they ran");
+        assert_eq!(median_round(vec![round(4.0), round(1.0)]).unwrap().per_sec, 1.0);
+        assert_eq!(median_round(vec![]), None);
     }
 
     #[test]

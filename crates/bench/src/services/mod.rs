@@ -8,7 +8,8 @@
 //!    registered service with three instances (no VM needed), against a
 //!    plain responder of the same three records written here with
 //!    `hickory-proto` (the floor: answering with nothing behind it), with
-//!    the same closed-loop load of concurrent UDP clients.
+//!    the same closed-loop load of concurrent UDP clients, the two servers
+//!    in turn for a few rounds, each one's figure its median round.
 //! 2. **Failure detection**: a service of `--count` machines running a
 //!    netcat HTTP server, checked with `http:/` at the default interval. Each
 //!    run kills one instance's VM process with SIGKILL and times, from the
@@ -99,9 +100,13 @@ pub struct Args {
     /// Concurrent UDP clients of the DNS load.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
     clients: u32,
-    /// Seconds of DNS load per server.
+    /// Seconds of DNS load per server and round.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     duration: u64,
+    /// Rounds of DNS load: each loads both servers in turn, and each
+    /// server's figure is its median round.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
     /// Concurrent HTTP clients through the ingress during the rolling deploy.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
     http_clients: u32,
@@ -189,7 +194,9 @@ struct DnsLoad {
     name: String,
     records: usize,
     clients: u32,
+    /// Per server and round.
     duration_secs: u64,
+    rounds: u32,
     hearth: dns::Lookups,
     peer: dns::Lookups,
     /// hearth's lookups per second over the peer's.
@@ -390,20 +397,31 @@ async fn dns_load_registered(
     let measured = async {
         dns::load(server, &hearth_label, &fqdn, records.len(), clients, DNS_WARM_UP).await?;
         dns::load(peer.addr, &peer_label, &fqdn, records.len(), clients, DNS_WARM_UP).await?;
-        let hearth = dns::load(server, &hearth_label, &fqdn, records.len(), clients, duration).await?;
-        eprintln!("      hearth: {:.0} lookups/s ({} timeouts)", hearth.per_sec, hearth.timeouts);
-        let peer = dns::load(peer.addr, &peer_label, &fqdn, records.len(), clients, duration).await?;
-        eprintln!("      peer:   {:.0} lookups/s ({} timeouts)", peer.per_sec, peer.timeouts);
-        anyhow::Ok((hearth, peer))
+        let (mut hearth_rounds, mut peer_rounds) = (vec![], vec![]);
+        // The servers in turn, round after round, so that other work on the
+        // machine weighs on both alike.
+        for round in 1..=args.rounds {
+            let h = dns::load(server, &hearth_label, &fqdn, records.len(), clients, duration).await?;
+            let p = dns::load(peer.addr, &peer_label, &fqdn, records.len(), clients, duration).await?;
+            eprintln!(
+                "      round {round}: hearth {:.0} lookups/s ({} timeouts), peer {:.0} lookups/s ({} timeouts)",
+                h.per_sec, h.timeouts, p.per_sec, p.timeouts
+            );
+            hearth_rounds.push(h);
+            peer_rounds.push(p);
+        }
+        anyhow::Ok((dns::median_round(hearth_rounds), dns::median_round(peer_rounds)))
     }
     .await;
     peer.stop().await;
     let (hearth, peer) = measured?;
+    let (hearth, peer) = (hearth.context("no round was measured")?, peer.context("no round was measured")?);
     Ok(DnsLoad {
         name: fqdn.to_string(),
         records: records.len(),
         clients: args.clients,
         duration_secs: args.duration,
+        rounds: args.rounds,
         hearth_over_peer: hearth.per_sec / peer.per_sec,
         hearth,
         peer,
@@ -880,21 +898,29 @@ fn render(r: &Report) -> String {
     ));
 
     let d = &r.dns;
-    let mut table =
-        Table::new(vec!["DNS LOOKUPS (A, closed loop)", "LOOKUPS/S", "ANSWERS", "TIMEOUTS", "WRONG"]);
+    let mut table = Table::new(vec![
+        "DNS LOOKUPS (A, closed loop, median round)",
+        "LOOKUPS/S",
+        "ANSWERS",
+        "TIMEOUTS",
+        "WRONG",
+        "EACH ROUND",
+    ]);
     for l in [&d.hearth, &d.peer] {
+        let rounds: Vec<String> = l.rounds_per_sec.iter().map(|r| format!("{r:.0}")).collect();
         table.row(vec![
             l.server.clone(),
             format!("{:.0}", l.per_sec),
             l.answers.to_string(),
             l.timeouts.to_string(),
             l.wrong.to_string(),
+            rounds.join(" · "),
         ]);
     }
     out.push_str(&table.render());
     out.push_str(&format!(
-        "{} with {} A records, {} UDP clients for {} s each; hearth / peer: {:.2}\n\n",
-        d.name, d.records, d.clients, d.duration_secs, d.hearth_over_peer
+        "{} with {} A records, {} UDP clients, {} round(s) of {} s per server; hearth / peer: {:.2}\n\n",
+        d.name, d.records, d.clients, d.rounds, d.duration_secs, d.hearth_over_peer
     ));
 
     match &r.deploy {
@@ -952,6 +978,7 @@ mod tests {
             answers: (per_sec * 5.0) as u64,
             timeouts: 0,
             wrong: 0,
+            rounds_per_sec: vec![per_sec - 1000.0, per_sec, per_sec + 500.0],
         }
     }
 
@@ -975,6 +1002,7 @@ mod tests {
                 records: 3,
                 clients: 8,
                 duration_secs: 5,
+                rounds: 3,
                 hearth: lookups("hearth host listener", 20_000.0),
                 peer: lookups("plain hickory-proto responder", 40_000.0),
                 hearth_over_peer: 0.5,
@@ -1032,10 +1060,10 @@ out of the host DNS answer                1.200 s    1.300 s    < 2.500 s
 a replacement passing (3/3 again)         31.000 s   32.000 s   -
 3 run(s), check http:/ every 2 s; out of endpoints and DNS within one interval + 0.5 s in every run: met
 
-DNS LOOKUPS (A, closed loop)    LOOKUPS/S   ANSWERS   TIMEOUTS   WRONG
-hearth host listener            20000       100000    0          0
-plain hickory-proto responder   40000       200000    0          0
-bench-dns-1.service.hearth. with 3 A records, 8 UDP clients for 5 s each; hearth / peer: 0.50
+DNS LOOKUPS (A, closed loop, median round)   LOOKUPS/S   ANSWERS   TIMEOUTS   WRONG   EACH ROUND
+hearth host listener                         20000       100000    0          0       19000 · 20000 · 20500
+plain hickory-proto responder                40000       200000    0          0       39000 · 40000 · 40500
+bench-dns-1.service.hearth. with 3 A records, 8 UDP clients, 3 round(s) of 5 s per server; hearth / peer: 0.50
 
 ROLLING DEPLOY UNDER LOAD (4 clients, 20 requests/s, a new connection each, http://127.0.0.1:8080/ as bench-svc-1.localhost)
 PHASE                           REQUESTS   FAILED   OLD VERSION   NEW VERSION
