@@ -202,7 +202,8 @@ pub(super) async fn load(
 }
 
 /// The peer: a plain authoritative responder that answers one name's A
-/// records from memory, on one UDP socket, on a thread and runtime of its
+/// records from memory, on one UDP socket (one task receiving and
+/// answering in turn, as the daemon's listener does), on a runtime of its
 /// own. It is the floor: what answering costs with no registry, no zone
 /// and no store behind it. Any other name is NXDOMAIN, any other type of
 /// the name NOERROR with no records.
@@ -215,8 +216,12 @@ pub(super) struct Peer {
 impl Peer {
     /// Answers `records` (A records of `name`) on a free loopback port.
     pub(super) fn start(name: Name, records: Vec<Record>) -> anyhow::Result<Peer> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
+        // A multi-threaded runtime with one worker per core, as the daemon's:
+        // under a closed-loop load the figure is mostly how soon a parked
+        // server wakes, which depends on the runtime's flavour.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
+            .thread_name("bench-dns-peer")
             .build()
             .context("cannot start a runtime for the DNS peer")?;
         let socket = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
@@ -226,7 +231,8 @@ impl Peer {
         let zone = Arc::new(PeerZone { name, records });
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new().name("bench-dns-peer".into()).spawn(move || {
-            runtime.block_on(async move {
+            // On a worker, as the daemon's listener is: `block_on` would run it on this thread.
+            let served = runtime.spawn(async move {
                 let socket = match UdpSocket::from_std(socket) {
                     Ok(socket) => socket,
                     Err(e) => return eprintln!("      the DNS peer cannot listen: {e}"),
@@ -244,6 +250,8 @@ impl Peer {
                     }
                 }
             });
+            let _ = runtime.block_on(served);
+            runtime.shutdown_background();
         })?;
         Ok(Peer { addr, stop, thread })
     }
