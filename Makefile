@@ -4,7 +4,7 @@ CARGO ?= cargo
 BIN_DIR ?= $(HOME)/.cargo/bin
 DATA_DIR ?= $(or $(HEARTH_DATA_DIR),$(or $(XDG_DATA_HOME),$(HOME)/.local/share)/hearth)
 
-.PHONY: setup build agent examples install run stop test lint openapi fuzz bench bench-apps clean
+.PHONY: setup build agent examples install run stop test lint openapi fuzz bench bench-apps bench-services clean
 
 # The guest agent runs as PID 1 in every machine: a static musl binary.
 AGENT := target/x86_64-unknown-linux-musl/release/hearth-agent
@@ -108,6 +108,29 @@ bench-apps: build examples
 	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null; rm -rf $$dir' EXIT; \
 	for _ in $$(seq 100); do target/release/hearth --data-dir $$dir status >/dev/null 2>&1 && break; sleep 0.1; done; \
 	target/release/hearth --data-dir $$dir bench apps --wasmtime "$$w" $(BENCH_APPS_ARGS)
+
+# `hearth bench services` against a throwaway daemon on a temporary
+# directory, as root: the service's machines need a network (a bridge and
+# taps). The daemon shares the image cache BENCH_SERVICES_CACHE (default
+# DATA_DIR/cache, where `hearth serve` keeps images), and the machines' image
+# (sh and netcat) is built into it once if missing. Not part of `make test`;
+# it takes minutes under software emulation. Pass options with
+# BENCH_SERVICES_ARGS="--runs 5 --json".
+BENCH_SERVICES_IMAGE ?= bench-services
+BENCH_SERVICES_CACHE ?= $(DATA_DIR)/cache
+bench-services: build
+	@set -e; if [ "$$(id -u)" -ne 0 ]; then \
+		echo "bench-services needs root: the service's machines need a network (sudo make bench-services)"; exit 1; fi; \
+	dir=$$(mktemp -d); cache=$(abspath $(BENCH_SERVICES_CACHE)); mkdir -p $$cache; \
+	target/release/hearth serve --data-dir $$dir --cache-dir $$cache --ingress 127.0.0.1:0 --dns 127.0.0.1:0 \
+		--net-prefix hbs --default-network true --default-network-nat false >$$dir/daemon.log 2>&1 & pid=$$!; \
+	trap 'status=$$?; kill $$pid 2>/dev/null; wait $$pid 2>/dev/null; \
+		if [ $$status -ne 0 ]; then echo "daemon log (last lines):"; tail -n 20 $$dir/daemon.log; fi; rm -rf $$dir' EXIT; \
+	for _ in $$(seq 100); do target/release/hearth --data-dir $$dir status >/dev/null 2>&1 && break; sleep 0.1; done; \
+	hearth="target/release/hearth --data-dir $$dir"; \
+	if ! $$hearth image ls --json | grep -Eq '"name": "$(BENCH_SERVICES_IMAGE)(:latest)?"'; then \
+		$$hearth image build debian --packages netcat-openbsd --name $(BENCH_SERVICES_IMAGE); fi; \
+	$$hearth bench services --image $(BENCH_SERVICES_IMAGE) $(BENCH_SERVICES_ARGS)
 
 # The Restate peer of `hearth bench workflows`: restate-server from npm into
 # target/restate (once per version) and bench/restate-peer, a Restate Rust SDK

@@ -9,6 +9,10 @@
 //!   with one load generator (wrk).
 //! - [`workflows`]: three-step workflows per second and signal-to-resume
 //!   latency through the daemon, and on Restate (`restate`) when installed.
+//! - [`services`]: the time from a VM's death to its instance leaving the
+//!   endpoints and DNS and to a passing replacement, DNS lookups per second
+//!   against a plain hickory-proto responder, and failed requests through
+//!   the ingress during a rolling deploy.
 //! - [`output`]: tables for people, JSON for programs (the CLI's too).
 //!
 //! The store's own benchmark is `hearth_store::bench`.
@@ -17,6 +21,7 @@ pub mod apps;
 pub mod machines;
 pub mod output;
 mod restate;
+pub mod services;
 pub mod workflows;
 
 /// Nearest-rank percentile of sorted samples (for an even count the median

@@ -1,15 +1,15 @@
 //! `hearth bench`: measurements against peers; the drivers are in
 //! `hearth-bench`, this is the command line.
 //!
-//! `bench store` runs on its own, against a fresh store; `bench machines`
-//! and `bench apps` are clients of the running daemon, because they measure
-//! the daemon.
+//! `bench store` runs on its own, against a fresh store; `bench machines`,
+//! `bench apps` and `bench services` are clients of the running daemon,
+//! because they measure the daemon.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use hearth_bench::{apps, machines, workflows};
+use hearth_bench::{apps, machines, services, workflows};
 use hearth_client::Client;
 use hearth_store::bench::{BenchOptions, run as run_store_bench};
 use hearth_store::redb::{Options as StoreOptions, RedbStore};
@@ -55,6 +55,16 @@ pub(crate) enum Command {
     /// Talks to the running daemon (as `hearth app` does), deploys an app
     /// named bench-apps-PID and removes it again.
     Apps(apps::Args),
+    /// Services: from a VM's SIGKILL to its instance leaving the endpoints
+    /// and the host DNS answer, and to a replacement passing; DNS lookups
+    /// per second against a plain hickory-proto responder; failed requests
+    /// through the ingress during a rolling deploy under load.
+    ///
+    /// Talks to the running daemon on this host (as `hearth service` does),
+    /// creates services named bench-dns-PID and bench-svc-PID and removes
+    /// them again. The image needs sh and nc: `hearth image build debian
+    /// --packages netcat-openbsd --name bench-services` makes one.
+    Services(services::Args),
 }
 
 /// Runs a benchmark; `client` connects to the daemon for those that need one.
@@ -67,6 +77,7 @@ pub(crate) async fn run(
         Command::Machines(args) => machines::run(&client()?, data_dir, args).await?,
         Command::Workflows(args) => workflows::run(&client()?, args).await?,
         Command::Apps(args) => apps::run(&client()?, args).await?,
+        Command::Services(args) => services::run(&client()?, args).await?,
         Command::Store { ops, concurrency, value_size, dir, json } => {
             let tmp = match dir {
                 Some(dir) => tempfile::tempdir_in(&dir),
