@@ -113,7 +113,7 @@ bench-apps: build examples
 # directory, as root: the service's machines need a network (a bridge and
 # taps). The daemon shares the image cache BENCH_SERVICES_CACHE (default
 # DATA_DIR/cache, where `hearth serve` keeps images), and the machines' image
-# (sh and netcat) is built into it once if missing. Not part of `make test`;
+# (sh and busybox, whose httpd serves) is built into it once if missing. Not part of `make test`;
 # it takes minutes under software emulation. Pass options with
 # BENCH_SERVICES_ARGS="--runs 5 --json".
 BENCH_SERVICES_IMAGE ?= bench-services
@@ -129,7 +129,7 @@ bench-services: build
 	for _ in $$(seq 100); do target/release/hearth --data-dir $$dir status >/dev/null 2>&1 && break; sleep 0.1; done; \
 	hearth="target/release/hearth --data-dir $$dir"; \
 	if ! $$hearth image ls --json | grep -Eq '"name": "$(BENCH_SERVICES_IMAGE)(:latest)?"'; then \
-		$$hearth image build debian --packages netcat-openbsd --name $(BENCH_SERVICES_IMAGE); fi; \
+		$$hearth image build debian --packages busybox --name $(BENCH_SERVICES_IMAGE); fi; \
 	$$hearth bench services --image $(BENCH_SERVICES_IMAGE) $(BENCH_SERVICES_ARGS)
 
 # The Restate peer of `hearth bench workflows`: restate-server from npm into

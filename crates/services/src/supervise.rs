@@ -142,19 +142,36 @@ impl Services {
         }
     }
 
+    /// Everything a pass needs, read in one transaction: at one revision,
+    /// so that an instance and its health (written together) are seen
+    /// together or not at all.
     async fn read(&self) -> Result<Snapshot, crate::Error> {
-        let store = self.store();
+        let prefixes = [
+            record::DEFS,
+            record::INSTANCES,
+            record::HEALTH,
+            record::ENDPOINTS,
+            hearth_machines::record::PREFIX,
+        ];
+        let txn = prefixes
+            .iter()
+            .fold(Txn::new(), |txn, prefix| txn.and_then(Op::Range { prefix: prefix.to_string() }));
+        let mut ranges = self.store().txn(txn).await?.responses.into_iter().map(|r| match r {
+            hearth_store::OpResponse::Range { kvs } => kvs,
+            _ => Vec::new(),
+        });
+        let mut next = || ranges.next().unwrap_or_default();
         let mut defs = BTreeMap::new();
-        for kv in store.range(record::DEFS).await?.kvs {
+        for kv in next() {
             let def: ServiceRecord = parse(&kv)?;
             defs.insert(def.name.clone(), def);
         }
         let mut instances = Vec::new();
-        for kv in store.range(record::INSTANCES).await?.kvs {
+        for kv in next() {
             instances.push((kv.key.clone(), parse(&kv)?));
         }
         let mut health = HashMap::new();
-        for kv in store.range(record::HEALTH).await?.kvs {
+        for kv in next() {
             match parse::<HealthRecord>(&kv) {
                 Ok(h) => {
                     health.insert(kv.key.replacen(record::HEALTH, record::INSTANCES, 1), h);
@@ -165,13 +182,13 @@ impl Services {
             }
         }
         let mut endpoints = HashMap::new();
-        for kv in store.range(record::ENDPOINTS).await?.kvs {
+        for kv in next() {
             if let Ok(e) = parse::<Endpoints>(&kv) {
                 endpoints.insert(e.name.clone(), e);
             }
         }
         let mut machines = HashMap::new();
-        for kv in store.range(hearth_machines::record::PREFIX).await?.kvs {
+        for kv in next() {
             if let Ok(m) = serde_json::from_slice::<MachineRecord>(&kv.value) {
                 machines.insert(m.name.clone(), m);
             }
@@ -273,9 +290,12 @@ impl Services {
         state.backoff.retain(|key, _| present.contains(key));
         state.failures.retain(|key, _| present.contains(key));
 
-        // Health of instances that are gone.
+        // Health of instances that are gone (and still gone: an instance
+        // registered since is left alone).
         for key in now.health.keys().filter(|k| !present.contains(*k)) {
-            let _ = self.store().delete(&key.replacen(record::INSTANCES, record::HEALTH, 1)).await;
+            let health = key.replacen(record::INSTANCES, record::HEALTH, 1);
+            let txn = Txn::new().when(Compare::missing(key.as_str())).and_then(Op::Delete { key: health });
+            let _ = self.store().txn(txn).await;
         }
 
         // 4. Endpoints.
@@ -291,21 +311,46 @@ impl Services {
     /// callers may race: each writes only over the record it read, so a
     /// stale set never overwrites a newer one.
     pub(crate) async fn publish(&self, name: &str) -> Result<(), crate::Error> {
+        // Another writer between our read and our write: read again, so
+        // that this call returns only once what it saw is published.
+        for _ in 0..10 {
+            if self.publish_once(name).await? {
+                return Ok(());
+            }
+        }
+        Err(crate::Error::Conflict(name.to_string()))
+    }
+
+    /// One attempt: `false` if the record changed under it.
+    async fn publish_once(&self, name: &str) -> Result<bool, crate::Error> {
         let store = self.store();
         let key = record::endpoints_key(name);
-        let stored = store.get(&key).await?;
-        let Some(def) = store.get(&record::def_key(name)).await? else { return Ok(()) };
+        // All at one revision: a writer that read the state before us
+        // wrote, if at all, before this or fails its compare.
+        let read = Txn::new()
+            .and_then(Op::Get { key: key.clone() })
+            .and_then(Op::Get { key: record::def_key(name) })
+            .and_then(Op::Range { prefix: record::health_prefix(name) })
+            .and_then(Op::Range { prefix: record::instances_prefix(name) });
+        let mut answers = store.txn(read).await?.responses.into_iter();
+        let mut get = || match answers.next() {
+            Some(hearth_store::OpResponse::Get { kv }) => kv.map(|kv| vec![kv]).unwrap_or_default(),
+            Some(hearth_store::OpResponse::Range { kvs }) => kvs,
+            _ => Vec::new(),
+        };
+        let stored = get().pop();
+        let Some(def) = get().pop() else { return Ok(true) };
         let def: ServiceRecord = parse(&def)?;
-        let health = store.range(&record::health_prefix(name)).await?;
+        let health = get();
         let passing: HashSet<&str> = health
-            .kvs
             .iter()
             .filter(|kv| parse::<HealthRecord>(kv).is_ok_and(|h| h.status == Status::Passing))
             .filter_map(|kv| record::split_instance_key(record::HEALTH, &kv.key).map(|(_, id)| id))
             .collect();
+        let instance_kvs = get();
         let mut instances = Vec::new();
-        for kv in store.range(&record::instances_prefix(name)).await?.kvs {
-            let i: InstanceRecord = parse(&kv)?;
+        for kv in &instance_kvs {
+            let i: InstanceRecord = parse(kv)?;
             if i.draining_since_ms.is_some() || !passing.contains(i.id.as_str()) {
                 continue;
             }
@@ -320,19 +365,23 @@ impl Services {
             None => false,
         };
         if unchanged {
-            return Ok(());
+            return Ok(true);
         }
+        let def_key = record::def_key(name);
         let same = match &stored {
             Some(kv) => Compare::mod_revision(&key, kv.mod_revision),
             None => Compare::missing(&key),
         };
-        let txn = Txn::new().when(Compare::exists(record::def_key(name))).when(same).and_then(Op::Put {
+        let txn = Txn::new().when(Compare::exists(&def_key)).when(same).and_then(Op::Put {
             key,
             value: to_json(&next),
             lease: None,
         });
-        store.txn(txn).await?;
-        Ok(())
+        if store.txn(txn).await?.succeeded {
+            return Ok(true);
+        }
+        // Failed because the service went away: nothing to publish.
+        Ok(store.get(&def_key).await?.is_none())
     }
 
     /// Carries out one of the planner's actions.

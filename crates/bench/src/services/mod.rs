@@ -11,7 +11,7 @@
 //!    the same closed-loop load of concurrent UDP clients, the two servers
 //!    in turn for a few rounds, each one's figure its median round.
 //! 2. **Failure detection**: a service of `--count` machines running a
-//!    netcat HTTP server, checked with `http:/` at the default interval. Each
+//!    busybox httpd, checked with `http:/` at the default interval. Each
 //!    run kills one instance's VM process with SIGKILL and times, from the
 //!    kill, its leaving the passing endpoints (a blocking query), its
 //!    address leaving the host DNS answer (asked every 10 ms), and a
@@ -50,7 +50,7 @@ use crate::{millis, percentile};
 
 mod dns;
 
-/// The port the netcat server listens on in each instance.
+/// The port the HTTP server listens on in each instance.
 const PORT: u16 = 8080;
 /// The check the service gets: an HTTP GET of `/`, at the default interval.
 const CHECK: &str = "http:/";
@@ -83,9 +83,9 @@ const FAILURES_KEPT: usize = 5;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The image of the service's machines. It must have `sh` and `nc`
-    /// (netcat-openbsd); make one with `hearth image build debian --packages
-    /// netcat-openbsd --name bench-services`.
+    /// The image of the service's machines. It must have `sh` and busybox
+    /// (for its httpd); make one with `hearth image build debian --packages
+    /// busybox --name bench-services`.
     #[arg(long, default_value = "bench-services")]
     image: String,
     /// Machines in the service.
@@ -112,10 +112,9 @@ pub struct Args {
     http_clients: u32,
     /// Requests per second of those clients together: a steady load, each
     /// client starting a request at most every CLIENTS/RATE seconds (a
-    /// failure does not make it ask sooner). The netcat server answers one
-    /// connection at a time and refuses others meanwhile, and so does its
-    /// health check's; under software emulation an instance sustains a few
-    /// requests a second, hence the low default.
+    /// failure does not make it ask sooner). Under software emulation an
+    /// instance sustains some tens of requests a second, hence the low
+    /// default.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     http_rate: u32,
     /// Print JSON instead of a table.
@@ -292,7 +291,7 @@ async fn measure(client: &Client, args: &Args, created: &Created) -> anyhow::Res
     };
     client.image(&args.image).await.with_context(|| {
         format!(
-            "the benchmark runs a netcat HTTP server in machines of {}: build it with `hearth image build debian --packages netcat-openbsd --name bench-services`, or name another image with sh and nc with --image",
+            "the benchmark runs busybox httpd in machines of {}: build it with `hearth image build debian --packages busybox --name bench-services`, or name another image with sh and busybox with --image",
             args.image
         )
     })?;
@@ -460,18 +459,12 @@ async fn dns_until(
 // ---------------------------------------------------------------------------
 // Failure detection.
 
-/// The netcat HTTP server the instances run, answering `body` to every
-/// request and closing the connection. One connection at a time: while
-/// `nc` serves one, and until the loop has started the next, connections
-/// are refused. `-N` closes the connection once the answer is written; with
-/// `-q 1` (as the tests' server has it) `nc` would hold each one a second
-/// longer, so that an instance served about one request a second and reset
-/// the connections that queued meanwhile.
+/// The HTTP server the instances run: busybox's httpd, answering `body`
+/// at `/`, a process per connection, so that concurrent requests and the
+/// health check never wait on each other.
 fn server(body: &str) -> Vec<String> {
-    let script = format!(
-        "while true; do printf 'HTTP/1.1 200 OK\\r\\nContent-Length: {}\\r\\nConnection: close\\r\\n\\r\\n{body}' | nc -l -p {PORT} -N >/dev/null 2>&1; done",
-        body.len()
-    );
+    let script =
+        format!("mkdir -p /www && echo {body} > /www/index.html && exec busybox httpd -f -p {PORT} -h /www");
     vec!["sh".into(), "-c".into(), script]
 }
 
@@ -737,8 +730,8 @@ impl Tally {
 }
 
 /// Whether the ingress routes `host` to the service: a 2xx within
-/// [`PROBE_LIMIT`] (the netcat server refuses connections while it serves
-/// another, so one failure proves nothing), or why not. A 404 is the
+/// [`PROBE_LIMIT`] (an instance may still be coming up, so one failure
+/// proves nothing), or why not. A 404 is the
 /// ingress saying it has no route.
 async fn probe(ingress: SocketAddr, host: &str) -> Result<(), String> {
     let started = Instant::now();
