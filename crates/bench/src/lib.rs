@@ -34,6 +34,29 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// A figure over runs, in milliseconds: the samples in run order, and
+/// their least, median (nearest rank) and greatest.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+struct Stats {
+    min_ms: f64,
+    median_ms: f64,
+    max_ms: f64,
+    samples_ms: Vec<f64>,
+}
+
+impl Stats {
+    fn of(samples: Vec<f64>) -> Stats {
+        let mut sorted = samples.clone();
+        sorted.sort_by(f64::total_cmp);
+        Stats {
+            min_ms: sorted.first().copied().unwrap_or(f64::NAN),
+            median_ms: percentile(&sorted, 50.0),
+            max_ms: sorted.last().copied().unwrap_or(f64::NAN),
+            samples_ms: samples,
+        }
+    }
+}
+
 /// Milliseconds to the microsecond: finer is noise.
 fn millis(d: std::time::Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
@@ -42,6 +65,23 @@ fn millis(d: std::time::Duration) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stats_keep_samples_in_run_order() {
+        let stats = Stats::of(vec![300.0, 100.0, 200.0]);
+        assert_eq!((stats.min_ms, stats.median_ms, stats.max_ms), (100.0, 200.0, 300.0));
+        assert_eq!(stats.samples_ms, vec![300.0, 100.0, 200.0]);
+    }
+
+    #[test]
+    fn stats_are_the_median_and_max_in_run_order() {
+        let stats = Stats::of(vec![300.0, 100.0, 200.0]);
+        assert_eq!((stats.median_ms, stats.max_ms), (200.0, 300.0));
+        assert_eq!(stats.samples_ms, vec![300.0, 100.0, 200.0]);
+        // An even count takes the lower middle sample, one that happened.
+        assert_eq!(Stats::of(vec![4.0, 1.0]).median_ms, 1.0);
+        assert!(Stats::of(vec![]).max_ms.is_nan());
+    }
 
     #[test]
     fn percentiles_are_nearest_rank() {

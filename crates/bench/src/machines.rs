@@ -22,7 +22,7 @@ use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::output::{Table, print_json};
-use crate::{millis, percentile};
+use crate::{Stats, millis, percentile};
 
 /// The overhead ratio the machines issue asks for.
 const TARGET_RATIO: f64 = 1.3;
@@ -138,27 +138,7 @@ struct IdleMemory {
     idle_secs: u64,
 }
 
-/// Milliseconds.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-struct Stats {
-    min_ms: f64,
-    median_ms: f64,
-    max_ms: f64,
-    samples_ms: Vec<f64>,
-}
-
 impl Stats {
-    fn of(samples: Vec<f64>) -> Stats {
-        let mut sorted = samples.clone();
-        sorted.sort_by(f64::total_cmp);
-        Stats {
-            min_ms: sorted.first().copied().unwrap_or(f64::NAN),
-            median_ms: percentile(&sorted, 50.0),
-            max_ms: sorted.last().copied().unwrap_or(f64::NAN),
-            samples_ms: samples,
-        }
-    }
-
     fn seconds(&self) -> String {
         format!(
             "median {:.2} s (min {:.2} s, max {:.2} s)",
@@ -629,13 +609,6 @@ fn render(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stats_keep_samples_in_run_order() {
-        let stats = Stats::of(vec![300.0, 100.0, 200.0]);
-        assert_eq!((stats.min_ms, stats.median_ms, stats.max_ms), (100.0, 200.0, 300.0));
-        assert_eq!(stats.samples_ms, vec![300.0, 100.0, 200.0]);
-    }
 
     #[test]
     fn memory_fields_are_read_from_proc_files() {

@@ -46,7 +46,7 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 
 use crate::output::{Table, print_json};
-use crate::{millis, percentile};
+use crate::{Stats, millis};
 
 mod dns;
 
@@ -164,27 +164,6 @@ impl FailureDetection {
     /// Whether every run left the endpoints and DNS within the goal.
     fn goal_met(&self) -> bool {
         self.endpoints.max_ms < self.goal_ms && self.dns.max_ms < self.goal_ms
-    }
-}
-
-/// Milliseconds.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-struct Stats {
-    median_ms: f64,
-    max_ms: f64,
-    /// In run order.
-    samples_ms: Vec<f64>,
-}
-
-impl Stats {
-    fn of(samples: Vec<f64>) -> Stats {
-        let mut sorted = samples.clone();
-        sorted.sort_by(f64::total_cmp);
-        Stats {
-            median_ms: percentile(&sorted, 50.0),
-            max_ms: sorted.last().copied().unwrap_or(f64::NAN),
-            samples_ms: samples,
-        }
     }
 }
 
@@ -1002,16 +981,6 @@ mod tests {
             },
             deploy,
         }
-    }
-
-    #[test]
-    fn stats_are_the_median_and_max_in_run_order() {
-        let stats = Stats::of(vec![300.0, 100.0, 200.0]);
-        assert_eq!((stats.median_ms, stats.max_ms), (200.0, 300.0));
-        assert_eq!(stats.samples_ms, vec![300.0, 100.0, 200.0]);
-        // An even count takes the lower middle sample, one that happened.
-        assert_eq!(Stats::of(vec![4.0, 1.0]).median_ms, 1.0);
-        assert!(Stats::of(vec![]).max_ms.is_nan());
     }
 
     #[test]
