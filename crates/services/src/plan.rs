@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::record::{InstanceRecord, RolloutState, ServiceRecord};
+use crate::service::instance_name;
 
 /// How long an instance drains (out of the endpoints, its machine still
 /// running) before it is removed, so that requests in flight finish.
@@ -118,7 +119,7 @@ pub fn plan(def: &ServiceRecord, members: &[Member<'_>], now_ms: u64, deadline: 
         let missing = if rolling { usize::from(all_pass) } else { count - current.len() };
         for _ in 0..missing {
             let n = free.next().unwrap_or(u32::MAX);
-            actions.push(Action::Create { id: format!("{}-{n}", def.name) });
+            actions.push(Action::Create { id: instance_name(&def.name, n) });
         }
     }
 
@@ -139,14 +140,14 @@ pub fn plan(def: &ServiceRecord, members: &[Member<'_>], now_ms: u64, deadline: 
 }
 
 /// The number of `NAME-N`.
-fn number(id: &str) -> Option<u32> {
+pub(crate) fn number(id: &str) -> Option<u32> {
     id.rsplit_once('-').and_then(|(_, n)| n.parse().ok())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Kind, Rollout, Template, Versioned};
+    use crate::record::{Kind, Rollout, Template, TemplateVersion};
 
     const DEADLINE: Duration = Duration::from_secs(30);
     const NOW: u64 = 1_000_000_000;
@@ -167,7 +168,8 @@ mod tests {
             meta: Default::default(),
             created_at: 0,
             version,
-            previous: (version > 1).then(|| Versioned { version: version - 1, template: template("v1") }),
+            previous: (version > 1)
+                .then(|| TemplateVersion { version: version - 1, template: template("v1") }),
             rollout: (version > 1).then(|| Rollout {
                 from: version - 1,
                 to: version,

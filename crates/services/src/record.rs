@@ -103,7 +103,7 @@ pub struct ServiceRecord {
     pub version: u32,
     /// The version before this one, which a failed rollout goes back to.
     #[serde(default)]
-    pub previous: Option<Versioned>,
+    pub previous: Option<TemplateVersion>,
     /// The last rollout, under way or ended.
     #[serde(default)]
     pub rollout: Option<Rollout>,
@@ -115,7 +115,7 @@ fn first_version() -> u32 {
 
 /// A template with its version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Versioned {
+pub struct TemplateVersion {
     pub version: u32,
     pub template: Template,
 }

@@ -186,7 +186,7 @@ impl Services {
             let health = by_id.remove(&instance.id);
             out.push((instance, health));
         }
-        out.sort_by_key(|a| natural(&a.0.id));
+        out.sort_by(|a, b| natural(&a.0.id).cmp(&natural(&b.0.id)));
         Ok(ServiceView { record, instances: out })
     }
 
@@ -300,7 +300,8 @@ impl Services {
                 )));
             }
             let to = record.version.max(record.rollout.as_ref().map_or(0, |r| r.to)) + 1;
-            record.previous = Some(crate::record::Versioned { version: record.version, template: current });
+            record.previous =
+                Some(crate::record::TemplateVersion { version: record.version, template: current });
             record.rollout = Some(crate::record::Rollout {
                 from: record.version,
                 to,
@@ -336,12 +337,7 @@ impl Services {
                 return Err(Error::Invalid(format!("host port {} is given twice", port.host)));
             }
         }
-        for kv in self.store().range(record::DEFS).await?.kvs {
-            let other: ServiceRecord = parse(&kv)?;
-            if let Some(port) = other.ports.iter().find(|p| seen.contains(&p.host)) {
-                return Err(Error::PortTaken { port: port.host, by: format!("service {}", other.name) });
-            }
-        }
+        self.check_published(ports).await?;
         for kv in self.store().range(hearth_machines::record::PREFIX).await?.kvs {
             let Ok(machine) = serde_json::from_slice::<hearth_machines::record::MachineRecord>(&kv.value)
             else {
@@ -349,6 +345,19 @@ impl Services {
             };
             if let Some(port) = machine.spec.ports.iter().find(|p| !p.udp && seen.contains(&p.host)) {
                 return Err(Error::PortTaken { port: port.host, by: format!("machine {}", machine.name) });
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses host ports a service already publishes: what `machine run
+    /// -p` checks too.
+    pub async fn check_published(&self, ports: &[crate::record::PortSpec]) -> Result<(), Error> {
+        for kv in self.store().range(record::DEFS).await?.kvs {
+            let other: ServiceRecord = parse(&kv)?;
+            let taken = other.ports.iter().find(|p| ports.iter().any(|q| !q.udp && q.host == p.host));
+            if let Some(port) = taken {
+                return Err(Error::PortTaken { port: port.host, by: format!("service {}", other.name) });
             }
         }
         Ok(())
@@ -688,10 +697,10 @@ pub(crate) fn instance_name(service: &str, i: u32) -> String {
 }
 
 /// Sorts `web-2` before `web-10`.
-fn natural(id: &str) -> (String, u64) {
-    match id.rsplit_once('-') {
-        Some((head, n)) if n.parse::<u64>().is_ok() => (head.to_string(), n.parse().unwrap_or(0)),
-        _ => (id.to_string(), 0),
+fn natural(id: &str) -> (&str, u32) {
+    match (id.rsplit_once('-'), crate::plan::number(id)) {
+        (Some((head, _)), Some(n)) => (head, n),
+        _ => (id, 0),
     }
 }
 

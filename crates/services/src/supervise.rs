@@ -594,51 +594,37 @@ impl Services {
                 }
                 Some(started_at)
             }
-            State::Failed => {
-                let why = machine.status.reason.clone().unwrap_or_else(|| "no reason given".into());
-                let said = format!("machine {name} failed: {why}");
+            down => {
+                // Not running: critical at once, no check needed to know it.
+                let said = match down {
+                    State::Failed => {
+                        let why = machine.status.reason.as_deref().unwrap_or("no reason given");
+                        format!("machine {name} failed: {why}")
+                    }
+                    other => format!("machine {name} is {}", other.as_str()),
+                };
                 self.set_health(state, key, instance, health, Status::Critical, said.clone()).await;
-                if current && state.may_act(key) {
-                    self.replace(state, def, key, instance, said).await;
+                if !current || !state.may_act(key) {
+                    return None;
                 }
-                None
-            }
-            State::Stopped => {
-                self.set_health(
-                    state,
-                    key,
-                    instance,
-                    health,
-                    Status::Critical,
-                    format!("machine {name} is stopped"),
-                )
-                .await;
-                if current && state.may_act(key) {
-                    state.bump(key);
-                    match self.inner.machines.start(name).await {
-                        Ok(_) => {
-                            let reason = format!("machine {name} was stopped");
-                            self.record_history(&def.name, Some(&instance.id), "restarted", reason).await;
-                        }
-                        Err(error) => {
-                            let reason = format!("cannot start machine {name}: {error}");
-                            self.failed(state, def, key, instance, reason).await;
+                match down {
+                    State::Failed => self.replace(state, def, key, instance, said).await,
+                    State::Stopped => {
+                        state.bump(key);
+                        match self.inner.machines.start(name).await {
+                            Ok(_) => {
+                                let reason = format!("machine {name} was stopped");
+                                self.record_history(&def.name, Some(&instance.id), "restarted", reason).await;
+                            }
+                            Err(error) => {
+                                let reason = format!("cannot start machine {name}: {error}");
+                                self.failed(state, def, key, instance, reason).await;
+                            }
                         }
                     }
+                    // Starting or stopping: the machines service is at it.
+                    _ => {}
                 }
-                None
-            }
-            other => {
-                let word = other.as_str();
-                self.set_health(
-                    state,
-                    key,
-                    instance,
-                    health,
-                    Status::Critical,
-                    format!("machine {name} is {word}"),
-                )
-                .await;
                 None
             }
         }

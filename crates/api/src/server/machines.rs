@@ -203,18 +203,7 @@ pub(crate) async fn create(
     let restart = body.restart.as_deref().map(str::parse::<RestartPolicy>).transpose().map_err(|e| {
         ApiError::bad_request("invalid_field", format!("field `restart`: {e}"), "omit it for `no`")
     })?;
-    for kv in state.store().range(hearth_services::record::DEFS).await?.kvs {
-        let Ok(def) = serde_json::from_slice::<hearth_services::record::ServiceRecord>(&kv.value) else {
-            continue;
-        };
-        if let Some(p) = ports.iter().find(|p| !p.udp && def.ports.iter().any(|s| s.host == p.host)) {
-            return Err(hearth_services::Error::PortTaken {
-                port: p.host,
-                by: format!("service {}", def.name),
-            }
-            .into());
-        }
-    }
+    state.services().check_published(&ports).await?;
     let service = match body.service.as_deref() {
         None => None,
         Some(text) => Some(service_spec(&state, text).await?),
