@@ -14,6 +14,7 @@
 //! the loop that keeps it all true is in `supervise.rs`.
 
 pub mod check;
+mod checker;
 pub mod plan;
 pub mod record;
 mod service;
