@@ -256,6 +256,12 @@ impl Error {
     }
 }
 
+impl From<hearth_routing::InvalidRoute> for Error {
+    fn from(e: hearth_routing::InvalidRoute) -> Self {
+        Error::InvalidRoute { route: e.route, reason: e.reason }
+    }
+}
+
 impl From<hearth_wasm::Error> for Error {
     fn from(e: hearth_wasm::Error) -> Self {
         match e {

@@ -424,6 +424,11 @@ impl Apps {
         Ok(target)
     }
 
+    /// The domain every app and service answers under, as `NAME.DOMAIN`.
+    pub fn domain(&self) -> &str {
+        &self.inner.options.domain
+    }
+
     /// Replaces an app's custom routes.
     pub async fn set_routes(&self, name: &str, routes: Vec<Route>) -> Result<AppInfo, Error> {
         validate_name(name)?;

@@ -4,22 +4,26 @@
 //! [`bind`] takes the host port at once (a port in use is the caller's to
 //! report, as for [`forward`](crate::forward)); [`Bound::run`] then accepts
 //! until its shutdown future resolves. Each accepted connection goes to one
-//! target of a [`Pool`], the one with the fewest open connections (ties in
-//! turn, see [`choose`]); a target that refuses or does not answer within
-//! [`CONNECT_TIMEOUT`] is passed over for another, up to [`ATTEMPTS`] in
-//! all, so the client never sees it. Bytes are copied both ways as a
-//! forward copies them, half-closes included.
+//! target of a [`Pool`] by the policy the apps ingress balances requests
+//! with ([`hearth_routing::balance`]): the admitted target with the fewest
+//! open connections, ties in turn; a target that refuses or does not
+//! answer within [`CONNECT_TIMEOUT`] is passed over for another, up to
+//! [`ATTEMPTS`] in all, so the client never sees it; and one that failed
+//! three times in a row is left out of the next connections for 5 s,
+//! doubling to 60 s while it keeps failing, until it takes one again.
+//! Bytes are copied both ways as a forward copies them, half-closes
+//! included.
 //!
 //! The pool is shared with whoever keeps it up to date ([`Pool::set`]): a
-//! change of targets applies to the next connection, with no new listener.
-//! Connections are tasks of their own, so closing the listener lets those
-//! open finish.
+//! change of targets applies to the next connection, with no new listener,
+//! and a target that stays keeps its state. Connections are tasks of their
+//! own, so closing the listener lets those open finish.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use hearth_routing::{Balancer, Outcome};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
@@ -35,8 +39,9 @@ pub const ATTEMPTS: usize = 3;
 /// more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 1024;
 
-/// The targets a published port balances over, and how many connections
-/// each has open. Cheap to clone; clones share one state.
+/// The targets a published port balances over, with how many connections
+/// each has open and which are ejected. Cheap to clone; clones share one
+/// state.
 #[derive(Clone, Debug, Default)]
 pub struct Pool {
     state: Arc<Mutex<PoolState>>,
@@ -44,13 +49,10 @@ pub struct Pool {
 
 #[derive(Debug, Default)]
 struct PoolState {
-    targets: Vec<SocketAddr>,
-    /// Open connections by target; kept for a target that left the pool
-    /// until its connections close, so that one coming back is not
-    /// mistaken for an idle one.
-    open: HashMap<SocketAddr, usize>,
-    /// Where the next search for a target starts: ties go in turn.
-    next: usize,
+    balancer: Balancer<SocketAddr>,
+    /// How far the tests have moved this pool's clock on.
+    #[cfg(test)]
+    skew: Duration,
 }
 
 impl Pool {
@@ -62,34 +64,52 @@ impl Pool {
 
     /// Replaces the targets; the next connection chooses among these.
     pub fn set(&self, targets: Vec<SocketAddr>) {
-        self.lock().targets = targets;
+        self.lock().balancer.set(targets);
     }
 
     pub fn targets(&self) -> Vec<SocketAddr> {
-        self.lock().targets.clone()
+        self.lock().balancer.targets()
     }
 
     /// How many connections are open to `target`.
     pub fn open(&self, target: SocketAddr) -> usize {
-        self.lock().open.get(&target).copied().unwrap_or(0)
+        self.lock().balancer.outstanding(&target) as usize
+    }
+
+    /// Whether `target` is left out of the next connections, after failing
+    /// three times in a row.
+    pub fn is_ejected(&self, target: SocketAddr) -> bool {
+        let state = self.lock();
+        state.balancer.is_ejected(&target, state.now())
     }
 
     /// Takes the best target not in `tried`, counted as open until the
     /// lease is dropped; `None` if no target is left.
     fn lease(&self, tried: &[SocketAddr]) -> Option<Lease> {
         let mut state = self.lock();
-        let open: Vec<usize> =
-            state.targets.iter().map(|t| state.open.get(t).copied().unwrap_or(0)).collect();
-        let skip: Vec<bool> = state.targets.iter().map(|t| tried.contains(t)).collect();
-        let index = choose(&open, &skip, state.next)?;
-        let target = state.targets[index];
-        state.next = index + 1;
-        *state.open.entry(target).or_insert(0) += 1;
+        let now = state.now();
+        let target = state.balancer.pick(now, tried)?;
         Some(Lease { pool: self.clone(), target })
+    }
+
+    /// Records whether connecting to `target` worked.
+    fn record(&self, target: SocketAddr, outcome: Outcome) {
+        let mut state = self.lock();
+        let now = state.now();
+        state.balancer.record(&target, outcome, now);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl PoolState {
+    fn now(&self) -> Instant {
+        #[cfg(test)]
+        return Instant::now() + self.skew;
+        #[cfg(not(test))]
+        Instant::now()
     }
 }
 
@@ -102,27 +122,8 @@ struct Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let mut state = self.pool.lock();
-        if let Some(count) = state.open.get_mut(&self.target) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                state.open.remove(&self.target);
-            }
-        }
+        self.pool.lock().balancer.finish(&self.target);
     }
-}
-
-/// Which target a connection goes to: of those not `skip`ped, the one with
-/// the fewest `open` connections; among equals, the first found searching
-/// from `next` on, around the end, so that equals take turns when the
-/// caller moves `next` past each choice. `None` if every target is skipped.
-pub fn choose(open: &[usize], skip: &[bool], next: usize) -> Option<usize> {
-    let len = open.len();
-    (0..len)
-        .map(|offset| (next + offset) % len)
-        .filter(|&index| !skip.get(index).copied().unwrap_or(false))
-        // min_by_key keeps the first of equal keys.
-        .min_by_key(|&index| open[index])
 }
 
 /// A published port whose listener is bound, ready to [`run`](Bound::run).
@@ -197,7 +198,10 @@ async fn connect(pool: &Pool, peer: SocketAddr, listen: SocketAddr) -> Option<(T
         };
         let target = lease.target;
         tried.push(target);
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
+        let connected = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await;
+        let outcome = if matches!(connected, Ok(Ok(_))) { Outcome::Answered } else { Outcome::Failed };
+        pool.record(target, outcome);
+        match connected {
             Ok(Ok(upstream)) => return Some((upstream, lease)),
             Ok(Err(error)) => {
                 tracing::debug!(client = %peer, %listen, target_addr = %target, %error, "Cannot connect to an instance; trying another.");
@@ -216,55 +220,10 @@ async fn connect(pool: &Pool, peer: SocketAddr, listen: SocketAddr) -> Option<(T
 
 #[cfg(test)]
 mod tests {
+    use hearth_routing::balance::{FAILURES_TO_EJECT, FIRST_EJECTION};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use super::*;
-
-    /// Chooses `picks` times from targets with `open` connections (none
-    /// closing), each choice counted as open and moving the turn on, as the
-    /// pool does; returns the targets chosen, as letters.
-    fn picks(open: &[usize], skip: &[bool], picks: usize) -> String {
-        let mut open = open.to_vec();
-        let mut next = 0;
-        let mut chosen = String::new();
-        for _ in 0..picks {
-            match choose(&open, skip, next) {
-                Some(index) => {
-                    open[index] += 1;
-                    next = index + 1;
-                    chosen.push(char::from(b'a' + u8::try_from(index).unwrap()));
-                }
-                None => chosen.push('-'),
-            }
-        }
-        chosen
-    }
-
-    #[test]
-    fn equals_take_turns() {
-        assert_eq!(picks(&[0, 0, 0], &[], 6), "abcabc");
-        assert_eq!(picks(&[0], &[], 3), "aaa");
-    }
-
-    #[test]
-    fn the_fewest_open_connections_win() {
-        // After b, b and c tie and it is c's turn.
-        assert_eq!(picks(&[3, 0, 1], &[], 3), "bcb");
-        assert_eq!(picks(&[2, 0], &[], 4), "bbab");
-    }
-
-    #[test]
-    fn skipped_targets_are_never_chosen() {
-        assert_eq!(picks(&[0, 5, 0], &[true, false, false], 3), "ccc");
-        assert_eq!(picks(&[0, 0], &[true, true], 1), "-");
-        assert_eq!(picks(&[], &[], 1), "-");
-    }
-
-    #[test]
-    fn the_turn_wraps_around() {
-        assert_eq!(choose(&[0, 0, 0], &[], 2), Some(2));
-        assert_eq!(choose(&[0, 0, 0], &[], 3), Some(0));
-        assert_eq!(choose(&[0, 0, 0], &[], 7), Some(1));
-        assert_eq!(choose(&[1, 0, 0], &[], 2), Some(2));
-    }
 
     #[test]
     fn a_lease_counts_until_dropped_and_retries_skip_what_was_tried() {
@@ -279,11 +238,64 @@ mod tests {
         assert_eq!(pool.open(a), 0);
         assert_eq!(pool.lease(&[a]).unwrap().target, b, "a was tried");
         assert!(pool.lease(&[a, b]).is_none());
-        // A target that leaves keeps its count until its connections close.
-        pool.set(vec![a]);
-        assert_eq!(pool.open(b), 1);
-        drop(second);
-        assert_eq!(pool.open(b), 0);
         assert!(Pool::new(vec![]).lease(&[]).is_none());
+    }
+
+    /// A server on loopback that answers every connection with `word`.
+    async fn answering(listener: TcpListener, word: &'static str) {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = stream.write_all(word.as_bytes()).await;
+            });
+        }
+    }
+
+    /// What the target a connection through `published` reached answered.
+    async fn through(published: SocketAddr) -> String {
+        let read = async {
+            let mut stream = TcpStream::connect(published).await.expect("the published port accepts");
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).await.expect("the relay ends the stream");
+            answer
+        };
+        tokio::time::timeout(Duration::from_secs(10), read).await.expect("a connection is relayed in time")
+    }
+
+    #[tokio::test]
+    async fn a_target_that_refuses_three_times_is_left_out_until_its_time_is_up() {
+        let live = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live_addr = live.local_addr().unwrap();
+        tokio::spawn(answering(live, "live"));
+        let refusing = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead = refusing.local_addr().unwrap();
+        drop(refusing);
+        let pool = Pool::new(vec![dead, live_addr]);
+        let bound = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let published = bound.local_addr();
+        tokio::spawn(bound.run(pool.clone(), std::future::pending()));
+
+        // Every connection reaches the live target, trying the dead one in
+        // its turn until it has refused three times.
+        let mut connections = 0;
+        while !pool.is_ejected(dead) {
+            assert_eq!(through(published).await, "live");
+            connections += 1;
+            assert!(connections <= 2 * FAILURES_TO_EJECT, "ejected after {FAILURES_TO_EJECT} refusals");
+        }
+        assert_eq!(pool.lock().balancer.failures(&dead), FAILURES_TO_EJECT);
+        // Ejected, it is not tried at all: no connection meets its refusal.
+        for _ in 0..6 {
+            assert_eq!(through(published).await, "live");
+        }
+        assert_eq!(pool.lock().balancer.failures(&dead), FAILURES_TO_EJECT, "not tried while ejected");
+
+        // Back up, and its time up, it takes connections again.
+        let back = TcpListener::bind(dead).await.expect("the refusing port is free again");
+        tokio::spawn(answering(back, "back"));
+        pool.lock().skew = FIRST_EJECTION;
+        assert!(!pool.is_ejected(dead));
+        let answers: Vec<String> = futures::future::join_all((0..4).map(|_| through(published))).await;
+        assert!(answers.iter().any(|a| a == "back"), "{answers:?}");
+        assert_eq!(pool.lock().balancer.failures(&dead), 0, "a success resets its failures");
     }
 }

@@ -165,6 +165,7 @@ mod tests {
             port: 80,
             checks: vec![],
             ports: vec![],
+            routes: vec![],
             meta: Default::default(),
             created_at: 0,
             version,

@@ -2,10 +2,10 @@
 //!
 //! | key | written by | what |
 //! |---|---|---|
-//! | `services/defs/NAME` | the API | a service: its kind, template, count, port, checks, metadata |
+//! | `services/defs/NAME` | the API | a service: its kind, template, count, port, checks, routes, metadata |
 //! | `services/instances/NAME/ID` | the supervisor, or a registration (under its lease) | one instance: where it answers |
 //! | `services/health/NAME/ID` | the checker, or a heartbeat | an instance's health and its recent changes |
-//! | `services/endpoints/NAME` | the supervisor | the *passing* instances, the one record DNS and routing read |
+//! | `services/endpoints/NAME` | the supervisor | the *passing* instances (and the ports and routes they serve), the one record DNS and routing read |
 //! | `services/history/NAME/SEQ` | the supervisor | what was done without a person, and why |
 //!
 //! Health and endpoints are written only when they change, so that anyone
@@ -17,6 +17,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 pub use hearth_net::service::PortSpec;
+pub use hearth_routing::Route;
 
 use crate::check::CheckSpec;
 
@@ -94,6 +95,10 @@ pub struct ServiceRecord {
     /// Host ports on loopback balanced over the passing instances (TCP).
     #[serde(default)]
     pub ports: Vec<PortSpec>,
+    /// Where the ingress routes to the passing instances, besides the
+    /// implicit `NAME.DOMAIN/`: `HOST[/PATH]`, as apps' routes.
+    #[serde(default)]
+    pub routes: Vec<Route>,
     #[serde(default)]
     pub meta: Meta,
     /// Unix seconds.
@@ -279,15 +284,18 @@ impl HealthRecord {
     }
 }
 
-/// At `services/endpoints/NAME`: the passing instances, sorted by id, and
-/// the host ports the service publishes (each `host` port on loopback is
-/// balanced over the instances' `guest` port).
+/// At `services/endpoints/NAME`: the passing instances, sorted by id, the
+/// host ports the service publishes (each `host` port on loopback is
+/// balanced over the instances' `guest` port) and the routes it declares
+/// (the ingress routes them to the instances' port).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoints {
     pub name: String,
     pub instances: Vec<Endpoint>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -304,7 +312,8 @@ pub struct HistoryEntry {
     pub at_ms: u64,
     /// The instance it concerns, if one.
     pub instance: Option<String>,
-    /// A verb: `created`, `replaced`, `removed`, `expired`, `failed`.
+    /// A verb: `created`, `replaced`, `removed`, `expired`, `failed`,
+    /// `routes` (its routes changed).
     pub action: String,
     /// Why, as a sentence.
     pub reason: String,
@@ -327,6 +336,24 @@ pub fn validate_name(name: &str) -> Result<(), String> {
 
 /// Names hearth uses on the ingress for its own hosts.
 const RESERVED: &[&str] = &["hooks"];
+
+/// The most routes one service declares.
+pub const MAX_ROUTES: usize = 16;
+
+/// Checks the routes a service declares (parsed already): at most
+/// [`MAX_ROUTES`], each once. Whether another app or service holds one is
+/// the API's to check, which sees both.
+pub fn validate_routes(routes: &[Route]) -> Result<(), String> {
+    if routes.len() > MAX_ROUTES {
+        return Err(format!("give at most {MAX_ROUTES} routes"));
+    }
+    for (i, route) in routes.iter().enumerate() {
+        if routes[..i].contains(route) {
+            return Err(format!("the route {route} is given twice"));
+        }
+    }
+    Ok(())
+}
 
 /// Checks an instance id given to a registration.
 pub fn validate_instance_id(id: &str) -> Result<(), String> {
@@ -371,6 +398,17 @@ mod tests {
     fn names_hearth_uses_itself_are_refused() {
         assert!(validate_name("web").is_ok());
         assert!(validate_name("hooks").is_err_and(|e| e.contains("workflows' webhooks")));
+    }
+
+    #[test]
+    fn a_service_declares_each_route_once_and_at_most_16() {
+        let routes = |texts: &[&str]| texts.iter().map(|t| Route::parse(t).unwrap()).collect::<Vec<_>>();
+        assert!(validate_routes(&routes(&["shop.test/api", "shop.test", "api.test"])).is_ok());
+        let twice = validate_routes(&routes(&["shop.test/api", "SHOP.test/api/"])).unwrap_err();
+        assert!(twice.contains("shop.test/api is given twice"), "{twice}");
+        let many: Vec<String> = (0..=MAX_ROUTES).map(|i| format!("r{i}.test")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(validate_routes(&routes(&many)).is_err_and(|e| e.contains("at most 16")));
     }
 
     #[test]

@@ -14,7 +14,8 @@ use tokio::sync::Notify;
 
 use crate::check::{CheckKind, CheckSpec};
 use crate::record::{
-    self, Endpoints, HealthRecord, HistoryEntry, InstanceRecord, Kind, Meta, ServiceRecord, Status, Template,
+    self, Endpoints, HealthRecord, HistoryEntry, InstanceRecord, Kind, Meta, Route, ServiceRecord, Status,
+    Template,
 };
 use crate::{Error, Versioned};
 
@@ -33,10 +34,13 @@ pub struct CreateService {
     pub checks: Vec<CheckSpec>,
     /// Host ports balanced over the instances (TCP).
     pub ports: Vec<crate::record::PortSpec>,
+    /// Ingress routes to the instances, besides `NAME.DOMAIN/`.
+    pub routes: Vec<Route>,
     pub meta: Meta,
 }
 
-/// What a deploy changes in a service's template; `None` keeps what it is.
+/// What a deploy changes in a service's template, or its routes; `None`
+/// keeps what it is.
 #[derive(Debug, Clone, Default)]
 pub struct Deploy {
     pub image: Option<String>,
@@ -44,6 +48,20 @@ pub struct Deploy {
     pub command: Option<Vec<String>>,
     pub cpus: Option<u32>,
     pub memory_mib: Option<u32>,
+    /// The service's routes from now on (`Some(vec![])` removes them all).
+    pub routes: Option<Vec<Route>>,
+}
+
+impl Deploy {
+    /// Whether it changes the template, which takes new instances (a
+    /// change of routes alone takes none).
+    fn changes_template(&self) -> bool {
+        self.image.is_some()
+            || self.env.is_some()
+            || self.command.is_some()
+            || self.cpus.is_some()
+            || self.memory_mib.is_some()
+    }
 }
 
 /// What `register` needs.
@@ -59,6 +77,9 @@ pub struct Register {
     /// while registered (or as its heartbeats say).
     pub checks: Vec<CheckSpec>,
     pub tags: Vec<String>,
+    /// The service's routes from now on, if given: a registered service has
+    /// no other definition to declare them in.
+    pub routes: Option<Vec<Route>>,
 }
 
 /// A service with its instances and their health.
@@ -113,6 +134,7 @@ impl Services {
             return Err(Error::Invalid("give the port the instances answer on, with --port".into()));
         }
         check_checks(&req.checks, Kind::Machines)?;
+        record::validate_routes(&req.routes).map_err(Error::Invalid)?;
         check_meta(&req.meta)?;
         self.check_ports(&req.ports).await?;
         self.check_image(&req.template.image).await?;
@@ -139,6 +161,7 @@ impl Services {
             port: req.port,
             checks: req.checks,
             ports: req.ports,
+            routes: req.routes,
             meta: req.meta,
             created_at: record::now_ms() / 1000,
             version: 1,
@@ -265,10 +288,23 @@ impl Services {
 
     /// Starts a rolling update to a new version of the template: one new
     /// instance at a time, each old one drained only once the new ones
-    /// pass; a new instance that never passes rolls the service back.
+    /// pass; a new instance that never passes rolls the service back. New
+    /// routes apply at once, with or without a new template: they take no
+    /// new instance. Each change of routes is written to the history.
     pub async fn deploy(&self, name: &str, change: Deploy) -> Result<ServiceRecord, Error> {
         if let Some(image) = &change.image {
             self.check_image(image).await?;
+        }
+        if let Some(routes) = &change.routes {
+            record::validate_routes(routes).map_err(Error::Invalid)?;
+        }
+        if !change.changes_template() {
+            let Some(routes) = change.routes else {
+                return Err(Error::Invalid(format!(
+                    "nothing to deploy to service {name:?}: give a new --image, --env, command or --route"
+                )));
+            };
+            return self.set_routes(name, routes).await;
         }
         let key = record::def_key(name);
         for _ in 0..5 {
@@ -277,6 +313,10 @@ impl Services {
             let Some(current) = record.template.clone().filter(|_| record.kind == Kind::Machines) else {
                 return Err(Error::NotMachines(name.to_string()));
             };
+            let routes_before = record.routes.clone();
+            if let Some(routes) = &change.routes {
+                record.routes.clone_from(routes);
+            }
             let mut next = current.clone();
             if let Some(image) = &change.image {
                 next.image.clone_from(image);
@@ -294,8 +334,11 @@ impl Services {
                 next.memory_mib = memory_mib;
             }
             if next == current {
+                if record.routes != routes_before {
+                    return self.set_routes(name, record.routes).await;
+                }
                 return Err(Error::Invalid(format!(
-                    "service {name:?} already runs this (version {}): give a new --image, --env or command",
+                    "service {name:?} already runs this (version {}): give a new --image, --env, command or --route",
                     record.version
                 )));
             }
@@ -318,11 +361,52 @@ impl Services {
                 lease: None,
             });
             if self.store().txn(txn).await?.succeeded {
+                if record.routes != routes_before {
+                    self.routes_changed(&record).await?;
+                }
                 self.inner.kick.notify_one();
                 return Ok(record);
             }
         }
         Err(Error::Conflict(name.to_string()))
+    }
+
+    /// Sets a service's routes, of machines or registered, at once: no
+    /// instance changes, the ingress follows the endpoints record.
+    pub async fn set_routes(&self, name: &str, routes: Vec<Route>) -> Result<ServiceRecord, Error> {
+        record::validate_routes(&routes).map_err(Error::Invalid)?;
+        let key = record::def_key(name);
+        for _ in 0..5 {
+            let kv = self.store().get(&key).await?.ok_or_else(|| Error::NotFound(name.to_string()))?;
+            let mut record: ServiceRecord = parse(&kv)?;
+            if record.routes == routes {
+                return Ok(record);
+            }
+            record.routes.clone_from(&routes);
+            let txn = Txn::new().when(Compare::mod_revision(&key, kv.mod_revision)).and_then(Op::Put {
+                key: key.clone(),
+                value: to_json(&record),
+                lease: None,
+            });
+            if self.store().txn(txn).await?.succeeded {
+                self.routes_changed(&record).await?;
+                return Ok(record);
+            }
+        }
+        Err(Error::Conflict(name.to_string()))
+    }
+
+    /// Publishes a service's new routes and writes them to its history.
+    async fn routes_changed(&self, record: &ServiceRecord) -> Result<(), Error> {
+        self.publish(&record.name).await?;
+        let reason = if record.routes.is_empty() {
+            "no routes besides its own name any more".to_string()
+        } else {
+            let routes: Vec<String> = record.routes.iter().map(ToString::to_string).collect();
+            format!("routes are now {}", routes.join(", "))
+        };
+        self.record_history(&record.name, None, "routes", reason).await;
+        Ok(())
     }
 
     /// Host ports a service may publish: TCP, each once, and not forwarded
@@ -441,9 +525,15 @@ impl Services {
         }
         check_checks(&req.checks, Kind::Registered)?;
         check_tags(&req.tags)?;
+        if let Some(routes) = &req.routes {
+            record::validate_routes(routes).map_err(Error::Invalid)?;
+        }
         let def = self.ensure_registered(name).await?;
         if def.kind != Kind::Registered {
             return Err(Error::NotRegistered(name.to_string()));
+        }
+        if let Some(routes) = req.routes {
+            self.set_routes(name, routes).await?;
         }
         let def_key = record::def_key(name);
         let key = record::instance_key(name, &id);
@@ -510,6 +600,7 @@ impl Services {
             port: 0,
             checks: vec![],
             ports: vec![],
+            routes: vec![],
             meta: Meta::default(),
             created_at: record::now_ms() / 1000,
             version: 1,

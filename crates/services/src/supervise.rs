@@ -360,7 +360,7 @@ impl Services {
             }
         }
         instances.sort_by(|a, b| a.id.cmp(&b.id));
-        let next = Endpoints { name: name.to_string(), instances, ports: def.ports };
+        let next = Endpoints { name: name.to_string(), instances, ports: def.ports, routes: def.routes };
         let unchanged = match &stored {
             Some(kv) => parse::<Endpoints>(kv).is_ok_and(|e| e == next),
             None => false,

@@ -87,8 +87,12 @@ pub(crate) async fn deploy(
         deploy_body(&headers, body, MAX_DEPLOY_BODY, "components are limited to 64 MiB", state.deploys())
             .await?;
     let component = component_bytes(&request.component_base64)?;
-    let routes =
-        request.routes.iter().map(|r| hearth_apps::Route::parse(r)).collect::<Result<Vec<_>, _>>()?;
+    let routes = request
+        .routes
+        .iter()
+        .map(|r| hearth_apps::Route::parse(r).map_err(hearth_apps::Error::from))
+        .collect::<Result<Vec<_>, _>>()?;
+    super::services::routes_free(&state, &name, &routes).await?;
     let deployed = state.apps().deploy(&name, component, request.manifest, routes).await?;
     Ok(axum::Json(DeployResult {
         app: deployed.app,

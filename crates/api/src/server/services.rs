@@ -43,7 +43,7 @@ fn service(record: &ServiceRecord, instances: &[(InstanceRecord, Option<HealthRe
             .iter()
             .filter(|(_, h)| h.as_ref().is_some_and(|h| h.status == Status::Passing))
             .count() as u32,
-        routes: vec![],
+        routes: record.routes.iter().map(ToString::to_string).collect(),
         tags: record.meta.tags.clone(),
         description: record.meta.description.clone(),
         links: record.meta.links.clone(),
@@ -129,6 +129,68 @@ fn checks(texts: &[String]) -> Result<Vec<CheckSpec>, ApiError> {
         .collect()
 }
 
+fn routes(texts: &[String]) -> Result<Vec<record::Route>, ApiError> {
+    texts
+        .iter()
+        .map(|t| {
+            record::Route::parse(t).map_err(|e| {
+                bad("routes", e.to_string(), "give HOST or HOST/PATH, e.g. --route shop.example.test/api")
+            })
+        })
+        .collect()
+}
+
+/// Who holds a route on the ingress: an app or a service, by name.
+struct Holder {
+    kind: &'static str,
+    name: String,
+}
+
+/// Refuses a route the app or service `owner` would answer on (its own
+/// `NAME.DOMAIN` and `routes`) that another app or service holds already:
+/// apps and services share one ingress, so one route has one owner.
+pub(crate) async fn routes_free(
+    state: &AppState,
+    owner: &str,
+    routes: &[record::Route],
+) -> Result<(), ApiError> {
+    let domain = state.apps().domain().to_owned();
+    let mine: Vec<record::Route> =
+        std::iter::once(record::Route::default_for(owner, &domain)).chain(routes.iter().cloned()).collect();
+    let mut held: Vec<(record::Route, Holder)> = Vec::new();
+    for info in state.apps().list().await? {
+        let name = info.app.name;
+        held.push((record::Route::default_for(&name, &domain), Holder { kind: "app", name: name.clone() }));
+        held.extend(info.app.routes.into_iter().map(|r| (r, Holder { kind: "app", name: name.clone() })));
+    }
+    for service in state.services().list().await? {
+        let name = service.name;
+        held.push((
+            record::Route::default_for(&name, &domain),
+            Holder { kind: "service", name: name.clone() },
+        ));
+        held.extend(service.routes.into_iter().map(|r| (r, Holder { kind: "service", name: name.clone() })));
+    }
+    let taken = held.iter().find(|(route, holder)| holder.name != owner && mine.contains(route));
+    if let Some((route, Holder { kind, name })) = taken {
+        let hint = match *kind {
+            "app" => format!(
+                "pick another route, or take it from the app first: deploy {name} again without it (its routes: `hearth app inspect {name}`)"
+            ),
+            _ => format!(
+                "pick another route, or take it from the service first: `hearth service deploy {name} --route …` with the routes it keeps (see `hearth service inspect {name}`)"
+            ),
+        };
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "route_taken",
+            format!("the route {route} already belongs to {kind} {name:?}"),
+            hint,
+        ));
+    }
+    Ok(())
+}
+
 /// Refuses a service name an app already has: both answer as `NAME`.
 async fn not_an_app(state: &AppState, name: &str) -> Result<(), ApiError> {
     if state.apps().get(name).await.is_ok() {
@@ -194,6 +256,8 @@ pub(crate) async fn create(
     ApiJson(body): ApiJson<CreateService>,
 ) -> Result<(StatusCode, axum::Json<Service>), ApiError> {
     not_an_app(&state, &body.name).await?;
+    let declared = routes(&body.routes)?;
+    routes_free(&state, &body.name, &declared).await?;
     for kv in &body.env {
         if !kv.contains('=') || kv.starts_with('=') {
             return Err(bad("env", format!("{kv:?} is not KEY=VALUE"), "e.g. --env PORT=8080"));
@@ -220,6 +284,7 @@ pub(crate) async fn create(
                 text.parse().map_err(|e| bad("ports", e, "e.g. 8080:80, or 8080 for the service's port"))
             })
             .collect::<Result<_, _>>()?,
+        routes: declared,
         meta: record::Meta { tags: body.tags, description: body.description, links: body.links },
     };
     let created = state.services().create(request).await?;
@@ -258,12 +323,18 @@ pub(crate) async fn deploy(
             return Err(bad("env", format!("{kv:?} is not KEY=VALUE"), "e.g. --env PORT=8080"));
         }
     }
+    let declared = body.routes.as_deref().map(routes).transpose()?;
+    if let Some(declared) = &declared {
+        state.services().get(&name).await?;
+        routes_free(&state, &name, declared).await?;
+    }
     let change = hearth_services::Deploy {
         image: body.image,
         env: body.env,
         command: body.command,
         cpus: body.cpus,
         memory_mib: body.memory_mib,
+        routes: declared,
     };
     state.services().deploy(&name, change).await?;
     let view = state.services().view(&name).await?;
@@ -321,6 +392,7 @@ pub(crate) async fn endpoints(
             .into_iter()
             .map(|e| Endpoint { id: e.id, address: e.address.to_string(), port: e.port })
             .collect(),
+        routes: found.value.routes.iter().map(ToString::to_string).collect(),
     }))
 }
 
@@ -335,6 +407,10 @@ pub(crate) async fn register(
     ApiJson(body): ApiJson<RegisterInstance>,
 ) -> Result<(StatusCode, axum::Json<ServiceInstance>), ApiError> {
     not_an_app(&state, &name).await?;
+    let declared = body.routes.as_deref().map(routes).transpose()?;
+    if let Some(declared) = &declared {
+        routes_free(&state, &name, declared).await?;
+    }
     let address = body
         .address
         .parse()
@@ -346,6 +422,7 @@ pub(crate) async fn register(
         ttl_s: body.ttl_s,
         checks: checks(&body.checks)?,
         tags: body.tags,
+        routes: declared,
     };
     let registered = state.services().register(&name, request).await?;
     let health = state

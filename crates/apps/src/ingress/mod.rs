@@ -2,16 +2,16 @@
 //! the longest path prefix, running each request in a fresh instance under
 //! the app's limits. A host no app route matches may be a hook's
 //! ([`crate::hooks`]) or a service's, `NAME.DOMAIN`, proxied to its
-//! passing instances ([`upstream`], [`balance`], [`proxy`]).
+//! passing instances ([`upstream`], [`proxy`], balanced by
+//! [`hearth_routing::balance`]).
 
-pub(crate) mod balance;
 mod proxy;
 mod table;
 mod upstream;
 
 pub(crate) use proxy::{ATTEMPTS, CONNECT_TIMEOUT};
 pub(crate) use table::{Entry, Table};
-pub(crate) use upstream::{Upstream, Upstreams, follow as follow_services};
+pub(crate) use upstream::{Endpoint, Upstream, Upstreams, follow as follow_services};
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -88,22 +88,24 @@ async fn dispatch(apps: &Apps, req: Request<Incoming>) -> Response<Body> {
     let host = request_host(&req);
     let target = {
         let table = apps.inner.table.load();
-        match table.route(&host, req.uri().path()) {
-            Some(target) => target.clone(),
-            None => {
-                let hook = apps.inner.hooks.load().get(&host).cloned();
-                if let Some(hook) = hook {
-                    return run_hook(hook, req).await;
-                }
-                let service = apps.inner.upstreams.for_host(&host, &apps.inner.options.domain);
-                return match service {
-                    Some(upstream) => {
-                        drop(table);
-                        proxy::proxy(apps, upstream, req).await
-                    }
-                    None => not_found(apps, &table, &host, req.uri().path()),
-                };
+        let path = req.uri().path();
+        let app = table.route(&host, path);
+        if app.is_none()
+            && let Some(hook) = apps.inner.hooks.load().get(&host).cloned()
+        {
+            return run_hook(hook, req).await;
+        }
+        // Apps and services route the same way: the exact host, then the
+        // longest prefix over both (an app on a tie, which only a race of
+        // two declarations can make: each refuses a route taken).
+        let service = apps.inner.upstreams.route(&host, path, &apps.inner.options.domain);
+        match (app, service) {
+            (app, Some((matched, upstream))) if app.is_none_or(|(prefix, _)| prefix.len() < matched) => {
+                drop(table);
+                return proxy::proxy(apps, upstream, req).await;
             }
+            (Some((_, target)), _) => target.clone(),
+            (None, _) => return not_found(apps, &table, &host, path),
         }
     };
     match &target.serving {

@@ -1,5 +1,5 @@
 //! Proxying a request to a service's instances over HTTP/1.1: the
-//! [`Balancer`](super::balance::Balancer) picks the instance; a connection
+//! [`Balancer`](hearth_routing::Balancer) picks the instance; a connection
 //! that fails before the request was written is tried on another; bodies
 //! stream both ways.
 //!
@@ -18,8 +18,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::balance::{Endpoint, Outcome};
-use super::upstream::{Counted, Upstream};
+use hearth_routing::Outcome;
+
+use super::upstream::{Counted, Endpoint, Upstream};
 use super::{Body, text};
 use crate::service::{Apps, lock};
 

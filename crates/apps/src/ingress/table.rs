@@ -6,6 +6,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use hearth_routing::route::prefix_matches;
+
 use crate::record::Route;
 use crate::service::Loaded;
 use crate::triggers::Guards;
@@ -55,16 +57,17 @@ impl Table {
         table
     }
 
-    /// The app for a request, by host and then the longest path prefix.
-    pub(crate) fn route(&self, host: &str, path: &str) -> Option<&Arc<Target>> {
-        self.hosts.get(host)?.iter().find(|(prefix, _)| prefix_matches(prefix, path)).map(|(_, t)| t)
+    /// The app for a request, by host and then the longest path prefix,
+    /// with the prefix it matched.
+    pub(crate) fn route(&self, host: &str, path: &str) -> Option<(&str, &Arc<Target>)> {
+        self.hosts
+            .get(host)?
+            .iter()
+            .find(|(prefix, _)| prefix_matches(prefix, path))
+            .map(|(prefix, t)| (prefix.as_str(), t))
     }
 
     pub(crate) fn has_host(&self, host: &str) -> bool {
         self.hosts.contains_key(host)
     }
-}
-
-fn prefix_matches(prefix: &str, path: &str) -> bool {
-    Route { host: String::new(), path: prefix.to_owned() }.matches_path(path)
 }

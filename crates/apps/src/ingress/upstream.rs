@@ -1,6 +1,8 @@
-//! The services the ingress routes to: `NAME.DOMAIN` for every service
+//! The services the ingress routes to: `NAME.DOMAIN` and the routes each
+//! declares (`hearth service create --route HOST/PATH`), for every service
 //! with an endpoints record (`services/endpoints/NAME`, the passing
-//! instances the registry publishes), each with its own [`Balancer`].
+//! instances and the routes the registry publishes), each with its own
+//! [`Balancer`].
 //!
 //! The set follows the store: one `range` at start, then a [`Follower`]
 //! from the revision after it, so a change in the registry is routed
@@ -17,7 +19,9 @@ use hearth_store::{Change, EventKind, Follower, KeyValue};
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use super::balance::{Balancer, Endpoint};
+use hearth_routing::Route;
+use hearth_routing::route::prefix_matches;
+
 use crate::chain;
 use crate::service::{Apps, lock, stopped};
 
@@ -29,6 +33,8 @@ pub(crate) const ENDPOINTS: &str = "services/endpoints/";
 struct EndpointsView {
     #[serde(default)]
     instances: Vec<EndpointView>,
+    #[serde(default)]
+    routes: Vec<Route>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -37,6 +43,16 @@ struct EndpointView {
     address: IpAddr,
     port: u16,
 }
+
+/// One passing instance, as published in the service's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Endpoint {
+    pub(crate) id: String,
+    pub(crate) addr: SocketAddr,
+}
+
+/// The balancer of one service's instances, in one ingress.
+pub(crate) type Balancer = hearth_routing::Balancer<Endpoint>;
 
 /// One service the ingress routes to.
 #[derive(Debug)]
@@ -76,8 +92,42 @@ impl Counted {
 /// Every service with an endpoints record, by name.
 #[derive(Debug, Default)]
 pub(crate) struct Upstreams {
-    services: RwLock<HashMap<String, Arc<Upstream>>>,
+    known: RwLock<Known>,
     counts: Mutex<BTreeMap<(String, Counted), u64>>,
+}
+
+#[derive(Debug, Default)]
+struct Known {
+    services: HashMap<String, Arc<Upstream>>,
+    /// The routes each service declares, by name.
+    declared: HashMap<String, Vec<Route>>,
+    /// Host → (path prefix, service) of the declared routes, longest
+    /// prefix first: rebuilt from `declared` on every change.
+    hosts: HashMap<String, Vec<(String, Arc<Upstream>)>>,
+}
+
+impl Known {
+    fn index(&mut self) {
+        self.hosts.clear();
+        for (name, routes) in &self.declared {
+            let Some(upstream) = self.services.get(name) else { continue };
+            for route in routes {
+                self.hosts
+                    .entry(route.host.clone())
+                    .or_default()
+                    .push((route.path.clone(), upstream.clone()));
+            }
+        }
+        for prefixes in self.hosts.values_mut() {
+            // By name among equal prefixes, so that a conflict (which
+            // create and deploy refuse) routes the same way every time.
+            prefixes.sort_by(|(a, x), (b, y)| b.len().cmp(&a.len()).then_with(|| x.name.cmp(&y.name)));
+        }
+    }
+
+    fn read(known: &RwLock<Known>) -> std::sync::RwLockReadGuard<'_, Known> {
+        known.read().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Upstreams {
@@ -88,7 +138,21 @@ impl Upstreams {
         if name.is_empty() || name.contains('.') {
             return None;
         }
-        self.services.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+        Known::read(&self.known).services.get(name).cloned()
+    }
+
+    /// The service a request goes to, with the path prefix it matched: of
+    /// the routes services declare on `host` and the implicit
+    /// `NAME.DOMAIN/`, the longest prefix `path` falls under.
+    pub(crate) fn route(&self, host: &str, path: &str, domain: &str) -> Option<(usize, Arc<Upstream>)> {
+        let declared = Known::read(&self.known).hosts.get(host).and_then(|prefixes| {
+            prefixes
+                .iter()
+                .find(|(prefix, _)| prefix_matches(prefix, path))
+                .map(|(prefix, upstream)| (prefix.len(), upstream.clone()))
+        });
+        let implicit = || self.for_host(host, domain).map(|upstream| ("/".len(), upstream));
+        declared.or_else(implicit)
     }
 
     pub(crate) fn count(&self, service: &str, outcome: Counted) {
@@ -102,37 +166,54 @@ impl Upstreams {
 
     /// Applies one record (`None`: deleted).
     pub(crate) fn apply(&self, name: &str, value: Option<&[u8]>) {
-        let mut services = self.services.write().unwrap_or_else(|e| e.into_inner());
+        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
         let Some(value) = value else {
-            services.remove(name);
+            known.services.remove(name);
+            if known.declared.remove(name).is_some() {
+                known.index();
+            }
             return;
         };
-        let endpoints = match serde_json::from_slice::<EndpointsView>(value) {
-            Ok(view) => view
-                .instances
-                .into_iter()
-                .map(|i| Endpoint { id: i.id, addr: SocketAddr::new(i.address, i.port) })
-                .collect(),
+        let (endpoints, routes) = match serde_json::from_slice::<EndpointsView>(value) {
+            Ok(view) => (
+                view.instances
+                    .into_iter()
+                    .map(|i| Endpoint { id: i.id, addr: SocketAddr::new(i.address, i.port) })
+                    .collect(),
+                view.routes,
+            ),
             Err(e) => {
                 // Routing to instances that may be gone would be worse than
                 // routing to none: the 503 names the command to look.
                 tracing::warn!(service = name, error = %e, "A service's endpoints record is unreadable; routing to none of its instances.");
-                Vec::new()
+                (Vec::new(), known.declared.get(name).cloned().unwrap_or_default())
             }
         };
-        let upstream = services
+        let upstream = known
+            .services
             .entry(name.to_owned())
-            .or_insert_with(|| Arc::new(Upstream { name: name.to_owned(), balancer: Mutex::default() }));
+            .or_insert_with(|| Arc::new(Upstream { name: name.to_owned(), balancer: Mutex::default() }))
+            .clone();
         lock(&upstream.balancer).set(endpoints);
+        if known.declared.get(name).map_or(routes.is_empty(), |old| *old == routes) {
+            return;
+        }
+        if routes.is_empty() {
+            known.declared.remove(name);
+        } else {
+            known.declared.insert(name.to_owned(), routes);
+        }
+        known.index();
     }
 
     /// Takes `kvs` as every record there is.
     fn reset(&self, kvs: &[KeyValue]) {
         let names: Vec<&str> = kvs.iter().filter_map(|kv| kv.key.strip_prefix(ENDPOINTS)).collect();
-        self.services
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|name, _| names.contains(&name.as_str()));
+        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+        known.services.retain(|name, _| names.contains(&name.as_str()));
+        known.declared.retain(|name, _| names.contains(&name.as_str()));
+        known.index();
+        drop(known);
         for kv in kvs {
             if let Some(name) = kv.key.strip_prefix(ENDPOINTS) {
                 self.apply(name, Some(&kv.value));
@@ -226,5 +307,31 @@ mod tests {
         assert!(lock(&api.balancer).is_empty());
         upstreams.reset(&[]);
         assert!(upstreams.for_host("api.localhost", "localhost").is_none(), "a reset forgets what it lacks");
+    }
+
+    #[test]
+    fn a_service_takes_the_routes_it_declares_by_the_longest_prefix_on_the_exact_host() {
+        let record = |name: &str, routes: &str| {
+            format!(
+                r#"{{"name":"{name}","instances":[{{"id":"{name}-1","address":"::1","port":80}}],"routes":{routes}}}"#
+            )
+        };
+        let upstreams = Upstreams::default();
+        upstreams.reset(&[
+            kv("api", &record("api", r#"[{"host":"shop.test","path":"/api"}]"#)),
+            kv("web", &record("web", r#"[{"host":"shop.test","path":"/"}]"#)),
+        ]);
+        let at = |host: &str, path: &str| {
+            upstreams.route(host, path, "localhost").map(|(matched, u)| (matched, u.name.clone()))
+        };
+        assert_eq!(at("shop.test", "/api/v1"), Some((4, "api".into())));
+        assert_eq!(at("shop.test", "/apix"), Some((1, "web".into())));
+        assert_eq!(at("api.localhost", "/anything"), Some((1, "api".into())), "NAME.DOMAIN stays implicit");
+        assert_eq!(at("www.shop.test", "/api"), None, "the host is matched exactly");
+        // A change of routes applies at once; a removed service takes its routes along.
+        upstreams.apply("api", Some(record("api", "[]").as_bytes()));
+        assert_eq!(at("shop.test", "/api"), Some((1, "web".into())));
+        upstreams.apply("web", None);
+        assert_eq!(at("shop.test", "/"), None);
     }
 }

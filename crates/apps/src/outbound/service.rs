@@ -19,12 +19,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use hearth_routing::Outcome;
 use tokio::net::TcpStream;
 use wasmtime_wasi_http::{Error, WasiBody};
 
 use super::{Sent, Timeouts, send_over};
-use crate::ingress::balance::{Endpoint, Outcome};
-use crate::ingress::{ATTEMPTS, CONNECT_TIMEOUT, Upstream, Upstreams};
+
+use crate::ingress::{ATTEMPTS, CONNECT_TIMEOUT, Endpoint, Upstream, Upstreams};
 use crate::manifest::{OutboundRule, default_port};
 use crate::service::lock;
 

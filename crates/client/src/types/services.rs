@@ -55,7 +55,9 @@ pub struct Service {
     pub instances: u32,
     /// Instances whose checks pass.
     pub passing: u32,
-    /// Where an app answers, e.g. `http://hello.localhost:8088/`.
+    /// Where it answers on the ingress: an app's URLs, e.g.
+    /// `http://hello.localhost:8088/`; the routes a service declares,
+    /// `HOST[/PATH]`, besides its own `NAME.localhost`.
     pub routes: Vec<String>,
     pub tags: Vec<String>,
     pub description: Option<String>,
@@ -97,6 +99,10 @@ pub struct DeployService {
     pub cpus: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mib: Option<u32>,
+    /// `HOST[/PATH]`, replacing the service's routes (`[]` removes them);
+    /// applied at once, with no new instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -152,6 +158,9 @@ pub struct Endpoints {
     /// for the next one.
     pub index: u64,
     pub instances: Vec<Endpoint>,
+    /// The routes the service declares on the ingress, `HOST[/PATH]`.
+    #[serde(default)]
+    pub routes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -193,6 +202,11 @@ pub struct CreateService {
     /// the host, each connection to it passed to a passing instance.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<String>,
+    /// `HOST[/PATH]`: where the ingress routes to the passing instances,
+    /// besides `NAME.localhost`; as an app's routes, the longest prefix on
+    /// the exact host wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<String>,
     /// The network the instances join (default: the default network).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
@@ -239,6 +253,10 @@ pub struct RegisterInstance {
     pub checks: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// `HOST[/PATH]`: if given, the service's routes from now on
+    /// (replacing those it had; `[]` removes them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes: Option<Vec<String>>,
 }
 
 /// `PUT /v1/services/{name}/instances/{id}/heartbeat`: renews the TTL and

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use futures::{SinkExt, StreamExt};
 use hearth_client::types::{
-    BuildImage, CreateMachine, CreateNetwork, CreateService, EndpointsQuery, ExecEnd, ExecStart, Machine,
-    MachineState, PullImage, PutLab, ServiceKind,
+    BuildImage, CreateMachine, CreateNetwork, CreateService, DeployService, EndpointsQuery, ExecEnd,
+    ExecStart, Machine, MachineState, PullImage, PutLab, ServiceKind,
 };
 use hearth_client::{Client, Error as ClientError};
 use tokio_tungstenite::tungstenite::Message;
@@ -377,8 +377,8 @@ async fn ensure_images(client: &Client, lab: &file::Lab) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Creates the lab's services that do not exist yet, and sets the count of
-/// those that do.
+/// Creates the lab's services that do not exist yet, and sets the count
+/// and the routes of those that do.
 async fn services_up(client: &Client, lab: &file::Lab, before: &Before) -> anyhow::Result<()> {
     for s in &lab.services {
         match before.services.get(&s.name) {
@@ -386,6 +386,21 @@ async fn services_up(client: &Client, lab: &file::Lab, before: &Before) -> anyho
                 if found.count != Some(s.count) {
                     client.scale_service(&s.name, s.count).await?;
                     eprintln!("service {} now keeps {} instances", s.name, s.count);
+                }
+                // As the API writes them back: parsed already, so they parse.
+                let routes: Vec<String> = s
+                    .routes
+                    .iter()
+                    .filter_map(|r| hearth_services::record::Route::parse(r).ok())
+                    .map(|r| r.to_string())
+                    .collect();
+                if found.routes != routes {
+                    let body = DeployService { routes: Some(routes), ..Default::default() };
+                    client
+                        .deploy_service(&s.name, &body)
+                        .await
+                        .with_context(|| format!("cannot set the routes of service {}", s.name))?;
+                    eprintln!("service {} now routes {}", s.name, s.routes.join(" "));
                 }
             }
             None => {
@@ -396,6 +411,7 @@ async fn services_up(client: &Client, lab: &file::Lab, before: &Before) -> anyho
                     port: s.port,
                     checks: s.checks.clone(),
                     ports: s.ports.clone(),
+                    routes: s.routes.clone(),
                     network: s.network.clone(),
                     env: s.env.clone(),
                     command: s.command.clone(),

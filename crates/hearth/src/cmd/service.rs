@@ -39,6 +39,11 @@ pub(crate) enum Command {
         /// balanced over the passing instances. Repeatable.
         #[arg(long = "publish", short = 'p', value_name = "HOST:PORT")]
         ports: Vec<String>,
+        /// HOST[/PATH]: the ingress routes it to the passing instances, as an
+        /// app's route (the longest prefix on the exact host wins), besides
+        /// NAME.localhost. Repeatable.
+        #[arg(long = "route", value_name = "HOST[/PATH]")]
+        routes: Vec<String>,
         /// The network the instances join (default: the default network).
         #[arg(long)]
         network: Option<String>,
@@ -79,10 +84,17 @@ pub(crate) enum Command {
     },
     /// Roll a service to a new image, environment or command, one instance
     /// at a time; a new instance that never passes puts the old version back.
+    /// New routes apply at once, with no new instance.
     Deploy {
         name: String,
         #[arg(long)]
         image: Option<String>,
+        /// HOST[/PATH], replacing the service's routes. Repeatable.
+        #[arg(long = "route", value_name = "HOST[/PATH]")]
+        routes: Vec<String>,
+        /// Remove every route the service declares (NAME.localhost stays).
+        #[arg(long, conflicts_with = "routes")]
+        no_routes: bool,
         /// KEY=VALUE, replacing the whole environment. Repeatable.
         #[arg(long = "env", short = 'e')]
         env: Vec<String>,
@@ -147,6 +159,10 @@ pub(crate) enum Command {
         checks: Vec<String>,
         #[arg(long = "tag")]
         tags: Vec<String>,
+        /// HOST[/PATH]: replaces the service's routes on the ingress.
+        /// Repeatable.
+        #[arg(long = "route", value_name = "HOST[/PATH]")]
+        routes: Vec<String>,
     },
     /// Renew a registration's TTL, and set its health.
     Heartbeat {
@@ -176,6 +192,7 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<()>
             port,
             checks,
             ports,
+            routes,
             network,
             env,
             cpus,
@@ -201,6 +218,7 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<()>
                 port,
                 checks,
                 ports,
+                routes,
                 network,
                 env,
                 command: (!command.is_empty()).then_some(command),
@@ -246,7 +264,7 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<()>
             }
             print_detail(&detail);
         }
-        Command::Deploy { name, image, env, cpus, memory, detach, command } => {
+        Command::Deploy { name, image, routes, no_routes, env, cpus, memory, detach, command } => {
             if let Some(image) = &image {
                 super::machine::ensure_image(client, image).await?;
             }
@@ -256,8 +274,19 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<()>
                 command: (!command.is_empty()).then_some(command),
                 cpus,
                 memory_mib: memory,
+                routes: (no_routes || !routes.is_empty()).then_some(routes),
             };
+            let routes_only = body.image.is_none()
+                && body.env.is_none()
+                && body.command.is_none()
+                && body.cpus.is_none()
+                && body.memory_mib.is_none();
             let s = client.deploy_service(&name, &body).await?;
+            if routes_only {
+                let shown = if s.routes.is_empty() { "none".to_string() } else { s.routes.join(" ") };
+                println!("service {name}: routes are now {shown} (and {name}.localhost)");
+                return Ok(());
+            }
             let version = s.version.unwrap_or_default();
             println!("service {name}: rolling to version {version}");
             if !detach {
@@ -341,10 +370,18 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<()>
                 index = e.index.max(1);
             }
         }
-        Command::Register { name, address, port, ttl, id, checks, tags } => {
+        Command::Register { name, address, port, ttl, id, checks, tags, routes } => {
             let ttl = humantime::parse_duration(&ttl)
                 .map_err(|_| anyhow::anyhow!("--ttl {ttl:?} is not a duration like 30s"))?;
-            let body = RegisterInstance { id, address, port, ttl_s: ttl.as_secs().max(1), checks, tags };
+            let body = RegisterInstance {
+                id,
+                address,
+                port,
+                ttl_s: ttl.as_secs().max(1),
+                checks,
+                tags,
+                routes: (!routes.is_empty()).then_some(routes),
+            };
             let i = client.register_instance(&name, &body).await?;
             println!(
                 "registered {} in {name} ({}:{}); send `hearth service heartbeat {name} {}` at least every {}s",

@@ -18,6 +18,7 @@ fn register(id: &str, port: u16, ttl_s: u64, checks: &[&str]) -> RegisterInstanc
         ttl_s,
         checks: checks.iter().map(|c| c.to_string()).collect(),
         tags: vec!["v1".into()],
+        routes: None,
     }
 }
 

@@ -1,7 +1,9 @@
 //! The ingress in front of services: `NAME.localhost` balanced over the
 //! passing instances, a refused connection retried on another instance,
 //! failing instances ejected and admitted again, deregistered ones no
-//! longer sent anything, and a clear 503 when no instance passes.
+//! longer sent anything, and a clear 503 when no instance passes; the
+//! routes services declare, matched with apps' by the longest prefix, and
+//! a route two owners claim refused.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -9,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hearth_client::types::RegisterInstance;
-use hearth_testkit::{Daemon, wait_until};
+use hearth_testkit::{Daemon, failure, success, wait_until};
 use http_body_util::BodyExt;
 use hyper::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -74,6 +76,7 @@ impl Backend {
             ttl_s: 300,
             checks: vec![],
             tags: vec![],
+            routes: None,
         }
     }
 }
@@ -243,6 +246,7 @@ async fn the_ingress_balances_retries_ejects_and_follows_a_service() {
         ttl_s: 300,
         checks: vec!["tcp,interval=300ms,timeout=200ms".into()],
         tags: vec![],
+        routes: None,
     };
     client.register_instance("db", &never).await.expect("register db");
     let unavailable =
@@ -254,7 +258,7 @@ async fn the_ingress_balances_retries_ejects_and_follows_a_service() {
     assert_eq!(get(port, "nobody.localhost", "/").await.0, 404);
 
     // Removed with its service, the host is unknown again.
-    hearth_testkit::success(&daemon.cli(&["service", "rm", "api"]));
+    success(&daemon.cli(&["service", "rm", "api"]));
     let unknown =
         wait_until(Duration::from_secs(10), async || get(port, "api.localhost", "/").await.0 == 404).await;
     assert!(unknown, "a removed service is still routed");
@@ -267,4 +271,109 @@ async fn the_ingress_balances_retries_ejects_and_follows_a_service() {
     ] {
         assert!(text.contains(series), "{series} missing from\n{text}");
     }
+}
+
+/// Who answered a request through the ingress: a backend's name, the app's
+/// greeting, or the status when it was not a 200.
+async fn who(port: u16, host: &str, path: &str) -> String {
+    match get(port, host, path).await {
+        // Chunked: the app's greeting comes after its chunk's size.
+        (200, body) if body.contains("Hello from hearth") => "app".into(),
+        (200, body) => body.split(' ').next().unwrap_or_default().to_owned(),
+        (status, _) => status.to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn services_declare_routes_that_share_the_longest_prefix_rule_with_apps() {
+    let hello = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/apps/hello/target/wasm32-wasip2/release/hello.wasm");
+    assert!(hello.is_file(), "{} is missing: run `make examples`", hello.display());
+    let hello = hello.display().to_string();
+    let daemon = Daemon::start(BIN).await;
+    let client = daemon.client();
+    let port = ingress_port(&daemon).await;
+    let api = Backend::start("api").await;
+    let web = Backend::start("web").await;
+
+    // A registration declares its service's routes, by the CLI or the API.
+    let api_port = api.port.to_string();
+    let cli = ["service", "register", "api", "--address", "127.0.0.1", "--port", &api_port, "--id", "api-1"];
+    success(&daemon.cli(&[&cli[..], &["--ttl", "300s", "--route", "shop.test/api"]].concat()));
+    let declare = RegisterInstance { routes: Some(vec!["Shop.test/".into()]), ..web.register("web-1") };
+    client.register_instance("web", &declare).await.expect("register web");
+
+    // The exact host, then the longest prefix at a segment boundary.
+    let routed = wait_until(Duration::from_secs(10), async || {
+        who(port, "shop.test", "/api/orders").await == "api" && who(port, "shop.test", "/").await == "web"
+    })
+    .await;
+    assert!(routed, "{} {}", who(port, "shop.test", "/api/orders").await, who(port, "shop.test", "/").await);
+    assert_eq!(who(port, "shop.test", "/apix").await, "web");
+    assert_eq!(who(port, "www.shop.test", "/api").await, "404");
+    assert_eq!(who(port, "api.localhost", "/").await, "api", "NAME.localhost stays implicit");
+    let shown = success(&daemon.cli(&["service", "inspect", "api"]));
+    assert!(shown.contains("routes:      shop.test/api"), "{shown}");
+    let json = success(&daemon.cli(&["service", "inspect", "web", "--json"]));
+    assert!(json.contains(r#""routes""#) && json.contains(r#""shop.test""#), "{json}");
+
+    // On one host, a longer app prefix wins over a service's shorter one,
+    // and a longer service prefix over an app's.
+    success(&daemon.cli(&["app", "deploy", "hello", &hello, "--route", "shop.test/api/v2"]));
+    let out = success(&daemon.cli(&[
+        "service",
+        "deploy",
+        "web",
+        "--route",
+        "shop.test",
+        "--route",
+        "shop.test/api/v2/admin",
+    ]));
+    assert!(out.contains("routes are now shop.test shop.test/api/v2/admin"), "{out}");
+    let both = wait_until(Duration::from_secs(10), async || {
+        who(port, "shop.test", "/api/v2/admin/users").await == "web"
+    })
+    .await;
+    assert!(both, "{}", who(port, "shop.test", "/api/v2/admin/users").await);
+    assert_eq!(who(port, "shop.test", "/api/v2/orders").await, "app");
+    assert_eq!(who(port, "shop.test", "/api/v1").await, "api");
+    assert_eq!(who(port, "shop.test", "/").await, "web");
+
+    // A route held by another service or an app (its own or a declared
+    // one) is refused, naming the holder, and nothing changes.
+    for (args, holder) in [
+        (vec!["service", "deploy", "api", "--route", "shop.test"], "service \"web\""),
+        (vec!["service", "deploy", "api", "--route", "shop.test/api/v2"], "app \"hello\""),
+        (vec!["service", "deploy", "api", "--route", "hello.localhost"], "app \"hello\""),
+        (vec!["service", "deploy", "api", "--route", "web.localhost"], "service \"web\""),
+        (vec!["app", "deploy", "other", hello.as_str(), "--route", "shop.test/api"], "service \"api\""),
+        (vec!["app", "deploy", "other", hello.as_str(), "--route", "api.localhost"], "service \"api\""),
+    ] {
+        let err = failure(&daemon.cli(&args));
+        assert!(err.contains("already belongs to") && err.contains(holder), "{args:?}: {err}");
+        assert!(err.contains("hint:"), "{err}");
+    }
+    let err = client
+        .register_instance(
+            "db",
+            &RegisterInstance { routes: Some(vec!["shop.test/api".into()]), ..web.register("db-1") },
+        )
+        .await
+        .expect_err("a registration's route taken");
+    assert!(err.to_string().contains(r#"belongs to service "api""#), "{err}");
+    assert!(client.service("db").await.is_err(), "a refused registration made its service");
+    assert!(client.app("other").await.is_err(), "a refused app was deployed");
+    assert_eq!(who(port, "shop.test", "/api/v1").await, "api");
+    let shown = success(&daemon.cli(&["service", "inspect", "api"]));
+    assert!(shown.contains("routes:      shop.test/api\n"), "{shown}");
+
+    // A change of routes takes no new instance, applies at once and is in
+    // the service's history.
+    success(&daemon.cli(&["service", "deploy", "api", "--no-routes"]));
+    let moved =
+        wait_until(Duration::from_secs(10), async || who(port, "shop.test", "/api/v1").await == "web").await;
+    assert!(moved, "{}", who(port, "shop.test", "/api/v1").await);
+    let history = success(&daemon.cli(&["service", "history", "api"]));
+    assert!(history.contains("routes") && history.contains("no routes besides its own name"), "{history}");
+    assert_eq!(client.service("api").await.expect("api").instances.len(), 1);
 }

@@ -94,6 +94,8 @@ struct RawService {
     checks: Vec<Spanned<String>>,
     #[serde(default)]
     ports: Vec<Spanned<String>>,
+    #[serde(default)]
+    routes: Vec<Spanned<String>>,
     network: Option<Spanned<String>>,
     command: Option<Vec<String>>,
     #[serde(default)]
@@ -167,6 +169,8 @@ pub(crate) struct Service {
     pub(crate) checks: Vec<String>,
     /// `HOST:PORT` host ports balanced over the instances.
     pub(crate) ports: Vec<String>,
+    /// `HOST[/PATH]` ingress routes to the instances.
+    pub(crate) routes: Vec<String>,
     pub(crate) network: Option<String>,
     pub(crate) command: Option<Vec<String>>,
     pub(crate) env: Vec<String>,
@@ -559,6 +563,18 @@ fn check_services(
                 problems.push(format!("{}: service {name:?}: field `ports`: {e}", loc.at(p.span())));
             }
         }
+        let mut routes = Vec::new();
+        for r in &raw.routes {
+            match hearth_services::record::Route::parse(r.get_ref()) {
+                Ok(route) => routes.push(route),
+                Err(e) => {
+                    problems.push(format!("{}: service {name:?}: field `routes`: {e}", loc.at(r.span())))
+                }
+            }
+        }
+        if let Err(e) = hearth_services::record::validate_routes(&routes) {
+            problems.push(format!("{what}: field `routes`: {e}"));
+        }
         for kv in &raw.env {
             if !kv.get_ref().contains('=') || kv.get_ref().starts_with('=') {
                 problems.push(format!(
@@ -594,6 +610,7 @@ fn check_services(
             port,
             checks: raw.checks.iter().map(|c| c.get_ref().clone()).collect(),
             ports: raw.ports.iter().map(|p| p.get_ref().clone()).collect(),
+            routes: raw.routes.iter().map(|r| r.get_ref().clone()).collect(),
             network: raw.network.map(|n| n.into_inner()),
             command: raw.command,
             env: raw.env.into_iter().map(|e| e.into_inner()).collect(),
@@ -862,6 +879,10 @@ image = "debian:bookworm"
         check(&svc("checks = [\"ping\"]\n"), &["lab.toml:5", "field `checks`", "is not a check"]);
         check(&svc("count = 65\n"), &["lab.toml:5", "field `count` is 65"]);
         check(&svc("env = [\"NOEQUALS\"]\n"), &["lab.toml:5", "not KEY=VALUE"]);
+        check(&svc("routes = [\"shop.test/a?b\"]\n"), &["lab.toml:5", "field `routes`", "plain prefix"]);
+        check(&svc("routes = [\"shop.test\", \"SHOP.test/\"]\n"), &["field `routes`", "given twice"]);
+        let routed = parse("lab.toml", &svc("routes = [\"shop.test/api\"]\n"), None, "x").expect("parses");
+        assert_eq!(routed.services[0].routes, ["shop.test/api"]);
         check("[[service]]\nname = \"web\"\nimage = \"i\"\nport = 0\n", &["lab.toml:4", "field `port`"]);
         check(
             &format!("{}[[service]]\nname = \"web\"\nimage = \"i\"\nport = 1\n", svc("")),

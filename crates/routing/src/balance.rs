@@ -1,28 +1,22 @@
-//! Which instance of a service a proxied request goes to, and which
-//! instances are left out for a while: a pure state machine, fed the time,
-//! so that the policy is tested without sockets.
+//! Which instance of a service the next request or connection goes to,
+//! and which instances are left out for a while: a pure state machine, fed
+//! the time, so that the policy is tested without sockets. The apps ingress
+//! balances HTTP requests with it, a published port TCP connections.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// Failures in a row that eject an instance.
-pub(crate) const FAILURES_TO_EJECT: u32 = 3;
+pub const FAILURES_TO_EJECT: u32 = 3;
 /// How long a first ejection lasts.
-pub(crate) const FIRST_EJECTION: Duration = Duration::from_secs(5);
+pub const FIRST_EJECTION: Duration = Duration::from_secs(5);
 /// The longest an ejection lasts.
-pub(crate) const MAX_EJECTION: Duration = Duration::from_secs(60);
-
-/// One passing instance, as published in the service's endpoints.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct Endpoint {
-    pub(crate) id: String,
-    pub(crate) addr: SocketAddr,
-}
+pub const MAX_EJECTION: Duration = Duration::from_secs(60);
 
 /// What an attempt on an instance came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outcome {
-    /// It answered, with anything but a 5xx.
+pub enum Outcome {
+    /// It answered (over HTTP, with anything but a 5xx), or took the
+    /// connection.
     Answered,
     /// It refused or dropped the connection, timed out connecting, or
     /// answered with a 5xx.
@@ -30,8 +24,8 @@ pub(crate) enum Outcome {
 }
 
 #[derive(Debug)]
-struct Instance {
-    endpoint: Endpoint,
+struct Instance<T> {
+    target: T,
     outstanding: u32,
     /// Failures since the last success.
     failures: u32,
@@ -40,9 +34,9 @@ struct Instance {
     next_ejection: Duration,
 }
 
-impl Instance {
-    fn new(endpoint: Endpoint) -> Instance {
-        Instance { endpoint, outstanding: 0, failures: 0, ejected_until: None, next_ejection: FIRST_EJECTION }
+impl<T> Instance<T> {
+    fn new(target: T) -> Instance<T> {
+        Instance { target, outstanding: 0, failures: 0, ejected_until: None, next_ejection: FIRST_EJECTION }
     }
 
     fn admitted(&self, now: Instant) -> bool {
@@ -50,7 +44,9 @@ impl Instance {
     }
 }
 
-/// The balancer of one service's instances, in one ingress.
+/// The balancer of one service's instances (`T`: how the user names one,
+/// an address or an id with its address), in one ingress or one published
+/// port.
 ///
 /// Policy, as Envoy's least-request balancing and outlier detection:
 /// - A request goes to the admitted instance with the fewest requests
@@ -66,48 +62,58 @@ impl Instance {
 ///   been tried for it, rather than failing the request.
 /// - Instances published again keep their state; instances no longer
 ///   published are forgotten.
-#[derive(Debug, Default)]
-pub(crate) struct Balancer {
-    instances: Vec<Instance>,
+#[derive(Debug)]
+pub struct Balancer<T> {
+    instances: Vec<Instance<T>>,
     /// Where the next tie-break starts.
     cursor: usize,
 }
 
-impl Balancer {
+impl<T> Default for Balancer<T> {
+    fn default() -> Self {
+        Balancer { instances: Vec::new(), cursor: 0 }
+    }
+}
+
+impl<T: Clone + PartialEq> Balancer<T> {
     /// Takes the instances now published, keeping what is known of those
     /// that stay.
-    pub(crate) fn set(&mut self, endpoints: Vec<Endpoint>) {
+    pub fn set(&mut self, targets: Vec<T>) {
         let mut old = std::mem::take(&mut self.instances);
-        self.instances = endpoints
+        self.instances = targets
             .into_iter()
-            .map(|endpoint| match old.iter().position(|i| i.endpoint == endpoint) {
+            .map(|target| match old.iter().position(|i| i.target == target) {
                 Some(at) => old.swap_remove(at),
-                None => Instance::new(endpoint),
+                None => Instance::new(target),
             })
             .collect();
     }
 
-    #[cfg(test)]
-    pub(crate) fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.instances.is_empty()
+    }
+
+    /// The instances published, in the order given.
+    pub fn targets(&self) -> Vec<T> {
+        self.instances.iter().map(|i| i.target.clone()).collect()
     }
 
     /// The instance for the next attempt of a request that has already
     /// tried `tried`, counted as outstanding until [`Balancer::finish`];
     /// `None` when every instance has been tried.
-    pub(crate) fn pick(&mut self, now: Instant, tried: &[Endpoint]) -> Option<Endpoint> {
-        let untried = |i: &&Instance| !tried.contains(&i.endpoint);
+    pub fn pick(&mut self, now: Instant, tried: &[T]) -> Option<T> {
+        let untried = |i: &&Instance<T>| !tried.contains(&i.target);
         let admitted = self.least(|i| untried(&i) && i.admitted(now));
         let at = admitted.or_else(|| self.least(|i| untried(&i)))?;
         self.cursor = (at + 1) % self.instances.len();
         let instance = &mut self.instances[at];
         instance.outstanding += 1;
-        Some(instance.endpoint.clone())
+        Some(instance.target.clone())
     }
 
     /// The eligible instance with the fewest outstanding requests, the first
     /// from the cursor on among equals.
-    fn least(&self, eligible: impl Fn(&Instance) -> bool) -> Option<usize> {
+    fn least(&self, eligible: impl Fn(&Instance<T>) -> bool) -> Option<usize> {
         let n = self.instances.len();
         (0..n)
             .map(|k| (self.cursor + k) % n)
@@ -115,17 +121,17 @@ impl Balancer {
             .min_by_key(|&at| self.instances[at].outstanding)
     }
 
-    /// A request picked for `endpoint` is no longer outstanding.
-    pub(crate) fn finish(&mut self, endpoint: &Endpoint) {
-        if let Some(i) = self.find(endpoint) {
+    /// A request picked for `target` is no longer outstanding.
+    pub fn finish(&mut self, target: &T) {
+        if let Some(i) = self.find(target) {
             i.outstanding = i.outstanding.saturating_sub(1);
         }
     }
 
-    /// Records what an attempt on `endpoint` came to.
-    pub(crate) fn record(&mut self, endpoint: &Endpoint, outcome: Outcome, now: Instant) {
-        let others_admitted = self.instances.iter().any(|i| &i.endpoint != endpoint && i.admitted(now));
-        let Some(i) = self.find(endpoint) else { return };
+    /// Records what an attempt on `target` came to.
+    pub fn record(&mut self, target: &T, outcome: Outcome, now: Instant) {
+        let others_admitted = self.instances.iter().any(|i| &i.target != target && i.admitted(now));
+        let Some(i) = self.find(target) else { return };
         match outcome {
             Outcome::Answered => {
                 i.failures = 0;
@@ -142,14 +148,23 @@ impl Balancer {
         }
     }
 
-    /// Whether `endpoint` is ejected at `now`.
-    #[cfg(test)]
-    pub(crate) fn is_ejected(&self, endpoint: &Endpoint, now: Instant) -> bool {
-        self.instances.iter().any(|i| &i.endpoint == endpoint && !i.admitted(now))
+    /// Whether `target` is ejected at `now`.
+    pub fn is_ejected(&self, target: &T, now: Instant) -> bool {
+        self.instances.iter().any(|i| &i.target == target && !i.admitted(now))
     }
 
-    fn find(&mut self, endpoint: &Endpoint) -> Option<&mut Instance> {
-        self.instances.iter_mut().find(|i| &i.endpoint == endpoint)
+    /// Requests outstanding on `target` (0 if it is not published).
+    pub fn outstanding(&self, target: &T) -> u32 {
+        self.instances.iter().find(|i| &i.target == target).map_or(0, |i| i.outstanding)
+    }
+
+    /// Failures of `target` since its last success.
+    pub fn failures(&self, target: &T) -> u32 {
+        self.instances.iter().find(|i| &i.target == target).map_or(0, |i| i.failures)
+    }
+
+    fn find(&mut self, target: &T) -> Option<&mut Instance<T>> {
+        self.instances.iter_mut().find(|i| &i.target == target)
     }
 }
 
@@ -157,29 +172,28 @@ impl Balancer {
 mod tests {
     use super::*;
 
-    fn endpoint(id: &str) -> Endpoint {
-        let port = 9000 + id.as_bytes()[0] as u16;
-        Endpoint { id: id.into(), addr: SocketAddr::from(([127, 0, 0, 1], port)) }
+    fn endpoint(id: &str) -> String {
+        id.to_owned()
     }
 
-    fn balancer(ids: &[&str]) -> Balancer {
+    fn balancer(ids: &[&str]) -> Balancer<String> {
         let mut b = Balancer::default();
         b.set(ids.iter().map(|id| endpoint(id)).collect());
         b
     }
 
     /// Picks and finishes at once, `n` times: the ids picked.
-    fn picks(b: &mut Balancer, now: Instant, n: usize) -> Vec<String> {
+    fn picks(b: &mut Balancer<String>, now: Instant, n: usize) -> Vec<String> {
         (0..n)
             .map(|_| {
                 let e = b.pick(now, &[]).expect("an instance");
                 b.finish(&e);
-                e.id
+                e
             })
             .collect()
     }
 
-    fn fail(b: &mut Balancer, id: &str, times: u32, now: Instant) {
+    fn fail(b: &mut Balancer<String>, id: &str, times: u32, now: Instant) {
         for _ in 0..times {
             b.record(&endpoint(id), Outcome::Failed, now);
         }
@@ -202,7 +216,7 @@ mod tests {
         // A slow instance (one outstanding) is passed over while others are idle.
         let slow = b.pick(now, &[]).expect("slow");
         let picked = picks(&mut b, now, 6);
-        assert!(!picked.contains(&slow.id), "{picked:?}");
+        assert!(!picked.contains(&slow), "{picked:?}");
     }
 
     #[test]
@@ -287,7 +301,7 @@ mod tests {
         let mut b = balancer(&["a", "b", "c"]);
         fail(&mut b, "a", 3, now);
         let tried = [endpoint("b"), endpoint("c")];
-        assert_eq!(b.pick(now, &tried).map(|e| e.id), Some("a".into()));
+        assert_eq!(b.pick(now, &tried), Some("a".to_owned()));
         let all = [endpoint("a"), endpoint("b"), endpoint("c")];
         assert_eq!(b.pick(now, &all), None, "every instance was tried");
     }
@@ -301,7 +315,7 @@ mod tests {
         b.set(vec![endpoint("a"), endpoint("b"), endpoint("c")]);
         assert!(b.is_ejected(&endpoint("a"), now));
         // b is still busy, so c (new, idle) is picked.
-        assert_eq!(b.pick(now, &[]).map(|e| e.id), Some("c".into()));
+        assert_eq!(b.pick(now, &[]), Some("c".to_owned()));
         b.finish(&busy);
         b.set(vec![endpoint("c")]);
         assert!(!b.is_ejected(&endpoint("a"), now));
