@@ -246,26 +246,80 @@ impl Client {
         self.call(Method::GET, &format!("/v1/events?{qs}"), None).await
     }
 
-    /// Follows `/v1/events` as server-sent events.
+    /// Follows `/v1/events` as server-sent events. A stream the daemon ends
+    /// at its lifetime (an `end` event) is opened again from the revision
+    /// it was complete through, so the changes go on with no gap; the
+    /// stream ends when the daemon ends it otherwise (it is stopping), or
+    /// after an error it cannot go on from.
     pub async fn follow_events(
         &self,
         since: Option<u64>,
         prefix: Option<&str>,
     ) -> Result<impl Stream<Item = Result<ChangeEvent, Error>> + Send + 'static, Error> {
-        let q = EventsQuery { follow: Some(true), since, prefix: prefix.map(str::to_owned), limit: None };
-        let qs = serde_urlencoded::to_string(&q).map_err(|e| Error::Protocol(e.to_string()))?;
-        let response = self.send(Method::GET, &format!("/v1/events?{qs}"), None).await?;
-        Ok(sse_messages(response.into_body().into_data_stream()).filter_map(|message| async move {
-            match message {
-                Err(e) => Some(Err(e)),
-                Ok(m) if m.event == "error" => Some(Err(serde_json::from_str::<ErrorBody>(&m.data)
-                    .map(|b| Error::Api { status: StatusCode::OK, detail: b.error })
-                    .unwrap_or_else(|_| Error::Protocol(m.data)))),
-                Ok(m) if m.data.is_empty() => None,
-                Ok(m) => Some(serde_json::from_str(&m.data).map_err(|e| Error::Protocol(e.to_string()))),
+        let first = self.event_frames(since, prefix).await?;
+        let (client, prefix) = (self.clone(), prefix.map(str::to_owned));
+        Ok(futures::stream::unfold(Some(first), move |frames| {
+            let (client, prefix) = (client.clone(), prefix.clone());
+            async move {
+                let mut frames = frames?;
+                loop {
+                    match frames.next().await? {
+                        Followed::Change(change) => return Some((Ok(change), Some(frames))),
+                        Followed::Failed(error) => return Some((Err(error), Some(frames))),
+                        Followed::End(through) => {
+                            match client.event_frames(Some(through + 1), prefix.as_deref()).await {
+                                Ok(next) => frames = next,
+                                Err(error) => return Some((Err(error), None)),
+                            }
+                        }
+                    }
+                }
             }
         }))
     }
+
+    /// One connection's worth of `/v1/events?follow=true`.
+    async fn event_frames(
+        &self,
+        since: Option<u64>,
+        prefix: Option<&str>,
+    ) -> Result<futures::stream::BoxStream<'static, Followed>, Error> {
+        let q = EventsQuery { follow: Some(true), since, prefix: prefix.map(str::to_owned), limit: None };
+        let qs = serde_urlencoded::to_string(&q).map_err(|e| Error::Protocol(e.to_string()))?;
+        let response = self.send(Method::GET, &format!("/v1/events?{qs}"), None).await?;
+        Ok(sse_messages(response.into_body().into_data_stream())
+            .filter_map(|message| async move {
+                match message {
+                    Err(e) => Some(Followed::Failed(e)),
+                    Ok(m) if m.event == "error" => Some(Followed::Failed(
+                        serde_json::from_str::<ErrorBody>(&m.data)
+                            .map(|b| Error::Api { status: StatusCode::OK, detail: b.error })
+                            .unwrap_or_else(|_| Error::Protocol(m.data)),
+                    )),
+                    Ok(m) if m.event == "end" => Some(match m.id.as_deref().map(str::parse::<u64>) {
+                        Some(Ok(through)) => Followed::End(through),
+                        _ => Followed::Failed(Error::Protocol(format!(
+                            "an `end` event without a revision to resume from: {:?}",
+                            m.id
+                        ))),
+                    }),
+                    Ok(m) if m.data.is_empty() => None,
+                    Ok(m) => Some(match serde_json::from_str(&m.data) {
+                        Ok(change) => Followed::Change(change),
+                        Err(e) => Followed::Failed(Error::Protocol(e.to_string())),
+                    }),
+                }
+            })
+            .boxed())
+    }
+}
+
+/// What one connection of an event stream says.
+enum Followed {
+    Change(ChangeEvent),
+    Failed(Error),
+    /// The stream reached its lifetime, complete through this revision.
+    End(u64),
 }
 
 /// What a long operation (image pull or build) reports.

@@ -256,6 +256,10 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
         },
         stop_rx,
     );
+    if let Some(lifetime) = test_millis(EVENT_STREAM_LIFETIME_ENV) {
+        tracing::warn!(?lifetime, "A test lifetime is set for event streams.");
+        state.set_event_stream_lifetime(lifetime);
+    }
 
     let mut servers = tokio::task::JoinSet::new();
     servers.spawn(hearth_listen::serve(
@@ -321,23 +325,32 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
 /// tests of the timeouts take a moment; never set outside tests.
 const HEADER_TIMEOUT_ENV: &str = "HEARTH_TEST_HEADER_TIMEOUT_MS";
 const IDLE_TIMEOUT_ENV: &str = "HEARTH_TEST_IDLE_TIMEOUT_MS";
+const STALL_TIMEOUT_ENV: &str = "HEARTH_TEST_STALL_TIMEOUT_MS";
+/// The same for how long an event stream lasts.
+const EVENT_STREAM_LIFETIME_ENV: &str = "HEARTH_TEST_EVENT_STREAM_LIFETIME_MS";
+
+/// A test override in milliseconds, if set.
+fn test_millis(name: &str) -> Option<Duration> {
+    std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok()).map(Duration::from_millis)
+}
 
 /// Raises the descriptor limit to its hard limit and shares it out between
 /// the listeners (see `hearth_listen::Budget`).
 fn connection_budget() -> anyhow::Result<hearth_listen::Budget> {
     let budget = hearth_listen::Budget::raise_nofile()
         .context("cannot read the file-descriptor limit (RLIMIT_NOFILE)")?;
-    let millis =
-        |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok()).map(Duration::from_millis);
-    let (header, idle) = (millis(HEADER_TIMEOUT_ENV), millis(IDLE_TIMEOUT_ENV));
-    if header.is_none() && idle.is_none() {
+    let (header, idle, stall) =
+        (test_millis(HEADER_TIMEOUT_ENV), test_millis(IDLE_TIMEOUT_ENV), test_millis(STALL_TIMEOUT_ENV));
+    if header.is_none() && idle.is_none() && stall.is_none() {
         return Ok(budget);
     }
-    tracing::warn!(?header, ?idle, "Test timeouts are set for the listeners.");
-    Ok(budget.with_timeouts(
-        header.unwrap_or(hearth_listen::HEADER_READ_TIMEOUT),
-        idle.unwrap_or(hearth_listen::IDLE_TIMEOUT),
-    ))
+    tracing::warn!(?header, ?idle, ?stall, "Test timeouts are set for the listeners.");
+    Ok(budget
+        .with_timeouts(
+            header.unwrap_or(hearth_listen::HEADER_READ_TIMEOUT),
+            idle.unwrap_or(hearth_listen::IDLE_TIMEOUT),
+        )
+        .with_stall_timeout(stall.unwrap_or(hearth_listen::STALL_TIMEOUT)))
 }
 
 async fn wait_for_signal() -> anyhow::Result<&'static str> {

@@ -22,6 +22,15 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// connection that sends nothing.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Time a request in flight may wait on its client with no byte moving:
+/// a body that stops arriving, or a response the client stops reading.
+/// Progress, not total time, as nginx's `client_body_timeout` and
+/// `send_timeout` (60 s each): any byte that moves starts it again. 30 s
+/// outlasts any pause of an honest client on a local link, and a stalled
+/// upload or download holds a connection (and a deploy's share of the body
+/// budget) for no longer than that.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Connections from one peer address, on the TCP API and on the ingress,
 /// as Consul's `http_max_conns_per_client` (200): far above what one
 /// honest client opens, and a flood from one address leaves room for
@@ -48,6 +57,7 @@ pub struct Budget {
     nofile: u64,
     header_read_timeout: Duration,
     idle_timeout: Duration,
+    stall_timeout: Duration,
 }
 
 impl Budget {
@@ -72,12 +82,22 @@ impl Budget {
 
     /// The shares of a process that may open `nofile` descriptors.
     pub fn new(nofile: u64) -> Budget {
-        Budget { nofile, header_read_timeout: HEADER_READ_TIMEOUT, idle_timeout: IDLE_TIMEOUT }
+        Budget {
+            nofile,
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            idle_timeout: IDLE_TIMEOUT,
+            stall_timeout: STALL_TIMEOUT,
+        }
     }
 
     /// The same shares with other timeouts (tests shorten them).
     pub fn with_timeouts(self, header_read_timeout: Duration, idle_timeout: Duration) -> Budget {
         Budget { header_read_timeout, idle_timeout, ..self }
+    }
+
+    /// The same shares with another stall timeout (tests shorten it).
+    pub fn with_stall_timeout(self, stall_timeout: Duration) -> Budget {
+        Budget { stall_timeout, ..self }
     }
 
     /// The descriptor limit shared out.
@@ -119,6 +139,7 @@ impl Budget {
             name,
             header_read_timeout: self.header_read_timeout,
             idle_timeout: self.idle_timeout,
+            stall_timeout: self.stall_timeout,
             max_connections,
             max_per_peer,
             json_errors,

@@ -10,9 +10,16 @@
 //!   kept-alive one that sends no next request. A request is in flight
 //!   from its handler's start to its response body's end, so a slow
 //!   handler (a machine booting) or a long response (an event stream, a
-//!   followed log) is not idle; those are bounded by their own caps.
-//!   Upgraded connections (exec's WebSocket) leave the server and are
-//!   bounded by their session.
+//!   followed log) is not idle. Upgraded connections (exec's WebSocket)
+//!   leave the server and are bounded by their session.
+//! - A request in flight that waits on its client with no byte moving for
+//!   [`Limits::stall_timeout`] is cut: a body trickled then stopped, or a
+//!   response the client no longer reads (the socket takes no byte).
+//!   Progress, not total time: a 1 GiB upload at a steady rate, or an
+//!   event stream that sends a keep-alive now and then, goes on for as
+//!   long as it moves; a handler at work is waiting on no one.
+//! - A client that hangs up while its request is in flight ends it (its
+//!   handler is dropped), as hyper itself would.
 //! - Each listener has its own global cap, and TCP listeners a cap per peer
 //!   address; a connection over a cap is answered a short 503 and closed at
 //!   once, so it costs a descriptor for microseconds.
@@ -32,7 +39,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use budget::{Budget, HEADER_READ_TIMEOUT, IDLE_TIMEOUT, MAX_PER_PEER};
+pub use budget::{Budget, HEADER_READ_TIMEOUT, IDLE_TIMEOUT, MAX_PER_PEER, STALL_TIMEOUT};
 pub use conn::Conn;
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
@@ -50,6 +57,10 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Time a connection may move no byte while no request is in flight.
     pub idle_timeout: Duration,
+    /// Time a request in flight may wait on its client (for its body's
+    /// next bytes, or for the socket to take its response's next bytes)
+    /// with no byte moving either way.
+    pub stall_timeout: Duration,
     /// Connections open at once on this listener.
     pub max_connections: usize,
     /// Connections open at once from one peer address (TCP only).
@@ -178,7 +189,7 @@ fn refuse<C: Conn>(conn: &C, limits: &Limits, peer: Option<IpAddr>) {
          retry-after: 1\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
-    let _ = conn.try_send(response.as_bytes());
+    let _ = conn.try_write(response.as_bytes());
 }
 
 /// Connections open on one listener, in all and per peer.

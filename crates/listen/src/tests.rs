@@ -20,6 +20,7 @@ fn limits(header: Duration, idle: Duration, max: usize, per_peer: usize) -> Limi
         name: "test",
         header_read_timeout: header,
         idle_timeout: idle,
+        stall_timeout: Duration::from_secs(30),
         max_connections: max,
         max_per_peer: per_peer,
         json_errors: false,
@@ -28,10 +29,30 @@ fn limits(header: Duration, idle: Duration, max: usize, per_peer: usize) -> Limi
 
 type TestBody = BoxBody<Bytes, Infallible>;
 
+/// Limits whose only short bound is the stall timeout.
+fn stalling(stall: Duration) -> Limits {
+    Limits { stall_timeout: stall, ..limits(Duration::from_secs(30), Duration::from_secs(30), 16, 16) }
+}
+
 /// `/slow` answers after 3 × SHORT; `/stream` sends a chunk, waits
-/// 3 × SHORT, sends another; anything else answers at once.
+/// 3 × SHORT, sends another; `/upload` reads the whole body and answers
+/// its length; `/big` sends 64 MiB; anything else answers at once.
 async fn handler(request: Request<Incoming>) -> Result<Response<TestBody>, Infallible> {
     let body = match request.uri().path() {
+        "/upload" => {
+            let body = request.into_body().collect().await.map(|b| b.to_bytes().len());
+            Full::new(Bytes::from(format!("got {}", body.unwrap_or(0)))).boxed()
+        }
+        "/big" => {
+            let chunks =
+                futures::stream::iter((0..1024).map(|_| Ok(Frame::data(Bytes::from(vec![b'x'; 64 * 1024])))));
+            StreamBody::new(chunks).boxed()
+        }
+        "/wait" => {
+            // A handler at work that reads nothing: waiting on no one.
+            tokio::time::sleep(SHORT * 4).await;
+            Full::new(Bytes::from_static(b"waited")).boxed()
+        }
         "/slow" => {
             tokio::time::sleep(SHORT * 3).await;
             Full::new(Bytes::from_static(b"slow")).boxed()
@@ -258,6 +279,158 @@ async fn shutdown_lets_a_request_in_flight_finish_then_returns() {
         read_until_closed(&mut stream, Duration::from_secs(5)).await.expect("closed after answering");
     assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("slow"), "{answer}");
     tokio::time::timeout(Duration::from_secs(5), served).await.expect("serve returns").expect("no panic");
+}
+
+/// Sends an upload's head promising `length` bytes of body.
+async fn upload_head(stream: &mut TcpStream, length: usize) {
+    let head = format!("POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: {length}\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.expect("send the head");
+}
+
+#[tokio::test]
+async fn a_body_trickled_then_stopped_is_cut_at_the_stall_timeout() {
+    let server = server(stalling(SHORT)).await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    upload_head(&mut stream, 100).await;
+    stream.write_all(b"x").await.expect("one byte of body");
+    let started = Instant::now();
+    let said = read_until_closed(&mut stream, SHORT * 10).await;
+    assert!(said.is_some(), "a body stopped after one byte was still open after {:?}", started.elapsed());
+    assert!(started.elapsed() >= SHORT, "cut after {:?}, before the stall timeout", started.elapsed());
+    assert_eq!(said.as_deref(), Some(""), "the handler answered a body it never got whole");
+}
+
+#[tokio::test]
+async fn a_body_trickled_steadily_is_not_cut_however_long_it_takes() {
+    let server = server(stalling(SHORT)).await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    // 40 bytes, one every SHORT / 4: ten stall timeouts in all, never one
+    // without a byte.
+    let length = 40;
+    upload_head(&mut stream, length).await;
+    let started = Instant::now();
+    for _ in 0..length {
+        tokio::time::sleep(SHORT / 4).await;
+        stream.write_all(b"x").await.expect("the server keeps reading a body that moves");
+    }
+    assert!(started.elapsed() >= SHORT * 10);
+    let answer = read_until_answered(&mut stream, "got 40").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_handler_at_work_is_not_stalled() {
+    let server = server(stalling(SHORT)).await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    stream.write_all(b"POST /wait HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi").await.expect("send");
+    let answer = read_until_answered(&mut stream, "waited").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_response_the_client_does_not_read_is_cut_at_the_stall_timeout() {
+    let server = server(stalling(SHORT)).await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    stream.write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n").await.expect("send");
+    // Read nothing while the socket's buffers fill, then let the server
+    // wait on it for some stall timeouts.
+    tokio::time::sleep(SHORT * 5).await;
+    let mut read = 0;
+    let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read += n,
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the connection was still open after reading {read} bytes");
+    assert!(read < 64 << 20, "the whole response arrived: the stalled writer was never cut");
+}
+
+#[tokio::test]
+async fn a_response_read_slowly_but_steadily_is_not_cut() {
+    let server = server(stalling(SHORT)).await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    stream.write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n").await.expect("send");
+    let mut read = 0;
+    let mut buf = vec![0u8; 1 << 20];
+    let started = Instant::now();
+    // 64 MiB read a MiB at a time, a pause of SHORT / 4 between reads:
+    // a quarter of the stall timeout, many times over.
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("a read in time")
+            .expect("read");
+        read += n;
+        if n == 0 || read >= 64 << 20 {
+            break;
+        }
+        if read < 16 << 20 {
+            tokio::time::sleep(SHORT / 4).await;
+        }
+    }
+    assert!(read >= 64 << 20, "cut after {read} bytes and {:?}", started.elapsed());
+    assert!(started.elapsed() > SHORT * 2, "the read was not slow: {:?}", started.elapsed());
+}
+
+/// Tells the test when it is dropped.
+struct Dropped(tokio::sync::mpsc::Sender<()>);
+
+impl Drop for Dropped {
+    fn drop(&mut self) {
+        let _ = self.0.try_send(());
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_ends_its_request() {
+    let (dropped, mut ended) = tokio::sync::mpsc::channel::<()>(1);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+    let addr = listener.local_addr().expect("address");
+    let (_stop, stopped) = watch::channel(false);
+    let service = hyper::service::service_fn(move |_: Request<Incoming>| {
+        let dropped = Dropped(dropped.clone());
+        async move {
+            // A stream that sends nothing, ever: only its client leaving
+            // ends it.
+            let chunks = futures::stream::once(async move {
+                let _dropped = dropped;
+                std::future::pending::<Result<Frame<Bytes>, Infallible>>().await
+            });
+            Ok::<_, Infallible>(Response::new(StreamBody::new(chunks).boxed()))
+        }
+    });
+    let limits = limits(Duration::from_secs(30), Duration::from_secs(30), 16, 16);
+    tokio::spawn(serve(listener, limits, service, stopped));
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await.expect("send");
+    let mut buf = [0u8; 256];
+    let n = stream.read(&mut buf).await.expect("the head");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+    drop(stream);
+    let gone = tokio::time::timeout(Duration::from_secs(5), ended.recv()).await;
+    assert!(gone.is_ok(), "the response of a client that hung up was still running after 5 s");
+}
+
+/// Reads an answer until it ends with `end`, within 5 s.
+async fn read_until_answered(stream: &mut TcpStream, end: &str) -> String {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !String::from_utf8_lossy(&seen).ends_with(end) {
+        assert!(Instant::now() < deadline, "no full answer; got {:?}", String::from_utf8_lossy(&seen));
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        assert!(n > 0, "closed before answering; got {:?}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&seen).into_owned()
 }
 
 #[test]

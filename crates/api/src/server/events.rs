@@ -28,6 +28,15 @@ const MAX_LIMIT: usize = 10_000;
 pub(crate) const MAX_EVENT_STREAMS: usize = 128;
 static EVENT_STREAMS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_EVENT_STREAMS);
 
+/// How long one event stream lasts. Then the server ends it cleanly, at a
+/// transaction's end, with a last `end` event whose `id` is the revision
+/// the stream is complete through; the client reconnects from there
+/// (`Last-Event-ID`, or `since` one past it) and misses nothing.
+/// Bounded, so that no stream holds its place among [`MAX_EVENT_STREAMS`],
+/// its watch and its connection forever (etcd's gRPC proxy and Kubernetes'
+/// watch timeouts do the same); an hour costs a reconnect an hour.
+pub const EVENT_STREAM_LIFETIME: Duration = Duration::from_secs(60 * 60);
+
 /// A store event as the wire shows it: its value as
 /// [`hearth_triggers::private::redact`] shows it, so no secret leaves here.
 /// Every event the API answers (the list and the stream) passes through
@@ -55,7 +64,8 @@ fn change_event(event: hearth_store::Event) -> ChangeEvent {
 /// Lists recent changes, or with `follow=true` streams them as server-sent
 /// events: `id` is the revision, `event` is `put` or `delete`, `data` is a
 /// [`ChangeEvent`]. A client that reconnects with `Last-Event-ID: R` resumes
-/// at revision R + 1.
+/// at revision R + 1. A stream lasts an hour at most: it then ends with an
+/// `end` event (no data) whose `id` says where to resume.
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(EventsQuery),
     responses(
         (status = 200, description = "A list, or with follow=true an SSE stream whose data are StreamedEvent",
@@ -157,18 +167,47 @@ async fn follow(state: AppState, prefix: &str, since: u64) -> Result<Response, A
     // follower, which opens its watch again if it breaks.
     drop(state.store().watch(prefix, since).await?);
     let follower = Follower::new(state.shared_store(), prefix, since, "The events stream");
-    // A follower that found its history compacted away cannot hand out the
-    // changes in between: the client is told, and the stream ends.
-    let stream = futures::stream::unfold(Some(follower), move |follower| async move {
-        let mut follower = follower?;
-        Some(match follower.next().await {
-            Change::Event(event) => (sse_event(event), Some(follower)),
-            Change::Reset(range) => {
-                let error = hearth_store::Error::Compacted { requested: since, oldest: range.revision + 1 };
-                (error_event(ApiError::from(error)), None)
-            }
-        })
-    })
+    let deadline = tokio::time::Instant::now() + state.event_stream_lifetime();
+    let stream = futures::stream::unfold(
+        Some(Following { follower, through: since.saturating_sub(1), deadline, ending: false }),
+        move |following| async move {
+            let mut following = following?;
+            let change = if following.ending {
+                None
+            } else {
+                tokio::select! {
+                    change = following.follower.next() => Some(change),
+                    () = tokio::time::sleep_until(following.deadline) => None,
+                }
+            };
+            // Past the deadline: what is already there (the rest of a
+            // transaction), then where to resume.
+            let change = match change {
+                Some(change) => change,
+                None => {
+                    following.ending = true;
+                    match following.follower.next().now_or_never() {
+                        Some(change) => change,
+                        None => return Some((end_event(following.through), None)),
+                    }
+                }
+            };
+            Some(match change {
+                Change::Event(event) => {
+                    following.through = event.revision();
+                    (sse_event(event), Some(following))
+                }
+                // A follower that found its history compacted away cannot
+                // hand out the changes in between: the client is told, and
+                // the stream ends.
+                Change::Reset(range) => {
+                    let error =
+                        hearth_store::Error::Compacted { requested: since, oldest: range.revision + 1 };
+                    (error_event(ApiError::from(error)), None)
+                }
+            })
+        },
+    )
     .map(move |event| {
         // The stream's place among MAX_EVENT_STREAMS, given back when it ends.
         let _held = &permit;
@@ -176,6 +215,26 @@ async fn follow(state: AppState, prefix: &str, since: u64) -> Result<Response, A
     })
     .take_until(state.shutting_down());
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+}
+
+/// An event stream's place: its follower, and the revision it has handed
+/// out every event of (the last event's; before any, the one before
+/// `since`).
+struct Following {
+    follower: Follower,
+    through: u64,
+    deadline: tokio::time::Instant,
+    ending: bool,
+}
+
+/// The last event of a stream that reached [`EVENT_STREAM_LIFETIME`]: no
+/// data, so a client that does not know it skips it, and an `id` that
+/// every SSE client resumes after.
+fn end_event(through: u64) -> SseEvent {
+    SseEvent::default()
+        .event("end")
+        .id(through.to_string())
+        .comment("this stream reached its lifetime: reconnect with Last-Event-ID to go on")
 }
 
 fn sse_event(event: hearth_store::Event) -> SseEvent {

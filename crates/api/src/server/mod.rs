@@ -22,7 +22,7 @@ pub(crate) mod workflows;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
@@ -34,6 +34,7 @@ use tokio::sync::watch;
 
 pub use auth::Token;
 
+pub use self::events::EVENT_STREAM_LIFETIME;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 
@@ -65,6 +66,10 @@ where
     })
 }
 
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// The subsystems' handles the API drives.
 #[derive(Debug, Clone)]
 pub struct Subsystems {
@@ -93,6 +98,9 @@ struct Inner {
     metrics: Metrics,
     deploys: crate::extract::DeployBudget,
     shutdown: watch::Receiver<bool>,
+    /// How long an event stream lasts, in milliseconds
+    /// ([`EVENT_STREAM_LIFETIME`] unless a test shortens it).
+    event_stream_lifetime: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for AppState {
@@ -124,8 +132,21 @@ impl AppState {
                 metrics: Metrics::new(apps.clone()),
                 deploys: crate::extract::DeployBudget::new(crate::extract::DEPLOY_BYTES_IN_FLIGHT),
                 shutdown,
+                event_stream_lifetime: std::sync::atomic::AtomicU64::new(millis(
+                    events::EVENT_STREAM_LIFETIME,
+                )),
             }),
         }
+    }
+
+    /// Sets how long each event stream lasts before the server ends it
+    /// (tests shorten it; see [`EVENT_STREAM_LIFETIME`]).
+    pub fn set_event_stream_lifetime(&self, lifetime: Duration) {
+        self.inner.event_stream_lifetime.store(millis(lifetime), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn event_stream_lifetime(&self) -> Duration {
+        Duration::from_millis(self.inner.event_stream_lifetime.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     pub(crate) fn store(&self) -> &dyn Store {

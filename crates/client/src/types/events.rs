@@ -71,9 +71,11 @@ pub enum StreamedEvent {
 pub struct EventFrame {
     /// The change's revision, on `put` and `delete`: a client that
     /// reconnects sends the last one as `Last-Event-ID` to resume after it.
+    /// On `end`, the revision the stream is complete through.
     pub id: Option<String>,
-    /// `put`, `delete`, or `error`.
+    /// `put`, `delete`, `error`, or `end`: the stream reached its lifetime
+    /// (an hour) and ends; reconnect with `Last-Event-ID` set to its `id`.
     pub event: String,
-    /// A [`StreamedEvent`], as JSON.
+    /// A [`StreamedEvent`], as JSON (empty on `end`).
     pub data: String,
 }

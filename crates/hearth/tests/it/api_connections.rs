@@ -145,6 +145,34 @@ async fn a_slow_loris_header_on_the_tcp_api_is_closed_at_the_header_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_upload_to_the_tcp_api_that_stops_is_cut_at_the_stall_timeout() {
+    let daemon = Daemon::start_with_tcp_limits(
+        BIN,
+        &[
+            ("HEARTH_TEST_HEADER_TIMEOUT_MS", OsStr::new(LONG_MS)),
+            ("HEARTH_TEST_IDLE_TIMEOUT_MS", OsStr::new(LONG_MS)),
+            ("HEARTH_TEST_STALL_TIMEOUT_MS", OsStr::new("500")),
+        ],
+        None,
+    )
+    .await;
+    let addr = daemon.tcp().expect("tcp");
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "PUT /v1/kv/stalled HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\
+         content-type: application/json\r\ncontent-length: 100\r\n\r\n{{",
+        daemon.token()
+    );
+    stream.write_all(head.as_bytes()).await.expect("send a head and one byte of body");
+    let started = Instant::now();
+    let said = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    assert_eq!(said.as_deref(), Some(""), "an upload stopped after one byte was not cut within 5 s");
+    assert!(started.elapsed() >= Duration::from_millis(500), "cut after {:?}", started.elapsed());
+    assert!(daemon.client().kv_get("stalled").await.is_err(), "half a body was stored");
+    assert!(tcp_answers(&daemon).await, "the TCP API stopped answering");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_idle_connection_to_the_tcp_api_is_closed_at_the_idle_timeout() {
     let daemon = start(LONG_MS, "500", None).await;
     let addr = daemon.tcp().expect("tcp");

@@ -111,3 +111,102 @@ async fn a_list_never_waits_for_a_write_and_since_zero_is_the_oldest_revision() 
         tokio::time::timeout(within, replay.next()).await.expect("an event").expect("open").expect("event");
     assert_eq!(event.key, "kv/a");
 }
+
+/// Event streams of this daemon last half a second.
+async fn short_lived_streams() -> Daemon {
+    Daemon::start_with_env(BIN, &[("HEARTH_TEST_EVENT_STREAM_LIFETIME_MS", std::ffi::OsStr::new("500"))])
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_ends_at_its_lifetime_saying_where_to_resume() {
+    let daemon = short_lived_streams().await;
+    let client = daemon.client();
+    let written = client.kv_put("before", &put("0")).await.expect("put").revision;
+    let response = client.send(hyper::Method::GET, "/v1/events?follow=true&prefix=kv/&since=1", None).await;
+    let body = response.expect("follow").into_body();
+    let body = tokio::time::timeout(Duration::from_secs(10), http_body_util::BodyExt::collect(body))
+        .await
+        .expect("the stream ends within 10 s of its half-second lifetime")
+        .expect("a clean end")
+        .to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("\"key\":\"kv/before\""), "{body}");
+    // The last event: no data, and the revision it is complete through.
+    let end = body.trim_end().rsplit("\n\n").next().unwrap_or_default();
+    assert!(end.contains("event: end"), "the stream did not end with an `end` event: {body}");
+    assert!(end.lines().any(|l| l == format!("id: {written}")), "{end}");
+    assert!(!end.contains("data:"), "{end}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_client_reconnects_past_a_streams_lifetime_and_misses_nothing() {
+    let daemon = short_lived_streams().await;
+    let client = daemon.client();
+    let mut live = Box::pin(client.follow_events(None, Some("kv/")).await.expect("follow"));
+    // Writes spread over six lifetimes, so that some land while a stream
+    // is ending and its successor is being opened.
+    let writer = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let mut written = Vec::new();
+            for i in 0..30 {
+                written
+                    .push(client.kv_put(&format!("k{i}"), &put(&i.to_string())).await.expect("put").revision);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            written
+        }
+    });
+    let mut seen = Vec::new();
+    while seen.len() < 30 {
+        let event = tokio::time::timeout(Duration::from_secs(10), live.next())
+            .await
+            .expect("an event within 10 s")
+            .expect("the stream goes on past its lifetime")
+            .expect("event");
+        seen.push(event.revision);
+    }
+    let written = writer.await.expect("writer");
+    assert_eq!(seen, written, "every change once, in order, across the reconnects");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_follow_in_the_cli_goes_on_past_a_streams_lifetime() {
+    use std::io::BufRead as _;
+    let daemon = short_lived_streams().await;
+    let client = daemon.client();
+    let mut cli = std::process::Command::new(BIN)
+        .args(["events", "-f", "--json", "--prefix", "kv/", "--since", "1"])
+        .env("HEARTH_DATA_DIR", daemon.data_dir())
+        .env_remove("HEARTH_HOST")
+        .env_remove("HEARTH_TOKEN")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run hearth events -f");
+    let stdout = cli.stdout.take().expect("stdout");
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut written = Vec::new();
+    for i in 0..10 {
+        written.push(client.kv_put(&format!("c{i}"), &put("v")).await.expect("put").revision);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut seen = Vec::new();
+    while seen.len() < written.len() {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.recv())
+            .await
+            .expect("a line within 10 s")
+            .unwrap_or_else(|| panic!("`hearth events -f` stopped after {seen:?}"));
+        let event: hearth_client::types::ChangeEvent = serde_json::from_str(&line).expect("a JSON event");
+        seen.push(event.revision);
+    }
+    let _ = cli.kill();
+    let _ = cli.wait();
+    assert_eq!(seen, written, "every change once, across two seconds of half-second streams");
+}

@@ -535,6 +535,9 @@ impl Machines {
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         }
+        // A jailed Firecracker's cgroup is the one thing it leaves outside
+        // the machine's directory (its chroot is inside).
+        vmm::jailer::remove_cgroup(name);
         let nics = found.as_ref().map(|(r, _)| r.spec.nics.clone()).unwrap_or_default();
         self.inner.networks.forget(name, &nics).await?;
         if found.is_some() {

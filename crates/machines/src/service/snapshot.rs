@@ -97,10 +97,11 @@ impl Machines {
         let (state_path, disk_copy) = (partial.join("state"), partial.join(disk_file(backend)));
         let memory = partial.join("memory");
         let name = rec.name.clone();
+        let machine_dir = self.dir(&rec.name);
         let saved = blocking(move || {
             if backend == Backend::Firecracker {
                 let api = Api::new(&control);
-                firecracker::save_state(&api, &state_path, &memory)?;
+                firecracker::save_state(&machine_dir, &name, &api, &state_path, &memory)?;
                 // Paused: the disk is quiescent. Firecracker has no quit;
                 // the paused process is killed below.
                 firecracker::copy_sparse(&disk, &disk_copy)?;
@@ -270,9 +271,8 @@ impl Machines {
         let firecracker = self.firecracker_binary();
         blocking(move || {
             if backend == Backend::Firecracker {
-                let taps: Vec<String> = config.nics.iter().map(|(tap, _)| tap.clone()).collect();
-                let load = firecracker::load_call(&state, &memory, &recorded_taps, &taps);
-                return firecracker::launch_restored(&firecracker, &config, &load).map_err(Error::from);
+                return firecracker::launch_restored(&firecracker, &config, &state, &memory, &recorded_taps)
+                    .map_err(Error::from);
             }
             vmm::qemu::launch_incoming(backend, &config)?;
             vmm::qemu::load_state(&control, &state)?;

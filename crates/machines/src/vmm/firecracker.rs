@@ -358,19 +358,48 @@ pub fn fault_message(body: &[u8]) -> String {
 }
 
 /// Starts Firecracker for `config` and boots it; returns once the guest
-/// is started (its kernel boots on) or with Firecracker's reason.
+/// is started (its kernel boots on) or with Firecracker's reason. Under
+/// the jailer where one is installed (see [`super::jailer`]).
 pub fn launch(binary: &Path, config: &VmConfig) -> Result<(), Error> {
-    let child = spawn(binary, config)?;
     let api = Api::new(VmFiles::in_dir(&config.dir).control);
-    run_calls(child, &api, &boot_calls(config))
+    match super::jailer::find(binary)? {
+        Some(jailer) => {
+            let plan = super::jailer::plan(&jailer, binary, config, &[]);
+            let child = spawn_jailed(&jailer, &plan, config)?;
+            run_calls(child, &api, &boot_calls(&plan.config))
+        }
+        None => run_calls(spawn(binary, config)?, &api, &boot_calls(config)),
+    }
 }
 
-/// Starts a fresh Firecracker in `config.dir` and resumes the snapshot in
-/// it (the drive and vsock resolve in that directory, see the module doc).
-pub fn launch_restored(binary: &Path, config: &VmConfig, load: &Call) -> Result<(), Error> {
-    let child = spawn(binary, config)?;
+/// Starts a fresh Firecracker in `config.dir` and resumes the snapshot
+/// whose device state and memory are `state` and `memory` in it (the
+/// drive and vsock resolve in that directory, see the module doc);
+/// `recorded` are the taps the snapshot was taken with.
+pub fn launch_restored(
+    binary: &Path,
+    config: &VmConfig,
+    state: &Path,
+    memory: &Path,
+    recorded: &[String],
+) -> Result<(), Error> {
+    let taps: Vec<String> = config.nics.iter().map(|(tap, _)| tap.clone()).collect();
+    let (child, load) = match super::jailer::find(binary)? {
+        Some(jailer) => {
+            let plan =
+                super::jailer::plan(&jailer, binary, config, &super::jailer::snapshot_places(state, memory));
+            let load = load_call(
+                Path::new(super::jailer::SNAPSHOT_STATE),
+                Path::new(super::jailer::SNAPSHOT_MEMORY),
+                recorded,
+                &taps,
+            );
+            (spawn_jailed(&jailer, &plan, config)?, load)
+        }
+        None => (spawn(binary, config)?, load_call(state, memory, recorded, &taps)),
+    };
     let api = Api::new(VmFiles::in_dir(&config.dir).control);
-    run_calls(child, &api, std::slice::from_ref(load)).map_err(|error| match error {
+    run_calls(child, &api, std::slice::from_ref(&load)).map_err(|error| match error {
         Error::Start { vmm, message } if load.body.get("network_overrides").is_some() => Error::Start {
             vmm,
             message: format!(
@@ -408,10 +437,51 @@ fn run_calls(mut child: Child, api: &Api, calls: &[Call]) -> Result<(), Error> {
 /// Starts the Firecracker process, detached, and waits for its API socket.
 pub fn spawn(binary: &Path, config: &VmConfig) -> Result<Child, Error> {
     let files = VmFiles::in_dir(&config.dir);
-    let log = config.dir.join(LOG);
+    remove_stale(&files);
+    // A jail left by an earlier, jailed run would make snapshots look for
+    // their files there.
+    let _ = std::fs::remove_dir_all(config.dir.join(super::jailer::BASE));
+    let mut command = Command::new(binary);
+    command.arg("--api-sock").arg(&files.control).args(["--log-path", LOG, "--level", "Warning"]);
+    start(command, binary, config)
+}
+
+/// Starts Firecracker through `jailer` once `plan`'s chroot is built: the
+/// jailer execs Firecracker in the process it is, so the pid is the VMM's.
+pub fn spawn_jailed(
+    jailer: &super::jailer::Jailer,
+    plan: &super::jailer::Plan,
+    config: &VmConfig,
+) -> Result<Child, Error> {
+    remove_stale(&VmFiles::in_dir(&config.dir));
+    super::jailer::apply(plan)?;
+    let mut command = Command::new(&jailer.binary);
+    command.args(&plan.args);
+    start(command, &jailer.binary, config).map_err(|error| match error {
+        Error::Start { vmm, message } => Error::Start {
+            vmm,
+            message: format!(
+                "{message} (it ran under the jailer {}; a data directory on a `nodev` file system \
+                 keeps the jail's /dev/kvm from working)",
+                jailer.binary.display()
+            ),
+        },
+        other => other,
+    })
+}
+
+fn remove_stale(files: &VmFiles) {
     for stale in [&files.pid, &files.control, &files.vsock] {
         let _ = std::fs::remove_file(stale);
     }
+}
+
+/// Runs `command` (Firecracker, or the jailer that becomes it) detached,
+/// its output to the console log and its errors to Firecracker's log, and
+/// waits for the API socket.
+fn start(mut command: Command, binary: &Path, config: &VmConfig) -> Result<Child, Error> {
+    let files = VmFiles::in_dir(&config.dir);
+    let log = config.dir.join(LOG);
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| Error::Io { path, source }
@@ -420,13 +490,9 @@ pub fn spawn(binary: &Path, config: &VmConfig) -> Result<Child, Error> {
         |path: &Path| std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io(path));
     let console = append(&files.console)?;
     let errors = append(&log)?;
-    let mut command = Command::new(binary);
     command
         // `hearth-NAME` as argv[0]: what `ps` shows and adoption looks for.
         .arg0(process_name(&config.name))
-        .arg("--api-sock")
-        .arg(&files.control)
-        .args(["--log-path", LOG, "--level", "Warning"])
         .current_dir(&config.dir)
         .stdin(Stdio::null())
         .stdout(console)
@@ -476,20 +542,32 @@ pub fn ctrl_alt_del(api: &Api) -> Result<(), Error> {
     api.call(&Call::new("PUT", "/actions", &InstanceActionInfo { action_type: "SendCtrlAltDel" })).map(drop)
 }
 
-/// Pauses the VM and writes a full snapshot: device state to `state`,
-/// guest memory to `memory`. The VM stays paused.
-pub fn save_state(api: &Api, state: &Path, memory: &Path) -> Result<(), Error> {
+/// Pauses the VM of machine `name` (in `dir`) and writes a full snapshot:
+/// device state to `state`, guest memory to `memory`. The VM stays paused.
+/// A jailed Firecracker writes them in its chroot, whence they are moved.
+pub fn save_state(dir: &Path, name: &str, api: &Api, state: &Path, memory: &Path) -> Result<(), Error> {
+    let root = super::jailer::root(dir, name);
+    let jailed = root.is_dir();
+    let (to_state, to_memory) = if jailed {
+        (Path::new(super::jailer::SNAPSHOT_STATE), Path::new(super::jailer::SNAPSHOT_MEMORY))
+    } else {
+        (state, memory)
+    };
     api.call(&Call::new("PATCH", "/vm", &VmState { state: "Paused" }))?;
     api.call(&Call::new(
         "PUT",
         "/snapshot/create",
         &SnapshotCreateParams {
             snapshot_type: "Full",
-            snapshot_path: state.display().to_string(),
-            mem_file_path: memory.display().to_string(),
+            snapshot_path: to_state.display().to_string(),
+            mem_file_path: to_memory.display().to_string(),
         },
-    ))
-    .map(drop)
+    ))?;
+    if jailed {
+        super::jailer::take_out(&root, super::jailer::SNAPSHOT_STATE, state)?;
+        super::jailer::take_out(&root, super::jailer::SNAPSHOT_MEMORY, memory)?;
+    }
+    Ok(())
 }
 
 /// Lets a paused VM run again (after a failed snapshot).
@@ -903,9 +981,11 @@ mod tests {
         let binary = fake_binary(root.path(), "touch started; exec sleep 30");
         let refusal = r#"{"fault_message":"unknown field `network_overrides`"}"#;
         let server = fake_api_once_started(&socket, "started", vec![(400, refusal)]);
-        let load =
-            load_call(Path::new("/s/state"), Path::new("/s/memory"), &["ht-n1".into()], &["ht-n2".into()]);
-        let error = launch_restored(&binary, &config(&dir), &load).expect_err("refused");
+        let (state, memory) = (Path::new("/s/state"), Path::new("/s/memory"));
+        // Taken as machine n0: its first tap differs from this one's.
+        let recorded = ["ht-n0".to_owned(), "ht-n1-b".to_owned()];
+        let load = load_call(state, memory, &recorded, &["ht-n1".into(), "ht-n1-b".into()]);
+        let error = launch_restored(&binary, &config(&dir), state, memory, &recorded).expect_err("refused");
         let text = error.to_string();
         assert!(
             text.contains("unknown field `network_overrides`") && text.contains("restore under its name"),

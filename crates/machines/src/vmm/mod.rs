@@ -9,6 +9,7 @@
 
 pub mod console;
 pub mod firecracker;
+pub mod jailer;
 pub mod qemu;
 pub mod qmp;
 
@@ -156,10 +157,15 @@ pub fn running_pid(files: &VmFiles, name: &str) -> Option<u32> {
 pub fn is_vm_process(pid: u32, name: &str) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
     let wanted = process_name(name);
+    // A jailed Firecracker carries its jail's id (`--id ID`), which is
+    // `hearth-NAME` unless the name is too long for the jailer.
+    let jailed = jailer::id(name);
     // A zombie has an empty command line; it is not running.
-    cmdline
-        .split(|b| *b == 0)
-        .any(|arg| arg == wanted.as_bytes() || arg.ends_with(format!(",process={wanted}").as_bytes()))
+    cmdline.split(|b| *b == 0).any(|arg| {
+        arg == wanted.as_bytes()
+            || arg == jailed.as_bytes()
+            || arg.ends_with(format!(",process={wanted}").as_bytes())
+    })
 }
 
 /// The name the VM process carries, for `ps` and for adoption.
