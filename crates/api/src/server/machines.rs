@@ -22,6 +22,14 @@ use crate::extract::{ApiJson, ApiQuery};
 
 const DEFAULT_MEMORY_MIB: u32 = 512;
 
+/// A machine's record as the wire shows it, with what the host observes
+/// of it beyond the record.
+fn described(state: &AppState, r: MachineRecord) -> Machine {
+    let mut m = machine(r);
+    m.ports_problem = state.networks().forward_problem(&m.name);
+    m
+}
+
 /// A machine's record as the wire shows it.
 pub(crate) fn machine(r: MachineRecord) -> Machine {
     let name = r.name.clone();
@@ -79,6 +87,7 @@ pub(crate) fn machine(r: MachineRecord) -> Machine {
             })
             .collect(),
         ports: r.spec.ports.iter().map(ToString::to_string).collect(),
+        ports_problem: None,
         disk_mib: r.spec.disk_mib,
         created_at: r.created_at,
         started_at: r.status.started_at,
@@ -124,7 +133,7 @@ fn snapshot_info(s: SnapshotRecord) -> Snapshot {
 #[utoipa::path(get, path = "/v1/machines", tag = "machines", responses((status = 200, body = MachineList)))]
 pub(crate) async fn list(State(state): State<AppState>) -> Result<axum::Json<MachineList>, ApiError> {
     let machines = state.machines().list().await?;
-    Ok(axum::Json(MachineList { machines: machines.into_iter().map(machine).collect() }))
+    Ok(axum::Json(MachineList { machines: machines.into_iter().map(|m| described(&state, m)).collect() }))
 }
 
 /// Creates a machine and starts it. The answer comes at once, with state
@@ -283,7 +292,7 @@ pub(crate) async fn get(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<axum::Json<Machine>, ApiError> {
-    Ok(axum::Json(machine(state.machines().get(&name).await?)))
+    Ok(axum::Json(described(&state, state.machines().get(&name).await?)))
 }
 
 /// Asks a machine to start.

@@ -128,6 +128,10 @@ pub struct Machine {
     pub nics: Vec<MachineNic>,
     /// Forwarded ports, `HOSTPORT:GUESTPORT[/udp]` on 127.0.0.1.
     pub ports: Vec<String>,
+    /// Why some of `ports` are not forwarded now (a host port another
+    /// process holds), tried again every second; absent when all are.
+    #[serde(default)]
+    pub ports_problem: Option<String>,
     /// The root disk's size in MiB; absent for machines made before disks
     /// could be sized, whose disks are their image's size.
     #[serde(default)]

@@ -509,6 +509,14 @@ fn describe(m: &Machine) -> String {
     if !m.ports.is_empty() {
         line("ports", m.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(", "));
     }
+    if let Some(problem) = &m.ports_problem {
+        line(
+            "forwarding",
+            format!(
+                "{problem} (tried again every second: free the port, or remove the machine and run it with another -p)"
+            ),
+        );
+    }
     line("remove", if m.auto_remove { "when stopped".into() } else { "by hand".into() });
     out
 }

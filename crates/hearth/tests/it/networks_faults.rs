@@ -72,7 +72,22 @@ async fn machines_talk_by_name_are_isolated_by_network_and_break_on_purpose() {
         &publish,
         &image,
     ]));
-    success(&daemon.cli(&["machine", "run", "--name", "c", "--network", "other", &image]));
+    // c's host port is held by another process: c runs all the same, and
+    // says why that port is not forwarded until it is free.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("hold a port");
+    let held_port = held.local_addr().expect("held port").port();
+    let held_publish = format!("{held_port}:7000");
+    success(&daemon.cli(&[
+        "machine",
+        "run",
+        "--name",
+        "c",
+        "--network",
+        "other",
+        "-p",
+        &held_publish,
+        &image,
+    ]));
 
     // Addresses: the lowest free one, or the one asked for.
     let b = daemon.client().machine("b").await.expect("b");
@@ -112,6 +127,27 @@ async fn machines_talk_by_name_are_isolated_by_network_and_break_on_purpose() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(answer, "hello-from-b\n");
+
+    // The held port: the problem shows, and goes once the port is free.
+    let problem = async || daemon.client().machine("c").await.expect("c").ports_problem;
+    assert!(
+        wait_until(Duration::from_secs(10), async || problem().await.is_some()).await,
+        "a forward to a held port showed no problem"
+    );
+    let shown = problem().await.unwrap_or_default();
+    assert!(shown.contains(&format!("port {held_publish}")) && shown.contains("in use"), "{shown}");
+    let inspect = success(&daemon.cli(&["machine", "inspect", "c"]));
+    assert!(inspect.contains("forwarding") && inspect.contains("free the port"), "{inspect}");
+    drop(held);
+    assert!(
+        wait_until(Duration::from_secs(10), async || problem().await.is_none()).await,
+        "the forward did not start once its port was free: {:?}",
+        problem().await
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", held_port)).is_ok(),
+        "nothing listens on the freed port"
+    );
 
     // A partition cuts a from b, both ways, until healed.
     let out = success(&daemon.cli(&["fault", "partition", "a", "--from", "b"]));

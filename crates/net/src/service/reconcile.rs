@@ -73,12 +73,16 @@ impl Networks {
                     services_stale = !self.refresh_services_logged().await;
                 }
                 _ = tick.tick() => {
-                    // A published port that was taken may be free now.
+                    // A published or forwarded port that was taken may be
+                    // free now.
                     if services_stale || self.published_problems() {
                         services_stale = !self.refresh_services_logged().await;
                     }
                     if enabled {
                         self.expire_faults().await;
+                        if self.forward_problems() {
+                            self.retry_forwards().await;
+                        }
                     }
                 }
             }
@@ -278,9 +282,12 @@ impl Networks {
                 }
                 keep
             });
-            running.problems.clear();
             wanted.into_iter().filter(|(k, _)| !running.forwards.contains_key(k)).collect()
         };
+        // Each pass tries again every forward that is not running, so a
+        // problem lasts exactly as long as its cause; it is logged when it
+        // appears or changes, not on every retry.
+        let mut problems: BTreeMap<String, String> = BTreeMap::new();
         for ((machine, port), target) in to_start {
             let spec = forward::Forward {
                 protocol: if port.udp { forward::Protocol::Udp } else { forward::Protocol::Tcp },
@@ -296,9 +303,37 @@ impl Networks {
                     lock(&self.inner.running).forwards.insert((machine, port), (target, stop_tx));
                 }
                 Err(error) => {
-                    tracing::warn!(machine, %port, error = %error, "Cannot forward a port.");
-                    lock(&self.inner.running).problems.insert(machine, format!("port {port}: {error}"));
+                    let problem = problems.entry(machine).or_default();
+                    if !problem.is_empty() {
+                        problem.push_str("; ");
+                    }
+                    problem.push_str(&format!("port {port}: {error}"));
                 }
+            }
+        }
+        let mut running = lock(&self.inner.running);
+        for (machine, problem) in &problems {
+            if running.problems.get(machine) != Some(problem) {
+                tracing::warn!(machine, problem, "Cannot forward a port; retrying every second.");
+            }
+        }
+        running.problems = problems;
+    }
+
+    /// Whether some machine's port forward could not start: the tick
+    /// tries again, since the port may have been freed.
+    fn forward_problems(&self) -> bool {
+        !lock(&self.inner.running).problems.is_empty()
+    }
+
+    /// Tries again the forwards that could not start, and only those: no
+    /// bridge or rule changed.
+    async fn retry_forwards(&self) {
+        let _one = self.inner.applying.lock().await;
+        match self.machines().await {
+            Ok(machines) => self.sync_forwards(&machines).await,
+            Err(error) => {
+                tracing::warn!(error = %error, "Could not read the machines to forward their ports; retrying.")
             }
         }
     }
