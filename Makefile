@@ -51,9 +51,22 @@ SKIP_LOG := $(TARGET_DIR)/hearth-skips.txt
 # tests (scripts/schemathesis.sh): its time budget.
 SCHEMATHESIS_SECONDS ?= 60
 
-test: lint agent examples
+# `make test` lints as it builds: clippy's driver compiles the workspace's
+# own crates (lints and code in one pass, `-D warnings`), the way `cargo
+# clippy` would check the same targets, and rustc builds the dependencies.
+# That spares a second, check-only compile of the whole tree (`make lint`
+# does that one, for a quick look without the tests). Everything is built
+# (and linted) before any test runs, so a lint fails the run at once. The
+# wrapper is part of cargo's fingerprint: a plain `cargo test` afterwards
+# compiles the workspace's crates again (not their dependencies).
+CLIPPY_DRIVER = $(shell rustc --print sysroot)/bin/clippy-driver
+LINTING = RUSTC_WORKSPACE_WRAPPER=$(CLIPPY_DRIVER) CLIPPY_ARGS=-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__
+
+test: setup agent examples
+	$(CARGO) fmt --all --check
 	@mkdir -p $(dir $(SKIP_LOG)) && rm -f $(SKIP_LOG)
-	@status=0; HEARTH_SKIP_LOG=$(SKIP_LOG) $(CARGO) test --workspace --locked --no-fail-fast || status=$$?; \
+	$(LINTING) $(CARGO) test --workspace --locked --no-run
+	@status=0; HEARTH_SKIP_LOG=$(SKIP_LOG) $(LINTING) $(CARGO) test --workspace --locked --no-fail-fast || status=$$?; \
 	./scripts/schemathesis.sh $(TARGET_DIR)/debug/hearth $(SCHEMATHESIS_SECONDS) || status=$$?; \
 	if [ -s $(SKIP_LOG) ]; then \
 		sort $(SKIP_LOG) | awk -F'\t' '{ n[$$1]++; t[$$1] = t[$$1] (n[$$1] > 1 ? ", " : "") $$2 } \

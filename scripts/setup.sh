@@ -88,6 +88,15 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 if command -v rustup >/dev/null; then
+  # `make test` lints with clippy and checks formatting with rustfmt; a
+  # minimal rustup profile has neither.
+  components=$(rustup component list --installed)
+  for c in clippy rustfmt; do
+    if ! grep -q "^$c" <<<"$components"; then
+      say "adding Rust component $c"
+      rustup component add "$c"
+    fi
+  done
   installed=$(rustup target list --installed)
   for t in "${targets[@]}"; do
     if ! grep -qx "$t" <<<"$installed"; then

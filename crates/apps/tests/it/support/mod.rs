@@ -74,6 +74,10 @@ pub fn guests() -> &'static Guests {
                 .arg(root.join(manifest).join("Cargo.toml"))
                 .arg("--target-dir")
                 .arg(&target_dir)
+                // Guests are built by rustc, not by the clippy driver `make test`
+                // compiles the workspace with: they are not the workspace's code.
+                .env_remove("RUSTC_WORKSPACE_WRAPPER")
+                .env_remove("CLIPPY_ARGS")
                 .status()
                 .expect("cargo runs");
             assert!(
