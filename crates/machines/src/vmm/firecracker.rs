@@ -364,7 +364,7 @@ pub fn launch(binary: &Path, config: &VmConfig) -> Result<(), Error> {
     let api = Api::new(VmFiles::in_dir(&config.dir).control);
     match super::jailer::find(binary)? {
         Some(jailer) => {
-            let plan = super::jailer::plan(&jailer, binary, config, &[]);
+            let plan = super::jailer::plan(&jailer, config, &[]);
             let child = spawn_jailed(&jailer, &plan, config)?;
             run_calls(child, &api, &boot_calls(&plan.config))
         }
@@ -386,8 +386,7 @@ pub fn launch_restored(
     let taps: Vec<String> = config.nics.iter().map(|(tap, _)| tap.clone()).collect();
     let (child, load) = match super::jailer::find(binary)? {
         Some(jailer) => {
-            let plan =
-                super::jailer::plan(&jailer, binary, config, &super::jailer::snapshot_places(state, memory));
+            let plan = super::jailer::plan(&jailer, config, &super::jailer::snapshot_places(state, memory));
             let load = load_call(
                 Path::new(super::jailer::SNAPSHOT_STATE),
                 Path::new(super::jailer::SNAPSHOT_MEMORY),
@@ -547,8 +546,7 @@ pub fn ctrl_alt_del(api: &Api) -> Result<(), Error> {
 /// A jailed Firecracker writes them in its chroot, whence they are moved.
 pub fn save_state(dir: &Path, name: &str, api: &Api, state: &Path, memory: &Path) -> Result<(), Error> {
     let root = super::jailer::root(dir, name);
-    let jailed = root.is_dir();
-    let (to_state, to_memory) = if jailed {
+    let (to_state, to_memory) = if root.is_some() {
         (Path::new(super::jailer::SNAPSHOT_STATE), Path::new(super::jailer::SNAPSHOT_MEMORY))
     } else {
         (state, memory)
@@ -563,9 +561,9 @@ pub fn save_state(dir: &Path, name: &str, api: &Api, state: &Path, memory: &Path
             mem_file_path: to_memory.display().to_string(),
         },
     ))?;
-    if jailed {
-        super::jailer::take_out(&root, super::jailer::SNAPSHOT_STATE, state)?;
-        super::jailer::take_out(&root, super::jailer::SNAPSHOT_MEMORY, memory)?;
+    if let Some(root) = root {
+        super::jailer::take_out(dir, &root, super::jailer::SNAPSHOT_STATE, state)?;
+        super::jailer::take_out(dir, &root, super::jailer::SNAPSHOT_MEMORY, memory)?;
     }
     Ok(())
 }

@@ -3,7 +3,9 @@
 //!
 //! The jailer (Firecracker's own, `docs/jailer.md` in its repository)
 //! copies Firecracker into a chroot at
-//! `<base>/firecracker/<id>/root`, makes `/dev/kvm` and `/dev/net/tun`
+//! `<base>/<exec-file name>/<id>/root` (the name of the real file, once
+//! symbolic links are resolved: `firecracker-v1.10.1-x86_64` for a
+//! `firecracker` that links to it), makes `/dev/kvm` and `/dev/net/tun`
 //! there, puts the process in a cgroup of its own with the limits it is
 //! given, enters a new mount namespace, pivots into the chroot, drops to
 //! an unprivileged uid/gid and execs Firecracker in the same process (no
@@ -80,6 +82,9 @@ pub const SNAPSHOT_MEMORY: &str = "snapshot.mem";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Jailer {
     pub binary: PathBuf,
+    /// The Firecracker it runs, with symbolic links resolved, as the
+    /// jailer resolves `--exec-file`: its name names the chroot's parent.
+    pub firecracker: PathBuf,
     pub uid: u32,
     pub gid: u32,
     /// Whether the host has the unified (v2) cgroup hierarchy.
@@ -147,21 +152,32 @@ pub fn id(name: &str) -> String {
     format!("{}-{hash:016x}", &full[..keep])
 }
 
-/// The chroot of machine `name` whose directory is `dir`.
-pub fn root(dir: &Path, name: &str) -> PathBuf {
-    dir.join(BASE).join(exec_name()).join(id(name)).join("root")
+/// The chroot the jailer makes for machine `name` whose directory is
+/// `dir`, running the Firecracker binary `firecracker` (symbolic links
+/// resolved).
+fn root_for(dir: &Path, firecracker: &Path, name: &str) -> PathBuf {
+    let exec_name = firecracker.file_name().unwrap_or(firecracker::BINARY.as_ref());
+    dir.join(BASE).join(exec_name).join(id(name)).join("root")
 }
 
-fn exec_name() -> &'static str {
-    firecracker::BINARY
+/// The chroot of machine `name` whose directory is `dir`, if it runs
+/// jailed: `jail/<exec-file name>/<id>/root`, whatever the name.
+pub fn root(dir: &Path, name: &str) -> Option<PathBuf> {
+    let id = id(name);
+    std::fs::read_dir(dir.join(BASE))
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path().join(&id).join("root"))
+        .find(|root| root.is_dir())
 }
 
-/// The plan for running `firecracker` jailed for `config`; `extra` are
-/// more files the VM needs (a snapshot's, to load it).
-pub fn plan(jailer: &Jailer, firecracker: &Path, config: &VmConfig, extra: &[Place]) -> Plan {
+/// The plan for running `jailer.firecracker` jailed for `config`; `extra`
+/// are more files the VM needs (a snapshot's, to load it).
+pub fn plan(jailer: &Jailer, config: &VmConfig, extra: &[Place]) -> Plan {
+    let firecracker = jailer.firecracker.as_path();
     let id = id(&config.name);
     let base = config.dir.join(BASE);
-    let root = root(&config.dir, &config.name);
+    let root = root_for(&config.dir, firecracker, &config.name);
     let jailed = |name: &str| PathBuf::from("/").join(name);
     let mut places = vec![
         Place { host: config.kernel.clone(), jailed: KERNEL.into(), access: Access::Read },
@@ -294,8 +310,13 @@ pub fn find(firecracker: &Path) -> Result<Option<Jailer>, Error> {
             "the user {user} that VMMs run as has vanished; make it again (see `useradd` above)"
         ),
     })?;
+    // The jailer resolves `--exec-file` and names the chroot's parent after
+    // the real file; resolving it here too keeps the plan's paths its.
+    let firecracker = std::fs::canonicalize(firecracker)
+        .map_err(|source| Error::Io { path: firecracker.to_owned(), source })?;
     Ok(Some(Jailer {
         binary,
+        firecracker,
         uid: account.uid.as_raw(),
         gid: account.gid.as_raw(),
         cgroup_v2: Path::new(CGROUP_ROOT).join("cgroup.controllers").exists(),
@@ -464,18 +485,57 @@ pub fn remove_cgroup(name: &str) {
     }
 }
 
-/// Moves a snapshot file Firecracker wrote in the chroot to `to`, owned by
-/// root and private again.
-pub fn take_out(root: &Path, jailed: &str, to: &Path) -> Result<(), Error> {
-    use std::os::unix::fs::PermissionsExt;
+/// Moves a snapshot file Firecracker wrote in the chroot of the machine
+/// whose directory is `dir` to `to`, owned by root and private again.
+///
+/// The chroot is the VMM's: what it left at that name may be a symbolic
+/// link or a hard link to another file, put there to have root give that
+/// file away. So the name is first moved out of the VMM's reach (a rename
+/// in the machine directory moves a link itself, never its target), then
+/// opened without following links, and used only if it is a regular file
+/// with no other name; its owner and mode are set through that open file.
+pub fn take_out(dir: &Path, root: &Path, jailed: &str, to: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
     let from = root.join(jailed);
-    let io = |source| Error::Io { path: to.to_owned(), source };
-    if std::fs::rename(&from, to).is_err() {
-        firecracker::copy_sparse(&from, to)?;
-        std::fs::remove_file(&from).map_err(|source| Error::Io { path: from.clone(), source })?;
+    let staged = dir.join(format!(".{jailed}.taken"));
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| Error::Io { path, source }
+    };
+    std::fs::rename(&from, &staged).map_err(io(&from))?;
+    let refuse = |what: &str| {
+        let _ = std::fs::remove_file(&staged);
+        Err(Error::Start {
+            vmm: "firecracker",
+            message: format!(
+                "the snapshot file {} the VMM wrote is {what}, not a file of its own: refused; \
+                 the VMM may be compromised, so remove the machine",
+                from.display()
+            ),
+        })
+    };
+    let file = match std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NOFOLLOW).open(&staged)
+    {
+        Ok(file) => file,
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => return refuse("a symbolic link"),
+        Err(e) => return Err(io(&staged)(e)),
+    };
+    let meta = file.metadata().map_err(io(&staged))?;
+    if !meta.is_file() {
+        return refuse("not a regular file");
     }
-    std::os::unix::fs::chown(to, Some(0), Some(0)).map_err(io)?;
-    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o600)).map_err(io)
+    if meta.nlink() != 1 {
+        return refuse("a hard link to another file");
+    }
+    std::os::unix::fs::fchown(&file, Some(0), Some(0)).map_err(io(&staged))?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(io(&staged))?;
+    drop(file);
+    if std::fs::rename(&staged, to).is_err() {
+        firecracker::copy_sparse(&staged, to)?;
+        std::fs::remove_file(&staged).map_err(io(&staged))?;
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o600)).map_err(io(to))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 use std::ffi::OsStr;
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 
 use serde_json::Value;
 
@@ -7,7 +7,13 @@ use super::*;
 use crate::vmm::firecracker::{boot_calls, load_call};
 
 fn jailer(cgroup_v2: bool) -> Jailer {
-    Jailer { binary: "/opt/fc/jailer".into(), uid: 990, gid: 985, cgroup_v2 }
+    Jailer {
+        binary: "/opt/fc/jailer".into(),
+        firecracker: "/opt/fc/firecracker".into(),
+        uid: 990,
+        gid: 985,
+        cgroup_v2,
+    }
 }
 
 fn config() -> VmConfig {
@@ -30,7 +36,7 @@ fn args(plan: &Plan) -> String {
 
 #[test]
 fn the_jailer_gets_the_machine_its_user_its_chroot_and_its_limits() {
-    let plan = plan(&jailer(true), Path::new("/opt/fc/firecracker"), &config(), &[]);
+    let plan = plan(&jailer(true), &config(), &[]);
     assert_eq!(
         args(&plan),
         "--id hearth-web --exec-file /opt/fc/firecracker --uid 990 --gid 985 \
@@ -50,7 +56,7 @@ fn the_jailer_gets_the_machine_its_user_its_chroot_and_its_limits() {
 
 #[test]
 fn on_a_cgroup_v1_host_the_jailer_makes_no_cgroup() {
-    let plan = plan(&jailer(false), Path::new("/opt/fc/firecracker"), &config(), &[]);
+    let plan = plan(&jailer(false), &config(), &[]);
     let args = args(&plan);
     assert!(args.contains("--cgroup-version 1 --"), "{args}");
     assert!(!args.contains("--cgroup "), "{args}");
@@ -62,8 +68,7 @@ fn each_file_goes_in_with_the_access_the_vm_needs() {
     let config = config();
     let state = Path::new("/var/lib/hearth/snapshots/s1/state");
     let memory = Path::new("/var/lib/hearth/snapshots/s1/memory");
-    let plan =
-        plan(&jailer(true), Path::new("/opt/fc/firecracker"), &config, &snapshot_places(state, memory));
+    let plan = plan(&jailer(true), &config, &snapshot_places(state, memory));
     let places: Vec<(&str, &str, Access)> = plan
         .places
         .iter()
@@ -138,8 +143,7 @@ fn every_path_the_vm_config_names_is_in_the_chroot_and_put_there() {
     let config = config();
     let state = Path::new("/var/lib/hearth/snapshots/s1/state");
     let memory = Path::new("/var/lib/hearth/snapshots/s1/memory");
-    let plan =
-        plan(&jailer(true), Path::new("/opt/fc/firecracker"), &config, &snapshot_places(state, memory));
+    let plan = plan(&jailer(true), &config, &snapshot_places(state, memory));
     let mut calls = boot_calls(&plan.config);
     calls.push(load_call(Path::new(SNAPSHOT_STATE), Path::new(SNAPSHOT_MEMORY), &[], &[]));
     let named: Vec<String> = calls.iter().flat_map(|call| paths(&call.body)).collect();
@@ -185,4 +189,77 @@ fn ids_fit_the_jailer_and_match_the_process_name_adoption_looks_for() {
     let other = format!("{}b", "a".repeat(62));
     assert_ne!(id(&other), cut, "two long names share an id");
     assert_eq!(id(&long), cut, "the id is stable");
+}
+
+#[test]
+fn the_chroot_is_named_after_the_real_firecracker_file_as_the_jailer_names_it() {
+    let jailer = Jailer { firecracker: "/opt/fc/firecracker-v1.10.1-x86_64".into(), ..jailer(true) };
+    let plan = plan(&jailer, &config(), &[]);
+    assert!(args(&plan).contains("--exec-file /opt/fc/firecracker-v1.10.1-x86_64 "), "{}", args(&plan));
+    assert_eq!(
+        plan.root,
+        Path::new("/var/lib/hearth/machines/web/jail/firecracker-v1.10.1-x86_64/hearth-web/root")
+    );
+    // And a snapshot finds that chroot again, whatever its name.
+    let dir = tempfile::tempdir().expect("tempdir");
+    assert_eq!(root(dir.path(), "web"), None, "an unjailed machine has no chroot");
+    let made = dir.path().join("jail/firecracker-v1.10.1-x86_64/hearth-web/root");
+    std::fs::create_dir_all(&made).expect("chroot");
+    assert_eq!(root(dir.path(), "web"), Some(made));
+}
+
+/// A machine directory with a chroot in it, and a file `snapshot.state`
+/// the VMM "wrote" there by `plant`.
+fn planted(plant: impl FnOnce(&Path)) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("jail/firecracker/hearth-web/root");
+    std::fs::create_dir_all(&root).expect("chroot");
+    plant(&root.join(SNAPSHOT_STATE));
+    (dir, root)
+}
+
+#[test]
+fn a_snapshot_file_the_vmm_wrote_is_taken_out_private_to_root() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, root) = planted(|path| std::fs::write(path, b"state").expect("write"));
+    let to = dir.path().join("snapshots-state");
+    let taken = take_out(dir.path(), &root, SNAPSHOT_STATE, &to);
+    if nix::unistd::geteuid().is_root() {
+        taken.expect("taken out");
+        let meta = std::fs::metadata(&to).expect("moved");
+        assert_eq!(
+            (std::fs::read(&to).expect("read"), meta.permissions().mode() & 0o777),
+            (b"state".to_vec(), 0o600)
+        );
+        assert!(!root.join(SNAPSHOT_STATE).exists() && !dir.path().join(".snapshot.state.taken").exists());
+    } else {
+        // Only root may give a file to root: the daemon runs jailers as root.
+        assert!(matches!(taken, Err(Error::Io { .. })), "{taken:?}");
+    }
+}
+
+#[test]
+fn a_symbolic_link_the_vmm_left_for_a_snapshot_file_is_refused_and_its_target_untouched() {
+    use std::os::unix::fs::PermissionsExt;
+    let outside = tempfile::NamedTempFile::new().expect("a host file");
+    std::fs::set_permissions(outside.path(), std::fs::Permissions::from_mode(0o644)).expect("mode");
+    let (dir, root) = planted(|path| std::os::unix::fs::symlink(outside.path(), path).expect("symlink"));
+    let to = dir.path().join("snapshots-state");
+    let err = take_out(dir.path(), &root, SNAPSHOT_STATE, &to).expect_err("a link is refused");
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    let mode = std::fs::metadata(outside.path()).expect("still there").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644, "the link's target was changed");
+    assert!(!to.exists() && !dir.path().join(".snapshot.state.taken").exists());
+}
+
+#[test]
+fn a_hard_link_the_vmm_left_for_a_snapshot_file_is_refused() {
+    let (dir, root) = planted(|path| {
+        std::fs::write(path.with_file_name("disk.raw"), b"disk").expect("disk");
+        std::fs::hard_link(path.with_file_name("disk.raw"), path).expect("hard link");
+    });
+    let to = dir.path().join("snapshots-state");
+    let err = take_out(dir.path(), &root, SNAPSHOT_STATE, &to).expect_err("a hard link is refused");
+    assert!(err.to_string().contains("hard link"), "{err}");
+    assert!(!to.exists());
 }
