@@ -61,17 +61,21 @@ impl<T> Instance<T> {
 /// - An ejected instance still takes a request when every admitted one has
 ///   been tried for it, rather than failing the request.
 /// - Instances published again keep their state; instances no longer
-///   published are forgotten.
+///   published take no more requests and are forgotten once their
+///   outstanding ones finish, so one published again before that still
+///   counts them.
 #[derive(Debug)]
 pub struct Balancer<T> {
     instances: Vec<Instance<T>>,
+    /// Instances no longer published with requests still outstanding.
+    departed: Vec<Instance<T>>,
     /// Where the next tie-break starts.
     cursor: usize,
 }
 
 impl<T> Default for Balancer<T> {
     fn default() -> Self {
-        Balancer { instances: Vec::new(), cursor: 0 }
+        Balancer { instances: Vec::new(), departed: Vec::new(), cursor: 0 }
     }
 }
 
@@ -80,6 +84,7 @@ impl<T: Clone + PartialEq> Balancer<T> {
     /// that stay.
     pub fn set(&mut self, targets: Vec<T>) {
         let mut old = std::mem::take(&mut self.instances);
+        old.append(&mut self.departed);
         self.instances = targets
             .into_iter()
             .map(|target| match old.iter().position(|i| i.target == target) {
@@ -87,6 +92,8 @@ impl<T: Clone + PartialEq> Balancer<T> {
                 None => Instance::new(target),
             })
             .collect();
+        old.retain(|i| i.outstanding > 0);
+        self.departed = old;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -125,6 +132,12 @@ impl<T: Clone + PartialEq> Balancer<T> {
     pub fn finish(&mut self, target: &T) {
         if let Some(i) = self.find(target) {
             i.outstanding = i.outstanding.saturating_sub(1);
+        } else if let Some(at) = self.departed.iter().position(|i| &i.target == target) {
+            let i = &mut self.departed[at];
+            i.outstanding = i.outstanding.saturating_sub(1);
+            if i.outstanding == 0 {
+                self.departed.swap_remove(at);
+            }
         }
     }
 
@@ -326,5 +339,28 @@ mod tests {
         b.set(vec![]);
         assert!(b.is_empty());
         assert_eq!(b.pick(now, &[]), None);
+    }
+
+    #[test]
+    fn an_instance_published_again_before_its_requests_finish_still_counts_them() {
+        let now = Instant::now();
+        let mut b = balancer(&["a", "b"]);
+        let on_a = [b.pick(now, &[]).expect("a"), b.pick(now, &[]).expect("b"), b.pick(now, &[]).expect("a")];
+        assert_eq!(on_a, ["a", "b", "a"]);
+        // a leaves (one failed check) with two requests open, and comes back.
+        b.set(vec![endpoint("b")]);
+        assert_eq!(b.pick(now, &[]), Some("b".to_owned()), "a departed takes nothing");
+        b.set(vec![endpoint("a"), endpoint("b")]);
+        assert_eq!(b.outstanding(&endpoint("a")), 2);
+        // b has 2 too now: a tie, not a's turn for being "idle".
+        b.finish(&endpoint("a"));
+        assert_eq!(b.pick(now, &[]), Some("a".to_owned()));
+        // Once a departed instance's requests finish, it is forgotten.
+        b.set(vec![endpoint("b")]);
+        for _ in 0..2 {
+            b.finish(&endpoint("a"));
+        }
+        b.set(vec![endpoint("a"), endpoint("b")]);
+        assert_eq!(b.outstanding(&endpoint("a")), 0);
     }
 }
