@@ -129,7 +129,7 @@ pub struct Machine {
     /// Forwarded ports, `HOSTPORT:GUESTPORT[/udp]` on 127.0.0.1.
     pub ports: Vec<String>,
     /// Why some of `ports` are not forwarded now (a host port another
-    /// process holds), tried again every second; absent when all are.
+    /// process holds), tried again every second; null when all are.
     #[serde(default)]
     pub ports_problem: Option<String>,
     /// The root disk's size in MiB; absent for machines made before disks
