@@ -121,7 +121,9 @@ pub(crate) async fn serve<C, S, B>(
     // Half-close allowed: hyper then reads a connection only for a
     // request's head and body, so a read pending while a request is in
     // flight is a body awaited (see `Activity::stalled`); a client that
-    // hangs up is noticed by `Activity::hung_up` instead.
+    // hangs up is noticed by `Activity::hung_up` instead. That watcher
+    // takes a client that shuts down only its sending side (`nc -N`) for
+    // one gone, as hyper's default does: such a client gets no answer.
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true)
