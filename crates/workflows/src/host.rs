@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
+use hearth_routing::Outcome;
 use hearth_store::{Compare, CompareOp, CompareTarget, Op, Revision, Txn};
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
@@ -281,11 +282,20 @@ impl durable::Host for RunCx {
                 let key = format!("{}/{}", self.run.id, self.cursor.seq());
                 let agent = self.workflows.http_agent();
                 let outcome = match self.to_service(request).await? {
-                    Ok(request) => tokio::task::spawn_blocking(move || activity(&agent, request, &key))
-                        .await
-                        .unwrap_or_else(|e| Recorded::Error {
-                            message: format!("the activity panicked: {e}"),
-                        }),
+                    Ok((request, instance)) => {
+                        let outcome = tokio::task::spawn_blocking(move || activity(&agent, request, &key))
+                            .await
+                            .unwrap_or_else(|e| Recorded::Error {
+                                message: format!("the activity panicked: {e}"),
+                            });
+                        if let Some((name, address)) = instance {
+                            let answered =
+                                matches!(outcome, Recorded::Response { status, .. } if status < 500);
+                            let how = if answered { Outcome::Answered } else { Outcome::Failed };
+                            self.workflows.services().done(&name, address, how);
+                        }
+                        outcome
+                    }
                     Err(message) => Recorded::Error { message },
                 };
                 self.record(call.clone(), outcome.clone()).await?;
@@ -409,14 +419,19 @@ impl durable::Host for RunCx {
     }
 }
 
+/// A call to make, and the service and instance it goes to, if any.
+type ServiceCall = (HttpRequest, Option<(String, std::net::SocketAddr)>);
+
 impl RunCx {
     /// A call to `http://NAME.service.hearth/...` made to go to one of the
-    /// service's passing instances, with `Host` as the URL's; any other
-    /// call as it is. `Err`: why the call is not made, for the workflow.
-    async fn to_service(&self, mut request: HttpRequest) -> wasmtime::Result<Result<HttpRequest, String>> {
-        let Ok(uri) = request.url.parse::<ureq::http::Uri>() else { return Ok(Ok(request)) };
+    /// service's passing instances, with `Host` as the URL's, and the
+    /// instance picked (the call is outstanding on it until
+    /// `Balancers::done`); any other call as it is. `Err`: why the call is
+    /// not made, for the workflow.
+    async fn to_service(&self, mut request: HttpRequest) -> wasmtime::Result<Result<ServiceCall, String>> {
+        let Ok(uri) = request.url.parse::<ureq::http::Uri>() else { return Ok(Ok((request, None))) };
         let host = uri.host().unwrap_or_default().to_ascii_lowercase();
-        let Some(name) = outbound::named(&host) else { return Ok(Ok(request)) };
+        let Some(name) = outbound::named(&host) else { return Ok(Ok((request, None))) };
         let declared = match self.workflows.definition(&self.run.workflow).await {
             Ok(definition) => definition
                 .version(self.run.version)
@@ -433,7 +448,7 @@ impl RunCx {
         let key = format!("{}{name}", outbound::ENDPOINTS);
         let record = self.workflows.store().get(&key).await.map_err(|e| stop(Stop::Store(e.to_string())))?;
         let value = record.as_ref().map(|kv| kv.value.as_slice());
-        let address = match outbound::pick(name, value, self.workflows.service_turn()) {
+        let address = match self.workflows.services().pick(name, value) {
             Ok(address) => address,
             Err(message) => return Ok(Err(message)),
         };
@@ -442,7 +457,7 @@ impl RunCx {
             request.headers.push(("host".into(), format!("{name}.{}", outbound::DOMAIN)));
         }
         request.url = format!("http://{address}{path}");
-        Ok(Ok(request))
+        Ok(Ok((request, Some((name.to_owned(), address)))))
     }
 
     async fn number(&mut self, call: Call, live: fn() -> u64) -> wasmtime::Result<u64> {

@@ -8,15 +8,20 @@
 //! for other hosts (an activity reaches any URL), so `service:NAME` is the
 //! only kind of entry there.
 //!
-//! Instances are taken in turn (round robin), one per call: an activity is
+//! The instance is picked by the balancer the ingress and published ports
+//! use (`hearth_routing::Balancer`: fewest calls outstanding, ties in turn;
+//! an instance that fails three calls in a row is left out for a while), one
+//! per service in this executor. One instance per call: an activity is
 //! already retried by the workflow's own code, and its answer is
-//! journaled, so a replay never calls again. The apps' balancer (least
-//! outstanding, ejection) is not shared: it lives in the apps subsystem,
-//! which workflows do not depend on.
+//! journaled, so a replay never calls again; the balancer then sends the
+//! retry elsewhere if the instance keeps failing.
 
-use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::Instant;
 
+use hearth_routing::{Balancer, Outcome};
 use serde::Deserialize;
 
 use crate::Error;
@@ -113,30 +118,45 @@ pub(crate) fn check(declared: &[String], name: &str, scheme: &str, port: Option<
     Ok(())
 }
 
-/// Picks the instance of `name` for the next call, in turn, from its
-/// endpoints record (`None`: deleted or absent).
-pub(crate) fn pick(
-    name: &str,
-    record: Option<&[u8]>,
-    turn: &AtomicUsize,
-) -> Result<std::net::SocketAddr, String> {
-    let none = || {
-        format!(
-            "http://{name}.{DOMAIN} failed: the service {name:?} has no passing instance; see `hearth service inspect {name}`"
-        )
-    };
-    let view: EndpointsView = match record {
-        None => return Err(none()),
-        Some(bytes) => serde_json::from_slice(bytes).map_err(|e| {
-            format!("http://{name}.{DOMAIN} failed: the service's endpoints record is unreadable ({e})")
-        })?,
-    };
-    if view.instances.is_empty() {
-        return Err(none());
+/// Each called service's balancer, by name.
+#[derive(Debug, Default)]
+pub(crate) struct Balancers(Mutex<HashMap<String, Balancer<SocketAddr>>>);
+
+impl Balancers {
+    /// Picks the instance of `name` for the next call from its endpoints
+    /// record (`None`: deleted or absent), counted as outstanding until
+    /// [`Balancers::done`].
+    pub(crate) fn pick(&self, name: &str, record: Option<&[u8]>) -> Result<SocketAddr, String> {
+        let none = || {
+            format!(
+                "http://{name}.{DOMAIN} failed: the service {name:?} has no passing instance; see `hearth service inspect {name}`"
+            )
+        };
+        let view: EndpointsView = match record {
+            None => return Err(none()),
+            Some(bytes) => serde_json::from_slice(bytes).map_err(|e| {
+                format!("http://{name}.{DOMAIN} failed: the service's endpoints record is unreadable ({e})")
+            })?,
+        };
+        let mut balancers = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if view.instances.is_empty() {
+            balancers.remove(name);
+            return Err(none());
+        }
+        let balancer = balancers.entry(name.to_owned()).or_default();
+        balancer.set(view.instances.iter().map(|i| SocketAddr::new(i.address, i.port)).collect());
+        balancer.pick(Instant::now(), &[]).ok_or_else(none)
     }
-    let at = turn.fetch_add(1, Ordering::Relaxed) % view.instances.len();
-    let instance = &view.instances[at];
-    Ok(std::net::SocketAddr::new(instance.address, instance.port))
+
+    /// A call picked for `address` of `name` ended: with an answer below
+    /// 500 (`Answered`), or with a 5xx or no answer at all (`Failed`).
+    pub(crate) fn done(&self, name: &str, address: SocketAddr, outcome: Outcome) {
+        let mut balancers = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(balancer) = balancers.get_mut(name) {
+            balancer.record(&address, outcome, Instant::now());
+            balancer.finish(&address);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -171,14 +191,53 @@ mod tests {
         assert_eq!(named("backend.service.hearth.evil"), None);
     }
 
+    const RECORD: &[u8] = br#"{"name":"b","instances":[{"id":"b-1","address":"127.0.0.1","port":1},{"id":"b-2","address":"::1","port":2}],"x":1}"#;
+
     #[test]
-    fn instances_are_taken_in_turn() {
-        let record = br#"{"name":"b","instances":[{"id":"b-1","address":"127.0.0.1","port":1},{"id":"b-2","address":"::1","port":2}],"x":1}"#;
-        let turn = AtomicUsize::new(0);
-        let ports: Vec<u16> = (0..4).map(|_| pick("b", Some(record), &turn).unwrap().port()).collect();
+    fn calls_that_end_at_once_take_the_instances_in_turn() {
+        let balancers = Balancers::default();
+        let ports: Vec<u16> = (0..4)
+            .map(|_| {
+                let address = balancers.pick("b", Some(RECORD)).unwrap();
+                balancers.done("b", address, Outcome::Answered);
+                address.port()
+            })
+            .collect();
         assert_eq!(ports, [1, 2, 1, 2]);
         let empty = br#"{"name":"b","instances":[]}"#;
-        assert!(pick("b", Some(empty), &turn).unwrap_err().contains("no passing instance"));
-        assert!(pick("b", None, &turn).unwrap_err().contains("hearth service inspect b"));
+        assert!(balancers.pick("b", Some(empty)).unwrap_err().contains("no passing instance"));
+        assert!(balancers.pick("b", None).unwrap_err().contains("hearth service inspect b"));
+    }
+
+    #[test]
+    fn a_call_goes_to_the_instance_with_fewer_calls_outstanding() {
+        let balancers = Balancers::default();
+        let busy = balancers.pick("b", Some(RECORD)).unwrap();
+        for _ in 0..3 {
+            let other = balancers.pick("b", Some(RECORD)).unwrap();
+            assert_ne!(other, busy, "the busy instance was picked again");
+            balancers.done("b", other, Outcome::Answered);
+        }
+    }
+
+    #[test]
+    fn an_instance_that_fails_three_calls_in_a_row_is_left_out() {
+        let balancers = Balancers::default();
+        let failing = SocketAddr::from(([127, 0, 0, 1], 1));
+        let mut fails = 0;
+        while fails < 3 {
+            let address = balancers.pick("b", Some(RECORD)).unwrap();
+            if address == failing {
+                balancers.done("b", address, Outcome::Failed);
+                fails += 1;
+            } else {
+                balancers.done("b", address, Outcome::Answered);
+            }
+        }
+        for _ in 0..4 {
+            let address = balancers.pick("b", Some(RECORD)).unwrap();
+            assert_ne!(address, failing, "an instance that failed three calls in a row was called");
+            balancers.done("b", address, Outcome::Answered);
+        }
     }
 }

@@ -103,9 +103,8 @@ struct Inner {
     blobs_dir: PathBuf,
     runtime: Runtime,
     http: ureq::Agent,
-    /// Whose turn is next among a service's instances, for calls to
-    /// `NAME.service.hearth`.
-    service_turn: std::sync::atomic::AtomicUsize,
+    /// The balancers of the services called as `NAME.service.hearth`.
+    services: crate::outbound::Balancers,
     /// Runs being executed; `true` asks the execution to go again.
     active: Mutex<HashMap<String, bool>>,
     /// (when, run) of every timer and wait deadline.
@@ -144,7 +143,7 @@ impl Workflows {
                 blobs_dir,
                 runtime,
                 http: crate::host::http_agent(),
-                service_turn: std::sync::atomic::AtomicUsize::new(0),
+                services: crate::outbound::Balancers::default(),
                 active: Mutex::default(),
                 timers: Mutex::default(),
                 timers_changed: Notify::new(),
@@ -163,8 +162,8 @@ impl Workflows {
         self.inner.http.clone()
     }
 
-    pub(crate) fn service_turn(&self) -> &std::sync::atomic::AtomicUsize {
-        &self.inner.service_turn
+    pub(crate) fn services(&self) -> &crate::outbound::Balancers {
+        &self.inner.services
     }
 
     /// Runs being executed right now (for tests and `status`).
