@@ -408,9 +408,8 @@ pub(crate) async fn register(
 ) -> Result<(StatusCode, axum::Json<ServiceInstance>), ApiError> {
     not_an_app(&state, &name).await?;
     let declared = body.routes.as_deref().map(routes).transpose()?;
-    if let Some(declared) = &declared {
-        routes_free(&state, &name, declared).await?;
-    }
+    // Its own `NAME.DOMAIN` too: an app may have declared that host.
+    routes_free(&state, &name, declared.as_deref().unwrap_or_default()).await?;
     let address = body
         .address
         .parse()

@@ -362,6 +362,13 @@ async fn services_declare_routes_that_share_the_longest_prefix_rule_with_apps() 
         .expect_err("a registration's route taken");
     assert!(err.to_string().contains(r#"belongs to service "api""#), "{err}");
     assert!(client.service("db").await.is_err(), "a refused registration made its service");
+    // A registration with no routes still answers as NAME.localhost, which
+    // an app may have declared.
+    success(&daemon.cli(&["app", "deploy", "taken", hello.as_str(), "--route", "cache.localhost"]));
+    let err =
+        client.register_instance("cache", &web.register("cache-1")).await.expect_err("its host is an app's");
+    assert!(err.to_string().contains(r#"belongs to app "taken""#), "{err}");
+    assert!(client.service("cache").await.is_err(), "a refused registration made its service");
     assert!(client.app("other").await.is_err(), "a refused app was deployed");
     assert_eq!(who(port, "shop.test", "/api/v1").await, "api");
     let shown = success(&daemon.cli(&["service", "inspect", "api"]));
