@@ -218,7 +218,7 @@ impl Apps {
     }
 
     /// Requests the ingress proxied to services, by service and outcome
-    /// (`answered`, `server_error`, `failed`, `no_instance`, `upgrade`).
+    /// (`answered`, `server_error`, `failed`, `no_instance`, `upgraded`).
     pub fn service_requests(&self) -> Vec<(String, &'static str, u64)> {
         self.inner.upstreams.counts()
     }

@@ -3,6 +3,13 @@
 //! that fails before the request was written is tried on another; bodies
 //! stream both ways.
 //!
+//! An upgrade (a WebSocket handshake, or any HTTP/1.1 `Upgrade`) goes the
+//! same way with its `Upgrade` and `Connection: upgrade` kept: an instance
+//! that answers `101 Switching Protocols` has its answer passed on, and the
+//! two connections are then joined byte for byte until either side closes
+//! (the listener no longer times an upgraded connection: see
+//! `hearth_listen`). Any other answer is passed on as it is.
+//!
 //! A connection per request, for now: loopback and bridge connects cost
 //! tens of microseconds, and no pooled connection can then be stale.
 
@@ -13,8 +20,9 @@ use std::time::{Duration, Instant};
 use http::header::{self, HOST, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderMap, Request, Response, StatusCode, Version};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
@@ -50,30 +58,46 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 pub(crate) async fn proxy(apps: &Apps, upstream: Arc<Upstream>, req: Request<Incoming>) -> Response<Body> {
     let upstreams = &apps.inner.upstreams;
     let name = upstream.name.as_str();
-    if wants_websocket(req.headers()) {
-        upstreams.count(name, Counted::Upgrade);
-        return text(
-            StatusCode::NOT_IMPLEMENTED,
-            format!(
-                "hearth's ingress does not proxy WebSocket connections to services yet; reach the service \
-                 {name:?} directly (its instances are listed by `hearth service inspect {name}`).\n"
-            ),
-        );
-    }
-    let mut req = forwarded(req);
+    let mut req = req;
+    // The client's side of an upgrade, ready once its 101 has been sent.
+    let client_upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    let mut req = forwarded(req, client_upgrade.is_some());
     let mut tried: Vec<Endpoint> = Vec::new();
     let mut last_error = String::new();
     while tried.len() < ATTEMPTS {
         let Some(endpoint) = lock(&upstream.balancer).pick(Instant::now(), &tried) else { break };
         let outstanding = Outstanding { upstream: upstream.clone(), endpoint: endpoint.clone() };
         match send(endpoint.addr, req).await {
+            Ok(mut response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                let Some(client_upgrade) = client_upgrade else {
+                    lock(&upstream.balancer).record(&endpoint, Outcome::Failed, Instant::now());
+                    upstreams.count(name, Counted::Failed);
+                    return text(
+                        StatusCode::BAD_GATEWAY,
+                        format!(
+                            "The instance {:?} of the service {name:?} switched protocols on a request that \
+                             asked for no upgrade. See `hearth service inspect {name}`.\n",
+                            endpoint.id
+                        ),
+                    );
+                };
+                lock(&upstream.balancer).record(&endpoint, Outcome::Answered, Instant::now());
+                upstreams.count(name, Counted::Upgraded);
+                let instance_upgrade = hyper::upgrade::on(&mut response);
+                let (mut parts, _) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers, true);
+                parts.extensions = http::Extensions::new();
+                tokio::spawn(tunnel(client_upgrade, instance_upgrade, outstanding));
+                let empty = Empty::new().map_err(|never| match never {}).boxed_unsync();
+                return Response::from_parts(parts, empty);
+            }
             Ok(response) => {
                 let failed = response.status().is_server_error();
                 let outcome = if failed { Outcome::Failed } else { Outcome::Answered };
                 lock(&upstream.balancer).record(&endpoint, outcome, Instant::now());
                 upstreams.count(name, if failed { Counted::ServerError } else { Counted::Answered });
                 let (mut parts, body) = response.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
+                strip_hop_by_hop(&mut parts.headers, false);
                 // The request stays outstanding until its response's body
                 // has gone to the client (or the client has gone).
                 let body = body
@@ -127,6 +151,35 @@ pub(crate) async fn proxy(apps: &Apps, upstream: Arc<Upstream>, req: Request<Inc
     )
 }
 
+/// Joins a client's upgraded connection to its instance's, once the client
+/// has its 101, until either side closes; the instance counts the tunnel as
+/// outstanding until then.
+async fn tunnel(client: OnUpgrade, instance: OnUpgrade, outstanding: Outstanding) {
+    let (service, id) = (outstanding.upstream.name.as_str(), outstanding.endpoint.id.as_str());
+    let (client, instance) = match tokio::try_join!(client, instance) {
+        Ok(both) => both,
+        Err(error) => {
+            tracing::debug!(service, instance = id, %error, "An upgraded connection could not be joined to its instance.");
+            return;
+        }
+    };
+    let (mut client, mut instance) = (TokioIo::new(client), TokioIo::new(instance));
+    match tokio::io::copy_bidirectional(&mut client, &mut instance).await {
+        Ok((up, down)) => {
+            tracing::debug!(
+                service,
+                instance = id,
+                up,
+                down,
+                "An upgraded connection to an instance closed."
+            );
+        }
+        Err(error) => {
+            tracing::debug!(service, instance = id, %error, "An upgraded connection to an instance ended with an error.");
+        }
+    }
+}
+
 /// A request counted as outstanding on an instance until dropped.
 struct Outstanding {
     upstream: Arc<Upstream>,
@@ -165,7 +218,8 @@ async fn send(addr: SocketAddr, req: Request<Incoming>) -> Result<Response<Incom
         Err(e) => return Err(Failure::Unsent(Box::new(req), format!("connecting to {addr}: {e}"))),
     };
     tokio::spawn(async move {
-        if let Err(error) = connection.await {
+        // An upgrade hands the connection to its response's `OnUpgrade`.
+        if let Err(error) = connection.with_upgrades().await {
             tracing::debug!(%addr, %error, "A connection to a service instance ended with an error.");
         }
     });
@@ -176,12 +230,15 @@ async fn send(addr: SocketAddr, req: Request<Incoming>) -> Result<Response<Incom
 }
 
 /// The request as an instance gets it: origin-form, HTTP/1.1, hop-by-hop
-/// headers dropped, `Host` as the client sent it, and `X-Forwarded-*`.
-fn forwarded(req: Request<Incoming>) -> Request<Incoming> {
+/// headers dropped (but for an `upgrade`, its `Upgrade` and `Connection:
+/// upgrade`), `Host` as the client sent it, and `X-Forwarded-*`.
+fn forwarded<B>(req: Request<B>, upgrade: bool) -> Request<B> {
     let (mut parts, body) = req.into_parts();
     let peer = parts.extensions.get::<hearth_listen::Peer>().map(|p| p.0);
-    strip_hop_by_hop(&mut parts.headers);
-    parts.headers.remove(header::UPGRADE);
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    if !upgrade {
+        parts.headers.remove(header::UPGRADE);
+    }
     if !parts.headers.contains_key(HOST)
         && let Some(authority) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     {
@@ -207,8 +264,12 @@ fn forwarded(req: Request<Incoming>) -> Request<Incoming> {
     Request::from_parts(parts, body)
 }
 
-/// Drops the hop-by-hop headers, and those the `Connection` header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// Drops the hop-by-hop headers, and those the `Connection` header names;
+/// for an `upgrade`, keeps `Upgrade` and sets `Connection: upgrade`, the
+/// one hop-by-hop request the next hop must see.
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let upgrades: Vec<HeaderValue> =
+        if upgrade { headers.get_all(header::UPGRADE).iter().cloned().collect() } else { Vec::new() };
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -219,21 +280,34 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
+    if !upgrades.is_empty() {
+        headers.remove(header::UPGRADE);
+        for value in upgrades {
+            headers.append(header::UPGRADE, value);
+        }
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
 }
 
-/// A WebSocket handshake, which the ingress does not proxy. (Other
-/// upgrades, such as `h2c`, are optional for the server: the `Upgrade`
-/// header is dropped and the request proxied as it is.)
-fn wants_websocket(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::UPGRADE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("websocket")))
+/// Whether a request asks to switch protocols (a WebSocket handshake,
+/// `h2c`, any other): HTTP/1.1, an `Upgrade` header, and `upgrade` among the
+/// `Connection` header's tokens.
+fn wants_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     #[test]
@@ -250,17 +324,82 @@ mod tests {
         ] {
             headers.append(HeaderName::from_static(name), HeaderValue::from_static(value));
         }
-        strip_hop_by_hop(&mut headers);
+        strip_hop_by_hop(&mut headers, false);
         let left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["accept", "host"]);
     }
 
     #[test]
-    fn only_a_websocket_upgrade_is_refused() {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
-        assert!(!wants_websocket(&headers));
-        headers.insert(header::UPGRADE, HeaderValue::from_static("WebSocket"));
-        assert!(wants_websocket(&headers));
+    fn an_upgrade_keeps_its_upgrade_and_connection_upgrade_and_drops_the_rest() {
+        let mut req = Request::builder()
+            .method("GET")
+            .uri("http://chat.localhost:8080/ws?room=1")
+            .header("host", "chat.localhost:8080")
+            .header("connection", "keep-alive, Upgrade, x-secret")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("sec-websocket-version", "13")
+            .header("keep-alive", "timeout=5")
+            .header("te", "trailers")
+            .header("x-secret", "1")
+            .body(())
+            .expect("a request");
+        req.extensions_mut().insert(hearth_listen::Peer("127.0.0.1".parse().expect("an address")));
+        assert!(wants_upgrade(&req));
+        let forwarded = forwarded(req, true);
+        let headers = forwarded.headers();
+        let names: BTreeSet<&str> = headers.keys().map(|k| k.as_str()).collect();
+        let expected = BTreeSet::from([
+            "connection",
+            "upgrade",
+            "host",
+            "sec-websocket-key",
+            "sec-websocket-version",
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+        ]);
+        assert_eq!(names, expected);
+        assert_eq!(headers[header::CONNECTION], "upgrade");
+        assert_eq!(headers[header::UPGRADE], "websocket");
+        assert_eq!(headers[X_FORWARDED_FOR], "127.0.0.1");
+        assert_eq!(headers[X_FORWARDED_HOST], "chat.localhost:8080");
+        assert_eq!(forwarded.uri(), "/ws?room=1");
+
+        // An instance's 101 keeps them too on its way back.
+        let mut answer = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+            ("keep-alive", "timeout=5"),
+        ] {
+            answer.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+        }
+        strip_hop_by_hop(&mut answer, true);
+        let names: BTreeSet<&str> = answer.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, BTreeSet::from(["connection", "upgrade", "sec-websocket-accept"]));
+    }
+
+    #[test]
+    fn a_request_that_is_no_upgrade_loses_its_upgrade_header() {
+        let req = Request::builder()
+            .header("host", "chat.localhost")
+            .header("connection", "keep-alive")
+            .header("upgrade", "h2c")
+            .body(())
+            .expect("a request");
+        assert!(!wants_upgrade(&req), "an Upgrade that Connection does not name is no upgrade");
+        let forwarded = forwarded(req, false);
+        assert!(!forwarded.headers().contains_key(header::UPGRADE));
+        assert!(!forwarded.headers().contains_key(header::CONNECTION));
+
+        let http10 = Request::builder()
+            .version(Version::HTTP_10)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(())
+            .expect("a request");
+        assert!(!wants_upgrade(&http10), "HTTP/1.0 has no upgrades");
     }
 }

@@ -73,8 +73,10 @@ pub(crate) enum Counted {
     Failed,
     /// The service had no passing instance (a 503).
     NoInstance,
-    /// A WebSocket or other upgrade, which is not proxied (a 501).
-    Upgrade,
+    /// An instance switched protocols (a 101, a WebSocket most often): the
+    /// connection is then a tunnel to it. Upgrades it declined count as
+    /// answered.
+    Upgraded,
 }
 
 impl Counted {
@@ -84,7 +86,7 @@ impl Counted {
             Counted::ServerError => "server_error",
             Counted::Failed => "failed",
             Counted::NoInstance => "no_instance",
-            Counted::Upgrade => "upgrade",
+            Counted::Upgraded => "upgraded",
         }
     }
 }

@@ -3,13 +3,14 @@
 //! failing instances ejected and admitted again, deregistered ones no
 //! longer sent anything, and a clear 503 when no instance passes; the
 //! routes services declare, matched with apps' by the longest prefix, and
-//! a route two owners claim refused.
+//! a route two owners claim refused; WebSockets through to an instance.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures::{SinkExt, StreamExt};
 use hearth_client::types::RegisterInstance;
 use hearth_testkit::{Daemon, failure, success, wait_until};
 use http_body_util::BodyExt;
@@ -17,6 +18,7 @@ use hyper::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hearth");
 
@@ -104,12 +106,13 @@ async fn answer(mut stream: TcpStream, name: &str, hits: Arc<AtomicUsize>, faili
             .to_owned()
     };
     let body = format!(
-        "{name} {request_line} host={} xff={} xfh={} xfp={} x-hop={}\n",
+        "{name} {request_line} host={} xff={} xfh={} xfp={} x-hop={} upgrade={}\n",
         header("host"),
         header("x-forwarded-for"),
         header("x-forwarded-host"),
         header("x-forwarded-proto"),
         header("x-hop"),
+        header("upgrade"),
     );
     let status = if failing.load(Ordering::SeqCst) { "500 Internal Server Error" } else { "200 OK" };
     let response =
@@ -383,4 +386,167 @@ async fn services_declare_routes_that_share_the_longest_prefix_rule_with_apps() 
     let history = success(&daemon.cli(&["service", "history", "api"]));
     assert!(history.contains("routes") && history.contains("no routes besides its own name"), "{history}");
     assert_eq!(client.service("api").await.expect("api").instances.len(), 1);
+}
+
+/// A WebSocket echo server on loopback: it greets each client, echoes what
+/// it is sent, and counts the connections whose close handshake ended.
+async fn echo_server() -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+    let port = listener.local_addr().expect("addr").port();
+    let closed = Arc::new(AtomicUsize::new(0));
+    let counted = closed.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let closed = counted.clone();
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
+                if ws.send(Message::text("hello from the instance")).await.is_err() {
+                    return;
+                }
+                while let Some(Ok(message)) = ws.next().await {
+                    if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
+                        return;
+                    }
+                }
+                closed.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (port, closed)
+}
+
+/// A WebSocket handshake through the ingress for `host`.
+async fn ws_connect(port: u16, host: &str) -> Result<tokio_tungstenite::WebSocketStream<TcpStream>, WsError> {
+    let stream = TcpStream::connect(("127.0.0.1", port)).await.expect("connect to the ingress");
+    let (ws, _) = tokio_tungstenite::client_async(format!("ws://{host}:{port}/chat"), stream).await?;
+    Ok(ws)
+}
+
+/// The next message within 10 s.
+async fn next_message(ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>) -> Message {
+    tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("a message within 10 s")
+        .expect("the connection is open")
+        .expect("a message")
+}
+
+/// The status a refused handshake was answered, and its body.
+fn refusal(result: Result<tokio_tungstenite::WebSocketStream<TcpStream>, WsError>) -> (u16, String) {
+    match result {
+        Err(WsError::Http(response)) => {
+            let body = response.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+            (response.status().as_u16(), body.into_owned())
+        }
+        Err(other) => panic!("the handshake failed otherwise: {other}"),
+        Ok(_) => panic!("the handshake was accepted"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_websocket_goes_through_the_ingress_to_an_instance_and_stays_open_while_quiet() {
+    // Short listener timeouts, so that a quiet WebSocket outlives them here.
+    let daemon = Daemon::start_with_env(
+        BIN,
+        &[
+            ("HEARTH_TEST_IDLE_TIMEOUT_MS", std::ffi::OsStr::new("300")),
+            ("HEARTH_TEST_STALL_TIMEOUT_MS", std::ffi::OsStr::new("300")),
+        ],
+    )
+    .await;
+    let client = daemon.client();
+    let port = ingress_port(&daemon).await;
+    let (echo, closed) = echo_server().await;
+    let instance = RegisterInstance {
+        id: Some("chat-1".into()),
+        address: "127.0.0.1".into(),
+        port: echo,
+        ttl_s: 300,
+        checks: vec![],
+        tags: vec![],
+        routes: None,
+    };
+    client.register_instance("chat", &instance).await.expect("register chat");
+
+    let mut ws = None;
+    let routed = wait_until(Duration::from_secs(10), async || {
+        ws = ws_connect(port, "chat.localhost").await.ok();
+        ws.is_some()
+    })
+    .await;
+    assert!(routed, "no handshake through the ingress: {:?}", ws_connect(port, "chat.localhost").await.err());
+    let mut ws = ws.expect("a WebSocket");
+
+    // Both ways: the instance speaks first, then echoes.
+    assert_eq!(next_message(&mut ws).await, Message::text("hello from the instance"));
+    ws.send(Message::text("one")).await.expect("send");
+    assert_eq!(next_message(&mut ws).await, Message::text("one"));
+    ws.send(Message::binary(vec![0u8, 1, 2, 255])).await.expect("send");
+    assert_eq!(next_message(&mut ws).await, Message::binary(vec![0u8, 1, 2, 255]));
+
+    // Quiet for several times the listener's idle and stall timeouts (the
+    // quiet itself is what is tested): the tunnel is still open.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    ws.send(Message::text("after a quiet while")).await.expect("send after the quiet");
+    assert_eq!(next_message(&mut ws).await, Message::text("after a quiet while"));
+
+    // A clean close: the instance sees the close handshake end, and the
+    // tunnel then closes the client's connection.
+    ws.close(None).await.expect("close");
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(message) = ws.next().await {
+            if message.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the WebSocket did not end after its close");
+    let mut tcp = ws.into_inner();
+    let mut rest = [0u8; 16];
+    let eof = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut rest)).await;
+    assert!(matches!(eof, Ok(Ok(0))), "the tunnel did not close the client's side: {eof:?}");
+    assert!(wait_until(Duration::from_secs(5), async || closed.load(Ordering::SeqCst) == 1).await);
+
+    // An instance that declines the upgrade has its answer passed on, and
+    // it was asked: `Upgrade` reached it.
+    let plain = Backend::start("plain").await;
+    client.register_instance("plain", &plain.register("plain-1")).await.expect("register plain");
+    let answered = wait_until(Duration::from_secs(10), async || {
+        matches!(ws_connect(port, "plain.localhost").await, Err(WsError::Http(r)) if r.status() == 200)
+    })
+    .await;
+    assert!(answered, "the declined upgrade was not passed on");
+    let (status, body) = refusal(ws_connect(port, "plain.localhost").await);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("plain GET /chat HTTP/1.1") && body.contains("upgrade=websocket"), "{body}");
+
+    // A service with no passing instance answers a handshake with a 503.
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead = closed_port.local_addr().expect("addr").port();
+    drop(closed_port);
+    let never = RegisterInstance {
+        id: Some("gone-1".into()),
+        port: dead,
+        checks: vec!["tcp,interval=300ms,timeout=200ms".into()],
+        ..instance
+    };
+    client.register_instance("gone", &never).await.expect("register gone");
+    let unavailable = wait_until(Duration::from_secs(10), async || {
+        matches!(ws_connect(port, "gone.localhost").await, Err(WsError::Http(r)) if r.status() == 503)
+    })
+    .await;
+    let (status, body) = refusal(ws_connect(port, "gone.localhost").await);
+    assert!(unavailable, "{status} {body}");
+    assert!(body.contains("no passing instance") && body.contains("hearth service inspect gone"), "{body}");
+
+    let text = metrics(&daemon).await;
+    for series in [
+        r#"hearth_ingress_service_requests_total{service="chat",outcome="upgraded"}"#,
+        r#"hearth_ingress_service_requests_total{service="plain",outcome="answered"}"#,
+        r#"hearth_ingress_service_requests_total{service="gone",outcome="no_instance"}"#,
+    ] {
+        assert!(text.contains(series), "{series} missing from\n{text}");
+    }
 }
