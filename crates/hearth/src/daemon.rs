@@ -184,6 +184,15 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
             default_network: args.default_network,
         },
     );
+    // The default network is made before the API answers, so that a
+    // `machine run` or `lab up` right after start finds it (the loop makes
+    // its bridge; it would make the network too, later).
+    if args.default_network
+        && nix::unistd::geteuid().is_root()
+        && let Err(error) = networks.ensure_default().await
+    {
+        tracing::warn!(error = %error, "Cannot create the default network; retrying in the background.");
+    }
     let networks_loop = tokio::spawn(networks.clone().run(stop_rx.clone()));
     // The same zone as every network's DNS server, for the host; names
     // outside it are refused (the host has its own resolvers).
