@@ -123,7 +123,8 @@ bench-apps: build examples
 	target/release/hearth --data-dir $$dir bench apps --wasmtime "$$w" $(BENCH_APPS_ARGS)
 
 # `hearth bench services` against a throwaway daemon on a temporary
-# directory, as root: the service's machines need a network (a bridge and
+# directory (its networks' bridges and rules, prefixed `hbs`, removed at
+# the end), as root: the service's machines need a network (a bridge and
 # taps). The daemon shares the image cache BENCH_SERVICES_CACHE (default
 # DATA_DIR/cache, where `hearth serve` keeps images), and the machines' image
 # (sh and busybox, whose httpd serves) is built into it once if missing. Not part of `make test`;
@@ -138,7 +139,9 @@ bench-services: build
 	target/release/hearth serve --data-dir $$dir --cache-dir $$cache --ingress 127.0.0.1:0 --dns 127.0.0.1:0 \
 		--net-prefix hbs --default-network true --default-network-nat false >$$dir/daemon.log 2>&1 & pid=$$!; \
 	trap 'status=$$?; kill $$pid 2>/dev/null; wait $$pid 2>/dev/null; \
-		if [ $$status -ne 0 ]; then echo "daemon log (last lines):"; tail -n 20 $$dir/daemon.log; fi; rm -rf $$dir' EXIT; \
+		if [ $$status -ne 0 ]; then echo "daemon log (last lines):"; tail -n 20 $$dir/daemon.log; fi; rm -rf $$dir; \
+		nft delete table inet hearth-hbs 2>/dev/null; nft delete table bridge hearth-hbs 2>/dev/null; \
+		for link in $$(ip -o link show | awk -F": " "{print \$$2}" | sed "s/@.*//" | grep "^hbs"); do ip link delete $$link; done' EXIT; \
 	for _ in $$(seq 100); do target/release/hearth --data-dir $$dir status >/dev/null 2>&1 && break; sleep 0.1; done; \
 	hearth="target/release/hearth --data-dir $$dir"; \
 	if ! $$hearth image ls --json | grep -Eq '"name": "$(BENCH_SERVICES_IMAGE)(:latest)?"'; then \
