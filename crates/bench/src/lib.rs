@@ -24,6 +24,82 @@ mod restate;
 pub mod services;
 pub mod workflows;
 
+/// What a benchmark makes on the daemon, to remove at the end.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Machine,
+    Service,
+}
+
+impl Kind {
+    fn word(self) -> &'static str {
+        match self {
+            Kind::Machine => "machine",
+            Kind::Service => "service",
+        }
+    }
+
+    async fn remove(self, client: &hearth_client::Client, name: &str) -> Result<(), hearth_client::Error> {
+        match self {
+            Kind::Machine => client.remove_machine(name, true).await,
+            Kind::Service => client.remove_service(name).await,
+        }
+    }
+
+    /// The command a user runs to remove `name` by hand.
+    fn rm(self, name: &str) -> String {
+        match self {
+            Kind::Machine => format!("hearth machine rm -f {name}"),
+            Kind::Service => format!("hearth service rm {name}"),
+        }
+    }
+}
+
+/// The machines or services a run created and has not removed yet.
+#[derive(Debug)]
+struct Created {
+    kind: Kind,
+    names: std::sync::Mutex<Vec<String>>,
+}
+
+impl Created {
+    fn new(kind: Kind) -> Created {
+        Created { kind, names: std::sync::Mutex::default() }
+    }
+
+    fn add(&self, name: &str) {
+        self.names().push(name.to_owned());
+    }
+
+    fn names(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.names.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn remove(&self, client: &hearth_client::Client, name: &str) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        let kind = self.kind.word();
+        self.kind.remove(client, name).await.with_context(|| format!("cannot remove the {kind} {name}"))?;
+        self.names().retain(|n| n != name);
+        Ok(())
+    }
+
+    /// Best effort, newest first: says what it could not remove, so the
+    /// user can.
+    async fn remove_all(&self, client: &hearth_client::Client) {
+        let kind = self.kind.word();
+        let left = std::mem::take(&mut *self.names());
+        for name in left.iter().rev() {
+            match self.kind.remove(client, name).await {
+                Ok(()) => eprintln!("Removed the {kind} {name}."),
+                Err(hearth_client::Error::Api { status, .. }) if status == hyper::StatusCode::NOT_FOUND => {}
+                Err(e) => {
+                    eprintln!("warning: cannot remove the {kind} {name} ({e}); run `{}`", self.kind.rm(name))
+                }
+            }
+        }
+    }
+}
+
 /// Nearest-rank percentile of sorted samples (for an even count the median
 /// is the lower middle one, a sample that really happened).
 fn percentile(sorted: &[f64], p: f64) -> f64 {

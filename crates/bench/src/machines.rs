@@ -8,7 +8,6 @@
 //! again, also when it fails or is interrupted.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
@@ -22,7 +21,7 @@ use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::output::{Table, print_json};
-use crate::{Stats, millis, percentile};
+use crate::{Created, Kind, Stats, millis, percentile};
 
 /// The overhead ratio the machines issue asks for.
 const TARGET_RATIO: f64 = 1.3;
@@ -149,40 +148,8 @@ impl Stats {
     }
 }
 
-/// Machines this run created and has not removed yet.
-#[derive(Debug, Default)]
-struct Created(Mutex<Vec<String>>);
-
-impl Created {
-    fn add(&self, name: &str) {
-        self.names().push(name.to_owned());
-    }
-
-    fn names(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    async fn remove(&self, client: &Client, name: &str) -> anyhow::Result<()> {
-        client.remove_machine(name, true).await.with_context(|| format!("cannot remove {name}"))?;
-        self.names().retain(|n| n != name);
-        Ok(())
-    }
-
-    /// Best effort: says what it could not remove, so the user can.
-    async fn remove_all(&self, client: &Client) {
-        let left = std::mem::take(&mut *self.names());
-        for name in left {
-            match client.remove_machine(&name, true).await {
-                Ok(()) => eprintln!("Removed {name}."),
-                Err(hearth_client::Error::Api { status, .. }) if status == hyper::StatusCode::NOT_FOUND => {}
-                Err(e) => eprintln!("warning: cannot remove {name} ({e}); run `hearth machine rm -f {name}`"),
-            }
-        }
-    }
-}
-
 pub async fn run(client: &Client, data_dir: &Path, args: Args) -> anyhow::Result<()> {
-    let created = Created::default();
+    let created = Created::new(Kind::Machine);
     let outcome = tokio::select! {
         report = measure(client, data_dir, &args, &created) => report,
         _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),

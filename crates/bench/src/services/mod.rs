@@ -46,7 +46,7 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 
 use crate::output::{Table, print_json};
-use crate::{Stats, millis};
+use crate::{Created, Kind, Stats, millis};
 
 mod dns;
 
@@ -202,44 +202,8 @@ struct RollingDeploy {
     rollout: Tally,
 }
 
-/// The services this run created and has not removed yet.
-#[derive(Debug, Default)]
-struct Created(std::sync::Mutex<Vec<String>>);
-
-impl Created {
-    fn add(&self, name: &str) {
-        self.names().push(name.to_owned());
-    }
-
-    fn names(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    async fn remove(&self, client: &Client, name: &str) -> anyhow::Result<()> {
-        client.remove_service(name).await.with_context(|| format!("cannot remove the service {name}"))?;
-        self.names().retain(|n| n != name);
-        Ok(())
-    }
-
-    /// Best effort: says what it could not remove, so the user can.
-    async fn remove_all(&self, client: &Client) {
-        let left = std::mem::take(&mut *self.names());
-        for name in left.iter().rev() {
-            match client.remove_service(name).await {
-                Ok(()) => eprintln!("Removed the service {name}."),
-                Err(hearth_client::Error::Api { status, .. }) if status == StatusCode::NOT_FOUND => {}
-                Err(e) => {
-                    eprintln!(
-                        "warning: cannot remove the service {name} ({e}); run `hearth service rm {name}`"
-                    )
-                }
-            }
-        }
-    }
-}
-
 pub async fn run(client: &Client, args: Args) -> anyhow::Result<()> {
-    let created = Created::default();
+    let created = Created::new(Kind::Service);
     let outcome = tokio::select! {
         report = measure(client, &args, &created) => report,
         _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
