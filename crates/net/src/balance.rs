@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 
 use hearth_routing::{Balancer, Outcome};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 
 use crate::forward::{self, Error};
 
@@ -34,10 +33,6 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How many targets one client connection is tried on at most.
 pub const ATTEMPTS: usize = 3;
-
-/// At most this many connections are relayed at once per published port;
-/// more wait in the listen backlog.
-const MAX_CONNECTIONS: usize = 1024;
 
 /// The targets a published port balances over, with how many connections
 /// each has open and which are ejected. Cheap to clone; clones share one
@@ -148,31 +143,17 @@ impl Bound {
     /// port is released and the connections still open go on to their end.
     pub async fn run(self, pool: Pool, shutdown: impl Future<Output = ()> + Send) {
         let listen = self.local_addr();
-        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                () = &mut shutdown => break,
-                // Accept only with a free slot, so that a flood waits in the backlog.
-                accepted = async {
-                    let permit = limit.clone().acquire_owned().await.expect("the semaphore is never closed");
-                    (self.listener.accept().await, permit)
-                } => match accepted {
-                    (Ok((client, peer)), permit) => {
-                        let pool = pool.clone();
-                        tokio::spawn(async move {
-                            relay(client, peer, listen, &pool).await;
-                            drop(permit);
-                        });
-                    }
-                    (Err(error), _) => {
-                        // Usually out of file descriptors: back off instead of spinning.
-                        tracing::warn!(%listen, %error, "Accepting a connection to a published port failed.");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
-            }
-        }
+        let mut connections = forward::accept_tcp(
+            &self.listener,
+            "a connection to a published port",
+            shutdown,
+            |client, peer| {
+                let pool = pool.clone();
+                async move { relay(client, peer, listen, &pool).await }
+            },
+        )
+        .await;
+        connections.detach_all();
     }
 }
 

@@ -163,6 +163,30 @@ impl Bound {
 }
 
 async fn run_tcp(listener: TcpListener, target: SocketAddr, shutdown: impl Future<Output = ()>) {
+    let connections = accept_tcp(&listener, "a forwarded connection", shutdown, move |client, peer| {
+        relay_tcp(client, peer, target)
+    })
+    .await;
+    // Dropping the set aborts the connections still open, closing both sides.
+    drop(connections);
+}
+
+/// Accepts on `listener` until `shutdown` resolves, with at most
+/// [`TCP_MAX_CONNECTIONS`] connections open at once (more wait in the
+/// listen backlog), each served by `serve` in a task of the set returned,
+/// which the caller aborts or detaches. An accept that fails (usually out
+/// of file descriptors) backs off instead of spinning. For forwards and
+/// [`balance`](crate::balance) alike.
+pub(crate) async fn accept_tcp<F, Fut>(
+    listener: &TcpListener,
+    what: &str,
+    shutdown: impl Future<Output = ()>,
+    serve: F,
+) -> JoinSet<()>
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let listen = listener.local_addr().ok();
     let limit = Arc::new(Semaphore::new(TCP_MAX_CONNECTIONS));
     let mut connections = JoinSet::new();
@@ -170,30 +194,26 @@ async fn run_tcp(listener: TcpListener, target: SocketAddr, shutdown: impl Futur
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            // Accept only with a free slot, so that a flood waits in the backlog.
             accepted = async {
                 let permit = limit.clone().acquire_owned().await.expect("the semaphore is never closed");
                 (listener.accept().await, permit)
             } => match accepted {
                 (Ok((client, peer)), permit) => {
+                    let served = serve(client, peer);
                     connections.spawn(async move {
-                        relay_tcp(client, peer, target).await;
+                        served.await;
                         drop(permit);
                     });
                 }
                 (Err(error), _) => {
-                    // Usually out of file descriptors: back off instead of spinning.
-                    tracing::warn!(
-                        ?listen, target_addr = %target, %error,
-                        "Accepting a forwarded connection failed."
-                    );
+                    tracing::warn!(?listen, %error, "Accepting {what} failed.");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
-    // Dropping the set aborts the connections still open, closing both sides.
+    connections
 }
 
 /// Connects to the target and copies both ways until both sides are done.
