@@ -8,6 +8,8 @@
 //!   (the fewest outstanding), and which failing ones are left out for a
 //!   while (ejection). The ingress balances HTTP requests with it, a
 //!   published port (`service create -p`) TCP connections.
+//! - [`service_named`]: which service a host such as
+//!   `backend.service.hearth` names, for apps' and workflows' calls.
 //!
 //! This crate does no I/O and knows no store: the subsystems feed it what
 //! they see (the instances published, what an attempt came to, the time).
@@ -17,3 +19,33 @@ pub mod route;
 
 pub use balance::{Balancer, Outcome};
 pub use route::{InvalidRoute, Route};
+
+/// The domain apps and workflows call services under:
+/// `http://NAME.service.hearth/`.
+pub const SERVICE_DOMAIN: &str = "service.hearth";
+
+/// The service `host` names, if it is under [`SERVICE_DOMAIN`] (a final
+/// dot allowed): the part before it, which may not be a valid name (`a.b`,
+/// or empty).
+pub fn service_named(host: &str) -> Option<&str> {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host == SERVICE_DOMAIN {
+        return Some("");
+    }
+    host.strip_suffix(SERVICE_DOMAIN)?.strip_suffix('.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::service_named;
+
+    #[test]
+    fn a_host_under_the_service_domain_names_the_part_before_it() {
+        assert_eq!(service_named("backend.service.hearth"), Some("backend"));
+        assert_eq!(service_named("backend.service.hearth."), Some("backend"));
+        assert_eq!(service_named("a.b.service.hearth"), Some("a.b"));
+        assert_eq!(service_named("service.hearth"), Some(""));
+        assert_eq!(service_named("backend.service.hearth.evil"), None);
+        assert_eq!(service_named("backendservice.hearth"), None);
+    }
+}

@@ -26,8 +26,8 @@ use serde::Deserialize;
 
 use crate::Error;
 
-/// The domain services are named under: `NAME.service.hearth`.
-pub(crate) const DOMAIN: &str = "service.hearth";
+pub(crate) use hearth_routing::{SERVICE_DOMAIN as DOMAIN, service_named as named};
+
 /// Where the registry publishes each service's passing instances.
 pub(crate) const ENDPOINTS: &str = "services/endpoints/";
 
@@ -64,16 +64,6 @@ pub(crate) fn from_manifest(manifest: &str) -> Result<Vec<String>, Error> {
     let view: View =
         toml::from_str(manifest).map_err(|e| Error::Manifest(e.to_string().trim_end().to_owned()))?;
     declared(&view.outbound)
-}
-
-/// The service a URL's host names, if it is under [`DOMAIN`] (the name may
-/// not be valid).
-pub(crate) fn named(host: &str) -> Option<&str> {
-    let host = host.strip_suffix('.').unwrap_or(host);
-    if host == DOMAIN {
-        return Some("");
-    }
-    host.strip_suffix(DOMAIN)?.strip_suffix('.')
 }
 
 /// The part of an endpoints record a call needs.

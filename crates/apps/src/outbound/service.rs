@@ -29,18 +29,7 @@ use crate::ingress::{ATTEMPTS, CONNECT_TIMEOUT, Endpoint, Upstream, Upstreams};
 use crate::manifest::{OutboundRule, default_port};
 use crate::service::lock;
 
-/// The domain apps name services under: `NAME.service.hearth`.
-pub(crate) const DOMAIN: &str = "service.hearth";
-
-/// The service name `host` gives, if `host` is under [`DOMAIN`]: the part
-/// before it, which may not be a valid name (`a.b`, or empty).
-pub(crate) fn named(host: &str) -> Option<&str> {
-    let host = host.strip_suffix('.').unwrap_or(host);
-    if host == DOMAIN {
-        return Some("");
-    }
-    host.strip_suffix(DOMAIN)?.strip_suffix('.')
-}
+pub(crate) use hearth_routing::{SERVICE_DOMAIN as DOMAIN, service_named as named};
 
 /// Why a request to a service was not sent, or failed before an answer.
 #[derive(Debug)]
