@@ -27,6 +27,7 @@ pub mod workflows;
 /// What a benchmark makes on the daemon, to remove at the end.
 #[derive(Debug, Clone, Copy)]
 enum Kind {
+    App,
     Machine,
     Service,
 }
@@ -34,6 +35,7 @@ enum Kind {
 impl Kind {
     fn word(self) -> &'static str {
         match self {
+            Kind::App => "app",
             Kind::Machine => "machine",
             Kind::Service => "service",
         }
@@ -41,6 +43,7 @@ impl Kind {
 
     async fn remove(self, client: &hearth_client::Client, name: &str) -> Result<(), hearth_client::Error> {
         match self {
+            Kind::App => client.remove_app(name).await,
             Kind::Machine => client.remove_machine(name, true).await,
             Kind::Service => client.remove_service(name).await,
         }
@@ -49,13 +52,37 @@ impl Kind {
     /// The command a user runs to remove `name` by hand.
     fn rm(self, name: &str) -> String {
         match self {
+            Kind::App => format!("hearth app rm {name}"),
             Kind::Machine => format!("hearth machine rm -f {name}"),
             Kind::Service => format!("hearth service rm {name}"),
         }
     }
 }
 
-/// The machines or services a run created and has not removed yet.
+/// Runs `measure` until it ends or Ctrl-C stops it, removes what `created`
+/// holds either way, then prints the report: JSON, or `render`'s tables.
+async fn measured<R: serde::Serialize>(
+    client: &hearth_client::Client,
+    created: &Created,
+    json: bool,
+    measure: impl std::future::Future<Output = anyhow::Result<R>>,
+    render: fn(&R) -> String,
+) -> anyhow::Result<()> {
+    let outcome = tokio::select! {
+        report = measure => report,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    created.remove_all(client).await;
+    let report = outcome?;
+    if json {
+        output::print_json(&report)
+    } else {
+        print!("{}", render(&report));
+        Ok(())
+    }
+}
+
+/// The apps, machines or services a run created and has not removed yet.
 #[derive(Debug)]
 struct Created {
     kind: Kind,

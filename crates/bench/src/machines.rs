@@ -20,8 +20,8 @@ use serde::Serialize;
 use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::output::{Table, print_json};
-use crate::{Created, Kind, Stats, millis, percentile};
+use crate::output::Table;
+use crate::{Created, Kind, Stats, measured, millis, percentile};
 
 /// The overhead ratio the machines issue asks for.
 const TARGET_RATIO: f64 = 1.3;
@@ -150,18 +150,7 @@ impl Stats {
 
 pub async fn run(client: &Client, data_dir: &Path, args: Args) -> anyhow::Result<()> {
     let created = Created::new(Kind::Machine);
-    let outcome = tokio::select! {
-        report = measure(client, data_dir, &args, &created) => report,
-        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
-    };
-    created.remove_all(client).await;
-    let report = outcome?;
-    if args.json {
-        print_json(&report)?;
-    } else {
-        print!("{}", render(&report));
-    }
-    Ok(())
+    measured(client, &created, args.json, measure(client, data_dir, &args, &created), render).await
 }
 
 async fn measure(client: &Client, data_dir: &Path, args: &Args, created: &Created) -> anyhow::Result<Report> {

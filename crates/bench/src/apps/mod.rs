@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, bail};
 use base64::Engine as _;
 use bytes::Bytes;
 use hearth_client::Client;
@@ -27,8 +27,8 @@ use hyper::header::HOST;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 
-use crate::output::{Table, print_json};
-use crate::{millis, percentile};
+use crate::output::Table;
+use crate::{Created, Kind, measured, millis, percentile};
 
 mod peers;
 #[cfg(test)]
@@ -186,22 +186,9 @@ struct Load {
 
 pub async fn run(client: &Client, args: Args) -> anyhow::Result<()> {
     let name = format!("bench-apps-{}", std::process::id());
-    let outcome = tokio::select! {
-        report = measure(client, &args, &name) => report,
-        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
-    };
-    match client.remove_app(&name).await {
-        Ok(()) => {}
-        Err(hearth_client::Error::Api { status, .. }) if status == StatusCode::NOT_FOUND => {}
-        Err(e) => eprintln!("warning: cannot remove the app {name} ({e}); run `hearth app rm {name}`"),
-    }
-    let report = outcome?;
-    if args.json {
-        print_json(&report)?;
-    } else {
-        print!("{}", render(&report));
-    }
-    Ok(())
+    let created = Created::new(Kind::App);
+    created.add(&name);
+    measured(client, &created, args.json, measure(client, &args, &name), render).await
 }
 
 async fn measure(client: &Client, args: &Args, name: &str) -> anyhow::Result<Report> {

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, bail};
 use bytes::Bytes;
 use hearth_client::types::{
     CreateService, DeployService, Endpoints, EndpointsQuery, Heartbeat, RegisterInstance, RolloutState,
@@ -45,8 +45,8 @@ use hyper::header::HOST;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 
-use crate::output::{Table, print_json};
-use crate::{Created, Kind, Stats, millis};
+use crate::output::Table;
+use crate::{Created, Kind, Stats, measured, millis};
 
 mod dns;
 
@@ -204,18 +204,7 @@ struct RollingDeploy {
 
 pub async fn run(client: &Client, args: Args) -> anyhow::Result<()> {
     let created = Created::new(Kind::Service);
-    let outcome = tokio::select! {
-        report = measure(client, &args, &created) => report,
-        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
-    };
-    created.remove_all(client).await;
-    let report = outcome?;
-    if args.json {
-        print_json(&report)?;
-    } else {
-        print!("{}", render(&report));
-    }
-    Ok(())
+    measured(client, &created, args.json, measure(client, &args, &created), render).await
 }
 
 async fn measure(client: &Client, args: &Args, created: &Created) -> anyhow::Result<Report> {
