@@ -10,7 +10,7 @@
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use hearth_agent::client::{AgentClient, ExecRequest};
 //!
-//! let agent = AgentClient::connect_unix("/run/hearth/vm-1.agent")?;
+//! let agent = AgentClient::connect_unix("/run/hearth/vm-1.agent", std::time::Duration::from_secs(5))?;
 //! agent.hello()?;
 //! let out = agent.run(["uname", "-r"])?;
 //! print!("{}", String::from_utf8_lossy(&out.stdout));
@@ -242,16 +242,17 @@ impl AgentClient {
     }
 
     /// Connects to an agent listening on a Unix socket (`hearth-agent serve
-    /// --unix`, or a VMM's socket for the guest's port).
-    pub fn connect_unix(path: impl AsRef<Path>) -> io::Result<Self> {
-        Self::from_unix(UnixStream::connect(path)?)
+    /// --unix`, or a VMM's socket for the guest's port), waiting at most
+    /// `timeout` for the socket to take the connection (see [`connect_within`]).
+    pub fn connect_unix(path: impl AsRef<Path>, timeout: Duration) -> io::Result<Self> {
+        Self::from_unix(connect_within(path.as_ref(), timeout)?)
     }
 
     /// Connects to an agent serving on vsock `port` in a Firecracker guest,
     /// through `uds`, the Unix socket Firecracker proxies the guest's vsock
-    /// with (see [`vsock_handshake`]).
+    /// with (see [`vsock_handshake`]), within `timeout` for each step.
     pub fn connect_firecracker(uds: impl AsRef<Path>, port: u32, timeout: Duration) -> io::Result<Self> {
-        let mut stream = UnixStream::connect(uds)?;
+        let mut stream = connect_within(uds.as_ref(), timeout)?;
         vsock_handshake(&mut stream, port, timeout)?;
         Self::from_unix(stream)
     }
@@ -664,6 +665,51 @@ fn unexpected(response: &Response) -> Error {
     Error::Unexpected(name)
 }
 
+/// Connects to the Unix socket at `path`, waiting at most `timeout` for a
+/// place in its queue.
+///
+/// A VMM's socket for a guest port (QEMU's `-chardev socket,server=on`)
+/// serves one connection at a time and queues one more; a plain blocking
+/// `connect` to it waits without end once that queue is full, and a
+/// connection given up on while queued keeps its place until the VMM gets
+/// to it. So this connects without blocking and tries again while the queue
+/// is full, until `timeout` has passed.
+pub fn connect_within(path: &Path, timeout: Duration) -> io::Result<UnixStream> {
+    use nix::errno::Errno;
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
+    use std::os::fd::AsRawFd;
+
+    let deadline = Instant::now() + timeout;
+    let addr = UnixAddr::new(path).map_err(io::Error::from)?;
+    loop {
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(io::Error::from)?;
+        match connect(fd.as_raw_fd(), &addr) {
+            Ok(()) => {
+                let stream = UnixStream::from(fd);
+                stream.set_nonblocking(false)?;
+                return Ok(stream);
+            }
+            Err(Errno::EAGAIN) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(Errno::EAGAIN) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "{} took no new connection within {timeout:?}: it serves one at a time, and its queue is full",
+                        path.display()
+                    ),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Firecracker's host-initiated vsock connection: on its Unix socket, the
 /// host writes `CONNECT PORT\n` and Firecracker answers `OK HOSTPORT\n` once
 /// the guest accepted; from then on the stream is the guest connection. A
@@ -724,6 +770,44 @@ mod tests {
     use std::os::unix::net::UnixListener;
 
     use super::*;
+
+    #[test]
+    fn a_connect_to_a_socket_whose_queue_is_full_gives_up_at_its_timeout() {
+        use nix::sys::socket::{AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen, socket};
+        use std::os::fd::AsRawFd;
+
+        // A listener that never accepts and queues one connection, as a
+        // VMM's socket does while another client is connected.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.sock");
+        let listener =
+            socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).expect("socket");
+        bind(listener.as_raw_fd(), &UnixAddr::new(&path).expect("addr")).expect("bind");
+        listen(&listener, Backlog::new(0).expect("backlog")).expect("listen");
+
+        let limit = Duration::from_millis(300);
+        let mut queued = Vec::new();
+        let started = Instant::now();
+        let error = loop {
+            match connect_within(&path, limit) {
+                Ok(stream) => queued.push(stream),
+                Err(error) => break error,
+            }
+            assert!(queued.len() < 8, "the queue never filled");
+        };
+        assert!(!queued.is_empty(), "the first connection is queued");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
+        assert!(error.to_string().contains("queue is full"), "{error}");
+        assert!(started.elapsed() >= limit, "it tried until its timeout");
+
+        // With nobody listening, a connect is refused at once, not retried.
+        drop(queued);
+        drop(listener);
+        assert_eq!(
+            connect_within(&path, limit).expect_err("nobody listens").kind(),
+            io::ErrorKind::ConnectionRefused
+        );
+    }
 
     /// A fake Firecracker vsock socket: answers the first connection's
     /// CONNECT line with `answer` (or closes it if `None`), then echoes

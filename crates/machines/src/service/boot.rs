@@ -324,7 +324,7 @@ pub(super) fn connect_agent(
             vmm::firecracker::DEFAULT_VSOCK_PORT,
             Duration::from_secs(1),
         ),
-        Backend::QemuKvm | Backend::QemuTcg => AgentClient::connect_unix(socket),
+        Backend::QemuKvm | Backend::QemuTcg => AgentClient::connect_unix(socket, Duration::from_secs(1)),
     };
     loop {
         let attempt = connect().map_err(|e| Error::io(socket, e)).and_then(|c| {

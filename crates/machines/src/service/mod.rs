@@ -149,6 +149,9 @@ struct Inner {
     /// Machines with a boot or stop task in flight.
     busy: StdMutex<HashSet<String>>,
     agents: StdMutex<HashMap<String, Arc<AgentClient>>>,
+    /// One connection attempt to a machine's agent at a time: its VMM
+    /// serves one connection, and a second caller waits for the first's.
+    dialing: StdMutex<HashMap<String, Arc<Mutex<()>>>>,
     /// Machines whose agent a background task is connecting to.
     connecting: StdMutex<HashSet<String>>,
     /// The boot payload, prepared once (kernel download and initramfs
@@ -184,6 +187,7 @@ impl Machines {
                 locks: StdMutex::default(),
                 busy: StdMutex::default(),
                 agents: StdMutex::default(),
+                dialing: StdMutex::default(),
                 connecting: StdMutex::default(),
                 payload: Mutex::new(None),
             }),
@@ -572,8 +576,14 @@ impl Machines {
         if rec.status.state != State::Running {
             return Err(Error::NotRunning { name: name.to_owned(), state: rec.status.state.as_str() });
         }
-        if let Some(client) = lock(&self.inner.agents).get(name).filter(|c| !c.is_closed()) {
-            return Ok(client.clone());
+        if let Some(client) = self.open_agent(name) {
+            return Ok(client);
+        }
+        let dial = lock(&self.inner.dialing).entry(name.to_owned()).or_default().clone();
+        let _dialing = dial.lock().await;
+        // Whoever dialled first may have connected meanwhile.
+        if let Some(client) = self.open_agent(name) {
+            return Ok(client);
         }
         let files = VmFiles::in_dir(&self.dir(name));
         let deadline = Duration::from_secs(10);
@@ -587,8 +597,13 @@ impl Machines {
         Ok(client)
     }
 
+    fn open_agent(&self, name: &str) -> Option<Arc<AgentClient>> {
+        lock(&self.inner.agents).get(name).filter(|c| !c.is_closed()).cloned()
+    }
+
     fn forget_agent(&self, name: &str) {
         lock(&self.inner.agents).remove(name);
+        lock(&self.inner.dialing).remove(name);
     }
 }
 
