@@ -460,7 +460,7 @@ async fn bare_boot(backend: Backend, mut config: VmConfig) -> anyhow::Result<Dur
     config.dir = dir.path().to_owned();
     let console = VmFiles::in_dir(dir.path()).console;
     // hearth's own arguments, but no user to drop to: bare QEMU as it is run by hand.
-    let argv = qemu::args(backend, &config, &qemu::Confinement::default())?;
+    let argv = qemu::args(backend, &config, None)?;
     let started = Instant::now();
     let mut child = tokio::process::Command::new(qemu::BINARY)
         .args(&argv)
@@ -551,7 +551,7 @@ fn render(r: &Report) -> String {
     out.push_str(&table.render());
     if let Figure::Measured(b) = &r.bare_boot {
         out.push_str(&format!(
-            "\nbare QEMU: hearth's {} arguments without -runas and without a disk, timed from spawn to {:?} on the console;\n  kernel {}\n  initrd {}\n  from {}\n",
+            "\nbare QEMU: hearth's {} arguments, by path as an unprivileged daemon's, without a disk, timed from spawn to {:?} on the console;\n  kernel {}\n  initrd {}\n  from {}\n",
             b.backend,
             b.until,
             b.kernel.display(),
@@ -591,7 +591,7 @@ mod tests {
             memory_mib: 512,
             nics: vec![],
         };
-        let bare = qemu::args(Backend::QemuTcg, &config, &qemu::Confinement::default()).expect("args");
+        let bare = qemu::args(Backend::QemuTcg, &config, None).expect("args");
         assert!(!bare.iter().any(|a| a == "-daemonize" || a == "-runas"), "{bare:?}");
         assert_eq!(payload_in_argv(&bare), Some(("/k/vmlinuz".into(), "/k/initrd".into())));
         assert_eq!(payload_in_argv(&["qemu".to_owned(), "-kernel".to_owned()]), None);

@@ -24,8 +24,8 @@ async fn a_machine_runs_execs_copies_stops_starts_and_leaves_nothing_when_remove
     let m = daemon.client().machine("n1").await.expect("machine");
     assert_eq!(m.state, "running");
     assert!(m.boot_ms.is_some() && m.pid.is_some(), "{m:?}");
-    // Its VMM runs confined: as the unprivileged VMM user, under a seccomp
-    // filter, with no capability left.
+    // Its VMM runs confined: as ids of its own that no account has, under
+    // a seccomp filter that forbids changing them, with no capability.
     let status =
         std::fs::read_to_string(format!("/proc/{}/status", m.pid.expect("pid"))).expect("the VMM's status");
     let field = |name: &str| {
@@ -33,10 +33,19 @@ async fn a_machine_runs_execs_copies_stops_starts_and_leaves_nothing_when_remove
             status.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} in {status}"));
         line[name.len()..].split_whitespace().map(str::to_owned).collect::<Vec<_>>()
     };
-    let vmm_uid = hearth_machines_uid();
-    assert_eq!(field("Uid:"), vec![vmm_uid.clone(); 4], "real, effective, saved and fs uids: {status}");
+    let uid = field("Uid:");
+    let vmm_id: u32 = uid[0].parse().expect("uid");
+    assert!(VMM_IDS.contains(&vmm_id), "a VMM id, not root or an account's: {status}");
+    assert_eq!(uid, vec![uid[0].clone(); 4], "real, effective, saved and fs uids: {status}");
+    assert_eq!(field("Gid:"), vec![uid[0].clone(); 4], "a group of its own: {status}");
+    assert!(nix_user(vmm_id).is_none(), "no account has the VMM's id");
     assert_eq!(field("Seccomp:"), vec!["2".to_owned()], "a seccomp filter: {status}");
+    assert_eq!(field("NoNewPrivs:"), vec!["1".to_owned()], "no new privileges: {status}");
     assert_eq!(field("CapEff:"), vec!["0000000000000000".to_owned()], "no capability: {status}");
+    assert_eq!(field("CapPrm:"), vec!["0000000000000000".to_owned()], "none to take back: {status}");
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", m.pid.expect("pid"))).expect("cmdline");
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(!cmdline.contains(&daemon.data_dir().display().to_string()), "QEMU names no path: {cmdline}");
 
     // Exit codes, stdout and stderr apart.
     let run = daemon.cli(&["machine", "exec", "n1", "--", "sh", "-c", "echo out; echo err >&2; exit 7"]);
@@ -261,9 +270,12 @@ async fn bad_machine_requests_are_refused_clearly_and_leave_nothing() {
     assert!(err.contains("does not exist"), "{err}");
 }
 
-/// The uid of `hearth-vmm`, the user VMMs drop to.
-fn hearth_machines_uid() -> String {
-    let out = std::process::Command::new("id").args(["-u", "hearth-vmm"]).output().expect("run id");
-    assert!(out.status.success(), "the daemon made no user hearth-vmm for its VMMs");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+/// The ids VMMs run as (`hearth_machines::vmm::VMM_IDS`).
+const VMM_IDS: std::ops::Range<u32> = 1_900_000_000..1_900_065_536;
+
+/// The account with this uid, if any (by `getent`).
+fn nix_user(uid: u32) -> Option<String> {
+    let out =
+        std::process::Command::new("getent").args(["passwd", &uid.to_string()]).output().expect("getent");
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }

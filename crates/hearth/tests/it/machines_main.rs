@@ -135,3 +135,58 @@ async fn the_main_process_runs_with_its_env_workdir_and_user_and_a_missing_user_
         success(&daemon.cli(&["machine", "rm", "-f", name]));
     }
 }
+
+/// Lines `out| 1` to `out| N` of a main log, as numbers.
+fn counted(log: &str) -> Vec<u64> {
+    log.lines().filter_map(|l| l.strip_prefix("out| ")).filter_map(|n| n.parse().ok()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_main_log_rotated_while_the_guest_writes_loses_no_line() {
+    let daemon = Daemon::start(BIN).await;
+    let image = daemon.ensure_debian_image().await;
+    // About 5.3 MB of numbered lines: past the 4 MiB bound once, while the
+    // guest is still writing.
+    const LAST: u64 = 600_000;
+    let script = format!("seq 1 {LAST}; sleep 3600");
+    success(
+        &daemon.cli(&[
+            "machine", "run", "--name", "chatty", "--memory", "256M", &image, "--", "sh", "-c", &script,
+        ]),
+    );
+    let dir = daemon.data_dir().join("machines/chatty");
+    let (log, old) = (dir.join("main.log"), dir.join("main.log.1"));
+    let read = |path: &std::path::Path| std::fs::read_to_string(path).unwrap_or_default();
+    let done = wait_until(LIMIT, async || old.exists() && counted(&read(&log)).last() == Some(&LAST)).await;
+    assert!(
+        done,
+        "no rotation, or the lines never all came: {} in main.log\n{}",
+        read(&log).len(),
+        daemon.log()
+    );
+
+    // Every line once, in order, across the two files: none lost while
+    // QEMU moved to the new file.
+    let mut all = counted(&read(&old));
+    let first_old = all.first().copied();
+    all.extend(counted(&read(&log)));
+    assert_eq!(first_old, Some(1), "the old file starts at the first line");
+    let expected: Vec<u64> = (1..=LAST).collect();
+    assert!(
+        all == expected,
+        "{} lines, first gap after {:?}",
+        all.len(),
+        all.windows(2).find(|w| w[1] != w[0] + 1)
+    );
+
+    // QEMU keeps nothing of the old file open, and holds the new one.
+    let pid = daemon.client().machine("chatty").await.expect("machine").pid.expect("pid");
+    let open: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fds")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(open.iter().any(|p| p.ends_with("machines/chatty/main.log")), "{open:?}");
+    assert!(!open.iter().any(|p| p.contains("main.log.1")), "{open:?}");
+    success(&daemon.cli(&["machine", "rm", "-f", "chatty"]));
+}

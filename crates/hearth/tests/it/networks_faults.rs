@@ -92,7 +92,15 @@ async fn machines_talk_by_name_are_isolated_by_network_and_break_on_purpose() {
     // Addresses: the lowest free one, or the one asked for.
     let b = daemon.client().machine("b").await.expect("b");
     assert_eq!(b.nics[0].ip, "10.241.0.50");
-    assert_eq!(daemon.client().machine("a").await.expect("a").nics[0].ip, "10.241.0.2");
+    let a = daemon.client().machine("a").await.expect("a");
+    assert_eq!(a.nics[0].ip, "10.241.0.2");
+    // Each VMM runs as a user of its own: one broken out cannot signal or
+    // trace the other.
+    let uid = |pid: Option<u32>| {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", pid.expect("pid"))).expect("status");
+        status.lines().find(|l| l.starts_with("Uid:")).map(str::to_owned).expect("Uid")
+    };
+    assert_ne!(uid(a.pid), uid(b.pid), "two VMMs share a user");
     let net = success(&daemon.cli(&["network", "inspect", "lab"]));
     assert!(net.contains("a.lab.hearth") && net.contains("10.241.0.50"), "{net}");
 

@@ -13,7 +13,7 @@ use super::boot::console_tail;
 use super::{Machines, lock};
 use crate::Error;
 use crate::record::{self, Desired, State};
-use crate::vmm::{self, VmFiles};
+use crate::vmm::{self, Backend, VmFiles};
 
 /// How often running machines' processes are checked.
 const LIVENESS_INTERVAL: Duration = Duration::from_secs(1);
@@ -104,8 +104,7 @@ impl Machines {
             }
             let files = VmFiles::in_dir(&self.dir(&rec.name));
             if vmm::running_pid(&files, &rec.name).is_some() {
-                rotate_console(&rec.name, files.console).await;
-                rotate_console(&rec.name, files.main_log).await;
+                rotate_logs(&rec.name, rec.spec.backend, files.clone()).await;
                 self.keep_agent_connected(&rec.name);
                 continue;
             }
@@ -221,17 +220,38 @@ enum Task {
 }
 
 /// Why a VM process that is gone ended: a clean power-off, or a crash.
-/// Keeps a running machine's console log under its bound (see
-/// [`vmm::console`]): the guest writes it as fast as it likes.
-async fn rotate_console(name: &str, console: std::path::PathBuf) {
-    let rotated =
-        tokio::task::spawn_blocking(move || vmm::console::rotate_if_full(&console, vmm::console::MAX_BYTES))
-            .await;
-    match rotated {
-        Ok(Ok(true)) => tracing::debug!(machine = name, "Rotated the console log."),
-        Ok(Ok(false)) => {}
-        Ok(Err(error)) => tracing::warn!(machine = name, %error, "Could not rotate the console log."),
-        Err(error) => tracing::warn!(machine = name, %error, "Could not rotate the console log."),
+/// Keeps a running machine's console and main logs under their bound
+/// (see [`vmm::console`]): the guest writes them as fast as it likes.
+/// QEMU is pointed at each new file, so nothing is lost; Firecracker's
+/// console is its standard output, copied and truncated.
+async fn rotate_logs(name: &str, backend: Backend, files: VmFiles) {
+    let rotated = tokio::task::spawn_blocking(move || {
+        let max = vmm::console::MAX_BYTES;
+        let mut rotated = Vec::new();
+        for (log, chardev) in
+            [(&files.console, vmm::qemu::CONSOLE_CHARDEV), (&files.main_log, vmm::qemu::MAIN_CHARDEV)]
+        {
+            let done = match backend {
+                Backend::Firecracker => vmm::console::rotate_if_full(log, max),
+                Backend::QemuKvm | Backend::QemuTcg => vmm::console::rotate_by_reopen(log, max, |new| {
+                    vmm::qemu::reopen_log(&files.control, chardev, new).map_err(std::io::Error::other)
+                }),
+            };
+            rotated.push((chardev, done));
+        }
+        rotated
+    })
+    .await;
+    let results = match rotated {
+        Ok(results) => results,
+        Err(error) => return tracing::warn!(machine = name, %error, "Could not rotate the logs."),
+    };
+    for (log, result) in results {
+        match result {
+            Ok(true) => tracing::debug!(machine = name, log, "Rotated a log."),
+            Ok(false) => {}
+            Err(error) => tracing::warn!(machine = name, log, %error, "Could not rotate a log."),
+        }
     }
 }
 

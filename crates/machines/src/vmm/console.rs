@@ -3,13 +3,21 @@
 //!
 //! The VMM writes `console.log` itself, opened with `O_APPEND` (QEMU's
 //! `-chardev file,append=on`, Firecracker's stdout), so the log survives a
-//! daemon restart like the VM does. The daemon bounds it by copy and
-//! truncate, as logrotate's `copytruncate` does: once the file is over
-//! [`MAX_BYTES`], it is copied to `console.log.1` (written beside it
-//! and renamed, so a new inode marks each rotation) and the file is
-//! truncated; the VMM's next append lands at the start. What the guest
-//! prints between the copy and the truncation is lost, and while no daemon
-//! runs the file is not rotated.
+//! daemon restart like the VM does. The daemon bounds it once it is over
+//! [`MAX_BYTES`], keeping one old file, `console.log.1`, in one of two
+//! ways:
+//!
+//! - [`rotate_by_reopen`], for a VMM that can be pointed at a new file
+//!   (QEMU's `chardev-change`): the file is renamed to `console.log.1`,
+//!   where the VMM goes on writing until it has the new `console.log`.
+//!   Nothing the guest prints is lost.
+//! - [`rotate_if_full`], for one that cannot (Firecracker, whose console
+//!   is its standard output): copy and truncate, as logrotate's
+//!   `copytruncate` does. What the guest prints between the copy and the
+//!   truncation is lost.
+//!
+//! Either way a new inode of `console.log.1` marks each rotation, and
+//! while no daemon runs the file is not rotated.
 //!
 //! Readers never take the whole file: [`read_end`] reads back from the end
 //! in blocks, and [`Follower`] picks up a rotation by the new inode of
@@ -47,18 +55,76 @@ pub fn rotate_if_full(console: &Path, max: u64) -> io::Result<bool> {
     if len <= max {
         return Ok(false);
     }
-    let old = rotated(console);
-    let mut temp_name = old.file_name().unwrap_or_default().to_owned();
-    temp_name.push(".tmp");
-    let temp = old.with_file_name(temp_name);
     let keep = if len <= 2 * max { len } else { max };
+    copy_end(&mut file, len, keep, &rotated(console))?;
+    fs::OpenOptions::new().write(true).open(console)?.set_len(0)?;
+    Ok(true)
+}
+
+/// Rotates `log` if it is over `max` bytes, for a VMM that can switch to
+/// a new file: `log` becomes `log.1` (by rename, so the VMM goes on
+/// writing there), a new `log` is made and handed to `reopen`, which points
+/// the VMM at it, and only then is `log.1` cut to its last `max` bytes if
+/// it grew past twice that (as it can while no daemon runs). If `reopen`
+/// fails, the rename is undone and the error returned: the VMM kept
+/// writing to the one file throughout. Answers whether it rotated.
+pub fn rotate_by_reopen<E: From<io::Error>>(
+    log: &Path,
+    max: u64,
+    reopen: impl FnOnce(&File) -> Result<(), E>,
+) -> Result<bool, E> {
+    let len = match fs::metadata(log) {
+        Ok(meta) => meta.len(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    if len <= max {
+        return Ok(false);
+    }
+    let old = rotated(log);
+    fs::rename(log, &old)?;
+    let new = match new_log(log) {
+        Ok(file) => file,
+        Err(e) => {
+            let _ = fs::rename(&old, log);
+            return Err(e.into());
+        }
+    };
+    if let Err(error) = reopen(&new) {
+        let _ = fs::rename(&old, log);
+        return Err(error);
+    }
+    let len = fs::metadata(&old)?.len();
+    if len > 2 * max {
+        keep_end(&old, len, max)?;
+    }
+    Ok(true)
+}
+
+/// A new, empty log for a VMM to append to, private to the daemon's user
+/// and group.
+fn new_log(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new().append(true).create_new(true).mode(0o640).open(path)
+}
+
+/// Replaces `path` (`len` bytes long, written by nobody now) with its last
+/// `keep` bytes.
+fn keep_end(path: &Path, len: u64, keep: u64) -> io::Result<()> {
+    copy_end(&mut File::open(path)?, len, keep, path)
+}
+
+/// Writes the last `keep` bytes of `file` (`len` bytes long) to `dest`:
+/// beside it first, then renamed into place, so `dest` gets a new inode.
+fn copy_end(file: &mut File, len: u64, keep: u64, dest: &Path) -> io::Result<()> {
+    let mut temp_name = dest.file_name().unwrap_or_default().to_owned();
+    temp_name.push(".tmp");
+    let temp = dest.with_file_name(temp_name);
     file.seek(SeekFrom::Start(len - keep))?;
     let mut out = File::create(&temp)?;
     io::copy(&mut file.take(keep), &mut out)?;
     out.flush()?;
-    fs::rename(&temp, &old)?;
-    fs::OpenOptions::new().write(true).open(console)?.set_len(0)?;
-    Ok(true)
+    fs::rename(&temp, dest)
 }
 
 /// The end of the log: the last `lines` lines (all of it for `None`), from
@@ -241,6 +307,8 @@ impl Lines {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]
@@ -294,6 +362,54 @@ mod tests {
         let old = fs::read_to_string(rotated(&console)).unwrap();
         assert_eq!(old, lines(400, 600), "one old file is kept, written from the start");
         assert!(fs::metadata(&console).unwrap().len() == 0);
+    }
+
+    #[test]
+    fn a_reopened_log_loses_nothing_the_vmm_writes_while_it_rotates() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("main.log");
+        // The VMM's descriptor: it follows the file through the rename.
+        let mut vmm = fs::OpenOptions::new().append(true).create(true).open(&log).unwrap();
+        vmm.write_all(lines(0, 10).as_bytes()).unwrap();
+        let untouched = rotate_by_reopen(&log, 1000, |_| -> io::Result<()> { panic!("under the limit") });
+        assert!(!untouched.unwrap());
+
+        vmm.write_all(lines(10, 200).as_bytes()).unwrap();
+        let rotated_now = rotate_by_reopen(&log, 1000, |new: &File| -> io::Result<()> {
+            // Written after the rename, before the VMM has the new file.
+            vmm.write_all(lines(200, 210).as_bytes())?;
+            vmm = new.try_clone()?;
+            Ok(())
+        });
+        assert!(rotated_now.unwrap());
+        vmm.write_all(lines(210, 220).as_bytes()).unwrap();
+        assert_eq!(fs::read_to_string(rotated(&log)).unwrap(), lines(0, 210));
+        assert_eq!(fs::read_to_string(&log).unwrap(), lines(210, 220));
+        let mode = fs::metadata(&log).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640, "a new log is the daemon's");
+    }
+
+    #[test]
+    fn a_reopen_that_fails_leaves_the_one_log_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        fs::write(&log, lines(0, 200)).unwrap();
+        let error = rotate_by_reopen(&log, 1000, |_| Err(io::Error::other("QEMU said no"))).unwrap_err();
+        assert_eq!(error.to_string(), "QEMU said no");
+        assert_eq!(fs::read_to_string(&log).unwrap(), lines(0, 200));
+        assert!(!rotated(&log).exists());
+    }
+
+    #[test]
+    fn a_log_far_over_its_limit_keeps_only_its_end_once_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        fs::write(&log, lines(0, 400)).unwrap(); // ~3.5 KB: no daemon was rotating it
+        assert!(rotate_by_reopen(&log, 1000, |_| -> io::Result<()> { Ok(()) }).unwrap());
+        let old = fs::read_to_string(rotated(&log)).unwrap();
+        assert_eq!(old.len(), 1000, "only the end is kept");
+        assert!(old.ends_with("line 399\n"));
+        assert_eq!(fs::metadata(&log).unwrap().len(), 0);
     }
 
     #[test]

@@ -496,7 +496,7 @@ fn start(mut command: Command, binary: &Path, config: &VmConfig) -> Result<Child
         .stdin(Stdio::null())
         .stdout(console)
         .stderr(errors);
-    detach(&mut command, Vec::new());
+    detach(&mut command, Vec::new(), None);
     let mut child = command.spawn().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Error::Missing(BINARY),
         _ => Error::Io { path: binary.to_owned(), source: e },

@@ -39,7 +39,8 @@
 //! directory being the chroot's root), so a snapshot taken jailed restores
 //! unjailed and the other way round.
 //!
-//! The user is the shared [`super::VMM_USER`] that QEMU's `-runas` uses.
+//! The ids are the VM's own ([`super::VmmIds`]), as a confined QEMU's are:
+//! no two VMMs share a user.
 //!
 //! Untested on the host this was written on, which has neither KVM nor
 //! Firecracker: the plan is checked by golden tests, [`apply`] by review.
@@ -272,12 +273,12 @@ pub fn snapshot_places(state: &Path, memory: &Path) -> [Place; 2] {
     ]
 }
 
-/// The jailer to use with `firecracker`, if Firecracker should run jailed:
-/// the daemon is root, a `jailer` is next to Firecracker or on `PATH`, and
-/// the VMM user exists (made if missing). `None` otherwise, said once in
-/// the log with how to get the jailer.
+/// The jailer to use with `firecracker` for one VM, if Firecracker should
+/// run jailed: the daemon is root and a `jailer` is next to Firecracker or
+/// on `PATH`; the VM gets ids of its own ([`super::vmm_ids`]). `None`
+/// otherwise, said once in the log with how to get the jailer.
 pub fn find(firecracker: &Path) -> Result<Option<Jailer>, Error> {
-    let Some(user) = super::vmm_user()? else {
+    let Some(ids) = super::vmm_ids()? else {
         unjailed_once("the daemon does not run as root, which the jailer needs");
         return Ok(None);
     };
@@ -304,12 +305,6 @@ pub fn find(firecracker: &Path) -> Result<Option<Jailer>, Error> {
         ));
         return Ok(None);
     }
-    let account = nix::unistd::User::from_name(user).ok().flatten().ok_or_else(|| Error::Start {
-        vmm: "firecracker",
-        message: format!(
-            "the user {user} that VMMs run as has vanished; make it again (see `useradd` above)"
-        ),
-    })?;
     // The jailer resolves `--exec-file` and names the chroot's parent after
     // the real file; resolving it here too keeps the plan's paths its.
     let firecracker = std::fs::canonicalize(firecracker)
@@ -317,8 +312,8 @@ pub fn find(firecracker: &Path) -> Result<Option<Jailer>, Error> {
     Ok(Some(Jailer {
         binary,
         firecracker,
-        uid: account.uid.as_raw(),
-        gid: account.gid.as_raw(),
+        uid: ids.uid,
+        gid: ids.gid,
         cgroup_v2: Path::new(CGROUP_ROOT).join("cgroup.controllers").exists(),
     }))
 }
@@ -439,35 +434,20 @@ fn own(path: &Path, access: Access, uid: u32, gid: u32) -> Result<(), Error> {
 fn give_tap(tap: &str, uid: u32, gid: u32) -> std::io::Result<()> {
     use nix::libc;
     use std::os::fd::AsRawFd;
-    #[repr(C)]
-    struct IfReq {
-        name: [u8; libc::IFNAMSIZ],
-        flags: libc::c_short,
-        _pad: [u8; 22],
-    }
-    nix::ioctl_write_ptr_bad!(tun_set_iff, libc::TUNSETIFF, IfReq);
     nix::ioctl_write_int_bad!(tun_set_owner, libc::TUNSETOWNER);
     nix::ioctl_write_int_bad!(tun_set_group, libc::TUNSETGROUP);
 
-    let mut name = [0u8; libc::IFNAMSIZ];
-    if tap.len() >= name.len() {
-        return Err(std::io::Error::other(format!("the tap name {tap:?} is too long")));
-    }
-    name[..tap.len()].copy_from_slice(tap.as_bytes());
-    let request = IfReq { name, flags: (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short, _pad: [0; 22] };
-    let tun = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun")?;
-    let fd = tun.as_raw_fd();
+    let tun = super::attach_tap(tap, false)?;
     let (uid, gid) = (
         libc::c_int::try_from(uid).map_err(std::io::Error::other)?,
         libc::c_int::try_from(gid).map_err(std::io::Error::other)?,
     );
-    // SAFETY: `fd` is the open /dev/net/tun for the calls' duration and
-    // `request` a valid ifreq that outlives the first; the others take
-    // plain integers. Closing `tun` detaches; the tap, persistent, stays.
+    // SAFETY: `tun` is the open /dev/net/tun, attached to the tap, for the
+    // calls' duration; they take plain integers. Closing `tun` detaches;
+    // the tap, persistent, stays.
     unsafe {
-        tun_set_iff(fd, &request).map_err(std::io::Error::from)?;
-        tun_set_owner(fd, uid).map_err(std::io::Error::from)?;
-        tun_set_group(fd, gid).map_err(std::io::Error::from)?;
+        tun_set_owner(tun.as_raw_fd(), uid).map_err(std::io::Error::from)?;
+        tun_set_group(tun.as_raw_fd(), gid).map_err(std::io::Error::from)?;
     }
     Ok(())
 }

@@ -183,15 +183,22 @@ pub fn signal(pid: u32, signal: nix::sys::signal::Signal) -> bool {
 /// daemon and no terminal signal for the daemon reaches it. Each
 /// descriptor in `inherit` stays open across exec in the child, under the
 /// same number (in the parent, as everywhere else, it stays close-on-exec,
-/// so no other child gets it).
+/// so no other child gets it). With `ids`, the child takes them (groups,
+/// then group, then user: real, effective and saved) before it execs.
 #[allow(unsafe_code)]
-pub(crate) fn detach(command: &mut Command, inherit: Vec<std::os::fd::RawFd>) {
+pub(crate) fn detach(command: &mut Command, inherit: Vec<std::os::fd::RawFd>, ids: Option<&VmmIds>) {
     use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+    use nix::unistd::{Gid, Uid, setgroups, setresgid, setresuid};
     use std::os::fd::BorrowedFd;
+    let ids = ids.map(|ids| {
+        let groups: Vec<Gid> = ids.groups.iter().copied().map(Gid::from_raw).collect();
+        (Uid::from_raw(ids.uid), Gid::from_raw(ids.gid), groups)
+    });
     // SAFETY: the closure runs in the forked child before exec and calls
-    // only setsid(2) and fcntl(2), which are async-signal-safe; it reads the
-    // captured list and allocates nothing. The caller keeps each inherited
-    // descriptor open until `spawn` returns, so each is valid in the child.
+    // only setsid(2), fcntl(2), setgroups(2), setresgid(2) and setresuid(2),
+    // which are async-signal-safe; it reads what it captured and allocates
+    // nothing. The caller keeps each inherited descriptor open until
+    // `spawn` returns, so each is valid in the child.
     unsafe {
         command.pre_exec(move || {
             nix::unistd::setsid().map_err(std::io::Error::from)?;
@@ -199,9 +206,45 @@ pub(crate) fn detach(command: &mut Command, inherit: Vec<std::os::fd::RawFd>) {
                 fcntl(BorrowedFd::borrow_raw(fd), FcntlArg::F_SETFD(FdFlag::empty()))
                     .map_err(std::io::Error::from)?;
             }
+            if let Some((uid, gid, groups)) = &ids {
+                setgroups(groups).map_err(std::io::Error::from)?;
+                setresgid(*gid, *gid, *gid).map_err(std::io::Error::from)?;
+                setresuid(*uid, *uid, *uid).map_err(std::io::Error::from)?;
+            }
             Ok(())
         });
     }
+}
+
+/// Attaches to the host tap `name` (persistent, made by the network side)
+/// on a new `/dev/net/tun` descriptor, with no packet information and,
+/// with `vnet_hdr`, virtio-net headers (as QEMU attaches with `ifname=`).
+/// Closing the descriptor detaches; the tap stays.
+#[allow(unsafe_code)]
+pub(crate) fn attach_tap(name: &str, vnet_hdr: bool) -> std::io::Result<std::os::fd::OwnedFd> {
+    use nix::libc;
+    use std::os::fd::AsRawFd;
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        flags: libc::c_short,
+        _pad: [u8; 22],
+    }
+    nix::ioctl_write_ptr_bad!(tun_set_iff, libc::TUNSETIFF, IfReq);
+
+    let mut request = IfReq { name: [0; libc::IFNAMSIZ], flags: 0, _pad: [0; 22] };
+    if name.is_empty() || name.len() >= request.name.len() {
+        return Err(std::io::Error::other(format!("the tap name {name:?} is empty or too long")));
+    }
+    request.name[..name.len()].copy_from_slice(name.as_bytes());
+    let vnet = if vnet_hdr { libc::IFF_VNET_HDR } else { 0 };
+    request.flags = (libc::IFF_TAP | libc::IFF_NO_PI | vnet) as libc::c_short;
+    let tun: std::os::fd::OwnedFd =
+        std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun")?.into();
+    // SAFETY: `tun` is an open /dev/net/tun descriptor for the call's
+    // duration, and `request` a valid, NUL-terminated ifreq that outlives it.
+    unsafe { tun_set_iff(tun.as_raw_fd(), &request) }.map_err(std::io::Error::from)?;
+    Ok(tun)
 }
 
 /// The last lines a VMM logged, for error messages.
@@ -214,50 +257,84 @@ pub(crate) fn log_tail(log: &Path) -> String {
     }
 }
 
-/// The user a VMM runs as once it has opened what it needs, when the
-/// daemon runs as root: a system user of hearth's own, with no home, no
-/// shell and no other rights, so that a guest that breaks out of its VMM
-/// holds none of the daemon's privileges. Made at first need (as Docker
-/// makes `dockremap`).
-pub const VMM_USER: &str = "hearth-vmm";
+/// The ids VMMs run as when the daemon is root: 65,536 user and group ids
+/// in the range systemd leaves unallocated (1879048192 to 2147483647), far
+/// from any account's and any container's.
+pub const VMM_IDS: std::ops::Range<u32> = 1_900_000_000..1_900_065_536;
 
-/// [`VMM_USER`] when this process is root, made if missing; `None` when the
-/// daemon itself is unprivileged, so that its VMMs already are.
-pub fn vmm_user() -> Result<Option<&'static str>, Error> {
-    static MADE: Mutex<bool> = Mutex::new(false);
+/// Who one VMM runs as, when the daemon is root: a user and group id of its
+/// own, held by no other process, named in no account (so it owns no file
+/// and can reach only what any stranger can), with `kvm` as its one
+/// supplementary group for `/dev/kvm`. The VMM starts as it, before exec:
+/// it never holds root, not even while it sets up its devices, and one
+/// broken-out VMM cannot signal or trace another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmmIds {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+/// Ids for a VMM about to start, or `None` when the daemon is
+/// unprivileged, so that its VMMs already are.
+pub fn vmm_ids() -> Result<Option<VmmIds>, Error> {
+    /// The ids this daemon handed out last: a VMM may not run as its ids
+    /// yet when the next one is chosen (the jailer drops to them only
+    /// after its own set-up), so these are skipped even if no process
+    /// holds them.
+    static GIVEN: Mutex<std::collections::VecDeque<u32>> = Mutex::new(std::collections::VecDeque::new());
     if !nix::unistd::geteuid().is_root() {
         return Ok(None);
     }
-    let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
-    if *made || user_exists(VMM_USER) {
-        *made = true;
-        return Ok(Some(VMM_USER));
-    }
-    let output = Command::new("useradd")
-        .args(["--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent"])
-        .args(["--shell", "/usr/sbin/nologin", "--comment", "hearth VMMs", VMM_USER])
-        .output();
-    let problem = match output {
-        Ok(out) if out.status.success() || user_exists(VMM_USER) => None,
-        Ok(out) => Some(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
-        Err(e) => Some(e.to_string()),
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let mut taken = ids_in_use();
+    taken.extend(given.iter().copied());
+    // From a random place in the range, so that daemons sharing a host
+    // (with data dirs of their own) rarely even look at the same ids.
+    let seed = {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.finish()
     };
-    match problem {
-        None => {
-            tracing::info!(user = VMM_USER, "Made the system user that VMMs run as.");
-            *made = true;
-            Ok(Some(VMM_USER))
-        }
-        Some(why) => Err(Error::Start {
-            vmm: "qemu",
-            message: format!(
-                "cannot make the system user {VMM_USER} that VMMs run as ({why}); make it with \
-                 `useradd --system --user-group --no-create-home --shell /usr/sbin/nologin {VMM_USER}`"
-            ),
-        }),
+    let id = choose_id(&taken, seed).ok_or_else(|| Error::Start {
+        vmm: "qemu",
+        message: format!(
+            "every one of the {} user ids VMMs run as ({}..{}) is in use; stop some machines",
+            VMM_IDS.len(),
+            VMM_IDS.start,
+            VMM_IDS.end
+        ),
+    })?;
+    if given.len() >= 256 {
+        given.pop_front();
     }
+    given.push_back(id);
+    let kvm = nix::unistd::Group::from_name("kvm").ok().flatten().map(|g| g.gid.as_raw());
+    Ok(Some(VmmIds { uid: id, gid: id, groups: kvm.into_iter().collect() }))
 }
 
-fn user_exists(name: &str) -> bool {
-    nix::unistd::User::from_name(name).is_ok_and(|u| u.is_some())
+/// The first id of [`VMM_IDS`] from `seed` on (wrapping) that no process
+/// holds as a user or group id.
+fn choose_id(taken: &std::collections::HashSet<u32>, seed: u64) -> Option<u32> {
+    let len = VMM_IDS.len() as u64;
+    (0..len).map(|i| VMM_IDS.start + ((seed + i) % len) as u32).find(|id| !taken.contains(id))
+}
+
+/// Every user and group id that a live process holds in [`VMM_IDS`].
+fn ids_in_use() -> std::collections::HashSet<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Default::default() };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
+        .filter_map(|e| std::fs::read_to_string(e.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.starts_with("Uid:") || l.starts_with("Gid:"))
+                .flat_map(|l| l.split_whitespace().skip(1).filter_map(|n| n.parse::<u32>().ok()))
+                .filter(|id| VMM_IDS.contains(id))
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }

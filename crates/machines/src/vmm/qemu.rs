@@ -1,24 +1,27 @@
 //! The QEMU backend: `-M pc` under software emulation, `-M microvm` with KVM.
 //!
-//! QEMU is confined as libvirt confines it. It runs under its seccomp
-//! filter (`-sandbox`): no obsolete system calls, no spawning processes
-//! (so no `exec:` migration helper and no `-daemonize`, which forks after
-//! the filter is on), no scheduler or CPU-affinity changes. When the daemon
-//! is root, QEMU opens its devices, taps and files as root and then drops
-//! to [`super::VMM_USER`] (`-runas`) before the guest runs: from there it
-//! can open nothing in the machine's directory, and the files it needs
-//! later (a snapshot's state) are opened by the daemon and handed over on
-//! the control socket.
+//! QEMU is confined beyond what libvirt does by default. It always runs
+//! under its seccomp filter (`-sandbox`): no obsolete system calls, no
+//! spawning processes (so no `exec:` migration helper and no `-daemonize`,
+//! which forks after the filter is on), no scheduler or CPU-affinity
+//! changes, and no `set*id` calls.
 //!
-//! The filter's `elevateprivileges=deny` (no `set*id` calls) would kill
-//! QEMU 7.2 at its own `-runas` switch, which comes after the filter is
-//! installed; so with `-runas` set*id stays allowed, and is harmless: once
-//! QEMU's real, effective and saved ids are all the unprivileged user's, it
-//! holds no capability that could take them back. An unprivileged daemon's
-//! QEMU gets `deny`.
+//! When the daemon is root, QEMU never is: it starts as user and group ids
+//! of its own ([`super::VmmIds`], one per VM, held by no other process and
+//! named in no account), set before exec. It can open nothing in the
+//! machine's directory, so the daemon opens everything QEMU needs and
+//! hands it over as inherited descriptors ([`Handed`]): the kernel and
+//! initramfs (as `/proc/self/fd/N`), the disk, the console and main logs
+//! (`-add-fd`, `/dev/fdset/N`), the agent and control sockets, already
+//! bound and listening (`fd=N`), and each tap, attached (`-netdev
+//! tap,fd=N`). What it needs later (a snapshot's state file, a new console
+//! log after a rotation) comes the same way, on the control socket. An
+//! unprivileged daemon's QEMU runs as the daemon's user and opens its files
+//! by path.
 
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -26,7 +29,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::qmp::Qmp;
-use super::{Backend, Error, VmConfig, VmFiles, detach, log_tail, process_name};
+use super::{Backend, Error, VmConfig, VmFiles, VmmIds, detach, log_tail, process_name};
 
 /// The QEMU binary.
 pub const BINARY: &str = "qemu-system-x86_64";
@@ -39,34 +42,49 @@ pub const LOG: &str = "qemu.log";
 /// socket.
 const START_WAIT: Duration = Duration::from_secs(30);
 
-/// How QEMU is confined beyond its seccomp filter, which is always on.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Confinement<'a> {
-    /// The user QEMU drops to once its devices are set up (`-runas`).
-    pub user: Option<&'a str>,
-    /// The root disk as two descriptors QEMU inherits, read-write and
-    /// read-only: QEMU reopens its disk when a snapshot starts or ends,
-    /// which the dropped user could not do by the file's name, but can
-    /// through these (`-add-fd`, `/dev/fdset/1`), as under libvirt.
-    pub disk_fds: Option<(RawFd, RawFd)>,
+/// The `-add-fd` sets of a confined QEMU: the disk's two descriptors, and
+/// the console and main logs (each log's set also carries its chardev id
+/// as its `opaque`, so a rotation finds the set it replaces).
+const DISK_SET: u32 = 1;
+const CONSOLE_SET: u32 = 2;
+const MAIN_SET: u32 = 3;
+
+/// The chardev ids of the two logs, for a rotation's `chardev-change`.
+pub const CONSOLE_CHARDEV: &str = "console";
+pub const MAIN_CHARDEV: &str = "main";
+
+/// What a confined QEMU gets instead of paths: descriptors the daemon
+/// opened, by their numbers in QEMU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handed {
+    pub kernel: RawFd,
+    pub initrd: RawFd,
+    /// The console and main logs, opened for appending.
+    pub console: RawFd,
+    pub main_log: RawFd,
+    /// The agent's and QMP's sockets, bound in the machine's directory
+    /// and listening.
+    pub agent: RawFd,
+    pub control: RawFd,
+    /// The root disk, read-write and read-only: QEMU reopens it when a
+    /// snapshot starts or ends, which it could not do by the file's name.
+    pub disk: Option<(RawFd, RawFd)>,
+    /// One attached tap per NIC, in `VmConfig::nics` order.
+    pub taps: Vec<RawFd>,
 }
 
-/// The seccomp filter QEMU runs under; see the module doc for
-/// `elevateprivileges`.
-fn sandbox(user: Option<&str>) -> String {
-    let elevate = if user.is_some() { "allow" } else { "deny" };
-    format!("on,obsolete=deny,elevateprivileges={elevate},spawn=deny,resourcecontrol=deny")
-}
+/// The seccomp filter QEMU runs under (see the module doc).
+const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
-/// The arguments that start `config` on `backend`, with its agent socket,
-/// control socket and console log in the machine dir, confined as
-/// `confined` says (see the module doc).
-pub fn args(backend: Backend, config: &VmConfig, confined: &Confinement<'_>) -> Result<Vec<String>, Error> {
+/// The arguments that start `config` on `backend`: with `handed`, on the
+/// descriptors it names; without, on the machine directory's paths (see
+/// the module doc).
+pub fn args(backend: Backend, config: &VmConfig, handed: Option<&Handed>) -> Result<Vec<String>, Error> {
     let files = VmFiles::in_dir(&config.dir);
     let p = |path: &Path| path.display().to_string();
     // virtio devices hang off PCI on `pc`, off MMIO on `microvm`.
     let (machine, accel, cpu, bus) = match backend {
-        Backend::QemuTcg => ("pc", "tcg", "max", "pci"),
+        Backend::QemuTcg => ("pc", "tcg,tb-size=64", "max", "pci"),
         // ACPI describes the virtio-mmio devices to the guest: Debian's
         // kernel is built without VIRTIO_MMIO_CMDLINE_DEVICES, so with
         // acpi=off (QEMU then lists them on the command line) it finds none
@@ -77,6 +95,26 @@ pub fn args(backend: Backend, config: &VmConfig, confined: &Confinement<'_>) -> 
         Backend::Firecracker => {
             return Err(Error::Unsupported { backend, reason: "not a QEMU backend".to_owned() });
         }
+    };
+    // Where QEMU finds each file: an inherited descriptor or a path.
+    let proc_fd = |fd: RawFd| format!("/proc/self/fd/{fd}");
+    let (kernel, initrd) = match handed {
+        Some(h) => (proc_fd(h.kernel), proc_fd(h.initrd)),
+        None => (p(&config.kernel), p(&config.initrd)),
+    };
+    let mut sets: Vec<String> = Vec::new();
+    let mut log = |set: u32, fd: Option<RawFd>, chardev: &str, path: &Path| match fd {
+        Some(fd) => {
+            sets.extend(["-add-fd".into(), format!("fd={fd},set={set},opaque={chardev}")]);
+            format!("file,id={chardev},path=/dev/fdset/{set},append=on")
+        }
+        None => format!("file,id={chardev},path={},append=on", p(path)),
+    };
+    let console = log(CONSOLE_SET, handed.map(|h| h.console), CONSOLE_CHARDEV, &files.console);
+    let main_log = log(MAIN_SET, handed.map(|h| h.main_log), MAIN_CHARDEV, &files.main_log);
+    let socket = |fd: Option<RawFd>, path: &Path| match fd {
+        Some(fd) => format!("fd={fd},server=on,wait=off"),
+        None => format!("path={},server=on,wait=off", p(path)),
     };
     let mut args: Vec<String> = vec![
         "-name".into(),
@@ -98,42 +136,43 @@ pub fn args(backend: Backend, config: &VmConfig, confined: &Confinement<'_>) -> 
         // A guest reboot or power-off ends the process; hearth decides what next.
         "-no-reboot".into(),
         "-kernel".into(),
-        p(&config.kernel),
+        kernel,
         "-initrd".into(),
-        p(&config.initrd),
+        initrd,
         "-append".into(),
         config.cmdline.clone(),
+    ];
+    args.append(&mut sets);
+    args.extend([
+        // The console and the main process's output go to files, which
+        // keep them while no daemon runs.
         "-chardev".into(),
-        format!("file,id=console,path={},append=on", p(&files.console)),
+        console,
         "-serial".into(),
-        "chardev:console".into(),
+        format!("chardev:{CONSOLE_CHARDEV}"),
         "-device".into(),
         format!("virtio-serial-{bus}"),
         "-chardev".into(),
-        format!("socket,id=agent,path={},server=on,wait=off", p(&files.agent)),
+        format!("socket,id=agent,{}", socket(handed.map(|h| h.agent), &files.agent)),
         "-device".into(),
         "virtserialport,chardev=agent,name=hearth.agent".into(),
-        // The main process's output: a file QEMU opens before it drops its
-        // privileges, as it does the console, so it lands on the host even
-        // while no daemon runs.
         "-chardev".into(),
-        format!("file,id=main,path={},append=on", p(&files.main_log)),
+        main_log,
         "-device".into(),
-        format!("virtserialport,chardev=main,name={}", hearth_agent::main_process::LOG_PORT),
-        "-qmp".into(),
-        format!("unix:{},server=on,wait=off", p(&files.control)),
+        format!("virtserialport,chardev={MAIN_CHARDEV},name={}", hearth_agent::main_process::LOG_PORT),
+        "-chardev".into(),
+        format!("socket,id=qmp,{}", socket(handed.map(|h| h.control), &files.control)),
+        "-mon".into(),
+        "chardev=qmp,mode=control".into(),
         "-sandbox".into(),
-        sandbox(confined.user),
-    ];
-    if let Some(user) = confined.user {
-        args.extend(["-runas".into(), user.to_owned()]);
-    }
+        SANDBOX.into(),
+    ]);
     if let Some(disk) = &config.disk {
-        let file = match confined.disk_fds {
+        let file = match handed.and_then(|h| h.disk) {
             Some((rw, ro)) => {
-                args.extend(["-add-fd".into(), format!("fd={rw},set=1,opaque=rw")]);
-                args.extend(["-add-fd".into(), format!("fd={ro},set=1,opaque=ro")]);
-                "/dev/fdset/1".to_owned()
+                args.extend(["-add-fd".into(), format!("fd={rw},set={DISK_SET},opaque=rw")]);
+                args.extend(["-add-fd".into(), format!("fd={ro},set={DISK_SET},opaque=ro")]);
+                format!("/dev/fdset/{DISK_SET}")
             }
             None => p(disk),
         };
@@ -147,17 +186,16 @@ pub fn args(backend: Backend, config: &VmConfig, confined: &Confinement<'_>) -> 
         ]);
     }
     for (i, (tap, mac)) in config.nics.iter().enumerate() {
+        let netdev = match handed.and_then(|h| h.taps.get(i)) {
+            Some(fd) => format!("tap,id=net{i},fd={fd}"),
+            None => format!("tap,id=net{i},ifname={tap},script=no,downscript=no"),
+        };
         args.extend([
             "-netdev".into(),
-            format!("tap,id=net{i},ifname={tap},script=no,downscript=no"),
+            netdev,
             "-device".into(),
             format!("virtio-net-{bus},netdev=net{i},mac={mac}"),
         ]);
-    }
-    if backend == Backend::QemuTcg {
-        // Translated code cache: the default is a quarter of guest RAM, far
-        // more than a small guest needs; smaller keeps idle machines light.
-        args.splice(5..6, ["tcg,tb-size=64".to_owned()]);
     }
     Ok(args)
 }
@@ -174,30 +212,23 @@ pub fn launch_incoming(backend: Backend, config: &VmConfig) -> Result<(), Error>
 }
 
 fn launch_with(backend: Backend, config: &VmConfig, extra: &[String]) -> Result<(), Error> {
-    let user = super::vmm_user()?;
-    // Open until QEMU has its copies, after `spawn`.
-    let disk = match (user, &config.disk) {
-        (Some(_), Some(disk)) => Some(open_disk(disk)?),
-        _ => None,
-    };
-    let disk_fds = disk.as_ref().map(|(rw, ro)| (rw.as_raw_fd(), ro.as_raw_fd()));
-    let mut args = args(backend, config, &Confinement { user, disk_fds })?;
-    args.extend_from_slice(extra);
     let files = VmFiles::in_dir(&config.dir);
     for stale in [&files.pid, &files.agent, &files.control] {
         let _ = std::fs::remove_file(stale);
     }
+    let ids = super::vmm_ids()?;
+    // Open until QEMU has its copies, after `spawn`.
+    let opened = match ids {
+        Some(_) => Some(Opened::for_vm(config)?),
+        None => None,
+    };
+    let handed = opened.as_ref().map(Opened::handed);
+    let mut args = args(backend, config, handed.as_ref())?;
+    args.extend_from_slice(extra);
+    let inherit = opened.as_ref().map(Opened::raw).unwrap_or_default();
+    let mut child = spawn(config, &args, inherit, ids.as_ref())?;
+    drop(opened);
     let log = config.dir.join(LOG);
-    let output = std::fs::File::create(&log).map_err(|source| Error::Io { path: log.clone(), source })?;
-    let errors = output.try_clone().map_err(|source| Error::Io { path: log.clone(), source })?;
-    let mut command = Command::new(BINARY);
-    command.args(&args).current_dir(&config.dir).stdin(Stdio::null()).stdout(output).stderr(errors);
-    detach(&mut command, disk_fds.map(|(rw, ro)| vec![rw, ro]).unwrap_or_default());
-    let mut child = command.spawn().map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::Missing(BINARY),
-        _ => Error::Io { path: BINARY.into(), source: e },
-    })?;
-    drop(disk);
     let ready = std::fs::write(&files.pid, format!("{}\n", child.id()))
         .map_err(|source| Error::Io { path: files.pid.clone(), source })
         .and_then(|()| wait_ready(&mut child, &files.control, &log));
@@ -219,12 +250,126 @@ fn launch_with(backend: Backend, config: &VmConfig, extra: &[String]) -> Result<
     Ok(())
 }
 
-/// The root disk opened read-write and read-only, for [`Confinement`].
-fn open_disk(disk: &Path) -> Result<(File, File), Error> {
-    let io = |source| Error::Io { path: disk.to_owned(), source };
-    let rw = std::fs::OpenOptions::new().read(true).write(true).open(disk).map_err(io)?;
-    let ro = File::open(disk).map_err(io)?;
-    Ok((rw, ro))
+/// Starts QEMU with `args`, detached, as `ids`, with `inherit` open in it.
+fn spawn(
+    config: &VmConfig,
+    args: &[String],
+    inherit: Vec<RawFd>,
+    ids: Option<&VmmIds>,
+) -> Result<Child, Error> {
+    let log = config.dir.join(LOG);
+    let output = File::create(&log).map_err(|source| Error::Io { path: log.clone(), source })?;
+    let errors = output.try_clone().map_err(|source| Error::Io { path: log.clone(), source })?;
+    let mut command = Command::new(BINARY);
+    // A confined QEMU could not enter the machine's directory.
+    let cwd = if ids.is_some() { Path::new("/") } else { config.dir.as_path() };
+    command.args(args).current_dir(cwd).stdin(Stdio::null()).stdout(output).stderr(errors);
+    detach(&mut command, inherit, ids);
+    command.spawn().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::Missing(BINARY),
+        _ => Error::Io { path: BINARY.into(), source: e },
+    })
+}
+
+/// The files and sockets the daemon opens for a confined QEMU.
+struct Opened {
+    kernel: File,
+    initrd: File,
+    console: File,
+    main_log: File,
+    agent: UnixListener,
+    control: UnixListener,
+    disk: Option<(File, File)>,
+    taps: Vec<OwnedFd>,
+}
+
+impl Opened {
+    fn for_vm(config: &VmConfig) -> Result<Opened, Error> {
+        let files = VmFiles::in_dir(&config.dir);
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| Error::Io { path, source }
+        };
+        let bind = |path: &Path| UnixListener::bind(path).map_err(io(path));
+        let disk = match &config.disk {
+            Some(disk) => {
+                let rw = std::fs::OpenOptions::new().read(true).write(true).open(disk).map_err(io(disk))?;
+                Some((rw, File::open(disk).map_err(io(disk))?))
+            }
+            None => None,
+        };
+        let taps = config
+            .nics
+            .iter()
+            .map(|(tap, _)| {
+                super::attach_tap(tap, true).map_err(io(Path::new(&format!("/dev/net/tun ({tap})"))))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Opened {
+            kernel: readable_by_anyone(&config.kernel)?,
+            initrd: readable_by_anyone(&config.initrd)?,
+            console: append(&files.console)?,
+            main_log: append(&files.main_log)?,
+            agent: bind(&files.agent)?,
+            control: bind(&files.control)?,
+            disk,
+            taps,
+        })
+    }
+
+    fn handed(&self) -> Handed {
+        Handed {
+            kernel: self.kernel.as_raw_fd(),
+            initrd: self.initrd.as_raw_fd(),
+            console: self.console.as_raw_fd(),
+            main_log: self.main_log.as_raw_fd(),
+            agent: self.agent.as_raw_fd(),
+            control: self.control.as_raw_fd(),
+            disk: self.disk.as_ref().map(|(rw, ro)| (rw.as_raw_fd(), ro.as_raw_fd())),
+            taps: self.taps.iter().map(AsRawFd::as_raw_fd).collect(),
+        }
+    }
+
+    fn raw(&self) -> Vec<RawFd> {
+        let h = self.handed();
+        let mut fds = vec![h.kernel, h.initrd, h.console, h.main_log, h.agent, h.control];
+        fds.extend(h.disk.into_iter().flat_map(|(rw, ro)| [rw, ro]));
+        fds.extend(h.taps);
+        fds
+    }
+}
+
+/// Opens a log for appending, made if missing and private to root.
+pub(crate) fn append(path: &Path) -> Result<File, Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .open(path)
+        .map_err(|source| Error::Io { path: path.to_owned(), source })
+}
+
+/// Opens a kernel or initramfs that QEMU reads as `/proc/self/fd/N`: that
+/// skips the directories on the way (QEMU may not enter them), but not the
+/// file's own mode, which must let anyone read it.
+fn readable_by_anyone(path: &Path) -> Result<File, Error> {
+    use std::os::unix::fs::PermissionsExt;
+    let file = File::open(path).map_err(|source| Error::Io { path: path.to_owned(), source })?;
+    let mode =
+        file.metadata().map_err(|source| Error::Io { path: path.to_owned(), source })?.permissions().mode();
+    if mode & 0o004 == 0 {
+        return Err(Error::Start {
+            vmm: "qemu",
+            message: format!(
+                "{} can be read only by its owner, and QEMU runs as a user of its own; make it readable \
+                 with `chmod o+r {}` (a kernel or initramfs holds no secret)",
+                path.display(),
+                path.display()
+            ),
+        });
+    }
+    Ok(file)
 }
 
 /// Waits until QEMU answers on its control socket, which it does once its
@@ -286,6 +431,39 @@ pub fn load_state(control: &Path, state: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// Points the log chardev `chardev` ([`CONSOLE_CHARDEV`], [`MAIN_CHARDEV`])
+/// at `file`, a new log after a rotation: QEMU gets the file in an
+/// `-add-fd` set of its own and switches the chardev to it
+/// (`chardev-change`), and the set it wrote to before is removed, so that
+/// QEMU keeps nothing of the old file open.
+pub fn reopen_log(control: &Path, chardev: &str, file: &File) -> Result<(), Error> {
+    let mut qmp = Qmp::connect(control, Duration::from_secs(5))?;
+    let added = qmp.execute_with_fd("add-fd", Some(json!({ "opaque": chardev })), file.as_fd())?;
+    let set = added
+        .get("fdset-id")
+        .and_then(serde_json::Value::as_u64)
+        .ok_or_else(|| Error::Control(format!("add-fd answered {added}, with no fdset-id")))?;
+    let backend = json!({ "type": "file", "data": { "out": format!("/dev/fdset/{set}"), "append": true } });
+    if let Err(error) = qmp.execute("chardev-change", Some(json!({ "id": chardev, "backend": backend }))) {
+        let _ = qmp.execute("remove-fd", Some(json!({ "fdset-id": set })));
+        return Err(error);
+    }
+    // The sets this chardev used before: each of its descriptors is marked
+    // with the chardev's id.
+    let sets = qmp.execute("query-fdsets", None)?;
+    let old = sets.as_array().into_iter().flatten().filter_map(|s| {
+        let id = s.get("fdset-id")?.as_u64()?;
+        let fds = s.get("fds")?.as_array()?;
+        let ours = !fds.is_empty()
+            && fds.iter().all(|fd| fd.get("opaque").and_then(|o| o.as_str()) == Some(chardev));
+        (ours && id != set).then_some(id)
+    });
+    for id in old.collect::<Vec<_>>() {
+        qmp.execute("remove-fd", Some(json!({ "fdset-id": id })))?;
+    }
+    Ok(())
+}
+
 /// Asks QEMU to exit now.
 pub fn quit(control: &Path) -> Result<(), Error> {
     let mut qmp = Qmp::connect(control, Duration::from_secs(5))?;
@@ -317,6 +495,7 @@ fn wait_for_migration(qmp: &mut Qmp) -> Result<(), Error> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::VMM_IDS;
     use super::*;
 
     fn config() -> VmConfig {
@@ -333,9 +512,21 @@ mod tests {
         }
     }
 
+    fn handed() -> Handed {
+        Handed {
+            kernel: 10,
+            initrd: 11,
+            console: 12,
+            main_log: 13,
+            agent: 14,
+            control: 15,
+            disk: Some((16, 17)),
+            taps: vec![18],
+        }
+    }
+
     fn joined(backend: Backend) -> String {
-        let confined = Confinement { user: Some("hearth-vmm"), disk_fds: None };
-        args(backend, &config(), &confined).expect("args").join(" ")
+        args(backend, &config(), None).expect("args").join(" ")
     }
 
     #[test]
@@ -363,36 +554,71 @@ mod tests {
             let a = joined(backend);
             assert!(a.contains("-name hearth-n1,process=hearth-n1"), "{a}");
             assert!(!a.contains("-daemonize"), "QEMU may not fork under its filter: {a}");
-            assert!(a.contains("path=/m/n1/agent.sock,server=on,wait=off"), "{a}");
+            assert!(a.contains("-chardev socket,id=agent,path=/m/n1/agent.sock,server=on,wait=off"), "{a}");
+            assert!(
+                a.contains("-chardev socket,id=qmp,path=/m/n1/control.sock,server=on,wait=off -mon chardev=qmp,mode=control"),
+                "{a}"
+            );
             assert!(
                 a.contains("-chardev file,id=main,path=/m/n1/main.log,append=on -device virtserialport,chardev=main,name=hearth.main"),
+                "{a}"
+            );
+            assert!(
+                a.contains(
+                    "-chardev file,id=console,path=/m/n1/console.log,append=on -serial chardev:console"
+                ),
                 "{a}"
             );
             assert!(a.contains("-m 512M -nodefaults"), "{a}");
             assert!(a.contains("file=/m/n1/disk.qcow2,if=none,id=root,format=qcow2"), "{a}");
         }
-        assert!(args(Backend::Firecracker, &config(), &Confinement::default()).is_err());
+        assert!(args(Backend::Firecracker, &config(), None).is_err());
     }
 
     #[test]
-    fn qemu_runs_under_its_seccomp_filter_and_drops_to_the_vmm_user() {
-        let a = joined(Backend::QemuTcg);
+    fn qemu_always_runs_under_its_seccomp_filter_with_no_way_to_change_its_ids() {
+        for handed in [None, Some(handed())] {
+            let a = args(Backend::QemuTcg, &config(), handed.as_ref()).expect("args").join(" ");
+            assert!(
+                a.contains(
+                    "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+                ),
+                "{a}"
+            );
+            assert!(!a.contains("-runas"), "QEMU starts as its own user, never as root: {a}");
+        }
+    }
+
+    #[test]
+    fn a_confined_qemu_names_no_path_only_the_descriptors_it_was_handed() {
+        let a = args(Backend::QemuTcg, &config(), Some(&handed())).expect("args").join(" ");
+        assert!(a.contains("-kernel /proc/self/fd/10 -initrd /proc/self/fd/11"), "{a}");
+        assert!(a.contains("-add-fd fd=12,set=2,opaque=console -add-fd fd=13,set=3,opaque=main"), "{a}");
+        assert!(a.contains("-chardev file,id=console,path=/dev/fdset/2,append=on"), "{a}");
+        assert!(a.contains("-chardev file,id=main,path=/dev/fdset/3,append=on"), "{a}");
+        assert!(a.contains("-chardev socket,id=agent,fd=14,server=on,wait=off"), "{a}");
         assert!(
-            a.contains("-sandbox on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny -runas hearth-vmm"),
+            a.contains("-chardev socket,id=qmp,fd=15,server=on,wait=off -mon chardev=qmp,mode=control"),
             "{a}"
         );
-        let unprivileged =
-            args(Backend::QemuTcg, &config(), &Confinement::default()).expect("args").join(" ");
-        assert!(unprivileged.contains("elevateprivileges=deny,spawn=deny"), "{unprivileged}");
-        assert!(!unprivileged.contains("-runas"), "{unprivileged}");
+        assert!(a.contains("-add-fd fd=16,set=1,opaque=rw -add-fd fd=17,set=1,opaque=ro"), "{a}");
+        assert!(a.contains("-drive file=/dev/fdset/1,if=none,id=root,format=qcow2"), "{a}");
+        assert!(a.contains("-netdev tap,id=net0,fd=18 "), "{a}");
+        // The command line's only paths are the descriptors'.
+        assert!(!a.contains("/m/") && !a.contains("/k/") && !a.contains("ifname"), "{a}");
     }
 
     #[test]
-    fn a_dropped_qemu_reaches_its_disk_through_inherited_descriptors() {
-        let confined = Confinement { user: Some("hearth-vmm"), disk_fds: Some((17, 18)) };
-        let a = args(Backend::QemuTcg, &config(), &confined).expect("args").join(" ");
-        assert!(a.contains("-add-fd fd=17,set=1,opaque=rw -add-fd fd=18,set=1,opaque=ro"), "{a}");
-        assert!(a.contains("-drive file=/dev/fdset/1,if=none,id=root,format=qcow2"), "{a}");
-        assert!(!a.contains("disk.qcow2"), "{a}");
+    fn vmm_ids_are_chosen_from_their_range_past_those_taken() {
+        let start = VMM_IDS.start;
+        let taken: std::collections::HashSet<u32> = [start + 5, start + 6].into();
+        assert_eq!(super::super::choose_id(&taken, 5), Some(start + 7));
+        assert_eq!(super::super::choose_id(&taken, 4), Some(start + 4));
+        // From the end of the range, it wraps to the start.
+        let last = VMM_IDS.len() as u64 - 1;
+        let end_taken: std::collections::HashSet<u32> = [VMM_IDS.end - 1].into();
+        assert_eq!(super::super::choose_id(&end_taken, last), Some(start));
+        let all: std::collections::HashSet<u32> = VMM_IDS.collect();
+        assert_eq!(super::super::choose_id(&all, 0), None);
     }
 }

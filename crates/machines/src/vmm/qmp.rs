@@ -20,7 +20,10 @@ pub struct Qmp {
 impl Qmp {
     /// Connects and leaves capabilities-negotiation mode.
     pub fn connect(path: &Path, timeout: Duration) -> Result<Qmp, Error> {
-        let stream = UnixStream::connect(path).map_err(|e| Error::Io { path: path.to_owned(), source: e })?;
+        // QEMU serves one QMP client at a time: a plain connect could wait
+        // without end behind another.
+        let stream = hearth_agent::client::connect_within(path, timeout)
+            .map_err(|e| Error::Io { path: path.to_owned(), source: e })?;
         stream.set_read_timeout(Some(timeout)).map_err(|e| Error::Io { path: path.to_owned(), source: e })?;
         let writer = stream.try_clone().map_err(|e| Error::Io { path: path.to_owned(), source: e })?;
         let mut qmp = Qmp { reader: BufReader::new(stream), writer };
@@ -46,8 +49,19 @@ impl Qmp {
     /// cannot reach the machine's directory, under a seccomp filter that
     /// forbids spawning a helper.
     pub fn pass_fd(&mut self, name: &str, fd: BorrowedFd<'_>) -> Result<(), Error> {
+        self.execute_with_fd("getfd", Some(json!({ "fdname": name })), fd).map(drop)
+    }
+
+    /// Runs a command that takes a descriptor (`getfd`, `add-fd`), passed
+    /// alongside it, and returns its `return` value.
+    pub fn execute_with_fd(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+        fd: BorrowedFd<'_>,
+    ) -> Result<Value, Error> {
         use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
-        let line = request("getfd", Some(json!({ "fdname": name })));
+        let line = request(command, arguments);
         let fds = [fd.as_raw_fd()];
         let sent = sendmsg::<()>(
             self.writer.as_raw_fd(),
@@ -56,14 +70,14 @@ impl Qmp {
             MsgFlags::empty(),
             None,
         )
-        .map_err(|e| Error::Control(format!("getfd: {e}")))?;
+        .map_err(|e| Error::Control(format!("{command}: {e}")))?;
         if sent != line.len() {
             // The descriptor went with the first byte; the rest follows.
             self.writer
                 .write_all(&line.as_bytes()[sent..])
-                .map_err(|e| Error::Control(format!("getfd: {e}")))?;
+                .map_err(|e| Error::Control(format!("{command}: {e}")))?;
         }
-        self.reply("getfd").map(drop)
+        self.reply(command)
     }
 
     /// Reads until the reply to `command`.

@@ -44,7 +44,7 @@ fn the_kvm_machine_model_gives_the_agent_its_port() {
         memory_mib: 256,
         nics: vec![],
     };
-    let mut args = qemu::args(Backend::QemuKvm, &config, &qemu::Confinement::default()).unwrap();
+    let mut args = qemu::args(Backend::QemuKvm, &config, None).unwrap();
     let at = |flag: &str| args.iter().position(|a| a == flag).unwrap() + 1;
     let (accel, cpu) = (at("-accel"), at("-cpu"));
     assert_eq!((args[accel].as_str(), args[cpu].as_str()), ("kvm", "host"));
