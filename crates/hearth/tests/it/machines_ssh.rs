@@ -37,14 +37,16 @@ async fn ssh_runs_commands_in_a_machine_and_passes_their_exit_codes_back() {
         &ssh_image,
     ]));
 
-    let hi = daemon.cli(&["machine", "ssh", "s1", "--", "echo", "hi"]);
-    assert_eq!(String::from_utf8_lossy(&hi.stdout), "hi\n", "{}", String::from_utf8_lossy(&hi.stderr));
-    assert_eq!(code(&hi), 0);
-    assert_eq!(success(&daemon.cli(&["machine", "ssh", "s1", "--", "hostname"])), "s1\n");
+    let hostname = daemon.cli(&["machine", "ssh", "s1", "--", "hostname"]);
+    assert_eq!(
+        String::from_utf8_lossy(&hostname.stdout),
+        "s1\n",
+        "{}",
+        String::from_utf8_lossy(&hostname.stderr)
+    );
+    assert_eq!(code(&hostname), 0);
 
     // Exit codes come back, and the command line is the remote shell's, as with ssh.
-    assert_eq!(code(&daemon.cli(&["machine", "ssh", "s1", "--", "exit", "3"])), 3);
-    assert_eq!(code(&daemon.cli(&["machine", "ssh", "s1", "--", "false"])), 1);
     let out = daemon.cli(&["machine", "ssh", "s1", "--", "echo out; echo err >&2; exit 42"]);
     assert_eq!(code(&out), 42);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
@@ -59,7 +61,7 @@ async fn ssh_runs_commands_in_a_machine_and_passes_their_exit_codes_back() {
         success(&daemon.cli(&["machine", "exec", "s1", "--", "cat", "/root/.ssh/authorized_keys"]));
     assert_eq!(authorized, public, "the key is authorized exactly once");
     let known = std::fs::read_to_string(daemon.data_dir().join("ssh/known_hosts")).expect("known hosts");
-    assert!(known.starts_with("hearth-s1-"), "{known}");
+    assert!(known.starts_with("hearth-s1-") && known.contains(" ssh-ed25519 "), "{known}");
 
     // A machine this host cannot reach: the error says how to make it reachable.
     success(&daemon.cli(&[

@@ -3,8 +3,10 @@
 //!
 //! Orchestration in the CLI, through the same API calls a user could make:
 //! one `exec` in the guest checks for `sshd`, authorizes hearth's public
-//! key for root (idempotently), makes the machine's host keys on first use
-//! and starts `sshd` if it is not running. Then this process becomes `ssh`,
+//! key for root (idempotently), makes the machine's host key on first use
+//! and starts `sshd` with it if it is not running. Only an ed25519 host
+//! key: every current client speaks it, and an RSA key takes seconds to
+//! make under software emulation. Then this process becomes `ssh`,
 //! so the terminal, signals and the remote exit code are ssh's own.
 //!
 //! The key pair and a known-hosts file are in `DATA_DIR/ssh/`: the key is
@@ -44,10 +46,11 @@ grep -qxF "$1" /root/.ssh/authorized_keys || printf '%s\n' "$1" >> /root/.ssh/au
 chmod 700 /root/.ssh
 chmod 600 /root/.ssh/authorized_keys
 umask 022
-ssh-keygen -A >/dev/null
+key=/etc/ssh/ssh_host_ed25519_key
+[ -s "$key" ] || ssh-keygen -q -t ed25519 -N '' -f "$key"
 mkdir -p /run/sshd
 if [ -s /run/sshd.pid ] && kill -0 "$(cat /run/sshd.pid)" 2>/dev/null; then exit 0; fi
-/usr/sbin/sshd
+/usr/sbin/sshd -h "$key"
 "#;
 
 /// Makes sure the machine accepts hearth's key over SSH, then becomes
