@@ -45,7 +45,9 @@ async fn a_machine_runs_execs_copies_stops_starts_and_leaves_nothing_when_remove
     assert_eq!(field("CapPrm:"), vec!["0000000000000000".to_owned()], "none to take back: {status}");
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", m.pid.expect("pid"))).expect("cmdline");
     let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-    assert!(!cmdline.contains(&daemon.data_dir().display().to_string()), "QEMU names no path: {cmdline}");
+    for dir in [daemon.data_dir().to_owned(), daemon.cache_dir()] {
+        assert!(!cmdline.contains(&dir.display().to_string()), "QEMU names no path: {cmdline}");
+    }
 
     // Exit codes, stdout and stderr apart.
     let run = daemon.cli(&["machine", "exec", "n1", "--", "sh", "-c", "echo out; echo err >&2; exit 7"]);

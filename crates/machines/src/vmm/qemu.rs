@@ -48,6 +48,7 @@ const START_WAIT: Duration = Duration::from_secs(30);
 const DISK_SET: u32 = 1;
 const CONSOLE_SET: u32 = 2;
 const MAIN_SET: u32 = 3;
+const BASE_SET: u32 = 4;
 
 /// The chardev ids of the two logs, for a rotation's `chardev-change`.
 pub const CONSOLE_CHARDEV: &str = "console";
@@ -69,6 +70,9 @@ pub struct Handed {
     /// The root disk, read-write and read-only: QEMU reopens it when a
     /// snapshot starts or ends, which it could not do by the file's name.
     pub disk: Option<(RawFd, RawFd)>,
+    /// The raw image the disk is an overlay on, read-only: QEMU could not
+    /// open it by the name in the overlay's header.
+    pub base: Option<RawFd>,
     /// One attached tap per NIC, in `VmConfig::nics` order.
     pub taps: Vec<RawFd>,
 }
@@ -167,23 +171,42 @@ pub fn args(backend: Backend, config: &VmConfig, handed: Option<&Handed>) -> Res
         "-sandbox".into(),
         SANDBOX.into(),
     ]);
-    if let Some(disk) = &config.disk {
-        let file = match handed.and_then(|h| h.disk) {
-            Some((rw, ro)) => {
-                args.extend(["-add-fd".into(), format!("fd={rw},set={DISK_SET},opaque=rw")]);
-                args.extend(["-add-fd".into(), format!("fd={ro},set={DISK_SET},opaque=ro")]);
-                format!("/dev/fdset/{DISK_SET}")
+    // cache=unsafe: the overlay is scratch space that dies with the
+    // machine; the guest's own fsyncs still reach the host page cache.
+    match (&config.disk, handed.and_then(|h| h.disk)) {
+        (Some(_), Some((rw, ro))) => {
+            // By descriptors: the overlay's backing image is named as a
+            // node of its own, as its header's path is out of reach.
+            args.extend(["-add-fd".into(), format!("fd={rw},set={DISK_SET},opaque=rw")]);
+            args.extend(["-add-fd".into(), format!("fd={ro},set={DISK_SET},opaque=ro")]);
+            let nocache = "cache.direct=off,cache.no-flush=on";
+            let mut backing = String::new();
+            if let Some(base) = handed.and_then(|h| h.base) {
+                args.extend(["-add-fd".into(), format!("fd={base},set={BASE_SET},opaque=base")]);
+                args.extend([
+                    "-blockdev".into(),
+                    format!("driver=file,node-name=base-file,filename=/dev/fdset/{BASE_SET},read-only=on,{nocache}"),
+                    "-blockdev".into(),
+                    format!("driver=raw,node-name=base,file=base-file,read-only=on,{nocache}"),
+                ]);
+                backing = ",backing=base".into();
             }
-            None => p(disk),
-        };
-        // cache=unsafe: the overlay is scratch space that dies with the
-        // machine; the guest's own fsyncs still reach the host page cache.
-        args.extend([
+            args.extend([
+                "-blockdev".into(),
+                format!("driver=file,node-name=root-file,filename=/dev/fdset/{DISK_SET},{nocache}"),
+                "-blockdev".into(),
+                format!("driver=qcow2,node-name=root,file=root-file{backing},{nocache}"),
+                "-device".into(),
+                format!("virtio-blk-{bus},drive=root"),
+            ]);
+        }
+        (Some(disk), None) => args.extend([
             "-drive".into(),
-            format!("file={file},if=none,id=root,format=qcow2,cache=unsafe"),
+            format!("file={},if=none,id=root,format=qcow2,cache=unsafe", p(disk)),
             "-device".into(),
             format!("virtio-blk-{bus},drive=root"),
-        ]);
+        ]),
+        (None, _) => {}
     }
     for (i, (tap, mac)) in config.nics.iter().enumerate() {
         let netdev = match handed.and_then(|h| h.taps.get(i)) {
@@ -280,6 +303,7 @@ struct Opened {
     agent: UnixListener,
     control: UnixListener,
     disk: Option<(File, File)>,
+    base: Option<File>,
     taps: Vec<OwnedFd>,
 }
 
@@ -298,6 +322,13 @@ impl Opened {
             }
             None => None,
         };
+        let base = match &config.disk {
+            Some(disk) => match backing_file(disk).map_err(io(disk))? {
+                Some(base) => Some(File::open(&base).map_err(io(&base))?),
+                None => None,
+            },
+            None => None,
+        };
         let taps = config
             .nics
             .iter()
@@ -313,6 +344,7 @@ impl Opened {
             agent: bind(&files.agent)?,
             control: bind(&files.control)?,
             disk,
+            base,
             taps,
         })
     }
@@ -326,6 +358,7 @@ impl Opened {
             agent: self.agent.as_raw_fd(),
             control: self.control.as_raw_fd(),
             disk: self.disk.as_ref().map(|(rw, ro)| (rw.as_raw_fd(), ro.as_raw_fd())),
+            base: self.base.as_ref().map(AsRawFd::as_raw_fd),
             taps: self.taps.iter().map(AsRawFd::as_raw_fd).collect(),
         }
     }
@@ -334,9 +367,38 @@ impl Opened {
         let h = self.handed();
         let mut fds = vec![h.kernel, h.initrd, h.console, h.main_log, h.agent, h.control];
         fds.extend(h.disk.into_iter().flat_map(|(rw, ro)| [rw, ro]));
+        fds.extend(h.base);
         fds.extend(h.taps);
         fds
     }
+}
+
+/// The backing file a qcow2 image names in its header, if any (relative
+/// to the image's directory when the name is relative).
+pub fn backing_file(qcow2: &Path) -> std::io::Result<Option<std::path::PathBuf>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = File::open(qcow2)?;
+    let mut header = [0u8; 20];
+    file.read_exact(&mut header)?;
+    if &header[..4] != b"QFI\xfb" {
+        return Err(std::io::Error::other("not a qcow2 image"));
+    }
+    let offset = u64::from_be_bytes(header[8..16].try_into().expect("8 bytes"));
+    let size = u32::from_be_bytes(header[16..20].try_into().expect("4 bytes"));
+    if offset == 0 || size == 0 {
+        return Ok(None);
+    }
+    if size > 1023 {
+        return Err(std::io::Error::other("a qcow2 backing file name over 1023 bytes"));
+    }
+    let mut name = vec![0u8; size as usize];
+    file.seek(SeekFrom::Start(offset))?;
+    file.read_exact(&mut name)?;
+    let name: std::path::PathBuf = <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(name).into();
+    Ok(Some(match qcow2.parent() {
+        Some(dir) if name.is_relative() => dir.join(name),
+        _ => name,
+    }))
 }
 
 /// Opens a log for appending, made if missing and private to root.
@@ -521,6 +583,7 @@ mod tests {
             agent: 14,
             control: 15,
             disk: Some((16, 17)),
+            base: Some(19),
             taps: vec![18],
         }
     }
@@ -602,10 +665,43 @@ mod tests {
             "{a}"
         );
         assert!(a.contains("-add-fd fd=16,set=1,opaque=rw -add-fd fd=17,set=1,opaque=ro"), "{a}");
-        assert!(a.contains("-drive file=/dev/fdset/1,if=none,id=root,format=qcow2"), "{a}");
+        assert!(a.contains("-add-fd fd=19,set=4,opaque=base -blockdev driver=file,node-name=base-file,filename=/dev/fdset/4,read-only=on"), "{a}");
+        assert!(a.contains("-blockdev driver=raw,node-name=base,file=base-file,read-only=on"), "{a}");
+        assert!(a.contains("-blockdev driver=file,node-name=root-file,filename=/dev/fdset/1,"), "{a}");
+        assert!(a.contains("-blockdev driver=qcow2,node-name=root,file=root-file,backing=base,cache.direct=off,cache.no-flush=on -device virtio-blk-pci,drive=root"), "{a}");
         assert!(a.contains("-netdev tap,id=net0,fd=18 "), "{a}");
         // The command line's only paths are the descriptors'.
         assert!(!a.contains("/m/") && !a.contains("/k/") && !a.contains("ifname"), "{a}");
+    }
+
+    /// A qcow2 header (version 3) naming `backing`, which follows it.
+    fn qcow2_header(backing: &[u8]) -> Vec<u8> {
+        let mut h = b"QFI\xfb".to_vec();
+        h.extend(3u32.to_be_bytes());
+        let offset: u64 = if backing.is_empty() { 0 } else { 104 };
+        h.extend(offset.to_be_bytes());
+        h.extend((backing.len() as u32).to_be_bytes());
+        h.resize(104, 0);
+        h.extend(backing);
+        h
+    }
+
+    #[test]
+    fn an_overlays_backing_file_is_read_from_its_header() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let disk = dir.path().join("disk.qcow2");
+        std::fs::write(&disk, qcow2_header(b"/cache/images/abc/rootfs.ext4")).expect("write");
+        assert_eq!(backing_file(&disk).expect("read"), Some("/cache/images/abc/rootfs.ext4".into()));
+        std::fs::write(&disk, qcow2_header(b"base.raw")).expect("write");
+        assert_eq!(
+            backing_file(&disk).expect("read"),
+            Some(dir.path().join("base.raw")),
+            "relative to the image"
+        );
+        std::fs::write(&disk, qcow2_header(b"")).expect("write");
+        assert_eq!(backing_file(&disk).expect("read"), None);
+        std::fs::write(&disk, b"not a qcow2 image at all").expect("write");
+        assert!(backing_file(&disk).is_err());
     }
 
     #[test]
