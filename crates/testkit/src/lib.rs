@@ -283,33 +283,33 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
-    /// The cache of kernels and images, shared by every test daemon of this
-    /// build (`target/hearth-test-cache`), so a Debian image is built once.
+    /// The cache of kernels, initramfs and images this daemon uses
+    /// (`--cache-dir`): see [`test_cache_dir`].
     pub fn cache_dir(&self) -> PathBuf {
         shared_cache_dir(&self.bin)
     }
 
     /// Makes sure the test image (Debian bookworm with ping, netcat,
     /// iproute2, and busybox for its httpd) is in the shared cache, building it once (under a lock, so
-    /// parallel tests do not build it twice).
+    /// parallel tests do not build it twice), and returns its name.
     pub async fn ensure_debian_image(&self) -> String {
-        self.ensure_debian_image_with(
-            "hearth-test-debian:bookworm-2",
-            "iputils-ping,netcat-openbsd,iproute2,busybox",
-        )
-        .await
+        self.ensure_debian_image_with("hearth-test-debian", "iputils-ping,netcat-openbsd,iproute2,busybox")
+            .await
     }
 
-    /// Makes sure a Debian bookworm image named `image`, with `packages`
-    /// (comma-separated) on top of the base system, is in the shared
-    /// cache, building it once. Each package list needs a name of its own.
-    pub async fn ensure_debian_image_with(&self, image: &str, packages: &str) -> String {
+    /// Makes sure a Debian bookworm image with `packages` (comma-separated)
+    /// on top of the base system is in the shared cache, building it once,
+    /// and returns its name: `repository` (one per package list) tagged
+    /// with [`image_tag`]. Building a new tag removes the repository's
+    /// others, made by older code.
+    pub async fn ensure_debian_image_with(&self, repository: &str, packages: &str) -> String {
+        let image = format!("{repository}:{}", image_tag(packages));
         let cache = self.cache_dir();
         std::fs::create_dir_all(&cache).expect("create the test cache");
         let lock = std::fs::File::create(cache.join(".debian-image.lock")).expect("create lock file");
         let locked = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock)).await.expect("join");
         let _lock = locked.expect("lock the test image");
-        if self.client().image(image).await.is_err() {
+        if self.client().image(&image).await.is_err() {
             let out = self.cli(&[
                 "image",
                 "build",
@@ -319,11 +319,20 @@ impl Daemon {
                 "--packages",
                 packages,
                 "--name",
-                image,
+                &image,
             ]);
             success(&out);
+            let listed = self.client().images().await.expect("list images").images;
+            let older = listed.iter().map(|i| i.name.as_str()).filter(|name| {
+                name.split_once(':').is_some_and(|(repo, _)| repo == repository) && *name != image
+            });
+            for name in older.map(str::to_owned).collect::<Vec<_>>() {
+                // In use by another checkout's daemon, it stays: that one
+                // removes it when it builds its own.
+                let _ = self.client().remove_image(&name).await;
+            }
         }
-        image.to_owned()
+        image
     }
 
     /// Polls a machine until its state is one of `states`, for up to `limit`.
@@ -411,14 +420,54 @@ impl Daemon {
 }
 
 fn shared_cache_dir(bin: &Path) -> PathBuf {
+    test_cache_dir().unwrap_or_else(|| {
+        // BIN is target/<profile>/hearth.
+        bin.parent()
+            .and_then(Path::parent)
+            .map(|t| t.join("hearth-test-cache"))
+            .unwrap_or_else(|| "hearth-test-cache".into())
+    })
+}
+
+/// The cache of kernels, initramfs and images that test daemons share:
+/// `HEARTH_TEST_CACHE`, else `hearth/test-cache` in the user's cache
+/// directory (`XDG_CACHE_HOME`, else `~/.cache`). It is kept outside every
+/// checkout, as cargo keeps its registry, so a clean clone reuses what an
+/// earlier one built and `target/` holds only the build. What it holds is
+/// keyed by its inputs, so a checkout never uses what its own code would
+/// make differently: kernels and initramfs by content (the daemon does
+/// that), the test images by [`image_tag`]. `None` without a home.
+pub fn test_cache_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("HEARTH_TEST_CACHE") {
-        return PathBuf::from(dir);
+        return Some(PathBuf::from(dir));
     }
-    // BIN is target/<profile>/hearth.
-    bin.parent()
-        .and_then(Path::parent)
-        .map(|t| t.join("hearth-test-cache"))
-        .unwrap_or_else(|| "hearth-test-cache".into())
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    Some(base.join("hearth").join("test-cache"))
+}
+
+/// The tag of a test image with `packages`: the suite and a fingerprint of
+/// the package list and of the code that builds images
+/// (`crates/machines/src/image`), so that a change there builds the image
+/// anew instead of booting one made by older code.
+pub fn image_tag(packages: &str) -> String {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let builder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../machines/src/image");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&builder)
+        .unwrap_or_else(|e| panic!("read {}: {e}", builder.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    let mut hasher = DefaultHasher::new();
+    packages.hash(&mut hasher);
+    for file in files {
+        file.file_name().hash(&mut hasher);
+        std::fs::read(&file).unwrap_or_else(|e| panic!("read {}: {e}", file.display())).hash(&mut hasher);
+    }
+    format!("bookworm-{:016x}", hasher.finish())
 }
 
 /// Polls `condition` every 50 ms until it holds or `within` has passed, and

@@ -11,9 +11,9 @@ use std::os::unix::fs::PermissionsExt;
 use hearth_testkit::{Daemon, failure, success};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hearth");
-/// Debian with an SSH server; its own name, so the plain test image's
-/// package list stays as other tests expect.
-const SSH_IMAGE: &str = "hearth-test-debian-ssh:bookworm";
+/// Debian with an SSH server: a repository of its own, so the plain test
+/// image's package list stays as other tests expect.
+const SSH_IMAGE: &str = "hearth-test-debian-ssh";
 
 fn code(output: &std::process::Output) -> i32 {
     output.status.code().unwrap_or(-1)

@@ -228,4 +228,9 @@ async fn faults_come_back_after_a_daemon_restart() {
     assert!(gone, "healed faults left rules:\n{}", table(&daemon, "bridge"));
     daemon.restart().await;
     assert!(daemon.client().faults().await.expect("faults").faults.is_empty());
+    // The pulled image goes too: the image cache is shared by every test run.
+    for name in ["a", "b"] {
+        success(&daemon.cli(&["machine", "rm", name]));
+    }
+    success(&daemon.cli(&["image", "rm", &reference]));
 }

@@ -16,11 +16,10 @@ use std::time::{Duration, Instant};
 use hearth_machines::vmm::{Backend, VmConfig, VmFiles, qemu};
 use hearth_machines::{guest, kernel};
 
-/// The kernel cache the other machine tests share (`HEARTH_TEST_CACHE`, else
-/// `target/hearth-test-cache`), so the kernel package is fetched once.
+/// The kernel cache the other machine tests share
+/// ([`hearth_testkit::test_cache_dir`]), so the kernel package is fetched once.
 fn cache() -> PathBuf {
-    std::env::var_os("HEARTH_TEST_CACHE")
-        .map(PathBuf::from)
+    hearth_testkit::test_cache_dir()
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/hearth-test-cache"))
 }
 
