@@ -372,11 +372,18 @@ fn kib_field(text: &str, field: &str) -> Option<u64> {
     text.lines().find_map(|line| line.strip_prefix(field)?.split_whitespace().next()?.parse().ok())
 }
 
-/// The `-kernel` and `-initrd` a running VM process was started with.
+/// The `-kernel` and `-initrd` a running VM process was started with: the
+/// files themselves where a confined QEMU got them as descriptors
+/// (`/proc/self/fd/N`, its own).
 fn vm_payload(pid: u32) -> Option<(PathBuf, PathBuf)> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let argv: Vec<String> = raw.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-    payload_in_argv(&argv)
+    let (kernel, initrd) = payload_in_argv(&argv)?;
+    let resolve = |path: PathBuf| match path.strip_prefix("/proc/self/fd") {
+        Ok(fd) => std::fs::read_link(Path::new(&format!("/proc/{pid}/fd")).join(fd)).ok(),
+        Err(_) => Some(path),
+    };
+    Some((resolve(kernel)?, resolve(initrd)?))
 }
 
 fn payload_in_argv(argv: &[String]) -> Option<(PathBuf, PathBuf)> {

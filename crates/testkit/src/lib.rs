@@ -359,22 +359,28 @@ impl Daemon {
         }
     }
 
-    /// VM processes started from this data dir (by their command lines):
-    /// QEMU's, and Firecracker's (whose API socket is in the data dir).
+    /// VM processes started from this data dir: Firecracker's (whose API
+    /// socket, in the data dir, is on its command line) and QEMU's (which
+    /// names no path, but holds its logs in the data dir open, even once
+    /// they are deleted).
     pub fn vm_pids(&self) -> Vec<u32> {
         let needle = self.data_dir().display().to_string();
         let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
+        let holds_a_file_here = |pid: u32| {
+            std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+                fds.filter_map(Result::ok)
+                    .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                    .any(|target| target.to_string_lossy().starts_with(&needle))
+            })
+        };
         entries
             .filter_map(Result::ok)
             .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
-            .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .map(|c| {
-                        let text = String::from_utf8_lossy(&c);
-                        (text.contains("qemu-system") || text.contains("--api-sock"))
-                            && text.contains(&needle)
-                    })
-                    .unwrap_or(false)
+            .filter(|&pid| {
+                let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+                let text = String::from_utf8_lossy(&cmdline);
+                (text.contains("--api-sock") && text.contains(&needle))
+                    || (text.contains("qemu-system") && (text.contains(&needle) || holds_a_file_here(pid)))
             })
             .collect()
     }

@@ -33,6 +33,9 @@ async fn a_machine_runs_execs_copies_stops_starts_and_leaves_nothing_when_remove
             status.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} in {status}"));
         line[name.len()..].split_whitespace().map(str::to_owned).collect::<Vec<_>>()
     };
+    // The VM is found as the VM of this data dir (what the "leaves
+    // nothing" checks below and elsewhere rely on).
+    assert_eq!(daemon.vm_pids(), vec![m.pid.expect("pid")]);
     let uid = field("Uid:");
     let vmm_id: u32 = uid[0].parse().expect("uid");
     assert!(VMM_IDS.contains(&vmm_id), "a VMM id, not root or an account's: {status}");

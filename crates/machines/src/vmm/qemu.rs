@@ -394,7 +394,8 @@ pub fn backing_file(qcow2: &Path) -> std::io::Result<Option<std::path::PathBuf>>
     let mut name = vec![0u8; size as usize];
     file.seek(SeekFrom::Start(offset))?;
     file.read_exact(&mut name)?;
-    let name: std::path::PathBuf = <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(name).into();
+    let name: std::path::PathBuf =
+        <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(name).into();
     Ok(Some(match qcow2.parent() {
         Some(dir) if name.is_relative() => dir.join(name),
         _ => name,
