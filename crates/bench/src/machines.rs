@@ -442,6 +442,7 @@ async fn bare_boots(
             // The daemon's command line, less the root disk and entrypoint this guest has not got.
             cmdline: format!("console=ttyS0 quiet panic=-1 hearth.hostname={name}"),
             disk: None,
+            disk_base: None,
             cpus: machine.cpus,
             memory_mib: machine.memory_mib,
             nics: vec![],
@@ -594,6 +595,7 @@ mod tests {
             initrd: "/k/initrd".into(),
             cmdline: "console=ttyS0".into(),
             disk: None,
+            disk_base: None,
             cpus: 1,
             memory_mib: 512,
             nics: vec![],

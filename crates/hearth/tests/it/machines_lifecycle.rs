@@ -158,8 +158,26 @@ async fn a_machine_runs_execs_copies_stops_starts_and_leaves_nothing_when_remove
     let err = failure(&daemon.cli(&["machine", "exec", "n1", "--", "true"]));
     assert!(err.contains("is stopped") && err.contains("hearth machine start n1"), "{err}");
     assert!(daemon.vm_pids().is_empty(), "a stopped machine has no VM process");
+    // The VMM can write its disk's header; a backing file named there is
+    // never what it is handed, only the image the record names.
+    let secret = daemon.data_dir().join("not-for-guests");
+    std::fs::write(&secret, "host secret").expect("write");
+    let disk = daemon.data_dir().join("machines/n1/disk.qcow2");
+    let rebased = std::process::Command::new("qemu-img")
+        .args(["rebase", "-u", "-F", "raw", "-b"])
+        .arg(&secret)
+        .arg(&disk)
+        .output()
+        .expect("qemu-img");
+    assert!(rebased.status.success(), "{}", String::from_utf8_lossy(&rebased.stderr));
     success(&daemon.cli(&["machine", "start", "n1"]));
     assert_eq!(success(&daemon.cli(&["machine", "exec", "n1", "--", "/root/upload.sh"])), "uploaded\n");
+    let pid = daemon.client().machine("n1").await.expect("m").pid.expect("pid");
+    let open: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fds")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .collect();
+    assert!(!open.contains(&secret), "QEMU was handed the header's backing file: {open:?}");
 
     // rm refuses a running machine, rm -f removes everything.
     let err = failure(&daemon.cli(&["machine", "rm", "n1"]));

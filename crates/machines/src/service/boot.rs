@@ -58,23 +58,22 @@ impl Machines {
         let disk2 = disk.clone();
         let dir2 = dir.clone();
         let disk_bytes = rec.spec.disk_mib.map(|mib| mib * MIB);
-        blocking(move || -> Result<(), Error> {
+        let base = blocking(move || -> Result<PathBuf, Error> {
             std::fs::create_dir_all(&dir2).map_err(|e| Error::io(&dir2, e))?;
+            let image = images.get(&digest)?.ok_or_else(|| Error::ImageNotFound(digest.clone()))?;
             // An existing disk is the machine's own (stop and start keep
             // it), already at its size.
             if disk2.exists() {
-                return Ok(());
+                return Ok(image.rootfs);
             }
-            let image = images.get(&digest)?.ok_or_else(|| Error::ImageNotFound(digest.clone()))?;
             // Only larger: the image's ext4 must fit, and at its own size
             // the overlay takes the base's size by itself.
             let size = disk_bytes.filter(|&bytes| bytes > image.size_bytes);
             match backend {
-                Backend::Firecracker => {
-                    vmm::firecracker::raw_disk(&image.rootfs, &disk2, size).map_err(Error::from)
-                }
-                Backend::QemuKvm | Backend::QemuTcg => overlay(&image.rootfs, &disk2, size),
+                Backend::Firecracker => vmm::firecracker::raw_disk(&image.rootfs, &disk2, size)?,
+                Backend::QemuKvm | Backend::QemuTcg => overlay(&image.rootfs, &disk2, size)?,
             }
+            Ok(image.rootfs)
         })
         .await?;
         if !rec.spec.nics.is_empty() {
@@ -107,6 +106,7 @@ impl Machines {
             initrd,
             cmdline,
             disk: Some(disk),
+            disk_base: (backend != Backend::Firecracker).then_some(base),
             cpus: rec.spec.cpus,
             memory_mib: rec.spec.memory_mib,
             nics: rec.spec.nics.iter().map(|n| (n.tap.clone(), n.mac.clone())).collect(),

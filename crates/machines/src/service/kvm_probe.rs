@@ -101,6 +101,7 @@ impl Machines {
             initrd,
             cmdline: kernel_cmdline(backend, "hearth.hostname=kvm-probe"),
             disk: None,
+            disk_base: None,
             cpus: 1,
             memory_mib: 256,
             nics: vec![],

@@ -248,6 +248,14 @@ impl Machines {
         for nic in &rec.spec.nics {
             self.inner.networks.prepare(nic).await?;
         }
+        let disk_base = match backend {
+            Backend::Firecracker => None,
+            Backend::QemuKvm | Backend::QemuTcg => {
+                let (images, digest) = (self.inner.images.clone(), rec.spec.image_digest.clone());
+                let image = blocking(move || images.get(&digest).map_err(Error::from)).await?;
+                Some(image.ok_or_else(|| Error::ImageNotFound(rec.spec.image_digest.clone()))?.rootfs)
+            }
+        };
         let config = VmConfig {
             name: name.clone(),
             dir: dir.clone(),
@@ -259,6 +267,7 @@ impl Machines {
                 rec.name
             ),
             disk: Some(disk),
+            disk_base,
             cpus: rec.spec.cpus,
             memory_mib: rec.spec.memory_mib,
             nics: rec.spec.nics.iter().map(|n| (n.tap.clone(), n.mac.clone())).collect(),

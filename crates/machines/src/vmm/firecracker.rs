@@ -650,6 +650,7 @@ mod tests {
             initrd: "/c/initrd.cpio".into(),
             cmdline: "console=ttyS0 reboot=k pci=off hearth.vsock=1024".into(),
             disk: Some(dir.join(DISK)),
+            disk_base: None,
             cpus: 2,
             memory_mib: 512,
             nics: vec![

@@ -249,6 +249,7 @@ pub fn plan(jailer: &Jailer, config: &VmConfig, extra: &[Place]) -> Plan {
         kernel: jailed(KERNEL),
         initrd: jailed(INITRD),
         disk: config.disk.as_ref().map(|_| jailed(firecracker::DISK)),
+        disk_base: None,
         ..config.clone()
     };
     Plan {

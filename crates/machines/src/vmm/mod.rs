@@ -74,6 +74,10 @@ pub struct VmConfig {
     pub cmdline: String,
     /// The root disk (a qcow2 overlay); none for a guest that lives in its initramfs.
     pub disk: Option<PathBuf>,
+    /// The image the overlay is on (its raw ext4 in the image store), from
+    /// the machine's record: a confined QEMU is handed this file, never the
+    /// one the overlay's header names, which the VM could have rewritten.
+    pub disk_base: Option<PathBuf>,
     pub cpus: u32,
     pub memory_mib: u32,
     /// Network interfaces: (host tap, guest MAC).
@@ -195,13 +199,33 @@ pub(crate) fn detach(command: &mut Command, inherit: Vec<std::os::fd::RawFd>, id
         (Uid::from_raw(ids.uid), Gid::from_raw(ids.gid), groups)
     });
     // SAFETY: the closure runs in the forked child before exec and calls
-    // only setsid(2), fcntl(2), setgroups(2), setresgid(2) and setresuid(2),
-    // which are async-signal-safe; it reads what it captured and allocates
-    // nothing. The caller keeps each inherited descriptor open until
-    // `spawn` returns, so each is valid in the child.
+    // only setsid(2), close_range(2), fcntl(2), prctl(2), setgroups(2),
+    // setresgid(2) and setresuid(2), which are async-signal-safe; it reads
+    // what it captured and allocates nothing. The caller keeps each
+    // inherited descriptor open until `spawn` returns, so each is valid in
+    // the child.
     unsafe {
         command.pre_exec(move || {
             nix::unistd::setsid().map_err(std::io::Error::from)?;
+            if ids.is_some() {
+                // Nothing but what is handed over reaches an unprivileged
+                // VMM, even a descriptor the daemon itself inherited
+                // without close-on-exec.
+                let closed = nix::libc::syscall(
+                    nix::libc::SYS_close_range,
+                    3u32,
+                    u32::MAX,
+                    nix::libc::CLOSE_RANGE_CLOEXEC,
+                );
+                let unsupported = [nix::libc::ENOSYS, nix::libc::EINVAL]; // kernels before 5.11
+                let error = std::io::Error::last_os_error();
+                if closed != 0 && !error.raw_os_error().is_some_and(|e| unsupported.contains(&e)) {
+                    return Err(error);
+                }
+                if nix::libc::prctl(nix::libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             for &fd in &inherit {
                 fcntl(BorrowedFd::borrow_raw(fd), FcntlArg::F_SETFD(FdFlag::empty()))
                     .map_err(std::io::Error::from)?;
@@ -297,15 +321,25 @@ pub fn vmm_ids() -> Result<Option<VmmIds>, Error> {
         h.write_u32(std::process::id());
         h.finish()
     };
-    let id = choose_id(&taken, seed).ok_or_else(|| Error::Start {
-        vmm: "qemu",
-        message: format!(
-            "every one of the {} user ids VMMs run as ({}..{}) is in use; stop some machines",
-            VMM_IDS.len(),
-            VMM_IDS.start,
-            VMM_IDS.end
-        ),
-    })?;
+    // Held by no process, and by no account or group either (an id
+    // mapping such as SSSD's can hand out ids this high).
+    let id = loop {
+        let id = choose_id(&taken, seed).ok_or_else(|| Error::Start {
+            vmm: "qemu",
+            message: format!(
+                "every one of the {} user ids VMMs run as ({}..{}) is in use or an account's; stop some machines",
+                VMM_IDS.len(),
+                VMM_IDS.start,
+                VMM_IDS.end
+            ),
+        })?;
+        let account = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(id)).ok().flatten().is_some()
+            || nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(id)).ok().flatten().is_some();
+        if !account {
+            break id;
+        }
+        taken.insert(id);
+    };
     if given.len() >= 256 {
         given.pop_front();
     }

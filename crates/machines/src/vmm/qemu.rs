@@ -71,7 +71,8 @@ pub struct Handed {
     /// snapshot starts or ends, which it could not do by the file's name.
     pub disk: Option<(RawFd, RawFd)>,
     /// The raw image the disk is an overlay on, read-only: QEMU could not
-    /// open it by the name in the overlay's header.
+    /// open it by the name in the overlay's header, and must not, as the
+    /// VM can write that header.
     pub base: Option<RawFd>,
     /// One attached tap per NIC, in `VmConfig::nics` order.
     pub taps: Vec<RawFd>,
@@ -175,12 +176,14 @@ pub fn args(backend: Backend, config: &VmConfig, handed: Option<&Handed>) -> Res
     // machine; the guest's own fsyncs still reach the host page cache.
     match (&config.disk, handed.and_then(|h| h.disk)) {
         (Some(_), Some((rw, ro))) => {
-            // By descriptors: the overlay's backing image is named as a
-            // node of its own, as its header's path is out of reach.
+            // By descriptors: the overlay's backing image is a node of its
+            // own, the record's image, never the path in the overlay's
+            // header, which the VM could have rewritten. Without one, no
+            // backing file at all (`backing=`).
             args.extend(["-add-fd".into(), format!("fd={rw},set={DISK_SET},opaque=rw")]);
             args.extend(["-add-fd".into(), format!("fd={ro},set={DISK_SET},opaque=ro")]);
             let nocache = "cache.direct=off,cache.no-flush=on";
-            let mut backing = String::new();
+            let mut backing = ",backing=".to_owned();
             if let Some(base) = handed.and_then(|h| h.base) {
                 args.extend(["-add-fd".into(), format!("fd={base},set={BASE_SET},opaque=base")]);
                 args.extend([
@@ -322,12 +325,9 @@ impl Opened {
             }
             None => None,
         };
-        let base = match &config.disk {
-            Some(disk) => match backing_file(disk).map_err(io(disk))? {
-                Some(base) => Some(File::open(&base).map_err(io(&base))?),
-                None => None,
-            },
-            None => None,
+        let base = match (&config.disk, &config.disk_base) {
+            (Some(_), Some(base)) => Some(File::open(base).map_err(io(base))?),
+            _ => None,
         };
         let taps = config
             .nics
@@ -371,35 +371,6 @@ impl Opened {
         fds.extend(h.taps);
         fds
     }
-}
-
-/// The backing file a qcow2 image names in its header, if any (relative
-/// to the image's directory when the name is relative).
-pub fn backing_file(qcow2: &Path) -> std::io::Result<Option<std::path::PathBuf>> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut file = File::open(qcow2)?;
-    let mut header = [0u8; 20];
-    file.read_exact(&mut header)?;
-    if &header[..4] != b"QFI\xfb" {
-        return Err(std::io::Error::other("not a qcow2 image"));
-    }
-    let offset = u64::from_be_bytes(header[8..16].try_into().expect("8 bytes"));
-    let size = u32::from_be_bytes(header[16..20].try_into().expect("4 bytes"));
-    if offset == 0 || size == 0 {
-        return Ok(None);
-    }
-    if size > 1023 {
-        return Err(std::io::Error::other("a qcow2 backing file name over 1023 bytes"));
-    }
-    let mut name = vec![0u8; size as usize];
-    file.seek(SeekFrom::Start(offset))?;
-    file.read_exact(&mut name)?;
-    let name: std::path::PathBuf =
-        <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(name).into();
-    Ok(Some(match qcow2.parent() {
-        Some(dir) if name.is_relative() => dir.join(name),
-        _ => name,
-    }))
 }
 
 /// Opens a log for appending, made if missing and private to root.
@@ -511,18 +482,27 @@ pub fn reopen_log(control: &Path, chardev: &str, file: &File) -> Result<(), Erro
         let _ = qmp.execute("remove-fd", Some(json!({ "fdset-id": set })));
         return Err(error);
     }
-    // The sets this chardev used before: each of its descriptors is marked
-    // with the chardev's id.
-    let sets = qmp.execute("query-fdsets", None)?;
-    let old = sets.as_array().into_iter().flatten().filter_map(|s| {
-        let id = s.get("fdset-id")?.as_u64()?;
-        let fds = s.get("fds")?.as_array()?;
-        let ours = !fds.is_empty()
-            && fds.iter().all(|fd| fd.get("opaque").and_then(|o| o.as_str()) == Some(chardev));
-        (ours && id != set).then_some(id)
+    // QEMU writes to the new file now: whatever fails from here, the
+    // rotation happened. The sets this chardev used before (each of their
+    // descriptors marked with the chardev's id) hold the old file open
+    // until removed.
+    let removed = qmp.execute("query-fdsets", None).and_then(|sets| {
+        let old: Vec<u64> = sets
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| {
+                let id = s.get("fdset-id")?.as_u64()?;
+                let fds = s.get("fds")?.as_array()?;
+                let ours = !fds.is_empty()
+                    && fds.iter().all(|fd| fd.get("opaque").and_then(|o| o.as_str()) == Some(chardev));
+                (ours && id != set).then_some(id)
+            })
+            .collect();
+        old.into_iter().try_for_each(|id| qmp.execute("remove-fd", Some(json!({ "fdset-id": id }))).map(drop))
     });
-    for id in old.collect::<Vec<_>>() {
-        qmp.execute("remove-fd", Some(json!({ "fdset-id": id })))?;
+    if let Err(error) = removed {
+        tracing::warn!(chardev, %error, "QEMU switched to the new log but still holds the old one open.");
     }
     Ok(())
 }
@@ -569,6 +549,7 @@ mod tests {
             initrd: "/m/n1/initrd".into(),
             cmdline: "console=ttyS0 hearth.root=/dev/vda".into(),
             disk: Some("/m/n1/disk.qcow2".into()),
+            disk_base: Some("/cache/images/abc/rootfs.ext4".into()),
             cpus: 2,
             memory_mib: 512,
             nics: vec![("ht-n1".into(), "52:54:00:00:00:01".into())],
@@ -673,36 +654,6 @@ mod tests {
         assert!(a.contains("-netdev tap,id=net0,fd=18 "), "{a}");
         // The command line's only paths are the descriptors'.
         assert!(!a.contains("/m/") && !a.contains("/k/") && !a.contains("ifname"), "{a}");
-    }
-
-    /// A qcow2 header (version 3) naming `backing`, which follows it.
-    fn qcow2_header(backing: &[u8]) -> Vec<u8> {
-        let mut h = b"QFI\xfb".to_vec();
-        h.extend(3u32.to_be_bytes());
-        let offset: u64 = if backing.is_empty() { 0 } else { 104 };
-        h.extend(offset.to_be_bytes());
-        h.extend((backing.len() as u32).to_be_bytes());
-        h.resize(104, 0);
-        h.extend(backing);
-        h
-    }
-
-    #[test]
-    fn an_overlays_backing_file_is_read_from_its_header() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let disk = dir.path().join("disk.qcow2");
-        std::fs::write(&disk, qcow2_header(b"/cache/images/abc/rootfs.ext4")).expect("write");
-        assert_eq!(backing_file(&disk).expect("read"), Some("/cache/images/abc/rootfs.ext4".into()));
-        std::fs::write(&disk, qcow2_header(b"base.raw")).expect("write");
-        assert_eq!(
-            backing_file(&disk).expect("read"),
-            Some(dir.path().join("base.raw")),
-            "relative to the image"
-        );
-        std::fs::write(&disk, qcow2_header(b"")).expect("write");
-        assert_eq!(backing_file(&disk).expect("read"), None);
-        std::fs::write(&disk, b"not a qcow2 image at all").expect("write");
-        assert!(backing_file(&disk).is_err());
     }
 
     #[test]

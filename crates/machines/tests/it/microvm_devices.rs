@@ -39,6 +39,7 @@ fn the_kvm_machine_model_gives_the_agent_its_port() {
             "console=ttyS0 panic=-1 hearth.hostname=microvm tsc_early_khz=2000000 tsc=reliable no_timer_check"
                 .into(),
         disk: None,
+        disk_base: None,
         cpus: 1,
         memory_mib: 256,
         nics: vec![],

@@ -24,6 +24,7 @@ fn config() -> VmConfig {
         initrd: "/var/cache/hearth/kernels/initrd-6.1.cpio".into(),
         cmdline: "console=ttyS0 reboot=k pci=off hearth.vsock=1024".into(),
         disk: Some("/var/lib/hearth/machines/web/disk.raw".into()),
+        disk_base: None,
         cpus: 2,
         memory_mib: 512,
         nics: vec![("ht-web".into(), "52:54:00:00:00:01".into())],
