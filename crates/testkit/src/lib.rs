@@ -327,8 +327,10 @@ impl Daemon {
                 name.split_once(':').is_some_and(|(repo, _)| repo == repository) && *name != image
             });
             for name in older.map(str::to_owned).collect::<Vec<_>>() {
-                // In use by another checkout's daemon, it stays: that one
-                // removes it when it builds its own.
+                // The cache is shared: a checkout of older code testing at
+                // this moment loses its image (and builds it again next
+                // time). Keeping every tag would grow the cache by two
+                // images with each change to the builder.
                 let _ = self.client().remove_image(&name).await;
             }
         }

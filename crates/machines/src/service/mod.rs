@@ -152,6 +152,8 @@ struct Inner {
     /// One connection attempt to a machine's agent at a time: its VMM
     /// serves one connection, and a second caller waits for the first's.
     dialing: StdMutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Machines whose logs a background task is rotating.
+    rotating: StdMutex<HashSet<String>>,
     /// Machines whose agent a background task is connecting to.
     connecting: StdMutex<HashSet<String>>,
     /// The boot payload, prepared once (kernel download and initramfs
@@ -188,6 +190,7 @@ impl Machines {
                 busy: StdMutex::default(),
                 agents: StdMutex::default(),
                 dialing: StdMutex::default(),
+                rotating: StdMutex::default(),
                 connecting: StdMutex::default(),
                 payload: Mutex::new(None),
             }),
@@ -536,6 +539,7 @@ impl Machines {
             kill_now(pid, name).await;
         }
         self.forget_agent(name);
+        lock(&self.inner.dialing).remove(name);
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         }
@@ -603,7 +607,6 @@ impl Machines {
 
     fn forget_agent(&self, name: &str) {
         lock(&self.inner.agents).remove(name);
-        lock(&self.inner.dialing).remove(name);
     }
 }
 

@@ -104,7 +104,7 @@ impl Machines {
             }
             let files = VmFiles::in_dir(&self.dir(&rec.name));
             if vmm::running_pid(&files, &rec.name).is_some() {
-                rotate_logs(&rec.name, rec.spec.backend, files.clone()).await;
+                self.rotate_logs(&rec.name, rec.spec.backend, files.clone());
                 self.keep_agent_connected(&rec.name);
                 continue;
             }
@@ -142,6 +142,53 @@ impl Machines {
                 tracing::debug!(machine = name, %error, "Could not reach the agent; trying again.");
             }
             lock(&this.inner.connecting).remove(&name);
+        });
+    }
+
+    /// Keeps a running machine's console and main logs under their bound
+    /// (see [`vmm::console`]): the guest writes them as fast as it likes.
+    /// QEMU is pointed at each new file, so nothing is lost; Firecracker's
+    /// console is its standard output, copied and truncated. In a task of
+    /// its own, one per machine at a time: a VMM slow to answer on its
+    /// control socket holds up no other machine's liveness check.
+    fn rotate_logs(&self, name: &str, backend: Backend, files: VmFiles) {
+        if !lock(&self.inner.rotating).insert(name.to_owned()) {
+            return;
+        }
+        let (this, name) = (self.clone(), name.to_owned());
+        tokio::spawn(async move {
+            let rotated = tokio::task::spawn_blocking(move || {
+                let max = vmm::console::MAX_BYTES;
+                let mut rotated = Vec::new();
+                for (log, chardev) in
+                    [(&files.console, vmm::qemu::CONSOLE_CHARDEV), (&files.main_log, vmm::qemu::MAIN_CHARDEV)]
+                {
+                    let done = match backend {
+                        Backend::Firecracker => vmm::console::rotate_if_full(log, max),
+                        Backend::QemuKvm | Backend::QemuTcg => {
+                            vmm::console::rotate_by_reopen(log, max, |new| {
+                                vmm::qemu::reopen_log(&files.control, chardev, new)
+                                    .map_err(std::io::Error::other)
+                            })
+                        }
+                    };
+                    rotated.push((chardev, done));
+                }
+                rotated
+            })
+            .await;
+            lock(&this.inner.rotating).remove(&name);
+            let results = match rotated {
+                Ok(results) => results,
+                Err(error) => return tracing::warn!(machine = name, %error, "Could not rotate the logs."),
+            };
+            for (log, result) in results {
+                match result {
+                    Ok(true) => tracing::debug!(machine = name, log, "Rotated a log."),
+                    Ok(false) => {}
+                    Err(error) => tracing::warn!(machine = name, log, %error, "Could not rotate a log."),
+                }
+            }
         });
     }
 
@@ -220,41 +267,6 @@ enum Task {
 }
 
 /// Why a VM process that is gone ended: a clean power-off, or a crash.
-/// Keeps a running machine's console and main logs under their bound
-/// (see [`vmm::console`]): the guest writes them as fast as it likes.
-/// QEMU is pointed at each new file, so nothing is lost; Firecracker's
-/// console is its standard output, copied and truncated.
-async fn rotate_logs(name: &str, backend: Backend, files: VmFiles) {
-    let rotated = tokio::task::spawn_blocking(move || {
-        let max = vmm::console::MAX_BYTES;
-        let mut rotated = Vec::new();
-        for (log, chardev) in
-            [(&files.console, vmm::qemu::CONSOLE_CHARDEV), (&files.main_log, vmm::qemu::MAIN_CHARDEV)]
-        {
-            let done = match backend {
-                Backend::Firecracker => vmm::console::rotate_if_full(log, max),
-                Backend::QemuKvm | Backend::QemuTcg => vmm::console::rotate_by_reopen(log, max, |new| {
-                    vmm::qemu::reopen_log(&files.control, chardev, new).map_err(std::io::Error::other)
-                }),
-            };
-            rotated.push((chardev, done));
-        }
-        rotated
-    })
-    .await;
-    let results = match rotated {
-        Ok(results) => results,
-        Err(error) => return tracing::warn!(machine = name, %error, "Could not rotate the logs."),
-    };
-    for (log, result) in results {
-        match result {
-            Ok(true) => tracing::debug!(machine = name, log, "Rotated a log."),
-            Ok(false) => {}
-            Err(error) => tracing::warn!(machine = name, log, %error, "Could not rotate a log."),
-        }
-    }
-}
-
 fn exit_reason(name: &str, console: &Path) -> (State, Option<String>) {
     let tail = console_tail(console, 3);
     if tail.contains("reboot: Power down") || tail.contains("reboot: Restarting system") {

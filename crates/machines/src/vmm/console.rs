@@ -37,9 +37,7 @@ const BLOCK: u64 = 64 << 10;
 
 /// `console.log.1`, beside `console`.
 pub fn rotated(console: &Path) -> PathBuf {
-    let mut name = console.file_name().unwrap_or_default().to_owned();
-    name.push(".1");
-    console.with_file_name(name)
+    beside(console, ".1")
 }
 
 /// Rotates `console` if it is over `max` bytes: it goes to `console.log.1`
@@ -61,44 +59,71 @@ pub fn rotate_if_full(console: &Path, max: u64) -> io::Result<bool> {
     Ok(true)
 }
 
-/// Rotates `log` if it is over `max` bytes, for a VMM that can switch to
-/// a new file: `log` becomes `log.1` (by rename, so the VMM goes on
-/// writing there), a new `log` is made and handed to `reopen`, which points
-/// the VMM at it, and only then is `log.1` cut to its last `max` bytes if
-/// it grew past twice that (as it can while no daemon runs). If `reopen`
-/// fails, the rename is undone and the error returned: the VMM kept
-/// writing to the one file throughout. Answers whether it rotated.
+/// Rotates `log` for a VMM that can switch to a new file, losing nothing.
+///
+/// A new file, `LOG.new`, is handed to `reopen`, which points the VMM at
+/// it; only then is `log` renamed to `LOG.1` and `LOG.new` to `log`. So the
+/// VMM never writes to a file being moved, and a [`Follower`] reads all of
+/// the old `log` before it becomes `LOG.1`. If `reopen` fails, `LOG.new`
+/// is removed and nothing else changes. Afterwards `LOG.1` is cut to its
+/// last `max` bytes if it is over twice that (as it is when it grew while
+/// no daemon ran).
+///
+/// It rotates when `log` is over `max`, or when `LOG.1` is over twice
+/// that: then the VMM still writes there, as after a daemon that stopped
+/// between switching and renaming. A `LOG.new` left by such a stop is
+/// renamed into place first, whether or not the VMM was switched to it (if
+/// it was not, the VMM writes to `LOG.1` until that rule catches it).
+/// Answers whether it rotated.
 pub fn rotate_by_reopen<E: From<io::Error>>(
     log: &Path,
     max: u64,
     reopen: impl FnOnce(&File) -> Result<(), E>,
 ) -> Result<bool, E> {
-    let len = match fs::metadata(log) {
-        Ok(meta) => meta.len(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e.into()),
-    };
-    if len <= max {
+    let (old, new) = (rotated(log), beside(log, ".new"));
+    if new.exists() {
+        put_in_place(log, &old, &new)?;
+        return Ok(true);
+    }
+    if size(log)? <= max && size(&old)? <= 2 * max {
         return Ok(false);
     }
-    let old = rotated(log);
-    fs::rename(log, &old)?;
-    let new = match new_log(log) {
-        Ok(file) => file,
-        Err(e) => {
-            let _ = fs::rename(&old, log);
-            return Err(e.into());
-        }
-    };
-    if let Err(error) = reopen(&new) {
-        let _ = fs::rename(&old, log);
+    let file = new_log(&new)?;
+    if let Err(error) = reopen(&file) {
+        let _ = fs::remove_file(&new);
         return Err(error);
     }
-    let len = fs::metadata(&old)?.len();
+    put_in_place(log, &old, &new)?;
+    let len = size(&old)?;
     if len > 2 * max {
         keep_end(&old, len, max)?;
     }
     Ok(true)
+}
+
+/// `log` becomes `old` and `new` becomes `log`.
+fn put_in_place(log: &Path, old: &Path, new: &Path) -> io::Result<()> {
+    match fs::rename(log, old) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    fs::rename(new, log)
+}
+
+/// The size of `path`, 0 if it does not exist.
+fn size(path: &Path) -> io::Result<u64> {
+    match fs::metadata(path) {
+        Ok(meta) => Ok(meta.len()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// `path` with `suffix` added to its file name.
+fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(suffix);
+    path.with_file_name(name)
 }
 
 /// A new, empty log for a VMM to append to, private to the daemon's user
@@ -117,9 +142,7 @@ fn keep_end(path: &Path, len: u64, keep: u64) -> io::Result<()> {
 /// Writes the last `keep` bytes of `file` (`len` bytes long) to `dest`:
 /// beside it first, then renamed into place, so `dest` gets a new inode.
 fn copy_end(file: &mut File, len: u64, keep: u64, dest: &Path) -> io::Result<()> {
-    let mut temp_name = dest.file_name().unwrap_or_default().to_owned();
-    temp_name.push(".tmp");
-    let temp = dest.with_file_name(temp_name);
+    let temp = beside(dest, ".tmp");
     file.seek(SeekFrom::Start(len - keep))?;
     let mut out = File::create(&temp)?;
     io::copy(&mut file.take(keep), &mut out)?;
@@ -375,8 +398,9 @@ mod tests {
         assert!(!untouched.unwrap());
 
         vmm.write_all(lines(10, 200).as_bytes()).unwrap();
+        let mut follower = read_end(&log, None).unwrap().1;
         let rotated_now = rotate_by_reopen(&log, 1000, |new: &File| -> io::Result<()> {
-            // Written after the rename, before the VMM has the new file.
+            // Written before the VMM has the new file.
             vmm.write_all(lines(200, 210).as_bytes())?;
             vmm = new.try_clone()?;
             Ok(())
@@ -385,19 +409,52 @@ mod tests {
         vmm.write_all(lines(210, 220).as_bytes()).unwrap();
         assert_eq!(fs::read_to_string(rotated(&log)).unwrap(), lines(0, 210));
         assert_eq!(fs::read_to_string(&log).unwrap(), lines(210, 220));
+        assert_eq!(
+            String::from_utf8(follower.read_new().unwrap()).unwrap(),
+            lines(200, 220),
+            "a follower misses nothing"
+        );
         let mode = fs::metadata(&log).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o640, "a new log is the daemon's");
     }
 
     #[test]
-    fn a_reopen_that_fails_leaves_the_one_log_in_place() {
+    fn a_reopen_that_fails_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("console.log");
         fs::write(&log, lines(0, 200)).unwrap();
+        fs::write(rotated(&log), lines(0, 5)).unwrap();
         let error = rotate_by_reopen(&log, 1000, |_| Err(io::Error::other("QEMU said no"))).unwrap_err();
         assert_eq!(error.to_string(), "QEMU said no");
         assert_eq!(fs::read_to_string(&log).unwrap(), lines(0, 200));
-        assert!(!rotated(&log).exists());
+        assert_eq!(fs::read_to_string(rotated(&log)).unwrap(), lines(0, 5));
+        assert!(!beside(&log, ".new").exists());
+    }
+
+    #[test]
+    fn a_rotation_cut_short_is_finished_and_a_vmm_still_writing_the_old_file_is_moved() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        // Stopped after the switch: LOG.new is the VMM's file.
+        fs::write(&log, lines(0, 200)).unwrap();
+        fs::write(beside(&log, ".new"), lines(200, 210)).unwrap();
+        assert!(rotate_by_reopen(&log, 1000, |_| -> io::Result<()> { panic!("no switch needed") }).unwrap());
+        assert_eq!(fs::read_to_string(rotated(&log)).unwrap(), lines(0, 200));
+        assert_eq!(fs::read_to_string(&log).unwrap(), lines(200, 210));
+
+        // Stopped before the switch: the VMM writes LOG.1 while `log` stays
+        // small; once LOG.1 is over twice the limit, the VMM is moved.
+        fs::write(rotated(&log), lines(0, 300)).unwrap(); // ~2.6 KB
+        let mut switched = false;
+        assert!(
+            rotate_by_reopen(&log, 1000, |_| -> io::Result<()> {
+                switched = true;
+                Ok(())
+            })
+            .unwrap()
+        );
+        assert!(switched);
+        assert_eq!(fs::metadata(&log).unwrap().len(), 0);
     }
 
     #[test]
