@@ -88,7 +88,7 @@ pub fn rotate_by_reopen<E: From<io::Error>>(
     if size(log)? <= max && size(&old)? <= 2 * max {
         return Ok(false);
     }
-    let file = new_log(&new)?;
+    let file = open_log(&new, true)?;
     if let Err(error) = reopen(&file) {
         let _ = fs::remove_file(&new);
         return Err(error);
@@ -126,11 +126,11 @@ fn beside(path: &Path, suffix: &str) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// A new, empty log for a VMM to append to, private to the daemon's user
-/// and group.
-fn new_log(path: &Path) -> io::Result<File> {
+/// A log for a VMM to append to, made if missing (with `new`, it must be)
+/// and private to the daemon's user and group.
+pub fn open_log(path: &Path, new: bool) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    fs::OpenOptions::new().append(true).create_new(true).mode(0o640).open(path)
+    fs::OpenOptions::new().append(true).create(true).create_new(new).mode(0o640).open(path)
 }
 
 /// Replaces `path` (`len` bytes long, written by nobody now) with its last

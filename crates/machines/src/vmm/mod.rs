@@ -217,10 +217,14 @@ pub(crate) fn detach(command: &mut Command, inherit: Vec<std::os::fd::RawFd>, id
                     u32::MAX,
                     nix::libc::CLOSE_RANGE_CLOEXEC,
                 );
-                let unsupported = [nix::libc::ENOSYS, nix::libc::EINVAL]; // kernels before 5.11
-                let error = std::io::Error::last_os_error();
-                if closed != 0 && !error.raw_os_error().is_some_and(|e| unsupported.contains(&e)) {
-                    return Err(error);
+                if closed != 0 {
+                    let error = std::io::Error::last_os_error();
+                    // Kernels before 5.11 lack the flag; then only the
+                    // close-on-exec descriptors are closed.
+                    let unsupported = [nix::libc::ENOSYS, nix::libc::EINVAL];
+                    if !error.raw_os_error().is_some_and(|e| unsupported.contains(&e)) {
+                        return Err(error);
+                    }
                 }
                 if nix::libc::prctl(nix::libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
@@ -317,9 +321,7 @@ pub fn vmm_ids() -> Result<Option<VmmIds>, Error> {
     // (with data dirs of their own) rarely even look at the same ids.
     let seed = {
         use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u32(std::process::id());
-        h.finish()
+        std::collections::hash_map::RandomState::new().build_hasher().finish()
     };
     // Held by no process, and by no account or group either (an id
     // mapping such as SSSD's can hand out ids this high).

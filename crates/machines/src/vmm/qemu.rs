@@ -339,8 +339,8 @@ impl Opened {
         Ok(Opened {
             kernel: readable_by_anyone(&config.kernel)?,
             initrd: readable_by_anyone(&config.initrd)?,
-            console: append(&files.console)?,
-            main_log: append(&files.main_log)?,
+            console: super::console::open_log(&files.console, false).map_err(io(&files.console))?,
+            main_log: super::console::open_log(&files.main_log, false).map_err(io(&files.main_log))?,
             agent: bind(&files.agent)?,
             control: bind(&files.control)?,
             disk,
@@ -371,17 +371,6 @@ impl Opened {
         fds.extend(h.taps);
         fds
     }
-}
-
-/// Opens a log for appending, made if missing and private to root.
-pub(crate) fn append(path: &Path) -> Result<File, Error> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o640)
-        .open(path)
-        .map_err(|source| Error::Io { path: path.to_owned(), source })
 }
 
 /// Opens a kernel or initramfs that QEMU reads as `/proc/self/fd/N`: that
