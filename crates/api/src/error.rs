@@ -329,6 +329,35 @@ impl From<hearth_services::Error> for ApiError {
     }
 }
 
+/// Config errors mapped onto HTTP, with the hint a person needs.
+impl From<hearth_config::Error> for ApiError {
+    fn from(error: hearth_config::Error) -> Self {
+        use hearth_config::Error as E;
+        let error = match error {
+            E::Store(store) => return store.into(),
+            other => other,
+        };
+        let status = match &error {
+            E::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            E::InvalidKey { .. }
+            | E::InvalidScope { .. }
+            | E::InvalidLayer { .. }
+            | E::InvalidValue { .. }
+            | E::InvalidSchema { .. }
+            | E::FutureRevision { .. } => StatusCode::BAD_REQUEST,
+            E::SchemaViolation { .. } | E::Undecryptable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            E::NotFound { .. } => StatusCode::NOT_FOUND,
+            E::HistoryGone { .. } => StatusCode::GONE,
+            E::Contended { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            E::KeyFile { .. } | E::BadKeyFile { .. } | E::Corrupt { .. } => {
+                tracing::error!(error = %display_chain(&error), "Config operation failed.");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        ApiError::new(status, error.code(), display_chain(&error), error.hint())
+    }
+}
+
 /// App errors mapped onto HTTP, with the hint a person needs.
 impl From<hearth_apps::Error> for ApiError {
     fn from(error: hearth_apps::Error) -> Self {

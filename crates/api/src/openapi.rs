@@ -9,7 +9,8 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use crate::server::{
-    apps, events, files, images, kv, leases, machines, networks, services, system, triggers, workflows,
+    apps, config, events, files, images, kv, leases, machines, networks, services, system, triggers,
+    workflows,
 };
 
 #[derive(OpenApi)]
@@ -41,6 +42,9 @@ use crate::server::{
         crate::labs::list, crate::labs::get, crate::labs::put, crate::labs::remove,
         services::list, services::get, services::create, services::scale, services::deploy, services::remove, services::endpoints,
         services::register, services::heartbeat, services::deregister, services::history,
+        config::get, config::entries, config::set, config::remove, config::import, config::history, config::diff,
+        config::rollback, config::schemas, config::set_schema, config::remove_schema, config::key, config::rekey,
+        config::watch,
     ),
     modifiers(&BearerAuth, &Limits),
     security(("bearer" = [])),
@@ -56,6 +60,7 @@ use crate::server::{
         (name = "workflows", description = "Durable workflows and their runs"),
         (name = "faults", description = "Partitions, delay and loss, on purpose"),
         (name = "labs", description = "Machines and networks brought up together from a lab file"),
+        (name = "config", description = "Layered configuration: files, global, scopes and overrides; secrets, schemas, history"),
         (name = "services", description = "The registry: services of machines, registered instances and apps, with health checks"),
     )
 )]

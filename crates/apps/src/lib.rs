@@ -156,6 +156,9 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] hearth_store::Error),
 
+    #[error(transparent)]
+    Config(#[from] hearth_config::Error),
+
     #[error("cannot read or write {path}")]
     Io {
         path: std::path::PathBuf,
@@ -212,6 +215,12 @@ impl Error {
                 hearth_store::Error::Closed => ErrorKind::Unavailable,
                 _ => ErrorKind::Internal,
             },
+            Error::Config(e) => match e.code() {
+                "invalid_field" | "schema_violation" | "undecryptable" => ErrorKind::Invalid,
+                "not_found" => ErrorKind::NotFound,
+                "busy" => ErrorKind::Unavailable,
+                _ => ErrorKind::Internal,
+            },
             Error::Corrupt(..)
             | Error::CorruptTrigger { .. }
             | Error::BlobMissing { .. }
@@ -245,6 +254,7 @@ impl Error {
             Error::Corrupt(..) | Error::CorruptTrigger { .. } => "corrupt",
             Error::BlobMissing { .. } => "blob_missing",
             Error::Store(_) => "store",
+            Error::Config(e) => e.code(),
             Error::Io { .. } => "io",
             Error::Runtime(_) => "runtime",
             Error::Internal(_) => "internal",

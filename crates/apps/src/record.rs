@@ -20,7 +20,8 @@ pub const APPS: &str = "apps/";
 pub const RECORDS: &str = "apps/records/";
 /// Where apps' key-value data lives: `apps/data/NAME/STORE/KEY`.
 pub const DATA: &str = "apps/data/";
-/// Where apps' secret values live: `apps/secrets/NAME/SECRET`.
+/// Where apps' secret values lived before config held them
+/// (`apps/secrets/NAME/SECRET`, in clear): moved into config at start.
 pub const SECRETS: &str = "apps/secrets/";
 
 pub(crate) fn key(name: &str) -> String {
@@ -29,10 +30,6 @@ pub(crate) fn key(name: &str) -> String {
 
 pub(crate) fn data_prefix(app: &str, store: &str) -> String {
     format!("{DATA}{app}/{store}/")
-}
-
-pub(crate) fn secrets_prefix(app: &str) -> String {
-    format!("{SECRETS}{app}/")
 }
 
 /// An app: what is deployed under a name.

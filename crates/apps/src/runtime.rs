@@ -222,12 +222,6 @@ fn check_imports(engine: &Engine, component: &Component, manifest: &Manifest) ->
                     "add `key_value = [\"default\"]` to hearth.toml, with the names the app passes to `open`",
                 );
             }
-            "wasi:config/store" if manifest.config.is_empty() && manifest.secrets.is_empty() => {
-                return undeclared(
-                    "any config variable or secret",
-                    "add a [config] table or a `secrets = [...]` list to hearth.toml",
-                );
-            }
             "wasi:http/outgoing-handler" if manifest.outbound.is_empty() => {
                 return undeclared(
                     "any outbound host",

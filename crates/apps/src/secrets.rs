@@ -1,43 +1,75 @@
-//! An app's secrets (`apps/secrets/NAME/SECRET`): set, deleted and listed
-//! by name, and resolved into the config a version sees; a running app that
-//! declares a secret sees its new value from its next request.
+//! What an app reads through `wasi:config`: its scope's merged config
+//! (`hearth_config`: files, its `hearth.toml` `[config]`, global, `app:NAME`,
+//! override), secrets decrypted. A running app sees a change from its next
+//! request, with no redeploy: [`Apps::follow_config`] re-resolves every
+//! loaded app when config moves.
+//!
+//! An app's secrets (`hearth app secret set`) are config secrets in its
+//! scope; those kept under `apps/secrets/` before config existed are moved
+//! there once, at start.
 
 use std::collections::BTreeMap;
 
-use crate::Error;
+use hearth_config::{Base, Key, Layer, Scope};
+use hearth_store::{Compare, Op, Txn};
+use tokio::sync::watch;
+
 use crate::manifest::Manifest;
 use crate::record::{self, validate_name};
 use crate::service::{Apps, lock};
+use crate::{Error, chain};
+
+fn scope(name: &str) -> Scope {
+    Scope::App(name.to_owned())
+}
+
+fn secret_key(secret: &str) -> Result<Key, Error> {
+    validate_secret_name(secret)?;
+    Key::parse(secret).map_err(|e| Error::Invalid(e.to_string()))
+}
 
 impl Apps {
-    /// Sets a secret of an app (which need not be deployed yet). A running
-    /// app that declares it sees the new value from its next request.
+    /// Sets a secret of an app (which need not be deployed yet): a config
+    /// secret in the app's scope. A running app sees the new value from its
+    /// next request.
     pub async fn set_secret(&self, name: &str, secret: &str, value: String) -> Result<(), Error> {
         validate_name(name)?;
-        validate_secret_name(secret)?;
-        let key = format!("{}{secret}", record::secrets_prefix(name));
-        self.store().put(&key, value.into_bytes(), None).await?;
+        let key = secret_key(secret)?;
+        let layer = Layer::of(scope(name));
+        self.inner.config.set(&layer, &key, serde_json::Value::String(value), true).await?;
         self.refresh_config(name).await
     }
 
-    /// Deletes a secret. An app that declares it keeps the value it has
-    /// loaded until it is redeployed (which then fails until it is set).
+    /// Deletes a secret. A running app that declares it keeps serving with
+    /// the value it has until it is redeployed (which then fails until the
+    /// secret is set again).
     pub async fn delete_secret(&self, name: &str, secret: &str) -> Result<bool, Error> {
         validate_name(name)?;
-        validate_secret_name(secret)?;
-        let key = format!("{}{secret}", record::secrets_prefix(name));
-        Ok(self.store().delete(&key).await?.1)
+        let key = secret_key(secret)?;
+        match self.inner.config.remove(&Layer::of(scope(name)), &key).await {
+            Ok(_) => Ok(true),
+            Err(hearth_config::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The names of an app's secrets (never their values).
     pub async fn secrets(&self, name: &str) -> Result<Vec<String>, Error> {
         validate_name(name)?;
-        let prefix = record::secrets_prefix(name);
-        let range = self.store().range(&prefix).await?;
-        Ok(range.kvs.into_iter().map(|kv| kv.key[prefix.len()..].to_owned()).collect())
+        let entries = self.inner.config.entries(Some(&Layer::of(scope(name))), "").await?;
+        Ok(entries.into_iter().filter(|e| e.secret).map(|e| e.key.to_string()).collect())
     }
 
-    async fn refresh_config(&self, name: &str) -> Result<(), Error> {
+    /// The layer an app's own `hearth.toml` `[config]` is, for its active
+    /// version (for `config get --explain`).
+    pub async fn config_base(&self, name: &str) -> Result<Option<Base>, Error> {
+        let Some((app, _)) = self.find(name).await? else { return Ok(None) };
+        let Some(version) = app.active_version() else { return Ok(None) };
+        Ok(Some(base(name, &version.manifest)))
+    }
+
+    /// Loads what a loaded app reads again, and swaps it in if it changed.
+    pub(crate) async fn refresh_config(&self, name: &str) -> Result<(), Error> {
         let guard = self.app_lock(name);
         let _held = guard.lock().await;
         let Some((app, _)) = self.find(name).await? else { return Ok(()) };
@@ -45,37 +77,100 @@ impl Apps {
             .get(name)
             .and_then(|e| Some((e.serving.clone().ok()?, e.guards.clone())));
         let (Some((loaded, guards)), Some(version)) = (current, app.active_version()) else { return Ok(()) };
-        if version.manifest.secrets.is_empty() || loaded.ctx.version != version.number {
+        if loaded.ctx.version != version.number {
             return Ok(());
         }
-        let config = self.resolve_config(name, &version.manifest).await?;
+        let config = match self.resolve_config(name, &version.manifest).await {
+            Ok(config) => config,
+            // A declared secret was removed: keep serving what it had.
+            Err(Error::MissingSecret { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if config == loaded.ctx.config {
+            return Ok(());
+        }
         let refreshed = self.loaded(&app, version, config, loaded.ctx.limits, loaded.pre.clone());
         self.install(name, self.routes_of(&app), Ok(refreshed), guards);
         Ok(())
     }
 
-    /// The manifest's config with the app's secrets added.
+    /// The app's merged config, as `wasi:config` serves it: dotted keys,
+    /// text values. Every secret the manifest declares must be set.
     pub(crate) async fn resolve_config(
         &self,
         name: &str,
         manifest: &Manifest,
     ) -> Result<BTreeMap<String, String>, Error> {
-        let mut config = manifest.config.clone();
-        if manifest.secrets.is_empty() {
-            return Ok(config);
-        }
-        let prefix = record::secrets_prefix(name);
-        let range = self.store().range(&prefix).await?;
+        let resolved = self.inner.config.resolve(&scope(name), Some(&base(name, manifest))).await?;
+        let config = resolved.flat();
         for secret in &manifest.secrets {
-            let value = range
-                .kvs
-                .iter()
-                .find(|kv| kv.key[prefix.len()..] == *secret)
-                .ok_or_else(|| Error::MissingSecret { app: name.to_owned(), secret: secret.clone() })?;
-            config.insert(secret.clone(), String::from_utf8_lossy(&value.value).into_owned());
+            if !config.contains_key(secret) {
+                return Err(Error::MissingSecret { app: name.to_owned(), secret: secret.clone() });
+            }
         }
         Ok(config)
     }
+
+    /// Re-resolves every loaded app's config each time config moves, until
+    /// `shutdown`.
+    pub(crate) async fn follow_config(self, mut shutdown: watch::Receiver<bool>) {
+        let mut changes = self.inner.config.changes();
+        loop {
+            tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => return,
+                changed = changes.changed() => if changed.is_err() { return },
+            }
+            let names: Vec<String> = lock(&self.inner.loaded).keys().cloned().collect();
+            for name in names {
+                if let Err(e) = self.refresh_config(&name).await {
+                    tracing::warn!(app = name, error = %chain(&e), "Cannot give an app its new config.");
+                }
+            }
+        }
+    }
+
+    /// Moves secrets kept under `apps/secrets/APP/SECRET` (before config
+    /// existed) into config, each in its app's scope, and deletes them
+    /// there once moved. Idempotent.
+    pub(crate) async fn migrate_secrets(&self) -> Result<(), Error> {
+        let old = self.store().range(record::SECRETS).await?;
+        for kv in old.kvs {
+            let rest = &kv.key[record::SECRETS.len()..];
+            let Some((app, secret)) = rest.split_once('/') else { continue };
+            let (Ok(()), Ok(key)) = (validate_name(app), Key::parse(secret)) else {
+                tracing::warn!(
+                    key = kv.key,
+                    "An old app secret has a name config cannot hold; left in place."
+                );
+                continue;
+            };
+            let value = String::from_utf8_lossy(&kv.value).into_owned();
+            self.inner
+                .config
+                .set(&Layer::of(scope(app)), &key, serde_json::Value::String(value), true)
+                .await?;
+            let txn = Txn::new()
+                .when(Compare::mod_revision(kv.key.clone(), kv.mod_revision))
+                .and_then(Op::Delete { key: kv.key.clone() });
+            self.store().txn(txn).await?;
+            tracing::info!(app, secret, "Moved an app secret into config.");
+        }
+        Ok(())
+    }
+}
+
+/// An app version's `hearth.toml` `[config]` as a config layer. A name
+/// config cannot hold as a key is left out, with a warning.
+fn base(name: &str, manifest: &Manifest) -> Base {
+    let label = format!("hearth.toml (app {name})");
+    let mut values = Vec::new();
+    for (k, v) in &manifest.config {
+        match Key::parse(k) {
+            Ok(key) => values.push((key, serde_json::Value::String(v.clone()))),
+            Err(e) => tracing::warn!(app = name, error = %e, "A config variable of hearth.toml is left out."),
+        }
+    }
+    Base { label, values }
 }
 
 /// A secret's name follows the manifest's rules.

@@ -128,6 +128,8 @@ pub struct Apps {
 
 pub(crate) struct Inner {
     store: Arc<dyn Store>,
+    /// Layered config: what `wasi:config` serves each app.
+    pub(crate) config: hearth_config::Config,
     pub(crate) options: Options,
     blobs_dir: PathBuf,
     pub(crate) runtime: Runtime,
@@ -179,7 +181,11 @@ impl Apps {
 
     /// Sets up the runtime and the directories. Nothing is loaded until
     /// [`Apps::run`] starts.
-    pub fn new(store: Arc<dyn Store>, options: Options) -> Result<Apps, Error> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        config: hearth_config::Config,
+        options: Options,
+    ) -> Result<Apps, Error> {
         let blobs_dir = options.data_dir.join("apps").join("blobs");
         hearth_wasm::create_private_dir(&blobs_dir)?;
         let runtime = Runtime::new(&options.cache_dir, options.max_instances, options.ceiling)?;
@@ -187,6 +193,7 @@ impl Apps {
         Ok(Apps {
             inner: Arc::new(Inner {
                 store,
+                config,
                 options,
                 blobs_dir,
                 runtime,
@@ -250,11 +257,16 @@ impl Apps {
     /// `shutdown`, so that changes made by another daemon on the same store
     /// are served here too.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        if let Err(e) = self.migrate_secrets().await {
+            tracing::warn!(error = %chain(&e), "Cannot move apps' secrets into config; they stay where they were.");
+        }
         let triggers = tokio::spawn(crate::triggers::run(self.clone(), shutdown.clone()));
         let services = tokio::spawn(crate::ingress::follow_services(self.clone(), shutdown.clone()));
+        let config = tokio::spawn(self.clone().follow_config(shutdown.clone()));
         self.follow(&mut shutdown).await;
         let _ = triggers.await;
         let _ = services.await;
+        let _ = config.await;
         // Compiled components are cached in the background; finish writing
         // them so that the next start finds them.
         let inner = self.inner.clone();

@@ -826,6 +826,115 @@ impl Client {
 
 /// The labs endpoints.
 impl Client {
+    /// A scope's merged config (`scope`: `global`, `app:NAME`, ...).
+    pub async fn config(&self, scope: &str, prefix: &str) -> Result<crate::types::ConfigView, Error> {
+        self.call(
+            Method::GET,
+            &format!("/v1/config?{}", query(&[("scope", scope), ("prefix", prefix)])),
+            None,
+        )
+        .await
+    }
+
+    /// The leaves of one layer (or all), under a prefix.
+    pub async fn config_entries(
+        &self,
+        layer: Option<&str>,
+        prefix: &str,
+    ) -> Result<crate::types::ConfigEntryList, Error> {
+        let mut pairs = vec![("prefix", prefix)];
+        if let Some(layer) = layer {
+            pairs.push(("layer", layer));
+        }
+        self.call(Method::GET, &format!("/v1/config/entries?{}", query(&pairs)), None).await
+    }
+
+    pub async fn set_config(
+        &self,
+        key: &str,
+        layer: &str,
+        body: &crate::types::SetConfig,
+    ) -> Result<crate::types::ConfigWritten, Error> {
+        let path = format!("/v1/config/entries/{}?{}", encode_segment(key), query(&[("layer", layer)]));
+        self.call(Method::PUT, &path, Self::json(body)?).await
+    }
+
+    pub async fn remove_config(&self, key: &str, layer: &str) -> Result<crate::types::ConfigWritten, Error> {
+        let path = format!("/v1/config/entries/{}?{}", encode_segment(key), query(&[("layer", layer)]));
+        self.call(Method::DELETE, &path, None).await
+    }
+
+    pub async fn import_config(
+        &self,
+        body: &crate::types::ImportConfig,
+    ) -> Result<crate::types::ConfigWritten, Error> {
+        self.call(Method::PUT, "/v1/config/files", Self::json(body)?).await
+    }
+
+    pub async fn config_history(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<crate::types::ConfigHistory, Error> {
+        let limit = limit.to_string();
+        self.call(
+            Method::GET,
+            &format!("/v1/config/history?{}", query(&[("prefix", prefix), ("limit", &limit)])),
+            None,
+        )
+        .await
+    }
+
+    pub async fn config_diff(&self, from: u64, to: Option<u64>) -> Result<crate::types::ConfigDiff, Error> {
+        let q = crate::types::ConfigDiffQuery { from, to };
+        let qs = serde_urlencoded::to_string(&q).map_err(|e| Error::Protocol(e.to_string()))?;
+        self.call(Method::GET, &format!("/v1/config/diff?{qs}"), None).await
+    }
+
+    pub async fn rollback_config(
+        &self,
+        body: &crate::types::RollbackConfig,
+    ) -> Result<crate::types::ConfigWritten, Error> {
+        self.call(Method::POST, "/v1/config/rollback", Self::json(body)?).await
+    }
+
+    pub async fn config_schemas(&self) -> Result<crate::types::ConfigSchemaList, Error> {
+        self.call(Method::GET, "/v1/config/schemas", None).await
+    }
+
+    pub async fn set_config_schema(
+        &self,
+        body: &crate::types::ConfigSchema,
+    ) -> Result<crate::types::ConfigWritten, Error> {
+        self.call(Method::PUT, "/v1/config/schemas", Self::json(body)?).await
+    }
+
+    pub async fn remove_config_schema(&self, prefix: &str) -> Result<crate::types::ConfigWritten, Error> {
+        self.call(Method::DELETE, &format!("/v1/config/schemas?{}", query(&[("prefix", prefix)])), None).await
+    }
+
+    pub async fn config_key(&self) -> Result<crate::types::ConfigKey, Error> {
+        self.call(Method::GET, "/v1/config/key", None).await
+    }
+
+    pub async fn rekey_config(&self, forget: bool) -> Result<crate::types::Rekeyed, Error> {
+        self.call(Method::POST, "/v1/config/rekey", Self::json(&crate::types::Rekey { forget })?).await
+    }
+
+    /// Follows config changes under `prefix` from `since` (the next change
+    /// when `None`): each SSE message as it comes (`set`, `removed`,
+    /// `reset`, `end`, `error`).
+    pub async fn watch_config(
+        &self,
+        prefix: &str,
+        since: Option<u64>,
+    ) -> Result<impl Stream<Item = Result<SseMessage, Error>> + Send + 'static, Error> {
+        let q = crate::types::ConfigWatchQuery { prefix: Some(prefix.to_owned()), since };
+        let qs = serde_urlencoded::to_string(&q).map_err(|e| Error::Protocol(e.to_string()))?;
+        let response = self.send(Method::GET, &format!("/v1/config/watch?{qs}"), None).await?;
+        Ok(sse_messages(response.into_body().into_data_stream()))
+    }
+
     pub async fn labs(&self) -> Result<LabList, Error> {
         self.call(Method::GET, "/v1/labs", None).await
     }

@@ -221,8 +221,14 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
         )
     })?;
     let ingress_addr = ingress.local_addr().ok();
-    let apps = hearth_apps::Apps::new(store.clone(), hearth_apps::Options::new(data_dir, &cache_dir))
-        .context("cannot start the apps service")?;
+    let config = hearth_config::Config::open(store.clone(), data_dir).context("cannot open config")?;
+    let config_loop = tokio::spawn(config.clone().run(stop_rx.clone()));
+    let apps = hearth_apps::Apps::new(
+        store.clone(),
+        config.clone(),
+        hearth_apps::Options::new(data_dir, &cache_dir),
+    )
+    .context("cannot start the apps service")?;
     let apps_loop = tokio::spawn(apps.clone().run(stop_rx.clone()));
     let workflows =
         hearth_workflows::Workflows::new(store.clone(), hearth_workflows::Options::new(data_dir, &cache_dir))
@@ -253,7 +259,7 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
     let services_loop = tokio::spawn(services.clone().run(stop_rx.clone()));
     let state = AppState::new(
         store,
-        hearth_api::server::Subsystems { machines, networks, apps, workflows, services },
+        hearth_api::server::Subsystems { machines, networks, apps, workflows, services, config },
         DaemonInfo {
             data_dir: data_dir.to_owned(),
             socket: socket_path.clone(),
@@ -315,6 +321,7 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
         servers.abort_all();
     }
     let _ = services_loop.await;
+    let _ = config_loop.await;
     let _ = machines_loop.await;
     let _ = apps_loop.await;
     let _ = workflows_loop.await;

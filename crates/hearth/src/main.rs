@@ -68,6 +68,9 @@ enum Command {
     /// Machine snapshots: list and remove (take them with `machine snapshot`).
     #[command(subcommand)]
     Snapshot(cmd::snapshot::Command),
+    /// Layered configuration pushed to apps, machines and workflows: values, secrets, schemas, history.
+    #[command(subcommand)]
+    Config(cmd::config::Command),
     /// Read and write the user key space of the store.
     #[command(subcommand)]
     Kv(cmd::kv::Command),
@@ -136,6 +139,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => cmd::status::run(&client()?, args).await?,
         Command::Events(args) => cmd::events::run(&client()?, args).await?,
         Command::Kv(command) => cmd::kv::run(&client()?, command).await?,
+        Command::Config(command) => cmd::config::run(&client()?, command).await?,
         Command::Machine(command) => {
             return Ok(exit_code(cmd::machine::run(&client()?, &data_dir, command).await?));
         }

@@ -142,7 +142,7 @@ pub(crate) async fn events(
     Ok(axum::Json(EventList { revision: current, events }).into_response())
 }
 
-fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+pub(crate) fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let Some(value) = headers.get("last-event-id") else { return Ok(None) };
     value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()).map(Some).ok_or_else(|| {
         ApiError::bad_request(
@@ -153,15 +153,21 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     })
 }
 
-async fn follow(state: AppState, prefix: &str, since: u64) -> Result<Response, ApiError> {
-    let permit = EVENT_STREAMS.try_acquire().map_err(|_| {
+/// A place among the [`MAX_EVENT_STREAMS`] streams (events and config
+/// watches), given back when dropped.
+pub(crate) fn stream_permit() -> Result<tokio::sync::SemaphorePermit<'static>, ApiError> {
+    EVENT_STREAMS.try_acquire().map_err(|_| {
         ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             "too_many_streams",
             format!("{MAX_EVENT_STREAMS} event streams are open already"),
-            "close an `events --follow` you no longer need, or retry later",
+            "close an `events --follow` or `config watch` you no longer need, or retry later",
         )
-    })?;
+    })
+}
+
+async fn follow(state: AppState, prefix: &str, since: u64) -> Result<Response, ApiError> {
+    let permit = stream_permit()?;
     // Opening a watch before answering means a bad `since` is a proper 4xx,
     // not an error buried in a 200 stream; the stream itself comes from a
     // follower, which opens its watch again if it breaks.
@@ -230,7 +236,7 @@ struct Following {
 /// The last event of a stream that reached [`EVENT_STREAM_LIFETIME`]: no
 /// data, so a client that does not know it skips it, and an `id` that
 /// every SSE client resumes after.
-fn end_event(through: u64) -> SseEvent {
+pub(crate) fn end_event(through: u64) -> SseEvent {
     SseEvent::default()
         .event("end")
         .id(through.to_string())

@@ -7,6 +7,7 @@
 
 pub(crate) mod apps;
 mod auth;
+pub(crate) mod config;
 pub(crate) mod events;
 mod exec;
 pub(crate) mod files;
@@ -78,6 +79,7 @@ pub struct Subsystems {
     pub apps: hearth_apps::Apps,
     pub workflows: hearth_workflows::Workflows,
     pub services: hearth_services::Services,
+    pub config: hearth_config::Config,
 }
 
 /// Everything a handler can reach. Cheap to clone.
@@ -93,6 +95,7 @@ struct Inner {
     apps: hearth_apps::Apps,
     workflows: hearth_workflows::Workflows,
     services: hearth_services::Services,
+    config: hearth_config::Config,
     info: DaemonInfo,
     started: Instant,
     metrics: Metrics,
@@ -118,7 +121,7 @@ impl AppState {
         info: DaemonInfo,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        let Subsystems { machines, networks, apps, workflows, services } = subsystems;
+        let Subsystems { machines, networks, apps, workflows, services, config } = subsystems;
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -127,6 +130,7 @@ impl AppState {
                 apps: apps.clone(),
                 workflows,
                 services,
+                config,
                 info,
                 started: Instant::now(),
                 metrics: Metrics::new(apps.clone()),
@@ -172,6 +176,10 @@ impl AppState {
 
     pub(crate) fn workflows(&self) -> &hearth_workflows::Workflows {
         &self.inner.workflows
+    }
+
+    pub(crate) fn config(&self) -> &hearth_config::Config {
+        &self.inner.config
     }
 
     pub(crate) fn services(&self) -> &hearth_services::Services {
@@ -256,6 +264,20 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/runs/{id}/migrate", post(workflows::migrate))
         .route("/v1/runs/{id}/logs", get(workflows::logs))
         .route("/v1/runs/{id}/result", get(workflows::result))
+        .route("/v1/config", get(config::get))
+        .route("/v1/config/entries", get(config::entries))
+        .route("/v1/config/entries/{key}", axum::routing::put(config::set).delete(config::remove))
+        .route("/v1/config/files", axum::routing::put(config::import))
+        .route("/v1/config/history", get(config::history))
+        .route("/v1/config/diff", get(config::diff))
+        .route("/v1/config/rollback", post(config::rollback))
+        .route(
+            "/v1/config/schemas",
+            get(config::schemas).put(config::set_schema).delete(config::remove_schema),
+        )
+        .route("/v1/config/key", get(config::key))
+        .route("/v1/config/rekey", post(config::rekey))
+        .route("/v1/config/watch", get(config::watch))
         .route("/v1/images", get(images::list))
         .route("/v1/images/pull", post(images::pull))
         .route("/v1/images/build", post(images::build))

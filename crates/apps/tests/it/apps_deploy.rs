@@ -102,13 +102,6 @@ async fn bad_uploads_get_clear_errors_and_change_nothing() {
         ("app", guests.kitchen.clone(), Some("key_value = [\"default\"]"), "undeclared_import", "outbound"),
         (
             "app",
-            guests.kitchen.clone(),
-            Some("key_value = [\"default\"]\noutbound = [\"*\"]"),
-            "undeclared_import",
-            "config",
-        ),
-        (
-            "app",
             guests.hello.clone(),
             Some("secrets = [\"token\"]"),
             "missing_secret",

@@ -80,6 +80,41 @@ async fn config_and_secrets_come_through_wasi_config() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_change_reaches_a_running_app_on_its_next_request_with_no_redeploy() {
+    use hearth_config::{Key, Layer, Scope};
+    let guests = guests();
+    let h = Harness::start().await;
+    // No [config] in hearth.toml: wasi:config needs no declaring.
+    let manifest = "key_value = [\"default\"]\noutbound = [\"http://example.invalid\"]\n[config]\ngreeting = \"manifest\"\n";
+    h.apps.deploy("live", guests.kitchen.clone(), Some(manifest.into()), vec![]).await.unwrap();
+    assert_eq!(h.get("live.localhost", "/config?key=greeting").await.body, "manifest");
+    let config = h.config.clone();
+    // The global layer is above the manifest; the app's scope above that.
+    config.set(&Layer::Global, &Key::parse("greeting").unwrap(), "global".into(), false).await.unwrap();
+    wait_for_body(&h, "live.localhost", "/config?key=greeting", "global").await;
+    let scope = Layer::of(Scope::App("live".into()));
+    config.set(&scope, &Key::parse("db.host").unwrap(), "db.internal".into(), false).await.unwrap();
+    wait_for_body(&h, "live.localhost", "/config?key=db.host", "db.internal").await;
+    config.remove(&Layer::Global, &Key::parse("greeting").unwrap()).await.unwrap();
+    wait_for_body(&h, "live.localhost", "/config?key=greeting", "manifest").await;
+    let versions = h.apps.get("live").await.unwrap().app.versions.len();
+    assert_eq!(versions, 1, "no redeploy happened");
+}
+
+/// Waits, with a deadline, for `path` on `host` to answer `body`.
+async fn wait_for_body(h: &Harness, host: &str, path: &str, body: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let got = h.get(host, path).await.body;
+        if got == body {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{host}{path} still answers {got:?}, not {body:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_requests_are_denied_unless_allowed() {
     let guests = guests();
     let h = Harness::start().await;

@@ -136,8 +136,10 @@ async fn concurrent_increments_are_not_lost() {
 async fn second_service(a: &Harness, store: Arc<dyn Store>) -> (Apps, SocketAddr, watch::Sender<bool>) {
     let mut opts = options(a.dir.path());
     opts.cache_dir = a.dir.path().join("cache-b");
-    let b = Apps::new(store, opts).unwrap();
+    let config = hearth_config::Config::open(store.clone(), a.dir.path()).unwrap();
+    let b = Apps::new(store, config.clone(), opts).unwrap();
     let (stop, rx) = watch::channel(false);
+    tokio::spawn(config.run(rx.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let b_addr = listener.local_addr().unwrap();
     tokio::spawn(b.clone().run(rx.clone()));

@@ -81,6 +81,7 @@ pub struct UnknownValue {
 }
 
 mod apps;
+mod config;
 mod errors;
 mod events;
 mod images;
@@ -94,6 +95,7 @@ mod triggers;
 mod workflows;
 
 pub use apps::*;
+pub use config::*;
 pub use errors::*;
 pub use events::*;
 pub use images::*;

@@ -2,6 +2,7 @@
 
 pub(crate) mod app;
 pub(crate) mod bench;
+pub(crate) mod config;
 pub(crate) mod events;
 pub(crate) mod fault;
 pub(crate) mod image;

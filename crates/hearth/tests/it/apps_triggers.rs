@@ -55,7 +55,7 @@ pub(crate) fn kitchen() -> &'static Path {
 }
 
 /// Deploys the kitchen guest as `name` with `triggers` in its manifest.
-fn deploy(daemon: &Daemon, dir: &Path, name: &str, triggers: &str) {
+pub(crate) fn deploy(daemon: &Daemon, dir: &Path, name: &str, triggers: &str) {
     let wasm = dir.join("kitchen.wasm");
     std::fs::copy(kitchen(), &wasm).expect("copy the guest");
     let manifest = format!(
@@ -81,7 +81,7 @@ fn cron_slots(lines: &[AppLogLine], rest: &str) -> Vec<(u64, u64)> {
         .collect()
 }
 
-async fn ingress_port(daemon: &Daemon) -> u16 {
+pub(crate) async fn ingress_port(daemon: &Daemon) -> u16 {
     let status = daemon.client().status().await.expect("status");
     status.ingress.and_then(|a| a.rsplit(':').next()?.parse().ok()).expect("an ingress port")
 }
@@ -219,7 +219,7 @@ async fn event_calls_come_one_at_a_time_in_order_with_at_most_256_waiting() {
 }
 
 /// One HTTP/1.0 GET to the ingress: (status, whole response).
-fn get(port: u16, host: &str, path: &str) -> (u16, String) {
+pub(crate) fn get(port: u16, host: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the ingress");
     stream.set_read_timeout(Some(Duration::from_secs(10))).expect("a timeout");

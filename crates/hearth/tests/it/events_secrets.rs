@@ -45,7 +45,7 @@ async fn events_never_show_app_or_webhook_secrets_in_clear() {
         client.send(Method::GET, "/v1/events?since=0&limit=10000", None).await.expect("list events");
     let body = response.into_body().collect().await.expect("the body").to_bytes();
     let text = String::from_utf8_lossy(&body);
-    for key in ["apps/secrets/web/API_TOKEN", "apps/records/web", "apps/triggers/web/"] {
+    for key in ["config/values/app:web/API_TOKEN", "apps/records/web", "apps/triggers/web/"] {
         assert!(text.contains(key), "the list has the change to {key}: {text}");
     }
     assert_eq!(leaked(&body), Vec::<&str>::new(), "secrets in clear in the list: {text}");
@@ -65,7 +65,7 @@ async fn events_never_show_app_or_webhook_secrets_in_clear() {
     .await;
     let text = String::from_utf8_lossy(&seen);
     assert!(read.is_ok(), "the stream reached the trigger's record within 20 s: {text}");
-    assert!(text.contains("apps/secrets/web/API_TOKEN"), "{text}");
+    assert!(text.contains("config/values/app:web/API_TOKEN"), "{text}");
     assert_eq!(leaked(&seen), Vec::<&str>::new(), "secrets in clear in the stream: {text}");
 
     // Listings say there is a secret, never what it is.

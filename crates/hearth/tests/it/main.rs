@@ -16,6 +16,7 @@ mod apps_cli;
 mod apps_outbound;
 mod apps_triggers;
 mod cli;
+mod config_cli;
 mod daemon_lifecycle;
 mod events_secrets;
 mod events_stream;

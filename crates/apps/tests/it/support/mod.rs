@@ -102,6 +102,7 @@ pub fn guests() -> &'static Guests {
 /// a temporary directory that goes when this is dropped.
 pub struct Harness {
     pub apps: Apps,
+    pub config: hearth_config::Config,
     pub addr: SocketAddr,
     pub store: Arc<RedbStore>,
     shutdown: watch::Sender<bool>,
@@ -136,11 +137,13 @@ impl Harness {
         let store = Arc::new(RedbStore::open(&dir.path().join("store.redb"), Default::default()).unwrap());
         let mut options = options(dir.path());
         f(&mut options);
-        let apps = Apps::new(store.clone() as Arc<dyn Store>, options).unwrap();
+        let config = hearth_config::Config::open(store.clone() as Arc<dyn Store>, dir.path()).unwrap();
+        let apps = Apps::new(store.clone() as Arc<dyn Store>, config.clone(), options).unwrap();
         let (shutdown, rx) = watch::channel(false);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let tasks = vec![
+            tokio::spawn(config.clone().run(rx.clone())),
             tokio::spawn(apps.clone().run(rx.clone())),
             tokio::spawn({
                 let apps = apps.clone();
@@ -152,7 +155,7 @@ impl Harness {
             }),
         ];
         tokio::time::timeout(Duration::from_secs(60), apps.ready()).await.expect("apps load in time");
-        Harness { apps, addr, store, shutdown, tasks, dir }
+        Harness { apps, config, addr, store, shutdown, tasks, dir }
     }
 
     /// Stops everything and closes the store, keeping the directory.
