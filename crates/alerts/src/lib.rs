@@ -13,8 +13,8 @@
 //!    [`State::observe_log`], [`State::observe_sample`].
 //! 3. At each wake: [`State::evaluate`], then [`State::plan`].
 //! 4. For each planned notification: [`State::acknowledge`], persist the
-//!    state, deliver it (its [`Notification::id`] as the idempotency
-//!    key), then
+//!    state, deliver it (Alertmanager's JSON: [`webhook::Message`]; its
+//!    [`Notification::id`] as the idempotency key), then
 //!    [`State::delivered`] and persist again. A delivery that fails stays
 //!    in the outbox, for the daemon to retry with a back-off.
 //! 5. Sleep until [`Plan::next_wake`] or the next input.
@@ -24,7 +24,7 @@
 //! Modules: [`rules`] (the file), [`pattern`] (event patterns and the
 //! self-trigger guard), [`logs`] (log windows), [`alert`] (an alert's
 //! lifecycle), [`engine`] (state, grouping, the notification policy),
-//! [`silence`], [`template`] (summaries).
+//! [`silence`], [`template`] (summaries), [`webhook`] (the payload).
 //!
 //! # Policy
 //!
@@ -96,6 +96,7 @@ pub mod pattern;
 pub mod rules;
 pub mod silence;
 pub mod template;
+pub mod webhook;
 
 pub use alert::{Alert, Phase};
 pub use engine::{Notification, Plan, Sample, State, Status};
