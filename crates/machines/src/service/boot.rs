@@ -99,6 +99,9 @@ impl Machines {
             cmdline.push_str(" hearth.main=");
             cmdline.push_str(&hearth_agent::cmdline::encode_main(&main));
         }
+        if self.config_feed().is_some() {
+            cmdline.push_str(&config_cmdline(name, spec.on_config_change.as_deref()));
+        }
         let config = VmConfig {
             name: name.to_owned(),
             dir: dir.clone(),
@@ -112,8 +115,12 @@ impl Machines {
             nics: rec.spec.nics.iter().map(|n| (n.tap.clone(), n.mac.clone())).collect(),
         };
         self.phase(name, &format!("starting the VM ({})", rec.spec.backend)).await?;
-        // A new boot: the last one's main process is history.
-        self.set_status(name, |s| s.main = None).await?;
+        // A new boot: the last one's main process and config are history.
+        self.set_status(name, |s| {
+            s.main = None;
+            s.config = None;
+        })
+        .await?;
         let launched = Instant::now();
         let firecracker = self.firecracker_binary();
         blocking(move || vmm::launch(backend, &firecracker, &config).map_err(Error::from)).await?;
@@ -173,8 +180,10 @@ impl Machines {
         };
         let boot_ms = launched.elapsed().as_millis() as u64;
         self.follow_agent_events(name, &client);
-        lock(&self.inner.agents)
-            .insert(name.to_owned(), Arc::new(client.with_timeout(hearth_agent::client::DEFAULT_TIMEOUT)));
+        let client = Arc::new(client.with_timeout(hearth_agent::client::DEFAULT_TIMEOUT));
+        lock(&self.inner.agents).insert(name.to_owned(), client.clone());
+        // Before the machine counts as running: its main process waits for this.
+        self.push_config_on_connect(name, &client).await;
         tracing::info!(machine = name, pid, boot_ms, backend = %rec.spec.backend, "Machine is running.");
         self.set_status(name, |s| {
             s.state = State::Running;
@@ -297,6 +306,22 @@ impl Machines {
     pub(super) fn firecracker_binary(&self) -> PathBuf {
         self.host().firecracker.map_or_else(|| PathBuf::from(vmm::firecracker::BINARY), |tool| tool.path)
     }
+}
+
+/// ` hearth.config=1` and the reload action, for a machine whose config is pushed.
+fn config_cmdline(name: &str, on_config_change: Option<&str>) -> String {
+    use hearth_agent::cmdline::encode_reload;
+    let mut args = " hearth.config=1".to_owned();
+    match on_config_change.map(hearth_agent::config::Reload::parse) {
+        None => {}
+        Some(Ok(reload)) => {
+            args.push_str(" hearth.config_reload=");
+            args.push_str(&encode_reload(&reload));
+        }
+        // Checked at creation: only a record written by hand gets here.
+        Some(Err(why)) => tracing::warn!(machine = name, why, "Ignoring the machine's reload action."),
+    }
+    args
 }
 
 fn vmm_name(backend: Backend) -> &'static str {
