@@ -386,3 +386,27 @@ pub(super) fn console_tail(console: &Path, lines: usize) -> String {
     let tail = &tail[tail.len().saturating_sub(lines)..];
     if tail.is_empty() { "(nothing)".to_owned() } else { tail.join(" | ") }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hearth_agent::config::Reload;
+    use nix::sys::signal::Signal as Sig;
+
+    #[test]
+    fn a_fed_machine_boots_told_to_wait_for_config_and_how_to_reload() {
+        let parse = |args: &str| hearth_agent::cmdline::parse(&kernel_cmdline_for_test(args));
+        let held = parse(&config_cmdline("m", None));
+        assert!(held.config && held.config_reload.is_none(), "{held:?}");
+        let signal = parse(&config_cmdline("m", Some("SIGHUP")));
+        assert!(signal.config, "{signal:?}");
+        assert_eq!(signal.config_reload, Some(Reload::Signal(Sig::SIGHUP)));
+        let command = parse(&config_cmdline("m", Some("nginx -s reload && echo \"done\"")));
+        assert_eq!(command.config_reload, Some(Reload::Command("nginx -s reload && echo \"done\"".into())));
+        assert!(command.problems.is_empty(), "{:?}", command.problems);
+    }
+
+    fn kernel_cmdline_for_test(args: &str) -> String {
+        kernel_cmdline(Backend::QemuTcg, &format!("hearth.root=/dev/vda{args}"))
+    }
+}
