@@ -34,9 +34,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::lock;
-use crate::protocol::{self, FrameReader, MAX_CHUNK, Request, Response, VERSION};
+use crate::protocol::{self, FrameReader, MAX_CHUNK, MAX_PAYLOAD, Request, Response, VERSION};
 
-pub use crate::protocol::{MainState, MainStatus};
+/// The most config bytes (JSON and env together) one `Config` message
+/// carries: a frame's payload, less room for the rest of the message (a
+/// tag, the id, the revision and two lengths take at most 22 bytes).
+pub const MAX_CONFIG: usize = MAX_PAYLOAD - 64;
+
+pub use crate::protocol::{MainState, MainStatus, ReloadOutcome};
 
 /// How long calls wait for an answer unless told otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -68,6 +73,12 @@ pub enum Error {
     /// A download ended with fewer or more bytes than announced.
     #[error("the agent sent {received} bytes of a file it says has {size}")]
     Truncated { received: u64, size: u64 },
+    /// A config does not fit in one message to the agent.
+    #[error(
+        "the config is {size} bytes as JSON and env together, more than one message to the agent carries \
+         ({limit} bytes): keep large data out of config, in files or a key-value store"
+    )]
+    ConfigTooLarge { size: usize, limit: usize },
 }
 
 /// How a process ended: `code` if it exited, `signal` if it was killed.
@@ -118,6 +129,20 @@ pub struct FileInfo {
     pub mode: u32,
     pub size: u64,
 }
+
+/// What the agent did with a config, for [`AgentClient::apply_config`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigApplied {
+    pub revision: u64,
+    /// False when the files already held this config: nothing was written or reloaded.
+    pub changed: bool,
+    /// How the reload action went, when one ran.
+    pub reload: Option<ReloadOutcome>,
+}
+
+/// How long [`AgentClient::apply_config`] waits at least: the answer
+/// follows the reload, which may take [`crate::config::RELOAD_TIMEOUT`].
+pub const CONFIG_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// Responses that answer no call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -378,6 +403,32 @@ impl AgentClient {
         }
     }
 
+    /// Puts the machine's config in place: `json` and `env` become the
+    /// agent's `config.json` and `config.env` (see [`crate::config`]).
+    /// Returns once they are written and the reload action, if one was due,
+    /// ran; waits for that at least [`CONFIG_TIMEOUT`]. A config larger than
+    /// [`MAX_CONFIG`] is refused here, before anything is sent.
+    pub fn apply_config(&self, json: &[u8], env: &[u8], revision: u64) -> Result<ConfigApplied, Error> {
+        let size = json.len() + env.len();
+        if size > MAX_CONFIG {
+            return Err(Error::ConfigTooLarge { size, limit: MAX_CONFIG });
+        }
+        let route = self.shared.route()?;
+        self.shared.send(&Request::Config {
+            id: route.id,
+            json: json.to_vec(),
+            env: env.to_vec(),
+            revision,
+        })?;
+        match recv(&route.rx, self.timeout.max(CONFIG_TIMEOUT))? {
+            Response::ConfigApplied { revision, changed, reload, .. } => {
+                Ok(ConfigApplied { revision, changed, reload })
+            }
+            Response::Error { message, .. } => Err(Error::Agent(message)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Asks the agent to power the machine off (or restart it); outside a
     /// VM the agent's server ends. Nothing answers: the connection closes.
     pub fn shutdown(&self, reboot: bool) -> Result<(), Error> {
@@ -620,7 +671,10 @@ impl Shared {
                 let _ = routes.events.send(Event::Main(status.clone()));
                 return;
             }
-            Response::Exited { id, .. } | Response::FileEnd { id, .. } | Response::Done { id } => (*id, true),
+            Response::Exited { id, .. }
+            | Response::FileEnd { id, .. }
+            | Response::Done { id }
+            | Response::ConfigApplied { id, .. } => (*id, true),
             Response::Started { id, .. }
             | Response::Stdout { id, .. }
             | Response::Stderr { id, .. }

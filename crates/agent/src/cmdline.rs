@@ -12,6 +12,8 @@
 //! | `hearth.dns=IP[,IP]` | nameservers for `/etc/resolv.conf`; repeats add to the list |
 //! | `hearth.search=DOMAIN[,DOMAIN]` | search domains for `/etc/resolv.conf`; repeats add to the list |
 //! | `hearth.hosts=BASE64` | base64 of extra `/etc/hosts` lines (see [`encode_hosts`]); repeats add to them |
+//! | `hearth.config=1` | the host pushes the machine's config: hold the main process until the first one is in place (see [`crate::config`]) |
+//! | `hearth.config_reload=BASE64` | base64 of the reload action after a config change: a signal name (`SIGHUP`) or a `/bin/sh -c` command (see [`encode_reload`]) |
 //!
 //! In `hearth.net`, IFACE is an interface name (`eth0`) or, better, a MAC
 //! address (`52:54:00:12:34:56`): virtio-net interfaces are numbered in PCI
@@ -22,8 +24,9 @@
 //! The whole command line is limited to 2 KiB on x86: keep `hearth.hosts`
 //! for a few peers, not a directory. `hearth.main` is bounded by the host
 //! to [`MAX_MAIN`] bytes (a machine whose command and environment take more
-//! is refused at creation); past the kernel's limit the line would be cut
-//! and the value would not decode, which the agent reports on the console.
+//! is refused at creation), `hearth.config_reload` to [`MAX_RELOAD`];
+//! past the kernel's limit the line would be cut and the value would not
+//! decode, which the agent reports on the console.
 //!
 //! Parameters with a dot are not passed to init by the kernel, so the agent
 //! reads `/proc/cmdline` itself. A malformed parameter is reported (as a
@@ -38,6 +41,7 @@ use base64::Engine;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::{DecodePaddingMode, general_purpose};
 
+use crate::config::Reload;
 use crate::main_process::MainSpec;
 
 /// The virtio-serial port name when `hearth.port` is absent.
@@ -63,6 +67,10 @@ pub struct BootConfig {
     pub search: Vec<String>,
     /// `hearth.hosts`, decoded: extra `/etc/hosts` lines.
     pub hosts: String,
+    /// `hearth.config=1`: the host pushes config; the main process waits for it.
+    pub config: bool,
+    /// `hearth.config_reload`: what to do after the config changed.
+    pub config_reload: Option<Reload>,
     /// Parameters that were ignored, and why; one sentence each.
     pub problems: Vec<String>,
 }
@@ -79,6 +87,8 @@ impl Default for BootConfig {
             dns: Vec::new(),
             search: Vec::new(),
             hosts: String::new(),
+            config: false,
+            config_reload: None,
             problems: Vec::new(),
         }
     }
@@ -157,6 +167,15 @@ pub fn parse(cmdline: &str) -> BootConfig {
                 }
                 Err(why) => config.problems.push(format!("hearth.hosts {why}; it was ignored")),
             },
+            "config" => match value {
+                "1" => config.config = true,
+                "0" => config.config = false,
+                _ => config.problems.push(format!("hearth.config={value} is not 0 or 1; it was ignored")),
+            },
+            "config_reload" => match decode_reload(value) {
+                Ok(reload) => config.config_reload = Some(reload),
+                Err(why) => config.problems.push(format!("hearth.config_reload {why}; it was ignored")),
+            },
             _ => config.problems.push(format!("hearth.{key} is not a known parameter; it was ignored")),
         }
     }
@@ -200,6 +219,24 @@ pub fn decode_main(value: &str) -> Result<MainSpec, String> {
         return Err("is an empty command".into());
     }
     Ok(spec)
+}
+
+/// The most bytes `hearth.config_reload`'s value may take: a command of
+/// about 380 bytes; a longer one belongs in a script in the image.
+pub const MAX_RELOAD: usize = 512;
+
+/// Encodes a reload action for `hearth.config_reload=`: base64 of its text
+/// (see [`Reload::parse`]), which keeps spaces and quotes off the line.
+pub fn encode_reload(reload: &Reload) -> String {
+    general_purpose::STANDARD.encode(reload.as_text())
+}
+
+/// Decodes a reload action encoded by [`encode_reload`]; the error
+/// completes a sentence like [`decode_cmd`]'s.
+pub fn decode_reload(value: &str) -> Result<Reload, String> {
+    let bytes = decode_base64(value).ok_or_else(|| "is not base64".to_string())?;
+    let text = String::from_utf8(bytes).map_err(|_| "is not UTF-8 text".to_string())?;
+    Reload::parse(&text).map_err(|why| format!("is not a reload action ({why})"))
 }
 
 /// Encodes extra `/etc/hosts` lines for `hearth.hosts=` (e.g.
@@ -475,6 +512,12 @@ mod tests {
         if !config.hosts.is_empty() {
             parts.push(format!("hosts={:?}", config.hosts));
         }
+        if config.config {
+            parts.push("config".into());
+        }
+        if let Some(reload) = &config.config_reload {
+            parts.push(format!("reload={reload:?}"));
+        }
         parts.extend(config.problems.iter().map(|p| format!("problem: {p}")));
         parts.join(" | ")
     }
@@ -607,6 +650,33 @@ mod tests {
         let value = encode_main(&spec);
         assert!(!value.contains(' '), "one word on the command line: {value}");
         assert_eq!(parse(&format!("quiet hearth.main={value} ro")).main, Some(spec));
+    }
+
+    #[test]
+    fn the_config_feed_and_its_reload_action_round_trip() {
+        use crate::config::Reload;
+        check("hearth.config=1", "config");
+        check("hearth.config=1 hearth.config=0", "");
+        let command = Reload::Command("nginx -s reload && echo \"it's done\"".into());
+        let value = encode_reload(&command);
+        assert!(!value.contains(' ') && !value.contains('"'), "one word on the command line: {value}");
+        assert_eq!(
+            parse(&format!("hearth.config=1 hearth.config_reload={value}")).config_reload,
+            Some(command)
+        );
+        check(
+            &format!(
+                "hearth.config_reload={}",
+                encode_reload(&Reload::Signal(nix::sys::signal::Signal::SIGHUP))
+            ),
+            "reload=Signal(SIGHUP)",
+        );
+        check("hearth.config=yes", "problem: hearth.config=yes is not 0 or 1; it was ignored");
+        check(
+            &format!("hearth.config_reload={}", general_purpose::STANDARD.encode("SIGNOPE")),
+            "problem: hearth.config_reload is not a reload action (SIGNOPE is not a signal name: give one such as SIGHUP, SIGUSR1 or SIGUSR2, or a command); it was ignored",
+        );
+        check("hearth.config_reload=!!!", "problem: hearth.config_reload is not base64; it was ignored");
     }
 
     #[test]

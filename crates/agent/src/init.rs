@@ -25,7 +25,7 @@ use crate::cmdline::{self, BootConfig};
 use crate::main_process::LogTarget;
 use crate::server::{Connection, Ending, Server};
 use crate::transport::{VsockListener, open_virtio_port};
-use crate::{describe, grow, net, reaper, say};
+use crate::{config, describe, grow, net, reaper, say};
 
 /// Kernel modules to load, one absolute path per line, in dependency order.
 pub const MODULES_LIST: &str = "/etc/hearth/modules";
@@ -82,7 +82,11 @@ fn boot_and_serve() -> ! {
     // After the modules (virtio-net) and the switch (the root disk's /etc).
     net::configure(&config);
 
-    let server = Server::new();
+    let server = Server::with_config(config::Options {
+        reload: config.config_reload.clone(),
+        hold: config.config.then_some(config::HOLD),
+        ..config::Options::default()
+    });
     if let Some(spec) = config.main.clone() {
         // Firecracker has no virtio-serial: its output goes to the console.
         let console = config.vsock.is_some();

@@ -13,6 +13,9 @@
 //! - [`server`]: the guest side's request loop, sessions and transfers.
 //! - [`transport`]: finding the virtio-serial port, listening on a vsock.
 //! - [`cmdline`]: the `hearth.*` kernel command line parameters.
+//! - [`config`]: the machine's config files (`/run/hearth/config.json`
+//!   and `config.env`), replaced when the host pushes a new config, and
+//!   the reload action that follows.
 //! - [`init`]: the PID 1 duties.
 //! - [`main_process`]: the machine's main process, supervised under its
 //!   restart policy, its output kept apart from the console.
@@ -26,6 +29,7 @@
 
 pub mod client;
 pub mod cmdline;
+pub mod config;
 pub mod init;
 pub mod main_process;
 pub mod protocol;

@@ -6,11 +6,12 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use hearth_agent::main_process::{LogTarget, MainSpec};
 use hearth_agent::server::{Connection, Ending, Server};
 use hearth_agent::transport::{VsockListener, open_virtio_port};
-use hearth_agent::{cmdline, init};
+use hearth_agent::{cmdline, config, init};
 
 const USAGE: &str = "\
 usage: hearth-agent                      as /init (PID 1) in a hearth microVM
@@ -20,13 +21,19 @@ usage: hearth-agent                      as /init (PID 1) in a hearth microVM
        hearth-agent serve --port NAME    serve on a virtio-serial port
 options of serve:
        --entrypoint BASE64               also run this command (as hearth.cmd=)
-       --main BASE64                     also run this main process (as hearth.main=)";
+       --main BASE64                     also run this main process (as hearth.main=)
+       --config-dir DIR                  keep the pushed config here [default: /run/hearth]
+       --config-reload ACTION            after a config change: SIGNAME or a command (as hearth.config_reload=, not encoded)
+       --config-hold MS                  hold the main process until the first config, at most MS ms (as hearth.config=1)
+       --reload-timeout MS               kill a reload command after MS ms [default: 30000]";
 
 /// What `serve` was asked to do.
 struct ServeArgs {
     listen: Listen,
     /// `--entrypoint` or `--main`, decoded.
     main: Option<MainSpec>,
+    /// `--config-*` and `--reload-timeout`.
+    config: config::Options,
 }
 
 enum Listen {
@@ -41,7 +48,7 @@ fn main() -> ExitCode {
         init::run();
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let ServeArgs { listen, main } = match parse_args(&args) {
+    let ServeArgs { listen, main, config } = match parse_args(&args) {
         Ok(Some(parsed)) => parsed,
         Ok(None) => {
             println!("hearth-agent {}\n{USAGE}", env!("CARGO_PKG_VERSION"));
@@ -52,7 +59,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let server = Server::new();
+    let server = Server::with_config(config);
     if let Some(spec) = main {
         // Outside a VM there is no port: its output goes to our stderr.
         server.spawn_main(spec, || LogTarget::Console);
@@ -83,6 +90,13 @@ fn parse_args(args: &[String]) -> Result<Option<ServeArgs>, String> {
     }
     let mut listen = None;
     let mut main = None;
+    let mut config = config::Options::default();
+    let millis = |flag: &str, value: &str| {
+        value
+            .parse()
+            .map(Duration::from_millis)
+            .map_err(|_| format!("{flag} {value}: not a number of milliseconds"))
+    };
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
         let chosen = match flag {
@@ -102,6 +116,23 @@ fn parse_args(args: &[String]) -> Result<Option<ServeArgs>, String> {
                 main = Some(cmdline::decode_main(value()?).map_err(|why| format!("--main {why}"))?);
                 continue;
             }
+            "--config-dir" => {
+                config.dir = PathBuf::from(value()?);
+                continue;
+            }
+            "--config-reload" => {
+                config.reload =
+                    Some(config::Reload::parse(value()?).map_err(|why| format!("--config-reload: {why}"))?);
+                continue;
+            }
+            "--config-hold" => {
+                config.hold = Some(millis(flag, value()?)?);
+                continue;
+            }
+            "--reload-timeout" => {
+                config.reload_timeout = millis(flag, value()?)?;
+                continue;
+            }
             other => return Err(format!("unknown option {other:?}")),
         };
         if listen.replace(chosen).is_some() {
@@ -109,7 +140,7 @@ fn parse_args(args: &[String]) -> Result<Option<ServeArgs>, String> {
         }
     }
     let listen = listen.ok_or("serve needs one of --unix, --stdio, --vsock and --port")?;
-    Ok(Some(ServeArgs { listen, main }))
+    Ok(Some(ServeArgs { listen, main, config }))
 }
 
 fn serve_unix(server: &Server, path: &Path) -> io::Result<()> {

@@ -237,10 +237,14 @@ impl LogTarget {
 }
 
 /// Starts the supervisor thread of `spec`, which first opens its log
-/// (waiting for a port to appear takes time the boot should not wait).
+/// (waiting for a port to appear takes time the boot should not wait), then
+/// waits for the first config if told to (see [`crate::config`]).
 pub(crate) fn supervise(state: Arc<State>, spec: MainSpec, log: impl FnOnce() -> LogTarget + Send + 'static) {
-    let spawned =
-        std::thread::Builder::new().name("main".into()).spawn(move || run(&state, &spec, &Arc::new(log())));
+    let spawned = std::thread::Builder::new().name("main".into()).spawn(move || {
+        let log = Arc::new(log());
+        state.config.hold_main();
+        run(&state, &spec, &log)
+    });
     if let Err(e) = spawned {
         say(&format!("cannot start the main process's supervisor: {}", describe(&e)));
     }

@@ -72,6 +72,11 @@ pub enum Request {
     Ping { nonce: u64 },
     /// Powers the machine off (or restarts it). Outside a VM, ends the server.
     Shutdown { reboot: bool },
+    /// The machine's merged config at `revision`: `json` and `env` become
+    /// `config.json` and `config.env` in the agent's config directory
+    /// (`/run/hearth`), each replaced atomically. Answered by
+    /// `ConfigApplied` or `Error`. Fits one frame: the host refuses larger.
+    Config { id: u32, json: Vec<u8>, env: Vec<u8>, revision: u64 },
 }
 
 /// A message from the guest to the host.
@@ -101,6 +106,29 @@ pub enum Response {
     /// restarted, or could not start. The latest is repeated after every
     /// `HelloAck`. The machine keeps running whatever it says.
     Main(MainStatus),
+    /// The config of `revision` is in place. `changed` is false when both
+    /// files already held exactly these bytes: nothing was rewritten and
+    /// nothing reloaded. `reload` says how the reload action went, when one
+    /// ran (only for a change, and never for the first config after boot).
+    ConfigApplied { id: u32, revision: u64, changed: bool, reload: Option<ReloadOutcome> },
+}
+
+/// How a machine's reload action went after its config changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadOutcome {
+    /// What ran: `SIGHUP to the main process (pid 42)`, or `/bin/sh -c "CMD"`.
+    pub action: String,
+    /// Why it failed (no main process to signal, a non-zero exit, a
+    /// timeout), or `None` when it worked.
+    pub error: Option<String>,
+    /// The command's exit code, if it exited.
+    pub code: Option<i32>,
+    /// The signal that ended the command, if one did.
+    pub signal: Option<i32>,
+    /// The last 4 KiB of the command's output, stdout and stderr together.
+    pub output: Vec<u8>,
+    /// How long it took, in milliseconds.
+    pub millis: u64,
 }
 
 /// Where the main process is in its life.

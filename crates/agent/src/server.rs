@@ -21,6 +21,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::config::{self, Config};
 use crate::files::{self, Uploads};
 use crate::main_process::{self, LogTarget, MainSpec};
 use crate::protocol::{self, FrameReader, Request, Response, VERSION};
@@ -108,6 +109,8 @@ pub(crate) struct State {
     /// The main process's latest state, repeated after every `HelloAck`:
     /// a host that connects later learns it too.
     pub(crate) main_status: Mutex<Option<Response>>,
+    /// The config files and what follows their changes.
+    pub(crate) config: Config,
 }
 
 #[derive(Debug)]
@@ -141,9 +144,15 @@ impl Default for Server {
 }
 
 impl Server {
-    /// A server with no sessions. Starts the process-wide reaper, which
+    /// A server with no sessions, keeping the config in `/run/hearth`
+    /// without a reload action. Starts the process-wide reaper, which
     /// reaps every child of this process (see the crate docs).
     pub fn new() -> Self {
+        Self::with_config(config::Options::default())
+    }
+
+    /// A server that keeps the config as `options` say.
+    pub fn with_config(options: config::Options) -> Self {
         reaper::global();
         let (outbox, outbox_rx) = mpsc::sync_channel(OUTBOX_FRAMES);
         Self {
@@ -154,6 +163,7 @@ impl Server {
                 outbox_rx: Mutex::new(outbox_rx),
                 serials: AtomicU64::new(0),
                 main_status: Mutex::new(None),
+                config: Config::new(options),
             }),
         }
     }
@@ -227,7 +237,9 @@ impl Server {
 
     /// Starts the main process and supervises it (see [`main_process`]):
     /// each start and exit is reported to whichever host is connected then
-    /// (or next), and the latest again after every `HelloAck`.
+    /// (or next), and the latest again after every `HelloAck`. When the
+    /// config options say to hold it, it starts once the first config is
+    /// in place (or the hold's time is up).
     pub fn spawn_main(&self, spec: MainSpec, log: impl FnOnce() -> LogTarget + Send + 'static) {
         if spec.argv.is_empty() {
             return;
@@ -278,6 +290,9 @@ impl Server {
                 Err(e) => (id, Err(e)),
             },
             Request::GetFile { id, path } => (id, files::start_download(state, state.epoch(), id, path)),
+            Request::Config { id, json, env, revision } => {
+                (id, config::apply(state, state.epoch(), id, &json, &env, revision))
+            }
         };
         if let Err(message) = result {
             state.send(Some(state.epoch()), Response::Error { id: Some(id), message });

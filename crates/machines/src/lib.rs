@@ -19,7 +19,7 @@ pub mod vmm;
 
 use std::path::{Path, PathBuf};
 
-pub use service::{CreateRequest, Machines, Options};
+pub use service::{ConfigFeed, ConfigPayload, CreateRequest, Machines, Options};
 
 /// What can go wrong with a machine. Messages are sentences that say what
 /// to do next; the API maps each variant onto a status and a hint.

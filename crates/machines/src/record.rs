@@ -72,6 +72,11 @@ pub struct Spec {
     /// `--disk-size`, whose disks are that size).
     #[serde(default)]
     pub disk_mib: Option<u64>,
+    /// What the agent does after the machine's config changed: a signal
+    /// name sent to the main process (`SIGHUP`), or a command run with
+    /// `/bin/sh -c` (see [`validate_on_config_change`]). Nothing when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_config_change: Option<String>,
 }
 
 /// The state the user wants.
@@ -102,6 +107,24 @@ pub struct Status {
     /// did, and for machines without one.
     #[serde(default)]
     pub main: Option<MainProcess>,
+    /// The config in the machine's `/run/hearth`, once one was pushed
+    /// this boot (only while a config feed is set).
+    #[serde(default)]
+    pub config: Option<ConfigStatus>,
+}
+
+/// The config a machine's agent holds, as the record keeps it. Written when
+/// the agent's files changed (or a reload's outcome did), not for every
+/// config revision: a revision that leaves this machine's config as it was
+/// is not one it needs to hear about.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigStatus {
+    /// The config revision whose content the machine's files hold.
+    pub revision: u64,
+    /// Unix seconds (the host's clock) when the files last changed.
+    pub applied_at: u64,
+    /// Why the last reload failed; `None` once one succeeded, or when none ran.
+    pub reload_error: Option<String>,
 }
 
 /// The main process's state in the record, from the agent's reports.
@@ -229,6 +252,22 @@ pub struct SnapshotRecord {
     pub created_at: u64,
 }
 
+/// Checks a reload action (`--on-config-change`): a signal name such as
+/// `SIGHUP`, or a command (no NUL, at most 4096 bytes) that fits on the
+/// guest's kernel command line.
+pub fn validate_on_config_change(action: &str) -> Result<(), String> {
+    use hearth_agent::cmdline::{MAX_RELOAD, encode_reload};
+    let reload = hearth_agent::config::Reload::parse(action)?;
+    let encoded = encode_reload(&reload).len();
+    if encoded > MAX_RELOAD {
+        return Err(format!(
+            "the reload command takes {encoded} bytes on the guest's kernel command line, over the {MAX_RELOAD} \
+             hearth allows: put it in a script in the image and give the script's path"
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a machine name: it becomes a host name and a directory name.
 pub fn validate_name(name: &str) -> Result<(), String> {
     hearth_store::names::check_label("machine", name, 63)
@@ -268,6 +307,19 @@ mod tests {
         let next = MainStatus { pid: Some(41), restarts: 1, ..running };
         let restarted = MainProcess::from_report(&next, Some(&ended));
         assert!(restarted.started_at > Some(1), "{restarted:?}");
+    }
+
+    #[test]
+    fn reload_actions_are_signals_or_commands_that_fit_the_command_line() {
+        for good in ["SIGHUP", "SIGUSR2", "nginx -s reload", "kill -HUP $(cat /run/app.pid)"] {
+            assert_eq!(validate_on_config_change(good), Ok(()), "{good}");
+        }
+        let refused = |action: &str| validate_on_config_change(action).unwrap_err();
+        assert!(refused("SIGHUPP").contains("not a signal name"));
+        assert!(refused("").contains("empty"));
+        assert!(refused("a\0b").contains("NUL"));
+        assert!(refused(&"x".repeat(4097)).contains("over the 4096"));
+        assert!(refused(&"x".repeat(400)).contains("put it in a script"));
     }
 
     #[test]

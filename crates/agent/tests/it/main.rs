@@ -3,6 +3,7 @@
 //! file (as rust-analyzer's `slow-tests` are). Run one file's tests with
 //! `cargo test -p hearth-agent --test it -- MODULE::`.
 
+mod agent_config;
 mod agent_exec;
 mod agent_files;
 mod agent_protocol;

@@ -63,6 +63,12 @@ pub(crate) fn machine(r: MachineRecord) -> Machine {
             started_at: m.started_at,
             error: m.error,
         }),
+        on_config_change: r.spec.on_config_change,
+        config: r.status.config.map(|c| wire::MachineConfig {
+            revision: c.revision,
+            applied_at: c.applied_at,
+            reload_error: c.reload_error,
+        }),
         desired: match r.desired {
             Desired::Running => wire::Desired::Running,
             Desired::Stopped => wire::Desired::Stopped,
@@ -238,6 +244,7 @@ pub(crate) async fn create(
             workdir: body.workdir,
             user: body.user,
             restart: restart.unwrap_or_default(),
+            on_config_change: body.on_config_change,
         })
         .await?;
     if let Some((service, port)) = service

@@ -83,6 +83,19 @@ pub struct MainProcess {
     pub error: Option<String>,
 }
 
+/// The config in a machine's `/run/hearth/config.json` and `config.env`,
+/// pushed by the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MachineConfig {
+    /// The config revision whose content the machine's files hold (they
+    /// change only when its merged config does, not at every revision).
+    pub revision: u64,
+    /// Unix seconds when the files last changed.
+    pub applied_at: u64,
+    /// Why the last reload (`on_config_change`) failed; null once one worked.
+    pub reload_error: Option<String>,
+}
+
 /// A machine: what was asked for and what is observed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Machine {
@@ -110,6 +123,13 @@ pub struct Machine {
     /// The main process's state, once the agent reported it.
     #[serde(default)]
     pub main: Option<MainProcess>,
+    /// What the agent does after the machine's config changed: a signal
+    /// sent to the main process (`SIGHUP`), or a command run with `/bin/sh -c`.
+    #[serde(default)]
+    pub on_config_change: Option<String>,
+    /// The config the machine holds, once one was pushed this boot.
+    #[serde(default)]
+    pub config: Option<MachineConfig>,
     /// What the user asked for.
     pub desired: Desired,
     pub state: MachineState,
@@ -195,6 +215,11 @@ pub struct CreateMachine {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<RestartPolicy>)]
     pub restart: Option<String>,
+    /// After the machine's config changed: a signal name sent to the main
+    /// process (`SIGHUP`, `SIGUSR1`), or a command run with `/bin/sh -c`
+    /// (e.g. `nginx -s reload`). Nothing when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_config_change: Option<String>,
     /// `qemu-tcg`, `qemu-kvm` or `firecracker`; default: the best this host can run.
     // A `Backend` on the wire, but a string here, so that the daemon rather
     // than the JSON parser answers a wrong one, with its hint.

@@ -119,6 +119,11 @@ pub(crate) struct RunArgs {
     /// The machine keeps running either way.
     #[arg(long, value_name = "POLICY", default_value = "no")]
     restart: String,
+    /// After the machine's config changed (and its /run/hearth/config.json
+    /// was replaced): send this signal to the main process (SIGHUP), or run
+    /// this command with /bin/sh -c ('nginx -s reload').
+    #[arg(long, value_name = "SIGNAL|CMD")]
+    on_config_change: Option<String>,
     /// Set an environment variable for the main process (and exec), over
     /// the image's: KEY=VALUE (repeatable).
     #[arg(short, long, value_name = "KEY=VALUE")]
@@ -368,6 +373,7 @@ async fn run_machine(client: &Client, args: RunArgs) -> anyhow::Result<i32> {
             workdir: args.workdir.clone(),
             user: args.user.clone(),
             restart: Some(args.restart.clone()),
+            on_config_change: args.on_config_change.clone(),
         })
         .await?;
     let name = created.name.clone();
@@ -493,6 +499,18 @@ fn describe(m: &Machine) -> String {
     }
     for pair in &m.env {
         line("env", pair.clone());
+    }
+    if let Some(action) = &m.on_config_change {
+        line("on config", action.clone());
+    }
+    if let Some(config) = &m.config {
+        line(
+            "config",
+            format!("revision {}, in place since {} (unix seconds)", config.revision, config.applied_at),
+        );
+        if let Some(error) = &config.reload_error {
+            line("reload", format!("failed: {error}"));
+        }
     }
     if let Some(pid) = m.pid {
         line("vm pid", pid.to_string());

@@ -260,6 +260,17 @@ async fn bad_machine_requests_are_refused_clearly_and_leave_nothing() {
     assert_eq!(status, 400);
     assert!(message.contains("unknown backend"), "{message}");
 
+    // A reload action that is no signal, or nothing: from the API and the CLI.
+    let (status, _, message, _) = refused(
+        client
+            .create_machine(&CreateMachine { on_config_change: Some("SIGHPU".into()), ..create("a") })
+            .await,
+    );
+    assert_eq!(status, 400);
+    assert!(message.contains("SIGHPU is not a signal name"), "{message}");
+    let err = failure(&daemon.cli(&["machine", "run", "--on-config-change", " ", "--name", "a", &image]));
+    assert!(err.contains("the reload action is empty"), "{err}");
+
     let host = client.status().await.expect("status").host;
     if host.kvm.usable != Some(true) {
         let (status, code, message, _) = refused(
@@ -269,12 +280,16 @@ async fn bad_machine_requests_are_refused_clearly_and_leave_nothing() {
     }
 
     // A name taken; exec into a machine that never started.
-    client.create_machine(&create("taken")).await.expect("create without starting");
+    let reloads = CreateMachine { on_config_change: Some("nginx -s reload".into()), ..create("taken") };
+    client.create_machine(&reloads).await.expect("create without starting");
     let (status, _, message, hint) = refused(client.create_machine(&create("taken")).await);
     assert_eq!(status, 409);
     assert!(message.contains("already exists") && hint.contains("rm -f taken"), "{message} {hint}");
     let m = daemon.wait_for_machine("taken", &["stopped"], Duration::from_secs(10)).await;
     assert_eq!(m.desired, "stopped");
+    assert_eq!(m.on_config_change.as_deref(), Some("nginx -s reload"));
+    let inspect = success(&daemon.cli(&["machine", "inspect", "taken"]));
+    assert!(inspect.contains("on config   nginx -s reload\n"), "{inspect}");
     let err = failure(&daemon.cli(&["machine", "exec", "taken", "--", "true"]));
     assert!(err.contains("is stopped"), "{err}");
 

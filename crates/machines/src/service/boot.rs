@@ -99,6 +99,9 @@ impl Machines {
             cmdline.push_str(" hearth.main=");
             cmdline.push_str(&hearth_agent::cmdline::encode_main(&main));
         }
+        if self.config_feed().is_some() {
+            cmdline.push_str(&config_cmdline(name, spec.on_config_change.as_deref()));
+        }
         let config = VmConfig {
             name: name.to_owned(),
             dir: dir.clone(),
@@ -112,8 +115,12 @@ impl Machines {
             nics: rec.spec.nics.iter().map(|n| (n.tap.clone(), n.mac.clone())).collect(),
         };
         self.phase(name, &format!("starting the VM ({})", rec.spec.backend)).await?;
-        // A new boot: the last one's main process is history.
-        self.set_status(name, |s| s.main = None).await?;
+        // A new boot: the last one's main process and config are history.
+        self.set_status(name, |s| {
+            s.main = None;
+            s.config = None;
+        })
+        .await?;
         let launched = Instant::now();
         let firecracker = self.firecracker_binary();
         blocking(move || vmm::launch(backend, &firecracker, &config).map_err(Error::from)).await?;
@@ -173,8 +180,10 @@ impl Machines {
         };
         let boot_ms = launched.elapsed().as_millis() as u64;
         self.follow_agent_events(name, &client);
-        lock(&self.inner.agents)
-            .insert(name.to_owned(), Arc::new(client.with_timeout(hearth_agent::client::DEFAULT_TIMEOUT)));
+        let client = Arc::new(client.with_timeout(hearth_agent::client::DEFAULT_TIMEOUT));
+        lock(&self.inner.agents).insert(name.to_owned(), client.clone());
+        // Before the machine counts as running: its main process waits for this.
+        self.push_config_on_connect(name, &client).await;
         tracing::info!(machine = name, pid, boot_ms, backend = %rec.spec.backend, "Machine is running.");
         self.set_status(name, |s| {
             s.state = State::Running;
@@ -299,6 +308,22 @@ impl Machines {
     }
 }
 
+/// ` hearth.config=1` and the reload action, for a machine whose config is pushed.
+fn config_cmdline(name: &str, on_config_change: Option<&str>) -> String {
+    use hearth_agent::cmdline::encode_reload;
+    let mut args = " hearth.config=1".to_owned();
+    match on_config_change.map(hearth_agent::config::Reload::parse) {
+        None => {}
+        Some(Ok(reload)) => {
+            args.push_str(" hearth.config_reload=");
+            args.push_str(&encode_reload(&reload));
+        }
+        // Checked at creation: only a record written by hand gets here.
+        Some(Err(why)) => tracing::warn!(machine = name, why, "Ignoring the machine's reload action."),
+    }
+    args
+}
+
 fn vmm_name(backend: Backend) -> &'static str {
     match backend {
         Backend::Firecracker => "firecracker",
@@ -360,4 +385,28 @@ pub(super) fn console_tail(console: &Path, lines: usize) -> String {
     let tail: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     let tail = &tail[tail.len().saturating_sub(lines)..];
     if tail.is_empty() { "(nothing)".to_owned() } else { tail.join(" | ") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hearth_agent::config::Reload;
+    use nix::sys::signal::Signal as Sig;
+
+    #[test]
+    fn a_fed_machine_boots_told_to_wait_for_config_and_how_to_reload() {
+        let parse = |args: &str| hearth_agent::cmdline::parse(&kernel_cmdline_for_test(args));
+        let held = parse(&config_cmdline("m", None));
+        assert!(held.config && held.config_reload.is_none(), "{held:?}");
+        let signal = parse(&config_cmdline("m", Some("SIGHUP")));
+        assert!(signal.config, "{signal:?}");
+        assert_eq!(signal.config_reload, Some(Reload::Signal(Sig::SIGHUP)));
+        let command = parse(&config_cmdline("m", Some("nginx -s reload && echo \"done\"")));
+        assert_eq!(command.config_reload, Some(Reload::Command("nginx -s reload && echo \"done\"".into())));
+        assert!(command.problems.is_empty(), "{:?}", command.problems);
+    }
+
+    fn kernel_cmdline_for_test(args: &str) -> String {
+        kernel_cmdline(Backend::QemuTcg, &format!("hearth.root=/dev/vda{args}"))
+    }
 }

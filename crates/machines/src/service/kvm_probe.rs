@@ -56,6 +56,7 @@ impl Machines {
             nics: vec![],
             ports: vec![],
             disk_mib: None,
+            on_config_change: None,
         };
         let (kernel, initrd) = self
             .payload(&spec_kernel)

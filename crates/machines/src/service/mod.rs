@@ -31,12 +31,14 @@ use crate::record::{self, Desired, MachineRecord, RestartPolicy, Spec, State, St
 use crate::vmm::{self, Backend, VmFiles};
 
 mod boot;
+mod config;
 mod kvm_probe;
 mod payload;
 mod reconcile;
 mod snapshot;
 
 use boot::{connect_agent, kill_now};
+pub use config::{ConfigFeed, ConfigPayload};
 use payload::{Payload, disk_file};
 
 /// Smallest memory a Debian guest boots in.
@@ -90,6 +92,9 @@ pub struct CreateRequest {
     pub user: Option<String>,
     /// When the agent starts the main process again.
     pub restart: RestartPolicy,
+    /// What the agent does after the machine's config changed: `SIGHUP`
+    /// (any signal name) to the main process, or a command.
+    pub on_config_change: Option<String>,
 }
 
 impl Default for CreateRequest {
@@ -112,6 +117,7 @@ impl Default for CreateRequest {
             workdir: None,
             user: None,
             restart: RestartPolicy::No,
+            on_config_change: None,
         }
     }
 }
@@ -159,6 +165,14 @@ struct Inner {
     /// The boot payload, prepared once (kernel download and initramfs
     /// assembly happen one at a time, under this lock).
     payload: Mutex<Option<Payload>>,
+    /// Where machines' configs come from, once the daemon gave one.
+    config_feed: StdMutex<Option<Arc<dyn ConfigFeed>>>,
+    /// One config push to a machine at a time, in the order asked.
+    config_locks: StdMutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Machines with a config push waiting for its turn.
+    config_queued: StdMutex<HashSet<String>>,
+    /// The last config revision each machine's agent took.
+    config_delivered: StdMutex<HashMap<String, u64>>,
 }
 
 impl std::fmt::Debug for Machines {
@@ -193,6 +207,10 @@ impl Machines {
                 rotating: StdMutex::default(),
                 connecting: StdMutex::default(),
                 payload: Mutex::new(None),
+                config_feed: StdMutex::default(),
+                config_locks: StdMutex::default(),
+                config_queued: StdMutex::default(),
+                config_delivered: StdMutex::default(),
             }),
         })
     }
@@ -377,6 +395,10 @@ impl Machines {
                 "the user is empty or has spaces: give a user name or uid[:gid] of the guest".into(),
             ));
         }
+        if let Some(action) = &req.on_config_change {
+            record::validate_on_config_change(action)
+                .map_err(|why| Error::Invalid(format!("--on-config-change: {why}")))?;
+        }
         if req.workdir.as_deref().is_some_and(|w| !w.starts_with('/')) {
             return Err(Error::Invalid(format!(
                 "the working directory {:?} is not an absolute path: give one such as /srv",
@@ -416,6 +438,7 @@ impl Machines {
                 nics: Vec::new(),
                 ports: req.ports.clone(),
                 disk_mib: Some(disk_mib),
+                on_config_change: req.on_config_change,
             },
             desired: if req.start { Desired::Running } else { Desired::Stopped },
             status: Status::default(),
@@ -539,6 +562,7 @@ impl Machines {
             kill_now(pid, name).await;
         }
         self.forget_agent(name);
+        self.forget_config(name);
         lock(&self.inner.dialing).remove(name);
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
@@ -598,6 +622,8 @@ impl Machines {
         self.follow_agent_events(name, &client);
         let client = Arc::new(client.with_timeout(hearth_agent::client::DEFAULT_TIMEOUT));
         lock(&self.inner.agents).insert(name.to_owned(), client.clone());
+        // Still dialling: nobody else has this connection before its config.
+        self.push_config_on_connect(name, &client).await;
         Ok(client)
     }
 

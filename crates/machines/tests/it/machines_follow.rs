@@ -35,6 +35,7 @@ fn record(name: &str, desired: Desired, state: State, auto_remove: bool) -> Mach
             nics: vec![],
             ports: vec![],
             disk_mib: None,
+            on_config_change: None,
         },
         desired,
         status: Status { state, ..Status::default() },

@@ -8,6 +8,7 @@ mod image_reference;
 mod image_registry;
 mod image_store;
 mod image_unpack;
+mod machines_config;
 mod machines_follow;
 mod microvm_devices;
 mod support;
