@@ -194,13 +194,14 @@ impl Layer {
         }
     }
 
-    /// The layers a consumer in `scope` reads, lowest first (without the
-    /// consumer's own manifest, which sits after `files`).
-    pub fn stack(scope: &Scope) -> Vec<Layer> {
-        match scope {
-            Scope::Global => vec![Layer::Files, Layer::Global, Layer::Override],
-            scope => vec![Layer::Files, Layer::Global, Layer::Scope(scope.clone()), Layer::Override],
-        }
+    /// The layers a consumer in `scopes` reads (narrower scopes last),
+    /// lowest first, without the consumer's own manifest, which sits just
+    /// after `files`.
+    pub fn stack(scopes: &[Scope]) -> Vec<Layer> {
+        let mut stack = vec![Layer::Files, Layer::Global];
+        stack.extend(scopes.iter().filter(|s| **s != Scope::Global).cloned().map(Layer::Scope));
+        stack.push(Layer::Override);
+        stack
     }
 
     /// `config/values/LAYER/`.
@@ -307,9 +308,9 @@ mod tests {
     fn a_scope_reads_files_then_global_then_its_own_layer_then_override() {
         let app = Scope::App("shop".into());
         assert_eq!(
-            Layer::stack(&app),
+            Layer::stack(std::slice::from_ref(&app)),
             vec![Layer::Files, Layer::Global, Layer::Scope(app.clone()), Layer::Override]
         );
-        assert_eq!(Layer::stack(&Scope::Global), vec![Layer::Files, Layer::Global, Layer::Override]);
+        assert_eq!(Layer::stack(&[Scope::Global]), vec![Layer::Files, Layer::Global, Layer::Override]);
     }
 }

@@ -279,6 +279,14 @@ impl Config {
         self.merge(&snapshot, scope, base, true)
     }
 
+    /// The same for a consumer in several scopes, narrower last (a
+    /// service's machine: `service:web`, then `machine:web-2`): their
+    /// layers are laid in that order between `global` and `override`.
+    pub async fn resolve_nested(&self, scopes: &[Scope]) -> Result<Resolved, Error> {
+        let snapshot = self.snapshot().await?;
+        self.merge_stack(&snapshot, scopes, None, true)
+    }
+
     /// The same, secrets shown as [`HIDDEN`]: for people (`config get`).
     pub async fn explain(&self, scope: &Scope, base: Option<&Base>) -> Result<Resolved, Error> {
         let snapshot = self.snapshot().await?;
@@ -292,9 +300,20 @@ impl Config {
         base: Option<&Base>,
         reveal: bool,
     ) -> Result<Resolved, Error> {
+        self.merge_stack(snapshot, std::slice::from_ref(scope), base, reveal)
+    }
+
+    fn merge_stack(
+        &self,
+        snapshot: &Snapshot,
+        scopes: &[Scope],
+        base: Option<&Base>,
+        reveal: bool,
+    ) -> Result<Resolved, Error> {
         let keys = self.keys();
         let mut leaves = BTreeMap::new();
-        for layer in Layer::stack(scope) {
+        let scope = scopes.last().cloned().unwrap_or(Scope::Global);
+        for layer in Layer::stack(scopes) {
             if let Some(entries) = snapshot.values.get(&layer) {
                 let mut laid = Vec::with_capacity(entries.len());
                 for (key, (stored, _)) in entries {
@@ -332,7 +351,7 @@ impl Config {
                 tree::overlay(&mut leaves, laid.collect::<Vec<_>>());
             }
         }
-        Ok(Resolved { scope: scope.clone(), revision: snapshot.revision, leaves })
+        Ok(Resolved { scope, revision: snapshot.revision, leaves })
     }
 
     /// The leaves of one layer (or all), under `prefix`, secrets hidden.

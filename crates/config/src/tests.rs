@@ -289,3 +289,17 @@ async fn bad_input_names_the_field_and_changes_nothing() {
     assert_eq!(c.entries(None, "").await.unwrap(), vec![]);
     assert!(c.history("", 10).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_service_machine_reads_its_service_then_its_own_layer() {
+    let f = fixture();
+    let c = &f.config;
+    c.set(&Layer::Global, &key("a"), json!("global"), false).await.unwrap();
+    c.set(&Layer::of(Scope::Service("web".into())), &key("a"), json!("service"), false).await.unwrap();
+    c.set(&Layer::of(Scope::Service("web".into())), &key("b"), json!("service"), false).await.unwrap();
+    c.set(&Layer::of(Scope::Machine("web-1".into())), &key("b"), json!("machine"), false).await.unwrap();
+    let scopes = [Scope::Service("web".into()), Scope::Machine("web-1".into())];
+    let r = c.resolve_nested(&scopes).await.unwrap();
+    assert_eq!(r.tree(), json!({"a": "service", "b": "machine"}));
+    assert_eq!(r.scope, Scope::Machine("web-1".into()));
+}

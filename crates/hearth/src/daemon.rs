@@ -175,6 +175,8 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
     let (stop_tx, stop_rx) = watch::channel(false);
     let store = store_for_subsystems(&redb);
     let cache_dir = args.cache_dir.unwrap_or_else(|| data_dir.join("cache"));
+    let config = hearth_config::Config::open(store.clone(), data_dir).context("cannot open config")?;
+    let config_loop = tokio::spawn(config.clone().run(stop_rx.clone()));
     let networks = hearth_net::Networks::new(
         store.clone(),
         hearth_net::Options {
@@ -213,6 +215,10 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
         host,
     )
     .context("cannot start the machines service")?;
+    machines.set_config_feed(Arc::new(crate::feed::MachineConfig {
+        config: config.clone(),
+        store: store.clone(),
+    }));
     let machines_loop = tokio::spawn(machines.clone().run(stop_rx.clone()));
     let ingress = tokio::net::TcpListener::bind(args.ingress).await.with_context(|| {
         format!(
@@ -221,8 +227,6 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
         )
     })?;
     let ingress_addr = ingress.local_addr().ok();
-    let config = hearth_config::Config::open(store.clone(), data_dir).context("cannot open config")?;
-    let config_loop = tokio::spawn(config.clone().run(stop_rx.clone()));
     let apps = hearth_apps::Apps::new(
         store.clone(),
         config.clone(),

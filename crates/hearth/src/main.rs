@@ -5,6 +5,7 @@
 
 mod cmd;
 mod daemon;
+mod feed;
 mod output;
 mod paths;
 

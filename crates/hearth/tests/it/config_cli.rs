@@ -221,3 +221,71 @@ async fn encrypted_files_import_into_the_files_layer_and_a_watch_follows_changes
     let out = failure(&daemon.cli(&["config", "import", foreign.to_str().unwrap()]));
     assert!(out.contains("foreign.toml") && out.contains("cannot be decrypted"), "{out}");
 }
+
+/// `cat FILE` in a machine, or "" when it cannot be read yet.
+fn machine_file(daemon: &Daemon, machine: &str, path: &str) -> String {
+    let out = daemon.cli(&["machine", "exec", machine, "--", "cat", path]);
+    if out.status.success() { String::from_utf8_lossy(&out.stdout).into_owned() } else { String::new() }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_config_change_reaches_a_running_machine_and_reloads_it_without_a_restart() {
+    let daemon = Daemon::start(BIN).await;
+    let image = daemon.ensure_debian_image().await;
+    success(&daemon.cli(&["config", "set", "greeting", "hello"]));
+    success(&daemon.cli(&["config", "set", "port", "8080", "--scope", "machine:cfg"]));
+    success(&daemon.cli(&[
+        "machine",
+        "run",
+        "--name",
+        "cfg",
+        "--memory",
+        "256M",
+        "--on-config-change",
+        "echo reloaded >> /tmp/reloads",
+        &image,
+        "--",
+        "sh",
+        "-c",
+        "cat /run/hearth/config.json > /tmp/start 2>&1; mv /tmp/start /tmp/at-start; exec sleep 100000",
+    ]));
+    let limit = Duration::from_secs(180);
+    let mut file = String::new();
+    let arrived = wait_until(limit, async || {
+        file = machine_file(&daemon, "cfg", "/run/hearth/config.json");
+        file.contains("hello")
+    })
+    .await;
+    assert!(arrived, "config.json never held the config: {file:?}\n{}", daemon.log());
+    let json: serde_json::Value = serde_json::from_str(&file).expect("config.json is JSON");
+    assert_eq!(json, serde_json::json!({"greeting": "hello", "port": 8080}));
+    // What the main process read as it started (it writes it whole, once).
+    let mut at_start = String::new();
+    wait_until(Duration::from_secs(30), async || {
+        at_start = machine_file(&daemon, "cfg", "/tmp/at-start");
+        !at_start.is_empty()
+    })
+    .await;
+    let main_log =
+        String::from_utf8_lossy(&daemon.cli(&["machine", "logs", "--main", "cfg"]).stdout).into_owned();
+    assert!(
+        at_start.contains("hello"),
+        "the main process started before its config: {at_start:?}\n{main_log}"
+    );
+    let env = machine_file(&daemon, "cfg", "/run/hearth/config.env");
+    assert!(env.contains("GREETING='hello'") && env.contains("PORT='8080'"), "{env}");
+    let started = daemon.client().machine("cfg").await.expect("the machine").main.and_then(|m| m.started_at);
+
+    success(&daemon.cli(&["config", "set", "greeting", "changed"]));
+    let changed = wait_until(Duration::from_secs(30), async || {
+        machine_file(&daemon, "cfg", "/run/hearth/config.json").contains("changed")
+            && machine_file(&daemon, "cfg", "/tmp/reloads").contains("reloaded")
+    })
+    .await;
+    assert!(changed, "the change or its reload did not reach the machine\n{}", daemon.log());
+    let machine = daemon.client().machine("cfg").await.expect("the machine");
+    assert_eq!(machine.main.and_then(|m| m.started_at), started, "the main process was not restarted");
+    let inspect = success(&daemon.cli(&["machine", "inspect", "cfg"]));
+    assert!(inspect.lines().any(|l| l.starts_with("config") && l.contains("revision")), "{inspect}");
+    assert_eq!(machine_file(&daemon, "cfg", "/tmp/reloads").lines().count(), 1, "one change, one reload");
+}

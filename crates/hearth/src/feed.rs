@@ -1,0 +1,50 @@
+//! What joins config to machines: each machine's merged config, rendered
+//! as the files its agent keeps (`/run/hearth/config.json` and
+//! `config.env`), and the signal that config moved.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use hearth_config::{Config, Scope};
+use hearth_machines::{ConfigFeed, ConfigPayload};
+use hearth_store::Store;
+
+/// A machine reads its own scope; a machine of a service (`web-2` of the
+/// service `web`, kept by it) reads the service's scope under its own.
+pub(crate) struct MachineConfig {
+    pub(crate) config: Config,
+    pub(crate) store: Arc<dyn Store>,
+}
+
+impl MachineConfig {
+    /// The service that keeps `machine`, if any: its name is `SERVICE-N`
+    /// and a service of machines by that name exists.
+    async fn service_of(&self, machine: &str) -> Option<String> {
+        let (service, n) = machine.rsplit_once('-')?;
+        n.parse::<u32>().ok()?;
+        let kv = self.store.get(&format!("{}{service}", hearth_services::record::DEFS)).await.ok()??;
+        let record: hearth_services::record::ServiceRecord = serde_json::from_slice(&kv.value).ok()?;
+        (record.kind == hearth_services::record::Kind::Machines).then(|| service.to_owned())
+    }
+}
+
+#[async_trait]
+impl ConfigFeed for MachineConfig {
+    async fn payload(&self, machine: &str) -> Result<ConfigPayload, String> {
+        let mut scopes = Vec::with_capacity(2);
+        if let Some(service) = self.service_of(machine).await {
+            scopes.push(Scope::Service(service));
+        }
+        scopes.push(Scope::Machine(machine.to_owned()));
+        let resolved = self.config.resolve_nested(&scopes).await.map_err(|e| hearth_store::chain(&e))?;
+        Ok(ConfigPayload {
+            json: resolved.json().into_bytes(),
+            env: resolved.env().into_bytes(),
+            revision: resolved.revision,
+        })
+    }
+
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.config.changes()
+    }
+}
