@@ -4,7 +4,7 @@ CARGO ?= cargo
 BIN_DIR ?= $(HOME)/.cargo/bin
 DATA_DIR ?= $(or $(HEARTH_DATA_DIR),$(or $(XDG_DATA_HOME),$(HOME)/.local/share)/hearth)
 
-.PHONY: setup build agent examples install run stop test lint openapi fuzz bench bench-apps bench-services clean
+.PHONY: setup build agent examples install run stop test lint openapi fuzz bench bench-apps bench-services bench-config clean
 
 # The guest agent runs as PID 1 in every machine: a static musl binary.
 AGENT := target/x86_64-unknown-linux-musl/release/hearth-agent
@@ -147,6 +147,19 @@ bench-services: build
 	if ! $$hearth image ls --json | grep -Eq '"name": "$(BENCH_SERVICES_IMAGE)(:latest)?"'; then \
 		$$hearth image build debian --packages busybox --name $(BENCH_SERVICES_IMAGE); fi; \
 	$$hearth bench services --image $(BENCH_SERVICES_IMAGE) $(BENCH_SERVICES_ARGS)
+
+# `hearth bench config` against a throwaway daemon: from `config set` to an
+# app's next response (the kitchen test guest, built here) and, with
+# BENCH_CONFIG_ARGS="--image IMAGE" as root, to a machine's config.json.
+# Not part of `make test`.
+.PHONY: bench-config
+bench-config: build
+	$(CARGO) build --release --locked --quiet --target wasm32-wasip2 --manifest-path crates/apps/tests/guests/Cargo.toml --target-dir target/apps-guests
+	@set -e; dir=$$(mktemp -d); \
+	target/release/hearth serve --data-dir $$dir --ingress 127.0.0.1:0 --default-network false >$$dir/daemon.log 2>&1 & pid=$$!; \
+	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null; rm -rf $$dir' EXIT; \
+	for _ in $$(seq 100); do target/release/hearth --data-dir $$dir status >/dev/null 2>&1 && break; sleep 0.1; done; \
+	target/release/hearth --data-dir $$dir bench config $(BENCH_CONFIG_ARGS)
 
 # The Restate peer of `hearth bench workflows`: restate-server from npm into
 # target/restate (once per version) and bench/restate-peer, a Restate Rust SDK

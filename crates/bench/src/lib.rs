@@ -18,6 +18,7 @@
 //! The store's own benchmark is `hearth_store::bench`.
 
 pub mod apps;
+pub mod config;
 pub mod machines;
 pub mod output;
 mod restate;

@@ -65,6 +65,13 @@ pub(crate) enum Command {
     /// them again. The image needs sh and nc: `hearth image build debian
     /// --packages netcat-openbsd --name bench-services` makes one.
     Services(services::Args),
+    /// Config: from `config set` to an app's next response showing the value
+    /// and (with --image) to a machine's agent replacing its config.json,
+    /// against a plain store event through the events stream.
+    ///
+    /// Talks to the running daemon, deploys an app (and runs a machine)
+    /// named bench-config-PID and removes them again.
+    Config(hearth_bench::config::Args),
 }
 
 /// Runs a benchmark; `client` connects to the daemon for those that need one.
@@ -78,6 +85,7 @@ pub(crate) async fn run(
         Command::Workflows(args) => workflows::run(&client()?, args).await?,
         Command::Apps(args) => apps::run(&client()?, args).await?,
         Command::Services(args) => services::run(&client()?, args).await?,
+        Command::Config(args) => hearth_bench::config::run(&client()?, args).await?,
         Command::Store { ops, concurrency, value_size, dir, json } => {
             let tmp = match dir {
                 Some(dir) => tempfile::tempdir_in(&dir),
