@@ -907,7 +907,8 @@ impl Config {
         };
         self.inner.changes.send_replace(from);
         let mut follower = Follower::new(self.inner.store.clone(), key::VALUES, from + 1, "config");
-        let mut last_bump = tokio::time::Instant::now() - THROTTLE;
+        let now = tokio::time::Instant::now();
+        let mut last_bump = now.checked_sub(THROTTLE).unwrap_or(now);
         let mut pending: Option<Revision> = None;
         loop {
             let deadline = last_bump + THROTTLE;
