@@ -17,7 +17,9 @@
 //!
 //! Secret values are encrypted with age to the daemon's key ([`secret`])
 //! before they reach the store, and decrypted only in [`Config::resolve`],
-//! for the consumer they are delivered to.
+//! for the consumer they are delivered to. A consumer that must keep what
+//! it read (a workflow's journal) keeps it encrypted the same way, with
+//! [`Config::seal`] and [`Config::open_sealed`].
 //!
 //! [`Config::run`] follows `config/` and bumps [`Config::changes`] after each
 //! committed change: at once when the last bump was at least

@@ -231,6 +231,18 @@ impl Config {
         (keys.recipient().to_string(), keys.retired())
     }
 
+    /// `value` encrypted to the daemon's current key, base64: for a secret
+    /// a consumer read and must keep outside config (a workflow's journal).
+    pub fn seal(&self, value: &Value) -> Result<String, Error> {
+        self.keys().encrypt(value)
+    }
+
+    /// A value back from [`Config::seal`], with the current key or one a
+    /// rekey retired (not one `rekey --forget` dropped).
+    pub fn open_sealed(&self, sealed: &str) -> Result<Value, Error> {
+        self.keys().decrypt(sealed)
+    }
+
     /// The revision of the latest committed change consumers have been told
     /// of; it moves after each one (see the crate documentation).
     pub fn changes(&self) -> watch::Receiver<Revision> {

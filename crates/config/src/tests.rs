@@ -303,3 +303,22 @@ async fn a_service_machine_reads_its_service_then_its_own_layer() {
     assert_eq!(r.tree(), json!({"a": "service", "b": "machine"}));
     assert_eq!(r.scope, Scope::Machine("web-1".into()));
 }
+
+#[tokio::test]
+async fn a_sealed_value_opens_after_a_rekey_but_not_after_forgetting_or_with_another_key() {
+    let f = fixture();
+    let c = &f.config;
+    let sealed = c.seal(&json!({"token": "hunter2-sekrit"})).unwrap();
+    assert!(!sealed.contains("hunter2"), "{sealed}");
+    assert_eq!(c.open_sealed(&sealed).unwrap(), json!({"token": "hunter2-sekrit"}));
+    c.rekey(false).await.unwrap();
+    assert_eq!(c.open_sealed(&sealed).unwrap(), json!({"token": "hunter2-sekrit"}));
+    c.rekey(true).await.unwrap();
+    let error = c.open_sealed(&sealed).unwrap_err();
+    assert!(matches!(error, Error::Undecryptable { .. }), "{error}");
+    let other = fixture();
+    assert!(matches!(
+        c.open_sealed(&other.config.seal(&json!(1)).unwrap()),
+        Err(Error::Undecryptable { .. })
+    ));
+}

@@ -234,9 +234,12 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
     )
     .context("cannot start the apps service")?;
     let apps_loop = tokio::spawn(apps.clone().run(stop_rx.clone()));
-    let workflows =
-        hearth_workflows::Workflows::new(store.clone(), hearth_workflows::Options::new(data_dir, &cache_dir))
-            .context("cannot start the workflows service")?;
+    let workflows = hearth_workflows::Workflows::new(
+        store.clone(),
+        config.clone(),
+        hearth_workflows::Options::new(data_dir, &cache_dir),
+    )
+    .context("cannot start the workflows service")?;
     apps.set_hook("hooks.localhost", webhooks(workflows.clone()));
     let workflows_loop = tokio::spawn({
         let (workflows, stop) = (workflows.clone(), stop_rx.clone());

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
+use hearth_config::{Key, Resolved, Scope};
 use hearth_routing::Outcome;
 use hearth_store::{Compare, CompareOp, CompareTarget, Op, Revision, Txn};
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
@@ -68,6 +69,14 @@ pub(crate) enum Stop {
     /// A recorded result that does not fit the call.
     #[error("the journal is damaged at step {seq}: {call} has the result {outcome}")]
     Corrupt { seq: u32, call: String, outcome: String },
+    /// Config could not be read live; try again later.
+    #[error("config cannot be read: {0}")]
+    Config(String),
+    /// A secret the journal holds sealed cannot be opened any more.
+    #[error(
+        "the secret config-get read at step {seq} cannot be decrypted ({reason}): the config key that sealed it is gone (`hearth config rekey --forget` drops retired keys)"
+    )]
+    Sealed { seq: u32, reason: String },
 }
 
 /// The data of one execution's `Store`.
@@ -322,6 +331,37 @@ impl durable::Host for RunCx {
         self.number(Call::Random, rand::random::<u64>).await
     }
 
+    async fn config_get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        let call = Call::ConfigGet { key: key.clone() };
+        if let Some(outcome) = self.replay(&call)? {
+            return match outcome {
+                Recorded::Config { value } => Ok(value),
+                Recorded::Secret { sealed } => self.open(&call, &sealed).map(Some),
+                other => Err(self.corrupt(&call, &other)),
+            };
+        }
+        let scope = Scope::Workflow(self.run.workflow.clone());
+        let resolved = match self.workflows.config().resolve(&scope, None).await {
+            Ok(resolved) => resolved,
+            Err(hearth_config::Error::Store(e)) => return Err(stop(Stop::Store(e.to_string()))),
+            Err(e) => return Err(stop(Stop::Config(hearth_store::chain(&e)))),
+        };
+        let (value, secret) = lookup(&resolved, &key);
+        let outcome = match &value {
+            Some(text) if secret => {
+                let sealed = self
+                    .workflows
+                    .config()
+                    .seal(&serde_json::Value::String(text.clone()))
+                    .map_err(|e| stop(Stop::Config(hearth_store::chain(&e))))?;
+                Recorded::Secret { sealed }
+            }
+            _ => Recorded::Config { value: value.clone() },
+        };
+        self.record(call, outcome).await?;
+        Ok(value)
+    }
+
     async fn log(&mut self, message: String) -> wasmtime::Result<()> {
         let call = Call::Log { message };
         match self.replay(&call)? {
@@ -460,6 +500,16 @@ impl RunCx {
         Ok(Ok((request, Some((name.to_owned(), address)))))
     }
 
+    /// The text a replayed `config-get` recorded sealed.
+    fn open(&self, call: &Call, sealed: &str) -> wasmtime::Result<String> {
+        let seq = self.cursor.seq().saturating_sub(1);
+        match self.workflows.config().open_sealed(sealed) {
+            Ok(serde_json::Value::String(text)) => Ok(text),
+            Ok(_) => Err(self.corrupt(call, &Recorded::Secret { sealed: sealed.to_owned() })),
+            Err(e) => Err(stop(Stop::Sealed { seq, reason: e.to_string() })),
+        }
+    }
+
     async fn number(&mut self, call: Call, live: fn() -> u64) -> wasmtime::Result<u64> {
         match self.replay(&call)? {
             Some(Recorded::Number { value }) => Ok(value),
@@ -471,6 +521,23 @@ impl RunCx {
             }
         }
     }
+}
+
+/// What `config-get(key)` reads in `resolved`: a leaf's text or a table's
+/// JSON (`""`: the whole tree), and whether a secret is in it.
+fn lookup(resolved: &Resolved, key: &str) -> (Option<String>, bool) {
+    let within = if key.is_empty() {
+        None
+    } else {
+        match Key::parse(key) {
+            Ok(parsed) => Some(parsed),
+            Err(_) => return (None, false),
+        }
+    };
+    let Some(value) = resolved.at(key) else { return (None, false) };
+    let secret =
+        resolved.leaves.iter().any(|(k, leaf)| leaf.secret && within.as_ref().is_none_or(|w| k.is_within(w)));
+    (Some(hearth_config::tree::as_text(&value)), secret)
 }
 
 /// Runs one activity: the request, with its idempotency key.

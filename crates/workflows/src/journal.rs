@@ -40,6 +40,9 @@ pub enum Call {
         #[serde(default)]
         timeout_millis: Option<u64>,
     },
+    ConfigGet {
+        key: String,
+    },
 }
 
 impl std::fmt::Display for Call {
@@ -58,6 +61,7 @@ impl std::fmt::Display for Call {
                 write!(f, "start-child({workflow}, {:?})", shorten(input, 40))
             }
             Call::WaitChild { id, .. } => write!(f, "wait-child({id})"),
+            Call::ConfigGet { key } => write!(f, "config-get({key:?})"),
         }
     }
 }
@@ -92,6 +96,14 @@ pub enum Recorded {
         #[serde(default)]
         error: Option<String>,
     },
+    /// `config-get` read this text (`None`: nothing is set there).
+    Config {
+        #[serde(default)]
+        value: Option<String>,
+    },
+    /// `config-get` read a secret: its text, sealed with the daemon's
+    /// config key (`hearth_config::Config::seal`), never in clear.
+    Secret { sealed: String },
 }
 
 impl std::fmt::Display for Recorded {
@@ -111,6 +123,9 @@ impl std::fmt::Display for Recorded {
             Recorded::ChildEnded { error, .. } => {
                 write!(f, "failed: {}", error.as_deref().unwrap_or("(no message)"))
             }
+            Recorded::Config { value: Some(value) } => write!(f, "{:?}", shorten(value, 60)),
+            Recorded::Config { value: None } => write!(f, "not set"),
+            Recorded::Secret { .. } => write!(f, "a secret (sealed)"),
         }
     }
 }
@@ -260,5 +275,49 @@ mod tests {
         assert_eq!(json["name"], "approve");
         assert_eq!(json["outcome"]["result"], "timed-out");
         assert_eq!(serde_json::from_value::<Entry>(json).unwrap(), e);
+    }
+
+    /// Journals written before `config-get` existed must still replay: one
+    /// entry of every call and result, as those versions wrote them.
+    #[test]
+    fn entries_written_by_earlier_versions_still_decode() {
+        let old = [
+            r#"{"seq":0,"at":1,"call":"sleep","millis":300,"outcome":{"result":"done"}}"#,
+            r#"{"seq":1,"at":1,"call":"wait-signal","name":"go","timeout_millis":600000,"outcome":{"result":"signal","key":"k","data":"yes"}}"#,
+            r#"{"seq":2,"at":1,"call":"wait-signal","name":"go","timeout_millis":null,"outcome":{"result":"timed-out"}}"#,
+            r#"{"seq":3,"at":1,"call":"http","method":"POST","url":"http://x/","body_sha256":"ab","outcome":{"result":"response","status":200,"headers":[["a","b"]],"body_base64":"eQ=="}}"#,
+            r#"{"seq":4,"at":1,"call":"http","method":"GET","url":"http://x/","body_sha256":"ab","outcome":{"result":"error","message":"refused"}}"#,
+            r#"{"seq":5,"at":1,"call":"now","outcome":{"result":"number","value":7}}"#,
+            r#"{"seq":6,"at":1,"call":"random","outcome":{"result":"number","value":8}}"#,
+            r#"{"seq":7,"at":1,"call":"log","message":"hi","outcome":{"result":"done"}}"#,
+            r#"{"seq":8,"at":1,"call":"start-child","workflow":"w","input":"i","outcome":{"result":"child","id":"r.8"}}"#,
+            r#"{"seq":9,"at":1,"call":"wait-child","id":"r.8","timeout_millis":null,"outcome":{"result":"child-ended","output":"o","error":null}}"#,
+        ];
+        for text in old {
+            let entry: Entry = serde_json::from_str(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            let again: serde_json::Value = serde_json::to_value(&entry).unwrap();
+            let want: serde_json::Value = serde_json::from_str(text).unwrap();
+            assert_eq!(again, want, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_config_read_is_recorded_as_text_and_a_secret_only_sealed() {
+        let read = entry(
+            0,
+            Call::ConfigGet { key: "db.port".into() },
+            Recorded::Config { value: Some("5432".into()) },
+        );
+        let json = serde_json::to_value(&read).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"seq": 0, "at": 0, "call": "config-get", "key": "db.port", "outcome": {"result": "config", "value": "5432"}})
+        );
+        assert_eq!(serde_json::from_value::<Entry>(json).unwrap(), read);
+        let unset = entry(1, Call::ConfigGet { key: "x".into() }, Recorded::Config { value: None });
+        assert_eq!(serde_json::from_str::<Entry>(&serde_json::to_string(&unset).unwrap()).unwrap(), unset);
+        assert_eq!(unset.outcome.to_string(), "not set");
+        let secret = Recorded::Secret { sealed: "c2VhbGVk".into() };
+        assert_eq!(secret.to_string(), "a secret (sealed)");
     }
 }

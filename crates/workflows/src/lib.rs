@@ -3,7 +3,9 @@
 //! A workflow is a WebAssembly component of the `hearth:workflow` world
 //! (`wit/hearth-workflow/workflow.wit`): it exports `run(input) -> result`
 //! and imports `durable`, the host calls whose results are recorded: sleep,
-//! wait for a signal, an HTTP activity, now, random, log, child workflows.
+//! wait for a signal, an HTTP activity, now, random, log, child workflows,
+//! its config (scope `workflow:NAME`; a secret it reads is recorded sealed
+//! with the daemon's config key, never in clear).
 //!
 //! **Durability by journal and replay.** Every completed host call is
 //! appended to the run's journal in the store (a compare-and-swap on the
@@ -113,6 +115,9 @@ pub enum Error {
 
     #[error("the WebAssembly runtime cannot start: {0}")]
     Runtime(String),
+
+    #[error("the workflow's config cannot be read now: {0}")]
+    Config(String),
 }
 
 /// How an [`Error`] maps onto a response, for the API.
@@ -138,7 +143,7 @@ impl Error {
             | Error::UnsupportedImport(_)
             | Error::Manifest(_) => ErrorKind::Invalid,
             Error::TooLarge { .. } => ErrorKind::TooLarge,
-            Error::Contended(_) => ErrorKind::Unavailable,
+            Error::Contended(_) | Error::Config(_) => ErrorKind::Unavailable,
             Error::Store(hearth_store::Error::Closed) => ErrorKind::Unavailable,
             Error::Store(_)
             | Error::Corrupt(..)
@@ -169,6 +174,7 @@ impl Error {
             Error::Store(_) => "store",
             Error::Io { .. } => "io",
             Error::Runtime(_) => "runtime",
+            Error::Config(_) => "config_unavailable",
         }
     }
 

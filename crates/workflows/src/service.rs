@@ -99,6 +99,8 @@ pub struct Workflows {
 
 struct Inner {
     store: Arc<dyn Store>,
+    /// What `config-get` reads, in scope `workflow:NAME`.
+    config: hearth_config::Config,
     options: Options,
     blobs_dir: PathBuf,
     runtime: Runtime,
@@ -130,8 +132,13 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Workflows {
     /// Sets up the runtime and the directories. No run executes until
-    /// [`Workflows::run`] starts.
-    pub fn new(store: Arc<dyn Store>, options: Options) -> Result<Workflows, Error> {
+    /// [`Workflows::run`] starts. `config` is what runs read with
+    /// `config-get` (and what seals the secrets they read in the journal).
+    pub fn new(
+        store: Arc<dyn Store>,
+        config: hearth_config::Config,
+        options: Options,
+    ) -> Result<Workflows, Error> {
         let blobs_dir = options.data_dir.join("workflows").join("blobs");
         hearth_wasm::create_private_dir(&blobs_dir)?;
         let runtime = Runtime::new(&options.cache_dir)?;
@@ -139,6 +146,7 @@ impl Workflows {
         Ok(Workflows {
             inner: Arc::new(Inner {
                 store,
+                config,
                 options,
                 blobs_dir,
                 runtime,
@@ -156,6 +164,10 @@ impl Workflows {
 
     pub(crate) fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
+    }
+
+    pub(crate) fn config(&self) -> &hearth_config::Config {
+        &self.inner.config
     }
 
     pub(crate) fn http_agent(&self) -> ureq::Agent {

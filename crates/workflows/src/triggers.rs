@@ -563,7 +563,9 @@ mod tests {
         let store =
             hearth_store::redb::RedbStore::open(&dir.path().join("state.redb"), Default::default()).unwrap();
         let options = crate::Options::new(dir.path().join("data"), dir.path().join("cache"));
-        let workflows = Workflows::new(std::sync::Arc::new(store.clone()), options).unwrap();
+        let shared: std::sync::Arc<dyn hearth_store::Store> = std::sync::Arc::new(store.clone());
+        let config = hearth_config::Config::open(shared.clone(), dir.path()).unwrap();
+        let workflows = Workflows::new(shared, config, options).unwrap();
         let def = Definition {
             name: "w".into(),
             versions: Vec::new(),

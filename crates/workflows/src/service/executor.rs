@@ -402,7 +402,10 @@ impl Workflows {
                 Some(Stop::Store(message)) => {
                     return Err(Error::Store(hearth_store::Error::Backend(message.clone().into())));
                 }
-                Some(stop @ (Stop::Diverged(_) | Stop::Corrupt { .. })) => Err(stop.to_string()),
+                Some(Stop::Config(message)) => return Err(Error::Config(message.clone())),
+                Some(stop @ (Stop::Diverged(_) | Stop::Corrupt { .. } | Stop::Sealed { .. })) => {
+                    Err(stop.to_string())
+                }
                 None if error.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) => {
                     Err(format!(
                         "the workflow computed for more than {} without a durable call, and was stopped; a workflow should wait with sleep or wait-signal, not spin",

@@ -4,4 +4,5 @@
 //! `cargo test -p hearth-workflows --test it -- MODULE::`.
 
 mod support;
+mod workflows_config;
 mod workflows_runs;

@@ -2,76 +2,14 @@
 //! activity, children, limits, divergence, and a service restarted while
 //! runs wait.
 
-use crate::support;
+use crate::support::{self, ended, service, start, waiting_for_signal};
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hearth_store::redb::{Options as StoreOptions, RedbStore};
-use hearth_workflows::{Options, Run, StartRequest, Status, Workflows};
+use hearth_workflows::{Options, Status, Workflows};
 use tokio::sync::watch;
-
-struct Service {
-    workflows: Workflows,
-    store: RedbStore,
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-async fn service(dir: &std::path::Path, cpu_budget: Duration) -> Service {
-    let store = RedbStore::open(&dir.join("state.redb"), StoreOptions::default()).unwrap();
-    let mut options = Options::new(dir.join("data"), dir.join("cache"));
-    options.cpu_budget = cpu_budget;
-    let workflows = Workflows::new(Arc::new(store.clone()), options).unwrap();
-    let (stop, rx) = watch::channel(false);
-    let task = tokio::spawn({
-        let workflows = workflows.clone();
-        async move { workflows.run(rx).await.unwrap() }
-    });
-    Service { workflows, store, stop, task }
-}
-
-impl Service {
-    async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
-        drop(self.workflows);
-        self.store.shutdown().await;
-    }
-}
-
-fn start(workflow: &str, input: &str) -> StartRequest {
-    StartRequest {
-        workflow: workflow.into(),
-        input: input.into(),
-        started_by: "test".into(),
-        ..Default::default()
-    }
-}
-
-async fn until(workflows: &Workflows, id: &str, what: &str, check: impl Fn(&Run) -> bool) -> Run {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let run = workflows.get_run(id).await.unwrap();
-        if check(&run) {
-            return run;
-        }
-        assert!(Instant::now() < deadline, "run {id} never became {what}: {run:#?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn ended(workflows: &Workflows, id: &str) -> Run {
-    until(workflows, id, "ended", |r| r.status.is_terminal()).await
-}
-
-async fn waiting_for_signal(workflows: &Workflows, id: &str) -> Run {
-    until(workflows, id, "waiting for a signal", |r| {
-        r.status == Status::Waiting
-            && matches!(&r.wait, Some(w) if matches!(w.kind, hearth_workflows::WaitKind::Signal { .. }))
-    })
-    .await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_sleeps_waits_for_a_signal_calls_an_activity_and_completes() {
@@ -244,7 +182,8 @@ fn executor(
 ) -> (Workflows, watch::Sender<bool>, tokio::task::JoinHandle<()>) {
     let mut options = Options::new(dir.join("data"), dir.join(format!("cache-{name}")));
     options.executor = name.into();
-    let workflows = Workflows::new(store, options).unwrap();
+    let config = support::config(store.clone(), dir);
+    let workflows = Workflows::new(store, config, options).unwrap();
     let (stop, rx) = watch::channel(false);
     let task = tokio::spawn({
         let workflows = workflows.clone();

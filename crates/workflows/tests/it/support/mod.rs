@@ -1,6 +1,7 @@
 //! Test support: builds the guest workflows once, runs a `Workflows` service
-//! over a store in a temporary directory, and serves activities from a
-//! loopback HTTP server that applies each idempotency key once.
+//! (with the config its runs read) over a store in a temporary directory,
+//! waits for runs to reach a state, and serves activities from a loopback
+//! HTTP server that applies each idempotency key once.
 //!
 //! The guests are built with:
 //!
@@ -16,6 +17,12 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use hearth_config::Config;
+use hearth_store::redb::{Options as StoreOptions, RedbStore};
+use hearth_workflows::{Options, Run, StartRequest, Status, Workflows};
+use tokio::sync::watch;
 
 /// The guest components, as bytes.
 pub struct Guests {
@@ -63,6 +70,80 @@ pub fn guests() -> &'static Guests {
         };
         Guests { steps: read("steps"), drifted: read("drifted") }
     })
+}
+
+/// A workflows service over `dir/state.redb`, its loop running.
+pub struct Service {
+    pub workflows: Workflows,
+    /// The config its runs read with `config-get`.
+    pub config: Config,
+    pub store: RedbStore,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The config of the workflows on `store`, its key file in `dir` (the same
+/// key every time for one `dir`, as for a daemon's data dir).
+pub fn config(store: Arc<dyn hearth_store::Store>, dir: &Path) -> Config {
+    Config::open(store, dir).expect("config opens")
+}
+
+pub async fn service(dir: &Path, cpu_budget: Duration) -> Service {
+    let store = RedbStore::open(&dir.join("state.redb"), StoreOptions::default()).unwrap();
+    let mut options = Options::new(dir.join("data"), dir.join("cache"));
+    options.cpu_budget = cpu_budget;
+    let config = config(Arc::new(store.clone()), dir);
+    let workflows = Workflows::new(Arc::new(store.clone()), config.clone(), options).unwrap();
+    let (stop, rx) = watch::channel(false);
+    let task = tokio::spawn({
+        let workflows = workflows.clone();
+        async move { workflows.run(rx).await.unwrap() }
+    });
+    Service { workflows, config, store, stop, task }
+}
+
+impl Service {
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        drop(self.workflows);
+        drop(self.config);
+        self.store.shutdown().await;
+    }
+}
+
+pub fn start(workflow: &str, input: &str) -> StartRequest {
+    StartRequest {
+        workflow: workflow.into(),
+        input: input.into(),
+        started_by: "test".into(),
+        ..Default::default()
+    }
+}
+
+/// Polls run `id` until `check` holds (or a minute passes: then fails).
+pub async fn until(workflows: &Workflows, id: &str, what: &str, check: impl Fn(&Run) -> bool) -> Run {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let run = workflows.get_run(id).await.unwrap();
+        if check(&run) {
+            return run;
+        }
+        assert!(Instant::now() < deadline, "run {id} never became {what}: {run:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn ended(workflows: &Workflows, id: &str) -> Run {
+    until(workflows, id, "ended", |r| r.status.is_terminal()).await
+}
+
+pub async fn waiting_for_signal(workflows: &Workflows, id: &str) -> Run {
+    until(workflows, id, "waiting for a signal", |r| {
+        r.status == Status::Waiting
+            && matches!(&r.wait, Some(w) if matches!(w.kind, hearth_workflows::WaitKind::Signal { .. }))
+    })
+    .await
 }
 
 /// A loopback HTTP server for activities. It applies each

@@ -12,6 +12,10 @@
 //! - `child:INPUT` starts a child run of `steps` with INPUT, waits for it,
 //!   returns `child said RESULT`.
 //! - `logs:N` makes N durable log calls (long in all, short between calls).
+//! - `config:KEY` reads config KEY, waits for the signal `go` (10 min),
+//!   reads KEY again, and returns `FIRST|SECOND`.
+//! - `read:KEY,KEY...` reads each config KEY and returns them a line each
+//!   (`(none)` where nothing is set).
 //! - `spin` loops forever; `trap` panics; `fail` returns an error;
 //!   `print` writes to stdout and returns.
 //! - anything else echoes itself back.
@@ -26,6 +30,10 @@ fn post(url: String, body: &str) -> Result<(u16, String), String> {
     let request = HttpRequest { method: "POST".into(), url, headers: vec![], body: body.as_bytes().to_vec() };
     let response = durable::http_call(&request)?;
     Ok((response.status, String::from_utf8_lossy(&response.body).into_owned()))
+}
+
+fn shown(value: Option<String>) -> String {
+    value.unwrap_or_else(|| "(none)".into())
 }
 
 impl Guest for Steps {
@@ -80,6 +88,12 @@ impl Guest for Steps {
                 }
                 Ok(format!("logged {n}"))
             }
+            "config" => {
+                let first = shown(durable::config_get(arg));
+                durable::wait_signal("go", Some(600_000)).ok_or("no go signal in 10 minutes")?;
+                Ok(format!("{first}|{}", shown(durable::config_get(arg))))
+            }
+            "read" => Ok(arg.split(',').map(|k| shown(durable::config_get(k))).collect::<Vec<_>>().join("\n")),
             "trap" => panic!("the test asked for a trap"),
             "fail" => Err("the test asked for a failure".into()),
             "print" => {
