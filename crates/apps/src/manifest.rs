@@ -217,14 +217,19 @@ fn duplicate(names: &[String]) -> Option<&String> {
 }
 
 fn check_name(what: &str, name: &str, max: usize) -> Result<(), Error> {
+    // Dots separate the words of a config key: none at either end, and
+    // never two in a row (config and secrets are keys of `hearth config`).
     let ok = !name.is_empty()
         && name.len() <= max
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && !name.starts_with('.')
+        && !name.ends_with('.')
+        && !name.contains("..");
     if ok {
         Ok(())
     } else {
         Err(Error::Manifest(format!(
-            "{what} name {name:?} is not valid: use 1 to {max} letters, digits, `_`, `-` or `.`"
+            "{what} name {name:?} is not valid: use 1 to {max} letters, digits, `_`, `-` or `.` (between words)"
         )))
     }
 }

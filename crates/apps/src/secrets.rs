@@ -46,7 +46,13 @@ impl Apps {
     pub async fn delete_secret(&self, name: &str, secret: &str) -> Result<bool, Error> {
         validate_name(name)?;
         let key = secret_key(secret)?;
-        match self.inner.config.remove(&Layer::of(scope(name)), &key).await {
+        let layer = Layer::of(scope(name));
+        // Only a secret by that name: a plain value set there stays.
+        let entries = self.inner.config.entries(Some(&layer), key.as_str()).await?;
+        if !entries.iter().any(|e| e.key == key && e.secret) {
+            return Ok(false);
+        }
+        match self.inner.config.remove(&layer, &key).await {
             Ok(_) => Ok(true),
             Err(hearth_config::Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(e.into()),
@@ -145,10 +151,12 @@ impl Apps {
                 continue;
             };
             let value = String::from_utf8_lossy(&kv.value).into_owned();
-            self.inner
-                .config
-                .set(&Layer::of(scope(app)), &key, serde_json::Value::String(value), true)
-                .await?;
+            let layer = Layer::of(scope(app));
+            if let Err(e) = self.inner.config.set(&layer, &key, serde_json::Value::String(value), true).await
+            {
+                tracing::warn!(key = kv.key, error = %chain(&e), "Cannot move an old app secret into config; left in place.");
+                continue;
+            }
             let txn = Txn::new()
                 .when(Compare::mod_revision(kv.key.clone(), kv.mod_revision))
                 .and_then(Op::Delete { key: kv.key.clone() });

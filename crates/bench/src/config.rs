@@ -1,8 +1,9 @@
 //! `hearth bench config`: from `config set` to the consumer holding the new
 //! value, through the running daemon.
 //!
-//! Three figures, each over `runs` changes, timed from the moment the set
-//! is sent (so the write and its fsync count):
+//! Three figures, each over `runs` changes made 150 ms apart (config tells
+//! consumers of a change at once, then at most every 100 ms), timed from
+//! the moment the set is sent (so the write and its fsync count):
 //! - the floor: a plain `kv put` until the events stream hands it out, the
 //!   least any change pushed through the store can take;
 //! - an app: until its next response (`GET /config?key=...` on the kitchen
@@ -33,6 +34,10 @@ const COMPONENT: &str = "target/apps-guests/wasm32-wasip2/release/kitchen.wasm";
 const MANIFEST: &str = "key_value = [\"default\"]\noutbound = [\"http://example.invalid\"]\n";
 /// How long one change may take before the run gives up.
 const DEADLINE: Duration = Duration::from_secs(30);
+/// The pause before each timed change: longer than config's throttle
+/// (100 ms), so each change is told at once, as a change a person makes
+/// is. Changes closer together are coalesced, one push per 100 ms.
+const APART: Duration = Duration::from_millis(150);
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -93,7 +98,8 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<()> {
         if let Some(image) = &args.image {
             let machine = format!("bench-config-{pid}");
             machines.add(&machine);
-            figures.push(figure("machine's config.json", to_machine(client, &machine, image, args.runs).await?));
+            figures
+                .push(figure("machine's config.json", to_machine(client, &machine, image, args.runs).await?));
         }
         Ok(Report { runs: args.runs, figures })
     };
@@ -134,7 +140,8 @@ async fn floor(client: &Client, runs: u32) -> anyhow::Result<Vec<f64>> {
     let mut samples = Vec::with_capacity(runs as usize);
     for i in 0..runs {
         let started = Instant::now();
-        let put = PutKv { value: format!("v{i}"), encoding: Encoding::Utf8, lease: None, if_mod_revision: None };
+        let put =
+            PutKv { value: format!("v{i}"), encoding: Encoding::Utf8, lease: None, if_mod_revision: None };
         client.kv_put(&key, &put).await?;
         let event = tokio::time::timeout(DEADLINE, events.next()).await.context("no event within 30 s")?;
         event.context("the events stream ended")??;
@@ -160,6 +167,7 @@ async fn to_app(client: &Client, app: &str, component: Vec<u8>, runs: u32) -> an
     let mut samples = Vec::with_capacity(runs as usize);
     for i in 0..runs {
         let want = format!("value-{i}");
+        tokio::time::sleep(APART).await;
         let started = Instant::now();
         let set = SetConfig { value: Some(serde_json::Value::String(want.clone())), ..SetConfig::default() };
         client.set_config("bench-config", &layer, &set).await?;
@@ -191,6 +199,7 @@ async fn to_machine(client: &Client, machine: &str, image: &str, runs: u32) -> a
     let layer = format!("machine:{machine}");
     let mut samples = Vec::with_capacity(runs as usize);
     for i in 0..runs {
+        tokio::time::sleep(APART).await;
         let started = Instant::now();
         let set = SetConfig { value: Some(serde_json::json!(i)), ..SetConfig::default() };
         let revision = client.set_config("bench-config", &layer, &set).await?.revision;

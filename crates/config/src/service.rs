@@ -204,6 +204,10 @@ struct Inner {
     store: Arc<dyn Store>,
     keys: RwLock<Arc<Keyring>>,
     changes: watch::Sender<Revision>,
+    /// Writes hold it shared from encrypting a secret to committing it; a
+    /// rekey holds it alone, so no write encrypts to a key being retired
+    /// (or forgotten), and one rekey runs at a time.
+    writing: tokio::sync::RwLock<()>,
 }
 
 impl std::fmt::Debug for Config {
@@ -217,7 +221,14 @@ impl Config {
     pub fn open(store: Arc<dyn Store>, key_dir: &Path) -> Result<Self, Error> {
         let keys = Keyring::open(key_dir)?;
         let (changes, _) = watch::channel(0);
-        Ok(Self { inner: Arc::new(Inner { store, keys: RwLock::new(Arc::new(keys)), changes }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store,
+                keys: RwLock::new(Arc::new(keys)),
+                changes,
+                writing: tokio::sync::RwLock::new(()),
+            }),
+        })
     }
 
     fn keys(&self) -> Arc<Keyring> {
@@ -252,10 +263,19 @@ impl Config {
     // -- reads ------------------------------------------------------------
 
     async fn snapshot(&self) -> Result<Snapshot, Error> {
-        let txn = Txn::new()
+        Ok(self.read(false).await?.0)
+    }
+
+    /// Everything under `config/` in one read: the snapshot, and (with
+    /// `history`) the history records in revision order.
+    async fn read(&self, history: bool) -> Result<(Snapshot, Vec<(Revision, Record)>), Error> {
+        let mut txn = Txn::new()
             .and_then(Op::Get { key: HEAD.into() })
             .and_then(Op::Range { prefix: VALUES.into() })
             .and_then(Op::Range { prefix: SCHEMAS.into() });
+        if history {
+            txn = txn.and_then(Op::Range { prefix: HISTORY.into() });
+        }
         let response = self.inner.store.txn(txn).await?;
         let mut responses = response.responses.into_iter();
         let head = match responses.next() {
@@ -281,7 +301,14 @@ impl Config {
                 schemas.insert(schema_prefix(&kv.key[SCHEMAS.len()..]), decode::<Value>(&kv.key, &kv.value)?);
             }
         }
-        Ok(Snapshot { revision: response.revision, head, values, schemas })
+        let mut records = Vec::new();
+        if let Some(OpResponse::Range { kvs }) = responses.next() {
+            for kv in kvs {
+                records.push((kv.mod_revision, decode::<Record>(&kv.key, &kv.value)?));
+            }
+            records.sort_by_key(|(revision, _)| *revision);
+        }
+        Ok((Snapshot { revision: response.revision, head, values, schemas }, records))
     }
 
     /// The merged config of `scope` (with the consumer's own `base` laid
@@ -402,6 +429,7 @@ impl Config {
     /// replaces what was under `key`); with `secret`, every leaf is
     /// encrypted. Returns the revision of the change.
     pub async fn set(&self, layer: &Layer, key: &Key, value: Value, secret: bool) -> Result<Revision, Error> {
+        let _writing = self.inner.writing.read().await;
         let keys = self.keys();
         let mut leaves = Vec::new();
         for (k, v) in tree::flatten(Some(key), value)? {
@@ -450,6 +478,7 @@ impl Config {
     /// name ends in `.json`; a leaf written `age:BASE64` (by `config
     /// encrypt`) is kept as a secret, and must open with this daemon's key.
     pub async fn import(&self, files: &[(String, String)]) -> Result<Revision, Error> {
+        let _writing = self.inner.writing.read().await;
         let keys = self.keys();
         let mut merged: BTreeMap<Key, Leaf> = BTreeMap::new();
         for (name, text) in files {
@@ -539,6 +568,7 @@ impl Config {
     /// revision `to`, as a new change. Secrets are encrypted again to the
     /// current key.
     pub async fn rollback(&self, layer: &Layer, key: &Key, to: Revision) -> Result<Revision, Error> {
+        let _writing = self.inner.writing.read().await;
         let (past, _) = self.state_at(to).await?;
         let keys = self.keys();
         let mut wanted: Vec<(Key, StoredValue)> = Vec::new();
@@ -557,7 +587,11 @@ impl Config {
             let mut plan = Plan::default();
             let current = snapshot.values.get(layer);
             for (k, _) in current.into_iter().flatten() {
-                if k.is_within(key) && !wanted.iter().any(|(w, _)| w == k) {
+                // What is under the key and not wanted back goes, and so
+                // does a value above it (a table replaces a value).
+                let above = key.is_within(k) && k != key;
+                if (k.is_within(key) && !wanted.iter().any(|(w, _)| w == k)) || (above && !wanted.is_empty())
+                {
                     plan.values.push((layer.clone(), k.clone(), None));
                 }
             }
@@ -581,6 +615,7 @@ impl Config {
     /// journal, the history) unless `forget`. Returns the new public key
     /// and how many values were encrypted again.
     pub async fn rekey(&self, forget: bool) -> Result<(String, usize), Error> {
+        let _alone = self.inner.writing.write().await;
         let old = self.keys();
         let new = Arc::new(old.rotated()?);
         *self.inner.keys.write().unwrap_or_else(|e| e.into_inner()) = new.clone();
@@ -629,7 +664,19 @@ impl Config {
             }
             plan.values = last.into_iter().map(|((layer, key), stored)| (layer, key, stored)).collect();
             if plan.values.is_empty() && plan.schemas.is_empty() {
-                return Err(Error::NotFound { what: "a change".into() });
+                return Ok(snapshot.revision);
+            }
+            // A secret encrypted before a rekey swapped the key is
+            // encrypted again to the current one, so that no ciphertext
+            // lands that only a key about to be forgotten opens.
+            let keys = self.keys();
+            for (_, _, stored) in plan.values.iter_mut() {
+                if let Some(stored) = stored
+                    && let Some(cipher) = &stored.secret
+                    && !keys.is_current(cipher)
+                {
+                    stored.secret = Some(keys.encrypt(&keys.decrypt(cipher)?)?);
+                }
             }
             self.check(&snapshot, &plan)?;
             let mut changes = Vec::new();
@@ -756,7 +803,13 @@ impl Config {
             for scope in &views {
                 let resolved = self.merge(&after, scope, None, true)?;
                 if let Some(value) = resolved.at(prefix) {
-                    compiled.check(&value, &scope.to_string())?;
+                    let secrets: Vec<String> = resolved
+                        .leaves
+                        .iter()
+                        .filter(|(_, l)| l.secret)
+                        .map(|(k, _)| k.to_string())
+                        .collect();
+                    compiled.check(&value, &scope.to_string(), &secrets)?;
                 }
             }
         }
@@ -792,26 +845,11 @@ impl Config {
 
     // -- history ----------------------------------------------------------
 
-    async fn records(&self) -> Result<(Vec<(Revision, Record)>, Revision, Revision), Error> {
-        let head = self.inner.store.get(HEAD).await?;
-        let pruned = match &head {
-            Some(kv) => decode::<Head>(&kv.key, &kv.value)?.pruned_through,
-            None => 0,
-        };
-        let range = self.inner.store.range(HISTORY).await?;
-        let mut records = Vec::with_capacity(range.kvs.len());
-        for kv in range.kvs {
-            records.push((kv.mod_revision, decode::<Record>(&kv.key, &kv.value)?));
-        }
-        records.sort_by_key(|(revision, _)| *revision);
-        Ok((records, pruned, range.revision))
-    }
-
     /// The changes to keys under `prefix` (all for ""), newest first, at
     /// most `limit`.
     pub async fn history(&self, prefix: &str, limit: usize) -> Result<Vec<HistoryEntry>, Error> {
         key::check_prefix(prefix)?;
-        let (records, _, _) = self.records().await?;
+        let (_, records) = self.read(true).await?;
         let mut out = Vec::new();
         for (revision, record) in records.into_iter().rev() {
             let changes: Vec<HistoryChange> = record
@@ -839,8 +877,8 @@ impl Config {
         &self,
         at: Revision,
     ) -> Result<(BTreeMap<Layer, BTreeMap<Key, StoredValue>>, Revision), Error> {
-        let snapshot = self.snapshot().await?;
-        let (records, pruned, _) = self.records().await?;
+        let (snapshot, records) = self.read(true).await?;
+        let pruned = snapshot.head.as_ref().map_or(0, |(head, _)| head.pruned_through);
         if at > snapshot.revision {
             return Err(Error::FutureRevision { requested: at, current: snapshot.revision });
         }

@@ -203,9 +203,15 @@ async fn a_change_that_breaks_a_schema_is_refused_with_the_key_and_the_reason_an
 async fn a_secret_is_checked_against_its_schema_in_clear_but_never_reported_in_clear() {
     let f = fixture();
     let c = &f.config;
-    c.set_schema("token", json!({"type": "string", "minLength": 8})).await.unwrap();
-    let error = c.set(&Layer::Global, &key("token"), json!("short"), true).await.unwrap_err().to_string();
-    assert!(error.contains("token"), "{error}");
+    c.set_schema("token", json!({"type": "string", "pattern": "^long", "minLength": 8})).await.unwrap();
+    let error =
+        c.set(&Layer::Global, &key("token"), json!("shorty-sekrit"), true).await.unwrap_err().to_string();
+    assert!(error.contains("token") && error.contains("pattern"), "{error}");
+    assert!(!error.contains("shorty-sekrit"), "{error}");
+    // A schema set later over a secret already there says no more.
+    c.set(&Layer::Global, &key("other"), json!("other-sekrit"), true).await.unwrap();
+    let error = c.set_schema("other", json!({"pattern": "^x"})).await.unwrap_err().to_string();
+    assert!(error.contains("other") && !error.contains("other-sekrit"), "{error}");
     c.set(&Layer::Global, &key("token"), json!("long-enough"), true).await.unwrap();
 }
 
@@ -263,17 +269,80 @@ async fn consumers_are_told_at_once_and_then_at_most_once_per_interval() {
     let task = tokio::spawn(f.config.clone().run(stop));
     let r = f.config.set(&Layer::Global, &key("a"), json!(1), false).await.unwrap();
     tokio::time::timeout(Duration::from_secs(5), changes.wait_for(|seen| *seen >= r)).await.unwrap().unwrap();
-    // A burst inside one interval ends with the last revision told.
+    // A burst: every change is told (the last revision arrives), in at
+    // most one bump per interval (plus the leading and trailing ones).
+    let counter = tokio::spawn({
+        let mut changes = changes.clone();
+        async move {
+            let mut wakes = 0u32;
+            while changes.changed().await.is_ok() {
+                wakes += 1;
+            }
+            wakes
+        }
+    });
+    let started = std::time::Instant::now();
     let mut last = 0;
-    for i in 0..5 {
+    for i in 0..40 {
         last = f.config.set(&Layer::Global, &key("a"), json!(i + 2), false).await.unwrap();
     }
+    let burst = started.elapsed();
     tokio::time::timeout(Duration::from_secs(5), changes.wait_for(|seen| *seen >= last))
         .await
         .unwrap()
         .unwrap();
     stop_tx.send(true).unwrap();
     task.await.unwrap();
+    drop(f);
+    let wakes = counter.await.unwrap();
+    let allowed = (burst.as_millis() / crate::THROTTLE.as_millis()) as u32 + 2;
+    assert!(wakes <= allowed, "{wakes} bumps for 40 changes in {burst:?} (at most {allowed})");
+}
+
+#[tokio::test]
+async fn rekeys_and_secret_writes_at_once_leave_every_secret_readable() {
+    let f = fixture();
+    let c = &f.config;
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            c.set(&Layer::Global, &key(&format!("s{i}")), json!(format!("v{i}")), true).await.map(drop)
+        }));
+        let c2 = f.config.clone();
+        tasks.push(tokio::spawn(async move { c2.rekey(i % 2 == 1).await.map(drop) }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    c.rekey(true).await.unwrap();
+    let flat = c.resolve(&Scope::Global, None).await.unwrap().flat();
+    for i in 0..6 {
+        assert_eq!(flat[&format!("s{i}")], format!("v{i}"));
+    }
+    // And from the key file alone, as after a restart.
+    let again = Config::open(f.store.clone(), f.path.parent().unwrap()).unwrap();
+    assert_eq!(again.resolve(&Scope::Global, None).await.unwrap().flat().len(), 6);
+}
+
+#[tokio::test]
+async fn a_rollback_under_a_value_removes_the_value_above_it() {
+    let f = fixture();
+    let c = &f.config;
+    let r = c.set(&Layer::Global, &key("db.host"), json!("h"), false).await.unwrap();
+    c.set(&Layer::Global, &key("db"), json!("off"), false).await.unwrap();
+    c.rollback(&Layer::Global, &key("db.host"), r).await.unwrap();
+    let entries: Vec<String> = c.entries(None, "").await.unwrap().iter().map(|e| e.key.to_string()).collect();
+    assert_eq!(entries, vec!["db.host"]);
+}
+
+#[tokio::test]
+async fn importing_the_same_files_again_changes_nothing_and_succeeds() {
+    let f = fixture();
+    let files = [("a.toml".to_string(), "x = 1\n".to_string())];
+    let r = f.config.import(&files).await.unwrap();
+    assert_eq!(f.config.import(&files).await.unwrap(), r);
+    assert_eq!(f.config.history("", 10).await.unwrap().len(), 1);
 }
 
 #[tokio::test]

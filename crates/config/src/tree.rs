@@ -92,11 +92,7 @@ pub fn overlay(merged: &mut BTreeMap<Key, Leaf>, layer: impl IntoIterator<Item =
             merged.remove(&above);
         }
         let empty_table = matches!(&leaf.value, Value::Object(m) if m.is_empty());
-        let under: Vec<Key> = merged
-            .range(key.clone()..)
-            .take_while(|(k, _)| k.is_within(&key))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let under: Vec<Key> = merged.keys().filter(|k| k.is_within(&key)).cloned().collect();
         if empty_table {
             if under.iter().any(|k| *k != key) {
                 continue;
@@ -269,6 +265,14 @@ mod tests {
         assert_eq!(tree, json!({"db": {"host": "h"}}));
         let (tree, _) = merged(vec![("a", json!({"x": 1})), ("b", json!({"db": {}}))]);
         assert_eq!(tree, json!({"x": 1, "db": {}}));
+    }
+
+    #[test]
+    fn a_value_replaces_the_whole_table_even_past_keys_that_sort_between() {
+        // `db-pool` sorts between `db` and `db.host` (`-` is before `.`).
+        let (tree, _) =
+            merged(vec![("a", json!({"db-pool": 1, "db": {"host": "h"}})), ("b", json!({"db": "off"}))]);
+        assert_eq!(tree, json!({"db-pool": 1, "db": "off"}));
     }
 
     #[test]

@@ -18,13 +18,22 @@ pub(crate) struct MachineConfig {
 
 impl MachineConfig {
     /// The service that keeps `machine`, if any: its name is `SERVICE-N`
-    /// and a service of machines by that name exists.
+    /// and that service has an instance record naming this machine (made
+    /// before the machine is). A machine merely named like a service's
+    /// gets nothing of the service's config.
     async fn service_of(&self, machine: &str) -> Option<String> {
         let (service, n) = machine.rsplit_once('-')?;
         n.parse::<u32>().ok()?;
-        let kv = self.store.get(&format!("{}{service}", hearth_services::record::DEFS)).await.ok()??;
-        let record: hearth_services::record::ServiceRecord = serde_json::from_slice(&kv.value).ok()?;
-        (record.kind == hearth_services::record::Kind::Machines).then(|| service.to_owned())
+        let prefix = hearth_services::record::instances_prefix(service);
+        let range = self.store.range(&prefix).await.ok()?;
+        range
+            .kvs
+            .iter()
+            .any(|kv| {
+                serde_json::from_slice::<hearth_services::record::InstanceRecord>(&kv.value)
+                    .is_ok_and(|i| i.service == service && i.machine.as_deref() == Some(machine))
+            })
+            .then(|| service.to_owned())
     }
 }
 

@@ -100,7 +100,7 @@ pub(crate) async fn entries(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ConfigEntriesQuery>,
 ) -> Result<axum::Json<ConfigEntryList>, ApiError> {
-    let layer = query.layer.as_deref().map(|l| layer(Some(l))).transpose()?;
+    let layer = query.layer.as_deref().filter(|l| !l.is_empty()).map(|l| layer(Some(l))).transpose()?;
     let entries = state.config().entries(layer.as_ref(), query.prefix.as_deref().unwrap_or("")).await?;
     Ok(axum::Json(ConfigEntryList { entries: entries.into_iter().map(entry).collect() }))
 }
