@@ -393,6 +393,13 @@ impl Config {
         Ok(Resolved { scope, revision: snapshot.revision, leaves })
     }
 
+    /// [`Config::resolve_nested`] with secrets hidden: what a machine of a
+    /// service gets, for people.
+    pub async fn explain_nested(&self, scopes: &[Scope]) -> Result<Resolved, Error> {
+        let snapshot = self.snapshot().await?;
+        self.merge_stack(&snapshot, scopes, None, false)
+    }
+
     /// The leaves of one layer (or all), under `prefix`, secrets hidden.
     pub async fn entries(&self, layer: Option<&Layer>, prefix: &str) -> Result<Vec<EntryView>, Error> {
         key::check_prefix(prefix)?;

@@ -16,32 +16,12 @@ pub(crate) struct MachineConfig {
     pub(crate) store: Arc<dyn Store>,
 }
 
-impl MachineConfig {
-    /// The service that keeps `machine`, if any: its name is `SERVICE-N`
-    /// and that service has an instance record naming this machine (made
-    /// before the machine is). A machine merely named like a service's
-    /// gets nothing of the service's config.
-    async fn service_of(&self, machine: &str) -> Option<String> {
-        let (service, n) = machine.rsplit_once('-')?;
-        n.parse::<u32>().ok()?;
-        let prefix = hearth_services::record::instances_prefix(service);
-        let range = self.store.range(&prefix).await.ok()?;
-        range
-            .kvs
-            .iter()
-            .any(|kv| {
-                serde_json::from_slice::<hearth_services::record::InstanceRecord>(&kv.value)
-                    .is_ok_and(|i| i.service == service && i.machine.as_deref() == Some(machine))
-            })
-            .then(|| service.to_owned())
-    }
-}
-
 #[async_trait]
 impl ConfigFeed for MachineConfig {
     async fn payload(&self, machine: &str) -> Result<ConfigPayload, String> {
         let mut scopes = Vec::with_capacity(2);
-        if let Some(service) = self.service_of(machine).await {
+        if let Some(service) = hearth_services::record::service_of_machine(self.store.as_ref(), machine).await
+        {
             scopes.push(Scope::Service(service));
         }
         scopes.push(Scope::Machine(machine.to_owned()));

@@ -36,6 +36,24 @@ pub fn instances_prefix(name: &str) -> String {
     format!("{INSTANCES}{name}/")
 }
 
+/// The service of machines that keeps `machine`, if any: its name is
+/// `SERVICE-N` and that service has an instance record naming this
+/// machine (written before the machine is made). A machine merely named
+/// like a service's instance belongs to no service.
+pub async fn service_of_machine(store: &dyn hearth_store::Store, machine: &str) -> Option<String> {
+    let (service, n) = machine.rsplit_once('-')?;
+    n.parse::<u32>().ok()?;
+    let range = store.range(&instances_prefix(service)).await.ok()?;
+    range
+        .kvs
+        .iter()
+        .any(|kv| {
+            serde_json::from_slice::<InstanceRecord>(&kv.value)
+                .is_ok_and(|i| i.service == service && i.machine.as_deref() == Some(machine))
+        })
+        .then(|| service.to_owned())
+}
+
 pub fn instance_key(name: &str, id: &str) -> String {
     format!("{INSTANCES}{name}/{id}")
 }
@@ -370,6 +388,36 @@ pub(crate) fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_machine_belongs_to_a_service_only_through_an_instance_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            hearth_store::redb::RedbStore::open(&dir.path().join("s.redb"), Default::default()).unwrap();
+        let instance = |id: &str, machine: Option<&str>| InstanceRecord {
+            id: id.into(),
+            service: "web".into(),
+            address: None,
+            port: 80,
+            machine: machine.map(str::to_owned),
+            ttl_s: None,
+            checks: vec![],
+            tags: vec![],
+            created_at: 0,
+            version: 1,
+            draining_since_ms: None,
+        };
+        for record in [instance("web-1", Some("web-1")), instance("web-2", None)] {
+            let value = serde_json::to_vec(&record).unwrap();
+            hearth_store::Store::put(&store, &instance_key("web", &record.id), value, None).await.unwrap();
+        }
+        assert_eq!(service_of_machine(&store, "web-1").await.as_deref(), Some("web"));
+        // Named like an instance, but no instance names it.
+        assert_eq!(service_of_machine(&store, "web-2").await, None);
+        assert_eq!(service_of_machine(&store, "web-3").await, None);
+        assert_eq!(service_of_machine(&store, "web").await, None);
+        assert_eq!(service_of_machine(&store, "db-1").await, None);
+    }
 
     #[test]
     fn a_health_record_changes_only_when_the_status_or_the_output_does() {

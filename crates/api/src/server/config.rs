@@ -55,9 +55,10 @@ fn value_change(change: ValueChange) -> ConfigChange {
     }
 }
 
-/// A scope's merged config under a prefix, with where each key came from.
-/// An app's or workflow's own `hearth.toml` `[config]` shows as the layer
-/// it is (`hearth.toml (app NAME, version N)`).
+/// A scope's merged config under a prefix, with where each key came from,
+/// as its consumer gets it: an app's own `hearth.toml` `[config]` shows as
+/// the layer it is (`hearth.toml (app NAME)`), and a service's machine
+/// (`machine:web-2`) reads `service:web` under its own layer.
 #[utoipa::path(get, path = "/v1/config", tag = "config", params(ConfigQuery),
     responses((status = 200, body = ConfigView), (status = 400, body = ErrorBody)))]
 pub(crate) async fn get(
@@ -67,11 +68,22 @@ pub(crate) async fn get(
     let scope = scope(query.scope.as_deref())?;
     let prefix = query.prefix.unwrap_or_default();
     hearth_config::key::check_prefix(&prefix)?;
-    let base = match &scope {
-        Scope::App(name) => state.apps().config_base(name).await?,
-        _ => None,
+    let resolved = match &scope {
+        Scope::App(name) => {
+            let base = state.apps().config_base(name).await?;
+            state.config().explain(&scope, base.as_ref()).await?
+        }
+        // A service's machine reads its service's scope under its own.
+        Scope::Machine(name) => {
+            let mut scopes = Vec::with_capacity(2);
+            if let Some(service) = hearth_services::record::service_of_machine(state.store(), name).await {
+                scopes.push(Scope::Service(service));
+            }
+            scopes.push(scope.clone());
+            state.config().explain_nested(&scopes).await?
+        }
+        _ => state.config().explain(&scope, None).await?,
     };
-    let resolved = state.config().explain(&scope, base.as_ref()).await?;
     let keys = resolved
         .leaves
         .iter()
