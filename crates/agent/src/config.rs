@@ -21,9 +21,9 @@
 //! of their own: the request loop goes on serving while a slow reload runs,
 //! and the `ConfigApplied` answer follows the reload.
 
-use std::fs::{self, File, OpenOptions, Permissions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs::{self, File, Permissions};
+use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -358,32 +358,11 @@ pub(crate) fn write_files(dir: &Path, json: &[u8], env: &[u8]) -> io::Result<boo
     fs::create_dir_all(dir)?;
     fs::set_permissions(dir, Permissions::from_mode(0o755))?;
     for (name, bytes) in writes {
-        replace(dir, name, bytes)?;
+        crate::files::replace_file(&dir.join(name), bytes, 0o600)?;
     }
     // Makes the renames durable.
     File::open(dir)?.sync_all()?;
     Ok(true)
-}
-
-/// Replaces `dir/name` with `bytes` by renaming a synced temporary file over it.
-fn replace(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-    let temp = dir.join(format!(".{name}.new"));
-    // A temporary file left by a crash may have another mode.
-    let _ = fs::remove_file(&temp);
-    let written = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&temp)
-        .and_then(|mut file| {
-            file.write_all(bytes)?;
-            file.sync_all()
-        })
-        .and_then(|()| fs::rename(&temp, dir.join(name)));
-    if written.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    written
 }
 
 #[cfg(test)]

@@ -191,3 +191,30 @@ fn download(state: &State, epoch: u64, id: u32, path: &str, mut file: File, mode
     }
     state.send(Some(epoch), Response::FileEnd { id, mode, size });
 }
+
+/// Replaces `path` with `bytes` (created with `mode`) by renaming a synced
+/// temporary file beside it over it: a reader sees the old file or the new
+/// one, never a mix, and a symlink at `path` is replaced, not followed.
+/// The caller syncs the directory when the rename must be durable.
+pub(crate) fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    fs::create_dir_all(dir)?;
+    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let temp = dir.join(format!(".{name}.hearth-new"));
+    // One left by a crash may have another mode (or be a planted link).
+    let _ = fs::remove_file(&temp);
+    let written = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&temp)
+        .and_then(|mut file| {
+            file.write_all(bytes)?;
+            file.sync_all()
+        })
+        .and_then(|()| fs::rename(&temp, path));
+    if written.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    written
+}

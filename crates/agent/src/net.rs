@@ -10,12 +10,11 @@
 //! The root disk persists across boots, so `/etc/hosts` gets a marked block
 //! that is replaced at every boot rather than appended to again.
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::mem::MaybeUninit;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -267,7 +266,8 @@ pub(crate) fn write_resolv_conf(root: &Path, dns: &[IpAddr], search: &[String]) 
         text.push_str(&format!("search {}\n", search.join(" ")));
     }
     let path = root.join("etc/resolv.conf");
-    replace_file(&path, &text).map_err(|e| format!("cannot write /etc/resolv.conf: {}", describe(&e)))
+    crate::files::replace_file(&path, text.as_bytes(), 0o644)
+        .map_err(|e| format!("cannot write /etc/resolv.conf: {}", describe(&e)))
 }
 
 /// hearth's block of `/etc/hosts`: the machine's own name, then the extra
@@ -309,7 +309,7 @@ pub(crate) fn update_hosts(root: &Path, block: &str) -> Result<(), String> {
         text.push('\n');
     }
     text.push_str(block);
-    replace_file(&path, &text).map_err(cannot)
+    crate::files::replace_file(&path, text.as_bytes(), 0o644).map_err(cannot)
 }
 
 /// `hosts` without hearth's block (to the end, if its end line is missing).
@@ -325,26 +325,6 @@ fn without_hosts_block(hosts: &str) -> String {
         }
     }
     kept
-}
-
-/// Writes `contents` beside `path` and renames it over `path`, so that a
-/// reader sees the old file or the new one, and a symlink at `path` is
-/// replaced rather than followed.
-fn replace_file(path: &Path, contents: &str) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    fs::create_dir_all(dir)?;
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
-    let temp = dir.join(format!(".{name}.hearth-{}", std::process::id()));
-    let written = (|| {
-        let mut file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(&temp)?;
-        file.write_all(contents.as_bytes())?;
-        file.sync_all()?;
-        fs::rename(&temp, path)
-    })();
-    if written.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    written
 }
 
 #[cfg(test)]
