@@ -98,6 +98,19 @@ pub struct ValueChange {
     pub secret: bool,
 }
 
+impl ValueChange {
+    /// A leaf's change as anyone may see it: secrets [`HIDDEN`].
+    fn shown(layer: String, key: String, before: Option<&StoredValue>, after: Option<&StoredValue>) -> Self {
+        ValueChange {
+            layer,
+            key,
+            secret: before.is_some_and(StoredValue::is_secret) || after.is_some_and(StoredValue::is_secret),
+            before: before.map(StoredValue::shown),
+            after: after.map(StoredValue::shown),
+        }
+    }
+}
+
 /// A leaf of one layer, as `config ls` lists it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EntryView {
@@ -936,14 +949,7 @@ impl Config {
             for key in keys {
                 let (before, after) = (x.get(key), y.get(key));
                 if before != after {
-                    out.push(ValueChange {
-                        layer: layer.to_string(),
-                        key: key.to_string(),
-                        secret: before.is_some_and(StoredValue::is_secret)
-                            || after.is_some_and(StoredValue::is_secret),
-                        before: before.map(StoredValue::shown),
-                        after: after.map(StoredValue::shown),
-                    });
+                    out.push(ValueChange::shown(layer.to_string(), key.to_string(), before, after));
                 }
             }
         }
@@ -996,14 +1002,12 @@ impl Config {
 
 fn shown(change: &RecordChange) -> HistoryChange {
     match change {
-        RecordChange::Value { layer, key, before, after } => HistoryChange::Value(ValueChange {
-            layer: layer.clone(),
-            key: key.clone(),
-            secret: before.as_ref().is_some_and(StoredValue::is_secret)
-                || after.as_ref().is_some_and(StoredValue::is_secret),
-            before: before.as_ref().map(StoredValue::shown),
-            after: after.as_ref().map(StoredValue::shown),
-        }),
+        RecordChange::Value { layer, key, before, after } => HistoryChange::Value(ValueChange::shown(
+            layer.clone(),
+            key.clone(),
+            before.as_ref(),
+            after.as_ref(),
+        )),
         RecordChange::Schema { prefix, before, after } => {
             HistoryChange::Schema { prefix: prefix.clone(), before: before.clone(), after: after.clone() }
         }
