@@ -1,0 +1,314 @@
+//! The service against a real store and a receiver that records what it
+//! is handed. Named after the policy in the crate's doc.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hearth_alerts::rules::Receiver;
+use hearth_alerts::{Notification, Status};
+use hearth_store::Store;
+use hearth_store::redb::RedbStore;
+use tokio::sync::watch;
+
+use super::*;
+
+/// Records every delivery; fails the first `failures` with `failure`.
+#[derive(Default)]
+struct Recorder {
+    seen: Mutex<Vec<Notification>>,
+    failures: Mutex<Vec<Failure>>,
+}
+
+#[async_trait::async_trait]
+impl Deliver for Recorder {
+    async fn deliver(&self, _receiver: &Receiver, notification: &Notification) -> Result<(), Failure> {
+        self.seen.lock().unwrap().push(notification.clone());
+        match self.failures.lock().unwrap().pop() {
+            Some(failure) => Err(failure),
+            None => Ok(()),
+        }
+    }
+}
+
+struct Running {
+    monitor: Monitor,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap();
+    }
+}
+
+async fn start(store: &Arc<dyn Store>, recorder: &Arc<Recorder>) -> Running {
+    let options = Options { external_url: "http://127.0.0.1:7070/alerts".into() };
+    let monitor = Monitor::open(store.clone(), recorder.clone(), options).await.unwrap();
+    let (stop, rx) = watch::channel(false);
+    let task = tokio::spawn(monitor.clone().run(rx));
+    Running { monitor, stop, task }
+}
+
+fn store_in(dir: &Path) -> Arc<dyn Store> {
+    Arc::new(RedbStore::open(&dir.join("state.redb"), Default::default()).unwrap())
+}
+
+const RULES: &str = r#"
+[[receiver]]
+name = "hook"
+webhook = { url = "http://127.0.0.1:9/alerts" }
+
+[[rule]]
+name = "machine-failed"
+event = { prefix = "machines/", match = { state = "failed" }, resolve_after = "never" }
+notify = ["hook"]
+group_wait = "0s"
+group_interval = "200ms"
+"#;
+
+async fn until<F: Fn() -> bool>(what: &str, check: F) {
+    for _ in 0..500 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn seen(recorder: &Recorder) -> Vec<(String, Status)> {
+    recorder.seen.lock().unwrap().iter().map(|n| (n.id.clone(), n.status)).collect()
+}
+
+#[tokio::test]
+async fn an_event_that_matches_is_delivered_once_and_its_end_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_in(dir.path());
+    let recorder = Arc::new(Recorder::default());
+    let running = start(&store, &recorder).await;
+    running.monitor.apply(RULES).await.unwrap();
+    store.put("machines/db", br#"{"state":"failed"}"#.to_vec(), None).await.unwrap();
+    until("the firing notification", || seen(&recorder).len() == 1).await;
+    // The same state again changes nothing.
+    store.put("machines/db", br#"{"state":"failed"}"#.to_vec(), None).await.unwrap();
+    store.put("machines/db", br#"{"state":"running"}"#.to_vec(), None).await.unwrap();
+    until("the resolved notification", || seen(&recorder).len() == 2).await;
+    let seen = seen(&recorder);
+    assert_eq!(seen[0].1, Status::Firing);
+    assert_eq!(seen[1].1, Status::Resolved);
+    let history = running.monitor.history(&HistoryQuery { rule: None, limit: 10 }).await.unwrap();
+    assert_eq!(history.len(), 2, "{history:?}");
+    assert_eq!(history[0].status, Status::Resolved, "newest first");
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn after_a_restart_the_outbox_is_delivered_again_under_the_same_id_and_nothing_is_planned_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_in(dir.path());
+    // A receiver that is down: the notification stays in the outbox.
+    let down = Arc::new(Recorder::default());
+    *down.failures.lock().unwrap() = vec![Failure::retry("connection refused"); 100];
+    let running = start(&store, &down).await;
+    running.monitor.apply(RULES).await.unwrap();
+    store.put("machines/db", br#"{"state":"failed"}"#.to_vec(), None).await.unwrap();
+    until("a first attempt", || !seen(&down).is_empty()).await;
+    let id = seen(&down)[0].0.clone();
+    running.stop().await;
+
+    let up = Arc::new(Recorder::default());
+    let running = start(&store, &up).await;
+    until("the delivery after the restart", || !seen(&up).is_empty()).await;
+    assert_eq!(seen(&up), [(id, Status::Firing)]);
+    // Nothing else is due: the group was told.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(seen(&up).len(), 1);
+    assert!(running.monitor.state().await.undelivered().is_empty());
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn events_written_while_the_service_was_down_are_seen_after_it_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_in(dir.path());
+    let recorder = Arc::new(Recorder::default());
+    let running = start(&store, &recorder).await;
+    running.monitor.apply(RULES).await.unwrap();
+    running.stop().await;
+    store.put("machines/db", br#"{"state":"failed"}"#.to_vec(), None).await.unwrap();
+    let running = start(&store, &recorder).await;
+    until("the notification", || seen(&recorder).len() == 1).await;
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_failure_that_would_fail_again_is_given_up_at_once_and_said_in_the_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_in(dir.path());
+    let recorder = Arc::new(Recorder::default());
+    *recorder.failures.lock().unwrap() = vec![Failure::permanent("the receiver answered 404 Not Found")];
+    let running = start(&store, &recorder).await;
+    running.monitor.apply(RULES).await.unwrap();
+    store.put("machines/db", br#"{"state":"failed"}"#.to_vec(), None).await.unwrap();
+    let mut deliveries = running.monitor.deliveries();
+    deliveries.wait_for(|n| *n >= 1).await.unwrap();
+    let history = running.monitor.history(&HistoryQuery { rule: None, limit: 10 }).await.unwrap();
+    assert_eq!(history[0].error.as_deref(), Some("the receiver answered 404 Not Found"));
+    assert!(running.monitor.state().await.undelivered().is_empty());
+    assert_eq!(seen(&recorder).len(), 1, "not retried");
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_failure_worth_retrying_is_tried_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_in(dir.path());
+    let recorder = Arc::new(Recorder::default());
+    *recorder.failures.lock().unwrap() = vec![Failure::retry("503")];
+    let running = start(&store, &recorder).await;
+    running.monitor.apply(RULES).await.unwrap();
+    store.put("machines/db", br#"{"state":"failed"}"#.to_vec(), None).await.unwrap();
+    let mut deliveries = running.monitor.deliveries();
+    deliveries.wait_for(|n| *n >= 1).await.unwrap();
+    assert_eq!(seen(&recorder).len(), 2);
+    let history = running.monitor.history(&HistoryQuery { rule: None, limit: 10 }).await.unwrap();
+    assert_eq!((history[0].attempts, history[0].error.clone()), (2, None));
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_silence_mutes_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_in(dir.path());
+    let recorder = Arc::new(Recorder::default());
+    let running = start(&store, &recorder).await;
+    running.monitor.apply(RULES).await.unwrap();
+    let silence = running
+        .monitor
+        .silence(&["rule=machine-failed".into()], Duration::from_secs(3600), "test", "maintenance")
+        .await
+        .unwrap();
+    running.stop().await;
+    let running = start(&store, &recorder).await;
+    assert!(running.monitor.state().await.silences.contains_key(&silence.id));
+    store.put("machines/db", br#"{"state":"failed"}"#.to_vec(), None).await.unwrap();
+    let mut firing = false;
+    for _ in 0..500 {
+        let state = running.monitor.state().await;
+        if state.alerts.values().any(|a| a.phase == hearth_alerts::Phase::Firing) {
+            firing = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(firing, "the alert fires");
+    // Delivery would have been started by the tick that made it fire.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(seen(&recorder).is_empty(), "silenced");
+    running.monitor.expire_silence(&silence.id).await.unwrap();
+    until("the notification once the silence ends", || seen(&recorder).len() == 1).await;
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_rules_file_that_does_not_check_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_in(dir.path());
+    let recorder = Arc::new(Recorder::default());
+    let running = start(&store, &recorder).await;
+    running.monitor.apply(RULES).await.unwrap();
+    let bad = RULES.replace("notify = [\"hook\"]", "notify = [\"pager\"]");
+    let error = running.monitor.apply(&bad).await.unwrap_err().to_string();
+    assert!(error.contains("unknown receiver \"pager\""), "{error}");
+    assert_eq!(running.monitor.rules().await.0, RULES);
+    let stored = store.get(keys::RULES).await.unwrap().unwrap();
+    assert_eq!(stored.value, RULES.as_bytes());
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_log_rule_fires_from_lines_and_a_metric_rule_from_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_in(dir.path());
+    let recorder = Arc::new(Recorder::default());
+    let running = start(&store, &recorder).await;
+    let rules = r#"
+[[receiver]]
+name = "hook"
+webhook = { url = "http://127.0.0.1:9/alerts" }
+
+[[rule]]
+name = "panics"
+log = { source = "app:shop", regex = "panicked", count = "> 2", window = "1m" }
+notify = ["hook"]
+group_wait = "0s"
+
+[[rule]]
+name = "errors"
+metric = { name = "app_error_ratio", labels = { app = "shop" }, op = ">", value = 0.5 }
+notify = ["hook"]
+group_wait = "0s"
+"#;
+    running.monitor.apply(rules).await.unwrap();
+    for _ in 0..3 {
+        running.monitor.log("app:shop", "thread main panicked at src/lib.rs");
+    }
+    running.monitor.log("app:other", "panicked");
+    until("the log alert", || seen(&recorder).len() == 1).await;
+    assert_eq!(recorder.seen.lock().unwrap()[0].rule, "panics");
+    let sample = |value| hearth_alerts::Sample {
+        name: "app_error_ratio".into(),
+        labels: [("app".to_owned(), "shop".to_owned())].into(),
+        value,
+    };
+    running.monitor.samples(now_ms(), vec![sample(0.1)]);
+    running.monitor.samples(now_ms(), vec![sample(0.9)]);
+    until("the metric alert", || seen(&recorder).len() == 2).await;
+    assert_eq!(recorder.seen.lock().unwrap()[1].rule, "errors");
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_built_in_rule_cannot_be_removed_and_one_of_the_same_name_replaces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_in(dir.path());
+    let recorder = Arc::new(Recorder::default());
+    let running = start(&store, &recorder).await;
+    let error = running.monitor.remove_rule("hearth-restarted").await.unwrap_err().to_string();
+    assert!(error.contains("built-in"), "{error}");
+    running
+        .monitor
+        .set_rule("hearth-restarted", "event = { prefix = \"services/history/\" }\nnotify = []")
+        .await
+        .unwrap();
+    let (text, rules) = running.monitor.rules().await;
+    assert!(text.contains("hearth-restarted"));
+    assert!(rules.rule("hearth-restarted").unwrap().notify.is_empty());
+    running.monitor.remove_rule("hearth-restarted").await.unwrap();
+    assert_eq!(running.monitor.rules().await.1.rule("hearth-restarted").unwrap().notify, ["history"]);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn the_record_receiver_keeps_acts_in_the_history_and_not_their_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_in(dir.path());
+    let recorder = Arc::new(Recorder::default());
+    let running = start(&store, &recorder).await;
+    let value = br#"{"at_ms":1,"instance":"web-1","action":"restarted","reason":"its check failed"}"#;
+    store.put("services/history/web/000000000000001-0001", value.to_vec(), None).await.unwrap();
+    let mut deliveries = running.monitor.deliveries();
+    deliveries.wait_for(|n| *n >= 1).await.unwrap();
+    let history = running
+        .monitor
+        .history(&HistoryQuery { rule: Some("hearth-restarted".into()), limit: 10 })
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].kind, "record");
+    assert!(seen(&recorder).is_empty(), "a record is not handed to a receiver");
+    running.stop().await;
+}
