@@ -47,16 +47,40 @@ pub struct LogLine {
     pub text: String,
 }
 
+/// Every app's lines as they are written, for the alert rules that read
+/// logs: `(app, line)`. A reader that falls behind by more than
+/// [`TAP_BACKLOG`] lines misses some, and is told so by the channel.
+pub type Tap = broadcast::Sender<(Arc<str>, LogLine)>;
+
+/// Lines the tap's reader may fall behind.
+pub const TAP_BACKLOG: usize = 4096;
+
 /// One app's ring and its followers.
 #[derive(Debug)]
 pub(crate) struct AppLog {
     ring: Mutex<VecDeque<LogLine>>,
     tx: broadcast::Sender<LogLine>,
+    /// The app's name and the tap every line is also sent to.
+    tap: Option<(Arc<str>, Tap)>,
 }
 
 impl AppLog {
+    #[cfg(test)]
     pub(crate) fn new() -> Arc<AppLog> {
-        Arc::new(AppLog { ring: Mutex::new(VecDeque::new()), tx: broadcast::channel(FOLLOW_BACKLOG).0 })
+        Arc::new(AppLog {
+            ring: Mutex::new(VecDeque::new()),
+            tx: broadcast::channel(FOLLOW_BACKLOG).0,
+            tap: None,
+        })
+    }
+
+    /// An app's log whose lines also go to `tap`.
+    pub(crate) fn tapped(app: &str, tap: Tap) -> Arc<AppLog> {
+        Arc::new(AppLog {
+            ring: Mutex::new(VecDeque::new()),
+            tx: broadcast::channel(FOLLOW_BACKLOG).0,
+            tap: Some((Arc::from(app), tap)),
+        })
     }
 
     pub(crate) fn push(&self, version: u32, stream: LogStream, text: impl Into<String>) {
@@ -75,6 +99,11 @@ impl AppLog {
             ring.pop_front();
         }
         ring.push_back(line.clone());
+        if let Some((app, tap)) = &self.tap
+            && tap.receiver_count() > 0
+        {
+            let _ = tap.send((app.clone(), line.clone()));
+        }
         // Sent under the lock, so a `snapshot` sees each line exactly once:
         // either in the copy or on the receiver.
         let _ = self.tx.send(line);

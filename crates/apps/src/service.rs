@@ -138,6 +138,8 @@ pub(crate) struct Inner {
     /// The routing table the ingress reads, swapped whole on every change.
     pub(crate) table: ArcSwap<Table>,
     logs: Mutex<HashMap<String, Arc<AppLog>>>,
+    /// Every app's lines, for log rules.
+    log_tap: crate::logs::Tap,
     /// Serialises the operations on one app.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Deploys hold it shared from writing a blob to writing the record;
@@ -200,6 +202,7 @@ impl Apps {
                 loaded: Mutex::default(),
                 table: ArcSwap::from_pointee(Table::default()),
                 logs: Mutex::default(),
+                log_tap: broadcast::channel(crate::logs::TAP_BACKLOG).0,
                 locks: Mutex::default(),
                 gc: tokio::sync::RwLock::new(()),
                 ready: watch::channel(false).0,
@@ -222,6 +225,12 @@ impl Apps {
             failures: inner.failures.load(Ordering::Relaxed),
             pooling: inner.runtime.pooling,
         }
+    }
+
+    /// Every line any app writes from now on, with the app's name: what
+    /// the alert rules over logs read.
+    pub fn tap_logs(&self) -> broadcast::Receiver<(Arc<str>, LogLine)> {
+        self.inner.log_tap.subscribe()
     }
 
     /// Requests the ingress proxied to services, by service and outcome
@@ -629,7 +638,10 @@ impl Apps {
     }
 
     pub(crate) fn log(&self, name: &str) -> Arc<AppLog> {
-        lock(&self.inner.logs).entry(name.to_owned()).or_insert_with(AppLog::new).clone()
+        lock(&self.inner.logs)
+            .entry(name.to_owned())
+            .or_insert_with(|| AppLog::tapped(name, self.inner.log_tap.clone()))
+            .clone()
     }
 
     fn blob_path(&self, sha256: &str) -> PathBuf {

@@ -363,11 +363,15 @@ impl durable::Host for RunCx {
     }
 
     async fn log(&mut self, message: String) -> wasmtime::Result<()> {
-        let call = Call::Log { message };
+        let call = Call::Log { message: message.clone() };
         match self.replay(&call)? {
             Some(Recorded::Done) => Ok(()),
             Some(other) => Err(self.corrupt(&call, &other)),
-            None => self.record(call, Recorded::Done).await,
+            None => {
+                self.record(call, Recorded::Done).await?;
+                self.workflows.tap(&self.run.workflow, &message);
+                Ok(())
+            }
         }
     }
 

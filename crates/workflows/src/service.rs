@@ -118,7 +118,13 @@ struct Inner {
     /// The executor's lease, once it has claimed a run, and the task that
     /// keeps it alive.
     lease: Mutex<Option<(LeaseId, tokio::task::JoinHandle<()>)>>,
+    /// Every run's log lines and output as they are recorded, for log
+    /// rules: `(workflow, line)`.
+    log_tap: tokio::sync::broadcast::Sender<(Arc<str>, String)>,
 }
+
+/// Lines the log tap's reader may fall behind before it misses some.
+const TAP_BACKLOG: usize = 4096;
 
 impl std::fmt::Debug for Workflows {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -155,6 +161,7 @@ impl Workflows {
                 active: Mutex::default(),
                 timers: Mutex::default(),
                 timers_changed: Notify::new(),
+                log_tap: tokio::sync::broadcast::channel(TAP_BACKLOG).0,
                 permits,
                 deploys: tokio::sync::Mutex::new(()),
                 lease: Mutex::default(),
@@ -164,6 +171,23 @@ impl Workflows {
 
     pub(crate) fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
+    }
+
+    /// Every line a run logs or writes from now on, with its workflow's
+    /// name, once (a replay writes nothing again): what the alert rules
+    /// over logs read.
+    pub fn tap_logs(&self) -> tokio::sync::broadcast::Receiver<(Arc<str>, String)> {
+        self.inner.log_tap.subscribe()
+    }
+
+    pub(crate) fn tap(&self, workflow: &str, text: &str) {
+        if self.inner.log_tap.receiver_count() == 0 {
+            return;
+        }
+        let workflow: Arc<str> = Arc::from(workflow);
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let _ = self.inner.log_tap.send((workflow.clone(), line.to_owned()));
+        }
     }
 
     pub(crate) fn config(&self) -> &hearth_config::Config {
