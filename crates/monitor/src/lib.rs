@@ -45,6 +45,11 @@
 //! for a failure that would fail again (a 4xx, a refused address), the
 //! notification leaves the outbox and the history says why.
 //!
+//! **A rule's own notification cannot fire it again.** Besides the
+//! engine's guard (keys under `alerts/`, values marked `hearth_alert`), a
+//! change under a workflow run a notification started (its id is
+//! [`run_id`]) is marked as that rule's before the rules see it.
+//!
 //! **The record receiver keeps acts, not their end.** A `record`
 //! receiver's firing notifications are written to the history; its
 //! resolved ones are not (a restart that happened does not "resolve").
@@ -93,6 +98,21 @@ pub enum Error {
     /// What is stored cannot be read.
     #[error("{key} in the store cannot be read: {reason}")]
     Corrupt { key: String, reason: String },
+}
+
+/// The id of the workflow run a notification starts:
+/// `alert:RULE:NOTIFICATION`. One run per notification however often it is
+/// delivered; and every key the run (or a child of it) writes holds the
+/// id as a segment, which is how its events are known to be the rule's own
+/// ([`caused_by`]).
+pub fn run_id(rule: &str, notification: &str) -> String {
+    format!("alert:{rule}:{notification}")
+}
+
+/// The rule whose notification caused a change at `key`: a key with a
+/// segment that is a run id made by [`run_id`] (`workflows/runs/alert:disk:...`).
+pub fn caused_by(key: &str) -> Option<&str> {
+    key.split('/').find_map(|segment| segment.strip_prefix("alert:")?.split(':').next())
 }
 
 /// Milliseconds since the Unix epoch.

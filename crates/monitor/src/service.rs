@@ -476,10 +476,13 @@ impl Monitor {
         match change {
             Change::Event(event) => {
                 engine.revision = engine.revision.max(event.revision());
-                let input = match event.kind {
+                let mut input = match event.kind {
                     EventKind::Put => EventInput::put(&event.kv.key, &event.kv.value),
                     EventKind::Delete => EventInput::delete(&event.kv.key),
                 };
+                if let Some(rule) = crate::caused_by(&event.kv.key) {
+                    mark(&mut input, rule);
+                }
                 let rules = engine.rules.clone();
                 let seen = rules.rules.iter().any(|r| match &r.input {
                     hearth_alerts::rules::Input::Event(e) => {
@@ -654,6 +657,21 @@ impl Monitor {
         }
         drop(engine);
         self.inner.delivered.send_modify(|n| *n += 1);
+    }
+}
+
+/// Marks `input` as caused by `rule`'s notification, for the engine's
+/// self-trigger guard.
+fn mark(input: &mut EventInput, rule: &str) {
+    let marker = serde_json::json!({ "rule": rule });
+    match &mut input.value {
+        Some(serde_json::Value::Object(map)) => {
+            map.insert(hearth_alerts::pattern::MARKER.to_owned(), marker);
+        }
+        other => {
+            let value = other.take().unwrap_or(serde_json::Value::Null);
+            *other = Some(serde_json::json!({ "value": value, hearth_alerts::pattern::MARKER: marker }));
+        }
     }
 }
 

@@ -312,3 +312,39 @@ async fn the_record_receiver_keeps_acts_in_the_history_and_not_their_end() {
     assert!(seen(&recorder).is_empty(), "a record is not handed to a receiver");
     running.stop().await;
 }
+
+#[tokio::test]
+async fn a_change_made_by_a_run_a_notification_started_cannot_fire_its_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_in(dir.path());
+    let recorder = Arc::new(Recorder::default());
+    let running = start(&store, &recorder).await;
+    let rules = r#"
+[[receiver]]
+name = "hook"
+webhook = { url = "http://127.0.0.1:9/alerts" }
+
+[[rule]]
+name = "run-failed"
+event = { prefix = "workflows/runs/", match = { status = "failed" } }
+notify = ["hook"]
+group_wait = "0s"
+"#;
+    running.monitor.apply(rules).await.unwrap();
+    let own = format!("workflows/runs/{}", run_id("run-failed", "abc-1-1"));
+    store.put(&own, br#"{"status":"failed"}"#.to_vec(), None).await.unwrap();
+    let child = format!("workflows/runs/{}.3", run_id("run-failed", "abc-1-1"));
+    store.put(&child, br#"{"status":"failed"}"#.to_vec(), None).await.unwrap();
+    store.put("workflows/runs/nightly-1", br#"{"status":"failed"}"#.to_vec(), None).await.unwrap();
+    until("the other run's notification", || seen(&recorder).len() == 1).await;
+    let state = running.monitor.state().await;
+    let keys: Vec<&str> = state.alerts.values().map(|a| a.labels["key"].as_str()).collect();
+    assert_eq!(keys, ["workflows/runs/nightly-1"]);
+    running.stop().await;
+}
+
+#[test]
+fn a_key_names_the_rule_whose_run_wrote_it() {
+    assert_eq!(caused_by("workflows/journal/alert:disk:ab-1-2.4/000001"), Some("disk"));
+    assert_eq!(caused_by("workflows/runs/nightly-1"), None);
+}
