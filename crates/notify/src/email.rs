@@ -25,8 +25,9 @@ use crate::Error;
 /// unless [`Smtp::timeout`] says otherwise.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// An SMTP server and how to talk to it.
-#[derive(Clone)]
+/// An SMTP server and how to talk to it. Its `Debug` leaves the password
+/// out.
+#[derive(Debug, Clone)]
 pub struct Smtp {
     /// A name or an IP address (IPv6 without brackets).
     pub host: String,
@@ -59,18 +60,6 @@ impl Smtp {
         } else {
             format!("{}:{}", self.host, self.port)
         }
-    }
-}
-
-impl std::fmt::Debug for Smtp {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Smtp")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("tls", &self.tls)
-            .field("credentials", &self.credentials)
-            .field("timeout", &self.timeout)
-            .finish()
     }
 }
 
