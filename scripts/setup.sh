@@ -34,9 +34,11 @@ if [ "${1:-}" = --fuzz ]; then fuzz=1; fi
 #   python3-venv:            a virtual environment for schemathesis (below).
 #   wrk:                     the load generator of `hearth bench apps`.
 #   openssh-client:          ssh and ssh-keygen, for `hearth machine ssh`.
+#   python3-aiosmtpd:        the SMTP server alert mail tests send to
+#                            (hearth_testkit::smtp, Debian's python3).
 packages=(gcc libc6-dev procps qemu-system-x86 qemu-utils e2fsprogs debootstrap xz-utils lz4
           skopeo umoci docker-registry busybox-static cpio openssl iproute2 nftables iptables
-          iputils-ping python3 python3-venv wrk openssh-client)
+          iputils-ping python3 python3-venv wrk openssh-client python3-aiosmtpd)
 
 # Rust targets: the guest agent is a static musl binary; apps and workflows
 # are WebAssembly components.

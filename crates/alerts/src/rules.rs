@@ -51,11 +51,21 @@
 //! `repeat_interval` (`4h`), `keep_firing_for` (`0s`), `rate_limit`
 //! (`N/h`, `N/m` or `N/d`; default none).
 //!
-//! A receiver is one of `email = { to, from, smtp = "HOST:PORT" }`,
-//! `webhook = { url, secret = "config:KEY" }` (a secret is named, never
-//! written here: the rules are shown back), `workflow = { name, input =
-//! "alert" }` (the run starts with the payload under that input field),
-//! `record = {}` (only kept in the alert history).
+//! A receiver is one of `email = { to, from, smtp = "HOST:PORT", tls,
+//! user, password = "config:KEY" }`, `webhook = { url, secret =
+//! "config:KEY" }` (a secret is named, never written here: the rules are
+//! shown back), `workflow = { name, input = "alert" }` (the run starts
+//! with the payload under that input field), `record = {}` (only kept in
+//! the alert history).
+//!
+//! An email receiver's `tls` ([`Tls`]) is `none`, `starttls` (required),
+//! `opportunistic` or `tls` (from the first byte, SMTPS). Unless written it
+//! is `tls` on port 465, `none` when the host is loopback (`localhost`,
+//! `127.0.0.0/8`, `[::1]`: the mail never leaves the machine, so a local
+//! relay or test sink works as written), and `starttls` everywhere else.
+//! `user` and `password` come together; the password is a config key, as
+//! a webhook's secret, and is only sent encrypted (`starttls` or `tls`)
+//! unless the host is loopback.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Display;
@@ -134,22 +144,74 @@ pub enum ReceiverKind {
     Email {
         to: Vec<String>,
         from: String,
+        /// `HOST:PORT` (`[V6]:PORT`).
         smtp: String,
+        /// As written, or the default for `smtp` ([`Tls::default_for`]).
+        tls: Tls,
+        /// Set together with `password`.
+        user: Option<String>,
+        /// A config key (`config:alerts.smtp_password`), without
+        /// `config:`.
+        password: Option<String>,
     },
     /// `secret` is a config key (`config:alerts.hook_secret`), without
     /// `config:`.
-    Webhook {
-        url: String,
-        secret: Option<String>,
-    },
+    Webhook { url: String, secret: Option<String> },
     /// Starts a run of workflow `name` with the payload as input field
     /// `input`.
-    Workflow {
-        name: String,
-        input: String,
-    },
+    Workflow { name: String, input: String },
     /// Kept in the alert history only.
     Record,
+}
+
+/// How an email receiver's mail reaches its SMTP server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tls {
+    /// Plain SMTP: the mail, and the login if any, cross the network in
+    /// clear.
+    None,
+    /// STARTTLS, required: nothing is sent unless the server offers it
+    /// and its certificate is valid for its name.
+    StartTls,
+    /// STARTTLS when the server offers it, else in clear.
+    Opportunistic,
+    /// TLS from the first byte (SMTPS, usually port 465).
+    Tls,
+}
+
+impl Tls {
+    /// The rules file's word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tls::None => "none",
+            Tls::StartTls => "starttls",
+            Tls::Opportunistic => "opportunistic",
+            Tls::Tls => "tls",
+        }
+    }
+
+    pub fn parse(written: &str) -> Option<Tls> {
+        [Tls::None, Tls::StartTls, Tls::Opportunistic, Tls::Tls].into_iter().find(|t| t.as_str() == written)
+    }
+
+    /// Unless written: `tls` on port 465, `none` on a loopback host (the
+    /// mail never leaves the machine), `starttls` everywhere else.
+    pub fn default_for(host: &str, port: u16) -> Tls {
+        if port == 465 {
+            Tls::Tls
+        } else if is_loopback(host) {
+            Tls::None
+        } else {
+            Tls::StartTls
+        }
+    }
+}
+
+/// `localhost`, `127.0.0.0/8` or `::1` (with or without brackets).
+pub fn is_loopback(host: &str) -> bool {
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A checked rule.
@@ -275,6 +337,9 @@ struct RawEmail {
     to: OneOrMany,
     from: String,
     smtp: String,
+    tls: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -575,12 +640,15 @@ fn check_receiver(problems: &mut Problems<'_>, path: &str, r: &RawReceiver) -> O
                 );
             }
         }
-        let port = email.smtp.rsplit_once(':').and_then(|(host, port)| (!host.is_empty()).then_some(port));
-        if port.is_none_or(|p| p.parse::<u16>().is_err()) {
-            problems
-                .at(format_args!("{path}.email.smtp"), format_args!("\"{}\" is not HOST:PORT", email.smtp));
-        }
-        return Some(ReceiverKind::Email { to, from: email.from.clone(), smtp: email.smtp.clone() });
+        let (tls, user, password) = check_smtp(problems, path, email);
+        return Some(ReceiverKind::Email {
+            to,
+            from: email.from.clone(),
+            smtp: email.smtp.clone(),
+            tls,
+            user,
+            password,
+        });
     }
     if let Some(webhook) = &r.webhook {
         let rest = webhook.url.strip_prefix("http://").or_else(|| webhook.url.strip_prefix("https://"));
@@ -616,6 +684,60 @@ fn check_receiver(problems: &mut Problems<'_>, path: &str, r: &RawReceiver) -> O
         return Some(ReceiverKind::Workflow { name: workflow.name.clone(), input });
     }
     Some(ReceiverKind::Record)
+}
+
+/// An email receiver's `smtp`, `tls`, `user` and `password`.
+fn check_smtp(
+    problems: &mut Problems<'_>,
+    path: &str,
+    email: &RawEmail,
+) -> (Tls, Option<String>, Option<String>) {
+    let address = email.smtp.rsplit_once(':').filter(|(host, _)| !host.is_empty());
+    let address = address.and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)));
+    if address.is_none() {
+        problems.at(format_args!("{path}.email.smtp"), format_args!("\"{}\" is not HOST:PORT", email.smtp));
+    }
+    let (host, port) = address.unwrap_or(("", 0));
+    let tls = match email.tls.as_deref() {
+        None => Tls::default_for(host, port),
+        Some(written) => Tls::parse(written).unwrap_or_else(|| {
+            problems.at(
+                format_args!("{path}.email.tls"),
+                format_args!("\"{written}\" is not one of none, starttls, opportunistic or tls"),
+            );
+            Tls::default_for(host, port)
+        }),
+    };
+    let password = match email.password.as_deref().map(|s| s.strip_prefix("config:")) {
+        None => None,
+        Some(Some(key)) if !key.is_empty() => Some(key.to_owned()),
+        Some(_) => {
+            problems.at(
+                format_args!("{path}.email.password"),
+                "name the password's config key, like \"config:alerts.smtp_password\" (set it with `hearth config set KEY --secret`); the rules file is shown back, so it holds no secrets",
+            );
+            None
+        }
+    };
+    match (&email.user, &email.password) {
+        (Some(user), _) if user.is_empty() || user.contains(['\n', '\r']) => {
+            problems.at(format_args!("{path}.email.user"), "name the SMTP login, on one line");
+        }
+        (Some(_), None) => problems.at(format_args!("{path}.email.password"), "a user needs a password"),
+        (None, Some(_)) => problems.at(format_args!("{path}.email.user"), "a password needs a user"),
+        _ => {}
+    }
+    let in_clear = matches!(tls, Tls::None | Tls::Opportunistic);
+    if email.password.is_some() && address.is_some() && !is_loopback(host) && in_clear {
+        problems.at(
+            format_args!("{path}.email.tls"),
+            format_args!(
+                "\"{}\" could send the password in clear to {host}; use \"starttls\" or \"tls\"",
+                tls.as_str()
+            ),
+        );
+    }
+    (tls, email.user.clone(), password)
 }
 
 fn check_rule(
@@ -1057,6 +1179,101 @@ equal = ["machine"]
             ),
             (r#"prefix = "machines/""#, r#"prefix = "alerts/""#, "include_alerts"),
         ]);
+    }
+
+    /// The example's email receiver with `fields` in place of its smtp.
+    fn email_receiver(fields: &str) -> Result<ReceiverKind, Error> {
+        let text = EXAMPLE.replacen(r#"smtp = "127.0.0.1:2525""#, fields, 1);
+        Rules::parse(&text).map(|rules| rules.receiver("ops").unwrap().kind.clone())
+    }
+
+    #[test]
+    fn tls_defaults_to_tls_on_465_none_on_loopback_and_starttls_elsewhere() {
+        let tls = |smtp: &str| match email_receiver(&format!("smtp = \"{smtp}\"")).unwrap() {
+            ReceiverKind::Email { tls, .. } => tls,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(tls("127.0.0.1:2525"), Tls::None);
+        assert_eq!(tls("127.0.0.2:25"), Tls::None);
+        assert_eq!(tls("localhost:1025"), Tls::None);
+        assert_eq!(tls("[::1]:25"), Tls::None);
+        assert_eq!(tls("mail.example.test:587"), Tls::StartTls);
+        assert_eq!(tls("10.0.0.1:25"), Tls::StartTls);
+        assert_eq!(tls("mail.example.test:465"), Tls::Tls);
+        assert_eq!(tls("127.0.0.1:465"), Tls::Tls);
+    }
+
+    #[test]
+    fn an_email_receiver_names_its_tls_user_and_password_key() {
+        let kind = email_receiver(
+            r#"smtp = "mail.example.test:587", tls = "starttls", user = "hearth", password = "config:alerts.smtp_password""#,
+        )
+        .unwrap();
+        assert_eq!(
+            kind,
+            ReceiverKind::Email {
+                to: vec!["ops@example.test".into()],
+                from: "hearth@example.test".into(),
+                smtp: "mail.example.test:587".into(),
+                tls: Tls::StartTls,
+                user: Some("hearth".into()),
+                password: Some("alerts.smtp_password".into()),
+            }
+        );
+        // On loopback a login may go in clear: it never leaves the machine.
+        let kind = email_receiver(r#"smtp = "127.0.0.1:25", user = "u", password = "config:k""#).unwrap();
+        assert!(matches!(kind, ReceiverKind::Email { tls: Tls::None, .. }), "{kind:?}");
+        for tls in ["none", "starttls", "opportunistic", "tls"] {
+            let kind = email_receiver(&format!("smtp = \"127.0.0.1:25\", tls = \"{tls}\"")).unwrap();
+            assert!(matches!(kind, ReceiverKind::Email { tls: t, .. } if t.as_str() == tls), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn bad_email_tls_user_and_password_are_refused() {
+        let smtp = r#"smtp = "127.0.0.1:2525""#;
+        check_refused(&[
+            (
+                smtp,
+                r#"smtp = "127.0.0.1:2525", tls = "ssl""#,
+                r#"receiver "ops".email.tls: "ssl" is not one of none, starttls, opportunistic or tls"#,
+            ),
+            (
+                smtp,
+                r#"smtp = "127.0.0.1:2525", user = "u", password = "hunter2""#,
+                r#"receiver "ops".email.password: name the password's config key"#,
+            ),
+            (smtp, r#"smtp = "127.0.0.1:2525", password = "config:""#, "email.password: name the password's"),
+            (
+                smtp,
+                r#"smtp = "127.0.0.1:2525", user = "u""#,
+                r#"receiver "ops".email.password: a user needs a password"#,
+            ),
+            (
+                smtp,
+                r#"smtp = "127.0.0.1:2525", password = "config:k""#,
+                r#"receiver "ops".email.user: a password needs a user"#,
+            ),
+            (
+                smtp,
+                r#"smtp = "127.0.0.1:2525", user = "", password = "config:k""#,
+                "email.user: name the SMTP login",
+            ),
+            (
+                smtp,
+                r#"smtp = "mail.example.test:25", tls = "none", user = "u", password = "config:k""#,
+                r#"receiver "ops".email.tls: "none" could send the password in clear to mail.example.test"#,
+            ),
+            (
+                smtp,
+                r#"smtp = "mail.example.test:25", tls = "opportunistic", user = "u", password = "config:k""#,
+                r#""opportunistic" could send the password in clear"#,
+            ),
+            (smtp, r#"smtp = "127.0.0.1:2525", tsl = "none""#, "receiver[0].email.tsl"),
+        ]);
+        // A literal password is never repeated in the error.
+        let err = email_receiver(r#"smtp = "127.0.0.1:2525", user = "u", password = "hunter2""#).unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 
     #[test]

@@ -4,6 +4,9 @@
 //! started as a child process; it is killed and its data dir removed when the
 //! [`Daemon`] drops, so a failing test leaves nothing behind. Its log goes to
 //! `daemon.log` in the data dir and is printed if it fails to come up.
+//!
+//! [`smtp::SmtpSink`] is a real SMTP server (aiosmtpd) on loopback whose
+//! mails a test reads back, for alert receivers.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,6 +16,7 @@ use std::time::{Duration, Instant};
 use hearth_client::{Client, Endpoint};
 
 mod skip;
+pub mod smtp;
 pub use skip::{NO_SKIP_ENV, SKIP_LOG_ENV, skip};
 
 /// How long a daemon gets to open its socket.
