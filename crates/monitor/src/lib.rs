@@ -41,7 +41,7 @@
 //!
 //! **A delivery that fails is retried.** A failure worth retrying (the
 //! receiver is down, answered 5xx or 429) is tried again with a back-off
-//! ([`deliver::backoff`]) for up to [`GIVE_UP_AFTER`]; then, or at once
+//! ([`hearth_notify::backoff`]) for up to [`GIVE_UP_AFTER`]; then, or at once
 //! for a failure that would fail again (a 4xx, a refused address), the
 //! notification leaves the outbox and the history says why.
 //!

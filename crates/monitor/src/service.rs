@@ -14,7 +14,9 @@ use hearth_store::{Change, EventKind, Follower, Op, Revision, Store, Txn};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, Notify, mpsc, watch};
 
-use crate::deliver::{Deliver, Failure, backoff};
+use hearth_notify::backoff;
+
+use crate::deliver::{Deliver, Failure};
 use crate::{Error, GIVE_UP_AFTER, HISTORY_KEPT, builtin, keys, now_ms};
 
 /// Inputs waiting for the loop; more are dropped (and counted).
