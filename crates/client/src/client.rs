@@ -198,7 +198,7 @@ impl Client {
         Err(Error::Api { status, detail })
     }
 
-    async fn call<T: DeserializeOwned>(
+    pub(crate) async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
@@ -209,7 +209,7 @@ impl Client {
         serde_json::from_slice(&bytes).map_err(|e| Error::Protocol(format!("unexpected response body: {e}")))
     }
 
-    fn json<B: Serialize>(body: &B) -> Result<Option<Vec<u8>>, Error> {
+    pub(crate) fn json<B: Serialize>(body: &B) -> Result<Option<Vec<u8>>, Error> {
         serde_json::to_vec(body).map(Some).map_err(|e| Error::Protocol(e.to_string()))
     }
 
@@ -1025,7 +1025,7 @@ where
     })
 }
 
-fn query(pairs: &[(&str, &str)]) -> String {
+pub(crate) fn query(pairs: &[(&str, &str)]) -> String {
     serde_urlencoded::to_string(pairs).unwrap_or_default()
 }
 
@@ -1042,7 +1042,7 @@ fn encode_path(key: &str) -> String {
 }
 
 /// Percent-encodes a name for one path segment (`/` too).
-fn encode_segment(name: &str) -> String {
+pub(crate) fn encode_segment(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for b in name.bytes() {
         match b {

@@ -10,6 +10,7 @@
 //! - [`Client`]: a typed client over the Unix socket or TCP, with a reader
 //!   for server-sent events ([`sse_messages`]).
 
+mod alerts;
 mod client;
 pub mod types;
 

@@ -80,6 +80,7 @@ pub struct UnknownValue {
     pub expected: Vec<&'static str>,
 }
 
+mod alerts;
 mod apps;
 mod config;
 mod errors;
@@ -94,6 +95,7 @@ mod system;
 mod triggers;
 mod workflows;
 
+pub use alerts::*;
 pub use apps::*;
 pub use config::*;
 pub use errors::*;
