@@ -358,6 +358,50 @@ impl From<hearth_config::Error> for ApiError {
     }
 }
 
+/// Alerting errors mapped onto HTTP.
+impl From<hearth_monitor::Error> for ApiError {
+    fn from(error: hearth_monitor::Error) -> Self {
+        use hearth_monitor::Error as E;
+        match error {
+            E::Store(store) => store.into(),
+            E::Rules(rules) => ApiError::bad_request(
+                "invalid_rules",
+                format!("the alert rules were not applied:\n{rules}"),
+                "fix each field named above and apply the file again; nothing was changed",
+            ),
+            E::Silence(problem) => ApiError::bad_request(
+                "invalid_silence",
+                format!("the silence was not made: {problem}"),
+                "give matchers like rule=NAME, app!=web or machine=~\"db-.*\"",
+            ),
+            E::NotFound { what, name } => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("{what} {name:?} does not exist"),
+                format!(
+                    "list them with `hearth alert {}`",
+                    if what == "silence" { "silence ls" } else { "rules" }
+                ),
+            ),
+            E::Builtin(message) => ApiError::new(
+                StatusCode::CONFLICT,
+                "builtin_rule",
+                message,
+                "replace it with `hearth alert rule add`",
+            ),
+            E::Corrupt { .. } => {
+                tracing::error!(error = %error, "Alerting operation failed.");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "corrupt",
+                    error.to_string(),
+                    "apply a good rules file with `hearth alert apply`",
+                )
+            }
+        }
+    }
+}
+
 /// App errors mapped onto HTTP, with the hint a person needs.
 impl From<hearth_apps::Error> for ApiError {
     fn from(error: hearth_apps::Error) -> Self {

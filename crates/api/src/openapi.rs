@@ -9,7 +9,7 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use crate::server::{
-    apps, config, events, files, images, kv, leases, machines, networks, services, system, triggers,
+    alerts, apps, config, events, files, images, kv, leases, machines, networks, services, system, triggers,
     workflows,
 };
 
@@ -45,6 +45,8 @@ use crate::server::{
         config::get, config::entries, config::set, config::remove, config::import, config::history, config::diff,
         config::rollback, config::schemas, config::set_schema, config::remove_schema, config::key, config::rekey,
         config::watch,
+        alerts::list, alerts::rules, alerts::apply, alerts::set_rule, alerts::remove_rule, alerts::silences,
+        alerts::add_silence, alerts::expire_silence, alerts::history,
     ),
     modifiers(&BearerAuth, &Limits),
     security(("bearer" = [])),
@@ -61,6 +63,7 @@ use crate::server::{
         (name = "faults", description = "Partitions, delay and loss, on purpose"),
         (name = "labs", description = "Machines and networks brought up together from a lab file"),
         (name = "config", description = "Layered configuration: files, global, scopes and overrides; secrets, schemas, history"),
+        (name = "alerts", description = "Rules over events, logs and metrics; alerts, silences and the notification history"),
         (name = "services", description = "The registry: services of machines, registered instances and apps, with health checks"),
     )
 )]

@@ -5,6 +5,7 @@
 //! router → a handler in [`kv`], [`events`], [`leases`] or [`system`] → the
 //! store handle → a wire type from `hearth_client::types`, or an [`ApiError`].
 
+pub(crate) mod alerts;
 pub(crate) mod apps;
 mod auth;
 pub(crate) mod config;
@@ -80,6 +81,7 @@ pub struct Subsystems {
     pub workflows: hearth_workflows::Workflows,
     pub services: hearth_services::Services,
     pub config: hearth_config::Config,
+    pub monitor: hearth_monitor::Monitor,
 }
 
 /// Everything a handler can reach. Cheap to clone.
@@ -96,6 +98,7 @@ struct Inner {
     workflows: hearth_workflows::Workflows,
     services: hearth_services::Services,
     config: hearth_config::Config,
+    monitor: hearth_monitor::Monitor,
     info: DaemonInfo,
     started: Instant,
     metrics: Metrics,
@@ -121,7 +124,7 @@ impl AppState {
         info: DaemonInfo,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        let Subsystems { machines, networks, apps, workflows, services, config } = subsystems;
+        let Subsystems { machines, networks, apps, workflows, services, config, monitor } = subsystems;
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -131,6 +134,7 @@ impl AppState {
                 workflows,
                 services,
                 config,
+                monitor,
                 info,
                 started: Instant::now(),
                 metrics: Metrics::new(apps.clone()),
@@ -180,6 +184,10 @@ impl AppState {
 
     pub(crate) fn config(&self) -> &hearth_config::Config {
         &self.inner.config
+    }
+
+    pub(crate) fn monitor(&self) -> &hearth_monitor::Monitor {
+        &self.inner.monitor
     }
 
     pub(crate) fn services(&self) -> &hearth_services::Services {
@@ -264,6 +272,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/runs/{id}/migrate", post(workflows::migrate))
         .route("/v1/runs/{id}/logs", get(workflows::logs))
         .route("/v1/runs/{id}/result", get(workflows::result))
+        .route("/v1/alerts", get(alerts::list))
+        .route("/v1/alerts/rules", get(alerts::rules).put(alerts::apply))
+        .route("/v1/alerts/rules/{name}", axum::routing::put(alerts::set_rule).delete(alerts::remove_rule))
+        .route("/v1/alerts/silences", get(alerts::silences).post(alerts::add_silence))
+        .route("/v1/alerts/silences/{id}", axum::routing::delete(alerts::expire_silence))
+        .route("/v1/alerts/history", get(alerts::history))
         .route("/v1/config", get(config::get))
         .route("/v1/config/entries", get(config::entries))
         .route("/v1/config/entries/{key}", axum::routing::put(config::set).delete(config::remove))
