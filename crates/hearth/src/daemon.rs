@@ -264,9 +264,27 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
     });
     let services = hearth_services::Services::new(store.clone(), machines.clone());
     let services_loop = tokio::spawn(services.clone().run(stop_rx.clone()));
+    let external_url = match tcp_addr {
+        Some(addr) => format!("http://{addr}/v1/alerts"),
+        None => format!("unix://{}/v1/alerts", socket_path.display()),
+    };
+    let receivers = crate::alerting::Receivers {
+        config: config.clone(),
+        workflows: workflows.clone(),
+        external_url: external_url.clone(),
+    };
+    let monitor = hearth_monitor::Monitor::open(
+        store.clone(),
+        Arc::new(receivers),
+        hearth_monitor::Options { external_url },
+    )
+    .await
+    .context("cannot start the alerting service")?;
+    crate::alerting::tap_logs(&monitor, &apps, &workflows);
+    let monitor_loop = tokio::spawn(monitor.clone().run(stop_rx.clone()));
     let state = AppState::new(
         store,
-        hearth_api::server::Subsystems { machines, networks, apps, workflows, services, config },
+        hearth_api::server::Subsystems { machines, networks, apps, workflows, services, config, monitor },
         DaemonInfo {
             data_dir: data_dir.to_owned(),
             socket: socket_path.clone(),
@@ -328,6 +346,7 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
         servers.abort_all();
     }
     let _ = services_loop.await;
+    let _ = monitor_loop.await;
     let _ = config_loop.await;
     let _ = machines_loop.await;
     let _ = apps_loop.await;

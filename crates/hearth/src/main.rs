@@ -3,6 +3,7 @@
 //! Every subcommand but `serve`, `completions` and `bench store` is a client
 //! of the daemon's API: the CLI never does work behind the daemon's back.
 
+mod alerting;
 mod cmd;
 mod daemon;
 mod feed;
@@ -69,6 +70,9 @@ enum Command {
     /// Machine snapshots: list and remove (take them with `machine snapshot`).
     #[command(subcommand)]
     Snapshot(cmd::snapshot::Command),
+    /// Alert rules over events, logs and metrics; alerts, silences, and the history of notifications.
+    #[command(subcommand)]
+    Alert(cmd::alert::Command),
     /// Layered configuration pushed to apps, machines and workflows: values, secrets, schemas, history.
     #[command(subcommand)]
     Config(cmd::config::Command),
@@ -141,6 +145,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Events(args) => cmd::events::run(&client()?, args).await?,
         Command::Kv(command) => cmd::kv::run(&client()?, command).await?,
         Command::Config(command) => cmd::config::run(&client()?, command).await?,
+        Command::Alert(command) => cmd::alert::run(&client()?, command).await?,
         Command::Machine(command) => {
             return Ok(exit_code(cmd::machine::run(&client()?, &data_dir, command).await?));
         }

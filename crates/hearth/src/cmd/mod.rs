@@ -1,5 +1,6 @@
 //! One module per client subcommand.
 
+pub(crate) mod alert;
 pub(crate) mod app;
 pub(crate) mod bench;
 pub(crate) mod config;

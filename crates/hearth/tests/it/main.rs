@@ -9,6 +9,7 @@ mod machines_support;
 #[path = "../../../workflows/tests/it/support/mod.rs"]
 mod workflows_support;
 
+mod alerts_cli;
 mod api_connections;
 mod api_errors;
 mod api_limits;

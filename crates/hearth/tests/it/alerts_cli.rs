@@ -1,0 +1,315 @@
+//! Issue 15, alerts: rules over store events, app logs and metrics; a
+//! signed webhook, silences, mail exactly once across kill -9, bad input,
+//! through the binary's CLI.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hearth_testkit::{Daemon, failure, success, wait_until};
+
+use super::apps_triggers::{deploy, get, ingress_port};
+
+const BIN: &str = env!("CARGO_BIN_EXE_hearth");
+const HOOK_SECRET: &str = "hook-secret-5b1e";
+
+/// One request the webhook sink received.
+#[derive(Debug, Clone)]
+struct Received {
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("a JSON body")
+    }
+}
+
+/// A webhook receiver on loopback that answers 200 to every POST and keeps
+/// what it got.
+struct Sink {
+    url: String,
+    received: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Sink {
+    fn start() -> Sink {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the sink");
+        let url = format!("http://{}/alerts", listener.local_addr().expect("its address"));
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let keep = received.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let keep = keep.clone();
+                std::thread::spawn(move || serve(stream, &keep));
+            }
+        });
+        Sink { url, received }
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    fn for_rule(&self, rule: &str) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(|r| r.json()["groupKey"].as_str().is_some_and(|k| k.contains(&format!("/{rule}{{"))))
+            .collect()
+    }
+}
+
+/// Reads HTTP/1.1 requests off one connection until it closes.
+fn serve(stream: std::net::TcpStream, keep: &Mutex<Vec<Received>>) {
+    let mut reader = BufReader::new(stream.try_clone().expect("clone the stream"));
+    let mut writer = stream;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut headers = Vec::new();
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                return;
+            }
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                headers.push((name.trim().to_owned(), value.trim().to_owned()));
+            }
+        }
+        let length = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        keep.lock().unwrap().push(Received { headers, body });
+        let _ = writer.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+    }
+}
+
+/// `hearth ARGS` with `stdin` piped in.
+fn cli_with_stdin(daemon: &Daemon, args: &[&str], stdin: &str) -> std::process::Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("HEARTH_DATA_DIR", daemon.data_dir())
+        .env_remove("HEARTH_HOST")
+        .env_remove("HEARTH_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the hearth CLI");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+    child.wait_with_output().expect("the CLI ends")
+}
+
+fn apply(daemon: &Daemon, dir: &std::path::Path, text: &str) -> std::process::Output {
+    let path = dir.join("rules.toml");
+    std::fs::write(&path, text).expect("write the rules file");
+    daemon.cli(&["alert", "apply", path.to_str().expect("UTF-8")])
+}
+
+fn history(daemon: &Daemon, rule: &str) -> Vec<serde_json::Value> {
+    let text = success(&daemon.cli(&["alert", "history", "--rule", rule, "--json"]));
+    let history: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    history["entries"].as_array().cloned().unwrap_or_default()
+}
+
+fn hook_rules(url: &str) -> String {
+    format!(
+        r#"
+[[receiver]]
+name = "hook"
+webhook = {{ url = "{url}", secret = "config:alerts.hook_secret" }}
+
+[[rule]]
+name = "job-failed"
+event = {{ prefix = "kv/jobs/", match = {{ state = "failed" }}, resolve_after = "never" }}
+summary = "job {{{{ key }}}} failed: {{{{ value.error }}}}"
+notify = ["hook"]
+group_wait = "0s"
+group_interval = "1s"
+
+[[rule]]
+name = "job-slow"
+event = {{ prefix = "kv/jobs/", match = {{ seconds = {{ ">" = 60 }} }} }}
+notify = ["hook"]
+group_wait = "0s"
+
+[[rule]]
+name = "job-done"
+event = {{ prefix = "kv/jobs/", match = {{ state = "done" }} }}
+notify = ["hook"]
+group_wait = "0s"
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_gets_each_notification_once_signed_and_a_silence_mutes_a_rule() {
+    let daemon = Daemon::start(BIN).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sink = Sink::start();
+    success(&cli_with_stdin(&daemon, &["config", "set", "alerts.hook_secret", "--secret"], HOOK_SECRET));
+    success(&apply(&daemon, dir.path(), &hook_rules(&sink.url)));
+
+    success(&daemon.cli(&["kv", "put", "jobs/a", r#"{"state":"failed","error":"disk full"}"#]));
+    assert!(wait_until(Duration::from_secs(10), async || sink.for_rule("job-failed").len() == 1).await);
+    let got = &sink.for_rule("job-failed")[0];
+    let signature = got.header("x-hearth-signature");
+    assert!(
+        hearth_triggers::signature::verify(HOOK_SECRET, &got.body, signature),
+        "signed with the config secret: {signature:?}"
+    );
+    let body = got.json();
+    assert_eq!(body["version"], "4", "Alertmanager's payload: {body}");
+    assert_eq!(body["status"], "firing");
+    assert_eq!(body["alerts"][0]["labels"]["key"], "kv/jobs/a");
+    assert_eq!(body["alerts"][0]["annotations"]["summary"], "job kv/jobs/a failed: disk full");
+    let id = got.header("idempotency-key").expect("an Idempotency-Key").to_owned();
+
+    // A silence of one rule: an event that fires it and another rule at
+    // once; the other rule's notification comes, the silenced one's never.
+    let silenced = success(&daemon.cli(&["alert", "silence", "--match", "rule=job-slow", "--for", "1h"]));
+    assert!(silenced.contains("mutes rule=job-slow"), "{silenced}");
+    success(&daemon.cli(&["kv", "put", "jobs/b", r#"{"state":"done","seconds":120}"#]));
+    assert!(wait_until(Duration::from_secs(10), async || sink.for_rule("job-done").len() == 1).await);
+    let alerts = success(&daemon.cli(&["alert", "ls", "--json"]));
+    let alerts: serde_json::Value = serde_json::from_str(&alerts).expect("JSON");
+    let slow = alerts["alerts"].as_array().unwrap().iter().find(|a| a["rule"] == "job-slow").cloned();
+    assert_eq!(slow.as_ref().map(|a| a["muted"].clone()), Some(true.into()), "{alerts}");
+    assert!(sink.for_rule("job-slow").is_empty(), "silenced");
+    let silences = success(&daemon.cli(&["alert", "silence", "ls"]));
+    assert!(silences.contains("rule=job-slow") && silences.contains("active"), "{silences}");
+
+    // Resolved once, under its own id; the history has both.
+    success(&daemon.cli(&["kv", "put", "jobs/a", r#"{"state":"retrying"}"#]));
+    assert!(wait_until(Duration::from_secs(10), async || sink.for_rule("job-failed").len() == 2).await);
+    let resolved = &sink.for_rule("job-failed")[1];
+    assert_eq!(resolved.json()["status"], "resolved");
+    assert_ne!(resolved.header("idempotency-key"), Some(id.as_str()));
+    let entries = history(&daemon, "job-failed");
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert_eq!(
+        (entries[0]["status"].as_str(), entries[0]["kind"].as_str()),
+        (Some("resolved"), Some("webhook"))
+    );
+    let table = success(&daemon.cli(&["alert", "history"]));
+    assert!(table.contains("job-failed") && table.contains("hook (webhook)"), "{table}");
+
+    // The secret was never written in clear where the hook is named.
+    let rules = success(&daemon.cli(&["alert", "rules", "--show"]));
+    assert!(!rules.contains(HOOK_SECRET) && rules.contains("config:alerts.hook_secret"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_log_rule_fires_from_an_app_s_output() {
+    let daemon = Daemon::start(BIN).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    deploy(&daemon, dir.path(), "shop", "");
+    let port = ingress_port(&daemon).await;
+    let rules = r#"
+[[receiver]]
+name = "book"
+record = {}
+
+[[rule]]
+name = "out-of-stock"
+log = { source = "app:shop", regex = "out of stock", count = "> 2", window = "1m" }
+summary = "{{ source }}: {{ line }}"
+notify = ["book"]
+group_wait = "0s"
+"#;
+    success(&apply(&daemon, dir.path(), rules));
+    for _ in 0..3 {
+        assert_eq!(get(port, "shop.localhost", "/print?text=item%2042%20out%20of%20stock").0, 200);
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), async || !history(&daemon, "out-of-stock").is_empty()).await,
+        "a log rule's record: {}",
+        success(&daemon.cli(&["alert", "ls"]))
+    );
+    let entry = &history(&daemon, "out-of-stock")[0];
+    assert_eq!(entry["kind"], "record");
+    let summary = entry["alerts"][0]["summary"].as_str().unwrap_or_default();
+    assert!(summary.starts_with("app:shop: ") && summary.contains("item 42 out of stock"), "{summary}");
+    let rules = success(&daemon.cli(&["alert", "rules"]));
+    assert!(
+        rules.contains("out-of-stock") && rules.contains("hearth-restarted") && rules.contains("built-in"),
+        "{rules}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_rules_are_refused_naming_the_field_and_change_nothing() {
+    let daemon = Daemon::start(BIN).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = hook_rules("http://127.0.0.1:9/alerts");
+    success(&apply(&daemon, dir.path(), &good));
+    let cases: [(&str, &str); 5] = [
+        ("[[rule]\nname = \"x\"\n", "line 1"),
+        (&format!("{good}frobnicate = 1\n"), "frobnicate"),
+        (
+            &good.replace(
+                "notify = [\"hook\"]\ngroup_wait = \"0s\"\n\n[[rule]]\nname = \"job-done\"",
+                "notify = [\"pager\"]\ngroup_wait = \"0s\"\n\n[[rule]]\nname = \"job-done\"",
+            ),
+            "unknown receiver \"pager\"",
+        ),
+        ("[[rule]]\nname = \"x\"\nlog = { source = \"app:x\", regex = \"(unclosed\" }\n", "log.regex"),
+        ("[[rule]]\nname = \"x\"\nmetric = { name = \"m\", op = \"=>\", value = 1 }\n", "metric.op"),
+    ];
+    for (text, want) in cases {
+        let error = failure(&apply(&daemon, dir.path(), text));
+        assert!(error.contains(want), "{want:?} in {error}");
+        assert!(error.contains("nothing was changed"), "{error}");
+        assert_eq!(success(&daemon.cli(&["alert", "rules", "--show"])), good, "unchanged");
+    }
+    let error = failure(
+        &daemon.cli(&["alert", "rule", "add", "x", "--log", "app:x", "--regex", "(", "--notify", "hook"]),
+    );
+    assert!(error.contains("log.regex"), "{error}");
+    let error = failure(&daemon.cli(&["alert", "rule", "add", "x", "--event", "kv/", "--notify", "nobody"]));
+    assert!(error.contains("unknown receiver \"nobody\""), "{error}");
+    let error = failure(&daemon.cli(&["alert", "silence", "--match", "rule", "--for", "1h"]));
+    assert!(error.contains("rule"), "{error}");
+    let error = failure(&daemon.cli(&["alert", "silence", "--match", "rule=x", "--for", "soon"]));
+    assert!(error.contains("duration"), "{error}");
+    let error = failure(&daemon.cli(&["alert", "rule", "rm", "hearth-restarted"]));
+    assert!(error.contains("built-in"), "{error}");
+    assert_eq!(success(&daemon.cli(&["alert", "rules", "--show"])), good, "unchanged");
+
+    // And a good one by options.
+    let added = success(&daemon.cli(&[
+        "alert",
+        "rule",
+        "add",
+        "machine-failed",
+        "--event",
+        "machines/",
+        "--match",
+        "status.state=failed",
+        "--notify",
+        "hook",
+    ]));
+    assert!(added.contains("added machine-failed"), "{added}");
+    let rules = success(&daemon.cli(&["alert", "rules", "--json"]));
+    assert!(rules.contains("\"machine-failed\""), "{rules}");
+}
