@@ -177,7 +177,13 @@ impl Monitor {
         };
         let persisted = match store.get(keys::STATE).await? {
             Some(kv) => decode::<Persisted>(keys::STATE, &kv.value)?,
-            None => Persisted { revision: store.revision().await?, state: State::default() },
+            None => {
+                // Anchored at once: a crash before anything else is written
+                // still follows on from here.
+                let fresh = Persisted { revision: store.revision().await?, state: State::default() };
+                store.put(keys::STATE, encode(&fresh), None).await?;
+                fresh
+            }
         };
         let (tx, rx) = mpsc::channel(INPUT_BACKLOG);
         Ok(Monitor {
@@ -267,6 +273,7 @@ impl Monitor {
         let rules = engine.rules.clone();
         engine.state.evaluate(&rules, at);
         engine.dirty = true;
+        self.persist(&mut engine, None).await?;
         drop(engine);
         self.inner.wake.notify_one();
         tracing::info!(added = ?added, removed = ?removed, "Alert rules applied.");
