@@ -720,9 +720,22 @@ impl Services {
                 "instance {id:?} is a machine hearth keeps for service {name:?}: scale the service instead (`hearth service scale {name} N`)"
             )));
         }
+        // The history entry, in the same revision as the delete, tells the
+        // supervisor that this instance was taken out, not expired.
+        let entry = HistoryEntry {
+            at_ms: record::now_ms(),
+            instance: Some(id.to_string()),
+            action: "deregistered".into(),
+            reason: "deregistered through the API".into(),
+        };
         let txn = Txn::new()
             .and_then(Op::Delete { key })
-            .and_then(Op::Delete { key: record::health_key(name, id) });
+            .and_then(Op::Delete { key: record::health_key(name, id) })
+            .and_then(Op::Put {
+                key: format!("{}{:015}-dereg", record::history_prefix(name), entry.at_ms),
+                value: to_json(&entry),
+                lease: None,
+            });
         self.store().txn(txn).await?;
         if let Some(lease) = kv.lease {
             let _ = self.store().lease_revoke(lease).await;

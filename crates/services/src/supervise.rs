@@ -34,7 +34,8 @@ use crate::check::CheckSpec;
 use crate::checker::{checker, write_health};
 use crate::plan::{self, Action, Member};
 use crate::record::{
-    self, Endpoint, Endpoints, HealthRecord, InstanceRecord, Kind, RolloutState, ServiceRecord, Status,
+    self, Endpoint, Endpoints, HealthRecord, HistoryEntry, InstanceRecord, Kind, RolloutState, ServiceRecord,
+    Status,
 };
 use crate::service::{Services, parse, to_json};
 
@@ -120,19 +121,29 @@ impl Services {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut state = Supervisor::default();
+        let mut leases = Registrations::default();
+        if let Ok(range) = store.range(record::INSTANCES).await {
+            leases.keys = range.kvs.iter().filter(|kv| kv.lease.is_some()).map(|kv| kv.key.clone()).collect();
+        }
         loop {
             tokio::select! {
                 () = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
                 () = self.inner.kick.notified() => {}
                 _ = defs.next() => {}
-                _ = instances.next() => {}
+                change = instances.next() => leases.see(&change),
                 _ = health.next() => {}
                 _ = machines.next() => {}
                 _ = tick.tick() => {}
             }
             // A burst of changes costs one pass.
-            for follower in [&mut defs, &mut instances, &mut health, &mut machines] {
+            for follower in [&mut defs, &mut health, &mut machines] {
                 while futures::FutureExt::now_or_never(follower.next()).is_some() {}
+            }
+            while let Some(change) = futures::FutureExt::now_or_never(instances.next()) {
+                leases.see(&change);
+            }
+            for (key, revision) in std::mem::take(&mut leases.gone) {
+                self.record_expiry(&key, revision).await;
             }
             if let Err(error) = self.pass(&mut state).await {
                 tracing::warn!(error = %hearth_store::chain(&error), "A services pass failed; the next one retries.");
@@ -141,6 +152,23 @@ impl Services {
         for (_, checker) in state.checkers.drain() {
             checker.task.abort();
         }
+    }
+
+    /// Records `expired` for a registration whose key went at `revision`
+    /// unless it was deregistered then (deregistering writes its history
+    /// entry in the same revision) or its service went with it.
+    async fn record_expiry(&self, key: &str, revision: hearth_store::Revision) {
+        let Some((name, id)) = record::split_instance_key(record::INSTANCES, key) else { return };
+        let Ok(history) = self.store().range(&record::history_prefix(name)).await else { return };
+        let deregistered = history.kvs.iter().any(|kv| {
+            kv.mod_revision == revision
+                && parse::<HistoryEntry>(kv).is_ok_and(|e| e.instance.as_deref() == Some(id))
+        });
+        if deregistered {
+            return;
+        }
+        let reason = "no heartbeat came within its TTL, so its lease expired".to_owned();
+        self.record_history(name, Some(id), "expired", reason).await;
     }
 
     /// Everything a pass needs, read in one transaction: at one revision,
@@ -744,6 +772,38 @@ impl Services {
     ) {
         state.stop_checker(key).await;
         write_health(self, instance, previous, status, &output).await;
+    }
+}
+
+/// The instance keys held by a lease (registrations), and those of them
+/// deleted since the last pass, with the revision they went at.
+#[derive(Debug, Default)]
+struct Registrations {
+    keys: HashSet<String>,
+    gone: Vec<(String, hearth_store::Revision)>,
+}
+
+impl Registrations {
+    fn see(&mut self, change: &hearth_store::Change) {
+        match change {
+            hearth_store::Change::Event(event) => match event.kind {
+                hearth_store::EventKind::Put if event.kv.lease.is_some() => {
+                    self.keys.insert(event.kv.key.clone());
+                }
+                hearth_store::EventKind::Put => {
+                    self.keys.remove(&event.kv.key);
+                }
+                hearth_store::EventKind::Delete => {
+                    if self.keys.remove(&event.kv.key) {
+                        self.gone.push((event.kv.key.clone(), event.revision()));
+                    }
+                }
+            },
+            hearth_store::Change::Reset(range) => {
+                self.keys =
+                    range.kvs.iter().filter(|kv| kv.lease.is_some()).map(|kv| kv.key.clone()).collect();
+            }
+        }
     }
 }
 

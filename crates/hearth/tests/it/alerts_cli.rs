@@ -383,3 +383,36 @@ group_wait = "0s"
     assert_eq!(ids.len(), 3, "three distinct notifications");
     assert_eq!(history(&daemon, "job-failed").len(), 2);
 }
+
+/// hearth's own acts are recorded by built-in rules: a registration that
+/// expires is in the alert history; one taken out by hand is not.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_registration_is_recorded_in_the_alert_history() {
+    use hearth_client::types::RegisterInstance;
+    let daemon = Daemon::start(BIN).await;
+    let client = daemon.client();
+    let register = |id: &str, ttl_s| RegisterInstance {
+        id: Some(id.into()),
+        address: "127.0.0.1".into(),
+        port: 9001,
+        ttl_s,
+        checks: vec![],
+        tags: vec![],
+        routes: None,
+    };
+    client.register_instance("api", &register("api-kept", 60)).await.expect("register");
+    client.register_instance("api", &register("api-gone", 1)).await.expect("register");
+    client.deregister_instance("api", "api-kept").await.expect("deregister");
+    assert!(
+        wait_until(Duration::from_secs(15), async || !history(&daemon, "hearth-expired").is_empty()).await,
+        "{}",
+        success(&daemon.cli(&["alert", "history"]))
+    );
+    let entries = history(&daemon, "hearth-expired");
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0]["kind"], "record");
+    let summary = entries[0]["alerts"][0]["summary"].as_str().unwrap_or_default();
+    assert!(summary.contains("api-gone") && summary.contains("TTL"), "{summary}");
+    let history = success(&daemon.cli(&["service", "history", "api"]));
+    assert!(history.contains("expired") && history.contains("deregistered"), "{history}");
+}
