@@ -24,6 +24,8 @@ wire_enum! {
         Event = "event",
         /// Another run, as its child.
         Child = "child",
+        /// An alert's notification (a workflow receiver).
+        Alert = "alert",
     }
 }
 

@@ -416,3 +416,65 @@ async fn an_expired_registration_is_recorded_in_the_alert_history() {
     let history = success(&daemon.cli(&["service", "history", "api"]));
     assert!(history.contains("expired") && history.contains("deregistered"), "{history}");
 }
+
+/// A workflow receiver starts one run per notification, with the alert as
+/// its input; what that run writes cannot fire the rule that started it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workflow_receiver_starts_a_run_that_cannot_fire_its_own_rule() {
+    use super::workflows_cli::{approval_example, run, runs};
+    let daemon = Daemon::start(BIN).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    success(&daemon.cli(&["workflow", "deploy", "runbook", &approval_example()]));
+    // It matches anything that failed: the trigger, and (but for the
+    // guard) the runbook's own run, which fails on an alert's input.
+    let rules = r#"
+[[receiver]]
+name = "runbook"
+workflow = { name = "runbook", input = "alert" }
+
+[[rule]]
+name = "anything-failed"
+event = { prefix = "", match = { status = "failed" } }
+notify = ["runbook"]
+group_by = ["key"]
+group_wait = "0s"
+"#;
+    success(&apply(&daemon, dir.path(), rules));
+    success(&daemon.cli(&["kv", "put", "incidents/1", r#"{"status":"failed"}"#]));
+    let alert_runs = |daemon: &Daemon| -> Vec<serde_json::Value> {
+        runs(daemon)
+            .into_iter()
+            .filter(|r| r["id"].as_str().is_some_and(|id| id.starts_with("alert:")))
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), async || {
+            alert_runs(&daemon).iter().any(|r| r["status"] == "failed")
+        })
+        .await,
+        "the runbook's run: {:?}",
+        runs(&daemon)
+    );
+    let first = alert_runs(&daemon)[0].clone();
+    let id = first["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("alert:anything-failed:"), "{id}");
+    let detail = run(&daemon, &id);
+    let input: serde_json::Value = serde_json::from_str(detail["input"].as_str().unwrap()).unwrap();
+    assert_eq!(input["alert"]["status"], "firing", "{input}");
+    assert_eq!(input["alert"]["alerts"][0]["labels"]["key"], "kv/incidents/1");
+
+    // A second incident starts a second run; the first run's failure,
+    // written before it, started none.
+    success(&daemon.cli(&["kv", "put", "incidents/2", r#"{"status":"failed"}"#]));
+    assert!(wait_until(Duration::from_secs(20), async || alert_runs(&daemon).len() >= 2).await);
+    let keys: Vec<String> = alert_runs(&daemon)
+        .iter()
+        .map(|r| {
+            let input = run(&daemon, r["id"].as_str().unwrap())["input"].as_str().unwrap().to_owned();
+            let input: serde_json::Value = serde_json::from_str(&input).unwrap();
+            input["alert"]["alerts"][0]["labels"]["key"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(keys.contains(&"kv/incidents/1".to_owned()) && keys.contains(&"kv/incidents/2".to_owned()));
+}

@@ -34,11 +34,11 @@ fn json(out: &std::process::Output) -> Value {
     serde_json::from_str(&success(out)).expect("JSON output")
 }
 
-fn runs(daemon: &Daemon) -> Vec<Value> {
+pub(crate) fn runs(daemon: &Daemon) -> Vec<Value> {
     json(&daemon.cli(&["workflow", "ls", "--json"]))["runs"].as_array().cloned().unwrap_or_default()
 }
 
-fn run(daemon: &Daemon, id: &str) -> Value {
+pub(crate) fn run(daemon: &Daemon, id: &str) -> Value {
     json(&daemon.cli(&["workflow", "show", id, "--json"]))
 }
 
