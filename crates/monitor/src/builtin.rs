@@ -125,6 +125,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_example_rules_file_checks() {
+        let text = include_str!("../../../examples/alerts/rules.toml");
+        Rules::parse(&merge(text)).expect("examples/alerts/rules.toml checks");
+    }
+
+    #[test]
     fn the_built_in_rules_parse_on_their_own() {
         let rules = Rules::parse(&merge("")).expect("the built-in rules parse");
         assert_eq!(rules.rules.len(), rule_names().count());
