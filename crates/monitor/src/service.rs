@@ -23,6 +23,9 @@ use crate::{Error, GIVE_UP_AFTER, HISTORY_KEPT, builtin, keys, now_ms};
 const INPUT_BACKLOG: usize = 8192;
 /// How often state that only observation changed is written.
 const PERSIST_EVERY: Duration = Duration::from_secs(1);
+/// How often the revision seen is saved when nothing else changed, in
+/// milliseconds.
+const REVISION_EVERY: u64 = 60_000;
 /// Deliveries in flight at once.
 const MAX_IN_FLIGHT: usize = 16;
 
@@ -100,6 +103,8 @@ struct Engine {
     /// `state` changed since it was last written.
     dirty: bool,
     last_persist: u64,
+    /// The revision last saved.
+    saved_revision: Revision,
     retries: HashMap<String, Retry>,
     in_flight: HashSet<String>,
     history_written: u64,
@@ -198,6 +203,7 @@ impl Monitor {
                     revision: persisted.revision,
                     dirty: false,
                     last_persist: now_ms(),
+                    saved_revision: persisted.revision,
                     retries: HashMap::new(),
                     in_flight: HashSet::new(),
                     history_written: 0,
@@ -420,6 +426,7 @@ impl Monitor {
         self.inner.store.txn(txn).await?;
         engine.dirty = false;
         engine.last_persist = now_ms();
+        engine.saved_revision = persisted.revision;
         if history.is_some() {
             engine.history_written += 1;
             if engine.history_written % 100 == 1 {
@@ -556,8 +563,13 @@ impl Monitor {
             acknowledged |= engine.state.acknowledge(notification);
         }
         let mut wake = plan.next_wake;
-        let due_persist =
-            engine.dirty && (acknowledged || now >= engine.last_persist + PERSIST_EVERY.as_millis() as u64);
+        // An acknowledged notification is saved before anything is sent.
+        engine.dirty |= acknowledged;
+        // The revision seen is saved now and then even when nothing else
+        // changed, so that a restart does not read far back.
+        let stale = engine.revision > engine.saved_revision && now >= engine.last_persist + REVISION_EVERY;
+        let due_persist = (engine.dirty || stale)
+            && (acknowledged || stale || now >= engine.last_persist + PERSIST_EVERY.as_millis() as u64);
         if due_persist && let Err(error) = self.persist(&mut engine, None).await {
             tracing::warn!(error = %error, "Cannot save the alert state; trying again in a second.");
             return Some(now + 1000);

@@ -14,15 +14,26 @@ use tokio::sync::watch;
 use super::*;
 
 /// Records every delivery; fails the first `failures` with `failure`.
+/// With a store, also records the notifications that were not in the
+/// saved outbox when they were delivered.
 #[derive(Default)]
 struct Recorder {
     seen: Mutex<Vec<Notification>>,
     failures: Mutex<Vec<Failure>>,
+    store: Option<Arc<dyn Store>>,
+    unsaved: Mutex<Vec<String>>,
 }
 
 #[async_trait::async_trait]
 impl Deliver for Recorder {
     async fn deliver(&self, _receiver: &Receiver, notification: &Notification) -> Result<(), Failure> {
+        if let Some(store) = &self.store {
+            let saved = store.get(keys::STATE).await.unwrap().unwrap();
+            let saved: Persisted = serde_json::from_slice(&saved.value).unwrap();
+            if !saved.state.undelivered().iter().any(|n| n.id == notification.id) {
+                self.unsaved.lock().unwrap().push(notification.id.clone());
+            }
+        }
         self.seen.lock().unwrap().push(notification.clone());
         match self.failures.lock().unwrap().pop() {
             Some(failure) => Err(failure),
@@ -96,6 +107,7 @@ async fn an_event_that_matches_is_delivered_once_and_its_end_once() {
     store.put("machines/db", br#"{"state":"failed"}"#.to_vec(), None).await.unwrap();
     store.put("machines/db", br#"{"state":"running"}"#.to_vec(), None).await.unwrap();
     until("the resolved notification", || seen(&recorder).len() == 2).await;
+    running.monitor.deliveries().wait_for(|n| *n >= 2).await.unwrap();
     let seen = seen(&recorder);
     assert_eq!(seen[0].1, Status::Firing);
     assert_eq!(seen[1].1, Status::Resolved);
@@ -347,4 +359,19 @@ group_wait = "0s"
 fn a_key_names_the_rule_whose_run_wrote_it() {
     assert_eq!(caused_by("workflows/journal/alert:disk:ab-1-2.4/000001"), Some("disk"));
     assert_eq!(caused_by("workflows/runs/nightly-1"), None);
+}
+
+#[tokio::test]
+async fn a_notification_due_by_time_alone_is_saved_before_it_is_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_in(dir.path());
+    let recorder = Arc::new(Recorder { store: Some(store.clone()), ..Recorder::default() });
+    let running = start(&store, &recorder).await;
+    // group_wait outlasts the one-second save of what was observed: the
+    // notification becomes due with nothing new observed.
+    running.monitor.apply(&RULES.replace("group_wait = \"0s\"", "group_wait = \"1500ms\"")).await.unwrap();
+    store.put("machines/db", br#"{"state":"failed"}"#.to_vec(), None).await.unwrap();
+    until("the notification", || seen(&recorder).len() == 1).await;
+    assert!(recorder.unsaved.lock().unwrap().is_empty(), "delivered before it was saved");
+    running.stop().await;
 }
