@@ -112,6 +112,9 @@ pub fn run_id(rule: &str, notification: &str) -> String {
 /// The rule whose notification caused a change at `key`: a key with a
 /// segment that is a run id made by [`run_id`] (`workflows/runs/alert:disk:...`).
 pub fn caused_by(key: &str) -> Option<&str> {
+    if !key.starts_with("workflows/") {
+        return None;
+    }
     key.split('/').find_map(|segment| segment.strip_prefix("alert:")?.split(':').next())
 }
 

@@ -26,6 +26,10 @@ const PERSIST_EVERY: Duration = Duration::from_secs(1);
 /// How often the revision seen is saved when nothing else changed, in
 /// milliseconds.
 const REVISION_EVERY: u64 = 60_000;
+/// Store changes taken before one tick.
+const BATCH: usize = 1024;
+/// How long one delivery may take before it counts as failed.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Deliveries in flight at once.
 const MAX_IN_FLIGHT: usize = 16;
 
@@ -105,6 +109,8 @@ struct Engine {
     last_persist: u64,
     /// The revision last saved.
     saved_revision: Revision,
+    /// A notification was acknowledged and not yet saved.
+    outbox_unsaved: bool,
     retries: HashMap<String, Retry>,
     in_flight: HashSet<String>,
     history_written: u64,
@@ -115,6 +121,8 @@ struct Inner {
     deliver: Arc<dyn Deliver>,
     options: Options,
     engine: Mutex<Engine>,
+    /// Rule edits (read the file, change it, apply) one at a time.
+    editing: Mutex<()>,
     wake: Notify,
     inputs: mpsc::Sender<Input>,
     pending: std::sync::Mutex<Option<mpsc::Receiver<Input>>>,
@@ -181,7 +189,19 @@ impl Monitor {
             }
         };
         let persisted = match store.get(keys::STATE).await? {
-            Some(kv) => decode::<Persisted>(keys::STATE, &kv.value)?,
+            Some(kv) => match decode::<Persisted>(keys::STATE, &kv.value) {
+                Ok(persisted) => persisted,
+                Err(error) => {
+                    // Kept for a person to look at; the service starts afresh
+                    // from here rather than not at all.
+                    let aside = format!("{}.unreadable-{}", keys::STATE, kv.mod_revision);
+                    tracing::error!(error = %error, kept_at = aside, "The saved alert state cannot be read; starting with none.");
+                    store.put(&aside, kv.value.clone(), None).await?;
+                    let fresh = Persisted { revision: store.revision().await?, state: State::default() };
+                    store.put(keys::STATE, encode(&fresh), None).await?;
+                    fresh
+                }
+            },
             None => {
                 // Anchored at once: a crash before anything else is written
                 // still follows on from here.
@@ -204,10 +224,12 @@ impl Monitor {
                     dirty: false,
                     last_persist: now_ms(),
                     saved_revision: persisted.revision,
+                    outbox_unsaved: false,
                     retries: HashMap::new(),
                     in_flight: HashSet::new(),
                     history_written: 0,
                 }),
+                editing: Mutex::new(()),
                 wake: Notify::new(),
                 inputs: tx,
                 pending: std::sync::Mutex::new(Some(rx)),
@@ -257,6 +279,11 @@ impl Monitor {
     /// Checks a rules file and, when it is good, puts it in force. A file
     /// that does not check changes nothing and says every problem.
     pub async fn apply(&self, text: &str) -> Result<Applied, Error> {
+        let _editing = self.inner.editing.lock().await;
+        self.apply_locked(text).await
+    }
+
+    async fn apply_locked(&self, text: &str) -> Result<Applied, Error> {
         let rules = Rules::parse(&builtin::merge(text))?;
         let mut engine = self.inner.engine.lock().await;
         let before: HashSet<String> = engine.rules.rules.iter().map(|r| r.name.clone()).collect();
@@ -296,6 +323,7 @@ impl Monitor {
         };
         let mut rule = parse(table, &format!("rule {name:?}"))?;
         rule.insert("name".into(), toml::Value::String(name.to_owned()));
+        let _editing = self.inner.editing.lock().await;
         let text = self.inner.engine.lock().await.text.clone();
         let mut file = parse(&text, "the stored rules file")?;
         let rules = file.entry("rule").or_insert_with(|| toml::Value::Array(Vec::new()));
@@ -309,11 +337,12 @@ impl Monitor {
             Some(existing) => *existing = toml::Value::Table(rule),
             None => rules.push(toml::Value::Table(rule)),
         }
-        self.apply(&write_file(file)?).await
+        self.apply_locked(&write_file(file)?).await
     }
 
     /// Removes one rule of the person's file.
     pub async fn remove_rule(&self, name: &str) -> Result<Applied, Error> {
+        let _editing = self.inner.editing.lock().await;
         let text = self.inner.engine.lock().await.text.clone();
         let mut file: toml::Table = text.parse().map_err(|e: toml::de::Error| {
             Error::Rules(hearth_alerts::rules::Error::Parse(format!("the stored rules file: {e}")))
@@ -332,7 +361,7 @@ impl Monitor {
             }
             return Err(Error::NotFound { what: "rule", name: name.to_owned() });
         }
-        self.apply(&write_file(file)?).await
+        self.apply_locked(&write_file(file)?).await
     }
 
     /// The engine's state as of now: alerts, groups, silences, outbox.
@@ -416,7 +445,10 @@ impl Monitor {
 
     /// Writes the state (with `history`, in the same transaction).
     async fn persist(&self, engine: &mut Engine, history: Option<&HistoryEntry>) -> Result<(), Error> {
-        let persisted = Persisted { revision: engine.revision, state: engine.state.clone() };
+        // One before the last revision seen: a transaction's events share
+        // a revision, and a restart reads that transaction again whole.
+        let persisted =
+            Persisted { revision: engine.revision.saturating_sub(1), state: engine.state.clone() };
         let mut txn =
             Txn::new().and_then(Op::Put { key: keys::STATE.into(), value: encode(&persisted), lease: None });
         if let Some(entry) = history {
@@ -425,6 +457,7 @@ impl Monitor {
         }
         self.inner.store.txn(txn).await?;
         engine.dirty = false;
+        engine.outbox_unsaved = false;
         engine.last_persist = now_ms();
         engine.saved_revision = persisted.revision;
         if history.is_some() {
@@ -477,6 +510,16 @@ impl Monitor {
                 () = self.inner.wake.notified() => {}
                 () = tokio::time::sleep(sleep) => {}
             }
+            // What else is ready is taken before one tick: a burst of
+            // writes costs a few ticks, not one each, and a transaction's
+            // events are seen together.
+            for _ in 0..BATCH {
+                let Some(change) = futures::FutureExt::now_or_never(changes.next()) else { break };
+                self.observe_change(change).await;
+            }
+            while let Ok(input) = inputs.try_recv() {
+                self.observe_input(input).await;
+            }
             wake_at = self.tick(&results_tx).await;
         }
         let mut engine = self.inner.engine.lock().await;
@@ -492,14 +535,37 @@ impl Monitor {
         match change {
             Change::Event(event) => {
                 engine.revision = engine.revision.max(event.revision());
-                let mut input = match event.kind {
-                    EventKind::Put => EventInput::put(&event.kv.key, &event.kv.value),
-                    EventKind::Delete => EventInput::delete(&event.kv.key),
-                };
-                if let Some(rule) = crate::caused_by(&event.kv.key) {
-                    mark(&mut input, rule);
+                let key = event.kv.key.as_str();
+                // The service's own state and rules reach no rule, ever: a
+                // rule on them would fire on every save.
+                if key == keys::STATE || key == keys::RULES {
+                    return;
                 }
                 let rules = engine.rules.clone();
+                let wanted = rules.rules.iter().any(|r| match &r.input {
+                    hearth_alerts::rules::Input::Event(e) => match &e.pattern.key {
+                        hearth_alerts::pattern::KeyMatch::Prefix(prefix) => key.starts_with(prefix.as_str()),
+                        hearth_alerts::pattern::KeyMatch::Exact(exact) => key == exact,
+                    },
+                    _ => false,
+                });
+                if !wanted {
+                    return;
+                }
+                let mut input = match event.kind {
+                    EventKind::Put => EventInput::put(key, &event.kv.value),
+                    EventKind::Delete => EventInput::delete(key),
+                };
+                if let Some(rule) = crate::caused_by(key) {
+                    mark(&mut input, rule);
+                } else if key.starts_with(keys::HISTORY)
+                    && let Some(rule) =
+                        input.value.as_ref().and_then(|v| v.get("rule")).and_then(|r| r.as_str())
+                {
+                    // A history entry is the notification's own effect.
+                    let rule = rule.to_owned();
+                    mark(&mut input, &rule);
+                }
                 let seen = rules.rules.iter().any(|r| match &r.input {
                     hearth_alerts::rules::Input::Event(e) => {
                         hearth_alerts::pattern::in_scope(&e.pattern, &input)
@@ -565,13 +631,21 @@ impl Monitor {
         let mut wake = plan.next_wake;
         // An acknowledged notification is saved before anything is sent.
         engine.dirty |= acknowledged;
+        engine.outbox_unsaved |= acknowledged;
         // The revision seen is saved now and then even when nothing else
         // changed, so that a restart does not read far back.
-        let stale = engine.revision > engine.saved_revision && now >= engine.last_persist + REVISION_EVERY;
+        let stale =
+            engine.revision > engine.saved_revision + 1 && now >= engine.last_persist + REVISION_EVERY;
         let due_persist = (engine.dirty || stale)
             && (acknowledged || stale || now >= engine.last_persist + PERSIST_EVERY.as_millis() as u64);
         if due_persist && let Err(error) = self.persist(&mut engine, None).await {
             tracing::warn!(error = %error, "Cannot save the alert state; trying again in a second.");
+            return Some(now + 1000);
+        }
+        if engine.outbox_unsaved {
+            // A save failed after an acknowledge: nothing is sent until
+            // the outbox is saved.
+            engine.dirty = true;
             return Some(now + 1000);
         }
         if engine.dirty {
@@ -579,19 +653,28 @@ impl Monitor {
         }
         // Only what is saved in the outbox is delivered.
         let outbox: Vec<Notification> = engine.state.undelivered().to_vec();
+        // A group's notifications reach its receiver in order: none starts
+        // while an earlier one of its group is still out.
+        let mut waiting_groups: HashSet<String> = HashSet::new();
         for notification in outbox {
             if engine.in_flight.len() >= MAX_IN_FLIGHT {
                 break;
             }
+            if waiting_groups.contains(&notification.group_id) {
+                continue;
+            }
             if engine.in_flight.contains(&notification.id) {
+                waiting_groups.insert(notification.group_id.clone());
                 continue;
             }
             if let Some(retry) = engine.retries.get(&notification.id)
                 && retry.next_at > now
             {
                 wake = Some(wake.map_or(retry.next_at, |w| w.min(retry.next_at)));
+                waiting_groups.insert(notification.group_id.clone());
                 continue;
             }
+            waiting_groups.insert(notification.group_id.clone());
             let Some(receiver) = rules.receiver(&notification.receiver).cloned() else {
                 let failure = Failure::permanent(format!(
                     "its receiver {:?} is no longer in the rules",
@@ -607,9 +690,19 @@ impl Monitor {
                 continue;
             }
             let (deliver, results) = (self.inner.deliver.clone(), results.clone());
+            let id = notification.id.clone();
+            let task = tokio::spawn(async move {
+                tokio::time::timeout(DELIVERY_TIMEOUT, deliver.deliver(&receiver, &notification))
+                    .await
+                    .unwrap_or_else(|_| Err(Failure::retry("the receiver did not answer within 2 minutes")))
+            });
+            // A delivery that panicked still reports, so its id leaves
+            // `in_flight`.
             tokio::spawn(async move {
-                let result = deliver.deliver(&receiver, &notification).await;
-                let _ = results.send((notification.id.clone(), result));
+                let result = task.await.unwrap_or_else(|e| {
+                    Err(Failure::retry(format!("the delivery stopped unexpectedly: {e}")))
+                });
+                let _ = results.send((id, result));
             });
         }
         wake

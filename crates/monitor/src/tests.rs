@@ -359,6 +359,7 @@ group_wait = "0s"
 fn a_key_names_the_rule_whose_run_wrote_it() {
     assert_eq!(caused_by("workflows/journal/alert:disk:ab-1-2.4/000001"), Some("disk"));
     assert_eq!(caused_by("workflows/runs/nightly-1"), None);
+    assert_eq!(caused_by("kv/notes/alert:x:y"), None, "only a run's keys");
 }
 
 #[tokio::test]
@@ -373,5 +374,53 @@ async fn a_notification_due_by_time_alone_is_saved_before_it_is_delivered() {
     store.put("machines/db", br#"{"state":"failed"}"#.to_vec(), None).await.unwrap();
     until("the notification", || seen(&recorder).len() == 1).await;
     assert!(recorder.unsaved.lock().unwrap().is_empty(), "delivered before it was saved");
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_group_s_notifications_reach_its_receiver_in_order_even_across_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_in(dir.path());
+    let recorder = Arc::new(Recorder::default());
+    *recorder.failures.lock().unwrap() = vec![Failure::retry("503")];
+    let running = start(&store, &recorder).await;
+    running.monitor.apply(RULES).await.unwrap();
+    store.put("machines/db", br#"{"state":"failed"}"#.to_vec(), None).await.unwrap();
+    until("the first attempt", || seen(&recorder).len() == 1).await;
+    // Resolved while the firing waits for its retry.
+    store.put("machines/db", br#"{"state":"running"}"#.to_vec(), None).await.unwrap();
+    until("all three deliveries", || seen(&recorder).len() == 3).await;
+    let statuses: Vec<Status> = seen(&recorder).into_iter().map(|(_, s)| s).collect();
+    assert_eq!(statuses, [Status::Firing, Status::Firing, Status::Resolved]);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn the_service_s_own_writes_fire_no_rule_even_one_that_opts_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_in(dir.path());
+    let recorder = Arc::new(Recorder::default());
+    let running = start(&store, &recorder).await;
+    let rules = RULES.to_owned()
+        + r#"
+[[rule]]
+name = "watch-alerts"
+event = { prefix = "alerts/", include_alerts = true }
+notify = ["hook"]
+group_by = ["key"]
+group_wait = "0s"
+"#;
+    running.monitor.apply(&rules).await.unwrap();
+    store.put("machines/db", br#"{"state":"failed"}"#.to_vec(), None).await.unwrap();
+    // machine-failed's history entry fires watch-alerts once; that
+    // notification's own history entry fires nothing, and neither do the
+    // saves of the state.
+    until("two notifications", || seen(&recorder).len() == 2).await;
+    running.monitor.deliveries().wait_for(|n| *n >= 2).await.unwrap();
+    store.put("machines/web", br#"{"state":"failed"}"#.to_vec(), None).await.unwrap();
+    until("the second machine's two", || seen(&recorder).len() == 4).await;
+    running.monitor.deliveries().wait_for(|n| *n >= 4).await.unwrap();
+    let rules_seen: Vec<String> = recorder.seen.lock().unwrap().iter().map(|n| n.rule.clone()).collect();
+    assert_eq!(rules_seen.iter().filter(|r| *r == "watch-alerts").count(), 2, "{rules_seen:?}");
     running.stop().await;
 }

@@ -732,7 +732,7 @@ impl Services {
             .and_then(Op::Delete { key })
             .and_then(Op::Delete { key: record::health_key(name, id) })
             .and_then(Op::Put {
-                key: format!("{}{:015}-dereg", record::history_prefix(name), entry.at_ms),
+                key: format!("{}{:015}-dereg-{id}", record::history_prefix(name), entry.at_ms),
                 value: to_json(&entry),
                 lease: None,
             });

@@ -118,8 +118,8 @@ struct Inner {
     /// The executor's lease, once it has claimed a run, and the task that
     /// keeps it alive.
     lease: Mutex<Option<(LeaseId, tokio::task::JoinHandle<()>)>>,
-    /// Every run's log lines and output as they are recorded, for log
-    /// rules: `(workflow, line)`.
+    /// Every run's `log` lines as they are recorded, for log rules:
+    /// `(workflow, line)`.
     log_tap: tokio::sync::broadcast::Sender<(Arc<str>, String)>,
 }
 
@@ -173,9 +173,10 @@ impl Workflows {
         &self.inner.store
     }
 
-    /// Every line a run logs or writes from now on, with its workflow's
-    /// name, once (a replay writes nothing again): what the alert rules
-    /// over logs read.
+    /// Every line a run logs (the durable `log` call) from now on, with
+    /// its workflow's name, once: a replay logs nothing again. Standard
+    /// output is not tapped: each execution replays the run from its
+    /// start and writes it all again.
     pub fn tap_logs(&self) -> tokio::sync::broadcast::Receiver<(Arc<str>, String)> {
         self.inner.log_tap.subscribe()
     }

@@ -477,7 +477,6 @@ impl Workflows {
         if let Err(e) = self.inner.store.put(&key, encode(&line), None).await {
             tracing::warn!(run = %run.id, error = %e, "Cannot keep a workflow's output.");
         }
-        self.tap(&run.workflow, &line.text);
     }
 
     pub(super) async fn journal(&self, id: &str) -> Result<Vec<Entry>, Error> {
