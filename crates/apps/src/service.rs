@@ -155,6 +155,8 @@ pub(crate) struct Inner {
     /// The services the ingress routes to, following the registry; apps'
     /// outgoing requests to `NAME.service.hearth` share them.
     pub(crate) upstreams: Arc<crate::ingress::Upstreams>,
+    /// Requests per app and route, for the time series.
+    pub(crate) traffic: crate::traffic::Traffic,
 }
 
 /// A version ready to serve: pre-instantiated, with its context.
@@ -209,6 +211,7 @@ impl Apps {
                 hooks: arc_swap::ArcSwap::from_pointee(HashMap::new()),
                 deliveries,
                 upstreams: Arc::default(),
+                traffic: crate::traffic::Traffic::default(),
             }),
         })
     }
@@ -222,6 +225,12 @@ impl Apps {
             failures: inner.failures.load(Ordering::Relaxed),
             pooling: inner.runtime.pooling,
         }
+    }
+
+    /// Requests routed to each app's routes so far (cumulative since the
+    /// daemon started), with their errors and latencies.
+    pub fn traffic(&self) -> Vec<crate::traffic::RouteTraffic> {
+        self.inner.traffic.snapshot()
     }
 
     /// Requests the ingress proxied to services, by service and outcome
@@ -621,7 +630,7 @@ impl Apps {
     /// Builds and swaps in a new routing table. Called with `loaded` locked,
     /// so tables are published in the order of the changes.
     fn publish(&self, loaded: &BTreeMap<String, Entry>) {
-        self.inner.table.store(Arc::new(Table::build(loaded)));
+        self.inner.table.store(Arc::new(Table::build(loaded, &self.inner.traffic)));
     }
 
     pub(crate) fn app_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
