@@ -5,7 +5,7 @@
 //! workflows; `executor` follows the records and executes runs; `runs`
 //! starts, signals, cancels, migrates and shows them.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -118,6 +118,8 @@ struct Inner {
     /// The executor's lease, once it has claimed a run, and the task that
     /// keeps it alive.
     lease: Mutex<Option<(LeaseId, tokio::task::JoinHandle<()>)>>,
+    /// Runs this executor ended as failed, by workflow, since it started.
+    failed: Mutex<BTreeMap<String, u64>>,
 }
 
 impl std::fmt::Debug for Workflows {
@@ -158,6 +160,7 @@ impl Workflows {
                 permits,
                 deploys: tokio::sync::Mutex::new(()),
                 lease: Mutex::default(),
+                failed: Mutex::default(),
             }),
         })
     }
@@ -176,6 +179,16 @@ impl Workflows {
 
     pub(crate) fn services(&self) -> &crate::outbound::Balancers {
         &self.inner.services
+    }
+
+    /// Runs this daemon's executor ended as failed, by workflow, since it
+    /// started (cumulative; the metrics take the differences).
+    pub fn failed_runs(&self) -> Vec<(String, u64)> {
+        lock(&self.inner.failed).iter().map(|(name, n)| (name.clone(), *n)).collect()
+    }
+
+    pub(crate) fn count_failed(&self, workflow: &str) {
+        *lock(&self.inner.failed).entry(workflow.to_owned()).or_default() += 1;
     }
 
     /// Runs being executed right now (for tests and `status`).
