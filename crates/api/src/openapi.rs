@@ -9,7 +9,7 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use crate::server::{
-    apps, config, events, files, images, kv, leases, machines, networks, services, system, triggers,
+    apps, config, events, files, images, kv, leases, machines, networks, series, services, system, triggers,
     workflows,
 };
 
@@ -45,6 +45,7 @@ use crate::server::{
         config::get, config::entries, config::set, config::remove, config::import, config::history, config::diff,
         config::rollback, config::schemas, config::set_schema, config::remove_schema, config::key, config::rekey,
         config::watch,
+        series::list, series::query,
     ),
     modifiers(&BearerAuth, &Limits),
     security(("bearer" = [])),
@@ -62,6 +63,7 @@ use crate::server::{
         (name = "labs", description = "Machines and networks brought up together from a lab file"),
         (name = "config", description = "Layered configuration: files, global, scopes and overrides; secrets, schemas, history"),
         (name = "services", description = "The registry: services of machines, registered instances and apps, with health checks"),
+        (name = "metrics", description = "hearth's own time series: request rates, errors, latency, health, CPU, memory, sampled every interval"),
     )
 )]
 struct ApiDoc;

@@ -264,9 +264,20 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
     });
     let services = hearth_services::Services::new(store.clone(), machines.clone());
     let services_loop = tokio::spawn(services.clone().run(stop_rx.clone()));
+    let metrics = crate::metrics::open(data_dir)?;
+    let metrics_loop = tokio::spawn(metrics.clone().run(
+        crate::metrics::collectors(crate::metrics::Sources {
+            store: store.clone(),
+            store_file: store_path.clone(),
+            apps: apps.clone(),
+            machines: machines.clone(),
+            workflows: workflows.clone(),
+        }),
+        stop_rx.clone(),
+    ));
     let state = AppState::new(
         store,
-        hearth_api::server::Subsystems { machines, networks, apps, workflows, services, config },
+        hearth_api::server::Subsystems { machines, networks, apps, workflows, services, config, metrics },
         DaemonInfo {
             data_dir: data_dir.to_owned(),
             socket: socket_path.clone(),
@@ -328,6 +339,7 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
         servers.abort_all();
     }
     let _ = services_loop.await;
+    let _ = metrics_loop.await;
     let _ = config_loop.await;
     let _ = machines_loop.await;
     let _ = apps_loop.await;

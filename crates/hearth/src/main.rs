@@ -6,6 +6,7 @@
 mod cmd;
 mod daemon;
 mod feed;
+mod metrics;
 mod output;
 mod paths;
 

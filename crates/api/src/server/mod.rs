@@ -16,6 +16,7 @@ pub(crate) mod kv;
 pub(crate) mod leases;
 pub(crate) mod machines;
 pub(crate) mod networks;
+pub(crate) mod series;
 pub(crate) mod services;
 pub(crate) mod system;
 pub(crate) mod triggers;
@@ -80,6 +81,8 @@ pub struct Subsystems {
     pub workflows: hearth_workflows::Workflows,
     pub services: hearth_services::Services,
     pub config: hearth_config::Config,
+    /// The daemon's time series (`/v1/metrics`).
+    pub metrics: hearth_metrics::TimeSeries,
 }
 
 /// Everything a handler can reach. Cheap to clone.
@@ -96,6 +99,8 @@ struct Inner {
     workflows: hearth_workflows::Workflows,
     services: hearth_services::Services,
     config: hearth_config::Config,
+    /// The time series (the `metrics` subsystem; `metrics` below is Prometheus).
+    series: hearth_metrics::TimeSeries,
     info: DaemonInfo,
     started: Instant,
     metrics: Metrics,
@@ -121,7 +126,8 @@ impl AppState {
         info: DaemonInfo,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        let Subsystems { machines, networks, apps, workflows, services, config } = subsystems;
+        let Subsystems { machines, networks, apps, workflows, services, config, metrics: series } =
+            subsystems;
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -131,6 +137,7 @@ impl AppState {
                 workflows,
                 services,
                 config,
+                series,
                 info,
                 started: Instant::now(),
                 metrics: Metrics::new(apps.clone()),
@@ -184,6 +191,10 @@ impl AppState {
 
     pub(crate) fn services(&self) -> &hearth_services::Services {
         &self.inner.services
+    }
+
+    pub(crate) fn series(&self) -> &hearth_metrics::TimeSeries {
+        &self.inner.series
     }
 
     /// The bytes of deploy bodies the daemon may hold at once.
@@ -278,6 +289,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/config/key", get(config::key))
         .route("/v1/config/rekey", post(config::rekey))
         .route("/v1/config/watch", get(config::watch))
+        .route("/v1/metrics", get(series::list))
+        .route("/v1/metrics/query", get(series::query))
         .route("/v1/images", get(images::list))
         .route("/v1/images/pull", post(images::pull))
         .route("/v1/images/build", post(images::build))
