@@ -111,3 +111,56 @@ async fn the_store_is_sampled_from_the_start() {
     assert_eq!(list["interval_ms"], 200);
     assert_eq!(list["retention_ms"], 24 * 3600 * 1000);
 }
+
+/// The labels and value of every series of `name` at its newest point.
+fn latest(daemon: &Daemon, name: &str) -> Vec<(Value, f64)> {
+    let output = daemon.cli(&["metrics", "query", name, "--since", "5m", "--json"]);
+    if !output.status.success() {
+        return Vec::new();
+    }
+    let result: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    result["series"]
+        .as_array()
+        .expect("series")
+        .iter()
+        .filter_map(|s| Some((s["labels"].clone(), s["points"].as_array()?.last()?["value"].as_f64()?)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_instances_health_and_each_services_passing_count_are_sampled() {
+    use hearth_client::types::RegisterInstance;
+    let daemon = daemon().await;
+    let client = daemon.client();
+    let register = |id: &str, port: u16, checks: Vec<String>| RegisterInstance {
+        id: Some(id.into()),
+        address: "127.0.0.1".into(),
+        port,
+        ttl_s: 60,
+        checks,
+        tags: Vec::new(),
+        routes: None,
+    };
+    // One instance without checks, passing at once; one whose TCP check
+    // meets a closed port, never passing.
+    client.register_instance("api", &register("api-a", 9001, Vec::new())).await.expect("register a");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let check = vec!["tcp,interval=300ms,timeout=200ms".to_owned()];
+    client.register_instance("api", &register("api-b", dead, check)).await.expect("register b");
+
+    let mut health = Vec::new();
+    let sampled = wait_until(Duration::from_secs(15), async || {
+        health = latest(&daemon, "service_instance_healthy");
+        health.len() == 2
+    })
+    .await;
+    assert!(sampled, "not two instances sampled in 15 s: {health:?}");
+    let of = |id: &str| health.iter().find(|(l, _)| l["instance"] == id).map(|(_, v)| *v);
+    assert_eq!((of("api-a"), of("api-b")), (Some(1.0), Some(0.0)), "{health:?}");
+    assert!(health.iter().all(|(l, _)| l["service"] == "api"), "{health:?}");
+    let count = latest(&daemon, "service_healthy_instances");
+    assert_eq!(count.len(), 1, "{count:?}");
+    assert_eq!((count[0].0["service"].clone(), count[0].1), (Value::from("api"), 1.0));
+}
