@@ -1,7 +1,9 @@
 //! Issue 15, item 8: hearth's time series through the binary. An app's
 //! requests show as its request rate, its failures as its error ratio,
 //! both per route; `hearth metrics` lists and charts them, and an unknown
-//! name says which names exist.
+//! name says which names exist. Services' health, workflows' failed runs
+//! and the store are sampled too. (Machines' CPU and memory need a VM:
+//! their `/proc` parsing is tested in the daemon's `metrics.rs`.)
 
 use std::ffi::OsStr;
 use std::time::Duration;
@@ -163,4 +165,31 @@ async fn each_instances_health_and_each_services_passing_count_are_sampled() {
     let count = latest(&daemon, "service_healthy_instances");
     assert_eq!(count.len(), 1, "{count:?}");
     assert_eq!((count[0].0["service"].clone(), count[0].1), (Value::from("api"), 1.0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workflows_failed_runs_are_counted_per_interval() {
+    let daemon = daemon().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wasm = dir.path().join("steps.wasm");
+    std::fs::write(&wasm, &super::workflows_support::guests().steps).expect("write the guest");
+    success(&daemon.cli(&["workflow", "deploy", "steps", wasm.to_str().expect("a UTF-8 path")]));
+    // Deployed and never failed: sampled as zero.
+    let mut failed = Vec::new();
+    let zero = wait_until(Duration::from_secs(10), async || {
+        failed = values(&daemon, &["workflow_runs_failed", "--match", "workflow=steps"]);
+        !failed.is_empty()
+    })
+    .await;
+    assert!(zero && failed.iter().all(|n| *n == 0.0), "{failed:?}");
+
+    for _ in 0..2 {
+        failure(&daemon.cli(&["workflow", "start", "steps", "--input", "fail", "--wait"]));
+    }
+    let counted = wait_until(Duration::from_secs(10), async || {
+        failed = values(&daemon, &["workflow_runs_failed", "--match", "workflow=steps"]);
+        failed.iter().sum::<f64>() == 2.0
+    })
+    .await;
+    assert!(counted, "two failures are not counted once each: {failed:?}");
 }
