@@ -299,6 +299,7 @@ impl TimeSeries {
         let prune = newest >= index.pruned_ms.saturating_add(prune_every);
         let cutoff = newest.saturating_sub(retention);
         let mut forgotten: HashSet<u32> = HashSet::new();
+        let mut next_id = index.next_id;
         let txn = inner.db.begin_write().map_err(storage)?;
         {
             let mut series = txn.open_table(SERIES).map_err(storage)?;
@@ -313,7 +314,6 @@ impl TimeSeries {
                     }
                 }
             }
-            let mut next_id = index.next_id;
             for (i, sample) in samples.iter().enumerate() {
                 if !valid_sample(sample) {
                     written.invalid += 1;
@@ -355,8 +355,8 @@ impl TimeSeries {
             index
                 .series
                 .insert(id, Known { name: sample.name.clone(), labels: sample.labels.clone(), last_ms: 0 });
-            index.next_id = id.wrapping_add(1);
         }
+        index.next_id = next_id;
         for id in touched {
             if let Some(known) = index.series.get_mut(&id) {
                 known.last_ms = known.last_ms.max(at_ms);
@@ -604,6 +604,22 @@ mod tests {
         assert_eq!(written, Written { stored: 3, over_bound: 2, invalid: 0 });
         assert_eq!(ts.over_bound(), 4);
         assert_eq!(ts.names()[0].series, 3);
+    }
+
+    #[test]
+    fn series_made_in_later_writes_never_take_an_earlier_ones_id() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ts = open(dir.path(), Options::default());
+        for (round, at) in [(0, 1_000), (1, 11_000), (2, 21_000)] {
+            let batch: Vec<Sample> = (0..8).map(|i| rate(&format!("app{round}-{i}"), f64::from(i))).collect();
+            ts.write(at, &batch).expect("write");
+        }
+        assert_eq!(ts.names()[0].series, 24);
+        let mut q = query("app_request_rate", 0, 30_000);
+        q.matchers.insert("app".into(), "app0-7".into());
+        assert_eq!(ts.query(&q).expect("query")[0].points, vec![(1_000, 7.0)]);
+        drop(ts);
+        assert_eq!(open(dir.path(), Options::default()).names()[0].series, 24, "and in the file");
     }
 
     #[test]
