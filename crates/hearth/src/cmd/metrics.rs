@@ -90,7 +90,8 @@ fn render(result: &MetricQueryResult, matchers: &[String], width: usize) -> Stri
 /// and the time axis.
 fn chart(name: &str, series: &MetricSeries, interval_ms: u64, width: usize) -> String {
     let labels: Vec<String> = series.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let mut out = format!("{name} {}\n", labels.join(" "));
+    let mut out = format!("{} {}", name, labels.join(" ")).trim_end().to_owned();
+    out.push('\n');
     let (Some(first), Some(last)) = (series.points.first(), series.points.last()) else {
         out.push_str("  no samples in this span\n");
         return out;
