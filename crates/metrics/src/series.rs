@@ -403,16 +403,8 @@ impl TimeSeries {
         if query.since_ms > query.until_ms {
             return Err(Error::Query("the span ends before it starts".into()));
         }
-        if let Some(step) = query.step_ms {
-            if step == 0 {
-                return Err(Error::Query("the step must be more than zero".into()));
-            }
-            let buckets = (query.until_ms - query.since_ms) / step + 1;
-            if buckets > MAX_POINTS as u64 {
-                return Err(Error::Query(format!(
-                    "the step gives {buckets} points per series, over the limit of {MAX_POINTS}: use a longer step or a shorter span"
-                )));
-            }
+        if query.step_ms == Some(0) {
+            return Err(Error::Query("the step must be more than zero".into()));
         }
         let (wanted, since) = {
             let index = lock(&self.inner.index);
@@ -430,6 +422,16 @@ impl TimeSeries {
             let oldest = index.newest_ms.saturating_sub(millis(self.inner.options.retention));
             (wanted, query.since_ms.max(oldest))
         };
+        // Counted over the span that can hold points: a span reaching
+        // back past the retention is not refused for the part that is gone.
+        if let Some(step) = query.step_ms {
+            let buckets = query.until_ms.saturating_sub(since) / step + 1;
+            if buckets > MAX_POINTS as u64 {
+                return Err(Error::Query(format!(
+                    "the step gives {buckets} points per series, over the limit of {MAX_POINTS}: use a longer step or a shorter span"
+                )));
+            }
+        }
         let txn = self.inner.db.begin_read().map_err(storage)?;
         let points = txn.open_table(POINTS).map_err(storage)?;
         let mut out = Vec::with_capacity(wanted.len());
