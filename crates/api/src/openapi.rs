@@ -9,8 +9,8 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use crate::server::{
-    alerts, apps, config, events, files, images, kv, leases, machines, networks, services, system, triggers,
-    workflows,
+    alerts, apps, config, events, files, images, kv, leases, machines, networks, series, services, system,
+    triggers, workflows,
 };
 
 #[derive(OpenApi)]
@@ -47,6 +47,7 @@ use crate::server::{
         config::watch,
         alerts::list, alerts::rules, alerts::apply, alerts::set_rule, alerts::remove_rule, alerts::silences,
         alerts::add_silence, alerts::expire_silence, alerts::history,
+        series::list, series::query,
     ),
     modifiers(&BearerAuth, &Limits),
     security(("bearer" = [])),
@@ -65,6 +66,7 @@ use crate::server::{
         (name = "config", description = "Layered configuration: files, global, scopes and overrides; secrets, schemas, history"),
         (name = "alerts", description = "Rules over events, logs and metrics; alerts, silences and the notification history"),
         (name = "services", description = "The registry: services of machines, registered instances and apps, with health checks"),
+        (name = "metrics", description = "hearth's own time series: request rates, errors, latency, health, CPU, memory, sampled every interval"),
     )
 )]
 struct ApiDoc;

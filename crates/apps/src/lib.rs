@@ -45,6 +45,7 @@ pub mod record;
 mod runtime;
 mod secrets;
 mod service;
+mod traffic;
 pub mod triggers;
 
 pub use logs::{LogLine, LogStream};
@@ -52,6 +53,7 @@ pub use manifest::{Limits, Manifest};
 pub use record::{App, Route, Version};
 pub use runtime::append_custom_section;
 pub use service::{AppInfo, Apps, Deployed, Options, Stats};
+pub use traffic::RouteTraffic;
 pub use triggers::{Spec as TriggerSpec, Trigger};
 
 /// What can go wrong with an app. Messages are sentences that say what was

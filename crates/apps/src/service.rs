@@ -157,6 +157,8 @@ pub(crate) struct Inner {
     /// The services the ingress routes to, following the registry; apps'
     /// outgoing requests to `NAME.service.hearth` share them.
     pub(crate) upstreams: Arc<crate::ingress::Upstreams>,
+    /// Requests per app and route, for the time series.
+    pub(crate) traffic: crate::traffic::Traffic,
 }
 
 /// A version ready to serve: pre-instantiated, with its context.
@@ -212,6 +214,7 @@ impl Apps {
                 hooks: arc_swap::ArcSwap::from_pointee(HashMap::new()),
                 deliveries,
                 upstreams: Arc::default(),
+                traffic: crate::traffic::Traffic::default(),
             }),
         })
     }
@@ -231,6 +234,12 @@ impl Apps {
     /// the alert rules over logs read.
     pub fn tap_logs(&self) -> broadcast::Receiver<(Arc<str>, LogLine)> {
         self.inner.log_tap.subscribe()
+    }
+
+    /// Requests routed to each app's routes so far (cumulative since the
+    /// daemon started), with their errors and latencies.
+    pub fn traffic(&self) -> Vec<crate::traffic::RouteTraffic> {
+        self.inner.traffic.snapshot()
     }
 
     /// Requests the ingress proxied to services, by service and outcome
@@ -630,7 +639,7 @@ impl Apps {
     /// Builds and swaps in a new routing table. Called with `loaded` locked,
     /// so tables are published in the order of the changes.
     fn publish(&self, loaded: &BTreeMap<String, Entry>) {
-        self.inner.table.store(Arc::new(Table::build(loaded)));
+        self.inner.table.store(Arc::new(Table::build(loaded, &self.inner.traffic)));
     }
 
     pub(crate) fn app_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {

@@ -953,6 +953,29 @@ impl Client {
     }
 }
 
+/// The metrics endpoints: hearth's own time series.
+impl Client {
+    /// The metric names there are, with their series counts.
+    pub async fn metrics(&self) -> Result<crate::types::MetricList, Error> {
+        self.call(Method::GET, "/v1/metrics", None).await
+    }
+
+    /// The series of a metric over a span (each `match` repeated).
+    pub async fn query_metric(
+        &self,
+        query: &crate::types::MetricQuery,
+    ) -> Result<crate::types::MetricQueryResult, Error> {
+        let mut pairs = vec![("name", query.name.as_str())];
+        for (key, value) in [("since", &query.since), ("until", &query.until), ("step", &query.step)] {
+            if let Some(value) = value {
+                pairs.push((key, value.as_str()));
+            }
+        }
+        pairs.extend(query.matchers.iter().map(|m| ("match", m.as_str())));
+        self.call(Method::GET, &format!("/v1/metrics/query?{}", self::query(&pairs)), None).await
+    }
+}
+
 async fn collect(response: Response<Incoming>) -> Result<Bytes, Error> {
     response.into_body().collect().await.map(|c| c.to_bytes()).map_err(|e| Error::Protocol(e.to_string()))
 }

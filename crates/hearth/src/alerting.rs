@@ -142,3 +142,31 @@ pub(crate) fn tap_logs(monitor: &Monitor, apps: &hearth_apps::Apps, workflows: &
         }
     });
 }
+
+/// Hands every batch of metric samples to the metric rules.
+pub(crate) fn feed_samples(monitor: &Monitor, metrics: &hearth_metrics::TimeSeries) {
+    let mut batches = metrics.subscribe();
+    let to = monitor.clone();
+    tokio::spawn(async move {
+        loop {
+            match batches.recv().await {
+                Ok(batch) => {
+                    let samples = batch
+                        .samples
+                        .iter()
+                        .map(|s| hearth_alerts::Sample {
+                            name: s.name.clone(),
+                            labels: s.labels.clone(),
+                            value: s.value,
+                        })
+                        .collect();
+                    to.samples(batch.at, samples);
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "Metric rules fell behind and skipped some batches of samples.");
+                }
+                Err(RecvError::Closed) => break,
+            }
+        }
+    });
+}

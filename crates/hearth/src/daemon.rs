@@ -282,9 +282,30 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
     .context("cannot start the alerting service")?;
     crate::alerting::tap_logs(&monitor, &apps, &workflows);
     let monitor_loop = tokio::spawn(monitor.clone().run(stop_rx.clone()));
+    let metrics = crate::metrics::open(data_dir)?;
+    crate::alerting::feed_samples(&monitor, &metrics);
+    let metrics_loop = tokio::spawn(metrics.clone().run(
+        crate::metrics::collectors(crate::metrics::Sources {
+            store: store.clone(),
+            store_file: store_path.clone(),
+            apps: apps.clone(),
+            machines: machines.clone(),
+            workflows: workflows.clone(),
+        }),
+        stop_rx.clone(),
+    ));
     let state = AppState::new(
         store,
-        hearth_api::server::Subsystems { machines, networks, apps, workflows, services, config, monitor },
+        hearth_api::server::Subsystems {
+            machines,
+            networks,
+            apps,
+            workflows,
+            services,
+            config,
+            monitor,
+            metrics,
+        },
         DaemonInfo {
             data_dir: data_dir.to_owned(),
             socket: socket_path.clone(),
@@ -346,6 +367,7 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
         servers.abort_all();
     }
     let _ = services_loop.await;
+    let _ = metrics_loop.await;
     let _ = monitor_loop.await;
     let _ = config_loop.await;
     let _ = machines_loop.await;

@@ -7,6 +7,7 @@ mod alerting;
 mod cmd;
 mod daemon;
 mod feed;
+mod metrics;
 mod output;
 mod paths;
 
@@ -76,6 +77,9 @@ enum Command {
     /// Layered configuration pushed to apps, machines and workflows: values, secrets, schemas, history.
     #[command(subcommand)]
     Config(cmd::config::Command),
+    /// hearth's own time series: request rates, errors, latency, health, CPU and memory, charted.
+    #[command(subcommand)]
+    Metrics(cmd::metrics::Command),
     /// Read and write the user key space of the store.
     #[command(subcommand)]
     Kv(cmd::kv::Command),
@@ -146,6 +150,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Kv(command) => cmd::kv::run(&client()?, command).await?,
         Command::Config(command) => cmd::config::run(&client()?, command).await?,
         Command::Alert(command) => cmd::alert::run(&client()?, command).await?,
+        Command::Metrics(command) => cmd::metrics::run(&client()?, command).await?,
         Command::Machine(command) => {
             return Ok(exit_code(cmd::machine::run(&client()?, &data_dir, command).await?));
         }

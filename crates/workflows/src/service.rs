@@ -5,7 +5,7 @@
 //! workflows; `executor` follows the records and executes runs; `runs`
 //! starts, signals, cancels, migrates and shows them.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -121,6 +121,8 @@ struct Inner {
     /// Every run's `log` lines as they are recorded, for log rules:
     /// `(workflow, line)`.
     log_tap: tokio::sync::broadcast::Sender<(Arc<str>, String)>,
+    /// Runs this executor ended as failed, by workflow, since it started.
+    failed: Mutex<BTreeMap<String, u64>>,
 }
 
 /// Lines the log tap's reader may fall behind before it misses some.
@@ -165,6 +167,7 @@ impl Workflows {
                 permits,
                 deploys: tokio::sync::Mutex::new(()),
                 lease: Mutex::default(),
+                failed: Mutex::default(),
             }),
         })
     }
@@ -201,6 +204,16 @@ impl Workflows {
 
     pub(crate) fn services(&self) -> &crate::outbound::Balancers {
         &self.inner.services
+    }
+
+    /// Runs this daemon's executor ended as failed, by workflow, since it
+    /// started (cumulative; the metrics take the differences).
+    pub fn failed_runs(&self) -> Vec<(String, u64)> {
+        lock(&self.inner.failed).iter().map(|(name, n)| (name.clone(), *n)).collect()
+    }
+
+    pub(crate) fn count_failed(&self, workflow: &str) {
+        *lock(&self.inner.failed).entry(workflow.to_owned()).or_default() += 1;
     }
 
     /// Runs being executed right now (for tests and `status`).

@@ -17,6 +17,7 @@ pub(crate) mod kv;
 pub(crate) mod leases;
 pub(crate) mod machines;
 pub(crate) mod networks;
+pub(crate) mod series;
 pub(crate) mod services;
 pub(crate) mod system;
 pub(crate) mod triggers;
@@ -82,6 +83,8 @@ pub struct Subsystems {
     pub services: hearth_services::Services,
     pub config: hearth_config::Config,
     pub monitor: hearth_monitor::Monitor,
+    /// The daemon's time series (`/v1/metrics`).
+    pub metrics: hearth_metrics::TimeSeries,
 }
 
 /// Everything a handler can reach. Cheap to clone.
@@ -99,6 +102,8 @@ struct Inner {
     services: hearth_services::Services,
     config: hearth_config::Config,
     monitor: hearth_monitor::Monitor,
+    /// The time series (the `metrics` subsystem; `metrics` below is Prometheus).
+    series: hearth_metrics::TimeSeries,
     info: DaemonInfo,
     started: Instant,
     metrics: Metrics,
@@ -124,7 +129,8 @@ impl AppState {
         info: DaemonInfo,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        let Subsystems { machines, networks, apps, workflows, services, config, monitor } = subsystems;
+        let Subsystems { machines, networks, apps, workflows, services, config, monitor, metrics: series } =
+            subsystems;
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -135,6 +141,7 @@ impl AppState {
                 services,
                 config,
                 monitor,
+                series,
                 info,
                 started: Instant::now(),
                 metrics: Metrics::new(apps.clone()),
@@ -192,6 +199,10 @@ impl AppState {
 
     pub(crate) fn services(&self) -> &hearth_services::Services {
         &self.inner.services
+    }
+
+    pub(crate) fn series(&self) -> &hearth_metrics::TimeSeries {
+        &self.inner.series
     }
 
     /// The bytes of deploy bodies the daemon may hold at once.
@@ -292,6 +303,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/config/key", get(config::key))
         .route("/v1/config/rekey", post(config::rekey))
         .route("/v1/config/watch", get(config::watch))
+        .route("/v1/metrics", get(series::list))
+        .route("/v1/metrics/query", get(series::query))
         .route("/v1/images", get(images::list))
         .route("/v1/images/pull", post(images::pull))
         .route("/v1/images/build", post(images::build))

@@ -100,14 +100,23 @@ async fn dispatch(apps: &Apps, req: Request<Incoming>) -> Response<Body> {
         // two declarations can make: each refuses a route taken).
         let service = apps.inner.upstreams.route(&host, path, &apps.inner.options.domain);
         match (app, service) {
-            (app, Some((matched, upstream))) if app.is_none_or(|(prefix, _)| prefix.len() < matched) => {
+            (app, Some((matched, upstream))) if app.is_none_or(|(prefix, _, _)| prefix.len() < matched) => {
                 drop(table);
                 return proxy::proxy(apps, upstream, req).await;
             }
-            (Some((_, target)), _) => target.clone(),
+            (Some((_, target, counters)), _) => (target.clone(), counters.clone()),
             (None, _) => return not_found(apps, &table, &host, path),
         }
     };
+    let (target, counters) = target;
+    let started = Instant::now();
+    let response = answer(apps, &target, req).await;
+    counters.record(response.status(), started.elapsed());
+    response
+}
+
+/// What the app a request was routed to answers (or why it cannot).
+async fn answer(apps: &Apps, target: &table::Target, req: Request<Incoming>) -> Response<Body> {
     match &target.serving {
         Ok(loaded) => {
             // An app's webhooks: requests under their paths are checked

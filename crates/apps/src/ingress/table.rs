@@ -3,13 +3,14 @@
 //! Immutable; the service builds a new one from what is loaded on every
 //! change and swaps it in whole.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use hearth_routing::route::prefix_matches;
 
 use crate::record::Route;
 use crate::service::Loaded;
+use crate::traffic::{RouteCounters, Traffic};
 use crate::triggers::Guards;
 
 /// One app in this daemon, as the table is built from it.
@@ -21,11 +22,14 @@ pub(crate) struct Entry {
     pub(crate) guards: Guards,
 }
 
+/// A route's path prefix, the app it goes to, and the route's counters.
+type Routed = (String, Arc<Target>, Arc<RouteCounters>);
+
 /// Where requests go: an immutable snapshot.
 #[derive(Default)]
 pub(crate) struct Table {
-    /// Host → (path prefix, target), longest prefix first.
-    hosts: HashMap<String, Vec<(String, Arc<Target>)>>,
+    /// Host → (path prefix, target, the route's counters), longest prefix first.
+    hosts: HashMap<String, Vec<Routed>>,
     /// Every app and its routes, for the 404 page.
     pub(crate) apps: Vec<(String, Vec<Route>)>,
 }
@@ -37,8 +41,14 @@ pub(crate) struct Target {
 }
 
 impl Table {
-    /// The table for the apps loaded, by name.
-    pub(crate) fn build(loaded: &BTreeMap<String, Entry>) -> Table {
+    /// The table for the apps loaded, by name, with each route's counters
+    /// from `traffic` (which forgets the routes no longer loaded).
+    pub(crate) fn build(loaded: &BTreeMap<String, Entry>, traffic: &Traffic) -> Table {
+        let routes: BTreeSet<(String, String)> = loaded
+            .iter()
+            .flat_map(|(name, entry)| entry.routes.iter().map(|r| (name.clone(), r.path.clone())))
+            .collect();
+        let counters = traffic.update(&routes);
         let mut table = Table::default();
         for (name, entry) in loaded {
             let target = Arc::new(Target {
@@ -47,24 +57,29 @@ impl Table {
                 guards: entry.guards.clone(),
             });
             for route in &entry.routes {
-                table.hosts.entry(route.host.clone()).or_default().push((route.path.clone(), target.clone()));
+                let counted = counters[&(name.clone(), route.path.clone())].clone();
+                table.hosts.entry(route.host.clone()).or_default().push((
+                    route.path.clone(),
+                    target.clone(),
+                    counted,
+                ));
             }
             table.apps.push((name.clone(), entry.routes.clone()));
         }
         for prefixes in table.hosts.values_mut() {
-            prefixes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+            prefixes.sort_by_key(|(prefix, _, _)| std::cmp::Reverse(prefix.len()));
         }
         table
     }
 
     /// The app for a request, by host and then the longest path prefix,
-    /// with the prefix it matched.
-    pub(crate) fn route(&self, host: &str, path: &str) -> Option<(&str, &Arc<Target>)> {
+    /// with the prefix it matched and that route's counters.
+    pub(crate) fn route(&self, host: &str, path: &str) -> Option<(&str, &Arc<Target>, &Arc<RouteCounters>)> {
         self.hosts
             .get(host)?
             .iter()
-            .find(|(prefix, _)| prefix_matches(prefix, path))
-            .map(|(prefix, t)| (prefix.as_str(), t))
+            .find(|(prefix, _, _)| prefix_matches(prefix, path))
+            .map(|(prefix, t, c)| (prefix.as_str(), t, c))
     }
 
     pub(crate) fn has_host(&self, host: &str) -> bool {

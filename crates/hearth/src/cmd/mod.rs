@@ -10,6 +10,7 @@ pub(crate) mod image;
 pub(crate) mod kv;
 pub(crate) mod lab;
 pub(crate) mod machine;
+pub(crate) mod metrics;
 pub(crate) mod network;
 pub(crate) mod service;
 pub(crate) mod snapshot;

@@ -478,3 +478,51 @@ group_wait = "0s"
     assert_eq!(keys.len(), 2, "{keys:?}");
     assert!(keys.contains(&"kv/incidents/1".to_owned()) && keys.contains(&"kv/incidents/2".to_owned()));
 }
+
+/// A metric rule fires when an app's error ratio stays high for its `for`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_metric_rule_fires_when_an_app_s_error_ratio_stays_high() {
+    let interval = std::ffi::OsString::from("200");
+    let daemon =
+        Daemon::start_with_env(BIN, &[("HEARTH_TEST_METRICS_INTERVAL_MS", interval.as_os_str())]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    deploy(&daemon, dir.path(), "shop", "");
+    let port = ingress_port(&daemon).await;
+    let rules = r#"
+[[receiver]]
+name = "book"
+record = {}
+
+[[rule]]
+name = "shop-errors"
+metric = { name = "app_error_ratio", labels = { app = "shop" }, op = ">", value = 0.5, for = "1s" }
+summary = "shop fails {{ value }} of its requests"
+notify = ["book"]
+group_wait = "0s"
+"#;
+    success(&apply(&daemon, dir.path(), rules));
+    // Healthy traffic first.
+    for _ in 0..5 {
+        assert_eq!(get(port, "shop.localhost", "/").0, 200);
+    }
+    // Then every request fails, for as long as it takes.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = get(port, "shop.localhost", "/trap");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let fired =
+        wait_until(Duration::from_secs(30), async || !history(&daemon, "shop-errors").is_empty()).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.join().expect("the load thread");
+    assert!(fired, "{}", success(&daemon.cli(&["alert", "ls"])));
+    let entry = &history(&daemon, "shop-errors")[0];
+    assert_eq!(entry["alerts"][0]["labels"]["app"], "shop");
+    let summary = entry["alerts"][0]["summary"].as_str().unwrap_or_default();
+    assert!(summary.starts_with("shop fails 1"), "{summary}");
+}

@@ -29,6 +29,7 @@ mod machines_lifecycle;
 mod machines_main;
 mod machines_snapshot;
 mod machines_ssh;
+mod metrics_cli;
 mod networks_daemon;
 mod networks_faults;
 mod services_dns;

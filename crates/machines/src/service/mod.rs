@@ -255,6 +255,23 @@ impl Machines {
         }
     }
 
+    /// Each machine whose VMM process is running, with its pid (for the
+    /// daemon's metrics: CPU and memory read from `/proc`). Reads the
+    /// machine directories' `vm.pid` files.
+    pub fn vmm_pids(&self) -> Vec<(String, u32)> {
+        let Ok(entries) = std::fs::read_dir(&self.inner.machines_dir) else { return Vec::new() };
+        let mut pids: Vec<(String, u32)> = entries
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().into_string().ok()?;
+                let pid = vmm::running_pid(&VmFiles::in_dir(&entry.path()), &name)?;
+                Some((name, pid))
+            })
+            .collect();
+        pids.sort();
+        pids
+    }
+
     fn dir(&self, name: &str) -> PathBuf {
         self.inner.machines_dir.join(name)
     }

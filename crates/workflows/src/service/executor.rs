@@ -438,7 +438,9 @@ impl Workflows {
         ended.updated_at = now;
         ended.finished_at = Some(now);
         // The parent, if any, is woken by the record this writes.
-        self.write_run(&ended, rev).await?;
+        if self.write_run(&ended, rev).await? && ended.status == Status::Failed {
+            self.count_failed(&ended.workflow);
+        }
         Ok(())
     }
 
