@@ -159,7 +159,7 @@ mod tests {
         check(ImageSource::ALL, &["registry", "debootstrap"]);
         check(LogStream::ALL, &["stdout", "stderr", "request", "hearth"]);
         check(RunStatus::ALL, &["running", "waiting", "completed", "failed", "cancelled"]);
-        check(StartedBy::ALL, &["cli", "api", "webhook", "cron", "event", "child"]);
+        check(StartedBy::ALL, &["cli", "api", "webhook", "cron", "event", "child", "alert"]);
         check(RunLogSource::ALL, &["log", "output"]);
         check(TriggerKind::ALL, &["cron", "event", "webhook"]);
         check(TriggerSource::ALL, &["manifest", "api"]);
