@@ -202,13 +202,9 @@ impl Monitor {
                     fresh
                 }
             },
-            None => {
-                // Anchored at once: a crash before anything else is written
-                // still follows on from here.
-                let fresh = Persisted { revision: store.revision().await?, state: State::default() };
-                store.put(keys::STATE, encode(&fresh), None).await?;
-                fresh
-            }
+            // Nothing is written until something matters (a rule applied,
+            // an alert seen): a new daemon's store stays empty.
+            None => Persisted { revision: store.revision().await?, state: State::default() },
         };
         let (tx, rx) = mpsc::channel(INPUT_BACKLOG);
         Ok(Monitor {

@@ -372,6 +372,7 @@ group_wait = "0s"
 
     // After one more kill, a new alert's mail is the only one that comes:
     // nothing before it was repeated.
+    assert!(wait_until(Duration::from_secs(10), async || history(&daemon, "job-failed").len() == 2).await);
     daemon.kill9();
     daemon.restart().await;
     success(&daemon.cli(&["kv", "put", "canary/1", "tweet"]));
