@@ -17,9 +17,6 @@ use super::AppState;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 
-const DEFAULT_HISTORY: usize = 50;
-const MAX_HISTORY: usize = 1000;
-
 fn applied(applied: Applied) -> AlertRulesApplied {
     AlertRulesApplied {
         revision: applied.revision,
@@ -220,14 +217,7 @@ pub(crate) async fn history(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<AlertHistoryQuery>,
 ) -> Result<axum::Json<AlertHistory>, ApiError> {
-    let limit = query.limit.unwrap_or(DEFAULT_HISTORY);
-    if limit == 0 || limit > MAX_HISTORY {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("limit {limit} is out of range"),
-            format!("use a limit from 1 to {MAX_HISTORY}"),
-        ));
-    }
+    let limit = super::history_limit(query.limit)?;
     let entries = state.monitor().history(&HistoryQuery { rule: query.rule, limit }).await?;
     let entries = entries
         .into_iter()

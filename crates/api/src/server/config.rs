@@ -22,9 +22,6 @@ use super::AppState;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 
-const DEFAULT_HISTORY: usize = 50;
-const MAX_HISTORY: usize = 1000;
-
 fn scope(text: Option<&str>) -> Result<Scope, ApiError> {
     Ok(text.filter(|t| !t.is_empty()).unwrap_or("global").parse::<Scope>()?)
 }
@@ -185,14 +182,7 @@ pub(crate) async fn history(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ConfigHistoryQuery>,
 ) -> Result<axum::Json<ConfigHistory>, ApiError> {
-    let limit = query.limit.unwrap_or(DEFAULT_HISTORY);
-    if limit == 0 || limit > MAX_HISTORY {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("limit {limit} is out of range"),
-            format!("use a limit from 1 to {MAX_HISTORY}"),
-        ));
-    }
+    let limit = super::history_limit(query.limit)?;
     let entries = state.config().history(query.prefix.as_deref().unwrap_or(""), limit).await?;
     let entries = entries
         .into_iter()

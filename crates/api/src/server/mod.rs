@@ -6,6 +6,23 @@
 //! store handle → a wire type from `hearth_client::types`, or an [`ApiError`].
 
 pub(crate) mod alerts;
+
+/// How many history entries a listing gives unless asked, and at most.
+const DEFAULT_HISTORY: usize = 50;
+const MAX_HISTORY: usize = 1000;
+
+/// A history listing's `limit`, checked: 1 to [`MAX_HISTORY`].
+pub(crate) fn history_limit(asked: Option<usize>) -> Result<usize, ApiError> {
+    let limit = asked.unwrap_or(DEFAULT_HISTORY);
+    if limit == 0 || limit > MAX_HISTORY {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit {limit} is out of range"),
+            format!("use a limit from 1 to {MAX_HISTORY}"),
+        ));
+    }
+    Ok(limit)
+}
 pub(crate) mod apps;
 mod auth;
 pub(crate) mod config;

@@ -4,13 +4,13 @@
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpListener;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hearth_testkit::{Daemon, failure, success, wait_until};
 
 use super::apps_triggers::{deploy, get, ingress_port};
+use super::config_cli::cli_with_stdin;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hearth");
 const HOOK_SECRET: &str = "hook-secret-5b1e";
@@ -102,22 +102,6 @@ fn serve(stream: std::net::TcpStream, keep: &Mutex<Vec<Received>>) {
         keep.lock().unwrap().push(Received { headers, body });
         let _ = writer.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
     }
-}
-
-/// `hearth ARGS` with `stdin` piped in.
-fn cli_with_stdin(daemon: &Daemon, args: &[&str], stdin: &str) -> std::process::Output {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env("HEARTH_DATA_DIR", daemon.data_dir())
-        .env_remove("HEARTH_HOST")
-        .env_remove("HEARTH_TOKEN")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run the hearth CLI");
-    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
-    child.wait_with_output().expect("the CLI ends")
 }
 
 fn apply(daemon: &Daemon, dir: &std::path::Path, text: &str) -> std::process::Output {

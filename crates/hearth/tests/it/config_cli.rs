@@ -20,7 +20,7 @@ fn body(port: u16, host: &str, path: &str) -> String {
 }
 
 /// `hearth ARGS` with `stdin` piped in.
-fn cli_with_stdin(daemon: &Daemon, args: &[&str], stdin: &str) -> std::process::Output {
+pub(crate) fn cli_with_stdin(daemon: &Daemon, args: &[&str], stdin: &str) -> std::process::Output {
     let mut child = Command::new(BIN)
         .args(args)
         .env("HEARTH_DATA_DIR", daemon.data_dir())
