@@ -13,10 +13,16 @@
 //!   endpoints and DNS and to a passing replacement, DNS lookups per second
 //!   against a plain hickory-proto responder, and failed requests through
 //!   the ingress during a rolling deploy.
+//! - [`config`]: from `config set` to an app or a machine holding the value,
+//!   against a plain store event.
+//! - [`alerts`]: from a store event to its webhook delivered, against the
+//!   same event through the events stream, and the alert engine's
+//!   throughput with 100 rules against matching alone.
 //! - [`output`]: tables for people, JSON for programs (the CLI's too).
 //!
 //! The store's own benchmark is `hearth_store::bench`.
 
+pub mod alerts;
 pub mod apps;
 pub mod config;
 pub mod machines;

@@ -72,6 +72,15 @@ pub(crate) enum Command {
     /// Talks to the running daemon, deploys an app (and runs a machine)
     /// named bench-config-PID and removes them again.
     Config(hearth_bench::config::Args),
+    /// Alerts: from a store event to its webhook delivered, against the same
+    /// event through the events stream; and rule evaluation throughput with
+    /// 100 event, log and metric rules in this process, against matching
+    /// alone.
+    ///
+    /// Talks to the running daemon, adds a webhook receiver and an event rule
+    /// named bench-alerts-PID to the rules in force, puts keys under
+    /// kv/bench-alerts-PID/, and puts the rules back and the keys away.
+    Alerts(hearth_bench::alerts::Args),
 }
 
 /// Runs a benchmark; `client` connects to the daemon for those that need one.
@@ -86,6 +95,7 @@ pub(crate) async fn run(
         Command::Apps(args) => apps::run(&client()?, args).await?,
         Command::Services(args) => services::run(&client()?, args).await?,
         Command::Config(args) => hearth_bench::config::run(&client()?, args).await?,
+        Command::Alerts(args) => hearth_bench::alerts::run(&client()?, args).await?,
         Command::Store { ops, concurrency, value_size, dir, json } => {
             let tmp = match dir {
                 Some(dir) => tempfile::tempdir_in(&dir),
