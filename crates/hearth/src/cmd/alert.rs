@@ -103,7 +103,7 @@ pub(crate) struct RuleArgs {
     #[arg(long, requires = "metric", allow_hyphen_values = true)]
     value: Option<f64>,
     /// How long the condition holds before the alert fires (with --log or --metric): 1m.
-    #[arg(long = "for", value_name = "DURATION")]
+    #[arg(long = "for", value_name = "DURATION", conflicts_with = "event")]
     pending_for: Option<String>,
     /// A receiver to notify (repeat for several).
     #[arg(long, value_name = "RECEIVER")]
@@ -428,6 +428,17 @@ mod tests {
         assert_eq!(table["metric"]["value"].as_float(), Some(0.2));
         assert_eq!(table["metric"]["labels"]["app"].as_str(), Some("shop"));
         assert_eq!(table["metric"]["for"].as_str(), Some("1m"));
+    }
+
+    #[test]
+    fn an_event_rule_refuses_a_pending_period() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: RuleArgs,
+        }
+        let parsed = <Cli as clap::Parser>::try_parse_from(["x", "r", "--event", "kv/", "--for", "1m"]);
+        assert!(parsed.is_err(), "an event rule fires at its event");
     }
 
     #[test]
