@@ -18,6 +18,7 @@ mod types;
 pub mod names;
 mod validate;
 
+pub mod acts;
 pub mod bench;
 pub mod follow;
 pub mod redb;
