@@ -40,6 +40,27 @@ macro_rules! service_act {
     };
 }
 
+/// An act recorded at `acts/` (`hearth_store::acts`).
+macro_rules! act {
+    ($name:literal, $action:literal, $what:literal) => {
+        Entry {
+            table: "rule",
+            name: $name,
+            toml: concat!(
+                "name = \"",
+                $name,
+                "\"\nevent = { prefix = \"acts/\", kind = \"put\", match = { action = \"",
+                $action,
+                "\" } }\nlabels = { severity = \"info\", act = \"",
+                $action,
+                "\" }\nsummary = \"",
+                $what,
+                ": {{ value.subject }}: {{ value.reason }}\"\nnotify = [\"history\"]\ngroup_by = [\"key\"]\ngroup_wait = \"0s\"\n"
+            ),
+        }
+    };
+}
+
 const ENTRIES: &[Entry] = &[
     Entry { table: "receiver", name: HISTORY, toml: "name = \"history\"\nrecord = {}\n" },
     service_act!("hearth-restarted", "restarted", "supervision restarted an instance"),
@@ -47,6 +68,8 @@ const ENTRIES: &[Entry] = &[
     service_act!("hearth-rolled-back", "rolled-back", "a rollout was rolled back"),
     service_act!("hearth-expired", "expired", "a registration expired"),
     service_act!("hearth-instance-failed", "failed", "an instance failed"),
+    act!("hearth-recovered", "recovered", "recovered after a restart"),
+    act!("hearth-main-restarted", "restarted", "a machine's main process was restarted"),
     Entry {
         table: "rule",
         name: "hearth-machine-failed",
@@ -187,6 +210,37 @@ mod tests {
         assert_eq!((n.rule.as_str(), n.receiver.as_str()), ("hearth-restarted", HISTORY));
         let summary = &n.alerts[0].annotations["summary"];
         assert!(summary.contains("web-1") && summary.contains("its check failed"), "{summary}");
+    }
+
+    #[test]
+    fn a_recovery_after_a_restart_and_a_main_process_restart_are_recorded() {
+        let rules = Rules::parse(&merge("")).unwrap();
+        let mut state = State::default();
+        let recovered = br#"{"at_ms":1,"subject":"machine:db","action":"recovered","reason":"adopted its VM (pid 7), still running when the daemon restarted"}"#;
+        let restarted = br#"{"at_ms":2,"subject":"machine:db","action":"restarted","reason":"the agent restarted the main process (exited with code 3); restart 1"}"#;
+        state.observe_event(&rules, &EventInput::put("acts/000000000000001-000000", recovered), 1000);
+        state.observe_event(&rules, &EventInput::put("acts/000000000000002-000001", restarted), 1000);
+        state.evaluate(&rules, 1000);
+        let plan = state.plan(&rules, 1000);
+        let mut seen: Vec<(&str, &str)> = plan
+            .notifications
+            .iter()
+            .map(|n| (n.rule.as_str(), n.alerts[0].annotations["summary"].as_str()))
+            .collect();
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                (
+                    "hearth-main-restarted",
+                    "a machine's main process was restarted: machine:db: the agent restarted the main process (exited with code 3); restart 1"
+                ),
+                (
+                    "hearth-recovered",
+                    "recovered after a restart: machine:db: adopted its VM (pid 7), still running when the daemon restarted"
+                ),
+            ]
+        );
     }
 
     #[test]

@@ -280,14 +280,29 @@ impl Machines {
     }
 
     async fn record_main(&self, name: &str, report: &MainStatus) -> Result<(), Error> {
+        let mut restarted = None;
         let updated = self
             .update(name, |rec| {
-                let main = MainProcess::from_report(report, rec.status.main.as_ref());
-                let changed = rec.status.main.as_ref() != Some(&main);
+                let previous = rec.status.main.as_ref();
+                let main = MainProcess::from_report(report, previous);
+                let changed = previous != Some(&main);
+                restarted = previous.filter(|p| main.restarts > p.restarts).cloned();
                 rec.status.main = Some(main);
                 changed
             })
             .await?;
+        if let (Some(before), Some(main)) =
+            (&restarted, updated.as_ref().and_then(|r| r.status.main.as_ref()))
+        {
+            let ended = match (before.exit_code, before.signal) {
+                (_, Some(signal)) => format!("killed by signal {signal}"),
+                (Some(code), None) => format!("exited with code {code}"),
+                (None, None) => "ended".to_owned(),
+            };
+            let reason = format!("the agent restarted the main process ({ended}); restart {}", main.restarts);
+            hearth_store::acts::record(&*self.inner.store, &format!("machine:{name}"), "restarted", reason)
+                .await;
+        }
         if let Some(main) = updated.and_then(|rec| rec.status.main) {
             tracing::info!(
                 machine = name,

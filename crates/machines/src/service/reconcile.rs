@@ -62,9 +62,13 @@ impl Machines {
             match (rec.status.state, alive) {
                 (State::Running, Some(pid)) => {
                     tracing::info!(machine = rec.name, pid, "Adopted a running machine.");
+                    self.record_recovery(&rec.name, format!("adopted its VM (pid {pid}), still running"))
+                        .await;
                 }
                 (State::Starting | State::Stopping, Some(pid)) => {
                     tracing::info!(machine = rec.name, pid, "Adopting a machine caught mid-transition.");
+                    let reason = format!("adopted its VM (pid {pid}), caught {}", rec.status.state.as_str());
+                    self.record_recovery(&rec.name, reason).await;
                     self.set_status(&rec.name, |s| {
                         s.state = State::Running;
                         s.phase = None;
@@ -94,6 +98,13 @@ impl Machines {
             self.kick(&rec.name);
         }
         Ok(revision)
+    }
+
+    /// Records, for `hearth alert history`, a machine this daemon took
+    /// back from the one before it.
+    async fn record_recovery(&self, name: &str, what: String) {
+        let reason = format!("{what} when the daemon restarted");
+        hearth_store::acts::record(&*self.inner.store, &format!("machine:{name}"), "recovered", reason).await;
     }
 
     async fn check_liveness(&self) {

@@ -233,6 +233,12 @@ pub struct Follower {
 }
 
 impl Follower {
+    /// The same log, read from its first byte on (of `console.log`; what
+    /// rotated out before is not read).
+    pub fn from_start(self) -> Self {
+        Self { offset: 0, ..self }
+    }
+
     /// What was written since the last call, at most [`READ_LIMIT`] bytes;
     /// empty when nothing was.
     pub fn read_new(&mut self) -> io::Result<Vec<u8>> {

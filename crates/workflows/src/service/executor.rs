@@ -42,7 +42,7 @@ impl Workflows {
     /// turns true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), Error> {
         self.give_up_last_life().await?;
-        let from = self.recover().await? + 1;
+        let from = self.recover(true).await? + 1;
         let store = &self.inner.store;
         let mut runs = Follower::new(store.clone(), record::RUNS, from, "Workflow runs");
         let mut signals = Follower::new(store.clone(), record::SIGNALS, from, "Workflow signals");
@@ -160,7 +160,7 @@ impl Workflows {
         let event = match change {
             Change::Event(event) => event,
             Change::Reset(_) => {
-                self.recover().await?;
+                self.recover(false).await?;
                 return Ok(());
             }
         };
@@ -207,10 +207,13 @@ impl Workflows {
 
     /// Wakes what was running, schedules what waits on time, and wakes what
     /// waits on a signal or a child that came while the daemon was down.
-    /// Returns the revision the runs were read at.
-    async fn recover(&self) -> Result<Revision, Error> {
+    /// Returns the revision the runs were read at. At start-up
+    /// (`after_restart`) the runs picked up are recorded as an act, for
+    /// `hearth alert history`.
+    async fn recover(&self, after_restart: bool) -> Result<Revision, Error> {
         let runs = self.inner.store.range(record::RUNS).await?;
         let (mut woken, mut waiting) = (0, 0);
+        let mut picked_up: Vec<&str> = Vec::new();
         for kv in &runs.kvs {
             let run: Run = match decode(&kv.key, &kv.value) {
                 Ok(run) => run,
@@ -223,9 +226,11 @@ impl Workflows {
                 (Status::Running, _) => {
                     self.wake(&run.id);
                     woken += 1;
+                    picked_up.push(kv.key.trim_start_matches(record::RUNS));
                 }
                 (Status::Waiting, Some(wait)) => {
                     waiting += 1;
+                    picked_up.push(kv.key.trim_start_matches(record::RUNS));
                     if let Some(deadline) = wait.deadline {
                         self.schedule(deadline, &run.id);
                     }
@@ -239,6 +244,18 @@ impl Workflows {
         }
         if woken + waiting > 0 {
             tracing::info!(resumed = woken, waiting, "Workflow runs picked up.");
+        }
+        if after_restart && !picked_up.is_empty() {
+            let mut named = picked_up.iter().take(5).copied().collect::<Vec<_>>().join(", ");
+            if picked_up.len() > 5 {
+                named.push_str(&format!(" and {} more", picked_up.len() - 5));
+            }
+            let reason = format!(
+                "picked up {} runs when the daemon restarted ({woken} to resume, {} waiting): {named}",
+                picked_up.len(),
+                picked_up.len() - woken
+            );
+            hearth_store::acts::record(&*self.inner.store, "workflows", "recovered", reason).await;
         }
         Ok(runs.revision)
     }
