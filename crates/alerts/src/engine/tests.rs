@@ -893,3 +893,24 @@ fn the_state_is_json_and_reads_back_equal() {
     let back: State = serde_json::from_value(json).unwrap();
     assert_eq!(back, w.state);
 }
+
+#[test]
+fn an_event_alert_that_stops_matching_is_told_resolved() {
+    let mut w = World::new(
+        r#"
+[[rule]]
+name = "down"
+event = { prefix = "probe/down", match = { state = "down" }, resolve_after = "never" }
+labels = { severity = "critical", site = "a" }
+notify = ["ops"]
+group_wait = "0s"
+group_interval = "1s"
+"#,
+    );
+    w.put("probe/down", json!({ "state": "down" }));
+    assert_eq!(w.take(), ["0s ops firing +probe/down"]);
+    w.now += S;
+    w.put("probe/down", json!({ "state": "up" }));
+    w.until(T0 + M);
+    assert_eq!(w.take(), ["1s ops resolved -probe/down"]);
+}
