@@ -281,6 +281,7 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
     .await
     .context("cannot start the alerting service")?;
     crate::alerting::tap_logs(&monitor, &apps, &workflows);
+    crate::alerting::tail_machine_logs(&monitor, &machines, &services, stop_rx.clone());
     let monitor_loop = tokio::spawn(monitor.clone().run(stop_rx.clone()));
     let metrics = crate::metrics::open(data_dir)?;
     crate::alerting::feed_samples(&monitor, &metrics);

@@ -239,7 +239,7 @@ impl Monitor {
         &self.inner.options
     }
 
-    /// A line `source` (`app:NAME`, `workflow:NAME`) logged. Never blocks:
+    /// A line `source` (`app:NAME`, `workflow:NAME`, `machine:NAME`, `service:NAME`) logged. Never blocks:
     /// when the loop is far behind, the line is dropped and counted.
     pub fn log(&self, source: &str, line: &str) {
         let input = Input::Log { source: source.to_owned(), line: line.to_owned(), at: now_ms() };

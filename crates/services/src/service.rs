@@ -744,6 +744,20 @@ impl Services {
         Ok(())
     }
 
+    /// Which service each instance machine belongs to: machine name to
+    /// service name.
+    pub async fn machine_owners(&self) -> Result<HashMap<String, String>, Error> {
+        let range = self.store().range(record::INSTANCES).await?;
+        let mut owners = HashMap::new();
+        for kv in &range.kvs {
+            let instance: InstanceRecord = parse(kv)?;
+            if let Some(machine) = instance.machine {
+                owners.insert(machine, instance.service);
+            }
+        }
+        Ok(owners)
+    }
+
     /// What the platform did by itself for a service, oldest first.
     pub async fn history(&self, name: &str) -> Result<Vec<HistoryEntry>, Error> {
         let range = self.store().range(&record::history_prefix(name)).await?;

@@ -1,13 +1,16 @@
 //! What joins the alerting service to the rest of the daemon: the
 //! receivers (webhooks and mail through `hearth_notify`, workflow runs),
-//! and the inputs (every app's and workflow's log lines).
+//! and the inputs (log lines and metric samples, in [`inputs`]).
+
+mod inputs;
+
+pub(crate) use inputs::{feed_samples, tail_machine_logs, tap_logs};
 
 use async_trait::async_trait;
 use hearth_alerts::Notification;
 use hearth_alerts::rules::{Receiver, ReceiverKind};
 use hearth_alerts::webhook::Message;
-use hearth_monitor::{Deliver, Failure, Monitor};
-use tokio::sync::broadcast::error::RecvError;
+use hearth_monitor::{Deliver, Failure};
 
 /// Delivers notifications for the daemon.
 pub(crate) struct Receivers {
@@ -108,65 +111,4 @@ impl Deliver for Receivers {
 fn failure(error: hearth_notify::Error) -> Failure {
     let message = hearth_store::chain(&error);
     if error.is_retryable() { Failure::retry(message) } else { Failure::permanent(message) }
-}
-
-/// Forwards every app's and workflow's log lines to the alert rules.
-pub(crate) fn tap_logs(monitor: &Monitor, apps: &hearth_apps::Apps, workflows: &hearth_workflows::Workflows) {
-    let mut apps_rx = apps.tap_logs();
-    let to = monitor.clone();
-    tokio::spawn(async move {
-        loop {
-            match apps_rx.recv().await {
-                Ok((app, line)) => to.log(&format!("app:{app}"), &line.text),
-                Err(RecvError::Lagged(missed)) => {
-                    tracing::warn!(missed, "Log rules fell behind the apps' logs and skipped some lines.");
-                }
-                Err(RecvError::Closed) => break,
-            }
-        }
-    });
-    let mut workflows_rx = workflows.tap_logs();
-    let to = monitor.clone();
-    tokio::spawn(async move {
-        loop {
-            match workflows_rx.recv().await {
-                Ok((workflow, line)) => to.log(&format!("workflow:{workflow}"), &line),
-                Err(RecvError::Lagged(missed)) => {
-                    tracing::warn!(
-                        missed,
-                        "Log rules fell behind the workflows' logs and skipped some lines."
-                    );
-                }
-                Err(RecvError::Closed) => break,
-            }
-        }
-    });
-}
-
-/// Hands every batch of metric samples to the metric rules.
-pub(crate) fn feed_samples(monitor: &Monitor, metrics: &hearth_metrics::TimeSeries) {
-    let mut batches = metrics.subscribe();
-    let to = monitor.clone();
-    tokio::spawn(async move {
-        loop {
-            match batches.recv().await {
-                Ok(batch) => {
-                    let samples = batch
-                        .samples
-                        .iter()
-                        .map(|s| hearth_alerts::Sample {
-                            name: s.name.clone(),
-                            labels: s.labels.clone(),
-                            value: s.value,
-                        })
-                        .collect();
-                    to.samples(batch.at, samples);
-                }
-                Err(RecvError::Lagged(missed)) => {
-                    tracing::warn!(missed, "Metric rules fell behind and skipped some batches of samples.");
-                }
-                Err(RecvError::Closed) => break,
-            }
-        }
-    });
 }

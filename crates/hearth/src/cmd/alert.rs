@@ -78,7 +78,7 @@ pub(crate) struct RuleArgs {
     /// A condition on the event's JSON value: status.state=failed, code=500 (the value is TOML; a bare word is a string).
     #[arg(long = "match", value_name = "PATH=VALUE", requires = "event")]
     matches: Vec<String>,
-    /// Log lines of app:NAME, workflow:NAME, or a prefix with * (app:*).
+    /// Log lines of app:NAME, workflow:NAME, machine:NAME, service:NAME, or a prefix with * (app:*).
     #[arg(long, value_name = "SOURCE", conflicts_with = "metric", requires = "regex")]
     log: Option<String>,
     /// The regular expression a counted line matches (with --log).

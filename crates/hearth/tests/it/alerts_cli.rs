@@ -1,6 +1,6 @@
 //! Issue 15, alerts: rules over store events, app logs and metrics; a
-//! signed webhook, silences, mail exactly once across kill -9, bad input,
-//! through the binary's CLI.
+//! signed webhook, silences, inhibition, a rate limit, mail exactly once
+//! across kill -9, bad input, through the binary's CLI.
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpListener;
@@ -239,6 +239,103 @@ group_wait = "0s"
         rules.contains("out-of-stock") && rules.contains("hearth-restarted") && rules.contains("built-in"),
         "{rules}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_inhibited_alert_waits_for_its_source_to_resolve_and_a_rate_limit_holds_the_rest() {
+    let daemon = Daemon::start(BIN).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = r#"
+[[receiver]]
+name = "book"
+record = {}
+
+[[rule]]
+name = "site-down"
+event = { prefix = "kv/probe/down", match = { state = "down" }, resolve_after = "never" }
+labels = { severity = "critical", site = "a" }
+notify = ["book"]
+group_wait = "0s"
+group_interval = "1s"
+
+[[rule]]
+name = "site-slow"
+event = { prefix = "kv/probe/slow", match = { state = "slow" }, resolve_after = "never" }
+labels = { severity = "warning", site = "a" }
+notify = ["book"]
+group_wait = "0s"
+
+[[rule]]
+name = "flappy"
+event = { prefix = "kv/flap/" }
+notify = ["book"]
+group_by = ["key"]
+group_wait = "0s"
+rate_limit = "2/h"
+
+[[rule]]
+name = "marker"
+event = { prefix = "kv/marker/" }
+notify = ["book"]
+group_wait = "0s"
+group_interval = "1s"
+
+[[inhibit]]
+source = { severity = "critical" }
+target = { severity = "warning" }
+equal = ["site"]
+"#;
+    success(&apply(&daemon, dir.path(), rules));
+    let alerts = || {
+        let text = success(&daemon.cli(&["alert", "ls", "--json"]));
+        let list: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        list["alerts"].as_array().cloned().unwrap_or_default()
+    };
+    let marked = async |n: usize| {
+        success(&daemon.cli(&["kv", "put", &format!("marker/{n}"), "{}"]));
+        wait_until(Duration::from_secs(10), async || history(&daemon, "marker").len() == n).await
+    };
+
+    // The site is down: its alert fires; the warning for the same site
+    // fires too, but is held back while the critical one fires.
+    success(&daemon.cli(&["kv", "put", "probe/down", r#"{"state":"down"}"#]));
+    assert!(
+        wait_until(Duration::from_secs(10), async || history(&daemon, "site-down").len() == 1).await,
+        "{}\n{}\n{}",
+        success(&daemon.cli(&["alert", "ls"])),
+        success(&daemon.cli(&["alert", "history"])),
+        daemon.log()
+    );
+    success(&daemon.cli(&["kv", "put", "probe/slow", r#"{"state":"slow"}"#]));
+    // Everything before the marker has been judged once its record is in.
+    assert!(marked(1).await);
+    let slow = alerts().into_iter().find(|a| a["rule"] == "site-slow");
+    let slow = slow.unwrap_or_else(|| panic!("site-slow is not listed: {:?}", alerts()));
+    assert_eq!((slow["phase"].as_str(), slow["muted"].as_bool()), (Some("firing"), Some(true)), "{slow}");
+    assert!(history(&daemon, "site-slow").is_empty(), "an inhibited alert was notified");
+
+    // The site is back: the critical alert resolves, and the warning,
+    // still firing, is told at last.
+    success(&daemon.cli(&["kv", "put", "probe/down", r#"{"state":"up"}"#]));
+    assert!(
+        wait_until(Duration::from_secs(10), async || history(&daemon, "site-slow").len() == 1).await,
+        "{}",
+        success(&daemon.cli(&["alert", "ls"]))
+    );
+    // A record receiver keeps no "resolved" entry: the alert is gone.
+    let alerts_now = alerts();
+    assert!(!alerts_now.iter().any(|a| a["rule"] == "site-down" && a["phase"] == "firing"), "{alerts_now:?}");
+
+    // Four groups fire at once under a limit of two an hour: two are told
+    // now, the others wait for a slot.
+    for i in 0..4 {
+        success(&daemon.cli(&["kv", "put", &format!("flap/{i}"), "{}"]));
+    }
+    assert!(wait_until(Duration::from_secs(10), async || history(&daemon, "flappy").len() == 2).await);
+    assert!(marked(2).await);
+    assert_eq!(history(&daemon, "flappy").len(), 2, "the rate limit let more through");
+    let flapping = alerts().iter().filter(|a| a["rule"] == "flappy" && a["phase"] == "firing").count();
+    assert_eq!(flapping, 4, "{:?}", alerts());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -16,11 +16,44 @@ async fn main_state(daemon: &Daemon, name: &str) -> Option<hearth_client::types:
     daemon.client().machine(name).await.ok().and_then(|m: Machine| m.main)
 }
 
+/// The summaries of `rule`'s entries in the alert history, once it has one.
+async fn alert_history(daemon: &Daemon, rule: &str) -> Vec<String> {
+    let summaries = || {
+        let text = success(&daemon.cli(&["alert", "history", "--rule", rule, "--json"]));
+        let history: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        history["entries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["alerts"][0]["summary"].as_str().map(str::to_owned))
+            .collect::<Vec<_>>()
+    };
+    wait_until(Duration::from_secs(10), async || !summaries().is_empty()).await;
+    summaries()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_main_process_is_restarted_and_its_output_is_logged_apart_from_the_console() {
     let mut daemon = Daemon::start(BIN).await;
     let image = daemon.ensure_debian_image().await;
     let script = "echo hello-from-main; echo oops-from-main >&2; exit 3";
+    // A log rule over the machine's output (issue 15, item 5).
+    success(&daemon.cli(&[
+        "alert",
+        "rule",
+        "add",
+        "crashy-oops",
+        "--log",
+        "machine:crashy",
+        "--regex",
+        "oops-from-main",
+        "--count",
+        "> 1",
+        "--window",
+        "10m",
+        "--notify",
+        "history",
+    ]));
     success(&daemon.cli(&[
         "machine",
         "run",
@@ -64,6 +97,23 @@ async fn a_failing_main_process_is_restarted_and_its_output_is_logged_apart_from
     assert!(both.lines().any(|l| l == "main out| hello-from-main"), "{both}");
     assert!(both.lines().any(|l| l == "console| hearth-agent: ready"), "{both}");
 
+    // The log rule counted the machine's lines, and each restart the
+    // agent made is in the alert history (issue 15, item 7).
+    let firing = wait_until(Duration::from_secs(10), async || {
+        daemon.client().alerts().await.is_ok_and(|list| {
+            list.alerts.iter().any(|a| {
+                a.rule == "crashy-oops" && matches!(a.phase, hearth_client::types::AlertPhase::Firing)
+            })
+        })
+    })
+    .await;
+    assert!(firing, "{}", success(&daemon.cli(&["alert", "ls"])));
+    let restarted = alert_history(&daemon, "hearth-main-restarted").await;
+    assert!(
+        restarted.iter().any(|s| s.contains("machine:crashy") && s.contains("exited with code 3")),
+        "{restarted:?}"
+    );
+
     // The record is the truth across a daemon restart, and the agent tells
     // the new daemon about the restarts it made meanwhile.
     let before = main.restarts;
@@ -72,6 +122,12 @@ async fn a_failing_main_process_is_restarted_and_its_output_is_logged_apart_from
         wait_until(LIMIT, async || main_state(&daemon, "crashy").await.is_some_and(|m| m.restarts > before))
             .await;
     assert!(caught_up, "{:?}\n{}", main_state(&daemon, "crashy").await, daemon.log());
+    // The new daemon took the machine back, and says so.
+    let recovered = alert_history(&daemon, "hearth-recovered").await;
+    assert!(
+        recovered.iter().any(|s| s.contains("machine:crashy") && s.contains("adopted its VM")),
+        "{recovered:?}"
+    );
     // The machine itself runs on whatever its main process does.
     assert_eq!(daemon.client().machine("crashy").await.expect("machine").state, "running");
     success(&daemon.cli(&["machine", "rm", "-f", "crashy"]));

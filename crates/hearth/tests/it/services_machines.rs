@@ -42,6 +42,19 @@ async fn a_service_of_machines_is_kept_at_count_and_a_dead_vm_is_replaced() {
     let image = daemon.ensure_debian_image().await;
     let client = daemon.client();
 
+    // A log rule over the service's machines (issue 15, item 5).
+    success(&daemon.cli(&[
+        "alert",
+        "rule",
+        "add",
+        "web-serving",
+        "--log",
+        "service:web",
+        "--regex",
+        "serving v1",
+        "--notify",
+        "history",
+    ]));
     // `create` waits until both instances pass their check.
     let published = hearth_testkit::free_port().port();
     let publish = format!("{published}:8080");
@@ -84,6 +97,16 @@ async fn a_service_of_machines_is_kept_at_count_and_a_dead_vm_is_replaced() {
     for instance in ["web-1", "web-2"] {
         assert!(logs.lines().any(|l| l.starts_with(instance) && l.contains("serving v1")), "{logs}");
     }
+    // The same lines reached the log rule, as the service's.
+    let counted = wait_until(Duration::from_secs(10), async || {
+        client.alerts().await.is_ok_and(|list| {
+            list.alerts.iter().any(|a| {
+                a.rule == "web-serving" && a.labels.get("source").is_some_and(|s| s == "service:web")
+            })
+        })
+    })
+    .await;
+    assert!(counted, "{}", success(&daemon.cli(&["alert", "ls"])));
     // Found by name from inside a machine, through its network's DNS server.
     let addresses: Vec<String> = detail.instances.iter().filter_map(|i| i.address.clone()).collect();
     let found =

@@ -248,6 +248,18 @@ async fn fifty_runs_complete_exactly_once_through_kill_9_at_random_points() {
         "activity requests: {} for 50 effects (repeats were answered from the first)",
         effects.requests()
     );
+    // Each restart that picked runs up says so in the alert history.
+    let text = success(&daemon.cli(&["alert", "history", "--rule", "hearth-recovered", "--json"]));
+    let history: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let recoveries = history["entries"].as_array().map_or(0, |entries| {
+        entries
+            .iter()
+            .filter(|e| {
+                e["alerts"][0]["summary"].as_str().is_some_and(|s| s.contains("workflows: picked up"))
+            })
+            .count()
+    });
+    assert!(recoveries >= 1, "{history:#}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
