@@ -38,7 +38,10 @@ stop:
 		kill -TERM $$(cat $(DATA_DIR)/daemon.pid) && rm -f $(DATA_DIR)/daemon.pid && echo "stopped the daemon on $(DATA_DIR)"; \
 	else echo "no daemon started by make run is running on $(DATA_DIR)"; fi
 
+# The docs' links too (scripts/check-doc-links.sh): files, anchors, and a
+# README that links every page under docs/.
 lint: setup
+	./scripts/check-doc-links.sh
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 

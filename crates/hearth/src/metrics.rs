@@ -1,6 +1,6 @@
 //! The daemon's time series: the file (`DATA_DIR/metrics.redb`) and the
 //! collectors that read each subsystem every interval. The names and
-//! labels are listed in `hearth_metrics`'s crate doc and the README.
+//! labels are listed in `hearth_metrics`'s crate doc and `docs/alerts.md`.
 //!
 //! Collectors read what the subsystems already count or record: the apps'
 //! per-route counters, the services' health records, the VMM processes in

@@ -32,7 +32,7 @@
 //! # What the daemon samples
 //!
 //! The daemon's collectors (`crates/hearth/src/metrics.rs`) write these;
-//! the README has the same table.
+//! `docs/alerts.md` has the same table.
 //!
 //! | name | labels | value |
 //! |------|--------|-------|

@@ -196,8 +196,8 @@ async fn a_second_service_misses_no_change_made_while_its_watches_were_broken() 
     assert!(serves(b_addr, None).await, "B follows a removal through broken watches");
 }
 
-/// README: "Two daemons on one store fire each cron slot once between
-/// them". Two daemons cannot open one embedded store (redb locks its file,
+/// docs/apps.md: "Two daemons on one store fire each cron slot once
+/// between them". Two daemons cannot open one embedded store (redb locks its file,
 /// and the second `hearth serve` on a data dir is refused), so this is the
 /// closest true thing: two services in one process on one store, each with
 /// its cron loop, as two daemons on a shared store would be. Every second's

@@ -1,4 +1,4 @@
-//! What the README promises of an app's cron and event triggers, through
+//! What docs/apps.md promises of an app's cron and event triggers, through
 //! the real daemon: a cron firing that comes while the last one's call
 //! still runs is skipped and logged; event calls reach the app one at a
 //! time, in the store's order, with at most 256 waiting, and the changes
@@ -86,8 +86,8 @@ pub(crate) async fn ingress_port(daemon: &Daemon) -> u16 {
     status.ingress.and_then(|a| a.rsplit(':').next()?.parse().ok()).expect("an ingress port")
 }
 
-/// README: "a firing that comes while the last one's call still runs ... is
-/// skipped and logged". Every second a cron calls a route that takes 2.5 s:
+/// docs/apps.md: "A firing that comes while the last one's call still runs
+/// ... is skipped and logged". Every second a cron calls a route that takes 2.5 s:
 /// the two firings during each call are skipped, and no two calls overlap.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cron_firing_is_skipped_while_the_last_call_still_runs() {
@@ -130,8 +130,8 @@ async fn a_cron_firing_is_skipped_while_the_last_call_still_runs() {
     assert!(skips.iter().all(|(s, _)| calls.iter().all(|(c, _)| c != s)), "{calls:?} {skips:?}");
 }
 
-/// README: "Event calls reach an app one at a time, in the store's order
-/// (up to 256 waiting; more are dropped and logged)". The first call holds
+/// docs/apps.md: "Event calls reach an app one at a time, in the store's
+/// order. Up to 256 wait; more are dropped and logged". The first call holds
 /// until the test opens its gate, while 300 changes come: 256 wait behind
 /// it, the last 43 are dropped (44 if the first had not been taken from the
 /// queue yet), each logged. Then the calls come, one at a time, in the

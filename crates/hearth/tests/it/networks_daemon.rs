@@ -75,8 +75,8 @@ impl Drop for ByHand {
     }
 }
 
-/// README: "the `default` one is made at start; ... NAT to the outside
-/// unless `--no-nat`". A namespace standing for a machine on the default
+/// docs/networks.md: "The `default` network is made at start; ... NAT to
+/// the outside, unless `--no-nat`". A namespace standing for a machine on the default
 /// network reaches an "outside" namespace that has no route back to the
 /// network's subnet: its echo replies can only come back because the
 /// daemon's NAT rewrote the requests' source to the host's own address.
@@ -159,8 +159,8 @@ async fn the_default_network_is_made_at_start_and_its_nat_reaches_the_outside() 
     assert!(!tables.contains(&format!("hearth-{prefix}")), "a table outlived its daemon:\n{tables}");
 }
 
-/// README: "Faults live in the store and come back after a daemon
-/// restart". The host's rules for a partition and a loss are deleted while
+/// docs/networks.md: "Faults live in the store and come back after a
+/// daemon restart". The host's rules for a partition and a loss are deleted while
 /// the daemon is down (as a reboot of the host would); the restarted daemon
 /// lists the same faults, with the same expiry, and puts their rules back.
 #[tokio::test(flavor = "multi_thread")]
