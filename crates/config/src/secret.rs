@@ -217,21 +217,41 @@ fn encrypt_table(table: toml::Table, recipient: &Recipient, at: &str) -> Result<
 
 /// The same for a JSON document.
 pub fn encrypt_json(text: &str, recipient: &Recipient) -> Result<String, Error> {
-    fn walk(value: Value, recipient: &Recipient) -> Result<Value, Error> {
-        Ok(match value {
-            Value::Object(map) if !map.is_empty() => Value::Object(
-                map.into_iter().map(|(k, v)| Ok((k, walk(v, recipient)?))).collect::<Result<_, Error>>()?,
-            ),
-            Value::String(s) if s.starts_with(FILE_PREFIX) => Value::String(s),
-            leaf => Value::String(format!("{FILE_PREFIX}{}", encrypt_to(recipient, &leaf)?)),
-        })
-    }
     let value: Value = serde_json::from_str(text).map_err(|e| Error::InvalidValue {
         key: String::new(),
         reason: format!("the file is not JSON: {e}"),
     })?;
-    let out = walk(value, recipient)?;
+    let out = encrypt_leaves(value, recipient)?;
     Ok(format!("{}\n", serde_json::to_string_pretty(&out).expect("JSON serialises")))
+}
+
+/// The same for a YAML document (one document; its comments are not kept).
+pub fn encrypt_yaml(text: &str, recipient: &Recipient) -> Result<String, Error> {
+    let value = from_yaml(text)?;
+    let out = encrypt_leaves(value, recipient)?;
+    serde_norway::to_string(&out)
+        .map_err(|e| Error::InvalidValue { key: String::new(), reason: format!("cannot write YAML: {e}") })
+}
+
+/// A YAML document as the JSON value it stands for: mappings (a key that
+/// is a number becomes its text), sequences, scalars.
+pub fn from_yaml(text: &str) -> Result<Value, Error> {
+    serde_norway::from_str(text)
+        .map_err(|e| Error::InvalidValue { key: String::new(), reason: format!("the file is not YAML: {e}") })
+}
+
+/// Every leaf of `value` as `age:BASE64`; tables stay readable, and leaves
+/// already encrypted are kept.
+fn encrypt_leaves(value: Value, recipient: &Recipient) -> Result<Value, Error> {
+    Ok(match value {
+        Value::Object(map) if !map.is_empty() => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| Ok((k, encrypt_leaves(v, recipient)?)))
+                .collect::<Result<_, Error>>()?,
+        ),
+        Value::String(s) if s.starts_with(FILE_PREFIX) => Value::String(s),
+        leaf => Value::String(format!("{FILE_PREFIX}{}", encrypt_to(recipient, &leaf)?)),
+    })
 }
 
 #[cfg(test)]
@@ -311,5 +331,21 @@ mod tests {
             json!(true)
         );
         assert!(encrypt_toml("x = ", &ring.recipient()).unwrap_err().to_string().contains("not TOML"));
+    }
+
+    #[test]
+    fn a_yaml_file_is_encrypted_leaf_by_leaf_with_its_keys_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = Keyring::open(dir.path()).unwrap();
+        let text = "db:\n  password: hunter2\n  hosts: [a, b]\nname: shop\n";
+        let out = encrypt_yaml(text, &ring.recipient()).unwrap();
+        assert!(out.contains("db:") && out.contains("password: age:") && !out.contains("hunter2"), "{out}");
+        let v = from_yaml(&out).unwrap();
+        let open = |v: &Value| ring.decrypt(v.as_str().unwrap().strip_prefix(FILE_PREFIX).unwrap()).unwrap();
+        assert_eq!(open(&v["db"]["password"]), json!("hunter2"));
+        assert_eq!(open(&v["db"]["hosts"]), json!(["a", "b"]));
+        assert_eq!(encrypt_yaml(&out, &ring.recipient()).unwrap(), out, "encrypted leaves are kept");
+        let error = encrypt_yaml("a: [1\n", &ring.recipient()).unwrap_err().to_string();
+        assert!(error.contains("not YAML"), "{error}");
     }
 }

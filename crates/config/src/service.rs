@@ -495,7 +495,7 @@ impl Config {
 
     /// Replaces the `files` layer with these files, merged in order (a
     /// later file wins). Each is `(name, text)`: TOML, or JSON when the
-    /// name ends in `.json`; a leaf written `age:BASE64` (by `config
+    /// name ends in `.json`, or YAML in `.yaml` or `.yml`; a leaf written `age:BASE64` (by `config
     /// encrypt`) is kept as a secret, and must open with this daemon's key.
     pub async fn import(&self, files: &[(String, String)]) -> Result<Revision, Error> {
         let _writing = self.inner.writing.read().await;
@@ -508,6 +508,8 @@ impl Config {
             };
             let value: Value = if name.ends_with(".json") {
                 serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}")))?
+            } else if name.ends_with(".yaml") || name.ends_with(".yml") {
+                crate::secret::from_yaml(text).map_err(|e| bad(e.to_string()))?
             } else {
                 let table: toml::Table =
                     toml::from_str(text).map_err(|e| bad(format!("not TOML: {}", e.message())))?;

@@ -157,6 +157,13 @@ async fn imported_files_keep_secrets_encrypted_and_refuse_one_for_another_key() 
     assert!(error.contains("bad.toml") && error.contains("not TOML"), "{error}");
     // A refused import changed nothing.
     assert_eq!(c.resolve(&Scope::Global, None).await.unwrap().flat()["db.password"], "p4ss");
+    // YAML, encrypted or not.
+    let file = crate::secret::encrypt_yaml("db:\n  token: t0k\n", &recipient).unwrap();
+    c.import(&[("a.yaml".into(), "db:\n  pool: 3\n".into()), ("b.yml".into(), file)]).await.unwrap();
+    let flat = c.resolve(&Scope::Global, None).await.unwrap().flat();
+    assert_eq!((flat["db.pool"].as_str(), flat["db.token"].as_str()), ("3", "t0k"));
+    let error = c.import(&[("bad.yaml".into(), "a: [1\n".into())]).await.unwrap_err().to_string();
+    assert!(error.contains("bad.yaml") && error.contains("not YAML"), "{error}");
 }
 
 #[tokio::test]

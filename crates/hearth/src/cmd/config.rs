@@ -71,9 +71,9 @@ pub(crate) enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Replace the files layer with the .toml and .json files of DIR (or the files given), in name order.
+    /// Replace the files layer with the .toml, .json and .yaml files of DIR (or the files given), in name order.
     Import { paths: Vec<PathBuf> },
-    /// Encrypt every value of a TOML or JSON file (keys stay readable), to commit it; `import` reads it.
+    /// Encrypt every value of a TOML, JSON or YAML file (keys stay readable), to commit it; `import` reads it.
     Encrypt {
         file: PathBuf,
         /// Write the file in place instead of printing it.
@@ -228,6 +228,8 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<()>
                 std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let out = if file.extension().is_some_and(|e| e == "json") {
                 hearth_config::secret::encrypt_json(&text, &recipient)
+            } else if file.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                hearth_config::secret::encrypt_yaml(&text, &recipient)
             } else {
                 hearth_config::secret::encrypt_toml(&text, &recipient)
             }
@@ -462,8 +464,11 @@ impl Drop for EchoOff {
     }
 }
 
+/// The extensions `config import` takes from a directory.
+const CONFIG_FILES: [&str; 4] = ["toml", "json", "yaml", "yml"];
+
 /// The files of `config import`: each path a file, or a directory whose
-/// `.toml` and `.json` files are taken in name order.
+/// `.toml`, `.json`, `.yaml` and `.yml` files are taken in name order.
 fn read_config_files(paths: &[PathBuf]) -> anyhow::Result<Vec<ConfigFile>> {
     if paths.is_empty() {
         bail!("give a directory (or files) to import: `hearth config import ./config`");
@@ -474,11 +479,13 @@ fn read_config_files(paths: &[PathBuf]) -> anyhow::Result<Vec<ConfigFile>> {
             let mut found: Vec<PathBuf> = std::fs::read_dir(path)
                 .with_context(|| format!("cannot list {}", path.display()))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "toml" || e == "json"))
+                .filter(|p| {
+                    p.is_file() && p.extension().is_some_and(|e| CONFIG_FILES.iter().any(|x| e == *x))
+                })
                 .collect();
             found.sort();
             if found.is_empty() {
-                bail!("{} holds no .toml or .json file", path.display());
+                bail!("{} holds no .toml, .json, .yaml or .yml file", path.display());
             }
             for file in found {
                 files.push(read_one(&file)?);

@@ -184,6 +184,13 @@ async fn encrypted_files_import_into_the_files_layer_and_a_watch_follows_changes
     success(&daemon.cli(&["config", "encrypt", secrets.to_str().unwrap(), "-i"]));
     let encrypted = std::fs::read_to_string(&secrets).expect("read");
     assert!(encrypted.contains("password = \"age:") && !encrypted.contains(SECRET), "{encrypted}");
+    // YAML too, read and encrypted the same way.
+    std::fs::write(config_dir.join("15-replica.yaml"), "db:\n  replica: r1\n").expect("write");
+    let yaml_secrets = config_dir.join("25-token.yml");
+    std::fs::write(&yaml_secrets, format!("db:\n  token: {SECRET}\n")).expect("write");
+    success(&daemon.cli(&["config", "encrypt", yaml_secrets.to_str().unwrap(), "-i"]));
+    let encrypted = std::fs::read_to_string(&yaml_secrets).expect("read");
+    assert!(encrypted.contains("token: age:") && !encrypted.contains(SECRET), "{encrypted}");
 
     let client = daemon.client();
     let mut watch = Box::pin(client.watch_config("db", None).await.expect("watch"));
@@ -204,8 +211,11 @@ async fn encrypted_files_import_into_the_files_layer_and_a_watch_follows_changes
 
     let explained = success(&daemon.cli(&["config", "get", "db", "--explain"]));
     assert!(explained.contains("files") && explained.contains("20-secrets.toml"), "{explained}");
+    assert!(explained.contains("25-token.yml") && explained.contains("15-replica.yaml"), "{explained}");
     let resolved = client.config("global", "db.pool").await.expect("config");
     assert_eq!(resolved.value, Some(serde_json::json!(4)));
+    let resolved = client.config("global", "db.replica").await.expect("config");
+    assert_eq!(resolved.value, Some(serde_json::json!("r1")));
     // A file encrypted to another key is refused, naming the file.
     let foreign = dir.path().join("foreign.toml");
     std::fs::write(&foreign, "x = 1\n").expect("write");
