@@ -153,7 +153,15 @@ mod tests {
     const NOW: u64 = 1_000_000_000;
 
     fn template(image: &str) -> Template {
-        Template { image: image.into(), cpus: 1, memory_mib: 256, command: None, env: vec![], network: None }
+        Template {
+            image: image.into(),
+            cpus: 1,
+            memory_mib: 256,
+            command: None,
+            env: vec![],
+            network: None,
+            on_config_change: None,
+        }
     }
 
     fn service(count: u32, version: u32) -> ServiceRecord {

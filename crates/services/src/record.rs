@@ -187,6 +187,11 @@ pub struct Template {
     pub env: Vec<String>,
     /// The network the instances join; `None`: the default network.
     pub network: Option<String>,
+    /// What each machine does when its config changes: a signal to its
+    /// main process (`SIGHUP`) or a command (see
+    /// `hearth_machines::record::validate_on_config_change`).
+    #[serde(default)]
+    pub on_config_change: Option<String>,
 }
 
 /// What makes the registry an application dictionary.

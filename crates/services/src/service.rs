@@ -50,6 +50,8 @@ pub struct Deploy {
     pub memory_mib: Option<u32>,
     /// The service's routes from now on (`Some(vec![])` removes them all).
     pub routes: Option<Vec<Route>>,
+    /// The machines' reload action from now on.
+    pub on_config_change: Option<String>,
 }
 
 impl Deploy {
@@ -61,6 +63,7 @@ impl Deploy {
             || self.command.is_some()
             || self.cpus.is_some()
             || self.memory_mib.is_some()
+            || self.on_config_change.is_some()
     }
 }
 
@@ -329,6 +332,9 @@ impl Services {
             }
             if let Some(cpus) = change.cpus {
                 next.cpus = cpus;
+            }
+            if let Some(action) = &change.on_config_change {
+                next.on_config_change = Some(action.clone());
             }
             if let Some(memory_mib) = change.memory_mib {
                 next.memory_mib = memory_mib;

@@ -680,6 +680,7 @@ impl Services {
             networks: template.network.iter().map(|n| (n.clone(), None)).collect(),
             env: template.env.clone(),
             restart: hearth_machines::record::RestartPolicy::Always,
+            on_config_change: template.on_config_change.clone(),
             ..CreateRequest::default()
         };
         match self.inner.machines.create(request).await {

@@ -115,6 +115,16 @@ fn instance(i: &InstanceRecord, h: Option<&HealthRecord>, service_checks: &[Chec
     }
 }
 
+/// Refuses a reload action the agent could not carry out.
+fn reload_action(action: Option<&str>) -> Result<(), ApiError> {
+    match action.map(hearth_machines::record::validate_on_config_change) {
+        Some(Err(message)) => {
+            Err(bad("on_config_change", message, "give a signal (SIGHUP) or a command ('nginx -s reload')"))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn bad(field: &str, message: String, hint: &str) -> ApiError {
     ApiError::bad_request("invalid_field", format!("field `{field}`: {message}"), hint)
 }
@@ -263,6 +273,7 @@ pub(crate) async fn create(
             return Err(bad("env", format!("{kv:?} is not KEY=VALUE"), "e.g. --env PORT=8080"));
         }
     }
+    reload_action(body.on_config_change.as_deref())?;
     let request = hearth_services::CreateService {
         name: body.name,
         template: record::Template {
@@ -272,6 +283,7 @@ pub(crate) async fn create(
             command: body.command,
             env: body.env,
             network: body.network,
+            on_config_change: body.on_config_change,
         },
         count: body.count.unwrap_or(1),
         port: body.port,
@@ -323,6 +335,7 @@ pub(crate) async fn deploy(
             return Err(bad("env", format!("{kv:?} is not KEY=VALUE"), "e.g. --env PORT=8080"));
         }
     }
+    reload_action(body.on_config_change.as_deref())?;
     let declared = body.routes.as_deref().map(routes).transpose()?;
     if let Some(declared) = &declared {
         state.services().get(&name).await?;
@@ -335,6 +348,7 @@ pub(crate) async fn deploy(
         cpus: body.cpus,
         memory_mib: body.memory_mib,
         routes: declared,
+        on_config_change: body.on_config_change,
     };
     state.services().deploy(&name, change).await?;
     let view = state.services().view(&name).await?;

@@ -103,6 +103,10 @@ pub struct DeployService {
     /// applied at once, with no new instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routes: Option<Vec<String>>,
+    /// The machines' reload action (see `CreateService`), from the next
+    /// version on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_config_change: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -220,6 +224,11 @@ pub struct CreateService {
     pub cpus: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mib: Option<u32>,
+    /// What each machine's agent does after its config changed (scope
+    /// `service:NAME`, then `machine:NAME`): a signal sent to the main
+    /// process (`SIGHUP`), or a command run with `/bin/sh -c`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_config_change: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -55,6 +55,11 @@ pub(crate) enum Command {
         /// Memory per instance, in MiB.
         #[arg(long)]
         memory: Option<u32>,
+        /// After an instance's config changed (scope service:NAME, then
+        /// machine:NAME): send this signal to its main process (SIGHUP), or
+        /// run this command with /bin/sh -c ('nginx -s reload').
+        #[arg(long, value_name = "SIGNAL|CMD")]
+        on_config_change: Option<String>,
         /// A tag for the application dictionary. Repeatable.
         #[arg(long = "tag")]
         tags: Vec<String>,
@@ -103,6 +108,9 @@ pub(crate) enum Command {
         /// Memory per instance, in MiB.
         #[arg(long)]
         memory: Option<u32>,
+        /// The instances' reload action from this version on: a signal or a command.
+        #[arg(long, value_name = "SIGNAL|CMD")]
+        on_config_change: Option<String>,
         /// Return at once instead of following the rollout.
         #[arg(long, short = 'd')]
         detach: bool,
@@ -197,6 +205,7 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<()>
             env,
             cpus,
             memory,
+            on_config_change,
             tags,
             description,
             links,
@@ -224,6 +233,7 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<()>
                 command: (!command.is_empty()).then_some(command),
                 cpus,
                 memory_mib: memory,
+                on_config_change,
                 tags,
                 description,
                 links,
@@ -264,7 +274,18 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<()>
             }
             print_detail(&detail);
         }
-        Command::Deploy { name, image, routes, no_routes, env, cpus, memory, detach, command } => {
+        Command::Deploy {
+            name,
+            image,
+            routes,
+            no_routes,
+            env,
+            cpus,
+            memory,
+            on_config_change,
+            detach,
+            command,
+        } => {
             if let Some(image) = &image {
                 super::machine::ensure_image(client, image).await?;
             }
@@ -275,12 +296,14 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<()>
                 cpus,
                 memory_mib: memory,
                 routes: (no_routes || !routes.is_empty()).then_some(routes),
+                on_config_change,
             };
             let routes_only = body.image.is_none()
                 && body.env.is_none()
                 && body.command.is_none()
                 && body.cpus.is_none()
-                && body.memory_mib.is_none();
+                && body.memory_mib.is_none()
+                && body.on_config_change.is_none();
             let s = client.deploy_service(&name, &body).await?;
             if routes_only {
                 let shown = if s.routes.is_empty() { "none".to_string() } else { s.routes.join(" ") };

@@ -72,6 +72,8 @@ async fn a_service_of_machines_is_kept_at_count_and_a_dead_vm_is_replaced() {
         "http:/,interval=500ms,timeout=400ms,failures=2",
         "--tag",
         "frontend",
+        "--on-config-change",
+        "cp /run/hearth/config.json /tmp/reloaded",
         "-p",
         &publish,
         "--",
@@ -107,6 +109,18 @@ async fn a_service_of_machines_is_kept_at_count_and_a_dead_vm_is_replaced() {
     })
     .await;
     assert!(counted, "{}", success(&daemon.cli(&["alert", "ls"])));
+    // A change in the service's config scope reaches each machine, which
+    // runs the reload the service declares, with no new instance.
+    success(&daemon.cli(&["config", "set", "--scope", "service:web", "greeting", "hello-web"]));
+    for machine in ["web-1", "web-2"] {
+        let reloaded = wait_until(Duration::from_secs(20), async || {
+            let out = daemon.cli(&["machine", "exec", machine, "--", "cat", "/tmp/reloaded"]);
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("hello-web")
+        })
+        .await;
+        assert!(reloaded, "{machine} did not reload with the new config\n{}", daemon.log());
+    }
+    assert_eq!(passing(&daemon, "web").await, ["web-1", "web-2"]);
     // Found by name from inside a machine, through its network's DNS server.
     let addresses: Vec<String> = detail.instances.iter().filter_map(|i| i.address.clone()).collect();
     let found =
