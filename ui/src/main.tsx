@@ -5,9 +5,11 @@ import { useEffect, useRef, useState } from 'preact/hooks';
 import { asApiError, loadSession } from './api';
 import { setError, useError } from './errors';
 import { live } from './live';
+import { Apps } from './views/Apps';
 import { Events } from './views/Events';
 import { Machines } from './views/Machines';
 import { Overview } from './views/Overview';
+import { Workflows } from './views/Workflows';
 import './style.css';
 
 interface Route {
@@ -20,6 +22,8 @@ interface Route {
 const ROUTES: Route[] = [
   { path: '/ui/', label: 'Overview', view: Overview },
   { path: '/ui/machines', label: 'Machines', view: Machines },
+  { path: '/ui/apps', label: 'Apps', view: Apps },
+  { path: '/ui/workflows', label: 'Workflows', view: Workflows },
   { path: '/ui/events', label: 'Events', view: Events },
 ];
 

@@ -47,8 +47,8 @@ export function Overview() {
 
       <dl class="counts">
         <Count label="Machines" value={machines?.machines.length} href="/ui/machines" />
-        <Count label="Apps" value={apps?.apps.length} />
-        <Count label="Workflows" value={workflows?.workflows.length} />
+        <Count label="Apps" value={apps?.apps.length} href="/ui/apps" />
+        <Count label="Workflows" value={workflows?.workflows.length} href="/ui/workflows" />
         <Count label="Revision" value={Math.max(live.revision, status?.store.revision ?? 0) || undefined} />
       </dl>
 

@@ -56,3 +56,17 @@ export function EventTable({ events, caption }: { events: ChangeEvent[]; caption
     </div>
   );
 }
+
+/** `5 s ago`, `3 min ago`, from Unix milliseconds. */
+export function ago(ms: number): string {
+  const secs = Math.max(0, Math.round((Date.now() - ms) / 1000));
+  if (secs < 60) return `${secs} s ago`;
+  if (secs < 3600) return `${Math.floor(secs / 60)} min ago`;
+  if (secs < 86400) return `${Math.floor(secs / 3600)} h ago`;
+  return `${Math.floor(secs / 86400)} d ago`;
+}
+
+/** A list of words, or a dash for none. */
+export function list(items: string[]): string {
+  return items.length ? items.join(', ') : '—';
+}
