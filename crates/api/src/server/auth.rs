@@ -103,12 +103,34 @@ pub(crate) async fn require_session_or_token(
         session_caller(&auth, request.method(), request.headers()).await
     };
     match caller {
-        Ok(caller) => {
-            request.extensions_mut().insert(caller);
+        Ok(Caller::Owner) => {
+            request.extensions_mut().insert(Caller::Owner);
             next.run(request).await
+        }
+        Ok(Caller::Session { session, csrf_token }) => {
+            let ended = auth.sessions.ended(&session);
+            request.extensions_mut().insert(Caller::Session { session, csrf_token });
+            until(next.run(request).await, ended)
         }
         Err(error) => error.into_response(),
     }
+}
+
+/// A streamed response (server-sent events) of a session ends when the
+/// session does: revoking a session cuts off its open streams too.
+fn until(response: Response, ended: impl Future<Output = ()> + Send + 'static) -> Response {
+    use futures::StreamExt as _;
+    let streamed = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if !streamed {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let body = axum::body::Body::from_stream(body.into_data_stream().take_until(Box::pin(ended)));
+    Response::from_parts(parts, body)
 }
 
 async fn session_caller(auth: &UiAuth, method: &Method, headers: &HeaderMap) -> Result<Caller, ApiError> {

@@ -17,12 +17,15 @@
 //! - The CSRF token is derived from the secret (a hash under a label of its
 //!   own), so it is stored nowhere and only a holder of the cookie can
 //!   know it.
+//! - A response that outlives its request (an event stream) ends when its
+//!   session is revoked or expires ([`Sessions::ended`]), so revoking
+//!   cuts a browser off at once, not at its next request.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use hearth_store::Store;
+use hearth_store::{Change, Follower, Store};
 use rand::RngCore as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -85,6 +88,8 @@ pub struct Session {
     pub id: String,
     pub created_at_ms: u64,
     pub expires_at_ms: u64,
+    /// The revision its record was last written at.
+    pub revision: u64,
 }
 
 /// A session just made from a code: its secret goes into the cookie.
@@ -127,8 +132,8 @@ impl Sessions {
             Record { hash: hash.clone(), created_at_ms: now, expires_at_ms: now + millis(SESSION_TTL) };
         let id = id_of(&hash).to_owned();
         let value = serde_json::to_vec(&record).map_err(|source| Error::Corrupt { key: key(&id), source })?;
-        self.store.put(&key(&id), value, None).await?;
-        Ok(Issued { secret, session: record.session(id) })
+        let revision = self.store.put(&key(&id), value, None).await?;
+        Ok(Issued { secret, session: record.session(id, revision) })
     }
 
     /// The session whose secret a cookie carries, if it is valid now.
@@ -152,7 +157,7 @@ impl Sessions {
             self.store.delete(&kv.key).await?;
             return Err(Error::Expired);
         }
-        Ok(record.session(id.to_owned()))
+        Ok(record.session(id.to_owned(), kv.mod_revision))
     }
 
     /// Every session that has not expired, oldest first.
@@ -163,7 +168,7 @@ impl Sessions {
         for kv in range.kvs {
             let record = parse(&kv.key, &kv.value)?;
             if record.expires_at_ms > now {
-                sessions.push(record.session(kv.key[PREFIX.len()..].to_owned()));
+                sessions.push(record.session(kv.key[PREFIX.len()..].to_owned(), kv.mod_revision));
             }
         }
         sessions.sort_by_key(|s| s.created_at_ms);
@@ -192,9 +197,36 @@ impl Sessions {
     }
 }
 
+impl Sessions {
+    /// Resolves when `session` ends: its record is deleted (revoked, by
+    /// this daemon or any other on the same store) or it expires.
+    pub fn ended(&self, session: &Session) -> impl Future<Output = ()> + Send + 'static {
+        // Ids have one length, so the key is a prefix of no other key.
+        let mut follower =
+            Follower::new(self.store.clone(), key(&session.id), session.revision + 1, "A dashboard session");
+        let expiry =
+            tokio::time::sleep(Duration::from_millis(session.expires_at_ms.saturating_sub(now_ms())));
+        async move {
+            let revoked = async {
+                loop {
+                    match follower.next().await {
+                        Change::Event(event) if event.kind == hearth_store::EventKind::Delete => return,
+                        Change::Reset(range) if range.kvs.is_empty() => return,
+                        Change::Event(_) | Change::Reset(_) => {}
+                    }
+                }
+            };
+            tokio::select! {
+                () = revoked => {}
+                () = expiry => {}
+            }
+        }
+    }
+}
+
 impl Record {
-    fn session(&self, id: String) -> Session {
-        Session { id, created_at_ms: self.created_at_ms, expires_at_ms: self.expires_at_ms }
+    fn session(&self, id: String, revision: u64) -> Session {
+        Session { id, created_at_ms: self.created_at_ms, expires_at_ms: self.expires_at_ms, revision }
     }
 }
 
@@ -469,6 +501,24 @@ mod tests {
         assert!(matches!(sessions.authenticate(&issued.secret).await, Err(Error::Unknown)));
         assert!(matches!(sessions.revoke(&issued.session.id).await, Err(Error::NotFound(_))));
         assert!(matches!(sessions.revoke("../../kv/x").await, Err(Error::NotFound(_))));
+    }
+
+    #[tokio::test]
+    async fn a_session_ends_when_it_is_revoked() {
+        let (_dir, store) = store();
+        let sessions = Sessions::new(store);
+        let a = sessions.redeem(&sessions.issue_code()).await.unwrap();
+        let b = sessions.redeem(&sessions.issue_code()).await.unwrap();
+        let (a_ended, b_ended) = (sessions.ended(&a.session), sessions.ended(&b.session));
+        tokio::pin!(b_ended);
+        sessions.revoke(&a.session.id).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), a_ended).await.expect("ends once revoked");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), &mut b_ended).await.is_err(),
+            "another session's revocation ends nothing else"
+        );
+        sessions.revoke_all().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), b_ended).await.expect("ends once all are revoked");
     }
 
     #[tokio::test]
