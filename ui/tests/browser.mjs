@@ -248,6 +248,19 @@ async function run() {
   step('the machines view renders its table');
   await audit(page, 'machines');
 
+  // Apps and workflows: their tables render (empty here: deploying a
+  // component is other tests' work).
+  for (const [label, table] of [
+    ['Apps', 'table#apps'],
+    ['Workflows', 'table#runs'],
+  ]) {
+    await page.getByRole('link', { name: label, exact: true }).first().click();
+    await heading(page, label);
+    await page.locator(table).waitFor({ timeout: WAIT_MS });
+    await audit(page, label.toLowerCase());
+  }
+  step('the apps and workflows views render their tables');
+
   // 7. Events: filters by key prefix and kind.
   await page.getByRole('link', { name: 'Events', exact: true }).first().click();
   await heading(page, 'Events');
@@ -289,6 +302,8 @@ async function run() {
   check(out.status === 204, `DELETE /v1/ui/session: ${out.status} ${out.text}`);
   const after = await fetch(`${BASE}/v1/status`, { headers: session_cookie });
   check(after.status === 401, `a revoked session's request answered ${after.status}, not 401`);
+  // Its open event stream was cut off too, not left to run out its lifetime.
+  await page.locator('[data-connection="reconnecting"]').first().waitFor({ timeout: WAIT_MS });
   await page.getByRole('link', { name: 'Machines', exact: true }).first().click();
   const banner = page.getByRole('alert');
   await banner.waitFor({ timeout: WAIT_MS });
@@ -297,7 +312,7 @@ async function run() {
   await page.screenshot({ path: `${SHOTS}/error-banner-1280-light.png` });
   const reload = await page.reload();
   check(reload.status() === 401, `reloading after sign-out answered ${reload.status()}`);
-  step('a revoked session is refused (401); the banner shows the error and its hint');
+  step('a revoked session is refused (401), its stream is cut off; the banner shows the error and its hint');
 }
 
 /** Waits for a promise, or fails after WAIT_MS saying what it waited for. */

@@ -52,6 +52,25 @@ fn http(authority: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> 
     (status, head.to_owned(), body.to_owned())
 }
 
+/// Opens `GET /v1/events?follow=true` with a session, and reads its head.
+fn open_event_stream(authority: &str, cookie: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(authority).expect("connect to the dashboard");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("a read timeout");
+    let request = format!(
+        "GET /v1/events?follow=true HTTP/1.1\r\nHost: {authority}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).expect("send the request");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).expect("read the stream's head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 200") && head.contains("text/event-stream"), "{head}");
+    stream
+}
+
 /// Follows a sign-in link and returns the session cookie it set.
 fn redeem(authority: &str, url: &str) -> String {
     let path = &url[url.find("/ui/login").expect("a login path")..];
@@ -125,8 +144,14 @@ async fn sessions_are_signed_in_listed_and_revoked_from_the_cli() {
     let (status, _, body) = http(&authority, "GET", "/v1/status", &[("Cookie", &cookie)]);
     assert_eq!(status, 200, "after a restart: {body}");
 
-    // Revoked: refused at once.
+    // Revoked: refused at once, and its open event stream is cut off
+    // (the daemon's streams otherwise last an hour).
+    let mut stream = open_event_stream(&authority, &cookie);
     success(&daemon.cli(&["ui", "revoke", &id]));
+    let mut rest = Vec::new();
+    stream
+        .read_to_end(&mut rest)
+        .expect("the stream ends within its read timeout once the session is revoked");
     let (status, _, _) = http(&authority, "GET", "/v1/status", &[("Cookie", &cookie)]);
     assert_eq!(status, 401);
     let (status, head, _) = http(&authority, "GET", "/ui/", &[("Cookie", &cookie)]);
