@@ -96,7 +96,13 @@ async fn index(State(state): State<AppState>, headers: HeaderMap) -> Response {
     serve(&state, &headers, "").await
 }
 
-async fn file(State(state): State<AppState>, Path(path): Path<String>, headers: HeaderMap) -> Response {
+async fn file(
+    State(state): State<AppState>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    headers: HeaderMap,
+) -> Response {
+    // A path that is not UTF-8 names no file and no view.
+    let path = path.map_or_else(|_| "\u{fffd}".to_owned(), |Path(path)| path);
     serve(&state, &headers, &path).await
 }
 
