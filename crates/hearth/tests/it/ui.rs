@@ -96,6 +96,8 @@ fn sessions(daemon: &Daemon) -> Vec<serde_json::Value> {
 async fn sessions_are_signed_in_listed_and_revoked_from_the_cli() {
     let mut daemon = Daemon::start(BIN).await;
     let (url, authority) = sign_in_link(&daemon);
+    let status = success(&daemon.cli(&["status"]));
+    assert!(status.contains(&format!("dashboard   http://{authority}/ui/")), "{status}");
 
     // Without a session: 401 from the API, the sign-in page for the UI.
     let (status, _, body) = http(&authority, "GET", "/v1/status", &[]);
