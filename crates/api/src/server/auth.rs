@@ -189,7 +189,12 @@ pub(crate) fn session_error(error: session::Error) -> ApiError {
         E::Corrupt { .. } => {
             let chain = crate::error::display_chain(&error);
             tracing::error!(error = chain, "A dashboard session record is corrupt.");
-            ApiError::internal(chain)
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                chain,
+                "`hearth ui revoke --all` removes every session record, readable or not; then sign in again with `hearth ui`",
+            )
         }
     }
 }

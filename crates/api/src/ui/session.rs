@@ -186,12 +186,23 @@ impl Sessions {
         }
     }
 
-    /// Revokes every session (expired ones too); returns how many were live.
+    /// Revokes every session (expired ones too), in one transaction;
+    /// returns how many had not expired.
     pub async fn revoke_all(&self) -> Result<usize, Error> {
-        let live = self.list().await?.len();
-        let range = self.store.range(PREFIX).await?;
-        for kv in range.kvs {
-            self.store.delete(&kv.key).await?;
+        use hearth_store::{Op, OpResponse, Txn};
+        let txn = Txn::new()
+            .and_then(Op::Range { prefix: PREFIX.to_owned() })
+            .and_then(Op::DeletePrefix { prefix: PREFIX.to_owned() });
+        let response = self.store.txn(txn).await?;
+        let now = now_ms();
+        let mut live = 0;
+        if let Some(OpResponse::Range { kvs }) = response.responses.first() {
+            for kv in kvs {
+                // A record that cannot be read is gone all the same.
+                if parse(&kv.key, &kv.value).is_ok_and(|r| r.expires_at_ms > now) {
+                    live += 1;
+                }
+            }
         }
         Ok(live)
     }
