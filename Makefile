@@ -4,7 +4,7 @@ CARGO ?= cargo
 BIN_DIR ?= $(HOME)/.cargo/bin
 DATA_DIR ?= $(or $(HEARTH_DATA_DIR),$(or $(XDG_DATA_HOME),$(HOME)/.local/share)/hearth)
 
-.PHONY: setup build agent examples install run stop test lint openapi fuzz bench bench-apps bench-services bench-config bench-alerts clean
+.PHONY: setup build ui agent examples install run stop test lint openapi fuzz bench bench-apps bench-services bench-config bench-alerts clean
 
 # The guest agent runs as PID 1 in every machine: a static musl binary.
 AGENT := target/x86_64-unknown-linux-musl/release/hearth-agent
@@ -12,8 +12,21 @@ AGENT := target/x86_64-unknown-linux-musl/release/hearth-agent
 setup:
 	@./scripts/setup.sh
 
-build: setup agent
+build: setup agent ui
 	$(CARGO) build --release --locked -p hearth
+
+# The web dashboard (ui/): its npm packages from the committed lock file
+# (again only when the lock file is newer than ui/node_modules), then the
+# bundle in ui/dist, which crates/api/build.rs embeds in the binary. Built
+# only when a source changed, so the binary is not rebuilt for nothing.
+UI_SOURCES := ui/index.html ui/package.json ui/package-lock.json ui/tsconfig.json ui/vite.config.ts $(shell find ui/src -type f)
+ui: setup ui/dist/index.html
+
+ui/dist/index.html: $(UI_SOURCES)
+	@if [ ! -e ui/node_modules/.package-lock.json ] || [ ui/package-lock.json -nt ui/node_modules/.package-lock.json ]; then \
+		echo "ui: npm ci (ui/package-lock.json is newer than ui/node_modules)"; \
+		cd ui && npm ci --no-audit --no-fund; fi
+	cd ui && npm run build
 
 examples: setup
 	$(CARGO) build --release --manifest-path examples/apps/hello/Cargo.toml --target wasm32-wasip2
@@ -65,7 +78,7 @@ SCHEMATHESIS_SECONDS ?= 60
 CLIPPY_DRIVER = $(shell rustc --print sysroot)/bin/clippy-driver
 LINTING = RUSTC_WORKSPACE_WRAPPER=$(CLIPPY_DRIVER) CLIPPY_ARGS=-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__
 
-test: setup agent examples
+test: setup agent examples ui
 	$(CARGO) fmt --all --check
 	@mkdir -p $(dir $(SKIP_LOG)) && rm -f $(SKIP_LOG)
 	$(LINTING) $(CARGO) test --workspace --locked --no-run

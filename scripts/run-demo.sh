@@ -77,6 +77,7 @@ step hearth machine ls
 cat <<MSG
 
 hearth is running (data dir $data_dir).
+  hearth ui                 a sign-in link for the web dashboard
   hearth events -f          follow every change live
   hearth kv ls              the user key space
   curl http://hello.localhost:${port:-8080}/

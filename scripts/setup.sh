@@ -36,9 +36,11 @@ if [ "${1:-}" = --fuzz ]; then fuzz=1; fi
 #   openssh-client:          ssh and ssh-keygen, for `hearth machine ssh`.
 #   python3-aiosmtpd:        the SMTP server alert mail tests send to
 #                            (hearth_testkit::smtp, Debian's python3).
+#   chromium:                the browser the dashboard's tests drive
+#                            (ui/tests/browser.mjs, through playwright-core).
 packages=(gcc libc6-dev procps qemu-system-x86 qemu-utils e2fsprogs debootstrap xz-utils lz4
           skopeo umoci docker-registry busybox-static cpio openssl iproute2 nftables iptables
-          iputils-ping python3 python3-venv wrk openssh-client python3-aiosmtpd)
+          iputils-ping python3 python3-venv wrk openssh-client python3-aiosmtpd chromium)
 
 # Rust targets: the guest agent is a static musl binary; apps and workflows
 # are WebAssembly components.
@@ -110,6 +112,28 @@ if command -v rustup >/dev/null; then
 else
   say "rustup not found: skipping targets ${targets[*]} (needed later for guests and apps)"
 fi
+
+# The dashboard (ui/) is built with Node.js and npm: vite needs Node.js
+# 20.19 or later. Where there is no node at all, Debian's is installed;
+# an older one is reported rather than replaced.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  packages=(nodejs npm)
+  missing_packages
+  if ((${#missing[@]})); then install_missing; fi
+fi
+node_version=$(node --version 2>/dev/null || echo none)
+if ! node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)' 2>/dev/null; then
+  echo "setup: the dashboard (ui/) needs Node.js 20.19 or later; this one is $node_version: install a newer nodejs and run setup again" >&2
+  exit 1
+fi
+# Its npm packages, from the committed lock file, when the lock file is
+# newer than what is installed (npm writes node_modules/.package-lock.json).
+ui_dir=$(cd "$(dirname "$0")/../ui" && pwd)
+if [ ! -e "$ui_dir/node_modules/.package-lock.json" ] || [ "$ui_dir/package-lock.json" -nt "$ui_dir/node_modules/.package-lock.json" ]; then
+  say "installing the dashboard's npm packages (npm ci in ui/)"
+  (cd "$ui_dir" && npm ci --no-audit --no-fund)
+fi
+say "Node.js $node_version and the dashboard's npm packages present"
 
 # schemathesis, from PyPI, in a virtual environment of its own: `make test`
 # runs it against the daemon's OpenAPI document (scripts/schemathesis.sh).

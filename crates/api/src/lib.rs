@@ -13,6 +13,8 @@
 //!   each resource's module turns records into wire types.
 //! - [`openapi`]: the OpenAPI document, generated from the handlers.
 //! - [`labs`]: the record of what `hearth lab up` brought up.
+//! - [`ui`]: the dashboard's listener: its pages, embedded at build time,
+//!   its sign-in and sessions, and the API behind a session or the token.
 
 pub mod error;
 mod extract;
@@ -20,6 +22,7 @@ pub mod labs;
 mod metrics;
 pub mod openapi;
 pub mod server;
+pub mod ui;
 
 pub use error::ApiError;
 

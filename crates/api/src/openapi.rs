@@ -10,14 +10,14 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use crate::server::{
     alerts, apps, config, events, files, images, kv, leases, machines, networks, series, services, system,
-    triggers, workflows,
+    triggers, ui, workflows,
 };
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "hearth",
-        description = "The hearth daemon's API. On the Unix socket no authentication is needed; on TCP every request needs `Authorization: Bearer TOKEN` (`hearth token` prints it). Every error has the body `{\"error\": {\"code\", \"message\", \"hint\"}}`.",
+        description = "The hearth daemon's API. On the Unix socket no authentication is needed; on TCP every request needs `Authorization: Bearer TOKEN` (`hearth token` prints it). On the dashboard's listener (`hearth serve --ui`) the token works too, and so does a dashboard session's cookie (see the `ui` tag). Every error has the body `{\"error\": {\"code\", \"message\", \"hint\"}}`.",
         license(name = "Apache-2.0")
     ),
     // What the events stream's `data` holds (see `EventFrame`).
@@ -48,6 +48,7 @@ use crate::server::{
         alerts::list, alerts::rules, alerts::apply, alerts::set_rule, alerts::remove_rule, alerts::silences,
         alerts::add_silence, alerts::expire_silence, alerts::history,
         series::list, series::query,
+        ui::login_code, ui::session, ui::sign_out, ui::sessions, ui::revoke_all, ui::revoke,
     ),
     modifiers(&BearerAuth, &Limits),
     security(("bearer" = [])),
@@ -66,6 +67,7 @@ use crate::server::{
         (name = "config", description = "Layered configuration: files, global, scopes and overrides; secrets, schemas, history"),
         (name = "alerts", description = "Rules over events, logs and metrics; alerts, silences and the notification history"),
         (name = "services", description = "The registry: services of machines, registered instances and apps, with health checks"),
+        (name = "ui", description = "The dashboard's sign-in links and sessions (`hearth ui`): a session's cookie is accepted on the dashboard's own listener, where requests that change something also need its `X-CSRF-Token`"),
         (name = "metrics", description = "hearth's own time series: request rates, errors, latency, health, CPU, memory, sampled every interval"),
     )
 )]

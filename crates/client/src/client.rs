@@ -217,6 +217,27 @@ impl Client {
         self.call(Method::GET, "/v1/status", None).await
     }
 
+    /// A one-time sign-in link for the dashboard (only for the socket or a
+    /// bearer token, never for a dashboard session).
+    pub async fn ui_login_code(&self) -> Result<crate::types::LoginCode, Error> {
+        self.call(Method::POST, "/v1/ui/login-codes", None).await
+    }
+
+    /// The dashboard's sessions.
+    pub async fn ui_sessions(&self) -> Result<crate::types::UiSessionList, Error> {
+        self.call(Method::GET, "/v1/ui/sessions", None).await
+    }
+
+    /// Revokes one dashboard session by its id.
+    pub async fn ui_revoke(&self, id: &str) -> Result<(), Error> {
+        self.send(Method::DELETE, &format!("/v1/ui/sessions/{}", encode_segment(id)), None).await.map(drop)
+    }
+
+    /// Revokes every dashboard session.
+    pub async fn ui_revoke_all(&self) -> Result<crate::types::UiRevoked, Error> {
+        self.call(Method::DELETE, "/v1/ui/sessions", None).await
+    }
+
     pub async fn kv_list(&self, prefix: &str) -> Result<KvList, Error> {
         self.call(Method::GET, &format!("/v1/kv?{}", query(&[("prefix", prefix)])), None).await
     }

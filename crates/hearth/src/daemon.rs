@@ -32,6 +32,10 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "ADDR|off", env = "HEARTH_DNS", value_parser = parse_dns)]
     dns: Option<DnsListen>,
 
+    /// Where the web dashboard answers, on a loopback address (`hearth ui` prints a sign-in link); `off` disables it. Without this option, 127.0.0.1:7777 is used if it is free.
+    #[arg(long, value_name = "ADDR|off", env = "HEARTH_UI", value_parser = parse_ui)]
+    ui: Option<UiListen>,
+
     /// Where kernels, initramfs and images are cached [default: DATA_DIR/cache]. Several daemons may share one.
     #[arg(long, value_name = "DIR", env = "HEARTH_CACHE_DIR")]
     cache_dir: Option<std::path::PathBuf>,
@@ -109,6 +113,56 @@ async fn bind_host_dns(choice: Option<DnsListen>) -> anyhow::Result<Result<heart
     }
 }
 
+/// `--ui`: an address, or `off`.
+#[derive(Debug, Clone, Copy)]
+enum UiListen {
+    At(SocketAddr),
+    Off,
+}
+
+/// Where the dashboard answers unless told otherwise.
+const DEFAULT_UI: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7777);
+
+fn parse_ui(text: &str) -> Result<UiListen, String> {
+    if text == "off" {
+        return Ok(UiListen::Off);
+    }
+    let addr: SocketAddr =
+        text.parse().map_err(|_| format!("{text:?} is not an address like 127.0.0.1:7777, or off"))?;
+    // Its sessions are tied to a loopback origin, and it speaks plain HTTP:
+    // a cookie must never cross a network. Reach it from elsewhere through
+    // an SSH tunnel (`ssh -L 7777:127.0.0.1:7777 HOST`).
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "{addr} is not a loopback address: the dashboard speaks plain HTTP with a session cookie, so it listens only on loopback, e.g. 127.0.0.1:7777 (from another machine, use `ssh -L 7777:127.0.0.1:7777 HOST`)"
+        ));
+    }
+    Ok(UiListen::At(addr))
+}
+
+/// Binds the dashboard's listener: an address given with `--ui` must
+/// bind, or the daemon does not start; the default may be taken (by
+/// another daemon), and then the daemon starts without a dashboard and
+/// says why, in its log and to `hearth ui`.
+async fn bind_ui(choice: Option<UiListen>) -> anyhow::Result<Result<tokio::net::TcpListener, String>> {
+    match choice {
+        Some(UiListen::Off) => Ok(Err("it was switched off with --ui off".to_owned())),
+        Some(UiListen::At(addr)) => Ok(Ok(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot serve the dashboard on {addr}: is another program using that port? pick another --ui, or --ui off")
+        })?)),
+        None => match tokio::net::TcpListener::bind(DEFAULT_UI).await {
+            Ok(listener) => Ok(Ok(listener)),
+            Err(error) => {
+                tracing::warn!(
+                    error = %error,
+                    "The dashboard is off: its default address {DEFAULT_UI} is taken; pick a free one with --ui."
+                );
+                Ok(Err(format!("its default address {DEFAULT_UI} was taken ({error}) when the daemon started")))
+            }
+        },
+    }
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum LogFormat {
     Pretty,
@@ -166,6 +220,11 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
         None => None,
     };
     let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
+    let ui = bind_ui(args.ui).await?;
+    let ui_addr = match &ui {
+        Ok(listener) => listener.local_addr().map_err(|e| format!("its address cannot be read: {e}")),
+        Err(problem) => Err(problem.clone()),
+    };
     let host_dns = bind_host_dns(args.dns).await?;
     let dns_addr = host_dns.as_ref().map(hearth_net::dns::Server::local_addr).map_err(Clone::clone);
 
@@ -315,6 +374,7 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
             store_location: store_path.display().to_string(),
             ingress: ingress_addr,
             dns: dns_addr.clone(),
+            ui: ui_addr.clone(),
         },
         stop_rx,
     );
@@ -334,7 +394,15 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
         servers.spawn(hearth_listen::serve(
             listener,
             budget.api_tcp(),
-            TowerToHyperService::new(server::router_with_token(state.clone(), Token::new(token))),
+            TowerToHyperService::new(server::router_with_token(state.clone(), Token::new(token.clone()))),
+            stop_tx.subscribe(),
+        ));
+    }
+    if let (Ok(listener), Ok(addr)) = (ui, &ui_addr) {
+        servers.spawn(hearth_listen::serve(
+            listener,
+            budget.ui(),
+            TowerToHyperService::new(hearth_api::ui::router(state.clone(), Token::new(token), *addr)),
             stop_tx.subscribe(),
         ));
     }
@@ -345,6 +413,7 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
         tcp = tcp_addr.map(|a| a.to_string()),
         ingress = ingress_addr.map(|a| a.to_string()),
         dns = dns_addr.as_ref().map_or_else(|problem| format!("off ({problem})"), ToString::to_string),
+        ui = ui_addr.as_ref().map_or_else(|problem| format!("off ({problem})"), |a| format!("http://{a}/ui/")),
         nofile = budget.nofile(),
         "Daemon ready."
     );

@@ -83,6 +83,8 @@ enum Command {
     /// Read and write the user key space of the store.
     #[command(subcommand)]
     Kv(cmd::kv::Command),
+    /// Print a one-time sign-in link for the web dashboard (and open it where a browser can); list and revoke its sessions.
+    Ui(cmd::ui::Args),
     /// Print the API token that remote clients need (--host).
     Token,
     /// Print a shell completion script, e.g. `hearth completions bash > /etc/bash_completion.d/hearth`.
@@ -162,6 +164,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Lab(command) => return Ok(exit_code(cmd::lab::run(&client()?, command).await?)),
         Command::Snapshot(command) => cmd::snapshot::run(&client()?, command).await?,
         Command::Image(command) => return Ok(exit_code(cmd::image::run(&client()?, command).await?)),
+        Command::Ui(args) => cmd::ui::run(&client()?, args).await?,
         Command::Token => cmd::token::run(&data_dir)?,
         Command::Completions { shell } => {
             use clap::CommandFactory;

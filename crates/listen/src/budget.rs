@@ -47,11 +47,15 @@ const UNIX_API_MAX: usize = 256;
 /// The ingress's share (1/4) and ceiling: apps may serve many clients.
 const INGRESS_SHARE: u64 = 4;
 const INGRESS_MAX: usize = 16_384;
+/// The dashboard's share (1/32) and ceiling: a few browsers on the host,
+/// each with a handful of connections.
+const UI_SHARE: u64 = 32;
+const UI_MAX: usize = 128;
 /// Connections every listener allows, however low the limit.
 const MIN_CONNECTIONS: usize = 8;
 
 /// The process's descriptor limit, and each listener's share of it. The
-/// listeners take at most 7/16 of it; the rest is the daemon's own work.
+/// listeners take at most 15/32 of it; the rest is the daemon's own work.
 #[derive(Debug, Clone, Copy)]
 pub struct Budget {
     nofile: u64,
@@ -116,6 +120,14 @@ impl Budget {
     pub fn api_unix(&self) -> Limits {
         let max = self.share(UNIX_API_SHARE, UNIX_API_MAX);
         self.limits("API socket", max, max, true)
+    }
+
+    /// The dashboard's listener: a share of its own, so that a flood of
+    /// the TCP API or the ingress never locks the browser out. Its peers
+    /// are all on loopback, so no per-peer cap below the whole.
+    pub fn ui(&self) -> Limits {
+        let max = self.share(UI_SHARE, UI_MAX);
+        self.limits("dashboard", max, max, true)
     }
 
     /// The apps ingress.

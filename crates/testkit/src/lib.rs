@@ -244,8 +244,9 @@ impl Daemon {
                 ["--default-network", "false", "--default-network-nat", "false"]
             })
             // Each test daemon's apps answer on a port of their own, and
-            // so does its DNS listener (status says which).
-            .args(["--ingress", "127.0.0.1:0"]);
+            // so do its DNS listener (status says which) and its dashboard
+            // (`hearth ui` says where).
+            .args(["--ingress", "127.0.0.1:0", "--ui", "127.0.0.1:0"]);
         if let Some(dns) = &self.dns {
             command.arg("--dns").arg(dns);
         }

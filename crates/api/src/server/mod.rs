@@ -24,7 +24,7 @@ pub(crate) fn history_limit(asked: Option<usize>) -> Result<usize, ApiError> {
     Ok(limit)
 }
 pub(crate) mod apps;
-mod auth;
+pub(crate) mod auth;
 pub(crate) mod config;
 pub(crate) mod events;
 mod exec;
@@ -38,6 +38,7 @@ pub(crate) mod series;
 pub(crate) mod services;
 pub(crate) mod system;
 pub(crate) mod triggers;
+pub(crate) mod ui;
 pub(crate) mod workflows;
 
 use std::path::PathBuf;
@@ -71,6 +72,8 @@ pub struct DaemonInfo {
     pub ingress: Option<std::net::SocketAddr>,
     /// Where the host's DNS listener answers, or why it does not.
     pub dns: Result<std::net::SocketAddr, String>,
+    /// Where the dashboard answers, or why it does not.
+    pub ui: Result<std::net::SocketAddr, String>,
 }
 
 /// A word from a subsystem's record as the wire enum it stands for. The
@@ -122,6 +125,8 @@ struct Inner {
     /// The time series (the `metrics` subsystem; `metrics` below is Prometheus).
     series: hearth_metrics::TimeSeries,
     info: DaemonInfo,
+    /// The dashboard's sign-in codes and sessions.
+    sessions: crate::ui::session::Sessions,
     started: Instant,
     metrics: Metrics,
     deploys: crate::extract::DeployBudget,
@@ -150,6 +155,7 @@ impl AppState {
             subsystems;
         Self {
             inner: Arc::new(Inner {
+                sessions: crate::ui::session::Sessions::new(store.clone()),
                 store,
                 machines,
                 networks,
@@ -188,6 +194,10 @@ impl AppState {
     /// The store, for what outlives a request: a follower of an SSE stream.
     pub(crate) fn shared_store(&self) -> Arc<dyn Store> {
         self.inner.store.clone()
+    }
+
+    pub(crate) fn sessions(&self) -> &crate::ui::session::Sessions {
+        &self.inner.sessions
     }
 
     pub(crate) fn machines(&self) -> &hearth_machines::Machines {
@@ -243,8 +253,15 @@ impl AppState {
 }
 
 /// The API router, with no authentication: for the Unix socket, which the
-/// file system protects (mode 0600 in a 0700 directory).
+/// file system protects (mode 0600 in a 0700 directory). Its caller is the
+/// daemon's owner.
 pub fn router(state: AppState) -> Router {
+    api(state).layer(axum::Extension(auth::Caller::Owner))
+}
+
+/// Every route of the API, for a listener to put its authentication in
+/// front of: that layer says who the [`auth::Caller`] is.
+pub(crate) fn api(state: AppState) -> Router {
     Router::new()
         .route("/v1/status", get(system::status))
         .route("/v1/openapi.json", get(system::openapi))
@@ -326,6 +343,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/images/pull", post(images::pull))
         .route("/v1/images/build", post(images::build))
         .route("/v1/images/{*name}", get(images::get).delete(images::remove))
+        .route("/v1/ui/login-codes", post(ui::login_code))
+        .route("/v1/ui/session", get(ui::session).delete(ui::sign_out))
+        .route("/v1/ui/sessions", get(ui::sessions).delete(ui::revoke_all))
+        .route("/v1/ui/sessions/{id}", axum::routing::delete(ui::revoke))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(utf8_path))
@@ -336,7 +357,7 @@ pub fn router(state: AppState) -> Router {
 
 /// The API router behind bearer-token authentication: for TCP.
 pub fn router_with_token(state: AppState, token: Token) -> Router {
-    router(state).layer(middleware::from_fn_with_state(token, auth::require_token))
+    api(state).layer(middleware::from_fn_with_state(token, auth::require_token))
 }
 
 /// Refuses a path that is not UTF-8 once percent-decoded, in the error

@@ -3,7 +3,9 @@
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use hearth_client::types::{Backend, DnsStatus, ErrorBody, HostInfo, KvmInfo, Status, StoreStatus, ToolInfo};
+use hearth_client::types::{
+    Backend, DnsStatus, ErrorBody, HostInfo, KvmInfo, Status, StoreStatus, ToolInfo, UiStatus,
+};
 
 use super::AppState;
 use crate::error::ApiError;
@@ -25,6 +27,10 @@ pub(crate) async fn status(State(state): State<AppState>) -> Result<axum::Json<S
         dns: DnsStatus {
             listen: info.dns.as_ref().ok().map(ToString::to_string),
             problem: info.dns.as_ref().err().cloned(),
+        },
+        ui: UiStatus {
+            url: info.ui.as_ref().ok().map(|a| format!("http://{a}/ui/")),
+            problem: info.ui.as_ref().err().cloned(),
         },
         uptime_secs: state.inner.started.elapsed().as_secs(),
         store: StoreStatus {

@@ -94,6 +94,7 @@ mod networks;
 mod services;
 mod system;
 mod triggers;
+mod ui;
 mod workflows;
 
 pub use alerts::*;
@@ -110,6 +111,7 @@ pub use networks::*;
 pub use services::*;
 pub use system::*;
 pub use triggers::*;
+pub use ui::*;
 pub use workflows::*;
 
 #[cfg(test)]

@@ -29,10 +29,22 @@ pub struct Status {
     /// Where apps answer HTTP, e.g. `127.0.0.1:8080`.
     pub ingress: Option<String>,
     pub dns: DnsStatus,
+    /// The web dashboard (`hearth ui` prints a sign-in link).
+    #[serde(default)]
+    pub ui: UiStatus,
     /// Seconds since the daemon started.
     pub uptime_secs: u64,
     pub store: StoreStatus,
     pub host: HostInfo,
+}
+
+/// The web dashboard (`hearth serve --ui`): where it answers, or why it
+/// does not.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UiStatus {
+    /// `http://127.0.0.1:PORT/ui/`.
+    pub url: Option<String>,
+    pub problem: Option<String>,
 }
 
 /// The host's DNS listener (`hearth serve --dns`): `.hearth` names, such as

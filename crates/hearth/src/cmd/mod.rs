@@ -17,6 +17,7 @@ pub(crate) mod snapshot;
 pub(crate) mod status;
 pub(crate) mod token;
 pub(crate) mod trigger;
+pub(crate) mod ui;
 pub(crate) mod workflow;
 
 /// Reads a file a deploy sends, refusing before it reads a byte anything

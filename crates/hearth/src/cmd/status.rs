@@ -42,7 +42,8 @@ fn render(s: &Status) -> String {
          firecracker {firecracker}\n\
          machines    run on {default_backend} by default\n\
          apps        {ingress}\n\
-         dns         {dns}\n",
+         dns         {dns}\n\
+         dashboard   {ui}\n",
         version = s.version,
         uptime = humantime::format_duration(std::time::Duration::from_secs(s.uptime_secs)),
         data_dir = s.data_dir,
@@ -63,6 +64,11 @@ fn render(s: &Status) -> String {
             .unwrap_or_else(|| "no ingress".into()),
         dns = match (&s.dns.listen, &s.dns.problem) {
             (Some(addr), _) => format!("{addr} (udp and tcp): NAME.service.hearth, MACHINE.NETWORK.hearth"),
+            (None, Some(problem)) => format!("off: {problem}"),
+            (None, None) => "off".to_owned(),
+        },
+        ui = match (&s.ui.url, &s.ui.problem) {
+            (Some(url), _) => format!("{url} (`hearth ui` prints a sign-in link)"),
             (None, Some(problem)) => format!("off: {problem}"),
             (None, None) => "off".to_owned(),
         },

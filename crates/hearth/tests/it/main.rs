@@ -40,4 +40,5 @@ mod services_routing;
 mod store_durability;
 mod store_follow;
 mod triggers_cli;
+mod ui;
 mod workflows_cli;

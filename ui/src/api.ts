@@ -1,0 +1,133 @@
+// The dashboard speaks only the daemon's public /v1 API, as the CLI does.
+// Requests carry the session cookie (set by /ui/login); those that change
+// something also carry the session's CSRF token, which the daemon requires.
+
+/** An API error as the daemon reports it: `{"error": {code, message, hint}}`. */
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+    readonly hint: string,
+  ) {
+    super(message);
+    this.name = 'ApiError';
+  }
+}
+
+/** `GET /v1/ui/session`. */
+export interface Session {
+  id: string;
+  csrf_token: string;
+  created_at_ms: number;
+  expires_at_ms: number;
+}
+
+let csrfToken: string | null = null;
+
+/** Reads this browser's session, and keeps its CSRF token for writes. */
+export async function loadSession(): Promise<Session> {
+  const session = await api<Session>('GET', '/v1/ui/session');
+  csrfToken = session.csrf_token;
+  return session;
+}
+
+/** Turns any failure into an ApiError with a hint, never a blank page. */
+export function asApiError(error: unknown): ApiError {
+  if (error instanceof ApiError) return error;
+  return new ApiError(
+    0,
+    'unreachable',
+    'The dashboard cannot reach the hearth daemon.',
+    'Is `hearth serve` still running? Start it again, then reload this page.',
+  );
+}
+
+async function errorOf(response: Response): Promise<ApiError> {
+  const text = await response.text().catch(() => '');
+  try {
+    const body = JSON.parse(text) as { error?: { code?: string; message?: string; hint?: string } };
+    if (body.error?.message) {
+      let hint = body.error.hint ?? '';
+      if (response.status === 401) {
+        // The daemon's hint speaks of bearer tokens; a browser needs a link.
+        hint = 'Your dashboard session has ended or was revoked. Run `hearth ui` for a new link.';
+      }
+      return new ApiError(response.status, body.error.code ?? 'error', body.error.message, hint);
+    }
+  } catch {
+    // Not JSON: reported below with the status.
+  }
+  return new ApiError(
+    response.status,
+    'http_error',
+    `The daemon answered ${response.status} ${response.statusText}.`.trim(),
+    'The daemon log (hearth serve) has details.',
+  );
+}
+
+/** One API call. Throws an ApiError on any failure. */
+export async function api<T>(method: string, path: string, body?: unknown): Promise<T> {
+  const headers: Record<string, string> = { Accept: 'application/json' };
+  if (method !== 'GET' && method !== 'HEAD') {
+    if (csrfToken === null) await loadSession();
+    headers['X-CSRF-Token'] = csrfToken ?? '';
+  }
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  let response: Response;
+  try {
+    response = await fetch(path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      credentials: 'same-origin',
+    });
+  } catch (error) {
+    throw asApiError(error);
+  }
+  if (!response.ok) throw await errorOf(response);
+  if (response.status === 204) return undefined as T;
+  return (await response.json()) as T;
+}
+
+/** Percent-encodes one path segment. */
+export const seg = encodeURIComponent;
+
+// The wire types the views read (a subset of crates/client/src/types).
+
+export interface Status {
+  version: string;
+  data_dir: string;
+  uptime_secs: number;
+  ingress: string | null;
+  tcp: string | null;
+  dns: { listen: string | null; problem: string | null };
+  store: { backend: string; location: string; revision: number; compacted_revision: number };
+  host: {
+    kvm: { present: boolean; accessible: boolean; usable: boolean | null; detail: string };
+    qemu: { path: string; version: string | null } | null;
+    firecracker: { path: string; version: string | null } | null;
+    default_backend: string;
+  };
+}
+
+export interface Machine {
+  name: string;
+  image: string;
+  backend: string;
+  desired: 'running' | 'stopped';
+  state: 'created' | 'starting' | 'running' | 'stopping' | 'stopped' | 'failed';
+  phase: string | null;
+  reason: string | null;
+  nics: { network: string; ip: string; dns_name: string }[];
+  ports: string[];
+}
+
+export interface ChangeEvent {
+  revision: number;
+  kind: 'put' | 'delete';
+  key: string;
+  value: string | null;
+  encoding: 'utf8' | 'base64';
+  version: number;
+}

@@ -1,0 +1,143 @@
+// The dashboard's shell: navigation, the error banner, and one view.
+
+import { render } from 'preact';
+import { useEffect, useRef, useState } from 'preact/hooks';
+import { asApiError, loadSession } from './api';
+import { setError, useError } from './errors';
+import { live } from './live';
+import { Apps } from './views/Apps';
+import { Events } from './views/Events';
+import { Machines } from './views/Machines';
+import { Overview } from './views/Overview';
+import { Workflows } from './views/Workflows';
+import './style.css';
+
+interface Route {
+  path: string;
+  label: string;
+  view: () => preact.JSX.Element;
+}
+
+/** The views, in the order the navigation lists them. */
+const ROUTES: Route[] = [
+  { path: '/ui/', label: 'Overview', view: Overview },
+  { path: '/ui/machines', label: 'Machines', view: Machines },
+  { path: '/ui/apps', label: 'Apps', view: Apps },
+  { path: '/ui/workflows', label: 'Workflows', view: Workflows },
+  { path: '/ui/events', label: 'Events', view: Events },
+];
+
+function routeOf(pathname: string): Route | null {
+  const path = pathname === '/ui' || pathname === '/ui/' ? '/ui/' : pathname.replace(/\/+$/, '');
+  return ROUTES.find((r) => r.path === path) ?? null;
+}
+
+function usePath(): [string, (path: string) => void] {
+  const [path, setPath] = useState(location.pathname);
+  useEffect(() => {
+    const onPop = () => setPath(location.pathname);
+    addEventListener('popstate', onPop);
+    return () => removeEventListener('popstate', onPop);
+  }, []);
+  const go = (to: string) => {
+    if (to !== location.pathname) history.pushState(null, '', to);
+    setPath(to);
+  };
+  return [path, go];
+}
+
+function Banner() {
+  const error = useError();
+  if (!error) return null;
+  return (
+    <div class="banner" role="alert">
+      <p class="banner-message">
+        <strong>{error.message}</strong>
+        {error.code && error.code !== 'unreachable' ? <span class="code"> ({error.code})</span> : null}
+      </p>
+      {error.hint ? <p class="banner-hint">{error.hint}</p> : null}
+      <button type="button" class="quiet" onClick={() => setError(null)}>
+        Dismiss
+      </button>
+    </div>
+  );
+}
+
+function NotFound() {
+  return (
+    <section>
+      <h1 tabIndex={-1}>Not found</h1>
+      <p>
+        There is no view at this address. <a href="/ui/">Go to the overview.</a>
+      </p>
+    </section>
+  );
+}
+
+function App() {
+  const [path, go] = usePath();
+  const route = routeOf(path);
+  const main = useRef<HTMLElement>(null);
+  const first = useRef(true);
+
+  useEffect(() => {
+    loadSession().catch((error) => setError(asApiError(error)));
+    void live.start();
+  }, []);
+
+  // After a navigation, move focus to the new view's heading, as a page
+  // load would, so keyboard and screen reader users know where they are.
+  useEffect(() => {
+    if (first.current) {
+      first.current = false;
+      return;
+    }
+    main.current?.querySelector<HTMLElement>('h1')?.focus();
+  }, [path]);
+
+  // Links to other views switch views in place, keeping the live stream.
+  useEffect(() => {
+    const onClick = (event: MouseEvent) => {
+      if (event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey || event.altKey) return;
+      const link = (event.target as Element | null)?.closest?.('a');
+      const href = link?.getAttribute('href');
+      if (!href || !href.startsWith('/ui/') || routeOf(href) === null) return;
+      event.preventDefault();
+      go(href);
+    };
+    document.addEventListener('click', onClick);
+    return () => document.removeEventListener('click', onClick);
+  }, []);
+
+  const View = route?.view ?? NotFound;
+  return (
+    <>
+      <a class="skip" href="#main">
+        Skip to content
+      </a>
+      <header class="top">
+        <a class="brand" href="/ui/">
+          hearth
+        </a>
+        <nav aria-label="Views">
+          <ul>
+            {ROUTES.map((r) => (
+              <li key={r.path}>
+                <a href={r.path} aria-current={route === r ? 'page' : undefined}>
+                  {r.label}
+                </a>
+              </li>
+            ))}
+          </ul>
+        </nav>
+      </header>
+      <Banner />
+      <main id="main" ref={main} tabIndex={-1}>
+        <View />
+      </main>
+    </>
+  );
+}
+
+const root = document.getElementById('app');
+if (root) render(<App />, root);

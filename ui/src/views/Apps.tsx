@@ -1,0 +1,84 @@
+import { useLive, useResource, useTitle } from '../hooks';
+import { LiveBadge, ago, list } from './common';
+
+interface App {
+  name: string;
+  active: number;
+  version_count: number;
+  routes: string[];
+  urls: string[];
+  serving: number | null;
+  error: string | null;
+  updated_at: number;
+}
+
+function serving(app: App): string {
+  if (app.serving === null) return 'not serving';
+  if (app.serving !== app.active) return `v${app.serving} (v${app.active} is loading)`;
+  return `v${app.serving}`;
+}
+
+export function Apps() {
+  useTitle('Apps');
+  const live = useLive();
+  const apps = useResource<{ apps: App[] }>('/v1/apps', ['apps/']).data?.apps ?? null;
+  return (
+    <section aria-labelledby="apps-title">
+      <div class="heading">
+        <h1 id="apps-title" tabIndex={-1}>
+          Apps
+        </h1>
+        <LiveBadge connection={live.connection} />
+      </div>
+      {apps === null ? (
+        <p aria-busy="true">Reading apps…</p>
+      ) : (
+        <div class="scroll" role="region" aria-label="Apps" tabIndex={0}>
+          <table id="apps">
+            <caption>WebAssembly apps and the version each serves</caption>
+            <thead>
+              <tr>
+                <th scope="col">Name</th>
+                <th scope="col">Serving</th>
+                <th scope="col">Routes</th>
+                <th scope="col">Addresses</th>
+                <th scope="col">Versions</th>
+                <th scope="col">Deployed</th>
+              </tr>
+            </thead>
+            <tbody>
+              {apps.map((app) => (
+                <tr key={app.name} data-app={app.name}>
+                  <th scope="row" class="mono">
+                    {app.name}
+                  </th>
+                  <td>
+                    <span class={`tag tag-${app.serving === null ? 'failed' : 'running'}`}>{serving(app)}</span>
+                    {app.error ? <div class="reason">{app.error}</div> : null}
+                  </td>
+                  <td class="mono">{list(app.routes)}</td>
+                  <td class="mono">
+                    {app.urls.length
+                      ? app.urls.map((url) => (
+                          <div key={url}>
+                            <a href={url}>{url}</a>
+                          </div>
+                        ))
+                      : '—'}
+                  </td>
+                  <td class="num">{app.version_count}</td>
+                  <td>{ago(app.updated_at)}</td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+          {apps.length === 0 ? (
+            <p class="empty">
+              No apps. Deploy one with <code>hearth app deploy NAME app.wasm</code>.
+            </p>
+          ) : null}
+        </div>
+      )}
+    </section>
+  );
+}

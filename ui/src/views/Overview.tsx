@@ -1,0 +1,94 @@
+import type { Status } from '../api';
+import { useLive, useResource, useTitle } from '../hooks';
+import { EventTable, LiveBadge } from './common';
+
+function kvm(status: Status): string {
+  const { kvm } = status.host;
+  if (kvm.usable === true) return 'usable';
+  if (!kvm.present) return 'not present';
+  if (!kvm.accessible) return 'present, not accessible';
+  if (kvm.usable === false) return 'present, not usable';
+  return 'present, being checked';
+}
+
+function duration(secs: number): string {
+  if (secs < 60) return `${secs} s`;
+  if (secs < 3600) return `${Math.floor(secs / 60)} min`;
+  if (secs < 86400) return `${Math.floor(secs / 3600)} h ${Math.floor((secs % 3600) / 60)} min`;
+  return `${Math.floor(secs / 86400)} d ${Math.floor((secs % 86400) / 3600)} h`;
+}
+
+function Count({ label, value, href }: { label: string; value: number | undefined; href?: string }) {
+  const number = value === undefined ? '…' : String(value);
+  return (
+    <div class="count">
+      <dt>{href ? <a href={href}>{label}</a> : label}</dt>
+      <dd data-count={label.toLowerCase()}>{number}</dd>
+    </div>
+  );
+}
+
+export function Overview() {
+  useTitle('Overview');
+  const live = useLive();
+  const status = useResource<Status>('/v1/status', ['machines/']).data;
+  const machines = useResource<{ machines: unknown[] }>('/v1/machines', ['machines/']).data;
+  const apps = useResource<{ apps: unknown[] }>('/v1/apps', ['apps/']).data;
+  const workflows = useResource<{ workflows: unknown[] }>('/v1/workflows', ['workflows/']).data;
+
+  return (
+    <section aria-labelledby="overview-title">
+      <div class="heading">
+        <h1 id="overview-title" tabIndex={-1}>
+          Overview
+        </h1>
+        <LiveBadge connection={live.connection} />
+      </div>
+
+      <dl class="counts">
+        <Count label="Machines" value={machines?.machines.length} href="/ui/machines" />
+        <Count label="Apps" value={apps?.apps.length} href="/ui/apps" />
+        <Count label="Workflows" value={workflows?.workflows.length} href="/ui/workflows" />
+        <Count label="Revision" value={Math.max(live.revision, status?.store.revision ?? 0) || undefined} />
+      </dl>
+
+      <h2>Host</h2>
+      {status ? (
+        <dl class="facts">
+          <dt>hearth</dt>
+          <dd>{status.version}</dd>
+          <dt>Up for</dt>
+          <dd>{duration(status.uptime_secs)}</dd>
+          <dt>Machines run on</dt>
+          <dd>{status.host.default_backend}</dd>
+          <dt>KVM</dt>
+          <dd title={status.host.kvm.detail}>{kvm(status)}</dd>
+          <dt>QEMU</dt>
+          <dd>{status.host.qemu ? (status.host.qemu.version ?? status.host.qemu.path) : 'not found'}</dd>
+          <dt>Firecracker</dt>
+          <dd>
+            {status.host.firecracker
+              ? (status.host.firecracker.version ?? status.host.firecracker.path)
+              : 'not found'}
+          </dd>
+          <dt>Store</dt>
+          <dd>
+            {status.store.backend}, <span class="mono">{status.store.location}</span>
+          </dd>
+          <dt>Apps answer on</dt>
+          <dd class="mono">{status.ingress ?? 'off'}</dd>
+          <dt>DNS</dt>
+          <dd class="mono">{status.dns.listen ?? `off (${status.dns.problem ?? 'no reason given'})`}</dd>
+        </dl>
+      ) : (
+        <p aria-busy="true">Reading the daemon's status…</p>
+      )}
+
+      <h2>Latest events</h2>
+      <EventTable events={live.events.slice(0, 10)} caption="The ten latest changes in the store" />
+      <p>
+        <a href="/ui/events">All events, with filters</a>
+      </p>
+    </section>
+  );
+}

@@ -1,0 +1,122 @@
+import { useLive, useResource, useTitle } from '../hooks';
+import { LiveBadge, ago, list } from './common';
+
+interface Workflow {
+  name: string;
+  active: number;
+  webhooks: string[];
+  crons: string[];
+  events: string[];
+  updated_at: number;
+}
+
+interface Run {
+  id: string;
+  workflow: string;
+  version: number;
+  status: 'running' | 'waiting' | 'completed' | 'failed' | 'cancelled';
+  waiting_for: string | null;
+  error: string | null;
+  created_at: number;
+}
+
+/** Runs shown, newest first. */
+const RUNS = 50;
+
+function triggers(w: Workflow): string {
+  return list([...w.webhooks, ...w.crons.map((c) => `cron ${c}`), ...w.events.map((e) => `events under ${e}`)]);
+}
+
+export function Workflows() {
+  useTitle('Workflows');
+  const live = useLive();
+  const workflows = useResource<{ workflows: Workflow[] }>('/v1/workflows', ['workflows/']).data?.workflows ?? null;
+  const runs = useResource<{ runs: Run[] }>('/v1/runs', ['workflows/runs/']).data?.runs ?? null;
+  const latest = (runs ?? []).slice().sort((a, b) => b.created_at - a.created_at).slice(0, RUNS);
+  return (
+    <section aria-labelledby="workflows-title">
+      <div class="heading">
+        <h1 id="workflows-title" tabIndex={-1}>
+          Workflows
+        </h1>
+        <LiveBadge connection={live.connection} />
+      </div>
+      {workflows === null ? (
+        <p aria-busy="true">Reading workflows…</p>
+      ) : (
+        <div class="scroll" role="region" aria-label="Workflows" tabIndex={0}>
+          <table id="workflows">
+            <caption>Deployed workflows and what starts them</caption>
+            <thead>
+              <tr>
+                <th scope="col">Name</th>
+                <th scope="col">Active version</th>
+                <th scope="col">Triggers</th>
+                <th scope="col">Deployed</th>
+              </tr>
+            </thead>
+            <tbody>
+              {workflows.map((w) => (
+                <tr key={w.name} data-workflow={w.name}>
+                  <th scope="row" class="mono">
+                    {w.name}
+                  </th>
+                  <td class="num">v{w.active}</td>
+                  <td class="mono">{triggers(w)}</td>
+                  <td>{ago(w.updated_at)}</td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+          {workflows.length === 0 ? (
+            <p class="empty">
+              No workflows. Deploy one with <code>hearth workflow deploy NAME workflow.wasm</code>.
+            </p>
+          ) : null}
+        </div>
+      )}
+
+      <h2>Latest runs</h2>
+      {runs === null ? (
+        <p aria-busy="true">Reading runs…</p>
+      ) : (
+        <div class="scroll" role="region" aria-label="Latest runs" tabIndex={0}>
+          <table id="runs">
+            <caption>The {RUNS} latest runs, newest first</caption>
+            <thead>
+              <tr>
+                <th scope="col">Run</th>
+                <th scope="col">Workflow</th>
+                <th scope="col">Status</th>
+                <th scope="col">Started</th>
+              </tr>
+            </thead>
+            <tbody>
+              {latest.map((run) => (
+                <tr key={run.id} data-run={run.id}>
+                  <th scope="row" class="mono">
+                    {run.id}
+                  </th>
+                  <td class="mono">
+                    {run.workflow} v{run.version}
+                  </td>
+                  <td>
+                    <span class={`tag tag-run-${run.status}`}>{run.status}</span>
+                    {run.waiting_for ? <div class="reason">waiting for {run.waiting_for}</div> : null}
+                    {run.error ? <div class="reason">{run.error}</div> : null}
+                  </td>
+                  <td>{ago(run.created_at)}</td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+          {latest.length === 0 ? (
+            <p class="empty">
+              No runs yet. Start one with <code>hearth workflow start NAME</code>.
+            </p>
+          ) : null}
+        </div>
+      )}
+    </section>
+  );
+}

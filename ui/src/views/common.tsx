@@ -1,0 +1,72 @@
+import type { ChangeEvent } from '../api';
+import type { Connection } from '../live';
+
+const CONNECTION_TEXT: Record<Connection, string> = {
+  connecting: 'Connecting…',
+  live: 'Live',
+  reconnecting: 'Reconnecting…',
+};
+
+/** Whether the view is following the store right now. */
+export function LiveBadge({ connection }: { connection: Connection }) {
+  return (
+    <p class={`live live-${connection}`} role="status" data-connection={connection}>
+      {CONNECTION_TEXT[connection]}
+    </p>
+  );
+}
+
+/** A value as one short line. */
+function shown(event: ChangeEvent): string {
+  if (event.kind === 'delete') return '—';
+  if (event.encoding === 'base64') return `${event.value?.length ?? 0} bytes (base64)`;
+  const value = event.value ?? '';
+  return value.length > 120 ? `${value.slice(0, 119)}…` : value;
+}
+
+/** Store events, newest first. The region scrolls sideways on a phone, so
+ * it takes focus for keyboard users. */
+export function EventTable({ events, caption }: { events: ChangeEvent[]; caption: string }) {
+  return (
+    <div class="scroll" role="region" aria-label={caption} tabIndex={0}>
+      <table>
+        <caption>{caption}</caption>
+        <thead>
+          <tr>
+            <th scope="col">Revision</th>
+            <th scope="col">Kind</th>
+            <th scope="col">Key</th>
+            <th scope="col">Value</th>
+          </tr>
+        </thead>
+        <tbody>
+          {events.map((e) => (
+            <tr key={`${e.revision}:${e.key}`} data-key={e.key}>
+              <td class="num">{e.revision}</td>
+              <td>
+                <span class={`tag tag-${e.kind}`}>{e.kind}</span>
+              </td>
+              <td class="mono">{e.key}</td>
+              <td class="mono value">{shown(e)}</td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+      {events.length === 0 ? <p class="empty">No events yet.</p> : null}
+    </div>
+  );
+}
+
+/** `5 s ago`, `3 min ago`, from Unix milliseconds. */
+export function ago(ms: number): string {
+  const secs = Math.max(0, Math.round((Date.now() - ms) / 1000));
+  if (secs < 60) return `${secs} s ago`;
+  if (secs < 3600) return `${Math.floor(secs / 60)} min ago`;
+  if (secs < 86400) return `${Math.floor(secs / 3600)} h ago`;
+  return `${Math.floor(secs / 86400)} d ago`;
+}
+
+/** A list of words, or a dash for none. */
+export function list(items: string[]): string {
+  return items.length ? items.join(', ') : '—';
+}
