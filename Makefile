@@ -79,6 +79,7 @@ CLIPPY_DRIVER = $(shell rustc --print sysroot)/bin/clippy-driver
 LINTING = RUSTC_WORKSPACE_WRAPPER=$(CLIPPY_DRIVER) CLIPPY_ARGS=-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__
 
 test: setup agent examples ui
+	./scripts/check-doc-links.sh
 	$(CARGO) fmt --all --check
 	@mkdir -p $(dir $(SKIP_LOG)) && rm -f $(SKIP_LOG)
 	$(LINTING) $(CARGO) test --workspace --locked --no-run
