@@ -2,7 +2,8 @@
 //!
 //! The host sends the machine's merged config in a `Config` request; the
 //! agent keeps it in two files of its config directory ([`DIR`],
-//! `/run/hearth`): [`JSON_FILE`] and [`ENV_FILE`], mode 0600. Each is
+//! `/run/hearth`): [`JSON_FILE`] and [`ENV_FILE`], mode 0600, owned by the
+//! user the main process runs as (root when it has none). Each is
 //! replaced atomically (a temporary file in the same directory, synced,
 //! renamed over the old one, and the directory synced), so a reader sees
 //! the old file or the new one, never a mix. When both files already hold
@@ -116,11 +117,20 @@ pub struct Options {
     pub hold: Option<Duration>,
     /// How long a reload command may run.
     pub reload_timeout: Duration,
+    /// The main process's user (`name`, `uid[:gid]`, ...), who owns the
+    /// files; root when `None`.
+    pub owner: Option<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { dir: PathBuf::from(DIR), reload: None, hold: None, reload_timeout: RELOAD_TIMEOUT }
+        Self {
+            dir: PathBuf::from(DIR),
+            reload: None,
+            hold: None,
+            reload_timeout: RELOAD_TIMEOUT,
+            owner: None,
+        }
     }
 }
 
@@ -177,7 +187,16 @@ pub(crate) fn apply(
     revision: u64,
 ) -> Result<(), String> {
     let config = &state.config;
-    let changed = write_files(&config.options.dir, json, env).map_err(|e| {
+    let owner = match &config.options.owner {
+        Some(user) => {
+            let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+            let ids = crate::main_process::resolve_user(user, &read("/etc/passwd"), &read("/etc/group"))
+                .map_err(|why| format!("cannot give the config files to the main process's user: {why}"))?;
+            Some((ids.uid, ids.gid))
+        }
+        None => None,
+    };
+    let changed = write_files(&config.options.dir, json, env, owner).map_err(|e| {
         format!("cannot write the config into {}: {}", config.options.dir.display(), describe(&e))
     })?;
     let first = {
@@ -345,9 +364,21 @@ fn keep_tail(tail: &mut Vec<u8>, data: &[u8], max: usize) {
     }
 }
 
-/// Writes the files that differ from `json` and `env`; false when neither did.
-pub(crate) fn write_files(dir: &Path, json: &[u8], env: &[u8]) -> io::Result<bool> {
-    let differs = |name: &str, bytes: &[u8]| fs::read(dir.join(name)).map_or(true, |old| old != bytes);
+/// Writes the files that differ from `json` and `env` (or whose owner is
+/// not `owner`), owned by `owner`; false when neither was written.
+pub(crate) fn write_files(
+    dir: &Path,
+    json: &[u8],
+    env: &[u8],
+    owner: Option<(u32, u32)>,
+) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let differs = |name: &str, bytes: &[u8]| {
+        let path = dir.join(name);
+        let owned =
+            owner.is_none_or(|wanted| fs::metadata(&path).is_ok_and(|m| (m.uid(), m.gid()) == wanted));
+        !owned || fs::read(&path).map_or(true, |old| old != bytes)
+    };
     let writes: Vec<(&str, &[u8])> = [(JSON_FILE, json), (ENV_FILE, env)]
         .into_iter()
         .filter(|(name, bytes)| differs(name, bytes))
@@ -358,7 +389,7 @@ pub(crate) fn write_files(dir: &Path, json: &[u8], env: &[u8]) -> io::Result<boo
     fs::create_dir_all(dir)?;
     fs::set_permissions(dir, Permissions::from_mode(0o755))?;
     for (name, bytes) in writes {
-        crate::files::replace_file(&dir.join(name), bytes, 0o600)?;
+        crate::files::replace_file_owned(&dir.join(name), bytes, 0o600, owner)?;
     }
     // Makes the renames durable.
     File::open(dir)?.sync_all()?;
@@ -387,10 +418,33 @@ mod tests {
     }
 
     #[test]
+    fn the_files_belong_to_the_main_process_s_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path().join("hearth");
+        let written = write_files(&dir, b"{}", b"", Some((4321, 4322)));
+        if !nix::unistd::geteuid().is_root() {
+            // Only root gives files away: the attempt is what is checked.
+            let error = written.unwrap_err();
+            assert_eq!(error.raw_os_error(), Some(nix::libc::EPERM), "{error}");
+            return;
+        }
+        assert!(written.unwrap());
+        for name in [JSON_FILE, ENV_FILE] {
+            let meta = fs::metadata(dir.join(name)).unwrap();
+            assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o7777), (4321, 4322, 0o600), "{name}");
+        }
+        // The same config again, same owner: nothing to write.
+        assert!(!write_files(&dir, b"{}", b"", Some((4321, 4322))).unwrap());
+        // Another owner: written again, for the new one.
+        assert!(write_files(&dir, b"{}", b"", Some((4323, 4323))).unwrap());
+        assert_eq!(fs::metadata(dir.join(JSON_FILE)).unwrap().uid(), 4323);
+    }
+
+    #[test]
     fn the_files_are_replaced_whole_with_mode_0600_and_no_temporary_file_left() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("run/hearth");
-        assert!(write_files(&dir, b"{\"a\":1}", b"A=1\n").unwrap());
+        assert!(write_files(&dir, b"{\"a\":1}", b"A=1\n", None).unwrap());
         assert_eq!(fs::read(dir.join(JSON_FILE)).unwrap(), b"{\"a\":1}");
         assert_eq!(fs::read(dir.join(ENV_FILE)).unwrap(), b"A=1\n");
         for name in [JSON_FILE, ENV_FILE] {
@@ -399,7 +453,7 @@ mod tests {
         assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o7777, 0o755);
         // A new inode each time: a reader holding the old file keeps it whole.
         let before = fs::metadata(dir.join(JSON_FILE)).unwrap().ino();
-        assert!(write_files(&dir, b"{}", b"A=1\n").unwrap());
+        assert!(write_files(&dir, b"{}", b"A=1\n", None).unwrap());
         assert_ne!(fs::metadata(dir.join(JSON_FILE)).unwrap().ino(), before);
         let mut names: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
         names.sort();
@@ -410,7 +464,7 @@ mod tests {
     fn the_same_bytes_again_write_nothing() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path();
-        assert!(write_files(dir, b"{}", b"").unwrap());
+        assert!(write_files(dir, b"{}", b"", None).unwrap());
         let inodes = |dir: &Path| {
             [JSON_FILE, ENV_FILE].map(|name| {
                 let meta = fs::metadata(dir.join(name)).unwrap();
@@ -418,10 +472,10 @@ mod tests {
             })
         };
         let before = inodes(dir);
-        assert!(!write_files(dir, b"{}", b"").unwrap());
+        assert!(!write_files(dir, b"{}", b"", None).unwrap());
         assert_eq!(inodes(dir), before, "nothing was rewritten");
         // Only the file that differs is replaced.
-        assert!(write_files(dir, b"{}", b"B=2\n").unwrap());
+        assert!(write_files(dir, b"{}", b"B=2\n", None).unwrap());
         let after = inodes(dir);
         assert_eq!(after[0], before[0]);
         assert_ne!(after[1], before[1]);

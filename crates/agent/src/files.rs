@@ -197,6 +197,17 @@ fn download(state: &State, epoch: u64, id: u32, path: &str, mut file: File, mode
 /// one, never a mix, and a symlink at `path` is replaced, not followed.
 /// The caller syncs the directory when the rename must be durable.
 pub(crate) fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    replace_file_owned(path, bytes, mode, None)
+}
+
+/// [`replace_file`], the new file owned by `owner` (uid, gid) before it
+/// takes the old one's place.
+pub(crate) fn replace_file_owned(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("/"));
     fs::create_dir_all(dir)?;
     let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
@@ -209,6 +220,9 @@ pub(crate) fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> io::Result<(
         .mode(mode)
         .open(&temp)
         .and_then(|mut file| {
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
+            }
             file.write_all(bytes)?;
             file.sync_all()
         })

@@ -85,6 +85,7 @@ fn boot_and_serve() -> ! {
     let server = Server::with_config(config::Options {
         reload: config.config_reload.clone(),
         hold: config.config.then_some(config::HOLD),
+        owner: config.main.as_ref().and_then(|m| m.user.clone()),
         ..config::Options::default()
     });
     if let Some(spec) = config.main.clone() {

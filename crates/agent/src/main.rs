@@ -140,6 +140,7 @@ fn parse_args(args: &[String]) -> Result<Option<ServeArgs>, String> {
         }
     }
     let listen = listen.ok_or("serve needs one of --unix, --stdio, --vsock and --port")?;
+    config.owner = main.as_ref().and_then(|m| m.user.clone());
     Ok(Some(ServeArgs { listen, main, config }))
 }
 

@@ -253,6 +253,9 @@ async fn a_config_change_reaches_a_running_machine_and_reloads_it_without_a_rest
         "256M",
         "--on-config-change",
         "echo reloaded >> /tmp/reloads",
+        // Not root: the files are its own.
+        "--user",
+        "nobody",
         &image,
         "--",
         "sh",
