@@ -417,6 +417,7 @@ async fn services_up(client: &Client, lab: &file::Lab, before: &Before) -> anyho
                     command: s.command.clone(),
                     cpus: Some(s.cpus),
                     memory_mib: Some(s.memory_mib),
+                    on_config_change: s.on_config_change.clone(),
                     ..Default::default()
                 };
                 client

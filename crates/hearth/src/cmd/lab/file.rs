@@ -102,6 +102,7 @@ struct RawService {
     env: Vec<Spanned<String>>,
     cpus: Option<Spanned<i64>>,
     memory: Option<Spanned<Memory>>,
+    on_config_change: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,6 +177,8 @@ pub(crate) struct Service {
     pub(crate) env: Vec<String>,
     pub(crate) cpus: u32,
     pub(crate) memory_mib: u32,
+    /// What each machine does when its config changes: a signal or a command.
+    pub(crate) on_config_change: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -603,6 +606,14 @@ fn check_services(
                 512
             }),
         };
+        if let Some(action) = &raw.on_config_change
+            && let Err(why) = hearth_machines::record::validate_on_config_change(action.get_ref())
+        {
+            problems.push(format!(
+                "{}: service {name:?}: field `on_config_change`: {why}",
+                loc.at(action.span())
+            ));
+        }
         services.push(Service {
             name,
             image: raw.image.get_ref().trim().to_owned(),
@@ -616,6 +627,7 @@ fn check_services(
             env: raw.env.into_iter().map(|e| e.into_inner()).collect(),
             cpus,
             memory_mib,
+            on_config_change: raw.on_config_change.map(|a| a.into_inner()),
         });
     }
     services
@@ -881,6 +893,9 @@ image = "debian:bookworm"
         check(&svc("env = [\"NOEQUALS\"]\n"), &["lab.toml:5", "not KEY=VALUE"]);
         check(&svc("routes = [\"shop.test/a?b\"]\n"), &["lab.toml:5", "field `routes`", "plain prefix"]);
         check(&svc("routes = [\"shop.test\", \"SHOP.test/\"]\n"), &["field `routes`", "given twice"]);
+        check(&svc("on_config_change = \"SIGHPU\"\n"), &["lab.toml:5", "field `on_config_change`", "SIGHPU"]);
+        let reloads = parse("lab.toml", &svc("on_config_change = \"SIGHUP\"\n"), None, "x").expect("parses");
+        assert_eq!(reloads.services[0].on_config_change.as_deref(), Some("SIGHUP"));
         let routed = parse("lab.toml", &svc("routes = [\"shop.test/api\"]\n"), None, "x").expect("parses");
         assert_eq!(routed.services[0].routes, ["shop.test/api"]);
         check("[[service]]\nname = \"web\"\nimage = \"i\"\nport = 0\n", &["lab.toml:4", "field `port`"]);
