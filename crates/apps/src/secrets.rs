@@ -92,7 +92,7 @@ impl Apps {
             Err(Error::MissingSecret { .. }) => return Ok(()),
             Err(e) => return Err(e),
         };
-        if config == loaded.ctx.config {
+        if config.values == loaded.ctx.config {
             return Ok(());
         }
         let refreshed = self.loaded(&app, version, config, loaded.ctx.limits, loaded.pre.clone());
@@ -102,19 +102,32 @@ impl Apps {
 
     /// The app's merged config, as `wasi:config` serves it: dotted keys,
     /// text values. Every secret the manifest declares must be set.
-    pub(crate) async fn resolve_config(
-        &self,
-        name: &str,
-        manifest: &Manifest,
-    ) -> Result<BTreeMap<String, String>, Error> {
+    pub(crate) async fn resolve_config(&self, name: &str, manifest: &Manifest) -> Result<AppConfig, Error> {
+        // Read first: a change told after this is seen again (see `install`).
+        let seen = *self.inner.config.changes().borrow();
         let resolved = self.inner.config.resolve(&scope(name), Some(&base(name, manifest))).await?;
-        let config = resolved.flat();
+        let values = resolved.flat();
         for secret in &manifest.secrets {
-            if !config.contains_key(secret) {
+            if !values.contains_key(secret) {
                 return Err(Error::MissingSecret { app: name.to_owned(), secret: secret.clone() });
             }
         }
-        Ok(config)
+        Ok(AppConfig { values, seen })
+    }
+
+    /// Gives a just-installed app the config that moved while it loaded:
+    /// [`Self::follow_config`] refreshes only the apps already loaded when
+    /// it is told of a change.
+    pub(crate) fn catch_up_config(&self, name: &str, loaded: &crate::service::Loaded) {
+        if *self.inner.config.changes().borrow() == loaded.config_seen {
+            return;
+        }
+        let (this, name) = (self.clone(), name.to_owned());
+        tokio::spawn(async move {
+            if let Err(e) = this.refresh_config(&name).await {
+                tracing::warn!(app = name, error = %chain(&e), "Cannot give an app its new config.");
+            }
+        });
     }
 
     /// Re-resolves every loaded app's config each time config moves, until
@@ -165,6 +178,13 @@ impl Apps {
         }
         Ok(())
     }
+}
+
+/// An app's config as resolved: the values, and the config revision told
+/// to consumers (`Config::changes`) just before they were read.
+pub(crate) struct AppConfig {
+    pub(crate) values: BTreeMap<String, String>,
+    pub(crate) seen: hearth_store::Revision,
 }
 
 /// An app version's `hearth.toml` `[config]` as a config layer. A name

@@ -166,6 +166,8 @@ pub(crate) struct Loaded {
     pub(crate) ctx: Arc<AppCtx>,
     pub(crate) pre: ProxyPre<HostState>,
     pub(crate) sha256: String,
+    /// The config revision told to consumers when its config was read.
+    pub(crate) config_seen: hearth_store::Revision,
 }
 
 impl std::fmt::Debug for Apps {
@@ -624,9 +626,15 @@ impl Apps {
         serving: Result<Arc<Loaded>, String>,
         guards: Guards,
     ) {
-        let mut loaded = lock(&self.inner.loaded);
-        loaded.insert(name.to_owned(), Entry { routes, serving, guards });
-        self.publish(&loaded);
+        let installed = serving.as_ref().ok().cloned();
+        {
+            let mut loaded = lock(&self.inner.loaded);
+            loaded.insert(name.to_owned(), Entry { routes, serving, guards });
+            self.publish(&loaded);
+        }
+        if let Some(installed) = installed {
+            self.catch_up_config(name, &installed);
+        }
     }
 
     fn uninstall(&self, name: &str) {

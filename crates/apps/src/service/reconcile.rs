@@ -171,7 +171,7 @@ impl Apps {
         &self,
         app: &App,
         version: &Version,
-        config: BTreeMap<String, String>,
+        config: crate::secrets::AppConfig,
         limits: Limits,
         pre: ProxyPre<HostState>,
     ) -> Arc<Loaded> {
@@ -180,13 +180,13 @@ impl Apps {
             version: version.number,
             state: self.inner.store.clone(),
             kv_stores: version.manifest.key_value.clone(),
-            config,
+            config: config.values,
             outbound: version.manifest.outbound_rules(),
             resolver: self.inner.options.resolver.clone(),
             services: self.inner.upstreams.clone(),
             limits,
             log: self.log(&app.name),
         };
-        Arc::new(Loaded { ctx: Arc::new(ctx), pre, sha256: version.sha256.clone() })
+        Arc::new(Loaded { ctx: Arc::new(ctx), pre, sha256: version.sha256.clone(), config_seen: config.seen })
     }
 }

@@ -101,6 +101,23 @@ async fn a_config_change_reaches_a_running_app_on_its_next_request_with_no_redep
     assert_eq!(versions, 1, "no redeploy happened");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_change_made_while_an_app_first_loads_reaches_it() {
+    use hearth_config::{Key, Layer};
+    let guests = guests();
+    let h = Harness::start().await;
+    let manifest = "key_value = [\"default\"]\noutbound = [\"http://example.invalid\"]\n";
+    // The change lands while the deploy compiles, after it read the config
+    // (most runs) or before (the rest): either way the app serves it.
+    let deploy = {
+        let (apps, code) = (h.apps.clone(), guests.kitchen.clone());
+        tokio::spawn(async move { apps.deploy("late", code, Some(manifest.into()), vec![]).await })
+    };
+    h.config.set(&Layer::Global, &Key::parse("greeting").unwrap(), "late".into(), false).await.unwrap();
+    deploy.await.unwrap().unwrap();
+    wait_for_body(&h, "late.localhost", "/config?key=greeting", "late").await;
+}
+
 /// Waits, with a deadline, for `path` on `host` to answer `body`.
 async fn wait_for_body(h: &Harness, host: &str, path: &str, body: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
