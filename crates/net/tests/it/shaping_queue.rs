@@ -118,9 +118,13 @@ fn jitter_widens_the_spread() {
         };
         let steady = spread(&mut shaper, 0);
         let jittery = spread(&mut shaper, 30);
-        // Uniform on ±30 ms has a mean deviation of 15 ms.
-        assert!(steady < 3.0, "mean deviation {steady} ms without jitter");
-        assert!(jittery > 6.0, "mean deviation {jittery} ms with 30 ms of jitter");
+        // Uniform on ±30 ms has a mean deviation of 15 ms; a busy host adds
+        // a few ms of its own to both.
+        assert!(steady < 6.0, "mean deviation {steady} ms without jitter");
+        assert!(
+            jittery > 6.0 && jittery > 2.0 * steady,
+            "mean deviation {jittery} ms with 30 ms of jitter, {steady} ms without"
+        );
         shaper.clear().expect("clear");
         assert_nothing_left(&host, "hearth-tj-delay");
     });
