@@ -86,8 +86,19 @@ export async function api<T>(method: string, path: string, body?: unknown): Prom
     throw asApiError(error);
   }
   if (!response.ok) throw await errorOf(response);
-  if (response.status === 204) return undefined as T;
-  return (await response.json()) as T;
+  // 204, and 202 from a signal, have no body.
+  const text = await response.text();
+  if (text === '') return undefined as T;
+  try {
+    return JSON.parse(text) as T;
+  } catch {
+    throw new ApiError(
+      response.status,
+      'http_error',
+      `The daemon's answer to ${method} ${path} is not JSON.`,
+      'The daemon log (hearth serve) has details.',
+    );
+  }
 }
 
 /** Percent-encodes one path segment. */
