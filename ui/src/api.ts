@@ -132,6 +132,15 @@ export interface Machine {
   reason: string | null;
   nics: { network: string; ip: string; dns_name: string }[];
   ports: string[];
+  cpus: number;
+  memory_mib: number;
+  disk_mib?: number | null;
+  boot_ms: number | null;
+  kernel: string | null;
+  ports_problem: string | null;
+  /** Unix seconds. */
+  created_at: number;
+  started_at: number | null;
 }
 
 export interface ChangeEvent {
