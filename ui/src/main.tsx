@@ -8,6 +8,7 @@ import { live } from './live';
 import { App as AppPage } from './views/App';
 import { Apps } from './views/Apps';
 import { Events } from './views/Events';
+import { Machine } from './views/Machine';
 import { Machines } from './views/Machines';
 import { Overview } from './views/Overview';
 import { Run } from './views/Run';
@@ -38,6 +39,7 @@ interface ItemRoute {
 }
 
 const ITEMS: ItemRoute[] = [
+  { prefix: '/ui/machines/', under: '/ui/machines', view: Machine },
   { prefix: '/ui/apps/', under: '/ui/apps', view: AppPage },
   { prefix: '/ui/runs/', under: '/ui/workflows', view: Run },
 ];
