@@ -14,12 +14,13 @@
 import { mkdirSync } from 'node:fs';
 import { chromium } from 'playwright-core';
 import { apps } from './apps.mjs';
+import { machines } from './machines.mjs';
 import { BASE, LINK, SHOTS, WAIT_MS, api, audit, check, heading, step, withDeadline } from './lib.mjs';
 import { workflows } from './workflows.mjs';
 
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 /** The whole run's deadline. */
-const RUN_MS = 120_000;
+const RUN_MS = 240_000;
 
 const runTimer = setTimeout(() => {
   console.error(`browser.mjs: the run took longer than ${RUN_MS / 1000} s`);
@@ -200,9 +201,11 @@ async function run() {
   step('the events view filters by key prefix and by kind');
   await audit(page, 'events');
 
-  // Apps and workflows, managed from their pages (apps.mjs, workflows.mjs).
+  // Apps, workflows and a machine, managed from their pages (apps.mjs,
+  // workflows.mjs, machines.mjs).
   await apps(page);
   await workflows(page, { csrf });
+  await machines(page);
 
   // 8. Figures: the compressed bundle, as the daemon sends it.
   const session_cookie = { Cookie: `hearth_session=${cookie.value}` };

@@ -28,6 +28,8 @@ export const SHOTS = need('HEARTH_UI_SCREENSHOTS');
 export const HELLO_WASM = need('HEARTH_UI_HELLO_WASM');
 /** The workflow examples/workflows/approval, deployed by the Rust test. */
 export const APPROVAL = need('HEARTH_UI_APPROVAL');
+/** A running machine, booted by the Rust test. */
+export const MACHINE = need('HEARTH_UI_MACHINE');
 
 export function check(condition, message) {
   if (!condition) throw new Error(message);

@@ -13,7 +13,7 @@ use hearth_testkit::{Daemon, failure, success};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hearth");
 /// How long the browser script may run, all checks included.
-const BROWSER_TIMEOUT: Duration = Duration::from_secs(150);
+const BROWSER_TIMEOUT: Duration = Duration::from_secs(270);
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -210,6 +210,9 @@ async fn the_dashboard_works_in_a_real_browser() {
     // is deployed here, and the browser signals its run.
     let hello = hello_example();
     success(&daemon.cli(&["workflow", "deploy", "approval", &crate::workflows_cli::approval_example()]));
+    // A machine for its page to show, stop, start and remove.
+    let image = daemon.ensure_debian_image().await;
+    success(&daemon.cli(&["machine", "run", "--name", "web", "--memory", "256M", &image]));
     let (url, authority) = sign_in_link(&daemon);
     let (status, _, body) = http(&authority, "GET", "/ui/", &[]);
     assert!(
@@ -227,6 +230,7 @@ async fn the_dashboard_works_in_a_real_browser() {
         .env("HEARTH_UI_SCREENSHOTS", &screenshots)
         .env("HEARTH_UI_HELLO_WASM", &hello)
         .env("HEARTH_UI_APPROVAL", "approval")
+        .env("HEARTH_UI_MACHINE", "web")
         .env("CHROMIUM", &chromium)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
