@@ -86,8 +86,19 @@ export async function api<T>(method: string, path: string, body?: unknown): Prom
     throw asApiError(error);
   }
   if (!response.ok) throw await errorOf(response);
-  if (response.status === 204) return undefined as T;
-  return (await response.json()) as T;
+  // 204, and 202 from a signal, have no body.
+  const text = await response.text();
+  if (text === '') return undefined as T;
+  try {
+    return JSON.parse(text) as T;
+  } catch {
+    throw new ApiError(
+      response.status,
+      'http_error',
+      `The daemon's answer to ${method} ${path} is not JSON.`,
+      'The daemon log (hearth serve) has details.',
+    );
+  }
 }
 
 /** Percent-encodes one path segment. */
@@ -121,6 +132,15 @@ export interface Machine {
   reason: string | null;
   nics: { network: string; ip: string; dns_name: string }[];
   ports: string[];
+  cpus: number;
+  memory_mib: number;
+  disk_mib?: number | null;
+  boot_ms: number | null;
+  kernel: string | null;
+  ports_problem: string | null;
+  /** Unix seconds. */
+  created_at: number;
+  started_at: number | null;
 }
 
 export interface ChangeEvent {
@@ -130,4 +150,107 @@ export interface ChangeEvent {
   value: string | null;
   encoding: 'utf8' | 'base64';
   version: number;
+}
+
+export interface AppSummary {
+  name: string;
+  active: number;
+  version_count: number;
+  routes: string[];
+  urls: string[];
+  serving: number | null;
+  error: string | null;
+  updated_at: number;
+}
+
+export interface AppVersion {
+  number: number;
+  sha256: string;
+  size: number;
+  created_at: number;
+  manifest: string | null;
+}
+
+/** `GET /v1/apps/{name}`. */
+export interface AppDetail extends AppSummary {
+  versions: AppVersion[];
+}
+
+/** `PUT /v1/apps/{name}`'s answer. */
+export interface DeployResult {
+  app: string;
+  version: AppVersion;
+  compiled: boolean;
+  duration_ms: number;
+  urls: string[];
+}
+
+export interface AppLogLine {
+  time: number;
+  version: number;
+  stream: 'stdout' | 'stderr' | 'request' | 'hearth';
+  text: string;
+}
+
+/** `GET /v1/metrics/query`. */
+export interface MetricQueryResult {
+  name: string;
+  since_ms: number;
+  until_ms: number;
+  step_ms?: number;
+  interval_ms: number;
+  series: { labels: Record<string, string>; points: { at: number; value: number }[] }[];
+}
+
+export type RunStatus = 'running' | 'waiting' | 'completed' | 'failed' | 'cancelled';
+
+export interface RunSummary {
+  id: string;
+  workflow: string;
+  version: number;
+  status: RunStatus;
+  input: string;
+  output: string | null;
+  error: string | null;
+  waiting_for: string | null;
+  deadline: number | null;
+  started_by: string;
+  parent: string | null;
+  executions: number;
+  created_at: number;
+  updated_at: number;
+  finished_at: number | null;
+}
+
+export interface JournalStep {
+  seq: number;
+  at: number;
+  call: string;
+  outcome: string;
+  entry: unknown;
+}
+
+/** `GET /v1/runs/{id}`. */
+export interface RunDetail extends RunSummary {
+  journal: JournalStep[];
+  pending_signals: { name: string; data: string; sent_at: number }[];
+}
+
+export interface RunLogLine {
+  time: number;
+  source: 'log' | 'output';
+  text: string;
+}
+
+/** A file's bytes as base64, as deploy requests carry components. */
+export function base64Of(file: Blob): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => {
+      const url = String(reader.result);
+      resolve(url.slice(url.indexOf(',') + 1));
+    };
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
 }

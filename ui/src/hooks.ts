@@ -1,5 +1,5 @@
 import { useEffect, useRef, useState } from 'preact/hooks';
-import { api, asApiError } from './api';
+import { api, asApiError, type ApiError } from './api';
 import { setError } from './errors';
 import { live, touches, type Update } from './live';
 
@@ -12,14 +12,25 @@ export function useLive(): typeof live {
 
 /** Reads `path`, and reads it again, at most every 200 ms, whenever the
  * live stream shows a change under one of `prefixes` (or after a break). */
-export function useResource<T>(path: string, prefixes: string[]): { data: T | null; reload: () => void } {
+export function useResource<T>(
+  path: string,
+  prefixes: string[],
+): { data: T | null; error: ApiError | null; reload: () => void } {
   const [data, setData] = useState<T | null>(null);
+  const [failure, setFailure] = useState<ApiError | null>(null);
   const pending = useRef<number | null>(null);
   const load = useRef(() => {});
   load.current = () => {
     api<T>('GET', path)
-      .then((value) => setData(value))
-      .catch((error) => setError(asApiError(error)));
+      .then((value) => {
+        setData(value);
+        setFailure(null);
+      })
+      .catch((error) => {
+        const apiError = asApiError(error);
+        setFailure(apiError);
+        setError(apiError);
+      });
   };
   useEffect(() => {
     load.current();
@@ -36,7 +47,7 @@ export function useResource<T>(path: string, prefixes: string[]): { data: T | nu
     };
     // The prefixes are constants of each view.
   }, [path]);
-  return { data, reload: () => load.current() };
+  return { data, error: failure, reload: () => load.current() };
 }
 
 /** Sets the document title for a view. */

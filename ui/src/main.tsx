@@ -1,14 +1,17 @@
 // The dashboard's shell: navigation, the error banner, and one view.
 
-import { render } from 'preact';
+import { Fragment, render } from 'preact';
 import { useEffect, useRef, useState } from 'preact/hooks';
 import { asApiError, loadSession } from './api';
 import { setError, useError } from './errors';
 import { live } from './live';
+import { App as AppPage } from './views/App';
 import { Apps } from './views/Apps';
 import { Events } from './views/Events';
+import { Machine } from './views/Machine';
 import { Machines } from './views/Machines';
 import { Overview } from './views/Overview';
+import { Run } from './views/Run';
 import { Workflows } from './views/Workflows';
 import './style.css';
 
@@ -27,9 +30,50 @@ const ROUTES: Route[] = [
   { path: '/ui/events', label: 'Events', view: Events },
 ];
 
-function routeOf(pathname: string): Route | null {
+/** Pages of one thing, under a view of the navigation: `/ui/apps/NAME`. */
+interface ItemRoute {
+  prefix: string;
+  /** The navigation's view it belongs to. */
+  under: string;
+  view: (props: { name: string }) => preact.JSX.Element;
+}
+
+const ITEMS: ItemRoute[] = [
+  { prefix: '/ui/machines/', under: '/ui/machines', view: Machine },
+  { prefix: '/ui/apps/', under: '/ui/apps', view: AppPage },
+  { prefix: '/ui/runs/', under: '/ui/workflows', view: Run },
+];
+
+interface Found {
+  route: Route;
+  /** The page, with its item's name when it has one. */
+  page: preact.JSX.Element;
+  /** Distinguishes two pages of one kind, so that one is not reused for the other. */
+  key: string;
+}
+
+function routeOf(pathname: string): Found | null {
   const path = pathname === '/ui' || pathname === '/ui/' ? '/ui/' : pathname.replace(/\/+$/, '');
-  return ROUTES.find((r) => r.path === path) ?? null;
+  const route = ROUTES.find((r) => r.path === path);
+  if (route) {
+    const View = route.view;
+    return { route, page: <View />, key: path };
+  }
+  for (const item of ITEMS) {
+    const rest = path.startsWith(item.prefix) ? path.slice(item.prefix.length) : '';
+    if (rest === '' || rest.includes('/')) continue;
+    let name: string;
+    try {
+      name = decodeURIComponent(rest);
+    } catch {
+      return null;
+    }
+    const under = ROUTES.find((r) => r.path === item.under);
+    if (!under) return null;
+    const View = item.view;
+    return { route: under, page: <View name={name} />, key: path };
+  }
+  return null;
 }
 
 function usePath(): [string, (path: string) => void] {
@@ -109,7 +153,7 @@ function App() {
     return () => document.removeEventListener('click', onClick);
   }, []);
 
-  const View = route?.view ?? NotFound;
+
   return (
     <>
       <a class="skip" href="#main">
@@ -123,7 +167,7 @@ function App() {
           <ul>
             {ROUTES.map((r) => (
               <li key={r.path}>
-                <a href={r.path} aria-current={route === r ? 'page' : undefined}>
+                <a href={r.path} aria-current={route?.route === r ? (route.key === r.path ? 'page' : 'true') : undefined}>
                   {r.label}
                 </a>
               </li>
@@ -133,7 +177,7 @@ function App() {
       </header>
       <Banner />
       <main id="main" ref={main} tabIndex={-1}>
-        <View />
+        <Fragment key={route?.key ?? 'not-found'}>{route?.page ?? <NotFound />}</Fragment>
       </main>
     </>
   );

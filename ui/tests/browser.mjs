@@ -11,38 +11,16 @@
 // Exits 0 when every check passed; otherwise prints what failed and
 // exits 1. Every wait has a deadline: nothing here sleeps to synchronise.
 
-import { readFileSync, mkdirSync } from 'node:fs';
-import { createRequire } from 'node:module';
+import { mkdirSync } from 'node:fs';
 import { chromium } from 'playwright-core';
+import { apps } from './apps.mjs';
+import { machines } from './machines.mjs';
+import { BASE, LINK, SHOTS, WAIT_MS, api, audit, check, heading, step, withDeadline } from './lib.mjs';
+import { workflows } from './workflows.mjs';
 
-const require = createRequire(import.meta.url);
-const BASE = need('HEARTH_UI_BASE');
-const LINK = need('HEARTH_UI_LINK');
-const SHOTS = need('HEARTH_UI_SCREENSHOTS');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-/** The deadline of any one wait for the page. */
-const WAIT_MS = 10_000;
 /** The whole run's deadline. */
-const RUN_MS = 75_000;
-const WIDTHS = [1280, 390];
-const SCHEMES = ['light', 'dark'];
-
-function need(name) {
-  const value = process.env[name];
-  if (!value) {
-    console.error(`browser.mjs: ${name} is not set; run it through \`cargo test -p hearth --test it -- ui::\``);
-    process.exit(2);
-  }
-  return value;
-}
-
-function check(condition, message) {
-  if (!condition) throw new Error(message);
-}
-
-function step(message) {
-  console.log(`ok: ${message}`);
-}
+const RUN_MS = 240_000;
 
 const runTimer = setTimeout(() => {
   console.error(`browser.mjs: the run took longer than ${RUN_MS / 1000} s`);
@@ -50,7 +28,6 @@ const runTimer = setTimeout(() => {
 }, RUN_MS);
 
 mkdirSync(SHOTS, { recursive: true });
-const axeSource = readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
 
 const browser = await chromium.launch({
   executablePath: CHROMIUM,
@@ -65,67 +42,17 @@ try {
 } catch (error) {
   failed = true;
   console.error(`FAILED: ${error.stack || error}`);
+  // What each page showed when it failed.
+  const pages = browser.contexts().flatMap((c) => c.pages());
+  for (const [i, page] of pages.entries()) {
+    await page.screenshot({ path: `${SHOTS}/failure-${i}.png`, fullPage: true }).catch(() => {});
+  }
+  if (pages.length) console.error(`screenshots of the pages: ${SHOTS}/failure-*.png`);
 } finally {
   await browser.close();
   clearTimeout(runTimer);
 }
 process.exit(failed ? 1 : 0);
-
-/** Runs axe-core on the page as it is, at each width and color scheme,
- * and fails on any serious or critical violation. The script is
- * evaluated rather than added as a script tag, which the dashboard's
- * Content-Security-Policy (rightly) refuses. */
-async function audit(page, name) {
-  if (!(await page.evaluate(() => 'axe' in window))) await page.evaluate(axeSource);
-  for (const scheme of SCHEMES) {
-    await page.emulateMedia({ colorScheme: scheme });
-    for (const width of WIDTHS) {
-      await page.setViewportSize({ width, height: 860 });
-      const result = await page.evaluate(async () => {
-        // eslint-disable-next-line no-undef
-        const r = await axe.run(document, { resultTypes: ['violations'] });
-        return r.violations.map((v) => ({
-          id: v.id,
-          impact: v.impact,
-          help: v.help,
-          nodes: v.nodes.slice(0, 3).map((n) => n.target.join(' ')),
-        }));
-      });
-      const bad = result.filter((v) => v.impact === 'serious' || v.impact === 'critical');
-      check(
-        bad.length === 0,
-        `axe found ${bad.length} serious or critical violations on ${name} at ${width} px, ${scheme}:\n` +
-          JSON.stringify(bad, null, 2),
-      );
-      await page.screenshot({ path: `${SHOTS}/${name}-${width}-${scheme}.png`, fullPage: true });
-    }
-  }
-  await page.emulateMedia({ colorScheme: 'light' });
-  await page.setViewportSize({ width: 1280, height: 860 });
-  step(`axe: no serious or critical violations on ${name} at ${WIDTHS.join(' and ')} px, light and dark`);
-}
-
-async function api(page, method, path, { body, csrf, headers = {} } = {}) {
-  return page.evaluate(
-    async ({ method, path, body, csrf, headers }) => {
-      const h = { ...headers };
-      if (csrf) h['X-CSRF-Token'] = csrf;
-      if (body !== undefined) h['Content-Type'] = 'application/json';
-      const r = await fetch(path, { method, headers: h, body: body === undefined ? undefined : JSON.stringify(body) });
-      const text = await r.text();
-      let json = null;
-      try {
-        json = JSON.parse(text);
-      } catch {}
-      return { status: r.status, json, text };
-    },
-    { method, path, body, csrf, headers },
-  );
-}
-
-async function heading(page, text) {
-  await page.getByRole('heading', { level: 1, name: text }).waitFor({ timeout: WAIT_MS });
-}
 
 async function run() {
   // 1. Without a session: the sign-in page, never the dashboard; the API says 401.
@@ -248,8 +175,7 @@ async function run() {
   step('the machines view renders its table');
   await audit(page, 'machines');
 
-  // Apps and workflows: their tables render (empty here: deploying a
-  // component is other tests' work).
+  // Apps and workflows: their tables render, empty for now.
   for (const [label, table] of [
     ['Apps', 'table#apps'],
     ['Workflows', 'table#runs'],
@@ -274,6 +200,12 @@ async function run() {
   await page.getByLabel('Key prefix').fill('');
   step('the events view filters by key prefix and by kind');
   await audit(page, 'events');
+
+  // Apps, workflows and a machine, managed from their pages (apps.mjs,
+  // workflows.mjs, machines.mjs).
+  await apps(page);
+  await workflows(page, { csrf });
+  await machines(page);
 
   // 8. Figures: the compressed bundle, as the daemon sends it.
   const session_cookie = { Cookie: `hearth_session=${cookie.value}` };
@@ -313,17 +245,4 @@ async function run() {
   const reload = await page.reload();
   check(reload.status() === 401, `reloading after sign-out answered ${reload.status()}`);
   step('a revoked session is refused (401), its stream is cut off; the banner shows the error and its hint');
-}
-
-/** Waits for a promise, or fails after WAIT_MS saying what it waited for. */
-async function withDeadline(promise, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), WAIT_MS);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
 }

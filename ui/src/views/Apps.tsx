@@ -1,16 +1,7 @@
+import { seg, type AppSummary as App } from '../api';
 import { useLive, useResource, useTitle } from '../hooks';
 import { LiveBadge, ago, list } from './common';
-
-interface App {
-  name: string;
-  active: number;
-  version_count: number;
-  routes: string[];
-  urls: string[];
-  serving: number | null;
-  error: string | null;
-  updated_at: number;
-}
+import { DeployForm } from './Deploy';
 
 function serving(app: App): string {
   if (app.serving === null) return 'not serving';
@@ -50,7 +41,7 @@ export function Apps() {
               {apps.map((app) => (
                 <tr key={app.name} data-app={app.name}>
                   <th scope="row" class="mono">
-                    {app.name}
+                    <a href={`/ui/apps/${seg(app.name)}`}>{app.name}</a>
                   </th>
                   <td>
                     <span class={`tag tag-${app.serving === null ? 'failed' : 'running'}`}>{serving(app)}</span>
@@ -74,11 +65,14 @@ export function Apps() {
           </table>
           {apps.length === 0 ? (
             <p class="empty">
-              No apps. Deploy one with <code>hearth app deploy NAME app.wasm</code>.
+              No apps. Deploy one below, or with <code>hearth app deploy NAME app.wasm</code>.
             </p>
           ) : null}
         </div>
       )}
+      <h2>Deploy an app</h2>
+      <p>A new app, or a new version of one of the above: its component, and its hearth.toml if it has one.</p>
+      <DeployForm />
     </section>
   );
 }

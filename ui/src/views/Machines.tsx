@@ -33,7 +33,7 @@ function Row({ machine, reload }: { machine: Machine; reload: () => void }) {
   return (
     <tr data-machine={machine.name}>
       <th scope="row" class="mono">
-        {machine.name}
+        <a href={`/ui/machines/${seg(machine.name)}`}>{machine.name}</a>
       </th>
       <td>
         <span class={`tag tag-${machine.state}`}>{state}</span>

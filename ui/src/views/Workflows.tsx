@@ -1,3 +1,5 @@
+import { useState } from 'preact/hooks';
+import { seg, type RunStatus, type RunSummary as Run } from '../api';
 import { useLive, useResource, useTitle } from '../hooks';
 import { LiveBadge, ago, list } from './common';
 
@@ -10,15 +12,7 @@ interface Workflow {
   updated_at: number;
 }
 
-interface Run {
-  id: string;
-  workflow: string;
-  version: number;
-  status: 'running' | 'waiting' | 'completed' | 'failed' | 'cancelled';
-  waiting_for: string | null;
-  error: string | null;
-  created_at: number;
-}
+const STATUSES: RunStatus[] = ['running', 'waiting', 'completed', 'failed', 'cancelled'];
 
 /** Runs shown, newest first. */
 const RUNS = 50;
@@ -31,7 +25,9 @@ export function Workflows() {
   useTitle('Workflows');
   const live = useLive();
   const workflows = useResource<{ workflows: Workflow[] }>('/v1/workflows', ['workflows/']).data?.workflows ?? null;
-  const runs = useResource<{ runs: Run[] }>('/v1/runs', ['workflows/runs/']).data?.runs ?? null;
+  const [status, setStatus] = useState<RunStatus | 'all'>('all');
+  const runsPath = status === 'all' ? '/v1/runs' : `/v1/runs?status=${status}`;
+  const runs = useResource<{ runs: Run[] }>(runsPath, ['workflows/runs/']).data?.runs ?? null;
   const latest = (runs ?? []).slice().sort((a, b) => b.created_at - a.created_at).slice(0, RUNS);
   return (
     <section aria-labelledby="workflows-title">
@@ -77,12 +73,31 @@ export function Workflows() {
       )}
 
       <h2>Latest runs</h2>
+      <form class="filters" role="search" aria-label="Filter runs" onSubmit={(e) => e.preventDefault()}>
+        <label>
+          Status
+          <select
+            name="status"
+            value={status}
+            onChange={(e) => setStatus((e.target as HTMLSelectElement).value as RunStatus | 'all')}
+          >
+            <option value="all">all</option>
+            {STATUSES.map((s) => (
+              <option key={s} value={s}>
+                {s}
+              </option>
+            ))}
+          </select>
+        </label>
+      </form>
       {runs === null ? (
         <p aria-busy="true">Reading runs…</p>
       ) : (
         <div class="scroll" role="region" aria-label="Latest runs" tabIndex={0}>
           <table id="runs">
-            <caption>The {RUNS} latest runs, newest first</caption>
+            <caption>
+              The {RUNS} latest {status === 'all' ? '' : `${status} `}runs, newest first
+            </caption>
             <thead>
               <tr>
                 <th scope="col">Run</th>
@@ -95,7 +110,7 @@ export function Workflows() {
               {latest.map((run) => (
                 <tr key={run.id} data-run={run.id}>
                   <th scope="row" class="mono">
-                    {run.id}
+                    <a href={`/ui/runs/${seg(run.id)}`}>{run.id}</a>
                   </th>
                   <td class="mono">
                     {run.workflow} v{run.version}
@@ -112,7 +127,8 @@ export function Workflows() {
           </table>
           {latest.length === 0 ? (
             <p class="empty">
-              No runs yet. Start one with <code>hearth workflow start NAME</code>.
+              {status === 'all' ? 'No runs yet.' : `No ${status} runs.`} Start one with{' '}
+              <code>hearth workflow start NAME</code>.
             </p>
           ) : null}
         </div>

@@ -1,4 +1,4 @@
-import type { ChangeEvent } from '../api';
+import type { ApiError, ChangeEvent } from '../api';
 import type { Connection } from '../live';
 
 const CONNECTION_TEXT: Record<Connection, string> = {
@@ -69,4 +69,30 @@ export function ago(ms: number): string {
 /** A list of words, or a dash for none. */
 export function list(items: string[]): string {
   return items.length ? items.join(', ') : '—';
+}
+
+/** An error told where it happened (a form, a panel), with its hint. */
+export function ErrorNote({ error }: { error: ApiError | null }) {
+  if (!error) return null;
+  return (
+    <div class="note note-error" role="alert">
+      <p>
+        <strong>{error.message}</strong>
+        {error.code && error.code !== 'unreachable' ? <span class="code"> ({error.code})</span> : null}
+      </p>
+      {error.hint ? <p>{error.hint}</p> : null}
+    </div>
+  );
+}
+
+/** `12.3 KiB` from bytes. */
+export function bytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+}
+
+/** A time of day from Unix milliseconds, with seconds: `10:42:07`. */
+export function clock(ms: number): string {
+  return new Date(ms).toLocaleTimeString(undefined, { hour12: false });
 }

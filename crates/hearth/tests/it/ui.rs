@@ -13,7 +13,7 @@ use hearth_testkit::{Daemon, failure, success};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hearth");
 /// How long the browser script may run, all checks included.
-const BROWSER_TIMEOUT: Duration = Duration::from_secs(90);
+const BROWSER_TIMEOUT: Duration = Duration::from_secs(270);
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -206,6 +206,13 @@ async fn the_dashboard_works_in_a_real_browser() {
     let lifetime = std::ffi::OsString::from("2000");
     let daemon =
         Daemon::start_with_env(BIN, &[("HEARTH_TEST_EVENT_STREAM_LIFETIME_MS", lifetime.as_os_str())]).await;
+    // The browser deploys the hello app by upload; the approval workflow
+    // is deployed here, and the browser signals its run.
+    let hello = hello_example();
+    success(&daemon.cli(&["workflow", "deploy", "approval", &crate::workflows_cli::approval_example()]));
+    // A machine for its page to show, stop, start and remove.
+    let image = daemon.ensure_debian_image().await;
+    success(&daemon.cli(&["machine", "run", "--name", "web", "--memory", "256M", &image]));
     let (url, authority) = sign_in_link(&daemon);
     let (status, _, body) = http(&authority, "GET", "/ui/", &[]);
     assert!(
@@ -221,6 +228,9 @@ async fn the_dashboard_works_in_a_real_browser() {
         .env("HEARTH_UI_BASE", format!("http://{authority}"))
         .env("HEARTH_UI_LINK", &url)
         .env("HEARTH_UI_SCREENSHOTS", &screenshots)
+        .env("HEARTH_UI_HELLO_WASM", &hello)
+        .env("HEARTH_UI_APPROVAL", "approval")
+        .env("HEARTH_UI_MACHINE", "web")
         .env("CHROMIUM", &chromium)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -249,6 +259,13 @@ async fn the_dashboard_works_in_a_real_browser() {
         tail(&daemon.log(), 4000)
     );
     println!("{out}screenshots: {}", screenshots.display());
+}
+
+/// The example from `examples/apps/hello`, built by `make examples`.
+fn hello_example() -> String {
+    let path = repo().join("examples/apps/hello/target/wasm32-wasip2/release/hello.wasm");
+    assert!(path.is_file(), "{} is missing: run `make examples`", path.display());
+    path.display().to_string()
 }
 
 fn tail(text: &str, bytes: usize) -> &str {
