@@ -467,15 +467,7 @@ impl Monitor {
 
     /// Keeps the newest [`HISTORY_KEPT`] history entries.
     async fn prune_history(&self) {
-        let Ok(range) = self.inner.store.range(keys::HISTORY).await else { return };
-        let excess = range.kvs.len().saturating_sub(HISTORY_KEPT);
-        if excess == 0 {
-            return;
-        }
-        let txn = range.kvs[..excess]
-            .iter()
-            .fold(Txn::new(), |txn, kv| txn.and_then(Op::Delete { key: kv.key.clone() }));
-        if let Err(error) = self.inner.store.txn(txn).await {
+        if let Err(error) = hearth_store::keep_newest(&*self.inner.store, keys::HISTORY, HISTORY_KEPT).await {
             tracing::warn!(error = %error, "Cannot prune the alert history.");
         }
     }

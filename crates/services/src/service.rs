@@ -805,13 +805,9 @@ impl Services {
             tracing::warn!(service = name, error = %error, "Cannot record the service's history.");
             return;
         }
-        if let Ok(range) = self.store().range(&record::history_prefix(name)).await
-            && range.kvs.len() > record::HISTORY_KEEP
-        {
-            for kv in &range.kvs[..range.kvs.len() - record::HISTORY_KEEP] {
-                let _ = self.store().delete(&kv.key).await;
-            }
-        }
+        let _ =
+            hearth_store::keep_newest(&**self.store(), &record::history_prefix(name), record::HISTORY_KEEP)
+                .await;
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Op, Store, Txn};
+use crate::Store;
 
 /// Where acts are stored.
 pub const PREFIX: &str = "acts/";
@@ -64,30 +64,11 @@ pub async fn record(store: &dyn Store, subject: &str, action: &str, reason: impl
         tracing::warn!(subject, action, error = %crate::chain(&error), "Cannot record an act.");
         return;
     }
-    if seq.is_multiple_of(PRUNE_EVERY) {
-        prune(store).await;
-    }
-}
-
-/// Keeps the newest [`KEEP`] acts.
-async fn prune(store: &dyn Store) {
-    let Ok(range) = store.range(PREFIX).await else { return };
-    let excess = range.kvs.len().saturating_sub(KEEP);
-    if excess == 0 {
-        return;
-    }
-    let txn = range.kvs[..excess]
-        .iter()
-        .fold(Txn::new(), |txn, kv| txn.and_then(Op::Delete { key: kv.key.clone() }));
-    if let Err(error) = store.txn(txn).await {
+    if seq.is_multiple_of(PRUNE_EVERY)
+        && let Err(error) = crate::keep_newest(store, PREFIX, KEEP).await
+    {
         tracing::warn!(error = %crate::chain(&error), "Cannot prune the acts.");
     }
-}
-
-/// The acts, oldest first.
-pub async fn list(store: &dyn Store) -> Result<Vec<Act>, crate::Error> {
-    let range = store.range(PREFIX).await?;
-    Ok(range.kvs.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect())
 }
 
 #[cfg(test)]
@@ -119,8 +100,12 @@ mod tests {
         for i in 0..5 {
             record(&store, &format!("machine:m{i}"), "recovered", "r").await;
         }
-        let subjects: Vec<String> =
-            list(&store).await.expect("list").into_iter().map(|a| a.subject).collect();
+        let range = store.range(PREFIX).await.expect("range");
+        let subjects: Vec<String> = range
+            .kvs
+            .iter()
+            .map(|kv| serde_json::from_slice::<Act>(&kv.value).expect("an act").subject)
+            .collect();
         assert_eq!(subjects, ["machine:m0", "machine:m1", "machine:m2", "machine:m3", "machine:m4"]);
     }
 
@@ -130,7 +115,7 @@ mod tests {
         for i in 0..KEEP + 10 {
             store.put(&key(1, i as u64), b"{}".to_vec(), None).await.expect("put");
         }
-        prune(&store).await;
+        assert_eq!(crate::keep_newest(&store, PREFIX, KEEP).await.expect("prune"), 10);
         let range = store.range(PREFIX).await.expect("range");
         assert_eq!(range.kvs.len(), KEEP);
         assert_eq!(range.kvs[0].key, key(1, 10));

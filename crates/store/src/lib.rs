@@ -165,6 +165,22 @@ pub mod limits {
     pub const MAX_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 }
 
+/// Deletes all but the last `keep` keys under `prefix` (in key order, so
+/// the newest of keys that start with a time), in one transaction: how
+/// the bounded logs (alert history, service history, acts) stay bounded.
+/// Returns how many went.
+pub async fn keep_newest(store: &dyn Store, prefix: &str, keep: usize) -> Result<usize, Error> {
+    let range = store.range(prefix).await?;
+    let excess = range.kvs.len().saturating_sub(keep);
+    if excess > 0 {
+        let txn = range.kvs[..excess]
+            .iter()
+            .fold(Txn::new(), |txn, kv| txn.and_then(Op::Delete { key: kv.key.clone() }));
+        store.txn(txn).await?;
+    }
+    Ok(excess)
+}
+
 /// An error and its sources on one line, `error: cause: cause`, for logs
 /// and for reasons stored as text; a source whose words the message
 /// already holds is not repeated. Every hearth crate logs errors this way.
