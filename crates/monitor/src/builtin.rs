@@ -19,45 +19,46 @@ struct Entry {
     toml: &'static str,
 }
 
-/// An act of the service supervisor, written to `services/history/`.
-macro_rules! service_act {
-    ($name:literal, $action:literal, $what:literal) => {
+/// A rule that records each put under `$prefix` whose `action` is
+/// `$action`, summed up by `$summary`.
+macro_rules! recorded {
+    ($prefix:literal, $name:literal, $action:literal, $summary:expr) => {
         Entry {
             table: "rule",
             name: $name,
             toml: concat!(
                 "name = \"",
                 $name,
-                "\"\nevent = { prefix = \"services/history/\", kind = \"put\", match = { action = \"",
+                "\"\nevent = { prefix = \"",
+                $prefix,
+                "\", kind = \"put\", match = { action = \"",
                 $action,
                 "\" } }\nlabels = { severity = \"info\", act = \"",
                 $action,
                 "\" }\nsummary = \"",
-                $what,
-                ": {{ key }} {{ value.instance }}: {{ value.reason }}\"\nnotify = [\"history\"]\ngroup_by = [\"key\"]\ngroup_wait = \"0s\"\n"
+                $summary,
+                "\"\nnotify = [\"history\"]\ngroup_by = [\"key\"]\ngroup_wait = \"0s\"\n"
             ),
         }
+    };
+}
+
+/// An act of the service supervisor, written to `services/history/`.
+macro_rules! service_act {
+    ($name:literal, $action:literal, $what:literal) => {
+        recorded!(
+            "services/history/",
+            $name,
+            $action,
+            concat!($what, ": {{ key }} {{ value.instance }}: {{ value.reason }}")
+        )
     };
 }
 
 /// An act recorded at `acts/` (`hearth_store::acts`).
 macro_rules! act {
     ($name:literal, $action:literal, $what:literal) => {
-        Entry {
-            table: "rule",
-            name: $name,
-            toml: concat!(
-                "name = \"",
-                $name,
-                "\"\nevent = { prefix = \"acts/\", kind = \"put\", match = { action = \"",
-                $action,
-                "\" } }\nlabels = { severity = \"info\", act = \"",
-                $action,
-                "\" }\nsummary = \"",
-                $what,
-                ": {{ value.subject }}: {{ value.reason }}\"\nnotify = [\"history\"]\ngroup_by = [\"key\"]\ngroup_wait = \"0s\"\n"
-            ),
-        }
+        recorded!("acts/", $name, $action, concat!($what, ": {{ value.subject }}: {{ value.reason }}"))
     };
 }
 
