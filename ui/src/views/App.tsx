@@ -13,7 +13,7 @@ import {
 } from '../api';
 import { setError } from '../errors';
 import { useLive, useResource, useTitle } from '../hooks';
-import { ErrorNote, LiveBadge, ago, bytes, clock, list } from './common';
+import { ErrorNote, Links, LiveBadge, ago, bytes, clock, list } from './common';
 import { DeployForm } from './Deploy';
 import { Sparkline, type Point } from './Sparkline';
 
@@ -279,13 +279,7 @@ export function App({ name }: { name: string }) {
             <dd class="mono">{list(app.routes)}</dd>
             <dt>Addresses</dt>
             <dd class="mono">
-              {app.urls.length
-                ? app.urls.map((url) => (
-                    <div key={url}>
-                      <a href={url}>{url}</a>
-                    </div>
-                  ))
-                : '—'}
+              <Links urls={app.urls} />
             </dd>
           </dl>
           <h2>Versions</h2>

@@ -1,6 +1,6 @@
 import { seg, type AppSummary as App } from '../api';
 import { useLive, useResource, useTitle } from '../hooks';
-import { LiveBadge, ago, list } from './common';
+import { Links, LiveBadge, ago, list } from './common';
 import { DeployForm } from './Deploy';
 
 function serving(app: App): string {
@@ -49,13 +49,7 @@ export function Apps() {
                   </td>
                   <td class="mono">{list(app.routes)}</td>
                   <td class="mono">
-                    {app.urls.length
-                      ? app.urls.map((url) => (
-                          <div key={url}>
-                            <a href={url}>{url}</a>
-                          </div>
-                        ))
-                      : '—'}
+                    <Links urls={app.urls} />
                   </td>
                   <td class="num">{app.version_count}</td>
                   <td>{ago(app.updated_at)}</td>

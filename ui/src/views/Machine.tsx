@@ -2,17 +2,14 @@
 // remove, and its console log followed live.
 
 import { useEffect, useRef, useState } from 'preact/hooks';
-import { ApiError, api, asApiError, seg, type Machine as MachineRecord } from '../api';
+import { ApiError, asApiError, seg, type Machine as MachineRecord } from '../api';
 import { setError } from '../errors';
 import { useLive, useResource, useTitle } from '../hooks';
+import { type MachineAction, stateText, useMachineAction } from '../machines';
 import { LiveBadge, ago } from './common';
 
 /** Console characters kept on the page. */
 const LOG_CHARS = 200_000;
-/** How long a restart waits for the machine to stop. */
-const STOP_MS = 60_000;
-
-type Action = 'start' | 'stop' | 'restart' | 'remove';
 
 /** Terminal control sequences (colours, cursor moves) and carriage
  * returns: the console is a serial terminal, the page is text. */
@@ -83,50 +80,15 @@ function Console({ name }: { name: string }) {
   );
 }
 
-async function waitUntilStopped(name: string): Promise<void> {
-  const deadline = Date.now() + STOP_MS;
-  for (;;) {
-    const machine = await api<MachineRecord>('GET', `/v1/machines/${seg(name)}`);
-    if (machine.state === 'stopped' || machine.state === 'failed') return;
-    if (Date.now() > deadline) {
-      throw new ApiError(0, 'timeout', `${name} did not stop within ${STOP_MS / 1000} s.`, 'Its console shows why; remove it to force it off.');
-    }
-    await new Promise((resolve) => window.setTimeout(resolve, 500));
-  }
-}
-
 function Actions({ machine, reload }: { machine: MachineRecord; reload: () => void }) {
-  const [busy, setBusy] = useState<Action | null>(null);
-  const act = async (action: Action) => {
-    if (action === 'remove' && !confirm(`Remove machine ${machine.name}? Its disk goes with it.`)) return;
-    setBusy(action);
-    try {
-      const path = `/v1/machines/${seg(machine.name)}`;
-      if (action === 'remove') {
-        await api('DELETE', `${path}?force=true`);
-        // This page has nothing left to show: go to the list, as a
-        // link would (the shell follows history's popstate).
-        history.pushState(null, '', '/ui/machines');
-        dispatchEvent(new PopStateEvent('popstate'));
-        return;
-      }
-      if (action === 'restart') {
-        await api('POST', `${path}/stop`);
-        await waitUntilStopped(machine.name);
-        await api('POST', `${path}/start`);
-      } else {
-        await api('POST', `${path}/${action}`);
-      }
-      setError(null);
-    } catch (error) {
-      setError(asApiError(error));
-    } finally {
-      setBusy(null);
-      reload();
-    }
-  };
+  // This page has nothing left to show after a removal: go to the list,
+  // as a link would (the shell follows history's popstate).
+  const { busy, act } = useMachineAction(machine.name, reload, () => {
+    history.pushState(null, '', '/ui/machines');
+    dispatchEvent(new PopStateEvent('popstate'));
+  });
   const running = machine.desired === 'running';
-  const label = (action: Action, idle: string, doing: string) => (busy === action ? doing : idle);
+  const label = (action: MachineAction, idle: string, doing: string) => (busy === action ? doing : idle);
   return (
     <div class="actions">
       {running ? (
@@ -156,7 +118,7 @@ export function Machine({ name }: { name: string }) {
   const { data: machine, error, reload } = useResource<MachineRecord>(`/v1/machines/${seg(name)}`, [
     `machines/${name}`,
   ]);
-  const state = machine?.phase && machine.state !== 'running' ? `${machine.state}: ${machine.phase}` : machine?.state;
+  const state = machine ? stateText(machine) : undefined;
   return (
     <section aria-labelledby="machine-title">
       <p class="crumbs">

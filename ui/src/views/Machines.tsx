@@ -1,10 +1,7 @@
-import { useState } from 'preact/hooks';
-import { api, asApiError, seg, type Machine } from '../api';
-import { setError } from '../errors';
+import { seg, type Machine } from '../api';
 import { useLive, useResource, useTitle } from '../hooks';
+import { stateText, useMachineAction } from '../machines';
 import { LiveBadge } from './common';
-
-type Action = 'start' | 'stop' | 'remove';
 
 function addresses(machine: Machine): string {
   const parts = machine.nics.map((n) => `${n.ip} (${n.dns_name})`);
@@ -13,23 +10,9 @@ function addresses(machine: Machine): string {
 }
 
 function Row({ machine, reload }: { machine: Machine; reload: () => void }) {
-  const [busy, setBusy] = useState<Action | null>(null);
-  const act = async (action: Action) => {
-    if (action === 'remove' && !confirm(`Remove machine ${machine.name}? Its disk goes with it.`)) return;
-    setBusy(action);
-    try {
-      if (action === 'remove') await api('DELETE', `/v1/machines/${seg(machine.name)}?force=true`);
-      else await api('POST', `/v1/machines/${seg(machine.name)}/${action}`);
-      setError(null);
-    } catch (error) {
-      setError(asApiError(error));
-    } finally {
-      setBusy(null);
-      reload();
-    }
-  };
+  const { busy, act } = useMachineAction(machine.name, reload);
   const running = machine.desired === 'running';
-  const state = machine.phase && machine.state !== 'running' ? `${machine.state}: ${machine.phase}` : machine.state;
+  const state = stateText(machine);
   return (
     <tr data-machine={machine.name}>
       <th scope="row" class="mono">

@@ -66,6 +66,20 @@ export function ago(ms: number): string {
   return `${Math.floor(secs / 86400)} d ago`;
 }
 
+/** Addresses as links, one a line, or a dash for none. */
+export function Links({ urls }: { urls: string[] }) {
+  if (!urls.length) return <>—</>;
+  return (
+    <>
+      {urls.map((url) => (
+        <div key={url}>
+          <a href={url}>{url}</a>
+        </div>
+      ))}
+    </>
+  );
+}
+
 /** A list of words, or a dash for none. */
 export function list(items: string[]): string {
   return items.length ? items.join(', ') : '—';
