@@ -128,10 +128,11 @@ async fn serve(state: &AppState, headers: &HeaderMap, path: &str) -> Response {
             return response;
         }
     }
-    // A view's address (`/ui/machines`) gets the page; a file's, the file.
-    let last = path.rsplit('/').next().unwrap_or("");
-    let wanted = if path.starts_with("assets/") || last.contains('.') { path } else { "index.html" };
-    let Some(asset) = assets::find(wanted) else {
+    // A file's address gets the file; any other, a view's (`/ui/machines`,
+    // `/ui/runs/nightly.2`, whose names may hold dots), gets the page.
+    let found = assets::find(path)
+        .or_else(|| if path.starts_with("assets/") { None } else { assets::find("index.html") });
+    let Some(asset) = found else {
         return (StatusCode::NOT_FOUND, "no such file in the dashboard\n").into_response();
     };
     let gzip = asset
