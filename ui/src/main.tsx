@@ -5,6 +5,7 @@ import { useEffect, useRef, useState } from 'preact/hooks';
 import { asApiError, loadSession } from './api';
 import { setError, useError } from './errors';
 import { live } from './live';
+import { navigate } from './nav';
 import { App as AppPage } from './views/App';
 import { Apps } from './views/Apps';
 import { Events } from './views/Events';
@@ -12,6 +13,7 @@ import { Machine } from './views/Machine';
 import { Machines } from './views/Machines';
 import { Overview } from './views/Overview';
 import { Run } from './views/Run';
+import { Search } from './views/Search';
 import { Workflows } from './views/Workflows';
 import './style.css';
 
@@ -83,11 +85,7 @@ function usePath(): [string, (path: string) => void] {
     addEventListener('popstate', onPop);
     return () => removeEventListener('popstate', onPop);
   }, []);
-  const go = (to: string) => {
-    if (to !== location.pathname) history.pushState(null, '', to);
-    setPath(to);
-  };
-  return [path, go];
+  return [path, navigate];
 }
 
 function Banner() {
@@ -174,6 +172,7 @@ function App() {
             ))}
           </ul>
         </nav>
+        <Search />
       </header>
       <Banner />
       <main id="main" ref={main} tabIndex={-1}>

@@ -15,6 +15,7 @@ import { mkdirSync } from 'node:fs';
 import { chromium } from 'playwright-core';
 import { apps } from './apps.mjs';
 import { machines } from './machines.mjs';
+import { search } from './search.mjs';
 import { BASE, LINK, SHOTS, WAIT_MS, api, audit, check, heading, step, withDeadline } from './lib.mjs';
 import { workflows } from './workflows.mjs';
 
@@ -201,10 +202,11 @@ async function run() {
   step('the events view filters by key prefix and by kind');
   await audit(page, 'events');
 
-  // Apps, workflows and a machine, managed from their pages (apps.mjs,
-  // workflows.mjs, machines.mjs).
+  // Apps, workflows and a machine, managed from their pages, and the
+  // search (apps.mjs, workflows.mjs, search.mjs, machines.mjs).
   await apps(page);
   await workflows(page, { csrf });
+  await search(page);
   await machines(page);
 
   // 8. Figures: the compressed bundle, as the daemon sends it.
