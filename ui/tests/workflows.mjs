@@ -1,6 +1,7 @@
-// Workflows in the browser: a run of the approval example (deployed by
-// the Rust test) decided by two votes sent as signals from its page, its
-// journal shown as a timeline; the runs list's status filter; a cancel.
+// Workflows in the browser: a run of the approval example (deployed twice
+// by the Rust test) started from the view's form and decided by two votes
+// sent as signals from its page, its journal shown as a timeline; the runs
+// list's status filter; a migration and a cancel.
 
 import { APPROVAL, WAIT_MS, api, audit, check, heading, step } from './lib.mjs';
 
@@ -28,7 +29,19 @@ async function vote(page, who, { decides = false } = {}) {
 }
 
 export async function workflows(page, { csrf }) {
-  await start(page, csrf, 'laptop');
+  // A run started from the view's form opens its page.
+  await page.getByRole('link', { name: 'Workflows', exact: true }).first().click();
+  await heading(page, 'Workflows');
+  const form = page.getByRole('form', { name: 'Start a run' });
+  await form.getByLabel('Workflow').selectOption(APPROVAL);
+  await form.getByLabel('Run id (optional)').fill('laptop');
+  await form.getByLabel('Input (JSON)').fill('{"request": ');
+  await form.getByRole('button', { name: 'Start run' }).click();
+  await form.getByRole('alert').filter({ hasText: 'not JSON' }).waitFor({ timeout: WAIT_MS });
+  await form.getByLabel('Input (JSON)').fill(JSON.stringify(INPUT));
+  await form.getByRole('button', { name: 'Start run' }).click();
+  await heading(page, 'Run laptop');
+  step('a run started from the workflows view (after its bad input was refused) opens its page');
   await page.getByRole('link', { name: 'Workflows', exact: true }).first().click();
   await heading(page, 'Workflows');
 
@@ -66,11 +79,22 @@ export async function workflows(page, { csrf }) {
   step(`two votes from the page completed the run: approved by ann and bob, ${steps} entries in its timeline`);
   await audit(page, 'run-completed');
 
-  // Cancel, after a confirmation.
-  await start(page, csrf, 'lunch');
-  await page.goto(page.url().replace(/\/ui\/runs\/.*$/, '/ui/runs/lunch'));
-  await heading(page, 'Run lunch');
+  // A run whose id has a dot, loaded by its address: migrated to the
+  // other version, then cancelled after a confirmation.
+  await start(page, csrf, 'lunch.1');
+  await page.goto(page.url().replace(/\/ui\/runs\/.*$/, '/ui/runs/lunch.1'));
+  await heading(page, 'Run lunch.1');
   await page.locator('#timeline [data-step="waiting"]').waitFor({ timeout: WAIT_MS });
+  const before = (await api(page, 'GET', '/v1/runs/lunch.1')).json.version;
+  const migrate = page.getByRole('form', { name: 'Migrate the run' });
+  const target = before === 1 ? 2 : 1;
+  await migrate.getByLabel('Version').selectOption(String(target));
+  await migrate.getByRole('button', { name: 'Migrate' }).click();
+  await migrate.getByRole('status').filter({ hasText: `Moved to v${target}` }).waitFor({ timeout: WAIT_MS });
+  await page.locator('dd', { hasText: `${APPROVAL} v${target}` }).waitFor({ timeout: WAIT_MS });
+  const after = (await api(page, 'GET', '/v1/runs/lunch.1')).json.version;
+  check(after === target, `after migrating, the run is on v${after}, not v${target}`);
+  step(`a run loaded by an address with a dot; migrated from v${before} to v${target} from its page`);
   page.once('dialog', (dialog) => dialog.accept());
   await page.getByRole('button', { name: 'Cancel the run' }).click();
   await page.locator('[data-status="cancelled"]').waitFor({ timeout: WAIT_MS });

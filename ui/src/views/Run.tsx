@@ -1,6 +1,6 @@
 // One workflow run: its status, input and output, its journal as a
 // timeline (each recorded call and its result, then where it waits and
-// for what), its log, and the signal and cancel buttons.
+// for what), its log, and the signal, migrate and cancel forms.
 
 import { useEffect, useState } from 'preact/hooks';
 import { ApiError, api, asApiError, seg, type RunDetail, type RunLogLine, type RunSummary } from '../api';
@@ -164,6 +164,70 @@ function CancelButton({ run, onDone }: { run: RunSummary; onDone: () => void }) 
   );
 }
 
+/** Moves a run to another version of its workflow: its next replay
+ * checks the new code against the journal. */
+function MigrateForm({ run, onDone }: { run: RunSummary; onDone: () => void }) {
+  const { data } = useResource<{ versions: { number: number; created_at: number }[]; active: number }>(
+    `/v1/workflows/${seg(run.workflow)}`,
+    [`workflows/defs/${run.workflow}`],
+  );
+  const others = (data?.versions ?? []).filter((v) => v.number !== run.version);
+  const [version, setVersion] = useState('');
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<ApiError | null>(null);
+  const [moved, setMoved] = useState<number | null>(null);
+  if (data === null) return null;
+  if (others.length === 0) {
+    return (
+      <p class="empty" id="migrate-none">
+        {run.workflow} has no other version to move this run to. Deploy one with{' '}
+        <code>hearth workflow deploy {run.workflow} workflow.wasm</code>.
+      </p>
+    );
+  }
+  const chosen = version || String(others[others.length - 1].number);
+  const migrate = async (event: Event) => {
+    event.preventDefault();
+    setBusy(true);
+    setError(null);
+    try {
+      await api('POST', `/v1/runs/${seg(run.id)}/migrate`, { version: Number(chosen) });
+      setMoved(Number(chosen));
+      onDone();
+    } catch (failure) {
+      setError(asApiError(failure));
+    } finally {
+      setBusy(false);
+    }
+  };
+  return (
+    <form class="migrate" aria-label="Migrate the run" onSubmit={migrate}>
+      <label class="field">
+        Version
+        <select name="version" value={chosen} onChange={(e) => setVersion((e.target as HTMLSelectElement).value)}>
+          {others.map((v) => (
+            <option key={v.number} value={String(v.number)}>
+              v{v.number}
+              {v.number === data.active ? ' (active)' : ''}, deployed {ago(v.created_at)}
+            </option>
+          ))}
+        </select>
+      </label>
+      <div>
+        <button type="submit" disabled={busy}>
+          {busy ? 'Migrating…' : 'Migrate'}
+        </button>
+      </div>
+      <ErrorNote error={error} />
+      {moved !== null ? (
+        <p class="note" role="status">
+          Moved to v{moved}.
+        </p>
+      ) : null}
+    </form>
+  );
+}
+
 function RunLog({ id }: { id: string }) {
   // `log` calls are journal steps; what the run printed is kept apart.
   const { data } = useResource<{ lines: RunLogLine[] }>(`/v1/runs/${seg(id)}/logs`, [
@@ -243,6 +307,8 @@ export function Run({ name: id }: { name: string }) {
             <>
               <h2>Signal</h2>
               <SignalForm run={run} onSent={reload} />
+              <h2>Migrate</h2>
+              <MigrateForm run={run} onDone={reload} />
               <h2>Cancel</h2>
               <CancelButton run={run} onDone={reload} />
             </>

@@ -1,7 +1,8 @@
 import { useState } from 'preact/hooks';
-import { seg, type RunStatus, type RunSummary as Run } from '../api';
+import { ApiError, api, asApiError, seg, type RunStatus, type RunSummary as Run } from '../api';
 import { useLive, useResource, useTitle } from '../hooks';
-import { LiveBadge, ago, list } from './common';
+import { navigate } from '../nav';
+import { ErrorNote, LiveBadge, ago, list } from './common';
 
 interface Workflow {
   name: string;
@@ -19,6 +20,82 @@ const RUNS = 50;
 
 function triggers(w: Workflow): string {
   return list([...w.webhooks, ...w.crons.map((c) => `cron ${c}`), ...w.events.map((e) => `events under ${e}`)]);
+}
+
+/** Starts a run of a deployed workflow, then opens its page. */
+function StartRun({ workflows }: { workflows: Workflow[] }) {
+  const [workflow, setWorkflow] = useState('');
+  const [id, setId] = useState('');
+  const [input, setInput] = useState('');
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<ApiError | null>(null);
+  const chosen = workflow || workflows[0]?.name || '';
+  const start = async (event: Event) => {
+    event.preventDefault();
+    setError(null);
+    if (input.trim()) {
+      try {
+        JSON.parse(input);
+      } catch (failure) {
+        const why = failure instanceof Error ? failure.message : String(failure);
+        setError(new ApiError(0, 'invalid_json', `The input is not JSON: ${why}.`, 'Fix the input, or leave it empty.'));
+        return;
+      }
+    }
+    setBusy(true);
+    try {
+      const body: { input: string; id?: string } = { input: input.trim() };
+      if (id.trim()) body.id = id.trim();
+      const run = await api<Run>('POST', `/v1/workflows/${seg(chosen)}/runs`, body);
+      navigate(`/ui/runs/${seg(run.id)}`);
+    } catch (failure) {
+      setError(asApiError(failure));
+      setBusy(false);
+    }
+  };
+  return (
+    <form class="start-run" aria-label="Start a run" onSubmit={start}>
+      <label class="field">
+        Workflow
+        <select name="workflow" value={chosen} onChange={(e) => setWorkflow((e.target as HTMLSelectElement).value)}>
+          {workflows.map((w) => (
+            <option key={w.name} value={w.name}>
+              {w.name}
+            </option>
+          ))}
+        </select>
+      </label>
+      <label class="field">
+        Run id (optional)
+        <input
+          type="text"
+          name="id"
+          value={id}
+          placeholder="a new id"
+          autocomplete="off"
+          spellcheck={false}
+          onInput={(e) => setId((e.target as HTMLInputElement).value)}
+        />
+      </label>
+      <label class="field">
+        Input (JSON)
+        <textarea
+          name="input"
+          rows={3}
+          value={input}
+          spellcheck={false}
+          placeholder='e.g. {"request": "a new laptop"}'
+          onInput={(e) => setInput((e.target as HTMLTextAreaElement).value)}
+        />
+      </label>
+      <div>
+        <button type="submit" disabled={busy || !chosen}>
+          {busy ? 'Starting…' : 'Start run'}
+        </button>
+      </div>
+      <ErrorNote error={error} />
+    </form>
+  );
 }
 
 export function Workflows() {
@@ -71,6 +148,13 @@ export function Workflows() {
           ) : null}
         </div>
       )}
+
+      {workflows?.length ? (
+        <>
+          <h2>Start a run</h2>
+          <StartRun workflows={workflows} />
+        </>
+      ) : null}
 
       <h2>Latest runs</h2>
       <form class="filters" role="search" aria-label="Filter runs" onSubmit={(e) => e.preventDefault()}>

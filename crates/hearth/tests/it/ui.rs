@@ -115,6 +115,14 @@ async fn sessions_are_signed_in_listed_and_revoked_from_the_cli() {
     assert!(body.contains("already used") && body.contains("hearth ui"), "{body}");
     let (status, _, body) = http(&authority, "GET", "/v1/status", &[("Cookie", &cookie)]);
     assert_eq!(status, 200, "{body}");
+    // Any view's address loads the dashboard, names with dots included; a
+    // file that does not exist is not found.
+    for view in ["/ui/machines", "/ui/runs/nightly.2", "/ui/apps/my.app"] {
+        let (status, _, body) = http(&authority, "GET", view, &[("Cookie", &cookie)]);
+        assert!(status == 200 && body.contains("id=\"app\""), "{view}: {status}\n{body}");
+    }
+    let (status, _, _) = http(&authority, "GET", "/ui/assets/nothing.js", &[("Cookie", &cookie)]);
+    assert_eq!(status, 404);
 
     // What the listener refuses: another host name (DNS rebinding), a
     // session asking for more sessions, a write without the CSRF token.
@@ -207,9 +215,13 @@ async fn the_dashboard_works_in_a_real_browser() {
     let daemon =
         Daemon::start_with_env(BIN, &[("HEARTH_TEST_EVENT_STREAM_LIFETIME_MS", lifetime.as_os_str())]).await;
     // The browser deploys the hello app by upload; the approval workflow
-    // is deployed here, and the browser signals its run.
+    // is deployed here, and the browser starts, signals and migrates runs.
     let hello = hello_example();
-    success(&daemon.cli(&["workflow", "deploy", "approval", &crate::workflows_cli::approval_example()]));
+    // Twice: two versions, so that a run can be migrated from one to the other.
+    let approval = crate::workflows_cli::approval_example();
+    for _ in 0..2 {
+        success(&daemon.cli(&["workflow", "deploy", "approval", &approval]));
+    }
     // A machine for its page to show, stop, start and remove.
     let image = daemon.ensure_debian_image().await;
     success(&daemon.cli(&["machine", "run", "--name", "web", "--memory", "256M", &image]));
