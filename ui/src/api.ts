@@ -119,6 +119,14 @@ export interface Status {
     qemu: { path: string; version: string | null } | null;
     firecracker: { path: string; version: string | null } | null;
     default_backend: string;
+    resources?: {
+      cpus: number;
+      load: [number, number, number];
+      memory_total_bytes: number;
+      memory_available_bytes: number;
+      disk_total_bytes: number;
+      disk_available_bytes: number;
+    };
   };
 }
 

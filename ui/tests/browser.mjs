@@ -129,6 +129,11 @@ async function run() {
   await page.locator(`tr[data-key="kv/${key}"]`).waitFor({ timeout: WAIT_MS });
   const liveMs = Date.now() - putAt;
   step(`a write showed on the overview ${liveMs} ms after it was made`);
+  const cpu = await page.locator('[data-host="cpu"]').innerText();
+  const memory = await page.locator('[data-host="memory"]').innerText();
+  check(/^\d+ CPUs?, load [\d.]+ \/ [\d.]+ \/ [\d.]+$/.test(cpu), `the host's CPU line: ${cpu}`);
+  check(/GiB free of [\d.]+ GiB/.test(memory), `the host's memory line: ${memory}`);
+  step(`the overview shows the host: ${cpu}; memory ${memory.trim()}`);
   await audit(page, 'overview');
 
   // 5. A break: the test daemon ends each stream after a short lifetime,

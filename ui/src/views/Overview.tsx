@@ -1,3 +1,4 @@
+import { useEffect } from 'preact/hooks';
 import type { Status } from '../api';
 import { useLive, useResource, useTitle } from '../hooks';
 import { EventTable, LiveBadge } from './common';
@@ -18,6 +19,22 @@ function duration(secs: number): string {
   return `${Math.floor(secs / 86400)} d ${Math.floor((secs % 86400) / 3600)} h`;
 }
 
+/** Load and free memory are samples, not changes in the store: the status
+ * is read again this often for them. */
+const SAMPLE_MS = 10_000;
+
+const gib = (bytes: number) => `${(bytes / 2 ** 30).toFixed(1)} GiB`;
+
+/** `18.6 GiB free of 23.4 GiB`, with a meter of what is used. */
+function Space({ free, total, what }: { free: number; total: number; what: string }) {
+  return (
+    <>
+      {gib(free)} free of {gib(total)}{' '}
+      <meter min={0} max={total} value={total - free} high={total * 0.9} aria-label={`${what} used`} />
+    </>
+  );
+}
+
 function Count({ label, value, href }: { label: string; value: number | undefined; href?: string }) {
   const number = value === undefined ? '…' : String(value);
   return (
@@ -31,7 +48,12 @@ function Count({ label, value, href }: { label: string; value: number | undefine
 export function Overview() {
   useTitle('Overview');
   const live = useLive();
-  const status = useResource<Status>('/v1/status', ['machines/']).data;
+  const { data: status, reload } = useResource<Status>('/v1/status', ['machines/']);
+  useEffect(() => {
+    const timer = window.setInterval(reload, SAMPLE_MS);
+    return () => window.clearInterval(timer);
+  }, []);
+  const resources = status?.host.resources;
   const machines = useResource<{ machines: unknown[] }>('/v1/machines', ['machines/']).data;
   const apps = useResource<{ apps: unknown[] }>('/v1/apps', ['apps/']).data;
   const workflows = useResource<{ workflows: unknown[] }>('/v1/workflows', ['workflows/']).data;
@@ -59,6 +81,22 @@ export function Overview() {
           <dd>{status.version}</dd>
           <dt>Up for</dt>
           <dd>{duration(status.uptime_secs)}</dd>
+          {resources ? (
+            <>
+              <dt>CPU</dt>
+              <dd data-host="cpu">
+                {resources.cpus} {resources.cpus === 1 ? 'CPU' : 'CPUs'}, load {resources.load.map((l) => l.toFixed(2)).join(' / ')}
+              </dd>
+              <dt>Memory</dt>
+              <dd data-host="memory">
+                <Space free={resources.memory_available_bytes} total={resources.memory_total_bytes} what="Memory" />
+              </dd>
+              <dt>Disk</dt>
+              <dd data-host="disk">
+                <Space free={resources.disk_available_bytes} total={resources.disk_total_bytes} what="Disk" />
+              </dd>
+            </>
+          ) : null}
           <dt>Machines run on</dt>
           <dd>{status.host.default_backend}</dd>
           <dt>KVM</dt>

@@ -39,10 +39,10 @@ pub(crate) async fn status(State(state): State<AppState>) -> Result<axum::Json<S
             revision,
             compacted_revision,
         },
-        host: host_info(
-            state.machines().host(),
-            super::machines::backend(state.machines().default_backend()),
-        ),
+        host: HostInfo {
+            resources: crate::host::resources(&info.data_dir),
+            ..host_info(state.machines().host(), super::machines::backend(state.machines().default_backend()))
+        },
     }))
 }
 
@@ -60,6 +60,7 @@ fn host_info(report: hearth_machines::probe::HostReport, default_backend: Backen
         qemu: report.qemu.map(tool),
         firecracker: report.firecracker.map(tool),
         default_backend,
+        resources: None,
     }
 }
 

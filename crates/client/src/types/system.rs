@@ -16,7 +16,7 @@ wire_enum! {
 }
 
 /// `GET /v1/status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Status {
     /// The daemon's version.
     pub version: String,
@@ -73,7 +73,7 @@ pub struct StoreStatus {
 }
 
 /// What this host can run guests with.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct HostInfo {
     pub kvm: KvmInfo,
     /// `qemu-system-x86_64`, if installed.
@@ -82,6 +82,26 @@ pub struct HostInfo {
     pub firecracker: Option<ToolInfo>,
     /// The backend new machines get unless one is forced.
     pub default_backend: Backend,
+    /// CPU, memory and disk, read when the status was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<HostResources>,
+}
+
+/// What the host has and uses now: its CPUs and their load, its memory,
+/// and the disk that holds the data dir.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HostResources {
+    /// CPUs the daemon may run on.
+    pub cpus: u32,
+    /// The load average over 1, 5 and 15 minutes (runnable threads).
+    pub load: [f64; 3],
+    pub memory_total_bytes: u64,
+    /// Memory the kernel could give to new work without swapping.
+    pub memory_available_bytes: u64,
+    /// The file system of the data dir.
+    pub disk_total_bytes: u64,
+    /// Free to unprivileged users, as `df` shows it.
+    pub disk_available_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

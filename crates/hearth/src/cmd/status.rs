@@ -1,7 +1,7 @@
 //! `hearth status`.
 
 use hearth_client::Client;
-use hearth_client::types::{Status, ToolInfo};
+use hearth_client::types::{HostResources, Status, ToolInfo};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -19,6 +19,23 @@ pub(crate) async fn run(client: &Client, args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `2 CPUs (load 0.52 0.58 0.59), memory 18.6 of 23.4 GiB free, disk ...`.
+fn resources(r: &HostResources) -> String {
+    let gib = |bytes: u64| bytes as f64 / f64::from(1u32 << 30);
+    format!(
+        "{cpus} CPU{s} (load {l1:.2} {l5:.2} {l15:.2}), memory {mf:.1} of {mt:.1} GiB free, disk {df:.1} of {dt:.1} GiB free",
+        cpus = r.cpus,
+        s = if r.cpus == 1 { "" } else { "s" },
+        l1 = r.load[0],
+        l5 = r.load[1],
+        l15 = r.load[2],
+        mf = gib(r.memory_available_bytes),
+        mt = gib(r.memory_total_bytes),
+        df = gib(r.disk_available_bytes),
+        dt = gib(r.disk_total_bytes),
+    )
+}
+
 fn render(s: &Status) -> String {
     let tool = |t: &Option<ToolInfo>| match t {
         Some(t) => format!("{} ({})", t.path, t.version.as_deref().unwrap_or("version unknown")),
@@ -34,6 +51,7 @@ fn render(s: &Status) -> String {
     format!(
         "daemon      hearth {version}, up {uptime}\n\
          data dir    {data_dir}\n\
+         host        {resources}\n\
          api         {socket}{tcp}\n\
          store       {backend} at {location}\n\
          revision    {revision} (history from {compacted})\n\
@@ -47,6 +65,7 @@ fn render(s: &Status) -> String {
         version = s.version,
         uptime = humantime::format_duration(std::time::Duration::from_secs(s.uptime_secs)),
         data_dir = s.data_dir,
+        resources = s.host.resources.as_ref().map_or_else(|| "not readable".to_owned(), resources),
         socket = s.socket,
         tcp = s.tcp.as_deref().map(|t| format!(" and http://{t} (token)")).unwrap_or_default(),
         backend = s.store.backend,

@@ -98,6 +98,9 @@ async fn sessions_are_signed_in_listed_and_revoked_from_the_cli() {
     let (url, authority) = sign_in_link(&daemon);
     let status = success(&daemon.cli(&["status"]));
     assert!(status.contains(&format!("dashboard   http://{authority}/ui/")), "{status}");
+    let host =
+        status.lines().find(|l| l.starts_with("host ")).unwrap_or_else(|| panic!("no host line:\n{status}"));
+    assert!(host.contains("CPU") && host.contains("GiB free"), "{host}");
 
     // Without a session: 401 from the API, the sign-in page for the UI.
     let (status, _, body) = http(&authority, "GET", "/v1/status", &[]);
