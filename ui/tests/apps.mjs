@@ -95,5 +95,28 @@ export async function apps(page) {
   const after = await api(page, 'GET', '/v1/apps/hello');
   check(after.json?.active === 1, `after the rollback the daemon says v${after.json?.active} is active`);
   step('a second version deployed from the app page, then rolled back to v1');
+
+  // Triggers: a schedule the daemon refuses, then a store-event trigger
+  // added from the page, fired by a write, and removed.
+  const csrf = (await api(page, 'GET', '/v1/ui/session')).json.csrf_token;
+  const add = page.getByRole('form', { name: 'Add a trigger to hello' });
+  await add.getByLabel('Schedule', { exact: true }).fill('every tuesday');
+  await add.getByRole('button', { name: 'Add trigger' }).click();
+  const badSchedule = add.getByRole('alert');
+  await badSchedule.waitFor({ timeout: WAIT_MS });
+  check((await badSchedule.innerText()).trim().split('\n').length >= 2, 'the refused schedule has no hint');
+  await add.getByRole('combobox', { name: /^Kind/ }).selectOption('event');
+  await add.getByLabel('Key prefix').fill('kv/ui-trigger/');
+  await add.getByLabel('Path called (optional)').fill('/from-an-event');
+  await add.getByRole('button', { name: 'Add trigger' }).click();
+  const row = page.locator('table#triggers tr[data-kind="event"]', { hasText: 'kv/ui-trigger/' });
+  await row.waitFor({ timeout: WAIT_MS });
+  const write = await api(page, 'PUT', '/v1/kv/ui-trigger/one', { body: { value: 'fire' }, csrf });
+  check(write.status === 200, `PUT kv/ui-trigger/one: ${write.status} ${write.text}`);
+  await page.locator('#app-log li', { hasText: '/from-an-event' }).first().waitFor({ timeout: WAIT_MS });
   await audit(page, 'app');
+  page.once('dialog', (dialog) => dialog.accept());
+  await row.getByRole('button', { name: /^Remove trigger / }).click();
+  await row.waitFor({ state: 'detached', timeout: WAIT_MS });
+  step('a bad schedule refused with a hint; an event trigger added from the page called hello on a write, then removed');
 }

@@ -16,6 +16,7 @@ import { useLive, useResource, useTitle } from '../hooks';
 import { ErrorNote, Links, LiveBadge, ago, bytes, clock, list } from './common';
 import { DeployForm } from './Deploy';
 import { Sparkline, type Point } from './Sparkline';
+import { Triggers } from './Triggers';
 
 /** Log lines kept on the page. */
 const LOG_LINES = 500;
@@ -284,6 +285,8 @@ export function App({ name }: { name: string }) {
           </dl>
           <h2>Versions</h2>
           <Versions app={app} reload={reload} />
+          <h2>Triggers</h2>
+          <Triggers app={name} />
           <h2>Deploy a new version</h2>
           <DeployForm app={name} onDeployed={reload} />
           <h2>Traffic, last hour</h2>
