@@ -15,6 +15,7 @@ import { mkdirSync } from 'node:fs';
 import { chromium } from 'playwright-core';
 import { apps } from './apps.mjs';
 import { machines } from './machines.mjs';
+import { newMachine } from './new-machine.mjs';
 import { search } from './search.mjs';
 import { BASE, LINK, SHOTS, WAIT_MS, api, audit, check, heading, step, withDeadline } from './lib.mjs';
 import { workflows } from './workflows.mjs';
@@ -212,6 +213,7 @@ async function run() {
   await apps(page);
   await workflows(page, { csrf });
   await search(page);
+  await newMachine(page);
   await machines(page);
 
   // 8. Figures: the compressed bundle, as the daemon sends it.

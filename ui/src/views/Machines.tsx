@@ -2,6 +2,7 @@ import { seg, type Machine } from '../api';
 import { useLive, useResource, useTitle } from '../hooks';
 import { stateText, useMachineAction } from '../machines';
 import { LiveBadge } from './common';
+import { NewMachine } from './NewMachine';
 
 function addresses(machine: Machine): string {
   const parts = machine.nics.map((n) => `${n.ip} (${n.dns_name})`);
@@ -96,6 +97,10 @@ export function Machines() {
           ) : null}
         </div>
       )}
+      <details class="create" id="create-machine">
+        <summary>Create a machine</summary>
+        <NewMachine />
+      </details>
     </section>
   );
 }
