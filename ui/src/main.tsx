@@ -6,12 +6,16 @@ import { asApiError, loadSession } from './api';
 import { setError, useError } from './errors';
 import { live } from './live';
 import { App as AppPage } from './views/App';
+import { Alerts } from './views/Alerts';
 import { Apps } from './views/Apps';
+import { Config } from './views/Config';
 import { Events } from './views/Events';
 import { Machine } from './views/Machine';
 import { Machines } from './views/Machines';
 import { Overview } from './views/Overview';
 import { Run } from './views/Run';
+import { Service } from './views/Service';
+import { Services } from './views/Services';
 import { Workflows } from './views/Workflows';
 import './style.css';
 
@@ -27,6 +31,9 @@ const ROUTES: Route[] = [
   { path: '/ui/machines', label: 'Machines', view: Machines },
   { path: '/ui/apps', label: 'Apps', view: Apps },
   { path: '/ui/workflows', label: 'Workflows', view: Workflows },
+  { path: '/ui/services', label: 'Services', view: Services },
+  { path: '/ui/config', label: 'Config', view: Config },
+  { path: '/ui/alerts', label: 'Alerts', view: Alerts },
   { path: '/ui/events', label: 'Events', view: Events },
 ];
 
@@ -42,6 +49,7 @@ const ITEMS: ItemRoute[] = [
   { prefix: '/ui/machines/', under: '/ui/machines', view: Machine },
   { prefix: '/ui/apps/', under: '/ui/apps', view: AppPage },
   { prefix: '/ui/runs/', under: '/ui/workflows', view: Run },
+  { prefix: '/ui/services/', under: '/ui/services', view: Service },
 ];
 
 interface Found {
