@@ -16,6 +16,7 @@ import { chromium } from 'playwright-core';
 import { apps } from './apps.mjs';
 import { machines } from './machines.mjs';
 import { BASE, LINK, SHOTS, WAIT_MS, api, audit, check, heading, step, withDeadline } from './lib.mjs';
+import { ops } from './ops.mjs';
 import { workflows } from './workflows.mjs';
 
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
@@ -204,6 +205,7 @@ async function run() {
   // Apps, workflows and a machine, managed from their pages (apps.mjs,
   // workflows.mjs, machines.mjs).
   await apps(page);
+  await ops(page, { csrf });
   await workflows(page, { csrf });
   await machines(page);
 
