@@ -130,6 +130,16 @@ async function config(page, csrf) {
   check(line.includes('hello') && line.includes('bonjour'), `the history line: ${line}`);
   step(`a plain entry changed from the page; the history shows it at revision ${second}, hello → bonjour`);
 
+  // A consumer's merged view: its own layer wins over global.
+  await ok(page, 'PUT', '/v1/config/entries/ops.greeting?layer=app:shop', { text: '"hi, shop"' }, csrf, 'a scoped entry');
+  await page.locator('[data-layer="app:shop"] tr[data-key="ops.greeting"]').waitFor({ timeout: WAIT_MS });
+  await page.getByRole('form', { name: 'Choose a scope' }).getByLabel('Scope').selectOption('app:shop');
+  const merged = page.locator('#config-merged[data-scope="app:shop"]');
+  await merged.locator('tr[data-key="ops.greeting"]', { hasText: 'hi, shop' }).waitFor({ timeout: WAIT_MS });
+  check((await merged.locator('tr[data-key="ops.greeting"]').innerText()).includes('app:shop'), 'the merged view does not say which layer');
+  await merged.locator('tr[data-key="ops.token"] [data-secret]').waitFor({ timeout: WAIT_MS });
+  step("app:shop's merged view: its own layer wins over global, each key with its layer, the secret masked");
+
   // The diff between the two versions: the change, and the secret added masked.
   const compare = page.getByRole('form', { name: 'Compare two versions' });
   await compare.getByLabel('From').selectOption(String(first.revision));

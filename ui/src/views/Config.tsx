@@ -444,6 +444,67 @@ function Diff({ revisions }: { revisions: number[] }) {
   );
 }
 
+interface ConfigView {
+  scope: string;
+  revision: number;
+  keys: { key: string; value: ConfigEntry['value']; layer: string; source?: string; secret: boolean }[];
+}
+
+/** What one consumer sees: its layers merged, and where each key came from. */
+function Merged({ scopes }: { scopes: string[] }) {
+  const [scope, setScope] = useState('global');
+  const view = useResource<ConfigView>(`/v1/config?scope=${seg(scope)}`, [CONFIG_PREFIX]).data;
+  return (
+    <>
+      <form class="inline-form" aria-label="Choose a scope" onSubmit={(e) => e.preventDefault()}>
+        <label class="field">
+          Scope
+          <select name="scope" value={scope} onChange={(e) => setScope((e.target as HTMLSelectElement).value)}>
+            {scopes.map((s) => (
+              <option key={s} value={s}>
+                {s}
+              </option>
+            ))}
+          </select>
+        </label>
+      </form>
+      {view === null ? (
+        <p aria-busy="true">Reading the merged config…</p>
+      ) : (
+        <div class="scroll" role="region" aria-label={`Merged config of ${scope}`} tabIndex={0}>
+          <table id="config-merged" data-scope={view.scope}>
+            <caption>What {view.scope} sees, and the layer each key comes from</caption>
+            <thead>
+              <tr>
+                <th scope="col">Key</th>
+                <th scope="col">Value</th>
+                <th scope="col">From</th>
+              </tr>
+            </thead>
+            <tbody>
+              {view.keys.map((k) => (
+                <tr key={k.key} data-key={k.key}>
+                  <th scope="row" class="mono">
+                    {k.key}
+                  </th>
+                  <td class="value">
+                    <Value value={k.value} secret={k.secret} />
+                  </td>
+                  <td>
+                    <span class="mono">{k.layer}</span>
+                    {k.source ? <div class="reason">{k.source}</div> : null}
+                  </td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+          {view.keys.length === 0 ? <p class="empty">{view.scope} sees nothing.</p> : null}
+        </div>
+      )}
+    </>
+  );
+}
+
 export function Config() {
   useTitle('Config');
   const live = useLive();
@@ -492,6 +553,9 @@ export function Config() {
           />
         ))
       )}
+
+      <h2>What a consumer sees</h2>
+      <Merged scopes={['global', ...ordered.filter((l) => l.includes(':'))]} />
 
       <h2>Set an entry</h2>
       <SetForm draft={draft} onDone={reload} />
