@@ -133,8 +133,11 @@ function timeline(detail: ServiceDetail, history: ServiceEvent[]): Moment[] {
   return moments.sort((a, b) => b.at - a.at);
 }
 
-function History({ detail, history }: { detail: ServiceDetail; history: ServiceEvent[] }) {
-  const moments = timeline(detail, history);
+/** Reads `/history` itself: an app, also listed as a service, has none. */
+function History({ name, detail }: { name: string; detail: ServiceDetail }) {
+  const history = useResource<{ entries: ServiceEvent[] }>(`/v1/services/${seg(name)}/history`, prefixes(name)).data;
+  if (!history) return <p aria-busy="true">Reading the history…</p>;
+  const moments = timeline(detail, history.entries);
   return (
     <div class="scroll" role="region" aria-label="Health history" tabIndex={0}>
       <table id="service-history">
@@ -248,7 +251,6 @@ export function Service({ name }: { name: string }) {
   const live = useLive();
   const keys = prefixes(name);
   const { data: detail, error, reload } = useResource<ServiceDetail>(`/v1/services/${seg(name)}`, keys);
-  const history = useResource<{ entries: ServiceEvent[] }>(`/v1/services/${seg(name)}/history`, keys).data;
   const service = detail?.service;
   const reloadAll = () => reload();
   return (
@@ -360,8 +362,12 @@ export function Service({ name }: { name: string }) {
             </>
           ) : null}
 
-          <h2>Health history</h2>
-          {history ? <History detail={detail} history={history.entries} /> : <p aria-busy="true">Reading the history…</p>}
+          {service.kind !== 'app' ? (
+            <>
+              <h2>Health history</h2>
+              <History name={name} detail={detail} />
+            </>
+          ) : null}
 
           {service.kind !== 'app' ? (
             <>
