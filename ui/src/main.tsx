@@ -7,13 +7,17 @@ import { setError, useError } from './errors';
 import { live } from './live';
 import { navigate } from './nav';
 import { App as AppPage } from './views/App';
+import { Alerts } from './views/Alerts';
 import { Apps } from './views/Apps';
+import { Config } from './views/Config';
 import { Events } from './views/Events';
 import { Machine } from './views/Machine';
 import { Machines } from './views/Machines';
 import { Overview } from './views/Overview';
 import { Run } from './views/Run';
 import { Search } from './views/Search';
+import { Service } from './views/Service';
+import { Services } from './views/Services';
 import { Workflows } from './views/Workflows';
 import './style.css';
 
@@ -29,6 +33,9 @@ const ROUTES: Route[] = [
   { path: '/ui/machines', label: 'Machines', view: Machines },
   { path: '/ui/apps', label: 'Apps', view: Apps },
   { path: '/ui/workflows', label: 'Workflows', view: Workflows },
+  { path: '/ui/services', label: 'Services', view: Services },
+  { path: '/ui/config', label: 'Config', view: Config },
+  { path: '/ui/alerts', label: 'Alerts', view: Alerts },
   { path: '/ui/events', label: 'Events', view: Events },
 ];
 
@@ -44,6 +51,7 @@ const ITEMS: ItemRoute[] = [
   { prefix: '/ui/machines/', under: '/ui/machines', view: Machine },
   { prefix: '/ui/apps/', under: '/ui/apps', view: AppPage },
   { prefix: '/ui/runs/', under: '/ui/workflows', view: Run },
+  { prefix: '/ui/services/', under: '/ui/services', view: Service },
 ];
 
 interface Found {

@@ -18,6 +18,7 @@ import { machines } from './machines.mjs';
 import { newMachine } from './new-machine.mjs';
 import { search } from './search.mjs';
 import { BASE, LINK, SHOTS, WAIT_MS, api, audit, check, heading, step, withDeadline } from './lib.mjs';
+import { ops } from './ops.mjs';
 import { workflows } from './workflows.mjs';
 
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
@@ -211,6 +212,7 @@ async function run() {
   // Apps, workflows and a machine, managed from their pages, and the
   // search (apps.mjs, workflows.mjs, search.mjs, machines.mjs).
   await apps(page);
+  await ops(page, { csrf });
   await workflows(page, { csrf });
   await search(page);
   await newMachine(page);

@@ -2,6 +2,7 @@ import { useEffect } from 'preact/hooks';
 import type { Status } from '../api';
 import { useLive, useResource, useTitle } from '../hooks';
 import { EventTable, LiveBadge } from './common';
+import { Fired } from './Fired';
 
 function kvm(status: Status): string {
   const { kvm } = status.host;
@@ -73,6 +74,8 @@ export function Overview() {
         <Count label="Workflows" value={workflows?.workflows.length} href="/ui/workflows" />
         <Count label="Revision" value={Math.max(live.revision, status?.store.revision ?? 0) || undefined} />
       </dl>
+
+      <Fired />
 
       <h2>Host</h2>
       {status ? (

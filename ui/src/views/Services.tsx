@@ -1,0 +1,168 @@
+// The services: of machines hearth keeps, registered from anywhere, and
+// apps; each with its instances passing out of all, where it answers, and
+// when it last changed. Follows `services/` and `apps/` on the live stream.
+
+import { useEffect, useState } from 'preact/hooks';
+import { api, seg } from '../api';
+import { useLive, useResource, useTitle } from '../hooks';
+import { SERVICES_PREFIX, type Service, type ServiceDetail, type ServiceEvent } from '../ops';
+import { LiveBadge, ago, clock } from './common';
+import './ops.css';
+
+/** Services whose instances are read for their addresses and last change. */
+const DETAILED = 50;
+
+const KIND_TEXT: Record<Service['kind'], string> = {
+  machines: 'machine-backed',
+  registered: 'registered',
+  app: 'app',
+};
+
+interface Extra {
+  /** Unix ms of the newest change: an instance's health, or a history entry. */
+  changed: number;
+  addresses: string[];
+}
+
+/** The addresses and the last change of each service of machines or
+ * registered one: `GET /v1/services` has neither, so each service's own
+ * record and history are read (for the first DETAILED). */
+function useExtras(services: Service[] | null): Record<string, Extra> {
+  const [extras, setExtras] = useState<Record<string, Extra>>({});
+  useEffect(() => {
+    if (!services) return;
+    let stopped = false;
+    const read = services
+      .filter((s) => s.kind !== 'app')
+      .slice(0, DETAILED)
+      .map(async (s): Promise<[string, Extra]> => {
+        const base = s.created_at * 1000;
+        try {
+          const [detail, history] = await Promise.all([
+            api<ServiceDetail>('GET', `/v1/services/${seg(s.name)}`),
+            api<{ entries: ServiceEvent[] }>('GET', `/v1/services/${seg(s.name)}/history`),
+          ]);
+          const times = [
+            base,
+            ...detail.instances.map((i) => i.since_ms ?? 0),
+            ...history.entries.map((e) => e.at_ms),
+          ];
+          const addresses = detail.instances.map((i) =>
+            i.address ? `${i.address}:${i.port}` : `${i.machine ?? i.id} (no address yet)`,
+          );
+          return [s.name, { changed: Math.max(...times), addresses }];
+        } catch {
+          // Removed meanwhile: the list is read again on that event.
+          return [s.name, { changed: base, addresses: [] }];
+        }
+      });
+    void Promise.all(read).then((pairs) => {
+      if (!stopped) setExtras(Object.fromEntries(pairs));
+    });
+    return () => {
+      stopped = true;
+    };
+  }, [services]);
+  return extras;
+}
+
+function Where({ service, extra }: { service: Service; extra: Extra | undefined }) {
+  const lines: preact.JSX.Element[] = [];
+  if (service.kind === 'app') {
+    for (const url of service.routes) {
+      lines.push(
+        <div key={url}>
+          <a href={url}>{url}</a>
+        </div>,
+      );
+    }
+  } else {
+    for (const a of (extra?.addresses ?? []).slice(0, 3)) lines.push(<div key={a}>{a}</div>);
+    if ((extra?.addresses.length ?? 0) > 3) lines.push(<div key="more">and {extra!.addresses.length - 3} more</div>);
+    for (const route of service.routes) lines.push(<div key={`route:${route}`}>route {route}</div>);
+    for (const port of service.ports) lines.push(<div key={`port:${port}`}>127.0.0.1:{port.split(':')[0]}</div>);
+  }
+  return lines.length ? <>{lines}</> : <>—</>;
+}
+
+function Row({ service, extra }: { service: Service; extra: Extra | undefined }) {
+  const healthy = service.passing === service.instances && service.instances > 0;
+  const href = service.kind === 'app' ? `/ui/apps/${seg(service.name)}` : `/ui/services/${seg(service.name)}`;
+  const changed = extra?.changed ?? (service.kind === 'app' ? service.created_at : service.created_at * 1000);
+  return (
+    <tr data-service={service.name}>
+      <th scope="row" class="mono">
+        <a href={href}>{service.name}</a>
+      </th>
+      <td>
+        {KIND_TEXT[service.kind]}
+        {service.kind === 'machines' && service.image ? <div class="reason mono">{service.image}</div> : null}
+      </td>
+      <td>
+        <span
+          class={`tag ${healthy ? 'tag-passing' : service.passing === 0 ? 'tag-critical' : 'tag-warning'}`}
+          data-instances={`${service.passing}/${service.instances}`}
+        >
+          {service.passing}/{service.instances} passing
+        </span>
+        {service.kind === 'machines' && service.count !== null && service.count !== service.instances ? (
+          <div class="reason">keeps {service.count}</div>
+        ) : null}
+        {service.problem ? <div class="reason">{service.problem}</div> : null}
+      </td>
+      <td class="mono">
+        <Where service={service} extra={extra} />
+      </td>
+      <td title={new Date(changed).toLocaleString()}>
+        {ago(changed)} <span class="reason">{clock(changed)}</span>
+      </td>
+    </tr>
+  );
+}
+
+export function Services() {
+  useTitle('Services');
+  const live = useLive();
+  const { data } = useResource<{ services: Service[] }>('/v1/services', [SERVICES_PREFIX, 'apps/']);
+  const services = data?.services ?? null;
+  const extras = useExtras(services);
+  return (
+    <section aria-labelledby="services-title">
+      <div class="heading">
+        <h1 id="services-title" tabIndex={-1}>
+          Services
+        </h1>
+        <LiveBadge connection={live.connection} />
+      </div>
+      {services === null ? (
+        <p aria-busy="true">Reading services…</p>
+      ) : (
+        <div class="scroll" role="region" aria-label="Services" tabIndex={0}>
+          <table id="services">
+            <caption>Everything that serves: services of machines, registered instances and apps</caption>
+            <thead>
+              <tr>
+                <th scope="col">Name</th>
+                <th scope="col">Kind</th>
+                <th scope="col">Instances</th>
+                <th scope="col">Address or route</th>
+                <th scope="col">Last change</th>
+              </tr>
+            </thead>
+            <tbody>
+              {services.map((s) => (
+                <Row key={s.name} service={s} extra={extras[s.name]} />
+              ))}
+            </tbody>
+          </table>
+          {services.length === 0 ? (
+            <p class="empty">
+              No services. Make one with <code>hearth service create web --image nginx:alpine --port 80</code>, or
+              register an instance with <code>hearth service register NAME --address A --port P --ttl 30s</code>.
+            </p>
+          ) : null}
+        </div>
+      )}
+    </section>
+  );
+}
