@@ -10,6 +10,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use hearth_testkit::{Daemon, success};
+use tokio_tungstenite::tungstenite::Message;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hearth");
 
@@ -18,9 +19,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_hearth");
 fn handshake(authority: &str, headers: &[(&str, &str)]) -> (u16, String) {
     let mut stream = TcpStream::connect(authority).expect("connect to the dashboard");
     stream.set_read_timeout(Some(Duration::from_secs(10))).expect("a read timeout");
-    let mut request = format!(
+    let mut request = String::from(
         "GET /v1/machines/nothing-here/exec HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
     );
     if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
         request.push_str(&format!("Host: {authority}\r\n"));
@@ -105,4 +106,67 @@ async fn a_sessions_exec_upgrade_needs_the_dashboards_own_origin() {
     // And no cookie, no token: 401.
     let (status, body) = handshake(&authority, &[("Origin", &own)]);
     assert_eq!(status, 401, "{body}");
+}
+
+/// Reads an exec session until its text message (the ExecEnd), or, if
+/// `ready`, until its output says `ready` (then None).
+async fn read_until(
+    socket: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    ready: bool,
+) -> Option<String> {
+    use futures::StreamExt as _;
+    let mut out = Vec::new();
+    loop {
+        match socket.next().await {
+            Some(Ok(Message::Binary(data))) => {
+                out.extend_from_slice(data.get(1..).unwrap_or_default());
+                if ready && String::from_utf8_lossy(&out).contains("ready") {
+                    return None;
+                }
+            }
+            Some(Ok(Message::Text(text))) => return Some(text.to_string()),
+            Some(Ok(_)) => {}
+            other => panic!("the session broke off: {other:?}; output {:?}", String::from_utf8_lossy(&out)),
+        }
+    }
+}
+
+/// The dashboard's terminal, as the browser opens it (the session cookie
+/// and the dashboard's Origin): accepted, and ended by the daemon once the
+/// session is revoked, as the session's event streams are.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dashboard_terminal_ends_when_its_session_is_revoked() {
+    use futures::SinkExt as _;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
+    let daemon = Daemon::start(BIN).await;
+    let image = daemon.ensure_debian_image().await;
+    success(&daemon.cli(&["machine", "run", "--name", "term", "--memory", "256M", &image]));
+    let (cookie, authority) = session_cookie(&daemon);
+    let listed: serde_json::Value =
+        serde_json::from_str(&success(&daemon.cli(&["ui", "sessions", "--json"]))).expect("JSON");
+    let id = listed["sessions"][0]["id"].as_str().expect("a session id").to_owned();
+
+    let mut request =
+        format!("ws://{authority}/v1/machines/term/exec").into_client_request().expect("a request");
+    request.headers_mut().insert("cookie", cookie.parse().expect("a header"));
+    request.headers_mut().insert("origin", format!("http://{authority}").parse().expect("a header"));
+    let stream = tokio::net::TcpStream::connect(&authority).await.expect("connect to the dashboard");
+    let (mut socket, response) =
+        tokio_tungstenite::client_async(request, stream).await.expect("the upgrade is accepted");
+    assert_eq!(response.status(), 101);
+    let start =
+        r#"{"argv":["/bin/sh","-c","echo ready; exec sleep 600"],"tty":{"rows":24,"cols":80},"stdin":true}"#;
+    socket.send(Message::Text(start.into())).await.expect("send the ExecStart");
+
+    let ready = tokio::time::timeout(Duration::from_secs(30), read_until(&mut socket, true)).await;
+    assert_eq!(ready.expect("the shell says ready"), None);
+
+    success(&daemon.cli(&["ui", "revoke", &id]));
+    let end = tokio::time::timeout(Duration::from_secs(10), read_until(&mut socket, false))
+        .await
+        .expect("the terminal ends once its session is revoked")
+        .expect("an ExecEnd");
+    assert!(end.contains("\"session_ended\"") && end.contains("hearth ui"), "{end}");
+    success(&daemon.cli(&["machine", "rm", "-f", "term"]));
 }
