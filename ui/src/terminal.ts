@@ -127,6 +127,8 @@ export function openTerminal(
     cursorBlink: true,
     fontFamily: "ui-monospace, 'SFMono-Regular', Menlo, Consolas, monospace",
     fontSize: 14,
+    // Room under the baseline: at 1.0 an underscore falls outside its row.
+    lineHeight: 1.2,
     scrollback: 2000,
     // WCAG AA for whatever colours the machine's programs choose.
     minimumContrastRatio: 4.5,

@@ -60,6 +60,27 @@ export async function machines(page) {
   step('Remove, after a confirmation, removes it and returns to the machines');
 }
 
+/** The terminal's chunk (script and style), as the daemon sends it gzipped. */
+async function chunkBytes(page) {
+  const paths = await page.evaluate(() =>
+    performance
+      .getEntriesByType('resource')
+      .map((e) => new URL(e.name).pathname)
+      .filter((p) => /^\/ui\/assets\/terminal-[^/]+\.(js|css)$/.test(p)),
+  );
+  check(paths.some((p) => p.endsWith('.js')), `no terminal chunk was loaded: ${paths}`);
+  const cookie = (await page.context().cookies()).find((c) => c.name === 'hearth_session');
+  const sizes = [];
+  for (const path of [...new Set(paths)].sort()) {
+    const r = await fetch(new URL(path, page.url()), {
+      headers: { 'Accept-Encoding': 'gzip', Cookie: `hearth_session=${cookie.value}` },
+    });
+    check(r.status === 200 && r.headers.get('content-encoding') === 'gzip', `${path}: ${r.status}, ${r.headers.get('content-encoding')}`);
+    sizes.push(`${path.split('/').pop().replace(/-[^-.]+\./, '.')} ${r.headers.get('content-length')} bytes gzipped`);
+  }
+  return sizes.join(', ');
+}
+
 /** What the terminal shows: xterm's rows, as text. */
 async function screen(page) {
   return page.evaluate(() =>
@@ -118,6 +139,14 @@ async function terminal(page) {
   await shows(page, `^${wide.rows} ${wide.cols}\\s*$`, `stty size saying ${wide.rows} ${wide.cols}`);
   await page.screenshot({ path: `${SHOTS}/machine-terminal-uname-1280-light.png` });
   step(`a terminal opened by keyboard runs uname -a (kernel ${machine.kernel}) ${readyMs} ms after Enter; its tty is ${wide.cols}×${wide.rows}`);
+  // xterm's own styles, which it writes into <style> elements that the
+  // Content-Security-Policy refuses, are applied as constructed sheets.
+  const display = await page.evaluate(() => {
+    const span = document.querySelector('.terminal .xterm-rows span');
+    return span ? getComputedStyle(span).display : 'no span';
+  });
+  check(display === 'inline-block', `xterm's cell style is not applied (a row's span is ${display})`);
+  step(`the terminal loaded on demand: ${await chunkBytes(page)}`);
 
   await page.setViewportSize({ width: 390, height: 860 });
   await page.waitForFunction((cols) => Number(document.querySelector('section.terminal')?.dataset.cols) < cols, wide.cols, {
