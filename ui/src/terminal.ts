@@ -167,9 +167,7 @@ export function openTerminal(
     opened = true;
     fit.fit();
     sent = { rows: term.rows, cols: term.cols };
-    socket.send(
-      JSON.stringify({ argv: SHELL, env: ['TERM=xterm-256color'], tty: sent, stdin: true }),
-    );
+    socket.send(JSON.stringify({ argv: SHELL, env: ['TERM=xterm-256color'], tty: sent, stdin: true }));
     onSize(sent);
     onOpen();
     term.focus();
