@@ -63,3 +63,40 @@ export function useMachineAction(
   };
   return { busy, act };
 }
+
+/** `GET /v1/snapshots`: a machine saved to disk. */
+export interface Snapshot {
+  name: string;
+  /** The machine it was taken from. */
+  machine: string;
+  image: string;
+  backend: string;
+  cpus: number;
+  memory_mib: number;
+  size_bytes: number;
+  /** Unix seconds. */
+  created_at: number;
+}
+
+/** Snapshot and machine names: lowercase letters, digits and dashes. */
+export const NAME_PATTERN = '[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?';
+
+/** `NAME-YYYYMMDD-HHMMSS` (UTC), within the 63 characters a name may have. */
+export function snapshotName(machine: string, at: Date = new Date()): string {
+  const stamp = at.toISOString().replace(/[-:]/g, '').replace('T', '-').slice(0, 15);
+  return `${machine.slice(0, 63 - stamp.length - 1).replace(/-+$/, '')}-${stamp}`;
+}
+
+/** Pauses a running machine to disk; it is stopped afterwards. */
+export function takeSnapshot(machine: string, name: string): Promise<Snapshot> {
+  return api<Snapshot>('POST', `/v1/machines/${seg(machine)}/snapshot`, { name });
+}
+
+/** A new machine from a snapshot, resumed where the snapshot was taken. */
+export function restoreSnapshot(snapshot: string, name: string): Promise<Machine> {
+  return api<Machine>('POST', `/v1/snapshots/${seg(snapshot)}/restore`, { name });
+}
+
+export function deleteSnapshot(snapshot: string): Promise<void> {
+  return api<void>('DELETE', `/v1/snapshots/${seg(snapshot)}`);
+}

@@ -1,5 +1,6 @@
 // One machine: its state and what it runs on, stop, start, restart and
-// remove, and its console log followed live.
+// remove, a terminal into it, its snapshots, and its console log followed
+// live.
 
 import { useEffect, useRef, useState } from 'preact/hooks';
 import { ApiError, asApiError, seg, type Machine as MachineRecord } from '../api';
@@ -7,6 +8,8 @@ import { setError } from '../errors';
 import { useLive, useResource, useTitle } from '../hooks';
 import { type MachineAction, stateText, useMachineAction } from '../machines';
 import { LiveBadge, ago } from './common';
+import { MachineSnapshots } from './MachineSnapshots';
+import { MachineTerminal } from './MachineTerminal';
 
 /** Console characters kept on the page. */
 const LOG_CHARS = 200_000;
@@ -180,6 +183,10 @@ export function Machine({ name }: { name: string }) {
           </dl>
           <h2>Actions</h2>
           <Actions machine={machine} reload={reload} />
+          <h2>Terminal</h2>
+          <MachineTerminal name={name} running={machine.state === 'running'} />
+          <h2>Snapshots</h2>
+          <MachineSnapshots machine={machine} />
           <h2>Console</h2>
           <Console name={name} />
         </>

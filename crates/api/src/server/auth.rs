@@ -90,8 +90,9 @@ impl UiAuth {
 
 /// The API on the dashboard's listener: the bearer token as on TCP, or a
 /// dashboard session's cookie. A session's request is refused if its
-/// `Origin` is another site's, and, unless it only reads (GET, HEAD),
-/// if it lacks the session's `X-CSRF-Token`.
+/// `Origin` is another site's, or missing on an upgrade (a WebSocket),
+/// and, unless it only reads (GET, HEAD), if it lacks the session's
+/// `X-CSRF-Token`.
 pub(crate) async fn require_session_or_token(
     State(auth): State<UiAuth>,
     mut request: Request,
@@ -146,6 +147,20 @@ async fn session_caller(auth: &UiAuth, method: &Method, headers: &HeaderMap) -> 
     let session = auth.sessions.authenticate(secret).await.map_err(session_error)?;
     // A header that is not text is no origin of ours either.
     let origin = headers.get(header::ORIGIN).map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    // An upgrade (the exec WebSocket) is a session for as long as it lasts,
+    // and a browser's WebSocket can carry no CSRF header: only the Origin,
+    // which every browser sends on a handshake, says it is the dashboard's.
+    if origin.is_none() && headers.contains_key(header::UPGRADE) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "origin_required",
+            "a WebSocket upgrade with a dashboard session needs the dashboard's Origin header",
+            format!(
+                "browsers send it from {}/ui/; other clients use a bearer token (`hearth token` prints it)",
+                auth.origins[0]
+            ),
+        ));
+    }
     if !session::origin_allowed(origin, &auth.origins) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -323,6 +338,31 @@ mod session_tests {
         let own =
             [(name.clone(), value.as_str()), (header::ORIGIN, "http://127.0.0.1:7777"), (csrf_name, &csrf)];
         assert_eq!(check(&f, Method::POST, &own).await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn a_session_upgrades_only_from_the_dashboards_own_origin() {
+        let f = fixture().await;
+        let (name, value) = cookie(&f.secret);
+        let forbidden = |code: &str| Err((StatusCode::FORBIDDEN, code.to_owned()));
+        for (origin, expected) in [
+            (None, forbidden("origin_required")),
+            (Some("http://evil.example"), forbidden("cross_origin")),
+            (Some("http://127.0.0.1:7778"), forbidden("cross_origin")),
+            (Some("http://127.0.0.1:7777"), Ok(())),
+            (Some("http://localhost:7777"), Ok(())),
+        ] {
+            let mut pairs = vec![
+                (name.clone(), value.as_str()),
+                (header::UPGRADE, "websocket"),
+                (header::CONNECTION, "upgrade"),
+            ];
+            pairs.extend(origin.map(|o| (header::ORIGIN, o)));
+            assert_eq!(check(&f, Method::GET, &pairs).await, expected, "{origin:?}");
+        }
+        // A plain read without an Origin (a same-origin GET, from some
+        // browsers) is still a read.
+        assert_eq!(check(&f, Method::GET, &[(name, &value)]).await, Ok(()));
     }
 
     #[tokio::test]

@@ -10,11 +10,16 @@ use tokio::sync::mpsc;
 
 use crate::error::ApiError;
 
+/// Resolves when the session's caller may no longer run it: a dashboard
+/// session that was revoked or expired.
+pub(crate) type Ended = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
 pub(crate) async fn session(
     mut socket: WebSocket,
     agent: Arc<AgentClient>,
     env_defaults: Vec<String>,
     machine: String,
+    mut ended: Ended,
 ) {
     let start = match socket.recv().await {
         Some(Ok(Message::Text(text))) => serde_json::from_str::<ExecStart>(&text).map_err(|e| {
@@ -91,6 +96,16 @@ pub(crate) async fn session(
                     return end(socket, ExecEnd::Error(detail)).await;
                 }
             },
+            () = &mut ended => {
+                let control = control.clone();
+                let _ = tokio::task::spawn_blocking(move || control.signal(9)).await;
+                let detail = ErrorDetail {
+                    code: "session_ended".into(),
+                    message: "the dashboard session of this terminal was signed out, revoked or expired".into(),
+                    hint: "sign in again with `hearth ui`".into(),
+                };
+                return end(socket, ExecEnd::Error(detail)).await;
+            }
             incoming = socket.recv() => {
                 let control = control.clone();
                 let action: Option<Box<dyn FnOnce() -> Result<(), hearth_agent::client::Error> + Send>> = match incoming {

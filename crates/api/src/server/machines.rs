@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -436,6 +437,7 @@ pub(crate) async fn logs(
         (status = 404, body = ErrorBody), (status = 409, description = "Not running", body = ErrorBody)))]
 pub(crate) async fn exec(
     State(state): State<AppState>,
+    Extension(caller): Extension<super::auth::Caller>,
     Path(name): Path<String>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
@@ -449,7 +451,12 @@ pub(crate) async fn exec(
     // Fail before upgrading, so that the client gets a proper HTTP error.
     let agent = state.machines().agent(&name).await?;
     let env_defaults = state.machines().get(&name).await?.spec.env;
-    Ok(upgrade.on_upgrade(move |socket| super::exec::session(socket, agent, env_defaults, name)))
+    // A dashboard session's terminal ends when the session does.
+    let ended: super::exec::Ended = match caller {
+        super::auth::Caller::Session { session, .. } => Box::pin(state.sessions().ended(&session)),
+        super::auth::Caller::Owner => Box::pin(std::future::pending()),
+    };
+    Ok(upgrade.on_upgrade(move |socket| super::exec::session(socket, agent, env_defaults, name, ended)))
 }
 
 /// Pauses a running machine to disk (memory, devices and disk); the machine

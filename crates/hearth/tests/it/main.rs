@@ -41,4 +41,5 @@ mod store_durability;
 mod store_follow;
 mod triggers_cli;
 mod ui;
+mod ui_terminal;
 mod workflows_cli;
