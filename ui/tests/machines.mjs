@@ -29,9 +29,15 @@ export async function machines(page) {
 
   await page.getByRole('button', { name: 'Stop', exact: true }).click();
   await state(page, 'stopped');
-  // The guest's shutdown arrived on the console while the page was open.
+  // The guest's shutdown arrives on the console while the page is open
+  // (its last lines may come just after the state says stopped).
+  const grew = await page
+    .waitForFunction((n) => (document.querySelector('#console')?.innerText ?? '').length > n, before, {
+      timeout: WAIT_MS,
+    })
+    .then(() => true, () => false);
   const after = (await page.locator('#console').innerText()).length;
-  check(after > before, `the console did not grow while the machine stopped (${before} → ${after} characters)`);
+  check(grew, `the console did not grow while the machine stopped (${before} → ${after} characters)`);
   step('a machine page shows the machine running and its console live; Stop stops it');
 
   await page.getByRole('button', { name: 'Start', exact: true }).click();
