@@ -88,7 +88,7 @@ function Where({ service, extra }: { service: Service; extra: Extra | undefined 
 function Row({ service, extra }: { service: Service; extra: Extra | undefined }) {
   const healthy = service.passing === service.instances && service.instances > 0;
   const href = service.kind === 'app' ? `/ui/apps/${seg(service.name)}` : `/ui/services/${seg(service.name)}`;
-  const changed = extra?.changed ?? (service.kind === 'app' ? service.created_at : service.created_at * 1000);
+  const changed = extra?.changed ?? service.created_at * 1000;
   return (
     <tr data-service={service.name}>
       <th scope="row" class="mono">

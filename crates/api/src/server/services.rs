@@ -78,7 +78,7 @@ fn app(info: &hearth_apps::AppInfo) -> Service {
         tags: vec![],
         description: None,
         links: Default::default(),
-        created_at: info.app.updated_at,
+        created_at: info.app.updated_at / 1000,
         problem: info.error.clone(),
         version: Some(info.app.active),
         rollout: None,
