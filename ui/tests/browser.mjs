@@ -15,6 +15,7 @@ import { mkdirSync } from 'node:fs';
 import { chromium } from 'playwright-core';
 import { apps } from './apps.mjs';
 import { machines } from './machines.mjs';
+import { networks } from './networks.mjs';
 import { BASE, LINK, SHOTS, WAIT_MS, api, audit, check, heading, step, withDeadline } from './lib.mjs';
 import { workflows } from './workflows.mjs';
 
@@ -205,6 +206,7 @@ async function run() {
   // workflows.mjs, machines.mjs).
   await apps(page);
   await workflows(page, { csrf });
+  await networks(page);
   await machines(page);
 
   // 8. Figures: the compressed bundle, as the daemon sends it.
