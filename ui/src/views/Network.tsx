@@ -3,7 +3,7 @@
 // breaks. A machine selected in the drawing gets a panel to break its
 // links on purpose (partition, loss, delay) and to heal them.
 
-import { useState } from 'preact/hooks';
+import { useEffect, useState } from 'preact/hooks';
 import { api, asApiError, seg, type ApiError, type Machine } from '../api';
 import { useLive, useResource, useTitle } from '../hooks';
 import { stateText } from '../machines';
@@ -21,15 +21,70 @@ import { ErrorNote, LiveBadge, ago } from './common';
 import { labOf } from './Networks';
 import './networks.css';
 
-const W = 680;
-const CX = W / 2;
-
-/** The drawing's height and the bridge's height in it: two machines or
- * fewer sit level with the bridge, partitions bowing above them. */
-function frame(machines: number): { h: number; cy: number } {
-  return machines <= 2 ? { h: 340, cy: 240 } : { h: 500, cy: 270 };
+/** The drawing's frame: its size, where the bridge is, and where each of
+ * `n` machines goes. Wide, machines sit on an ellipse around the bridge
+ * (two: level with it, partitions bowing above); narrow (a phone), the
+ * drawing is as narrow as the screen, so its words stay readable: two
+ * machines side by side above the bridge, more on a tall ellipse. */
+interface Geo {
+  w: number;
+  h: number;
+  cx: number;
+  cy: number;
+  at: (i: number, n: number) => { x: number; y: number };
 }
-const NODE_W = 150;
+
+function frame(n: number, narrow: boolean): Geo {
+  if (!narrow) {
+    const cx = 340;
+    const cy = n <= 2 ? 240 : 270;
+    return {
+      w: 680,
+      h: n <= 2 ? 340 : 500,
+      cx,
+      cy,
+      at: (i, n) => {
+        const angle = Math.PI + (2 * Math.PI * i) / Math.max(n, 1);
+        return { x: cx + 235 * Math.cos(angle), y: cy + 165 * Math.sin(angle) };
+      },
+    };
+  }
+  if (n <= 2) {
+    return {
+      w: 360,
+      h: 420,
+      cx: 180,
+      cy: 330,
+      at: (i, n) => ({ x: n === 1 ? 180 : i === 0 ? 95 : 265, y: 170 }),
+    };
+  }
+  return {
+    w: 360,
+    h: 560,
+    cx: 180,
+    cy: 290,
+    at: (i, n) => {
+      const angle = -Math.PI / 2 + (2 * Math.PI * i) / n;
+      return { x: 180 + 100 * Math.cos(angle), y: 290 + 200 * Math.sin(angle) };
+    },
+  };
+}
+
+/** Whether the screen is a phone's, followed as it changes. */
+function useNarrow(): boolean {
+  const query = '(max-width: 600px)';
+  const [narrow, setNarrow] = useState(() => matchMedia(query).matches);
+  useEffect(() => {
+    const media = matchMedia(query);
+    const change = () => setNarrow(media.matches);
+    change();
+    media.addEventListener('change', change);
+    return () => media.removeEventListener('change', change);
+  }, []);
+  return narrow;
+}
+
+const NODE_W = 140;
 const NODE_H = 62;
 
 interface Node {
@@ -42,19 +97,17 @@ interface Node {
 }
 
 /** Machines around the bridge, on an ellipse, the first on the left. */
-function layout(network: NetworkInfo, machines: Map<string, Machine>, cy: number): Node[] {
+function layout(network: NetworkInfo, machines: Map<string, Machine>, geo: Geo): Node[] {
   const members = network.machines.slice().sort((a, b) => a.machine.localeCompare(b.machine));
   const n = members.length;
   return members.map((m, i) => {
-    const angle = Math.PI + (2 * Math.PI * i) / Math.max(n, 1);
     const record = machines.get(m.machine);
     return {
       name: m.machine,
       ip: m.ip,
       state: record ? stateText(record) : 'unknown',
       stateClass: record?.state ?? 'unknown',
-      x: CX + 235 * Math.cos(angle),
-      y: cy + 165 * Math.sin(angle),
+      ...geo.at(i, n),
     };
   });
 }
@@ -78,7 +131,8 @@ function Badge({ x, y, text, kind, machine, id }: { x: number; y: number; text: 
 
 /** A partition between two machines drawn: a dashed arc, bowed away from
  * the bridge, with a cross and a label at its middle. */
-function Cut({ a, b, fault, index, cy }: { a: Node; b: Node; fault: Fault; index: number; cy: number }) {
+function Cut({ a, b, fault, index, geo }: { a: Node; b: Node; fault: Fault; index: number; geo: Geo }) {
+  const { cx: CX, cy } = geo;
   const mx = (a.x + b.x) / 2;
   const my = (a.y + b.y) / 2;
   // The normal of a→b that points away from the bridge (upwards when the
@@ -120,18 +174,19 @@ function Cut({ a, b, fault, index, cy }: { a: Node; b: Node; fault: Fault; index
 function Drawing({
   network,
   nodes,
-  cy,
+  geo,
   faults,
   selected,
   select,
 }: {
   network: NetworkInfo;
   nodes: Node[];
-  cy: number;
+  geo: Geo;
   faults: Fault[];
   selected: string | null;
   select: (name: string | null) => void;
 }) {
+  const { cx: CX, cy } = geo;
   const byName = new Map(nodes.map((n) => [n.name, n]));
   const cuts: preact.JSX.Element[] = [];
   const badges: preact.JSX.Element[] = [];
@@ -153,7 +208,7 @@ function Drawing({
           const a = byName.get(to);
           const b = byName.get(from);
           if (a && b) {
-            cuts.push(<Cut key={`${fault.id}-${to}-${from}`} a={a} b={b} fault={fault} index={pairs++} cy={cy} />);
+            cuts.push(<Cut key={`${fault.id}-${to}-${from}`} a={a} b={b} fault={fault} index={pairs++} geo={geo} />);
           } else if (a || b) {
             // The other side is on another network: cut this side's link.
             const here = (a ?? b) as Node;
@@ -172,7 +227,7 @@ function Drawing({
   return (
     <svg
       class="net-drawing"
-      viewBox={`0 0 ${W} ${frame(nodes.length).h}`}
+      viewBox={`0 0 ${geo.w} ${geo.h}`}
       role="group"
       aria-label={summary}
       data-network={network.name}
@@ -522,8 +577,8 @@ export function Network({ name }: { name: string }) {
   const machines = new Map((machineList.data?.machines ?? []).map((m) => [m.name, m]));
   const members = new Set(info?.machines.map((m) => m.machine) ?? []);
   const faults = (faultList.data?.faults ?? []).filter((f) => faultOn(f, members));
-  const cy = frame(info?.machines.length ?? 0).cy;
-  const nodes = info ? layout(info, machines, cy) : [];
+  const geo = frame(info?.machines.length ?? 0, useNarrow());
+  const nodes = info ? layout(info, machines, geo) : [];
   const current = selected !== null && members.has(selected) ? selected : null;
   const lab = labOf(labs, name);
   const heal = async (fault: Fault) => {
@@ -562,7 +617,7 @@ export function Network({ name }: { name: string }) {
           </p>
           <div class="net-layout">
             <div class="net-figure">
-              <Drawing network={info} nodes={nodes} cy={cy} faults={faults} selected={current} select={setSelected} />
+              <Drawing network={info} nodes={nodes} geo={geo} faults={faults} selected={current} select={setSelected} />
               <p class="net-muted-text">
                 {nodes.length === 0
                   ? 'No machines on this network yet: run one with --network ' + info.name + '.'
