@@ -470,7 +470,7 @@ function Panel({
           {touching.map((f) => (
             <li key={f.id}>
               <span>
-                {f.kind}: {f.kind === 'partition' ? targets(f) : parameters(f)}
+                {f.kind === 'partition' ? `partition ${targets(f)}` : parameters(f)}
               </span>
               <button
                 type="button"
@@ -576,7 +576,9 @@ export function Network({ name }: { name: string }) {
   const info = network.data;
   const machines = new Map((machineList.data?.machines ?? []).map((m) => [m.name, m]));
   const members = new Set(info?.machines.map((m) => m.machine) ?? []);
-  const faults = (faultList.data?.faults ?? []).filter((f) => faultOn(f, members));
+  const faults = (faultList.data?.faults ?? [])
+    .filter((f) => faultOn(f, members))
+    .sort((x, y) => x.created_at - y.created_at || x.id.localeCompare(y.id));
   const geo = frame(info?.machines.length ?? 0, useNarrow());
   const nodes = info ? layout(info, machines, geo) : [];
   const current = selected !== null && members.has(selected) ? selected : null;
