@@ -13,6 +13,8 @@ import { Config } from './views/Config';
 import { Events } from './views/Events';
 import { Machine } from './views/Machine';
 import { Machines } from './views/Machines';
+import { Network } from './views/Network';
+import { Networks } from './views/Networks';
 import { Overview } from './views/Overview';
 import { Run } from './views/Run';
 import { Search } from './views/Search';
@@ -31,6 +33,7 @@ interface Route {
 const ROUTES: Route[] = [
   { path: '/ui/', label: 'Overview', view: Overview },
   { path: '/ui/machines', label: 'Machines', view: Machines },
+  { path: '/ui/networks', label: 'Networks', view: Networks },
   { path: '/ui/apps', label: 'Apps', view: Apps },
   { path: '/ui/workflows', label: 'Workflows', view: Workflows },
   { path: '/ui/services', label: 'Services', view: Services },
@@ -49,6 +52,7 @@ interface ItemRoute {
 
 const ITEMS: ItemRoute[] = [
   { prefix: '/ui/machines/', under: '/ui/machines', view: Machine },
+  { prefix: '/ui/networks/', under: '/ui/networks', view: Network },
   { prefix: '/ui/apps/', under: '/ui/apps', view: AppPage },
   { prefix: '/ui/runs/', under: '/ui/workflows', view: Run },
   { prefix: '/ui/services/', under: '/ui/services', view: Service },

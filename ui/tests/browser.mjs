@@ -15,6 +15,7 @@ import { mkdirSync } from 'node:fs';
 import { chromium } from 'playwright-core';
 import { apps } from './apps.mjs';
 import { machines } from './machines.mjs';
+import { networks } from './networks.mjs';
 import { newMachine } from './new-machine.mjs';
 import { search } from './search.mjs';
 import { BASE, LINK, SHOTS, WAIT_MS, api, audit, check, heading, step, withDeadline } from './lib.mjs';
@@ -214,6 +215,7 @@ async function run() {
   await apps(page);
   await ops(page, { csrf });
   await workflows(page, { csrf });
+  await networks(page);
   await search(page);
   await newMachine(page);
   await machines(page);

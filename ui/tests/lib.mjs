@@ -30,6 +30,9 @@ export const HELLO_WASM = need('HEARTH_UI_HELLO_WASM');
 export const APPROVAL = need('HEARTH_UI_APPROVAL');
 /** A running machine, booted by the Rust test. */
 export const MACHINE = need('HEARTH_UI_MACHINE');
+/** A network made by the Rust test, and its two machines (`a b`). */
+export const NETWORK = need('HEARTH_UI_NETWORK');
+export const NET_MACHINES = need('HEARTH_UI_NET_MACHINES').split(' ');
 
 export function check(condition, message) {
   if (!condition) throw new Error(message);

@@ -79,15 +79,32 @@ pub(crate) async fn remove(
 
 /// A fault's record as the wire shows it.
 fn fault(f: FaultRecord) -> Fault {
-    let kind = match f.kind {
-        FaultKind::Partition { .. } => wire::FaultKind::Partition,
-        FaultKind::Delay { .. } => wire::FaultKind::Delay,
-        FaultKind::Loss { .. } => wire::FaultKind::Loss,
+    let description = f.kind.describe();
+    let (kind, partition, delay, loss) = match f.kind {
+        FaultKind::Partition { machines, from, both_ways } => {
+            (wire::FaultKind::Partition, Some(wire::PartitionFault { machines, from, both_ways }), None, None)
+        }
+        FaultKind::Delay { machine, delay, jitter } => (
+            wire::FaultKind::Delay,
+            None,
+            Some(wire::DelayFault {
+                machine,
+                delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                jitter_ms: u64::try_from(jitter.as_millis()).unwrap_or(u64::MAX),
+            }),
+            None,
+        ),
+        FaultKind::Loss { machine, percent } => {
+            (wire::FaultKind::Loss, None, None, Some(wire::LossFault { machine, percent }))
+        }
     };
     Fault {
         id: f.id,
         kind,
-        description: f.kind.describe(),
+        description,
+        partition,
+        delay,
+        loss,
         expires_at: f.expires_at,
         created_at: f.created_at,
     }

@@ -57,6 +57,14 @@ pub struct Fault {
     pub kind: FaultKind,
     /// A readable summary, e.g. `delay n1 100ms ±10ms`.
     pub description: String,
+    /// What it targets, as `POST /v1/faults` took it: the one of
+    /// `partition`, `delay` and `loss` that `kind` names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<PartitionFault>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<DelayFault>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<LossFault>,
     /// Unix seconds at which it heals itself, if it does.
     pub expires_at: Option<u64>,
     pub created_at: u64,

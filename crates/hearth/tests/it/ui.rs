@@ -228,6 +228,27 @@ async fn the_dashboard_works_in_a_real_browser() {
     // A machine for its page to show, stop, start and remove.
     let image = daemon.ensure_debian_image().await;
     success(&daemon.cli(&["machine", "run", "--name", "web", "--memory", "256M", &image]));
+    // A network with two machines, for the networks page to draw and the
+    // browser to partition, break and heal (ui/tests/networks.mjs). A
+    // subnet of its own, as in networks_faults.rs. They boot side by side.
+    success(&daemon.cli(&["network", "create", "lab", "--subnet", "10.246.16.0/24", "--no-nat"]));
+    let booted: Vec<(&str, Duration)> = std::thread::scope(|s| {
+        let boots: Vec<_> = ["a", "b"]
+            .map(|name| {
+                let (daemon, image) = (&daemon, &image);
+                s.spawn(move || {
+                    let started = std::time::Instant::now();
+                    let args =
+                        ["machine", "run", "--name", name, "--network", "lab", "--memory", "256M", image];
+                    success(&daemon.cli(&args));
+                    (name, started.elapsed())
+                })
+            })
+            .into_iter()
+            .collect();
+        boots.into_iter().map(|b| b.join().expect("a boot thread")).collect()
+    });
+    println!("network lab: machines booted side by side: {booted:?}");
     let (url, authority) = sign_in_link(&daemon);
     let (status, _, body) = http(&authority, "GET", "/ui/", &[]);
     assert!(
@@ -246,6 +267,8 @@ async fn the_dashboard_works_in_a_real_browser() {
         .env("HEARTH_UI_HELLO_WASM", &hello)
         .env("HEARTH_UI_APPROVAL", "approval")
         .env("HEARTH_UI_MACHINE", "web")
+        .env("HEARTH_UI_NETWORK", "lab")
+        .env("HEARTH_UI_NET_MACHINES", "a b")
         .env("CHROMIUM", &chromium)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
