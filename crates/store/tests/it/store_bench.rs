@@ -54,3 +54,22 @@ async fn a_comparison_shows_both_backends_and_the_ratio() {
     );
     assert!(lines[1..6].iter().all(|line| line.ends_with('×')), "{table}");
 }
+
+/// The figures in docs/performance.md: the same driver and table as
+/// `hearth bench store --backend redb,etcd`, here for a release build of
+/// the store alone (`cargo test --release -p hearth-store --test it --
+/// --ignored store_bench::compare_backends --nocapture`).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a benchmark, run by hand"]
+async fn compare_backends() {
+    let options = BenchOptions { ops: 5000, concurrency: 32, value_size: 256 };
+    let mut runs = Vec::new();
+    for backend in [Backend::Redb, Backend::Etcd] {
+        let test = backend.store().await;
+        runs.push((
+            format!("{backend:?}").to_lowercase(),
+            bench::run(test.arc(), options.clone()).await.unwrap(),
+        ));
+    }
+    print!("{}", Comparison { runs });
+}
