@@ -37,6 +37,13 @@
 //!   election timeout rounded up: 2 s with etcd's defaults). Keep-alives are
 //!   one request each, on whatever connection is up, so a lease kept alive
 //!   by its owner stays alive across reconnects and leader changes.
+//!   [`Store::leases`] reports the time left in whole seconds, rounded down,
+//!   as etcd does.
+//! - **Unanswered requests.** A request that reached no member (the one
+//!   picked is down: the client balances over every endpoint) or found no
+//!   leader was not applied, so it is tried again until
+//!   [`Options::request_timeout`]; any other failure is handed to the caller,
+//!   who cannot know whether a write was applied, as with any network store.
 
 mod txn;
 mod watch;
