@@ -118,6 +118,20 @@ impl From<hearth_store::Error> for ApiError {
                 "store large data in a file and keep its path in the store",
             ),
             E::Closed => Self::unavailable(message),
+            E::Unavailable { .. } => {
+                tracing::warn!(error = %display_chain(&error), "The store on etcd does not answer.");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    display_chain(&error),
+                    "check that etcd is running and reachable from this host, then try again",
+                )
+            }
+            E::Refused { .. } => Self::bad_request(
+                "store_refused",
+                message,
+                "change the request as the message says; etcd's limits are stricter than the embedded store's",
+            ),
             E::Open { .. } | E::Locked { .. } | E::Backend(_) | E::Corrupt(_) => {
                 tracing::error!(error = %display_chain(&error), "Store operation failed.");
                 Self::internal(display_chain(&error))

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use hearth_api::server::{self, AppState, DaemonInfo, Token};
 use hearth_listen::TowerToHyperService;
+use hearth_store::etcd::EtcdStore;
 use hearth_store::redb::{Options as StoreOptions, RedbStore};
 use tokio::sync::watch;
 
@@ -59,6 +60,136 @@ pub(crate) struct ServeArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Pretty, env = "HEARTH_LOG_FORMAT")]
     log_format: LogFormat,
+
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+/// Where the state lives.
+#[derive(Debug, clap::Args)]
+pub(crate) struct StoreArgs {
+    /// Where the state lives: `redb`, a file in the data dir, or `etcd://HOST:PORT[,HOST:PORT...]`, an etcd cluster several hosts share.
+    #[arg(long = "store", value_name = "redb|etcd://HOST:PORT,...", default_value = "redb", env = "HEARTH_STORE", value_parser = parse_store)]
+    location: StoreLocation,
+
+    /// The prefix of every key hearth keeps in etcd, so that several clouds (or other programs) can share one etcd.
+    #[arg(long = "store-namespace", value_name = "PREFIX", default_value = hearth_store::etcd::DEFAULT_NAMESPACE, env = "HEARTH_STORE_NAMESPACE")]
+    namespace: String,
+
+    /// The certificate authority (PEM) that signed etcd's certificates: connects with TLS.
+    #[arg(long = "store-ca", value_name = "FILE", env = "HEARTH_STORE_CA")]
+    ca: Option<std::path::PathBuf>,
+
+    /// A client certificate (PEM) for etcd, with --store-key: connects with TLS.
+    #[arg(long = "store-cert", value_name = "FILE", env = "HEARTH_STORE_CERT", requires = "key")]
+    cert: Option<std::path::PathBuf>,
+
+    /// The client certificate's private key (PEM).
+    #[arg(long = "store-key", value_name = "FILE", env = "HEARTH_STORE_KEY", requires = "cert")]
+    key: Option<std::path::PathBuf>,
+
+    /// The etcd user, when etcd has authentication on (with --store-password-file).
+    #[arg(long = "store-user", value_name = "NAME", env = "HEARTH_STORE_USER", requires = "password_file")]
+    user: Option<String>,
+
+    /// A file holding the etcd user's password (its first line).
+    #[arg(
+        long = "store-password-file",
+        value_name = "FILE",
+        env = "HEARTH_STORE_PASSWORD_FILE",
+        requires = "user"
+    )]
+    password_file: Option<std::path::PathBuf>,
+}
+
+/// `--store`: the embedded store, or etcd.
+#[derive(Debug, Clone)]
+enum StoreLocation {
+    Redb,
+    Etcd(Vec<String>),
+}
+
+fn parse_store(text: &str) -> Result<StoreLocation, String> {
+    if text == "redb" {
+        return Ok(StoreLocation::Redb);
+    }
+    if !text.starts_with("etcd://") {
+        return Err(format!("{text:?}: use redb, or etcd://HOST:PORT[,HOST:PORT...]"));
+    }
+    let options = hearth_store::etcd::Options::from_url(text).map_err(|e| e.to_string())?;
+    Ok(StoreLocation::Etcd(options.endpoints))
+}
+
+/// The store the daemon opened.
+enum OpenedStore {
+    Redb(RedbStore),
+    Etcd(EtcdStore),
+}
+
+impl OpenedStore {
+    fn store(&self) -> Arc<dyn hearth_store::Store> {
+        match self {
+            OpenedStore::Redb(redb) => Arc::new(redb.clone()),
+            OpenedStore::Etcd(etcd) => Arc::new(etcd.clone()),
+        }
+    }
+
+    /// What `hearth status` shows: the backend and where it is.
+    fn describe(&self) -> (hearth_client::types::StoreBackend, String) {
+        match self {
+            OpenedStore::Redb(redb) => {
+                (hearth_client::types::StoreBackend::Redb, redb.path().display().to_string())
+            }
+            OpenedStore::Etcd(etcd) => (
+                hearth_client::types::StoreBackend::Etcd,
+                format!("etcd://{} under {}", etcd.endpoints(), etcd.namespace()),
+            ),
+        }
+    }
+
+    async fn shutdown(&self) {
+        if let OpenedStore::Redb(redb) = self {
+            redb.shutdown().await;
+        }
+    }
+}
+
+/// Opens the store `--store` names.
+async fn open_store(data_dir: &Path, args: StoreArgs) -> anyhow::Result<OpenedStore> {
+    let endpoints = match args.location {
+        StoreLocation::Redb => {
+            let redb = RedbStore::open(&data_dir.join(paths::STORE_FILE), StoreOptions::default())
+                .with_context(|| format!("cannot open the state store in {}", data_dir.display()))?;
+            return Ok(OpenedStore::Redb(redb));
+        }
+        StoreLocation::Etcd(endpoints) => endpoints,
+    };
+    let read = |what: &str, path: &Path| {
+        std::fs::read(path).with_context(|| format!("cannot read the {what} {}", path.display()))
+    };
+    let mut options = hearth_store::etcd::Options::new(endpoints);
+    options.namespace = args.namespace;
+    if args.ca.is_some() || args.cert.is_some() {
+        options.tls = Some(hearth_store::etcd::Tls {
+            ca: args.ca.as_deref().map(|path| read("etcd CA certificate (--store-ca)", path)).transpose()?,
+            identity: match (&args.cert, &args.key) {
+                (Some(cert), Some(key)) => Some((
+                    read("etcd client certificate (--store-cert)", cert)?,
+                    read("etcd client key (--store-key)", key)?,
+                )),
+                _ => None,
+            },
+        });
+    }
+    if let (Some(user), Some(file)) = (args.user, &args.password_file) {
+        let password = String::from_utf8(read("etcd password file (--store-password-file)", file)?)
+            .with_context(|| format!("the etcd password file {} is not UTF-8 text", file.display()))?;
+        let password = password.lines().next().unwrap_or_default().to_owned();
+        options.user = Some((user, password));
+    }
+    let etcd = EtcdStore::connect(options).await.context("cannot open the state store on etcd")?;
+    tracing::info!(endpoints = etcd.endpoints(), namespace = etcd.namespace(), "The state store is on etcd.");
+    Ok(OpenedStore::Etcd(etcd))
 }
 
 /// `--dns`: an address, or `off`.
@@ -188,8 +319,8 @@ fn init_logging(format: LogFormat) {
 /// nothing. Said in the log at start; never set outside tests.
 const BREAK_WATCHES: &str = "HEARTH_TEST_BREAK_WATCHES";
 
-fn store_for_subsystems(redb: &RedbStore) -> Arc<dyn hearth_store::Store> {
-    let store: Arc<dyn hearth_store::Store> = Arc::new(redb.clone());
+fn store_for_subsystems(opened: &OpenedStore) -> Arc<dyn hearth_store::Store> {
+    let store = opened.store();
     match std::env::var(BREAK_WATCHES).ok().and_then(|v| v.parse::<usize>().ok()) {
         Some(every) if every > 0 => {
             tracing::warn!(every, "{BREAK_WATCHES} is set: every store watch breaks after a few events.");
@@ -206,9 +337,7 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
     prepare_data_dir(data_dir)?;
     let budget = connection_budget()?;
 
-    let store_path = data_dir.join(paths::STORE_FILE);
-    let redb = RedbStore::open(&store_path, StoreOptions::default())
-        .with_context(|| format!("cannot open the state store in {}", data_dir.display()))?;
+    let opened = open_store(data_dir, args.store).await?;
     let token = ensure_token(data_dir)?;
 
     let socket_path = paths::socket(data_dir);
@@ -232,7 +361,7 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
         .await
         .context("the host probe failed")?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let store = store_for_subsystems(&redb);
+    let store = store_for_subsystems(&opened);
     let cache_dir = args.cache_dir.unwrap_or_else(|| data_dir.join("cache"));
     let config = hearth_config::Config::open(store.clone(), data_dir).context("cannot open config")?;
     let config_loop = tokio::spawn(config.clone().run(stop_rx.clone()));
@@ -347,13 +476,17 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
     let metrics_loop = tokio::spawn(metrics.clone().run(
         crate::metrics::collectors(crate::metrics::Sources {
             store: store.clone(),
-            store_file: store_path.clone(),
+            store_file: match &opened {
+                OpenedStore::Redb(redb) => Some(redb.path().to_owned()),
+                OpenedStore::Etcd(_) => None,
+            },
             apps: apps.clone(),
             machines: machines.clone(),
             workflows: workflows.clone(),
         }),
         stop_rx.clone(),
     ));
+    let (store_backend, store_location) = opened.describe();
     let state = AppState::new(
         store,
         hearth_api::server::Subsystems {
@@ -370,8 +503,8 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
             data_dir: data_dir.to_owned(),
             socket: socket_path.clone(),
             tcp: tcp_addr,
-            store_backend: hearth_client::types::StoreBackend::Redb,
-            store_location: store_path.display().to_string(),
+            store_backend,
+            store_location,
             ingress: ingress_addr,
             dns: dns_addr.clone(),
             ui: ui_addr.clone(),
@@ -449,7 +582,7 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
         let _ = host_dns_loop.await;
     }
     drop(state);
-    redb.shutdown().await;
+    opened.shutdown().await;
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!("Stopped.");
     Ok(())

@@ -41,7 +41,8 @@ pub(crate) fn open(data_dir: &Path) -> anyhow::Result<TimeSeries> {
 /// What the collectors read.
 pub(crate) struct Sources {
     pub(crate) store: Arc<dyn Store>,
-    pub(crate) store_file: PathBuf,
+    /// The embedded store's file; `None` on etcd, whose size is etcd's.
+    pub(crate) store_file: Option<PathBuf>,
     pub(crate) apps: hearth_apps::Apps,
     pub(crate) machines: hearth_machines::Machines,
     pub(crate) workflows: hearth_workflows::Workflows,
@@ -277,16 +278,20 @@ impl Collector for Workflows {
 /// The state store's file size and revision.
 struct StoreFile {
     store: Arc<dyn Store>,
-    file: PathBuf,
+    file: Option<PathBuf>,
 }
 
 #[async_trait]
 impl Collector for StoreFile {
     async fn collect(&self) -> Vec<Sample> {
         let mut samples = Vec::new();
-        match tokio::fs::metadata(&self.file).await {
-            Ok(meta) => samples.push(Sample::new("store_size_bytes", meta.len() as f64)),
-            Err(error) => tracing::warn!(error = %error, "Cannot read the store file's size for metrics."),
+        if let Some(file) = &self.file {
+            match tokio::fs::metadata(file).await {
+                Ok(meta) => samples.push(Sample::new("store_size_bytes", meta.len() as f64)),
+                Err(error) => {
+                    tracing::warn!(error = %error, "Cannot read the store file's size for metrics.")
+                }
+            }
         }
         match self.store.revision().await {
             Ok(revision) => samples.push(Sample::new("store_revision", revision as f64)),

@@ -98,6 +98,47 @@ impl fmt::Display for BenchReport {
     }
 }
 
+/// The same workload on several backends, side by side.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Comparison {
+    /// Each backend's name and report, in the order they ran.
+    pub runs: Vec<(String, BenchReport)>,
+}
+
+impl fmt::Display for Comparison {
+    /// One row per phase: each backend's operations per second and median
+    /// latency, then, for two backends, the first's throughput over the
+    /// second's.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some((_, first)) = self.runs.first() else { return Ok(()) };
+        write!(f, "{:<22} {:>7}", "phase", "clients")?;
+        for (name, _) in &self.runs {
+            write!(f, " {:>12} {:>9}", format!("{name} ops/s"), "p50 ms")?;
+        }
+        if let [(a, _), (b, _)] = self.runs.as_slice() {
+            write!(f, " {:>10}", format!("{a} ÷ {b}"))?;
+        }
+        writeln!(f)?;
+        for (i, phase) in first.phases.iter().enumerate() {
+            write!(f, "{:<22} {:>7}", phase.name, phase.clients)?;
+            for (_, report) in &self.runs {
+                match report.phases.get(i) {
+                    Some(p) => write!(f, " {:>12.1} {:>9.3}", p.ops_per_sec, p.p50_ms)?,
+                    None => write!(f, " {:>12} {:>9}", "-", "-")?,
+                }
+            }
+            if let [(_, a), (_, b)] = self.runs.as_slice()
+                && let (Some(a), Some(b)) = (a.phases.get(i), b.phases.get(i))
+                && b.ops_per_sec > 0.0
+            {
+                write!(f, " {:>9.1}×", a.ops_per_sec / b.ops_per_sec)?;
+            }
+            writeln!(f)?;
+        }
+        writeln!(f, "({}-byte values)", first.value_size)
+    }
+}
+
 /// Runs every phase against `store` and reports.
 pub async fn run(store: Arc<dyn Store>, options: BenchOptions) -> Result<BenchReport, Error> {
     let options =

@@ -7,8 +7,9 @@
 //! changes; and leases whose keys vanish when the lease expires.
 //!
 //! Everything in hearth that needs state goes through the [`Store`] trait, so
-//! the embedded backend ([`redb::RedbStore`], a single file on disk) and a
-//! multi-host backend (a real etcd cluster, later) are interchangeable.
+//! the embedded backend ([`redb::RedbStore`], a single file on disk) and the
+//! multi-host backend ([`etcd::EtcdStore`], a real etcd cluster) are
+//! interchangeable.
 //!
 //! **Invariant:** only this crate assigns revisions. A revision, once
 //! acknowledged to a caller, is durable (fsynced) and is never reused.
@@ -20,6 +21,7 @@ mod validate;
 
 pub mod acts;
 pub mod bench;
+pub mod etcd;
 pub mod follow;
 pub mod redb;
 pub mod testing;
@@ -150,6 +152,20 @@ pub enum Error {
     /// The store has been shut down.
     #[error("the store is shut down")]
     Closed,
+
+    /// etcd did not answer.
+    #[error(
+        "cannot reach etcd at {endpoints}; check that it is running and that the address, TLS and credentials options are right"
+    )]
+    Unavailable {
+        endpoints: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// etcd refused a request: `reason` says why and what to change.
+    #[error("etcd refused the request: {reason}")]
+    Refused { reason: String },
 }
 
 /// Limits shared by every backend, so that behaviour does not change with the

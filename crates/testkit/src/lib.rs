@@ -5,6 +5,9 @@
 //! [`Daemon`] drops, so a failing test leaves nothing behind. Its log goes to
 //! `daemon.log` in the data dir and is printed if it fails to come up.
 //!
+//! [`etcd::Etcd`] is a real etcd on loopback, for a daemon started with
+//! `HEARTH_STORE` set to its [`etcd::Etcd::url`].
+//!
 //! [`smtp::SmtpSink`] is a real SMTP server (aiosmtpd) on loopback whose
 //! mails a test reads back, for alert receivers.
 
@@ -15,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use hearth_client::{Client, Endpoint};
 
+pub mod etcd;
 mod skip;
 pub mod smtp;
 pub use skip::{NO_SKIP_ENV, SKIP_LOG_ENV, skip};

@@ -14,14 +14,39 @@ use hearth_client::Client;
 use hearth_store::bench::{BenchOptions, run as run_store_bench};
 use hearth_store::redb::{Options as StoreOptions, RedbStore};
 
+mod local_etcd;
+
+/// A backend `bench store` runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum BenchBackend {
+    Redb,
+    Etcd,
+}
+
+impl BenchBackend {
+    fn name(self) -> &'static str {
+        match self {
+            BenchBackend::Redb => "redb",
+            BenchBackend::Etcd => "etcd",
+        }
+    }
+}
+
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum Command {
     /// State store throughput: put, get, CAS transactions and watch delivery.
     ///
     /// Runs against a fresh embedded store in a temporary directory (never the
     /// daemon's). The workload is written against the store trait, so the same
-    /// load runs against an etcd backend once it lands.
+    /// load runs on etcd: `--backend redb,etcd` runs both, one after the
+    /// other, and prints them side by side with the ratio.
     Store {
+        /// The backends to run on, in order: `redb` (a fresh file in a temporary directory) and `etcd`.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "redb", value_name = "redb,etcd")]
+        backend: Vec<BenchBackend>,
+        /// The etcd to run on; without it, the benchmark starts its own `etcd` (Debian's etcd-server) on loopback, with its data in the temporary directory.
+        #[arg(long, value_name = "etcd://HOST:PORT")]
+        etcd: Option<String>,
         /// Operations per phase.
         #[arg(long, default_value_t = 5000)]
         ops: usize,
@@ -96,25 +121,51 @@ pub(crate) async fn run(
         Command::Services(args) => services::run(&client()?, args).await?,
         Command::Config(args) => hearth_bench::config::run(&client()?, args).await?,
         Command::Alerts(args) => hearth_bench::alerts::run(&client()?, args).await?,
-        Command::Store { ops, concurrency, value_size, dir, json } => {
+        Command::Store { backend, etcd, ops, concurrency, value_size, dir, json } => {
             let tmp = match dir {
                 Some(dir) => tempfile::tempdir_in(&dir),
                 None => tempfile::tempdir(),
             }
             .context("cannot create a temporary directory for the benchmark store")?;
-            let store = RedbStore::open(&tmp.path().join("bench.redb"), StoreOptions::default())?;
-            eprintln!(
-                "Benchmarking the embedded store (redb, fsync per commit) in {} ...",
-                tmp.path().display()
-            );
-            let report =
-                run_store_bench(Arc::new(store.clone()), BenchOptions { ops, concurrency, value_size })
-                    .await?;
-            store.shutdown().await;
-            if json {
-                crate::output::print_json(&report)?;
-            } else {
-                print!("{report}");
+            let options = BenchOptions { ops, concurrency, value_size };
+            let mut runs = Vec::new();
+            for backend in backend {
+                let report = match backend {
+                    BenchBackend::Redb => {
+                        let store = RedbStore::open(&tmp.path().join("bench.redb"), StoreOptions::default())?;
+                        eprintln!(
+                            "Benchmarking the embedded store (redb, fsync per commit) in {} ...",
+                            tmp.path().display()
+                        );
+                        let report = run_store_bench(Arc::new(store.clone()), options.clone()).await?;
+                        store.shutdown().await;
+                        report
+                    }
+                    BenchBackend::Etcd => {
+                        let (endpoints, _server) = match &etcd {
+                            Some(url) => (hearth_store::etcd::Options::from_url(url)?.endpoints, None),
+                            None => {
+                                let server = local_etcd::LocalEtcd::start(tmp.path()).await?;
+                                (vec![server.endpoint()], Some(server))
+                            }
+                        };
+                        let mut etcd_options = hearth_store::etcd::Options::new(endpoints);
+                        etcd_options.namespace = "/hearth-bench/".to_owned();
+                        let store = hearth_store::etcd::EtcdStore::connect(etcd_options)
+                            .await
+                            .context("cannot connect to etcd for the benchmark")?;
+                        eprintln!("Benchmarking etcd at {} ...", store.endpoints());
+                        run_store_bench(Arc::new(store), options.clone()).await?
+                    }
+                };
+                runs.push((backend.name().to_owned(), report));
+            }
+            let comparison = hearth_store::bench::Comparison { runs };
+            match (json, comparison.runs.as_slice()) {
+                (true, [(_, report)]) => crate::output::print_json(report)?,
+                (true, _) => crate::output::print_json(&comparison)?,
+                (false, [(_, report)]) => print!("{report}"),
+                (false, _) => print!("{comparison}"),
             }
         }
     }

@@ -38,6 +38,7 @@ mod services_outbound;
 mod services_registry;
 mod services_routing;
 mod store_durability;
+mod store_etcd;
 mod store_follow;
 mod triggers_cli;
 mod ui;

@@ -4,6 +4,7 @@
 //! `cargo test -p hearth-store --test it -- MODULE::`.
 
 mod store_bench;
+mod store_etcd;
 mod store_follow;
 mod store_kv;
 mod store_lease;

@@ -1,16 +1,17 @@
 //! The benchmark driver, run small: every phase does work and cleans up.
 
-use crate::support;
+use crate::support::{self, Backend};
 
 use std::sync::Arc;
 
 use hearth_store::Store;
-use hearth_store::bench::{self, BenchOptions};
+use hearth_store::bench::{self, BenchOptions, Comparison};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bench_runs_every_phase_and_cleans_up() {
-    let (_dir, store) = support::store();
-    let store: Arc<dyn Store> = Arc::new(store);
+support::on_both_backends!(bench_runs_every_phase_and_cleans_up);
+
+async fn bench_runs_every_phase_and_cleans_up(backend: Backend) {
+    let test = backend.store().await;
+    let store: Arc<dyn Store> = test.arc();
     let options = BenchOptions { ops: 40, concurrency: 4, value_size: 16 };
     let report = bench::run(Arc::clone(&store), options).await.unwrap();
 
@@ -27,4 +28,48 @@ async fn bench_runs_every_phase_and_cleans_up() {
     assert_eq!(json["phases"][4]["ops"], 40);
 
     assert!(store.range(bench::PREFIX).await.unwrap().kvs.is_empty());
+}
+
+/// `hearth bench store --backend redb,etcd`: one row per phase, both
+/// backends' figures and the ratio.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_comparison_shows_both_backends_and_the_ratio() {
+    let options = BenchOptions { ops: 20, concurrency: 2, value_size: 16 };
+    let mut runs = Vec::new();
+    for backend in [Backend::Redb, Backend::Etcd] {
+        let test = backend.store().await;
+        runs.push((
+            format!("{backend:?}").to_lowercase(),
+            bench::run(test.arc(), options.clone()).await.unwrap(),
+        ));
+    }
+    let table = Comparison { runs }.to_string();
+    let lines: Vec<_> = table.lines().collect();
+    assert_eq!(lines.len(), 1 + 5 + 1, "{table}");
+    assert!(
+        lines[0].contains("redb ops/s")
+            && lines[0].contains("etcd ops/s")
+            && lines[0].contains("redb ÷ etcd"),
+        "{table}"
+    );
+    assert!(lines[1..6].iter().all(|line| line.ends_with('×')), "{table}");
+}
+
+/// The figures in docs/performance.md: the same driver and table as
+/// `hearth bench store --backend redb,etcd`, here for a release build of
+/// the store alone (`cargo test --release -p hearth-store --test it --
+/// --ignored store_bench::compare_backends --nocapture`).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a benchmark, run by hand"]
+async fn compare_backends() {
+    let options = BenchOptions { ops: 5000, concurrency: 32, value_size: 256 };
+    let mut runs = Vec::new();
+    for backend in [Backend::Redb, Backend::Etcd] {
+        let test = backend.store().await;
+        runs.push((
+            format!("{backend:?}").to_lowercase(),
+            bench::run(test.arc(), options.clone()).await.unwrap(),
+        ));
+    }
+    print!("{}", Comparison { runs });
 }

@@ -1,7 +1,7 @@
 //! `Follower`: every change under a prefix, once, in order, whatever happens
 //! to the watches underneath. Tests named as the sentences of its policy.
 
-use crate::support;
+use crate::support::{self, Backend, TestStore};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +9,15 @@ use std::time::Duration;
 use hearth_store::redb::Options;
 use hearth_store::testing::Breaking;
 use hearth_store::{Change, Follower, Op, Revision, Store, Txn};
+
+support::on_both_backends!(
+    every_change_is_handed_out_once_in_order_even_when_a_watch_breaks_inside_a_transaction,
+    a_watch_broken_while_following_is_opened_again_after_the_last_change,
+    a_store_that_refuses_watches_for_a_while_loses_nothing_written_meanwhile,
+    a_follower_dropped_by_select_loses_nothing,
+    history_compacted_away_is_re_read_as_a_reset_then_followed_on,
+    from_now_hands_out_only_what_is_written_after_it_returns_and_only_under_the_prefix,
+);
 
 /// The next change, failing the test if none comes within 5 s.
 async fn next(follower: &mut Follower) -> Change {
@@ -27,9 +36,10 @@ async fn events(follower: &mut Follower, n: usize) -> Vec<(Revision, String)> {
     seen
 }
 
-fn breaking() -> (tempfile::TempDir, Arc<Breaking>) {
-    let (dir, store) = support::store();
-    (dir, Breaking::new(Arc::new(store)))
+async fn breaking(backend: Backend) -> (TestStore, Arc<Breaking>) {
+    let test = backend.store().await;
+    let store = Breaking::new(test.arc());
+    (test, store)
 }
 
 /// Three puts in one transaction: three events of one revision.
@@ -39,9 +49,10 @@ async fn put_three(store: &dyn Store, round: usize) -> Revision {
     store.txn(Txn { compares: vec![], success: ops, failure: vec![] }).await.unwrap().revision
 }
 
-#[tokio::test]
-async fn every_change_is_handed_out_once_in_order_even_when_a_watch_breaks_inside_a_transaction() {
-    let (_dir, store) = breaking();
+async fn every_change_is_handed_out_once_in_order_even_when_a_watch_breaks_inside_a_transaction(
+    backend: Backend,
+) {
+    let (_test, store) = breaking(backend).await;
     // Every watch breaks after one to four events: often between two events
     // of a transaction.
     store.break_every(4);
@@ -56,9 +67,8 @@ async fn every_change_is_handed_out_once_in_order_even_when_a_watch_breaks_insid
     assert!(store.watches_opened() >= 15, "the watches really broke: {} opened", store.watches_opened());
 }
 
-#[tokio::test]
-async fn a_watch_broken_while_following_is_opened_again_after_the_last_change() {
-    let (_dir, store) = breaking();
+async fn a_watch_broken_while_following_is_opened_again_after_the_last_change(backend: Backend) {
+    let (_test, store) = breaking(backend).await;
     let mut follower = Follower::from_now(store.clone(), "app/", "test").await.unwrap();
     let first = store.put("app/a", vec![], None).await.unwrap();
     assert_eq!(events(&mut follower, 1).await, [(first, "app/a".to_owned())]);
@@ -70,9 +80,8 @@ async fn a_watch_broken_while_following_is_opened_again_after_the_last_change() 
     assert!(store.watches_opened() > opened, "the follower opened a new watch");
 }
 
-#[tokio::test]
-async fn a_store_that_refuses_watches_for_a_while_loses_nothing_written_meanwhile() {
-    let (_dir, store) = breaking();
+async fn a_store_that_refuses_watches_for_a_while_loses_nothing_written_meanwhile(backend: Backend) {
+    let (_test, store) = breaking(backend).await;
     let mut follower = Follower::from_now(store.clone(), "app/", "test").await.unwrap();
     let first = store.put("app/a", vec![], None).await.unwrap();
     assert_eq!(events(&mut follower, 1).await, [(first, "app/a".to_owned())]);
@@ -89,15 +98,15 @@ async fn a_store_that_refuses_watches_for_a_while_loses_nothing_written_meanwhil
     assert_eq!(following.await.unwrap(), gap);
 }
 
-#[tokio::test]
-async fn history_compacted_away_is_re_read_as_a_reset_then_followed_on() {
-    let (_dir, store) = support::store_with(Options { history_revisions: 4, ..Options::default() });
-    let store: Arc<dyn Store> = Arc::new(store);
+async fn history_compacted_away_is_re_read_as_a_reset_then_followed_on(backend: Backend) {
+    let test = backend.store_with(Options { history_revisions: 4, ..Options::default() }).await;
+    let store: Arc<dyn Store> = test.arc();
     store.put("app/gone", vec![], None).await.unwrap();
     store.delete("app/gone").await.unwrap();
     for i in 0..10 {
         store.put(&format!("app/{i}"), vec![], None).await.unwrap();
     }
+    test.compact().await;
     let mut follower = Follower::new(store.clone(), "app/", 1, "test");
     let Change::Reset(range) = next(&mut follower).await else { panic!("expected a reset") };
     assert_eq!(range.kvs.len(), 10, "every key under the prefix, and not the deleted one");
@@ -106,10 +115,11 @@ async fn history_compacted_away_is_re_read_as_a_reset_then_followed_on() {
     assert_eq!(events(&mut follower, 1).await, [(later, "app/later".to_owned())]);
 }
 
-#[tokio::test]
-async fn from_now_hands_out_only_what_is_written_after_it_returns_and_only_under_the_prefix() {
-    let (_dir, store) = support::store();
-    let store: Arc<dyn Store> = Arc::new(store);
+async fn from_now_hands_out_only_what_is_written_after_it_returns_and_only_under_the_prefix(
+    backend: Backend,
+) {
+    let test = backend.store().await;
+    let store: Arc<dyn Store> = test.arc();
     store.put("app/before", vec![], None).await.unwrap();
     let mut follower = Follower::from_now(store.clone(), "app/", "test").await.unwrap();
     store.put("apps", vec![], None).await.unwrap();
@@ -118,9 +128,8 @@ async fn from_now_hands_out_only_what_is_written_after_it_returns_and_only_under
     assert_eq!(events(&mut follower, 1).await, [(after, "app/after".to_owned())]);
 }
 
-#[tokio::test]
-async fn a_follower_dropped_by_select_loses_nothing() {
-    let (_dir, store) = breaking();
+async fn a_follower_dropped_by_select_loses_nothing(backend: Backend) {
+    let (_test, store) = breaking(backend).await;
     let mut follower = Follower::from_now(store.clone(), "app/", "test").await.unwrap();
     // Poll it and give up, as a `select!` with a timer would.
     assert!(tokio::time::timeout(Duration::from_millis(50), follower.next()).await.is_err());

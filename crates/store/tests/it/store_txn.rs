@@ -1,10 +1,21 @@
 //! Compare-and-swap transactions.
 
-use crate::support;
+use crate::support::{self, Backend};
 
 use std::sync::Arc;
 
-use hearth_store::{Compare, CompareOp, CompareTarget, EventKind, Op, OpResponse, Store, Txn, TxnResponse};
+use hearth_store::{Compare, CompareOp, CompareTarget, EventKind, Op, OpResponse, Txn, TxnResponse};
+
+support::on_both_backends!(
+    comparisons,
+    cas_runs_success_or_failure,
+    empty_transaction_succeeds_without_a_revision,
+    all_writes_of_a_transaction_share_one_revision,
+    delete_prefix_deletes_exactly_the_prefix,
+    range_op_reads_inside_the_transaction,
+    unknown_lease_in_the_branch_that_runs_refuses_the_whole_transaction,
+    concurrent_cas_increments_lose_nothing,
+);
 
 fn put(key: &str, value: &str) -> Op {
     Op::Put { key: key.into(), value: value.as_bytes().to_vec(), lease: None }
@@ -13,25 +24,24 @@ fn put(key: &str, value: &str) -> Op {
 /// Evaluates each comparison as the only one of a transaction against a
 /// store holding `k = "v2"` (created at revision 1, modified at 2, version
 /// 2) and no key `m`.
-#[tokio::test]
-async fn comparisons() {
+async fn comparisons(backend: Backend) {
     use CompareOp::*;
     use CompareTarget::*;
 
-    let (_dir, store) = support::store();
+    let store = backend.store().await;
     store.put("k", b"v1".to_vec(), None).await.unwrap();
     store.put("k", b"v2".to_vec(), None).await.unwrap();
 
     let value = |v: &str| Value(v.as_bytes().to_vec());
     let cases = [
-        ("k", Equal, ModRevision(2), true),
-        ("k", Equal, ModRevision(1), false),
-        ("k", NotEqual, ModRevision(1), true),
-        ("k", Less, ModRevision(3), true),
-        ("k", Less, ModRevision(2), false),
-        ("k", Greater, ModRevision(1), true),
-        ("k", Equal, CreateRevision(1), true),
-        ("k", Greater, CreateRevision(1), false),
+        ("k", Equal, ModRevision(store.r(2)), true),
+        ("k", Equal, ModRevision(store.r(1)), false),
+        ("k", NotEqual, ModRevision(store.r(1)), true),
+        ("k", Less, ModRevision(store.r(3)), true),
+        ("k", Less, ModRevision(store.r(2)), false),
+        ("k", Greater, ModRevision(store.r(1)), true),
+        ("k", Equal, CreateRevision(store.r(1)), true),
+        ("k", Greater, CreateRevision(store.r(1)), false),
         ("k", Equal, Version(2), true),
         ("k", Equal, Version(0), false),
         ("k", Greater, Version(0), true),
@@ -55,12 +65,11 @@ async fn comparisons() {
         assert_eq!(response.succeeded, expected, "{compare:?}");
     }
     // Nothing above wrote anything.
-    assert_eq!(store.revision().await.unwrap(), 2);
+    assert_eq!(store.revision().await.unwrap(), store.r(2));
 }
 
-#[tokio::test]
-async fn cas_runs_success_or_failure() {
-    let (_dir, store) = support::store();
+async fn cas_runs_success_or_failure(backend: Backend) {
+    let store = backend.store().await;
     let create = Txn::new()
         .when(Compare::missing("lock"))
         .and_then(put("lock", "a"))
@@ -68,18 +77,18 @@ async fn cas_runs_success_or_failure() {
 
     let first = store.txn(create.clone()).await.unwrap();
     assert!(first.succeeded);
-    assert_eq!(first.revision, 1);
+    assert_eq!(first.revision, store.r(1));
     assert_eq!(first.responses, [OpResponse::Put { prev: None }]);
 
     // The second try takes the failure branch, which only reads: the
     // revision stays where it was.
     let second = store.txn(create).await.unwrap();
     assert!(!second.succeeded);
-    assert_eq!(second.revision, 1);
+    assert_eq!(second.revision, store.r(1));
     let [OpResponse::Get { kv: Some(kv) }] = second.responses.as_slice() else {
         panic!("unexpected responses {:?}", second.responses);
     };
-    assert_eq!((kv.value.as_slice(), kv.mod_revision), (&b"a"[..], 1));
+    assert_eq!((kv.value.as_slice(), kv.mod_revision), (&b"a"[..], store.r(1)));
 
     // A failure branch that writes advances the revision.
     let swap = Txn::new()
@@ -88,31 +97,30 @@ async fn cas_runs_success_or_failure() {
         .or_else(put("lock", "b"));
     let third = store.txn(swap).await.unwrap();
     assert!(!third.succeeded);
-    assert_eq!(third.revision, 2);
+    assert_eq!(third.revision, store.r(2));
     assert_eq!(store.get("lock").await.unwrap().unwrap().value, b"b");
 }
 
-#[tokio::test]
-async fn empty_transaction_succeeds_without_a_revision() {
-    let (_dir, store) = support::store();
+async fn empty_transaction_succeeds_without_a_revision(backend: Backend) {
+    let store = backend.store().await;
     let response = store.txn(Txn::new()).await.unwrap();
-    assert_eq!(response, TxnResponse { succeeded: true, revision: 0, responses: vec![] });
+    assert_eq!(response, TxnResponse { succeeded: true, revision: store.r(0), responses: vec![] });
 }
 
-#[tokio::test]
-async fn all_writes_of_a_transaction_share_one_revision() {
-    let (_dir, store) = support::store();
+async fn all_writes_of_a_transaction_share_one_revision(backend: Backend) {
+    let store = backend.store().await;
     store.put("a", b"old".to_vec(), None).await.unwrap();
-    let mut watch = store.watch("", 2).await.unwrap();
+    store.put("c", b"old".to_vec(), None).await.unwrap();
+    let mut watch = store.watch("", store.r(3)).await.unwrap();
 
     let txn = Txn::new()
         .and_then(put("a", "new"))
         .and_then(put("b", "1"))
-        .and_then(Op::Delete { key: "a".into() })
+        .and_then(Op::Delete { key: "c".into() })
         .and_then(Op::Delete { key: "missing".into() })
         .and_then(Op::Get { key: "b".into() });
     let response = store.txn(txn).await.unwrap();
-    assert_eq!(response.revision, 2);
+    assert_eq!(response.revision, store.r(3));
     let [
         OpResponse::Put { prev: Some(prev) },
         OpResponse::Put { prev: None },
@@ -125,8 +133,33 @@ async fn all_writes_of_a_transaction_share_one_revision() {
     };
     assert_eq!(prev.value, b"old");
     // Later ops see the effects of earlier ones.
-    assert_eq!((b.value.as_slice(), b.mod_revision), (&b"1"[..], 2));
+    assert_eq!((b.value.as_slice(), b.mod_revision), (&b"1"[..], store.r(3)));
 
+    let events: Vec<_> = support::take(&mut watch, 3).await.iter().map(support::brief).collect();
+    assert_eq!(
+        events,
+        [
+            (store.r(3), EventKind::Put, "a".into(), "new".into()),
+            (store.r(3), EventKind::Put, "b".into(), "1".into()),
+            (store.r(3), EventKind::Delete, "c".into(), String::new()),
+        ]
+    );
+    assert_eq!(store.revision().await.unwrap(), store.r(3));
+}
+
+/// A put then a delete of one key in one transaction.
+fn write_twice() -> Txn {
+    Txn::new().and_then(put("a", "new")).and_then(put("b", "1")).and_then(Op::Delete { key: "a".into() })
+}
+
+/// The embedded store applies a transaction's writes to one key in order.
+#[tokio::test]
+async fn redb_applies_two_writes_to_one_key_in_order() {
+    let store = Backend::Redb.store().await;
+    store.put("a", b"old".to_vec(), None).await.unwrap();
+    let mut watch = store.watch("", 2).await.unwrap();
+    let response = store.txn(write_twice()).await.unwrap();
+    assert_eq!(response.revision, 2);
     let events: Vec<_> = support::take(&mut watch, 3).await.iter().map(support::brief).collect();
     assert_eq!(
         events,
@@ -136,30 +169,40 @@ async fn all_writes_of_a_transaction_share_one_revision() {
             (2, EventKind::Delete, "a".into(), String::new()),
         ]
     );
-    assert_eq!(store.revision().await.unwrap(), 2);
 }
 
+/// etcd refuses a transaction that writes one key twice: the error says
+/// so, and nothing is written.
 #[tokio::test]
-async fn delete_prefix_deletes_exactly_the_prefix() {
-    let (_dir, store) = support::store();
+async fn etcd_refuses_two_writes_to_one_key_and_writes_nothing() {
+    let store = Backend::Etcd.store().await;
+    store.put("a", b"old".to_vec(), None).await.unwrap();
+    let error = store.txn(write_twice()).await.unwrap_err();
+    assert!(matches!(error, hearth_store::Error::Refused { .. }), "{error}");
+    assert!(error.to_string().contains("write each key once per transaction"), "{error}");
+    assert_eq!(store.revision().await.unwrap(), store.r(1));
+    assert_eq!(store.get("b").await.unwrap(), None);
+}
+
+async fn delete_prefix_deletes_exactly_the_prefix(backend: Backend) {
+    let store = backend.store().await;
     for key in ["job/1", "job/2", "job/2/x", "jobs", "other"] {
         store.put(key, b"v".to_vec(), None).await.unwrap();
     }
     let response = store.txn(Txn::new().and_then(Op::DeletePrefix { prefix: "job/".into() })).await.unwrap();
     assert_eq!(response.responses, [OpResponse::Delete { deleted: 3 }]);
-    assert_eq!(response.revision, 6);
+    assert_eq!(response.revision, store.r(6));
     let left: Vec<_> = store.range("").await.unwrap().kvs.into_iter().map(|kv| kv.key).collect();
     assert_eq!(left, ["jobs", "other"]);
 
     // Nothing left to delete: no new revision.
     let again = store.txn(Txn::new().and_then(Op::DeletePrefix { prefix: "job/".into() })).await.unwrap();
     assert_eq!(again.responses, [OpResponse::Delete { deleted: 0 }]);
-    assert_eq!(again.revision, 6);
+    assert_eq!(again.revision, store.r(6));
 }
 
-#[tokio::test]
-async fn range_op_reads_inside_the_transaction() {
-    let (_dir, store) = support::store();
+async fn range_op_reads_inside_the_transaction(backend: Backend) {
+    let store = backend.store().await;
     store.put("p/a", b"1".to_vec(), None).await.unwrap();
     let response = store
         .txn(Txn::new().and_then(put("p/b", "2")).and_then(Op::Range { prefix: "p/".into() }))
@@ -172,9 +215,8 @@ async fn range_op_reads_inside_the_transaction() {
     assert_eq!(keys, ["p/a", "p/b"]);
 }
 
-#[tokio::test]
-async fn unknown_lease_in_the_branch_that_runs_refuses_the_whole_transaction() {
-    let (_dir, store) = support::store();
+async fn unknown_lease_in_the_branch_that_runs_refuses_the_whole_transaction(backend: Backend) {
+    let store = backend.store().await;
     let txn = Txn::new().and_then(put("a", "1")).and_then(Op::Put {
         key: "b".into(),
         value: b"2".to_vec(),
@@ -183,7 +225,7 @@ async fn unknown_lease_in_the_branch_that_runs_refuses_the_whole_transaction() {
     let error = store.txn(txn).await.unwrap_err();
     assert!(matches!(error, hearth_store::Error::LeaseNotFound(42)), "{error}");
     assert_eq!(store.get("a").await.unwrap(), None);
-    assert_eq!(store.revision().await.unwrap(), 0);
+    assert_eq!(store.revision().await.unwrap(), store.r(0));
 
     // In the branch that does not run, it does not matter.
     let txn = Txn::new().and_then(put("a", "1")).or_else(Op::Put {
@@ -197,10 +239,9 @@ async fn unknown_lease_in_the_branch_that_runs_refuses_the_whole_transaction() {
 /// Many clients increment one counter with CAS. Requests that land in the
 /// same group commit must each see the writes of those before them, or two
 /// would succeed against the same revision and an increment would be lost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_cas_increments_lose_nothing() {
-    let (_dir, store) = support::store();
-    let store = Arc::new(store);
+async fn concurrent_cas_increments_lose_nothing(backend: Backend) {
+    let test = backend.store().await;
+    let store = test.arc();
     store.put("counter", b"0".to_vec(), None).await.unwrap();
 
     let clients = 8;
@@ -232,5 +273,5 @@ async fn concurrent_cas_increments_lose_nothing() {
     let kv = store.get("counter").await.unwrap().unwrap();
     assert_eq!(kv.value, (clients * increments).to_string().as_bytes());
     assert_eq!(kv.version, 1 + clients * increments);
-    assert_eq!(store.revision().await.unwrap(), 1 + clients * increments);
+    assert_eq!(store.revision().await.unwrap(), test.r(1 + clients * increments));
 }

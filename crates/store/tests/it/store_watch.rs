@@ -1,7 +1,7 @@
 //! Watches: replay, live delivery, the handoff between them, and history
 //! limits.
 
-use crate::support;
+use crate::support::{self, Backend};
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +13,16 @@ use hearth_store::redb::Options;
 use hearth_store::{Error, EventKind, KeyValue, Store};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+support::on_both_backends!(
+    watch_after_range_sees_every_change_once_in_order,
+    watch_before_the_retained_history_is_refused,
+    watch_replays_history_then_follows,
+    events_carry_the_key_bookkeeping,
+    watch_from_zero_or_next_sees_only_new_changes,
+    watch_from_the_future_is_refused,
+    watch_filters_by_prefix,
+);
 
 /// The writes the test made, by the revision each produced.
 type Log = BTreeMap<u64, (String, EventKind)>;
@@ -37,15 +47,16 @@ struct Round {
 ///
 /// Run twice: with the default in-memory cache the replay comes from memory;
 /// with a tiny one it comes from the on-disk log and then switches over.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn watch_after_range_sees_every_change_once_in_order() {
-    check_range_then_watch(Options::default()).await;
-    check_range_then_watch(Options { cache_revisions: 2, ..Options::default() }).await;
+async fn watch_after_range_sees_every_change_once_in_order(backend: Backend) {
+    check_range_then_watch(backend, Options::default()).await;
+    if backend == Backend::Redb {
+        check_range_then_watch(backend, Options { cache_revisions: 2, ..Options::default() }).await;
+    }
 }
 
-async fn check_range_then_watch(options: Options) {
-    let (_dir, store) = support::store_with(options);
-    let store: Arc<dyn Store> = Arc::new(store);
+async fn check_range_then_watch(backend: Backend, options: Options) {
+    let test = backend.store_with(options).await;
+    let store: Arc<dyn Store> = test.arc();
     let keys = ["w/a", "w/b", "w/c", "w/d", "x/a", "x/b"];
     let log = Arc::new(Mutex::new(Log::new()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -128,7 +139,7 @@ async fn check_range_then_watch(options: Options) {
     let last = store.revision().await.unwrap();
     let log = log.lock().unwrap();
     // Every revision was produced by exactly one acknowledged write.
-    assert_eq!(log.keys().copied().collect::<Vec<_>>(), (1..=last).collect::<Vec<_>>());
+    assert_eq!(log.keys().copied().collect::<Vec<_>>(), (test.r(1)..=last).collect::<Vec<_>>());
     let mut replayed = 0;
     for (i, round) in rounds.iter().enumerate() {
         let expected: Vec<_> = log
@@ -143,40 +154,38 @@ async fn check_range_then_watch(options: Options) {
     assert!(replayed >= rounds.len() / 2, "only {replayed} rounds saw writes");
 }
 
-#[tokio::test]
-async fn watch_replays_history_then_follows() {
-    let (_dir, store) = support::store();
+async fn watch_replays_history_then_follows(backend: Backend) {
+    let store = backend.store().await;
     store.put("a", b"1".to_vec(), None).await.unwrap();
     store.put("b", b"1".to_vec(), None).await.unwrap();
     store.delete("a").await.unwrap();
     store.put("a", b"2".to_vec(), None).await.unwrap();
 
-    let mut watch = store.watch("a", 1).await.unwrap();
+    let mut watch = store.watch("a", store.r(1)).await.unwrap();
     store.put("a", b"3".to_vec(), None).await.unwrap();
     let events: Vec<_> = support::take(&mut watch, 4).await.iter().map(support::brief).collect();
     assert_eq!(
         events,
         [
-            (1, EventKind::Put, "a".into(), "1".into()),
-            (3, EventKind::Delete, "a".into(), String::new()),
-            (4, EventKind::Put, "a".into(), "2".into()),
-            (5, EventKind::Put, "a".into(), "3".into()),
+            (store.r(1), EventKind::Put, "a".into(), "1".into()),
+            (store.r(3), EventKind::Delete, "a".into(), String::new()),
+            (store.r(4), EventKind::Put, "a".into(), "2".into()),
+            (store.r(5), EventKind::Put, "a".into(), "3".into()),
         ]
     );
     support::assert_quiet(&mut watch).await;
 }
 
-#[tokio::test]
-async fn events_carry_the_key_bookkeeping() {
-    let (_dir, store) = support::store();
+async fn events_carry_the_key_bookkeeping(backend: Backend) {
+    let store = backend.store().await;
     let mut watch = store.watch("", 0).await.unwrap();
     store.put("k", b"1".to_vec(), None).await.unwrap();
     store.put("k", b"2".to_vec(), None).await.unwrap();
     store.delete("k").await.unwrap();
     let events = support::take(&mut watch, 3).await;
-    assert_eq!(events[1].kv, store_kv("k", "2", 1, 2, 2));
+    assert_eq!(events[1].kv, store_kv("k", "2", store.r(1), store.r(2), 2));
     assert_eq!(events[2].kind, EventKind::Delete);
-    assert_eq!(events[2].kv, store_kv("k", "", 0, 3, 0));
+    assert_eq!(events[2].kv, store_kv("k", "", 0, store.r(3), 0));
 }
 
 fn store_kv(key: &str, value: &str, create: u64, modified: u64, version: u64) -> KeyValue {
@@ -190,44 +199,51 @@ fn store_kv(key: &str, value: &str, create: u64, modified: u64, version: u64) ->
     }
 }
 
-#[tokio::test]
-async fn watch_from_zero_or_next_sees_only_new_changes() {
-    let (_dir, store) = support::store();
+async fn watch_from_zero_or_next_sees_only_new_changes(backend: Backend) {
+    let store = backend.store().await;
     store.put("k", b"old".to_vec(), None).await.unwrap();
     let mut from_zero = store.watch("", 0).await.unwrap();
-    let mut from_next = store.watch("", 2).await.unwrap();
+    let mut from_next = store.watch("", store.r(2)).await.unwrap();
     store.put("k", b"new".to_vec(), None).await.unwrap();
     for watch in [&mut from_zero, &mut from_next] {
         let events: Vec<_> = support::take(watch, 1).await.iter().map(support::brief).collect();
-        assert_eq!(events, [(2, EventKind::Put, "k".into(), "new".into())]);
+        assert_eq!(events, [(store.r(2), EventKind::Put, "k".into(), "new".into())]);
     }
 }
 
-#[tokio::test]
-async fn watch_from_the_future_is_refused() {
-    let (_dir, store) = support::store();
+async fn watch_from_the_future_is_refused(backend: Backend) {
+    let store = backend.store().await;
     store.put("k", b"v".to_vec(), None).await.unwrap();
-    let error = store.watch("", 3).await.err().expect("revision 3 is in the future");
-    assert!(matches!(error, Error::FutureRevision { requested: 3, current: 1 }), "{error}");
+    let error = store.watch("", store.r(3)).await.err().expect("revision 3 is in the future");
+    let (requested, current) = (store.r(3), store.r(1));
+    assert!(
+        matches!(error, Error::FutureRevision { requested: r, current: c } if (r, c) == (requested, current)),
+        "{error}"
+    );
 }
 
-#[tokio::test]
-async fn watch_before_the_retained_history_is_refused() {
-    let (_dir, store) = support::store_with(Options { history_revisions: 3, ..Options::default() });
+async fn watch_before_the_retained_history_is_refused(backend: Backend) {
+    let store = backend.store_with(Options { history_revisions: 3, ..Options::default() }).await;
     for i in 0..10 {
         store.put("k", vec![i], None).await.unwrap();
     }
-    assert_eq!(store.compacted_revision().await.unwrap(), 8);
-    let error = store.watch("", 7).await.err().expect("revision 7 is compacted");
-    assert!(matches!(error, Error::Compacted { requested: 7, oldest: 8 }), "{error}");
+    store.compact().await;
+    assert_eq!(store.compacted_revision().await.unwrap(), store.r(8));
+    let error = store.watch("", store.r(7)).await.err().expect("revision 7 is compacted");
+    let (requested, oldest) = (store.r(7), store.r(8));
+    assert!(
+        matches!(error, Error::Compacted { requested: r, oldest: o } if (r, o) == (requested, oldest)),
+        "{error}"
+    );
 
-    let mut watch = store.watch("", 8).await.unwrap();
+    let mut watch = store.watch("", store.r(8)).await.unwrap();
     let revisions: Vec<_> = support::take(&mut watch, 3).await.iter().map(|e| e.revision()).collect();
-    assert_eq!(revisions, [8, 9, 10]);
+    assert_eq!(revisions, [store.r(8), store.r(9), store.r(10)]);
 }
 
 /// A watcher that falls behind the in-memory cache reads the on-disk log,
-/// and one that falls behind the log gets `Compacted` and ends.
+/// and one that falls behind the log gets `Compacted` and ends. Embedded
+/// only: etcd's server keeps a lagging watcher's events for it.
 #[tokio::test]
 async fn lagging_watchers_read_the_log_until_it_is_compacted() {
     let options = Options { history_revisions: 20, cache_revisions: 2, ..Options::default() };
@@ -249,9 +265,8 @@ async fn lagging_watchers_read_the_log_until_it_is_compacted() {
     assert!(slower.next().await.is_none(), "the watch ends after the error");
 }
 
-#[tokio::test]
-async fn watch_filters_by_prefix() {
-    let (_dir, store) = support::store();
+async fn watch_filters_by_prefix(backend: Backend) {
+    let store = backend.store().await;
     let mut watch = store.watch("apps/", 0).await.unwrap();
     for key in ["apps/a", "app", "apps", "machines/x", "apps/b/c"] {
         store.put(key, b"v".to_vec(), None).await.unwrap();
