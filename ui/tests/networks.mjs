@@ -33,6 +33,8 @@ export async function networks(page) {
     await page.locator(`[data-machine-node="${m}"]`).waitFor({ timeout: WAIT_MS });
     await page.locator(`[data-link="${m}"]`).waitFor({ state: 'attached', timeout: WAIT_MS });
   }
+  // Once `GET /v1/faults` is read, and not before, nothing is drawn.
+  await page.locator('[data-faults="none"]').waitFor({ timeout: WAIT_MS });
   check((await page.locator('[data-fault]').count()) === 0, 'faults are drawn before any was made');
   step(`the network page draws ${NETWORK}'s bridge, ${A} and ${B}, each linked to it`);
 

@@ -191,30 +191,50 @@ function Drawing({
   const cuts: preact.JSX.Element[] = [];
   const badges: preact.JSX.Element[] = [];
   const perMachine = new Map<string, number>();
-  const badge = (machine: string, text: string, kind: string, id: string) => {
+  // `key` tells apart a fault's badges on one machine (a partition's two sides).
+  const badge = (machine: string, text: string, kind: string, id: string, key = '') => {
     const node = byName.get(machine);
     if (!node) return;
     const k = perMachine.get(machine) ?? 0;
     perMachine.set(machine, k + 1);
     const x = node.x + (CX - node.x) * 0.5;
     const y = node.y + (cy - node.y) * 0.5 + 26 * k;
-    badges.push(<Badge key={`${id}-${machine}`} x={x} y={y} text={text} kind={kind} machine={machine} id={id} />);
+    badges.push(<Badge key={`${id}-${machine}-${key}`} x={x} y={y} text={text} kind={kind} machine={machine} id={id} />);
   };
   let pairs = 0;
   for (const fault of faults) {
     if (fault.partition) {
-      for (const to of fault.partition.machines) {
-        for (const from of fault.partition.from) {
+      const { machines, from, both_ways } = fault.partition;
+      // A machine here cut from machines on another network: one badge on
+      // its link, naming them all, and which way traffic is cut.
+      const away = new Map<string, { side: 'to' | 'from'; names: string[] }>();
+      const far = (here: string, side: 'to' | 'from', name: string) => {
+        const key = `${here}\n${side}`;
+        const entry = away.get(key) ?? { side, names: [] };
+        if (!entry.names.includes(name)) entry.names.push(name);
+        away.set(key, entry);
+      };
+      for (const to of machines) {
+        for (const source of from) {
           const a = byName.get(to);
-          const b = byName.get(from);
+          const b = byName.get(source);
           if (a && b) {
-            cuts.push(<Cut key={`${fault.id}-${to}-${from}`} a={a} b={b} fault={fault} index={pairs++} geo={geo} />);
-          } else if (a || b) {
-            // The other side is on another network: cut this side's link.
-            const here = (a ?? b) as Node;
-            badge(here.name, `cut from ${a ? from : to}`, 'partition', fault.id);
+            cuts.push(<Cut key={`${fault.id}-${to}-${source}`} a={a} b={b} fault={fault} index={pairs++} geo={geo} />);
+          } else if (a) {
+            far(to, 'to', source); // traffic from `source` to here is dropped
+          } else if (b) {
+            far(source, 'from', to); // traffic from here to `to` is dropped
           }
         }
+      }
+      for (const [key, { side, names }] of away) {
+        const here = key.split('\n')[0];
+        const text = both_ways
+          ? `cut from ${names.join(', ')}`
+          : side === 'to'
+            ? `cut one way: nothing from ${names.join(', ')}`
+            : `cut one way: nothing to ${names.join(', ')}`;
+        badge(here, text, 'partition', fault.id, side);
       }
     } else {
       for (const machine of faultMachines(fault)) badge(machine, parameters(fault), fault.kind, fault.id);
@@ -488,7 +508,16 @@ function Panel({
   );
 }
 
-function FaultTable({ faults, heal }: { faults: Fault[]; heal: (fault: Fault) => Promise<void> }) {
+function FaultTable({
+  faults,
+  loaded,
+  heal,
+}: {
+  faults: Fault[];
+  /** Whether `GET /v1/faults` was read: until then, no fault is not "none". */
+  loaded: boolean;
+  heal: (fault: Fault) => Promise<void>;
+}) {
   const [busy, setBusy] = useState<string | null>(null);
   const [error, setErrorHere] = useState<ApiError | null>(null);
   const run = async (what: string, work: () => Promise<void>) => {
@@ -555,7 +584,11 @@ function FaultTable({ faults, heal }: { faults: Fault[]; heal: (fault: Fault) =>
             ))}
           </tbody>
         </table>
-        {faults.length === 0 ? (
+        {!loaded ? (
+          <p class="empty" aria-busy="true" data-faults="loading">
+            Reading the faults…
+          </p>
+        ) : faults.length === 0 ? (
           <p class="empty" data-faults="none">
             No active faults: every link is whole. Select a machine in the drawing to break one.
           </p>
@@ -636,7 +669,7 @@ export function Network({ name }: { name: string }) {
               />
             ) : null}
           </div>
-          <FaultTable faults={faults} heal={heal} />
+          <FaultTable faults={faults} loaded={faultList.data !== null} heal={heal} />
         </>
       )}
     </section>
