@@ -12,7 +12,7 @@ function serving(app: App): string {
 export function Apps() {
   useTitle('Apps');
   const live = useLive();
-  const apps = useResource<{ apps: App[] }>('/v1/apps', ['apps/']).data?.apps ?? null;
+  const apps = useResource<{ apps: App[] }>('/v1/apps', ['apps/records/']).data?.apps ?? null;
   return (
     <section aria-labelledby="apps-title">
       <div class="heading">

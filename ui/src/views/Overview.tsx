@@ -56,7 +56,7 @@ export function Overview() {
   }, []);
   const resources = status?.host.resources;
   const machines = useResource<{ machines: unknown[] }>('/v1/machines', ['machines/']).data;
-  const apps = useResource<{ apps: unknown[] }>('/v1/apps', ['apps/']).data;
+  const apps = useResource<{ apps: unknown[] }>('/v1/apps', ['apps/records/']).data;
   const workflows = useResource<{ workflows: unknown[] }>('/v1/workflows', ['workflows/']).data;
 
   return (

@@ -1,10 +1,12 @@
 // The services: of machines hearth keeps, registered from anywhere, and
 // apps; each with its instances passing out of all, where it answers, and
-// when it last changed. Follows `services/` and `apps/` on the live stream.
+// when it last changed. Follows `services/` and `apps/records/` on the
+// live stream (not the apps' own data under `apps/data/`).
 
-import { useEffect, useState } from 'preact/hooks';
+import { useEffect, useRef, useState } from 'preact/hooks';
 import { api, seg } from '../api';
 import { useLive, useResource, useTitle } from '../hooks';
+import { live, touches } from '../live';
 import { SERVICES_PREFIX, type Service, type ServiceDetail, type ServiceEvent } from '../ops';
 import { LiveBadge, ago, clock } from './common';
 import './ops.css';
@@ -26,13 +28,41 @@ interface Extra {
 
 /** The addresses and the last change of each service of machines or
  * registered one: `GET /v1/services` has neither, so each service's own
- * record and history are read (for the first DETAILED). */
+ * record and history are read (for the first DETAILED). Read again when
+ * the services named change, or on a change under `services/` (which is
+ * where instances, health and history are), not whenever the list is. */
 function useExtras(services: Service[] | null): Record<string, Extra> {
   const [extras, setExtras] = useState<Record<string, Extra>>({});
+  const [changes, setChanges] = useState(0);
+  const latest = useRef(services);
+  latest.current = services;
+  const names =
+    services === null
+      ? null
+      : services
+          .filter((s) => s.kind !== 'app')
+          .slice(0, DETAILED)
+          .map((s) => s.name)
+          .join('\n');
   useEffect(() => {
-    if (!services) return;
+    let pending: number | null = null;
+    const unsubscribe = live.subscribe((update) => {
+      if (!touches(update, [SERVICES_PREFIX]) || pending !== null) return;
+      pending = window.setTimeout(() => {
+        pending = null;
+        setChanges((n) => n + 1);
+      }, 200);
+    });
+    return () => {
+      unsubscribe();
+      if (pending !== null) window.clearTimeout(pending);
+    };
+  }, []);
+  useEffect(() => {
+    const list = latest.current;
+    if (names === null || !list) return;
     let stopped = false;
-    const read = services
+    const read = list
       .filter((s) => s.kind !== 'app')
       .slice(0, DETAILED)
       .map(async (s): Promise<[string, Extra]> => {
@@ -62,7 +92,7 @@ function useExtras(services: Service[] | null): Record<string, Extra> {
     return () => {
       stopped = true;
     };
-  }, [services]);
+  }, [names, changes]);
   return extras;
 }
 
@@ -123,7 +153,7 @@ function Row({ service, extra }: { service: Service; extra: Extra | undefined })
 export function Services() {
   useTitle('Services');
   const live = useLive();
-  const { data } = useResource<{ services: Service[] }>('/v1/services', [SERVICES_PREFIX, 'apps/']);
+  const { data } = useResource<{ services: Service[] }>('/v1/services', [SERVICES_PREFIX, 'apps/records/']);
   const services = data?.services ?? null;
   const extras = useExtras(services);
   return (
