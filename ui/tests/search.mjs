@@ -2,7 +2,7 @@
 // is found by name and by address, a run by an id with a dot, and the
 // arrow keys and Enter open what was found.
 
-import { MACHINE, SHOTS, api, audit, check, heading, step } from './lib.mjs';
+import { MACHINE, SHOTS, WAIT_MS, api, audit, check, heading, step } from './lib.mjs';
 
 async function searchFor(page, text) {
   // `/` from the page (not from a field) focuses the search box.
@@ -17,7 +17,7 @@ async function searchFor(page, text) {
 export async function search(page) {
   const box = await searchFor(page, MACHINE);
   const machine = page.locator(`#search-hits [data-kind="machine"][data-name="${MACHINE}"]`);
-  await machine.waitFor({ timeout: 10_000 });
+  await machine.waitFor({ timeout: WAIT_MS });
   await audit(page, 'search');
   await page.screenshot({ path: `${SHOTS}/search-1280-light.png` });
   await box.press('Enter');
@@ -27,14 +27,14 @@ export async function search(page) {
   const { nics } = (await api(page, 'GET', `/v1/machines/${MACHINE}`)).json;
   if (nics.length) {
     await searchFor(page, nics[0].ip);
-    await machine.waitFor({ timeout: 10_000 });
+    await machine.waitFor({ timeout: WAIT_MS });
     step(`its address ${nics[0].ip} finds it too`);
   }
 
   // A run, by an id with a dot, chosen with the arrow keys.
   const box2 = await searchFor(page, 'lunch.');
   const run = page.locator('#search-hits [data-kind="run"][data-name="lunch.1"]');
-  await run.waitFor({ timeout: 10_000 });
+  await run.waitFor({ timeout: WAIT_MS });
   const options = page.locator('#search-hits [role="option"]');
   const index = await run.evaluate((el) => [...el.parentElement.children].indexOf(el));
   for (let i = 0; i < index; i++) await box2.press('ArrowDown');
@@ -45,8 +45,8 @@ export async function search(page) {
   step('a run found by its id, chosen with the arrow keys, opens its page');
 
   await searchFor(page, 'no-such-thing-anywhere');
-  await page.locator('#search-hits .search-none').waitFor({ timeout: 10_000 });
+  await page.locator('#search-hits .search-none').waitFor({ timeout: WAIT_MS });
   await page.keyboard.press('Escape');
-  await page.locator('#search-hits').waitFor({ state: 'detached', timeout: 10_000 });
+  await page.locator('#search-hits').waitFor({ state: 'detached', timeout: WAIT_MS });
   step('a search that finds nothing says so; Escape closes it');
 }

@@ -128,42 +128,60 @@ export function matches(hits: Hit[], query: string): Hit[] {
     .map((h) => h.hit);
 }
 
-/** Every source's hits, read again when one of them changes. */
-function useIndex(active: boolean): { hits: Hit[]; failed: string[] } {
+/** Every source's hits, read again when one of them changes. A source
+ * that could not be read is tried again on the next `retry()` (the box's
+ * next focus), not on every change in the store; a response that an
+ * answer to a later read of its source overtook is dropped. */
+function useIndex(active: boolean): { hits: Hit[]; failed: string[]; retry: () => void } {
   const [lists, setLists] = useState<Record<string, Hit[]>>({});
   const [failed, setFailed] = useState<string[]>([]);
   const stale = useRef(new Set(SOURCES.map((s) => s.path)));
-  useEffect(() => {
-    const unsubscribe = live.subscribe((update) => {
-      for (const source of SOURCES) if (touches(update, source.prefixes)) stale.current.add(source.path);
-      if (active) read();
-    });
-    return unsubscribe;
-  }, [active]);
+  const failing = useRef(new Set<string>());
+  /** The latest read of each source: only its answer is kept. */
+  const sequence = useRef(new Map<string, number>());
   const read = () => {
-    const due = SOURCES.filter((s) => stale.current.has(s.path));
-    for (const source of due) {
+    for (const source of SOURCES) {
+      if (!stale.current.has(source.path) || failing.current.has(source.path)) continue;
       stale.current.delete(source.path);
+      const mine = (sequence.current.get(source.path) ?? 0) + 1;
+      sequence.current.set(source.path, mine);
+      const latest = () => sequence.current.get(source.path) === mine;
       api<unknown>('GET', source.path)
         .then((body) => {
+          if (!latest()) return;
           setLists((old) => ({ ...old, [source.path]: source.hits(body) }));
           setFailed((old) => old.filter((p) => p !== source.path));
         })
         .catch((error) => {
+          if (!latest()) return;
           // One list that cannot be read leaves the others searchable;
-          // it is read again on the next change or focus.
-          stale.current.add(source.path);
+          // it is read again on the next focus.
+          failing.current.add(source.path);
           if (!(error instanceof ApiError) || error.status !== 404) {
             setFailed((old) => (old.includes(source.path) ? old : [...old, source.path]));
           }
         });
     }
   };
+  const reader = useRef(read);
+  reader.current = read;
+  useEffect(() => {
+    const unsubscribe = live.subscribe((update) => {
+      for (const source of SOURCES) if (touches(update, source.prefixes)) stale.current.add(source.path);
+      if (active) reader.current();
+    });
+    return unsubscribe;
+  }, [active]);
   useEffect(() => {
     if (active) read();
   }, [active]);
+  const retry = () => {
+    for (const path of failing.current) stale.current.add(path);
+    failing.current.clear();
+    if (active) read();
+  };
   const hits = useMemo(() => SOURCES.flatMap((s) => lists[s.path] ?? []), [lists]);
-  return { hits, failed };
+  return { hits, failed, retry };
 }
 
 export function Search() {
@@ -172,7 +190,7 @@ export function Search() {
   const [active, setActive] = useState(0);
   const [used, setUsed] = useState(false);
   const input = useRef<HTMLInputElement>(null);
-  const { hits, failed } = useIndex(used);
+  const { hits, failed, retry } = useIndex(used);
   const found = matches(hits, query);
 
   // `/` anywhere but in a field focuses the search.
@@ -232,6 +250,7 @@ export function Search() {
         value={query}
         onFocus={() => {
           setUsed(true);
+          retry();
           setOpen(true);
         }}
         onBlur={() => setOpen(false)}
