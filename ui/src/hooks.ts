@@ -11,7 +11,10 @@ export function useLive(): typeof live {
 }
 
 /** Reads `path`, and reads it again, at most every 200 ms, whenever the
- * live stream shows a change under one of `prefixes` (or after a break). */
+ * live stream shows a change under one of `prefixes` (or after a break).
+ * Only the answer to the latest read of the current path is kept: a slow
+ * one for a path since left (another scope, another filter), or one a
+ * later read overtook, is dropped. */
 export function useResource<T>(
   path: string,
   prefixes: string[],
@@ -19,14 +22,21 @@ export function useResource<T>(
   const [data, setData] = useState<T | null>(null);
   const [failure, setFailure] = useState<ApiError | null>(null);
   const pending = useRef<number | null>(null);
+  const current = useRef(path);
+  current.current = path;
+  const latest = useRef(0);
   const load = useRef(() => {});
   load.current = () => {
+    const mine = ++latest.current;
+    const wanted = () => latest.current === mine && current.current === path;
     api<T>('GET', path)
       .then((value) => {
+        if (!wanted()) return;
         setData(value);
         setFailure(null);
       })
       .catch((error) => {
+        if (!wanted()) return;
         const apiError = asApiError(error);
         setFailure(apiError);
         setError(apiError);
@@ -55,4 +65,37 @@ export function useTitle(title: string) {
   useEffect(() => {
     document.title = `${title} · hearth`;
   }, [title]);
+}
+
+/** A change a button makes: `run` asks `confirm` first (when given), and
+ * while the action runs `busy` is true and further runs are ignored (a
+ * double click makes one change); a failure is kept in `error`, for an
+ * ErrorNote. Resolves to whether the action ran and succeeded. */
+export function useAction(): {
+  busy: boolean;
+  error: ApiError | null;
+  run: (action: () => Promise<unknown>, options?: { confirm?: string }) => Promise<boolean>;
+  clear: () => void;
+} {
+  const [busy, setBusy] = useState(false);
+  const [error, setFailure] = useState<ApiError | null>(null);
+  const running = useRef(false);
+  const run = async (action: () => Promise<unknown>, options: { confirm?: string } = {}) => {
+    if (running.current) return false;
+    if (options.confirm !== undefined && !confirm(options.confirm)) return false;
+    running.current = true;
+    setBusy(true);
+    setFailure(null);
+    try {
+      await action();
+      return true;
+    } catch (failure) {
+      setFailure(asApiError(failure));
+      return false;
+    } finally {
+      running.current = false;
+      setBusy(false);
+    }
+  };
+  return { busy, error, run, clear: () => setFailure(null) };
 }

@@ -6,7 +6,7 @@
 
 import { useEffect, useRef, useState } from 'preact/hooks';
 import { ApiError, api, asApiError, seg } from '../api';
-import { useLive, useResource, useTitle } from '../hooks';
+import { useAction, useLive, useResource, useTitle } from '../hooks';
 import {
   CONFIG_PREFIX,
   MASK,
@@ -295,29 +295,30 @@ function History({ entries, reload }: { entries: ConfigHistoryEntry[]; reload: (
     );
     for (const c of values) newest.add(where(c));
   }
-  const [error, setLocalError] = useState<ApiError | null>(null);
+  const action = useAction();
   const [done, setDone] = useState<string | null>(null);
   const rollback = async (change: ConfigChange, revision: number) => {
     const layer = change.layer ?? 'global';
-    if (!confirm(`Set ${change.key} in ${layer} back to its value at revision ${revision}? This is a new change.`)) return;
-    setLocalError(null);
-    setDone(null);
-    try {
-      const written = await api<{ revision: number }>('POST', '/v1/config/rollback', {
-        key: change.key,
-        layer,
-        to: revision,
-      });
-      setDone(`${change.key} is back to its value at revision ${revision} (revision ${written.revision}).`);
-    } catch (failure) {
-      setLocalError(asApiError(failure));
-    } finally {
-      reload();
-    }
+    await action.run(
+      async () => {
+        setDone(null);
+        try {
+          const written = await api<{ revision: number }>('POST', '/v1/config/rollback', {
+            key: change.key,
+            layer,
+            to: revision,
+          });
+          setDone(`${change.key} is back to its value at revision ${revision} (revision ${written.revision}).`);
+        } finally {
+          reload();
+        }
+      },
+      { confirm: `Set ${change.key} in ${layer} back to its value at revision ${revision}? This is a new change.` },
+    );
   };
   return (
     <>
-      <ErrorNote error={error} />
+      <ErrorNote error={action.error} />
       {done ? (
         <p class="note" role="status">
           {done}
@@ -357,6 +358,7 @@ function History({ entries, reload }: { entries: ConfigHistoryEntry[]; reload: (
                       <button
                         key={`${c.layer}:${c.key}`}
                         type="button"
+                        disabled={action.busy}
                         onClick={() => rollback(c, e.revision)}
                         aria-label={`Roll back ${c.key} to r${e.revision} in ${c.layer ?? 'global'}`}
                       >
@@ -378,6 +380,15 @@ function Diff({ revisions }: { revisions: number[] }) {
   const newest = revisions[0];
   const [from, setFrom] = useState<string>(revisions[1] !== undefined ? String(revisions[1]) : '');
   const [to, setTo] = useState<string>(newest !== undefined ? String(newest) : '');
+  // The history grows under the form: a choice still listed is kept, one
+  // that is not (or none yet) falls back to the newest and the one before.
+  const listed = revisions.join(',');
+  useEffect(() => {
+    const has = (r: string) => revisions.some((n) => String(n) === r);
+    const fallbackFrom = revisions[1] ?? revisions[0];
+    setFrom((old) => (has(old) ? old : fallbackFrom !== undefined ? String(fallbackFrom) : ''));
+    setTo((old) => (has(old) ? old : revisions[0] !== undefined ? String(revisions[0]) : ''));
+  }, [listed]);
   const [diff, setDiff] = useState<ConfigDiff | null>(null);
   const [error, setLocalError] = useState<ApiError | null>(null);
   const [busy, setBusy] = useState(false);
@@ -571,7 +582,7 @@ export function Config() {
       {revisions.length === 0 ? (
         <p class="empty">There is no version to compare yet.</p>
       ) : (
-        <Diff key={revisions[0]} revisions={revisions} />
+        <Diff revisions={revisions} />
       )}
     </section>
   );

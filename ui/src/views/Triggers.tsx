@@ -4,7 +4,7 @@
 
 import { useState } from 'preact/hooks';
 import { ApiError, api, asApiError, seg } from '../api';
-import { useResource } from '../hooks';
+import { useAction, useResource } from '../hooks';
 import { ErrorNote, ago } from './common';
 
 type Kind = 'cron' | 'event' | 'webhook';
@@ -38,22 +38,27 @@ function what(t: Trigger): string {
 }
 
 function RemoveButton({ app, trigger, onDone }: { app: string; trigger: Trigger; onDone: () => void }) {
-  const [error, setError] = useState<ApiError | null>(null);
-  const remove = async () => {
-    if (!confirm(`Remove trigger ${trigger.id} of ${app}?`)) return;
-    try {
-      await api('DELETE', `/v1/apps/${seg(app)}/triggers/${seg(trigger.id)}`);
-      onDone();
-    } catch (failure) {
-      setError(asApiError(failure));
-    }
-  };
+  const action = useAction();
+  const remove = () =>
+    action.run(
+      async () => {
+        await api('DELETE', `/v1/apps/${seg(app)}/triggers/${seg(trigger.id)}`);
+        onDone();
+      },
+      { confirm: `Remove trigger ${trigger.id} of ${app}?` },
+    );
   return (
     <>
-      <button type="button" class="danger" onClick={remove} aria-label={`Remove trigger ${trigger.id}`}>
-        Remove
+      <button
+        type="button"
+        class="danger"
+        onClick={remove}
+        disabled={action.busy}
+        aria-label={`Remove trigger ${trigger.id}`}
+      >
+        {action.busy ? 'Removing…' : 'Remove'}
       </button>
-      <ErrorNote error={error} />
+      <ErrorNote error={action.error} />
     </>
   );
 }
