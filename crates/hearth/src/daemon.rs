@@ -334,6 +334,9 @@ fn store_for_subsystems(opened: &OpenedStore) -> Arc<dyn hearth_store::Store> {
 
 pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
+    // Before anything answers: a SIGTERM that arrives as soon as the
+    // socket does must stop the daemon cleanly, not kill it.
+    let signals = Signals::install()?;
     prepare_data_dir(data_dir)?;
     let budget = connection_budget()?;
 
@@ -551,7 +554,7 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
         "Daemon ready."
     );
 
-    let signal = wait_for_signal().await?;
+    let signal = signals.wait().await;
     tracing::info!(signal, "Shutting down.");
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
@@ -620,14 +623,28 @@ fn connection_budget() -> anyhow::Result<hearth_listen::Budget> {
         .with_stall_timeout(stall.unwrap_or(hearth_listen::STALL_TIMEOUT)))
 }
 
-async fn wait_for_signal() -> anyhow::Result<&'static str> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
+/// The signals that stop the daemon, caught from the moment they are
+/// installed (one that arrives before [`Signals::wait`] is kept).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?,
+        })
+    }
+
+    async fn wait(mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
 }
 
 /// Creates the data dir, private to the user: the socket in it is the API
