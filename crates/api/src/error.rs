@@ -127,6 +127,15 @@ impl From<hearth_store::Error> for ApiError {
                     "check that etcd is running and reachable from this host, then try again",
                 )
             }
+            E::Denied { .. } => {
+                tracing::warn!(error = %display_chain(&error), "etcd refused hearth's credentials or permissions.");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_denied",
+                    message,
+                    "the daemon's access to etcd is refused, not this request: check --store-user/--store-password-file and the user's role",
+                )
+            }
             E::Refused { .. } => Self::bad_request(
                 "store_refused",
                 message,

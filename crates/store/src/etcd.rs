@@ -5,8 +5,11 @@
 //!
 //! - **Namespace.** Every key lives under a prefix (default `/hearth/`), so a
 //!   cloud can share etcd with other users; ranges, watches and responses
-//!   carry keys with the prefix stripped. Leases are not keyed, so they are
-//!   not namespaced: [`Store::leases`] lists every lease of the etcd cluster.
+//!   carry keys with the prefix stripped. The prefix is never empty and
+//!   always ends in `/` (one is added): `/hearth` would also take the keys
+//!   of `/hearth2/`, and an empty one every key of the cluster. Leases are
+//!   not keyed, so they are not namespaced: [`Store::leases`] lists every
+//!   lease of the etcd cluster.
 //! - **Revisions** are etcd's own (the response header's revision), shared
 //!   by everything that writes to the cluster. A fresh etcd is at revision 1,
 //!   not 0. A delete that matches nothing, like a transaction that writes
@@ -39,11 +42,23 @@
 //!   by its owner stays alive across reconnects and leader changes.
 //!   [`Store::leases`] reports the time left in whole seconds, rounded down,
 //!   as etcd does.
-//! - **Unanswered requests.** A request that reached no member (the one
-//!   picked is down: the client balances over every endpoint) or found no
-//!   leader was not applied, so it is tried again until
-//!   [`Options::request_timeout`]; any other failure is handed to the caller,
-//!   who cannot know whether a write was applied, as with any network store.
+//! - **Unanswered requests.** A write is tried again, until
+//!   [`Options::request_timeout`], only when it provably reached no member:
+//!   the connection to the member picked could not be made (tonic's
+//!   `ConnectError` in the error's chain: the client balances over every
+//!   endpoint, so the next try may find another), or the member refused it
+//!   before handling it because it has no leader (exactly
+//!   `etcdserver: no leader`, the require-leader check). Any other failure
+//!   of a write is handed to the caller, who cannot know whether it was
+//!   applied, as with any network store: etcd's "request timed out,
+//!   possibly due to connection lost" is unavailable too, yet the write may
+//!   still commit, and sending it again could apply it twice. Reads, and
+//!   lease renewals (a second renewal changes nothing the first did not),
+//!   are tried again on any unavailable answer.
+//! - **Authentication.** With a user and password, the client asks for a
+//!   new token when etcd says the one it has expired (etcd's
+//!   `--auth-token-ttl`, 5 minutes by default), and sends the request again:
+//!   a refused token is refused before the request is handled.
 
 mod txn;
 mod watch;
@@ -86,8 +101,9 @@ pub struct Options {
 /// TLS material, as PEM.
 #[derive(Clone, Default)]
 pub struct Tls {
-    /// The certificate authority that signed etcd's certificates (the
-    /// system's roots otherwise).
+    /// The certificate authority that signed etcd's certificates. The
+    /// client is built without the system's roots, so without it no
+    /// server certificate is trusted.
     pub ca: Option<Vec<u8>>,
     /// A client certificate and its key, when etcd asks for one.
     pub identity: Option<(Vec<u8>, Vec<u8>)>,
@@ -149,6 +165,25 @@ impl Options {
     }
 }
 
+/// `text` as a namespace: not empty, and ending in `/` (added when
+/// missing), so that the namespace is a key prefix of its own: `/hearth`
+/// would also take the keys of `/hearth2/`, and an empty one every key of
+/// the cluster.
+pub fn namespace(text: &str) -> Result<String, EmptyNamespace> {
+    match text {
+        "" => Err(EmptyNamespace),
+        _ if text.ends_with('/') => Ok(text.to_owned()),
+        _ => Ok(format!("{text}/")),
+    }
+}
+
+/// An empty namespace.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the etcd namespace is empty, which would take every key of the etcd cluster; give a prefix such as /hearth/"
+)]
+pub struct EmptyNamespace;
+
 /// An `etcd://` address that cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid etcd address {url:?}: {reason}; write etcd://HOST:PORT[,HOST:PORT...]")]
@@ -202,16 +237,63 @@ fn kv(client: &Client) -> KvClient {
     client.kv_client().max_decoding_message_size(usize::MAX)
 }
 
-/// Whether a request failed before any member could apply it.
-fn never_sent(error: &etcd_client::Error) -> bool {
+/// What a request does, which says when it may be sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A read, or a write that changes nothing more when applied twice (a
+    /// lease renewal): sent again after any unavailable answer.
+    Read,
+    /// A write: sent again only when it provably reached no member.
+    Write,
+}
+
+/// What a member answers, before handling a request, when it has no leader
+/// and the request requires one (etcd's `ErrGRPCNoLeader`).
+const NO_LEADER: &str = "etcdserver: no leader";
+
+/// Whether a request that failed with `error` was handled by no member:
+/// the connection to the member could not be made (tonic's
+/// `ConnectError`, found in the error's chain: refused, unreachable, a
+/// failed TLS handshake), or the member has no leader and said so before
+/// handling it. Never a guess from words in a message: etcd's "request
+/// timed out, possibly due to connection lost" is unavailable too, and the
+/// write may still commit.
+fn never_handled(error: &etcd_client::Error) -> bool {
     match error {
         etcd_client::Error::GRpcStatus(status) => {
             status.code() == tonic::Code::Unavailable
-                && (status.message().contains("connect") || status.message().contains("no leader"))
+                && (status.message() == NO_LEADER || connect_failed(status))
         }
-        etcd_client::Error::TransportError(_) => true,
+        etcd_client::Error::TransportError(e) => connect_failed(e),
         _ => false,
     }
+}
+
+/// Whether `error`, or any error in its chain, is tonic's failure to
+/// connect.
+fn connect_failed(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if error.is::<tonic::ConnectError>() {
+            return true;
+        }
+        next = error.source();
+    }
+    false
+}
+
+/// Whether a request of `kind` that failed with `error` may be sent again.
+fn retryable(error: &etcd_client::Error, kind: Kind) -> bool {
+    never_handled(error)
+        || (kind == Kind::Read
+            && matches!(error, etcd_client::Error::GRpcStatus(status) if status.code() == tonic::Code::Unavailable))
+}
+
+/// An unavailable answer made up for a stream that ended without one.
+fn closed(what: &str) -> etcd_client::Error {
+    etcd_client::Error::GRpcStatus(tonic::Status::unavailable(format!(
+        "etcd closed {what} without an answer"
+    )))
 }
 
 /// What an etcd error means, for the calls that care.
@@ -239,6 +321,10 @@ impl EtcdStore {
         if options.endpoints.is_empty() {
             return Err(unavailable("no endpoint was given".into()));
         }
+        let namespace = namespace(&options.namespace).map_err(|_| Error::InvalidKey {
+            key: options.namespace.clone(),
+            reason: "an empty etcd namespace would take every key of the etcd cluster; give a prefix such as /hearth/",
+        })?;
         let scheme = if options.tls.is_some() { "https" } else { "http" };
         let endpoints: Vec<String> = options
             .endpoints
@@ -265,7 +351,9 @@ impl EtcdStore {
             connect = connect.with_tls(config);
         }
         if let Some((user, password)) = &options.user {
-            connect = connect.with_user(user.clone(), password.clone());
+            // etcd's tokens expire (`--auth-token-ttl`, 5 minutes by
+            // default): without this every request fails from then on.
+            connect = connect.with_user(user.clone(), password.clone()).with_auto_token_refresh(true);
         }
         let client =
             tokio::time::timeout(options.connect_timeout, Client::connect(&endpoints, Some(connect)))
@@ -281,8 +369,8 @@ impl EtcdStore {
                                 | tonic::Code::FailedPrecondition
                         ) =>
                     {
-                        Error::Refused {
-                            reason: format!("{}; check the user name and password", status.message()),
+                        Error::Denied {
+                            reason: format!("{}; check the etcd user name and password", status.message()),
                         }
                     }
                     _ => unavailable(Box::new(e)),
@@ -290,7 +378,7 @@ impl EtcdStore {
         let store = EtcdStore {
             inner: Arc::new(Inner {
                 client,
-                namespace: options.namespace,
+                namespace,
                 endpoints: endpoints_text.clone(),
                 compacted: AtomicU64::new(0),
                 request_timeout: options.request_timeout,
@@ -320,7 +408,7 @@ impl EtcdStore {
     /// before it. This compacts the whole cluster, every namespace.
     pub async fn compact(&self, revision: Revision) -> Result<(), Error> {
         let options = etcd_client::CompactionOptions::new().with_physical();
-        self.call(|c| {
+        self.call(Kind::Write, |c| {
             let options = options.clone();
             async move { kv(&c).compact(revision as i64, Some(options)).await }
         })
@@ -361,12 +449,16 @@ impl EtcdStore {
         self.inner.compacted.fetch_max(revision, Ordering::Relaxed);
     }
 
-    /// Runs one request with the request timeout. A request that reached
-    /// no member (the one picked is down) or found no leader is tried
-    /// again, on whichever member answers, until the timeout: it was not
-    /// applied, so it cannot be applied twice. The outer error is the
-    /// timeout; the inner one is etcd's answer, for callers that look.
-    async fn attempt<T, F, Fut>(&self, mut request: F) -> Result<Result<T, etcd_client::Error>, Error>
+    /// Runs one request with the request timeout, sending it again, on
+    /// whichever member answers, while it fails in a way [`retryable`]
+    /// allows for its `kind`: a write only when no member handled it, so
+    /// that it is never applied twice. The outer error is the timeout; the
+    /// inner one is etcd's answer, for callers that look.
+    async fn attempt<T, F, Fut>(
+        &self,
+        kind: Kind,
+        mut request: F,
+    ) -> Result<Result<T, etcd_client::Error>, Error>
     where
         F: FnMut(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
@@ -375,8 +467,8 @@ impl EtcdStore {
         loop {
             match tokio::time::timeout_at(deadline, request(self.inner.client.clone())).await {
                 Err(_) => return Err(self.timed_out()),
-                Ok(Err(e)) if never_sent(&e) && tokio::time::Instant::now() + RETRY < deadline => {
-                    tracing::debug!(error = %e, "An etcd request reached no member; trying again.");
+                Ok(Err(e)) if retryable(&e, kind) && tokio::time::Instant::now() + RETRY < deadline => {
+                    tracing::debug!(error = %e, ?kind, "An etcd request was not answered; trying again.");
                     tokio::time::sleep(RETRY).await;
                 }
                 Ok(result) => return Ok(result),
@@ -385,12 +477,12 @@ impl EtcdStore {
     }
 
     /// [`EtcdStore::attempt`], with etcd's errors mapped to the store's.
-    async fn call<T, F, Fut>(&self, request: F) -> Result<T, Error>
+    async fn call<T, F, Fut>(&self, kind: Kind, request: F) -> Result<T, Error>
     where
         F: FnMut(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
-        self.attempt(request).await?.map_err(|e| self.error(e))
+        self.attempt(kind, request).await?.map_err(|e| self.error(e))
     }
 
     fn timed_out(&self) -> Error {
@@ -416,12 +508,19 @@ impl EtcdStore {
         if says(&error, "too many operations in txn request") {
             return refused("the transaction has more operations than etcd's --max-txn-ops allows; raise it");
         }
+        if says(&error, "user name is empty") {
+            return Error::Denied {
+                reason:
+                    "etcd has authentication on, and no etcd user was given; give a user and its password"
+                        .to_owned(),
+            };
+        }
         match &error {
             etcd_client::Error::GRpcStatus(status) => match status.code() {
                 tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
                     self.unavailable(error)
                 }
-                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => Error::Refused {
+                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => Error::Denied {
                     reason: format!("{}; check the etcd user name, password and role", status.message()),
                 },
                 _ => Error::Backend(Box::new(error)),
@@ -440,7 +539,7 @@ impl EtcdStore {
         let key = self.key("");
         let options = GetOptions::new().with_count_only().with_revision(revision as i64);
         match self
-            .attempt(|c| {
+            .attempt(Kind::Read, |c| {
                 let (key, options) = (key.clone(), options.clone());
                 async move { kv(&c).get(key, Some(options)).await }
             })
@@ -459,7 +558,7 @@ impl Store for EtcdStore {
         validate::key(key)?;
         let key = self.key(key);
         let response = self
-            .call(|c| {
+            .call(Kind::Read, |c| {
                 let key = key.clone();
                 async move { kv(&c).get(key, None).await }
             })
@@ -471,7 +570,7 @@ impl Store for EtcdStore {
         validate::prefix(prefix)?;
         let key = self.key(prefix);
         let response = self
-            .call(|c| {
+            .call(Kind::Read, |c| {
                 let key = key.clone();
                 async move { kv(&c).get(key, Some(GetOptions::new().with_prefix())).await }
             })
@@ -486,7 +585,7 @@ impl Store for EtcdStore {
         let options = lease.map(|id| PutOptions::new().with_lease(id as i64));
         let key = self.key(key);
         match self
-            .attempt(|c| {
+            .attempt(Kind::Write, |c| {
                 let (key, value, options) = (key.clone(), value.clone(), options.clone());
                 async move { kv(&c).put(key, value, options).await }
             })
@@ -502,7 +601,7 @@ impl Store for EtcdStore {
         validate::key(key)?;
         let key = self.key(key);
         let response = self
-            .call(|c| {
+            .call(Kind::Write, |c| {
                 let key = key.clone();
                 async move { kv(&c).delete(key, Some(DeleteOptions::new())).await }
             })
@@ -518,7 +617,7 @@ impl Store for EtcdStore {
     async fn revision(&self) -> Result<Revision, Error> {
         let key = self.key("");
         let response = self
-            .call(|c| {
+            .call(Kind::Read, |c| {
                 let key = key.clone();
                 async move { kv(&c).get(key, Some(GetOptions::new().with_count_only())).await }
             })
@@ -564,8 +663,9 @@ impl Store for EtcdStore {
         validate::ttl(ttl)?;
         // Whole seconds, rounded up: a lease lives at least as long as asked.
         let seconds = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
-        let response =
-            self.call(|c| async move { c.lease_client().grant(seconds as i64, None).await }).await?;
+        let response = self
+            .call(Kind::Write, |c| async move { c.lease_client().grant(seconds as i64, None).await })
+            .await?;
         let ttl = Duration::from_secs(rev(response.ttl()));
         Ok(Lease { id: response.id() as LeaseId, ttl, remaining: ttl })
     }
@@ -573,13 +673,19 @@ impl Store for EtcdStore {
     async fn lease_keep_alive(&self, id: LeaseId) -> Result<Lease, Error> {
         let renew = |c: Client| async move {
             // Opening the stream renews once and fails for a lease that is
-            // gone; one more renewal tells the TTL.
-            let (mut keeper, mut responses) = c.lease_client().keep_alive(id as i64).await?;
-            keeper.keep_alive().await?;
-            responses.message().await
+            // gone; one more renewal tells the TTL. A stream that ends
+            // without an answer says nothing of the lease: unavailable.
+            let (mut keeper, mut responses) =
+                c.lease_client().keep_alive(id as i64).await.map_err(|e| match e {
+                    etcd_client::Error::WatchError(_) => closed("the keep-alive stream"),
+                    e => e,
+                })?;
+            keeper.keep_alive().await.map_err(|_| closed("the keep-alive stream"))?;
+            responses.message().await?.ok_or_else(|| closed("the keep-alive stream"))
         };
-        match self.attempt(renew).await? {
-            Ok(Some(response)) if response.ttl() > 0 => {
+        // Renewing twice is renewing once: sent again like a read.
+        match self.attempt(Kind::Read, renew).await? {
+            Ok(response) if response.ttl() > 0 => {
                 let ttl = Duration::from_secs(rev(response.ttl()));
                 Ok(Lease { id, ttl, remaining: ttl })
             }
@@ -590,7 +696,7 @@ impl Store for EtcdStore {
     }
 
     async fn lease_revoke(&self, id: LeaseId) -> Result<Revision, Error> {
-        match self.attempt(|c| async move { c.lease_client().revoke(id as i64).await }).await? {
+        match self.attempt(Kind::Write, |c| async move { c.lease_client().revoke(id as i64).await }).await? {
             Ok(response) => Ok(header_revision(response.header())),
             Err(e) if lease_not_found(&e) => Err(Error::LeaseNotFound(id)),
             Err(e) => Err(self.error(e)),
@@ -598,11 +704,14 @@ impl Store for EtcdStore {
     }
 
     async fn leases(&self) -> Result<Vec<Lease>, Error> {
-        let listed = self.call(|c| async move { c.lease_client().leases().await }).await?;
+        let listed = self.call(Kind::Read, |c| async move { c.lease_client().leases().await }).await?;
         let mut leases = Vec::new();
         for status in listed.leases() {
             let id = status.id();
-            match self.attempt(|c| async move { c.lease_client().time_to_live(id, None).await }).await {
+            match self
+                .attempt(Kind::Read, |c| async move { c.lease_client().time_to_live(id, None).await })
+                .await
+            {
                 // etcd truncates the time left to whole seconds: 0 is a
                 // lease with less than a second to go, -1 one that is gone.
                 Ok(Ok(response)) if response.ttl() >= 0 => leases.push(Lease {
@@ -638,4 +747,97 @@ fn event_from(store: &EtcdStore, event: &etcd_client::Event) -> Result<crate::Ev
         kv.lease = None;
     }
     Ok(crate::Event { kind, kv })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Kind, closed, retryable};
+    use etcd_client::Error;
+    use tonic::{Code, Status};
+
+    fn status(code: Code, message: &str) -> Error {
+        Error::GRpcStatus(Status::new(code, message))
+    }
+
+    /// An error that wraps another, as the balancer and the buffer wrap
+    /// the connector's.
+    #[derive(Debug)]
+    struct Wrapped(Box<dyn std::error::Error + Send + Sync>);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "service error")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&*self.0)
+        }
+    }
+
+    /// A status as tonic makes it from a failed connection: unavailable,
+    /// with the connect error in its chain, `depth` wrappers down.
+    fn connect_failed(depth: usize) -> Error {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let mut error: Box<dyn std::error::Error + Send + Sync> =
+            Box::new(tonic::ConnectError(Box::new(refused)));
+        for _ in 0..depth {
+            error = Box::new(Wrapped(error));
+        }
+        let status = Status::from_error(error);
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        Error::GRpcStatus(status)
+    }
+
+    /// (read, write): whether each kind of request is sent again.
+    fn retried(error: &Error) -> (bool, bool) {
+        (retryable(error, Kind::Read), retryable(error, Kind::Write))
+    }
+
+    #[test]
+    fn a_write_is_sent_again_only_when_no_member_handled_it() {
+        // Never handled: sent again, read or write.
+        assert_eq!(retried(&connect_failed(0)), (true, true));
+        assert_eq!(retried(&connect_failed(3)), (true, true));
+        assert_eq!(retried(&status(Code::Unavailable, "etcdserver: no leader")), (true, true));
+
+        // Unavailable, but perhaps applied: reads only.
+        for message in [
+            "etcdserver: request timed out, possibly due to connection lost",
+            "etcdserver: request timed out",
+            "etcdserver: leader changed",
+            // Words are not proof: no connect error in the chain.
+            "tcp connect error: Connection refused (os error 111)",
+            "etcdserver: no leader; connect again",
+            "error trying to connect",
+        ] {
+            assert_eq!(retried(&status(Code::Unavailable, message)), (true, false), "{message}");
+        }
+        assert_eq!(retried(&closed("the keep-alive stream")), (true, false));
+
+        // Anything else: neither.
+        for (code, message) in [
+            (Code::DeadlineExceeded, "context deadline exceeded"),
+            (Code::Cancelled, "operation was canceled"),
+            (Code::Unknown, "connection closed before message completed"),
+            (Code::PermissionDenied, "etcdserver: permission denied"),
+            (Code::InvalidArgument, "etcdserver: no leader"),
+            (Code::NotFound, "etcdserver: requested lease not found"),
+        ] {
+            assert_eq!(retried(&status(code, message)), (false, false), "{code:?} {message}");
+        }
+        assert_eq!(retried(&Error::LeaseKeepAliveError("lease not found".into())), (false, false));
+        let bad_uri = tonic::transport::Endpoint::from_shared(vec![0xff_u8]).expect_err("not UTF-8");
+        assert_eq!(retried(&Error::TransportError(bad_uri)), (false, false));
+    }
+
+    #[test]
+    fn a_namespace_is_a_prefix_of_its_own() {
+        assert_eq!(super::namespace("/hearth/").unwrap(), "/hearth/");
+        assert_eq!(super::namespace("/hearth").unwrap(), "/hearth/");
+        assert_eq!(super::namespace("a").unwrap(), "a/");
+        assert_eq!(super::namespace("/").unwrap(), "/");
+        assert!(super::namespace("").is_err());
+    }
 }

@@ -166,6 +166,12 @@ pub enum Error {
     /// etcd refused a request: `reason` says why and what to change.
     #[error("etcd refused the request: {reason}")]
     Refused { reason: String },
+
+    /// etcd refused hearth's credentials, token or permissions: the
+    /// operator's to fix (the user, its password, its role), not the
+    /// request's.
+    #[error("etcd refused access: {reason}")]
+    Denied { reason: String },
 }
 
 /// Limits shared by every backend, so that behaviour does not change with the

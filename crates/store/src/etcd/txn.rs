@@ -2,7 +2,7 @@
 
 use etcd_client::{DeleteOptions, GetOptions, PutOptions, TxnOp, TxnOpResponse};
 
-use super::{EtcdStore, header_revision, lease_not_found};
+use super::{EtcdStore, Kind, header_revision, lease_not_found};
 use crate::{Compare, CompareOp, CompareTarget, Error, Op, OpResponse, Txn, TxnResponse};
 
 /// Runs `txn` on etcd and maps the answer back.
@@ -11,9 +11,13 @@ pub(super) async fn run(store: &EtcdStore, txn: Txn) -> Result<TxnResponse, Erro
     let success: Vec<TxnOp> = txn.success.iter().map(|op| op_to_etcd(store, op)).collect();
     let failure: Vec<TxnOp> = txn.failure.iter().map(|op| op_to_etcd(store, op)).collect();
     let (request, depth) = build(store, &compares, &success, &failure);
+    // A transaction that writes nothing in either branch is a read.
+    let writes =
+        txn.success.iter().chain(&txn.failure).any(|op| !matches!(op, Op::Get { .. } | Op::Range { .. }));
+    let kind = if writes { Kind::Write } else { Kind::Read };
 
     let response = match store
-        .attempt(|c| {
+        .attempt(kind, |c| {
             let request = request.clone();
             async move { super::kv(&c).txn(request).await }
         })
