@@ -1,7 +1,7 @@
-//! An etcd of the benchmark's own: one member on free loopback ports, with
-//! etcd's default settings (an fsync per commit, as the embedded store
-//! does), its data in the benchmark's temporary directory, killed when the
-//! benchmark ends.
+//! An etcd of the benchmark's own: one member on free loopback ports (fresh
+//! ones again if it cannot bind them), with etcd's default settings (an
+//! fsync per commit, as the embedded store does), its data in the
+//! benchmark's temporary directory, killed when the benchmark ends.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -24,10 +24,28 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
+/// How many times etcd is started on fresh ports when it exits as it
+/// starts: the ports are picked by binding and releasing them, so another
+/// process can take one in between ("address already in use").
+const TRIES: usize = 5;
+
 impl LocalEtcd {
     /// Starts etcd with its data and log under `dir`, and waits until it
-    /// answers.
+    /// answers; on fresh ports again when it exits as it starts.
     pub(crate) async fn start(dir: &Path) -> anyhow::Result<LocalEtcd> {
+        let mut exited = String::new();
+        for attempt in 0..TRIES {
+            match LocalEtcd::try_start(&dir.join(format!("etcd-{attempt}"))).await? {
+                Ok(etcd) => return Ok(etcd),
+                Err(log) => exited = log,
+            }
+        }
+        bail!("etcd exited as it started, {TRIES} times on fresh ports; the last time:\n{exited}")
+    }
+
+    /// etcd, answering; or the log of one that exited as it started.
+    async fn try_start(dir: &Path) -> anyhow::Result<Result<LocalEtcd, String>> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let (client_port, peer_port) = (free_port()?, free_port()?);
         let client = format!("http://127.0.0.1:{client_port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
@@ -36,7 +54,7 @@ impl LocalEtcd {
             .with_context(|| format!("cannot create {}", log_path.display()))?;
         let child = Command::new("etcd")
             .args(["--name", "bench", "--data-dir"])
-            .arg(dir.join("etcd"))
+            .arg(dir.join("data"))
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("bench={peer}")])
@@ -51,12 +69,16 @@ impl LocalEtcd {
         loop {
             if let Ok(Some(status)) = etcd.child.try_wait() {
                 let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                bail!("etcd exited ({status}) as it started:\n{log}");
+                return Ok(Err(format!("etcd exited ({status}):\n{log}")));
             }
             let mut options = hearth_store::etcd::Options::new([etcd.endpoint()]);
             options.connect_timeout = Duration::from_millis(500);
-            if hearth_store::etcd::EtcdStore::connect(options).await.is_ok() {
-                return Ok(etcd);
+            // Answered, and still running: not another etcd that had the
+            // port first while this one failed to bind it.
+            if hearth_store::etcd::EtcdStore::connect(options).await.is_ok()
+                && matches!(etcd.child.try_wait(), Ok(None))
+            {
+                return Ok(Ok(etcd));
             }
             if Instant::now() >= deadline {
                 bail!("etcd did not answer within {START:?}; its log is {}", log_path.display());
