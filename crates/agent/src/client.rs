@@ -481,6 +481,17 @@ impl ExecControl {
     pub fn resize(&self, rows: u16, cols: u16) -> Result<(), Error> {
         self.shared.send(&Request::Resize { id: self.id, rows, cols })
     }
+
+    /// Kills every process of the session with SIGKILL: its process group
+    /// and, with a tty, every process of its Unix session, so that a
+    /// shell's background jobs (`sleep 1000 &`, `nohup`) end with it. An
+    /// agent older than this request cannot read it (it reports an error
+    /// without an id) and gets the SIGKILL of the process itself that
+    /// follows; a newer one has nothing left for that signal to kill.
+    pub fn kill(&self) -> Result<(), Error> {
+        self.shared.send(&Request::Kill { id: self.id })?;
+        self.signal(9)
+    }
 }
 
 /// A running session. Dropping it stops listening, not the process.
@@ -535,6 +546,11 @@ impl ExecHandle {
     /// Changes the terminal's size.
     pub fn resize(&self, rows: u16, cols: u16) -> Result<(), Error> {
         self.control().resize(rows, cols)
+    }
+
+    /// Kills every process of the session (see [`ExecControl::kill`]).
+    pub fn kill(&self) -> Result<(), Error> {
+        self.control().kill()
     }
 
     /// The next output, waiting as long as it takes. `None` after

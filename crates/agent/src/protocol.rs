@@ -77,6 +77,12 @@ pub enum Request {
     /// (`/run/hearth`), each replaced atomically. Answered by
     /// `ConfigApplied` or `Error`. Fits one frame: the host refuses larger.
     Config { id: u32, json: Vec<u8>, env: Vec<u8>, revision: u64 },
+    /// Kills every process of a session with SIGKILL: its process group
+    /// and, with a tty, every process of its Unix session (a shell's jobs
+    /// have groups of their own). Added after version 1 went out, last so
+    /// that the others keep their encoding: an older agent cannot decode it
+    /// and answers `Error` without an id, so hosts follow it with `Signal`.
+    Kill { id: u32 },
 }
 
 /// A message from the guest to the host.

@@ -278,6 +278,7 @@ impl Server {
             Request::Stdin { id, data } => (id, session::write_stdin(state, id, data)),
             Request::CloseStdin { id } => (id, session::close_stdin(state, id)),
             Request::Signal { id, signal } => (id, session::signal(state, id, signal)),
+            Request::Kill { id } => (id, session::kill(state, id)),
             Request::Resize { id, rows, cols } => (id, session::resize(state, id, rows, cols)),
             Request::PutFile { id, path, mode } => (id, uploads.begin(id, &path, mode)),
             Request::FileChunk { id, data } => (id, uploads.write(id, &data)),

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 
 use crate::protocol::{MAX_CHUNK, Response};
 use crate::reaper::{self, Exit};
@@ -178,6 +179,59 @@ pub(crate) fn signal(state: &State, id: u32, signal: i32) -> Result<(), String> 
         .map_err(|e| format!("cannot signal session {id}: {}", e.desc()))
 }
 
+/// Kills every process of a session: its process group and, for a tty
+/// session, every process of its Unix session.
+pub(crate) fn kill(state: &State, id: u32) -> Result<(), String> {
+    let (pid, tty) =
+        lock(&state.sessions).get(&id).map(|s| (s.pid, s.tty.is_some())).ok_or_else(|| no_session(id))?;
+    kill_processes(pid, tty);
+    Ok(())
+}
+
+/// SIGKILLs the process group led by `pid` and, with `tty`, every process
+/// of the Unix session it leads: a shell with job control puts each job in
+/// a group of its own, in its session. No check that `pid` is still ours:
+/// Linux does not reuse a pid while a process has it as its group or
+/// session id, and only such processes are signalled.
+fn kill_processes(pid: u32, tty: bool) {
+    let Ok(leader) = i32::try_from(pid) else { return };
+    if leader <= 1 || leader == std::process::id() as i32 {
+        return;
+    }
+    let _ = nix::sys::signal::kill(Pid::from_raw(-leader), Signal::SIGKILL);
+    if !tty {
+        return;
+    }
+    // Again while some are found: a process that forked before its kill
+    // has a child the previous pass did not see.
+    for _ in 0..8 {
+        let members = session_members(leader);
+        if members.is_empty() {
+            break;
+        }
+        for member in members {
+            let _ = nix::sys::signal::kill(Pid::from_raw(member), Signal::SIGKILL);
+        }
+    }
+}
+
+/// The live processes (not zombies) whose session id is `sid`.
+fn session_members(sid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let own = std::process::id() as i32;
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid > 1 && pid != own)
+        .filter(|&pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+            // `pid (comm) state ppid pgrp session ...`; comm may hold anything.
+            let Some((_, rest)) = stat.rsplit_once(')') else { return false };
+            let fields: Vec<&str> = rest.split_whitespace().take(4).collect();
+            fields.len() == 4 && !matches!(fields[0], "Z" | "X") && fields[3].parse::<i32>() == Ok(sid)
+        })
+        .collect()
+}
+
 /// Changes a tty session's window size.
 pub(crate) fn resize(state: &State, id: u32, rows: u16, cols: u16) -> Result<(), String> {
     let sessions = lock(&state.sessions);
@@ -192,7 +246,7 @@ pub(crate) fn kill_all(state: &State) {
     let sessions: Vec<Session> = lock(&state.sessions).drain().map(|(_, s)| s).collect();
     for session in sessions {
         // Each session leads its own process group (tty sessions lead a Unix session).
-        let _ = reaper::global().signal(session.pid, Signal::SIGKILL, true);
+        kill_processes(session.pid, session.tty.is_some());
     }
 }
 

@@ -25,6 +25,45 @@ fn exit_codes_and_signals_propagate() {
 }
 
 #[test]
+fn kill_ends_a_tty_session_with_its_shells_jobs() {
+    let agent = Agent::start();
+    let client = agent.client();
+    // With job control the job gets a process group of its own, which
+    // killing the shell's group would miss.
+    let script = "set -m; sleep 600 & echo job=$!; wait";
+    let mut shell = client.exec(ExecRequest::new(["bash", "-c", script]).tty(24, 80).stdin(true)).unwrap();
+    let mut seen = String::new();
+    let job = loop {
+        if let Some(pid) = seen.split("job=").nth(1).and_then(|rest| rest.split_once('\r')) {
+            break pid.0.trim().to_owned();
+        }
+        match shell.recv_timeout(WAIT).unwrap() {
+            Some(Output::Stdout(data)) => seen.push_str(&String::from_utf8_lossy(&data)),
+            other => panic!("expected the job's pid, got {other:?} after {seen:?}"),
+        }
+    };
+    shell.kill().unwrap();
+    let status = loop {
+        match shell.recv_timeout(WAIT).unwrap() {
+            Some(Output::Exited(status)) => break status,
+            Some(_) => {}
+            None => panic!("the session ended without an exit status"),
+        }
+    };
+    assert_eq!(status, ExitStatus { code: None, signal: Some(9) });
+    // Gone, or a zombie its new parent has yet to reap.
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{job}/stat"))
+            .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+    };
+    let started = Instant::now();
+    while alive() {
+        assert!(started.elapsed() < WAIT, "the job {job} outlived its killed session");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
 fn stdout_and_stderr_are_kept_apart() {
     let agent = Agent::start();
     let client = agent.client();

@@ -84,6 +84,7 @@ fn every_message_round_trips() {
         Request::CloseStdin { id: 7 },
         Request::Signal { id: 7, signal: 15 },
         Request::Resize { id: 7, rows: 1, cols: 2 },
+        Request::Kill { id: 7 },
         Request::PutFile { id: 8, path: "/x".into(), mode: 0o644 },
         Request::FileChunk { id: 8, data: vec![0; 10] },
         Request::FileEnd { id: 8 },
