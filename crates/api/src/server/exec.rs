@@ -4,8 +4,10 @@
 use std::sync::Arc;
 
 use axum::extract::ws::{Message, WebSocket};
-use hearth_agent::client::{AgentClient, ExecRequest, Output};
-use hearth_client::types::{EXEC_STDERR, EXEC_STDOUT, ErrorDetail, ExecControl, ExecEnd, ExecStart};
+use hearth_agent::client::{AgentClient, ExecControl, ExecRequest, Output};
+use hearth_client::types::{
+    EXEC_STDERR, EXEC_STDOUT, ErrorDetail, ExecControl as ClientControl, ExecEnd, ExecStart,
+};
 use tokio::sync::mpsc;
 
 use crate::error::ApiError;
@@ -19,8 +21,85 @@ pub(crate) async fn session(
     agent: Arc<AgentClient>,
     env_defaults: Vec<String>,
     machine: String,
-    mut ended: Ended,
+    ended: Ended,
 ) {
+    let process = Process::default();
+    // The whole session races `ended`: waiting for the first message, for
+    // the agent to start the process, or for a client that reads slowly.
+    let outcome = tokio::select! {
+        outcome = relay(&mut socket, &agent, &env_defaults, &machine, &process) => outcome,
+        () = ended => Outcome::Kill(Some(ExecEnd::Error(ErrorDetail {
+            code: "session_ended".into(),
+            message: "the dashboard session of this terminal was signed out, revoked or expired".into(),
+            hint: "sign in again with `hearth ui`".into(),
+        }))),
+    };
+    match outcome {
+        Outcome::End(last) => end(socket, last).await,
+        Outcome::Kill(last) => {
+            process.kill().await;
+            if let Some(last) = last {
+                end(socket, last).await;
+            }
+        }
+    }
+}
+
+/// How a relay ended.
+enum Outcome {
+    /// The process exited or never started: send this and close.
+    End(ExecEnd),
+    /// The daemon ends the session: kill its processes, then send this
+    /// and close, if the client is still there to hear it.
+    Kill(Option<ExecEnd>),
+}
+
+/// The session's process, once the agent started it; what ends it when
+/// the daemon ends the session, whenever that happens.
+#[derive(Default, Clone)]
+struct Process(Arc<std::sync::Mutex<ProcessState>>);
+
+#[derive(Default)]
+struct ProcessState {
+    killed: bool,
+    control: Option<ExecControl>,
+}
+
+impl Process {
+    /// Called by the thread that started it: a session already ended
+    /// kills it at once.
+    fn started(&self, control: ExecControl) {
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if state.killed {
+            drop(state);
+            let _ = control.kill();
+        } else {
+            state.control = Some(control);
+        }
+    }
+
+    /// Kills every process of the session (its group, and with a tty its
+    /// Unix session: a shell's background jobs too), now or, if the agent
+    /// is still starting it, as soon as it has.
+    async fn kill(&self) {
+        let control = {
+            let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            state.killed = true;
+            state.control.take()
+        };
+        if let Some(control) = control {
+            let _ = tokio::task::spawn_blocking(move || control.kill()).await;
+        }
+    }
+}
+
+async fn relay(
+    socket: &mut WebSocket,
+    agent: &Arc<AgentClient>,
+    env_defaults: &[String],
+    machine: &str,
+    process: &Process,
+) -> Outcome {
     let start = match socket.recv().await {
         Some(Ok(Message::Text(text))) => serde_json::from_str::<ExecStart>(&text).map_err(|e| {
             ApiError::bad_request(
@@ -37,7 +116,7 @@ pub(crate) async fn session(
     };
     let start = match start.and_then(validate) {
         Ok(start) => start,
-        Err(error) => return end(socket, ExecEnd::Error(error.detail)).await,
+        Err(error) => return Outcome::End(ExecEnd::Error(error.detail)),
     };
     let mut request = ExecRequest::new(start.argv.clone()).stdin(start.stdin);
     for pair in env_defaults.iter().chain(&start.env) {
@@ -52,16 +131,20 @@ pub(crate) async fn session(
         request = request.tty(size.rows, size.cols);
     }
     let started = {
-        let agent = agent.clone();
-        tokio::task::spawn_blocking(move || agent.exec(request)).await
+        // The process is handed over from this thread, so that a session
+        // that ends while the agent starts it still kills it.
+        let (agent, process) = (agent.clone(), process.clone());
+        tokio::task::spawn_blocking(move || {
+            let handle = agent.exec(request)?;
+            process.started(handle.control());
+            Ok::<_, hearth_agent::client::Error>(handle)
+        })
+        .await
     };
     let mut handle = match started {
         Ok(Ok(handle)) => handle,
-        Ok(Err(error)) => {
-            let detail = agent_error(&machine, &start.argv, error);
-            return end(socket, ExecEnd::Error(detail)).await;
-        }
-        Err(join) => return end(socket, ExecEnd::Error(ApiError::internal(join.to_string()).detail)).await,
+        Ok(Err(error)) => return Outcome::End(ExecEnd::Error(agent_error(machine, &start.argv, error))),
+        Err(join) => return Outcome::End(ExecEnd::Error(ApiError::internal(join.to_string()).detail)),
     };
     tracing::debug!(machine, argv = ?start.argv, pid = handle.pid(), "Exec started.");
     let control = handle.control();
@@ -78,13 +161,14 @@ pub(crate) async fn session(
         tokio::select! {
             output = out_rx.recv() => match output {
                 Some(Output::Stdout(data)) => {
-                    if send_data(&mut socket, EXEC_STDOUT, data).await.is_err() { break; }
+                    // The client is gone: so is the reason to keep the process.
+                    if send_data(socket, EXEC_STDOUT, data).await.is_err() { return Outcome::Kill(None); }
                 }
                 Some(Output::Stderr(data)) => {
-                    if send_data(&mut socket, EXEC_STDERR, data).await.is_err() { break; }
+                    if send_data(socket, EXEC_STDERR, data).await.is_err() { return Outcome::Kill(None); }
                 }
                 Some(Output::Exited(status)) => {
-                    return end(socket, ExecEnd::Exit { code: status.code, signal: status.signal }).await;
+                    return Outcome::End(ExecEnd::Exit { code: status.code, signal: status.signal });
                 }
                 Some(Output::Error(message)) => tracing::debug!(machine, message, "Exec session reported an error."),
                 None => {
@@ -93,34 +177,21 @@ pub(crate) async fn session(
                         message: format!("the connection to machine {machine:?}'s agent ended before the command did"),
                         hint: format!("check `hearth machine ls` and `hearth machine logs {machine}`"),
                     };
-                    return end(socket, ExecEnd::Error(detail)).await;
+                    return Outcome::End(ExecEnd::Error(detail));
                 }
             },
-            () = &mut ended => {
-                let control = control.clone();
-                let _ = tokio::task::spawn_blocking(move || control.signal(9)).await;
-                let detail = ErrorDetail {
-                    code: "session_ended".into(),
-                    message: "the dashboard session of this terminal was signed out, revoked or expired".into(),
-                    hint: "sign in again with `hearth ui`".into(),
-                };
-                return end(socket, ExecEnd::Error(detail)).await;
-            }
             incoming = socket.recv() => {
                 let control = control.clone();
                 let action: Option<Box<dyn FnOnce() -> Result<(), hearth_agent::client::Error> + Send>> = match incoming {
                     Some(Ok(Message::Binary(data))) => Some(Box::new(move || control.write_stdin(&data))),
-                    Some(Ok(Message::Text(text))) => match serde_json::from_str::<ExecControl>(&text) {
-                        Ok(ExecControl::CloseStdin) => Some(Box::new(move || control.close_stdin())),
-                        Ok(ExecControl::Signal(sig)) => Some(Box::new(move || control.signal(sig))),
-                        Ok(ExecControl::Resize(size)) => Some(Box::new(move || control.resize(size.rows, size.cols))),
+                    Some(Ok(Message::Text(text))) => match serde_json::from_str::<ClientControl>(&text) {
+                        Ok(ClientControl::CloseStdin) => Some(Box::new(move || control.close_stdin())),
+                        Ok(ClientControl::Signal(sig)) => Some(Box::new(move || control.signal(sig))),
+                        Ok(ClientControl::Resize(size)) => Some(Box::new(move || control.resize(size.rows, size.cols))),
                         Err(_) => None,
                     },
                     // The client went away: the process is not ours to keep alive.
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                        let _ = tokio::task::spawn_blocking(move || control.signal(9)).await;
-                        return;
-                    }
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Outcome::Kill(None),
                     Some(Ok(_)) => None,
                 };
                 if let Some(action) = action {

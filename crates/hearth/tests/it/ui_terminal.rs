@@ -131,9 +131,32 @@ async fn read_until(
     }
 }
 
+/// The commands running in machine `term`, one a line (each's argv
+/// joined with spaces), read from `/proc` (the image need not have `ps`).
+fn commands(daemon: &Daemon) -> Vec<String> {
+    let script = r#"for f in /proc/[0-9]*/cmdline; do tr '\0' ' ' < "$f"; echo; done 2>/dev/null"#;
+    let listed = success(&daemon.cli(&["machine", "exec", "term", "--", "sh", "-c", script]));
+    listed.lines().map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()).collect()
+}
+
+/// Waits, 10 s at most, until `done` holds of the commands running in `term`.
+async fn until(daemon: &Daemon, what: &str, done: impl Fn(&[String]) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let running = commands(daemon);
+        if done(&running) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "waited 10 s for {what}; running: {running:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The dashboard's terminal, as the browser opens it (the session cookie
 /// and the dashboard's Origin): accepted, and ended by the daemon once the
-/// session is revoked, as the session's event streams are.
+/// session is revoked, as the session's event streams are, with every
+/// process it started: the shell's background jobs (each in a process
+/// group of its own, job control being on) and a `nohup` one too.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dashboard_terminal_ends_when_its_session_is_revoked() {
     use futures::SinkExt as _;
@@ -155,12 +178,19 @@ async fn a_dashboard_terminal_ends_when_its_session_is_revoked() {
     let (mut socket, response) =
         tokio_tungstenite::client_async(request, stream).await.expect("the upgrade is accepted");
     assert_eq!(response.status(), 101);
-    let start =
-        r#"{"argv":["/bin/sh","-c","echo ready; exec sleep 600"],"tty":{"rows":24,"cols":80},"stdin":true}"#;
+    // What the dashboard runs: a login shell on a tty, typed into.
+    let start = r#"{"argv":["bash","-l"],"tty":{"rows":24,"cols":80},"stdin":true}"#;
     socket.send(Message::Text(start.into())).await.expect("send the ExecStart");
+    // The terminal echoes the line as typed, which does not say `ready`.
+    let line = "sleep 613 & nohup sleep 614 >/dev/null 2>&1 & echo rea''dy\n";
+    socket.send(Message::Binary(line.as_bytes().to_vec().into())).await.expect("type a line");
 
     let ready = tokio::time::timeout(Duration::from_secs(30), read_until(&mut socket, true)).await;
     assert_eq!(ready.expect("the shell says ready"), None);
+    let jobs = ["sleep 613", "sleep 614"];
+    // Forked before `ready`, but each may not have become `sleep` yet.
+    until(&daemon, "the jobs to run", |running| jobs.iter().all(|job| running.iter().any(|c| c == job)))
+        .await;
 
     success(&daemon.cli(&["ui", "revoke", &id]));
     let end = tokio::time::timeout(Duration::from_secs(10), read_until(&mut socket, false))
@@ -168,5 +198,11 @@ async fn a_dashboard_terminal_ends_when_its_session_is_revoked() {
         .expect("the terminal ends once its session is revoked")
         .expect("an ExecEnd");
     assert!(end.contains("\"session_ended\"") && end.contains("hearth ui"), "{end}");
+
+    // Its processes go with it, the shell's jobs included.
+    until(&daemon, "the shell and its jobs to end with the session", |running| {
+        !running.iter().any(|c| jobs.contains(&c.as_str()) || c == "bash -l")
+    })
+    .await;
     success(&daemon.cli(&["machine", "rm", "-f", "term"]));
 }
