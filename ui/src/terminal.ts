@@ -33,7 +33,7 @@ export interface Session {
   /** The terminal's text, one line per row of its buffer. */
   text(): string;
   focus(): void;
-  /** Ends the session (its process is killed) and frees the terminal. */
+  /** Ends the session (its processes are killed) and frees the terminal. */
   dispose(): void;
 }
 
@@ -113,9 +113,13 @@ export function openTerminal(
     onOpen,
     onSize,
     onEnd,
+    onLeave,
   }: {
     label: string;
     onOpen: () => void;
+    /** Ctrl+] was pressed in the terminal: the keyboard's way out of it
+     * (xterm takes Tab, Shift+Tab and Escape), not sent to the shell. */
+    onLeave: () => void;
     /** The tty's size, each time it is sent to the daemon. */
     onSize: (size: { rows: number; cols: number }) => void;
     onEnd: (end: Ended) => void;
@@ -133,6 +137,15 @@ export function openTerminal(
     // WCAG AA for whatever colours the machine's programs choose.
     minimumContrastRatio: 4.5,
     theme: theme(),
+  });
+  term.attachCustomKeyEventHandler((event) => {
+    const leave = event.ctrlKey && !event.altKey && !event.metaKey && (event.key === ']' || event.code === 'BracketRight');
+    if (!leave) return true;
+    if (event.type === 'keydown') {
+      event.preventDefault();
+      onLeave();
+    }
+    return false;
   });
   const fit = new FitAddon();
   term.loadAddon(fit);
@@ -225,7 +238,9 @@ export function openTerminal(
     dispose: () => {
       if (disposed) return;
       disposed = true;
-      if (socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify('close_stdin'));
+      // The daemon kills the session's processes when its socket closes:
+      // no end of input first, which would let the shell exit by itself
+      // and leave its background jobs running.
       socket.close(1000, 'closed from the dashboard');
       resized.disconnect();
       cancelAnimationFrame(frame);

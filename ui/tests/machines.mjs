@@ -129,9 +129,22 @@ async function terminal(page) {
     'the keyboard is not in the terminal once it opened',
   );
   check(
-    (await page.locator('.xterm-helper-textarea').getAttribute('aria-label')) === `Terminal of ${MACHINE}: type commands here`,
-    "the terminal's input has no label",
+    (await page.locator('.xterm-helper-textarea').getAttribute('aria-label')) ===
+      `Terminal of ${MACHINE}: type commands here. Ctrl+] leaves the terminal`,
+    "the terminal's input has no label saying how to leave it",
   );
+  // xterm takes Tab and Escape: Ctrl+] is the keyboard's way out, to Close.
+  await page.keyboard.press('Control+BracketRight');
+  check(
+    (await page.evaluate(() => document.activeElement?.textContent)) === 'Close the terminal',
+    'Ctrl+] in the terminal does not move the keyboard to its Close button',
+  );
+  check(
+    (await page.locator('[data-terminal-hint]').innerText()).includes('Ctrl+] leaves the terminal'),
+    'no hint next to the terminal says how to leave it',
+  );
+  await page.locator('.xterm-helper-textarea').focus();
+  step('Ctrl+] leaves the terminal for its Close button, as its label and hint say');
   await page.keyboard.type('uname -a');
   await page.keyboard.press('Enter');
   const kernel = machine.kernel.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
@@ -182,13 +195,69 @@ async function terminal(page) {
     (await page.evaluate(() => document.activeElement?.textContent)) === 'Terminal',
     'after Close, the keyboard is not on the Terminal button',
   );
-  // Close also ends a session that is still running.
+  // Closed while it loads, then opened again: one terminal, one session.
+  await page.getByRole('button', { name: 'Terminal', exact: true }).click();
+  await page.getByRole('button', { name: 'Close the terminal' }).click();
   await page.getByRole('button', { name: 'Terminal', exact: true }).click();
   await page.locator('[data-terminal-state="open"]').waitFor({ timeout: WAIT_MS });
+  const drawn = await page.locator('.terminal .xterm').count();
+  check(drawn === 1, `opened, closed and opened again, the page has ${drawn} terminals`);
+  // Close also ends a session that is still running, with what it started.
+  await page.locator('.xterm-helper-textarea').focus();
+  await page.keyboard.type('sleep 777 & sleep 778');
+  await page.keyboard.press('Enter');
+  const sleeping = () => sleeps(page);
+  await until(async () => (await sleeping()).length === 2, 'the terminal started sleep 777 and sleep 778');
   await page.getByRole('button', { name: 'Close the terminal' }).click();
   await page.locator('[data-terminal-state="closed"]').waitFor({ timeout: WAIT_MS });
   check(!(await page.locator('.terminal .xterm').count()), 'the closed terminal is still on the page');
-  step('Close ends a session and removes the terminal');
+  await until(async () => (await sleeping()).length === 0, 'Close ends the shell and its background job');
+  step('Close ends a session, its processes (a background job too) and removes the terminal');
+}
+
+/** The commands running `sleep 777` or `sleep 778` in the machine, read
+ * from /proc through an exec session opened from the page. */
+async function sleeps(page) {
+  const listed = await execOutput(page, `for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < "$f"; echo; done 2>/dev/null`);
+  return listed
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l === 'sleep 777' || l === 'sleep 778');
+}
+
+/** Waits until `condition()` holds, asking again every 250 ms. */
+async function until(condition, what) {
+  const deadline = Date.now() + WAIT_MS;
+  for (;;) {
+    if (await condition()) return;
+    check(Date.now() < deadline, `not within ${WAIT_MS} ms: ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
+}
+
+/** Runs `sh -c script` in MACHINE on the exec WebSocket, from the page (its
+ * cookie and Origin, as the terminal does): its stdout, once it exits. */
+async function execOutput(page, script) {
+  return page.evaluate(
+    ({ name, script }) =>
+      new Promise((resolve, reject) => {
+        const socket = new WebSocket(`ws://${location.host}/v1/machines/${encodeURIComponent(name)}/exec`);
+        socket.binaryType = 'arraybuffer';
+        const out = [];
+        socket.onopen = () => socket.send(JSON.stringify({ argv: ['sh', '-c', script] }));
+        socket.onmessage = (event) => {
+          if (typeof event.data === 'string') {
+            resolve(out.join(''));
+            socket.close();
+            return;
+          }
+          const bytes = new Uint8Array(event.data);
+          if (bytes[0] === 1) out.push(new TextDecoder().decode(bytes.subarray(1)));
+        };
+        socket.onclose = () => reject(new Error(`the exec session of ${script} ended without its end`));
+      }),
+    { name: MACHINE, script },
+  );
 }
 
 /** A snapshot taken from the page (the machine stops), restored as a

@@ -16,6 +16,10 @@ const STATE_TEXT: Record<State, string> = {
   ended: '',
 };
 
+/** Said next to the terminal and in its input's label: the way out of it
+ * by keyboard, since xterm takes Tab and Escape for the shell. */
+const LEAVE_HINT = 'Ctrl+] leaves the terminal';
+
 export function MachineTerminal({ name, running }: { name: string; running: boolean }) {
   const [state, setState] = useState<State>('closed');
   const [end, setEnd] = useState<Ended | null>(null);
@@ -23,7 +27,11 @@ export function MachineTerminal({ name, running }: { name: string; running: bool
   const screen = useRef<HTMLDivElement>(null);
   const session = useRef<Session | null>(null);
   const opener = useRef<HTMLButtonElement>(null);
+  const closer = useRef<HTMLButtonElement>(null);
   const refocus = useRef(false);
+  // Bumped by close() and by each open(): an open() that finds another
+  // number after an await was overtaken, and keeps nothing it made.
+  const generation = useRef(0);
   // After Close, the keyboard goes back to the button that opens one.
   useEffect(() => {
     if (state === 'closed' && refocus.current) {
@@ -33,6 +41,7 @@ export function MachineTerminal({ name, running }: { name: string; running: bool
   }, [state]);
 
   const close = () => {
+    generation.current += 1;
     session.current?.dispose();
     session.current = null;
     setState('closed');
@@ -43,6 +52,8 @@ export function MachineTerminal({ name, running }: { name: string; running: bool
   useEffect(() => close, [name]);
 
   const open = async () => {
+    const mine = ++generation.current;
+    const current = () => generation.current === mine;
     session.current?.dispose();
     session.current = null;
     setEnd(null);
@@ -51,26 +62,35 @@ export function MachineTerminal({ name, running }: { name: string; running: bool
     try {
       module = await import('../terminal');
     } catch {
+      if (!current()) return;
       setState('closed');
       setError(
         new ApiError(0, 'unreachable', 'The terminal could not be loaded.', 'Is `hearth serve` still running? Reload the page.'),
       );
       return;
     }
+    if (!current()) return;
     // The screen is shown from the render after `loading`: it has its size.
     await new Promise((resolve) => requestAnimationFrame(resolve));
     const container = screen.current;
-    if (!container) return;
+    if (!current() || !container) return;
     setState('connecting');
-    session.current = module.openTerminal(container, name, {
-      label: `Terminal of ${name}: type commands here`,
-      onOpen: () => setState('open'),
-      onSize: (s) => setSize({ ...s }),
+    const opened = module.openTerminal(container, name, {
+      label: `Terminal of ${name}: type commands here. ${LEAVE_HINT}`,
+      onOpen: () => current() && setState('open'),
+      onSize: (s) => current() && setSize({ ...s }),
       onEnd: (e) => {
+        if (!current()) return;
         setEnd(e);
         setState('ended');
       },
+      onLeave: () => closer.current?.focus(),
     });
+    if (!current()) {
+      opened.dispose();
+      return;
+    }
+    session.current = opened;
   };
 
   // The section keeps its screen in the page while closed, so that the
@@ -93,6 +113,7 @@ export function MachineTerminal({ name, running }: { name: string; running: bool
         {shown ? (
           <button
             type="button"
+            ref={closer}
             onClick={() => {
               refocus.current = true;
               close();
@@ -113,6 +134,11 @@ export function MachineTerminal({ name, running }: { name: string; running: bool
           {state === 'open' && size ? `, ${size.cols}×${size.rows}` : ''}
         </p>
       )}
+      {shown ? (
+        <p class="terminal-hint" data-terminal-hint>
+          {LEAVE_HINT} (to its Close button); Tab and Escape go to the machine’s shell.
+        </p>
+      ) : null}
       <div class={`terminal-screen ${shown ? '' : 'terminal-hidden'}`} ref={screen} />
     </section>
   );
