@@ -68,23 +68,25 @@ export function useTitle(title: string) {
 }
 
 /** A change a button makes: `run` asks `confirm` first (when given), and
- * while the action runs `busy` is true and further runs are ignored (a
- * double click makes one change); a failure is kept in `error`, for an
- * ErrorNote. Resolves to whether the action ran and succeeded. */
+ * while the action runs `busy` is true, `running` names it (`what`, for a
+ * button that says "Removing…" on its own row) and further runs are
+ * ignored (a double click makes one change); a failure is kept in
+ * `error`, for an ErrorNote. Resolves to whether it ran and succeeded. */
 export function useAction(): {
   busy: boolean;
+  running: string | null;
   error: ApiError | null;
-  run: (action: () => Promise<unknown>, options?: { confirm?: string }) => Promise<boolean>;
+  run: (action: () => Promise<unknown>, options?: { confirm?: string; what?: string }) => Promise<boolean>;
   clear: () => void;
 } {
-  const [busy, setBusy] = useState(false);
+  const [running, setRunning] = useState<string | null>(null);
   const [error, setFailure] = useState<ApiError | null>(null);
-  const running = useRef(false);
-  const run = async (action: () => Promise<unknown>, options: { confirm?: string } = {}) => {
-    if (running.current) return false;
+  const started = useRef(false);
+  const run = async (action: () => Promise<unknown>, options: { confirm?: string; what?: string } = {}) => {
+    if (started.current) return false;
     if (options.confirm !== undefined && !confirm(options.confirm)) return false;
-    running.current = true;
-    setBusy(true);
+    started.current = true;
+    setRunning(options.what ?? '');
     setFailure(null);
     try {
       await action();
@@ -93,9 +95,9 @@ export function useAction(): {
       setFailure(asApiError(failure));
       return false;
     } finally {
-      running.current = false;
-      setBusy(false);
+      started.current = false;
+      setRunning(null);
     }
   };
-  return { busy, error, run, clear: () => setFailure(null) };
+  return { busy: running !== null, running, error, run, clear: () => setFailure(null) };
 }

@@ -208,11 +208,3 @@ export function historyText(entry: AlertHistoryEntry): string {
   return parts.join('; ') || '—';
 }
 
-/** `2 h`, `45 min`, `30 s` from milliseconds. */
-export function span(ms: number): string {
-  const secs = Math.max(0, Math.round(ms / 1000));
-  if (secs < 60) return `${secs} s`;
-  if (secs < 3600) return `${Math.round(secs / 60)} min`;
-  if (secs < 86400) return `${Math.round(secs / 360) / 10} h`;
-  return `${Math.round(secs / 8640) / 10} d`;
-}

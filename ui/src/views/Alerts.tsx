@@ -7,20 +7,19 @@
 
 import { useState } from 'preact/hooks';
 import { ApiError, api, asApiError, seg } from '../api';
-import { useLive, useResource, useTitle } from '../hooks';
+import { useAction, useLive, useResource, useTitle } from '../hooks';
 import {
   ALERTS_PREFIX,
   historyText,
   isActive,
   silencesOf,
-  span,
   type AlertHistoryEntry,
   type AlertInfo,
   type AlertList,
   type AlertRules,
   type Silence,
 } from '../ops';
-import { ErrorNote, LiveBadge, ago, clock } from './common';
+import { ErrorNote, LiveBadge, ago, clock, duration } from './common';
 import './ops.css';
 
 const HISTORY_LIMIT = 50;
@@ -245,24 +244,22 @@ function Firing({ alerts, silences, reload }: { alerts: AlertInfo[]; silences: S
 }
 
 function Silences({ silences, reload }: { silences: Silence[]; reload: () => void }) {
-  const [busy, setBusy] = useState<string | null>(null);
-  const [error, setLocalError] = useState<ApiError | null>(null);
-  const expire = async (s: Silence) => {
-    if (!confirm(`Expire silence ${s.id} now? The alerts it mutes are told again.`)) return;
-    setBusy(s.id);
-    setLocalError(null);
-    try {
-      await api('DELETE', `/v1/alerts/silences/${seg(s.id)}`);
-    } catch (failure) {
-      setLocalError(asApiError(failure));
-    } finally {
-      setBusy(null);
-      reload();
-    }
-  };
+  const action = useAction();
+  const busy = action.running;
+  const expire = (s: Silence) =>
+    action.run(
+      async () => {
+        try {
+          await api('DELETE', `/v1/alerts/silences/${seg(s.id)}`);
+        } finally {
+          reload();
+        }
+      },
+      { confirm: `Expire silence ${s.id} now? The alerts it mutes are told again.`, what: s.id },
+    );
   return (
     <>
-      <ErrorNote error={error} />
+      <ErrorNote error={action.error} />
       <div class="scroll" role="region" aria-label="Silences" tabIndex={0}>
         <table id="silences">
           <caption>Silences, active and ended in the last five days</caption>
@@ -296,7 +293,7 @@ function Silences({ silences, reload }: { silences: Silence[]; reload: () => voi
                 <td title={new Date(s.ends_at).toLocaleString()}>
                   {clock(s.ends_at)}{' '}
                   <span class="reason">
-                    {s.ends_at > Date.now() ? `in ${span(s.ends_at - Date.now())}` : ago(s.ends_at)}
+                    {s.ends_at > Date.now() ? `in ${duration(s.ends_at - Date.now())}` : ago(s.ends_at)}
                   </span>
                 </td>
                 <td>

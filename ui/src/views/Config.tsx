@@ -177,27 +177,25 @@ function Layer({
   onEdit: (entry: ConfigEntry) => void;
   reload: () => void;
 }) {
-  const [busy, setBusy] = useState<string | null>(null);
-  const [error, setLocalError] = useState<ApiError | null>(null);
-  const remove = async (entry: ConfigEntry) => {
-    if (!confirm(`Remove ${entry.key} from ${entry.layer}? Its consumers no longer see it from this layer.`)) return;
-    setBusy(entry.key);
-    setLocalError(null);
-    try {
-      await api('DELETE', `/v1/config/entries/${seg(entry.key)}?layer=${seg(entry.layer)}`);
-    } catch (failure) {
-      setLocalError(asApiError(failure));
-    } finally {
-      setBusy(null);
-      reload();
-    }
-  };
+  const action = useAction();
+  const busy = action.running;
+  const remove = (entry: ConfigEntry) =>
+    action.run(
+      async () => {
+        try {
+          await api('DELETE', `/v1/config/entries/${seg(entry.key)}?layer=${seg(entry.layer)}`);
+        } finally {
+          reload();
+        }
+      },
+      { confirm: `Remove ${entry.key} from ${entry.layer}? Its consumers no longer see it from this layer.`, what: entry.key },
+    );
   return (
     <div class="layer" data-layer={layer}>
       <h3>
         <span class="mono">{layer}</span> <span class="reason">{layerText(layer)}</span>
       </h3>
-      <ErrorNote error={error} />
+      <ErrorNote error={action.error} />
       <div class="scroll" role="region" aria-label={`Layer ${layer}`} tabIndex={0}>
         <table class="config-entries">
           <caption>The entries of {layer}, as set</caption>

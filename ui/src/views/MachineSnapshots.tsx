@@ -4,7 +4,7 @@
 
 import { useState } from 'preact/hooks';
 import { type ApiError, asApiError, type Machine as MachineRecord } from '../api';
-import { useResource } from '../hooks';
+import { useAction, useResource } from '../hooks';
 import { NAME_PATTERN, type Snapshot, deleteSnapshot, restoreSnapshot, snapshotName, takeSnapshot } from '../machines';
 import { ErrorNote, ago, bytes } from './common';
 import './snapshots.css';
@@ -119,25 +119,20 @@ export function MachineSnapshots({ machine }: { machine: MachineRecord }) {
   const { data, error: listError } = useResource<{ snapshots: Snapshot[] }>('/v1/snapshots', ['snapshots/']);
   const [taking, setTaking] = useState(false);
   const [restoring, setRestoring] = useState<string | null>(null);
-  const [deleting, setDeleting] = useState<string | null>(null);
+  const deletion = useAction();
+  const deleting = deletion.running;
   const [outcome, setOutcome] = useState<Outcome>(null);
-  const [error, setError] = useState<ApiError | null>(null);
   const mine = (data?.snapshots ?? []).filter((s) => s.machine === machine.name).sort((a, b) => b.created_at - a.created_at);
   const running = machine.state === 'running';
 
-  const remove = async (snapshot: string) => {
-    if (!confirm(`Delete snapshot ${snapshot}? Its memory and disk go with it.`)) return;
-    setDeleting(snapshot);
-    setError(null);
-    try {
-      await deleteSnapshot(snapshot);
-      setOutcome(null);
-    } catch (e) {
-      setError(asApiError(e));
-    } finally {
-      setDeleting(null);
-    }
-  };
+  const remove = (snapshot: string) =>
+    deletion.run(
+      async () => {
+        await deleteSnapshot(snapshot);
+        setOutcome(null);
+      },
+      { confirm: `Delete snapshot ${snapshot}? Its memory and disk go with it.`, what: snapshot },
+    );
 
   return (
     <div class="snapshots">
@@ -170,7 +165,7 @@ export function MachineSnapshots({ machine }: { machine: MachineRecord }) {
           <a href={`/ui/machines/${encodeURIComponent(outcome.machine)}`}>machine {outcome.machine}</a>.
         </p>
       ) : null}
-      <ErrorNote error={error} />
+      <ErrorNote error={deletion.error} />
       {data === null ? (
         listError ? null : <p aria-busy="true">Reading the snapshots…</p>
       ) : mine.length === 0 ? (

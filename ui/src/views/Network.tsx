@@ -4,8 +4,8 @@
 // links on purpose (partition, loss, delay) and to heal them.
 
 import { useEffect, useState } from 'preact/hooks';
-import { api, asApiError, seg, type ApiError, type Machine } from '../api';
-import { useLive, useResource, useTitle } from '../hooks';
+import { api, seg, type Machine } from '../api';
+import { useAction, useLive, useResource, useTitle } from '../hooks';
 import { stateText } from '../machines';
 import {
   NETWORK_PREFIXES,
@@ -353,40 +353,26 @@ function Panel({
   const [loss, setLoss] = useState('30');
   const [delay, setDelay] = useState('200');
   const [jitter, setJitter] = useState('20');
-  const [busy, setBusy] = useState<string | null>(null);
-  const [error, setErrorHere] = useState<ApiError | null>(null);
+  const action = useAction();
+  const busy = action.running;
   const touching = faults.filter((f) => faultMachines(f).includes(machine));
 
-  const inject = async (what: string, body: unknown) => {
-    setBusy(what);
-    setErrorHere(null);
-    try {
-      await api('POST', '/v1/faults', body);
-      if (what === 'partition') setFrom([]);
-    } catch (e) {
-      setErrorHere(asApiError(e));
-    } finally {
-      setBusy(null);
-    }
-  };
-  const healOne = async (fault: Fault) => {
-    setBusy(`heal-${fault.id}`);
-    setErrorHere(null);
-    try {
-      await heal(fault);
-    } catch (e) {
-      setErrorHere(asApiError(e));
-    } finally {
-      setBusy(null);
-    }
-  };
+  const inject = (what: string, body: unknown) =>
+    action.run(
+      async () => {
+        await api('POST', '/v1/faults', body);
+        if (what === 'partition') setFrom([]);
+      },
+      { what },
+    );
+  const healOne = (fault: Fault) => action.run(() => heal(fault), { what: `heal-${fault.id}` });
 
   return (
     <section class="net-panel" id="fault-panel" aria-labelledby="fault-panel-title" data-selected={machine}>
       <h2 id="fault-panel-title">
         Break <span class="mono">{machine}</span>'s links
       </h2>
-      <ErrorNote error={error} />
+      <ErrorNote error={action.error} />
       <form
         onSubmit={(e) => {
           e.preventDefault();
@@ -518,19 +504,9 @@ function FaultTable({
   loaded: boolean;
   heal: (fault: Fault) => Promise<void>;
 }) {
-  const [busy, setBusy] = useState<string | null>(null);
-  const [error, setErrorHere] = useState<ApiError | null>(null);
-  const run = async (what: string, work: () => Promise<void>) => {
-    setBusy(what);
-    setErrorHere(null);
-    try {
-      await work();
-    } catch (e) {
-      setErrorHere(asApiError(e));
-    } finally {
-      setBusy(null);
-    }
-  };
+  const action = useAction();
+  const busy = action.running;
+  const run = (what: string, work: () => Promise<void>) => action.run(work, { what });
   return (
     <section aria-labelledby="faults-title">
       <div class="heading">
@@ -546,7 +522,7 @@ function FaultTable({
           </button>
         ) : null}
       </div>
-      <ErrorNote error={error} />
+      <ErrorNote error={action.error} />
       <div class="scroll" role="region" aria-label="Active faults" tabIndex={0}>
         <table id="faults">
           <caption>Faults breaking this network's links now</caption>

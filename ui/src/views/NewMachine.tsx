@@ -5,7 +5,7 @@
 import { useEffect, useState } from 'preact/hooks';
 import { ApiError, api, asApiError, seg } from '../api';
 import { navigate } from '../nav';
-import { ErrorNote } from './common';
+import { ErrorNote, bytes } from './common';
 
 interface Image {
   name: string;
@@ -82,7 +82,7 @@ export function NewMachine() {
         <select name="image" value={chosen} disabled={images === null} onChange={(e) => setImage((e.target as HTMLSelectElement).value)}>
           {(images ?? []).map((i) => (
             <option key={i.name} value={i.name}>
-              {i.name} ({Math.round(i.size_bytes / 2 ** 20)} MiB)
+              {i.name} ({bytes(i.size_bytes, { unit: 'MiB', digits: 0 })})
             </option>
           ))}
         </select>

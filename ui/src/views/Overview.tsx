@@ -1,7 +1,7 @@
 import { useEffect } from 'preact/hooks';
 import type { Status } from '../api';
 import { useLive, useResource, useTitle } from '../hooks';
-import { EventTable, LiveBadge } from './common';
+import { EventTable, LiveBadge, bytes, duration } from './common';
 import { Fired } from './Fired';
 
 function kvm(status: Status): string {
@@ -13,18 +13,11 @@ function kvm(status: Status): string {
   return 'present, being checked';
 }
 
-function duration(secs: number): string {
-  if (secs < 60) return `${secs} s`;
-  if (secs < 3600) return `${Math.floor(secs / 60)} min`;
-  if (secs < 86400) return `${Math.floor(secs / 3600)} h ${Math.floor((secs % 3600) / 60)} min`;
-  return `${Math.floor(secs / 86400)} d ${Math.floor((secs % 86400) / 3600)} h`;
-}
-
 /** Load and free memory are samples, not changes in the store: the status
  * is read again this often for them. */
 const SAMPLE_MS = 10_000;
 
-const gib = (bytes: number) => `${(bytes / 2 ** 30).toFixed(1)} GiB`;
+const gib = (n: number) => bytes(n, { unit: 'GiB' });
 
 /** `18.6 GiB free of 23.4 GiB`, with a meter of what is used. */
 function Space({ free, total, what }: { free: number; total: number; what: string }) {
@@ -83,7 +76,7 @@ export function Overview() {
           <dt>hearth</dt>
           <dd>{status.version}</dd>
           <dt>Up for</dt>
-          <dd>{duration(status.uptime_secs)}</dd>
+          <dd>{duration(status.uptime_secs * 1000)}</dd>
           {resources ? (
             <>
               <dt>CPU</dt>

@@ -7,7 +7,8 @@
 import { useState } from 'preact/hooks';
 import { ApiError, api, asApiError, seg } from '../api';
 import { setError } from '../errors';
-import { useLive, useResource, useTitle } from '../hooks';
+import { useAction, useLive, useResource, useTitle } from '../hooks';
+import { navigate } from '../nav';
 import type { Health, ServiceDetail, ServiceEvent, ServiceInstance } from '../ops';
 import { ErrorNote, LiveBadge, ago, clock, list } from './common';
 import './ops.css';
@@ -42,20 +43,23 @@ function InstanceRow({
   removable: boolean;
   reload: () => void;
 }) {
-  const [busy, setBusy] = useState(false);
-  const deregister = async () => {
-    if (!confirm(`Deregister ${instance.id} from ${service}? It leaves the endpoints at once.`)) return;
-    setBusy(true);
-    try {
-      await api('DELETE', `/v1/services/${seg(service)}/instances/${seg(instance.id)}`);
-      setError(null);
-    } catch (error) {
-      setError(asApiError(error));
-    } finally {
-      setBusy(false);
-      reload();
-    }
-  };
+  // Its refusals go to the page's banner, as the service's own do.
+  const action = useAction();
+  const busy = action.busy;
+  const deregister = () =>
+    action.run(
+      async () => {
+        try {
+          await api('DELETE', `/v1/services/${seg(service)}/instances/${seg(instance.id)}`);
+          setError(null);
+        } catch (error) {
+          setError(asApiError(error));
+        } finally {
+          reload();
+        }
+      },
+      { confirm: `Deregister ${instance.id} from ${service}? It leaves the endpoints at once.` },
+    );
   return (
     <tr data-instance={instance.id}>
       <th scope="row" class="mono">
@@ -225,23 +229,23 @@ function ScaleForm({ name, count, reload }: { name: string; count: number; reloa
 }
 
 function RemoveButton({ name }: { name: string }) {
-  const [busy, setBusy] = useState(false);
-  const remove = async () => {
-    if (!confirm(`Remove service ${name}? Its machines and records go with it.`)) return;
-    setBusy(true);
-    try {
-      await api('DELETE', `/v1/services/${seg(name)}`);
-      setError(null);
-      history.pushState(null, '', '/ui/services');
-      dispatchEvent(new PopStateEvent('popstate'));
-    } catch (error) {
-      setError(asApiError(error));
-      setBusy(false);
-    }
-  };
+  const action = useAction();
+  const remove = () =>
+    action.run(
+      async () => {
+        try {
+          await api('DELETE', `/v1/services/${seg(name)}`);
+          setError(null);
+          navigate('/ui/services');
+        } catch (error) {
+          setError(asApiError(error));
+        }
+      },
+      { confirm: `Remove service ${name}? Its machines and records go with it.` },
+    );
   return (
-    <button type="button" class="danger" disabled={busy} onClick={remove}>
-      {busy ? 'Removing…' : 'Remove the service'}
+    <button type="button" class="danger" disabled={action.busy} onClick={remove}>
+      {action.busy ? 'Removing…' : 'Remove the service'}
     </button>
   );
 }

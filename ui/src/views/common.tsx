@@ -99,11 +99,24 @@ export function ErrorNote({ error }: { error: ApiError | null }) {
   );
 }
 
-/** `12.3 KiB` from bytes. */
-export function bytes(n: number): string {
-  if (n < 1024) return `${n} B`;
-  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
-  return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+type Unit = 'KiB' | 'MiB' | 'GiB';
+const UNITS: Unit[] = ['KiB', 'MiB', 'GiB'];
+
+/** `12.3 KiB`, `1.5 GiB` from bytes: in the largest unit it is at least
+ * one of, or in `unit`; with `digits` after the point (1). */
+export function bytes(n: number, { unit, digits = 1 }: { unit?: Unit; digits?: number } = {}): string {
+  if (!unit && n < 1024) return `${n} B`;
+  const power = unit ? UNITS.indexOf(unit) + 1 : Math.min(UNITS.length, Math.floor(Math.log2(Math.max(n, 1)) / 10));
+  return `${(n / 1024 ** power).toFixed(digits)} ${UNITS[power - 1]}`;
+}
+
+/** `45 s`, `12 min`, `3 h 12 min`, `2 d 5 h` from milliseconds. */
+export function duration(ms: number): string {
+  const secs = Math.max(0, Math.floor(ms / 1000));
+  if (secs < 60) return `${secs} s`;
+  if (secs < 3600) return `${Math.floor(secs / 60)} min`;
+  if (secs < 86400) return `${Math.floor(secs / 3600)} h ${Math.floor((secs % 3600) / 60)} min`;
+  return `${Math.floor(secs / 86400)} d ${Math.floor((secs % 86400) / 3600)} h`;
 }
 
 /** A time of day from Unix milliseconds, with seconds: `10:42:07`. */
