@@ -6,7 +6,7 @@
 // live stream.
 
 import { useState } from 'preact/hooks';
-import { ApiError, api, asApiError, seg } from '../api';
+import { ApiError, api, seg } from '../api';
 import { useAction, useLive, useResource, useTitle } from '../hooks';
 import {
   ALERTS_PREFIX,
@@ -51,25 +51,16 @@ function SilenceForm({ alert, onDone }: { alert: AlertInfo; onDone: () => void }
   );
   const [duration, setDuration] = useState('2h');
   const [comment, setComment] = useState('');
-  const [busy, setBusy] = useState(false);
-  const [error, setLocalError] = useState<ApiError | null>(null);
-  const submit = async (event: Event) => {
+  const { busy, error, run } = useAction();
+  const submit = (event: Event) => {
     event.preventDefault();
-    setLocalError(null);
-    const list = matchers
-      .split('\n')
-      .map((m) => m.trim())
-      .filter(Boolean);
-    if (!list.length) {
-      setLocalError(new ApiError(0, 'invalid', 'A silence needs a matcher.', 'e.g. rule=disk-full, one a line.'));
-      return;
-    }
-    if (!comment.trim()) {
-      setLocalError(new ApiError(0, 'invalid', 'Say why in the comment.', 'Whoever sees the silence reads it.'));
-      return;
-    }
-    setBusy(true);
-    try {
+    void run(async () => {
+      const list = matchers
+        .split('\n')
+        .map((m) => m.trim())
+        .filter(Boolean);
+      if (!list.length) throw new ApiError(0, 'invalid', 'A silence needs a matcher.', 'e.g. rule=disk-full, one a line.');
+      if (!comment.trim()) throw new ApiError(0, 'invalid', 'Say why in the comment.', 'Whoever sees the silence reads it.');
       await api<Silence>('POST', '/v1/alerts/silences', {
         matchers: list,
         duration: duration.trim(),
@@ -77,11 +68,7 @@ function SilenceForm({ alert, onDone }: { alert: AlertInfo; onDone: () => void }
         created_by: 'dashboard',
       });
       onDone();
-    } catch (failure) {
-      setLocalError(asApiError(failure));
-    } finally {
-      setBusy(false);
-    }
+    });
   };
   const id = `silence-${alert.fingerprint}`;
   return (

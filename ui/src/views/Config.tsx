@@ -5,7 +5,7 @@
 // the live stream.
 
 import { useEffect, useRef, useState } from 'preact/hooks';
-import { ApiError, api, asApiError, seg } from '../api';
+import { ApiError, api, seg } from '../api';
 import { useAction, useLive, useResource, useTitle } from '../hooks';
 import {
   CONFIG_PREFIX,
@@ -67,8 +67,7 @@ function SetForm({ draft, onDone }: { draft: Draft & { seq: number }; onDone: ()
   const [layer, setLayer] = useState(draft.layer);
   const [key, setKey] = useState(draft.key);
   const [text, setText] = useState(draft.text);
-  const [busy, setBusy] = useState(false);
-  const [error, setLocalError] = useState<ApiError | null>(null);
+  const { busy, error, run, clear } = useAction();
   const [done, setDone] = useState<string | null>(null);
   const valueInput = useRef<HTMLTextAreaElement>(null);
   // An entry's Edit button fills the form in, and moves focus to its value.
@@ -78,19 +77,14 @@ function SetForm({ draft, onDone }: { draft: Draft & { seq: number }; onDone: ()
     setKey(draft.key);
     setText(draft.text);
     setDone(null);
-    setLocalError(null);
+    clear();
     valueInput.current?.focus();
   }, [draft.seq]);
-  const submit = async (event: Event) => {
+  const submit = (event: Event) => {
     event.preventDefault();
     setDone(null);
-    setLocalError(null);
-    if (!key.trim()) {
-      setLocalError(new ApiError(0, 'invalid', 'The entry needs a key.', 'A dotted key, e.g. shop.greeting.'));
-      return;
-    }
-    setBusy(true);
-    try {
+    void run(async () => {
+      if (!key.trim()) throw new ApiError(0, 'invalid', 'The entry needs a key.', 'A dotted key, e.g. shop.greeting.');
       const written = await api<{ revision: number }>(
         'PUT',
         `/v1/config/entries/${seg(key.trim())}?layer=${seg(layer.trim() || 'global')}`,
@@ -98,11 +92,7 @@ function SetForm({ draft, onDone }: { draft: Draft & { seq: number }; onDone: ()
       );
       setDone(`Set ${key.trim()} in ${layer.trim() || 'global'} at revision ${written.revision}.`);
       onDone();
-    } catch (failure) {
-      setLocalError(asApiError(failure));
-    } finally {
-      setBusy(false);
-    }
+    });
   };
   return (
     <form class="config-form" aria-label="Set an entry" onSubmit={submit}>
@@ -388,21 +378,18 @@ function Diff({ revisions }: { revisions: number[] }) {
     setTo((old) => (has(old) ? old : revisions[0] !== undefined ? String(revisions[0]) : ''));
   }, [listed]);
   const [diff, setDiff] = useState<ConfigDiff | null>(null);
-  const [error, setLocalError] = useState<ApiError | null>(null);
-  const [busy, setBusy] = useState(false);
-  const show = async (event: Event) => {
+  const { busy, error, run } = useAction();
+  const show = (event: Event) => {
     event.preventDefault();
-    setLocalError(null);
-    setBusy(true);
-    try {
+    void run(async () => {
       const query = `from=${seg(from)}${to ? `&to=${seg(to)}` : ''}`;
-      setDiff(await api<ConfigDiff>('GET', `/v1/config/diff?${query}`));
-    } catch (failure) {
-      setDiff(null);
-      setLocalError(asApiError(failure));
-    } finally {
-      setBusy(false);
-    }
+      try {
+        setDiff(await api<ConfigDiff>('GET', `/v1/config/diff?${query}`));
+      } catch (failure) {
+        setDiff(null);
+        throw failure;
+      }
+    });
   };
   const options = (
     <>

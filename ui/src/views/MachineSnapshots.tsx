@@ -3,7 +3,7 @@
 // follows `snapshots/` in the event stream.
 
 import { useState } from 'preact/hooks';
-import { type ApiError, asApiError, type Machine as MachineRecord } from '../api';
+import { type Machine as MachineRecord } from '../api';
 import { useAction, useResource } from '../hooks';
 import { NAME_PATTERN, type Snapshot, deleteSnapshot, restoreSnapshot, snapshotName, takeSnapshot } from '../machines';
 import { ErrorNote, ago, bytes } from './common';
@@ -13,38 +13,37 @@ const NAME_TITLE = '1 to 63 lowercase letters, digits and dashes, not starting o
 
 type Outcome = { kind: 'taken'; snapshot: Snapshot } | { kind: 'restored'; machine: string; from: string } | null;
 
+/** A snapshot's or a machine's name, checked by the browser against the
+ * daemon's rule before anything is sent. */
+function NameField(props: { label: string; field: string; value: string; set: (v: string) => void; disabled: boolean }) {
+  return (
+    <label class="field">
+      {props.label}
+      <input
+        name={props.field}
+        value={props.value}
+        required
+        pattern={NAME_PATTERN}
+        maxLength={63}
+        title={NAME_TITLE}
+        autoFocus
+        disabled={props.disabled}
+        onInput={(e) => props.set((e.target as HTMLInputElement).value)}
+      />
+    </label>
+  );
+}
+
 function TakeForm({ machine, done, cancel }: { machine: string; done: (s: Snapshot) => void; cancel: () => void }) {
   const [name, setName] = useState(() => snapshotName(machine));
-  const [busy, setBusy] = useState(false);
-  const [error, setError] = useState<ApiError | null>(null);
-  const submit = async (event: Event) => {
+  const { busy, error, run } = useAction();
+  const submit = (event: Event) => {
     event.preventDefault();
-    setBusy(true);
-    setError(null);
-    try {
-      done(await takeSnapshot(machine, name));
-    } catch (e) {
-      setError(asApiError(e));
-    } finally {
-      setBusy(false);
-    }
+    void run(async () => done(await takeSnapshot(machine, name)));
   };
   return (
     <form class="snapshot-form" aria-label={`Take a snapshot of ${machine}`} onSubmit={submit}>
-      <label class="field">
-        Snapshot name
-        <input
-          name="snapshot"
-          value={name}
-          required
-          pattern={NAME_PATTERN}
-          maxLength={63}
-          title={NAME_TITLE}
-          autoFocus
-          disabled={busy}
-          onInput={(e) => setName((e.target as HTMLInputElement).value)}
-        />
-      </label>
+      <NameField label="Snapshot name" field="snapshot" value={name} set={setName} disabled={busy} />
       <p class="drop-hint">The machine is paused, its memory and disk are saved, and it stops.</p>
       <div class="actions">
         <button type="submit" disabled={busy}>
@@ -67,36 +66,14 @@ function TakeForm({ machine, done, cancel }: { machine: string; done: (s: Snapsh
 
 function RestoreForm({ snapshot, done, cancel }: { snapshot: Snapshot; done: (m: string) => void; cancel: () => void }) {
   const [name, setName] = useState('');
-  const [busy, setBusy] = useState(false);
-  const [error, setError] = useState<ApiError | null>(null);
-  const submit = async (event: Event) => {
+  const { busy, error, run } = useAction();
+  const submit = (event: Event) => {
     event.preventDefault();
-    setBusy(true);
-    setError(null);
-    try {
-      done((await restoreSnapshot(snapshot.name, name)).name);
-    } catch (e) {
-      setError(asApiError(e));
-    } finally {
-      setBusy(false);
-    }
+    void run(async () => done((await restoreSnapshot(snapshot.name, name)).name));
   };
   return (
     <form class="snapshot-form" aria-label={`Restore ${snapshot.name} as a new machine`} onSubmit={submit}>
-      <label class="field">
-        New machine’s name
-        <input
-          name="machine"
-          value={name}
-          required
-          pattern={NAME_PATTERN}
-          maxLength={63}
-          title={NAME_TITLE}
-          autoFocus
-          disabled={busy}
-          onInput={(e) => setName((e.target as HTMLInputElement).value)}
-        />
-      </label>
+      <NameField label="New machine’s name" field="machine" value={name} set={setName} disabled={busy} />
       <div class="actions">
         <button type="submit" disabled={busy}>
           {busy ? 'Restoring…' : 'Restore'}

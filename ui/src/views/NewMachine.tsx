@@ -3,7 +3,9 @@
 // starts it at once unless told not to, then opens its page.
 
 import { useEffect, useState } from 'preact/hooks';
-import { ApiError, api, asApiError, seg } from '../api';
+import { api, asApiError, seg } from '../api';
+import { setError as showError } from '../errors';
+import { useAction } from '../hooks';
 import { navigate } from '../nav';
 import { ErrorNote, bytes } from './common';
 
@@ -30,23 +32,22 @@ export function NewMachine() {
   const [network, setNetwork] = useState('default');
   const [ports, setPorts] = useState('');
   const [start, setStart] = useState(true);
-  const [busy, setBusy] = useState(false);
-  const [error, setError] = useState<ApiError | null>(null);
+  const { busy, error, run } = useAction();
 
   useEffect(() => {
     // Images live on the daemon's disk, not in the store: read once here.
+    // What cannot be read goes to the banner, as a view's lists do.
     api<{ images: Image[] }>('GET', '/v1/images')
       .then((body) => setImages(body.images))
-      .catch((failure) => setError(asApiError(failure)));
+      .catch((failure) => showError(asApiError(failure)));
     api<{ networks: { name: string }[] }>('GET', '/v1/networks')
       .then((body) => setNetworks(body.networks.map((n) => n.name)))
-      .catch((failure) => setError(asApiError(failure)));
+      .catch((failure) => showError(asApiError(failure)));
   }, []);
 
   const chosen = image || images?.[0]?.name || '';
-  const create = async (event: Event) => {
+  const create = (event: Event) => {
     event.preventDefault();
-    setError(null);
     const body: Record<string, unknown> = {
       image: chosen,
       cpus: Number(cpus),
@@ -57,14 +58,10 @@ export function NewMachine() {
     if (name.trim()) body.name = name.trim();
     if (network === '') body.no_network = true;
     else if (network !== 'default') body.networks = [{ network }];
-    setBusy(true);
-    try {
+    void run(async () => {
       const made = await api<{ name: string }>('POST', '/v1/machines', body);
       navigate(`/ui/machines/${seg(made.name)}`);
-    } catch (failure) {
-      setError(asApiError(failure));
-      setBusy(false);
-    }
+    });
   };
 
   if (images !== null && images.length === 0) {

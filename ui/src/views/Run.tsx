@@ -3,8 +3,8 @@
 // for what), its log, and the signal, migrate and cancel forms.
 
 import { useEffect, useState } from 'preact/hooks';
-import { ApiError, api, asApiError, seg, type RunDetail, type RunLogLine, type RunSummary } from '../api';
-import { useLive, useResource, useTitle } from '../hooks';
+import { ApiError, api, seg, type RunDetail, type RunLogLine, type RunSummary } from '../api';
+import { useAction, useLive, useResource, useTitle } from '../hooks';
 import { ErrorNote, LiveBadge, ago, clock } from './common';
 
 /** The signal a run waits for, from its `waiting_for` (`signal "vote" (until 7 d)`). */
@@ -70,33 +70,23 @@ function SignalForm({ run, onSent }: { run: RunSummary; onSent: () => void }) {
   const awaited = awaitedSignal(run);
   const [name, setName] = useState(awaited ?? '');
   const [data, setData] = useState('');
-  const [busy, setBusy] = useState(false);
-  const [error, setError] = useState<ApiError | null>(null);
+  const { busy, error, run: act } = useAction();
   const [sent, setSent] = useState<string | null>(null);
   // Fill in the signal the run waits for, unless something was typed.
   useEffect(() => {
     if (awaited && !name) setName(awaited);
   }, [awaited]);
-  const send = async (event: Event) => {
+  const send = (event: Event) => {
     event.preventDefault();
-    setError(null);
     setSent(null);
-    const signal = name.trim() || awaited || '';
-    if (!signal) {
-      setError(new ApiError(0, 'invalid', 'The signal needs a name.', 'Use the name the workflow waits for.'));
-      return;
-    }
-    setBusy(true);
-    try {
+    void act(async () => {
+      const signal = name.trim() || awaited || '';
+      if (!signal) throw new ApiError(0, 'invalid', 'The signal needs a name.', 'Use the name the workflow waits for.');
       await api('POST', `/v1/runs/${seg(run.id)}/signals`, { name: signal, data });
       setSent(signal);
       setData('');
       onSent();
-    } catch (failure) {
-      setError(asApiError(failure));
-    } finally {
-      setBusy(false);
-    }
+    });
   };
   return (
     <form class="signal" aria-label="Send a signal" onSubmit={send}>
@@ -139,21 +129,15 @@ function SignalForm({ run, onSent }: { run: RunSummary; onSent: () => void }) {
 }
 
 function CancelButton({ run, onDone }: { run: RunSummary; onDone: () => void }) {
-  const [busy, setBusy] = useState(false);
-  const [error, setError] = useState<ApiError | null>(null);
-  const cancel = async () => {
-    if (!confirm(`Cancel run ${run.id}? It stops where it is and does not resume.`)) return;
-    setBusy(true);
-    setError(null);
-    try {
-      await api('POST', `/v1/runs/${seg(run.id)}/cancel`);
-      onDone();
-    } catch (failure) {
-      setError(asApiError(failure));
-    } finally {
-      setBusy(false);
-    }
-  };
+  const { busy, error, run: act } = useAction();
+  const cancel = () =>
+    act(
+      async () => {
+        await api('POST', `/v1/runs/${seg(run.id)}/cancel`);
+        onDone();
+      },
+      { confirm: `Cancel run ${run.id}? It stops where it is and does not resume.` },
+    );
   return (
     <div>
       <button type="button" class="danger" disabled={busy} onClick={cancel}>
@@ -173,8 +157,7 @@ function MigrateForm({ run, onDone }: { run: RunSummary; onDone: () => void }) {
   );
   const others = (data?.versions ?? []).filter((v) => v.number !== run.version);
   const [version, setVersion] = useState('');
-  const [busy, setBusy] = useState(false);
-  const [error, setError] = useState<ApiError | null>(null);
+  const { busy, error, run: act } = useAction();
   const [moved, setMoved] = useState<number | null>(null);
   if (data === null) return null;
   if (others.length === 0) {
@@ -186,19 +169,13 @@ function MigrateForm({ run, onDone }: { run: RunSummary; onDone: () => void }) {
     );
   }
   const chosen = version || String(others[others.length - 1].number);
-  const migrate = async (event: Event) => {
+  const migrate = (event: Event) => {
     event.preventDefault();
-    setBusy(true);
-    setError(null);
-    try {
+    void act(async () => {
       await api('POST', `/v1/runs/${seg(run.id)}/migrate`, { version: Number(chosen) });
       setMoved(Number(chosen));
       onDone();
-    } catch (failure) {
-      setError(asApiError(failure));
-    } finally {
-      setBusy(false);
-    }
+    });
   };
   return (
     <form class="migrate" aria-label="Migrate the run" onSubmit={migrate}>

@@ -176,31 +176,26 @@ function History({ name, detail }: { name: string; detail: ServiceDetail }) {
 
 function ScaleForm({ name, count, reload }: { name: string; count: number; reload: () => void }) {
   const [value, setValue] = useState(String(count));
-  const [busy, setBusy] = useState(false);
-  const [error, setLocalError] = useState<ApiError | null>(null);
+  const { busy, error, run } = useAction();
   const [done, setDone] = useState<string | null>(null);
-  const submit = async (event: Event) => {
+  const submit = (event: Event) => {
     event.preventDefault();
     setDone(null);
-    setLocalError(null);
     const next = Number(value);
-    if (!Number.isInteger(next) || next < 0) {
-      setLocalError(new ApiError(0, 'invalid', `${value} is not a count.`, 'Give a whole number of machines, 0 or more.'));
-      return;
-    }
-    if (next < count && !confirm(`Scale ${name} from ${count} to ${next}? ${count - next} machine(s) will be removed.`)) {
-      return;
-    }
-    setBusy(true);
-    try {
-      await api('PUT', `/v1/services/${seg(name)}/count`, { count: next });
-      setDone(`${name} now keeps ${next}.`);
-    } catch (failure) {
-      setLocalError(asApiError(failure));
-    } finally {
-      setBusy(false);
-      reload();
-    }
+    const valid = Number.isInteger(next) && next >= 0;
+    const removes = valid && next < count;
+    void run(
+      async () => {
+        if (!valid) throw new ApiError(0, 'invalid', `${value} is not a count.`, 'Give a whole number of machines, 0 or more.');
+        try {
+          await api('PUT', `/v1/services/${seg(name)}/count`, { count: next });
+          setDone(`${name} now keeps ${next}.`);
+        } finally {
+          reload();
+        }
+      },
+      removes ? { confirm: `Scale ${name} from ${count} to ${next}? ${count - next} machine(s) will be removed.` } : {},
+    );
   };
   return (
     <form class="inline-form" aria-label="Scale the service" onSubmit={submit}>

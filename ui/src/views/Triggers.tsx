@@ -3,7 +3,7 @@
 // or webhook) and the API's own can be removed.
 
 import { useState } from 'preact/hooks';
-import { ApiError, api, asApiError, seg } from '../api';
+import { api, seg } from '../api';
 import { useAction, useResource } from '../hooks';
 import { ErrorNote, ago } from './common';
 
@@ -70,11 +70,9 @@ function AddTrigger({ app, onAdded }: { app: string; onAdded: () => void }) {
   const [prefix, setPrefix] = useState('');
   const [path, setPath] = useState('');
   const [secret, setSecret] = useState('');
-  const [busy, setBusy] = useState(false);
-  const [error, setError] = useState<ApiError | null>(null);
-  const add = async (event: Event) => {
+  const { busy, error, run } = useAction();
+  const add = (event: Event) => {
     event.preventDefault();
-    setError(null);
     const body: Record<string, string> = { kind };
     if (kind === 'cron') {
       body.schedule = schedule.trim();
@@ -83,19 +81,14 @@ function AddTrigger({ app, onAdded }: { app: string; onAdded: () => void }) {
     if (kind === 'event') body.prefix = prefix.trim();
     if (path.trim()) body.path = path.trim();
     if (kind === 'webhook' && secret) body.secret = secret;
-    setBusy(true);
-    try {
+    void run(async () => {
       await api('POST', `/v1/apps/${seg(app)}/triggers`, body);
       setSchedule('');
       setPrefix('');
       setPath('');
       setSecret('');
       onAdded();
-    } catch (failure) {
-      setError(asApiError(failure));
-    } finally {
-      setBusy(false);
-    }
+    });
   };
   const input = (label: string, value: string, set: (v: string) => void, placeholder: string, type = 'text') => (
     <label class="field">

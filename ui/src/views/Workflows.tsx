@@ -1,6 +1,6 @@
 import { useState } from 'preact/hooks';
-import { ApiError, api, asApiError, seg, type RunStatus, type RunSummary as Run } from '../api';
-import { useLive, useResource, useTitle } from '../hooks';
+import { ApiError, api, seg, type RunStatus, type RunSummary as Run } from '../api';
+import { useAction, useLive, useResource, useTitle } from '../hooks';
 import { navigate } from '../nav';
 import { ErrorNote, LiveBadge, ago, list } from './common';
 
@@ -27,31 +27,24 @@ function StartRun({ workflows }: { workflows: Workflow[] }) {
   const [workflow, setWorkflow] = useState('');
   const [id, setId] = useState('');
   const [input, setInput] = useState('');
-  const [busy, setBusy] = useState(false);
-  const [error, setError] = useState<ApiError | null>(null);
+  const { busy, error, run: act } = useAction();
   const chosen = workflow || workflows[0]?.name || '';
-  const start = async (event: Event) => {
+  const start = (event: Event) => {
     event.preventDefault();
-    setError(null);
-    if (input.trim()) {
-      try {
-        JSON.parse(input);
-      } catch (failure) {
-        const why = failure instanceof Error ? failure.message : String(failure);
-        setError(new ApiError(0, 'invalid_json', `The input is not JSON: ${why}.`, 'Fix the input, or leave it empty.'));
-        return;
+    void act(async () => {
+      if (input.trim()) {
+        try {
+          JSON.parse(input);
+        } catch (failure) {
+          const why = failure instanceof Error ? failure.message : String(failure);
+          throw new ApiError(0, 'invalid_json', `The input is not JSON: ${why}.`, 'Fix the input, or leave it empty.');
+        }
       }
-    }
-    setBusy(true);
-    try {
       const body: { input: string; id?: string } = { input: input.trim() };
       if (id.trim()) body.id = id.trim();
       const run = await api<Run>('POST', `/v1/workflows/${seg(chosen)}/runs`, body);
       navigate(`/ui/runs/${seg(run.id)}`);
-    } catch (failure) {
-      setError(asApiError(failure));
-      setBusy(false);
-    }
+    });
   };
   return (
     <form class="start-run" aria-label="Start a run" onSubmit={start}>
