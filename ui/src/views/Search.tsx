@@ -1,8 +1,9 @@
 // Global search, in the header of every page: machines, apps, workflows,
-// runs, networks and services by name, id or address. The lists
-// are read when the box is used and again when the live stream shows one
-// of them change; matching happens here, as the user types. `/` focuses
-// the box from anywhere.
+// runs, networks and services by name, id or address. The live stream
+// marks a list stale when it changes; stale lists are read when the box
+// takes focus, and as they change while it has it, so pages where nobody
+// searches read nothing. Matching happens here, as the user types. `/`
+// focuses the box from anywhere.
 
 import { useEffect, useMemo, useRef, useState } from 'preact/hooks';
 import { ApiError, api, seg, type Machine } from '../api';
@@ -188,9 +189,9 @@ export function Search() {
   const [query, setQuery] = useState('');
   const [open, setOpen] = useState(false);
   const [active, setActive] = useState(0);
-  const [used, setUsed] = useState(false);
+  const [focused, setFocused] = useState(false);
   const input = useRef<HTMLInputElement>(null);
-  const { hits, failed, retry } = useIndex(used);
+  const { hits, failed, retry } = useIndex(focused);
   const found = matches(hits, query);
 
   // `/` anywhere but in a field focuses the search.
@@ -249,11 +250,14 @@ export function Search() {
         aria-activedescendant={showing && found.length ? option(Math.min(active, found.length - 1)) : undefined}
         value={query}
         onFocus={() => {
-          setUsed(true);
+          setFocused(true);
           retry();
           setOpen(true);
         }}
-        onBlur={() => setOpen(false)}
+        onBlur={() => {
+          setFocused(false);
+          setOpen(false);
+        }}
         onInput={(e) => {
           setQuery((e.target as HTMLInputElement).value);
           setActive(0);
