@@ -116,7 +116,15 @@ async function config(page, csrf) {
   // Changed from the page: Edit fills the form in.
   await page.getByRole('button', { name: 'Edit ops.greeting in global' }).click();
   const form = page.getByRole('form', { name: 'Set an entry' });
-  check((await form.getByLabel('Key').inputValue()) === 'ops.greeting', 'Edit did not fill the key in');
+  // The form is filled in by an effect after the click's render: wait for it.
+  const filled = await form
+    .getByLabel('Key')
+    .evaluate((input, want) => new Promise((resolve) => {
+      const deadline = Date.now() + 10_000;
+      const look = () => (input.value === want || Date.now() > deadline ? resolve(input.value) : requestAnimationFrame(look));
+      look();
+    }), 'ops.greeting');
+  check(filled === 'ops.greeting', 'Edit did not fill the key in');
   await form.getByLabel(/^Value/).fill('bonjour');
   await form.getByRole('button', { name: 'Set entry' }).click();
   await form.getByRole('status').filter({ hasText: 'Set ops.greeting in global' }).waitFor({ timeout: WAIT_MS });
