@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::paths;
 
+mod host_name;
 mod store;
 
 use store::{OpenedStore, StoreArgs, open_store};
@@ -58,6 +59,10 @@ pub(crate) struct ServeArgs {
     /// Whether the default network reaches the outside through NAT.
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     default_network_nat: bool,
+
+    /// The name this host goes by among the hosts that share a store (a DNS label) [default: the system's hostname]. Kept in the data dir at the first start.
+    #[arg(long, value_name = "NAME", env = "HEARTH_HOST_NAME", value_parser = host_name::parse)]
+    host_name: Option<String>,
 
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Pretty, env = "HEARTH_LOG_FORMAT")]
@@ -213,6 +218,7 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
     // socket does must stop the daemon cleanly, not kill it.
     let signals = Signals::install()?;
     prepare_data_dir(data_dir)?;
+    let host_name = host_name::resolve(data_dir, args.host_name)?;
     let budget = connection_budget()?;
 
     let opened = open_store(data_dir, args.store).await?;
@@ -419,6 +425,7 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
     }
     tracing::info!(
         version = hearth_api::VERSION,
+        host = %host_name,
         data_dir = %data_dir.display(),
         socket = %socket_path.display(),
         tcp = tcp_addr.map(|a| a.to_string()),
