@@ -136,12 +136,18 @@ impl From<hearth_store::Error> for ApiError {
                     "the daemon's access to etcd is refused, not this request: check --store-user/--store-password-file and the user's role",
                 )
             }
+            E::Fenced { .. } => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_leader",
+                message,
+                "this host lost its leadership while acting; the new leader acts instead: retry",
+            ),
             E::Refused { .. } => Self::bad_request(
                 "store_refused",
                 message,
                 "change the request as the message says; etcd's limits are stricter than the embedded store's",
             ),
-            E::Open { .. } | E::Locked { .. } | E::Backend(_) | E::Corrupt(_) => {
+            E::Open { .. } | E::Locked { .. } | E::Backend(_) | E::Corrupt(_) | E::UnfencedWrite { .. } => {
                 tracing::error!(error = %display_chain(&error), "Store operation failed.");
                 Self::internal(display_chain(&error))
             }

@@ -22,6 +22,7 @@ mod validate;
 pub mod acts;
 pub mod bench;
 pub mod etcd;
+pub mod fenced;
 pub mod follow;
 pub mod redb;
 pub mod testing;
@@ -31,6 +32,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
+pub use fenced::Fenced;
 pub use follow::{Change, Follower};
 pub use types::{
     Compare, CompareOp, CompareTarget, Event, EventKind, KeyValue, Lease, LeaseId, Op, OpResponse, Range,
@@ -172,6 +174,23 @@ pub enum Error {
     /// request's.
     #[error("etcd refused access: {reason}")]
     Denied { reason: String },
+
+    /// A [`Fenced`] store refused a write because its fence no longer
+    /// holds: `key` was deleted (its lease expired or was revoked) or
+    /// created again by another host, so this daemon is no longer the
+    /// leader. Nothing was written.
+    #[error(
+        "this daemon is no longer the leader (its key {key:?} no longer has create revision {token}), so its write was refused; the new leader takes over"
+    )]
+    Fenced { key: String, token: Revision },
+
+    /// A transaction given to a [`Fenced`] store writes in its failure
+    /// branch, which runs exactly when the fence is broken. A bug in the
+    /// caller; nothing was sent to the store.
+    #[error(
+        "a fenced transaction writes {key:?} in its failure branch, which runs when the fence is broken; only reads may go there"
+    )]
+    UnfencedWrite { key: String },
 }
 
 /// Limits shared by every backend, so that behaviour does not change with the

@@ -130,6 +130,13 @@ impl Compare {
     pub fn mod_revision(key: impl Into<String>, rev: Revision) -> Self {
         Self::new(key, CompareOp::Equal, CompareTarget::ModRevision(rev))
     }
+
+    /// The key was (last) created at exactly `rev` (0: does not exist):
+    /// the same key deleted and created again has a higher one, so this
+    /// holds only while the very key that was read stands.
+    pub fn create_revision(key: impl Into<String>, rev: Revision) -> Self {
+        Self::new(key, CompareOp::Equal, CompareTarget::CreateRevision(rev))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,6 +5,7 @@
 
 mod store_bench;
 mod store_etcd;
+mod store_fenced;
 mod store_follow;
 mod store_kv;
 mod store_lease;
