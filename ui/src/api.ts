@@ -132,10 +132,12 @@ export interface Status {
 
 export interface Machine {
   name: string;
+  /** The host that runs it; null for a machine from before hosts. */
+  host?: string | null;
   image: string;
   backend: string;
   desired: 'running' | 'stopped';
-  state: 'created' | 'starting' | 'running' | 'stopping' | 'stopped' | 'failed';
+  state: 'created' | 'starting' | 'running' | 'stopping' | 'stopped' | 'failed' | 'lost';
   phase: string | null;
   reason: string | null;
   nics: { network: string; ip: string; dns_name: string }[];

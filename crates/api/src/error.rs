@@ -202,6 +202,22 @@ impl From<hearth_machines::Error> for ApiError {
                 );
                 Self::conflict(message, hint)
             }
+            E::Elsewhere { ref host, .. } => Self::new(
+                StatusCode::CONFLICT,
+                "machine_elsewhere",
+                message,
+                format!(
+                    "run this on host {host} (`hearth --host URL ...` with {host}'s daemon's address), where the machine's VM and disk are"
+                ),
+            ),
+            E::SnapshotElsewhere { ref host, .. } => Self::new(
+                StatusCode::CONFLICT,
+                "snapshot_elsewhere",
+                message,
+                format!(
+                    "run this on host {host} (`hearth --host URL ...` with {host}'s daemon's address), where the snapshot's files are"
+                ),
+            ),
             E::BackendUnavailable { .. } => Self::bad_request(
                 "backend_unavailable",
                 message,

@@ -283,6 +283,7 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
             data_dir: data_dir.to_owned(),
             cache_dir: cache_dir.clone(),
             agent: args.agent,
+            host: host_name.clone(),
         },
         host,
     )

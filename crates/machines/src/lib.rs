@@ -6,7 +6,8 @@
 //! - [`image`]: root file systems from OCI registries or debootstrap.
 //! - [`vmm`]: VM processes (QEMU with KVM or TCG; Firecracker with KVM).
 //! - [`record`] and [`service`]: machine records in the store, and the
-//!   reconcile loop that makes VMs match them.
+//!   reconcile loop that makes VMs match them. Each record names the host
+//!   that runs it; a service acts only on its own host's machines.
 
 pub mod guest;
 pub mod image;
@@ -19,7 +20,7 @@ pub mod vmm;
 
 use std::path::{Path, PathBuf};
 
-pub use service::{ConfigFeed, ConfigPayload, CreateRequest, Machines, Options};
+pub use service::{ConfigFeed, ConfigPayload, CreateRequest, Load, Machines, Options, mark_host_lost};
 
 /// What can go wrong with a machine. Messages are sentences that say what
 /// to do next; the API maps each variant onto a status and a hint.
@@ -51,6 +52,15 @@ pub enum Error {
 
     #[error("machine {name:?} is {state}")]
     StillRunning { name: String, state: &'static str },
+
+    /// The machine's VM and disk are on another host: what needs them
+    /// (exec, files, logs, snapshots) is done there.
+    #[error("machine {name:?} runs on host {host:?}")]
+    Elsewhere { name: String, host: String },
+
+    /// The snapshot's files are on another host's disk.
+    #[error("snapshot {name:?} is on host {host:?}")]
+    SnapshotElsewhere { name: String, host: String },
 
     #[error("backend {backend} cannot run here: {reason}")]
     BackendUnavailable { backend: vmm::Backend, reason: String },

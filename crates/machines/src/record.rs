@@ -23,6 +23,12 @@ pub fn key(name: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MachineRecord {
     pub name: String,
+    /// The host that runs the machine, and keeps its disk: only that host's
+    /// machines service acts on the VM. `None` in records made before hosts
+    /// shared a store; the first service that may take such a record writes
+    /// its own name in (see `service::hosts`).
+    #[serde(default)]
+    pub host: Option<String>,
     pub spec: Spec,
     pub desired: Desired,
     pub status: Status,
@@ -210,6 +216,10 @@ pub enum State {
     Stopping,
     Stopped,
     Failed,
+    /// Its host stopped answering (see [`crate::mark_host_lost`]): whether
+    /// the VM still runs is unknown, and its disk is out of reach until the
+    /// host is back, whose service then boots it again or stops it.
+    Lost,
 }
 
 impl State {
@@ -221,6 +231,7 @@ impl State {
             State::Stopping => "stopping",
             State::Stopped => "stopped",
             State::Failed => "failed",
+            State::Lost => "lost",
         }
     }
 
@@ -244,6 +255,12 @@ pub struct SnapshotRecord {
     pub name: String,
     /// The machine it was taken from.
     pub machine: String,
+    /// The host whose disk holds the snapshot's files (in
+    /// `DATA_DIR/snapshots/NAME`): the machine's host when it was taken. A
+    /// restore runs there. `None` for snapshots from before hosts shared a
+    /// store, taken as this host's.
+    #[serde(default)]
+    pub host: Option<String>,
     /// The machine's spec: a restore must recreate the same virtual hardware.
     pub spec: Spec,
     /// Bytes on disk (state and disk overlay).
@@ -273,6 +290,12 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     hearth_store::names::check_label("machine", name, 63)
 }
 
+/// Checks the name of a host a machine runs on: a DNS label, as
+/// `hearth serve --host-name` takes.
+pub fn validate_host(name: &str) -> Result<(), String> {
+    hearth_store::names::check_label("host", name, 63)
+}
+
 pub(crate) fn now_unix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -289,6 +312,7 @@ mod tests {
             "boot_ms":null,"kernel":null,"started_at":null},"created_at":0}"#;
         let rec: MachineRecord = serde_json::from_str(old).expect("an old record parses");
         assert_eq!((rec.spec.restart, rec.spec.user, rec.status.main), (RestartPolicy::No, None, None));
+        assert_eq!(rec.host, None, "a record from before hosts has none");
     }
 
     #[test]

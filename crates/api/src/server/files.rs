@@ -61,7 +61,7 @@ fn agent_failure(error: hearth_agent::client::Error) -> ApiError {
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 204), (status = 400, body = ErrorBody),
         (status = 404, description = "No such machine", body = ErrorBody),
-        (status = 409, description = "Not running", body = ErrorBody),
+        (status = 409, description = "Not running, or it runs on another host", body = ErrorBody),
         (status = 413, description = "Larger than 1 GiB", body = ErrorBody)))]
 pub(crate) async fn put(
     State(state): State<AppState>,
@@ -145,7 +145,7 @@ impl Read for ChannelReader {
     params(("name" = String, Path), FileQuery),
     responses((status = 200, description = "The file's bytes", content_type = "application/octet-stream"),
         (status = 400, body = ErrorBody), (status = 404, description = "No such machine or file", body = ErrorBody),
-        (status = 409, description = "Not running", body = ErrorBody),
+        (status = 409, description = "Not running, or it runs on another host", body = ErrorBody),
         (status = 413, description = "Larger than 1 GiB", body = ErrorBody)))]
 pub(crate) async fn get(
     State(state): State<AppState>,

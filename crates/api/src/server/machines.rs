@@ -23,11 +23,14 @@ use crate::extract::{ApiJson, ApiQuery};
 
 const DEFAULT_MEMORY_MIB: u32 = 512;
 
-/// A machine's record as the wire shows it, with what the host observes
-/// of it beyond the record.
+/// A machine's record as the wire shows it, with what this host observes
+/// of it beyond the record, if it runs here.
 fn described(state: &AppState, r: MachineRecord) -> Machine {
+    let here = state.machines().runs_here(&r);
     let mut m = machine(r);
-    m.ports_problem = state.networks().forward_problem(&m.name);
+    if here {
+        m.ports_problem = state.networks().forward_problem(&m.name);
+    }
     m
 }
 
@@ -36,6 +39,7 @@ pub(crate) fn machine(r: MachineRecord) -> Machine {
     let name = r.name.clone();
     Machine {
         name: r.name,
+        host: r.host,
         image: r.spec.image,
         image_digest: r.spec.image_digest,
         backend: backend(r.spec.backend),
@@ -119,6 +123,7 @@ pub(crate) fn machine_state(state: record::State) -> MachineState {
         record::State::Stopping => MachineState::Stopping,
         record::State::Stopped => MachineState::Stopped,
         record::State::Failed => MachineState::Failed,
+        record::State::Lost => MachineState::Lost,
     }
 }
 
@@ -127,6 +132,7 @@ fn snapshot_info(s: SnapshotRecord) -> Snapshot {
     Snapshot {
         name: s.name,
         machine: s.machine,
+        host: s.host,
         image: s.spec.image,
         backend: backend(s.spec.backend),
         cpus: s.spec.cpus,
@@ -143,8 +149,9 @@ pub(crate) async fn list(State(state): State<AppState>) -> Result<axum::Json<Mac
     Ok(axum::Json(MachineList { machines: machines.into_iter().map(|m| described(&state, m)).collect() }))
 }
 
-/// Creates a machine and starts it. The answer comes at once, with state
-/// `created`; follow `/v1/events?prefix=machines/NAME` to watch it boot.
+/// Creates a machine and starts it, on the host `on` names or this one.
+/// The answer comes at once, with state `created`; follow
+/// `/v1/events?prefix=machines/NAME` to watch it boot.
 #[utoipa::path(post, path = "/v1/machines", tag = "machines", request_body = CreateMachine,
     responses((status = 201, body = Machine), (status = 400, body = ErrorBody),
         (status = 404, description = "The image is not here", body = ErrorBody),
@@ -219,6 +226,7 @@ pub(crate) async fn create(
     let restart = body.restart.as_deref().map(str::parse::<RestartPolicy>).transpose().map_err(|e| {
         ApiError::bad_request("invalid_field", format!("field `restart`: {e}"), "omit it for `no`")
     })?;
+    let host = choose_host(&state, body.on)?;
     state.services().check_published(&ports).await?;
     let service = match body.service.as_deref() {
         None => None,
@@ -246,6 +254,7 @@ pub(crate) async fn create(
             user: body.user,
             restart: restart.unwrap_or_default(),
             on_config_change: body.on_config_change,
+            host: Some(host),
         })
         .await?;
     if let Some((service, port)) = service
@@ -256,6 +265,25 @@ pub(crate) async fn create(
         return Err(error.into());
     }
     Ok((StatusCode::CREATED, axum::Json(machine(rec))))
+}
+
+/// The host a new machine runs on: the one asked for, or else this one.
+// The one place where a machine is placed: placement over the hosts'
+// registry takes the place of "this one" here.
+fn choose_host(state: &AppState, on: Option<String>) -> Result<String, ApiError> {
+    match on {
+        Some(host) => {
+            record::validate_host(&host).map_err(|why| {
+                ApiError::bad_request(
+                    "invalid_field",
+                    format!("field `on`: {why}"),
+                    "give the host name a daemon was started with (`hearth serve --host-name`), or omit it for this host",
+                )
+            })?;
+            Ok(host)
+        }
+        None => Ok(state.machines().host_name().to_owned()),
+    }
 }
 
 /// Reads `NAME:PORT` for a machine that joins a service, and checks that
@@ -323,7 +351,9 @@ pub(crate) async fn stop(
     Ok(axum::Json(machine(state.machines().stop(&name).await?)))
 }
 
-/// Removes a machine, its VM and its disk.
+/// Removes a machine, its VM and its disk. Asked of another host than
+/// the machine's, it removes the record, and the machine's host then
+/// stops the VM and deletes the disk.
 #[utoipa::path(delete, path = "/v1/machines/{name}", tag = "machines",
     params(("name" = String, Path), RemoveMachineQuery),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, description = "Running; use force", body = ErrorBody)))]
@@ -344,7 +374,8 @@ pub(crate) async fn remove(
 #[utoipa::path(get, path = "/v1/machines/{name}/logs", tag = "machines",
     params(("name" = String, Path), LogsQuery),
     responses((status = 200, description = "The logs", content_type = "text/plain"),
-        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "It runs on another host, which has its logs", body = ErrorBody)))]
 pub(crate) async fn logs(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -362,7 +393,8 @@ pub(crate) async fn logs(
             ));
         }
     };
-    state.machines().get(&name).await?;
+    // The logs are files on the machine's host.
+    state.machines().get_here(&name).await?;
     // The console holds the main process's lines too where it has no log
     // of its own (Firecracker): both are read whatever the source.
     let paths = [(true, state.machines().console_log(&name)), (false, state.machines().main_log(&name))];
@@ -434,7 +466,8 @@ pub(crate) async fn logs(
     params(("name" = String, Path)),
     responses((status = 101, description = "Switching to the WebSocket exec protocol"),
         (status = 400, description = "Not a WebSocket upgrade", body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, description = "Not running", body = ErrorBody)))]
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "Not running, or it runs on another host", body = ErrorBody)))]
 pub(crate) async fn exec(
     State(state): State<AppState>,
     Extension(caller): Extension<super::auth::Caller>,
@@ -464,7 +497,7 @@ pub(crate) async fn exec(
 #[utoipa::path(post, path = "/v1/machines/{name}/snapshot", tag = "machines",
     params(("name" = String, Path)), request_body = TakeSnapshot,
     responses((status = 201, body = Snapshot), (status = 404, body = ErrorBody),
-        (status = 409, description = "Not running, or the snapshot name is taken", body = ErrorBody)))]
+        (status = 409, description = "Not running, on another host, or the snapshot name is taken", body = ErrorBody)))]
 pub(crate) async fn snapshot(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -481,11 +514,12 @@ pub(crate) async fn snapshots(State(state): State<AppState>) -> Result<axum::Jso
     Ok(axum::Json(SnapshotList { snapshots: list.into_iter().map(snapshot_info).collect() }))
 }
 
-/// Creates a machine from a snapshot and resumes it where it was.
+/// Creates a machine from a snapshot and resumes it where it was, on the
+/// snapshot's host (whose disk holds it): ask that host's daemon.
 #[utoipa::path(post, path = "/v1/snapshots/{name}/restore", tag = "machines",
     params(("name" = String, Path)), request_body = RestoreSnapshot,
     responses((status = 201, body = Machine), (status = 404, body = ErrorBody),
-        (status = 409, description = "The machine name is taken", body = ErrorBody)))]
+        (status = 409, description = "The machine name is taken, or the snapshot is on another host", body = ErrorBody)))]
 pub(crate) async fn restore(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -497,7 +531,8 @@ pub(crate) async fn restore(
 
 /// Deletes a snapshot.
 #[utoipa::path(delete, path = "/v1/snapshots/{name}", tag = "machines",
-    params(("name" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody)))]
+    params(("name" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody),
+        (status = 409, description = "The snapshot is on another host", body = ErrorBody)))]
 pub(crate) async fn remove_snapshot(
     State(state): State<AppState>,
     Path(name): Path<String>,

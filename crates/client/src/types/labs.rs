@@ -15,6 +15,8 @@ wire_enum! {
         Stopping = "stopping",
         Stopped = "stopped",
         Failed = "failed",
+        /// Its host stopped answering.
+        Lost = "lost",
         /// The lab owns it, but it is gone.
         Missing = "missing",
     }
@@ -29,6 +31,7 @@ impl From<MachineState> for LabMachineState {
             MachineState::Stopping => LabMachineState::Stopping,
             MachineState::Stopped => LabMachineState::Stopped,
             MachineState::Failed => LabMachineState::Failed,
+            MachineState::Lost => LabMachineState::Lost,
         }
     }
 }

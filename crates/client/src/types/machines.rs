@@ -35,6 +35,9 @@ wire_enum! {
         Stopping = "stopping",
         Stopped = "stopped",
         Failed = "failed",
+        /// Its host stopped answering: whether it still runs is unknown,
+        /// and its disk is on that host, so it comes back when the host does.
+        Lost = "lost",
     }
 }
 
@@ -100,6 +103,10 @@ pub struct MachineConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Machine {
     pub name: String,
+    /// The host that runs it and keeps its disk; null for a machine made
+    /// before hosts shared a store, until a host adopts it.
+    #[serde(default)]
+    pub host: Option<String>,
     /// The image as named at creation.
     pub image: String,
     pub image_digest: String,
@@ -252,6 +259,10 @@ pub struct CreateMachine {
     /// instance answering on PORT, for as long as the machine exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+    /// The host to run it on (a `hearth serve --host-name`); default: the
+    /// host whose daemon is asked. The image must be in that host's cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<String>,
 }
 
 /// A network to join, optionally at a chosen address.
@@ -367,6 +378,10 @@ pub struct Snapshot {
     pub name: String,
     /// The machine it was taken from.
     pub machine: String,
+    /// The host whose disk holds it, where it is restored; null for a
+    /// snapshot from before hosts shared a store.
+    #[serde(default)]
+    pub host: Option<String>,
     pub image: String,
     pub backend: Backend,
     pub cpus: u32,

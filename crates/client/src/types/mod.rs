@@ -152,10 +152,13 @@ mod tests {
         check(StoreBackend::ALL, &["redb", "etcd"]);
         check(Backend::ALL, &["qemu-tcg", "qemu-kvm", "firecracker"]);
         check(Desired::ALL, &["running", "stopped"]);
-        check(MachineState::ALL, &["created", "starting", "running", "stopping", "stopped", "failed"]);
+        check(
+            MachineState::ALL,
+            &["created", "starting", "running", "stopping", "stopped", "failed", "lost"],
+        );
         check(
             LabMachineState::ALL,
-            &["created", "starting", "running", "stopping", "stopped", "failed", "missing"],
+            &["created", "starting", "running", "stopping", "stopped", "failed", "lost", "missing"],
         );
         check(FaultKind::ALL, &["partition", "delay", "loss"]);
         check(ImageSource::ALL, &["registry", "debootstrap"]);

@@ -75,9 +75,9 @@ pub(crate) fn feed_samples(monitor: &Monitor, metrics: &hearth_metrics::TimeSeri
 /// How often the machines' logs are read for the log rules.
 const MACHINE_LOG_POLL: Duration = Duration::from_millis(500);
 
-/// Reads what every machine writes to its console and main-process logs
-/// and hands each line to the log rules, as `machine:NAME` and, for a
-/// service's machine, as `service:NAME` too. A line reads as `hearth
+/// Reads what every machine of this host writes to its console and
+/// main-process logs and hands each line to the log rules, as
+/// `machine:NAME` and, for a service's machine, as `service:NAME` too. A line reads as `hearth
 /// machine logs` shows it: `console| ...` or `main out| ...`.
 ///
 /// Every machine's logs are followed, running or not, so a machine that
@@ -102,8 +102,10 @@ pub(crate) fn tail_machine_logs(
                 _ = tick.tick() => {}
             }
             let Ok(records) = machines.list().await else { continue };
+            // Another host's machines' logs are on that host, read by its daemon.
             let files: Vec<(String, u64, PathBuf, PathBuf)> = records
                 .iter()
+                .filter(|r| machines.runs_here(r))
                 .map(|r| {
                     (r.name.clone(), r.created_at, machines.console_log(&r.name), machines.main_log(&r.name))
                 })

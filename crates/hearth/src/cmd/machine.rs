@@ -109,6 +109,10 @@ pub(crate) struct RunArgs {
     /// qemu-tcg, qemu-kvm or firecracker (default: the best this host can run).
     #[arg(long)]
     backend: Option<String>,
+    /// Run it on this host (the name its daemon was started with, `hearth
+    /// serve --host-name`), which keeps its disk [default: the daemon's own].
+    #[arg(long, value_name = "HOST")]
+    on: Option<String>,
     /// Boot this bzImage instead of Debian's cloud kernel.
     #[arg(long, value_name = "PATH")]
     kernel: Option<PathBuf>,
@@ -224,12 +228,13 @@ pub(crate) async fn run(client: &Client, data_dir: &Path, command: Command) -> a
                 print_json(&list)?;
             } else {
                 let mut table = Table::new(vec![
-                    "NAME", "STATE", "IMAGE", "ADDRESS", "BACKEND", "CPUS", "MEMORY", "BOOT", "INFO",
+                    "NAME", "STATE", "HOST", "IMAGE", "ADDRESS", "BACKEND", "CPUS", "MEMORY", "BOOT", "INFO",
                 ]);
                 for m in list.machines {
                     table.row(vec![
                         m.name.clone(),
                         m.state.to_string(),
+                        m.host.clone().unwrap_or_else(|| "-".into()),
                         m.image.clone(),
                         m.nics.first().map(|n| n.ip.clone()).unwrap_or_else(|| "-".into()),
                         m.backend.to_string(),
@@ -261,15 +266,31 @@ pub(crate) async fn run(client: &Client, data_dir: &Path, command: Command) -> a
         }
         Command::Stop { name } => {
             client.stop_machine(&name).await?;
-            wait_for_state(client, &name, &["stopped", "failed"], "stopping", Duration::from_secs(60))
-                .await?;
-            println!("{name} is stopped");
+            let m = wait_for_state(
+                client,
+                &name,
+                &["stopped", "failed", "lost"],
+                "stopping",
+                Duration::from_secs(60),
+            )
+            .await?;
+            if m.state == "lost" {
+                println!("{name} is lost with its host; it stops when the host is back");
+            } else {
+                println!("{name} is stopped");
+            }
             Ok(0)
         }
         Command::Restart { name } => {
             client.stop_machine(&name).await?;
-            wait_for_state(client, &name, &["stopped", "failed"], "stopping", Duration::from_secs(60))
-                .await?;
+            wait_for_state(
+                client,
+                &name,
+                &["stopped", "failed", "lost"],
+                "stopping",
+                Duration::from_secs(60),
+            )
+            .await?;
             client.start_machine(&name).await?;
             let m = wait_until_settled(client, &name, Duration::from_secs(180)).await?;
             report_up(&m)
@@ -374,6 +395,7 @@ async fn run_machine(client: &Client, args: RunArgs) -> anyhow::Result<i32> {
             user: args.user.clone(),
             restart: Some(args.restart.clone()),
             on_config_change: args.on_config_change.clone(),
+            on: args.on.clone(),
         })
         .await?;
     let name = created.name.clone();
@@ -402,9 +424,11 @@ pub(crate) async fn ensure_image(client: &Client, image: &str) -> anyhow::Result
     super::image::follow_long_operation(stream).await.map(drop)
 }
 
-/// Waits for a machine to be running (or to fail), showing its boot phases.
+/// Waits for a machine to be running (or to fail, or to be lost with its
+/// host), showing its boot phases.
 async fn wait_until_settled(client: &Client, name: &str, limit: Duration) -> anyhow::Result<Machine> {
-    let m = wait_for_state(client, name, &["running", "failed", "stopped"], "starting", limit).await?;
+    let m =
+        wait_for_state(client, name, &["running", "failed", "stopped", "lost"], "starting", limit).await?;
     if m.state != "running" {
         bail!("machine {name} did not start: {}", m.reason.unwrap_or_else(|| format!("it is {}", m.state)));
     }
@@ -452,6 +476,7 @@ fn describe(m: &Machine) -> String {
     let mut out = String::new();
     let mut line = |k: &str, v: String| out.push_str(&format!("{k:<12}{v}\n"));
     line("name", m.name.clone());
+    line("host", m.host.clone().unwrap_or_else(|| "none yet (made before hosts shared a store)".into()));
     line("state", format!("{} (wanted: {})", m.state, m.desired));
     if let Some(phase) = &m.phase {
         line("phase", phase.clone());

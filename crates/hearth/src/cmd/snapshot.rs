@@ -26,11 +26,12 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<()>
             if json {
                 return print_json(&list);
             }
-            let mut table = Table::new(vec!["NAME", "MACHINE", "IMAGE", "BACKEND", "MEMORY", "SIZE"]);
+            let mut table = Table::new(vec!["NAME", "MACHINE", "HOST", "IMAGE", "BACKEND", "MEMORY", "SIZE"]);
             for s in list.snapshots {
                 table.row(vec![
                     s.name,
                     s.machine,
+                    s.host.unwrap_or_else(|| "-".into()),
                     s.image,
                     s.backend.to_string(),
                     format!("{}M", s.memory_mib),

@@ -24,6 +24,7 @@ mod events_stream;
 mod labs;
 mod machines_disk;
 mod machines_firecracker;
+mod machines_hosts;
 mod machines_image_pull;
 mod machines_lifecycle;
 mod machines_main;

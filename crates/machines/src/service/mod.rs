@@ -9,11 +9,19 @@
 //! VM processes are detached: they outlive the daemon. On start the loop
 //! adopts the ones still running and marks the others failed, with the reason.
 //!
+//! Hosts may share one store: each record names the host that runs the
+//! machine (its VM and its disk), and a service reconciles only its own
+//! host's records. The API of any host may change a record's desired state
+//! or remove it; the owning host's service acts on that. What needs the VM
+//! itself (exec, files, logs, snapshots) is refused with
+//! [`Error::Elsewhere`] on the other hosts.
+//!
 //! The rooms: this file holds the handle, its options and the public API
 //! (create, start, stop, remove, the agent); `reconcile` the loop; `boot`
 //! starting and stopping a VM process; `payload` what goes into the guest
 //! (kernel, initramfs, command line, disk); `kvm_probe` the KVM boot probe;
-//! `snapshot` pausing to disk and resuming.
+//! `snapshot` pausing to disk and resuming; `hosts` which host a machine
+//! belongs to, adopting records from before hosts, and lost hosts.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -32,6 +40,7 @@ use crate::vmm::{self, Backend, VmFiles};
 
 mod boot;
 mod config;
+mod hosts;
 mod kvm_probe;
 mod payload;
 mod reconcile;
@@ -39,6 +48,8 @@ mod snapshot;
 
 use boot::{connect_agent, kill_now};
 pub use config::{ConfigFeed, ConfigPayload};
+pub use hosts::{Load, mark_host_lost};
+use hosts::{find_record, update_record};
 use payload::{Payload, disk_file};
 
 /// Smallest memory a Debian guest boots in.
@@ -58,6 +69,10 @@ pub struct Options {
     pub cache_dir: PathBuf,
     /// The static guest agent; found next to the hearth binary if `None`.
     pub agent: Option<PathBuf>,
+    /// This daemon's host name: the service runs the machines whose
+    /// records name it, and new machines are recorded under it unless
+    /// asked otherwise.
+    pub host: String,
 }
 
 /// What `create` needs. `Default` gives 1 CPU, 512 MiB, started, restart
@@ -95,6 +110,9 @@ pub struct CreateRequest {
     /// What the agent does after the machine's config changed: `SIGHUP`
     /// (any signal name) to the main process, or a command.
     pub on_config_change: Option<String>,
+    /// The host to run it on (its service boots it, and keeps its disk);
+    /// `None`: this one.
+    pub host: Option<String>,
 }
 
 impl Default for CreateRequest {
@@ -118,6 +136,7 @@ impl Default for CreateRequest {
             user: None,
             restart: RestartPolicy::No,
             on_config_change: None,
+            host: None,
         }
     }
 }
@@ -144,6 +163,8 @@ pub struct Machines {
 
 struct Inner {
     store: Arc<dyn Store>,
+    /// This daemon's host (see [`Options::host`]).
+    host_name: String,
     networks: hearth_net::Networks,
     machines_dir: PathBuf,
     cache_dir: PathBuf,
@@ -173,11 +194,17 @@ struct Inner {
     config_queued: StdMutex<HashSet<String>>,
     /// The last config revision each machine's agent took.
     config_delivered: StdMutex<HashMap<String, u64>>,
+    /// The NICs of this host's machines as last read, to unplug their taps
+    /// once a machine's record is removed through another host.
+    nics: StdMutex<HashMap<String, Vec<hearth_net::record::Nic>>>,
 }
 
 impl std::fmt::Debug for Machines {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Machines").field("dir", &self.inner.machines_dir).finish_non_exhaustive()
+        f.debug_struct("Machines")
+            .field("host", &self.inner.host_name)
+            .field("dir", &self.inner.machines_dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -194,6 +221,7 @@ impl Machines {
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
+                host_name: options.host,
                 networks,
                 machines_dir,
                 cache_dir: options.cache_dir,
@@ -211,6 +239,7 @@ impl Machines {
                 config_locks: StdMutex::default(),
                 config_queued: StdMutex::default(),
                 config_delivered: StdMutex::default(),
+                nics: StdMutex::default(),
             }),
         })
     }
@@ -295,10 +324,7 @@ impl Machines {
     }
 
     async fn find(&self, name: &str) -> Result<Option<(MachineRecord, u64)>, Error> {
-        let Some(kv) = self.inner.store.get(&record::key(name)).await? else { return Ok(None) };
-        let rec: MachineRecord =
-            serde_json::from_slice(&kv.value).map_err(|e| Error::Corrupt(name.to_owned(), e))?;
-        Ok(Some((rec, kv.mod_revision)))
+        find_record(&*self.inner.store, name).await
     }
 
     pub async fn list(&self) -> Result<Vec<MachineRecord>, Error> {
@@ -318,25 +344,9 @@ impl Machines {
     async fn update(
         &self,
         name: &str,
-        mut change: impl FnMut(&mut MachineRecord) -> bool,
+        change: impl FnMut(&mut MachineRecord) -> bool,
     ) -> Result<Option<MachineRecord>, Error> {
-        for _ in 0..16 {
-            let Some((mut rec, revision)) = self.find(name).await? else { return Ok(None) };
-            if !change(&mut rec) {
-                return Ok(Some(rec));
-            }
-            let key = record::key(name);
-            let value = serde_json::to_vec(&rec).map_err(|e| Error::Corrupt(name.to_owned(), e))?;
-            let txn = Txn::new().when(Compare::mod_revision(&key, revision)).and_then(Op::Put {
-                key,
-                value,
-                lease: None,
-            });
-            if self.inner.store.txn(txn).await?.succeeded {
-                return Ok(Some(rec));
-            }
-        }
-        Err(Error::Contended(name.to_owned()))
+        update_record(&*self.inner.store, name, change).await
     }
 
     async fn set_status(&self, name: &str, f: impl Fn(&mut Status)) -> Result<Option<MachineRecord>, Error> {
@@ -351,6 +361,13 @@ impl Machines {
     /// Records a new machine and, unless asked not to, starts it.
     pub async fn create(&self, req: CreateRequest) -> Result<MachineRecord, Error> {
         record::validate_name(&req.name).map_err(Error::Invalid)?;
+        let host = match req.host {
+            Some(host) => {
+                record::validate_host(&host).map_err(Error::Invalid)?;
+                host
+            }
+            None => self.inner.host_name.clone(),
+        };
         if req.memory_mib < MIN_MEMORY_MIB {
             return Err(Error::Invalid(format!(
                 "{} MiB of memory is too little to boot Linux: give at least {MIN_MEMORY_MIB} MiB (--memory {MIN_MEMORY_MIB})",
@@ -439,6 +456,7 @@ impl Machines {
         }
         let rec = MachineRecord {
             name: req.name.clone(),
+            host: Some(host),
             spec: Spec {
                 image: req.image,
                 image_digest: image.digest.clone(),
@@ -560,12 +578,19 @@ impl Machines {
     }
 
     /// Removes a machine: its VM process, its directory and its record.
-    /// Without `force` a running machine is refused.
+    /// Without `force` a running machine is refused. A machine of another
+    /// host loses its record here, and that host's service stops its VM
+    /// and deletes its directory when it sees the record gone.
     pub async fn remove(&self, name: &str, force: bool) -> Result<(), Error> {
         record::validate_name(name).map_err(Error::Invalid)?;
         let guard = self.machine_lock(name);
         let _held = guard.lock().await;
         let found = self.find(name).await?;
+        if let Some((rec, _)) = &found
+            && !self.runs_here(rec)
+        {
+            return self.remove_elsewhere(rec, force).await;
+        }
         let dir = self.dir(name);
         if found.is_none() && !(force && dir.exists()) {
             return Err(Error::NotFound(name.to_owned()));
@@ -581,6 +606,7 @@ impl Machines {
         self.forget_agent(name);
         self.forget_config(name);
         lock(&self.inner.dialing).remove(name);
+        lock(&self.inner.nics).remove(name);
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         }
@@ -593,6 +619,22 @@ impl Machines {
             self.inner.store.delete(&record::key(name)).await?;
         }
         tracing::info!(machine = name, "Machine removed.");
+        Ok(())
+    }
+
+    /// Removes the record of a machine another host runs, with what of it
+    /// is in the store (addresses, faults). Without `force`, only a
+    /// machine whose record says it has no VM: its host's VM cannot be
+    /// looked at from here.
+    async fn remove_elsewhere(&self, rec: &MachineRecord, force: bool) -> Result<(), Error> {
+        let state = rec.status.state;
+        let no_vm = state.is_down() || state == State::Created;
+        if !force && !no_vm {
+            return Err(Error::StillRunning { name: rec.name.clone(), state: state.as_str() });
+        }
+        self.inner.networks.forget(&rec.name, &rec.spec.nics).await?;
+        self.inner.store.delete(&record::key(&rec.name)).await?;
+        tracing::info!(machine = rec.name, host = rec.host, "Removed the record of another host's machine.");
         Ok(())
     }
 
@@ -617,7 +659,7 @@ impl Machines {
 
     /// A connected agent client for a running machine.
     pub async fn agent(&self, name: &str) -> Result<Arc<AgentClient>, Error> {
-        let rec = self.get(name).await?;
+        let rec = self.get_here(name).await?;
         if rec.status.state != State::Running {
             return Err(Error::NotRunning { name: name.to_owned(), state: rec.status.state.as_str() });
         }

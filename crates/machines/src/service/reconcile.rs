@@ -2,6 +2,9 @@
 //! daemon (and fails the records whose VM is gone), then follows `machines/`
 //! in the store and kicks each changed machine towards its desired state,
 //! and checks once a second that running machines' processes still live.
+//! It acts on this host's machines only (see `hosts`): it adopts records
+//! from before hosts, and clears what it holds of machines that are not
+//! its own any more.
 
 use std::path::Path;
 use std::time::Duration;
@@ -10,6 +13,7 @@ use hearth_store::Follower;
 use tokio::sync::watch;
 
 use super::boot::console_tail;
+use super::hosts::Owner;
 use super::{Machines, lock};
 use crate::Error;
 use crate::record::{self, Desired, State};
@@ -52,11 +56,27 @@ impl Machines {
         }
     }
 
-    /// At start-up: running VMs whose records say so are adopted; records
+    /// At start-up: this host takes the records from before hosts that it
+    /// may; its running VMs whose records say so are adopted; its records
     /// that say running with no VM behind them are marked failed.
     async fn adopt_all(&self) -> Result<u64, Error> {
         let revision = self.inner.store.revision().await?;
         for rec in self.list().await? {
+            let rec = match self.owner(&rec) {
+                Owner::Here => rec,
+                Owner::Elsewhere(_) => continue,
+                Owner::Nobody => match self.adopt(&rec.name).await? {
+                    Some(rec) if self.owner(&rec) == Owner::Here => rec,
+                    Some(rec) if rec.host.is_none() => {
+                        tracing::info!(
+                            machine = rec.name,
+                            "A machine from before hosts ran, but not from this data dir; leaving it for the host that ran it."
+                        );
+                        continue;
+                    }
+                    _ => continue,
+                },
+            };
             let files = VmFiles::in_dir(&self.dir(&rec.name));
             let alive = vmm::running_pid(&files, &rec.name);
             match (rec.status.state, alive) {
@@ -110,7 +130,10 @@ impl Machines {
     async fn check_liveness(&self) {
         let Ok(records) = self.list().await else { return };
         for rec in records {
-            if !matches!(rec.status.state, State::Running) || self.is_busy(&rec.name) {
+            if !matches!(rec.status.state, State::Running)
+                || self.owner(&rec) != Owner::Here
+                || self.is_busy(&rec.name)
+            {
                 continue;
             }
             let files = VmFiles::in_dir(&self.dir(&rec.name));
@@ -207,24 +230,56 @@ impl Machines {
         lock(&self.inner.busy).contains(name)
     }
 
-    /// Brings one machine towards its desired state.
+    /// Brings one machine of this host towards its desired state; clears
+    /// what this host holds of one that is not its own.
     async fn reconcile(&self, name: &str) {
         let guard = self.machine_lock(name);
         let _held = guard.lock().await;
         let rec = match self.find(name).await {
             Ok(Some((rec, _))) => rec,
-            Ok(None) => return,
+            Ok(None) => {
+                // Removed through another host, perhaps: a task in flight
+                // fails on the missing record, and kicks again after.
+                if !self.is_busy(name) {
+                    self.clear_leftovers(name, "its record was removed").await;
+                }
+                return;
+            }
             Err(error) => {
                 tracing::warn!(machine = name, error = %crate::chain(&error), "Cannot read machine record.");
                 return;
             }
         };
+        let rec = match self.owner(&rec) {
+            Owner::Here => rec,
+            Owner::Nobody => match self.adopt(name).await {
+                Ok(Some(rec)) if self.owner(&rec) == Owner::Here => rec,
+                Ok(_) => return,
+                Err(error) => {
+                    tracing::warn!(machine = name, error = %crate::chain(&error), "Cannot adopt machine.");
+                    return;
+                }
+            },
+            Owner::Elsewhere(host) => {
+                if !self.is_busy(name) {
+                    self.clear_leftovers(name, &format!("it runs on host {host}")).await;
+                }
+                return;
+            }
+        };
+        if !rec.spec.nics.is_empty() {
+            lock(&self.inner.nics).insert(name.to_owned(), rec.spec.nics.clone());
+        }
         if self.is_busy(name) {
             return;
         }
         match (rec.desired, rec.status.state) {
-            (Desired::Running, State::Created | State::Starting) => self.spawn_task(name, Task::Boot),
-            (Desired::Stopped, State::Running | State::Starting | State::Stopping) => {
+            // A lost machine's host is back: the VM is booted again, or,
+            // when it outlived the host's absence, taken back as it is.
+            (Desired::Running, State::Created | State::Starting | State::Lost) => {
+                self.spawn_task(name, Task::Boot)
+            }
+            (Desired::Stopped, State::Running | State::Starting | State::Stopping | State::Lost) => {
                 self.spawn_task(name, Task::Stop)
             }
             (Desired::Stopped, State::Created) => {

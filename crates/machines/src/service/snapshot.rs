@@ -2,6 +2,10 @@
 //! state, written with a `migrate` to a file, or Firecracker's snapshot
 //! files, plus a copy of its disk), and machines resumed from one, as often
 //! as wanted.
+//!
+//! A snapshot's files are in `DATA_DIR/snapshots/NAME` on the host that ran
+//! the machine, which its record names: it is taken, restored (the
+//! restored machine runs on that host too) and removed there only.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -42,6 +46,18 @@ impl Machines {
         serde_json::from_slice(&kv.value).map_err(|e| Error::Corrupt(name.to_owned(), e))
     }
 
+    /// The record of a snapshot whose files are on this host;
+    /// [`Error::SnapshotElsewhere`] for another host's.
+    async fn snapshot_here(&self, name: &str) -> Result<SnapshotRecord, Error> {
+        let snap = self.snapshot_record(name).await?;
+        match &snap.host {
+            Some(host) if *host != self.inner.host_name => {
+                Err(Error::SnapshotElsewhere { name: snap.name, host: host.clone() })
+            }
+            _ => Ok(snap),
+        }
+    }
+
     /// Pauses a running machine to disk: its memory and devices, and a copy
     /// of its disk. The machine is stopped afterwards; `restore` resumes the
     /// snapshot where it was, as often as wanted.
@@ -50,7 +66,7 @@ impl Machines {
             .map_err(|e| Error::Invalid(e.replace("machine name", "snapshot name")))?;
         let guard = self.machine_lock(machine);
         let _held = guard.lock().await;
-        let rec = self.get(machine).await?;
+        let rec = self.get_here(machine).await?;
         if rec.status.state != State::Running || self.is_busy(machine) {
             return Err(Error::NotRunning { name: machine.to_owned(), state: rec.status.state.as_str() });
         }
@@ -141,6 +157,7 @@ impl Machines {
         let snap = SnapshotRecord {
             name: snapshot.to_owned(),
             machine: rec.name.clone(),
+            host: Some(self.inner.host_name.clone()),
             spec: rec.spec.clone(),
             size_bytes,
             created_at: now_unix(),
@@ -150,9 +167,11 @@ impl Machines {
         Ok(snap)
     }
 
-    /// Creates a machine from a snapshot and resumes it where it was.
+    /// Creates a machine from a snapshot and resumes it where it was, on
+    /// this host, which must be the snapshot's ([`Error::SnapshotElsewhere`]
+    /// otherwise): its files are on that host's disk.
     pub async fn restore(&self, snapshot: &str, name: Option<String>) -> Result<MachineRecord, Error> {
-        let snap = self.snapshot_record(snapshot).await?;
+        let snap = self.snapshot_here(snapshot).await?;
         let name = name.unwrap_or_else(|| snap.machine.clone());
         record::validate_name(&name).map_err(Error::Invalid)?;
         if let Some(reason) = self.backend_problem(snap.spec.backend) {
@@ -179,6 +198,7 @@ impl Machines {
         }
         let rec = MachineRecord {
             name: name.clone(),
+            host: Some(self.inner.host_name.clone()),
             spec: Spec { auto_remove: false, nics: nics.clone(), ..snap.spec.clone() },
             desired: Desired::Running,
             status: Status {
@@ -294,9 +314,9 @@ impl Machines {
         self.await_agent(&name, rec, pid, launched).await
     }
 
-    /// Deletes a snapshot's files and record.
+    /// Deletes a snapshot's files and record, on the snapshot's host.
     pub async fn remove_snapshot(&self, name: &str) -> Result<(), Error> {
-        self.snapshot_record(name).await?;
+        self.snapshot_here(name).await?;
         let dir = self.snapshot_dir(name);
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;

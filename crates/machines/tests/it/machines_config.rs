@@ -124,7 +124,8 @@ async fn a_machine_gets_its_config_before_its_main_process_and_every_change_afte
         },
     );
     let data_dir = dir.path().join("data");
-    let options = Options { data_dir: data_dir.clone(), cache_dir: cache.clone(), agent: None };
+    let options =
+        Options { data_dir: data_dir.clone(), cache_dir: cache.clone(), agent: None, host: "h1".into() };
     let machines = Machines::new(store, networks, options, hearth_machines::probe::probe_host()).unwrap();
     let feed = FakeFeed::new(ConfigPayload {
         json: br#"{"greeting":"hello"}"#.to_vec(),

@@ -19,6 +19,7 @@ use hearth_testkit::wait_until;
 fn record(name: &str, desired: Desired, state: State, auto_remove: bool) -> MachineRecord {
     MachineRecord {
         name: name.into(),
+        host: None,
         spec: Spec {
             image: "test".into(),
             image_digest: "sha256:0".into(),
@@ -68,8 +69,12 @@ async fn records_written_by_another_writer_are_acted_on_through_broken_watches()
             default_nat: false,
         },
     );
-    let options =
-        Options { data_dir: dir.path().join("data"), cache_dir: dir.path().join("cache"), agent: None };
+    let options = Options {
+        data_dir: dir.path().join("data"),
+        cache_dir: dir.path().join("cache"),
+        agent: None,
+        host: "h1".into(),
+    };
     let machines =
         Machines::new(store.clone(), networks, options, hearth_machines::probe::probe_host()).unwrap();
     let (stop, shutdown) = tokio::sync::watch::channel(false);

@@ -10,5 +10,6 @@ mod image_store;
 mod image_unpack;
 mod machines_config;
 mod machines_follow;
+mod machines_hosts;
 mod microvm_devices;
 mod support;

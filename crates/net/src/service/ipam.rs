@@ -93,6 +93,20 @@ impl Networks {
         Ok(())
     }
 
+    /// Deletes the NICs' taps from this host, and nothing in the store: for
+    /// the host that ran a machine whose record another host removed (and
+    /// whose addresses that host released).
+    pub async fn unplug(&self, nics: &[Nic]) -> Result<(), Error> {
+        for nic in nics {
+            let tap = nic.tap.clone();
+            blocking(move || link::delete_link(&link::Netns::Host, &tap).map_err(Error::from)).await?;
+        }
+        if !nics.is_empty() {
+            self.inner.dirty.notify_one();
+        }
+        Ok(())
+    }
+
     /// Makes the NIC's bridge and tap exist (before its VM starts).
     pub async fn prepare(&self, nic: &Nic) -> Result<(), Error> {
         let net = self.get(&nic.network).await?;
@@ -107,12 +121,11 @@ impl Networks {
         Ok(())
     }
 
-    /// Removes the NIC's tap and address, and every fault that names the
+    /// Removes the NICs' taps and addresses, and every fault that names the
     /// machine (a machine's removal takes its faults with it).
     pub async fn forget(&self, machine: &str, nics: &[Nic]) -> Result<(), Error> {
         for nic in nics {
-            let tap = nic.tap.clone();
-            blocking(move || link::delete_link(&link::Netns::Host, &tap).map_err(Error::from)).await?;
+            self.unplug(std::slice::from_ref(nic)).await?;
             self.release(nic).await?;
         }
         for fault in self.faults().await? {
