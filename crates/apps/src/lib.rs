@@ -33,7 +33,10 @@
 //! `apps/data/NAME/STORE/KEY`, its secrets at `apps/secrets/NAME/SECRET`. The
 //! uploaded bytes are kept by content hash in `DATA_DIR/apps/blobs`, the
 //! compiled artifacts in `CACHE_DIR/apps/compiled/ENGINE` (disposable: a
-//! missing artifact is recompiled from the blob).
+//! missing artifact is recompiled from the blob). When several hosts share
+//! the store ([`Options::shared`]), a deploy also shares the bytes under
+//! `apps/blobs/SHA256`, and a host that has no bytes for a version fetches
+//! them from there, checked, into its own data dir.
 
 pub mod hooks;
 mod host;
@@ -152,8 +155,15 @@ pub enum Error {
         source: serde_json::Error,
     },
 
-    #[error("the uploaded component {sha256} of app {app:?} is missing from {dir}: deploy the app again")]
+    #[error(
+        "the uploaded component {sha256} of app {app:?} is missing from {dir} and not shared in the store: deploy the app again"
+    )]
     BlobMissing { app: String, sha256: String, dir: std::path::PathBuf },
+
+    /// The copy of a component shared through the store (several hosts on
+    /// one store) could not be written or read, or was corrupt.
+    #[error(transparent)]
+    Shared(#[from] hearth_wasm::blobs::Error),
 
     #[error(transparent)]
     Store(#[from] hearth_store::Error),
@@ -213,10 +223,12 @@ impl Error {
             | Error::InvalidRoute { .. } => ErrorKind::Invalid,
             Error::TooLarge { .. } => ErrorKind::TooLarge,
             Error::Contended(_) => ErrorKind::Unavailable,
-            Error::Store(e) => match e {
-                hearth_store::Error::Closed => ErrorKind::Unavailable,
-                _ => ErrorKind::Internal,
-            },
+            Error::Store(hearth_store::Error::Closed)
+            | Error::Shared(
+                hearth_wasm::blobs::Error::Store(hearth_store::Error::Closed)
+                | hearth_wasm::blobs::Error::Contended(_),
+            ) => ErrorKind::Unavailable,
+            Error::Store(_) | Error::Shared(_) => ErrorKind::Internal,
             Error::Config(e) => match e.code() {
                 "invalid_field" | "schema_violation" | "undecryptable" => ErrorKind::Invalid,
                 "not_found" => ErrorKind::NotFound,
@@ -255,6 +267,12 @@ impl Error {
             Error::Contended(_) => "contended",
             Error::Corrupt(..) | Error::CorruptTrigger { .. } => "corrupt",
             Error::BlobMissing { .. } => "blob_missing",
+            Error::Shared(e) => match e {
+                hearth_wasm::blobs::Error::Corrupt { .. } => "blob_corrupt",
+                hearth_wasm::blobs::Error::Contended(_) => "contended",
+                hearth_wasm::blobs::Error::Store(_) => "store",
+                hearth_wasm::blobs::Error::BadHash(_) => "internal",
+            },
             Error::Store(_) => "store",
             Error::Config(e) => e.code(),
             Error::Io { .. } => "io",

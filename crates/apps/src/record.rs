@@ -3,7 +3,9 @@
 //! `apps/records/NAME` holds an [`App`] as JSON: its versions (content hash,
 //! size, manifest), which one is active, and its custom routes. The bytes of
 //! each version are kept apart, by hash, in the data dir: the store holds
-//! state, not megabytes of code.
+//! state, not megabytes of code. Only when several hosts share the store
+//! are the bytes shared through it too, under [`BLOBS`], so that every host
+//! can serve every app.
 
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +22,10 @@ pub const APPS: &str = "apps/";
 pub const RECORDS: &str = "apps/records/";
 /// Where apps' key-value data lives: `apps/data/NAME/STORE/KEY`.
 pub const DATA: &str = "apps/data/";
+/// Where the bytes of deployed components are shared when several hosts
+/// share the store: `apps/blobs/SHA256` and its chunks
+/// ([`hearth_wasm::blobs`]).
+pub const BLOBS: &str = "apps/blobs/";
 /// Where apps' secret values lived before config held them
 /// (`apps/secrets/NAME/SECRET`, in clear): moved into config at start.
 pub const SECRETS: &str = "apps/secrets/";

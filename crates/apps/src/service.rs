@@ -61,6 +61,12 @@ pub struct Options {
     /// Resolves the host names apps send requests to: the system's
     /// resolver; tests put a map here.
     pub resolver: Arc<dyn Resolve>,
+    /// Whether other hosts share the store (etcd): then a deploy shares
+    /// the component's bytes through it (`apps/blobs/`), so that every
+    /// host can serve the app, and garbage collection removes what no
+    /// version uses. Off, the store holds no bytes; a host still looks
+    /// there for bytes it is missing.
+    pub shared: bool,
 }
 
 impl Options {
@@ -75,6 +81,7 @@ impl Options {
             max_versions: 10,
             max_instances: 1000,
             resolver: Arc::new(SystemResolver),
+            shared: false,
         }
     }
 }
@@ -346,7 +353,7 @@ impl Apps {
                 let (component, compiled) = inner.runtime.component(&sha, || Ok(code))?;
                 Ok::<_, Error>((inner.runtime.prepare(&component, &manifest)?, compiled))
             });
-            let blob = self.blob_path(&sha256);
+            let (blob, bytes) = (self.blob_path(&sha256), bytes.clone());
             let save = tokio::task::spawn_blocking(move || {
                 if blob.is_file() {
                     Ok::<_, Error>(())
@@ -358,6 +365,12 @@ impl Apps {
         };
         let (pre, compiled) = compiled.map_err(|e| Error::Internal(e.to_string()))??;
         saved.map_err(|e| Error::Internal(e.to_string()))??;
+        // After the compile, so that what fails to compile is never shared.
+        let shared = if self.inner.options.shared {
+            Some(hearth_wasm::blobs::share(&*self.inner.store, record::BLOBS, &sha256, &bytes).await?)
+        } else {
+            None
+        };
 
         let now = now_ms();
         let (mut app, revision) = match existing {
@@ -387,7 +400,7 @@ impl Apps {
         app.routes = routes;
         app.updated_at = now;
         let pruned = prune_versions(&mut app, self.inner.options.max_versions);
-        self.write(&app, revision).await?;
+        self.write_holding(&app, revision, shared).await?;
         drop(_gc);
 
         let loaded = self.loaded(&app, &version, config, limits, pre);
@@ -607,11 +620,28 @@ impl Apps {
 
     /// Writes the record if it is still at `revision` (0: absent).
     async fn write(&self, app: &App, revision: u64) -> Result<(), Error> {
+        self.write_holding(app, revision, None).await
+    }
+
+    /// [`Apps::write`], and if `shared` is given, only while that shared
+    /// copy of the new version's bytes is in the store (it holds it against
+    /// another host's garbage collection; see `blobs::Shared::hold`). Should
+    /// the copy have gone in between, the deploy fails as contended and a
+    /// retry shares it again.
+    async fn write_holding(
+        &self,
+        app: &App,
+        revision: u64,
+        shared: Option<hearth_wasm::blobs::Shared>,
+    ) -> Result<(), Error> {
         let key = record::key(&app.name);
         let value = serde_json::to_vec(app).map_err(|e| Error::Corrupt(app.name.clone(), e))?;
         let compare =
             if revision == 0 { Compare::missing(&key) } else { Compare::mod_revision(&key, revision) };
-        let txn = Txn::new().when(compare).and_then(Op::Put { key, value, lease: None });
+        let mut txn = Txn::new().when(compare).and_then(Op::Put { key, value, lease: None });
+        if let Some(shared) = shared {
+            txn = shared.hold(txn);
+        }
         if self.inner.store.txn(txn).await?.succeeded {
             Ok(())
         } else {
@@ -665,22 +695,61 @@ impl Apps {
         self.inner.blobs_dir.join(format!("{sha256}.wasm"))
     }
 
-    /// Deletes blobs and compiled artifacts no kept version uses.
+    /// Deletes blobs and compiled artifacts no kept version uses, and,
+    /// when the store is shared, the shared copies of those blobs (unless
+    /// a record written since the read below names one again).
     async fn collect_garbage(&self) {
         let _exclusive = self.inner.gc.write().await;
-        let Ok(apps) = self.list().await else { return };
+        let Ok(range) = self.inner.store.range(record::RECORDS).await else { return };
+        let Ok(apps) = range
+            .kvs
+            .iter()
+            .map(|kv| serde_json::from_slice::<App>(&kv.value))
+            .collect::<Result<Vec<_>, _>>()
+        else {
+            return;
+        };
         let keep: HashSet<String> =
-            apps.iter().flat_map(|a| a.app.versions.iter().map(|v| v.sha256.clone())).collect();
-        let (blobs, inner) = (self.inner.blobs_dir.clone(), self.inner.clone());
-        let _ = tokio::task::spawn_blocking(move || {
-            if let Ok(entries) = std::fs::read_dir(&blobs) {
-                for entry in entries.flatten() {
-                    let name = entry.file_name();
-                    let Some(sha) = name.to_str().and_then(|n| n.strip_suffix(".wasm")) else { continue };
-                    if !keep.contains(sha) {
-                        let _ = std::fs::remove_file(entry.path());
-                    }
+            apps.iter().flat_map(|a| a.versions.iter().map(|v| v.sha256.clone())).collect();
+        let blobs = self.inner.blobs_dir.clone();
+        let unused = {
+            let keep = keep.clone();
+            tokio::task::spawn_blocking(move || {
+                let Ok(entries) = std::fs::read_dir(&blobs) else { return Vec::new() };
+                entries
+                    .flatten()
+                    .filter_map(|entry| {
+                        let name = entry.file_name();
+                        let sha = name.to_str()?.strip_suffix(".wasm")?;
+                        (!keep.contains(sha)).then(|| sha.to_owned())
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default()
+        };
+        let mut gone = Vec::new();
+        for sha in unused {
+            if self.inner.options.shared {
+                let unshared = hearth_wasm::blobs::unshare_unused(
+                    &*self.inner.store,
+                    record::BLOBS,
+                    &sha,
+                    range.revision,
+                );
+                if let Err(e) = unshared.await {
+                    // The local copy stays too, so the next collection
+                    // finds the blob again and tries again.
+                    tracing::warn!(sha256 = sha, error = %chain(&e), "Cannot remove an unused component from the store.");
+                    continue;
                 }
+            }
+            gone.push(self.blob_path(&sha));
+        }
+        let inner = self.inner.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for path in gone {
+                let _ = std::fs::remove_file(path);
             }
             inner.runtime.prune(&keep);
         })

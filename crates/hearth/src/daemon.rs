@@ -300,17 +300,20 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
         )
     })?;
     let ingress_addr = ingress.local_addr().ok();
+    // On etcd, other hosts may share the store: component bytes go through
+    // it too, so that every host can serve every app and run every run.
+    let shared = matches!(opened, OpenedStore::Etcd(_));
     let apps = hearth_apps::Apps::new(
         store.clone(),
         config.clone(),
-        hearth_apps::Options::new(data_dir, &cache_dir),
+        hearth_apps::Options { shared, ..hearth_apps::Options::new(data_dir, &cache_dir) },
     )
     .context("cannot start the apps service")?;
     let apps_loop = tokio::spawn(apps.clone().run(stop_rx.clone()));
     let workflows = hearth_workflows::Workflows::new(
         store.clone(),
         config.clone(),
-        hearth_workflows::Options::new(data_dir, &cache_dir),
+        hearth_workflows::Options { shared, ..hearth_workflows::Options::new(data_dir, &cache_dir) },
     )
     .context("cannot start the workflows service")?;
     apps.set_hook("hooks.localhost", webhooks(workflows.clone()));

@@ -9,9 +9,12 @@
 //!   a `.cwasm` file is mapped and run, with its safety argument.
 //! - [`Ticker`]: advances an engine's epoch every [`TICK`], which is how CPU
 //!   budgets are enforced.
+//! - [`blobs`]: uploaded components shared through the store, in chunks
+//!   under a manifest, so that every host on one store can run them.
 //! - [`write_atomically`], [`create_private_dir`], [`sha256_hex`],
 //!   [`binary_kind`]: small helpers both need for uploads and blobs.
 
+pub mod blobs;
 mod cache;
 mod ticker;
 
@@ -91,8 +94,12 @@ pub fn binary_kind(bytes: &[u8]) -> Binary {
 /// are named.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
+    hex(&sha2::Sha256::digest(bytes))
+}
+
+/// `digest` in lowercase hex.
+fn hex(digest: &[u8]) -> String {
     use std::fmt::Write as _;
-    let digest = sha2::Sha256::digest(bytes);
     digest.iter().fold(String::with_capacity(64), |mut out, b| {
         let _ = write!(out, "{b:02x}");
         out

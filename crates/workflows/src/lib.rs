@@ -99,9 +99,14 @@ pub enum Error {
     Corrupt(String, #[source] serde_json::Error),
 
     #[error(
-        "the component {sha256} of workflow {workflow:?} is missing from {dir}: deploy the workflow again"
+        "the component {sha256} of workflow {workflow:?} is missing from {dir} and not shared in the store: deploy the workflow again"
     )]
     BlobMissing { workflow: String, sha256: String, dir: std::path::PathBuf },
+
+    /// The copy of a component shared through the store (several hosts on
+    /// one store) could not be written or read, or was corrupt.
+    #[error(transparent)]
+    Shared(#[from] hearth_wasm::blobs::Error),
 
     #[error(transparent)]
     Store(#[from] hearth_store::Error),
@@ -144,8 +149,13 @@ impl Error {
             | Error::Manifest(_) => ErrorKind::Invalid,
             Error::TooLarge { .. } => ErrorKind::TooLarge,
             Error::Contended(_) | Error::Config(_) => ErrorKind::Unavailable,
-            Error::Store(hearth_store::Error::Closed) => ErrorKind::Unavailable,
+            Error::Store(hearth_store::Error::Closed)
+            | Error::Shared(
+                hearth_wasm::blobs::Error::Store(hearth_store::Error::Closed)
+                | hearth_wasm::blobs::Error::Contended(_),
+            ) => ErrorKind::Unavailable,
             Error::Store(_)
+            | Error::Shared(_)
             | Error::Corrupt(..)
             | Error::BlobMissing { .. }
             | Error::Io { .. }
@@ -171,6 +181,12 @@ impl Error {
             Error::Contended(_) => "contended",
             Error::Corrupt(..) => "corrupt",
             Error::BlobMissing { .. } => "blob_missing",
+            Error::Shared(e) => match e {
+                hearth_wasm::blobs::Error::Corrupt { .. } => "blob_corrupt",
+                hearth_wasm::blobs::Error::Contended(_) => "contended",
+                hearth_wasm::blobs::Error::Store(_) => "store",
+                hearth_wasm::blobs::Error::BadHash(_) => "internal",
+            },
             Error::Store(_) => "store",
             Error::Io { .. } => "io",
             Error::Runtime(_) => "runtime",

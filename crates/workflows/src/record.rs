@@ -8,6 +8,7 @@
 //! workflows/output/ID/SEQ           the guest's stdout/stderr, per execution
 //! workflows/cron/NAME/INDEX|ID      the last time a cron trigger fired
 //! workflows/triggers/NAME/ID        a trigger added through the API
+//! workflows/blobs/SHA256[/CHUNK]    a component's bytes, when hosts share the store
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,9 @@ pub(crate) const SIGNALS: &str = "workflows/signals/";
 pub(crate) const OUTPUT: &str = "workflows/output/";
 pub(crate) const CRON: &str = "workflows/cron/";
 pub(crate) const TRIGGERS: &str = "workflows/triggers/";
+/// `blobs/SHA256` and its chunks: the bytes of deployed components, shared
+/// when several hosts share the store ([`hearth_wasm::blobs`]).
+pub(crate) const BLOBS: &str = "workflows/blobs/";
 /// `claims/RUN`: `EXECUTOR/LEASE` of the execution under way, attached to
 /// that lease.
 pub(crate) const CLAIMS: &str = "workflows/claims/";

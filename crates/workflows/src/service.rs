@@ -38,6 +38,12 @@ pub struct Options {
     /// This executor's name among those sharing the store: its claims say
     /// it, so that a restart gives up the claims of its last life.
     pub executor: String,
+    /// Whether other hosts share the store (etcd): then a deploy shares
+    /// the component's bytes through it (`workflows/blobs/`), so that a
+    /// run claimed by a host that never saw the deploy can execute. Off,
+    /// the store holds no bytes; a host still looks there for bytes it is
+    /// missing.
+    pub shared: bool,
 }
 
 impl Options {
@@ -49,6 +55,7 @@ impl Options {
             concurrency: 32,
             cpu_budget: Duration::from_secs(10),
             executor: "local".into(),
+            shared: false,
         }
     }
 }
@@ -252,6 +259,11 @@ impl Workflows {
         };
         if !blob.is_file() {
             hearth_wasm::write_atomically(&blob, &bytes)?;
+        }
+        // Before the definition names it, so that any host that finds the
+        // definition (and so any run of it) finds the bytes.
+        if self.inner.options.shared {
+            hearth_wasm::blobs::share(&*self.inner.store, record::BLOBS, &sha256, &bytes).await?;
         }
         let _guard = self.inner.deploys.lock().await;
         let key = record::def_key(name);

@@ -143,16 +143,41 @@ impl Apps {
         Ok(())
     }
 
-    /// Compiles (or loads from the cache) and prepares one version.
+    /// Compiles (or loads from the cache) and prepares one version. Bytes
+    /// missing here are fetched from the store, where a host that shares
+    /// it with others put them when it deployed the version.
     pub(super) async fn load(&self, app: &App, version: &Version) -> Result<(Arc<Loaded>, bool), Error> {
         let config = self.resolve_config(&app.name, &version.manifest).await?;
         let limits =
             version.manifest.limits(self.inner.options.default_limits, self.inner.options.ceiling)?;
+        let (pre, compiled) = match self.prepare(&app.name, version).await {
+            Err(Error::BlobMissing { .. }) => {
+                // Held so that no garbage collection here takes the bytes
+                // between their fetch and their compile.
+                let _gc = self.inner.gc.read().await;
+                if !self.fetch_blob(&app.name, &version.sha256).await? {
+                    return Err(Error::BlobMissing {
+                        app: app.name.clone(),
+                        sha256: version.sha256.clone(),
+                        dir: self.inner.blobs_dir.clone(),
+                    });
+                }
+                self.prepare(&app.name, version).await?
+            }
+            prepared => prepared?,
+        };
+        Ok((self.loaded(app, version, config, limits, pre), compiled))
+    }
+
+    /// The pre-instantiated component of `version`: from memory or the
+    /// compiled cache, or compiled from the bytes in the data dir
+    /// ([`Error::BlobMissing`] when they are not there).
+    async fn prepare(&self, name: &str, version: &Version) -> Result<(ProxyPre<HostState>, bool), Error> {
         let blob = self.blob_path(&version.sha256);
-        let (name, sha) = (app.name.clone(), version.sha256.clone());
+        let (name, sha) = (name.to_owned(), version.sha256.clone());
         let inner = self.inner.clone();
         let manifest = version.manifest.clone();
-        let (pre, compiled) = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let (component, compiled) = inner.runtime.component(&sha, || match std::fs::read(&blob) {
                 Ok(bytes) => Ok(Arc::new(bytes)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -163,8 +188,21 @@ impl Apps {
             Ok::<_, Error>((inner.runtime.prepare(&component, &manifest)?, compiled))
         })
         .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
-        Ok((self.loaded(app, version, config, limits, pre), compiled))
+        .map_err(|e| Error::Internal(e.to_string()))?
+    }
+
+    /// Fetches the bytes of `sha256` from the store into the data dir,
+    /// checked against their hash. False when the store has none.
+    async fn fetch_blob(&self, app: &str, sha256: &str) -> Result<bool, Error> {
+        let Some(bytes) = hearth_wasm::blobs::fetch(&*self.inner.store, record::BLOBS, sha256).await? else {
+            return Ok(false);
+        };
+        let (blob, size) = (self.blob_path(sha256), bytes.len());
+        tokio::task::spawn_blocking(move || hearth_wasm::write_atomically(&blob, &bytes))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??;
+        tracing::info!(app, sha256, size, "Fetched an app's component from the store.");
+        Ok(true)
     }
 
     pub(crate) fn loaded(

@@ -9,6 +9,7 @@ mod apps_limits;
 mod apps_outbound;
 mod apps_resources;
 mod apps_restart;
+mod apps_shared_store;
 mod apps_throughput;
 mod apps_webhooks;
 mod support;

@@ -368,6 +368,7 @@ impl Workflows {
             Ok((pre, _)) => pre,
             Err(
                 e @ (Error::BlobMissing { .. }
+                | Error::Shared(hearth_wasm::blobs::Error::Corrupt { .. })
                 | Error::InvalidComponent(_)
                 | Error::NoRun
                 | Error::UnsupportedImport(_)),
@@ -504,11 +505,34 @@ impl Workflows {
     }
 
     /// The pre-instantiated component of `sha256`, compiling it if needed.
+    /// Bytes missing here are fetched from the store, where the host that
+    /// deployed the version shared them if it shares the store with others.
     async fn prepare(&self, workflow: &str, sha256: &str) -> Result<(WorkflowPre<Exec>, bool), Error> {
         // The usual case, every wake-up: no blocking thread needed.
         if let Some(pre) = self.inner.runtime.loaded(sha256) {
             return Ok((pre, false));
         }
+        match self.compile(workflow, sha256).await {
+            Err(missing @ Error::BlobMissing { .. }) => {
+                let Some(bytes) =
+                    hearth_wasm::blobs::fetch(&*self.inner.store, record::BLOBS, sha256).await?
+                else {
+                    return Err(missing);
+                };
+                let (path, size) = (self.inner.blobs_dir.join(format!("{sha256}.wasm")), bytes.len());
+                tokio::task::spawn_blocking(move || hearth_wasm::write_atomically(&path, &bytes))
+                    .await
+                    .map_err(|e| Error::Runtime(format!("the write task failed: {e}")))??;
+                tracing::info!(workflow, sha256, size, "Fetched a workflow's component from the store.");
+                self.compile(workflow, sha256).await
+            }
+            compiled => compiled,
+        }
+    }
+
+    /// [`Workflows::prepare`] from the compiled cache or the bytes in the
+    /// data dir ([`Error::BlobMissing`] when they are not there).
+    async fn compile(&self, workflow: &str, sha256: &str) -> Result<(WorkflowPre<Exec>, bool), Error> {
         let this = self.clone();
         let (workflow, sha256) = (workflow.to_owned(), sha256.to_owned());
         tokio::task::spawn_blocking(move || {

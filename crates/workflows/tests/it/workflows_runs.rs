@@ -7,6 +7,7 @@ use crate::support::{self, ended, service, start, waiting_for_signal};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hearth_store::Store as _;
 use hearth_store::redb::{Options as StoreOptions, RedbStore};
 use hearth_workflows::{Options, Status, Workflows};
 use tokio::sync::watch;
@@ -180,8 +181,19 @@ fn executor(
     store: Arc<dyn hearth_store::Store>,
     name: &str,
 ) -> (Workflows, watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+    executor_with(dir, store, name, |_| {})
+}
+
+/// [`executor`], with its options changed by `f`.
+fn executor_with(
+    dir: &std::path::Path,
+    store: Arc<dyn hearth_store::Store>,
+    name: &str,
+    f: impl FnOnce(&mut Options),
+) -> (Workflows, watch::Sender<bool>, tokio::task::JoinHandle<()>) {
     let mut options = Options::new(dir.join("data"), dir.join(format!("cache-{name}")));
     options.executor = name.into();
+    f(&mut options);
     let config = support::config(store.clone(), dir);
     let workflows = Workflows::new(store, config, options).unwrap();
     let (stop, rx) = watch::channel(false);
@@ -258,4 +270,47 @@ async fn a_run_claimed_by_an_executor_that_died_is_taken_over_when_its_lease_goe
     stop_b.send_replace(true);
     task_b.await.unwrap();
     store.shutdown().await;
+}
+
+/// Issue 17: hosts on one store, each with a data dir of its own. A run of
+/// a workflow deployed through A, started through B while only B executes,
+/// completes on B with the bytes it fetched from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_executes_on_a_host_that_never_saw_its_deploy() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(&dir.path().join("state.redb"), StoreOptions::default()).unwrap();
+    let shared: Arc<dyn hearth_store::Store> = Arc::new(store.clone());
+    let host = |name: &str| {
+        let data = dir.path().join(format!("data-{name}"));
+        executor_with(dir.path(), shared.clone(), name, move |o| {
+            o.data_dir = data;
+            o.shared = true;
+        })
+    };
+    let (a, stop_a, task_a) = host("a");
+    let (b, stop_b, task_b) = host("b");
+    stop_a.send_replace(true);
+    task_a.await.unwrap();
+    let steps = &support::guests().steps;
+    let deployed = a.deploy("steps", steps.clone(), None).await.unwrap();
+    let sha = &deployed.version.sha256;
+    let shared_keys = store.range("workflows/blobs/").await.unwrap().kvs.len();
+    assert_eq!(shared_keys, 1 + steps.len().div_ceil(hearth_wasm::blobs::CHUNK), "a manifest and its chunks");
+
+    let id = b.start(start("steps", "sleep:10")).await.unwrap().run.id;
+    let run = ended(&b, &id).await;
+    assert_eq!((run.status, run.output.as_deref()), (Status::Completed, Some("slept")), "{run:#?}");
+    assert!(dir.path().join(format!("data-b/workflows/blobs/{sha}.wasm")).is_file(), "B kept the bytes");
+    stop_b.send_replace(true);
+    task_b.await.unwrap();
+    store.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_is_not_shared_holds_no_workflow_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = service(dir.path(), Duration::from_secs(10)).await;
+    s.workflows.deploy("steps", support::guests().steps.clone(), None).await.unwrap();
+    assert!(s.store.range("workflows/blobs/").await.unwrap().kvs.is_empty());
+    s.shutdown().await;
 }
