@@ -339,6 +339,26 @@ impl From<hearth_net::service::Error> for ApiError {
     }
 }
 
+/// Host registry errors mapped onto HTTP, with the hint a person needs.
+impl From<hearth_hosts::Error> for ApiError {
+    fn from(error: hearth_hosts::Error) -> Self {
+        use hearth_hosts::Error as E;
+        let message = error.to_string();
+        match error {
+            E::Store(e) => Self::from(e),
+            E::NotFound(_) => Self::not_found(message, "`hearth host ls` lists the hosts"),
+            E::Alive(_) => Self::conflict(
+                message,
+                "stop its daemon first, and wait until `hearth host ls` shows it lost",
+            ),
+            E::NameTaken { .. } | E::Corrupt { .. } | E::LeaseFile { .. } => {
+                tracing::error!(error = %message, "A host record cannot be used.");
+                Self::internal(message)
+            }
+        }
+    }
+}
+
 /// Registry errors mapped onto HTTP, with the hint a person needs.
 impl From<hearth_services::Error> for ApiError {
     fn from(error: hearth_services::Error) -> Self {

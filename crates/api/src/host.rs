@@ -8,7 +8,7 @@ use hearth_client::types::HostResources;
 
 /// Reads the host's resources; `None` where `/proc` cannot be read (the
 /// status then shows none rather than wrong figures).
-pub(crate) fn resources(data_dir: &Path) -> Option<HostResources> {
+pub fn resources(data_dir: &Path) -> Option<HostResources> {
     let load = load_average(&std::fs::read_to_string("/proc/loadavg").ok()?)?;
     let (memory_total_bytes, memory_available_bytes) =
         memory(&std::fs::read_to_string("/proc/meminfo").ok()?)?;

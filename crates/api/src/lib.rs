@@ -18,7 +18,7 @@
 
 pub mod error;
 mod extract;
-mod host;
+pub mod host;
 pub mod labs;
 mod metrics;
 pub mod openapi;

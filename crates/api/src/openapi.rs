@@ -9,8 +9,8 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use crate::server::{
-    alerts, apps, config, events, files, images, kv, leases, machines, networks, series, services, system,
-    triggers, ui, workflows,
+    alerts, apps, config, events, files, hosts, images, kv, leases, machines, networks, series, services,
+    system, triggers, ui, workflows,
 };
 
 #[derive(OpenApi)]
@@ -25,6 +25,7 @@ use crate::server::{
     paths(
         system::status, system::openapi, system::metrics,
         kv::list, kv::get, kv::put, kv::delete,
+        hosts::list, hosts::get, hosts::drain, hosts::undrain, hosts::forget,
         leases::grant, leases::list, leases::keep_alive, leases::revoke,
         events::events,
         machines::list, machines::create, machines::get, machines::remove, machines::start, machines::stop,
@@ -55,6 +56,7 @@ use crate::server::{
     tags(
         (name = "system", description = "The daemon itself"),
         (name = "kv", description = "The user key space of the state store"),
+        (name = "hosts", description = "The daemons sharing the store, the one that leads, and draining"),
         (name = "leases", description = "TTLs that keys can be attached to"),
         (name = "events", description = "Every change in the store"),
         (name = "machines", description = "Linux microVMs"),

@@ -254,6 +254,24 @@ impl Client {
         self.call(Method::DELETE, &format!("/v1/kv/{}", encode_path(key)), None).await
     }
 
+    pub async fn hosts(&self) -> Result<crate::types::HostList, Error> {
+        self.call(Method::GET, "/v1/hosts", None).await
+    }
+
+    pub async fn host(&self, name: &str) -> Result<crate::types::Host, Error> {
+        self.call(Method::GET, &format!("/v1/hosts/{}", encode_segment(name)), None).await
+    }
+
+    /// Drains a host (`true`) or ends its draining (`false`).
+    pub async fn drain_host(&self, name: &str, drain: bool) -> Result<crate::types::Host, Error> {
+        let method = if drain { Method::POST } else { Method::DELETE };
+        self.call(method, &format!("/v1/hosts/{}/drain", encode_segment(name)), None).await
+    }
+
+    pub async fn forget_host(&self, name: &str) -> Result<(), Error> {
+        self.send(Method::DELETE, &format!("/v1/hosts/{}", encode_segment(name)), None).await.map(drop)
+    }
+
     pub async fn lease_grant(&self, ttl_secs: u64) -> Result<LeaseInfo, Error> {
         self.call(Method::POST, "/v1/leases", Self::json(&GrantLease { ttl_secs })?).await
     }

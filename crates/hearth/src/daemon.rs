@@ -313,7 +313,13 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
     let workflows = hearth_workflows::Workflows::new(
         store.clone(),
         config.clone(),
-        hearth_workflows::Options { shared, ..hearth_workflows::Options::new(data_dir, &cache_dir) },
+        // Its claims name this host, so that another host's executor never
+        // takes them for its own last life's.
+        hearth_workflows::Options {
+            shared,
+            executor: host_name.clone(),
+            ..hearth_workflows::Options::new(data_dir, &cache_dir)
+        },
     )
     .context("cannot start the workflows service")?;
     apps.set_hook("hooks.localhost", webhooks(workflows.clone()));
@@ -333,13 +339,37 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
             }
         }
     });
-    // KVM present is not KVM working: find out in the background.
+    let hosts = hearth_hosts::Hosts::join(
+        store.clone(),
+        data_dir,
+        crate::cluster::record(&host_name, &machines.host(), data_dir, tcp_addr, ingress_addr),
+    )
+    .await
+    .context("cannot join the hosts sharing the store")?;
+    let hosts_loop = tokio::spawn(hosts.clone().run(
+        crate::cluster::fence(store.clone()),
+        Arc::new(crate::cluster::Failover),
+        stop_rx.clone(),
+    ));
+    // KVM present is not KVM working: find out in the background, and
+    // tell the other hosts what this one can run then.
     tokio::spawn({
-        let machines = machines.clone();
-        async move { machines.probe_kvm().await }
+        let (machines, hosts) = (machines.clone(), hosts.clone());
+        async move {
+            machines.probe_kvm().await;
+            let backends = crate::cluster::backends(&machines.host());
+            if let Err(error) = hosts.update(|record| record.backends = backends).await {
+                tracing::warn!(error = %error, "Cannot update this host's record after the KVM probe.");
+            }
+        }
     });
     let services = hearth_services::Services::new(store.clone(), machines.clone());
-    let services_loop = tokio::spawn(services.clone().run(stop_rx.clone()));
+    // One supervisor for the whole cloud: the leader's.
+    let services_loop =
+        tokio::spawn(crate::cluster::while_leading(hosts.term(), stop_rx.clone(), "services", {
+            let services = services.clone();
+            move |stop| services.clone().run(stop)
+        }));
     let external_url = match tcp_addr {
         Some(addr) => format!("http://{addr}/v1/alerts"),
         None => format!("unix://{}/v1/alerts", socket_path.display()),
@@ -386,6 +416,7 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
             config,
             monitor,
             metrics,
+            hosts,
         },
         DaemonInfo {
             data_dir: data_dir.to_owned(),
@@ -459,6 +490,7 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
         servers.abort_all();
     }
     let _ = services_loop.await;
+    let _ = hosts_loop.await;
     let _ = metrics_loop.await;
     let _ = monitor_loop.await;
     let _ = config_loop.await;

@@ -4,6 +4,7 @@
 //! of the daemon's API: the CLI never does work behind the daemon's back.
 
 mod alerting;
+mod cluster;
 mod cmd;
 mod daemon;
 mod feed;
@@ -80,6 +81,9 @@ enum Command {
     /// hearth's own time series: request rates, errors, latency, health, CPU and memory, charted.
     #[command(subcommand)]
     Metrics(cmd::metrics::Command),
+    /// Hosts sharing the store: list them, see which leads, drain one for maintenance.
+    #[command(subcommand)]
+    Host(cmd::host::Command),
     /// Read and write the user key space of the store.
     #[command(subcommand)]
     Kv(cmd::kv::Command),
@@ -159,6 +163,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::App(command) => cmd::app::run(&client()?, command).await?,
         Command::Workflow(command) => return Ok(exit_code(cmd::workflow::run(&client()?, command).await?)),
         Command::Network(command) => cmd::network::run(&client()?, command).await?,
+        Command::Host(command) => cmd::host::run(&client()?, command).await?,
         Command::Service(command) => cmd::service::run(&client()?, command).await?,
         Command::Fault(command) => cmd::fault::run(&client()?, command).await?,
         Command::Lab(command) => return Ok(exit_code(cmd::lab::run(&client()?, command).await?)),

@@ -22,9 +22,10 @@
 //! term, each host still without one) it writes `hosts/lost/NAME` and
 //! calls the [`Failover`] it was given, with its fenced store.
 //!
-//! A restarted daemon gives up the lease of its last life at once (its id
-//! is kept in `DATA_DIR/host-lease`) instead of waiting for it to expire,
-//! so a quick restart is never seen as a loss. Two daemons that claim the
+//! A restarted daemon takes over the alive key of its last life in the
+//! write that joins (the old lease's id is kept in `DATA_DIR/host-lease`),
+//! then revokes that lease, so a quick restart is never seen as a loss and
+//! a leadership it held goes at once. Two daemons that claim the
 //! same name are refused: the second waits one lease for the first to go,
 //! then stops with an error.
 
@@ -162,9 +163,13 @@ impl Hosts {
     /// documentation). `draining` is kept from the host's last record.
     pub async fn join(store: Arc<dyn Store>, data_dir: &Path, record: HostRecord) -> Result<Hosts, Error> {
         let lease_file = data_dir.join(LEASE_FILE);
-        give_up_last_life(&*store, &lease_file).await;
+        let last_life =
+            std::fs::read_to_string(&lease_file).ok().and_then(|t| t.trim().parse::<LeaseId>().ok());
         let name = record.name.clone();
-        let (lease, record) = enter(&*store, &lease_file, record).await?;
+        let (lease, record) = enter(&*store, &lease_file, record, last_life).await?;
+        if let Some(last) = last_life {
+            give_up(&*store, last).await;
+        }
         let joined = store.revision().await?;
         let (term, _) = watch::channel(None);
         tracing::info!(host = %name, lease, "Joined the hosts sharing the store.");
@@ -390,7 +395,7 @@ impl Hosts {
                 );
                 self.step_down("its lease expired");
                 let record = lock(&self.inner.record).clone();
-                let (lease, _) = enter(&*self.inner.store, &self.inner.lease_file, record).await?;
+                let (lease, _) = enter(&*self.inner.store, &self.inner.lease_file, record, None).await?;
                 *lock(&self.inner.lease) = lease;
                 Ok(())
             }
@@ -506,13 +511,10 @@ impl Hosts {
     }
 }
 
-/// Revokes the lease this data dir's last life kept its keys on, if it is
-/// still there. Best effort: an expired lease is already gone.
-async fn give_up_last_life(store: &dyn Store, lease_file: &Path) {
-    let Some(lease) = std::fs::read_to_string(lease_file).ok().and_then(|t| t.trim().parse::<LeaseId>().ok())
-    else {
-        return;
-    };
+/// Revokes the lease of this data dir's last life, once its alive key is
+/// this life's: what else hung on it (the leader's key) goes now rather
+/// than when it would expire. An expired lease is already gone.
+async fn give_up(store: &dyn Store, lease: LeaseId) {
     match store.lease_revoke(lease).await {
         Ok(_) => tracing::info!(lease, "Gave up the lease of this host's last life."),
         Err(hearth_store::Error::LeaseNotFound(_)) => {}
@@ -522,12 +524,16 @@ async fn give_up_last_life(store: &dyn Store, lease_file: &Path) {
     }
 }
 
-/// Writes the record and the alive key under a new lease, waiting up to
-/// one lease for another daemon alive under the same name to go.
+/// Writes the record and the alive key under a new lease. An alive key
+/// on `last_life`'s lease (this data dir's daemon before a restart) is
+/// taken over in the same write, so the host is never seen without one;
+/// one on any other lease is another daemon under the same name, waited
+/// for up to one lease.
 async fn enter(
     store: &dyn Store,
     lease_file: &Path,
     mut record: HostRecord,
+    last_life: Option<LeaseId>,
 ) -> Result<(LeaseId, HostRecord), Error> {
     let name = record.name.clone();
     let (record_key, alive_key) = (record::record_key(&name), record::alive_key(&name));
@@ -540,28 +546,33 @@ async fn enter(
         if let Some(kv) = &current {
             record.draining = decode::<HostRecord>(&record_key, &kv.value)?.draining;
         }
+        let alive_now = store.get(&alive_key).await?;
+        let alive_compare = match &alive_now {
+            None => Compare::missing(&alive_key),
+            Some(kv) if kv.lease.is_some() && kv.lease == last_life => {
+                Compare::mod_revision(&alive_key, kv.mod_revision)
+            }
+            Some(kv) => {
+                if Instant::now() >= deadline {
+                    let _ = store.lease_revoke(lease).await;
+                    return Err(Error::NameTaken { name, lease: kv.lease.unwrap_or_default() });
+                }
+                tracing::info!(host = %name, "Another daemon is alive under this host's name; waiting for its lease to end.");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
         let alive = Alive { lease, since_ms: now_ms() };
         let txn = Txn::new()
-            .when(Compare::missing(&alive_key))
+            .when(alive_compare)
             .when(Compare::mod_revision(&record_key, current.map_or(0, |kv| kv.mod_revision)))
             .and_then(Op::Put { key: record_key.clone(), value: encode(&record), lease: None })
             .and_then(Op::Put { key: alive_key.clone(), value: encode(&alive), lease: Some(lease) })
-            .and_then(Op::Delete { key: record::lost_key(&name) })
-            .or_else(Op::Get { key: alive_key.clone() });
-        let response = store.txn(txn).await?;
-        if response.succeeded {
+            .and_then(Op::Delete { key: record::lost_key(&name) });
+        if store.txn(txn).await?.succeeded {
             return Ok((lease, record));
         }
-        let other = match response.responses.first() {
-            Some(hearth_store::OpResponse::Get { kv: Some(kv) }) => kv.lease,
-            _ => continue, // the record changed under us: read it again
-        };
-        if Instant::now() >= deadline {
-            let _ = store.lease_revoke(lease).await;
-            return Err(Error::NameTaken { name, lease: other.unwrap_or_default() });
-        }
-        tracing::info!(host = %name, "Another life of this host is still alive; waiting for its lease to end.");
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The record or the alive key changed under us: read them again.
     }
 }
 

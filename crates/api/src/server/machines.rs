@@ -226,7 +226,12 @@ pub(crate) async fn create(
     let restart = body.restart.as_deref().map(str::parse::<RestartPolicy>).transpose().map_err(|e| {
         ApiError::bad_request("invalid_field", format!("field `restart`: {e}"), "omit it for `no`")
     })?;
-    let host = choose_host(&state, body.on)?;
+    let need = hearth_hosts::Need {
+        memory_mib: u64::from(body.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB)),
+        backend: backend.map(|b| b.as_str().to_owned()),
+        siblings: std::collections::BTreeMap::new(),
+    };
+    let host = choose_host(&state, body.on, need).await?;
     state.services().check_published(&ports).await?;
     let service = match body.service.as_deref() {
         None => None,
@@ -267,22 +272,55 @@ pub(crate) async fn create(
     Ok((StatusCode::CREATED, axum::Json(machine(rec))))
 }
 
-/// The host a new machine runs on: the one asked for, or else this one.
-// The one place where a machine is placed: placement over the hosts'
-// registry takes the place of "this one" here.
-fn choose_host(state: &AppState, on: Option<String>) -> Result<String, ApiError> {
-    match on {
-        Some(host) => {
-            record::validate_host(&host).map_err(|why| {
-                ApiError::bad_request(
-                    "invalid_field",
-                    format!("field `on`: {why}"),
-                    "give the host name a daemon was started with (`hearth serve --host-name`), or omit it for this host",
-                )
-            })?;
-            Ok(host)
-        }
-        None => Ok(state.machines().host_name().to_owned()),
+/// The host a new machine runs on: the one `on` names, which must be
+/// alive and not draining; or else the one [`hearth_hosts::place`] picks
+/// from the hosts alive now and the machines they carry.
+async fn choose_host(
+    state: &AppState,
+    on: Option<String>,
+    need: hearth_hosts::Need,
+) -> Result<String, ApiError> {
+    let hosts = state.hosts().list().await?;
+    let Some(host) = on else {
+        let loads = state
+            .machines()
+            .load_by_host()
+            .await?
+            .into_iter()
+            .map(|(name, l)| {
+                (name, hearth_hosts::Load { machines: l.machines, cpus: l.cpus, memory_mib: l.memory_mib })
+            })
+            .collect();
+        return hearth_hosts::place(&hosts, &loads, &need).map_err(|e| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "no_host",
+                e.to_string(),
+                "ask for less memory, stop machines you do not need, undrain a host (`hearth host ls` shows them), or start another host",
+            )
+        });
+    };
+    record::validate_host(&host).map_err(|why| {
+        ApiError::bad_request(
+            "invalid_field",
+            format!("field `on`: {why}"),
+            "give the name of a host `hearth host ls` lists, or omit it to let hearth place the machine",
+        )
+    })?;
+    match hosts.iter().find(|h| h.record.name == host).map(|h| h.state) {
+        None => Err(ApiError::not_found(
+            format!("no host is named {host:?}"),
+            "`hearth host ls` lists the hosts; omit --on to let hearth place the machine",
+        )),
+        Some(hearth_hosts::State::Lost) => Err(ApiError::conflict(
+            format!("host {host:?} is lost: its lease expired, so nothing can start there"),
+            "pick another host with --on, or omit it to let hearth place the machine",
+        )),
+        Some(hearth_hosts::State::Draining) => Err(ApiError::conflict(
+            format!("host {host:?} is draining: nothing new goes there"),
+            format!("pick another host, or end the draining with `hearth host undrain {host}`"),
+        )),
+        Some(hearth_hosts::State::Ready) => Ok(host),
     }
 }
 

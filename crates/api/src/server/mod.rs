@@ -29,6 +29,7 @@ pub(crate) mod config;
 pub(crate) mod events;
 mod exec;
 pub(crate) mod files;
+pub(crate) mod hosts;
 pub(crate) mod images;
 pub(crate) mod kv;
 pub(crate) mod leases;
@@ -105,6 +106,8 @@ pub struct Subsystems {
     pub monitor: hearth_monitor::Monitor,
     /// The daemon's time series (`/v1/metrics`).
     pub metrics: hearth_metrics::TimeSeries,
+    /// The hosts sharing the store, this one among them.
+    pub hosts: hearth_hosts::Hosts,
 }
 
 /// Everything a handler can reach. Cheap to clone.
@@ -124,6 +127,7 @@ struct Inner {
     monitor: hearth_monitor::Monitor,
     /// The time series (the `metrics` subsystem; `metrics` below is Prometheus).
     series: hearth_metrics::TimeSeries,
+    hosts: hearth_hosts::Hosts,
     info: DaemonInfo,
     /// The dashboard's sign-in codes and sessions.
     sessions: crate::ui::session::Sessions,
@@ -151,8 +155,17 @@ impl AppState {
         info: DaemonInfo,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        let Subsystems { machines, networks, apps, workflows, services, config, monitor, metrics: series } =
-            subsystems;
+        let Subsystems {
+            machines,
+            networks,
+            apps,
+            workflows,
+            services,
+            config,
+            monitor,
+            metrics: series,
+            hosts,
+        } = subsystems;
         Self {
             inner: Arc::new(Inner {
                 sessions: crate::ui::session::Sessions::new(store.clone()),
@@ -165,6 +178,7 @@ impl AppState {
                 config,
                 monitor,
                 series,
+                hosts,
                 info,
                 started: Instant::now(),
                 metrics: Metrics::new(apps.clone()),
@@ -202,6 +216,10 @@ impl AppState {
 
     pub(crate) fn machines(&self) -> &hearth_machines::Machines {
         &self.inner.machines
+    }
+
+    pub(crate) fn hosts(&self) -> &hearth_hosts::Hosts {
+        &self.inner.hosts
     }
 
     pub(crate) fn networks(&self) -> &hearth_net::Networks {
@@ -268,6 +286,9 @@ pub(crate) fn api(state: AppState) -> Router {
         .route("/metrics", get(system::metrics))
         .route("/v1/kv", get(kv::list))
         .route("/v1/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
+        .route("/v1/hosts", get(hosts::list))
+        .route("/v1/hosts/{name}", get(hosts::get).delete(hosts::forget))
+        .route("/v1/hosts/{name}/drain", post(hosts::drain).delete(hosts::undrain))
         .route("/v1/leases", get(leases::list).post(leases::grant))
         .route("/v1/leases/{id}", axum::routing::delete(leases::revoke))
         .route("/v1/leases/{id}/keepalive", post(leases::keep_alive))

@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use hearth_client::types::{
-    Backend, DnsStatus, ErrorBody, HostInfo, KvmInfo, Status, StoreStatus, ToolInfo, UiStatus,
+    Backend, ClusterStatus, DnsStatus, ErrorBody, HostInfo, KvmInfo, Status, StoreStatus, ToolInfo, UiStatus,
 };
 
 use super::AppState;
@@ -18,6 +18,13 @@ pub(crate) async fn status(State(state): State<AppState>) -> Result<axum::Json<S
     let revision = store.revision().await?;
     let compacted_revision = store.compacted_revision().await?;
     let info = &state.inner.info;
+    let hosts = state.hosts().list().await?;
+    let cluster = ClusterStatus {
+        host: state.hosts().name().to_owned(),
+        leader: hosts.iter().find(|h| h.leader).map(|h| h.record.name.clone()),
+        hosts: hosts.len() as u32,
+        lost: hosts.iter().filter(|h| h.state == hearth_hosts::State::Lost).count() as u32,
+    };
     Ok(axum::Json(Status {
         version: crate::VERSION.to_owned(),
         data_dir: info.data_dir.display().to_string(),
@@ -43,6 +50,7 @@ pub(crate) async fn status(State(state): State<AppState>) -> Result<axum::Json<S
             resources: crate::host::resources(&info.data_dir),
             ..host_info(state.machines().host(), super::machines::backend(state.machines().default_backend()))
         },
+        cluster: Some(cluster),
     }))
 }
 

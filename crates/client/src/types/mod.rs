@@ -85,6 +85,7 @@ mod apps;
 mod config;
 mod errors;
 mod events;
+mod hosts;
 mod images;
 mod kv;
 mod labs;
@@ -102,6 +103,7 @@ pub use apps::*;
 pub use config::*;
 pub use errors::*;
 pub use events::*;
+pub use hosts::*;
 pub use images::*;
 pub use kv::*;
 pub use labs::*;
@@ -160,6 +162,7 @@ mod tests {
             LabMachineState::ALL,
             &["created", "starting", "running", "stopping", "stopped", "failed", "lost", "missing"],
         );
+        check(HostState::ALL, &["ready", "draining", "lost"]);
         check(FaultKind::ALL, &["partition", "delay", "loss"]);
         check(ImageSource::ALL, &["registry", "debootstrap"]);
         check(LogStream::ALL, &["stdout", "stderr", "request", "hearth"]);

@@ -36,6 +36,21 @@ pub struct Status {
     pub uptime_secs: u64,
     pub store: StoreStatus,
     pub host: HostInfo,
+    /// This host among the hosts sharing the store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
+}
+
+/// This host among the hosts sharing the store (`GET /v1/hosts` lists them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterStatus {
+    /// The name this host goes by.
+    pub host: String,
+    /// The host that leads now, if one does.
+    pub leader: Option<String>,
+    /// Hosts known to the store, and how many of them are lost.
+    pub hosts: u32,
+    pub lost: u32,
 }
 
 /// The web dashboard (`hearth serve --ui`): where it answers, or why it

@@ -6,6 +6,7 @@ pub(crate) mod bench;
 pub(crate) mod config;
 pub(crate) mod events;
 pub(crate) mod fault;
+pub(crate) mod host;
 pub(crate) mod image;
 pub(crate) mod kv;
 pub(crate) mod lab;

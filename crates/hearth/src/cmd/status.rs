@@ -53,6 +53,7 @@ fn render(s: &Status) -> String {
          data dir    {data_dir}\n\
          host        {resources}\n\
          api         {socket}{tcp}\n\
+         cluster     {cluster}\n\
          store       {backend} at {location}\n\
          revision    {revision} (history from {compacted})\n\
          kvm         {kvm}: {kvm_detail}\n\
@@ -68,6 +69,7 @@ fn render(s: &Status) -> String {
         resources = s.host.resources.as_ref().map_or_else(|| "not readable".to_owned(), resources),
         socket = s.socket,
         tcp = s.tcp.as_deref().map(|t| format!(" and http://{t} (token)")).unwrap_or_default(),
+        cluster = s.cluster.as_ref().map_or_else(|| "unknown".to_owned(), cluster),
         backend = s.store.backend,
         location = s.store.location,
         revision = s.store.revision,
@@ -92,4 +94,19 @@ fn render(s: &Status) -> String {
             (None, None) => "off".to_owned(),
         },
     )
+}
+
+/// `cluster     node-1, leader, 1 of 3 hosts lost (`hearth host ls`)`.
+fn cluster(c: &hearth_client::types::ClusterStatus) -> String {
+    let role = match &c.leader {
+        Some(leader) if *leader == c.host => "the leader".to_owned(),
+        Some(leader) => format!("led by {leader}"),
+        None => "no leader yet".to_owned(),
+    };
+    let hosts = match (c.hosts, c.lost) {
+        (1, _) => "the only host".to_owned(),
+        (n, 0) => format!("{n} hosts"),
+        (n, lost) => format!("{lost} of {n} hosts lost"),
+    };
+    format!("host {}, {role}, {hosts} (`hearth host ls`)", c.host)
 }

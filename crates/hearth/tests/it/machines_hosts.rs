@@ -68,7 +68,9 @@ async fn a_machine_run_on_another_host_runs_there_and_is_driven_from_either() {
 
     // A host name that is none is refused with a hint.
     let bad = failure(&one.cli(&["machine", "run", "--on", "Two_", "--name", "bad", &image]));
-    assert!(bad.contains("field `on`") && bad.contains("--host-name"), "{bad}");
+    assert!(bad.contains("field `on`") && bad.contains("hearth host ls"), "{bad}");
+    let nobody = failure(&one.cli(&["machine", "run", "--on", "nobody", "--name", "bad", &image]));
+    assert!(nobody.contains("no host is named \"nobody\"") && nobody.contains("hearth host ls"), "{nobody}");
 
     // A stop through one: two stops the VM.
     let out = success(&one.cli(&["machine", "stop", "far"]));
@@ -82,4 +84,21 @@ async fn a_machine_run_on_another_host_runs_there_and_is_driven_from_either() {
     assert!(wait_until(Duration::from_secs(10), async || !gone.exists()).await, "two deleted its disk");
     assert!(two.client().machines().await.expect("ls").machines.is_empty());
     assert!(one.vm_pids().is_empty() && two.vm_pids().is_empty());
+
+    // Without --on, hearth places it: one is drained, so two takes it.
+    success(&one.cli(&["host", "drain", "one"]));
+    let refused = failure(&one.cli(&["machine", "run", "--on", "one", "--name", "bad", &image]));
+    assert!(
+        refused.contains("host \"one\" is draining") && refused.contains("hearth host undrain one"),
+        "{refused}"
+    );
+    success(&one.cli(&["machine", "run", "--name", "placed", "--memory", "256M", &image]));
+    assert_eq!(ls_row(&one, "placed")[2], "two");
+    let hosts: hearth_client::types::HostList =
+        serde_json::from_str(&success(&one.cli(&["host", "ls", "--json"]))).unwrap();
+    let load: Vec<_> =
+        hosts.hosts.iter().map(|h| (h.name.as_str(), h.load.machines, h.load.memory_mib)).collect();
+    assert_eq!(load, [("one", 0, 0), ("two", 1, 256)]);
+    success(&one.cli(&["machine", "rm", "-f", "placed"]));
+    assert!(wait_until(Duration::from_secs(20), async || two.vm_pids().is_empty()).await, "two removed it");
 }

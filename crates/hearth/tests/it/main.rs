@@ -21,6 +21,7 @@ mod config_cli;
 mod daemon_lifecycle;
 mod events_secrets;
 mod events_stream;
+mod hosts;
 mod labs;
 mod machines_disk;
 mod machines_firecracker;

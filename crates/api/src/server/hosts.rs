@@ -1,0 +1,116 @@
+//! `/v1/hosts`: the daemons sharing the store, their leader, and draining.
+
+use axum::extract::{Path, State};
+use hearth_client::types::{ErrorBody, Host, HostList, HostLoad, HostState};
+
+use super::AppState;
+use crate::error::ApiError;
+
+fn wire(view: hearth_hosts::HostView, load: HostLoad) -> Host {
+    let record = view.record;
+    Host {
+        state: match view.state {
+            hearth_hosts::State::Ready => HostState::Ready,
+            hearth_hosts::State::Draining => HostState::Draining,
+            hearth_hosts::State::Lost => HostState::Lost,
+        },
+        leader: view.leader,
+        addresses: record.addresses,
+        cpus: record.capacity.cpus,
+        memory_mib: record.capacity.memory_mib,
+        backends: record.backends,
+        version: record.version,
+        joined_at: record.joined_at,
+        lost_at_ms: view.lost.map(|l| l.at_ms),
+        load,
+        name: record.name,
+    }
+}
+
+/// What every host carries, from the machine records.
+async fn loads(
+    state: &AppState,
+) -> Result<std::collections::BTreeMap<String, hearth_machines::Load>, ApiError> {
+    Ok(state.machines().load_by_host().await?)
+}
+
+fn load_of(loads: &std::collections::BTreeMap<String, hearth_machines::Load>, name: &str) -> HostLoad {
+    let load = loads.get(name).copied().unwrap_or_default();
+    HostLoad { machines: load.machines, cpus: load.cpus, memory_mib: load.memory_mib }
+}
+
+/// Lists the hosts that share the store, in name order.
+#[utoipa::path(get, path = "/v1/hosts", tag = "hosts", responses((status = 200, body = HostList)))]
+pub(crate) async fn list(State(state): State<AppState>) -> Result<axum::Json<HostList>, ApiError> {
+    let views = state.hosts().list().await?;
+    let loads = loads(&state).await?;
+    let hosts = views
+        .into_iter()
+        .map(|view| {
+            let load = load_of(&loads, &view.record.name);
+            wire(view, load)
+        })
+        .collect();
+    Ok(axum::Json(HostList { hosts, this: state.hosts().name().to_owned() }))
+}
+
+async fn one(state: &AppState, name: &str) -> Result<Host, ApiError> {
+    let view = state.hosts().get(name).await?;
+    let loads = loads(state).await?;
+    Ok(wire(view, load_of(&loads, name)))
+}
+
+/// One host.
+#[utoipa::path(get, path = "/v1/hosts/{name}", tag = "hosts",
+    params(("name" = String, Path, description = "The host's name")),
+    responses((status = 200, body = Host), (status = 404, body = ErrorBody)))]
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<axum::Json<Host>, ApiError> {
+    Ok(axum::Json(one(&state, &name).await?))
+}
+
+/// Drains a host: no new machine or service instance is placed there.
+#[utoipa::path(post, path = "/v1/hosts/{name}/drain", tag = "hosts",
+    params(("name" = String, Path, description = "The host's name")),
+    responses((status = 200, body = Host), (status = 404, body = ErrorBody)))]
+pub(crate) async fn drain(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<axum::Json<Host>, ApiError> {
+    state.hosts().set_draining(&name, true).await?;
+    Ok(axum::Json(one(&state, &name).await?))
+}
+
+/// Ends a host's draining: new work may go there again.
+#[utoipa::path(delete, path = "/v1/hosts/{name}/drain", tag = "hosts",
+    params(("name" = String, Path, description = "The host's name")),
+    responses((status = 200, body = Host), (status = 404, body = ErrorBody)))]
+pub(crate) async fn undrain(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<axum::Json<Host>, ApiError> {
+    state.hosts().set_draining(&name, false).await?;
+    Ok(axum::Json(one(&state, &name).await?))
+}
+
+/// Forgets a lost host that will not come back.
+#[utoipa::path(delete, path = "/v1/hosts/{name}", tag = "hosts",
+    params(("name" = String, Path, description = "The host's name")),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(crate) async fn forget(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    let loads = loads(&state).await?;
+    let load = load_of(&loads, &name);
+    if load.machines > 0 {
+        return Err(ApiError::conflict(
+            format!("host {name:?} still has {} machines recorded on it", load.machines),
+            format!("remove them first (`hearth machine ls` shows them under HOST {name})"),
+        ));
+    }
+    state.hosts().forget(&name).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
