@@ -256,6 +256,7 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
             default_nat: args.default_network_nat,
             enabled: nix::unistd::geteuid().is_root(),
             default_network: args.default_network,
+            host: host_name.clone(),
         },
     );
     // The default network is made before the API answers, so that a

@@ -121,6 +121,7 @@ async fn a_machine_gets_its_config_before_its_main_process_and_every_change_afte
             enabled: false,
             default_network: false,
             default_nat: false,
+            host: "h1".into(),
         },
     );
     let data_dir = dir.path().join("data");

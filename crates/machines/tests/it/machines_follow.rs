@@ -67,6 +67,7 @@ async fn records_written_by_another_writer_are_acted_on_through_broken_watches()
             enabled: false,
             default_network: false,
             default_nat: false,
+            host: "h1".into(),
         },
     );
     let options = Options {

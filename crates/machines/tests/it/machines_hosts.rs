@@ -73,6 +73,7 @@ fn service(store: &Arc<dyn Store>, dir: &std::path::Path, host: &str) -> Machine
             enabled: false,
             default_network: false,
             default_nat: false,
+            host: host.to_owned(),
         },
     );
     let options = Options {

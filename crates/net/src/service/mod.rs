@@ -91,11 +91,22 @@ pub struct Options {
     pub enabled: bool,
     /// Create the `default` network at start.
     pub default_network: bool,
+    /// This daemon's host name (`hearth serve --host-name`). Several hosts
+    /// may share one store; only the host that runs a machine can reach its
+    /// tap, so only it forwards the machine's ports (see
+    /// [`MachineView::runs_on`]).
+    pub host: String,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { prefix: "h".into(), default_nat: true, enabled: true, default_network: true }
+        Self {
+            prefix: "h".into(),
+            default_nat: true,
+            enabled: true,
+            default_network: true,
+            host: "host".into(),
+        }
     }
 }
 
@@ -103,9 +114,23 @@ impl Default for Options {
 #[derive(Debug, Clone, Deserialize)]
 pub struct MachineView {
     pub name: String,
+    /// The host that runs the machine; `None` in records from before hosts
+    /// shared a store.
+    #[serde(default)]
+    pub host: Option<String>,
     pub spec: MachineSpecView,
     #[serde(default)]
     pub status: MachineStatusView,
+}
+
+impl MachineView {
+    /// Whether the machine runs on `host`: its record names it, or names no
+    /// host. A record without one is from before hosts shared a store, when
+    /// the store had one host and every record was that host's; the
+    /// machines service writes its host in when it adopts the record.
+    pub fn runs_on(&self, host: &str) -> bool {
+        self.host.as_deref().is_none_or(|h| h == host)
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

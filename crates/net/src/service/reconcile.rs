@@ -264,15 +264,9 @@ impl Networks {
         }
     }
 
-    /// Port forwards for running machines.
+    /// Port forwards for the running machines of this host.
     async fn sync_forwards(&self, machines: &[MachineView]) {
-        let mut wanted: HashMap<(String, PortSpec), SocketAddr> = HashMap::new();
-        for m in machines.iter().filter(|m| m.status.state == "running") {
-            let Some(nic) = m.spec.nics.first() else { continue };
-            for port in &m.spec.ports {
-                wanted.insert((m.name.clone(), *port), SocketAddr::from((nic.ip, port.guest)));
-            }
-        }
+        let wanted = wanted_forwards(machines, &self.inner.options.host);
         let to_start: Vec<((String, PortSpec), SocketAddr)> = {
             let mut running = lock(&self.inner.running);
             running.forwards.retain(|key, (target, stop)| {
@@ -362,6 +356,22 @@ impl Networks {
     }
 }
 
+/// The port forwards `host` makes: each published port of its running
+/// machines, to the port in the machine's first NIC, by machine and port.
+/// Another host's machines are left to it: only the host that runs a
+/// machine has its tap, so a forward from anywhere else reaches nothing
+/// (and holds the port on that host's loopback for nothing).
+fn wanted_forwards(machines: &[MachineView], host: &str) -> HashMap<(String, PortSpec), SocketAddr> {
+    let mut wanted = HashMap::new();
+    for m in machines.iter().filter(|m| m.status.state == "running" && m.runs_on(host)) {
+        let Some(nic) = m.spec.nics.first() else { continue };
+        for port in &m.spec.ports {
+            wanted.insert((m.name.clone(), *port), SocketAddr::from((nic.ip, port.guest)));
+        }
+    }
+    wanted
+}
+
 /// Takes every change already waiting, so that one pass covers them all.
 fn drain(followers: &mut [&mut Follower]) {
     use futures::FutureExt as _;
@@ -382,4 +392,39 @@ fn upstream_resolvers() -> Option<Vec<SocketAddr>> {
         .map(|ip| SocketAddr::from((ip, 53)))
         .collect();
     (!servers.is_empty()).then_some(servers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine(name: &str, host: Option<&str>, state: &str, ip: &str) -> MachineView {
+        let host = host.map_or("null".to_owned(), |h| format!("{h:?}"));
+        let record = format!(
+            r#"{{"name":"{name}","host":{host},"status":{{"state":"{state}"}},"spec":{{
+                "nics":[{{"network":"default","ip":"{ip}","mac":"02:00:00:00:00:01","tap":"ht-{name}"}}],
+                "ports":[{{"host":8080,"guest":80,"udp":false}}]}}}}"#
+        );
+        serde_json::from_str(&record).unwrap()
+    }
+
+    #[test]
+    fn a_host_forwards_the_ports_of_its_own_running_machines_only() {
+        let machines = [
+            machine("mine", Some("one"), "running", "10.0.0.2"),
+            machine("theirs", Some("two"), "running", "10.0.0.3"),
+            machine("before-hosts", None, "running", "10.0.0.4"),
+            machine("stopped", Some("one"), "stopped", "10.0.0.5"),
+        ];
+        let forwards = |host: &str| {
+            let mut list: Vec<String> = wanted_forwards(&machines, host)
+                .into_iter()
+                .map(|((name, port), target)| format!("{name} {port} -> {target}"))
+                .collect();
+            list.sort();
+            list
+        };
+        assert_eq!(forwards("one"), ["before-hosts 8080:80 -> 10.0.0.4:80", "mine 8080:80 -> 10.0.0.2:80"]);
+        assert_eq!(forwards("two"), ["before-hosts 8080:80 -> 10.0.0.4:80", "theirs 8080:80 -> 10.0.0.3:80"]);
+    }
 }

@@ -70,7 +70,13 @@ async fn dns_follows_services_endpoints_records() {
     .await;
     let networks = Networks::new(
         store.clone(),
-        Options { prefix: "tdns".into(), default_nat: false, enabled: false, default_network: false },
+        Options {
+            prefix: "tdns".into(),
+            default_nat: false,
+            enabled: false,
+            default_network: false,
+            host: "h1".into(),
+        },
     );
     let (stop, stopped) = watch::channel(false);
     let running = tokio::spawn(networks.clone().run(stopped));

@@ -6,7 +6,7 @@ use crate::support;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
-use crate::support::{Lab, Machine, ping, sh};
+use crate::support::{Lab, Machine, in_netns, ping, sh};
 use hearth_net::firewall::{self, Desired, NetworkRules};
 use hearth_net::link::{self, Netns};
 
@@ -102,24 +102,6 @@ fn applying_twice_is_a_no_op_and_clear_removes_only_hearths_tables() {
         let tables = sh(&host, &["nft", "list", "tables"]);
         assert_eq!(tables.trim(), "table inet someone-else");
     });
-}
-
-/// Runs `f` on a thread of its own inside `ns`; sockets made there stay in
-/// `ns` after it returns.
-fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                if let Netns::Named(name) = ns {
-                    let file = std::fs::File::open(format!("/run/netns/{name}")).expect("open the namespace");
-                    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
-                        .expect("enter the namespace");
-                }
-                f()
-            })
-            .join()
-            .expect("the thread in the namespace")
-    })
 }
 
 /// Whether a TCP connection from `ns` to `to` is set up within a second.

@@ -8,6 +8,7 @@ mod dns_services;
 mod firewall_isolation;
 mod firewall_partitions;
 mod firewall_render;
+mod forward_machines;
 mod forward_ports;
 mod link_bridges;
 mod link_names;

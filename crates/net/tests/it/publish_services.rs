@@ -102,7 +102,13 @@ async fn publish(store: &dyn Store, host: u16, guest: u16, instances: &[&Server]
 async fn start_networks(store: Arc<dyn Store>) -> (Networks, watch::Sender<bool>, JoinHandle<()>) {
     let networks = Networks::new(
         store,
-        Options { prefix: "tpub".into(), default_nat: false, enabled: false, default_network: false },
+        Options {
+            prefix: "tpub".into(),
+            default_nat: false,
+            enabled: false,
+            default_network: false,
+            host: "h1".into(),
+        },
     );
     let (stop, stopped) = watch::channel(false);
     let running = tokio::spawn(networks.clone().run(stopped));

@@ -108,6 +108,25 @@ impl Drop for Lab {
     }
 }
 
+/// Runs `f` on a thread of its own inside `ns`; sockets made there stay in
+/// `ns` after it returns, and threads and commands it starts run in `ns`
+/// too.
+pub(crate) fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                if let Netns::Named(name) = ns {
+                    let file = std::fs::File::open(format!("/run/netns/{name}")).expect("open the namespace");
+                    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .expect("enter the namespace");
+                }
+                f()
+            })
+            .join()
+            .expect("the thread in the namespace")
+    })
+}
+
 /// Runs a command in `ns` and returns its stdout; panics with its stderr if
 /// it fails.
 pub(crate) fn sh(ns: &Netns, argv: &[&str]) -> String {
