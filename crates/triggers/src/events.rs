@@ -38,7 +38,8 @@ fn kind_name(kind: EventKind) -> &'static str {
 /// again from the change after the last one seen, so none is missed or seen
 /// twice. Changes compacted away before they were seen cannot be taken by a
 /// trigger; the follower says so in the log. `what` names the follower in
-/// the log.
+/// the log. Changes to hearth's own plumbing
+/// ([`crate::private::is_internal`]) are left out: no trigger sees them.
 pub async fn follow(store: Arc<dyn Store>, what: &'static str) -> impl Stream<Item = Event> + Send {
     let follower = loop {
         match Follower::from_now(store.clone(), "", what).await {
@@ -51,8 +52,8 @@ pub async fn follow(store: Arc<dyn Store>, what: &'static str) -> impl Stream<It
     };
     follower.into_stream().filter_map(|change| async move {
         match change {
-            Change::Event(event) => Some(event),
-            Change::Reset(_) => None,
+            Change::Event(event) if !crate::private::is_internal(&event.kv.key) => Some(event),
+            Change::Event(_) | Change::Reset(_) => None,
         }
     })
 }
@@ -110,6 +111,25 @@ mod tests {
         }
         first.await.unwrap();
         assert_eq!(keys, ["k1", "k2", "k3"]);
+    }
+
+    #[tokio::test]
+    async fn shared_component_bytes_reach_no_trigger() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            hearth_store::redb::RedbStore::open(&dir.path().join("s.redb"), Default::default()).unwrap(),
+        );
+        let changes = follow(store.clone(), "test").await;
+        futures::pin_mut!(changes);
+        let sha = "ab".repeat(32);
+        for prefix in ["apps/blobs/", "workflows/blobs/"] {
+            store.put(&format!("{prefix}{sha}/000000"), vec![0; 1024], None).await.unwrap();
+            store.put(&format!("{prefix}{sha}"), br#"{"size":1024}"#.to_vec(), None).await.unwrap();
+            store.delete(&format!("{prefix}{sha}")).await.unwrap();
+        }
+        store.put("apps/records/web", b"{}".to_vec(), None).await.unwrap();
+        let next = tokio::time::timeout(Duration::from_secs(5), changes.next()).await.unwrap().unwrap();
+        assert_eq!(next.kv.key, "apps/records/web", "the blobs' changes were skipped");
     }
 
     #[tokio::test]

@@ -1,5 +1,6 @@
 //! What must never be handed on: store keys that hold secrets, the secrets
-//! written in a manifest, and the secrets inside any record.
+//! written in a manifest, the secrets inside any record, and the keys of
+//! hearth's own plumbing.
 //!
 //! An event trigger passes each change's value to an app or a workflow, the
 //! events API shows every change to its client, and a manifest is shown
@@ -11,6 +12,12 @@
 //! A new kind of secret is covered without being listed here if it follows
 //! the conventions [`redact`] states: a namespace with a `secrets` segment,
 //! or a field named `secret` (or `…_secret`, `password`, `…_password`).
+//!
+//! Some keys are not secret but are nobody's news: the component bytes
+//! shared between hosts ([`INTERNAL_PREFIXES`]), a megabyte a chunk at
+//! every deploy. A change there reaches no reader of changes at all: not
+//! an event trigger, not the events API (its list and its stream, so not
+//! the dashboard), not an alert rule. Each of them asks [`is_internal`].
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -22,7 +29,7 @@ use toml::de::{DeTable, DeValue};
 pub const SECRET_PREFIXES: &[&str] =
     &["apps/secrets/", "apps/records/", "apps/triggers/", "workflows/defs/", "workflows/triggers/"];
 
-/// Whether a change to `key` may be shown to an event trigger.
+/// Whether `key` holds secrets: a change to it reaches no event trigger.
 pub fn is_secret_key(key: &str) -> bool {
     SECRET_PREFIXES.iter().any(|p| key.starts_with(p))
 }
@@ -31,11 +38,35 @@ pub fn is_secret_key(key: &str) -> bool {
 /// hold secrets (which it never sees): the prefix is inside one of
 /// [`SECRET_PREFIXES`], or reaches into its last segment (`apps/secr`).
 pub fn only_secrets(prefix: &str) -> bool {
-    is_secret_key(prefix)
-        || SECRET_PREFIXES.iter().any(|p| {
-            let last_segment = p[..p.len() - 1].rfind('/').map_or(0, |i| i + 1);
-            p.starts_with(prefix) && prefix.len() > last_segment
-        })
+    only_under(prefix, SECRET_PREFIXES)
+}
+
+/// Store prefixes of hearth's own plumbing: the bytes of components shared
+/// between hosts (`hearth-wasm`'s `blobs`: each component's manifest and
+/// its chunks, `apps/blobs/SHA256[/CHUNK]`, `workflows/blobs/…`).
+pub const INTERNAL_PREFIXES: &[&str] = &["apps/blobs/", "workflows/blobs/"];
+
+/// Whether `key` is hearth's own plumbing ([`INTERNAL_PREFIXES`]): a
+/// change to it is shown to no one, by the events API, to event triggers
+/// or to alert rules, whatever prefix they asked for.
+pub fn is_internal(key: &str) -> bool {
+    INTERNAL_PREFIXES.iter().any(|p| key.starts_with(p))
+}
+
+/// Whether an event trigger on `prefix` would only ever match keys of
+/// hearth's own plumbing (which it never sees), as [`only_secrets`] tells
+/// for secrets.
+pub fn only_internal(prefix: &str) -> bool {
+    only_under(prefix, INTERNAL_PREFIXES)
+}
+
+/// Whether every key that starts with `prefix` is under one of
+/// `prefixes`: `prefix` is inside one, or reaches into its last segment.
+fn only_under(prefix: &str, prefixes: &[&str]) -> bool {
+    prefixes.iter().any(|p| {
+        let last_segment = p[..p.len() - 1].rfind('/').map_or(0, |i| i + 1);
+        prefix.starts_with(p) || (p.starts_with(prefix) && prefix.len() > last_segment)
+    })
 }
 
 /// What a secret is shown as.
@@ -224,6 +255,23 @@ mod tests {
             only_secrets("apps/secrets") && only_secrets("apps/s") && only_secrets("workflows/triggers/x")
         );
         assert!(!only_secrets("apps/") && !only_secrets("machines/") && !only_secrets("a"));
+    }
+
+    #[test]
+    fn shared_component_bytes_are_internal() {
+        let sha = "ab".repeat(32);
+        for key in [
+            format!("apps/blobs/{sha}"),
+            format!("apps/blobs/{sha}/000000"),
+            format!("workflows/blobs/{sha}/000003"),
+        ] {
+            assert!(is_internal(&key), "{key}");
+        }
+        for key in ["apps/records/web", "workflows/runs/r1", "kv/apps/blobs/x", "apps/blobsx", "machines/m"] {
+            assert!(!is_internal(key), "{key}");
+        }
+        assert!(only_internal("apps/blobs/") && only_internal("workflows/bl") && only_internal("apps/b"));
+        assert!(!only_internal("apps/") && !only_internal("workflows/") && !only_internal("kv/"));
     }
 
     // `redact`'s policy, one test per sentence.

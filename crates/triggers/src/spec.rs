@@ -68,7 +68,8 @@ pub struct OwnKeys {
 }
 
 /// Checks an event trigger: a prefix that is not empty, not the
-/// subsystem's own keys and not only secrets; kinds `put` and `delete`.
+/// subsystem's own keys, not only secrets and not only hearth's own
+/// plumbing; kinds `put` and `delete`.
 pub fn check_event(prefix: &str, kinds: &[String], own: OwnKeys) -> Result<(), String> {
     if prefix.is_empty() || prefix.starts_with(own.prefix) {
         return Err(format!(
@@ -78,6 +79,11 @@ pub fn check_event(prefix: &str, kinds: &[String], own: OwnKeys) -> Result<(), S
     }
     if crate::private::only_secrets(prefix) {
         return Err(format!("event prefix {prefix:?} is not allowed: the values there hold secrets"));
+    }
+    if crate::private::only_internal(prefix) {
+        return Err(format!(
+            "event prefix {prefix:?} is not allowed: the keys there are hearth's own (components' bytes shared between hosts), which no trigger sees"
+        ));
     }
     if let Some(k) = kinds.iter().find(|k| *k != "put" && *k != "delete") {
         return Err(format!("event kind {k:?} is not one of \"put\", \"delete\""));
@@ -113,13 +119,15 @@ mod tests {
     }
 
     #[test]
-    fn event_triggers_keep_off_their_own_keys_and_secrets() {
+    fn event_triggers_keep_off_their_own_keys_secrets_and_internal_keys() {
         let own = OwnKeys { prefix: "apps/", why: "apps cannot trigger on apps' own records" };
         assert!(check_event("machines/", &["put".into()], own).is_ok());
         for (prefix, kinds, needle) in [
             ("", vec![], "not allowed: apps cannot"),
             ("apps/data/", vec![], "not allowed: apps cannot"),
             ("machines/", vec!["poke".to_owned()], "not one of"),
+            ("workflows/defs/", vec![], "hold secrets"),
+            ("workflows/blobs/", vec![], "hearth's own"),
         ] {
             let error = check_event(prefix, &kinds, own).unwrap_err();
             assert!(error.contains(needle), "{prefix}: {error}");
