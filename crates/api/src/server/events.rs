@@ -61,6 +61,15 @@ fn change_event(event: hearth_store::Event) -> ChangeEvent {
     ChangeEvent { revision, kind, key: event.kv.key, value, encoding, version: event.kv.version }
 }
 
+/// Whether a change to `key` is shown to a client that asked for `prefix`:
+/// it is under the prefix, and is not hearth's own plumbing
+/// ([`hearth_triggers::private::is_internal`]: the component bytes shared
+/// between hosts), which no client is shown whatever it asks for. Every
+/// event the API answers (the list and the stream) passes this test.
+fn shown(key: &str, prefix: &str) -> bool {
+    key.starts_with(prefix) && !hearth_triggers::private::is_internal(key)
+}
+
 /// Lists recent changes, or with `follow=true` streams them as server-sent
 /// events: `id` is the revision, `event` is `put` or `delete`, `data` is a
 /// [`ChangeEvent`]. A client that reconnects with `Last-Event-ID: R` resumes
@@ -120,7 +129,7 @@ pub(crate) async fn events(
                 Some(Err(error)) => return Err(error.into()),
             };
             let last = event.revision() == current;
-            if event.kv.key.starts_with(&prefix) {
+            if shown(&event.kv.key, &prefix) {
                 events.push(change_event(event));
             }
             if last {
@@ -128,7 +137,7 @@ pub(crate) async fn events(
                 while events.len() < limit {
                     match stream.next().now_or_never() {
                         Some(Some(Ok(event))) if event.revision() == current => {
-                            if event.kv.key.starts_with(&prefix) {
+                            if shown(&event.kv.key, &prefix) {
                                 events.push(change_event(event));
                             }
                         }
@@ -175,27 +184,42 @@ async fn follow(state: AppState, prefix: &str, since: u64) -> Result<Response, A
     let follower = Follower::new(state.shared_store(), prefix, since, "The events stream");
     let deadline = tokio::time::Instant::now() + state.event_stream_lifetime();
     let stream = futures::stream::unfold(
-        Some(Following { follower, through: since.saturating_sub(1), deadline, ending: false }),
+        Some(Following {
+            follower,
+            prefix: prefix.to_owned(),
+            through: since.saturating_sub(1),
+            deadline,
+            ending: false,
+        }),
         move |following| async move {
             let mut following = following?;
-            let change = if following.ending {
-                None
-            } else {
-                tokio::select! {
-                    change = following.follower.next() => Some(change),
-                    () = tokio::time::sleep_until(following.deadline) => None,
-                }
-            };
-            // Past the deadline: what is already there (the rest of a
-            // transaction), then where to resume.
-            let change = match change {
-                Some(change) => change,
-                None => {
-                    following.ending = true;
-                    match following.follower.next().now_or_never() {
-                        Some(change) => change,
-                        None => return Some((end_event(following.through), None)),
+            let change = loop {
+                let change = if following.ending {
+                    None
+                } else {
+                    tokio::select! {
+                        change = following.follower.next() => Some(change),
+                        () = tokio::time::sleep_until(following.deadline) => None,
                     }
+                };
+                // Past the deadline: what is already there (the rest of a
+                // transaction), then where to resume.
+                let change = match change {
+                    Some(change) => change,
+                    None => {
+                        following.ending = true;
+                        match following.follower.next().now_or_never() {
+                            Some(change) => change,
+                            None => return Some((end_event(following.through), None)),
+                        }
+                    }
+                };
+                match change {
+                    // Not shown, but the stream is complete through it.
+                    Change::Event(event) if !shown(&event.kv.key, &following.prefix) => {
+                        following.through = event.revision();
+                    }
+                    change => break change,
                 }
             };
             Some(match change {
@@ -223,11 +247,12 @@ async fn follow(state: AppState, prefix: &str, since: u64) -> Result<Response, A
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
 }
 
-/// An event stream's place: its follower, and the revision it has handed
-/// out every event of (the last event's; before any, the one before
-/// `since`).
+/// An event stream's place: its follower on `prefix`, and the revision it
+/// has handed out every event of (the last event's, shown or not; before
+/// any, the one before `since`).
 struct Following {
     follower: Follower,
+    prefix: String,
     through: u64,
     deadline: tokio::time::Instant,
     ending: bool,
