@@ -525,8 +525,10 @@ impl Monitor {
                 engine.revision = engine.revision.max(event.revision());
                 let key = event.kv.key.as_str();
                 // The service's own state and rules reach no rule, ever: a
-                // rule on them would fire on every save.
-                if key == keys::STATE || key == keys::RULES {
+                // rule on them would fire on every save. Nor does hearth's
+                // own plumbing (components' bytes shared between hosts,
+                // a megabyte a change), as to every reader of changes.
+                if key == keys::STATE || key == keys::RULES || hearth_triggers::private::is_internal(key) {
                     return;
                 }
                 let rules = engine.rules.clone();

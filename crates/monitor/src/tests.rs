@@ -424,3 +424,42 @@ group_wait = "0s"
     assert_eq!(rules_seen.iter().filter(|r| *r == "watch-alerts").count(), 2, "{rules_seen:?}");
     running.stop().await;
 }
+
+#[tokio::test]
+async fn shared_component_bytes_reach_no_rule_even_one_on_every_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_in(dir.path());
+    let recorder = Arc::new(Recorder::default());
+    let running = start(&store, &recorder).await;
+    let rules = r#"
+[[receiver]]
+name = "hook"
+webhook = { url = "http://127.0.0.1:9/alerts" }
+
+[[rule]]
+name = "every-key"
+event = { prefix = "", resolve_after = "never" }
+notify = ["hook"]
+group_by = ["key"]
+group_wait = "0s"
+"#;
+    running.monitor.apply(rules).await.unwrap();
+    let sha = "ab".repeat(32);
+    for prefix in ["apps/blobs/", "workflows/blobs/"] {
+        store.put(&format!("{prefix}{sha}/000000"), vec![0; 1024], None).await.unwrap();
+        store.put(&format!("{prefix}{sha}"), br#"{"size":1024,"chunks":1}"#.to_vec(), None).await.unwrap();
+    }
+    store.put("machines/db", br#"{"state":"failed"}"#.to_vec(), None).await.unwrap();
+    until("the machine's notification", || !seen(&recorder).is_empty()).await;
+    running.monitor.deliveries().wait_for(|n| *n >= 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let keys: Vec<String> = recorder
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|n| n.group_labels.get("key").cloned().unwrap_or_default())
+        .collect();
+    assert_eq!(keys, ["machines/db"]);
+    running.stop().await;
+}
