@@ -3,8 +3,10 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use hearth_client::types::{Encoding, EventKind, PutKv};
+use hearth_client::types::{Encoding, EventKind, EventsQuery, PutKv};
+use hearth_store::Store;
 use hearth_testkit::Daemon;
+use hearth_testkit::etcd::Etcd;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hearth");
 
@@ -209,4 +211,59 @@ async fn events_follow_in_the_cli_goes_on_past_a_streams_lifetime() {
     let _ = cli.kill();
     let _ = cli.wait();
     assert_eq!(seen, written, "every change once, across two seconds of half-second streams");
+}
+
+/// The component bytes hosts share through the store (`apps/blobs/` and
+/// `workflows/blobs/`: a manifest, and a megabyte a chunk, at each deploy)
+/// are no events: neither the list nor the stream shows them, whatever
+/// the prefix asked for.
+#[tokio::test(flavor = "multi_thread")]
+async fn shared_component_bytes_are_not_events() {
+    let etcd = Etcd::start();
+    let daemon = Daemon::start_with_env(BIN, &[("HEARTH_STORE", std::ffi::OsStr::new(&etcd.url()))]).await;
+    let client = daemon.client();
+    let mut everything = Box::pin(client.follow_events(None, None).await.expect("follow"));
+    let mut blobs = Box::pin(client.follow_events(None, Some("apps/blobs/")).await.expect("follow"));
+    // Written as another host's deploy writes them: to the shared store.
+    let options = hearth_store::etcd::Options::from_url(&etcd.url()).expect("the etcd URL");
+    let store = hearth_store::etcd::EtcdStore::connect(options).await.expect("connect to etcd");
+    let sha = "ab".repeat(32);
+    for prefix in ["apps/blobs/", "workflows/blobs/"] {
+        store.put(&format!("{prefix}{sha}/000000"), vec![0xff; 4096], None).await.expect("a chunk");
+        store.put(&format!("{prefix}{sha}"), br#"{"size":4096}"#.to_vec(), None).await.expect("a manifest");
+    }
+    let after = client.kv_put("after", &put("1")).await.expect("put").revision;
+    let is_blob = |key: &str| key.starts_with("apps/blobs/") || key.starts_with("workflows/blobs/");
+
+    // The stream of every key goes from before the blobs to after them
+    // without one (the daemon writes keys of its own meanwhile).
+    let mut streamed = Vec::new();
+    while !streamed.contains(&"kv/after".to_owned()) {
+        let event = tokio::time::timeout(Duration::from_secs(10), everything.next())
+            .await
+            .expect("event within 10 s")
+            .expect("stream open")
+            .expect("event");
+        streamed.push(event.key);
+    }
+    assert!(!streamed.iter().any(|k| is_blob(k)), "{streamed:?}");
+    // A stream of the blobs' own prefix gets nothing.
+    let nothing = tokio::time::timeout(Duration::from_secs(1), blobs.next()).await;
+    assert!(nothing.is_err(), "the stream of apps/blobs/ got {nothing:?}");
+
+    // The list, of every key and of the blobs' prefix.
+    let list = |prefix: Option<&str>| EventsQuery {
+        follow: None,
+        since: Some(0),
+        prefix: prefix.map(str::to_owned),
+        limit: Some(10_000),
+    };
+    let all = client.events(&list(None)).await.expect("list");
+    let keys: Vec<&str> = all.events.iter().map(|e| e.key.as_str()).collect();
+    assert!(keys.contains(&"kv/after") && all.revision >= after, "{keys:?}");
+    assert!(!keys.iter().any(|k| is_blob(k)), "{keys:?}");
+    let listed = client.events(&list(Some("workflows/blobs/"))).await.expect("list");
+    assert!(listed.events.is_empty(), "{:?}", listed.events);
+    // They are still there, for the hosts that fetch them.
+    assert_eq!(store.range("apps/blobs/").await.expect("range").kvs.len(), 2);
 }
