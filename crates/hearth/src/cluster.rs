@@ -141,3 +141,33 @@ pub(crate) async fn while_leading<F, Fut>(
         }
     }
 }
+
+/// Places service instances on hosts: [`hearth_hosts::place`] over the
+/// hosts alive now and the machines they carry.
+pub(crate) struct Placer {
+    pub(crate) hosts: hearth_hosts::Hosts,
+    pub(crate) machines: hearth_machines::Machines,
+}
+
+#[async_trait::async_trait]
+impl hearth_services::Placer for Placer {
+    async fn place(
+        &self,
+        memory_mib: u64,
+        siblings: std::collections::BTreeMap<String, u32>,
+    ) -> Result<String, String> {
+        let hosts = self.hosts.list().await.map_err(|e| e.to_string())?;
+        let loads = self
+            .machines
+            .load_by_host()
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|(name, l)| {
+                (name, hearth_hosts::Load { machines: l.machines, cpus: l.cpus, memory_mib: l.memory_mib })
+            })
+            .collect();
+        let need = hearth_hosts::Need { memory_mib, backend: None, siblings };
+        hearth_hosts::place(&hosts, &loads, &need).map_err(|e| e.to_string())
+    }
+}

@@ -20,7 +20,7 @@ pub mod record;
 mod service;
 mod supervise;
 
-pub use service::{CreateService, Deploy, MAX_COUNT, MAX_WAIT, Register, ServiceView, Services};
+pub use service::{CreateService, Deploy, MAX_COUNT, MAX_WAIT, Placer, Register, ServiceView, Services};
 
 use hearth_store::Revision;
 

@@ -101,10 +101,25 @@ pub struct Services {
 pub(crate) struct Inner {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) machines: Machines,
+    /// Where new instance machines go, when hosts share the store.
+    pub(crate) placer: StdMutex<Option<Arc<dyn Placer>>>,
     /// Wakes the supervisor for a pass.
     pub(crate) kick: Notify,
     /// Makes history keys unique within a millisecond.
     pub(crate) history_seq: StdMutex<u64>,
+}
+
+/// Picks the host a new instance machine goes to.
+#[async_trait::async_trait]
+pub trait Placer: Send + Sync + 'static {
+    /// The host for a machine of `memory_mib`, given how many instances of
+    /// the same service each host runs already (`siblings`, to spread
+    /// them); or why no host can take it, as a sentence.
+    async fn place(
+        &self,
+        memory_mib: u64,
+        siblings: std::collections::BTreeMap<String, u32>,
+    ) -> Result<String, String>;
 }
 
 impl std::fmt::Debug for Services {
@@ -116,8 +131,24 @@ impl std::fmt::Debug for Services {
 impl Services {
     pub fn new(store: Arc<dyn Store>, machines: Machines) -> Self {
         Self {
-            inner: Arc::new(Inner { store, machines, kick: Notify::new(), history_seq: StdMutex::new(0) }),
+            inner: Arc::new(Inner {
+                store,
+                machines,
+                placer: StdMutex::new(None),
+                kick: Notify::new(),
+                history_seq: StdMutex::new(0),
+            }),
         }
+    }
+
+    /// Sets how instance machines are placed on hosts; without one, they
+    /// run on the host whose supervisor makes them.
+    pub fn set_placer(&self, placer: Arc<dyn Placer>) {
+        *self.inner.placer.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(placer);
+    }
+
+    pub(crate) fn placer(&self) -> Option<Arc<dyn Placer>> {
+        self.inner.placer.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     pub(crate) fn store(&self) -> &Arc<dyn Store> {

@@ -9,7 +9,7 @@
 //!    `NAME-COUNT`: a missing instance record is written first, then its
 //!    machine made; instances past the count are removed with their machines.
 //! 2. An instance whose machine is missing is given one; a machine that
-//!    failed is replaced; a stopped one is started; a running one whose
+//!    failed, or was lost with its host, is replaced; a stopped one is started; a running one whose
 //!    checks stayed critical for [`grace`] is replaced. Replacements back off
 //!    per instance, from [`FIRST_BACKOFF`] doubling to [`MAX_BACKOFF`], so a
 //!    crash loop does not spin; an instance passing for [`MAX_BACKOFF`] is
@@ -20,6 +20,12 @@
 //! 4. `services/endpoints/NAME` is rewritten when the set of passing
 //!    instances changes, and only then.
 //! 5. What a removed service left (instances, machines, health) is removed.
+//!
+//! When hosts share the store, only the leader's supervisor runs (the
+//! daemon starts it with each term and stops it when the term ends), and
+//! new instance machines go where the [`crate::Placer`] says, spread over
+//! hosts. Checks run from the leader, so they reach an instance on another
+//! host only over a network that spans hosts.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -630,6 +636,10 @@ impl Services {
                         let why = machine.status.reason.as_deref().unwrap_or("no reason given");
                         format!("machine {name} failed: {why}")
                     }
+                    State::Lost => {
+                        let why = machine.status.reason.as_deref().unwrap_or("its host was lost");
+                        format!("machine {name} is lost: {why}")
+                    }
                     other => format!("machine {name} is {}", other.as_str()),
                 };
                 self.set_health(state, key, instance, health, Status::Critical, said.clone()).await;
@@ -637,7 +647,10 @@ impl Services {
                     return None;
                 }
                 match down {
-                    State::Failed => self.replace(state, def, key, instance, said).await,
+                    // A lost machine's host is gone: another host runs the
+                    // instance, and the lost host stops its copy when it
+                    // comes back (its record is gone by then).
+                    State::Failed | State::Lost => self.replace(state, def, key, instance, said).await,
                     State::Stopped => {
                         state.bump(key);
                         match self.inner.machines.start(name).await {
@@ -671,7 +684,21 @@ impl Services {
         // The agent restarts the main process whenever it ends (with its
         // own backoff); the supervisor replaces the machine when that is
         // not enough (it fails, or its checks stay critical).
+        let host = match self.placer() {
+            None => None,
+            Some(placer) => {
+                match placer.place(u64::from(template.memory_mib), self.siblings(&def.name).await).await {
+                    Ok(host) => Some(host),
+                    Err(why) => {
+                        let reason = format!("cannot place machine {name}: {why}");
+                        self.failed(state, def, key, instance, reason).await;
+                        return;
+                    }
+                }
+            }
+        };
         let request = CreateRequest {
+            host,
             name: name.clone(),
             image: template.image.clone(),
             cpus: template.cpus,
@@ -705,6 +732,27 @@ impl Services {
                 self.failed(state, def, key, instance, reason).await;
             }
         }
+    }
+
+    /// How many of a service's instance machines each host runs, to
+    /// spread its instances over hosts. Unreadable records count for none.
+    async fn siblings(&self, service: &str) -> BTreeMap<String, u32> {
+        let mut counts = BTreeMap::new();
+        let Ok(instances) = self.store().range(&record::instances_prefix(service)).await else {
+            return counts;
+        };
+        for kv in instances.kvs {
+            let Ok(instance) = parse::<InstanceRecord>(&kv) else { continue };
+            let name = instance.machine.unwrap_or(instance.id);
+            let Ok(Some(machine)) = self.store().get(&hearth_machines::record::key(&name)).await else {
+                continue;
+            };
+            let Ok(machine) = parse::<MachineRecord>(&machine) else { continue };
+            if let Some(host) = machine.host {
+                *counts.entry(host).or_insert(0) += 1;
+            }
+        }
+        counts
     }
 
     /// Removes a machine that is failing; the next pass makes a new one
