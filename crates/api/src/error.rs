@@ -351,7 +351,7 @@ impl From<hearth_hosts::Error> for ApiError {
                 message,
                 "stop its daemon first, and wait until `hearth host ls` shows it lost",
             ),
-            E::NameTaken { .. } | E::Corrupt { .. } | E::LeaseFile { .. } => {
+            E::NameTaken { .. } | E::Corrupt { .. } | E::LeaseFile { .. } | E::Slow(_) => {
                 tracing::error!(error = %message, "A host record cannot be used.");
                 Self::internal(message)
             }

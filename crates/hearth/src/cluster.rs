@@ -75,9 +75,8 @@ impl hearth_hosts::Failover for Failover {
         let at = humantime::format_rfc3339_seconds(
             std::time::UNIX_EPOCH + std::time::Duration::from_millis(lost.at_ms),
         );
-        let reason = format!(
-            "host {host} stopped renewing its lease (seen at {at}); the machine's disk is on {host}, so it comes back when {host} does"
-        );
+        // The machines crate adds where the disk is and what happens next.
+        let reason = format!("host {host} stopped renewing its lease (seen at {at})");
         let marked =
             hearth_machines::mark_host_lost(&*store, host, &reason).await.map_err(|e| e.to_string())?;
         if marked > 0 {

@@ -81,6 +81,10 @@ pub enum Error {
         source: serde_json::Error,
     },
 
+    /// The store did not answer a renewal in time.
+    #[error("the store did not answer within {0:?}")]
+    Slow(Duration),
+
     #[error("cannot keep the host's lease id in {path}")]
     LeaseFile {
         path: PathBuf,
@@ -325,69 +329,75 @@ impl Hosts {
         let store = self.inner.store.clone();
         let mut renew = tokio::time::interval(RENEW_EVERY);
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // When the last renewal that succeeded was sent: the store counts
+        // the lease from no earlier than that.
         let mut renewed = Instant::now();
         let mut leader =
             Follower::new(store.clone(), record::LEADER, self.inner.joined + 1, "The leader's key");
-        let mut watcher: Option<tokio::task::JoinHandle<()>> = None;
+        // The leader's watch over the other hosts, and the term it serves.
+        let mut watcher: Option<(Term, tokio::task::JoinHandle<()>)> = None;
         self.campaign().await;
         loop {
             let term = *self.inner.term.borrow();
-            match (term, &watcher) {
-                (Some(term), None) => {
-                    let store = fence(term);
-                    watcher = Some(tokio::spawn(self.clone().watch_hosts(store, failover.clone())));
-                }
-                (None, Some(task)) => {
-                    task.abort();
-                    watcher = None;
-                }
-                _ => {}
+            let stale = match (&watcher, term) {
+                (Some((served, task)), Some(now)) => *served != now || task.is_finished(),
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if stale && let Some((_, task)) = watcher.take() {
+                task.abort();
+            }
+            if watcher.is_none()
+                && let Some(term) = term
+            {
+                let task = tokio::spawn(self.clone().watch_hosts(fence(term), failover.clone()));
+                watcher = Some((term, task));
             }
             tokio::select! {
                 () = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
                 _ = renew.tick() => {
+                    let sent = Instant::now();
                     match self.renew().await {
-                        Ok(()) => renewed = Instant::now(),
+                        Ok(()) => renewed = sent,
                         Err(error) => {
                             tracing::warn!(error = %hearth_store::chain(&error), "Cannot renew this host's lease; retrying.");
-                            // Past its lease, nobody can count on its keys: it leads no more.
-                            if renewed.elapsed() >= LEASE_TTL {
-                                self.step_down("its lease could not be renewed");
-                            }
                         }
+                    }
+                    // Well before the store would let the lease expire,
+                    // a host that could not renew it leads no more: its
+                    // duties stop before another host's can start.
+                    if renewed.elapsed() >= LEASE_TTL - RENEW_EVERY {
+                        self.step_down("its lease could not be renewed in time");
                     }
                     if self.inner.term.borrow().is_none() {
                         self.campaign().await;
                     }
                 }
-                change = leader.next() => {
-                    let gone = match &change {
-                        Change::Event(event) => event.kind == EventKind::Delete,
-                        Change::Reset(range) => range.kvs.is_empty(),
-                    };
-                    if gone {
-                        self.step_down("its key was deleted");
+                _ = leader.next() => {
+                    // Events can be stale (a delete of an earlier term's
+                    // key arriving after this host won a new one): what
+                    // counts is the key as it is now.
+                    if self.observe_leader().await == Some(false) {
                         self.campaign().await;
-                    } else if let (Change::Event(event), Some(term)) = (&change, *self.inner.term.borrow())
-                        && event.kv.create_revision != term.token
-                    {
-                        self.step_down("another host was elected");
                     }
                 }
             }
         }
-        if let Some(task) = watcher {
+        if let Some((_, task)) = watcher {
             task.abort();
         }
         self.resign().await;
     }
 
-    /// Renews the lease; joins again under a new one when it expired.
+    /// Renews the lease, giving up after [`RENEW_EVERY`]; joins again
+    /// under a new one when it expired.
     async fn renew(&self) -> Result<(), Error> {
         let lease = *lock(&self.inner.lease);
-        match self.inner.store.lease_keep_alive(lease).await {
-            Ok(_) => Ok(()),
-            Err(hearth_store::Error::LeaseNotFound(_)) => {
+        let answer = tokio::time::timeout(RENEW_EVERY, self.inner.store.lease_keep_alive(lease)).await;
+        match answer {
+            Err(_) => Err(Error::Slow(RENEW_EVERY)),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(hearth_store::Error::LeaseNotFound(_))) => {
                 tracing::warn!(
                     host = %self.inner.name,
                     lease,
@@ -395,15 +405,19 @@ impl Hosts {
                 );
                 self.step_down("its lease expired");
                 let record = lock(&self.inner.record).clone();
-                let (lease, _) = enter(&*self.inner.store, &self.inner.lease_file, record, None).await?;
+                // The alive key may still hang on the expired lease for a
+                // moment: it is this host's own, taken over at once.
+                let (lease, _) =
+                    enter(&*self.inner.store, &self.inner.lease_file, record, Some(lease)).await?;
                 *lock(&self.inner.lease) = lease;
                 Ok(())
             }
-            Err(e) => Err(e.into()),
+            Ok(Err(e)) => Err(e.into()),
         }
     }
 
-    /// Tries to take the leader's key.
+    /// Tries to take the leader's key, then looks at who holds it. A
+    /// campaign whose answer was lost but which was applied is seen then.
     async fn campaign(&self) {
         let lease = *lock(&self.inner.lease);
         let txn = Txn::new().when(Compare::missing(record::LEADER)).and_then(Op::Put {
@@ -411,15 +425,38 @@ impl Hosts {
             value: self.inner.name.as_bytes().to_vec(),
             lease: Some(lease),
         });
-        match self.inner.store.txn(txn).await {
-            Ok(response) if response.succeeded => {
-                let term = Term { token: response.revision };
-                tracing::info!(host = %self.inner.name, term = term.token, "This host leads.");
-                self.inner.term.send_replace(Some(term));
+        if let Err(error) = self.inner.store.txn(txn).await {
+            tracing::warn!(error = %hearth_store::chain(&error), "Cannot campaign for leadership; retrying.");
+        }
+        self.observe_leader().await;
+    }
+
+    /// Reads the leader's key and sets this host's term from it: this host
+    /// leads exactly while the key hangs on its own lease, and its term is
+    /// the key's create revision. `Some(false)` when there is no key (time
+    /// to campaign), `None` when the store did not answer.
+    async fn observe_leader(&self) -> Option<bool> {
+        match self.inner.store.get(record::LEADER).await {
+            Ok(None) => {
+                self.step_down("its key is gone");
+                Some(false)
             }
-            Ok(_) => {}
+            Ok(Some(kv)) => {
+                let lease = *lock(&self.inner.lease);
+                if kv.lease == Some(lease) {
+                    let term = Term { token: kv.create_revision };
+                    if *self.inner.term.borrow() != Some(term) {
+                        tracing::info!(host = %self.inner.name, term = term.token, "This host leads.");
+                        self.inner.term.send_replace(Some(term));
+                    }
+                } else {
+                    self.step_down("another host leads");
+                }
+                Some(true)
+            }
             Err(error) => {
-                tracing::warn!(error = %hearth_store::chain(&error), "Cannot campaign for leadership; retrying.")
+                tracing::warn!(error = %hearth_store::chain(&error), "Cannot read the leader's key; retrying.");
+                None
             }
         }
     }
@@ -458,10 +495,17 @@ impl Hosts {
         };
         // A new term looks again at every host without an alive key: the
         // last leader may have died halfway through its failover.
-        if let Ok(hosts) = self.list().await {
-            for host in hosts.into_iter().filter(|h| h.state == State::Lost) {
-                self.lost(&store, &*failover, &host.record.name, host.lost).await;
+        let hosts = loop {
+            match self.list().await {
+                Ok(hosts) => break hosts,
+                Err(error) => {
+                    tracing::warn!(error = %error, "Cannot list the hosts; retrying.");
+                    tokio::time::sleep(RENEW_EVERY).await;
+                }
             }
+        };
+        for host in hosts.into_iter().filter(|h| h.state == State::Lost && h.record.name != self.inner.name) {
+            self.lost(&store, &*failover, &host.record.name, host.lost).await;
         }
         let mut alive = Follower::new(store.clone(), record::ALIVE, range.revision + 1, "Hosts alive");
         loop {
@@ -488,23 +532,50 @@ impl Hosts {
     /// Writes that `host` is lost (unless already written) and hands it to
     /// the failover, both through the fenced store.
     async fn lost(&self, store: &Arc<dyn Store>, failover: &dyn Failover, host: &str, known: Option<Lost>) {
+        let alive = record::alive_key(host);
         let lost = match known {
             Some(lost) => lost,
             None => {
                 let lost = Lost { at_ms: now_ms(), by: self.inner.name.clone() };
                 let key = record::lost_key(host);
                 let txn = Txn::new()
-                    .when(Compare::missing(record::alive_key(host)))
+                    .when(Compare::missing(&alive))
                     .when(Compare::missing(&key))
-                    .and_then(Op::Put { key, value: encode(&lost), lease: None });
-                if let Err(error) = store.txn(txn).await {
-                    tracing::warn!(host, error = %hearth_store::chain(&error), "Cannot record a lost host.");
-                    return;
+                    .and_then(Op::Put { key: key.clone(), value: encode(&lost), lease: None })
+                    .or_else(Op::Get { key: alive.clone() })
+                    .or_else(Op::Get { key });
+                let response = match store.txn(txn).await {
+                    Ok(response) => response,
+                    Err(error) => {
+                        tracing::warn!(host, error = %hearth_store::chain(&error), "Cannot record a lost host.");
+                        return;
+                    }
+                };
+                if response.succeeded {
+                    tracing::warn!(host, "A host was lost: its lease expired.");
+                    lost
+                } else {
+                    match response.responses.as_slice() {
+                        // Back already: nothing to do.
+                        [hearth_store::OpResponse::Get { kv: Some(_) }, _] => return,
+                        // Recorded already (by this leader or the last).
+                        [_, hearth_store::OpResponse::Get { kv: Some(kv) }] => {
+                            match decode(&kv.key, &kv.value) {
+                                Ok(lost) => lost,
+                                Err(_) => lost,
+                            }
+                        }
+                        _ => return,
+                    }
                 }
-                tracing::warn!(host, "A host was lost: its lease expired.");
-                lost
             }
         };
+        // The failover acts on what the host had; a host that came back in
+        // the meantime keeps it (its machines service corrects a record
+        // marked lost while it still runs the machine).
+        if matches!(store.get(&alive).await, Ok(Some(_))) {
+            return;
+        }
         if let Err(error) = failover.host_lost(store.clone(), host, &lost).await {
             tracing::warn!(host, error, "The failover of a lost host failed; the next term tries again.");
         }

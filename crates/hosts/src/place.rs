@@ -40,7 +40,8 @@ pub struct NoHost {
 /// - Only a host that can run it: the backend it asks for, if any, is one
 ///   the host has.
 /// - Only a host with the memory for it: what its machines are given
-///   already plus what the work needs stays within its memory.
+///   already plus what the work needs stays within its memory (a host
+///   that could not read its memory is not refused for it).
 /// - Of those, siblings are spread first (the host with the fewest
 ///   instances of the same service), then the host with the smallest share
 ///   of its memory given out once the work is there, then the one with the
@@ -68,7 +69,8 @@ pub fn place(hosts: &[HostView], loads: &BTreeMap<String, Load>, need: &Need) ->
                 .map(|b| format!("cannot run {b} (it has {})", list(&host.record.backends)))
         })
         .or_else(|| {
-            (load.memory_mib + need.memory_mib > capacity).then(|| {
+            // A capacity of 0 is one the host could not read: unknown, not full.
+            (capacity > 0 && load.memory_mib + need.memory_mib > capacity).then(|| {
                 format!(
                     "has {} MiB of {capacity} MiB free, {} MiB needed",
                     capacity.saturating_sub(load.memory_mib),
@@ -160,6 +162,12 @@ mod tests {
         );
         assert_eq!(place(&hosts, &loads(&[("a", 1, 768)]), &need(256)).unwrap(), "b");
         assert_eq!(place(&hosts, &loads(&[("a", 1, 768), ("b", 1, 1024)]), &need(256)).unwrap(), "a");
+    }
+
+    #[test]
+    fn a_host_that_could_not_read_its_memory_is_not_refused_for_it() {
+        let hosts = [host("a", State::Ready, 0)];
+        assert_eq!(place(&hosts, &loads(&[("a", 3, 1536)]), &need(512)).unwrap(), "a");
     }
 
     #[test]

@@ -196,3 +196,24 @@ fn a_term_fences_on_the_create_revision_of_the_leaders_key() {
     let fence = Term { token: 42 }.fence();
     assert_eq!(fence, Compare::new(record::LEADER, CompareOp::Equal, CompareTarget::CreateRevision(42)));
 }
+
+#[tokio::test]
+async fn a_host_whose_lease_expired_joins_again_and_keeps_the_new_term() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir);
+    let (one, _d1) = join(&store, "one").await;
+    let (_stop, _task) = start(&one, store.clone(), Arc::default());
+    wait_until(async || one.term().borrow().is_some()).await;
+    let first = one.term().borrow().unwrap();
+    // As if the lease expired while the daemon stalled: its keys go.
+    let lease = *lock(&one.inner.lease);
+    store.lease_revoke(lease).await.unwrap();
+    // It notices at its next renewal, joins again and wins a new term; the
+    // delete of the old term's key, seen after that, does not end it.
+    wait_until(async || one.term().borrow().is_some_and(|t| t.token > first.token)).await;
+    let second = one.term().borrow().unwrap();
+    tokio::time::sleep(RENEW_EVERY + Duration::from_millis(500)).await;
+    assert_eq!(*one.term().borrow(), Some(second));
+    assert_eq!(state(&one, "one").await, State::Ready);
+    assert!(one.get("one").await.unwrap().leader);
+}
