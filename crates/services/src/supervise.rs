@@ -24,8 +24,10 @@
 //! When hosts share the store, only the leader's supervisor runs (the
 //! daemon starts it with each term and stops it when the term ends), and
 //! new instance machines go where the [`crate::Placer`] says, spread over
-//! hosts. Checks run from the leader, so they reach an instance on another
-//! host only over a network that spans hosts.
+//! hosts. Checks run from the leader, which reaches another host's
+//! machines only over a network that spans hosts; until networks do, an
+//! instance running on another host passes while its machine runs, and
+//! its health says so.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -298,6 +300,24 @@ impl Services {
                     let running = self
                         .supervise_machine(state, def, key, instance, now.machines.get(machine), health)
                         .await;
+                    let elsewhere = now
+                        .machines
+                        .get(machine)
+                        .and_then(|m| m.host.clone())
+                        .filter(|host| host != self.inner.machines.host_name());
+                    if let (Some(_), Some(host)) = (running, &elsewhere)
+                        && !def.checks.is_empty()
+                    {
+                        // Checks run from this (the leader's) host, which
+                        // reaches another host's machines only over a
+                        // network that spans hosts: not yet, so a running
+                        // machine there passes, and says why.
+                        let output = format!(
+                            "machine {machine} is running on host {host}; its checks run only on the leader's host until networks span hosts"
+                        );
+                        self.set_health(state, key, instance, health, Status::Passing, output).await;
+                        continue;
+                    }
                     if let Some(started_at) = running {
                         let fingerprint =
                             format!("{:?}{}{:?}{started_at}", instance.address, instance.port, def.checks);

@@ -103,12 +103,16 @@ pub(crate) async fn forget(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<axum::http::StatusCode, ApiError> {
-    let loads = loads(&state).await?;
-    let load = load_of(&loads, &name);
-    if load.machines > 0 {
+    // Every machine recorded on it, stopped ones too: none may be left
+    // naming a host that no longer exists.
+    let left =
+        state.machines().list().await?.iter().filter(|m| m.host.as_deref() == Some(name.as_str())).count();
+    if left > 0 {
         return Err(ApiError::conflict(
-            format!("host {name:?} still has {} machines recorded on it", load.machines),
-            format!("remove them first (`hearth machine ls` shows them under HOST {name})"),
+            format!("host {name:?} still has {left} machines recorded on it"),
+            format!(
+                "remove them first with `hearth machine rm -f NAME` (`hearth machine ls` shows them under HOST {name})"
+            ),
         ));
     }
     state.hosts().forget(&name).await?;
