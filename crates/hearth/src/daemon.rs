@@ -340,13 +340,14 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
             }
         }
     });
-    let hosts = hearth_hosts::Hosts::join(
-        store.clone(),
-        data_dir,
-        crate::cluster::record(&host_name, &machines.host(), data_dir, tcp_addr, ingress_addr),
-    )
-    .await
-    .context("cannot join the hosts sharing the store")?;
+    let host_record = crate::cluster::record(&host_name, &machines.host(), data_dir, tcp_addr, ingress_addr);
+    let hosts = match &opened {
+        // No other daemon can open the embedded store: this host is alone.
+        OpenedStore::Redb(_) => hearth_hosts::Hosts::alone(store.clone(), host_record),
+        OpenedStore::Etcd(_) => hearth_hosts::Hosts::join(store.clone(), data_dir, host_record)
+            .await
+            .context("cannot join the hosts sharing the store")?,
+    };
     let hosts_loop = tokio::spawn(hosts.clone().run(
         crate::cluster::fence(store.clone()),
         Arc::new(crate::cluster::Failover),

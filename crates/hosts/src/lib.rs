@@ -22,6 +22,10 @@
 //! term, each host still without one) it writes `hosts/lost/NAME` and
 //! calls the [`Failover`] it was given, with its fenced store.
 //!
+//! A daemon on the embedded store is alone ([`Hosts::alone`]): nobody
+//! else can open that store, so it leads from the start and writes nothing
+//! about itself.
+//!
 //! A restarted daemon takes over the alive key of its last life in the
 //! write that joins (the old lease's id is kept in `DATA_DIR/host-lease`),
 //! then revokes that lease, so a quick restart is never seen as a loss and
@@ -143,6 +147,9 @@ struct Inner {
     /// The store's revision once joined: the leader's key is followed from
     /// there.
     joined: Revision,
+    /// The one host of a store no other daemon can open (the embedded
+    /// one): it leads from the start and writes nothing about itself.
+    alone: bool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -186,8 +193,37 @@ impl Hosts {
                 lease: Mutex::new(lease),
                 term,
                 joined,
+                alone: false,
             }),
         })
+    }
+
+    /// The one host of a store that no other daemon can open (the
+    /// embedded store holds a lock on its file): it leads from the start,
+    /// under a term that fences nothing (nobody else could write), and
+    /// keeps its record in memory, so that a single daemon's store and its
+    /// history hold only what its users did.
+    pub fn alone(store: Arc<dyn Store>, record: HostRecord) -> Hosts {
+        let (term, _) = watch::channel(Some(Term { token: 0 }));
+        Hosts {
+            inner: Arc::new(Inner {
+                store,
+                name: record.name.clone(),
+                lease_file: PathBuf::new(),
+                record: Mutex::new(record),
+                lease: Mutex::new(0),
+                term,
+                joined: 0,
+                alone: true,
+            }),
+        }
+    }
+
+    /// This host alone, as listed.
+    fn alone_view(&self) -> HostView {
+        let record = lock(&self.inner.record).clone();
+        let state = if record.draining { State::Draining } else { State::Ready };
+        HostView { record, state, leader: true, lost: None }
     }
 
     /// This host's name.
@@ -204,7 +240,11 @@ impl Hosts {
     pub async fn update(&self, change: impl FnOnce(&mut HostRecord)) -> Result<(), Error> {
         let record = {
             let mut record = lock(&self.inner.record);
+            let before = record.clone();
             change(&mut record);
+            if *record == before || self.inner.alone {
+                return Ok(());
+            }
             record.clone()
         };
         let key = record::record_key(&self.inner.name);
@@ -226,6 +266,9 @@ impl Hosts {
 
     /// Every host, in name order.
     pub async fn list(&self) -> Result<Vec<HostView>, Error> {
+        if self.inner.alone {
+            return Ok(vec![self.alone_view()]);
+        }
         let txn = Txn::new()
             .and_then(Op::Range { prefix: record::RECORDS.into() })
             .and_then(Op::Range { prefix: record::ALIVE.into() })
@@ -277,6 +320,13 @@ impl Hosts {
 
     /// Marks a host draining (no new work goes there) or ready again.
     pub async fn set_draining(&self, name: &str, draining: bool) -> Result<HostView, Error> {
+        if self.inner.alone {
+            if name != self.inner.name {
+                return Err(Error::NotFound(name.into()));
+            }
+            lock(&self.inner.record).draining = draining;
+            return Ok(self.alone_view());
+        }
         let key = record::record_key(name);
         loop {
             let Some(kv) = self.inner.store.get(&key).await? else {
@@ -302,6 +352,13 @@ impl Hosts {
 
     /// Removes a lost host's record, for a host that will not come back.
     pub async fn forget(&self, name: &str) -> Result<(), Error> {
+        if self.inner.alone {
+            return Err(if name == self.inner.name {
+                Error::Alive(name.into())
+            } else {
+                Error::NotFound(name.into())
+            });
+        }
         let key = record::record_key(name);
         let txn = Txn::new()
             .when(Compare::exists(&key))
@@ -326,6 +383,10 @@ impl Hosts {
     /// to its lease: a host that stops for longer than [`LEASE_TTL`] is
     /// lost, as nobody looks after its machines meanwhile.
     pub async fn run(self, fence: Fence, failover: Arc<dyn Failover>, mut shutdown: watch::Receiver<bool>) {
+        if self.inner.alone {
+            let _ = shutdown.wait_for(|s| *s).await;
+            return;
+        }
         let store = self.inner.store.clone();
         let mut renew = tokio::time::interval(RENEW_EVERY);
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

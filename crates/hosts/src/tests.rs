@@ -217,3 +217,20 @@ async fn a_host_whose_lease_expired_joins_again_and_keeps_the_new_term() {
     assert_eq!(state(&one, "one").await, State::Ready);
     assert!(one.get("one").await.unwrap().leader);
 }
+
+#[tokio::test]
+async fn a_host_alone_leads_from_the_start_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir);
+    let alone = Hosts::alone(store.clone(), record("solo"));
+    assert!(alone.term().borrow().is_some());
+    let hosts = alone.list().await.unwrap();
+    assert_eq!(hosts.len(), 1);
+    assert_eq!((hosts[0].state, hosts[0].leader), (State::Ready, true));
+    assert_eq!(alone.set_draining("solo", true).await.unwrap().state, State::Draining);
+    alone.update(|r| r.backends.push("qemu-kvm".into())).await.unwrap();
+    assert_eq!(alone.get("solo").await.unwrap().record.backends.len(), 2);
+    assert!(matches!(alone.set_draining("other", true).await, Err(Error::NotFound(_))));
+    assert!(matches!(alone.forget("solo").await, Err(Error::Alive(_))));
+    assert_eq!(store.revision().await.unwrap(), 0, "nothing was written");
+}
