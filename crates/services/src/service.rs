@@ -541,8 +541,10 @@ impl Services {
 
     /// Registers an instance under a lease of `ttl_s`, creating the
     /// service (registered) if it does not exist. Registering an id again
-    /// replaces it.
-    pub async fn register(&self, name: &str, req: Register) -> Result<InstanceRecord, Error> {
+    /// replaces it. Returns the instance and the health it starts with
+    /// (passing without checks, critical until checked), as written: its
+    /// checker may change it at once.
+    pub async fn register(&self, name: &str, req: Register) -> Result<(InstanceRecord, HealthRecord), Error> {
         record::validate_name(name).map_err(Error::Invalid)?;
         let id = match req.id {
             Some(id) => {
@@ -595,23 +597,18 @@ impl Services {
             lease: Some(lease.id),
         });
         // Without checks of its own, an instance is passing while registered.
-        if instance.checks.is_empty() {
-            let health = HealthRecord::changed(None, Status::Passing, "registered", record::now_ms())
-                .expect("a first record is a change");
-            txn = txn.and_then(Op::Put {
-                key: record::health_key(name, &id),
-                value: to_json(&health),
-                lease: Some(lease.id),
-            });
+        let (status, output) = if instance.checks.is_empty() {
+            (Status::Passing, "registered")
         } else {
-            let health = HealthRecord::changed(None, Status::Critical, "not checked yet", record::now_ms())
-                .expect("a first record is a change");
-            txn = txn.and_then(Op::Put {
-                key: record::health_key(name, &id),
-                value: to_json(&health),
-                lease: Some(lease.id),
-            });
-        }
+            (Status::Critical, "not checked yet")
+        };
+        let health = HealthRecord::changed(None, status, output, record::now_ms())
+            .expect("a first record is a change");
+        txn = txn.and_then(Op::Put {
+            key: record::health_key(name, &id),
+            value: to_json(&health),
+            lease: Some(lease.id),
+        });
         if !self.store().txn(txn).await?.succeeded {
             let _ = self.store().lease_revoke(lease.id).await;
             return Err(Error::NotFound(name.to_string()));
@@ -620,7 +617,7 @@ impl Services {
             let _ = self.store().lease_revoke(old).await;
         }
         self.publish(name).await?;
-        Ok(instance)
+        Ok((instance, health))
     }
 
     /// The definition of a registered service, made if it is missing.

@@ -437,16 +437,10 @@ pub(crate) async fn register(
         tags: body.tags,
         routes: declared,
     };
-    let registered = state.services().register(&name, request).await?;
-    let health = state
-        .services()
-        .view(&name)
-        .await?
-        .instances
-        .into_iter()
-        .find(|(i, _)| i.id == registered.id)
-        .and_then(|(_, h)| h);
-    Ok((StatusCode::CREATED, axum::Json(instance(&registered, health.as_ref(), &[]))))
+    // The health it starts with, not as read back: its checker may
+    // already have run.
+    let (registered, health) = state.services().register(&name, request).await?;
+    Ok((StatusCode::CREATED, axum::Json(instance(&registered, Some(&health), &[]))))
 }
 
 /// Renews a registration's TTL, and sets its health if given.
