@@ -291,6 +291,17 @@ async fn choose_host(
                 (name, hearth_hosts::Load { machines: l.machines, cpus: l.cpus, memory_mib: l.memory_mib })
             })
             .collect();
+        // A backend no ready host lists is this host's to judge (its KVM
+        // probe may be under way), with its own reason when it cannot.
+        let listed = |b: &String| {
+            hosts.iter().any(|h| h.state == hearth_hosts::State::Ready && h.record.backends.contains(b))
+        };
+        let this = state.machines().host_name();
+        if need.backend.as_ref().is_some_and(|b| !listed(b))
+            && hosts.iter().any(|h| h.record.name == this && h.state == hearth_hosts::State::Ready)
+        {
+            return Ok(this.to_owned());
+        }
         return hearth_hosts::place(&hosts, &loads, &need).map_err(|e| {
             ApiError::new(
                 StatusCode::CONFLICT,
