@@ -218,10 +218,14 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
     // socket does must stop the daemon cleanly, not kill it.
     let signals = Signals::install()?;
     prepare_data_dir(data_dir)?;
-    let host_name = host_name::resolve(data_dir, args.host_name)?;
+    let (host_name, fresh_name) = host_name::resolve(data_dir, args.host_name)?;
     let budget = connection_budget()?;
 
     let opened = open_store(data_dir, args.store).await?;
+    if fresh_name {
+        let machines = machine_hosts(&*opened.store()).await?;
+        host_name::check_fresh_name(data_dir, &host_name, &machines)?;
+    }
     let token = ensure_token(data_dir)?;
 
     let socket_path = paths::socket(data_dir);
@@ -511,6 +515,18 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!("Stopped.");
     Ok(())
+}
+
+/// The machines in the store, as (name, host), read without the machines
+/// service (it starts later, under the host's name).
+async fn machine_hosts(store: &dyn hearth_store::Store) -> anyhow::Result<Vec<(String, Option<String>)>> {
+    let range = store.range(hearth_machines::record::PREFIX).await.context("cannot read the machines")?;
+    Ok(range
+        .kvs
+        .iter()
+        .filter_map(|kv| serde_json::from_slice::<hearth_machines::record::MachineRecord>(&kv.value).ok())
+        .map(|m| (m.name, m.host))
+        .collect())
 }
 
 /// Test overrides of the listeners' timeouts, in milliseconds, so that

@@ -42,8 +42,9 @@ fn from_system(hostname: &str) -> String {
     if label.is_empty() { "host".to_owned() } else { label.to_owned() }
 }
 
-/// The name this data dir's host goes by (see the module documentation).
-pub(crate) fn resolve(data_dir: &Path, asked: Option<String>) -> anyhow::Result<String> {
+/// The name this data dir's host goes by (see the module documentation),
+/// and whether it was chosen now (no name was kept yet).
+pub(crate) fn resolve(data_dir: &Path, asked: Option<String>) -> anyhow::Result<(String, bool)> {
     let path = data_dir.join(FILE);
     match std::fs::read_to_string(&path) {
         Ok(kept) => {
@@ -57,7 +58,7 @@ pub(crate) fn resolve(data_dir: &Path, asked: Option<String>) -> anyhow::Result<
                     "this data dir belongs to host {kept:?}, not {asked:?}: its machines are recorded under that name. Start without --host-name (or with --host-name {kept}), or use another --data-dir"
                 );
             }
-            Ok(kept)
+            Ok((kept, false))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let name = match asked {
@@ -68,10 +69,34 @@ pub(crate) fn resolve(data_dir: &Path, asked: Option<String>) -> anyhow::Result<
             };
             std::fs::write(&path, format!("{name}\n"))
                 .with_context(|| format!("cannot keep the host name in {}", path.display()))?;
-            Ok(name)
+            Ok((name, true))
         }
         Err(e) => Err(e).with_context(|| format!("cannot read the host name from {}", path.display())),
     }
+}
+
+/// Refuses a name chosen just now for a data dir whose machines are
+/// recorded under another: the file that kept the name was lost, and
+/// under a new name the daemon would take its own machines for another
+/// host's and delete them. `machines` are the store's machine records as
+/// (name, host).
+pub(crate) fn check_fresh_name(
+    data_dir: &Path,
+    name: &str,
+    machines: &[(String, Option<String>)],
+) -> anyhow::Result<()> {
+    let theirs = machines.iter().find_map(|(machine, host)| {
+        let host = host.as_deref().filter(|h| *h != name)?;
+        data_dir.join("machines").join(machine).is_dir().then_some((machine, host))
+    });
+    if let Some((machine, host)) = theirs {
+        let _ = std::fs::remove_file(data_dir.join(FILE));
+        bail!(
+            "this data dir holds machine {machine:?}, recorded on host {host:?}, but {} was missing, so this daemon would have been {name:?} and taken its machines for another host's: start it with --host-name {host}",
+            data_dir.join(FILE).display()
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -98,17 +123,33 @@ mod tests {
     #[test]
     fn the_first_name_is_kept_and_another_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(resolve(dir.path(), Some("node-1".into())).unwrap(), "node-1");
-        assert_eq!(resolve(dir.path(), None).unwrap(), "node-1");
-        assert_eq!(resolve(dir.path(), Some("node-1".into())).unwrap(), "node-1");
+        assert_eq!(resolve(dir.path(), Some("node-1".into())).unwrap(), ("node-1".to_owned(), true));
+        assert_eq!(resolve(dir.path(), None).unwrap(), ("node-1".to_owned(), false));
+        assert_eq!(resolve(dir.path(), Some("node-1".into())).unwrap(), ("node-1".to_owned(), false));
         let error = format!("{:#}", resolve(dir.path(), Some("node-2".into())).unwrap_err());
         assert!(error.contains("belongs to host \"node-1\""), "{error}");
     }
 
     #[test]
+    fn a_new_name_for_a_data_dir_with_another_hosts_machines_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("machines/web")).unwrap();
+        std::fs::write(dir.path().join(FILE), "laptop\n").unwrap();
+        let records =
+            [("web".to_owned(), Some("node-1".to_owned())), ("db".to_owned(), Some("node-2".to_owned()))];
+        let error = format!("{:#}", check_fresh_name(dir.path(), "laptop", &records).unwrap_err());
+        assert!(error.contains("--host-name node-1"), "{error}");
+        assert!(!dir.path().join(FILE).exists(), "the wrong name is not kept");
+        // Machines from before hosts, or of other hosts with no files here, are fine.
+        let fine = [("web".to_owned(), None), ("db".to_owned(), Some("node-2".to_owned()))];
+        check_fresh_name(dir.path(), "laptop", &fine).unwrap();
+        check_fresh_name(dir.path(), "node-1", &records).unwrap();
+    }
+
+    #[test]
     fn without_a_name_the_system_hostname_is_taken() {
         let dir = tempfile::tempdir().unwrap();
-        let name = resolve(dir.path(), None).unwrap();
+        let (name, _) = resolve(dir.path(), None).unwrap();
         assert!(parse(&name).is_ok(), "{name}");
     }
 }
