@@ -191,7 +191,12 @@ async fn services_dns_answers_the_passing_instances_of_a_service_as_they_change(
         };
         client.register_instance("db", &body).await.expect("register");
     }
-    assert_eq!(records(server, "db.service.hearth.", RecordType::A).await, ["127.0.0.10", "127.0.0.11"]);
+    // DNS follows the endpoints record: it answers once it has seen the change.
+    let both = wait_until(WAIT, async || {
+        records(server, "db.service.hearth.", RecordType::A).await == ["127.0.0.10", "127.0.0.11"]
+    })
+    .await;
+    assert!(both, "{:?}", records(server, "db.service.hearth.", RecordType::A).await);
     let srv = records(server, "_db._tcp.service.hearth.", RecordType::SRV).await;
     assert_eq!(srv, ["1 1 5432 db-a.db.service.hearth.", "1 1 5433 db-b.db.service.hearth."]);
     assert_eq!(records(server, "db-b.db.service.hearth.", RecordType::A).await, ["127.0.0.11"]);
