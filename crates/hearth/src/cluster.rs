@@ -141,8 +141,8 @@ pub(crate) async fn while_leading<F, Fut>(
     }
 }
 
-/// Places service instances on hosts: [`hearth_hosts::place`] over the
-/// hosts alive now and the machines they carry.
+/// Places service instances on hosts as machines are placed
+/// ([`hearth_machines::Machines::place`]).
 pub(crate) struct Placer {
     pub(crate) hosts: hearth_hosts::Hosts,
     pub(crate) machines: hearth_machines::Machines,
@@ -156,17 +156,8 @@ impl hearth_services::Placer for Placer {
         siblings: std::collections::BTreeMap<String, u32>,
     ) -> Result<String, String> {
         let hosts = self.hosts.list().await.map_err(|e| e.to_string())?;
-        let loads = self
-            .machines
-            .load_by_host()
-            .await
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .map(|(name, l)| {
-                (name, hearth_hosts::Load { machines: l.machines, cpus: l.cpus, memory_mib: l.memory_mib })
-            })
-            .collect();
         let need = hearth_hosts::Need { memory_mib, backend: None, siblings };
-        hearth_hosts::place(&hosts, &loads, &need).map_err(|e| e.to_string())
+        let placed = self.machines.place(&hosts, &need).await.map_err(|e| e.to_string())?;
+        placed.map_err(|e| e.to_string())
     }
 }

@@ -282,15 +282,6 @@ async fn choose_host(
 ) -> Result<String, ApiError> {
     let hosts = state.hosts().list().await?;
     let Some(host) = on else {
-        let loads = state
-            .machines()
-            .load_by_host()
-            .await?
-            .into_iter()
-            .map(|(name, l)| {
-                (name, hearth_hosts::Load { machines: l.machines, cpus: l.cpus, memory_mib: l.memory_mib })
-            })
-            .collect();
         // A backend no ready host lists is this host's to judge (its KVM
         // probe may be under way), with its own reason when it cannot.
         let listed = |b: &String| {
@@ -302,7 +293,7 @@ async fn choose_host(
         {
             return Ok(this.to_owned());
         }
-        return hearth_hosts::place(&hosts, &loads, &need).map_err(|e| {
+        return state.machines().place(&hosts, &need).await?.map_err(|e| {
             ApiError::new(
                 StatusCode::CONFLICT,
                 "no_host",

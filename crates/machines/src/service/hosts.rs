@@ -30,13 +30,8 @@ use crate::record::{self, Desired, MachineRecord, State};
 use crate::vmm::{self, VmFiles};
 
 /// What a host is asked to run: the machines whose desired state is
-/// running, and their CPUs and memory, summed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Load {
-    pub machines: u32,
-    pub cpus: u32,
-    pub memory_mib: u64,
-}
+/// running, and their CPUs and memory, summed (as placement weighs it).
+pub use hearth_hosts::Load;
 
 /// Whose a record is, seen from this host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,6 +146,17 @@ impl Machines {
             sum.memory_mib += u64::from(rec.spec.memory_mib);
         }
         Ok(load)
+    }
+
+    /// The host a new machine goes to: [`hearth_hosts::place`] over
+    /// `hosts` and what each carries now. The outer error is the store's;
+    /// the inner one says, host by host, why none can take it.
+    pub async fn place(
+        &self,
+        hosts: &[hearth_hosts::HostView],
+        need: &hearth_hosts::Need,
+    ) -> Result<Result<String, hearth_hosts::NoHost>, Error> {
+        Ok(hearth_hosts::place(hosts, &self.load_by_host().await?, need))
     }
 }
 
