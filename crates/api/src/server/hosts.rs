@@ -6,7 +6,11 @@ use hearth_client::types::{ErrorBody, Host, HostList, HostLoad, HostState};
 use super::AppState;
 use crate::error::ApiError;
 
-fn wire(view: hearth_hosts::HostView, load: HostLoad) -> Host {
+/// What every host carries, from the machine records.
+type Loads = std::collections::BTreeMap<String, hearth_hosts::Load>;
+
+fn wire(view: hearth_hosts::HostView, loads: &Loads) -> Host {
+    let load = loads.get(&view.record.name).copied().unwrap_or_default();
     let record = view.record;
     Host {
         state: match view.state {
@@ -22,42 +26,23 @@ fn wire(view: hearth_hosts::HostView, load: HostLoad) -> Host {
         version: record.version,
         joined_at: record.joined_at,
         lost_at_ms: view.lost.map(|l| l.at_ms),
-        load,
+        load: HostLoad { machines: load.machines, cpus: load.cpus, memory_mib: load.memory_mib },
         name: record.name,
     }
-}
-
-/// What every host carries, from the machine records.
-async fn loads(
-    state: &AppState,
-) -> Result<std::collections::BTreeMap<String, hearth_machines::Load>, ApiError> {
-    Ok(state.machines().load_by_host().await?)
-}
-
-fn load_of(loads: &std::collections::BTreeMap<String, hearth_machines::Load>, name: &str) -> HostLoad {
-    let load = loads.get(name).copied().unwrap_or_default();
-    HostLoad { machines: load.machines, cpus: load.cpus, memory_mib: load.memory_mib }
 }
 
 /// Lists the hosts that share the store, in name order.
 #[utoipa::path(get, path = "/v1/hosts", tag = "hosts", responses((status = 200, body = HostList)))]
 pub(crate) async fn list(State(state): State<AppState>) -> Result<axum::Json<HostList>, ApiError> {
     let views = state.hosts().list().await?;
-    let loads = loads(&state).await?;
-    let hosts = views
-        .into_iter()
-        .map(|view| {
-            let load = load_of(&loads, &view.record.name);
-            wire(view, load)
-        })
-        .collect();
+    let loads = state.machines().load_by_host().await?;
+    let hosts = views.into_iter().map(|view| wire(view, &loads)).collect();
     Ok(axum::Json(HostList { hosts, this: state.hosts().name().to_owned() }))
 }
 
-async fn one(state: &AppState, name: &str) -> Result<Host, ApiError> {
-    let view = state.hosts().get(name).await?;
-    let loads = loads(state).await?;
-    Ok(wire(view, load_of(&loads, name)))
+/// A host as the API shows it, with what it carries.
+async fn shown(state: &AppState, view: hearth_hosts::HostView) -> Result<axum::Json<Host>, ApiError> {
+    Ok(axum::Json(wire(view, &state.machines().load_by_host().await?)))
 }
 
 /// One host.
@@ -68,7 +53,8 @@ pub(crate) async fn get(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<axum::Json<Host>, ApiError> {
-    Ok(axum::Json(one(&state, &name).await?))
+    let view = state.hosts().get(&name).await?;
+    shown(&state, view).await
 }
 
 /// Drains a host: no new machine or service instance is placed there.
@@ -79,8 +65,8 @@ pub(crate) async fn drain(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<axum::Json<Host>, ApiError> {
-    state.hosts().set_draining(&name, true).await?;
-    Ok(axum::Json(one(&state, &name).await?))
+    let view = state.hosts().set_draining(&name, true).await?;
+    shown(&state, view).await
 }
 
 /// Ends a host's draining: new work may go there again.
@@ -91,8 +77,8 @@ pub(crate) async fn undrain(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<axum::Json<Host>, ApiError> {
-    state.hosts().set_draining(&name, false).await?;
-    Ok(axum::Json(one(&state, &name).await?))
+    let view = state.hosts().set_draining(&name, false).await?;
+    shown(&state, view).await
 }
 
 /// Forgets a lost host that will not come back.
