@@ -247,19 +247,39 @@ impl Hosts {
             }
             record.clone()
         };
-        let key = record::record_key(&self.inner.name);
         // Keep `draining` as the store has it: `drain` may come from any host.
+        self.rewrite(&self.inner.name, |stored| {
+            let next = HostRecord { draining: stored.draining, ..record.clone() };
+            std::mem::replace(stored, next) != *stored
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Rewrites a host's record by compare-and-swap, again after a
+    /// conflict; `change` says whether it changed anything, and nothing is
+    /// written when it did not. Whether it wrote.
+    async fn rewrite(
+        &self,
+        name: &str,
+        mut change: impl FnMut(&mut HostRecord) -> bool,
+    ) -> Result<bool, Error> {
+        let key = record::record_key(name);
         loop {
-            let current = self.inner.store.get(&key).await?;
-            let mut record = record.clone();
-            if let Some(kv) = &current {
-                record.draining = decode::<HostRecord>(&key, &kv.value)?.draining;
+            let Some(kv) = self.inner.store.get(&key).await? else {
+                return Err(Error::NotFound(name.into()));
+            };
+            let mut record: HostRecord = decode(&key, &kv.value)?;
+            if !change(&mut record) {
+                return Ok(false);
             }
-            let txn = Txn::new()
-                .when(Compare::mod_revision(&key, current.map_or(0, |kv| kv.mod_revision)))
-                .and_then(Op::Put { key: key.clone(), value: encode(&record), lease: None });
+            let txn = Txn::new().when(Compare::mod_revision(&key, kv.mod_revision)).and_then(Op::Put {
+                key: key.clone(),
+                value: encode(&record),
+                lease: None,
+            });
             if self.inner.store.txn(txn).await?.succeeded {
-                return Ok(());
+                return Ok(true);
             }
         }
     }
@@ -327,25 +347,11 @@ impl Hosts {
             lock(&self.inner.record).draining = draining;
             return Ok(self.alone_view());
         }
-        let key = record::record_key(name);
-        loop {
-            let Some(kv) = self.inner.store.get(&key).await? else {
-                return Err(Error::NotFound(name.into()));
-            };
-            let mut record: HostRecord = decode(&key, &kv.value)?;
-            if record.draining == draining {
-                break;
-            }
-            record.draining = draining;
-            let txn = Txn::new().when(Compare::mod_revision(&key, kv.mod_revision)).and_then(Op::Put {
-                key: key.clone(),
-                value: encode(&record),
-                lease: None,
-            });
-            if self.inner.store.txn(txn).await?.succeeded {
-                tracing::info!(host = name, draining, "A host's draining changed.");
-                break;
-            }
+        let changed = self
+            .rewrite(name, |stored| std::mem::replace(&mut stored.draining, draining) != draining)
+            .await?;
+        if changed {
+            tracing::info!(host = name, draining, "A host's draining changed.");
         }
         self.get(name).await
     }
@@ -621,10 +627,7 @@ impl Hosts {
                         [hearth_store::OpResponse::Get { kv: Some(_) }, _] => return,
                         // Recorded already (by this leader or the last).
                         [_, hearth_store::OpResponse::Get { kv: Some(kv) }] => {
-                            match decode(&kv.key, &kv.value) {
-                                Ok(lost) => lost,
-                                Err(_) => lost,
-                            }
+                            decode(&kv.key, &kv.value).unwrap_or(lost)
                         }
                         _ => return,
                     }
