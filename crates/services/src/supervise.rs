@@ -757,19 +757,25 @@ impl Services {
     /// How many of a service's instance machines each host runs, to
     /// spread its instances over hosts. Unreadable records count for none.
     async fn siblings(&self, service: &str) -> BTreeMap<String, u32> {
+        let txn = Txn::new()
+            .and_then(Op::Range { prefix: record::instances_prefix(service) })
+            .and_then(Op::Range { prefix: hearth_machines::record::PREFIX.to_string() });
+        let Ok(response) = self.store().txn(txn).await else { return BTreeMap::new() };
+        let mut ranges = response.responses.into_iter().map(|r| match r {
+            hearth_store::OpResponse::Range { kvs } => kvs,
+            _ => Vec::new(),
+        });
+        let (instances, machines) = (ranges.next().unwrap_or_default(), ranges.next().unwrap_or_default());
+        let hosts: HashMap<String, String> = machines
+            .iter()
+            .filter_map(|kv| parse::<MachineRecord>(kv).ok())
+            .filter_map(|m| Some((m.name, m.host?)))
+            .collect();
         let mut counts = BTreeMap::new();
-        let Ok(instances) = self.store().range(&record::instances_prefix(service)).await else {
-            return counts;
-        };
-        for kv in instances.kvs {
-            let Ok(instance) = parse::<InstanceRecord>(&kv) else { continue };
+        for instance in instances.iter().filter_map(|kv| parse::<InstanceRecord>(kv).ok()) {
             let name = instance.machine.unwrap_or(instance.id);
-            let Ok(Some(machine)) = self.store().get(&hearth_machines::record::key(&name)).await else {
-                continue;
-            };
-            let Ok(machine) = parse::<MachineRecord>(&machine) else { continue };
-            if let Some(host) = machine.host {
-                *counts.entry(host).or_insert(0) += 1;
+            if let Some(host) = hosts.get(&name) {
+                *counts.entry(host.clone()).or_insert(0) += 1;
             }
         }
         counts
