@@ -266,14 +266,7 @@ pub(crate) async fn run(client: &Client, data_dir: &Path, command: Command) -> a
         }
         Command::Stop { name } => {
             client.stop_machine(&name).await?;
-            let m = wait_for_state(
-                client,
-                &name,
-                &["stopped", "failed", "lost"],
-                "stopping",
-                Duration::from_secs(60),
-            )
-            .await?;
+            let m = wait_stopped(client, &name).await?;
             if m.state == "lost" {
                 println!("{name} is lost with its host; it stops when the host is back");
             } else {
@@ -283,14 +276,7 @@ pub(crate) async fn run(client: &Client, data_dir: &Path, command: Command) -> a
         }
         Command::Restart { name } => {
             client.stop_machine(&name).await?;
-            wait_for_state(
-                client,
-                &name,
-                &["stopped", "failed", "lost"],
-                "stopping",
-                Duration::from_secs(60),
-            )
-            .await?;
+            wait_stopped(client, &name).await?;
             client.start_machine(&name).await?;
             let m = wait_until_settled(client, &name, Duration::from_secs(180)).await?;
             report_up(&m)
@@ -433,6 +419,12 @@ async fn wait_until_settled(client: &Client, name: &str, limit: Duration) -> any
         bail!("machine {name} did not start: {}", m.reason.unwrap_or_else(|| format!("it is {}", m.state)));
     }
     Ok(m)
+}
+
+/// Waits until a machine asked to stop has: stopped, failed, or lost with
+/// its host (it stops when the host is back).
+async fn wait_stopped(client: &Client, name: &str) -> anyhow::Result<Machine> {
+    wait_for_state(client, name, &["stopped", "failed", "lost"], "stopping", Duration::from_secs(60)).await
 }
 
 async fn wait_for_state(
