@@ -19,7 +19,8 @@
 //!   the host itself, and lets machines reach only the gateway's DNS (see
 //!   `render_input`).
 //! - `table bridge TABLE` sees frames switched between the ports (taps) of a
-//!   bridge: it drops the frames of a partition.
+//!   bridge: it drops the frames of a partition, and keeps each host's
+//!   gateway on its host when a network spans hosts ([`Overlay`]).
 
 use std::fmt::Write;
 use std::net::Ipv4Addr;
@@ -39,11 +40,19 @@ pub struct Desired {
     pub partitions: Vec<Partition>,
     /// Random loss of frames towards taps.
     pub losses: Vec<Loss>,
+    /// Networks' tunnels to other hosts.
+    pub overlays: Vec<Overlay>,
 }
 
 impl Default for Desired {
     fn default() -> Self {
-        Desired { table: TABLE.to_owned(), networks: Vec::new(), partitions: Vec::new(), losses: Vec::new() }
+        Desired {
+            table: TABLE.to_owned(),
+            networks: Vec::new(),
+            partitions: Vec::new(),
+            losses: Vec::new(),
+            overlays: Vec::new(),
+        }
     }
 }
 
@@ -67,8 +76,25 @@ pub struct NetworkRules {
     pub nat: bool,
 }
 
-/// Frames from any tap in `from` to any tap in `to` are dropped; with
-/// `both_ways`, frames from `to` to `from` as well.
+/// A network's tunnel to other hosts (`crate::overlay`). Every host's
+/// bridge carries the network's gateway address, so the gateway must stay
+/// on its host: requests for its address are not sent through the tunnel
+/// (each host answers its own machines), and nothing the host itself sends
+/// leaves through it (the same address answering from two hosts would
+/// confuse the machines that hear both).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overlay {
+    /// The tunnel device, a port of the network's bridge.
+    pub device: String,
+    pub gateway: Ipv4Addr,
+}
+
+/// Frames from any machine in `from` to any machine in `to` are dropped;
+/// with `both_ways`, frames from `to` to `from` as well. A machine of this
+/// host is named by its tap; one of another host by its MAC, since its
+/// frames come and go through a tunnel shared by all of that host's
+/// machines. Each host drops what crosses its own bridge, so between hosts
+/// a partition holds at both ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Partition {
     /// Shown in the rules' comments, so `nft list ruleset` says which fault
@@ -76,6 +102,10 @@ pub struct Partition {
     pub id: String,
     pub from: Vec<String>,
     pub to: Vec<String>,
+    /// MACs of other hosts' machines on the `from` side.
+    pub from_remote: Vec<String>,
+    /// MACs of other hosts' machines on the `to` side.
+    pub to_remote: Vec<String>,
     pub both_ways: bool,
 }
 
@@ -160,6 +190,13 @@ pub fn render(desired: &Desired) -> String {
 
     let _ = writeln!(s, "{}\ntable bridge {table} {{", refill_table("bridge", table));
     s.push_str("\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n");
+    for o in &desired.overlays {
+        let _ = writeln!(
+            s,
+            "\t\toifname \"{}\" arp daddr ip {} counter drop comment \"the gateway answers on each host\"",
+            o.device, o.gateway
+        );
+    }
     // Address resolution crosses partitions. Otherwise a one-way partition
     // A -> C would also drop A's ARP replies to C, C could never resolve A,
     // and the partition would cut C -> A too.
@@ -168,17 +205,9 @@ pub fn render(desired: &Desired) -> String {
         "\t\ticmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept comment \"address resolution crosses partitions\"\n",
     );
     for p in &desired.partitions {
-        if p.from.is_empty() || p.to.is_empty() {
-            continue;
-        }
-        let (from, to) = (set(&p.from), set(&p.to));
-        let _ = writeln!(s, "\t\tiifname {from} oifname {to} counter drop comment \"partition {}\"", p.id);
+        render_partition(&mut s, &p.id, (&p.from, &p.from_remote), (&p.to, &p.to_remote), "");
         if p.both_ways {
-            let _ = writeln!(
-                s,
-                "\t\tiifname {to} oifname {from} counter drop comment \"partition {} (reverse)\"",
-                p.id
-            );
+            render_partition(&mut s, &p.id, (&p.to, &p.to_remote), (&p.from, &p.from_remote), " (reverse)");
         }
     }
     let losses: Vec<String> = desired
@@ -199,6 +228,13 @@ pub fn render(desired: &Desired) -> String {
     // answers) leaves through the bridge's output hook. The chain is there
     // with no losses too, so that its hook never goes away.
     s.push_str("\tchain output {\n\t\ttype filter hook output priority filter; policy accept;\n");
+    for o in &desired.overlays {
+        let _ = writeln!(
+            s,
+            "\t\toifname \"{}\" counter drop comment \"the host's own frames stay on its host\"",
+            o.device
+        );
+    }
     if !losses.is_empty() {
         s.push_str("\t\tether type arp accept comment \"address resolution is never lost\"\n");
     }
@@ -208,6 +244,32 @@ pub fn render(desired: &Desired) -> String {
     s.push_str("\t}\n");
     s.push_str("}\n");
     s
+}
+
+/// The rules of one direction of a partition: this host's machines by
+/// tap, other hosts' by MAC. Frames between two other hosts' machines
+/// never cross this host's bridge.
+fn render_partition(
+    s: &mut String,
+    id: &str,
+    from: (&[String], &[String]),
+    to: (&[String], &[String]),
+    what: &str,
+) {
+    let (from_taps, from_macs) = from;
+    let (to_taps, to_macs) = to;
+    let mut rule = |matches: String| {
+        let _ = writeln!(s, "\t\t{matches} counter drop comment \"partition {id}{what}\"");
+    };
+    if !from_taps.is_empty() && !to_taps.is_empty() {
+        rule(format!("iifname {} oifname {}", set(from_taps), set(to_taps)));
+    }
+    if !from_taps.is_empty() && !to_macs.is_empty() {
+        rule(format!("iifname {} ether daddr {}", set(from_taps), bare_set(to_macs)));
+    }
+    if !from_macs.is_empty() && !to_taps.is_empty() {
+        rule(format!("ether saddr {} oifname {}", bare_set(from_macs), set(to_taps)));
+    }
 }
 
 /// What a machine may reach on the host itself, that is, traffic coming in
@@ -257,6 +319,15 @@ fn set<S: AsRef<str>>(names: &[S]) -> String {
     match quoted.as_slice() {
         [one] => one.clone(),
         _ => format!("{{ {} }}", quoted.join(", ")),
+    }
+}
+
+/// `a` for one value, `{ a, b }` for several, unquoted (MACs).
+fn bare_set<S: AsRef<str>>(values: &[S]) -> String {
+    let values: Vec<&str> = values.iter().map(AsRef::as_ref).collect();
+    match values.as_slice() {
+        [one] => (*one).to_owned(),
+        _ => format!("{{ {} }}", values.join(", ")),
     }
 }
 
@@ -319,6 +390,10 @@ fn validate(desired: &Desired) -> Result<(), Error> {
     for p in &desired.partitions {
         check_id(&p.id)?;
         p.from.iter().chain(&p.to).try_for_each(|tap| check_ifname(tap))?;
+        p.from_remote.iter().chain(&p.to_remote).try_for_each(|mac| check_mac(mac))?;
+    }
+    for o in &desired.overlays {
+        check_ifname(&o.device)?;
     }
     for l in &desired.losses {
         check_ifname(&l.tap)?;
@@ -330,6 +405,18 @@ fn validate(desired: &Desired) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// Checks a MAC, which goes into the script unquoted.
+fn check_mac(mac: &str) -> Result<(), Error> {
+    let parts: Vec<&str> = mac.split(':').collect();
+    if parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit())) {
+        return Ok(());
+    }
+    Err(Error::Invalid {
+        what: "MAC address",
+        reason: format!("`{mac}` is not six hex pairs like 52:54:00:12:34:56"),
+    })
 }
 
 fn nft(ns: &Netns, script: &str) -> Result<(), Error> {

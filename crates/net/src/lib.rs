@@ -10,6 +10,8 @@
 //!   and services' passing instances (`NAME.service.hearth`, SRV).
 //! - [`forward`]: TCP and UDP port forwarding from the host into machines.
 //! - [`balance`]: a host port balanced over a service's instances (TCP).
+//! - [`overlay`]: networks that span hosts, through VXLAN tunnels whose
+//!   forwarding entries are written from the store.
 
 pub mod balance;
 mod cmd;
@@ -19,6 +21,7 @@ pub mod firewall;
 pub mod forward;
 pub mod link;
 mod nfqueue;
+pub mod overlay;
 pub mod record;
 pub mod service;
 pub mod shaping;

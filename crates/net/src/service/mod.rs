@@ -38,6 +38,10 @@ pub use endpoints::ENDPOINTS;
 /// through [`MachineView`] so that this crate does not depend on it.
 const MACHINES: &str = "machines/";
 
+/// Where host records live: the hosts crate's prefix, read here through
+/// [`HostView`] for their overlay addresses.
+const HOSTS: &str = "hosts/records/";
+
 /// Set to `netem` or `queue` to choose how delays are made instead of
 /// probing the kernel at the first delay.
 pub const DELAY_BACKEND_ENV: &str = "HEARTH_DELAY_BACKEND";
@@ -96,6 +100,10 @@ pub struct Options {
     /// tap, so only it forwards the machine's ports (see
     /// [`MachineView::runs_on`]).
     pub host: String,
+    /// This host's address for other hosts' tunnels (`hearth serve
+    /// --advertise-address`), when hosts share a store: with it, every
+    /// network spans the hosts that have one (`crate::overlay`).
+    pub overlay: Option<Ipv4Addr>,
 }
 
 impl Default for Options {
@@ -106,6 +114,7 @@ impl Default for Options {
             enabled: true,
             default_network: true,
             host: "host".into(),
+            overlay: None,
         }
     }
 }
@@ -131,6 +140,14 @@ impl MachineView {
     pub fn runs_on(&self, host: &str) -> bool {
         self.host.as_deref().is_none_or(|h| h == host)
     }
+}
+
+/// What the overlay needs to know of a host, read from its record.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HostView {
+    pub name: String,
+    #[serde(default)]
+    pub addresses: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -211,6 +228,8 @@ struct Running {
     published: HashMap<(String, u16), publish::Published>,
     /// Why published ports could not be bound, by service.
     published_problems: BTreeMap<String, String>,
+    /// Why networks do not span hosts, as last logged.
+    overlay_problems: Vec<String>,
 }
 
 impl std::fmt::Debug for Networks {
@@ -384,6 +403,20 @@ impl Networks {
     /// Subnets by network name, for [`Self::guest_cmdline`].
     pub async fn subnets(&self) -> Result<HashMap<String, Subnet>, Error> {
         Ok(self.list().await?.into_iter().map(|n| (n.name, n.subnet)).collect())
+    }
+
+    /// Other hosts' overlay addresses, from their records.
+    async fn peers(&self) -> Result<Vec<crate::overlay::Peer>, Error> {
+        let range = self.inner.store.range(HOSTS).await?;
+        Ok(range
+            .kvs
+            .iter()
+            .filter_map(|kv| serde_json::from_slice::<HostView>(&kv.value).ok())
+            .filter_map(|h| {
+                let address = crate::overlay::peer_address(&h.addresses)?;
+                Some(crate::overlay::Peer { host: h.name, address })
+            })
+            .collect())
     }
 
     async fn machines(&self) -> Result<Vec<MachineView>, Error> {

@@ -10,9 +10,9 @@ use std::time::Duration;
 use hearth_store::Follower;
 use tokio::sync::watch;
 
-use super::{ENDPOINTS, Error, MACHINES, MachineView, Networks, PortSpec, blocking, lock};
+use super::{ENDPOINTS, Error, HOSTS, MACHINES, MachineView, Networks, PortSpec, blocking, lock};
 use crate::record::{self, FaultKind, NetworkRecord};
-use crate::{dns, firewall, forward, link, shaping};
+use crate::{dns, firewall, forward, link, overlay, shaping};
 
 impl Networks {
     /// Why a machine's port forwards are not working, if they are not.
@@ -53,6 +53,10 @@ impl Networks {
         let mut faults = Follower::new(store.clone(), record::FAULTS, from, "Network faults");
         let mut machines = Follower::new(store.clone(), MACHINES, from, "Networks' machines");
         let mut endpoints = Follower::new(store.clone(), ENDPOINTS, from, "Services' endpoints");
+        // Other hosts' overlay addresses; only a host with one of its own
+        // tunnels to them.
+        let spans = enabled && self.inner.options.overlay.is_some();
+        let mut hosts = Follower::new(store.clone(), HOSTS, from, "Networks' hosts");
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         // Whether the last read of the endpoints failed: retried every tick.
         let mut services_stale = !self.refresh_services_logged().await;
@@ -66,6 +70,7 @@ impl Networks {
                 _ = networks.next(), if enabled => self.apply_after(&mut [&mut networks, &mut faults, &mut machines]).await,
                 _ = faults.next(), if enabled => self.apply_after(&mut [&mut networks, &mut faults, &mut machines]).await,
                 _ = machines.next(), if enabled => self.apply_after(&mut [&mut networks, &mut faults, &mut machines]).await,
+                _ = hosts.next(), if spans => self.apply_after(&mut [&mut hosts, &mut networks, &mut machines]).await,
                 // Only the zone and published ports: a service's instances
                 // touch no bridge, rule or machine's forward.
                 _ = endpoints.next() => {
@@ -133,13 +138,34 @@ impl Networks {
         let prefix = self.inner.options.prefix.clone();
         let table = self.table();
 
-        // Taps by machine name, for faults.
+        let host_name = self.inner.options.host.clone();
+        // Taps of this host's machines, and MACs of other hosts', by machine
+        // name, for faults.
         let taps: HashMap<String, Vec<String>> = machines
             .iter()
+            .filter(|m| m.runs_on(&host_name))
             .map(|m| (m.name.clone(), m.spec.nics.iter().map(|n| n.tap.clone()).collect()))
+            .collect();
+        let macs: HashMap<String, Vec<String>> = machines
+            .iter()
+            .filter(|m| !m.runs_on(&host_name))
+            .map(|m| (m.name.clone(), m.spec.nics.iter().map(|n| n.mac.to_ascii_lowercase()).collect()))
             .collect();
         let taps_of = |names: &[String]| -> Vec<String> {
             names.iter().flat_map(|n| taps.get(n).cloned().unwrap_or_default()).collect()
+        };
+        let macs_of = |names: &[String]| -> Vec<String> {
+            names.iter().flat_map(|n| macs.get(n).cloned().unwrap_or_default()).collect()
+        };
+        let tunnels = match self.inner.options.overlay {
+            Some(local) => {
+                let peers = self.peers().await?;
+                let (tunnels, problems) =
+                    overlay::plan(&host_name, local, &prefix, &networks, &machines, &peers);
+                self.log_overlay_problems(problems);
+                Some((local, tunnels))
+            }
+            None => None,
         };
         let mut desired = firewall::Desired {
             table: table.clone(),
@@ -158,12 +184,19 @@ impl Networks {
                         id: f.id.clone(),
                         from: taps_of(from),
                         to: taps_of(machines),
+                        from_remote: macs_of(from),
+                        to_remote: macs_of(machines),
                         both_ways: *both_ways,
                     }),
                     _ => None,
                 })
                 .collect(),
             losses: Vec::new(),
+            overlays: tunnels
+                .iter()
+                .flat_map(|(_, tunnels)| tunnels)
+                .map(|t| firewall::Overlay { device: t.device.clone(), gateway: t.gateway })
+                .collect(),
         };
         // Several delays on one machine add up.
         let mut delays: BTreeMap<String, shaping::TapDelay> = BTreeMap::new();
@@ -213,7 +246,12 @@ impl Networks {
             if any_nat {
                 link::enable_ip_forwarding(&host)?;
             }
+            // The firewall first: a tunnel never carries a frame its rules
+            // would keep home.
             firewall::apply(&host, &desired)?;
+            if let Some((local, tunnels)) = &tunnels {
+                overlay::sync(&host, &prefix, *local, tunnels)?;
+            }
             let existing = link::links_with_prefix(&host, &format!("{prefix}t-"))?;
             let taps: Vec<String> = all_taps.into_iter().filter(|t| existing.contains(t)).collect();
             // A host that cannot delay says so, but only once the rest of
@@ -232,6 +270,17 @@ impl Networks {
         self.sync_dns(&networks);
         self.sync_forwards(&machines).await;
         shaped.map_err(Error::from)
+    }
+
+    /// Logs why networks do not span hosts, when that changes.
+    fn log_overlay_problems(&self, problems: Vec<String>) {
+        let mut running = lock(&self.inner.running);
+        if running.overlay_problems != problems {
+            for problem in &problems {
+                tracing::warn!(problem, "A network does not span hosts.");
+            }
+            running.overlay_problems = problems;
+        }
     }
 
     /// One DNS server per network, on its gateway address, port 53.
@@ -345,6 +394,9 @@ impl Networks {
                 tracing::warn!(error = %error, "Cannot remove the delay rules.");
             }
             for name in link::links_with_prefix(&host, &format!("{prefix}t-")).unwrap_or_default() {
+                let _ = link::delete_link(&host, &name);
+            }
+            for name in link::links_with_prefix(&host, &format!("{prefix}x-")).unwrap_or_default() {
                 let _ = link::delete_link(&host, &name);
             }
             for name in link::links_with_prefix(&host, &format!("{prefix}b-")).unwrap_or_default() {

@@ -76,6 +76,7 @@ async fn dns_follows_services_endpoints_records() {
             enabled: false,
             default_network: false,
             host: "h1".into(),
+            overlay: None,
         },
     );
     let (stop, stopped) = watch::channel(false);

@@ -23,8 +23,14 @@ fn three_machines(lab: &mut Lab) -> (Netns, Machine, Machine, Machine) {
 }
 
 fn partition(id: &str, from: &Machine, to: &Machine, both_ways: bool) -> Desired {
-    let partition =
-        Partition { id: id.to_owned(), from: vec![from.tap.clone()], to: vec![to.tap.clone()], both_ways };
+    let partition = Partition {
+        id: id.to_owned(),
+        from: vec![from.tap.clone()],
+        to: vec![to.tap.clone()],
+        from_remote: vec![],
+        to_remote: vec![],
+        both_ways,
+    };
     Desired { partitions: vec![partition], ..Desired::default() }
 }
 

@@ -3,7 +3,7 @@
 
 use crate::support;
 
-use hearth_net::firewall::{self, Desired, Error, NetworkRules, Partition};
+use hearth_net::firewall::{self, Desired, Error, NetworkRules, Overlay, Partition};
 
 fn network(bridge: &str, subnet: &str, nat: bool) -> NetworkRules {
     NetworkRules { bridge: bridge.to_owned(), subnet: subnet.to_owned(), nat }
@@ -11,7 +11,14 @@ fn network(bridge: &str, subnet: &str, nat: bool) -> NetworkRules {
 
 fn partition(id: &str, from: &[&str], to: &[&str], both_ways: bool) -> Partition {
     let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect();
-    Partition { id: id.to_owned(), from: names(from), to: names(to), both_ways }
+    Partition {
+        id: id.to_owned(),
+        from: names(from),
+        to: names(to),
+        from_remote: vec![],
+        to_remote: vec![],
+        both_ways,
+    }
 }
 
 fn example() -> Desired {
@@ -30,6 +37,7 @@ fn example() -> Desired {
             partition("f7e8f9", &[], &["ht-a"], true),
         ],
         losses: vec![],
+        overlays: vec![],
     }
 }
 
@@ -151,9 +159,76 @@ fn apply_refuses_what_it_cannot_quote() {
         refused(with_partition(partition("p\" drop", &["ht-a"], &["ht-b"], false)), "quote in an id");
         refused(with_partition(partition("", &["ht-a"], &["ht-b"], false)), "empty id");
         refused(with_partition(partition("p1", &["ht a"], &["ht-b"], false)), "space in a tap");
+        let mut remote = partition("p1", &["ht-a"], &[], false);
+        remote.to_remote = vec!["02:00:00:00:00:01 } drop".to_owned()];
+        let message = refused(with_partition(remote), "a MAC with more than a MAC");
+        assert!(message.contains("six hex pairs"), "{message}");
+        refused(
+            Desired {
+                overlays: vec![Overlay { device: "hx-\"lab".into(), gateway: [10, 0, 0, 1].into() }],
+                ..Desired::default()
+            },
+            "quote in a tunnel",
+        );
         refused(Desired { table: "1table".to_owned(), ..Desired::default() }, "table starting with a digit");
         refused(Desired { table: "hearth; flush ruleset".to_owned(), ..Desired::default() }, "table");
 
         assert_eq!(support::sh(&host, &["nft", "list", "ruleset"]), "", "something was applied");
+    });
+}
+
+/// A network spanning hosts: this host's machine `ht-a`, another host's
+/// machines by MAC.
+fn spanning() -> Desired {
+    let mut across = partition("f5", &["ht-a", "ht-d"], &["ht-c"], true);
+    across.to_remote = vec!["02:00:00:00:00:0b".into()];
+    across.from_remote = vec!["02:00:00:00:00:0d".into(), "02:00:00:00:00:0e".into()];
+    Desired {
+        networks: vec![network("hb-lab", "10.250.0.0/24", false)],
+        partitions: vec![across],
+        overlays: vec![Overlay { device: "hx-lab".into(), gateway: [10, 250, 0, 1].into() }],
+        ..Desired::default()
+    }
+}
+
+#[test]
+fn a_network_spanning_hosts_keeps_its_gateway_home_and_partitions_by_mac() {
+    let got = firewall::render(&spanning());
+    let bridge = &got[got.find("table bridge hearth {").expect("the bridge table")..];
+    let expect = r#"table bridge hearth {
+	chain forward {
+		type filter hook forward priority filter; policy accept;
+		oifname "hx-lab" arp daddr ip 10.250.0.1 counter drop comment "the gateway answers on each host"
+		ether type arp accept comment "address resolution crosses partitions"
+		icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept comment "address resolution crosses partitions"
+		iifname { "ht-a", "ht-d" } oifname "ht-c" counter drop comment "partition f5"
+		iifname { "ht-a", "ht-d" } ether daddr 02:00:00:00:00:0b counter drop comment "partition f5"
+		ether saddr { 02:00:00:00:00:0d, 02:00:00:00:00:0e } oifname "ht-c" counter drop comment "partition f5"
+		iifname "ht-c" oifname { "ht-a", "ht-d" } counter drop comment "partition f5 (reverse)"
+		iifname "ht-c" ether daddr { 02:00:00:00:00:0d, 02:00:00:00:00:0e } counter drop comment "partition f5 (reverse)"
+		ether saddr 02:00:00:00:00:0b oifname { "ht-a", "ht-d" } counter drop comment "partition f5 (reverse)"
+	}
+	chain output {
+		type filter hook output priority filter; policy accept;
+		oifname "hx-lab" counter drop comment "the host's own frames stay on its host"
+	}
+}
+"#;
+    assert_eq!(bridge, expect);
+}
+
+#[test]
+fn nft_accepts_the_rules_of_a_network_spanning_hosts() {
+    support::run(|lab| {
+        let host = lab.netns("host");
+        firewall::apply(&host, &spanning()).expect("apply");
+        let listed = support::sh(&host, &["nft", "list", "ruleset"]);
+        for comment in [
+            "the gateway answers on each host",
+            "the host's own frames stay on its host",
+            "partition f5 (reverse)",
+        ] {
+            assert!(listed.contains(&format!("comment \"{comment}\"")), "{comment} missing:\n{listed}");
+        }
     });
 }

@@ -88,6 +88,7 @@ async fn forwards_follow_the_machines_host() {
         enabled: true,
         default_network: false,
         host: "one".into(),
+        overlay: None,
     };
     let networks = Networks::new(store.clone(), options);
     networks.apply().await;

@@ -12,6 +12,7 @@ mod forward_machines;
 mod forward_ports;
 mod link_bridges;
 mod link_names;
+mod overlay_tunnels;
 mod publish_services;
 mod shaping_netem;
 mod shaping_queue;

@@ -108,6 +108,7 @@ async fn start_networks(store: Arc<dyn Store>) -> (Networks, watch::Sender<bool>
             enabled: false,
             default_network: false,
             host: "h1".into(),
+            overlay: None,
         },
     );
     let (stop, stopped) = watch::channel(false);

@@ -287,9 +287,12 @@ fn a_delay_works_alongside_the_firewall_and_neither_disturbs_the_other() {
                 id: "f1".to_owned(),
                 from: vec![a.tap.clone()],
                 to: vec![c.tap.clone()],
+                from_remote: vec![],
+                to_remote: vec![],
                 both_ways: true,
             }],
             losses: vec![firewall::Loss { tap: c.tap.clone(), percent: 0.01 }],
+            overlays: vec![],
         };
         firewall::apply(&host, &desired).expect("firewall");
         let mut shaper = queue_shaper(&host, "hearth-tf");

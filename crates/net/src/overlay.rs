@@ -1,0 +1,435 @@
+//! Networks that span hosts: a VXLAN overlay.
+//!
+//! When several hosts share a store, a network is one layer-2 segment
+//! across all of them. Each host keeps, per network, a kernel `vxlan`
+//! device enslaved to the network's bridge, and writes its forwarding
+//! entries from the store rather than learning them from traffic:
+//!
+//! - a machine of another host is reached at that host's overlay address
+//!   (its MAC, from the machine's record, to the address in its host's
+//!   record, `overlay=IP`);
+//! - broadcasts, multicasts and frames for unknown MACs go to every other
+//!   host (head-end replication, one all-zero entry per host), which is
+//!   how address resolution finds a machine that was just created.
+//!
+//! One address space and one DNS view come for free: addresses are
+//! claimed in the shared store and every host's DNS server answers from it.
+//!
+//! The gateway is distributed: every host's bridge carries the network's
+//! gateway address, and a machine talks to its own host's (DNS, NAT).
+//! The firewall keeps each gateway on its host (`firewall::Overlay`):
+//! requests for the gateway's address do not cross, and nothing the host
+//! itself sends leaves through the tunnel. So a host reaches only its own
+//! machines' addresses; machines reach each other everywhere.
+//!
+//! [`plan`] is a pure function of the records; [`sync`] makes the host
+//! match it, idempotently, changing only what differs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use serde::Deserialize;
+
+use crate::cmd::{Cmd, check_ifname, stderr};
+pub use crate::cmd::{Error, Netns};
+use crate::link;
+use crate::record::NetworkRecord;
+use crate::service::MachineView;
+
+/// VXLAN's IANA port.
+pub const PORT: u16 = 4789;
+
+/// The MTU of the tunnel devices: a machine's 1,500-byte frame crosses
+/// whole. On an underlay with a smaller MTU than 1,550 the kernel
+/// fragments the tunnel's UDP packets (they are sent without DF), which
+/// is correct but slower; give the underlay jumbo frames for full speed.
+pub const MTU: u32 = 1500;
+
+/// The all-zero MAC: where the kernel sends what it has no entry for.
+const FLOOD: &str = "00:00:00:00:00:00";
+
+/// In a host record's addresses, the one other hosts tunnel to.
+pub const ADDRESS_KEY: &str = "overlay=";
+
+/// Another host, as the overlay needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub host: String,
+    pub address: Ipv4Addr,
+}
+
+/// The overlay address in a host record's `addresses`, if it has one.
+pub fn peer_address(addresses: &[String]) -> Option<Ipv4Addr> {
+    addresses.iter().find_map(|a| a.strip_prefix(ADDRESS_KEY)?.parse().ok())
+}
+
+/// One network's tunnel on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tunnel {
+    pub network: String,
+    /// The vxlan device.
+    pub device: String,
+    /// The network's bridge, which the device is a port of.
+    pub bridge: String,
+    pub vni: u32,
+    /// The network's gateway, which stays on each host.
+    pub gateway: Ipv4Addr,
+    /// Every other host's overlay address.
+    pub flood: BTreeSet<Ipv4Addr>,
+    /// Other hosts' machines on this network: MAC (lowercase) to the
+    /// overlay address of the host that runs it.
+    pub machines: BTreeMap<String, Ipv4Addr>,
+}
+
+/// The VXLAN network identifier of a network: 24 bits of a hash of its
+/// name, the same on every host without asking anyone. 0 is never used.
+pub fn vni(network: &str) -> u32 {
+    (link::fnv1a(network.as_bytes()) & 0x00ff_ffff).max(1)
+}
+
+/// The tunnel device of `network` under a daemon's interface prefix.
+pub fn device_name(prefix: &str, network: &str) -> String {
+    link::iface_name(&format!("{prefix}x-"), network)
+}
+
+/// What the overlay should be on host `local`, and why any network has none.
+///
+/// - Every network gets a tunnel, as soon as there is another host with an
+///   overlay address: a machine created on another host later is reached
+///   without a new device.
+/// - Its flood list is every other host with an overlay address, this
+///   host's own address excepted (a host that restarted under a new name
+///   may still have a stale record with it).
+/// - Its machine entries are the NICs, on that network, of machines that
+///   run on another host with an overlay address. A machine that is not
+///   running keeps its entry: its address is still its own.
+/// - Two networks whose names hash to the same identifier would share a
+///   segment, so the one created later (then by name) gets no tunnel, and
+///   the problem says so.
+pub fn plan(
+    local: &str,
+    local_address: Ipv4Addr,
+    prefix: &str,
+    networks: &[NetworkRecord],
+    machines: &[MachineView],
+    peers: &[Peer],
+) -> (Vec<Tunnel>, Vec<String>) {
+    let peers: BTreeMap<&str, Ipv4Addr> = peers
+        .iter()
+        .filter(|p| p.host != local && p.address != local_address)
+        .map(|p| (p.host.as_str(), p.address))
+        .collect();
+    if peers.is_empty() {
+        return (Vec::new(), Vec::new());
+    }
+    let mut ordered: Vec<&NetworkRecord> = networks.iter().collect();
+    ordered.sort_by(|a, b| (a.created_at, &a.name).cmp(&(b.created_at, &b.name)));
+    let mut taken: BTreeMap<u32, &str> = BTreeMap::new();
+    let mut tunnels = Vec::new();
+    let mut problems = Vec::new();
+    for network in ordered {
+        let vni = vni(&network.name);
+        if let Some(first) = taken.get(&vni) {
+            problems.push(format!(
+                "network {:?} does not span hosts: its VXLAN id {vni} is also network {first:?}'s; \
+                 recreate it under another name",
+                network.name
+            ));
+            continue;
+        }
+        taken.insert(vni, &network.name);
+        let machines = machines
+            .iter()
+            .filter_map(|m| Some((m, peers.get(m.host.as_deref()?)?)))
+            .flat_map(|(m, address)| {
+                m.spec
+                    .nics
+                    .iter()
+                    .filter(|n| n.network == network.name)
+                    .map(|n| (n.mac.to_ascii_lowercase(), *address))
+            })
+            .collect();
+        tunnels.push(Tunnel {
+            network: network.name.clone(),
+            device: device_name(prefix, &network.name),
+            bridge: network.bridge.clone(),
+            vni,
+            gateway: network.subnet.gateway(),
+            flood: peers.values().copied().collect(),
+            machines,
+        });
+    }
+    tunnels.sort_by(|a, b| a.device.cmp(&b.device));
+    (tunnels, problems)
+}
+
+/// Makes the host's tunnels those of `tunnels`, from `local`: each device
+/// exists with its identifier and address, in its bridge and up, with
+/// exactly its forwarding entries; devices under `prefix` that no tunnel
+/// names are deleted. The bridges must exist.
+pub fn sync(ns: &Netns, prefix: &str, local: Ipv4Addr, tunnels: &[Tunnel]) -> Result<(), Error> {
+    for tunnel in tunnels {
+        ensure_device(ns, tunnel, local)?;
+        sync_entries(ns, tunnel)?;
+    }
+    for stale in link::links_with_prefix(ns, &format!("{prefix}x-"))? {
+        if !tunnels.iter().any(|t| t.device == stale) {
+            link::delete_link(ns, &stale)?;
+        }
+    }
+    Ok(())
+}
+
+/// The forwarding entries a tunnel wants: (MAC, address) pairs.
+fn wanted_entries(tunnel: &Tunnel) -> BTreeSet<(String, Ipv4Addr)> {
+    let flood = tunnel.flood.iter().map(|a| (FLOOD.to_owned(), *a));
+    flood.chain(tunnel.machines.iter().map(|(mac, a)| (mac.clone(), *a))).collect()
+}
+
+fn ensure_device(ns: &Netns, tunnel: &Tunnel, local: Ipv4Addr) -> Result<(), Error> {
+    check_ifname(&tunnel.device)?;
+    check_ifname(&tunnel.bridge)?;
+    let dev = tunnel.device.as_str();
+    // A device with another identifier or address (the host's address
+    // changed) is made again, since neither can be changed in place.
+    match vxlan_of(ns, dev)? {
+        Some((vni, address)) if vni == tunnel.vni && address == Some(local) => {}
+        found => {
+            if found.is_some() {
+                link::delete_link(ns, dev)?;
+            }
+            Cmd::new(ns, "ip")
+                .args(["link", "add", dev, "type", "vxlan", "id", &tunnel.vni.to_string()])
+                .args(["dstport", &PORT.to_string(), "local", &local.to_string(), "nolearning"])
+                .run()?;
+        }
+    }
+    Cmd::new(ns, "ip")
+        .args(["link", "set", "dev", dev, "mtu", &MTU.to_string(), "master", &tunnel.bridge, "up"])
+        .run()?;
+    Ok(())
+}
+
+fn sync_entries(ns: &Netns, tunnel: &Tunnel) -> Result<(), Error> {
+    let dev = tunnel.device.as_str();
+    let wanted = wanted_entries(tunnel);
+    let cmd = Cmd::new(ns, "bridge").args(["-j", "fdb", "show", "dev", dev]);
+    let entries: Vec<FdbEntry> = parse_json(&cmd, &cmd.run()?)?;
+    // The device's own entries carry the address they send to; the bridge's
+    // learned ones (`master`) do not, and are the bridge's business.
+    let present: BTreeSet<(String, Ipv4Addr)> =
+        entries.into_iter().filter_map(|e| Some((e.mac.to_ascii_lowercase(), e.dst?))).collect();
+    for (mac, address) in present.difference(&wanted) {
+        let cmd = Cmd::new(ns, "bridge").args(["fdb", "del", mac, "dev", dev, "dst", &address.to_string()]);
+        let output = cmd.output(None)?;
+        if !output.status.success() && !stderr(&output).contains("No such file") {
+            return Err(cmd.failed(&output));
+        }
+    }
+    for (mac, address) in wanted.difference(&present) {
+        // `append` adds one more address for the all-zero MAC, and is the
+        // same as `add` for a machine's, which has one.
+        Cmd::new(ns, "bridge")
+            .args(["fdb", "append", mac, "dev", dev, "dst", &address.to_string(), "self", "permanent"])
+            .run()?;
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct FdbEntry {
+    mac: String,
+    #[serde(default)]
+    dst: Option<Ipv4Addr>,
+}
+
+#[derive(Deserialize)]
+struct VxlanLink {
+    #[serde(default)]
+    linkinfo: Option<VxlanInfo>,
+}
+
+#[derive(Deserialize)]
+struct VxlanInfo {
+    #[serde(default)]
+    info_kind: Option<String>,
+    #[serde(default)]
+    info_data: Option<VxlanData>,
+}
+
+#[derive(Deserialize)]
+struct VxlanData {
+    id: u32,
+    #[serde(default)]
+    local: Option<Ipv4Addr>,
+}
+
+/// The identifier and local address of the vxlan device `dev`; `None` if
+/// there is none. A link of another kind under that name is an error.
+fn vxlan_of(ns: &Netns, dev: &str) -> Result<Option<(u32, Option<Ipv4Addr>)>, Error> {
+    let cmd = Cmd::new(ns, "ip").args(["-d", "-j", "link", "show", "dev", dev]);
+    let output = cmd.output(None)?;
+    if !output.status.success() {
+        let err = stderr(&output);
+        return if err.contains("does not exist") || err.contains("Cannot find device") {
+            Ok(None)
+        } else {
+            Err(cmd.failed(&output))
+        };
+    }
+    let links: Vec<VxlanLink> = parse_json(&cmd, &String::from_utf8_lossy(&output.stdout))?;
+    let Some(info) = links.into_iter().next().and_then(|l| l.linkinfo) else { return Ok(None) };
+    match (info.info_kind.as_deref(), info.info_data) {
+        (Some("vxlan"), Some(data)) => Ok(Some((data.id, data.local))),
+        (kind, _) => Err(Error::WrongKind {
+            name: dev.to_owned(),
+            found: kind.unwrap_or("device").to_owned(),
+            expected: "vxlan",
+        }),
+    }
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(cmd: &Cmd, stdout: &str) -> Result<T, Error> {
+    let stdout = if stdout.trim().is_empty() { "[]" } else { stdout };
+    serde_json::from_str(stdout).map_err(|e| Error::Output { command: cmd.display(), reason: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Subnet;
+
+    fn network(name: &str, subnet: &str, created_at: u64) -> NetworkRecord {
+        NetworkRecord {
+            name: name.into(),
+            subnet: subnet.parse().unwrap(),
+            bridge: format!("hb-{name}"),
+            nat: false,
+            created_at,
+        }
+    }
+
+    fn machine(name: &str, host: Option<&str>, nics: &[(&str, &str)]) -> MachineView {
+        let host = host.map_or("null".to_owned(), |h| format!("{h:?}"));
+        let nics: Vec<String> = nics
+            .iter()
+            .map(|(network, mac)| {
+                format!(r#"{{"network":"{network}","ip":"10.0.0.9","mac":"{mac}","tap":"ht-{name}"}}"#)
+            })
+            .collect();
+        let record = format!(
+            r#"{{"name":"{name}","host":{host},"status":{{"state":"running"}},"spec":{{"nics":[{}]}}}}"#,
+            nics.join(",")
+        );
+        serde_json::from_str(&record).unwrap()
+    }
+
+    fn peer(host: &str, address: &str) -> Peer {
+        Peer { host: host.into(), address: address.parse().unwrap() }
+    }
+
+    const ME: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 11);
+
+    #[test]
+    fn a_host_alone_has_no_tunnels() {
+        let networks = [network("lab", "10.250.0.0/24", 1)];
+        let (tunnels, problems) = plan("one", ME, "h", &networks, &[], &[peer("one", "10.77.0.11")]);
+        assert!(tunnels.is_empty() && problems.is_empty());
+    }
+
+    #[test]
+    fn every_network_gets_a_tunnel_flooding_to_every_other_host() {
+        let networks = [network("lab", "10.250.0.0/24", 1), network("db", "10.251.0.0/24", 2)];
+        let peers = [peer("one", "10.77.0.11"), peer("two", "10.77.0.12"), peer("three", "10.77.0.13")];
+        let (tunnels, problems) = plan("one", ME, "h", &networks, &[], &peers);
+        assert!(problems.is_empty());
+        let names: Vec<(&str, &str, u32)> =
+            tunnels.iter().map(|t| (t.network.as_str(), t.device.as_str(), t.vni)).collect();
+        assert_eq!(names, [("db", "hx-db", vni("db")), ("lab", "hx-lab", vni("lab"))]);
+        let flood: Vec<String> = tunnels[0].flood.iter().map(ToString::to_string).collect();
+        assert_eq!(flood, ["10.77.0.12", "10.77.0.13"]);
+        assert_eq!(tunnels[1].gateway, Ipv4Addr::new(10, 250, 0, 1));
+        assert_eq!(tunnels[1].bridge, "hb-lab");
+    }
+
+    #[test]
+    fn machine_entries_are_other_hosts_machines_on_that_network() {
+        let networks = [network("lab", "10.250.0.0/24", 1), network("db", "10.251.0.0/24", 2)];
+        let machines = [
+            machine("mine", Some("one"), &[("lab", "02:00:00:00:00:01")]),
+            machine("theirs", Some("two"), &[("lab", "02:00:00:00:00:02"), ("db", "02:00:00:00:00:03")]),
+            machine("before-hosts", None, &[("lab", "02:00:00:00:00:04")]),
+            machine("unknown-host", Some("nine"), &[("lab", "02:00:00:00:00:05")]),
+            machine("upper", Some("two"), &[("lab", "02:00:00:00:0A:0B")]),
+        ];
+        let peers = [peer("one", "10.77.0.11"), peer("two", "10.77.0.12")];
+        let (tunnels, _) = plan("one", ME, "h", &networks, &machines, &peers);
+        let lab = tunnels.iter().find(|t| t.network == "lab").unwrap();
+        let entries: Vec<String> = lab.machines.iter().map(|(mac, a)| format!("{mac} {a}")).collect();
+        assert_eq!(entries, ["02:00:00:00:00:02 10.77.0.12", "02:00:00:00:0a:0b 10.77.0.12"]);
+        let db = tunnels.iter().find(|t| t.network == "db").unwrap();
+        assert_eq!(db.machines.len(), 1);
+    }
+
+    #[test]
+    fn a_stale_record_with_this_hosts_address_is_not_a_peer() {
+        let networks = [network("lab", "10.250.0.0/24", 1)];
+        let peers = [peer("old-name", "10.77.0.11"), peer("two", "10.77.0.12")];
+        let (tunnels, _) = plan("one", ME, "h", &networks, &[], &peers);
+        assert_eq!(tunnels[0].flood.iter().copied().collect::<Vec<_>>(), [Ipv4Addr::new(10, 77, 0, 12)]);
+    }
+
+    #[test]
+    fn the_later_of_two_networks_sharing_an_identifier_gets_no_tunnel() {
+        // Two names whose identifiers collide: 24 bits collide among a few
+        // thousand names.
+        let mut seen = BTreeMap::new();
+        let (first, second) = (0..1_000_000)
+            .map(|i| format!("n{i}"))
+            .find_map(|n| seen.insert(vni(&n), n.clone()).map(|earlier| (earlier, n)))
+            .expect("a collision among a million names");
+        let networks = [network(&second, "10.251.0.0/24", 5), network(&first, "10.250.0.0/24", 3)];
+        let (tunnels, problems) = plan("one", ME, "h", &networks, &[], &[peer("two", "10.77.0.12")]);
+        assert_eq!(tunnels.iter().map(|t| t.network.as_str()).collect::<Vec<_>>(), [first.as_str()]);
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].contains(&format!("{second:?}")) && problems[0].contains("recreate"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn identifiers_are_24_bits_and_never_zero() {
+        for name in ["default", "lab", "a", "a-very-long-network-name-of-32c"] {
+            let id = vni(name);
+            assert!((1..=0x00ff_ffff).contains(&id), "{name}: {id}");
+            assert_eq!(id, vni(name));
+        }
+    }
+
+    #[test]
+    fn wanted_entries_are_the_flood_list_and_the_machines() {
+        let tunnel = Tunnel {
+            network: "lab".into(),
+            device: "hx-lab".into(),
+            bridge: "hb-lab".into(),
+            vni: 7,
+            gateway: Subnet { network: Ipv4Addr::new(10, 250, 0, 0), prefix: 24 }.gateway(),
+            flood: [Ipv4Addr::new(10, 77, 0, 12), Ipv4Addr::new(10, 77, 0, 13)].into(),
+            machines: [("02:00:00:00:00:02".to_owned(), Ipv4Addr::new(10, 77, 0, 12))].into(),
+        };
+        let entries: Vec<String> = wanted_entries(&tunnel).iter().map(|(m, a)| format!("{m} {a}")).collect();
+        assert_eq!(
+            entries,
+            ["00:00:00:00:00:00 10.77.0.12", "00:00:00:00:00:00 10.77.0.13", "02:00:00:00:00:02 10.77.0.12"]
+        );
+    }
+
+    #[test]
+    fn peer_addresses_come_from_the_host_records_overlay_entry() {
+        let addresses = ["api=10.77.0.11:7070".to_owned(), "overlay=10.77.0.11".to_owned()];
+        assert_eq!(peer_address(&addresses), Some(ME));
+        assert_eq!(peer_address(&["api=1.2.3.4:1".to_owned()]), None);
+        assert_eq!(peer_address(&["overlay=nonsense".to_owned()]), None);
+    }
+}
