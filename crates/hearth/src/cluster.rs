@@ -32,6 +32,7 @@ pub(crate) fn record(
     data_dir: &Path,
     api: Option<SocketAddr>,
     ingress: Option<SocketAddr>,
+    overlay: Option<std::net::Ipv4Addr>,
 ) -> HostRecord {
     let resources = hearth_api::host::resources(data_dir);
     let mut addresses = Vec::new();
@@ -40,6 +41,9 @@ pub(crate) fn record(
     }
     if let Some(ingress) = ingress {
         addresses.push(format!("ingress={ingress}"));
+    }
+    if let Some(overlay) = overlay {
+        addresses.push(format!("{}{overlay}", hearth_net::overlay::ADDRESS_KEY));
     }
     HostRecord {
         name: name.to_owned(),

@@ -64,12 +64,70 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "NAME", env = "HEARTH_HOST_NAME", value_parser = host_name::parse)]
     host_name: Option<String>,
 
+    /// This host's address for the other hosts sharing the store: networks span hosts through VXLAN tunnels to it (UDP 4789) [default: the address this host reaches etcd from]. Only with --store etcd://.
+    #[arg(long, value_name = "IP", env = "HEARTH_ADVERTISE_ADDRESS")]
+    advertise_address: Option<std::net::Ipv4Addr>,
+
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Pretty, env = "HEARTH_LOG_FORMAT")]
     log_format: LogFormat,
 
     #[command(flatten)]
     store: StoreArgs,
+}
+
+/// The address other hosts tunnel to for networks that span hosts: the
+/// one given, else the address this host reaches etcd from (the kernel's
+/// choice of source for the first endpoint). None alone on the embedded
+/// store, or when etcd is on loopback: hosts that reach each other only on
+/// loopback are one machine's processes, whose networks cannot tunnel to
+/// each other (the log says how to change that).
+async fn overlay_address(
+    opened: &OpenedStore,
+    given: Option<std::net::Ipv4Addr>,
+) -> anyhow::Result<Option<std::net::Ipv4Addr>> {
+    let endpoints = match opened {
+        OpenedStore::Redb(_) if given.is_some() => bail!(
+            "--advertise-address (HEARTH_ADVERTISE_ADDRESS) is for hosts sharing a store on etcd (--store etcd://HOST:PORT); remove it, or give --store etcd://..."
+        ),
+        OpenedStore::Redb(_) => return Ok(None),
+        OpenedStore::Etcd(etcd) => etcd.endpoints().to_owned(),
+    };
+    if let Some(address) = given {
+        if address.is_unspecified() || address.is_multicast() || address.is_broadcast() {
+            bail!(
+                "--advertise-address {address} is not an address other hosts can reach; give this host's address on the network the hosts share"
+            );
+        }
+        return Ok(Some(address));
+    }
+    let first = endpoints.split(',').next().unwrap_or_default();
+    let first = first.split_once("://").map_or(first, |(_, rest)| rest);
+    let source = async {
+        let target = tokio::net::lookup_host(first).await.ok()?.find(SocketAddr::is_ipv4)?;
+        // Connecting a UDP socket sends nothing: it asks the kernel which
+        // source address it would use.
+        let socket = tokio::net::UdpSocket::bind("0.0.0.0:0").await.ok()?;
+        socket.connect(target).await.ok()?;
+        match socket.local_addr().ok()?.ip() {
+            std::net::IpAddr::V4(ip) => Some(ip),
+            std::net::IpAddr::V6(_) => None,
+        }
+    };
+    match source.await {
+        Some(ip) if !ip.is_loopback() => {
+            tracing::info!(address = %ip, "Networks span the hosts: other hosts tunnel to this address (UDP 4789).");
+            Ok(Some(ip))
+        }
+        found => {
+            tracing::warn!(
+                endpoint = first,
+                source = ?found,
+                "Networks stay on this host: it reaches etcd over loopback (or not at all), so no other host could tunnel to it; give --advertise-address IP to span hosts."
+            );
+            Ok(None)
+        }
+    }
 }
 
 /// `--dns`: an address, or `off`.
@@ -222,6 +280,7 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
     let budget = connection_budget()?;
 
     let opened = open_store(data_dir, args.store).await?;
+    let overlay = overlay_address(&opened, args.advertise_address).await?;
     if fresh_name {
         let machines = machine_hosts(&*opened.store()).await?;
         host_name::check_fresh_name(data_dir, &host_name, &machines)?;
@@ -261,6 +320,7 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
             enabled: nix::unistd::geteuid().is_root(),
             default_network: args.default_network,
             host: host_name.clone(),
+            overlay,
         },
     );
     // The default network is made before the API answers, so that a
@@ -344,7 +404,8 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
             }
         }
     });
-    let host_record = crate::cluster::record(&host_name, &machines.host(), data_dir, tcp_addr, ingress_addr);
+    let host_record =
+        crate::cluster::record(&host_name, &machines.host(), data_dir, tcp_addr, ingress_addr, overlay);
     let hosts = match &opened {
         // No other daemon can open the embedded store: this host is alone.
         OpenedStore::Redb(_) => hearth_hosts::Hosts::alone(store.clone(), host_record),
