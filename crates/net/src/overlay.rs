@@ -202,6 +202,8 @@ fn ensure_device(ns: &Netns, tunnel: &Tunnel, local: Ipv4Addr) -> Result<(), Err
                 .args(["link", "add", dev, "type", "vxlan", "id", &tunnel.vni.to_string()])
                 .args(["dstport", &PORT.to_string(), "local", &local.to_string(), "nolearning"])
                 .run()?;
+            // No IPv6 address of its own: the device is a port, not a host.
+            Cmd::new(ns, "ip").args(["link", "set", "dev", dev, "addrgenmode", "none"]).run()?;
         }
     }
     Cmd::new(ns, "ip")
