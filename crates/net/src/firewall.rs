@@ -167,6 +167,27 @@ pub fn render(desired: &Desired) -> String {
             );
         }
     }
+    // Between hosts, another network's machines are reached through a
+    // route to their host, not through their bridge: isolation then goes by
+    // their subnet.
+    if !desired.overlays.is_empty() {
+        for network in &desired.networks {
+            let others: Vec<String> = desired
+                .networks
+                .iter()
+                .filter(|n| n.bridge != network.bridge)
+                .filter_map(|n| parse_subnet(&n.subnet).map(|(a, p)| format!("{a}/{p}")))
+                .collect();
+            if !others.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "\t\tiifname \"{b}\" ip daddr {} counter drop comment \"isolate {b} across hosts\"",
+                    bare_set(&others),
+                    b = network.bridge
+                );
+            }
+        }
+    }
     for network in desired.networks.iter().filter(|n| n.nat) {
         let b = &network.bridge;
         let _ = writeln!(s, "\t\tiifname \"{b}\" oifname != \"{b}\" accept comment \"nat {b}: out\"");

@@ -19,8 +19,13 @@
 //! gateway address, and a machine talks to its own host's (DNS, NAT).
 //! The firewall keeps each gateway on its host (`firewall::Overlay`):
 //! requests for the gateway's address do not cross, and nothing the host
-//! itself sends leaves through the tunnel. So a host reaches only its own
-//! machines' addresses; machines reach each other everywhere.
+//! itself sends leaves through the tunnel. A host reaches another host's
+//! machine by routing instead: a route to the machine's address through
+//! its host (`proto 186`, hearth's), which forwards it onto its bridge.
+//! That is how the leader checks every host's service instances and how a
+//! published port reaches instances anywhere. The hosts' addresses must
+//! then be on one link (a route's next hop is on-link), as they are in
+//! `hearth cluster up`.
 //!
 //! [`plan`] is a pure function of the records; [`sync`] makes the host
 //! match it, idempotently, changing only what differs.
@@ -44,6 +49,10 @@ pub const PORT: u16 = 4789;
 /// fragments the tunnel's UDP packets (they are sent without DF), which
 /// is correct but slower; give the underlay jumbo frames for full speed.
 pub const MTU: u32 = 1500;
+
+/// The routing protocol number on hearth's routes to other hosts'
+/// machines, so that they are found again and no one else's is touched.
+pub const ROUTE_PROTO: &str = "186";
 
 /// The all-zero MAC: where the kernel sends what it has no entry for.
 const FLOOD: &str = "00:00:00:00:00:00";
@@ -79,6 +88,9 @@ pub struct Tunnel {
     /// Other hosts' machines on this network: MAC (lowercase) to the
     /// overlay address of the host that runs it.
     pub machines: BTreeMap<String, Ipv4Addr>,
+    /// The addresses of those machines, to the same host's address: this
+    /// host's routes to them.
+    pub routes: BTreeMap<Ipv4Addr, Ipv4Addr>,
 }
 
 /// The VXLAN network identifier of a network: 24 bits of a hash of its
@@ -138,17 +150,15 @@ pub fn plan(
             continue;
         }
         taken.insert(vni, &network.name);
-        let machines = machines
+        let nics: Vec<(&crate::record::Nic, Ipv4Addr)> = machines
             .iter()
-            .filter_map(|m| Some((m, peers.get(m.host.as_deref()?)?)))
+            .filter_map(|m| Some((m, *peers.get(m.host.as_deref()?)?)))
             .flat_map(|(m, address)| {
-                m.spec
-                    .nics
-                    .iter()
-                    .filter(|n| n.network == network.name)
-                    .map(|n| (n.mac.to_ascii_lowercase(), *address))
+                m.spec.nics.iter().filter(|n| n.network == network.name).map(move |n| (n, address))
             })
             .collect();
+        let routes = nics.iter().map(|(n, address)| (n.ip, *address)).collect();
+        let machines = nics.iter().map(|(n, address)| (n.mac.to_ascii_lowercase(), *address)).collect();
         tunnels.push(Tunnel {
             network: network.name.clone(),
             device: device_name(prefix, &network.name),
@@ -157,6 +167,7 @@ pub fn plan(
             gateway: network.subnet.gateway(),
             flood: peers.values().copied().collect(),
             machines,
+            routes,
         });
     }
     tunnels.sort_by(|a, b| a.device.cmp(&b.device));
@@ -166,7 +177,12 @@ pub fn plan(
 /// Makes the host's tunnels those of `tunnels`, from `local`: each device
 /// exists with its identifier and address, in its bridge and up, with
 /// exactly its forwarding entries; devices under `prefix` that no tunnel
-/// names are deleted. The bridges must exist.
+/// names are deleted; hearth's routes are exactly the tunnels' routes.
+/// The bridges must exist.
+///
+/// A route whose host is not on-link is left out, and the error says so
+/// once everything else is in place: machines still reach each other, only
+/// this host's own connections to that host's machines do not.
 pub fn sync(ns: &Netns, prefix: &str, local: Ipv4Addr, tunnels: &[Tunnel]) -> Result<(), Error> {
     for tunnel in tunnels {
         ensure_device(ns, tunnel, local)?;
@@ -177,7 +193,74 @@ pub fn sync(ns: &Netns, prefix: &str, local: Ipv4Addr, tunnels: &[Tunnel]) -> Re
             link::delete_link(ns, &stale)?;
         }
     }
-    Ok(())
+    let routes: BTreeMap<Ipv4Addr, Ipv4Addr> = tunnels.iter().flat_map(|t| t.routes.clone()).collect();
+    sync_routes(ns, &routes)
+}
+
+/// Removes every route of hearth's protocol (the machines' routes only ever
+/// are); the routes go with their tunnels.
+pub fn clear_routes(ns: &Netns) -> Result<(), Error> {
+    sync_routes(ns, &BTreeMap::new())
+}
+
+fn sync_routes(ns: &Netns, wanted: &BTreeMap<Ipv4Addr, Ipv4Addr>) -> Result<(), Error> {
+    let cmd = Cmd::new(ns, "ip").args(["-4", "-j", "route", "show", "proto", ROUTE_PROTO]);
+    let present: Vec<Route> = parse_json(&cmd, &cmd.run()?)?;
+    let present: BTreeMap<Ipv4Addr, Option<Ipv4Addr>> =
+        present.into_iter().filter_map(|r| Some((r.dst.parse().ok()?, r.gateway))).collect();
+    for (dst, gateway) in &present {
+        if wanted.get(dst) != gateway.as_ref() {
+            let cmd = Cmd::new(ns, "ip").args(["route", "del", &format!("{dst}/32"), "proto", ROUTE_PROTO]);
+            let output = cmd.output(None)?;
+            if !output.status.success() && !stderr(&output).contains("No such process") {
+                return Err(cmd.failed(&output));
+            }
+        }
+    }
+    let mut unreachable = Vec::new();
+    for (dst, via) in wanted {
+        if present.get(dst) == Some(&Some(*via)) {
+            continue;
+        }
+        let cmd = Cmd::new(ns, "ip").args([
+            "route",
+            "replace",
+            &format!("{dst}/32"),
+            "via",
+            &via.to_string(),
+            "proto",
+            ROUTE_PROTO,
+        ]);
+        let output = cmd.output(None)?;
+        if output.status.success() {
+            continue;
+        }
+        if stderr(&output).contains("invalid gateway") || stderr(&output).contains("unreachable") {
+            unreachable.push(*via);
+            continue;
+        }
+        return Err(cmd.failed(&output));
+    }
+    unreachable.sort();
+    unreachable.dedup();
+    if unreachable.is_empty() {
+        return Ok(());
+    }
+    let hosts: Vec<String> = unreachable.iter().map(ToString::to_string).collect();
+    Err(Error::Invalid {
+        what: "hosts' addresses",
+        reason: format!(
+            "{} not on a link of this host, so it cannot reach their machines (they still reach each other); put the hosts on one network, or give each the --advertise-address it has on a shared one",
+            hosts.join(", ")
+        ),
+    })
+}
+
+#[derive(Deserialize)]
+struct Route {
+    dst: String,
+    #[serde(default)]
+    gateway: Option<Ipv4Addr>,
 }
 
 /// The forwarding entries a tunnel wants: (MAC, address) pairs.
@@ -371,6 +454,9 @@ mod tests {
         assert_eq!(entries, ["02:00:00:00:00:02 10.77.0.12", "02:00:00:00:0a:0b 10.77.0.12"]);
         let db = tunnels.iter().find(|t| t.network == "db").unwrap();
         assert_eq!(db.machines.len(), 1);
+        // And this host's routes to them, by address.
+        assert_eq!(lab.routes.len(), 1, "two machines of two, one address in the test's records");
+        assert_eq!(lab.routes.get(&Ipv4Addr::new(10, 0, 0, 9)), Some(&Ipv4Addr::new(10, 77, 0, 12)));
     }
 
     #[test]
@@ -419,6 +505,7 @@ mod tests {
             gateway: Subnet { network: Ipv4Addr::new(10, 250, 0, 0), prefix: 24 }.gateway(),
             flood: [Ipv4Addr::new(10, 77, 0, 12), Ipv4Addr::new(10, 77, 0, 13)].into(),
             machines: [("02:00:00:00:00:02".to_owned(), Ipv4Addr::new(10, 77, 0, 12))].into(),
+            routes: BTreeMap::new(),
         };
         let entries: Vec<String> = wanted_entries(&tunnel).iter().map(|(m, a)| format!("{m} {a}")).collect();
         assert_eq!(

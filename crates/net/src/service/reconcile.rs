@@ -243,7 +243,8 @@ impl Networks {
                     link::delete_link(&host, &stale)?;
                 }
             }
-            if any_nat {
+            // A host forwards other hosts' connections to its machines.
+            if any_nat || tunnels.as_ref().is_some_and(|(_, t)| !t.is_empty()) {
                 link::enable_ip_forwarding(&host)?;
             }
             // The firewall first: a tunnel never carries a frame its rules
@@ -387,6 +388,9 @@ impl Networks {
         let prefix = self.inner.options.prefix.clone();
         let table = self.table();
         let shaper = self.inner.shaper.clone();
+        // Only a host with tunnels made routes; others on this host's
+        // network stack (test daemons) may have theirs.
+        let spans = self.inner.options.overlay.is_some();
         let _ = blocking(move || {
             let host = link::Netns::Host;
             let _ = firewall::clear(&host, &table);
@@ -395,6 +399,9 @@ impl Networks {
             }
             for name in link::links_with_prefix(&host, &format!("{prefix}t-")).unwrap_or_default() {
                 let _ = link::delete_link(&host, &name);
+            }
+            if spans && let Err(error) = overlay::clear_routes(&host) {
+                tracing::warn!(error = %error, "Cannot remove the routes to other hosts' machines.");
             }
             for name in link::links_with_prefix(&host, &format!("{prefix}x-")).unwrap_or_default() {
                 let _ = link::delete_link(&host, &name);

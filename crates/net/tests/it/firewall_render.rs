@@ -184,7 +184,7 @@ fn spanning() -> Desired {
     across.to_remote = vec!["02:00:00:00:00:0b".into()];
     across.from_remote = vec!["02:00:00:00:00:0d".into(), "02:00:00:00:00:0e".into()];
     Desired {
-        networks: vec![network("hb-lab", "10.250.0.0/24", false)],
+        networks: vec![network("hb-lab", "10.250.0.0/24", false), network("hb-db", "10.251.0.0/24", true)],
         partitions: vec![across],
         overlays: vec![Overlay { device: "hx-lab".into(), gateway: [10, 250, 0, 1].into() }],
         ..Desired::default()
@@ -194,6 +194,11 @@ fn spanning() -> Desired {
 #[test]
 fn a_network_spanning_hosts_keeps_its_gateway_home_and_partitions_by_mac() {
     let got = firewall::render(&spanning());
+    // Routed to another host, another network's machines are told by
+    // their subnet.
+    assert!(got.contains("\t\tiifname \"hb-lab\" ip daddr 10.251.0.0/24 counter drop comment \"isolate hb-lab across hosts\"\n"), "{got}");
+    assert!(got.contains("\t\tiifname \"hb-db\" ip daddr 10.250.0.0/24 counter drop comment \"isolate hb-db across hosts\"\n"), "{got}");
+    assert!(!firewall::render(&example()).contains("across hosts"), "only networks spanning hosts need it");
     let bridge = &got[got.find("table bridge hearth {").expect("the bridge table")..];
     let expect = r#"table bridge hearth {
 	chain forward {

@@ -61,6 +61,7 @@ fn tunnel(other: &Host) -> Tunnel {
         gateway: GATEWAY,
         flood: BTreeSet::from([other.address]),
         machines: BTreeMap::from([(other.mac.clone(), other.address)]),
+        routes: BTreeMap::from([(other.machine.ip, other.address)]),
     }
 }
 
@@ -136,6 +137,33 @@ fn each_machine_talks_to_its_own_hosts_gateway() {
         let listed = sh(&hosts[0].ns, &["nft", "list", "chain", "bridge", "hearth", "forward"]);
         let rule = listed.lines().find(|l| l.contains("the gateway answers on each host")).expect("the rule");
         assert!(!rule.contains("packets 0 "), "{rule}");
+    });
+}
+
+#[test]
+fn a_host_reaches_another_hosts_machine_through_its_route() {
+    support::run(|lab| {
+        let hosts = two_hosts(lab);
+        let [one, two] = &hosts;
+        assert!(ping(&one.ns, two.machine.ip, 1, "0.1").none_answered(), "no route yet");
+        connect(&hosts);
+        sh(&two.ns, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+        let routes = sh(&one.ns, &["ip", "route", "show", "proto", overlay::ROUTE_PROTO]);
+        assert_eq!(routes.trim(), format!("{} via {} dev u0", two.machine.ip, two.address));
+        assert!(ping(&one.ns, two.machine.ip, 2, "0.1").all_answered(), "host one -> b");
+        // Its own machine is still on its bridge.
+        assert!(ping(&one.ns, one.machine.ip, 1, "0.1").all_answered(), "host one -> a");
+
+        // A host whose address is not on a link is said so, and the rest
+        // is in place.
+        let mut far = tunnel(two);
+        far.routes.insert(Ipv4Addr::new(10, 94, 0, 12), Ipv4Addr::new(192, 0, 2, 7));
+        let error = overlay::sync(&one.ns, "h", one.address, &[far]).expect_err("an unreachable host");
+        assert!(error.to_string().contains("192.0.2.7 not on a link of this host"), "{error}");
+        assert!(ping(&one.ns, two.machine.ip, 1, "0.1").all_answered(), "host one -> b still");
+
+        overlay::clear_routes(&one.ns).expect("clear");
+        assert_eq!(sh(&one.ns, &["ip", "route", "show", "proto", overlay::ROUTE_PROTO]), "");
     });
 }
 
