@@ -431,8 +431,11 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
         }
     });
     let services = hearth_services::Services::new(store.clone(), machines.clone());
-    services
-        .set_placer(Arc::new(crate::cluster::Placer { hosts: hosts.clone(), machines: machines.clone() }));
+    services.set_placer(Arc::new(crate::cluster::Placer {
+        hosts: hosts.clone(),
+        machines: machines.clone(),
+        spans: overlay.is_some(),
+    }));
     // One supervisor for the whole cloud: the leader's.
     let services_loop =
         tokio::spawn(crate::cluster::while_leading(hosts.term(), stop_rx.clone(), "services", {

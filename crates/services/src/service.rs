@@ -120,6 +120,13 @@ pub trait Placer: Send + Sync + 'static {
         memory_mib: u64,
         siblings: std::collections::BTreeMap<String, u32>,
     ) -> Result<String, String>;
+
+    /// The other hosts whose machines this host's own connections reach
+    /// (its networks span hosts, and theirs do), so that checks run from
+    /// here can judge their instances.
+    async fn reachable_hosts(&self) -> std::collections::BTreeSet<String> {
+        std::collections::BTreeSet::new()
+    }
 }
 
 impl std::fmt::Debug for Services {

@@ -25,9 +25,9 @@
 //! daemon starts it with each term and stops it when the term ends), and
 //! new instance machines go where the [`crate::Placer`] says, spread over
 //! hosts. Checks run from the leader, which reaches another host's
-//! machines only over a network that spans hosts; until networks do, an
-//! instance running on another host passes while its machine runs, and
-//! its health says so.
+//! machines when networks span both hosts (the placer's
+//! `reachable_hosts`); an instance running on a host it cannot reach
+//! passes while its machine runs, and its health says so.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -236,6 +236,10 @@ impl Services {
     /// One pass; see the module's documentation for what it does.
     async fn pass(&self, state: &mut Supervisor) -> Result<(), crate::Error> {
         let now = self.read().await?;
+        let reachable = match self.placer() {
+            Some(placer) => placer.reachable_hosts().await,
+            None => Default::default(),
+        };
 
         // 5. Leftovers of removed services.
         let orphaned: HashSet<&str> = now
@@ -300,20 +304,19 @@ impl Services {
                     let running = self
                         .supervise_machine(state, def, key, instance, now.machines.get(machine), health)
                         .await;
-                    let elsewhere = now
-                        .machines
-                        .get(machine)
-                        .and_then(|m| m.host.clone())
-                        .filter(|host| host != self.inner.machines.host_name());
+                    let elsewhere =
+                        now.machines.get(machine).and_then(|m| m.host.clone()).filter(|host| {
+                            host != self.inner.machines.host_name() && !reachable.contains(host)
+                        });
                     if let (Some(_), Some(host)) = (running, &elsewhere)
                         && !def.checks.is_empty()
                     {
                         // Checks run from this (the leader's) host, which
-                        // reaches another host's machines only over a
-                        // network that spans hosts: not yet, so a running
-                        // machine there passes, and says why.
+                        // reaches another host's machines only when
+                        // networks span both: a running machine on a host
+                        // it cannot reach passes, and says why.
                         let output = format!(
-                            "machine {machine} is running on host {host}; its checks run only on the leader's host until networks span hosts"
+                            "machine {machine} is running on host {host}, whose machines the leader's host cannot reach (networks span hosts only when both have an --advertise-address), so it passes while it runs"
                         );
                         self.set_health(state, key, instance, health, Status::Passing, output).await;
                         continue;
