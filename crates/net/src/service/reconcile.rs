@@ -157,12 +157,13 @@ impl Networks {
         let macs_of = |names: &[String]| -> Vec<String> {
             names.iter().flat_map(|n| macs.get(n).cloned().unwrap_or_default()).collect()
         };
+        let mut overlay_problems = Vec::new();
         let tunnels = match self.inner.options.overlay {
             Some(local) => {
                 let peers = self.peers().await?;
                 let (tunnels, problems) =
                     overlay::plan(&host_name, local, &prefix, &networks, &machines, &peers);
-                self.log_overlay_problems(problems);
+                overlay_problems = problems;
                 Some((local, tunnels))
             }
             None => None,
@@ -250,16 +251,20 @@ impl Networks {
             // The firewall first: a tunnel never carries a frame its rules
             // would keep home.
             firewall::apply(&host, &desired)?;
-            if let Some((local, tunnels)) = &tunnels {
-                overlay::sync(&host, &prefix, *local, tunnels)?;
-            }
+            // Like delays, tunnels that cannot be made (a kernel without
+            // vxlan, a host not on this one's link) do not stop the rest.
+            let overlaid = match &tunnels {
+                Some((local, tunnels)) => overlay::sync(&host, &prefix, *local, tunnels),
+                None => Ok(()),
+            };
             let existing = link::links_with_prefix(&host, &format!("{prefix}t-"))?;
             let taps: Vec<String> = all_taps.into_iter().filter(|t| existing.contains(t)).collect();
             // A host that cannot delay says so, but only once the rest of
             // the network (names and forwards too, below) is in place.
-            Ok(lock(&shaper).apply(&taps, &delays))
+            Ok((lock(&shaper).apply(&taps, &delays), overlaid))
         })
         .await?;
+        let (shaped, overlaid) = shaped;
 
         // Names.
         self.inner.zone.set(
@@ -270,6 +275,10 @@ impl Networks {
         );
         self.sync_dns(&networks);
         self.sync_forwards(&machines).await;
+        if let Err(error) = overlaid {
+            overlay_problems.push(error.to_string());
+        }
+        self.log_overlay_problems(overlay_problems);
         shaped.map_err(Error::from)
     }
 
