@@ -305,6 +305,10 @@ async fn bring_up(state: &mut State, spinner: &Spinner) -> anyhow::Result<()> {
         for dir in [&host.data_dir, &host.etcd_dir] {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
+        // etcd warns about a data dir that others may read.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&host.etcd_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} private", host.etcd_dir.display()))?;
     }
     std::fs::create_dir_all(&state.cache_dir)
         .with_context(|| format!("cannot create the cache dir {}", state.cache_dir.display()))?;
@@ -1099,6 +1103,11 @@ fn running(pid: Option<u32>, needle: &Path) -> Option<u32> {
         return None;
     }
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    // Empty for an instant while `ip netns exec` executes the program
+    // in its place: still ours.
+    if cmdline.is_empty() {
+        return Some(pid);
+    }
     let needle = needle.to_string_lossy();
     cmdline.split(|b| *b == 0).any(|arg| String::from_utf8_lossy(arg) == needle).then_some(pid)
 }
