@@ -180,6 +180,7 @@ pub(crate) async fn run(data_dir: &Path, command: Command) -> anyhow::Result<()>
             need_root()?;
             let state = load(data_dir, &which.name, which.at.dir.as_deref())?;
             let host = find_host(&state, &host)?;
+            need_link(&state, host)?;
             ip(&["link", "set", &host.veth, "down"])?;
             println!(
                 "host {} is cut off: its link {} is down. The others see it lost once its lease lapses (10 s): `hearth --data-dir {} host ls`; `hearth cluster heal {}{}` connects it again",
@@ -195,6 +196,7 @@ pub(crate) async fn run(data_dir: &Path, command: Command) -> anyhow::Result<()>
             need_root()?;
             let state = load(data_dir, &which.name, which.at.dir.as_deref())?;
             let host = find_host(&state, &host)?;
+            need_link(&state, host)?;
             ip(&["link", "set", &host.veth, "up"])?;
             println!(
                 "host {} is connected again: its etcd member catches up and its daemon joins again within a few seconds (`hearth --data-dir {} host ls`)",
@@ -1007,6 +1009,20 @@ fn find_host<'a>(state: &'a State, name: &str) -> anyhow::Result<&'a Host> {
         let names: Vec<&str> = state.hosts.iter().map(|h| h.name.as_str()).collect();
         anyhow!("cluster {} has no host {name}: its hosts are {}", state.name, names.join(", "))
     })
+}
+
+/// Fails, saying what to do, when the host's veth is not there.
+fn need_link(state: &State, host: &Host) -> anyhow::Result<()> {
+    if !link_exists(&host.veth) {
+        bail!(
+            "host {}'s link {} is not there: bring cluster {} up again with `hearth cluster up{}`",
+            host.name,
+            host.veth,
+            state.name,
+            name_flag(state)
+        );
+    }
+    Ok(())
 }
 
 /// A host other than `host`, to ask about it.
