@@ -704,6 +704,8 @@ fn down(data_dir: &Path, name: &str, dir: Option<&Path>, keep_data: bool) -> any
     result
         .with_context(|| format!("cluster {name} is not all gone: run `hearth cluster down {name}` again"))?;
     let _ = std::fs::remove_file(Path::new(REGISTRY).join(name));
+    // Left only while some cluster is up (it fails while one is).
+    let _ = std::fs::remove_dir(REGISTRY);
     let _ = std::fs::remove_file(dir.join(STATE_FILE));
     if keep_data {
         println!("cluster {name} is down; its data and logs are kept in {}", dir.display());
