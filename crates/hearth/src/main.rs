@@ -1,7 +1,9 @@
 //! `hearth`: the daemon (`hearth serve`) and its command-line client.
 //!
-//! Every subcommand but `serve`, `completions` and `bench store` is a client
-//! of the daemon's API: the CLI never does work behind the daemon's back.
+//! Every subcommand but `serve`, `cluster`, `completions` and `bench store`
+//! is a client of the daemon's API: the CLI never does work behind the
+//! daemon's back (`cluster` starts daemons, and makes the network they run
+//! on).
 
 mod alerting;
 mod cluster;
@@ -84,6 +86,9 @@ enum Command {
     /// Hosts sharing the store: list them, see which leads, drain one for maintenance.
     #[command(subcommand)]
     Host(cmd::host::Command),
+    /// A cluster on this machine: hosts in network namespaces on one etcd, to kill, partition and revive on purpose.
+    #[command(subcommand)]
+    Cluster(cmd::cluster::Command),
     /// Read and write the user key space of the store.
     #[command(subcommand)]
     Kv(cmd::kv::Command),
@@ -164,6 +169,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Workflow(command) => return Ok(exit_code(cmd::workflow::run(&client()?, command).await?)),
         Command::Network(command) => cmd::network::run(&client()?, command).await?,
         Command::Host(command) => cmd::host::run(&client()?, command).await?,
+        Command::Cluster(command) => cmd::cluster::run(&data_dir, command).await?,
         Command::Service(command) => cmd::service::run(&client()?, command).await?,
         Command::Fault(command) => cmd::fault::run(&client()?, command).await?,
         Command::Lab(command) => return Ok(exit_code(cmd::lab::run(&client()?, command).await?)),

@@ -3,6 +3,7 @@
 pub(crate) mod alert;
 pub(crate) mod app;
 pub(crate) mod bench;
+pub(crate) mod cluster;
 pub(crate) mod config;
 pub(crate) mod events;
 pub(crate) mod fault;

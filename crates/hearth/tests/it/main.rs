@@ -17,6 +17,7 @@ mod apps_cli;
 mod apps_outbound;
 mod apps_triggers;
 mod cli;
+mod cluster_cmd;
 mod cluster_failover;
 mod config_cli;
 mod daemon_lifecycle;
