@@ -236,9 +236,16 @@ pub fn render(desired: &Desired) -> String {
         .iter()
         .filter(|l| l.percent > 0.0)
         .map(|l| {
-            // numgen draws 0..9999, so the share has a resolution of 0.01 %.
+            // numgen draws 0..9999, so the share has a resolution of 0.01 %;
+            // all of it is every frame (nft refuses a comparison with
+            // 10000, beyond what numgen draws).
             let threshold = (l.percent.clamp(0.0, 100.0) * 100.0).round() as u32;
-            format!("\t\toifname \"{}\" numgen random mod 10000 < {threshold} counter drop comment \"loss {}%\"\n", l.tap, l.percent)
+            let matches = if threshold >= 10_000 {
+                String::new()
+            } else {
+                format!("numgen random mod 10000 < {threshold} ")
+            };
+            format!("\t\toifname \"{}\" {matches}counter drop comment \"loss {}%\"\n", l.tap, l.percent)
         })
         .collect();
     for rule in &losses {

@@ -237,3 +237,25 @@ fn nft_accepts_the_rules_of_a_network_spanning_hosts() {
         }
     });
 }
+
+#[test]
+fn a_loss_of_all_drops_every_frame_and_nft_accepts_every_share() {
+    let loss = |tap: &str, percent: f32| firewall::Loss { tap: tap.to_owned(), percent };
+    let desired = Desired {
+        losses: vec![loss("ht-a", 100.0), loss("ht-b", 50.0), loss("ht-c", 0.01), loss("ht-d", 0.0)],
+        ..Desired::default()
+    };
+    let got = firewall::render(&desired);
+    for rule in [
+        "\t\toifname \"ht-a\" counter drop comment \"loss 100%\"\n",
+        "\t\toifname \"ht-b\" numgen random mod 10000 < 5000 counter drop comment \"loss 50%\"\n",
+        "\t\toifname \"ht-c\" numgen random mod 10000 < 1 counter drop comment \"loss 0.01%\"\n",
+    ] {
+        assert_eq!(got.matches(rule).count(), 2, "{rule:?} in the forward and output chains:\n{got}");
+    }
+    assert!(!got.contains("ht-d"), "no loss, no rule:\n{got}");
+    support::run(|lab| {
+        let host = lab.netns("host");
+        firewall::apply(&host, &desired).expect("nft takes every share, 100% included");
+    });
+}
