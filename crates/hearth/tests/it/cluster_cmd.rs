@@ -4,116 +4,15 @@
 //! partitioned one is lost and comes back when healed; `cluster status`
 //! agrees throughout; `cluster down` leaves no netns, link or process.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
-use hearth_client::types::{HostList, HostState};
-use hearth_client::{Client, Endpoint};
-use hearth_testkit::{failure, skip, success, test_cache_dir, wait_until};
+use hearth_client::types::HostState;
+use hearth_testkit::{failure, skip, success};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_hearth");
-
-/// A cluster this test made, taken down when it drops, so that a failed
-/// assertion leaves nothing behind.
-struct Cluster {
-    name: String,
-    dir: tempfile::TempDir,
-    cache: PathBuf,
-}
-
-impl Cluster {
-    /// `hearth cluster ARGS --name NAME --dir DIR` (`--name` is positional
-    /// for `status` and `down`).
-    fn run(&self, args: &[&str]) -> Output {
-        let dir = self.dir.path().join("cluster");
-        let mut command = Command::new(BIN);
-        command.arg("cluster").args(args);
-        if !matches!(args.first(), Some(&("status" | "down"))) {
-            command.args(["--name", &self.name]);
-        }
-        command
-            .arg("--dir")
-            .arg(&dir)
-            // The user's own data dir is not touched: it only chooses
-            // defaults, and every one is given here.
-            .env("HEARTH_DATA_DIR", self.dir.path().join("user"))
-            .env_remove("HEARTH_HOST")
-            .env_remove("HEARTH_TOKEN")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run hearth cluster")
-    }
-
-    fn up(&self, subnet: &str) -> Output {
-        let cache = self.cache.to_string_lossy().into_owned();
-        self.run(&["up", "--hosts", "3", "--subnet", subnet, "--cache-dir", &cache])
-    }
-
-    fn state(&self) -> Value {
-        let text =
-            std::fs::read_to_string(self.dir.path().join("cluster/cluster.json")).expect("the state file");
-        serde_json::from_str(&text).expect("JSON")
-    }
-
-    fn status(&self) -> Value {
-        serde_json::from_str(&success(&self.run(&["status", &self.name, "--json"]))).expect("JSON")
-    }
-
-    /// Each host's (daemon up, etcd up, link) as `cluster status --json` says.
-    fn processes(&self) -> Vec<(String, bool, bool, String)> {
-        let status = self.status();
-        status["hosts"]
-            .as_array()
-            .expect("hosts")
-            .iter()
-            .map(|h| {
-                (
-                    h["name"].as_str().unwrap_or_default().to_owned(),
-                    h["daemon"]["up"].as_bool().unwrap_or_default(),
-                    h["etcd"]["up"].as_bool().unwrap_or_default(),
-                    h["link"].as_str().unwrap_or_default().to_owned(),
-                )
-            })
-            .collect()
-    }
-
-    fn data_dir(&self, host: &str) -> PathBuf {
-        self.dir.path().join("cluster").join(host).join("data")
-    }
-
-    /// What `host` sees: every host's name and state.
-    async fn hosts(&self, host: &str) -> Vec<(String, HostState)> {
-        let client = Client::new(Endpoint::Unix(self.data_dir(host).join("hearth.sock")));
-        let list: HostList = match client.hosts().await {
-            Ok(list) => list,
-            Err(_) => return Vec::new(),
-        };
-        list.hosts.into_iter().map(|h| (h.name, h.state)).collect()
-    }
-
-    /// Waits until `host` sees `other` in `state`.
-    async fn sees(&self, host: &str, other: &str, state: HostState, within: Duration) -> bool {
-        wait_until(within, async || self.hosts(host).await.iter().any(|(n, s)| n == other && *s == state))
-            .await
-    }
-
-    fn log(&self, host: &str) -> String {
-        let home = self.dir.path().join("cluster").join(host);
-        format!(
-            "daemon.log of {host}:\n{}\netcd.log of {host}:\n{}",
-            std::fs::read_to_string(home.join("daemon.log")).unwrap_or_default(),
-            std::fs::read_to_string(home.join("etcd.log")).unwrap_or_default()
-        )
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = self.run(&["down", &self.name]);
-    }
-}
+use crate::cluster_support::Cluster;
 
 fn up(host: &str) -> (String, bool, bool, String) {
     (host.to_owned(), true, true, "connected".to_owned())
@@ -160,26 +59,7 @@ async fn a_cluster_on_one_machine_loses_and_gets_back_a_killed_and_a_partitioned
         skip("not root, so no network namespaces");
         return;
     }
-    let id = std::process::id();
-    let cluster = Cluster {
-        name: format!("it{}", id % 100_000),
-        dir: tempfile::Builder::new().prefix("hearth-cluster-").tempdir().expect("a temp dir"),
-        cache: test_cache_dir().expect("a test cache dir"),
-    };
-    // A subnet of its own: from the pid, the next one when `up` finds it
-    // overlaps a route of this machine's (another test's cluster, say).
-    let mut made = None;
-    for n in 0..8 {
-        let subnet = format!("10.{}.{}.0/24", 70 + (id + n) % 10, (id / 10 + n) % 256);
-        let out = cluster.up(&subnet);
-        if out.status.success() {
-            made = Some(out);
-            break;
-        }
-        let error = failure(&out);
-        assert!(error.contains("overlaps this machine's route"), "{error}");
-    }
-    let out = made.expect("a free subnet in 8 tries");
+    let (cluster, out) = Cluster::start("it", 3);
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(said.contains("is up") && said.contains("hearth cluster env h1"), "{said}");
     let state = cluster.state();
@@ -192,7 +72,7 @@ async fn a_cluster_on_one_machine_loses_and_gets_back_a_killed_and_a_partitioned
     ];
     assert_eq!(cluster.hosts("h1").await, ready, "{}", cluster.log("h1"));
     // Run again, it starts nothing.
-    let again = success(&cluster.up(state["subnet"].as_str().expect("subnet")));
+    let again = success(&cluster.up(state["subnet"].as_str().expect("subnet"), 3));
     assert!(again.contains("is already up"), "{again}");
 
     // Killed as a machine dies: the others see it lost once its lease lapses.
