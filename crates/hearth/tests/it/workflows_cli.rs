@@ -2,7 +2,8 @@
 //! signal, calls an activity and completes; fifty of them with the daemon
 //! killed with `kill -9` at random points; cron across a restart; webhooks
 //! with and without a good signature; event triggers; a run moved to code
-//! that does not match its history.
+//! that does not match its history; the runs of a host killed on a shared
+//! etcd, completed by the other host.
 //!
 //! The guests are `crates/workflows/tests/guests`, built by the support module.
 
@@ -14,7 +15,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hearth_testkit::{Daemon, failure, success};
+use hearth_testkit::{Daemon, failure, success, wait_until};
 use rand::Rng;
 use serde_json::Value;
 
@@ -260,6 +261,67 @@ async fn fifty_runs_complete_exactly_once_through_kill_9_at_random_points() {
             .count()
     });
     assert!(recoveries >= 1, "{history:#}");
+}
+
+/// Issue 17, failover: hosts on one etcd. Twenty runs are signalled while
+/// only host one executes, and it is killed with `kill -9` while every run
+/// is in the middle of its activity, holding its claim; the activity's
+/// requests are held unapplied until then. Host two, started meanwhile,
+/// takes each run over when one's claims lapse, goes on from its journal,
+/// and completes it: every step recorded once, every effect applied once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_hosts_runs_are_taken_over_and_complete_exactly_once() {
+    let etcd = hearth_testkit::etcd::Etcd::start();
+    let on = |host: &'static str| {
+        let url = etcd.url();
+        async move {
+            Daemon::start_with_env(
+                BIN,
+                &[
+                    ("HEARTH_STORE", std::ffi::OsStr::new(&url)),
+                    ("HEARTH_HOST_NAME", std::ffi::OsStr::new(host)),
+                ],
+            )
+            .await
+        }
+    };
+    let mut one = on("one").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (effects, url) = support::Effects::start();
+    success(&one.cli(&["workflow", "deploy", "steps", &steps_in(dir.path(), None)]));
+    let ids: Vec<String> = (0..20).map(|i| format!("moved-{i}")).collect();
+    let client = one.client();
+    for id in &ids {
+        let body = hearth_client::types::StartRun { input: format!("full:{url}"), id: Some(id.clone()) };
+        client.start_run("steps", &body).await.expect("start");
+    }
+    until_all(&one, &ids, "waiting for go", Duration::from_secs(120), waiting_for_go);
+    effects.hold();
+    for id in &ids {
+        let body = hearth_client::types::SendSignal { name: "go".into(), data: id.clone() };
+        client.signal_run(id, &body).await.expect("signal");
+    }
+    let in_flight = wait_until(Duration::from_secs(60), async || effects.requests() == ids.len()).await;
+    assert!(in_flight, "{} of 20 activities called on one\n{}", effects.requests(), one.log());
+    let two = on("two").await;
+    one.kill9();
+    effects.release();
+    until_all(&two, &ids, "completed", Duration::from_secs(120), |r| r["status"] == "completed");
+
+    for id in &ids {
+        let shown = run(&two, id);
+        assert_eq!(shown["output"], format!("done:{id}:200"), "{shown:#}");
+        let journal = shown["journal"].as_array().unwrap();
+        let seqs: Vec<u64> = journal.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, vec![0, 1, 2, 3, 4], "{id}: every step recorded once");
+    }
+    // Each effect applied once, though each activity was called twice: by
+    // one, whose answers were lost with it, and by two.
+    let expected: BTreeSet<String> = ids.iter().map(|id| format!("{id}/3")).collect();
+    assert_eq!(effects.keys().into_iter().collect::<BTreeSet<_>>(), expected);
+    assert_eq!(effects.applied(), 20);
+    assert!(effects.requests() >= 40, "{} requests: two called every activity again", effects.requests());
+    assert_eq!(effects.without_key(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -148,10 +148,12 @@ pub async fn waiting_for_signal(workflows: &Workflows, id: &str) -> Run {
 
 /// A loopback HTTP server for activities. It applies each
 /// `Idempotency-Key` once (a repeat gets the first answer again) and counts
-/// both the effects applied and the requests seen.
+/// both the effects applied and the requests seen. While [`Effects::hold`]
+/// holds, requests are counted as they arrive and wait there, unapplied.
 #[derive(Clone, Default)]
 pub struct Effects {
     inner: Arc<Mutex<EffectsInner>>,
+    held: Arc<(Mutex<bool>, std::sync::Condvar)>,
 }
 
 #[derive(Default)]
@@ -209,9 +211,13 @@ impl Effects {
                 return;
             }
             let body = String::from_utf8_lossy(&body).into_owned();
+            self.inner.lock().unwrap().requests += 1;
+            {
+                let (held, released) = &*self.held;
+                let _released = released.wait_while(held.lock().unwrap(), |held| *held).unwrap();
+            }
             let answer = {
                 let mut inner = self.inner.lock().unwrap();
-                inner.requests += 1;
                 match key {
                     Some(key) => {
                         let entry = inner.applied.entry(key).or_insert((path.clone(), body.clone()));
@@ -231,6 +237,17 @@ impl Effects {
                 return;
             }
         }
+    }
+
+    /// Requests wait, unapplied, until [`Effects::release`].
+    pub fn hold(&self) {
+        *self.held.0.lock().unwrap() = true;
+    }
+
+    /// Applies and answers the requests held, and those to come.
+    pub fn release(&self) {
+        *self.held.0.lock().unwrap() = false;
+        self.held.1.notify_all();
     }
 
     /// Effects applied: one per distinct idempotency key.
