@@ -132,7 +132,7 @@ impl Error {
             ),
             Error::NotFound { .. } => "list what is set with `hearth config ls`".into(),
             Error::Undecryptable { .. } => {
-                "the value was encrypted to another key: encrypt it again with `hearth config encrypt` against this daemon's key".into()
+                "the value was encrypted to another key: encrypt it again with `hearth config encrypt` against this daemon's key; hosts sharing a store must share one key file (`hearth serve --config-key FILE` on each)".into()
             }
             Error::HistoryGone { oldest, .. } => format!("use a revision from {oldest} on (`hearth config history`)"),
             Error::FutureRevision { current, .. } => format!("use a revision up to {current}"),

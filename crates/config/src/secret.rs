@@ -51,7 +51,15 @@ impl std::fmt::Debug for Keyring {
 impl Keyring {
     /// Reads the key file in `dir`, or makes one with a new identity.
     pub fn open(dir: &Path) -> Result<Self, Error> {
-        let path = dir.join(KEY_FILE);
+        Self::open_file(&dir.join(KEY_FILE))
+    }
+
+    /// Reads the key file at `path`, or makes one with a new identity. Hosts
+    /// that share a store share one key file (`hearth serve --config-key`):
+    /// when several start at once and none finds it, the first to write it
+    /// wins and the others read what it wrote.
+    pub fn open_file(path: &Path) -> Result<Self, Error> {
+        let path = path.to_owned();
         let io = |source| Error::KeyFile { path: path.clone(), source };
         match std::fs::File::open(&path) {
             Ok(mut file) => {
@@ -75,9 +83,8 @@ impl Keyring {
                 Ok(Self { path, identities })
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let ring = Self { path, identities: vec![Identity::generate()] };
-                ring.save()?;
-                Ok(ring)
+                let ring = Self { path: path.clone(), identities: vec![Identity::generate()] };
+                if ring.save_new()? { Ok(ring) } else { Self::open_file(&path) }
             }
             Err(e) => Err(io(e)),
         }
@@ -139,7 +146,28 @@ impl Keyring {
     }
 
     /// Writes the key file: a new file, 0600, synced, renamed over the old.
+    /// Writes a key file that does not exist yet; false if another process
+    /// wrote one first (it is kept).
+    fn save_new(&self) -> Result<bool, Error> {
+        self.write(|tmp, path| match std::fs::hard_link(tmp, path) {
+            Ok(()) => {
+                let _ = std::fs::remove_file(tmp);
+                Ok(true)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(tmp);
+                if e.kind() == std::io::ErrorKind::AlreadyExists { Ok(false) } else { Err(e) }
+            }
+        })
+    }
+
     fn save(&self) -> Result<(), Error> {
+        self.write(|tmp, path| std::fs::rename(tmp, path).inspect_err(|_| drop(std::fs::remove_file(tmp))))
+    }
+
+    /// Writes the ring to a temporary file beside the key file, then
+    /// `publish`es it there (rename or link) and syncs the directory.
+    fn write<T>(&self, publish: impl FnOnce(&Path, &Path) -> std::io::Result<T>) -> Result<T, Error> {
         let io = |source| Error::KeyFile { path: self.path.clone(), source };
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let tmp = dir.join(format!(".{KEY_FILE}.{}.tmp", rand::random::<u64>()));
@@ -155,11 +183,13 @@ impl Keyring {
             std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(io)?;
         let written = file.write_all(text.as_bytes()).and_then(|()| file.sync_all());
         drop(file);
-        if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, &self.path)) {
+        if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp);
             return Err(io(e));
         }
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+        let published = publish(&tmp, &self.path).map_err(io)?;
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        Ok(published)
     }
 }
 

@@ -232,7 +232,13 @@ impl std::fmt::Debug for Config {
 impl Config {
     /// Config on `store`, with its key file in `key_dir` (made if missing).
     pub fn open(store: Arc<dyn Store>, key_dir: &Path) -> Result<Self, Error> {
-        let keys = Keyring::open(key_dir)?;
+        Self::open_with_key(store, &key_dir.join(crate::secret::KEY_FILE))
+    }
+
+    /// As [`Config::open`], with the key file at `key_file` (one that
+    /// hosts sharing the store share).
+    pub fn open_with_key(store: Arc<dyn Store>, key_file: &Path) -> Result<Self, Error> {
+        let keys = Keyring::open_file(key_file)?;
         let (changes, _) = watch::channel(0);
         Ok(Self {
             inner: Arc::new(Inner {

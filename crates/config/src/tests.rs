@@ -398,3 +398,20 @@ async fn a_sealed_value_opens_after_a_rekey_but_not_after_forgetting_or_with_ano
         Err(Error::Undecryptable { .. })
     ));
 }
+
+#[test]
+fn hosts_starting_at_once_on_one_key_file_all_take_the_same_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.key");
+    let recipients: Vec<String> = std::thread::scope(|scope| {
+        let opened: Vec<_> = (0..8)
+            .map(|_| scope.spawn(|| crate::secret::Keyring::open_file(&path).unwrap().recipient().to_string()))
+            .collect();
+        opened.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    assert!(recipients.iter().all(|r| *r == recipients[0]), "{recipients:?}");
+    let again = crate::secret::Keyring::open_file(&path).unwrap().recipient().to_string();
+    assert_eq!(again, recipients[0], "the file holds the key they took");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left.len(), 1, "no temporary file left: {left:?}");
+}
