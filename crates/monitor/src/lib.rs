@@ -50,6 +50,16 @@
 //! change under a workflow run a notification started (its id is
 //! [`run_id`]) is marked as that rule's before the rules see it.
 //!
+//! **One service for the cloud.** When several hosts share the store
+//! ([`Options::shared`]), the loop runs only on the leader, started with
+//! each of its terms: a notification is planned and sent once, not once per
+//! host. A new leader starts from the state and rules the last one saved
+//! (the outbox included). A host that does not lead answers from the store
+//! (rules, alerts, silences: as the leader saved them, within a second),
+//! writes a rules file to the store for the leader to take, and hands a
+//! silence or its end to the leader as `alerts/requests/ID`. Log lines and
+//! samples count only on the leader: a log rule sees the leader's sources.
+//!
 //! **The record receiver keeps acts, not their end.** A `record`
 //! receiver's firing notifications are written to the history; its
 //! resolved ones are not (a restart that happened does not "resolve").
@@ -76,6 +86,8 @@ pub mod keys {
     pub const RULES: &str = "alerts/rules";
     pub const STATE: &str = "alerts/state";
     pub const HISTORY: &str = "alerts/history/";
+    /// Silences asked through a host that does not lead, for the leader.
+    pub const REQUESTS: &str = "alerts/requests/";
 }
 
 /// What went wrong, for the API to show.

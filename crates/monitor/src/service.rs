@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use hearth_alerts::engine::NotifiedAlert;
@@ -38,6 +38,18 @@ const MAX_IN_FLIGHT: usize = 16;
 pub struct Options {
     /// Where a person sees alerts: the payload's `externalURL`.
     pub external_url: String,
+    /// Several hosts share the store, and the loop runs only on the
+    /// leader (see the crate's doc, "One service for the cloud").
+    pub shared: bool,
+}
+
+/// A change a host that does not lead asks of the leader's loop, kept at
+/// `alerts/requests/ID` until the leader has applied it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Request {
+    Silence(Silence),
+    Expire { id: String },
 }
 
 /// What is kept at `alerts/state`.
@@ -129,6 +141,8 @@ struct Inner {
     dropped: AtomicU64,
     /// Bumped whenever something is delivered, for tests and benchmarks.
     delivered: watch::Sender<u64>,
+    /// The loop runs here: always alone, only while leading when shared.
+    running: AtomicBool,
 }
 
 /// A cheap-to-clone handle to the alerting service.
@@ -231,6 +245,7 @@ impl Monitor {
                 pending: std::sync::Mutex::new(Some(rx)),
                 dropped: AtomicU64::new(0),
                 delivered: watch::channel(0).0,
+                running: AtomicBool::new(false),
             }),
         })
     }
@@ -242,6 +257,9 @@ impl Monitor {
     /// A line `source` (`app:NAME`, `workflow:NAME`, `machine:NAME`, `service:NAME`) logged. Never blocks:
     /// when the loop is far behind, the line is dropped and counted.
     pub fn log(&self, source: &str, line: &str) {
+        if !self.takes_inputs() {
+            return;
+        }
         let input = Input::Log { source: source.to_owned(), line: line.to_owned(), at: now_ms() };
         if self.inner.inputs.try_send(input).is_err() {
             self.inner.dropped.fetch_add(1, Ordering::Relaxed);
@@ -250,8 +268,95 @@ impl Monitor {
 
     /// Metric samples taken at `at`.
     pub fn samples(&self, at: u64, samples: Vec<Sample>) {
+        if !self.takes_inputs() {
+            return;
+        }
         if self.inner.inputs.try_send(Input::Samples { at, samples }).is_err() {
             self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the loop here takes log lines and samples: alone, always (a
+    /// loop not yet started catches up); shared, while it runs, since only
+    /// the leader's loop evaluates.
+    fn takes_inputs(&self) -> bool {
+        !self.inner.options.shared || self.inner.running.load(Ordering::Relaxed)
+    }
+
+    /// Whether this host answers from the store rather than its own loop:
+    /// it shares the store and does not lead.
+    fn follows(&self) -> bool {
+        self.inner.options.shared && !self.inner.running.load(Ordering::Relaxed)
+    }
+
+    /// Reads the rules and the state the store holds into the engine: what
+    /// a new leader starts from, and what a host that does not lead answers
+    /// from. Deliveries under way are forgotten (their notifications stay
+    /// in the outbox).
+    async fn reload(&self) -> Result<(), Error> {
+        let text = match self.inner.store.get(keys::RULES).await? {
+            Some(kv) => String::from_utf8_lossy(&kv.value).into_owned(),
+            None => String::new(),
+        };
+        let persisted = match self.inner.store.get(keys::STATE).await? {
+            Some(kv) => decode::<Persisted>(keys::STATE, &kv.value)?,
+            None => Persisted { revision: self.inner.store.revision().await?, state: State::default() },
+        };
+        let mut engine = self.inner.engine.lock().await;
+        if text != engine.text {
+            match Rules::parse(&builtin::merge(&text)) {
+                Ok(rules) => {
+                    engine.rules = Arc::new(rules);
+                    engine.text = text;
+                }
+                Err(error) => {
+                    tracing::error!(error = %error, "The stored alert rules do not check; keeping the ones in force.")
+                }
+            }
+        }
+        engine.state = persisted.state;
+        engine.revision = persisted.revision;
+        engine.saved_revision = persisted.revision;
+        engine.dirty = false;
+        engine.outbox_unsaved = false;
+        engine.retries.clear();
+        engine.in_flight.clear();
+        Ok(())
+    }
+
+    /// A follower's copy of the rules and state, fresh from the store.
+    async fn refresh(&self) -> Result<(), Error> {
+        if self.follows() { self.reload().await } else { Ok(()) }
+    }
+
+    /// Hands `request` to the leader's loop.
+    async fn ask_leader(&self, id: &str, request: &Request) -> Result<(), Error> {
+        self.inner.store.put(&format!("{}{id}", keys::REQUESTS), encode(request), None).await?;
+        Ok(())
+    }
+
+    /// Applies a follower's request, on the leader; the request goes.
+    async fn take_request(&self, engine: &mut Engine, key: &str, value: &[u8]) {
+        match decode::<Request>(key, value) {
+            Ok(Request::Silence(silence)) => {
+                if let Err(error) = engine.state.add_silence(silence) {
+                    tracing::warn!(error = error.0, "A silence asked through another host was refused.");
+                }
+            }
+            Ok(Request::Expire { id }) => {
+                engine.state.expire_silence(&id, now_ms());
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "Skipping an unreadable request to the alerting service.")
+            }
+        }
+        engine.dirty = true;
+        if let Err(error) = self.persist(engine, None).await {
+            tracing::warn!(error = %error, "Cannot save the alert state; the request is kept and taken again.");
+            return;
+        }
+        if let Err(error) = self.inner.store.delete(key).await {
+            tracing::warn!(error = %error, key, "Cannot remove a request already applied; it is harmless when taken again.");
         }
     }
 
@@ -268,6 +373,9 @@ impl Monitor {
     /// The person's rules file and the rules in force (theirs and the
     /// built-in ones).
     pub async fn rules(&self) -> (String, Arc<Rules>) {
+        if let Err(error) = self.refresh().await {
+            tracing::warn!(error = %error, "Cannot read the alert rules from the store; answering from the last read.");
+        }
         let engine = self.inner.engine.lock().await;
         (engine.text.clone(), engine.rules.clone())
     }
@@ -298,11 +406,15 @@ impl Monitor {
         removed.sort();
         engine.text = text.to_owned();
         engine.rules = Arc::new(rules);
-        let at = now_ms();
-        let rules = engine.rules.clone();
-        engine.state.evaluate(&rules, at);
-        engine.dirty = true;
-        self.persist(&mut engine, None).await?;
+        // A host that does not lead only writes the file: the leader's
+        // loop takes it from the store.
+        if !self.follows() {
+            let at = now_ms();
+            let rules = engine.rules.clone();
+            engine.state.evaluate(&rules, at);
+            engine.dirty = true;
+            self.persist(&mut engine, None).await?;
+        }
         drop(engine);
         self.inner.wake.notify_one();
         tracing::info!(added = ?added, removed = ?removed, "Alert rules applied.");
@@ -320,6 +432,7 @@ impl Monitor {
         let mut rule = parse(table, &format!("rule {name:?}"))?;
         rule.insert("name".into(), toml::Value::String(name.to_owned()));
         let _editing = self.inner.editing.lock().await;
+        self.refresh().await?;
         let text = self.inner.engine.lock().await.text.clone();
         let mut file = parse(&text, "the stored rules file")?;
         let rules = file.entry("rule").or_insert_with(|| toml::Value::Array(Vec::new()));
@@ -339,6 +452,7 @@ impl Monitor {
     /// Removes one rule of the person's file.
     pub async fn remove_rule(&self, name: &str) -> Result<Applied, Error> {
         let _editing = self.inner.editing.lock().await;
+        self.refresh().await?;
         let text = self.inner.engine.lock().await.text.clone();
         let mut file: toml::Table = text.parse().map_err(|e: toml::de::Error| {
             Error::Rules(hearth_alerts::rules::Error::Parse(format!("the stored rules file: {e}")))
@@ -362,11 +476,17 @@ impl Monitor {
 
     /// The engine's state as of now: alerts, groups, silences, outbox.
     pub async fn state(&self) -> State {
+        if let Err(error) = self.refresh().await {
+            tracing::warn!(error = %error, "Cannot read the alert state from the store; answering from the last read.");
+        }
         self.inner.engine.lock().await.state.clone()
     }
 
     /// Whether an alert is muted now, by a silence or an inhibition.
     pub async fn muted(&self) -> HashSet<String> {
+        if let Err(error) = self.refresh().await {
+            tracing::warn!(error = %error, "Cannot read the alert state from the store; answering from the last read.");
+        }
         let engine = self.inner.engine.lock().await;
         let now = now_ms();
         engine
@@ -401,6 +521,12 @@ impl Monitor {
             created_by: created_by.to_owned(),
             comment: comment.to_owned(),
         };
+        if self.follows() {
+            // Checked here as the leader will, then asked of it.
+            State::default().add_silence(silence.clone()).map_err(|e| Error::Silence(e.0))?;
+            self.ask_leader(&silence.id, &Request::Silence(silence.clone())).await?;
+            return Ok(silence);
+        }
         let mut engine = self.inner.engine.lock().await;
         engine.state.add_silence(silence.clone()).map_err(|e| Error::Silence(e.0))?;
         self.persist(&mut engine, None).await?;
@@ -411,6 +537,15 @@ impl Monitor {
 
     /// Ends a silence now.
     pub async fn expire_silence(&self, id: &str) -> Result<Silence, Error> {
+        if self.follows() {
+            self.reload().await?;
+            let mut state = self.inner.engine.lock().await.state.clone();
+            if !state.expire_silence(id, now_ms()) {
+                return Err(Error::NotFound { what: "silence", name: id.to_owned() });
+            }
+            self.ask_leader(&format!("expire-{id}"), &Request::Expire { id: id.to_owned() }).await?;
+            return Ok(state.silences[id].clone());
+        }
         let mut engine = self.inner.engine.lock().await;
         if !engine.state.expire_silence(id, now_ms()) {
             return Err(Error::NotFound { what: "silence", name: id.to_owned() });
@@ -479,6 +614,33 @@ impl Monitor {
             tracing::error!("The alerting service was started twice.");
             return;
         };
+        if self.inner.options.shared {
+            // A new leader goes on from where the last one saved, and takes
+            // what other hosts asked meanwhile.
+            while let Err(error) = self.reload().await {
+                tracing::warn!(error = %error, "Cannot read the alert state to lead; retrying in a second.");
+                tokio::select! {
+                    _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                        *self.inner.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(inputs);
+                        return;
+                    }
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+            while inputs.try_recv().is_ok() {}
+            match self.inner.store.range(keys::REQUESTS).await {
+                Ok(range) => {
+                    let mut engine = self.inner.engine.lock().await;
+                    for kv in &range.kvs {
+                        self.take_request(&mut engine, &kv.key, &kv.value).await;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, "Cannot read the requests other hosts left; they wait.")
+                }
+            }
+        }
+        self.inner.running.store(true, Ordering::Relaxed);
         let from = self.inner.engine.lock().await.revision + 1;
         let mut changes = Follower::new(self.inner.store.clone(), "", from, "Alerts");
         let (results_tx, mut results) = mpsc::unbounded_channel::<(String, Result<(), Failure>)>();
@@ -510,12 +672,16 @@ impl Monitor {
             }
             wake_at = self.tick(&results_tx).await;
         }
+        self.inner.running.store(false, Ordering::Relaxed);
         let mut engine = self.inner.engine.lock().await;
         if engine.dirty
             && let Err(error) = self.persist(&mut engine, None).await
         {
             tracing::warn!(error = %error, "Cannot save the alert state at shutdown.");
         }
+        drop(engine);
+        // The next term's loop takes them up.
+        *self.inner.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(inputs);
     }
 
     async fn observe_change(&self, change: Change) {
@@ -524,11 +690,43 @@ impl Monitor {
             Change::Event(event) => {
                 engine.revision = engine.revision.max(event.revision());
                 let key = event.kv.key.as_str();
+                if self.inner.options.shared {
+                    // What other hosts asked, and a rules file they applied.
+                    if key.starts_with(keys::REQUESTS) && event.kind == EventKind::Put {
+                        let value = event.kv.value.clone();
+                        let key = key.to_owned();
+                        self.take_request(&mut engine, &key, &value).await;
+                        return;
+                    }
+                    if key == keys::RULES && event.kind == EventKind::Put {
+                        let text = String::from_utf8_lossy(&event.kv.value).into_owned();
+                        if text != engine.text {
+                            match Rules::parse(&builtin::merge(&text)) {
+                                Ok(rules) => {
+                                    tracing::info!("Alert rules applied through another host.");
+                                    engine.rules = Arc::new(rules);
+                                    engine.text = text;
+                                    let (rules, at) = (engine.rules.clone(), now_ms());
+                                    engine.state.evaluate(&rules, at);
+                                    engine.dirty = true;
+                                }
+                                Err(error) => {
+                                    tracing::error!(error = %error, "Alert rules written through another host do not check; keeping the ones in force.")
+                                }
+                            }
+                        }
+                        return;
+                    }
+                }
                 // The service's own state and rules reach no rule, ever: a
                 // rule on them would fire on every save. Nor does hearth's
                 // own plumbing (components' bytes shared between hosts,
                 // a megabyte a change), as to every reader of changes.
-                if key == keys::STATE || key == keys::RULES || hearth_triggers::private::is_internal(key) {
+                if key == keys::STATE
+                    || key == keys::RULES
+                    || key.starts_with(keys::REQUESTS)
+                    || hearth_triggers::private::is_internal(key)
+                {
                     return;
                 }
                 let rules = engine.rules.clone();

@@ -56,7 +56,7 @@ impl Running {
 }
 
 async fn start(store: &Arc<dyn Store>, recorder: &Arc<Recorder>) -> Running {
-    let options = Options { external_url: "http://127.0.0.1:7070/alerts".into() };
+    let options = Options { external_url: "http://127.0.0.1:7070/alerts".into(), shared: false };
     let monitor = Monitor::open(store.clone(), recorder.clone(), options).await.unwrap();
     let (stop, rx) = watch::channel(false);
     let task = tokio::spawn(monitor.clone().run(rx));
@@ -462,4 +462,115 @@ group_wait = "0s"
         .collect();
     assert_eq!(keys, ["machines/db"]);
     running.stop().await;
+}
+
+/// A monitor on a store shared by hosts; its loop runs only when started
+/// (the leader's term), as the daemon does.
+async fn shared(store: &Arc<dyn Store>, recorder: &Arc<Recorder>) -> Monitor {
+    let options = Options { external_url: "http://127.0.0.1:7070/alerts".into(), shared: true };
+    Monitor::open(store.clone(), recorder.clone(), options).await.unwrap()
+}
+
+fn lead(monitor: &Monitor) -> Running {
+    let (stop, rx) = watch::channel(false);
+    let task = tokio::spawn(monitor.clone().run(rx));
+    Running { monitor: monitor.clone(), stop, task }
+}
+
+async fn until_async<F: AsyncFn() -> bool>(what: &str, check: F) {
+    for _ in 0..500 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn one_service_for_the_cloud_only_the_leaders_loop_notifies_and_the_next_leader_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_in(dir.path());
+    let (to_a, to_b) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
+    let (a, b) = (shared(&store, &to_a).await, shared(&store, &to_b).await);
+    let term = lead(&a);
+    a.apply(RULES).await.unwrap();
+    store.put("machines/db", br#"{"state":"failed"}"#.to_vec(), None).await.unwrap();
+    until("a's notification", || seen(&to_a).len() == 1).await;
+    let first = seen(&to_a)[0].0.clone();
+    // B follows: it answers from what A saved, and sends nothing.
+    until_async("b seeing the alert a saved", async || {
+        b.state().await.alerts.values().any(|x| x.phase == hearth_alerts::Phase::Firing)
+    })
+    .await;
+    assert!(seen(&to_b).is_empty(), "only the leader notifies");
+
+    // A's term ends; B leads and goes on from A's state: the alert that
+    // fired is not told again, a new one is.
+    term.stop().await;
+    let term = lead(&b);
+    store.put("machines/web", br#"{"state":"failed"}"#.to_vec(), None).await.unwrap();
+    until("b's notification", || seen(&to_b).len() == 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(seen(&to_a).len(), 1, "a's loop is stopped");
+    let told: Vec<String> = seen(&to_b).iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert_ne!(told[0], first, "db's firing was told once, by a");
+    term.stop().await;
+}
+
+#[tokio::test]
+async fn one_service_for_the_cloud_a_host_that_does_not_lead_hands_silences_and_rules_to_the_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_in(dir.path());
+    let (to_a, to_b) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
+    let (a, b) = (shared(&store, &to_a).await, shared(&store, &to_b).await);
+    let term = lead(&a);
+
+    // Rules applied through B reach A's loop.
+    b.apply(RULES).await.unwrap();
+    until_async("a taking b's rules", async || {
+        a.rules().await.1.rules.iter().any(|r| r.name == "machine-failed")
+    })
+    .await;
+
+    // A silence through B mutes A's notifications, and B lists it.
+    let silence =
+        b.silence(&["rule=machine-failed".into()], Duration::from_secs(3600), "test", "").await.unwrap();
+    until_async("a taking b's silence", async || a.state().await.silences.contains_key(&silence.id)).await;
+    assert!(b.state().await.silences.contains_key(&silence.id), "b answers from the store");
+    assert!(store.range(keys::REQUESTS).await.unwrap().kvs.is_empty(), "the request went once taken");
+    store.put("machines/db", br#"{"state":"failed"}"#.to_vec(), None).await.unwrap();
+    until_async("the alert muted", async || !a.muted().await.is_empty()).await;
+    // B answers from what A saved, at most a second old.
+    until_async("b knowing it is muted", async || !b.muted().await.is_empty()).await;
+    assert!(seen(&to_a).is_empty(), "silenced");
+
+    // Its end through B too; an unknown silence is refused by B itself.
+    let missing = b.expire_silence("nope").await.unwrap_err();
+    assert!(matches!(missing, Error::NotFound { .. }), "{missing:?}");
+    b.expire_silence(&silence.id).await.unwrap();
+    until("the notification once the silence ends", || seen(&to_a).len() == 1).await;
+    assert!(seen(&to_b).is_empty());
+
+    // B takes no inputs while it does not lead: nothing counts as dropped.
+    for _ in 0..10_000 {
+        b.log("app:web", "error");
+    }
+    assert_eq!(b.dropped(), 0);
+    term.stop().await;
+}
+
+#[tokio::test]
+async fn one_service_for_the_cloud_a_silence_asked_while_no_host_led_is_taken_by_the_next_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_in(dir.path());
+    let recorder = Arc::new(Recorder::default());
+    let b = shared(&store, &recorder).await;
+    let silence =
+        b.silence(&["rule=machine-failed".into()], Duration::from_secs(3600), "test", "").await.unwrap();
+    let term = lead(&b);
+    until_async("the silence taken", async || b.state().await.silences.contains_key(&silence.id)).await;
+    assert!(store.range(keys::REQUESTS).await.unwrap().kvs.is_empty());
+    term.stop().await;
 }
