@@ -68,6 +68,10 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "IP", env = "HEARTH_ADVERTISE_ADDRESS")]
     advertise_address: Option<std::net::Ipv4Addr>,
 
+    /// The key file that config secrets are encrypted with [default: DATA_DIR/config.key, made at the first start]. Hosts sharing a store must share one: give each the same file (a copy), or a secret set through one host cannot be read on the others.
+    #[arg(long, value_name = "FILE", env = "HEARTH_CONFIG_KEY")]
+    config_key: Option<std::path::PathBuf>,
+
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Pretty, env = "HEARTH_LOG_FORMAT")]
     log_format: LogFormat,
@@ -310,7 +314,9 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
     let (stop_tx, stop_rx) = watch::channel(false);
     let store = store_for_subsystems(&opened);
     let cache_dir = args.cache_dir.unwrap_or_else(|| data_dir.join("cache"));
-    let config = hearth_config::Config::open(store.clone(), data_dir).context("cannot open config")?;
+    let key_file = args.config_key.clone().unwrap_or_else(|| data_dir.join(hearth_config::secret::KEY_FILE));
+    let config =
+        hearth_config::Config::open_with_key(store.clone(), &key_file).context("cannot open config")?;
     let config_loop = tokio::spawn(config.clone().run(stop_rx.clone()));
     let networks = hearth_net::Networks::new(
         store.clone(),
@@ -454,13 +460,22 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
     let monitor = hearth_monitor::Monitor::open(
         store.clone(),
         Arc::new(receivers),
-        hearth_monitor::Options { external_url },
+        hearth_monitor::Options { external_url, shared },
     )
     .await
     .context("cannot start the alerting service")?;
     crate::alerting::tap_logs(&monitor, &apps, &workflows);
     crate::alerting::tail_machine_logs(&monitor, &machines, &services, stop_rx.clone());
-    let monitor_loop = tokio::spawn(monitor.clone().run(stop_rx.clone()));
+    // Alone, the loop runs from the start; on a shared store, one for the
+    // whole cloud: the leader's, so that each notification goes once.
+    let monitor_loop = if shared {
+        tokio::spawn(crate::cluster::while_leading(hosts.term(), stop_rx.clone(), "alerts", {
+            let monitor = monitor.clone();
+            move |stop| monitor.clone().run(stop)
+        }))
+    } else {
+        tokio::spawn(monitor.clone().run(stop_rx.clone()))
+    };
     let metrics = crate::metrics::open(data_dir)?;
     crate::alerting::feed_samples(&monitor, &metrics);
     let metrics_loop = tokio::spawn(metrics.clone().run(

@@ -445,6 +445,10 @@ fn start_etcd(state: &State, host: &Host) -> anyhow::Result<u32> {
     spawn_in(&host.netns, Path::new("etcd"), &args, &[], &host.etcd_log)
 }
 
+/// The cluster's config key file, in its directory: every host's
+/// `--config-key`.
+const CONFIG_KEY: &str = "config.key";
+
 fn start_daemon(state: &State, host: &Host) -> anyhow::Result<u32> {
     let exe = std::env::current_exe().context("cannot find the hearth binary that runs this command")?;
     let address = host.address.to_string();
@@ -460,6 +464,10 @@ fn start_daemon(state: &State, host: &Host) -> anyhow::Result<u32> {
         state.cache_dir.clone().into(),
         "--ingress".into(),
         format!("{address}:{}", plan::INGRESS_PORT).into(),
+        // One key for the cluster's secrets: a secret set through one host
+        // is read on every host.
+        "--config-key".into(),
+        state.dir.join(CONFIG_KEY).into(),
     ];
     spawn_in(&host.netns, &exe, &args, &[("HEARTH_ADVERTISE_ADDRESS", &address)], &host.daemon_log)
 }
@@ -719,6 +727,7 @@ fn down(data_dir: &Path, name: &str, dir: Option<&Path>, keep_data: bool) -> any
             std::fs::remove_dir_all(&home).with_context(|| format!("cannot remove {}", home.display()))?;
         }
     }
+    let _ = std::fs::remove_file(dir.join(CONFIG_KEY));
     let _ = std::fs::remove_dir(&dir);
     println!("cluster {name} is down and its data removed");
     Ok(())

@@ -611,3 +611,88 @@ group_wait = "0s"
     let summary = entry["alerts"][0]["summary"].as_str().unwrap_or_default();
     assert!(summary.starts_with("shop fails 1"), "{summary}");
 }
+
+/// Issue 17: hosts on one etcd keep one alerting service, the leader's.
+/// Each notification is sent once, not once per host; a silence asked
+/// through the host that does not lead mutes; when the leader dies, the
+/// next one goes on from what it saved.
+#[tokio::test(flavor = "multi_thread")]
+async fn hosts_sharing_a_store_send_each_notification_once_and_the_next_leader_goes_on() {
+    let etcd = hearth_testkit::etcd::Etcd::start();
+    // One key for the hosts' secrets (the hook's), as hosts must share.
+    let keys = tempfile::tempdir().expect("tempdir");
+    let key = keys.path().join("config.key");
+    let on = |host: &'static str| {
+        let url = etcd.url();
+        let key = key.clone();
+        async move {
+            Daemon::start_with_env(
+                BIN,
+                &[
+                    ("HEARTH_STORE", std::ffi::OsStr::new(&url)),
+                    ("HEARTH_HOST_NAME", std::ffi::OsStr::new(host)),
+                    ("HEARTH_CONFIG_KEY", key.as_os_str()),
+                ],
+            )
+            .await
+        }
+    };
+    let one = on("one").await;
+    let two = on("two").await;
+    let leader = || async {
+        let hosts = one.client().hosts().await.expect("hosts");
+        hosts.hosts.into_iter().find(|h| h.leader).map(|h| h.name)
+    };
+    assert!(wait_until(Duration::from_secs(20), async || leader().await.is_some()).await, "a leader");
+    let (mut leading, following) =
+        if leader().await.as_deref() == Some("one") { (one, two) } else { (two, one) };
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sink = Sink::start();
+    success(&cli_with_stdin(&following, &["config", "set", "alerts.hook_secret", "--secret"], HOOK_SECRET));
+    // Applied through the host that does not lead: the leader takes it.
+    success(&apply(&following, dir.path(), &hook_rules(&sink.url)));
+    assert!(
+        wait_until(Duration::from_secs(10), async || {
+            success(&leading.cli(&["alert", "rules"])).contains("job-failed")
+        })
+        .await
+    );
+    success(&following.cli(&["kv", "put", "jobs/a", r#"{"state":"failed","error":"disk full"}"#]));
+    assert!(
+        wait_until(Duration::from_secs(10), async || sink.for_rule("job-failed").len() == 1).await,
+        "{}\n{}\n{}",
+        success(&leading.cli(&["alert", "ls"])),
+        leading.log(),
+        following.log()
+    );
+    // ...and not once more by the other host.
+    let twice = wait_until(Duration::from_secs(3), async || sink.for_rule("job-failed").len() > 1).await;
+    assert!(!twice, "sent twice: {:?}", sink.for_rule("job-failed"));
+
+    // A silence through the follower mutes the leader's rule, and both list it.
+    success(&following.cli(&["alert", "silence", "--match", "rule=job-slow", "--for", "1h"]));
+    for host in [&leading, &following] {
+        let listed = wait_until(Duration::from_secs(10), async || {
+            success(&host.cli(&["alert", "silence", "ls"])).contains("rule=job-slow")
+        })
+        .await;
+        assert!(listed, "{}", success(&host.cli(&["alert", "silence", "ls"])));
+    }
+    success(&following.cli(&["kv", "put", "jobs/b", r#"{"state":"done","seconds":120}"#]));
+    assert!(wait_until(Duration::from_secs(10), async || sink.for_rule("job-done").len() == 1).await);
+    assert!(sink.for_rule("job-slow").is_empty(), "silenced");
+
+    // The leader dies: the other host leads, and goes on from its state.
+    leading.kill9();
+    success(&following.cli(&["kv", "put", "jobs/c", r#"{"state":"failed","error":"oom"}"#]));
+    assert!(
+        wait_until(Duration::from_secs(40), async || sink.for_rule("job-failed").len() == 2).await,
+        "the new leader's notification: {:?}\n{}",
+        sink.for_rule("job-failed"),
+        following.log()
+    );
+    let twice = wait_until(Duration::from_secs(3), async || sink.for_rule("job-failed").len() > 2).await;
+    assert!(!twice, "the first firing was told again: {:?}", sink.for_rule("job-failed"));
+    assert!(sink.for_rule("job-slow").is_empty(), "the silence holds under the new leader");
+}
