@@ -42,6 +42,10 @@ pub struct Desired {
     pub losses: Vec<Loss>,
     /// Networks' tunnels to other hosts.
     pub overlays: Vec<Overlay>,
+    /// The other hosts' addresses, when networks span hosts: only they
+    /// send tunnels here and open connections to machines from outside,
+    /// and no machine reaches them.
+    pub peers: Vec<Ipv4Addr>,
 }
 
 impl Default for Desired {
@@ -52,6 +56,7 @@ impl Default for Desired {
             partitions: Vec::new(),
             losses: Vec::new(),
             overlays: Vec::new(),
+            peers: Vec::new(),
         }
     }
 }
@@ -154,6 +159,25 @@ pub fn render(desired: &Desired) -> String {
     // go away with the last one (NAT's), which would drop every packet the
     // delay line holds. This rule, which only counts, keeps them.
     s.push_str("\t\tct state invalid counter comment \"keeps connection tracking's hooks\"\n");
+    // Between hosts: a machine opens no connection to another host (its
+    // etcd, its API, its tunnels' port; it answers theirs), and from
+    // outside only other hosts open connections to machines (a host's own
+    // connections to its machines leave through output, not here).
+    if !desired.peers.is_empty() && !bridges.is_empty() {
+        let peers: Vec<String> = desired.peers.iter().map(ToString::to_string).collect();
+        let _ = writeln!(
+            s,
+            "\t\tiifname {} ip daddr {} ct direction original counter drop comment \"machines do not reach other hosts\"",
+            set(&bridges),
+            bare_set(&peers)
+        );
+        let _ = writeln!(
+            s,
+            "\t\toifname {b} iifname != {b} ct state new ip saddr != {} counter drop comment \"only other hosts reach machines from outside\"",
+            bare_set(&peers),
+            b = set(&bridges)
+        );
+    }
     // Isolation comes first: the NAT rules below accept anything leaving a
     // NAT network, which would otherwise include other hearth networks.
     for network in &desired.networks {
@@ -197,7 +221,7 @@ pub fn render(desired: &Desired) -> String {
         );
     }
     s.push_str("\t}\n");
-    render_input(&mut s, &desired.networks);
+    render_input(&mut s, &desired.networks, &desired.peers);
     s.push_str("\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n");
     for network in desired.networks.iter().filter(|n| n.nat) {
         let _ = writeln!(
@@ -308,9 +332,21 @@ fn render_partition(
 /// network). Everything else is dropped and counted, so that a guest
 /// cannot reach a host service that listens on `0.0.0.0` or on its bridge's
 /// address. Other traffic to the host (from its uplink, its loopback) is
-/// not hearth's to filter and passes.
-fn render_input(s: &mut String, networks: &[NetworkRules]) {
+/// not hearth's to filter and passes, but for tunnels' packets, which only
+/// other hosts may send.
+fn render_input(s: &mut String, networks: &[NetworkRules], peers: &[Ipv4Addr]) {
     s.push_str("\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n");
+    // Tunnels carry frames straight into bridges: only other hosts send
+    // them, or anyone on the hosts' network could write into a network.
+    if !peers.is_empty() {
+        let peers: Vec<String> = peers.iter().map(ToString::to_string).collect();
+        let _ = writeln!(
+            s,
+            "\t\tudp dport {} ip saddr != {} counter drop comment \"tunnels only from other hosts\"",
+            crate::overlay::PORT,
+            bare_set(&peers)
+        );
+    }
     if !networks.is_empty() {
         let bridges: Vec<&str> = networks.iter().map(|n| n.bridge.as_str()).collect();
         let from = set(&bridges);

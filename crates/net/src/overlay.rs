@@ -183,27 +183,112 @@ pub fn plan(
 /// A route whose host is not on-link is left out, and the error says so
 /// once everything else is in place: machines still reach each other, only
 /// this host's own connections to that host's machines do not.
-pub fn sync(ns: &Netns, prefix: &str, local: Ipv4Addr, tunnels: &[Tunnel]) -> Result<(), Error> {
+pub fn sync(ns: &Netns, prefix: &str, local: Ipv4Addr, tunnels: &[Tunnel]) -> Synced {
+    // One tunnel that cannot be made stops no other, nor the clean-up and
+    // the routes: the errors are gathered and said together.
+    let mut problems = Vec::new();
+    let mut made = BTreeSet::new();
     for tunnel in tunnels {
-        ensure_device(ns, tunnel, local)?;
-        sync_entries(ns, tunnel)?;
-    }
-    for stale in link::links_with_prefix(ns, &format!("{prefix}x-"))? {
-        if !tunnels.iter().any(|t| t.device == stale) {
-            link::delete_link(ns, &stale)?;
+        match ensure_device(ns, tunnel, local).and_then(|()| sync_entries(ns, tunnel)) {
+            Ok(()) => {
+                made.insert(tunnel.device.clone());
+            }
+            Err(error) => problems.push(format!("network {:?}: {error}", tunnel.network)),
         }
     }
-    let routes: BTreeMap<Ipv4Addr, Ipv4Addr> = tunnels.iter().flat_map(|t| t.routes.clone()).collect();
-    sync_routes(ns, &routes)
+    match link::links_with_prefix(ns, &format!("{prefix}x-")) {
+        Ok(present) => {
+            for stale in present.iter().filter(|l| !tunnels.iter().any(|t| t.device == **l)) {
+                if let Err(error) = link::delete_link(ns, stale) {
+                    problems.push(error.to_string());
+                }
+            }
+        }
+        Err(error) => problems.push(error.to_string()),
+    }
+    // Routes only through tunnels that are there.
+    let routes: BTreeMap<Ipv4Addr, Ipv4Addr> =
+        tunnels.iter().filter(|t| made.contains(&t.device)).flat_map(|t| t.routes.clone()).collect();
+    let unreachable = match sync_routes(ns, &routes) {
+        Ok(()) => BTreeSet::new(),
+        Err((unreachable, error)) => {
+            problems.push(error.to_string());
+            unreachable
+        }
+    };
+    let reached = tunnels
+        .iter()
+        .filter(|t| made.contains(&t.device))
+        .flat_map(|t| t.flood.iter().copied())
+        .filter(|a| !unreachable.contains(a))
+        .collect();
+    Synced { reached, problems }
+}
+
+/// What [`sync`] made, and what it could not.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Synced {
+    /// The other hosts' addresses whose machines this host reaches: a
+    /// tunnel to them is up and nothing kept a route to them from being
+    /// made.
+    pub reached: BTreeSet<Ipv4Addr>,
+    /// What went wrong, each a sentence.
+    pub problems: Vec<String>,
+}
+
+impl Synced {
+    /// Everything was made, or why not.
+    pub fn result(&self) -> Result<(), Error> {
+        if self.problems.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Invalid { what: "tunnels to other hosts", reason: self.problems.join("; ") })
+    }
+}
+
+/// Deletes this daemon's tunnel devices and hearth's routes: what a host
+/// whose networks no longer span hosts (its address gone, or the flag
+/// removed) must not keep from a life that did.
+pub fn clear(ns: &Netns, prefix: &str) -> Result<(), Error> {
+    let devices = link::links_with_prefix(ns, &format!("{prefix}x-"))?;
+    if devices.is_empty() {
+        return Ok(());
+    }
+    for device in &devices {
+        link::delete_link(ns, device)?;
+    }
+    clear_routes(ns)
 }
 
 /// Removes every route of hearth's protocol (the machines' routes only ever
 /// are); the routes go with their tunnels.
 pub fn clear_routes(ns: &Netns) -> Result<(), Error> {
-    sync_routes(ns, &BTreeMap::new())
+    sync_routes(ns, &BTreeMap::new()).map_err(|(_, error)| error)
 }
 
-fn sync_routes(ns: &Netns, wanted: &BTreeMap<Ipv4Addr, Ipv4Addr>) -> Result<(), Error> {
+/// Makes hearth's routes `wanted` (machine to its host's address); the
+/// hosts' addresses it could not route to (not on a link of this host, or
+/// a route of someone else's to the machine's address in the way).
+fn sync_routes(ns: &Netns, wanted: &BTreeMap<Ipv4Addr, Ipv4Addr>) -> Result<(), (BTreeSet<Ipv4Addr>, Error)> {
+    let all = || wanted.values().copied().collect::<BTreeSet<_>>();
+    sync_routes_inner(ns, wanted).map_err(|e| match e {
+        RouteError::Unreachable(set, error) => (set, error),
+        RouteError::Other(error) => (all(), error),
+    })
+}
+
+enum RouteError {
+    Unreachable(BTreeSet<Ipv4Addr>, Error),
+    Other(Error),
+}
+
+impl From<Error> for RouteError {
+    fn from(error: Error) -> Self {
+        RouteError::Other(error)
+    }
+}
+
+fn sync_routes_inner(ns: &Netns, wanted: &BTreeMap<Ipv4Addr, Ipv4Addr>) -> Result<(), RouteError> {
     let cmd = Cmd::new(ns, "ip").args(["-4", "-j", "route", "show", "proto", ROUTE_PROTO]);
     let present: Vec<Route> = parse_json(&cmd, &cmd.run()?)?;
     let present: BTreeMap<Ipv4Addr, Option<Ipv4Addr>> =
@@ -213,18 +298,21 @@ fn sync_routes(ns: &Netns, wanted: &BTreeMap<Ipv4Addr, Ipv4Addr>) -> Result<(), 
             let cmd = Cmd::new(ns, "ip").args(["route", "del", &format!("{dst}/32"), "proto", ROUTE_PROTO]);
             let output = cmd.output(None)?;
             if !output.status.success() && !stderr(&output).contains("No such process") {
-                return Err(cmd.failed(&output));
+                return Err(cmd.failed(&output).into());
             }
         }
     }
-    let mut unreachable = Vec::new();
+    let mut unreachable = BTreeSet::new();
+    let mut in_the_way = Vec::new();
     for (dst, via) in wanted {
         if present.get(dst) == Some(&Some(*via)) {
             continue;
         }
+        // `add`, not `replace`: a route to that address that is not
+        // hearth's (one a person made) is never overwritten.
         let cmd = Cmd::new(ns, "ip").args([
             "route",
-            "replace",
+            "add",
             &format!("{dst}/32"),
             "via",
             &via.to_string(),
@@ -235,25 +323,33 @@ fn sync_routes(ns: &Netns, wanted: &BTreeMap<Ipv4Addr, Ipv4Addr>) -> Result<(), 
         if output.status.success() {
             continue;
         }
-        if stderr(&output).contains("invalid gateway") || stderr(&output).contains("unreachable") {
-            unreachable.push(*via);
-            continue;
+        let err = stderr(&output);
+        if err.contains("invalid gateway") || err.contains("unreachable") {
+            unreachable.insert(*via);
+        } else if err.contains("File exists") {
+            unreachable.insert(*via);
+            in_the_way.push(dst.to_string());
+        } else {
+            return Err(cmd.failed(&output).into());
         }
-        return Err(cmd.failed(&output));
     }
-    unreachable.sort();
-    unreachable.dedup();
     if unreachable.is_empty() {
         return Ok(());
     }
     let hosts: Vec<String> = unreachable.iter().map(ToString::to_string).collect();
-    Err(Error::Invalid {
-        what: "hosts' addresses",
-        reason: format!(
-            "{} not on a link of this host, so it cannot reach their machines (they still reach each other); put the hosts on one network, or give each the --advertise-address it has on a shared one",
-            hosts.join(", ")
-        ),
-    })
+    let mut reason = format!(
+        "this host cannot route to the machines of {} (they still reach each other): ",
+        hosts.join(", ")
+    );
+    if in_the_way.is_empty() {
+        reason.push_str("not on a link of this host; put the hosts on one network, or give each the --advertise-address it has on a shared one");
+    } else {
+        reason.push_str(&format!(
+            "a route that is not hearth's goes to {}; remove it, or move the machine",
+            in_the_way.join(", ")
+        ));
+    }
+    Err(RouteError::Unreachable(unreachable, Error::Invalid { what: "hosts' addresses", reason }))
 }
 
 #[derive(Deserialize)]

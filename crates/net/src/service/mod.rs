@@ -230,6 +230,8 @@ struct Running {
     published_problems: BTreeMap<String, String>,
     /// Why networks do not span hosts, as last logged.
     overlay_problems: Vec<String>,
+    /// Other hosts whose machines this host reaches.
+    reached: std::collections::BTreeSet<String>,
 }
 
 impl std::fmt::Debug for Networks {

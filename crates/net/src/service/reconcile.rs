@@ -3,7 +3,7 @@
 //! servers, port forwards) and applies it, on every change. It also follows
 //! services' endpoints, which change only the DNS zone.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -158,16 +158,21 @@ impl Networks {
             names.iter().flat_map(|n| macs.get(n).cloned().unwrap_or_default()).collect()
         };
         let mut overlay_problems = Vec::new();
+        // Other hosts by their overlay address, to name those reached.
+        let mut peer_names: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
         let tunnels = match self.inner.options.overlay {
             Some(local) => {
                 let peers = self.peers().await?;
                 let (tunnels, problems) =
                     overlay::plan(&host_name, local, &prefix, &networks, &machines, &peers);
                 overlay_problems = problems;
+                peer_names = peers.into_iter().map(|p| (p.address, p.host)).collect();
                 Some((local, tunnels))
             }
             None => None,
         };
+        let peer_addresses: BTreeSet<Ipv4Addr> =
+            tunnels.iter().flat_map(|(_, t)| t).flat_map(|t| t.flood.iter().copied()).collect();
         let mut desired = firewall::Desired {
             table: table.clone(),
             networks: networks
@@ -193,6 +198,7 @@ impl Networks {
                 })
                 .collect(),
             losses: Vec::new(),
+            peers: peer_addresses.iter().copied().collect(),
             overlays: tunnels
                 .iter()
                 .flat_map(|(_, tunnels)| tunnels)
@@ -244,18 +250,27 @@ impl Networks {
                     link::delete_link(&host, &stale)?;
                 }
             }
+            // The firewall first: a tunnel never carries a frame, and the
+            // host forwards nothing, that its rules would stop.
+            firewall::apply(&host, &desired)?;
             // A host forwards other hosts' connections to its machines.
             if any_nat || tunnels.as_ref().is_some_and(|(_, t)| !t.is_empty()) {
                 link::enable_ip_forwarding(&host)?;
             }
-            // The firewall first: a tunnel never carries a frame its rules
-            // would keep home.
-            firewall::apply(&host, &desired)?;
             // Like delays, tunnels that cannot be made (a kernel without
             // vxlan, a host not on this one's link) do not stop the rest.
+            // A host whose networks no longer span hosts drops what an
+            // earlier life that did left.
             let overlaid = match &tunnels {
                 Some((local, tunnels)) => overlay::sync(&host, &prefix, *local, tunnels),
-                None => Ok(()),
+                None => overlay::Synced {
+                    problems: overlay::clear(&host, &prefix)
+                        .err()
+                        .map(|e| e.to_string())
+                        .into_iter()
+                        .collect(),
+                    ..Default::default()
+                },
             };
             let existing = link::links_with_prefix(&host, &format!("{prefix}t-"))?;
             let taps: Vec<String> = all_taps.into_iter().filter(|t| existing.contains(t)).collect();
@@ -275,11 +290,18 @@ impl Networks {
         );
         self.sync_dns(&networks);
         self.sync_forwards(&machines).await;
-        if let Err(error) = overlaid {
-            overlay_problems.push(error.to_string());
-        }
+        overlay_problems.extend(overlaid.problems);
+        lock(&self.inner.running).reached =
+            overlaid.reached.iter().filter_map(|a| peer_names.get(a).cloned()).collect();
         self.log_overlay_problems(overlay_problems);
         shaped.map_err(Error::from)
+    }
+
+    /// The other hosts whose machines this host reaches (through a tunnel
+    /// and a route), as of the last pass: where checks run from here can
+    /// judge instances.
+    pub fn reachable_hosts(&self) -> BTreeSet<String> {
+        lock(&self.inner.running).reached.clone()
     }
 
     /// Logs why networks do not span hosts, when that changes.

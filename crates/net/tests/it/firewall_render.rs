@@ -38,6 +38,7 @@ fn example() -> Desired {
         ],
         losses: vec![],
         overlays: vec![],
+        peers: vec![],
     }
 }
 
@@ -187,6 +188,7 @@ fn spanning() -> Desired {
         networks: vec![network("hb-lab", "10.250.0.0/24", false), network("hb-db", "10.251.0.0/24", true)],
         partitions: vec![across],
         overlays: vec![Overlay { device: "hx-lab".into(), gateway: [10, 250, 0, 1].into() }],
+        peers: vec![[10, 77, 0, 12].into(), [10, 77, 0, 13].into()],
         ..Desired::default()
     }
 }
@@ -199,6 +201,16 @@ fn a_network_spanning_hosts_keeps_its_gateway_home_and_partitions_by_mac() {
     assert!(got.contains("\t\tiifname \"hb-lab\" ip daddr 10.251.0.0/24 counter drop comment \"isolate hb-lab across hosts\"\n"), "{got}");
     assert!(got.contains("\t\tiifname \"hb-db\" ip daddr 10.250.0.0/24 counter drop comment \"isolate hb-db across hosts\"\n"), "{got}");
     assert!(!firewall::render(&example()).contains("across hosts"), "only networks spanning hosts need it");
+    // Machines answer other hosts but open nothing to them; from outside,
+    // only other hosts reach machines, and only they send tunnels.
+    for rule in [
+        "\t\tiifname { \"hb-lab\", \"hb-db\" } ip daddr { 10.77.0.12, 10.77.0.13 } ct direction original counter drop comment \"machines do not reach other hosts\"\n",
+        "\t\toifname { \"hb-lab\", \"hb-db\" } iifname != { \"hb-lab\", \"hb-db\" } ct state new ip saddr != { 10.77.0.12, 10.77.0.13 } counter drop comment \"only other hosts reach machines from outside\"\n",
+        "\t\tudp dport 4789 ip saddr != { 10.77.0.12, 10.77.0.13 } counter drop comment \"tunnels only from other hosts\"\n",
+    ] {
+        assert!(got.contains(rule), "{rule:?} missing:\n{got}");
+    }
+    assert!(!firewall::render(&example()).contains("other hosts"), "alone, none of it");
     let bridge = &got[got.find("table bridge hearth {").expect("the bridge table")..];
     let expect = r#"table bridge hearth {
 	chain forward {

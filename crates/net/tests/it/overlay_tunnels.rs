@@ -65,10 +65,17 @@ fn tunnel(other: &Host) -> Tunnel {
     }
 }
 
-fn rules(partitions: Vec<Partition>) -> Desired {
+/// A host's rules: its bridge, its tunnel, the other host as its peer.
+fn rules(other: &Host, partitions: Vec<Partition>) -> Desired {
     Desired {
         table: "hearth".into(),
+        networks: vec![firewall::NetworkRules {
+            bridge: "hb-lab".into(),
+            subnet: "10.94.0.0/24".into(),
+            nat: false,
+        }],
         overlays: vec![Overlay { device: "hx-lab".into(), gateway: GATEWAY }],
+        peers: vec![other.address],
         partitions,
         ..Desired::default()
     }
@@ -89,8 +96,8 @@ fn entries(ns: &Netns) -> Vec<String> {
 
 fn connect(hosts: &[Host; 2]) {
     for (host, other) in [(&hosts[0], &hosts[1]), (&hosts[1], &hosts[0])] {
-        firewall::apply(&host.ns, &rules(vec![])).expect("the firewall");
-        overlay::sync(&host.ns, "h", host.address, &[tunnel(other)]).expect("the tunnel");
+        firewall::apply(&host.ns, &rules(other, vec![])).expect("the firewall");
+        overlay::sync(&host.ns, "h", host.address, &[tunnel(other)]).result().expect("the tunnel");
     }
 }
 
@@ -115,7 +122,7 @@ fn machines_on_two_hosts_reach_each_other_through_the_tunnel() {
             before,
             [format!("00:00:00:00:00:00 {}", two.address), format!("{} {}", two.mac, two.address)]
         );
-        overlay::sync(&one.ns, "h", one.address, &[tunnel(two)]).expect("sync again");
+        overlay::sync(&one.ns, "h", one.address, &[tunnel(two)]).result().expect("sync again");
         assert_eq!(entries(&one.ns), before);
     });
 }
@@ -153,13 +160,26 @@ fn a_host_reaches_another_hosts_machine_through_its_route() {
         assert!(ping(&one.ns, two.machine.ip, 2, "0.1").all_answered(), "host one -> b");
         // Its own machine is still on its bridge.
         assert!(ping(&one.ns, one.machine.ip, 1, "0.1").all_answered(), "host one -> a");
+        // A machine reaches no other host, though its host routes there.
+        sh(&one.ns, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+        assert!(ping(&one.machine.ns, two.address, 2, "0.1").none_answered(), "a reached host two");
+        let listed = sh(&one.ns, &["nft", "list", "chain", "inet", "hearth", "forward"]);
+        let rule =
+            listed.lines().find(|l| l.contains("machines do not reach other hosts")).expect("the rule");
+        assert!(!rule.contains("packets 0 "), "{rule}");
 
         // A host whose address is not on a link is said so, and the rest
         // is in place.
         let mut far = tunnel(two);
         far.routes.insert(Ipv4Addr::new(10, 94, 0, 12), Ipv4Addr::new(192, 0, 2, 7));
-        let error = overlay::sync(&one.ns, "h", one.address, &[far]).expect_err("an unreachable host");
-        assert!(error.to_string().contains("192.0.2.7 not on a link of this host"), "{error}");
+        let synced = overlay::sync(&one.ns, "h", one.address, &[far]);
+        let error = synced.result().expect_err("an unreachable host");
+        assert!(
+            error.to_string().contains("cannot route to the machines of 192.0.2.7")
+                && error.to_string().contains("not on a link of this host"),
+            "{error}"
+        );
+        assert_eq!(synced.reached, BTreeSet::from([two.address]), "the host it does reach");
         assert!(ping(&one.ns, two.machine.ip, 1, "0.1").all_answered(), "host one -> b still");
 
         overlay::clear_routes(&one.ns).expect("clear");
@@ -186,12 +206,12 @@ fn a_partition_between_hosts_holds_one_way_and_heals() {
         };
         firewall::apply(
             &one.ns,
-            &rules(vec![cut(vec!["ht-a".into()], vec![], vec![], vec![two.mac.clone()])]),
+            &rules(two, vec![cut(vec!["ht-a".into()], vec![], vec![], vec![two.mac.clone()])]),
         )
         .expect("partition on one");
         firewall::apply(
             &two.ns,
-            &rules(vec![cut(vec![], vec![one.mac.clone()], vec!["ht-b".into()], vec![])]),
+            &rules(one, vec![cut(vec![], vec![one.mac.clone()], vec!["ht-b".into()], vec![])]),
         )
         .expect("partition on two");
         assert!(!delivered(one, two), "a -> b crossed the partition");
@@ -213,7 +233,7 @@ fn entries_follow_the_plan_and_a_tunnel_no_longer_planned_goes() {
         let third = Ipv4Addr::new(10, 93, 0, 3);
         moved.flood.insert(third);
         moved.machines.insert(two.mac.clone(), third);
-        overlay::sync(&one.ns, "h", one.address, &[moved]).expect("sync");
+        overlay::sync(&one.ns, "h", one.address, &[moved]).result().expect("sync");
         assert_eq!(
             entries(&one.ns),
             [
@@ -225,11 +245,11 @@ fn entries_follow_the_plan_and_a_tunnel_no_longer_planned_goes() {
         // A changed identifier makes the device again.
         let mut renumbered = tunnel(two);
         renumbered.vni += 1;
-        overlay::sync(&one.ns, "h", one.address, &[renumbered]).expect("renumber");
+        overlay::sync(&one.ns, "h", one.address, &[renumbered]).result().expect("renumber");
         let details = sh(&one.ns, &["ip", "-d", "link", "show", "dev", "hx-lab"]);
         assert!(details.contains(&format!("vxlan id {} ", overlay::vni("lab") + 1)), "{details}");
 
-        overlay::sync(&one.ns, "h", one.address, &[]).expect("no tunnels");
+        overlay::sync(&one.ns, "h", one.address, &[]).result().expect("no tunnels");
         assert!(link::links_with_prefix(&one.ns, "hx-").unwrap().is_empty());
     });
 }

@@ -293,6 +293,7 @@ fn a_delay_works_alongside_the_firewall_and_neither_disturbs_the_other() {
             }],
             losses: vec![firewall::Loss { tap: c.tap.clone(), percent: 0.01 }],
             overlays: vec![],
+            peers: vec![],
         };
         firewall::apply(&host, &desired).expect("firewall");
         let mut shaper = queue_shaper(&host, "hearth-tf");
