@@ -150,8 +150,8 @@ pub(crate) async fn while_leading<F, Fut>(
 pub(crate) struct Placer {
     pub(crate) hosts: hearth_hosts::Hosts,
     pub(crate) machines: hearth_machines::Machines,
-    /// Whether this host's networks span hosts (it has an overlay address).
-    pub(crate) spans: bool,
+    /// Which hosts' machines this host reaches (`hearth_net::overlay`).
+    pub(crate) networks: hearth_net::Networks,
 }
 
 #[async_trait::async_trait]
@@ -167,22 +167,9 @@ impl hearth_services::Placer for Placer {
         placed.map_err(|e| e.to_string())
     }
 
-    /// Hosts with an overlay address, when this one has one too: it routes
-    /// to their machines (`hearth_net::overlay`).
+    /// The hosts this one has a tunnel and a route to, as its networks
+    /// service last made them.
     async fn reachable_hosts(&self) -> std::collections::BTreeSet<String> {
-        if !self.spans {
-            return Default::default();
-        }
-        match self.hosts.list().await {
-            Ok(hosts) => hosts
-                .into_iter()
-                .filter(|h| hearth_net::overlay::peer_address(&h.record.addresses).is_some())
-                .map(|h| h.record.name)
-                .collect(),
-            Err(error) => {
-                tracing::warn!(error = %error, "Cannot read the hosts; checks judge only this host's instances.");
-                Default::default()
-            }
-        }
+        self.networks.reachable_hosts()
     }
 }

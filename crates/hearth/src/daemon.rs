@@ -103,6 +103,12 @@ async fn overlay_address(
                 "--advertise-address {address} is not an address other hosts can reach; give this host's address on the network the hosts share"
             );
         }
+        // The tunnels' packets leave from it: it must be this host's.
+        if let Err(error) = std::net::UdpSocket::bind((address, 0)) {
+            bail!(
+                "--advertise-address {address} is not an address of this host ({error}); give one that `ip -4 addr` lists, on the network the hosts share"
+            );
+        }
         return Ok(Some(address));
     }
     let first = endpoints.split(',').next().unwrap_or_default();
@@ -285,6 +291,15 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
 
     let opened = open_store(data_dir, args.store).await?;
     let overlay = overlay_address(&opened, args.advertise_address).await?;
+    // Tunnels need root, as networks do: a host that makes none must not
+    // tell the others to send it any.
+    let overlay = overlay.filter(|address| {
+        let root = nix::unistd::geteuid().is_root();
+        if !root {
+            tracing::warn!(%address, "Networks do not span hosts: this daemon does not run as root, so it makes no networks.");
+        }
+        root
+    });
     if fresh_name {
         let machines = machine_hosts(&*opened.store()).await?;
         host_name::check_fresh_name(data_dir, &host_name, &machines)?;
@@ -440,7 +455,7 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
     services.set_placer(Arc::new(crate::cluster::Placer {
         hosts: hosts.clone(),
         machines: machines.clone(),
-        spans: overlay.is_some(),
+        networks: networks.clone(),
     }));
     // One supervisor for the whole cloud: the leader's.
     let services_loop =
