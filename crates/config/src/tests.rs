@@ -405,7 +405,9 @@ fn hosts_starting_at_once_on_one_key_file_all_take_the_same_key() {
     let path = dir.path().join("shared.key");
     let recipients: Vec<String> = std::thread::scope(|scope| {
         let opened: Vec<_> = (0..8)
-            .map(|_| scope.spawn(|| crate::secret::Keyring::open_file(&path).unwrap().recipient().to_string()))
+            .map(|_| {
+                scope.spawn(|| crate::secret::Keyring::open_file(&path).unwrap().recipient().to_string())
+            })
             .collect();
         opened.into_iter().map(|t| t.join().unwrap()).collect()
     });
