@@ -73,7 +73,7 @@ pub(crate) enum Command {
         #[command(flatten)]
         which: Which,
     },
-    /// Kill a host as a machine dies: SIGKILL to every process in its netns (daemon, etcd member, VMs).
+    /// Kill a host as a machine dies: SIGKILL to every process in its netns (daemon, etcd member, VMs, and a shell you opened there with `ip netns exec`).
     Kill {
         host: String,
         #[command(flatten)]
@@ -161,6 +161,9 @@ pub(crate) async fn run(data_dir: &Path, command: Command) -> anyhow::Result<()>
         Command::Env { host, which } => {
             let state = load(data_dir, &which.name, which.at.dir.as_deref())?;
             let host = find_host(&state, &host)?;
+            // A daemon named elsewhere (HEARTH_HOST) would win over the
+            // data dir's socket.
+            println!("unset HEARTH_HOST HEARTH_TOKEN");
             println!("export HEARTH_DATA_DIR={}", quote(&host.data_dir));
             println!("# then: hearth host ls   (or: hearth --data-dir {} host ls)", quote(&host.data_dir));
             Ok(())
@@ -488,14 +491,16 @@ fn spawn_in(
         .open(log)
         .with_context(|| format!("cannot open the log {}", log.display()))?;
     let err = file.try_clone().with_context(|| format!("cannot open the log {}", log.display()))?;
-    let child = std::process::Command::new("ip")
-        .args(["netns", "exec", netns])
-        .arg(program)
-        .args(args)
-        // The user's choice of data dir or store is not the hosts'.
-        .env_remove("HEARTH_DATA_DIR")
-        .env_remove("HEARTH_HOST")
-        .env_remove("HEARTH_TOKEN")
+    let mut command = std::process::Command::new("ip");
+    command.args(["netns", "exec", netns]).arg(program).args(args);
+    // The user's settings (data dir, store, ports, prefixes) are not the
+    // hosts': each gets exactly what its command line and `env` say.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("HEARTH_") {
+            command.env_remove(key);
+        }
+    }
+    let child = command
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(file)
@@ -696,7 +701,11 @@ async fn revive(state: &mut State, name: &str) -> anyhow::Result<()> {
 fn down(data_dir: &Path, name: &str, dir: Option<&Path>, keep_data: bool) -> anyhow::Result<()> {
     plan::check_name(name).map_err(|e| anyhow!(e))?;
     let dir = locate(data_dir, name, dir);
-    let state = match read_state(&dir)? {
+    let stated = read_state(&dir)?;
+    // Without a state file, nothing says the directories under the names
+    // are the cluster's: they are never deleted then.
+    let keep_data = keep_data || stated.is_none();
+    let state = match stated {
         Some(state) => state,
         // Nothing is made before the state file is written, so there is
         // nothing to find; but its names do not depend on the subnet or on
@@ -1130,10 +1139,13 @@ fn running(pid: Option<u32>, needle: &Path) -> Option<u32> {
         return None;
     }
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    // Empty for an instant while `ip netns exec` executes the program
-    // in its place: still ours.
+    // Empty for an instant while `ip netns exec` executes the program in
+    // its place: still ours, if it is `ip` in the middle of that. (A kernel
+    // thread, under a pid reused after a reboot, has no cmdline either.)
     if cmdline.is_empty() {
-        return Some(pid);
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        let starting = ["ip", "hearth", "etcd"].contains(&comm.trim());
+        return starting.then_some(pid);
     }
     let needle = needle.to_string_lossy();
     cmdline.split(|b| *b == 0).any(|arg| String::from_utf8_lossy(arg) == needle).then_some(pid)
