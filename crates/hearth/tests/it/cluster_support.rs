@@ -32,8 +32,13 @@ impl Cluster {
             dir: tempfile::Builder::new().prefix("hearth-cluster-").tempdir().expect("a temp dir"),
             cache: test_cache_dir().expect("a test cache dir"),
         };
-        // Tests' subnets differ by their tag, too.
+        // Tests' subnets differ by their tag, too; and one test at a time
+        // picks a subnet and brings its bridge up, so that two never take
+        // the same free one (checked, then made).
         let salt = tag.bytes().map(u32::from).sum::<u32>();
+        let lock = std::fs::File::create(std::env::temp_dir().join("hearth-cluster-tests.lock"))
+            .expect("a lock file");
+        lock.lock().expect("the cluster tests' lock");
         for n in 0..8 {
             let subnet = format!("10.{}.{}.0/24", 70 + (id + n + salt) % 10, (id / 10 + n + salt) % 256);
             let out = cluster.up(&subnet, hosts);

@@ -87,7 +87,9 @@ async fn machines_on_two_hosts_talk_by_name_and_break_on_purpose_between_hosts()
     success(&h1(&["machine", "run", "--on", "h1", "--name", "a", "--network", "lab:10.245.0.10", &image]));
     success(&h1(&["machine", "run", "--on", "h2", "--name", "b", "--network", "lab:10.245.0.11", &image]));
 
-    // By name, both ways, each asked through its own host.
+    // By name, both ways, each asked through its own host, once h1 has
+    // b's record (its name, its tunnel entry).
+    assert!(until_a_to_b(&cluster, |p| received(p) == 1).await, "a never reached b\n{}", cluster.log("h1"));
     let there = ping(&cluster, "h1", "a", "b.lab.hearth");
     assert_eq!(received(&there), 3, "a -> b: {there}\n{}", cluster.log("h1"));
     let back = ping(&cluster, "h2", "b", "a");
@@ -112,6 +114,19 @@ async fn machines_on_two_hosts_talk_by_name_and_break_on_purpose_between_hosts()
         .output()
         .expect("ping from h1's namespace");
     assert_eq!(received(&text(&host_ping)), 2, "h1 -> b: {}", text(&host_ping));
+
+    // Isolation holds across hosts: a machine opens nothing on another
+    // host (its etcd), nor reaches another network's machine there.
+    let h2_address = cluster.state()["hosts"][1]["address"].as_str().expect("h2's address").to_owned();
+    let etcd = cluster.cli("h1", &["machine", "exec", "a", "--", "nc", "-z", "-w", "2", &h2_address, "2379"]);
+    assert!(!etcd.status.success(), "a reached h2's etcd: {}", text(&etcd));
+    success(&h1(&["network", "create", "other", "--subnet", "10.246.0.0/24", "--no-nat"]));
+    success(&h1(&["machine", "run", "--on", "h2", "--name", "c", "--network", "other:10.246.0.10", &image]));
+    let across = ping_n(&cluster, "h1", "a", "10.246.0.10", 2);
+    assert_eq!(received(&across), 0, "a reached another network's machine on h2: {across}");
+    let neighbour = ping_n(&cluster, "h2", "c", "10.245.0.11", 1);
+    assert_eq!(received(&neighbour), 0, "c reached b, on another network of its own host: {neighbour}");
+    success(&h1(&["machine", "rm", "--force", "c"]));
 
     // A partition between hosts, both ways.
     let id = fault_id(&h1(&["fault", "partition", "b", "--from", "a"]));
@@ -148,4 +163,5 @@ async fn machines_on_two_hosts_talk_by_name_and_break_on_purpose_between_hosts()
     assert_eq!(received(&healed), 3, "a -> b after heal: {healed}");
 
     success(&h1(&["machine", "rm", "--force", "a", "b"]));
+    success(&h1(&["network", "rm", "other"]));
 }
