@@ -44,10 +44,11 @@ use crate::service::MachineView;
 /// VXLAN's IANA port.
 pub const PORT: u16 = 4789;
 
-/// The MTU of the tunnel devices: a machine's 1,500-byte frame crosses
-/// whole. On an underlay with a smaller MTU than 1,550 the kernel
-/// fragments the tunnel's UDP packets (they are sent without DF), which
-/// is correct but slower; give the underlay jumbo frames for full speed.
+/// The MTU of the tunnel devices, a machine's: its 1,500-byte frame
+/// crosses whole where the underlay's MTU is at least 1,550 (50 bytes of
+/// tunnel headers; `hearth cluster up` gives 9,000). Below that, what the
+/// machine sends beyond 1,450 bytes depends on the kernel's path-MTU
+/// handling for the tunnel.
 pub const MTU: u32 = 1500;
 
 /// The routing protocol number on hearth's routes to other hosts'
