@@ -122,6 +122,7 @@ async fn a_machine_gets_its_config_before_its_main_process_and_every_change_afte
             default_network: false,
             default_nat: false,
             host: "h1".into(),
+            overlay: None,
         },
     );
     let data_dir = dir.path().join("data");

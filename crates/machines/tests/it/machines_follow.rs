@@ -68,6 +68,7 @@ async fn records_written_by_another_writer_are_acted_on_through_broken_watches()
             default_network: false,
             default_nat: false,
             host: "h1".into(),
+            overlay: None,
         },
     );
     let options = Options {

@@ -74,6 +74,7 @@ fn service(store: &Arc<dyn Store>, dir: &std::path::Path, host: &str) -> Machine
             default_network: false,
             default_nat: false,
             host: host.to_owned(),
+            overlay: None,
         },
     );
     let options = Options {
