@@ -67,6 +67,10 @@ pub struct Options {
     /// version uses. Off, the store holds no bytes; a host still looks
     /// there for bytes it is missing.
     pub shared: bool,
+    /// When set, event triggers fire only while it holds true: hosts that
+    /// share a store follow its changes on the leader only, so that a
+    /// change calls each trigger once, not once per host. Unset, always.
+    pub events_leading: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Options {
@@ -82,6 +86,7 @@ impl Options {
             max_instances: 1000,
             resolver: Arc::new(SystemResolver),
             shared: false,
+            events_leading: None,
         }
     }
 }

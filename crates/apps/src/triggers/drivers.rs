@@ -64,10 +64,31 @@ pub(crate) async fn run(apps: Apps, shutdown: watch::Receiver<bool>) {
         () = apps.ready() => {}
         _ = shutdown.changed() => return,
     }
-    let events = tokio::spawn(follow_events(apps.clone()));
+    let events = tokio::spawn(events_while_leading(apps.clone()));
     let store = apps.store().clone();
     driver::run(Crons { apps, running: Running::default() }, store, shutdown).await;
     events.abort();
+}
+
+/// Follows events for the triggers, always, or only while this host leads
+/// (`Options::events_leading`). A new leader follows from its term's start:
+/// a change between the last leader's end and then calls no trigger, as a
+/// change while a lone daemon is down calls none.
+async fn events_while_leading(apps: Apps) {
+    let Some(mut leading) = apps.inner.options.events_leading.clone() else {
+        return follow_events(apps).await;
+    };
+    loop {
+        if leading.wait_for(|l| *l).await.is_err() {
+            return;
+        }
+        let following = tokio::spawn(follow_events(apps.clone()));
+        let ended = leading.wait_for(|l| !*l).await.is_err();
+        following.abort();
+        if ended {
+            return;
+        }
+    }
 }
 
 /// The cron triggers whose call is still running, by `APP/ID`: a firing
