@@ -389,10 +389,18 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
     // On etcd, other hosts may share the store: component bytes go through
     // it too, so that every host can serve every app and run every run.
     let shared = matches!(opened, OpenedStore::Etcd(_));
+    // Whether this host leads, for what only the leader does that is not
+    // started with its term (apps' event triggers); set once hosts join.
+    let (leading_tx, leading_rx) = watch::channel(false);
     let apps = hearth_apps::Apps::new(
         store.clone(),
         config.clone(),
-        hearth_apps::Options { shared, ..hearth_apps::Options::new(data_dir, &cache_dir) },
+        hearth_apps::Options {
+            shared,
+            // On a shared store, event triggers fire on the leader only.
+            events_leading: shared.then(|| leading_rx.clone()),
+            ..hearth_apps::Options::new(data_dir, &cache_dir)
+        },
     )
     .context("cannot start the apps service")?;
     let apps_loop = tokio::spawn(apps.clone().run(stop_rx.clone()));
@@ -434,6 +442,18 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
             .await
             .context("cannot join the hosts sharing the store")?,
     };
+    tokio::spawn({
+        let mut term = hosts.term();
+        async move {
+            loop {
+                let leads = term.borrow_and_update().is_some();
+                leading_tx.send_replace(leads);
+                if term.changed().await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
     let hosts_loop = tokio::spawn(hosts.clone().run(
         crate::cluster::fence(store.clone()),
         Arc::new(crate::cluster::Failover),

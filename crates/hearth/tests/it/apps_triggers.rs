@@ -229,3 +229,59 @@ pub(crate) fn get(port: u16, host: &str, path: &str) -> (u16, String) {
     let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     (status, response)
 }
+
+/// Issue 17: hosts sharing a store call an app's event trigger once per
+/// change, from the leader, not once per host.
+#[tokio::test(flavor = "multi_thread")]
+async fn hosts_sharing_a_store_call_an_event_trigger_once_per_change() {
+    let etcd = hearth_testkit::etcd::Etcd::start();
+    let on = |host: &'static str| {
+        let url = etcd.url();
+        async move {
+            Daemon::start_with_env(
+                BIN,
+                &[
+                    ("HEARTH_STORE", std::ffi::OsStr::new(&url)),
+                    ("HEARTH_HOST_NAME", std::ffi::OsStr::new(host)),
+                ],
+            )
+            .await
+        }
+    };
+    let (one, two) = (on("one").await, on("two").await);
+    let dir = tempfile::tempdir().expect("tempdir");
+    deploy(
+        &one,
+        dir.path(),
+        "events",
+        "[[event]]\nprefix = \"kv/seq/\"\nkinds = [\"put\"]\npath = \"/trace\"\n",
+    );
+    // Both hosts serve it (two with the bytes it fetched from the store).
+    for host in [&one, &two] {
+        let port = ingress_port(host).await;
+        let serving = wait_until(Duration::from_secs(20), async || {
+            get(port, "events.localhost", "/kv/set?key=ready&value=1").0 == 200
+        })
+        .await;
+        assert!(serving, "{}", host.log());
+    }
+    let client = one.client();
+    for i in 0..5 {
+        let put =
+            PutKv { value: i.to_string(), encoding: Encoding::Utf8, lease: None, if_mod_revision: None };
+        client.kv_put(&format!("seq/{i}"), &put).await.expect("put");
+    }
+    let begun = async || {
+        let mut calls = Vec::new();
+        for host in [&one, &two] {
+            calls.push(log_lines(host, "events").await.iter().filter(|l| l.starts_with("begin ")).count());
+        }
+        calls
+    };
+    let all = wait_until(Duration::from_secs(20), async || begun().await.iter().sum::<usize>() >= 5).await;
+    assert!(all, "{:?} calls", begun().await);
+    let twice = wait_until(Duration::from_secs(3), async || begun().await.iter().sum::<usize>() > 5).await;
+    let calls = begun().await;
+    assert!(!twice, "a change called the trigger on both hosts: {calls:?}");
+    assert!(calls.contains(&5) && calls.contains(&0), "one host, the leader, made every call: {calls:?}");
+}
