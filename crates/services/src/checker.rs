@@ -26,7 +26,7 @@ pub(crate) async fn write_health(
 ) -> Option<HealthRecord> {
     let next = HealthRecord::changed(previous, status, output, record::now_ms())?;
     let instance_key = record::instance_key(&instance.service, &instance.id);
-    let lease = match services.store().get(&instance_key).await {
+    let lease = match services.writer().get(&instance_key).await {
         Ok(Some(kv)) => kv.lease,
         _ => return None,
     };
@@ -35,7 +35,7 @@ pub(crate) async fn write_health(
         value: to_json(&next),
         lease,
     });
-    match services.store().txn(txn).await {
+    match services.writer().txn(txn).await {
         Ok(r) if r.succeeded => Some(next),
         Ok(_) => None,
         Err(error) => {
@@ -49,7 +49,7 @@ pub(crate) async fn write_health(
 /// health when it changes. With no checks, a running machine is passing.
 pub(crate) async fn checker(services: Services, instance: InstanceRecord, checks: Vec<CheckSpec>) {
     let health_key = record::health_key(&instance.service, &instance.id);
-    let mut current = match services.store().get(&health_key).await {
+    let mut current = match services.writer().get(&health_key).await {
         Ok(Some(kv)) => parse::<HealthRecord>(&kv).ok(),
         _ => None,
     };

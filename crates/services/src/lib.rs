@@ -19,6 +19,8 @@ pub mod plan;
 pub mod record;
 mod service;
 mod supervise;
+#[cfg(test)]
+mod tests;
 
 pub use service::{CreateService, Deploy, MAX_COUNT, MAX_WAIT, Placer, Register, ServiceView, Services};
 

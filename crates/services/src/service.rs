@@ -107,6 +107,9 @@ pub(crate) struct Inner {
     pub(crate) kick: Notify,
     /// Makes history keys unique within a millisecond.
     pub(crate) history_seq: StdMutex<u64>,
+    /// What the supervisor writes through during a leader's term (the
+    /// fenced store, [`Services::run_fenced`]); the store otherwise.
+    pub(crate) writer: StdMutex<Option<Arc<dyn Store>>>,
 }
 
 /// Picks the host a new instance machine goes to.
@@ -144,6 +147,7 @@ impl Services {
                 placer: StdMutex::new(None),
                 kick: Notify::new(),
                 history_seq: StdMutex::new(0),
+                writer: StdMutex::new(None),
             }),
         }
     }
@@ -156,6 +160,13 @@ impl Services {
 
     pub(crate) fn placer(&self) -> Option<Arc<dyn Placer>> {
         self.inner.placer.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// The store the supervisor writes through: fenced by the leader's
+    /// term while [`Services::run_fenced`] runs.
+    pub(crate) fn writer(&self) -> Arc<dyn Store> {
+        let writer = self.inner.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        writer.clone().unwrap_or_else(|| self.inner.store.clone())
     }
 
     pub(crate) fn store(&self) -> &Arc<dyn Store> {

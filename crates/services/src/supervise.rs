@@ -30,11 +30,12 @@
 //! passes while its machine runs, and its health says so.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hearth_machines::CreateRequest;
 use hearth_machines::record::{MachineRecord, State};
-use hearth_store::{Compare, Follower, Op, Txn};
+use hearth_store::{Compare, Follower, Op, Store, Txn};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -107,9 +108,22 @@ struct Snapshot {
 
 impl Services {
     /// The supervisor loop; returns when `shutdown` turns true.
+    /// As [`Services::run`], every write through `writer`: the store fenced
+    /// by this host's term as leader, so that a leader deposed without
+    /// knowing it writes nothing once another is elected.
+    pub async fn run_fenced(
+        self,
+        writer: std::sync::Arc<dyn hearth_store::Store>,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        *self.inner.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(writer);
+        self.clone().run(shutdown).await;
+        *self.inner.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let from = loop {
-            match self.store().revision().await {
+            match self.writer().revision().await {
                 Ok(revision) => break revision + 1,
                 Err(error) => {
                     tracing::warn!(error = %error, "Cannot read the store's revision; retrying.");
@@ -120,7 +134,7 @@ impl Services {
                 }
             }
         };
-        let store = self.store().clone();
+        let store = self.writer().clone();
         let mut defs = Follower::new(store.clone(), record::DEFS, from, "Services");
         let mut instances = Follower::new(store.clone(), record::INSTANCES, from, "Service instances");
         let mut health = Follower::new(store.clone(), record::HEALTH, from, "Service health");
@@ -167,7 +181,7 @@ impl Services {
     /// entry in the same revision) or its service went with it.
     async fn record_expiry(&self, key: &str, revision: hearth_store::Revision) {
         let Some((name, id)) = record::split_instance_key(record::INSTANCES, key) else { return };
-        let Ok(history) = self.store().range(&record::history_prefix(name)).await else { return };
+        let Ok(history) = self.writer().range(&record::history_prefix(name)).await else { return };
         let deregistered = history.kvs.iter().any(|kv| {
             kv.mod_revision == revision
                 && parse::<HistoryEntry>(kv).is_ok_and(|e| e.instance.as_deref() == Some(id))
@@ -193,7 +207,7 @@ impl Services {
         let txn = prefixes
             .iter()
             .fold(Txn::new(), |txn, prefix| txn.and_then(Op::Range { prefix: prefix.to_string() }));
-        let mut ranges = self.store().txn(txn).await?.responses.into_iter().map(|r| match r {
+        let mut ranges = self.writer().txn(txn).await?.responses.into_iter().map(|r| match r {
             hearth_store::OpResponse::Range { kvs } => kvs,
             _ => Vec::new(),
         });
@@ -253,7 +267,7 @@ impl Services {
             self.purge(service).await;
         }
         for name in now.endpoints.keys().filter(|n| !now.defs.contains_key(*n)) {
-            let _ = self.store().delete(&record::endpoints_key(name)).await;
+            let _ = self.writer().delete(&record::endpoints_key(name)).await;
         }
 
         // 1. Services of machines have their count of instances, and roll
@@ -353,12 +367,12 @@ impl Services {
         for key in now.health.keys().filter(|k| !present.contains(*k)) {
             let health = key.replacen(record::INSTANCES, record::HEALTH, 1);
             let txn = Txn::new().when(Compare::missing(key.as_str())).and_then(Op::Delete { key: health });
-            let _ = self.store().txn(txn).await;
+            let _ = self.writer().txn(txn).await;
         }
 
         // 4. Endpoints.
         for name in now.defs.keys() {
-            self.publish(name).await?;
+            self.publish_through(name, self.writer()).await?;
         }
         Ok(())
     }
@@ -369,10 +383,16 @@ impl Services {
     /// callers may race: each writes only over the record it read, so a
     /// stale set never overwrites a newer one.
     pub(crate) async fn publish(&self, name: &str) -> Result<(), crate::Error> {
+        self.publish_through(name, self.store().clone()).await
+    }
+
+    /// As [`Services::publish`], written through `store`: the supervisor's
+    /// writer (fenced during a term), or the plain store for an API call.
+    async fn publish_through(&self, name: &str, store: Arc<dyn Store>) -> Result<(), crate::Error> {
         // Another writer between our read and our write: read again, so
         // that this call returns only once what it saw is published.
         for _ in 0..10 {
-            if self.publish_once(name).await? {
+            if self.publish_once(name, &store).await? {
                 return Ok(());
             }
         }
@@ -380,8 +400,7 @@ impl Services {
     }
 
     /// One attempt: `false` if the record changed under it.
-    async fn publish_once(&self, name: &str) -> Result<bool, crate::Error> {
-        let store = self.store();
+    async fn publish_once(&self, name: &str, store: &Arc<dyn Store>) -> Result<bool, crate::Error> {
         let key = record::endpoints_key(name);
         // All at one revision: a writer that read the state before us
         // wrote, if at all, before this or fails its compare.
@@ -464,8 +483,8 @@ impl Services {
                     value: to_json(&instance),
                     lease: None,
                 });
-                self.store().txn(txn).await?;
-                self.publish(&def.name).await?;
+                self.writer().txn(txn).await?;
+                self.publish_through(&def.name, self.writer()).await?;
                 self.record_history(&def.name, Some(&id), "draining", reason).await;
             }
             Action::Remove { id, reason } => {
@@ -516,7 +535,7 @@ impl Services {
         change: impl Fn(&mut ServiceRecord),
     ) -> Result<(), crate::Error> {
         let key = record::def_key(&def.name);
-        let Some(kv) = self.store().get(&key).await? else { return Ok(()) };
+        let Some(kv) = self.writer().get(&key).await? else { return Ok(()) };
         let mut record: ServiceRecord = parse(&kv)?;
         if record.version != def.version {
             return Ok(());
@@ -527,7 +546,7 @@ impl Services {
             value: to_json(&record),
             lease: None,
         });
-        self.store().txn(txn).await?;
+        self.writer().txn(txn).await?;
         Ok(())
     }
 
@@ -551,7 +570,7 @@ impl Services {
             .when(Compare::exists(record::def_key(&def.name)))
             .when(Compare::missing(&key))
             .and_then(Op::Put { key, value: to_json(&instance), lease: None });
-        self.store().txn(txn).await?;
+        self.writer().txn(txn).await?;
         Ok(())
     }
 
@@ -577,7 +596,7 @@ impl Services {
         let txn = Txn::new()
             .and_then(Op::Delete { key: key.to_string() })
             .and_then(Op::Delete { key: record::health_key(&def.name, &instance.id) });
-        if self.store().txn(txn).await.is_ok() && !reason.is_empty() {
+        if self.writer().txn(txn).await.is_ok() && !reason.is_empty() {
             self.record_history(&def.name, Some(&instance.id), "removed", reason).await;
         }
     }
@@ -622,7 +641,7 @@ impl Services {
                 value: to_json(&updated),
                 lease: None,
             });
-            let _ = self.store().txn(txn).await;
+            let _ = self.writer().txn(txn).await;
         }
         match machine.status.state {
             State::Running => {
@@ -763,7 +782,7 @@ impl Services {
         let txn = Txn::new()
             .and_then(Op::Range { prefix: record::instances_prefix(service) })
             .and_then(Op::Range { prefix: hearth_machines::record::PREFIX.to_string() });
-        let Ok(response) = self.store().txn(txn).await else { return BTreeMap::new() };
+        let Ok(response) = self.writer().txn(txn).await else { return BTreeMap::new() };
         let mut ranges = response.responses.into_iter().map(|r| match r {
             hearth_store::OpResponse::Range { kvs } => kvs,
             _ => Vec::new(),
