@@ -143,6 +143,9 @@ struct Inner {
     delivered: watch::Sender<u64>,
     /// The loop runs here: always alone, only while leading when shared.
     running: AtomicBool,
+    /// What the loop writes its state through during a leader's term (the
+    /// fenced store, [`Monitor::run_fenced`]); the store otherwise.
+    writer: std::sync::Mutex<Option<Arc<dyn Store>>>,
 }
 
 /// A cheap-to-clone handle to the alerting service.
@@ -246,6 +249,7 @@ impl Monitor {
                 dropped: AtomicU64::new(0),
                 delivered: watch::channel(0).0,
                 running: AtomicBool::new(false),
+                writer: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -355,7 +359,7 @@ impl Monitor {
             tracing::warn!(error = %error, "Cannot save the alert state; the request is kept and taken again.");
             return;
         }
-        if let Err(error) = self.inner.store.delete(key).await {
+        if let Err(error) = self.writer().delete(key).await {
             tracing::warn!(error = %error, key, "Cannot remove a request already applied; it is harmless when taken again.");
         }
     }
@@ -586,7 +590,7 @@ impl Monitor {
             let key = format!("{}{:015}-{}", keys::HISTORY, entry.at, entry.id);
             txn = txn.and_then(Op::Put { key, value: encode(entry), lease: None });
         }
-        self.inner.store.txn(txn).await?;
+        self.writer().txn(txn).await?;
         engine.dirty = false;
         engine.outbox_unsaved = false;
         engine.last_persist = now_ms();
@@ -609,6 +613,22 @@ impl Monitor {
 
     /// Runs until `stop`: follows the store from the revision the state
     /// has seen, takes inputs, and drives the engine.
+    /// The store the state is written through: fenced by the leader's term
+    /// while [`Monitor::run_fenced`] runs.
+    fn writer(&self) -> Arc<dyn Store> {
+        let writer = self.inner.writer.lock().unwrap_or_else(|e| e.into_inner());
+        writer.clone().unwrap_or_else(|| self.inner.store.clone())
+    }
+
+    /// As [`Monitor::run`], the state written through `writer`: the store
+    /// fenced by this host's term as leader, so that a leader deposed
+    /// without knowing it saves nothing over its successor's state.
+    pub async fn run_fenced(self, writer: Arc<dyn Store>, stop: watch::Receiver<bool>) {
+        *self.inner.writer.lock().unwrap_or_else(|e| e.into_inner()) = Some(writer);
+        self.clone().run(stop).await;
+        *self.inner.writer.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let Some(mut inputs) = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             tracing::error!("The alerting service was started twice.");

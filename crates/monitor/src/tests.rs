@@ -574,3 +574,33 @@ async fn one_service_for_the_cloud_a_silence_asked_while_no_host_led_is_taken_by
     assert!(store.range(keys::REQUESTS).await.unwrap().kvs.is_empty());
     term.stop().await;
 }
+
+#[tokio::test]
+async fn one_service_for_the_cloud_a_deposed_leader_saves_nothing_over_its_successor() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_in(dir.path());
+    let recorder = Arc::new(Recorder::default());
+    let monitor = shared(&store, &recorder).await;
+    let term = store.put("hosts/leader", b"a".to_vec(), None).await.unwrap();
+    let fenced: Arc<dyn Store> = Arc::new(hearth_store::Fenced::new(store.clone(), "hosts/leader", term));
+    let (stop, rx) = watch::channel(false);
+    let task = tokio::spawn(monitor.clone().run_fenced(fenced, rx));
+    let saved = || async {
+        let Some(kv) = store.get(keys::STATE).await.unwrap() else { return 0 };
+        serde_json::from_slice::<Persisted>(&kv.value).unwrap().state.silences.len()
+    };
+    monitor.silence(&["rule=a".into()], Duration::from_secs(60), "test", "").await.unwrap();
+    until_async("the silence saved within its term", async || saved().await == 1).await;
+
+    // Another host is elected: the key is made again, a new term.
+    store.delete("hosts/leader").await.unwrap();
+    store.put("hosts/leader", b"b".to_vec(), None).await.unwrap();
+    let refused = monitor.silence(&["rule=b".into()], Duration::from_secs(60), "test", "").await;
+    assert!(
+        matches!(refused, Err(Error::Store(hearth_store::Error::Fenced { .. }))),
+        "the deposed leader's save: {refused:?}"
+    );
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    assert_eq!(saved().await, 1, "nothing saved over the successor's state, at shutdown either");
+}
