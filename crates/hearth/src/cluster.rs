@@ -61,9 +61,14 @@ pub(crate) fn record(
     }
 }
 
-/// The store a leader writes through: every write compares its term.
+/// The store a leader writes through: every write compares its term. A
+/// host alone on the embedded store (its term's token is 0: no other can
+/// ever lead, and it writes no leader key) writes through the store.
 pub(crate) fn fence(store: Arc<dyn Store>) -> hearth_hosts::Fence {
     Arc::new(move |term: hearth_hosts::Term| {
+        if term.token == 0 {
+            return store.clone();
+        }
         Arc::new(hearth_store::fenced::Fenced::new(store.clone(), hearth_hosts::record::LEADER, term.token))
             as Arc<dyn Store>
     })
@@ -99,7 +104,7 @@ pub(crate) async fn while_leading<F, Fut>(
     what: &'static str,
     duty: F,
 ) where
-    F: Fn(tokio::sync::watch::Receiver<bool>) -> Fut,
+    F: Fn(tokio::sync::watch::Receiver<bool>, hearth_hosts::Term) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     loop {
@@ -112,7 +117,8 @@ pub(crate) async fn while_leading<F, Fut>(
         };
         tracing::info!(what, term = current.map(|t| t.token), "This host leads: taking up a leader's duty.");
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let mut task = tokio::spawn(duty(stopped));
+        let Some(this_term) = current else { continue };
+        let mut task = tokio::spawn(duty(stopped, this_term));
         enum End {
             DaemonStops,
             TermEnds,

@@ -480,8 +480,8 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
     // One supervisor for the whole cloud: the leader's.
     let services_loop =
         tokio::spawn(crate::cluster::while_leading(hosts.term(), stop_rx.clone(), "services", {
-            let services = services.clone();
-            move |stop| services.clone().run(stop)
+            let (services, fence) = (services.clone(), crate::cluster::fence(store.clone()));
+            move |stop, term| services.clone().run_fenced(fence(term), stop)
         }));
     let external_url = match tcp_addr {
         Some(addr) => format!("http://{addr}/v1/alerts"),
@@ -505,8 +505,8 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
     // whole cloud: the leader's, so that each notification goes once.
     let monitor_loop = if shared {
         tokio::spawn(crate::cluster::while_leading(hosts.term(), stop_rx.clone(), "alerts", {
-            let monitor = monitor.clone();
-            move |stop| monitor.clone().run(stop)
+            let (monitor, fence) = (monitor.clone(), crate::cluster::fence(store.clone()));
+            move |stop, term| monitor.clone().run_fenced(fence(term), stop)
         }))
     } else {
         tokio::spawn(monitor.clone().run(stop_rx.clone()))
