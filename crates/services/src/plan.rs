@@ -20,6 +20,8 @@ pub struct Member<'a> {
     pub passing: bool,
     /// Its checks passed at some time (or pass now).
     pub passed: bool,
+    /// Its machine's host is draining: the instance moves away.
+    pub leaving: bool,
 }
 
 /// What the supervisor should do.
@@ -55,6 +57,10 @@ pub enum Action {
 ///   `deadline` of its creation rolls the service back to its previous version.
 /// - A rollout with no older or draining instance left and every current
 ///   instance passing is finished.
+/// - An instance on a draining host leaves as an older instance does: it
+///   counts as of another version, so one replacement is made at a time
+///   (on another host) and it drains only once every current instance
+///   passes; capacity holds while the host empties.
 ///
 /// New instances take the lowest free number, `NAME-1` first.
 pub fn plan(def: &ServiceRecord, members: &[Member<'_>], now_ms: u64, deadline: Duration) -> Vec<Action> {
@@ -68,7 +74,7 @@ pub fn plan(def: &ServiceRecord, members: &[Member<'_>], now_ms: u64, deadline: 
         }
     }
     let (current, older): (Vec<&Member>, Vec<&Member>) =
-        live.into_iter().partition(|m| m.instance.version == def.version);
+        live.into_iter().partition(|m| m.instance.version == def.version && !m.leaving);
     let count = def.count as usize;
 
     let mut older_left = Vec::new();
@@ -76,8 +82,11 @@ pub fn plan(def: &ServiceRecord, members: &[Member<'_>], now_ms: u64, deadline: 
         if m.passed {
             older_left.push(m);
         } else {
-            let reason =
-                format!("version {} never passed; version {} replaces it", m.instance.version, def.version);
+            let reason = if m.leaving {
+                "its host is draining, and it never passed".to_owned()
+            } else {
+                format!("version {} never passed; version {} replaces it", m.instance.version, def.version)
+            };
             actions.push(Action::Remove { id: m.instance.id.clone(), reason });
         }
     }
@@ -128,7 +137,11 @@ pub fn plan(def: &ServiceRecord, members: &[Member<'_>], now_ms: u64, deadline: 
         let older_passing = older_left.iter().filter(|m| m.passing).count();
         let first = older_left[0];
         if !first.passing || current.len() + older_passing > count {
-            let reason = format!("version {} replaces version {}", def.version, first.instance.version);
+            let reason = if first.leaving {
+                "its host is draining".to_owned()
+            } else {
+                format!("version {} replaces version {}", def.version, first.instance.version)
+            };
             actions.push(Action::Drain { id: first.instance.id.clone(), reason });
         }
     }
@@ -210,12 +223,46 @@ mod tests {
         instances
             .iter()
             .zip(passing)
-            .map(|(instance, &passing)| Member { instance, passing, passed: passing })
+            .map(|(instance, &passing)| Member { instance, passing, passed: passing, leaving: false })
             .collect()
     }
 
     fn create(n: u32) -> Action {
         Action::Create { id: format!("web-{n}") }
+    }
+
+    #[test]
+    fn an_instance_on_a_draining_host_leaves_as_an_older_instance_does() {
+        let all = [instance(1, 1), instance(2, 1)];
+        let leaving = |passing: &[bool]| {
+            let mut m = members(&all, passing);
+            m[1].leaving = true;
+            m
+        };
+        // One replacement first, the leaving one still serving.
+        assert_eq!(plan(&service(2, 1), &leaving(&[true, true]), NOW, DEADLINE), [create(3)]);
+        // Once the replacement passes, the leaving one drains.
+        let all = [instance(1, 1), instance(2, 1), instance(3, 1)];
+        let mut m = members(&all, &[true, true, true]);
+        m[1].leaving = true;
+        let actions = plan(&service(2, 1), &m, NOW, DEADLINE);
+        assert!(
+            matches!(&actions[..], [Action::Drain { id, reason }] if id == "web-2" && reason.contains("draining")),
+            "{actions:?}"
+        );
+        // Not while the replacement is still coming up.
+        let mut m = members(&all, &[true, true, false]);
+        m[1].leaving = true;
+        assert_eq!(plan(&service(2, 1), &m, NOW, DEADLINE), []);
+        // One that never passed goes at once.
+        let all = [instance(1, 1), instance(2, 1)];
+        let mut m = members(&all, &[true, false]);
+        m[1].leaving = true;
+        let actions = plan(&service(2, 1), &m, NOW, DEADLINE);
+        assert!(
+            matches!(&actions[..], [Action::Remove { id, .. }, Action::Create { .. }] if id == "web-2"),
+            "{actions:?}"
+        );
     }
 
     #[test]

@@ -130,6 +130,12 @@ pub trait Placer: Send + Sync + 'static {
     async fn reachable_hosts(&self) -> std::collections::BTreeSet<String> {
         std::collections::BTreeSet::new()
     }
+
+    /// The hosts being drained (`hearth host drain`): their instances
+    /// move to other hosts.
+    async fn draining_hosts(&self) -> std::collections::BTreeSet<String> {
+        std::collections::BTreeSet::new()
+    }
 }
 
 impl std::fmt::Debug for Services {

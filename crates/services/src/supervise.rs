@@ -273,6 +273,18 @@ impl Services {
         // 1. Services of machines have their count of instances, and roll
         // from one version to the next (see `plan`).
         let present: HashSet<String> = now.instances.iter().map(|(key, _)| key.clone()).collect();
+        let draining = match self.placer() {
+            Some(placer) => placer.draining_hosts().await,
+            None => Default::default(),
+        };
+        let leaving = |instance: &InstanceRecord| {
+            instance
+                .machine
+                .as_ref()
+                .and_then(|m| now.machines.get(m))
+                .and_then(|m| m.host.as_ref())
+                .is_some_and(|host| draining.contains(host))
+        };
         for def in now.defs.values().filter(|d| d.kind == Kind::Machines) {
             let members: Vec<Member> = now
                 .instances
@@ -284,6 +296,7 @@ impl Services {
                         instance,
                         passing: health.is_some_and(|h| h.status == Status::Passing),
                         passed: health.is_some_and(|h| h.changes.iter().any(|c| c.status == Status::Passing)),
+                        leaving: leaving(instance),
                     }
                 })
                 .collect();
