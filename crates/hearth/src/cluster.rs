@@ -178,4 +178,14 @@ impl hearth_services::Placer for Placer {
     async fn reachable_hosts(&self) -> std::collections::BTreeSet<String> {
         self.networks.reachable_hosts()
     }
+
+    async fn draining_hosts(&self) -> std::collections::BTreeSet<String> {
+        match self.hosts.list().await {
+            Ok(hosts) => hosts.into_iter().filter(|h| h.record.draining).map(|h| h.record.name).collect(),
+            Err(error) => {
+                tracing::warn!(error = %error, "Cannot read the hosts; no instance moves off a draining host this pass.");
+                Default::default()
+            }
+        }
+    }
 }

@@ -25,6 +25,7 @@ mod daemon_lifecycle;
 mod events_secrets;
 mod events_stream;
 mod hosts;
+mod hosts_drain;
 mod labs;
 mod machines_disk;
 mod machines_firecracker;
