@@ -6,7 +6,7 @@
 //! Unlike every other client command it talks to no daemon to do its work:
 //! it makes the underlay (a bridge in the root netns, a netns and a veth
 //! pair per host) with `ip`, starts etcd and the daemons inside the netns
-//! with `ip netns exec`, detached so that they outlive it, and keeps what
+//! with `nsenter --net`, detached so that they outlive it, and keeps what
 //! it made in a state file, written before anything is made, so that
 //! `down` can take apart even a cluster whose `up` failed half-way. The
 //! names, addresses and paths are one pure function, [`plan::plan`].
@@ -477,7 +477,11 @@ fn start_daemon(state: &State, host: &Host) -> anyhow::Result<u32> {
 
 /// Starts `program` in `netns`, detached (its own process group, stdin
 /// null, output appended to `log`) so that it outlives this command, and
-/// returns its pid (`ip netns exec` executes the program in its place).
+/// returns its pid (`nsenter` executes the program in its place).
+///
+/// `nsenter --net`, not `ip netns exec`: the latter also mounts a `/sys`
+/// of the namespace's own, without the cgroup file system under it, where
+/// Firecracker's jailer puts a VM's limits. Only the network is the host's.
 fn spawn_in(
     netns: &str,
     program: &Path,
@@ -491,8 +495,8 @@ fn spawn_in(
         .open(log)
         .with_context(|| format!("cannot open the log {}", log.display()))?;
     let err = file.try_clone().with_context(|| format!("cannot open the log {}", log.display()))?;
-    let mut command = std::process::Command::new("ip");
-    command.args(["netns", "exec", netns]).arg(program).args(args);
+    let mut command = std::process::Command::new("nsenter");
+    command.arg(format!("--net=/run/netns/{netns}")).arg("--").arg(program).args(args);
     // The user's settings (data dir, store, ports, prefixes) are not the
     // hosts': each gets exactly what its command line and `env` say.
     for (key, _) in std::env::vars_os() {
@@ -1139,12 +1143,12 @@ fn running(pid: Option<u32>, needle: &Path) -> Option<u32> {
         return None;
     }
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    // Empty for an instant while `ip netns exec` executes the program in
+    // Empty for an instant while `nsenter` executes the program in
     // its place: still ours, if it is `ip` in the middle of that. (A kernel
     // thread, under a pid reused after a reboot, has no cmdline either.)
     if cmdline.is_empty() {
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-        let starting = ["ip", "hearth", "etcd"].contains(&comm.trim());
+        let starting = ["nsenter", "hearth", "etcd"].contains(&comm.trim());
         return starting.then_some(pid);
     }
     let needle = needle.to_string_lossy();
