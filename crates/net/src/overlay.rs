@@ -197,7 +197,7 @@ pub fn sync(ns: &Netns, prefix: &str, local: Ipv4Addr, tunnels: &[Tunnel]) -> Sy
             Err(error) => problems.push(format!("network {:?}: {error}", tunnel.network)),
         }
     }
-    match link::links_with_prefix(ns, &format!("{prefix}x-")) {
+    match tunnel_devices(ns, prefix) {
         Ok(present) => {
             for stale in present.iter().filter(|l| !tunnels.iter().any(|t| t.device == **l)) {
                 if let Err(error) = link::delete_link(ns, stale) {
@@ -251,7 +251,7 @@ impl Synced {
 /// whose networks no longer span hosts (its address gone, or the flag
 /// removed) must not keep from a life that did.
 pub fn clear(ns: &Netns, prefix: &str) -> Result<(), Error> {
-    let devices = link::links_with_prefix(ns, &format!("{prefix}x-"))?;
+    let devices = tunnel_devices(ns, prefix)?;
     if devices.is_empty() {
         return Ok(());
     }
@@ -358,6 +358,23 @@ struct Route {
     dst: String,
     #[serde(default)]
     gateway: Option<Ipv4Addr>,
+}
+
+/// This daemon's tunnel devices: the `vxlan` links named under its prefix,
+/// and only those (a link of another kind under a like name is someone
+/// else's).
+fn tunnel_devices(ns: &Netns, prefix: &str) -> Result<Vec<String>, Error> {
+    #[derive(Deserialize)]
+    struct Named {
+        ifname: String,
+    }
+    let cmd = Cmd::new(ns, "ip").args(["-j", "link", "show", "type", "vxlan"]);
+    let links: Vec<Named> = parse_json(&cmd, &cmd.run()?)?;
+    let wanted = format!("{prefix}x-");
+    let mut names: Vec<String> =
+        links.into_iter().map(|l| l.ifname).filter(|n| n.starts_with(&wanted)).collect();
+    names.sort();
+    Ok(names)
 }
 
 /// The forwarding entries a tunnel wants: (MAC, address) pairs.

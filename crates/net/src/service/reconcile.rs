@@ -434,8 +434,8 @@ impl Networks {
             if spans && let Err(error) = overlay::clear_routes(&host) {
                 tracing::warn!(error = %error, "Cannot remove the routes to other hosts' machines.");
             }
-            for name in link::links_with_prefix(&host, &format!("{prefix}x-")).unwrap_or_default() {
-                let _ = link::delete_link(&host, &name);
+            if let Err(error) = overlay::clear(&host, &prefix) {
+                tracing::warn!(error = %error, "Cannot remove the tunnels to other hosts.");
             }
             for name in link::links_with_prefix(&host, &format!("{prefix}b-")).unwrap_or_default() {
                 let _ = link::delete_link(&host, &name);

@@ -249,7 +249,11 @@ fn entries_follow_the_plan_and_a_tunnel_no_longer_planned_goes() {
         let details = sh(&one.ns, &["ip", "-d", "link", "show", "dev", "hx-lab"]);
         assert!(details.contains(&format!("vxlan id {} ", overlay::vni("lab") + 1)), "{details}");
 
+        // A link of another kind under a like name is not the overlay's.
+        sh(&one.ns, &["ip", "link", "add", "hx-mine", "type", "bridge"]);
         overlay::sync(&one.ns, "h", one.address, &[]).result().expect("no tunnels");
-        assert!(link::links_with_prefix(&one.ns, "hx-").unwrap().is_empty());
+        assert_eq!(link::links_with_prefix(&one.ns, "hx-").unwrap(), ["hx-mine"]);
+        overlay::clear(&one.ns, "h").expect("clear");
+        assert_eq!(link::links_with_prefix(&one.ns, "hx-").unwrap(), ["hx-mine"]);
     });
 }
