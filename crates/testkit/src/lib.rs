@@ -63,6 +63,24 @@ impl Daemon {
         Self::start_with_options(bin, false, env).await
     }
 
+    /// Starts a daemon as host `host` of the cloud on `etcd`, with `env` on
+    /// top (a shared `HEARTH_CONFIG_KEY`, say): what every test of several
+    /// hosts starts its daemons with.
+    pub async fn start_on_etcd(
+        bin: &str,
+        etcd: &etcd::Etcd,
+        host: &str,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Daemon {
+        let url = etcd.url();
+        let mut all: Vec<(&str, &std::ffi::OsStr)> = vec![
+            ("HEARTH_STORE", std::ffi::OsStr::new(&url)),
+            ("HEARTH_HOST_NAME", std::ffi::OsStr::new(host)),
+        ];
+        all.extend_from_slice(env);
+        Self::start_with_env(bin, &all).await
+    }
+
     /// Starts a daemon that makes the `default` network with NAT, as a
     /// daemon does unless told not to. Other test daemons leave it out, so
     /// that they never hold a subnet the host's daemon might want; this

@@ -622,21 +622,8 @@ async fn hosts_sharing_a_store_send_each_notification_once_and_the_next_leader_g
     // One key for the hosts' secrets (the hook's), as hosts must share.
     let keys = tempfile::tempdir().expect("tempdir");
     let key = keys.path().join("config.key");
-    let on = |host: &'static str| {
-        let url = etcd.url();
-        let key = key.clone();
-        async move {
-            Daemon::start_with_env(
-                BIN,
-                &[
-                    ("HEARTH_STORE", std::ffi::OsStr::new(&url)),
-                    ("HEARTH_HOST_NAME", std::ffi::OsStr::new(host)),
-                    ("HEARTH_CONFIG_KEY", key.as_os_str()),
-                ],
-            )
-            .await
-        }
-    };
+    let shared_key = [("HEARTH_CONFIG_KEY", key.as_os_str())];
+    let on = |host: &'static str| Daemon::start_on_etcd(BIN, &etcd, host, &shared_key);
     let one = on("one").await;
     let two = on("two").await;
     let leader = || async {

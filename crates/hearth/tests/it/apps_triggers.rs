@@ -235,19 +235,7 @@ pub(crate) fn get(port: u16, host: &str, path: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn hosts_sharing_a_store_call_an_event_trigger_once_per_change() {
     let etcd = hearth_testkit::etcd::Etcd::start();
-    let on = |host: &'static str| {
-        let url = etcd.url();
-        async move {
-            Daemon::start_with_env(
-                BIN,
-                &[
-                    ("HEARTH_STORE", std::ffi::OsStr::new(&url)),
-                    ("HEARTH_HOST_NAME", std::ffi::OsStr::new(host)),
-                ],
-            )
-            .await
-        }
-    };
+    let on = |host: &'static str| Daemon::start_on_etcd(BIN, &etcd, host, &[]);
     let (one, two) = (on("one").await, on("two").await);
     let dir = tempfile::tempdir().expect("tempdir");
     deploy(

@@ -4,7 +4,6 @@
 //! replaces one's service instance; when one comes back it takes its own
 //! machine up again and stops the copy that was replaced meanwhile.
 
-use std::ffi::OsStr;
 use std::time::{Duration, Instant};
 
 use hearth_client::types::{Machine, MachineState};
@@ -14,9 +13,7 @@ use hearth_testkit::{Daemon, success, wait_until};
 const BIN: &str = env!("CARGO_BIN_EXE_hearth");
 
 async fn daemon_on(etcd: &Etcd, host: &str) -> Daemon {
-    let url = etcd.url();
-    Daemon::start_with_env(BIN, &[("HEARTH_STORE", OsStr::new(&url)), ("HEARTH_HOST_NAME", OsStr::new(host))])
-        .await
+    Daemon::start_on_etcd(BIN, etcd, host, &[]).await
 }
 
 async fn machines(daemon: &Daemon) -> Vec<Machine> {

@@ -3,7 +3,6 @@
 //! takes the lead; a drained host says so; a daemon on the embedded store
 //! is the one host, and leads.
 
-use std::ffi::OsStr;
 use std::time::Duration;
 
 use hearth_client::types::{HostList, HostState};
@@ -13,11 +12,7 @@ use hearth_testkit::{Daemon, failure, success, wait_until};
 const BIN: &str = env!("CARGO_BIN_EXE_hearth");
 
 async fn host(etcd: &Etcd, name: &str) -> Daemon {
-    Daemon::start_with_env(
-        BIN,
-        &[("HEARTH_STORE", OsStr::new(&etcd.url())), ("HEARTH_HOST_NAME", OsStr::new(name))],
-    )
-    .await
+    Daemon::start_on_etcd(BIN, etcd, name, &[]).await
 }
 
 fn hosts(daemon: &Daemon) -> HostList {

@@ -3,7 +3,6 @@
 //! both list it there; what needs its VM is refused by one, naming two;
 //! a stop or a removal through one is carried out by two.
 
-use std::ffi::OsStr;
 use std::time::Duration;
 
 use hearth_client::Error;
@@ -13,9 +12,7 @@ use hearth_testkit::{Daemon, failure, success, wait_until};
 const BIN: &str = env!("CARGO_BIN_EXE_hearth");
 
 async fn daemon_on(etcd: &Etcd, host: &str) -> Daemon {
-    let url = etcd.url();
-    Daemon::start_with_env(BIN, &[("HEARTH_STORE", OsStr::new(&url)), ("HEARTH_HOST_NAME", OsStr::new(host))])
-        .await
+    Daemon::start_on_etcd(BIN, etcd, host, &[]).await
 }
 
 /// The `machine ls` line of `name`, split into its columns.
