@@ -21,7 +21,7 @@ fn ping(daemon: &Daemon, from: &str, to: &str, count: u32) -> String {
 }
 
 /// How many pings were answered, from ping's summary line.
-fn received(summary: &str) -> u32 {
+pub(crate) fn received(summary: &str) -> u32 {
     summary
         .lines()
         .find(|l| l.contains(" received"))
@@ -32,7 +32,7 @@ fn received(summary: &str) -> u32 {
 }
 
 /// The average round trip in ms, from ping's `rtt min/avg/max/mdev` line.
-fn average_rtt(summary: &str) -> f64 {
+pub(crate) fn average_rtt(summary: &str) -> f64 {
     rtt_field(summary, 1)
 }
 

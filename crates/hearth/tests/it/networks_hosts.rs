@@ -9,6 +9,7 @@ use std::time::Duration;
 use hearth_testkit::{Daemon, skip, success, wait_until};
 
 use crate::cluster_support::Cluster;
+use crate::networks_faults::{average_rtt, received};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hearth");
 
@@ -33,28 +34,6 @@ async fn until_a_to_b(cluster: &Cluster, done: impl Fn(&str) -> bool) -> bool {
 
 fn text(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-}
-
-/// How many pings were answered, from ping's summary line.
-fn received(summary: &str) -> u32 {
-    summary
-        .lines()
-        .find(|l| l.contains(" received"))
-        .and_then(|l| l.split(", ").nth(1))
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
-/// The average round trip in ms.
-fn average_rtt(summary: &str) -> f64 {
-    summary
-        .lines()
-        .find(|l| l.starts_with("rtt"))
-        .and_then(|l| l.split(" = ").nth(1))
-        .and_then(|v| v.split('/').nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(f64::NAN)
 }
 
 /// `host`'s bridge rules, for a failure's message.

@@ -59,6 +59,23 @@ fn until_all(daemon: &Daemon, ids: &[String], what: &str, limit: Duration, check
     }
 }
 
+/// Every run of `ids` (the `steps` guest with `full:URL`) completed with
+/// its output, every step recorded once; and each side effect applied once:
+/// one idempotency key per run, and no request without one.
+fn each_completed_once(daemon: &Daemon, ids: &[String], effects: &support::Effects) {
+    for id in ids {
+        let shown = run(daemon, id);
+        assert_eq!(shown["output"], format!("done:{id}:200"), "{shown:#}");
+        let journal = shown["journal"].as_array().unwrap();
+        let seqs: Vec<u64> = journal.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, vec![0, 1, 2, 3, 4], "{id}: every step recorded once");
+    }
+    let expected: BTreeSet<String> = ids.iter().map(|id| format!("{id}/3")).collect();
+    assert_eq!(effects.keys().into_iter().collect::<BTreeSet<_>>(), expected);
+    assert_eq!(effects.applied(), ids.len());
+    assert_eq!(effects.without_key(), 0);
+}
+
 fn waiting_for_go(r: &Value) -> bool {
     r["status"] == "waiting" && r["waiting_for"].as_str().is_some_and(|w| w.starts_with("signal \"go\""))
 }
@@ -231,20 +248,7 @@ async fn fifty_runs_complete_exactly_once_through_kill_9_at_random_points() {
         daemon.restart().await;
     }
     until_all(&daemon, &ids, "completed", Duration::from_secs(120), |r| r["status"] == "completed");
-
-    for id in &ids {
-        let shown = run(&daemon, id);
-        assert_eq!(shown["output"], format!("done:{id}:200"), "{shown:#}");
-        let journal = shown["journal"].as_array().unwrap();
-        let seqs: Vec<u64> = journal.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-        assert_eq!(seqs, vec![0, 1, 2, 3, 4], "{id}: every step recorded once");
-    }
-    // Each side effect applied once: one idempotency key per run, and no
-    // request went out without one.
-    let expected: BTreeSet<String> = ids.iter().map(|id| format!("{id}/3")).collect();
-    assert_eq!(effects.keys().into_iter().collect::<BTreeSet<_>>(), expected);
-    assert_eq!(effects.applied(), 50);
-    assert_eq!(effects.without_key(), 0);
+    each_completed_once(&daemon, &ids, &effects);
     eprintln!(
         "activity requests: {} for 50 effects (repeats were answered from the first)",
         effects.requests()
@@ -272,19 +276,7 @@ async fn fifty_runs_complete_exactly_once_through_kill_9_at_random_points() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lost_hosts_runs_are_taken_over_and_complete_exactly_once() {
     let etcd = hearth_testkit::etcd::Etcd::start();
-    let on = |host: &'static str| {
-        let url = etcd.url();
-        async move {
-            Daemon::start_with_env(
-                BIN,
-                &[
-                    ("HEARTH_STORE", std::ffi::OsStr::new(&url)),
-                    ("HEARTH_HOST_NAME", std::ffi::OsStr::new(host)),
-                ],
-            )
-            .await
-        }
-    };
+    let on = |host: &'static str| Daemon::start_on_etcd(BIN, &etcd, host, &[]);
     let mut one = on("one").await;
     let dir = tempfile::tempdir().unwrap();
     let (effects, url) = support::Effects::start();
@@ -307,21 +299,10 @@ async fn a_lost_hosts_runs_are_taken_over_and_complete_exactly_once() {
     one.kill9();
     effects.release();
     until_all(&two, &ids, "completed", Duration::from_secs(120), |r| r["status"] == "completed");
-
-    for id in &ids {
-        let shown = run(&two, id);
-        assert_eq!(shown["output"], format!("done:{id}:200"), "{shown:#}");
-        let journal = shown["journal"].as_array().unwrap();
-        let seqs: Vec<u64> = journal.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-        assert_eq!(seqs, vec![0, 1, 2, 3, 4], "{id}: every step recorded once");
-    }
     // Each effect applied once, though each activity was called twice: by
     // one, whose answers were lost with it, and by two.
-    let expected: BTreeSet<String> = ids.iter().map(|id| format!("{id}/3")).collect();
-    assert_eq!(effects.keys().into_iter().collect::<BTreeSet<_>>(), expected);
-    assert_eq!(effects.applied(), 20);
+    each_completed_once(&two, &ids, &effects);
     assert!(effects.requests() >= 40, "{} requests: two called every activity again", effects.requests());
-    assert_eq!(effects.without_key(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
