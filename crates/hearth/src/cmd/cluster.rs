@@ -517,28 +517,46 @@ fn spawn_in(
 
 /// Waits until the host's etcd member says it is healthy (it has a leader).
 async fn wait_etcd(host: &Host, within: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + within;
-    loop {
-        if etcd_healthy(host.address).await {
-            return Ok(());
+    let late = format!(
+        "was not healthy within {within:?} (a member needs a majority of the others to elect a leader)"
+    );
+    let member =
+        Started { what: "the etcd member", pid: host.etcd_pid, needle: &host.etcd_dir, log: &host.etcd_log };
+    member.wait(host, Instant::now() + within, &late, async || etcd_healthy(host.address).await).await
+}
+
+/// A process `up` started for a host: what it is, its pid, what its
+/// command line names (to tell it from another under a reused pid), its log.
+struct Started<'a> {
+    what: &'a str,
+    pid: Option<u32>,
+    needle: &'a Path,
+    log: &'a Path,
+}
+
+impl Started<'_> {
+    /// Waits until `ready` holds; fails with the end of the log when the
+    /// process exits first, or when `deadline` passes (`late` says how).
+    async fn wait(
+        &self,
+        host: &Host,
+        deadline: Instant,
+        late: &str,
+        ready: impl AsyncFn() -> bool,
+    ) -> anyhow::Result<()> {
+        let (what, name, log) = (self.what, &host.name, self.log.display());
+        loop {
+            if ready().await {
+                return Ok(());
+            }
+            if running(self.pid, self.needle).is_none() {
+                bail!("{what} of host {name} exited; the end of {log}:\n{}", tail(self.log));
+            }
+            if Instant::now() > deadline {
+                bail!("{what} of host {name} {late}; the end of {log}:\n{}", tail(self.log));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        if running(host.etcd_pid, &host.etcd_dir).is_none() {
-            bail!(
-                "the etcd member of host {} exited; the end of {}:\n{}",
-                host.name,
-                host.etcd_log.display(),
-                tail(&host.etcd_log)
-            );
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the etcd member of host {} was not healthy within {within:?} (a member needs a majority of the others to elect a leader); the end of {}:\n{}",
-                host.name,
-                host.etcd_log.display(),
-                tail(&host.etcd_log)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -562,28 +580,10 @@ fn client(host: &Host) -> Client {
 
 /// Waits until the host's daemon answers on its socket.
 async fn wait_daemon(host: &Host, deadline: Instant) -> anyhow::Result<()> {
-    loop {
-        if client(host).status().await.is_ok() {
-            return Ok(());
-        }
-        if running(host.daemon_pid, &host.data_dir).is_none() {
-            bail!(
-                "the daemon of host {} exited; the end of {}:\n{}",
-                host.name,
-                host.daemon_log.display(),
-                tail(&host.daemon_log)
-            );
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the daemon of host {} did not answer on its socket in time; the end of {}:\n{}",
-                host.name,
-                host.daemon_log.display(),
-                tail(&host.daemon_log)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let daemon =
+        Started { what: "the daemon", pid: host.daemon_pid, needle: &host.data_dir, log: &host.daemon_log };
+    let late = "did not answer on its socket in time";
+    daemon.wait(host, deadline, late, async || client(host).status().await.is_ok()).await
 }
 
 /// Waits until `host` lists every one of `names` as ready.
