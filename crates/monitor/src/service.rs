@@ -128,6 +128,20 @@ struct Engine {
     history_written: u64,
 }
 
+impl Engine {
+    /// Puts the rules file `text` (as stored) in force, if it differs from
+    /// the one in force: true if it did. One that does not check changes
+    /// nothing.
+    fn take_rules(&mut self, text: String) -> Result<bool, hearth_alerts::rules::Error> {
+        if text == self.text {
+            return Ok(false);
+        }
+        self.rules = Arc::new(Rules::parse(&builtin::merge(&text))?);
+        self.text = text;
+        Ok(true)
+    }
+}
+
 struct Inner {
     store: Arc<dyn Store>,
     deliver: Arc<dyn Deliver>,
@@ -307,16 +321,8 @@ impl Monitor {
             None => Persisted { revision: self.inner.store.revision().await?, state: State::default() },
         };
         let mut engine = self.inner.engine.lock().await;
-        if text != engine.text {
-            match Rules::parse(&builtin::merge(&text)) {
-                Ok(rules) => {
-                    engine.rules = Arc::new(rules);
-                    engine.text = text;
-                }
-                Err(error) => {
-                    tracing::error!(error = %error, "The stored alert rules do not check; keeping the ones in force.")
-                }
-            }
+        if let Err(error) = engine.take_rules(text) {
+            tracing::error!(error = %error, "The stored alert rules do not check; keeping the ones in force.")
         }
         engine.state = persisted.state;
         engine.revision = persisted.revision;
@@ -720,19 +726,16 @@ impl Monitor {
                     }
                     if key == keys::RULES && event.kind == EventKind::Put {
                         let text = String::from_utf8_lossy(&event.kv.value).into_owned();
-                        if text != engine.text {
-                            match Rules::parse(&builtin::merge(&text)) {
-                                Ok(rules) => {
-                                    tracing::info!("Alert rules applied through another host.");
-                                    engine.rules = Arc::new(rules);
-                                    engine.text = text;
-                                    let (rules, at) = (engine.rules.clone(), now_ms());
-                                    engine.state.evaluate(&rules, at);
-                                    engine.dirty = true;
-                                }
-                                Err(error) => {
-                                    tracing::error!(error = %error, "Alert rules written through another host do not check; keeping the ones in force.")
-                                }
+                        match engine.take_rules(text) {
+                            Ok(false) => {}
+                            Ok(true) => {
+                                tracing::info!("Alert rules applied through another host.");
+                                let (rules, at) = (engine.rules.clone(), now_ms());
+                                engine.state.evaluate(&rules, at);
+                                engine.dirty = true;
+                            }
+                            Err(error) => {
+                                tracing::error!(error = %error, "Alert rules written through another host do not check; keeping the ones in force.")
                             }
                         }
                         return;
