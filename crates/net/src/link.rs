@@ -181,11 +181,11 @@ fn ipv4_addresses(ns: &Netns, name: &str) -> Result<Vec<(Ipv4Addr, u8)>, Error> 
     Ok(links.into_iter().flat_map(|l| l.addr_info).map(|a| (a.local, a.prefixlen)).collect())
 }
 
-fn is_absent(stderr: &str) -> bool {
+pub(crate) fn is_absent(stderr: &str) -> bool {
     stderr.contains("Cannot find device") || stderr.contains("does not exist")
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(cmd: &Cmd, stdout: &str) -> Result<T, Error> {
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(cmd: &Cmd, stdout: &str) -> Result<T, Error> {
     // Some iproute2 versions print nothing rather than `[]` when there is
     // nothing to show.
     let stdout = if stdout.trim().is_empty() { "[]" } else { stdout };

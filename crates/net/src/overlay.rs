@@ -37,7 +37,7 @@ use serde::Deserialize;
 
 use crate::cmd::{Cmd, check_ifname, stderr};
 pub use crate::cmd::{Error, Netns};
-use crate::link;
+use crate::link::{self, parse_json};
 use crate::record::NetworkRecord;
 use crate::service::MachineView;
 
@@ -470,11 +470,7 @@ fn vxlan_of(ns: &Netns, dev: &str) -> Result<Option<(u32, Option<Ipv4Addr>)>, Er
     let output = cmd.output(None)?;
     if !output.status.success() {
         let err = stderr(&output);
-        return if err.contains("does not exist") || err.contains("Cannot find device") {
-            Ok(None)
-        } else {
-            Err(cmd.failed(&output))
-        };
+        return if link::is_absent(&err) { Ok(None) } else { Err(cmd.failed(&output)) };
     }
     let links: Vec<VxlanLink> = parse_json(&cmd, &String::from_utf8_lossy(&output.stdout))?;
     let Some(info) = links.into_iter().next().and_then(|l| l.linkinfo) else { return Ok(None) };
@@ -486,11 +482,6 @@ fn vxlan_of(ns: &Netns, dev: &str) -> Result<Option<(u32, Option<Ipv4Addr>)>, Er
             expected: "vxlan",
         }),
     }
-}
-
-fn parse_json<T: serde::de::DeserializeOwned>(cmd: &Cmd, stdout: &str) -> Result<T, Error> {
-    let stdout = if stdout.trim().is_empty() { "[]" } else { stdout };
-    serde_json::from_str(stdout).map_err(|e| Error::Output { command: cmd.display(), reason: e.to_string() })
 }
 
 #[cfg(test)]
