@@ -215,6 +215,9 @@ struct Inner {
     /// Delays on taps (netem, or the NFQUEUE delay line).
     shaper: Arc<StdMutex<shaping::Shaper>>,
     running: StdMutex<Running>,
+    /// Without an overlay: whether an earlier life's tunnels and routes
+    /// were looked for and removed (once is enough).
+    overlay_leftovers_cleared: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Tasks serving the current desired state, with their stop switches.
@@ -264,6 +267,7 @@ impl Networks {
                 applying: Mutex::new(()),
                 shaper: Arc::new(StdMutex::new(shaper)),
                 running: StdMutex::default(),
+                overlay_leftovers_cleared: Arc::default(),
             }),
         }
     }

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hearth_store::Follower;
@@ -239,6 +240,7 @@ impl Networks {
         let all_taps: Vec<String> = taps.values().flatten().cloned().collect();
         let nets = networks.clone();
         let any_nat = networks.iter().any(|n| n.nat);
+        let leftovers = self.inner.overlay_leftovers_cleared.clone();
         let shaped = blocking(move || {
             let host = link::Netns::Host;
             for n in &nets {
@@ -260,17 +262,18 @@ impl Networks {
             // Like delays, tunnels that cannot be made (a kernel without
             // vxlan, a host not on this one's link) do not stop the rest.
             // A host whose networks no longer span hosts drops what an
-            // earlier life that did left.
+            // earlier life that did left, once: nothing makes more.
             let overlaid = match &tunnels {
                 Some((local, tunnels)) => overlay::sync(&host, &prefix, *local, tunnels),
-                None => overlay::Synced {
-                    problems: overlay::clear(&host, &prefix)
-                        .err()
-                        .map(|e| e.to_string())
-                        .into_iter()
-                        .collect(),
-                    ..Default::default()
-                },
+                None if leftovers.load(Ordering::Relaxed) => overlay::Synced::default(),
+                None => {
+                    let cleared = overlay::clear(&host, &prefix);
+                    leftovers.store(cleared.is_ok(), Ordering::Relaxed);
+                    overlay::Synced {
+                        problems: cleared.err().map(|e| e.to_string()).into_iter().collect(),
+                        ..Default::default()
+                    }
+                }
             };
             let existing = link::links_with_prefix(&host, &format!("{prefix}t-"))?;
             let taps: Vec<String> = all_taps.into_iter().filter(|t| existing.contains(t)).collect();
