@@ -175,6 +175,16 @@ impl Services {
         writer.clone().unwrap_or_else(|| self.inner.store.clone())
     }
 
+    /// The machines service as the supervisor writes: instance machines
+    /// made, started and removed through the fenced store during a term.
+    pub(crate) fn machines(&self) -> Machines {
+        let writer = self.inner.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match writer.clone() {
+            Some(writer) => self.inner.machines.writing_through(writer),
+            None => self.inner.machines.clone(),
+        }
+    }
+
     pub(crate) fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
     }

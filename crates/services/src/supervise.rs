@@ -598,7 +598,7 @@ impl Services {
     ) {
         state.stop_checker(key).await;
         if let Some(machine) = &instance.machine {
-            match self.inner.machines.remove(machine, true).await {
+            match self.machines().remove(machine, true).await {
                 Ok(()) | Err(hearth_machines::Error::NotFound(_)) => {}
                 Err(error) => {
                     tracing::warn!(machine, error = %error, "Cannot remove a service's machine; retrying.");
@@ -708,7 +708,7 @@ impl Services {
                     State::Failed | State::Lost => self.replace(state, def, key, instance, said).await,
                     State::Stopped => {
                         state.bump(key);
-                        match self.inner.machines.start(name).await {
+                        match self.machines().start(name).await {
                             Ok(_) => {
                                 let reason = format!("machine {name} was stopped");
                                 self.record_history(&def.name, Some(&instance.id), "restarted", reason).await;
@@ -765,7 +765,7 @@ impl Services {
             on_config_change: template.on_config_change.clone(),
             ..CreateRequest::default()
         };
-        match self.inner.machines.create(request).await {
+        match self.machines().create(request).await {
             Ok(_) => {
                 state.failures.remove(key);
                 let again = state.backoff.contains_key(key);
@@ -828,7 +828,7 @@ impl Services {
     ) {
         state.stop_checker(key).await;
         let name = instance.machine.as_deref().unwrap_or(&instance.id);
-        match self.inner.machines.remove(name, true).await {
+        match self.machines().remove(name, true).await {
             Ok(()) | Err(hearth_machines::Error::NotFound(_)) => {
                 state.bump(key);
                 let wait = state.backoff.get(key).map(|b| b.delay).unwrap_or_default();

@@ -159,6 +159,17 @@ fn merge_env(env: &[String], overrides: &[String]) -> Vec<String> {
 #[derive(Clone)]
 pub struct Machines {
     inner: Arc<Inner>,
+    /// Where this handle's writes go when not the store
+    /// ([`Machines::writing_through`]).
+    writes: Option<Writes>,
+}
+
+/// A leader's way to write: the store fenced by its term, and the networks
+/// service writing address claims through the same.
+#[derive(Clone)]
+struct Writes {
+    store: Arc<dyn Store>,
+    networks: hearth_net::Networks,
 }
 
 struct Inner {
@@ -241,7 +252,36 @@ impl Machines {
                 config_delivered: StdMutex::default(),
                 nics: StdMutex::default(),
             }),
+            writes: None,
         })
+    }
+
+    /// A handle whose [`create`](Self::create), [`start`](Self::start),
+    /// [`stop`](Self::stop) and [`remove`](Self::remove) write every
+    /// record (the machine's, its addresses, its faults) through `store`:
+    /// for a leader, the store fenced by its term, so that a leader deposed
+    /// without knowing it makes, starts and removes no machine. Reads, and
+    /// what the service does for its own host's machines afterwards (their
+    /// VMs and status), are the service's own.
+    pub fn writing_through(&self, store: Arc<dyn Store>) -> Machines {
+        let networks = self.inner.networks.writing_through(store.clone());
+        Machines { inner: self.inner.clone(), writes: Some(Writes { store, networks }) }
+    }
+
+    /// This service's own handle, writing through the store: for the
+    /// tasks that act on this host's machines, which are no leader's.
+    fn own(&self) -> Machines {
+        Machines { inner: self.inner.clone(), writes: None }
+    }
+
+    /// The store this handle's record writes go through.
+    fn writes(&self) -> &dyn Store {
+        self.writes.as_ref().map_or(&*self.inner.store, |w| &*w.store)
+    }
+
+    /// The networks service, writing address claims as this handle writes.
+    fn addresses(&self) -> &hearth_net::Networks {
+        self.writes.as_ref().map_or(&self.inner.networks, |w| &w.networks)
     }
 
     pub fn images(&self) -> Arc<ImageStore> {
@@ -346,7 +386,7 @@ impl Machines {
         name: &str,
         change: impl FnMut(&mut MachineRecord) -> bool,
     ) -> Result<Option<MachineRecord>, Error> {
-        update_record(&*self.inner.store, name, change).await
+        update_record(self.writes(), name, change).await
     }
 
     async fn set_status(&self, name: &str, f: impl Fn(&mut Status)) -> Result<Option<MachineRecord>, Error> {
@@ -498,9 +538,9 @@ impl Machines {
         let key = record::key(&req.name);
         let value = serde_json::to_vec(&rec).map_err(|e| Error::Corrupt(req.name.clone(), e))?;
         let txn = Txn::new().when(Compare::missing(&key)).and_then(Op::Put { key, value, lease: None });
-        if !self.inner.store.txn(txn).await?.succeeded {
+        if !self.writes().txn(txn).await?.succeeded {
             for nic in &rec.spec.nics {
-                let _ = self.inner.networks.release(nic).await;
+                let _ = self.addresses().release(nic).await;
             }
             return Err(Error::AlreadyExists(req.name));
         }
@@ -531,11 +571,11 @@ impl Machines {
             if nics.iter().any(|n: &hearth_net::record::Nic| &n.network == network) {
                 continue;
             }
-            match self.inner.networks.allocate(network, machine, *ip).await {
+            match self.addresses().allocate(network, machine, *ip).await {
                 Ok(nic) => nics.push(nic),
                 Err(error) => {
                     for nic in &nics {
-                        let _ = self.inner.networks.release(nic).await;
+                        let _ = self.addresses().release(nic).await;
                     }
                     return Err(error.into());
                 }
@@ -595,6 +635,12 @@ impl Machines {
         if found.is_none() && !(force && dir.exists()) {
             return Err(Error::NotFound(name.to_owned()));
         }
+        if self.writes.is_some() {
+            // A leader's removal asks its fence before the VM goes: a
+            // deposed one kills nothing. (The window between this question
+            // and the record's delete, fenced too, is one round trip.)
+            self.writes().txn(Txn::new().and_then(Op::Get { key: record::key(name) })).await?;
+        }
         let files = VmFiles::in_dir(&dir);
         if let Some(pid) = vmm::running_pid(&files, name) {
             if !force {
@@ -614,9 +660,9 @@ impl Machines {
         // the machine's directory (its chroot is inside).
         vmm::jailer::remove_cgroup(name);
         let nics = found.as_ref().map(|(r, _)| r.spec.nics.clone()).unwrap_or_default();
-        self.inner.networks.forget(name, &nics).await?;
+        self.addresses().forget(name, &nics).await?;
         if found.is_some() {
-            self.inner.store.delete(&record::key(name)).await?;
+            self.writes().delete(&record::key(name)).await?;
         }
         tracing::info!(machine = name, "Machine removed.");
         Ok(())
@@ -632,8 +678,8 @@ impl Machines {
         if !force && !no_vm {
             return Err(Error::StillRunning { name: rec.name.clone(), state: state.as_str() });
         }
-        self.inner.networks.forget(&rec.name, &rec.spec.nics).await?;
-        self.inner.store.delete(&record::key(&rec.name)).await?;
+        self.addresses().forget(&rec.name, &rec.spec.nics).await?;
+        self.writes().delete(&record::key(&rec.name)).await?;
         tracing::info!(machine = rec.name, host = rec.host, "Removed the record of another host's machine.");
         Ok(())
     }

@@ -25,7 +25,7 @@ const LIVENESS_INTERVAL: Duration = Duration::from_secs(1);
 impl Machines {
     /// Reconciles one machine soon, without waiting for the loop.
     pub(super) fn kick(&self, name: &str) {
-        let this = self.clone();
+        let this = self.own();
         let name = name.to_owned();
         tokio::spawn(async move { this.reconcile(&name).await });
     }

@@ -294,6 +294,82 @@ async fn marking_a_host_lost_retries_when_a_record_changes_underneath() {
     assert_eq!(meddling.left.load(Ordering::SeqCst), 0);
 }
 
+/// A leader makes, starts and removes machines through the store fenced by
+/// its term (the services supervisor does, for instance machines). Once
+/// another host is elected, each of those is refused and leaves the store
+/// as it was: no record, no address claimed, no record deleted, no VM
+/// killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leaders_machine_writes_are_refused_and_change_nothing() {
+    let registry = crate::support::Registry::start(crate::support::Auth::Anonymous);
+    crate::support::TestImage::build().push(&registry, "hearth-test:fenced", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let networks = hearth_net::Networks::new(
+        store.clone(),
+        hearth_net::service::Options {
+            prefix: "tmhf".into(),
+            // Only records are written here: no bridge, no tap is made.
+            enabled: true,
+            default_network: false,
+            default_nat: false,
+            host: "one".into(),
+            overlay: None,
+        },
+    );
+    networks.create("lab", Some("10.251.7.0/24".parse().unwrap()), false).await.unwrap();
+    let options = Options {
+        data_dir: dir.path().join("one"),
+        cache_dir: dir.path().join("cache"),
+        agent: None,
+        host: "one".into(),
+    };
+    let machines =
+        Machines::new(store.clone(), networks.clone(), options, hearth_machines::probe::probe_host())
+            .unwrap();
+    let image = format!("{}/hearth-test:fenced", registry.host());
+    machines.images().pull(&image, None, &mut |_| {}).unwrap();
+    let request = |name: &str| hearth_machines::CreateRequest {
+        name: name.into(),
+        image: image.clone(),
+        backend: Some(Backend::QemuTcg),
+        cpus: 1,
+        memory_mib: 256,
+        networks: vec![("lab".into(), None)],
+        start: false,
+        ..hearth_machines::CreateRequest::default()
+    };
+
+    let term = store.put("hosts/leader", b"one".to_vec(), None).await.unwrap();
+    let fenced: Arc<dyn Store> = Arc::new(hearth_store::Fenced::new(store.clone(), "hosts/leader", term));
+    let leader = machines.writing_through(fenced);
+    leader.create(request("a")).await.expect("the leader makes a while its fence holds");
+    assert_eq!(networks.members("lab").await.unwrap(), [("a".to_owned(), "10.251.7.2".parse().unwrap())]);
+
+    // Another host is elected; this one does not know yet.
+    store.delete("hosts/leader").await.unwrap();
+    store.put("hosts/leader", b"two".to_vec(), None).await.unwrap();
+    let fenced = |result: Result<_, Error>, what: &str| match result {
+        Err(error) => {
+            assert!(hearth_store::chain(&error).contains("no longer the leader"), "{what}: {error}")
+        }
+        Ok(_) => panic!("the deposed leader's {what} was made"),
+    };
+    fenced(leader.create(request("b")).await.map(|_| ()), "create");
+    assert!(read(&*store, "b").await.is_none(), "no record of b");
+    assert_eq!(networks.members("lab").await.unwrap().len(), 1, "no address claimed for b");
+    fenced(leader.start("a").await.map(|_| ()), "start");
+    assert_eq!(read(&*store, "a").await.unwrap().desired, Desired::Stopped);
+    fenced(leader.remove("a", true).await, "remove");
+    assert!(read(&*store, "a").await.is_some(), "a's record stays");
+    assert_eq!(networks.members("lab").await.unwrap().len(), 1, "a's address stays");
+
+    // The service's own handle does it: the refusals were the fence's.
+    machines.remove("a", true).await.unwrap();
+    assert!(read(&*store, "a").await.is_none());
+    assert!(networks.members("lab").await.unwrap().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_by_host_sums_the_machines_asked_to_run() {
     let dir = tempfile::tempdir().unwrap();

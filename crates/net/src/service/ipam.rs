@@ -75,7 +75,7 @@ impl Networks {
             value: machine.as_bytes().to_vec(),
             lease: None,
         });
-        Ok(self.inner.store.txn(txn).await?.succeeded)
+        Ok(self.writes().txn(txn).await?.succeeded)
     }
 
     async fn holder(&self, network: &str, ip: Ipv4Addr) -> Result<Option<String>, Error> {
@@ -89,7 +89,7 @@ impl Networks {
 
     /// Gives an address back.
     pub async fn release(&self, nic: &Nic) -> Result<(), Error> {
-        self.inner.store.delete(&record::ipam_key(&nic.network, nic.ip)).await?;
+        self.writes().delete(&record::ipam_key(&nic.network, nic.ip)).await?;
         Ok(())
     }
 
@@ -130,7 +130,7 @@ impl Networks {
         }
         for fault in self.faults().await? {
             if fault.kind.machines().contains(&machine) {
-                self.inner.store.delete(&record::fault_key(&fault.id)).await?;
+                self.writes().delete(&record::fault_key(&fault.id)).await?;
             }
         }
         self.inner.dirty.notify_one();

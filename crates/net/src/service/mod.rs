@@ -202,6 +202,9 @@ impl std::fmt::Display for PortSpec {
 #[derive(Clone)]
 pub struct Networks {
     inner: Arc<Inner>,
+    /// What this handle's address claims and releases are written
+    /// through, when not the store ([`Networks::writing_through`]).
+    writes: Option<Arc<dyn Store>>,
 }
 
 struct Inner {
@@ -269,7 +272,22 @@ impl Networks {
                 running: StdMutex::default(),
                 overlay_leftovers_cleared: Arc::default(),
             }),
+            writes: None,
         }
+    }
+
+    /// A handle whose address claims and releases ([`Self::allocate`],
+    /// [`Self::release`], [`Self::forget`]) are written through `store`:
+    /// for a leader's writes, through the store fenced by its term, so
+    /// that a leader deposed without knowing it claims no address. Reads,
+    /// and everything else, are the service's own.
+    pub fn writing_through(&self, store: Arc<dyn Store>) -> Networks {
+        Networks { inner: self.inner.clone(), writes: Some(store) }
+    }
+
+    /// The store this handle's address writes go through.
+    fn writes(&self) -> &dyn Store {
+        self.writes.as_deref().unwrap_or(&*self.inner.store)
     }
 
     /// The DNS zone every network's server answers from, kept up to date by
