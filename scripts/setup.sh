@@ -140,6 +140,29 @@ if [ ! -e "$ui_dir/node_modules/.package-lock.json" ] || [ "$ui_dir/package-lock
 fi
 say "Node.js $node_version and the dashboard's npm packages present"
 
+# The tools that build handlers from source (`hearth fn deploy`), where the
+# daemon looks for them (HEARTH_FN_TOOLS, by default ~/.cache/hearth/fn):
+# componentize-js from npm, at the version crates/apps/fn/js's lock file
+# pins, and componentize-py from PyPI, in a virtual environment.
+fn_tools=${HEARTH_FN_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/hearth/fn}
+fn_js_src=$(cd "$(dirname "$0")/../crates/apps/fn/js" && pwd)
+if ! cmp -s "$fn_js_src/package-lock.json" "$fn_tools/js/package-lock.json" \
+    || [ ! -e "$fn_tools/js/node_modules/@bytecodealliance/componentize-js/src/componentize.js" ]; then
+  say "installing componentize-js into $fn_tools/js (npm ci)"
+  rm -rf "$fn_tools/js"
+  mkdir -p "$fn_tools/js"
+  cp "$fn_js_src/package.json" "$fn_js_src/package-lock.json" "$fn_tools/js/"
+  (cd "$fn_tools/js" && npm ci --no-audit --no-fund)
+fi
+COMPONENTIZE_PY_VERSION=0.25.1
+if ! "$fn_tools/py/bin/componentize-py" --version 2>/dev/null | grep -q "componentize-py $COMPONENTIZE_PY_VERSION\$"; then
+  say "installing componentize-py $COMPONENTIZE_PY_VERSION into $fn_tools/py"
+  rm -rf "$fn_tools/py"
+  python3 -m venv "$fn_tools/py"
+  "$fn_tools/py/bin/pip" install -q --disable-pip-version-check "componentize-py==$COMPONENTIZE_PY_VERSION"
+fi
+say "handler build tools present: $fn_tools (componentize-js, componentize-py $COMPONENTIZE_PY_VERSION)"
+
 # schemathesis, from PyPI, in a virtual environment of its own: `make test`
 # runs it against the daemon's OpenAPI document (scripts/schemathesis.sh).
 SCHEMATHESIS_VERSION=4.32.5

@@ -474,6 +474,14 @@ impl From<hearth_apps::Error> for ApiError {
         let code = error.code();
         let message = display_chain(&error);
         let (status, hint) = match error.kind() {
+            _ if matches!(code, "build_failed" | "build_stopped") => (
+                StatusCode::BAD_REQUEST,
+                "fix the handler and deploy it again; `hearth fn new NAME --lang js|py` writes one that builds",
+            ),
+            _ if code == "toolchain_missing" => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "install the build tools on the daemon's host: `make setup`",
+            ),
             K::NotFound => (
                 StatusCode::NOT_FOUND,
                 "`hearth app ls` lists apps; `hearth app versions NAME` lists versions",

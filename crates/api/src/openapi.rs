@@ -33,7 +33,7 @@ use crate::server::{
         machines::snapshot, machines::snapshots, machines::restore, machines::remove_snapshot,
         images::list, images::get, images::remove, images::pull, images::build,
         networks::list, networks::get, networks::create, networks::remove,
-        apps::list, apps::get, apps::deploy, apps::rollback, apps::remove, apps::set_secret, apps::logs,
+        apps::list, apps::get, apps::deploy, apps::deploy_source, apps::source, apps::rollback, apps::remove, apps::set_secret, apps::logs,
         workflows::list, workflows::get, workflows::deploy, workflows::remove, workflows::start,
         workflows::runs, workflows::show, workflows::signal, workflows::cancel, workflows::migrate, workflows::logs,
         workflows::result,

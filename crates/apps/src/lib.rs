@@ -25,6 +25,10 @@
 //! - [`triggers`]: cron and store events that call an app's route, and
 //!   webhooks that check a signature in front of one: specs, storage,
 //!   guards and drivers, each a module of its own.
+//! - [`source`]: handlers deployed as source (`hearth fn deploy`): a
+//!   JavaScript or Python file built into a component with componentize-js
+//!   or componentize-py, in a temporary directory, under a time limit and
+//!   without a network.
 //! - `secrets`: an app's secrets, and the config they resolve into.
 //! - [`Apps`]: the service handle: deploy, versions, rollback, remove, logs,
 //!   `run` (load from the store, follow it) and `serve_ingress`.
@@ -48,6 +52,7 @@ pub mod record;
 mod runtime;
 mod secrets;
 mod service;
+pub mod source;
 mod traffic;
 pub mod triggers;
 
@@ -181,6 +186,22 @@ pub enum Error {
     #[error("the WebAssembly runtime cannot start: {0}")]
     Runtime(String),
 
+    /// A handler's source did not build: the build tool's own words, with
+    /// the file, line and column where it found the problem.
+    #[error("{file} did not build:\n{message}\nfix it and deploy again; the serving version is untouched")]
+    Build { file: String, message: String },
+
+    /// A build ran past its time limit, or made more than it may.
+    #[error("building {file} {why}; the serving version is untouched")]
+    BuildStopped { file: String, why: String },
+
+    /// The build tools for a language are not installed where the daemon
+    /// looks for them.
+    #[error(
+        "{lang} handlers need {tool}, which is not installed in {dir}: run `make setup` (scripts/setup.sh) as the daemon's user, or point HEARTH_FN_TOOLS at where it is"
+    )]
+    NoToolchain { lang: &'static str, tool: &'static str, dir: std::path::PathBuf },
+
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -220,7 +241,10 @@ impl Error {
             | Error::Undeclared { .. }
             | Error::UnsupportedImport { .. }
             | Error::Manifest(_)
-            | Error::InvalidRoute { .. } => ErrorKind::Invalid,
+            | Error::InvalidRoute { .. }
+            | Error::Build { .. }
+            | Error::BuildStopped { .. } => ErrorKind::Invalid,
+            Error::NoToolchain { .. } => ErrorKind::Unavailable,
             Error::TooLarge { .. } => ErrorKind::TooLarge,
             Error::Contended(_) => ErrorKind::Unavailable,
             Error::Store(hearth_store::Error::Closed)
@@ -277,6 +301,9 @@ impl Error {
             Error::Config(e) => e.code(),
             Error::Io { .. } => "io",
             Error::Runtime(_) => "runtime",
+            Error::Build { .. } => "build_failed",
+            Error::BuildStopped { .. } => "build_stopped",
+            Error::NoToolchain { .. } => "toolchain_missing",
             Error::Internal(_) => "internal",
         }
     }

@@ -58,6 +58,10 @@ pub struct Manifest {
     /// `[[webhook]]`: routes whose requests must be signed.
     #[serde(rename = "webhook", skip_serializing_if = "Vec::is_empty")]
     pub webhooks: Vec<triggers::Webhook>,
+    /// Set for handlers built from source ([`Manifest::for_source`]), never
+    /// read from `hearth.toml`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub from_source: bool,
 }
 
 /// The `[limits]` table.
@@ -133,8 +137,25 @@ impl Manifest {
             crons: raw.cron,
             events: raw.event,
             webhooks: raw.webhook,
+            from_source: false,
         };
         manifest.validate()?;
+        Ok(manifest)
+    }
+
+    /// The manifest of a handler built from source: `hearth.toml` if one
+    /// was given, with the `default` key-value store the handler's `kv`
+    /// opens. The engines built from source always import outbound HTTP;
+    /// without `outbound`, their calls are refused, not their deploy.
+    pub fn for_source(text: Option<&str>) -> Result<Manifest, Error> {
+        let mut manifest = match text {
+            Some(text) => Manifest::parse(text)?,
+            None => Manifest::default(),
+        };
+        if !manifest.key_value.iter().any(|s| s == "default") {
+            manifest.key_value.insert(0, "default".into());
+        }
+        manifest.from_source = true;
         Ok(manifest)
     }
 

@@ -88,6 +88,10 @@ pub struct Version {
     pub manifest: Manifest,
     /// The manifest as uploaded, if there was one.
     pub manifest_text: Option<String>,
+    /// The handler it was built from, when deployed as source
+    /// (`hearth fn deploy`): the code that serves, kept with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<crate::source::Source>,
 }
 
 /// Checks an app name: it becomes a DNS label (`NAME.localhost`).

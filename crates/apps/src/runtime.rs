@@ -222,7 +222,7 @@ fn check_imports(engine: &Engine, component: &Component, manifest: &Manifest) ->
                     "add `key_value = [\"default\"]` to hearth.toml, with the names the app passes to `open`",
                 );
             }
-            "wasi:http/outgoing-handler" if manifest.outbound.is_empty() => {
+            "wasi:http/outgoing-handler" if manifest.outbound.is_empty() && !manifest.from_source => {
                 return undeclared(
                     "any outbound host",
                     "add `outbound = [\"https://api.example.com\"]` to hearth.toml, with the hosts the app calls",

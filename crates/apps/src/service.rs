@@ -71,6 +71,9 @@ pub struct Options {
     /// share a store follow its changes on the leader only, so that a
     /// change calls each trigger once, not once per host. Unset, always.
     pub events_leading: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Where the tools that build handlers from source are
+    /// ([`crate::source::Toolchains`]).
+    pub fn_tools: crate::source::Toolchains,
 }
 
 impl Options {
@@ -87,6 +90,7 @@ impl Options {
             resolver: Arc::new(SystemResolver),
             shared: false,
             events_leading: None,
+            fn_tools: crate::source::Toolchains::new(crate::source::Toolchains::default_dir()),
         }
     }
 }
@@ -158,6 +162,9 @@ pub(crate) struct Inner {
     /// garbage collection holds it exclusively, so it never deletes a blob
     /// that a record is about to name.
     gc: tokio::sync::RwLock<()>,
+    /// One build from source at a time: each takes a core or two and
+    /// hundreds of MB.
+    builds: tokio::sync::Mutex<()>,
     ready: watch::Sender<bool>,
     pub(crate) requests: AtomicU64,
     pub(crate) failures: AtomicU64,
@@ -221,6 +228,7 @@ impl Apps {
                 log_tap: broadcast::channel(crate::logs::TAP_BACKLOG).0,
                 locks: Mutex::default(),
                 gc: tokio::sync::RwLock::new(()),
+                builds: tokio::sync::Mutex::new(()),
                 ready: watch::channel(false).0,
                 requests: AtomicU64::new(0),
                 failures: AtomicU64::new(0),
@@ -324,11 +332,60 @@ impl Apps {
         if bytes.len() > limit {
             return Err(Error::TooLarge { size: bytes.len(), limit });
         }
-        runtime::check_header(&bytes)?;
         let manifest = match &manifest_text {
             Some(text) => Manifest::parse(text)?,
             None => Manifest::default(),
         };
+        self.deploy_version(started, name, bytes, manifest, manifest_text, routes, None).await
+    }
+
+    /// Builds a handler from its source (JavaScript or Python,
+    /// [`crate::source`]) and deploys it as the app's next version, with
+    /// the source kept in the version. A source that does not build is
+    /// refused with the build tool's words, and nothing changes. One build
+    /// runs at a time; the others wait their turn.
+    pub async fn deploy_source(
+        &self,
+        name: &str,
+        source: crate::source::Source,
+        manifest_text: Option<String>,
+        routes: Vec<Route>,
+    ) -> Result<Deployed, Error> {
+        let started = Instant::now();
+        validate_name(name)?;
+        source.check()?;
+        let manifest = Manifest::for_source(manifest_text.as_deref())?;
+        let bytes = {
+            let _turn = self.inner.builds.lock().await;
+            let (tools, built) = (self.inner.options.fn_tools.clone(), source.clone());
+            let build_started = Instant::now();
+            let bytes = tokio::task::spawn_blocking(move || tools.build(&built))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??;
+            tracing::info!(
+                app = name,
+                lang = source.lang.as_str(),
+                bytes = bytes.len(),
+                ms = build_started.elapsed().as_millis() as u64,
+                "Built a handler from source."
+            );
+            bytes
+        };
+        self.deploy_version(started, name, bytes, manifest, manifest_text, routes, Some(source)).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn deploy_version(
+        &self,
+        started: Instant,
+        name: &str,
+        bytes: Vec<u8>,
+        manifest: Manifest,
+        manifest_text: Option<String>,
+        routes: Vec<Route>,
+        source: Option<crate::source::Source>,
+    ) -> Result<Deployed, Error> {
+        runtime::check_header(&bytes)?;
         let limits = manifest.limits(self.inner.options.default_limits, self.inner.options.ceiling)?;
 
         let guard = self.app_lock(name);
@@ -399,6 +456,7 @@ impl Apps {
             created_at: now,
             manifest,
             manifest_text,
+            source,
         };
         app.versions.push(version.clone());
         app.active = version.number;
@@ -800,6 +858,7 @@ mod tests {
             created_at: 0,
             manifest: Manifest::default(),
             manifest_text: None,
+            source: None,
         }
     }
 

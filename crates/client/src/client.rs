@@ -684,6 +684,28 @@ impl Client {
         self.call(Method::PUT, &format!("/v1/apps/{}", encode_path(name)), Self::json(body)?).await
     }
 
+    /// Builds a handler from source into the app's next version.
+    pub async fn deploy_source(
+        &self,
+        name: &str,
+        body: &crate::types::DeploySource,
+    ) -> Result<crate::types::DeployResult, Error> {
+        self.call(Method::PUT, &format!("/v1/apps/{}/source", encode_path(name)), Self::json(body)?).await
+    }
+
+    /// The source a version was built from (the serving one's by default).
+    pub async fn app_source(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<crate::types::AppSource, Error> {
+        let mut path = format!("/v1/apps/{}/source", encode_path(name));
+        if let Some(version) = version {
+            path.push_str(&format!("?version={version}"));
+        }
+        self.call(Method::GET, &path, None).await
+    }
+
     pub async fn rollback_app(&self, name: &str, to: Option<u32>) -> Result<crate::types::AppVersion, Error> {
         let body = Self::json(&crate::types::Rollback { to })?;
         self.call(Method::POST, &format!("/v1/apps/{}/rollback", encode_path(name)), body).await

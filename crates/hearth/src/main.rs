@@ -56,6 +56,9 @@ enum Command {
     /// WebAssembly HTTP apps: deploy, list, roll back, logs.
     #[command(subcommand)]
     App(cmd::app::Command),
+    /// Handlers from source: paste JavaScript or Python, get a URL.
+    #[command(subcommand)]
+    Fn(cmd::func::Command),
     /// Durable workflows: deploy, start, signal, show their history.
     #[command(subcommand)]
     Workflow(cmd::workflow::Command),
@@ -166,6 +169,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(exit_code(cmd::machine::run(&client()?, &data_dir, command).await?));
         }
         Command::App(command) => cmd::app::run(&client()?, command).await?,
+        Command::Fn(command) => cmd::func::run(client, command).await?,
         Command::Workflow(command) => return Ok(exit_code(cmd::workflow::run(&client()?, command).await?)),
         Command::Network(command) => cmd::network::run(&client()?, command).await?,
         Command::Host(command) => cmd::host::run(&client()?, command).await?,

@@ -9,8 +9,8 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use hearth_client::types::{
-    AppDetail, AppList, AppLogLine, AppLogs, AppSummary, AppVersion, DeployApp, DeployResult, ErrorBody,
-    LogStream, LogsQuery, Rollback, SetSecret,
+    AppDetail, AppList, AppLogLine, AppLogs, AppSource, AppSummary, AppVersion, DeployApp, DeployResult,
+    DeploySource, ErrorBody, LogStream, LogsQuery, Rollback, SetSecret, SourceQuery,
 };
 
 use super::AppState;
@@ -28,6 +28,7 @@ fn version(v: &hearth_apps::Version) -> AppVersion {
         created_at: v.created_at,
         // Shown without its webhooks' secrets.
         manifest: v.manifest_text.as_deref().map(hearth_triggers::private::redact_secrets),
+        source: v.source.as_ref().map(|s| s.lang.as_str().to_owned()),
     }
 }
 
@@ -100,6 +101,74 @@ pub(crate) async fn deploy(
         compiled: deployed.compiled,
         duration_ms: deployed.duration_ms,
         urls: deployed.urls,
+    }))
+}
+
+/// Builds a JavaScript or Python handler into the app's next version and
+/// swaps it in. A source that does not build is refused with the build
+/// tool's words (file, line, column), and the serving version stays.
+#[utoipa::path(put, path = "/v1/apps/{name}/source", tag = "apps",
+    params(("name" = String, Path)), request_body = DeploySource,
+    responses((status = 200, body = DeployResult), (status = 400, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(crate) async fn deploy_source(
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(request): ApiJson<DeploySource>,
+) -> Result<axum::Json<DeployResult>, ApiError> {
+    if state.services().get(&name).await.is_ok() {
+        return Err(ApiError::conflict(
+            format!("the name {name:?} is taken by a service"),
+            "pick another name for the app; `hearth service ls` lists the names in use",
+        ));
+    }
+    let lang = request.lang.parse::<hearth_apps::source::Lang>().map_err(hearth_apps::Error::Invalid)?;
+    let routes = request
+        .routes
+        .iter()
+        .map(|r| hearth_apps::Route::parse(r).map_err(hearth_apps::Error::from))
+        .collect::<Result<Vec<_>, _>>()?;
+    super::services::routes_free(&state, &name, &routes).await?;
+    let source = hearth_apps::source::Source { lang, text: request.source };
+    let deployed = state.apps().deploy_source(&name, source, request.manifest, routes).await?;
+    Ok(axum::Json(DeployResult {
+        app: deployed.app,
+        version: version(&deployed.version),
+        compiled: deployed.compiled,
+        duration_ms: deployed.duration_ms,
+        urls: deployed.urls,
+    }))
+}
+
+/// The source a version was built from (the serving version's by default).
+#[utoipa::path(get, path = "/v1/apps/{name}/source", tag = "apps",
+    params(("name" = String, Path), SourceQuery),
+    responses((status = 200, body = AppSource), (status = 404, body = ErrorBody)))]
+pub(crate) async fn source(
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<SourceQuery>,
+) -> Result<axum::Json<AppSource>, ApiError> {
+    let info = state.apps().get(&name).await?;
+    let number = query.version.unwrap_or(info.app.active);
+    let version = info.app.version(number).ok_or_else(|| hearth_apps::Error::VersionNotFound {
+        name: name.clone(),
+        version: number,
+        available: info.app.versions.iter().map(|v| v.number.to_string()).collect::<Vec<_>>().join(", "),
+    })?;
+    let Some(source) = &version.source else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_source",
+            format!("version {number} of app {name:?} was deployed as a component, not from source"),
+            "`hearth fn show` shows handlers deployed with `hearth fn deploy`; `hearth app inspect` shows this one",
+        ));
+    };
+    Ok(axum::Json(AppSource {
+        app: name,
+        version: number,
+        lang: source.lang.as_str().to_owned(),
+        source: source.text.clone(),
     }))
 }
 

@@ -322,6 +322,7 @@ pub(crate) fn api(state: AppState) -> Router {
         .route("/v1/apps", get(apps::list))
         .route("/v1/apps/{name}", get(apps::get).put(apps::deploy).delete(apps::remove))
         .route("/v1/apps/{name}/rollback", post(apps::rollback))
+        .route("/v1/apps/{name}/source", get(apps::source).put(apps::deploy_source))
         .route("/v1/apps/{name}/secrets/{secret}", axum::routing::put(apps::set_secret))
         .route("/v1/apps/{name}/logs", get(apps::logs))
         .route("/v1/apps/{name}/triggers", get(triggers::app_list).post(triggers::app_add))

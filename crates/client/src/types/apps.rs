@@ -46,6 +46,51 @@ pub struct AppVersion {
     pub created_at: u64,
     /// The manifest text it was deployed with.
     pub manifest: Option<String>,
+    /// The handler's language (`js` or `py`) when it was deployed as
+    /// source; `GET /v1/apps/{name}/source` returns the code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// The largest handler source `PUT /v1/apps/{name}/source` takes, in bytes.
+pub const MAX_HANDLER_SOURCE: usize = 64 << 10;
+
+/// `PUT /v1/apps/{name}/source`: a handler deployed as source, built by
+/// the daemon into the app's next version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeploySource {
+    /// `js` (a module exporting `fetch(request)`) or `py` (a module
+    /// defining `handle(request)`).
+    pub lang: String,
+    /// The handler's code, at most 64 KiB.
+    pub source: String,
+    /// The `hearth.toml` for it, if any: outbound hosts, config, secrets,
+    /// limits, triggers (the `default` key-value store is always there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
+    /// `HOST[/PATH]` routes besides `NAME.localhost`; empty keeps the current ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<String>,
+}
+
+/// `GET /v1/apps/{name}/source`: the code a version was built from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AppSource {
+    pub app: String,
+    pub version: u32,
+    /// `js` or `py`.
+    pub lang: String,
+    pub source: String,
+}
+
+/// `GET /v1/apps/{name}/source?version=N`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct SourceQuery {
+    /// The version; the one serving by default.
+    #[serde(default)]
+    pub version: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

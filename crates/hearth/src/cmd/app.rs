@@ -149,7 +149,7 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<()>
             if json {
                 return print_json(&app.versions);
             }
-            let mut table = Table::new(vec!["VERSION", "ACTIVE", "SHA256", "SIZE", "DEPLOYED"]);
+            let mut table = Table::new(vec!["VERSION", "ACTIVE", "SHA256", "SIZE", "FROM", "DEPLOYED"]);
             let now_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
@@ -160,6 +160,12 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<()>
                     if v.number == app.summary.active { "*".into() } else { String::new() },
                     v.sha256.chars().take(12).collect(),
                     format!("{:.1} KiB", v.size as f64 / 1024.0),
+                    match v.source.as_deref() {
+                        Some("js") => "handler.js".into(),
+                        Some("py") => "handler.py".into(),
+                        Some(other) => other.to_owned(),
+                        None => "component".into(),
+                    },
                     format!(
                         "{} ago",
                         humantime::format_duration(std::time::Duration::from_secs(

@@ -7,6 +7,7 @@ pub(crate) mod cluster;
 pub(crate) mod config;
 pub(crate) mod events;
 pub(crate) mod fault;
+pub(crate) mod func;
 pub(crate) mod host;
 pub(crate) mod image;
 pub(crate) mod kv;

@@ -24,6 +24,7 @@ mod config_cli;
 mod daemon_lifecycle;
 mod events_secrets;
 mod events_stream;
+mod fn_source;
 mod hosts;
 mod hosts_drain;
 mod labs;

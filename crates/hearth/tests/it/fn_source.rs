@@ -1,0 +1,186 @@
+//! Handlers from source through the real binary (issue 18, items 1 to 3):
+//! a JavaScript and a Python handler written by `hearth fn new`, edited,
+//! deployed with `hearth fn deploy`, answering with key-value and config,
+//! shown back with `hearth fn show`; and broken ones refused with the line
+//! the build tool points at, the serving version untouched.
+//!
+//! The build tools are the ones `make setup` installs (componentize-js and
+//! componentize-py under ~/.cache/hearth/fn); without them these fail.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+use hearth_testkit::{Daemon, failure, success};
+
+const BIN: &str = env!("CARGO_BIN_EXE_hearth");
+
+/// One HTTP/1.0 request to the ingress: (status, body).
+fn request(port: u16, host: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the ingress");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("an answer");
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+async fn ingress_port(daemon: &Daemon) -> u16 {
+    let status = daemon.client().status().await.expect("status");
+    status.ingress.and_then(|a| a.rsplit(':').next().and_then(|p| p.parse().ok())).expect("an ingress port")
+}
+
+fn write(path: &Path, text: &str) -> String {
+    std::fs::write(path, text).unwrap();
+    path.display().to_string()
+}
+
+const JS: &str = r#"export default {
+  async fetch(request) {
+    const url = new URL(request.url);
+    if (request.method === "POST") {
+      kv.set("note", await request.text());
+    }
+    const hits = kv.increment("hits");
+    return new Response(`js ${url.pathname} hits=${hits} note=${kv.get("note")} greeting=${config.get("greeting")}\n`);
+  },
+};
+"#;
+
+const PY: &str = r#"from hearth import Response, config, kv
+
+
+def handle(request):
+    if request.method == "POST":
+        kv.set("note", request.text())
+    hits = kv.increment("hits")
+    return Response(f"py {request.path} hits={hits} note={kv.get('note')} greeting={config.get('greeting')}\n")
+"#;
+
+/// Deploys `source` as `name` (`lang` its extension), with a manifest
+/// beside it that sets `greeting`, and checks what it answers, what `fn
+/// show` and `app versions` say; then that two broken handlers are refused
+/// with what is wrong, and the first one keeps serving.
+async fn deploys_answers_and_refuses_broken_ones(
+    lang: &str,
+    source: &str,
+    syntax_error: (&str, &str),
+    no_handler: (&str, &str),
+) {
+    let daemon = Daemon::start(BIN).await;
+    let port = ingress_port(&daemon).await;
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("hello-{lang}");
+    let host = format!("{name}.localhost");
+
+    // A starter, then ours in its place.
+    let starter = dir.path().join(format!("starter.{lang}"));
+    let out =
+        success(&daemon.cli(&["fn", "new", &name, "--lang", lang, "--out", &starter.display().to_string()]));
+    assert!(out.contains(&format!("hearth fn deploy {name}")), "{out}");
+    assert!(std::fs::read_to_string(&starter).unwrap().contains("kv.increment(\"visits\")"));
+    let again =
+        failure(&daemon.cli(&["fn", "new", &name, "--lang", lang, "--out", &starter.display().to_string()]));
+    assert!(again.contains("exists already"), "{again}");
+
+    let file = write(&dir.path().join(format!("handler.{lang}")), source);
+    write(&dir.path().join("hearth.toml"), "[config]\ngreeting = \"hi\"\n");
+    let out = success(&daemon.cli(&["fn", "deploy", &name, &file]));
+    assert!(out.contains(&format!("deployed {name} version 1")), "{out}");
+    assert_eq!(
+        request(port, &host, "GET", "/a", ""),
+        (200, format!("{lang} /a hits=1 note={} greeting=hi\n", if lang == "js" { "null" } else { "None" }))
+    );
+    assert_eq!(
+        request(port, &host, "POST", "/b", "x"),
+        (200, format!("{lang} /b hits=2 note=x greeting=hi\n"))
+    );
+
+    // The code that serves, and where each version came from.
+    assert_eq!(success(&daemon.cli(&["fn", "show", &name])), source);
+    let shown = daemon.client().app_source(&name, Some(1)).await.expect("the source through the API");
+    assert_eq!((shown.lang.as_str(), shown.source.as_str()), (lang, source));
+    let versions = success(&daemon.cli(&["app", "versions", &name]));
+    assert!(versions.contains(&format!("handler.{lang}")), "{versions}");
+
+    // Broken handlers: refused with the place, and version 1 keeps serving.
+    for (broken, expected) in [syntax_error, no_handler] {
+        let file = write(&dir.path().join(format!("handler.{lang}")), broken);
+        let said = failure(&daemon.cli(&["fn", "deploy", &name, &file]));
+        assert!(said.contains(expected), "expected {expected:?} in:\n{said}");
+        assert!(said.contains("the serving version is untouched"), "{said}");
+    }
+    assert_eq!(
+        request(port, &host, "GET", "/c", ""),
+        (200, format!("{lang} /c hits=3 note=x greeting=hi\n"))
+    );
+    let app = daemon.client().app(&name).await.expect("the app");
+    assert_eq!((app.summary.active, app.versions.len()), (1, 1), "nothing was added");
+
+    // A component deployed with `app deploy` has no source to show.
+    let said = failure(&daemon.cli(&["fn", "show", "nobody"]));
+    assert!(said.contains("nobody"), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_javascript_handler_deploys_from_source_and_a_broken_one_is_refused_with_its_line() {
+    deploys_answers_and_refuses_broken_ones(
+        "js",
+        JS,
+        (
+            "export default {\n  async fetch(request) {\n    return new Response(\"x\" +);\n  },\n};\n",
+            "handler.js:3:",
+        ),
+        ("export const answer = 42;\n", "exports no fetch handler"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_python_handler_deploys_from_source_and_a_broken_one_is_refused_with_its_line() {
+    deploys_answers_and_refuses_broken_ones(
+        "py",
+        PY,
+        ("from hearth import Response\n\n\ndef handle(request)\n    return Response('x')\n", "line 4"),
+        ("ANSWER = 42\n", "defines no handle(request)"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handler_in_an_unknown_language_or_too_large_is_refused_before_any_build() {
+    let daemon = Daemon::start(BIN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(&dir.path().join("handler.rb"), "puts 1\n");
+    let said = failure(&daemon.cli(&["fn", "deploy", "ruby", &file]));
+    assert!(said.contains("--lang js|py"), "{said}");
+    let big = write(&dir.path().join("big.js"), &format!("// {}\n", "x".repeat(70 << 10)));
+    let said = failure(&daemon.cli(&["fn", "deploy", "big", &big]));
+    assert!(said.contains("over the limit") || said.contains("larger than"), "{said}");
+    // Through the API, which checks for itself.
+    let body = hearth_client::types::DeploySource {
+        lang: "js".into(),
+        source: format!("// {}\n", "x".repeat(70 << 10)),
+        manifest: None,
+        routes: vec![],
+    };
+    let error = daemon.client().deploy_source("big", &body).await.unwrap_err().to_string();
+    assert!(error.contains("65536 bytes"), "{error}");
+    let body = hearth_client::types::DeploySource {
+        lang: "ts".into(),
+        source: "x".into(),
+        manifest: None,
+        routes: vec![],
+    };
+    let error = daemon.client().deploy_source("ts", &body).await.unwrap_err().to_string();
+    assert!(error.contains("give js or py"), "{error}");
+    assert!(daemon.client().apps().await.unwrap().apps.is_empty(), "nothing was deployed");
+}
