@@ -33,6 +33,33 @@ fn request(port: u16, host: &str, method: &str, path: &str, body: &str) -> (u16,
     (status, body)
 }
 
+/// Answers one HTTP/1.1 request with "pong " and its body.
+fn pong(mut stream: TcpStream) {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = value.trim().parse().unwrap_or(0);
+        }
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut body = vec![0; length];
+    let _ = reader.read_exact(&mut body);
+    let answer = format!("pong {}", String::from_utf8_lossy(&body));
+    let _ = write!(
+        stream,
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+        answer.len()
+    );
+}
+
 async fn ingress_port(daemon: &Daemon) -> u16 {
     let status = daemon.client().status().await.expect("status");
     status.ingress.and_then(|a| a.rsplit(':').next().and_then(|p| p.parse().ok())).expect("an ingress port")
@@ -46,6 +73,10 @@ fn write(path: &Path, text: &str) -> String {
 const JS: &str = r#"export default {
   async fetch(request) {
     const url = new URL(request.url);
+    if (url.pathname === "/out") {
+      const answer = await fetch(config.get("upstream"), { method: "POST", body: "ping" });
+      return new Response(`upstream said ${answer.status} ${await answer.text()}`);
+    }
     if (request.method === "POST") {
       kv.set("note", await request.text());
     }
@@ -55,10 +86,13 @@ const JS: &str = r#"export default {
 };
 "#;
 
-const PY: &str = r#"from hearth import Response, config, kv
+const PY: &str = r#"from hearth import Response, config, http, kv
 
 
 def handle(request):
+    if request.path == "/out":
+        answer = http.fetch(config.get("upstream"), method="POST", body="ping")
+        return Response(f"upstream said {answer.status} {answer.text()}")
     if request.method == "POST":
         kv.set("note", request.text())
     hits = kv.increment("hits")
@@ -91,8 +125,22 @@ async fn deploys_answers_and_refuses_broken_ones(
         failure(&daemon.cli(&["fn", "new", &name, "--lang", lang, "--out", &starter.display().to_string()]));
     assert!(again.contains("exists already"), "{again}");
 
+    // Something for the handler to call: it answers "pong <body>".
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream_port = upstream.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in upstream.incoming().flatten() {
+            pong(stream);
+        }
+    });
     let file = write(&dir.path().join(format!("handler.{lang}")), source);
-    write(&dir.path().join("hearth.toml"), "[config]\ngreeting = \"hi\"\n");
+    write(
+        &dir.path().join("hearth.toml"),
+        &format!(
+            "outbound = [\"http://127.0.0.1:{upstream_port}\"]\n[config]\ngreeting = \"hi\"\n\
+             upstream = \"http://127.0.0.1:{upstream_port}/ping\"\n"
+        ),
+    );
     let out = success(&daemon.cli(&["fn", "deploy", &name, &file]));
     assert!(out.contains(&format!("deployed {name} version 1")), "{out}");
     assert_eq!(
