@@ -4,7 +4,7 @@ CARGO ?= cargo
 BIN_DIR ?= $(HOME)/.cargo/bin
 DATA_DIR ?= $(or $(HEARTH_DATA_DIR),$(or $(XDG_DATA_HOME),$(HOME)/.local/share)/hearth)
 
-.PHONY: setup build ui agent examples install run stop test lint openapi fuzz bench bench-apps bench-services bench-config bench-alerts clean
+.PHONY: setup build ui agent examples install run stop test lint openapi fuzz bench bench-apps bench-fn bench-services bench-config bench-alerts clean
 
 # The guest agent runs as PID 1 in every machine: a static musl binary.
 AGENT := target/x86_64-unknown-linux-musl/release/hearth-agent
@@ -177,6 +177,18 @@ bench-config: build
 	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null; rm -rf $$dir' EXIT; \
 	for _ in $$(seq 100); do target/release/hearth --data-dir $$dir status >/dev/null 2>&1 && break; sleep 0.1; done; \
 	target/release/hearth --data-dir $$dir bench config $(BENCH_CONFIG_ARGS)
+
+# `hearth bench fn` against a throwaway daemon: handlers from source
+# (JavaScript, Python) deployed with one line changed to their first 200,
+# and their requests per second against the Rust hello app. Not part of
+# `make test`. Options: BENCH_FN_ARGS="--runs 10 --json".
+.PHONY: bench-fn
+bench-fn: build examples
+	@set -e; dir=$$(mktemp -d); \
+	target/release/hearth serve --data-dir $$dir --ingress 127.0.0.1:0 --default-network false >$$dir/daemon.log 2>&1 & pid=$$!; \
+	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null; rm -rf $$dir' EXIT; \
+	for _ in $$(seq 100); do target/release/hearth --data-dir $$dir status >/dev/null 2>&1 && break; sleep 0.1; done; \
+	target/release/hearth --data-dir $$dir bench fn $(BENCH_FN_ARGS)
 
 # `hearth bench alerts` against a throwaway daemon: from a `kv put` to its
 # webhook delivered (a sink inside the bench) against the events stream,

@@ -104,6 +104,9 @@ pub struct Deployed {
     pub compiled: bool,
     /// From the call to the new version serving, in milliseconds.
     pub duration_ms: f64,
+    /// Of which building from source took, for a handler deployed as
+    /// source.
+    pub build_ms: Option<f64>,
     /// Where it answers.
     pub urls: Vec<String>,
 }
@@ -355,7 +358,7 @@ impl Apps {
         validate_name(name)?;
         source.check()?;
         let manifest = Manifest::for_source(manifest_text.as_deref())?;
-        let bytes = {
+        let (bytes, build_ms) = {
             let _turn = self.inner.builds.lock().await;
             let (tools, built) = (self.inner.options.fn_tools.clone(), source.clone());
             let build_started = Instant::now();
@@ -369,9 +372,11 @@ impl Apps {
                 ms = build_started.elapsed().as_millis() as u64,
                 "Built a handler from source."
             );
-            bytes
+            (bytes, build_started.elapsed().as_secs_f64() * 1000.0)
         };
-        self.deploy_version(started, name, bytes, manifest, manifest_text, routes, Some(source)).await
+        let deployed =
+            self.deploy_version(started, name, bytes, manifest, manifest_text, routes, Some(source)).await?;
+        Ok(Deployed { build_ms: Some(build_ms), ..deployed })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -491,7 +496,14 @@ impl Apps {
         if pruned {
             self.collect_garbage().await;
         }
-        Ok(Deployed { app: name.to_owned(), urls: self.urls(&app), version, compiled, duration_ms })
+        Ok(Deployed {
+            app: name.to_owned(),
+            urls: self.urls(&app),
+            version,
+            compiled,
+            duration_ms,
+            build_ms: None,
+        })
     }
 
     /// Makes an earlier version (or `to`) the one serving. No new version is

@@ -7,6 +7,9 @@
 //! - [`apps`]: deploy latency and hello-world requests per second through
 //!   hearth's ingress against a native hyper server and `wasmtime serve`,
 //!   with one load generator (wrk).
+//! - [`fns`]: handlers from source: deploy of a changed JavaScript or
+//!   Python handler to its first 200, and their requests per second
+//!   against the Rust hello app.
 //! - [`workflows`]: three-step workflows per second and signal-to-resume
 //!   latency through the daemon, and on Restate (`restate`) when installed.
 //! - [`services`]: the time from a VM's death to its instance leaving the
@@ -25,6 +28,7 @@
 pub mod alerts;
 pub mod apps;
 pub mod config;
+pub mod fns;
 pub mod machines;
 pub mod output;
 mod restate;

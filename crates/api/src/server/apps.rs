@@ -100,6 +100,7 @@ pub(crate) async fn deploy(
         version: version(&deployed.version),
         compiled: deployed.compiled,
         duration_ms: deployed.duration_ms,
+        build_ms: deployed.build_ms,
         urls: deployed.urls,
     }))
 }
@@ -136,6 +137,7 @@ pub(crate) async fn deploy_source(
         version: version(&deployed.version),
         compiled: deployed.compiled,
         duration_ms: deployed.duration_ms,
+        build_ms: deployed.build_ms,
         urls: deployed.urls,
     }))
 }

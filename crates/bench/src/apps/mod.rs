@@ -30,7 +30,7 @@ use serde::Serialize;
 use crate::output::Table;
 use crate::{Created, Kind, measured, millis, percentile};
 
-mod peers;
+pub(crate) mod peers;
 #[cfg(test)]
 use peers::wrk_millis;
 use peers::{NativeServer, WasmtimeServe, Wrk, parse_wrk};
@@ -172,16 +172,16 @@ struct Throughput {
 /// One server under load, as wrk saw it: the round with the median
 /// requests per second.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-struct Load {
-    server: String,
-    requests_per_sec: f64,
+pub(crate) struct Load {
+    pub(crate) server: String,
+    pub(crate) requests_per_sec: f64,
     /// Every round's requests per second, in the order they ran.
-    rounds_requests_per_sec: Vec<f64>,
-    requests: u64,
-    p50_ms: f64,
-    p99_ms: f64,
+    pub(crate) rounds_requests_per_sec: Vec<f64>,
+    pub(crate) requests: u64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
     /// Non-2xx answers plus socket errors: a run with any is suspect.
-    errors: u64,
+    pub(crate) errors: u64,
 }
 
 pub async fn run(client: &Client, args: Args) -> anyhow::Result<()> {
@@ -513,7 +513,7 @@ async fn first_ok(ingress: SocketAddr, host: &str, version: u32) -> anyhow::Resu
 }
 
 /// One GET / on a new connection: the status and `x-hearth-version`.
-pub(super) async fn get(addr: SocketAddr, host: &str) -> anyhow::Result<(StatusCode, Option<u32>)> {
+pub(crate) async fn get(addr: SocketAddr, host: &str) -> anyhow::Result<(StatusCode, Option<u32>)> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;

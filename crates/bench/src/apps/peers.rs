@@ -51,15 +51,20 @@ pub(super) fn free_port() -> anyhow::Result<SocketAddr> {
 // ---------------------------------------------------------------------------
 // The load generator.
 
-pub(super) struct Wrk {
-    pub(super) version: String,
-    pub(super) threads: u32,
-    pub(super) connections: u32,
+pub(crate) struct Wrk {
+    pub(crate) version: String,
+    pub(crate) threads: u32,
+    pub(crate) connections: u32,
 }
 
 impl Wrk {
     /// `wrk`, or what to do to get it.
     pub(super) async fn find(args: &Args) -> Result<Wrk, String> {
+        Wrk::with(args.threads, args.connections).await
+    }
+
+    /// `wrk` with `threads` and `connections`, or what to do to get it.
+    pub(crate) async fn with(threads: u32, connections: u32) -> Result<Wrk, String> {
         // `wrk -v` prints its version and exits 1.
         let output = tokio::process::Command::new("wrk").arg("-v").stdin(Stdio::null()).output().await;
         match output {
@@ -68,11 +73,7 @@ impl Wrk {
                     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
                 let version =
                     text.lines().next().unwrap_or("wrk").split(" Copyright").next().unwrap_or("wrk");
-                Ok(Wrk {
-                    version: version.trim().to_owned(),
-                    threads: args.threads,
-                    connections: args.connections,
-                })
+                Ok(Wrk { version: version.trim().to_owned(), threads, connections })
             }
             Err(e) => {
                 let why = format!(
@@ -85,7 +86,7 @@ impl Wrk {
     }
 
     /// `duration` of load on `addr`: wrk's report.
-    pub(super) async fn run(
+    pub(crate) async fn run(
         &self,
         addr: SocketAddr,
         host: &str,
@@ -110,7 +111,7 @@ impl Wrk {
 }
 
 /// Reads wrk's `--latency` report.
-pub(super) fn parse_wrk(text: &str) -> Option<Load> {
+pub(crate) fn parse_wrk(text: &str) -> Option<Load> {
     let mut load = Load {
         server: String::new(),
         requests_per_sec: f64::NAN,

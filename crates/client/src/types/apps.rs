@@ -101,6 +101,9 @@ pub struct DeployResult {
     pub compiled: bool,
     /// From the request to the new version serving.
     pub duration_ms: f64,
+    /// Of which building from source took (`PUT /v1/apps/{name}/source`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_ms: Option<f64>,
     pub urls: Vec<String>,
 }
 

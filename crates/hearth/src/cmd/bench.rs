@@ -80,6 +80,14 @@ pub(crate) enum Command {
     /// Talks to the running daemon (as `hearth app` does), deploys an app
     /// named bench-apps-PID and removes it again.
     Apps(apps::Args),
+    /// Handlers from source: from `fn deploy` of a changed JavaScript (and
+    /// Python) handler to its first 200, what of it was the build, and
+    /// requests per second of a JavaScript and a Python hello against the
+    /// Rust hello app under the same wrk load.
+    ///
+    /// Talks to the running daemon, deploys apps named bench-fn-js-PID,
+    /// bench-fn-py-PID and bench-fn-rs-PID and removes them again.
+    Fn(hearth_bench::fns::Args),
     /// Services: from a VM's SIGKILL to its instance leaving the endpoints
     /// and the host DNS answer, and to a replacement passing; DNS lookups
     /// per second against a plain hickory-proto responder; failed requests
@@ -118,6 +126,7 @@ pub(crate) async fn run(
         Command::Machines(args) => machines::run(&client()?, data_dir, args).await?,
         Command::Workflows(args) => workflows::run(&client()?, args).await?,
         Command::Apps(args) => apps::run(&client()?, args).await?,
+        Command::Fn(args) => hearth_bench::fns::run(&client()?, args).await?,
         Command::Services(args) => services::run(&client()?, args).await?,
         Command::Config(args) => hearth_bench::config::run(&client()?, args).await?,
         Command::Alerts(args) => hearth_bench::alerts::run(&client()?, args).await?,

@@ -94,11 +94,12 @@ pub(crate) async fn run(client: impl Fn() -> anyhow::Result<Client>, command: Co
                 return print_json(&deployed);
             }
             println!(
-                "deployed {} version {} in {:.1} s (built from {})",
+                "deployed {} version {} in {:.1} s (built from {} in {:.1} s)",
                 deployed.app,
                 deployed.version.number,
                 deployed.duration_ms / 1000.0,
-                file.display()
+                file.display(),
+                deployed.build_ms.unwrap_or(0.0) / 1000.0
             );
             for url in deployed.urls {
                 println!("  {url}");
