@@ -9,8 +9,8 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use hearth_client::types::{
-    AppDetail, AppList, AppLogLine, AppLogs, AppSummary, AppVersion, DeployApp, DeployResult, ErrorBody,
-    LogStream, LogsQuery, Rollback, SetSecret,
+    AppDetail, AppList, AppLogLine, AppLogs, AppSummary, AppTier, AppVersion, CodeTier, DeployApp,
+    DeployResult, ErrorBody, FunctionCache, LogStream, LogsQuery, Rollback, SetSecret,
 };
 
 use super::AppState;
@@ -41,6 +41,20 @@ fn summary(info: &hearth_apps::AppInfo) -> AppSummary {
         serving: info.serving,
         error: info.error.clone(),
         updated_at: info.app.updated_at,
+        tier: info.tier.as_ref().map(tier),
+    }
+}
+
+fn tier(t: &hearth_apps::Tiering) -> AppTier {
+    AppTier {
+        tier: match t.state {
+            hearth_apps::TierState::Baseline => CodeTier::Baseline,
+            hearth_apps::TierState::Optimizing => CodeTier::Optimizing,
+            hearth_apps::TierState::Optimized => CodeTier::Optimized,
+        },
+        compiler: t.compiler.clone(),
+        note: t.note.clone(),
+        function_cache: t.functions.map(|f| FunctionCache { hits: f.hits, misses: f.misses }),
     }
 }
 
