@@ -55,6 +55,16 @@ pub(crate) enum Tier {
     Optimized,
 }
 
+impl Tier {
+    /// `baseline` or `optimized`.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Tier::Baseline => "baseline",
+            Tier::Optimized => "optimized",
+        }
+    }
+}
+
 /// A compiled component and how it came to be.
 pub(crate) struct Compiled {
     pub(crate) component: Component,
@@ -66,6 +76,18 @@ pub(crate) struct Compiled {
     /// The function cache's hits and misses, for a Cranelift compile done
     /// just now.
     pub(crate) functions: Option<Counts>,
+}
+
+/// When Cranelift's code is written to the on-disk cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Write {
+    /// Before the compile returns: in the background compile, so that code
+    /// reported as optimized is also on disk for the next start.
+    Now,
+    /// On a thread of its own, off a deploy's critical path (the fsync took
+    /// 3 to 13 ms here, a tenth of a cold deploy); `flush_writes` waits for
+    /// it.
+    Behind,
 }
 
 /// One tier's engine and the linker every app is instantiated against.
@@ -265,7 +287,7 @@ impl Runtime {
     /// and misses for this compile. Blocking; one compile at a time.
     fn optimize(&self, sha256: &str, bytes: &[u8]) -> Result<(Component, Counts), Error> {
         let _turn = lock(&self.optimizing);
-        self.optimize_held(sha256, bytes)
+        self.optimize_held(sha256, bytes, Write::Behind)
     }
 
     /// The turn to compile with Cranelift, once it comes, if `wanted()`
@@ -276,7 +298,12 @@ impl Runtime {
     }
 
     /// [`Runtime::optimize`], with the turn (see [`Runtime::turn_if`]) held.
-    pub(crate) fn optimize_held(&self, sha256: &str, bytes: &[u8]) -> Result<(Component, Counts), Error> {
+    pub(crate) fn optimize_held(
+        &self,
+        sha256: &str,
+        bytes: &[u8],
+        write: Write,
+    ) -> Result<(Component, Counts), Error> {
         let (started, before) = (Instant::now(), self.functions.counts());
         let component = Component::new(&self.optimized.engine, bytes)
             .map_err(|e| Error::InvalidComponent(compile_error(&e)))?;
@@ -288,12 +315,14 @@ impl Runtime {
             misses = functions.misses,
             "Compiled a component with Cranelift."
         );
-        // The cache is written off the deploy's critical path (its fsync
-        // took 3 to 13 ms here, a tenth of a cold deploy); `flush_writes`
-        // waits for it.
-        match Cache::serialize(&component) {
-            Ok(artifact) => self.write_in_background(sha256, &component, artifact),
-            Err(e) => {
+        match (Cache::serialize(&component), write) {
+            (Ok(artifact), Write::Behind) => self.write_in_background(sha256, &component, artifact),
+            (Ok(artifact), Write::Now) => {
+                if let Err(e) = self.cache.write(sha256, &artifact) {
+                    tracing::warn!(error = %crate::chain(&e), "Cannot cache a compiled component.");
+                }
+            }
+            (Err(e), _) => {
                 tracing::warn!(error = %crate::chain(&e), "Cannot serialise a compiled component; it will not be cached.")
             }
         }

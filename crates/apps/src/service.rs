@@ -101,6 +101,8 @@ pub struct Deployed {
     pub compiled: bool,
     /// From the call to the new version serving, in milliseconds.
     pub duration_ms: f64,
+    /// Which compiler's code it serves with.
+    pub tier: TierState,
     /// Where it answers.
     pub urls: Vec<String>,
 }
@@ -517,7 +519,7 @@ impl Apps {
             (Tier::Optimized, true, Some(why)) => format!("compiled by Cranelift: {why}"),
             (Tier::Optimized, true, None) => "compiled by Cranelift".to_owned(),
         };
-        let tier = code.tier;
+        let tier = code.tiering().state;
         let loaded = self.loaded(&app, &version, config, limits, code);
         self.install(name, self.routes_of(&app), Ok(loaded), crate::triggers::guards(&app, &added));
         let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -536,14 +538,14 @@ impl Apps {
             app = name,
             version = version.number,
             compiled,
-            tier = ?tier,
+            ?tier,
             ms = duration_ms as u64,
             "Deployed app."
         );
         if pruned {
             self.collect_garbage().await;
         }
-        Ok(Deployed { app: name.to_owned(), urls: self.urls(&app), version, compiled, duration_ms })
+        Ok(Deployed { app: name.to_owned(), urls: self.urls(&app), version, compiled, duration_ms, tier })
     }
 
     /// Makes an earlier version (or `to`) the one serving. No new version is

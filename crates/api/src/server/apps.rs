@@ -45,13 +45,17 @@ fn summary(info: &hearth_apps::AppInfo) -> AppSummary {
     }
 }
 
+fn code_tier(state: hearth_apps::TierState) -> CodeTier {
+    match state {
+        hearth_apps::TierState::Baseline => CodeTier::Baseline,
+        hearth_apps::TierState::Optimizing => CodeTier::Optimizing,
+        hearth_apps::TierState::Optimized => CodeTier::Optimized,
+    }
+}
+
 fn tier(t: &hearth_apps::Tiering) -> AppTier {
     AppTier {
-        tier: match t.state {
-            hearth_apps::TierState::Baseline => CodeTier::Baseline,
-            hearth_apps::TierState::Optimizing => CodeTier::Optimizing,
-            hearth_apps::TierState::Optimized => CodeTier::Optimized,
-        },
+        tier: code_tier(t.state),
         compiler: t.compiler.clone(),
         note: t.note.clone(),
         function_cache: t.functions.map(|f| FunctionCache { hits: f.hits, misses: f.misses }),
@@ -114,6 +118,7 @@ pub(crate) async fn deploy(
         compiled: deployed.compiled,
         duration_ms: deployed.duration_ms,
         urls: deployed.urls,
+        tier: Some(code_tier(deployed.tier)),
     }))
 }
 

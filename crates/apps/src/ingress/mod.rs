@@ -311,7 +311,11 @@ where
     };
     let response = match answer {
         Ok(mut response) => {
-            response.headers_mut().insert("x-hearth-version", HeaderValue::from(ctx.version));
+            let headers = response.headers_mut();
+            headers.insert("x-hearth-version", HeaderValue::from(ctx.version));
+            // Which compiler's code answered: tests and benchmarks tell the
+            // tiers apart by it.
+            headers.insert("x-hearth-tier", HeaderValue::from_static(loaded.code.tier.as_str()));
             response
         }
         Err(failure) => {

@@ -39,7 +39,7 @@ impl Apps {
             let Some(_turn) = runtime.turn_if(|| apps.serves(&app, &code)) else { return Ok(None) };
             let blob = apps.blob_path(&sha);
             let bytes = std::fs::read(&blob).map_err(|e| Error::io(&blob, e))?;
-            let (component, functions) = runtime.optimize_held(&sha, &bytes)?;
+            let (component, functions) = runtime.optimize_held(&sha, &bytes, runtime::Write::Now)?;
             let pre = runtime.prepare_optimized(&component)?;
             let compiled = runtime::Compiled {
                 component,

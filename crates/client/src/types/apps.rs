@@ -95,6 +95,10 @@ pub struct DeployResult {
     /// From the request to the new version serving.
     pub duration_ms: f64,
     pub urls: Vec<String>,
+    /// Which compiler's code the new version serves with: `optimizing`
+    /// when Winch's code serves while Cranelift compiles in the background.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<CodeTier>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -91,7 +91,13 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<()>
                 deployed.app,
                 deployed.version.number,
                 deployed.duration_ms,
-                if deployed.compiled { "compiled" } else { "from the compiled cache" }
+                match (deployed.compiled, deployed.tier) {
+                    (false, _) => "from the compiled cache",
+                    (true, Some(CodeTier::Optimizing)) => {
+                        "compiled by winch; cranelift's faster code takes over when ready"
+                    }
+                    (true, _) => "compiled",
+                }
             );
             for url in deployed.urls {
                 println!("  {url}");
