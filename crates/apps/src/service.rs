@@ -212,6 +212,10 @@ pub(crate) struct Inner {
     pub(crate) upstreams: Arc<crate::ingress::Upstreams>,
     /// Requests per app and route, for the time series.
     pub(crate) traffic: crate::traffic::Traffic,
+    /// Background compiles with Cranelift, and whether the service is
+    /// stopping (then those not yet begun are not).
+    optimizes: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// A version ready to serve: pre-instantiated, with its context.
@@ -330,6 +334,8 @@ impl Apps {
                 deliveries,
                 upstreams: Arc::default(),
                 traffic: crate::traffic::Traffic::default(),
+                optimizes: Mutex::default(),
+                stopping: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -400,6 +406,13 @@ impl Apps {
         let _ = triggers.await;
         let _ = services.await;
         let _ = config.await;
+        // No background compile begins from now on; the one running ends
+        // (and writes its cache) before the service does.
+        self.inner.stopping.store(true, Ordering::Relaxed);
+        let optimizes = std::mem::take(&mut *lock(&self.inner.optimizes));
+        for optimize in optimizes {
+            let _ = optimize.await;
+        }
         // Compiled components are cached in the background; finish writing
         // them so that the next start finds them.
         let inner = self.inner.clone();

@@ -24,7 +24,11 @@ impl Apps {
         // Without a runtime the process is ending; Winch's code serves
         // until then.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        runtime.spawn(self.clone().optimize(name.to_owned(), loaded.sha256.clone(), loaded.code.clone()));
+        let task =
+            runtime.spawn(self.clone().optimize(name.to_owned(), loaded.sha256.clone(), loaded.code.clone()));
+        let mut optimizes = lock(&self.inner.optimizes);
+        optimizes.retain(|task| !task.is_finished());
+        optimizes.push(task);
     }
 
     /// Compiles `sha256` with Cranelift and swaps the result in for
@@ -36,7 +40,8 @@ impl Apps {
         let (apps, app, sha, code) = (self.clone(), name.clone(), sha256.clone(), baseline.clone());
         let compiled = tokio::task::spawn_blocking(move || {
             let runtime = &apps.inner.runtime;
-            let Some(_turn) = runtime.turn_if(|| apps.serves(&app, &code)) else { return Ok(None) };
+            let wanted = || !apps.inner.stopping.load(Ordering::Relaxed) && apps.serves(&app, &code);
+            let Some(_turn) = runtime.turn_if(wanted) else { return Ok(None) };
             let blob = apps.blob_path(&sha);
             let bytes = std::fs::read(&blob).map_err(|e| Error::io(&blob, e))?;
             let (component, functions) = runtime.optimize_held(&sha, &bytes, runtime::Write::Now)?;
