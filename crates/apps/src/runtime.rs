@@ -576,6 +576,29 @@ mod tests {
         assert_eq!(second, Counts { hits: first.misses, misses: 0 });
     }
 
+    /// A component holding a core module of two functions returning
+    /// `first` and 7.
+    fn two_functions(first: u8) -> Vec<u8> {
+        let mut bytes = vec![0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00, 0x01, 0x21];
+        bytes.extend_from_slice(&[0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00]);
+        bytes.extend_from_slice(&[0x01, 0x05, 0x01, 0x60, 0x00, 0x01, 0x7f]); // type 0: [] -> [i32]
+        bytes.extend_from_slice(&[0x03, 0x03, 0x02, 0x00, 0x00]); // two functions of type 0
+        bytes
+            .extend_from_slice(&[0x0a, 0x0b, 0x02, 0x04, 0x00, 0x41, first, 0x0b, 0x04, 0x00, 0x41, 7, 0x0b]);
+        bytes
+    }
+
+    #[test]
+    fn a_recompile_compiles_only_the_changed_function() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = runtime(dir.path());
+        let (_, first) = runtime.optimize(&"1".repeat(64), &two_functions(1)).unwrap();
+        assert_eq!(first.hits, 0);
+        assert!(first.misses >= 2, "{first:?}");
+        let (_, second) = runtime.optimize(&"2".repeat(64), &two_functions(2)).unwrap();
+        assert_eq!(second, Counts { hits: first.misses - 1, misses: 1 });
+    }
+
     #[test]
     fn backticked_names_are_found() {
         assert_eq!(backticked("component imports instance `a:b/c@1`, but").as_deref(), Some("a:b/c@1"));
