@@ -93,8 +93,9 @@ pub(super) async fn measure(
     connections: u32,
 ) -> anyhow::Result<TierRun> {
     let path = PathBuf::from(component.path);
-    let bytes = std::fs::read(&path)
-        .with_context(|| format!("cannot read {}: build the examples with `make examples`", path.display()))?;
+    let bytes = std::fs::read(&path).with_context(|| {
+        format!("cannot read {}: build the examples with `make examples`", path.display())
+    })?;
     let host = format!("{name}.localhost");
     let (mut first, mut optimized, mut not_baseline) = (Vec::new(), Vec::new(), 0);
     // One untimed deploy first: the first compile in a process pays for
@@ -119,7 +120,8 @@ pub(super) async fn measure(
             not_baseline += 1;
         }
     }
-    let (baseline_rate, optimized_rate) = load_across_a_swap(client, ingress, name, &bytes, connections).await;
+    let (baseline_rate, optimized_rate) =
+        load_across_a_swap(client, ingress, name, &bytes, connections).await;
     Ok(TierRun {
         component: component.label.to_owned(),
         path,
@@ -208,7 +210,10 @@ async fn load_across_a_swap(
         Ok(version) => version,
         Err(e) => {
             let why = format!("{e:#}");
-            return (Figure::Unavailable { unavailable: why.clone() }, Figure::Unavailable { unavailable: why });
+            return (
+                Figure::Unavailable { unavailable: why.clone() },
+                Figure::Unavailable { unavailable: why },
+            );
         }
     };
     let mut answers = Vec::new();
@@ -259,7 +264,8 @@ impl Connection {
         let request = hyper::Request::get("/").header(HOST, host).body(Empty::<Bytes>::new())?;
         let response = self.sender.send_request(request).await?;
         let status = response.status();
-        let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let header =
+            |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let (version, tier) = (header("x-hearth-version"), header("x-hearth-tier"));
         response.into_body().collect().await?;
         if status != hyper::StatusCode::OK {
