@@ -31,6 +31,7 @@ ui/dist/index.html: $(UI_SOURCES)
 examples: setup
 	$(CARGO) build --release --manifest-path examples/apps/hello/Cargo.toml --target wasm32-wasip2
 	$(CARGO) build --release --manifest-path examples/apps/counter/Cargo.toml --target wasm32-wasip2
+	$(CARGO) build --release --manifest-path examples/apps/wstd-echo/Cargo.toml --target wasm32-wasip2
 	$(CARGO) build --release --manifest-path examples/workflows/approval/Cargo.toml --target wasm32-wasip2
 
 agent: setup

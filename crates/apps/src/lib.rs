@@ -60,7 +60,7 @@ pub use logs::{LogLine, LogStream};
 pub use manifest::{Limits, Manifest};
 pub use record::{App, Route, Version};
 pub use runtime::append_custom_section;
-pub use service::{AppInfo, Apps, Deployed, Options, Stats};
+pub use service::{AppInfo, Apps, Deployed, FunctionCounts, Options, Stats, TierState, Tiering};
 pub use traffic::RouteTraffic;
 pub use triggers::{Spec as TriggerSpec, Trigger};
 

@@ -1,16 +1,30 @@
-//! The apps' WebAssembly runtime: one wasmtime engine for every app (with
-//! the pooling allocator), compilation through `hearth-wasm`'s on-disk cache
-//! with the cache write off the deploy's critical path, and the deploy-time
-//! checks of what a component imports and exports. The engine settings both
-//! subsystems share, the cache itself and the epoch ticker are in
-//! `hearth-wasm`.
+//! The apps' WebAssembly runtime: two wasmtime engines and compilation
+//! through `hearth-wasm`'s caches, with the deploy-time checks of what a
+//! component imports and exports. The engine settings both subsystems share,
+//! the caches themselves and the epoch ticker are in `hearth-wasm`.
+//!
+//! **Two tiers.** New bytes are compiled first by Winch, the baseline
+//! compiler (a single pass, several times faster than Cranelift), so that a
+//! deploy serves as soon as it can run; the service then has Cranelift
+//! compile them in the background ([`Runtime::optimize`]) and swaps the
+//! optimised code in. Compiled components belong to the engine that compiled
+//! them, so each tier has its own engine, linker and epoch ticker. Only
+//! Cranelift's code goes to the on-disk cache: bytes found there serve
+//! optimised code at once. Where Winch refuses a component (a proposal it
+//! does not implement, such as tail calls), it is compiled by Cranelift
+//! straight away and [`Compiled::fallback`] says why.
+//!
+//! Cranelift compiles through the incremental cache of compiled functions
+//! ([`hearth_wasm::FunctionCache`], `CACHE_DIR/apps/compiled/functions`), one
+//! compile at a time so that each compile's hits and misses are its own.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
-use hearth_wasm::{Cache, Ticker};
+use hearth_wasm::{Cache, Counts, FunctionCache, Ticker};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -27,19 +41,88 @@ use crate::manifest::{Limits, Manifest};
 const KEEP_RESIDENT: usize = 1 << 20;
 /// The same for tables (function references: a few KiB for most apps).
 const TABLE_KEEP_RESIDENT: usize = 64 << 10;
+/// The most Cranelift's cache of compiled functions keeps on disk. A
+/// 400 KB component's functions take about 2 MiB there, so this holds many
+/// versions of many apps.
+const FUNCTIONS_LIMIT: u64 = 256 << 20;
 
-/// The engine, the linker every app is instantiated against, and the cache.
-pub(crate) struct Runtime {
-    pub(crate) engine: Engine,
+/// Which compiler made the code a version runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tier {
+    /// Winch: compiled fast, runs slower; Cranelift's code replaces it.
+    Baseline,
+    /// Cranelift: the code hearth keeps serving and caches.
+    Optimized,
+}
+
+impl Tier {
+    /// `baseline` or `optimized`.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Tier::Baseline => "baseline",
+            Tier::Optimized => "optimized",
+        }
+    }
+}
+
+/// A compiled component and how it came to be.
+pub(crate) struct Compiled {
+    pub(crate) component: Component,
+    pub(crate) tier: Tier,
+    /// False when it came from the cache (memory or disk).
+    pub(crate) compiled: bool,
+    /// Why new bytes were compiled by Cranelift rather than Winch.
+    pub(crate) fallback: Option<String>,
+    /// The function cache's hits and misses, for a Cranelift compile done
+    /// just now.
+    pub(crate) functions: Option<Counts>,
+}
+
+/// When Cranelift's code is written to the on-disk cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Write {
+    /// Before the compile returns: in the background compile, so that code
+    /// reported as optimized is also on disk for the next start.
+    Now,
+    /// On a thread of its own, off a deploy's critical path (the fsync took
+    /// 3 to 13 ms here, a tenth of a cold deploy); `flush_writes` waits for
+    /// it.
+    Behind,
+}
+
+/// One tier's engine and the linker every app is instantiated against.
+struct Tiered {
+    engine: Engine,
     linker: Linker<HostState>,
+    _ticker: Ticker,
+}
+
+impl Tiered {
+    fn new(engine: Engine, ticker: &str) -> Result<Tiered, Error> {
+        let mut linker = Linker::new(&engine);
+        host::add_to_linker(&mut linker).map_err(|e| Error::Runtime(format!("{e:#}")))?;
+        let ticker = Ticker::start(engine.clone(), ticker)?;
+        Ok(Tiered { engine, linker, _ticker: ticker })
+    }
+}
+
+/// The engines, their linkers and the caches.
+pub(crate) struct Runtime {
+    /// Cranelift, with the pooling allocator.
+    optimized: Tiered,
+    /// Winch, allocating on demand; `None` where Winch cannot build an
+    /// engine (a CPU it does not support).
+    baseline: Option<Tiered>,
     cache: Cache,
+    functions: Arc<FunctionCache>,
+    /// Held through each Cranelift compile.
+    optimizing: Mutex<()>,
     pub(crate) compiles: AtomicU64,
     pub(crate) cache_loads: AtomicU64,
     pub(crate) pooling: bool,
     /// Cache writes in flight, and the components they are writing.
     pending_writes: Mutex<Vec<std::thread::JoinHandle<()>>>,
     writing: Arc<Mutex<HashMap<String, Component>>>,
-    _ticker: Ticker,
 }
 
 impl Drop for Runtime {
@@ -55,11 +138,20 @@ impl std::fmt::Debug for Runtime {
 }
 
 impl Runtime {
-    /// Builds the engine with the pooling allocator sized for
-    /// `max_instances` concurrent instances of at most `ceiling` memory each.
-    /// Where the pooling allocator cannot reserve its address space (a low
-    /// `ulimit -v`), falls back to allocating on demand, with a warning.
+    /// Builds the Cranelift engine with the pooling allocator sized for
+    /// `max_instances` concurrent instances of at most `ceiling` memory each
+    /// (where the pooling allocator cannot reserve its address space, a low
+    /// `ulimit -v`, it allocates on demand, with a warning), and the Winch
+    /// engine beside it.
+    ///
+    /// The Winch engine allocates on demand: a second pool would reserve
+    /// as much address space again (about 4 GiB per instance slot) for code
+    /// that serves only until Cranelift's is ready, and a smaller pool could
+    /// run out under load and fail requests. On demand costs an mmap per
+    /// request while the baseline serves, and reserves nothing.
     pub(crate) fn new(cache_dir: &Path, max_instances: u32, ceiling: Limits) -> Result<Runtime, Error> {
+        let compiled = cache_dir.join("apps").join("compiled");
+        let functions = Arc::new(FunctionCache::open(&compiled.join("functions"), FUNCTIONS_LIMIT)?);
         let pagemap = PoolingAllocationConfig::is_pagemap_scan_available();
         let mut pooling = PoolingAllocationConfig::new();
         pooling
@@ -85,62 +177,157 @@ impl Runtime {
             // Where resetting is an madvise, batching them helps (about a
             // fifth in `apps_throughput`).
             .decommit_batch_size(32);
-        let mut pooled = hearth_wasm::config();
+        let cranelift = || {
+            let mut config = hearth_wasm::config();
+            config
+                .enable_incremental_compilation(functions.clone())
+                .map_err(|e| Error::Runtime(format!("{e:#}")))?;
+            Ok::<_, Error>(config)
+        };
+        let mut pooled = cranelift()?;
         pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
         let (engine, pooling) = match Engine::new(&pooled) {
             Ok(engine) => (engine, true),
             Err(e) => {
                 tracing::warn!(error = %e, "The pooling allocator is unavailable; instances are allocated on demand.");
-                (Engine::new(&hearth_wasm::config()).map_err(|e| Error::Runtime(format!("{e:#}")))?, false)
+                (Engine::new(&cranelift()?).map_err(|e| Error::Runtime(format!("{e:#}")))?, false)
+            }
+        };
+        let baseline = match Engine::new(&hearth_wasm::baseline_config()) {
+            Ok(engine) => Some(Tiered::new(engine, "hearth-baseline")?),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "The Winch baseline compiler is unavailable; every deploy waits for Cranelift.");
+                None
             }
         };
 
-        let cache = Cache::open(&engine, &cache_dir.join("apps").join("compiled"))?;
-
-        let mut linker = Linker::new(&engine);
-        host::add_to_linker(&mut linker).map_err(|e| Error::Runtime(format!("{e:#}")))?;
-
-        let ticker = Ticker::start(engine.clone(), "hearth-apps-epoch")?;
+        let cache = Cache::open(&engine, &compiled)?;
         Ok(Runtime {
-            engine,
-            linker,
+            optimized: Tiered::new(engine, "hearth-apps-epoch")?,
+            baseline,
             cache,
+            functions,
+            optimizing: Mutex::default(),
             compiles: AtomicU64::new(0),
             cache_loads: AtomicU64::new(0),
             pooling,
             pending_writes: Mutex::default(),
             writing: Arc::default(),
-            _ticker: ticker,
         })
     }
 
-    /// The compiled component for `sha256`: from the cache if it is there,
-    /// else compiled from `bytes()` and cached. Blocking (compilation uses
-    /// every core). Returns whether it had to compile.
+    /// The engine that runs `tier`'s code: stores for its instances must
+    /// be made with it.
+    pub(crate) fn engine(&self, tier: Tier) -> &Engine {
+        &self.tiered(tier).engine
+    }
+
+    fn tiered(&self, tier: Tier) -> &Tiered {
+        match (tier, &self.baseline) {
+            (Tier::Baseline, Some(baseline)) => baseline,
+            _ => &self.optimized,
+        }
+    }
+
+    /// The compiled component for `sha256`: Cranelift's from the cache if
+    /// it is there, else compiled from `bytes()` by Winch (or by Cranelift
+    /// where Winch refuses it). Blocking (compilation uses every core).
     pub(crate) fn component(
         &self,
         sha256: &str,
         bytes: impl FnOnce() -> Result<Arc<Vec<u8>>, Error>,
-    ) -> Result<(Component, bool), Error> {
-        let in_flight = lock(&self.writing).get(sha256).cloned();
-        if let Some(component) = in_flight.or_else(|| self.cache.load(sha256)) {
-            self.cache_loads.fetch_add(1, Ordering::Relaxed);
-            return Ok((component, false));
+    ) -> Result<Compiled, Error> {
+        if let Some(component) = self.cached(sha256) {
+            return Ok(Compiled {
+                component,
+                tier: Tier::Optimized,
+                compiled: false,
+                fallback: None,
+                functions: None,
+            });
         }
         let bytes = bytes()?;
         self.compiles.fetch_add(1, Ordering::Relaxed);
-        let component = Component::new(&self.engine, &bytes[..])
+        let fallback = match &self.baseline {
+            Some(baseline) => match Component::new(&baseline.engine, &bytes[..]) {
+                Ok(component) => {
+                    return Ok(Compiled {
+                        component,
+                        tier: Tier::Baseline,
+                        compiled: true,
+                        fallback: None,
+                        functions: None,
+                    });
+                }
+                Err(e) => format!("Winch cannot compile it ({})", compile_error(&e)),
+            },
+            None => "Winch is unavailable on this host".to_owned(),
+        };
+        let (component, functions) = self.optimize(sha256, &bytes)?;
+        tracing::info!(sha256, reason = fallback, "Compiled a component with Cranelift, not Winch.");
+        Ok(Compiled {
+            component,
+            tier: Tier::Optimized,
+            compiled: true,
+            fallback: Some(fallback),
+            functions: Some(functions),
+        })
+    }
+
+    /// Cranelift's component for `sha256`, if it is being cached or cached.
+    fn cached(&self, sha256: &str) -> Option<Component> {
+        let in_flight = lock(&self.writing).get(sha256).cloned();
+        let component = in_flight.or_else(|| self.cache.load(sha256))?;
+        self.cache_loads.fetch_add(1, Ordering::Relaxed);
+        Some(component)
+    }
+
+    /// Compiles `bytes` with Cranelift, through the cache of compiled
+    /// functions, and caches the result; returns the function cache's hits
+    /// and misses for this compile. Blocking; one compile at a time.
+    fn optimize(&self, sha256: &str, bytes: &[u8]) -> Result<(Component, Counts), Error> {
+        let _turn = lock(&self.optimizing);
+        self.optimize_held(sha256, bytes, Write::Behind)
+    }
+
+    /// The turn to compile with Cranelift, once it comes, if `wanted()`
+    /// still holds then.
+    pub(crate) fn turn_if(&self, wanted: impl FnOnce() -> bool) -> Option<MutexGuard<'_, ()>> {
+        let turn = lock(&self.optimizing);
+        wanted().then_some(turn)
+    }
+
+    /// [`Runtime::optimize`], with the turn (see [`Runtime::turn_if`]) held.
+    pub(crate) fn optimize_held(
+        &self,
+        sha256: &str,
+        bytes: &[u8],
+        write: Write,
+    ) -> Result<(Component, Counts), Error> {
+        let (started, before) = (Instant::now(), self.functions.counts());
+        let component = Component::new(&self.optimized.engine, bytes)
             .map_err(|e| Error::InvalidComponent(compile_error(&e)))?;
-        // The cache is written off the deploy's critical path (its fsync
-        // took 3 to 13 ms here, a tenth of a cold deploy); `flush_writes`
-        // waits for it.
-        match Cache::serialize(&component) {
-            Ok(artifact) => self.write_in_background(sha256, &component, artifact),
-            Err(e) => {
+        let functions = self.functions.counts().since(before);
+        tracing::debug!(
+            sha256,
+            ms = started.elapsed().as_millis() as u64,
+            hits = functions.hits,
+            misses = functions.misses,
+            "Compiled a component with Cranelift."
+        );
+        match (Cache::serialize(&component), write) {
+            (Ok(artifact), Write::Behind) => self.write_in_background(sha256, &component, artifact),
+            (Ok(artifact), Write::Now) => {
+                if let Err(e) = self.cache.write(sha256, &artifact) {
+                    tracing::warn!(error = %crate::chain(&e), "Cannot cache a compiled component.");
+                }
+            }
+            (Err(e), _) => {
                 tracing::warn!(error = %crate::chain(&e), "Cannot serialise a compiled component; it will not be cached.")
             }
         }
-        Ok((component, true))
+        self.functions.prune();
+        Ok((component, functions))
     }
 
     /// Caches `artifact` at `path` on a thread of its own. Until it is
@@ -173,29 +360,41 @@ impl Runtime {
         }
     }
 
+    /// Pre-instantiates Cranelift's `component` of a version whose Winch
+    /// code passed [`Runtime::prepare`]'s checks.
+    pub(crate) fn prepare_optimized(&self, component: &Component) -> Result<ProxyPre<HostState>, Error> {
+        instantiate_pre(&self.optimized, component)
+    }
+
     /// Checks that `component` serves HTTP and that its manifest declares
     /// what it imports, then pre-instantiates it.
     pub(crate) fn prepare(
         &self,
         component: &Component,
+        tier: Tier,
         manifest: &Manifest,
     ) -> Result<ProxyPre<HostState>, Error> {
-        check_exports(&self.engine, component)?;
-        check_imports(&self.engine, component, manifest)?;
-        let pre = self.linker.instantiate_pre(component).map_err(|e| {
-            let text = format!("{e:#}");
-            match backticked(&text) {
-                Some(import) if text.contains("import") => Error::UnsupportedImport { import },
-                _ => Error::InvalidComponent(text),
-            }
-        })?;
-        ProxyPre::new(pre).map_err(|e| Error::InvalidComponent(format!("{e:#}")))
+        let tiered = self.tiered(tier);
+        check_exports(&tiered.engine, component)?;
+        check_imports(&tiered.engine, component, manifest)?;
+        instantiate_pre(tiered, component)
     }
 
     /// Deletes compiled artifacts that no kept version uses.
     pub(crate) fn prune(&self, keep: &std::collections::HashSet<String>) {
         self.cache.prune(keep);
     }
+}
+
+fn instantiate_pre(tiered: &Tiered, component: &Component) -> Result<ProxyPre<HostState>, Error> {
+    let pre = tiered.linker.instantiate_pre(component).map_err(|e| {
+        let text = format!("{e:#}");
+        match backticked(&text) {
+            Some(import) if text.contains("import") => Error::UnsupportedImport { import },
+            _ => Error::InvalidComponent(text),
+        }
+    })?;
+    ProxyPre::new(pre).map_err(|e| Error::InvalidComponent(format!("{e:#}")))
 }
 
 fn check_exports(engine: &Engine, component: &Component) -> Result<(), Error> {
@@ -309,6 +508,95 @@ mod tests {
         // id 0, size 207 as LEB128 (two bytes), name length 6, "hearth", payload.
         assert_eq!(&tagged[8..12], &[0, 0xcf, 0x01, 6]);
         assert_ne!(hearth_wasm::sha256_hex(&base), hearth_wasm::sha256_hex(&tagged));
+    }
+
+    /// A component holding one core module whose only function tail-calls
+    /// itself (`return_call 0`): valid WebAssembly that Winch refuses.
+    const TAIL_CALL: &[u8] = &[
+        0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00, // component header
+        0x01, 0x1a, // core module section, 26 bytes
+        0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // module header
+        0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // type 0: [] -> []
+        0x03, 0x02, 0x01, 0x00, // one function of type 0
+        0x0a, 0x06, 0x01, 0x04, 0x00, 0x12, 0x00, 0x0b, // body: return_call 0
+    ];
+    /// The same with a plain `call 0`, which Winch compiles.
+    const CALL: &[u8] = &[
+        0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00, 0x01, 0x1a, 0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00,
+        0x00, 0x01, 0x04, 0x01, 0x60, 0x00, 0x00, 0x03, 0x02, 0x01, 0x00, 0x0a, 0x06, 0x01, 0x04, 0x00, 0x10,
+        0x00, 0x0b,
+    ];
+
+    fn runtime(dir: &Path) -> Runtime {
+        Runtime::new(dir, 4, Limits::CEILING).expect("the runtime starts")
+    }
+
+    fn compile(runtime: &Runtime, bytes: &[u8]) -> Compiled {
+        let sha = hearth_wasm::sha256_hex(bytes);
+        runtime.component(&sha, || Ok(Arc::new(bytes.to_vec()))).expect("it compiles")
+    }
+
+    #[test]
+    fn new_bytes_are_compiled_by_winch_and_cached_ones_are_cranelifts() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = runtime(dir.path());
+        let first = compile(&runtime, CALL);
+        assert_eq!((first.tier, first.compiled, first.fallback.as_deref()), (Tier::Baseline, true, None));
+        let sha = hearth_wasm::sha256_hex(CALL);
+        runtime.optimize(&sha, CALL).expect("Cranelift compiles it");
+        runtime.flush_writes();
+        let again = compile(&runtime, CALL);
+        assert_eq!((again.tier, again.compiled), (Tier::Optimized, false));
+        // And after a restart, from the disk.
+        drop(runtime);
+        let again = compile(&self::runtime(dir.path()), CALL);
+        assert_eq!((again.tier, again.compiled), (Tier::Optimized, false));
+    }
+
+    #[test]
+    fn what_winch_refuses_is_compiled_by_cranelift_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let compiled = compile(&runtime(dir.path()), TAIL_CALL);
+        assert_eq!((compiled.tier, compiled.compiled), (Tier::Optimized, true));
+        let why = compiled.fallback.expect("it says why Winch was not used");
+        assert!(why.contains("Winch cannot compile it") && why.contains("tail call"), "{why}");
+        assert!(compiled.functions.is_some());
+    }
+
+    #[test]
+    fn a_recompile_takes_its_functions_from_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = runtime(dir.path());
+        let (_, first) = runtime.optimize(&"1".repeat(64), TAIL_CALL).unwrap();
+        assert_eq!(first.hits, 0);
+        assert!(first.misses > 0, "{first:?}");
+        // The same function in new bytes (a custom section appended).
+        let changed = append_custom_section(TAIL_CALL, "x", b"y");
+        let (_, second) = runtime.optimize(&"2".repeat(64), &changed).unwrap();
+        assert_eq!(second, Counts { hits: first.misses, misses: 0 });
+    }
+
+    /// A component holding a core module of two functions returning
+    /// `first` and 7.
+    fn two_functions(first: u8) -> Vec<u8> {
+        let mut bytes = vec![0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00, 0x01, 0x21];
+        bytes.extend_from_slice(&[0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00]);
+        bytes.extend_from_slice(&[0x01, 0x05, 0x01, 0x60, 0x00, 0x01, 0x7f]); // type 0: [] -> [i32]
+        bytes.extend_from_slice(&[0x03, 0x03, 0x02, 0x00, 0x00]); // two functions of type 0
+        bytes
+            .extend_from_slice(&[0x0a, 0x0b, 0x02, 0x04, 0x00, 0x41, first, 0x0b, 0x04, 0x00, 0x41, 7, 0x0b]);
+        bytes
+    }
+
+    #[test]
+    fn a_recompile_compiles_only_the_changed_function() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = runtime(dir.path());
+        let (_, first) = runtime.optimize(&"1".repeat(64), &two_functions(1)).unwrap();
+        assert_eq!(first.hits, 0);
+        assert!(first.misses >= 2, "{first:?}");
+        let (_, second) = runtime.optimize(&"2".repeat(64), &two_functions(2)).unwrap();
+        assert_eq!(second, Counts { hits: first.misses - 1, misses: 1 });
     }
 
     #[test]

@@ -95,7 +95,7 @@ impl Apps {
         if config.values == loaded.ctx.config {
             return Ok(());
         }
-        let refreshed = self.loaded(&app, version, config, loaded.ctx.limits, loaded.pre.clone());
+        let refreshed = self.loaded(&app, version, config, loaded.ctx.limits, loaded.code.clone());
         self.install(name, self.routes_of(&app), Ok(refreshed), guards);
         Ok(())
     }

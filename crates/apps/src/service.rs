@@ -32,11 +32,12 @@ use crate::logs::{AppLog, LogLine, LogStream};
 use crate::manifest::{Limits, Manifest};
 use crate::outbound::{Resolve, SystemResolver};
 use crate::record::{self, App, Route, Version, validate_name};
-use crate::runtime::{self, Runtime};
+use crate::runtime::{self, Runtime, Tier};
 use crate::triggers::Guards;
 use crate::{Error, chain, now_ms};
 
 mod reconcile;
+mod tiers;
 
 /// How the service is set up.
 #[derive(Debug, Clone)]
@@ -107,6 +108,8 @@ pub struct Deployed {
     /// Of which building from source took, for a handler deployed as
     /// source.
     pub build_ms: Option<f64>,
+    /// Which compiler's code it serves with.
+    pub tier: TierState,
     /// Where it answers.
     pub urls: Vec<String>,
 }
@@ -122,6 +125,44 @@ pub struct AppInfo {
     pub serving: Option<u32>,
     /// Why it is not serving, if it is not.
     pub error: Option<String>,
+    /// Which compiler's code serves, if it is serving.
+    #[serde(default)]
+    pub tier: Option<Tiering>,
+}
+
+/// Which compiler's code a version serves: Winch's (baseline) until
+/// Cranelift's (optimized) is ready.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tiering {
+    pub state: TierState,
+    /// `winch` or `cranelift`.
+    pub compiler: String,
+    /// Why Winch was not used, or why the optimized code is not serving.
+    pub note: Option<String>,
+    /// Cranelift's cache of compiled functions, for this version's compile
+    /// (absent while it has not compiled, or when the whole component came
+    /// from the cache of compiled components).
+    pub functions: Option<FunctionCounts>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TierState {
+    /// Winch's code serves, and Cranelift is not compiling (it failed).
+    Baseline,
+    /// Winch's code serves while Cranelift compiles in the background.
+    Optimizing,
+    /// Cranelift's code serves.
+    Optimized,
+}
+
+/// How a Cranelift compile used the cache of compiled functions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionCounts {
+    /// Functions taken from the cache.
+    pub hits: u64,
+    /// Functions compiled (and then cached).
+    pub misses: u64,
 }
 
 /// Counters, for tests, metrics and benchmarks.
@@ -181,15 +222,79 @@ pub(crate) struct Inner {
     pub(crate) upstreams: Arc<crate::ingress::Upstreams>,
     /// Requests per app and route, for the time series.
     pub(crate) traffic: crate::traffic::Traffic,
+    /// Background compiles with Cranelift, and whether the service is
+    /// stopping (then those not yet begun are not).
+    optimizes: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// A version ready to serve: pre-instantiated, with its context.
 pub(crate) struct Loaded {
     pub(crate) ctx: Arc<AppCtx>,
-    pub(crate) pre: ProxyPre<HostState>,
+    /// Replaced by Cranelift's when the version was compiled by Winch.
+    pub(crate) code: Arc<Code>,
     pub(crate) sha256: String,
     /// The config revision told to consumers when its config was read.
     pub(crate) config_seen: hearth_store::Revision,
+}
+
+/// A version's code, pre-instantiated for the engine that compiled it.
+pub(crate) struct Code {
+    pub(crate) engine: wasmtime::Engine,
+    pub(crate) pre: ProxyPre<HostState>,
+    pub(crate) tier: Tier,
+    /// Why Winch was not used for new bytes.
+    pub(crate) fallback: Option<String>,
+    pub(crate) functions: Option<hearth_wasm::Counts>,
+    /// For Winch's code: how the background compile with Cranelift goes.
+    pub(crate) optimizing: Mutex<Optimizing>,
+}
+
+/// The background compile of a version served by Winch's code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Optimizing {
+    /// Not started yet (started when the code is installed).
+    Pending,
+    Running,
+    /// It failed; the baseline code keeps serving.
+    Failed(String),
+}
+
+impl Code {
+    fn new(runtime: &Runtime, compiled: &runtime::Compiled, pre: ProxyPre<HostState>) -> Code {
+        Code {
+            engine: runtime.engine(compiled.tier).clone(),
+            pre,
+            tier: compiled.tier,
+            fallback: compiled.fallback.clone(),
+            functions: compiled.functions,
+            optimizing: Mutex::new(Optimizing::Pending),
+        }
+    }
+
+    fn tiering(&self) -> Tiering {
+        let functions = self.functions.map(|c| FunctionCounts { hits: c.hits, misses: c.misses });
+        match self.tier {
+            Tier::Optimized => Tiering {
+                state: TierState::Optimized,
+                compiler: "cranelift".into(),
+                note: self.fallback.clone(),
+                functions,
+            },
+            Tier::Baseline => {
+                let (state, note) = match &*lock(&self.optimizing) {
+                    Optimizing::Failed(why) => (
+                        TierState::Baseline,
+                        Some(format!(
+                            "Cranelift could not compile it ({why}); Winch's code keeps serving. Deploy again to retry."
+                        )),
+                    ),
+                    Optimizing::Pending | Optimizing::Running => (TierState::Optimizing, None),
+                };
+                Tiering { state, compiler: "winch".into(), note, functions }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Apps {
@@ -240,6 +345,8 @@ impl Apps {
                 deliveries,
                 upstreams: Arc::default(),
                 traffic: crate::traffic::Traffic::default(),
+                optimizes: Mutex::default(),
+                stopping: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -310,6 +417,13 @@ impl Apps {
         let _ = triggers.await;
         let _ = services.await;
         let _ = config.await;
+        // No background compile begins from now on; the one running ends
+        // (and writes its cache) before the service does.
+        self.inner.stopping.store(true, Ordering::Relaxed);
+        let optimizes = std::mem::take(&mut *lock(&self.inner.optimizes));
+        for optimize in optimizes {
+            let _ = optimize.await;
+        }
         // Compiled components are cached in the background; finish writing
         // them so that the next start finds them.
         let inner = self.inner.clone();
@@ -417,8 +531,9 @@ impl Apps {
             let (inner, sha, code, manifest) =
                 (self.inner.clone(), sha256.clone(), bytes.clone(), manifest.clone());
             let compile = tokio::task::spawn_blocking(move || {
-                let (component, compiled) = inner.runtime.component(&sha, || Ok(code))?;
-                Ok::<_, Error>((inner.runtime.prepare(&component, &manifest)?, compiled))
+                let compiled = inner.runtime.component(&sha, || Ok(code))?;
+                let pre = inner.runtime.prepare(&compiled.component, compiled.tier, &manifest)?;
+                Ok::<_, Error>((Arc::new(Code::new(&inner.runtime, &compiled, pre)), compiled.compiled))
             });
             let (blob, bytes) = (self.blob_path(&sha256), bytes.clone());
             let save = tokio::task::spawn_blocking(move || {
@@ -430,7 +545,7 @@ impl Apps {
             });
             tokio::join!(compile, save)
         };
-        let (pre, compiled) = compiled.map_err(|e| Error::Internal(e.to_string()))??;
+        let (code, compiled) = compiled.map_err(|e| Error::Internal(e.to_string()))??;
         saved.map_err(|e| Error::Internal(e.to_string()))??;
         // After the compile, so that what fails to compile is never shared.
         let shared = if self.inner.options.shared {
@@ -471,18 +586,27 @@ impl Apps {
         self.write_holding(&app, revision, shared).await?;
         drop(_gc);
 
-        let loaded = self.loaded(&app, &version, config, limits, pre);
+        let how = match (&code.tier, compiled, &code.fallback) {
+            (_, false, _) => "Cranelift's code from the cache".to_owned(),
+            (Tier::Baseline, true, _) => {
+                "compiled by Winch; Cranelift compiles it in the background and its code takes over"
+                    .to_owned()
+            }
+            (Tier::Optimized, true, Some(why)) => format!("compiled by Cranelift: {why}"),
+            (Tier::Optimized, true, None) => "compiled by Cranelift".to_owned(),
+        };
+        let tier = code.tiering().state;
+        let loaded = self.loaded(&app, &version, config, limits, code);
         self.install(name, self.routes_of(&app), Ok(loaded), crate::triggers::guards(&app, &added));
         let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
         self.log(name).push(
             version.number,
             LogStream::Hearth,
             format!(
-                "Deployed version {} ({} bytes, sha256 {}…, {}) in {:.1} ms.",
+                "Deployed version {} ({} bytes, sha256 {}…, {how}) in {:.1} ms.",
                 version.number,
                 size,
                 &sha256[..12],
-                if compiled { "compiled" } else { "compiled code from the cache" },
                 duration_ms
             ),
         );
@@ -490,6 +614,7 @@ impl Apps {
             app = name,
             version = version.number,
             compiled,
+            ?tier,
             ms = duration_ms as u64,
             "Deployed app."
         );
@@ -503,6 +628,7 @@ impl Apps {
             compiled,
             duration_ms,
             build_ms: None,
+            tier,
         })
     }
 
@@ -637,12 +763,12 @@ impl Apps {
     }
 
     fn info(&self, app: App) -> AppInfo {
-        let (serving, error) = match lock(&self.inner.loaded).get(&app.name).map(|e| &e.serving) {
-            Some(Ok(loaded)) => (Some(loaded.ctx.version), None),
-            Some(Err(e)) => (None, Some(e.clone())),
-            None => (None, Some("not loaded yet".to_owned())),
+        let (serving, error, tier) = match lock(&self.inner.loaded).get(&app.name).map(|e| &e.serving) {
+            Some(Ok(loaded)) => (Some(loaded.ctx.version), None, Some(loaded.code.tiering())),
+            Some(Err(e)) => (None, Some(e.clone()), None),
+            None => (None, Some("not loaded yet".to_owned()), None),
         };
-        AppInfo { urls: self.urls(&app), app, serving, error }
+        AppInfo { urls: self.urls(&app), app, serving, error, tier }
     }
 
     fn urls(&self, app: &App) -> Vec<String> {
@@ -739,6 +865,7 @@ impl Apps {
         }
         if let Some(installed) = installed {
             self.catch_up_config(name, &installed);
+            self.optimize_later(name, &installed);
         }
     }
 

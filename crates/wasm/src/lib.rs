@@ -2,8 +2,13 @@
 //! WebAssembly the same way and neither carries `unsafe` code.
 //!
 //! - [`config`]: the engine settings both need (the component model, epoch
-//!   interruption); each subsystem adds its own knobs (apps: the pooling
-//!   allocator) before building its engine.
+//!   interruption), compiling with Cranelift; each subsystem adds its own
+//!   knobs (apps: the pooling allocator) before building its engine.
+//!   [`baseline_config`] is the same with the Winch baseline compiler, which
+//!   compiles several times faster into slower code: apps serve a new
+//!   version with it while Cranelift compiles in the background.
+//! - [`FunctionCache`]: Cranelift's incremental cache of compiled functions,
+//!   on disk, bounded and counted (Cranelift only: Winch has none).
 //! - [`Cache`]: compiled components on disk, keyed by the SHA-256 of their
 //!   source and by the engine's settings, written atomically; the one place
 //!   a `.cwasm` file is mapped and run, with its safety argument.
@@ -16,9 +21,11 @@
 
 pub mod blobs;
 mod cache;
+mod functions;
 mod ticker;
 
 pub use cache::{Artifact, Cache, create_private_dir, write_atomically};
+pub use functions::{Counts, FunctionCache};
 pub use ticker::{TICK, Ticker};
 
 use wasmtime::Config;
@@ -61,6 +68,18 @@ pub fn config() -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
+    config
+}
+
+/// [`config`] with the Winch baseline compiler instead of Cranelift: one
+/// pass over each function, no optimisation. Winch checks epochs as
+/// Cranelift does, so CPU budgets hold. It has no incremental cache and
+/// refuses some proposals Cranelift compiles (tail calls, exceptions,
+/// relaxed SIMD, GC); a component that uses them fails to compile here and
+/// must be compiled with [`config`].
+pub fn baseline_config() -> Config {
+    let mut config = config();
+    config.strategy(wasmtime::Strategy::Winch);
     config
 }
 
@@ -117,6 +136,49 @@ mod tests {
         assert_eq!(binary_kind(b"\0asm\x01\0\0\0"), Binary::CoreModule);
         assert_eq!(binary_kind(b"\0asm\x0d\0\x01\0"), Binary::Component);
         assert_eq!(binary_kind(b"\0asm\x0e\0\x01\0"), Binary::Unknown(0x0001_000e));
+    }
+
+    /// A component holding one core module whose only function tail-calls
+    /// itself (`return_call 0`): valid WebAssembly that Winch refuses.
+    const TAIL_CALL: &[u8] = &[
+        0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00, // component header
+        0x01, 0x1a, // core module section, 26 bytes
+        0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // module header
+        0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // type 0: [] -> []
+        0x03, 0x02, 0x01, 0x00, // one function of type 0
+        0x0a, 0x06, 0x01, 0x04, 0x00, 0x12, 0x00, 0x0b, // body: return_call 0
+    ];
+
+    /// A core module exporting `spin`, which loops forever.
+    const SPIN: &[u8] = &[
+        0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // module header
+        0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // type 0: [] -> []
+        0x03, 0x02, 0x01, 0x00, // one function of type 0
+        0x07, 0x08, 0x01, 0x04, b's', b'p', b'i', b'n', 0x00, 0x00, // export "spin"
+        0x0a, 0x09, 0x01, 0x07, 0x00, 0x03, 0x40, 0x0c, 0x00, 0x0b, 0x0b, // loop { br 0 }
+    ];
+
+    #[test]
+    fn winch_refuses_what_cranelift_compiles() {
+        use wasmtime::component::Component;
+        let winch = wasmtime::Engine::new(&baseline_config()).unwrap();
+        let cranelift = wasmtime::Engine::new(&config()).unwrap();
+        let Err(refused) = Component::new(&winch, TAIL_CALL) else { panic!("Winch compiled a tail call") };
+        assert!(format!("{refused:#}").contains("tail call"), "{refused:#}");
+        Component::new(&cranelift, TAIL_CALL).expect("Cranelift compiles tail calls");
+    }
+
+    #[test]
+    fn winch_code_is_interrupted_by_the_epoch() {
+        let engine = wasmtime::Engine::new(&baseline_config()).unwrap();
+        let module = wasmtime::Module::new(&engine, SPIN).unwrap();
+        let mut store = wasmtime::Store::new(&engine, ());
+        store.set_epoch_deadline(1);
+        let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
+        let spin = instance.get_typed_func::<(), ()>(&mut store, "spin").unwrap();
+        let _ticker = Ticker::start(engine.clone(), "test-epoch").unwrap();
+        let error = spin.call(&mut store, ()).expect_err("the loop never ends by itself");
+        assert_eq!(error.downcast_ref::<wasmtime::Trap>(), Some(&wasmtime::Trap::Interrupt), "{error:#}");
     }
 
     #[test]

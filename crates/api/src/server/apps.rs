@@ -9,8 +9,9 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use hearth_client::types::{
-    AppDetail, AppList, AppLogLine, AppLogs, AppSource, AppSummary, AppVersion, DeployApp, DeployResult,
-    DeploySource, ErrorBody, LogStream, LogsQuery, Rollback, SetSecret, SourceQuery,
+    AppDetail, AppList, AppLogLine, AppLogs, AppSource, AppSummary, AppTier, AppVersion, CodeTier, DeployApp,
+    DeployResult, DeploySource, ErrorBody, FunctionCache, LogStream, LogsQuery, Rollback, SetSecret,
+    SourceQuery,
 };
 
 use super::AppState;
@@ -42,6 +43,24 @@ fn summary(info: &hearth_apps::AppInfo) -> AppSummary {
         serving: info.serving,
         error: info.error.clone(),
         updated_at: info.app.updated_at,
+        tier: info.tier.as_ref().map(tier),
+    }
+}
+
+fn code_tier(state: hearth_apps::TierState) -> CodeTier {
+    match state {
+        hearth_apps::TierState::Baseline => CodeTier::Baseline,
+        hearth_apps::TierState::Optimizing => CodeTier::Optimizing,
+        hearth_apps::TierState::Optimized => CodeTier::Optimized,
+    }
+}
+
+fn tier(t: &hearth_apps::Tiering) -> AppTier {
+    AppTier {
+        tier: code_tier(t.state),
+        compiler: t.compiler.clone(),
+        note: t.note.clone(),
+        function_cache: t.functions.map(|f| FunctionCache { hits: f.hits, misses: f.misses }),
     }
 }
 
@@ -102,6 +121,7 @@ pub(crate) async fn deploy(
         duration_ms: deployed.duration_ms,
         build_ms: deployed.build_ms,
         urls: deployed.urls,
+        tier: Some(code_tier(deployed.tier)),
     }))
 }
 
@@ -139,6 +159,7 @@ pub(crate) async fn deploy_source(
         duration_ms: deployed.duration_ms,
         build_ms: deployed.build_ms,
         urls: deployed.urls,
+        tier: Some(code_tier(deployed.tier)),
     }))
 }
 

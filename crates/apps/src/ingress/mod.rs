@@ -257,7 +257,7 @@ where
     apps.inner.requests.fetch_add(1, Ordering::Relaxed);
     let ctx = loaded.ctx.clone();
     let what = format!("{} {}", req.method(), req.uri().path_and_query().map_or("/", |p| p.as_str()));
-    let mut store = host::new_store(&apps.inner.runtime.engine, &ctx);
+    let mut store = host::new_store(&loaded.code.engine, &ctx);
     let (tx, rx) = oneshot::channel();
     let resources = (|| {
         let incoming = store.data_mut().http().new_incoming_request(Scheme::Http, req)?;
@@ -281,7 +281,7 @@ where
     // own, as does one whose client goes away: an instance never stops half
     // way because of the connection.
     let mut instance =
-        Detachable::new(execute(store, loaded.pre.clone(), incoming, out, ctx.clone(), what.clone()));
+        Detachable::new(execute(store, loaded.code.pre.clone(), incoming, out, ctx.clone(), what.clone()));
     let mut head = Some(rx);
     let answer = loop {
         let event = match head.as_mut() {
@@ -311,7 +311,11 @@ where
     };
     let response = match answer {
         Ok(mut response) => {
-            response.headers_mut().insert("x-hearth-version", HeaderValue::from(ctx.version));
+            let headers = response.headers_mut();
+            headers.insert("x-hearth-version", HeaderValue::from(ctx.version));
+            // Which compiler's code answered: tests and benchmarks tell the
+            // tiers apart by it.
+            headers.insert("x-hearth-tier", HeaderValue::from_static(loaded.code.tier.as_str()));
             response
         }
         Err(failure) => {

@@ -150,7 +150,7 @@ impl Apps {
         let config = self.resolve_config(&app.name, &version.manifest).await?;
         let limits =
             version.manifest.limits(self.inner.options.default_limits, self.inner.options.ceiling)?;
-        let (pre, compiled) = match self.prepare(&app.name, version).await {
+        let (code, compiled) = match self.prepare(&app.name, version).await {
             Err(Error::BlobMissing { .. }) => {
                 // Held so that no garbage collection here takes the bytes
                 // between their fetch and their compile.
@@ -166,26 +166,27 @@ impl Apps {
             }
             prepared => prepared?,
         };
-        Ok((self.loaded(app, version, config, limits, pre), compiled))
+        Ok((self.loaded(app, version, config, limits, code), compiled))
     }
 
     /// The pre-instantiated component of `version`: from memory or the
     /// compiled cache, or compiled from the bytes in the data dir
     /// ([`Error::BlobMissing`] when they are not there).
-    async fn prepare(&self, name: &str, version: &Version) -> Result<(ProxyPre<HostState>, bool), Error> {
+    async fn prepare(&self, name: &str, version: &Version) -> Result<(Arc<Code>, bool), Error> {
         let blob = self.blob_path(&version.sha256);
         let (name, sha) = (name.to_owned(), version.sha256.clone());
         let inner = self.inner.clone();
         let manifest = version.manifest.clone();
         tokio::task::spawn_blocking(move || {
-            let (component, compiled) = inner.runtime.component(&sha, || match std::fs::read(&blob) {
+            let compiled = inner.runtime.component(&sha, || match std::fs::read(&blob) {
                 Ok(bytes) => Ok(Arc::new(bytes)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     Err(Error::BlobMissing { app: name, sha256: sha.clone(), dir: inner.blobs_dir.clone() })
                 }
                 Err(e) => Err(Error::io(&blob, e)),
             })?;
-            Ok::<_, Error>((inner.runtime.prepare(&component, &manifest)?, compiled))
+            let pre = inner.runtime.prepare(&compiled.component, compiled.tier, &manifest)?;
+            Ok::<_, Error>((Arc::new(Code::new(&inner.runtime, &compiled, pre)), compiled.compiled))
         })
         .await
         .map_err(|e| Error::Internal(e.to_string()))?
@@ -211,7 +212,7 @@ impl Apps {
         version: &Version,
         config: crate::secrets::AppConfig,
         limits: Limits,
-        pre: ProxyPre<HostState>,
+        code: Arc<Code>,
     ) -> Arc<Loaded> {
         let ctx = AppCtx {
             name: app.name.clone(),
@@ -225,6 +226,11 @@ impl Apps {
             limits,
             log: self.log(&app.name),
         };
-        Arc::new(Loaded { ctx: Arc::new(ctx), pre, sha256: version.sha256.clone(), config_seen: config.seen })
+        Arc::new(Loaded {
+            ctx: Arc::new(ctx),
+            code,
+            sha256: version.sha256.clone(),
+            config_seen: config.seen,
+        })
     }
 }

@@ -19,13 +19,18 @@ use tokio::sync::watch;
 async fn restart_serves_active_versions_without_recompiling() {
     let guests = guests();
     let h = Harness::start().await;
+    // Each new version serves Winch's code until Cranelift's is in the
+    // cache; what a restart loads is Cranelift's.
     h.apps.deploy("hello", guests.hello.clone(), None, vec![]).await.unwrap();
+    h.optimized("hello").await;
     h.apps.deploy("hello", guests.kitchen.clone(), Some(KITCHEN_MANIFEST.into()), vec![]).await.unwrap();
+    h.optimized("hello").await;
     h.apps.rollback("hello", Some(1)).await.unwrap();
     h.apps
         .deploy("counter", guests.counter.clone(), Some(guests.counter_manifest.clone()), vec![])
         .await
         .unwrap();
+    h.optimized("counter").await;
     for _ in 0..3 {
         assert_eq!(h.get("counter.localhost", "/").await.status, 200);
     }

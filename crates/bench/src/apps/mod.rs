@@ -31,6 +31,7 @@ use crate::output::Table;
 use crate::{Created, Kind, measured, millis, percentile};
 
 pub(crate) mod peers;
+mod tiers;
 #[cfg(test)]
 use peers::wrk_millis;
 use peers::{NativeServer, WasmtimeServe, Wrk, parse_wrk};
@@ -77,6 +78,9 @@ pub struct Args {
     /// The `wasmtime` binary [default: `wasmtime` on PATH, else ~/.cargo/bin/wasmtime].
     #[arg(long, value_name = "PATH")]
     wasmtime: Option<PathBuf>,
+    /// Cold deploys per component in the tiers section (hello, wstd-echo).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    tier_runs: u32,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -89,6 +93,9 @@ struct Report {
     component_bytes: usize,
     cores: usize,
     deploy: DeployLatency,
+    /// Cold deploys of each example by tier: first 200 from Winch's code,
+    /// then Cranelift's, and each one's requests per second.
+    tiers: Vec<Figure<tiers::TierRun>>,
     throughput: Throughput,
 }
 
@@ -242,6 +249,23 @@ async fn measure(client: &Client, args: &Args, name: &str) -> anyhow::Result<Rep
     }
     let deploy = deploys.finish();
 
+    eprintln!(
+        "[+] Tiers: {} cold deploys of each example, then load across a swap from Winch's code to Cranelift's ...",
+        args.tier_runs
+    );
+    let mut tier_runs = Vec::new();
+    for component in tiers::COMPONENTS {
+        let run =
+            tiers::measure(client, ingress, name, component, args.tier_runs as usize, args.connections).await;
+        tier_runs.push(match run {
+            Ok(run) => Figure::Measured(run),
+            Err(e) => {
+                eprintln!("      {}: {e:#}", component.label);
+                Figure::Unavailable { unavailable: format!("{}: {e:#}", component.label) }
+            }
+        });
+    }
+
     // The component exactly as built, for the throughput runs.
     deploys_plain(client, ingress, &host, name, &component).await?;
     eprintln!(
@@ -321,6 +345,7 @@ async fn measure(client: &Client, args: &Args, name: &str) -> anyhow::Result<Rep
         component_bytes: component.len(),
         cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
         deploy,
+        tiers: tier_runs,
         throughput,
     })
 }
@@ -448,7 +473,12 @@ impl<'a> Deploys<'a> {
         };
         let deployed = self.client.deploy_app(self.name, &body).await?;
         first_ok(self.ingress, self.host, deployed.version.number).await?;
-        Ok((millis(started.elapsed()), deployed.duration_ms, deployed.compiled))
+        let total = millis(started.elapsed());
+        // Untimed: Cranelift's code, which the compiled cache keeps, serves
+        // before the next deploy, so that no background compile overlaps it
+        // and a warm deploy of these bytes finds them cached.
+        tiers::wait_optimized(self.client, self.name).await?;
+        Ok((total, deployed.duration_ms, deployed.compiled))
     }
 
     fn record(&mut self, phase: Phase, total: f64, daemon: f64, compiled: bool) {
@@ -493,7 +523,9 @@ async fn deploys_plain(
         routes: vec![],
     };
     let deployed = client.deploy_app(name, &body).await?;
-    first_ok(ingress, host, deployed.version.number).await
+    first_ok(ingress, host, deployed.version.number).await?;
+    // The throughput runs measure Cranelift's code.
+    tiers::wait_optimized(client, name).await
 }
 
 /// Waits until the ingress answers 200 for `host` from `version`. Each try
@@ -529,6 +561,54 @@ pub(crate) async fn get(addr: SocketAddr, host: &str) -> anyhow::Result<(StatusC
     Ok((status, version))
 }
 
+fn render_tiers(runs: &[Figure<tiers::TierRun>]) -> String {
+    let mut table = Table::new(vec![
+        "COLD DEPLOY BY TIER",
+        "SIZE",
+        "FIRST 200 (MEDIAN, P90)",
+        "GOAL",
+        "CRANELIFT SERVING AFTER",
+        "REQ/S WINCH",
+        "REQ/S CRANELIFT",
+    ]);
+    let rate = |figure: &Figure<tiers::Rate>| match figure {
+        Figure::Measured(r) => format!("{:.0} ({:.0} ms)", r.requests_per_sec, r.window_ms),
+        Figure::Unavailable { unavailable } => format!("- ({})", crate::output::cell(unavailable, 60)),
+    };
+    let mut notes = Vec::new();
+    for run in runs {
+        match run {
+            Figure::Measured(t) => {
+                table.row(vec![
+                    t.component.clone(),
+                    format!("{:.0} KiB", t.bytes as f64 / 1024.0),
+                    format!("{:.1} ms, {:.1} ms", t.first_200.median_ms, t.first_200.p90_ms),
+                    format!("≤ {} ms: {}", t.goal_ms, verdict(t.first_200.median_ms <= t.goal_ms)),
+                    format!("{:.0} ms", t.optimized_serving.median_ms),
+                    rate(&t.baseline),
+                    rate(&t.optimized),
+                ]);
+                if t.not_baseline > 0 {
+                    notes.push(format!(
+                        "note: {} of {}'s cold deploys did not serve Winch's code first (see `hearth app inspect`)\n",
+                        t.not_baseline, t.component
+                    ));
+                }
+            }
+            Figure::Unavailable { unavailable } => notes.push(format!("unavailable: {unavailable}\n")),
+        }
+    }
+    let mut out = table.render();
+    out.push_str(
+        "(REQ/S WINCH is over the window from a new version's first answer to Cranelift's code taking over, \
+         while Cranelift compiles on the same cores; REQ/S CRANELIFT over the seconds after.)\n",
+    );
+    for note in notes {
+        out.push_str(&note);
+    }
+    out
+}
+
 fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "NOT met" }
 }
@@ -556,7 +636,7 @@ fn render(r: &Report) -> String {
         "IN THE DAEMON",
     ]);
     table.row(vec![
-        "cold: new bytes (compile, cache, swap)".into(),
+        "cold: new bytes (Winch compiles, swap)".into(),
         format!("{:.1} ms", d.cold.median_ms),
         format!("{:.1} ms", d.cold.p90_ms),
         format!("median {:.1} ms", d.cold_in_daemon.median_ms),
@@ -576,6 +656,9 @@ fn render(r: &Report) -> String {
     for surprise in &d.surprises {
         out.push_str(&format!("note: {surprise}\n"));
     }
+
+    out.push('\n');
+    out.push_str(&render_tiers(&r.tiers));
 
     out.push('\n');
     let mut table = Table::new(vec![

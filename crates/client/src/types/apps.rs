@@ -17,6 +17,44 @@ wire_enum! {
     }
 }
 
+wire_enum! {
+    /// Which compiler's code serves an app's version.
+    CodeTier {
+        /// Winch's code (the baseline compiler) serves; Cranelift is not
+        /// compiling it (it failed: see the note).
+        Baseline = "baseline",
+        /// Winch's code serves while Cranelift compiles in the background.
+        Optimizing = "optimizing",
+        /// Cranelift's code (the optimizing compiler) serves.
+        Optimized = "optimized",
+    }
+}
+
+/// Which compiler's code serves the version, and how its compile went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AppTier {
+    pub tier: CodeTier,
+    /// `winch` or `cranelift`: the compiler of the code that serves.
+    pub compiler: String,
+    /// Why Winch was not used for new bytes, or why Cranelift's code does
+    /// not serve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// How Cranelift's compile of this version used the cache of compiled
+    /// functions; absent before it compiled, and when the whole compiled
+    /// component came from the cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function_cache: Option<FunctionCache>,
+}
+
+/// Functions of one compile taken from the cache of compiled functions
+/// (hits) and compiled (misses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FunctionCache {
+    pub hits: u64,
+    pub misses: u64,
+}
+
 /// The largest app component a deploy takes, in bytes (before base64).
 pub const MAX_APP_COMPONENT: usize = 64 << 20;
 
@@ -105,6 +143,10 @@ pub struct DeployResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build_ms: Option<f64>,
     pub urls: Vec<String>,
+    /// Which compiler's code the new version serves with: `optimizing`
+    /// when Winch's code serves while Cranelift compiles in the background.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<CodeTier>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -122,6 +164,9 @@ pub struct AppSummary {
     pub error: Option<String>,
     /// Unix milliseconds.
     pub updated_at: u64,
+    /// Which compiler's code serves, if it is serving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<AppTier>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use futures::StreamExt;
 use hearth_client::Client;
-use hearth_client::types::{AppLogLine, DeployApp};
+use hearth_client::types::{AppLogLine, CodeTier, DeployApp};
 
 use crate::output::{Table, print_json};
 
@@ -91,7 +91,13 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<()>
                 deployed.app,
                 deployed.version.number,
                 deployed.duration_ms,
-                if deployed.compiled { "compiled" } else { "from the compiled cache" }
+                match (deployed.compiled, deployed.tier) {
+                    (false, _) => "from the compiled cache",
+                    (true, Some(CodeTier::Optimizing)) => {
+                        "compiled by winch; cranelift's faster code takes over when ready"
+                    }
+                    (true, _) => "compiled",
+                }
             );
             for url in deployed.urls {
                 println!("  {url}");
@@ -134,6 +140,20 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<()>
             }
             if let Some(error) = &app.summary.error {
                 println!("problem     {error}");
+            }
+            if let Some(tier) = &app.summary.tier {
+                let label = match tier.tier {
+                    CodeTier::Baseline => "baseline (winch)",
+                    CodeTier::Optimizing => "optimizing (winch serves; cranelift compiling)",
+                    CodeTier::Optimized => "optimized (cranelift)",
+                };
+                println!("tier        {label}");
+                if let Some(cache) = &tier.function_cache {
+                    println!("functions   {} from the cache, {} compiled", cache.hits, cache.misses);
+                }
+                if let Some(note) = &tier.note {
+                    println!("note        {note}");
+                }
             }
             if let Some(manifest) =
                 app.versions.iter().find(|v| v.number == app.summary.active).and_then(|v| v.manifest.clone())

@@ -15,6 +15,7 @@ mod api_errors;
 mod api_limits;
 mod apps_cli;
 mod apps_outbound;
+mod apps_tiers;
 mod apps_triggers;
 mod cli;
 mod cluster_cmd;

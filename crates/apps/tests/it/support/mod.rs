@@ -169,6 +169,21 @@ impl Harness {
         self.dir
     }
 
+    /// Waits until `name` serves Cranelift's code (which is then in the
+    /// compiled cache too): a deploy of new bytes serves Winch's first.
+    pub async fn optimized(&self, name: &str) {
+        let optimized = eventually(Duration::from_secs(120), async || {
+            let info = self.apps.get(name).await.unwrap();
+            info.tier.is_some_and(|t| t.state == hearth_apps::TierState::Optimized)
+        })
+        .await;
+        assert!(
+            optimized,
+            "{name} was not optimized within 120 s: {:?}",
+            self.apps.get(name).await.unwrap().tier
+        );
+    }
+
     /// GET http://HOST/PATH through the ingress.
     pub async fn get(&self, host: &str, path: &str) -> Reply {
         request(self.addr, "GET", host, path, "").await
