@@ -60,6 +60,24 @@ fn pong(mut stream: TcpStream) {
     );
 }
 
+/// Waits until `version` of `name` serves Cranelift's code (a 12 to 20 MB
+/// component takes a while on a busy machine).
+async fn optimized(daemon: &Daemon, name: &str, version: u32) -> hearth_client::types::AppDetail {
+    let started = std::time::Instant::now();
+    loop {
+        let app = daemon.client().app(name).await.expect("the app");
+        let tier = app.summary.tier.as_ref().map(|t| t.tier);
+        if app.summary.serving == Some(version) && tier == Some(hearth_client::types::CodeTier::Optimized) {
+            return app;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "{name} {version} was not optimized in 600 s: {app:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn ingress_port(daemon: &Daemon) -> u16 {
     let status = daemon.client().status().await.expect("status");
     status.ingress.and_then(|a| a.rsplit(':').next().and_then(|p| p.parse().ok())).expect("an ingress port")
@@ -172,6 +190,25 @@ async fn deploys_answers_and_refuses_broken_ones(
     );
     let app = daemon.client().app(&name).await.expect("the app");
     assert_eq!((app.summary.active, app.versions.len()), (1, 1), "nothing was added");
+
+    // One line changed: the engine's functions, unchanged, come from the
+    // cache of compiled functions; only what changed is compiled.
+    optimized(&daemon, &name, 1).await;
+    let comment = if lang == "js" { "//" } else { "#" };
+    let file =
+        write(&dir.path().join(format!("handler.{lang}")), &format!("{source}{comment} one line more\n"));
+    let out = success(&daemon.cli(&["fn", "deploy", &name, &file]));
+    assert!(out.contains(&format!("deployed {name} version 2")), "{out}");
+    let app = optimized(&daemon, &name, 2).await;
+    let cache =
+        app.summary.tier.and_then(|t| t.function_cache).expect("a compile that used the function cache");
+    assert!(cache.hits > 0 && cache.misses * 10 <= cache.hits + cache.misses, "{cache:?}");
+    let text = success(&daemon.cli(&["app", "inspect", &name]));
+    assert!(text.contains(&format!("functions   {} from the cache", cache.hits)), "{text}");
+    assert_eq!(
+        request(port, &host, "GET", "/d", ""),
+        (200, format!("{lang} /d hits=4 note=x greeting=hi\n"))
+    );
 
     // A component deployed with `app deploy` has no source to show.
     let said = failure(&daemon.cli(&["fn", "show", "nobody"]));
