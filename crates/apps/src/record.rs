@@ -67,7 +67,7 @@ impl App {
     }
 
     /// The version numbers, for error messages.
-    pub(crate) fn numbers(&self) -> String {
+    pub fn numbers(&self) -> String {
         let list: Vec<String> = self.versions.iter().map(|v| v.number.to_string()).collect();
         if list.is_empty() { "none".into() } else { list.join(", ") }
     }

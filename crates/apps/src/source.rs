@@ -132,14 +132,15 @@ pub fn starter(lang: Lang) -> &'static str {
 }
 
 /// The files every build directory gets: the world, and each language's
-/// wrapper. Paths are relative to the build directory.
+/// wrapper, as (path in the build directory, text). Each is kept in
+/// `crates/apps/fn/DIR/PATH`.
 macro_rules! files {
-    ($($path:literal),* $(,)?) => {
-        &[$(($path, include_str!(concat!("../fn/", $path)))),*]
+    ($dir:literal: $($path:literal),* $(,)?) => {
+        &[$(($path, include_str!(concat!("../fn/", $dir, "/", $path)))),*]
     };
 }
 
-const WIT: &[(&str, &str)] = files!(
+const WIT: &[(&str, &str)] = files!(".":
     "wit/world.wit",
     "wit/deps/config/store.wit",
     "wit/deps/config/world.wit",
@@ -186,8 +187,8 @@ const WIT: &[(&str, &str)] = files!(
 /// Files written into a build directory: (path, text).
 type Files = &'static [(&'static str, &'static str)];
 
-const JS: &[(&str, &str)] = files!("js/prelude.js", "js/entry.js", "js/build.mjs");
-const PY: &[(&str, &str)] = files!("py/hearth.py", "py/app.py");
+const JS: &[(&str, &str)] = files!("js": "prelude.js", "entry.js", "build.mjs");
+const PY: &[(&str, &str)] = files!("py": "hearth.py", "app.py");
 
 /// Where the build tools are, and how builds are bounded.
 #[derive(Debug, Clone)]
@@ -236,9 +237,6 @@ impl Toolchains {
             .tempdir()
             .map_err(|e| Error::Io { path: std::env::temp_dir(), source: e })?;
         for (path, text) in WIT.iter().chain(wrappers) {
-            // The wrappers are kept under js/ or py/ here; they build from
-            // the directory's root.
-            let path = path.split_once('/').filter(|(top, _)| *top != "wit").map_or(*path, |(_, rest)| rest);
             write(&dir.path().join(path), text.as_bytes())?;
         }
         write(&dir.path().join(source.lang.file()), source.text.as_bytes())?;

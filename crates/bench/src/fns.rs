@@ -15,14 +15,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use base64::Engine as _;
 use hearth_client::Client;
 use hearth_client::types::{DeployApp, DeploySource};
 use serde::Serialize;
 
 use crate::apps::peers::{Wrk, parse_wrk};
-use crate::apps::{Load, get};
+use crate::apps::{Load, first_ok_within, median_round};
 use crate::output::Table;
 use crate::{Created, Kind, Stats, measured, millis};
 
@@ -136,7 +136,8 @@ async fn measure(client: &Client, args: &Args, names: &[String; 3]) -> anyhow::R
         routes: vec![],
     };
     let deployed = client.deploy_app(&names[2], &body).await?;
-    first_ok(ingress, &format!("{}.localhost", names[2]), deployed.version.number).await?;
+    first_ok_within(ingress, &format!("{}.localhost", names[2]), deployed.version.number, READY_LIMIT)
+        .await?;
     eprintln!(
         "[3/3] Requests per second: {} rounds of {} s each on the JavaScript, Python and Rust hellos ...",
         args.rounds, args.duration
@@ -157,7 +158,7 @@ async fn measure(client: &Client, args: &Args, names: &[String; 3]) -> anyhow::R
             rounds[i].push(load);
         }
     }
-    let throughput = rounds.into_iter().map(median_round).collect();
+    let throughput = rounds.into_iter().filter_map(median_round).collect();
     Ok(Report {
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         javascript,
@@ -168,15 +169,6 @@ async fn measure(client: &Client, args: &Args, names: &[String; 3]) -> anyhow::R
         rounds: args.rounds,
         duration_secs: args.duration,
     })
-}
-
-/// The round with the median requests per second, with every round's.
-fn median_round(mut loads: Vec<Load>) -> Load {
-    let all: Vec<f64> = loads.iter().map(|l| l.requests_per_sec).collect();
-    loads.sort_by(|a, b| a.requests_per_sec.total_cmp(&b.requests_per_sec));
-    let mut median = loads.swap_remove((loads.len() - 1) / 2);
-    median.rounds_requests_per_sec = all;
-    median
 }
 
 async fn deploys(
@@ -194,7 +186,7 @@ async fn deploys(
         async move {
             let started = Instant::now();
             let deployed = client.deploy_source(name, &body).await?;
-            first_ok(ingress, &host, deployed.version.number).await?;
+            first_ok_within(ingress, &host, deployed.version.number, READY_LIMIT).await?;
             anyhow::Ok((
                 millis(started.elapsed()),
                 deployed.build_ms.unwrap_or(f64::NAN),
@@ -218,21 +210,6 @@ async fn deploys(
         changed_build: Stats::of(changed_build),
         component_bytes,
     })
-}
-
-/// Waits until the ingress answers 200 for `host` from `version`.
-async fn first_ok(ingress: SocketAddr, host: &str, version: u32) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let mut last = String::new();
-    while started.elapsed() < READY_LIMIT {
-        match get(ingress, host).await {
-            Ok((hyper::StatusCode::OK, Some(v))) if v == version => return Ok(()),
-            Ok((status, v)) => last = format!("{status} from version {v:?}"),
-            Err(e) => last = format!("{e:#}"),
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    bail!("version {version} of {host} did not answer 200 within {} s (last: {last})", READY_LIMIT.as_secs())
 }
 
 fn render(r: &Report) -> String {
@@ -312,7 +289,7 @@ mod tests {
             p99_ms: 2.0,
             errors: 0,
         };
-        let median = median_round(vec![load(30.0), load(10.0), load(20.0)]);
+        let median = median_round(vec![load(30.0), load(10.0), load(20.0)]).unwrap();
         assert_eq!(median.requests_per_sec, 20.0);
         assert_eq!(median.rounds_requests_per_sec, [30.0, 10.0, 20.0]);
     }

@@ -64,6 +64,39 @@ fn tier(t: &hearth_apps::Tiering) -> AppTier {
     }
 }
 
+/// Refuses a name a service has: apps and services share `NAME.localhost`.
+async fn name_free(state: &AppState, name: &str) -> Result<(), ApiError> {
+    if state.services().get(name).await.is_ok() {
+        return Err(ApiError::conflict(
+            format!("the name {name:?} is taken by a service"),
+            "pick another name for the app; `hearth service ls` lists the names in use",
+        ));
+    }
+    Ok(())
+}
+
+/// A deploy's `HOST[/PATH]` routes, parsed, and free of services' routes.
+async fn routes(state: &AppState, name: &str, given: &[String]) -> Result<Vec<hearth_apps::Route>, ApiError> {
+    let routes = given
+        .iter()
+        .map(|r| hearth_apps::Route::parse(r).map_err(hearth_apps::Error::from))
+        .collect::<Result<Vec<_>, _>>()?;
+    super::services::routes_free(state, name, &routes).await?;
+    Ok(routes)
+}
+
+fn deploy_result(deployed: hearth_apps::Deployed) -> DeployResult {
+    DeployResult {
+        app: deployed.app,
+        version: version(&deployed.version),
+        compiled: deployed.compiled,
+        duration_ms: deployed.duration_ms,
+        build_ms: deployed.build_ms,
+        urls: deployed.urls,
+        tier: Some(code_tier(deployed.tier)),
+    }
+}
+
 /// Lists apps.
 #[utoipa::path(get, path = "/v1/apps", tag = "apps", responses((status = 200, body = AppList)))]
 pub(crate) async fn list(State(state): State<AppState>) -> Result<axum::Json<AppList>, ApiError> {
@@ -97,32 +130,14 @@ pub(crate) async fn deploy(
     headers: HeaderMap,
     body: Body,
 ) -> Result<axum::Json<DeployResult>, ApiError> {
-    if state.services().get(&name).await.is_ok() {
-        return Err(ApiError::conflict(
-            format!("the name {name:?} is taken by a service"),
-            "pick another name for the app; `hearth service ls` lists the names in use",
-        ));
-    }
+    name_free(&state, &name).await?;
     let (request, _held): (DeployApp, _) =
         deploy_body(&headers, body, MAX_DEPLOY_BODY, "components are limited to 64 MiB", state.deploys())
             .await?;
     let component = component_bytes(&request.component_base64)?;
-    let routes = request
-        .routes
-        .iter()
-        .map(|r| hearth_apps::Route::parse(r).map_err(hearth_apps::Error::from))
-        .collect::<Result<Vec<_>, _>>()?;
-    super::services::routes_free(&state, &name, &routes).await?;
+    let routes = routes(&state, &name, &request.routes).await?;
     let deployed = state.apps().deploy(&name, component, request.manifest, routes).await?;
-    Ok(axum::Json(DeployResult {
-        app: deployed.app,
-        version: version(&deployed.version),
-        compiled: deployed.compiled,
-        duration_ms: deployed.duration_ms,
-        build_ms: deployed.build_ms,
-        urls: deployed.urls,
-        tier: Some(code_tier(deployed.tier)),
-    }))
+    Ok(axum::Json(deploy_result(deployed)))
 }
 
 /// Builds a JavaScript or Python handler into the app's next version and
@@ -137,30 +152,12 @@ pub(crate) async fn deploy_source(
     ApiPath(name): ApiPath<String>,
     ApiJson(request): ApiJson<DeploySource>,
 ) -> Result<axum::Json<DeployResult>, ApiError> {
-    if state.services().get(&name).await.is_ok() {
-        return Err(ApiError::conflict(
-            format!("the name {name:?} is taken by a service"),
-            "pick another name for the app; `hearth service ls` lists the names in use",
-        ));
-    }
+    name_free(&state, &name).await?;
     let lang = request.lang.parse::<hearth_apps::source::Lang>().map_err(hearth_apps::Error::Invalid)?;
-    let routes = request
-        .routes
-        .iter()
-        .map(|r| hearth_apps::Route::parse(r).map_err(hearth_apps::Error::from))
-        .collect::<Result<Vec<_>, _>>()?;
-    super::services::routes_free(&state, &name, &routes).await?;
+    let routes = routes(&state, &name, &request.routes).await?;
     let source = hearth_apps::source::Source { lang, text: request.source };
     let deployed = state.apps().deploy_source(&name, source, request.manifest, routes).await?;
-    Ok(axum::Json(DeployResult {
-        app: deployed.app,
-        version: version(&deployed.version),
-        compiled: deployed.compiled,
-        duration_ms: deployed.duration_ms,
-        build_ms: deployed.build_ms,
-        urls: deployed.urls,
-        tier: Some(code_tier(deployed.tier)),
-    }))
+    Ok(axum::Json(deploy_result(deployed)))
 }
 
 /// The source a version was built from (the serving version's by default).
@@ -177,7 +174,7 @@ pub(crate) async fn source(
     let version = info.app.version(number).ok_or_else(|| hearth_apps::Error::VersionNotFound {
         name: name.clone(),
         version: number,
-        available: info.app.versions.iter().map(|v| v.number.to_string()).collect::<Vec<_>>().join(", "),
+        available: info.app.numbers(),
     })?;
     let Some(source) = &version.source else {
         return Err(ApiError::new(

@@ -403,15 +403,22 @@ impl Peer {
         if let Err(why) = self.addr {
             return Figure::Unavailable { unavailable: why };
         }
-        let per_round: Vec<f64> = self.rounds.iter().map(|l| l.requests_per_sec).collect();
-        let mut sorted = self.rounds;
-        sorted.sort_by(|a, b| a.requests_per_sec.total_cmp(&b.requests_per_sec));
-        let Some(mut median) = sorted.get(sorted.len().saturating_sub(1) / 2).cloned() else {
-            return Figure::Unavailable { unavailable: "no round was measured".into() };
-        };
-        median.rounds_requests_per_sec = per_round;
-        Figure::Measured(median)
+        match median_round(self.rounds) {
+            Some(median) => Figure::Measured(median),
+            None => Figure::Unavailable { unavailable: "no round was measured".into() },
+        }
     }
+}
+
+/// The round with the median requests per second (the lower middle one
+/// for an even count), with every round's figure, in run order, beside it.
+pub(crate) fn median_round(rounds: Vec<Load>) -> Option<Load> {
+    let per_round: Vec<f64> = rounds.iter().map(|l| l.requests_per_sec).collect();
+    let mut sorted = rounds;
+    sorted.sort_by(|a, b| a.requests_per_sec.total_cmp(&b.requests_per_sec));
+    let mut median = sorted.get(sorted.len().saturating_sub(1) / 2).cloned()?;
+    median.rounds_requests_per_sec = per_round;
+    Some(median)
 }
 
 fn file_name(path: &Path) -> String {
@@ -531,9 +538,19 @@ async fn deploys_plain(
 /// Waits until the ingress answers 200 for `host` from `version`. Each try
 /// is a new connection, as a new client's first request would be.
 async fn first_ok(ingress: SocketAddr, host: &str, version: u32) -> anyhow::Result<()> {
+    first_ok_within(ingress, host, version, READY_LIMIT).await
+}
+
+/// As [`first_ok`], waiting at most `limit`.
+pub(crate) async fn first_ok_within(
+    ingress: SocketAddr,
+    host: &str,
+    version: u32,
+    limit: Duration,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut last = String::new();
-    while started.elapsed() < READY_LIMIT {
+    while started.elapsed() < limit {
         match get(ingress, host).await {
             Ok((StatusCode::OK, Some(v))) if v == version => return Ok(()),
             Ok((status, v)) => last = format!("{status} from version {v:?}"),
@@ -541,7 +558,7 @@ async fn first_ok(ingress: SocketAddr, host: &str, version: u32) -> anyhow::Resu
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    bail!("version {version} of {host} did not answer 200 within {} s (last: {last})", READY_LIMIT.as_secs())
+    bail!("version {version} of {host} did not answer 200 within {} s (last: {last})", limit.as_secs())
 }
 
 /// One GET / on a new connection: the status and `x-hearth-version`.

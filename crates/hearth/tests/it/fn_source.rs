@@ -9,7 +9,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hearth_testkit::{Daemon, failure, success};
@@ -210,7 +210,7 @@ async fn deploys_answers_and_refuses_broken_ones(
         (200, format!("{lang} /d hits=4 note=x greeting=hi\n"))
     );
 
-    // A component deployed with `app deploy` has no source to show.
+    // An app that does not exist has no source to show.
     let said = failure(&daemon.cli(&["fn", "show", "nobody"]));
     assert!(said.contains("nobody"), "{said}");
 }
@@ -268,4 +268,12 @@ async fn a_handler_in_an_unknown_language_or_too_large_is_refused_before_any_bui
     let error = daemon.client().deploy_source("ts", &body).await.unwrap_err().to_string();
     assert!(error.contains("give js or py"), "{error}");
     assert!(daemon.client().apps().await.unwrap().apps.is_empty(), "nothing was deployed");
+
+    // A component deployed with `app deploy` has no source to show.
+    let hello = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/apps/hello/target/wasm32-wasip2/release/hello.wasm");
+    assert!(hello.is_file(), "{} is missing: run `make examples`", hello.display());
+    success(&daemon.cli(&["app", "deploy", "hello", &hello.display().to_string()]));
+    let said = failure(&daemon.cli(&["fn", "show", "hello"]));
+    assert!(said.contains("deployed as a component, not from source"), "{said}");
 }
