@@ -136,8 +136,8 @@ export interface Machine {
   host?: string | null;
   image: string;
   backend: string;
-  desired: 'running' | 'stopped';
-  state: 'created' | 'starting' | 'running' | 'stopping' | 'stopped' | 'failed' | 'lost';
+  desired: 'running' | 'stopped' | 'sleeping';
+  state: 'created' | 'starting' | 'running' | 'stopping' | 'stopped' | 'failed' | 'lost' | 'sleeping';
   phase: string | null;
   reason: string | null;
   nics: { network: string; ip: string; dns_name: string }[];
@@ -145,6 +145,8 @@ export interface Machine {
   cpus: number;
   memory_mib: number;
   disk_mib?: number | null;
+  /** Seconds without a connection after which it sleeps; absent: never. */
+  sleep_after_secs?: number | null;
   boot_ms: number | null;
   kernel: string | null;
   ports_problem: string | null;

@@ -29,6 +29,7 @@ use crate::server::{
         leases::grant, leases::list, leases::keep_alive, leases::revoke,
         events::events,
         machines::list, machines::create, machines::get, machines::remove, machines::start, machines::stop,
+        machines::sleep, machines::wake,
         machines::logs, machines::exec, files::put, files::get,
         machines::snapshot, machines::snapshots, machines::restore, machines::remove_snapshot,
         images::list, images::get, images::remove, images::pull, images::build,

@@ -394,6 +394,16 @@ impl Client {
         self.call(Method::POST, &format!("/v1/machines/{}/stop", encode_path(name)), None).await
     }
 
+    /// Asks a running machine to sleep; its state becomes `sleeping` once saved.
+    pub async fn sleep_machine(&self, name: &str) -> Result<Machine, Error> {
+        self.call(Method::POST, &format!("/v1/machines/{}/sleep", encode_path(name)), None).await
+    }
+
+    /// Wakes a sleeping machine; answers once it runs.
+    pub async fn wake_machine(&self, name: &str) -> Result<Machine, Error> {
+        self.call(Method::POST, &format!("/v1/machines/{}/wake", encode_path(name)), None).await
+    }
+
     pub async fn remove_machine(&self, name: &str, force: bool) -> Result<(), Error> {
         let path = format!("/v1/machines/{}?force={force}", encode_path(name));
         self.send(Method::DELETE, &path, None).await.map(drop)

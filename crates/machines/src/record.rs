@@ -83,6 +83,12 @@ pub struct Spec {
     /// `/bin/sh -c` (see [`validate_on_config_change`]). Nothing when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_config_change: Option<String>,
+    /// Seconds without a connection (through its forwarded ports, or a
+    /// lookup of its name) after which the running machine is put to
+    /// sleep: its memory and devices saved to its directory and its VM
+    /// stopped, to be woken by the next connection. Never when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sleep_after_secs: Option<u64>,
 }
 
 /// The state the user wants.
@@ -91,6 +97,9 @@ pub struct Spec {
 pub enum Desired {
     Running,
     Stopped,
+    /// Saved to disk with its VM stopped, until something wakes it (see
+    /// `service::sleep`).
+    Sleeping,
 }
 
 /// What hearth last observed.
@@ -220,6 +229,10 @@ pub enum State {
     /// the VM still runs is unknown, and its disk is out of reach until the
     /// host is back, whose service then boots it again or stops it.
     Lost,
+    /// Its memory and devices are saved in its directory and no VM runs:
+    /// the next connection, `hearth machine wake` or a trigger resumes it
+    /// where it was.
+    Sleeping,
 }
 
 impl State {
@@ -232,6 +245,7 @@ impl State {
             State::Stopped => "stopped",
             State::Failed => "failed",
             State::Lost => "lost",
+            State::Sleeping => "sleeping",
         }
     }
 

@@ -131,6 +131,17 @@ struct ZoneInner {
     /// The domain as a name, for the SOA.
     apex: Name,
     records: RwLock<Records>,
+    /// Told the name of each machine looked up (the networks service
+    /// counts it as the machine's activity, and wakes it if it sleeps).
+    on_machine: std::sync::OnceLock<MachineHook>,
+}
+
+struct MachineHook(Box<dyn Fn(&str) + Send + Sync>);
+
+impl std::fmt::Debug for MachineHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MachineHook")
+    }
 }
 
 #[derive(Debug, Default)]
@@ -171,7 +182,26 @@ impl Zone {
         let apex = Name::from_ascii(format!("{domain}."))
             .unwrap_or_else(|error| panic!("{domain:?} is not a valid DNS domain: {error}"));
         let labels = domain.split('.').map(str::to_owned).collect();
-        Zone { inner: Arc::new(ZoneInner { labels, apex, records: RwLock::default() }) }
+        Zone {
+            inner: Arc::new(ZoneInner {
+                labels,
+                apex,
+                records: RwLock::default(),
+                on_machine: std::sync::OnceLock::new(),
+            }),
+        }
+    }
+
+    /// Calls `hook` with the name of each machine a query finds; the first
+    /// hook set stays.
+    pub fn on_machine_lookup(&self, hook: impl Fn(&str) + Send + Sync + 'static) {
+        let _ = self.inner.on_machine.set(MachineHook(Box::new(hook)));
+    }
+
+    fn looked_up(&self, machine: &str) {
+        if let Some(MachineHook(hook)) = self.inner.on_machine.get() {
+            hook(machine);
+        }
     }
 
     /// Replaces all machine records with `records`: (machine, network,
@@ -252,7 +282,10 @@ impl Zone {
                 }
                 [network] if records.networks.contains(network) => (Found::Empty, TTL),
                 [machine, network] => match records.machines.get(&(machine.clone(), network.clone())) {
-                    Some(ip) => (Found::Addresses(vec![IpAddr::V4(*ip)]), TTL),
+                    Some(ip) => {
+                        self.looked_up(machine);
+                        (Found::Addresses(vec![IpAddr::V4(*ip)]), TTL)
+                    }
                     None => (Found::Missing, TTL),
                 },
                 _ => (Found::Missing, TTL),
@@ -268,6 +301,9 @@ impl Zone {
                 let network = client.and_then(|ip| records.network_of.get(&ip));
                 let found =
                     network.and_then(|network| records.machines.get(&(short.clone(), network.clone())));
+                if found.is_some() {
+                    self.looked_up(short);
+                }
                 Lookup::Short(found.copied())
             }
             _ => Lookup::Outside,

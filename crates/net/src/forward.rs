@@ -14,6 +14,10 @@
 //!   listening socket. Sessions end after [`UDP_IDLE_TIMEOUT`] without
 //!   traffic either way; beyond [`UDP_MAX_SESSIONS`], the least recently
 //!   used session is ended to make room.
+//! - A forward to a machine that sleeps when idle carries a [`Gate`]: each
+//!   connection (each datagram, for UDP) counts as the machine's activity,
+//!   and one that finds the machine asleep is held while it wakes (within
+//!   [`WAKE_TIMEOUT`]), then passed through.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -27,8 +31,14 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::activity::{Activity, Open};
+
 /// How long connecting to the target may take before the client is dropped.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a connection is held while the machine it goes to wakes: a
+/// restore under software emulation takes a few seconds.
+pub const WAKE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A UDP session without traffic for this long is ended.
 pub const UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -93,6 +103,43 @@ pub struct Bound {
     target: SocketAddr,
     udp_idle_timeout: Duration,
     udp_max_sessions: usize,
+    gate: Option<Gate>,
+}
+
+/// What a forward to a machine passes its traffic through: the machine's
+/// activity, which counts it and says when the machine must be woken.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    pub machine: String,
+    pub activity: Activity,
+}
+
+impl Gate {
+    /// Counts a connection open, and wakes the machine first if it sleeps.
+    async fn pass(&self) -> Result<Open, String> {
+        let (open, dozing) = self.activity.open(&self.machine);
+        if dozing {
+            self.wake().await?;
+        }
+        Ok(open)
+    }
+
+    /// A datagram passed: wakes the machine first if it sleeps.
+    async fn touch(&self) -> Result<(), String> {
+        if self.activity.touch(&self.machine) {
+            self.wake().await?;
+        }
+        Ok(())
+    }
+
+    async fn wake(&self) -> Result<(), String> {
+        let machine = &self.machine;
+        tracing::debug!(machine, "A connection is waking its machine.");
+        match tokio::time::timeout(WAKE_TIMEOUT, self.activity.wake(machine)).await {
+            Ok(woken) => woken,
+            Err(_) => Err(format!("machine {machine} did not wake within {}s", WAKE_TIMEOUT.as_secs())),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -109,7 +156,13 @@ pub async fn bind(forward: &Forward) -> Result<Bound, Error> {
         Protocol::Tcp => Socket::Tcp(bind_tcp(addr).await?),
         Protocol::Udp => Socket::Udp(UdpSocket::bind(addr).await.map_err(|e| bind_error(protocol, addr, e))?),
     };
-    Ok(Bound { socket, target, udp_idle_timeout: UDP_IDLE_TIMEOUT, udp_max_sessions: UDP_MAX_SESSIONS })
+    Ok(Bound {
+        socket,
+        target,
+        udp_idle_timeout: UDP_IDLE_TIMEOUT,
+        udp_max_sessions: UDP_MAX_SESSIONS,
+        gate: None,
+    })
 }
 
 /// A TCP listener on `addr`, or why not (also for [`balance`](crate::balance)).
@@ -142,11 +195,17 @@ impl Bound {
         self
     }
 
+    /// Passes the traffic through `gate`: for a machine that sleeps when idle.
+    pub fn with_gate(mut self, gate: Gate) -> Bound {
+        self.gate = Some(gate);
+        self
+    }
+
     /// Relays until `shutdown` resolves. At shutdown the port is released and
     /// the connections and sessions still open are closed.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
         match self.socket {
-            Socket::Tcp(listener) => run_tcp(listener, self.target, shutdown).await,
+            Socket::Tcp(listener) => run_tcp(listener, self.target, self.gate, shutdown).await,
             Socket::Udp(socket) => {
                 let sessions = Sessions {
                     listen: Arc::new(socket),
@@ -155,6 +214,7 @@ impl Bound {
                     max: self.udp_max_sessions,
                     by_client: HashMap::new(),
                     epoch: Instant::now(),
+                    gate: self.gate,
                 };
                 sessions.run(shutdown).await;
             }
@@ -162,9 +222,27 @@ impl Bound {
     }
 }
 
-async fn run_tcp(listener: TcpListener, target: SocketAddr, shutdown: impl Future<Output = ()>) {
+async fn run_tcp(
+    listener: TcpListener,
+    target: SocketAddr,
+    gate: Option<Gate>,
+    shutdown: impl Future<Output = ()>,
+) {
     let connections = accept_tcp(&listener, "a forwarded connection", shutdown, move |client, peer| {
-        relay_tcp(client, peer, target)
+        let gate = gate.clone();
+        async move {
+            let _open = match &gate {
+                None => None,
+                Some(gate) => match gate.pass().await {
+                    Ok(open) => Some(open),
+                    Err(error) => {
+                        tracing::warn!(client = %peer, machine = gate.machine, error, "Dropped a connection to a machine that could not wake.");
+                        return;
+                    }
+                },
+            };
+            relay_tcp(client, peer, target).await;
+        }
     })
     .await;
     // Dropping the set aborts the connections still open, closing both sides.
@@ -274,6 +352,7 @@ struct Sessions {
     /// Activity times are stored as milliseconds since this instant, so that
     /// both directions can update them without a lock.
     epoch: Instant,
+    gate: Option<Gate>,
 }
 
 /// One client's session: its socket to the target, and the task that sends
@@ -313,8 +392,16 @@ impl Sessions {
         }
     }
 
-    /// Sends a client's datagram to the target through its session.
+    /// Sends a client's datagram to the target through its session. A
+    /// sleeping machine is woken first: every session goes to it, so
+    /// holding the next datagrams meanwhile holds up no other machine.
     async fn send(&mut self, client: SocketAddr, datagram: &[u8]) {
+        if let Some(gate) = &self.gate
+            && let Err(error) = gate.touch().await
+        {
+            tracing::warn!(%client, machine = gate.machine, error, "Dropped a datagram to a machine that could not wake.");
+            return;
+        }
         // A session whose reply task ended cannot answer: replace it.
         if self.by_client.get(&client).is_some_and(|session| session.replies.is_finished()) {
             self.by_client.remove(&client);

@@ -9,10 +9,13 @@
 //! - [`dns`]: a small authoritative DNS server for `MACHINE.NETWORK.hearth`
 //!   and services' passing instances (`NAME.service.hearth`, SRV).
 //! - [`forward`]: TCP and UDP port forwarding from the host into machines.
+//! - [`activity`]: the traffic each machine saw, for machines that sleep
+//!   when idle, and the wake-up of one a connection finds asleep.
 //! - [`balance`]: a host port balanced over a service's instances (TCP).
 //! - [`overlay`]: networks that span hosts, through VXLAN tunnels whose
 //!   forwarding entries are written from the store.
 
+pub mod activity;
 pub mod balance;
 mod cmd;
 pub mod delay;

@@ -86,7 +86,7 @@ pub(crate) async fn put(
             )
         })?,
     };
-    let agent = state.machines().agent(&name).await?;
+    let agent = state.machines().agent_waking(&name).await?;
     // The agent client is blocking: feed it through a channel-backed reader.
     let (tx, rx) = std::sync::mpsc::sync_channel::<Result<bytes::Bytes, std::io::Error>>(16);
     let path = query.path.clone();
@@ -153,7 +153,7 @@ pub(crate) async fn get(
     ApiQuery(query): ApiQuery<FileQuery>,
 ) -> Result<Response, ApiError> {
     check_path(&query.path)?;
-    let agent = state.machines().agent(&name).await?;
+    let agent = state.machines().agent_waking(&name).await?;
     // Spool to a temporary file so that the mode is known before the body starts.
     let spool =
         tempfile::tempfile().map_err(|e| ApiError::internal(format!("cannot create a spool file: {e}")))?;

@@ -77,6 +77,7 @@ pub(crate) fn machine(r: MachineRecord) -> Machine {
         desired: match r.desired {
             Desired::Running => wire::Desired::Running,
             Desired::Stopped => wire::Desired::Stopped,
+            Desired::Sleeping => wire::Desired::Sleeping,
         },
         state: machine_state(r.status.state),
         phase: r.status.phase,
@@ -100,6 +101,7 @@ pub(crate) fn machine(r: MachineRecord) -> Machine {
         ports: r.spec.ports.iter().map(ToString::to_string).collect(),
         ports_problem: None,
         disk_mib: r.spec.disk_mib,
+        sleep_after_secs: r.spec.sleep_after_secs,
         created_at: r.created_at,
         started_at: r.status.started_at,
     }
@@ -124,6 +126,7 @@ pub(crate) fn machine_state(state: record::State) -> MachineState {
         record::State::Stopped => MachineState::Stopped,
         record::State::Failed => MachineState::Failed,
         record::State::Lost => MachineState::Lost,
+        record::State::Sleeping => MachineState::Sleeping,
     }
 }
 
@@ -223,6 +226,7 @@ pub(crate) async fn create(
             "drop `no_network`, or the ports",
         ));
     }
+    let sleep_after = body.sleep_after.as_deref().map(parse_sleep_after).transpose()?;
     let restart = body.restart.as_deref().map(str::parse::<RestartPolicy>).transpose().map_err(|e| {
         ApiError::bad_request("invalid_field", format!("field `restart`: {e}"), "omit it for `no`")
     })?;
@@ -260,6 +264,7 @@ pub(crate) async fn create(
             restart: restart.unwrap_or_default(),
             on_config_change: body.on_config_change,
             host: Some(host),
+            sleep_after,
         })
         .await?;
     if let Some((service, port)) = service
@@ -351,6 +356,19 @@ async fn service_spec(state: &AppState, text: &str) -> Result<(String, u16), Api
     }
 }
 
+/// `sleep_after`: a duration of whole seconds, at least one.
+fn parse_sleep_after(text: &str) -> Result<Duration, ApiError> {
+    let bad = |why: String| {
+        ApiError::bad_request("invalid_field", format!("field `sleep_after`: {why}"), "e.g. 30s, 5m or 1h")
+    };
+    let after =
+        humantime::parse_duration(text).map_err(|e| bad(format!("{text:?} is not a duration: {e}")))?;
+    if after < Duration::from_secs(1) || after.subsec_nanos() != 0 {
+        return Err(bad(format!("{text:?} is not a whole number of seconds, at least one")));
+    }
+    Ok(after)
+}
+
 fn generate_name() -> String {
     const WORDS: &[&str] =
         &["ash", "birch", "cedar", "elm", "fir", "hazel", "larch", "maple", "oak", "pine", "rowan", "yew"];
@@ -389,6 +407,33 @@ pub(crate) async fn stop(
     Path(name): Path<String>,
 ) -> Result<axum::Json<Machine>, ApiError> {
     Ok(axum::Json(machine(state.machines().stop(&name).await?)))
+}
+
+/// Puts a running machine to sleep: its memory and devices are saved to
+/// its host's disk and its VM stops. The answer comes at once, with
+/// `desired` `sleeping`; the state becomes `sleeping` once it is saved.
+#[utoipa::path(post, path = "/v1/machines/{name}/sleep", tag = "machines",
+    params(("name" = String, Path)),
+    responses((status = 200, body = Machine), (status = 404, body = ErrorBody),
+        (status = 409, description = "Not running", body = ErrorBody)))]
+pub(crate) async fn sleep(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<axum::Json<Machine>, ApiError> {
+    Ok(axum::Json(machine(state.machines().sleep(&name).await?)))
+}
+
+/// Wakes a sleeping machine where it was, and answers once it runs (a
+/// running machine is answered at once).
+#[utoipa::path(post, path = "/v1/machines/{name}/wake", tag = "machines",
+    params(("name" = String, Path)),
+    responses((status = 200, body = Machine), (status = 404, body = ErrorBody),
+        (status = 409, description = "Stopped, or it could not wake", body = ErrorBody)))]
+pub(crate) async fn wake(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<axum::Json<Machine>, ApiError> {
+    Ok(axum::Json(described(&state, state.machines().wake_and_wait(&name).await?)))
 }
 
 /// Removes a machine, its VM and its disk. Asked of another host than
@@ -522,14 +567,20 @@ pub(crate) async fn exec(
         )
     })?;
     // Fail before upgrading, so that the client gets a proper HTTP error.
-    let agent = state.machines().agent(&name).await?;
+    let agent = state.machines().agent_waking(&name).await?;
     let env_defaults = state.machines().get(&name).await?.spec.env;
     // A dashboard session's terminal ends when the session does.
     let ended: super::exec::Ended = match caller {
         super::auth::Caller::Session { session, .. } => Box::pin(state.sessions().ended(&session)),
         super::auth::Caller::Owner => Box::pin(std::future::pending()),
     };
-    Ok(upgrade.on_upgrade(move |socket| super::exec::session(socket, agent, env_defaults, name, ended)))
+    // A session is the machine's activity while it lasts: a machine that
+    // sleeps when idle does not fall asleep under a person's shell.
+    let (open, _) = state.networks().activity().open(&name);
+    Ok(upgrade.on_upgrade(move |socket| async move {
+        super::exec::session(socket, agent, env_defaults, name, ended).await;
+        drop(open);
+    }))
 }
 
 /// Pauses a running machine to disk (memory, devices and disk); the machine

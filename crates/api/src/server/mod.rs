@@ -297,6 +297,8 @@ pub(crate) fn api(state: AppState) -> Router {
         .route("/v1/machines/{name}", get(machines::get).delete(machines::remove))
         .route("/v1/machines/{name}/start", post(machines::start))
         .route("/v1/machines/{name}/stop", post(machines::stop))
+        .route("/v1/machines/{name}/sleep", post(machines::sleep))
+        .route("/v1/machines/{name}/wake", post(machines::wake))
         .route("/v1/machines/{name}/logs", get(machines::logs))
         .route("/v1/machines/{name}/exec", get(machines::exec))
         .route("/v1/machines/{name}/files", get(files::get).put(files::put))

@@ -17,6 +17,8 @@ wire_enum! {
         Failed = "failed",
         /// Its host stopped answering.
         Lost = "lost",
+        /// Saved to disk until something wakes it.
+        Sleeping = "sleeping",
         /// The lab owns it, but it is gone.
         Missing = "missing",
     }
@@ -32,6 +34,7 @@ impl From<MachineState> for LabMachineState {
             MachineState::Stopped => LabMachineState::Stopped,
             MachineState::Failed => LabMachineState::Failed,
             MachineState::Lost => LabMachineState::Lost,
+            MachineState::Sleeping => LabMachineState::Sleeping,
         }
     }
 }

@@ -22,6 +22,8 @@ wire_enum! {
     Desired {
         Running = "running",
         Stopped = "stopped",
+        /// Saved to disk until something wakes it.
+        Sleeping = "sleeping",
     }
 }
 
@@ -38,6 +40,9 @@ wire_enum! {
         /// Its host stopped answering: whether it still runs is unknown,
         /// and its disk is on that host, so it comes back when the host does.
         Lost = "lost",
+        /// Its memory is saved to disk and no VM runs: the next connection
+        /// through its ports, `hearth machine wake` or an exec wakes it.
+        Sleeping = "sleeping",
     }
 }
 
@@ -163,6 +168,9 @@ pub struct Machine {
     /// could be sized, whose disks are their image's size.
     #[serde(default)]
     pub disk_mib: Option<u64>,
+    /// Seconds without a connection after which it sleeps; absent: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sleep_after_secs: Option<u64>,
     /// Unix seconds.
     pub created_at: u64,
     pub started_at: Option<u64>,
@@ -255,6 +263,11 @@ pub struct CreateMachine {
     /// system grows to fill it. Default: the image's size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_mib: Option<u64>,
+    /// Put it to sleep after this long without a connection through its
+    /// ports (`30s`, `5m`, `1h`; at least `1s`); the next connection wakes
+    /// it. Default: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sleep_after: Option<String>,
     /// `NAME:PORT`: the machine joins service NAME (made if missing) as an
     /// instance answering on PORT, for as long as the machine exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -40,6 +40,11 @@ pub(crate) enum Command {
     Stop { name: String },
     /// Stop, then start a machine.
     Restart { name: String },
+    /// Put a running machine to sleep now: its memory is saved to disk and
+    /// its VM stops; the next connection through its ports wakes it.
+    Sleep { name: String },
+    /// Wake a sleeping machine where it was.
+    Wake { name: String },
     /// Remove machines, their VMs and their disks.
     Rm {
         /// Remove even if running (the VM is killed).
@@ -148,6 +153,11 @@ pub(crate) struct RunArgs {
     /// Forward a port from the host's loopback: HOSTPORT:GUESTPORT[/udp] (repeatable).
     #[arg(short = 'p', long = "publish", value_name = "HOST:GUEST")]
     ports: Vec<String>,
+    /// Sleep after this long without a connection through its ports (30s,
+    /// 5m, 1h): memory saved to disk, VM stopped; the next connection is
+    /// held while it wakes.
+    #[arg(long, value_name = "DURATION")]
+    sleep_after: Option<String>,
     /// Return as soon as the machine is created; do not wait for it to boot.
     #[arg(short, long)]
     detach: bool,
@@ -281,6 +291,27 @@ pub(crate) async fn run(client: &Client, data_dir: &Path, command: Command) -> a
             let m = wait_until_settled(client, &name, Duration::from_secs(180)).await?;
             report_up(&m)
         }
+        Command::Sleep { name } => {
+            client.sleep_machine(&name).await?;
+            let m = wait_asleep(client, &name).await?;
+            if m.state != "sleeping" {
+                bail!(
+                    "machine {name} did not sleep: {}",
+                    m.reason.unwrap_or_else(|| format!("it is {}", m.state))
+                );
+            }
+            println!("{name} is asleep; `hearth machine wake {name}` or a connection to its ports wakes it");
+            Ok(0)
+        }
+        Command::Wake { name } => {
+            let progress = crate::output::Spinner::new(format!("{name}: waking"));
+            let m = client.wake_machine(&name).await;
+            progress.finish();
+            let m = m?;
+            let took = m.boot_ms.map(|ms| format!(" in {:.1}s", ms as f64 / 1000.0)).unwrap_or_default();
+            println!("{name} is awake{took}");
+            Ok(0)
+        }
         Command::Rm { force, names } => {
             let mut failed = false;
             for name in names {
@@ -382,6 +413,7 @@ async fn run_machine(client: &Client, args: RunArgs) -> anyhow::Result<i32> {
             restart: Some(args.restart.clone()),
             on_config_change: args.on_config_change.clone(),
             on: args.on.clone(),
+            sleep_after: args.sleep_after.clone(),
         })
         .await?;
     let name = created.name.clone();
@@ -419,6 +451,28 @@ async fn wait_until_settled(client: &Client, name: &str, limit: Duration) -> any
         bail!("machine {name} did not start: {}", m.reason.unwrap_or_else(|| format!("it is {}", m.state)));
     }
     Ok(m)
+}
+
+/// Waits until a machine asked to sleep is asleep, or is not going to be
+/// (its save failed and it runs on, or it stopped).
+async fn wait_asleep(client: &Client, name: &str) -> anyhow::Result<Machine> {
+    let progress = crate::output::Spinner::new(format!("{name}: going to sleep"));
+    let started = Instant::now();
+    loop {
+        let m = client.machine(name).await?;
+        let settled = match m.state.as_str() {
+            "sleeping" | "stopped" | "failed" | "lost" => true,
+            "running" => m.desired.as_str() != "sleeping",
+            _ => false,
+        };
+        if settled || started.elapsed() > Duration::from_secs(120) {
+            progress.finish();
+            return Ok(m);
+        }
+        let phase = m.phase.clone().unwrap_or_else(|| m.state.to_string());
+        progress.set(format!("{name}: {phase} ({:.1}s)", started.elapsed().as_secs_f64()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Waits until a machine asked to stop has: stopped, failed, or lost with
@@ -480,6 +534,10 @@ fn describe(m: &Machine) -> String {
     line("backend", m.backend.to_string());
     line("resources", format!("{} CPU, {} MiB", m.cpus, m.memory_mib));
     line("disk", m.disk_mib.map(|mib| format!("{mib} MiB")).unwrap_or_else(|| "the image's size".into()));
+    if let Some(secs) = m.sleep_after_secs {
+        let after = humantime::format_duration(Duration::from_secs(secs));
+        line("sleeps", format!("after {after} without a connection"));
+    }
     if !m.entrypoint.is_empty() {
         line("main", m.entrypoint.join(" "));
         line("restart", m.restart.to_string());

@@ -35,6 +35,7 @@ mod machines_hosts;
 mod machines_image_pull;
 mod machines_lifecycle;
 mod machines_main;
+mod machines_sleep;
 mod machines_snapshot;
 mod machines_ssh;
 mod metrics_cli;

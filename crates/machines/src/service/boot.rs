@@ -16,7 +16,7 @@ use crate::record::{MachineRecord, MainProcess, State, now_unix};
 use crate::vmm::{self, Backend, VmConfig, VmFiles};
 
 /// Time a guest gets from launch to its agent's first answer.
-fn boot_deadline(backend: Backend) -> Duration {
+pub(super) fn boot_deadline(backend: Backend) -> Duration {
     match backend {
         Backend::QemuTcg => Duration::from_secs(120),
         Backend::QemuKvm | Backend::Firecracker => Duration::from_secs(30),

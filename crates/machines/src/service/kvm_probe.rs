@@ -57,6 +57,7 @@ impl Machines {
             ports: vec![],
             disk_mib: None,
             on_config_change: None,
+            sleep_after_secs: None,
         };
         let (kernel, initrd) = self
             .payload(&spec_kernel)

@@ -44,6 +44,7 @@ mod hosts;
 mod kvm_probe;
 mod payload;
 mod reconcile;
+mod sleep;
 mod snapshot;
 
 use boot::{connect_agent, kill_now};
@@ -113,6 +114,9 @@ pub struct CreateRequest {
     /// The host to run it on (its service boots it, and keeps its disk);
     /// `None`: this one.
     pub host: Option<String>,
+    /// Put it to sleep after this long without a connection (whole
+    /// seconds, at least one); never when `None`.
+    pub sleep_after: Option<Duration>,
 }
 
 impl Default for CreateRequest {
@@ -137,6 +141,7 @@ impl Default for CreateRequest {
             restart: RestartPolicy::No,
             on_config_change: None,
             host: None,
+            sleep_after: None,
         }
     }
 }
@@ -208,6 +213,9 @@ struct Inner {
     /// The NICs of this host's machines as last read, to unplug their taps
     /// once a machine's record is removed through another host.
     nics: StdMutex<HashMap<String, Vec<hearth_net::record::Nic>>>,
+    /// What wakes this host's sleeping machines when a connection comes;
+    /// the networks service holds it weakly.
+    waking: Arc<dyn hearth_net::activity::Waker>,
 }
 
 impl std::fmt::Debug for Machines {
@@ -229,31 +237,31 @@ impl Machines {
         let machines_dir = options.data_dir.join("machines");
         std::fs::create_dir_all(&machines_dir).map_err(|e| Error::io(&machines_dir, e))?;
         let images = Arc::new(ImageStore::open(&options.cache_dir.join("images"))?);
-        Ok(Self {
-            inner: Arc::new(Inner {
-                store,
-                host_name: options.host,
-                networks,
-                machines_dir,
-                cache_dir: options.cache_dir,
-                images,
-                agent: options.agent,
-                host: StdMutex::new(host),
-                locks: StdMutex::default(),
-                busy: StdMutex::default(),
-                agents: StdMutex::default(),
-                dialing: StdMutex::default(),
-                rotating: StdMutex::default(),
-                connecting: StdMutex::default(),
-                payload: Mutex::new(None),
-                config_feed: StdMutex::default(),
-                config_locks: StdMutex::default(),
-                config_queued: StdMutex::default(),
-                config_delivered: StdMutex::default(),
-                nics: StdMutex::default(),
-            }),
-            writes: None,
-        })
+        let inner = Arc::new_cyclic(|weak| Inner {
+            store,
+            host_name: options.host,
+            networks,
+            machines_dir,
+            cache_dir: options.cache_dir,
+            images,
+            agent: options.agent,
+            host: StdMutex::new(host),
+            locks: StdMutex::default(),
+            busy: StdMutex::default(),
+            agents: StdMutex::default(),
+            dialing: StdMutex::default(),
+            rotating: StdMutex::default(),
+            connecting: StdMutex::default(),
+            payload: Mutex::new(None),
+            config_feed: StdMutex::default(),
+            config_locks: StdMutex::default(),
+            config_queued: StdMutex::default(),
+            config_delivered: StdMutex::default(),
+            nics: StdMutex::default(),
+            waking: Arc::new(sleep::Waking(weak.clone())),
+        });
+        inner.networks.activity().set_waker(Arc::downgrade(&inner.waking));
+        Ok(Self { inner, writes: None })
     }
 
     /// A handle whose [`create`](Self::create), [`start`](Self::start),
@@ -414,6 +422,13 @@ impl Machines {
                 req.memory_mib
             )));
         }
+        if let Some(after) = req.sleep_after
+            && after < Duration::from_secs(1)
+        {
+            return Err(Error::Invalid(format!(
+                "a machine cannot sleep after {after:?} of idleness: give at least one second (--sleep-after 1s)"
+            )));
+        }
         let host_cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
         if req.cpus == 0 || req.cpus > host_cpus.max(1) * 4 {
             return Err(Error::Invalid(format!(
@@ -514,6 +529,7 @@ impl Machines {
                 ports: req.ports.clone(),
                 disk_mib: Some(disk_mib),
                 on_config_change: req.on_config_change,
+                sleep_after_secs: req.sleep_after.map(|d| d.as_secs()),
             },
             desired: if req.start { Desired::Running } else { Desired::Stopped },
             status: Status::default(),
@@ -641,6 +657,12 @@ impl Machines {
             // and the record's delete, fenced too, is one round trip.)
             self.writes().txn(Txn::new().and_then(Op::Get { key: record::key(name) })).await?;
         }
+        if !force
+            && let Some((rec, _)) = &found
+            && rec.status.state == State::Sleeping
+        {
+            return Err(Error::StillRunning { name: name.to_owned(), state: rec.status.state.as_str() });
+        }
         let files = VmFiles::in_dir(&dir);
         if let Some(pid) = vmm::running_pid(&files, name) {
             if !force {
@@ -651,6 +673,7 @@ impl Machines {
         }
         self.forget_agent(name);
         self.forget_config(name);
+        self.inner.networks.activity().forget(name);
         lock(&self.inner.dialing).remove(name);
         lock(&self.inner.nics).remove(name);
         if dir.exists() {

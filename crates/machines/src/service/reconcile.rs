@@ -79,7 +79,28 @@ impl Machines {
             };
             let files = VmFiles::in_dir(&self.dir(&rec.name));
             let alive = vmm::running_pid(&files, &rec.name);
+            let saved = self.sleep_dir(&rec.name);
+            if alive.is_some() && saved.exists() {
+                // Caught waking: the VM runs on, and its disk has moved on
+                // from the memory saved.
+                let _ = std::fs::remove_dir_all(&saved);
+            }
             match (rec.status.state, alive) {
+                (State::Sleeping, None) => {
+                    tracing::info!(machine = rec.name, "A machine sleeps; its next connection wakes it.");
+                    self.inner.networks.activity().doze(&rec.name);
+                }
+                // Caught going to sleep, after its memory was saved.
+                (State::Stopping, None) if saved.is_dir() => {
+                    tracing::info!(machine = rec.name, "A machine fell asleep as the daemon stopped.");
+                    self.inner.networks.activity().doze(&rec.name);
+                    self.set_status(&rec.name, |s| {
+                        s.state = State::Sleeping;
+                        s.phase = None;
+                        s.pid = None;
+                    })
+                    .await?;
+                }
                 (State::Running, Some(pid)) => {
                     tracing::info!(machine = rec.name, pid, "Adopted a running machine.");
                     self.record_recovery(&rec.name, format!("adopted its VM (pid {pid}), still running"))
@@ -140,6 +161,7 @@ impl Machines {
             if vmm::running_pid(&files, &rec.name).is_some() {
                 self.rotate_logs(&rec.name, rec.spec.backend, files.clone());
                 self.keep_agent_connected(&rec.name);
+                self.sleep_if_idle(&rec).await;
                 continue;
             }
             self.forget_agent(&rec.name);
@@ -282,6 +304,10 @@ impl Machines {
             (Desired::Stopped, State::Running | State::Starting | State::Stopping | State::Lost) => {
                 self.spawn_task(name, Task::Stop)
             }
+            (Desired::Sleeping, State::Running) => self.spawn_task(name, Task::Sleep),
+            // Stopping a sleeping machine wakes it first, to power it off
+            // cleanly (see `sleep`).
+            (Desired::Running | Desired::Stopped, State::Sleeping) => self.spawn_task(name, Task::Wake),
             (Desired::Stopped, State::Created) => {
                 let _ = self.set_status(name, |s| s.state = State::Stopped).await;
             }
@@ -305,6 +331,8 @@ impl Machines {
             let result = match task {
                 Task::Boot => this.boot(&name).await,
                 Task::Stop => this.shut_down(&name).await,
+                Task::Sleep => this.go_to_sleep(&name).await,
+                Task::Wake => this.wake_up(&name).await,
             };
             lock(&this.inner.busy).remove(&name);
             if let Err(error) = result {
@@ -330,6 +358,8 @@ impl Machines {
 enum Task {
     Boot,
     Stop,
+    Sleep,
+    Wake,
 }
 
 /// Why a VM process that is gone ended: a clean power-off, or a crash.

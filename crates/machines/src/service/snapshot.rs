@@ -107,11 +107,41 @@ impl Machines {
         let partial = dir.with_extension("partial");
         let _ = std::fs::remove_dir_all(&partial);
         std::fs::create_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
+        if let Err(error) = self.save_vm(rec, files, pid, &partial, true).await {
+            let _ = std::fs::remove_dir_all(&partial);
+            return Err(error);
+        }
+        std::fs::rename(&partial, &dir).map_err(|e| Error::io(&dir, e))?;
+        let size_bytes = dir_size(&dir);
+        let snap = SnapshotRecord {
+            name: snapshot.to_owned(),
+            machine: rec.name.clone(),
+            host: Some(self.inner.host_name.clone()),
+            spec: rec.spec.clone(),
+            size_bytes,
+            created_at: now_unix(),
+        };
+        let value = serde_json::to_vec(&snap).map_err(|e| Error::Corrupt(snapshot.to_owned(), e))?;
+        self.inner.store.put(&record::snapshot_key(snapshot), value, None).await?;
+        Ok(snap)
+    }
+
+    /// Saves a running VM's memory and devices into `into` (and, with
+    /// `copy_disk`, a copy of its disk, taken while the VM is paused), then
+    /// ends the VM. A save that fails lets the VM run on.
+    pub(super) async fn save_vm(
+        &self,
+        rec: &MachineRecord,
+        files: &VmFiles,
+        pid: u32,
+        into: &Path,
+        copy_disk: bool,
+    ) -> Result<(), Error> {
         let control = files.control.clone();
         let backend = rec.spec.backend;
         let disk = self.dir(&rec.name).join(disk_file(backend));
-        let (state_path, disk_copy) = (partial.join("state"), partial.join(disk_file(backend)));
-        let memory = partial.join("memory");
+        let (state_path, disk_copy) = (into.join("state"), copy_disk.then(|| into.join(disk_file(backend))));
+        let memory = into.join("memory");
         let name = rec.name.clone();
         let machine_dir = self.dir(&rec.name);
         let saved = blocking(move || {
@@ -120,12 +150,16 @@ impl Machines {
                 firecracker::save_state(&machine_dir, &name, &api, &state_path, &memory)?;
                 // Paused: the disk is quiescent. Firecracker has no quit;
                 // the paused process is killed below.
-                firecracker::copy_sparse(&disk, &disk_copy)?;
+                if let Some(copy) = &disk_copy {
+                    firecracker::copy_sparse(&disk, copy)?;
+                }
                 return Ok(());
             }
             vmm::qemu::save_state(&control, &state_path)?;
             // The VM is paused: its disk is quiescent and can be copied.
-            std::fs::copy(&disk, &disk_copy).map_err(|e| Error::io(&disk_copy, e))?;
+            if let Some(copy) = &disk_copy {
+                std::fs::copy(&disk, copy).map_err(|e| Error::io(copy, e))?;
+            }
             vmm::qemu::quit(&control)?;
             let started = Instant::now();
             while vmm::is_vm_process(pid, &name) && started.elapsed() < Duration::from_secs(10) {
@@ -135,7 +169,6 @@ impl Machines {
         })
         .await;
         if let Err(error) = saved {
-            let _ = std::fs::remove_dir_all(&partial);
             // A failed save leaves the VM paused: let it run again.
             let control = files.control.clone();
             let _ = blocking(move || {
@@ -152,19 +185,7 @@ impl Machines {
         if vmm::is_vm_process(pid, &rec.name) {
             kill_now(pid, &rec.name).await;
         }
-        std::fs::rename(&partial, &dir).map_err(|e| Error::io(&dir, e))?;
-        let size_bytes = dir_size(&dir);
-        let snap = SnapshotRecord {
-            name: snapshot.to_owned(),
-            machine: rec.name.clone(),
-            host: Some(self.inner.host_name.clone()),
-            spec: rec.spec.clone(),
-            size_bytes,
-            created_at: now_unix(),
-        };
-        let value = serde_json::to_vec(&snap).map_err(|e| Error::Corrupt(snapshot.to_owned(), e))?;
-        self.inner.store.put(&record::snapshot_key(snapshot), value, None).await?;
-        Ok(snap)
+        Ok(())
     }
 
     /// Creates a machine from a snapshot and resumes it where it was, on
@@ -245,16 +266,14 @@ impl Machines {
         snapshot: &str,
         recorded_taps: Vec<String>,
     ) -> Result<(), Error> {
-        let name = rec.name.clone();
-        let dir = self.dir(&name);
+        let dir = self.dir(&rec.name);
         let snap_dir = self.snapshot_dir(snapshot);
-        let (kernel, initrd) = self.payload(&rec.spec).await?;
         let backend = rec.spec.backend;
         // The same file name as when the snapshot was taken: Firecracker's
         // snapshot names its drive relative to the machine directory.
         let disk = dir.join(disk_file(backend));
         {
-            let (dir, disk, from) = (dir.clone(), disk.clone(), snap_dir.join(disk_file(backend)));
+            let (dir, from) = (dir.clone(), snap_dir.join(disk_file(backend)));
             blocking(move || {
                 std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
                 if backend == Backend::Firecracker {
@@ -265,6 +284,24 @@ impl Machines {
             })
             .await?;
         }
+        self.resume_vm(rec, &snap_dir, recorded_taps).await
+    }
+
+    /// Launches the machine's VM from the memory and devices saved in
+    /// `from`, over the disk in its directory, and waits for its agent.
+    /// `recorded_taps`: the taps the state was saved with, which
+    /// Firecracker is told to swap for the machine's.
+    pub(super) async fn resume_vm(
+        &self,
+        rec: &MachineRecord,
+        from: &Path,
+        recorded_taps: Vec<String>,
+    ) -> Result<(), Error> {
+        let name = rec.name.clone();
+        let dir = self.dir(&name);
+        let (kernel, initrd) = self.payload(&rec.spec).await?;
+        let backend = rec.spec.backend;
+        let disk = dir.join(disk_file(backend));
         for nic in &rec.spec.nics {
             self.inner.networks.prepare(nic).await?;
         }
@@ -295,8 +332,8 @@ impl Machines {
         let files = VmFiles::in_dir(&dir);
         let launched = Instant::now();
         let control = files.control.clone();
-        let state = snap_dir.join("state");
-        let memory = snap_dir.join("memory");
+        let state = from.join("state");
+        let memory = from.join("memory");
         let firecracker = self.firecracker_binary();
         blocking(move || {
             if backend == Backend::Firecracker {
@@ -326,7 +363,7 @@ impl Machines {
     }
 }
 
-fn dir_size(dir: &Path) -> u64 {
+pub(super) fn dir_size(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .map(|entries| {
             entries.filter_map(Result::ok).filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum()

@@ -37,6 +37,7 @@ fn record(name: &str, desired: Desired, state: State, auto_remove: bool) -> Mach
             ports: vec![],
             disk_mib: None,
             on_config_change: None,
+            sleep_after_secs: None,
         },
         desired,
         status: Status { state, ..Status::default() },

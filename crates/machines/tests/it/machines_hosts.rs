@@ -44,6 +44,7 @@ fn record(name: &str, host: Option<&str>, desired: Desired, state: State) -> Mac
             ports: vec![],
             disk_mib: None,
             on_config_change: None,
+            sleep_after_secs: None,
         },
         desired,
         status: Status { state, ..Status::default() },

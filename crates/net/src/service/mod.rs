@@ -23,6 +23,7 @@ use hearth_store::{Compare, Op, Store, Txn};
 use serde::Deserialize;
 use tokio::sync::{Mutex, Notify, watch};
 
+use crate::activity::Activity;
 use crate::record::{self, NetworkRecord, Nic, Subnet, now_unix};
 use crate::{dns, link, shaping};
 
@@ -128,6 +129,9 @@ pub struct MachineView {
     #[serde(default)]
     pub host: Option<String>,
     pub spec: MachineSpecView,
+    /// `running`, `stopped` or `sleeping`.
+    #[serde(default)]
+    pub desired: String,
     #[serde(default)]
     pub status: MachineStatusView,
 }
@@ -156,6 +160,9 @@ pub struct MachineSpecView {
     pub nics: Vec<Nic>,
     #[serde(default)]
     pub ports: Vec<PortSpec>,
+    /// Set for a machine that sleeps when idle.
+    #[serde(default)]
+    pub sleep_after_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -221,6 +228,9 @@ struct Inner {
     /// Without an overlay: whether an earlier life's tunnels and routes
     /// were looked for and removed (once is enough).
     overlay_leftovers_cleared: Arc<std::sync::atomic::AtomicBool>,
+    /// What this host saw of each machine's traffic, for the machines
+    /// that sleep when idle.
+    activity: Activity,
 }
 
 /// Tasks serving the current desired state, with their stop switches.
@@ -261,16 +271,38 @@ impl Networks {
                 }
             },
         };
+        let zone = dns::Zone::new("hearth");
+        let activity = Activity::default();
+        {
+            // A lookup of a sleeping machine's name wakes it: what the
+            // lookup is for, a connection straight to its address, passes
+            // through no forward that could hold it, but its SYNs are
+            // sent again until the machine answers.
+            let activity = activity.clone();
+            zone.on_machine_lookup(move |machine| {
+                if activity.touch(machine)
+                    && let Ok(runtime) = tokio::runtime::Handle::try_current()
+                {
+                    let (activity, machine) = (activity.clone(), machine.to_owned());
+                    runtime.spawn(async move {
+                        if let Err(error) = activity.wake(&machine).await {
+                            tracing::warn!(machine, error, "A lookup could not wake its machine.");
+                        }
+                    });
+                }
+            });
+        }
         Self {
             inner: Arc::new(Inner {
                 store,
                 options,
-                zone: dns::Zone::new("hearth"),
+                zone,
                 dirty: Notify::new(),
                 applying: Mutex::new(()),
                 shaper: Arc::new(StdMutex::new(shaper)),
                 running: StdMutex::default(),
                 overlay_leftovers_cleared: Arc::default(),
+                activity,
             }),
             writes: None,
         }
@@ -288,6 +320,13 @@ impl Networks {
     /// The store this handle's address writes go through.
     fn writes(&self) -> &dyn Store {
         self.writes.as_deref().unwrap_or(&*self.inner.store)
+    }
+
+    /// What this host saw of each machine's traffic (its forwards count
+    /// connections; the machines service puts idle machines to sleep by
+    /// it, and wakes them through it).
+    pub fn activity(&self) -> Activity {
+        self.inner.activity.clone()
     }
 
     /// The DNS zone every network's server answers from, kept up to date by

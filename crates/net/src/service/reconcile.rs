@@ -366,6 +366,8 @@ impl Networks {
         // problem lasts exactly as long as its cause; it is logged when it
         // appears or changes, not on every retry.
         let mut problems: BTreeMap<String, String> = BTreeMap::new();
+        let sleepers: std::collections::HashSet<&str> =
+            machines.iter().filter(|m| m.spec.sleep_after_secs.is_some()).map(|m| m.name.as_str()).collect();
         for ((machine, port), target) in to_start {
             let spec = forward::Forward {
                 protocol: if port.udp { forward::Protocol::Udp } else { forward::Protocol::Tcp },
@@ -374,6 +376,14 @@ impl Networks {
             };
             match forward::bind(&spec).await {
                 Ok(bound) => {
+                    let bound = if sleepers.contains(machine.as_str()) {
+                        bound.with_gate(forward::Gate {
+                            machine: machine.clone(),
+                            activity: self.inner.activity.clone(),
+                        })
+                    } else {
+                        bound
+                    };
                     let (stop_tx, mut stop_rx) = watch::channel(false);
                     tokio::spawn(bound.run(async move {
                         let _ = stop_rx.wait_for(|s| *s).await;
@@ -454,9 +464,19 @@ impl Networks {
 /// Another host's machines are left to it: only the host that runs a
 /// machine has its tap, so a forward from anywhere else reaches nothing
 /// (and holds the port on that host's loopback for nothing).
+/// The forwards this host should run: the ports of its running machines,
+/// and of its machines that sleep when idle for as long as they are meant
+/// to run, asleep or awake or in between, so that the connection that
+/// wakes one is held rather than refused.
 fn wanted_forwards(machines: &[MachineView], host: &str) -> HashMap<(String, PortSpec), SocketAddr> {
+    let forwarded = |m: &&MachineView| {
+        let state = m.status.state.as_str();
+        let sleeper = m.spec.sleep_after_secs.is_some() && m.desired != "stopped";
+        m.runs_on(host)
+            && (state == "running" || (sleeper && matches!(state, "sleeping" | "starting" | "stopping")))
+    };
     let mut wanted = HashMap::new();
-    for m in machines.iter().filter(|m| m.status.state == "running" && m.runs_on(host)) {
+    for m in machines.iter().filter(forwarded) {
         let Some(nic) = m.spec.nics.first() else { continue };
         for port in &m.spec.ports {
             wanted.insert((m.name.clone(), *port), SocketAddr::from((nic.ip, port.guest)));
@@ -519,5 +539,28 @@ mod tests {
         };
         assert_eq!(forwards("one"), ["before-hosts 8080:80 -> 10.0.0.4:80", "mine 8080:80 -> 10.0.0.2:80"]);
         assert_eq!(forwards("two"), ["before-hosts 8080:80 -> 10.0.0.4:80", "theirs 8080:80 -> 10.0.0.3:80"]);
+    }
+
+    #[test]
+    fn a_machine_that_sleeps_keeps_its_forwards_asleep_and_in_between_until_it_is_stopped() {
+        let sleeper = |name: &str, desired: &str, state: &str| {
+            let mut m = machine(name, Some("one"), state, "10.0.0.9");
+            m.spec.sleep_after_secs = Some(60);
+            m.desired = desired.to_owned();
+            m
+        };
+        let machines = [
+            sleeper("asleep", "sleeping", "sleeping"),
+            sleeper("waking", "running", "starting"),
+            sleeper("dozing", "sleeping", "stopping"),
+            sleeper("stopping", "stopped", "stopping"),
+            sleeper("stopped", "stopped", "stopped"),
+            // Without sleep, a machine between states has no forward.
+            machine("booting", Some("one"), "starting", "10.0.0.8"),
+        ];
+        let mut names: Vec<String> =
+            wanted_forwards(&machines, "one").into_keys().map(|(name, _)| name).collect();
+        names.sort();
+        assert_eq!(names, ["asleep", "dozing", "waking"]);
     }
 }
