@@ -33,6 +33,7 @@ pub mod machines;
 pub mod output;
 mod restate;
 pub mod services;
+pub mod sleep;
 pub mod workflows;
 
 /// What a benchmark makes on the daemon, to remove at the end.

@@ -114,6 +114,16 @@ pub(crate) enum Command {
     /// named bench-alerts-PID to the rules in force, puts keys under
     /// kv/bench-alerts-PID/, and puts the rules back and the keys away.
     Alerts(hearth_bench::alerts::Args),
+    /// Machines that sleep: RSS and CPU of a machine awake and asleep, the
+    /// time to put it to sleep, from a connection to the sleeping machine
+    /// to the answer's first byte, and requests lost across sleep/wake
+    /// cycles under intermittent load.
+    ///
+    /// Talks to the running daemon on this host, runs a machine named
+    /// bench-sleep-PID with a forwarded port and removes it again. The
+    /// image needs busybox: `hearth image build debian --packages busybox
+    /// --name bench-sleep` makes one.
+    Sleep(hearth_bench::sleep::Args),
 }
 
 /// Runs a benchmark; `client` connects to the daemon for those that need one.
@@ -130,6 +140,7 @@ pub(crate) async fn run(
         Command::Services(args) => services::run(&client()?, args).await?,
         Command::Config(args) => hearth_bench::config::run(&client()?, args).await?,
         Command::Alerts(args) => hearth_bench::alerts::run(&client()?, args).await?,
+        Command::Sleep(args) => hearth_bench::sleep::run(&client()?, data_dir, args).await?,
         Command::Store { backend, etcd, ops, concurrency, value_size, dir, json } => {
             let tmp = match dir {
                 Some(dir) => tempfile::tempdir_in(&dir),
