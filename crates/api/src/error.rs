@@ -202,6 +202,12 @@ impl From<hearth_machines::Error> for ApiError {
                 );
                 Self::conflict(message, hint)
             }
+            E::TriggerNotFound { ref machine, .. } => Self::new(
+                StatusCode::NOT_FOUND,
+                "trigger_not_found",
+                message,
+                format!("`hearth machine trigger ls {machine}` lists its triggers"),
+            ),
             E::Elsewhere { ref host, .. } => Self::new(
                 StatusCode::CONFLICT,
                 "machine_elsewhere",

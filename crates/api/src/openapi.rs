@@ -30,6 +30,7 @@ use crate::server::{
         events::events,
         machines::list, machines::create, machines::get, machines::remove, machines::start, machines::stop,
         machines::sleep, machines::wake,
+        triggers::machine_list, triggers::machine_add, triggers::machine_remove,
         machines::logs, machines::exec, files::put, files::get,
         machines::snapshot, machines::snapshots, machines::restore, machines::remove_snapshot,
         images::list, images::get, images::remove, images::pull, images::build,

@@ -379,6 +379,7 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
         store: store.clone(),
     }));
     let machines_loop = tokio::spawn(machines.clone().run(stop_rx.clone()));
+    let machine_triggers = tokio::spawn(machines.clone().run_triggers(stop_rx.clone()));
     let ingress = tokio::net::TcpListener::bind(args.ingress).await.with_context(|| {
         format!(
             "cannot listen for apps on {}: is another program using that port? pick another with --ingress",
@@ -617,6 +618,7 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
     let _ = monitor_loop.await;
     let _ = config_loop.await;
     let _ = machines_loop.await;
+    let _ = machine_triggers.await;
     let _ = apps_loop.await;
     let _ = workflows_loop.await;
     let _ = ingress_loop.await;

@@ -55,6 +55,9 @@ pub enum Error {
 
     /// The machine's VM and disk are on another host: what needs them
     /// (exec, files, logs, snapshots) is done there.
+    #[error("machine {machine:?} has no trigger {id:?} (it has: {ids})")]
+    TriggerNotFound { machine: String, id: String, ids: String },
+
     #[error("machine {name:?} runs on host {host:?}")]
     Elsewhere { name: String, host: String },
 

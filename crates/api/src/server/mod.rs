@@ -299,6 +299,8 @@ pub(crate) fn api(state: AppState) -> Router {
         .route("/v1/machines/{name}/stop", post(machines::stop))
         .route("/v1/machines/{name}/sleep", post(machines::sleep))
         .route("/v1/machines/{name}/wake", post(machines::wake))
+        .route("/v1/machines/{name}/triggers", get(triggers::machine_list).post(triggers::machine_add))
+        .route("/v1/machines/{name}/triggers/{id}", axum::routing::delete(triggers::machine_remove))
         .route("/v1/machines/{name}/logs", get(machines::logs))
         .route("/v1/machines/{name}/exec", get(machines::exec))
         .route("/v1/machines/{name}/files", get(files::get).put(files::put))

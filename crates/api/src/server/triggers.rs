@@ -1,6 +1,7 @@
 //! `/v1/apps/{name}/triggers` and `/v1/workflows/{name}/triggers`: cron
 //! schedules, store events and webhooks added by API, beside those a
-//! `hearth.toml` declares.
+//! `hearth.toml` declares; `/v1/machines/{name}/triggers`: cron schedules
+//! and store events that wake a sleeping machine.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -116,5 +117,54 @@ pub(crate) async fn workflow_remove(
     ApiPath((name, id)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     state.workflows().remove_trigger(&name, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Lists the triggers that wake a machine.
+#[utoipa::path(get, path = "/v1/machines/{name}/triggers", tag = "machines",
+    params(("name" = String, Path)), responses((status = 200, body = TriggerList), (status = 404, body = ErrorBody)))]
+pub(crate) async fn machine_list(
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<axum::Json<TriggerList>, ApiError> {
+    let triggers = state.machines().triggers(&name).await?;
+    let triggers = triggers
+        .iter()
+        .map(|t| info(t.id.clone(), &t.source, t.created_at, &t.spec))
+        .collect::<Result<_, _>>()?;
+    Ok(axum::Json(TriggerList { triggers }))
+}
+
+/// Adds a trigger that wakes a sleeping machine: a cron schedule or a store
+/// event (a webhook needs none: a request to its port wakes it).
+#[utoipa::path(post, path = "/v1/machines/{name}/triggers", tag = "machines",
+    params(("name" = String, Path)), request_body = TriggerBody,
+    responses((status = 201, body = TriggerInfo), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn machine_add(
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<TriggerBody>,
+) -> Result<(StatusCode, axum::Json<TriggerInfo>), ApiError> {
+    if body.kind == hearth_client::types::TriggerKind::Webhook {
+        return Err(ApiError::bad_request(
+            "invalid_trigger",
+            "a machine has no webhook triggers: a request to its forwarded port wakes it",
+            "forward a port (`hearth machine run -p HOST:GUEST`) and send the webhook there, or use --cron or --event",
+        ));
+    }
+    let spec: hearth_machines::service::triggers::TriggerSpec = spec(&body, "machine")?;
+    let t = state.machines().add_trigger(&name, spec).await?;
+    Ok((StatusCode::CREATED, axum::Json(info(t.id, &t.source, t.created_at, &t.spec)?)))
+}
+
+/// Removes a trigger from a machine.
+#[utoipa::path(delete, path = "/v1/machines/{name}/triggers/{id}", tag = "machines",
+    params(("name" = String, Path), ("id" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub(crate) async fn machine_remove(
+    State(state): State<AppState>,
+    ApiPath((name, id)): ApiPath<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    state.machines().remove_trigger(&name, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -45,6 +45,10 @@ pub(crate) enum Command {
     Sleep { name: String },
     /// Wake a sleeping machine where it was.
     Wake { name: String },
+    /// Triggers that wake a sleeping machine: cron schedules and store
+    /// events (--cron, --event; a request to its port needs none).
+    #[command(subcommand)]
+    Trigger(crate::cmd::trigger::Command),
     /// Remove machines, their VMs and their disks.
     Rm {
         /// Remove even if running (the VM is killed).
@@ -312,6 +316,7 @@ pub(crate) async fn run(client: &Client, data_dir: &Path, command: Command) -> a
             println!("{name} is awake{took}");
             Ok(0)
         }
+        Command::Trigger(command) => crate::cmd::trigger::run(client, "machines", command).await.map(|()| 0),
         Command::Rm { force, names } => {
             let mut failed = false;
             for name in names {

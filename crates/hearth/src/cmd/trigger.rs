@@ -1,6 +1,8 @@
 //! `hearth app trigger` and `hearth workflow trigger`: cron schedules, store
 //! events and webhooks added from the command line, beside those a
-//! `hearth.toml` declares (which change only with a redeploy).
+//! `hearth.toml` declares (which change only with a redeploy); `hearth
+//! machine trigger`: cron schedules and store events that wake a sleeping
+//! machine.
 
 use hearth_client::Client;
 use hearth_client::types::{TriggerBody, TriggerKind};
@@ -123,7 +125,7 @@ pub(crate) async fn run(client: &Client, target: &str, command: Command) -> anyh
                 "added the {} trigger {} to {name}: {}",
                 added.spec.kind,
                 added.id,
-                describe(&added.spec, added.signed)
+                what(target, &added.spec, added.signed)
             );
         }
         Command::Ls { name, json } => {
@@ -137,7 +139,7 @@ pub(crate) async fn run(client: &Client, target: &str, command: Command) -> anyh
                     t.id,
                     t.spec.kind.to_string(),
                     t.source.to_string(),
-                    describe(&t.spec, t.signed),
+                    what(target, &t.spec, t.signed),
                 ]);
             }
             print!("{}", table.render());
@@ -150,6 +152,28 @@ pub(crate) async fn run(client: &Client, target: &str, command: Command) -> anyh
         }
     }
     Ok(())
+}
+
+/// One line saying what a trigger of `target` (`apps`, `workflows`,
+/// `machines`) does.
+fn what(target: &str, t: &TriggerBody, signed: bool) -> String {
+    if target != "machines" {
+        return describe(t, signed);
+    }
+    match t.kind {
+        TriggerKind::Cron => {
+            format!(
+                "{} ({}) → wake",
+                t.schedule.as_deref().unwrap_or(""),
+                t.timezone.as_deref().unwrap_or("UTC")
+            )
+        }
+        TriggerKind::Event => {
+            let kinds = t.kinds.as_ref().map_or("put, delete".to_owned(), |k| k.join(", "));
+            format!("{}* ({kinds}) → wake", t.prefix.as_deref().unwrap_or(""))
+        }
+        TriggerKind::Webhook => describe(t, signed),
+    }
 }
 
 /// One line saying what a trigger does.

@@ -1,6 +1,7 @@
 //! Machines that sleep when idle: saved to disk with no VM left, woken by
 //! the next connection through their ports (which gets its answer), by
-//! hand, or by an exec, where they were, across a daemon restart too. That
+//! hand, by an exec, by a cron or event trigger, where they were, across a
+//! daemon restart too. That
 //! a woken machine is the same one, not booted afresh, is told by a file in
 //! `/dev/shm`, which lives in its memory only.
 
@@ -42,7 +43,8 @@ fn mark(daemon: &Daemon) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_idle_machine_sleeps_and_wakes_where_it_was_for_a_connection_by_hand_an_exec_and_a_restart() {
+async fn an_idle_machine_sleeps_and_wakes_where_it_was_for_a_connection_by_hand_an_exec_a_trigger_and_a_restart()
+ {
     let mut daemon = Daemon::start_with_default_network(BIN).await;
     let image = daemon.ensure_debian_image().await;
     let port = free_port().port();
@@ -98,6 +100,31 @@ async fn an_idle_machine_sleeps_and_wakes_where_it_was_for_a_connection_by_hand_
     // An exec wakes it first.
     success(&daemon.cli(&["machine", "sleep", "napper"]));
     assert_eq!(mark(&daemon), "kept", "the exec woke it");
+
+    // A cron trigger: a schedule with seconds, due a few seconds from now.
+    success(&daemon.cli(&["machine", "sleep", "napper"]));
+    let second =
+        (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() + 4)
+            % 60;
+    let schedule = format!("{second} * * * * *");
+    let added = success(&daemon.cli(&["machine", "trigger", "add", "napper", "--cron", &schedule]));
+    assert!(added.contains("→ wake"), "{added}");
+    let id = added.split_whitespace().nth(4).expect("the trigger's id").to_owned();
+    wait_for(&daemon, "napper", "running", Duration::from_secs(75)).await;
+    assert_eq!(mark(&daemon), "kept", "the cron trigger woke it where it was");
+    success(&daemon.cli(&["machine", "trigger", "rm", "napper", &id]));
+
+    // An event trigger: a change under a key prefix.
+    success(&daemon.cli(&["machine", "sleep", "napper"]));
+    success(&daemon.cli(&["machine", "trigger", "add", "napper", "--event", "kv/napper-wake"]));
+    let ls = success(&daemon.cli(&["machine", "trigger", "ls", "napper"]));
+    assert!(ls.contains("kv/napper-wake* (put, delete) → wake"), "{ls}");
+    success(&daemon.cli(&["kv", "put", "napper-wake", "now"]));
+    wait_for(&daemon, "napper", "running", Duration::from_secs(60)).await;
+    let err = failure(&daemon.cli(&["machine", "trigger", "add", "napper", "--webhook", "/hook"]));
+    assert!(err.contains("forwarded port"), "{err}");
+    let err = failure(&daemon.cli(&["machine", "trigger", "add", "napper", "--event", "machines/"]));
+    assert!(err.contains("not allowed"), "{err}");
 
     // Asleep across a daemon restart, and woken by a connection after it.
     success(&daemon.cli(&["machine", "sleep", "napper"]));

@@ -46,6 +46,7 @@ mod payload;
 mod reconcile;
 mod sleep;
 mod snapshot;
+pub mod triggers;
 
 use boot::{connect_agent, kill_now};
 pub use config::{ConfigFeed, ConfigPayload};
@@ -685,7 +686,11 @@ impl Machines {
         let nics = found.as_ref().map(|(r, _)| r.spec.nics.clone()).unwrap_or_default();
         self.addresses().forget(name, &nics).await?;
         if found.is_some() {
-            self.writes().delete(&record::key(name)).await?;
+            let mut txn = Txn::new().and_then(Op::Delete { key: record::key(name) });
+            for op in Self::forget_triggers(name) {
+                txn = txn.and_then(op);
+            }
+            self.writes().txn(txn).await?;
         }
         tracing::info!(machine = name, "Machine removed.");
         Ok(())
@@ -702,7 +707,11 @@ impl Machines {
             return Err(Error::StillRunning { name: rec.name.clone(), state: state.as_str() });
         }
         self.addresses().forget(&rec.name, &rec.spec.nics).await?;
-        self.writes().delete(&record::key(&rec.name)).await?;
+        let mut txn = Txn::new().and_then(Op::Delete { key: record::key(&rec.name) });
+        for op in Self::forget_triggers(&rec.name) {
+            txn = txn.and_then(op);
+        }
+        self.writes().txn(txn).await?;
         tracing::info!(machine = rec.name, host = rec.host, "Removed the record of another host's machine.");
         Ok(())
     }
