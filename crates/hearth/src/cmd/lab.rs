@@ -578,6 +578,7 @@ fn create_request(m: &file::Machine) -> CreateMachine {
         no_network: false,
         ports: m.ports.clone(),
         disk_mib: None,
+        sleep_after: m.sleep_after.clone(),
         ..CreateMachine::default()
     }
 }

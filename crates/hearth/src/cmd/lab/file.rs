@@ -23,6 +23,7 @@
 //! ports = ["237{index}:2379"]        # HOSTPORT:GUESTPORT[/udp] on the host's loopback
 //! cpus = 1                           # default 1
 //! memory = "512M"                    # or a number of MiB; default 512M
+//! sleep_after = "5m"                 # sleep when idle, woken by the next connection
 //! setup = "..."                      # sh -c, once per boot
 //! ready = "..."                      # sh -c, retried until it exits 0
 //! ready_timeout = 120                # seconds, the default
@@ -140,6 +141,7 @@ struct RawMachine {
     ready: Option<Spanned<String>>,
     ready_timeout: Option<Spanned<i64>>,
     setup_timeout: Option<Spanned<i64>>,
+    sleep_after: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -215,6 +217,8 @@ pub(crate) struct Machine {
     pub(crate) ready: Option<String>,
     pub(crate) setup_timeout: Duration,
     pub(crate) ready_timeout: Duration,
+    /// `--sleep-after`, as written (checked here, whole seconds from 1s).
+    pub(crate) sleep_after: Option<String>,
 }
 
 impl Lab {
@@ -402,6 +406,21 @@ pub(crate) fn parse(
             seconds("ready_timeout", &raw.ready_timeout, DEFAULT_READY_TIMEOUT, &mut problems);
         let setup_timeout =
             seconds("setup_timeout", &raw.setup_timeout, DEFAULT_SETUP_TIMEOUT, &mut problems);
+        if let Some(after) = &raw.sleep_after {
+            let whole = humantime::parse_duration(after.get_ref()).map_err(|e| e.to_string()).and_then(|d| {
+                match d.as_secs() >= 1 && d.subsec_nanos() == 0 {
+                    true => Ok(d),
+                    false => Err("not a whole number of seconds, at least one".to_owned()),
+                }
+            });
+            if let Err(e) = whole {
+                problems.push(format!(
+                    "{}: machine {group:?}: field `sleep_after`: {:?}: {e} (e.g. \"30s\", \"5m\")",
+                    loc.at(after.span()),
+                    after.get_ref()
+                ));
+            }
+        }
         let all: Vec<&str> = PLACEHOLDERS.iter().map(|(p, _)| *p).collect();
         for (field, template) in [("setup", &raw.setup), ("ready", &raw.ready)] {
             if let Some(t) = template
@@ -484,6 +503,7 @@ pub(crate) fn parse(
                 ready: raw.ready.as_ref().map(|s| s.get_ref().clone()),
                 setup_timeout,
                 ready_timeout,
+                sleep_after: raw.sleep_after.as_ref().map(|s| s.get_ref().clone()),
             });
         }
     }
@@ -873,6 +893,18 @@ image = "debian:bookworm"
         assert_eq!((solo.index, solo.networks.len(), solo.memory_mib), (1, 0, 512));
         assert_eq!(lab.vars(solo, &ips)["network"], "default");
         assert_eq!(parse("x.toml", GOOD, Some("other"), "x").expect("parses").name, "other");
+    }
+
+    #[test]
+    fn a_machine_may_sleep_after_a_whole_number_of_seconds() {
+        let lab = "[[machine]]\nname = \"m\"\nimage = \"i\"\nsleep_after = \"5m\"\n";
+        let lab = parse("lab.toml", lab, None, "x").expect("parses");
+        assert_eq!(lab.machines[0].sleep_after.as_deref(), Some("5m"));
+        check(
+            "[[machine]]\nname = \"m\"\nimage = \"i\"\nsleep_after = \"500ms\"\n",
+            &["lab.toml:4", "field `sleep_after`", "at least one"],
+        );
+        check("[[machine]]\nname = \"m\"\nimage = \"i\"\nsleep_after = \"soon\"\n", &["field `sleep_after`"]);
     }
 
     #[test]
