@@ -272,3 +272,112 @@ async fn forward_udp_sessions_are_bounded() {
     assert_ne!(udp_round_trip(&a, forward.addr, b"x").await, a_first, "a gets a new session");
     forward.stop().await;
 }
+
+/// Stands in for the machines service: waking starts the machine's server
+/// (nothing listens while it sleeps), a little later, or fails.
+struct Waking {
+    activity: hearth_net::activity::Activity,
+    server: std::sync::Mutex<Option<TcpListener>>,
+    wakes: std::sync::atomic::AtomicUsize,
+    fails: bool,
+}
+
+impl hearth_net::activity::Waker for Waking {
+    fn wake(
+        &self,
+        machine: &str,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'static>> {
+        self.wakes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let server = self.server.lock().unwrap().take();
+        let (activity, machine, fails) = (self.activity.clone(), machine.to_owned(), self.fails);
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if fails {
+                return Err("its saved state is gone".into());
+            }
+            if let Some(listener) = server {
+                tcp_echo_at_eof(listener);
+            }
+            activity.woke(&machine);
+            Ok(())
+        })
+    }
+}
+
+/// A gated forward to "m", whose target listens only once woken.
+async fn gated(fails: bool) -> (Running, std::sync::Arc<Waking>, hearth_net::activity::Activity) {
+    let activity = hearth_net::activity::Activity::default();
+    // Bound now, listening (accepting) only once woken: a connection
+    // before that would wait in the backlog, not be refused.
+    let server = std::net::TcpListener::bind((LOCALHOST, 0)).unwrap();
+    let target = server.local_addr().unwrap();
+    drop(server);
+    let waking = std::sync::Arc::new(Waking {
+        activity: activity.clone(),
+        server: std::sync::Mutex::new(None),
+        wakes: Default::default(),
+        fails,
+    });
+    // Weak, as the machines service's: the Arc<Waking> returned keeps it.
+    let waker: std::sync::Arc<dyn hearth_net::activity::Waker> = waking.clone();
+    activity.set_waker(std::sync::Arc::downgrade(&waker));
+    let bound = forward::bind(&Forward { protocol: Protocol::Tcp, listen: (LOCALHOST, 0).into(), target })
+        .await
+        .expect("bind the forward")
+        .with_gate(forward::Gate { machine: "m".into(), activity: activity.clone() });
+    *waking.server.lock().unwrap() = Some(TcpListener::bind(target).await.expect("the target's port"));
+    (Running::start(bound), waking, activity)
+}
+
+#[tokio::test]
+async fn a_connection_to_a_sleeping_machine_is_held_while_it_wakes_then_passed_through() {
+    let (forward, waking, activity) = gated(false).await;
+    activity.doze("m");
+    assert_eq!(round_trip(forward.addr, b"hello").await, b"hello");
+    assert_eq!(waking.wakes.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(!activity.is_dozing("m"));
+    // Awake: the next connection passes straight through.
+    assert_eq!(round_trip(forward.addr, b"again").await, b"again");
+    assert_eq!(waking.wakes.load(std::sync::atomic::Ordering::SeqCst), 1);
+    forward.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_open_through_a_gated_forward_keeps_its_machine_awake() {
+    let (forward, waking, activity) = gated(false).await;
+    // Awake from the start: its server runs.
+    tcp_echo_at_eof(waking.server.lock().unwrap().take().expect("the server"));
+    activity.woke("m");
+    let mut stream = TcpStream::connect(forward.addr).await.expect("connect");
+    stream.write_all(b"x").await.unwrap();
+    let counted = async {
+        while activity.try_doze("m", Duration::ZERO) {
+            activity.woke("m");
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(WAIT, counted).await.expect("the connection counts as activity");
+    assert!(!activity.try_doze("m", Duration::ZERO), "idle with a connection open");
+    drop(stream);
+    let idle = async {
+        while !activity.try_doze("m", Duration::ZERO) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, idle).await.expect("idle once the connection closed");
+    forward.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_to_a_machine_that_cannot_wake_is_closed() {
+    let (forward, waking, activity) = gated(true).await;
+    activity.doze("m");
+    let mut stream = TcpStream::connect(forward.addr).await.expect("connect to the forward");
+    stream.write_all(b"hello").await.unwrap();
+    let mut reply = Vec::new();
+    let read = tokio::time::timeout(WAIT, stream.read_to_end(&mut reply)).await.expect("closed in time");
+    // Closed, or reset for the bytes it never read: either way, no answer.
+    assert!(read.is_ok_and(|n| n == 0) || reply.is_empty(), "{reply:?}");
+    assert_eq!(waking.wakes.load(std::sync::atomic::Ordering::SeqCst), 1);
+    forward.stop().await;
+}
