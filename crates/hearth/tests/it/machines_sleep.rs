@@ -1,7 +1,7 @@
 //! Machines that sleep when idle: saved to disk with no VM left, woken by
 //! the next connection through their ports (which gets its answer), by
-//! hand, by an exec, by a cron or event trigger, where they were, across a
-//! daemon restart too. That
+//! hand, by an exec, by a cron or event trigger, by a workflow's call,
+//! where they were, across a daemon restart too. That
 //! a woken machine is the same one, not booted afresh, is told by a file in
 //! `/dev/shm`, which lives in its memory only.
 
@@ -125,6 +125,17 @@ async fn an_idle_machine_sleeps_and_wakes_where_it_was_for_a_connection_by_hand_
     assert!(err.contains("forwarded port"), "{err}");
     let err = failure(&daemon.cli(&["machine", "trigger", "add", "napper", "--event", "machines/"]));
     assert!(err.contains("not allowed"), "{err}");
+
+    // A workflow wakes it by calling it, and it sleeps again afterwards.
+    success(&daemon.cli(&["machine", "sleep", "napper"]));
+    success(&daemon.cli(&["workflow", "deploy", "approval", &crate::workflows_cli::approval_example()]));
+    let input = format!(
+        r#"{{"request": "wake", "approvers": ["ann"], "timeout": "1s", "notify": "http://127.0.0.1:{port}/"}}"#
+    );
+    success(&daemon.cli(&["workflow", "start", "approval", "--id", "nap-call", "--input", &input, "--wait"]));
+    let logs = success(&daemon.cli(&["workflow", "logs", "nap-call"]));
+    assert!(logs.contains("notified: HTTP"), "the call reached the machine: {logs}");
+    wait_for(&daemon, "napper", "sleeping", Duration::from_secs(90)).await;
 
     // Asleep across a daemon restart, and woken by a connection after it.
     success(&daemon.cli(&["machine", "sleep", "napper"]));
