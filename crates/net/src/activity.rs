@@ -6,7 +6,8 @@
 //! The policy, which [`Activity::try_doze`] and [`Activity::open`] keep
 //! together under one lock:
 //!
-//! - A machine with a connection open is not idle, however long it lasts.
+//! - A machine with a connection open is not idle, however long it lasts,
+//!   even one marked dozing.
 //! - A machine is idle for the time since its last connection ended, or its
 //!   name was looked up, or it woke, or this host first asked about it.
 //! - It dozes only when it has been idle for at least the time asked, and
@@ -121,10 +122,15 @@ impl Activity {
         let now = Instant::now();
         let mut seen = self.lock();
         let entry = seen.entry(machine.to_owned()).or_insert_with(|| Seen::new(now));
+        // Before the dozing flag: a flag left from an earlier life of the
+        // machine never puts it to sleep under a connection.
+        if entry.open > 0 {
+            return false;
+        }
         if entry.dozing {
             return true;
         }
-        if entry.open > 0 || now.duration_since(entry.last) < idle {
+        if now.duration_since(entry.last) < idle {
             return false;
         }
         entry.dozing = true;
@@ -188,8 +194,22 @@ mod tests {
     #[test]
     fn a_machine_is_idle_for_the_time_since_its_last_connection_ended() {
         let activity = Activity::default();
-        drop(activity.open("m"));
-        assert!(!activity.try_doze("m", Duration::from_secs(60)));
+        let (open, _) = activity.open("m");
+        std::thread::sleep(Duration::from_millis(60));
+        drop(open);
+        // Counted from the end, not the start, of the connection.
+        assert!(!activity.try_doze("m", Duration::from_millis(40)));
+        assert!(activity.try_doze("m", Duration::ZERO));
+    }
+
+    #[test]
+    fn a_dozing_machine_with_a_connection_open_is_not_idle() {
+        let activity = Activity::default();
+        activity.doze("m");
+        let (open, dozing) = activity.open("m");
+        assert!(dozing);
+        assert!(!activity.try_doze("m", Duration::ZERO));
+        drop(open);
         assert!(activity.try_doze("m", Duration::ZERO));
     }
 

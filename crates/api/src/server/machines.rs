@@ -566,6 +566,13 @@ pub(crate) async fn exec(
             "connect with a WebSocket client (GET with `Connection: upgrade` and `Upgrade: websocket`); `hearth machine exec` does",
         )
     })?;
+    // A session is the machine's activity while it lasts: a machine that
+    // sleeps when idle does not fall asleep under a person's shell. Counted
+    // before the machine is asked for, so that it cannot doze in between.
+    let (open, dozing) = state.networks().activity().open(&name);
+    if dozing {
+        state.machines().wake_and_wait(&name).await?;
+    }
     // Fail before upgrading, so that the client gets a proper HTTP error.
     let agent = state.machines().agent_waking(&name).await?;
     let env_defaults = state.machines().get(&name).await?.spec.env;
@@ -574,9 +581,6 @@ pub(crate) async fn exec(
         super::auth::Caller::Session { session, .. } => Box::pin(state.sessions().ended(&session)),
         super::auth::Caller::Owner => Box::pin(std::future::pending()),
     };
-    // A session is the machine's activity while it lasts: a machine that
-    // sleeps when idle does not fall asleep under a person's shell.
-    let (open, _) = state.networks().activity().open(&name);
     Ok(upgrade.on_upgrade(move |socket| async move {
         super::exec::session(socket, agent, env_defaults, name, ended).await;
         drop(open);

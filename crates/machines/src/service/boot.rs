@@ -47,6 +47,12 @@ impl Machines {
             // Already up (e.g. adopted): just make sure the agent answers.
             return self.await_agent(name, &rec, pid, Instant::now()).await;
         }
+        // A fresh boot: memory saved by an earlier sleep no longer matches
+        // the disk once the guest runs from it.
+        let saved = self.sleep_dir(name);
+        if saved.exists() {
+            std::fs::remove_dir_all(&saved).map_err(|e| Error::io(&saved, e))?;
+        }
         self.phase(name, "preparing the kernel and initramfs").await?;
         let (kernel, initrd) = self.payload(&rec.spec).await?;
         let backend = rec.spec.backend;
@@ -185,6 +191,8 @@ impl Machines {
         // Before the machine counts as running: its main process waits for this.
         self.push_config_on_connect(name, &client).await;
         tracing::info!(machine = name, pid, boot_ms, backend = %rec.spec.backend, "Machine is running.");
+        // Its idle time starts now, whatever an earlier life left.
+        self.inner.networks.activity().woke(name);
         self.set_status(name, |s| {
             s.state = State::Running;
             s.phase = None;

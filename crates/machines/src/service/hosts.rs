@@ -118,6 +118,7 @@ impl Machines {
         }
         self.forget_agent(name);
         self.forget_config(name);
+        self.inner.networks.activity().forget(name);
         lock(&self.inner.dialing).remove(name);
         if dir.exists()
             && let Err(error) = std::fs::remove_dir_all(&dir)
@@ -136,7 +137,8 @@ impl Machines {
     pub async fn load_by_host(&self) -> Result<BTreeMap<String, Load>, Error> {
         let mut load: BTreeMap<String, Load> = BTreeMap::new();
         for rec in self.list().await? {
-            if rec.desired != Desired::Running {
+            // A sleeping machine needs its memory again when it wakes.
+            if rec.desired == Desired::Stopped {
                 continue;
             }
             let host = rec.host.unwrap_or_else(|| self.inner.host_name.clone());
@@ -161,7 +163,8 @@ impl Machines {
 }
 
 /// Marks every machine of `host` that may have a VM (its state is not
-/// stopped, failed or lost) `lost`, with `reason` (why the host is lost,
+/// stopped, failed, lost or sleeping: a sleeping machine's saved state is
+/// on that host's disk, and it wakes there when the host is back) `lost`, with `reason` (why the host is lost,
 /// e.g. "host n2 stopped renewing its lease at 12:00:03 UTC") and where
 /// its disk is; each by compare-and-swap on the record's revision,
 /// retried on conflict. Returns how many it marked.
@@ -170,7 +173,8 @@ impl Machines {
 /// store fenced by its leadership, so that a deposed leader writes nothing.
 pub async fn mark_host_lost(store: &dyn Store, host: &str, reason: &str) -> Result<usize, Error> {
     let may_run = |rec: &MachineRecord| {
-        rec.host.as_deref() == Some(host) && !(rec.status.state.is_down() || rec.status.state == State::Lost)
+        rec.host.as_deref() == Some(host)
+            && !(rec.status.state.is_down() || matches!(rec.status.state, State::Lost | State::Sleeping))
     };
     let why = format!("{reason}; its disk is on host {host}, so the machine comes back when {host} does");
     let mut marked = 0;

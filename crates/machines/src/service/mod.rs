@@ -214,6 +214,8 @@ struct Inner {
     /// The NICs of this host's machines as last read, to unplug their taps
     /// once a machine's record is removed through another host.
     nics: StdMutex<HashMap<String, Vec<hearth_net::record::Nic>>>,
+    /// Callers waiting for a machine to wake, one at a time per machine.
+    waking_callers: StdMutex<HashMap<String, Arc<Mutex<()>>>>,
     /// What wakes this host's sleeping machines when a connection comes;
     /// the networks service holds it weakly.
     waking: Arc<dyn hearth_net::activity::Waker>,
@@ -259,6 +261,7 @@ impl Machines {
             config_queued: StdMutex::default(),
             config_delivered: StdMutex::default(),
             nics: StdMutex::default(),
+            waking_callers: StdMutex::default(),
             waking: Arc::new(sleep::Waking(weak.clone())),
         });
         inner.networks.activity().set_waker(Arc::downgrade(&inner.waking));

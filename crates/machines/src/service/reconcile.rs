@@ -14,9 +14,9 @@ use tokio::sync::watch;
 
 use super::boot::console_tail;
 use super::hosts::Owner;
-use super::{Machines, lock};
+use super::{Machines, kill_now, lock};
 use crate::Error;
-use crate::record::{self, Desired, State};
+use crate::record::{self, Desired, MachineRecord, State};
 use crate::vmm::{self, Backend, VmFiles};
 
 /// How often running machines' processes are checked.
@@ -78,20 +78,19 @@ impl Machines {
                 },
             };
             let files = VmFiles::in_dir(&self.dir(&rec.name));
-            let alive = vmm::running_pid(&files, &rec.name);
+            let mut alive = vmm::running_pid(&files, &rec.name);
             let saved = self.sleep_dir(&rec.name);
-            if alive.is_some() && saved.exists() {
-                // Caught waking: the VM runs on, and its disk has moved on
-                // from the memory saved.
-                let _ = std::fs::remove_dir_all(&saved);
+            if let Some(pid) = alive {
+                alive = self.settle_sleeper(&rec, pid, &saved).await?;
             }
             match (rec.status.state, alive) {
                 (State::Sleeping, None) => {
                     tracing::info!(machine = rec.name, "A machine sleeps; its next connection wakes it.");
                     self.inner.networks.activity().doze(&rec.name);
                 }
-                // Caught going to sleep, after its memory was saved.
-                (State::Stopping, None) if saved.is_dir() => {
+                // Caught going to sleep, after its memory was saved (by
+                // this life of the machine: saved since it last started).
+                (State::Stopping, None) if saved_since(&saved, rec.status.started_at) => {
                     tracing::info!(machine = rec.name, "A machine fell asleep as the daemon stopped.");
                     self.inner.networks.activity().doze(&rec.name);
                     self.set_status(&rec.name, |s| {
@@ -139,6 +138,81 @@ impl Machines {
             self.kick(&rec.name);
         }
         Ok(revision)
+    }
+
+    /// At start-up, a VM alive with a machine's saved sleep state beside it
+    /// (the daemon stopped while it woke or went to sleep), or paused: what
+    /// QEMU's run state says of it decides. Launched to wake but not yet
+    /// resumed, or saved but not yet ended: the VM goes and the machine
+    /// sleeps (and wakes again if it is to run). Resumed: it runs, and the
+    /// saved memory, which its disk has moved on from, goes. Paused with no
+    /// complete save (a save cut short): it sleeps if it is to (the save is
+    /// made again), else it runs on. Returns the VM's pid if it is kept.
+    /// Firecracker's run state is not asked: a VM alive there is kept
+    /// running, as before sleep existed.
+    async fn settle_sleeper(
+        &self,
+        rec: &MachineRecord,
+        pid: u32,
+        saved: &std::path::Path,
+    ) -> Result<Option<u32>, Error> {
+        let name = &rec.name;
+        let _ = std::fs::remove_dir_all(saved.with_extension("partial"));
+        if rec.spec.backend == Backend::Firecracker {
+            if saved.exists() {
+                let _ = std::fs::remove_dir_all(saved);
+            }
+            return Ok(Some(pid));
+        }
+        let control = VmFiles::in_dir(&self.dir(name)).control;
+        let state = {
+            let control = control.clone();
+            tokio::task::spawn_blocking(move || vmm::qemu::run_state(&control))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))?
+        };
+        let state = match state {
+            Ok(state) => state,
+            Err(error) => {
+                tracing::warn!(machine = name, %error, "Cannot ask a VM its run state; taking it as running.");
+                if saved.exists() {
+                    let _ = std::fs::remove_dir_all(saved);
+                }
+                return Ok(Some(pid));
+            }
+        };
+        let complete = saved.is_dir();
+        match state.as_str() {
+            "running" => {
+                if complete {
+                    let _ = std::fs::remove_dir_all(saved);
+                }
+                Ok(Some(pid))
+            }
+            "inmigrate" | "prelaunch" | "postmigrate" | "finish-migrate" | "paused" if complete => {
+                tracing::info!(
+                    machine = name,
+                    state,
+                    "A machine was caught between sleep and waking; it sleeps."
+                );
+                kill_now(pid, name).await;
+                self.set_status(name, |s| {
+                    s.state = State::Sleeping;
+                    s.phase = None;
+                    s.pid = None;
+                })
+                .await?;
+                self.inner.networks.activity().doze(name);
+                Ok(None)
+            }
+            "paused" | "postmigrate" if rec.desired != Desired::Sleeping => {
+                tracing::info!(machine = name, "A machine's sleep was cut short; it runs on.");
+                let control = control.clone();
+                let _ = tokio::task::spawn_blocking(move || vmm::qemu::resume(&control)).await;
+                Ok(Some(pid))
+            }
+            _ => Ok(Some(pid)),
+        }
     }
 
     /// Records, for `hearth alert history`, a machine this daemon took
@@ -362,6 +436,15 @@ enum Task {
     Wake,
 }
 
+/// Whether a sleep save is at `saved`, made since the machine last started
+/// (`started_at`, Unix seconds): one older would restore memory over a disk
+/// that has moved on.
+fn saved_since(saved: &Path, started_at: Option<u64>) -> bool {
+    let Ok(modified) = std::fs::metadata(saved).and_then(|m| m.modified()) else { return false };
+    let modified = modified.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    modified >= started_at.unwrap_or(0)
+}
+
 /// Why a VM process that is gone ended: a clean power-off, or a crash.
 fn exit_reason(name: &str, console: &Path) -> (State, Option<String>) {
     let tail = console_tail(console, 3);
@@ -374,5 +457,22 @@ fn exit_reason(name: &str, console: &Path) -> (State, Option<String>) {
                 "its VM process ended unexpectedly; the console says: {tail}; see `hearth machine logs {name}`"
             )),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sleep_save_counts_only_if_made_since_the_machine_last_started() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let saved = dir.path().join("sleep");
+        assert!(!saved_since(&saved, None), "no save, nothing to restore");
+        std::fs::create_dir(&saved).expect("mkdir");
+        let now = record::now_unix();
+        assert!(saved_since(&saved, Some(now - 60)), "saved after it started");
+        assert!(saved_since(&saved, None));
+        assert!(!saved_since(&saved, Some(now + 60)), "an older save must not come back over a newer disk");
     }
 }

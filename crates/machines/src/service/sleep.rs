@@ -71,9 +71,18 @@ impl Machines {
 
     /// Asks for a sleeping machine to wake (nothing for a running one).
     pub async fn wake(&self, name: &str) -> Result<MachineRecord, Error> {
+        let refused = |rec: &MachineRecord| {
+            rec.desired == Desired::Stopped
+                || rec.status.state.is_down()
+                || matches!(rec.status.state, State::Created | State::Lost)
+        };
+        let rec = self.get(name).await?;
+        if refused(&rec) {
+            return Err(Error::NotRunning { name: name.to_owned(), state: rec.status.state.as_str() });
+        }
         let rec = self
             .update(name, |r| {
-                let asleep = r.desired == Desired::Sleeping;
+                let asleep = r.desired == Desired::Sleeping && !refused(r);
                 if asleep {
                     r.desired = Desired::Running;
                 }
@@ -81,10 +90,7 @@ impl Machines {
             })
             .await?
             .ok_or_else(|| Error::NotFound(name.to_owned()))?;
-        let waking = rec.desired == Desired::Running
-            && !rec.status.state.is_down()
-            && !matches!(rec.status.state, State::Created | State::Lost);
-        if !waking {
+        if refused(&rec) {
             return Err(Error::NotRunning { name: name.to_owned(), state: rec.status.state.as_str() });
         }
         self.kick(name);
@@ -92,16 +98,22 @@ impl Machines {
     }
 
     /// Wakes the machine if it sleeps (or is going to sleep) and returns
-    /// its record once it runs.
+    /// its record once it runs. Callers for one machine wait one after the
+    /// other: the first waits for the wake, the others find it awake.
     pub async fn wake_and_wait(&self, name: &str) -> Result<MachineRecord, Error> {
+        let turn = super::lock(&self.inner.waking_callers).entry(name.to_owned()).or_default().clone();
+        let _turn = turn.lock().await;
         let rec = self.wake(name).await?;
         let limit = boot_deadline(rec.spec.backend) + WAKE_SLACK;
         let deadline = Instant::now() + limit;
         loop {
             let rec = self.get(name).await?;
+            let here = self.runs_here(&rec);
             match (rec.desired, rec.status.state) {
-                (Desired::Running, State::Running) => {
-                    if self.runs_here(&rec) {
+                // Not while a task of this host is still at it: a sleep
+                // that started sees the desired state changed, and gives up.
+                (Desired::Running, State::Running) if !(here && self.is_busy(name)) => {
+                    if here {
                         self.inner.networks.activity().woke(name);
                     }
                     return Ok(rec);
@@ -109,7 +121,7 @@ impl Machines {
                 (Desired::Stopped, state) => {
                     return Err(Error::NotRunning { name: name.to_owned(), state: state.as_str() });
                 }
-                (_, state) if state.is_down() => {
+                (_, state) if state.is_down() || state == State::Lost => {
                     let why = rec.status.reason.unwrap_or_else(|| format!("it is {}", state.as_str()));
                     return Err(Error::BootFailed(format!("it did not wake: {why}")));
                 }
@@ -196,11 +208,23 @@ impl Machines {
             activity.woke(name);
             return Err(Error::NotRunning { name: name.to_owned(), state: "gone" });
         };
-        self.set_status(name, |s| {
-            s.state = State::Stopping;
-            s.phase = Some("going to sleep: saving its memory".into());
-        })
-        .await?;
+        // Only if it is still to sleep: a connection that came before it
+        // dozed has woken it (desired running again), and passed.
+        let going = self
+            .update(name, |r| {
+                let still = r.desired == Desired::Sleeping && r.status.state == State::Running;
+                if still {
+                    r.status.state = State::Stopping;
+                    r.status.phase = Some("going to sleep: saving its memory".into());
+                }
+                still
+            })
+            .await?
+            .is_some_and(|r| r.status.state == State::Stopping);
+        if !going {
+            activity.woke(name);
+            return Ok(());
+        }
         let started = Instant::now();
         let dir = self.sleep_dir(name);
         let partial = dir.with_extension("partial");
@@ -226,7 +250,10 @@ impl Machines {
             tracing::warn!(machine = name, reason, "Machine did not sleep.");
             activity.woke(name);
             self.update(name, |r| {
-                r.desired = if alive { Desired::Running } else { Desired::Stopped };
+                // A stop asked meanwhile stands.
+                if r.desired == Desired::Sleeping {
+                    r.desired = if alive { Desired::Running } else { Desired::Stopped };
+                }
                 r.status.state = if alive { State::Running } else { State::Failed };
                 r.status.phase = None;
                 r.status.reason = Some(reason.clone());

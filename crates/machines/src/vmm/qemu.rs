@@ -443,6 +443,24 @@ pub fn save_state(control: &Path, state: &Path) -> Result<(), Error> {
     file.sync_all().map_err(|source| Error::Io { path: state.to_owned(), source })
 }
 
+/// QEMU's run state (`running`, `paused`, `inmigrate`, `prelaunch`,
+/// `postmigrate`, ...), as `query-status` says.
+pub fn run_state(control: &Path) -> Result<String, Error> {
+    let mut qmp = Qmp::connect(control, Duration::from_secs(5))?;
+    let status = qmp.execute("query-status", None)?;
+    status
+        .get("status")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| Error::Control(format!("query-status answered {status}, with no status")))
+}
+
+/// Lets a paused VM run again.
+pub fn resume(control: &Path) -> Result<(), Error> {
+    let mut qmp = Qmp::connect(control, Duration::from_secs(5))?;
+    qmp.execute("cont", None).map(drop)
+}
+
 /// Feeds `state` to a VM started with [`launch_incoming`] and resumes it.
 pub fn load_state(control: &Path, state: &Path) -> Result<(), Error> {
     let file = std::fs::File::open(state).map_err(|source| Error::Io { path: state.to_owned(), source })?;

@@ -368,6 +368,13 @@ impl Networks {
         let mut problems: BTreeMap<String, String> = BTreeMap::new();
         let sleepers: std::collections::HashSet<&str> =
             machines.iter().filter(|m| m.spec.sleep_after_secs.is_some()).map(|m| m.name.as_str()).collect();
+        // Asleep from a daemon's earlier life: a connection must wake it
+        // even before the machines service has looked.
+        for m in
+            machines.iter().filter(|m| m.status.state == "sleeping" && m.runs_on(&self.inner.options.host))
+        {
+            self.inner.activity.doze(&m.name);
+        }
         for ((machine, port), target) in to_start {
             let spec = forward::Forward {
                 protocol: if port.udp { forward::Protocol::Udp } else { forward::Protocol::Tcp },

@@ -274,10 +274,11 @@ async fn forward_udp_sessions_are_bounded() {
 }
 
 /// Stands in for the machines service: waking starts the machine's server
-/// (nothing listens while it sleeps), a little later, or fails.
+/// on its address (nothing listens there while it sleeps, so a connection
+/// passed through too early is refused), a little later, or fails.
 struct Waking {
     activity: hearth_net::activity::Activity,
-    server: std::sync::Mutex<Option<TcpListener>>,
+    target: SocketAddr,
     wakes: std::sync::atomic::AtomicUsize,
     fails: bool,
 }
@@ -288,36 +289,26 @@ impl hearth_net::activity::Waker for Waking {
         machine: &str,
     ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'static>> {
         self.wakes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let server = self.server.lock().unwrap().take();
-        let (activity, machine, fails) = (self.activity.clone(), machine.to_owned(), self.fails);
+        let (activity, machine, fails, target) =
+            (self.activity.clone(), machine.to_owned(), self.fails, self.target);
         Box::pin(async move {
             tokio::time::sleep(Duration::from_millis(300)).await;
             if fails {
                 return Err("its saved state is gone".into());
             }
-            if let Some(listener) = server {
-                tcp_echo_at_eof(listener);
-            }
+            tcp_echo_at_eof(TcpListener::bind(target).await.expect("the target's port"));
             activity.woke(&machine);
             Ok(())
         })
     }
 }
 
-/// A gated forward to "m", whose target listens only once woken.
+/// A gated forward to "m", whose server runs only once woken.
 async fn gated(fails: bool) -> (Running, std::sync::Arc<Waking>, hearth_net::activity::Activity) {
     let activity = hearth_net::activity::Activity::default();
-    // Bound now, listening (accepting) only once woken: a connection
-    // before that would wait in the backlog, not be refused.
-    let server = std::net::TcpListener::bind((LOCALHOST, 0)).unwrap();
-    let target = server.local_addr().unwrap();
-    drop(server);
-    let waking = std::sync::Arc::new(Waking {
-        activity: activity.clone(),
-        server: std::sync::Mutex::new(None),
-        wakes: Default::default(),
-        fails,
-    });
+    let target = free_tcp_addr().await;
+    let waking =
+        std::sync::Arc::new(Waking { activity: activity.clone(), target, wakes: Default::default(), fails });
     // Weak, as the machines service's: the Arc<Waking> returned keeps it.
     let waker: std::sync::Arc<dyn hearth_net::activity::Waker> = waking.clone();
     activity.set_waker(std::sync::Arc::downgrade(&waker));
@@ -325,7 +316,6 @@ async fn gated(fails: bool) -> (Running, std::sync::Arc<Waking>, hearth_net::act
         .await
         .expect("bind the forward")
         .with_gate(forward::Gate { machine: "m".into(), activity: activity.clone() });
-    *waking.server.lock().unwrap() = Some(TcpListener::bind(target).await.expect("the target's port"));
     (Running::start(bound), waking, activity)
 }
 
@@ -346,7 +336,7 @@ async fn a_connection_to_a_sleeping_machine_is_held_while_it_wakes_then_passed_t
 async fn a_connection_open_through_a_gated_forward_keeps_its_machine_awake() {
     let (forward, waking, activity) = gated(false).await;
     // Awake from the start: its server runs.
-    tcp_echo_at_eof(waking.server.lock().unwrap().take().expect("the server"));
+    tcp_echo_at_eof(TcpListener::bind(waking.target).await.expect("the target's port"));
     activity.woke("m");
     let mut stream = TcpStream::connect(forward.addr).await.expect("connect");
     stream.write_all(b"x").await.unwrap();
