@@ -198,6 +198,7 @@ async function spliced(splicer, engine, features, version, dir) {
     const cached = await readSpliced(path, key);
     timed("splice (cached)");
     if (cached) {
+      await removeAbandoned(dir).catch(() => {});
       return cached;
     }
   }
