@@ -195,16 +195,26 @@ const PY: &[(&str, &str)] = files!("py": "hearth.py", "app.py");
 pub struct Toolchains {
     dir: PathBuf,
     timeout: Duration,
+    /// Where build directories are made; the system's temporary directory
+    /// when `None`.
+    scratch: Option<PathBuf>,
 }
 
 impl Toolchains {
     pub fn new(dir: PathBuf) -> Toolchains {
-        Toolchains { dir, timeout: BUILD_TIMEOUT }
+        Toolchains { dir, timeout: BUILD_TIMEOUT, scratch: None }
     }
 
     /// With another time limit (tests make one run out).
     pub fn with_timeout(mut self, timeout: Duration) -> Toolchains {
         self.timeout = timeout;
+        self
+    }
+
+    /// With build directories made in `scratch` (a test looks there for
+    /// what a build left, and not at other builds on the machine).
+    pub fn with_scratch(mut self, scratch: PathBuf) -> Toolchains {
+        self.scratch = Some(scratch);
         self
     }
 
@@ -240,10 +250,11 @@ impl Toolchains {
     pub fn build(&self, source: &Source) -> Result<Vec<u8>, Error> {
         source.check()?;
         let (mut command, wrappers) = self.command(source.lang)?;
+        let scratch = self.scratch.clone().unwrap_or_else(std::env::temp_dir);
         let dir = tempfile::Builder::new()
             .prefix("hearth-fn-")
-            .tempdir()
-            .map_err(|e| Error::Io { path: std::env::temp_dir(), source: e })?;
+            .tempdir_in(&scratch)
+            .map_err(|e| Error::Io { path: scratch.clone(), source: e })?;
         for (path, text) in WIT.iter().chain(wrappers) {
             write(&dir.path().join(path), text.as_bytes())?;
         }
@@ -498,21 +509,21 @@ mod tests {
     /// Needs the tools `make setup` installs; fails without them.
     #[test]
     fn a_build_that_runs_too_long_is_stopped_with_everything_it_started() {
-        let tools = Toolchains::new(Toolchains::default_dir()).with_timeout(Duration::from_secs(5));
+        let scratch = tempfile::tempdir().unwrap();
+        let tools = Toolchains::new(Toolchains::default_dir())
+            .with_timeout(Duration::from_secs(5))
+            .with_scratch(scratch.path().to_owned());
         let text = "while (true) {}\nexport default { fetch() { return new Response(\"x\"); } };\n";
         let started = Instant::now();
         let error = tools.build(&Source { lang: Lang::Js, text: text.into() }).unwrap_err();
         assert!(matches!(error, Error::BuildStopped { .. }), "{error:?}");
         assert!(error.to_string().contains("over its 5 s time limit"), "{error}");
         assert!(started.elapsed() < Duration::from_secs(30), "stopped at its limit");
-        // Nothing of it runs on: no process is left in a build directory.
+        // Nothing of it runs on: no process is left in its build directory
+        // (other builds on the machine, in theirs, are not this test's).
         for entry in std::fs::read_dir("/proc").unwrap().flatten() {
             if let Ok(cwd) = std::fs::read_link(entry.path().join("cwd")) {
-                assert!(
-                    !cwd.to_string_lossy().contains("hearth-fn-"),
-                    "{:?} is left in {cwd:?}",
-                    entry.path()
-                );
+                assert!(!cwd.starts_with(scratch.path()), "{:?} is left in {cwd:?}", entry.path());
             }
         }
     }
