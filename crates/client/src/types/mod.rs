@@ -153,14 +153,17 @@ mod tests {
     fn wire_enums_are_written_as_the_words_they_replaced() {
         check(StoreBackend::ALL, &["redb", "etcd"]);
         check(Backend::ALL, &["qemu-tcg", "qemu-kvm", "firecracker"]);
-        check(Desired::ALL, &["running", "stopped"]);
+        check(Desired::ALL, &["running", "stopped", "sleeping"]);
         check(
             MachineState::ALL,
-            &["created", "starting", "running", "stopping", "stopped", "failed", "lost"],
+            &["created", "starting", "running", "stopping", "stopped", "failed", "lost", "sleeping"],
         );
         check(
             LabMachineState::ALL,
-            &["created", "starting", "running", "stopping", "stopped", "failed", "lost", "missing"],
+            &[
+                "created", "starting", "running", "stopping", "stopped", "failed", "lost", "sleeping",
+                "missing",
+            ],
         );
         check(HostState::ALL, &["ready", "draining", "lost"]);
         check(FaultKind::ALL, &["partition", "delay", "loss"]);
