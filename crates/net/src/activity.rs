@@ -116,21 +116,16 @@ impl Activity {
     }
 
     /// Marks the machine dozing if it has had no connection open for at
-    /// least `idle`; whether it now dozes. A machine this host never saw
+    /// least `idle`; whether it now dozes (a machine dozing already is
+    /// judged by its idleness like any other). A machine this host never saw
     /// starts its idle time now.
     pub fn try_doze(&self, machine: &str, idle: Duration) -> bool {
         let now = Instant::now();
         let mut seen = self.lock();
         let entry = seen.entry(machine.to_owned()).or_insert_with(|| Seen::new(now));
-        // Before the dozing flag: a flag left from an earlier life of the
-        // machine never puts it to sleep under a connection.
-        if entry.open > 0 {
-            return false;
-        }
-        if entry.dozing {
-            return true;
-        }
-        if now.duration_since(entry.last) < idle {
+        // Idleness alone decides: a dozing flag left from an earlier life
+        // of the machine (or a stale pass) never puts it to sleep.
+        if entry.open > 0 || now.duration_since(entry.last) < idle {
             return false;
         }
         entry.dozing = true;

@@ -36,6 +36,15 @@ fn info<S: Serialize>(id: String, source: &str, created_at: u64, spec: &S) -> Re
     Ok(TriggerInfo { id, source, spec: body, signed, created_at })
 }
 
+/// A subsystem's triggers as the wire lists them.
+fn listed<S: Serialize>(triggers: &[hearth_triggers::Trigger<S>]) -> Result<TriggerList, ApiError> {
+    let triggers = triggers
+        .iter()
+        .map(|t| info(t.id.clone(), &t.source, t.created_at, &t.spec))
+        .collect::<Result<_, _>>()?;
+    Ok(TriggerList { triggers })
+}
+
 /// Lists an app's triggers: its active version's, then those added.
 #[utoipa::path(get, path = "/v1/apps/{name}/triggers", tag = "apps",
     params(("name" = String, Path)), responses((status = 200, body = TriggerList), (status = 404, body = ErrorBody)))]
@@ -43,12 +52,7 @@ pub(crate) async fn app_list(
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<axum::Json<TriggerList>, ApiError> {
-    let triggers = state.apps().triggers(&name).await?;
-    let triggers = triggers
-        .iter()
-        .map(|t| info(t.id.clone(), &t.source, t.created_at, &t.spec))
-        .collect::<Result<_, _>>()?;
-    Ok(axum::Json(TriggerList { triggers }))
+    Ok(axum::Json(listed(&state.apps().triggers(&name).await?)?))
 }
 
 /// Adds a trigger to an app: a cron schedule or store event that calls one
@@ -85,12 +89,7 @@ pub(crate) async fn workflow_list(
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<axum::Json<TriggerList>, ApiError> {
-    let triggers = state.workflows().triggers(&name).await?;
-    let triggers = triggers
-        .iter()
-        .map(|t| info(t.id.clone(), &t.source, t.created_at, &t.spec))
-        .collect::<Result<_, _>>()?;
-    Ok(axum::Json(TriggerList { triggers }))
+    Ok(axum::Json(listed(&state.workflows().triggers(&name).await?)?))
 }
 
 /// Adds a trigger to a workflow: a cron schedule or store event that starts
@@ -127,12 +126,7 @@ pub(crate) async fn machine_list(
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<axum::Json<TriggerList>, ApiError> {
-    let triggers = state.machines().triggers(&name).await?;
-    let triggers = triggers
-        .iter()
-        .map(|t| info(t.id.clone(), &t.source, t.created_at, &t.spec))
-        .collect::<Result<_, _>>()?;
-    Ok(axum::Json(TriggerList { triggers }))
+    Ok(axum::Json(listed(&state.machines().triggers(&name).await?)?))
 }
 
 /// Adds a trigger that wakes a sleeping machine: a cron schedule or a store

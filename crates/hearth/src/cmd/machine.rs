@@ -461,23 +461,12 @@ async fn wait_until_settled(client: &Client, name: &str, limit: Duration) -> any
 /// Waits until a machine asked to sleep is asleep, or is not going to be
 /// (its save failed and it runs on, or it stopped).
 async fn wait_asleep(client: &Client, name: &str) -> anyhow::Result<Machine> {
-    let progress = crate::output::Spinner::new(format!("{name}: going to sleep"));
-    let started = Instant::now();
-    loop {
-        let m = client.machine(name).await?;
-        let settled = match m.state.as_str() {
-            "sleeping" | "stopped" | "failed" | "lost" => true,
-            "running" => m.desired.as_str() != "sleeping",
-            _ => false,
-        };
-        if settled || started.elapsed() > Duration::from_secs(120) {
-            progress.finish();
-            return Ok(m);
-        }
-        let phase = m.phase.clone().unwrap_or_else(|| m.state.to_string());
-        progress.set(format!("{name}: {phase} ({:.1}s)", started.elapsed().as_secs_f64()));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let settled = |m: &Machine| match m.state.as_str() {
+        "sleeping" | "stopped" | "failed" | "lost" => true,
+        "running" => m.desired.as_str() != "sleeping",
+        _ => false,
+    };
+    wait_for(client, name, settled, "going to sleep", Duration::from_secs(120)).await
 }
 
 /// Waits until a machine asked to stop has: stopped, failed, or lost with
@@ -486,6 +475,7 @@ async fn wait_stopped(client: &Client, name: &str) -> anyhow::Result<Machine> {
     wait_for_state(client, name, &["stopped", "failed", "lost"], "stopping", Duration::from_secs(60)).await
 }
 
+/// Waits until the machine is in one of the states `done`.
 async fn wait_for_state(
     client: &Client,
     name: &str,
@@ -493,11 +483,22 @@ async fn wait_for_state(
     verb: &str,
     limit: Duration,
 ) -> anyhow::Result<Machine> {
+    wait_for(client, name, |m| done.contains(&m.state.as_str()), verb, limit).await
+}
+
+/// Waits until `done` says so of the machine, showing its phases.
+async fn wait_for(
+    client: &Client,
+    name: &str,
+    done: impl Fn(&Machine) -> bool,
+    verb: &str,
+    limit: Duration,
+) -> anyhow::Result<Machine> {
     let progress = crate::output::Spinner::new(format!("{name}: {verb}"));
     let started = Instant::now();
     loop {
         let m = client.machine(name).await?;
-        if done.contains(&m.state.as_str()) {
+        if done(&m) {
             progress.finish();
             return Ok(m);
         }

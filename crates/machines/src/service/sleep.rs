@@ -51,22 +51,26 @@ impl Machines {
     /// Asks for a running machine to sleep now. Its host saves it and
     /// stops its VM; the next connection through its ports wakes it.
     pub async fn sleep(&self, name: &str) -> Result<MachineRecord, Error> {
-        let rec = self
-            .update(name, |r| {
-                let awake = r.desired == Desired::Running && r.status.state == State::Running;
-                if awake {
-                    r.desired = Desired::Sleeping;
-                }
-                awake
-            })
-            .await?
-            .ok_or_else(|| Error::NotFound(name.to_owned()))?;
+        let rec = self.ask_to_sleep(name).await?.ok_or_else(|| Error::NotFound(name.to_owned()))?;
         let asleep = rec.desired == Desired::Sleeping || rec.status.state == State::Sleeping;
         if !asleep {
             return Err(Error::NotRunning { name: name.to_owned(), state: rec.status.state.as_str() });
         }
         self.kick(name);
         Ok(rec)
+    }
+
+    /// Writes `desired: sleeping` into the record of a machine that is
+    /// running and meant to; the record as it is after.
+    async fn ask_to_sleep(&self, name: &str) -> Result<Option<MachineRecord>, Error> {
+        self.update(name, |r| {
+            let awake = r.desired == Desired::Running && r.status.state == State::Running;
+            if awake {
+                r.desired = Desired::Sleeping;
+            }
+            awake
+        })
+        .await
     }
 
     /// Asks for a sleeping machine to wake (nothing for a running one).
@@ -165,15 +169,7 @@ impl Machines {
         if !activity.try_doze(&rec.name, Duration::from_secs(after)) {
             return;
         }
-        let asked = self
-            .update(&rec.name, |r| {
-                let awake = r.desired == Desired::Running && r.status.state == State::Running;
-                if awake {
-                    r.desired = Desired::Sleeping;
-                }
-                awake
-            })
-            .await;
+        let asked = self.ask_to_sleep(&rec.name).await;
         match asked {
             Ok(Some(r)) if r.desired == Desired::Sleeping => {
                 tracing::info!(
