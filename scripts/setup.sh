@@ -41,11 +41,14 @@ if [ "${1:-}" = --fuzz ]; then fuzz=1; fi
 #   etcd-server:             the store's etcd backend is tested against a real
 #                            etcd, single member and a 3-member cluster.
 #   protobuf-compiler:       protoc, which the etcd-client crate's build script
-#                            runs to generate etcd's gRPC code.
+#                            runs to generate etcd's gRPC code; libprotobuf-dev
+#                            holds the well-known types it imports
+#                            (google/protobuf/descriptor.proto), which
+#                            --no-install-recommends leaves out.
 packages=(gcc libc6-dev procps qemu-system-x86 qemu-utils e2fsprogs debootstrap xz-utils lz4
           skopeo umoci docker-registry busybox-static cpio openssl iproute2 nftables iptables
           iputils-ping python3 python3-venv wrk openssh-client python3-aiosmtpd chromium
-          etcd-server protobuf-compiler)
+          etcd-server protobuf-compiler libprotobuf-dev)
 
 # Rust targets: the guest agent is a static musl binary; apps and workflows
 # are WebAssembly components.
