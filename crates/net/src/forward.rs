@@ -36,9 +36,7 @@ use crate::activity::{Activity, Open};
 /// How long connecting to the target may take before the client is dropped.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long a connection is held while the machine it goes to wakes: a
-/// restore under software emulation takes a few seconds.
-pub const WAKE_TIMEOUT: Duration = Duration::from_secs(60);
+pub use crate::activity::WAKE_TIMEOUT;
 
 /// A UDP session without traffic for this long is ended.
 pub const UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -117,28 +115,15 @@ pub struct Gate {
 impl Gate {
     /// Counts a connection open, and wakes the machine first if it sleeps.
     async fn pass(&self) -> Result<Open, String> {
-        let (open, dozing) = self.activity.open(&self.machine);
-        if dozing {
-            self.wake().await?;
-        }
-        Ok(open)
+        self.activity.pass(&self.machine, false).await
     }
 
     /// A datagram passed: wakes the machine first if it sleeps.
     async fn touch(&self) -> Result<(), String> {
         if self.activity.touch(&self.machine) {
-            self.wake().await?;
+            self.activity.pass(&self.machine, true).await?;
         }
         Ok(())
-    }
-
-    async fn wake(&self) -> Result<(), String> {
-        let machine = &self.machine;
-        tracing::debug!(machine, "A connection is waking its machine.");
-        match tokio::time::timeout(WAKE_TIMEOUT, self.activity.wake(machine)).await {
-            Ok(woken) => woken,
-            Err(_) => Err(format!("machine {machine} did not wake within {}s", WAKE_TIMEOUT.as_secs())),
-        }
     }
 }
 

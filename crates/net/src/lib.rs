@@ -10,12 +10,13 @@
 //!   and services' passing instances (`NAME.service.hearth`, SRV).
 //! - [`forward`]: TCP and UDP port forwarding from the host into machines.
 //! - [`activity`]: the traffic each machine saw, for machines that sleep
-//!   when idle, and the wake-up of one a connection finds asleep.
+//!   when idle, and the wake-up of one a connection finds asleep (it lives
+//!   in `hearth-routing`, which the apps ingress shares).
 //! - [`balance`]: a host port balanced over a service's instances (TCP).
 //! - [`overlay`]: networks that span hosts, through VXLAN tunnels whose
 //!   forwarding entries are written from the store.
 
-pub mod activity;
+pub use hearth_routing::activity;
 pub mod balance;
 mod cmd;
 pub mod delay;

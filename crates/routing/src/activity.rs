@@ -1,7 +1,8 @@
 //! What this host has seen of each machine's traffic, for machines that
-//! sleep when idle: the connections open through its forwarded ports, when
-//! the last one ended or its name was last looked up, and whether it is
-//! dozing (going to sleep, or asleep).
+//! sleep when idle: the connections open through its forwarded ports, a
+//! service's published ports and the ingress, when the last one ended or
+//! its name was last looked up, and whether it is dozing (going to sleep,
+//! or asleep).
 //!
 //! The policy, which [`Activity::try_doze`] and [`Activity::open`] keep
 //! together under one lock:
@@ -17,12 +18,22 @@
 //! - Waking is the [`Waker`]'s (the machines service's) business; a machine
 //!   that is not dozing needs none, and a connection to it costs one
 //!   lookup in a map.
+//! - A machine another host runs is never dozing here: a connection to it
+//!   is woken through it when the registry says it sleeps ([`Activity::pass`]
+//!   with `asleep`), and its own host judges its idleness by what it saw.
+//! - A wake that takes longer than [`WAKE_TIMEOUT`] fails the connection
+//!   that waits for it, with the reason.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
+
+/// How long a connection is held for its machine to wake before it is
+/// closed: a restore under software emulation takes about half a second,
+/// a fresh boot when the restore fails several.
+pub const WAKE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Wakes a sleeping machine and returns once it runs (or why it could not).
 pub trait Waker: Send + Sync {
@@ -164,6 +175,34 @@ impl Activity {
         if !self.is_dozing(machine) {
             return Ok(());
         }
+        self.rouse(machine).await
+    }
+
+    /// Passes one connection (or request) to `machine`: counts it open,
+    /// and first wakes the machine if it dozes here or `asleep` says it
+    /// sleeps (what the registry published, which knows of machines on
+    /// other hosts too). Gives up after [`WAKE_TIMEOUT`], with the reason.
+    pub async fn pass(&self, machine: &str, asleep: bool) -> Result<Open, String> {
+        self.pass_within(machine, asleep, WAKE_TIMEOUT).await
+    }
+
+    async fn pass_within(&self, machine: &str, asleep: bool, limit: Duration) -> Result<Open, String> {
+        let (open, dozing) = self.open(machine);
+        if dozing || asleep {
+            tracing::debug!(machine, "A connection is waking its machine.");
+            match tokio::time::timeout(limit, self.rouse(machine)).await {
+                Ok(woken) => woken?,
+                Err(_) => {
+                    return Err(format!("machine {machine} did not wake within {}s", limit.as_secs_f64()));
+                }
+            }
+        }
+        Ok(open)
+    }
+
+    /// Wakes `machine` through the waker, dozing here or not, and returns
+    /// once it runs (at once for one that is awake).
+    async fn rouse(&self, machine: &str) -> Result<(), String> {
         let waker = self.inner.waker.get().and_then(Weak::upgrade);
         let Some(waker) = waker else {
             return Err(format!("machine {machine} is asleep and nothing on this host can wake it"));
@@ -264,6 +303,41 @@ mod tests {
         activity.wake("m").await.expect("woken");
         activity.wake("m").await.expect("nothing to do");
         assert_eq!(counting.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_to_a_machine_the_registry_says_sleeps_wakes_it_through_the_waker() {
+        let activity = Activity::default();
+        let counting = Arc::new(Counting(Default::default(), activity.clone()));
+        let waker: Arc<dyn Waker> = counting.clone();
+        activity.set_waker(Arc::downgrade(&waker));
+        let open = activity.pass("m", false).await.expect("awake: passed at once");
+        assert_eq!(counting.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert!(!activity.try_doze("m", Duration::ZERO), "counted open");
+        drop(open);
+        // Not dozing here (another host runs it), but published asleep.
+        let _open = activity.pass("m", true).await.expect("woken");
+        assert_eq!(counting.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        activity.doze("m");
+        let _again = activity.pass("m", false).await.expect("woken");
+        assert_eq!(counting.0.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    struct Never;
+
+    impl Waker for Never {
+        fn wake(&self, _: &str) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'static>> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_wake_that_takes_longer_than_the_timeout_fails_the_connection_with_the_reason() {
+        let activity = Activity::default();
+        let waker: Arc<dyn Waker> = Arc::new(Never);
+        activity.set_waker(Arc::downgrade(&waker));
+        let error = activity.pass_within("m", true, Duration::from_millis(50)).await.expect_err("never woke");
+        assert!(error.contains("did not wake within 0.05s"), "{error}");
     }
 
     #[tokio::test]

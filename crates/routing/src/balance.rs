@@ -32,11 +32,20 @@ struct Instance<T> {
     ejected_until: Option<Instant>,
     /// How long the next ejection lasts.
     next_ejection: Duration,
+    /// Its machine sleeps: a request to it waits for the wake.
+    asleep: bool,
 }
 
 impl<T> Instance<T> {
     fn new(target: T) -> Instance<T> {
-        Instance { target, outstanding: 0, failures: 0, ejected_until: None, next_ejection: FIRST_EJECTION }
+        Instance {
+            target,
+            outstanding: 0,
+            failures: 0,
+            ejected_until: None,
+            next_ejection: FIRST_EJECTION,
+            asleep: false,
+        }
     }
 
     fn admitted(&self, now: Instant) -> bool {
@@ -60,6 +69,10 @@ impl<T> Instance<T> {
 ///   nobody.
 /// - An ejected instance still takes a request when every admitted one has
 ///   been tried for it, rather than failing the request.
+/// - An instance whose machine sleeps takes a request only when no admitted
+///   instance that is awake is left for it: one sleeper is woken when the
+///   others cannot take it, and a sleeper is woken rather than an ejected
+///   instance tried.
 /// - Instances published again keep their state; instances no longer
 ///   published take no more requests and are forgotten once their
 ///   outstanding ones finish, so one published again before that still
@@ -110,8 +123,9 @@ impl<T: Clone + PartialEq> Balancer<T> {
     /// `None` when every instance has been tried.
     pub fn pick(&mut self, now: Instant, tried: &[T]) -> Option<T> {
         let untried = |i: &&Instance<T>| !tried.contains(&i.target);
-        let admitted = self.least(|i| untried(&i) && i.admitted(now));
-        let at = admitted.or_else(|| self.least(|i| untried(&i)))?;
+        let awake = self.least(|i| untried(&i) && i.admitted(now) && !i.asleep);
+        let admitted = || self.least(|i| untried(&i) && i.admitted(now));
+        let at = awake.or_else(admitted).or_else(|| self.least(|i| untried(&i)))?;
         self.cursor = (at + 1) % self.instances.len();
         let instance = &mut self.instances[at];
         instance.outstanding += 1;
@@ -159,6 +173,19 @@ impl<T: Clone + PartialEq> Balancer<T> {
                 }
             }
         }
+    }
+
+    /// Marks which instances sleep (the others are awake): a request
+    /// picks a sleeper only when no awake instance can take it.
+    pub fn set_asleep(&mut self, asleep: impl Fn(&T) -> bool) {
+        for i in &mut self.instances {
+            i.asleep = asleep(&i.target);
+        }
+    }
+
+    /// Whether `target`'s machine sleeps, as last set.
+    pub fn is_asleep(&self, target: &T) -> bool {
+        self.instances.iter().any(|i| &i.target == target && i.asleep)
     }
 
     /// Whether `target` is ejected at `now`.
@@ -317,6 +344,46 @@ mod tests {
         assert_eq!(b.pick(now, &tried), Some("a".to_owned()));
         let all = [endpoint("a"), endpoint("b"), endpoint("c")];
         assert_eq!(b.pick(now, &all), None, "every instance was tried");
+    }
+
+    #[test]
+    fn an_instance_whose_machine_sleeps_takes_a_request_only_when_no_awake_one_is_left() {
+        let now = Instant::now();
+        let mut b = balancer(&["a", "b"]);
+        b.set_asleep(|t| t == "b");
+        assert!(b.is_asleep(&endpoint("b")) && !b.is_asleep(&endpoint("a")));
+        // However busy the awake one is, the sleeper is left to sleep.
+        let busy: Vec<String> = (0..3).map(|_| b.pick(now, &[]).expect("a")).collect();
+        assert!(busy.iter().all(|e| e == "a"), "{busy:?}");
+        // One the awake instance failed for goes to the sleeper.
+        assert_eq!(b.pick(now, &[endpoint("a")]), Some(endpoint("b")));
+        // Once awake, it takes its share again.
+        b.set_asleep(|_| false);
+        assert_eq!(b.pick(now, &[]), Some(endpoint("b")), "the idle one");
+    }
+
+    #[test]
+    fn a_sleeper_is_woken_rather_than_an_ejected_instance_tried() {
+        let now = Instant::now();
+        let mut b = balancer(&["a", "b", "c"]);
+        b.set_asleep(|t| t == "c");
+        fail(&mut b, "a", FAILURES_TO_EJECT, now);
+        assert!(b.is_ejected(&endpoint("a"), now));
+        assert_eq!(b.pick(now, &[endpoint("b")]), Some(endpoint("c")));
+        assert_eq!(b.pick(now, &[endpoint("b"), endpoint("c")]), Some(endpoint("a")), "rather than failing");
+    }
+
+    #[test]
+    fn when_every_instance_sleeps_the_least_busy_is_woken() {
+        let now = Instant::now();
+        let mut b = balancer(&["a", "b"]);
+        b.set_asleep(|_| true);
+        let first = b.pick(now, &[]).expect("one");
+        let second = b.pick(now, &[]).expect("the other");
+        assert_ne!(first, second);
+        // Published again, an instance keeps whether it sleeps until told.
+        b.set(vec![endpoint("a"), endpoint("b"), endpoint("c")]);
+        assert!(b.is_asleep(&endpoint("a")) && !b.is_asleep(&endpoint("c")));
     }
 
     #[test]

@@ -8,12 +8,18 @@
 //!   (the fewest outstanding), and which failing ones are left out for a
 //!   while (ejection). The ingress balances HTTP requests with it, a
 //!   published port (`service create -p`) TCP connections.
+//! - [`activity`]: the connections each machine saw on this host, which
+//!   decide when one that sleeps when idle may sleep, and the wake-up of
+//!   one a connection finds asleep (forwards, published ports and the
+//!   ingress all pass their connections through it).
 //! - [`service_named`]: which service a host such as
 //!   `backend.service.hearth` names, for apps' and workflows' calls.
 //!
 //! This crate does no I/O and knows no store: the subsystems feed it what
-//! they see (the instances published, what an attempt came to, the time).
+//! they see (the instances published, what an attempt came to, the time),
+//! and the machines service wakes machines through [`activity::Waker`].
 
+pub mod activity;
 pub mod balance;
 pub mod route;
 
