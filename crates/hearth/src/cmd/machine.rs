@@ -48,7 +48,7 @@ pub(crate) enum Command {
     /// Triggers that wake a sleeping machine: cron schedules and store
     /// events (--cron, --event; a request to its port needs none).
     #[command(subcommand)]
-    Trigger(crate::cmd::trigger::Command),
+    Trigger(crate::cmd::trigger::WakeCommand),
     /// Remove machines, their VMs and their disks.
     Rm {
         /// Remove even if running (the VM is killed).
@@ -316,7 +316,9 @@ pub(crate) async fn run(client: &Client, data_dir: &Path, command: Command) -> a
             println!("{name} is awake{took}");
             Ok(0)
         }
-        Command::Trigger(command) => crate::cmd::trigger::run(client, "machines", command).await.map(|()| 0),
+        Command::Trigger(command) => {
+            crate::cmd::trigger::run(client, "machines", command.into()).await.map(|()| 0)
+        }
         Command::Rm { force, names } => {
             let mut failed = false;
             for name in names {

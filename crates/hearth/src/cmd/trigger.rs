@@ -73,6 +73,68 @@ pub(crate) enum Command {
     },
 }
 
+/// `hearth machine trigger`: what wakes a sleeping machine. No webhook: a
+/// request to the machine's port wakes it by itself.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum WakeCommand {
+    /// Add a trigger that wakes the machine: exactly one of --cron, --event.
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["cron", "event"])))]
+    Add {
+        name: String,
+        /// A schedule: five fields (minute hour day month weekday), six with
+        /// seconds first, or @hourly, @daily, @weekly, @monthly, @yearly.
+        #[arg(long, value_name = "SCHEDULE")]
+        cron: Option<String>,
+        /// The cron schedule's time zone, an IANA name (default UTC).
+        #[arg(long, value_name = "TZ", requires = "cron")]
+        timezone: Option<String>,
+        /// Changes in hearth's store under this key prefix, e.g. kv/jobs/.
+        #[arg(long, value_name = "PREFIX")]
+        event: Option<String>,
+        /// Only these kinds of change: put, delete (default both).
+        #[arg(long, value_name = "KINDS", value_delimiter = ',', requires = "event")]
+        kinds: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the triggers that wake the machine.
+    #[command(alias = "list")]
+    Ls {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove triggers.
+    Rm {
+        name: String,
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
+impl From<WakeCommand> for Command {
+    fn from(command: WakeCommand) -> Command {
+        match command {
+            WakeCommand::Add { name, cron, timezone, event, kinds, json } => Command::Add {
+                name,
+                cron,
+                timezone,
+                event,
+                kinds,
+                webhook: None,
+                secret: None,
+                path: None,
+                body: None,
+                input: None,
+                signal: None,
+                json,
+            },
+            WakeCommand::Ls { name, json } => Command::Ls { name, json },
+            WakeCommand::Rm { name, ids } => Command::Rm { name, ids },
+        }
+    }
+}
+
 /// `target` is `apps` or `workflows`, as in the API's paths.
 pub(crate) async fn run(client: &Client, target: &str, command: Command) -> anyhow::Result<()> {
     match command {
@@ -169,10 +231,18 @@ fn what(target: &str, t: &TriggerBody, signed: bool) -> String {
             )
         }
         TriggerKind::Event => {
-            let kinds = t.kinds.as_ref().map_or("put, delete".to_owned(), |k| k.join(", "));
+            let kinds = kinds_of(t);
             format!("{}* ({kinds}) → wake", t.prefix.as_deref().unwrap_or(""))
         }
         TriggerKind::Webhook => describe(t, signed),
+    }
+}
+
+/// The kinds of change an event trigger fires on, as said: none given is both.
+fn kinds_of(t: &TriggerBody) -> String {
+    match t.kinds.as_deref() {
+        Some(kinds) if !kinds.is_empty() => kinds.join(", "),
+        _ => "put, delete".to_owned(),
     }
 }
 
@@ -192,7 +262,7 @@ pub(crate) fn describe(t: &TriggerBody, signed: bool) -> String {
             s
         }
         TriggerKind::Event => {
-            let kinds = t.kinds.as_ref().map_or("put, delete".to_owned(), |k| k.join(", "));
+            let kinds = kinds_of(t);
             let mut s = format!("{}* ({kinds})", t.prefix.as_deref().unwrap_or(""));
             if t.path.is_some() {
                 s.push_str(&format!(" → POST {path}"));
@@ -208,4 +278,40 @@ pub(crate) fn describe(t: &TriggerBody, signed: bool) -> String {
         text.push_str(", signed");
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kinds: Option<Vec<String>>) -> TriggerBody {
+        TriggerBody { prefix: Some("kv/jobs/".into()), kinds, ..TriggerBody::new(TriggerKind::Event) }
+    }
+
+    #[test]
+    fn an_event_trigger_with_no_kinds_given_fires_on_both() {
+        for kinds in [None, Some(vec![])] {
+            assert_eq!(describe(&event(kinds.clone()), false), "kv/jobs/* (put, delete)");
+            assert_eq!(what("machines", &event(kinds), false), "kv/jobs/* (put, delete) → wake");
+        }
+        assert_eq!(describe(&event(Some(vec!["put".into()])), false), "kv/jobs/* (put)");
+    }
+
+    #[test]
+    fn a_machine_trigger_is_a_cron_or_event_trigger_with_nothing_of_apps_or_workflows() {
+        let Command::Add { webhook, path, body, input, signal, secret, .. } =
+            Command::from(WakeCommand::Add {
+                name: "m".into(),
+                cron: Some("@daily".into()),
+                timezone: None,
+                event: None,
+                kinds: vec![],
+                json: false,
+            })
+        else {
+            panic!("an add stays an add");
+        };
+        assert!(webhook.is_none() && path.is_none() && body.is_none() && input.is_none());
+        assert!(signal.is_none() && secret.is_none());
+    }
 }

@@ -121,8 +121,15 @@ async fn an_idle_machine_sleeps_and_wakes_where_it_was_for_a_connection_by_hand_
     assert!(ls.contains("kv/napper-wake* (put, delete) → wake"), "{ls}");
     success(&daemon.cli(&["kv", "put", "napper-wake", "now"]));
     wait_for(&daemon, "napper", "running", Duration::from_secs(60)).await;
+    // A webhook needs no trigger: the CLI has no --webhook, the API says why.
     let err = failure(&daemon.cli(&["machine", "trigger", "add", "napper", "--webhook", "/hook"]));
-    assert!(err.contains("forwarded port"), "{err}");
+    assert!(err.contains("--webhook"), "{err}");
+    let webhook = hearth_client::types::TriggerBody {
+        path: Some("/hook".into()),
+        ..hearth_client::types::TriggerBody::new(hearth_client::types::TriggerKind::Webhook)
+    };
+    let err = daemon.client().add_trigger("machines", "napper", &webhook).await.expect_err("refused");
+    assert!(err.to_string().contains("forwarded port"), "{err}");
     let err = failure(&daemon.cli(&["machine", "trigger", "add", "napper", "--event", "machines/"]));
     assert!(err.contains("not allowed"), "{err}");
 
