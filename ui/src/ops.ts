@@ -9,7 +9,7 @@ export const SERVICES_PREFIX = 'services/';
 export const CONFIG_PREFIX = 'config/';
 export const ALERTS_PREFIX = 'alerts/';
 
-export type Health = 'passing' | 'warning' | 'critical';
+export type Health = 'passing' | 'warning' | 'critical' | 'sleeping';
 export type ServiceKind = 'machines' | 'registered' | 'app';
 
 export interface Service {
@@ -31,6 +31,8 @@ export interface Service {
   problem?: string | null;
   version: number | null;
   rollout: { from: number; to: number; state: string; reason: string | null } | null;
+  /** Each machine sleeps after this long idle (services of machines). */
+  sleep_after_secs?: number | null;
 }
 
 export interface HealthChange {

@@ -76,6 +76,11 @@ pub struct Options {
     /// Where the tools that build handlers from source are
     /// ([`crate::source::Toolchains`]).
     pub fn_tools: crate::source::Toolchains,
+    /// This host's record of machines' traffic: a request the ingress
+    /// passes to a service's machine counts as its activity, and wakes it
+    /// if it sleeps (the daemon gives the networks service's; alone, one
+    /// that can wake nothing).
+    pub activity: hearth_routing::activity::Activity,
 }
 
 impl Options {
@@ -93,6 +98,7 @@ impl Options {
             shared: false,
             events_leading: None,
             fn_tools: crate::source::Toolchains::new(crate::source::Toolchains::default_dir()),
+            activity: hearth_routing::activity::Activity::default(),
         }
     }
 }

@@ -400,6 +400,9 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
             shared,
             // On a shared store, event triggers fire on the leader only.
             events_leading: shared.then(|| leading_rx.clone()),
+            // Requests the ingress passes to a service's machines keep
+            // them awake, and wake one that sleeps.
+            activity: networks.activity(),
             ..hearth_apps::Options::new(data_dir, &cache_dir)
         },
     )

@@ -18,11 +18,20 @@
 //! change of targets applies to the next connection, with no new listener,
 //! and a target that stays keeps its state. Connections are tasks of their
 //! own, so closing the listener lets those open finish.
+//!
+//! A target whose machine sleeps when idle ([`Target::machine`]) is passed
+//! each connection through the host's [`Activity`], which counts it as the
+//! machine's activity while it is open; a sleeping target takes a
+//! connection only when no awake one can, and the connection waits for it
+//! to wake.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::collections::HashMap;
+
+use hearth_routing::activity::{Activity, Open};
 use hearth_routing::{Balancer, Outcome};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -40,11 +49,25 @@ pub const ATTEMPTS: usize = 3;
 #[derive(Clone, Debug, Default)]
 pub struct Pool {
     state: Arc<Mutex<PoolState>>,
+    /// Where connections to machines are counted, and sleepers woken.
+    activity: Option<Activity>,
+}
+
+/// One target of a pool, as a service's endpoints give it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub addr: SocketAddr,
+    /// The machine behind it, if it is a machine that may sleep.
+    pub machine: Option<String>,
+    /// Its machine sleeps: a connection to it wakes it first.
+    pub asleep: bool,
 }
 
 #[derive(Debug, Default)]
 struct PoolState {
     balancer: Balancer<SocketAddr>,
+    /// The machine behind each target that has one.
+    machines: HashMap<SocketAddr, String>,
     /// How far the tests have moved this pool's clock on.
     #[cfg(test)]
     skew: Duration,
@@ -57,9 +80,28 @@ impl Pool {
         pool
     }
 
-    /// Replaces the targets; the next connection chooses among these.
+    /// The pool of `targets`, which passes connections to machines through
+    /// `activity`.
+    pub fn with_activity(targets: Vec<Target>, activity: Activity) -> Pool {
+        let pool = Pool { activity: Some(activity), ..Pool::default() };
+        pool.set_targets(targets);
+        pool
+    }
+
+    /// Replaces the targets with these awake ones, of no machine; the next
+    /// connection chooses among these.
     pub fn set(&self, targets: Vec<SocketAddr>) {
-        self.lock().balancer.set(targets);
+        let targets = targets.into_iter().map(|addr| Target { addr, machine: None, asleep: false }).collect();
+        self.set_targets(targets);
+    }
+
+    /// Replaces the targets; the next connection chooses among these.
+    pub fn set_targets(&self, targets: Vec<Target>) {
+        let mut state = self.lock();
+        state.machines = targets.iter().filter_map(|t| Some((t.addr, t.machine.clone()?))).collect();
+        let asleep: Vec<SocketAddr> = targets.iter().filter(|t| t.asleep).map(|t| t.addr).collect();
+        state.balancer.set(targets.into_iter().map(|t| t.addr).collect());
+        state.balancer.set_asleep(|addr| asleep.contains(addr));
     }
 
     pub fn targets(&self) -> Vec<SocketAddr> {
@@ -84,7 +126,9 @@ impl Pool {
         let mut state = self.lock();
         let now = state.now();
         let target = state.balancer.pick(now, tried)?;
-        Some(Lease { pool: self.clone(), target })
+        let machine = state.machines.get(&target).cloned();
+        let asleep = state.balancer.is_asleep(&target);
+        Some(Lease { pool: self.clone(), target, machine, asleep, open: None })
     }
 
     /// Records whether connecting to `target` worked.
@@ -108,11 +152,25 @@ impl PoolState {
     }
 }
 
-/// One connection's claim on a target: counted as open while it lives.
+/// One connection's claim on a target: counted as open while it lives,
+/// and as its machine's activity once [`Lease::pass`] let it through.
 #[derive(Debug)]
 struct Lease {
     pool: Pool,
     target: SocketAddr,
+    machine: Option<String>,
+    asleep: bool,
+    open: Option<Open>,
+}
+
+impl Lease {
+    /// Counts the connection as its machine's activity, waking the machine
+    /// first if it sleeps; why not, if it could not be woken.
+    async fn pass(&mut self) -> Result<(), String> {
+        let (Some(machine), Some(activity)) = (&self.machine, &self.pool.activity) else { return Ok(()) };
+        self.open = Some(activity.pass(machine, self.asleep).await?);
+        Ok(())
+    }
 }
 
 impl Drop for Lease {
@@ -177,8 +235,13 @@ async fn connect(pool: &Pool, peer: SocketAddr, listen: SocketAddr) -> Option<(T
             }
             return None;
         };
+        let mut lease = lease;
         let target = lease.target;
         tried.push(target);
+        if let Err(error) = lease.pass().await {
+            tracing::warn!(client = %peer, %listen, target_addr = %target, error, "An instance's machine did not wake; trying another.");
+            continue;
+        }
         let connected = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await;
         let outcome = if matches!(connected, Ok(Ok(_))) { Outcome::Answered } else { Outcome::Failed };
         pool.record(target, outcome);

@@ -292,6 +292,8 @@ impl Tracker {
                 self.failed = 0;
                 self.status = Status::Warning;
             }
+            // What the supervisor says of a machine, never a check's result.
+            Status::Sleeping => {}
         }
         self.status
     }

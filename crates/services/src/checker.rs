@@ -92,7 +92,12 @@ pub(crate) async fn checker(services: Services, instance: InstanceRecord, checks
         });
     }
     drop(tx);
-    let known = current.as_ref().map_or(Status::Critical, |h| h.status);
+    // A machine that slept was passing when it fell asleep: its checks go
+    // on from there, as after a restart of the checker.
+    let known = match current.as_ref().map_or(Status::Critical, |h| h.status) {
+        Status::Sleeping => Status::Passing,
+        known => known,
+    };
     let mut trackers = vec![Tracker::resume(known); checks.len()];
     let mut outputs = vec![String::new(); checks.len()];
     while let Some((i, result, output)) = rx.recv().await {

@@ -174,6 +174,7 @@ mod tests {
             env: vec![],
             network: None,
             on_config_change: None,
+            sleep_after_secs: None,
         }
     }
 

@@ -192,6 +192,11 @@ pub struct Template {
     /// `hearth_machines::record::validate_on_config_change`).
     #[serde(default)]
     pub on_config_change: Option<String>,
+    /// Each machine sleeps after this long without a connection (through
+    /// the ingress, a published port or its own forwards) and the next
+    /// request wakes it.
+    #[serde(default)]
+    pub sleep_after_secs: Option<u64>,
 }
 
 /// What makes the registry an application dictionary.
@@ -247,6 +252,10 @@ pub enum Status {
     /// proves itself.
     #[default]
     Critical,
+    /// Its machine sleeps (it passed before it fell asleep): it is routed
+    /// to when no awake instance can take a request, and woken by it. It
+    /// is not checked while it sleeps.
+    Sleeping,
 }
 
 impl Status {
@@ -255,6 +264,7 @@ impl Status {
             Status::Passing => "passing",
             Status::Warning => "warning",
             Status::Critical => "critical",
+            Status::Sleeping => "sleeping",
         }
     }
 }
@@ -326,6 +336,13 @@ pub struct Endpoint {
     pub id: String,
     pub address: IpAddr,
     pub port: u16,
+    /// The instance's machine, for a service of machines: what the ingress
+    /// and published ports wake when it sleeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<String>,
+    /// Its machine sleeps: a connection to it must wake it first.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sleeping: bool,
 }
 
 /// At `services/history/NAME/SEQ`: one thing the platform did by itself.

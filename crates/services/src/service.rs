@@ -52,6 +52,9 @@ pub struct Deploy {
     pub routes: Option<Vec<Route>>,
     /// The machines' reload action from now on.
     pub on_config_change: Option<String>,
+    /// How long each machine may be idle before it sleeps from now on
+    /// (`Some(None)`: it never sleeps).
+    pub sleep_after_secs: Option<Option<u64>>,
 }
 
 impl Deploy {
@@ -64,6 +67,7 @@ impl Deploy {
             || self.cpus.is_some()
             || self.memory_mib.is_some()
             || self.on_config_change.is_some()
+            || self.sleep_after_secs.is_some()
     }
 }
 
@@ -403,6 +407,9 @@ impl Services {
             }
             if let Some(memory_mib) = change.memory_mib {
                 next.memory_mib = memory_mib;
+            }
+            if let Some(after) = change.sleep_after_secs {
+                next.sleep_after_secs = after;
             }
             if next == current {
                 if record.routes != routes_before {

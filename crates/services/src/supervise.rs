@@ -16,9 +16,12 @@
 //!    forgiven. Each such act is written to the service's history.
 //! 3. An instance whose machine is not running is critical at once (no
 //!    check needed to know it); a running one is judged by its checks, each
-//!    instance by a checker task of its own (see [`checker`]).
-//! 4. `services/endpoints/NAME` is rewritten when the set of passing
-//!    instances changes, and only then.
+//!    instance by a checker task of its own (see [`checker`]). One whose
+//!    machine sleeps (or is falling asleep, or waking) is `sleeping`: not
+//!    checked, not replaced, and still published, so that the next request
+//!    wakes it; once it runs, its checks go on from passing.
+//! 4. `services/endpoints/NAME` is rewritten when the set of passing (or
+//!    sleeping) instances changes, and only then.
 //! 5. What a removed service left (instances, machines, health) is removed.
 //!
 //! When hosts share the store, only the leader's supervisor runs (the
@@ -34,7 +37,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hearth_machines::CreateRequest;
-use hearth_machines::record::{MachineRecord, State};
+use hearth_machines::record::{Desired, MachineRecord, State};
 use hearth_store::{Compare, Follower, Op, Store, Txn};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -94,6 +97,19 @@ impl Supervisor {
             checker.task.abort();
             let _ = checker.task.await;
         }
+    }
+}
+
+/// Whether an instance's machine sleeps, as far as routing is concerned:
+/// asked to sleep or asleep, or waking from it (starting, while its health
+/// still says it sleeps). A running machine is judged by its checks again,
+/// and one that stopped or failed is not asleep.
+fn asleep(machine: &MachineRecord, health: Option<&HealthRecord>) -> bool {
+    let was_asleep = health.is_some_and(|h| h.status == Status::Sleeping);
+    match (machine.desired, machine.status.state) {
+        (_, State::Sleeping) | (Desired::Sleeping, State::Running | State::Stopping) => true,
+        (Desired::Running, State::Starting) => was_asleep,
+        _ => false,
     }
 }
 
@@ -292,9 +308,13 @@ impl Services {
                 .filter(|(_, i)| i.service == def.name)
                 .map(|(key, instance)| {
                     let health = now.health.get(key);
+                    // A sleeper passed before it fell asleep, and the
+                    // next request wakes it: it counts as passing.
+                    let passing =
+                        health.is_some_and(|h| matches!(h.status, Status::Passing | Status::Sleeping));
                     Member {
                         instance,
-                        passing: health.is_some_and(|h| h.status == Status::Passing),
+                        passing,
                         passed: health.is_some_and(|h| h.changes.iter().any(|c| c.status == Status::Passing)),
                         leaving: leaving(instance),
                     }
@@ -432,20 +452,23 @@ impl Services {
         let Some(def) = get().pop() else { return Ok(true) };
         let def: ServiceRecord = parse(&def)?;
         let health = get();
-        let passing: HashSet<&str> = health
+        let routed: HashMap<&str, Status> = health
             .iter()
-            .filter(|kv| parse::<HealthRecord>(kv).is_ok_and(|h| h.status == Status::Passing))
-            .filter_map(|kv| record::split_instance_key(record::HEALTH, &kv.key).map(|(_, id)| id))
+            .filter_map(|kv| Some((kv, parse::<HealthRecord>(kv).ok()?.status)))
+            .filter(|(_, status)| matches!(status, Status::Passing | Status::Sleeping))
+            .filter_map(|(kv, status)| Some((record::split_instance_key(record::HEALTH, &kv.key)?.1, status)))
             .collect();
         let instance_kvs = get();
         let mut instances = Vec::new();
         for kv in &instance_kvs {
             let i: InstanceRecord = parse(kv)?;
-            if i.draining_since_ms.is_some() || !passing.contains(i.id.as_str()) {
+            let Some(&status) = routed.get(i.id.as_str()) else { continue };
+            if i.draining_since_ms.is_some() {
                 continue;
             }
             if let Some(address) = i.address {
-                instances.push(Endpoint { id: i.id, address, port: i.port });
+                let sleeping = status == Status::Sleeping;
+                instances.push(Endpoint { id: i.id, address, port: i.port, machine: i.machine, sleeping });
             }
         }
         instances.sort_by(|a, b| a.id.cmp(&b.id));
@@ -656,6 +679,13 @@ impl Services {
             });
             let _ = self.writer().txn(txn).await;
         }
+        if asleep(machine, health) {
+            let said = format!(
+                "machine {name} is asleep; the next request through the service's routes or ports wakes it"
+            );
+            self.set_health(state, key, instance, health, Status::Sleeping, said).await;
+            return None;
+        }
         match machine.status.state {
             State::Running => {
                 let started_at = machine.status.started_at.unwrap_or(0);
@@ -763,6 +793,7 @@ impl Services {
             env: template.env.clone(),
             restart: hearth_machines::record::RestartPolicy::Always,
             on_config_change: template.on_config_change.clone(),
+            sleep_after: template.sleep_after_secs.map(Duration::from_secs),
             ..CreateRequest::default()
         };
         match self.machines().create(request).await {

@@ -357,7 +357,7 @@ async fn service_spec(state: &AppState, text: &str) -> Result<(String, u16), Api
 }
 
 /// `sleep_after`: a duration of whole seconds, at least one.
-fn parse_sleep_after(text: &str) -> Result<Duration, ApiError> {
+pub(crate) fn parse_sleep_after(text: &str) -> Result<Duration, ApiError> {
     let bad = |why: String| {
         ApiError::bad_request("invalid_field", format!("field `sleep_after`: {why}"), "e.g. 30s, 5m or 1h")
     };

@@ -25,6 +25,7 @@ fn health(status: Status) -> Health {
         Status::Passing => Health::Passing,
         Status::Warning => Health::Warning,
         Status::Critical => Health::Critical,
+        Status::Sleeping => Health::Sleeping,
     }
 }
 
@@ -60,6 +61,7 @@ fn service(record: &ServiceRecord, instances: &[(InstanceRecord, Option<HealthRe
             },
             reason: r.reason.clone(),
         }),
+        sleep_after_secs: record.template.as_ref().and_then(|t| t.sleep_after_secs),
     }
 }
 
@@ -82,6 +84,7 @@ fn app(info: &hearth_apps::AppInfo) -> Service {
         problem: info.error.clone(),
         version: Some(info.app.active),
         rollout: None,
+        sleep_after_secs: None,
     }
 }
 
@@ -274,6 +277,7 @@ pub(crate) async fn create(
         }
     }
     reload_action(body.on_config_change.as_deref())?;
+    let sleep_after = body.sleep_after.as_deref().map(super::machines::parse_sleep_after).transpose()?;
     let request = hearth_services::CreateService {
         name: body.name,
         template: record::Template {
@@ -284,6 +288,7 @@ pub(crate) async fn create(
             env: body.env,
             network: body.network,
             on_config_change: body.on_config_change,
+            sleep_after_secs: sleep_after.map(|d| d.as_secs()),
         },
         count: body.count.unwrap_or(1),
         port: body.port,
@@ -336,6 +341,11 @@ pub(crate) async fn deploy(
         }
     }
     reload_action(body.on_config_change.as_deref())?;
+    let sleep_after = match body.sleep_after.as_deref() {
+        None => None,
+        Some("never") => Some(None),
+        Some(text) => Some(Some(super::machines::parse_sleep_after(text)?.as_secs())),
+    };
     let declared = body.routes.as_deref().map(routes).transpose()?;
     if let Some(declared) = &declared {
         state.services().get(&name).await?;
@@ -349,6 +359,7 @@ pub(crate) async fn deploy(
         memory_mib: body.memory_mib,
         routes: declared,
         on_config_change: body.on_config_change,
+        sleep_after_secs: sleep_after,
     };
     state.services().deploy(&name, change).await?;
     let view = state.services().view(&name).await?;
@@ -404,7 +415,12 @@ pub(crate) async fn endpoints(
             .value
             .instances
             .into_iter()
-            .map(|e| Endpoint { id: e.id, address: e.address.to_string(), port: e.port })
+            .map(|e| Endpoint {
+                id: e.id,
+                address: e.address.to_string(),
+                port: e.port,
+                sleeping: e.sleeping,
+            })
             .collect(),
         routes: found.value.routes.iter().map(ToString::to_string).collect(),
     }))
@@ -452,11 +468,16 @@ pub(crate) async fn heartbeat(
     ApiPath((name, id)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<Heartbeat>,
 ) -> Result<StatusCode, ApiError> {
-    let status = body.health.map(|h| match h {
-        Health::Passing => Status::Passing,
-        Health::Warning => Status::Warning,
-        Health::Critical => Status::Critical,
-    });
+    let status = match body.health {
+        None => None,
+        Some(Health::Passing) => Some(Status::Passing),
+        Some(Health::Warning) => Some(Status::Warning),
+        Some(Health::Critical) => Some(Status::Critical),
+        Some(Health::Sleeping) => {
+            let why = "a registered instance cannot sleep: only a service's machines do".to_string();
+            return Err(bad("health", why, "give passing, warning or critical"));
+        }
+    };
     state.services().heartbeat(&name, &id, status, body.output).await?;
     Ok(StatusCode::NO_CONTENT)
 }

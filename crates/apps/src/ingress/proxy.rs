@@ -10,6 +10,12 @@
 //! (the listener no longer times an upgraded connection: see
 //! `hearth_listen`). Any other answer is passed on as it is.
 //!
+//! An instance of a service of machines passes each request through the
+//! host's [`Activity`](hearth_routing::activity::Activity): the request
+//! counts as its machine's activity until its response has gone, and one
+//! to a machine that sleeps waits for it to wake. A machine that cannot be
+//! woken is passed over for another instance, as one that refuses.
+//!
 //! A connection per request, for now: loopback and bridge connects cost
 //! tens of microseconds, and no pooled connection can then be stale.
 
@@ -65,8 +71,32 @@ pub(crate) async fn proxy(apps: &Apps, upstream: Arc<Upstream>, req: Request<Inc
     let mut tried: Vec<Endpoint> = Vec::new();
     let mut last_error = String::new();
     while tried.len() < ATTEMPTS {
-        let Some(endpoint) = lock(&upstream.balancer).pick(Instant::now(), &tried) else { break };
-        let outstanding = Outstanding { upstream: upstream.clone(), endpoint: endpoint.clone() };
+        let (endpoint, asleep) = {
+            let mut balancer = lock(&upstream.balancer);
+            let Some(endpoint) = balancer.pick(Instant::now(), &tried) else { break };
+            let asleep = balancer.is_asleep(&endpoint);
+            (endpoint, asleep)
+        };
+        let mut outstanding =
+            Outstanding { upstream: upstream.clone(), endpoint: endpoint.clone(), open: None };
+        if let Some(machine) = &endpoint.machine {
+            // The request is its machine's activity while it lasts, and
+            // waits for the machine to wake if it sleeps.
+            match apps.inner.options.activity.pass(machine, asleep).await {
+                Ok(open) => outstanding.open = Some(open),
+                Err(error) => {
+                    tracing::warn!(
+                        service = name,
+                        instance = endpoint.id,
+                        error,
+                        "An instance's machine did not wake; trying another."
+                    );
+                    last_error = error;
+                    tried.push(endpoint);
+                    continue;
+                }
+            }
+        }
         match send(endpoint.addr, req).await {
             Ok(mut response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 let Some(client_upgrade) = client_upgrade else {
@@ -180,10 +210,12 @@ async fn tunnel(client: OnUpgrade, instance: OnUpgrade, outstanding: Outstanding
     }
 }
 
-/// A request counted as outstanding on an instance until dropped.
+/// A request counted as outstanding on an instance until dropped, and as
+/// its machine's activity.
 struct Outstanding {
     upstream: Arc<Upstream>,
     endpoint: Endpoint,
+    open: Option<hearth_routing::activity::Open>,
 }
 
 impl Drop for Outstanding {

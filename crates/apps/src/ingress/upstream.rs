@@ -9,6 +9,10 @@
 //! within milliseconds. The records are read through a view of their own
 //! (unknown fields ignored), so this crate does not depend on the
 //! registry's.
+//!
+//! An instance whose machine sleeps stays in its service's balancer,
+//! marked asleep: it takes a request only when no awake instance can, and
+//! the request waits for it to wake (see `proxy`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -42,13 +46,21 @@ struct EndpointView {
     id: String,
     address: IpAddr,
     port: u16,
+    #[serde(default)]
+    machine: Option<String>,
+    #[serde(default)]
+    sleeping: bool,
 }
 
-/// One passing instance, as published in the service's endpoints.
+/// One passing (or sleeping) instance, as published in the service's
+/// endpoints.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct Endpoint {
     pub(crate) id: String,
     pub(crate) addr: SocketAddr,
+    /// Its machine, for a service of machines: what a request wakes when
+    /// it sleeps, and whose activity the request is.
+    pub(crate) machine: Option<String>,
 }
 
 /// The balancer of one service's instances, in one ingress.
@@ -176,19 +188,31 @@ impl Upstreams {
             }
             return;
         };
-        let (endpoints, routes) = match serde_json::from_slice::<EndpointsView>(value) {
-            Ok(view) => (
-                view.instances
+        let (endpoints, asleep, routes) = match serde_json::from_slice::<EndpointsView>(value) {
+            Ok(view) => {
+                let mut asleep = Vec::new();
+                let endpoints = view
+                    .instances
                     .into_iter()
-                    .map(|i| Endpoint { id: i.id, addr: SocketAddr::new(i.address, i.port) })
-                    .collect(),
-                view.routes,
-            ),
+                    .map(|i| {
+                        let endpoint = Endpoint {
+                            id: i.id,
+                            addr: SocketAddr::new(i.address, i.port),
+                            machine: i.machine,
+                        };
+                        if i.sleeping {
+                            asleep.push(endpoint.clone());
+                        }
+                        endpoint
+                    })
+                    .collect();
+                (endpoints, asleep, view.routes)
+            }
             Err(e) => {
                 // Routing to instances that may be gone would be worse than
                 // routing to none: the 503 names the command to look.
                 tracing::warn!(service = name, error = %e, "A service's endpoints record is unreadable; routing to none of its instances.");
-                (Vec::new(), known.declared.get(name).cloned().unwrap_or_default())
+                (Vec::new(), Vec::new(), known.declared.get(name).cloned().unwrap_or_default())
             }
         };
         let upstream = known
@@ -196,7 +220,11 @@ impl Upstreams {
             .entry(name.to_owned())
             .or_insert_with(|| Arc::new(Upstream { name: name.to_owned(), balancer: Mutex::default() }))
             .clone();
-        lock(&upstream.balancer).set(endpoints);
+        {
+            let mut balancer = lock(&upstream.balancer);
+            balancer.set(endpoints);
+            balancer.set_asleep(|e| asleep.contains(e));
+        }
         if known.declared.get(name).map_or(routes.is_empty(), |old| *old == routes) {
             return;
         }
@@ -297,6 +325,21 @@ mod tests {
         }
         upstreams.apply("api", None);
         assert!(upstreams.for_host("api.localhost", "localhost").is_none());
+    }
+
+    #[test]
+    fn a_sleeping_instance_stays_in_the_balancer_marked_asleep_with_its_machine() {
+        let upstreams = Upstreams::default();
+        let record = r#"{"name":"api","instances":[
+            {"id":"api-1","address":"::1","port":80,"machine":"api-1","sleeping":true},
+            {"id":"api-2","address":"::1","port":81,"machine":"api-2"}]}"#;
+        upstreams.reset(&[kv("api", record)]);
+        let api = upstreams.for_host("api.localhost", "localhost").expect("api");
+        let balancer = lock(&api.balancer);
+        let targets = balancer.targets();
+        let asleep: Vec<(&str, Option<&str>, bool)> =
+            targets.iter().map(|e| (e.id.as_str(), e.machine.as_deref(), balancer.is_asleep(e))).collect();
+        assert_eq!(asleep, [("api-1", Some("api-1"), true), ("api-2", Some("api-2"), false)]);
     }
 
     #[test]

@@ -174,6 +174,7 @@ mod tests {
         check(RunLogSource::ALL, &["log", "output"]);
         check(TriggerKind::ALL, &["cron", "event", "webhook"]);
         check(TriggerSource::ALL, &["manifest", "api"]);
+        check(Health::ALL, &["passing", "warning", "critical", "sleeping"]);
     }
 
     #[test]

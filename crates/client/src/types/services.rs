@@ -33,6 +33,9 @@ wire_enum! {
         Passing = "passing",
         Warning = "warning",
         Critical = "critical",
+        /// Its machine sleeps: routed to when no awake instance can take a
+        /// request, and woken by it; not checked meanwhile.
+        Sleeping = "sleeping",
     }
 }
 
@@ -72,6 +75,10 @@ pub struct Service {
     pub version: Option<u32>,
     /// The last rolling update, under way or ended.
     pub rollout: Option<Rollout>,
+    /// Each machine sleeps after this long without a request or connection
+    /// (services of machines that sleep when idle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sleep_after_secs: Option<u64>,
 }
 
 /// A rolling update from one version to another.
@@ -107,6 +114,10 @@ pub struct DeployService {
     /// version on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_config_change: Option<String>,
+    /// How long each machine may be idle before it sleeps (`5m`), or
+    /// `never`, from the next version on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sleep_after: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -172,6 +183,11 @@ pub struct Endpoint {
     pub id: String,
     pub address: String,
     pub port: u16,
+    /// Its machine sleeps: a connection to it waits for the machine to
+    /// wake (the ingress and published ports wake it; a direct connection
+    /// to the address does not).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sleeping: bool,
 }
 
 /// `GET /v1/services/{name}/endpoints`: with `index`, waits up to `wait`
@@ -229,6 +245,12 @@ pub struct CreateService {
     /// process (`SIGHUP`), or a command run with `/bin/sh -c`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_config_change: Option<String>,
+    /// Each machine sleeps after this long without a request or
+    /// connection (`5m`, whole seconds, at least one): its memory is saved
+    /// to disk and its VM stopped, and the next request through the
+    /// service's routes or ports wakes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sleep_after: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

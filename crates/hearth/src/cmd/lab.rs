@@ -418,6 +418,7 @@ async fn services_up(client: &Client, lab: &file::Lab, before: &Before) -> anyho
                     cpus: Some(s.cpus),
                     memory_mib: Some(s.memory_mib),
                     on_config_change: s.on_config_change.clone(),
+                    sleep_after: s.sleep_after.clone(),
                     ..Default::default()
                 };
                 client

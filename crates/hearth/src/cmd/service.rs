@@ -60,6 +60,11 @@ pub(crate) enum Command {
         /// run this command with /bin/sh -c ('nginx -s reload').
         #[arg(long, value_name = "SIGNAL|CMD")]
         on_config_change: Option<String>,
+        /// Each instance's machine sleeps after this long without a request
+        /// or connection (5m), saved to disk with no CPU or memory held; the
+        /// next request through the service's routes or ports wakes it.
+        #[arg(long, value_name = "DURATION")]
+        sleep_after: Option<String>,
         /// A tag for the application dictionary. Repeatable.
         #[arg(long = "tag")]
         tags: Vec<String>,
@@ -111,6 +116,10 @@ pub(crate) enum Command {
         /// The instances' reload action from this version on: a signal or a command.
         #[arg(long, value_name = "SIGNAL|CMD")]
         on_config_change: Option<String>,
+        /// From this version on, each machine sleeps after this long idle
+        /// (5m), or `never`.
+        #[arg(long, value_name = "DURATION|never")]
+        sleep_after: Option<String>,
         /// Return at once instead of following the rollout.
         #[arg(long, short = 'd')]
         detach: bool,
@@ -206,6 +215,7 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<()>
             cpus,
             memory,
             on_config_change,
+            sleep_after,
             tags,
             description,
             links,
@@ -234,6 +244,7 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<()>
                 cpus,
                 memory_mib: memory,
                 on_config_change,
+                sleep_after,
                 tags,
                 description,
                 links,
@@ -283,6 +294,7 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<()>
             cpus,
             memory,
             on_config_change,
+            sleep_after,
             detach,
             command,
         } => {
@@ -297,13 +309,15 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<()>
                 memory_mib: memory,
                 routes: (no_routes || !routes.is_empty()).then_some(routes),
                 on_config_change,
+                sleep_after,
             };
             let routes_only = body.image.is_none()
                 && body.env.is_none()
                 && body.command.is_none()
                 && body.cpus.is_none()
                 && body.memory_mib.is_none()
-                && body.on_config_change.is_none();
+                && body.on_config_change.is_none()
+                && body.sleep_after.is_none();
             let s = client.deploy_service(&name, &body).await?;
             if routes_only {
                 let shown = if s.routes.is_empty() { "none".to_string() } else { s.routes.join(" ") };
@@ -452,6 +466,10 @@ fn print_detail(detail: &ServiceDetail) {
     if let Some(port) = s.port {
         println!("port:        {port}");
     }
+    if let Some(secs) = s.sleep_after_secs {
+        let after = humantime::format_duration(Duration::from_secs(secs));
+        println!("sleeps:      after {after} idle; the next request wakes an instance");
+    }
     if !s.ports.is_empty() {
         println!("published:   {} (127.0.0.1)", s.ports.join(" "));
     }
@@ -518,10 +536,13 @@ async fn wait_passing(client: &Client, name: &str, count: u32, limit: Duration) 
         let q = EndpointsQuery { index: Some(index), wait: Some(format!("{}ms", wait.as_millis().max(1))) };
         let e = client.service_endpoints(name, &q).await?;
         index = e.index;
-        spinner.set(format!("{name}: {}/{count} passing", e.instances.len()));
+        // A sleeping instance passed before it fell asleep.
+        let asleep = e.instances.iter().filter(|i| i.sleeping).count();
+        let asleep = if asleep > 0 { format!(" ({asleep} asleep)") } else { String::new() };
+        spinner.set(format!("{name}: {}/{count} passing{asleep}", e.instances.len()));
         if e.instances.len() as u32 >= count {
             spinner.finish();
-            println!("{name}: {count}/{count} passing, in {:.1}s", started.elapsed().as_secs_f64());
+            println!("{name}: {count}/{count} passing{asleep}, in {:.1}s", started.elapsed().as_secs_f64());
             return Ok(());
         }
     }
@@ -546,7 +567,10 @@ async fn follow_rollout(client: &Client, name: &str, version: u32, limit: Durati
         let updated = detail
             .instances
             .iter()
-            .filter(|i| i.version == Some(version) && i.health == Health::Passing && !i.draining)
+            .filter(|i| {
+                let ready = matches!(i.health, Health::Passing | Health::Sleeping);
+                i.version == Some(version) && ready && !i.draining
+            })
             .count();
         match rollout.state {
             RolloutState::Done => {

@@ -47,6 +47,7 @@ mod services_machines;
 mod services_outbound;
 mod services_registry;
 mod services_routing;
+mod services_sleep;
 mod store_durability;
 mod store_etcd;
 mod store_follow;

@@ -2,6 +2,10 @@
 //! writes (`services/endpoints/NAME`) through a minimal view, so that this
 //! crate does not depend on it, and turned into the DNS zone's services
 //! and the ports services publish on the host (`publish`).
+//!
+//! An instance whose machine sleeps is in the record too: published ports
+//! balance over it (a connection wakes it), but DNS leaves it out, since a
+//! connection straight to its address would find nobody to answer.
 
 use std::net::IpAddr;
 
@@ -28,10 +32,27 @@ struct EndpointsView {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct ServiceEndpoints {
     pub(super) name: String,
-    /// The passing instances with an IP address.
-    pub(super) instances: Vec<dns::ServiceInstance>,
+    /// The passing (or sleeping) instances with an IP address.
+    pub(super) instances: Vec<Endpoint>,
     /// Host ports balanced over the instances.
     pub(super) ports: Vec<PortSpec>,
+}
+
+/// One instance of a service's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Endpoint {
+    pub(super) instance: dns::ServiceInstance,
+    /// Its machine, for a service of machines.
+    pub(super) machine: Option<String>,
+    /// Its machine sleeps.
+    pub(super) sleeping: bool,
+}
+
+impl ServiceEndpoints {
+    /// What DNS answers for the service: its awake instances.
+    pub(super) fn awake(&self) -> Vec<dns::ServiceInstance> {
+        self.instances.iter().filter(|e| !e.sleeping).map(|e| e.instance.clone()).collect()
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -39,6 +60,10 @@ struct InstanceView {
     id: String,
     address: String,
     port: u16,
+    #[serde(default)]
+    machine: Option<String>,
+    #[serde(default)]
+    sleeping: bool,
 }
 
 impl Networks {
@@ -48,9 +73,7 @@ impl Networks {
         let range = self.inner.store.range(ENDPOINTS).await?;
         let services: Vec<ServiceEndpoints> =
             range.kvs.iter().filter_map(|kv| service_from_record(&kv.key, &kv.value)).collect();
-        self.inner
-            .zone
-            .set_services(services.iter().map(|s| (s.name.clone(), s.instances.clone())).collect());
+        self.inner.zone.set_services(services.iter().map(|s| (s.name.clone(), s.awake())).collect());
         self.sync_published(&services).await;
         Ok(())
     }
@@ -76,7 +99,11 @@ fn service_from_record(key: &str, value: &[u8]) -> Option<ServiceEndpoints> {
         .instances
         .into_iter()
         .filter_map(|instance| match instance.address.parse::<IpAddr>() {
-            Ok(address) => Some(dns::ServiceInstance { id: instance.id, address, port: instance.port }),
+            Ok(address) => Some(Endpoint {
+                instance: dns::ServiceInstance { id: instance.id, address, port: instance.port },
+                machine: instance.machine,
+                sleeping: instance.sleeping,
+            }),
             Err(_) => {
                 tracing::warn!(
                     key,
@@ -104,9 +131,25 @@ mod tests {
         let service = service_from_record("services/endpoints/web", value).expect("a service");
         assert_eq!(service.name, "web");
         assert!(service.ports.is_empty(), "no ports field is no published port");
-        let ids: Vec<(&str, String, u16)> =
-            service.instances.iter().map(|i| (i.id.as_str(), i.address.to_string(), i.port)).collect();
+        let ids: Vec<(&str, String, u16)> = service
+            .instances
+            .iter()
+            .map(|e| (e.instance.id.as_str(), e.instance.address.to_string(), e.instance.port))
+            .collect();
         assert_eq!(ids, [("web-1", "10.88.0.5".to_owned(), 80), ("web-2", "fd00::2".to_owned(), 8080)]);
+    }
+
+    #[test]
+    fn a_sleeping_instance_is_balanced_over_but_not_answered_in_dns() {
+        let value = br#"{"name":"web","instances":[
+            {"id":"web-1","address":"10.88.0.5","port":80,"machine":"web-1","sleeping":true},
+            {"id":"web-2","address":"10.88.0.6","port":80,"machine":"web-2"}]}"#;
+        let service = service_from_record("services/endpoints/web", value).expect("a service");
+        let sleeping: Vec<(Option<&str>, bool)> =
+            service.instances.iter().map(|e| (e.machine.as_deref(), e.sleeping)).collect();
+        assert_eq!(sleeping, [(Some("web-1"), true), (Some("web-2"), false)]);
+        let answered: Vec<String> = service.awake().into_iter().map(|i| i.id).collect();
+        assert_eq!(answered, ["web-2"]);
     }
 
     #[test]

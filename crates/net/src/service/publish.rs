@@ -63,7 +63,7 @@ impl Networks {
                 running.published.keys().filter(|key| !wanted.contains_key(*key)).cloned().collect();
             let to_close = gone.iter().filter_map(|key| running.published.remove(key)).collect();
             for (key, published) in &running.published {
-                published.pool.set(wanted[key].clone());
+                published.pool.set_targets(wanted[key].clone());
             }
             let to_open =
                 wanted.keys().filter(|key| !running.published.contains_key(*key)).cloned().collect();
@@ -77,7 +77,8 @@ impl Networks {
             let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, host));
             match balance::bind(listen).await {
                 Ok(bound) => {
-                    let pool = balance::Pool::new(wanted[&(service.clone(), host)].clone());
+                    let targets = wanted[&(service.clone(), host)].clone();
+                    let pool = balance::Pool::with_activity(targets, self.inner.activity.clone());
                     let task = tokio::spawn(bound.run(pool.clone(), std::future::pending()));
                     tracing::debug!(service, %listen, "Publishing a service's port.");
                     lock(&self.inner.running).published.insert((service, host), Published { pool, task });
@@ -110,7 +111,7 @@ impl Networks {
 }
 
 /// The targets of each published TCP port, by service and host port.
-fn wanted(services: &[ServiceEndpoints]) -> HashMap<(String, u16), Vec<SocketAddr>> {
+fn wanted(services: &[ServiceEndpoints]) -> HashMap<(String, u16), Vec<balance::Target>> {
     let mut wanted = HashMap::new();
     for service in services {
         for port in &service.ports {
@@ -119,8 +120,15 @@ fn wanted(services: &[ServiceEndpoints]) -> HashMap<(String, u16), Vec<SocketAdd
                 tracing::debug!(service = service.name, %port, "Not publishing a UDP port: services balance TCP.");
                 continue;
             }
-            let targets =
-                service.instances.iter().map(|i| SocketAddr::from((i.address, port.guest))).collect();
+            let targets = service
+                .instances
+                .iter()
+                .map(|e| balance::Target {
+                    addr: SocketAddr::from((e.instance.address, port.guest)),
+                    machine: e.machine.clone(),
+                    asleep: e.sleeping,
+                })
+                .collect();
             wanted.insert((service.name.clone(), port.host), targets);
         }
     }
@@ -132,13 +140,14 @@ mod tests {
     use super::*;
     use crate::dns::ServiceInstance;
     use crate::service::PortSpec;
+    use crate::service::endpoints::Endpoint;
 
     #[test]
     fn published_ports_target_the_guest_port_of_every_instance_and_skip_udp() {
-        let instance = |id: &str, address: &str| ServiceInstance {
-            id: id.into(),
-            address: address.parse().unwrap(),
-            port: 1,
+        let instance = |id: &str, address: &str| Endpoint {
+            instance: ServiceInstance { id: id.into(), address: address.parse().unwrap(), port: 1 },
+            machine: Some(id.into()),
+            sleeping: id == "web-2",
         };
         let services = [
             ServiceEndpoints {
@@ -153,7 +162,8 @@ mod tests {
         ];
         let wanted = wanted(&services);
         assert_eq!(wanted.len(), 1, "{wanted:?}");
-        let targets: Vec<String> = wanted[&("web".to_owned(), 8080)].iter().map(|t| t.to_string()).collect();
-        assert_eq!(targets, ["10.0.0.2:80", "10.0.0.3:80"]);
+        let targets: Vec<(String, bool)> =
+            wanted[&("web".to_owned(), 8080)].iter().map(|t| (t.addr.to_string(), t.asleep)).collect();
+        assert_eq!(targets, [("10.0.0.2:80".into(), false), ("10.0.0.3:80".into(), true)], "sleepers too");
     }
 }

@@ -104,6 +104,7 @@ struct RawService {
     cpus: Option<Spanned<i64>>,
     memory: Option<Spanned<Memory>>,
     on_config_change: Option<Spanned<String>>,
+    sleep_after: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -181,6 +182,8 @@ pub(crate) struct Service {
     pub(crate) memory_mib: u32,
     /// What each machine does when its config changes: a signal or a command.
     pub(crate) on_config_change: Option<String>,
+    /// How long each machine may be idle before it sleeps (`5m`).
+    pub(crate) sleep_after: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -407,19 +410,7 @@ pub(crate) fn parse(
         let setup_timeout =
             seconds("setup_timeout", &raw.setup_timeout, DEFAULT_SETUP_TIMEOUT, &mut problems);
         if let Some(after) = &raw.sleep_after {
-            let whole = humantime::parse_duration(after.get_ref()).map_err(|e| e.to_string()).and_then(|d| {
-                match d.as_secs() >= 1 && d.subsec_nanos() == 0 {
-                    true => Ok(d),
-                    false => Err("not a whole number of seconds, at least one".to_owned()),
-                }
-            });
-            if let Err(e) = whole {
-                problems.push(format!(
-                    "{}: machine {group:?}: field `sleep_after`: {:?}: {e} (e.g. \"30s\", \"5m\")",
-                    loc.at(after.span()),
-                    after.get_ref()
-                ));
-            }
+            check_sleep_after(&loc, &format!("machine {group:?}"), after, &mut problems);
         }
         let all: Vec<&str> = PLACEHOLDERS.iter().map(|(p, _)| *p).collect();
         for (field, template) in [("setup", &raw.setup), ("ready", &raw.ready)] {
@@ -634,6 +625,9 @@ fn check_services(
                 loc.at(action.span())
             ));
         }
+        if let Some(after) = &raw.sleep_after {
+            check_sleep_after(loc, &format!("service {name:?}"), after, problems);
+        }
         services.push(Service {
             name,
             image: raw.image.get_ref().trim().to_owned(),
@@ -648,9 +642,27 @@ fn check_services(
             cpus,
             memory_mib,
             on_config_change: raw.on_config_change.map(|a| a.into_inner()),
+            sleep_after: raw.sleep_after.map(|a| a.into_inner()),
         });
     }
     services
+}
+
+/// `sleep_after`: a duration of whole seconds, at least one.
+fn check_sleep_after(loc: &Locator<'_>, what: &str, after: &Spanned<String>, problems: &mut Problems) {
+    let whole = humantime::parse_duration(after.get_ref()).map_err(|e| e.to_string()).and_then(|d| {
+        match d.as_secs() >= 1 && d.subsec_nanos() == 0 {
+            true => Ok(d),
+            false => Err("not a whole number of seconds, at least one".to_owned()),
+        }
+    });
+    if let Err(e) = whole {
+        problems.push(format!(
+            "{}: {what}: field `sleep_after`: {:?}: {e} (e.g. \"30s\", \"5m\")",
+            loc.at(after.span()),
+            after.get_ref()
+        ));
+    }
 }
 
 fn check_images(loc: &Locator<'_>, raw: Vec<RawImage>, problems: &mut Problems) -> Vec<Image> {
@@ -926,6 +938,9 @@ image = "debian:bookworm"
         check(&svc("routes = [\"shop.test/a?b\"]\n"), &["lab.toml:5", "field `routes`", "plain prefix"]);
         check(&svc("routes = [\"shop.test\", \"SHOP.test/\"]\n"), &["field `routes`", "given twice"]);
         check(&svc("on_config_change = \"SIGHPU\"\n"), &["lab.toml:5", "field `on_config_change`", "SIGHPU"]);
+        check(&svc("sleep_after = \"0s\"\n"), &["lab.toml:5", "service \"web\": field `sleep_after`"]);
+        let sleeps = parse("lab.toml", &svc("sleep_after = \"5m\"\n"), None, "x").expect("parses");
+        assert_eq!(sleeps.services[0].sleep_after.as_deref(), Some("5m"));
         let reloads = parse("lab.toml", &svc("on_config_change = \"SIGHUP\"\n"), None, "x").expect("parses");
         assert_eq!(reloads.services[0].on_config_change.as_deref(), Some("SIGHUP"));
         let routed = parse("lab.toml", &svc("routes = [\"shop.test/api\"]\n"), None, "x").expect("parses");
