@@ -22,6 +22,8 @@ export interface Service {
   checks: string[];
   instances: number;
   passing: number;
+  /** Instances whose machines sleep. */
+  sleeping?: number;
   routes: string[];
   tags: string[];
   description: string | null;

@@ -44,6 +44,10 @@ fn service(record: &ServiceRecord, instances: &[(InstanceRecord, Option<HealthRe
             .iter()
             .filter(|(_, h)| h.as_ref().is_some_and(|h| h.status == Status::Passing))
             .count() as u32,
+        sleeping: instances
+            .iter()
+            .filter(|(_, h)| h.as_ref().is_some_and(|h| h.status == Status::Sleeping))
+            .count() as u32,
         routes: record.routes.iter().map(ToString::to_string).collect(),
         tags: record.meta.tags.clone(),
         description: record.meta.description.clone(),
@@ -76,6 +80,7 @@ fn app(info: &hearth_apps::AppInfo) -> Service {
         checks: vec![],
         instances: 1,
         passing: u32::from(info.serving.is_some()),
+        sleeping: 0,
         routes: info.urls.clone(),
         tags: vec![],
         description: None,

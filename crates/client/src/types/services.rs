@@ -58,6 +58,10 @@ pub struct Service {
     pub instances: u32,
     /// Instances whose checks pass.
     pub passing: u32,
+    /// Instances whose machines sleep (they passed before; the next
+    /// request wakes one).
+    #[serde(default)]
+    pub sleeping: u32,
     /// Where it answers on the ingress: an app's URLs, e.g.
     /// `http://hello.localhost:8088/`; the routes a service declares,
     /// `HOST[/PATH]`, besides its own `NAME.localhost`.

@@ -270,7 +270,10 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<()>
                 table.row(vec![
                     s.name,
                     s.kind.to_string(),
-                    format!("{}/{}", s.passing, s.count.unwrap_or(s.instances)),
+                    match s.sleeping {
+                        0 => format!("{}/{}", s.passing, s.count.unwrap_or(s.instances)),
+                        n => format!("{}/{} ({n} asleep)", s.passing, s.count.unwrap_or(s.instances)),
+                    },
                     what,
                     s.port.map(|p| p.to_string()).unwrap_or_default(),
                     s.checks.join(" "),
@@ -461,7 +464,10 @@ fn print_detail(detail: &ServiceDetail) {
         println!("image:       {image}");
     }
     if let Some(count) = s.count {
-        println!("count:       {count} ({} passing)", s.passing);
+        match s.sleeping {
+            0 => println!("count:       {count} ({} passing)", s.passing),
+            n => println!("count:       {count} ({} passing, {n} asleep)", s.passing),
+        }
     }
     if let Some(port) = s.port {
         println!("port:        {port}");

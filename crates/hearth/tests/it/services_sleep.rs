@@ -104,7 +104,9 @@ async fn a_service_whose_instances_sleep_is_woken_through_the_ingress_and_its_pu
     wait_asleep(&daemon).await;
     assert_eq!(client.machine("web-1").await.expect("web-1").state.to_string(), "sleeping");
     let inspect = success(&daemon.cli(&["service", "inspect", "web"]));
-    assert!(inspect.contains("sleeping"), "{inspect}");
+    assert!(inspect.contains("(0 passing, 1 asleep)") && inspect.contains("sleeping"), "{inspect}");
+    let ls = success(&daemon.cli(&["service", "ls"]));
+    assert!(ls.lines().any(|l| l.starts_with("web") && l.contains("0/1 (1 asleep)")), "{ls}");
 
     // A request through the ingress wakes it and gets its answer.
     let answer = get(&ingress, "web.localhost").await.expect("an answer through the ingress");
