@@ -46,6 +46,12 @@ async fn ssh_runs_commands_in_a_machine_and_passes_their_exit_codes_back() {
     );
     assert_eq!(code(&hostname), 0);
 
+    // A sleeping machine is woken first.
+    success(&daemon.cli(&["machine", "sleep", "s1"]));
+    let woken = daemon.cli(&["machine", "ssh", "s1", "--", "hostname"]);
+    assert_eq!(String::from_utf8_lossy(&woken.stdout), "s1\n", "{}", String::from_utf8_lossy(&woken.stderr));
+    assert!(String::from_utf8_lossy(&woken.stderr).contains("waking s1"));
+
     // Exit codes come back, and the command line is the remote shell's, as with ssh.
     let out = daemon.cli(&["machine", "ssh", "s1", "--", "echo out; echo err >&2; exit 42"]);
     assert_eq!(code(&out), 42);

@@ -2,7 +2,7 @@
 //! SSH server, with a key pair hearth keeps per data dir.
 //!
 //! Orchestration in the CLI, through the same API calls a user could make:
-//! one `exec` in the guest checks for `sshd`, authorizes hearth's public
+//! a sleeping machine is woken first; one `exec` in the guest checks for `sshd`, authorizes hearth's public
 //! key for root (idempotently), makes the machine's host key on first use
 //! and starts `sshd` with it if it is not running. Only an ed25519 host
 //! key: every current client speaks it, and an RSA key takes seconds to
@@ -61,7 +61,12 @@ pub(crate) async fn ssh(
     name: &str,
     command: Vec<String>,
 ) -> anyhow::Result<i32> {
-    let m = client.machine(name).await?;
+    let mut m = client.machine(name).await?;
+    // A sleeping machine is woken first, as `exec` wakes it.
+    if m.state == "sleeping" || m.desired == "sleeping" {
+        eprintln!("waking {name}…");
+        m = client.wake_machine(name).await?;
+    }
     if m.state != "running" {
         bail!("machine {name} is {}, not running; start it with `hearth machine start {name}`", m.state);
     }
