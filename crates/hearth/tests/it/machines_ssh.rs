@@ -34,6 +34,8 @@ async fn ssh_runs_commands_in_a_machine_and_passes_their_exit_codes_back() {
         "sshnet",
         "--memory",
         "256M",
+        "--sleep-after",
+        "3s",
         &ssh_image,
     ]));
 
@@ -46,9 +48,11 @@ async fn ssh_runs_commands_in_a_machine_and_passes_their_exit_codes_back() {
     );
     assert_eq!(code(&hostname), 0);
 
-    // A sleeping machine is woken first.
+    // A sleeping machine is woken first, and a session keeps it awake
+    // however long it is quiet (longer than the 3 s after which it sleeps:
+    // asleep, it could not end the command, and ssh would wait forever).
     success(&daemon.cli(&["machine", "sleep", "s1"]));
-    let woken = daemon.cli(&["machine", "ssh", "s1", "--", "hostname"]);
+    let woken = daemon.cli(&["machine", "ssh", "s1", "--", "sleep 6; hostname"]);
     assert_eq!(String::from_utf8_lossy(&woken.stdout), "s1\n", "{}", String::from_utf8_lossy(&woken.stderr));
     assert!(String::from_utf8_lossy(&woken.stderr).contains("waking s1"));
 

@@ -7,7 +7,9 @@
 //! and starts `sshd` with it if it is not running. Only an ed25519 host
 //! key: every current client speaks it, and an RSA key takes seconds to
 //! make under software emulation. Then this process becomes `ssh`,
-//! so the terminal, signals and the remote exit code are ssh's own.
+//! so the terminal, signals and the remote exit code are ssh's own; for a
+//! machine that sleeps when idle, it runs `ssh` as a child instead, and
+//! holds an exec session open meanwhile, which keeps the machine awake.
 //!
 //! The key pair and a known-hosts file are in `DATA_DIR/ssh/`: the key is
 //! the client's, like the API token, not state the daemon manages. Host
@@ -104,11 +106,59 @@ pub(crate) async fn ssh(
         .arg(address.port().to_string())
         .arg(format!("root@{}", address.ip()))
         .args(&command);
+    if m.sleep_after_secs.is_some() {
+        return ssh_holding_awake(client, name, ssh).await;
+    }
     let error = ssh.exec();
     if error.kind() == std::io::ErrorKind::NotFound {
         bail!("ssh is not installed: install the openssh-client package (`make setup` does)");
     }
     Err(error).context("cannot run ssh")
+}
+
+/// Runs `ssh` as a child while an exec session holds the machine awake,
+/// for a machine that sleeps when idle: the SSH connection goes straight to
+/// the machine's address, where no forward counts it, so without the
+/// session the machine would fall asleep under its user. The session runs
+/// `cat` on a stdin that stays open, and ends with ssh. Returns ssh's exit
+/// code (128 and the signal's number if a signal ended it).
+async fn ssh_holding_awake(
+    client: &Client,
+    name: &str,
+    mut ssh: std::process::Command,
+) -> anyhow::Result<i32> {
+    let mut hold = client.exec_socket(name).await?;
+    let start = ExecStart { argv: vec!["cat".into()], env: vec![], cwd: None, tty: None, stdin: true };
+    hold.send(Message::Text(serde_json::to_string(&start)?.into())).await?;
+    // The terminal's Ctrl-C and Ctrl-\ go to the whole process group: ssh
+    // decides what they do, and this process waits for it. Handlers (not
+    // an ignore, which a child would inherit) leave ssh's own untouched.
+    let mut interrupts = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut quits = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::quit())?;
+    let mut child = match ssh.spawn() {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("ssh is not installed: install the openssh-client package (`make setup` does)")
+        }
+        Err(e) => return Err(e).context("cannot run ssh"),
+    };
+    let mut ended = tokio::task::spawn_blocking(move || child.wait());
+    let mut holding = true;
+    let status = loop {
+        tokio::select! {
+            status = &mut ended => break status?.context("cannot wait for ssh")?,
+            _ = interrupts.recv() => {}
+            _ = quits.recv() => {}
+            message = hold.next(), if holding => {
+                // The session ended (its exit code came, the machine
+                // restarted, the daemon stopped): ssh goes on without it.
+                holding = matches!(message, Some(Ok(Message::Binary(_) | Message::Ping(_) | Message::Pong(_))));
+            }
+        }
+    };
+    let _ = hold.close(None).await;
+    use std::os::unix::process::ExitStatusExt as _;
+    Ok(status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(1))
 }
 
 /// hearth's SSH key pair and known-hosts file.
