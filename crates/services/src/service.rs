@@ -373,7 +373,7 @@ impl Services {
         if !change.changes_template() {
             let Some(routes) = change.routes else {
                 return Err(Error::Invalid(format!(
-                    "nothing to deploy to service {name:?}: give a new --image, --env, command or --route"
+                    "nothing to deploy to service {name:?}: give a new --image, --env, command, --route or --sleep-after"
                 )));
             };
             return self.set_routes(name, routes).await;
@@ -416,7 +416,7 @@ impl Services {
                     return self.set_routes(name, record.routes).await;
                 }
                 return Err(Error::Invalid(format!(
-                    "service {name:?} already runs this (version {}): give a new --image, --env, command or --route",
+                    "service {name:?} already runs this (version {}): give a new --image, --env, command, --route or --sleep-after",
                     record.version
                 )));
             }

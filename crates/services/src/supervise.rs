@@ -17,9 +17,11 @@
 //! 3. An instance whose machine is not running is critical at once (no
 //!    check needed to know it); a running one is judged by its checks, each
 //!    instance by a checker task of its own (see [`checker`]). One whose
-//!    machine sleeps (or is falling asleep, or waking) is `sleeping`: not
-//!    checked, not replaced, and still published, so that the next request
-//!    wakes it; once it runs, its checks go on from passing.
+//!    machine sleeps (or is falling asleep, or waking) having passed is
+//!    `sleeping`: not checked, not replaced, and still published, so that
+//!    the next request wakes it; once it runs, its checks go on from
+//!    passing. One that fell asleep before it passed stays critical and is
+//!    woken, so that its checks decide (and, failing, replace it).
 //! 4. `services/endpoints/NAME` is rewritten when the set of passing (or
 //!    sleeping) instances changes, and only then.
 //! 5. What a removed service left (instances, machines, health) is removed.
@@ -100,16 +102,35 @@ impl Supervisor {
     }
 }
 
-/// Whether an instance's machine sleeps, as far as routing is concerned:
-/// asked to sleep or asleep, or waking from it (starting, while its health
-/// still says it sleeps). A running machine is judged by its checks again,
-/// and one that stopped or failed is not asleep.
-fn asleep(machine: &MachineRecord, health: Option<&HealthRecord>) -> bool {
-    let was_asleep = health.is_some_and(|h| h.status == Status::Sleeping);
-    match (machine.desired, machine.status.state) {
+/// Where an instance's machine is with sleep, as far as the registry is
+/// concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asleep {
+    /// Awake (or stopped, or failed): judged as any machine.
+    No,
+    /// Asked to sleep, asleep, or waking from it, having passed before:
+    /// routed to, and woken by the next request.
+    Routable,
+    /// The same, but its checks had not passed (or had failed) when it
+    /// fell asleep: not routed to; woken, so that its checks decide.
+    BeforePassing,
+}
+
+/// Where `machine` is with sleep, given the instance's last `health`.
+/// Waking (starting, or caught mid-save) counts as asleep only while its
+/// health still says it sleeps; a machine to stop is not asleep.
+fn asleep(machine: &MachineRecord, health: Option<&HealthRecord>) -> Asleep {
+    let was = health.map(|h| h.status);
+    let sleeping = match (machine.desired, machine.status.state) {
+        (Desired::Stopped, _) => false,
         (_, State::Sleeping) | (Desired::Sleeping, State::Running | State::Stopping) => true,
-        (Desired::Running, State::Starting) => was_asleep,
+        (Desired::Running, State::Starting | State::Stopping) => was == Some(Status::Sleeping),
         _ => false,
+    };
+    match (sleeping, was) {
+        (false, _) => Asleep::No,
+        (true, Some(Status::Passing | Status::Sleeping)) => Asleep::Routable,
+        (true, _) => Asleep::BeforePassing,
     }
 }
 
@@ -679,12 +700,27 @@ impl Services {
             });
             let _ = self.writer().txn(txn).await;
         }
-        if asleep(machine, health) {
-            let said = format!(
-                "machine {name} is asleep; the next request through the service's routes or ports wakes it"
-            );
-            self.set_health(state, key, instance, health, Status::Sleeping, said).await;
-            return None;
+        match asleep(machine, health) {
+            Asleep::No => {}
+            Asleep::Routable => {
+                let said = format!(
+                    "machine {name} is asleep; the next request through the service's routes or ports wakes it"
+                );
+                self.set_health(state, key, instance, health, Status::Sleeping, said).await;
+                return None;
+            }
+            Asleep::BeforePassing => {
+                let said =
+                    format!("machine {name} fell asleep before its checks passed; waking it to check it");
+                self.set_health(state, key, instance, health, Status::Critical, said).await;
+                if state.may_act(key) {
+                    state.bump(key);
+                    if let Err(error) = self.machines().wake(name).await {
+                        tracing::warn!(machine = name, error = %error, "Cannot wake a service's machine to check it.");
+                    }
+                }
+                return None;
+            }
         }
         match machine.status.state {
             State::Running => {
@@ -951,6 +987,83 @@ impl Registrations {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn machine(desired: Desired, state: State) -> MachineRecord {
+        use hearth_machines::record::Spec;
+        use hearth_machines::vmm::Backend;
+        MachineRecord {
+            name: "web-1".into(),
+            host: None,
+            spec: Spec {
+                image: "test".into(),
+                image_digest: "sha256:0".into(),
+                backend: Backend::QemuTcg,
+                cpus: 1,
+                memory_mib: 128,
+                entrypoint: vec![],
+                env: vec![],
+                workdir: None,
+                user: None,
+                restart: Default::default(),
+                kernel: None,
+                auto_remove: false,
+                nics: vec![],
+                ports: vec![],
+                disk_mib: None,
+                on_config_change: None,
+                sleep_after_secs: Some(60),
+            },
+            desired,
+            status: hearth_machines::record::Status { state, ..Default::default() },
+            created_at: 0,
+        }
+    }
+
+    fn health(status: Status) -> HealthRecord {
+        HealthRecord::changed(None, status, "said", 1).expect("a first record")
+    }
+
+    #[test]
+    fn a_machine_asked_to_sleep_or_asleep_having_passed_is_routed_to() {
+        let passing = health(Status::Passing);
+        for (desired, state) in [
+            (Desired::Sleeping, State::Running),
+            (Desired::Sleeping, State::Stopping),
+            (Desired::Sleeping, State::Sleeping),
+            (Desired::Running, State::Sleeping),
+        ] {
+            assert_eq!(
+                asleep(&machine(desired, state), Some(&passing)),
+                Asleep::Routable,
+                "{desired:?} {state:?}"
+            );
+        }
+        assert_eq!(asleep(&machine(Desired::Running, State::Running), Some(&passing)), Asleep::No);
+    }
+
+    #[test]
+    fn waking_counts_as_asleep_only_while_its_health_still_says_it_sleeps() {
+        let sleeping = health(Status::Sleeping);
+        for state in [State::Starting, State::Stopping] {
+            let waking = machine(Desired::Running, state);
+            assert_eq!(asleep(&waking, Some(&sleeping)), Asleep::Routable, "{state:?}");
+            assert_eq!(asleep(&waking, Some(&health(Status::Passing))), Asleep::No, "a restart: {state:?}");
+        }
+    }
+
+    #[test]
+    fn a_machine_that_fell_asleep_before_it_passed_is_not_routed_to() {
+        let asleep_now = machine(Desired::Sleeping, State::Sleeping);
+        assert_eq!(asleep(&asleep_now, Some(&health(Status::Critical))), Asleep::BeforePassing);
+        assert_eq!(asleep(&asleep_now, Some(&health(Status::Warning))), Asleep::BeforePassing);
+        assert_eq!(asleep(&asleep_now, None), Asleep::BeforePassing);
+    }
+
+    #[test]
+    fn a_machine_to_stop_is_not_asleep() {
+        let stopping = machine(Desired::Stopped, State::Sleeping);
+        assert_eq!(asleep(&stopping, Some(&health(Status::Sleeping))), Asleep::No);
+    }
 
     #[test]
     fn grace_is_thirty_seconds_or_five_of_the_slowest_intervals() {
