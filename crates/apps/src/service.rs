@@ -77,9 +77,9 @@ pub struct Options {
     /// ([`crate::source::Toolchains`]).
     pub fn_tools: crate::source::Toolchains,
     /// This host's record of machines' traffic: a request the ingress
-    /// passes to a service's machine counts as its activity, and wakes it
-    /// if it sleeps (the daemon gives the networks service's; alone, one
-    /// that can wake nothing).
+    /// passes to a service's machine, or an app's call to a service,
+    /// counts as its activity, and wakes it if it sleeps (the daemon gives
+    /// the networks service's; alone, one that can wake nothing).
     pub activity: hearth_routing::activity::Activity,
 }
 
@@ -330,6 +330,7 @@ impl Apps {
         hearth_wasm::create_private_dir(&blobs_dir)?;
         let runtime = Runtime::new(&options.cache_dir, options.max_instances, options.ceiling)?;
         let deliveries = hearth_triggers::delivery::Deliveries::new(store.clone());
+        let activity = options.activity.clone();
         Ok(Apps {
             inner: Arc::new(Inner {
                 store,
@@ -350,7 +351,7 @@ impl Apps {
                 ingress_port: Mutex::new(None),
                 hooks: arc_swap::ArcSwap::from_pointee(HashMap::new()),
                 deliveries,
-                upstreams: Arc::default(),
+                upstreams: Arc::new(crate::ingress::Upstreams::new(activity)),
                 traffic: crate::traffic::Traffic::default(),
                 optimizes: Mutex::default(),
                 stopping: std::sync::atomic::AtomicBool::new(false),

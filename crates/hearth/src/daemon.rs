@@ -416,6 +416,8 @@ pub(crate) async fn serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()
         hearth_workflows::Options {
             shared,
             executor: host_name.clone(),
+            // A call to a service's sleeping machine wakes it first.
+            activity: networks.activity(),
             ..hearth_workflows::Options::new(data_dir, &cache_dir)
         },
     )

@@ -492,10 +492,21 @@ impl RunCx {
         let key = format!("{}{name}", outbound::ENDPOINTS);
         let record = self.workflows.store().get(&key).await.map_err(|e| stop(Stop::Store(e.to_string())))?;
         let value = record.as_ref().map(|kv| kv.value.as_slice());
-        let address = match self.workflows.services().pick(name, value) {
-            Ok(address) => address,
+        let picked = match self.workflows.services().pick(name, value) {
+            Ok(picked) => picked,
             Err(message) => return Ok(Err(message)),
         };
+        let address = picked.address;
+        if let Some(machine) = &picked.machine {
+            // Counted as the machine's activity, and woken first if it sleeps.
+            if let Err(error) = self.workflows.activity().pass(machine, picked.asleep).await {
+                self.workflows.services().done(name, address, hearth_routing::Outcome::Failed);
+                return Ok(Err(format!(
+                    "http://{name}.{} failed: the instance's machine did not wake: {error}",
+                    outbound::DOMAIN
+                )));
+            }
+        }
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
         if !request.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
             request.headers.push(("host".into(), format!("{name}.{}", outbound::DOMAIN)));

@@ -77,6 +77,19 @@ struct EndpointsView {
 struct EndpointView {
     address: IpAddr,
     port: u16,
+    #[serde(default)]
+    machine: Option<String>,
+    #[serde(default)]
+    sleeping: bool,
+}
+
+/// The instance a call goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Picked {
+    pub(crate) address: SocketAddr,
+    /// Its machine, if it is one: a sleeping one is woken before the call.
+    pub(crate) machine: Option<String>,
+    pub(crate) asleep: bool,
 }
 
 /// Why a call to a service was not made: the message the workflow gets.
@@ -116,7 +129,7 @@ impl Balancers {
     /// Picks the instance of `name` for the next call from its endpoints
     /// record (`None`: deleted or absent), counted as outstanding until
     /// [`Balancers::done`].
-    pub(crate) fn pick(&self, name: &str, record: Option<&[u8]>) -> Result<SocketAddr, String> {
+    pub(crate) fn pick(&self, name: &str, record: Option<&[u8]>) -> Result<Picked, String> {
         let none = || {
             format!(
                 "http://{name}.{DOMAIN} failed: the service {name:?} has no passing instance; see `hearth service inspect {name}`"
@@ -134,8 +147,13 @@ impl Balancers {
             return Err(none());
         }
         let balancer = balancers.entry(name.to_owned()).or_default();
-        balancer.set(view.instances.iter().map(|i| SocketAddr::new(i.address, i.port)).collect());
-        balancer.pick(Instant::now(), &[]).ok_or_else(none)
+        let address = |i: &EndpointView| SocketAddr::new(i.address, i.port);
+        balancer.set(view.instances.iter().map(address).collect());
+        let asleep: Vec<SocketAddr> = view.instances.iter().filter(|i| i.sleeping).map(address).collect();
+        balancer.set_asleep(|a| asleep.contains(a));
+        let picked = balancer.pick(Instant::now(), &[]).ok_or_else(none)?;
+        let machine = view.instances.iter().find(|i| address(i) == picked).and_then(|i| i.machine.clone());
+        Ok(Picked { address: picked, machine, asleep: balancer.is_asleep(&picked) })
     }
 
     /// A call picked for `address` of `name` ended: with an answer below
@@ -188,7 +206,7 @@ mod tests {
         let balancers = Balancers::default();
         let ports: Vec<u16> = (0..4)
             .map(|_| {
-                let address = balancers.pick("b", Some(RECORD)).unwrap();
+                let address = balancers.pick("b", Some(RECORD)).unwrap().address;
                 balancers.done("b", address, Outcome::Answered);
                 address.port()
             })
@@ -202,12 +220,28 @@ mod tests {
     #[test]
     fn a_call_goes_to_the_instance_with_fewer_calls_outstanding() {
         let balancers = Balancers::default();
-        let busy = balancers.pick("b", Some(RECORD)).unwrap();
+        let busy = balancers.pick("b", Some(RECORD)).unwrap().address;
         for _ in 0..3 {
-            let other = balancers.pick("b", Some(RECORD)).unwrap();
+            let other = balancers.pick("b", Some(RECORD)).unwrap().address;
             assert_ne!(other, busy, "the busy instance was picked again");
             balancers.done("b", other, Outcome::Answered);
         }
+    }
+
+    #[test]
+    fn a_sleeping_instance_is_called_only_when_no_awake_one_can_be_and_is_woken_first() {
+        let record = br#"{"name":"b","instances":[
+            {"address":"127.0.0.1","port":1,"machine":"b-1","sleeping":true},
+            {"address":"127.0.0.1","port":2,"machine":"b-2"}]}"#;
+        let balancers = Balancers::default();
+        for _ in 0..3 {
+            let picked = balancers.pick("b", Some(record)).unwrap();
+            assert_eq!((picked.machine.as_deref(), picked.asleep), (Some("b-2"), false));
+        }
+        let only =
+            br#"{"name":"b","instances":[{"address":"127.0.0.1","port":1,"machine":"b-1","sleeping":true}]}"#;
+        let picked = balancers.pick("b", Some(only)).unwrap();
+        assert_eq!((picked.machine.as_deref(), picked.asleep), (Some("b-1"), true), "to be woken");
     }
 
     #[test]
@@ -216,7 +250,7 @@ mod tests {
         let failing = SocketAddr::from(([127, 0, 0, 1], 1));
         let mut fails = 0;
         while fails < 3 {
-            let address = balancers.pick("b", Some(RECORD)).unwrap();
+            let address = balancers.pick("b", Some(RECORD)).unwrap().address;
             if address == failing {
                 balancers.done("b", address, Outcome::Failed);
                 fails += 1;
@@ -225,7 +259,7 @@ mod tests {
             }
         }
         for _ in 0..4 {
-            let address = balancers.pick("b", Some(RECORD)).unwrap();
+            let address = balancers.pick("b", Some(RECORD)).unwrap().address;
             assert_ne!(address, failing, "an instance that failed three calls in a row was called");
             balancers.done("b", address, Outcome::Answered);
         }

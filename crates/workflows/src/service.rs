@@ -44,6 +44,10 @@ pub struct Options {
     /// the store holds no bytes; a host still looks there for bytes it is
     /// missing.
     pub shared: bool,
+    /// This host's record of machines' traffic: a call to a service whose
+    /// picked instance sleeps wakes its machine first, and counts as its
+    /// activity (the daemon gives the networks service's).
+    pub activity: hearth_routing::activity::Activity,
 }
 
 impl Options {
@@ -56,6 +60,7 @@ impl Options {
             cpu_budget: Duration::from_secs(10),
             executor: "local".into(),
             shared: false,
+            activity: Default::default(),
         }
     }
 }
@@ -211,6 +216,10 @@ impl Workflows {
 
     pub(crate) fn services(&self) -> &crate::outbound::Balancers {
         &self.inner.services
+    }
+
+    pub(crate) fn activity(&self) -> &hearth_routing::activity::Activity {
+        &self.inner.options.activity
     }
 
     /// Runs this daemon's executor ended as failed, by workflow, since it

@@ -71,32 +71,22 @@ pub(crate) async fn proxy(apps: &Apps, upstream: Arc<Upstream>, req: Request<Inc
     let mut tried: Vec<Endpoint> = Vec::new();
     let mut last_error = String::new();
     while tried.len() < ATTEMPTS {
-        let (endpoint, asleep) = {
-            let mut balancer = lock(&upstream.balancer);
-            let Some(endpoint) = balancer.pick(Instant::now(), &tried) else { break };
-            let asleep = balancer.is_asleep(&endpoint);
-            (endpoint, asleep)
-        };
-        let mut outstanding =
-            Outstanding { upstream: upstream.clone(), endpoint: endpoint.clone(), open: None };
-        if let Some(machine) = &endpoint.machine {
-            // The request is its machine's activity while it lasts, and
-            // waits for the machine to wake if it sleeps.
-            match apps.inner.options.activity.pass(machine, asleep).await {
-                Ok(open) => outstanding.open = Some(open),
-                Err(error) => {
-                    tracing::warn!(
-                        service = name,
-                        instance = endpoint.id,
-                        error,
-                        "An instance's machine did not wake; trying another."
-                    );
-                    last_error = error;
-                    tried.push(endpoint);
-                    continue;
-                }
+        let (endpoint, open) = match upstream.pick_and_pass(upstreams.activity(), &tried).await {
+            None => break,
+            Some(Ok(picked)) => picked,
+            Some(Err((endpoint, error))) => {
+                tracing::warn!(
+                    service = name,
+                    instance = endpoint.id,
+                    error,
+                    "An instance's machine did not wake; trying another."
+                );
+                last_error = error;
+                tried.push(endpoint);
+                continue;
             }
-        }
+        };
+        let outstanding = Outstanding { upstream: upstream.clone(), endpoint: endpoint.clone(), _open: open };
         match send(endpoint.addr, req).await {
             Ok(mut response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 let Some(client_upgrade) = client_upgrade else {
@@ -215,7 +205,7 @@ async fn tunnel(client: OnUpgrade, instance: OnUpgrade, outstanding: Outstanding
 struct Outstanding {
     upstream: Arc<Upstream>,
     endpoint: Endpoint,
-    open: Option<hearth_routing::activity::Open>,
+    _open: Option<hearth_routing::activity::Open>,
 }
 
 impl Drop for Outstanding {

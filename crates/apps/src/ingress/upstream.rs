@@ -17,8 +17,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use hearth_routing::activity::{Activity, Open};
 use hearth_store::{Change, EventKind, Follower, KeyValue};
 use serde::Deserialize;
 use tokio::sync::watch;
@@ -108,6 +109,9 @@ impl Counted {
 pub(crate) struct Upstreams {
     known: RwLock<Known>,
     counts: Mutex<BTreeMap<(String, Counted), u64>>,
+    /// Where a request to a service's machine is counted as its activity,
+    /// and a sleeping one woken.
+    activity: Activity,
 }
 
 #[derive(Debug, Default)]
@@ -144,7 +148,48 @@ impl Known {
     }
 }
 
+impl Upstream {
+    /// Picks the instance for the next attempt of a request that has
+    /// tried `tried` (counted outstanding until `finish`), and passes the
+    /// request to its machine's activity, waking the machine first if it
+    /// sleeps: what the ingress and apps' calls to services both do.
+    /// `None` when every instance was tried; `Err` with the instance and
+    /// why when its machine did not wake (recorded as its failure).
+    pub(crate) async fn pick_and_pass(
+        &self,
+        activity: &Activity,
+        tried: &[Endpoint],
+    ) -> Option<Result<(Endpoint, Option<Open>), (Endpoint, String)>> {
+        let (endpoint, asleep) = {
+            let mut balancer = lock(&self.balancer);
+            let endpoint = balancer.pick(Instant::now(), tried)?;
+            let asleep = balancer.is_asleep(&endpoint);
+            (endpoint, asleep)
+        };
+        let Some(machine) = endpoint.machine.clone() else { return Some(Ok((endpoint, None))) };
+        match activity.pass(&machine, asleep).await {
+            Ok(open) => Some(Ok((endpoint, Some(open)))),
+            Err(error) => {
+                let mut balancer = lock(&self.balancer);
+                balancer.record(&endpoint, hearth_routing::Outcome::Failed, Instant::now());
+                balancer.finish(&endpoint);
+                Some(Err((endpoint, error)))
+            }
+        }
+    }
+}
+
 impl Upstreams {
+    /// The registry of upstreams whose requests to machines go through
+    /// `activity`.
+    pub(crate) fn new(activity: Activity) -> Upstreams {
+        Upstreams { activity, ..Upstreams::default() }
+    }
+
+    pub(crate) fn activity(&self) -> &Activity {
+        &self.activity
+    }
+
     /// The service a request's host names, if it is `NAME.DOMAIN` and NAME
     /// has an endpoints record.
     pub(crate) fn for_host(&self, host: &str, domain: &str) -> Option<Arc<Upstream>> {

@@ -132,8 +132,16 @@ pub(crate) async fn send(
     let mut last_error = String::new();
     let connect = timeouts.connect.min(CONNECT_TIMEOUT);
     while tried.len() < ATTEMPTS {
-        let Some(endpoint) = lock(&upstream.balancer).pick(Instant::now(), &tried) else { break };
-        let outstanding = Outstanding { upstream: upstream.clone(), endpoint: endpoint.clone() };
+        let (endpoint, open) = match upstream.pick_and_pass(upstreams.activity(), &tried).await {
+            None => break,
+            Some(Ok(picked)) => picked,
+            Some(Err((endpoint, error))) => {
+                last_error = error;
+                tried.push(endpoint);
+                continue;
+            }
+        };
+        let outstanding = Outstanding { upstream: upstream.clone(), endpoint: endpoint.clone(), _open: open };
         let stream = match tokio::time::timeout(connect, TcpStream::connect(endpoint.addr)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
@@ -179,6 +187,8 @@ pub(crate) async fn send(
 struct Outstanding {
     upstream: Arc<Upstream>,
     endpoint: Endpoint,
+    /// The call counts as the instance's machine's activity until done.
+    _open: Option<hearth_routing::activity::Open>,
 }
 
 impl Drop for Outstanding {
