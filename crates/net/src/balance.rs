@@ -240,6 +240,7 @@ async fn connect(pool: &Pool, peer: SocketAddr, listen: SocketAddr) -> Option<(T
         tried.push(target);
         if let Err(error) = lease.pass().await {
             tracing::warn!(client = %peer, %listen, target_addr = %target, error, "An instance's machine did not wake; trying another.");
+            pool.record(target, Outcome::Failed);
             continue;
         }
         let connected = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await;

@@ -105,6 +105,15 @@ impl Machines {
     /// its record once it runs. Callers for one machine wait one after the
     /// other: the first waits for the wake, the others find it awake.
     pub async fn wake_and_wait(&self, name: &str) -> Result<MachineRecord, Error> {
+        // Awake already (a caller that read an old "sleeping"): one read,
+        // no queue.
+        let rec = self.get(name).await?;
+        if rec.desired == Desired::Running
+            && rec.status.state == State::Running
+            && !(self.runs_here(&rec) && self.is_busy(name))
+        {
+            return Ok(rec);
+        }
         let turn = super::lock(&self.inner.waking_callers).entry(name.to_owned()).or_default().clone();
         let _turn = turn.lock().await;
         let rec = self.wake(name).await?;
