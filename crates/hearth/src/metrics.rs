@@ -151,7 +151,9 @@ impl Collector for Services {
                 continue;
             };
             let Ok(health) = serde_json::from_slice::<HealthRecord>(&kv.value) else { continue };
-            let healthy = health.status == Status::Passing;
+            // A sleeping instance passed before it fell asleep and serves
+            // the next request: a service that sleeps is not unhealthy.
+            let healthy = matches!(health.status, Status::Passing | Status::Sleeping);
             *passing.entry(service.to_owned()).or_default() += u32::from(healthy);
             samples.push(
                 Sample::new("service_instance_healthy", if healthy { 1.0 } else { 0.0 })

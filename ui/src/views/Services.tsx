@@ -116,7 +116,9 @@ function Where({ service, extra }: { service: Service; extra: Extra | undefined 
 }
 
 function Row({ service, extra }: { service: Service; extra: Extra | undefined }) {
-  const healthy = service.passing === service.instances && service.instances > 0;
+  // A sleeping instance passed before it fell asleep: the next request wakes it.
+  const asleep = service.sleeping ?? 0;
+  const healthy = service.passing + asleep === service.instances && service.instances > 0;
   const href = service.kind === 'app' ? `/ui/apps/${seg(service.name)}` : `/ui/services/${seg(service.name)}`;
   const changed = extra?.changed ?? service.created_at * 1000;
   return (
@@ -130,11 +132,12 @@ function Row({ service, extra }: { service: Service; extra: Extra | undefined })
       </td>
       <td>
         <span
-          class={`tag ${healthy ? 'tag-passing' : service.passing === 0 ? 'tag-critical' : 'tag-warning'}`}
+          class={`tag ${healthy ? 'tag-passing' : service.passing + asleep === 0 ? 'tag-critical' : 'tag-warning'}`}
           data-instances={`${service.passing}/${service.instances}`}
         >
           {service.passing}/{service.instances} passing
         </span>
+        {asleep > 0 ? <div class="reason">{asleep} asleep</div> : null}
         {service.kind === 'machines' && service.count !== null && service.count !== service.instances ? (
           <div class="reason">keeps {service.count}</div>
         ) : null}

@@ -41,9 +41,16 @@ async fn instance(daemon: &Daemon) -> (Option<Health>, Option<bool>) {
     (health, sleeping)
 }
 
+/// The machine's state.
+async fn machine(daemon: &Daemon) -> String {
+    daemon.client().machine("web-1").await.map(|m| m.state.to_string()).unwrap_or_default()
+}
+
 async fn wait_asleep(daemon: &Daemon) {
     let asleep = wait_until(Duration::from_secs(90), async || {
-        instance(daemon).await == (Some(Health::Sleeping), Some(true)) && daemon.vm_pids().is_empty()
+        instance(daemon).await == (Some(Health::Sleeping), Some(true))
+            && machine(daemon).await == "sleeping"
+            && daemon.vm_pids().is_empty()
     })
     .await;
     let seen = daemon.client().service("web").await;
@@ -102,7 +109,6 @@ async fn a_service_whose_instances_sleep_is_woken_through_the_ingress_and_its_pu
 
     // Idle for 3 s, checks or not: asleep, with no VM left, still routed to.
     wait_asleep(&daemon).await;
-    assert_eq!(client.machine("web-1").await.expect("web-1").state.to_string(), "sleeping");
     let inspect = success(&daemon.cli(&["service", "inspect", "web"]));
     assert!(inspect.contains("(0 passing, 1 asleep)") && inspect.contains("sleeping"), "{inspect}");
     let ls = success(&daemon.cli(&["service", "ls"]));
@@ -111,7 +117,7 @@ async fn a_service_whose_instances_sleep_is_woken_through_the_ingress_and_its_pu
     // A request through the ingress wakes it and gets its answer.
     let answer = get(&ingress, "web.localhost").await.expect("an answer through the ingress");
     assert_eq!(answer, (200, "awake".to_owned()), "{}", daemon.log());
-    assert_eq!(client.machine("web-1").await.expect("web-1").state.to_string(), "running");
+    assert_eq!(machine(&daemon).await, "running");
     assert_eq!(mark(&daemon), "kept", "woken where it was, not replaced");
     let passing = wait_until(Duration::from_secs(30), async || {
         instance(&daemon).await == (Some(Health::Passing), Some(false))
