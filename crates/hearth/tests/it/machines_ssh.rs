@@ -3,8 +3,9 @@
 //! exit code becomes the CLI's. Images without an SSH server, and machines
 //! this host cannot reach, get an error that says what to do.
 //!
-//! The network is the test's own (10.245.0.0/24, on this daemon's prefixed
-//! bridge), removed with the daemon.
+//! The network is the test's own (10.248.0.0/24, on this daemon's prefixed
+//! bridge, a subnet no other test uses: two overlapping networks of tests
+//! that run at once are refused), removed with the daemon.
 
 use std::os::unix::fs::PermissionsExt;
 
@@ -24,7 +25,7 @@ async fn ssh_runs_commands_in_a_machine_and_passes_their_exit_codes_back() {
     let daemon = Daemon::start(BIN).await;
     let ssh_image = daemon.ensure_debian_image_with(SSH_IMAGE, "openssh-server").await;
     let plain_image = daemon.ensure_debian_image().await;
-    success(&daemon.cli(&["network", "create", "sshnet", "--subnet", "10.245.0.0/24", "--no-nat"]));
+    success(&daemon.cli(&["network", "create", "sshnet", "--subnet", "10.248.0.0/24", "--no-nat"]));
     success(&daemon.cli(&[
         "machine",
         "run",
