@@ -11,7 +11,7 @@ mod upstream;
 
 pub(crate) use proxy::{ATTEMPTS, CONNECT_TIMEOUT};
 pub(crate) use table::{Entry, Table};
-pub(crate) use upstream::{Endpoint, Upstream, Upstreams, follow as follow_services};
+pub(crate) use upstream::{Endpoint, Upstreams, follow as follow_services};
 
 use std::convert::Infallible;
 use std::pin::Pin;

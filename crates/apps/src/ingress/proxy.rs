@@ -34,7 +34,7 @@ use tokio::net::TcpStream;
 
 use hearth_routing::Outcome;
 
-use super::upstream::{Counted, Endpoint, Upstream};
+use super::upstream::{Counted, Endpoint, Outstanding, Upstream};
 use super::{Body, text};
 use crate::service::{Apps, lock};
 
@@ -71,9 +71,9 @@ pub(crate) async fn proxy(apps: &Apps, upstream: Arc<Upstream>, req: Request<Inc
     let mut tried: Vec<Endpoint> = Vec::new();
     let mut last_error = String::new();
     while tried.len() < ATTEMPTS {
-        let (endpoint, open) = match upstream.pick_and_pass(upstreams.activity(), &tried).await {
+        let (endpoint, outstanding) = match upstream.pick_and_pass(upstreams.activity(), &tried).await {
             None => break,
-            Some(Ok(picked)) => picked,
+            Some(Ok(outstanding)) => (outstanding.endpoint.clone(), outstanding),
             Some(Err((endpoint, error))) => {
                 tracing::warn!(
                     service = name,
@@ -86,7 +86,6 @@ pub(crate) async fn proxy(apps: &Apps, upstream: Arc<Upstream>, req: Request<Inc
                 continue;
             }
         };
-        let outstanding = Outstanding { upstream: upstream.clone(), endpoint: endpoint.clone(), _open: open };
         match send(endpoint.addr, req).await {
             Ok(mut response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 let Some(client_upgrade) = client_upgrade else {
@@ -197,20 +196,6 @@ async fn tunnel(client: OnUpgrade, instance: OnUpgrade, outstanding: Outstanding
         Err(error) => {
             tracing::debug!(service, instance = id, %error, "An upgraded connection to an instance ended with an error.");
         }
-    }
-}
-
-/// A request counted as outstanding on an instance until dropped, and as
-/// its machine's activity.
-struct Outstanding {
-    upstream: Arc<Upstream>,
-    endpoint: Endpoint,
-    _open: Option<hearth_routing::activity::Open>,
-}
-
-impl Drop for Outstanding {
-    fn drop(&mut self) {
-        lock(&self.upstream.balancer).finish(&self.endpoint);
     }
 }
 

@@ -150,32 +150,49 @@ impl Known {
 
 impl Upstream {
     /// Picks the instance for the next attempt of a request that has
-    /// tried `tried` (counted outstanding until `finish`), and passes the
-    /// request to its machine's activity, waking the machine first if it
-    /// sleeps: what the ingress and apps' calls to services both do.
-    /// `None` when every instance was tried; `Err` with the instance and
-    /// why when its machine did not wake (recorded as its failure).
+    /// tried `tried`, and passes the request to its machine's activity,
+    /// waking the machine first if it sleeps: what the ingress and apps'
+    /// calls to services both do. `None` when every instance was tried;
+    /// `Err` with the instance and why when its machine did not wake
+    /// (recorded as its failure).
     pub(crate) async fn pick_and_pass(
-        &self,
+        self: &Arc<Self>,
         activity: &Activity,
         tried: &[Endpoint],
-    ) -> Option<Result<(Endpoint, Option<Open>), (Endpoint, String)>> {
+    ) -> Option<Result<Outstanding, (Endpoint, String)>> {
         let (endpoint, asleep) = {
             let mut balancer = lock(&self.balancer);
             let endpoint = balancer.pick(Instant::now(), tried)?;
             let asleep = balancer.is_asleep(&endpoint);
             (endpoint, asleep)
         };
-        let Some(machine) = endpoint.machine.clone() else { return Some(Ok((endpoint, None))) };
+        let mut outstanding = Outstanding { upstream: self.clone(), endpoint, _open: None };
+        let Some(machine) = outstanding.endpoint.machine.clone() else { return Some(Ok(outstanding)) };
         match activity.pass(&machine, asleep).await {
-            Ok(open) => Some(Ok((endpoint, Some(open)))),
+            Ok(open) => {
+                outstanding._open = Some(open);
+                Some(Ok(outstanding))
+            }
             Err(error) => {
-                let mut balancer = lock(&self.balancer);
-                balancer.record(&endpoint, hearth_routing::Outcome::Failed, Instant::now());
-                balancer.finish(&endpoint);
+                let endpoint = outstanding.endpoint.clone();
+                lock(&self.balancer).record(&endpoint, hearth_routing::Outcome::Failed, Instant::now());
                 Some(Err((endpoint, error)))
             }
         }
+    }
+}
+
+/// A request picked for an instance: counted as outstanding on it until
+/// dropped, and as its machine's activity.
+pub(crate) struct Outstanding {
+    pub(crate) upstream: Arc<Upstream>,
+    pub(crate) endpoint: Endpoint,
+    _open: Option<Open>,
+}
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        lock(&self.upstream.balancer).finish(&self.endpoint);
     }
 }
 

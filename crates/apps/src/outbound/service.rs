@@ -16,7 +16,6 @@
 //! service is the permission to reach where it runs.
 //!
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use hearth_routing::Outcome;
@@ -25,7 +24,7 @@ use wasmtime_wasi_http::{Error, WasiBody};
 
 use super::{Sent, Timeouts, send_over};
 
-use crate::ingress::{ATTEMPTS, CONNECT_TIMEOUT, Endpoint, Upstream, Upstreams};
+use crate::ingress::{ATTEMPTS, CONNECT_TIMEOUT, Endpoint, Upstreams};
 use crate::manifest::{OutboundRule, default_port};
 use crate::service::lock;
 
@@ -132,16 +131,15 @@ pub(crate) async fn send(
     let mut last_error = String::new();
     let connect = timeouts.connect.min(CONNECT_TIMEOUT);
     while tried.len() < ATTEMPTS {
-        let (endpoint, open) = match upstream.pick_and_pass(upstreams.activity(), &tried).await {
+        let (endpoint, outstanding) = match upstream.pick_and_pass(upstreams.activity(), &tried).await {
             None => break,
-            Some(Ok(picked)) => picked,
+            Some(Ok(outstanding)) => (outstanding.endpoint.clone(), outstanding),
             Some(Err((endpoint, error))) => {
                 last_error = error;
                 tried.push(endpoint);
                 continue;
             }
         };
-        let outstanding = Outstanding { upstream: upstream.clone(), endpoint: endpoint.clone(), _open: open };
         let stream = match tokio::time::timeout(connect, TcpStream::connect(endpoint.addr)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
@@ -183,22 +181,9 @@ pub(crate) async fn send(
     Err(Refused::Unreachable { tried: tried.into_iter().map(|e| e.id).collect(), error: last_error })
 }
 
-/// A request counted as outstanding on an instance until dropped.
-struct Outstanding {
-    upstream: Arc<Upstream>,
-    endpoint: Endpoint,
-    /// The call counts as the instance's machine's activity until done.
-    _open: Option<hearth_routing::activity::Open>,
-}
-
-impl Drop for Outstanding {
-    fn drop(&mut self) {
-        lock(&self.upstream.balancer).finish(&self.endpoint);
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use bytes::Bytes;
