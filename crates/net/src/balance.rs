@@ -25,11 +25,10 @@
 //! connection only when no awake one can, and the connection waits for it
 //! to wake.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use std::collections::HashMap;
 
 use hearth_routing::activity::{Activity, Open};
 use hearth_routing::{Balancer, Outcome};
@@ -227,7 +226,7 @@ async fn relay(client: TcpStream, peer: SocketAddr, listen: SocketAddr, pool: &P
 async fn connect(pool: &Pool, peer: SocketAddr, listen: SocketAddr) -> Option<(TcpStream, Lease)> {
     let mut tried = Vec::with_capacity(ATTEMPTS);
     while tried.len() < ATTEMPTS {
-        let Some(lease) = pool.lease(&tried) else {
+        let Some(mut lease) = pool.lease(&tried) else {
             if tried.is_empty() {
                 tracing::debug!(client = %peer, %listen, "No instance passes: closing the connection.");
             } else {
@@ -235,7 +234,6 @@ async fn connect(pool: &Pool, peer: SocketAddr, listen: SocketAddr) -> Option<(T
             }
             return None;
         };
-        let mut lease = lease;
         let target = lease.target;
         tried.push(target);
         if let Err(error) = lease.pass().await {
