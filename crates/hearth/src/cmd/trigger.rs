@@ -9,6 +9,24 @@ use hearth_client::types::{TriggerBody, TriggerKind};
 
 use crate::output::{Table, print_json};
 
+/// When a cron or event trigger fires: what every `trigger add` shares.
+#[derive(Debug, clap::Args)]
+pub(crate) struct When {
+    /// A schedule: five fields (minute hour day month weekday), six with
+    /// seconds first, or @hourly, @daily, @weekly, @monthly, @yearly.
+    #[arg(long, value_name = "SCHEDULE")]
+    cron: Option<String>,
+    /// The cron schedule's time zone, an IANA name (default UTC).
+    #[arg(long, value_name = "TZ", requires = "cron")]
+    timezone: Option<String>,
+    /// Changes in hearth's store under this key prefix, e.g. kv/jobs/.
+    #[arg(long, value_name = "PREFIX")]
+    event: Option<String>,
+    /// Only these kinds of change: put, delete (default both).
+    #[arg(long, value_name = "KINDS", value_delimiter = ',', requires = "event")]
+    kinds: Vec<String>,
+}
+
 // Parsed once per process: the size of `Add` does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, clap::Subcommand)]
@@ -17,19 +35,8 @@ pub(crate) enum Command {
     #[command(group(clap::ArgGroup::new("what").required(true).args(["cron", "event", "webhook"])))]
     Add {
         name: String,
-        /// A schedule: five fields (minute hour day month weekday), six with
-        /// seconds first, or @hourly, @daily, @weekly, @monthly, @yearly.
-        #[arg(long, value_name = "SCHEDULE")]
-        cron: Option<String>,
-        /// The cron schedule's time zone, an IANA name (default UTC).
-        #[arg(long, value_name = "TZ", requires = "cron")]
-        timezone: Option<String>,
-        /// Changes in hearth's store under this key prefix, e.g. machines/.
-        #[arg(long, value_name = "PREFIX")]
-        event: Option<String>,
-        /// Only these kinds of change: put, delete (default both).
-        #[arg(long, value_name = "KINDS", value_delimiter = ',', requires = "event")]
-        kinds: Vec<String>,
+        #[command(flatten)]
+        when: When,
         /// A webhook. For an app, a route path (e.g. /github) whose
         /// deliveries are handled once per Idempotency-Key (and must be
         /// signed, with --secret); for a workflow, the last part of
@@ -81,19 +88,8 @@ pub(crate) enum WakeCommand {
     #[command(group(clap::ArgGroup::new("what").required(true).args(["cron", "event"])))]
     Add {
         name: String,
-        /// A schedule: five fields (minute hour day month weekday), six with
-        /// seconds first, or @hourly, @daily, @weekly, @monthly, @yearly.
-        #[arg(long, value_name = "SCHEDULE")]
-        cron: Option<String>,
-        /// The cron schedule's time zone, an IANA name (default UTC).
-        #[arg(long, value_name = "TZ", requires = "cron")]
-        timezone: Option<String>,
-        /// Changes in hearth's store under this key prefix, e.g. kv/jobs/.
-        #[arg(long, value_name = "PREFIX")]
-        event: Option<String>,
-        /// Only these kinds of change: put, delete (default both).
-        #[arg(long, value_name = "KINDS", value_delimiter = ',', requires = "event")]
-        kinds: Vec<String>,
+        #[command(flatten)]
+        when: When,
         #[arg(long)]
         json: bool,
     },
@@ -115,12 +111,9 @@ pub(crate) enum WakeCommand {
 impl From<WakeCommand> for Command {
     fn from(command: WakeCommand) -> Command {
         match command {
-            WakeCommand::Add { name, cron, timezone, event, kinds, json } => Command::Add {
+            WakeCommand::Add { name, when, json } => Command::Add {
                 name,
-                cron,
-                timezone,
-                event,
-                kinds,
+                when,
                 webhook: None,
                 secret: None,
                 path: None,
@@ -140,10 +133,7 @@ pub(crate) async fn run(client: &Client, target: &str, command: Command) -> anyh
     match command {
         Command::Add {
             name,
-            cron,
-            timezone,
-            event,
-            kinds,
+            when: When { cron, timezone, event, kinds },
             webhook,
             secret,
             path,
@@ -299,16 +289,9 @@ mod tests {
 
     #[test]
     fn a_machine_trigger_is_a_cron_or_event_trigger_with_nothing_of_apps_or_workflows() {
-        let Command::Add { webhook, path, body, input, signal, secret, .. } =
-            Command::from(WakeCommand::Add {
-                name: "m".into(),
-                cron: Some("@daily".into()),
-                timezone: None,
-                event: None,
-                kinds: vec![],
-                json: false,
-            })
-        else {
+        let when = When { cron: Some("@daily".into()), timezone: None, event: None, kinds: vec![] };
+        let add = WakeCommand::Add { name: "m".into(), when, json: false };
+        let Command::Add { webhook, path, body, input, signal, secret, .. } = Command::from(add) else {
             panic!("an add stays an add");
         };
         assert!(webhook.is_none() && path.is_none() && body.is_none() && input.is_none());
