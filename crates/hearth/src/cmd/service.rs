@@ -270,10 +270,12 @@ pub(crate) async fn run(client: &Client, command: Command) -> anyhow::Result<()>
                 table.row(vec![
                     s.name,
                     s.kind.to_string(),
-                    match s.sleeping {
-                        0 => format!("{}/{}", s.passing, s.count.unwrap_or(s.instances)),
-                        n => format!("{}/{} ({n} asleep)", s.passing, s.count.unwrap_or(s.instances)),
-                    },
+                    format!(
+                        "{}/{}{}",
+                        s.passing,
+                        s.count.unwrap_or(s.instances),
+                        asleep(s.sleeping as usize)
+                    ),
                     what,
                     s.port.map(|p| p.to_string()).unwrap_or_default(),
                     s.checks.join(" "),
@@ -464,10 +466,8 @@ fn print_detail(detail: &ServiceDetail) {
         println!("image:       {image}");
     }
     if let Some(count) = s.count {
-        match s.sleeping {
-            0 => println!("count:       {count} ({} passing)", s.passing),
-            n => println!("count:       {count} ({} passing, {n} asleep)", s.passing),
-        }
+        let asleep = if s.sleeping > 0 { format!(", {} asleep", s.sleeping) } else { String::new() };
+        println!("count:       {count} ({} passing{asleep})", s.passing);
     }
     if let Some(port) = s.port {
         println!("port:        {port}");
@@ -543,8 +543,7 @@ async fn wait_passing(client: &Client, name: &str, count: u32, limit: Duration) 
         let e = client.service_endpoints(name, &q).await?;
         index = e.index;
         // A sleeping instance passed before it fell asleep.
-        let asleep = e.instances.iter().filter(|i| i.sleeping).count();
-        let asleep = if asleep > 0 { format!(" ({asleep} asleep)") } else { String::new() };
+        let asleep = asleep(e.instances.iter().filter(|i| i.sleeping).count());
         spinner.set(format!("{name}: {}/{count} passing{asleep}", e.instances.len()));
         if e.instances.len() as u32 >= count {
             spinner.finish();
@@ -552,6 +551,11 @@ async fn wait_passing(client: &Client, name: &str, count: u32, limit: Duration) 
             return Ok(());
         }
     }
+}
+
+/// ` (N asleep)` after a count of passing instances, if any sleep.
+fn asleep(n: usize) -> String {
+    if n > 0 { format!(" ({n} asleep)") } else { String::new() }
 }
 
 /// Follows a rollout to its end, showing how many instances run the new
