@@ -70,28 +70,16 @@ async fn a_service_whose_instances_sleep_is_woken_through_the_ingress_and_its_pu
     let published = free_port().port();
     let publish = format!("{published}:8080");
 
-    let err = failure(&daemon.cli(&[
-        "service",
-        "create",
-        "web",
-        "--image",
-        &image,
-        "--port",
-        "8080",
-        "--sleep-after",
-        "soon",
-    ]));
+    let create = |extra: &[&str]| {
+        let mut args = vec!["service", "create", "web", "--image", &image, "--port", "8080"];
+        args.extend_from_slice(extra);
+        daemon.cli(&args)
+    };
+    let err = failure(&create(&["--sleep-after", "soon"]));
     assert!(err.contains("sleep_after") && err.contains("30s, 5m"), "{err}");
 
     // `create` waits until the instance passes its check (or already sleeps).
-    success(&daemon.cli(&[
-        "service",
-        "create",
-        "web",
-        "--image",
-        &image,
-        "--port",
-        "8080",
+    success(&create(&[
         "--check",
         "http:/,interval=1s",
         "-p",
