@@ -164,15 +164,17 @@ if ! "$fn_tools/py/bin/componentize-py" --version 2>/dev/null | grep -q "compone
   python3 -m venv "$fn_tools/py"
   "$fn_tools/py/bin/pip" install -q --disable-pip-version-check "componentize-py==$COMPONENTIZE_PY_VERSION"
 fi
-# The engine with hearth's world spliced in, which every JavaScript build
-# reuses (crates/apps/fn/js/build.mjs): made once here, so that the first
-# deploy does not pay for it. Nothing is done when it is there already.
+# The engine with hearth's world spliced in, and the template of a built
+# handler, which every JavaScript build reuses (crates/apps/fn/js/build.mjs):
+# made here by building the starter handler, so that the first deploy does
+# not pay for them. With both there, this is a fast build.
 fn_warm=$(mktemp -d)
-cp -r "$fn_js_src/../wit" "$fn_js_src/build.mjs" "$fn_warm/"
+cp -r "$fn_js_src/../wit" "$fn_js_src/build.mjs" "$fn_js_src/entry.js" "$fn_js_src/prelude.js" "$fn_warm/"
+cp "$fn_js_src/starter.js" "$fn_warm/handler.js"
 (cd "$fn_warm" && env -i PATH="$PATH" TMPDIR="$fn_warm" \
   HEARTH_COMPONENTIZE_JS="$fn_tools/js/node_modules/@bytecodealliance/componentize-js/src/componentize.js" \
-  HEARTH_FN_SPLICED="$fn_tools/js/spliced" node build.mjs --splice-only) \
-  || say "could not splice the JavaScript engine ahead; the first deploy will"
+  HEARTH_FN_SPLICED="$fn_tools/js/spliced" node --single-threaded-gc build.mjs --warm) \
+  || say "could not prepare the JavaScript engine ahead; the first deploy will"
 rm -rf "$fn_warm"
 say "handler build tools present: $fn_tools (componentize-js, componentize-py $COMPONENTIZE_PY_VERSION)"
 

@@ -198,11 +198,14 @@ pub struct Toolchains {
     /// Where build directories are made; the system's temporary directory
     /// when `None`.
     scratch: Option<PathBuf>,
+    /// Whether a JavaScript build also takes the long way and fails unless
+    /// its template made the same component (`build.mjs`; tests only).
+    check_template: bool,
 }
 
 impl Toolchains {
     pub fn new(dir: PathBuf) -> Toolchains {
-        Toolchains { dir, timeout: BUILD_TIMEOUT, scratch: None }
+        Toolchains { dir, timeout: BUILD_TIMEOUT, scratch: None, check_template: false }
     }
 
     /// With another time limit (tests make one run out).
@@ -215,6 +218,12 @@ impl Toolchains {
     /// what a build left, and not at other builds on the machine).
     pub fn with_scratch(mut self, scratch: PathBuf) -> Toolchains {
         self.scratch = Some(scratch);
+        self
+    }
+
+    #[cfg(test)]
+    fn checking_templates(mut self) -> Toolchains {
+        self.check_template = true;
         self
     }
 
@@ -344,6 +353,9 @@ impl Toolchains {
                     .args(["--single-threaded-gc", "build.mjs"])
                     .env("HEARTH_COMPONENTIZE_JS", module)
                     .env("HEARTH_FN_SPLICED", self.spliced_dir());
+                if self.check_template {
+                    command.env("HEARTH_FN_TEMPLATE_CHECK", "1");
+                }
                 Ok((command, JS))
             }
             Lang::Py => {
@@ -525,6 +537,33 @@ mod tests {
             if let Ok(cwd) = std::fs::read_link(entry.path().join("cwd")) {
                 assert!(!cwd.starts_with(scratch.path()), "{:?} is left in {cwd:?}", entry.path());
             }
+        }
+    }
+
+    /// Needs the tools `make setup` installs; fails without them. A
+    /// JavaScript build takes the steps after Wizer from a template
+    /// (`build.mjs`): here each build also takes the long way and fails
+    /// unless both made the same bytes, for a handler with a snapshot of
+    /// the template's size and for one whose snapshot needs more memory.
+    #[test]
+    fn a_templated_javascript_build_is_the_full_build() {
+        let scratch = tempfile::tempdir().unwrap();
+        let tools = Toolchains::new(Toolchains::default_dir()).with_scratch(scratch.path().to_owned());
+        let starter = Source { lang: Lang::Js, text: starter(Lang::Js).into() };
+        // Makes the template if it is not there yet.
+        tools.build(&starter).unwrap();
+        let checking = tools.checking_templates();
+        let changed = Source { lang: Lang::Js, text: starter.text.replace("\"hello\"", "\"howdy\"") };
+        assert_ne!(changed.text, starter.text);
+        let larger = Source {
+            lang: Lang::Js,
+            text: "const names = Array.from({ length: 200000 }, (_, n) => `name ${n}`);\n\
+                   export default { fetch() { return new Response(names.join()); } };\n"
+                .into(),
+        };
+        for source in [changed, larger] {
+            let component = checking.build(&source).unwrap();
+            assert!(component.starts_with(b"\0asm"));
         }
     }
 

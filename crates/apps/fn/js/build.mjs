@@ -15,8 +15,20 @@
 // growing its memory (see source.rs on the garbage collector), and with
 // the splice cached that call is stubWasi's.
 //
-// `node build.mjs --splice-only` fills the cache and builds nothing
-// (scripts/setup.sh warms it so, for the first deploy's sake).
+// The steps after Wizer (stubWasi, componentNew, metadataAdd) take most of
+// what is left, about 1.4 s of CPU, and they too depend on the handler only
+// through what Wizer snapshots: the memory's size, the globals and the data
+// segments. Everything else in the wizened module is the engine's, the same
+// for every handler. So the first build keeps its wizened module's outline
+// and its component as a template (beside the spliced engine, `.template`),
+// and a later build whose wizened module has the same outline takes the
+// template and puts its own memory, globals and data into the template's
+// core module: the component the three steps would have made, byte for
+// byte (`hearth-apps`' test `a_templated_javascript_build_is_the_full_build`
+// compares them). A wizened module with another outline goes the long way.
+//
+// `node build.mjs --warm` (scripts/setup.sh, for the first deploy's sake)
+// fills both caches: it builds entry.js as it finds it beside this file.
 //
 // HEARTH_FN_TIMINGS=1 prints each step's time to stderr (for profiling by
 // hand; the daemon never sets it).
@@ -34,6 +46,11 @@ const STEPS_OF = "0.19.3";
 const WIT = "wit";
 const WORLD = "handler";
 const FEATURES = ["stdio", "random", "clocks", "http", "fetch-event"];
+// What Wizer writes of the handler's state, by section id: the memory (its
+// size), the globals, the data count and the data. stubWasi and
+// componentNew pass these sections through as they are, and look only at
+// the others.
+const SNAPSHOT = new Set([5, 6, 11, 12]);
 
 const started = performance.now();
 let last = started;
@@ -49,15 +66,12 @@ const componentizeJs = process.env.HEARTH_COMPONENTIZE_JS;
 const packageJson = JSON.parse(await readFile(join(dirname(componentizeJs), "../package.json"), "utf8"));
 try {
   const splicedDir = process.env.HEARTH_FN_SPLICED;
-  if (process.argv.includes("--splice-only")) {
-    if (packageJson.version === STEPS_OF && splicedDir) {
-      await splice(componentizeJs, packageJson.version, splicedDir);
-    }
+  if (process.argv.includes("--warm") && (packageJson.version !== STEPS_OF || !splicedDir)) {
     process.exit(0);
   }
   const component =
     packageJson.version === STEPS_OF
-      ? await build(componentizeJs, packageJson.version, splicedDir)
+      ? await build(componentizeJs, packageJson.version, splicedDir, process.env.HEARTH_FN_TEMPLATE_CHECK === "1")
       : await viaComponentize(componentizeJs);
   await writeFile("handler.wasm", component);
   timed("write");
@@ -76,16 +90,22 @@ async function viaComponentize(module) {
 }
 
 // componentize-js 0.19.3's componentize({ sourcePath: "entry.js",
-// witPath, worldName }), with the splice cached.
-async function build(module, version, splicedDir) {
+// witPath, worldName }), with the splice cached and the steps after Wizer
+// taken from the template. With `check` (HEARTH_FN_TEMPLATE_CHECK=1, for
+// tests), it takes the long way too and fails unless both made the same.
+async function build(module, version, splicedDir, check) {
   const require = createRequire(module);
   const load = (name) => import(pathToFileURL(require.resolve(name)).href);
-  const [{ splicer }, jco, wizerModule, oxc] = await Promise.all([
-    import(pathToFileURL(join(dirname(module), "../lib/spidermonkey-embedding-splicer.js")).href),
-    load("@bytecodealliance/jco"),
-    load("@bytecodealliance/wizer"),
-    load("oxc-parser"),
-  ]);
+  // The splicer and jco are loaded only when they are needed: a cached
+  // splice with a template needs neither.
+  let splicerModule;
+  const splicer = async () => {
+    splicerModule ??= (
+      await import(pathToFileURL(join(dirname(module), "../lib/spidermonkey-embedding-splicer.js")).href)
+    ).splicer;
+    return splicerModule;
+  };
+  const [wizerModule, oxc] = await Promise.all([load("@bytecodealliance/wizer"), load("oxc-parser")]);
   timed("load");
 
   // componentize() parses the entry as "source.js" and drops fetch-event
@@ -104,7 +124,7 @@ async function build(module, version, splicedDir) {
   timed("parse");
 
   const engine = await readFile(join(dirname(module), "../lib/starlingmonkey_embedding.wasm"));
-  const { wasm, jsBindings, exports, imports } = await spliced(splicer, engine, [...features], version, splicedDir);
+  const { key, wasm, jsBindings, exports, imports } = await spliced(splicer, engine, [...features], version, splicedDir);
 
   // As componentize() lays its work directory out: in the temporary
   // directory (TMPDIR is the build directory), its sources beside it.
@@ -166,9 +186,21 @@ async function build(module, version, splicedDir) {
   await checkInit(bin, initializer);
   timed("check_init");
 
-  const stubbed = splicer.stubWasi(bin, [...features], undefined, resolve(WIT), WORLD);
+  const templatePath = splicedDir ? join(splicedDir, `${key}.template`) : null;
+  let templated = null;
+  if (templatePath) {
+    const template = await readEntry(templatePath, key);
+    templated = template && fromTemplate(template, bin);
+    timed("template");
+    if (templated && !check) {
+      return templated;
+    }
+  }
+
+  const stubbed = (await splicer()).stubWasi(bin, [...features], undefined, resolve(WIT), WORLD);
   timed("stubWasi");
 
+  const jco = await load("@bytecodealliance/jco");
   const adapter = await readFile(jco.preview1AdapterReactorPath());
   const component = await jco.metadataAdd(
     await jco.componentNew(stubbed, Object.entries({ wasi_snapshot_preview1: adapter }), false),
@@ -178,37 +210,178 @@ async function build(module, version, splicedDir) {
     }),
   );
   timed("componentNew");
+  if (check) {
+    if (!templated) {
+      throw new Error("template check: no template to build from (run the build once without the check)");
+    }
+    if (!templated.equals(component)) {
+      throw new Error("template check: the component made from the template differs from the full build's");
+    }
+  } else if (templatePath) {
+    const template = toTemplate(bin, component);
+    if (template) {
+      await writeEntry(splicedDir, templatePath, { key, ...template.header }, template.component).catch(() => {});
+      timed("template (cache write)");
+    }
+  }
   return component;
 }
 
-// Splices with the default features, as a build of hearth's entry.js
-// does, into the cache if it is not there yet.
-async function splice(module, version, splicedDir) {
-  const { splicer } = await import(pathToFileURL(join(dirname(module), "../lib/spidermonkey-embedding-splicer.js")).href);
-  const engine = await readFile(join(dirname(module), "../lib/starlingmonkey_embedding.wasm"));
-  await spliced(splicer, engine, FEATURES, version, splicedDir);
+// A WebAssembly binary's sections: id, payload start and end, and for a
+// custom section its name. `start` skips the preamble.
+function sections(bytes, start = 8, end = bytes.length) {
+  const found = [];
+  let at = start;
+  while (at < end) {
+    const id = bytes[at];
+    const [size, payload] = leb(bytes, at + 1);
+    let name = "";
+    if (id === 0) {
+      const [length, text] = leb(bytes, payload);
+      name = bytes.subarray(text, text + length).toString("utf8");
+    }
+    if (payload + size > end) {
+      throw new Error("a section runs past the end of its module");
+    }
+    found.push({ id, name, start: payload, end: payload + size });
+    at = payload + size;
+  }
+  return found;
+}
+
+function leb(bytes, at) {
+  let value = 0;
+  let shift = 0;
+  for (;;) {
+    const byte = bytes[at++];
+    if (byte === undefined || shift > 28) {
+      throw new Error("a malformed section size");
+    }
+    value += (byte & 0x7f) * 2 ** shift;
+    shift += 7;
+    if (byte < 0x80) {
+      return [value, at];
+    }
+  }
+}
+
+function encodeLeb(value) {
+  const out = [];
+  do {
+    let byte = value & 0x7f;
+    value = Math.floor(value / 128);
+    if (value > 0) byte |= 0x80;
+    out.push(byte);
+  } while (value > 0);
+  return Buffer.from(out);
+}
+
+function section(id, payload) {
+  return Buffer.concat([Buffer.from([id]), encodeLeb(payload.length), payload]);
+}
+
+// The engine's share of a wizened module: every section but the
+// snapshot's, in order, the snapshot's by their ids alone.
+function outline(module) {
+  const hash = createHash("sha256").update(module.subarray(0, 8));
+  for (const { id, start, end } of sections(module)) {
+    const length = Buffer.alloc(8);
+    if (SNAPSHOT.has(id)) {
+      hash.update(Buffer.from([id]));
+    } else {
+      length.writeBigUInt64LE(BigInt(end - start));
+      hash.update(Buffer.from([id])).update(length).update(module.subarray(start, end));
+    }
+  }
+  return hash.digest("hex");
+}
+
+// A template from a full build, or null where the component does not hold
+// the wizened module's snapshot sections verbatim in one core module (a
+// componentize-js that rewrote them): then every build goes the long way.
+function toTemplate(wizened, built) {
+  const component = Buffer.from(built.buffer, built.byteOffset, built.byteLength);
+  const snapshot = sections(wizened).filter(({ id }) => SNAPSHOT.has(id));
+  const bytes = (s, from) => from.subarray(s.start, s.end);
+  const nested = sections(component).findIndex(({ id, start, end }) => {
+    if (id !== 1) return false;
+    const kept = sections(component, start + 8, end).filter((s) => SNAPSHOT.has(s.id));
+    return (
+      kept.length === snapshot.length &&
+      kept.every((s, i) => s.id === snapshot[i].id && bytes(s, component).equals(bytes(snapshot[i], wizened)))
+    );
+  });
+  if (nested === -1) {
+    return null;
+  }
+  return { header: { outline: outline(wizened), module: nested }, component };
+}
+
+// The component for a wizened module from the template: the template's,
+// with the snapshot sections of its core module replaced by the module's
+// own. Null where the module's outline is not the template's.
+function fromTemplate({ header, wasm: component }, wizened) {
+  if (typeof header.outline !== "string" || outline(wizened) !== header.outline) {
+    return null;
+  }
+  const own = sections(wizened).filter(({ id }) => SNAPSHOT.has(id));
+  const parts = [component.subarray(0, 8)];
+  for (const [index, { id, start, end }] of sections(component).entries()) {
+    if (index !== header.module) {
+      parts.push(section(id, component.subarray(start, end)));
+      continue;
+    }
+    const module = [component.subarray(start, start + 8)];
+    let next = 0;
+    for (const s of sections(component, start + 8, end)) {
+      const from = SNAPSHOT.has(s.id) ? own[next++] : null;
+      if (from && from.id !== s.id) {
+        return null;
+      }
+      module.push(section(s.id, from ? wizened.subarray(from.start, from.end) : component.subarray(s.start, s.end)));
+    }
+    if (next !== own.length) {
+      return null;
+    }
+    parts.push(section(id, Buffer.concat(module)));
+  }
+  return Buffer.concat(parts);
 }
 
 // The engine with the world's bindings spliced in, from the cache when it
-// is there and whole, else spliced now and cached for the next build.
+// is there and whole, else spliced now and cached for the next build. Its
+// `key` names the template too.
 async function spliced(splicer, engine, features, version, dir) {
   const key = await spliceKey(engine, features, version);
   const path = dir ? join(dir, `${key}.spliced`) : null;
   if (path) {
-    const cached = await readSpliced(path, key);
+    const cached = await readEntry(path, key);
     timed("splice (cached)");
-    if (cached) {
+    const { header } = cached ?? {};
+    if (
+      cached &&
+      typeof header.jsBindings === "string" &&
+      Array.isArray(header.exports) &&
+      Array.isArray(header.imports)
+    ) {
       await removeAbandoned(dir).catch(() => {});
-      return cached;
+      return { key, wasm: cached.wasm, jsBindings: header.jsBindings, exports: header.exports, imports: header.imports };
     }
   }
-  const { wasm, jsBindings, exports, imports } = splicer.spliceBindings(engine, features, undefined, resolve(WIT), WORLD, false);
+  const { wasm, jsBindings, exports, imports } = (await splicer()).spliceBindings(
+    engine,
+    features,
+    undefined,
+    resolve(WIT),
+    WORLD,
+    false,
+  );
   timed("splice");
-  const result = { wasm: Buffer.from(wasm), jsBindings, exports, imports };
+  const result = { key, wasm: Buffer.from(wasm), jsBindings, exports, imports };
   if (path) {
     // A cache that cannot be written (a read-only tools directory, a full
     // disk) costs the next build its splice, nothing more.
-    await writeSpliced(dir, path, key, result).catch(() => {});
+    await writeEntry(dir, path, { key, jsBindings, exports, imports }, result.wasm).catch(() => {});
     timed("splice (cache write)");
   }
   return result;
@@ -250,11 +423,13 @@ async function witFiles(dir) {
   return files;
 }
 
-// A cache entry is one file: a line of JSON (the key, the bindings, the
-// exports and imports, the spliced engine's length and SHA-256), then the
-// spliced engine.
+// A cache entry is one file: a line of JSON, then a WebAssembly binary. The
+// JSON holds the key, the binary's length and SHA-256, and what else the
+// entry keeps: for the spliced engine its bindings, exports and imports;
+// for a template, the outline of the wizened module it was made from and
+// the index of the section holding the core module.
 
-async function readSpliced(path, key) {
+async function readEntry(path, key) {
   let bytes;
   try {
     bytes = await readFile(path);
@@ -268,11 +443,8 @@ async function readSpliced(path, key) {
     const whole =
       header.key === key &&
       wasm.length === header.length &&
-      createHash("sha256").update(wasm).digest("hex") === header.sha256 &&
-      typeof header.jsBindings === "string" &&
-      Array.isArray(header.exports) &&
-      Array.isArray(header.imports);
-    return whole ? { wasm, jsBindings: header.jsBindings, exports: header.exports, imports: header.imports } : null;
+      createHash("sha256").update(wasm).digest("hex") === header.sha256;
+    return whole ? { header, wasm } : null;
   } catch {
     return null;
   }
@@ -281,18 +453,15 @@ async function readSpliced(path, key) {
 // Writes the entry under a name of its own, syncs it, then renames it into
 // place, so that a reader sees a whole entry or none, whichever of several
 // daemons writes it.
-async function writeSpliced(dir, path, key, { wasm, jsBindings, exports, imports }) {
+async function writeEntry(dir, path, fields, wasm) {
   await mkdir(dir, { recursive: true });
   await removeAbandoned(dir);
   const header = JSON.stringify({
-    key,
+    ...fields,
     length: wasm.length,
     sha256: createHash("sha256").update(wasm).digest("hex"),
-    jsBindings,
-    exports,
-    imports,
   });
-  const temporary = join(dir, `.${key}.${process.pid}.${randomBytes(8).toString("hex")}`);
+  const temporary = join(dir, `.${fields.key}.${process.pid}.${randomBytes(8).toString("hex")}`);
   try {
     const file = await open(temporary, "wx", 0o644);
     try {
