@@ -186,3 +186,68 @@ bench-sleep: build
 	if ! $$hearth image ls --json | grep -Eq '"name": "$(BENCH_SERVICES_IMAGE)(:latest)?"'; then \
 		$$hearth image build debian --packages busybox --name $(BENCH_SERVICES_IMAGE); fi; \
 	$$hearth bench sleep --image $(BENCH_SERVICES_IMAGE) $(BENCH_SLEEP_ARGS)
+
+# `hearth bench config` against a throwaway daemon: from `config set` to an
+# app's next response (the kitchen test guest, built here) and, with
+# BENCH_CONFIG_ARGS="--image IMAGE" as root, to a machine's config.json.
+# Not part of `make test`.
+.PHONY: bench-config
+bench-config: build
+	$(CARGO) build --release --locked --quiet --target wasm32-wasip2 --manifest-path crates/apps/tests/guests/Cargo.toml --target-dir target/apps-guests
+	@set -e; dir=$$(mktemp -d); \
+	target/release/hearth serve --data-dir $$dir --ingress 127.0.0.1:0 --default-network false >$$dir/daemon.log 2>&1 & pid=$$!; \
+	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null; rm -rf $$dir' EXIT; \
+	for _ in $$(seq 100); do target/release/hearth --data-dir $$dir status >/dev/null 2>&1 && break; sleep 0.1; done; \
+	target/release/hearth --data-dir $$dir bench config $(BENCH_CONFIG_ARGS)
+
+# `hearth bench fn` against a throwaway daemon: handlers from source
+# (JavaScript, Python) deployed with one line changed to their first 200,
+# and their requests per second against the Rust hello app. Not part of
+# `make test`. Options: BENCH_FN_ARGS="--runs 10 --json".
+.PHONY: bench-fn
+bench-fn: build examples
+	@set -e; dir=$$(mktemp -d); \
+	target/release/hearth serve --data-dir $$dir --ingress 127.0.0.1:0 --default-network false >$$dir/daemon.log 2>&1 & pid=$$!; \
+	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null; rm -rf $$dir' EXIT; \
+	for _ in $$(seq 100); do target/release/hearth --data-dir $$dir status >/dev/null 2>&1 && break; sleep 0.1; done; \
+	target/release/hearth --data-dir $$dir bench fn $(BENCH_FN_ARGS)
+
+# `hearth bench alerts` against a throwaway daemon: from a `kv put` to its
+# webhook delivered (a sink inside the bench) against the events stream,
+# and the alert engine's throughput with 100 rules (in-process). Not part
+# of `make test`. Options: BENCH_ALERTS_ARGS="--runs 500 --json".
+.PHONY: bench-alerts
+bench-alerts: build
+	@set -e; dir=$$(mktemp -d); \
+	target/release/hearth serve --data-dir $$dir --ingress 127.0.0.1:0 --default-network false >$$dir/daemon.log 2>&1 & pid=$$!; \
+	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null; rm -rf $$dir' EXIT; \
+	for _ in $$(seq 100); do target/release/hearth --data-dir $$dir status >/dev/null 2>&1 && break; sleep 0.1; done; \
+	target/release/hearth --data-dir $$dir bench alerts $(BENCH_ALERTS_ARGS)
+
+# The Restate peer of `hearth bench workflows`: restate-server from npm into
+# target/restate (once per version) and bench/restate-peer, a Restate Rust SDK
+# endpoint (its own workspace and target dir). Not part of `make test`.
+RESTATE_VERSION := 1.7.12
+RESTATE_SERVER := target/restate/node_modules/@restatedev/restate-server-linux-$(if $(filter aarch64,$(shell uname -m)),arm64,x64)/bin/restate-server
+.PHONY: bench-workflows-peer
+bench-workflows-peer:
+	@if ! "$(RESTATE_SERVER)" --version 2>/dev/null | grep -qx 'restate-server $(RESTATE_VERSION)'; then \
+		echo "installing @restatedev/restate-server $(RESTATE_VERSION) into target/restate"; \
+		mkdir -p target/restate && npm install --prefix target/restate --no-audit --no-fund @restatedev/restate-server@$(RESTATE_VERSION); \
+	fi
+	$(CARGO) build --release --locked --manifest-path bench/restate-peer/Cargo.toml
+
+# `hearth bench workflows` against a throwaway daemon: hearth, and Restate
+# (`bench-workflows-peer` installs restate-server from npm and builds the
+# peer). Not part of `make test`. Options: BENCH_WORKFLOWS_ARGS="--runs 500".
+.PHONY: bench-workflows
+bench-workflows: build bench-workflows-peer
+	$(CARGO) build --release --manifest-path bench/workflows/three-steps/Cargo.toml --target wasm32-wasip2
+	@set -e; dir=$$(mktemp -d); \
+	target/release/hearth serve --data-dir $$dir --ingress 127.0.0.1:0 --default-network false >$$dir/daemon.log 2>&1 & pid=$$!; \
+	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null; rm -rf $$dir' EXIT; \
+	for _ in $$(seq 100); do target/release/hearth --data-dir $$dir status >/dev/null 2>&1 && break; sleep 0.1; done; \
+	target/release/hearth --data-dir $$dir bench workflows $(BENCH_WORKFLOWS_ARGS)
+
+clean:
+	$(CARGO) clean
