@@ -6,7 +6,8 @@
 //! **Two tiers.** New bytes are compiled first by Winch, the baseline
 //! compiler (a single pass, several times faster than Cranelift), so that a
 //! deploy serves as soon as it can run; the service then has Cranelift
-//! compile them in the background ([`Runtime::optimize`]) and swaps the
+//! compile them in the background ([`in_background`]: one thread, at a
+//! lower priority, apart from the pool Winch compiles on) and swaps the
 //! optimised code in. Compiled components belong to the engine that compiled
 //! them, so each tier has its own engine, linker and epoch ticker. Only
 //! Cranelift's code goes to the on-disk cache: bytes found there serve
@@ -45,6 +46,38 @@ const TABLE_KEEP_RESIDENT: usize = 64 << 10;
 /// 400 KB component's functions take about 2 MiB there, so this holds many
 /// versions of many apps.
 const FUNCTIONS_LIMIT: u64 = 256 << 20;
+
+/// The nice value of a background compile's thread. Against a busy thread
+/// of normal priority it gets about a quarter of a core (the kernel's
+/// weights for nice 5 and 0 are 335 and 1024), so that builds, Winch's
+/// compiles and requests go first; a higher value would starve it for as
+/// long as the machine is busy, leaving Winch's slower code serving.
+const BACKGROUND_NICE: i32 = 5;
+
+/// Runs `work` on a thread of its own at the lowest priority and hands its
+/// result to the returned receiver (closed without one if `work` panics).
+/// For Cranelift's background compiles, which must not slow the deploy
+/// that made them moot or the requests Winch's code serves meanwhile.
+pub(crate) fn in_background<T: Send + 'static>(
+    name: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<tokio::sync::oneshot::Receiver<T>, Error> {
+    let (send, receive) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            // On Linux, the nice value is the thread's own: this lowers
+            // the compile's thread alone. Raising one's own nice value
+            // needs no privilege; where it fails, the compile runs at
+            // normal priority.
+            if let Err(e) = rustix::process::setpriority_process(None, BACKGROUND_NICE) {
+                tracing::debug!(error = %e, "Cannot lower a background compile's priority.");
+            }
+            let _ = send.send(work());
+        })
+        .map_err(|e| Error::Internal(format!("cannot start a thread to compile on: {e}")))?;
+    Ok(receive)
+}
 
 /// Which compiler made the code a version runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,6 +215,12 @@ impl Runtime {
             config
                 .enable_incremental_compilation(functions.clone())
                 .map_err(|e| Error::Runtime(format!("{e:#}")))?;
+            // On the compiling thread alone, so that a background compile
+            // runs at that thread's low priority (`in_background`) and not
+            // on a pool of threads beside the next deploy's build and Winch
+            // compile. A compile in the foreground (Winch refused the
+            // component) is slower for it, on one core.
+            config.parallel_compilation(false);
             Ok::<_, Error>(config)
         };
         let mut pooled = cranelift()?;

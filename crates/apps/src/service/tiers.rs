@@ -38,7 +38,7 @@ impl Apps {
     async fn optimize(self, name: String, sha256: String, baseline: Arc<Code>) {
         let started = Instant::now();
         let (apps, app, sha, code) = (self.clone(), name.clone(), sha256.clone(), baseline.clone());
-        let compiled = tokio::task::spawn_blocking(move || {
+        let compiled = runtime::in_background("hearth-optimize", move || {
             let runtime = &apps.inner.runtime;
             let wanted = || !apps.inner.stopping.load(Ordering::Relaxed) && apps.serves(&app, &code);
             let Some(_turn) = runtime.turn_if(wanted) else { return Ok(None) };
@@ -54,9 +54,13 @@ impl Apps {
                 functions: Some(functions),
             };
             Ok::<_, Error>(Some(Arc::new(Code::new(runtime, &compiled, pre))))
-        })
-        .await
-        .unwrap_or_else(|e| Err(Error::Internal(format!("the compile ended early: {e}"))));
+        });
+        let compiled = match compiled {
+            Ok(receiver) => {
+                receiver.await.unwrap_or_else(|_| Err(Error::Internal("the compile ended early".into())))
+            }
+            Err(e) => Err(e),
+        };
         let optimized = match compiled {
             Ok(Some(optimized)) => optimized,
             Ok(None) => return,
