@@ -15,6 +15,8 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
 /// Lines kept per app.
 pub const RING_LINES: usize = 2000;
+/// Of those, hearth's own lines that the app's lines cannot push out.
+const HEARTH_KEPT: usize = 200;
 /// Lines a slow follower may fall behind before it misses some.
 const FOLLOW_BACKLOG: usize = 1024;
 /// Longest line kept; longer ones are cut.
@@ -55,10 +57,50 @@ pub type Tap = broadcast::Sender<(Arc<str>, LogLine)>;
 /// Lines the tap's reader may fall behind.
 pub const TAP_BACKLOG: usize = 4096;
 
+/// The last [`RING_LINES`] lines of one app, in the order written, except
+/// that hearth's own lines (a deploy, a swap of compiled code, a trap) are
+/// not pushed out by the app's:
+///
+/// - While the ring has room, every line is kept.
+/// - A full ring drops its oldest line that is the app's (output or a
+///   request), as long as it holds no more than [`HEARTH_KEPT`] of
+///   hearth's lines.
+/// - Beyond those, it drops its oldest line, whoever wrote it.
+///
+/// So `app logs` on a busy app still shows how its version came to serve.
+#[derive(Debug, Default)]
+struct Ring {
+    lines: VecDeque<LogLine>,
+    /// How many of `lines` are hearth's.
+    hearth: usize,
+}
+
+impl Ring {
+    fn push(&mut self, line: LogLine) {
+        if self.lines.len() >= RING_LINES {
+            let dropped = if self.hearth <= HEARTH_KEPT {
+                let apps = self.lines.iter().position(|l| l.stream != LogStream::Hearth);
+                apps.and_then(|at| self.lines.remove(at))
+            } else {
+                None
+            };
+            if let Some(dropped) = dropped.or_else(|| self.lines.pop_front())
+                && dropped.stream == LogStream::Hearth
+            {
+                self.hearth -= 1;
+            }
+        }
+        if line.stream == LogStream::Hearth {
+            self.hearth += 1;
+        }
+        self.lines.push_back(line);
+    }
+}
+
 /// One app's ring and its followers.
 #[derive(Debug)]
 pub(crate) struct AppLog {
-    ring: Mutex<VecDeque<LogLine>>,
+    ring: Mutex<Ring>,
     tx: broadcast::Sender<LogLine>,
     /// The app's name and the tap every line is also sent to.
     tap: Option<(Arc<str>, Tap)>,
@@ -67,17 +109,13 @@ pub(crate) struct AppLog {
 impl AppLog {
     #[cfg(test)]
     pub(crate) fn new() -> Arc<AppLog> {
-        Arc::new(AppLog {
-            ring: Mutex::new(VecDeque::new()),
-            tx: broadcast::channel(FOLLOW_BACKLOG).0,
-            tap: None,
-        })
+        Arc::new(AppLog { ring: Mutex::default(), tx: broadcast::channel(FOLLOW_BACKLOG).0, tap: None })
     }
 
     /// An app's log whose lines also go to `tap`.
     pub(crate) fn tapped(app: &str, tap: Tap) -> Arc<AppLog> {
         Arc::new(AppLog {
-            ring: Mutex::new(VecDeque::new()),
+            ring: Mutex::default(),
             tx: broadcast::channel(FOLLOW_BACKLOG).0,
             tap: Some((Arc::from(app), tap)),
         })
@@ -95,10 +133,7 @@ impl AppLog {
         }
         let line = LogLine { time: crate::now_ms(), version, stream, text };
         let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-        if ring.len() == RING_LINES {
-            ring.pop_front();
-        }
-        ring.push_back(line.clone());
+        ring.push(line.clone());
         if let Some((app, tap)) = &self.tap
             && tap.receiver_count() > 0
         {
@@ -113,7 +148,7 @@ impl AppLog {
     /// a gap nor an overlap between them.
     pub(crate) fn snapshot(&self) -> (Vec<LogLine>, broadcast::Receiver<LogLine>) {
         let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-        (ring.iter().cloned().collect(), self.tx.subscribe())
+        (ring.lines.iter().cloned().collect(), self.tx.subscribe())
     }
 }
 
@@ -288,6 +323,40 @@ mod tests {
         assert_eq!(lines[0].text, "5");
         log.push(1, LogStream::Hearth, "next");
         assert_eq!(rx.try_recv().unwrap().text, "next");
+    }
+
+    #[test]
+    fn a_full_ring_drops_its_oldest_line_that_is_the_apps() {
+        let log = AppLog::new();
+        log.push(1, LogStream::Request, "GET / 200 (first)");
+        log.push(1, LogStream::Hearth, "Deployed version 1");
+        for i in 0..RING_LINES {
+            log.push(1, LogStream::Request, format!("GET / 200 ({i})"));
+        }
+        let lines = texts(&log);
+        assert_eq!(lines.len(), RING_LINES);
+        assert_eq!(lines[0], "Deployed version 1", "hearth's line stays, in its place");
+        assert_eq!(lines[1], "GET / 200 (1)", "the oldest requests went");
+        assert_eq!(lines.last().unwrap(), &format!("GET / 200 ({})", RING_LINES - 1));
+    }
+
+    #[test]
+    fn beyond_the_lines_it_keeps_hearths_oldest_go_too() {
+        let log = AppLog::new();
+        for i in 0..HEARTH_KEPT + 1 {
+            log.push(1, LogStream::Hearth, format!("hearth {i}"));
+        }
+        for i in 0..RING_LINES {
+            log.push(1, LogStream::Stdout, format!("out {i}"));
+        }
+        let lines = texts(&log);
+        assert_eq!(lines.len(), RING_LINES);
+        // The first app line pushed out the oldest of hearth's, one over
+        // the share; then the rest pushed out the app's oldest.
+        assert_eq!(lines[0], "hearth 1");
+        assert_eq!(lines[HEARTH_KEPT - 1], format!("hearth {HEARTH_KEPT}"));
+        assert_eq!(lines[HEARTH_KEPT], format!("out {}", HEARTH_KEPT));
+        assert_eq!(lines.iter().filter(|l| l.starts_with("hearth")).count(), HEARTH_KEPT);
     }
 
     #[test]
