@@ -5,8 +5,9 @@
 //! source, then changes one line of it and deploys it again `--runs` times,
 //! timing each from the API call to the first 200 from the new version,
 //! and how much of that was the build (the rest is compiling the component
-//! and swapping it in). The same for a Python handler, fewer times. Then
-//! one load generator (wrk) loads the JavaScript hello, the Python hello and
+//! and swapping it in). The same for a Python handler, fewer times. Then,
+//! once each serves Cranelift's code, one load generator (wrk) loads the
+//! JavaScript hello, the Python hello and
 //! the Rust `hello` component (`make examples`), in rounds, each answering
 //! "Hello from hearth!". The apps it deploys are removed again, also when
 //! it fails or is interrupted.
@@ -22,6 +23,7 @@ use hearth_client::types::{DeployApp, DeploySource};
 use serde::Serialize;
 
 use crate::apps::peers::{Wrk, parse_wrk};
+use crate::apps::tiers::wait_optimized;
 use crate::apps::{Load, first_ok_within, median_round};
 use crate::output::Table;
 use crate::{Created, Kind, Stats, measured, millis};
@@ -138,6 +140,12 @@ async fn measure(client: &Client, args: &Args, names: &[String; 3]) -> anyhow::R
     let deployed = client.deploy_app(&names[2], &body).await?;
     first_ok_within(ingress, &format!("{}.localhost", names[2]), deployed.version.number, READY_LIMIT)
         .await?;
+    // Each app is loaded on Cranelift's code, as it serves for good, and
+    // with no background compile running beside the load.
+    eprintln!("      waiting for each app to serve Cranelift's code ...");
+    for name in names {
+        wait_optimized(client, name).await?;
+    }
     eprintln!(
         "[3/3] Requests per second: {} rounds of {} s each on the JavaScript, Python and Rust hellos ...",
         args.rounds, args.duration

@@ -31,7 +31,7 @@ use crate::output::Table;
 use crate::{Created, Kind, measured, millis, percentile};
 
 pub(crate) mod peers;
-mod tiers;
+pub(crate) mod tiers;
 #[cfg(test)]
 use peers::wrk_millis;
 use peers::{NativeServer, WasmtimeServe, Wrk, parse_wrk};

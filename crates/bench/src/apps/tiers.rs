@@ -146,7 +146,7 @@ async fn deploy(client: &Client, name: &str, bytes: &[u8]) -> anyhow::Result<(u3
     Ok((deployed.version.number, deployed.tier))
 }
 
-pub(super) async fn wait_optimized(client: &Client, name: &str) -> anyhow::Result<()> {
+pub(crate) async fn wait_optimized(client: &Client, name: &str) -> anyhow::Result<()> {
     let started = Instant::now();
     loop {
         let app = client.app(name).await?;
