@@ -13,7 +13,8 @@
 // unchanged, since its steps may differ. The cache saves about 1 s of CPU
 // a build, not the 2 s the splice takes: the splicer's first call pays for
 // growing its memory (see source.rs on the garbage collector), and with
-// the splice cached that call is stubWasi's.
+// the splice cached that call is stubWasi's (where the template below does
+// not serve, since with it the splicer is not loaded at all).
 //
 // The steps after Wizer (stubWasi, componentNew, metadataAdd) take most of
 // what is left, about 1.4 s of CPU, and they too depend on the handler only
@@ -51,6 +52,9 @@ const FEATURES = ["stdio", "random", "clocks", "http", "fetch-event"];
 // componentNew pass these sections through as they are, and look only at
 // the others.
 const SNAPSHOT = new Set([5, 6, 11, 12]);
+// What a template's header says of its own layout; another value (a
+// template written by another hearth) is not used.
+const TEMPLATE_FORMAT = "hearth-template-1";
 
 const started = performance.now();
 let last = started;
@@ -227,23 +231,18 @@ async function build(module, version, splicedDir, check) {
   return component;
 }
 
-// A WebAssembly binary's sections: id, payload start and end, and for a
-// custom section its name. `start` skips the preamble.
+// A WebAssembly binary's sections: id, where the section begins (its id's
+// byte), and where its payload starts and ends. `start` skips the preamble.
 function sections(bytes, start = 8, end = bytes.length) {
   const found = [];
   let at = start;
   while (at < end) {
     const id = bytes[at];
     const [size, payload] = leb(bytes, at + 1);
-    let name = "";
-    if (id === 0) {
-      const [length, text] = leb(bytes, payload);
-      name = bytes.subarray(text, text + length).toString("utf8");
-    }
     if (payload + size > end) {
       throw new Error("a section runs past the end of its module");
     }
-    found.push({ id, name, start: payload, end: payload + size });
+    found.push({ id, header: at, start: payload, end: payload + size });
     at = payload + size;
   }
   return found;
@@ -314,38 +313,50 @@ function toTemplate(wizened, built) {
   if (nested === -1) {
     return null;
   }
-  return { header: { outline: outline(wizened), module: nested }, component };
+  return { header: { format: TEMPLATE_FORMAT, outline: outline(wizened), module: nested }, component };
 }
 
 // The component for a wizened module from the template: the template's,
 // with the snapshot sections of its core module replaced by the module's
-// own. Null where the module's outline is not the template's.
+// own, every other section copied as it is. Null where the module's outline
+// is not the template's, or the template is not what this file writes.
 function fromTemplate({ header, wasm: component }, wizened) {
-  if (typeof header.outline !== "string" || outline(wizened) !== header.outline) {
-    return null;
-  }
-  const own = sections(wizened).filter(({ id }) => SNAPSHOT.has(id));
-  const parts = [component.subarray(0, 8)];
-  for (const [index, { id, start, end }] of sections(component).entries()) {
-    if (index !== header.module) {
-      parts.push(section(id, component.subarray(start, end)));
-      continue;
+  try {
+    if (header.format !== TEMPLATE_FORMAT || typeof header.outline !== "string" || outline(wizened) !== header.outline) {
+      return null;
     }
-    const module = [component.subarray(start, start + 8)];
+    const all = sections(component);
+    const nested = all[header.module];
+    if (!Number.isInteger(header.module) || nested?.id !== 1) {
+      return null;
+    }
+    const own = sections(wizened).filter(({ id }) => SNAPSHOT.has(id));
+    const module = [component.subarray(nested.start, nested.start + 8)];
     let next = 0;
-    for (const s of sections(component, start + 8, end)) {
-      const from = SNAPSHOT.has(s.id) ? own[next++] : null;
-      if (from && from.id !== s.id) {
+    for (const s of sections(component, nested.start + 8, nested.end)) {
+      if (!SNAPSHOT.has(s.id)) {
+        module.push(component.subarray(s.header, s.end));
+        continue;
+      }
+      const from = own[next++];
+      if (from?.id !== s.id) {
         return null;
       }
-      module.push(section(s.id, from ? wizened.subarray(from.start, from.end) : component.subarray(s.start, s.end)));
+      module.push(section(s.id, wizened.subarray(from.start, from.end)));
     }
     if (next !== own.length) {
       return null;
     }
-    parts.push(section(id, Buffer.concat(module)));
+    return Buffer.concat([
+      component.subarray(0, nested.header),
+      section(1, Buffer.concat(module)),
+      component.subarray(nested.end),
+    ]);
+  } catch {
+    // A template this file cannot read: the build goes the long way, and
+    // writes a good one.
+    return null;
   }
-  return Buffer.concat(parts);
 }
 
 // The engine with the world's bindings spliced in, from the cache when it
