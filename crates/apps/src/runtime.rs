@@ -6,8 +6,8 @@
 //! **Two tiers.** New bytes are compiled first by Winch, the baseline
 //! compiler (a single pass, several times faster than Cranelift), so that a
 //! deploy serves as soon as it can run; the service then has Cranelift
-//! compile them in the background ([`in_background`]: one thread, at a
-//! lower priority, apart from the pool Winch compiles on) and swaps the
+//! compile them in the background ([`Runtime::in_background`]: on threads
+//! of their own, apart from the pool Winch compiles on) and swaps the
 //! optimised code in. Compiled components belong to the engine that compiled
 //! them, so each tier has its own engine, linker and epoch ticker. Only
 //! Cranelift's code goes to the on-disk cache: bytes found there serve
@@ -47,36 +47,44 @@ const TABLE_KEEP_RESIDENT: usize = 64 << 10;
 /// versions of many apps.
 const FUNCTIONS_LIMIT: u64 = 256 << 20;
 
-/// The nice value of a background compile's thread. Against a busy thread
-/// of normal priority it gets about a quarter of a core (the kernel's
-/// weights for nice 5 and 0 are 335 and 1024), so that builds, Winch's
-/// compiles and requests go first; a higher value would starve it for as
-/// long as the machine is busy, leaving Winch's slower code serving.
-const BACKGROUND_NICE: i32 = 5;
-
-/// Runs `work` on a thread of its own at the lowest priority and hands its
-/// result to the returned receiver (closed without one if `work` panics).
-/// For Cranelift's background compiles, which must not slow the deploy
-/// that made them moot or the requests Winch's code serves meanwhile.
-pub(crate) fn in_background<T: Send + 'static>(
-    name: &str,
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<tokio::sync::oneshot::Receiver<T>, Error> {
-    let (send, receive) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(move || {
-            // On Linux, the nice value is the thread's own: this lowers
-            // the compile's thread alone. Raising one's own nice value
-            // needs no privilege; where it fails, the compile runs at
-            // normal priority.
-            if let Err(e) = rustix::process::setpriority_process(None, BACKGROUND_NICE) {
-                tracing::debug!(error = %e, "Cannot lower a background compile's priority.");
-            }
-            let _ = send.send(work());
+/// The threads Cranelift's background compiles run on: a pool of their
+/// own, apart from rayon's global one that Winch (and a Cranelift compile
+/// in the foreground) uses, so that a deploy's compile never queues behind
+/// a background one; and half the cores (at least one), so that a deploy
+/// made while the version before it is optimized has the other half. At
+/// the daemon's own priority: a lower one measured well on an idle machine
+/// but starved the compile for minutes on a busy one, leaving Winch's
+/// slower code serving.
+fn background_pool() -> Result<rayon::ThreadPool, Error> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    rayon::ThreadPoolBuilder::new()
+        .num_threads((cores / 2).max(1))
+        .thread_name(|i| format!("hearth-optimize-{i}"))
+        // Rayon aborts the process on a panic in a spawned job unless a
+        // handler takes it: one compile's panic is that compile's failure.
+        .panic_handler(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".to_owned());
+            tracing::error!(panic = what, "A background compile panicked; Winch's code keeps serving.");
         })
-        .map_err(|e| Error::Internal(format!("cannot start a thread to compile on: {e}")))?;
-    Ok(receive)
+        .build()
+        .map_err(|e| Error::Internal(format!("cannot start the threads for background compiles: {e}")))
+}
+
+/// Runs `work` on `pool`; the receiver has its result, or is closed
+/// without one if `work` panics.
+fn run_on<T: Send + 'static>(
+    pool: &rayon::ThreadPool,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> tokio::sync::oneshot::Receiver<T> {
+    let (send, receive) = tokio::sync::oneshot::channel();
+    pool.spawn(move || {
+        let _ = send.send(work());
+    });
+    receive
 }
 
 /// Which compiler made the code a version runs.
@@ -150,6 +158,8 @@ pub(crate) struct Runtime {
     functions: Arc<FunctionCache>,
     /// Held through each Cranelift compile.
     optimizing: Mutex<()>,
+    /// Where background compiles run ([`Runtime::in_background`]).
+    background: rayon::ThreadPool,
     pub(crate) compiles: AtomicU64,
     pub(crate) cache_loads: AtomicU64,
     pub(crate) pooling: bool,
@@ -215,12 +225,6 @@ impl Runtime {
             config
                 .enable_incremental_compilation(functions.clone())
                 .map_err(|e| Error::Runtime(format!("{e:#}")))?;
-            // On the compiling thread alone, so that a background compile
-            // runs at that thread's low priority (`in_background`) and not
-            // on a pool of threads beside the next deploy's build and Winch
-            // compile. A compile in the foreground (Winch refused the
-            // component) is slower for it, on one core.
-            config.parallel_compilation(false);
             Ok::<_, Error>(config)
         };
         let mut pooled = cranelift()?;
@@ -247,12 +251,24 @@ impl Runtime {
             cache,
             functions,
             optimizing: Mutex::default(),
+            background: background_pool()?,
             compiles: AtomicU64::new(0),
             cache_loads: AtomicU64::new(0),
             pooling,
             pending_writes: Mutex::default(),
             writing: Arc::default(),
         })
+    }
+
+    /// Runs `work` on the pool for background compiles ([`background_pool`])
+    /// and hands its result to the returned receiver (closed without one
+    /// if `work` panics). A compile inside it compiles in parallel on that
+    /// pool's threads only.
+    pub(crate) fn in_background<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> tokio::sync::oneshot::Receiver<T> {
+        run_on(&self.background, work)
     }
 
     /// The engine that runs `tier`'s code: stores for its instances must
@@ -529,6 +545,32 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_background_compile_runs_on_its_own_threads_and_its_panic_is_its_own() {
+        let pool = background_pool().unwrap();
+        let name = run_on(&pool, || std::thread::current().name().map(str::to_owned)).blocking_recv();
+        assert!(name.unwrap().unwrap().starts_with("hearth-optimize-"));
+        // A parallel iterator inside runs on the same pool, as wasmtime's
+        // parallel compile does.
+        let names = run_on(&pool, || {
+            use rayon::prelude::*;
+            (0..64)
+                .into_par_iter()
+                .map(|_| std::thread::current().name().map(str::to_owned))
+                .collect::<Vec<_>>()
+        });
+        assert!(
+            names
+                .blocking_recv()
+                .unwrap()
+                .iter()
+                .all(|n| n.as_deref().unwrap().starts_with("hearth-optimize-"))
+        );
+        // A panic closes the receiver, and the process and the pool go on.
+        assert!(run_on(&pool, || -> u32 { panic!("a compiler's bug") }).blocking_recv().is_err());
+        assert_eq!(run_on(&pool, || 7).blocking_recv(), Ok(7));
+    }
 
     #[test]
     fn headers_are_told_apart() {

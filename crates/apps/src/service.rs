@@ -40,6 +40,10 @@ mod deploy;
 mod reconcile;
 mod tiers;
 
+/// How long a stopping service waits for background compiles already
+/// running ([`Apps::run`]).
+const STOP_WAITS_FOR_COMPILES: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How the service is set up.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -425,12 +429,21 @@ impl Apps {
         let _ = triggers.await;
         let _ = services.await;
         let _ = config.await;
-        // No background compile begins from now on; the one running ends
-        // (and writes its cache) before the service does.
+        // No background compile begins from now on. The one running is
+        // given a few seconds to end and write its cache; past them it is
+        // left to end with the process (it runs at a low priority, so on a
+        // busy machine it may take a minute), and the next start compiles
+        // that version again.
         self.inner.stopping.store(true, Ordering::Relaxed);
         let optimizes = std::mem::take(&mut *lock(&self.inner.optimizes));
+        let until = tokio::time::Instant::now() + STOP_WAITS_FOR_COMPILES;
         for optimize in optimizes {
-            let _ = optimize.await;
+            if tokio::time::timeout_at(until, optimize).await.is_err() {
+                tracing::info!(
+                    "Stopping without waiting for a background compile; it is done again at the next start."
+                );
+                break;
+            }
         }
         // Compiled components are cached in the background; finish writing
         // them so that the next start finds them.

@@ -38,7 +38,7 @@ impl Apps {
     async fn optimize(self, name: String, sha256: String, baseline: Arc<Code>) {
         let started = Instant::now();
         let (apps, app, sha, code) = (self.clone(), name.clone(), sha256.clone(), baseline.clone());
-        let compiled = runtime::in_background("hearth-optimize", move || {
+        let background = self.inner.runtime.in_background(move || {
             let runtime = &apps.inner.runtime;
             let wanted = || !apps.inner.stopping.load(Ordering::Relaxed) && apps.serves(&app, &code);
             let Some(_turn) = runtime.turn_if(wanted) else { return Ok(None) };
@@ -55,12 +55,9 @@ impl Apps {
             };
             Ok::<_, Error>(Some(Arc::new(Code::new(runtime, &compiled, pre))))
         });
-        let compiled = match compiled {
-            Ok(receiver) => {
-                receiver.await.unwrap_or_else(|_| Err(Error::Internal("the compile ended early".into())))
-            }
-            Err(e) => Err(e),
-        };
+        let compiled = background
+            .await
+            .unwrap_or_else(|_| Err(Error::Internal("the compile ended early (a panic)".into())));
         let optimized = match compiled {
             Ok(Some(optimized)) => optimized,
             Ok(None) => return,
