@@ -20,6 +20,16 @@ fn ping(daemon: &Daemon, from: &str, to: &str, count: u32) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
+/// `count` pings that must all be answered: they wait up to 10 s in all
+/// (`-w`). After a first reply, `-W` alone waits only twice the round trip
+/// seen for the rest, which a reply made late by a busy machine misses.
+fn ping_all(daemon: &Daemon, from: &str, to: &str, count: u32) -> String {
+    let count = count.to_string();
+    let out = daemon
+        .cli(&["machine", "exec", from, "--", "ping", "-c", &count, "-i", "0.05", "-w", "10", "-q", to]);
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
 /// How many pings were answered, from ping's summary line.
 pub(crate) fn received(summary: &str) -> u32 {
     summary
@@ -105,8 +115,8 @@ async fn machines_talk_by_name_are_isolated_by_network_and_break_on_purpose() {
     assert!(net.contains("a.lab.hearth") && net.contains("10.241.0.50"), "{net}");
 
     // Names: the short name inside the network, the full name anywhere.
-    assert_eq!(received(&ping(&daemon, "a", "b", 3)), 3);
-    assert_eq!(received(&ping(&daemon, "b", "a.lab.hearth", 3)), 3);
+    assert_eq!(received(&ping_all(&daemon, "a", "b", 3)), 3);
+    assert_eq!(received(&ping_all(&daemon, "b", "a.lab.hearth", 3)), 3);
     let hosts = success(&daemon.cli(&["machine", "exec", "a", "--", "getent", "hosts", "b.lab.hearth"]));
     assert!(hosts.starts_with("10.241.0.50"), "{hosts}");
 
@@ -165,14 +175,14 @@ async fn machines_talk_by_name_are_isolated_by_network_and_break_on_purpose() {
     let ls = success(&daemon.cli(&["fault", "ls"]));
     assert!(ls.contains(&id) && ls.contains("partition a"), "{ls}");
     success(&daemon.cli(&["fault", "heal", &id]));
-    assert_eq!(received(&ping(&daemon, "a", "b", 3)), 3, "heal did not restore traffic");
+    assert_eq!(received(&ping_all(&daemon, "a", "b", 3)), 3, "heal did not restore traffic");
 
     // Loss shows as a loss rate (50% each way towards b: replies are lost too).
     success(&daemon.cli(&["fault", "loss", "b", "50%"]));
     let got = received(&ping(&daemon, "a", "b", 60));
     assert!((10..=50).contains(&got), "with 50% loss towards b, {got} of 60 pings came back");
     success(&daemon.cli(&["fault", "heal"]));
-    assert_eq!(received(&ping(&daemon, "a", "b", 5)), 5);
+    assert_eq!(received(&ping_all(&daemon, "a", "b", 5)), 5);
 
     // Delay shows in the round trip: tc netem where the host kernel has it,
     // hearth's NFQUEUE delay line where it has not (as on the build hosts).
@@ -212,7 +222,7 @@ async fn machines_talk_by_name_are_isolated_by_network_and_break_on_purpose() {
     assert!(healed, "the partition for 2s was still listed after 10 s");
     // Its rules go in the pass right after the record.
     wait_until(Duration::from_secs(5), async || received(&ping(&daemon, "a", "b", 1)) == 1).await;
-    assert_eq!(received(&ping(&daemon, "a", "b", 3)), 3, "the partition did not heal itself");
+    assert_eq!(received(&ping_all(&daemon, "a", "b", 3)), 3, "the partition did not heal itself");
 
     // Removing a machine removes its faults; removing everything leaves nothing.
     success(&daemon.cli(&["fault", "partition", "a", "--from", "b"]));
