@@ -20,9 +20,12 @@ fn ping(daemon: &Daemon, from: &str, to: &str, count: u32) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
-/// `count` pings that must all be answered: they wait up to 10 s in all
-/// (`-w`). After a first reply, `-W` alone waits only twice the round trip
-/// seen for the rest, which a reply made late by a busy machine misses.
+/// Pings until `count` replies came, for up to 10 s in all (`-w`). After a
+/// first reply, `-W` alone waits only twice the round trip seen for the
+/// rest, which a reply made late by a busy machine misses. With `-w`, ping
+/// sends on until it has `count` replies, so a late reply makes it send
+/// one more, whose reply may come too: at least `count` means traffic
+/// flows.
 fn ping_all(daemon: &Daemon, from: &str, to: &str, count: u32) -> String {
     let count = count.to_string();
     let out = daemon
@@ -115,8 +118,10 @@ async fn machines_talk_by_name_are_isolated_by_network_and_break_on_purpose() {
     assert!(net.contains("a.lab.hearth") && net.contains("10.241.0.50"), "{net}");
 
     // Names: the short name inside the network, the full name anywhere.
-    assert_eq!(received(&ping_all(&daemon, "a", "b", 3)), 3);
-    assert_eq!(received(&ping_all(&daemon, "b", "a.lab.hearth", 3)), 3);
+    let got = ping_all(&daemon, "a", "b", 3);
+    assert!(received(&got) >= 3, "{got}");
+    let got = ping_all(&daemon, "b", "a.lab.hearth", 3);
+    assert!(received(&got) >= 3, "{got}");
     let hosts = success(&daemon.cli(&["machine", "exec", "a", "--", "getent", "hosts", "b.lab.hearth"]));
     assert!(hosts.starts_with("10.241.0.50"), "{hosts}");
 
@@ -175,14 +180,16 @@ async fn machines_talk_by_name_are_isolated_by_network_and_break_on_purpose() {
     let ls = success(&daemon.cli(&["fault", "ls"]));
     assert!(ls.contains(&id) && ls.contains("partition a"), "{ls}");
     success(&daemon.cli(&["fault", "heal", &id]));
-    assert_eq!(received(&ping_all(&daemon, "a", "b", 3)), 3, "heal did not restore traffic");
+    let got = ping_all(&daemon, "a", "b", 3);
+    assert!(received(&got) >= 3, "heal did not restore traffic: {got}");
 
     // Loss shows as a loss rate (50% each way towards b: replies are lost too).
     success(&daemon.cli(&["fault", "loss", "b", "50%"]));
     let got = received(&ping(&daemon, "a", "b", 60));
     assert!((10..=50).contains(&got), "with 50% loss towards b, {got} of 60 pings came back");
     success(&daemon.cli(&["fault", "heal"]));
-    assert_eq!(received(&ping_all(&daemon, "a", "b", 5)), 5);
+    let got = ping_all(&daemon, "a", "b", 5);
+    assert!(received(&got) >= 5, "{got}");
 
     // Delay shows in the round trip: tc netem where the host kernel has it,
     // hearth's NFQUEUE delay line where it has not (as on the build hosts).
@@ -222,7 +229,8 @@ async fn machines_talk_by_name_are_isolated_by_network_and_break_on_purpose() {
     assert!(healed, "the partition for 2s was still listed after 10 s");
     // Its rules go in the pass right after the record.
     wait_until(Duration::from_secs(5), async || received(&ping(&daemon, "a", "b", 1)) == 1).await;
-    assert_eq!(received(&ping_all(&daemon, "a", "b", 3)), 3, "the partition did not heal itself");
+    let got = ping_all(&daemon, "a", "b", 3);
+    assert!(received(&got) >= 3, "the partition did not heal itself: {got}");
 
     // Removing a machine removes its faults; removing everything leaves nothing.
     success(&daemon.cli(&["fault", "partition", "a", "--from", "b"]));

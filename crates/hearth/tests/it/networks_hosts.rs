@@ -25,9 +25,10 @@ fn ping_n(cluster: &Cluster, host: &str, from: &str, to: &str, count: u32) -> St
     text(&out)
 }
 
-/// `count` pings that wait up to `deadline` seconds in all for every reply
+/// Pings until `count` replies came, for up to `deadline` seconds in all
 /// (`-w`): after a first reply, `-W` alone waits only twice the round trip
-/// seen for the rest, which a late reply can miss.
+/// seen for the rest, which a late reply can miss. Ping sends on until it
+/// has `count` replies, so it may get more than `count`.
 fn ping_all(cluster: &Cluster, host: &str, from: &str, to: &str, count: u32, deadline: u32) -> String {
     let (count, deadline) = (count.to_string(), deadline.to_string());
     let out = cluster.cli(
@@ -133,10 +134,10 @@ async fn machines_on_two_hosts_talk_by_name_and_break_on_purpose_between_hosts()
     // A delay on b, made by b's host, slows what a sends it.
     let id = fault_id(&h1(&["fault", "delay", "b", "200ms"]));
     assert!(until_a_to_b(&cluster, |p| average_rtt(p) >= 200.0).await, "h2 never delayed b");
-    // A delay loses nothing: every reply comes, late (and later still from
-    // two guests under software emulation on a loaded host).
+    // A delay passes traffic, late (and later still from two guests under
+    // software emulation on a loaded host).
     let slow = ping_all(&cluster, "h1", "a", "b", 3, 10);
-    assert!(received(&slow) == 3 && average_rtt(&slow) >= 200.0, "a -> b, delayed: {slow}");
+    assert!(received(&slow) >= 3 && average_rtt(&slow) >= 200.0, "a -> b, delayed: {slow}");
     success(&h1(&["fault", "heal", &id]));
     assert!(until_a_to_b(&cluster, |p| average_rtt(p) < 200.0).await, "h2 never healed b's delay");
 
