@@ -187,6 +187,16 @@ bench-sleep: build
 		$$hearth image build debian --packages busybox --name $(BENCH_SERVICES_IMAGE); fi; \
 	$$hearth bench sleep --image $(BENCH_SERVICES_IMAGE) $(BENCH_SLEEP_ARGS)
 
+# `hearth bench $(1) $(2)` against a daemon of its own on a temporary
+# directory, removed afterwards (the daemon too, however the bench ends).
+define bench-on-a-throwaway-daemon
+	@set -e; dir=$$(mktemp -d); \
+	target/release/hearth serve --data-dir $$dir --ingress 127.0.0.1:0 --default-network false >$$dir/daemon.log 2>&1 & pid=$$!; \
+	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null; rm -rf $$dir' EXIT; \
+	for _ in $$(seq 100); do target/release/hearth --data-dir $$dir status >/dev/null 2>&1 && break; sleep 0.1; done; \
+	target/release/hearth --data-dir $$dir bench $(1) $(2)
+endef
+
 # `hearth bench config` against a throwaway daemon: from `config set` to an
 # app's next response (the kitchen test guest, built here) and, with
 # BENCH_CONFIG_ARGS="--image IMAGE" as root, to a machine's config.json.
@@ -194,11 +204,7 @@ bench-sleep: build
 .PHONY: bench-config
 bench-config: build
 	$(CARGO) build --release --locked --quiet --target wasm32-wasip2 --manifest-path crates/apps/tests/guests/Cargo.toml --target-dir target/apps-guests
-	@set -e; dir=$$(mktemp -d); \
-	target/release/hearth serve --data-dir $$dir --ingress 127.0.0.1:0 --default-network false >$$dir/daemon.log 2>&1 & pid=$$!; \
-	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null; rm -rf $$dir' EXIT; \
-	for _ in $$(seq 100); do target/release/hearth --data-dir $$dir status >/dev/null 2>&1 && break; sleep 0.1; done; \
-	target/release/hearth --data-dir $$dir bench config $(BENCH_CONFIG_ARGS)
+	$(call bench-on-a-throwaway-daemon,config,$(BENCH_CONFIG_ARGS))
 
 # `hearth bench fn` against a throwaway daemon: handlers from source
 # (JavaScript, Python) deployed with one line changed to their first 200,
@@ -206,11 +212,7 @@ bench-config: build
 # `make test`. Options: BENCH_FN_ARGS="--runs 10 --json".
 .PHONY: bench-fn
 bench-fn: build examples
-	@set -e; dir=$$(mktemp -d); \
-	target/release/hearth serve --data-dir $$dir --ingress 127.0.0.1:0 --default-network false >$$dir/daemon.log 2>&1 & pid=$$!; \
-	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null; rm -rf $$dir' EXIT; \
-	for _ in $$(seq 100); do target/release/hearth --data-dir $$dir status >/dev/null 2>&1 && break; sleep 0.1; done; \
-	target/release/hearth --data-dir $$dir bench fn $(BENCH_FN_ARGS)
+	$(call bench-on-a-throwaway-daemon,fn,$(BENCH_FN_ARGS))
 
 # `hearth bench alerts` against a throwaway daemon: from a `kv put` to its
 # webhook delivered (a sink inside the bench) against the events stream,
@@ -218,11 +220,7 @@ bench-fn: build examples
 # of `make test`. Options: BENCH_ALERTS_ARGS="--runs 500 --json".
 .PHONY: bench-alerts
 bench-alerts: build
-	@set -e; dir=$$(mktemp -d); \
-	target/release/hearth serve --data-dir $$dir --ingress 127.0.0.1:0 --default-network false >$$dir/daemon.log 2>&1 & pid=$$!; \
-	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null; rm -rf $$dir' EXIT; \
-	for _ in $$(seq 100); do target/release/hearth --data-dir $$dir status >/dev/null 2>&1 && break; sleep 0.1; done; \
-	target/release/hearth --data-dir $$dir bench alerts $(BENCH_ALERTS_ARGS)
+	$(call bench-on-a-throwaway-daemon,alerts,$(BENCH_ALERTS_ARGS))
 
 # The Restate peer of `hearth bench workflows`: restate-server from npm into
 # target/restate (once per version) and bench/restate-peer, a Restate Rust SDK
@@ -243,11 +241,7 @@ bench-workflows-peer:
 .PHONY: bench-workflows
 bench-workflows: build bench-workflows-peer
 	$(CARGO) build --release --manifest-path bench/workflows/three-steps/Cargo.toml --target wasm32-wasip2
-	@set -e; dir=$$(mktemp -d); \
-	target/release/hearth serve --data-dir $$dir --ingress 127.0.0.1:0 --default-network false >$$dir/daemon.log 2>&1 & pid=$$!; \
-	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null; rm -rf $$dir' EXIT; \
-	for _ in $$(seq 100); do target/release/hearth --data-dir $$dir status >/dev/null 2>&1 && break; sleep 0.1; done; \
-	target/release/hearth --data-dir $$dir bench workflows $(BENCH_WORKFLOWS_ARGS)
+	$(call bench-on-a-throwaway-daemon,workflows,$(BENCH_WORKFLOWS_ARGS))
 
 clean:
 	$(CARGO) clean
