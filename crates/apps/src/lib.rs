@@ -14,6 +14,9 @@
 //! - `runtime`: the engine (with the pooling allocator), compilation through
 //!   `hearth-wasm`'s cache of compiled components, deploy-time checks of
 //!   imports and exports.
+//! - `split`: a component's large, unchanging engine module taken out of
+//!   it, so that the runtime compiles it once for every component built on
+//!   it (JavaScript handlers) and only the rest on each deploy.
 //! - `host`: what a request's instance sees (WASI, `wasi:http` with an
 //!   outbound allow-list, `wasi:keyvalue` over the store, `wasi:config`).
 //! - [`outbound`]: outgoing requests checked against the address their host
@@ -53,6 +56,7 @@ mod runtime;
 mod secrets;
 mod service;
 pub mod source;
+mod split;
 mod traffic;
 pub mod triggers;
 

@@ -18,6 +18,16 @@
 //! Cranelift compiles through the incremental cache of compiled functions
 //! ([`hearth_wasm::FunctionCache`], `CACHE_DIR/apps/compiled/functions`), one
 //! compile at a time so that each compile's hits and misses are its own.
+//!
+//! **Shared engines.** A component with one large engine module and a
+//! snapshot of its state (a JavaScript handler: 12 MB of StarlingMonkey)
+//! is split ([`crate::split`]): Cranelift compiles the engine once, keeps
+//! it in memory and in `CACHE_DIR/apps/compiled/engines`, and each new
+//! component on that engine has only its rest compiled, by Cranelift, in
+//! tens of milliseconds, and serves optimized code at once. The first
+//! component on a new engine is compiled whole by Winch, as any other, and
+//! its background compile compiles the engine. A component's compiled rest
+//! names its engine in its import, so that the cache finds the engine again.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -33,6 +43,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use crate::Error;
 use crate::host::{self, HostState};
 use crate::manifest::{Limits, Manifest};
+use crate::split::{self, Split};
 
 /// Bytes of a finished instance's linear memory reset in place for the
 /// next instance rather than given back to the kernel, where the kernel can
@@ -46,6 +57,16 @@ const TABLE_KEEP_RESIDENT: usize = 64 << 10;
 /// 400 KB component's functions take about 2 MiB there, so this holds many
 /// versions of many apps.
 const FUNCTIONS_LIMIT: u64 = 256 << 20;
+
+/// The smallest engine module worth compiling once and sharing
+/// ([`crate::split`]): below it, Winch compiles the whole component in a
+/// few hundred milliseconds anyway, and the engine would change with most
+/// deploys.
+const SPLIT_AT: usize = 2 << 20;
+/// Engines kept loaded, and kept on disk beyond those loaded: the most
+/// recently used. An engine is one componentize-js (or other toolchain)
+/// release, so a few cover every handler a host runs.
+const KEEP_ENGINES: usize = 4;
 
 /// The threads Cranelift's background compiles run on: a pool of their
 /// own, apart from rayon's global one that Winch (and a Cranelift compile
@@ -117,6 +138,35 @@ pub(crate) struct Compiled {
     /// The function cache's hits and misses, for a Cranelift compile done
     /// just now.
     pub(crate) functions: Option<Counts>,
+    /// The shared engine the component was compiled around, which the
+    /// linker must provide.
+    pub(crate) engine: Option<Arc<SharedEngine>>,
+}
+
+/// An engine module compiled once by Cranelift for every component built
+/// on it ([`crate::split`]).
+pub(crate) struct SharedEngine {
+    /// The engine module's SHA-256.
+    pub(crate) sha256: String,
+    pub(crate) module: wasmtime::Module,
+    /// The size of its compiled code, in bytes.
+    pub(crate) size: usize,
+}
+
+impl SharedEngine {
+    fn new(sha256: &str, module: wasmtime::Module) -> SharedEngine {
+        let image = module.image_range();
+        let size = (image.end as usize).saturating_sub(image.start as usize);
+        SharedEngine { sha256: sha256.to_owned(), module, size }
+    }
+}
+
+/// The engines loaded, most recently used last, and those that Cranelift
+/// refused to compile alone (their components are compiled whole).
+#[derive(Default)]
+struct Engines {
+    loaded: Vec<Arc<SharedEngine>>,
+    refused: std::collections::HashSet<String>,
 }
 
 /// When Cranelift's code is written to the on-disk cache.
@@ -155,6 +205,11 @@ pub(crate) struct Runtime {
     /// engine (a CPU it does not support).
     baseline: Option<Tiered>,
     cache: Cache,
+    /// Shared engines' compiled modules on disk.
+    engine_cache: Cache,
+    engines: Mutex<Engines>,
+    /// The smallest engine split out ([`SPLIT_AT`]; tests lower it).
+    split_at: usize,
     functions: Arc<FunctionCache>,
     /// Held through each Cranelift compile.
     optimizing: Mutex<()>,
@@ -245,10 +300,14 @@ impl Runtime {
         };
 
         let cache = Cache::open(&engine, &compiled)?;
+        let engine_cache = Cache::open(&engine, &compiled.join("engines"))?;
         Ok(Runtime {
             optimized: Tiered::new(engine, "hearth-apps-epoch")?,
             baseline,
             cache,
+            engine_cache,
+            engines: Mutex::default(),
+            split_at: SPLIT_AT,
             functions,
             optimizing: Mutex::default(),
             background: background_pool()?,
@@ -285,24 +344,30 @@ impl Runtime {
     }
 
     /// The compiled component for `sha256`: Cranelift's from the cache if
-    /// it is there, else compiled from `bytes()` by Winch (or by Cranelift
-    /// where Winch refuses it). Blocking (compilation uses every core).
+    /// it is there; else, for a component on a shared engine already
+    /// compiled, its rest compiled by Cranelift; else compiled from
+    /// `bytes()` by Winch (or by Cranelift where Winch refuses it).
+    /// Blocking (compilation uses every core).
     pub(crate) fn component(
         &self,
         sha256: &str,
         bytes: impl FnOnce() -> Result<Arc<Vec<u8>>, Error>,
     ) -> Result<Compiled, Error> {
-        if let Some(component) = self.cached(sha256) {
+        if let Some((component, engine)) = self.cached(sha256) {
             return Ok(Compiled {
                 component,
                 tier: Tier::Optimized,
                 compiled: false,
                 fallback: None,
                 functions: None,
+                engine,
             });
         }
         let bytes = bytes()?;
         self.compiles.fetch_add(1, Ordering::Relaxed);
+        if let Some(compiled) = self.on_known_engine(sha256, &bytes) {
+            return Ok(compiled);
+        }
         let fallback = match &self.baseline {
             Some(baseline) => match Component::new(&baseline.engine, &bytes[..]) {
                 Ok(component) => {
@@ -312,35 +377,102 @@ impl Runtime {
                         compiled: true,
                         fallback: None,
                         functions: None,
+                        engine: None,
                     });
                 }
                 Err(e) => format!("Winch cannot compile it ({})", compile_error(&e)),
             },
             None => "Winch is unavailable on this host".to_owned(),
         };
-        let (component, functions) = self.optimize(sha256, &bytes)?;
+        let compiled = self.optimize(sha256, &bytes)?;
         tracing::info!(sha256, reason = fallback, "Compiled a component with Cranelift, not Winch.");
-        Ok(Compiled {
-            component,
-            tier: Tier::Optimized,
-            compiled: true,
-            fallback: Some(fallback),
-            functions: Some(functions),
-        })
+        Ok(Compiled { fallback: Some(fallback), ..compiled })
     }
 
-    /// Cranelift's component for `sha256`, if it is being cached or cached.
-    fn cached(&self, sha256: &str) -> Option<Component> {
+    /// Cranelift's component for `sha256`, if it is being cached or cached,
+    /// and the shared engine it names, if any. A component whose engine is
+    /// gone counts as not cached.
+    fn cached(&self, sha256: &str) -> Option<(Component, Option<Arc<SharedEngine>>)> {
         let in_flight = lock(&self.writing).get(sha256).cloned();
         let component = in_flight.or_else(|| self.cache.load(sha256))?;
+        let imports = component.component_type();
+        let named = imports
+            .imports(&self.optimized.engine)
+            .find_map(|(name, _)| name.strip_prefix(split::ENGINE_IMPORT));
+        let engine = match named {
+            Some(engine) => match self.shared_engine(engine) {
+                Some(engine) => Some(engine),
+                None => {
+                    tracing::info!(
+                        sha256,
+                        engine,
+                        "A cached component's engine is no longer cached; it is compiled again."
+                    );
+                    return None;
+                }
+            },
+            None => None,
+        };
         self.cache_loads.fetch_add(1, Ordering::Relaxed);
-        Some(component)
+        Some((component, engine))
+    }
+
+    /// `bytes` split ([`crate::split`]), if they can be and their engine
+    /// has not been refused before.
+    fn split(&self, sha256: &str, bytes: &[u8]) -> Option<Split> {
+        match split::split(bytes, self.split_at) {
+            Ok(split) if lock(&self.engines).refused.contains(&split.engine_sha256) => None,
+            Ok(split) => Some(split),
+            Err(why) => {
+                tracing::debug!(sha256, why = %why, "Not splitting a component; it is compiled whole.");
+                None
+            }
+        }
+    }
+
+    /// The shared engine `sha256`, from memory or the disk.
+    fn shared_engine(&self, sha256: &str) -> Option<Arc<SharedEngine>> {
+        let mut engines = lock(&self.engines);
+        if let Some(at) = engines.loaded.iter().position(|e| e.sha256 == sha256) {
+            let engine = engines.loaded.remove(at);
+            engines.loaded.push(engine.clone());
+            return Some(engine);
+        }
+        drop(engines);
+        let module = self.engine_cache.load_module(sha256)?;
+        Some(self.remember(SharedEngine::new(sha256, module)))
+    }
+
+    fn remember(&self, engine: SharedEngine) -> Arc<SharedEngine> {
+        let engine = Arc::new(engine);
+        let mut engines = lock(&self.engines);
+        engines.loaded.retain(|e| e.sha256 != engine.sha256);
+        engines.loaded.push(engine.clone());
+        let over = engines.loaded.len().saturating_sub(KEEP_ENGINES);
+        engines.loaded.drain(..over);
+        engine
+    }
+
+    /// For a component on a shared engine already compiled: its rest,
+    /// compiled by Cranelift now, if no other Cranelift compile holds the
+    /// turn (then Winch compiles the whole, and the background compile
+    /// takes the rest when its turn comes).
+    fn on_known_engine(&self, sha256: &str, bytes: &[u8]) -> Option<Compiled> {
+        let split = self.split(sha256, bytes)?;
+        let engine = self.shared_engine(&split.engine_sha256)?;
+        let _turn = self.optimizing.try_lock().ok()?;
+        match self.compile_rest(sha256, &split, engine, Write::Behind) {
+            Ok(compiled) => Some(compiled),
+            Err(e) => {
+                tracing::warn!(sha256, error = %crate::chain(&e), "Cannot compile a component around its shared engine; it is compiled whole.");
+                None
+            }
+        }
     }
 
     /// Compiles `bytes` with Cranelift, through the cache of compiled
-    /// functions, and caches the result; returns the function cache's hits
-    /// and misses for this compile. Blocking; one compile at a time.
-    fn optimize(&self, sha256: &str, bytes: &[u8]) -> Result<(Component, Counts), Error> {
+    /// functions, and caches the result. Blocking; one compile at a time.
+    fn optimize(&self, sha256: &str, bytes: &[u8]) -> Result<Compiled, Error> {
         let _turn = lock(&self.optimizing);
         self.optimize_held(sha256, bytes, Write::Behind)
     }
@@ -352,14 +484,32 @@ impl Runtime {
         wanted().then_some(turn)
     }
 
-    /// [`Runtime::optimize`], with the turn (see [`Runtime::turn_if`]) held.
-    pub(crate) fn optimize_held(
-        &self,
-        sha256: &str,
-        bytes: &[u8],
-        write: Write,
-    ) -> Result<(Component, Counts), Error> {
-        let (started, before) = (Instant::now(), self.functions.counts());
+    /// [`Runtime::optimize`], with the turn (see [`Runtime::turn_if`]) held:
+    /// a component on a shared engine is compiled as its rest around the
+    /// engine, compiling the engine first if it is new; any other, or one
+    /// whose engine Cranelift cannot compile alone, whole. The function
+    /// cache's hits and misses count both compiles.
+    pub(crate) fn optimize_held(&self, sha256: &str, bytes: &[u8], write: Write) -> Result<Compiled, Error> {
+        let before = self.functions.counts();
+        if let Some(split) = self.split(sha256, bytes) {
+            let engine = match self.shared_engine(&split.engine_sha256) {
+                Some(engine) => Ok(engine),
+                None => self.compile_engine(&split),
+            };
+            let compiled = engine.and_then(|engine| self.compile_rest(sha256, &split, engine, write));
+            match compiled {
+                Ok(compiled) => {
+                    return Ok(Compiled {
+                        functions: Some(self.functions.counts().since(before)),
+                        ..compiled
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(sha256, error = %crate::chain(&e), "Cannot compile a component around its shared engine; it is compiled whole.");
+                }
+            }
+        }
+        let started = Instant::now();
         let component = Component::new(&self.optimized.engine, bytes)
             .map_err(|e| Error::InvalidComponent(compile_error(&e)))?;
         let functions = self.functions.counts().since(before);
@@ -370,8 +520,86 @@ impl Runtime {
             misses = functions.misses,
             "Compiled a component with Cranelift."
         );
-        match (Cache::serialize(&component), write) {
-            (Ok(artifact), Write::Behind) => self.write_in_background(sha256, &component, artifact),
+        self.keep(sha256, &component, write);
+        Ok(Compiled {
+            component,
+            tier: Tier::Optimized,
+            compiled: true,
+            fallback: None,
+            functions: Some(functions),
+            engine: None,
+        })
+    }
+
+    /// Compiles `split`'s engine with Cranelift and caches it; an engine
+    /// it refuses is remembered, so that its components are compiled whole
+    /// from then on. With the turn held.
+    fn compile_engine(&self, split: &Split) -> Result<Arc<SharedEngine>, Error> {
+        let started = Instant::now();
+        let module = match wasmtime::Module::new(&self.optimized.engine, &split.engine) {
+            Ok(module) => module,
+            Err(e) => {
+                lock(&self.engines).refused.insert(split.engine_sha256.clone());
+                return Err(Error::InvalidComponent(format!(
+                    "its engine module does not compile alone ({})",
+                    compile_error(&e)
+                )));
+            }
+        };
+        let written = hearth_wasm::Cache::serialize_module(&module)
+            .and_then(|artifact| self.engine_cache.write(&split.engine_sha256, &artifact));
+        if let Err(e) = written {
+            tracing::warn!(error = %crate::chain(&e), "Cannot cache a compiled engine; it is compiled again after a restart.");
+        }
+        tracing::info!(
+            engine = split.engine_sha256,
+            bytes = split.engine.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "Compiled a shared engine with Cranelift."
+        );
+        Ok(self.remember(SharedEngine::new(&split.engine_sha256, module)))
+    }
+
+    /// Compiles `split`'s rest with Cranelift, checks that `engine` links
+    /// into it, and caches it under `sha256` (the whole component's hash).
+    /// With the turn held.
+    fn compile_rest(
+        &self,
+        sha256: &str,
+        split: &Split,
+        engine: Arc<SharedEngine>,
+        write: Write,
+    ) -> Result<Compiled, Error> {
+        let (started, before) = (Instant::now(), self.functions.counts());
+        let component = Component::new(&self.optimized.engine, &split.rest)
+            .map_err(|e| Error::InvalidComponent(compile_error(&e)))?;
+        let functions = self.functions.counts().since(before);
+        linked(&self.optimized.linker, &engine)?
+            .instantiate_pre(&component)
+            .map_err(|e| Error::InvalidComponent(format!("its engine does not link into it: {e:#}")))?;
+        tracing::debug!(
+            sha256,
+            engine = engine.sha256,
+            ms = started.elapsed().as_millis() as u64,
+            hits = functions.hits,
+            misses = functions.misses,
+            "Compiled a component around its shared engine with Cranelift."
+        );
+        self.keep(sha256, &component, write);
+        Ok(Compiled {
+            component,
+            tier: Tier::Optimized,
+            compiled: true,
+            fallback: None,
+            functions: Some(functions),
+            engine: Some(engine),
+        })
+    }
+
+    /// Caches Cranelift's `component` of `sha256`, when `write` says.
+    fn keep(&self, sha256: &str, component: &Component, write: Write) {
+        match (Cache::serialize(component), write) {
+            (Ok(artifact), Write::Behind) => self.write_in_background(sha256, component, artifact),
             (Ok(artifact), Write::Now) => {
                 if let Err(e) = self.cache.write(sha256, &artifact) {
                     tracing::warn!(error = %crate::chain(&e), "Cannot cache a compiled component.");
@@ -382,7 +610,6 @@ impl Runtime {
             }
         }
         self.functions.prune();
-        Ok((component, functions))
     }
 
     /// Caches `artifact` at `path` on a thread of its own. Until it is
@@ -415,34 +642,67 @@ impl Runtime {
         }
     }
 
-    /// Pre-instantiates Cranelift's `component` of a version whose Winch
-    /// code passed [`Runtime::prepare`]'s checks.
-    pub(crate) fn prepare_optimized(&self, component: &Component) -> Result<ProxyPre<HostState>, Error> {
-        instantiate_pre(&self.optimized, component)
+    /// Pre-instantiates Cranelift's code of a version whose Winch code
+    /// passed [`Runtime::prepare`]'s checks.
+    pub(crate) fn prepare_optimized(&self, compiled: &Compiled) -> Result<ProxyPre<HostState>, Error> {
+        instantiate_pre(&self.optimized, compiled)
     }
 
-    /// Checks that `component` serves HTTP and that its manifest declares
+    /// Checks that `compiled` serves HTTP and that its manifest declares
     /// what it imports, then pre-instantiates it.
     pub(crate) fn prepare(
         &self,
-        component: &Component,
-        tier: Tier,
+        compiled: &Compiled,
         manifest: &Manifest,
     ) -> Result<ProxyPre<HostState>, Error> {
-        let tiered = self.tiered(tier);
-        check_exports(&tiered.engine, component)?;
-        check_imports(&tiered.engine, component, manifest)?;
-        instantiate_pre(tiered, component)
+        let tiered = self.tiered(compiled.tier);
+        check_exports(&tiered.engine, &compiled.component)?;
+        check_imports(&tiered.engine, &compiled.component, manifest)?;
+        instantiate_pre(tiered, compiled)
     }
 
-    /// Deletes compiled artifacts that no kept version uses.
+    /// Deletes compiled artifacts that no kept version uses, and engines
+    /// beyond the loaded ones and the most recently written.
     pub(crate) fn prune(&self, keep: &std::collections::HashSet<String>) {
         self.cache.prune(keep);
+        let mut engines: std::collections::HashSet<String> =
+            lock(&self.engines).loaded.iter().map(|e| e.sha256.clone()).collect();
+        let mut on_disk: Vec<(std::time::SystemTime, String)> = std::fs::read_dir(self.engine_cache.dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let sha = entry.file_name().to_str()?.strip_suffix(".cwasm")?.to_owned();
+                Some((entry.metadata().ok()?.modified().ok()?, sha))
+            })
+            .collect();
+        on_disk.sort();
+        engines.extend(on_disk.into_iter().rev().take(KEEP_ENGINES).map(|(_, sha)| sha));
+        self.engine_cache.prune(&engines);
     }
 }
 
-fn instantiate_pre(tiered: &Tiered, component: &Component) -> Result<ProxyPre<HostState>, Error> {
-    let pre = tiered.linker.instantiate_pre(component).map_err(|e| {
+/// `linker` with `engine` defined in it under the name its components
+/// import it by.
+fn linked(linker: &Linker<HostState>, engine: &SharedEngine) -> Result<Linker<HostState>, Error> {
+    let mut linker = linker.clone();
+    linker
+        .root()
+        .module(&split::import_name(&engine.sha256), &engine.module)
+        .map_err(|e| Error::Runtime(format!("cannot define a shared engine: {e:#}")))?;
+    Ok(linker)
+}
+
+fn instantiate_pre(tiered: &Tiered, compiled: &Compiled) -> Result<ProxyPre<HostState>, Error> {
+    let linked;
+    let linker = match &compiled.engine {
+        Some(engine) => {
+            linked = self::linked(&tiered.linker, engine)?;
+            &linked
+        }
+        None => &tiered.linker,
+    };
+    let pre = linker.instantiate_pre(&compiled.component).map_err(|e| {
         let text = format!("{e:#}");
         match backticked(&text) {
             Some(import) if text.contains("import") => Error::UnsupportedImport { import },
@@ -464,7 +724,8 @@ fn check_exports(engine: &Engine, component: &Component) -> Result<(), Error> {
 
 fn check_imports(engine: &Engine, component: &Component, manifest: &Manifest) -> Result<(), Error> {
     let ty = component.component_type();
-    for (name, _) in ty.imports(engine) {
+    // The shared engine is hearth's own import (`crate::split`).
+    for (name, _) in ty.imports(engine).filter(|(name, _)| !name.starts_with(split::ENGINE_IMPORT)) {
         let interface = name.split('@').next().unwrap_or(name);
         let undeclared = |missing, fix| Err(Error::Undeclared { import: name.to_owned(), missing, fix });
         match interface {
@@ -648,12 +909,12 @@ mod tests {
     fn a_recompile_takes_its_functions_from_the_cache() {
         let dir = tempfile::tempdir().unwrap();
         let runtime = runtime(dir.path());
-        let (_, first) = runtime.optimize(&"1".repeat(64), TAIL_CALL).unwrap();
+        let first = runtime.optimize(&"1".repeat(64), TAIL_CALL).unwrap().functions.unwrap();
         assert_eq!(first.hits, 0);
         assert!(first.misses > 0, "{first:?}");
         // The same function in new bytes (a custom section appended).
         let changed = append_custom_section(TAIL_CALL, "x", b"y");
-        let (_, second) = runtime.optimize(&"2".repeat(64), &changed).unwrap();
+        let second = runtime.optimize(&"2".repeat(64), &changed).unwrap().functions.unwrap();
         assert_eq!(second, Counts { hits: first.misses, misses: 0 });
     }
 
@@ -673,11 +934,140 @@ mod tests {
     fn a_recompile_compiles_only_the_changed_function() {
         let dir = tempfile::tempdir().unwrap();
         let runtime = runtime(dir.path());
-        let (_, first) = runtime.optimize(&"1".repeat(64), &two_functions(1)).unwrap();
+        let first = runtime.optimize(&"1".repeat(64), &two_functions(1)).unwrap().functions.unwrap();
         assert_eq!(first.hits, 0);
         assert!(first.misses >= 2, "{first:?}");
-        let (_, second) = runtime.optimize(&"2".repeat(64), &two_functions(2)).unwrap();
+        let second = runtime.optimize(&"2".repeat(64), &two_functions(2)).unwrap().functions.unwrap();
         assert_eq!(second, Counts { hits: first.misses - 1, misses: 1 });
+    }
+
+    /// A runtime that splits engines of any size.
+    fn splitting(dir: &Path) -> Runtime {
+        let mut runtime = runtime(dir);
+        runtime.split_at = 0;
+        runtime
+    }
+
+    /// Two components on one engine, with their hashes.
+    fn on_one_engine() -> [(String, Vec<u8>); 2] {
+        [(40, 2, 1), (50, 3, 2)].map(|(count, byte, pages)| {
+            let bytes = crate::split::tests::component(count, byte, pages, "");
+            (hearth_wasm::sha256_hex(&bytes), bytes)
+        })
+    }
+
+    #[test]
+    fn the_first_component_on_an_engine_is_compiled_whole_and_its_engine_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = splitting(dir.path());
+        let [(sha, bytes), _] = on_one_engine();
+        let first = compile(&runtime, &bytes);
+        assert_eq!((first.tier, first.engine.is_some()), (Tier::Baseline, false));
+        let optimized = runtime.optimize(&sha, &bytes).unwrap();
+        let engine = optimized.engine.expect("compiled around its engine");
+        assert_eq!(engine.sha256, crate::split::split(&bytes, 0).unwrap().engine_sha256);
+        assert!(engine.size > 0);
+        assert!(dir.path().join("apps/compiled/engines").read_dir().unwrap().flatten().any(|d| {
+            d.path()
+                .read_dir()
+                .unwrap()
+                .flatten()
+                .any(|f| f.file_name() == *format!("{}.cwasm", engine.sha256))
+        }));
+    }
+
+    #[test]
+    fn a_component_on_a_compiled_engine_has_only_its_rest_compiled_by_cranelift_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = splitting(dir.path());
+        let [(sha, bytes), (_, other)] = on_one_engine();
+        let engine = runtime.optimize(&sha, &bytes).unwrap().engine.unwrap();
+        let next = compile(&runtime, &other);
+        assert_eq!((next.tier, next.compiled, next.fallback.as_deref()), (Tier::Optimized, true, None));
+        assert_eq!(next.engine.as_ref().map(|e| &e.sha256), Some(&engine.sha256));
+        assert!(next.functions.is_some());
+        runtime.prepare_optimized(&next).map(|_| ()).unwrap_err(); // links; only `wasi:http` is missing
+        linked(&runtime.optimized.linker, &engine)
+            .unwrap()
+            .instantiate_pre(&next.component)
+            .expect("it links");
+    }
+
+    #[test]
+    fn while_another_compile_holds_the_turn_winch_compiles_the_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = splitting(dir.path());
+        let [(sha, bytes), (_, other)] = on_one_engine();
+        runtime.optimize(&sha, &bytes).unwrap();
+        let turn = runtime.turn_if(|| true).unwrap();
+        let next = compile(&runtime, &other);
+        assert_eq!((next.tier, next.engine.is_some()), (Tier::Baseline, false));
+        drop(turn);
+    }
+
+    #[test]
+    fn a_cached_component_finds_its_engine_again_after_a_restart_or_is_compiled_again_without_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let [(sha, bytes), (other_sha, other)] = on_one_engine();
+        {
+            let runtime = splitting(dir.path());
+            runtime.optimize(&sha, &bytes).unwrap();
+            compile(&runtime, &other);
+        }
+        let runtime = splitting(dir.path());
+        let again = compile(&runtime, &other);
+        assert_eq!((again.tier, again.compiled, again.engine.is_some()), (Tier::Optimized, false, true));
+        drop(runtime);
+
+        std::fs::remove_dir_all(dir.path().join("apps/compiled/engines")).unwrap();
+        let runtime = splitting(dir.path());
+        let without = compile(&runtime, &other);
+        assert_eq!((without.tier, without.compiled), (Tier::Baseline, true));
+        let optimized = runtime.optimize(&other_sha, &other).unwrap();
+        assert!(optimized.engine.is_some(), "the engine is compiled again");
+    }
+
+    #[test]
+    fn an_engine_that_does_not_compile_alone_is_refused_once_and_its_components_compiled_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = splitting(dir.path());
+        // `data.drop` needs the data segments that the split moves out.
+        let [one, other] = [40, 50]
+            .map(|count| crate::split::tests::component(count, 2, 1, "(func (export \"drop\") data.drop 0)"));
+        let optimized = runtime.optimize(&hearth_wasm::sha256_hex(&one), &one).unwrap();
+        assert!(optimized.engine.is_none(), "compiled whole");
+        let engine = crate::split::split(&one, 0).unwrap().engine_sha256;
+        assert!(lock(&runtime.engines).refused.contains(&engine));
+        assert!(runtime.split(&hearth_wasm::sha256_hex(&other), &other).is_none(), "not split again");
+    }
+
+    #[test]
+    fn pruning_keeps_the_engines_in_use_and_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = splitting(dir.path());
+        let [(sha, bytes), _] = on_one_engine();
+        let engine = runtime.optimize(&sha, &bytes).unwrap().engine.unwrap();
+        let engines = runtime.engine_cache.dir().to_owned();
+        for stale in 0..KEEP_ENGINES + 2 {
+            std::fs::write(engines.join(format!("{}.cwasm", format!("{stale:x}").repeat(64))), b"old")
+                .unwrap();
+            let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600 + stale as u64);
+            std::fs::File::options()
+                .write(true)
+                .open(engines.join(format!("{}.cwasm", format!("{stale:x}").repeat(64))))
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        runtime.prune(&std::collections::HashSet::new());
+        let left: Vec<String> = std::fs::read_dir(&engines)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().into_string().unwrap())
+            .collect();
+        assert!(left.contains(&format!("{}.cwasm", engine.sha256)), "{left:?}");
+        assert_eq!(left.len(), KEEP_ENGINES, "the loaded one among the newest: {left:?}");
+        assert!(left.contains(&format!("{}.cwasm", "0".repeat(64))), "the newest stale ones: {left:?}");
     }
 
     #[test]

@@ -14,8 +14,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use wasmtime::Engine;
 use wasmtime::component::Component;
+use wasmtime::{Engine, Module};
 
 use crate::Error;
 
@@ -76,33 +76,54 @@ impl Cache {
     /// the caller compiles again and [`Cache::store`]s a good one.
     #[allow(unsafe_code)]
     pub fn load(&self, sha256: &str) -> Option<Component> {
+        // SAFETY: see `load_with`.
+        self.load_with(sha256, |engine, path| unsafe { Component::deserialize_file(engine, path) })
+    }
+
+    /// The same for a core module cached by [`Cache::serialize_module`].
+    #[allow(unsafe_code)]
+    pub fn load_module(&self, sha256: &str) -> Option<Module> {
+        // SAFETY: see `load_with`.
+        self.load_with(sha256, |engine, path| unsafe { Module::deserialize_file(engine, path) })
+    }
+
+    /// Loads the artifact for `sha256` with `deserialize`, which must be
+    /// wasmtime's `deserialize_file` of a component or a module.
+    ///
+    /// Safety of `deserialize_file`: it maps the file and runs its contents
+    /// as native code, so the file must be an artifact wasmtime produced,
+    /// must be whole, and must not change while mapped.
+    /// - Produced by wasmtime: the directory is hearth's own (mode 0700,
+    ///   `create_private_dir`), and only `write`, given an `Artifact` that
+    ///   only `serialize` (`Component::serialize`) or `serialize_module`
+    ///   (`Module::serialize`) makes, puts a file under a `.cwasm` name in
+    ///   it. A component's artifact read as a module's (or the reverse) is
+    ///   refused by wasmtime's checks of the artifact's metadata.
+    /// - Whole: `write_atomically` writes a temporary file of its own
+    ///   (unique per process and call, so concurrent writers of one hash
+    ///   never share it), fsyncs it, renames it into place and fsyncs the
+    ///   directory, so no crash or race leaves a partial file under a final
+    ///   name. Should one appear anyway (a full disk, a copied cache),
+    ///   wasmtime bounds-checks the ELF image and its header, refusing a
+    ///   truncated file with an error, and we delete it below.
+    /// - For this engine: the directory is named by the hash of the
+    ///   engine's compilation settings, and wasmtime checks the artifact's
+    ///   recorded version and settings against the engine.
+    /// - Unchanging: files are only ever replaced by rename (a new inode)
+    ///   or deleted, never written in place, so a mapping stays valid.
+    fn load_with<T>(
+        &self,
+        sha256: &str,
+        deserialize: impl FnOnce(&Engine, &Path) -> wasmtime::Result<T>,
+    ) -> Option<T> {
         let path = self.path(sha256).ok()?;
         if !path.is_file() {
             return None;
         }
-        // SAFETY: `deserialize_file` maps the file and runs its contents as
-        // native code, so the file must be an artifact wasmtime produced,
-        // must be whole, and must not change while mapped.
-        // - Produced by wasmtime: the directory is hearth's own (mode 0700,
-        //   `create_private_dir`), and only `write`, given an `Artifact` that
-        //   only `serialize` (`Component::serialize`) makes, puts a file under
-        //   a `.cwasm` name in it.
-        // - Whole: `write_atomically` writes a temporary file of its own
-        //   (unique per process and call, so concurrent writers of one hash
-        //   never share it), fsyncs it, renames it into place and fsyncs the
-        //   directory, so no crash or race leaves a partial file under a final
-        //   name. Should one appear anyway (a full disk, a copied cache),
-        //   wasmtime bounds-checks the ELF image and its header, refusing a
-        //   truncated file with an error, and we delete it below.
-        // - For this engine: the directory is named by the hash of the
-        //   engine's compilation settings, and wasmtime checks the artifact's
-        //   recorded version and settings against the engine.
-        // - Unchanging: files are only ever replaced by rename (a new inode)
-        //   or deleted, never written in place, so a mapping stays valid.
-        match unsafe { Component::deserialize_file(&self.engine, &path) } {
-            Ok(component) => Some(component),
+        match deserialize(&self.engine, &path) {
+            Ok(loaded) => Some(loaded),
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %format!("{e:#}"), "A cached compiled component is unusable; it will be compiled again.");
+                tracing::warn!(path = %path.display(), error = %format!("{e:#}"), "A cached compiled artifact is unusable; it will be compiled again.");
                 let _ = std::fs::remove_file(&path);
                 None
             }
@@ -112,6 +133,11 @@ impl Cache {
     /// `component` as bytes for [`Cache::write`].
     pub fn serialize(component: &Component) -> Result<Artifact, Error> {
         component.serialize().map(Artifact).map_err(|e| Error::Serialize(format!("{e:#}")))
+    }
+
+    /// `module` as bytes for [`Cache::write`].
+    pub fn serialize_module(module: &Module) -> Result<Artifact, Error> {
+        module.serialize().map(Artifact).map_err(|e| Error::Serialize(format!("{e:#}")))
     }
 
     /// Caches `artifact` as the compiled form of the component with hash

@@ -107,7 +107,7 @@ impl Apps {
                 (self.inner.clone(), sha256.clone(), bytes.clone(), manifest.clone());
             let compile = tokio::task::spawn_blocking(move || {
                 let compiled = inner.runtime.component(&sha, || Ok(code))?;
-                let pre = inner.runtime.prepare(&compiled.component, compiled.tier, &manifest)?;
+                let pre = inner.runtime.prepare(&compiled, &manifest)?;
                 Ok::<_, Error>((Arc::new(Code::new(&inner.runtime, &compiled, pre)), compiled.compiled))
             });
             let (blob, bytes) = (self.blob_path(&sha256), bytes.clone());
@@ -168,6 +168,9 @@ impl Apps {
                     .to_owned()
             }
             (Tier::Optimized, true, Some(why)) => format!("compiled by Cranelift: {why}"),
+            (Tier::Optimized, true, None) if code.shared_engine.is_some() => {
+                "compiled by Cranelift around its engine's code from the cache".to_owned()
+            }
             (Tier::Optimized, true, None) => "compiled by Cranelift".to_owned(),
         };
         let tier = code.tiering().state;

@@ -185,7 +185,7 @@ impl Apps {
                 }
                 Err(e) => Err(Error::io(&blob, e)),
             })?;
-            let pre = inner.runtime.prepare(&compiled.component, compiled.tier, &manifest)?;
+            let pre = inner.runtime.prepare(&compiled, &manifest)?;
             Ok::<_, Error>((Arc::new(Code::new(&inner.runtime, &compiled, pre)), compiled.compiled))
         })
         .await

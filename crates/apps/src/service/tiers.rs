@@ -44,15 +44,8 @@ impl Apps {
             let Some(_turn) = runtime.turn_if(wanted) else { return Ok(None) };
             let blob = apps.blob_path(&sha);
             let bytes = std::fs::read(&blob).map_err(|e| Error::io(&blob, e))?;
-            let (component, functions) = runtime.optimize_held(&sha, &bytes, runtime::Write::Now)?;
-            let pre = runtime.prepare_optimized(&component)?;
-            let compiled = runtime::Compiled {
-                component,
-                tier: Tier::Optimized,
-                compiled: true,
-                fallback: None,
-                functions: Some(functions),
-            };
+            let compiled = runtime.optimize_held(&sha, &bytes, runtime::Write::Now)?;
+            let pre = runtime.prepare_optimized(&compiled)?;
             Ok::<_, Error>(Some(Arc::new(Code::new(runtime, &compiled, pre))))
         });
         let compiled = background

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use hearth_apps::source::Lang;
 use hearth_client::Client;
-use hearth_client::types::DeploySource;
+use hearth_client::types::{CodeTier, DeploySource};
 
 use crate::output::print_json;
 
@@ -93,8 +93,13 @@ pub(crate) async fn run(client: impl Fn() -> anyhow::Result<Client>, command: Co
             if json {
                 return print_json(&deployed);
             }
+            let serves = match deployed.tier {
+                Some(CodeTier::Optimized) | None => "cranelift's optimized code serves",
+                Some(CodeTier::Optimizing) => "winch's code serves until cranelift's is ready",
+                Some(CodeTier::Baseline) => "winch's code serves",
+            };
             println!(
-                "deployed {} version {} in {:.1} s (built from {} in {:.1} s)",
+                "deployed {} version {} in {:.1} s (built from {} in {:.1} s; {serves})",
                 deployed.app,
                 deployed.version.number,
                 deployed.duration_ms / 1000.0,

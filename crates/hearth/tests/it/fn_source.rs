@@ -205,6 +205,12 @@ async fn deploys_answers_and_refuses_broken_ones(
     assert!(cache.hits > 0 && cache.misses * 10 <= cache.hits + cache.misses, "{cache:?}");
     let text = success(&daemon.cli(&["app", "inspect", &name]));
     assert!(text.contains(&format!("functions   {} from the cache", cache.hits)), "{text}");
+    if lang == "js" {
+        // The engine, unchanged, was compiled once: version 2 served
+        // Cranelift's code from its deploy on, only its rest compiled.
+        assert!(out.contains("cranelift's optimized code serves"), "{out}");
+        assert!(text.contains("is compiled once for every version built on it"), "{text}");
+    }
     assert_eq!(
         request(port, &host, "GET", "/d", ""),
         (200, format!("{lang} /d hits=4 note=x greeting=hi\n"))
