@@ -5,7 +5,10 @@
 //! source, then changes one line of it and deploys it again `--runs` times,
 //! timing each from the API call to the first 200 from the new version,
 //! and how much of that was the build (the rest is compiling the component
-//! and swapping it in). The same for a Python handler, fewer times. Then,
+//! and swapping it in). Each changed deploy starts once the version before
+//! it serves Cranelift's code, as when a person edits between deploys; the
+//! first deploy's wait for Cranelift (which compiles a JavaScript handler's
+//! engine, once) is reported on its own. The same for a Python handler, fewer times. Then,
 //! once each serves Cranelift's code, one load generator (wrk) loads the
 //! JavaScript hello, the Python hello and
 //! the Rust `hello` component (`make examples`), in rounds, each answering
@@ -19,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use base64::Engine as _;
 use hearth_client::Client;
-use hearth_client::types::{DeployApp, DeploySource};
+use hearth_client::types::{CodeTier, DeployApp, DeploySource};
 use serde::Serialize;
 
 use crate::apps::peers::{Wrk, parse_wrk};
@@ -28,8 +31,11 @@ use crate::apps::{Load, first_ok_within, median_round};
 use crate::output::Table;
 use crate::{Created, Kind, Stats, measured, millis};
 
-/// What the issue asks of a changed JavaScript handler: deploy to first 200.
+/// What the issue asks of a changed JavaScript handler: deploy to first 200
+/// (handlers from source), and the same for deploys that do not wait for
+/// the optimizer.
 const TARGET_CHANGED_JS_MS: f64 = 3000.0;
+const TARGET_CHANGED_JS_FAST_MS: f64 = 1000.0;
 /// The Rust component `make examples` builds.
 const HELLO_COMPONENT: &str = "examples/apps/hello/target/wasm32-wasip2/release/hello.wasm";
 /// Longest wait for a new version's first 200 (a cold build and compile
@@ -68,6 +74,7 @@ struct Report {
     javascript: Deploys,
     python: Deploys,
     target_changed_js_median_ms: f64,
+    target_changed_js_fast_ms: f64,
     throughput: Vec<Load>,
     load_generator: String,
     rounds: u32,
@@ -80,8 +87,12 @@ struct Deploys {
     /// The first deploy: a cold build, and new code to compile.
     first_ms: f64,
     first_build_ms: f64,
+    /// From the first deploy's API call until Cranelift's code serves.
+    first_optimized_ms: f64,
     /// Deploys with one line changed: API call to the first 200.
     changed: Stats,
+    /// Of those, the ones that served Cranelift's code from the start.
+    changed_optimized_at_once: u32,
     /// Of which the build (the rest: compile, swap, first request).
     changed_build: Stats,
     component_bytes: u64,
@@ -172,6 +183,7 @@ async fn measure(client: &Client, args: &Args, names: &[String; 3]) -> anyhow::R
         javascript,
         python,
         target_changed_js_median_ms: TARGET_CHANGED_JS_MS,
+        target_changed_js_fast_ms: TARGET_CHANGED_JS_FAST_MS,
         throughput,
         load_generator: wrk.version,
         rounds: args.rounds,
@@ -195,41 +207,74 @@ async fn deploys(
             let started = Instant::now();
             let deployed = client.deploy_source(name, &body).await?;
             first_ok_within(ingress, &host, deployed.version.number, READY_LIMIT).await?;
-            anyhow::Ok((
-                millis(started.elapsed()),
-                deployed.build_ms.unwrap_or(f64::NAN),
-                deployed.version.size,
-            ))
+            anyhow::Ok(Deployed {
+                started,
+                ms: millis(started.elapsed()),
+                build_ms: deployed.build_ms.unwrap_or(f64::NAN),
+                bytes: deployed.version.size,
+                optimized: deployed.tier == Some(CodeTier::Optimized),
+            })
         }
     };
-    let (first_ms, first_build_ms, component_bytes) = deploy(0).await?;
-    eprintln!("      first: {first_ms:.0} ms to the first 200 (build {first_build_ms:.0} ms)");
-    let (mut changed, mut changed_build) = (Vec::new(), Vec::new());
+    let first = deploy(0).await?;
+    wait_optimized(client, name).await?;
+    let first_optimized_ms = millis(first.started.elapsed());
+    eprintln!(
+        "      first: {:.0} ms to the first 200 (build {:.0} ms); Cranelift's code serves after {first_optimized_ms:.0} ms",
+        first.ms, first.build_ms
+    );
+    let (mut changed, mut changed_build, mut at_once) = (Vec::new(), Vec::new(), 0);
     for n in 1..=runs {
-        let (total, build, _) = deploy(n).await?;
-        eprintln!("      changed {n}: {total:.0} ms to the first 200 (build {build:.0} ms)");
-        changed.push(total);
-        changed_build.push(build);
+        let d = deploy(n).await?;
+        eprintln!(
+            "      changed {n}: {:.0} ms to the first 200 (build {:.0} ms; {})",
+            d.ms,
+            d.build_ms,
+            if d.optimized { "Cranelift's code at once" } else { "Winch's code first" }
+        );
+        changed.push(d.ms);
+        changed_build.push(d.build_ms);
+        at_once += u32::from(d.optimized);
+        wait_optimized(client, name).await?;
     }
     Ok(Deploys {
-        first_ms,
-        first_build_ms,
+        first_ms: first.ms,
+        first_build_ms: first.build_ms,
+        first_optimized_ms,
         changed: Stats::of(changed),
+        changed_optimized_at_once: at_once,
         changed_build: Stats::of(changed_build),
-        component_bytes,
+        component_bytes: first.bytes,
     })
+}
+
+/// One deploy from source, timed.
+struct Deployed {
+    started: Instant,
+    ms: f64,
+    build_ms: f64,
+    bytes: u64,
+    /// Whether Cranelift's code served from the deploy on.
+    optimized: bool,
 }
 
 fn render(r: &Report) -> String {
     let mut out = format!("Handlers from source ({} cores)\n\n", r.cores);
-    let mut table =
-        Table::new(vec!["DEPLOY", "TO FIRST 200 (median)", "OF WHICH BUILD", "RANGE", "COMPONENT"]);
+    let mut table = Table::new(vec![
+        "DEPLOY",
+        "TO FIRST 200 (median)",
+        "OF WHICH BUILD",
+        "RANGE",
+        "CRANELIFT SERVES",
+        "COMPONENT",
+    ]);
     for (what, d) in [("javascript", &r.javascript), ("python", &r.python)] {
         table.row(vec![
             format!("{what}, first"),
             format!("{:.0} ms", d.first_ms),
             format!("{:.0} ms", d.first_build_ms),
             String::new(),
+            format!("after {:.0} ms", d.first_optimized_ms),
             format!("{:.1} MB", d.component_bytes as f64 / 1e6),
         ]);
         table.row(vec![
@@ -237,16 +282,19 @@ fn render(r: &Report) -> String {
             format!("{:.0} ms", d.changed.median_ms),
             format!("{:.0} ms", d.changed_build.median_ms),
             format!("{:.0}–{:.0} ms", d.changed.min_ms, d.changed.max_ms),
+            format!("at once in {} of {}", d.changed_optimized_at_once, d.changed.samples_ms.len()),
             String::new(),
         ]);
     }
     out.push_str(&table.render());
-    let met = r.javascript.changed.median_ms <= r.target_changed_js_median_ms;
-    out.push_str(&format!(
-        "changed JavaScript handler, deploy to first 200: goal under {:.0} ms: {}\n\n",
-        r.target_changed_js_median_ms,
-        if met { "met" } else { "NOT met" }
-    ));
+    for target in [r.target_changed_js_median_ms, r.target_changed_js_fast_ms] {
+        let met = r.javascript.changed.median_ms <= target;
+        out.push_str(&format!(
+            "changed JavaScript handler, deploy to first 200: goal at most {target:.0} ms: {}\n",
+            if met { "met" } else { "NOT met" }
+        ));
+    }
+    out.push('\n');
     let mut table = Table::new(vec!["APP", "REQUESTS/S", "P50", "P99", "ERRORS", "ROUNDS"]);
     let rust = r.throughput.iter().find(|l| l.server == "rust hello").map(|l| l.requests_per_sec);
     for load in &r.throughput {
