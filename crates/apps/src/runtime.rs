@@ -419,15 +419,12 @@ impl Runtime {
 
     /// `bytes` split ([`crate::split`]), if they can be and their engine
     /// has not been refused before.
-    fn split(&self, sha256: &str, bytes: &[u8]) -> Option<Split> {
-        match split::split(bytes, self.split_at) {
-            Ok(split) if lock(&self.engines).refused.contains(&split.engine_sha256) => None,
-            Ok(split) => Some(split),
-            Err(why) => {
-                tracing::debug!(sha256, why = %why, "Not splitting a component; it is compiled whole.");
-                None
-            }
+    fn split(&self, bytes: &[u8]) -> Result<Split, split::NotSplit> {
+        let split = split::split(bytes, self.split_at)?;
+        if lock(&self.engines).refused.contains(&split.engine_sha256) {
+            return Err(split::NotSplit::refused());
         }
+        Ok(split)
     }
 
     /// The shared engine `sha256`, from memory or the disk.
@@ -458,7 +455,15 @@ impl Runtime {
     /// turn (then Winch compiles the whole, and the background compile
     /// takes the rest when its turn comes).
     fn on_known_engine(&self, sha256: &str, bytes: &[u8]) -> Option<Compiled> {
-        let split = self.split(sha256, bytes)?;
+        let split = match self.split(bytes) {
+            Ok(split) => split,
+            Err(why) => {
+                if bytes.len() >= self.split_at {
+                    tracing::info!(sha256, why = %why, "A large component is compiled whole: its engine is not shared.");
+                }
+                return None;
+            }
+        };
         let engine = self.shared_engine(&split.engine_sha256)?;
         let _turn = self.optimizing.try_lock().ok()?;
         match self.compile_rest(sha256, &split, engine, Write::Behind) {
@@ -491,7 +496,7 @@ impl Runtime {
     /// cache's hits and misses count both compiles.
     pub(crate) fn optimize_held(&self, sha256: &str, bytes: &[u8], write: Write) -> Result<Compiled, Error> {
         let before = self.functions.counts();
-        if let Some(split) = self.split(sha256, bytes) {
+        if let Ok(split) = self.split(bytes) {
             let engine = match self.shared_engine(&split.engine_sha256) {
                 Some(engine) => Ok(engine),
                 None => self.compile_engine(&split),
@@ -571,12 +576,24 @@ impl Runtime {
         write: Write,
     ) -> Result<Compiled, Error> {
         let (started, before) = (Instant::now(), self.functions.counts());
-        let component = Component::new(&self.optimized.engine, &split.rest)
-            .map_err(|e| Error::InvalidComponent(compile_error(&e)))?;
+        let compiled = Component::new(&self.optimized.engine, &split.rest)
+            .map_err(|e| Error::InvalidComponent(compile_error(&e)))
+            .and_then(|component| {
+                linked(&self.optimized.linker, &engine)?.instantiate_pre(&component).map_err(|e| {
+                    Error::InvalidComponent(format!("its engine does not link into it: {e:#}"))
+                })?;
+                Ok(component)
+            });
+        let component = match compiled {
+            Ok(component) => component,
+            Err(e) => {
+                // What fails for one component on this engine fails for
+                // all: they are compiled whole from now on.
+                lock(&self.engines).refused.insert(engine.sha256.clone());
+                return Err(e);
+            }
+        };
         let functions = self.functions.counts().since(before);
-        linked(&self.optimized.linker, &engine)?
-            .instantiate_pre(&component)
-            .map_err(|e| Error::InvalidComponent(format!("its engine does not link into it: {e:#}")))?;
         tracing::debug!(
             sha256,
             engine = engine.sha256,
@@ -1038,7 +1055,22 @@ mod tests {
         assert!(optimized.engine.is_none(), "compiled whole");
         let engine = crate::split::split(&one, 0).unwrap().engine_sha256;
         assert!(lock(&runtime.engines).refused.contains(&engine));
-        assert!(runtime.split(&hearth_wasm::sha256_hex(&other), &other).is_none(), "not split again");
+        assert!(runtime.split(&other).is_err(), "not split again");
+    }
+
+    #[test]
+    fn a_component_that_does_not_compile_around_its_engine_is_compiled_whole_and_its_engine_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = splitting(dir.path());
+        // A module that needs the engine's memory to have a page: the
+        // engine, shared, promises none.
+        let outside = r#"(core module $user (import "" "memory" (memory 1)))
+            (core instance (instantiate $user (with "" (instance (export "memory" (memory $e "memory"))))))"#;
+        let bytes = crate::split::tests::with_outside(40, 2, 1, "", outside);
+        let optimized = runtime.optimize(&hearth_wasm::sha256_hex(&bytes), &bytes).unwrap();
+        assert!(optimized.engine.is_none(), "compiled whole");
+        let engine = crate::split::split(&bytes, 0).unwrap().engine_sha256;
+        assert!(lock(&runtime.engines).refused.contains(&engine));
     }
 
     #[test]

@@ -91,13 +91,22 @@ impl From<wasmparser::BinaryReaderError> for NotSplit {
     }
 }
 
+impl NotSplit {
+    /// Its engine was split before, and would not compile alone or link.
+    pub(crate) fn refused() -> NotSplit {
+        not("its engine did not compile alone or link into a component before")
+    }
+}
+
 fn not(why: &'static str) -> NotSplit {
     NotSplit(Cow::Borrowed(why))
 }
 
 /// Splits `component` into its engine and the rest, if it has the shape the
-/// module's doc describes and its engine has at least `at_least` bytes
-/// (below that the whole compiles fast anyway, and sharing gains nothing).
+/// module's doc describes and its engine, without its state, has at least
+/// `at_least` bytes (below that the whole compiles fast anyway, and sharing
+/// gains nothing: a Python handler's memory-defining module is 57 KB of
+/// code and megabytes of data).
 pub(crate) fn split(component: &[u8], at_least: usize) -> Result<Split, NotSplit> {
     let sections = sections(component, COMPONENT_HEADER).ok_or(not("it is not a component"))?;
 
@@ -133,9 +142,6 @@ pub(crate) fn split(component: &[u8], at_least: usize) -> Result<Split, NotSplit
         (None, _) => return Err(not("no core module defines a memory")),
         (Some(_), Some(_)) => return Err(not("more than one core module defines a memory")),
     };
-    if sections[engine_at].content.len() < at_least {
-        return Err(not("its largest module is small enough to compile whole"));
-    }
     let instantiated = |module: u32| {
         instances
             .iter()
@@ -167,6 +173,9 @@ pub(crate) fn split(component: &[u8], at_least: usize) -> Result<Split, NotSplit
     debug_assert_ne!(shim, engine);
 
     let (engine_module, state, module_type) = take_state(sections[engine_at].content)?;
+    if engine_module.len() < at_least {
+        return Err(not("its engine, without its state, is small enough to compile whole"));
+    }
     let shim_module = give_state(sections[shim_at].content, &state)?;
     let engine_sha256 = hearth_wasm::sha256_hex(&engine_module);
     let import = import_name(&engine_sha256);
@@ -622,6 +631,11 @@ pub(crate) mod tests {
     /// `pages` are the engine's state, as a snapshot would set them;
     /// `extra` goes into the engine's module as it is.
     pub(crate) fn component(count: i32, byte: u8, pages: u32, extra: &str) -> Vec<u8> {
+        with_outside(count, byte, pages, extra, "")
+    }
+
+    /// [`component`], with `outside` among the component's definitions.
+    pub(crate) fn with_outside(count: i32, byte: u8, pages: u32, extra: &str, outside: &str) -> Vec<u8> {
         wat::parse_str(format!(
             r#"(component
   (core module $shim
@@ -649,6 +663,7 @@ pub(crate) mod tests {
   (core instance $e (instantiate $engine (with "shim" (instance $s))))
   (core instance (instantiate $fixup
     (with "" (instance (export "double" (func $e "double")) (export "$imports" (table $s "$imports"))))))
+  {outside}
   (func (export "run") (result u32) (canon lift (core func $e "run")))
   (func (export "pages") (result u32) (canon lift (core func $e "pages"))))"#
         ))
