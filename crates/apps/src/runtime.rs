@@ -167,6 +167,10 @@ impl SharedEngine {
 struct Engines {
     loaded: Vec<Arc<SharedEngine>>,
     refused: std::collections::HashSet<String>,
+    /// The engine each component compiled around one uses, by the whole
+    /// component's hash, as far as this process has seen: pruning keeps
+    /// the engines of kept versions.
+    used_by: HashMap<String, String>,
 }
 
 /// When Cranelift's code is written to the on-disk cache.
@@ -401,7 +405,10 @@ impl Runtime {
             .find_map(|(name, _)| name.strip_prefix(split::ENGINE_IMPORT));
         let engine = match named {
             Some(engine) => match self.shared_engine(engine) {
-                Some(engine) => Some(engine),
+                Some(engine) => {
+                    lock(&self.engines).used_by.insert(sha256.to_owned(), engine.sha256.clone());
+                    Some(engine)
+                }
                 None => {
                     tracing::info!(
                         sha256,
@@ -465,11 +472,15 @@ impl Runtime {
             }
         };
         let engine = self.shared_engine(&split.engine_sha256)?;
-        let _turn = self.optimizing.try_lock().ok()?;
+        let _turn = match self.optimizing.try_lock() {
+            Ok(turn) => turn,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
         match self.compile_rest(sha256, &split, engine, Write::Behind) {
             Ok(compiled) => Some(compiled),
             Err(e) => {
-                tracing::warn!(sha256, error = %crate::chain(&e), "Cannot compile a component around its shared engine; it is compiled whole.");
+                tracing::info!(sha256, error = %crate::chain(&e), "Cannot compile a component around its shared engine; it is compiled whole.");
                 None
             }
         }
@@ -510,7 +521,7 @@ impl Runtime {
                     });
                 }
                 Err(e) => {
-                    tracing::warn!(sha256, error = %crate::chain(&e), "Cannot compile a component around its shared engine; it is compiled whole.");
+                    tracing::info!(sha256, error = %crate::chain(&e), "Cannot compile a component around its shared engine; it is compiled whole.");
                 }
             }
         }
@@ -576,23 +587,17 @@ impl Runtime {
         write: Write,
     ) -> Result<Compiled, Error> {
         let (started, before) = (Instant::now(), self.functions.counts());
-        let compiled = Component::new(&self.optimized.engine, &split.rest)
-            .map_err(|e| Error::InvalidComponent(compile_error(&e)))
-            .and_then(|component| {
-                linked(&self.optimized.linker, &engine)?.instantiate_pre(&component).map_err(|e| {
-                    Error::InvalidComponent(format!("its engine does not link into it: {e:#}"))
-                })?;
-                Ok(component)
-            });
-        let component = match compiled {
-            Ok(component) => component,
-            Err(e) => {
-                // What fails for one component on this engine fails for
-                // all: they are compiled whole from now on.
-                lock(&self.engines).refused.insert(engine.sha256.clone());
-                return Err(e);
-            }
-        };
+        // A rest that does not compile or link (a component that imports
+        // what hearth does not offer, or whose other modules expect more of
+        // the engine's memory than the shared engine promises) is compiled
+        // whole, where its own error, if any, is found: the engine is not
+        // refused, since other components on it may well link.
+        let component = Component::new(&self.optimized.engine, &split.rest)
+            .map_err(|e| Error::InvalidComponent(compile_error(&e)))?;
+        linked(&self.optimized.linker, &engine)?
+            .instantiate_pre(&component)
+            .map_err(|e| Error::InvalidComponent(format!("its rest does not link with its engine: {e:#}")))?;
+        lock(&self.engines).used_by.insert(sha256.to_owned(), engine.sha256.clone());
         let functions = self.functions.counts().since(before);
         tracing::debug!(
             sha256,
@@ -679,11 +684,17 @@ impl Runtime {
     }
 
     /// Deletes compiled artifacts that no kept version uses, and engines
-    /// beyond the loaded ones and the most recently written.
+    /// that neither a kept version (as far as this process has seen) nor a
+    /// loaded one uses, beyond the most recently written. A version whose
+    /// engine went is compiled again when it is next loaded.
     pub(crate) fn prune(&self, keep: &std::collections::HashSet<String>) {
         self.cache.prune(keep);
-        let mut engines: std::collections::HashSet<String> =
-            lock(&self.engines).loaded.iter().map(|e| e.sha256.clone()).collect();
+        let mut engines: std::collections::HashSet<String> = {
+            let mut engines = lock(&self.engines);
+            engines.used_by.retain(|sha, _| keep.contains(sha));
+            let used = engines.used_by.values().cloned();
+            engines.loaded.iter().map(|e| e.sha256.clone()).chain(used).collect()
+        };
         let mut on_disk: Vec<(std::time::SystemTime, String)> = std::fs::read_dir(self.engine_cache.dir())
             .into_iter()
             .flatten()
@@ -1059,7 +1070,7 @@ mod tests {
     }
 
     #[test]
-    fn a_component_that_does_not_compile_around_its_engine_is_compiled_whole_and_its_engine_refused() {
+    fn a_component_that_does_not_compile_around_its_engine_is_compiled_whole_and_its_engine_kept() {
         let dir = tempfile::tempdir().unwrap();
         let runtime = splitting(dir.path());
         // A module that needs the engine's memory to have a page: the
@@ -1069,8 +1080,10 @@ mod tests {
         let bytes = crate::split::tests::with_outside(40, 2, 1, "", outside);
         let optimized = runtime.optimize(&hearth_wasm::sha256_hex(&bytes), &bytes).unwrap();
         assert!(optimized.engine.is_none(), "compiled whole");
-        let engine = crate::split::split(&bytes, 0).unwrap().engine_sha256;
-        assert!(lock(&runtime.engines).refused.contains(&engine));
+        // Other components on the engine still share it.
+        let [_, (_, other)] = on_one_engine();
+        let next = compile(&runtime, &other);
+        assert_eq!((next.tier, next.engine.is_some()), (Tier::Optimized, true));
     }
 
     #[test]
@@ -1080,26 +1093,43 @@ mod tests {
         let [(sha, bytes), _] = on_one_engine();
         let engine = runtime.optimize(&sha, &bytes).unwrap().engine.unwrap();
         let engines = runtime.engine_cache.dir().to_owned();
-        for stale in 0..KEEP_ENGINES + 2 {
-            std::fs::write(engines.join(format!("{}.cwasm", format!("{stale:x}").repeat(64))), b"old")
-                .unwrap();
-            let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600 + stale as u64);
-            std::fs::File::options()
-                .write(true)
-                .open(engines.join(format!("{}.cwasm", format!("{stale:x}").repeat(64))))
+        let file = |sha: &str| engines.join(format!("{sha}.cwasm"));
+        let age = |sha: &str, secs: u64| {
+            let then = std::time::SystemTime::now() - std::time::Duration::from_secs(secs);
+            std::fs::File::options().write(true).open(file(sha)).unwrap().set_modified(then).unwrap();
+        };
+        let stale: Vec<String> = (0..KEEP_ENGINES + 2).map(|n| format!("{n:x}").repeat(64)).collect();
+        for (n, sha) in stale.iter().enumerate() {
+            std::fs::write(file(sha), b"old").unwrap();
+            age(sha, 3600 + n as u64);
+        }
+        let left = || -> Vec<String> {
+            let mut left: Vec<String> = std::fs::read_dir(&engines)
                 .unwrap()
-                .set_modified(old)
-                .unwrap();
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok()?.strip_suffix(".cwasm").map(str::to_owned))
+                .collect();
+            left.sort();
+            left
+        };
+
+        // Loaded: kept, and the newest of the rest.
+        runtime.prune(&std::collections::HashSet::new());
+        let mut expected = vec![engine.sha256.clone(), stale[0].clone(), stale[1].clone(), stale[2].clone()];
+        expected.sort();
+        assert_eq!(left(), expected);
+
+        // Neither loaded nor the newest, but used by a kept version: kept.
+        lock(&runtime.engines).loaded.clear();
+        age(&engine.sha256, 7200);
+        runtime.prune(&std::collections::HashSet::from([sha.clone()]));
+        assert!(left().contains(&engine.sha256));
+        // Once no kept version uses it: gone, with newer ones written.
+        for n in 0..KEEP_ENGINES {
+            std::fs::write(file(&format!("{:x}", n + 10).repeat(64)), b"new").unwrap();
         }
         runtime.prune(&std::collections::HashSet::new());
-        let left: Vec<String> = std::fs::read_dir(&engines)
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().into_string().unwrap())
-            .collect();
-        assert!(left.contains(&format!("{}.cwasm", engine.sha256)), "{left:?}");
-        assert_eq!(left.len(), KEEP_ENGINES, "the loaded one among the newest: {left:?}");
-        assert!(left.contains(&format!("{}.cwasm", "0".repeat(64))), "the newest stale ones: {left:?}");
+        assert!(!left().contains(&engine.sha256), "{:?}", left());
     }
 
     #[test]

@@ -34,12 +34,15 @@
 
 use std::borrow::Cow;
 
+use std::collections::HashMap;
 use wasm_encoder::{
     ComponentImportSection, ComponentTypeRef, ConstExpr, CoreTypeSection, Encode, EntityType, ExportKind,
     ExportSection, GlobalSection, ImportSection, InstanceSection, MemorySection, ModuleArg, ModuleType,
 };
+
 use wasmparser::{
-    BinaryReader, ComponentImportSectionReader, ComponentTypeRef as ComponentRef, DataKind,
+    BinaryReader, ComponentAlias, ComponentAliasSectionReader, ComponentExternalKind,
+    ComponentImportSectionReader, ComponentOuterAliasKind, ComponentTypeRef as ComponentRef, DataKind,
     DataSectionReader, ExportSectionReader, ExternalKind, FunctionSectionReader, GlobalSectionReader,
     ImportSectionReader, Instance, InstanceSectionReader, MemorySectionReader, Operator, TableSectionReader,
     TypeRef, TypeSectionReader,
@@ -47,7 +50,13 @@ use wasmparser::{
 
 /// What the component's import of its engine is called: this and the
 /// engine module's SHA-256 in hex.
-pub(crate) const ENGINE_IMPORT: &str = "hearth-engine-sha";
+/// Its `v1` is the version of the split: a change to what [`split`] makes
+/// must change it, so that a compiled rest cached by an older hearth is not
+/// linked with an engine split another way.
+pub(crate) const ENGINE_IMPORT: &str = "hearth-engine-v1-sha";
+/// The most core modules and core instances a component may have, as
+/// wasmparser's validator allows: more is refused before any other work.
+const MOST: usize = 1000;
 /// The module the engine imports its state from.
 const STATE: &str = "hearth:state";
 /// The shim's export of the engine's memory.
@@ -109,9 +118,13 @@ fn not(why: &'static str) -> NotSplit {
 /// code and megabytes of data).
 pub(crate) fn split(component: &[u8], at_least: usize) -> Result<Split, NotSplit> {
     let sections = sections(component, COMPONENT_HEADER).ok_or(not("it is not a component"))?;
+    if component.len() < at_least {
+        return Err(not("it is small enough to compile whole"));
+    }
 
     // The index spaces that the split changes in place: core modules (from
-    // module sections only) and core types (none before).
+    // module sections only: none imported or aliased) and core types (none
+    // before).
     let mut modules = Vec::new();
     let mut instances = Vec::new();
     for (at, section) in sections.iter().enumerate() {
@@ -124,6 +137,20 @@ pub(crate) fn split(component: &[u8], at_least: usize) -> Result<Split, NotSplit
                 }
             }
             3 => return Err(not("it defines core types")),
+            6 => {
+                for alias in ComponentAliasSectionReader::new(reader(section.content))? {
+                    match alias? {
+                        ComponentAlias::InstanceExport { kind: ComponentExternalKind::Module, .. }
+                        | ComponentAlias::Outer { kind: ComponentOuterAliasKind::CoreModule, .. } => {
+                            return Err(not("it aliases a core module"));
+                        }
+                        ComponentAlias::Outer { kind: ComponentOuterAliasKind::CoreType, .. } => {
+                            return Err(not("it aliases a core type"));
+                        }
+                        _ => {}
+                    }
+                }
+            }
             10 => {
                 for import in ComponentImportSectionReader::new(reader(section.content))? {
                     if matches!(import?.ty, ComponentRef::Module(_)) {
@@ -135,6 +162,18 @@ pub(crate) fn split(component: &[u8], at_least: usize) -> Result<Split, NotSplit
         }
     }
 
+    if modules.len() > MOST || instances.len() > MOST {
+        return Err(not("it has more core modules or instances than a component may"));
+    }
+    // Which instances each module made.
+    let mut made: HashMap<u32, Vec<usize>> = HashMap::new();
+    for (index, (_, _, instance)) in instances.iter().enumerate() {
+        if let Instance::Instantiate { module_index, .. } = instance {
+            made.entry(*module_index).or_default().push(index);
+        }
+    }
+    let instantiated = |module: u32| made.get(&module).map_or(&[][..], Vec::as_slice);
+
     // The engine: the one module that defines a memory.
     let mut engines = modules.iter().enumerate().filter(|(_, at)| defines(sections[**at].content, 5));
     let (engine, engine_at) = match (engines.next(), engines.next()) {
@@ -142,15 +181,7 @@ pub(crate) fn split(component: &[u8], at_least: usize) -> Result<Split, NotSplit
         (None, _) => return Err(not("no core module defines a memory")),
         (Some(_), Some(_)) => return Err(not("more than one core module defines a memory")),
     };
-    let instantiated = |module: u32| {
-        instances
-            .iter()
-            .enumerate()
-            .filter(|(_, (_, _, instance))| matches!(instance, Instance::Instantiate { module_index, .. } if *module_index == module))
-            .map(|(index, _)| index)
-            .collect::<Vec<_>>()
-    };
-    let [engine_instance] = instantiated(engine)[..] else {
+    let [engine_instance] = *instantiated(engine) else {
         return Err(not("its engine is not instantiated exactly once"));
     };
 
@@ -241,7 +272,7 @@ struct State<'a> {
 
 /// The engine module without its state, the state, and the engine's type.
 fn take_state(module: &[u8]) -> Result<(Vec<u8>, State<'_>, ModuleType), NotSplit> {
-    let sections = sections(module, MODULE_HEADER).ok_or(not("its engine is not a core module"))?;
+    let sections = module_sections(module).ok_or(not("its engine is not a well-formed core module"))?;
     let mut types = Vec::new();
     let mut imports = Vec::new();
     let (mut funcs, mut tables, mut globals) = (Vec::new(), Vec::new(), Vec::new());
@@ -402,7 +433,7 @@ fn take_state(module: &[u8]) -> Result<(Vec<u8>, State<'_>, ModuleType), NotSpli
 
 /// The shim module with the engine's state in it.
 fn give_state(module: &[u8], state: &State<'_>) -> Result<Vec<u8>, NotSplit> {
-    let sections = sections(module, MODULE_HEADER).ok_or(not("its shim is not a core module"))?;
+    let sections = module_sections(module).ok_or(not("its shim is not a well-formed core module"))?;
     let mut exports = ExportSection::new();
     let mut kept = Vec::new();
     for section in &sections {
@@ -469,9 +500,26 @@ fn leb128(bytes: &[u8]) -> Option<(usize, &[u8])> {
     None
 }
 
+/// The sections of the core module `bytes`, if it frames well and its
+/// sections other than custom ones are known, each at most once, in the
+/// order the core spec requires: the split rewrites some of them, and must
+/// not make a module valid that was not.
+fn module_sections(bytes: &[u8]) -> Option<Vec<Section<'_>>> {
+    let sections = sections(bytes, MODULE_HEADER)?;
+    let mut last = None;
+    for section in sections.iter().filter(|s| s.id != 0) {
+        let rank = rank(section.id)?;
+        if last.is_some_and(|last| rank <= last) {
+            return None;
+        }
+        last = Some(rank);
+    }
+    Some(sections)
+}
+
 /// Whether the core module `module` has a section `id`.
 fn defines(module: &[u8], id: u8) -> bool {
-    sections(module, MODULE_HEADER).is_some_and(|sections| sections.iter().any(|s| s.id == id))
+    module_sections(module).is_some_and(|sections| sections.iter().any(|s| s.id == id))
 }
 
 fn reader(content: &[u8]) -> BinaryReader<'_> {
@@ -742,6 +790,40 @@ pub(crate) mod tests {
             let said = split(&component(40, 2, 1, extra), 0).err().unwrap_or_else(|| panic!("{extra} split"));
             assert!(said.to_string().contains(why), "{extra}: {said}");
         }
+    }
+
+    #[test]
+    fn a_module_with_sections_out_of_order_or_twice_is_not_rewritten() {
+        let module = |ids: &[u8]| {
+            let mut bytes = MODULE_HEADER.to_vec();
+            for id in ids {
+                bytes.extend_from_slice(&[*id, 0]);
+            }
+            bytes
+        };
+        assert!(module_sections(&module(&[0, 1, 0, 5, 13, 6, 12, 10, 11, 0])).is_some());
+        for bad in [&[11, 10][..], &[11, 11], &[5, 5], &[10, 12], &[6, 13], &[14]] {
+            assert!(module_sections(&module(bad)).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_component_with_core_modules_from_elsewhere_or_too_many_instances_is_compiled_whole() {
+        let aliased = wat::parse_str(
+            r#"(component
+                (import "i" (instance $i (export "m" (core module))))
+                (alias export $i "m" (core module $m))
+                (core module $e (memory 1))
+                (core instance (instantiate $e)))"#,
+        )
+        .unwrap();
+        assert!(split(&aliased, 0).err().unwrap().to_string().contains("aliases a core module"));
+        let many = format!(
+            "(component (core module $m) (core module $e (memory 1)) {} (core instance (instantiate $e)))",
+            "(core instance (instantiate $m))".repeat(MOST)
+        );
+        let said = split(&wat::parse_str(many).unwrap(), 0).err().unwrap();
+        assert!(said.to_string().contains("more core modules or instances"), "{said}");
     }
 
     #[test]
