@@ -78,7 +78,8 @@ pub struct Args {
     /// The `wasmtime` binary [default: `wasmtime` on PATH, else ~/.cargo/bin/wasmtime].
     #[arg(long, value_name = "PATH")]
     wasmtime: Option<PathBuf>,
-    /// Cold deploys per component in the tiers section (hello, wstd-echo).
+    /// Cold deploys per component in the tiers section (hello, wstd-echo,
+    /// the JavaScript hello).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     tier_runs: u32,
     /// Print JSON instead of a table.
@@ -191,14 +192,16 @@ pub(crate) struct Load {
     pub(crate) errors: u64,
 }
 
-pub async fn run(client: &Client, args: Args) -> anyhow::Result<()> {
+/// Runs the bench against the daemon `client` talks to, whose data dir is
+/// `data_dir` (where the JavaScript hello's built component is read from).
+pub async fn run(client: &Client, data_dir: &Path, args: Args) -> anyhow::Result<()> {
     let name = format!("bench-apps-{}", std::process::id());
     let created = Created::new(Kind::App);
     created.add(&name);
-    measured(client, &created, args.json, measure(client, &args, &name), render).await
+    measured(client, &created, args.json, measure(client, data_dir, &args, &name), render).await
 }
 
-async fn measure(client: &Client, args: &Args, name: &str) -> anyhow::Result<Report> {
+async fn measure(client: &Client, data_dir: &Path, args: &Args, name: &str) -> anyhow::Result<Report> {
     let path = args.component.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_COMPONENT));
     let component = std::fs::read(&path).with_context(|| {
         format!(
@@ -254,17 +257,25 @@ async fn measure(client: &Client, args: &Args, name: &str) -> anyhow::Result<Rep
         args.tier_runs
     );
     let mut tier_runs = Vec::new();
+    let tier_run = |component: &tiers::Component, run: anyhow::Result<tiers::TierRun>| match run {
+        Ok(run) => Figure::Measured(run),
+        Err(e) => {
+            eprintln!("      {}: {e:#}", component.label);
+            Figure::Unavailable { unavailable: format!("{}: {e:#}", component.label) }
+        }
+    };
     for component in tiers::COMPONENTS {
         let run =
             tiers::measure(client, ingress, name, component, args.tier_runs as usize, args.connections).await;
-        tier_runs.push(match run {
-            Ok(run) => Figure::Measured(run),
-            Err(e) => {
-                eprintln!("      {}: {e:#}", component.label);
-                Figure::Unavailable { unavailable: format!("{}: {e:#}", component.label) }
-            }
-        });
+        tier_runs.push(tier_run(component, run));
     }
+    eprintln!("      building the JavaScript hello on the daemon, and waiting for its engine's compile ...");
+    let javascript = async {
+        let (path, bytes) = tiers::javascript(client, ingress, data_dir, name).await?;
+        let (runs, connections) = (args.tier_runs as usize, args.connections);
+        tiers::measure_bytes(client, ingress, name, &tiers::JAVASCRIPT, path, bytes, runs, connections).await
+    };
+    tier_runs.push(tier_run(&tiers::JAVASCRIPT, javascript.await));
 
     // The component exactly as built, for the throughput runs.
     deploys_plain(client, ingress, &host, name, &component).await?;
@@ -600,14 +611,18 @@ fn render_tiers(runs: &[Figure<tiers::TierRun>]) -> String {
                     t.component.clone(),
                     format!("{:.0} KiB", t.bytes as f64 / 1024.0),
                     format!("{:.1} ms, {:.1} ms", t.first_200.median_ms, t.first_200.p90_ms),
-                    format!("≤ {} ms: {}", t.goal_ms, verdict(t.first_200.median_ms <= t.goal_ms)),
+                    t.goal_ms.map_or_else(
+                        || "—".to_owned(),
+                        |goal| format!("≤ {goal} ms: {}", verdict(t.first_200.median_ms <= goal)),
+                    ),
                     format!("{:.0} ms", t.optimized_serving.median_ms),
                     rate(&t.baseline),
                     rate(&t.optimized),
                 ]);
                 if t.not_baseline > 0 {
                     notes.push(format!(
-                        "note: {} of {}'s cold deploys did not serve Winch's code first (see `hearth app inspect`)\n",
+                        "note: {} of {}'s cold deploys did not serve Winch's code first (see `hearth app inspect`: \
+                         a shared engine, a refusal or the compiled cache)\n",
                         t.not_baseline, t.component
                     ));
                 }

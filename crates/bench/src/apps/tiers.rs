@@ -2,10 +2,13 @@
 //! first 200 (served by Winch's code) and to Cranelift's code serving, and
 //! the requests per second each tier's code answers.
 //!
-//! One row per component, so a kind of app (a JavaScript handler, say) is
-//! one more entry in [`COMPONENTS`]. Each cold deploy waits, untimed, for
-//! the optimized code before the next, so that no background compile
-//! overlaps the next deploy. The requests per second are taken by one load
+//! One row per component: the examples in [`COMPONENTS`], and a JavaScript
+//! hello that the daemon builds from source first ([`javascript`]), whose
+//! cold deploys are new bytes on an engine the daemon has compiled before
+//! (hearth shares it: Cranelift's code serves from the start, and no Winch
+//! phase is there to load). Each cold deploy waits, untimed, for the
+//! optimized code before the next, so that no background compile overlaps
+//! the next deploy. The requests per second are taken by one load
 //! generator of our own (keep-alive connections, `GET /`), which tells the
 //! tiers apart by the `x-hearth-tier` header: from the first answer by
 //! Winch's code of a new version to the first by Cranelift's (while
@@ -35,7 +38,9 @@ pub(super) struct Component {
     pub(super) label: &'static str,
     pub(super) path: &'static str,
     /// From the API call to the first 200, at the median.
-    pub(super) goal_ms: f64,
+    pub(super) goal_ms: Option<f64>,
+    /// The `hearth.toml` it is deployed with.
+    pub(super) manifest: Option<&'static str>,
 }
 
 /// The components `make examples` builds, smallest first.
@@ -43,14 +48,61 @@ pub(super) const COMPONENTS: &[Component] = &[
     Component {
         label: "hello (wasip2 bindings)",
         path: "examples/apps/hello/target/wasm32-wasip2/release/hello.wasm",
-        goal_ms: 50.0,
+        goal_ms: Some(50.0),
+        manifest: None,
     },
     Component {
         label: "wstd-echo (crates.io wstd)",
         path: "examples/apps/wstd-echo/target/wasm32-wasip2/release/wstd-echo.wasm",
-        goal_ms: 150.0,
+        goal_ms: Some(150.0),
+        manifest: None,
     },
 ];
+
+/// The JavaScript hello, built by the daemon; the goal for it (1 s)
+/// counts the build too, which `hearth bench fn` measures, so none here.
+/// Deployed as a component, it declares what its engine imports, as a
+/// person deploying a componentize-js build would: the key-value store and
+/// an outbound host (the discard port; the hello calls nothing).
+pub(super) const JAVASCRIPT: Component = Component {
+    label: "javascript hello (componentize-js)",
+    path: "",
+    goal_ms: None,
+    manifest: Some("key_value = [\"default\"]\noutbound = [\"http://127.0.0.1:9\"]\n"),
+};
+
+/// The JavaScript hello's source.
+const JAVASCRIPT_HELLO: &str =
+    "export default {\n  fetch() {\n    return new Response(\"Hello from hearth!\\n\");\n  }\n};\n";
+
+/// Has the daemon build the JavaScript hello into `name`, waits until
+/// Cranelift's code serves it (so that its engine is compiled), and reads
+/// the component from the daemon's data dir, `data_dir`, on this machine:
+/// its path and bytes.
+pub(super) async fn javascript(
+    client: &Client,
+    ingress: SocketAddr,
+    data_dir: &std::path::Path,
+    name: &str,
+) -> anyhow::Result<(PathBuf, Vec<u8>)> {
+    let body = hearth_client::types::DeploySource {
+        lang: "js".into(),
+        source: JAVASCRIPT_HELLO.into(),
+        manifest: None,
+        routes: vec![],
+    };
+    let deployed = client.deploy_source(name, &body).await?;
+    first_ok(ingress, &format!("{name}.localhost"), deployed.version.number).await?;
+    wait_optimized(client, name).await?;
+    let path = data_dir.join("apps").join("blobs").join(format!("{}.wasm", deployed.version.sha256));
+    let bytes = std::fs::read(&path).with_context(|| {
+        format!(
+            "cannot read the built component {}: run the bench on the daemon's machine, with its --data-dir",
+            path.display()
+        )
+    })?;
+    Ok((path, bytes))
+}
 
 /// Longest wait for Cranelift's code to serve.
 const OPTIMIZED_LIMIT: Duration = Duration::from_secs(300);
@@ -64,14 +116,14 @@ pub(super) struct TierRun {
     pub(super) path: PathBuf,
     pub(super) bytes: usize,
     /// API call → first 200 (Winch's code, or Cranelift's where Winch
-    /// refused the component).
+    /// refused the component or its engine is shared).
     pub(super) first_200: Latency,
     /// API call → Cranelift's code serving.
     pub(super) optimized_serving: Latency,
-    /// Deploys whose first 200 was not Winch's code (a refusal, or the
-    /// compiled cache): they say why in `hearth app inspect`.
+    /// Deploys whose first 200 was not Winch's code (a refusal, a shared
+    /// engine, or the compiled cache): `hearth app inspect` says which.
     pub(super) not_baseline: usize,
-    pub(super) goal_ms: f64,
+    pub(super) goal_ms: Option<f64>,
     pub(super) baseline: Figure<Rate>,
     pub(super) optimized: Figure<Rate>,
 }
@@ -96,13 +148,28 @@ pub(super) async fn measure(
     let bytes = std::fs::read(&path).with_context(|| {
         format!("cannot read {}: build the examples with `make examples`", path.display())
     })?;
+    measure_bytes(client, ingress, name, component, path, bytes, runs, connections).await
+}
+
+/// [`measure`], of `bytes` read from `path`.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn measure_bytes(
+    client: &Client,
+    ingress: SocketAddr,
+    name: &str,
+    component: &Component,
+    path: PathBuf,
+    bytes: Vec<u8>,
+    runs: usize,
+    connections: u32,
+) -> anyhow::Result<TierRun> {
     let host = format!("{name}.localhost");
     let (mut first, mut optimized, mut not_baseline) = (Vec::new(), Vec::new(), 0);
     // One untimed deploy first: the first compile in a process pays for
     // lazy initialisation.
     for run in 0..=runs {
         let started = Instant::now();
-        let deployed = deploy(client, name, &append_random_section(&bytes)).await?;
+        let deployed = deploy(client, name, &append_random_section(&bytes), component.manifest).await?;
         first_ok(ingress, &host, deployed.0).await?;
         let to_first = millis(started.elapsed());
         wait_optimized(client, name).await?;
@@ -121,7 +188,7 @@ pub(super) async fn measure(
         }
     }
     let (baseline_rate, optimized_rate) =
-        load_across_a_swap(client, ingress, name, &bytes, connections).await;
+        load_across_a_swap(client, ingress, name, &bytes, component.manifest, connections).await;
     Ok(TierRun {
         component: component.label.to_owned(),
         path,
@@ -136,10 +203,15 @@ pub(super) async fn measure(
 }
 
 /// Deploys `bytes`: the version's number and the tier it serves with.
-async fn deploy(client: &Client, name: &str, bytes: &[u8]) -> anyhow::Result<(u32, Option<CodeTier>)> {
+async fn deploy(
+    client: &Client,
+    name: &str,
+    bytes: &[u8],
+    manifest: Option<&str>,
+) -> anyhow::Result<(u32, Option<CodeTier>)> {
     let body = DeployApp {
         component_base64: base64::engine::general_purpose::STANDARD.encode(bytes),
-        manifest: None,
+        manifest: manifest.map(str::to_owned),
         routes: vec![],
     };
     let deployed = client.deploy_app(name, &body).await?;
@@ -171,6 +243,7 @@ async fn load_across_a_swap(
     ingress: SocketAddr,
     name: &str,
     bytes: &[u8],
+    manifest: Option<&str>,
     connections: u32,
 ) -> (Figure<Rate>, Figure<Rate>) {
     let host = format!("{name}.localhost");
@@ -196,7 +269,7 @@ async fn load_across_a_swap(
     }
     drop(tx);
     let swap = async {
-        let (version, _) = deploy(client, name, &append_random_section(bytes)).await?;
+        let (version, _) = deploy(client, name, &append_random_section(bytes), manifest).await?;
         wait_optimized(client, name).await?;
         tokio::time::sleep(OPTIMIZED_WINDOW).await;
         Ok::<_, anyhow::Error>(version)
@@ -232,6 +305,9 @@ async fn load_across_a_swap(
                     window_ms: millis(window),
                 })
             }
+            _ if times.is_empty() && !optimized => Figure::Unavailable {
+                unavailable: "none: Cranelift's code served from the first answer".to_owned(),
+            },
             _ => Figure::Unavailable {
                 unavailable: format!("{} answers from that tier: too few to time", times.len()),
             },

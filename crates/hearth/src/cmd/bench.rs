@@ -135,7 +135,7 @@ pub(crate) async fn run(
     match command {
         Command::Machines(args) => machines::run(&client()?, data_dir, args).await?,
         Command::Workflows(args) => workflows::run(&client()?, args).await?,
-        Command::Apps(args) => apps::run(&client()?, args).await?,
+        Command::Apps(args) => apps::run(&client()?, data_dir, args).await?,
         Command::Fn(args) => hearth_bench::fns::run(&client()?, args).await?,
         Command::Services(args) => services::run(&client()?, args).await?,
         Command::Config(args) => hearth_bench::config::run(&client()?, args).await?,
