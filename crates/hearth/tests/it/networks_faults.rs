@@ -251,14 +251,17 @@ async fn machines_talk_by_name_are_isolated_by_network_and_break_on_purpose() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_network_requests_are_refused_clearly() {
+    // Its subnets are outside 10.200-255, where other tests' daemons pick
+    // theirs: one of them could take 10.242 in the moment between this
+    // test's `network rm` and its `network create` again.
     let daemon = Daemon::start(BIN).await;
     let image = daemon.ensure_debian_image().await;
-    success(&daemon.cli(&["network", "create", "n1", "--subnet", "10.242.0.0/24", "--no-nat"]));
+    success(&daemon.cli(&["network", "create", "n1", "--subnet", "10.199.0.0/24", "--no-nat"]));
 
-    let err = failure(&daemon.cli(&["network", "create", "n2", "--subnet", "10.242.0.128/25"]));
+    let err = failure(&daemon.cli(&["network", "create", "n2", "--subnet", "10.199.0.128/25"]));
     assert!(err.contains("overlaps network \"n1\"") && err.contains("hint:"), "{err}");
-    let err = failure(&daemon.cli(&["network", "create", "n2", "--subnet", "10.242.1.7/24"]));
-    assert!(err.contains("did you mean 10.242.1.0/24"), "{err}");
+    let err = failure(&daemon.cli(&["network", "create", "n2", "--subnet", "10.199.1.7/24"]));
+    assert!(err.contains("did you mean 10.199.1.0/24"), "{err}");
     let err = failure(&daemon.cli(&["network", "create", "n1"]));
     assert!(err.contains("already exists"), "{err}");
     let err = failure(&daemon.cli(&["network", "create", "Bad_Name"]));
@@ -269,12 +272,12 @@ async fn bad_network_requests_are_refused_clearly() {
     };
     let err = failure(&no_start("m1", "n1:10.99.0.5"));
     assert!(err.contains("is not in network \"n1\""), "{err}");
-    let err = failure(&no_start("m1", "n1:10.242.0.1"));
+    let err = failure(&no_start("m1", "n1:10.199.0.1"));
     assert!(err.contains("is not in network"), "the gateway's address is not a machine's: {err}");
     let err = failure(&no_start("m1", "nosuch"));
     assert!(err.contains("network \"nosuch\" does not exist") && err.contains("hearth network ls"), "{err}");
-    success(&no_start("m1", "n1:10.242.0.9"));
-    let err = failure(&no_start("m2", "n1:10.242.0.9"));
+    success(&no_start("m1", "n1:10.199.0.9"));
+    let err = failure(&no_start("m2", "n1:10.199.0.9"));
     assert!(err.contains("taken by machine \"m1\""), "{err}");
     let err = failure(&daemon.cli(&["machine", "run", "-d", "--name", "m3", "-p", "not-a-port", &image]));
     assert!(err.contains("not a port mapping"), "{err}");
@@ -292,6 +295,6 @@ async fn bad_network_requests_are_refused_clearly() {
     success(&daemon.cli(&["network", "rm", "n1"]));
     // Regression: a network can be made again at once with the same subnet,
     // although its old bridge's route may not be gone yet.
-    success(&daemon.cli(&["network", "create", "n1", "--subnet", "10.242.0.0/24", "--no-nat"]));
+    success(&daemon.cli(&["network", "create", "n1", "--subnet", "10.199.0.0/24", "--no-nat"]));
     success(&daemon.cli(&["network", "rm", "n1"]));
 }

@@ -412,9 +412,11 @@ impl Networks {
                         other_subnet: other.subnet,
                     });
                 }
-                if let Some(route) = host_routes.iter().find(|r| r.overlaps(&subnet) && r.prefix > 0) {
+                if let Some((route, dev)) =
+                    host_routes.iter().find(|(r, _)| r.overlaps(&subnet) && r.prefix > 0)
+                {
                     return Err(Error::Invalid(format!(
-                        "subnet {subnet} overlaps the host's route to {route}; pick another, e.g. 10.250.0.0/24"
+                        "subnet {subnet} overlaps the host's route to {route} (through {dev}); pick another, e.g. 10.250.0.0/24"
                     )));
                 }
                 subnet
@@ -426,7 +428,7 @@ impl Networks {
                 })
                 .find(|s| {
                     !existing.iter().any(|n| n.subnet.overlaps(s))
-                        && !host_routes.iter().any(|r| r.prefix > 0 && r.overlaps(s))
+                        && !host_routes.iter().any(|(r, _)| r.prefix > 0 && r.overlaps(s))
                 })
                 .ok_or_else(|| {
                     Error::Invalid("no free 10.200-255.0.0/24 subnet is left; give --subnet".into())
@@ -497,22 +499,32 @@ fn decode<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, 
     serde_json::from_slice(value).map_err(|e| Error::Corrupt(key.to_owned(), e))
 }
 
-/// The host's IPv4 routes, except those through this daemon's own bridges
-/// (`own_bridges` is their name prefix), so that new networks avoid them.
-fn host_route_subnets(own_bridges: &str) -> Vec<Subnet> {
+/// The host's IPv4 routes and the device each goes through, except those
+/// through this daemon's own bridges (`own_bridges` is their name prefix),
+/// so that new networks avoid them.
+fn host_route_subnets(own_bridges: &str) -> Vec<(Subnet, String)> {
     let Ok(out) = std::process::Command::new("ip").args(["-4", "route", "show"]).output() else {
         return vec![];
     };
-    String::from_utf8_lossy(&out.stdout)
+    routes(&String::from_utf8_lossy(&out.stdout), own_bridges)
+}
+
+/// The routes in `ip -4 route show`'s output, as [`host_route_subnets`]
+/// keeps them.
+fn routes(shown: &str, own_bridges: &str) -> Vec<(Subnet, String)> {
+    shown
         .lines()
-        .filter(|line| {
-            let mut words = line.split_whitespace().skip_while(|w| *w != "dev");
-            !words.nth(1).is_some_and(|dev| dev.starts_with(own_bridges))
-        })
-        .filter_map(|line| line.split_whitespace().next())
-        .filter(|dest| *dest != "default")
-        .filter_map(|dest| {
-            if dest.contains('/') { dest.parse().ok() } else { format!("{dest}/32").parse::<Subnet>().ok() }
+        .filter_map(|line| {
+            let dest = line.split_whitespace().next()?;
+            let dev =
+                line.split_whitespace().skip_while(|w| *w != "dev").nth(1).unwrap_or("an unnamed device");
+            if dest == "default" || dev.starts_with(own_bridges) {
+                return None;
+            }
+            // Routes a network could be given (/8 to /29, as `Subnet`
+            // parses): not a single address's, nor a VPN's catch-alls.
+            let subnet = dest.parse::<Subnet>().ok()?;
+            Some((subnet, dev.to_owned()))
         })
         .collect()
 }
@@ -532,6 +544,20 @@ fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_routes_name_their_device_and_skip_the_daemons_own_bridges() {
+        let shown = "default via 10.0.2.2 dev eth0\n\
+            10.0.2.0/24 dev eth0 proto kernel scope link src 10.0.2.15\n\
+            10.242.0.0/24 dev hb-n1 proto kernel scope link src 10.242.0.1 linkdown\n\
+            10.243.0.0/24 dev tb-n1 proto kernel scope link src 10.243.0.1\n\
+            192.168.7.1 dev wg0 scope link\n";
+        let found: Vec<(String, String)> =
+            routes(shown, "hb-").into_iter().map(|(s, dev)| (s.to_string(), dev)).collect();
+        let expected =
+            [("10.0.2.0/24", "eth0"), ("10.243.0.0/24", "tb-n1")].map(|(s, d)| (s.to_owned(), d.to_owned()));
+        assert_eq!(found, expected);
+    }
 
     #[test]
     fn port_specs_parse_or_explain() {
