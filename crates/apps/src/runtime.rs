@@ -477,7 +477,7 @@ impl Runtime {
             Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return None,
         };
-        match self.compile_rest(sha256, &split, engine, Write::Behind) {
+        match self.cranelift(sha256, &split.rest, Some(engine), Write::Behind) {
             Ok(compiled) => Some(compiled),
             Err(e) => {
                 tracing::info!(sha256, error = %crate::chain(&e), "Cannot compile a component around its shared engine; it is compiled whole.");
@@ -507,44 +507,22 @@ impl Runtime {
     /// cache's hits and misses count both compiles.
     pub(crate) fn optimize_held(&self, sha256: &str, bytes: &[u8], write: Write) -> Result<Compiled, Error> {
         let before = self.functions.counts();
-        if let Ok(split) = self.split(bytes) {
+        let around_engine = |split: &Split| {
             let engine = match self.shared_engine(&split.engine_sha256) {
-                Some(engine) => Ok(engine),
-                None => self.compile_engine(&split),
+                Some(engine) => engine,
+                None => self.compile_engine(split)?,
             };
-            let compiled = engine.and_then(|engine| self.compile_rest(sha256, &split, engine, write));
-            match compiled {
-                Ok(compiled) => {
-                    return Ok(Compiled {
-                        functions: Some(self.functions.counts().since(before)),
-                        ..compiled
-                    });
-                }
-                Err(e) => {
-                    tracing::info!(sha256, error = %crate::chain(&e), "Cannot compile a component around its shared engine; it is compiled whole.");
-                }
+            self.cranelift(sha256, &split.rest, Some(engine), write)
+        };
+        let compiled = match self.split(bytes).map(|split| around_engine(&split)) {
+            Ok(Ok(compiled)) => compiled,
+            Ok(Err(e)) => {
+                tracing::info!(sha256, error = %crate::chain(&e), "Cannot compile a component around its shared engine; it is compiled whole.");
+                self.cranelift(sha256, bytes, None, write)?
             }
-        }
-        let started = Instant::now();
-        let component = Component::new(&self.optimized.engine, bytes)
-            .map_err(|e| Error::InvalidComponent(compile_error(&e)))?;
-        let functions = self.functions.counts().since(before);
-        tracing::debug!(
-            sha256,
-            ms = started.elapsed().as_millis() as u64,
-            hits = functions.hits,
-            misses = functions.misses,
-            "Compiled a component with Cranelift."
-        );
-        self.keep(sha256, &component, write);
-        Ok(Compiled {
-            component,
-            tier: Tier::Optimized,
-            compiled: true,
-            fallback: None,
-            functions: Some(functions),
-            engine: None,
-        })
+            Err(_) => self.cranelift(sha256, bytes, None, write)?,
+        };
+        Ok(Compiled { functions: Some(self.functions.counts().since(before)), ..compiled })
     }
 
     /// Compiles `split`'s engine with Cranelift and caches it; an engine
@@ -576,36 +554,40 @@ impl Runtime {
         Ok(self.remember(SharedEngine::new(&split.engine_sha256, module)))
     }
 
-    /// Compiles `split`'s rest with Cranelift, checks that `engine` links
-    /// into it, and caches it under `sha256` (the whole component's hash).
-    /// With the turn held.
-    fn compile_rest(
+    /// Compiles `bytes` with Cranelift, through the cache of compiled
+    /// functions, and caches the result under `sha256` (the whole
+    /// component's hash, also when `bytes` are a split's rest). Around
+    /// `engine`, if given: the engine must then link into it. With the turn
+    /// held.
+    fn cranelift(
         &self,
         sha256: &str,
-        split: &Split,
-        engine: Arc<SharedEngine>,
+        bytes: &[u8],
+        engine: Option<Arc<SharedEngine>>,
         write: Write,
     ) -> Result<Compiled, Error> {
         let (started, before) = (Instant::now(), self.functions.counts());
-        // A rest that does not compile or link (a component that imports
-        // what hearth does not offer, or whose other modules expect more of
-        // the engine's memory than the shared engine promises) is compiled
-        // whole, where its own error, if any, is found: the engine is not
-        // refused, since other components on it may well link.
-        let component = Component::new(&self.optimized.engine, &split.rest)
+        let component = Component::new(&self.optimized.engine, bytes)
             .map_err(|e| Error::InvalidComponent(compile_error(&e)))?;
-        linked(&self.optimized.linker, &engine)?
-            .instantiate_pre(&component)
-            .map_err(|e| Error::InvalidComponent(format!("its rest does not link with its engine: {e:#}")))?;
-        lock(&self.engines).used_by.insert(sha256.to_owned(), engine.sha256.clone());
+        // A rest that does not link (a component that imports what hearth
+        // does not offer, or whose other modules expect more of the
+        // engine's memory than the shared engine promises) is compiled
+        // whole by the caller, where its own error, if any, is found; the
+        // engine is not refused, since other components on it may well link.
+        if let Some(engine) = &engine {
+            linked(&self.optimized.linker, engine)?.instantiate_pre(&component).map_err(|e| {
+                Error::InvalidComponent(format!("its rest does not link with its engine: {e:#}"))
+            })?;
+            lock(&self.engines).used_by.insert(sha256.to_owned(), engine.sha256.clone());
+        }
         let functions = self.functions.counts().since(before);
         tracing::debug!(
             sha256,
-            engine = engine.sha256,
+            engine = engine.as_ref().map(|e| e.sha256.as_str()),
             ms = started.elapsed().as_millis() as u64,
             hits = functions.hits,
             misses = functions.misses,
-            "Compiled a component around its shared engine with Cranelift."
+            "Compiled a component with Cranelift."
         );
         self.keep(sha256, &component, write);
         Ok(Compiled {
@@ -614,7 +596,7 @@ impl Runtime {
             compiled: true,
             fallback: None,
             functions: Some(functions),
-            engine: Some(engine),
+            engine,
         })
     }
 
@@ -695,17 +677,7 @@ impl Runtime {
             let used = engines.used_by.values().cloned();
             engines.loaded.iter().map(|e| e.sha256.clone()).chain(used).collect()
         };
-        let mut on_disk: Vec<(std::time::SystemTime, String)> = std::fs::read_dir(self.engine_cache.dir())
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|entry| {
-                let sha = entry.file_name().to_str()?.strip_suffix(".cwasm")?.to_owned();
-                Some((entry.metadata().ok()?.modified().ok()?, sha))
-            })
-            .collect();
-        on_disk.sort();
-        engines.extend(on_disk.into_iter().rev().take(KEEP_ENGINES).map(|(_, sha)| sha));
+        engines.extend(self.engine_cache.newest(KEEP_ENGINES));
         self.engine_cache.prune(&engines);
     }
 }
@@ -1014,7 +986,9 @@ mod tests {
         assert_eq!((next.tier, next.compiled, next.fallback.as_deref()), (Tier::Optimized, true, None));
         assert_eq!(next.engine.as_ref().map(|e| &e.sha256), Some(&engine.sha256));
         assert!(next.functions.is_some());
-        runtime.prepare_optimized(&next).map(|_| ()).unwrap_err(); // links; only `wasi:http` is missing
+        // It links; only `wasi:http` is missing.
+        let refused = runtime.prepare_optimized(&next).map(|_| ()).unwrap_err().to_string();
+        assert!(!refused.contains(split::ENGINE_IMPORT), "{refused}");
         linked(&runtime.optimized.linker, &engine)
             .unwrap()
             .instantiate_pre(&next.component)

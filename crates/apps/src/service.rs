@@ -257,9 +257,8 @@ pub(crate) struct Code {
     /// Why Winch was not used for new bytes.
     pub(crate) fallback: Option<String>,
     pub(crate) functions: Option<hearth_wasm::Counts>,
-    /// The shared engine's SHA-256 and compiled size, for code compiled
-    /// around one.
-    pub(crate) shared_engine: Option<(String, usize)>,
+    /// The shared engine, for code compiled around one.
+    pub(crate) shared_engine: Option<Arc<runtime::SharedEngine>>,
     /// For Winch's code: how the background compile with Cranelift goes.
     pub(crate) optimizing: Mutex<Optimizing>,
 }
@@ -282,7 +281,7 @@ impl Code {
             tier: compiled.tier,
             fallback: compiled.fallback.clone(),
             functions: compiled.functions,
-            shared_engine: compiled.engine.as_ref().map(|e| (e.sha256.clone(), e.size)),
+            shared_engine: compiled.engine.clone(),
             optimizing: Mutex::new(Optimizing::Pending),
         }
     }
@@ -294,11 +293,11 @@ impl Code {
                 state: TierState::Optimized,
                 compiler: "cranelift".into(),
                 note: self.fallback.clone().or_else(|| {
-                    self.shared_engine.as_ref().map(|(sha, size)| {
+                    self.shared_engine.as_ref().map(|engine| {
                         format!(
                             "Its engine ({:.1} MiB of code, sha256 {}…) is compiled once for every version built on it; only the rest was compiled for this one.",
-                            *size as f64 / (1 << 20) as f64,
-                            &sha[..12]
+                            engine.size as f64 / (1 << 20) as f64,
+                            &engine.sha256[..12]
                         )
                     })
                 }),

@@ -61,6 +61,8 @@ const MOST: usize = 1000;
 const STATE: &str = "hearth:state";
 /// The shim's export of the engine's memory.
 const MEMORY: &str = "hearth:memory";
+/// The shim's exports of the engine's globals: this and their index.
+const GLOBAL: &str = "hearth:global";
 
 const COMPONENT_HEADER: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
 const MODULE_HEADER: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
@@ -132,8 +134,8 @@ pub(crate) fn split(component: &[u8], at_least: usize) -> Result<Split, NotSplit
             1 => modules.push(at),
             2 => {
                 let reader = InstanceSectionReader::new(reader(section.content))?;
-                for (i, instance) in reader.into_iter().enumerate() {
-                    instances.push((at, i, instance?));
+                for instance in reader {
+                    instances.push((at, instance?));
                 }
             }
             3 => return Err(not("it defines core types")),
@@ -167,7 +169,7 @@ pub(crate) fn split(component: &[u8], at_least: usize) -> Result<Split, NotSplit
     }
     // Which instances each module made.
     let mut made: HashMap<u32, Vec<usize>> = HashMap::new();
-    for (index, (_, _, instance)) in instances.iter().enumerate() {
+    for (index, (_, instance)) in instances.iter().enumerate() {
         if let Instance::Instantiate { module_index, .. } = instance {
             made.entry(*module_index).or_default().push(index);
         }
@@ -187,21 +189,17 @@ pub(crate) fn split(component: &[u8], at_least: usize) -> Result<Split, NotSplit
 
     // The shim: made before the engine, from a module with no imports that
     // has no state of its own, and only once.
-    let shim = instances[..engine_instance].iter().enumerate().find_map(|(index, (_, _, instance))| {
+    let shim = instances[..engine_instance].iter().enumerate().find_map(|(index, (_, instance))| {
         let Instance::Instantiate { module_index, args } = instance else { return None };
         let at = *modules.get(*module_index as usize)?;
-        let stateless = !defines(sections[at].content, 2)
-            && ![5, 6, 11, 12].iter().any(|id| defines(sections[at].content, *id));
-        (args.is_empty() && stateless && instantiated(*module_index).len() == 1).then_some((
-            index as u32,
-            *module_index,
-            at,
-        ))
+        // No imports, memory, globals or data (so not the engine either).
+        let stateless = module_sections(sections[at].content)
+            .is_some_and(|own| !own.iter().any(|s| matches!(s.id, 2 | 5 | 6 | 11 | 12)));
+        (args.is_empty() && stateless && instantiated(*module_index).len() == 1).then_some((index as u32, at))
     });
-    let Some((shim_instance, shim, shim_at)) = shim else {
+    let Some((shim_instance, shim_at)) = shim else {
         return Err(not("it has no shim to take the engine's state"));
     };
-    debug_assert_ne!(shim, engine);
 
     let (engine_module, state, module_type) = take_state(sections[engine_at].content)?;
     if engine_module.len() < at_least {
@@ -234,13 +232,13 @@ pub(crate) fn split(component: &[u8], at_least: usize) -> Result<Split, NotSplit
 /// The core instance section at `at`, with the engine's instantiation given
 /// the shim's instance as `hearth:state`.
 fn with_state(
-    instances: &[(usize, usize, Instance<'_>)],
+    instances: &[(usize, Instance<'_>)],
     at: usize,
     engine: u32,
     shim_instance: u32,
 ) -> Result<InstanceSection, NotSplit> {
     let mut section = InstanceSection::new();
-    for (_, _, instance) in instances.iter().filter(|(section, _, _)| *section == at) {
+    for (_, instance) in instances.iter().filter(|(section, _)| *section == at) {
         match instance {
             Instance::Instantiate { module_index, args } => {
                 let mut args: Vec<(&str, ModuleArg)> =
@@ -318,12 +316,14 @@ fn take_state(module: &[u8]) -> Result<(Vec<u8>, State<'_>, ModuleType), NotSpli
                             EntityType::Function(t)
                         }
                         TypeRef::Table(t) => {
-                            tables.push(table_type(&t)?);
-                            EntityType::Table(table_type(&t)?)
+                            let t = table_type(&t)?;
+                            tables.push(t);
+                            EntityType::Table(t)
                         }
                         TypeRef::Global(t) => {
-                            globals.push(global_type(&t)?);
-                            EntityType::Global(global_type(&t)?)
+                            let t = global_type(&t)?;
+                            globals.push(t);
+                            EntityType::Global(t)
                         }
                         TypeRef::Memory(_) => return Err(not("its engine imports a memory")),
                         TypeRef::Tag(_) | TypeRef::FuncExact(_) => {
@@ -387,22 +387,20 @@ fn take_state(module: &[u8]) -> Result<(Vec<u8>, State<'_>, ModuleType), NotSpli
     let state = State { memory: defined, globals: state_globals, data_count, data };
 
     // The engine: its state imported, in the index order it was defined in.
+    imports.push((STATE.to_owned(), MEMORY.to_owned(), EntityType::Memory(memory)));
+    for (i, (global, _)) in state.globals.iter().enumerate() {
+        imports.push((STATE.to_owned(), global_name(i), EntityType::Global(*global)));
+    }
     let mut import_section = ImportSection::new();
     for (module, name, ty) in &imports {
         import_section.import(module, name, *ty);
     }
-    import_section.import(STATE, MEMORY, EntityType::Memory(memory));
-    for (i, (ty, _)) in state.globals.iter().enumerate() {
-        import_section.import(STATE, &global_name(i), EntityType::Global(*ty));
-    }
-    let mut encoded_imports = Vec::new();
-    import_section.encode(&mut encoded_imports);
     let kept: Vec<Piece> = sections
         .iter()
         .filter(|s| !matches!(s.id, 2 | 5 | 6 | 11 | 12))
         .map(|s| Piece::Raw(s.id, s.content))
         .collect();
-    let engine = assemble(kept, vec![Piece::Encoded(2, encoded_imports)]);
+    let engine = assemble(kept, vec![Piece::encoded(2, &import_section)]);
 
     // Its type, as the component declares the import.
     let mut ty = ModuleType::new();
@@ -411,10 +409,6 @@ fn take_state(module: &[u8]) -> Result<(Vec<u8>, State<'_>, ModuleType), NotSpli
     }
     for (module, name, entity) in &imports {
         ty.import(module, name, *entity);
-    }
-    ty.import(STATE, MEMORY, EntityType::Memory(memory));
-    for (i, (global, _)) in state.globals.iter().enumerate() {
-        ty.import(STATE, &global_name(i), EntityType::Global(*global));
     }
     let missing = || not("its engine exports an item it does not have");
     for (name, kind, index) in &exports {
@@ -440,7 +434,7 @@ fn give_state(module: &[u8], state: &State<'_>) -> Result<Vec<u8>, NotSplit> {
         if section.id == 7 {
             for export in ExportSectionReader::new(reader(section.content))? {
                 let export = export?;
-                if export.name == MEMORY || export.name.starts_with("hearth:global") {
+                if export.name == MEMORY || export.name.starts_with(GLOBAL) {
                     return Err(not("its shim exports a name the split needs"));
                 }
                 exports.export(export.name, export_kind(export.kind)?, export.index);
@@ -467,7 +461,7 @@ fn give_state(module: &[u8], state: &State<'_>) -> Result<Vec<u8>, NotSplit> {
 }
 
 fn global_name(i: usize) -> String {
-    format!("hearth:global{i}")
+    format!("{GLOBAL}{i}")
 }
 
 /// A section of a module or component, as found.

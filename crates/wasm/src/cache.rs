@@ -153,6 +153,20 @@ impl Cache {
         self.write(sha256, &Cache::serialize(component)?)
     }
 
+    /// The hashes of the `n` artifacts written most recently.
+    pub fn newest(&self, n: usize) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return vec![] };
+        let mut written: Vec<(std::time::SystemTime, String)> = entries
+            .flatten()
+            .filter_map(|entry| {
+                let sha = entry.file_name().to_str()?.strip_suffix(".cwasm")?.to_owned();
+                Some((entry.metadata().ok()?.modified().ok()?, sha))
+            })
+            .collect();
+        written.sort();
+        written.into_iter().rev().take(n).map(|(_, sha)| sha).collect()
+    }
+
     /// Deletes the artifacts of components not in `keep`.
     pub fn prune(&self, keep: &HashSet<String>) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
@@ -340,5 +354,26 @@ mod tests {
         cache.prune(&HashSet::from([sha.clone()]));
         assert!(cache.load(&sha).is_some());
         assert!(cache.load(&other).is_none());
+    }
+
+    #[test]
+    fn the_newest_are_the_last_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine();
+        let cache = Cache::open(&engine, dir.path()).unwrap();
+        let (_, component) = compiled(&engine);
+        let shas: Vec<String> = (0..3).map(|n| crate::sha256_hex(&[n])).collect();
+        for (age, sha) in shas.iter().enumerate() {
+            cache.store(sha, &component).unwrap();
+            let then = std::time::SystemTime::now() - std::time::Duration::from_secs(60 * age as u64);
+            std::fs::File::options()
+                .write(true)
+                .open(cache.dir().join(format!("{sha}.cwasm")))
+                .unwrap()
+                .set_modified(then)
+                .unwrap();
+        }
+        assert_eq!(cache.newest(2), shas[..2]);
+        assert_eq!(cache.newest(9).len(), 3);
     }
 }

@@ -264,16 +264,18 @@ async fn measure(client: &Client, data_dir: &Path, args: &Args, name: &str) -> a
             Figure::Unavailable { unavailable: format!("{}: {e:#}", component.label) }
         }
     };
+    let (runs, connections) = (args.tier_runs as usize, args.connections);
     for component in tiers::COMPONENTS {
-        let run =
-            tiers::measure(client, ingress, name, component, args.tier_runs as usize, args.connections).await;
-        tier_runs.push(tier_run(component, run));
+        let run = async {
+            tiers::measure(client, ingress, name, component, tiers::example(component)?, runs, connections)
+                .await
+        };
+        tier_runs.push(tier_run(component, run.await));
     }
     eprintln!("      building the JavaScript hello on the daemon, and waiting for its engine's compile ...");
     let javascript = async {
-        let (path, bytes) = tiers::javascript(client, ingress, data_dir, name).await?;
-        let (runs, connections) = (args.tier_runs as usize, args.connections);
-        tiers::measure_bytes(client, ingress, name, &tiers::JAVASCRIPT, path, bytes, runs, connections).await
+        let built = tiers::javascript(client, ingress, data_dir, name).await?;
+        tiers::measure(client, ingress, name, &tiers::JAVASCRIPT, built, runs, connections).await
     };
     tier_runs.push(tier_run(&tiers::JAVASCRIPT, javascript.await));
 

@@ -136,30 +136,23 @@ pub(super) struct Rate {
     pub(super) window_ms: f64,
 }
 
+/// An example's path and bytes, as `make examples` built it.
+pub(super) fn example(component: &Component) -> anyhow::Result<(PathBuf, Vec<u8>)> {
+    let path = PathBuf::from(component.path);
+    let bytes = std::fs::read(&path).with_context(|| {
+        format!("cannot read {}: build the examples with `make examples`", path.display())
+    })?;
+    Ok((path, bytes))
+}
+
+/// `component`'s cold deploys and its tiers under load, of the `bytes`
+/// read from `path`.
 pub(super) async fn measure(
     client: &Client,
     ingress: SocketAddr,
     name: &str,
     component: &Component,
-    runs: usize,
-    connections: u32,
-) -> anyhow::Result<TierRun> {
-    let path = PathBuf::from(component.path);
-    let bytes = std::fs::read(&path).with_context(|| {
-        format!("cannot read {}: build the examples with `make examples`", path.display())
-    })?;
-    measure_bytes(client, ingress, name, component, path, bytes, runs, connections).await
-}
-
-/// [`measure`], of `bytes` read from `path`.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn measure_bytes(
-    client: &Client,
-    ingress: SocketAddr,
-    name: &str,
-    component: &Component,
-    path: PathBuf,
-    bytes: Vec<u8>,
+    (path, bytes): (PathBuf, Vec<u8>),
     runs: usize,
     connections: u32,
 ) -> anyhow::Result<TierRun> {
